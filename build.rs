@@ -1,0 +1,27 @@
+//! Compiles `proto/` with protox (pure Rust, no system `protoc`) and writes
+//! the encoded descriptor set that server reflection serves.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "policyhub/v1/types.proto",
+    "policyhub/v1/policy_service.proto",
+    "policyhub/v1/bundle_service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let file_descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("policyhub_descriptor.bin"),
+        file_descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(file_descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Database migrations of policyhub, applied at start and by
+//! `policyhub migrate`.
+//!
+//! One file per migration; a migration that has been released is never
+//! edited, only followed by a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_create_tables;
+mod m20261121_000002_immutability_triggers;
+
+/// Every migration of the schema, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261121_000001_create_tables::Migration),
+            Box::new(m20261121_000002_immutability_triggers::Migration),
+        ]
+    }
+}

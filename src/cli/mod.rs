@@ -1,0 +1,167 @@
+//! The `policyhub` command line.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+use crate::signing::{self, Jwks};
+use crate::startup::{self, Application};
+
+/// policyhub: signed, versioned policies for runtimes.
+#[derive(Debug, Parser)]
+#[command(name = "policyhub", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// A TOML settings file; POLICYHUB_* variables and flags override it.
+        #[arg(long, env = "POLICYHUB_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Apply pending database migrations and exit (serve also applies them).
+    Migrate {
+        /// A TOML settings file.
+        #[arg(long, env = "POLICYHUB_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Verify a signed bundle offline against a JWKS.
+    ///
+    /// The bundle is a JWS, or a JSON object with a "jws" member (the output
+    /// of GetActive or GetVersion). The JWKS is the output of GetSigningKeys.
+    /// Exits 0 when the bundle verifies, 1 when it does not.
+    Verify {
+        /// The JWKS file.
+        #[arg(long)]
+        jwks: PathBuf,
+        /// The bundle file; `-` or nothing reads standard input.
+        bundle: Option<PathBuf>,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its key id.
+    Generate {
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, overrides } => {
+            let settings = Settings::load(config.as_deref(), &overrides)?;
+            crate::telemetry::init(settings.log_format);
+            let application = Application::build(settings).await?;
+            application
+                .run_until_stopped(crate::shutdown::signal())
+                .await?;
+        }
+        Command::Migrate { config, overrides } => {
+            let settings = Settings::load(config.as_deref(), &overrides)?;
+            crate::telemetry::init(settings.log_format);
+            startup::open_database(&settings).await?;
+            println!("migrations applied");
+        }
+        Command::Verify { jwks, bundle } => return verify(&jwks, bundle.as_deref()),
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => {
+            let key = signing::write_new_key(&out)?;
+            println!("{}", key.kid());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_input(path: Option<&Path>) -> anyhow::Result<String> {
+    match path {
+        None => std::io::read_to_string(std::io::stdin()).context("reading standard input"),
+        Some(path) if path == Path::new("-") => {
+            std::io::read_to_string(std::io::stdin()).context("reading standard input")
+        }
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        }
+    }
+}
+
+/// The JWS in a bundle file: the text itself, or the "jws" member of JSON.
+fn bundle_jws(text: &str) -> anyhow::Result<String> {
+    let text = text.trim();
+    if !text.starts_with('{') {
+        return Ok(text.to_owned());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).context("the bundle is neither a JWS nor JSON")?;
+    value
+        .get("jws")
+        .and_then(|jws| jws.as_str())
+        .filter(|jws| !jws.is_empty())
+        .map(str::to_owned)
+        .context("the JSON has no \"jws\" member: an unsigned draft cannot be verified")
+}
+
+fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let jwks: Jwks = serde_json::from_str(&read_input(Some(jwks_path))?)
+        .with_context(|| format!("{} is not a JWKS", jwks_path.display()))?;
+    let jws = bundle_jws(&read_input(bundle)?)?;
+    match signing::verify(&jws, &jwks) {
+        Ok(claims) => {
+            println!(
+                "verified: {} version {}{} digest {}",
+                claims.sub,
+                claims.ver,
+                claims
+                    .label
+                    .map(|label| format!(" ({label})"))
+                    .unwrap_or_default(),
+                claims.digest
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("verification failed: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Settings, layered: built-in defaults, then a TOML file (`--config`), then
+//! `POLICYHUB_*` environment variables (`__` separates nested keys, as in
+//! `POLICYHUB_LIMITS__MAX_BODY_BYTES`), then command-line flags.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::grpc::Limits;
+
+/// Everything `policyhub serve` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address of the gRPC port. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database and of a generated signing key.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; defaults to `policyhub.db` in
+    /// `data_dir`. Secret: it may carry a password.
+    pub database_url: Option<SecretString>,
+    /// Serve without authentication. Refused on a non-loopback address.
+    pub insecure: bool,
+    /// The `iss` claim of signed bundles.
+    pub issuer: String,
+    /// Signing keys.
+    pub signing: SigningSettings,
+    /// Request limits.
+    pub limits: Limits,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How often the database is pinged for the health service, in seconds.
+    pub health_check_interval_seconds: u64,
+}
+
+/// Where the signing keys come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningSettings {
+    /// PKCS#8 PEM Ed25519 private keys. The first signs new versions; the
+    /// others are published in the JWKS so that their bundles still verify.
+    /// Empty: a key is generated into the data directory on first start.
+    pub key_files: Vec<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            insecure: false,
+            issuer: "policyhub".into(),
+            signing: SigningSettings::default(),
+            limits: Limits::default(),
+            log_format: LogFormat::Text,
+            health_check_interval_seconds: 5,
+        }
+    }
+}
+
+/// Settings given as command-line flags; only those given override.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct Overrides {
+    /// Address of the gRPC port [default: 127.0.0.1:50051]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and a generated signing key [default: data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL, sqlite://… or postgres://… [default: sqlite in the data directory]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Serve without authentication (loopback addresses only)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// Log format
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Settings {
+    /// Layers the defaults, `config_file`, the environment and `overrides`.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = config_file {
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
+            figment = figment.merge(Toml::file(path));
+        }
+        figment
+            .merge(Env::prefixed("POLICYHUB_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("reading the configuration")
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> SecretString {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let path = self.data_dir.join("policyhub.db");
+                SecretString::from(format!("sqlite://{}", path.display()))
+            }
+        }
+    }
+
+    /// Whether the database is SQLite.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url().expose_secret().starts_with("sqlite:")
+    }
+
+    /// The health-check interval.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_secs(self.health_check_interval_seconds.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_secrets_do_not_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policyhub.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\ndatabase_url = \"postgres://u:hunter2@db/hub\"\n\
+             [limits]\nmax_body_bytes = 2048\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7001".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let settings = Settings::load(Some(&file), &overrides).unwrap();
+        assert_eq!(settings.listen.port(), 7001);
+        assert_eq!(settings.limits.max_body_bytes, 2048);
+        assert_eq!(
+            settings.limits.max_page_size,
+            Limits::default().max_page_size
+        );
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policyhub.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:7000\"\n").unwrap();
+        assert!(Settings::load(Some(&file), &Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Policy bodies and their digests.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use super::{Error, Result};
+
+/// `sha256:` + lowercase hex of the SHA-256 of a body's RFC 8785 canonical
+/// JSON: key order, whitespace and `1` vs `1.0` do not change it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    /// The digest of some canonical bytes.
+    pub fn of_canonical(canonical: &[u8]) -> Self {
+        let hash = Sha256::digest(canonical);
+        let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
+        Digest(format!("sha256:{hex}"))
+    }
+
+    /// The digest as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a digest read back from storage or a signed bundle.
+    pub fn from_stored(text: String) -> Self {
+        Digest(text)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// RFC 8785 canonical JSON of any JSON value.
+pub fn canonical_json(value: &Value) -> String {
+    serde_json_canonicalizer::to_string(value)
+        .expect("a serde_json::Value always serializes: its keys are strings")
+}
+
+/// A policy document: a JSON object with its canonical form and digest.
+///
+/// Valid by construction: the value is an object within the size limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyBody {
+    value: Value,
+    canonical: String,
+    digest: Digest,
+}
+
+impl PolicyBody {
+    /// Parses a body given in a request, refusing anything but an object and
+    /// anything whose canonical JSON exceeds `max_bytes`.
+    pub fn parse(field: &str, value: Value, max_bytes: usize) -> Result<Self> {
+        if !value.is_object() {
+            return Err(Error::invalid(
+                field,
+                format!("must be a JSON object, got {}", json_type_name(&value)),
+            ));
+        }
+        let canonical = canonical_json(&value);
+        if canonical.len() > max_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "{field} is {} bytes of canonical JSON, over the limit of {max_bytes} bytes",
+                canonical.len()
+            )));
+        }
+        Ok(Self::from_parts(value, canonical))
+    }
+
+    /// Reads back a body stored as canonical JSON.
+    pub fn from_canonical(canonical: String) -> Result<Self> {
+        let value: Value = serde_json::from_str(&canonical)
+            .map_err(|error| Error::Internal(format!("stored body is not json: {error}")))?;
+        Ok(Self::from_parts(value, canonical))
+    }
+
+    fn from_parts(value: Value, canonical: String) -> Self {
+        let digest = Digest::of_canonical(canonical.as_bytes());
+        PolicyBody {
+            value,
+            canonical,
+            digest,
+        }
+    }
+
+    /// The document.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// Its RFC 8785 canonical JSON, exactly what the digest covers.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// Its digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+impl Serialize for PolicyBody {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let canonical = canonical_json(&value);
+        Ok(PolicyBody::from_parts(value, canonical))
+    }
+}
+
+/// The JSON type of a value, for error messages.
+pub fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn digest_ignores_key_order_whitespace_and_number_spelling() {
+        let a = PolicyBody::parse("body", json!({"b": 1, "a": [1.0, "x"]}), 1024).unwrap();
+        let b: Value = serde_json::from_str(r#"{ "a" : [1, "x"], "b": 1.0 }"#).unwrap();
+        let b = PolicyBody::parse("body", b, 1024).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.canonical(), r#"{"a":[1,"x"],"b":1}"#);
+        assert!(a.digest().as_str().starts_with("sha256:"));
+        assert_eq!(a.digest().as_str().len(), "sha256:".len() + 64);
+    }
+
+    #[test]
+    fn digest_changes_with_content() {
+        let a = PolicyBody::parse("body", json!({"a": 1}), 1024).unwrap();
+        let b = PolicyBody::parse("body", json!({"a": 2}), 1024).unwrap();
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn only_objects_within_the_limit_are_bodies() {
+        assert!(matches!(
+            PolicyBody::parse("body", json!([1]), 1024),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            PolicyBody::parse("body", json!({"a": "x".repeat(100)}), 64),
+            Err(Error::ResourceExhausted(_))
+        ));
+    }
+}

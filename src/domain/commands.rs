@@ -1,0 +1,209 @@
+//! Validated requests and their outcomes.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Digest, Label, PolicyBody, PolicyRef, PolicySchema, VersionRecord, VersionSelector};
+
+/// Who is asking, and under which request id; recorded in every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    /// Authenticated subject.
+    pub actor: String,
+    /// The caller's `x-request-id`, or one the server generated.
+    pub request_id: String,
+}
+
+/// A client-chosen key that makes a mutation safe to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(pub String);
+
+/// Fingerprint of a request: the digest of its canonical JSON. Two requests
+/// with the same fingerprint are the same request.
+pub fn fingerprint(method: &str, command: &impl Serialize) -> Digest {
+    let value = serde_json::json!({ "method": method, "command": command });
+    Digest::of_canonical(super::body::canonical_json(&value).as_bytes())
+}
+
+/// Create the next draft of a policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct DraftCommand {
+    /// The policy; created by its first draft.
+    pub policy: PolicyRef,
+    /// The document.
+    pub body: PolicyBody,
+    /// Free text describing the change.
+    pub change_notes: String,
+}
+
+/// What a draft did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DraftOutcome {
+    /// The new draft.
+    pub version: VersionRecord,
+    /// The open draft it superseded.
+    pub superseded_version: Option<u32>,
+}
+
+/// Discard the open draft.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscardCommand {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The draft to discard; `None` for the open one.
+    pub version: Option<u32>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Publish a draft, optionally activating it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishCommand {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The draft to publish; `None` for the open one.
+    pub version: Option<u32>,
+    /// Release label.
+    pub label: Option<Label>,
+    /// Also activate it in the same transaction.
+    pub activate: bool,
+    /// With `activate`: compare-and-swap on the active version (`Some(0)`:
+    /// nothing may be active).
+    pub expected_active_version: Option<u32>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishOutcome {
+    /// The published version.
+    pub version: VersionRecord,
+    /// The label was already released with the same digest; nothing new was
+    /// published.
+    pub already_published: bool,
+    /// The activation, when requested.
+    pub activation: Option<ActivationOutcome>,
+}
+
+/// One policy to point at a published version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationTarget {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The published version.
+    pub version: VersionSelector,
+    /// Compare-and-swap on the active version (`Some(0)`: nothing active).
+    pub expected_active_version: Option<u32>,
+}
+
+/// Activate several policies at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivateCommand {
+    /// Distinct policies, all moved under one revision or none.
+    pub targets: Vec<ActivationTarget>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Roll a policy back.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackCommand {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The version to return to; `None` for the previously active one.
+    pub to_version: Option<u32>,
+    /// Why; required.
+    pub reason: String,
+    /// Compare-and-swap on the active version.
+    pub expected_active_version: Option<u32>,
+}
+
+/// Set or remove a policy's schema.
+#[derive(Debug, Clone)]
+pub struct SetSchemaCommand {
+    /// The policy; created if needed.
+    pub policy: PolicyRef,
+    /// The schema, `None` to remove it.
+    pub schema: Option<PolicySchema>,
+    /// Why.
+    pub reason: String,
+}
+
+/// How one policy's pointer moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activation {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// Version now active.
+    pub version: u32,
+    /// Version active before.
+    pub previous_version: Option<u32>,
+}
+
+/// What an activation transaction did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationOutcome {
+    /// The revision of the transaction; when nothing moved, the revision at
+    /// which the newest target became active.
+    pub revision: u64,
+    /// One per target, in request order.
+    pub activations: Vec<Activation>,
+    /// The bundles whose pointer moved, for the in-memory index.
+    pub changed: Vec<ActiveBundle>,
+}
+
+/// A policy's active signed bundle, as held in memory and streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveBundle {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// Active version.
+    pub version: u32,
+    /// Its label.
+    pub label: Option<Label>,
+    /// Its digest.
+    pub digest: Digest,
+    /// The JWS, shared by every reader instead of copied.
+    pub jws: Arc<str>,
+    /// Signing key.
+    pub key_id: String,
+    /// Revision at which it became active.
+    pub revision: u64,
+}
+
+/// A policy's pointers, as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySummary {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// Active version and the revision that made it active.
+    pub active: Option<(u32, u64)>,
+    /// Open draft.
+    pub draft_version: Option<u32>,
+    /// Highest version ever created.
+    pub latest_version: u32,
+    /// The schema document.
+    pub schema: Option<serde_json::Value>,
+}
+
+/// A page of results and the token for the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass back for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this namespace.
+    pub namespace: Option<super::Namespace>,
+    /// Only this policy name (with a namespace).
+    pub name: Option<super::PolicyName>,
+    /// Only these kinds; empty for all.
+    pub kinds: Vec<super::EventKind>,
+}

@@ -1,0 +1,117 @@
+//! The errors of the domain, one variant per way a request can fail.
+//!
+//! Each variant maps to exactly one gRPC status code in
+//! `grpc::status::to_status`; the text is lowercase and names the value that
+//! was wrong.
+
+use std::fmt;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The request itself is malformed: each violation names the field.
+    #[error("{}", join_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named policy or version does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well formed but the current state forbids it: wrong
+    /// version state, nothing to roll back to, or schema violations.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// What was refused and why.
+        message: String,
+        /// The schema violations, when the refusal is a schema check.
+        violations: Vec<SchemaViolation>,
+    },
+    /// A compare-and-swap expectation did not hold.
+    #[error("{0}")]
+    Aborted(String),
+    /// A label or idempotency key is already taken by something else.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A size or quota limit was exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The database cannot be reached; the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault of the service itself, never of the caller.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A request field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field, such as `namespace` or `targets[1].name`.
+    pub field: String,
+    /// What is wrong with its value.
+    pub description: String,
+}
+
+/// One place where a policy body breaks its JSON Schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaViolation {
+    /// JSON Pointer into the body, such as `/limits/daily`; empty for the root.
+    pub instance_path: String,
+    /// What the schema expected there.
+    pub message: String,
+}
+
+impl fmt::Display for SchemaViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.instance_path.is_empty() {
+            "/"
+        } else {
+            &self.instance_path
+        };
+        write!(f, "{path}: {}", self.message)
+    }
+}
+
+fn join_violations(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// A single invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// A refusal because of the current state, without schema violations.
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Error::FailedPrecondition {
+            message: message.into(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Prefixes every field of an `InvalidArgument` with `prefix`, so that an
+    /// error about `name` inside the second target reads `targets[1].name`.
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Error::InvalidArgument(violations) => Error::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|violation| FieldViolation {
+                        field: format!("{prefix}.{}", violation.field),
+                        description: violation.description,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
+/// Result of every domain operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

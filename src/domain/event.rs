@@ -1,0 +1,106 @@
+//! The append-only audit log.
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+
+use super::{Error, Result};
+
+/// What a recorded mutation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A draft version was created.
+    DraftCreated,
+    /// An open draft was replaced by a newer one.
+    DraftSuperseded,
+    /// An open draft was discarded.
+    DraftDiscarded,
+    /// A draft was published and signed.
+    Published,
+    /// The active pointer moved forward.
+    Activated,
+    /// The active pointer moved back.
+    RolledBack,
+    /// The JSON Schema was set or removed.
+    SchemaSet,
+    /// A new signing key started to sign.
+    KeyRotated,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 8] = [
+        EventKind::DraftCreated,
+        EventKind::DraftSuperseded,
+        EventKind::DraftDiscarded,
+        EventKind::Published,
+        EventKind::Activated,
+        EventKind::RolledBack,
+        EventKind::SchemaSet,
+        EventKind::KeyRotated,
+    ];
+
+    /// The name used in storage and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DraftCreated => "DRAFT_CREATED",
+            EventKind::DraftSuperseded => "DRAFT_SUPERSEDED",
+            EventKind::DraftDiscarded => "DRAFT_DISCARDED",
+            EventKind::Published => "PUBLISHED",
+            EventKind::Activated => "ACTIVATED",
+            EventKind::RolledBack => "ROLLED_BACK",
+            EventKind::SchemaSet => "SCHEMA_SET",
+            EventKind::KeyRotated => "KEY_ROTATED",
+        }
+    }
+
+    /// Whether events of this kind move an active pointer (and so carry a
+    /// revision).
+    pub fn moves_active_pointer(self) -> bool {
+        matches!(self, EventKind::Activated | EventKind::RolledBack)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| Error::Internal(format!("unknown event kind {text:?}")))
+    }
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// Position in the log.
+    pub id: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// Namespace and name of the policy; `None` for deployment-wide events.
+    pub policy: Option<(String, String)>,
+    /// Subject that caused it.
+    pub actor: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Reason given by the actor.
+    pub reason: String,
+    /// Request that caused it.
+    pub request_id: String,
+    /// Version moved away from.
+    pub previous_version: Option<u32>,
+    /// Version concerned or moved to.
+    pub new_version: Option<u32>,
+    /// Revision of the activation.
+    pub revision: Option<u64>,
+    /// Signing key concerned.
+    pub key_id: Option<String>,
+}

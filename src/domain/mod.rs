@@ -1,0 +1,20 @@
+//! The policy domain: names, versions, lifecycle rules and errors. Nothing
+//! here knows about gRPC or SQL; `storage` enforces these rules inside its
+//! transactions and `grpc` converts to and from the wire.
+
+pub(crate) mod body;
+mod commands;
+mod error;
+mod event;
+pub mod lifecycle;
+mod names;
+mod schema;
+mod version;
+
+pub use body::{Digest, PolicyBody, canonical_json};
+pub use commands::*;
+pub use error::{Error, FieldViolation, Result, SchemaViolation};
+pub use event::{EventKind, EventRecord};
+pub use names::{Namespace, PolicyName, PolicyRef};
+pub use schema::PolicySchema;
+pub use version::{Label, Publication, VersionRecord, VersionSelector, VersionState};

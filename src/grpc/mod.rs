@@ -1,0 +1,22 @@
+//! The gRPC adapters: protobuf in, domain call, protobuf out.
+
+mod bundle_service;
+pub mod context;
+pub mod convert;
+mod limits;
+mod policy_service;
+pub mod status;
+
+pub use bundle_service::BundleApi;
+pub use limits::Limits;
+pub use policy_service::PolicyApi;
+
+/// The generated protobuf types, clients and servers of `policyhub.v1`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("policyhub.v1");
+
+    /// Encoded descriptors of every file, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/policyhub_descriptor.bin"));
+}

@@ -1,0 +1,111 @@
+//! The one place where domain errors become gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt};
+
+use crate::domain::Error;
+
+/// The gRPC code of each domain error.
+pub fn code_of(error: &Error) -> Code {
+    match error {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::NotFound(_) => Code::NotFound,
+        Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+        Error::Aborted(_) => Code::Aborted,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Internal(_) => Code::Internal,
+    }
+}
+
+/// Converts a domain error, attaching `google.rpc.BadRequest` field
+/// violations to INVALID_ARGUMENT and `google.rpc.PreconditionFailure`
+/// schema violations (type `SCHEMA`, subject = JSON Pointer into the body)
+/// to FAILED_PRECONDITION.
+pub fn to_status(error: Error) -> Status {
+    let code = code_of(&error);
+    let message = error.to_string();
+    match error {
+        Error::InvalidArgument(violations) => {
+            let violations: Vec<FieldViolation> = violations
+                .into_iter()
+                .map(|violation| FieldViolation::new(violation.field, violation.description))
+                .collect();
+            Status::with_error_details(code, message, ErrorDetails::with_bad_request(violations))
+        }
+        Error::FailedPrecondition { violations, .. } if !violations.is_empty() => {
+            let violations: Vec<PreconditionViolation> = violations
+                .into_iter()
+                .map(|violation| {
+                    PreconditionViolation::new("SCHEMA", violation.instance_path, violation.message)
+                })
+                .collect();
+            Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_precondition_failure(violations),
+            )
+        }
+        Error::Internal(_) => {
+            tracing::error!(error = %message, "internal error");
+            Status::internal("internal error; the server log has the details")
+        }
+        _ => Status::new(code, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SchemaViolation;
+
+    #[test]
+    fn every_error_maps_to_its_code() {
+        let table = [
+            (Error::invalid("name", "bad"), Code::InvalidArgument),
+            (Error::NotFound("x".into()), Code::NotFound),
+            (Error::precondition("x"), Code::FailedPrecondition),
+            (Error::Aborted("x".into()), Code::Aborted),
+            (Error::AlreadyExists("x".into()), Code::AlreadyExists),
+            (
+                Error::ResourceExhausted("x".into()),
+                Code::ResourceExhausted,
+            ),
+            (Error::Unavailable("x".into()), Code::Unavailable),
+            (Error::Internal("x".into()), Code::Internal),
+        ];
+        for (error, code) in table {
+            assert_eq!(to_status(error.clone()).code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_argument_carries_field_violations() {
+        let status = to_status(Error::invalid("namespace", "must not be empty"));
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("bad request details");
+        assert_eq!(bad_request.field_violations[0].field, "namespace");
+        assert_eq!(status.message(), "namespace: must not be empty");
+    }
+
+    #[test]
+    fn schema_violations_carry_their_path() {
+        let status = to_status(Error::FailedPrecondition {
+            message: "version 1 does not satisfy the schema".into(),
+            violations: vec![SchemaViolation {
+                instance_path: "/limits/daily".into(),
+                message: "500 is greater than the maximum of 100".into(),
+            }],
+        });
+        let failure = status.get_details_precondition_failure().expect("details");
+        assert_eq!(failure.violations[0].subject, "/limits/daily");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let status = to_status(Error::Internal("password=hunter2".into()));
+        assert!(!status.message().contains("hunter2"));
+    }
+}

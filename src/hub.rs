@@ -1,0 +1,278 @@
+//! The application: the lifecycle operations of DESIGN §2 over the
+//! repository, with the in-memory index kept current after every commit.
+
+use std::sync::Arc;
+
+use crate::domain::{
+    ActivateCommand, ActivationOutcome, ActiveBundle, DiscardCommand, DraftCommand, DraftOutcome,
+    Error, EventFilter, EventRecord, IdempotencyKey, Namespace, Page, PolicyRef, PolicySummary,
+    PublishCommand, PublishOutcome, RequestContext, Result, RollbackCommand, SchemaViolation,
+    SetSchemaCommand, VersionRecord, VersionSelector, fingerprint,
+};
+use crate::signing::{Jwk, SigningKey};
+use crate::storage::{AsOf, IdempotencyClaim, Repository};
+use crate::watch::ActiveIndex;
+
+/// What `GetActive` found.
+#[derive(Debug, Clone)]
+pub enum ActiveView {
+    /// The signed, active bundle.
+    Signed(ActiveBundle),
+    /// Nothing is active and the caller asked for the open draft instead.
+    UnsignedDraft(VersionRecord),
+}
+
+/// The policy hub: every operation the gRPC services expose.
+#[derive(Clone)]
+pub struct PolicyHub {
+    repository: Repository,
+    index: ActiveIndex,
+    /// Signs new versions.
+    signer: Arc<SigningKey>,
+    /// Every public key that ever signed, cached: they only change at start.
+    jwks: Arc<Vec<Jwk>>,
+}
+
+fn claim(
+    method: &'static str,
+    key: Option<IdempotencyKey>,
+    command: &impl serde::Serialize,
+) -> Option<IdempotencyClaim> {
+    key.map(|IdempotencyKey(key)| IdempotencyClaim {
+        method,
+        key,
+        fingerprint: fingerprint(method, command),
+    })
+}
+
+impl PolicyHub {
+    /// Registers the configured keys (the first one signs) and loads the
+    /// active index from the database.
+    pub async fn start(repository: Repository, keys: Vec<SigningKey>) -> anyhow::Result<Self> {
+        let mut keys = keys.into_iter();
+        let signer = keys
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("at least one signing key is needed"))?;
+        let mut configured = vec![signer.jwk().clone()];
+        configured.extend(keys.map(|key| key.jwk().clone()));
+        let system = RequestContext {
+            actor: "system:policyhub".into(),
+            request_id: "startup".into(),
+        };
+        repository
+            .register_keys(&configured, signer.kid(), &system)
+            .await?;
+        let jwks = repository.signing_keys().await?;
+        let (revision, bundles) = repository.load_active().await?;
+        tracing::info!(
+            revision,
+            active_policies = bundles.len(),
+            signing_kid = signer.kid(),
+            "loaded the active index"
+        );
+        Ok(PolicyHub {
+            repository,
+            index: ActiveIndex::new(revision, bundles),
+            signer: Arc::new(signer),
+            jwks: Arc::new(jwks),
+        })
+    }
+
+    /// The in-memory index.
+    pub fn index(&self) -> &ActiveIndex {
+        &self.index
+    }
+
+    /// The repository, for health checks.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    fn applied(&self, activation: &ActivationOutcome) {
+        self.index.apply(activation.revision, &activation.changed);
+    }
+
+    /// Creates the next draft.
+    pub async fn draft(
+        &self,
+        command: DraftCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<DraftOutcome> {
+        let claim = claim("Draft", key, &command);
+        self.repository
+            .draft(command, context, claim.as_ref())
+            .await
+    }
+
+    /// Discards a draft.
+    pub async fn discard_draft(
+        &self,
+        command: DiscardCommand,
+        context: &RequestContext,
+    ) -> Result<VersionRecord> {
+        self.repository.discard_draft(command, context).await
+    }
+
+    /// Publishes a draft, activating it when asked.
+    pub async fn publish(
+        &self,
+        command: PublishCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<PublishOutcome> {
+        let claim = claim("Publish", key, &command);
+        let outcome = self
+            .repository
+            .publish(command, context, claim.as_ref(), &self.signer)
+            .await?;
+        if let Some(activation) = &outcome.activation {
+            self.applied(activation);
+        }
+        Ok(outcome)
+    }
+
+    /// Activates one or several policies atomically.
+    pub async fn activate(
+        &self,
+        command: ActivateCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<ActivationOutcome> {
+        let claim = claim("Activate", key, &command);
+        let outcome = self
+            .repository
+            .activate(command, context, claim.as_ref())
+            .await?;
+        self.applied(&outcome);
+        Ok(outcome)
+    }
+
+    /// Rolls a policy back.
+    pub async fn rollback(
+        &self,
+        command: RollbackCommand,
+        context: &RequestContext,
+    ) -> Result<ActivationOutcome> {
+        let outcome = self.repository.rollback(command, context).await?;
+        self.applied(&outcome);
+        Ok(outcome)
+    }
+
+    /// Sets or removes a schema.
+    pub async fn set_schema(
+        &self,
+        command: SetSchemaCommand,
+        context: &RequestContext,
+    ) -> Result<(PolicySummary, Vec<SchemaViolation>)> {
+        self.repository.set_schema(command, context).await
+    }
+
+    /// One version.
+    pub async fn get_version(
+        &self,
+        policy: &PolicyRef,
+        selector: &VersionSelector,
+    ) -> Result<VersionRecord> {
+        self.repository.get_version(policy, selector).await
+    }
+
+    /// A page of versions, newest first.
+    pub async fn list_versions(
+        &self,
+        policy: &PolicyRef,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<VersionRecord>> {
+        self.repository
+            .list_versions(policy, page_size, page_token)
+            .await
+    }
+
+    /// A page of policies.
+    pub async fn list_policies(
+        &self,
+        namespace: Option<&Namespace>,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<PolicySummary>> {
+        self.repository
+            .list_policies(namespace, page_size, page_token)
+            .await
+    }
+
+    /// A page of events, newest first.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<EventRecord>> {
+        self.repository
+            .list_events(filter, page_size, page_token)
+            .await
+    }
+
+    /// The RFC 6902 patch from one version's body to another's.
+    pub async fn diff(
+        &self,
+        policy: &PolicyRef,
+        from: u32,
+        to: u32,
+    ) -> Result<(VersionRecord, VersionRecord, json_patch::Patch)> {
+        let from = self
+            .get_version(policy, &VersionSelector::Number(from))
+            .await?;
+        let to = self
+            .get_version(policy, &VersionSelector::Number(to))
+            .await?;
+        let patch = json_patch::diff(from.body.value(), to.body.value());
+        Ok((from, to, patch))
+    }
+
+    /// The active bundle now (from memory), or as of a past revision or
+    /// instant (from the event log).
+    pub async fn get_active(
+        &self,
+        policy: &PolicyRef,
+        as_of: Option<AsOf>,
+        allow_draft_fallback: bool,
+    ) -> Result<ActiveView> {
+        if let Some(as_of) = as_of {
+            if let AsOf::Revision(revision) = as_of {
+                let current = self.index.snapshot().revision;
+                if revision > current {
+                    return Err(Error::invalid(
+                        "as_of_revision",
+                        format!("revision {revision} is ahead of the current revision {current}"),
+                    ));
+                }
+            }
+            return match self.repository.active_as_of(policy, as_of).await? {
+                Some(bundle) => Ok(ActiveView::Signed(bundle)),
+                None => Err(Error::NotFound(format!(
+                    "no version of {policy} was active at that point"
+                ))),
+            };
+        }
+        if let Some(bundle) = self.index.get(policy) {
+            return Ok(ActiveView::Signed(bundle));
+        }
+        // The rare path: tell a missing policy from one with nothing active.
+        let draft = self.repository.open_draft(policy).await?;
+        match draft {
+            Some(draft) if allow_draft_fallback => Ok(ActiveView::UnsignedDraft(draft)),
+            _ if allow_draft_fallback => Err(Error::NotFound(format!(
+                "{policy} has no active version and no open draft"
+            ))),
+            _ => Err(Error::NotFound(format!(
+                "{policy} has no active version (set allow_draft_fallback to get its open draft)"
+            ))),
+        }
+    }
+
+    /// The JWKS and the id of the key that signs new versions.
+    pub fn signing_keys(&self) -> (Arc<Vec<Jwk>>, &str) {
+        (self.jwks.clone(), self.signer.kid())
+    }
+}

@@ -1,0 +1,33 @@
+//! policyhub: a gRPC control plane for signed, versioned policy documents.
+//!
+//! Teams write a policy (a JSON object) as a draft, publish it as an
+//! immutable version signed as a JWS, activate it (one or several policies
+//! atomically, under one deployment-wide revision) and roll back when
+//! something breaks. Runtimes fetch the active signed bundle and verify it
+//! offline against the JWKS.
+//!
+//! # Layout
+//!
+//! - [`domain`]: names, versions, lifecycle rules and errors; no gRPC, no SQL.
+//! - [`storage`]: SeaORM entities and the transactions that enforce the
+//!   lifecycle; migrations live in the `policyhub-migrations` crate.
+//! - [`signing`]: Ed25519 keys, JWS bundles and the JWKS; the only module
+//!   that touches key material.
+//! - [`watch`]: the in-memory index of active bundles.
+//! - [`hub`]: the application, tying storage, signing and the index together.
+//! - [`grpc`]: thin adapters per service, protobuf conversions, the single
+//!   error-to-status mapping and the caller seam for authentication.
+//! - [`config`], [`telemetry`], [`startup`], [`shutdown`]: running the server.
+//! - [`cli`]: the `policyhub` binary's subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod hub;
+pub mod shutdown;
+pub mod signing;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod watch;

@@ -1,0 +1,132 @@
+//! SeaORM entities, one module per table of `migrations/`.
+
+pub mod policies {
+    use sea_orm::entity::prelude::*;
+
+    /// A policy and its active pointer.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "policies")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub namespace: String,
+        pub name: String,
+        /// Canonical JSON of the JSON Schema, if any.
+        pub schema: Option<String>,
+        pub active_version: Option<i32>,
+        /// Revision of the transaction that last moved `active_version`.
+        pub active_revision: Option<i64>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod versions {
+    use sea_orm::entity::prelude::*;
+
+    /// One version row; only a DRAFT row ever changes, and only its state
+    /// and publish stamp (enforced by triggers).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "versions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub policy_id: i64,
+        pub version: i32,
+        pub state: String,
+        /// Canonical JSON of the body.
+        pub body: String,
+        pub digest: String,
+        pub label: Option<String>,
+        pub change_notes: String,
+        pub created_by: String,
+        pub created_at: DateTimeUtc,
+        pub published_by: Option<String>,
+        pub published_at: Option<DateTimeUtc>,
+        pub jws: Option<String>,
+        pub key_id: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod events {
+    use sea_orm::entity::prelude::*;
+
+    /// One entry of the append-only audit log.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub kind: String,
+        pub policy_id: Option<i64>,
+        pub namespace: Option<String>,
+        pub name: Option<String>,
+        pub actor: String,
+        pub at: DateTimeUtc,
+        pub reason: String,
+        pub request_id: String,
+        pub previous_version: Option<i32>,
+        pub new_version: Option<i32>,
+        pub revision: Option<i64>,
+        pub key_id: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod signing_keys {
+    use sea_orm::entity::prelude::*;
+
+    /// Every public key that ever signed, so old bundles stay verifiable.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "signing_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kid: String,
+        /// The raw Ed25519 public key, base64url.
+        pub public_key: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod idempotency_records {
+    use sea_orm::entity::prelude::*;
+
+    /// The outcome of a mutation made with an idempotency key.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency_records")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub method: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        /// Digest of the canonical request.
+        pub fingerprint: String,
+        pub actor: String,
+        /// The outcome, as JSON.
+        pub response: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

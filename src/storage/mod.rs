@@ -1,0 +1,92 @@
+//! Persistence on SeaORM: SQLite embedded, PostgreSQL for several replicas.
+
+mod entities;
+mod repository;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use policyhub_migrations::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    TransactionTrait,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+
+pub use repository::{AsOf, IdempotencyClaim, Repository};
+
+/// Opens the database at `url` (`sqlite://…` or `postgres://…`).
+///
+/// SQLite runs in WAL mode with `synchronous = FULL`, so an activation that
+/// returned OK survives a crash or `kill -9`; foreign keys are on and writers
+/// wait up to five seconds for a lock instead of failing.
+pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5))
+        });
+    let db = Database::connect(options)
+        .await
+        .with_context(|| format!("connecting to the database at {}", redact(url)))?;
+    Ok(db)
+}
+
+/// Applies pending migrations. On PostgreSQL an advisory lock keeps replicas
+/// that start together from migrating at the same time.
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            let txn = db.begin().await?;
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7240531)")
+                .await?;
+            Migrator::up(&txn, None).await.context("migrating")?;
+            txn.commit().await?;
+        }
+        _ => Migrator::up(db, None).await.context("migrating")?,
+    }
+    Ok(())
+}
+
+/// A database URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            super::redact("postgres://hub:s3cret@db:5432/hub"),
+            "postgres://hub:***@db:5432/hub"
+        );
+        assert_eq!(
+            super::redact("sqlite:///data/hub.db"),
+            "sqlite:///data/hub.db"
+        );
+        assert_eq!(
+            super::redact("postgres://hub@db/hub"),
+            "postgres://hub@db/hub"
+        );
+    }
+}
