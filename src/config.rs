@@ -105,6 +105,31 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// The top-level settings, which the environment may set.
+const SETTINGS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "insecure",
+    "issuer",
+    "signing",
+    "limits",
+    "log_format",
+    "health_check_interval_seconds",
+];
+
+/// Whether a `POLICYHUB_*` variable (prefix stripped) names a setting.
+/// Other variables with the prefix are ignored rather than refused:
+/// Kubernetes injects `POLICYHUB_PORT`, `POLICYHUB_SERVICE_HOST`, … into
+/// every pod when the Service is called `policyhub`. Typos below a known
+/// setting (`POLICYHUB_LIMITS__MAX_BODDY_BYTES`) are still refused.
+fn is_setting(key: &str) -> bool {
+    let top = key.split("__").next().unwrap_or_default();
+    SETTINGS
+        .iter()
+        .any(|setting| setting.eq_ignore_ascii_case(top))
+}
+
 impl Settings {
     /// Layers the defaults, `config_file`, the environment and `overrides`.
     pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
@@ -118,7 +143,11 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         figment
-            .merge(Env::prefixed("POLICYHUB_").split("__"))
+            .merge(
+                Env::prefixed("POLICYHUB_")
+                    .filter(|key| is_setting(key.as_str()))
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("reading the configuration")
@@ -172,6 +201,16 @@ mod tests {
             Limits::default().max_page_size
         );
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn only_setting_variables_are_read_from_the_environment() {
+        let setting = is_setting;
+        assert!(setting("LISTEN"));
+        assert!(setting("LIMITS__MAX_BODY_BYTES"));
+        assert!(!setting("PORT"));
+        assert!(!setting("SERVICE_HOST"));
+        assert!(!setting("CONFIG"));
     }
 
     #[test]

@@ -75,12 +75,38 @@ enum Begun<T> {
 
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
-        match error {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                Error::Unavailable(format!("the database is unavailable: {error}"))
-            }
-            other => Error::Internal(format!("database error: {other}")),
+        if is_connection_error(&error) {
+            return Error::Unavailable(format!("the database is unavailable: {error}"));
         }
+        Error::Internal(format!("database error: {error}"))
+    }
+}
+
+/// Whether the database could not be reached, as opposed to refusing a
+/// statement: the caller may retry these, on this replica or another.
+fn is_connection_error(error: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    let sqlx = match error {
+        // Whatever failed while connecting: the database refused or could
+        // not be reached, not the statement.
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
+            sqlx
+        }
+        _ => return false,
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed
+        | Sqlx::Tls(_) => true,
+        // PostgreSQL's class 08 (connection exception) and 57P01..57P03
+        // (the server is shutting down or cannot accept connections yet).
+        Sqlx::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 
@@ -532,10 +558,14 @@ impl Repository {
         })
     }
 
-    async fn replay<T: DeserializeOwned>(&self, claim: &IdempotencyClaim) -> Result<Option<T>> {
+    async fn replay<T: DeserializeOwned, C: ConnectionTrait>(
+        &self,
+        db: &C,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<T>> {
         let Some(record) =
             idempotency_records::Entity::find_by_id((claim.method.to_owned(), claim.key.clone()))
-                .one(&self.db)
+                .one(db)
                 .await?
         else {
             return Ok(None);
@@ -561,7 +591,7 @@ impl Repository {
     ) -> Result<Begun<T>> {
         let write = self.begin_write().await?;
         if let Some(claim) = claim
-            && let Some(outcome) = self.replay(claim).await?
+            && let Some(outcome) = self.replay(&write.txn, claim).await?
         {
             return Ok(Begun::Replay(outcome));
         }
@@ -595,7 +625,7 @@ impl Repository {
                 Err(error) if is_unique_violation(&error) => {
                     write.txn.rollback().await?;
                     return self
-                        .replay(claim)
+                        .replay(&self.db, claim)
                         .await?
                         .ok_or_else(|| Error::Internal("an idempotency record vanished".into()));
                 }

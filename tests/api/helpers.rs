@@ -1,0 +1,392 @@
+//! Every test gets its own server on port 0 and its own database: a SQLite
+//! file in a temporary directory, or a fresh database in the PostgreSQL
+//! cluster named by `POLICYHUB_TEST_DATABASE_URL` (`./scripts/test` starts
+//! one).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use policyhub::{
+    config::Settings,
+    grpc::{
+        convert::json_to_struct,
+        proto::{
+            self, bundle_service_client::BundleServiceClient,
+            policy_service_client::PolicyServiceClient,
+        },
+    },
+    startup::Application,
+};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that outlives one server, so a test can restart the server.
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub url: String,
+    pub data_dir: TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let url = match backend {
+            Backend::Sqlite => format!(
+                "sqlite://{}",
+                data_dir.path().join("policyhub.db").display()
+            ),
+            Backend::Postgres => {
+                let admin_url = std::env::var("POLICYHUB_TEST_DATABASE_URL").expect(
+                    "POLICYHUB_TEST_DATABASE_URL is not set: run the tests with ./scripts/test, \
+                     which starts a throwaway PostgreSQL cluster",
+                );
+                let name = format!("policyhub_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("connect to postgres");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let (base, _) = admin_url.rsplit_once('/').expect("url has a database");
+                format!("{base}/{name}")
+            }
+        };
+        TestDatabase {
+            backend,
+            url,
+            data_dir,
+        }
+    }
+}
+
+/// A running server and clients for it.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub database: TestDatabase,
+    pub policy: PolicyServiceClient<Channel>,
+    pub bundle: BundleServiceClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings of a test server on `database`.
+pub fn test_settings(database: &TestDatabase) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: database.data_dir.path().to_owned(),
+        database_url: Some(database.url.clone().into()),
+        insecure: true,
+        health_check_interval_seconds: 1,
+        ..Settings::default()
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_on(TestDatabase::new(backend).await, |_| {}).await
+}
+
+/// Starts a server on `database`, with settings adjusted by `configure`.
+pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(&database);
+    configure(&mut settings);
+    let application = Application::build(settings)
+        .await
+        .expect("build the server");
+    let address = application.address();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        stopped.await.ok();
+    }));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the server");
+    TestApp {
+        address,
+        database,
+        policy: PolicyServiceClient::new(channel.clone()),
+        bundle: BundleServiceClient::new(channel),
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and hands back its database.
+    pub async fn stop(mut self) -> TestDatabase {
+        self.shutdown.take().expect("running").send(()).ok();
+        self.server
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+        let TestApp { database, .. } = self;
+        database
+    }
+
+    /// A direct connection to the server's database, for SQL checks.
+    pub async fn sql(&self) -> DatabaseConnection {
+        Database::connect(&self.database.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Every row that matters, as text: policies and their pointers, version
+    /// states and digests, the event count and the revision. Two equal
+    /// snapshots mean nothing changed.
+    pub async fn db_state(&self) -> Vec<String> {
+        let db = self.sql().await;
+        let backend = db.get_database_backend();
+        let mut state = Vec::new();
+        for query in [
+            "SELECT namespace || '/' || name || ' active=' || COALESCE(CAST(active_version AS TEXT), '-') \
+             || ' rev=' || COALESCE(CAST(active_revision AS TEXT), '-') || ' schema=' || COALESCE(schema, '-') \
+             AS line FROM policies ORDER BY namespace, name",
+            "SELECT CAST(policy_id AS TEXT) || ' v' || CAST(version AS TEXT) || ' ' || state || ' ' \
+             || COALESCE(label, '-') || ' ' || digest AS line FROM versions ORDER BY policy_id, version",
+            "SELECT 'events=' || CAST(COUNT(*) AS TEXT) AS line FROM events",
+            "SELECT 'revision=' || CAST(revision AS TEXT) AS line FROM revision_counter",
+            "SELECT 'idempotency=' || CAST(COUNT(*) AS TEXT) AS line FROM idempotency_records",
+        ] {
+            for row in db
+                .query_all_raw(Statement::from_string(backend, query))
+                .await
+                .expect("state query")
+            {
+                state.push(row.try_get::<String>("", "line").expect("line column"));
+            }
+        }
+        db.close().await.ok();
+        state
+    }
+
+    pub async fn try_draft(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: Value,
+    ) -> Result<proto::Version, Status> {
+        let response = self
+            .policy
+            .clone()
+            .draft(proto::DraftRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+                body: Some(json_to_struct(&body)),
+                change_notes: format!("draft of {name}"),
+                idempotency_key: String::new(),
+            })
+            .await?;
+        Ok(response.into_inner().version.expect("version"))
+    }
+
+    pub async fn draft(&self, namespace: &str, name: &str, body: Value) -> proto::Version {
+        self.try_draft(namespace, name, body).await.expect("draft")
+    }
+
+    pub async fn try_publish(
+        &self,
+        request: proto::PublishRequest,
+    ) -> Result<proto::PublishResponse, Status> {
+        Ok(self.policy.clone().publish(request).await?.into_inner())
+    }
+
+    /// Publishes the open draft, optionally with a label and activation.
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        name: &str,
+        label: &str,
+        activate: bool,
+    ) -> proto::PublishResponse {
+        self.try_publish(publish_request(namespace, name, label, activate))
+            .await
+            .expect("publish")
+    }
+
+    /// Drafts and publishes a body; returns the published version.
+    pub async fn release(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        activate: bool,
+    ) -> proto::Version {
+        self.draft(namespace, name, body).await;
+        self.publish(namespace, name, "", activate)
+            .await
+            .version
+            .expect("version")
+    }
+
+    pub async fn try_activate(
+        &self,
+        targets: Vec<proto::ActivationTarget>,
+    ) -> Result<proto::ActivateResponse, Status> {
+        Ok(self
+            .policy
+            .clone()
+            .activate(proto::ActivateRequest {
+                targets,
+                reason: "test activation".into(),
+                idempotency_key: String::new(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get_active(&self, namespace: &str, name: &str) -> Result<proto::Bundle, Status> {
+        Ok(self
+            .bundle
+            .clone()
+            .get_active(proto::GetActiveRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+                as_of: None,
+                allow_draft_fallback: false,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn versions(&self, namespace: &str, name: &str) -> Vec<proto::Version> {
+        self.policy
+            .clone()
+            .list_versions(proto::ListVersionsRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+                page_size: 500,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list versions")
+            .into_inner()
+            .versions
+    }
+
+    pub async fn events(&self, namespace: &str, name: &str) -> Vec<proto::Event> {
+        self.policy
+            .clone()
+            .list_events(proto::ListEventsRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+                kinds: Vec::new(),
+                page_size: 500,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list events")
+            .into_inner()
+            .events
+    }
+
+    pub async fn jwks_json(&self) -> String {
+        let keys = self
+            .bundle
+            .clone()
+            .get_signing_keys(proto::GetSigningKeysRequest {})
+            .await
+            .expect("signing keys")
+            .into_inner();
+        let keys: Vec<Value> = keys
+            .keys
+            .iter()
+            .map(|key| {
+                serde_json::json!({"kty": key.kty, "crv": key.crv, "x": key.x, "kid": key.kid,
+                    "alg": key.alg, "use": key.r#use})
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+}
+
+pub fn publish_request(
+    namespace: &str,
+    name: &str,
+    label: &str,
+    activate: bool,
+) -> proto::PublishRequest {
+    proto::PublishRequest {
+        namespace: namespace.into(),
+        name: name.into(),
+        version: 0,
+        label: label.into(),
+        activate,
+        expected_active_version: None,
+        reason: "test publish".into(),
+        idempotency_key: String::new(),
+    }
+}
+
+pub fn target(namespace: &str, name: &str, version: u32) -> proto::ActivationTarget {
+    proto::ActivationTarget {
+        namespace: namespace.into(),
+        name: name.into(),
+        selector: Some(proto::activation_target::Selector::Version(version)),
+        expected_active_version: None,
+    }
+}
+
+pub fn state_name(version: &proto::Version) -> &'static str {
+    match proto::VersionState::try_from(version.state).expect("known state") {
+        proto::VersionState::Draft => "DRAFT",
+        proto::VersionState::Published => "PUBLISHED",
+        proto::VersionState::Superseded => "SUPERSEDED",
+        proto::VersionState::Discarded => "DISCARDED",
+        proto::VersionState::Unspecified => "UNSPECIFIED",
+    }
+}
+
+/// Asserts the code of a failed call and returns its message.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> String {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status.message().to_owned()
+        }
+    }
+}
+
+/// The `policyhub` binary built for these tests.
+pub fn policyhub_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_policyhub"))
+}
+
+/// Declares each scenario once per backend: `sqlite::name` and
+/// `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await).await;
+                }
+            )*
+        }
+    };
+}

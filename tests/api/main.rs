@@ -1,0 +1,9 @@
+//! Integration tests: real servers on port 0, real SQLite files and
+//! PostgreSQL databases, real gRPC clients.
+
+mod bad_input;
+mod concurrency;
+mod helpers;
+mod lifecycle;
+mod operations;
+mod signing;

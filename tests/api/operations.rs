@@ -1,0 +1,242 @@
+//! What operators see: grpcurl with reflection, the README walk-through,
+//! health, migrations and the refusal to run unauthenticated in the open.
+
+use std::process::Command;
+
+use policyhub::{config::Settings, startup::Application};
+use sea_orm::ConnectionTrait;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::helpers::{Backend, TestDatabase, policyhub_binary, spawn_app, spawn_on, test_settings};
+
+fn grpcurl(args: &[&str]) -> std::process::Output {
+    Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("grpcurl is not on PATH: run the tests with ./scripts/test, which installs it")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_and_describes_through_reflection() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let address = app.address.to_string();
+    let listed = grpcurl(&["-plaintext", &address, "list"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for service in [
+        "policyhub.v1.PolicyService",
+        "policyhub.v1.BundleService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(listed.contains(service), "{listed}");
+    }
+    let described = grpcurl(&[
+        "-plaintext",
+        &address,
+        "describe",
+        "policyhub.v1.PolicyService.Rollback",
+    ]);
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("Activates an older published version"),
+        "{described}"
+    );
+    let message = grpcurl(&[
+        "-plaintext",
+        &address,
+        "describe",
+        "policyhub.v1.ActivationTarget",
+    ]);
+    let message = String::from_utf8_lossy(&message.stdout);
+    assert!(message.contains("Compare-and-swap"), "{message}");
+}
+
+/// The commands between the walk-through markers of the README, with
+/// backslash continuations joined.
+fn readme_walkthrough() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("<!-- walkthrough:start -->")
+        .expect("walk-through start marker");
+    let end = readme
+        .find("<!-- walkthrough:end -->")
+        .expect("walk-through end marker");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in readme[start..end].lines() {
+        let line = line.trim_end();
+        if line.starts_with("```")
+            || line.starts_with("<!--")
+            || (current.is_empty()
+                && !line.starts_with("grpcurl")
+                && !line.starts_with("policyhub"))
+        {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_works_when_pasted() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let workdir = tempfile::tempdir().unwrap();
+    let bin_dir = policyhub_binary().parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let commands = readme_walkthrough();
+    assert!(
+        commands.len() >= 8,
+        "the walk-through has draft, publish, activate, rollback: {commands:?}"
+    );
+    for command in &commands {
+        let command = command.replace("localhost:50051", &app.address.to_string());
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(workdir.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "README command failed: {command}\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let active = app.get_active("payments", "card-limits").await.unwrap();
+    assert_eq!(
+        active.version, 1,
+        "the walk-through ends rolled back to version 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_not_serving_while_the_database_is_unreachable() {
+    let app = spawn_app(Backend::Postgres).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = |health: &mut HealthClient<tonic::transport::Channel>| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "policyhub.v1.PolicyService".into(),
+                })
+                .await
+                .map(|response| response.into_inner().status)
+        }
+    };
+    let wait_for = |wanted: ServingStatus| {
+        let mut health = health.clone();
+        async move {
+            for _ in 0..100 {
+                if status(&mut health).await.ok() == Some(wanted as i32) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("health never became {wanted:?}");
+        }
+    };
+    wait_for(ServingStatus::Serving).await;
+
+    let admin = sea_orm::Database::connect(std::env::var("POLICYHUB_TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let name = app.database.url.rsplit('/').next().unwrap().to_owned();
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+    wait_for(ServingStatus::NotServing).await;
+    let refused = app
+        .try_draft("payments", "limits", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    wait_for(ServingStatus::Serving).await;
+    app.draft("payments", "limits", serde_json::json!({})).await;
+    let _ = &mut health;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_schema_and_is_repeatable() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = TestDatabase::new(backend).await;
+        for _ in 0..2 {
+            let output = Command::new(policyhub_binary())
+                .args(["migrate", "--database-url", &database.url, "--data-dir"])
+                .arg(database.data_dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // The server starts on the migrated database.
+        spawn_on(database, |_| {}).await.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_without_authentication_is_refused_off_loopback_and_by_default() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let open: Settings = Settings {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..test_settings(&database)
+    };
+    let error = Application::build(open)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("--insecure is refused on 0.0.0.0"),
+        "{error}"
+    );
+    let secure_default = Settings {
+        insecure: false,
+        ..test_settings(&database)
+    };
+    let error = Application::build(secure_default)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("authentication is on by default"), "{error}");
+}
