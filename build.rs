@@ -22,6 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Watch messages are encoded by hand so that each bundle is encoded
+        // once and shared by every stream (see src/grpc/watch_message.rs).
+        .extern_path(
+            ".policyhub.v1.WatchActiveResponse",
+            "crate::grpc::watch_message::WatchActiveResponse",
+        )
         .compile_fds(file_descriptors)?;
     Ok(())
 }

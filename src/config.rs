@@ -41,6 +41,46 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// How often the database is pinged for the health service, in seconds.
     pub health_check_interval_seconds: u64,
+    /// Watch streams.
+    pub watch: WatchSettings,
+}
+
+/// Watch streams and, on PostgreSQL, how a replica learns of the others'
+/// activations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchSettings {
+    /// A PROGRESS message goes out after this long without an update, in
+    /// milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// PostgreSQL: read the event log for revisions committed by other
+    /// replicas this often, in milliseconds, in case a notification was lost.
+    pub catch_up_interval_ms: u64,
+    /// PostgreSQL: LISTEN for other replicas' activations (delivery within
+    /// milliseconds). Without it, only the periodic catch-up delivers them.
+    pub listen_notifications: bool,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            heartbeat_interval_ms: 10_000,
+            catch_up_interval_ms: 1_000,
+            listen_notifications: true,
+        }
+    }
+}
+
+impl WatchSettings {
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(1))
+    }
+
+    /// The catch-up interval.
+    pub fn catch_up_interval(&self) -> Duration {
+        Duration::from_millis(self.catch_up_interval_ms.max(1))
+    }
 }
 
 /// Where the signing keys come from.
@@ -76,6 +116,7 @@ impl Default for Settings {
             limits: Limits::default(),
             log_format: LogFormat::Text,
             health_check_interval_seconds: 5,
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -116,6 +157,7 @@ const SETTINGS: &[&str] = &[
     "limits",
     "log_format",
     "health_check_interval_seconds",
+    "watch",
 ];
 
 /// Whether a `POLICYHUB_*` variable (prefix stripped) names a setting.

@@ -31,6 +31,9 @@ pub struct PolicyHub {
     signer: Arc<SigningKey>,
     /// Every public key that ever signed, cached: they only change at start.
     jwks: Arc<Vec<Jwk>>,
+    /// Held while revisions are applied to the index, so that they are
+    /// applied whole and in order whichever path delivers them.
+    applier: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn claim(
@@ -75,6 +78,7 @@ impl PolicyHub {
             index: ActiveIndex::new(revision, bundles),
             signer: Arc::new(signer),
             jwks: Arc::new(jwks),
+            applier: Arc::default(),
         })
     }
 
@@ -88,8 +92,43 @@ impl PolicyHub {
         &self.repository
     }
 
-    fn applied(&self, activation: &ActivationOutcome) {
-        self.index.apply(activation.revision, &activation.changed);
+    /// Brings the index up to a revision this replica just committed, before
+    /// the reply goes out (so a caller reads its own write). The commit's own
+    /// moves are applied directly when they are the next revision; otherwise
+    /// another commit (here or on another replica) came first, and the index
+    /// catches up from the event log in revision order: the index never
+    /// advertises a revision before everything up to it is applied.
+    async fn applied(&self, activation: &ActivationOutcome) {
+        if self.index.revision() >= activation.revision {
+            return;
+        }
+        let _applying = self.applier.lock().await;
+        if self.index.revision() + 1 == activation.revision && !activation.changed.is_empty() {
+            self.index
+                .apply(activation.revision, activation.changed.clone());
+            return;
+        }
+        if let Err(error) = self.catch_up_locked().await {
+            // The commit stands; the next catch-up delivers it.
+            tracing::warn!(%error, revision = activation.revision, "cannot catch up the active index");
+        }
+    }
+
+    /// Applies every revision committed after the index's, in order.
+    pub async fn catch_up(&self) -> Result<()> {
+        let _applying = self.applier.lock().await;
+        self.catch_up_locked().await
+    }
+
+    async fn catch_up_locked(&self) -> Result<()> {
+        for (revision, bundles) in self
+            .repository
+            .activations_since(self.index.revision())
+            .await?
+        {
+            self.index.apply(revision, bundles);
+        }
+        Ok(())
     }
 
     /// Creates the next draft.
@@ -127,7 +166,7 @@ impl PolicyHub {
             .publish(command, context, claim.as_ref(), &self.signer)
             .await?;
         if let Some(activation) = &outcome.activation {
-            self.applied(activation);
+            self.applied(activation).await;
         }
         Ok(outcome)
     }
@@ -144,7 +183,7 @@ impl PolicyHub {
             .repository
             .activate(command, context, claim.as_ref())
             .await?;
-        self.applied(&outcome);
+        self.applied(&outcome).await;
         Ok(outcome)
     }
 
@@ -155,7 +194,7 @@ impl PolicyHub {
         context: &RequestContext,
     ) -> Result<ActivationOutcome> {
         let outcome = self.repository.rollback(command, context).await?;
-        self.applied(&outcome);
+        self.applied(&outcome).await;
         Ok(outcome)
     }
 
@@ -240,7 +279,7 @@ impl PolicyHub {
     ) -> Result<ActiveView> {
         if let Some(as_of) = as_of {
             if let AsOf::Revision(revision) = as_of {
-                let current = self.index.snapshot().revision;
+                let current = self.index.revision();
                 if revision > current {
                     return Err(Error::invalid(
                         "as_of_revision",
@@ -255,8 +294,8 @@ impl PolicyHub {
                 ))),
             };
         }
-        if let Some(bundle) = self.index.get(policy) {
-            return Ok(ActiveView::Signed(bundle));
+        if let Some(indexed) = self.index.snapshot().get(policy) {
+            return Ok(ActiveView::Signed(indexed.bundle.clone()));
         }
         // The rare path: tell a missing policy from one with nothing active.
         let draft = self.repository.open_draft(policy).await?;

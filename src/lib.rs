@@ -13,8 +13,10 @@
 //!   lifecycle; migrations live in the `policyhub-migrations` crate.
 //! - [`signing`]: Ed25519 keys, JWS bundles and the JWKS; the only module
 //!   that touches key material.
-//! - [`watch`]: the in-memory index of active bundles.
+//! - [`watch`]: the in-memory index of active bundles and the watch
+//!   subscribers that fan it out.
 //! - [`hub`]: the application, tying storage, signing and the index together.
+//! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
 //!   error-to-status mapping and the caller seam for authentication.
 //! - [`config`], [`telemetry`], [`startup`], [`shutdown`]: running the server.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod hub;
+pub mod replication;
 pub mod shutdown;
 pub mod signing;
 pub mod startup;

@@ -114,6 +114,13 @@ impl Application {
             self.hub.clone(),
             self.settings.health_check_interval(),
         ));
+        let replication_task = (!self.settings.is_sqlite()).then(|| {
+            tokio::spawn(crate::replication::follow(
+                self.hub.clone(),
+                self.settings.database_url(),
+                self.settings.watch.clone(),
+            ))
+        });
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -128,8 +135,18 @@ impl Application {
             self.settings.limits.clone(),
         ))
         .max_decoding_message_size(max_message);
-        let bundle_service = BundleServiceServer::new(BundleApi::new(self.hub.clone()))
-            .max_decoding_message_size(max_message);
+        let bundle_service = BundleServiceServer::new(BundleApi::new(
+            self.hub.clone(),
+            self.settings.watch.heartbeat_interval(),
+        ))
+        .max_decoding_message_size(max_message);
+        // Watch streams never end by themselves: end them first, with
+        // UNAVAILABLE, so the graceful drain does not wait on them forever.
+        let index = self.hub.index().clone();
+        let shutdown = async move {
+            shutdown.await;
+            index.close();
+        };
         tracing::info!(address = %self.address, "serving grpc");
         let served = Server::builder()
             .add_service(health_service)
@@ -140,6 +157,9 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         health_task.abort();
+        if let Some(task) = replication_task {
+            task.abort();
+        }
         served.context("serving grpc")?;
         tracing::info!("stopped");
         Ok(())

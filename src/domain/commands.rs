@@ -150,7 +150,9 @@ pub struct ActivationOutcome {
     pub revision: u64,
     /// One per target, in request order.
     pub activations: Vec<Activation>,
-    /// The bundles whose pointer moved, for the in-memory index.
+    /// The bundles whose pointer moved, for the in-memory index. Not kept
+    /// with an idempotent reply: a replay moves nothing.
+    #[serde(skip)]
     pub changed: Vec<ActiveBundle>,
 }
 

@@ -1,27 +1,70 @@
 //! `policyhub.v1.BundleService`: what runtimes call.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::proto::{self, bundle_service_server::BundleService};
+use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
 use super::status::to_status;
-use crate::domain::PolicyRef;
+use super::watch_message::WatchActiveResponse;
+use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
 use crate::hub::{ActiveView, PolicyHub};
 use crate::storage::AsOf;
+use crate::watch::{Closed, MessageKind, Selector, WatchMessage};
 
 /// Serves `BundleService` on top of the hub.
 #[derive(Clone)]
 pub struct BundleApi {
     hub: PolicyHub,
+    /// A PROGRESS message goes out after this long without an update.
+    heartbeat: Duration,
 }
 
 impl BundleApi {
     /// The service over `hub`.
-    pub fn new(hub: PolicyHub) -> Self {
-        BundleApi { hub }
+    pub fn new(hub: PolicyHub, heartbeat: Duration) -> Self {
+        BundleApi { hub, heartbeat }
+    }
+}
+
+/// Most policy names one watch may select.
+const MAX_WATCHED_NAMES: usize = 1000;
+
+fn selector(request: &proto::WatchActiveRequest) -> DomainResult<Selector> {
+    let namespace = Namespace::parse("namespace", &request.namespace)?;
+    if request.names.len() > MAX_WATCHED_NAMES {
+        return Err(Error::invalid(
+            "names",
+            format!(
+                "{} names, at most {MAX_WATCHED_NAMES} are allowed: watch the namespace instead",
+                request.names.len()
+            ),
+        ));
+    }
+    let mut names = request
+        .names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| PolicyName::parse(&format!("names[{index}]"), name))
+        .collect::<DomainResult<Vec<_>>>()?;
+    names.sort();
+    names.dedup();
+    Ok(Selector { namespace, names })
+}
+
+fn watch_response(message: WatchMessage) -> WatchActiveResponse {
+    let kind = match message.kind {
+        MessageKind::Snapshot => WatchEventKind::Snapshot,
+        MessageKind::Update => WatchEventKind::Update,
+        MessageKind::Progress => WatchEventKind::Progress,
+    };
+    WatchActiveResponse {
+        kind: kind as i32,
+        revision: message.revision,
+        reset: message.reset,
+        bundles: message.bundles,
     }
 }
 
@@ -56,15 +99,33 @@ impl BundleService for BundleApi {
     }
 
     type WatchActiveStream =
-        Pin<Box<dyn Stream<Item = Result<proto::WatchActiveResponse, Status>> + Send>>;
+        Pin<Box<dyn Stream<Item = Result<WatchActiveResponse, Status>> + Send>>;
 
     async fn watch_active(
         &self,
-        _request: Request<proto::WatchActiveRequest>,
+        request: Request<proto::WatchActiveRequest>,
     ) -> Result<Response<Self::WatchActiveStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchActive is not available yet; poll GetActive",
-        ))
+        let request = request.into_inner();
+        let selector = selector(&request).map_err(to_status)?;
+        let subscriber =
+            self.hub
+                .index()
+                .subscribe(selector, request.since_revision, self.heartbeat);
+        // The next message is computed only when the transport asks for it,
+        // so a slow client leaves nothing queued here.
+        let stream = futures::stream::unfold(Some(subscriber), |subscriber| async move {
+            let mut subscriber = subscriber?;
+            match subscriber.next().await {
+                Ok(message) => Some((Ok(watch_response(message)), Some(subscriber))),
+                Err(Closed { revision }) => Some((
+                    Err(Status::unavailable(format!(
+                        "the server is shutting down: reconnect with since_revision {revision}"
+                    ))),
+                    None,
+                )),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_signing_keys(

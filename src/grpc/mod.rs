@@ -6,6 +6,7 @@ pub mod convert;
 mod limits;
 mod policy_service;
 pub mod status;
+pub mod watch_message;
 
 pub use bundle_service::BundleApi;
 pub use limits::Limits;

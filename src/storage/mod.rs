@@ -13,7 +13,7 @@ use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
-pub use repository::{AsOf, IdempotencyClaim, Repository};
+pub use repository::{AsOf, IdempotencyClaim, REVISION_CHANNEL, Repository};
 
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).
 ///

@@ -409,6 +409,10 @@ async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
     Ok(to_u64(row.try_get_by_index::<i64>(0)?))
 }
 
+/// The PostgreSQL notification channel that carries each committed
+/// activation revision.
+pub const REVISION_CHANNEL: &str = "policyhub_revisions";
+
 /// One policy pointer to move, already locked and resolved.
 struct PointerMove {
     policy: policies::Model,
@@ -465,6 +469,15 @@ async fn move_pointers(
         });
     }
     let revision = next_revision(txn).await?;
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        // Delivered at commit to every replica's listener (see `replication`).
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [REVISION_CHANNEL.into(), revision.to_string().into()],
+        ))
+        .await?;
+    }
     let mut changed = Vec::new();
     for step in moves.iter().filter(|step| moving(step)) {
         policies::Entity::update_many()
@@ -512,10 +525,10 @@ fn is_unique_violation(error: &DbErr) -> bool {
 }
 
 #[derive(FromQueryResult)]
-struct ActiveRow {
+struct MovedRow {
+    revision: i64,
     namespace: String,
     name: String,
-    active_revision: i64,
     version: i32,
     label: Option<String>,
     digest: String,
@@ -1302,9 +1315,9 @@ impl Repository {
     pub async fn load_active(&self) -> Result<(u64, Vec<ActiveBundle>)> {
         let txn = self.db.begin().await?;
         let revision = current_revision(&txn).await?;
-        let rows = ActiveRow::find_by_statement(Statement::from_string(
+        let rows = MovedRow::find_by_statement(Statement::from_string(
             txn.get_database_backend(),
-            "SELECT p.namespace, p.name, p.active_revision, v.version, v.label, v.digest, v.jws, v.key_id \
+            "SELECT p.active_revision AS revision, p.namespace, p.name, v.version, v.label, v.digest, v.jws, v.key_id \
              FROM policies p JOIN versions v ON v.policy_id = p.id AND v.version = p.active_version",
         ))
         .all(&txn)
@@ -1312,28 +1325,36 @@ impl Repository {
         txn.commit().await?;
         let bundles = rows
             .into_iter()
-            .map(|row| {
-                let policy = PolicyRef::parse(&row.namespace, &row.name)?;
-                let model = versions::Model {
-                    id: 0,
-                    policy_id: 0,
-                    version: row.version,
-                    state: VersionState::Published.as_str().into(),
-                    body: String::new(),
-                    digest: row.digest,
-                    label: row.label,
-                    change_notes: String::new(),
-                    created_by: String::new(),
-                    created_at: DateTime::<Utc>::MIN_UTC,
-                    published_by: None,
-                    published_at: None,
-                    jws: row.jws,
-                    key_id: row.key_id,
-                };
-                active_bundle(policy, to_u64(row.active_revision), &model)
-            })
+            .map(MovedRow::into_bundle)
             .collect::<Result<_>>()?;
         Ok((revision, bundles))
+    }
+
+    /// The pointer moves of every revision after `revision`, grouped by
+    /// revision, oldest first: what a replica applies to catch up.
+    pub async fn activations_since(&self, revision: u64) -> Result<Vec<(u64, Vec<ActiveBundle>)>> {
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            DatabaseBackend::Postgres => MOVES_SINCE.replace('?', "$1"),
+            _ => MOVES_SINCE.to_owned(),
+        };
+        let rows = MovedRow::find_by_statement(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [(revision as i64).into()],
+        ))
+        .all(&self.db)
+        .await?;
+        let mut revisions: Vec<(u64, Vec<ActiveBundle>)> = Vec::new();
+        for row in rows {
+            let bundle = row.into_bundle()?;
+            let revision = bundle.revision;
+            match revisions.last_mut() {
+                Some((last, bundles)) if *last == revision => bundles.push(bundle),
+                _ => revisions.push((revision, vec![bundle])),
+            }
+        }
+        Ok(revisions)
     }
 
     /// Stores the public keys not stored yet, and records a key rotation when
@@ -1400,6 +1421,38 @@ impl Repository {
                 use_: "sig".into(),
             })
             .collect())
+    }
+}
+
+/// Every pointer move after a revision, with the bundle it moved to.
+const MOVES_SINCE: &str = "SELECT e.revision, p.namespace, p.name, v.version, v.label, v.digest, v.jws, v.key_id \
+     FROM events e \
+     JOIN policies p ON p.id = e.policy_id \
+     JOIN versions v ON v.policy_id = e.policy_id AND v.version = e.new_version \
+     WHERE e.revision > ? AND e.kind IN ('ACTIVATED', 'ROLLED_BACK') \
+     ORDER BY e.revision, e.id";
+
+impl MovedRow {
+    fn into_bundle(self) -> Result<ActiveBundle> {
+        let policy = PolicyRef::parse(&self.namespace, &self.name)?;
+        let (Some(jws), Some(key_id)) = (self.jws, self.key_id) else {
+            return Err(Error::Internal(format!(
+                "active version {} of {policy} has no signature",
+                self.version
+            )));
+        };
+        Ok(ActiveBundle {
+            version: to_u32(self.version),
+            label: self
+                .label
+                .map(|label| Label::parse("label", &label))
+                .transpose()?,
+            digest: Digest::from_stored(self.digest),
+            jws: Arc::from(jws),
+            key_id,
+            revision: to_u64(self.revision),
+            policy,
+        })
     }
 }
 

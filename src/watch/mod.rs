@@ -1,79 +1,322 @@
-//! The in-memory index of active bundles that serves `GetActive` without a
-//! query per request.
+//! The in-memory index of active bundles, and the watch subscribers that
+//! fan it out.
 //!
-//! The index is a snapshot behind a `tokio::sync::watch` channel: readers
-//! clone an `Arc` of the current snapshot, and a commit publishes a new one.
-//! Every entry remembers the revision at which its policy's pointer last
-//! moved, so "what changed after revision S" is a filter over the snapshot.
+//! The index is an immutable [`Snapshot`] behind a `tokio::sync::watch`
+//! channel. A commit publishes a new snapshot (sharing every namespace it did
+//! not touch), and every subscriber is woken. A subscriber holds only a
+//! cursor — the revision it has delivered — and, when its stream is ready to
+//! send, computes one message from the newest snapshot: the bundles whose
+//! revision is above its cursor. So a slow subscriber holds no queue, costs
+//! constant memory, delays no one, and receives one coalesced update when it
+//! catches up. Because an active pointer never disappears, "what moved after
+//! revision S" is answerable from the snapshot for any S.
+//!
+//! Revisions are applied whole and in order (see `hub`), so a snapshot never
+//! holds half of an atomic multi-policy activation.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use prost::{Message, bytes::Bytes};
+use tokio::{sync::watch, time::Instant};
 
-use crate::domain::{ActiveBundle, PolicyRef};
+use crate::domain::{ActiveBundle, Namespace, PolicyName, PolicyRef};
+
+/// An active bundle with its protobuf encoding, made once per version and
+/// shared by every stream.
+#[derive(Debug, Clone)]
+pub struct IndexedBundle {
+    /// The bundle.
+    pub bundle: ActiveBundle,
+    /// `policyhub.v1.Bundle`, encoded.
+    pub encoded: Bytes,
+}
+
+impl IndexedBundle {
+    fn new(bundle: ActiveBundle) -> Self {
+        let encoded = Bytes::from(crate::grpc::convert::bundle(&bundle).encode_to_vec());
+        IndexedBundle { bundle, encoded }
+    }
+}
+
+/// The active bundles of one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceIndex {
+    /// The last revision that moved a pointer in this namespace, so that
+    /// subscribers of quiet namespaces skip it at once.
+    pub revision: u64,
+    /// Active bundle per policy name.
+    pub policies: BTreeMap<PolicyName, Arc<IndexedBundle>>,
+}
 
 /// The active bundles at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Every activation up to and including this revision is applied.
     pub revision: u64,
-    /// Active bundle of every policy that has one.
-    pub bundles: BTreeMap<PolicyRef, ActiveBundle>,
+    /// Per namespace; untouched namespaces are shared between snapshots.
+    pub namespaces: BTreeMap<Namespace, Arc<NamespaceIndex>>,
+}
+
+/// Which policies a subscriber watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// These policies only; empty for the whole namespace.
+    pub names: Vec<PolicyName>,
+}
+
+impl Snapshot {
+    /// The active bundle of one policy.
+    pub fn get(&self, policy: &PolicyRef) -> Option<&Arc<IndexedBundle>> {
+        self.namespaces
+            .get(&policy.namespace)?
+            .policies
+            .get(&policy.name)
+    }
+
+    /// The bundles matching `selector` whose pointer moved after `since`
+    /// (all of them for `since = 0`), in name order.
+    pub fn changed_since(&self, selector: &Selector, since: u64) -> Vec<Bytes> {
+        let Some(namespace) = self.namespaces.get(&selector.namespace) else {
+            return Vec::new();
+        };
+        if namespace.revision <= since {
+            return Vec::new();
+        }
+        let moved = |entry: &&Arc<IndexedBundle>| entry.bundle.revision > since;
+        let encoded = |entry: &Arc<IndexedBundle>| entry.encoded.clone();
+        if selector.names.is_empty() {
+            return namespace
+                .policies
+                .values()
+                .filter(moved)
+                .map(encoded)
+                .collect();
+        }
+        selector
+            .names
+            .iter()
+            .filter_map(|name| namespace.policies.get(name))
+            .filter(moved)
+            .map(encoded)
+            .collect()
+    }
+
+    fn insert(&mut self, bundle: ActiveBundle) {
+        let namespace = Arc::make_mut(
+            self.namespaces
+                .entry(bundle.policy.namespace.clone())
+                .or_default(),
+        );
+        namespace.revision = namespace.revision.max(bundle.revision);
+        namespace.policies.insert(
+            bundle.policy.name.clone(),
+            Arc::new(IndexedBundle::new(bundle)),
+        );
+    }
 }
 
 /// Shared, cheaply cloned handle on the index.
 #[derive(Debug, Clone)]
 pub struct ActiveIndex {
-    sender: Arc<watch::Sender<Arc<Snapshot>>>,
+    snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
+    /// Flips to `true` when the server shuts down: every stream ends.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl ActiveIndex {
     /// An index holding `bundles` at `revision`.
     pub fn new(revision: u64, bundles: Vec<ActiveBundle>) -> Self {
-        let bundles = bundles
-            .into_iter()
-            .map(|bundle| (bundle.policy.clone(), bundle))
-            .collect();
-        let (sender, _) = watch::channel(Arc::new(Snapshot { revision, bundles }));
+        let mut snapshot = Snapshot {
+            revision,
+            namespaces: BTreeMap::new(),
+        };
+        for bundle in bundles {
+            snapshot.insert(bundle);
+        }
         ActiveIndex {
-            sender: Arc::new(sender),
+            snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
+            closing: Arc::new(watch::channel(false).0),
         }
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.sender.borrow().clone()
+        self.snapshots.borrow().clone()
     }
 
-    /// The active bundle of one policy.
-    pub fn get(&self, policy: &PolicyRef) -> Option<ActiveBundle> {
-        self.sender.borrow().bundles.get(policy).cloned()
+    /// The revision of the current snapshot.
+    pub fn revision(&self) -> u64 {
+        self.snapshots.borrow().revision
     }
 
-    /// Applies the pointer moves committed at `revision`. Entries never go
-    /// back: a move older than what the index holds is ignored, so applying
-    /// the same commit twice (an idempotent replay) changes nothing.
-    pub fn apply(&self, revision: u64, changed: &[ActiveBundle]) {
-        self.sender.send_if_modified(|current| {
-            let newer: Vec<&ActiveBundle> = changed
-                .iter()
-                .filter(|bundle| {
-                    current
-                        .bundles
-                        .get(&bundle.policy)
-                        .is_none_or(|held| held.revision < bundle.revision)
-                })
-                .collect();
-            if newer.is_empty() && revision <= current.revision {
+    /// Applies the pointer moves of one revision, which must be the next one
+    /// (the caller applies revisions in order, see `hub`). A revision already
+    /// applied is ignored.
+    pub fn apply(&self, revision: u64, changed: Vec<ActiveBundle>) {
+        self.snapshots.send_if_modified(|current| {
+            if revision <= current.revision {
                 return false;
             }
+            debug_assert_eq!(
+                revision,
+                current.revision + 1,
+                "revisions are applied in order"
+            );
+            debug_assert!(changed.iter().all(|bundle| bundle.revision == revision));
             let next = Arc::make_mut(current);
-            next.revision = next.revision.max(revision);
-            for bundle in newer {
-                next.bundles.insert(bundle.policy.clone(), bundle.clone());
+            next.revision = revision;
+            for bundle in changed {
+                next.insert(bundle);
             }
             true
         });
+    }
+
+    /// Number of open watch streams.
+    pub fn subscribers(&self) -> usize {
+        self.snapshots.receiver_count()
+    }
+
+    /// Ends every stream (server shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// A new subscriber starting after `since_revision` (0: with a snapshot).
+    pub fn subscribe(
+        &self,
+        selector: Selector,
+        since_revision: u64,
+        heartbeat: Duration,
+    ) -> Subscriber {
+        Subscriber {
+            snapshots: self.snapshots.subscribe(),
+            closing: self.closing.subscribe(),
+            selector,
+            cursor: since_revision,
+            started: false,
+            heartbeat,
+        }
+    }
+}
+
+/// What a watch message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Every matching active bundle; replaces what the client held.
+    Snapshot,
+    /// The bundles that moved since the previous message.
+    Update,
+    /// Nothing moved; the server is at this revision.
+    Progress,
+}
+
+/// One message for a subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchMessage {
+    /// What it carries.
+    pub kind: MessageKind,
+    /// The revision the client is at once it applied the message.
+    pub revision: u64,
+    /// On a snapshot: the client was ahead of the server.
+    pub reset: bool,
+    /// Encoded `policyhub.v1.Bundle`s.
+    pub bundles: Vec<Bytes>,
+}
+
+/// The server is shutting down; the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// The last revision the subscriber was sent, to resume from elsewhere.
+    pub revision: u64,
+}
+
+/// One watch stream's state: a cursor and two receivers, nothing else.
+#[derive(Debug)]
+pub struct Subscriber {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    closing: watch::Receiver<bool>,
+    selector: Selector,
+    /// The revision delivered so far (or asked to resume from).
+    cursor: u64,
+    /// Whether the first message went out.
+    started: bool,
+    heartbeat: Duration,
+}
+
+impl Subscriber {
+    /// The first message: a snapshot, a reset snapshot when the client is
+    /// ahead of the server, or one update with everything after its cursor.
+    fn first(&mut self) -> WatchMessage {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        self.started = true;
+        let since = self.cursor;
+        self.cursor = snapshot.revision;
+        if since == 0 || since > snapshot.revision {
+            return WatchMessage {
+                kind: MessageKind::Snapshot,
+                revision: snapshot.revision,
+                reset: since > snapshot.revision,
+                bundles: snapshot.changed_since(&self.selector, 0),
+            };
+        }
+        WatchMessage {
+            kind: MessageKind::Update,
+            revision: snapshot.revision,
+            reset: false,
+            bundles: snapshot.changed_since(&self.selector, since),
+        }
+    }
+
+    /// The next message, computed when the stream is ready to send it:
+    /// one update coalescing every revision since the last message, or a
+    /// progress message after a quiet heartbeat interval. `Err` once the
+    /// server shuts down.
+    pub async fn next(&mut self) -> Result<WatchMessage, Closed> {
+        if *self.closing.borrow() {
+            return Err(Closed {
+                revision: self.cursor,
+            });
+        }
+        if !self.started {
+            return Ok(self.first());
+        }
+        let quiet_until = Instant::now() + self.heartbeat;
+        loop {
+            tokio::select! {
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        return Err(Closed { revision: self.cursor });
+                    }
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    let bundles = snapshot.changed_since(&self.selector, self.cursor);
+                    // Revisions that moved nothing selected still advance the
+                    // cursor; the next progress message reports them.
+                    self.cursor = snapshot.revision;
+                    if !bundles.is_empty() {
+                        return Ok(WatchMessage {
+                            kind: MessageKind::Update,
+                            revision: snapshot.revision,
+                            reset: false,
+                            bundles,
+                        });
+                    }
+                }
+                () = tokio::time::sleep_until(quiet_until) => {
+                    return Ok(WatchMessage {
+                        kind: MessageKind::Progress,
+                        revision: self.cursor,
+                        reset: false,
+                        bundles: Vec::new(),
+                    });
+                }
+                _ = self.closing.wait_for(|closing| *closing) => {
+                    return Err(Closed { revision: self.cursor });
+                }
+            }
+        }
     }
 }
 
@@ -94,16 +337,65 @@ mod tests {
         }
     }
 
+    fn selector(names: &[&str]) -> Selector {
+        Selector {
+            namespace: Namespace::parse("namespace", "team").unwrap(),
+            names: names
+                .iter()
+                .map(|name| PolicyName::parse("name", name).unwrap())
+                .collect(),
+        }
+    }
+
     #[test]
-    fn apply_moves_forward_only() {
+    fn apply_ignores_revisions_already_applied() {
         let index = ActiveIndex::new(0, Vec::new());
-        index.apply(2, &[bundle("a", 2, 2)]);
-        index.apply(1, &[bundle("a", 1, 1)]);
+        index.apply(1, vec![bundle("a", 1, 1)]);
+        index.apply(2, vec![bundle("a", 2, 2)]);
+        index.apply(2, vec![bundle("a", 9, 2)]);
         let snapshot = index.snapshot();
         assert_eq!(snapshot.revision, 2);
         assert_eq!(
-            snapshot.bundles[&PolicyRef::parse("team", "a").unwrap()].version,
+            snapshot
+                .get(&PolicyRef::parse("team", "a").unwrap())
+                .unwrap()
+                .bundle
+                .version,
             2
         );
+    }
+
+    #[test]
+    fn changed_since_filters_by_revision_and_name() {
+        let index = ActiveIndex::new(0, Vec::new());
+        index.apply(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]);
+        index.apply(2, vec![bundle("b", 2, 2)]);
+        let snapshot = index.snapshot();
+        assert_eq!(snapshot.changed_since(&selector(&[]), 0).len(), 2);
+        assert_eq!(snapshot.changed_since(&selector(&[]), 1).len(), 1);
+        assert_eq!(snapshot.changed_since(&selector(&["a"]), 1).len(), 0);
+        assert_eq!(snapshot.changed_since(&selector(&[]), 2).len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_subscriber_gets_one_coalesced_update() {
+        let index = ActiveIndex::new(0, Vec::new());
+        let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
+        assert_eq!(subscriber.next().await.unwrap().kind, MessageKind::Snapshot);
+        for revision in 1..=50 {
+            index.apply(revision, vec![bundle("a", revision as u32, revision)]);
+        }
+        let update = subscriber.next().await.unwrap();
+        assert_eq!(
+            (update.kind, update.revision, update.bundles.len()),
+            (MessageKind::Update, 50, 1)
+        );
+        let progress = subscriber.next().await.unwrap();
+        assert_eq!(
+            (progress.kind, progress.revision),
+            (MessageKind::Progress, 50)
+        );
+        index.close();
+        assert_eq!(subscriber.next().await, Err(Closed { revision: 50 }));
     }
 }
