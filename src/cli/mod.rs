@@ -1,5 +1,7 @@
 //! The `policyhub` command line.
 
+mod watch;
+
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -50,11 +52,43 @@ enum Command {
         /// The bundle file; `-` or nothing reads standard input.
         bundle: Option<PathBuf>,
     },
+    /// Follow the active bundles of a namespace, verifying each one.
+    ///
+    /// Prints a snapshot, then every update as it is activated; reconnects
+    /// and resumes from the last revision when the server goes away.
+    Watch {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: watch::WatchArgs,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+/// Where the server is.
+#[derive(Debug, clap::Args)]
+struct Connection {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "POLICYHUB_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+}
+
+impl Connection {
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        tonic::transport::Channel::from_shared(self.server.clone())
+            .with_context(|| format!("{:?} is not a server URL", self.server))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.server))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
         }
         Command::Verify { jwks, bundle } => return verify(&jwks, bundle.as_deref()),
+        Command::Watch { connection, args } => {
+            watch::run(connection.channel().await?, args).await?
+        }
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {

@@ -156,6 +156,16 @@ pub struct ActivationOutcome {
     pub changed: Vec<ActiveBundle>,
 }
 
+impl ActivationOutcome {
+    /// Whether any pointer moved (an activation of what is already active
+    /// moves nothing and takes no revision).
+    pub fn moved(&self) -> bool {
+        self.activations
+            .iter()
+            .any(|activation| activation.previous_version != Some(activation.version))
+    }
+}
+
 /// A policy's active signed bundle, as held in memory and streamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveBundle {

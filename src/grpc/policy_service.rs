@@ -274,7 +274,7 @@ impl PolicyService for PolicyApi {
             already_published: outcome.already_published,
             revision: outcome
                 .activation
-                .filter(|activation| !activation.changed.is_empty())
+                .filter(ActivationOutcome::moved)
                 .map_or(0, |activation| activation.revision),
         }))
     }

@@ -75,8 +75,9 @@ impl Snapshot {
             .get(&policy.name)
     }
 
-    /// The bundles matching `selector` whose pointer moved after `since`
-    /// (all of them for `since = 0`), in name order.
+    /// The bundles matching `selector` whose pointer moved after `since`:
+    /// for `since = 0` all of them in name order, otherwise in the order they
+    /// were activated (by revision, then name).
     pub fn changed_since(&self, selector: &Selector, since: u64) -> Vec<Bytes> {
         let Some(namespace) = self.namespaces.get(&selector.namespace) else {
             return Vec::new();
@@ -85,21 +86,23 @@ impl Snapshot {
             return Vec::new();
         }
         let moved = |entry: &&Arc<IndexedBundle>| entry.bundle.revision > since;
-        let encoded = |entry: &Arc<IndexedBundle>| entry.encoded.clone();
-        if selector.names.is_empty() {
-            return namespace
-                .policies
-                .values()
+        let mut changed: Vec<&Arc<IndexedBundle>> = if selector.names.is_empty() {
+            namespace.policies.values().filter(moved).collect()
+        } else {
+            selector
+                .names
+                .iter()
+                .filter_map(|name| namespace.policies.get(name))
                 .filter(moved)
-                .map(encoded)
-                .collect();
+                .collect()
+        };
+        if since > 0 {
+            // Stable: equal revisions keep their name order.
+            changed.sort_by_key(|entry| entry.bundle.revision);
         }
-        selector
-            .names
-            .iter()
-            .filter_map(|name| namespace.policies.get(name))
-            .filter(moved)
-            .map(encoded)
+        changed
+            .into_iter()
+            .map(|entry| entry.encoded.clone())
             .collect()
     }
 

@@ -5,6 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use policyhub::grpc::watch_message::WatchActiveResponse;
 use policyhub::{
     config::Settings,
     grpc::{
@@ -20,7 +21,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status, Streaming, transport::Channel};
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,21 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// The same database for a second server (a replica), with its own data
+    /// directory.
+    pub fn replica(&self) -> Self {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "only PostgreSQL has replicas"
+        );
+        TestDatabase {
+            backend: self.backend,
+            url: self.url.clone(),
+            data_dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
     pub async fn new(backend: Backend) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let url = match backend {
@@ -293,6 +309,36 @@ impl TestApp {
             .events
     }
 
+    /// Opens a watch stream.
+    pub async fn watch(
+        &self,
+        namespace: &str,
+        names: &[&str],
+        since_revision: u64,
+    ) -> Streaming<WatchActiveResponse> {
+        self.try_watch(namespace, names, since_revision)
+            .await
+            .expect("watch")
+    }
+
+    pub async fn try_watch(
+        &self,
+        namespace: &str,
+        names: &[&str],
+        since_revision: u64,
+    ) -> Result<Streaming<WatchActiveResponse>, Status> {
+        Ok(self
+            .bundle
+            .clone()
+            .watch_active(proto::WatchActiveRequest {
+                namespace: namespace.into(),
+                names: names.iter().map(|name| name.to_string()).collect(),
+                since_revision,
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn jwks_json(&self) -> String {
         let keys = self
             .bundle
@@ -348,6 +394,31 @@ pub fn state_name(version: &proto::Version) -> &'static str {
         proto::VersionState::Discarded => "DISCARDED",
         proto::VersionState::Unspecified => "UNSPECIFIED",
     }
+}
+
+/// The next watch message, failing the test after ten seconds.
+pub async fn next_message(stream: &mut Streaming<WatchActiveResponse>) -> WatchActiveResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch message within ten seconds")
+        .expect("the stream is healthy")
+        .expect("the stream is open")
+}
+
+/// `(namespace/name, version, revision)` of every bundle of a message.
+pub fn bundles_of(message: &WatchActiveResponse) -> Vec<(String, u32, u64)> {
+    message
+        .decode_bundles()
+        .expect("bundles decode")
+        .into_iter()
+        .map(|bundle| {
+            (
+                format!("{}/{}", bundle.namespace, bundle.name),
+                bundle.version,
+                bundle.revision,
+            )
+        })
+        .collect()
 }
 
 /// Asserts the code of a failed call and returns its message.
