@@ -43,6 +43,92 @@ pub struct Settings {
     pub health_check_interval_seconds: u64,
     /// Watch streams.
     pub watch: WatchSettings,
+    /// Token authentication.
+    pub auth: AuthSettings,
+    /// TLS on the gRPC port.
+    pub tls: Option<TlsSettings>,
+    /// Per-caller quotas.
+    pub quotas: QuotaSettings,
+}
+
+/// How bearer tokens are verified. With neither `jwks_file` nor
+/// `hs256_secret_file`, a local HS256 secret is generated into the data
+/// directory on first start (`policyhub token` mints tokens with it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The token issuer's public keys (RFC 7517 JWKS): RS*, PS*, ES* or EdDSA.
+    pub jwks_file: Option<PathBuf>,
+    /// A file holding a shared HS256 secret (at least 32 bytes), for small
+    /// setups.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Required `iss` of tokens.
+    pub issuer: String,
+    /// Required `aud` of tokens.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// The claim that holds the caller's grants, such as
+    /// `["payments:publisher", "*:reader"]`.
+    pub roles_claim: String,
+    /// Serve reflection (grpcurl's `list` and `describe`) without a token.
+    /// Health is always served without one, for probes.
+    pub public_reflection: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwks_file: None,
+            hs256_secret_file: None,
+            issuer: LOCAL_ISSUER.into(),
+            audience: "policyhub".into(),
+            leeway_seconds: 30,
+            roles_claim: "roles".into(),
+            public_reflection: true,
+        }
+    }
+}
+
+/// The issuer of tokens minted with the generated local secret.
+pub const LOCAL_ISSUER: &str = "policyhub-local";
+
+/// File name of the HS256 secret generated on first start.
+pub const GENERATED_SECRET_FILE: &str = "token-secret";
+
+/// TLS for the gRPC port (rustls).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Limits per authenticated subject.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Concurrent watch streams one subject may hold.
+    pub max_streams_per_subject: usize,
+    /// Sustained mutating requests (draft, discard, publish, activate,
+    /// rollback, schema) per second and subject.
+    pub mutations_per_second: f64,
+    /// Mutating requests one subject may burst above the sustained rate.
+    pub mutation_burst: f64,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        QuotaSettings {
+            max_streams_per_subject: 1000,
+            mutations_per_second: 20.0,
+            mutation_burst: 100.0,
+        }
+    }
 }
 
 /// Watch streams and, on PostgreSQL, how a replica learns of the others'
@@ -117,6 +203,9 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             health_check_interval_seconds: 5,
             watch: WatchSettings::default(),
+            auth: AuthSettings::default(),
+            tls: None,
+            quotas: QuotaSettings::default(),
         }
     }
 }
@@ -158,6 +247,9 @@ const SETTINGS: &[&str] = &[
     "log_format",
     "health_check_interval_seconds",
     "watch",
+    "auth",
+    "tls",
+    "quotas",
 ];
 
 /// Whether a `POLICYHUB_*` variable (prefix stripped) names a setting.

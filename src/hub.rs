@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActiveBundle, DiscardCommand, DraftCommand, DraftOutcome,
-    Error, EventFilter, EventRecord, IdempotencyKey, Namespace, Page, PolicyRef, PolicySummary,
-    PublishCommand, PublishOutcome, RequestContext, Result, RollbackCommand, SchemaViolation,
-    SetSchemaCommand, VersionRecord, VersionSelector, fingerprint,
+    Error, EventFilter, EventRecord, IdempotencyKey, NamespaceScope, Page, PolicyRef,
+    PolicySummary, PublishCommand, PublishOutcome, RequestContext, Result, RollbackCommand,
+    SchemaViolation, SetSchemaCommand, VersionRecord, VersionSelector, fingerprint,
 };
 use crate::signing::{Jwk, SigningKey};
 use crate::storage::{AsOf, IdempotencyClaim, Repository};
@@ -231,12 +231,12 @@ impl PolicyHub {
     /// A page of policies.
     pub async fn list_policies(
         &self,
-        namespace: Option<&Namespace>,
+        scope: &NamespaceScope,
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<PolicySummary>> {
         self.repository
-            .list_policies(namespace, page_size, page_token)
+            .list_policies(scope, page_size, page_token)
             .await
     }
 

@@ -7,16 +7,23 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tonic_health::server::HealthReporter;
 
-use crate::config::Settings;
+use jsonwebtoken::jwk::JwkSet;
+
+use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
 use crate::grpc::{
-    BundleApi, PolicyApi, context,
+    BundleApi, PolicyApi,
+    auth::{Authentication, Authenticator},
     proto::{
         self, bundle_service_server::BundleServiceServer,
         policy_service_server::PolicyServiceServer,
     },
+    quotas::Quotas,
 };
 use crate::hub::PolicyHub;
 use crate::{signing, storage};
@@ -26,6 +33,7 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     hub: PolicyHub,
+    authentication: Authentication,
     settings: Settings,
 }
 
@@ -46,22 +54,77 @@ fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses to serve without authentication anywhere but on loopback.
-fn check_security(settings: &Settings) -> anyhow::Result<()> {
-    if !settings.insecure {
-        bail!(
-            "authentication is on by default, and this build cannot verify tokens yet: \
-             run with --insecure on a loopback address (127.0.0.1 or [::1]) for local use"
-        );
+/// How callers are authenticated: `--insecure` (loopback only), an issuer's
+/// JWKS, a shared HS256 secret, or, with nothing configured, a local secret
+/// generated into the data directory.
+fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
+    let auth = &settings.auth;
+    if settings.insecure {
+        if !settings.listen.ip().is_loopback() {
+            bail!(
+                "--insecure is refused on {}: without authentication, listen on a loopback address only",
+                settings.listen
+            );
+        }
+        tracing::warn!(listen = %settings.listen, "authentication is disabled (--insecure): every caller is an anonymous admin");
+        return Ok(Authentication::Disabled);
     }
-    if !settings.listen.ip().is_loopback() {
-        bail!(
-            "--insecure is refused on {}: without authentication, listen on a loopback address only",
-            settings.listen
-        );
-    }
-    tracing::warn!(listen = %settings.listen, "authentication is disabled (--insecure): every caller is anonymous");
-    Ok(())
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let authenticator = match (&auth.jwks_file, &auth.hs256_secret_file) {
+        (Some(_), Some(_)) => bail!("configure auth.jwks_file or auth.hs256_secret_file, not both"),
+        (Some(path), None) => {
+            let jwks: JwkSet = serde_json::from_str(&read(path)?)
+                .with_context(|| format!("{} is not a JWKS", path.display()))?;
+            Authenticator::with_jwks(
+                &jwks,
+                &auth.issuer,
+                &auth.audience,
+                auth.leeway_seconds,
+                &auth.roles_claim,
+            )?
+        }
+        (None, Some(path)) => {
+            let secret = read(path)?;
+            let secret = secret.trim();
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "{} holds fewer than 32 bytes: use a longer secret",
+                path.display()
+            );
+            Authenticator::with_hs256(
+                secret.as_bytes(),
+                &auth.issuer,
+                &auth.audience,
+                auth.leeway_seconds,
+                &auth.roles_claim,
+            )
+        }
+        (None, None) => {
+            let path = settings.data_dir.join(GENERATED_SECRET_FILE);
+            let secret = if path.exists() {
+                read(&path)?.trim().to_owned()
+            } else {
+                let secret = signing::write_new_secret(&path)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "no token issuer configured: generated a local token secret; mint an admin token with \
+                     `policyhub token --data-dir {} --subject <you> --role '*:admin'`",
+                    settings.data_dir.display()
+                );
+                secret
+            };
+            Authenticator::with_hs256(
+                secret.as_bytes(),
+                &auth.issuer,
+                &auth.audience,
+                auth.leeway_seconds,
+                &auth.roles_claim,
+            )
+        }
+    };
+    Ok(Authentication::Tokens(authenticator))
 }
 
 /// Opens and migrates the database named by the settings.
@@ -76,7 +139,8 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<sea_orm::Datab
 impl Application {
     /// Binds the listener and prepares everything the server needs.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        check_security(&settings)?;
+        prepare_data_dir(&settings)?;
+        let authentication = authentication(&settings)?;
         let db = open_database(&settings).await?;
         let keys = signing::load_keys(&settings.signing.key_files, &settings.data_dir)?;
         let repository = storage::Repository::new(db, settings.issuer.clone());
@@ -89,6 +153,7 @@ impl Application {
             listener,
             address,
             hub,
+            authentication,
             settings,
         })
     }
@@ -130,14 +195,17 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
+        let quotas = Quotas::new(self.settings.quotas.clone());
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
             self.settings.limits.clone(),
+            quotas.clone(),
         ))
         .max_decoding_message_size(max_message);
         let bundle_service = BundleServiceServer::new(BundleApi::new(
             self.hub.clone(),
             self.settings.watch.heartbeat_interval(),
+            quotas,
         ))
         .max_decoding_message_size(max_message);
         // Watch streams never end by themselves: end them first, with
@@ -148,12 +216,35 @@ impl Application {
             index.close();
         };
         tracing::info!(address = %self.address, "serving grpc");
-        let served = Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(policy_service, context::anonymous))
-            .add_service(InterceptedService::new(bundle_service, context::anonymous))
+        let authentication = self.authentication.clone();
+        let authenticate = move |request| authentication.intercept(request);
+        let mut server = Server::builder();
+        if let Some(tls) = &self.settings.tls {
+            server = server
+                .tls_config(tls_config(tls)?)
+                .context("configuring tls")?;
+        }
+        // Health (for probes) and reflection (for grpcurl) answer without a
+        // token unless auth.public_reflection is off; they reveal no policy.
+        let router = server.add_service(health_service);
+        let router = if self.settings.auth.public_reflection {
+            router
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+        } else {
+            router
+                .add_service(InterceptedService::new(reflection_v1, authenticate.clone()))
+                .add_service(InterceptedService::new(
+                    reflection_v1alpha,
+                    authenticate.clone(),
+                ))
+        };
+        let served = router
+            .add_service(InterceptedService::new(
+                policy_service,
+                authenticate.clone(),
+            ))
+            .add_service(InterceptedService::new(bundle_service, authenticate))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         health_task.abort();
@@ -164,6 +255,21 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The rustls configuration of the gRPC port.
+fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
+    if let Some(client_ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(client_ca)?));
+    }
+    Ok(config)
 }
 
 /// Reports NOT_SERVING while the database does not answer a ping.

@@ -1,6 +1,9 @@
 //! The `policyhub` command line.
 
+mod connection;
 mod watch;
+
+use connection::Connection;
 
 use std::{
     path::{Path, PathBuf},
@@ -62,33 +65,37 @@ enum Command {
         #[command(flatten)]
         args: watch::WatchArgs,
     },
+    /// Mint a bearer token signed with an HS256 secret: by default the
+    /// local secret the server generated into its data directory.
+    Token {
+        /// Who the token speaks for (recorded as the actor of events).
+        #[arg(long)]
+        subject: String,
+        /// A grant, "<namespace>:<role>" or "*:<role>"; repeat for several.
+        /// Roles: reader, author, publisher, operator, admin.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// The server's data directory, holding its generated secret.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// The secret file, when it is not the generated one.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// The token's issuer (auth.issuer).
+        #[arg(long, default_value = crate::config::LOCAL_ISSUER)]
+        issuer: String,
+        /// The token's audience (auth.audience).
+        #[arg(long, default_value = "policyhub")]
+        audience: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 12 * 3600)]
+        ttl_seconds: u64,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-}
-
-/// Where the server is.
-#[derive(Debug, clap::Args)]
-struct Connection {
-    /// The server's URL.
-    #[arg(
-        long,
-        env = "POLICYHUB_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    server: String,
-}
-
-impl Connection {
-    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        tonic::transport::Channel::from_shared(self.server.clone())
-            .with_context(|| format!("{:?} is not a server URL", self.server))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", self.server))
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +145,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { jwks, bundle } => return verify(&jwks, bundle.as_deref()),
         Command::Watch { connection, args } => {
-            watch::run(connection.channel().await?, args).await?
+            watch::run(connection.connect().await?, args).await?
+        }
+        Command::Token {
+            subject,
+            roles,
+            data_dir,
+            secret_file,
+            issuer,
+            audience,
+            ttl_seconds,
+        } => {
+            let secret_file =
+                secret_file.unwrap_or_else(|| data_dir.join(crate::config::GENERATED_SECRET_FILE));
+            let secret = std::fs::read_to_string(&secret_file)
+                .with_context(|| format!("reading the token secret {}", secret_file.display()))?;
+            for role in &roles {
+                role.parse::<crate::grpc::auth::Grant>()
+                    .map_err(|error| anyhow::anyhow!(error))?;
+            }
+            let now = chrono::Utc::now().timestamp();
+            let claims = serde_json::json!({
+                "iss": issuer, "aud": audience, "sub": subject, "roles": roles,
+                "iat": now, "nbf": now, "exp": now + ttl_seconds as i64,
+            });
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
+            )?;
+            println!("{token}");
         }
         Command::Keys {
             command: KeysCommand::Generate { out },

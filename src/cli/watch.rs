@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
+
+use super::connection::AuthChannel;
 
 use crate::grpc::proto::{
     Bundle, GetSigningKeysRequest, WatchActiveRequest, WatchEventKind,
@@ -29,7 +31,7 @@ pub struct WatchArgs {
     json: bool,
 }
 
-async fn fetch_jwks(client: &mut BundleServiceClient<Channel>) -> anyhow::Result<Jwks> {
+async fn fetch_jwks(client: &mut BundleServiceClient<AuthChannel>) -> anyhow::Result<Jwks> {
     let keys = client
         .get_signing_keys(GetSigningKeysRequest {})
         .await
@@ -54,7 +56,7 @@ async fn fetch_jwks(client: &mut BundleServiceClient<Channel>) -> anyhow::Result
 /// Verifies a bundle; a key rotated in since the JWKS was fetched triggers
 /// one fetch of the JWKS.
 async fn verify(
-    client: &mut BundleServiceClient<Channel>,
+    client: &mut BundleServiceClient<AuthChannel>,
     jwks: &mut Jwks,
     bundle: &Bundle,
 ) -> anyhow::Result<()> {
@@ -97,7 +99,7 @@ fn kind_name(kind: WatchEventKind) -> &'static str {
 
 /// Streams until interrupted; reconnects with the last revision when the
 /// server goes away.
-pub async fn run(channel: Channel, args: WatchArgs) -> anyhow::Result<()> {
+pub async fn run(channel: AuthChannel, args: WatchArgs) -> anyhow::Result<()> {
     let mut client = BundleServiceClient::new(channel);
     let mut jwks = fetch_jwks(&mut client).await?;
     let mut revision = args.since_revision;

@@ -209,11 +209,23 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
+/// Which namespaces a listing covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// Every namespace (and deployment-wide events).
+    #[default]
+    All,
+    /// One namespace.
+    One(super::Namespace),
+    /// These namespaces only: what a caller may read.
+    Among(Vec<super::Namespace>),
+}
+
 /// Which events to list.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
-    /// Only this namespace.
-    pub namespace: Option<super::Namespace>,
+    /// Which namespaces.
+    pub scope: NamespaceScope,
     /// Only this policy name (with a namespace).
     pub name: Option<super::PolicyName>,
     /// Only these kinds; empty for all.

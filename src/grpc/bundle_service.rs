@@ -1,12 +1,14 @@
 //! `policyhub.v1.BundleService`: what runtimes call.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Rpc, identify};
 use super::convert;
 use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
+use super::quotas::Quotas;
 use super::status::to_status;
 use super::watch_message::WatchActiveResponse;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
@@ -20,12 +22,17 @@ pub struct BundleApi {
     hub: PolicyHub,
     /// A PROGRESS message goes out after this long without an update.
     heartbeat: Duration,
+    quotas: Arc<Quotas>,
 }
 
 impl BundleApi {
     /// The service over `hub`.
-    pub fn new(hub: PolicyHub, heartbeat: Duration) -> Self {
-        BundleApi { hub, heartbeat }
+    pub fn new(hub: PolicyHub, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
+        BundleApi {
+            hub,
+            heartbeat,
+            quotas,
+        }
     }
 }
 
@@ -83,10 +90,12 @@ impl BundleService for BundleApi {
         &self,
         request: Request<proto::GetActiveRequest>,
     ) -> Result<Response<proto::Bundle>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
         let (policy, as_of) = PolicyRef::parse(&request.namespace, &request.name)
             .and_then(|policy| Ok((policy, as_of(request.as_of)?)))
             .map_err(to_status)?;
+        who.authorize(Rpc::GetActive, &policy.namespace)?;
         let view = self
             .hub
             .get_active(&policy, as_of, request.allow_draft_fallback)
@@ -105,18 +114,22 @@ impl BundleService for BundleApi {
         &self,
         request: Request<proto::WatchActiveRequest>,
     ) -> Result<Response<Self::WatchActiveStream>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
         let selector = selector(&request).map_err(to_status)?;
+        let context = who.authorize(Rpc::WatchActive, &selector.namespace)?;
+        let permit = self.quotas.open_stream(&context.actor)?;
         let subscriber =
             self.hub
                 .index()
                 .subscribe(selector, request.since_revision, self.heartbeat);
         // The next message is computed only when the transport asks for it,
-        // so a slow client leaves nothing queued here.
-        let stream = futures::stream::unfold(Some(subscriber), |subscriber| async move {
-            let mut subscriber = subscriber?;
+        // so a slow client leaves nothing queued here. The permit lives as
+        // long as the stream.
+        let stream = futures::stream::unfold(Some((subscriber, permit)), |state| async move {
+            let (mut subscriber, permit) = state?;
             match subscriber.next().await {
-                Ok(message) => Some((Ok(watch_response(message)), Some(subscriber))),
+                Ok(message) => Some((Ok(watch_response(message)), Some((subscriber, permit)))),
                 Err(Closed { revision }) => Some((
                     Err(Status::unavailable(format!(
                         "the server is shutting down: reconnect with since_revision {revision}"
@@ -130,8 +143,11 @@ impl BundleService for BundleApi {
 
     async fn get_signing_keys(
         &self,
-        _request: Request<proto::GetSigningKeysRequest>,
+        request: Request<proto::GetSigningKeysRequest>,
     ) -> Result<Response<proto::GetSigningKeysResponse>, Status> {
+        identify(&request)?
+            .caller()
+            .authorize_anywhere(Rpc::GetSigningKeys)?;
         let (keys, signing_kid) = self.hub.signing_keys();
         Ok(Response::new(proto::GetSigningKeysResponse {
             keys: keys

@@ -1,10 +1,11 @@
 //! The gRPC adapters: protobuf in, domain call, protobuf out.
 
+pub mod auth;
 mod bundle_service;
-pub mod context;
 pub mod convert;
 mod limits;
 mod policy_service;
+pub mod quotas;
 pub mod status;
 pub mod watch_message;
 

@@ -1,17 +1,21 @@
 //! `policyhub.v1.PolicyService`: each handler extracts the caller, converts
 //! the request into a validated command, calls the hub and converts back.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::Limits;
-use super::context::request_context;
+use super::auth::{Identified, Readable, Rpc, identify};
 use super::convert::{self, struct_to_json};
 use super::proto::{self, policy_service_server::PolicyService};
+use super::quotas::Quotas;
 use super::status::to_status;
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActivationTarget, DiscardCommand, DraftCommand, Error,
-    EventFilter, IdempotencyKey, Label, Namespace, PolicyBody, PolicyName, PolicyRef, PolicySchema,
-    PublishCommand, Result, RollbackCommand, SetSchemaCommand, VersionSelector,
+    EventFilter, IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName,
+    PolicyRef, PolicySchema, PublishCommand, RequestContext, Result, RollbackCommand,
+    SetSchemaCommand, VersionSelector,
 };
 use crate::hub::PolicyHub;
 
@@ -20,12 +24,17 @@ use crate::hub::PolicyHub;
 pub struct PolicyApi {
     hub: PolicyHub,
     limits: Limits,
+    quotas: Arc<Quotas>,
 }
 
 impl PolicyApi {
-    /// The service over `hub`, enforcing `limits`.
-    pub fn new(hub: PolicyHub, limits: Limits) -> Self {
-        PolicyApi { hub, limits }
+    /// The service over `hub`, enforcing `limits` and `quotas`.
+    pub fn new(hub: PolicyHub, limits: Limits, quotas: Arc<Quotas>) -> Self {
+        PolicyApi {
+            hub,
+            limits,
+            quotas,
+        }
     }
 }
 
@@ -212,15 +221,50 @@ fn activate_response(outcome: &ActivationOutcome) -> proto::ActivateResponse {
     }
 }
 
+/// Checks `rpc` in every namespace of `namespaces` and returns the context.
+fn authorize_all<'a>(
+    who: &Identified,
+    rpc: Rpc,
+    mut namespaces: impl Iterator<Item = &'a Namespace>,
+) -> Result<RequestContext, Status> {
+    let first = namespaces
+        .next()
+        .ok_or_else(|| Status::invalid_argument("no namespace"))?;
+    let context = who.authorize(rpc, first)?;
+    for namespace in namespaces {
+        who.authorize(rpc, namespace)?;
+    }
+    Ok(context)
+}
+
+/// What a caller may list: the namespace it asked for (when allowed), or
+/// every namespace it may read.
+fn listing_scope(
+    who: &Identified,
+    rpc: Rpc,
+    namespace: Option<Namespace>,
+) -> Result<NamespaceScope, Status> {
+    if let Some(namespace) = namespace {
+        who.authorize(rpc, &namespace)?;
+        return Ok(NamespaceScope::One(namespace));
+    }
+    Ok(match who.caller().readable() {
+        Readable::All => NamespaceScope::All,
+        Readable::Only(namespaces) => NamespaceScope::Among(namespaces),
+    })
+}
+
 #[tonic::async_trait]
 impl PolicyService for PolicyApi {
     async fn draft(
         &self,
         request: Request<proto::DraftRequest>,
     ) -> Result<Response<proto::DraftResponse>, Status> {
-        let context = request_context(&request)?;
+        let who = identify(&request)?;
         let (command, key) =
             draft_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let context = who.authorize(Rpc::Draft, &command.policy.namespace)?;
+        self.quotas.admit_mutation(&context.actor)?;
         let outcome = self
             .hub
             .draft(command, &context, key)
@@ -236,7 +280,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::DiscardDraftRequest>,
     ) -> Result<Response<proto::DiscardDraftResponse>, Status> {
-        let context = request_context(&request)?;
+        let who = identify(&request)?;
         let request = request.into_inner();
         let command = PolicyRef::parse(&request.namespace, &request.name)
             .and_then(|policy| {
@@ -247,6 +291,8 @@ impl PolicyService for PolicyApi {
                 })
             })
             .map_err(to_status)?;
+        let context = who.authorize(Rpc::DiscardDraft, &command.policy.namespace)?;
+        self.quotas.admit_mutation(&context.actor)?;
         let record = self
             .hub
             .discard_draft(command, &context)
@@ -261,9 +307,14 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
-        let context = request_context(&request)?;
+        let who = identify(&request)?;
         let (command, key) =
             publish_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let context = who.authorize(Rpc::Publish, &command.policy.namespace)?;
+        if command.activate {
+            who.authorize(Rpc::Activate, &command.policy.namespace)?;
+        }
+        self.quotas.admit_mutation(&context.actor)?;
         let outcome = self
             .hub
             .publish(command, &context, key)
@@ -283,9 +334,18 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::ActivateRequest>,
     ) -> Result<Response<proto::ActivateResponse>, Status> {
-        let context = request_context(&request)?;
+        let who = identify(&request)?;
         let (command, key) =
             activate_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let context = authorize_all(
+            &who,
+            Rpc::Activate,
+            command
+                .targets
+                .iter()
+                .map(|target| &target.policy.namespace),
+        )?;
+        self.quotas.admit_mutation(&context.actor)?;
         let outcome = self
             .hub
             .activate(command, &context, key)
@@ -298,8 +358,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::RollbackRequest>,
     ) -> Result<Response<proto::RollbackResponse>, Status> {
-        let context = request_context(&request)?;
+        let who = identify(&request)?;
         let command = rollback_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let context = who.authorize(Rpc::Rollback, &command.policy.namespace)?;
+        self.quotas.admit_mutation(&context.actor)?;
         let outcome = self
             .hub
             .rollback(command, &context)
@@ -320,6 +382,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::GetVersionRequest>,
     ) -> Result<Response<proto::Version>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
         use proto::get_version_request::Selector;
         let (number, label) = match request.selector {
@@ -330,6 +393,7 @@ impl PolicyService for PolicyApi {
         let (policy, selector) = PolicyRef::parse(&request.namespace, &request.name)
             .and_then(|policy| Ok((policy, version_selector("version", number, label)?)))
             .map_err(to_status)?;
+        who.authorize(Rpc::GetVersion, &policy.namespace)?;
         let record = self
             .hub
             .get_version(&policy, &selector)
@@ -342,8 +406,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::ListVersionsRequest>,
     ) -> Result<Response<proto::ListVersionsResponse>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
         let policy = PolicyRef::parse(&request.namespace, &request.name).map_err(to_status)?;
+        who.authorize(Rpc::ListVersions, &policy.namespace)?;
         let page = self
             .hub
             .list_versions(
@@ -363,15 +429,17 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::ListPoliciesRequest>,
     ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
         let namespace = (!request.namespace.is_empty())
             .then(|| Namespace::parse("namespace", &request.namespace))
             .transpose()
             .map_err(to_status)?;
+        let scope = listing_scope(&who, Rpc::ListPolicies, namespace)?;
         let page = self
             .hub
             .list_policies(
-                namespace.as_ref(),
+                &scope,
                 self.limits.page_size(request.page_size),
                 &request.page_token,
             )
@@ -387,8 +455,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::ListEventsRequest>,
     ) -> Result<Response<proto::ListEventsResponse>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
-        let filter = event_filter(&request).map_err(to_status)?;
+        let (namespace, mut filter) = event_filter(&request).map_err(to_status)?;
+        filter.scope = listing_scope(&who, Rpc::ListEvents, namespace)?;
         let page = self
             .hub
             .list_events(
@@ -408,6 +478,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::DiffVersionsRequest>,
     ) -> Result<Response<proto::DiffVersionsResponse>, Status> {
+        let who = identify(&request)?;
         let request = request.into_inner();
         let policy = PolicyRef::parse(&request.namespace, &request.name).map_err(to_status)?;
         for (field, version) in [
@@ -421,6 +492,7 @@ impl PolicyService for PolicyApi {
                 )));
             }
         }
+        who.authorize(Rpc::DiffVersions, &policy.namespace)?;
         let (from, to, patch) = self
             .hub
             .diff(&policy, request.from_version, request.to_version)
@@ -437,8 +509,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<proto::SetSchemaRequest>,
     ) -> Result<Response<proto::SetSchemaResponse>, Status> {
-        let context = request_context(&request)?;
+        let who = identify(&request)?;
         let command = schema_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let context = who.authorize(Rpc::SetSchema, &command.policy.namespace)?;
+        self.quotas.admit_mutation(&context.actor)?;
         let (summary, violations) = self
             .hub
             .set_schema(command, &context)
@@ -451,7 +525,8 @@ impl PolicyService for PolicyApi {
     }
 }
 
-fn event_filter(request: &proto::ListEventsRequest) -> Result<EventFilter> {
+/// The requested namespace (checked by the caller) and the rest of the filter.
+fn event_filter(request: &proto::ListEventsRequest) -> Result<(Option<Namespace>, EventFilter)> {
     let namespace = (!request.namespace.is_empty())
         .then(|| Namespace::parse("namespace", &request.namespace))
         .transpose()?;
@@ -470,11 +545,12 @@ fn event_filter(request: &proto::ListEventsRequest) -> Result<EventFilter> {
         .enumerate()
         .map(|(index, kind)| convert::event_kind_from(&format!("kinds[{index}]"), *kind))
         .collect::<Result<_>>()?;
-    Ok(EventFilter {
-        namespace,
+    let filter = EventFilter {
+        scope: NamespaceScope::All,
         name,
         kinds,
-    })
+    };
+    Ok((namespace, filter))
 }
 
 /// One JSON Patch operation as protobuf, read from its RFC 6902 JSON form.

@@ -184,6 +184,24 @@ pub fn write_new_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(key)
 }
 
+/// Writes a new random 256-bit secret, hex-encoded, to `path` with mode
+/// 0600 (refusing to overwrite) and returns it.
+pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    Ok(secret)
+}
+
 /// The configured keys: the first signs, every one verifies. With no key
 /// files configured, the key in `data_dir` is used, generated on first start.
 pub fn load_keys(key_files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<SigningKey>> {

@@ -22,8 +22,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use super::entities::{events, idempotency_records, policies, signing_keys, versions};
 use crate::domain::{
     ActivateCommand, Activation, ActivationOutcome, ActiveBundle, Digest, DiscardCommand,
-    DraftCommand, DraftOutcome, Error, EventFilter, EventKind, EventRecord, Label, Page,
-    PolicyBody, PolicyRef, PolicySchema, PolicySummary, Publication, PublishCommand,
+    DraftCommand, DraftOutcome, Error, EventFilter, EventKind, EventRecord, Label, NamespaceScope,
+    Page, PolicyBody, PolicyRef, PolicySchema, PolicySummary, Publication, PublishCommand,
     PublishOutcome, RequestContext, Result, RollbackCommand, SetSchemaCommand, VersionRecord,
     VersionSelector, VersionState, lifecycle,
 };
@@ -1117,15 +1117,13 @@ impl Repository {
     /// `namespace/name` returned.
     pub async fn list_policies(
         &self,
-        namespace: Option<&crate::domain::Namespace>,
+        scope: &NamespaceScope,
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<PolicySummary>> {
         let after: Option<String> = parse_page_token(page_token)?;
-        let mut query = policies::Entity::find();
-        if let Some(namespace) = namespace {
-            query = query.filter(policies::Column::Namespace.eq(namespace.as_str()));
-        }
+        let mut query =
+            policies::Entity::find().filter(in_scope(policies::Column::Namespace, scope));
         if let Some(after) = after {
             let Some((after_namespace, after_name)) = after.split_once('/') else {
                 return Err(Error::invalid(
@@ -1212,9 +1210,7 @@ impl Repository {
     ) -> Result<Page<EventRecord>> {
         let below: Option<i64> = parse_page_token(page_token)?;
         let mut query = events::Entity::find();
-        if let Some(namespace) = &filter.namespace {
-            query = query.filter(events::Column::Namespace.eq(namespace.as_str()));
-        }
+        query = query.filter(in_scope(events::Column::Namespace, &filter.scope));
         if let Some(name) = &filter.name {
             query = query.filter(events::Column::Name.eq(name.as_str()));
         }
@@ -1453,6 +1449,16 @@ impl MovedRow {
             revision: to_u64(self.revision),
             policy,
         })
+    }
+}
+
+/// The condition that a namespace column lies in a listing's scope.
+fn in_scope(column: impl ColumnTrait, scope: &NamespaceScope) -> Condition {
+    match scope {
+        NamespaceScope::All => Condition::all(),
+        NamespaceScope::One(namespace) => Condition::all().add(column.eq(namespace.as_str())),
+        NamespaceScope::Among(namespaces) => Condition::all()
+            .add(column.is_in(namespaces.iter().map(|namespace| namespace.as_str()))),
     }
 }
 

@@ -75,10 +75,18 @@ impl Snapshot {
             .get(&policy.name)
     }
 
-    /// The bundles matching `selector` whose pointer moved after `since`:
-    /// for `since = 0` all of them in name order, otherwise in the order they
-    /// were activated (by revision, then name).
+    /// Every bundle matching `selector`, in name order.
+    pub fn matching(&self, selector: &Selector) -> Vec<Bytes> {
+        self.select(selector, 0, false)
+    }
+
+    /// The bundles matching `selector` whose pointer moved after `since`, in
+    /// the order they were activated (by revision, then name).
     pub fn changed_since(&self, selector: &Selector, since: u64) -> Vec<Bytes> {
+        self.select(selector, since, true)
+    }
+
+    fn select(&self, selector: &Selector, since: u64, by_revision: bool) -> Vec<Bytes> {
         let Some(namespace) = self.namespaces.get(&selector.namespace) else {
             return Vec::new();
         };
@@ -96,7 +104,7 @@ impl Snapshot {
                 .filter(moved)
                 .collect()
         };
-        if since > 0 {
+        if by_revision {
             // Stable: equal revisions keep their name order.
             changed.sort_by_key(|entry| entry.bundle.revision);
         }
@@ -262,7 +270,7 @@ impl Subscriber {
                 kind: MessageKind::Snapshot,
                 revision: snapshot.revision,
                 reset: since > snapshot.revision,
-                bundles: snapshot.changed_since(&self.selector, 0),
+                bundles: snapshot.matching(&self.selector),
             };
         }
         WatchMessage {
@@ -374,6 +382,7 @@ mod tests {
         index.apply(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]);
         index.apply(2, vec![bundle("b", 2, 2)]);
         let snapshot = index.snapshot();
+        assert_eq!(snapshot.matching(&selector(&[])).len(), 2);
         assert_eq!(snapshot.changed_since(&selector(&[]), 0).len(), 2);
         assert_eq!(snapshot.changed_since(&selector(&[]), 1).len(), 1);
         assert_eq!(snapshot.changed_since(&selector(&["a"]), 1).len(), 0);

@@ -214,7 +214,7 @@ async fn migrate_applies_the_schema_and_is_repeatable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serving_without_authentication_is_refused_off_loopback_and_by_default() {
+async fn insecure_is_refused_off_loopback_and_auth_is_on_by_default() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let open: Settings = Settings {
         listen: "0.0.0.0:0".parse().unwrap(),
@@ -229,14 +229,23 @@ async fn serving_without_authentication_is_refused_off_loopback_and_by_default()
         error.contains("--insecure is refused on 0.0.0.0"),
         "{error}"
     );
-    let secure_default = Settings {
-        insecure: false,
-        ..test_settings(&database)
-    };
-    let error = Application::build(secure_default)
+
+    // With nothing configured, a local token secret is generated and every
+    // call needs a token.
+    let app = spawn_on(database, |settings| settings.insecure = false).await;
+    let secret = app
+        .database
+        .data_dir
+        .path()
+        .join(policyhub::config::GENERATED_SECRET_FILE);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let refused = app
+        .try_draft("team", "a", serde_json::json!({}))
         .await
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(error.contains("authentication is on by default"), "{error}");
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }

@@ -1,0 +1,539 @@
+//! Who may do what.
+//!
+//! Authentication happens once per request, in an interceptor in front of
+//! both services: a bearer JWT in the `authorization` metadata is verified
+//! (signature, `iss`, `aud`, `exp`/`nbf` with leeway, and an algorithm
+//! allow-list) and becomes a [`Caller`] in the request's extensions. The
+//! verified `sub` is the actor of every event; nothing else the client says
+//! about itself is trusted.
+//!
+//! Authorization happens in the handlers, which know the namespaces a request
+//! touches: [`Rpc::role`] is the one table of the role each RPC needs, and
+//! [`Caller::authorize`] checks it against the caller's grants. Grants are
+//! `"<namespace>:<role>"` or `"*:<role>"` strings in a claim; roles are
+//! ordered `reader < author < publisher < operator < admin`, each including
+//! the ones before it.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use serde_json::Value;
+use tonic::{Request, Status, metadata::MetadataMap};
+
+use crate::domain::{Namespace, RequestContext};
+
+/// A role, granted per namespace. Each includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Get, list, watch.
+    Reader,
+    /// Draft and discard.
+    Author,
+    /// Publish.
+    Publisher,
+    /// Activate and roll back.
+    Operator,
+    /// Everything, including schemas and signing keys.
+    Admin,
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "reader" => Role::Reader,
+            "author" => Role::Author,
+            "publisher" => Role::Publisher,
+            "operator" => Role::Operator,
+            "admin" => Role::Admin,
+            other => {
+                return Err(format!(
+                    "unknown role {other:?}: use reader, author, publisher, operator or admin"
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Reader => "reader",
+            Role::Author => "author",
+            Role::Publisher => "publisher",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// Every RPC that needs a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Draft,
+    DiscardDraft,
+    Publish,
+    Activate,
+    Rollback,
+    GetVersion,
+    ListVersions,
+    ListPolicies,
+    ListEvents,
+    DiffVersions,
+    SetSchema,
+    GetActive,
+    WatchActive,
+    GetSigningKeys,
+}
+
+impl Rpc {
+    /// The role each RPC needs in the namespaces it touches.
+    pub fn role(self) -> Role {
+        match self {
+            Rpc::GetVersion
+            | Rpc::ListVersions
+            | Rpc::ListPolicies
+            | Rpc::ListEvents
+            | Rpc::DiffVersions
+            | Rpc::GetActive
+            | Rpc::WatchActive
+            | Rpc::GetSigningKeys => Role::Reader,
+            Rpc::Draft | Rpc::DiscardDraft => Role::Author,
+            Rpc::Publish => Role::Publisher,
+            Rpc::Activate | Rpc::Rollback => Role::Operator,
+            Rpc::SetSchema => Role::Admin,
+        }
+    }
+}
+
+/// A role in one namespace, or in all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `None` for `*`.
+    pub namespace: Option<Namespace>,
+    /// The role.
+    pub role: Role,
+}
+
+impl FromStr for Grant {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (namespace, role) = text
+            .split_once(':')
+            .ok_or_else(|| format!("grant {text:?} is not \"<namespace>:<role>\""))?;
+        let namespace = match namespace {
+            "*" => None,
+            namespace => Some(
+                Namespace::parse("namespace", namespace)
+                    .map_err(|error| format!("grant {text:?}: {error}"))?,
+            ),
+        };
+        Ok(Grant {
+            namespace,
+            role: role
+                .parse()
+                .map_err(|error| format!("grant {text:?}: {error}"))?,
+        })
+    }
+}
+
+/// The verified identity of a caller and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Recorded as the actor of every event the request causes.
+    pub subject: String,
+    /// The roles it holds.
+    pub grants: Vec<Grant>,
+}
+
+/// Namespaces a caller may read, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readable {
+    /// Every namespace.
+    All,
+    /// Only these.
+    Only(Vec<Namespace>),
+}
+
+/// The subject recorded for requests served with authentication disabled.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl Caller {
+    /// The caller of `--insecure` mode: anonymous, admin everywhere.
+    pub fn anonymous() -> Self {
+        Caller {
+            subject: ANONYMOUS.to_owned(),
+            grants: vec![Grant {
+                namespace: None,
+                role: Role::Admin,
+            }],
+        }
+    }
+
+    /// Whether the caller holds `role` (or a higher one) in `namespace`.
+    pub fn may(&self, role: Role, namespace: &Namespace) -> bool {
+        self.grants.iter().any(|grant| {
+            grant.role >= role
+                && grant
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|granted| granted == namespace)
+        })
+    }
+
+    /// Refuses unless the caller may call `rpc` in `namespace`.
+    pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<(), Status> {
+        let role = rpc.role();
+        if self.may(role, namespace) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{} may not call {rpc:?} in namespace {namespace}: it needs the {role} role there",
+            self.subject
+        )))
+    }
+
+    /// Refuses unless the caller holds `rpc`'s role in some namespace (for
+    /// calls that touch no namespace in particular).
+    pub fn authorize_anywhere(&self, rpc: Rpc) -> Result<(), Status> {
+        let role = rpc.role();
+        if self.grants.iter().any(|grant| grant.role >= role) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{} may not call {rpc:?}: it needs the {role} role in some namespace",
+            self.subject
+        )))
+    }
+
+    /// The namespaces the caller may read.
+    pub fn readable(&self) -> Readable {
+        if self.grants.iter().any(|grant| grant.namespace.is_none()) {
+            return Readable::All;
+        }
+        let mut namespaces: Vec<Namespace> = self
+            .grants
+            .iter()
+            .filter_map(|grant| grant.namespace.clone())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        Readable::Only(namespaces)
+    }
+}
+
+/// How tokens are verified.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: Arc<IssuerKeys>,
+    validation: Validation,
+    roles_claim: String,
+}
+
+enum IssuerKeys {
+    /// Public keys of an issuer; HMAC algorithms are never accepted here.
+    Jwks(Vec<(Option<String>, Algorithm, DecodingKey)>),
+    /// A shared secret; only HS256 is accepted.
+    Hs256(DecodingKey),
+}
+
+/// Algorithms accepted with a JWKS: asymmetric only, so a token signed with
+/// HMAC over a public key (algorithm confusion) never verifies.
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Authenticator {
+    /// Verifies tokens against an issuer's JWKS.
+    pub fn with_jwks(
+        jwks: &JwkSet,
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+        roles_claim: &str,
+    ) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        for jwk in &jwks.keys {
+            let key = DecodingKey::from_jwk(jwk)?;
+            let algorithm = match jwk.common.key_algorithm {
+                Some(algorithm) => Algorithm::try_from(algorithm)?,
+                None => match &jwk.algorithm {
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                    jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => {
+                        anyhow::bail!(
+                            "the issuer JWKS holds a symmetric key: use auth.hs256_secret_file for shared secrets"
+                        )
+                    }
+                    _ => anyhow::bail!("the issuer JWKS holds a key of an unsupported type"),
+                },
+            };
+            anyhow::ensure!(
+                ASYMMETRIC.contains(&algorithm),
+                "the issuer JWKS holds a {algorithm:?} key: only asymmetric algorithms are accepted there"
+            );
+            keys.push((jwk.common.key_id.clone(), algorithm, key));
+        }
+        anyhow::ensure!(!keys.is_empty(), "the issuer JWKS holds no key");
+        let mut validation = Validation::new(keys[0].1);
+        validation.algorithms = keys.iter().map(|(_, algorithm, _)| *algorithm).collect();
+        Ok(Self::finish(
+            IssuerKeys::Jwks(keys),
+            validation,
+            issuer,
+            audience,
+            leeway_seconds,
+            roles_claim,
+        ))
+    }
+
+    /// Verifies HS256 tokens made with a shared secret.
+    pub fn with_hs256(
+        secret: &[u8],
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+        roles_claim: &str,
+    ) -> Self {
+        let validation = Validation::new(Algorithm::HS256);
+        Self::finish(
+            IssuerKeys::Hs256(DecodingKey::from_secret(secret)),
+            validation,
+            issuer,
+            audience,
+            leeway_seconds,
+            roles_claim,
+        )
+    }
+
+    fn finish(
+        keys: IssuerKeys,
+        mut validation: Validation,
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+        roles_claim: &str,
+    ) -> Self {
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = leeway_seconds;
+        Authenticator {
+            keys: Arc::new(keys),
+            validation,
+            roles_claim: roles_claim.to_owned(),
+        }
+    }
+
+    /// The caller a request's bearer token proves, or why it proves none.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let header = metadata.get("authorization").ok_or_else(|| {
+            Status::unauthenticated("no credentials: send \"authorization: Bearer <token>\"")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization metadata is not \"Bearer <token>\"")
+            })?;
+        let refused = |error: jsonwebtoken::errors::Error| {
+            Status::unauthenticated(format!("invalid token: {error}"))
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(refused)?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(Status::unauthenticated(format!(
+                "invalid token: algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let key = match self.keys.as_ref() {
+            IssuerKeys::Hs256(key) => key,
+            IssuerKeys::Jwks(keys) => keys
+                .iter()
+                .find(|(kid, algorithm, _)| {
+                    *algorithm == header.alg
+                        && (header.kid.is_none() || kid.as_deref() == header.kid.as_deref())
+                })
+                .map(|(_, _, key)| key)
+                .ok_or_else(|| {
+                    Status::unauthenticated(format!("invalid token: unknown key {:?}", header.kid))
+                })?,
+        };
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let claims =
+            jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation)
+                .map_err(refused)?
+                .claims;
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|subject| !subject.is_empty() && subject.len() <= 256)
+            .ok_or_else(|| {
+                Status::unauthenticated("invalid token: \"sub\" must be a non-empty string")
+            })?;
+        let grants = self.grants(claims.get(&self.roles_claim))?;
+        Ok(Caller {
+            subject: subject.to_owned(),
+            grants,
+        })
+    }
+
+    fn grants(&self, claim: Option<&Value>) -> Result<Vec<Grant>, Status> {
+        let wrong_type = || {
+            Status::unauthenticated(format!(
+                "invalid token: claim {:?} must be an array of \"<namespace>:<role>\" strings",
+                self.roles_claim
+            ))
+        };
+        let Some(claim) = claim else {
+            return Ok(Vec::new());
+        };
+        let items = claim.as_array().ok_or_else(wrong_type)?;
+        items
+            .iter()
+            .map(|item| {
+                let text = item.as_str().ok_or_else(wrong_type)?;
+                text.parse().map_err(|error: String| {
+                    Status::unauthenticated(format!("invalid token: {error}"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Longest `x-request-id` taken from a caller; a longer one is replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+fn request_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// A request's verified caller and request id, before authorization.
+#[derive(Debug, Clone)]
+pub struct Identified {
+    caller: Caller,
+    request_id: String,
+}
+
+/// The caller of a request, as the authentication interceptor verified it.
+pub fn identify<T>(request: &Request<T>) -> Result<Identified, Status> {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+    Ok(Identified {
+        caller,
+        request_id: request_id(request.metadata()),
+    })
+}
+
+impl Identified {
+    /// The caller.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Checks `rpc` in `namespace`; the context records the caller as actor.
+    pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<RequestContext, Status> {
+        self.caller.authorize(rpc, namespace)?;
+        Ok(RequestContext {
+            actor: self.caller.subject.clone(),
+            request_id: self.request_id.clone(),
+        })
+    }
+}
+
+/// How requests are authenticated.
+#[derive(Clone)]
+pub enum Authentication {
+    /// Bearer tokens.
+    Tokens(Authenticator),
+    /// `--insecure`: everyone is [`Caller::anonymous`].
+    Disabled,
+}
+
+impl Authentication {
+    /// The interceptor in front of every authenticated service.
+    pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = match self {
+            Authentication::Tokens(authenticator) => {
+                authenticator.authenticate(request.metadata())?
+            }
+            Authentication::Disabled => Caller::anonymous(),
+        };
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(grants: &[&str]) -> Caller {
+        Caller {
+            subject: "alice".into(),
+            grants: grants.iter().map(|grant| grant.parse().unwrap()).collect(),
+        }
+    }
+
+    fn ns(name: &str) -> Namespace {
+        Namespace::parse("namespace", name).unwrap()
+    }
+
+    #[test]
+    fn roles_include_the_ones_below() {
+        let publisher = caller(&["payments:publisher"]);
+        assert!(publisher.authorize(Rpc::Publish, &ns("payments")).is_ok());
+        assert!(publisher.authorize(Rpc::Draft, &ns("payments")).is_ok());
+        assert!(publisher.authorize(Rpc::GetActive, &ns("payments")).is_ok());
+        assert!(publisher.authorize(Rpc::Activate, &ns("payments")).is_err());
+        assert!(publisher.authorize(Rpc::Draft, &ns("search")).is_err());
+        let admin = caller(&["*:admin"]);
+        assert!(admin.authorize(Rpc::SetSchema, &ns("anything")).is_ok());
+        let operator = caller(&["payments:operator"]);
+        assert!(operator.authorize(Rpc::SetSchema, &ns("payments")).is_err());
+    }
+
+    #[test]
+    fn readable_namespaces() {
+        assert_eq!(caller(&["*:reader"]).readable(), Readable::All);
+        assert_eq!(
+            caller(&["b:reader", "a:author", "b:admin"]).readable(),
+            Readable::Only(vec![ns("a"), ns("b")])
+        );
+    }
+
+    #[test]
+    fn malformed_grants_are_refused() {
+        for bad in ["payments", "payments:owner", "Pay:reader", ":reader"] {
+            assert!(bad.parse::<Grant>().is_err(), "{bad}");
+        }
+    }
+}

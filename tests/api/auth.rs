@@ -1,0 +1,549 @@
+//! Authentication, per-namespace roles and quotas, against a server that
+//! trusts one EdDSA token issuer.
+
+use std::{path::PathBuf, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use policyhub::grpc::{
+    convert::json_to_struct,
+    proto::{self, WatchEventKind},
+};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{Value, json};
+use tonic::{Code, Request, Status};
+
+use crate::helpers::{Backend, TestApp, TestDatabase, next_message, spawn_on, target};
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "policyhub";
+
+/// A token issuer with an Ed25519 key, and the JWKS file the server trusts.
+struct Issuer {
+    key: EncodingKey,
+    public_key: Vec<u8>,
+    jwks_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Issuer {
+    fn new() -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public_key = pair.public_key().as_ref().to_vec();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks_file = dir.path().join("issuer-jwks.json");
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "issuer-1", "alg": "EdDSA",
+            "use": "sig", "x": URL_SAFE_NO_PAD.encode(&public_key)}]});
+        std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+        Issuer {
+            key: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            public_key,
+            jwks_file,
+            _dir: dir,
+        }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("issuer-1".into());
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+
+    fn token(&self, subject: &str, roles: &[&str]) -> String {
+        self.sign(&claims(subject, json!(roles)))
+    }
+}
+
+fn claims(subject: &str, roles: Value) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "roles": roles, "iat": now, "exp": now + 600})
+}
+
+async fn secured_app(
+    issuer: &Issuer,
+    configure: impl FnOnce(&mut policyhub::config::Settings),
+) -> TestApp {
+    let jwks_file = issuer.jwks_file.clone();
+    spawn_on(TestDatabase::new(Backend::Sqlite).await, move |settings| {
+        settings.insecure = false;
+        settings.auth.jwks_file = Some(jwks_file);
+        settings.auth.issuer = ISSUER.into();
+        settings.auth.audience = AUDIENCE.into();
+        configure(settings);
+    })
+    .await
+}
+
+/// A request carrying `token` as its bearer credential (none for `""`).
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    if !token.is_empty() {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+fn draft_request(namespace: &str, name: &str, value: u32) -> proto::DraftRequest {
+    proto::DraftRequest {
+        namespace: namespace.into(),
+        name: name.into(),
+        body: Some(json_to_struct(&json!({ "v": value }))),
+        change_notes: String::new(),
+        idempotency_key: String::new(),
+    }
+}
+
+async fn draft(
+    app: &TestApp,
+    token: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<proto::DraftResponse, Status> {
+    Ok(app
+        .policy
+        .clone()
+        .draft(with_token(draft_request(namespace, name, 1), token))
+        .await?
+        .into_inner())
+}
+
+/// Seeds team-a/x and team-b/y, each published and active, as an admin.
+async fn seed(app: &TestApp, admin: &str) {
+    for (namespace, name) in [("team-a", "x"), ("team-b", "y")] {
+        draft(app, admin, namespace, name).await.unwrap();
+        let mut publish = crate::helpers::publish_request(namespace, name, "", true);
+        publish.reason = "seed".into();
+        app.policy
+            .clone()
+            .publish(with_token(publish, admin))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let admin = issuer.token("root", &["*:admin"]);
+    seed(&app, &admin).await;
+    let before = app.db_state().await;
+    let now = chrono::Utc::now().timestamp();
+    let header_none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims("mallory", json!(["*:admin"])).to_string());
+    let hs256_with_public_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("mallory", json!(["*:admin"])),
+        &EncodingKey::from_secret(&issuer.public_key),
+    )
+    .unwrap();
+    let with = |change: Value| {
+        let mut claims = claims("mallory", json!(["*:admin"]));
+        for (key, value) in change.as_object().unwrap() {
+            claims[key] = value.clone();
+        }
+        issuer.sign(&claims)
+    };
+    let unauthenticated = [
+        ("no token", String::new()),
+        ("malformed token", "not.a.token".to_owned()),
+        ("expired", with(json!({"exp": now - 3600}))),
+        ("not yet valid", with(json!({"nbf": now + 3600}))),
+        ("wrong issuer", with(json!({"iss": "https://evil.test"}))),
+        ("wrong audience", with(json!({"aud": "someone-else"}))),
+        ("alg none", format!("{header_none}.{payload}.")),
+        (
+            "hs256 signed with the issuer's public key",
+            hs256_with_public_key,
+        ),
+        (
+            "roles claim of the wrong type",
+            with(json!({"roles": "*:admin"})),
+        ),
+        ("roles claim with a non-string", with(json!({"roles": [7]}))),
+        ("no subject", with(json!({"sub": ""}))),
+        (
+            "signed by another key",
+            Issuer::new().token("mallory", &["*:admin"]),
+        ),
+    ];
+    for (attack, token) in &unauthenticated {
+        let status = draft(&app, token, "team-a", "x").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{attack}: {status:?}");
+        let status = app
+            .bundle
+            .clone()
+            .get_active(with_token(
+                proto::GetActiveRequest {
+                    namespace: "team-a".into(),
+                    name: "x".into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{attack}: {status:?}");
+    }
+
+    let a_reader = issuer.token("reader-a", &["team-a:reader"]);
+    let a_author = issuer.token("author-a", &["team-a:author"]);
+    let a_admin = issuer.token("admin-a", &["team-a:admin"]);
+    let denied: Vec<(&str, Result<(), Status>)> = vec![
+        (
+            "namespace A token reads B",
+            app.bundle
+                .clone()
+                .get_active(with_token(
+                    proto::GetActiveRequest {
+                        namespace: "team-b".into(),
+                        name: "y".into(),
+                        ..Default::default()
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
+            "namespace A token writes B",
+            draft(&app, &a_admin, "team-b", "y").await.map(drop),
+        ),
+        (
+            "namespace A token watches B",
+            app.bundle
+                .clone()
+                .watch_active(with_token(
+                    proto::WatchActiveRequest {
+                        namespace: "team-b".into(),
+                        ..Default::default()
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
+            "namespace A token lists B",
+            app.policy
+                .clone()
+                .list_policies(with_token(
+                    proto::ListPoliciesRequest {
+                        namespace: "team-b".into(),
+                        ..Default::default()
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
+            "reader activates",
+            app.policy
+                .clone()
+                .activate(with_token(
+                    proto::ActivateRequest {
+                        targets: vec![target("team-a", "x", 1)],
+                        ..Default::default()
+                    },
+                    &a_reader,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
+            "reader drafts",
+            draft(&app, &a_reader, "team-a", "x").await.map(drop),
+        ),
+        (
+            "author publishes",
+            app.policy
+                .clone()
+                .publish(with_token(
+                    crate::helpers::publish_request("team-a", "x", "", false),
+                    &a_author,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
+            "activation spanning a namespace the caller may not touch",
+            app.policy
+                .clone()
+                .activate(with_token(
+                    proto::ActivateRequest {
+                        targets: vec![target("team-a", "x", 1), target("team-b", "y", 1)],
+                        ..Default::default()
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+    ];
+    for (attack, result) in denied {
+        let status = result.expect_err(attack);
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{attack}: {status:?}"
+        );
+    }
+    assert_eq!(app.db_state().await, before, "no attack changed anything");
+
+    // The verified subject is the actor; nothing else the client says counts.
+    let mut request = with_token(draft_request("team-a", "x", 2), &a_author);
+    request
+        .metadata_mut()
+        .insert("x-actor", "someone-else".parse().unwrap());
+    app.policy.clone().draft(request).await.unwrap();
+    let events = app
+        .policy
+        .clone()
+        .list_events(with_token(
+            proto::ListEventsRequest {
+                namespace: "team-a".into(),
+                ..Default::default()
+            },
+            &a_reader,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events[0].actor, "author-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_and_watches_only_show_readable_namespaces() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let admin = issuer.token("root", &["*:admin"]);
+    seed(&app, &admin).await;
+    let a_reader = issuer.token("reader-a", &["team-a:reader"]);
+
+    let policies = app
+        .policy
+        .clone()
+        .list_policies(with_token(proto::ListPoliciesRequest::default(), &a_reader))
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    let namespaces: Vec<_> = policies
+        .iter()
+        .map(|policy| policy.namespace.as_str())
+        .collect();
+    assert_eq!(namespaces, ["team-a"]);
+    let events = app
+        .policy
+        .clone()
+        .list_events(with_token(proto::ListEventsRequest::default(), &a_reader))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(!events.is_empty());
+    assert!(
+        events.iter().all(|event| event.namespace == "team-a"),
+        "{events:?}"
+    );
+
+    // A watch of namespace A with an empty selector carries A's bundles
+    // only, before and after activations in B.
+    let mut stream = app
+        .bundle
+        .clone()
+        .watch_active(with_token(
+            proto::WatchActiveRequest {
+                namespace: "team-a".into(),
+                ..Default::default()
+            },
+            &a_reader,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next_message(&mut stream).await;
+    assert_eq!(snapshot.kind(), WatchEventKind::Snapshot);
+    let snapshot_namespaces: Vec<String> = snapshot
+        .decode_bundles()
+        .unwrap()
+        .into_iter()
+        .map(|bundle| bundle.namespace)
+        .collect();
+    assert_eq!(snapshot_namespaces, ["team-a"]);
+    draft(&app, &admin, "team-b", "y").await.unwrap();
+    app.policy
+        .clone()
+        .publish(with_token(
+            crate::helpers::publish_request("team-b", "y", "", true),
+            &admin,
+        ))
+        .await
+        .unwrap();
+    draft(&app, &admin, "team-a", "x").await.unwrap();
+    app.policy
+        .clone()
+        .publish(with_token(
+            crate::helpers::publish_request("team-a", "x", "", true),
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let update = next_message(&mut stream).await;
+    let bundles = update.decode_bundles().unwrap();
+    assert_eq!(bundles.len(), 1);
+    assert_eq!(
+        (bundles[0].namespace.as_str(), bundles[0].version),
+        ("team-a", 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_quota_refuses_one_more_stream_per_subject() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |settings| {
+        settings.quotas.max_streams_per_subject = 2
+    })
+    .await;
+    let reader = issuer.token("runtime-1", &["team-a:reader"]);
+    let other = issuer.token("runtime-2", &["team-a:reader"]);
+    let watch = |token: String| {
+        let mut client = app.bundle.clone();
+        async move {
+            client
+                .watch_active(with_token(
+                    proto::WatchActiveRequest {
+                        namespace: "team-a".into(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(|response| response.into_inner())
+        }
+    };
+    let first = watch(reader.clone()).await.unwrap();
+    let _second = watch(reader.clone()).await.unwrap();
+    let refused = watch(reader.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("max_streams_per_subject"),
+        "{}",
+        refused.message()
+    );
+    assert!(watch(other).await.is_ok(), "the quota is per subject");
+    drop(first);
+    // The server notices the closed stream and frees its slot.
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok(stream) = watch(reader.clone()).await {
+            reopened = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened.is_some(), "a closed stream frees its slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_over_the_rate_limit_are_resource_exhausted() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |settings| {
+        settings.quotas.mutations_per_second = 0.01;
+        settings.quotas.mutation_burst = 3.0;
+    })
+    .await;
+    let author = issuer.token("ci", &["team-a:author"]);
+    for _ in 0..3 {
+        draft(&app, &author, "team-a", "x").await.unwrap();
+    }
+    let before = app.db_state().await;
+    let refused = draft(&app, &author, "team-a", "x").await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("mutations_per_second"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(app.db_state().await, before);
+    // Reads are not rate limited.
+    let read = app
+        .policy
+        .clone()
+        .list_versions(with_token(
+            proto::ListVersionsRequest {
+                namespace: "team-a".into(),
+                name: "x".into(),
+                ..Default::default()
+            },
+            &author,
+        ))
+        .await;
+    assert!(read.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_without_a_token() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+    let listed = std::process::Command::new("grpcurl")
+        .args(["-plaintext", &app.address.to_string(), "list"])
+        .output()
+        .expect("grpcurl is on PATH (./scripts/test installs it)");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_local_token_works_against_the_generated_secret() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let data_dir = database.data_dir.path().to_owned();
+    let app = spawn_on(database, |settings| settings.insecure = false).await;
+    let minted = std::process::Command::new(crate::helpers::policyhub_binary())
+        .args([
+            "token",
+            "--subject",
+            "alice",
+            "--role",
+            "team-a:author",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let version = draft(&app, &token, "team-a", "x")
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    assert_eq!(version.created_by, "alice");
+    assert_eq!(
+        draft(&app, &token, "team-b", "x").await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
