@@ -124,7 +124,7 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
             )
         }
     };
-    Ok(Authentication::Tokens(authenticator))
+    Ok(Authentication::Tokens(Box::new(authenticator)))
 }
 
 /// Opens and migrates the database named by the settings.

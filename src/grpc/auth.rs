@@ -473,7 +473,7 @@ impl Identified {
 #[derive(Clone)]
 pub enum Authentication {
     /// Bearer tokens.
-    Tokens(Authenticator),
+    Tokens(Box<Authenticator>),
     /// `--insecure`: everyone is [`Caller::anonymous`].
     Disabled,
 }
