@@ -57,9 +57,8 @@ async fn grpcurl_lists_and_describes_through_reflection() {
     assert!(message.contains("Compare-and-swap"), "{message}");
 }
 
-/// The commands between the walk-through markers of the README, with
-/// backslash continuations joined.
-fn readme_walkthrough() -> Vec<String> {
+/// The shell block between the walk-through markers of the README.
+fn readme_walkthrough() -> String {
     let readme = include_str!("../../README.md");
     let start = readme
         .find("<!-- walkthrough:start -->")
@@ -67,65 +66,75 @@ fn readme_walkthrough() -> Vec<String> {
     let end = readme
         .find("<!-- walkthrough:end -->")
         .expect("walk-through end marker");
-    let mut commands = Vec::new();
-    let mut current = String::new();
-    for line in readme[start..end].lines() {
-        let line = line.trim_end();
-        if line.starts_with("```")
-            || line.starts_with("<!--")
-            || (current.is_empty()
-                && !line.starts_with("grpcurl")
-                && !line.starts_with("policyhub"))
-        {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(part) => current.push_str(part),
-            None => {
-                current.push_str(line);
-                commands.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    commands
+    let block = &readme[start..end];
+    let body_start = block.find("```sh\n").expect("a sh code block") + "```sh\n".len();
+    let body_end = block.rfind("```").expect("the end of the code block");
+    block[body_start..body_end].to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_works_when_pasted() {
-    let app = spawn_app(Backend::Sqlite).await;
+    // The server runs as the quick start runs it: authentication on, its
+    // data directory `data` next to where the commands are typed.
     let workdir = tempfile::tempdir().unwrap();
+    let database = TestDatabase {
+        backend: Backend::Sqlite,
+        url: format!(
+            "sqlite://{}",
+            workdir.path().join("data/policyhub.db").display()
+        ),
+        data_dir: tempfile::tempdir().unwrap(),
+    };
+    let data_dir = workdir.path().join("data");
+    let app = spawn_on(database, |settings| {
+        settings.insecure = false;
+        settings.data_dir = data_dir;
+    })
+    .await;
     let bin_dir = policyhub_binary().parent().unwrap().to_owned();
     let path = format!(
         "{}:{}",
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let commands = readme_walkthrough();
+    let script = readme_walkthrough();
     assert!(
-        commands.len() >= 8,
-        "the walk-through has draft, publish, activate, rollback: {commands:?}"
+        script.matches("grpcurl").count() >= 10,
+        "the walk-through has draft, publish, activate, rollback"
     );
-    for command in &commands {
-        let command = command.replace("localhost:50051", &app.address.to_string());
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(workdir.path())
-            .env("PATH", &path)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "README command failed: {command}\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let active = app.get_active("payments", "card-limits").await.unwrap();
-    assert_eq!(
-        active.version, 1,
-        "the walk-through ends rolled back to version 1"
+    let script = script.replace("localhost:50051", &app.address.to_string());
+    let output = Command::new("sh")
+        .arg("-e")
+        .arg("-x")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(workdir.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the README walk-through failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("verified: payments/card-limits version 1 (1.0.0)"),
+        "{stdout}"
+    );
+    let versions = app
+        .policy
+        .clone()
+        .list_versions(policyhub::grpc::proto::ListVersionsRequest {
+            namespace: "payments".into(),
+            name: "card-limits".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await;
+    // The test's own client has no token: the server really was secured.
+    assert_eq!(versions.unwrap_err().code(), tonic::Code::Unauthenticated);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
