@@ -1,7 +1,7 @@
 //! The application: the lifecycle operations of DESIGN §2 over the
 //! repository, with the in-memory index kept current after every commit.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActiveBundle, DiscardCommand, DraftCommand, DraftOutcome,
@@ -9,7 +9,7 @@ use crate::domain::{
     PolicySummary, PublishCommand, PublishOutcome, RequestContext, Result, RollbackCommand,
     SchemaViolation, SetSchemaCommand, VersionRecord, VersionSelector, fingerprint,
 };
-use crate::signing::{Jwk, SigningKey};
+use crate::signing::{Jwk, KeySource, SigningKey};
 use crate::storage::{AsOf, IdempotencyClaim, Repository};
 use crate::watch::ActiveIndex;
 
@@ -27,13 +27,40 @@ pub enum ActiveView {
 pub struct PolicyHub {
     repository: Repository,
     index: ActiveIndex,
-    /// Signs new versions.
-    signer: Arc<SigningKey>,
-    /// Every public key that ever signed, cached: they only change at start.
-    jwks: Arc<Vec<Jwk>>,
+    /// Where the keys come from, for rotation and reloads.
+    key_source: Arc<KeySource>,
+    /// The key that signs new versions and every public key that ever
+    /// signed; swapped whole when keys rotate.
+    keys: Arc<RwLock<Arc<Keys>>>,
     /// Held while revisions are applied to the index, so that they are
     /// applied whole and in order whichever path delivers them.
     applier: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The signing key and the JWKS, which change together.
+struct Keys {
+    signer: SigningKey,
+    jwks: Vec<Jwk>,
+}
+
+/// Stores the public keys and records a rotation when the signer is new.
+async fn register(
+    repository: &Repository,
+    keys: Vec<SigningKey>,
+    context: &RequestContext,
+    reason: &str,
+) -> Result<Keys> {
+    let mut keys = keys.into_iter();
+    let signer = keys
+        .next()
+        .ok_or_else(|| Error::precondition("at least one signing key is needed"))?;
+    let mut configured = vec![signer.jwk().clone()];
+    configured.extend(keys.map(|key| key.jwk().clone()));
+    repository
+        .register_keys(&configured, signer.kid(), context, reason)
+        .await?;
+    let jwks = repository.signing_keys().await?;
+    Ok(Keys { signer, jwks })
 }
 
 fn claim(
@@ -49,37 +76,75 @@ fn claim(
 }
 
 impl PolicyHub {
-    /// Registers the configured keys (the first one signs) and loads the
-    /// active index from the database.
-    pub async fn start(repository: Repository, keys: Vec<SigningKey>) -> anyhow::Result<Self> {
-        let mut keys = keys.into_iter();
-        let signer = keys
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("at least one signing key is needed"))?;
-        let mut configured = vec![signer.jwk().clone()];
-        configured.extend(keys.map(|key| key.jwk().clone()));
+    /// Loads and registers the signing keys and loads the active index from
+    /// the database.
+    pub async fn start(repository: Repository, key_source: KeySource) -> anyhow::Result<Self> {
         let system = RequestContext {
             actor: "system:policyhub".into(),
             request_id: "startup".into(),
         };
-        repository
-            .register_keys(&configured, signer.kid(), &system)
-            .await?;
-        let jwks = repository.signing_keys().await?;
+        let keys = register(
+            &repository,
+            key_source.load()?,
+            &system,
+            "the configured signing key signs new versions",
+        )
+        .await?;
         let (revision, bundles) = repository.load_active().await?;
         tracing::info!(
             revision,
             active_policies = bundles.len(),
-            signing_kid = signer.kid(),
+            signing_kid = keys.signer.kid(),
             "loaded the active index"
         );
         Ok(PolicyHub {
             repository,
             index: ActiveIndex::new(revision, bundles),
-            signer: Arc::new(signer),
-            jwks: Arc::new(jwks),
+            key_source: Arc::new(key_source),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
             applier: Arc::default(),
         })
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().expect("keys lock").clone()
+    }
+
+    /// Makes a new generated key sign; returns the old and the new key id.
+    pub async fn rotate_signing_key(
+        &self,
+        context: &RequestContext,
+        reason: &str,
+    ) -> Result<(String, String)> {
+        let new_key = self
+            .key_source
+            .rotate()
+            .map_err(|error| Error::precondition(format!("{error:#}")))?;
+        self.install(vec![new_key], context, reason).await
+    }
+
+    /// Re-reads the key files (on SIGHUP); returns the old and the new
+    /// signing key id.
+    pub async fn reload_keys(&self, context: &RequestContext) -> Result<(String, String)> {
+        let keys = self.key_source.load().map_err(|error| {
+            Error::precondition(format!("cannot reload the signing keys: {error:#}"))
+        })?;
+        self.install(keys, context, "the signing keys were reloaded")
+            .await
+    }
+
+    async fn install(
+        &self,
+        keys: Vec<SigningKey>,
+        context: &RequestContext,
+        reason: &str,
+    ) -> Result<(String, String)> {
+        let keys = register(&self.repository, keys, context, reason).await?;
+        let new_kid = keys.signer.kid().to_owned();
+        let previous =
+            std::mem::replace(&mut *self.keys.write().expect("keys lock"), Arc::new(keys));
+        tracing::info!(previous = previous.signer.kid(), signing_kid = %new_kid, "signing keys installed");
+        Ok((previous.signer.kid().to_owned(), new_kid))
     }
 
     /// The in-memory index.
@@ -163,7 +228,7 @@ impl PolicyHub {
         let claim = claim("Publish", key, &command);
         let outcome = self
             .repository
-            .publish(command, context, claim.as_ref(), &self.signer)
+            .publish(command, context, claim.as_ref(), &self.keys().signer)
             .await?;
         if let Some(activation) = &outcome.activation {
             self.applied(activation).await;
@@ -311,7 +376,8 @@ impl PolicyHub {
     }
 
     /// The JWKS and the id of the key that signs new versions.
-    pub fn signing_keys(&self) -> (Arc<Vec<Jwk>>, &str) {
-        (self.jwks.clone(), self.signer.kid())
+    pub fn signing_keys(&self) -> (Vec<Jwk>, String) {
+        let keys = self.keys();
+        (keys.jwks.clone(), keys.signer.kid().to_owned())
     }
 }

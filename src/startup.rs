@@ -142,7 +142,7 @@ impl Application {
         prepare_data_dir(&settings)?;
         let authentication = authentication(&settings)?;
         let db = open_database(&settings).await?;
-        let keys = signing::load_keys(&settings.signing.key_files, &settings.data_dir)?;
+        let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
         let repository = storage::Repository::new(db, settings.issuer.clone());
         let hub = PolicyHub::start(repository, keys).await?;
         let listener = TcpListener::bind(settings.listen)
@@ -179,6 +179,7 @@ impl Application {
             self.hub.clone(),
             self.settings.health_check_interval(),
         ));
+        let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
         let replication_task = (!self.settings.is_sqlite()).then(|| {
             tokio::spawn(crate::replication::follow(
                 self.hub.clone(),
@@ -248,12 +249,39 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         health_task.abort();
+        reload_task.abort();
         if let Some(task) = replication_task {
             task.abort();
         }
         served.context("serving grpc")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Re-reads the signing keys on every SIGHUP: with `signing.key_files`, put
+/// the new key first in the files, then `kill -HUP`; the old key keeps
+/// verifying.
+async fn reload_keys_on_sighup(hub: PolicyHub) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for sighup: signing keys reload only at start");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let context = crate::domain::RequestContext {
+            actor: "system:sighup".into(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        };
+        match hub.reload_keys(&context).await {
+            Ok((previous, current)) => tracing::info!(%previous, %current, "signing keys reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "signing keys not reloaded; the previous ones stay in use")
+            }
+        }
     }
 }
 

@@ -100,6 +100,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
+    /// Ask the server to sign with a newly generated key from now on (admin
+    /// in every namespace). Bundles signed before keep verifying.
+    Rotate {
+        #[command(flatten)]
+        connection: Connection,
+        /// Why; recorded in the event log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its key id.
     Generate {
         /// Where to write it; an existing file is never overwritten.
@@ -175,6 +184,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
             )?;
             println!("{token}");
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { connection, reason },
+        } => {
+            let mut client = crate::grpc::proto::policy_service_client::PolicyServiceClient::new(
+                connection.connect().await?,
+            );
+            let rotated = client
+                .rotate_signing_key(crate::grpc::proto::RotateSigningKeyRequest { reason })
+                .await
+                .map_err(|status| anyhow::anyhow!("rotation refused: {}", status.message()))?
+                .into_inner();
+            println!(
+                "signing key {} replaces {}",
+                rotated.signing_key_id, rotated.previous_key_id
+            );
         }
         Command::Keys {
             command: KeysCommand::Generate { out },

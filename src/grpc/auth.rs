@@ -85,6 +85,7 @@ pub enum Rpc {
     GetActive,
     WatchActive,
     GetSigningKeys,
+    RotateSigningKey,
 }
 
 impl Rpc {
@@ -102,7 +103,7 @@ impl Rpc {
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
             Rpc::Activate | Rpc::Rollback => Role::Operator,
-            Rpc::SetSchema => Role::Admin,
+            Rpc::SetSchema | Rpc::RotateSigningKey => Role::Admin,
         }
     }
 }
@@ -204,6 +205,23 @@ impl Caller {
         }
         Err(Status::permission_denied(format!(
             "{} may not call {rpc:?}: it needs the {role} role in some namespace",
+            self.subject
+        )))
+    }
+
+    /// Refuses unless the caller holds `rpc`'s role in every namespace (a
+    /// `*` grant), for deployment-wide operations.
+    pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<(), Status> {
+        let role = rpc.role();
+        if self
+            .grants
+            .iter()
+            .any(|grant| grant.namespace.is_none() && grant.role >= role)
+        {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{} may not call {rpc:?}: it needs the \"*:{role}\" grant",
             self.subject
         )))
     }
@@ -454,6 +472,15 @@ pub fn identify<T>(request: &Request<T>) -> Result<Identified, Status> {
 }
 
 impl Identified {
+    /// Checks a deployment-wide `rpc`; the context records the caller.
+    pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<RequestContext, Status> {
+        self.caller.authorize_everywhere(rpc)?;
+        Ok(RequestContext {
+            actor: self.caller.subject.clone(),
+            request_id: self.request_id.clone(),
+        })
+    }
+
     /// The caller.
     pub fn caller(&self) -> &Caller {
         &self.caller

@@ -523,6 +523,26 @@ impl PolicyService for PolicyApi {
             active_version_violations: violations.iter().map(ToString::to_string).collect(),
         }))
     }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<proto::RotateSigningKeyRequest>,
+    ) -> Result<Response<proto::RotateSigningKeyResponse>, Status> {
+        let context = identify(&request)?.authorize_everywhere(Rpc::RotateSigningKey)?;
+        let reason = self
+            .limits
+            .text("reason", request.into_inner().reason)
+            .map_err(to_status)?;
+        let (previous_key_id, signing_key_id) = self
+            .hub
+            .rotate_signing_key(&context, &reason)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::RotateSigningKeyResponse {
+            signing_key_id,
+            previous_key_id,
+        }))
+    }
 }
 
 /// The requested namespace (checked by the caller) and the rest of the filter.

@@ -202,23 +202,60 @@ pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-/// The configured keys: the first signs, every one verifies. With no key
-/// files configured, the key in `data_dir` is used, generated on first start.
-pub fn load_keys(key_files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<SigningKey>> {
-    if key_files.is_empty() {
-        let path = data_dir.join(GENERATED_KEY_FILE);
-        if !path.exists() {
-            let key = write_new_key(&path)?;
-            tracing::warn!(
-                path = %path.display(),
-                kid = key.kid(),
-                "no signing key configured: generated one; back it up, or configure signing.key_files"
-            );
-            return Ok(vec![key]);
+/// Where the signing keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Configured PKCS#8 PEM files: the first signs, every one verifies.
+    /// Rotated by replacing the files and reloading (SIGHUP).
+    Files(Vec<PathBuf>),
+    /// One key in the data directory, generated on first start and replaced
+    /// by [`KeySource::rotate`].
+    Generated(PathBuf),
+}
+
+impl KeySource {
+    /// The configured files, or the generated key in `data_dir`.
+    pub fn new(key_files: &[PathBuf], data_dir: &Path) -> Self {
+        if key_files.is_empty() {
+            KeySource::Generated(data_dir.join(GENERATED_KEY_FILE))
+        } else {
+            KeySource::Files(key_files.to_vec())
         }
-        return Ok(vec![read_key_file(&path)?]);
     }
-    key_files.iter().map(|path| read_key_file(path)).collect()
+
+    /// The keys, signer first; the generated key is made on first use.
+    pub fn load(&self) -> anyhow::Result<Vec<SigningKey>> {
+        match self {
+            KeySource::Files(paths) => paths.iter().map(|path| read_key_file(path)).collect(),
+            KeySource::Generated(path) if path.exists() => Ok(vec![read_key_file(path)?]),
+            KeySource::Generated(path) => {
+                let key = write_new_key(path)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    kid = key.kid(),
+                    "no signing key configured: generated one; back it up, or configure signing.key_files"
+                );
+                Ok(vec![key])
+            }
+        }
+    }
+
+    /// Replaces the generated key with a new one. The old private key is
+    /// gone; its public key stays in the database for verification.
+    pub fn rotate(&self) -> anyhow::Result<SigningKey> {
+        let KeySource::Generated(path) = self else {
+            bail!(
+                "signing keys come from signing.key_files: put the new key first in the files and send SIGHUP"
+            );
+        };
+        let staged = path.with_extension("pem.new");
+        if staged.exists() {
+            fs::remove_file(&staged)?;
+        }
+        let key = write_new_key(&staged)?;
+        fs::rename(&staged, path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(key)
+    }
 }
 
 fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {

@@ -1360,6 +1360,7 @@ impl Repository {
         keys: &[Jwk],
         signing_kid: &str,
         context: &RequestContext,
+        reason: &str,
     ) -> Result<()> {
         let write = self.begin_write().await?;
         let txn = &write.txn;
@@ -1391,7 +1392,7 @@ impl Repository {
                     new_version: None,
                     revision: None,
                     key_id: Some(signing_kid.to_owned()),
-                    reason: "the configured signing key signs new versions",
+                    reason,
                 },
             )
             .await?;

@@ -283,6 +283,17 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
                 .await
                 .map(drop),
         ),
+        (
+            "namespace admin rotates the deployment's signing key",
+            app.policy
+                .clone()
+                .rotate_signing_key(with_token(
+                    proto::RotateSigningKeyRequest::default(),
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
     ];
     for (attack, result) in denied {
         let status = result.expect_err(attack);
@@ -546,4 +557,129 @@ async fn a_minted_local_token_works_against_the_generated_secret() {
         draft(&app, &token, "team-b", "x").await.unwrap_err().code(),
         Code::PermissionDenied
     );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
+/// with the openssl command.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("openssl {args}"))
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args}");
+    };
+    run(
+        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+         -days 1 -subj /CN=test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign",
+    );
+    for (name, usage, san) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ),
+        ("client", "clientAuth", "subjectAltName=DNS:runtime-1"),
+    ] {
+        run(&format!(
+            "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("{san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .unwrap();
+        run(&format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 1 -extfile {name}.ext"
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_plaintext_and_mtls_refuses_clients_without_a_certificate() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let path = |name: &str| dir.path().join(name);
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let issuer = Issuer::new();
+    let tls = policyhub::config::TlsSettings {
+        cert_file: path("server.crt"),
+        key_file: path("server.key"),
+        client_ca_file: Some(path("ca.crt")),
+    };
+    let address = {
+        let jwks_file = issuer.jwks_file.clone();
+        let database = TestDatabase::new(Backend::Sqlite).await;
+        let mut settings = crate::helpers::test_settings(&database);
+        settings.insecure = false;
+        settings.auth.jwks_file = Some(jwks_file);
+        settings.auth.issuer = ISSUER.into();
+        settings.tls = Some(tls);
+        let application = policyhub::startup::Application::build(settings)
+            .await
+            .unwrap();
+        let address = application.address();
+        tokio::spawn(async move {
+            let _database = database;
+            application.run_until_stopped(std::future::pending()).await
+        });
+        address
+    };
+    let token = issuer.token("runtime-1", &["team-a:reader"]);
+    let call = |channel: Channel| {
+        let token = token.clone();
+        async move {
+            proto::bundle_service_client::BundleServiceClient::new(channel)
+                .get_signing_keys(with_token(proto::GetSigningKeysRequest {}, &token))
+                .await
+        }
+    };
+
+    // Plaintext on the TLS port: no gRPC exchange happens.
+    let plaintext = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        assert!(
+            call(channel).await.is_err(),
+            "a plaintext call succeeded on the TLS port"
+        );
+    }
+
+    let tls_to = |identity: Option<Identity>| {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.crt")))
+            .domain_name("localhost");
+        if let Some(identity) = identity {
+            config = config.identity(identity);
+        }
+        Channel::from_shared(format!("https://{address}"))
+            .unwrap()
+            .tls_config(config)
+            .unwrap()
+    };
+    // TLS without a client certificate: the handshake or the call fails.
+    if let Ok(channel) = tls_to(None).connect().await {
+        assert!(
+            call(channel).await.is_err(),
+            "mTLS accepted a client without a certificate"
+        );
+    }
+    // With one signed by the CA: accepted.
+    let channel = tls_to(Some(Identity::from_pem(
+        read("client.crt"),
+        read("client.key"),
+    )))
+    .connect()
+    .await
+    .expect("an mTLS client with a certificate connects");
+    let keys = call(channel)
+        .await
+        .expect("an mTLS client with a certificate is served");
+    assert!(!keys.into_inner().keys.is_empty());
 }

@@ -160,3 +160,193 @@ async fn a_generated_key_is_private_to_the_owner() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_key_without_a_restart_keeps_old_bundles_verifiable() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_app(backend).await;
+        app.release("payments", "limits", json!({"max": 1}), true)
+            .await;
+        let old_bundle = active_bundle(&app).await;
+        let rotated = app
+            .policy
+            .clone()
+            .rotate_signing_key(proto::RotateSigningKeyRequest {
+                reason: "yearly rotation".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rotated.previous_key_id, old_bundle.key_id);
+        assert_ne!(rotated.signing_key_id, old_bundle.key_id);
+        app.release("payments", "limits", json!({"max": 2}), true)
+            .await;
+        let new_bundle = active_bundle(&app).await;
+        assert_eq!(
+            new_bundle.key_id, rotated.signing_key_id,
+            "new publishes carry the new kid"
+        );
+        let jwks = app.jwks_json().await;
+        for bundle in [&old_bundle, &new_bundle] {
+            let output = verify_with_cli(&jwks, &bundle.jws);
+            assert!(
+                output.status.success(),
+                "{backend:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let rotation = app
+            .policy
+            .clone()
+            .list_events(proto::ListEventsRequest {
+                kinds: vec![proto::EventKind::KeyRotated as i32],
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .remove(0);
+        assert_eq!(
+            (
+                rotation.key_id.as_str(),
+                rotation.reason.as_str(),
+                rotation.actor.as_str()
+            ),
+            (
+                rotated.signing_key_id.as_str(),
+                "yearly rotation",
+                "anonymous"
+            )
+        );
+        // The key the server restarts with is the rotated one.
+        let database = app.stop().await;
+        let app = spawn_on(database, |_| {}).await;
+        app.release("payments", "limits", json!({"max": 3}), true)
+            .await;
+        assert_eq!(active_bundle(&app).await.key_id, rotated.signing_key_id);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_files_rotate_by_reload_not_by_rpc() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("signing.pem");
+    policyhub::signing::write_new_key(&key).unwrap();
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_on(database, |settings| {
+        settings.signing.key_files = vec![key.clone()]
+    })
+    .await;
+    let refused = app
+        .policy
+        .clone()
+        .rotate_signing_key(proto::RotateSigningKeyRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("send SIGHUP"),
+        "{}",
+        refused.message()
+    );
+}
+
+/// The real binary: SIGHUP reloads replaced key files, SIGTERM stops it
+/// cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_key_files_and_sigterm_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing.pem");
+    let first_kid = policyhub::signing::write_new_key(&key)
+        .unwrap()
+        .kid()
+        .to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(policyhub_binary())
+        .args([
+            "serve",
+            "--insecure",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env(
+            "POLICYHUB_SIGNING__KEY_FILES",
+            format!("[\"{}\"]", key.display()),
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let channel = loop {
+        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    let mut bundles = proto::bundle_service_client::BundleServiceClient::new(channel);
+    let signing_kid = |response: proto::GetSigningKeysResponse| response.signing_key_id;
+    assert_eq!(
+        signing_kid(
+            bundles
+                .get_signing_keys(proto::GetSigningKeysRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        first_kid
+    );
+
+    std::fs::remove_file(&key).unwrap();
+    let second_kid = policyhub::signing::write_new_key(&key)
+        .unwrap()
+        .kid()
+        .to_owned();
+    let kill = |signal: &str| {
+        Command::new("kill")
+            .args([signal, &server.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-HUP").success());
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let keys = bundles
+            .get_signing_keys(proto::GetSigningKeysRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if keys.signing_key_id == second_kid {
+            let kids: Vec<_> = keys.keys.iter().map(|key| key.kid.clone()).collect();
+            assert!(
+                kids.contains(&first_kid) && kids.contains(&second_kid),
+                "{kids:?}"
+            );
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "SIGHUP installed the new key");
+
+    assert!(kill("-TERM").success());
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the server cleanly: {status:?}"
+    );
+}
