@@ -19,6 +19,7 @@ use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
 use crate::grpc::{
     BundleApi, PolicyApi,
     auth::{Authentication, Authenticator},
+    message_limit::MessageLimitLayer,
     proto::{
         self, bundle_service_server::BundleServiceServer,
         policy_service_server::PolicyServiceServer,
@@ -202,13 +203,13 @@ impl Application {
             self.settings.limits.clone(),
             quotas.clone(),
         ))
-        .max_decoding_message_size(max_message);
+        .max_decoding_message_size(max_message + 1);
         let bundle_service = BundleServiceServer::new(BundleApi::new(
             self.hub.clone(),
             self.settings.watch.heartbeat_interval(),
             quotas,
         ))
-        .max_decoding_message_size(max_message);
+        .max_decoding_message_size(max_message + 1);
         // Watch streams never end by themselves: end them first, with
         // UNAVAILABLE, so the graceful drain does not wait on them forever.
         let index = self.hub.index().clone();
@@ -219,7 +220,9 @@ impl Application {
         tracing::info!(address = %self.address, "serving grpc");
         let authentication = self.authentication.clone();
         let authenticate = move |request| authentication.intercept(request);
-        let mut server = Server::builder();
+        // The layer refuses an oversized message from its length prefix with
+        // RESOURCE_EXHAUSTED; tonic's own limit, just above, is a backstop.
+        let mut server = Server::builder().layer(MessageLimitLayer { limit: max_message });
         if let Some(tls) = &self.settings.tls {
             server = server
                 .tls_config(tls_config(tls)?)

@@ -4,6 +4,7 @@ pub mod auth;
 mod bundle_service;
 pub mod convert;
 mod limits;
+pub mod message_limit;
 mod policy_service;
 pub mod quotas;
 pub mod status;
