@@ -24,6 +24,8 @@ use crate::grpc::Limits;
 pub struct Settings {
     /// Address of the gRPC port. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Address of the Prometheus metrics port (`/metrics`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory of the SQLite database and of a generated signing key.
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; defaults to `policyhub.db` in
@@ -194,6 +196,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
             data_dir: PathBuf::from("data"),
             database_url: None,
             insecure: false,
@@ -225,6 +228,10 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    /// Address of the Prometheus metrics port [default: off]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve without authentication (loopback addresses only)
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -238,6 +245,7 @@ pub struct Overrides {
 /// The top-level settings, which the environment may set.
 const SETTINGS: &[&str] = &[
     "listen",
+    "metrics_listen",
     "data_dir",
     "database_url",
     "insecure",

@@ -19,7 +19,8 @@
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
 //!   error-to-status mapping and the caller seam for authentication.
-//! - [`config`], [`telemetry`], [`startup`], [`shutdown`]: running the server.
+//! - [`config`], [`telemetry`], [`metrics`], [`startup`], [`shutdown`]:
+//!   running the server.
 //! - [`cli`]: the `policyhub` binary's subcommands.
 
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod hub;
+pub mod metrics;
 pub mod replication;
 pub mod shutdown;
 pub mod signing;

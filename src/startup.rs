@@ -32,6 +32,8 @@ use crate::{signing, storage};
 /// A server that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// The metrics port, when `metrics_listen` is set.
+    metrics_listener: Option<TcpListener>,
     address: SocketAddr,
     hub: PolicyHub,
     authentication: Authentication,
@@ -150,8 +152,13 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let address = listener.local_addr()?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(metrics_address) => Some(crate::metrics::bind(metrics_address).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
+            metrics_listener,
             address,
             hub,
             authentication,
@@ -169,6 +176,11 @@ impl Application {
         self.address
     }
 
+    /// The bound metrics address, when metrics are served.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until_stopped(
         self,
@@ -181,6 +193,9 @@ impl Application {
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
+        let metrics_task = self
+            .metrics_listener
+            .map(|listener| tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone())));
         let replication_task = (!self.settings.is_sqlite()).then(|| {
             tokio::spawn(crate::replication::follow(
                 self.hub.clone(),
@@ -222,7 +237,10 @@ impl Application {
         let authenticate = move |request| authentication.intercept(request);
         // The layer refuses an oversized message from its length prefix with
         // RESOURCE_EXHAUSTED; tonic's own limit, just above, is a backstop.
-        let mut server = Server::builder().layer(MessageLimitLayer { limit: max_message });
+        let mut server = Server::builder()
+            .trace_fn(crate::telemetry::rpc_span)
+            .layer(crate::metrics::RpcMetricsLayer)
+            .layer(MessageLimitLayer { limit: max_message });
         if let Some(tls) = &self.settings.tls {
             server = server
                 .tls_config(tls_config(tls)?)
@@ -253,6 +271,9 @@ impl Application {
             .await;
         health_task.abort();
         reload_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         if let Some(task) = replication_task {
             task.abort();
         }

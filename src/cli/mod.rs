@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, overrides } => {
             let settings = Settings::load(config.as_deref(), &overrides)?;
-            crate::telemetry::init(settings.log_format);
+            let _telemetry = crate::telemetry::init(settings.log_format)?;
             let application = Application::build(settings).await?;
             application
                 .run_until_stopped(crate::shutdown::signal())
@@ -148,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate { config, overrides } => {
             let settings = Settings::load(config.as_deref(), &overrides)?;
-            crate::telemetry::init(settings.log_format);
+            let _telemetry = crate::telemetry::init(settings.log_format)?;
             startup::open_database(&settings).await?;
             println!("migrations applied");
         }

@@ -652,6 +652,7 @@ impl Repository {
     }
 
     /// Creates the next draft; supersedes the open one.
+    #[tracing::instrument(name = "storage.draft", skip_all)]
     pub async fn draft(
         &self,
         command: DraftCommand,
@@ -742,6 +743,7 @@ impl Repository {
     }
 
     /// Discards a draft.
+    #[tracing::instrument(name = "storage.discard_draft", skip_all)]
     pub async fn discard_draft(
         &self,
         command: DiscardCommand,
@@ -770,6 +772,7 @@ impl Repository {
     }
 
     /// Validates, signs and publishes a draft; activates it when asked.
+    #[tracing::instrument(name = "storage.publish", skip_all)]
     pub async fn publish(
         &self,
         command: PublishCommand,
@@ -928,6 +931,7 @@ impl Repository {
     }
 
     /// Moves the pointers of several policies under one revision, or none.
+    #[tracing::instrument(name = "storage.activate", skip_all)]
     pub async fn activate(
         &self,
         command: ActivateCommand,
@@ -971,6 +975,7 @@ impl Repository {
     }
 
     /// Returns the pointer to an older published version.
+    #[tracing::instrument(name = "storage.rollback", skip_all)]
     pub async fn rollback(
         &self,
         command: RollbackCommand,
@@ -1022,6 +1027,7 @@ impl Repository {
     }
 
     /// Sets or removes a schema; reports how the active version fares.
+    #[tracing::instrument(name = "storage.set_schema", skip_all)]
     pub async fn set_schema(
         &self,
         command: SetSchemaCommand,
@@ -1073,6 +1079,7 @@ impl Repository {
     }
 
     /// One version.
+    #[tracing::instrument(name = "storage.get_version", skip_all)]
     pub async fn get_version(
         &self,
         policy: &PolicyRef,
@@ -1085,6 +1092,7 @@ impl Repository {
 
     /// Versions of a policy, newest first; the page token is the last
     /// version number returned.
+    #[tracing::instrument(name = "storage.list_versions", skip_all)]
     pub async fn list_versions(
         &self,
         policy: &PolicyRef,
@@ -1115,6 +1123,7 @@ impl Repository {
 
     /// Policies ordered by namespace and name; the page token is the last
     /// `namespace/name` returned.
+    #[tracing::instrument(name = "storage.list_policies", skip_all)]
     pub async fn list_policies(
         &self,
         scope: &NamespaceScope,
@@ -1202,6 +1211,7 @@ impl Repository {
     }
 
     /// The audit log, newest first; the page token is the last event id.
+    #[tracing::instrument(name = "storage.list_events", skip_all)]
     pub async fn list_events(
         &self,
         filter: &EventFilter,
@@ -1253,6 +1263,7 @@ impl Repository {
 
     /// The bundle that was active at a past revision or instant, read from
     /// the event log.
+    #[tracing::instrument(name = "storage.active_as_of", skip_all)]
     pub async fn active_as_of(
         &self,
         policy: &PolicyRef,
@@ -1293,6 +1304,7 @@ impl Repository {
     }
 
     /// The open draft of a policy, if any.
+    #[tracing::instrument(name = "storage.open_draft", skip_all)]
     pub async fn open_draft(&self, policy: &PolicyRef) -> Result<Option<VersionRecord>> {
         let row = find_policy(&self.db, policy).await?;
         open_draft(&self.db, row.id)
@@ -1302,12 +1314,14 @@ impl Repository {
     }
 
     /// The current revision.
+    #[tracing::instrument(name = "storage.current_revision", skip_all)]
     pub async fn current_revision(&self) -> Result<u64> {
         current_revision(&self.db).await
     }
 
     /// Every active bundle and the revision they are current at, in one
     /// query, to fill the in-memory index.
+    #[tracing::instrument(name = "storage.load_active", skip_all)]
     pub async fn load_active(&self) -> Result<(u64, Vec<ActiveBundle>)> {
         let txn = self.db.begin().await?;
         let revision = current_revision(&txn).await?;
@@ -1328,6 +1342,7 @@ impl Repository {
 
     /// The pointer moves of every revision after `revision`, grouped by
     /// revision, oldest first: what a replica applies to catch up.
+    #[tracing::instrument(name = "storage.activations_since", skip_all)]
     pub async fn activations_since(&self, revision: u64) -> Result<Vec<(u64, Vec<ActiveBundle>)>> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
@@ -1355,6 +1370,7 @@ impl Repository {
 
     /// Stores the public keys not stored yet, and records a key rotation when
     /// the signing key differs from the last one recorded.
+    #[tracing::instrument(name = "storage.register_keys", skip_all)]
     pub async fn register_keys(
         &self,
         keys: &[Jwk],
@@ -1401,6 +1417,7 @@ impl Repository {
     }
 
     /// Every public key that ever signed, oldest first.
+    #[tracing::instrument(name = "storage.signing_keys", skip_all)]
     pub async fn signing_keys(&self) -> Result<Vec<Jwk>> {
         let rows = signing_keys::Entity::find()
             .order_by(signing_keys::Column::CreatedAt, Order::Asc)

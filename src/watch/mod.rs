@@ -53,6 +53,8 @@ pub struct NamespaceIndex {
 pub struct Snapshot {
     /// Every activation up to and including this revision is applied.
     pub revision: u64,
+    /// When this revision was applied, for the delivery-time metric.
+    pub applied_at: Option<Instant>,
     /// Per namespace; untouched namespaces are shared between snapshots.
     pub namespaces: BTreeMap<Namespace, Arc<NamespaceIndex>>,
 }
@@ -141,6 +143,7 @@ impl ActiveIndex {
     pub fn new(revision: u64, bundles: Vec<ActiveBundle>) -> Self {
         let mut snapshot = Snapshot {
             revision,
+            applied_at: None,
             namespaces: BTreeMap::new(),
         };
         for bundle in bundles {
@@ -178,6 +181,8 @@ impl ActiveIndex {
             debug_assert!(changed.iter().all(|bundle| bundle.revision == revision));
             let next = Arc::make_mut(current);
             next.revision = revision;
+            next.applied_at = Some(Instant::now());
+            crate::metrics::global().activations.inc_by(changed.len() as u64);
             for bundle in changed {
                 next.insert(bundle);
             }
@@ -307,6 +312,9 @@ impl Subscriber {
                     // cursor; the next progress message reports them.
                     self.cursor = snapshot.revision;
                     if !bundles.is_empty() {
+                        if let Some(applied_at) = snapshot.applied_at {
+                            crate::metrics::global().watch_delivery.observe(applied_at.elapsed().as_secs_f64());
+                        }
                         return Ok(WatchMessage {
                             kind: MessageKind::Update,
                             revision: snapshot.revision,

@@ -89,6 +89,8 @@ impl TestDatabase {
 /// A running server and clients for it.
 pub struct TestApp {
     pub address: SocketAddr,
+    /// The metrics port, when the settings asked for one.
+    pub metrics_address: Option<SocketAddr>,
     pub database: TestDatabase,
     pub policy: PolicyServiceClient<Channel>,
     pub bundle: BundleServiceClient<Channel>,
@@ -120,6 +122,7 @@ pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settin
         .await
         .expect("build the server");
     let address = application.address();
+    let metrics_address = application.metrics_address();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async {
         stopped.await.ok();
@@ -131,6 +134,7 @@ pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settin
         .expect("connect to the server");
     TestApp {
         address,
+        metrics_address,
         database,
         policy: PolicyServiceClient::new(channel.clone()),
         bundle: BundleServiceClient::new(channel),

@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod helpers;
 mod lifecycle;
+mod observability;
 mod operations;
 mod signing;
 mod watch;
