@@ -170,17 +170,23 @@ impl SigningKey {
     }
 }
 
-/// Writes a new key to `path` with mode 0600, refusing to overwrite.
-pub fn write_new_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let (key, pem_text) = SigningKey::generate()?;
+/// Creates `path` with mode 0600 (refusing to overwrite) holding `contents`.
+fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(pem_text.as_bytes())?;
+    file.write_all(contents)?;
     file.sync_all()?;
+    Ok(())
+}
+
+/// Writes a new key to `path` with mode 0600, refusing to overwrite.
+pub fn write_new_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let (key, pem_text) = SigningKey::generate()?;
+    write_private_file(path, pem_text.as_bytes())?;
     Ok(key)
 }
 
@@ -191,14 +197,7 @@ pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
     ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
     let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(secret.as_bytes())?;
-    file.sync_all()?;
+    write_private_file(path, secret.as_bytes())?;
     Ok(secret)
 }
 
