@@ -10,6 +10,8 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
+use super::failure::Unreachable;
+
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
@@ -75,10 +77,10 @@ impl Connection {
             }
             endpoint = endpoint.tls_config(tls).context("configuring tls")?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", self.server))?;
+        let channel = endpoint.connect().await.map_err(|source| Unreachable {
+            server: self.server.clone(),
+            source,
+        })?;
         Ok(InterceptedService::new(channel, self.bearer()?))
     }
 

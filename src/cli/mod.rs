@@ -1,9 +1,24 @@
 //! The `policyhub` command line.
+//!
+//! `serve` and `migrate` run the server. The client commands (one per RPC,
+//! plus `sync`) take the `Connection` flags and `--output table|json`;
+//! `verify`, `token` and `keys generate` work offline. How they fail, and
+//! with which exit code, is decided in one place: `failure`.
 
+mod args;
 mod connection;
+mod diff;
+mod failure;
+mod inspect;
+mod json;
+mod lifecycle;
+mod output;
+mod sync;
 mod watch;
 
-use connection::Connection;
+use connection::{AuthChannel, Connection};
+use failure::Reply;
+use output::Output;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,10 +34,33 @@ use crate::startup::{self, Application};
 
 /// policyhub: signed, versioned policies for runtimes.
 #[derive(Debug, Parser)]
-#[command(name = "policyhub", version, about)]
+#[command(
+    name = "policyhub",
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 the operation failed or the server refused it; \
+                  2 usage error; 3 the server cannot be reached or is unavailable."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What every client command takes: where the server is, and how to print.
+#[derive(Debug, clap::Args)]
+struct Client {
+    #[command(flatten)]
+    connection: Connection,
+    /// How to print the result: a table for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl Client {
+    /// The channel, and how to print.
+    async fn connect(&self) -> anyhow::Result<(AuthChannel, Output)> {
+        Ok((self.connection.connect().await?, self.output))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +80,82 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
+    },
+    /// Write the next draft of a policy from a JSON or YAML file.
+    Draft {
+        #[command(flatten)]
+        args: lifecycle::DraftArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Publish a draft: sign it, give it a release label, optionally activate it.
+    Publish {
+        #[command(flatten)]
+        args: lifecycle::PublishArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Activate published versions of one or several policies, atomically.
+    Activate {
+        #[command(flatten)]
+        args: lifecycle::ActivateArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Return a policy to the version active before, or to --to N.
+    Rollback {
+        #[command(flatten)]
+        args: lifecycle::RollbackArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Show the active bundle (verified), or one version with --version or --label.
+    Get {
+        #[command(flatten)]
+        args: inspect::GetArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List the versions of a policy, newest first.
+    Versions {
+        #[command(flatten)]
+        args: inspect::VersionsArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List policies with their active and draft versions.
+    Policies {
+        #[command(flatten)]
+        args: inspect::PoliciesArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List the audit log, newest first.
+    Events {
+        #[command(flatten)]
+        args: inspect::EventsArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Show what changed between two versions of a policy.
+    Diff {
+        #[command(flatten)]
+        args: diff::DiffArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Publish the releases of a checkout: policies/<name>/v<semver>/.
+    ///
+    /// Each release not yet in the hub is drafted and published under its
+    /// label; one already released with the same digest is skipped; one
+    /// released with another digest is an error. Nothing is published
+    /// unless every file is valid. Exits 0 only when every release was
+    /// delivered.
+    Sync {
+        #[command(flatten)]
+        args: sync::SyncArgs,
+        #[command(flatten)]
+        client: Client,
     },
     /// Verify a signed bundle offline against a JWKS.
     ///
@@ -100,6 +214,11 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
+    /// Print every public key that ever signed a bundle (the JWKS).
+    List {
+        #[command(flatten)]
+        client: Client,
+    },
     /// Ask the server to sign with a newly generated key from now on (admin
     /// in every namespace). Bundles signed before keep verifying.
     Rotate {
@@ -130,8 +249,8 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            eprint!("{}", failure::report(&error));
+            failure::exit_code(&error)
         }
     }
 }
@@ -151,6 +270,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _telemetry = crate::telemetry::init(settings.log_format)?;
             startup::open_database(&settings).await?;
             println!("migrations applied");
+        }
+        Command::Draft { client, args } => {
+            let (channel, output) = client.connect().await?;
+            lifecycle::draft(channel, output, args).await?
+        }
+        Command::Publish { client, args } => {
+            let (channel, output) = client.connect().await?;
+            lifecycle::publish(channel, output, args).await?
+        }
+        Command::Activate { client, args } => {
+            let (channel, output) = client.connect().await?;
+            lifecycle::activate(channel, output, args).await?
+        }
+        Command::Rollback { client, args } => {
+            let (channel, output) = client.connect().await?;
+            lifecycle::rollback(channel, output, args).await?
+        }
+        Command::Get { client, args } => {
+            let (channel, output) = client.connect().await?;
+            inspect::get(channel, output, args).await?
+        }
+        Command::Versions { client, args } => {
+            let (channel, output) = client.connect().await?;
+            inspect::versions(channel, output, args).await?
+        }
+        Command::Policies { client, args } => {
+            let (channel, output) = client.connect().await?;
+            inspect::policies(channel, output, args).await?
+        }
+        Command::Events { client, args } => {
+            let (channel, output) = client.connect().await?;
+            inspect::events(channel, output, args).await?
+        }
+        Command::Diff { client, args } => {
+            let (channel, output) = client.connect().await?;
+            diff::diff(channel, output, args).await?
+        }
+        Command::Sync { client, args } => {
+            return sync::run(&client.connection, client.output, args).await;
+        }
+        Command::Keys {
+            command: KeysCommand::List { client },
+        } => {
+            let (channel, output) = client.connect().await?;
+            inspect::keys(channel, output).await?
         }
         Command::Verify { jwks, bundle } => return verify(&jwks, bundle.as_deref()),
         Command::Watch { connection, args } => {
@@ -194,8 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rotated = client
                 .rotate_signing_key(crate::grpc::proto::RotateSigningKeyRequest { reason })
                 .await
-                .map_err(|status| anyhow::anyhow!("rotation refused: {}", status.message()))?
-                .into_inner();
+                .reply("rotating the signing key")?;
             println!(
                 "signing key {} replaces {}",
                 rotated.signing_key_id, rotated.previous_key_id

@@ -7,12 +7,13 @@ use anyhow::{Context, bail};
 use tonic::Code;
 
 use super::connection::AuthChannel;
+use super::failure::{Refused, Reply};
 
 use crate::grpc::proto::{
     Bundle, GetSigningKeysRequest, WatchActiveRequest, WatchEventKind,
     bundle_service_client::BundleServiceClient,
 };
-use crate::signing::{self, Jwk, Jwks, VerifyError};
+use crate::signing::{self, BundleClaims, Jwk, Jwks, VerifyError};
 
 /// What to watch.
 #[derive(Debug, clap::Args)]
@@ -31,12 +32,14 @@ pub struct WatchArgs {
     json: bool,
 }
 
-async fn fetch_jwks(client: &mut BundleServiceClient<AuthChannel>) -> anyhow::Result<Jwks> {
+/// The server's JWKS.
+pub(super) async fn fetch_jwks(
+    client: &mut BundleServiceClient<AuthChannel>,
+) -> anyhow::Result<Jwks> {
     let keys = client
         .get_signing_keys(GetSigningKeysRequest {})
         .await
-        .context("fetching the signing keys")?
-        .into_inner();
+        .reply("fetching the signing keys")?;
     Ok(Jwks {
         keys: keys
             .keys
@@ -53,13 +56,13 @@ async fn fetch_jwks(client: &mut BundleServiceClient<AuthChannel>) -> anyhow::Re
     })
 }
 
-/// Verifies a bundle; a key rotated in since the JWKS was fetched triggers
-/// one fetch of the JWKS.
-async fn verify(
+/// Verifies a bundle and returns its claims; a key rotated in since the
+/// JWKS was fetched triggers one fetch of the JWKS.
+pub(super) async fn verify(
     client: &mut BundleServiceClient<AuthChannel>,
     jwks: &mut Jwks,
     bundle: &Bundle,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BundleClaims> {
     let verified = match signing::verify(&bundle.jws, jwks) {
         Err(VerifyError::UnknownKey(_)) => {
             *jwks = fetch_jwks(client).await?;
@@ -85,7 +88,7 @@ async fn verify(
             claims.ver
         );
     }
-    Ok(())
+    Ok(claims)
 }
 
 fn kind_name(kind: WatchEventKind) -> &'static str {
@@ -110,7 +113,6 @@ pub async fn run(channel: AuthChannel, args: WatchArgs) -> anyhow::Result<()> {
             since_revision: revision,
         };
         let mut stream = match client.watch_active(request).await {
-            Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::Unavailable => {
                 eprintln!(
                     "server unavailable ({}); retrying from revision {revision}",
@@ -119,7 +121,7 @@ pub async fn run(channel: AuthChannel, args: WatchArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(status) => bail!("watch refused: {}", status.message()),
+            other => other.reply(format!("watching namespace {}", args.namespace))?,
         };
         loop {
             let message = match stream.message().await {
@@ -132,7 +134,9 @@ pub async fn run(channel: AuthChannel, args: WatchArgs) -> anyhow::Result<()> {
                     );
                     break;
                 }
-                Err(status) => bail!("watch failed: {}", status.message()),
+                Err(status) => {
+                    return Err(Refused::new("following the watch stream", status).into());
+                }
             };
             let bundles = message.decode_bundles().context("decoding the bundles")?;
             for bundle in &bundles {

@@ -5,10 +5,11 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::config::QuotaSettings;
 
@@ -82,10 +83,15 @@ impl Quotas {
             return Ok(());
         }
         let wait = (1.0 - *tokens) / rate.max(f64::MIN_POSITIVE);
-        Err(Status::resource_exhausted(format!(
-            "{subject} exceeded {rate} mutating requests per second (quotas.mutations_per_second); \
-             retry in {wait:.1} s"
-        )))
+        // The delay also travels as google.rpc.RetryInfo, for clients.
+        Err(Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "{subject} exceeded {rate} mutating requests per second (quotas.mutations_per_second); \
+                 retry in {wait:.1} s"
+            ),
+            ErrorDetails::with_retry_info(Some(Duration::from_secs_f64(wait.min(3600.0)))),
+        ))
     }
 }
 

@@ -3,10 +3,12 @@
 
 mod auth;
 mod bad_input;
+mod cli;
 mod concurrency;
 mod helpers;
 mod lifecycle;
 mod observability;
 mod operations;
 mod signing;
+mod sync;
 mod watch;

@@ -35,7 +35,11 @@ impl TraceService for Collector {
         for resource in request.into_inner().resource_spans {
             for scope in resource.scope_spans {
                 for span in scope.spans {
-                    let trace_id: String = span.trace_id.iter().map(|byte| format!("{byte:02x}")).collect();
+                    let trace_id: String = span
+                        .trace_id
+                        .iter()
+                        .map(|byte| format!("{byte:02x}"))
+                        .collect();
                     spans.push((trace_id, span.name));
                 }
             }
@@ -56,17 +60,34 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut server = Command::new(policyhub_binary())
-        .args(["serve", "--insecure", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--insecure",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.path())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_address}"))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_address}"),
+        )
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let channel = loop {
-        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
+        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
             Ok(channel) => break channel,
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -78,14 +99,26 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
         body: Some(json_to_struct(&json!({"v": 1}))),
         ..Default::default()
     });
-    request
-        .metadata_mut()
-        .insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
-    proto::policy_service_client::PolicyServiceClient::new(channel).draft(request).await.unwrap();
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    proto::policy_service_client::PolicyServiceClient::new(channel)
+        .draft(request)
+        .await
+        .unwrap();
 
     // SIGTERM flushes whatever is still batched.
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || server.wait()).await.unwrap().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
     let mut names = Vec::new();
     for _ in 0..50 {
@@ -102,8 +135,16 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(names.iter().any(|name| name == "/policyhub.v1.PolicyService/Draft"), "{names:?}");
-    assert!(names.iter().any(|name| name == "storage.draft"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|name| name == "/policyhub.v1.PolicyService/Draft"),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|name| name == "storage.draft"),
+        "{names:?}"
+    );
 }
 
 async fn scrape(address: std::net::SocketAddr) -> String {
@@ -128,19 +169,30 @@ fn value_of(metrics: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_rpcs_activations_and_streams() {
     let database = TestDatabase::new(Backend::Sqlite).await;
-    let app = spawn_on(database, |settings| settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let app = spawn_on(database, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
     let address = app.metrics_address.expect("a metrics port");
     app.release("team", "measured", json!({"v": 1}), true).await;
     app.get_active("team", "missing").await.unwrap_err();
     let _stream = app.watch("team", &[], 0).await;
     let metrics = scrape(address).await;
-    let draft = r#"policyhub_rpc_requests_total{method="/policyhub.v1.PolicyService/Draft",code="0"}"#;
-    let not_found = r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/GetActive",code="5"}"#;
+    let draft =
+        r#"policyhub_rpc_requests_total{method="/policyhub.v1.PolicyService/Draft",code="0"}"#;
+    let not_found =
+        r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/GetActive",code="5"}"#;
     assert!(value_of(&metrics, draft) >= 1.0);
     assert!(value_of(&metrics, not_found) >= 1.0);
     assert!(value_of(&metrics, "policyhub_activations_total") >= 1.0);
     assert_eq!(value_of(&metrics, "policyhub_revision"), 1.0);
     assert_eq!(value_of(&metrics, "policyhub_watch_streams"), 1.0);
-    assert!(metrics.contains("policyhub_rpc_duration_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("policyhub_watch_delivery_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("policyhub_rpc_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("policyhub_watch_delivery_seconds_count"),
+        "{metrics}"
+    );
 }

@@ -1,0 +1,206 @@
+//! How a command fails: an exit code scripts can rely on, and a message that
+//! says what to do.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the operation failed or the server refused it |
+//! | 2 | usage error: the command line is wrong (clap's own code) |
+//! | 3 | the server cannot be reached or is unavailable: retrying later may succeed |
+
+use std::process::ExitCode;
+
+use tonic::{Code, Response, Status};
+use tonic_types::StatusExt;
+
+/// Exit code: the operation failed or was refused.
+const FAILED: u8 = 1;
+/// Exit code: the command line is wrong; the same code clap uses.
+const USAGE: u8 = 2;
+/// Exit code: the server cannot be reached or is unavailable.
+const UNREACHABLE: u8 = 3;
+
+/// A call the server refused or could not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {}", describe(.status))]
+pub struct Refused {
+    /// What was attempted, such as "publishing payments/card-limits".
+    action: String,
+    /// The server's answer.
+    status: Status,
+}
+
+impl Refused {
+    /// The refusal of `action`.
+    pub fn new(action: impl Into<String>, status: Status) -> Self {
+        Refused {
+            action: action.into(),
+            status,
+        }
+    }
+}
+
+/// No connection to the server could be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the server at {server}")]
+pub struct Unreachable {
+    /// The URL that was tried.
+    pub server: String,
+    /// Why the connection failed.
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+/// A command line that clap accepts but that makes no sense as a whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// The reply of a call, or a [`Refused`] naming what was attempted.
+pub trait Reply<T> {
+    /// The reply, or the refusal of `action`.
+    fn reply(self, action: impl Into<String>) -> Result<T, Refused>;
+}
+
+impl<T> Reply<T> for Result<Response<T>, Status> {
+    fn reply(self, action: impl Into<String>) -> Result<T, Refused> {
+        self.map(Response::into_inner)
+            .map_err(|status| Refused::new(action, status))
+    }
+}
+
+/// The server's message, with one line per schema violation.
+fn describe(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    if let Some(failure) = status.get_details_precondition_failure() {
+        for violation in failure.violations {
+            text.push_str(&format!(
+                "\n  {}: {}",
+                violation.subject, violation.description
+            ));
+        }
+    }
+    text
+}
+
+/// What to do about a refusal.
+fn hint(status: &Status) -> Option<&'static str> {
+    Some(match status.code() {
+        Code::Unauthenticated => {
+            "pass a token with --token-file or POLICYHUB_TOKEN \
+             (`policyhub token` mints one for a local server)"
+        }
+        Code::PermissionDenied => {
+            "use a token whose roles claim grants the role named above in that namespace"
+        }
+        Code::Aborted => {
+            "someone else changed the active version; re-read it with `policyhub get` and retry"
+        }
+        Code::NotFound => {
+            "list what exists with `policyhub policies` and `policyhub versions NAMESPACE/NAME`"
+        }
+        Code::AlreadyExists => {
+            "released versions are immutable: publish under a new label; \
+             an idempotency key may only be reused for the same request"
+        }
+        Code::FailedPrecondition if status.get_details_precondition_failure().is_some() => {
+            "the body breaks the policy's schema: write a new draft that satisfies it"
+        }
+        Code::FailedPrecondition => {
+            "check the versions' states with `policyhub versions NAMESPACE/NAME`"
+        }
+        Code::ResourceExhausted => "stay under the limit named above, or wait and retry",
+        Code::Unavailable => "the server or its database is unavailable; retry later",
+        Code::DeadlineExceeded => {
+            "the call may have completed: re-read the state, or retry with an idempotency key"
+        }
+        Code::Unimplemented => "the server is older than this client; upgrade it",
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            "a fault of the server, not of the request; the server's log has the details"
+        }
+        _ => return None,
+    })
+}
+
+/// The error and what to do about it, as printed on standard error.
+pub fn report(error: &anyhow::Error) -> String {
+    let hint = error.chain().find_map(|cause| {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return hint(&refused.status).map(str::to_owned);
+        }
+        cause.downcast_ref::<Unreachable>().map(|unreachable| {
+            format!(
+                "is the server running at {}? Point --server or POLICYHUB_SERVER at it",
+                unreachable.server
+            )
+        })
+    });
+    match hint {
+        Some(hint) => format!("error: {error:#}\nhint: {hint}\n"),
+        None => format!("error: {error:#}\n"),
+    }
+}
+
+/// Whether the error means the server could not be reached.
+fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<Unreachable>()
+            || cause
+                .downcast_ref::<Refused>()
+                .is_some_and(|refused| refused.status.code() == Code::Unavailable)
+    })
+}
+
+/// The exit code of a failed command.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if is_unreachable(error) {
+        ExitCode::from(UNREACHABLE)
+    } else if error.chain().any(|cause| cause.is::<Usage>()) {
+        ExitCode::from(USAGE)
+    } else {
+        ExitCode::from(FAILED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: Code, message: &str) -> anyhow::Error {
+        let result: Result<Response<()>, Status> = Err(Status::new(code, message));
+        result
+            .reply("publishing payments/limits")
+            .unwrap_err()
+            .into()
+    }
+
+    #[test]
+    fn refusals_name_the_action_and_say_what_to_do() {
+        let error = refused(Code::Unauthenticated, "no credentials");
+        let text = report(&error);
+        assert!(
+            text.starts_with("error: publishing payments/limits: no credentials\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hint: pass a token with --token-file"),
+            "{text}"
+        );
+        let aborted = report(&refused(Code::Aborted, "version 2 is active, not 1"));
+        assert!(aborted.contains("re-read it"), "{aborted}");
+    }
+
+    #[test]
+    fn exit_codes_tell_refusals_from_an_unreachable_server() {
+        assert_eq!(exit_code(&refused(Code::NotFound, "x")), ExitCode::from(1));
+        assert_eq!(
+            exit_code(&refused(Code::Unavailable, "x")),
+            ExitCode::from(3)
+        );
+        assert_eq!(
+            exit_code(&anyhow::Error::new(Usage("x".into()))),
+            ExitCode::from(2)
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("x")), ExitCode::from(1));
+    }
+}

@@ -1,0 +1,462 @@
+//! The reading commands: `get`, `versions`, `policies`, `events`,
+//! `keys list`.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::args::{
+    Scope, parse_event_kind, parse_label, parse_namespace, parse_policy, parse_scope,
+};
+use super::connection::AuthChannel;
+use super::failure::Reply;
+use super::json::{self, event_kind_name, state_name};
+use super::output::{Output, Table, or_dash, print_json, short_digest, time_text, version_or_dash};
+use super::watch::{fetch_jwks, verify};
+use crate::domain::{Label, Namespace, PolicyRef};
+use crate::grpc::{
+    convert::timestamp,
+    proto::{
+        self, bundle_service_client::BundleServiceClient, get_active_request::AsOf,
+        get_version_request::Selector, policy_service_client::PolicyServiceClient,
+    },
+};
+
+/// Arguments of `policyhub get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// Show this version instead of the active bundle.
+    #[arg(long, conflicts_with_all = ["label", "as_of_revision", "as_of_time", "draft_fallback"])]
+    version: Option<u32>,
+    /// Show the version released under this label instead of the active bundle.
+    #[arg(long, value_parser = parse_label, conflicts_with_all = ["as_of_revision", "as_of_time", "draft_fallback"])]
+    label: Option<Label>,
+    /// The bundle that was active once this revision was applied.
+    #[arg(long, conflicts_with = "as_of_time")]
+    as_of_revision: Option<u64>,
+    /// The bundle that was active at this instant (RFC 3339).
+    #[arg(long)]
+    as_of_time: Option<DateTime<Utc>>,
+    /// When nothing is active, show the open draft (unsigned: never enforce
+    /// it) instead of failing.
+    #[arg(long)]
+    draft_fallback: bool,
+}
+
+/// How many items a listing shows.
+#[derive(Debug, clap::Args)]
+pub struct Limit {
+    /// Show at most this many, newest first.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+/// Arguments of `policyhub versions`.
+#[derive(Debug, clap::Args)]
+pub struct VersionsArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    #[command(flatten)]
+    limit: Limit,
+}
+
+/// Arguments of `policyhub policies`.
+#[derive(Debug, clap::Args)]
+pub struct PoliciesArgs {
+    /// Only this namespace; by default every namespace you may read.
+    #[arg(value_parser = parse_namespace)]
+    namespace: Option<Namespace>,
+    #[command(flatten)]
+    limit: Limit,
+}
+
+/// Arguments of `policyhub events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only this namespace, or this namespace/name; by default every
+    /// namespace you may read.
+    #[arg(value_parser = parse_scope)]
+    scope: Option<Scope>,
+    /// Only events of this kind: draft-created, draft-superseded,
+    /// draft-discarded, published, activated, rolled-back, schema-set,
+    /// key-rotated. Repeat for several.
+    #[arg(long = "kind", value_parser = parse_event_kind)]
+    kinds: Vec<proto::EventKind>,
+    #[command(flatten)]
+    limit: Limit,
+}
+
+/// Fetches pages until `limit` items or the last page, and warns on
+/// standard error when there were more. `fetch` takes a page size and token
+/// and returns the items and the next token.
+async fn collect<T, F, Fut>(limit: u32, mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(u32, String) -> Fut,
+    Fut: Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let wanted = limit.saturating_sub(items.len() as u32).min(500);
+        let (page, next_page_token) = fetch(wanted, page_token).await?;
+        items.extend(page);
+        if next_page_token.is_empty() {
+            return Ok(items);
+        }
+        if items.len() >= limit as usize {
+            eprintln!("showing the first {limit}; pass --limit to see more");
+            return Ok(items);
+        }
+        page_token = next_page_token;
+    }
+}
+
+/// `policyhub get`: the active bundle, or one version.
+pub async fn get(channel: AuthChannel, output: Output, args: GetArgs) -> anyhow::Result<()> {
+    let selector = match (args.version, &args.label) {
+        (Some(number), _) => Selector::Version(number),
+        (None, Some(label)) => Selector::Label(label.to_string()),
+        (None, None) => return get_active(channel, output, args).await,
+    };
+    let version = PolicyServiceClient::new(channel)
+        .get_version(proto::GetVersionRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            selector: Some(selector),
+        })
+        .await
+        .reply(format!("reading {}", args.policy))?;
+    if output == Output::Json {
+        print_json(&json::version(&version)?);
+        return Ok(());
+    }
+    println!("{} version {}", args.policy, version.version);
+    let mut facts = vec![
+        ("state", state_line(&version)),
+        ("label", or_dash(&version.label)),
+        ("digest", version.digest.clone()),
+        (
+            "created",
+            format!(
+                "{} by {}",
+                time_text(version.created_at),
+                version.created_by
+            ),
+        ),
+    ];
+    if !version.published_by.is_empty() {
+        facts.push((
+            "published",
+            format!(
+                "{} by {}, signed by {}",
+                time_text(version.published_at),
+                version.published_by,
+                version.key_id
+            ),
+        ));
+    }
+    facts.push(("change notes", or_dash(&version.change_notes)));
+    print_facts(&facts);
+    print_body(&json::body(version.body)?);
+    Ok(())
+}
+
+fn state_line(version: &proto::Version) -> String {
+    let state = state_name(version.state());
+    if version.active {
+        format!("{state}, active")
+    } else {
+        state.to_owned()
+    }
+}
+
+/// Prints `name  value` lines, the values aligned.
+fn print_facts(facts: &[(&str, String)]) {
+    let width = facts.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, value) in facts {
+        println!("  {name:<width$}  {value}");
+    }
+}
+
+fn print_body(body: &Value) {
+    println!(
+        "body:\n{}",
+        serde_json::to_string_pretty(body).expect("a JSON value always serializes")
+    );
+}
+
+/// The active bundle, verified against the server's JWKS; an unsigned
+/// draft (with --draft-fallback) carries its body in the clear.
+async fn get_active(channel: AuthChannel, output: Output, args: GetArgs) -> anyhow::Result<()> {
+    let as_of = match (args.as_of_revision, args.as_of_time) {
+        (Some(revision), _) => Some(AsOf::AsOfRevision(revision)),
+        (None, Some(at)) => Some(AsOf::AsOfTime(timestamp(at))),
+        (None, None) => None,
+    };
+    let mut client = BundleServiceClient::new(channel);
+    let bundle = client
+        .get_active(proto::GetActiveRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            as_of,
+            allow_draft_fallback: args.draft_fallback,
+        })
+        .await
+        .reply(format!("reading the active bundle of {}", args.policy))?;
+    let body = if bundle.draft {
+        json::body(bundle.body.clone())?
+    } else {
+        let mut jwks = fetch_jwks(&mut client).await?;
+        verify(&mut client, &mut jwks, &bundle).await?.body
+    };
+    if output == Output::Json {
+        print_json(&json::bundle(&bundle, &body));
+        return Ok(());
+    }
+    let signature = if bundle.draft {
+        println!(
+            "{} has nothing active; its open draft, version {}:",
+            args.policy, bundle.version
+        );
+        "none: a draft, never enforce it".to_owned()
+    } else {
+        println!(
+            "{} version {} is active since revision {}",
+            args.policy, bundle.version, bundle.revision
+        );
+        format!("verified, key {}", bundle.key_id)
+    };
+    print_facts(&[
+        ("signature", signature),
+        ("label", or_dash(&bundle.label)),
+        ("digest", bundle.digest.clone()),
+    ]);
+    print_body(&body);
+    Ok(())
+}
+
+/// `policyhub versions`.
+pub async fn versions(
+    channel: AuthChannel,
+    output: Output,
+    args: VersionsArgs,
+) -> anyhow::Result<()> {
+    let client = PolicyServiceClient::new(channel);
+    let versions = collect(args.limit.limit, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListVersionsRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            page_size,
+            page_token,
+        };
+        let action = format!("listing the versions of {}", args.policy);
+        async move {
+            let page = client.list_versions(request).await.reply(action)?;
+            Ok((page.versions, page.next_page_token))
+        }
+    })
+    .await?;
+    if output == Output::Json {
+        let versions = versions
+            .iter()
+            .map(json::version)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        print_json(&json!({ "versions": versions }));
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "VERSION",
+        "STATE",
+        "LABEL",
+        "ACTIVE",
+        "DIGEST",
+        "CREATED",
+        "BY",
+        "CHANGE NOTES",
+    ]);
+    for version in &versions {
+        table.row(vec![
+            version.version.to_string(),
+            state_name(version.state()).to_owned(),
+            or_dash(&version.label),
+            if version.active { "*" } else { "" }.to_owned(),
+            short_digest(&version.digest),
+            time_text(version.created_at),
+            version.created_by.clone(),
+            version
+                .change_notes
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// `policyhub policies`.
+pub async fn policies(
+    channel: AuthChannel,
+    output: Output,
+    args: PoliciesArgs,
+) -> anyhow::Result<()> {
+    let client = PolicyServiceClient::new(channel);
+    let namespace = args.namespace.map(String::from).unwrap_or_default();
+    let policies = collect(args.limit.limit, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListPoliciesRequest {
+            namespace: namespace.clone(),
+            page_size,
+            page_token,
+        };
+        async move {
+            let page = client
+                .list_policies(request)
+                .await
+                .reply("listing policies")?;
+            Ok((page.policies, page.next_page_token))
+        }
+    })
+    .await?;
+    if output == Output::Json {
+        let policies = policies
+            .iter()
+            .map(json::policy)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        print_json(&json!({ "policies": policies }));
+        return Ok(());
+    }
+    let mut table = Table::new(&["POLICY", "ACTIVE", "REVISION", "DRAFT", "LATEST", "SCHEMA"]);
+    for policy in &policies {
+        table.row(vec![
+            format!("{}/{}", policy.namespace, policy.name),
+            version_or_dash(policy.active_version),
+            match policy.active_revision {
+                0 => "-".to_owned(),
+                revision => revision.to_string(),
+            },
+            version_or_dash(policy.draft_version),
+            policy.latest_version.to_string(),
+            if policy.schema.is_some() { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// `policyhub events`.
+pub async fn events(channel: AuthChannel, output: Output, args: EventsArgs) -> anyhow::Result<()> {
+    let client = PolicyServiceClient::new(channel);
+    let (namespace, name) = match &args.scope {
+        None => (String::new(), String::new()),
+        Some(Scope::Namespace(namespace)) => (namespace.to_string(), String::new()),
+        Some(Scope::Policy(policy)) => (policy.namespace.to_string(), policy.name.to_string()),
+    };
+    let kinds: Vec<i32> = args.kinds.iter().map(|kind| *kind as i32).collect();
+    let events = collect(args.limit.limit, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListEventsRequest {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            kinds: kinds.clone(),
+            page_size,
+            page_token,
+        };
+        async move {
+            let page = client.list_events(request).await.reply("listing events")?;
+            Ok((page.events, page.next_page_token))
+        }
+    })
+    .await?;
+    if output == Output::Json {
+        print_json(&json!({ "events": events.iter().map(json::event).collect::<Vec<_>>() }));
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "ID", "AT", "KIND", "POLICY", "VERSION", "REVISION", "ACTOR", "REASON",
+    ]);
+    for event in &events {
+        let policy = if event.namespace.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{}/{}", event.namespace, event.name)
+        };
+        let version = match (event.previous_version, event.new_version) {
+            (0, 0) => "-".to_owned(),
+            (0, new) => new.to_string(),
+            (previous, new) => format!("{previous} -> {}", version_or_dash(new)),
+        };
+        table.row(vec![
+            event.id.to_string(),
+            time_text(event.at),
+            event_kind_name(event.kind()).to_owned(),
+            policy,
+            version,
+            match event.revision {
+                0 => "-".to_owned(),
+                revision => revision.to_string(),
+            },
+            event.actor.clone(),
+            event.reason.lines().next().unwrap_or_default().to_owned(),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// `policyhub keys list`: the JWKS.
+pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
+    let keys = BundleServiceClient::new(channel)
+        .get_signing_keys(proto::GetSigningKeysRequest {})
+        .await
+        .reply("fetching the signing keys")?;
+    if output == Output::Json {
+        print_json(&json::jwks(&keys));
+        return Ok(());
+    }
+    let mut table = Table::new(&["KEY ID", "ALGORITHM", "CURVE", "SIGNS NEW VERSIONS"]);
+    for key in &keys.keys {
+        table.row(vec![
+            key.kid.clone(),
+            key.alg.clone(),
+            key.crv.clone(),
+            if key.kid == keys.signing_key_id {
+                "yes"
+            } else {
+                ""
+            }
+            .to_owned(),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn collecting_stops_at_the_limit_or_the_last_page() {
+        let pages = |page_size: u32, token: String| async move {
+            // Seven items, served at most three a page.
+            let start: u32 = token.parse().unwrap_or(0);
+            let end = (start + page_size.min(3)).min(7);
+            let next = if end < 7 {
+                end.to_string()
+            } else {
+                String::new()
+            };
+            Ok(((start..end).collect::<Vec<u32>>(), next))
+        };
+        assert_eq!(collect(100, pages).await.unwrap(), [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(collect(4, pages).await.unwrap().len(), 4);
+    }
+}

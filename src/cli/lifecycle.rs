@@ -1,0 +1,307 @@
+//! The writing commands: `draft`, `publish`, `activate`, `rollback`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::args::{
+    Expectation, Target, activation_selector, parse_expectation, parse_label, parse_policy,
+    parse_target,
+};
+use super::connection::AuthChannel;
+use super::failure::{Reply, Usage};
+use super::json;
+use super::output::{Output, Table, print_json, version_or_dash};
+use crate::domain::{Label, PolicyBody, PolicyRef};
+use crate::grpc::{
+    convert::json_to_struct,
+    proto::{self, policy_service_client::PolicyServiceClient},
+};
+
+/// Arguments of `policyhub draft`.
+#[derive(Debug, clap::Args)]
+pub struct DraftArgs {
+    /// The policy, namespace/name; its first draft creates it.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The body: a file holding one JSON object (.json) or YAML mapping
+    /// (any other name); `-` reads standard input.
+    file: PathBuf,
+    /// What changed and why; kept with the version.
+    #[arg(long, default_value = "")]
+    change_notes: String,
+    /// Makes retries safe: the same key with the same request writes nothing new.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+}
+
+/// Arguments of `policyhub publish`.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The draft version to publish; by default the open draft.
+    #[arg(long)]
+    version: Option<u32>,
+    /// The release label, a semantic version such as 1.5.0.
+    #[arg(long, value_parser = parse_label)]
+    label: Option<Label>,
+    /// Also make it the active version, in the same transaction.
+    #[arg(long)]
+    activate: bool,
+    /// With --activate: only if this version is active now (0: nothing is).
+    #[arg(long, requires = "activate")]
+    expect: Option<u32>,
+    /// Why; recorded in the event log.
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Makes retries safe: the same key with the same request writes nothing new.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+}
+
+/// Arguments of `policyhub activate`.
+#[derive(Debug, clap::Args)]
+pub struct ActivateArgs {
+    /// What to activate: namespace/name@VERSION or namespace/name@LABEL.
+    /// Several move together under one revision, or none does.
+    #[arg(required = true, value_parser = parse_target)]
+    targets: Vec<Target>,
+    /// Compare-and-swap, namespace/name@N: activate nothing unless version N
+    /// of that policy is active now (0: nothing is). Repeat for several.
+    #[arg(long = "expect", value_parser = parse_expectation)]
+    expectations: Vec<Expectation>,
+    /// Why; recorded in the event log.
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Makes retries safe: the same key with the same request writes nothing new.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+}
+
+/// Arguments of `policyhub rollback`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The published version to return to; by default the one active before
+    /// the current one.
+    #[arg(long)]
+    to: Option<u32>,
+    /// Why; required, recorded in the event log.
+    #[arg(long)]
+    reason: String,
+    /// Only if this version is active now.
+    #[arg(long)]
+    expect: Option<u32>,
+}
+
+/// Reads a policy body: JSON from a `.json` file, YAML from anything else
+/// (standard input included, since JSON is also YAML).
+pub fn read_body(path: &Path) -> anyhow::Result<PolicyBody> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    parse_body(path, &text)
+}
+
+/// Parses a body read from `path`, naming the file in every error.
+pub fn parse_body(path: &Path, text: &str) -> anyhow::Result<PolicyBody> {
+    let value: Value = if path
+        .extension()
+        .is_some_and(|extension| extension == "json")
+    {
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?
+    } else {
+        serde_yaml_ng::from_str(text).with_context(|| format!("{} is not YAML", path.display()))?
+    };
+    // The server enforces its configured size limit; the client has no
+    // business guessing it.
+    PolicyBody::parse("body", value, usize::MAX).with_context(|| format!("{}", path.display()))
+}
+
+/// `policyhub draft`.
+pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> anyhow::Result<()> {
+    let body = read_body(&args.file)?;
+    let drafted = PolicyServiceClient::new(channel)
+        .draft(proto::DraftRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            body: Some(json_to_struct(body.value())),
+            change_notes: args.change_notes,
+            idempotency_key: args.idempotency_key,
+        })
+        .await
+        .reply(format!("drafting {}", args.policy))?;
+    let version = drafted.version.context("the server sent no version")?;
+    match output {
+        Output::Json => print_json(&json!({
+            "version": json::version(&version)?,
+            "superseded_version": drafted.superseded_version,
+        })),
+        Output::Table => {
+            println!(
+                "drafted {} version {} ({})",
+                args.policy, version.version, version.digest
+            );
+            if drafted.superseded_version != 0 {
+                println!("it supersedes draft version {}", drafted.superseded_version);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `policyhub publish`.
+pub async fn publish(
+    channel: AuthChannel,
+    output: Output,
+    args: PublishArgs,
+) -> anyhow::Result<()> {
+    let published = PolicyServiceClient::new(channel)
+        .publish(proto::PublishRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            version: args.version.unwrap_or(0),
+            label: args
+                .label
+                .map(|label| label.to_string())
+                .unwrap_or_default(),
+            activate: args.activate,
+            expected_active_version: args.expect,
+            reason: args.reason,
+            idempotency_key: args.idempotency_key,
+        })
+        .await
+        .reply(format!("publishing {}", args.policy))?;
+    let version = published.version.context("the server sent no version")?;
+    match output {
+        Output::Json => print_json(&json!({
+            "version": json::version(&version)?,
+            "already_published": published.already_published,
+            "revision": published.revision,
+        })),
+        Output::Table => {
+            let label = match version.label.as_str() {
+                "" => String::new(),
+                label => format!(" as {label}"),
+            };
+            if published.already_published {
+                println!(
+                    "{} version {}{label} was already published with this digest; nothing new was published",
+                    args.policy, version.version
+                );
+            } else {
+                println!(
+                    "published {} version {}{label}",
+                    args.policy, version.version
+                );
+            }
+            if published.revision != 0 {
+                println!("active at revision {}", published.revision);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The protobuf targets, each with its expectation; an expectation about a
+/// policy that is not activated is a usage error.
+fn activation_targets(args: &ActivateArgs) -> anyhow::Result<Vec<proto::ActivationTarget>> {
+    if let Some(stray) = args
+        .expectations
+        .iter()
+        .find(|expectation| !args.targets.iter().any(|t| t.policy == expectation.policy))
+    {
+        return Err(Usage(format!(
+            "--expect {}@{} names a policy that is not among the targets",
+            stray.policy, stray.active_version
+        ))
+        .into());
+    }
+    Ok(args
+        .targets
+        .iter()
+        .map(|target| proto::ActivationTarget {
+            namespace: target.policy.namespace.to_string(),
+            name: target.policy.name.to_string(),
+            selector: Some(activation_selector(&target.selector)),
+            expected_active_version: args
+                .expectations
+                .iter()
+                .find(|expectation| expectation.policy == target.policy)
+                .map(|expectation| expectation.active_version),
+        })
+        .collect())
+}
+
+/// `policyhub activate`.
+pub async fn activate(
+    channel: AuthChannel,
+    output: Output,
+    args: ActivateArgs,
+) -> anyhow::Result<()> {
+    let targets = activation_targets(&args)?;
+    let activated = PolicyServiceClient::new(channel)
+        .activate(proto::ActivateRequest {
+            targets,
+            reason: args.reason,
+            idempotency_key: args.idempotency_key,
+        })
+        .await
+        .reply("activating")?;
+    match output {
+        Output::Json => print_json(&json!({
+            "revision": activated.revision,
+            "activations": activated.activations.iter().map(json::activation).collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            println!("revision {}", activated.revision);
+            let mut table = Table::new(&["POLICY", "VERSION", "PREVIOUS"]);
+            for activation in &activated.activations {
+                table.row(vec![
+                    format!("{}/{}", activation.namespace, activation.name),
+                    activation.version.to_string(),
+                    version_or_dash(activation.previous_version),
+                ]);
+            }
+            print!("{table}");
+        }
+    }
+    Ok(())
+}
+
+/// `policyhub rollback`.
+pub async fn rollback(
+    channel: AuthChannel,
+    output: Output,
+    args: RollbackArgs,
+) -> anyhow::Result<()> {
+    let rolled_back = PolicyServiceClient::new(channel)
+        .rollback(proto::RollbackRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            to_version: args.to,
+            reason: args.reason,
+            expected_active_version: args.expect,
+        })
+        .await
+        .reply(format!("rolling back {}", args.policy))?;
+    match output {
+        Output::Json => print_json(&json!({
+            "revision": rolled_back.revision,
+            "version": rolled_back.version,
+            "previous_version": rolled_back.previous_version,
+        })),
+        Output::Table => println!(
+            "rolled back {} to version {} (was version {}) at revision {}",
+            args.policy, rolled_back.version, rolled_back.previous_version, rolled_back.revision
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,586 @@
+//! The client subcommands, run as the real binary against a real server:
+//! JSON output parsed back, tables, exit codes and the advice on failure.
+
+use std::{path::Path, process::Command};
+
+use policyhub::domain::PolicyBody;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, TestDatabase, policyhub_binary, spawn_app, spawn_on};
+
+/// What one run of the binary printed, and how it exited.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Standard output as JSON, failing the test with both streams if the
+    /// run failed or printed something else.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "{}{}", self.stdout, self.stderr);
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("{error}: {}{}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    pub fn success(&self) -> &str {
+        assert_eq!(self.code, 0, "{}{}", self.stdout, self.stderr);
+        &self.stdout
+    }
+}
+
+/// Runs `policyhub ARGS` against the server at `server`, without a token.
+pub fn policyhub_at(server: &str, args: &[&str]) -> Run {
+    let output = Command::new(policyhub_binary())
+        .args(args)
+        .env("POLICYHUB_SERVER", server)
+        .env_remove("POLICYHUB_TOKEN")
+        .env_remove("POLICYHUB_TOKEN_FILE")
+        .output()
+        .expect("run policyhub");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `policyhub ARGS` against `app`.
+pub fn policyhub(app: &TestApp, args: &[&str]) -> Run {
+    policyhub_at(&format!("http://{}", app.address), args)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Drafts `body` from a JSON file and publishes it under `label`.
+fn release(app: &TestApp, policy: &str, label: &str, body: Value, activate: bool) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "body.json", &body.to_string());
+    policyhub(app, &["draft", policy, &file, "--output", "json"]).json();
+    let mut args = vec!["publish", policy, "--label", label, "--output", "json"];
+    if activate {
+        args.push("--activate");
+    }
+    policyhub(app, &args).json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_draft_round_trips_through_get_version() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "maxAmount: 500\ncurrencies:\n  - EUR\n  - USD\nlimits:\n  daily: 1000.5\n  enabled: true\n";
+    let file = write(dir.path(), "limits.yaml", yaml);
+
+    let drafted = policyhub(
+        &app,
+        &[
+            "draft",
+            "payments/card-limits",
+            &file,
+            "--change-notes",
+            "from yaml",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    let expected_body = json!({"maxAmount": 500, "currencies": ["EUR", "USD"],
+                               "limits": {"daily": 1000.5, "enabled": true}});
+    let expected_digest = PolicyBody::parse("body", expected_body.clone(), usize::MAX)
+        .unwrap()
+        .digest()
+        .to_string();
+    assert_eq!(drafted["version"]["version"], 1);
+    assert_eq!(drafted["version"]["state"], "DRAFT");
+    assert_eq!(drafted["version"]["digest"], expected_digest.as_str());
+
+    let read = policyhub(
+        &app,
+        &[
+            "get",
+            "payments/card-limits",
+            "--version",
+            "1",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(read["body"], expected_body);
+    assert_eq!(read["change_notes"], "from yaml");
+    let table = policyhub(&app, &["get", "payments/card-limits", "--version", "1"]);
+    assert!(
+        table.success().contains("\"maxAmount\": 500"),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("DRAFT"), "{}", table.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_activate_and_rollback_report_what_moved() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let published = release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    assert_eq!(published["version"]["label"], "1.0.0");
+    assert_eq!(published["already_published"], false);
+    assert_eq!(published["revision"], 1);
+    let second = release(&app, "payments/limits", "1.1.0", json!({"max": 2}), false);
+    assert_eq!(second["revision"], 0, "published without activating");
+
+    let activated = policyhub(
+        &app,
+        &[
+            "activate",
+            "payments/limits@1.1.0",
+            "--expect",
+            "payments/limits@1",
+            "--reason",
+            "roll out",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(activated["revision"], 2);
+    assert_eq!(
+        activated["activations"],
+        json!([{"namespace": "payments", "name": "limits", "version": 2, "previous_version": 1}])
+    );
+
+    let rolled_back = policyhub(
+        &app,
+        &[
+            "rollback",
+            "payments/limits",
+            "--reason",
+            "broke",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(
+        rolled_back,
+        json!({"revision": 3, "version": 1, "previous_version": 2})
+    );
+    let table = policyhub(
+        &app,
+        &[
+            "rollback",
+            "payments/limits",
+            "--to",
+            "2",
+            "--reason",
+            "fixed",
+        ],
+    );
+    assert_eq!(
+        table.success().trim(),
+        "rolled back payments/limits to version 2 (was version 1) at revision 4"
+    );
+    assert_eq!(
+        app.get_active("payments", "limits").await.unwrap().version,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_activate_moves_several_policies_under_one_revision() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), false);
+    release(&app, "web/flags", "2.0.0", json!({"dark": true}), false);
+    let activated = policyhub(&app, &["activate", "payments/limits@1", "web/flags@2.0.0"]);
+    let table = activated.success();
+    assert!(table.starts_with("revision 1\nPOLICY"), "{table}");
+    assert!(table.contains("web/flags        1        -"), "{table}");
+    for (namespace, name) in [("payments", "limits"), ("web", "flags")] {
+        assert_eq!(app.get_active(namespace, name).await.unwrap().revision, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_the_verified_active_bundle_that_verify_accepts() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    release(&app, "payments/limits", "1.1.0", json!({"max": 2}), true);
+
+    let bundle = policyhub(&app, &["get", "payments/limits", "--output", "json"]).json();
+    assert_eq!(bundle["version"], 2);
+    assert_eq!(bundle["body"], json!({"max": 2}));
+    assert_eq!(bundle["draft"], false);
+    let then = policyhub(
+        &app,
+        &[
+            "get",
+            "payments/limits",
+            "--as-of-revision",
+            "1",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(
+        (then["version"].clone(), then["body"].clone()),
+        (json!(1), json!({"max": 1}))
+    );
+    let by_label = policyhub(
+        &app,
+        &[
+            "get",
+            "payments/limits",
+            "--label",
+            "1.0.0",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(by_label["version"], 1);
+    assert_eq!(by_label["state"], "PUBLISHED");
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = policyhub(&app, &["keys", "list", "--output", "json"]);
+    let jwks = keys.json();
+    assert_eq!(jwks["keys"][0]["kid"], jwks["signing_key_id"]);
+    let jwks_file = write(dir.path(), "jwks.json", &keys.stdout);
+    let bundle_file = write(dir.path(), "bundle.json", &bundle.to_string());
+    let verified = policyhub(&app, &["verify", "--jwks", &jwks_file, &bundle_file]);
+    assert!(
+        verified
+            .success()
+            .contains("payments/limits version 2 (1.1.0)"),
+        "{}",
+        verified.stdout
+    );
+    let table = policyhub(&app, &["keys", "list"]);
+    assert!(table.success().starts_with("KEY ID"), "{}", table.stdout);
+    assert!(
+        table
+            .stdout
+            .contains(jwks["signing_key_id"].as_str().unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_falls_back_to_the_open_draft_only_when_asked() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.draft("payments", "limits", json!({"max": 9})).await;
+    let refused = policyhub(&app, &["get", "payments/limits"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    let draft = policyhub(
+        &app,
+        &[
+            "get",
+            "payments/limits",
+            "--draft-fallback",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(draft["draft"], true);
+    assert_eq!(draft["jws"], "");
+    assert_eq!(draft["body"], json!({"max": 9}));
+    let table = policyhub(&app, &["get", "payments/limits", "--draft-fallback"]);
+    assert!(
+        table.success().contains("never enforce it"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_print_tables_for_people_and_json_for_scripts() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    release(&app, "payments/limits", "1.1.0", json!({"max": 2}), false);
+    release(&app, "web/flags", "0.1.0", json!({"dark": true}), false);
+
+    let versions = policyhub(&app, &["versions", "payments/limits", "--output", "json"]).json();
+    let listed: Vec<(u64, &str, bool)> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["label"].as_str().unwrap(),
+                v["active"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [(2, "1.1.0", false), (1, "1.0.0", true)]);
+    let table = policyhub(&app, &["versions", "payments/limits"]);
+    let lines: Vec<&str> = table.success().lines().collect();
+    assert!(
+        lines[0].starts_with("VERSION  STATE      LABEL"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        lines[2].starts_with("1        PUBLISHED  1.0.0  *"),
+        "{}",
+        table.stdout
+    );
+
+    let policies = policyhub(&app, &["policies", "--output", "json"]).json();
+    let names: Vec<&str> = policies["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["limits", "flags"]);
+    let in_web = policyhub(&app, &["policies", "web", "--output", "json"]).json();
+    assert_eq!(in_web["policies"].as_array().unwrap().len(), 1);
+    assert!(
+        policyhub(&app, &["policies"])
+            .success()
+            .contains("payments/limits  1")
+    );
+
+    let events = policyhub(
+        &app,
+        &[
+            "events",
+            "payments/limits",
+            "--kind",
+            "published",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    let kinds: Vec<(&str, u64)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["new_version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("PUBLISHED", 2), ("PUBLISHED", 1)]);
+    let limited = policyhub(
+        &app,
+        &["events", "payments", "--limit", "2", "--output", "json"],
+    );
+    assert_eq!(limited.json()["events"].as_array().unwrap().len(), 2);
+    assert!(
+        limited.stderr.contains("pass --limit to see more"),
+        "{}",
+        limited.stderr
+    );
+    let table = policyhub(&app, &["events", "web"]);
+    assert!(
+        table.success().contains("DRAFT_CREATED"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_old_and_new_values_and_the_json_patch() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(
+        &app,
+        "payments/limits",
+        "1.0.0",
+        json!({"max": 500, "currencies": ["EUR", "USD"]}),
+        false,
+    );
+    release(
+        &app,
+        "payments/limits",
+        "1.1.0",
+        json!({"max": 50, "currencies": ["EUR"], "note": "x"}),
+        false,
+    );
+
+    let table = policyhub(&app, &["diff", "payments/limits", "1", "1.1.0"]);
+    let text = table.success();
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour off a terminal: {text:?}"
+    );
+    for line in [
+        "- /max: 500",
+        "+ /max: 50",
+        "- /currencies/1: \"USD\"",
+        "+ /note: \"x\"",
+    ] {
+        assert!(
+            text.lines().any(|printed| printed == line),
+            "{line} in {text}"
+        );
+    }
+    let patch = policyhub(
+        &app,
+        &["diff", "payments/limits", "1", "2", "--output", "json"],
+    )
+    .json();
+    assert_eq!(
+        (patch["from_version"].clone(), patch["to_version"].clone()),
+        (json!(1), json!(2))
+    );
+    let mut body = json!({"max": 500, "currencies": ["EUR", "USD"]});
+    let operations: json_patch::Patch =
+        serde_json::from_value(patch["operations"].clone()).unwrap();
+    json_patch::patch(&mut body, &operations).unwrap();
+    assert_eq!(body, json!({"max": 50, "currencies": ["EUR"], "note": "x"}));
+    let same = policyhub(&app, &["diff", "payments/limits", "2", "2"]);
+    assert!(
+        same.success().ends_with("no differences\n"),
+        "{}",
+        same.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_refusals_usage_errors_and_an_unreachable_server_apart() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    release(&app, "payments/limits", "1.1.0", json!({"max": 2}), false);
+
+    let missing = policyhub(&app, &["get", "payments/nothing"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("payments/nothing"),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        missing.stderr.contains("hint: list what exists"),
+        "{}",
+        missing.stderr
+    );
+
+    let stale = policyhub(
+        &app,
+        &[
+            "activate",
+            "payments/limits@2",
+            "--expect",
+            "payments/limits@7",
+        ],
+    );
+    assert_eq!(stale.code, 1);
+    assert!(
+        stale
+            .stderr
+            .contains("someone else changed the active version; re-read"),
+        "{}",
+        stale.stderr
+    );
+
+    let immutable = release_refused(&app);
+    assert_eq!(immutable.code, 1);
+    assert!(
+        immutable.stderr.contains("released versions are immutable"),
+        "{}",
+        immutable.stderr
+    );
+
+    for usage in [
+        vec!["activate", "payments/limits"],
+        vec!["get", "no-slash"],
+        vec!["activate", "payments/limits@2", "--expect", "web/flags@1"],
+        vec!["events", "--kind", "deleted"],
+    ] {
+        let run = policyhub(&app, &usage);
+        assert_eq!(run.code, 2, "{usage:?}: {}", run.stderr);
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = policyhub_at(&format!("http://127.0.0.1:{port}"), &["policies"]);
+    assert_eq!(unreachable.code, 3, "{}", unreachable.stderr);
+    assert!(
+        unreachable.stderr.contains("is the server running"),
+        "{}",
+        unreachable.stderr
+    );
+}
+
+/// Publishing label 1.0.0 again with another body.
+fn release_refused(app: &TestApp) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "body.yaml", "max: 3\n");
+    policyhub(app, &["draft", "payments/limits", &file]).success();
+    policyhub(app, &["publish", "payments/limits", "--label", "1.0.0"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_server_gets_advice_about_tokens_and_roles() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let data_dir = database.data_dir.path().display().to_string();
+    let app = spawn_on(database, |settings| settings.insecure = false).await;
+
+    let anonymous = policyhub(&app, &["policies"]);
+    assert_eq!(anonymous.code, 1);
+    assert!(
+        anonymous
+            .stderr
+            .contains("hint: pass a token with --token-file or POLICYHUB_TOKEN"),
+        "{}",
+        anonymous.stderr
+    );
+
+    let minted = policyhub(
+        &app,
+        &[
+            "token",
+            "--subject",
+            "bob",
+            "--role",
+            "payments:reader",
+            "--data-dir",
+            &data_dir,
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write(dir.path(), "token", minted.success());
+    let body = write(dir.path(), "body.yaml", "max: 1\n");
+    let denied = policyhub(
+        &app,
+        &[
+            "draft",
+            "payments/limits",
+            &body,
+            "--token-file",
+            &token_file,
+        ],
+    );
+    assert_eq!(denied.code, 1);
+    assert!(
+        denied.stderr.contains("needs the author role"),
+        "{}",
+        denied.stderr
+    );
+    assert!(
+        denied
+            .stderr
+            .contains("hint: use a token whose roles claim grants"),
+        "{}",
+        denied.stderr
+    );
+    let allowed = policyhub(&app, &["policies", "--token-file", &token_file]);
+    assert!(
+        allowed.success().starts_with("POLICY"),
+        "{}",
+        allowed.stdout
+    );
+}
