@@ -69,15 +69,33 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("policyhub");
     let rpc_requests = Family::<RpcLabels, Counter>::default();
     let rpc_duration =
-        Family::<MethodLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        Family::<MethodLabel, Histogram>::new_with_constructor(
+            || Histogram::new(latency_buckets()),
+        );
     let activations = Counter::default();
     let revision = Gauge::default();
     let watch_streams = Gauge::default();
     let watch_delivery = Histogram::new(latency_buckets());
-    registry.register("rpc_requests", "RPCs served, by method and gRPC status code", rpc_requests.clone());
-    registry.register("rpc_duration_seconds", "Time to answer an RPC (to the first response for streams)", rpc_duration.clone());
-    registry.register("activations", "Active-pointer moves applied to the index", activations.clone());
-    registry.register("revision", "The revision this replica serves", revision.clone());
+    registry.register(
+        "rpc_requests",
+        "RPCs served, by method and gRPC status code",
+        rpc_requests.clone(),
+    );
+    registry.register(
+        "rpc_duration_seconds",
+        "Time to answer an RPC (to the first response for streams)",
+        rpc_duration.clone(),
+    );
+    registry.register(
+        "activations",
+        "Active-pointer moves applied to the index",
+        activations.clone(),
+    );
+    registry.register(
+        "revision",
+        "The revision this replica serves",
+        revision.clone(),
+    );
     registry.register("watch_streams", "Open watch streams", watch_streams.clone());
     registry.register(
         "watch_delivery_seconds",
@@ -131,7 +149,10 @@ pub async fn serve(listener: TcpListener, index: ActiveIndex) {
                         .body(Full::new(Bytes::from(body)))
                 }
             });
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%error, "metrics connection ended");
             }
         });
@@ -166,7 +187,10 @@ pub struct RpcMetrics<S> {
 
 impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for RpcMetrics<S>
 where
-    S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>> + Clone + Send + 'static,
+    S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     RequestBody: Send + 'static,
 {
@@ -196,9 +220,14 @@ where
             let metrics = global();
             metrics
                 .rpc_duration
-                .get_or_create(&MethodLabel { method: method.clone() })
+                .get_or_create(&MethodLabel {
+                    method: method.clone(),
+                })
                 .observe(started.elapsed().as_secs_f64());
-            metrics.rpc_requests.get_or_create(&RpcLabels { method, code }).inc();
+            metrics
+                .rpc_requests
+                .get_or_create(&RpcLabels { method, code })
+                .inc();
             Ok(response)
         })
     }

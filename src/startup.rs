@@ -178,7 +178,9 @@ impl Application {
 
     /// The bound metrics address, when metrics are served.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|listener| listener.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests.
@@ -193,9 +195,9 @@ impl Application {
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
-        let metrics_task = self
-            .metrics_listener
-            .map(|listener| tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone())));
+        let metrics_task = self.metrics_listener.map(|listener| {
+            tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone()))
+        });
         let replication_task = (!self.settings.is_sqlite()).then(|| {
             tokio::spawn(crate::replication::follow(
                 self.hub.clone(),

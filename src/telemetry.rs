@@ -36,7 +36,9 @@ impl Drop for TelemetryGuard {
 pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
@@ -45,7 +47,9 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     };
     let provider = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Some(_) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?;
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -59,9 +63,9 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
         }
         None => None,
     };
-    let traces = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("policyhub"))
-    });
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("policyhub")));
     let _already_set = tracing_subscriber::registry()
         .with(filter)
         .with(logs)

@@ -182,7 +182,9 @@ impl ActiveIndex {
             let next = Arc::make_mut(current);
             next.revision = revision;
             next.applied_at = Some(Instant::now());
-            crate::metrics::global().activations.inc_by(changed.len() as u64);
+            crate::metrics::global()
+                .activations
+                .inc_by(changed.len() as u64);
             for bundle in changed {
                 next.insert(bundle);
             }
