@@ -1,0 +1,1009 @@
+//! Watch fan-out: how fast one activation reaches N concurrent watch streams,
+//! and what an idle stream costs the server, with etcd as the reference.
+//!
+//! For each count N (`WATCH_FANOUT_COUNTS`, default `1000,10000`):
+//!
+//! 1. policyhub: the real `policyhub serve` binary on SQLite in a temporary
+//!    directory; one published active policy (and the versions the rounds
+//!    will activate); N `BundleService.WatchActive` streams, each on its own
+//!    TCP connection, opened 200 at a time, each until its SNAPSHOT; the
+//!    server's VmRSS before and after opening them; then `WATCH_FANOUT_ROUNDS`
+//!    (default 5) `PolicyService.Activate` calls of a new version, timing from
+//!    the moment each call is issued to the UPDATE's receipt on every stream.
+//! 2. etcd (Debian's `etcd-server`, installed with apt-get when missing and
+//!    running as root; `ETCD_BIN` names another binary): N watchers on one
+//!    key, each a `POST /v3/watch` of the v3 JSON gateway on its own HTTP/1.1
+//!    connection, then the same rounds of one `POST /v3/kv/put` each, timed
+//!    from the moment the put is issued to the event's receipt on every
+//!    watcher. The value is as long as policyhub's encoded bundle.
+//!
+//! Each server is started fresh for each count and killed afterwards. Run
+//! with `cargo bench --bench watch_fanout`.
+
+use std::{
+    env, fs,
+    io::{self, ErrorKind},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use futures::{StreamExt, TryStreamExt};
+use policyhub::grpc::{
+    convert::json_to_struct,
+    proto::{
+        self, WatchEventKind, bundle_service_client::BundleServiceClient,
+        policy_service_client::PolicyServiceClient,
+    },
+};
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Streams being connected at once.
+const CONNECT_CONCURRENCY: usize = 200;
+/// How long every stream of one round may take to receive the change.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause before each round, so rounds do not overlap.
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+/// Pause between the last stream opening and the RSS reading.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Sockets and files the bench process needs besides its streams.
+const SPARE_FDS: usize = 200;
+
+const NAMESPACE: &str = "bench";
+const POLICY: &str = "fanout";
+const ETCD_KEY: &str = "/bench/fanout";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let counts = parse_counts(&env::var("WATCH_FANOUT_COUNTS").unwrap_or("1000,10000".into()))?;
+    let rounds: usize = env::var("WATCH_FANOUT_ROUNDS")
+        .unwrap_or("5".into())
+        .parse()
+        .context("WATCH_FANOUT_ROUNDS is not a number")?;
+    ensure!(rounds > 0, "WATCH_FANOUT_ROUNDS must be at least 1");
+    let fd_limit = open_files_limit()?;
+    let largest = counts.iter().copied().max().unwrap_or(0);
+    ensure!(
+        largest + SPARE_FDS <= fd_limit,
+        "{largest} streams need {} file descriptors, the limit is {fd_limit}",
+        largest + SPARE_FDS
+    );
+    let etcd = etcd_binary()?;
+    let etcd_version = etcd_version(&etcd)?;
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Other work on the machine takes CPU from both servers and the clients.
+    println!(
+        "watch fan-out: counts {counts:?}, {rounds} rounds each, {cpus} CPUs, \
+         open files limit {fd_limit}, {etcd_version}, load average {}",
+        load_average()
+    );
+
+    let mut results = Vec::new();
+    for &count in &counts {
+        let ours = run_policyhub(count, rounds)
+            .await
+            .with_context(|| format!("policyhub with {count} streams"))?;
+        ours.print_line();
+        wait_for_fds_to_close().await;
+        let theirs = run_etcd(&etcd, &etcd_version, count, rounds, ours.payload_bytes)
+            .await
+            .with_context(|| format!("etcd with {count} watchers"))?;
+        theirs.print_line();
+        wait_for_fds_to_close().await;
+        results.push((ours, theirs));
+    }
+    print_report(&results);
+    println!("load average at the end: {}", load_average());
+    Ok(())
+}
+
+fn parse_counts(text: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|count| {
+            let count: usize = count
+                .trim()
+                .parse()
+                .with_context(|| format!("WATCH_FANOUT_COUNTS: {count:?} is not a number"))?;
+            ensure!(count > 0, "WATCH_FANOUT_COUNTS: counts must be positive");
+            Ok(count)
+        })
+        .collect()
+}
+
+/// What one system did with one count.
+struct Measurement {
+    system: String,
+    streams: usize,
+    rounds: usize,
+    /// Time to open every stream, until each had its first message.
+    open: Duration,
+    /// Server VmRSS before and after opening the streams, KiB.
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    /// From issuing the write to receipt, one per stream and round.
+    latencies: Vec<Duration>,
+    /// Receipts that did not arrive within the round timeout.
+    missing: usize,
+    /// How long the write call itself took to return, per round.
+    write_replies: Vec<Duration>,
+    /// Server and bench-process CPU time over the rounds.
+    server_cpu: Duration,
+    client_cpu: Duration,
+    /// Size of the watched value: the encoded bundle, or etcd's value.
+    payload_bytes: usize,
+}
+
+impl Measurement {
+    fn kib_per_stream(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.streams as f64
+    }
+
+    fn latency(&self, quantile: f64) -> Duration {
+        percentile(&self.latencies, quantile)
+    }
+
+    fn max(&self) -> Duration {
+        self.latencies.iter().copied().max().unwrap_or_default()
+    }
+
+    fn print_line(&self) {
+        println!(
+            "  {} x{}: opened in {:.1} s, {} samples ({} missing), p50 {:.1} ms, p99 {:.1} ms, \
+             max {:.1} ms, write reply p50 {:.1} ms, RSS {} -> {} KiB ({:.1} KiB/stream), \
+             server CPU {:.0} ms/round, bench CPU {:.0} ms/round, payload {} B",
+            self.system,
+            self.streams,
+            self.open.as_secs_f64(),
+            self.latencies.len(),
+            self.missing,
+            ms(self.latency(0.50)),
+            ms(self.latency(0.99)),
+            ms(self.max()),
+            ms(percentile(&self.write_replies, 0.50)),
+            self.rss_before_kib,
+            self.rss_after_kib,
+            self.kib_per_stream(),
+            ms(self.server_cpu) / self.rounds as f64,
+            ms(self.client_cpu) / self.rounds as f64,
+            self.payload_bytes,
+        );
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(samples: &[Duration], quantile: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn print_report(results: &[(Measurement, Measurement)]) {
+    println!();
+    println!(
+        "| system | streams | samples | missing | p50 ms | p99 ms | max ms | write reply p50 ms \
+         | server CPU ms/round | RSS before MiB | RSS after MiB | KiB/idle stream |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (ours, theirs) in results {
+        for m in [ours, theirs] {
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                m.system,
+                m.streams,
+                m.latencies.len(),
+                m.missing,
+                ms(m.latency(0.50)),
+                ms(m.latency(0.99)),
+                ms(m.max()),
+                ms(percentile(&m.write_replies, 0.50)),
+                ms(m.server_cpu) / m.rounds as f64,
+                m.rss_before_kib as f64 / 1024.0,
+                m.rss_after_kib as f64 / 1024.0,
+                m.kib_per_stream(),
+            );
+        }
+    }
+    println!();
+    println!("| ratio policyhub/etcd | streams | p50 | p99 | max | KiB/idle stream |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (ours, theirs) in results {
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "| policyhub/etcd | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            ours.streams,
+            ratio(ours.latency(0.50), theirs.latency(0.50)),
+            ratio(ours.latency(0.99), theirs.latency(0.99)),
+            ratio(ours.max(), theirs.max()),
+            ours.kib_per_stream() / theirs.kib_per_stream(),
+        );
+    }
+    println!();
+    println!("targets (set for 10,000 streams, shown for every count):");
+    for (ours, theirs) in results {
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        let p99 = ours.latency(0.99);
+        println!(
+            "  {} streams: p99 {:.1} ms <= 100 ms: {}; p99 <= etcd's {:.1} ms: {}; \
+             {:.1} KiB/idle stream <= 16 KiB: {}; every stream received every round: {}",
+            ours.streams,
+            ms(p99),
+            verdict(p99 <= Duration::from_millis(100)),
+            ms(theirs.latency(0.99)),
+            verdict(p99 <= theirs.latency(0.99)),
+            ours.kib_per_stream(),
+            verdict(ours.kib_per_stream() <= 16.0),
+            verdict(ours.missing == 0),
+        );
+    }
+}
+
+// ---------------------------------------------------------------- policyhub
+
+async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measurement> {
+    let dir = tempfile::tempdir()?;
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let data_dir = dir.path().join("data");
+    let server = Server::spawn(
+        Command::new(env!("CARGO_BIN_EXE_policyhub"))
+            .arg("serve")
+            .arg("--insecure")
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "warn")
+            // Every stream here comes from one caller: lift the per-caller
+            // stream quota where the server has one (ignored where not).
+            .env(
+                "POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT",
+                (count + 100).to_string(),
+            ),
+        &dir.path().join("policyhub.log"),
+    )?;
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10));
+    let control = connect_with_retry(&endpoint, &server).await?;
+    let mut policies = PolicyServiceClient::new(control);
+
+    // Version 1 active; versions 2..=rounds+1 published for the rounds.
+    for version in 1..=rounds + 1 {
+        policies
+            .draft(proto::DraftRequest {
+                namespace: NAMESPACE.into(),
+                name: POLICY.into(),
+                body: Some(json_to_struct(&policy_body(version))),
+                change_notes: format!("benchmark version {version}"),
+                idempotency_key: String::new(),
+            })
+            .await?;
+        policies
+            .publish(proto::PublishRequest {
+                namespace: NAMESPACE.into(),
+                name: POLICY.into(),
+                version: 0,
+                label: String::new(),
+                activate: version == 1,
+                expected_active_version: None,
+                reason: "benchmark".into(),
+                idempotency_key: String::new(),
+            })
+            .await?;
+    }
+
+    tokio::time::sleep(SETTLE).await;
+    let rss_before_kib = rss_kib(server.pid())?;
+    let (receipts, mut received) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let opened: Vec<(JoinHandle<()>, usize)> = futures::stream::iter(0..count)
+        .map(|_| open_policyhub_watch(endpoint.clone(), receipts.clone()))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let open = started.elapsed();
+    drop(receipts);
+    tokio::time::sleep(SETTLE).await;
+    let rss_after_kib = rss_kib(server.pid())?;
+    let payload_bytes = opened.first().map_or(0, |(_, bytes)| *bytes);
+
+    let mut latencies = Vec::with_capacity(count * rounds);
+    let mut write_replies = Vec::with_capacity(rounds);
+    let mut missing = 0;
+    let cpu_before = (cpu_time(server.pid())?, cpu_time("self")?);
+    for round in 1..=rounds {
+        tokio::time::sleep(ROUND_PAUSE).await;
+        let request = proto::ActivateRequest {
+            targets: vec![proto::ActivationTarget {
+                namespace: NAMESPACE.into(),
+                name: POLICY.into(),
+                selector: Some(proto::activation_target::Selector::Version(
+                    round as u32 + 1,
+                )),
+                expected_active_version: None,
+            }],
+            reason: format!("benchmark round {round}"),
+            idempotency_key: String::new(),
+        };
+        let issued = Instant::now();
+        let revision = policies.activate(request).await?.into_inner().revision;
+        write_replies.push(issued.elapsed());
+        missing += collect_round(&mut received, revision, issued, count, &mut latencies).await;
+    }
+    let cpu_after = (cpu_time(server.pid())?, cpu_time("self")?);
+
+    for (task, _) in &opened {
+        task.abort();
+    }
+    drop(opened);
+    drop(server);
+    Ok(Measurement {
+        system: "policyhub".into(),
+        streams: count,
+        rounds,
+        open,
+        rss_before_kib,
+        rss_after_kib,
+        latencies,
+        missing,
+        write_replies,
+        server_cpu: cpu_after.0.saturating_sub(cpu_before.0),
+        client_cpu: cpu_after.1.saturating_sub(cpu_before.1),
+        payload_bytes,
+    })
+}
+
+fn policy_body(version: usize) -> serde_json::Value {
+    json!({
+        "maxAmount": 100 * version,
+        "currencies": ["EUR", "USD", "GBP"],
+        "rules": [{"action": "review", "above": 1000}, {"action": "deny", "above": 5000}],
+    })
+}
+
+async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(_) if Instant::now() < deadline => {
+                server.ensure_running()?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error).context("the server did not come up"),
+        }
+    }
+}
+
+/// Opens one stream on its own connection and waits for its SNAPSHOT; the
+/// task it returns reports the receipt time of every UPDATE. Also returns
+/// the size of the bundle the snapshot carried.
+async fn open_policyhub_watch(
+    endpoint: Endpoint,
+    receipts: mpsc::UnboundedSender<(u64, Instant)>,
+) -> anyhow::Result<(JoinHandle<()>, usize)> {
+    let mut client = BundleServiceClient::new(endpoint.connect().await?);
+    let mut stream = client
+        .watch_active(proto::WatchActiveRequest {
+            namespace: NAMESPACE.into(),
+            names: vec![POLICY.into()],
+            since_revision: 0,
+        })
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .context("no snapshot within 30 s")??
+        .context("the stream ended before its snapshot")?;
+    ensure!(
+        first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
+        "the first message is not a snapshot of one bundle: {first:?}"
+    );
+    let payload_bytes = first.bundles[0].len();
+    let task = tokio::spawn(async move {
+        // The client keeps the connection's request half alive.
+        let _client = client;
+        while let Ok(Some(message)) = stream.message().await {
+            if message.kind() == WatchEventKind::Update {
+                let received = Instant::now();
+                if receipts.send((message.revision, received)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok((task, payload_bytes))
+}
+
+/// Waits until `count` receipts tagged `tag` arrived (or the round timed
+/// out), records their latencies, and returns how many are missing.
+async fn collect_round(
+    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    tag: u64,
+    issued: Instant,
+    count: usize,
+    latencies: &mut Vec<Duration>,
+) -> usize {
+    let deadline = tokio::time::Instant::from_std(issued + ROUND_TIMEOUT);
+    let mut got = 0;
+    while got < count {
+        match tokio::time::timeout_at(deadline, received.recv()).await {
+            Ok(Some((seen, at))) if seen == tag => {
+                latencies.push(at.saturating_duration_since(issued));
+                got += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if got < count {
+        eprintln!(
+            "  warning: {} of {count} streams did not receive change {tag} in time",
+            count - got
+        );
+    }
+    count - got
+}
+
+// --------------------------------------------------------------------- etcd
+
+async fn run_etcd(
+    etcd: &Path,
+    version: &str,
+    count: usize,
+    rounds: usize,
+    value_bytes: usize,
+) -> anyhow::Result<Measurement> {
+    let dir = tempfile::tempdir()?;
+    let client = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let peer = format!("http://127.0.0.1:{}", free_port()?);
+    let client_url = format!("http://{client}");
+    let server = Server::spawn(
+        Command::new(etcd)
+            .arg("--name")
+            .arg("bench")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("bench={peer}"))
+            .arg("--log-level")
+            .arg("warn"),
+        &dir.path().join("etcd.log"),
+    )?;
+    let key = BASE64.encode(ETCD_KEY);
+
+    // The writer's connection, kept open like the policyhub control channel.
+    let mut writer = wait_for_etcd(client, &server).await?;
+    writer
+        .post_json(
+            client,
+            "/v3/kv/put",
+            &json!({"key": key, "value": BASE64.encode(etcd_value(0, value_bytes))}).to_string(),
+        )
+        .await
+        .context("the first put")?;
+
+    tokio::time::sleep(SETTLE).await;
+    let rss_before_kib = rss_kib(server.pid())?;
+    let (receipts, mut received) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let opened: Vec<JoinHandle<()>> = futures::stream::iter(0..count)
+        .map(|_| open_etcd_watch(client, key.clone(), receipts.clone()))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let open = started.elapsed();
+    drop(receipts);
+    tokio::time::sleep(SETTLE).await;
+    let rss_after_kib = rss_kib(server.pid())?;
+
+    let mut latencies = Vec::with_capacity(count * rounds);
+    let mut write_replies = Vec::with_capacity(rounds);
+    let mut missing = 0;
+    let cpu_before = (cpu_time(server.pid())?, cpu_time("self")?);
+    for round in 1..=rounds {
+        tokio::time::sleep(ROUND_PAUSE).await;
+        let body =
+            json!({"key": key, "value": BASE64.encode(etcd_value(round, value_bytes))}).to_string();
+        let issued = Instant::now();
+        let reply = writer.post_json(client, "/v3/kv/put", &body).await?;
+        write_replies.push(issued.elapsed());
+        ensure!(reply.get("header").is_some(), "put failed: {reply}");
+        missing += collect_round(&mut received, round as u64, issued, count, &mut latencies).await;
+    }
+    let cpu_after = (cpu_time(server.pid())?, cpu_time("self")?);
+
+    for task in &opened {
+        task.abort();
+    }
+    drop(opened);
+    drop(server);
+    Ok(Measurement {
+        system: version.to_owned(),
+        streams: count,
+        rounds,
+        open,
+        rss_before_kib,
+        rss_after_kib,
+        latencies,
+        missing,
+        write_replies,
+        server_cpu: cpu_after.0.saturating_sub(cpu_before.0),
+        client_cpu: cpu_after.1.saturating_sub(cpu_before.1),
+        payload_bytes: value_bytes,
+    })
+}
+
+/// The value of round `round`: `round-<n>;` padded to `length` bytes.
+fn etcd_value(round: usize, length: usize) -> String {
+    let mut value = format!("round-{round};");
+    let padding = length.saturating_sub(value.len());
+    value.extend(std::iter::repeat_n('x', padding));
+    value
+}
+
+/// The round a watch event's value belongs to.
+fn round_of(value: &[u8]) -> Option<u64> {
+    let rest = value.strip_prefix(b"round-")?;
+    let end = rest.iter().position(|&byte| byte == b';')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+async fn wait_for_etcd(client: SocketAddr, server: &Server) -> anyhow::Result<HttpConnection> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let mut connection = HttpConnection::connect(client).await?;
+            connection
+                .post_json(
+                    client,
+                    "/v3/kv/range",
+                    &json!({"key": BASE64.encode("/")}).to_string(),
+                )
+                .await?;
+            anyhow::Ok(connection)
+        };
+        match attempt.await {
+            Ok(connection) => return Ok(connection),
+            Err(_) if Instant::now() < deadline => {
+                server.ensure_running()?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error).context("etcd did not come up"),
+        }
+    }
+}
+
+/// Opens one watcher on its own connection and waits for `"created": true`;
+/// the task it returns reports the receipt time of each event, tagged with
+/// the round its value names.
+async fn open_etcd_watch(
+    client: SocketAddr,
+    key: String,
+    receipts: mpsc::UnboundedSender<(u64, Instant)>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut connection = HttpConnection::connect(client).await?;
+    connection
+        .send_post(
+            client,
+            "/v3/watch",
+            &json!({"create_request": {"key": key}}).to_string(),
+        )
+        .await?;
+    let head = connection.read_head().await?;
+    ensure!(
+        head.status == 200 && head.chunked,
+        "POST /v3/watch answered {} (chunked: {})",
+        head.status,
+        head.chunked
+    );
+    let mut lines = LineReader::default();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next(&mut connection))
+        .await
+        .context("no watch confirmation within 30 s")??;
+    let first: serde_json::Value = serde_json::from_slice(&first)?;
+    ensure!(
+        first["result"]["created"] == json!(true),
+        "the watch was not created: {first}"
+    );
+    Ok(tokio::spawn(async move {
+        const VALUE: &[u8] = b"\"value\":\"";
+        while let Ok(line) = lines.next(&mut connection).await {
+            // Only the event's value matters: find it without parsing the
+            // whole object.
+            let Some(start) = find(&line, VALUE).map(|at| at + VALUE.len()) else {
+                continue;
+            };
+            let Some(length) = line[start..].iter().position(|&byte| byte == b'"') else {
+                continue;
+            };
+            let received = Instant::now();
+            let Some(round) = BASE64
+                .decode(&line[start..start + length])
+                .ok()
+                .and_then(|value| round_of(&value))
+            else {
+                continue;
+            };
+            if receipts.send((round, received)).is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// One HTTP/1.1 connection, written and read by hand.
+struct HttpConnection {
+    stream: TcpStream,
+    /// Bytes read from the socket and not consumed yet.
+    buffer: Vec<u8>,
+}
+
+struct ResponseHead {
+    status: u16,
+    chunked: bool,
+    content_length: Option<usize>,
+}
+
+impl HttpConnection {
+    async fn connect(address: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConnection {
+            stream,
+            buffer: Vec::with_capacity(1024),
+        })
+    }
+
+    async fn send_post(&mut self, host: SocketAddr, path: &str, body: &str) -> io::Result<()> {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(request.as_bytes()).await
+    }
+
+    /// A unary request: its whole JSON reply.
+    async fn post_json(
+        &mut self,
+        host: SocketAddr,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send_post(host, path, body).await?;
+        let head = self.read_head().await?;
+        let mut reply = Vec::new();
+        if head.chunked {
+            loop {
+                let chunk = self.read_chunk().await?;
+                if chunk.is_empty() {
+                    break;
+                }
+                reply.extend_from_slice(&chunk);
+            }
+        } else {
+            let length = head.content_length.context("a reply without a length")?;
+            while self.buffer.len() < length {
+                self.fill().await?;
+            }
+            reply = self.buffer.drain(..length).collect();
+        }
+        ensure!(
+            head.status == 200,
+            "POST {path} answered {}: {}",
+            head.status,
+            String::from_utf8_lossy(&reply)
+        );
+        Ok(serde_json::from_slice(&reply)?)
+    }
+
+    /// Reads more bytes from the socket; the end of the stream is an error.
+    async fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the connection closed",
+            ));
+        }
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(())
+    }
+
+    /// One CRLF-terminated line, without the CRLF.
+    async fn read_line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(end) = find(&self.buffer, b"\r\n") {
+                let line = self.buffer[..end].to_vec();
+                self.buffer.drain(..end + 2);
+                return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn read_head(&mut self) -> anyhow::Result<ResponseHead> {
+        let status_line = String::from_utf8(self.read_line().await?)?;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("not an HTTP status line: {status_line:?}"))?;
+        let mut head = ResponseHead {
+            status,
+            chunked: false,
+            content_length: None,
+        };
+        loop {
+            let line = String::from_utf8(self.read_line().await?)?;
+            if line.is_empty() {
+                return Ok(head);
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("content-length") {
+                head.content_length = Some(value.parse()?);
+            }
+        }
+    }
+
+    /// The data of the next chunk; empty for the last one (whose trailer
+    /// section is consumed too).
+    async fn read_chunk(&mut self) -> anyhow::Result<Vec<u8>> {
+        let size_line = String::from_utf8(self.read_line().await?)?;
+        let size_text = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("not a chunk size: {size_line:?}"))?;
+        if size == 0 {
+            while !self.read_line().await?.is_empty() {}
+            return Ok(Vec::new());
+        }
+        while self.buffer.len() < size + 2 {
+            self.fill().await?;
+        }
+        ensure!(
+            &self.buffer[size..size + 2] == b"\r\n",
+            "a chunk does not end with CRLF"
+        );
+        let data = self.buffer[..size].to_vec();
+        self.buffer.drain(..size + 2);
+        Ok(data)
+    }
+}
+
+/// Splits a chunked streaming body into the newline-delimited JSON objects
+/// the gateway writes, whatever the chunk boundaries.
+#[derive(Default)]
+struct LineReader {
+    pending: Vec<u8>,
+}
+
+impl LineReader {
+    async fn next(&mut self, connection: &mut HttpConnection) -> anyhow::Result<Vec<u8>> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(line);
+            }
+            let chunk = connection.read_chunk().await?;
+            ensure!(!chunk.is_empty(), "the watch response ended");
+            self.pending.extend_from_slice(&chunk);
+        }
+    }
+}
+
+/// The etcd binary: `ETCD_BIN`, `etcd` on the PATH, or Debian's
+/// `etcd-server` package installed with apt-get (as root).
+fn etcd_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = env::var_os("ETCD_BIN") {
+        return Ok(path.into());
+    }
+    if let Some(path) = on_path("etcd") {
+        return Ok(path);
+    }
+    ensure!(
+        is_root()?,
+        "etcd is not installed: run `apt-get install -y etcd-server` as root, or set ETCD_BIN"
+    );
+    eprintln!("etcd is missing: installing Debian's etcd-server with apt-get");
+    for args in [&["update"][..], &["install", "-y", "etcd-server"][..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .context("running apt-get")?;
+        ensure!(status.success(), "apt-get {} failed", args.join(" "));
+    }
+    on_path("etcd").context("etcd-server is installed but there is no etcd on the PATH")
+}
+
+fn etcd_version(etcd: &Path) -> anyhow::Result<String> {
+    let output = Command::new(etcd)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", etcd.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text
+        .lines()
+        .find_map(|line| line.strip_prefix("etcd Version:"))
+        .context("etcd --version printed no version")?;
+    Ok(format!("etcd {}", version.trim()))
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+fn is_root() -> anyhow::Result<bool> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .context("no Uid in /proc/self/status")?;
+    Ok(uid == "0")
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A server child process, killed when dropped.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Self> {
+        let file = fs::File::create(log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Server {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Fails with the end of its log when the process exited.
+    fn ensure_running(&self) -> anyhow::Result<()> {
+        let pid = self.pid();
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if state.is_empty() || zombie {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the server exited:\n{}", tail.join("\n"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: impl std::fmt::Display) -> anyhow::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(rss.trim().trim_end_matches("kB").trim().parse()?)
+}
+
+/// User plus system CPU time of a process (`self` for this one).
+fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name: state is field 3, utime
+    // and stime are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')').context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn open_files_limit() -> anyhow::Result<usize> {
+    let limits = fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .context("no open files limit")?;
+    let soft = line
+        .split_whitespace()
+        .nth(3)
+        .context("malformed open files limit")?;
+    Ok(soft.parse().unwrap_or(usize::MAX))
+}
+
+/// Waits until the previous run's sockets are closed, so the next one has
+/// the whole descriptor budget.
+async fn wait_for_fds_to_close() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let open = fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
+        if open < SPARE_FDS {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
