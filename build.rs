@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small per-stream buffers: a server holds many idle watch streams.
+        .codec_path("crate::grpc::codec::CompactCodec")
         // Watch messages are encoded by hand so that each bundle is encoded
         // once and shared by every stream (see src/grpc/watch_message.rs).
         .extern_path(

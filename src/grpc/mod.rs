@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod bundle_service;
+pub mod codec;
 pub mod convert;
 mod limits;
 pub mod message_limit;
