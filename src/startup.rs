@@ -326,8 +326,16 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
     Ok(config)
 }
 
+/// The health service name that answers SERVING while the process serves
+/// gRPC, whatever the database does: for liveness probes, so that a database
+/// outage takes replicas out of rotation (readiness) without restarting them.
+pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
+
 /// Reports NOT_SERVING while the database does not answer a ping.
 async fn watch_database(health: HealthReporter, hub: PolicyHub, interval: std::time::Duration) {
+    health
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
     let mut serving = None;
     let mut ticker = tokio::time::interval(interval);
     loop {

@@ -186,6 +186,19 @@ async fn health_reports_not_serving_while_the_database_is_unreachable() {
         .await
         .unwrap();
     wait_for(ServingStatus::NotServing).await;
+    let liveness = health
+        .clone()
+        .check(HealthCheckRequest {
+            service: policyhub::startup::LIVENESS_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        liveness.status,
+        ServingStatus::Serving as i32,
+        "liveness does not follow the database"
+    );
     let refused = app
         .try_draft("payments", "limits", serde_json::json!({}))
         .await
