@@ -437,6 +437,68 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
     }
 }
 
+/// The real `policyhub serve --insecure` on a free loopback port with its
+/// data in `data_dir` and `env` added to its environment, and a channel to it
+/// once it answers.
+pub async fn spawn_binary_server(
+    data_dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> (std::process::Child, Channel) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new(policyhub_binary())
+        .args([
+            "serve",
+            "--insecure",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .envs(env.iter().map(|(key, value)| (*key, value)))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start policyhub serve");
+    for _ in 0..100 {
+        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            return (server, channel);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.kill().ok();
+    server.wait().ok();
+    panic!("policyhub serve did not answer on port {port}");
+}
+
+/// Sends `signal` (such as `-TERM`) to a child process.
+pub fn send_signal(child: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill {signal} failed");
+}
+
+/// Stops a child server with SIGTERM and asserts that it exits cleanly.
+pub async fn terminate(mut child: std::process::Child) {
+    send_signal(&child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the server cleanly: {status:?}"
+    );
+}
+
 /// The `policyhub` binary built for these tests.
 pub fn policyhub_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_policyhub"))

@@ -2,7 +2,6 @@
 //! what happened.
 
 use std::{
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -16,7 +15,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::helpers::{Backend, TestDatabase, policyhub_binary, spawn_on};
+use crate::helpers::{Backend, TestDatabase, spawn_binary_server, spawn_on, terminate};
 
 /// An OTLP trace receiver that keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -60,38 +59,17 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(policyhub_binary())
-        .args([
-            "serve",
-            "--insecure",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{collector_address}"),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let channel = loop {
-        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(channel) => break channel,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let (server, channel) = spawn_binary_server(
+        dir.path(),
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{collector_address}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+    )
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut request = tonic::Request::new(proto::DraftRequest {
         namespace: "team".into(),
@@ -111,15 +89,7 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
         .unwrap();
 
     // SIGTERM flushes whatever is still batched.
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    terminate(server).await;
     let mut names = Vec::new();
     for _ in 0..50 {
         names = collector

@@ -5,7 +5,10 @@ use std::process::Command;
 use policyhub::grpc::proto;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, policyhub_binary, spawn_app, spawn_on};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, policyhub_binary, send_signal, spawn_app, spawn_binary_server,
+    spawn_on, terminate,
+};
 
 fn verify_with_cli(jwks: &str, bundle: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -264,37 +267,14 @@ async fn sighup_reloads_key_files_and_sigterm_stops_the_server() {
         .unwrap()
         .kid()
         .to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(policyhub_binary())
-        .args([
-            "serve",
-            "--insecure",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env(
+    let (server, channel) = spawn_binary_server(
+        &dir.path().join("data"),
+        &[(
             "POLICYHUB_SIGNING__KEY_FILES",
             format!("[\"{}\"]", key.display()),
-        )
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let channel = loop {
-        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(channel) => break channel,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    };
+        )],
+    )
+    .await;
     let mut bundles = proto::bundle_service_client::BundleServiceClient::new(channel);
     let signing_kid = |response: proto::GetSigningKeysResponse| response.signing_key_id;
     assert_eq!(
@@ -313,13 +293,7 @@ async fn sighup_reloads_key_files_and_sigterm_stops_the_server() {
         .unwrap()
         .kid()
         .to_owned();
-    let kill = |signal: &str| {
-        Command::new("kill")
-            .args([signal, &server.id().to_string()])
-            .status()
-            .unwrap()
-    };
-    assert!(kill("-HUP").success());
+    send_signal(&server, "-HUP");
     let mut reloaded = false;
     for _ in 0..50 {
         let keys = bundles
@@ -340,13 +314,5 @@ async fn sighup_reloads_key_files_and_sigterm_stops_the_server() {
     }
     assert!(reloaded, "SIGHUP installed the new key");
 
-    assert!(kill("-TERM").success());
-    let status = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM ends the server cleanly: {status:?}"
-    );
+    terminate(server).await;
 }
