@@ -205,14 +205,9 @@ impl Application {
                 self.settings.watch.clone(),
             ))
         });
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // Both reflection versions: grpcurl 1.8 speaks only v1alpha.
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
@@ -283,6 +278,13 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Server reflection over every service served.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Re-reads the signing keys on every SIGHUP: with `signing.key_files`, put
