@@ -3,13 +3,26 @@
 
 use std::process::Command;
 
-use policyhub::{config::Settings, startup::Application};
+use policyhub::{
+    config::Settings,
+    grpc::{
+        convert::json_to_struct,
+        proto::{
+            self, bundle_service_client::BundleServiceClient,
+            policy_service_client::PolicyServiceClient,
+        },
+    },
+    startup::Application,
+};
 use sea_orm::ConnectionTrait;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{Backend, TestDatabase, policyhub_binary, spawn_app, spawn_on, test_settings};
+use crate::helpers::{
+    Backend, TestDatabase, policyhub_binary, send_signal, spawn_app, spawn_binary_server, spawn_on,
+    terminate, test_settings,
+};
 
 fn grpcurl(args: &[&str]) -> std::process::Output {
     Command::new("grpcurl")
@@ -270,4 +283,46 @@ async fn insecure_is_refused_off_loopback_and_auth_is_on_by_default() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_that_returned_ok_survives_kill_minus_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel) = spawn_binary_server(dir.path(), &[]).await;
+    let mut policies = PolicyServiceClient::new(channel);
+    policies
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: "durable".into(),
+            body: Some(json_to_struct(&serde_json::json!({"v": 1}))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let published = policies
+        .publish(proto::PublishRequest {
+            namespace: "team".into(),
+            name: "durable".into(),
+            activate: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    send_signal(&server, "-KILL");
+    let mut server = server;
+    server.wait().unwrap();
+
+    let (restarted, channel) = spawn_binary_server(dir.path(), &[]).await;
+    let active = BundleServiceClient::new(channel)
+        .get_active(proto::GetActiveRequest {
+            namespace: "team".into(),
+            name: "durable".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((active.version, active.revision), (1, published.revision));
+    terminate(restarted).await;
 }
