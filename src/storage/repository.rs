@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
+    AccessMode,
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, Order, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, IsolationLevel, Order, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
     sea_query::Expr,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -1323,7 +1324,20 @@ impl Repository {
     /// query, to fill the in-memory index.
     #[tracing::instrument(name = "storage.load_active", skip_all)]
     pub async fn load_active(&self) -> Result<(u64, Vec<ActiveBundle>)> {
-        let txn = self.db.begin().await?;
+        // One snapshot for both reads, so the bundles are exactly those of
+        // the revision (PostgreSQL's default isolation would let a commit in
+        // between show through; SQLite transactions are snapshots already).
+        let txn = match self.db.get_database_backend() {
+            DatabaseBackend::Postgres => {
+                self.db
+                    .begin_with_config(
+                        Some(IsolationLevel::RepeatableRead),
+                        Some(AccessMode::ReadOnly),
+                    )
+                    .await?
+            }
+            _ => self.db.begin().await?,
+        };
         let revision = current_revision(&txn).await?;
         let rows = MovedRow::find_by_statement(Statement::from_string(
             txn.get_database_backend(),
