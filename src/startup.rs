@@ -75,38 +75,32 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
     };
-    let authenticator = match (&auth.jwks_file, &auth.hs256_secret_file) {
+    let secret = match (&auth.jwks_file, &auth.hs256_secret_file) {
         (Some(_), Some(_)) => bail!("configure auth.jwks_file or auth.hs256_secret_file, not both"),
         (Some(path), None) => {
             let jwks: JwkSet = serde_json::from_str(&read(path)?)
                 .with_context(|| format!("{} is not a JWKS", path.display()))?;
-            Authenticator::with_jwks(
+            let authenticator = Authenticator::with_jwks(
                 &jwks,
                 &auth.issuer,
                 &auth.audience,
                 auth.leeway_seconds,
                 &auth.roles_claim,
-            )?
+            )?;
+            return Ok(Authentication::Tokens(Box::new(authenticator)));
         }
         (None, Some(path)) => {
-            let secret = read(path)?;
-            let secret = secret.trim();
+            let secret = read(path)?.trim().to_owned();
             anyhow::ensure!(
                 secret.len() >= 32,
                 "{} holds fewer than 32 bytes: use a longer secret",
                 path.display()
             );
-            Authenticator::with_hs256(
-                secret.as_bytes(),
-                &auth.issuer,
-                &auth.audience,
-                auth.leeway_seconds,
-                &auth.roles_claim,
-            )
+            secret
         }
         (None, None) => {
             let path = settings.data_dir.join(GENERATED_SECRET_FILE);
-            let secret = if path.exists() {
+            if path.exists() {
                 read(&path)?.trim().to_owned()
             } else {
                 let secret = signing::write_new_secret(&path)?;
@@ -117,16 +111,16 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
                     settings.data_dir.display()
                 );
                 secret
-            };
-            Authenticator::with_hs256(
-                secret.as_bytes(),
-                &auth.issuer,
-                &auth.audience,
-                auth.leeway_seconds,
-                &auth.roles_claim,
-            )
+            }
         }
     };
+    let authenticator = Authenticator::with_hs256(
+        secret.as_bytes(),
+        &auth.issuer,
+        &auth.audience,
+        auth.leeway_seconds,
+        &auth.roles_claim,
+    );
     Ok(Authentication::Tokens(Box::new(authenticator)))
 }
 

@@ -149,6 +149,17 @@ pub struct Caller {
     pub grants: Vec<Grant>,
 }
 
+/// Where a caller needs an RPC's role.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// In this namespace.
+    In(&'a Namespace),
+    /// In at least one namespace.
+    Anywhere,
+    /// In every namespace: a `*` grant.
+    Everywhere,
+}
+
 /// Namespaces a caller may read, for listings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readable {
@@ -173,55 +184,51 @@ impl Caller {
         }
     }
 
-    /// Whether the caller holds `role` (or a higher one) in `namespace`.
-    pub fn may(&self, role: Role, namespace: &Namespace) -> bool {
-        self.grants.iter().any(|grant| {
-            grant.role >= role
-                && grant
-                    .namespace
-                    .as_ref()
-                    .is_none_or(|granted| granted == namespace)
-        })
-    }
-
     /// Refuses unless the caller may call `rpc` in `namespace`.
     pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<(), Status> {
-        let role = rpc.role();
-        if self.may(role, namespace) {
-            return Ok(());
-        }
-        Err(Status::permission_denied(format!(
-            "{} may not call {rpc:?} in namespace {namespace}: it needs the {role} role there",
-            self.subject
-        )))
+        self.require(rpc, Scope::In(namespace))
     }
 
     /// Refuses unless the caller holds `rpc`'s role in some namespace (for
     /// calls that touch no namespace in particular).
     pub fn authorize_anywhere(&self, rpc: Rpc) -> Result<(), Status> {
-        let role = rpc.role();
-        if self.grants.iter().any(|grant| grant.role >= role) {
-            return Ok(());
-        }
-        Err(Status::permission_denied(format!(
-            "{} may not call {rpc:?}: it needs the {role} role in some namespace",
-            self.subject
-        )))
+        self.require(rpc, Scope::Anywhere)
     }
 
     /// Refuses unless the caller holds `rpc`'s role in every namespace (a
     /// `*` grant), for deployment-wide operations.
     pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<(), Status> {
+        self.require(rpc, Scope::Everywhere)
+    }
+
+    fn require(&self, rpc: Rpc, scope: Scope) -> Result<(), Status> {
         let role = rpc.role();
+        let covers = |grant: &Grant| match (scope, &grant.namespace) {
+            (_, None) | (Scope::Anywhere, Some(_)) => true,
+            (Scope::In(namespace), Some(granted)) => granted == namespace,
+            (Scope::Everywhere, Some(_)) => false,
+        };
         if self
             .grants
             .iter()
-            .any(|grant| grant.namespace.is_none() && grant.role >= role)
+            .any(|grant| grant.role >= role && covers(grant))
         {
             return Ok(());
         }
+        let needed = match scope {
+            Scope::In(namespace) => {
+                format!("in namespace {namespace}: it needs the {role} role there")
+            }
+            Scope::Anywhere => format!(": it needs the {role} role in some namespace"),
+            Scope::Everywhere => format!(": it needs the \"*:{role}\" grant"),
+        };
+        let separator = if matches!(scope, Scope::In(_)) {
+            " "
+        } else {
+            ""
+        };
         Err(Status::permission_denied(format!(
-            "{} may not call {rpc:?}: it needs the \"*:{role}\" grant",
+            "{} may not call {rpc:?}{separator}{needed}",
             self.subject
         )))
     }
@@ -475,10 +482,14 @@ impl Identified {
     /// Checks a deployment-wide `rpc`; the context records the caller.
     pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<RequestContext, Status> {
         self.caller.authorize_everywhere(rpc)?;
-        Ok(RequestContext {
+        Ok(self.context())
+    }
+
+    fn context(&self) -> RequestContext {
+        RequestContext {
             actor: self.caller.subject.clone(),
             request_id: self.request_id.clone(),
-        })
+        }
     }
 
     /// The caller.
@@ -489,10 +500,7 @@ impl Identified {
     /// Checks `rpc` in `namespace`; the context records the caller as actor.
     pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<RequestContext, Status> {
         self.caller.authorize(rpc, namespace)?;
-        Ok(RequestContext {
-            actor: self.caller.subject.clone(),
-            request_id: self.request_id.clone(),
-        })
+        Ok(self.context())
     }
 }
 

@@ -297,6 +297,15 @@ impl TestApp {
             .versions
     }
 
+    /// `(version, state)` of every version of a policy, newest first.
+    pub async fn states(&self, namespace: &str, name: &str) -> Vec<(u32, &'static str)> {
+        self.versions(namespace, name)
+            .await
+            .iter()
+            .map(|version| (version.version, state_name(version)))
+            .collect()
+    }
+
     pub async fn events(&self, namespace: &str, name: &str) -> Vec<proto::Event> {
         self.policy
             .clone()

@@ -47,12 +47,7 @@ async fn published_v3_then_next_draft_is_v4(app: TestApp) {
     }
     let next = app.draft("payments", "limits", json!({"max": 4})).await;
     assert_eq!(next.version, 4);
-    let states: Vec<_> = app
-        .versions("payments", "limits")
-        .await
-        .iter()
-        .map(|v| (v.version, state_name(v)))
-        .collect();
+    let states = app.states("payments", "limits").await;
     assert_eq!(
         states,
         [
@@ -87,12 +82,7 @@ async fn published_v2_with_draft_v5_then_new_draft_is_v6_and_v5_superseded(app: 
         .into_inner();
     assert_eq!(response.version.unwrap().version, 6);
     assert_eq!(response.superseded_version, 5);
-    let states: Vec<_> = app
-        .versions("payments", "limits")
-        .await
-        .iter()
-        .map(|v| (v.version, state_name(v)))
-        .collect();
+    let states = app.states("payments", "limits").await;
     assert_eq!(
         states,
         [
