@@ -405,6 +405,7 @@ async fn open_policyhub_watch(
             namespace: NAMESPACE.into(),
             names: vec![POLICY.into()],
             since_revision: 0,
+            runtime: None,
         })
         .await?
         .into_inner();

@@ -111,6 +111,7 @@ pub async fn run(channel: AuthChannel, args: WatchArgs) -> anyhow::Result<()> {
             namespace: args.namespace.clone(),
             names: args.names.clone(),
             since_revision: revision,
+            runtime: None,
         };
         let mut stream = match client.watch_active(request).await {
             Err(status) if status.code() == Code::Unavailable => {

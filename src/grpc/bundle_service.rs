@@ -72,6 +72,7 @@ fn watch_response(message: WatchMessage) -> WatchActiveResponse {
         revision: message.revision,
         reset: message.reset,
         bundles: message.bundles,
+        complete: true,
     }
 }
 
@@ -163,5 +164,12 @@ impl BundleService for BundleApi {
                 .collect(),
             signing_key_id: signing_kid.to_owned(),
         }))
+    }
+
+    async fn report_status(
+        &self,
+        _request: Request<proto::ReportStatusRequest>,
+    ) -> Result<Response<proto::ReportStatusResponse>, Status> {
+        Err(Status::unimplemented("ReportStatus is not served yet"))
     }
 }

@@ -543,6 +543,20 @@ impl PolicyService for PolicyApi {
             previous_key_id,
         }))
     }
+
+    async fn list_runtimes(
+        &self,
+        _request: Request<proto::ListRuntimesRequest>,
+    ) -> Result<Response<proto::ListRuntimesResponse>, Status> {
+        Err(Status::unimplemented("ListRuntimes is not served yet"))
+    }
+
+    async fn get_policy_status(
+        &self,
+        _request: Request<proto::GetPolicyStatusRequest>,
+    ) -> Result<Response<proto::GetPolicyStatusResponse>, Status> {
+        Err(Status::unimplemented("GetPolicyStatus is not served yet"))
+    }
 }
 
 /// The requested namespace (checked by the caller) and the rest of the filter.

@@ -29,6 +29,8 @@ pub struct WatchActiveResponse {
     pub reset: bool,
     /// Each element is one encoded `policyhub.v1.Bundle`.
     pub bundles: Vec<Bytes>,
+    /// False when more parts of the same revision follow.
+    pub complete: bool,
 }
 
 impl WatchActiveResponse {
@@ -53,6 +55,7 @@ impl fmt::Debug for WatchActiveResponse {
             .field("revision", &self.revision)
             .field("reset", &self.reset)
             .field("bundles", &self.bundles.len())
+            .field("complete", &self.complete)
             .finish()
     }
 }
@@ -70,6 +73,9 @@ impl Message for WatchActiveResponse {
         }
         for bundle in &self.bundles {
             bytes::encode(4, bundle, buf);
+        }
+        if self.complete {
+            boolean::encode(5, &self.complete, buf);
         }
     }
 
@@ -90,6 +96,7 @@ impl Message for WatchActiveResponse {
                 self.bundles.push(bundle);
                 Ok(())
             }
+            5 => boolean::merge(wire_type, &mut self.complete, buf, ctx),
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -104,6 +111,9 @@ impl Message for WatchActiveResponse {
         }
         if self.reset {
             length += boolean::encoded_len(3, &self.reset);
+        }
+        if self.complete {
+            length += boolean::encoded_len(5, &self.complete);
         }
         length
             + self
@@ -134,6 +144,8 @@ mod tests {
         reset: bool,
         #[prost(message, repeated, tag = "4")]
         bundles: Vec<Bundle>,
+        #[prost(bool, tag = "5")]
+        complete: bool,
     }
 
     #[test]
@@ -159,6 +171,7 @@ mod tests {
             revision: 9,
             reset: true,
             bundles: bundles.clone(),
+            complete: true,
         };
         let hand_written = WatchActiveResponse {
             kind: WatchEventKind::Update as i32,
@@ -168,6 +181,7 @@ mod tests {
                 .iter()
                 .map(|bundle| Bytes::from(bundle.encode_to_vec()))
                 .collect(),
+            complete: true,
         };
         assert_eq!(hand_written.encode_to_vec(), generated.encode_to_vec());
         assert_eq!(hand_written.encoded_len(), generated.encoded_len());

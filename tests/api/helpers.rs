@@ -347,6 +347,7 @@ impl TestApp {
                 namespace: namespace.into(),
                 names: names.iter().map(|name| name.to_string()).collect(),
                 since_revision,
+                runtime: None,
             })
             .await?
             .into_inner())

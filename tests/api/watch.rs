@@ -190,6 +190,7 @@ async fn a_slow_subscriber_gets_one_coalesced_update_and_delays_no_one(app: Test
                 namespace: "team".into(),
                 names: Vec::new(),
                 since_revision: 0,
+                runtime: None,
             })
             .await
             .unwrap()
