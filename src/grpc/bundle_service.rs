@@ -72,7 +72,7 @@ fn watch_response(message: WatchMessage) -> WatchActiveResponse {
         revision: message.revision,
         reset: message.reset,
         bundles: message.bundles,
-        complete: true,
+        complete: message.complete,
     }
 }
 

@@ -12,11 +12,19 @@
 //! revision S" is answerable from the snapshot for any S.
 //!
 //! Revisions are applied whole and in order (see `hub`), so a snapshot never
-//! holds half of an atomic multi-policy activation.
+//! holds half of an atomic multi-policy activation. A message that would
+//! exceed gRPC's default 4 MiB receive limit goes out as consecutive parts of
+//! the same revision, the last one marked complete; the subscriber holds the
+//! remaining parts (references to the shared encoded bundles) only while it
+//! sends them.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
-use prost::{Message, bytes::Bytes};
+use prost::{Message, bytes::Bytes, encoding::encoded_len_varint};
 use tokio::{sync::watch, time::Instant};
 
 use crate::domain::{ActiveBundle, Namespace, PolicyName, PolicyRef};
@@ -130,6 +138,11 @@ impl Snapshot {
     }
 }
 
+/// Most bytes of bundles in one watch message. gRPC clients refuse messages
+/// above 4 MiB by default; the margin covers the message's other fields and
+/// the per-bundle field headers.
+pub const MAX_PART_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
 /// Shared, cheaply cloned handle on the index.
 #[derive(Debug, Clone)]
 pub struct ActiveIndex {
@@ -214,8 +227,11 @@ impl ActiveIndex {
             closing: self.closing.subscribe(),
             selector,
             cursor: since_revision,
+            delivered: since_revision,
             started: false,
             heartbeat,
+            pending: VecDeque::new(),
+            part_bytes: MAX_PART_BYTES,
         }
     }
 }
@@ -242,26 +258,76 @@ pub struct WatchMessage {
     pub reset: bool,
     /// Encoded `policyhub.v1.Bundle`s.
     pub bundles: Vec<Bytes>,
+    /// False when more parts of the same revision follow.
+    pub complete: bool,
+}
+
+impl WatchMessage {
+    fn whole(kind: MessageKind, revision: u64, reset: bool, bundles: Vec<Bytes>) -> Self {
+        WatchMessage {
+            kind,
+            revision,
+            reset,
+            bundles,
+            complete: true,
+        }
+    }
+
+    /// Consecutive parts whose bundles take at most `part_bytes` each,
+    /// field headers included (a bundle larger than that travels alone);
+    /// only the last is complete.
+    fn into_parts(self, part_bytes: usize) -> VecDeque<WatchMessage> {
+        let mut parts = VecDeque::new();
+        let mut bundles = Vec::new();
+        let mut size = 0;
+        for bundle in self.bundles {
+            let bundle_size = 1 + encoded_len_varint(bundle.len() as u64) + bundle.len();
+            if !bundles.is_empty() && size + bundle_size > part_bytes {
+                parts.push_back(WatchMessage {
+                    bundles: std::mem::take(&mut bundles),
+                    complete: false,
+                    ..self
+                });
+                size = 0;
+            }
+            size += bundle_size;
+            bundles.push(bundle);
+        }
+        parts.push_back(WatchMessage {
+            bundles,
+            complete: true,
+            ..self
+        });
+        parts
+    }
 }
 
 /// The server is shutting down; the stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
-    /// The last revision the subscriber was sent, to resume from elsewhere.
+    /// The last revision the subscriber was sent whole, to resume from
+    /// elsewhere.
     pub revision: u64,
 }
 
-/// One watch stream's state: a cursor and two receivers, nothing else.
+/// One watch stream's state: a cursor and two receivers, and the remaining
+/// parts of a revision too large for one message.
 #[derive(Debug)]
 pub struct Subscriber {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     closing: watch::Receiver<bool>,
     selector: Selector,
-    /// The revision delivered so far (or asked to resume from).
+    /// The revision computed so far (or asked to resume from).
     cursor: u64,
+    /// The last revision sent whole: `cursor` once `pending` is empty.
+    delivered: u64,
     /// Whether the first message went out.
     started: bool,
     heartbeat: Duration,
+    /// Parts of the current revision not sent yet.
+    pending: VecDeque<WatchMessage>,
+    /// Most bundle bytes per part.
+    part_bytes: usize,
 }
 
 impl Subscriber {
@@ -273,40 +339,55 @@ impl Subscriber {
         let since = self.cursor;
         self.cursor = snapshot.revision;
         if since == 0 || since > snapshot.revision {
-            return WatchMessage {
-                kind: MessageKind::Snapshot,
-                revision: snapshot.revision,
-                reset: since > snapshot.revision,
-                bundles: snapshot.matching(&self.selector),
-            };
+            return WatchMessage::whole(
+                MessageKind::Snapshot,
+                snapshot.revision,
+                since > snapshot.revision,
+                snapshot.matching(&self.selector),
+            );
         }
-        WatchMessage {
-            kind: MessageKind::Update,
-            revision: snapshot.revision,
-            reset: false,
-            bundles: snapshot.changed_since(&self.selector, since),
-        }
+        WatchMessage::whole(
+            MessageKind::Update,
+            snapshot.revision,
+            false,
+            snapshot.changed_since(&self.selector, since),
+        )
     }
 
     /// The next message, computed when the stream is ready to send it:
-    /// one update coalescing every revision since the last message, or a
-    /// progress message after a quiet heartbeat interval. `Err` once the
-    /// server shuts down.
+    /// the next part of a large revision, one update coalescing every
+    /// revision since the last message, or a progress message after a quiet
+    /// heartbeat interval. `Err` once the server shuts down.
     pub async fn next(&mut self) -> Result<WatchMessage, Closed> {
         if *self.closing.borrow() {
             return Err(Closed {
-                revision: self.cursor,
+                revision: self.delivered,
             });
         }
-        if !self.started {
-            return Ok(self.first());
+        if self.pending.is_empty() {
+            let message = if self.started {
+                self.wait().await?
+            } else {
+                self.first()
+            };
+            self.pending = message.into_parts(self.part_bytes);
         }
+        let part = self.pending.pop_front().expect("a message has parts");
+        if part.complete {
+            debug_assert!(self.pending.is_empty());
+            self.delivered = part.revision;
+        }
+        Ok(part)
+    }
+
+    /// Waits for the next update or heartbeat.
+    async fn wait(&mut self) -> Result<WatchMessage, Closed> {
         let quiet_until = Instant::now() + self.heartbeat;
         loop {
             tokio::select! {
                 changed = self.snapshots.changed() => {
                     if changed.is_err() {
-                        return Err(Closed { revision: self.cursor });
+                        return Err(Closed { revision: self.delivered });
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
                     let bundles = snapshot.changed_since(&self.selector, self.cursor);
@@ -317,24 +398,14 @@ impl Subscriber {
                         if let Some(applied_at) = snapshot.applied_at {
                             crate::metrics::global().watch_delivery.observe(applied_at.elapsed().as_secs_f64());
                         }
-                        return Ok(WatchMessage {
-                            kind: MessageKind::Update,
-                            revision: snapshot.revision,
-                            reset: false,
-                            bundles,
-                        });
+                        return Ok(WatchMessage::whole(MessageKind::Update, snapshot.revision, false, bundles));
                     }
                 }
                 () = tokio::time::sleep_until(quiet_until) => {
-                    return Ok(WatchMessage {
-                        kind: MessageKind::Progress,
-                        revision: self.cursor,
-                        reset: false,
-                        bundles: Vec::new(),
-                    });
+                    return Ok(WatchMessage::whole(MessageKind::Progress, self.cursor, false, Vec::new()));
                 }
                 _ = self.closing.wait_for(|closing| *closing) => {
-                    return Err(Closed { revision: self.cursor });
+                    return Err(Closed { revision: self.delivered });
                 }
             }
         }
@@ -419,5 +490,46 @@ mod tests {
         );
         index.close();
         assert_eq!(subscriber.next().await, Err(Closed { revision: 50 }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_revision_goes_out_in_parts_the_last_one_complete() {
+        let index = ActiveIndex::new(0, Vec::new());
+        index.apply(1, (0..7).map(|n| bundle(&format!("p{n}"), 1, 1)).collect());
+        let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
+        let encoded = index.snapshot().matching(&selector(&[]))[0].len();
+        let bundle_bytes = 1 + encoded_len_varint(encoded as u64) + encoded;
+        // Room for three bundles a part: 3 + 3 + 1.
+        subscriber.part_bytes = 3 * bundle_bytes;
+        let mut parts = Vec::new();
+        loop {
+            let part = subscriber.next().await.unwrap();
+            parts.push((part.kind, part.revision, part.bundles.len(), part.complete));
+            if part.complete {
+                break;
+            }
+        }
+        assert_eq!(
+            parts,
+            vec![
+                (MessageKind::Snapshot, 1, 3, false),
+                (MessageKind::Snapshot, 1, 3, false),
+                (MessageKind::Snapshot, 1, 1, true),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_mid_revision_names_the_last_whole_revision() {
+        let index = ActiveIndex::new(0, Vec::new());
+        index.apply(1, vec![bundle("a", 1, 1)]);
+        let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
+        subscriber.part_bytes = 1;
+        assert!(subscriber.next().await.unwrap().complete);
+        index.apply(2, vec![bundle("a", 2, 2), bundle("b", 1, 2)]);
+        let first_part = subscriber.next().await.unwrap();
+        assert_eq!((first_part.revision, first_part.complete), (2, false));
+        index.close();
+        assert_eq!(subscriber.next().await, Err(Closed { revision: 1 }));
     }
 }

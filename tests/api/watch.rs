@@ -24,6 +24,7 @@ crate::on_both_backends!(
     revisions_strictly_increase_on_a_stream,
     a_client_ahead_of_the_server_gets_a_reset_snapshot,
     a_slow_subscriber_gets_one_coalesced_update_and_delays_no_one,
+    a_namespace_above_four_mebibytes_arrives_whole_in_parts,
 );
 
 async fn the_first_message_is_a_snapshot_of_the_namespace(app: TestApp) {
@@ -73,6 +74,68 @@ async fn the_first_message_is_a_snapshot_of_the_namespace(app: TestApp) {
             .code(),
         Code::InvalidArgument
     );
+}
+
+/// 20 policies of ~900 KB: a snapshot of about 24 MiB reaches a stock tonic
+/// client and grpcurl, both with their default 4 MiB receive limit, as parts
+/// of one revision, the last one complete.
+async fn a_namespace_above_four_mebibytes_arrives_whole_in_parts(app: TestApp) {
+    let filler = "x".repeat(900 * 1024);
+    for n in 0..20 {
+        app.release(
+            "big",
+            &format!("p{n:02}"),
+            json!({"n": n, "filler": filler}),
+            true,
+        )
+        .await;
+    }
+    let mut stream = app.watch("big", &[], 0).await;
+    let mut names = BTreeSet::new();
+    let mut parts = 0;
+    loop {
+        let part = next_message(&mut stream).await;
+        assert_eq!((part.kind(), part.revision), (WatchEventKind::Snapshot, 20));
+        parts += 1;
+        for (name, _, _) in bundles_of(&part) {
+            assert!(names.insert(name), "a bundle arrives once");
+        }
+        if part.complete {
+            break;
+        }
+    }
+    assert_eq!(names.len(), 20);
+    assert!(
+        parts >= 6,
+        "about 24 MiB needs at least six parts, got {parts}"
+    );
+
+    // grpcurl's default receive limit is 4 MB as well; it prints every part
+    // until its deadline ends the stream.
+    let output = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-max-time",
+            "5",
+            "-d",
+            r#"{"namespace": "big"}"#,
+        ])
+        .arg(app.address.to_string())
+        .arg("policyhub.v1.BundleService/WatchActive")
+        .output()
+        .expect("grpcurl is not on PATH: run the tests with ./scripts/test, which installs it");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("ResourceExhausted") && !stderr.contains("larger than max"),
+        "grpcurl received every part: {stderr}"
+    );
+    assert_eq!(
+        printed.matches(r#""namespace": "big""#).count(),
+        20,
+        "grpcurl printed every bundle once; stderr: {stderr}"
+    );
+    assert_eq!(printed.matches(r#""complete": true"#).count(), 1);
 }
 
 async fn resuming_delivers_exactly_the_changed_policies_in_one_message(app: TestApp) {
