@@ -51,6 +51,41 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Per-caller quotas.
     pub quotas: QuotaSettings,
+    /// The fleet view of identified runtimes.
+    pub runtimes: RuntimeSettings,
+}
+
+/// The fleet view (`ListRuntimes`, `GetPolicyStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// A runtime silent for longer than this (no open stream, no report) is
+    /// STALE, and its id may then be taken by another subject, in seconds.
+    pub stale_after_seconds: u64,
+    /// How often a replica writes the runtimes that changed, in one batch,
+    /// in milliseconds.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            stale_after_seconds: 300,
+            flush_interval_ms: 1_000,
+        }
+    }
+}
+
+impl RuntimeSettings {
+    /// The silence after which a runtime is stale.
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_secs(self.stale_after_seconds)
+    }
+
+    /// The flush interval.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms.max(1))
+    }
 }
 
 /// How bearer tokens are verified. With neither `jwks_file` nor
@@ -209,6 +244,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             tls: None,
             quotas: QuotaSettings::default(),
+            runtimes: RuntimeSettings::default(),
         }
     }
 }
@@ -258,6 +294,7 @@ const SETTINGS: &[&str] = &[
     "auth",
     "tls",
     "quotas",
+    "runtimes",
 ];
 
 /// Whether a `POLICYHUB_*` variable (prefix stripped) names a setting.

@@ -15,6 +15,8 @@
 //!   that touches key material.
 //! - [`watch`]: the in-memory index of active bundles and the watch
 //!   subscribers that fan it out.
+//! - [`fleet`]: the fleet view of identified runtimes, kept in memory by the
+//!   replica holding each stream and persisted in batches.
 //! - [`hub`]: the application, tying storage, signing and the index together.
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
@@ -26,6 +28,7 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod metrics;

@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 use jsonwebtoken::jwk::JwkSet;
 
 use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
+use crate::fleet::Fleet;
 use crate::grpc::{
     BundleApi, PolicyApi,
     auth::{Authentication, Authenticator},
@@ -204,14 +205,21 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
+        let fleet = Fleet::new(
+            self.hub.repository().clone(),
+            self.settings.runtimes.stale_after(),
+        );
+        let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
+            fleet.clone(),
             self.settings.limits.clone(),
             quotas.clone(),
         ))
         .max_decoding_message_size(max_message + 1);
         let bundle_service = BundleServiceServer::new(BundleApi::new(
             self.hub.clone(),
+            fleet.clone(),
             self.settings.watch.heartbeat_interval(),
             quotas,
         ))
@@ -267,6 +275,11 @@ impl Application {
         }
         if let Some(task) = replication_task {
             task.abort();
+        }
+        // The streams are closed: record their runtimes as disconnected.
+        fleet_task.abort();
+        if let Err(error) = fleet.flush().await {
+            tracing::warn!(%error, "cannot persist the fleet view at shutdown");
         }
         served.context("serving grpc")?;
         tracing::info!("stopped");

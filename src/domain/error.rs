@@ -30,6 +30,10 @@ pub enum Error {
     /// A label or idempotency key is already taken by something else.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller is authenticated but may not do this (a runtime id held
+    /// by another subject).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A size or quota limit was exceeded.
     #[error("{0}")]
     ResourceExhausted(String),

@@ -6,8 +6,10 @@ pub(crate) mod body;
 mod commands;
 mod error;
 mod event;
+mod labels;
 pub mod lifecycle;
 mod names;
+pub mod runtime;
 mod schema;
 mod version;
 

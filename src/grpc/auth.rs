@@ -86,6 +86,9 @@ pub enum Rpc {
     WatchActive,
     GetSigningKeys,
     RotateSigningKey,
+    ReportStatus,
+    ListRuntimes,
+    GetPolicyStatus,
 }
 
 impl Rpc {
@@ -99,7 +102,10 @@ impl Rpc {
             | Rpc::DiffVersions
             | Rpc::GetActive
             | Rpc::WatchActive
-            | Rpc::GetSigningKeys => Role::Reader,
+            | Rpc::GetSigningKeys
+            | Rpc::ReportStatus
+            | Rpc::ListRuntimes
+            | Rpc::GetPolicyStatus => Role::Reader,
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
             Rpc::Activate | Rpc::Rollback => Role::Operator,

@@ -9,9 +9,11 @@ use super::auth::{Rpc, identify};
 use super::convert;
 use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
 use super::quotas::Quotas;
+use super::runtimes::{arrival, status_report};
 use super::status::to_status;
 use super::watch_message::WatchActiveResponse;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
+use crate::fleet::Fleet;
 use crate::hub::{ActiveView, PolicyHub};
 use crate::storage::AsOf;
 use crate::watch::{Closed, MessageKind, Selector, WatchMessage};
@@ -20,6 +22,8 @@ use crate::watch::{Closed, MessageKind, Selector, WatchMessage};
 #[derive(Clone)]
 pub struct BundleApi {
     hub: PolicyHub,
+    /// Identified runtimes and their reports.
+    fleet: Fleet,
     /// A PROGRESS message goes out after this long without an update.
     heartbeat: Duration,
     quotas: Arc<Quotas>,
@@ -27,9 +31,10 @@ pub struct BundleApi {
 
 impl BundleApi {
     /// The service over `hub`.
-    pub fn new(hub: PolicyHub, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
+    pub fn new(hub: PolicyHub, fleet: Fleet, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
         BundleApi {
             hub,
+            fleet,
             heartbeat,
             quotas,
         }
@@ -119,18 +124,36 @@ impl BundleService for BundleApi {
         let request = request.into_inner();
         let selector = selector(&request).map_err(to_status)?;
         let context = who.authorize(Rpc::WatchActive, &selector.namespace)?;
+        let arrival = request
+            .runtime
+            .as_ref()
+            .map(|runtime| {
+                arrival(
+                    runtime,
+                    &selector.namespace,
+                    &selector.names,
+                    &context.actor,
+                )
+            })
+            .transpose()
+            .map_err(to_status)?;
         let permit = self.quotas.open_stream(&context.actor)?;
+        let connection = match arrival {
+            Some(arrival) => Some(self.fleet.connect(arrival).await.map_err(to_status)?),
+            None => None,
+        };
         let subscriber =
             self.hub
                 .index()
                 .subscribe(selector, request.since_revision, self.heartbeat);
         // The next message is computed only when the transport asks for it,
-        // so a slow client leaves nothing queued here. The permit lives as
-        // long as the stream.
-        let stream = futures::stream::unfold(Some((subscriber, permit)), |state| async move {
-            let (mut subscriber, permit) = state?;
+        // so a slow client leaves nothing queued here. The permit and the
+        // runtime's connection live as long as the stream.
+        let held = (permit, connection);
+        let stream = futures::stream::unfold(Some((subscriber, held)), |state| async move {
+            let (mut subscriber, held) = state?;
             match subscriber.next().await {
-                Ok(message) => Some((Ok(watch_response(message)), Some((subscriber, permit)))),
+                Ok(message) => Some((Ok(watch_response(message)), Some((subscriber, held)))),
                 Err(Closed { revision }) => Some((
                     Err(Status::unavailable(format!(
                         "the server is shutting down: reconnect with since_revision {revision}"
@@ -168,8 +191,16 @@ impl BundleService for BundleApi {
 
     async fn report_status(
         &self,
-        _request: Request<proto::ReportStatusRequest>,
+        request: Request<proto::ReportStatusRequest>,
     ) -> Result<Response<proto::ReportStatusResponse>, Status> {
-        Err(Status::unimplemented("ReportStatus is not served yet"))
+        let who = identify(&request)?;
+        let report = status_report(request.get_ref()).map_err(to_status)?;
+        let context = who.authorize(Rpc::ReportStatus, &report.namespace)?;
+        let ignored = self
+            .fleet
+            .report(&context.actor, report)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ReportStatusResponse { ignored }))
     }
 }

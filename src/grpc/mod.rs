@@ -8,6 +8,7 @@ mod limits;
 pub mod message_limit;
 mod policy_service;
 pub mod quotas;
+mod runtimes;
 pub mod status;
 pub mod watch_message;
 

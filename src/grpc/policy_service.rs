@@ -10,6 +10,7 @@ use super::auth::{Identified, Readable, Rpc, identify};
 use super::convert::{self, struct_to_json};
 use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
+use super::runtimes;
 use super::status::to_status;
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActivationTarget, DiscardCommand, DraftCommand, Error,
@@ -17,21 +18,25 @@ use crate::domain::{
     PolicyRef, PolicySchema, PublishCommand, RequestContext, Result, RollbackCommand,
     SetSchemaCommand, VersionSelector,
 };
+use crate::fleet::Fleet;
 use crate::hub::PolicyHub;
 
 /// Serves `PolicyService` on top of the hub.
 #[derive(Clone)]
 pub struct PolicyApi {
     hub: PolicyHub,
+    /// The fleet view, for ListRuntimes and GetPolicyStatus.
+    fleet: Fleet,
     limits: Limits,
     quotas: Arc<Quotas>,
 }
 
 impl PolicyApi {
     /// The service over `hub`, enforcing `limits` and `quotas`.
-    pub fn new(hub: PolicyHub, limits: Limits, quotas: Arc<Quotas>) -> Self {
+    pub fn new(hub: PolicyHub, fleet: Fleet, limits: Limits, quotas: Arc<Quotas>) -> Self {
         PolicyApi {
             hub,
+            fleet,
             limits,
             quotas,
         }
@@ -546,16 +551,60 @@ impl PolicyService for PolicyApi {
 
     async fn list_runtimes(
         &self,
-        _request: Request<proto::ListRuntimesRequest>,
+        request: Request<proto::ListRuntimesRequest>,
     ) -> Result<Response<proto::ListRuntimesResponse>, Status> {
-        Err(Status::unimplemented("ListRuntimes is not served yet"))
+        let who = identify(&request)?;
+        let request = request.into_inner();
+        let (namespace, filter) = runtimes::runtime_filter(&request).map_err(to_status)?;
+        who.authorize(Rpc::ListRuntimes, &namespace)?;
+        let fleet = self.fleet.runtimes(&namespace).await.map_err(to_status)?;
+        let page = crate::domain::runtime::runtimes_page(
+            fleet,
+            &filter,
+            self.limits.page_size(request.page_size),
+            &request.page_token,
+        )
+        .map_err(to_status)?;
+        Ok(Response::new(proto::ListRuntimesResponse {
+            runtimes: page
+                .items
+                .iter()
+                .map(|(record, state)| runtimes::runtime(record, *state))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     async fn get_policy_status(
         &self,
-        _request: Request<proto::GetPolicyStatusRequest>,
+        request: Request<proto::GetPolicyStatusRequest>,
     ) -> Result<Response<proto::GetPolicyStatusResponse>, Status> {
-        Err(Status::unimplemented("GetPolicyStatus is not served yet"))
+        let who = identify(&request)?;
+        let request = request.into_inner();
+        let policy = PolicyRef::parse(&request.namespace, &request.name).map_err(to_status)?;
+        who.authorize(Rpc::GetPolicyStatus, &policy.namespace)?;
+        let active = self
+            .hub
+            .index()
+            .snapshot()
+            .get(&policy)
+            .map(|indexed| (indexed.bundle.version, indexed.bundle.revision));
+        let fleet = self
+            .fleet
+            .runtimes(&policy.namespace)
+            .await
+            .map_err(to_status)?;
+        let status = crate::domain::runtime::policy_status(
+            &policy.name,
+            active.map_or(0, |(version, _)| version),
+            &fleet,
+        );
+        Ok(Response::new(runtimes::policy_status(
+            &policy.namespace,
+            &policy.name,
+            active,
+            status,
+        )))
     }
 }
 

@@ -13,6 +13,7 @@ pub fn code_of(error: &Error) -> Code {
         Error::FailedPrecondition { .. } => Code::FailedPrecondition,
         Error::Aborted(_) => Code::Aborted,
         Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
@@ -68,6 +69,7 @@ mod tests {
             (Error::precondition("x"), Code::FailedPrecondition),
             (Error::Aborted("x".into()), Code::Aborted),
             (Error::AlreadyExists("x".into()), Code::AlreadyExists),
+            (Error::PermissionDenied("x".into()), Code::PermissionDenied),
             (
                 Error::ResourceExhausted("x".into()),
                 Code::ResourceExhausted,

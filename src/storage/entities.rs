@@ -130,3 +130,49 @@ pub mod idempotency_records {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod runtimes {
+    use sea_orm::entity::prelude::*;
+
+    /// One runtime of a namespace, as last flushed by the replica holding
+    /// its stream. `labels`, `names` and `policies` are JSON.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "runtimes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub namespace: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub runtime_id: String,
+        pub subject: String,
+        pub labels: String,
+        pub names: String,
+        pub connected: bool,
+        pub replica: String,
+        pub last_seen: DateTimeUtc,
+        pub applied_revision: i64,
+        pub policies: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod replicas {
+    use sea_orm::entity::prelude::*;
+
+    /// A serving replica and its latest heartbeat.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "replicas")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub last_seen: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

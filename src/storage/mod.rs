@@ -2,6 +2,7 @@
 
 mod entities;
 mod repository;
+mod runtimes;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use sea_orm::{
 };
 
 pub use repository::{AsOf, IdempotencyClaim, REVISION_CHANNEL, Repository};
+pub use runtimes::{Flush, ReplicaHeartbeats};
 
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).
 ///

@@ -53,7 +53,7 @@ pub enum AsOf {
 /// The policy store.
 #[derive(Clone)]
 pub struct Repository {
-    db: DatabaseConnection,
+    pub(super) db: DatabaseConnection,
     /// Serializes write transactions on SQLite, which has a single writer and
     /// would otherwise fail concurrent upgrades from read to write locks with
     /// SQLITE_BUSY. `None` on PostgreSQL, where row locks do this job.
@@ -63,8 +63,8 @@ pub struct Repository {
 }
 
 /// An open write transaction and, on SQLite, the writer lock it holds.
-struct Write {
-    txn: DatabaseTransaction,
+pub(super) struct Write {
+    pub(super) txn: DatabaseTransaction,
     _writer: Option<OwnedMutexGuard<()>>,
 }
 
@@ -113,7 +113,7 @@ fn is_connection_error(error: &DbErr) -> bool {
 
 /// Timestamps are kept to the microsecond, which is what PostgreSQL stores,
 /// so a value read back equals the value written.
-fn now() -> DateTime<Utc> {
+pub(super) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
@@ -561,7 +561,7 @@ impl Repository {
         &self.db
     }
 
-    async fn begin_write(&self) -> Result<Write> {
+    pub(super) async fn begin_write(&self) -> Result<Write> {
         let writer = match &self.sqlite_writer {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,

@@ -683,3 +683,94 @@ async fn tls_refuses_plaintext_and_mtls_refuses_clients_without_a_certificate() 
         .expect("an mTLS client with a certificate is served");
     assert!(!keys.into_inner().keys.is_empty());
 }
+
+/// DESIGN §9: a runtime id belongs to the subject whose token opened its
+/// stream. Another reader can neither report for it (faking or hiding a
+/// fleet's rejections) nor open a stream under it, and a reader of another
+/// namespace cannot report at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let admin = issuer.token("admin", &["*:admin"]);
+    seed(&app, &admin).await;
+    let owner = issuer.token("runtime-sa", &["team-a:reader"]);
+    let intruder = issuer.token("intruder", &["team-a:reader"]);
+    let outsider = issuer.token("outsider", &["team-b:reader"]);
+    let watch_as = |token: String| {
+        let mut client = app.bundle.clone();
+        async move {
+            client
+                .watch_active(with_token(
+                    proto::WatchActiveRequest {
+                        namespace: "team-a".into(),
+                        runtime: Some(proto::RuntimeIdentity {
+                            id: "pod-1".into(),
+                            labels: Default::default(),
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(|response| response.into_inner())
+        }
+    };
+    let report_as = |token: String, error: &'static str| {
+        let mut client = app.bundle.clone();
+        async move {
+            client
+                .report_status(with_token(
+                    proto::ReportStatusRequest {
+                        namespace: "team-a".into(),
+                        runtime_id: "pod-1".into(),
+                        revision: 1,
+                        policies: vec![proto::PolicyApplyStatus {
+                            name: "x".into(),
+                            version: 1,
+                            state: proto::ApplyState::Rejected as i32,
+                            error: error.into(),
+                            ..Default::default()
+                        }],
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    let mut stream = watch_as(owner.clone()).await.unwrap();
+    next_message(&mut stream).await;
+
+    let faked = report_as(intruder.clone(), "faked").await.unwrap_err();
+    assert_eq!(faked.code(), Code::PermissionDenied);
+    assert!(
+        faked.message().contains("runtime-sa"),
+        "{}",
+        faked.message()
+    );
+    let taken = watch_as(intruder).await.unwrap_err();
+    assert_eq!(taken.code(), Code::PermissionDenied);
+    let outside = report_as(outsider, "outside").await.unwrap_err();
+    assert_eq!(outside.code(), Code::PermissionDenied);
+    let unauthenticated = report_as(String::new(), "anonymous").await.unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+
+    report_as(owner, "real").await.unwrap();
+    let runtimes = app
+        .policy
+        .clone()
+        .list_runtimes(with_token(
+            proto::ListRuntimesRequest {
+                namespace: "team-a".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .runtimes;
+    assert_eq!(runtimes.len(), 1);
+    assert_eq!(runtimes[0].subject, "runtime-sa");
+    assert_eq!(runtimes[0].policies[0].error, "real");
+}

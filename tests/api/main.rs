@@ -9,6 +9,7 @@ mod helpers;
 mod lifecycle;
 mod observability;
 mod operations;
+mod runtimes;
 mod signing;
 mod sync;
 mod watch;

@@ -1,0 +1,488 @@
+//! Runtimes and what they applied (DESIGN §9): identities, labels and label
+//! selectors, per-policy outcomes, and the fleet's answer to "did my change
+//! land?". Pure: the fleet module keeps these in memory and storage persists
+//! them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use super::labels::{LabelSelector, RuntimeLabels};
+use super::{Error, Namespace, PolicyName, Result};
+
+/// A runtime's id: lowercase letters, digits, `-` and `.`, starting and
+/// ending with a letter or digit, at most 128 bytes (a pod or host name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuntimeId(String);
+
+/// Most bytes of a runtime id.
+pub const MAX_RUNTIME_ID_BYTES: usize = 128;
+/// Most bytes of a rejection's error text.
+pub const MAX_REJECTION_ERROR_BYTES: usize = 1024;
+
+impl RuntimeId {
+    /// Parses a runtime id, naming `field` in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        let is_edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let problem = if value.is_empty() {
+            Some("must not be empty".to_owned())
+        } else if value.len() > MAX_RUNTIME_ID_BYTES {
+            Some(format!(
+                "is {} bytes long, at most {MAX_RUNTIME_ID_BYTES} are allowed",
+                value.len()
+            ))
+        } else if !(value.starts_with(is_edge)
+            && value.ends_with(is_edge)
+            && value.chars().all(|c| is_edge(c) || c == '-' || c == '.'))
+        {
+            Some(format!(
+                "{value:?} is not valid: use lowercase letters, digits, '-' and '.', \
+                 starting and ending with a letter or digit"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(Error::invalid(field, format!("runtime id {problem}"))),
+            None => Ok(RuntimeId(value.to_owned())),
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RuntimeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a runtime did with a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApplyState {
+    /// It enforces the version.
+    Applied,
+    /// It refused the version and keeps what it had.
+    Rejected,
+}
+
+/// A runtime's newest outcome for one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyOutcome {
+    /// The version concerned.
+    pub version: u32,
+    /// Applied or rejected.
+    pub state: ApplyState,
+    /// Why it was rejected; empty when applied.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Revision of the report it came from.
+    pub revision: u64,
+}
+
+/// One report of a runtime, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    /// Namespace the runtime watches.
+    pub namespace: Namespace,
+    /// The runtime.
+    pub runtime: RuntimeId,
+    /// Revision of the state it decided on.
+    pub revision: u64,
+    /// Per policy, what it did.
+    pub outcomes: Vec<(PolicyName, PolicyOutcome)>,
+}
+
+/// Whether a runtime is watching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuntimeState {
+    /// Its stream is open on a live replica.
+    Connected,
+    /// Its stream closed recently.
+    Disconnected,
+    /// Silent for longer than the configured time.
+    Stale,
+}
+
+/// Everything known of one runtime of a namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeRecord {
+    /// Namespace it watches.
+    pub namespace: Namespace,
+    /// Its id.
+    pub id: RuntimeId,
+    /// The subject whose token opened its stream; reports are accepted from
+    /// that subject only.
+    pub subject: String,
+    /// Its labels.
+    pub labels: RuntimeLabels,
+    /// The policies its stream selects; empty for the whole namespace.
+    pub names: Vec<PolicyName>,
+    /// Whether a stream of it is open on `replica`.
+    pub connected: bool,
+    /// The replica that holds (or last held) its stream.
+    pub replica: String,
+    /// When its stream was last open or it last reported.
+    pub last_seen: DateTime<Utc>,
+    /// The newest revision it reported.
+    pub applied_revision: u64,
+    /// Per policy, its newest outcome.
+    pub policies: BTreeMap<PolicyName, PolicyOutcome>,
+}
+
+impl RuntimeRecord {
+    /// Whether its stream selects `name`.
+    pub fn watches(&self, name: &PolicyName) -> bool {
+        self.names.is_empty() || self.names.contains(name)
+    }
+
+    /// Merges a report: per policy the newest revision wins, so reports may
+    /// arrive out of order and twice. Returns how many outcomes were older
+    /// than what it already held.
+    pub fn merge(&mut self, report: &StatusReport, now: DateTime<Utc>) -> u32 {
+        let ignored = report
+            .outcomes
+            .iter()
+            .filter(|(name, outcome)| !self.keep(name, outcome))
+            .count();
+        self.applied_revision = self.applied_revision.max(report.revision);
+        self.last_seen = self.last_seen.max(now);
+        ignored as u32
+    }
+
+    /// This record with every outcome of `other` that is not older than its
+    /// own: how two views of one runtime (two replicas) combine.
+    pub fn absorbing(mut self, other: &RuntimeRecord) -> Self {
+        for (name, outcome) in &other.policies {
+            self.keep(name, outcome);
+        }
+        self.applied_revision = self.applied_revision.max(other.applied_revision);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self
+    }
+
+    /// Keeps `outcome` unless a newer one is held; whether it was kept.
+    fn keep(&mut self, name: &PolicyName, outcome: &PolicyOutcome) -> bool {
+        if self
+            .policies
+            .get(name)
+            .is_some_and(|held| held.revision > outcome.revision)
+        {
+            return false;
+        }
+        self.policies.insert(name.clone(), outcome.clone());
+        true
+    }
+
+    /// Its state at `now`: connected while a live replica holds its stream,
+    /// stale once silent for longer than `stale_after`, disconnected in
+    /// between. `replica_alive` says whether its replica still heartbeats.
+    pub fn state(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: chrono::Duration,
+        replica_alive: bool,
+    ) -> RuntimeState {
+        if self.connected && replica_alive {
+            RuntimeState::Connected
+        } else if now - self.last_seen > stale_after {
+            RuntimeState::Stale
+        } else {
+            RuntimeState::Disconnected
+        }
+    }
+}
+
+/// Which runtimes a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeFilter {
+    /// Only runtimes whose stream selects this policy.
+    pub name: Option<PolicyName>,
+    /// Only runtimes whose labels match.
+    pub labels: LabelSelector,
+    /// Only runtimes in these states; empty for all.
+    pub states: Vec<RuntimeState>,
+}
+
+impl RuntimeFilter {
+    fn matches(&self, runtime: &RuntimeRecord, state: RuntimeState) -> bool {
+        self.name.as_ref().is_none_or(|name| runtime.watches(name))
+            && self.labels.matches(&runtime.labels)
+            && (self.states.is_empty() || self.states.contains(&state))
+    }
+}
+
+/// Page tokens of runtime listings carry this prefix, so a token of another
+/// listing is refused.
+const PAGE_TOKEN_PREFIX: &str = "runtime:";
+
+/// One page of `runtimes` (ordered by id) that `filter` selects, after the
+/// runtime named by `page_token`.
+pub fn runtimes_page(
+    runtimes: Vec<(RuntimeRecord, RuntimeState)>,
+    filter: &RuntimeFilter,
+    page_size: u32,
+    page_token: &str,
+) -> Result<super::Page<(RuntimeRecord, RuntimeState)>> {
+    let after = match page_token {
+        "" => None,
+        token => Some(
+            token
+                .strip_prefix(PAGE_TOKEN_PREFIX)
+                .and_then(|id| RuntimeId::parse("page_token", id).ok())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "page_token",
+                        format!(
+                            "{:?} is not a page token of this listing",
+                            token.chars().take(64).collect::<String>()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let mut items: Vec<_> = runtimes
+        .into_iter()
+        .filter(|(runtime, _)| after.as_ref().is_none_or(|after| &runtime.id > after))
+        .filter(|(runtime, state)| filter.matches(runtime, *state))
+        .take(page_size as usize + 1)
+        .collect();
+    let next_page_token = (items.len() > page_size as usize).then(|| {
+        items.truncate(page_size as usize);
+        let last = &items.last().expect("a full page").0.id;
+        format!("{PAGE_TOKEN_PREFIX}{last}")
+    });
+    Ok(super::Page {
+        items,
+        next_page_token,
+    })
+}
+
+/// Runtimes that rejected a version with the same error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionGroup {
+    /// The error.
+    pub error: String,
+    /// How many runtimes reported it.
+    pub runtimes: u32,
+    /// The first few of them, by id.
+    pub runtime_ids: Vec<RuntimeId>,
+}
+
+/// The fleet's outcome for one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionStatus {
+    /// The version.
+    pub version: u32,
+    /// Runtimes whose newest outcome is that they applied it.
+    pub applied: u32,
+    /// Runtimes whose newest outcome is that they rejected it.
+    pub rejected: u32,
+    /// Rejections grouped by error, most frequent first.
+    pub rejections: Vec<RejectionGroup>,
+}
+
+/// "Did my change land?" for one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyStatus {
+    /// Identified runtimes whose stream selects the policy.
+    pub runtimes: u32,
+    /// Of those, on the active version.
+    pub applied: u32,
+    /// Of those, rejected the active version.
+    pub rejected: u32,
+    /// Of those, neither yet.
+    pub pending: u32,
+    /// Of those, stale.
+    pub stale: u32,
+    /// Per version any runtime reported on, newest first.
+    pub versions: Vec<VersionStatus>,
+}
+
+/// How many runtime ids a rejection group lists.
+const LISTED_REJECTERS: usize = 10;
+
+/// Aggregates the outcomes of `runtimes` (with their states) for `name`,
+/// whose active version is `active` (0: none).
+pub fn policy_status(
+    name: &PolicyName,
+    active: u32,
+    runtimes: &[(RuntimeRecord, RuntimeState)],
+) -> PolicyStatus {
+    let mut status = PolicyStatus::default();
+    let mut versions: BTreeMap<u32, VersionStatus> = BTreeMap::new();
+    let mut rejecters: BTreeMap<(u32, &str), Vec<RuntimeId>> = BTreeMap::new();
+    for (runtime, state) in runtimes.iter().filter(|(runtime, _)| runtime.watches(name)) {
+        status.runtimes += 1;
+        if *state == RuntimeState::Stale {
+            status.stale += 1;
+        }
+        let Some(outcome) = runtime.policies.get(name) else {
+            status.pending += 1;
+            continue;
+        };
+        let version = versions
+            .entry(outcome.version)
+            .or_insert_with(|| VersionStatus {
+                version: outcome.version,
+                applied: 0,
+                rejected: 0,
+                rejections: Vec::new(),
+            });
+        match outcome.state {
+            ApplyState::Applied => version.applied += 1,
+            ApplyState::Rejected => {
+                version.rejected += 1;
+                rejecters
+                    .entry((outcome.version, &outcome.error))
+                    .or_default()
+                    .push(runtime.id.clone());
+            }
+        }
+        match (outcome.version == active, outcome.state) {
+            (true, ApplyState::Applied) => status.applied += 1,
+            (true, ApplyState::Rejected) => status.rejected += 1,
+            (false, _) => status.pending += 1,
+        }
+    }
+    for ((version, error), mut ids) in rejecters {
+        ids.sort();
+        let rejections = &mut versions.get_mut(&version).expect("counted").rejections;
+        rejections.push(RejectionGroup {
+            error: error.to_owned(),
+            runtimes: ids.len() as u32,
+            runtime_ids: ids.into_iter().take(LISTED_REJECTERS).collect(),
+        });
+    }
+    status.versions = versions
+        .into_values()
+        .rev()
+        .map(|mut version| {
+            version
+                .rejections
+                .sort_by(|a, b| b.runtimes.cmp(&a.runtimes).then(a.error.cmp(&b.error)));
+            version
+        })
+        .collect();
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, outcome: Option<(u32, ApplyState, &str)>) -> RuntimeRecord {
+        let name = PolicyName::parse("name", "limits").unwrap();
+        RuntimeRecord {
+            namespace: Namespace::parse("namespace", "team").unwrap(),
+            id: RuntimeId::parse("id", id).unwrap(),
+            subject: "runtime".into(),
+            labels: RuntimeLabels::default(),
+            names: Vec::new(),
+            connected: true,
+            replica: "r".into(),
+            last_seen: Utc::now(),
+            applied_revision: 0,
+            policies: outcome
+                .map(|(version, state, error)| {
+                    (
+                        name,
+                        PolicyOutcome {
+                            version,
+                            state,
+                            error: error.into(),
+                            revision: 1,
+                        },
+                    )
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn runtime_ids_are_dns_like_and_bounded() {
+        assert!(RuntimeId::parse("id", "pod-7.eu-west").is_ok());
+        for bad in ["", "Pod", "-a", "a-", "a_b", &"a".repeat(129)] {
+            assert!(RuntimeId::parse("id", bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    #[test]
+    fn pages_follow_ids_and_tokens_belong_to_the_listing() {
+        let runtimes: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| (record(id, None), RuntimeState::Connected))
+            .collect();
+        let filter = RuntimeFilter::default();
+        let first = runtimes_page(runtimes.clone(), &filter, 2, "").unwrap();
+        assert_eq!(first.items.len(), 2);
+        let token = first.next_page_token.unwrap();
+        let second = runtimes_page(runtimes.clone(), &filter, 2, &token).unwrap();
+        assert_eq!(second.items[0].0.id.as_str(), "c");
+        assert_eq!(second.next_page_token, None);
+        assert!(runtimes_page(runtimes, &filter, 2, "42").is_err());
+    }
+
+    #[test]
+    fn the_newest_revision_wins_per_policy() {
+        let mut runtime = record("a", None);
+        let name = PolicyName::parse("name", "limits").unwrap();
+        let (namespace, id) = (runtime.namespace.clone(), runtime.id.clone());
+        let report = |revision, version| StatusReport {
+            namespace: namespace.clone(),
+            runtime: id.clone(),
+            revision,
+            outcomes: vec![(
+                name.clone(),
+                PolicyOutcome {
+                    version,
+                    state: ApplyState::Applied,
+                    error: String::new(),
+                    revision,
+                },
+            )],
+        };
+        assert_eq!(runtime.merge(&report(5, 3), Utc::now()), 0);
+        assert_eq!(runtime.merge(&report(4, 2), Utc::now()), 1);
+        assert_eq!(runtime.merge(&report(5, 3), Utc::now()), 0);
+        assert_eq!(runtime.policies[&name].version, 3);
+        assert_eq!(runtime.applied_revision, 5);
+    }
+
+    #[test]
+    fn policy_status_counts_each_runtime_once_and_groups_errors() {
+        use ApplyState::*;
+        let runtimes: Vec<_> = [
+            record("a", Some((2, Applied, ""))),
+            record("b", Some((2, Applied, ""))),
+            record("c", Some((2, Rejected, "bad signature"))),
+            record("d", Some((2, Rejected, "bad signature"))),
+            record("e", Some((2, Rejected, "too big"))),
+            record("f", Some((1, Applied, ""))),
+            record("g", None),
+        ]
+        .into_iter()
+        .map(|record| (record, RuntimeState::Connected))
+        .collect();
+        let status = policy_status(&PolicyName::parse("n", "limits").unwrap(), 2, &runtimes);
+        assert_eq!(
+            (
+                status.runtimes,
+                status.applied,
+                status.rejected,
+                status.pending
+            ),
+            (7, 2, 3, 2)
+        );
+        assert_eq!(status.versions[0].version, 2);
+        assert_eq!(status.versions[0].rejections[0].error, "bad signature");
+        assert_eq!(status.versions[0].rejections[0].runtimes, 2);
+        assert_eq!(status.versions[1].version, 1);
+    }
+}

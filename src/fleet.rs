@@ -1,0 +1,327 @@
+//! The fleet view (DESIGN §9): which runtimes watch, and what each applied.
+//!
+//! The replica that holds a runtime's stream keeps its record in memory and
+//! updates it on connect, disconnect and every report, without touching the
+//! database. A flusher writes the records that changed in one batch per
+//! interval (about once a second), together with the replica's heartbeat;
+//! reads combine the stored rows of every replica with this replica's
+//! fresher records. So a report costs a map update, every replica sees the
+//! whole fleet within an interval, and a replica that dies stops vouching for
+//! its runtimes once its heartbeat is older than [`REPLICA_TIMEOUT`].
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+
+use crate::domain::{
+    Error, Namespace, PolicyName, Result,
+    runtime::{RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState, StatusReport},
+};
+use crate::storage::{Flush, ReplicaHeartbeats, Repository};
+
+/// A replica whose heartbeat is older than this no longer holds streams.
+pub const REPLICA_TIMEOUT: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+type Key = (Namespace, RuntimeId);
+
+/// One runtime as this replica knows it.
+#[derive(Debug)]
+struct Local {
+    record: RuntimeRecord,
+    /// Open streams of this runtime on this replica.
+    streams: usize,
+    /// Changed since the last flush.
+    dirty: bool,
+    /// Whether this replica holds the stream or only received a report.
+    flush: Flush,
+}
+
+/// The fleet view of this replica; cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This process's id in the `replicas` table, new at every start.
+    replica: String,
+    repository: Repository,
+    /// Silence after which a runtime is STALE and its id may be taken by
+    /// another subject.
+    stale_after: chrono::TimeDelta,
+    local: Mutex<HashMap<Key, Local>>,
+}
+
+/// An open stream of an identified runtime; dropping it marks the runtime
+/// disconnected once its last stream here closes.
+pub struct Connection {
+    fleet: Fleet,
+    key: Key,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut local = self.fleet.local();
+        if let Some(entry) = local.get_mut(&self.key) {
+            entry.streams = entry.streams.saturating_sub(1);
+            if entry.streams == 0 {
+                entry.record.connected = false;
+                entry.record.last_seen = Utc::now();
+                entry.dirty = true;
+            }
+        }
+    }
+}
+
+/// A runtime opening a stream.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// Namespace it watches.
+    pub namespace: Namespace,
+    /// Its id.
+    pub id: RuntimeId,
+    /// Its labels.
+    pub labels: RuntimeLabels,
+    /// The policies its stream selects.
+    pub names: Vec<PolicyName>,
+    /// The subject of its token.
+    pub subject: String,
+}
+
+fn held_by_other(runtime: &RuntimeId, holder: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "runtime {runtime} is held by subject {holder:?}; a runtime id is bound to the subject \
+         that first opened its stream until the runtime is stale"
+    ))
+}
+
+impl Fleet {
+    /// The fleet view of a new replica.
+    pub fn new(repository: Repository, stale_after: Duration) -> Self {
+        Fleet {
+            inner: Arc::new(Inner {
+                replica: uuid::Uuid::new_v4().to_string(),
+                repository,
+                stale_after: chrono::TimeDelta::from_std(stale_after)
+                    .unwrap_or(chrono::TimeDelta::MAX),
+                local: Mutex::default(),
+            }),
+        }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Local>> {
+        self.inner.local.lock().expect("fleet lock")
+    }
+
+    /// Registers a stream of an identified runtime. Refused when another
+    /// subject holds the id and the runtime is not stale.
+    pub async fn connect(&self, arrival: Arrival) -> Result<Connection> {
+        let key = (arrival.namespace.clone(), arrival.id.clone());
+        let known_here = self.local().contains_key(&key);
+        if !known_here {
+            self.check_stored_holder(&arrival).await?;
+        }
+        let now = Utc::now();
+        let mut local = self.local();
+        let entry = local.entry(key.clone()).or_insert_with(|| Local {
+            record: RuntimeRecord {
+                namespace: arrival.namespace.clone(),
+                id: arrival.id.clone(),
+                subject: arrival.subject.clone(),
+                labels: RuntimeLabels::default(),
+                names: Vec::new(),
+                connected: false,
+                replica: self.inner.replica.clone(),
+                last_seen: now,
+                applied_revision: 0,
+                policies: Default::default(),
+            },
+            streams: 0,
+            dirty: true,
+            flush: Flush::Held,
+        });
+        let stale = now - entry.record.last_seen > self.inner.stale_after;
+        if entry.record.subject != arrival.subject && (entry.streams > 0 || !stale) {
+            return Err(held_by_other(&arrival.id, &entry.record.subject));
+        }
+        entry.record.subject = arrival.subject;
+        entry.record.labels = arrival.labels;
+        entry.record.names = arrival.names;
+        entry.record.connected = true;
+        entry.record.replica = self.inner.replica.clone();
+        entry.record.last_seen = now;
+        entry.streams += 1;
+        entry.dirty = true;
+        entry.flush = Flush::Held;
+        drop(local);
+        Ok(Connection {
+            fleet: self.clone(),
+            key,
+        })
+    }
+
+    /// Refuses an arrival whose id another subject holds on another replica.
+    async fn check_stored_holder(&self, arrival: &Arrival) -> Result<()> {
+        let Some(stored) = self
+            .inner
+            .repository
+            .load_runtime(&arrival.namespace, &arrival.id)
+            .await?
+        else {
+            return Ok(());
+        };
+        if stored.subject == arrival.subject {
+            return Ok(());
+        }
+        let (_, heartbeats) = self
+            .inner
+            .repository
+            .load_runtimes(&arrival.namespace)
+            .await?;
+        if self.state_of(&stored, &heartbeats) == RuntimeState::Stale {
+            return Ok(());
+        }
+        Err(held_by_other(&arrival.id, &stored.subject))
+    }
+
+    /// Records a report from `subject`; returns how many outcomes were older
+    /// than what the runtime reported before.
+    pub async fn report(&self, subject: &str, report: StatusReport) -> Result<u32> {
+        let key = (report.namespace.clone(), report.runtime.clone());
+        if let Some(entry) = self.local().get_mut(&key) {
+            if entry.record.subject != subject {
+                return Err(held_by_other(&report.runtime, &entry.record.subject));
+            }
+            entry.dirty = true;
+            return Ok(entry.record.merge(&report, Utc::now()));
+        }
+        // The stream is held by another replica (or was, before a restart).
+        let Some(mut stored) = self
+            .inner
+            .repository
+            .load_runtime(&report.namespace, &report.runtime)
+            .await?
+        else {
+            return Err(Error::precondition(format!(
+                "runtime {} has not opened a watch stream in namespace {}: open WatchActive \
+                 with runtime.id first",
+                report.runtime, report.namespace
+            )));
+        };
+        if stored.subject != subject {
+            return Err(held_by_other(&report.runtime, &stored.subject));
+        }
+        let ignored = stored.merge(&report, Utc::now());
+        let mut local = self.local();
+        let entry = local.entry(key).or_insert_with(|| Local {
+            record: stored.clone(),
+            streams: 0,
+            dirty: true,
+            flush: Flush::ReportOnly,
+        });
+        entry.record = entry.record.clone().absorbing(&stored);
+        entry.dirty = true;
+        Ok(ignored)
+    }
+
+    /// Writes what changed since the last flush, with this replica's
+    /// heartbeat, and forgets runtimes that are gone from this replica.
+    pub async fn flush(&self) -> Result<()> {
+        let batch: Vec<(RuntimeRecord, Flush)> = self
+            .local()
+            .values_mut()
+            .filter(|entry| entry.dirty)
+            .map(|entry| {
+                entry.dirty = false;
+                (entry.record.clone(), entry.flush)
+            })
+            .collect();
+        let keys: Vec<Key> = batch
+            .iter()
+            .map(|(record, _)| (record.namespace.clone(), record.id.clone()))
+            .collect();
+        let saved = self
+            .inner
+            .repository
+            .save_runtimes(&self.inner.replica, batch)
+            .await;
+        let mut local = self.local();
+        let merged = match saved {
+            Ok(merged) => merged,
+            Err(error) => {
+                for key in &keys {
+                    if let Some(entry) = local.get_mut(key) {
+                        entry.dirty = true;
+                    }
+                }
+                return Err(error);
+            }
+        };
+        // Outcomes reported through other replicas flow back into the
+        // records of the streams held here.
+        for record in merged {
+            let key = (record.namespace.clone(), record.id.clone());
+            if let Some(entry) = local.get_mut(&key) {
+                entry.record = entry.record.clone().absorbing(&record);
+            }
+        }
+        local.retain(|_, entry| entry.dirty || entry.streams > 0);
+        Ok(())
+    }
+
+    /// Flushes every `interval` until the task is aborted.
+    pub async fn run(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.flush().await {
+                tracing::warn!(%error, "cannot persist the fleet view; retrying");
+            }
+        }
+    }
+
+    fn state_of(&self, record: &RuntimeRecord, heartbeats: &ReplicaHeartbeats) -> RuntimeState {
+        let now = Utc::now();
+        let replica_alive = record.replica == self.inner.replica
+            || heartbeats
+                .get(&record.replica)
+                .is_some_and(|seen| now - *seen <= REPLICA_TIMEOUT);
+        record.state(now, self.inner.stale_after, replica_alive)
+    }
+
+    /// Every runtime of `namespace` with its state, ordered by id: the
+    /// stored rows of every replica, overlaid with this replica's records.
+    pub async fn runtimes(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<Vec<(RuntimeRecord, RuntimeState)>> {
+        let (stored, heartbeats) = self.inner.repository.load_runtimes(namespace).await?;
+        let mut records: std::collections::BTreeMap<RuntimeId, RuntimeRecord> = stored
+            .into_iter()
+            .map(|record| (record.id.clone(), record))
+            .collect();
+        for entry in self.local().values() {
+            if &entry.record.namespace != namespace {
+                continue;
+            }
+            let record = match (records.remove(&entry.record.id), entry.flush) {
+                (Some(stored), Flush::ReportOnly) => stored.absorbing(&entry.record),
+                (Some(stored), Flush::Held) => entry.record.clone().absorbing(&stored),
+                (None, _) => entry.record.clone(),
+            };
+            records.insert(record.id.clone(), record);
+        }
+        Ok(records
+            .into_values()
+            .map(|record| {
+                let state = self.state_of(&record, &heartbeats);
+                (record, state)
+            })
+            .collect())
+    }
+}

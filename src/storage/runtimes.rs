@@ -1,0 +1,195 @@
+//! The fleet view's rows: runtimes flushed in batches by the replica that
+//! holds their streams, and each replica's heartbeat.
+//!
+//! A flush merges per-policy outcomes with what the row already holds (the
+//! newest revision wins), under a row lock on PostgreSQL, so a report that
+//! reached another replica is never overwritten by an older view.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::OnConflict,
+};
+
+use super::entities::{replicas, runtimes};
+use super::repository::Repository;
+use crate::domain::{
+    Error, Namespace, Result,
+    runtime::{RuntimeId, RuntimeRecord},
+};
+
+/// The last heartbeat of every replica, by replica id.
+pub type ReplicaHeartbeats = HashMap<String, DateTime<Utc>>;
+
+/// Rows per INSERT statement: well under SQLite's bound-parameter limit.
+const ROWS_PER_STATEMENT: usize = 500;
+
+fn stored(error: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("stored runtime is invalid: {error}"))
+}
+
+fn to_record(model: runtimes::Model) -> Result<RuntimeRecord> {
+    Ok(RuntimeRecord {
+        namespace: Namespace::parse("namespace", &model.namespace).map_err(stored)?,
+        id: RuntimeId::parse("runtime_id", &model.runtime_id).map_err(stored)?,
+        subject: model.subject,
+        labels: serde_json::from_str(&model.labels).map_err(stored)?,
+        names: serde_json::from_str(&model.names).map_err(stored)?,
+        connected: model.connected,
+        replica: model.replica,
+        last_seen: model.last_seen,
+        applied_revision: u64::try_from(model.applied_revision).map_err(stored)?,
+        policies: serde_json::from_str(&model.policies).map_err(stored)?,
+    })
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|error| Error::Internal(format!("cannot store a runtime: {error}")))
+}
+
+fn to_row(record: &RuntimeRecord) -> Result<runtimes::ActiveModel> {
+    Ok(runtimes::ActiveModel {
+        namespace: Set(record.namespace.as_str().to_owned()),
+        runtime_id: Set(record.id.as_str().to_owned()),
+        subject: Set(record.subject.clone()),
+        labels: Set(json(&record.labels)?),
+        names: Set(json(&record.names)?),
+        connected: Set(record.connected),
+        replica: Set(record.replica.clone()),
+        last_seen: Set(record.last_seen),
+        applied_revision: Set(i64::try_from(record.applied_revision).map_err(stored)?),
+        policies: Set(json(&record.policies)?),
+    })
+}
+
+/// How a flushed record combines with the stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// This replica holds the runtime's stream: its view of the connection
+    /// wins, outcomes merge.
+    Held,
+    /// Only a report reached this replica: the stored connection stays,
+    /// outcomes merge.
+    ReportOnly,
+}
+
+impl Repository {
+    /// Writes `records` in one transaction, merging each with its stored
+    /// row, and records this replica's heartbeat. Returns the merged
+    /// records, so the caller learns of outcomes reported elsewhere.
+    #[tracing::instrument(name = "storage.save_runtimes", skip_all, fields(runtimes = records.len()))]
+    pub async fn save_runtimes(
+        &self,
+        replica: &str,
+        records: Vec<(RuntimeRecord, Flush)>,
+    ) -> Result<Vec<RuntimeRecord>> {
+        let write = self.begin_write().await?;
+        let now = super::repository::now();
+        replicas::Entity::insert(replicas::ActiveModel {
+            id: Set(replica.to_owned()),
+            last_seen: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(replicas::Column::Id)
+                .update_column(replicas::Column::LastSeen)
+                .to_owned(),
+        )
+        .exec(&write.txn)
+        .await?;
+        let mut merged = Vec::with_capacity(records.len());
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let keys = chunk.iter().fold(Condition::any(), |keys, (record, _)| {
+                keys.add(
+                    Condition::all()
+                        .add(runtimes::Column::Namespace.eq(record.namespace.as_str()))
+                        .add(runtimes::Column::RuntimeId.eq(record.id.as_str())),
+                )
+            });
+            let mut stored: HashMap<(String, String), RuntimeRecord> = HashMap::new();
+            for row in runtimes::Entity::find()
+                .filter(keys)
+                .lock_exclusive()
+                .all(&write.txn)
+                .await?
+            {
+                let record = to_record(row)?;
+                stored.insert(
+                    (record.namespace.as_str().into(), record.id.as_str().into()),
+                    record,
+                );
+            }
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (record, flush) in chunk {
+                let key = (record.namespace.as_str().into(), record.id.as_str().into());
+                let combined = match (stored.remove(&key), flush) {
+                    (Some(row), Flush::Held) => record.clone().absorbing(&row),
+                    (Some(row), Flush::ReportOnly) => row.absorbing(record),
+                    (None, Flush::Held) => record.clone(),
+                    // The row is gone (never flushed by its holder): the
+                    // report cannot name a connection, so it waits for one.
+                    (None, Flush::ReportOnly) => continue,
+                };
+                rows.push(to_row(&combined)?);
+                merged.push(combined);
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            runtimes::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::columns([runtimes::Column::Namespace, runtimes::Column::RuntimeId])
+                        .update_columns([
+                            runtimes::Column::Subject,
+                            runtimes::Column::Labels,
+                            runtimes::Column::Names,
+                            runtimes::Column::Connected,
+                            runtimes::Column::Replica,
+                            runtimes::Column::LastSeen,
+                            runtimes::Column::AppliedRevision,
+                            runtimes::Column::Policies,
+                        ])
+                        .to_owned(),
+                )
+                .exec(&write.txn)
+                .await?;
+        }
+        write.txn.commit().await?;
+        Ok(merged)
+    }
+
+    /// Every runtime of `namespace` and the last heartbeat of every replica.
+    #[tracing::instrument(name = "storage.load_runtimes", skip_all)]
+    pub async fn load_runtimes(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<(Vec<RuntimeRecord>, ReplicaHeartbeats)> {
+        let rows = runtimes::Entity::find()
+            .filter(runtimes::Column::Namespace.eq(namespace.as_str()))
+            .all(&self.db)
+            .await?;
+        let records = rows.into_iter().map(to_record).collect::<Result<_>>()?;
+        let heartbeats = replicas::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|replica| (replica.id, replica.last_seen))
+            .collect();
+        Ok((records, heartbeats))
+    }
+
+    /// One runtime, as last flushed.
+    pub async fn load_runtime(
+        &self,
+        namespace: &Namespace,
+        id: &RuntimeId,
+    ) -> Result<Option<RuntimeRecord>> {
+        runtimes::Entity::find_by_id((namespace.as_str().to_owned(), id.as_str().to_owned()))
+            .one(&self.db)
+            .await?
+            .map(to_record)
+            .transpose()
+    }
+}

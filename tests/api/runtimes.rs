@@ -1,0 +1,618 @@
+//! The fleet view (DESIGN §9): identified runtimes, their reports,
+//! ListRuntimes and GetPolicyStatus, across replicas.
+
+use std::{collections::HashMap, time::Duration};
+
+use policyhub::grpc::{
+    proto::{self, ApplyState, RuntimeState, bundle_service_client::BundleServiceClient},
+    watch_message::WatchActiveResponse,
+};
+use serde_json::json;
+use tonic::{Code, Streaming, transport::Channel};
+
+use crate::helpers::{Backend, TestApp, TestDatabase, expect_code, next_message, spawn_on};
+
+crate::on_both_backends!(
+    reports_show_in_the_fleet_view_and_the_policy_status,
+    a_thousand_runtimes_report_and_every_count_is_exact,
+    a_rejected_version_is_not_sent_again,
+    bad_runtime_requests_are_refused_and_change_nothing,
+);
+
+/// Opens a stream as runtime `id` with `labels`.
+async fn watch_as(
+    client: &BundleServiceClient<Channel>,
+    namespace: &str,
+    names: &[&str],
+    id: &str,
+    labels: &[(&str, &str)],
+) -> Result<Streaming<WatchActiveResponse>, tonic::Status> {
+    Ok(client
+        .clone()
+        .watch_active(proto::WatchActiveRequest {
+            namespace: namespace.into(),
+            names: names.iter().map(|name| name.to_string()).collect(),
+            since_revision: 0,
+            runtime: Some(proto::RuntimeIdentity {
+                id: id.into(),
+                labels: labels
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+            }),
+        })
+        .await?
+        .into_inner())
+}
+
+fn applied(name: &str, version: u32) -> proto::PolicyApplyStatus {
+    proto::PolicyApplyStatus {
+        name: name.into(),
+        version,
+        state: ApplyState::Applied as i32,
+        ..Default::default()
+    }
+}
+
+fn rejected(name: &str, version: u32, error: &str) -> proto::PolicyApplyStatus {
+    proto::PolicyApplyStatus {
+        name: name.into(),
+        version,
+        state: ApplyState::Rejected as i32,
+        error: error.into(),
+        ..Default::default()
+    }
+}
+
+async fn report(
+    client: &BundleServiceClient<Channel>,
+    namespace: &str,
+    id: &str,
+    revision: u64,
+    policies: Vec<proto::PolicyApplyStatus>,
+) -> Result<proto::ReportStatusResponse, tonic::Status> {
+    Ok(client
+        .clone()
+        .report_status(proto::ReportStatusRequest {
+            namespace: namespace.into(),
+            runtime_id: id.into(),
+            revision,
+            policies,
+        })
+        .await?
+        .into_inner())
+}
+
+async fn list(app: &TestApp, request: proto::ListRuntimesRequest) -> Vec<proto::Runtime> {
+    let mut runtimes = Vec::new();
+    let mut request = request;
+    loop {
+        let page = app
+            .policy
+            .clone()
+            .list_runtimes(request.clone())
+            .await
+            .expect("list runtimes")
+            .into_inner();
+        runtimes.extend(page.runtimes);
+        if page.next_page_token.is_empty() {
+            return runtimes;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+fn in_namespace(namespace: &str) -> proto::ListRuntimesRequest {
+    proto::ListRuntimesRequest {
+        namespace: namespace.into(),
+        ..Default::default()
+    }
+}
+
+async fn policy_status(
+    app: &TestApp,
+    namespace: &str,
+    name: &str,
+) -> proto::GetPolicyStatusResponse {
+    app.policy
+        .clone()
+        .get_policy_status(proto::GetPolicyStatusRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+        .await
+        .expect("policy status")
+        .into_inner()
+}
+
+fn ids(runtimes: &[proto::Runtime]) -> Vec<&str> {
+    runtimes.iter().map(|runtime| runtime.id.as_str()).collect()
+}
+
+async fn reports_show_in_the_fleet_view_and_the_policy_status(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    app.release("team", "other", json!({}), true).await;
+    let mut eu = watch_as(&app.bundle, "team", &[], "eu-1", &[("region", "eu")])
+        .await
+        .unwrap();
+    let _us = watch_as(&app.bundle, "team", &[], "us-1", &[("region", "us")])
+        .await
+        .unwrap();
+    let _other = watch_as(&app.bundle, "team", &["other"], "only-other", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut eu).await.revision, 3);
+
+    let response = report(&app.bundle, "team", "eu-1", 3, vec![applied("limits", 2)])
+        .await
+        .unwrap();
+    assert_eq!(response.ignored, 0);
+    report(
+        &app.bundle,
+        "team",
+        "us-1",
+        3,
+        vec![rejected("limits", 2, "max must be below 2")],
+    )
+    .await
+    .unwrap();
+    // An older report arriving late changes nothing.
+    let late = report(&app.bundle, "team", "eu-1", 2, vec![applied("limits", 1)])
+        .await
+        .unwrap();
+    assert_eq!(late.ignored, 1);
+
+    let all = list(&app, in_namespace("team")).await;
+    assert_eq!(ids(&all), ["eu-1", "only-other", "us-1"]);
+    let eu_view = &all[0];
+    assert_eq!(eu_view.state(), RuntimeState::Connected);
+    assert_eq!(eu_view.labels["region"], "eu");
+    assert_eq!(eu_view.applied_revision, 3);
+    assert_eq!(
+        (eu_view.policies[0].version, eu_view.policies[0].state()),
+        (2, ApplyState::Applied)
+    );
+    let european = list(
+        &app,
+        proto::ListRuntimesRequest {
+            label_selector: "region=eu".into(),
+            ..in_namespace("team")
+        },
+    )
+    .await;
+    assert_eq!(ids(&european), ["eu-1"]);
+    let watching_limits = list(
+        &app,
+        proto::ListRuntimesRequest {
+            name: "limits".into(),
+            ..in_namespace("team")
+        },
+    )
+    .await;
+    assert_eq!(ids(&watching_limits), ["eu-1", "us-1"]);
+
+    let status = policy_status(&app, "team", "limits").await;
+    assert_eq!(
+        (
+            status.active_version,
+            status.runtimes,
+            status.applied,
+            status.rejected,
+            status.pending
+        ),
+        (2, 2, 1, 1, 0)
+    );
+    assert_eq!(status.versions[0].version, 2);
+    assert_eq!(
+        status.versions[0].rejections[0].error,
+        "max must be below 2"
+    );
+    assert_eq!(status.versions[0].rejections[0].runtime_ids, ["us-1"]);
+
+    // A closed stream shows as disconnected.
+    drop(eu);
+    let disconnected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let runtimes = list(
+                &app,
+                proto::ListRuntimesRequest {
+                    states: vec![RuntimeState::Disconnected as i32],
+                    ..in_namespace("team")
+                },
+            )
+            .await;
+            if !runtimes.is_empty() {
+                return runtimes;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the closed stream shows as disconnected");
+    assert_eq!(ids(&disconnected), ["eu-1"]);
+}
+
+async fn a_thousand_runtimes_report_and_every_count_is_exact(app: TestApp) {
+    app.release("fleet", "limits", json!({"max": 1}), true)
+        .await;
+    app.release("fleet", "limits", json!({"max": 2}), true)
+        .await;
+    // HTTP/2 servers accept a bounded number of streams per connection:
+    // ten connections of a hundred runtimes each.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let channel = Channel::from_shared(format!("http://{}", app.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        clients.push(BundleServiceClient::new(channel));
+    }
+    let mut streams = Vec::new();
+    for n in 0..1000 {
+        let client = &clients[n % clients.len()];
+        let region = if n % 2 == 0 { "eu" } else { "us" };
+        let mut stream = watch_as(
+            client,
+            "fleet",
+            &[],
+            &format!("rt-{n:04}"),
+            &[("region", region)],
+        )
+        .await
+        .expect("open a runtime stream");
+        assert_eq!(next_message(&mut stream).await.revision, 2);
+        streams.push(stream);
+    }
+    let reports = (0..1000).map(|n| {
+        let client = clients[n % clients.len()].clone();
+        async move {
+            let id = format!("rt-{n:04}");
+            let outcome = match n {
+                0..700 => Some(applied("limits", 2)),
+                700..850 => Some(rejected("limits", 2, "bad signature")),
+                850..900 => Some(rejected("limits", 2, "too large")),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                report(&client, "fleet", &id, 2, vec![outcome])
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(reports).await;
+
+    let status = policy_status(&app, "fleet", "limits").await;
+    assert_eq!(
+        (
+            status.runtimes,
+            status.applied,
+            status.rejected,
+            status.pending
+        ),
+        (1000, 700, 200, 100)
+    );
+    let groups: HashMap<String, u32> = status.versions[0]
+        .rejections
+        .iter()
+        .map(|group| (group.error.clone(), group.runtimes))
+        .collect();
+    assert_eq!(groups["bad signature"], 150);
+    assert_eq!(groups["too large"], 50);
+    assert_eq!(status.versions[0].rejections[0].runtime_ids.len(), 10);
+
+    let everyone = list(
+        &app,
+        proto::ListRuntimesRequest {
+            page_size: 300,
+            ..in_namespace("fleet")
+        },
+    )
+    .await;
+    assert_eq!(everyone.len(), 1000);
+    let mut sorted = ids(&everyone);
+    sorted.dedup();
+    assert_eq!(sorted.len(), 1000, "pages neither repeat nor skip");
+    let us = list(
+        &app,
+        proto::ListRuntimesRequest {
+            label_selector: "region=us".into(),
+            ..in_namespace("fleet")
+        },
+    )
+    .await;
+    assert_eq!(us.len(), 500);
+
+    // Persisted in batches: after a flush the rows hold every report.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db = app.sql().await;
+    let stored = sea_orm::ConnectionTrait::query_one_raw(
+        &db,
+        sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT CAST(COUNT(*) AS TEXT) AS n FROM runtimes WHERE namespace = 'fleet' \
+             AND policies LIKE '%REJECTED%'",
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<String>("", "n")
+    .unwrap();
+    assert_eq!(stored, "200");
+}
+
+async fn a_rejected_version_is_not_sent_again(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let mut stream = watch_as(&app.bundle, "team", &[], "rt-1", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut stream).await.revision, 1);
+    let v2 = app.release("team", "limits", json!({"max": 2}), true).await;
+    let update = next_message(&mut stream).await;
+    assert_eq!((update.revision, update.bundles.len()), (2, 1));
+    report(
+        &app.bundle,
+        "team",
+        "rt-1",
+        2,
+        vec![rejected("limits", v2.version, "refused by the runtime")],
+    )
+    .await
+    .unwrap();
+    // The stream moves on only when a pointer moves: nothing but progress.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(quiet.is_err(), "nothing is resent: {quiet:?}");
+    // Resuming from the rejected revision does not resend it either.
+    let mut resumed = app.watch("team", &[], 2).await;
+    let first = next_message(&mut resumed).await;
+    assert_eq!((first.revision, first.bundles.len()), (2, 0));
+    // A new activation does reach the runtime.
+    app.release("team", "limits", json!({"max": 3}), true).await;
+    let next = next_message(&mut stream).await;
+    assert_eq!((next.revision, next.bundles.len()), (3, 1));
+    let status = policy_status(&app, "team", "limits").await;
+    assert_eq!(status.versions.len(), 1);
+    assert_eq!(status.versions[0].rejected, 1);
+    assert_eq!((status.active_version, status.pending), (3, 1));
+}
+
+async fn bad_runtime_requests_are_refused_and_change_nothing(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let _stream = watch_as(&app.bundle, "team", &[], "rt-1", &[])
+        .await
+        .unwrap();
+    let before = app.db_state().await;
+    let long_error = "e".repeat(1025);
+    let cases: Vec<(&str, proto::ReportStatusRequest, Code)> = vec![
+        (
+            "bad runtime id",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "Not_An_Id".into(),
+                revision: 1,
+                policies: vec![applied("limits", 1)],
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "revision 0",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "rt-1".into(),
+                revision: 0,
+                policies: vec![applied("limits", 1)],
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "unspecified state",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "rt-1".into(),
+                revision: 1,
+                policies: vec![proto::PolicyApplyStatus {
+                    name: "limits".into(),
+                    version: 1,
+                    ..Default::default()
+                }],
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "rejection without a reason",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "rt-1".into(),
+                revision: 1,
+                policies: vec![rejected("limits", 1, " ")],
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "error text too long",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "rt-1".into(),
+                revision: 1,
+                policies: vec![rejected("limits", 1, &long_error)],
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "a policy twice",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "rt-1".into(),
+                revision: 1,
+                policies: vec![applied("limits", 1), applied("limits", 1)],
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no stream opened",
+            proto::ReportStatusRequest {
+                namespace: "team".into(),
+                runtime_id: "never-connected".into(),
+                revision: 1,
+                policies: vec![applied("limits", 1)],
+            },
+            Code::FailedPrecondition,
+        ),
+    ];
+    for (what, request, code) in cases {
+        let message = expect_code(app.bundle.clone().report_status(request).await, code);
+        assert!(message.len() < 512, "{what}: bounded message: {message}");
+    }
+    for (id, labels) in [
+        ("UPPER", vec![]),
+        ("ok-id", vec![("bad key", "v")]),
+        (&"a".repeat(129) as &str, vec![]),
+    ] {
+        let refused = watch_as(&app.bundle, "team", &[], id, &labels).await;
+        expect_code(refused, Code::InvalidArgument);
+    }
+    let bad_listings = [
+        proto::ListRuntimesRequest {
+            label_selector: "a b=c".into(),
+            ..in_namespace("team")
+        },
+        proto::ListRuntimesRequest {
+            states: vec![0],
+            ..in_namespace("team")
+        },
+        proto::ListRuntimesRequest {
+            page_token: "42".into(),
+            ..in_namespace("team")
+        },
+        in_namespace("Bad_Namespace"),
+    ];
+    for request in bad_listings {
+        expect_code(
+            app.policy.clone().list_runtimes(request).await,
+            Code::InvalidArgument,
+        );
+    }
+    let status = app
+        .policy
+        .clone()
+        .get_policy_status(proto::GetPolicyStatusRequest {
+            namespace: "team".into(),
+            name: "bad name!".into(),
+        })
+        .await;
+    expect_code(status, Code::InvalidArgument);
+    assert_eq!(app.db_state().await, before);
+    let runtimes = list(&app, in_namespace("team")).await;
+    assert_eq!(ids(&runtimes), ["rt-1"]);
+    assert!(
+        runtimes[0].policies.is_empty(),
+        "no refused report was kept"
+    );
+}
+
+/// Two replicas on one PostgreSQL database: each lists the runtimes
+/// connected to the other within two seconds, and a report that reaches the
+/// replica not holding the stream is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_show_runtimes_connected_to_each_other_within_two_seconds() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let replica = database.replica();
+    let a = spawn_on(database, |_| {}).await;
+    let b = spawn_on(replica, |_| {}).await;
+    a.release("team", "limits", json!({"max": 1}), true).await;
+    let mut on_a = watch_as(&a.bundle, "team", &[], "on-a", &[]).await.unwrap();
+    next_message(&mut on_a).await;
+    let mut on_b = watch_as(&b.bundle, "team", &[], "on-b", &[]).await.unwrap();
+    next_message(&mut on_b).await;
+    let started = std::time::Instant::now();
+    let seen_by_both = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let from_a = list(&a, in_namespace("team")).await;
+            let from_b = list(&b, in_namespace("team")).await;
+            let connected = |runtimes: &[proto::Runtime]| {
+                runtimes
+                    .iter()
+                    .filter(|runtime| runtime.state() == RuntimeState::Connected)
+                    .count()
+            };
+            if connected(&from_a) == 2 && connected(&from_b) == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen_by_both.is_ok(),
+        "both replicas list both runtimes as connected within 2 s"
+    );
+    println!(
+        "both replicas saw both runtimes after {:?}",
+        started.elapsed()
+    );
+    report(&b.bundle, "team", "on-a", 1, vec![applied("limits", 1)])
+        .await
+        .expect("a report through the other replica is accepted once the runtime is known");
+    let kept = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if policy_status(&a, "team", "limits").await.applied == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        kept.is_ok(),
+        "the replica holding the stream learns of the report"
+    );
+    // And a later flush of the holder does not overwrite it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(policy_status(&b, "team", "limits").await.applied, 1);
+    drop((on_a, on_b));
+}
+
+/// A runtime whose stream closed is DISCONNECTED, then STALE once silent
+/// for `runtimes.stale_after_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_runtime_becomes_stale() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.runtimes.stale_after_seconds = 1;
+    })
+    .await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let mut stream = watch_as(&app.bundle, "team", &[], "rt-1", &[])
+        .await
+        .unwrap();
+    next_message(&mut stream).await;
+    let state = |runtimes: Vec<proto::Runtime>| runtimes[0].state();
+    assert_eq!(
+        state(list(&app, in_namespace("team")).await),
+        RuntimeState::Connected
+    );
+    drop(stream);
+    let became_stale = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen = Vec::new();
+        loop {
+            let now = state(list(&app, in_namespace("team")).await);
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            if now == RuntimeState::Stale {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("stale within ten seconds");
+    assert_eq!(
+        became_stale,
+        [RuntimeState::Disconnected, RuntimeState::Stale]
+    );
+    let status = policy_status(&app, "team", "limits").await;
+    assert_eq!((status.runtimes, status.stale), (1, 1));
+}
