@@ -52,7 +52,7 @@ pub struct GetArgs {
 pub struct Limit {
     /// Show at most this many, newest first.
     #[arg(long, default_value_t = 100)]
-    limit: u32,
+    pub limit: u32,
 }
 
 /// Arguments of `policyhub versions`.
@@ -94,7 +94,7 @@ pub struct EventsArgs {
 /// Fetches pages until `limit` items or the last page, and warns on
 /// standard error when there were more. `fetch` takes a page size and token
 /// and returns the items and the next token.
-async fn collect<T, F, Fut>(limit: u32, mut fetch: F) -> anyhow::Result<Vec<T>>
+pub async fn collect<T, F, Fut>(limit: u32, mut fetch: F) -> anyhow::Result<Vec<T>>
 where
     F: FnMut(u32, String) -> Fut,
     Fut: Future<Output = anyhow::Result<(Vec<T>, String)>>,

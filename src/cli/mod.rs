@@ -9,6 +9,7 @@ mod args;
 mod connection;
 mod diff;
 mod failure;
+mod fleet;
 mod inspect;
 mod json;
 mod lifecycle;
@@ -134,6 +135,21 @@ enum Command {
     Events {
         #[command(flatten)]
         args: inspect::EventsArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List the runtimes that watch a namespace, with what each applied.
+    Runtimes {
+        #[command(flatten)]
+        args: fleet::RuntimesArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Show whether a policy's active version landed: how many runtimes
+    /// applied it, rejected it (with the errors) or are still pending.
+    Status {
+        #[command(flatten)]
+        args: fleet::StatusArgs,
         #[command(flatten)]
         client: Client,
     },
@@ -302,6 +318,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events { client, args } => {
             let (channel, output) = client.connect().await?;
             inspect::events(channel, output, args).await?
+        }
+        Command::Runtimes { client, args } => {
+            let (channel, output) = client.connect().await?;
+            fleet::runtimes(channel, output, args).await?
+        }
+        Command::Status { client, args } => {
+            let (channel, output) = client.connect().await?;
+            fleet::status(channel, output, args).await?
         }
         Command::Diff { client, args } => {
             let (channel, output) = client.connect().await?;

@@ -616,3 +616,79 @@ async fn a_silent_runtime_becomes_stale() {
     let status = policy_status(&app, "team", "limits").await;
     assert_eq!((status.runtimes, status.stale), (1, 1));
 }
+
+/// `policyhub runtimes` and `policyhub status`, run as the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtimes_and_status_commands_show_the_fleet() {
+    use crate::cli::policyhub;
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let _eu = watch_as(&app.bundle, "team", &[], "eu-1", &[("region", "eu")])
+        .await
+        .unwrap();
+    let _us = watch_as(&app.bundle, "team", &[], "us-1", &[("region", "us")])
+        .await
+        .unwrap();
+    report(&app.bundle, "team", "eu-1", 1, vec![applied("limits", 1)])
+        .await
+        .unwrap();
+    report(
+        &app.bundle,
+        "team",
+        "us-1",
+        1,
+        vec![rejected("limits", 1, "schema check failed")],
+    )
+    .await
+    .unwrap();
+
+    let listed = policyhub(&app, &["runtimes", "team", "--output", "json"]).json();
+    let ids: Vec<&str> = listed["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|runtime| runtime["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["eu-1", "us-1"]);
+    assert_eq!(listed["runtimes"][1]["policies"][0]["state"], "REJECTED");
+    let selected = policyhub(&app, &["runtimes", "team", "-l", "region=us"]);
+    let lines: Vec<&str> = selected.success().lines().collect();
+    assert!(lines[0].starts_with("RUNTIME"), "{}", selected.stdout);
+    assert_eq!(lines.len(), 2, "{}", selected.stdout);
+    assert_eq!(
+        lines[1].split_whitespace().take(3).collect::<Vec<_>>(),
+        ["us-1", "connected", "1"],
+        "{}",
+        selected.stdout
+    );
+
+    let status = policyhub(&app, &["status", "team/limits", "--output", "json"]).json();
+    assert_eq!(
+        (
+            &status["runtimes"],
+            &status["applied"],
+            &status["rejected"],
+            &status["pending"]
+        ),
+        (&json!(2), &json!(1), &json!(1), &json!(0))
+    );
+    let text = policyhub(&app, &["status", "team/limits"]);
+    assert!(
+        text.success()
+            .contains("2 runtime(s): 1 applied, 1 rejected, 0 pending, 0 stale"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains(r#"1 × "schema check failed""#),
+        "{}",
+        text.stdout
+    );
+    let refused = policyhub(&app, &["runtimes", "team", "-l", "a b"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("label_selector"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -1,0 +1,250 @@
+//! The fleet commands: `runtimes` (ListRuntimes) and `status`
+//! (GetPolicyStatus), which answer "did my change land?".
+
+use serde_json::{Value, json};
+
+use super::args::{parse_namespace, parse_policy};
+use super::connection::AuthChannel;
+use super::failure::Reply;
+use super::inspect::{Limit, collect};
+use super::output::{Output, Table, print_json, time_json, time_text};
+use crate::domain::{Namespace, PolicyRef};
+use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
+
+/// A runtime state as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    /// Its stream is open.
+    Connected,
+    /// Its stream closed recently.
+    Disconnected,
+    /// Silent for longer than runtimes.stale_after_seconds.
+    Stale,
+}
+
+impl From<StateArg> for proto::RuntimeState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Connected => proto::RuntimeState::Connected,
+            StateArg::Disconnected => proto::RuntimeState::Disconnected,
+            StateArg::Stale => proto::RuntimeState::Stale,
+        }
+    }
+}
+
+/// Arguments of `policyhub runtimes`.
+#[derive(Debug, clap::Args)]
+pub struct RuntimesArgs {
+    /// The namespace the runtimes watch.
+    #[arg(value_parser = parse_namespace)]
+    namespace: Namespace,
+    /// Only runtimes whose stream selects this policy.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only runtimes whose labels match, as with kubectl:
+    /// "region=eu,tier!=canary,build,!legacy".
+    #[arg(long, short = 'l')]
+    label_selector: Option<String>,
+    /// Only runtimes in this state; repeat for several.
+    #[arg(long = "state", value_enum)]
+    states: Vec<StateArg>,
+    #[command(flatten)]
+    limit: Limit,
+}
+
+/// Arguments of `policyhub status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+}
+
+/// `CONNECTED` for `RUNTIME_STATE_CONNECTED`.
+fn state_name(state: proto::RuntimeState) -> &'static str {
+    state.as_str_name().trim_start_matches("RUNTIME_STATE_")
+}
+
+/// `APPLIED` for `APPLY_STATE_APPLIED`.
+fn apply_state_name(state: proto::ApplyState) -> &'static str {
+    state.as_str_name().trim_start_matches("APPLY_STATE_")
+}
+
+fn runtime_json(runtime: &proto::Runtime) -> Value {
+    let policies: Vec<Value> = runtime
+        .policies
+        .iter()
+        .map(|policy| {
+            json!({
+                "name": policy.name,
+                "version": policy.version,
+                "state": apply_state_name(policy.state()),
+                "error": policy.error,
+                "revision": policy.revision,
+            })
+        })
+        .collect();
+    json!({
+        "namespace": runtime.namespace,
+        "id": runtime.id,
+        "labels": runtime.labels,
+        "state": state_name(runtime.state()),
+        "subject": runtime.subject,
+        "last_seen": time_json(runtime.last_seen),
+        "applied_revision": runtime.applied_revision,
+        "policies": policies,
+        "names": runtime.names,
+    })
+}
+
+/// `policyhub runtimes`.
+pub async fn runtimes(
+    channel: AuthChannel,
+    output: Output,
+    args: RuntimesArgs,
+) -> anyhow::Result<()> {
+    let client = PolicyServiceClient::new(channel);
+    let base = proto::ListRuntimesRequest {
+        namespace: args.namespace.to_string(),
+        name: args.name.unwrap_or_default(),
+        label_selector: args.label_selector.unwrap_or_default(),
+        states: args
+            .states
+            .iter()
+            .map(|state| proto::RuntimeState::from(*state) as i32)
+            .collect(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let runtimes = collect(args.limit.limit, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListRuntimesRequest {
+            page_size,
+            page_token,
+            ..base.clone()
+        };
+        async move {
+            let page = client
+                .list_runtimes(request)
+                .await
+                .reply("listing runtimes")?;
+            Ok((page.runtimes, page.next_page_token))
+        }
+    })
+    .await?;
+    if output == Output::Json {
+        let runtimes: Vec<Value> = runtimes.iter().map(runtime_json).collect();
+        print_json(&json!({ "runtimes": runtimes }));
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "RUNTIME",
+        "STATE",
+        "REVISION",
+        "LAST SEEN",
+        "LABELS",
+        "POLICIES",
+    ]);
+    for runtime in &runtimes {
+        let labels: Vec<String> = runtime
+            .labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let policies: Vec<String> = runtime
+            .policies
+            .iter()
+            .map(|policy| {
+                let state = match policy.state() {
+                    proto::ApplyState::Rejected => " rejected",
+                    _ => "",
+                };
+                format!("{} v{}{state}", policy.name, policy.version)
+            })
+            .collect();
+        table.row(vec![
+            runtime.id.clone(),
+            state_name(runtime.state()).to_lowercase(),
+            runtime.applied_revision.to_string(),
+            time_text(runtime.last_seen),
+            labels.join(","),
+            policies.join(", "),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// `policyhub status`.
+pub async fn status(channel: AuthChannel, output: Output, args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = PolicyServiceClient::new(channel);
+    let status = client
+        .get_policy_status(proto::GetPolicyStatusRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+        })
+        .await
+        .reply(format!("reading the status of {}", args.policy))?;
+    if output == Output::Json {
+        let versions: Vec<Value> = status
+            .versions
+            .iter()
+            .map(|version| {
+                let rejections: Vec<Value> = version
+                    .rejections
+                    .iter()
+                    .map(|group| {
+                        json!({"error": group.error, "runtimes": group.runtimes,
+                               "runtime_ids": group.runtime_ids})
+                    })
+                    .collect();
+                json!({"version": version.version, "applied": version.applied,
+                       "rejected": version.rejected, "rejections": rejections})
+            })
+            .collect();
+        print_json(&json!({
+            "namespace": status.namespace,
+            "name": status.name,
+            "active_version": status.active_version,
+            "active_revision": status.active_revision,
+            "runtimes": status.runtimes,
+            "applied": status.applied,
+            "rejected": status.rejected,
+            "pending": status.pending,
+            "stale": status.stale,
+            "versions": versions,
+        }));
+        return Ok(());
+    }
+    match status.active_version {
+        0 => println!("{}: nothing active", args.policy),
+        version => println!(
+            "{}: version {version} active since revision {}",
+            args.policy, status.active_revision
+        ),
+    }
+    println!(
+        "{} runtime(s): {} applied, {} rejected, {} pending, {} stale",
+        status.runtimes, status.applied, status.rejected, status.pending, status.stale
+    );
+    if status.versions.is_empty() {
+        return Ok(());
+    }
+    println!();
+    let mut table = Table::new(&["VERSION", "APPLIED", "REJECTED", "ERRORS"]);
+    for version in &status.versions {
+        let errors: Vec<String> = version
+            .rejections
+            .iter()
+            .map(|group| format!("{} × {:?}", group.runtimes, group.error))
+            .collect();
+        table.row(vec![
+            version.version.to_string(),
+            version.applied.to_string(),
+            version.rejected.to_string(),
+            errors.join("; "),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
