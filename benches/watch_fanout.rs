@@ -17,6 +17,13 @@
 //!    from the moment the put is issued to the event's receipt on every
 //!    watcher. The value is as long as policyhub's encoded bundle.
 //!
+//! 3. policyhub with reports: the same as 1, but every stream names a runtime
+//!    (`runtime.id`) and answers each UPDATE with a `ReportStatus` APPLIED, as
+//!    the runtime library does; what that costs the next Activate and the
+//!    server's CPU, and how many fleet-view batches the server wrote per
+//!    second (`policyhub_runtime_flushes_total` from its metrics port).
+//!    `WATCH_FANOUT_REPORTS=0` skips it.
+//!
 //! Each server is started fresh for each count and killed afterwards. Run
 //! with `cargo bench --bench watch_fanout`.
 
@@ -88,13 +95,23 @@ async fn main() -> anyhow::Result<()> {
         load_average()
     );
 
+    let with_reports = env::var("WATCH_FANOUT_REPORTS").map_or(true, |value| value != "0");
     let mut results = Vec::new();
+    let mut reporting = Vec::new();
     for &count in &counts {
-        let ours = run_policyhub(count, rounds)
+        let ours = run_policyhub(count, rounds, false)
             .await
             .with_context(|| format!("policyhub with {count} streams"))?;
         ours.print_line();
         wait_for_fds_to_close().await;
+        if with_reports {
+            let reported = run_policyhub(count, rounds, true)
+                .await
+                .with_context(|| format!("policyhub with {count} reporting runtimes"))?;
+            reported.print_line();
+            wait_for_fds_to_close().await;
+            reporting.push(reported);
+        }
         let theirs = run_etcd(&etcd, &etcd_version, count, rounds, ours.payload_bytes)
             .await
             .with_context(|| format!("etcd with {count} watchers"))?;
@@ -103,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         results.push((ours, theirs));
     }
     print_report(&results);
+    print_report_costs(&results, &reporting);
     println!("load average at the end: {}", load_average());
     Ok(())
 }
@@ -141,6 +159,8 @@ struct Measurement {
     client_cpu: Duration,
     /// Size of the watched value: the encoded bundle, or etcd's value.
     payload_bytes: usize,
+    /// With reports: fleet-view batches the server wrote per second.
+    flushes_per_second: Option<f64>,
 }
 
 impl Measurement {
@@ -255,11 +275,51 @@ fn print_report(results: &[(Measurement, Measurement)]) {
     }
 }
 
+/// What runtimes reporting every update cost, against the same count
+/// without reports.
+fn print_report_costs(results: &[(Measurement, Measurement)], reporting: &[Measurement]) {
+    if reporting.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "| runtimes reporting APPLIED | streams | Activate reply p50 ms | server CPU ms/round \
+         | p99 ms | fleet batches/s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for ((plain, _), reported) in results.iter().zip(reporting) {
+        for m in [plain, reported] {
+            println!(
+                "| {} | {} | {:.1} | {:.0} | {:.1} | {} |",
+                m.system,
+                m.streams,
+                ms(percentile(&m.write_replies, 0.50)),
+                ms(m.server_cpu) / m.rounds as f64,
+                ms(m.latency(0.99)),
+                m.flushes_per_second
+                    .map_or("-".to_owned(), |rate| format!("{rate:.2}")),
+            );
+        }
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "| ratio with/without | {} | {:.2} | {:.2} | {:.2} | |",
+            plain.streams,
+            ratio(
+                percentile(&reported.write_replies, 0.50),
+                percentile(&plain.write_replies, 0.50)
+            ),
+            ratio(reported.server_cpu, plain.server_cpu),
+            ratio(reported.latency(0.99), plain.latency(0.99)),
+        );
+    }
+}
+
 // ---------------------------------------------------------------- policyhub
 
-async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measurement> {
+async fn run_policyhub(count: usize, rounds: usize, reports: bool) -> anyhow::Result<Measurement> {
     let dir = tempfile::tempdir()?;
     let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let metrics_address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let data_dir = dir.path().join("data");
     let server = Server::spawn(
         Command::new(env!("CARGO_BIN_EXE_policyhub"))
@@ -267,6 +327,8 @@ async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measuremen
             .arg("--insecure")
             .arg("--listen")
             .arg(address.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics_address.to_string())
             .arg("--data-dir")
             .arg(&data_dir)
             .env("RUST_LOG", "warn")
@@ -314,7 +376,10 @@ async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measuremen
     let (receipts, mut received) = mpsc::unbounded_channel();
     let started = Instant::now();
     let opened: Vec<(JoinHandle<()>, usize)> = futures::stream::iter(0..count)
-        .map(|_| open_policyhub_watch(endpoint.clone(), receipts.clone()))
+        .map(|n| {
+            let runtime = reports.then(|| format!("rt-{n}"));
+            open_policyhub_watch(endpoint.clone(), receipts.clone(), runtime)
+        })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
@@ -328,6 +393,7 @@ async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measuremen
     let mut write_replies = Vec::with_capacity(rounds);
     let mut missing = 0;
     let cpu_before = (cpu_time(server.pid())?, cpu_time("self")?);
+    let flushes_before = (flushes(metrics_address).await?, Instant::now());
     for round in 1..=rounds {
         tokio::time::sleep(ROUND_PAUSE).await;
         let request = proto::ActivateRequest {
@@ -347,7 +413,14 @@ async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measuremen
         write_replies.push(issued.elapsed());
         missing += collect_round(&mut received, revision, issued, count, &mut latencies).await;
     }
+    // The reports of the last round, and the batch that writes them.
+    if reports {
+        tokio::time::sleep(ROUND_PAUSE * 2).await;
+    }
     let cpu_after = (cpu_time(server.pid())?, cpu_time("self")?);
+    let flushed = flushes(metrics_address).await? - flushes_before.0;
+    let flushes_per_second =
+        reports.then(|| flushed as f64 / flushes_before.1.elapsed().as_secs_f64());
 
     for (task, _) in &opened {
         task.abort();
@@ -355,7 +428,11 @@ async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measuremen
     drop(opened);
     drop(server);
     Ok(Measurement {
-        system: "policyhub".into(),
+        system: if reports {
+            "policyhub+reports".into()
+        } else {
+            "policyhub".into()
+        },
         streams: count,
         rounds,
         open,
@@ -367,7 +444,20 @@ async fn run_policyhub(count: usize, rounds: usize) -> anyhow::Result<Measuremen
         server_cpu: cpu_after.0.saturating_sub(cpu_before.0),
         client_cpu: cpu_after.1.saturating_sub(cpu_before.1),
         payload_bytes,
+        flushes_per_second,
     })
+}
+
+/// `policyhub_runtime_flushes_total` from the server's metrics port.
+async fn flushes(metrics: SocketAddr) -> anyhow::Result<u64> {
+    let mut connection = HttpConnection::connect(metrics).await?;
+    let text = connection.get_text(metrics, "/metrics").await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("policyhub_runtime_flushes_total "))
+        .context("the metrics have no policyhub_runtime_flushes_total")?
+        .trim()
+        .parse()
+        .context("policyhub_runtime_flushes_total is not a number")
 }
 
 fn policy_body(version: usize) -> serde_json::Value {
@@ -398,6 +488,7 @@ async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Res
 async fn open_policyhub_watch(
     endpoint: Endpoint,
     receipts: mpsc::UnboundedSender<(u64, Instant)>,
+    runtime: Option<String>,
 ) -> anyhow::Result<(JoinHandle<()>, usize)> {
     let mut client = BundleServiceClient::new(endpoint.connect().await?);
     let mut stream = client
@@ -405,7 +496,10 @@ async fn open_policyhub_watch(
             namespace: NAMESPACE.into(),
             names: vec![POLICY.into()],
             since_revision: 0,
-            runtime: None,
+            runtime: runtime.clone().map(|id| proto::RuntimeIdentity {
+                id,
+                labels: Default::default(),
+            }),
         })
         .await?
         .into_inner();
@@ -420,12 +514,31 @@ async fn open_policyhub_watch(
     let payload_bytes = first.bundles[0].len();
     let task = tokio::spawn(async move {
         // The client keeps the connection's request half alive.
-        let _client = client;
+        let mut client = client;
         while let Ok(Some(message)) = stream.message().await {
             if message.kind() == WatchEventKind::Update {
                 let received = Instant::now();
                 if receipts.send((message.revision, received)).is_err() {
                     break;
+                }
+                let Some(id) = &runtime else { continue };
+                let applied = message.decode_bundles().unwrap_or_default();
+                let report = proto::ReportStatusRequest {
+                    namespace: NAMESPACE.into(),
+                    runtime_id: id.clone(),
+                    revision: message.revision,
+                    policies: applied
+                        .iter()
+                        .map(|bundle| proto::PolicyApplyStatus {
+                            name: bundle.name.clone(),
+                            version: bundle.version,
+                            state: proto::ApplyState::Applied as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                if let Err(status) = client.report_status(report).await {
+                    eprintln!("  warning: report of {id} refused: {status}");
                 }
             }
         }
@@ -557,6 +670,7 @@ async fn run_etcd(
         server_cpu: cpu_after.0.saturating_sub(cpu_before.0),
         client_cpu: cpu_after.1.saturating_sub(cpu_before.1),
         payload_bytes: value_bytes,
+        flushes_per_second: None,
     })
 }
 
@@ -704,6 +818,20 @@ impl HttpConnection {
         body: &str,
     ) -> anyhow::Result<serde_json::Value> {
         self.send_post(host, path, body).await?;
+        let reply = self.read_reply(&format!("POST {path}")).await?;
+        Ok(serde_json::from_slice(&reply)?)
+    }
+
+    /// A GET request: its whole reply, as text.
+    async fn get_text(&mut self, host: SocketAddr, path: &str) -> anyhow::Result<String> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        self.stream.write_all(request.as_bytes()).await?;
+        let reply = self.read_reply(&format!("GET {path}")).await?;
+        Ok(String::from_utf8(reply)?)
+    }
+
+    /// A whole reply, which must be 200 OK.
+    async fn read_reply(&mut self, request: &str) -> anyhow::Result<Vec<u8>> {
         let head = self.read_head().await?;
         let mut reply = Vec::new();
         if head.chunked {
@@ -723,11 +851,11 @@ impl HttpConnection {
         }
         ensure!(
             head.status == 200,
-            "POST {path} answered {}: {}",
+            "{request} answered {}: {}",
             head.status,
             String::from_utf8_lossy(&reply)
         );
-        Ok(serde_json::from_slice(&reply)?)
+        Ok(reply)
     }
 
     /// Reads more bytes from the socket; the end of the stream is an error.

@@ -197,6 +197,7 @@ impl Fleet {
                 return Err(held_by_other(&report.runtime, &entry.record.subject));
             }
             entry.dirty = true;
+            crate::metrics::global().runtime_reports.inc();
             return Ok(entry.record.merge(&report, Utc::now()));
         }
         // The stream is held by another replica (or was, before a restart).
@@ -225,6 +226,7 @@ impl Fleet {
         });
         entry.record = entry.record.clone().absorbing(&stored);
         entry.dirty = true;
+        crate::metrics::global().runtime_reports.inc();
         Ok(ignored)
     }
 
@@ -251,7 +253,10 @@ impl Fleet {
             .await;
         let mut local = self.local();
         let merged = match saved {
-            Ok(merged) => merged,
+            Ok(merged) => {
+                crate::metrics::global().runtime_flushes.inc();
+                merged
+            }
             Err(error) => {
                 for key in &keys {
                     if let Some(entry) = local.get_mut(key) {

@@ -7,7 +7,10 @@
 //! - `policyhub_watch_streams`: open watch streams;
 //! - `policyhub_watch_delivery_seconds`: from the moment a revision is
 //!   applied to the index to the moment a stream hands its update to the
-//!   transport; its maximum per revision is the time to the last delivery.
+//!   transport; its maximum per revision is the time to the last delivery;
+//! - `policyhub_runtime_reports_total`: ReportStatus calls accepted;
+//! - `policyhub_runtime_flushes_total`: batches of the fleet view written
+//!   (at most one per `runtimes.flush_interval_ms`).
 
 use std::{
     future::Future,
@@ -59,6 +62,10 @@ pub struct Metrics {
     watch_streams: Gauge,
     /// Apply-to-send time of watch updates.
     pub watch_delivery: Histogram,
+    /// Runtime reports accepted.
+    pub runtime_reports: Counter,
+    /// Fleet-view batches written.
+    pub runtime_flushes: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -76,6 +83,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let revision = Gauge::default();
     let watch_streams = Gauge::default();
     let watch_delivery = Histogram::new(latency_buckets());
+    let runtime_reports = Counter::default();
+    let runtime_flushes = Counter::default();
+    registry.register(
+        "runtime_reports",
+        "Runtime status reports accepted",
+        runtime_reports.clone(),
+    );
+    registry.register(
+        "runtime_flushes",
+        "Batches of the fleet view written to the database",
+        runtime_flushes.clone(),
+    );
     registry.register(
         "rpc_requests",
         "RPCs served, by method and gRPC status code",
@@ -110,6 +129,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         revision,
         watch_streams,
         watch_delivery,
+        runtime_reports,
+        runtime_flushes,
     }
 });
 
