@@ -65,6 +65,9 @@ pub struct RuntimeSettings {
     /// How often a replica writes the runtimes that changed, in one batch,
     /// in milliseconds.
     pub flush_interval_ms: u64,
+    /// A runtime silent for longer than this leaves the fleet view, in
+    /// seconds; it reappears when it connects again.
+    pub forget_after_seconds: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -72,6 +75,7 @@ impl Default for RuntimeSettings {
         RuntimeSettings {
             stale_after_seconds: 300,
             flush_interval_ms: 1_000,
+            forget_after_seconds: 7 * 24 * 3600,
         }
     }
 }
@@ -80,6 +84,11 @@ impl RuntimeSettings {
     /// The silence after which a runtime is stale.
     pub fn stale_after(&self) -> Duration {
         Duration::from_secs(self.stale_after_seconds)
+    }
+
+    /// The silence after which a runtime is forgotten.
+    pub fn forget_after(&self) -> Duration {
+        Duration::from_secs(self.forget_after_seconds)
     }
 
     /// The flush interval.

@@ -17,14 +17,14 @@ use std::{
 
 use chrono::Utc;
 
+use crate::config::RuntimeSettings;
 use crate::domain::{
     Error, Namespace, PolicyName, Result,
-    runtime::{RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState, StatusReport},
+    runtime::{
+        REPLICA_TIMEOUT, RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState, StatusReport,
+    },
 };
 use crate::storage::{Flush, ReplicaHeartbeats, Repository};
-
-/// A replica whose heartbeat is older than this no longer holds streams.
-pub const REPLICA_TIMEOUT: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 type Key = (Namespace, RuntimeId);
 
@@ -53,6 +53,8 @@ struct Inner {
     /// Silence after which a runtime is STALE and its id may be taken by
     /// another subject.
     stale_after: chrono::TimeDelta,
+    /// Silence after which a runtime leaves the fleet view.
+    forget_after: chrono::TimeDelta,
     local: Mutex<HashMap<Key, Local>>,
 }
 
@@ -101,13 +103,15 @@ fn held_by_other(runtime: &RuntimeId, holder: &str) -> Error {
 
 impl Fleet {
     /// The fleet view of a new replica.
-    pub fn new(repository: Repository, stale_after: Duration) -> Self {
+    pub fn new(repository: Repository, settings: &RuntimeSettings) -> Self {
+        let delta =
+            |duration| chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
         Fleet {
             inner: Arc::new(Inner {
                 replica: uuid::Uuid::new_v4().to_string(),
                 repository,
-                stale_after: chrono::TimeDelta::from_std(stale_after)
-                    .unwrap_or(chrono::TimeDelta::MAX),
+                stale_after: delta(settings.stale_after()),
+                forget_after: delta(settings.forget_after()),
                 local: Mutex::default(),
             }),
         }
@@ -177,12 +181,8 @@ impl Fleet {
         if stored.subject == arrival.subject {
             return Ok(());
         }
-        let (_, heartbeats) = self
-            .inner
-            .repository
-            .load_runtimes(&arrival.namespace)
-            .await?;
-        if self.state_of(&stored, &heartbeats) == RuntimeState::Stale {
+        let heartbeats = self.inner.repository.replica_heartbeats().await?;
+        if self.observe(stored.clone(), &heartbeats).1 == RuntimeState::Stale {
             return Ok(());
         }
         Err(held_by_other(&arrival.id, &stored.subject))
@@ -249,7 +249,7 @@ impl Fleet {
         let saved = self
             .inner
             .repository
-            .save_runtimes(&self.inner.replica, batch)
+            .save_runtimes(&self.inner.replica, batch, self.inner.forget_after)
             .await;
         let mut local = self.local();
         let merged = match saved {
@@ -290,13 +290,30 @@ impl Fleet {
         }
     }
 
-    fn state_of(&self, record: &RuntimeRecord, heartbeats: &ReplicaHeartbeats) -> RuntimeState {
+    /// A record as seen now, with its state. A connected runtime was last
+    /// seen now; one whose replica stopped heartbeating, when it last did.
+    fn observe(
+        &self,
+        mut record: RuntimeRecord,
+        heartbeats: &ReplicaHeartbeats,
+    ) -> (RuntimeRecord, RuntimeState) {
         let now = Utc::now();
-        let replica_alive = record.replica == self.inner.replica
-            || heartbeats
-                .get(&record.replica)
-                .is_some_and(|seen| now - *seen <= REPLICA_TIMEOUT);
-        record.state(now, self.inner.stale_after, replica_alive)
+        let replica_seen = if record.replica == self.inner.replica {
+            Some(now)
+        } else {
+            heartbeats.get(&record.replica).copied()
+        };
+        let replica_alive = replica_seen.is_some_and(|seen| now - seen <= REPLICA_TIMEOUT);
+        if record.connected {
+            let seen_until = if replica_alive {
+                Some(now)
+            } else {
+                replica_seen
+            };
+            record.last_seen = record.last_seen.max(seen_until.unwrap_or(record.last_seen));
+        }
+        let state = record.state(now, self.inner.stale_after, replica_alive);
+        (record, state)
     }
 
     /// Every runtime of `namespace` with its state, ordered by id: the
@@ -305,7 +322,8 @@ impl Fleet {
         &self,
         namespace: &Namespace,
     ) -> Result<Vec<(RuntimeRecord, RuntimeState)>> {
-        let (stored, heartbeats) = self.inner.repository.load_runtimes(namespace).await?;
+        let stored = self.inner.repository.load_runtimes(namespace).await?;
+        let heartbeats = self.inner.repository.replica_heartbeats().await?;
         let mut records: std::collections::BTreeMap<RuntimeId, RuntimeRecord> = stored
             .into_iter()
             .map(|record| (record.id.clone(), record))
@@ -323,10 +341,7 @@ impl Fleet {
         }
         Ok(records
             .into_values()
-            .map(|record| {
-                let state = self.state_of(&record, &heartbeats);
-                (record, state)
-            })
+            .map(|record| self.observe(record, &heartbeats))
             .collect())
     }
 }

@@ -18,6 +18,8 @@ pub struct RuntimeId(String);
 
 /// Most bytes of a runtime id.
 pub const MAX_RUNTIME_ID_BYTES: usize = 128;
+/// A replica whose heartbeat is older than this no longer holds streams.
+pub const REPLICA_TIMEOUT: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 /// Most bytes of a rejection's error text.
 pub const MAX_REJECTION_ERROR_BYTES: usize = 1024;
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
     sea_query::OnConflict,
 };
 
@@ -17,7 +17,7 @@ use super::entities::{replicas, runtimes};
 use super::repository::Repository;
 use crate::domain::{
     Error, Namespace, Result,
-    runtime::{RuntimeId, RuntimeRecord},
+    runtime::{REPLICA_TIMEOUT, RuntimeId, RuntimeRecord},
 };
 
 /// The last heartbeat of every replica, by replica id.
@@ -78,13 +78,15 @@ pub enum Flush {
 
 impl Repository {
     /// Writes `records` in one transaction, merging each with its stored
-    /// row, and records this replica's heartbeat. Returns the merged
+    /// row, records this replica's heartbeat, and forgets what has been
+    /// silent for longer than `forget_after`. Returns the merged
     /// records, so the caller learns of outcomes reported elsewhere.
     #[tracing::instrument(name = "storage.save_runtimes", skip_all, fields(runtimes = records.len()))]
     pub async fn save_runtimes(
         &self,
         replica: &str,
         records: Vec<(RuntimeRecord, Flush)>,
+        forget_after: chrono::TimeDelta,
     ) -> Result<Vec<RuntimeRecord>> {
         let write = self.begin_write().await?;
         let now = super::repository::now();
@@ -99,6 +101,28 @@ impl Repository {
         )
         .exec(&write.txn)
         .await?;
+        // Forget replicas long gone (a new id every start) and runtimes
+        // silent for longer than `forget_after` whose stream no live
+        // replica holds.
+        let forgotten = now - forget_after;
+        replicas::Entity::delete_many()
+            .filter(replicas::Column::LastSeen.lt(forgotten))
+            .exec(&write.txn)
+            .await?;
+        let live_replicas = replicas::Entity::find()
+            .select_only()
+            .column(replicas::Column::Id)
+            .filter(replicas::Column::LastSeen.gt(now - REPLICA_TIMEOUT))
+            .into_query();
+        runtimes::Entity::delete_many()
+            .filter(runtimes::Column::LastSeen.lt(forgotten))
+            .filter(
+                Condition::any()
+                    .add(runtimes::Column::Connected.eq(false))
+                    .add(runtimes::Column::Replica.not_in_subquery(live_replicas)),
+            )
+            .exec(&write.txn)
+            .await?;
         let mut merged = Vec::with_capacity(records.len());
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let keys = chunk.iter().fold(Condition::any(), |keys, (record, _)| {
@@ -160,24 +184,26 @@ impl Repository {
         Ok(merged)
     }
 
-    /// Every runtime of `namespace` and the last heartbeat of every replica.
+    /// Every runtime of `namespace`.
     #[tracing::instrument(name = "storage.load_runtimes", skip_all)]
-    pub async fn load_runtimes(
-        &self,
-        namespace: &Namespace,
-    ) -> Result<(Vec<RuntimeRecord>, ReplicaHeartbeats)> {
-        let rows = runtimes::Entity::find()
+    pub async fn load_runtimes(&self, namespace: &Namespace) -> Result<Vec<RuntimeRecord>> {
+        runtimes::Entity::find()
             .filter(runtimes::Column::Namespace.eq(namespace.as_str()))
             .all(&self.db)
-            .await?;
-        let records = rows.into_iter().map(to_record).collect::<Result<_>>()?;
-        let heartbeats = replicas::Entity::find()
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// The last heartbeat of every replica that heartbeated lately.
+    pub async fn replica_heartbeats(&self) -> Result<ReplicaHeartbeats> {
+        Ok(replicas::Entity::find()
             .all(&self.db)
             .await?
             .into_iter()
             .map(|replica| (replica.id, replica.last_seen))
-            .collect();
-        Ok((records, heartbeats))
+            .collect())
     }
 
     /// One runtime, as last flushed.

@@ -576,11 +576,13 @@ async fn replicas_show_runtimes_connected_to_each_other_within_two_seconds() {
 }
 
 /// A runtime whose stream closed is DISCONNECTED, then STALE once silent
-/// for `runtimes.stale_after_seconds`.
+/// for `runtimes.stale_after_seconds`, and leaves the fleet view after
+/// `runtimes.forget_after_seconds`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_runtime_becomes_stale() {
+async fn a_silent_runtime_becomes_stale_then_is_forgotten() {
     let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
         settings.runtimes.stale_after_seconds = 1;
+        settings.runtimes.forget_after_seconds = 3;
     })
     .await;
     app.release("team", "limits", json!({"max": 1}), true).await;
@@ -615,6 +617,16 @@ async fn a_silent_runtime_becomes_stale() {
     );
     let status = policy_status(&app, "team", "limits").await;
     assert_eq!((status.runtimes, status.stale), (1, 1));
+    let forgotten = tokio::time::timeout(Duration::from_secs(10), async {
+        while !list(&app, in_namespace("team")).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        forgotten.is_ok(),
+        "a long-silent runtime leaves the fleet view"
+    );
 }
 
 /// `policyhub runtimes` and `policyhub status`, run as the real binary.
