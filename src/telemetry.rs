@@ -6,6 +6,8 @@
 //! exporter), and each RPC's span continues the caller's trace from the W3C
 //! `traceparent` metadata.
 
+use std::io::IsTerminal;
+
 use opentelemetry::{
     propagation::{Extractor, TextMapPropagator},
     trace::TracerProvider as _,
@@ -35,8 +37,11 @@ impl Drop for TelemetryGuard {
 /// several servers in one process.
 pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal, and never with NO_COLOR (no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -50,14 +55,17 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .build()?;
+            // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by the
+            // resource builder; without them the service is "policyhub".
+            let resource = opentelemetry_sdk::Resource::builder();
+            let resource = match std::env::var_os("OTEL_SERVICE_NAME") {
+                Some(_) => resource,
+                None => resource.with_service_name("policyhub"),
+            };
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name("policyhub")
-                            .build(),
-                    )
+                    .with_resource(resource.build())
                     .build(),
             )
         }
@@ -90,13 +98,18 @@ impl Extractor for HeaderExtractor<'_> {
 /// The span of one RPC, a child of the caller's trace when the request
 /// carries `traceparent`.
 pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
-    let method = request.uri().path();
+    let (service, method) = crate::grpc::methods::classify(request.uri().path());
+    // OpenTelemetry's RPC conventions: the span is named
+    // `$rpc.service/$rpc.method`; the status code is recorded at the end
+    // (see `metrics::rpc`).
     let span = tracing::info_span!(
         "rpc",
-        otel.name = method,
+        otel.name = format!("{service}/{method}"),
         otel.kind = "server",
         rpc.system = "grpc",
+        rpc.service = service,
         rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
     );
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
     // Without an exporter there is no OpenTelemetry layer to attach to.

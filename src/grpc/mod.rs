@@ -6,6 +6,7 @@ pub mod codec;
 pub mod convert;
 mod limits;
 pub mod message_limit;
+pub mod methods;
 mod policy_service;
 pub mod quotas;
 mod runtimes;

@@ -6,9 +6,12 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, any_value},
 };
 use policyhub::grpc::{convert::json_to_struct, proto};
 use serde_json::json;
@@ -17,11 +20,30 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::helpers::{Backend, TestDatabase, spawn_binary_server, spawn_on, terminate};
 
+/// One span as the collector received it.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    /// Trace id as hex.
+    trace_id: String,
+    name: String,
+    /// Attributes, values in their protobuf debug form.
+    attributes: std::collections::HashMap<String, String>,
+    /// The `service.name` of the resource that sent it.
+    service: String,
+}
+
 /// An OTLP trace receiver that keeps every span it is sent.
 #[derive(Clone, Default)]
 struct Collector {
-    /// `(trace id as hex, span name)` of every span received.
-    spans: Arc<Mutex<Vec<(String, String)>>>,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+fn attribute_text(value: Option<&AnyValue>) -> String {
+    match value.and_then(|value| value.value.as_ref()) {
+        Some(any_value::Value::StringValue(text)) => text.clone(),
+        Some(any_value::Value::IntValue(number)) => number.to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 #[tonic::async_trait]
@@ -32,6 +54,13 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.spans.lock().unwrap();
         for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .map(|attribute| attribute_text(attribute.value.as_ref()))
+                .unwrap_or_default();
             for scope in resource.scope_spans {
                 for span in scope.spans {
                     let trace_id: String = span
@@ -39,7 +68,21 @@ impl TraceService for Collector {
                         .iter()
                         .map(|byte| format!("{byte:02x}"))
                         .collect();
-                    spans.push((trace_id, span.name));
+                    spans.push(ReceivedSpan {
+                        trace_id,
+                        name: span.name,
+                        attributes: span
+                            .attributes
+                            .iter()
+                            .map(|attribute| {
+                                (
+                                    attribute.key.clone(),
+                                    attribute_text(attribute.value.as_ref()),
+                                )
+                            })
+                            .collect(),
+                        service: service.clone(),
+                    });
                 }
             }
         }
@@ -67,66 +110,118 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
                 format!("http://{collector_address}"),
             ),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("OTEL_SERVICE_NAME", "policyhub-eu".to_owned()),
         ],
     )
     .await;
+    let traced = |trace_id: &str| {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        metadata
+    };
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let failing_trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
     let mut request = tonic::Request::new(proto::DraftRequest {
         namespace: "team".into(),
         name: "traced".into(),
         body: Some(json_to_struct(&json!({"v": 1}))),
         ..Default::default()
     });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
-    );
-    proto::policy_service_client::PolicyServiceClient::new(channel)
+    *request.metadata_mut() = traced(trace_id);
+    proto::policy_service_client::PolicyServiceClient::new(channel.clone())
         .draft(request)
         .await
         .unwrap();
+    let mut missing = tonic::Request::new(proto::GetActiveRequest {
+        namespace: "team".into(),
+        name: "missing".into(),
+        ..Default::default()
+    });
+    *missing.metadata_mut() = traced(failing_trace_id);
+    proto::bundle_service_client::BundleServiceClient::new(channel)
+        .get_active(missing)
+        .await
+        .unwrap_err();
 
     // SIGTERM flushes whatever is still batched.
     terminate(server).await;
-    let mut names = Vec::new();
-    for _ in 0..50 {
-        names = collector
+    let spans_of = |trace: &str| -> Vec<ReceivedSpan> {
+        collector
             .spans
             .lock()
             .unwrap()
             .iter()
-            .filter(|(trace, _)| trace == trace_id)
-            .map(|(_, name)| name.clone())
-            .collect();
-        if names.iter().any(|name| name == "storage.draft") {
+            .filter(|span| span.trace_id == trace)
+            .cloned()
+            .collect()
+    };
+    for _ in 0..50 {
+        if spans_of(trace_id)
+            .iter()
+            .any(|span| span.name == "storage.draft")
+            && !spans_of(failing_trace_id).is_empty()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        names
-            .iter()
-            .any(|name| name == "/policyhub.v1.PolicyService/Draft"),
-        "{names:?}"
-    );
-    assert!(
-        names.iter().any(|name| name == "storage.draft"),
-        "{names:?}"
-    );
+    let spans = spans_of(trace_id);
+    let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+    assert!(names.contains(&"storage.draft"), "{names:?}");
+    // OpenTelemetry's RPC conventions: `$service/$method` and rpc.* attributes.
+    let rpc = spans
+        .iter()
+        .find(|span| span.name == "policyhub.v1.PolicyService/Draft")
+        .unwrap_or_else(|| panic!("no RPC span in {names:?}"));
+    assert_eq!(rpc.attributes["rpc.system"], "grpc");
+    assert_eq!(rpc.attributes["rpc.service"], "policyhub.v1.PolicyService");
+    assert_eq!(rpc.attributes["rpc.method"], "Draft");
+    assert_eq!(rpc.attributes["rpc.grpc.status_code"], "0");
+    assert_eq!(rpc.service, "policyhub-eu", "OTEL_SERVICE_NAME is honoured");
+    let failed = spans_of(failing_trace_id);
+    let failed = failed
+        .iter()
+        .find(|span| span.name == "policyhub.v1.BundleService/GetActive")
+        .unwrap_or_else(|| panic!("no span of the failing call: {failed:?}"));
+    assert_eq!(failed.attributes["rpc.grpc.status_code"], "5", "NOT_FOUND");
 }
 
-async fn scrape(address: std::net::SocketAddr) -> String {
+/// One scrape of `path`: the status line, the content type and the body.
+async fn get(address: std::net::SocketAddr, path: &str, accept: &str) -> (String, String, String) {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: policyhub\r\nconnection: close\r\n\r\n")
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nhost: policyhub\r\naccept: {accept}\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let (status, _, body) = get(address, "/metrics", "*/*").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    body
 }
 
 fn value_of(metrics: &str, series: &str) -> f64 {
@@ -164,5 +259,122 @@ async fn the_metrics_endpoint_counts_rpcs_activations_and_streams() {
     assert!(
         metrics.contains("policyhub_watch_delivery_seconds_count"),
         "{metrics}"
+    );
+}
+
+/// The classic text format by default (what promtool and curl read), with
+/// counters declared under their sample names, process and build metrics;
+/// OpenMetrics when the scraper asks for it; 404 off `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_speaks_both_exposition_formats_and_promtool_accepts_it() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let address = app.metrics_address.expect("a metrics port");
+    app.release("team", "measured", json!({"v": 1}), true).await;
+
+    let (status, content_type, classic) = get(address, "/metrics", "*/*").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!classic.contains("# EOF"), "{classic}");
+    assert!(
+        classic.contains("# TYPE policyhub_rpc_requests_total counter"),
+        "{classic}"
+    );
+    assert!(value_of(&classic, "process_resident_memory_bytes") > 0.0);
+    assert!(value_of(&classic, "process_cpu_seconds_total") > 0.0);
+    let version = format!(
+        r#"policyhub_build_info{{version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value_of(&classic, &version), 1.0);
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is on PATH (./scripts/test installs it)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(classic.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let (_, content_type, openmetrics) = get(
+        address,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    )
+    .await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(openmetrics.trim_end().ends_with("# EOF"), "{openmetrics}");
+    assert!(openmetrics.contains("# TYPE policyhub_rpc_requests counter"));
+
+    let (status, _, _) = get(address, "/anything-else", "*/*").await;
+    assert!(status.contains("404"), "{status}");
+}
+
+/// A made-up method path adds no series (it counts as `_OTHER`), and a
+/// stream counts with the status it ended with: a watch the client cancels
+/// is CANCELLED, not OK at its first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_metrics_know_the_served_methods_and_the_final_status() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let address = app.metrics_address.expect("a metrics port");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for n in 0..5 {
+        grpc.ready().await.unwrap();
+        let path = format!("/attacker.Svc/M{n}").parse().unwrap();
+        let refused = grpc
+            .unary::<proto::GetSigningKeysRequest, proto::GetSigningKeysResponse, _>(
+                tonic::Request::new(proto::GetSigningKeysRequest {}),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    }
+    let mut stream = app.watch("team", &[], 0).await;
+    crate::helpers::next_message(&mut stream).await;
+    drop(stream);
+    let cancelled = r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/WatchActive",code="1"}"#;
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = scrape(address).await;
+        if metrics.contains(cancelled) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(value_of(&metrics, cancelled) >= 1.0, "{metrics}");
+    assert!(!metrics.contains("attacker"), "{metrics}");
+    assert!(
+        value_of(
+            &metrics,
+            r#"policyhub_rpc_requests_total{method="_OTHER",code="12"}"#
+        ) >= 5.0
     );
 }

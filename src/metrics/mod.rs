@@ -1,7 +1,9 @@
 //! Prometheus metrics, served on their own HTTP port (`metrics_listen`).
 //!
 //! - `policyhub_rpc_requests_total{method,code}` and
-//!   `policyhub_rpc_duration_seconds{method}`: every RPC, by gRPC status code;
+//!   `policyhub_rpc_duration_seconds{method}`: every RPC, by the gRPC status
+//!   code it ended with (see `rpc`); methods no service serves are `_OTHER`;
+//! - `policyhub_build_info{version}` and the standard `process_*` metrics;
 //! - `policyhub_activations_total`: pointer moves applied to the index;
 //! - `policyhub_revision`: the revision this replica serves;
 //! - `policyhub_watch_streams`: open watch streams;
@@ -12,17 +14,19 @@
 //! - `policyhub_runtime_flushes_total`: batches of the fleet view written
 //!   (at most one per `runtimes.flush_interval_ms`).
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::LazyLock,
-    task::{Context, Poll},
-    time::Instant,
-};
+mod exposition;
+mod process;
+mod rpc;
+
+use std::{net::SocketAddr, sync::LazyLock};
 
 use http_body_util::Full;
-use hyper::{Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -30,8 +34,8 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::net::TcpListener;
-use tower_layer::Layer;
-use tower_service::Service;
+
+pub use rpc::RpcMetricsLayer;
 
 use crate::watch::ActiveIndex;
 
@@ -72,8 +76,27 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
 }
 
+/// Labels of the build-info metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut registry = Registry::with_prefix("policyhub");
+    let mut root = Registry::default();
+    root.register_collector(Box::new(process::ProcessCollector));
+    let build_info = Family::<BuildLabels, Gauge>::default();
+    build_info
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+    let registry = root.sub_registry_with_prefix("policyhub");
+    registry.register(
+        "build_info",
+        "Always 1; the version label names the running build",
+        build_info,
+    );
     let rpc_requests = Family::<RpcLabels, Counter>::default();
     let rpc_duration =
         Family::<MethodLabel, Histogram>::new_with_constructor(
@@ -102,7 +125,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "rpc_duration_seconds",
-        "Time to answer an RPC (to the first response for streams)",
+        "Time from a call's start to its status (the end of a stream)",
         rpc_duration.clone(),
     );
     registry.register(
@@ -122,7 +145,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         watch_delivery.clone(),
     );
     Metrics {
-        registry,
+        registry: root,
         rpc_requests,
         rpc_duration,
         activations,
@@ -140,8 +163,8 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
-    /// The text exposition, with the gauges read from the index now.
-    pub fn render(&self, index: &ActiveIndex) -> String {
+    /// The OpenMetrics exposition, with the gauges read from the index now.
+    fn render(&self, index: &ActiveIndex) -> String {
         self.revision.set(index.revision() as i64);
         self.watch_streams.set(index.subscribers() as i64);
         let mut text = String::new();
@@ -150,7 +173,34 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `listener` until aborted.
+/// Answers `GET /metrics` in the format the scraper asks for; every other
+/// path is 404.
+fn answer(request: &Request<Incoming>, index: &ActiveIndex) -> Response<Full<Bytes>> {
+    if request.uri().path() != "/metrics" {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(
+                b"only /metrics is served here\n",
+            )))
+            .expect("a static response is valid");
+    }
+    let accept = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let openmetrics = global().render(index);
+    let (content_type, body) = if exposition::wants_openmetrics(accept) {
+        (exposition::OPENMETRICS, openmetrics)
+    } else {
+        (exposition::CLASSIC, exposition::to_classic(&openmetrics))
+    };
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a content type is a valid header")
+}
+
+/// Serves `/metrics` on `listener` until aborted.
 pub async fn serve(listener: TcpListener, index: ActiveIndex) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -162,13 +212,9 @@ pub async fn serve(listener: TcpListener, index: ActiveIndex) {
         };
         let index = index.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |_request| {
-                let body = global().render(&index);
-                async move {
-                    Response::builder()
-                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                        .body(Full::new(Bytes::from(body)))
-                }
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = answer(&request, &index);
+                async move { Ok::<_, std::convert::Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -186,70 +232,4 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the metrics port {address}"))
-}
-
-/// Layer that counts and times every RPC.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
-
-impl<S> Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
-    }
-}
-
-/// The service of [`RpcMetricsLayer`].
-#[derive(Debug, Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-}
-
-impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for RpcMetrics<S>
-where
-    S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    RequestBody: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let method = request.uri().path().to_owned();
-        let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            // Errors answered before any message carry grpc-status in the
-            // headers; a missing header means the call went on to succeed or
-            // stream (its status then arrives in the trailers).
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("0")
-                .to_owned();
-            let metrics = global();
-            metrics
-                .rpc_duration
-                .get_or_create(&MethodLabel {
-                    method: method.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            metrics
-                .rpc_requests
-                .get_or_create(&RpcLabels { method, code })
-                .inc();
-            Ok(response)
-        })
-    }
 }
