@@ -1,8 +1,14 @@
-//! How the client subcommands reach the server: URL, TLS and bearer token.
+//! How the client subcommands reach the server: URL, TLS, bearer token and
+//! timeouts.
+//!
+//! Each setting comes from its flag, else its `POLICYHUB_*` variable (an
+//! empty one counts as unset), else the selected context of the client
+//! config file (see `context`), else its default: flags over the
+//! environment over the config file, as with kubectl and etcdctl.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use tonic::{
     Request, Status,
     metadata::MetadataValue,
@@ -10,34 +16,47 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
-use super::failure::Unreachable;
+use super::context::{self, Context};
+use super::failure::{Unreachable, Usage};
+
+/// The server when nothing names one.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+/// How long to try to connect when nothing says (etcdctl's dial timeout is
+/// 2 s, its command timeout 5 s).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for an answer when nothing says.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The server's URL; https:// speaks TLS.
-    #[arg(
-        long,
-        env = "POLICYHUB_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    server: String,
-    /// Bearer token (prefer --token-file or POLICYHUB_TOKEN: a flag shows in `ps`).
-    #[arg(long, env = "POLICYHUB_TOKEN", hide_env_values = true)]
+    /// The server's URL; https:// speaks TLS [env: POLICYHUB_SERVER] [default: http://127.0.0.1:50051]
+    #[arg(long)]
+    server: Option<String>,
+    /// Bearer token; prefer --token-file, a flag shows in `ps` [env: POLICYHUB_TOKEN]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
-    /// File holding the bearer token.
-    #[arg(long, env = "POLICYHUB_TOKEN_FILE", conflicts_with = "token")]
+    /// File holding the bearer token [env: POLICYHUB_TOKEN_FILE]
+    #[arg(long)]
     token_file: Option<PathBuf>,
-    /// CA certificate (PEM) that signed the server's certificate; default:
-    /// the public web roots.
-    #[arg(long, env = "POLICYHUB_CA_FILE")]
+    /// CA certificate (PEM) of the server's certificate [env: POLICYHUB_CA_FILE] [default: the public web roots]
+    #[arg(long)]
     ca_file: Option<PathBuf>,
-    /// Client certificate (PEM), for servers that require mTLS.
-    #[arg(long, env = "POLICYHUB_CERT_FILE", requires = "key_file")]
+    /// Client certificate (PEM), for servers that require mTLS [env: POLICYHUB_CERT_FILE]
+    #[arg(long)]
     cert_file: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long, env = "POLICYHUB_KEY_FILE", requires = "cert_file")]
+    /// Client private key (PEM) [env: POLICYHUB_KEY_FILE]
+    #[arg(long)]
     key_file: Option<PathBuf>,
+    /// A context of the client config file [env: POLICYHUB_CONTEXT] [default: its current_context]
+    #[arg(long)]
+    context: Option<String>,
+    /// Give up connecting after this long, such as 5s [env: POLICYHUB_CONNECT_TIMEOUT] [default: 5s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// Give up waiting for an answer after this long; 0s waits forever [env: POLICYHUB_REQUEST_TIMEOUT] [default: 30s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    request_timeout: Option<Duration>,
 }
 
 /// Adds the bearer token to every call.
@@ -62,40 +81,145 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// A `POLICYHUB_*` variable; empty counts as unset.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
+    env(name)
+        .map(|text| {
+            humantime::parse_duration(&text)
+                .map_err(|error| Usage(format!("{name}={text:?} is not a duration: {error}")))
+        })
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// The settings of one connection, resolved.
+struct Resolved {
+    server: String,
+    token: Option<String>,
+    ca_file: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
 impl Connection {
-    /// Connects, with TLS for https:// URLs.
+    fn resolve(&self) -> anyhow::Result<Resolved> {
+        let context: Context = context::load(
+            self.context
+                .clone()
+                .or_else(|| env("POLICYHUB_CONTEXT"))
+                .as_deref(),
+        )?;
+        let path = |flag: &Option<PathBuf>, name: &str, from_context: Option<PathBuf>| {
+            flag.clone()
+                .or_else(|| env(name).map(PathBuf::from))
+                .or(from_context)
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(file)) => Some(String::from_utf8(read(file)?)?),
+            (None, None) => match (env("POLICYHUB_TOKEN"), env("POLICYHUB_TOKEN_FILE")) {
+                (Some(token), _) => Some(token),
+                (None, Some(file)) => Some(String::from_utf8(read(&PathBuf::from(file))?)?),
+                (None, None) => context
+                    .token_file
+                    .as_ref()
+                    .map(|file| anyhow::Ok(String::from_utf8(read(file)?)?))
+                    .transpose()?,
+            },
+        };
+        let cert_file = path(&self.cert_file, "POLICYHUB_CERT_FILE", context.cert_file);
+        let key_file = path(&self.key_file, "POLICYHUB_KEY_FILE", context.key_file);
+        let identity = match (cert_file, key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Usage(
+                    "a client certificate needs both --cert-file and --key-file".into(),
+                )
+                .into());
+            }
+        };
+        Ok(Resolved {
+            server: self
+                .server
+                .clone()
+                .or_else(|| env("POLICYHUB_SERVER"))
+                .or(context.server)
+                .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+            token: token.map(|token| token.trim().to_owned()),
+            ca_file: path(&self.ca_file, "POLICYHUB_CA_FILE", context.ca_file),
+            identity,
+            connect_timeout: match self.connect_timeout {
+                Some(timeout) => timeout,
+                None => env_duration("POLICYHUB_CONNECT_TIMEOUT")?
+                    .or(context.connect_timeout)
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            },
+            request_timeout: match self.request_timeout {
+                Some(timeout) => timeout,
+                None => env_duration("POLICYHUB_REQUEST_TIMEOUT")?
+                    .or(context.request_timeout)
+                    .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            },
+        })
+    }
+
+    /// Connects, with TLS for https:// URLs, within the connect timeout;
+    /// every call of the channel is bounded by the request timeout.
     pub async fn connect(&self) -> anyhow::Result<AuthChannel> {
-        let mut endpoint = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("{:?} is not a server URL", self.server))?;
-        if self.server.starts_with("https://") {
+        let resolved = self.resolve()?;
+        let mut endpoint = Channel::from_shared(resolved.server.clone())
+            .map_err(|_| Usage(format!("{:?} is not a server URL", resolved.server)))?
+            .connect_timeout(resolved.connect_timeout);
+        if !resolved.request_timeout.is_zero() {
+            endpoint = endpoint.timeout(resolved.request_timeout);
+        }
+        if resolved.server.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(ca) = &self.ca_file {
+            if let Some(ca) = &resolved.ca_file {
                 tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
             }
-            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            if let Some((cert, key)) = &resolved.identity {
                 tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
             }
             endpoint = endpoint.tls_config(tls).context("configuring tls")?;
         }
-        let channel = endpoint.connect().await.map_err(|source| Unreachable {
-            server: self.server.clone(),
-            source,
-        })?;
-        Ok(InterceptedService::new(channel, self.bearer()?))
-    }
-
-    fn bearer(&self) -> anyhow::Result<BearerToken> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(path)) => Some(String::from_utf8(read(path)?)?.trim().to_owned()),
-            (None, None) => None,
+        // The TCP connect has its own timeout; this one also bounds a server
+        // that accepts the connection and never speaks HTTP/2.
+        let channel = match tokio::time::timeout(resolved.connect_timeout, endpoint.connect()).await
+        {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(source)) => {
+                return Err(Unreachable {
+                    server: resolved.server,
+                    source: source.into(),
+                }
+                .into());
+            }
+            Err(_) => {
+                return Err(Unreachable {
+                    server: resolved.server,
+                    source: format!(
+                        "no answer within {} (--connect-timeout)",
+                        humantime::format_duration(resolved.connect_timeout)
+                    )
+                    .into(),
+                }
+                .into());
+            }
         };
-        let value = token
+        let bearer = resolved
+            .token
             .map(|token| {
                 MetadataValue::try_from(format!("Bearer {token}"))
                     .context("the token holds characters not allowed in metadata")
             })
             .transpose()?;
-        Ok(BearerToken(value))
+        Ok(InterceptedService::new(channel, BearerToken(bearer)))
     }
 }

@@ -48,7 +48,7 @@ pub struct Unreachable {
     pub server: String,
     /// Why the connection failed.
     #[source]
-    pub source: tonic::transport::Error,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// A command line that clap accepts but that makes no sense as a whole.
@@ -69,8 +69,18 @@ impl<T> Reply<T> for Result<Response<T>, Status> {
     }
 }
 
+/// Whether the call ran out of its request timeout (tonic ends it with
+/// CANCELLED "Timeout expired").
+fn timed_out(status: &Status) -> bool {
+    matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+        && status.message() == "Timeout expired"
+}
+
 /// The server's message, with one line per schema violation.
 fn describe(status: &Status) -> String {
+    if timed_out(status) {
+        return "no answer within the request timeout (--request-timeout)".to_owned();
+    }
     let mut text = status.message().to_owned();
     if let Some(failure) = status.get_details_precondition_failure() {
         for violation in failure.violations {
@@ -85,6 +95,12 @@ fn describe(status: &Status) -> String {
 
 /// What to do about a refusal.
 fn hint(status: &Status) -> Option<&'static str> {
+    if timed_out(status) {
+        return Some(
+            "the server took the call but did not answer in time: it may be overloaded, or not \
+             a policyhub server; retry, or raise --request-timeout (POLICYHUB_REQUEST_TIMEOUT)",
+        );
+    }
     Some(match status.code() {
         Code::Unauthenticated => {
             "pass a token with --token-file or POLICYHUB_TOKEN \
@@ -145,9 +161,9 @@ pub fn report(error: &anyhow::Error) -> String {
 fn is_unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<Unreachable>()
-            || cause
-                .downcast_ref::<Refused>()
-                .is_some_and(|refused| refused.status.code() == Code::Unavailable)
+            || cause.downcast_ref::<Refused>().is_some_and(|refused| {
+                refused.status.code() == Code::Unavailable || timed_out(&refused.status)
+            })
     })
 }
 

@@ -7,6 +7,7 @@
 
 mod args;
 mod connection;
+mod context;
 mod diff;
 mod failure;
 mod fleet;
@@ -53,7 +54,7 @@ struct Client {
     #[command(flatten)]
     connection: Connection,
     /// How to print the result: a table for people, json for scripts.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
 }
 
@@ -221,6 +222,13 @@ enum Command {
         #[arg(long, default_value_t = 12 * 3600)]
         ttl_seconds: u64,
     },
+    /// Print a completion script for a shell: `source <(policyhub completion bash)`,
+    /// or write it where the shell looks for completions.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -239,7 +247,7 @@ enum KeysCommand {
     /// in every namespace). Bundles signed before keep verifying.
     Rotate {
         #[command(flatten)]
-        connection: Connection,
+        client: Client,
         /// Why; recorded in the event log.
         #[arg(long, default_value = "")]
         reason: String,
@@ -341,6 +349,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect::keys(channel, output).await?
         }
         Command::Verify { jwks, bundle } => return verify(&jwks, bundle.as_deref()),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "policyhub",
+                &mut std::io::stdout(),
+            );
+        }
         Command::Watch { connection, args } => {
             watch::run(connection.connect().await?, args).await?
         }
@@ -374,19 +391,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
         }
         Command::Keys {
-            command: KeysCommand::Rotate { connection, reason },
+            command: KeysCommand::Rotate { client, reason },
         } => {
-            let mut client = crate::grpc::proto::policy_service_client::PolicyServiceClient::new(
-                connection.connect().await?,
-            );
-            let rotated = client
-                .rotate_signing_key(crate::grpc::proto::RotateSigningKeyRequest { reason })
-                .await
-                .reply("rotating the signing key")?;
-            println!(
-                "signing key {} replaces {}",
-                rotated.signing_key_id, rotated.previous_key_id
-            );
+            let (channel, output) = client.connect().await?;
+            let rotated =
+                crate::grpc::proto::policy_service_client::PolicyServiceClient::new(channel)
+                    .rotate_signing_key(crate::grpc::proto::RotateSigningKeyRequest { reason })
+                    .await
+                    .reply("rotating the signing key")?;
+            if output == Output::Json {
+                output::print_json(&serde_json::json!({
+                    "signing_key_id": rotated.signing_key_id,
+                    "previous_key_id": rotated.previous_key_id,
+                }));
+            } else {
+                println!(
+                    "signing key {} replaces {}",
+                    rotated.signing_key_id, rotated.previous_key_id
+                );
+            }
         }
         Command::Keys {
             command: KeysCommand::Generate { out },

@@ -32,13 +32,32 @@ impl Run {
     }
 }
 
-/// Runs `policyhub ARGS` against the server at `server`, without a token.
+/// Runs `policyhub ARGS` against the server at `server`, without a token
+/// and without the client config file of whoever runs the tests.
 pub fn policyhub_at(server: &str, args: &[&str]) -> Run {
-    let output = Command::new(policyhub_binary())
-        .args(args)
-        .env("POLICYHUB_SERVER", server)
-        .env_remove("POLICYHUB_TOKEN")
-        .env_remove("POLICYHUB_TOKEN_FILE")
+    policyhub_with(&[("POLICYHUB_SERVER", server)], args)
+}
+
+/// Runs `policyhub ARGS` with only `env` of the client's variables set.
+pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut command = Command::new(policyhub_binary());
+    command.args(args);
+    for name in [
+        "POLICYHUB_SERVER",
+        "POLICYHUB_TOKEN",
+        "POLICYHUB_TOKEN_FILE",
+        "POLICYHUB_CONTEXT",
+        "POLICYHUB_CONNECT_TIMEOUT",
+        "POLICYHUB_REQUEST_TIMEOUT",
+    ] {
+        command.env_remove(name);
+    }
+    command.env(
+        "POLICYHUB_CLIENT_CONFIG",
+        std::env::temp_dir().join("policyhub-tests-have-no-client-config.toml"),
+    );
+    let output = command
+        .envs(env.iter().copied())
         .output()
         .expect("run policyhub");
     Run {

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod client_settings;
 mod concurrency;
 mod helpers;
 mod lifecycle;
