@@ -106,6 +106,29 @@ struct Resolved {
     request_timeout: Duration,
 }
 
+/// What a runtime subscription needs to reach the server.
+pub struct RuntimeTarget {
+    /// The server's URL.
+    pub server: String,
+    /// TLS, for an https:// URL.
+    pub tls: Option<ClientTlsConfig>,
+    /// The bearer token.
+    pub token: Option<String>,
+}
+
+impl Resolved {
+    fn tls(&self) -> anyhow::Result<ClientTlsConfig> {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
+}
+
 impl Connection {
     fn resolve(&self) -> anyhow::Result<Resolved> {
         let context: Context = context::load(
@@ -169,6 +192,22 @@ impl Connection {
         })
     }
 
+    /// Where and how a runtime subscription connects: the server URL, its
+    /// TLS settings and the token.
+    pub fn runtime_target(&self) -> anyhow::Result<RuntimeTarget> {
+        let resolved = self.resolve()?;
+        let tls = if resolved.server.starts_with("https://") {
+            Some(resolved.tls()?)
+        } else {
+            None
+        };
+        Ok(RuntimeTarget {
+            server: resolved.server,
+            tls,
+            token: resolved.token,
+        })
+    }
+
     /// Connects, with TLS for https:// URLs, within the connect timeout;
     /// every call of the channel is bounded by the request timeout.
     pub async fn connect(&self) -> anyhow::Result<AuthChannel> {
@@ -180,14 +219,9 @@ impl Connection {
             endpoint = endpoint.timeout(resolved.request_timeout);
         }
         if resolved.server.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(ca) = &resolved.ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-            }
-            if let Some((cert, key)) = &resolved.identity {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            endpoint = endpoint.tls_config(tls).context("configuring tls")?;
+            endpoint = endpoint
+                .tls_config(resolved.tls()?)
+                .context("configuring tls")?;
         }
         // The TCP connect has its own timeout; this one also bounds a server
         // that accepts the connection and never speaks HTTP/2.

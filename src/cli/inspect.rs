@@ -13,7 +13,6 @@ use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json::{self, event_kind_name, state_name};
 use super::output::{Output, Table, or_dash, print_json, short_digest, time_text, version_or_dash};
-use super::watch::{fetch_jwks, verify};
 use crate::domain::{Label, Namespace, PolicyRef};
 use crate::grpc::{
     convert::timestamp,
@@ -21,6 +20,10 @@ use crate::grpc::{
         self, bundle_service_client::BundleServiceClient, get_active_request::AsOf,
         get_version_request::Selector, policy_service_client::PolicyServiceClient,
     },
+};
+use policyhub_runtime::{
+    bundle::{Envelope, Jwks, verify_envelope},
+    proto::bundle_service_client::BundleServiceClient as RuntimeBundleClient,
 };
 
 /// Arguments of `policyhub get`.
@@ -198,8 +201,7 @@ async fn get_active(channel: AuthChannel, output: Output, args: GetArgs) -> anyh
         (None, Some(at)) => Some(AsOf::AsOfTime(timestamp(at))),
         (None, None) => None,
     };
-    let mut client = BundleServiceClient::new(channel);
-    let bundle = client
+    let bundle = BundleServiceClient::new(channel.clone())
         .get_active(proto::GetActiveRequest {
             namespace: args.policy.namespace.to_string(),
             name: args.policy.name.to_string(),
@@ -211,8 +213,25 @@ async fn get_active(channel: AuthChannel, output: Output, args: GetArgs) -> anyh
     let body = if bundle.draft {
         json::body(bundle.body.clone())?
     } else {
-        let mut jwks = fetch_jwks(&mut client).await?;
-        verify(&mut client, &mut jwks, &bundle).await?.body
+        let keys = RuntimeBundleClient::new(channel)
+            .get_signing_keys(policyhub_runtime::proto::GetSigningKeysRequest {})
+            .await
+            .reply("fetching the signing keys")?;
+        let envelope = Envelope {
+            namespace: &bundle.namespace,
+            name: &bundle.name,
+            version: bundle.version,
+            digest: &bundle.digest,
+        };
+        verify_envelope(&bundle.jws, &envelope, &Jwks::from(keys))
+            .map_err(|reason| {
+                anyhow::anyhow!(
+                    "bundle of {} version {} does not verify: {reason}",
+                    args.policy,
+                    bundle.version
+                )
+            })?
+            .body
     };
     if output == Output::Json {
         print_json(&json::bundle(&bundle, &body));

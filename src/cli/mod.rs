@@ -186,13 +186,13 @@ enum Command {
         /// The bundle file; `-` or nothing reads standard input.
         bundle: Option<PathBuf>,
     },
-    /// Follow the active bundles of a namespace, verifying each one.
+    /// Follow the active bundles of a namespace, as a runtime does.
     ///
-    /// Prints a snapshot, then every update as it is activated; reconnects
-    /// and resumes from the last revision when the server goes away.
+    /// Prints every whole state as it is activated, each bundle verified;
+    /// resumes from the last revision after any failure, with backoff.
     Watch {
         #[command(flatten)]
-        connection: Connection,
+        client: Client,
         #[command(flatten)]
         args: watch::WatchArgs,
     },
@@ -358,8 +358,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut std::io::stdout(),
             );
         }
-        Command::Watch { connection, args } => {
-            watch::run(connection.connect().await?, args).await?
+        Command::Watch { client, args } => {
+            let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
+            watch::run(&client.connection, client.output, args).await?
         }
         Command::Token {
             subject,

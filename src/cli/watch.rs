@@ -1,19 +1,15 @@
-//! `policyhub watch`: follow the active bundles of a namespace, verifying
-//! every bundle as it arrives, and resume after a disconnect.
+//! `policyhub watch`: follow the active bundles of a namespace through the
+//! runtime library, so it resumes, verifies, caches and reports exactly as
+//! a runtime built on `policyhub-runtime` does.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context, bail};
-use tonic::Code;
+use policyhub_runtime::{Source, State, Subscription, WatchError};
+use serde_json::json;
 
-use super::connection::AuthChannel;
-use super::failure::{Refused, Reply};
-
-use crate::grpc::proto::{
-    Bundle, GetSigningKeysRequest, WatchActiveRequest, WatchEventKind,
-    bundle_service_client::BundleServiceClient,
-};
-use crate::signing::{self, BundleClaims, Jwk, Jwks, VerifyError};
+use super::connection::Connection;
+use super::failure::Refused;
+use super::output::Output;
 
 /// What to watch.
 #[derive(Debug, clap::Args)]
@@ -24,171 +20,115 @@ pub struct WatchArgs {
     /// Only this policy; repeat for several. Default: every policy of the namespace.
     #[arg(long = "name")]
     names: Vec<String>,
-    /// Resume after this revision instead of starting with a snapshot.
-    #[arg(long, default_value_t = 0)]
-    since_revision: u64,
-    /// Print each message as one JSON object per line.
+    /// Name this watcher as a runtime: it then appears in `policyhub
+    /// runtimes` and reports every state it applies.
     #[arg(long)]
-    json: bool,
+    runtime_id: Option<String>,
+    /// A runtime label, key=value; repeat for several (with --runtime-id).
+    #[arg(long = "label", value_parser = parse_label, requires = "runtime_id")]
+    labels: Vec<(String, String)>,
+    /// Keep the last verified state here, and start from it when the
+    /// server cannot be reached.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The server's heartbeat interval; three without a message mean a
+    /// dead connection.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    heartbeat_interval: Duration,
 }
 
-/// The server's JWKS.
-pub(super) async fn fetch_jwks(
-    client: &mut BundleServiceClient<AuthChannel>,
-) -> anyhow::Result<Jwks> {
-    let keys = client
-        .get_signing_keys(GetSigningKeysRequest {})
-        .await
-        .reply("fetching the signing keys")?;
-    Ok(Jwks {
-        keys: keys
-            .keys
-            .into_iter()
-            .map(|key| Jwk {
-                kty: key.kty,
-                crv: key.crv,
-                x: key.x,
-                kid: key.kid,
-                alg: key.alg,
-                use_: key.r#use,
-            })
-            .collect(),
-    })
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
 }
 
-/// Verifies a bundle and returns its claims; a key rotated in since the
-/// JWKS was fetched triggers one fetch of the JWKS.
-pub(super) async fn verify(
-    client: &mut BundleServiceClient<AuthChannel>,
-    jwks: &mut Jwks,
-    bundle: &Bundle,
-) -> anyhow::Result<BundleClaims> {
-    let verified = match signing::verify(&bundle.jws, jwks) {
-        Err(VerifyError::UnknownKey(_)) => {
-            *jwks = fetch_jwks(client).await?;
-            signing::verify(&bundle.jws, jwks)
+/// Follows the namespace until interrupted or refused for good.
+pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> anyhow::Result<()> {
+    let target = connection.runtime_target()?;
+    let mut subscription = Subscription::new(target.server, &args.namespace)
+        .names(args.names)
+        .heartbeat_interval(args.heartbeat_interval);
+    if let Some(tls) = target.tls {
+        subscription = subscription.tls(tls);
+    }
+    if let Some(token) = target.token {
+        subscription = subscription.token(std::sync::Arc::new(move || Some(token.clone())));
+    }
+    if let Some(id) = args.runtime_id {
+        subscription = subscription.runtime(id, args.labels);
+    }
+    if let Some(dir) = args.cache_dir {
+        subscription = subscription.cache_dir(dir);
+    }
+    let mut previous: Option<State> = None;
+    let watched = subscription
+        .run(|state| {
+            print_state(state, previous.as_ref(), output);
+            previous = Some(state.clone());
+            Ok(())
+        })
+        .await;
+    match watched {
+        Ok(()) => Ok(()),
+        Err(WatchError::Refused(status)) => {
+            Err(Refused::new(format!("watching namespace {}", args.namespace), status).into())
         }
-        other => other,
+        Err(error @ WatchError::Config(_)) => Err(error.into()),
+    }
+}
+
+/// Prints a whole state: every bundle, and which changed since the last.
+fn print_state(state: &State, previous: Option<&State>, output: Output) {
+    let changed = |name: &str| {
+        previous
+            .and_then(|previous| previous.bundles.get(name))
+            .is_none_or(|before| before.version != state.bundles[name].version)
     };
-    let claims = verified.with_context(|| {
-        format!(
-            "bundle of {}/{} version {} does not verify",
-            bundle.namespace, bundle.name, bundle.version
-        )
-    })?;
-    let expected_subject = format!("{}/{}", bundle.namespace, bundle.name);
-    if claims.sub != expected_subject
-        || claims.ver != bundle.version
-        || claims.digest != bundle.digest
-    {
-        bail!(
-            "bundle of {expected_subject} version {} carries claims of {} version {}",
-            bundle.version,
-            claims.sub,
-            claims.ver
-        );
-    }
-    Ok(claims)
-}
-
-fn kind_name(kind: WatchEventKind) -> &'static str {
-    match kind {
-        WatchEventKind::Snapshot => "SNAPSHOT",
-        WatchEventKind::Update => "UPDATE",
-        WatchEventKind::Progress => "PROGRESS",
-        WatchEventKind::Unspecified => "UNSPECIFIED",
-    }
-}
-
-/// Streams until interrupted; reconnects with the last revision when the
-/// server goes away.
-pub async fn run(channel: AuthChannel, args: WatchArgs) -> anyhow::Result<()> {
-    let mut client = BundleServiceClient::new(channel);
-    let mut jwks = fetch_jwks(&mut client).await?;
-    let mut revision = args.since_revision;
-    loop {
-        let request = WatchActiveRequest {
-            namespace: args.namespace.clone(),
-            names: args.names.clone(),
-            since_revision: revision,
-            runtime: None,
-        };
-        let mut stream = match client.watch_active(request).await {
-            Err(status) if status.code() == Code::Unavailable => {
-                eprintln!(
-                    "server unavailable ({}); retrying from revision {revision}",
-                    status.message()
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            other => other.reply(format!("watching namespace {}", args.namespace))?,
-        };
-        loop {
-            let message = match stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(status) if status.code() == Code::Unavailable => {
-                    eprintln!(
-                        "stream ended ({}); resuming from revision {revision}",
-                        status.message()
-                    );
-                    break;
-                }
-                Err(status) => {
-                    return Err(Refused::new("following the watch stream", status).into());
-                }
-            };
-            let bundles = message.decode_bundles().context("decoding the bundles")?;
-            for bundle in &bundles {
-                verify(&mut client, &mut jwks, bundle).await?;
-            }
-            revision = message.revision;
-            print_message(
-                message.kind(),
-                message.revision,
-                message.reset,
-                &bundles,
-                args.json,
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn print_message(kind: WatchEventKind, revision: u64, reset: bool, bundles: &[Bundle], json: bool) {
-    if json {
-        let bundles: Vec<serde_json::Value> = bundles
-            .iter()
+    let source = match state.source {
+        Source::Server => "server",
+        Source::Cache => "cache",
+    };
+    if output == Output::Json {
+        let bundles: Vec<serde_json::Value> = state
+            .bundles
+            .values()
             .map(|bundle| {
-                serde_json::json!({
-                    "namespace": bundle.namespace, "name": bundle.name, "version": bundle.version,
+                json!({
+                    "namespace": state.namespace, "name": bundle.name, "version": bundle.version,
                     "label": bundle.label, "digest": bundle.digest, "revision": bundle.revision,
-                    "key_id": bundle.key_id, "verified": true,
+                    "key_id": bundle.key_id, "verified": true, "changed": changed(&bundle.name),
                 })
             })
             .collect();
         println!(
             "{}",
-            serde_json::json!({"kind": kind_name(kind), "revision": revision, "reset": reset, "bundles": bundles})
+            json!({"namespace": state.namespace, "revision": state.revision, "source": source,
+                   "bundles": bundles})
         );
         return;
     }
-    let reset = if reset { " (reset)" } else { "" };
+    let from_cache = if state.source == Source::Cache {
+        " (from the cache: the server has not answered yet)"
+    } else {
+        ""
+    };
     println!(
-        "revision {revision} {}{reset}: {} bundle(s)",
-        kind_name(kind),
-        bundles.len()
+        "revision {}: {} polic{} active{from_cache}",
+        state.revision,
+        state.bundles.len(),
+        if state.bundles.len() == 1 { "y" } else { "ies" }
     );
-    for bundle in bundles {
-        let label = if bundle.label.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", bundle.label)
-        };
+    for bundle in state.bundles.values() {
+        let label = bundle
+            .label
+            .as_ref()
+            .map(|label| format!(" ({label})"))
+            .unwrap_or_default();
+        let mark = if changed(&bundle.name) { "*" } else { " " };
         println!(
-            "  {}/{} version {}{label} {} verified, signed by {}",
-            bundle.namespace, bundle.name, bundle.version, bundle.digest, bundle.key_id
+            "{mark} {}/{} version {}{label} {} verified, signed by {}",
+            state.namespace, bundle.name, bundle.version, bundle.digest, bundle.key_id
         );
     }
 }

@@ -4,7 +4,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 use super::{Error, Result};
 
@@ -17,9 +16,7 @@ pub struct Digest(String);
 impl Digest {
     /// The digest of some canonical bytes.
     pub fn of_canonical(canonical: &[u8]) -> Self {
-        let hash = Sha256::digest(canonical);
-        let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
-        Digest(format!("sha256:{hex}"))
+        Digest(policyhub_runtime::bundle::digest_of_canonical(canonical))
     }
 
     /// The digest as text.
@@ -39,11 +36,7 @@ impl fmt::Display for Digest {
     }
 }
 
-/// RFC 8785 canonical JSON of any JSON value.
-pub fn canonical_json(value: &Value) -> String {
-    serde_json_canonicalizer::to_string(value)
-        .expect("a serde_json::Value always serializes: its keys are strings")
-}
+pub use policyhub_runtime::bundle::canonical_json;
 
 /// A policy document: a JSON object with its canonical form and digest.
 ///

@@ -1,16 +1,9 @@
-//! Ed25519 signing keys, signed bundles (JWS) and the JWKS that verifies
-//! them. The only module that touches key material.
+//! Ed25519 signing keys and the signing of bundles. The only module that
+//! touches private key material.
 //!
-//! A bundle is a JWS compact serialization whose payload carries the whole
-//! policy, so a runtime can verify it offline with nothing but the JWKS:
-//!
-//! ```text
-//! header  {"alg":"EdDSA","kid":"<RFC 7638 thumbprint>","typ":"policyhub-bundle+jwt"}
-//! payload {"iss","sub":"namespace/name","ver","label","digest","body","iat"}
-//! ```
-//!
-//! The explicit `typ` (RFC 8725 §3.11) keeps a bundle from ever being
-//! accepted where an access token is expected, and the other way round.
+//! The bundle format itself (claims, JWK, JWKS, verification) lives in the
+//! `policyhub-runtime` crate, which runtimes use to verify what this module
+//! signs: one definition for both sides.
 
 use std::{
     fs,
@@ -20,90 +13,18 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::{
     rand::SystemRandom,
     signature::{Ed25519KeyPair, KeyPair},
 };
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::domain::{PolicyBody, canonical_json};
+pub use policyhub_runtime::bundle::{BUNDLE_TYPE, BundleClaims, Jwk, Jwks, VerifyError, verify};
 
-/// The JWS `typ` header of every bundle.
-pub const BUNDLE_TYPE: &str = "policyhub-bundle+jwt";
+use crate::domain::PolicyBody;
 
 /// File name of the key generated on first start when none is configured.
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";
-
-/// The claims of a signed bundle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BundleClaims {
-    /// Issuer: the deployment's configured name.
-    pub iss: String,
-    /// `namespace/name` of the policy.
-    pub sub: String,
-    /// Version number.
-    pub ver: u32,
-    /// Release label, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Digest of the body's canonical JSON.
-    pub digest: String,
-    /// The policy document.
-    pub body: Value,
-    /// Publish time, seconds since the epoch.
-    pub iat: i64,
-}
-
-/// A public key as an RFC 7517 JSON Web Key (`kty: OKP`, `crv: Ed25519`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jwk {
-    /// Key type, `OKP`.
-    pub kty: String,
-    /// Curve, `Ed25519`.
-    pub crv: String,
-    /// The 32-byte public key, base64url without padding.
-    pub x: String,
-    /// RFC 7638 thumbprint.
-    pub kid: String,
-    /// `EdDSA`.
-    pub alg: String,
-    /// `sig`.
-    #[serde(rename = "use")]
-    pub use_: String,
-}
-
-impl Jwk {
-    /// The JWK of a raw Ed25519 public key.
-    pub fn ed25519(public_key: &[u8]) -> Self {
-        let x = URL_SAFE_NO_PAD.encode(public_key);
-        Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            kid: thumbprint(&x),
-            x,
-            alg: "EdDSA".into(),
-            use_: "sig".into(),
-        }
-    }
-}
-
-/// A JWK Set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jwks {
-    /// The keys.
-    pub keys: Vec<Jwk>,
-}
-
-/// RFC 7638 thumbprint of an Ed25519 key: the SHA-256 of the required
-/// members in lexicographic order, base64url.
-pub fn thumbprint(x: &str) -> String {
-    let required = serde_json::json!({"crv": "Ed25519", "kty": "OKP", "x": x});
-    let digest = ring::digest::digest(&ring::digest::SHA256, canonical_json(&required).as_bytes());
-    URL_SAFE_NO_PAD.encode(digest.as_ref())
-}
 
 /// A private key that can sign bundles.
 pub struct SigningKey {
@@ -262,75 +183,6 @@ fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
     SigningKey::from_pem(&text).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Why a bundle did not verify.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum VerifyError {
-    /// The text is not a JWS with a readable header.
-    #[error("not a signed bundle: {0}")]
-    Malformed(String),
-    /// The header names no key or a key the JWKS does not hold.
-    #[error("signed by unknown key {0:?}")]
-    UnknownKey(String),
-    /// Signature, algorithm or type check failed.
-    #[error("signature check failed: {0}")]
-    BadSignature(String),
-    /// The signature holds but the digest claim does not match the body.
-    #[error("digest {claimed} does not match the body, whose digest is {actual}")]
-    DigestMismatch {
-        /// The digest in the claims.
-        claimed: String,
-        /// The digest of the body in the claims.
-        actual: String,
-    },
-}
-
-/// Verifies a bundle offline against a JWKS: header type, algorithm, key,
-/// signature, and that the digest claim matches the body.
-pub fn verify(jws: &str, jwks: &Jwks) -> Result<BundleClaims, VerifyError> {
-    let header = jsonwebtoken::decode_header(jws)
-        .map_err(|error| VerifyError::Malformed(error.to_string()))?;
-    if header.alg != Algorithm::EdDSA {
-        return Err(VerifyError::BadSignature(format!(
-            "algorithm {:?} is not EdDSA",
-            header.alg
-        )));
-    }
-    if header.typ.as_deref() != Some(BUNDLE_TYPE) {
-        return Err(VerifyError::BadSignature(format!(
-            "type {:?} is not {BUNDLE_TYPE}",
-            header.typ
-        )));
-    }
-    let kid = header
-        .kid
-        .ok_or_else(|| VerifyError::UnknownKey(String::new()))?;
-    let jwk = jwks
-        .keys
-        .iter()
-        .find(|jwk| jwk.kid == kid && jwk.kty == "OKP" && jwk.crv == "Ed25519")
-        .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?;
-    let key = DecodingKey::from_ed_components(&jwk.x)
-        .map_err(|error| VerifyError::BadSignature(error.to_string()))?;
-    let mut validation = Validation::new(Algorithm::EdDSA);
-    // A bundle stays valid until another version is activated: it has no
-    // expiry and no audience.
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    let claims = jsonwebtoken::decode::<BundleClaims>(jws, &key, &validation)
-        .map_err(|error| VerifyError::BadSignature(error.to_string()))?
-        .claims;
-    let body = PolicyBody::parse("body", claims.body.clone(), usize::MAX)
-        .map_err(|error| VerifyError::Malformed(error.to_string()))?;
-    if body.digest().as_str() != claims.digest {
-        return Err(VerifyError::DigestMismatch {
-            claimed: claims.digest,
-            actual: body.digest().to_string(),
-        });
-    }
-    Ok(claims)
-}
-
 /// The claims of a version being published.
 pub fn claims_for(
     issuer: &str,
@@ -406,15 +258,6 @@ mod tests {
         assert_eq!(
             verify(&jws, &jwks),
             Err(VerifyError::UnknownKey(signer.kid().into()))
-        );
-    }
-
-    #[test]
-    fn thumbprint_matches_rfc_8037_example() {
-        // RFC 8037 appendix A.3.
-        assert_eq!(
-            thumbprint("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
     }
 

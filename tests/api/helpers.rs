@@ -454,11 +454,25 @@ pub async fn spawn_binary_server(
     data_dir: &std::path::Path,
     env: &[(&str, String)],
 ) -> (std::process::Child, Channel) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    spawn_binary_server_on(free_port(), data_dir, env).await
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// [`spawn_binary_server`] on a given port, so a test can restart a server
+/// where its clients expect it.
+pub async fn spawn_binary_server_on(
+    port: u16,
+    data_dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> (std::process::Child, Channel) {
     let mut server = std::process::Command::new(policyhub_binary())
         .args([
             "serve",

@@ -10,6 +10,7 @@ mod helpers;
 mod lifecycle;
 mod observability;
 mod operations;
+mod runtime_library;
 mod runtimes;
 mod signing;
 mod sync;

@@ -1,0 +1,639 @@
+//! The runtime library (`policyhub-runtime`) against the real server
+//! binary: resume after kill -9, half-open connections, reconnect storms,
+//! tampered bundles, the cache, and namespaces above 4 MiB.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use policyhub::grpc::{
+    convert::json_to_struct,
+    proto::{self, policy_service_client::PolicyServiceClient},
+};
+use policyhub_runtime::{Source, State, Subscription};
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tonic::transport::Channel;
+
+use crate::helpers::{free_port, policyhub_binary, spawn_binary_server_on};
+
+/// A 200 ms heartbeat on the server, and the same expectation on clients.
+const HEARTBEAT: Duration = Duration::from_millis(200);
+
+fn server_env() -> Vec<(&'static str, String)> {
+    vec![(
+        "POLICYHUB_WATCH__HEARTBEAT_INTERVAL_MS",
+        HEARTBEAT.as_millis().to_string(),
+    )]
+}
+
+/// Drafts and publishes `body` as the next version of team/`name`, active.
+async fn release(channel: &Channel, name: &str, body: serde_json::Value) -> u64 {
+    let mut client = PolicyServiceClient::new(channel.clone());
+    client
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: name.into(),
+            body: Some(json_to_struct(&body)),
+            ..Default::default()
+        })
+        .await
+        .expect("draft");
+    client
+        .publish(crate::helpers::publish_request("team", name, "", true))
+        .await
+        .expect("publish")
+        .into_inner()
+        .revision
+}
+
+/// Runs a subscription in a task; every state it applies arrives on the
+/// channel.
+fn follow(subscription: Subscription) -> (JoinHandle<()>, mpsc::UnboundedReceiver<State>) {
+    let (states, received) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let _ = subscription
+            .run(move |state| {
+                states.send(state.clone()).ok();
+                Ok(())
+            })
+            .await;
+    });
+    (task, received)
+}
+
+fn quick(endpoint: &str) -> Subscription {
+    Subscription::new(endpoint, "team")
+        .heartbeat_interval(HEARTBEAT)
+        .backoff(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// The next applied state, failing the test after `wait`.
+async fn next_state(states: &mut mpsc::UnboundedReceiver<State>, wait: Duration) -> State {
+    tokio::time::timeout(wait, states.recv())
+        .await
+        .expect("a state in time")
+        .expect("the subscription runs")
+}
+
+/// Waits for the state in which team/`name` is at `version`.
+async fn until_version(
+    states: &mut mpsc::UnboundedReceiver<State>,
+    name: &str,
+    version: u32,
+    seen: &mut Vec<State>,
+) -> State {
+    loop {
+        let state = next_state(states, Duration::from_secs(15)).await;
+        seen.push(state.clone());
+        if state.bundles.get(name).map(|bundle| bundle.version) == Some(version) {
+            return state;
+        }
+    }
+}
+
+fn kill_9(mut server: Child) {
+    server.kill().expect("SIGKILL");
+    server.wait().expect("reaped");
+}
+
+/// A loopback TCP proxy that can black-hole its open connections (stop
+/// forwarding, keep the sockets) and flip bytes of the JWS it forwards.
+#[derive(Clone)]
+struct Proxy {
+    address: SocketAddr,
+    /// Connections opened before this flips stop forwarding.
+    stalled: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// When each connection was accepted.
+    accepts: Arc<Mutex<Vec<Instant>>>,
+    tamper: Arc<Mutex<Option<Tamper>>>,
+}
+
+/// How the proxy corrupts the next JWS it forwards to the client.
+#[derive(Clone, Copy, Debug)]
+enum Tamper {
+    /// One character of the signed payload.
+    Payload,
+    /// The key id in the header, rewritten to a key no JWKS holds.
+    KeyId,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            address: listener.local_addr().unwrap(),
+            stalled: Arc::default(),
+            accepts: Arc::default(),
+            tamper: Arc::default(),
+        };
+        let shared = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                shared.accepts.lock().unwrap().push(Instant::now());
+                let stall = Arc::new(AtomicBool::new(false));
+                shared.stalled.lock().unwrap().push(stall.clone());
+                let tamper = shared.tamper.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let none = Arc::new(Mutex::new(None));
+                    tokio::join!(
+                        pipe(client_read, server_write, stall.clone(), none),
+                        pipe(server_read, client_write, stall, tamper),
+                    );
+                });
+            }
+        });
+        proxy
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Open connections stop forwarding; new ones work.
+    fn black_hole_open_connections(&self) {
+        for stall in self.stalled.lock().unwrap().drain(..) {
+            stall.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stall: Arc<AtomicBool>,
+    tamper: Arc<Mutex<Option<Tamper>>>,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        if stall.load(Ordering::SeqCst) {
+            // Black hole: swallow everything, keep the socket open.
+            continue;
+        }
+        let chunk = &mut buffer[..read];
+        let pending = *tamper.lock().unwrap();
+        if let Some(how) = pending
+            && corrupt(chunk, how)
+        {
+            tamper.lock().unwrap().take();
+        }
+        if to.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Corrupts the first JWS in `chunk` in place, keeping its length.
+fn corrupt(chunk: &mut [u8], how: Tamper) -> bool {
+    let Some(start) = chunk.windows(3).position(|window| window == b"eyJ") else {
+        return false;
+    };
+    let Some(dot) = chunk[start..].iter().position(|byte| *byte == b'.') else {
+        return false;
+    };
+    let dot = start + dot;
+    match how {
+        Tamper::Payload => {
+            let at = dot + 12;
+            if at >= chunk.len() {
+                return false;
+            }
+            chunk[at] = if chunk[at] == b'A' { b'B' } else { b'A' };
+        }
+        Tamper::KeyId => {
+            let Ok(header) = URL_SAFE_NO_PAD.decode(&chunk[start..dot]) else {
+                return false;
+            };
+            let Ok(mut header) = serde_json::from_slice::<serde_json::Value>(&header) else {
+                return false;
+            };
+            let kid = header["kid"].as_str().unwrap_or_default().to_owned();
+            header["kid"] = json!("X".repeat(kid.len()));
+            let encoded = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap());
+            if encoded.len() != dot - start {
+                return false;
+            }
+            chunk[start..dot].copy_from_slice(encoded.as_bytes());
+        }
+    }
+    true
+}
+
+async fn policy_status(channel: &Channel, name: &str) -> proto::GetPolicyStatusResponse {
+    PolicyServiceClient::new(channel.clone())
+        .get_policy_status(proto::GetPolicyStatusRequest {
+            namespace: "team".into(),
+            name: name.into(),
+        })
+        .await
+        .expect("policy status")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let (task, mut states) = follow(quick(&format!("http://127.0.0.1:{port}")).runtime("rt-1", []));
+    let mut seen = Vec::new();
+    until_version(&mut states, "limits", 1, &mut seen).await;
+    release(&channel, "limits", json!({"v": 2})).await;
+    until_version(&mut states, "limits", 2, &mut seen).await;
+
+    kill_9(server);
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    for version in 3..=5 {
+        release(&channel, "limits", json!({"v": version})).await;
+    }
+    let last = until_version(&mut states, "limits", 5, &mut seen).await;
+    assert_eq!(last.revision, 5);
+    let revisions: Vec<u64> = seen.iter().map(|state| state.revision).collect();
+    assert!(
+        revisions.windows(2).all(|pair| pair[0] < pair[1]),
+        "revisions only increase and none is applied twice: {revisions:?}"
+    );
+    // The report of the last state reached the restarted server.
+    let reported = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if policy_status(&channel, "limits").await.applied == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(reported.is_ok(), "APPLIED reported after the restart");
+    task.abort();
+    kill_9(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_connection_is_noticed_within_three_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let (task, mut states) = follow(quick(&proxy.endpoint()));
+    let mut seen = Vec::new();
+    until_version(&mut states, "limits", 1, &mut seen).await;
+
+    proxy.black_hole_open_connections();
+    let stalled_at = Instant::now();
+    release(&channel, "limits", json!({"v": 2})).await;
+    until_version(&mut states, "limits", 2, &mut seen).await;
+    let noticed = stalled_at.elapsed();
+    println!("a black-holed stream was replaced after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "noticed within three 200 ms heartbeats plus a backoff: {noticed:?}"
+    );
+    task.abort();
+
+    // The same through `policyhub watch`.
+    let mut watch = Command::new(policyhub_binary())
+        .args([
+            "watch",
+            "--server",
+            &proxy.endpoint(),
+            "--namespace",
+            "team",
+            "--heartbeat-interval",
+            "200ms",
+            "--output",
+            "json",
+        ])
+        .env("POLICYHUB_CLIENT_CONFIG", dir.path().join("no-config.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = watch_lines(&mut watch);
+    let first = next_line(&lines).await;
+    assert_eq!(first["bundles"][0]["version"], 2);
+    proxy.black_hole_open_connections();
+    release(&channel, "limits", json!({"v": 3})).await;
+    let next = next_line(&lines).await;
+    assert_eq!(next["bundles"][0]["version"], 3);
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    kill_9(server);
+}
+
+type Lines = Arc<Mutex<mpsc::UnboundedReceiver<String>>>;
+
+fn watch_lines(child: &mut Child) -> Lines {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Arc::new(Mutex::new(receiver))
+}
+
+async fn next_line(lines: &Lines) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(line) = lines.lock().unwrap().try_recv() {
+            return serde_json::from_str(&line).expect("one JSON object per line");
+        }
+        assert!(Instant::now() < deadline, "a line within 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After a server restart, 1,000 runtimes come back spread over the
+/// backoff window (full jitter), not in one wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_runtimes_reconnect_spread_over_the_backoff_window() {
+    const RUNTIMES: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut env = server_env();
+    env.push((
+        "POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT",
+        (RUNTIMES * 2).to_string(),
+    ));
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let (applied, mut applications) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for _ in 0..RUNTIMES {
+        let applied = applied.clone();
+        let subscription = Subscription::new(proxy.endpoint(), "team")
+            .heartbeat_interval(Duration::from_secs(10))
+            .backoff(Duration::from_secs(2), Duration::from_secs(10));
+        tasks.push(tokio::spawn(async move {
+            let _ = subscription
+                .run(move |state| {
+                    applied.send(state.revision).ok();
+                    Ok(())
+                })
+                .await;
+        }));
+    }
+    for _ in 0..RUNTIMES {
+        tokio::time::timeout(Duration::from_secs(60), applications.recv())
+            .await
+            .expect("every runtime applies the first state")
+            .unwrap();
+    }
+    kill_9(server);
+    let killed = Instant::now();
+    proxy.accepts.lock().unwrap().clear();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
+    release(&channel, "limits", json!({"v": 2})).await;
+    for _ in 0..RUNTIMES {
+        tokio::time::timeout(Duration::from_secs(60), applications.recv())
+            .await
+            .expect("every runtime applies the state after the restart")
+            .unwrap();
+    }
+    let accepts: Vec<Duration> = proxy
+        .accepts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|at| at.duration_since(killed))
+        .collect();
+    let busiest = accepts
+        .iter()
+        .map(|start| {
+            accepts
+                .iter()
+                .filter(|at| **at >= *start && **at < *start + Duration::from_millis(100))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let spread = accepts.iter().max().copied().unwrap_or_default()
+        - accepts.iter().min().copied().unwrap_or_default();
+    println!(
+        "{RUNTIMES} runtimes reconnected with {} connection attempts over {spread:?}; \
+         the busiest 100 ms held {busiest}",
+        accepts.len()
+    );
+    assert!(
+        busiest < RUNTIMES / 3,
+        "reconnects are spread, not one wave: {busiest} in the busiest 100 ms"
+    );
+    for task in tasks {
+        task.abort();
+    }
+    kill_9(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_bundles_and_unknown_keys_are_rejected_reported_and_the_last_good_state_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let (task, mut states) = follow(quick(&proxy.endpoint()).runtime("rt-1", []));
+    let mut seen = Vec::new();
+    until_version(&mut states, "limits", 1, &mut seen).await;
+
+    for (tamper, version, reason) in [
+        (Tamper::Payload, 2, "signature check failed"),
+        (Tamper::KeyId, 3, "signed by unknown key"),
+    ] {
+        *proxy.tamper.lock().unwrap() = Some(tamper);
+        release(&channel, "limits", json!({"v": version})).await;
+        let rejected = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let status = policy_status(&channel, "limits").await;
+                if let Some(group) = status
+                    .versions
+                    .iter()
+                    .find(|entry| entry.version == version)
+                    .and_then(|entry| entry.rejections.first())
+                {
+                    return group.error.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{tamper:?}: REJECTED reported"));
+        assert!(rejected.contains(reason), "{tamper:?}: {rejected}");
+        assert!(
+            states.try_recv().is_err(),
+            "{tamper:?}: the application never saw version {version}"
+        );
+    }
+    // The next good version is applied.
+    release(&channel, "limits", json!({"v": 4})).await;
+    let applied = until_version(&mut states, "limits", 4, &mut seen).await;
+    assert_eq!(applied.bundles["limits"].body, json!({"v": 4}));
+    task.abort();
+    kill_9(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_carries_a_runtime_through_an_unreachable_server_and_corruption_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let port = free_port();
+    let (server, channel) =
+        spawn_binary_server_on(port, &dir.path().join("data"), &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    release(&channel, "other", json!({"v": 1})).await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (task, mut states) = follow(quick(&endpoint).cache_dir(&cache));
+    let mut seen = Vec::new();
+    until_version(&mut states, "other", 1, &mut seen).await;
+    task.abort();
+    kill_9(server);
+
+    // The server is gone: the library starts from its cache, verified.
+    let (task, mut states) = follow(quick(&endpoint).cache_dir(&cache));
+    let cached = next_state(&mut states, Duration::from_secs(15)).await;
+    assert_eq!(cached.source, Source::Cache);
+    assert_eq!((cached.revision, cached.bundles.len()), (2, 2));
+    task.abort();
+    let watched = watch_from_cache(&endpoint, &cache, dir.path());
+    assert!(
+        watched
+            .0
+            .contains("(from the cache: the server has not answered yet)"),
+        "{watched:?}"
+    );
+
+    // One flipped byte in a cached bundle: the cache is refused.
+    let file = cache.join("team.state.json");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let at = text.find("eyJ").unwrap() + 40;
+    let flipped = if &text[at..at + 1] == "A" { "B" } else { "A" };
+    text.replace_range(at..at + 1, flipped);
+    std::fs::write(&file, text).unwrap();
+    let (task, mut states) = follow(quick(&endpoint).cache_dir(&cache));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), states.recv())
+            .await
+            .is_err(),
+        "a corrupted cache is never applied"
+    );
+    task.abort();
+    let (stdout, stderr) = watch_from_cache(&endpoint, &cache, dir.path());
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("refusing the cached state") && stderr.contains("does not verify"),
+        "{stderr}"
+    );
+}
+
+/// `policyhub watch --cache-dir` for two seconds against an unreachable
+/// server: what it printed and logged.
+fn watch_from_cache(endpoint: &str, cache: &Path, dir: &Path) -> (String, String) {
+    let mut child = Command::new(policyhub_binary())
+        .args([
+            "watch",
+            "--server",
+            endpoint,
+            "--namespace",
+            "team",
+            "--cache-dir",
+        ])
+        .arg(cache)
+        .env("POLICYHUB_CLIENT_CONFIG", dir.join("no-config.toml"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// 20 policies of 900 KB (about 24 MiB of bundles) arrive as one whole
+/// state through the library and through `policyhub watch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_of_twenty_large_policies_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    let filler = "x".repeat(900 * 1024);
+    for n in 0..20 {
+        release(
+            &channel,
+            &format!("p{n:02}"),
+            json!({"n": n, "filler": filler}),
+        )
+        .await;
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (task, mut states) = follow(quick(&endpoint).heartbeat_interval(Duration::from_secs(10)));
+    let state = next_state(&mut states, Duration::from_secs(30)).await;
+    assert_eq!((state.revision, state.bundles.len()), (20, 20));
+    let numbers: BTreeMap<&str, i64> = state
+        .bundles
+        .iter()
+        .map(|(name, bundle)| (name.as_str(), bundle.body["n"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(numbers["p07"], 7);
+    task.abort();
+
+    let mut watch = Command::new(policyhub_binary())
+        .args([
+            "watch",
+            "--server",
+            &endpoint,
+            "--namespace",
+            "team",
+            "-o",
+            "json",
+        ])
+        .env("POLICYHUB_CLIENT_CONFIG", dir.path().join("no-config.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = watch_lines(&mut watch);
+    let printed = next_line(&lines).await;
+    assert_eq!(printed["bundles"].as_array().unwrap().len(), 20);
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    kill_9(server);
+}
