@@ -4,11 +4,12 @@
 #   docker build -t policyhub:0.1.0 .
 #   docker run --rm policyhub:0.1.0 --help
 #
-# It runs `policyhub serve` as the non-root user 65532 (`nonroot`), with no
-# shell. Settings come from a file (`serve --config FILE`), POLICYHUB_*
-# variables and flags; the image sets none of them, so that nothing overrides
-# the configuration file the Helm chart (helm/policyhub) mounts. Note that the
-# server listens on 127.0.0.1:50051 unless told otherwise (listen = "0.0.0.0:50051").
+# It runs `policyhub serve --listen 0.0.0.0:50051` as the non-root user 65532
+# (`nonroot`), with no shell: inside a container only listening on every
+# interface makes the exposed port reachable (authentication stays on).
+# Settings come from a file (`serve --config FILE`), POLICYHUB_* variables and
+# flags; the Helm chart (helm/policyhub) passes its own arguments, which
+# replace this CMD, and mounts its configuration file.
 
 # --- build -------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -37,4 +38,4 @@ WORKDIR /home/nonroot
 # gRPC, and the Prometheus metrics (metrics_listen).
 EXPOSE 50051 9090
 ENTRYPOINT ["/policyhub"]
-CMD ["serve"]
+CMD ["serve", "--listen", "0.0.0.0:50051"]

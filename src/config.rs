@@ -287,6 +287,23 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// The settings `policyhub migrate` takes as flags: where the database is.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct MigrateOverrides {
+    /// Directory of the SQLite database [default: data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL, sqlite://… or postgres://… [default: sqlite in the data directory]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Log format
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
 /// The top-level settings, which the environment may set.
 const SETTINGS: &[&str] = &[
     "listen",
@@ -320,7 +337,7 @@ fn is_setting(key: &str) -> bool {
 
 impl Settings {
     /// Layers the defaults, `config_file`, the environment and `overrides`.
-    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+    pub fn load(config_file: Option<&Path>, overrides: &impl Serialize) -> anyhow::Result<Self> {
         let mut figment = Figment::new();
         if let Some(path) = config_file {
             anyhow::ensure!(

@@ -326,3 +326,18 @@ async fn an_activation_that_returned_ok_survives_kill_minus_nine() {
     assert_eq!((active.version, active.revision), (1, published.revision));
     terminate(restarted).await;
 }
+
+/// The example runtime in the README is the one the build compiles
+/// (`runtime/examples/enforcer.rs`), character for character.
+#[test]
+fn the_readme_example_runtime_is_the_compiled_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- example-runtime:start -->\n```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n<!-- example-runtime:end -->").next())
+        .expect("the README has the example runtime block");
+    let example = std::fs::read_to_string(root.join("runtime/examples/enforcer.rs")).unwrap();
+    assert_eq!(block, example);
+}

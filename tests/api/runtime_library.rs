@@ -519,6 +519,15 @@ async fn the_cache_carries_a_runtime_through_an_unreachable_server_and_corruptio
     let (task, mut states) = follow(quick(&endpoint).cache_dir(&cache));
     let mut seen = Vec::new();
     until_version(&mut states, "other", 1, &mut seen).await;
+    // The cache is written once the application accepted the state.
+    let file = cache.join("team.state.json");
+    let written = tokio::time::timeout(Duration::from_secs(10), async {
+        while !std::fs::read_to_string(&file).is_ok_and(|text| text.contains(r#""revision":2"#)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "the cache holds revision 2");
     task.abort();
     kill_9(server);
 
@@ -537,7 +546,6 @@ async fn the_cache_carries_a_runtime_through_an_unreachable_server_and_corruptio
     );
 
     // One flipped byte in a cached bundle: the cache is refused.
-    let file = cache.join("team.state.json");
     let mut text = std::fs::read_to_string(&file).unwrap();
     let at = text.find("eyJ").unwrap() + 40;
     let flipped = if &text[at..at + 1] == "A" { "B" } else { "A" };
