@@ -24,6 +24,10 @@ use crate::grpc::Limits;
 pub struct Settings {
     /// Address of the gRPC port. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Connections the kernel queues before the server accepts them (the
+    /// listen backlog; etcd uses 4096). A connection storm beyond it pays
+    /// TCP's one-second SYN retry. Linux caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
     /// Address of the Prometheus metrics port (`/metrics`); off when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// Directory of the SQLite database and of a generated signing key.
@@ -240,6 +244,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            listen_backlog: 4096,
             metrics_listen: None,
             data_dir: PathBuf::from("data"),
             database_url: None,
@@ -307,6 +312,7 @@ pub struct MigrateOverrides {
 /// The top-level settings, which the environment may set.
 const SETTINGS: &[&str] = &[
     "listen",
+    "listen_backlog",
     "metrics_listen",
     "data_dir",
     "database_url",

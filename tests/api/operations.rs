@@ -341,3 +341,28 @@ fn the_readme_example_runtime_is_the_compiled_example() {
     let example = std::fs::read_to_string(root.join("runtime/examples/enforcer.rs")).unwrap();
     assert_eq!(block, example);
 }
+
+/// `listen_backlog` reaches the kernel: `ss` shows it as the listening
+/// socket's Send-Q.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let (server, _channel) = crate::helpers::spawn_binary_server_on(
+        port,
+        dir.path(),
+        &[("POLICYHUB_LISTEN_BACKLOG", "777".to_owned())],
+    )
+    .await;
+    let listed = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) is installed");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let send_queue: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_queue, ["777"], "{text}");
+    terminate(server).await;
+}
