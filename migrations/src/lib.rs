@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_create_tables;
 mod m20261121_000002_immutability_triggers;
 mod m20261122_000001_runtimes;
+mod m20261122_000002_events_kind_index;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_tables::Migration),
             Box::new(m20261121_000002_immutability_triggers::Migration),
             Box::new(m20261122_000001_runtimes::Migration),
+            Box::new(m20261122_000002_events_kind_index::Migration),
         ]
     }
 }

@@ -77,6 +77,40 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    /// The plans of the queries a start runs, on SQLite: index lookups,
+    /// not scans of the version rows or the event log.
+    #[tokio::test]
+    async fn start_up_queries_use_indexes_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let db = super::connect(&url).await.unwrap();
+        super::migrate(&db).await.unwrap();
+        let plan = |sql: &str| {
+            let db = db.clone();
+            let sql = format!("EXPLAIN QUERY PLAN {sql}");
+            async move {
+                db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.try_get::<String>("", "detail").unwrap())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        };
+        let active = plan(super::repository::ACTIVE_BUNDLES).await;
+        assert!(!active.contains("SCAN v"), "{active}");
+        assert!(active.contains("SEARCH v USING INDEX"), "{active}");
+        let rotation =
+            plan("SELECT * FROM events WHERE kind = 'KEY_ROTATED' ORDER BY id DESC LIMIT 1").await;
+        assert!(
+            rotation.contains("USING INDEX events_kind_id"),
+            "{rotation}"
+        );
+    }
+
     #[test]
     fn redact_hides_only_the_password() {
         assert_eq!(

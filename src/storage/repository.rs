@@ -1341,8 +1341,7 @@ impl Repository {
         let revision = current_revision(&txn).await?;
         let rows = MovedRow::find_by_statement(Statement::from_string(
             txn.get_database_backend(),
-            "SELECT p.active_revision AS revision, p.namespace, p.name, v.version, v.label, v.digest, v.jws, v.key_id \
-             FROM policies p JOIN versions v ON v.policy_id = p.id AND v.version = p.active_version",
+            ACTIVE_BUNDLES,
         ))
         .all(&txn)
         .await?;
@@ -1453,6 +1452,15 @@ impl Repository {
 }
 
 /// Every pointer move after a revision, with the bundle it moved to.
+/// The active bundle of every policy. Driven from `policies`, one index
+/// lookup per active pointer: a LEFT JOIN keeps SQLite from scanning every
+/// version row (JWS included) to find the active ones. An active pointer
+/// always names an existing version (a foreign key of the data).
+pub(super) const ACTIVE_BUNDLES: &str = "SELECT p.active_revision AS revision, p.namespace, p.name, \
+     v.version, v.label, v.digest, v.jws, v.key_id \
+     FROM policies p LEFT JOIN versions v ON v.policy_id = p.id AND v.version = p.active_version \
+     WHERE p.active_version IS NOT NULL";
+
 const MOVES_SINCE: &str = "SELECT e.revision, p.namespace, p.name, v.version, v.label, v.digest, v.jws, v.key_id \
      FROM events e \
      JOIN policies p ON p.id = e.policy_id \
