@@ -38,6 +38,35 @@ impl fmt::Display for Digest {
 
 pub use policyhub_runtime::bundle::canonical_json;
 
+/// How deep a body or schema may nest objects and arrays (the top-level
+/// object is level 1). Well below what protobuf decoders accept, so a too
+/// deep document is refused with this limit named, not with a decoder's
+/// recursion error.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// How deep `value` nests objects and arrays (a scalar is 0).
+fn depth_of(value: &Value) -> usize {
+    match value {
+        Value::Object(members) => 1 + members.values().map(depth_of).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Refuses a document nested deeper than [`MAX_JSON_DEPTH`].
+pub fn check_depth(field: &str, value: &Value) -> Result<()> {
+    let depth = depth_of(value);
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "nests {depth} levels of objects and arrays, at most {MAX_JSON_DEPTH} levels are allowed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A policy document: a JSON object with its canonical form and digest.
 ///
 /// Valid by construction: the value is an object within the size limit.
@@ -58,6 +87,7 @@ impl PolicyBody {
                 format!("must be a JSON object, got {}", json_type_name(&value)),
             ));
         }
+        check_depth(field, &value)?;
         let canonical = canonical_json(&value);
         if canonical.len() > max_bytes {
             return Err(Error::ResourceExhausted(format!(

@@ -117,5 +117,19 @@ impl Error {
     }
 }
 
+/// Most characters of a caller's value quoted in an error.
+const QUOTED_CHARS: usize = 64;
+
+/// A caller's value as error text quotes it: in full when short, else a
+/// prefix and its length, so an error never repeats a huge input (gRPC
+/// clients cap the metadata a status travels in at a few KiB).
+pub fn quoted(value: &str) -> String {
+    if value.chars().count() <= QUOTED_CHARS {
+        return format!("{value:?}");
+    }
+    let prefix: String = value.chars().take(QUOTED_CHARS).collect();
+    format!("{prefix:?}… ({} bytes)", value.len())
+}
+
 /// Result of every domain operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

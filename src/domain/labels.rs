@@ -123,8 +123,8 @@ impl LabelSelector {
                 return Err(Error::invalid(
                     field,
                     format!(
-                        "{:?} is not a label requirement: use key=value, key!=value, key or !key",
-                        term.chars().take(64).collect::<String>()
+                        "{} is not a label requirement: use key=value, key!=value, key or !key",
+                        super::quoted(term)
                     ),
                 ));
             }

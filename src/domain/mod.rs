@@ -13,9 +13,9 @@ pub mod runtime;
 mod schema;
 mod version;
 
-pub use body::{Digest, PolicyBody, canonical_json};
+pub use body::{Digest, MAX_JSON_DEPTH, PolicyBody, canonical_json};
 pub use commands::*;
-pub use error::{Error, FieldViolation, Result, SchemaViolation};
+pub use error::{Error, FieldViolation, Result, SchemaViolation, quoted};
 pub use event::{EventKind, EventRecord};
 pub use names::{Namespace, PolicyName, PolicyRef};
 pub use schema::PolicySchema;

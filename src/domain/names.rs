@@ -36,7 +36,8 @@ fn check_label(value: &str, max_len: usize, inner: &[char], what: &str) -> Resul
     }
     if value.len() > max_len {
         return Err(format!(
-            "{what} {value:?} is {} characters long, at most {max_len} are allowed",
+            "{what} {} is {} characters long, at most {max_len} are allowed",
+            super::quoted(value),
             value.len()
         ));
     }
@@ -45,8 +46,9 @@ fn check_label(value: &str, max_len: usize, inner: &[char], what: &str) -> Resul
     if !starts_and_ends_well || !all_allowed {
         let allowed: String = inner.iter().map(|c| format!(" '{c}'")).collect();
         return Err(format!(
-            "{what} {value:?} is not valid: use lowercase letters, digits and{allowed}, \
-             starting and ending with a letter or digit"
+            "{what} {} is not valid: use lowercase letters, digits and{allowed}, \
+             starting and ending with a letter or digit",
+            super::quoted(value)
         ));
     }
     Ok(())

@@ -39,8 +39,9 @@ impl RuntimeId {
             && value.chars().all(|c| is_edge(c) || c == '-' || c == '.'))
         {
             Some(format!(
-                "{value:?} is not valid: use lowercase letters, digits, '-' and '.', \
-                 starting and ending with a letter or digit"
+                "{} is not valid: use lowercase letters, digits, '-' and '.', \
+                 starting and ending with a letter or digit",
+                super::quoted(value)
             ))
         } else {
             None
@@ -241,8 +242,8 @@ pub fn runtimes_page(
                     Error::invalid(
                         "page_token",
                         format!(
-                            "{:?} is not a page token of this listing",
-                            token.chars().take(64).collect::<String>()
+                            "{} is not a page token of this listing",
+                            super::quoted(token)
                         ),
                     )
                 })?,

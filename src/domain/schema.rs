@@ -24,6 +24,7 @@ impl PolicySchema {
                 ),
             ));
         }
+        super::body::check_depth(field, &value)?;
         let validator = jsonschema::validator_for(&value).map_err(|error| {
             Error::invalid(field, format!("is not a valid JSON Schema: {error}"))
         })?;

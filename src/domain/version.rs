@@ -69,7 +69,10 @@ impl Label {
         let version = semver::Version::parse(text).map_err(|error| {
             Error::invalid(
                 field,
-                format!("label {text:?} is not a semantic version such as 1.5.0: {error}"),
+                format!(
+                    "label {} is not a semantic version such as 1.5.0: {error}",
+                    super::quoted(text)
+                ),
             )
         })?;
         if !version.build.is_empty() {
@@ -78,7 +81,10 @@ impl Label {
             // release.
             return Err(Error::invalid(
                 field,
-                format!("label {text:?} must not carry build metadata (+…)"),
+                format!(
+                    "label {} must not carry build metadata (+…)",
+                    super::quoted(text)
+                ),
             ));
         }
         Ok(Label(version))

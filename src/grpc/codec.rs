@@ -4,11 +4,20 @@
 //! stream up front. A watch stream sends a few hundred bytes at a time and
 //! idles in between, and a server holds tens of thousands of them, so this
 //! codec starts at 1 KiB and lets the buffer grow for large messages.
+//!
+//! A message that does not decode is the sender's fault: INVALID_ARGUMENT
+//! saying so (prost's decoder answers INTERNAL, which gRPC reserves for
+//! faults of the server).
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
+use tonic::{
+    Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+};
 use tonic_prost::ProstCodec;
+
+use crate::domain::MAX_JSON_DEPTH;
 
 /// Initial encode/decode buffer of a stream.
 const BUFFER_SIZE: usize = 1024;
@@ -35,13 +44,50 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
-    type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+    type Decoder = CheckedDecoder<<ProstCodec<T, U> as Codec>::Decoder>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        CheckedDecoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+            BUFFER_SIZE,
+            YIELD_THRESHOLD,
+        )))
+    }
+}
+
+/// prost's decoder, with undecodable messages refused as INVALID_ARGUMENT.
+#[derive(Debug)]
+pub struct CheckedDecoder<D>(D);
+
+impl<D: Decoder<Error = Status>> Decoder for CheckedDecoder<D> {
+    type Item = D::Item;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D::Item>, Status> {
+        self.0
+            .decode(buf)
+            .map_err(|status| Status::invalid_argument(undecodable(status.message())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
+/// What to say about a message prost could not decode.
+fn undecodable(error: &str) -> String {
+    if error.contains("recursion limit reached") {
+        format!(
+            "the message nests too deeply to decode: a body or schema may nest at most \
+             {MAX_JSON_DEPTH} levels of objects and arrays"
+        )
+    } else {
+        format!(
+            "the message is not a valid protobuf encoding of this method's request: {}",
+            error.chars().take(200).collect::<String>()
+        )
     }
 }

@@ -20,26 +20,55 @@ pub fn code_of(error: &Error) -> Code {
     }
 }
 
+/// Most characters of a status message; stock gRPC clients refuse
+/// response metadata above 16 KiB, and a status is read by people.
+const MAX_MESSAGE_CHARS: usize = 1024;
+/// Most characters of one violation's text.
+const MAX_DETAIL_CHARS: usize = 256;
+/// Most violations attached to one status.
+const MAX_VIOLATIONS: usize = 20;
+
+/// `text`, cut to `max` characters with a note of what was cut.
+fn bounded(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let kept: String = text.chars().take(max).collect();
+    format!("{kept}… ({} bytes in all)", text.len())
+}
+
 /// Converts a domain error, attaching `google.rpc.BadRequest` field
 /// violations to INVALID_ARGUMENT and `google.rpc.PreconditionFailure`
 /// schema violations (type `SCHEMA`, subject = JSON Pointer into the body)
-/// to FAILED_PRECONDITION.
+/// to FAILED_PRECONDITION. The message and the details are bounded, so a
+/// whole status stays within a few KiB whatever the request held.
 pub fn to_status(error: Error) -> Status {
     let code = code_of(&error);
-    let message = error.to_string();
+    let message = bounded(error.to_string(), MAX_MESSAGE_CHARS);
     match error {
         Error::InvalidArgument(violations) => {
             let violations: Vec<FieldViolation> = violations
                 .into_iter()
-                .map(|violation| FieldViolation::new(violation.field, violation.description))
+                .take(MAX_VIOLATIONS)
+                .map(|violation| {
+                    FieldViolation::new(
+                        bounded(violation.field, MAX_DETAIL_CHARS),
+                        bounded(violation.description, MAX_DETAIL_CHARS),
+                    )
+                })
                 .collect();
             Status::with_error_details(code, message, ErrorDetails::with_bad_request(violations))
         }
         Error::FailedPrecondition { violations, .. } if !violations.is_empty() => {
             let violations: Vec<PreconditionViolation> = violations
                 .into_iter()
+                .take(MAX_VIOLATIONS)
                 .map(|violation| {
-                    PreconditionViolation::new("SCHEMA", violation.instance_path, violation.message)
+                    PreconditionViolation::new(
+                        "SCHEMA",
+                        bounded(violation.instance_path, MAX_DETAIL_CHARS),
+                        bounded(violation.message, MAX_DETAIL_CHARS),
+                    )
                 })
                 .collect();
             Status::with_error_details(
@@ -59,6 +88,39 @@ pub fn to_status(error: Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_stays_small_whatever_the_request_held() {
+        let huge = "x".repeat(100_000);
+        let violations = (0..1000)
+            .map(|n| crate::domain::FieldViolation {
+                field: format!("targets[{n}].{huge}"),
+                description: huge.clone(),
+            })
+            .collect();
+        let status = to_status(Error::InvalidArgument(violations));
+        assert!(
+            status.message().len() < 2 * MAX_MESSAGE_CHARS,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.details().len() < 16 * 1024,
+            "{}",
+            status.details().len()
+        );
+        let schema = to_status(Error::FailedPrecondition {
+            message: huge.clone(),
+            violations: vec![
+                crate::domain::SchemaViolation {
+                    instance_path: "/a".into(),
+                    message: huge.clone(),
+                };
+                100
+            ],
+        });
+        assert!(schema.message().len() + schema.details().len() < 16 * 1024);
+    }
     use crate::domain::SchemaViolation;
 
     #[test]

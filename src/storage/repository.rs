@@ -1404,11 +1404,20 @@ impl Repository {
             .exec_without_returning(txn)
             .await?;
         }
-        let last_rotation = events::Entity::find()
+        // MAX(id) by kind is one seek in the index on events(kind, id),
+        // whatever the planner makes of ORDER BY … LIMIT 1.
+        let last_rotation_id: Option<i64> = events::Entity::find()
+            .select_only()
+            .column_as(events::Column::Id.max(), "id")
             .filter(events::Column::Kind.eq(EventKind::KeyRotated.as_str()))
-            .order_by(events::Column::Id, Order::Desc)
+            .into_tuple::<Option<i64>>()
             .one(txn)
-            .await?;
+            .await?
+            .flatten();
+        let last_rotation = match last_rotation_id {
+            Some(id) => events::Entity::find_by_id(id).one(txn).await?,
+            None => None,
+        };
         if last_rotation.and_then(|event| event.key_id).as_deref() != Some(signing_kid) {
             record_event(
                 txn,

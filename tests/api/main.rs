@@ -8,6 +8,7 @@ mod client_settings;
 mod concurrency;
 mod helpers;
 mod lifecycle;
+mod malformed;
 mod observability;
 mod operations;
 mod runtime_library;
