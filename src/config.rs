@@ -263,21 +263,14 @@ impl Default for Settings {
     }
 }
 
-/// Settings given as command-line flags; only those given override.
+/// Settings given as command-line flags to `serve`; only those given
+/// override.
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
 pub struct Overrides {
     /// Address of the gRPC port [default: 127.0.0.1:50051]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
-    /// Directory for the SQLite database and a generated signing key [default: data]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    /// Database URL, sqlite://… or postgres://… [default: sqlite in the data directory]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database_url: Option<String>,
     /// Address of the Prometheus metrics port [default: off]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,16 +279,16 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
-    /// Log format
-    #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
+    /// Where the database is, and the log format.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub database: DatabaseOverrides,
 }
 
-/// The settings `policyhub migrate` takes as flags: where the database is.
+/// The flags `serve` and `migrate` share: where the database is.
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
-pub struct MigrateOverrides {
-    /// Directory of the SQLite database [default: data]
+pub struct DatabaseOverrides {
+    /// Directory for the SQLite database and a generated signing key [default: data]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,

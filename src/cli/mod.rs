@@ -30,7 +30,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::{MigrateOverrides, Overrides, Settings};
+use crate::config::{DatabaseOverrides, Overrides, Settings};
 use crate::signing::{self, Jwks};
 use crate::startup::{self, Application};
 
@@ -81,7 +81,7 @@ enum Command {
         #[arg(long, env = "POLICYHUB_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        overrides: MigrateOverrides,
+        overrides: DatabaseOverrides,
     },
     /// Write the next draft of a policy from a JSON or YAML file.
     Draft {

@@ -318,24 +318,11 @@ async fn a_black_holed_connection_is_noticed_within_three_heartbeats() {
     task.abort();
 
     // The same through `policyhub watch`.
-    let mut watch = Command::new(policyhub_binary())
-        .args([
-            "watch",
-            "--server",
-            &proxy.endpoint(),
-            "--namespace",
-            "team",
-            "--heartbeat-interval",
-            "200ms",
-            "--output",
-            "json",
-        ])
-        .env("POLICYHUB_CLIENT_CONFIG", dir.path().join("no-config.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = watch_lines(&mut watch);
+    let (mut watch, lines) = watch_json(
+        &proxy.endpoint(),
+        dir.path(),
+        &["--heartbeat-interval", "200ms"],
+    );
     let first = next_line(&lines).await;
     assert_eq!(first["bundles"][0]["version"], 2);
     proxy.black_hole_open_connections();
@@ -348,6 +335,28 @@ async fn a_black_holed_connection_is_noticed_within_three_heartbeats() {
 }
 
 type Lines = Arc<Mutex<mpsc::UnboundedReceiver<String>>>;
+
+/// `policyhub watch -o json` of namespace team at `endpoint`, and its lines.
+fn watch_json(endpoint: &str, dir: &Path, extra: &[&str]) -> (Child, Lines) {
+    let mut child = Command::new(policyhub_binary())
+        .args([
+            "watch",
+            "--server",
+            endpoint,
+            "--namespace",
+            "team",
+            "-o",
+            "json",
+        ])
+        .args(extra)
+        .env("POLICYHUB_CLIENT_CONFIG", dir.join("no-config.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = watch_lines(&mut child);
+    (child, lines)
+}
 
 fn watch_lines(child: &mut Child) -> Lines {
     let (sender, receiver) = mpsc::unbounded_channel();
@@ -623,22 +632,7 @@ async fn a_namespace_of_twenty_large_policies_arrives_whole() {
     assert_eq!(numbers["p07"], 7);
     task.abort();
 
-    let mut watch = Command::new(policyhub_binary())
-        .args([
-            "watch",
-            "--server",
-            &endpoint,
-            "--namespace",
-            "team",
-            "-o",
-            "json",
-        ])
-        .env("POLICYHUB_CLIENT_CONFIG", dir.path().join("no-config.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = watch_lines(&mut watch);
+    let (mut watch, lines) = watch_json(&endpoint, dir.path(), &[]);
     let printed = next_line(&lines).await;
     assert_eq!(printed["bundles"].as_array().unwrap().len(), 20);
     watch.kill().unwrap();
