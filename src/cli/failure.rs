@@ -127,6 +127,10 @@ fn hint(status: &Status) -> Option<&'static str> {
         }
         Code::ResourceExhausted => "stay under the limit named above, or wait and retry",
         Code::Unavailable => "the server or its database is unavailable; retry later",
+        Code::Cancelled => {
+            "the connection to the server was lost during the call, which may have completed: \
+             re-read the state, or retry with an idempotency key"
+        }
         Code::DeadlineExceeded => {
             "the call may have completed: re-read the state, or retry with an idempotency key"
         }
@@ -211,6 +215,10 @@ mod tests {
         assert_eq!(exit_code(&refused(Code::NotFound, "x")), ExitCode::from(1));
         assert_eq!(
             exit_code(&refused(Code::Unavailable, "x")),
+            ExitCode::from(3)
+        );
+        assert_eq!(
+            exit_code(&refused(Code::Cancelled, "connection closed")),
             ExitCode::from(3)
         );
         assert_eq!(

@@ -80,14 +80,9 @@ Refuses configurations that cannot work, with a message naming the value to
 change. Rendered by validate.yaml.
 */}}
 {{- define "policyhub.validate" -}}
+{{- /* values.schema.json already refuses unknown keys, types and enums. */ -}}
 {{- $type := toString .Values.storage.type }}
-{{- if not (has $type (list "sqlite" "postgres")) }}
-{{- fail (printf "storage.type must be \"sqlite\" or \"postgres\", not %q" $type) }}
-{{- end }}
 {{- $replicas := int64 (include "policyhub.replicas" .) }}
-{{- if lt $replicas 0 }}
-{{- fail (printf "replicaCount must not be negative, got %d" $replicas) }}
-{{- end }}
 {{- if and (eq $type "sqlite") (gt $replicas 1) }}
 {{- fail (printf "storage.type=sqlite runs exactly 1 replica (SQLite is single-process), but replicaCount is %d: set replicaCount=1, or use storage.type=postgres for several replicas" $replicas) }}
 {{- end }}
