@@ -166,7 +166,9 @@ fn is_unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<Unreachable>()
             || cause.downcast_ref::<Refused>().is_some_and(|refused| {
-                refused.status.code() == Code::Unavailable || timed_out(&refused.status)
+                // This client never cancels its own calls: CANCELLED is a
+                // connection lost mid-call, or the request timeout.
+                matches!(refused.status.code(), Code::Unavailable | Code::Cancelled)
             })
     })
 }
