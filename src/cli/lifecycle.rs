@@ -1,4 +1,5 @@
-//! The writing commands: `draft`, `publish`, `activate`, `rollback`.
+//! The writing commands: `draft`, `discard-draft`, `publish`, `activate`,
+//! `rollback`.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,21 @@ pub struct DraftArgs {
     /// Makes retries safe: the same key with the same request writes nothing new.
     #[arg(long, default_value = "")]
     idempotency_key: String,
+}
+
+/// Arguments of `policyhub discard-draft`.
+#[derive(Debug, clap::Args)]
+pub struct DiscardDraftArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The draft version to discard; by default the open draft. Naming it
+    /// guards against discarding a draft someone else just wrote.
+    #[arg(long)]
+    version: Option<u32>,
+    /// Why; recorded in the event log.
+    #[arg(long, default_value = "")]
+    reason: String,
 }
 
 /// Arguments of `policyhub publish`.
@@ -99,27 +115,40 @@ pub struct RollbackArgs {
     expect: Option<u32>,
 }
 
-/// Reads a policy body: JSON from a `.json` file, YAML from anything else
+/// Reads a document: JSON from a `.json` file, YAML from anything else
 /// (standard input included, since JSON is also YAML).
-pub fn read_body(path: &Path) -> anyhow::Result<PolicyBody> {
+pub fn read_document(path: &Path) -> anyhow::Result<Value> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     };
-    parse_body(path, &text)
+    parse_document(path, &text)
+}
+
+/// Parses a document read from `path`, naming the file in every error.
+fn parse_document(path: &Path, text: &str) -> anyhow::Result<Value> {
+    if path
+        .extension()
+        .is_some_and(|extension| extension == "json")
+    {
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))
+    } else {
+        serde_yaml_ng::from_str(text).with_context(|| format!("{} is not YAML", path.display()))
+    }
+}
+
+/// Reads a policy body from `path` (see [`read_document`]).
+pub fn read_body(path: &Path) -> anyhow::Result<PolicyBody> {
+    body_of(path, read_document(path)?)
 }
 
 /// Parses a body read from `path`, naming the file in every error.
 pub fn parse_body(path: &Path, text: &str) -> anyhow::Result<PolicyBody> {
-    let value: Value = if path
-        .extension()
-        .is_some_and(|extension| extension == "json")
-    {
-        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?
-    } else {
-        serde_yaml_ng::from_str(text).with_context(|| format!("{} is not YAML", path.display()))?
-    };
+    body_of(path, parse_document(path, text)?)
+}
+
+fn body_of(path: &Path, value: Value) -> anyhow::Result<PolicyBody> {
     // The server enforces its configured size limit; the client has no
     // business guessing it.
     PolicyBody::parse("body", value, usize::MAX).with_context(|| format!("{}", path.display()))
@@ -153,6 +182,32 @@ pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> any
                 println!("it supersedes draft version {}", drafted.superseded_version);
             }
         }
+    }
+    Ok(())
+}
+
+/// `policyhub discard-draft`.
+pub async fn discard_draft(
+    channel: AuthChannel,
+    output: Output,
+    args: DiscardDraftArgs,
+) -> anyhow::Result<()> {
+    let discarded = PolicyServiceClient::new(channel)
+        .discard_draft(proto::DiscardDraftRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            version: args.version.unwrap_or(0),
+            reason: args.reason,
+        })
+        .await
+        .reply(format!("discarding the draft of {}", args.policy))?;
+    let version = discarded.version.context("the server sent no version")?;
+    match output {
+        Output::Json => print_json(&json!({ "version": json::version(&version)? })),
+        Output::Table => println!(
+            "discarded draft version {} of {}",
+            version.version, args.policy
+        ),
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod inspect;
 mod json;
 mod lifecycle;
 mod output;
+mod schema;
 mod sync;
 mod watch;
 
@@ -87,6 +88,21 @@ enum Command {
     Draft {
         #[command(flatten)]
         args: lifecycle::DraftArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Discard the open draft (or --version N); its number is not reused.
+    DiscardDraft {
+        #[command(flatten)]
+        args: lifecycle::DiscardDraftArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Set (or --remove) the JSON Schema every version must satisfy to be
+    /// published or activated.
+    SetSchema {
+        #[command(flatten)]
+        args: schema::SetSchemaArgs,
         #[command(flatten)]
         client: Client,
     },
@@ -298,6 +314,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Draft { client, args } => {
             let (channel, output) = client.connect().await?;
             lifecycle::draft(channel, output, args).await?
+        }
+        Command::DiscardDraft { client, args } => {
+            let (channel, output) = client.connect().await?;
+            lifecycle::discard_draft(channel, output, args).await?
+        }
+        Command::SetSchema { client, args } => {
+            let (channel, output) = client.connect().await?;
+            schema::set_schema(channel, output, args).await?
         }
         Command::Publish { client, args } => {
             let (channel, output) = client.connect().await?;

@@ -603,3 +603,55 @@ async fn a_secured_server_gets_advice_about_tokens_and_roles() {
         allowed.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_draft_and_set_schema_have_their_subcommands() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = write(dir.path(), "body.yaml", "max: 1\n");
+    policyhub(&app, &["draft", "payments/limits", &body]).success();
+    let discarded = policyhub(
+        &app,
+        &[
+            "discard-draft",
+            "payments/limits",
+            "--reason",
+            "not needed",
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(discarded["version"]["state"], "DISCARDED");
+    let nothing = policyhub(&app, &["discard-draft", "payments/limits"]);
+    assert_eq!(nothing.code, 1, "{}", nothing.stderr);
+    assert!(nothing.stderr.contains("hint:"), "{}", nothing.stderr);
+
+    let schema = write(
+        dir.path(),
+        "schema.yaml",
+        "type: object\nrequired: [max]\nproperties:\n  max: {type: integer, maximum: 10}\n",
+    );
+    let set = policyhub(
+        &app,
+        &["set-schema", "payments/limits", &schema, "-o", "json"],
+    )
+    .json();
+    assert_eq!(set["policy"]["schema"]["required"], json!(["max"]));
+    let too_big = write(dir.path(), "big.yaml", "max: 11\n");
+    policyhub(&app, &["draft", "payments/limits", &too_big]).success();
+    let refused = policyhub(&app, &["publish", "payments/limits"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("/max"), "{}", refused.stderr);
+    let removed = policyhub(&app, &["set-schema", "payments/limits", "--remove"]);
+    assert!(
+        removed
+            .success()
+            .contains("schema of payments/limits removed"),
+        "{}",
+        removed.stdout
+    );
+    policyhub(&app, &["publish", "payments/limits"]).success();
+    let usage = policyhub(&app, &["set-schema", "payments/limits"]);
+    assert_eq!(usage.code, 2, "a schema file or --remove: {}", usage.stderr);
+}

@@ -1,0 +1,74 @@
+//! `policyhub set-schema`: the JSON Schema every version of a policy must
+//! satisfy to be published or activated.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::args::parse_policy;
+use super::connection::AuthChannel;
+use super::failure::Reply;
+use super::json;
+use super::lifecycle::read_document;
+use super::output::{Output, print_json};
+use crate::domain::PolicyRef;
+use crate::grpc::{
+    convert::json_to_struct,
+    proto::{self, policy_service_client::PolicyServiceClient},
+};
+
+/// Arguments of `policyhub set-schema`.
+#[derive(Debug, clap::Args)]
+pub struct SetSchemaArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The schema: a JSON (.json) or YAML file; `-` reads standard input.
+    #[arg(required_unless_present = "remove")]
+    file: Option<PathBuf>,
+    /// Remove the policy's schema instead.
+    #[arg(long, conflicts_with = "file")]
+    remove: bool,
+    /// Why; recorded in the event log.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// `policyhub set-schema`.
+pub async fn set_schema(
+    channel: AuthChannel,
+    output: Output,
+    args: SetSchemaArgs,
+) -> anyhow::Result<()> {
+    let schema = args.file.as_deref().map(read_document).transpose()?;
+    let set = PolicyServiceClient::new(channel)
+        .set_schema(proto::SetSchemaRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+            schema: schema.as_ref().map(json_to_struct),
+            reason: args.reason,
+        })
+        .await
+        .reply(format!("setting the schema of {}", args.policy))?;
+    let policy = set.policy.unwrap_or_default();
+    match output {
+        Output::Json => print_json(&json!({
+            "policy": json::policy(&policy)?,
+            "active_version_violations": set.active_version_violations,
+        })),
+        Output::Table => {
+            let what = if schema.is_some() { "set" } else { "removed" };
+            println!("schema of {} {what}", args.policy);
+            if !set.active_version_violations.is_empty() {
+                println!(
+                    "the active version {} stays active but breaks it; activating it again would fail:",
+                    policy.active_version
+                );
+                for violation in &set.active_version_violations {
+                    println!("  {violation}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
