@@ -63,9 +63,22 @@ impl FromStr for VersionState {
 #[serde(try_from = "String", into = "String")]
 pub struct Label(semver::Version);
 
+/// Longest release label (the column is 128 characters wide).
+pub const MAX_LABEL_CHARS: usize = 128;
+
 impl Label {
     /// Parses a label, naming `field` in the error.
     pub fn parse(field: &str, text: &str) -> Result<Self> {
+        if text.chars().count() > MAX_LABEL_CHARS {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "label {} is {} characters long, at most {MAX_LABEL_CHARS} are allowed",
+                    super::quoted(text),
+                    text.chars().count()
+                ),
+            ));
+        }
         let version = semver::Version::parse(text).map_err(|error| {
             Error::invalid(
                 field,

@@ -4,6 +4,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Error, Result};
 
+/// Refuses text holding U+0000: PostgreSQL's text types cannot store it, so
+/// every backend refuses it alike.
+pub fn refuse_nul(field: &str, text: &str) -> Result<()> {
+    match text.find('\0') {
+        Some(at) => Err(Error::invalid(
+            field,
+            format!("holds U+0000 (NUL) at byte {at}, which is not allowed in text"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Configurable request limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,8 +60,11 @@ impl Limits {
         }
     }
 
-    /// Refuses free text over the limit.
+    /// Refuses free text over the limit, or holding U+0000, which
+    /// PostgreSQL cannot store (refused on SQLite too, so both backends
+    /// answer alike).
     pub fn text(&self, field: &str, text: String) -> Result<String> {
+        refuse_nul(field, &text)?;
         if text.len() > self.max_text_bytes {
             return Err(Error::invalid(
                 field,

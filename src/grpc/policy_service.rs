@@ -46,6 +46,7 @@ impl PolicyApi {
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
 fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
+    super::limits::refuse_nul("idempotency_key", &key)?;
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(Error::invalid(
             "idempotency_key",

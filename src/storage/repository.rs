@@ -192,16 +192,39 @@ fn active_bundle(
     })
 }
 
-fn parse_page_token<T: std::str::FromStr>(token: &str) -> Result<Option<T>> {
+/// The listing and filter a page token belongs to: its name and a short
+/// fingerprint of the filter, so a token of another listing (or of the same
+/// listing with another filter) is refused instead of silently paging from
+/// the wrong place.
+fn token_scope(listing: &str, filter: &impl std::fmt::Debug) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(format!("{filter:?}").as_bytes());
+    let short: String = hash[..4].iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{listing}:{short}:")
+}
+
+fn parse_page_token<T: std::str::FromStr>(
+    listing: &str,
+    filter: &impl std::fmt::Debug,
+    token: &str,
+) -> Result<Option<T>> {
     if token.is_empty() {
         return Ok(None);
     }
-    token.parse().map(Some).map_err(|_| {
-        Error::invalid(
-            "page_token",
-            format!("{token:?} is not a page token this server issued"),
-        )
-    })
+    token
+        .strip_prefix(&token_scope(listing, filter))
+        .and_then(|position| position.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::invalid(
+                "page_token",
+                format!(
+                    "{} is not a page token of this listing and filter: pass the \
+                     next_page_token of the previous page of the same request",
+                    crate::domain::quoted(token)
+                ),
+            )
+        })
 }
 
 /// What an event says, beyond who, when and which request.
@@ -1100,7 +1123,7 @@ impl Repository {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<VersionRecord>> {
-        let below: Option<i32> = parse_page_token(page_token)?;
+        let below: Option<i32> = parse_page_token("versions", policy, page_token)?;
         let row = find_policy(&self.db, policy).await?;
         let mut query = versions::Entity::find().filter(versions::Column::PolicyId.eq(row.id));
         if let Some(below) = below {
@@ -1111,7 +1134,10 @@ impl Repository {
             .limit(u64::from(page_size) + 1)
             .all(&self.db)
             .await?;
-        let next_page_token = next_token(&mut rows, page_size, |last| last.version.to_string());
+        let token_prefix = token_scope("versions", policy);
+        let next_page_token = next_token(&mut rows, page_size, |last| {
+            format!("{token_prefix}{}", last.version)
+        });
         let items = rows
             .into_iter()
             .map(|model| version_record(policy, row.active_version, model))
@@ -1131,7 +1157,7 @@ impl Repository {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<PolicySummary>> {
-        let after: Option<String> = parse_page_token(page_token)?;
+        let after: Option<String> = parse_page_token("policies", scope, page_token)?;
         let mut query =
             policies::Entity::find().filter(in_scope(policies::Column::Namespace, scope));
         if let Some(after) = after {
@@ -1157,8 +1183,9 @@ impl Repository {
             .limit(u64::from(page_size) + 1)
             .all(&self.db)
             .await?;
+        let token_prefix = token_scope("policies", scope);
         let next_page_token = next_token(&mut rows, page_size, |last| {
-            format!("{}/{}", last.namespace, last.name)
+            format!("{token_prefix}{}/{}", last.namespace, last.name)
         });
         let items = self.summaries(&self.db, rows).await?;
         Ok(Page {
@@ -1219,7 +1246,7 @@ impl Repository {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<EventRecord>> {
-        let below: Option<i64> = parse_page_token(page_token)?;
+        let below: Option<i64> = parse_page_token("events", filter, page_token)?;
         let mut query = events::Entity::find();
         query = query.filter(in_scope(events::Column::Namespace, &filter.scope));
         if let Some(name) = &filter.name {
@@ -1237,7 +1264,10 @@ impl Repository {
             .limit(u64::from(page_size) + 1)
             .all(&self.db)
             .await?;
-        let next_page_token = next_token(&mut rows, page_size, |last| last.id.to_string());
+        let token_prefix = token_scope("events", filter);
+        let next_page_token = next_token(&mut rows, page_size, |last| {
+            format!("{token_prefix}{}", last.id)
+        });
         let items = rows
             .into_iter()
             .map(|row| {

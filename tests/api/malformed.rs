@@ -18,6 +18,8 @@ crate::on_both_backends!(
     undecodable_requests_are_invalid_argument_on_every_method,
     bodies_nested_too_deeply_are_refused_naming_the_limit,
     errors_quote_a_prefix_of_huge_values_and_stay_small,
+    values_the_database_cannot_store_are_refused_alike_on_both_backends,
+    page_tokens_belong_to_their_listing_and_filter,
 );
 
 /// Sends raw bytes as the request message.
@@ -233,5 +235,108 @@ async fn errors_quote_a_prefix_of_huge_values_and_stay_small(app: TestApp) {
         "{} + {}",
         violation.message().len(),
         violation.details().len()
+    );
+}
+
+/// A 200-character label and a NUL in change notes, idempotency keys and
+/// reasons: INVALID_ARGUMENT on both backends (PostgreSQL would fail to
+/// store them), and nothing changes.
+async fn values_the_database_cannot_store_are_refused_alike_on_both_backends(app: TestApp) {
+    use policyhub::grpc::proto;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.draft("team", "limits", json!({"max": 2})).await;
+    let before = app.db_state().await;
+    let long_label = format!("1.0.0-{}", "a".repeat(194));
+    let mut publish = crate::helpers::publish_request("team", "limits", &long_label, false);
+    let message = expect_code(
+        app.try_publish(publish.clone()).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("at most 128"), "{message}");
+    publish.label = String::new();
+    publish.reason = "bad\0reason".into();
+    let message = expect_code(
+        app.try_publish(publish.clone()).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("U+0000"), "{message}");
+    publish.reason = String::new();
+    publish.idempotency_key = "key\0".into();
+    expect_code(app.try_publish(publish).await, Code::InvalidArgument);
+    let draft = app
+        .policy
+        .clone()
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            body: Some(json_to_struct(&json!({"max": 3}))),
+            change_notes: "notes\0".into(),
+            idempotency_key: String::new(),
+        })
+        .await;
+    expect_code(draft, Code::InvalidArgument);
+    assert_eq!(app.db_state().await, before);
+}
+
+/// A page token works only for the listing and filter that issued it.
+async fn page_tokens_belong_to_their_listing_and_filter(app: TestApp) {
+    use policyhub::grpc::proto;
+    for n in 0..3 {
+        app.release("team", "limits", json!({ "max": n }), true)
+            .await;
+    }
+    let events = |name: &str, page_token: String| proto::ListEventsRequest {
+        namespace: "team".into(),
+        name: name.into(),
+        kinds: Vec::new(),
+        page_size: 2,
+        page_token,
+    };
+    let first = app
+        .policy
+        .clone()
+        .list_events(events("limits", String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    // The same listing and filter: the next page.
+    let second = app
+        .policy
+        .clone()
+        .list_events(events("limits", first.next_page_token.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.events[0].id < first.events[1].id);
+    // Another filter, another listing, or made up: refused.
+    expect_code(
+        app.policy
+            .clone()
+            .list_events(events("other", first.next_page_token.clone()))
+            .await,
+        Code::InvalidArgument,
+    );
+    let versions = app
+        .policy
+        .clone()
+        .list_versions(proto::ListVersionsRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+        })
+        .await;
+    let message = expect_code(versions, Code::InvalidArgument);
+    assert!(
+        message.contains("not a page token of this listing"),
+        "{message}"
+    );
+    expect_code(
+        app.policy
+            .clone()
+            .list_events(events("limits", "12".into()))
+            .await,
+        Code::InvalidArgument,
     );
 }
