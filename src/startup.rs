@@ -57,18 +57,24 @@ fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses `--insecure` on an address other machines can reach.
+fn refuse_insecure_off_loopback(settings: &Settings) -> anyhow::Result<()> {
+    if settings.insecure && !settings.listen.ip().is_loopback() {
+        bail!(
+            "--insecure is refused on {}: without authentication, listen on a loopback address only",
+            settings.listen
+        );
+    }
+    Ok(())
+}
+
 /// How callers are authenticated: `--insecure` (loopback only), an issuer's
 /// JWKS, a shared HS256 secret, or, with nothing configured, a local secret
 /// generated into the data directory.
 fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
     let auth = &settings.auth;
     if settings.insecure {
-        if !settings.listen.ip().is_loopback() {
-            bail!(
-                "--insecure is refused on {}: without authentication, listen on a loopback address only",
-                settings.listen
-            );
-        }
+        refuse_insecure_off_loopback(settings)?;
         tracing::warn!(listen = %settings.listen, "authentication is disabled (--insecure): every caller is an anonymous admin");
         return Ok(Authentication::Disabled);
     }
@@ -135,13 +141,12 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<sea_orm::Datab
 
 impl Application {
     /// Binds the listener and prepares everything the server needs.
+    ///
+    /// A start that cannot succeed fails before it writes anything: the
+    /// settings are checked and the ports bound before the data directory,
+    /// keys, secrets or migrations are touched.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        prepare_data_dir(&settings)?;
-        let authentication = authentication(&settings)?;
-        let db = open_database(&settings).await?;
-        let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
-        let repository = storage::Repository::new(db, settings.issuer.clone());
-        let hub = PolicyHub::start(repository, keys).await?;
+        refuse_insecure_off_loopback(&settings)?;
         let listener = bind(settings.listen, settings.listen_backlog)
             .with_context(|| format!("binding {}", settings.listen))?;
         let address = listener.local_addr()?;
@@ -149,6 +154,12 @@ impl Application {
             Some(metrics_address) => Some(crate::metrics::bind(metrics_address).await?),
             None => None,
         };
+        prepare_data_dir(&settings)?;
+        let authentication = authentication(&settings)?;
+        let db = open_database(&settings).await?;
+        let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
+        let repository = storage::Repository::new(db, settings.issuer.clone());
+        let hub = PolicyHub::start(repository, keys).await?;
         Ok(Application {
             listener,
             metrics_listener,

@@ -366,3 +366,34 @@ async fn the_listen_backlog_is_configurable() {
     assert_eq!(send_queue, ["777"], "{text}");
     terminate(server).await;
 }
+
+/// A start that cannot succeed writes nothing: no data directory, no key,
+/// no secret, no database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_writes_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = parent.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port_in_use = taken.local_addr().unwrap().to_string();
+    for (why, args) in [
+        (
+            "insecure off loopback",
+            vec!["--insecure", "--listen", "0.0.0.0:0"],
+        ),
+        ("a port in use", vec!["--listen", port_in_use.as_str()]),
+    ] {
+        let output = Command::new(policyhub_binary())
+            .arg("serve")
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{why}: refused");
+        assert!(
+            !data_dir.exists(),
+            "{why}: the data directory was created: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
