@@ -14,6 +14,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::QuotaSettings;
 
 /// Shared quota state of one server.
+/// Buckets kept before the full ones are dropped.
+const PRUNE_ABOVE: usize = 1024;
+
 #[derive(Debug)]
 pub struct Quotas {
     settings: QuotaSettings,
@@ -80,6 +83,13 @@ impl Quotas {
         *filled_at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
+            if buckets.len() > PRUNE_ABOVE {
+                // A bucket that has refilled is the same as no bucket: keep
+                // only subjects active within the last refill time.
+                buckets.retain(|_, (tokens, filled_at)| {
+                    *tokens + now.duration_since(*filled_at).as_secs_f64() * rate < burst
+                });
+            }
             return Ok(());
         }
         let wait = (1.0 - *tokens) / rate.max(f64::MIN_POSITIVE);
@@ -98,6 +108,20 @@ impl Quotas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refilled_rate_buckets_are_forgotten() {
+        let quotas = Quotas::new(QuotaSettings {
+            mutations_per_second: 1e12,
+            mutation_burst: 1.0,
+            ..QuotaSettings::default()
+        });
+        for n in 0..10 * PRUNE_ABOVE {
+            quotas.admit_mutation(&format!("subject-{n}")).unwrap();
+        }
+        let kept = quotas.buckets.lock().unwrap().len();
+        assert!(kept <= PRUNE_ABOVE + 1, "{kept} buckets kept");
+    }
 
     #[test]
     fn streams_are_counted_per_subject_and_freed_on_drop() {
