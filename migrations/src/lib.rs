@@ -10,6 +10,7 @@ mod m20261121_000001_create_tables;
 mod m20261121_000002_immutability_triggers;
 mod m20261122_000001_runtimes;
 mod m20261122_000002_events_kind_index;
+mod m20261122_000003_no_replace;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_immutability_triggers::Migration),
             Box::new(m20261122_000001_runtimes::Migration),
             Box::new(m20261122_000002_events_kind_index::Migration),
+            Box::new(m20261122_000003_no_replace::Migration),
         ]
     }
 }

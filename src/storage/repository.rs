@@ -1424,13 +1424,22 @@ impl Repository {
         let write = self.begin_write().await?;
         let txn = &write.txn;
         let at = now();
-        for key in keys {
+        // Only keys not stored yet are inserted: a stored key is history,
+        // and the database refuses an insert that collides with it.
+        let stored: std::collections::HashSet<String> = signing_keys::Entity::find()
+            .select_only()
+            .column(signing_keys::Column::Kid)
+            .into_tuple::<String>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .collect();
+        for key in keys.iter().filter(|key| !stored.contains(&key.kid)) {
             signing_keys::Entity::insert(signing_keys::ActiveModel {
                 kid: Set(key.kid.clone()),
                 public_key: Set(key.x.clone()),
                 created_at: Set(at),
             })
-            .on_conflict_do_nothing_on([signing_keys::Column::Kid])
             .exec_without_returning(txn)
             .await?;
         }

@@ -372,6 +372,25 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
         let error = result.expect_err(statement).to_string();
         assert!(error.contains("policyhub:"), "{statement}: {error}");
     }
+    // Inserts that collide with history: SQLite's REPLACE would delete the
+    // old row without firing DELETE triggers; PostgreSQL's upsert updates it.
+    let collisions: &[&str] = match app.database.backend {
+        crate::helpers::Backend::Sqlite => &[
+            "INSERT OR REPLACE INTO versions SELECT id, policy_id, version, state,              '{\"max\":1000}', digest, label, change_notes, 'mallory', created_at,              published_by, published_at, jws, key_id FROM versions WHERE version = 1",
+            "REPLACE INTO events SELECT id, kind, policy_id, namespace, name, 'mallory', at,              reason, request_id, previous_version, new_version, revision, key_id FROM events              ORDER BY id LIMIT 1",
+            "REPLACE INTO signing_keys SELECT kid, 'forged', created_at FROM signing_keys",
+        ],
+        crate::helpers::Backend::Postgres => &[
+            "INSERT INTO versions SELECT * FROM versions WHERE version = 1              ON CONFLICT (id) DO UPDATE SET body = '{\"max\":1000}', created_by = 'mallory'",
+            "INSERT INTO events SELECT * FROM events ORDER BY id LIMIT 1              ON CONFLICT (id) DO UPDATE SET actor = 'mallory'",
+            "INSERT INTO signing_keys SELECT * FROM signing_keys              ON CONFLICT (kid) DO UPDATE SET public_key = 'forged'",
+        ],
+    };
+    for statement in collisions {
+        let result = db.execute_unprepared(statement).await;
+        let error = result.expect_err(statement).to_string();
+        assert!(error.contains("policyhub:"), "{statement}: {error}");
+    }
     if app.database.backend == crate::helpers::Backend::Postgres {
         let error = db
             .execute_unprepared("TRUNCATE events")
@@ -381,4 +400,6 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
     }
     db.close().await.ok();
     assert_eq!(app.db_state().await, before);
+    let keys = app.jwks_json().await;
+    assert!(!keys.contains("forged"), "{keys}");
 }
