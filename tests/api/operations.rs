@@ -397,3 +397,27 @@ async fn a_refused_start_writes_nothing() {
         );
     }
 }
+
+/// `migrate` offers only the flags it uses; `serve` keeps the listen flags.
+#[test]
+fn migrate_offers_only_the_flags_it_uses() {
+    let help = |command: &str| {
+        let output = Command::new(policyhub_binary())
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let migrate = help("migrate");
+    for flag in ["--listen", "--metrics-listen", "--insecure"] {
+        assert!(!migrate.contains(flag), "{flag} in {migrate}");
+    }
+    for flag in ["--config", "--data-dir", "--database-url", "--log-format"] {
+        assert!(migrate.contains(flag), "{flag} missing from {migrate}");
+    }
+    let serve = help("serve");
+    for flag in ["--listen", "--metrics-listen", "--insecure", "--data-dir"] {
+        assert!(serve.contains(flag), "{flag} missing from {serve}");
+    }
+}
