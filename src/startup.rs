@@ -368,7 +368,9 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
 /// outage takes replicas out of rotation (readiness) without restarting them.
 pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
 
-/// Reports NOT_SERVING while the database does not answer a ping.
+/// Reports NOT_SERVING while the database does not answer a ping within the
+/// interval (a ping waiting out the pool's acquire timeout would hide a short
+/// outage), and SERVING again at the first ping that succeeds.
 async fn watch_database(health: HealthReporter, hub: PolicyHub, interval: std::time::Duration) {
     health
         .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
@@ -377,7 +379,8 @@ async fn watch_database(health: HealthReporter, hub: PolicyHub, interval: std::t
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let reachable = hub.repository().connection().ping().await.is_ok();
+        let ping = hub.repository().connection().ping();
+        let reachable = matches!(tokio::time::timeout(interval, ping).await, Ok(Ok(())));
         if serving == Some(reachable) {
             continue;
         }

@@ -551,3 +551,121 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// A PostgreSQL cluster of one test's own, which the test may stop and
+/// start (the shared cluster of `./scripts/test` must keep running).
+pub struct PrivateCluster {
+    bin: PathBuf,
+    dir: TempDir,
+    pub port: u16,
+}
+
+impl PrivateCluster {
+    /// A new cluster, running, trusting local connections.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries are installed (./scripts/test installs them)")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+            .max()
+            .expect("a PostgreSQL version");
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = PrivateCluster {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        if is_root() {
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(cluster.dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        cluster.run(
+            "initdb",
+            &["-D", &cluster.data(), "-U", "postgres", "-A", "trust"],
+        );
+        cluster.resume();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut command = if is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        let output = command.args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Starts the (stopped) cluster.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the cluster at once, as a crash would.
+    pub fn halt(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+    }
+
+    /// The database URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let program = self.bin.join("pg_ctl");
+        let _ = if is_root() {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(program)
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        } else {
+            std::process::Command::new(program)
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        };
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+}

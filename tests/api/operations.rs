@@ -1,7 +1,7 @@
 //! What operators see: grpcurl with reflection, the README walk-through,
 //! health, migrations and the refusal to run unauthenticated in the open.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use policyhub::{
     config::Settings,
@@ -420,4 +420,69 @@ fn migrate_offers_only_the_flags_it_uses() {
     for flag in ["--listen", "--metrics-listen", "--insecure", "--data-dir"] {
         assert!(serve.contains(flag), "{flag} missing from {serve}");
     }
+}
+
+/// With a 1 s health interval, a PostgreSQL outage shows as NOT_SERVING
+/// within about two intervals, and SERVING returns as soon as the database
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_a_postgres_outage_within_two_intervals() {
+    let cluster = crate::helpers::PrivateCluster::start();
+    let database = TestDatabase {
+        backend: Backend::Postgres,
+        url: cluster.url(),
+        data_dir: tempfile::tempdir().unwrap(),
+    };
+    let app = spawn_on(database, |settings| {
+        settings.health_check_interval_seconds = 1
+    })
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut status = async || {
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|reply| reply.into_inner().status())
+    };
+    assert_eq!(status().await.unwrap(), ServingStatus::Serving);
+    cluster.halt();
+    let stopped = std::time::Instant::now();
+    loop {
+        if status().await.unwrap() == ServingStatus::NotServing {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "NOT_SERVING in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let to_not_serving = stopped.elapsed();
+    cluster.resume();
+    let resumed = std::time::Instant::now();
+    loop {
+        if status().await.unwrap() == ServingStatus::Serving {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(15),
+            "SERVING again in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let to_serving = resumed.elapsed();
+    println!(
+        "health: NOT_SERVING {to_not_serving:?} after the outage began, SERVING {to_serving:?} after it ended"
+    );
+    assert!(
+        to_not_serving < Duration::from_secs(4),
+        "within about two 1 s intervals: {to_not_serving:?}"
+    );
 }
