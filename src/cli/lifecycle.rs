@@ -11,6 +11,7 @@ use super::args::{
     parse_target,
 };
 use super::connection::AuthChannel;
+use super::document;
 use super::failure::{Reply, Usage};
 use super::json;
 use super::output::{Output, Table, print_json, version_or_dash};
@@ -115,37 +116,14 @@ pub struct RollbackArgs {
     expect: Option<u32>,
 }
 
-/// Reads a document: JSON from a `.json` file, YAML from anything else
-/// (standard input included, since JSON is also YAML).
-pub fn read_document(path: &Path) -> anyhow::Result<Value> {
-    let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-    };
-    parse_document(path, &text)
-}
-
-/// Parses a document read from `path`, naming the file in every error.
-fn parse_document(path: &Path, text: &str) -> anyhow::Result<Value> {
-    if path
-        .extension()
-        .is_some_and(|extension| extension == "json")
-    {
-        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))
-    } else {
-        serde_yaml_ng::from_str(text).with_context(|| format!("{} is not YAML", path.display()))
-    }
-}
-
-/// Reads a policy body from `path` (see [`read_document`]).
+/// Reads a policy body from `path` (see `document::read`).
 pub fn read_body(path: &Path) -> anyhow::Result<PolicyBody> {
-    body_of(path, read_document(path)?)
+    body_of(path, document::read(path)?)
 }
 
 /// Parses a body read from `path`, naming the file in every error.
 pub fn parse_body(path: &Path, text: &str) -> anyhow::Result<PolicyBody> {
-    body_of(path, parse_document(path, text)?)
+    body_of(path, document::parse(path, text)?)
 }
 
 fn body_of(path: &Path, value: Value) -> anyhow::Result<PolicyBody> {

@@ -9,6 +9,7 @@ mod args;
 mod connection;
 mod context;
 mod diff;
+mod document;
 mod failure;
 mod fleet;
 mod inspect;

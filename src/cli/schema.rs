@@ -7,9 +7,9 @@ use serde_json::json;
 
 use super::args::parse_policy;
 use super::connection::AuthChannel;
+use super::document;
 use super::failure::Reply;
 use super::json;
-use super::lifecycle::read_document;
 use super::output::{Output, print_json};
 use crate::domain::PolicyRef;
 use crate::grpc::{
@@ -40,7 +40,7 @@ pub async fn set_schema(
     output: Output,
     args: SetSchemaArgs,
 ) -> anyhow::Result<()> {
-    let schema = args.file.as_deref().map(read_document).transpose()?;
+    let schema = args.file.as_deref().map(document::read).transpose()?;
     let set = PolicyServiceClient::new(channel)
         .set_schema(proto::SetSchemaRequest {
             namespace: args.policy.namespace.to_string(),
