@@ -121,11 +121,9 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Value> {
         .extension()
         .is_some_and(|extension| extension == "json")
     {
-        serde_json::from_str(text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?
     } else {
-        serde_yaml_ng::from_str(text)
-            .with_context(|| format!("{} is not valid YAML", path.display()))?
+        serde_yaml_ng::from_str(text).with_context(|| format!("{} is not YAML", path.display()))?
     };
     Ok(strict.0)
 }
