@@ -57,6 +57,9 @@ pub struct Settings {
     pub quotas: QuotaSettings,
     /// The fleet view of identified runtimes.
     pub runtimes: RuntimeSettings,
+    /// How long an idempotency key is remembered, in seconds; unset:
+    /// forever. A retry after that time executes again.
+    pub idempotency_retention_seconds: Option<u64>,
 }
 
 /// The fleet view (`ListRuntimes`, `GetPolicyStatus`).
@@ -259,6 +262,7 @@ impl Default for Settings {
             tls: None,
             quotas: QuotaSettings::default(),
             runtimes: RuntimeSettings::default(),
+            idempotency_retention_seconds: None,
         }
     }
 }
@@ -320,6 +324,7 @@ const SETTINGS: &[&str] = &[
     "tls",
     "quotas",
     "runtimes",
+    "idempotency_retention_seconds",
 ];
 
 /// Whether a `POLICYHUB_*` variable (prefix stripped) names a setting.

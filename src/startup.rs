@@ -199,6 +199,12 @@ impl Application {
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
+        let retention_task = self.settings.idempotency_retention_seconds.map(|seconds| {
+            tokio::spawn(forget_idempotency_records(
+                self.hub.repository().clone(),
+                std::time::Duration::from_secs(seconds),
+            ))
+        });
         let metrics_task = self.metrics_listener.map(|listener| {
             tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone()))
         });
@@ -276,6 +282,9 @@ impl Application {
             .await;
         health_task.abort();
         reload_task.abort();
+        if let Some(task) = retention_task {
+            task.abort();
+        }
         if let Some(task) = metrics_task {
             task.abort();
         }
@@ -313,6 +322,34 @@ fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// listeners it binds itself.
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Forgets idempotency records older than `retention`, checking as often as
+/// a tenth of it (at least every second, at most every minute).
+async fn forget_idempotency_records(
+    repository: storage::Repository,
+    retention: std::time::Duration,
+) {
+    let period = (retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        let Some(cutoff) = chrono::TimeDelta::from_std(retention)
+            .ok()
+            .and_then(|retention| chrono::Utc::now().checked_sub_signed(retention))
+        else {
+            // A retention longer than the calendar: nothing is ever old enough.
+            return;
+        };
+        match repository.forget_idempotency_records(cutoff).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::debug!(forgotten, "forgot old idempotency records"),
+            Err(error) => tracing::warn!(%error, "cannot forget old idempotency records"),
+        }
+    }
 }
 
 /// Server reflection over every service served.

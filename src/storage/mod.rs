@@ -2,6 +2,7 @@
 
 mod entities;
 mod repository;
+mod retention;
 mod runtimes;
 
 use std::time::Duration;

@@ -486,3 +486,58 @@ async fn health_follows_a_postgres_outage_within_two_intervals() {
         "within about two 1 s intervals: {to_not_serving:?}"
     );
 }
+
+/// `idempotency_retention_seconds`: within it a retry replays the original
+/// reply; after it the same key executes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_forgotten_after_the_retention() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.idempotency_retention_seconds = Some(1);
+    })
+    .await;
+    let draft = || policyhub::grpc::proto::DraftRequest {
+        namespace: "team".into(),
+        name: "limits".into(),
+        body: Some(policyhub::grpc::convert::json_to_struct(
+            &serde_json::json!({"max": 1}),
+        )),
+        change_notes: String::new(),
+        idempotency_key: "ci-run-7".into(),
+    };
+    let first = app
+        .policy
+        .clone()
+        .draft(draft())
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed = app
+        .policy
+        .clone()
+        .draft(draft())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        replayed.version, first.version,
+        "a retry within the retention replays"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = app
+            .policy
+            .clone()
+            .draft(draft())
+            .await
+            .unwrap()
+            .into_inner();
+        if again.version.as_ref().map(|v| v.version) == Some(2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key is forgotten in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
