@@ -7,6 +7,7 @@ pub mod convert;
 mod limits;
 pub mod message_limit;
 pub mod methods;
+mod policy_requests;
 mod policy_service;
 pub mod quotas;
 mod runtimes;

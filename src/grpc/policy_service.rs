@@ -7,16 +7,18 @@ use tonic::{Request, Response, Status};
 
 use super::Limits;
 use super::auth::{Identified, Readable, Rpc, identify};
-use super::convert::{self, struct_to_json};
+use super::convert::{self};
+use super::policy_requests::{
+    activate_command, activate_response, draft_command, event_filter, optional_version,
+    patch_operation, publish_command, rollback_command, schema_command, version_selector,
+};
 use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
 use super::runtimes;
 use super::status::to_status;
 use crate::domain::{
-    ActivateCommand, ActivationOutcome, ActivationTarget, DiscardCommand, DraftCommand, Error,
-    EventFilter, IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName,
-    PolicyRef, PolicySchema, PublishCommand, RequestContext, Result, RollbackCommand,
-    SetSchemaCommand, VersionSelector,
+    ActivationOutcome, DiscardCommand, Error, Namespace, NamespaceScope, PolicyRef, RequestContext,
+    Result,
 };
 use crate::fleet::Fleet;
 use crate::hub::PolicyHub;
@@ -40,190 +42,6 @@ impl PolicyApi {
             limits,
             quotas,
         }
-    }
-}
-
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
-
-fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
-    super::limits::refuse_nul("idempotency_key", &key)?;
-    if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(Error::invalid(
-            "idempotency_key",
-            format!(
-                "is {} bytes, at most {MAX_IDEMPOTENCY_KEY_LEN} are allowed",
-                key.len()
-            ),
-        ));
-    }
-    Ok((!key.is_empty()).then_some(IdempotencyKey(key)))
-}
-
-/// `0` means "not given" for optional version numbers.
-fn optional_version(version: u32) -> Option<u32> {
-    (version != 0).then_some(version)
-}
-
-fn optional_label(field: &str, label: &str) -> Result<Option<Label>> {
-    (!label.is_empty())
-        .then(|| Label::parse(field, label))
-        .transpose()
-}
-
-fn body(field: &str, value: Option<prost_types::Struct>, limits: &Limits) -> Result<PolicyBody> {
-    let value = value.ok_or_else(|| Error::invalid(field, "is required: a JSON object"))?;
-    PolicyBody::parse(field, struct_to_json(field, value)?, limits.max_body_bytes)
-}
-
-/// A version named by number or by label, as the `selector` oneofs carry it.
-fn version_selector(
-    field: &str,
-    number: Option<u32>,
-    label: Option<String>,
-) -> Result<VersionSelector> {
-    match (number, label) {
-        (Some(0), _) | (None, None) => Err(Error::invalid(
-            field,
-            "give a version number (1 or more) or a label",
-        )),
-        (Some(number), _) => Ok(VersionSelector::Number(number)),
-        (None, Some(label)) => Label::parse(field, &label).map(VersionSelector::Label),
-    }
-}
-
-fn draft_command(
-    request: proto::DraftRequest,
-    limits: &Limits,
-) -> Result<(DraftCommand, Option<IdempotencyKey>)> {
-    let command = DraftCommand {
-        policy: PolicyRef::parse(&request.namespace, &request.name)?,
-        body: body("body", request.body, limits)?,
-        change_notes: limits.text("change_notes", request.change_notes)?,
-    };
-    Ok((command, idempotency_key(request.idempotency_key)?))
-}
-
-fn publish_command(
-    request: proto::PublishRequest,
-    limits: &Limits,
-) -> Result<(PublishCommand, Option<IdempotencyKey>)> {
-    if request.expected_active_version.is_some() && !request.activate {
-        return Err(Error::invalid(
-            "expected_active_version",
-            "only applies together with activate",
-        ));
-    }
-    let command = PublishCommand {
-        policy: PolicyRef::parse(&request.namespace, &request.name)?,
-        version: optional_version(request.version),
-        label: optional_label("label", &request.label)?,
-        activate: request.activate,
-        expected_active_version: request.expected_active_version,
-        reason: limits.text("reason", request.reason)?,
-    };
-    Ok((command, idempotency_key(request.idempotency_key)?))
-}
-
-fn activate_command(
-    request: proto::ActivateRequest,
-    limits: &Limits,
-) -> Result<(ActivateCommand, Option<IdempotencyKey>)> {
-    if request.targets.is_empty() {
-        return Err(Error::invalid(
-            "targets",
-            "name at least one policy to activate",
-        ));
-    }
-    if request.targets.len() > limits.max_activation_targets {
-        return Err(Error::invalid(
-            "targets",
-            format!(
-                "{} targets, at most {} are allowed in one activation",
-                request.targets.len(),
-                limits.max_activation_targets
-            ),
-        ));
-    }
-    let mut targets: Vec<ActivationTarget> = Vec::with_capacity(request.targets.len());
-    for (index, target) in request.targets.into_iter().enumerate() {
-        let prefix = format!("targets[{index}]");
-        let policy = PolicyRef::parse(&target.namespace, &target.name)
-            .map_err(|error| error.within(&prefix))?;
-        if let Some(first) = targets.iter().position(|seen| seen.policy == policy) {
-            return Err(Error::invalid(
-                prefix,
-                format!("{policy} is already targeted by targets[{first}]"),
-            ));
-        }
-        use proto::activation_target::Selector;
-        let (number, label) = match target.selector {
-            Some(Selector::Version(number)) => (Some(number), None),
-            Some(Selector::Label(label)) => (None, Some(label)),
-            None => (None, None),
-        };
-        targets.push(ActivationTarget {
-            policy,
-            version: version_selector(&format!("{prefix}.version"), number, label)?,
-            expected_active_version: target.expected_active_version,
-        });
-    }
-    let command = ActivateCommand {
-        targets,
-        reason: limits.text("reason", request.reason)?,
-    };
-    Ok((command, idempotency_key(request.idempotency_key)?))
-}
-
-fn rollback_command(request: proto::RollbackRequest, limits: &Limits) -> Result<RollbackCommand> {
-    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
-    if request.reason.trim().is_empty() {
-        return Err(Error::invalid(
-            "reason",
-            "is required: say why you roll back",
-        ));
-    }
-    if request.to_version == Some(0) {
-        return Err(Error::invalid("to_version", "version numbers start at 1"));
-    }
-    Ok(RollbackCommand {
-        policy,
-        to_version: request.to_version,
-        reason: limits.text("reason", request.reason)?,
-        expected_active_version: request.expected_active_version,
-    })
-}
-
-fn schema_command(request: proto::SetSchemaRequest, limits: &Limits) -> Result<SetSchemaCommand> {
-    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
-    let schema = match request.schema {
-        Some(schema) => {
-            let value = struct_to_json("schema", schema)?;
-            // Reuse the body's size rule: a schema is a document of the same kind.
-            PolicyBody::parse("schema", value.clone(), limits.max_body_bytes)?;
-            Some(PolicySchema::parse("schema", value)?)
-        }
-        None => None,
-    };
-    Ok(SetSchemaCommand {
-        policy,
-        schema,
-        reason: limits.text("reason", request.reason)?,
-    })
-}
-
-fn activate_response(outcome: &ActivationOutcome) -> proto::ActivateResponse {
-    proto::ActivateResponse {
-        revision: outcome.revision,
-        activations: outcome
-            .activations
-            .iter()
-            .map(|activation| proto::Activation {
-                namespace: activation.policy.namespace.to_string(),
-                name: activation.policy.name.to_string(),
-                version: activation.version,
-                previous_version: activation.previous_version.unwrap_or(0),
-            })
-            .collect(),
     }
 }
 
@@ -606,50 +424,5 @@ impl PolicyService for PolicyApi {
             active,
             status,
         )))
-    }
-}
-
-/// The requested namespace (checked by the caller) and the rest of the filter.
-fn event_filter(request: &proto::ListEventsRequest) -> Result<(Option<Namespace>, EventFilter)> {
-    let namespace = (!request.namespace.is_empty())
-        .then(|| Namespace::parse("namespace", &request.namespace))
-        .transpose()?;
-    let name = (!request.name.is_empty())
-        .then(|| PolicyName::parse("name", &request.name))
-        .transpose()?;
-    if name.is_some() && namespace.is_none() {
-        return Err(Error::invalid(
-            "name",
-            "filtering by name needs a namespace too",
-        ));
-    }
-    let kinds = request
-        .kinds
-        .iter()
-        .enumerate()
-        .map(|(index, kind)| convert::event_kind_from(&format!("kinds[{index}]"), *kind))
-        .collect::<Result<_>>()?;
-    let filter = EventFilter {
-        scope: NamespaceScope::All,
-        name,
-        kinds,
-    };
-    Ok((namespace, filter))
-}
-
-/// One JSON Patch operation as protobuf, read from its RFC 6902 JSON form.
-fn patch_operation(operation: &json_patch::PatchOperation) -> proto::PatchOperation {
-    let json = serde_json::to_value(operation).unwrap_or_default();
-    let text = |key: &str| {
-        json.get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    proto::PatchOperation {
-        op: text("op"),
-        path: text("path"),
-        from: text("from"),
-        value: json.get("value").map(convert::json_to_value),
     }
 }
