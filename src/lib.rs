@@ -3,16 +3,19 @@
 //! Teams write a policy (a JSON object) as a draft, publish it as an
 //! immutable version signed as a JWS, activate it (one or several policies
 //! atomically, under one deployment-wide revision) and roll back when
-//! something breaks. Runtimes fetch the active signed bundle and verify it
-//! offline against the JWKS.
+//! something breaks. Runtimes follow the active signed bundles, verify them
+//! offline against the JWKS (the `policyhub-runtime` crate does it for
+//! them), and report what they applied.
 //!
 //! # Layout
 //!
-//! - [`domain`]: names, versions, lifecycle rules and errors; no gRPC, no SQL.
+//! - [`domain`]: names, versions, lifecycle rules, runtimes, labels and
+//!   errors; no gRPC, no SQL.
 //! - [`storage`]: SeaORM entities and the transactions that enforce the
 //!   lifecycle; migrations live in the `policyhub-migrations` crate.
-//! - [`signing`]: Ed25519 keys, JWS bundles and the JWKS; the only module
-//!   that touches key material.
+//! - [`signing`]: Ed25519 keys and the signing of bundles; the only module
+//!   that touches private key material (the bundle format and its
+//!   verification are the `policyhub-runtime` crate's).
 //! - [`watch`]: the in-memory index of active bundles and the watch
 //!   subscribers that fan it out.
 //! - [`fleet`]: the fleet view of identified runtimes, kept in memory by the
