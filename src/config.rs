@@ -198,6 +198,10 @@ pub struct WatchSettings {
     /// PostgreSQL: LISTEN for other replicas' activations (delivery within
     /// milliseconds). Without it, only the periodic catch-up delivers them.
     pub listen_notifications: bool,
+    /// PostgreSQL: a replica that cannot read the database for this long, in
+    /// milliseconds, stops vouching for its revision: its watch streams end
+    /// with UNAVAILABLE and new ones are refused until it reads again.
+    pub vouch_timeout_ms: u64,
 }
 
 impl Default for WatchSettings {
@@ -206,6 +210,7 @@ impl Default for WatchSettings {
             heartbeat_interval_ms: 10_000,
             catch_up_interval_ms: 1_000,
             listen_notifications: true,
+            vouch_timeout_ms: 30_000,
         }
     }
 }
@@ -214,6 +219,11 @@ impl WatchSettings {
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.max(1))
+    }
+
+    /// How long a replica vouches without reading the database.
+    pub fn vouch_timeout(&self) -> Duration {
+        Duration::from_millis(self.vouch_timeout_ms)
     }
 
     /// The catch-up interval.

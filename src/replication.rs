@@ -7,7 +7,11 @@
 //! hub applies revisions whole and in order, so a lost notification only
 //! delays an update, never loses it.
 
-use std::{future::pending, str::FromStr};
+use std::{
+    future::pending,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -33,17 +37,28 @@ async fn listen(database_url: &SecretString) -> anyhow::Result<PgListener> {
 }
 
 /// Follows the other replicas until the task is aborted.
+///
+/// A replica that cannot read the database for `watch.vouch_timeout_ms`
+/// stops vouching for its revision: its streams end with UNAVAILABLE naming
+/// the revision to resume from and new ones are refused, so runtimes move to
+/// a replica that sees the others' activations; it serves again at the
+/// first successful read.
 pub async fn follow(hub: PolicyHub, database_url: SecretString, settings: WatchSettings) {
     let mut ticker = tokio::time::interval(settings.catch_up_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // No database call may hold the loop longer than this, or a black-holed
+    // connection would keep the replica vouching forever.
+    let attempt = settings.catch_up_interval().max(Duration::from_secs(1));
+    let mut last_read = Instant::now();
     let mut listener: Option<PgListener> = None;
     loop {
         if settings.listen_notifications && listener.is_none() {
-            match listen(&database_url).await {
-                Ok(connected) => listener = Some(connected),
-                Err(error) => {
+            match tokio::time::timeout(attempt, listen(&database_url)).await {
+                Ok(Ok(connected)) => listener = Some(connected),
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "cannot listen for activations; catching up on a timer")
                 }
+                Err(_) => tracing::warn!("the database did not answer the activation listener"),
             }
         }
         let notified = async {
@@ -63,8 +78,22 @@ pub async fn follow(hub: PolicyHub, database_url: SecretString, settings: WatchS
                 }
             },
         }
-        if let Err(error) = hub.catch_up().await {
-            tracing::warn!(%error, "cannot catch up with other replicas");
+        match tokio::time::timeout(attempt, hub.catch_up()).await {
+            Ok(Ok(())) => {
+                last_read = Instant::now();
+                hub.index().set_cut_off(false);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot catch up with other replicas"),
+            Err(_) => tracing::warn!("the database did not answer the catch-up read"),
+        }
+        if last_read.elapsed() > settings.vouch_timeout()
+            && hub.index().ending() == crate::watch::Ending::No
+        {
+            tracing::error!(
+                revision = hub.index().revision(),
+                "no database read for too long: ending watch streams so runtimes move to another replica"
+            );
+            hub.index().set_cut_off(true);
         }
     }
 }

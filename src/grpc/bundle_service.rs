@@ -16,7 +16,7 @@ use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainRes
 use crate::fleet::Fleet;
 use crate::hub::{ActiveView, PolicyHub};
 use crate::storage::AsOf;
-use crate::watch::{Closed, MessageKind, Selector, WatchMessage};
+use crate::watch::{Closed, Ending, MessageKind, Selector, WatchMessage};
 
 /// Serves `BundleService` on top of the hub.
 #[derive(Clone)]
@@ -64,6 +64,19 @@ fn selector(request: &proto::WatchActiveRequest) -> DomainResult<Selector> {
     names.sort();
     names.dedup();
     Ok(Selector { namespace, names })
+}
+
+/// Why a stream ended, and where to resume.
+fn ended(reason: Ending, revision: u64) -> Status {
+    match reason {
+        Ending::CutOff => Status::unavailable(format!(
+            "this replica cannot read its database and no longer vouches for revision \
+             {revision}: reconnect (to another replica) with since_revision {revision}"
+        )),
+        Ending::Shutdown | Ending::No => Status::unavailable(format!(
+            "the server is shutting down: reconnect with since_revision {revision}"
+        )),
+    }
 }
 
 fn watch_response(message: WatchMessage) -> WatchActiveResponse {
@@ -137,6 +150,9 @@ impl BundleService for BundleApi {
             })
             .transpose()
             .map_err(to_status)?;
+        if self.hub.index().ending() == Ending::CutOff {
+            return Err(ended(Ending::CutOff, request.since_revision));
+        }
         let permit = self.quotas.open_stream(&context.actor)?;
         let connection = match arrival {
             Some(arrival) => Some(self.fleet.connect(arrival).await.map_err(to_status)?),
@@ -154,12 +170,7 @@ impl BundleService for BundleApi {
             let (mut subscriber, held) = state?;
             match subscriber.next().await {
                 Ok(message) => Some((Ok(watch_response(message)), Some((subscriber, held)))),
-                Err(Closed { revision }) => Some((
-                    Err(Status::unavailable(format!(
-                        "the server is shutting down: reconnect with since_revision {revision}"
-                    ))),
-                    None,
-                )),
+                Err(Closed { revision, reason }) => Some((Err(ended(reason, revision)), None)),
             }
         });
         Ok(Response::new(Box::pin(stream)))

@@ -143,12 +143,25 @@ impl Snapshot {
 /// the per-bundle field headers.
 pub const MAX_PART_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
+/// Whether streams may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Streams are served.
+    No,
+    /// This replica cannot read its database, so it no longer vouches for
+    /// its revision: streams end and new ones are refused until it reads
+    /// again.
+    CutOff,
+    /// The server shuts down.
+    Shutdown,
+}
+
 /// Shared, cheaply cloned handle on the index.
 #[derive(Debug, Clone)]
 pub struct ActiveIndex {
     snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
-    /// Flips to `true` when the server shuts down: every stream ends.
-    closing: Arc<watch::Sender<bool>>,
+    /// Anything but [`Ending::No`] ends every stream.
+    ending: Arc<watch::Sender<Ending>>,
 }
 
 impl ActiveIndex {
@@ -164,7 +177,7 @@ impl ActiveIndex {
         }
         ActiveIndex {
             snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
-            closing: Arc::new(watch::channel(false).0),
+            ending: Arc::new(watch::channel(Ending::No).0),
         }
     }
 
@@ -210,9 +223,29 @@ impl ActiveIndex {
         self.snapshots.receiver_count()
     }
 
-    /// Ends every stream (server shutdown).
+    /// Ends every stream (server shutdown), for good.
     pub fn close(&self) {
-        self.closing.send_replace(true);
+        self.ending.send_replace(Ending::Shutdown);
+    }
+
+    /// Whether streams are served, and if not, why.
+    pub fn ending(&self) -> Ending {
+        *self.ending.borrow()
+    }
+
+    /// Stops vouching while the database cannot be read (`true`), or serves
+    /// again (`false`); a shutdown stays a shutdown.
+    pub fn set_cut_off(&self, cut_off: bool) {
+        self.ending.send_if_modified(|ending| {
+            let next = match (*ending, cut_off) {
+                (Ending::Shutdown, _) => Ending::Shutdown,
+                (_, true) => Ending::CutOff,
+                (_, false) => Ending::No,
+            };
+            let changed = next != *ending;
+            *ending = next;
+            changed
+        });
     }
 
     /// A new subscriber starting after `since_revision` (0: with a snapshot).
@@ -224,7 +257,7 @@ impl ActiveIndex {
     ) -> Subscriber {
         Subscriber {
             snapshots: self.snapshots.subscribe(),
-            closing: self.closing.subscribe(),
+            ending: self.ending.subscribe(),
             selector,
             cursor: since_revision,
             delivered: since_revision,
@@ -302,12 +335,15 @@ impl WatchMessage {
     }
 }
 
-/// The server is shutting down; the stream ends.
+/// The stream ends: the server shuts down or no longer vouches for its
+/// revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
     /// The last revision the subscriber was sent whole, to resume from
     /// elsewhere.
     pub revision: u64,
+    /// Why.
+    pub reason: Ending,
 }
 
 /// One watch stream's state: a cursor and two receivers, and the remaining
@@ -315,7 +351,7 @@ pub struct Closed {
 #[derive(Debug)]
 pub struct Subscriber {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    closing: watch::Receiver<bool>,
+    ending: watch::Receiver<Ending>,
     selector: Selector,
     /// The revision computed so far (or asked to resume from).
     cursor: u64,
@@ -359,9 +395,11 @@ impl Subscriber {
     /// revision since the last message, or a progress message after a quiet
     /// heartbeat interval. `Err` once the server shuts down.
     pub async fn next(&mut self) -> Result<WatchMessage, Closed> {
-        if *self.closing.borrow() {
+        let ending = *self.ending.borrow();
+        if ending != Ending::No {
             return Err(Closed {
                 revision: self.delivered,
+                reason: ending,
             });
         }
         if self.pending.is_empty() {
@@ -387,7 +425,7 @@ impl Subscriber {
             tokio::select! {
                 changed = self.snapshots.changed() => {
                     if changed.is_err() {
-                        return Err(Closed { revision: self.delivered });
+                        return Err(Closed { revision: self.delivered, reason: Ending::Shutdown });
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
                     let bundles = snapshot.changed_since(&self.selector, self.cursor);
@@ -404,8 +442,9 @@ impl Subscriber {
                 () = tokio::time::sleep_until(quiet_until) => {
                     return Ok(WatchMessage::whole(MessageKind::Progress, self.cursor, false, Vec::new()));
                 }
-                _ = self.closing.wait_for(|closing| *closing) => {
-                    return Err(Closed { revision: self.delivered });
+                ending = self.ending.wait_for(|ending| *ending != Ending::No) => {
+                    let reason = ending.map_or(Ending::Shutdown, |ending| *ending);
+                    return Err(Closed { revision: self.delivered, reason });
                 }
             }
         }
@@ -489,7 +528,13 @@ mod tests {
             (MessageKind::Progress, 50)
         );
         index.close();
-        assert_eq!(subscriber.next().await, Err(Closed { revision: 50 }));
+        assert_eq!(
+            subscriber.next().await,
+            Err(Closed {
+                revision: 50,
+                reason: Ending::Shutdown
+            })
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -530,6 +575,12 @@ mod tests {
         let first_part = subscriber.next().await.unwrap();
         assert_eq!((first_part.revision, first_part.complete), (2, false));
         index.close();
-        assert_eq!(subscriber.next().await, Err(Closed { revision: 1 }));
+        assert_eq!(
+            subscriber.next().await,
+            Err(Closed {
+                revision: 1,
+                reason: Ending::Shutdown
+            })
+        );
     }
 }

@@ -669,3 +669,51 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
 }
+
+/// A loopback TCP proxy whose links can be cut (open connections closed,
+/// new ones refused) and restored.
+#[derive(Clone)]
+pub struct CuttableProxy {
+    pub address: SocketAddr,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let proxy = CuttableProxy {
+            address: listener.local_addr().unwrap(),
+            cut: std::sync::Arc::new(cut),
+        };
+        let cut = proxy.cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *cut.borrow() {
+                    continue;
+                }
+                let mut cut = cut.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Closes every link and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}

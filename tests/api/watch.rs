@@ -549,3 +549,68 @@ async fn racing_activations_on_two_replicas_are_seen_alike_on_both() {
         "both replicas' watchers saw the same"
     );
 }
+
+/// A replica cut off from PostgreSQL (a proxy in between closes every link)
+/// stops vouching for its revision: its stream ends with UNAVAILABLE naming
+/// the revision to resume from, new streams are refused, and it serves again
+/// once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_postgres_stops_vouching() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let (scheme_and_user, rest) = database.url.split_once('@').unwrap();
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let proxy = crate::helpers::CuttableProxy::start(host_port.parse().unwrap()).await;
+    let database = TestDatabase {
+        url: format!("{scheme_and_user}@{}/{path}", proxy.address),
+        ..database
+    };
+    let app = spawn_on(database, |settings| {
+        settings.watch.catch_up_interval_ms = 200;
+        settings.watch.vouch_timeout_ms = 1000;
+        settings.watch.heartbeat_interval_ms = 200;
+    })
+    .await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let mut stream = app.watch("team", &[], 0).await;
+    assert_eq!(next_message(&mut stream).await.revision, 1);
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
+            Ok(Ok(Some(_progress))) => continue,
+            Ok(Err(status)) => break status,
+            other => panic!("the stream ends with a status: {other:?}"),
+        }
+    };
+    println!(
+        "the cut-off replica ended its stream after {:?}",
+        cut_at.elapsed()
+    );
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(
+        ended.message().contains("since_revision 1"),
+        "{}",
+        ended.message()
+    );
+    assert_eq!(
+        app.try_watch("team", &[], 1).await.unwrap_err().code(),
+        Code::Unavailable,
+        "no new stream while cut off"
+    );
+
+    proxy.restore();
+    let served_again = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if app.try_watch("team", &[], 1).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        served_again.is_ok(),
+        "serves again once the database answers"
+    );
+}
