@@ -42,18 +42,20 @@ pub struct Application {
 
 fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    if !settings.data_dir.exists() {
+    let dir = &settings.data_dir;
+    if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&settings.data_dir)
-            .with_context(|| {
-                format!(
-                    "creating the data directory {}",
-                    settings.data_dir.display()
-                )
-            })?;
+            .create(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
     }
+    // Say which directory and why now, rather than SQLite's "unable to open
+    // database file" or "disk I/O error" later.
+    let probe = dir.join(".policyhub-write-test");
+    std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("the data directory {} is not writable", dir.display()))?;
     Ok(())
 }
 

@@ -76,11 +76,49 @@ enum Begun<T> {
 
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
+        match database_code(&error).as_deref() {
+            // SQLite's SQLITE_FULL (13, with its extended codes), PostgreSQL's
+            // disk_full: the write is refused until space returns, and then
+            // writes succeed again by themselves.
+            Some(code) if sqlite_primary(code) == Some(13) || code == "53100" => {
+                return Error::ResourceExhausted(
+                    "the database's disk is full: nothing was written; free space and retry".into(),
+                );
+            }
+            // SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_READONLY: the files cannot
+            // be written now.
+            Some(code) if matches!(sqlite_primary(code), Some(8 | 10 | 14)) => {
+                return Error::Unavailable(format!(
+                    "the database cannot write to its files: {error}"
+                ));
+            }
+            _ => {}
+        }
         if is_connection_error(&error) {
             return Error::Unavailable(format!("the database is unavailable: {error}"));
         }
         Error::Internal(format!("database error: {error}"))
     }
+}
+
+/// The database's own error code, when it refused a statement.
+fn database_code(error: &DbErr) -> Option<String> {
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
+            match sqlx.as_ref() {
+                Sqlx::Database(database) => database.code().map(|code| code.into_owned()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The primary result code of a SQLite extended result code ("778" is
+/// SQLITE_IOERR_WRITE, primary 10); `None` for PostgreSQL's SQLSTATEs.
+fn sqlite_primary(code: &str) -> Option<u32> {
+    code.parse::<u32>().ok().map(|extended| extended & 0xff)
 }
 
 /// Whether the database could not be reached, as opposed to refusing a

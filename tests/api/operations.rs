@@ -541,3 +541,101 @@ async fn idempotency_keys_are_forgotten_after_the_retention() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Disk faults on a small tmpfs (mounting needs root, as `./scripts/test`
+/// runs in CI): a full disk refuses writes with RESOURCE_EXHAUSTED or
+/// UNAVAILABLE, never INTERNAL, and writes succeed again once space returns;
+/// a read-only data directory is named, with the cause, at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_until_space_returns_and_a_read_only_one_is_named_at_start() {
+    struct Mounted(tempfile::TempDir);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+    let mount = Mounted(tempfile::tempdir().unwrap());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mount.0.path())
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mounting a 4 MiB tmpfs needs root, as ./scripts/test has in CI"
+    );
+    let data_dir = tempfile::tempdir_in(mount.0.path()).unwrap();
+    let database = TestDatabase {
+        backend: Backend::Sqlite,
+        url: format!(
+            "sqlite://{}",
+            data_dir.path().join("policyhub.db").display()
+        ),
+        data_dir,
+    };
+    let app = spawn_on(database, |_| {}).await;
+    app.release("team", "limits", serde_json::json!({"max": 1}), true)
+        .await;
+
+    // Fill the disk.
+    let filler = mount.0.path().join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+    }
+    let big = serde_json::json!({"filler": "x".repeat(256 * 1024)});
+    let refused = app
+        .try_draft("team", "limits", big.clone())
+        .await
+        .expect_err("a full disk refuses the write");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("disk is full")
+            || refused.message().contains("cannot write to its files"),
+        "{}",
+        refused.message()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    app.try_draft("team", "limits", big)
+        .await
+        .expect("writes succeed again once space returns");
+
+    // A read-only data directory is named, with the cause, at start (the
+    // server stops first: a filesystem with files open for writing cannot
+    // turn read-only).
+    let _database = app.stop().await;
+    let read_only_dir = mount.0.path().join("read-only");
+    std::fs::create_dir(&read_only_dir).unwrap();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(mount.0.path())
+        .status()
+        .unwrap();
+    assert!(remounted.success());
+    let settings = Settings {
+        data_dir: read_only_dir.clone(),
+        database_url: None,
+        ..test_settings(&TestDatabase::new(Backend::Sqlite).await)
+    };
+    let error = match Application::build(settings).await {
+        Ok(_) => panic!("a read-only data directory is refused at start"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains(&read_only_dir.display().to_string()) && error.contains("Read-only"),
+        "{error}"
+    );
+}
