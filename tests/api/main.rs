@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod bad_input_table;
 mod cli;
 mod client_settings;
 mod concurrency;
