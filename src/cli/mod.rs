@@ -494,7 +494,11 @@ fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            eprintln!("verification failed: {error}");
+            eprintln!(
+                "error: the bundle does not verify: {error}\n\
+                 hint: it was changed after signing, or signed by a key the JWKS does not hold \
+                 (fetch it again with `policyhub keys list -o json`)"
+            );
             Ok(ExitCode::FAILURE)
         }
     }

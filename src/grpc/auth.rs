@@ -175,6 +175,30 @@ pub enum Readable {
     Only(Vec<Namespace>),
 }
 
+/// What is wrong with a token, in words a caller can act on rather than the
+/// JWT library's (such as "Base64 error: Invalid last symbol 116").
+fn token_problem(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => {
+            "it is not a JWT (three base64url parts: header, claims, signature)".into()
+        }
+        ErrorKind::InvalidSignature => "its signature does not verify".into(),
+        ErrorKind::ExpiredSignature => "it has expired (exp)".into(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".into(),
+        ErrorKind::InvalidIssuer => "its issuer (iss) is not the one this server trusts".into(),
+        ErrorKind::InvalidAudience => "its audience (aud) is not this server".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("it has no {claim:?} claim"),
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm => "its algorithm is not accepted".into(),
+        _ => "it cannot be verified".into(),
+    }
+}
+
 /// The subject recorded for requests served with authentication disabled.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -387,7 +411,7 @@ impl Authenticator {
                 Status::unauthenticated("the authorization metadata is not \"Bearer <token>\"")
             })?;
         let refused = |error: jsonwebtoken::errors::Error| {
-            Status::unauthenticated(format!("invalid token: {error}"))
+            Status::unauthenticated(format!("invalid token: {}", token_problem(&error)))
         };
         let header = jsonwebtoken::decode_header(token).map_err(refused)?;
         if !self.validation.algorithms.contains(&header.alg) {

@@ -774,3 +774,19 @@ async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
     assert_eq!(runtimes[0].subject, "runtime-sa");
     assert_eq!(runtimes[0].policies[0].error, "real");
 }
+
+/// A token that is not a JWT is refused in words a person can act on, not
+/// with the JWT library's decoding error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_token_is_described_plainly() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let refused = draft(&app, "abc.def", "team-a", "x").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("invalid token: it is not a JWT")
+            && !refused.message().contains("Base64"),
+        "{}",
+        refused.message()
+    );
+}

@@ -279,6 +279,21 @@ async fn get_shows_the_verified_active_bundle_that_verify_accepts() {
         "{}",
         verified.stdout
     );
+    // One flipped character of the signature: refused with error and hint.
+    let jws = bundle["jws"].as_str().unwrap();
+    let flipped = if jws.ends_with('A') { "B" } else { "A" };
+    let tampered = format!("{}{flipped}", &jws[..jws.len() - 1]);
+    let tampered_file = write(dir.path(), "tampered.jws", &tampered);
+    let refused = policyhub(&app, &["verify", "--jwks", &jwks_file, &tampered_file]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: the bundle does not verify: ")
+            && refused.stderr.contains("\nhint: "),
+        "{}",
+        refused.stderr
+    );
     let table = policyhub(&app, &["keys", "list"]);
     assert!(table.success().starts_with("KEY ID"), "{}", table.stdout);
     assert!(
