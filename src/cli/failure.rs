@@ -93,6 +93,11 @@ fn describe(status: &Status) -> String {
     text
 }
 
+/// What to do when the TLS handshake fails over certificates.
+const TLS_HINT: &str = "the TLS handshake failed: a server that requires client certificates \
+                        (mTLS) needs --cert-file and --key-file signed by the CA it trusts; \
+                        --ca-file names the CA of the server's own certificate";
+
 /// What to do about a refusal.
 fn hint(status: &Status) -> Option<&'static str> {
     if timed_out(status) {
@@ -100,6 +105,11 @@ fn hint(status: &Status) -> Option<&'static str> {
             "the server took the call but did not answer in time: it may be overloaded, or not \
              a policyhub server; retry, or raise --request-timeout (POLICYHUB_REQUEST_TIMEOUT)",
         );
+    }
+    // A TLS handshake the server ends for want of a client certificate
+    // surfaces as a transport error, not as a refusal.
+    if status.message().to_lowercase().contains("certificate") {
+        return Some(TLS_HINT);
     }
     Some(match status.code() {
         Code::Unauthenticated => {
@@ -149,6 +159,9 @@ pub fn report(error: &anyhow::Error) -> String {
             return hint(&refused.status).map(str::to_owned);
         }
         cause.downcast_ref::<Unreachable>().map(|unreachable| {
+            if format!("{error:#}").to_lowercase().contains("certificate") {
+                return TLS_HINT.to_owned();
+            }
             format!(
                 "is the server running at {}? Point --server or POLICYHUB_SERVER at it",
                 unreachable.server
@@ -210,6 +223,16 @@ mod tests {
         );
         let aborted = report(&refused(Code::Aborted, "version 2 is active, not 1"));
         assert!(aborted.contains("re-read it"), "{aborted}");
+    }
+
+    #[test]
+    fn a_certificate_problem_is_not_called_a_fault_of_the_server() {
+        let text = report(&refused(
+            Code::Unknown,
+            "transport error: received fatal alert: CertificateRequired",
+        ));
+        assert!(text.contains("hint: the TLS handshake failed"), "{text}");
+        assert!(!text.contains("a fault of the server"), "{text}");
     }
 
     #[test]
