@@ -378,3 +378,63 @@ async fn rpc_metrics_know_the_served_methods_and_the_final_status() {
         ) >= 5.0
     );
 }
+
+/// A real Prometheus (Debian's, installed by `./scripts/test` with promtool)
+/// scrapes the metrics port and keeps the types and help texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_endpoint_with_types_and_help() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    app.release("team", "scraped", json!({"v": 1}), true).await;
+    let target = app.metrics_address.expect("a metrics port");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\n\
+             scrape_configs:\n  - job_name: policyhub\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = crate::helpers::free_port();
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus is on PATH (./scripts/test installs Debian's prometheus)");
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut metadata = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tokio::net::TcpStream::connect(api).await.is_err() {
+            continue;
+        }
+        // With OpenMetrics, Prometheus files a counter under its family
+        // name, without `_total`.
+        let (status, _, body) = get(
+            api,
+            "/api/v1/metadata?metric=policyhub_rpc_requests",
+            "application/json",
+        )
+        .await;
+        if status.contains("200") && body.contains("\"counter\"") {
+            metadata = body;
+            break;
+        }
+    }
+    prometheus.kill().ok();
+    prometheus.wait().ok();
+    assert!(
+        metadata.contains("\"counter\"") && metadata.contains("RPCs served"),
+        "Prometheus keeps the type and help: {metadata}"
+    );
+}
