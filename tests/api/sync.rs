@@ -9,7 +9,7 @@ use std::{
 };
 
 use policyhub::grpc::proto;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::cli::{Run, policyhub};
 use crate::helpers::{
@@ -285,6 +285,15 @@ async fn a_dry_run_shows_the_plan_and_changes_nothing() {
         })
         .collect();
     assert_eq!(outcomes, [("1.0.0", "skipped"), ("1.1.0", "planned")]);
+    // The JSON carries the plan the text shows.
+    assert_eq!(
+        (&report["planned"], &report["skipped"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(
+        report["activation"]["planned"],
+        json!([{"namespace": "payments", "name": "limits", "label": "1.1.0"}])
+    );
     let table = policyhub(
         &app,
         &[

@@ -522,6 +522,16 @@ impl Report<'_> {
                 "activations": activated.activations.iter().map(json::activation).collect::<Vec<_>>(),
             }),
             Some(Err(error)) => json!({ "error": format!("{error:#}") }),
+            // The plan of a dry run, as its text output shows it.
+            None if self.args.dry_run && self.args.activate => json!({
+                "planned": newest(self.entries)
+                    .map(|release| json!({
+                        "namespace": release.policy.namespace.to_string(),
+                        "name": release.policy.name.to_string(),
+                        "label": release.label.to_string(),
+                    }))
+                    .collect::<Vec<_>>(),
+            }),
             None => Value::Null,
         };
         json!({
@@ -529,6 +539,7 @@ impl Report<'_> {
             "dry_run": self.args.dry_run,
             "releases": releases,
             "activation": activation,
+            "planned": self.count(|outcome| matches!(outcome, Outcome::Planned)),
             "delivered": self.count(|outcome| matches!(outcome, Outcome::Delivered(_))),
             "skipped": self.count(|outcome| matches!(outcome, Outcome::Skipped(_))),
             "failed": self.count(|outcome| matches!(outcome, Outcome::Failed(_))),
