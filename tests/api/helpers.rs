@@ -486,13 +486,23 @@ pub async fn spawn_binary_server_on(
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start policyhub serve");
+    // The port is bound before the database is opened, so a TCP connect
+    // succeeds early: wait until the server answers a health check, which it
+    // does once it serves (and handles signals).
     for _ in 0..100 {
         if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .connect()
             .await
         {
-            return (server, channel);
+            let answered = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if answered.is_ok() {
+                return (server, channel);
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
