@@ -604,16 +604,21 @@ impl PrivateCluster {
         self.dir.path().join("data").display().to_string()
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A PostgreSQL tool, as the `postgres` user when running as root
+    /// (PostgreSQL refuses to run as root).
+    fn tool(&self, tool: &str) -> std::process::Command {
         let program = self.bin.join(tool);
-        let mut command = if is_root() {
+        if is_root() {
             let mut command = std::process::Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(program);
             command
         } else {
             std::process::Command::new(program)
-        };
-        let output = command.args(args).output().unwrap();
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self.tool(tool).args(args).output().unwrap();
         assert!(
             output.status.success(),
             "{tool} failed: {}",
@@ -658,18 +663,10 @@ impl PrivateCluster {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let data = self.data();
-        let program = self.bin.join("pg_ctl");
-        let _ = if is_root() {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(program)
-                .args(["-D", &data, "-m", "immediate", "stop"])
-                .output()
-        } else {
-            std::process::Command::new(program)
-                .args(["-D", &data, "-m", "immediate", "stop"])
-                .output()
-        };
+        let _ = self
+            .tool("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
     }
 }
 
