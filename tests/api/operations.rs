@@ -613,18 +613,16 @@ async fn a_full_disk_refuses_writes_until_space_returns_and_a_read_only_one_is_n
         .await
         .expect("writes succeed again once space returns");
 
-    // A read-only data directory is named, with the cause, at start (the
-    // server stops first: a filesystem with files open for writing cannot
-    // turn read-only).
-    let _database = app.stop().await;
-    let read_only_dir = mount.0.path().join("read-only");
-    std::fs::create_dir(&read_only_dir).unwrap();
-    let remounted = Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(mount.0.path())
+    // A read-only data directory is named, with the cause, at start: a
+    // second tmpfs, mounted read-only from the first.
+    let read_only = Mounted(tempfile::tempdir().unwrap());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"])
+        .arg(read_only.0.path())
         .status()
         .unwrap();
-    assert!(remounted.success());
+    assert!(mounted.success());
+    let read_only_dir = read_only.0.path().to_owned();
     let settings = Settings {
         data_dir: read_only_dir.clone(),
         database_url: None,
