@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::signing::{Jwk, KeySource, SigningKey};
 use crate::storage::{AsOf, IdempotencyClaim, Repository};
-use crate::watch::ActiveIndex;
+use crate::watch::{ActiveIndex, Encode, Instruments};
 
 /// What `GetActive` found.
 #[derive(Debug, Clone)]
@@ -78,7 +78,12 @@ fn claim(
 impl PolicyHub {
     /// Loads and registers the signing keys and loads the active index from
     /// the database.
-    pub async fn start(repository: Repository, key_source: KeySource) -> anyhow::Result<Self> {
+    pub async fn start(
+        repository: Repository,
+        key_source: KeySource,
+        encode: Encode,
+        instruments: Instruments,
+    ) -> anyhow::Result<Self> {
         let system = RequestContext {
             actor: "system:policyhub".into(),
             request_id: "startup".into(),
@@ -99,7 +104,7 @@ impl PolicyHub {
         );
         Ok(PolicyHub {
             repository,
-            index: ActiveIndex::new(revision, bundles),
+            index: ActiveIndex::new(revision, bundles, encode, instruments),
             key_source: Arc::new(key_source),
             keys: Arc::new(RwLock::new(Arc::new(keys))),
             applier: Arc::default(),
@@ -150,11 +155,6 @@ impl PolicyHub {
     /// The in-memory index.
     pub fn index(&self) -> &ActiveIndex {
         &self.index
-    }
-
-    /// The repository, for health checks.
-    pub fn repository(&self) -> &Repository {
-        &self.repository
     }
 
     /// Brings the index up to a revision this replica just committed, before

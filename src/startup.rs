@@ -36,6 +36,8 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     address: SocketAddr,
     hub: PolicyHub,
+    /// The store, for what runs beside the hub: health, retention, the fleet.
+    repository: storage::Repository,
     authentication: Authentication,
     settings: Settings,
 }
@@ -161,12 +163,19 @@ impl Application {
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
         let repository = storage::Repository::new(db, settings.issuer.clone());
-        let hub = PolicyHub::start(repository, keys).await?;
+        let hub = PolicyHub::start(
+            repository.clone(),
+            keys,
+            crate::grpc::convert::encoded_bundle,
+            crate::metrics::global().index_instruments(),
+        )
+        .await?;
         Ok(Application {
             listener,
             metrics_listener,
             address,
             hub,
+            repository,
             authentication,
             settings,
         })
@@ -197,13 +206,13 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_task = tokio::spawn(watch_database(
             health,
-            self.hub.clone(),
+            self.repository.clone(),
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
         let retention_task = self.settings.idempotency_retention_seconds.map(|seconds| {
             tokio::spawn(forget_idempotency_records(
-                self.hub.repository().clone(),
+                self.repository.clone(),
                 std::time::Duration::from_secs(seconds),
             ))
         });
@@ -222,7 +231,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
-        let fleet = Fleet::new(self.hub.repository().clone(), &self.settings.runtimes);
+        let fleet = Fleet::new(self.repository.clone(), &self.settings.runtimes);
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
@@ -410,7 +419,11 @@ pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
 /// Reports NOT_SERVING while the database does not answer a ping within the
 /// interval (a ping waiting out the pool's acquire timeout would hide a short
 /// outage), and SERVING again at the first ping that succeeds.
-async fn watch_database(health: HealthReporter, hub: PolicyHub, interval: std::time::Duration) {
+async fn watch_database(
+    health: HealthReporter,
+    repository: storage::Repository,
+    interval: std::time::Duration,
+) {
     health
         .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
         .await;
@@ -418,7 +431,7 @@ async fn watch_database(health: HealthReporter, hub: PolicyHub, interval: std::t
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let ping = hub.repository().connection().ping();
+        let ping = repository.ping();
         let reachable = matches!(tokio::time::timeout(interval, ping).await, Ok(Ok(())));
         if serving == Some(reachable) {
             continue;

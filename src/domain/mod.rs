@@ -11,6 +11,7 @@ pub mod lifecycle;
 mod names;
 pub mod runtime;
 mod schema;
+mod text;
 mod version;
 
 pub use body::{Digest, MAX_JSON_DEPTH, PolicyBody, canonical_json};
@@ -19,4 +20,5 @@ pub use error::{Error, FieldViolation, Result, SchemaViolation, quoted};
 pub use event::{EventKind, EventRecord};
 pub use names::{Namespace, PolicyName, PolicyRef};
 pub use schema::PolicySchema;
+pub use text::refuse_nul;
 pub use version::{Label, Publication, VersionRecord, VersionSelector, VersionState};

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use prost_types::{ListValue, Struct, Timestamp, Value as ProtoValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
+use prost::{Message, bytes::Bytes};
+
 use super::proto;
 use crate::domain::{
     ActiveBundle, Error, EventKind, EventRecord, PolicySummary, Result, VersionRecord, VersionState,
@@ -128,6 +130,12 @@ pub fn version(record: &VersionRecord) -> proto::Version {
         key_id: publication.map(|p| p.key_id.clone()).unwrap_or_default(),
         active: record.active,
     }
+}
+
+/// An active bundle as encoded protobuf, made once per version for every
+/// watch stream.
+pub fn encoded_bundle(active: &ActiveBundle) -> Bytes {
+    Bytes::from(bundle(active).encode_to_vec())
 }
 
 /// An active bundle as protobuf.

@@ -4,7 +4,6 @@ pub mod auth;
 mod bundle_service;
 pub mod codec;
 pub mod convert;
-mod limits;
 pub mod message_limit;
 pub mod methods;
 mod policy_requests;
@@ -15,7 +14,6 @@ pub mod status;
 pub mod watch_message;
 
 pub use bundle_service::BundleApi;
-pub use limits::Limits;
 pub use policy_service::PolicyApi;
 
 /// The generated protobuf types, clients and servers of `policyhub.v1`.

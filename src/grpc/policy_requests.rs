@@ -1,9 +1,9 @@
 //! `policyhub.v1.PolicyService` requests as validated domain commands, and
 //! replies back as protobuf: the conversions its handlers call.
 
-use super::Limits;
 use super::convert::{self, struct_to_json};
 use super::proto;
+use crate::config::Limits;
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActivationTarget, DraftCommand, Error, EventFilter,
     IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName, PolicyRef,
@@ -13,7 +13,7 @@ use crate::domain::{
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
 fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
-    super::limits::refuse_nul("idempotency_key", &key)?;
+    crate::domain::refuse_nul("idempotency_key", &key)?;
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(Error::invalid(
             "idempotency_key",

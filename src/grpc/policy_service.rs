@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::Limits;
 use super::auth::{Identified, Readable, Rpc, identify};
 use super::convert::{self};
 use super::policy_requests::{
@@ -16,6 +15,7 @@ use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
 use super::runtimes;
 use super::status::to_status;
+use crate::config::Limits;
 use crate::domain::{
     ActivationOutcome, DiscardCommand, Error, Namespace, NamespaceScope, PolicyRef, RequestContext,
     Result,

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 
 pub use rpc::RpcMetricsLayer;
 
-use crate::watch::ActiveIndex;
+use crate::watch::{ActiveIndex, Instruments};
 
 /// Labels of an RPC count.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,12 +60,10 @@ pub struct Metrics {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabel, Histogram>,
-    /// Pointer moves applied to the index.
-    pub activations: Counter,
+    /// What the index feeds: pointer moves applied, apply-to-send time.
+    index: Instruments,
     revision: Gauge,
     watch_streams: Gauge,
-    /// Apply-to-send time of watch updates.
-    pub watch_delivery: Histogram,
     /// Runtime reports accepted.
     pub runtime_reports: Counter,
     /// Fleet-view batches written.
@@ -148,10 +146,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         registry: root,
         rpc_requests,
         rpc_duration,
-        activations,
+        index: Instruments {
+            activations,
+            delivery: watch_delivery,
+        },
         revision,
         watch_streams,
-        watch_delivery,
         runtime_reports,
         runtime_flushes,
     }
@@ -163,6 +163,11 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// The instruments the active index feeds.
+    pub fn index_instruments(&self) -> Instruments {
+        self.index.clone()
+    }
+
     /// The OpenMetrics exposition, with the gauges read from the index now.
     fn render(&self, index: &ActiveIndex) -> String {
         self.revision.set(index.revision() as i64);

@@ -617,9 +617,9 @@ impl Repository {
         }
     }
 
-    /// The connection, for health checks.
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
+    /// Whether the database answers, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        Ok(self.db.ping().await?)
     }
 
     pub(super) async fn begin_write(&self) -> Result<Write> {

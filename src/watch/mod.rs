@@ -24,7 +24,8 @@ use std::{
     time::Duration,
 };
 
-use prost::{Message, bytes::Bytes, encoding::encoded_len_varint};
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use prost::{bytes::Bytes, encoding::encoded_len_varint};
 use tokio::{sync::watch, time::Instant};
 
 use crate::domain::{ActiveBundle, Namespace, PolicyName, PolicyRef};
@@ -39,10 +40,25 @@ pub struct IndexedBundle {
     pub encoded: Bytes,
 }
 
-impl IndexedBundle {
-    fn new(bundle: ActiveBundle) -> Self {
-        let encoded = Bytes::from(crate::grpc::convert::bundle(&bundle).encode_to_vec());
-        IndexedBundle { bundle, encoded }
+/// How a bundle goes on the wire (`policyhub.v1.Bundle`, encoded): handed in
+/// by the transport, so the index does not depend on it.
+pub type Encode = fn(&ActiveBundle) -> Bytes;
+
+/// The metrics the index feeds; whoever exposes them registers them.
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    /// Active-pointer moves applied.
+    pub activations: Counter,
+    /// From applying a revision to handing its update to a stream.
+    pub delivery: Histogram,
+}
+
+impl Default for Instruments {
+    fn default() -> Self {
+        Instruments {
+            activations: Counter::default(),
+            delivery: Histogram::new(std::iter::empty()),
+        }
     }
 }
 
@@ -124,7 +140,7 @@ impl Snapshot {
             .collect()
     }
 
-    fn insert(&mut self, bundle: ActiveBundle) {
+    fn insert(&mut self, bundle: ActiveBundle, encode: Encode) {
         let namespace = Arc::make_mut(
             self.namespaces
                 .entry(bundle.policy.namespace.clone())
@@ -133,7 +149,10 @@ impl Snapshot {
         namespace.revision = namespace.revision.max(bundle.revision);
         namespace.policies.insert(
             bundle.policy.name.clone(),
-            Arc::new(IndexedBundle::new(bundle)),
+            Arc::new(IndexedBundle {
+                encoded: encode(&bundle),
+                bundle,
+            }),
         );
     }
 }
@@ -162,22 +181,32 @@ pub struct ActiveIndex {
     snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
     /// Anything but [`Ending::No`] ends every stream.
     ending: Arc<watch::Sender<Ending>>,
+    encode: Encode,
+    instruments: Instruments,
 }
 
 impl ActiveIndex {
-    /// An index holding `bundles` at `revision`.
-    pub fn new(revision: u64, bundles: Vec<ActiveBundle>) -> Self {
+    /// An index holding `bundles` at `revision`, encoding each bundle once
+    /// with `encode`.
+    pub fn new(
+        revision: u64,
+        bundles: Vec<ActiveBundle>,
+        encode: Encode,
+        instruments: Instruments,
+    ) -> Self {
         let mut snapshot = Snapshot {
             revision,
             applied_at: None,
             namespaces: BTreeMap::new(),
         };
         for bundle in bundles {
-            snapshot.insert(bundle);
+            snapshot.insert(bundle, encode);
         }
         ActiveIndex {
             snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
             ending: Arc::new(watch::channel(Ending::No).0),
+            encode,
+            instruments,
         }
     }
 
@@ -208,11 +237,9 @@ impl ActiveIndex {
             let next = Arc::make_mut(current);
             next.revision = revision;
             next.applied_at = Some(Instant::now());
-            crate::metrics::global()
-                .activations
-                .inc_by(changed.len() as u64);
+            self.instruments.activations.inc_by(changed.len() as u64);
             for bundle in changed {
-                next.insert(bundle);
+                next.insert(bundle, self.encode);
             }
             true
         });
@@ -258,6 +285,7 @@ impl ActiveIndex {
         Subscriber {
             snapshots: self.snapshots.subscribe(),
             ending: self.ending.subscribe(),
+            delivery: self.instruments.delivery.clone(),
             selector,
             cursor: since_revision,
             delivered: since_revision,
@@ -352,6 +380,8 @@ pub struct Closed {
 pub struct Subscriber {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ending: watch::Receiver<Ending>,
+    /// Where delivery times go.
+    delivery: Histogram,
     selector: Selector,
     /// The revision computed so far (or asked to resume from).
     cursor: u64,
@@ -434,7 +464,7 @@ impl Subscriber {
                     self.cursor = snapshot.revision;
                     if !bundles.is_empty() {
                         if let Some(applied_at) = snapshot.applied_at {
-                            crate::metrics::global().watch_delivery.observe(applied_at.elapsed().as_secs_f64());
+                            self.delivery.observe(applied_at.elapsed().as_secs_f64());
                         }
                         return Ok(WatchMessage::whole(MessageKind::Update, snapshot.revision, false, bundles));
                     }
@@ -468,6 +498,16 @@ mod tests {
         }
     }
 
+    /// An empty index whose "encoding" of a bundle names it.
+    fn index() -> ActiveIndex {
+        ActiveIndex::new(
+            0,
+            Vec::new(),
+            |bundle| Bytes::from(format!("{}@{}", bundle.policy, bundle.version)),
+            Instruments::default(),
+        )
+    }
+
     fn selector(names: &[&str]) -> Selector {
         Selector {
             namespace: Namespace::parse("namespace", "team").unwrap(),
@@ -480,7 +520,7 @@ mod tests {
 
     #[test]
     fn apply_ignores_revisions_already_applied() {
-        let index = ActiveIndex::new(0, Vec::new());
+        let index = index();
         index.apply(1, vec![bundle("a", 1, 1)]);
         index.apply(2, vec![bundle("a", 2, 2)]);
         index.apply(2, vec![bundle("a", 9, 2)]);
@@ -498,7 +538,7 @@ mod tests {
 
     #[test]
     fn changed_since_filters_by_revision_and_name() {
-        let index = ActiveIndex::new(0, Vec::new());
+        let index = index();
         index.apply(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]);
         index.apply(2, vec![bundle("b", 2, 2)]);
         let snapshot = index.snapshot();
@@ -511,7 +551,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_subscriber_gets_one_coalesced_update() {
-        let index = ActiveIndex::new(0, Vec::new());
+        let index = index();
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
         assert_eq!(subscriber.next().await.unwrap().kind, MessageKind::Snapshot);
         for revision in 1..=50 {
@@ -539,7 +579,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_large_revision_goes_out_in_parts_the_last_one_complete() {
-        let index = ActiveIndex::new(0, Vec::new());
+        let index = index();
         index.apply(1, (0..7).map(|n| bundle(&format!("p{n}"), 1, 1)).collect());
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
         let encoded = index.snapshot().matching(&selector(&[]))[0].len();
@@ -566,7 +606,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn closing_mid_revision_names_the_last_whole_revision() {
-        let index = ActiveIndex::new(0, Vec::new());
+        let index = index();
         index.apply(1, vec![bundle("a", 1, 1)]);
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
         subscriber.part_bytes = 1;

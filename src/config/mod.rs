@@ -2,6 +2,8 @@
 //! `POLICYHUB_*` environment variables (`__` separates nested keys, as in
 //! `POLICYHUB_LIMITS__MAX_BODY_BYTES`), then command-line flags.
 
+mod limits;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -16,7 +18,7 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::Limits;
+pub use limits::Limits;
 
 /// Everything `policyhub serve` needs.
 #[derive(Debug, Clone, Deserialize)]
