@@ -162,9 +162,10 @@ impl Application {
         let authentication = authentication(&settings)?;
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
-        let repository = storage::Repository::new(db, settings.issuer.clone());
+        let repository = storage::Repository::new(db);
         let hub = PolicyHub::start(
             repository.clone(),
+            settings.issuer.clone(),
             keys,
             crate::grpc::convert::encoded_bundle,
             crate::metrics::global().index_instruments(),

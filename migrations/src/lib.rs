@@ -11,6 +11,7 @@ mod m20261121_000002_immutability_triggers;
 mod m20261122_000001_runtimes;
 mod m20261122_000002_events_kind_index;
 mod m20261122_000003_no_replace;
+mod m20261122_000004_signing_keys_key_id;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_runtimes::Migration),
             Box::new(m20261122_000002_events_kind_index::Migration),
             Box::new(m20261122_000003_no_replace::Migration),
+            Box::new(m20261122_000004_signing_keys_key_id::Migration),
         ]
     }
 }

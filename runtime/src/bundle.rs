@@ -62,7 +62,12 @@ pub struct Jwk {
 impl Jwk {
     /// The JWK of a raw Ed25519 public key.
     pub fn ed25519(public_key: &[u8]) -> Self {
-        let x = URL_SAFE_NO_PAD.encode(public_key);
+        Jwk::from_x(URL_SAFE_NO_PAD.encode(public_key))
+    }
+
+    /// The JWK of an Ed25519 public key given as base64url (its `x`); its
+    /// id is the RFC 7638 thumbprint.
+    pub fn from_x(x: String) -> Self {
         Jwk {
             kty: "OKP".into(),
             crv: "Ed25519".into(),

@@ -441,7 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: KeysCommand::Generate { out },
         } => {
             let key = signing::write_new_key(&out)?;
-            println!("{}", key.kid());
+            println!("{}", key.key_id());
         }
     }
     Ok(ExitCode::SUCCESS)

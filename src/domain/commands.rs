@@ -68,9 +68,8 @@ pub struct PublishCommand {
     pub label: Option<Label>,
     /// Also activate it in the same transaction.
     pub activate: bool,
-    /// With `activate`: compare-and-swap on the active version (`Some(0)`:
-    /// nothing may be active).
-    pub expected_active_version: Option<u32>,
+    /// With `activate`: compare-and-swap on the active version.
+    pub expected_active_version: ExpectedActive,
     /// Why.
     pub reason: String,
 }
@@ -87,6 +86,40 @@ pub struct PublishOutcome {
     pub activation: Option<ActivationOutcome>,
 }
 
+/// A compare-and-swap on a policy's active pointer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedActive {
+    /// Whatever is active.
+    #[default]
+    Any,
+    /// Only when nothing is active.
+    Nothing,
+    /// Only when this version is active.
+    Version(u32),
+}
+
+impl ExpectedActive {
+    /// From the wire's `optional uint32 expected_active_version`, where 0
+    /// expects nothing active (as etcd compares a missing key's version
+    /// with 0).
+    pub fn from_wire(expected: Option<u32>) -> Self {
+        match expected {
+            None => ExpectedActive::Any,
+            Some(0) => ExpectedActive::Nothing,
+            Some(version) => ExpectedActive::Version(version),
+        }
+    }
+
+    /// Whether `active` meets the expectation.
+    pub fn admits(self, active: Option<u32>) -> bool {
+        match self {
+            ExpectedActive::Any => true,
+            ExpectedActive::Nothing => active.is_none(),
+            ExpectedActive::Version(version) => active == Some(version),
+        }
+    }
+}
+
 /// One policy to point at a published version.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActivationTarget {
@@ -94,8 +127,8 @@ pub struct ActivationTarget {
     pub policy: PolicyRef,
     /// The published version.
     pub version: VersionSelector,
-    /// Compare-and-swap on the active version (`Some(0)`: nothing active).
-    pub expected_active_version: Option<u32>,
+    /// Compare-and-swap on the active version.
+    pub expected_active_version: ExpectedActive,
 }
 
 /// Activate several policies at once.
@@ -117,7 +150,7 @@ pub struct RollbackCommand {
     /// Why; required.
     pub reason: String,
     /// Compare-and-swap on the active version.
-    pub expected_active_version: Option<u32>,
+    pub expected_active_version: ExpectedActive,
 }
 
 /// Set or remove a policy's schema.
@@ -198,6 +231,15 @@ pub struct PolicySummary {
     pub latest_version: u32,
     /// The schema document.
     pub schema: Option<serde_json::Value>,
+}
+
+/// When `GetActive` should look.
+#[derive(Debug, Clone, Copy)]
+pub enum AsOf {
+    /// Once this revision was applied.
+    Revision(u64),
+    /// At this instant.
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// A page of results and the token for the next one.

@@ -1,7 +1,7 @@
 //! The errors of the domain, one variant per way a request can fail.
 //!
-//! Each variant maps to exactly one gRPC status code in
-//! `grpc::status::to_status`; the text is lowercase and names the value that
+//! Each variant maps to exactly one gRPC status code in `grpc::status`
+//! (`From<Error> for Status`); the text is lowercase and names the value that
 //! was wrong.
 
 use std::fmt;
@@ -30,13 +30,21 @@ pub enum Error {
     /// A label or idempotency key is already taken by something else.
     #[error("{0}")]
     AlreadyExists(String),
-    /// The caller is authenticated but may not do this (a runtime id held
-    /// by another subject).
+    /// The caller proved no identity: no token, or one that does not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is authenticated but may not do this: its roles do not
+    /// cover the call, or a runtime id is held by another subject.
     #[error("{0}")]
     PermissionDenied(String),
     /// A size or quota limit was exceeded.
-    #[error("{0}")]
-    ResourceExhausted(String),
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Which limit, and by how much.
+        message: String,
+        /// When a retry may succeed (a rate limit), if the server knows.
+        retry_after: Option<std::time::Duration>,
+    },
     /// The database cannot be reached; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -89,6 +97,14 @@ impl Error {
             field: field.into(),
             description: description.into(),
         }])
+    }
+
+    /// A limit was exceeded; retrying the same request will not help.
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Error::ResourceExhausted {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// A refusal because of the current state, without schema violations.

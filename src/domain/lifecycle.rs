@@ -1,11 +1,65 @@
-//! The lifecycle rules of DESIGN §2 as small pure functions, so that the
-//! storage transaction that enforces them reads as a sequence of checks.
+//! The lifecycle rules of DESIGN §2 as pure functions over loaded state:
+//! the application loads what a request touches, asks these what to write,
+//! and storage writes it.
 
-use super::{Error, PolicyRef, Result, VersionRecord, VersionState};
+use super::{
+    Activation, Error, EventKind, ExpectedActive, Label, PolicyRef, PolicySchema, Result,
+    VersionRecord, VersionState,
+};
 
-/// Only a draft can be published or discarded.
-pub fn ensure_draft(record: &VersionRecord, operation: &str) -> Result<()> {
-    if record.state == VersionState::Draft {
+/// What a decision needs to know about one policy, as loaded (and locked)
+/// in the transaction that will write the decision.
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The schema every version must satisfy to be published or activated.
+    pub schema: Option<PolicySchema>,
+    /// The active version and the revision that made it active.
+    pub active: Option<ActivePointer>,
+}
+
+/// Where a policy's active pointer points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivePointer {
+    /// The active version.
+    pub version: u32,
+    /// The revision that made it active.
+    pub revision: u64,
+}
+
+impl PolicyState {
+    /// The active version, if any.
+    pub fn active_version(&self) -> Option<u32> {
+        self.active.map(|pointer| pointer.version)
+    }
+
+    /// Refuses a body the policy's schema rejects.
+    fn check_schema(&self, version: &VersionRecord) -> Result<()> {
+        match &self.schema {
+            Some(schema) => schema.check(
+                &format!("version {} of {}", version.version, self.policy),
+                &version.body,
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The number of a policy's next draft, given the highest ever created:
+/// numbers are never reused.
+pub fn next_version(latest: Option<u32>) -> u32 {
+    latest.unwrap_or(0) + 1
+}
+
+/// Refuses to move a version to `next` unless its state allows it (only a
+/// draft moves, and never back to a draft).
+pub fn ensure_transition(
+    record: &VersionRecord,
+    next: VersionState,
+    operation: &str,
+) -> Result<()> {
+    if record.state.can_become(next) {
         return Ok(());
     }
     Err(Error::precondition(format!(
@@ -16,8 +70,110 @@ pub fn ensure_draft(record: &VersionRecord, operation: &str) -> Result<()> {
     )))
 }
 
+/// What publishing a draft comes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishPlan {
+    /// Sign the draft and release it.
+    Release,
+    /// The label was already released with the same content: that release
+    /// is the answer, and the draft is left as it is.
+    AlreadyReleased(Box<VersionRecord>),
+}
+
+/// Decides a publish: the draft must be a draft; a label already released
+/// is the same release when the content is the same and a conflict
+/// otherwise (released versions are immutable); the schema must pass.
+/// `released` is the version already carrying `label`, if any.
+pub fn plan_publish(
+    policy: &PolicyState,
+    draft: &VersionRecord,
+    label: Option<&Label>,
+    released: Option<VersionRecord>,
+) -> Result<PublishPlan> {
+    ensure_transition(draft, VersionState::Published, "publish")?;
+    if let (Some(label), Some(released)) = (label, released) {
+        if released.digest() == draft.digest() {
+            return Ok(PublishPlan::AlreadyReleased(Box::new(released)));
+        }
+        return Err(Error::AlreadyExists(format!(
+            "label {label} of {} was already released as version {} with digest {}, \
+             and this draft's digest is {}: released versions are immutable, bump the version",
+            policy.policy,
+            released.version,
+            released.digest(),
+            draft.digest()
+        )));
+    }
+    policy.check_schema(draft)?;
+    Ok(PublishPlan::Release)
+}
+
+/// One policy's pointer to move, as requested.
+#[derive(Debug, Clone)]
+pub struct PointerChange<'a> {
+    /// The policy, as loaded.
+    pub policy: &'a PolicyState,
+    /// The version to point at.
+    pub target: &'a VersionRecord,
+    /// The caller's compare-and-swap.
+    pub expected: ExpectedActive,
+}
+
+/// What an activation transaction writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationPlan {
+    /// One per change, in request order.
+    pub activations: Vec<Activation>,
+    /// The indexes of the changes whose pointer actually moves; empty when
+    /// everything requested is already active, and then nothing is written.
+    pub moving: Vec<usize>,
+    /// With nothing moving: the revision at which the newest target became
+    /// active, which the reply names.
+    pub current_revision: u64,
+}
+
+/// Decides an activation (or a rollback, `kind`): every target must be
+/// published, pass its policy's schema and meet the caller's
+/// compare-and-swap; pointers already at their target do not move.
+pub fn plan_activation(kind: EventKind, changes: &[PointerChange<'_>]) -> Result<ActivationPlan> {
+    debug_assert!(kind.moves_active_pointer());
+    for change in changes {
+        ensure_published(change.target)?;
+        ensure_expected_active(
+            &change.policy.policy,
+            change.expected,
+            change.policy.active_version(),
+        )?;
+        change.policy.check_schema(change.target)?;
+    }
+    let activations = changes
+        .iter()
+        .map(|change| Activation {
+            policy: change.policy.policy.clone(),
+            version: change.target.version,
+            previous_version: change.policy.active_version(),
+        })
+        .collect();
+    let moving = changes
+        .iter()
+        .enumerate()
+        .filter(|(_, change)| change.policy.active_version() != Some(change.target.version))
+        .map(|(index, _)| index)
+        .collect();
+    let current_revision = changes
+        .iter()
+        .filter_map(|change| change.policy.active.map(|pointer| pointer.revision))
+        .max()
+        .unwrap_or(0);
+    Ok(ActivationPlan {
+        activations,
+        moving,
+        current_revision,
+    })
+}
+
 /// Only a published version can be active.
-pub fn ensure_published(record: &VersionRecord) -> Result<()> {
+fn ensure_published(record: &VersionRecord) -> Result<()> {
     if record.state == VersionState::Published {
         return Ok(());
     }
@@ -29,27 +185,28 @@ pub fn ensure_published(record: &VersionRecord) -> Result<()> {
     )))
 }
 
-/// Compare-and-swap on the active pointer; `Some(0)` expects nothing active.
-pub fn ensure_expected_active(
+/// Compare-and-swap on the active pointer.
+fn ensure_expected_active(
     policy: &PolicyRef,
-    expected: Option<u32>,
+    expected: ExpectedActive,
     actual: Option<u32>,
 ) -> Result<()> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    let actual_number = actual.unwrap_or(0);
-    if expected == actual_number {
+    if expected.admits(actual) {
         return Ok(());
     }
-    let describe = |number: u32| match number {
-        0 => "no version".to_owned(),
-        number => format!("version {number}"),
+    let describe = |version: Option<u32>| match version {
+        None => "no version".to_owned(),
+        Some(number) => format!("version {number}"),
+    };
+    let wanted = match expected {
+        ExpectedActive::Any => unreachable!("any active version is admitted"),
+        ExpectedActive::Nothing => None,
+        ExpectedActive::Version(number) => Some(number),
     };
     Err(Error::Aborted(format!(
         "{policy}: expected {} to be active, but {} is",
-        describe(expected),
-        describe(actual_number)
+        describe(wanted),
+        describe(actual)
     )))
 }
 
@@ -94,21 +251,25 @@ mod tests {
     }
 
     #[test]
-    fn compare_and_swap_treats_zero_as_nothing_active() {
-        assert!(ensure_expected_active(&policy(), None, Some(3)).is_ok());
-        assert!(ensure_expected_active(&policy(), Some(0), None).is_ok());
-        assert!(ensure_expected_active(&policy(), Some(3), Some(3)).is_ok());
-        let error = ensure_expected_active(&policy(), Some(2), Some(3)).unwrap_err();
+    fn compare_and_swap_tells_nothing_active_from_any() {
+        use ExpectedActive::*;
+        assert!(ensure_expected_active(&policy(), Any, Some(3)).is_ok());
+        assert!(ensure_expected_active(&policy(), Any, None).is_ok());
+        assert!(ensure_expected_active(&policy(), Nothing, None).is_ok());
+        assert!(ensure_expected_active(&policy(), Version(3), Some(3)).is_ok());
+        let error = ensure_expected_active(&policy(), Version(2), Some(3)).unwrap_err();
         assert_eq!(
             error,
             Error::Aborted(
                 "payments/limits: expected version 2 to be active, but version 3 is".into()
             )
         );
-        assert!(matches!(
-            ensure_expected_active(&policy(), Some(0), Some(1)),
-            Err(Error::Aborted(_))
-        ));
+        for refused in [
+            ensure_expected_active(&policy(), Nothing, Some(1)),
+            ensure_expected_active(&policy(), Version(1), None),
+        ] {
+            assert!(matches!(refused, Err(Error::Aborted(_))), "{refused:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub use body::{Digest, MAX_JSON_DEPTH, PolicyBody, canonical_json};
 pub use commands::*;
 pub use error::{Error, FieldViolation, Result, SchemaViolation, quoted};
 pub use event::{EventKind, EventRecord};
+pub use lifecycle::{ActivationPlan, ActivePointer, PointerChange, PolicyState, PublishPlan};
 pub use names::{Namespace, PolicyName, PolicyRef};
 pub use schema::PolicySchema;
 pub use text::refuse_nul;

@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
 use tonic::{Request, Status, metadata::MetadataMap};
 
-use crate::domain::{Namespace, RequestContext};
+use crate::domain::{Error, Namespace, RequestContext, Result};
 
 /// A role, granted per namespace. Each includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -215,23 +215,23 @@ impl Caller {
     }
 
     /// Refuses unless the caller may call `rpc` in `namespace`.
-    pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<(), Status> {
+    pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<()> {
         self.require(rpc, Scope::In(namespace))
     }
 
     /// Refuses unless the caller holds `rpc`'s role in some namespace (for
     /// calls that touch no namespace in particular).
-    pub fn authorize_anywhere(&self, rpc: Rpc) -> Result<(), Status> {
+    pub fn authorize_anywhere(&self, rpc: Rpc) -> Result<()> {
         self.require(rpc, Scope::Anywhere)
     }
 
     /// Refuses unless the caller holds `rpc`'s role in every namespace (a
     /// `*` grant), for deployment-wide operations.
-    pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<(), Status> {
+    pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<()> {
         self.require(rpc, Scope::Everywhere)
     }
 
-    fn require(&self, rpc: Rpc, scope: Scope) -> Result<(), Status> {
+    fn require(&self, rpc: Rpc, scope: Scope) -> Result<()> {
         let role = rpc.role();
         let covers = |grant: &Grant| match (scope, &grant.namespace) {
             (_, None) | (Scope::Anywhere, Some(_)) => true,
@@ -257,7 +257,7 @@ impl Caller {
         } else {
             ""
         };
-        Err(Status::permission_denied(format!(
+        Err(Error::PermissionDenied(format!(
             "{} may not call {rpc:?}{separator}{needed}",
             self.subject
         )))
@@ -393,9 +393,9 @@ impl Authenticator {
     }
 
     /// The caller a request's bearer token proves, or why it proves none.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller> {
         let header = metadata.get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no credentials: send \"authorization: Bearer <token>\"")
+            Error::Unauthenticated("no credentials: send \"authorization: Bearer <token>\"".into())
         })?;
         let token = header
             .to_str()
@@ -408,14 +408,16 @@ impl Authenticator {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| {
-                Status::unauthenticated("the authorization metadata is not \"Bearer <token>\"")
+                Error::Unauthenticated(
+                    "the authorization metadata is not \"Bearer <token>\"".into(),
+                )
             })?;
         let refused = |error: jsonwebtoken::errors::Error| {
-            Status::unauthenticated(format!("invalid token: {}", token_problem(&error)))
+            Error::Unauthenticated(format!("invalid token: {}", token_problem(&error)))
         };
         let header = jsonwebtoken::decode_header(token).map_err(refused)?;
         if !self.validation.algorithms.contains(&header.alg) {
-            return Err(Status::unauthenticated(format!(
+            return Err(Error::Unauthenticated(format!(
                 "invalid token: algorithm {:?} is not accepted",
                 header.alg
             )));
@@ -430,7 +432,7 @@ impl Authenticator {
                 })
                 .map(|(_, _, key)| key)
                 .ok_or_else(|| {
-                    Status::unauthenticated(format!("invalid token: unknown key {:?}", header.kid))
+                    Error::Unauthenticated(format!("invalid token: unknown key {:?}", header.kid))
                 })?,
         };
         let mut validation = self.validation.clone();
@@ -444,7 +446,7 @@ impl Authenticator {
             .and_then(Value::as_str)
             .filter(|subject| !subject.is_empty() && subject.len() <= 256)
             .ok_or_else(|| {
-                Status::unauthenticated("invalid token: \"sub\" must be a non-empty string")
+                Error::Unauthenticated("invalid token: \"sub\" must be a non-empty string".into())
             })?;
         let grants = self.grants(claims.get(&self.roles_claim))?;
         Ok(Caller {
@@ -453,9 +455,9 @@ impl Authenticator {
         })
     }
 
-    fn grants(&self, claim: Option<&Value>) -> Result<Vec<Grant>, Status> {
+    fn grants(&self, claim: Option<&Value>) -> Result<Vec<Grant>> {
         let wrong_type = || {
-            Status::unauthenticated(format!(
+            Error::Unauthenticated(format!(
                 "invalid token: claim {:?} must be an array of \"<namespace>:<role>\" strings",
                 self.roles_claim
             ))
@@ -469,7 +471,7 @@ impl Authenticator {
             .map(|item| {
                 let text = item.as_str().ok_or_else(wrong_type)?;
                 text.parse().map_err(|error: String| {
-                    Status::unauthenticated(format!("invalid token: {error}"))
+                    Error::Unauthenticated(format!("invalid token: {error}"))
                 })
             })
             .collect()
@@ -496,12 +498,12 @@ pub struct Identified {
 }
 
 /// The caller of a request, as the authentication interceptor verified it.
-pub fn identify<T>(request: &Request<T>) -> Result<Identified, Status> {
+pub fn identify<T>(request: &Request<T>) -> Result<Identified> {
     let caller = request
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+        .ok_or_else(|| Error::Unauthenticated("no authenticated caller".into()))?;
     Ok(Identified {
         caller,
         request_id: request_id(request.metadata()),
@@ -510,7 +512,7 @@ pub fn identify<T>(request: &Request<T>) -> Result<Identified, Status> {
 
 impl Identified {
     /// Checks a deployment-wide `rpc`; the context records the caller.
-    pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<RequestContext, Status> {
+    pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<RequestContext> {
         self.caller.authorize_everywhere(rpc)?;
         Ok(self.context())
     }
@@ -528,7 +530,7 @@ impl Identified {
     }
 
     /// Checks `rpc` in `namespace`; the context records the caller as actor.
-    pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<RequestContext, Status> {
+    pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<RequestContext> {
         self.caller.authorize(rpc, namespace)?;
         Ok(self.context())
     }

@@ -10,12 +10,11 @@ use super::convert;
 use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
 use super::quotas::Quotas;
 use super::runtimes::{arrival, status_report};
-use super::status::to_status;
 use super::watch_message::WatchActiveResponse;
+use crate::domain::AsOf;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
 use crate::fleet::Fleet;
 use crate::hub::{ActiveView, PolicyHub};
-use crate::storage::AsOf;
 use crate::watch::{Closed, Ending, MessageKind, Selector, WatchMessage};
 
 /// Serves `BundleService` on top of the hub.
@@ -67,16 +66,16 @@ fn selector(request: &proto::WatchActiveRequest) -> DomainResult<Selector> {
 }
 
 /// Why a stream ended, and where to resume.
-fn ended(reason: Ending, revision: u64) -> Status {
-    match reason {
-        Ending::CutOff => Status::unavailable(format!(
+fn ended(reason: Ending, revision: u64) -> Error {
+    Error::Unavailable(match reason {
+        Ending::CutOff => format!(
             "this replica cannot read its database and no longer vouches for revision \
              {revision}: reconnect (to another replica) with since_revision {revision}"
-        )),
-        Ending::Shutdown | Ending::No => Status::unavailable(format!(
-            "the server is shutting down: reconnect with since_revision {revision}"
-        )),
-    }
+        ),
+        Ending::Shutdown | Ending::No => {
+            format!("the server is shutting down: reconnect with since_revision {revision}")
+        }
+    })
 }
 
 fn watch_response(message: WatchMessage) -> WatchActiveResponse {
@@ -112,14 +111,12 @@ impl BundleService for BundleApi {
         let who = identify(&request)?;
         let request = request.into_inner();
         let (policy, as_of) = PolicyRef::parse(&request.namespace, &request.name)
-            .and_then(|policy| Ok((policy, as_of(request.as_of)?)))
-            .map_err(to_status)?;
+            .and_then(|policy| Ok((policy, as_of(request.as_of)?)))?;
         who.authorize(Rpc::GetActive, &policy.namespace)?;
         let view = self
             .hub
             .get_active(&policy, as_of, request.allow_draft_fallback)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(match view {
             ActiveView::Signed(bundle) => convert::bundle(&bundle),
             ActiveView::UnsignedDraft(draft) => convert::draft_bundle(&draft),
@@ -135,7 +132,7 @@ impl BundleService for BundleApi {
     ) -> Result<Response<Self::WatchActiveStream>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let selector = selector(&request).map_err(to_status)?;
+        let selector = selector(&request)?;
         let context = who.authorize(Rpc::WatchActive, &selector.namespace)?;
         let arrival = request
             .runtime
@@ -148,14 +145,13 @@ impl BundleService for BundleApi {
                     &context.actor,
                 )
             })
-            .transpose()
-            .map_err(to_status)?;
+            .transpose()?;
         if self.hub.index().ending() == Ending::CutOff {
-            return Err(ended(Ending::CutOff, request.since_revision));
+            return Err(ended(Ending::CutOff, request.since_revision).into());
         }
         let permit = self.quotas.open_stream(&context.actor)?;
         let connection = match arrival {
-            Some(arrival) => Some(self.fleet.connect(arrival).await.map_err(to_status)?),
+            Some(arrival) => Some(self.fleet.connect(arrival).await?),
             None => None,
         };
         let subscriber =
@@ -170,7 +166,9 @@ impl BundleService for BundleApi {
             let (mut subscriber, held) = state?;
             match subscriber.next().await {
                 Ok(message) => Some((Ok(watch_response(message)), Some((subscriber, held)))),
-                Err(Closed { revision, reason }) => Some((Err(ended(reason, revision)), None)),
+                Err(Closed { revision, reason }) => {
+                    Some((Err(ended(reason, revision).into()), None))
+                }
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -205,13 +203,9 @@ impl BundleService for BundleApi {
         request: Request<proto::ReportStatusRequest>,
     ) -> Result<Response<proto::ReportStatusResponse>, Status> {
         let who = identify(&request)?;
-        let report = status_report(request.get_ref()).map_err(to_status)?;
+        let report = status_report(request.get_ref())?;
         let context = who.authorize(Rpc::ReportStatus, &report.namespace)?;
-        let ignored = self
-            .fleet
-            .report(&context.actor, report)
-            .await
-            .map_err(to_status)?;
+        let ignored = self.fleet.report(&context.actor, report).await?;
         Ok(Response::new(proto::ReportStatusResponse { ignored }))
     }
 }

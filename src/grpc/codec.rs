@@ -17,7 +17,7 @@ use tonic::{
 };
 use tonic_prost::ProstCodec;
 
-use crate::domain::MAX_JSON_DEPTH;
+use crate::domain::{Error, MAX_JSON_DEPTH};
 
 /// Initial encode/decode buffer of a stream.
 const BUFFER_SIZE: usize = 1024;
@@ -69,7 +69,7 @@ impl<D: Decoder<Error = Status>> Decoder for CheckedDecoder<D> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D::Item>, Status> {
         self.0
             .decode(buf)
-            .map_err(|status| Status::invalid_argument(undecodable(status.message())))
+            .map_err(|status| Error::invalid("request", undecodable(status.message())).into())
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -14,6 +14,8 @@ use std::{
 use http_body::{Body as HttpBody, Frame};
 use prost::bytes::{Buf, Bytes};
 use tonic::{Status, body::Body};
+
+use crate::domain::Error;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -99,11 +101,12 @@ impl LimitedBody {
                 ]) as usize;
                 self.prefix.clear();
                 if length > self.limit {
-                    return Err(Status::resource_exhausted(format!(
+                    return Err(Error::exhausted(format!(
                         "the request message is {length} bytes, over the limit of {} bytes \
                          (twice limits.max_body_bytes plus 64 KiB)",
                         self.limit
-                    )));
+                    ))
+                    .into());
                 }
                 self.message_left = length;
             }

@@ -6,8 +6,9 @@ use super::proto;
 use crate::config::Limits;
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActivationTarget, DraftCommand, Error, EventFilter,
-    IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName, PolicyRef,
-    PolicySchema, PublishCommand, Result, RollbackCommand, SetSchemaCommand, VersionSelector,
+    ExpectedActive, IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName,
+    PolicyRef, PolicySchema, PublishCommand, Result, RollbackCommand, SetSchemaCommand,
+    VersionSelector,
 };
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
@@ -85,7 +86,7 @@ pub(super) fn publish_command(
         version: optional_version(request.version),
         label: optional_label("label", &request.label)?,
         activate: request.activate,
-        expected_active_version: request.expected_active_version,
+        expected_active_version: ExpectedActive::from_wire(request.expected_active_version),
         reason: limits.text("reason", request.reason)?,
     };
     Ok((command, idempotency_key(request.idempotency_key)?))
@@ -131,7 +132,7 @@ pub(super) fn activate_command(
         targets.push(ActivationTarget {
             policy,
             version: version_selector(&format!("{prefix}.version"), number, label)?,
-            expected_active_version: target.expected_active_version,
+            expected_active_version: ExpectedActive::from_wire(target.expected_active_version),
         });
     }
     let command = ActivateCommand {
@@ -159,7 +160,7 @@ pub(super) fn rollback_command(
         policy,
         to_version: request.to_version,
         reason: limits.text("reason", request.reason)?,
-        expected_active_version: request.expected_active_version,
+        expected_active_version: ExpectedActive::from_wire(request.expected_active_version),
     })
 }
 

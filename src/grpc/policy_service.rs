@@ -14,7 +14,6 @@ use super::policy_requests::{
 use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
 use super::runtimes;
-use super::status::to_status;
 use crate::config::Limits;
 use crate::domain::{
     ActivationOutcome, DiscardCommand, Error, Namespace, NamespaceScope, PolicyRef, RequestContext,
@@ -53,7 +52,7 @@ fn authorize_all<'a>(
 ) -> Result<RequestContext, Status> {
     let first = namespaces
         .next()
-        .ok_or_else(|| Status::invalid_argument("no namespace"))?;
+        .ok_or_else(|| Error::invalid("targets", "names no policy"))?;
     let context = who.authorize(rpc, first)?;
     for namespace in namespaces {
         who.authorize(rpc, namespace)?;
@@ -85,15 +84,10 @@ impl PolicyService for PolicyApi {
         request: Request<proto::DraftRequest>,
     ) -> Result<Response<proto::DraftResponse>, Status> {
         let who = identify(&request)?;
-        let (command, key) =
-            draft_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let (command, key) = draft_command(request.into_inner(), &self.limits)?;
         let context = who.authorize(Rpc::Draft, &command.policy.namespace)?;
         self.quotas.admit_mutation(&context.actor)?;
-        let outcome = self
-            .hub
-            .draft(command, &context, key)
-            .await
-            .map_err(to_status)?;
+        let outcome = self.hub.draft(command, &context, key).await?;
         Ok(Response::new(proto::DraftResponse {
             version: Some(convert::version(&outcome.version)),
             superseded_version: outcome.superseded_version.unwrap_or(0),
@@ -106,22 +100,16 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<proto::DiscardDraftResponse>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let command = PolicyRef::parse(&request.namespace, &request.name)
-            .and_then(|policy| {
-                Ok(DiscardCommand {
-                    policy,
-                    version: optional_version(request.version),
-                    reason: self.limits.text("reason", request.reason)?,
-                })
+        let command = PolicyRef::parse(&request.namespace, &request.name).and_then(|policy| {
+            Ok(DiscardCommand {
+                policy,
+                version: optional_version(request.version),
+                reason: self.limits.text("reason", request.reason)?,
             })
-            .map_err(to_status)?;
+        })?;
         let context = who.authorize(Rpc::DiscardDraft, &command.policy.namespace)?;
         self.quotas.admit_mutation(&context.actor)?;
-        let record = self
-            .hub
-            .discard_draft(command, &context)
-            .await
-            .map_err(to_status)?;
+        let record = self.hub.discard_draft(command, &context).await?;
         Ok(Response::new(proto::DiscardDraftResponse {
             version: Some(convert::version(&record)),
         }))
@@ -132,18 +120,13 @@ impl PolicyService for PolicyApi {
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
         let who = identify(&request)?;
-        let (command, key) =
-            publish_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let (command, key) = publish_command(request.into_inner(), &self.limits)?;
         let context = who.authorize(Rpc::Publish, &command.policy.namespace)?;
         if command.activate {
             who.authorize(Rpc::Activate, &command.policy.namespace)?;
         }
         self.quotas.admit_mutation(&context.actor)?;
-        let outcome = self
-            .hub
-            .publish(command, &context, key)
-            .await
-            .map_err(to_status)?;
+        let outcome = self.hub.publish(command, &context, key).await?;
         Ok(Response::new(proto::PublishResponse {
             version: Some(convert::version(&outcome.version)),
             already_published: outcome.already_published,
@@ -159,8 +142,7 @@ impl PolicyService for PolicyApi {
         request: Request<proto::ActivateRequest>,
     ) -> Result<Response<proto::ActivateResponse>, Status> {
         let who = identify(&request)?;
-        let (command, key) =
-            activate_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let (command, key) = activate_command(request.into_inner(), &self.limits)?;
         let context = authorize_all(
             &who,
             Rpc::Activate,
@@ -170,11 +152,7 @@ impl PolicyService for PolicyApi {
                 .map(|target| &target.policy.namespace),
         )?;
         self.quotas.admit_mutation(&context.actor)?;
-        let outcome = self
-            .hub
-            .activate(command, &context, key)
-            .await
-            .map_err(to_status)?;
+        let outcome = self.hub.activate(command, &context, key).await?;
         Ok(Response::new(activate_response(&outcome)))
     }
 
@@ -183,18 +161,14 @@ impl PolicyService for PolicyApi {
         request: Request<proto::RollbackRequest>,
     ) -> Result<Response<proto::RollbackResponse>, Status> {
         let who = identify(&request)?;
-        let command = rollback_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let command = rollback_command(request.into_inner(), &self.limits)?;
         let context = who.authorize(Rpc::Rollback, &command.policy.namespace)?;
         self.quotas.admit_mutation(&context.actor)?;
-        let outcome = self
-            .hub
-            .rollback(command, &context)
-            .await
-            .map_err(to_status)?;
+        let outcome = self.hub.rollback(command, &context).await?;
         let activation = outcome
             .activations
             .first()
-            .ok_or_else(|| Status::internal("a rollback moved no pointer"))?;
+            .ok_or_else(|| Error::Internal("a rollback moved no pointer".into()))?;
         Ok(Response::new(proto::RollbackResponse {
             revision: outcome.revision,
             version: activation.version,
@@ -215,14 +189,9 @@ impl PolicyService for PolicyApi {
             None => (None, None),
         };
         let (policy, selector) = PolicyRef::parse(&request.namespace, &request.name)
-            .and_then(|policy| Ok((policy, version_selector("version", number, label)?)))
-            .map_err(to_status)?;
+            .and_then(|policy| Ok((policy, version_selector("version", number, label)?)))?;
         who.authorize(Rpc::GetVersion, &policy.namespace)?;
-        let record = self
-            .hub
-            .get_version(&policy, &selector)
-            .await
-            .map_err(to_status)?;
+        let record = self.hub.get_version(&policy, &selector).await?;
         Ok(Response::new(convert::version(&record)))
     }
 
@@ -232,7 +201,7 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<proto::ListVersionsResponse>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let policy = PolicyRef::parse(&request.namespace, &request.name).map_err(to_status)?;
+        let policy = PolicyRef::parse(&request.namespace, &request.name)?;
         who.authorize(Rpc::ListVersions, &policy.namespace)?;
         let page = self
             .hub
@@ -241,8 +210,7 @@ impl PolicyService for PolicyApi {
                 self.limits.page_size(request.page_size),
                 &request.page_token,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(proto::ListVersionsResponse {
             versions: page.items.iter().map(convert::version).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -257,8 +225,7 @@ impl PolicyService for PolicyApi {
         let request = request.into_inner();
         let namespace = (!request.namespace.is_empty())
             .then(|| Namespace::parse("namespace", &request.namespace))
-            .transpose()
-            .map_err(to_status)?;
+            .transpose()?;
         let scope = listing_scope(&who, Rpc::ListPolicies, namespace)?;
         let page = self
             .hub
@@ -267,8 +234,7 @@ impl PolicyService for PolicyApi {
                 self.limits.page_size(request.page_size),
                 &request.page_token,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(proto::ListPoliciesResponse {
             policies: page.items.iter().map(convert::policy).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -281,7 +247,7 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<proto::ListEventsResponse>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let (namespace, mut filter) = event_filter(&request).map_err(to_status)?;
+        let (namespace, mut filter) = event_filter(&request)?;
         filter.scope = listing_scope(&who, Rpc::ListEvents, namespace)?;
         let page = self
             .hub
@@ -290,8 +256,7 @@ impl PolicyService for PolicyApi {
                 self.limits.page_size(request.page_size),
                 &request.page_token,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(proto::ListEventsResponse {
             events: page.items.iter().map(convert::event).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -304,13 +269,13 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<proto::DiffVersionsResponse>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let policy = PolicyRef::parse(&request.namespace, &request.name).map_err(to_status)?;
+        let policy = PolicyRef::parse(&request.namespace, &request.name)?;
         for (field, version) in [
             ("from_version", request.from_version),
             ("to_version", request.to_version),
         ] {
             if version == 0 {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     field,
                     "version numbers start at 1",
                 )));
@@ -320,8 +285,7 @@ impl PolicyService for PolicyApi {
         let (from, to, patch) = self
             .hub
             .diff(&policy, request.from_version, request.to_version)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(proto::DiffVersionsResponse {
             operations: patch.0.iter().map(patch_operation).collect(),
             from_digest: from.digest().to_string(),
@@ -334,14 +298,10 @@ impl PolicyService for PolicyApi {
         request: Request<proto::SetSchemaRequest>,
     ) -> Result<Response<proto::SetSchemaResponse>, Status> {
         let who = identify(&request)?;
-        let command = schema_command(request.into_inner(), &self.limits).map_err(to_status)?;
+        let command = schema_command(request.into_inner(), &self.limits)?;
         let context = who.authorize(Rpc::SetSchema, &command.policy.namespace)?;
         self.quotas.admit_mutation(&context.actor)?;
-        let (summary, violations) = self
-            .hub
-            .set_schema(command, &context)
-            .await
-            .map_err(to_status)?;
+        let (summary, violations) = self.hub.set_schema(command, &context).await?;
         Ok(Response::new(proto::SetSchemaResponse {
             policy: Some(convert::policy(&summary)),
             active_version_violations: violations.iter().map(ToString::to_string).collect(),
@@ -353,15 +313,9 @@ impl PolicyService for PolicyApi {
         request: Request<proto::RotateSigningKeyRequest>,
     ) -> Result<Response<proto::RotateSigningKeyResponse>, Status> {
         let context = identify(&request)?.authorize_everywhere(Rpc::RotateSigningKey)?;
-        let reason = self
-            .limits
-            .text("reason", request.into_inner().reason)
-            .map_err(to_status)?;
-        let (previous_key_id, signing_key_id) = self
-            .hub
-            .rotate_signing_key(&context, &reason)
-            .await
-            .map_err(to_status)?;
+        let reason = self.limits.text("reason", request.into_inner().reason)?;
+        let (previous_key_id, signing_key_id) =
+            self.hub.rotate_signing_key(&context, &reason).await?;
         Ok(Response::new(proto::RotateSigningKeyResponse {
             signing_key_id,
             previous_key_id,
@@ -374,16 +328,15 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<proto::ListRuntimesResponse>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let (namespace, filter) = runtimes::runtime_filter(&request).map_err(to_status)?;
+        let (namespace, filter) = runtimes::runtime_filter(&request)?;
         who.authorize(Rpc::ListRuntimes, &namespace)?;
-        let fleet = self.fleet.runtimes(&namespace).await.map_err(to_status)?;
+        let fleet = self.fleet.runtimes(&namespace).await?;
         let page = crate::domain::runtime::runtimes_page(
             fleet,
             &filter,
             self.limits.page_size(request.page_size),
             &request.page_token,
-        )
-        .map_err(to_status)?;
+        )?;
         Ok(Response::new(proto::ListRuntimesResponse {
             runtimes: page
                 .items
@@ -400,7 +353,7 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<proto::GetPolicyStatusResponse>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let policy = PolicyRef::parse(&request.namespace, &request.name).map_err(to_status)?;
+        let policy = PolicyRef::parse(&request.namespace, &request.name)?;
         who.authorize(Rpc::GetPolicyStatus, &policy.namespace)?;
         let active = self
             .hub
@@ -408,11 +361,7 @@ impl PolicyService for PolicyApi {
             .snapshot()
             .get(&policy)
             .map(|indexed| (indexed.bundle.version, indexed.bundle.revision));
-        let fleet = self
-            .fleet
-            .runtimes(&policy.namespace)
-            .await
-            .map_err(to_status)?;
+        let fleet = self.fleet.runtimes(&policy.namespace).await?;
         let status = crate::domain::runtime::policy_status(
             &policy.name,
             active.map_or(0, |(version, _)| version),

@@ -8,10 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tonic::Status;
-use tonic_types::{ErrorDetails, StatusExt};
-
 use crate::config::QuotaSettings;
+use crate::domain::{Error, Result};
 
 /// Shared quota state of one server.
 /// Buckets kept before the full ones are dropped.
@@ -56,11 +54,11 @@ impl Quotas {
     }
 
     /// Takes a watch-stream slot for `subject`.
-    pub fn open_stream(self: &Arc<Self>, subject: &str) -> Result<StreamPermit, Status> {
+    pub fn open_stream(self: &Arc<Self>, subject: &str) -> Result<StreamPermit> {
         let mut streams = self.streams.lock().expect("quota lock");
         let open = streams.entry(subject.to_owned()).or_default();
         if *open >= self.settings.max_streams_per_subject {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Error::exhausted(format!(
                 "{subject} already holds {open} watch streams, the most allowed per subject \
                  (quotas.max_streams_per_subject)"
             )));
@@ -73,7 +71,7 @@ impl Quotas {
     }
 
     /// Admits one mutating request of `subject`, or says when to retry.
-    pub fn admit_mutation(&self, subject: &str) -> Result<(), Status> {
+    pub fn admit_mutation(&self, subject: &str) -> Result<()> {
         let rate = self.settings.mutations_per_second;
         let burst = self.settings.mutation_burst.max(1.0);
         let now = Instant::now();
@@ -94,14 +92,13 @@ impl Quotas {
         }
         let wait = (1.0 - *tokens) / rate.max(f64::MIN_POSITIVE);
         // The delay also travels as google.rpc.RetryInfo, for clients.
-        Err(Status::with_error_details(
-            tonic::Code::ResourceExhausted,
-            format!(
+        Err(Error::ResourceExhausted {
+            message: format!(
                 "{subject} exceeded {rate} mutating requests per second (quotas.mutations_per_second); \
                  retry in {wait:.1} s"
             ),
-            ErrorDetails::with_retry_info(Some(Duration::from_secs_f64(wait.min(3600.0)))),
-        ))
+            retry_after: Some(Duration::from_secs_f64(wait.min(3600.0))),
+        })
     }
 }
 
@@ -132,7 +129,7 @@ mod tests {
         let first = quotas.open_stream("alice").unwrap();
         let _second = quotas.open_stream("alice").unwrap();
         assert_eq!(
-            quotas.open_stream("alice").unwrap_err().code(),
+            tonic::Status::from(quotas.open_stream("alice").unwrap_err()).code(),
             tonic::Code::ResourceExhausted
         );
         assert!(quotas.open_stream("bob").is_ok());
@@ -150,7 +147,7 @@ mod tests {
         for _ in 0..3 {
             quotas.admit_mutation("alice").unwrap();
         }
-        let refused = quotas.admit_mutation("alice").unwrap_err();
+        let refused = tonic::Status::from(quotas.admit_mutation("alice").unwrap_err());
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
             refused.message().contains("retry in"),

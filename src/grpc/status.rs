@@ -6,15 +6,16 @@ use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt
 use crate::domain::Error;
 
 /// The gRPC code of each domain error.
-pub fn code_of(error: &Error) -> Code {
+fn code_of(error: &Error) -> Code {
     match error {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
         Error::FailedPrecondition { .. } => Code::FailedPrecondition,
         Error::Aborted(_) => Code::Aborted,
         Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::ResourceExhausted { .. } => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
     }
@@ -38,11 +39,18 @@ fn bounded(text: String, max: usize) -> String {
 }
 
 /// Converts a domain error, attaching `google.rpc.BadRequest` field
-/// violations to INVALID_ARGUMENT and `google.rpc.PreconditionFailure`
-/// schema violations (type `SCHEMA`, subject = JSON Pointer into the body)
-/// to FAILED_PRECONDITION. The message and the details are bounded, so a
+/// violations to INVALID_ARGUMENT, `google.rpc.PreconditionFailure` schema
+/// violations (type `SCHEMA`, subject = JSON Pointer into the body) to
+/// FAILED_PRECONDITION and `google.rpc.RetryInfo` to a RESOURCE_EXHAUSTED
+/// that knows when to retry. The message and the details are bounded, so a
 /// whole status stays within a few KiB whatever the request held.
-pub fn to_status(error: Error) -> Status {
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        to_status(error)
+    }
+}
+
+fn to_status(error: Error) -> Status {
     let code = code_of(&error);
     let message = bounded(error.to_string(), MAX_MESSAGE_CHARS);
     match error {
@@ -77,6 +85,10 @@ pub fn to_status(error: Error) -> Status {
                 ErrorDetails::with_precondition_failure(violations),
             )
         }
+        Error::ResourceExhausted {
+            retry_after: Some(delay),
+            ..
+        } => Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(delay))),
         Error::Internal(_) => {
             tracing::error!(error = %message, "internal error");
             Status::internal("internal error; the server log has the details")
@@ -88,6 +100,65 @@ pub fn to_status(error: Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code the service sends, from the one table.
+    #[test]
+    fn each_error_has_its_code() {
+        let retry = std::time::Duration::from_millis(1500);
+        let cases = [
+            (Error::invalid("name", "is empty"), Code::InvalidArgument),
+            (Error::NotFound("no policy".into()), Code::NotFound),
+            (Error::precondition("not a draft"), Code::FailedPrecondition),
+            (Error::Aborted("expected 2".into()), Code::Aborted),
+            (Error::AlreadyExists("label".into()), Code::AlreadyExists),
+            (
+                Error::Unauthenticated("no token".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                Error::PermissionDenied("reader".into()),
+                Code::PermissionDenied,
+            ),
+            (Error::exhausted("too large"), Code::ResourceExhausted),
+            (
+                Error::ResourceExhausted {
+                    message: "rate".into(),
+                    retry_after: Some(retry),
+                },
+                Code::ResourceExhausted,
+            ),
+            (Error::Unavailable("database".into()), Code::Unavailable),
+            (Error::Internal("bug".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{text}");
+            if code == Code::Internal {
+                assert!(
+                    !status.message().contains("bug"),
+                    "internals stay in the log"
+                );
+            } else {
+                assert_eq!(status.message(), text);
+            }
+        }
+        let limited = Status::from(Error::ResourceExhausted {
+            message: "rate".into(),
+            retry_after: Some(retry),
+        });
+        assert_eq!(
+            limited
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
+            Some(retry)
+        );
+        let field = Status::from(Error::invalid("name", "is empty"));
+        assert_eq!(
+            field.get_details_bad_request().unwrap().field_violations[0].field,
+            "name"
+        );
+    }
 
     #[test]
     fn a_status_stays_small_whatever_the_request_held() {
@@ -132,10 +203,7 @@ mod tests {
             (Error::Aborted("x".into()), Code::Aborted),
             (Error::AlreadyExists("x".into()), Code::AlreadyExists),
             (Error::PermissionDenied("x".into()), Code::PermissionDenied),
-            (
-                Error::ResourceExhausted("x".into()),
-                Code::ResourceExhausted,
-            ),
+            (Error::exhausted("x"), Code::ResourceExhausted),
             (Error::Unavailable("x".into()), Code::Unavailable),
             (Error::Internal("x".into()), Code::Internal),
         ];

@@ -72,8 +72,9 @@ impl SigningKey {
         Ok((Self::from_pkcs8_der(document.as_ref())?, pem_text))
     }
 
-    /// The key id (RFC 7638 thumbprint).
-    pub fn kid(&self) -> &str {
+    /// The key id (RFC 7638 thumbprint; the JWK's and the JWS header's
+    /// `kid`).
+    pub fn key_id(&self) -> &str {
         &self.jwk.kid
     }
 
@@ -83,11 +84,13 @@ impl SigningKey {
     }
 
     /// Signs the claims into a JWS compact serialization.
-    pub fn sign(&self, claims: &BundleClaims) -> anyhow::Result<String> {
+    pub fn sign(&self, claims: &BundleClaims) -> crate::domain::Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.jwk.kid.clone());
         header.typ = Some(BUNDLE_TYPE.into());
-        jsonwebtoken::encode(&header, claims, &self.encoding_key).context("signing the bundle")
+        jsonwebtoken::encode(&header, claims, &self.encoding_key).map_err(|error| {
+            crate::domain::Error::Internal(format!("signing the bundle failed: {error}"))
+        })
     }
 }
 
@@ -152,7 +155,7 @@ impl KeySource {
                 let key = write_new_key(path)?;
                 tracing::warn!(
                     path = %path.display(),
-                    kid = key.kid(),
+                    key_id = key.key_id(),
                     "no signing key configured: generated one; back it up, or configure signing.key_files"
                 );
                 Ok(vec![key])
@@ -257,7 +260,7 @@ mod tests {
         };
         assert_eq!(
             verify(&jws, &jwks),
-            Err(VerifyError::UnknownKey(signer.kid().into()))
+            Err(VerifyError::UnknownKey(signer.key_id().into()))
         );
     }
 

@@ -94,7 +94,7 @@ pub mod signing_keys {
     #[sea_orm(table_name = "signing_keys")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub kid: String,
+        pub key_id: String,
         /// The raw Ed25519 public key, base64url.
         pub public_key: String,
         pub created_at: DateTimeUtc,

@@ -1,9 +1,18 @@
 //! Persistence on SeaORM: SQLite embedded, PostgreSQL for several replicas.
 
 mod entities;
-mod repository;
-mod retention;
+mod errors;
+mod events;
+mod idempotency;
+mod keys;
+mod paging;
+mod pointers;
+mod policies;
+mod reads;
+mod rows;
 mod runtimes;
+mod transaction;
+mod versions;
 
 use std::time::Duration;
 
@@ -15,8 +24,13 @@ use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
-pub use repository::{AsOf, IdempotencyClaim, REVISION_CHANNEL, Repository};
+pub use events::NewEvent;
+pub use idempotency::IdempotencyClaim;
+pub use pointers::REVISION_CHANNEL;
+pub use policies::LockedPolicy;
 pub use runtimes::{Flush, ReplicaHeartbeats};
+pub use transaction::{Repository, Transaction};
+pub use versions::StoredVersion;
 
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).
 ///
@@ -101,7 +115,7 @@ mod tests {
                     .join("; ")
             }
         };
-        let active = plan(super::repository::ACTIVE_BUNDLES).await;
+        let active = plan(super::pointers::ACTIVE_BUNDLES).await;
         assert!(!active.contains("SCAN v"), "{active}");
         assert!(active.contains("SEARCH v USING INDEX"), "{active}");
     }

@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 use super::entities::{replicas, runtimes};
-use super::repository::Repository;
+use super::transaction::Repository;
 use crate::domain::{
     Error, Namespace, Result,
     runtime::{REPLICA_TIMEOUT, RuntimeId, RuntimeRecord},
@@ -88,8 +88,8 @@ impl Repository {
         records: Vec<(RuntimeRecord, Flush)>,
         forget_after: chrono::TimeDelta,
     ) -> Result<Vec<RuntimeRecord>> {
-        let write = self.begin_write().await?;
-        let now = super::repository::now();
+        let write = self.begin().await?;
+        let now = write.at();
         replicas::Entity::insert(replicas::ActiveModel {
             id: Set(replica.to_owned()),
             last_seen: Set(now),

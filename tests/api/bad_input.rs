@@ -378,12 +378,12 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
         crate::helpers::Backend::Sqlite => &[
             "INSERT OR REPLACE INTO versions SELECT id, policy_id, version, state,              '{\"max\":1000}', digest, label, change_notes, 'mallory', created_at,              published_by, published_at, jws, key_id FROM versions WHERE version = 1",
             "REPLACE INTO events SELECT id, kind, policy_id, namespace, name, 'mallory', at,              reason, request_id, previous_version, new_version, revision, key_id FROM events              ORDER BY id LIMIT 1",
-            "REPLACE INTO signing_keys SELECT kid, 'forged', created_at FROM signing_keys",
+            "REPLACE INTO signing_keys SELECT key_id, 'forged', created_at FROM signing_keys",
         ],
         crate::helpers::Backend::Postgres => &[
             "INSERT INTO versions SELECT * FROM versions WHERE version = 1              ON CONFLICT (id) DO UPDATE SET body = '{\"max\":1000}', created_by = 'mallory'",
             "INSERT INTO events SELECT * FROM events ORDER BY id LIMIT 1              ON CONFLICT (id) DO UPDATE SET actor = 'mallory'",
-            "INSERT INTO signing_keys SELECT * FROM signing_keys              ON CONFLICT (kid) DO UPDATE SET public_key = 'forged'",
+            "INSERT INTO signing_keys SELECT * FROM signing_keys              ON CONFLICT (key_id) DO UPDATE SET public_key = 'forged'",
         ],
     };
     for statement in collisions {

@@ -79,11 +79,11 @@ async fn a_bundle_signed_before_a_key_rotation_still_verifies_after_it() {
         let (old_key, new_key) = (keys.path().join("old.pem"), keys.path().join("new.pem"));
         let old_kid = policyhub::signing::write_new_key(&old_key)
             .unwrap()
-            .kid()
+            .key_id()
             .to_owned();
         let new_kid = policyhub::signing::write_new_key(&new_key)
             .unwrap()
-            .kid()
+            .key_id()
             .to_owned();
 
         let database = TestDatabase::new(backend).await;
@@ -265,7 +265,7 @@ async fn sighup_reloads_key_files_and_sigterm_stops_the_server() {
     let key = dir.path().join("signing.pem");
     let first_kid = policyhub::signing::write_new_key(&key)
         .unwrap()
-        .kid()
+        .key_id()
         .to_owned();
     let (server, channel) = spawn_binary_server(
         &dir.path().join("data"),
@@ -291,7 +291,7 @@ async fn sighup_reloads_key_files_and_sigterm_stops_the_server() {
     std::fs::remove_file(&key).unwrap();
     let second_kid = policyhub::signing::write_new_key(&key)
         .unwrap()
-        .kid()
+        .key_id()
         .to_owned();
     send_signal(&server, "-HUP");
     let mut reloaded = false;

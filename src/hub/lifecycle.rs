@@ -1,0 +1,325 @@
+//! The lifecycle operations of DESIGN §2, each one transaction: load what
+//! the request touches, let the domain decide, sign, write, and apply what
+//! moved to the index before the reply goes out.
+
+use crate::domain::{
+    ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, EventKind,
+    ExpectedActive, IdempotencyKey, PointerChange, PolicySummary, Publication, PublishCommand,
+    PublishOutcome, PublishPlan, RequestContext, Result, RollbackCommand, SchemaViolation,
+    SetSchemaCommand, VersionRecord, VersionSelector, VersionState, lifecycle,
+};
+use crate::signing;
+use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
+
+use super::PolicyHub;
+
+impl PolicyHub {
+    /// Creates the next draft; supersedes the open one.
+    #[tracing::instrument(name = "hub.draft", skip_all)]
+    pub async fn draft(
+        &self,
+        command: DraftCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<DraftOutcome> {
+        let claim = IdempotencyClaim::new("Draft", key, &command);
+        self.repository
+            .write_once("draft", claim.as_ref(), context, async |tx| {
+                let policy = tx.lock_or_create_policy(&command.policy).await?;
+                let next = lifecycle::next_version(tx.latest_version(&policy).await?);
+                let superseded = match tx.open_draft(&policy).await? {
+                    Some(open) => {
+                        let open = tx
+                            .finish_draft(open, VersionState::Superseded, None)
+                            .await?;
+                        let event = NewEvent {
+                            previous_version: Some(open.version),
+                            new_version: Some(next),
+                            ..NewEvent::new(
+                                EventKind::DraftSuperseded,
+                                "superseded by a newer draft",
+                            )
+                        };
+                        tx.record_event(context, Some(&policy), event).await?;
+                        Some(open.version)
+                    }
+                    None => None,
+                };
+                let draft = VersionRecord {
+                    policy: command.policy,
+                    version: next,
+                    state: VersionState::Draft,
+                    body: command.body,
+                    label: None,
+                    change_notes: command.change_notes,
+                    created_by: context.actor.clone(),
+                    created_at: tx.at(),
+                    publication: None,
+                    active: false,
+                };
+                tx.insert_draft(&policy, &draft).await?;
+                let event = NewEvent {
+                    previous_version: superseded,
+                    new_version: Some(next),
+                    ..NewEvent::new(EventKind::DraftCreated, &draft.change_notes)
+                };
+                tx.record_event(context, Some(&policy), event).await?;
+                Ok(DraftOutcome {
+                    version: draft,
+                    superseded_version: superseded,
+                })
+            })
+            .await
+    }
+
+    /// Discards a draft.
+    #[tracing::instrument(name = "hub.discard_draft", skip_all)]
+    pub async fn discard_draft(
+        &self,
+        command: DiscardCommand,
+        context: &RequestContext,
+    ) -> Result<VersionRecord> {
+        self.repository
+            .write("discard_draft", async |tx| {
+                let policy = tx.lock_policy(&command.policy).await?;
+                let draft = tx.target_draft(&policy, command.version, "discard").await?;
+                lifecycle::ensure_transition(&draft.record, VersionState::Discarded, "discard")?;
+                let discarded = tx
+                    .finish_draft(draft, VersionState::Discarded, None)
+                    .await?;
+                let event = NewEvent {
+                    new_version: Some(discarded.version),
+                    ..NewEvent::new(EventKind::DraftDiscarded, &command.reason)
+                };
+                tx.record_event(context, Some(&policy), event).await?;
+                Ok(discarded)
+            })
+            .await
+    }
+
+    /// Validates, signs and publishes a draft; activates it when asked.
+    #[tracing::instrument(name = "hub.publish", skip_all)]
+    pub async fn publish(
+        &self,
+        command: PublishCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<PublishOutcome> {
+        let claim = IdempotencyClaim::new("Publish", key, &command);
+        let keys = self.keys();
+        let outcome = self
+            .repository
+            .write_once("publish", claim.as_ref(), context, async |tx| {
+                let policy = tx.lock_policy(&command.policy).await?;
+                let draft = tx.target_draft(&policy, command.version, "publish").await?;
+                let released = match &command.label {
+                    Some(label) => tx
+                        .find_version(&policy, &VersionSelector::Label(label.clone()))
+                        .await?
+                        .map(|released| released.record),
+                    None => None,
+                };
+                let plan = lifecycle::plan_publish(
+                    &policy.state,
+                    &draft.record,
+                    command.label.as_ref(),
+                    released,
+                )?;
+                let (version, already_published) = match plan {
+                    PublishPlan::AlreadyReleased(released) => (*released, true),
+                    PublishPlan::Release => {
+                        let claims = signing::claims_for(
+                            &self.bundle_issuer,
+                            &command.policy.to_string(),
+                            draft.record.version,
+                            command.label.as_ref().map(ToString::to_string),
+                            &draft.record.body,
+                            tx.at(),
+                        );
+                        let publication = Publication {
+                            published_by: context.actor.clone(),
+                            published_at: tx.at(),
+                            jws: keys.signer.sign(&claims)?,
+                            key_id: keys.signer.key_id().to_owned(),
+                        };
+                        let event = NewEvent {
+                            new_version: Some(draft.record.version),
+                            key_id: Some(publication.key_id.clone()),
+                            ..NewEvent::new(EventKind::Published, &command.reason)
+                        };
+                        let release = Some((publication, command.label.clone()));
+                        let published = tx
+                            .finish_draft(draft, VersionState::Published, release)
+                            .await?;
+                        tx.record_event(context, Some(&policy), event).await?;
+                        (published, false)
+                    }
+                };
+                let activation = if command.activate {
+                    let change = PointerChange {
+                        policy: &policy.state,
+                        target: &version,
+                        expected: command.expected_active_version,
+                    };
+                    let plan = lifecycle::plan_activation(EventKind::Activated, &[change])?;
+                    let changes = [(&policy, &version)];
+                    Some(
+                        tx.move_pointers(
+                            context,
+                            EventKind::Activated,
+                            &command.reason,
+                            &changes,
+                            plan,
+                        )
+                        .await?,
+                    )
+                } else {
+                    None
+                };
+                let active = version.active || activation.is_some();
+                Ok(PublishOutcome {
+                    version: VersionRecord { active, ..version },
+                    already_published,
+                    activation,
+                })
+            })
+            .await?;
+        if let Some(activation) = &outcome.activation {
+            self.applied(activation).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Moves the pointers of several policies under one revision, or none.
+    #[tracing::instrument(name = "hub.activate", skip_all)]
+    pub async fn activate(
+        &self,
+        command: ActivateCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<ActivationOutcome> {
+        let claim = IdempotencyClaim::new("Activate", key, &command);
+        let outcome = self
+            .repository
+            .write_once("activate", claim.as_ref(), context, async |tx| {
+                let names: Vec<_> = command
+                    .targets
+                    .iter()
+                    .map(|target| &target.policy)
+                    .collect();
+                let policies = tx.lock_policies(&names).await?;
+                let mut versions = Vec::with_capacity(policies.len());
+                for (target, policy) in command.targets.iter().zip(&policies) {
+                    versions.push(tx.version(policy, &target.version).await?.record);
+                }
+                let expected = command
+                    .targets
+                    .iter()
+                    .map(|target| target.expected_active_version);
+                move_to(
+                    tx,
+                    context,
+                    EventKind::Activated,
+                    &command.reason,
+                    &policies,
+                    &versions,
+                    expected,
+                )
+                .await
+            })
+            .await?;
+        self.applied(&outcome).await;
+        Ok(outcome)
+    }
+
+    /// Returns the pointer to an older published version.
+    #[tracing::instrument(name = "hub.rollback", skip_all)]
+    pub async fn rollback(
+        &self,
+        command: RollbackCommand,
+        context: &RequestContext,
+    ) -> Result<ActivationOutcome> {
+        let outcome = self
+            .repository
+            .write("rollback", async |tx| {
+                let policy = tx.lock_policy(&command.policy).await?;
+                let target = lifecycle::rollback_target(
+                    &command.policy,
+                    policy.state.active_version(),
+                    tx.previously_active(&policy).await?,
+                    command.to_version,
+                )?;
+                let version = tx
+                    .version(&policy, &VersionSelector::Number(target))
+                    .await?
+                    .record;
+                let expected = [command.expected_active_version].into_iter();
+                move_to(
+                    tx,
+                    context,
+                    EventKind::RolledBack,
+                    &command.reason,
+                    &[policy],
+                    &[version],
+                    expected,
+                )
+                .await
+            })
+            .await?;
+        self.applied(&outcome).await;
+        Ok(outcome)
+    }
+
+    /// Sets or removes a schema; reports how the active version fares.
+    #[tracing::instrument(name = "hub.set_schema", skip_all)]
+    pub async fn set_schema(
+        &self,
+        command: SetSchemaCommand,
+        context: &RequestContext,
+    ) -> Result<(PolicySummary, Vec<SchemaViolation>)> {
+        self.repository
+            .write("set_schema", async |tx| {
+                let mut policy = tx.lock_or_create_policy(&command.policy).await?;
+                tx.set_schema(&mut policy, command.schema).await?;
+                let event = NewEvent::new(EventKind::SchemaSet, &command.reason);
+                tx.record_event(context, Some(&policy), event).await?;
+                let violations = match (&policy.state.schema, policy.state.active_version()) {
+                    (Some(schema), Some(active)) => {
+                        let active = tx
+                            .version(&policy, &VersionSelector::Number(active))
+                            .await?;
+                        schema.violations(&active.record.body)
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((tx.summary(&command.policy).await?, violations))
+            })
+            .await
+    }
+}
+
+/// Plans and writes the moves of `policies` to `versions`, in order.
+async fn move_to(
+    tx: &mut Transaction,
+    context: &RequestContext,
+    kind: EventKind,
+    reason: &str,
+    policies: &[LockedPolicy],
+    versions: &[VersionRecord],
+    expected: impl Iterator<Item = ExpectedActive>,
+) -> Result<ActivationOutcome> {
+    let changes: Vec<PointerChange<'_>> = policies
+        .iter()
+        .zip(versions)
+        .zip(expected)
+        .map(|((policy, target), expected)| PointerChange {
+            policy: &policy.state,
+            target,
+            expected,
+        })
+        .collect();
+    let plan = lifecycle::plan_activation(kind, &changes)?;
+    let changes: Vec<_> = policies.iter().zip(versions).collect();
+    tx.move_pointers(context, kind, reason, &changes, plan)
+        .await
+}

@@ -1,0 +1,208 @@
+//! The application: each operation loads what it touches from storage,
+//! lets the domain decide, signs, writes in one transaction, and applies
+//! what moved to the in-memory index before the reply goes out.
+
+mod lifecycle;
+mod reads;
+
+use std::sync::{Arc, RwLock};
+
+use crate::domain::{
+    ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
+};
+use crate::signing::{Jwk, KeySource, SigningKey};
+use crate::storage::{NewEvent, Repository};
+use crate::watch::{ActiveIndex, Encode, Instruments};
+
+/// What `GetActive` found.
+#[derive(Debug, Clone)]
+pub enum ActiveView {
+    /// The signed, active bundle.
+    Signed(ActiveBundle),
+    /// Nothing is active and the caller asked for the open draft instead.
+    UnsignedDraft(VersionRecord),
+}
+
+/// The policy hub: every operation the gRPC services expose.
+#[derive(Clone)]
+pub struct PolicyHub {
+    repository: Repository,
+    index: ActiveIndex,
+    /// Where the keys come from, for rotation and reloads.
+    key_source: Arc<KeySource>,
+    /// The key that signs new versions and every public key that ever
+    /// signed; swapped whole when keys rotate.
+    keys: Arc<RwLock<Arc<Keys>>>,
+    /// Held while revisions are applied to the index, so that they are
+    /// applied whole and in order whichever path delivers them.
+    applier: Arc<tokio::sync::Mutex<()>>,
+    /// The `iss` claim of the bundles this hub signs.
+    bundle_issuer: String,
+}
+
+/// The signing key and the JWKS, which change together.
+struct Keys {
+    signer: SigningKey,
+    jwks: Vec<Jwk>,
+}
+
+/// Stores the public keys and records a rotation when the signer is new.
+async fn register(
+    repository: &Repository,
+    keys: Vec<SigningKey>,
+    context: &RequestContext,
+    reason: &str,
+) -> Result<Keys> {
+    let mut keys = keys.into_iter();
+    let signer = keys
+        .next()
+        .ok_or_else(|| Error::precondition("at least one signing key is needed"))?;
+    let mut configured = vec![signer.jwk().clone()];
+    configured.extend(keys.map(|key| key.jwk().clone()));
+    repository
+        .write("register_keys", async |tx| {
+            tx.store_public_keys(&configured).await?;
+            if tx.last_rotated_key().await?.as_deref() != Some(signer.key_id()) {
+                let event = NewEvent {
+                    key_id: Some(signer.key_id().to_owned()),
+                    ..NewEvent::new(EventKind::KeyRotated, reason)
+                };
+                tx.record_event(context, None, event).await?;
+            }
+            Ok(())
+        })
+        .await?;
+    let jwks = repository.signing_keys().await?;
+    Ok(Keys { signer, jwks })
+}
+
+impl PolicyHub {
+    /// Loads and registers the signing keys and loads the active index from
+    /// the database.
+    pub async fn start(
+        repository: Repository,
+        bundle_issuer: String,
+        key_source: KeySource,
+        encode: Encode,
+        instruments: Instruments,
+    ) -> anyhow::Result<Self> {
+        let system = RequestContext {
+            actor: "system:policyhub".into(),
+            request_id: "startup".into(),
+        };
+        let keys = register(
+            &repository,
+            key_source.load()?,
+            &system,
+            "the configured signing key signs new versions",
+        )
+        .await?;
+        let (revision, bundles) = repository.load_active().await?;
+        tracing::info!(
+            revision,
+            active_policies = bundles.len(),
+            signing_key_id = keys.signer.key_id(),
+            "loaded the active index"
+        );
+        Ok(PolicyHub {
+            repository,
+            index: ActiveIndex::new(revision, bundles, encode, instruments),
+            key_source: Arc::new(key_source),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            applier: Arc::default(),
+            bundle_issuer,
+        })
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().expect("keys lock").clone()
+    }
+
+    /// Makes a new generated key sign; returns the old and the new key id.
+    pub async fn rotate_signing_key(
+        &self,
+        context: &RequestContext,
+        reason: &str,
+    ) -> Result<(String, String)> {
+        let new_key = self
+            .key_source
+            .rotate()
+            .map_err(|error| Error::precondition(format!("{error:#}")))?;
+        self.install(vec![new_key], context, reason).await
+    }
+
+    /// Re-reads the key files (on SIGHUP); returns the old and the new
+    /// signing key id.
+    pub async fn reload_keys(&self, context: &RequestContext) -> Result<(String, String)> {
+        let keys = self.key_source.load().map_err(|error| {
+            Error::precondition(format!("cannot reload the signing keys: {error:#}"))
+        })?;
+        self.install(keys, context, "the signing keys were reloaded")
+            .await
+    }
+
+    async fn install(
+        &self,
+        keys: Vec<SigningKey>,
+        context: &RequestContext,
+        reason: &str,
+    ) -> Result<(String, String)> {
+        let keys = register(&self.repository, keys, context, reason).await?;
+        let new_key_id = keys.signer.key_id().to_owned();
+        let previous =
+            std::mem::replace(&mut *self.keys.write().expect("keys lock"), Arc::new(keys));
+        let previous_key_id = previous.signer.key_id().to_owned();
+        tracing::info!(%previous_key_id, signing_key_id = %new_key_id, "signing keys installed");
+        Ok((previous_key_id, new_key_id))
+    }
+
+    /// The in-memory index.
+    pub fn index(&self) -> &ActiveIndex {
+        &self.index
+    }
+
+    /// Brings the index up to a revision this replica just committed, before
+    /// the reply goes out (so a caller reads its own write). The commit's own
+    /// moves are applied directly when they are the next revision; otherwise
+    /// another commit (here or on another replica) came first, and the index
+    /// catches up from the event log in revision order: the index never
+    /// advertises a revision before everything up to it is applied.
+    async fn applied(&self, activation: &ActivationOutcome) {
+        if self.index.revision() >= activation.revision {
+            return;
+        }
+        let _applying = self.applier.lock().await;
+        if self.index.revision() + 1 == activation.revision && !activation.changed.is_empty() {
+            self.index
+                .apply(activation.revision, activation.changed.clone());
+            return;
+        }
+        if let Err(error) = self.catch_up_locked().await {
+            // The commit stands; the next catch-up delivers it.
+            tracing::warn!(%error, revision = activation.revision, "cannot catch up the active index");
+        }
+    }
+
+    /// Applies every revision committed after the index's, in order.
+    pub async fn catch_up(&self) -> Result<()> {
+        let _applying = self.applier.lock().await;
+        self.catch_up_locked().await
+    }
+
+    async fn catch_up_locked(&self) -> Result<()> {
+        for (revision, bundles) in self
+            .repository
+            .activations_since(self.index.revision())
+            .await?
+        {
+            self.index.apply(revision, bundles);
+        }
+        Ok(())
+    }
+
+    /// The JWKS and the id of the key that signs new versions.
+    pub fn signing_keys(&self) -> (Vec<Jwk>, String) {
+        let keys = self.keys();
+        (keys.jwks.clone(), keys.signer.key_id().to_owned())
+    }
+}

@@ -1,0 +1,114 @@
+//! Reads: versions, listings, the audit log, diffs and the active bundle,
+//! from memory where the index holds the answer.
+
+use crate::domain::{
+    AsOf, Error, EventFilter, EventRecord, NamespaceScope, Page, PolicyRef, PolicySummary, Result,
+    VersionRecord, VersionSelector,
+};
+
+use super::{ActiveView, PolicyHub};
+
+impl PolicyHub {
+    /// One version.
+    pub async fn get_version(
+        &self,
+        policy: &PolicyRef,
+        selector: &VersionSelector,
+    ) -> Result<VersionRecord> {
+        self.repository.get_version(policy, selector).await
+    }
+
+    /// A page of versions, newest first.
+    pub async fn list_versions(
+        &self,
+        policy: &PolicyRef,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<VersionRecord>> {
+        self.repository
+            .list_versions(policy, page_size, page_token)
+            .await
+    }
+
+    /// A page of policies.
+    pub async fn list_policies(
+        &self,
+        scope: &NamespaceScope,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<PolicySummary>> {
+        self.repository
+            .list_policies(scope, page_size, page_token)
+            .await
+    }
+
+    /// A page of events, newest first.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<EventRecord>> {
+        self.repository
+            .list_events(filter, page_size, page_token)
+            .await
+    }
+
+    /// The RFC 6902 patch from one version's body to another's.
+    pub async fn diff(
+        &self,
+        policy: &PolicyRef,
+        from: u32,
+        to: u32,
+    ) -> Result<(VersionRecord, VersionRecord, json_patch::Patch)> {
+        let from = self
+            .get_version(policy, &VersionSelector::Number(from))
+            .await?;
+        let to = self
+            .get_version(policy, &VersionSelector::Number(to))
+            .await?;
+        let patch = json_patch::diff(from.body.value(), to.body.value());
+        Ok((from, to, patch))
+    }
+
+    /// The active bundle now (from memory), or as of a past revision or
+    /// instant (from the event log).
+    pub async fn get_active(
+        &self,
+        policy: &PolicyRef,
+        as_of: Option<AsOf>,
+        allow_draft_fallback: bool,
+    ) -> Result<ActiveView> {
+        if let Some(as_of) = as_of {
+            if let AsOf::Revision(revision) = as_of {
+                let current = self.index.revision();
+                if revision > current {
+                    return Err(Error::invalid(
+                        "as_of_revision",
+                        format!("revision {revision} is ahead of the current revision {current}"),
+                    ));
+                }
+            }
+            return match self.repository.active_as_of(policy, as_of).await? {
+                Some(bundle) => Ok(ActiveView::Signed(bundle)),
+                None => Err(Error::NotFound(format!(
+                    "no version of {policy} was active at that point"
+                ))),
+            };
+        }
+        if let Some(indexed) = self.index.snapshot().get(policy) {
+            return Ok(ActiveView::Signed(indexed.bundle.clone()));
+        }
+        // The rare path: tell a missing policy from one with nothing active.
+        let draft = self.repository.open_draft(policy).await?;
+        match draft {
+            Some(draft) if allow_draft_fallback => Ok(ActiveView::UnsignedDraft(draft)),
+            _ if allow_draft_fallback => Err(Error::NotFound(format!(
+                "{policy} has no active version and no open draft"
+            ))),
+            _ => Err(Error::NotFound(format!(
+                "{policy} has no active version (set allow_draft_fallback to get its open draft)"
+            ))),
+        }
+    }
+}

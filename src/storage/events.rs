@@ -1,0 +1,222 @@
+//! The audit log: one event per change, written in the transaction that
+//! makes the change, and the reads that replay history from it.
+
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::entities::events;
+use super::paging::Paging;
+use super::policies::{LockedPolicy, find_policy};
+use super::rows::{active_bundle, db_revision, db_version, revision, version, version_record};
+use super::transaction::{Repository, Transaction};
+use super::versions::{find_version, no_such_version};
+use crate::domain::{
+    ActiveBundle, AsOf, Error, EventFilter, EventKind, EventRecord, NamespaceScope, Page,
+    PolicyRef, RequestContext, Result, VersionSelector,
+};
+
+/// What an event says, beyond who, when and which request.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// What happened.
+    pub kind: EventKind,
+    /// The version before, where one changed.
+    pub previous_version: Option<u32>,
+    /// The version after.
+    pub new_version: Option<u32>,
+    /// The revision a pointer move took.
+    pub revision: Option<u64>,
+    /// The signing key involved.
+    pub key_id: Option<String>,
+    /// Why, in the caller's words.
+    pub reason: &'a str,
+}
+
+impl<'a> NewEvent<'a> {
+    /// An event of `kind` saying nothing but why.
+    pub fn new(kind: EventKind, reason: &'a str) -> Self {
+        NewEvent {
+            kind,
+            previous_version: None,
+            new_version: None,
+            revision: None,
+            key_id: None,
+            reason,
+        }
+    }
+}
+
+/// The event kinds that move an active pointer, as stored.
+pub(super) fn pointer_moves() -> impl Iterator<Item = &'static str> {
+    EventKind::ALL
+        .into_iter()
+        .filter(|kind| kind.moves_active_pointer())
+        .map(EventKind::as_str)
+}
+
+/// The condition that a namespace column lies in a listing's scope.
+pub(super) fn in_scope(column: impl ColumnTrait, scope: &NamespaceScope) -> Condition {
+    match scope {
+        NamespaceScope::All => Condition::all(),
+        NamespaceScope::One(namespace) => Condition::all().add(column.eq(namespace.as_str())),
+        NamespaceScope::Among(namespaces) => Condition::all()
+            .add(column.is_in(namespaces.iter().map(|namespace| namespace.as_str()))),
+    }
+}
+
+impl Transaction {
+    /// Records an event about `policy` (or the deployment, with `None`).
+    pub async fn record_event(
+        &self,
+        context: &RequestContext,
+        policy: Option<&LockedPolicy>,
+        event: NewEvent<'_>,
+    ) -> Result<()> {
+        let row = events::ActiveModel {
+            id: NotSet,
+            kind: Set(event.kind.as_str().to_owned()),
+            policy_id: Set(policy.map(|policy| policy.id)),
+            namespace: Set(policy.map(|policy| policy.state.policy.namespace.to_string())),
+            name: Set(policy.map(|policy| policy.state.policy.name.to_string())),
+            actor: Set(context.actor.clone()),
+            at: Set(self.at()),
+            reason: Set(event.reason.to_owned()),
+            request_id: Set(context.request_id.clone()),
+            previous_version: Set(event.previous_version.map(db_version)),
+            new_version: Set(event.new_version.map(db_version)),
+            revision: Set(event.revision.map(db_revision)),
+            key_id: Set(event.key_id),
+        };
+        events::Entity::insert(row)
+            .exec_without_returning(&self.txn)
+            .await?;
+        Ok(())
+    }
+
+    /// The version that was active before the policy's last pointer move.
+    pub async fn previously_active(&self, policy: &LockedPolicy) -> Result<Option<u32>> {
+        let last_move = events::Entity::find()
+            .filter(events::Column::PolicyId.eq(policy.id))
+            .filter(events::Column::Kind.is_in(pointer_moves()))
+            .order_by(events::Column::Id, Order::Desc)
+            .one(&self.txn)
+            .await?;
+        Ok(last_move
+            .and_then(|event| event.previous_version)
+            .map(version))
+    }
+
+    /// The key id of the last key rotation.
+    pub async fn last_rotated_key(&self) -> Result<Option<String>> {
+        // MAX(id) by kind is one seek in the index on events(kind, id),
+        // whatever the planner makes of ORDER BY … LIMIT 1.
+        let last_rotation_id: Option<i64> = events::Entity::find()
+            .select_only()
+            .column_as(events::Column::Id.max(), "id")
+            .filter(events::Column::Kind.eq(EventKind::KeyRotated.as_str()))
+            .into_tuple::<Option<i64>>()
+            .one(&self.txn)
+            .await?
+            .flatten();
+        Ok(match last_rotation_id {
+            Some(id) => events::Entity::find_by_id(id)
+                .one(&self.txn)
+                .await?
+                .and_then(|event| event.key_id),
+            None => None,
+        })
+    }
+}
+
+impl Repository {
+    /// The audit log, newest first; the page token is the last event id.
+    #[tracing::instrument(name = "storage.list_events", skip_all)]
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<EventRecord>> {
+        let paging = Paging::new("events", filter, page_size);
+        let below: Option<i64> = paging.position(page_token)?;
+        let mut query =
+            events::Entity::find().filter(in_scope(events::Column::Namespace, &filter.scope));
+        if let Some(name) = &filter.name {
+            query = query.filter(events::Column::Name.eq(name.as_str()));
+        }
+        if !filter.kinds.is_empty() {
+            query = query
+                .filter(events::Column::Kind.is_in(filter.kinds.iter().map(|kind| kind.as_str())));
+        }
+        if let Some(below) = below {
+            query = query.filter(events::Column::Id.lt(below));
+        }
+        let mut rows = query
+            .order_by(events::Column::Id, Order::Desc)
+            .limit(paging.limit())
+            .all(&self.db)
+            .await?;
+        let next_page_token = paging.finish(&mut rows, |last| last.id.to_string());
+        let items = rows
+            .into_iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    id: revision(row.id),
+                    kind: row.kind.parse()?,
+                    policy: row.namespace.zip(row.name),
+                    actor: row.actor,
+                    at: row.at,
+                    reason: row.reason,
+                    request_id: row.request_id,
+                    previous_version: row.previous_version.map(version),
+                    new_version: row.new_version.map(version),
+                    revision: row.revision.map(revision),
+                    key_id: row.key_id,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// The bundle that was active at a past revision or instant, read from
+    /// the event log.
+    #[tracing::instrument(name = "storage.active_as_of", skip_all)]
+    pub async fn active_as_of(
+        &self,
+        policy: &PolicyRef,
+        as_of: AsOf,
+    ) -> Result<Option<ActiveBundle>> {
+        let row = find_policy(&self.db, policy).await?;
+        let query = events::Entity::find()
+            .filter(events::Column::PolicyId.eq(row.id))
+            .filter(events::Column::Kind.is_in(pointer_moves()));
+        let query = match as_of {
+            AsOf::Revision(at) => query.filter(events::Column::Revision.lte(db_revision(at))),
+            AsOf::Time(at) => query.filter(events::Column::At.lte(at)),
+        };
+        let Some(event) = query
+            .order_by(events::Column::Revision, Order::Desc)
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (Some(moved_to), Some(moved_at)) = (event.new_version, event.revision) else {
+            return Err(Error::Internal(format!(
+                "activation event {} lacks its version",
+                event.id
+            )));
+        };
+        let selector = VersionSelector::Number(version(moved_to));
+        let model = find_version(&self.db, row.id, &selector)
+            .await?
+            .ok_or_else(|| no_such_version(policy, &selector))?;
+        let record = version_record(policy, None, model)?;
+        active_bundle(&record, revision(moved_at)).map(Some)
+    }
+}

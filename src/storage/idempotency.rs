@@ -1,0 +1,103 @@
+//! Idempotency records: a mutation's key, the fingerprint of its request and
+//! its outcome, so a retried request gets the first outcome (DESIGN §2).
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::entities::idempotency_records;
+use super::errors::is_unique_violation;
+use super::rows::now;
+use super::transaction::Repository;
+use crate::domain::{Digest, Error, IdempotencyKey, RequestContext, Result, fingerprint};
+
+/// A mutation's idempotency key and the fingerprint of its request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// The RPC, so one key may serve different methods.
+    method: &'static str,
+    /// The client's key.
+    key: String,
+    /// Digest of the canonical request.
+    fingerprint: Digest,
+}
+
+impl IdempotencyClaim {
+    /// The claim of `command` under the caller's key, if it gave one.
+    pub fn new(
+        method: &'static str,
+        key: Option<IdempotencyKey>,
+        command: &impl Serialize,
+    ) -> Option<Self> {
+        key.map(|IdempotencyKey(key)| IdempotencyClaim {
+            method,
+            key,
+            fingerprint: fingerprint(method, command),
+        })
+    }
+
+    /// The recorded outcome of this request, if it was seen; a different
+    /// request under the same key is refused.
+    pub(super) async fn replay<T: DeserializeOwned, C: ConnectionTrait>(
+        &self,
+        db: &C,
+    ) -> Result<Option<T>> {
+        let Some(record) =
+            idempotency_records::Entity::find_by_id((self.method.to_owned(), self.key.clone()))
+                .one(db)
+                .await?
+        else {
+            return Ok(None);
+        };
+        if record.fingerprint != self.fingerprint.as_str() {
+            return Err(Error::AlreadyExists(format!(
+                "idempotency key {:?} was already used for a different {} request",
+                self.key, self.method
+            )));
+        }
+        serde_json::from_str(&record.response)
+            .map(Some)
+            .map_err(|error| {
+                Error::Internal(format!("stored idempotent response is unreadable: {error}"))
+            })
+    }
+
+    /// Records the outcome; `false` when a concurrent request with the same
+    /// key recorded first.
+    pub(super) async fn record<T: Serialize, C: ConnectionTrait>(
+        &self,
+        db: &C,
+        context: &RequestContext,
+        outcome: &T,
+    ) -> Result<bool> {
+        let response = serde_json::to_string(outcome)
+            .map_err(|error| Error::Internal(format!("cannot record the response: {error}")))?;
+        let inserted = idempotency_records::Entity::insert(idempotency_records::ActiveModel {
+            method: Set(self.method.to_owned()),
+            key: Set(self.key.clone()),
+            fingerprint: Set(self.fingerprint.to_string()),
+            actor: Set(context.actor.clone()),
+            response: Set(response),
+            created_at: Set(now()),
+        })
+        .exec_without_returning(db)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => Ok(false),
+            other => other.map(|_| true).map_err(Error::from),
+        }
+    }
+}
+
+impl Repository {
+    /// Deletes the idempotency records created before `cutoff`; returns how
+    /// many. Idempotency records are bookkeeping, not history: the events
+    /// and versions they point at stay.
+    pub async fn forget_idempotency_records(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let deleted = idempotency_records::Entity::delete_many()
+            .filter(idempotency_records::Column::CreatedAt.lt(cutoff))
+            .exec(&self.db)
+            .await?;
+        Ok(deleted.rows_affected)
+    }
+}

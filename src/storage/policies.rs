@@ -1,0 +1,105 @@
+//! Policy rows: locking them for a mutation, creating them with their first
+//! draft or schema, and storing schemas.
+
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::Expr,
+};
+
+use super::entities::policies;
+use super::rows::policy_state;
+use super::transaction::Transaction;
+use crate::domain::{Error, PolicyRef, PolicySchema, PolicyState, Result};
+
+/// A policy row locked for the rest of a transaction, and what the domain
+/// decides on.
+#[derive(Debug, Clone)]
+pub struct LockedPolicy {
+    pub(super) id: i64,
+    /// The policy as loaded.
+    pub state: PolicyState,
+}
+
+pub(super) async fn find_policy<C: ConnectionTrait>(
+    db: &C,
+    policy: &PolicyRef,
+) -> Result<policies::Model> {
+    policies::Entity::find()
+        .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
+        .filter(policies::Column::Name.eq(policy.name.as_str()))
+        .one(db)
+        .await?
+        .ok_or_else(|| missing(policy))
+}
+
+fn missing(policy: &PolicyRef) -> Error {
+    Error::NotFound(format!("policy {policy} does not exist"))
+}
+
+impl Transaction {
+    /// Locks the policy row for the rest of the transaction (`FOR UPDATE`; a
+    /// no-op on SQLite, where the writer lock is held instead).
+    pub async fn lock_policy(&self, policy: &PolicyRef) -> Result<LockedPolicy> {
+        let model = policies::Entity::find()
+            .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
+            .filter(policies::Column::Name.eq(policy.name.as_str()))
+            .lock_exclusive()
+            .one(&self.txn)
+            .await?
+            .ok_or_else(|| missing(policy))?;
+        Ok(LockedPolicy {
+            id: model.id,
+            state: policy_state(&model)?,
+        })
+    }
+
+    /// Locks several policies in one global order, so two multi-policy
+    /// mutations never wait on each other in a cycle; returns them in the
+    /// order asked.
+    pub async fn lock_policies(&self, policies: &[&PolicyRef]) -> Result<Vec<LockedPolicy>> {
+        let mut order: Vec<usize> = (0..policies.len()).collect();
+        order.sort_by(|&a, &b| policies[a].cmp(policies[b]));
+        let mut locked = vec![None; policies.len()];
+        for index in order {
+            locked[index] = Some(self.lock_policy(policies[index]).await?);
+        }
+        Ok(locked.into_iter().flatten().collect())
+    }
+
+    /// Locks the policy, creating it first when it does not exist.
+    pub async fn lock_or_create_policy(&self, policy: &PolicyRef) -> Result<LockedPolicy> {
+        let row = policies::ActiveModel {
+            id: NotSet,
+            namespace: Set(policy.namespace.to_string()),
+            name: Set(policy.name.to_string()),
+            schema: Set(None),
+            active_version: Set(None),
+            active_revision: Set(None),
+            created_at: Set(self.at()),
+        };
+        policies::Entity::insert(row)
+            .on_conflict_do_nothing_on([policies::Column::Namespace, policies::Column::Name])
+            .exec_without_returning(&self.txn)
+            .await?;
+        self.lock_policy(policy).await
+    }
+
+    /// Stores (or with `None` removes) the policy's schema.
+    pub async fn set_schema(
+        &self,
+        policy: &mut LockedPolicy,
+        schema: Option<PolicySchema>,
+    ) -> Result<()> {
+        policies::Entity::update_many()
+            .col_expr(
+                policies::Column::Schema,
+                Expr::value(schema.as_ref().map(PolicySchema::canonical)),
+            )
+            .filter(policies::Column::Id.eq(policy.id))
+            .exec(&self.txn)
+            .await?;
+        policy.state.schema = schema;
+        Ok(())
+    }
+}
