@@ -16,6 +16,7 @@ use std::{
 };
 
 use chrono::Utc;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::RuntimeSettings;
 use crate::domain::{
@@ -56,6 +57,16 @@ struct Inner {
     /// Silence after which a runtime leaves the fleet view.
     forget_after: chrono::TimeDelta,
     local: Mutex<HashMap<Key, Local>>,
+    instruments: Instruments,
+}
+
+/// The metrics the fleet view feeds; whoever exposes them registers them.
+#[derive(Debug, Clone, Default)]
+pub struct Instruments {
+    /// Status reports accepted.
+    pub reports: Counter,
+    /// Batches written to the database.
+    pub flushes: Counter,
 }
 
 /// An open stream of an identified runtime; dropping it marks the runtime
@@ -103,7 +114,11 @@ fn held_by_other(runtime: &RuntimeId, holder: &str) -> Error {
 
 impl Fleet {
     /// The fleet view of a new replica.
-    pub fn new(repository: Repository, settings: &RuntimeSettings) -> Self {
+    pub fn new(
+        repository: Repository,
+        settings: &RuntimeSettings,
+        instruments: Instruments,
+    ) -> Self {
         let delta =
             |duration| chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
         Fleet {
@@ -113,6 +128,7 @@ impl Fleet {
                 stale_after: delta(settings.stale_after()),
                 forget_after: delta(settings.forget_after()),
                 local: Mutex::default(),
+                instruments,
             }),
         }
     }
@@ -197,7 +213,7 @@ impl Fleet {
                 return Err(held_by_other(&report.runtime, &entry.record.subject));
             }
             entry.dirty = true;
-            crate::metrics::global().runtime_reports.inc();
+            self.inner.instruments.reports.inc();
             return Ok(entry.record.merge(&report, Utc::now()));
         }
         // The stream is held by another replica (or was, before a restart).
@@ -226,7 +242,7 @@ impl Fleet {
         });
         entry.record = entry.record.clone().absorbing(&stored);
         entry.dirty = true;
-        crate::metrics::global().runtime_reports.inc();
+        self.inner.instruments.reports.inc();
         Ok(ignored)
     }
 
@@ -254,7 +270,7 @@ impl Fleet {
         let mut local = self.local();
         let merged = match saved {
             Ok(merged) => {
-                crate::metrics::global().runtime_flushes.inc();
+                self.inner.instruments.flushes.inc();
                 merged
             }
             Err(error) => {

@@ -34,6 +34,8 @@ pub mod domain;
 pub mod fleet;
 pub mod grpc;
 pub mod hub;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod replication;
 pub mod shutdown;

@@ -232,7 +232,11 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
-        let fleet = Fleet::new(self.repository.clone(), &self.settings.runtimes);
+        let fleet = Fleet::new(
+            self.repository.clone(),
+            &self.settings.runtimes,
+            crate::metrics::global().fleet_instruments(),
+        );
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),

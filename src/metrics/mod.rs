@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 
 pub use rpc::RpcMetricsLayer;
 
+use crate::fleet;
 use crate::watch::{ActiveIndex, Instruments};
 
 /// Labels of an RPC count.
@@ -64,10 +65,8 @@ pub struct Metrics {
     index: Instruments,
     revision: Gauge,
     watch_streams: Gauge,
-    /// Runtime reports accepted.
-    pub runtime_reports: Counter,
-    /// Fleet-view batches written.
-    pub runtime_flushes: Counter,
+    /// What the fleet view feeds: reports accepted, batches written.
+    fleet: fleet::Instruments,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -152,8 +151,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         },
         revision,
         watch_streams,
-        runtime_reports,
-        runtime_flushes,
+        fleet: fleet::Instruments {
+            reports: runtime_reports,
+            flushes: runtime_flushes,
+        },
     }
 });
 
@@ -163,6 +164,11 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// The instruments the fleet view feeds.
+    pub fn fleet_instruments(&self) -> fleet::Instruments {
+        self.fleet.clone()
+    }
+
     /// The instruments the active index feeds.
     pub fn index_instruments(&self) -> Instruments {
         self.index.clone()
