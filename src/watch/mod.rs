@@ -18,17 +18,17 @@
 //! remaining parts (references to the shared encoded bundles) only while it
 //! sends them.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
-use prost::{bytes::Bytes, encoding::encoded_len_varint};
+use prost::bytes::Bytes;
 use tokio::{sync::watch, time::Instant};
 
 use crate::domain::{ActiveBundle, Namespace, PolicyName, PolicyRef};
+
+mod subscriber;
+
+pub use subscriber::{Closed, MessageKind, Subscriber, WatchMessage};
 
 /// An active bundle with its protobuf encoding, made once per version and
 /// shared by every stream.
@@ -282,207 +282,21 @@ impl ActiveIndex {
         since_revision: u64,
         heartbeat: Duration,
     ) -> Subscriber {
-        Subscriber {
-            snapshots: self.snapshots.subscribe(),
-            ending: self.ending.subscribe(),
-            delivery: self.instruments.delivery.clone(),
+        Subscriber::new(
+            self.snapshots.subscribe(),
+            self.ending.subscribe(),
+            self.instruments.delivery.clone(),
             selector,
-            cursor: since_revision,
-            delivered: since_revision,
-            started: false,
+            since_revision,
             heartbeat,
-            pending: VecDeque::new(),
-            part_bytes: MAX_PART_BYTES,
-        }
-    }
-}
-
-/// What a watch message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    /// Every matching active bundle; replaces what the client held.
-    Snapshot,
-    /// The bundles that moved since the previous message.
-    Update,
-    /// Nothing moved; the server is at this revision.
-    Progress,
-}
-
-/// One message for a subscriber.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WatchMessage {
-    /// What it carries.
-    pub kind: MessageKind,
-    /// The revision the client is at once it applied the message.
-    pub revision: u64,
-    /// On a snapshot: the client was ahead of the server.
-    pub reset: bool,
-    /// Encoded `policyhub.v1.Bundle`s.
-    pub bundles: Vec<Bytes>,
-    /// False when more parts of the same revision follow.
-    pub complete: bool,
-}
-
-impl WatchMessage {
-    fn whole(kind: MessageKind, revision: u64, reset: bool, bundles: Vec<Bytes>) -> Self {
-        WatchMessage {
-            kind,
-            revision,
-            reset,
-            bundles,
-            complete: true,
-        }
-    }
-
-    /// Consecutive parts whose bundles take at most `part_bytes` each,
-    /// field headers included (a bundle larger than that travels alone);
-    /// only the last is complete.
-    fn into_parts(self, part_bytes: usize) -> VecDeque<WatchMessage> {
-        let mut parts = VecDeque::new();
-        let mut bundles = Vec::new();
-        let mut size = 0;
-        for bundle in self.bundles {
-            let bundle_size = 1 + encoded_len_varint(bundle.len() as u64) + bundle.len();
-            if !bundles.is_empty() && size + bundle_size > part_bytes {
-                parts.push_back(WatchMessage {
-                    bundles: std::mem::take(&mut bundles),
-                    complete: false,
-                    ..self
-                });
-                size = 0;
-            }
-            size += bundle_size;
-            bundles.push(bundle);
-        }
-        parts.push_back(WatchMessage {
-            bundles,
-            complete: true,
-            ..self
-        });
-        parts
-    }
-}
-
-/// The stream ends: the server shuts down or no longer vouches for its
-/// revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closed {
-    /// The last revision the subscriber was sent whole, to resume from
-    /// elsewhere.
-    pub revision: u64,
-    /// Why.
-    pub reason: Ending,
-}
-
-/// One watch stream's state: a cursor and two receivers, and the remaining
-/// parts of a revision too large for one message.
-#[derive(Debug)]
-pub struct Subscriber {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    ending: watch::Receiver<Ending>,
-    /// Where delivery times go.
-    delivery: Histogram,
-    selector: Selector,
-    /// The revision computed so far (or asked to resume from).
-    cursor: u64,
-    /// The last revision sent whole: `cursor` once `pending` is empty.
-    delivered: u64,
-    /// Whether the first message went out.
-    started: bool,
-    heartbeat: Duration,
-    /// Parts of the current revision not sent yet.
-    pending: VecDeque<WatchMessage>,
-    /// Most bundle bytes per part.
-    part_bytes: usize,
-}
-
-impl Subscriber {
-    /// The first message: a snapshot, a reset snapshot when the client is
-    /// ahead of the server, or one update with everything after its cursor.
-    fn first(&mut self) -> WatchMessage {
-        let snapshot = self.snapshots.borrow_and_update().clone();
-        self.started = true;
-        let since = self.cursor;
-        self.cursor = snapshot.revision;
-        if since == 0 || since > snapshot.revision {
-            return WatchMessage::whole(
-                MessageKind::Snapshot,
-                snapshot.revision,
-                since > snapshot.revision,
-                snapshot.matching(&self.selector),
-            );
-        }
-        WatchMessage::whole(
-            MessageKind::Update,
-            snapshot.revision,
-            false,
-            snapshot.changed_since(&self.selector, since),
         )
-    }
-
-    /// The next message, computed when the stream is ready to send it:
-    /// the next part of a large revision, one update coalescing every
-    /// revision since the last message, or a progress message after a quiet
-    /// heartbeat interval. `Err` once the server shuts down.
-    pub async fn next(&mut self) -> Result<WatchMessage, Closed> {
-        let ending = *self.ending.borrow();
-        if ending != Ending::No {
-            return Err(Closed {
-                revision: self.delivered,
-                reason: ending,
-            });
-        }
-        if self.pending.is_empty() {
-            let message = if self.started {
-                self.wait().await?
-            } else {
-                self.first()
-            };
-            self.pending = message.into_parts(self.part_bytes);
-        }
-        let part = self.pending.pop_front().expect("a message has parts");
-        if part.complete {
-            debug_assert!(self.pending.is_empty());
-            self.delivered = part.revision;
-        }
-        Ok(part)
-    }
-
-    /// Waits for the next update or heartbeat.
-    async fn wait(&mut self) -> Result<WatchMessage, Closed> {
-        let quiet_until = Instant::now() + self.heartbeat;
-        loop {
-            tokio::select! {
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        return Err(Closed { revision: self.delivered, reason: Ending::Shutdown });
-                    }
-                    let snapshot = self.snapshots.borrow_and_update().clone();
-                    let bundles = snapshot.changed_since(&self.selector, self.cursor);
-                    // Revisions that moved nothing selected still advance the
-                    // cursor; the next progress message reports them.
-                    self.cursor = snapshot.revision;
-                    if !bundles.is_empty() {
-                        if let Some(applied_at) = snapshot.applied_at {
-                            self.delivery.observe(applied_at.elapsed().as_secs_f64());
-                        }
-                        return Ok(WatchMessage::whole(MessageKind::Update, snapshot.revision, false, bundles));
-                    }
-                }
-                () = tokio::time::sleep_until(quiet_until) => {
-                    return Ok(WatchMessage::whole(MessageKind::Progress, self.cursor, false, Vec::new()));
-                }
-                ending = self.ending.wait_for(|ending| *ending != Ending::No) => {
-                    let reason = ending.map_or(Ending::Shutdown, |ending| *ending);
-                    return Err(Closed { revision: self.delivered, reason });
-                }
-            }
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use prost::encoding::encoded_len_varint;
+
     use super::*;
     use crate::domain::Digest;
 

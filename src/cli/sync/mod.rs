@@ -10,18 +10,18 @@
 //! missing. Idempotency keys make a retry after a lost reply safe.
 
 mod checkout;
+mod report;
 
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
 use tonic::{Code, Response, Status};
 
 use self::checkout::Release;
+use self::report::{Report, print_outcome};
 use super::connection::{AuthChannel, Connection};
-use super::failure::{self, Refused, Reply};
-use super::json;
+use super::failure::{Refused, Reply};
 use super::output::{Output, print_json};
 use crate::domain::Digest;
 use crate::grpc::{
@@ -408,191 +408,6 @@ fn newest(entries: &[Entry]) -> impl Iterator<Item = &Release> {
                 .is_none_or(|next| next.release.policy != entry.release.policy)
         })
         .map(|(_, entry)| &entry.release)
-}
-
-fn print_outcome(entry: &Entry) {
-    let release = &entry.release;
-    match &entry.outcome {
-        Outcome::Planned => println!(
-            "would publish {} {} from {}",
-            release.policy,
-            release.label,
-            release.body_file().display()
-        ),
-        Outcome::Delivered(version) => println!(
-            "delivered {} {} as version {version}",
-            release.policy, release.label
-        ),
-        Outcome::Skipped(version) => println!(
-            "skipped {} {}: already version {version} in the hub",
-            release.policy, release.label
-        ),
-        Outcome::Failed(error) => eprint!(
-            "failed {} {} from {}\n{}",
-            release.policy,
-            release.label,
-            release.body_file().display(),
-            failure::report(error)
-        ),
-        Outcome::NotAttempted => {}
-    }
-}
-
-/// What a sync did, for people or scripts, and its exit code.
-struct Report<'a> {
-    args: &'a SyncArgs,
-    commit: Option<&'a str>,
-    entries: &'a [Entry],
-    activation: Option<&'a anyhow::Result<proto::ActivateResponse>>,
-}
-
-impl Report<'_> {
-    fn count(&self, matches: fn(&Outcome) -> bool) -> usize {
-        self.entries
-            .iter()
-            .filter(|entry| matches(&entry.outcome))
-            .count()
-    }
-
-    /// The first failure: a release's, else the activation's.
-    fn failure(&self) -> Option<&anyhow::Error> {
-        self.entries
-            .iter()
-            .find_map(|entry| match &entry.outcome {
-                Outcome::Failed(error) => Some(error),
-                _ => None,
-            })
-            .or_else(|| {
-                self.activation
-                    .and_then(|activation| activation.as_ref().err())
-            })
-    }
-
-    fn exit_code(&self) -> ExitCode {
-        self.failure().map_or(ExitCode::SUCCESS, failure::exit_code)
-    }
-
-    fn print(&self) {
-        for entry in self.entries {
-            // Deliveries were printed as they happened.
-            if self.args.dry_run || matches!(entry.outcome, Outcome::Skipped(_)) {
-                print_outcome(entry);
-            }
-        }
-        if self.args.dry_run && self.args.activate {
-            let targets: Vec<String> = newest(self.entries)
-                .map(|release| format!("{}@{}", release.policy, release.label))
-                .collect();
-            println!("would activate {}", targets.join(", "));
-        }
-        match self.activation {
-            Some(Ok(activated)) => print_activation(activated),
-            Some(Err(error)) => eprint!("{}", failure::report(error)),
-            None => {}
-        }
-        let source = match self.commit {
-            Some(commit) => format!("commit {commit}"),
-            None => format!(
-                "{} (not a clean git checkout: idempotency keys come from the digests)",
-                self.args.dir.display()
-            ),
-        };
-        let skipped = self.count(|outcome| matches!(outcome, Outcome::Skipped(_)));
-        if self.args.dry_run {
-            let planned = self.count(|outcome| matches!(outcome, Outcome::Planned));
-            println!("dry run of {source}: {planned} to publish, {skipped} skipped");
-            return;
-        }
-        let not_attempted = match self.count(|outcome| matches!(outcome, Outcome::NotAttempted)) {
-            0 => String::new(),
-            pending => format!(", {pending} not attempted: re-run to publish them"),
-        };
-        println!(
-            "sync of {source}: {} delivered, {skipped} skipped, {} failed{not_attempted}",
-            self.count(|outcome| matches!(outcome, Outcome::Delivered(_))),
-            self.count(|outcome| matches!(outcome, Outcome::Failed(_))),
-        );
-    }
-
-    fn json(&self) -> Value {
-        let releases: Vec<Value> = self.entries.iter().map(entry_json).collect();
-        let activation = match self.activation {
-            Some(Ok(activated)) => json!({
-                "revision": activated.revision,
-                "activations": activated.activations.iter().map(json::activation).collect::<Vec<_>>(),
-            }),
-            Some(Err(error)) => json!({ "error": format!("{error:#}") }),
-            // The plan of a dry run, as its text output shows it.
-            None if self.args.dry_run && self.args.activate => json!({
-                "planned": newest(self.entries)
-                    .map(|release| json!({
-                        "namespace": release.policy.namespace.to_string(),
-                        "name": release.policy.name.to_string(),
-                        "label": release.label.to_string(),
-                    }))
-                    .collect::<Vec<_>>(),
-            }),
-            None => Value::Null,
-        };
-        json!({
-            "commit": self.commit,
-            "dry_run": self.args.dry_run,
-            "releases": releases,
-            "activation": activation,
-            "planned": self.count(|outcome| matches!(outcome, Outcome::Planned)),
-            "delivered": self.count(|outcome| matches!(outcome, Outcome::Delivered(_))),
-            "skipped": self.count(|outcome| matches!(outcome, Outcome::Skipped(_))),
-            "failed": self.count(|outcome| matches!(outcome, Outcome::Failed(_))),
-            "not_attempted": self.count(|outcome| matches!(outcome, Outcome::NotAttempted)),
-        })
-    }
-}
-
-fn print_activation(activated: &proto::ActivateResponse) {
-    let moved: Vec<String> = activated
-        .activations
-        .iter()
-        .filter(|activation| activation.version != activation.previous_version)
-        .map(|activation| {
-            format!(
-                "{}/{} version {}",
-                activation.namespace, activation.name, activation.version
-            )
-        })
-        .collect();
-    if moved.is_empty() {
-        println!(
-            "the newest releases were already active (revision {})",
-            activated.revision
-        );
-    } else {
-        println!(
-            "activated at revision {}: {}",
-            activated.revision,
-            moved.join(", ")
-        );
-    }
-}
-
-fn entry_json(entry: &Entry) -> Value {
-    let release = &entry.release;
-    let (outcome, version, error) = match &entry.outcome {
-        Outcome::Planned => ("planned", None, None),
-        Outcome::Delivered(version) => ("delivered", Some(*version), None),
-        Outcome::Skipped(version) => ("skipped", Some(*version), None),
-        Outcome::Failed(error) => ("failed", None, Some(format!("{error:#}"))),
-        Outcome::NotAttempted => ("not_attempted", None, None),
-    };
-    json!({
-        "namespace": release.policy.namespace.to_string(),
-        "name": release.policy.name.to_string(),
-        "label": release.label.to_string(),
-        "digest": release.body.digest().to_string(),
-        "file": release.body_file().display().to_string(),
-        "outcome": outcome,
-        "version": version,
-        "error": error,
-    })
 }
 
 #[cfg(test)]
