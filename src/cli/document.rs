@@ -107,12 +107,16 @@ impl<'de> Visitor<'de> for StrictVisitor {
 /// Reads a document: JSON from a `.json` file, YAML from anything else
 /// (standard input included, since JSON is also YAML).
 pub fn read(path: &Path) -> anyhow::Result<Value> {
-    let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    parse(path, &read_text(path)?)
+}
+
+/// The text of a file; `-` is standard input, as in kubectl's `-f -`.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-    };
-    parse(path, &text)
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
 }
 
 /// Parses a document read from `path`, naming the file in every error.

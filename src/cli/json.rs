@@ -7,7 +7,10 @@ use prost_types::Struct;
 use serde_json::{Value, json};
 
 use super::output::time_json;
-use crate::grpc::{convert::struct_to_json, proto};
+use crate::grpc::{
+    convert::{self, struct_to_json},
+    proto,
+};
 
 /// A body as a JSON object; null when unset.
 pub fn body(body: Option<Struct>) -> anyhow::Result<Value> {
@@ -107,13 +110,8 @@ pub fn activation(activation: &proto::Activation) -> Value {
 
 /// The signing keys as an RFC 7517 JWKS, plus which key signs new versions.
 pub fn jwks(signing_keys: &proto::GetSigningKeysResponse) -> Value {
-    let keys: Vec<Value> = signing_keys
-        .keys
-        .iter()
-        .map(|key| {
-            json!({"kty": key.kty, "crv": key.crv, "x": key.x, "kid": key.kid,
-                   "alg": key.alg, "use": key.r#use})
-        })
-        .collect();
-    json!({ "keys": keys, "signing_key_id": signing_keys.signing_key_id })
+    let mut jwks = serde_json::to_value(convert::jwks(signing_keys))
+        .expect("a JWKS serializes: its members are strings");
+    jwks["signing_key_id"] = signing_keys.signing_key_id.clone().into();
+    jwks
 }

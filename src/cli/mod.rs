@@ -447,18 +447,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_input(path: Option<&Path>) -> anyhow::Result<String> {
-    match path {
-        None => std::io::read_to_string(std::io::stdin()).context("reading standard input"),
-        Some(path) if path == Path::new("-") => {
-            std::io::read_to_string(std::io::stdin()).context("reading standard input")
-        }
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-        }
-    }
-}
-
 /// The JWS in a bundle file: the text itself, or the "jws" member of JSON.
 fn bundle_jws(text: &str) -> anyhow::Result<String> {
     let text = text.trim();
@@ -476,9 +464,9 @@ fn bundle_jws(text: &str) -> anyhow::Result<String> {
 }
 
 fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let jwks: Jwks = serde_json::from_str(&read_input(Some(jwks_path))?)
+    let jwks: Jwks = serde_json::from_str(&document::read_text(jwks_path)?)
         .with_context(|| format!("{} is not a JWKS", jwks_path.display()))?;
-    let jws = bundle_jws(&read_input(bundle)?)?;
+    let jws = bundle_jws(&document::read_text(bundle.unwrap_or(Path::new("-")))?)?;
     match signing::verify(&jws, &jwks) {
         Ok(claims) => {
             println!(

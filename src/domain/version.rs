@@ -22,6 +22,14 @@ pub enum VersionState {
 }
 
 impl VersionState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [VersionState; 4] = [
+        VersionState::Draft,
+        VersionState::Published,
+        VersionState::Superseded,
+        VersionState::Discarded,
+    ];
+
     /// The name used in storage and messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,13 +56,10 @@ impl FromStr for VersionState {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        Ok(match text {
-            "DRAFT" => VersionState::Draft,
-            "PUBLISHED" => VersionState::Published,
-            "SUPERSEDED" => VersionState::Superseded,
-            "DISCARDED" => VersionState::Discarded,
-            other => return Err(Error::Internal(format!("unknown version state {other:?}"))),
-        })
+        VersionState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| Error::Internal(format!("unknown version state {text:?}")))
     }
 }
 

@@ -181,20 +181,10 @@ impl BundleService for BundleApi {
         identify(&request)?
             .caller()
             .authorize_anywhere(Rpc::GetSigningKeys)?;
-        let (keys, signing_kid) = self.hub.signing_keys();
+        let (keys, signing_key_id) = self.hub.signing_keys();
         Ok(Response::new(proto::GetSigningKeysResponse {
-            keys: keys
-                .iter()
-                .map(|key| proto::Jwk {
-                    kty: key.kty.clone(),
-                    crv: key.crv.clone(),
-                    x: key.x.clone(),
-                    kid: key.kid.clone(),
-                    alg: key.alg.clone(),
-                    r#use: key.use_.clone(),
-                })
-                .collect(),
-            signing_key_id: signing_kid.to_owned(),
+            keys: keys.iter().map(convert::jwk).collect(),
+            signing_key_id,
         }))
     }
 

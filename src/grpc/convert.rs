@@ -10,6 +10,7 @@ use super::proto;
 use crate::domain::{
     ActiveBundle, Error, EventKind, EventRecord, PolicySummary, Result, VersionRecord, VersionState,
 };
+use crate::signing::{Jwk, Jwks};
 
 /// A `google.protobuf.Struct` as a JSON object. Numbers are doubles on the
 /// wire; integral ones within ±2^53 become JSON integers.
@@ -129,6 +130,37 @@ pub fn version(record: &VersionRecord) -> proto::Version {
         jws: publication.map(|p| p.jws.clone()).unwrap_or_default(),
         key_id: publication.map(|p| p.key_id.clone()).unwrap_or_default(),
         active: record.active,
+    }
+}
+
+/// A public key as protobuf.
+pub fn jwk(key: &Jwk) -> proto::Jwk {
+    proto::Jwk {
+        kty: key.kty.clone(),
+        crv: key.crv.clone(),
+        x: key.x.clone(),
+        kid: key.kid.clone(),
+        alg: key.alg.clone(),
+        r#use: key.use_.clone(),
+    }
+}
+
+/// The keys of a `GetSigningKeys` reply as an RFC 7517 JWKS, the form the
+/// verifier reads.
+pub fn jwks(response: &proto::GetSigningKeysResponse) -> Jwks {
+    Jwks {
+        keys: response
+            .keys
+            .iter()
+            .map(|key| Jwk {
+                kty: key.kty.clone(),
+                crv: key.crv.clone(),
+                x: key.x.clone(),
+                kid: key.kid.clone(),
+                alg: key.alg.clone(),
+                use_: key.r#use.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -361,15 +361,7 @@ impl TestApp {
             .await
             .expect("signing keys")
             .into_inner();
-        let keys: Vec<Value> = keys
-            .keys
-            .iter()
-            .map(|key| {
-                serde_json::json!({"kty": key.kty, "crv": key.crv, "x": key.x, "kid": key.kid,
-                    "alg": key.alg, "use": key.r#use})
-            })
-            .collect();
-        serde_json::json!({ "keys": keys }).to_string()
+        serde_json::to_string(&policyhub::grpc::convert::jwks(&keys)).expect("a JWKS serializes")
     }
 }
 
