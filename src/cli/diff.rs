@@ -20,9 +20,9 @@ use crate::grpc::{
     proto::{self, get_version_request::Selector, policy_service_client::PolicyServiceClient},
 };
 
-/// Arguments of `policyhub diff`.
+/// Arguments of `policyhub diff-versions`.
 #[derive(Debug, clap::Args)]
-pub struct DiffArgs {
+pub struct DiffVersionsArgs {
     /// The policy, namespace/name.
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
@@ -71,7 +71,11 @@ fn operation_json(operation: proto::PatchOperation) -> anyhow::Result<Value> {
 }
 
 /// `policyhub diff`.
-pub async fn diff(channel: AuthChannel, output: Output, args: DiffArgs) -> anyhow::Result<()> {
+pub async fn diff_versions(
+    channel: AuthChannel,
+    output: Output,
+    args: DiffVersionsArgs,
+) -> anyhow::Result<()> {
     let mut client = PolicyServiceClient::new(channel);
     // The patch names where values changed, not what they were: the old
     // values come from the from-version's body.

@@ -120,7 +120,7 @@ fn hint(status: &Status) -> Option<&'static str> {
             "use a token whose roles claim grants the role named above in that namespace"
         }
         Code::Aborted => {
-            "someone else changed the active version; re-read it with `policyhub get` and retry"
+            "someone else changed the active version; re-read it with `policyhub get-active` and retry"
         }
         Code::NotFound => {
             "list what exists with `policyhub policies` and `policyhub versions NAMESPACE/NAME`"

@@ -32,9 +32,9 @@ impl From<StateArg> for proto::RuntimeState {
     }
 }
 
-/// Arguments of `policyhub runtimes`.
+/// Arguments of `policyhub list-runtimes`.
 #[derive(Debug, clap::Args)]
-pub struct RuntimesArgs {
+pub struct ListRuntimesArgs {
     /// The namespace the runtimes watch.
     #[arg(value_parser = parse_namespace)]
     namespace: Namespace,
@@ -52,9 +52,9 @@ pub struct RuntimesArgs {
     limit: Limit,
 }
 
-/// Arguments of `policyhub status`.
+/// Arguments of `policyhub get-policy-status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {
+pub struct GetPolicyStatusArgs {
     /// The policy, namespace/name.
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
@@ -98,10 +98,10 @@ fn runtime_json(runtime: &proto::Runtime) -> Value {
 }
 
 /// `policyhub runtimes`.
-pub async fn runtimes(
+pub async fn list_runtimes(
     channel: AuthChannel,
     output: Output,
-    args: RuntimesArgs,
+    args: ListRuntimesArgs,
 ) -> anyhow::Result<()> {
     let client = PolicyServiceClient::new(channel);
     let base = proto::ListRuntimesRequest {
@@ -176,7 +176,11 @@ pub async fn runtimes(
 }
 
 /// `policyhub status`.
-pub async fn status(channel: AuthChannel, output: Output, args: StatusArgs) -> anyhow::Result<()> {
+pub async fn get_policy_status(
+    channel: AuthChannel,
+    output: Output,
+    args: GetPolicyStatusArgs,
+) -> anyhow::Result<()> {
     let mut client = PolicyServiceClient::new(channel);
     let status = client
         .get_policy_status(proto::GetPolicyStatusRequest {

@@ -1,5 +1,5 @@
-//! The reading commands: `get`, `versions`, `policies`, `events`,
-//! `keys list`.
+//! The reading commands: `get-active`, `get-version`, `list-versions`,
+//! `list-policies`, `list-events`, `get-signing-keys`.
 
 use std::future::Future;
 
@@ -26,18 +26,12 @@ use policyhub_runtime::{
     proto::bundle_service_client::BundleServiceClient as RuntimeBundleClient,
 };
 
-/// Arguments of `policyhub get`.
+/// Arguments of `policyhub get-active`.
 #[derive(Debug, clap::Args)]
-pub struct GetArgs {
+pub struct GetActiveArgs {
     /// The policy, namespace/name.
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
-    /// Show this version instead of the active bundle.
-    #[arg(long, conflicts_with_all = ["label", "as_of_revision", "as_of_time", "draft_fallback"])]
-    version: Option<u32>,
-    /// Show the version released under this label instead of the active bundle.
-    #[arg(long, value_parser = parse_label, conflicts_with_all = ["as_of_revision", "as_of_time", "draft_fallback"])]
-    label: Option<Label>,
     /// The bundle that was active once this revision was applied.
     #[arg(long, conflicts_with = "as_of_time")]
     as_of_revision: Option<u64>,
@@ -46,8 +40,23 @@ pub struct GetArgs {
     as_of_time: Option<DateTime<Utc>>,
     /// When nothing is active, show the open draft (unsigned: never enforce
     /// it) instead of failing.
+    #[arg(long, conflicts_with_all = ["as_of_revision", "as_of_time"])]
+    allow_draft_fallback: bool,
+}
+
+/// Arguments of `policyhub get-version`.
+#[derive(Debug, clap::Args)]
+#[group(id = "selector", required = true, args = ["version", "label"])]
+pub struct GetVersionArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The version number.
     #[arg(long)]
-    draft_fallback: bool,
+    version: Option<u32>,
+    /// The version released under this label.
+    #[arg(long, value_parser = parse_label)]
+    label: Option<Label>,
 }
 
 /// How many items a listing shows.
@@ -58,9 +67,9 @@ pub struct Limit {
     pub limit: u32,
 }
 
-/// Arguments of `policyhub versions`.
+/// Arguments of `policyhub list-versions`.
 #[derive(Debug, clap::Args)]
-pub struct VersionsArgs {
+pub struct ListVersionsArgs {
     /// The policy, namespace/name.
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
@@ -68,9 +77,9 @@ pub struct VersionsArgs {
     limit: Limit,
 }
 
-/// Arguments of `policyhub policies`.
+/// Arguments of `policyhub list-policies`.
 #[derive(Debug, clap::Args)]
-pub struct PoliciesArgs {
+pub struct ListPoliciesArgs {
     /// Only this namespace; by default every namespace you may read.
     #[arg(value_parser = parse_namespace)]
     namespace: Option<Namespace>,
@@ -78,9 +87,9 @@ pub struct PoliciesArgs {
     limit: Limit,
 }
 
-/// Arguments of `policyhub events`.
+/// Arguments of `policyhub list-events`.
 #[derive(Debug, clap::Args)]
-pub struct EventsArgs {
+pub struct ListEventsArgs {
     /// Only this namespace, or this namespace/name; by default every
     /// namespace you may read.
     #[arg(value_parser = parse_scope)]
@@ -119,12 +128,16 @@ where
     }
 }
 
-/// `policyhub get`: the active bundle, or one version.
-pub async fn get(channel: AuthChannel, output: Output, args: GetArgs) -> anyhow::Result<()> {
+/// `policyhub get-version`: one version.
+pub async fn get_version(
+    channel: AuthChannel,
+    output: Output,
+    args: GetVersionArgs,
+) -> anyhow::Result<()> {
     let selector = match (args.version, &args.label) {
         (Some(number), _) => Selector::Version(number),
         (None, Some(label)) => Selector::Label(label.to_string()),
-        (None, None) => return get_active(channel, output, args).await,
+        (None, None) => unreachable!("clap requires --version or --label"),
     };
     let version = PolicyServiceClient::new(channel)
         .get_version(proto::GetVersionRequest {
@@ -195,7 +208,12 @@ fn print_body(body: &Value) {
 
 /// The active bundle, verified against the server's JWKS; an unsigned
 /// draft (with --draft-fallback) carries its body in the clear.
-async fn get_active(channel: AuthChannel, output: Output, args: GetArgs) -> anyhow::Result<()> {
+/// `policyhub get-active`: the active bundle, verified.
+pub async fn get_active(
+    channel: AuthChannel,
+    output: Output,
+    args: GetActiveArgs,
+) -> anyhow::Result<()> {
     let as_of = match (args.as_of_revision, args.as_of_time) {
         (Some(revision), _) => Some(AsOf::AsOfRevision(revision)),
         (None, Some(at)) => Some(AsOf::AsOfTime(timestamp(at))),
@@ -206,7 +224,7 @@ async fn get_active(channel: AuthChannel, output: Output, args: GetArgs) -> anyh
             namespace: args.policy.namespace.to_string(),
             name: args.policy.name.to_string(),
             as_of,
-            allow_draft_fallback: args.draft_fallback,
+            allow_draft_fallback: args.allow_draft_fallback,
         })
         .await
         .reply(format!("reading the active bundle of {}", args.policy))?;
@@ -263,7 +281,7 @@ async fn get_active(channel: AuthChannel, output: Output, args: GetArgs) -> anyh
 pub async fn versions(
     channel: AuthChannel,
     output: Output,
-    args: VersionsArgs,
+    args: ListVersionsArgs,
 ) -> anyhow::Result<()> {
     let client = PolicyServiceClient::new(channel);
     let versions = collect(args.limit.limit, |page_size, page_token| {
@@ -324,7 +342,7 @@ pub async fn versions(
 pub async fn policies(
     channel: AuthChannel,
     output: Output,
-    args: PoliciesArgs,
+    args: ListPoliciesArgs,
 ) -> anyhow::Result<()> {
     let client = PolicyServiceClient::new(channel);
     let namespace = args.namespace.map(String::from).unwrap_or_default();
@@ -371,7 +389,11 @@ pub async fn policies(
 }
 
 /// `policyhub events`.
-pub async fn events(channel: AuthChannel, output: Output, args: EventsArgs) -> anyhow::Result<()> {
+pub async fn events(
+    channel: AuthChannel,
+    output: Output,
+    args: ListEventsArgs,
+) -> anyhow::Result<()> {
     let client = PolicyServiceClient::new(channel);
     let (namespace, name) = match &args.scope {
         None => (String::new(), String::new()),
@@ -430,7 +452,7 @@ pub async fn events(channel: AuthChannel, output: Output, args: EventsArgs) -> a
     Ok(())
 }
 
-/// `policyhub keys list`: the JWKS.
+/// `policyhub get-signing-keys`: the JWKS.
 pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
     let keys = BundleServiceClient::new(channel)
         .get_signing_keys(proto::GetSigningKeysRequest {})

@@ -70,7 +70,7 @@ pub struct PublishArgs {
     activate: bool,
     /// With --activate: only if this version is active now (0: nothing is).
     #[arg(long, requires = "activate")]
-    expect: Option<u32>,
+    expected_active_version: Option<u32>,
     /// Why; recorded in the event log.
     #[arg(long, default_value = "")]
     reason: String,
@@ -88,7 +88,7 @@ pub struct ActivateArgs {
     targets: Vec<Target>,
     /// Compare-and-swap, namespace/name@N: activate nothing unless version N
     /// of that policy is active now (0: nothing is). Repeat for several.
-    #[arg(long = "expect", value_parser = parse_expectation)]
+    #[arg(long = "expected-active-version", value_parser = parse_expectation)]
     expectations: Vec<Expectation>,
     /// Why; recorded in the event log.
     #[arg(long, default_value = "")]
@@ -107,13 +107,13 @@ pub struct RollbackArgs {
     /// The published version to return to; by default the one active before
     /// the current one.
     #[arg(long)]
-    to: Option<u32>,
+    to_version: Option<u32>,
     /// Why; required, recorded in the event log.
     #[arg(long)]
     reason: String,
     /// Only if this version is active now.
     #[arg(long)]
-    expect: Option<u32>,
+    expected_active_version: Option<u32>,
 }
 
 /// Reads a policy body from `path` (see `document::read`).
@@ -206,7 +206,7 @@ pub async fn publish(
                 .map(|label| label.to_string())
                 .unwrap_or_default(),
             activate: args.activate,
-            expected_active_version: args.expect,
+            expected_active_version: args.expected_active_version,
             reason: args.reason,
             idempotency_key: args.idempotency_key,
         })
@@ -252,7 +252,7 @@ fn activation_targets(args: &ActivateArgs) -> anyhow::Result<Vec<proto::Activati
         .find(|expectation| !args.targets.iter().any(|t| t.policy == expectation.policy))
     {
         return Err(Usage(format!(
-            "--expect {}@{} names a policy that is not among the targets",
+            "--expected-active-version {}@{} names a policy that is not among the targets",
             stray.policy, stray.active_version
         ))
         .into());
@@ -319,9 +319,9 @@ pub async fn rollback(
         .rollback(proto::RollbackRequest {
             namespace: args.policy.namespace.to_string(),
             name: args.policy.name.to_string(),
-            to_version: args.to,
+            to_version: args.to_version,
             reason: args.reason,
-            expected_active_version: args.expect,
+            expected_active_version: args.expected_active_version,
         })
         .await
         .reply(format!("rolling back {}", args.policy))?;

@@ -128,53 +128,67 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// Show the active bundle (verified), or one version with --version or --label.
-    Get {
+    /// Show the active bundle, verified against the JWKS, with its body.
+    #[command(visible_alias = "get")]
+    GetActive {
         #[command(flatten)]
-        args: inspect::GetArgs,
+        args: inspect::GetActiveArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Show one version, by --version or --label.
+    GetVersion {
+        #[command(flatten)]
+        args: inspect::GetVersionArgs,
         #[command(flatten)]
         client: Client,
     },
     /// List the versions of a policy, newest first.
-    Versions {
+    #[command(visible_alias = "versions")]
+    ListVersions {
         #[command(flatten)]
-        args: inspect::VersionsArgs,
+        args: inspect::ListVersionsArgs,
         #[command(flatten)]
         client: Client,
     },
     /// List policies with their active and draft versions.
-    Policies {
+    #[command(visible_alias = "policies")]
+    ListPolicies {
         #[command(flatten)]
-        args: inspect::PoliciesArgs,
+        args: inspect::ListPoliciesArgs,
         #[command(flatten)]
         client: Client,
     },
     /// List the audit log, newest first.
-    Events {
+    #[command(visible_alias = "events")]
+    ListEvents {
         #[command(flatten)]
-        args: inspect::EventsArgs,
+        args: inspect::ListEventsArgs,
         #[command(flatten)]
         client: Client,
     },
     /// List the runtimes that watch a namespace, with what each applied.
-    Runtimes {
+    #[command(visible_alias = "runtimes")]
+    ListRuntimes {
         #[command(flatten)]
-        args: fleet::RuntimesArgs,
+        args: fleet::ListRuntimesArgs,
         #[command(flatten)]
         client: Client,
     },
     /// Show whether a policy's active version landed: how many runtimes
     /// applied it, rejected it (with the errors) or are still pending.
-    Status {
+    #[command(visible_alias = "status")]
+    GetPolicyStatus {
         #[command(flatten)]
-        args: fleet::StatusArgs,
+        args: fleet::GetPolicyStatusArgs,
         #[command(flatten)]
         client: Client,
     },
     /// Show what changed between two versions of a policy.
-    Diff {
+    #[command(visible_alias = "diff")]
+    DiffVersions {
         #[command(flatten)]
-        args: diff::DiffArgs,
+        args: diff::DiffVersionsArgs,
         #[command(flatten)]
         client: Client,
     },
@@ -207,7 +221,8 @@ enum Command {
     ///
     /// Prints every whole state as it is activated, each bundle verified;
     /// resumes from the last revision after any failure, with backoff.
-    Watch {
+    #[command(visible_alias = "watch")]
+    WatchActive {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
@@ -246,31 +261,23 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Manage signing keys.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
     /// Print every public key that ever signed a bundle (the JWKS).
-    List {
+    GetSigningKeys {
         #[command(flatten)]
         client: Client,
     },
     /// Ask the server to sign with a newly generated key from now on (admin
     /// in every namespace). Bundles signed before keep verifying.
-    Rotate {
+    RotateSigningKey {
         #[command(flatten)]
         client: Client,
         /// Why; recorded in the event log.
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its key id.
-    Generate {
+    /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its
+    /// key id, offline.
+    GenerateKey {
         /// Where to write it; an existing file is never overwritten.
         #[arg(long)]
         out: PathBuf,
@@ -336,40 +343,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (channel, output) = client.connect().await?;
             lifecycle::rollback(channel, output, args).await?
         }
-        Command::Get { client, args } => {
+        Command::GetActive { client, args } => {
             let (channel, output) = client.connect().await?;
-            inspect::get(channel, output, args).await?
+            inspect::get_active(channel, output, args).await?
         }
-        Command::Versions { client, args } => {
+        Command::GetVersion { client, args } => {
+            let (channel, output) = client.connect().await?;
+            inspect::get_version(channel, output, args).await?
+        }
+        Command::ListVersions { client, args } => {
             let (channel, output) = client.connect().await?;
             inspect::versions(channel, output, args).await?
         }
-        Command::Policies { client, args } => {
+        Command::ListPolicies { client, args } => {
             let (channel, output) = client.connect().await?;
             inspect::policies(channel, output, args).await?
         }
-        Command::Events { client, args } => {
+        Command::ListEvents { client, args } => {
             let (channel, output) = client.connect().await?;
             inspect::events(channel, output, args).await?
         }
-        Command::Runtimes { client, args } => {
+        Command::ListRuntimes { client, args } => {
             let (channel, output) = client.connect().await?;
-            fleet::runtimes(channel, output, args).await?
+            fleet::list_runtimes(channel, output, args).await?
         }
-        Command::Status { client, args } => {
+        Command::GetPolicyStatus { client, args } => {
             let (channel, output) = client.connect().await?;
-            fleet::status(channel, output, args).await?
+            fleet::get_policy_status(channel, output, args).await?
         }
-        Command::Diff { client, args } => {
+        Command::DiffVersions { client, args } => {
             let (channel, output) = client.connect().await?;
-            diff::diff(channel, output, args).await?
+            diff::diff_versions(channel, output, args).await?
         }
         Command::Sync { client, args } => {
             return sync::run(&client.connection, client.output, args).await;
         }
-        Command::Keys {
-            command: KeysCommand::List { client },
-        } => {
+        Command::GetSigningKeys { client } => {
             let (channel, output) = client.connect().await?;
             inspect::keys(channel, output).await?
         }
@@ -383,7 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut std::io::stdout(),
             );
         }
-        Command::Watch { client, args } => {
+        Command::WatchActive { client, args } => {
             let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
             watch::run(&client.connection, client.output, args).await?
         }
@@ -416,9 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             println!("{token}");
         }
-        Command::Keys {
-            command: KeysCommand::Rotate { client, reason },
-        } => {
+        Command::RotateSigningKey { client, reason } => {
             let (channel, output) = client.connect().await?;
             let rotated =
                 crate::grpc::proto::policy_service_client::PolicyServiceClient::new(channel)
@@ -437,9 +444,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Keys {
-            command: KeysCommand::Generate { out },
-        } => {
+        Command::GenerateKey { out } => {
             let key = signing::write_new_key(&out)?;
             println!("{}", key.key_id());
         }

@@ -1,4 +1,4 @@
-//! `policyhub watch`: follow the active bundles of a namespace through the
+//! `policyhub watch-active`: follow the active bundles of a namespace through the
 //! runtime library, so it resumes, verifies, caches and reports exactly as
 //! a runtime built on `policyhub-runtime` does.
 

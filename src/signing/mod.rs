@@ -43,7 +43,7 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// Reads a PKCS#8 PEM Ed25519 private key (as written by
-    /// `openssl genpkey -algorithm ed25519` or `policyhub keys generate`).
+    /// `openssl genpkey -algorithm ed25519` or `policyhub generate-key`).
     pub fn from_pem(pem_text: &str) -> anyhow::Result<Self> {
         let pem = pem::parse(pem_text).context("not a PEM file")?;
         if pem.tag() != "PRIVATE KEY" {

@@ -123,7 +123,7 @@ async fn a_yaml_draft_round_trips_through_get_version() {
     let read = policyhub(
         &app,
         &[
-            "get",
+            "get-version",
             "payments/card-limits",
             "--version",
             "1",
@@ -134,7 +134,10 @@ async fn a_yaml_draft_round_trips_through_get_version() {
     .json();
     assert_eq!(read["body"], expected_body);
     assert_eq!(read["change_notes"], "from yaml");
-    let table = policyhub(&app, &["get", "payments/card-limits", "--version", "1"]);
+    let table = policyhub(
+        &app,
+        &["get-version", "payments/card-limits", "--version", "1"],
+    );
     assert!(
         table.success().contains("\"maxAmount\": 500"),
         "{}",
@@ -158,7 +161,7 @@ async fn publish_activate_and_rollback_report_what_moved() {
         &[
             "activate",
             "payments/limits@1.1.0",
-            "--expect",
+            "--expected-active-version",
             "payments/limits@1",
             "--reason",
             "roll out",
@@ -194,7 +197,7 @@ async fn publish_activate_and_rollback_report_what_moved() {
         &[
             "rollback",
             "payments/limits",
-            "--to",
+            "--to-version",
             "2",
             "--reason",
             "fixed",
@@ -253,7 +256,7 @@ async fn get_shows_the_verified_active_bundle_that_verify_accepts() {
     let by_label = policyhub(
         &app,
         &[
-            "get",
+            "get-version",
             "payments/limits",
             "--label",
             "1.0.0",
@@ -266,7 +269,7 @@ async fn get_shows_the_verified_active_bundle_that_verify_accepts() {
     assert_eq!(by_label["state"], "PUBLISHED");
 
     let dir = tempfile::tempdir().unwrap();
-    let keys = policyhub(&app, &["keys", "list", "--output", "json"]);
+    let keys = policyhub(&app, &["get-signing-keys", "--output", "json"]);
     let jwks = keys.json();
     assert_eq!(jwks["keys"][0]["kid"], jwks["signing_key_id"]);
     let jwks_file = write(dir.path(), "jwks.json", &keys.stdout);
@@ -294,7 +297,7 @@ async fn get_shows_the_verified_active_bundle_that_verify_accepts() {
         "{}",
         refused.stderr
     );
-    let table = policyhub(&app, &["keys", "list"]);
+    let table = policyhub(&app, &["get-signing-keys"]);
     assert!(table.success().starts_with("KEY ID"), "{}", table.stdout);
     assert!(
         table
@@ -314,7 +317,7 @@ async fn get_falls_back_to_the_open_draft_only_when_asked() {
         &[
             "get",
             "payments/limits",
-            "--draft-fallback",
+            "--allow-draft-fallback",
             "--output",
             "json",
         ],
@@ -323,7 +326,7 @@ async fn get_falls_back_to_the_open_draft_only_when_asked() {
     assert_eq!(draft["draft"], true);
     assert_eq!(draft["jws"], "");
     assert_eq!(draft["body"], json!({"max": 9}));
-    let table = policyhub(&app, &["get", "payments/limits", "--draft-fallback"]);
+    let table = policyhub(&app, &["get", "payments/limits", "--allow-draft-fallback"]);
     assert!(
         table.success().contains("never enforce it"),
         "{}",
@@ -504,7 +507,7 @@ async fn exit_codes_tell_refusals_usage_errors_and_an_unreachable_server_apart()
         &[
             "activate",
             "payments/limits@2",
-            "--expect",
+            "--expected-active-version",
             "payments/limits@7",
         ],
     );
@@ -528,7 +531,12 @@ async fn exit_codes_tell_refusals_usage_errors_and_an_unreachable_server_apart()
     for usage in [
         vec!["activate", "payments/limits"],
         vec!["get", "no-slash"],
-        vec!["activate", "payments/limits@2", "--expect", "web/flags@1"],
+        vec![
+            "activate",
+            "payments/limits@2",
+            "--expected-active-version",
+            "web/flags@1",
+        ],
         vec!["events", "--kind", "deleted"],
     ] {
         let run = policyhub(&app, &usage);

@@ -94,7 +94,7 @@ change. Rendered by validate.yaml.
 {{- fail "storage.type=postgres needs auth.jwks.existingSecret or auth.hs256.existingSecret: every replica must accept the same tokens (a JWKS of your token issuer, or a shared HS256 secret of at least 32 bytes)" }}
 {{- end }}
 {{- if not .Values.signing.existingSecret }}
-{{- fail "storage.type=postgres needs signing.existingSecret: every replica must sign with the same Ed25519 key (create one with `policyhub keys generate --out signing-key.pem` and store it in a Secret)" }}
+{{- fail "storage.type=postgres needs signing.existingSecret: every replica must sign with the same Ed25519 key (create one with `policyhub generate-key --out signing-key.pem` and store it in a Secret)" }}
 {{- end }}
 {{- end }}
 {{- if and .Values.signing.existingSecret (not .Values.signing.keys) }}
