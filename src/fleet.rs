@@ -125,8 +125,8 @@ impl Fleet {
             inner: Arc::new(Inner {
                 replica: uuid::Uuid::new_v4().to_string(),
                 repository,
-                stale_after: delta(settings.stale_after()),
-                forget_after: delta(settings.forget_after()),
+                stale_after: delta(settings.stale_after),
+                forget_after: delta(settings.forget_after),
                 local: Mutex::default(),
                 instruments,
             }),

@@ -86,7 +86,7 @@ pub async fn follow(hub: PolicyHub, database_url: SecretString, settings: WatchS
             Ok(Err(error)) => tracing::warn!(%error, "cannot catch up with other replicas"),
             Err(_) => tracing::warn!("the database did not answer the catch-up read"),
         }
-        if last_read.elapsed() > settings.vouch_timeout()
+        if last_read.elapsed() > settings.vouch_timeout
             && hub.index().ending() == crate::watch::Ending::No
         {
             tracing::error!(

@@ -94,7 +94,7 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
                 &jwks,
                 &auth.issuer,
                 &auth.audience,
-                auth.leeway_seconds,
+                auth.leeway,
                 &auth.roles_claim,
             )?;
             return Ok(Authentication::Tokens(Box::new(authenticator)));
@@ -128,7 +128,7 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
         secret.as_bytes(),
         &auth.issuer,
         &auth.audience,
-        auth.leeway_seconds,
+        auth.leeway,
         &auth.roles_claim,
     );
     Ok(Authentication::Tokens(Box::new(authenticator)))
@@ -165,7 +165,7 @@ impl Application {
         let repository = storage::Repository::new(db);
         let hub = PolicyHub::start(
             repository.clone(),
-            settings.issuer.clone(),
+            settings.bundle_issuer.clone(),
             keys,
             crate::grpc::convert::encoded_bundle,
             crate::metrics::global().index_instruments(),
@@ -211,10 +211,10 @@ impl Application {
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
-        let retention_task = self.settings.idempotency_retention_seconds.map(|seconds| {
+        let retention_task = self.settings.idempotency_retention.map(|retention| {
             tokio::spawn(forget_idempotency_records(
                 self.repository.clone(),
-                std::time::Duration::from_secs(seconds),
+                retention,
             ))
         });
         let metrics_task = self.metrics_listener.map(|listener| {

@@ -150,7 +150,7 @@ impl Subscription {
         self
     }
 
-    /// The server's heartbeat interval (`watch.heartbeat_interval_ms`, 10 s
+    /// The server's heartbeat interval (`watch.heartbeat_interval`, 10 s
     /// by default): three intervals without a message mean a dead stream.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;

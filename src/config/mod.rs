@@ -39,16 +39,18 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     /// Serve without authentication. Refused on a non-loopback address.
     pub insecure: bool,
-    /// The `iss` claim of signed bundles.
-    pub issuer: String,
+    /// The `iss` claim of signed bundles (tokens' issuer is
+    /// `auth.issuer`).
+    pub bundle_issuer: String,
     /// Signing keys.
     pub signing: SigningSettings,
     /// Request limits.
     pub limits: Limits,
     /// Log format.
     pub log_format: LogFormat,
-    /// How often the database is pinged for the health service, in seconds.
-    pub health_check_interval_seconds: u64,
+    /// How often the database is pinged for the health service.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// Watch streams.
     pub watch: WatchSettings,
     /// Token authentication.
@@ -59,9 +61,10 @@ pub struct Settings {
     pub quotas: QuotaSettings,
     /// The fleet view of identified runtimes.
     pub runtimes: RuntimeSettings,
-    /// How long an idempotency key is remembered, in seconds; unset:
-    /// forever. A retry after that time executes again.
-    pub idempotency_retention_seconds: Option<u64>,
+    /// How long an idempotency key is remembered; unset: forever. A retry
+    /// after that time executes again.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Option<Duration>,
 }
 
 /// The fleet view (`ListRuntimes`, `GetPolicyStatus`).
@@ -69,40 +72,37 @@ pub struct Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// A runtime silent for longer than this (no open stream, no report) is
-    /// STALE, and its id may then be taken by another subject, in seconds.
-    pub stale_after_seconds: u64,
-    /// How often a replica writes the runtimes that changed, in one batch,
-    /// in milliseconds.
-    pub flush_interval_ms: u64,
-    /// A runtime silent for longer than this leaves the fleet view, in
-    /// seconds; it reappears when it connects again.
-    pub forget_after_seconds: u64,
+    /// STALE, and its id may then be taken by another subject.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// How often a replica writes the runtimes that changed, in one batch.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// A runtime silent for longer than this leaves the fleet view; it
+    /// reappears when it connects again.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
         RuntimeSettings {
-            stale_after_seconds: 300,
-            flush_interval_ms: 1_000,
-            forget_after_seconds: 7 * 24 * 3600,
+            stale_after: Duration::from_secs(300),
+            flush_interval: Duration::from_secs(1),
+            forget_after: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
 
+/// At least a millisecond: an interval of zero would spin.
+fn at_least_a_millisecond(interval: Duration) -> Duration {
+    interval.max(Duration::from_millis(1))
+}
+
 impl RuntimeSettings {
-    /// The silence after which a runtime is stale.
-    pub fn stale_after(&self) -> Duration {
-        Duration::from_secs(self.stale_after_seconds)
-    }
-
-    /// The silence after which a runtime is forgotten.
-    pub fn forget_after(&self) -> Duration {
-        Duration::from_secs(self.forget_after_seconds)
-    }
-
     /// The flush interval.
     pub fn flush_interval(&self) -> Duration {
-        Duration::from_millis(self.flush_interval_ms.max(1))
+        at_least_a_millisecond(self.flush_interval)
     }
 }
 
@@ -121,8 +121,9 @@ pub struct AuthSettings {
     pub issuer: String,
     /// Required `aud` of tokens.
     pub audience: String,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    pub leeway_seconds: u64,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
     /// The claim that holds the caller's grants, such as
     /// `["payments:publisher", "*:reader"]`.
     pub roles_claim: String,
@@ -138,7 +139,7 @@ impl Default for AuthSettings {
             hs256_secret_file: None,
             issuer: LOCAL_ISSUER.into(),
             audience: "policyhub".into(),
-            leeway_seconds: 30,
+            leeway: Duration::from_secs(30),
             roles_claim: "roles".into(),
             public_reflection: true,
         }
@@ -191,28 +192,30 @@ impl Default for QuotaSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatchSettings {
-    /// A PROGRESS message goes out after this long without an update, in
-    /// milliseconds.
-    pub heartbeat_interval_ms: u64,
+    /// A PROGRESS message goes out after this long without an update.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// PostgreSQL: read the event log for revisions committed by other
-    /// replicas this often, in milliseconds, in case a notification was lost.
-    pub catch_up_interval_ms: u64,
+    /// replicas this often, in case a notification was lost.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_interval: Duration,
     /// PostgreSQL: LISTEN for other replicas' activations (delivery within
     /// milliseconds). Without it, only the periodic catch-up delivers them.
     pub listen_notifications: bool,
-    /// PostgreSQL: a replica that cannot read the database for this long, in
-    /// milliseconds, stops vouching for its revision: its watch streams end
-    /// with UNAVAILABLE and new ones are refused until it reads again.
-    pub vouch_timeout_ms: u64,
+    /// PostgreSQL: a replica that cannot read the database for this long
+    /// stops vouching for its revision: its watch streams end with
+    /// UNAVAILABLE and new ones are refused until it reads again.
+    #[serde(with = "humantime_serde")]
+    pub vouch_timeout: Duration,
 }
 
 impl Default for WatchSettings {
     fn default() -> Self {
         WatchSettings {
-            heartbeat_interval_ms: 10_000,
-            catch_up_interval_ms: 1_000,
+            heartbeat_interval: Duration::from_secs(10),
+            catch_up_interval: Duration::from_secs(1),
             listen_notifications: true,
-            vouch_timeout_ms: 30_000,
+            vouch_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -220,17 +223,12 @@ impl Default for WatchSettings {
 impl WatchSettings {
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.max(1))
-    }
-
-    /// How long a replica vouches without reading the database.
-    pub fn vouch_timeout(&self) -> Duration {
-        Duration::from_millis(self.vouch_timeout_ms)
+        at_least_a_millisecond(self.heartbeat_interval)
     }
 
     /// The catch-up interval.
     pub fn catch_up_interval(&self) -> Duration {
-        Duration::from_millis(self.catch_up_interval_ms.max(1))
+        at_least_a_millisecond(self.catch_up_interval)
     }
 }
 
@@ -264,17 +262,17 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             database_url: None,
             insecure: false,
-            issuer: "policyhub".into(),
+            bundle_issuer: "policyhub".into(),
             signing: SigningSettings::default(),
             limits: Limits::default(),
             log_format: LogFormat::Text,
-            health_check_interval_seconds: 5,
+            health_check_interval: Duration::from_secs(5),
             watch: WatchSettings::default(),
             auth: AuthSettings::default(),
             tls: None,
             quotas: QuotaSettings::default(),
             runtimes: RuntimeSettings::default(),
-            idempotency_retention_seconds: None,
+            idempotency_retention: None,
         }
     }
 }
@@ -326,17 +324,17 @@ const SETTINGS: &[&str] = &[
     "data_dir",
     "database_url",
     "insecure",
-    "issuer",
+    "bundle_issuer",
     "signing",
     "limits",
     "log_format",
-    "health_check_interval_seconds",
+    "health_check_interval",
     "watch",
     "auth",
     "tls",
     "quotas",
     "runtimes",
-    "idempotency_retention_seconds",
+    "idempotency_retention",
 ];
 
 /// Whether a `POLICYHUB_*` variable (prefix stripped) names a setting.
@@ -392,7 +390,7 @@ impl Settings {
 
     /// The health-check interval.
     pub fn health_check_interval(&self) -> Duration {
-        Duration::from_secs(self.health_check_interval_seconds.max(1))
+        at_least_a_millisecond(self.health_check_interval)
     }
 }
 
@@ -432,6 +430,38 @@ mod tests {
         assert!(!setting("PORT"));
         assert!(!setting("SERVICE_HOST"));
         assert!(!setting("CONFIG"));
+    }
+
+    #[test]
+    fn durations_are_written_with_their_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policyhub.toml");
+        std::fs::write(
+            &file,
+            "health_check_interval = \"1500ms\"\nidempotency_retention = \"30days\"\n\
+             [watch]\nheartbeat_interval = \"2s\"\n[runtimes]\nstale_after = \"10m\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(settings.health_check_interval, Duration::from_millis(1500));
+        assert_eq!(
+            settings.idempotency_retention,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        assert_eq!(settings.watch.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(settings.runtimes.stale_after, Duration::from_secs(600));
+        for bare in [
+            "health_check_interval = 5\n",
+            "[watch]\nheartbeat_interval = \"10\"\n",
+        ] {
+            std::fs::write(&file, bare).unwrap();
+            let refused = Settings::load(Some(&file), &Overrides::default()).unwrap_err();
+            assert!(
+                format!("{refused:#}").contains("health_check_interval")
+                    || format!("{refused:#}").contains("heartbeat_interval"),
+                "{refused:#}"
+            );
+        }
     }
 
     #[test]

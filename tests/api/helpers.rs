@@ -105,7 +105,7 @@ pub fn test_settings(database: &TestDatabase) -> Settings {
         data_dir: database.data_dir.path().to_owned(),
         database_url: Some(database.url.clone().into()),
         insecure: true,
-        health_check_interval_seconds: 1,
+        health_check_interval: std::time::Duration::from_secs(1),
         ..Settings::default()
     }
 }

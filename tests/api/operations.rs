@@ -434,7 +434,7 @@ async fn health_follows_a_postgres_outage_within_two_intervals() {
         data_dir: tempfile::tempdir().unwrap(),
     };
     let app = spawn_on(database, |settings| {
-        settings.health_check_interval_seconds = 1
+        settings.health_check_interval = Duration::from_secs(1)
     })
     .await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
@@ -487,12 +487,12 @@ async fn health_follows_a_postgres_outage_within_two_intervals() {
     );
 }
 
-/// `idempotency_retention_seconds`: within it a retry replays the original
+/// `idempotency_retention`: within it a retry replays the original
 /// reply; after it the same key executes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_forgotten_after_the_retention() {
     let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
-        settings.idempotency_retention_seconds = Some(1);
+        settings.idempotency_retention = Some(Duration::from_secs(1));
     })
     .await;
     let draft = || policyhub::grpc::proto::DraftRequest {

@@ -36,8 +36,8 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 
 fn server_env() -> Vec<(&'static str, String)> {
     vec![(
-        "POLICYHUB_WATCH__HEARTBEAT_INTERVAL_MS",
-        HEARTBEAT.as_millis().to_string(),
+        "POLICYHUB_WATCH__HEARTBEAT_INTERVAL",
+        format!("{}ms", HEARTBEAT.as_millis()),
     )]
 }
 

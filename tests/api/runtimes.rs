@@ -576,13 +576,13 @@ async fn replicas_show_runtimes_connected_to_each_other_within_two_seconds() {
 }
 
 /// A runtime whose stream closed is DISCONNECTED, then STALE once silent
-/// for `runtimes.stale_after_seconds`, and leaves the fleet view after
-/// `runtimes.forget_after_seconds`.
+/// for `runtimes.stale_after`, and leaves the fleet view after
+/// `runtimes.forget_after`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_runtime_becomes_stale_then_is_forgotten() {
     let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
-        settings.runtimes.stale_after_seconds = 1;
-        settings.runtimes.forget_after_seconds = 3;
+        settings.runtimes.stale_after = Duration::from_secs(1);
+        settings.runtimes.forget_after = Duration::from_secs(3);
     })
     .await;
     app.release("team", "limits", json!({"max": 1}), true).await;

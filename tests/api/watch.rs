@@ -321,7 +321,7 @@ async fn a_slow_subscriber_gets_one_coalesced_update_and_delays_no_one(app: Test
 async fn progress_messages_arrive_when_idle() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let app = spawn_on(database, |settings| {
-        settings.watch.heartbeat_interval_ms = 200
+        settings.watch.heartbeat_interval = Duration::from_millis(200)
     })
     .await;
     app.release("team", "a", json!({"v": 1}), true).await;
@@ -442,7 +442,7 @@ async fn two_replicas(
     .await;
     let b = spawn_on(replica, move |settings| {
         settings.signing.key_files = vec![key];
-        settings.watch.catch_up_interval_ms = 300;
+        settings.watch.catch_up_interval = Duration::from_millis(300);
         configure_b(settings);
     })
     .await;
@@ -565,9 +565,9 @@ async fn a_replica_cut_off_from_postgres_stops_vouching() {
         ..database
     };
     let app = spawn_on(database, |settings| {
-        settings.watch.catch_up_interval_ms = 200;
-        settings.watch.vouch_timeout_ms = 1000;
-        settings.watch.heartbeat_interval_ms = 200;
+        settings.watch.catch_up_interval = Duration::from_millis(200);
+        settings.watch.vouch_timeout = Duration::from_millis(1000);
+        settings.watch.heartbeat_interval = Duration::from_millis(200);
     })
     .await;
     app.release("team", "limits", json!({"max": 1}), true).await;

@@ -69,7 +69,7 @@ impl Authenticator {
         jwks: &JwkSet,
         issuer: &str,
         audience: &str,
-        leeway_seconds: u64,
+        leeway: std::time::Duration,
         roles_claim: &str,
     ) -> anyhow::Result<Self> {
         let mut keys = Vec::new();
@@ -103,7 +103,7 @@ impl Authenticator {
             validation,
             issuer,
             audience,
-            leeway_seconds,
+            leeway,
             roles_claim,
         ))
     }
@@ -113,7 +113,7 @@ impl Authenticator {
         secret: &[u8],
         issuer: &str,
         audience: &str,
-        leeway_seconds: u64,
+        leeway: std::time::Duration,
         roles_claim: &str,
     ) -> Self {
         let validation = Validation::new(Algorithm::HS256);
@@ -122,7 +122,7 @@ impl Authenticator {
             validation,
             issuer,
             audience,
-            leeway_seconds,
+            leeway,
             roles_claim,
         )
     }
@@ -132,14 +132,14 @@ impl Authenticator {
         mut validation: Validation,
         issuer: &str,
         audience: &str,
-        leeway_seconds: u64,
+        leeway: std::time::Duration,
         roles_claim: &str,
     ) -> Self {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = leeway_seconds;
+        validation.leeway = leeway.as_secs();
         Authenticator {
             keys: Arc::new(keys),
             validation,
