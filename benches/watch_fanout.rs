@@ -361,7 +361,7 @@ async fn run_policyhub(count: usize, rounds: usize, reports: bool) -> anyhow::Re
             .publish(proto::PublishRequest {
                 namespace: NAMESPACE.into(),
                 name: POLICY.into(),
-                version: 0,
+                version: None,
                 label: String::new(),
                 activate: version == 1,
                 expected_active_version: None,

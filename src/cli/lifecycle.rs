@@ -174,7 +174,7 @@ pub async fn discard_draft(
         .discard_draft(proto::DiscardDraftRequest {
             namespace: args.policy.namespace.to_string(),
             name: args.policy.name.to_string(),
-            version: args.version.unwrap_or(0),
+            version: args.version,
             reason: args.reason,
         })
         .await
@@ -200,7 +200,7 @@ pub async fn publish(
         .publish(proto::PublishRequest {
             namespace: args.policy.namespace.to_string(),
             name: args.policy.name.to_string(),
-            version: args.version.unwrap_or(0),
+            version: args.version,
             label: args
                 .label
                 .map(|label| label.to_string())

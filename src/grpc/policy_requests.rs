@@ -28,8 +28,15 @@ fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
 }
 
 /// `0` means "not given" for optional version numbers.
-pub(super) fn optional_version(version: u32) -> Option<u32> {
-    (version != 0).then_some(version)
+/// The draft a request names; unset names the open draft.
+pub(super) fn draft_version(version: Option<u32>) -> Result<Option<u32>> {
+    match version {
+        Some(0) => Err(Error::invalid(
+            "version",
+            "versions start at 1; leave version unset for the open draft",
+        )),
+        other => Ok(other),
+    }
 }
 
 fn optional_label(field: &str, label: &str) -> Result<Option<Label>> {
@@ -83,7 +90,7 @@ pub(super) fn publish_command(
     }
     let command = PublishCommand {
         policy: PolicyRef::parse(&request.namespace, &request.name)?,
-        version: optional_version(request.version),
+        version: draft_version(request.version)?,
         label: optional_label("label", &request.label)?,
         activate: request.activate,
         expected_active_version: ExpectedActive::from_wire(request.expected_active_version),

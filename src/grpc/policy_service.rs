@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Identified, Readable, Rpc, identify};
 use super::convert::{self};
 use super::policy_requests::{
-    activate_command, activate_response, draft_command, event_filter, optional_version,
+    activate_command, activate_response, draft_command, draft_version, event_filter,
     patch_operation, publish_command, rollback_command, schema_command, version_selector,
 };
 use super::proto::{self, policy_service_server::PolicyService};
@@ -103,7 +103,7 @@ impl PolicyService for PolicyApi {
         let command = PolicyRef::parse(&request.namespace, &request.name).and_then(|policy| {
             Ok(DiscardCommand {
                 policy,
-                version: optional_version(request.version),
+                version: draft_version(request.version)?,
                 reason: self.limits.text("reason", request.reason)?,
             })
         })?;

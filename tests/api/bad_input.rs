@@ -165,7 +165,7 @@ async fn publish_with_no_draft_is_failed_precondition(app: TestApp) {
     assert_eq!(message, "payments/limits has no open draft to publish");
     // Naming a version that is already published is refused too.
     let mut again = publish_request("payments", "limits", "", false);
-    again.version = 1;
+    again.version = Some(1);
     let message = expect_code(app.try_publish(again).await, Code::FailedPrecondition);
     assert!(message.contains("it is published"), "{message}");
     assert_eq!(app.db_state().await, before);
@@ -188,7 +188,7 @@ async fn activating_a_draft_or_a_discarded_version_is_failed_precondition(app: T
         .discard_draft(proto::DiscardDraftRequest {
             namespace: "payments".into(),
             name: "limits".into(),
-            version: 2,
+            version: Some(2),
             reason: String::new(),
         })
         .await

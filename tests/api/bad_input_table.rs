@@ -74,6 +74,24 @@ fn rows(app: &TestApp) -> Vec<(&'static str, Call, Code)> {
         policy.publish(publish_request("team", "limits", "one", false))
     );
     row!(
+        "Publish: version 0",
+        Code::InvalidArgument,
+        policy.publish(proto::PublishRequest {
+            version: Some(0),
+            ..publish_request("team", "limits", "", false)
+        })
+    );
+    row!(
+        "DiscardDraft: version 0",
+        Code::InvalidArgument,
+        policy.discard_draft(proto::DiscardDraftRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            version: Some(0),
+            ..Default::default()
+        })
+    );
+    row!(
         "Publish: no draft",
         Code::FailedPrecondition,
         policy.publish(publish_request("team", "limits", "", false))

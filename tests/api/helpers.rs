@@ -374,7 +374,7 @@ pub fn publish_request(
     proto::PublishRequest {
         namespace: namespace.into(),
         name: name.into(),
-        version: 0,
+        version: None,
         label: label.into(),
         activate,
         expected_active_version: None,

@@ -114,7 +114,7 @@ async fn discard_draft_keeps_the_number_unused(app: TestApp) {
         .discard_draft(proto::DiscardDraftRequest {
             namespace: "payments".into(),
             name: "limits".into(),
-            version: 0,
+            version: None,
             reason: "wrong idea".into(),
         })
         .await

@@ -284,10 +284,12 @@ async fn deliver(
     let publish = proto::PublishRequest {
         namespace: release.policy.namespace.to_string(),
         name: release.policy.name.to_string(),
-        version: drafted
-            .version
-            .context("the server sent no version")?
-            .version,
+        version: Some(
+            drafted
+                .version
+                .context("the server sent no version")?
+                .version,
+        ),
         label: release.label.to_string(),
         activate: false,
         expected_active_version: None,
