@@ -9,23 +9,34 @@
 //!
 //! # Layout
 //!
-//! - [`domain`]: names, versions, lifecycle rules, runtimes, labels and
-//!   errors; no gRPC, no SQL.
-//! - [`storage`]: SeaORM entities and the transactions that enforce the
-//!   lifecycle; migrations live in the `policyhub-migrations` crate.
+//! The domain decides, storage executes, the hub orchestrates, transport
+//! adapts; `ARCHITECTURE.md` walks one publish-and-activate through every
+//! file, and `layers.rs` (a test) holds the layering.
+//!
+//! - [`domain`]: names, versions, labels, runtimes, errors, and the
+//!   lifecycle decisions (`domain::lifecycle`: publish and activation plans
+//!   over loaded state); no gRPC, no SQL.
+//! - [`storage`]: SeaORM, one file per concern: `transaction` (the writer
+//!   lock, `write` and `write_once`), `idempotency`, `policies`, `versions`,
+//!   `events`, `pointers` (revisions, NOTIFY, index loading), `keys`,
+//!   `reads` and `paging`, `rows` (row mapping), `errors` (what a database
+//!   error means), `runtimes`; migrations live in `policyhub-migrations`.
 //! - [`signing`]: Ed25519 keys and the signing of bundles; the only module
 //!   that touches private key material (the bundle format and its
 //!   verification are the `policyhub-runtime` crate's).
-//! - [`watch`]: the in-memory index of active bundles and the watch
-//!   subscribers that fan it out.
+//! - [`hub`]: the application: `lifecycle` runs each mutation as load,
+//!   decide, sign, write, apply to the index; `reads` answers queries.
+//! - [`watch`]: the in-memory index of active bundles (`mod`) and the
+//!   subscribers that fan it out (`subscriber`).
 //! - [`fleet`]: the fleet view of identified runtimes, kept in memory by the
 //!   replica holding each stream and persisted in batches.
-//! - [`hub`]: the application, tying storage, signing and the index together.
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
-//!   error-to-status mapping and the caller seam for authentication.
-//! - [`config`], [`telemetry`], [`metrics`], [`startup`], [`shutdown`]:
-//!   running the server.
+//!   error-to-status mapping (`status`), authentication and authorization
+//!   (`auth`), quotas and the message-size limit.
+//! - [`config`] (settings and request limits), [`telemetry`], [`metrics`],
+//!   [`startup`] (which wires the layers together), [`shutdown`]: running
+//!   the server.
 //! - [`cli`]: the `policyhub` binary's subcommands.
 
 pub mod cli;

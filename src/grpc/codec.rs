@@ -25,7 +25,7 @@ const BUFFER_SIZE: usize = 1024;
 /// transport.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// `ProstCodec` with [`BUFFER_SIZE`] buffers; `build.rs` makes every
+/// `ProstCodec` with `BUFFER_SIZE` buffers; `build.rs` makes every
 /// generated service use it.
 #[derive(Debug)]
 pub struct CompactCodec<T, U>(PhantomData<(T, U)>);
