@@ -240,6 +240,7 @@ impl Application {
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
+            self.repository.clone(),
             fleet.clone(),
             self.settings.limits.clone(),
             quotas.clone(),

@@ -21,11 +21,14 @@ use crate::domain::{
 };
 use crate::fleet::Fleet;
 use crate::hub::PolicyHub;
+use crate::storage::Repository;
 
-/// Serves `PolicyService` on top of the hub.
+/// Serves `PolicyService`: mutations through the hub, plain reads straight
+/// from the store.
 #[derive(Clone)]
 pub struct PolicyApi {
     hub: PolicyHub,
+    store: Repository,
     /// The fleet view, for ListRuntimes and GetPolicyStatus.
     fleet: Fleet,
     limits: Limits,
@@ -33,10 +36,17 @@ pub struct PolicyApi {
 }
 
 impl PolicyApi {
-    /// The service over `hub`, enforcing `limits` and `quotas`.
-    pub fn new(hub: PolicyHub, fleet: Fleet, limits: Limits, quotas: Arc<Quotas>) -> Self {
+    /// The service over `hub` and `store`, enforcing `limits` and `quotas`.
+    pub fn new(
+        hub: PolicyHub,
+        store: Repository,
+        fleet: Fleet,
+        limits: Limits,
+        quotas: Arc<Quotas>,
+    ) -> Self {
         PolicyApi {
             hub,
+            store,
             fleet,
             limits,
             quotas,
@@ -191,7 +201,7 @@ impl PolicyService for PolicyApi {
         let (policy, selector) = PolicyRef::parse(&request.namespace, &request.name)
             .and_then(|policy| Ok((policy, version_selector("version", number, label)?)))?;
         who.authorize(Rpc::GetVersion, &policy.namespace)?;
-        let record = self.hub.get_version(&policy, &selector).await?;
+        let record = self.store.get_version(&policy, &selector).await?;
         Ok(Response::new(convert::version(&record)))
     }
 
@@ -204,7 +214,7 @@ impl PolicyService for PolicyApi {
         let policy = PolicyRef::parse(&request.namespace, &request.name)?;
         who.authorize(Rpc::ListVersions, &policy.namespace)?;
         let page = self
-            .hub
+            .store
             .list_versions(
                 &policy,
                 self.limits.page_size(request.page_size),
@@ -228,7 +238,7 @@ impl PolicyService for PolicyApi {
             .transpose()?;
         let scope = listing_scope(&who, Rpc::ListPolicies, namespace)?;
         let page = self
-            .hub
+            .store
             .list_policies(
                 &scope,
                 self.limits.page_size(request.page_size),
@@ -250,7 +260,7 @@ impl PolicyService for PolicyApi {
         let (namespace, mut filter) = event_filter(&request)?;
         filter.scope = listing_scope(&who, Rpc::ListEvents, namespace)?;
         let page = self
-            .hub
+            .store
             .list_events(
                 &filter,
                 self.limits.page_size(request.page_size),

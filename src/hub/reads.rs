@@ -1,59 +1,12 @@
-//! Reads: versions, listings, the audit log, diffs and the active bundle,
-//! from memory where the index holds the answer.
+//! The reads that need more than one query: diffs, and the active bundle
+//! from memory where the index holds the answer. Plain reads (a version, the
+//! listings) go straight to the store.
 
-use crate::domain::{
-    AsOf, Error, EventFilter, EventRecord, NamespaceScope, Page, PolicyRef, PolicySummary, Result,
-    VersionRecord, VersionSelector,
-};
+use crate::domain::{AsOf, Error, PolicyRef, Result, VersionRecord, VersionSelector};
 
 use super::{ActiveView, PolicyHub};
 
 impl PolicyHub {
-    /// One version.
-    pub async fn get_version(
-        &self,
-        policy: &PolicyRef,
-        selector: &VersionSelector,
-    ) -> Result<VersionRecord> {
-        self.repository.get_version(policy, selector).await
-    }
-
-    /// A page of versions, newest first.
-    pub async fn list_versions(
-        &self,
-        policy: &PolicyRef,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<Page<VersionRecord>> {
-        self.repository
-            .list_versions(policy, page_size, page_token)
-            .await
-    }
-
-    /// A page of policies.
-    pub async fn list_policies(
-        &self,
-        scope: &NamespaceScope,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<Page<PolicySummary>> {
-        self.repository
-            .list_policies(scope, page_size, page_token)
-            .await
-    }
-
-    /// A page of events, newest first.
-    pub async fn list_events(
-        &self,
-        filter: &EventFilter,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<Page<EventRecord>> {
-        self.repository
-            .list_events(filter, page_size, page_token)
-            .await
-    }
-
     /// The RFC 6902 patch from one version's body to another's.
     pub async fn diff(
         &self,
@@ -62,9 +15,11 @@ impl PolicyHub {
         to: u32,
     ) -> Result<(VersionRecord, VersionRecord, json_patch::Patch)> {
         let from = self
+            .repository
             .get_version(policy, &VersionSelector::Number(from))
             .await?;
         let to = self
+            .repository
             .get_version(policy, &VersionSelector::Number(to))
             .await?;
         let patch = json_patch::diff(from.body.value(), to.body.value());
