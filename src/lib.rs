@@ -30,6 +30,8 @@
 //!   subscribers that fan it out (`subscriber`).
 //! - [`fleet`]: the fleet view of identified runtimes, kept in memory by the
 //!   replica holding each stream and persisted in batches.
+//! - [`controller`]: the rollout controller, advancing, completing or
+//!   rolling back running rollouts from the fleet view.
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
 //!   error-to-status mapping (`status`), authentication and authorization
@@ -41,6 +43,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod domain;
 pub mod fleet;
 pub mod grpc;

@@ -238,6 +238,12 @@ impl Application {
             crate::metrics::global().fleet_instruments(),
         );
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
+        let controller_task = tokio::spawn(crate::controller::run(
+            self.hub.clone(),
+            self.repository.clone(),
+            fleet.clone(),
+            self.settings.rollouts.tick_interval(),
+        ));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
             self.repository.clone(),
@@ -309,6 +315,7 @@ impl Application {
             task.abort();
         }
         // The streams are closed: record their runtimes as disconnected.
+        controller_task.abort();
         fleet_task.abort();
         if let Err(error) = fleet.flush().await {
             tracing::warn!(%error, "cannot persist the fleet view at shutdown");

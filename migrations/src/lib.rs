@@ -12,6 +12,7 @@ mod m20261122_000001_runtimes;
 mod m20261122_000002_events_kind_index;
 mod m20261122_000003_no_replace;
 mod m20261122_000004_signing_keys_key_id;
+mod m20261122_000005_rollouts;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_events_kind_index::Migration),
             Box::new(m20261122_000003_no_replace::Migration),
             Box::new(m20261122_000004_signing_keys_key_id::Migration),
+            Box::new(m20261122_000005_rollouts::Migration),
         ]
     }
 }

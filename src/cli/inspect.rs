@@ -225,6 +225,7 @@ pub async fn get_active(
             name: args.policy.name.to_string(),
             as_of,
             allow_draft_fallback: args.allow_draft_fallback,
+            runtime: None,
         })
         .await
         .reply(format!("reading the active bundle of {}", args.policy))?;

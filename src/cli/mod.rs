@@ -16,6 +16,7 @@ mod inspect;
 mod json;
 mod lifecycle;
 mod output;
+mod rollout;
 mod schema;
 mod sync;
 mod watch;
@@ -261,6 +262,12 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Move versions through the fleet step by step: start, status, list,
+    /// pause, resume, promote, abort.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// Print every public key that ever signed a bundle (the JWKS).
     GetSigningKeys {
         #[command(flatten)]
@@ -378,6 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync { client, args } => {
             return sync::run(&client.connection, client.output, args).await;
         }
+        Command::Rollout { command } => rollout::run(command).await?,
         Command::GetSigningKeys { client } => {
             let (channel, output) = client.connect().await?;
             inspect::keys(channel, output).await?

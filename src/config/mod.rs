@@ -61,10 +61,38 @@ pub struct Settings {
     pub quotas: QuotaSettings,
     /// The fleet view of identified runtimes.
     pub runtimes: RuntimeSettings,
+    /// The rollout controller.
+    pub rollouts: RolloutSettings,
     /// How long an idempotency key is remembered; unset: forever. A retry
     /// after that time executes again.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Option<Duration>,
+}
+
+/// The rollout controller.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// How often running rollouts are checked against the fleet view: the
+    /// longest a rejection waits before it rolls the cohort back, and the
+    /// granularity of bake times.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        RolloutSettings {
+            tick_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RolloutSettings {
+    /// The tick interval.
+    pub fn tick_interval(&self) -> Duration {
+        at_least_a_millisecond(self.tick_interval)
+    }
 }
 
 /// The fleet view (`ListRuntimes`, `GetPolicyStatus`).
@@ -272,6 +300,7 @@ impl Default for Settings {
             tls: None,
             quotas: QuotaSettings::default(),
             runtimes: RuntimeSettings::default(),
+            rollouts: RolloutSettings::default(),
             idempotency_retention: None,
         }
     }
@@ -334,6 +363,7 @@ const SETTINGS: &[&str] = &[
     "tls",
     "quotas",
     "runtimes",
+    "rollouts",
     "idempotency_retention",
 ];
 

@@ -25,11 +25,25 @@ pub enum EventKind {
     SchemaSet,
     /// A new signing key started to sign.
     KeyRotated,
+    /// A rollout started its first step.
+    RolloutStarted,
+    /// A rollout started its next step.
+    RolloutAdvanced,
+    /// A rollout was paused.
+    RolloutPaused,
+    /// A paused rollout was resumed.
+    RolloutResumed,
+    /// A rollout completed (its ACTIVATED events record the move).
+    RolloutCompleted,
+    /// A rollout was aborted.
+    RolloutAborted,
+    /// A rollout's failure rule sent its cohort the stable versions.
+    RolloutRolledBack,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -38,6 +52,13 @@ impl EventKind {
         EventKind::RolledBack,
         EventKind::SchemaSet,
         EventKind::KeyRotated,
+        EventKind::RolloutStarted,
+        EventKind::RolloutAdvanced,
+        EventKind::RolloutPaused,
+        EventKind::RolloutResumed,
+        EventKind::RolloutCompleted,
+        EventKind::RolloutAborted,
+        EventKind::RolloutRolledBack,
     ];
 
     /// The name used in storage and in the API.
@@ -51,6 +72,13 @@ impl EventKind {
             EventKind::RolledBack => "ROLLED_BACK",
             EventKind::SchemaSet => "SCHEMA_SET",
             EventKind::KeyRotated => "KEY_ROTATED",
+            EventKind::RolloutStarted => "ROLLOUT_STARTED",
+            EventKind::RolloutAdvanced => "ROLLOUT_ADVANCED",
+            EventKind::RolloutPaused => "ROLLOUT_PAUSED",
+            EventKind::RolloutResumed => "ROLLOUT_RESUMED",
+            EventKind::RolloutCompleted => "ROLLOUT_COMPLETED",
+            EventKind::RolloutAborted => "ROLLOUT_ABORTED",
+            EventKind::RolloutRolledBack => "ROLLOUT_ROLLED_BACK",
         }
     }
 
@@ -58,6 +86,19 @@ impl EventKind {
     /// revision).
     pub fn moves_active_pointer(self) -> bool {
         matches!(self, EventKind::Activated | EventKind::RolledBack)
+    }
+
+    /// Whether events of this kind change what a rollout's runtimes are
+    /// sent (and so carry a revision).
+    pub fn moves_a_rollout(self) -> bool {
+        matches!(
+            self,
+            EventKind::RolloutStarted
+                | EventKind::RolloutAdvanced
+                | EventKind::RolloutCompleted
+                | EventKind::RolloutAborted
+                | EventKind::RolloutRolledBack
+        )
     }
 }
 
@@ -103,4 +144,6 @@ pub struct EventRecord {
     pub revision: Option<u64>,
     /// Signing key concerned.
     pub key_id: Option<String>,
+    /// The rollout concerned.
+    pub rollout_id: Option<String>,
 }

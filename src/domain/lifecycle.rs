@@ -17,6 +17,9 @@ pub struct PolicyState {
     pub schema: Option<PolicySchema>,
     /// The active version and the revision that made it active.
     pub active: Option<ActivePointer>,
+    /// The live rollout that holds the policy: no other rollout, activation
+    /// or rollback may move it meanwhile.
+    pub rollout: Option<String>,
 }
 
 /// Where a policy's active pointer points.
@@ -34,8 +37,20 @@ impl PolicyState {
         self.active.map(|pointer| pointer.version)
     }
 
+    /// Refuses to move a policy a live rollout holds.
+    pub fn ensure_free(&self, operation: &str) -> Result<()> {
+        match &self.rollout {
+            None => Ok(()),
+            Some(rollout) => Err(Error::precondition(format!(
+                "cannot {operation} {}: rollout {rollout} is moving it; promote, abort or \
+                 wait for that rollout first",
+                self.policy
+            ))),
+        }
+    }
+
     /// Refuses a body the policy's schema rejects.
-    fn check_schema(&self, version: &VersionRecord) -> Result<()> {
+    pub(super) fn check_schema(&self, version: &VersionRecord) -> Result<()> {
         match &self.schema {
             Some(schema) => schema.check(
                 &format!("version {} of {}", version.version, self.policy),
@@ -132,12 +147,17 @@ pub struct ActivationPlan {
     pub current_revision: u64,
 }
 
-/// Decides an activation (or a rollback, `kind`): every target must be
-/// published, pass its policy's schema and meet the caller's
-/// compare-and-swap; pointers already at their target do not move.
+/// Decides an activation (or a rollback, `kind`): no live rollout may hold
+/// a target's policy, every target must be published, pass its policy's
+/// schema and meet the caller's compare-and-swap; pointers already at their
+/// target do not move.
 pub fn plan_activation(kind: EventKind, changes: &[PointerChange<'_>]) -> Result<ActivationPlan> {
-    debug_assert!(kind.moves_active_pointer());
+    let operation = match kind {
+        EventKind::RolledBack => "roll back",
+        _ => "activate",
+    };
     for change in changes {
+        change.policy.ensure_free(operation)?;
         ensure_published(change.target)?;
         ensure_expected_active(
             &change.policy.policy,
@@ -173,7 +193,7 @@ pub fn plan_activation(kind: EventKind, changes: &[PointerChange<'_>]) -> Result
 }
 
 /// Only a published version can be active.
-fn ensure_published(record: &VersionRecord) -> Result<()> {
+pub(super) fn ensure_published(record: &VersionRecord) -> Result<()> {
     if record.state == VersionState::Published {
         return Ok(());
     }
@@ -186,7 +206,7 @@ fn ensure_published(record: &VersionRecord) -> Result<()> {
 }
 
 /// Compare-and-swap on the active pointer.
-fn ensure_expected_active(
+pub(super) fn ensure_expected_active(
     policy: &PolicyRef,
     expected: ExpectedActive,
     actual: Option<u32>,

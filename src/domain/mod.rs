@@ -9,6 +9,7 @@ mod event;
 mod labels;
 pub mod lifecycle;
 mod names;
+pub mod rollout;
 pub mod runtime;
 mod schema;
 mod text;

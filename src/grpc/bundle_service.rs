@@ -9,7 +9,7 @@ use super::auth::{Rpc, identify};
 use super::convert;
 use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
 use super::quotas::Quotas;
-use super::runtimes::{arrival, status_report};
+use super::runtimes::{arrival, status_report, watcher};
 use super::watch_message::WatchActiveResponse;
 use crate::domain::AsOf;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
@@ -62,7 +62,12 @@ fn selector(request: &proto::WatchActiveRequest) -> DomainResult<Selector> {
         .collect::<DomainResult<Vec<_>>>()?;
     names.sort();
     names.dedup();
-    Ok(Selector { namespace, names })
+    let watcher = request.runtime.as_ref().map(watcher).transpose()?;
+    Ok(Selector {
+        namespace,
+        names,
+        watcher,
+    })
 }
 
 /// Why a stream ended, and where to resume.
@@ -110,12 +115,20 @@ impl BundleService for BundleApi {
     ) -> Result<Response<proto::Bundle>, Status> {
         let who = identify(&request)?;
         let request = request.into_inner();
-        let (policy, as_of) = PolicyRef::parse(&request.namespace, &request.name)
-            .and_then(|policy| Ok((policy, as_of(request.as_of)?)))?;
+        let (policy, as_of, watcher) = PolicyRef::parse(&request.namespace, &request.name)
+            .and_then(|policy| {
+                let watcher = request.runtime.as_ref().map(watcher).transpose()?;
+                Ok((policy, as_of(request.as_of)?, watcher))
+            })?;
         who.authorize(Rpc::GetActive, &policy.namespace)?;
         let view = self
             .hub
-            .get_active(&policy, as_of, request.allow_draft_fallback)
+            .get_active(
+                &policy,
+                as_of,
+                request.allow_draft_fallback,
+                watcher.as_ref(),
+            )
             .await?;
         Ok(Response::new(match view {
             ActiveView::Signed(bundle) => convert::bundle(&bundle),

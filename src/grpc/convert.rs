@@ -219,18 +219,10 @@ pub fn policy(summary: &PolicySummary) -> proto::Policy {
     }
 }
 
-/// An event kind as protobuf.
+/// An event kind as protobuf: the same name, prefixed as protobuf enums are.
 pub fn event_kind(kind: EventKind) -> proto::EventKind {
-    match kind {
-        EventKind::DraftCreated => proto::EventKind::DraftCreated,
-        EventKind::DraftSuperseded => proto::EventKind::DraftSuperseded,
-        EventKind::DraftDiscarded => proto::EventKind::DraftDiscarded,
-        EventKind::Published => proto::EventKind::Published,
-        EventKind::Activated => proto::EventKind::Activated,
-        EventKind::RolledBack => proto::EventKind::RolledBack,
-        EventKind::SchemaSet => proto::EventKind::SchemaSet,
-        EventKind::KeyRotated => proto::EventKind::KeyRotated,
-    }
+    proto::EventKind::from_str_name(&format!("EVENT_KIND_{}", kind.as_str()))
+        .expect("every event kind is in the protobuf enum")
 }
 
 /// A protobuf event kind as the domain's.
@@ -259,6 +251,7 @@ pub fn event(record: &EventRecord) -> proto::Event {
         new_version: record.new_version.unwrap_or(0),
         revision: record.revision.unwrap_or(0),
         key_id: record.key_id.clone().unwrap_or_default(),
+        rollout_id: record.rollout_id.clone().unwrap_or_default(),
     }
 }
 

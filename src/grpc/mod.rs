@@ -9,6 +9,7 @@ pub mod methods;
 mod policy_requests;
 mod policy_service;
 pub mod quotas;
+mod rollouts;
 mod runtimes;
 pub mod status;
 pub mod watch_message;

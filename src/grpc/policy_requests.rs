@@ -13,7 +13,7 @@ use crate::domain::{
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
-fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
+pub(super) fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
     crate::domain::refuse_nul("idempotency_key", &key)?;
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(Error::invalid(

@@ -13,14 +13,17 @@ use super::policy_requests::{
 };
 use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
+use super::rollouts;
 use super::runtimes;
 use crate::config::Limits;
+use crate::domain::rollout::{Rollout, progress};
+use crate::domain::runtime::{RuntimeRecord, RuntimeState};
 use crate::domain::{
     ActivationOutcome, DiscardCommand, Error, Namespace, NamespaceScope, PolicyRef, RequestContext,
     Result,
 };
 use crate::fleet::Fleet;
-use crate::hub::PolicyHub;
+use crate::hub::{Control, PolicyHub};
 use crate::storage::Repository;
 
 /// Serves `PolicyService`: mutations through the hub, plain reads straight
@@ -383,5 +386,130 @@ impl PolicyService for PolicyApi {
             active,
             status,
         )))
+    }
+
+    async fn start_rollout(
+        &self,
+        request: Request<proto::StartRolloutRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        let who = identify(&request)?;
+        let (command, key) = rollouts::start_command(request.into_inner(), &self.limits)?;
+        let context = who.authorize(Rpc::StartRollout, &command.namespace)?;
+        self.quotas.admit_mutation(&context.actor)?;
+        let started = self.hub.start_rollout(command, &context, key).await?;
+        self.reply(&started).await
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<proto::GetRolloutRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        let who = identify(&request)?;
+        let (namespace, id) = rollouts::named(&request.get_ref().namespace, &request.get_ref().id)?;
+        who.authorize(Rpc::GetRollout, &namespace)?;
+        let found = self.store.get_rollout(&namespace, &id).await?;
+        self.reply(&found).await
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<proto::ListRolloutsRequest>,
+    ) -> Result<Response<proto::ListRolloutsResponse>, Status> {
+        let who = identify(&request)?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        who.authorize(Rpc::ListRollouts, &namespace)?;
+        let page = self
+            .store
+            .list_rollouts(
+                &namespace,
+                self.limits.page_size(request.page_size),
+                &request.page_token,
+            )
+            .await?;
+        let fleet = self.cohorts(&namespace).await?;
+        Ok(Response::new(proto::ListRolloutsResponse {
+            rollouts: page
+                .items
+                .iter()
+                .map(|item| rollouts::rollout(item, progress(item, &fleet)))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn pause_rollout(
+        &self,
+        request: Request<proto::RolloutControlRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        self.control(request, Rpc::PauseRollout, Control::Pause)
+            .await
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<proto::RolloutControlRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        self.control(request, Rpc::ResumeRollout, Control::Resume)
+            .await
+    }
+
+    async fn promote_rollout(
+        &self,
+        request: Request<proto::RolloutControlRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        self.control(request, Rpc::PromoteRollout, Control::Promote)
+            .await
+    }
+
+    async fn abort_rollout(
+        &self,
+        request: Request<proto::RolloutControlRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        self.control(request, Rpc::AbortRollout, Control::Abort)
+            .await
+    }
+}
+
+impl PolicyApi {
+    /// The namespace's runtimes that count for cohorts: every one not stale.
+    async fn cohorts(&self, namespace: &Namespace) -> crate::domain::Result<Vec<RuntimeRecord>> {
+        Ok(self
+            .fleet
+            .runtimes(namespace)
+            .await?
+            .into_iter()
+            .filter(|(_, state)| *state != RuntimeState::Stale)
+            .map(|(record, _)| record)
+            .collect())
+    }
+
+    /// A rollout with its current step's progress.
+    async fn reply(&self, found: &Rollout) -> Result<Response<proto::Rollout>, Status> {
+        let fleet = self.cohorts(&found.namespace).await?;
+        Ok(Response::new(rollouts::rollout(
+            found,
+            progress(found, &fleet),
+        )))
+    }
+
+    /// Pause, resume, promote or abort.
+    async fn control(
+        &self,
+        request: Request<proto::RolloutControlRequest>,
+        rpc: Rpc,
+        control: Control,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        let who = identify(&request)?;
+        let request = request.into_inner();
+        let (namespace, id) = rollouts::named(&request.namespace, &request.id)?;
+        let reason = self.limits.text("reason", request.reason)?;
+        let context = who.authorize(rpc, &namespace)?;
+        self.quotas.admit_mutation(&context.actor)?;
+        let controlled = self
+            .hub
+            .control_rollout(&namespace, &id, control, &reason, &context)
+            .await?;
+        self.reply(&controlled).await
     }
 }

@@ -11,6 +11,7 @@ use crate::domain::{
     },
 };
 use crate::fleet::Arrival;
+use crate::watch::Watcher;
 
 /// Most policies one report may name, as many as one watch may select.
 const MAX_REPORTED_POLICIES: usize = 1000;
@@ -22,8 +23,19 @@ pub fn arrival(
     names: &[PolicyName],
     subject: &str,
 ) -> Result<Arrival> {
+    let Watcher { id, labels } = watcher(runtime)?;
     Ok(Arrival {
         namespace: namespace.clone(),
+        id,
+        labels,
+        names: names.to_vec(),
+        subject: subject.to_owned(),
+    })
+}
+
+/// A runtime's identity, validated.
+pub fn watcher(runtime: &proto::RuntimeIdentity) -> Result<Watcher> {
+    Ok(Watcher {
         id: RuntimeId::parse("runtime.id", &runtime.id)?,
         labels: RuntimeLabels::parse(
             "runtime.labels",
@@ -32,8 +44,6 @@ pub fn arrival(
                 .iter()
                 .map(|(key, value)| (key.clone(), value.clone())),
         )?,
-        names: names.to_vec(),
-        subject: subject.to_owned(),
     })
 }
 

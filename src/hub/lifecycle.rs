@@ -185,7 +185,7 @@ impl PolicyHub {
             })
             .await?;
         if let Some(activation) = &outcome.activation {
-            self.applied(activation).await;
+            self.activated(activation).await;
         }
         Ok(outcome)
     }
@@ -228,7 +228,7 @@ impl PolicyHub {
                 .await
             })
             .await?;
-        self.applied(&outcome).await;
+        self.activated(&outcome).await;
         Ok(outcome)
     }
 
@@ -243,6 +243,7 @@ impl PolicyHub {
             .repository
             .write("rollback", async |tx| {
                 let policy = tx.lock_policy(&command.policy).await?;
+                policy.state.ensure_free("roll back")?;
                 let target = lifecycle::rollback_target(
                     &command.policy,
                     policy.state.active_version(),
@@ -266,7 +267,7 @@ impl PolicyHub {
                 .await
             })
             .await?;
-        self.applied(&outcome).await;
+        self.activated(&outcome).await;
         Ok(outcome)
     }
 

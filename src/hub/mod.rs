@@ -4,9 +4,13 @@
 
 mod lifecycle;
 mod reads;
+mod rollouts;
+
+pub use rollouts::Control;
 
 use std::sync::{Arc, RwLock};
 
+use crate::domain::rollout::RevisionChange;
 use crate::domain::{
     ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
 };
@@ -97,16 +101,17 @@ impl PolicyHub {
             "the configured signing key signs new versions",
         )
         .await?;
-        let (revision, bundles) = repository.load_active().await?;
+        let state = repository.load_active().await?;
         tracing::info!(
-            revision,
-            active_policies = bundles.len(),
+            revision = state.revision,
+            active_policies = state.bundles.len(),
+            live_rollouts = state.rollouts.len(),
             signing_key_id = keys.signer.key_id(),
             "loaded the active index"
         );
         Ok(PolicyHub {
             repository,
-            index: ActiveIndex::new(revision, bundles, encode, instruments),
+            index: ActiveIndex::new(state, encode, instruments),
             key_source: Arc::new(key_source),
             keys: Arc::new(RwLock::new(Arc::new(keys))),
             applier: Arc::default(),
@@ -167,20 +172,33 @@ impl PolicyHub {
     /// another commit (here or on another replica) came first, and the index
     /// catches up from the event log in revision order: the index never
     /// advertises a revision before everything up to it is applied.
-    async fn applied(&self, activation: &ActivationOutcome) {
-        if self.index.revision() >= activation.revision {
+    async fn applied(&self, change: RevisionChange) {
+        let revision = change.revision;
+        if self.index.revision() >= revision {
             return;
         }
         let _applying = self.applier.lock().await;
-        if self.index.revision() + 1 == activation.revision && !activation.changed.is_empty() {
-            self.index
-                .apply(activation.revision, activation.changed.clone());
+        if self.index.revision() + 1 == revision {
+            self.index.apply(change);
             return;
         }
         if let Err(error) = self.catch_up_locked().await {
             // The commit stands; the next catch-up delivers it.
-            tracing::warn!(%error, revision = activation.revision, "cannot catch up the active index");
+            tracing::warn!(%error, revision, "cannot catch up the active index");
         }
+    }
+
+    /// Applies an activation this replica just committed (see `applied`).
+    async fn activated(&self, activation: &ActivationOutcome) {
+        if activation.changed.is_empty() {
+            return;
+        }
+        self.applied(RevisionChange {
+            revision: activation.revision,
+            bundles: activation.changed.clone(),
+            rollouts: Vec::new(),
+        })
+        .await;
     }
 
     /// Applies every revision committed after the index's, in order.
@@ -190,12 +208,8 @@ impl PolicyHub {
     }
 
     async fn catch_up_locked(&self) -> Result<()> {
-        for (revision, bundles) in self
-            .repository
-            .activations_since(self.index.revision())
-            .await?
-        {
-            self.index.apply(revision, bundles);
+        for change in self.repository.changes_since(self.index.revision()).await? {
+            self.index.apply(change);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use crate::domain::{AsOf, Error, PolicyRef, Result, VersionRecord, VersionSelector};
 
 use super::{ActiveView, PolicyHub};
+use crate::watch::Watcher;
 
 impl PolicyHub {
     /// The RFC 6902 patch from one version's body to another's.
@@ -26,13 +27,15 @@ impl PolicyHub {
         Ok((from, to, patch))
     }
 
-    /// The active bundle now (from memory), or as of a past revision or
-    /// instant (from the event log).
+    /// The active bundle now (from memory; for `watcher`, the candidate when
+    /// a rollout's cohort holds it), or as of a past revision or instant
+    /// (from the event log).
     pub async fn get_active(
         &self,
         policy: &PolicyRef,
         as_of: Option<AsOf>,
         allow_draft_fallback: bool,
+        watcher: Option<&Watcher>,
     ) -> Result<ActiveView> {
         if let Some(as_of) = as_of {
             if let AsOf::Revision(revision) = as_of {
@@ -51,7 +54,12 @@ impl PolicyHub {
                 ))),
             };
         }
-        if let Some(indexed) = self.index.snapshot().get(policy) {
+        let snapshot = self.index.snapshot();
+        let indexed = match watcher {
+            Some(watcher) => snapshot.get_for(policy, watcher),
+            None => snapshot.get(policy),
+        };
+        if let Some(indexed) = indexed {
             return Ok(ActiveView::Signed(indexed.bundle.clone()));
         }
         // The rare path: tell a missing policy from one with nothing active.

@@ -17,6 +17,8 @@ pub mod policies {
         /// Revision of the transaction that last moved `active_version`.
         pub active_revision: Option<i64>,
         pub created_at: DateTimeUtc,
+        /// The live rollout that holds the policy.
+        pub rollout_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -78,6 +80,7 @@ pub mod events {
         pub new_version: Option<i32>,
         pub revision: Option<i64>,
         pub key_id: Option<String>,
+        pub rollout_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -169,6 +172,29 @@ pub mod replicas {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
         pub last_seen: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod rollouts {
+    use sea_orm::entity::prelude::*;
+
+    /// A rollout: its plan and progress as a JSON document.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "rollouts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub namespace: String,
+        pub state: String,
+        /// `domain::rollout::Rollout` as JSON.
+        pub spec: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

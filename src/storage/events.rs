@@ -30,6 +30,8 @@ pub struct NewEvent<'a> {
     pub revision: Option<u64>,
     /// The signing key involved.
     pub key_id: Option<String>,
+    /// The rollout involved.
+    pub rollout_id: Option<&'a str>,
     /// Why, in the caller's words.
     pub reason: &'a str,
 }
@@ -43,6 +45,7 @@ impl<'a> NewEvent<'a> {
             new_version: None,
             revision: None,
             key_id: None,
+            rollout_id: None,
             reason,
         }
     }
@@ -88,6 +91,7 @@ impl Transaction {
             new_version: Set(event.new_version.map(db_version)),
             revision: Set(event.revision.map(db_revision)),
             key_id: Set(event.key_id),
+            rollout_id: Set(event.rollout_id.map(str::to_owned)),
         };
         events::Entity::insert(row)
             .exec_without_returning(&self.txn)
@@ -174,6 +178,7 @@ impl Repository {
                     new_version: row.new_version.map(version),
                     revision: row.revision.map(revision),
                     key_id: row.key_id,
+                    rollout_id: row.rollout_id,
                 })
             })
             .collect::<Result<_>>()?;

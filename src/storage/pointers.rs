@@ -2,19 +2,27 @@
 //! revision (announced with NOTIFY on PostgreSQL), and the reads that fill
 //! and catch up the in-memory index.
 
+use std::collections::BTreeMap;
+
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
-    IsolationLevel, QueryFilter, Statement, TransactionTrait, sea_query::Expr,
+    IsolationLevel, Order, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    sea_query::Expr,
 };
 
-use super::entities::policies;
+use super::entities::{events, policies};
 use super::events::{NewEvent, pointer_moves};
-use super::policies::LockedPolicy;
-use super::rows::{BundleRow, active_bundle, db_revision, db_version, revision};
+use super::policies::{LockedPolicy, find_policy};
+use super::rollouts::{find_rollout, live_rollouts, view};
+use super::rows::{
+    BundleRow, active_bundle, db_revision, db_version, revision, version, version_record,
+};
 use super::transaction::{Repository, Transaction};
+use super::versions::{find_version, no_such_version};
+use crate::domain::rollout::{RevisionChange, RolloutState};
 use crate::domain::{
-    ActivationOutcome, ActivationPlan, ActiveBundle, Error, EventKind, RequestContext, Result,
-    VersionRecord,
+    ActivationOutcome, ActivationPlan, ActiveBundle, Error, EventKind, Namespace, PolicyRef,
+    RequestContext, Result, VersionRecord, VersionSelector,
 };
 
 /// The PostgreSQL notification channel that carries each committed
@@ -49,6 +57,55 @@ fn moves_since(backend: DatabaseBackend) -> String {
     )
 }
 
+/// The revisions after `after` that changed a rollout, with the rollout.
+async fn rollout_moves_since<C: ConnectionTrait>(
+    db: &C,
+    after: u64,
+) -> Result<Vec<(u64, Namespace, String)>> {
+    let kinds = EventKind::ALL
+        .into_iter()
+        .filter(|kind| kind.moves_a_rollout())
+        .map(EventKind::as_str);
+    let rows: Vec<(Option<i64>, Option<String>, Option<String>)> = events::Entity::find()
+        .select_only()
+        .column(events::Column::Revision)
+        .column(events::Column::Namespace)
+        .column(events::Column::RolloutId)
+        .distinct()
+        .filter(events::Column::Revision.gt(db_revision(after)))
+        .filter(events::Column::Kind.is_in(kinds))
+        .filter(events::Column::RolloutId.is_not_null())
+        .order_by(events::Column::Revision, Order::Asc)
+        .into_tuple()
+        .all(db)
+        .await?;
+    rows.into_iter()
+        .map(|row| match row {
+            (Some(at), Some(namespace), Some(id)) => {
+                Ok((revision(at), Namespace::parse("namespace", &namespace)?, id))
+            }
+            _ => Err(Error::Internal("a rollout event lacks its revision".into())),
+        })
+        .collect()
+}
+
+/// The active bundle of `policy`, sent again at revision `at`.
+async fn stable_bundle<C: ConnectionTrait>(
+    db: &C,
+    policy: &PolicyRef,
+    at: u64,
+) -> Result<Option<ActiveBundle>> {
+    let row = find_policy(db, policy).await?;
+    let Some(active) = row.active_version else {
+        return Ok(None);
+    };
+    let selector = VersionSelector::Number(version(active));
+    let model = find_version(db, row.id, &selector)
+        .await?
+        .ok_or_else(|| no_such_version(policy, &selector))?;
+    active_bundle(&version_record(policy, None, model)?, at).map(Some)
+}
+
 async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
     let row = db
         .query_one_raw(Statement::from_string(
@@ -61,11 +118,27 @@ async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
 }
 
 impl Transaction {
+    /// The active bundles of `policies`, sent again at revision `at` (a
+    /// rollout that ends without completing returns its cohort to them).
+    pub async fn stable_bundles(
+        &self,
+        policies: &[LockedPolicy],
+        at: u64,
+    ) -> Result<Vec<ActiveBundle>> {
+        let mut bundles = Vec::new();
+        for policy in policies {
+            if let Some(bundle) = stable_bundle(&self.txn, &policy.state.policy, at).await? {
+                bundles.push(bundle);
+            }
+        }
+        Ok(bundles)
+    }
+
     /// Takes the next deployment-wide revision. The row lock this takes is
     /// what serializes activations across replicas (DESIGN §5): revision N+1
     /// cannot commit before revision N. On PostgreSQL the revision is
     /// announced to every replica's listener at commit (see `replication`).
-    async fn next_revision(&self) -> Result<u64> {
+    pub async fn take_revision(&self) -> Result<u64> {
         let row = self
             .txn
             .query_one_raw(Statement::from_string(
@@ -106,7 +179,7 @@ impl Transaction {
                 changed: Vec::new(),
             });
         }
-        let next = self.next_revision().await?;
+        let next = self.take_revision().await?;
         let mut changed = Vec::with_capacity(plan.moving.len());
         for &index in &plan.moving {
             let (policy, target) = changes[index];
@@ -146,10 +219,10 @@ impl Repository {
         current_revision(&self.db).await
     }
 
-    /// Every active bundle and the revision they are current at, in one
-    /// query, to fill the in-memory index.
+    /// Every active bundle and live rollout, and the revision they are
+    /// current at, read in one snapshot, to fill the in-memory index.
     #[tracing::instrument(name = "storage.load_active", skip_all)]
-    pub async fn load_active(&self) -> Result<(u64, Vec<ActiveBundle>)> {
+    pub async fn load_active(&self) -> Result<RevisionChange> {
         // One snapshot for both reads, so the bundles are exactly those of
         // the revision (PostgreSQL's default isolation would let a commit in
         // between show through; SQLite transactions are snapshots already).
@@ -171,18 +244,28 @@ impl Repository {
         ))
         .all(&txn)
         .await?;
+        let mut rollouts = Vec::new();
+        for rollout in live_rollouts(&txn).await? {
+            rollouts.push(view(&txn, rollout).await?);
+        }
         txn.commit().await?;
         let bundles = rows
             .into_iter()
             .map(BundleRow::into_bundle)
             .collect::<Result<_>>()?;
-        Ok((at, bundles))
+        Ok(RevisionChange {
+            revision: at,
+            bundles,
+            rollouts,
+        })
     }
 
-    /// The pointer moves of every revision after `after`, grouped by
-    /// revision, oldest first: what a replica applies to catch up.
-    #[tracing::instrument(name = "storage.activations_since", skip_all)]
-    pub async fn activations_since(&self, after: u64) -> Result<Vec<(u64, Vec<ActiveBundle>)>> {
+    /// What every revision after `after` changed, oldest first: what a
+    /// replica applies to catch up. Rollouts are read as they are now, and
+    /// a rollout that ended without completing sends its policies' stable
+    /// bundles again at its ending revision.
+    #[tracing::instrument(name = "storage.changes_since", skip_all)]
+    pub async fn changes_since(&self, after: u64) -> Result<Vec<RevisionChange>> {
         let backend = self.db.get_database_backend();
         let rows = BundleRow::find_by_statement(Statement::from_sql_and_values(
             backend,
@@ -191,14 +274,38 @@ impl Repository {
         ))
         .all(&self.db)
         .await?;
-        let mut revisions: Vec<(u64, Vec<ActiveBundle>)> = Vec::new();
+        let mut changes: BTreeMap<u64, RevisionChange> = BTreeMap::new();
         for row in rows {
             let bundle = row.into_bundle()?;
-            match revisions.last_mut() {
-                Some((last, bundles)) if *last == bundle.revision => bundles.push(bundle),
-                _ => revisions.push((bundle.revision, vec![bundle])),
-            }
+            changes
+                .entry(bundle.revision)
+                .or_insert_with(|| RevisionChange {
+                    revision: bundle.revision,
+                    ..RevisionChange::default()
+                })
+                .bundles
+                .push(bundle);
         }
-        Ok(revisions)
+        for (at, namespace, id) in rollout_moves_since(&self.db, after).await? {
+            let rollout = find_rollout(&self.db, &namespace, &id, false).await?;
+            let resend = matches!(
+                rollout.state,
+                RolloutState::Aborted | RolloutState::RolledBack
+            );
+            let policies: Vec<PolicyRef> = rollout.policies().cloned().collect();
+            let entry = changes.entry(at).or_insert_with(|| RevisionChange {
+                revision: at,
+                ..RevisionChange::default()
+            });
+            if resend {
+                for policy in &policies {
+                    if let Some(bundle) = stable_bundle(&self.db, policy, at).await? {
+                        entry.bundles.push(bundle);
+                    }
+                }
+            }
+            entry.rollouts.push(view(&self.db, rollout).await?);
+        }
+        Ok(changes.into_values().collect())
     }
 }

@@ -77,6 +77,7 @@ impl Transaction {
             active_version: Set(None),
             active_revision: Set(None),
             created_at: Set(self.at()),
+            rollout_id: Set(None),
         };
         policies::Entity::insert(row)
             .on_conflict_do_nothing_on([policies::Column::Namespace, policies::Column::Name])

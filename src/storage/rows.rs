@@ -59,6 +59,7 @@ pub(super) fn policy_state(model: &policies::Model) -> Result<PolicyState> {
                 version: version(active),
                 revision: revision(at),
             }),
+        rollout: model.rollout_id.clone(),
     })
 }
 

@@ -127,6 +127,40 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Runs `work` unless another replica runs work under the same `key`
+    /// now: on PostgreSQL, while this holds a transaction-scoped advisory
+    /// lock (released when the transaction ends or its connection dies); on
+    /// SQLite, with its single replica, always.
+    pub async fn exclusively(
+        &self,
+        key: i64,
+        work: impl AsyncFnOnce() -> Result<()>,
+    ) -> Result<()> {
+        if self.db.get_database_backend() != DatabaseBackend::Postgres {
+            return work().await;
+        }
+        let lock = self.db.begin().await?;
+        let held = lock
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1)",
+                [key.into()],
+            ))
+            .await?
+            .map(|row| row.try_get_by_index::<bool>(0))
+            .transpose()?
+            .unwrap_or(false);
+        if !held {
+            lock.rollback().await?;
+            return Ok(());
+        }
+        let outcome = work().await;
+        lock.commit().await?;
+        outcome
+    }
+}
+
 /// The span of one write transaction, exported as `storage.<operation>`.
 fn span(operation: &str) -> tracing::Span {
     let name = format!("storage.{operation}");

@@ -24,21 +24,14 @@ use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prost::bytes::Bytes;
 use tokio::{sync::watch, time::Instant};
 
-use crate::domain::{ActiveBundle, Namespace, PolicyName, PolicyRef};
+use crate::domain::ActiveBundle;
+use crate::domain::rollout::RevisionChange;
 
+mod snapshot;
 mod subscriber;
 
+pub use snapshot::{Candidate, IndexedBundle, NamespaceIndex, Selector, Snapshot, Watcher};
 pub use subscriber::{Closed, MessageKind, Subscriber, WatchMessage};
-
-/// An active bundle with its protobuf encoding, made once per version and
-/// shared by every stream.
-#[derive(Debug, Clone)]
-pub struct IndexedBundle {
-    /// The bundle.
-    pub bundle: ActiveBundle,
-    /// `policyhub.v1.Bundle`, encoded.
-    pub encoded: Bytes,
-}
 
 /// How a bundle goes on the wire (`policyhub.v1.Bundle`, encoded): handed in
 /// by the transport, so the index does not depend on it.
@@ -59,101 +52,6 @@ impl Default for Instruments {
             activations: Counter::default(),
             delivery: Histogram::new(std::iter::empty()),
         }
-    }
-}
-
-/// The active bundles of one namespace.
-#[derive(Debug, Clone, Default)]
-pub struct NamespaceIndex {
-    /// The last revision that moved a pointer in this namespace, so that
-    /// subscribers of quiet namespaces skip it at once.
-    pub revision: u64,
-    /// Active bundle per policy name.
-    pub policies: BTreeMap<PolicyName, Arc<IndexedBundle>>,
-}
-
-/// The active bundles at one revision.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Every activation up to and including this revision is applied.
-    pub revision: u64,
-    /// When this revision was applied, for the delivery-time metric.
-    pub applied_at: Option<Instant>,
-    /// Per namespace; untouched namespaces are shared between snapshots.
-    pub namespaces: BTreeMap<Namespace, Arc<NamespaceIndex>>,
-}
-
-/// Which policies a subscriber watches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector {
-    /// The namespace.
-    pub namespace: Namespace,
-    /// These policies only; empty for the whole namespace.
-    pub names: Vec<PolicyName>,
-}
-
-impl Snapshot {
-    /// The active bundle of one policy.
-    pub fn get(&self, policy: &PolicyRef) -> Option<&Arc<IndexedBundle>> {
-        self.namespaces
-            .get(&policy.namespace)?
-            .policies
-            .get(&policy.name)
-    }
-
-    /// Every bundle matching `selector`, in name order.
-    pub fn matching(&self, selector: &Selector) -> Vec<Bytes> {
-        self.select(selector, 0, false)
-    }
-
-    /// The bundles matching `selector` whose pointer moved after `since`, in
-    /// the order they were activated (by revision, then name).
-    pub fn changed_since(&self, selector: &Selector, since: u64) -> Vec<Bytes> {
-        self.select(selector, since, true)
-    }
-
-    fn select(&self, selector: &Selector, since: u64, by_revision: bool) -> Vec<Bytes> {
-        let Some(namespace) = self.namespaces.get(&selector.namespace) else {
-            return Vec::new();
-        };
-        if namespace.revision <= since {
-            return Vec::new();
-        }
-        let moved = |entry: &&Arc<IndexedBundle>| entry.bundle.revision > since;
-        let mut changed: Vec<&Arc<IndexedBundle>> = if selector.names.is_empty() {
-            namespace.policies.values().filter(moved).collect()
-        } else {
-            selector
-                .names
-                .iter()
-                .filter_map(|name| namespace.policies.get(name))
-                .filter(moved)
-                .collect()
-        };
-        if by_revision {
-            // Stable: equal revisions keep their name order.
-            changed.sort_by_key(|entry| entry.bundle.revision);
-        }
-        changed
-            .into_iter()
-            .map(|entry| entry.encoded.clone())
-            .collect()
-    }
-
-    fn insert(&mut self, bundle: ActiveBundle, encode: Encode) {
-        let namespace = Arc::make_mut(
-            self.namespaces
-                .entry(bundle.policy.namespace.clone())
-                .or_default(),
-        );
-        namespace.revision = namespace.revision.max(bundle.revision);
-        namespace.policies.insert(
-            bundle.policy.name.clone(),
-            Arc::new(IndexedBundle {
-                encoded: encode(&bundle),
-                bundle,
-            }),
-        );
     }
 }
 
@@ -186,22 +84,15 @@ pub struct ActiveIndex {
 }
 
 impl ActiveIndex {
-    /// An index holding `bundles` at `revision`, encoding each bundle once
-    /// with `encode`.
-    pub fn new(
-        revision: u64,
-        bundles: Vec<ActiveBundle>,
-        encode: Encode,
-        instruments: Instruments,
-    ) -> Self {
+    /// An index holding `state` (every active bundle and live rollout at
+    /// its revision), encoding each bundle once with `encode`.
+    pub fn new(state: RevisionChange, encode: Encode, instruments: Instruments) -> Self {
         let mut snapshot = Snapshot {
-            revision,
+            revision: state.revision,
             applied_at: None,
             namespaces: BTreeMap::new(),
         };
-        for bundle in bundles {
-            snapshot.insert(bundle, encode);
-        }
+        snapshot.change(state, encode);
         ActiveIndex {
             snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
             ending: Arc::new(watch::channel(Ending::No).0),
@@ -220,27 +111,32 @@ impl ActiveIndex {
         self.snapshots.borrow().revision
     }
 
-    /// Applies the pointer moves of one revision, which must be the next one
-    /// (the caller applies revisions in order, see `hub`). A revision already
+    /// Applies what one revision changed, which must be the next one (the
+    /// caller applies revisions in order, see `hub`). A revision already
     /// applied is ignored.
-    pub fn apply(&self, revision: u64, changed: Vec<ActiveBundle>) {
+    pub fn apply(&self, change: RevisionChange) {
         self.snapshots.send_if_modified(|current| {
-            if revision <= current.revision {
+            if change.revision <= current.revision {
                 return false;
             }
             debug_assert_eq!(
-                revision,
+                change.revision,
                 current.revision + 1,
                 "revisions are applied in order"
             );
-            debug_assert!(changed.iter().all(|bundle| bundle.revision == revision));
+            debug_assert!(
+                change
+                    .bundles
+                    .iter()
+                    .all(|bundle| bundle.revision == change.revision)
+            );
             let next = Arc::make_mut(current);
-            next.revision = revision;
+            next.revision = change.revision;
             next.applied_at = Some(Instant::now());
-            self.instruments.activations.inc_by(changed.len() as u64);
-            for bundle in changed {
-                next.insert(bundle, self.encode);
-            }
+            self.instruments
+                .activations
+                .inc_by(change.bundles.len() as u64);
+            next.change(change, self.encode);
             true
         });
     }
@@ -298,7 +194,20 @@ mod tests {
     use prost::encoding::encoded_len_varint;
 
     use super::*;
-    use crate::domain::Digest;
+    use crate::domain::rollout::{
+        FailureRule, Rollout, RolloutState, RolloutStep, RolloutTarget, RolloutView,
+    };
+    use crate::domain::runtime::{RuntimeId, RuntimeLabels};
+    use crate::domain::{Digest, Namespace, PolicyName, PolicyRef};
+
+    /// What a revision that only moved pointers changed.
+    fn moved(revision: u64, bundles: Vec<ActiveBundle>) -> RevisionChange {
+        RevisionChange {
+            revision,
+            bundles,
+            rollouts: Vec::new(),
+        }
+    }
 
     fn bundle(name: &str, version: u32, revision: u64) -> ActiveBundle {
         ActiveBundle {
@@ -315,9 +224,13 @@ mod tests {
     /// An empty index whose "encoding" of a bundle names it.
     fn index() -> ActiveIndex {
         ActiveIndex::new(
-            0,
-            Vec::new(),
-            |bundle| Bytes::from(format!("{}@{}", bundle.policy, bundle.version)),
+            RevisionChange::default(),
+            |bundle: &ActiveBundle| {
+                Bytes::from(format!(
+                    "{}@{}#{}",
+                    bundle.policy, bundle.version, bundle.revision
+                ))
+            },
             Instruments::default(),
         )
     }
@@ -329,15 +242,117 @@ mod tests {
                 .iter()
                 .map(|name| PolicyName::parse("name", name).unwrap())
                 .collect(),
+            watcher: None,
+        }
+    }
+
+    fn watcher(id: &str) -> Watcher {
+        Watcher {
+            id: RuntimeId::parse("id", id).unwrap(),
+            labels: RuntimeLabels::default(),
+        }
+    }
+
+    /// A rollout of team/a to version 2, at `step` with these revisions.
+    fn rollout(state: RolloutState, step_revisions: Vec<u64>) -> RolloutView {
+        let step = |percentage| RolloutStep {
+            percentage,
+            label_selector: String::new(),
+            bake: std::time::Duration::ZERO,
+        };
+        RolloutView {
+            rollout: Rollout {
+                id: "b2b7a0a5-5f4e-4a3e-9d59-1f7c6c1e2a11".into(),
+                namespace: Namespace::parse("namespace", "team").unwrap(),
+                targets: vec![RolloutTarget {
+                    policy: PolicyRef::parse("team", "a").unwrap(),
+                    version: 2,
+                    digest: Digest::of_canonical(b"{}"),
+                    stable_version: Some(1),
+                }],
+                steps: vec![step(10), step(60)],
+                failure_rule: FailureRule {
+                    max_rejected: 0,
+                    max_rejected_fraction: 0.0,
+                    apply_deadline: std::time::Duration::ZERO,
+                },
+                auto_rollback: true,
+                state,
+                step: step_revisions.len() - 1,
+                step_revisions,
+                step_started_at: chrono::Utc::now(),
+                created_by: "alice".into(),
+                created_at: chrono::Utc::now(),
+                reason: String::new(),
+                halted_because: String::new(),
+            },
+            candidates: vec![bundle("a", 2, 0)],
+        }
+    }
+
+    #[test]
+    fn a_rollout_sends_its_cohort_the_candidate_and_everyone_else_the_stable_version() {
+        let index = index();
+        index.apply(moved(1, vec![bundle("a", 1, 1)]));
+        let started = rollout(RolloutState::Running, vec![2]);
+        let in_cohort = |step: usize, id: &str| {
+            let watcher = watcher(id);
+            started.rollout.in_step(step, &watcher.id, &watcher.labels)
+        };
+        let ids: Vec<String> = (0..200).map(|n| format!("rt-{n}")).collect();
+        let early = ids.iter().find(|id| in_cohort(0, id)).unwrap().clone();
+        let late = ids
+            .iter()
+            .find(|id| !in_cohort(0, id) && in_cohort(1, id))
+            .unwrap()
+            .clone();
+        let outside = ids.iter().find(|id| !in_cohort(1, id)).unwrap().clone();
+        index.apply(RevisionChange {
+            revision: 2,
+            bundles: Vec::new(),
+            rollouts: vec![started],
+        });
+        let sent = |id: &str, since: u64| {
+            let selector = Selector {
+                watcher: Some(watcher(id)),
+                ..selector(&[])
+            };
+            index.snapshot().changed_since(&selector, since)
+        };
+        assert_eq!(sent(&early, 1), vec![Bytes::from("team/a@2#2")]);
+        assert!(sent(&late, 1).is_empty(), "not in the first step");
+        assert!(sent(&outside, 1).is_empty());
+        assert_eq!(
+            index.snapshot().matching(&selector(&[])),
+            vec![Bytes::from("team/a@1#1")],
+            "anonymous streams keep the stable version"
+        );
+        // The next step adds a runtime and re-sends nothing to the first.
+        index.apply(RevisionChange {
+            revision: 3,
+            bundles: Vec::new(),
+            rollouts: vec![rollout(RolloutState::Running, vec![2, 3])],
+        });
+        assert!(sent(&early, 2).is_empty());
+        assert_eq!(sent(&late, 2), vec![Bytes::from("team/a@2#3")]);
+        assert_eq!(sent(&early, 0), vec![Bytes::from("team/a@2#2")]);
+        // Aborted: the stable version again, for everyone watching it.
+        index.apply(RevisionChange {
+            revision: 4,
+            bundles: vec![bundle("a", 1, 4)],
+            rollouts: vec![rollout(RolloutState::Aborted, vec![2, 3])],
+        });
+        for id in [&early, &late, &outside] {
+            assert_eq!(sent(id, 3), vec![Bytes::from("team/a@1#4")], "{id}");
         }
     }
 
     #[test]
     fn apply_ignores_revisions_already_applied() {
         let index = index();
-        index.apply(1, vec![bundle("a", 1, 1)]);
-        index.apply(2, vec![bundle("a", 2, 2)]);
-        index.apply(2, vec![bundle("a", 9, 2)]);
+        index.apply(moved(1, vec![bundle("a", 1, 1)]));
+        index.apply(moved(2, vec![bundle("a", 2, 2)]));
+        index.apply(moved(2, vec![bundle("a", 9, 2)]));
         let snapshot = index.snapshot();
         assert_eq!(snapshot.revision, 2);
         assert_eq!(
@@ -353,8 +368,8 @@ mod tests {
     #[test]
     fn changed_since_filters_by_revision_and_name() {
         let index = index();
-        index.apply(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]);
-        index.apply(2, vec![bundle("b", 2, 2)]);
+        index.apply(moved(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]));
+        index.apply(moved(2, vec![bundle("b", 2, 2)]));
         let snapshot = index.snapshot();
         assert_eq!(snapshot.matching(&selector(&[])).len(), 2);
         assert_eq!(snapshot.changed_since(&selector(&[]), 0).len(), 2);
@@ -369,7 +384,10 @@ mod tests {
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
         assert_eq!(subscriber.next().await.unwrap().kind, MessageKind::Snapshot);
         for revision in 1..=50 {
-            index.apply(revision, vec![bundle("a", revision as u32, revision)]);
+            index.apply(moved(
+                revision,
+                vec![bundle("a", revision as u32, revision)],
+            ));
         }
         let update = subscriber.next().await.unwrap();
         assert_eq!(
@@ -394,7 +412,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_large_revision_goes_out_in_parts_the_last_one_complete() {
         let index = index();
-        index.apply(1, (0..7).map(|n| bundle(&format!("p{n}"), 1, 1)).collect());
+        index.apply(moved(
+            1,
+            (0..7).map(|n| bundle(&format!("p{n}"), 1, 1)).collect(),
+        ));
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
         let encoded = index.snapshot().matching(&selector(&[]))[0].len();
         let bundle_bytes = 1 + encoded_len_varint(encoded as u64) + encoded;
@@ -421,11 +442,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_mid_revision_names_the_last_whole_revision() {
         let index = index();
-        index.apply(1, vec![bundle("a", 1, 1)]);
+        index.apply(moved(1, vec![bundle("a", 1, 1)]));
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
         subscriber.part_bytes = 1;
         assert!(subscriber.next().await.unwrap().complete);
-        index.apply(2, vec![bundle("a", 2, 2), bundle("b", 1, 2)]);
+        index.apply(moved(2, vec![bundle("a", 2, 2), bundle("b", 1, 2)]));
         let first_part = subscriber.next().await.unwrap();
         assert_eq!((first_part.revision, first_part.complete), (2, false));
         index.close();

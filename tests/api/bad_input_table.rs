@@ -231,7 +231,8 @@ fn rows(app: &TestApp) -> Vec<(&'static str, Call, Code)> {
             namespace: "team".into(),
             name: "limits".into(),
             as_of: Some(proto::get_active_request::AsOf::AsOfRevision(1_000)),
-            allow_draft_fallback: false
+            allow_draft_fallback: false,
+            runtime: None,
         })
     );
     row!(

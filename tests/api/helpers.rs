@@ -106,6 +106,9 @@ pub fn test_settings(database: &TestDatabase) -> Settings {
         database_url: Some(database.url.clone().into()),
         insecure: true,
         health_check_interval: std::time::Duration::from_secs(1),
+        rollouts: policyhub::config::RolloutSettings {
+            tick_interval: std::time::Duration::from_millis(100),
+        },
         ..Settings::default()
     }
 }
@@ -277,6 +280,7 @@ impl TestApp {
                 name: name.into(),
                 as_of: None,
                 allow_draft_fallback: false,
+                runtime: None,
             })
             .await?
             .into_inner())

@@ -304,6 +304,7 @@ async fn get_active_as_of_revision_and_time_answers_from_history(app: TestApp) {
                     name: "limits".into(),
                     as_of: Some(as_of),
                     allow_draft_fallback: false,
+                    runtime: None,
                 })
                 .await
                 .map(|response| response.into_inner())
@@ -335,6 +336,7 @@ async fn get_active_draft_fallback_is_opt_in_and_unsigned(app: TestApp) {
             name: "limits".into(),
             as_of: None,
             allow_draft_fallback: true,
+            runtime: None,
         })
         .await
         .unwrap()

@@ -91,6 +91,13 @@ pub enum Rpc {
     ReportStatus,
     ListRuntimes,
     GetPolicyStatus,
+    StartRollout,
+    GetRollout,
+    ListRollouts,
+    PauseRollout,
+    ResumeRollout,
+    PromoteRollout,
+    AbortRollout,
 }
 
 impl Rpc {
@@ -107,10 +114,18 @@ impl Rpc {
             | Rpc::GetSigningKeys
             | Rpc::ReportStatus
             | Rpc::ListRuntimes
-            | Rpc::GetPolicyStatus => Role::Reader,
+            | Rpc::GetPolicyStatus
+            | Rpc::GetRollout
+            | Rpc::ListRollouts => Role::Reader,
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
-            Rpc::Activate | Rpc::Rollback => Role::Operator,
+            Rpc::Activate
+            | Rpc::Rollback
+            | Rpc::StartRollout
+            | Rpc::PauseRollout
+            | Rpc::ResumeRollout
+            | Rpc::PromoteRollout
+            | Rpc::AbortRollout => Role::Operator,
             Rpc::SetSchema | Rpc::RotateSigningKey => Role::Admin,
         }
     }

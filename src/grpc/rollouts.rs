@@ -1,0 +1,166 @@
+//! Rollout requests as validated domain commands, and rollouts back as
+//! protobuf.
+
+use std::time::Duration;
+
+use super::convert::timestamp;
+use super::policy_requests::{idempotency_key, version_selector};
+use super::proto;
+use crate::config::Limits;
+use crate::domain::rollout::{
+    FailureRule, Progress, Rollout, RolloutState, RolloutStep, StartRolloutCommand,
+};
+use crate::domain::{
+    Error, ExpectedActive, IdempotencyKey, Namespace, PolicyName, Result, refuse_nul,
+};
+
+/// A protobuf duration as a std one; negative or out of range is refused.
+fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Duration> {
+    let Some(value) = value else {
+        return Ok(Duration::ZERO);
+    };
+    Duration::try_from(value).map_err(|_| Error::invalid(field, "must be a duration of 0 or more"))
+}
+
+fn wire_duration(value: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(value).ok()
+}
+
+/// A `StartRollout` request, validated.
+pub(super) fn start_command(
+    request: proto::StartRolloutRequest,
+    limits: &Limits,
+) -> Result<(StartRolloutCommand, Option<IdempotencyKey>)> {
+    let namespace = Namespace::parse("namespace", &request.namespace)?;
+    if request.targets.is_empty() {
+        return Err(Error::invalid(
+            "targets",
+            "name at least one policy to roll out",
+        ));
+    }
+    if request.targets.len() > limits.max_activation_targets {
+        return Err(Error::invalid(
+            "targets",
+            format!(
+                "{} targets, at most {} are allowed in one rollout",
+                request.targets.len(),
+                limits.max_activation_targets
+            ),
+        ));
+    }
+    let mut targets = Vec::with_capacity(request.targets.len());
+    for (index, target) in request.targets.into_iter().enumerate() {
+        let prefix = format!("targets[{index}]");
+        let name = PolicyName::parse(&format!("{prefix}.name"), &target.name)?;
+        if let Some(first) = targets.iter().position(|(seen, _, _)| *seen == name) {
+            return Err(Error::invalid(
+                prefix,
+                format!("{name} is already targeted by targets[{first}]"),
+            ));
+        }
+        use proto::rollout_target_request::Selector;
+        let (number, label) = match target.selector {
+            Some(Selector::Version(number)) => (Some(number), None),
+            Some(Selector::Label(label)) => (None, Some(label)),
+            None => (None, None),
+        };
+        let selector = version_selector(&format!("{prefix}.version"), number, label)?;
+        let expected = ExpectedActive::from_wire(target.expected_active_version);
+        targets.push((name, selector, expected));
+    }
+    let steps = request
+        .steps
+        .into_iter()
+        .enumerate()
+        .map(|(index, step)| {
+            let field = format!("steps[{index}]");
+            refuse_nul(&format!("{field}.label_selector"), &step.label_selector)?;
+            Ok(RolloutStep {
+                percentage: step.percentage,
+                label_selector: step.label_selector,
+                bake: duration(&format!("{field}.bake"), step.bake)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rule = request.failure_rule.unwrap_or_default();
+    let failure_rule = FailureRule {
+        max_rejected: rule.max_rejected,
+        max_rejected_fraction: rule.max_rejected_fraction,
+        apply_deadline: duration("failure_rule.apply_deadline", rule.apply_deadline)?,
+    };
+    let command = StartRolloutCommand {
+        namespace,
+        targets,
+        steps,
+        failure_rule,
+        auto_rollback: request.auto_rollback.unwrap_or(true),
+        reason: limits.text("reason", request.reason)?,
+    };
+    Ok((command, idempotency_key(request.idempotency_key)?))
+}
+
+/// The namespace and id a request names.
+pub(super) fn named(namespace: &str, id: &str) -> Result<(Namespace, String)> {
+    let namespace = Namespace::parse("namespace", namespace)?;
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(Error::invalid(
+            "id",
+            format!("{} is not a rollout id (a UUID)", crate::domain::quoted(id)),
+        ));
+    }
+    Ok((namespace, id.to_owned()))
+}
+
+fn state(state: RolloutState) -> proto::RolloutState {
+    proto::RolloutState::from_str_name(&format!("ROLLOUT_STATE_{}", state.as_str()))
+        .expect("every rollout state is in the protobuf enum")
+}
+
+/// A rollout as protobuf, with its current step's progress.
+pub(super) fn rollout(rollout: &Rollout, progress: Progress) -> proto::Rollout {
+    proto::Rollout {
+        id: rollout.id.clone(),
+        namespace: rollout.namespace.to_string(),
+        targets: rollout
+            .targets
+            .iter()
+            .map(|target| proto::RolloutTarget {
+                name: target.policy.name.to_string(),
+                version: target.version,
+                digest: target.digest.to_string(),
+                stable_version: target.stable_version.unwrap_or(0),
+            })
+            .collect(),
+        steps: rollout
+            .steps
+            .iter()
+            .map(|step| proto::RolloutStep {
+                percentage: step.percentage,
+                label_selector: step.label_selector.clone(),
+                bake: wire_duration(step.bake),
+            })
+            .collect(),
+        failure_rule: Some(proto::FailureRule {
+            max_rejected: rollout.failure_rule.max_rejected,
+            max_rejected_fraction: rollout.failure_rule.max_rejected_fraction,
+            apply_deadline: (!rollout.failure_rule.apply_deadline.is_zero())
+                .then(|| wire_duration(rollout.failure_rule.apply_deadline))
+                .flatten(),
+        }),
+        auto_rollback: rollout.auto_rollback,
+        state: state(rollout.state) as i32,
+        step: rollout.step as u32,
+        step_revisions: rollout.step_revisions.clone(),
+        step_started_at: Some(timestamp(rollout.step_started_at)),
+        created_by: rollout.created_by.clone(),
+        created_at: Some(timestamp(rollout.created_at)),
+        reason: rollout.reason.clone(),
+        halted_because: rollout.halted_because.clone(),
+        progress: Some(proto::RolloutProgress {
+            cohort: progress.cohort,
+            applied: progress.applied,
+            rejected: progress.rejected,
+            pending: progress.pending,
+        }),
+    }
+}

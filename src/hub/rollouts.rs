@@ -1,0 +1,369 @@
+//! Rollouts (DESIGN §9): starting one, an operator's controls, and the
+//! controller's decisions, each one transaction that re-reads the rollout
+//! under its row lock, lets the domain decide and applies what runtimes are
+//! now sent to the index.
+
+use crate::domain::rollout::{
+    self, RevisionChange, Rollout, RolloutState, RolloutView, StartRolloutCommand, Tick,
+};
+use crate::domain::{
+    EventKind, ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicyRef, RequestContext,
+    Result, VersionRecord, VersionSelector, lifecycle,
+};
+use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
+
+use super::PolicyHub;
+
+/// What an operator asks of a live rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Halt: the cohort keeps what it has.
+    Pause,
+    /// Go on; the current step bakes again from now.
+    Resume,
+    /// Complete now.
+    Promote,
+    /// Stop; the cohort gets the stable versions again.
+    Abort,
+}
+
+impl Control {
+    fn verb(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Promote => "promote",
+            Control::Abort => "abort",
+        }
+    }
+}
+
+/// Records one event per target of `rollout`.
+async fn record(
+    tx: &Transaction,
+    context: &RequestContext,
+    rollout: &Rollout,
+    policies: &[LockedPolicy],
+    kind: EventKind,
+    revision: Option<u64>,
+    reason: &str,
+) -> Result<()> {
+    for (policy, target) in policies.iter().zip(&rollout.targets) {
+        let event = NewEvent {
+            previous_version: target.stable_version,
+            new_version: Some(target.version),
+            revision,
+            rollout_id: Some(&rollout.id),
+            ..NewEvent::new(kind, reason)
+        };
+        tx.record_event(context, Some(policy), event).await?;
+    }
+    Ok(())
+}
+
+/// Locks the rollout's policies, in its target order.
+async fn lock_targets(tx: &Transaction, rollout: &Rollout) -> Result<Vec<LockedPolicy>> {
+    let names: Vec<&PolicyRef> = rollout.policies().collect();
+    tx.lock_policies(&names).await
+}
+
+/// The candidates become the active pointers: an ordinary activation under
+/// a new revision, after which the rollout has ended.
+async fn complete(
+    tx: &Transaction,
+    context: &RequestContext,
+    rollout: &mut Rollout,
+    reason: &str,
+) -> Result<RevisionChange> {
+    let mut policies = lock_targets(tx, rollout).await?;
+    tx.hold_policies(&policies, None).await?;
+    let mut versions: Vec<VersionRecord> = Vec::with_capacity(policies.len());
+    for (policy, target) in policies.iter_mut().zip(&rollout.targets) {
+        policy.state.rollout = None;
+        let selector = VersionSelector::Number(target.version);
+        versions.push(tx.version(policy, &selector).await?.record);
+    }
+    let changes: Vec<PointerChange<'_>> = policies
+        .iter()
+        .zip(&versions)
+        .map(|(policy, target)| PointerChange {
+            policy: &policy.state,
+            target,
+            expected: ExpectedActive::Any,
+        })
+        .collect();
+    let plan = lifecycle::plan_activation(EventKind::Activated, &changes)?;
+    let moves: Vec<_> = policies.iter().zip(&versions).collect();
+    let why = format!("rollout {} completed: {reason}", rollout.id);
+    let outcome = tx
+        .move_pointers(context, EventKind::Activated, &why, &moves, plan)
+        .await?;
+    rollout.halt(RolloutState::Completed, String::new());
+    tx.save_rollout(rollout).await?;
+    let revision = Some(outcome.revision);
+    record(
+        tx,
+        context,
+        rollout,
+        &policies,
+        EventKind::RolloutCompleted,
+        revision,
+        reason,
+    )
+    .await?;
+    Ok(RevisionChange {
+        revision: outcome.revision,
+        bundles: outcome.changed,
+        rollouts: vec![ended(rollout)],
+    })
+}
+
+/// The rollout ends without completing: every runtime watching its
+/// policies is sent the stable bundles again under a new revision.
+async fn end(
+    tx: &Transaction,
+    context: &RequestContext,
+    rollout: &mut Rollout,
+    state: RolloutState,
+    because: String,
+) -> Result<RevisionChange> {
+    let policies = lock_targets(tx, rollout).await?;
+    tx.hold_policies(&policies, None).await?;
+    let revision = tx.take_revision().await?;
+    let bundles = tx.stable_bundles(&policies, revision).await?;
+    let kind = match state {
+        RolloutState::RolledBack => EventKind::RolloutRolledBack,
+        _ => EventKind::RolloutAborted,
+    };
+    rollout.halt(state, because);
+    tx.save_rollout(rollout).await?;
+    let reason = rollout.halted_because.clone();
+    record(
+        tx,
+        context,
+        rollout,
+        &policies,
+        kind,
+        Some(revision),
+        &reason,
+    )
+    .await?;
+    Ok(RevisionChange {
+        revision,
+        bundles,
+        rollouts: vec![ended(rollout)],
+    })
+}
+
+/// The view of an ended rollout: the index drops its candidates.
+fn ended(rollout: &Rollout) -> RolloutView {
+    RolloutView {
+        rollout: rollout.clone(),
+        candidates: Vec::new(),
+    }
+}
+
+impl PolicyHub {
+    /// Starts a rollout: validates and pins its targets, holds its
+    /// policies, and sends the first step's cohort the candidates.
+    #[tracing::instrument(name = "hub.start_rollout", skip_all)]
+    pub async fn start_rollout(
+        &self,
+        command: StartRolloutCommand,
+        context: &RequestContext,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Rollout> {
+        rollout::validate_plan(&command.steps, &command.failure_rule)?;
+        let claim = IdempotencyClaim::new("StartRollout", key, &command);
+        let mut change = None;
+        let started = self
+            .repository
+            .write_once("start_rollout", claim.as_ref(), context, async |tx| {
+                let names: Vec<PolicyRef> = command
+                    .targets
+                    .iter()
+                    .map(|(name, _, _)| PolicyRef {
+                        namespace: command.namespace.clone(),
+                        name: name.clone(),
+                    })
+                    .collect();
+                let policies = tx.lock_policies(&names.iter().collect::<Vec<_>>()).await?;
+                let mut versions = Vec::with_capacity(policies.len());
+                for ((_, selector, _), policy) in command.targets.iter().zip(&policies) {
+                    versions.push(tx.version(policy, selector).await?.record);
+                }
+                let changes: Vec<PointerChange<'_>> = policies
+                    .iter()
+                    .zip(&versions)
+                    .zip(&command.targets)
+                    .map(|((policy, target), (_, _, expected))| PointerChange {
+                        policy: &policy.state,
+                        target,
+                        expected: *expected,
+                    })
+                    .collect();
+                let targets = rollout::plan_targets(&changes)?;
+                let revision = tx.take_revision().await?;
+                let started = Rollout {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    namespace: command.namespace.clone(),
+                    targets,
+                    steps: command.steps.clone(),
+                    failure_rule: command.failure_rule,
+                    auto_rollback: command.auto_rollback,
+                    state: RolloutState::Running,
+                    step: 0,
+                    step_revisions: vec![revision],
+                    step_started_at: tx.at(),
+                    created_by: context.actor.clone(),
+                    created_at: tx.at(),
+                    reason: command.reason.clone(),
+                    halted_because: String::new(),
+                };
+                tx.insert_rollout(&started).await?;
+                tx.hold_policies(&policies, Some(&started.id)).await?;
+                let kind = EventKind::RolloutStarted;
+                record(
+                    tx,
+                    context,
+                    &started,
+                    &policies,
+                    kind,
+                    Some(revision),
+                    &command.reason,
+                )
+                .await?;
+                change = Some(RevisionChange {
+                    revision,
+                    bundles: Vec::new(),
+                    rollouts: vec![tx.rollout_view(started.clone()).await?],
+                });
+                Ok(started)
+            })
+            .await?;
+        if let Some(change) = change {
+            self.applied(change).await;
+        }
+        Ok(started)
+    }
+
+    /// An operator's control of a live rollout.
+    #[tracing::instrument(name = "hub.control_rollout", skip_all, fields(control = control.verb()))]
+    pub async fn control_rollout(
+        &self,
+        namespace: &Namespace,
+        id: &str,
+        control: Control,
+        reason: &str,
+        context: &RequestContext,
+    ) -> Result<Rollout> {
+        use RolloutState::{Paused, Running};
+        let mut change = None;
+        let controlled = self
+            .repository
+            .write(&format!("{}_rollout", control.verb()), async |tx| {
+                let mut controlled = tx.lock_rollout(namespace, id).await?;
+                let allowed: &[RolloutState] = match control {
+                    Control::Pause => &[Running],
+                    Control::Resume => &[Paused],
+                    Control::Promote | Control::Abort => &[Running, Paused],
+                };
+                rollout::ensure_control(&controlled, control.verb(), allowed)?;
+                let by = format!("{} by {}: {reason}", control.verb(), context.actor);
+                match control {
+                    Control::Pause | Control::Resume => {
+                        let kind = if control == Control::Pause {
+                            controlled.halt(Paused, by);
+                            EventKind::RolloutPaused
+                        } else {
+                            controlled.resume(tx.at());
+                            EventKind::RolloutResumed
+                        };
+                        tx.save_rollout(&controlled).await?;
+                        let policies = lock_targets(tx, &controlled).await?;
+                        record(tx, context, &controlled, &policies, kind, None, reason).await?;
+                    }
+                    Control::Promote => {
+                        change = Some(complete(tx, context, &mut controlled, reason).await?);
+                    }
+                    Control::Abort => {
+                        let state = RolloutState::Aborted;
+                        change = Some(end(tx, context, &mut controlled, state, by).await?);
+                    }
+                }
+                Ok(controlled)
+            })
+            .await?;
+        if let Some(change) = change {
+            self.applied(change).await;
+        }
+        Ok(controlled)
+    }
+
+    /// Carries out a controller decision about `seen`, unless the rollout
+    /// moved since (another replica's controller, or an operator, acted
+    /// first): the decision is re-checked under the rollout's row lock.
+    #[tracing::instrument(name = "hub.drive_rollout", skip_all)]
+    pub async fn drive_rollout(&self, seen: &Rollout, decision: Tick) -> Result<()> {
+        let context = RequestContext {
+            actor: "system:rollout-controller".into(),
+            request_id: format!("rollout-{}", seen.id),
+        };
+        let mut change = None;
+        self.repository
+            .write("drive_rollout", async |tx| {
+                let mut current = tx.lock_rollout(&seen.namespace, &seen.id).await?;
+                if current.state != RolloutState::Running || current.step != seen.step {
+                    return Ok(());
+                }
+                change = match decision {
+                    Tick::Wait => None,
+                    Tick::Advance => {
+                        let revision = tx.take_revision().await?;
+                        current.advance(revision, tx.at());
+                        tx.save_rollout(&current).await?;
+                        let policies = lock_targets(tx, &current).await?;
+                        let reason =
+                            format!("step {} of {}", current.step + 1, current.steps.len());
+                        let kind = EventKind::RolloutAdvanced;
+                        record(
+                            tx,
+                            &context,
+                            &current,
+                            &policies,
+                            kind,
+                            Some(revision),
+                            &reason,
+                        )
+                        .await?;
+                        Some(RevisionChange {
+                            revision,
+                            bundles: Vec::new(),
+                            rollouts: vec![tx.rollout_view(current.clone()).await?],
+                        })
+                    }
+                    Tick::Complete => {
+                        Some(complete(tx, &context, &mut current, "every step baked").await?)
+                    }
+                    Tick::Fail(why) if current.auto_rollback => {
+                        let state = RolloutState::RolledBack;
+                        Some(end(tx, &context, &mut current, state, why).await?)
+                    }
+                    Tick::Fail(why) => {
+                        current.halt(RolloutState::Paused, why.clone());
+                        tx.save_rollout(&current).await?;
+                        let policies = lock_targets(tx, &current).await?;
+                        let kind = EventKind::RolloutPaused;
+                        record(tx, &context, &current, &policies, kind, None, &why).await?;
+                        None
+                    }
+                };
+                Ok(())
+            })
+            .await?;
+        if let Some(change) = change {
+            self.applied(change).await;
+        }
+        Ok(())
+    }
+}

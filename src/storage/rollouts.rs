@@ -1,0 +1,209 @@
+//! Rollout rows: the plan and progress of each rollout as one JSON
+//! document, the policies a live rollout holds, and the views the index
+//! needs of the live ones.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
+};
+
+use super::entities::{policies, rollouts};
+use super::paging::Paging;
+use super::policies::{LockedPolicy, find_policy};
+use super::rows::{active_bundle, version_record};
+use super::transaction::{Repository, Transaction};
+use super::versions::{find_version, no_such_version};
+use crate::domain::rollout::{Rollout, RolloutState, RolloutView};
+use crate::domain::{Error, Namespace, Page, Result, VersionSelector};
+
+fn to_row(rollout: &Rollout) -> Result<String> {
+    serde_json::to_string(rollout)
+        .map_err(|error| Error::Internal(format!("cannot store the rollout: {error}")))
+}
+
+fn from_row(row: rollouts::Model) -> Result<Rollout> {
+    serde_json::from_str(&row.spec).map_err(|error| {
+        Error::Internal(format!("stored rollout {} is unreadable: {error}", row.id))
+    })
+}
+
+fn not_found(namespace: &Namespace, id: &str) -> Error {
+    Error::NotFound(format!(
+        "rollout {} does not exist in namespace {namespace}",
+        crate::domain::quoted(id)
+    ))
+}
+
+/// The rollout `id` of `namespace`, locked (`FOR UPDATE`) inside a
+/// transaction.
+pub(super) async fn find_rollout<C: ConnectionTrait>(
+    db: &C,
+    namespace: &Namespace,
+    id: &str,
+    lock: bool,
+) -> Result<Rollout> {
+    let mut query = rollouts::Entity::find()
+        .filter(rollouts::Column::Id.eq(id))
+        .filter(rollouts::Column::Namespace.eq(namespace.as_str()));
+    if lock {
+        query = query.lock_exclusive();
+    }
+    query
+        .one(db)
+        .await?
+        .ok_or_else(|| not_found(namespace, id))
+        .and_then(from_row)
+}
+
+/// Every running or paused rollout, oldest first.
+pub(super) async fn live_rollouts<C: ConnectionTrait>(db: &C) -> Result<Vec<Rollout>> {
+    let live = [RolloutState::Running, RolloutState::Paused].map(RolloutState::as_str);
+    rollouts::Entity::find()
+        .filter(rollouts::Column::State.is_in(live))
+        .order_by(rollouts::Column::CreatedAt, Order::Asc)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(from_row)
+        .collect()
+}
+
+/// What the index needs of a rollout: the plan and the candidates' bundles.
+pub(super) async fn view<C: ConnectionTrait>(db: &C, rollout: Rollout) -> Result<RolloutView> {
+    let mut candidates = Vec::with_capacity(rollout.targets.len());
+    for target in &rollout.targets {
+        let policy = find_policy(db, &target.policy).await?;
+        let selector = VersionSelector::Number(target.version);
+        let model = find_version(db, policy.id, &selector)
+            .await?
+            .ok_or_else(|| no_such_version(&target.policy, &selector))?;
+        let record = version_record(&target.policy, None, model)?;
+        candidates.push(active_bundle(&record, 0)?);
+    }
+    Ok(RolloutView {
+        rollout,
+        candidates,
+    })
+}
+
+impl Transaction {
+    /// Stores a new rollout.
+    pub async fn insert_rollout(&self, rollout: &Rollout) -> Result<()> {
+        rollouts::Entity::insert(rollouts::ActiveModel {
+            id: Set(rollout.id.clone()),
+            namespace: Set(rollout.namespace.to_string()),
+            state: Set(rollout.state.as_str().to_owned()),
+            spec: Set(to_row(rollout)?),
+            created_at: Set(self.at()),
+            updated_at: Set(self.at()),
+        })
+        .exec_without_returning(&self.txn)
+        .await?;
+        Ok(())
+    }
+
+    /// The rollout, locked for the rest of the transaction.
+    pub async fn lock_rollout(&self, namespace: &Namespace, id: &str) -> Result<Rollout> {
+        find_rollout(&self.txn, namespace, id, true).await
+    }
+
+    /// Stores a rollout's new state and progress.
+    pub async fn save_rollout(&self, rollout: &Rollout) -> Result<()> {
+        rollouts::Entity::update_many()
+            .col_expr(rollouts::Column::State, Expr::value(rollout.state.as_str()))
+            .col_expr(rollouts::Column::Spec, Expr::value(to_row(rollout)?))
+            .col_expr(rollouts::Column::UpdatedAt, Expr::value(self.at()))
+            .filter(rollouts::Column::Id.eq(rollout.id.as_str()))
+            .exec(&self.txn)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the policies as held by `rollout` (or, with `None`, free).
+    pub async fn hold_policies(
+        &self,
+        policies: &[LockedPolicy],
+        rollout: Option<&str>,
+    ) -> Result<()> {
+        policies::Entity::update_many()
+            .col_expr(
+                policies::Column::RolloutId,
+                Expr::value(rollout.map(str::to_owned)),
+            )
+            .filter(policies::Column::Id.is_in(policies.iter().map(|policy| policy.id)))
+            .exec(&self.txn)
+            .await?;
+        Ok(())
+    }
+
+    /// The index's view of a rollout, as this transaction sees it.
+    pub async fn rollout_view(&self, rollout: Rollout) -> Result<RolloutView> {
+        view(&self.txn, rollout).await
+    }
+}
+
+impl Repository {
+    /// One rollout.
+    #[tracing::instrument(name = "storage.get_rollout", skip_all)]
+    pub async fn get_rollout(&self, namespace: &Namespace, id: &str) -> Result<Rollout> {
+        find_rollout(&self.db, namespace, id, false).await
+    }
+
+    /// The rollouts of a namespace, newest first; the page token is the
+    /// creation time and id of the last one returned.
+    #[tracing::instrument(name = "storage.list_rollouts", skip_all)]
+    pub async fn list_rollouts(
+        &self,
+        namespace: &Namespace,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<Rollout>> {
+        let paging = Paging::new("rollouts", namespace, page_size);
+        let before: Option<String> = paging.position(page_token)?;
+        let mut query =
+            rollouts::Entity::find().filter(rollouts::Column::Namespace.eq(namespace.as_str()));
+        if let Some(before) = before {
+            let Some(last) = rollouts::Entity::find_by_id(before.clone())
+                .one(&self.db)
+                .await?
+            else {
+                return Err(Error::invalid(
+                    "page_token",
+                    "names a rollout that does not exist",
+                ));
+            };
+            query = query.filter(
+                sea_orm::Condition::any()
+                    .add(rollouts::Column::CreatedAt.lt(last.created_at))
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(rollouts::Column::CreatedAt.eq(last.created_at))
+                            .add(rollouts::Column::Id.lt(before)),
+                    ),
+            );
+        }
+        let mut rows = query
+            .order_by(rollouts::Column::CreatedAt, Order::Desc)
+            .order_by(rollouts::Column::Id, Order::Desc)
+            .limit(paging.limit())
+            .all(&self.db)
+            .await?;
+        let next_page_token = paging.finish(&mut rows, |last| last.id.clone());
+        Ok(Page {
+            items: rows.into_iter().map(from_row).collect::<Result<_>>()?,
+            next_page_token,
+        })
+    }
+
+    /// Every running or paused rollout, oldest first: what the controller
+    /// drives.
+    #[tracing::instrument(name = "storage.live_rollouts", skip_all)]
+    pub async fn live_rollouts(&self) -> Result<Vec<Rollout>> {
+        live_rollouts(&self.db).await
+    }
+
+    /// The index's view of a rollout.
+    pub async fn rollout_view(&self, rollout: Rollout) -> Result<RolloutView> {
+        view(&self.db, rollout).await
+    }
+}

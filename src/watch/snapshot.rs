@@ -1,0 +1,259 @@
+//! One revision of the index: the stable bundles per namespace, and the
+//! candidates of live rollouts, which a runtime sees instead of the stable
+//! bundle when the rollout's current cohort holds it.
+//!
+//! A runtime gets a candidate at the revision of the first step whose
+//! cohort held it, so a step change reaches exactly the runtimes it adds,
+//! and a resume from any revision is answered from the snapshot as for
+//! stable bundles. A rollout that ends without completing sends its
+//! policies' stable bundles again at its ending revision; one that
+//! completes moves the active pointers, an ordinary activation.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use prost::bytes::Bytes;
+use tokio::time::Instant;
+
+use super::Encode;
+use crate::domain::rollout::{RevisionChange, Rollout, RolloutView};
+use crate::domain::runtime::{RuntimeId, RuntimeLabels};
+use crate::domain::{ActiveBundle, Namespace, PolicyName, PolicyRef};
+
+/// An active bundle with its protobuf encoding, made once per version and
+/// shared by every stream.
+#[derive(Debug, Clone)]
+pub struct IndexedBundle {
+    /// The bundle.
+    pub bundle: ActiveBundle,
+    /// `policyhub.v1.Bundle`, encoded.
+    pub encoded: Bytes,
+}
+
+impl IndexedBundle {
+    fn new(bundle: ActiveBundle, encode: Encode) -> Arc<Self> {
+        Arc::new(IndexedBundle {
+            encoded: encode(&bundle),
+            bundle,
+        })
+    }
+}
+
+/// A live rollout's candidate for one policy, encoded once per step started
+/// (the bundle carries the revision the runtime joined at).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The rollout.
+    pub rollout: Arc<Rollout>,
+    /// The candidate at each started step's revision, in step order.
+    pub by_step: Vec<Arc<IndexedBundle>>,
+}
+
+impl Candidate {
+    /// The candidate as a runtime that joined at `revision` receives it.
+    fn joined_at(&self, revision: u64) -> Option<&Arc<IndexedBundle>> {
+        self.by_step
+            .iter()
+            .find(|indexed| indexed.bundle.revision == revision)
+    }
+}
+
+/// The active bundles of one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceIndex {
+    /// The last revision that changed what any subscriber of this namespace
+    /// is sent, so that subscribers of quiet namespaces skip it at once.
+    pub revision: u64,
+    /// Active (stable) bundle per policy name.
+    pub policies: BTreeMap<PolicyName, Arc<IndexedBundle>>,
+    /// Candidates of live rollouts per policy name.
+    pub candidates: BTreeMap<PolicyName, Candidate>,
+}
+
+/// The active bundles at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every change up to and including this revision is applied.
+    pub revision: u64,
+    /// When this revision was applied, for the delivery-time metric.
+    pub applied_at: Option<Instant>,
+    /// Per namespace; untouched namespaces are shared between snapshots.
+    pub namespaces: BTreeMap<Namespace, Arc<NamespaceIndex>>,
+}
+
+/// An identified runtime, as its stream named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watcher {
+    /// Its id.
+    pub id: RuntimeId,
+    /// Its labels.
+    pub labels: RuntimeLabels,
+}
+
+/// Which policies a subscriber watches, and who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// These policies only; empty for the whole namespace.
+    pub names: Vec<PolicyName>,
+    /// The runtime, when the stream named it; anonymous streams get the
+    /// stable bundles only.
+    pub watcher: Option<Watcher>,
+}
+
+impl NamespaceIndex {
+    /// What `watcher` is sent for `name`: the candidate when it is in the
+    /// current cohort of the rollout moving `name`, else the stable bundle.
+    /// `joined` caches, per rollout, the revision the watcher joined at.
+    fn view<'a>(
+        &'a self,
+        name: &PolicyName,
+        watcher: Option<&Watcher>,
+        joined: &mut HashMap<String, Option<u64>>,
+    ) -> Option<&'a Arc<IndexedBundle>> {
+        if let (Some(watcher), Some(candidate)) = (watcher, self.candidates.get(name)) {
+            let revision = *joined
+                .entry(candidate.rollout.id.clone())
+                .or_insert_with(|| candidate.rollout.joined_at(&watcher.id, &watcher.labels));
+            if let Some(indexed) = revision.and_then(|revision| candidate.joined_at(revision)) {
+                return Some(indexed);
+            }
+        }
+        self.policies.get(name)
+    }
+}
+
+impl Snapshot {
+    /// The stable bundle of one policy.
+    pub fn get(&self, policy: &PolicyRef) -> Option<&Arc<IndexedBundle>> {
+        self.namespaces
+            .get(&policy.namespace)?
+            .policies
+            .get(&policy.name)
+    }
+
+    /// What `watcher` is sent for one policy: the candidate when a rollout's
+    /// current cohort holds it, else the stable bundle.
+    pub fn get_for(&self, policy: &PolicyRef, watcher: &Watcher) -> Option<&Arc<IndexedBundle>> {
+        self.namespaces.get(&policy.namespace)?.view(
+            &policy.name,
+            Some(watcher),
+            &mut HashMap::new(),
+        )
+    }
+
+    /// Every bundle matching `selector`, in name order.
+    pub fn matching(&self, selector: &Selector) -> Vec<Bytes> {
+        self.select(selector, 0, false)
+    }
+
+    /// The bundles matching `selector` whose view changed after `since`, in
+    /// the order they changed (by revision, then name).
+    pub fn changed_since(&self, selector: &Selector, since: u64) -> Vec<Bytes> {
+        self.select(selector, since, true)
+    }
+
+    fn select(&self, selector: &Selector, since: u64, by_revision: bool) -> Vec<Bytes> {
+        let Some(namespace) = self.namespaces.get(&selector.namespace) else {
+            return Vec::new();
+        };
+        if namespace.revision <= since {
+            return Vec::new();
+        }
+        let names: Vec<&PolicyName> = if selector.names.is_empty() {
+            let mut names: Vec<&PolicyName> = namespace.policies.keys().collect();
+            names.extend(
+                namespace
+                    .candidates
+                    .keys()
+                    .filter(|name| !namespace.policies.contains_key(*name)),
+            );
+            names.sort();
+            names
+        } else {
+            selector.names.iter().collect()
+        };
+        let mut joined = HashMap::new();
+        let mut changed: Vec<&Arc<IndexedBundle>> = names
+            .into_iter()
+            .filter_map(|name| namespace.view(name, selector.watcher.as_ref(), &mut joined))
+            .filter(|entry| entry.bundle.revision > since)
+            .collect();
+        if by_revision {
+            // Stable: equal revisions keep their name order.
+            changed.sort_by_key(|entry| entry.bundle.revision);
+        }
+        changed
+            .into_iter()
+            .map(|entry| entry.encoded.clone())
+            .collect()
+    }
+
+    /// Applies one revision's change (or, at start, the whole state).
+    pub(super) fn change(&mut self, change: RevisionChange, encode: Encode) {
+        for bundle in change.bundles {
+            let namespace = self.namespace(&bundle.policy.namespace, change.revision);
+            namespace.policies.insert(
+                bundle.policy.name.clone(),
+                IndexedBundle::new(bundle, encode),
+            );
+        }
+        for view in change.rollouts {
+            self.show(view, change.revision, encode);
+        }
+    }
+
+    /// Shows a live rollout's candidates, or drops an ended one's.
+    fn show(&mut self, view: RolloutView, revision: u64, encode: Encode) {
+        let RolloutView {
+            rollout,
+            candidates,
+        } = view;
+        let namespace = self.namespace(&rollout.namespace, revision);
+        for target in &rollout.targets {
+            let held_by_it = namespace
+                .candidates
+                .get(&target.policy.name)
+                .is_some_and(|candidate| candidate.rollout.id == rollout.id);
+            if held_by_it {
+                namespace.candidates.remove(&target.policy.name);
+            }
+        }
+        if !rollout.state.is_live() {
+            return;
+        }
+        let rollout = Arc::new(rollout);
+        for bundle in candidates {
+            let by_step = rollout
+                .step_revisions
+                .iter()
+                .map(|&joined| {
+                    IndexedBundle::new(
+                        ActiveBundle {
+                            revision: joined,
+                            ..bundle.clone()
+                        },
+                        encode,
+                    )
+                })
+                .collect();
+            namespace.candidates.insert(
+                bundle.policy.name.clone(),
+                Candidate {
+                    rollout: rollout.clone(),
+                    by_step,
+                },
+            );
+        }
+    }
+
+    /// The namespace's index, to change at `revision`.
+    fn namespace(&mut self, namespace: &Namespace, revision: u64) -> &mut NamespaceIndex {
+        let index = Arc::make_mut(self.namespaces.entry(namespace.clone()).or_default());
+        index.revision = index.revision.max(revision);
+        index
+    }
+}
