@@ -22,6 +22,7 @@ crate::on_both_backends!(
     a_missed_apply_deadline_rolls_the_cohort_back,
     pause_resume_promote_and_abort_do_what_they_say,
     bad_rollout_requests_are_refused_and_change_nothing,
+    a_runtime_that_resumes_mid_rollout_gets_its_cohorts_view_in_one_update,
 );
 
 /// A runtime: its id and its open stream.
@@ -635,4 +636,112 @@ async fn the_cli_starts_shows_pauses_lists_and_aborts_a_rollout() {
         let run = policyhub(&app, &usage);
         assert_eq!(run.code, 2, "{usage:?}: {}", run.stderr);
     }
+}
+
+async fn a_runtime_that_resumes_mid_rollout_gets_its_cohorts_view_in_one_update(app: TestApp) {
+    seed(&app).await;
+    let steps = vec![
+        step(10, Duration::from_millis(300)),
+        step(60, Duration::from_secs(3600)),
+    ];
+    let started = start(&app, start_request(steps)).await;
+    // Pick a runtime the second step adds; it was away the whole time.
+    let id = (0..1000)
+        .map(|n| format!("away-{n}"))
+        .find(|id| !in_step(&started.id, id, 10) && in_step(&started.id, id, 60))
+        .unwrap();
+    let advanced = until(&app, &started.id, |rollout| rollout.step == 1).await;
+    let since = started.step_revisions[0] - 1;
+    let mut stream = app
+        .bundle
+        .clone()
+        .watch_active(proto::WatchActiveRequest {
+            namespace: "team".into(),
+            names: Vec::new(),
+            since_revision: since,
+            runtime: Some(proto::RuntimeIdentity {
+                id: id.clone(),
+                labels: Default::default(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let update = next_message(&mut stream).await;
+    assert_eq!(update.kind(), proto::WatchEventKind::Update);
+    assert_eq!(
+        bundles_of(&update),
+        vec![("team/limits".into(), 2, advanced.step_revisions[1])],
+        "one update with the candidate, at the step that added {id}"
+    );
+    // An anonymous stream resuming from the same revision has nothing new.
+    let mut anonymous = app.watch("team", &[], since).await;
+    let first = next_message(&mut anonymous).await;
+    assert!(bundles_of(&first).is_empty(), "{first:?}");
+}
+
+/// The controller's state is rows: a rollout started before a kill -9
+/// completes after the restart, on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_a_kill_9_of_the_server() {
+    use policyhub::grpc::proto::policy_service_client::PolicyServiceClient;
+
+    use crate::helpers::{free_port, spawn_binary_server_on, terminate};
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [("POLICYHUB_ROLLOUTS__TICK_INTERVAL", "100ms".to_owned())];
+    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = PolicyServiceClient::new(channel);
+    for (body, activate) in [(json!({"max": 1}), true), (json!({"max": 2}), false)] {
+        policy
+            .draft(proto::DraftRequest {
+                namespace: "team".into(),
+                name: "limits".into(),
+                body: Some(policyhub::grpc::convert::json_to_struct(&body)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        policy
+            .publish(proto::PublishRequest {
+                namespace: "team".into(),
+                name: "limits".into(),
+                activate,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let started = policy
+        .start_rollout(start_request(vec![
+            step(10, Duration::from_secs(2)),
+            step(100, Duration::ZERO),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    server.kill().expect("SIGKILL");
+    server.wait().unwrap();
+
+    let (server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = PolicyServiceClient::new(channel);
+    let mut completed = None;
+    for _ in 0..100 {
+        let rollout = policy
+            .get_rollout(proto::GetRolloutRequest {
+                namespace: "team".into(),
+                id: started.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if rollout.state() == RolloutState::Completed {
+            completed = Some(rollout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let completed = completed.expect("the rollout completes after the restart");
+    assert_eq!(completed.step_revisions.len(), 2, "both steps ran");
+    terminate(server).await;
 }
