@@ -41,7 +41,10 @@ pub async fn run(hub: PolicyHub, store: Repository, fleet: Fleet, interval: Dura
 /// One decision for every running rollout.
 async fn tick(hub: &PolicyHub, store: &Repository, fleet: &Fleet) -> Result<()> {
     for running in store.live_rollouts().await? {
-        if running.state != RolloutState::Running {
+        if !matches!(
+            running.state,
+            RolloutState::Running | RolloutState::Scheduled
+        ) {
             continue;
         }
         let runtimes: Vec<_> = fleet

@@ -166,6 +166,7 @@ impl Application {
         let hub = PolicyHub::start(
             repository.clone(),
             settings.bundle_issuer.clone(),
+            settings.rollouts.clone(),
             keys,
             crate::grpc::convert::encoded_bundle,
             crate::metrics::global().index_instruments(),

@@ -1,4 +1,4 @@
-//! `policyhub rollout start|status|list|pause|resume|promote|abort`: the
+//! `policyhub rollout start|status|list|pause|resume|promote|abort|approve`: the
 //! rollout RPCs (StartRollout, GetRollout, ListRollouts, …), in the shape of
 //! `kubectl rollout`.
 
@@ -71,6 +71,13 @@ pub enum RolloutCommand {
         #[command(flatten)]
         client: Client,
     },
+    /// Approve someone else's rollout (ApproveRollout, approver role).
+    Approve {
+        #[command(flatten)]
+        args: ControlArgs,
+        #[command(flatten)]
+        client: Client,
+    },
 }
 
 /// Arguments of `policyhub rollout start`.
@@ -105,6 +112,9 @@ pub struct StartArgs {
     /// Makes retries safe.
     #[arg(long, default_value = "")]
     idempotency_key: String,
+    /// Begin no earlier than this instant (RFC 3339).
+    #[arg(long)]
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Arguments of `policyhub rollout status`.
@@ -163,7 +173,8 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<()> {
     | Pause { client, .. }
     | Resume { client, .. }
     | Promote { client, .. }
-    | Abort { client, .. }) = &command;
+    | Abort { client, .. }
+    | Approve { client, .. }) = &command;
     let (channel, output) = client.connect().await?;
     let mut api = PolicyServiceClient::new(channel);
     let control = |args: ControlArgs| proto::RolloutControlRequest {
@@ -204,6 +215,10 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<()> {
             .abort_rollout(control(args))
             .await
             .reply("aborting the rollout")?,
+        Approve { args, .. } => api
+            .approve_rollout(control(args))
+            .await
+            .reply("approving the rollout")?,
     };
     print_rollout(output, &shown);
     Ok(())
@@ -255,6 +270,7 @@ fn start_request(args: StartArgs) -> anyhow::Result<proto::StartRolloutRequest> 
         auto_rollback: Some(args.auto_rollback),
         reason: args.reason,
         idempotency_key: args.idempotency_key,
+        start_at: args.start_at.map(crate::grpc::convert::timestamp),
     })
 }
 

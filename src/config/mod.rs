@@ -78,12 +78,16 @@ pub struct RolloutSettings {
     /// granularity of bake times.
     #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
+    /// Approvals a rollout needs before it begins, per namespace; `*` for
+    /// every namespace not named. Unset: none.
+    pub required_approvals: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for RolloutSettings {
     fn default() -> Self {
         RolloutSettings {
             tick_interval: Duration::from_secs(1),
+            required_approvals: Default::default(),
         }
     }
 }
@@ -92,6 +96,15 @@ impl RolloutSettings {
     /// The tick interval.
     pub fn tick_interval(&self) -> Duration {
         at_least_a_millisecond(self.tick_interval)
+    }
+
+    /// Approvals a rollout in `namespace` needs.
+    pub fn required_approvals(&self, namespace: &str) -> u32 {
+        self.required_approvals
+            .get(namespace)
+            .or_else(|| self.required_approvals.get("*"))
+            .copied()
+            .unwrap_or(0)
     }
 }
 

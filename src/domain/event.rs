@@ -39,11 +39,15 @@ pub enum EventKind {
     RolloutAborted,
     /// A rollout's failure rule sent its cohort the stable versions.
     RolloutRolledBack,
+    /// A rollout was created and waits for approvals or its start time.
+    RolloutScheduled,
+    /// A rollout was approved by one more principal.
+    RolloutApproved,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -59,6 +63,8 @@ impl EventKind {
         EventKind::RolloutCompleted,
         EventKind::RolloutAborted,
         EventKind::RolloutRolledBack,
+        EventKind::RolloutScheduled,
+        EventKind::RolloutApproved,
     ];
 
     /// The name used in storage and in the API.
@@ -79,6 +85,8 @@ impl EventKind {
             EventKind::RolloutCompleted => "ROLLOUT_COMPLETED",
             EventKind::RolloutAborted => "ROLLOUT_ABORTED",
             EventKind::RolloutRolledBack => "ROLLOUT_ROLLED_BACK",
+            EventKind::RolloutScheduled => "ROLLOUT_SCHEDULED",
+            EventKind::RolloutApproved => "ROLLOUT_APPROVED",
         }
     }
 

@@ -27,6 +27,10 @@ pub const MAX_APPLY_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RolloutState {
+    /// Waiting for approvals from principals other than its creator.
+    PendingApproval,
+    /// Approved (or needing none), waiting for its start time.
+    Scheduled,
     /// Moving through its steps, baking the current one.
     Running,
     /// Halted by an operator, or by the failure rule without auto-rollback:
@@ -43,7 +47,9 @@ pub enum RolloutState {
 
 impl RolloutState {
     /// Every state.
-    pub const ALL: [RolloutState; 5] = [
+    pub const ALL: [RolloutState; 7] = [
+        RolloutState::PendingApproval,
+        RolloutState::Scheduled,
         RolloutState::Running,
         RolloutState::Paused,
         RolloutState::Completed,
@@ -54,6 +60,8 @@ impl RolloutState {
     /// The name used in storage and in the API.
     pub fn as_str(self) -> &'static str {
         match self {
+            RolloutState::PendingApproval => "PENDING_APPROVAL",
+            RolloutState::Scheduled => "SCHEDULED",
             RolloutState::Running => "RUNNING",
             RolloutState::Paused => "PAUSED",
             RolloutState::Completed => "COMPLETED",
@@ -64,6 +72,19 @@ impl RolloutState {
 
     /// Whether the rollout still holds its policies.
     pub fn is_live(self) -> bool {
+        !self.has_ended()
+    }
+
+    /// Whether it ended: completed, aborted or rolled back.
+    pub fn has_ended(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Completed | RolloutState::Aborted | RolloutState::RolledBack
+        )
+    }
+
+    /// Whether cohort runtimes are sent the candidates now.
+    pub fn has_begun(self) -> bool {
         matches!(self, RolloutState::Running | RolloutState::Paused)
     }
 }
@@ -136,6 +157,17 @@ pub struct StartRolloutCommand {
     pub auto_rollback: bool,
     /// Why.
     pub reason: String,
+    /// Begin no earlier than this; `None`: as soon as approved.
+    pub start_at: Option<DateTime<Utc>>,
+}
+
+/// One principal's approval of a rollout (bound to its pinned targets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approved.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// A rollout as stored.
@@ -172,6 +204,16 @@ pub struct Rollout {
     /// Why it ended or halted, when it did: who, or which runtimes rejected
     /// what.
     pub halted_because: String,
+    /// Begin no earlier than this.
+    #[serde(default)]
+    pub start_at: Option<DateTime<Utc>>,
+    /// Approvals needed before it may begin (the namespace's setting when it
+    /// was created).
+    #[serde(default)]
+    pub required_approvals: u32,
+    /// The approvals so far.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
 }
 
 /// What one revision changed in what runtimes are sent: pointer moves (and
@@ -233,6 +275,17 @@ pub fn plan_targets(changes: &[PointerChange<'_>]) -> Result<Vec<RolloutTarget>>
             })
         })
         .collect()
+}
+
+/// Checks a scheduled start: in the past means now; at most 90 days ahead.
+pub fn validate_start(start_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<()> {
+    match start_at {
+        Some(start_at) if start_at - now > MAX_START_DELAY => Err(Error::invalid(
+            "start_at",
+            format!("is {start_at}, at most 90 days ahead is allowed"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a plan before anything is written.
@@ -321,7 +374,7 @@ impl Rollout {
     /// is in it: the first started step whose cohort held it and every step
     /// since.
     pub fn joined_at(&self, runtime: &RuntimeId, labels: &RuntimeLabels) -> Option<u64> {
-        if !self.state.is_live() || !self.in_step(self.step, runtime, labels) {
+        if !self.state.has_begun() || !self.in_step(self.step, runtime, labels) {
             return None;
         }
         let mut joined = None;
@@ -349,7 +402,58 @@ impl Rollout {
     }
 }
 
+/// The state a new or approved rollout waits in before it begins, or
+/// `None` when it begins now.
+pub fn waiting_state(
+    required: u32,
+    approvals: usize,
+    start_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<RolloutState> {
+    if approvals < required as usize {
+        Some(RolloutState::PendingApproval)
+    } else if start_at.is_some_and(|start_at| start_at > now) {
+        Some(RolloutState::Scheduled)
+    } else {
+        None
+    }
+}
+
+/// Longest wait before a scheduled start.
+pub const MAX_START_DELAY: chrono::TimeDelta = chrono::TimeDelta::days(90);
+
 impl Rollout {
+    /// Begins the first step at `revision`.
+    pub fn begin(&mut self, revision: u64, now: DateTime<Utc>) {
+        self.state = RolloutState::Running;
+        self.step = 0;
+        self.step_revisions = vec![revision];
+        self.step_started_at = now;
+    }
+
+    /// Records `by`'s approval. The creator cannot approve their own
+    /// rollout, and one principal counts once.
+    pub fn approve(&mut self, by: &str, now: DateTime<Utc>) -> Result<()> {
+        ensure_control(self, "approve", &[RolloutState::PendingApproval])?;
+        if by == self.created_by {
+            return Err(Error::PermissionDenied(format!(
+                "{by} started rollout {} and cannot approve it: another approver must",
+                self.id
+            )));
+        }
+        if self.approvals.iter().any(|approval| approval.by == by) {
+            return Err(Error::AlreadyExists(format!(
+                "{by} already approved rollout {}",
+                self.id
+            )));
+        }
+        self.approvals.push(Approval {
+            by: by.to_owned(),
+            at: now,
+        });
+        Ok(())
+    }
+
     /// Starts the next step at `revision`.
     pub fn advance(&mut self, revision: u64, now: DateTime<Utc>) {
         self.step += 1;
@@ -420,6 +524,8 @@ pub fn progress(rollout: &Rollout, fleet: &[RuntimeRecord]) -> Progress {
 pub enum Tick {
     /// Nothing to do yet.
     Wait,
+    /// The start time came: begin the first step.
+    Begin,
     /// The step baked and the cohort holds: start the next step.
     Advance,
     /// The last step baked: the candidates become the active pointers.
@@ -432,6 +538,12 @@ pub enum Tick {
 /// candidate or missed the apply deadline, else advance once the step has
 /// baked.
 pub fn tick(rollout: &Rollout, fleet: &[RuntimeRecord], now: DateTime<Utc>) -> Tick {
+    if rollout.state == RolloutState::Scheduled {
+        return match rollout.start_at {
+            Some(start_at) if start_at > now => Tick::Wait,
+            _ => Tick::Begin,
+        };
+    }
     if rollout.state != RolloutState::Running {
         return Tick::Wait;
     }
@@ -555,7 +667,48 @@ mod tests {
             created_at: now,
             reason: String::new(),
             halted_because: String::new(),
+            start_at: None,
+            required_approvals: 0,
+            approvals: Vec::new(),
         }
+    }
+
+    #[test]
+    fn approvals_come_from_others_once_each_then_the_rollout_may_begin() {
+        let now = Utc::now();
+        let mut pending = Rollout {
+            state: RolloutState::PendingApproval,
+            required_approvals: 2,
+            ..rollout(vec![step(10, 0)])
+        };
+        assert!(matches!(
+            pending.approve("alice", now),
+            Err(Error::PermissionDenied(_))
+        ));
+        pending.approve("bob", now).unwrap();
+        assert!(matches!(
+            pending.approve("bob", now),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(
+            waiting_state(2, pending.approvals.len(), None, now),
+            Some(RolloutState::PendingApproval)
+        );
+        pending.approve("carol", now).unwrap();
+        let later = now + chrono::TimeDelta::minutes(5);
+        assert_eq!(
+            waiting_state(2, 2, Some(later), now),
+            Some(RolloutState::Scheduled)
+        );
+        assert_eq!(waiting_state(2, 2, Some(now), now), None);
+        let scheduled = Rollout {
+            state: RolloutState::Scheduled,
+            start_at: Some(later),
+            ..pending
+        };
+        assert_eq!(tick(&scheduled, &[], now), Tick::Wait);
+        assert_eq!(tick(&scheduled, &[], later), Tick::Begin);
+        assert!(validate_start(Some(now + chrono::TimeDelta::days(91)), now).is_err());
     }
 
     #[test]

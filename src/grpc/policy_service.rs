@@ -469,6 +469,14 @@ impl PolicyService for PolicyApi {
         self.control(request, Rpc::AbortRollout, Control::Abort)
             .await
     }
+
+    async fn approve_rollout(
+        &self,
+        request: Request<proto::RolloutControlRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
+        self.control(request, Rpc::ApproveRollout, Control::Approve)
+            .await
+    }
 }
 
 impl PolicyApi {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::convert::timestamp;
+use super::convert::{from_timestamp, timestamp};
 use super::policy_requests::{idempotency_key, version_selector};
 use super::proto;
 use crate::config::Limits;
@@ -95,6 +95,10 @@ pub(super) fn start_command(
         failure_rule,
         auto_rollback: request.auto_rollback.unwrap_or(true),
         reason: limits.text("reason", request.reason)?,
+        start_at: request
+            .start_at
+            .map(|at| from_timestamp("start_at", at))
+            .transpose()?,
     };
     Ok((command, idempotency_key(request.idempotency_key)?))
 }
@@ -162,5 +166,15 @@ pub(super) fn rollout(rollout: &Rollout, progress: Progress) -> proto::Rollout {
             rejected: progress.rejected,
             pending: progress.pending,
         }),
+        start_at: rollout.start_at.map(timestamp),
+        required_approvals: rollout.required_approvals,
+        approvals: rollout
+            .approvals
+            .iter()
+            .map(|approval| proto::RolloutApproval {
+                by: approval.by.clone(),
+                at: Some(timestamp(approval.at)),
+            })
+            .collect(),
     }
 }

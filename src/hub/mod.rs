@@ -10,6 +10,7 @@ pub use rollouts::Control;
 
 use std::sync::{Arc, RwLock};
 
+use crate::config::RolloutSettings;
 use crate::domain::rollout::RevisionChange;
 use crate::domain::{
     ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
@@ -42,6 +43,8 @@ pub struct PolicyHub {
     applier: Arc<tokio::sync::Mutex<()>>,
     /// The `iss` claim of the bundles this hub signs.
     bundle_issuer: String,
+    /// Approvals rollouts need, per namespace.
+    rollout_settings: Arc<RolloutSettings>,
 }
 
 /// The signing key and the JWKS, which change together.
@@ -86,6 +89,7 @@ impl PolicyHub {
     pub async fn start(
         repository: Repository,
         bundle_issuer: String,
+        rollout_settings: RolloutSettings,
         key_source: KeySource,
         encode: Encode,
         instruments: Instruments,
@@ -116,6 +120,7 @@ impl PolicyHub {
             keys: Arc::new(RwLock::new(Arc::new(keys))),
             applier: Arc::default(),
             bundle_issuer,
+            rollout_settings: Arc::new(rollout_settings),
         })
     }
 

@@ -25,6 +25,8 @@ pub enum Control {
     Promote,
     /// Stop; the cohort gets the stable versions again.
     Abort,
+    /// One more approval.
+    Approve,
 }
 
 impl Control {
@@ -34,6 +36,7 @@ impl Control {
             Control::Resume => "resume",
             Control::Promote => "promote",
             Control::Abort => "abort",
+            Control::Approve => "approve",
         }
     }
 }
@@ -155,6 +158,36 @@ async fn end(
     })
 }
 
+/// The first step begins: a new revision, and its cohort gets the
+/// candidates.
+async fn begin(
+    tx: &Transaction,
+    context: &RequestContext,
+    rollout: &mut Rollout,
+    reason: &str,
+) -> Result<RevisionChange> {
+    let policies = lock_targets(tx, rollout).await?;
+    let revision = tx.take_revision().await?;
+    rollout.begin(revision, tx.at());
+    tx.save_rollout(rollout).await?;
+    let kind = EventKind::RolloutStarted;
+    record(
+        tx,
+        context,
+        rollout,
+        &policies,
+        kind,
+        Some(revision),
+        reason,
+    )
+    .await?;
+    Ok(RevisionChange {
+        revision,
+        bundles: Vec::new(),
+        rollouts: vec![tx.rollout_view(rollout.clone()).await?],
+    })
+}
+
 /// The view of an ended rollout: the index drops its candidates.
 fn ended(rollout: &Rollout) -> RolloutView {
     RolloutView {
@@ -174,6 +207,7 @@ impl PolicyHub {
         key: Option<IdempotencyKey>,
     ) -> Result<Rollout> {
         rollout::validate_plan(&command.steps, &command.failure_rule)?;
+        rollout::validate_start(command.start_at, chrono::Utc::now())?;
         let claim = IdempotencyClaim::new("StartRollout", key, &command);
         let mut change = None;
         let started = self
@@ -203,41 +237,46 @@ impl PolicyHub {
                     })
                     .collect();
                 let targets = rollout::plan_targets(&changes)?;
-                let revision = tx.take_revision().await?;
-                let started = Rollout {
+                let required = self
+                    .rollout_settings
+                    .required_approvals(command.namespace.as_str());
+                let waiting = rollout::waiting_state(required, 0, command.start_at, tx.at());
+                let mut started = Rollout {
                     id: uuid::Uuid::new_v4().to_string(),
                     namespace: command.namespace.clone(),
                     targets,
                     steps: command.steps.clone(),
                     failure_rule: command.failure_rule,
                     auto_rollback: command.auto_rollback,
-                    state: RolloutState::Running,
+                    state: waiting.unwrap_or(RolloutState::Scheduled),
                     step: 0,
-                    step_revisions: vec![revision],
+                    step_revisions: Vec::new(),
                     step_started_at: tx.at(),
                     created_by: context.actor.clone(),
                     created_at: tx.at(),
                     reason: command.reason.clone(),
                     halted_because: String::new(),
+                    start_at: command.start_at,
+                    required_approvals: required,
+                    approvals: Vec::new(),
                 };
                 tx.insert_rollout(&started).await?;
                 tx.hold_policies(&policies, Some(&started.id)).await?;
-                let kind = EventKind::RolloutStarted;
-                record(
-                    tx,
-                    context,
-                    &started,
-                    &policies,
-                    kind,
-                    Some(revision),
-                    &command.reason,
-                )
-                .await?;
-                change = Some(RevisionChange {
-                    revision,
-                    bundles: Vec::new(),
-                    rollouts: vec![tx.rollout_view(started.clone()).await?],
-                });
+                if waiting.is_some() {
+                    let kind = EventKind::RolloutScheduled;
+                    record(
+                        tx,
+                        context,
+                        &started,
+                        &policies,
+                        kind,
+                        None,
+                        &command.reason,
+                    )
+                    .await?;
+                } else {
+                    change = Some(begin(tx, context, &mut started, &command.reason).await?);
+                }
                 Ok(started)
             })
             .await?;
@@ -257,7 +296,7 @@ impl PolicyHub {
         reason: &str,
         context: &RequestContext,
     ) -> Result<Rollout> {
-        use RolloutState::{Paused, Running};
+        use RolloutState::{Paused, PendingApproval, Running, Scheduled};
         let mut change = None;
         let controlled = self
             .repository
@@ -266,7 +305,9 @@ impl PolicyHub {
                 let allowed: &[RolloutState] = match control {
                     Control::Pause => &[Running],
                     Control::Resume => &[Paused],
-                    Control::Promote | Control::Abort => &[Running, Paused],
+                    Control::Promote => &[Running, Paused],
+                    Control::Abort => &[PendingApproval, Scheduled, Running, Paused],
+                    Control::Approve => &[PendingApproval],
                 };
                 rollout::ensure_control(&controlled, control.verb(), allowed)?;
                 let by = format!("{} by {}: {reason}", control.verb(), context.actor);
@@ -286,9 +327,37 @@ impl PolicyHub {
                     Control::Promote => {
                         change = Some(complete(tx, context, &mut controlled, reason).await?);
                     }
+                    Control::Abort if !controlled.state.has_begun() => {
+                        // Nothing was sent yet: the stable versions stand.
+                        let policies = lock_targets(tx, &controlled).await?;
+                        tx.hold_policies(&policies, None).await?;
+                        controlled.halt(RolloutState::Aborted, by);
+                        tx.save_rollout(&controlled).await?;
+                        let kind = EventKind::RolloutAborted;
+                        record(tx, context, &controlled, &policies, kind, None, reason).await?;
+                    }
                     Control::Abort => {
                         let state = RolloutState::Aborted;
                         change = Some(end(tx, context, &mut controlled, state, by).await?);
+                    }
+                    Control::Approve => {
+                        controlled.approve(&context.actor, tx.at())?;
+                        let waiting = rollout::waiting_state(
+                            controlled.required_approvals,
+                            controlled.approvals.len(),
+                            controlled.start_at,
+                            tx.at(),
+                        );
+                        if let Some(state) = waiting {
+                            controlled.state = state;
+                        }
+                        tx.save_rollout(&controlled).await?;
+                        let policies = lock_targets(tx, &controlled).await?;
+                        let kind = EventKind::RolloutApproved;
+                        record(tx, context, &controlled, &policies, kind, None, reason).await?;
+                        if waiting.is_none() {
+                            change = Some(begin(tx, context, &mut controlled, reason).await?);
+                        }
                     }
                 }
                 Ok(controlled)
@@ -313,11 +382,14 @@ impl PolicyHub {
         self.repository
             .write("drive_rollout", async |tx| {
                 let mut current = tx.lock_rollout(&seen.namespace, &seen.id).await?;
-                if current.state != RolloutState::Running || current.step != seen.step {
+                if current.state != seen.state || current.step != seen.step {
                     return Ok(());
                 }
                 change = match decision {
                     Tick::Wait => None,
+                    Tick::Begin => {
+                        Some(begin(tx, &context, &mut current, "its start time came").await?)
+                    }
                     Tick::Advance => {
                         let revision = tx.take_revision().await?;
                         current.advance(revision, tx.at());

@@ -55,9 +55,12 @@ pub(super) async fn find_rollout<C: ConnectionTrait>(
         .and_then(from_row)
 }
 
-/// Every running or paused rollout, oldest first.
+/// Every rollout that has not ended, oldest first.
 pub(super) async fn live_rollouts<C: ConnectionTrait>(db: &C) -> Result<Vec<Rollout>> {
-    let live = [RolloutState::Running, RolloutState::Paused].map(RolloutState::as_str);
+    let live = RolloutState::ALL
+        .into_iter()
+        .filter(|state| state.is_live())
+        .map(RolloutState::as_str);
     rollouts::Entity::find()
         .filter(rollouts::Column::State.is_in(live))
         .order_by(rollouts::Column::CreatedAt, Order::Asc)
@@ -195,7 +198,7 @@ impl Repository {
         })
     }
 
-    /// Every running or paused rollout, oldest first: what the controller
+    /// Every rollout that has not ended, oldest first: what the controller
     /// drives.
     #[tracing::instrument(name = "storage.live_rollouts", skip_all)]
     pub async fn live_rollouts(&self) -> Result<Vec<Rollout>> {

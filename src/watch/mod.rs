@@ -285,6 +285,9 @@ mod tests {
                 created_at: chrono::Utc::now(),
                 reason: String::new(),
                 halted_because: String::new(),
+                start_at: None,
+                required_approvals: 0,
+                approvals: Vec::new(),
             },
             candidates: vec![bundle("a", 2, 0)],
         }

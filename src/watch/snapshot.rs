@@ -206,7 +206,8 @@ impl Snapshot {
         }
     }
 
-    /// Shows a live rollout's candidates, or drops an ended one's.
+    /// Shows the candidates of a rollout that has begun, or drops those of
+    /// one that ended.
     fn show(&mut self, view: RolloutView, revision: u64, encode: Encode) {
         let RolloutView {
             rollout,
@@ -222,7 +223,7 @@ impl Snapshot {
                 namespace.candidates.remove(&target.policy.name);
             }
         }
-        if !rollout.state.is_live() {
+        if !rollout.state.has_begun() {
             return;
         }
         let rollout = Arc::new(rollout);

@@ -790,3 +790,104 @@ async fn a_malformed_token_is_described_plainly() {
         refused.message()
     );
 }
+
+/// Rollout approvals: required when the namespace says so, from a holder of
+/// the approver role other than the rollout's creator, and bound to that
+/// rollout's pinned targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_need_approvals_from_other_approvers() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |settings| {
+        settings.rollouts.required_approvals = [("team".to_owned(), 1)].into();
+    })
+    .await;
+    let alice = issuer.token("alice", &["team:operator", "team:approver"]);
+    let bob = issuer.token("bob", &["team:approver"]);
+    let rita = issuer.token("rita", &["team:reader"]);
+    let mut policy = app.policy.clone();
+    for (value, activate) in [(1, true), (2, false), (3, false)] {
+        policy
+            .draft(with_token(draft_request("team", "limits", value), &alice))
+            .await
+            .unwrap();
+        policy
+            .publish(with_token(
+                proto::PublishRequest {
+                    namespace: "team".into(),
+                    name: "limits".into(),
+                    activate,
+                    ..Default::default()
+                },
+                &alice,
+            ))
+            .await
+            .unwrap();
+    }
+    let start = |version: u32| proto::StartRolloutRequest {
+        namespace: "team".into(),
+        targets: vec![proto::RolloutTargetRequest {
+            name: "limits".into(),
+            selector: Some(proto::rollout_target_request::Selector::Version(version)),
+            expected_active_version: None,
+        }],
+        steps: vec![proto::RolloutStep {
+            percentage: 100,
+            label_selector: String::new(),
+            bake: Some(Duration::from_secs(3600).try_into().unwrap()),
+        }],
+        ..Default::default()
+    };
+    let control = |id: &str| proto::RolloutControlRequest {
+        namespace: "team".into(),
+        id: id.into(),
+        reason: "reviewed".into(),
+    };
+    let pending = policy
+        .start_rollout(with_token(start(2), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pending.state(), proto::RolloutState::PendingApproval);
+    assert_eq!(pending.required_approvals, 1);
+    assert!(pending.step_revisions.is_empty());
+
+    let own = policy
+        .approve_rollout(with_token(control(&pending.id), &alice))
+        .await;
+    let status = own.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("alice started rollout"),
+        "{}",
+        status.message()
+    );
+    let reader = policy
+        .approve_rollout(with_token(control(&pending.id), &rita))
+        .await;
+    assert_eq!(reader.unwrap_err().code(), Code::PermissionDenied);
+
+    let approved = policy
+        .approve_rollout(with_token(control(&pending.id), &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.state(), proto::RolloutState::Running);
+    assert_eq!(approved.approvals[0].by, "bob");
+    let again = policy
+        .approve_rollout(with_token(control(&pending.id), &bob))
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::FailedPrecondition);
+
+    // The approval was for version 2's digest: version 3 needs its own.
+    policy
+        .promote_rollout(with_token(control(&pending.id), &alice))
+        .await
+        .unwrap();
+    let next = policy
+        .start_rollout(with_token(start(3), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.state(), proto::RolloutState::PendingApproval);
+    assert!(next.approvals.is_empty());
+}

@@ -108,6 +108,7 @@ pub fn test_settings(database: &TestDatabase) -> Settings {
         health_check_interval: std::time::Duration::from_secs(1),
         rollouts: policyhub::config::RolloutSettings {
             tick_interval: std::time::Duration::from_millis(100),
+            ..Default::default()
         },
         ..Settings::default()
     }

@@ -23,6 +23,7 @@ crate::on_both_backends!(
     pause_resume_promote_and_abort_do_what_they_say,
     bad_rollout_requests_are_refused_and_change_nothing,
     a_runtime_that_resumes_mid_rollout_gets_its_cohorts_view_in_one_update,
+    a_scheduled_rollout_waits_for_its_start_time,
 );
 
 /// A runtime: its id and its open stream.
@@ -86,6 +87,7 @@ fn start_request(steps: Vec<proto::RolloutStep>) -> proto::StartRolloutRequest {
         auto_rollback: None,
         reason: "canary the new limits".into(),
         idempotency_key: String::new(),
+        start_at: None,
     }
 }
 
@@ -864,4 +866,107 @@ async fn the_other_replica_takes_a_rollout_over_when_its_driver_is_killed() {
         }
     }
     terminate(survivor).await;
+}
+
+async fn a_scheduled_rollout_waits_for_its_start_time(app: TestApp) {
+    seed(&app).await;
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    let at = chrono::Utc::now() + chrono::TimeDelta::milliseconds(700);
+    request.start_at = Some(policyhub::grpc::convert::timestamp(at));
+    let scheduled = start(&app, request).await;
+    assert_eq!(scheduled.state(), RolloutState::Scheduled);
+    assert!(
+        scheduled.step_revisions.is_empty(),
+        "nothing is sent before the start"
+    );
+    // It already holds its policy.
+    expect_code(
+        app.try_activate(vec![target("team", "limits", 2)]).await,
+        Code::FailedPrecondition,
+    );
+    let running = until(&app, &scheduled.id, |rollout| {
+        rollout.state() == RolloutState::Running
+    })
+    .await;
+    let began = running.step_started_at.unwrap();
+    assert!(began.seconds * 1_000 + i64::from(began.nanos) / 1_000_000 >= at.timestamp_millis());
+    let kinds = kinds(&app.events("team", "limits").await);
+    assert!(
+        kinds.contains(&"ROLLOUT_SCHEDULED") && kinds.contains(&"ROLLOUT_STARTED"),
+        "{kinds:?}"
+    );
+    let mut far = start_request(vec![step(100, Duration::ZERO)]);
+    far.start_at = Some(policyhub::grpc::convert::timestamp(
+        chrono::Utc::now() + chrono::TimeDelta::days(91),
+    ));
+    let message = expect_code(
+        app.policy.clone().start_rollout(far).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.starts_with("start_at"), "{message}");
+}
+
+/// A scheduled rollout fires on time although the server restarted while
+/// it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_rollout_fires_across_a_restart() {
+    use policyhub::grpc::proto::policy_service_client::PolicyServiceClient;
+
+    use crate::helpers::{free_port, spawn_binary_server_on, terminate};
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [("POLICYHUB_ROLLOUTS__TICK_INTERVAL", "100ms".to_owned())];
+    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = PolicyServiceClient::new(channel);
+    for (body, activate) in [(json!({"max": 1}), true), (json!({"max": 2}), false)] {
+        policy
+            .draft(proto::DraftRequest {
+                namespace: "team".into(),
+                name: "limits".into(),
+                body: Some(policyhub::grpc::convert::json_to_struct(&body)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        policy
+            .publish(proto::PublishRequest {
+                namespace: "team".into(),
+                name: "limits".into(),
+                activate,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    request.start_at = Some(policyhub::grpc::convert::timestamp(at));
+    let scheduled = policy.start_rollout(request).await.unwrap().into_inner();
+    server.kill().expect("SIGKILL");
+    server.wait().unwrap();
+    let (server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = PolicyServiceClient::new(channel);
+    let mut began = None;
+    for _ in 0..100 {
+        let rollout = policy
+            .get_rollout(proto::GetRolloutRequest {
+                namespace: "team".into(),
+                id: scheduled.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if rollout.state() == RolloutState::Running {
+            began = rollout.step_started_at;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let began = began.expect("the scheduled rollout began after the restart");
+    let late = began.seconds * 1_000 + i64::from(began.nanos) / 1_000_000 - at.timestamp_millis();
+    assert!(
+        (0..1_500).contains(&late),
+        "began {late} ms after its start time"
+    );
+    terminate(server).await;
 }

@@ -24,8 +24,11 @@ mod tokens;
 
 pub use tokens::Authenticator;
 
-/// A role, granted per namespace. Each includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A role, granted per namespace. Reader, author, publisher, operator and
+/// admin each include the ones before; approver stands apart (it includes
+/// reader), so approving a rollout is never implied by the power to start
+/// one; admin includes every role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Get, list, watch.
     Reader,
@@ -33,10 +36,34 @@ pub enum Role {
     Author,
     /// Publish.
     Publisher,
-    /// Activate and roll back.
+    /// Activate, roll back, run rollouts.
     Operator,
+    /// Approve other principals' rollouts.
+    Approver,
     /// Everything, including schemas and signing keys.
     Admin,
+}
+
+impl Role {
+    /// Whether holding this role grants `needed`.
+    pub fn includes(self, needed: Role) -> bool {
+        use Role::*;
+        let rank = |role| match role {
+            Reader => Some(0),
+            Author => Some(1),
+            Publisher => Some(2),
+            Operator => Some(3),
+            Approver | Admin => None,
+        };
+        match (self, needed) {
+            (Admin, _) => true,
+            (held, needed) if held == needed => true,
+            (Approver, Reader) => true,
+            (held, needed) => {
+                matches!((rank(held), rank(needed)), (Some(held), Some(needed)) if held >= needed)
+            }
+        }
+    }
 }
 
 impl FromStr for Role {
@@ -48,10 +75,11 @@ impl FromStr for Role {
             "author" => Role::Author,
             "publisher" => Role::Publisher,
             "operator" => Role::Operator,
+            "approver" => Role::Approver,
             "admin" => Role::Admin,
             other => {
                 return Err(format!(
-                    "unknown role {other:?}: use reader, author, publisher, operator or admin"
+                    "unknown role {other:?}: use reader, author, publisher, operator, approver or admin"
                 ));
             }
         })
@@ -65,6 +93,7 @@ impl fmt::Display for Role {
             Role::Author => "author",
             Role::Publisher => "publisher",
             Role::Operator => "operator",
+            Role::Approver => "approver",
             Role::Admin => "admin",
         })
     }
@@ -98,6 +127,7 @@ pub enum Rpc {
     ResumeRollout,
     PromoteRollout,
     AbortRollout,
+    ApproveRollout,
 }
 
 impl Rpc {
@@ -126,6 +156,7 @@ impl Rpc {
             | Rpc::ResumeRollout
             | Rpc::PromoteRollout
             | Rpc::AbortRollout => Role::Operator,
+            Rpc::ApproveRollout => Role::Approver,
             Rpc::SetSchema | Rpc::RotateSigningKey => Role::Admin,
         }
     }
@@ -234,7 +265,7 @@ impl Caller {
         if self
             .grants
             .iter()
-            .any(|grant| grant.role >= role && covers(grant))
+            .any(|grant| grant.role.includes(role) && covers(grant))
         {
             return Ok(());
         }
@@ -380,6 +411,34 @@ mod tests {
         assert!(admin.authorize(Rpc::SetSchema, &ns("anything")).is_ok());
         let operator = caller(&["payments:operator"]);
         assert!(operator.authorize(Rpc::SetSchema, &ns("payments")).is_err());
+        assert!(
+            operator
+                .authorize(Rpc::StartRollout, &ns("payments"))
+                .is_ok()
+        );
+        assert!(
+            operator
+                .authorize(Rpc::ApproveRollout, &ns("payments"))
+                .is_err(),
+            "starting a rollout does not imply approving one"
+        );
+        let approver = caller(&["payments:approver"]);
+        assert!(
+            approver
+                .authorize(Rpc::ApproveRollout, &ns("payments"))
+                .is_ok()
+        );
+        assert!(approver.authorize(Rpc::GetRollout, &ns("payments")).is_ok());
+        assert!(
+            approver
+                .authorize(Rpc::StartRollout, &ns("payments"))
+                .is_err()
+        );
+        assert!(
+            admin
+                .authorize(Rpc::ApproveRollout, &ns("payments"))
+                .is_ok()
+        );
     }
 
     #[test]
