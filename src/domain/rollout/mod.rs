@@ -7,14 +7,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
-use super::lifecycle::{PointerChange, ensure_expected_active, ensure_published};
-use super::runtime::{ApplyState, LabelSelector, RuntimeId, RuntimeLabels, RuntimeRecord};
 use super::{
     ActiveBundle, Digest, Error, ExpectedActive, Namespace, PolicyName, PolicyRef, Result,
     VersionSelector,
 };
+
+mod cohort;
+mod plan;
+mod tick;
+
+pub use cohort::{Progress, bucket, progress};
+pub use plan::{plan_targets, validate_plan, validate_start};
+pub use tick::{Tick, ensure_control, tick};
 
 /// Most steps of one rollout.
 pub const MAX_STEPS: usize = 20;
@@ -240,168 +245,6 @@ pub struct RolloutView {
     pub candidates: Vec<ActiveBundle>,
 }
 
-/// Decides a rollout's targets as `Activate` would decide the move, and
-/// pins each by digest: no live rollout may hold the policy, the target
-/// must be published, meet the compare-and-swap and the schema; some other
-/// version must be active (the stable one that runtimes outside the cohort
-/// keep).
-pub fn plan_targets(changes: &[PointerChange<'_>]) -> Result<Vec<RolloutTarget>> {
-    changes
-        .iter()
-        .map(|change| {
-            let policy = change.policy;
-            policy.ensure_free("start a rollout of")?;
-            ensure_published(change.target)?;
-            ensure_expected_active(&policy.policy, change.expected, policy.active_version())?;
-            policy.check_schema(change.target)?;
-            if policy.active.is_none() {
-                return Err(Error::precondition(format!(
-                    "nothing of {} is active yet: a rollout replaces a stable version, so \
-                     activate the first one directly",
-                    policy.policy
-                )));
-            }
-            if policy.active_version() == Some(change.target.version) {
-                return Err(Error::precondition(format!(
-                    "version {} of {} is already active: there is nothing to roll out",
-                    change.target.version, policy.policy
-                )));
-            }
-            Ok(RolloutTarget {
-                policy: policy.policy.clone(),
-                version: change.target.version,
-                digest: change.target.digest().clone(),
-                stable_version: policy.active_version(),
-            })
-        })
-        .collect()
-}
-
-/// Checks a scheduled start: in the past means now; at most 90 days ahead.
-pub fn validate_start(start_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<()> {
-    match start_at {
-        Some(start_at) if start_at - now > MAX_START_DELAY => Err(Error::invalid(
-            "start_at",
-            format!("is {start_at}, at most 90 days ahead is allowed"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Checks a plan before anything is written.
-pub fn validate_plan(steps: &[RolloutStep], rule: &FailureRule) -> Result<()> {
-    if steps.is_empty() {
-        return Err(Error::invalid("steps", "a rollout needs at least one step"));
-    }
-    if steps.len() > MAX_STEPS {
-        return Err(Error::invalid(
-            "steps",
-            format!("{} steps, at most {MAX_STEPS} are allowed", steps.len()),
-        ));
-    }
-    let mut previous = 0;
-    for (index, step) in steps.iter().enumerate() {
-        let field = format!("steps[{index}]");
-        if step.percentage == 0 || step.percentage > 100 {
-            return Err(Error::invalid(
-                format!("{field}.percentage"),
-                format!("is {}, it must be 1 to 100", step.percentage),
-            ));
-        }
-        if step.percentage <= previous {
-            return Err(Error::invalid(
-                format!("{field}.percentage"),
-                format!(
-                    "is {}, not above the previous step's {previous}: a step only adds runtimes",
-                    step.percentage
-                ),
-            ));
-        }
-        previous = step.percentage;
-        LabelSelector::parse(&format!("{field}.label_selector"), &step.label_selector)?;
-        if step.bake > MAX_BAKE {
-            return Err(Error::invalid(
-                format!("{field}.bake"),
-                format!(
-                    "is {}, at most {} is allowed",
-                    humantime::format_duration(step.bake),
-                    humantime::format_duration(MAX_BAKE)
-                ),
-            ));
-        }
-    }
-    if !(0.0..=1.0).contains(&rule.max_rejected_fraction) {
-        return Err(Error::invalid(
-            "failure_rule.max_rejected_fraction",
-            format!("is {}, it must be 0 to 1", rule.max_rejected_fraction),
-        ));
-    }
-    if rule.apply_deadline > MAX_APPLY_DEADLINE {
-        return Err(Error::invalid(
-            "failure_rule.apply_deadline",
-            format!(
-                "is {}, at most {} is allowed",
-                humantime::format_duration(rule.apply_deadline),
-                humantime::format_duration(MAX_APPLY_DEADLINE)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Where a runtime falls among 10,000 buckets for a rollout: the same for
-/// the same rollout and runtime wherever and whenever it is computed.
-pub fn bucket(rollout: &str, runtime: &RuntimeId) -> u32 {
-    let hash = sha2::Sha256::digest(format!("{rollout}/{runtime}").as_bytes());
-    let head = u64::from_be_bytes(hash[..8].try_into().expect("eight bytes"));
-    (head % 10_000) as u32
-}
-
-impl Rollout {
-    /// Whether `step`'s cohort holds the runtime: its bucket falls below the
-    /// step's percentage and the step's selector matches its labels.
-    /// Anonymous streams are in no cohort.
-    pub fn in_step(&self, step: usize, runtime: &RuntimeId, labels: &RuntimeLabels) -> bool {
-        let Some(step) = self.steps.get(step) else {
-            return false;
-        };
-        let selected = LabelSelector::parse("label_selector", &step.label_selector)
-            .is_ok_and(|selector| selector.matches(labels));
-        selected && bucket(&self.id, runtime) < step.percentage * 100
-    }
-
-    /// The revision at which the runtime joined the current cohort, if it
-    /// is in it: the first started step whose cohort held it and every step
-    /// since.
-    pub fn joined_at(&self, runtime: &RuntimeId, labels: &RuntimeLabels) -> Option<u64> {
-        if !self.state.has_begun() || !self.in_step(self.step, runtime, labels) {
-            return None;
-        }
-        let mut joined = None;
-        for (step, revision) in self.step_revisions.iter().enumerate().rev() {
-            if !self.in_step(step, runtime, labels) {
-                break;
-            }
-            joined = Some(*revision);
-        }
-        joined
-    }
-
-    /// The policies the rollout moves.
-    pub fn policies(&self) -> impl Iterator<Item = &PolicyRef> {
-        self.targets.iter().map(|target| &target.policy)
-    }
-
-    /// The cohort of the current step among `fleet`, the namespace's
-    /// runtimes.
-    pub fn cohort<'a>(&self, fleet: &'a [RuntimeRecord]) -> Vec<&'a RuntimeRecord> {
-        fleet
-            .iter()
-            .filter(|runtime| self.in_step(self.step, &runtime.id, &runtime.labels))
-            .collect()
-    }
-}
-
 /// The state a new or approved rollout waits in before it begins, or
 /// `None` when it begins now.
 pub fn waiting_state(
@@ -475,155 +318,12 @@ impl Rollout {
     }
 }
 
-/// How the current step's cohort fares.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Runtimes in the cohort.
-    pub cohort: u32,
-    /// Those that applied every candidate they watch.
-    pub applied: u32,
-    /// Those that rejected a candidate.
-    pub rejected: u32,
-    /// The others.
-    pub pending: u32,
-}
-
-/// The current step's progress among `fleet`, the namespace's runtimes.
-pub fn progress(rollout: &Rollout, fleet: &[RuntimeRecord]) -> Progress {
-    let mut progress = Progress::default();
-    for runtime in rollout.cohort(fleet) {
-        progress.cohort += 1;
-        let outcomes = rollout
-            .targets
-            .iter()
-            .filter(|target| runtime.watches(&target.policy.name))
-            .map(|target| {
-                runtime
-                    .policies
-                    .get(&target.policy.name)
-                    .filter(|outcome| outcome.version == target.version)
-                    .map(|outcome| outcome.state)
-            });
-        let outcomes: Vec<Option<ApplyState>> = outcomes.collect();
-        if outcomes.contains(&Some(ApplyState::Rejected)) {
-            progress.rejected += 1;
-        } else if outcomes
-            .iter()
-            .all(|outcome| *outcome == Some(ApplyState::Applied))
-        {
-            progress.applied += 1;
-        } else {
-            progress.pending += 1;
-        }
-    }
-    progress
-}
-
-/// What a controller tick decides for a running rollout.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Tick {
-    /// Nothing to do yet.
-    Wait,
-    /// The start time came: begin the first step.
-    Begin,
-    /// The step baked and the cohort holds: start the next step.
-    Advance,
-    /// The last step baked: the candidates become the active pointers.
-    Complete,
-    /// The cohort failed: why, naming the runtimes.
-    Fail(String),
-}
-
-/// One controller decision: fail when too many cohort runtimes rejected a
-/// candidate or missed the apply deadline, else advance once the step has
-/// baked.
-pub fn tick(rollout: &Rollout, fleet: &[RuntimeRecord], now: DateTime<Utc>) -> Tick {
-    if rollout.state == RolloutState::Scheduled {
-        return match rollout.start_at {
-            Some(start_at) if start_at > now => Tick::Wait,
-            _ => Tick::Begin,
-        };
-    }
-    if rollout.state != RolloutState::Running {
-        return Tick::Wait;
-    }
-    let cohort = rollout.cohort(fleet);
-    let elapsed = (now - rollout.step_started_at).to_std().unwrap_or_default();
-    let deadline_passed = !rollout.failure_rule.apply_deadline.is_zero()
-        && elapsed >= rollout.failure_rule.apply_deadline;
-    let mut failed = Vec::new();
-    for runtime in &cohort {
-        let mut problems = Vec::new();
-        for target in &rollout.targets {
-            if !runtime.watches(&target.policy.name) {
-                continue;
-            }
-            match runtime.policies.get(&target.policy.name) {
-                Some(outcome)
-                    if outcome.version == target.version
-                        && outcome.state == ApplyState::Rejected =>
-                {
-                    problems.push(format!(
-                        "rejected {} version {}: {}",
-                        target.policy, target.version, outcome.error
-                    ));
-                }
-                Some(outcome)
-                    if outcome.version == target.version
-                        && outcome.state == ApplyState::Applied => {}
-                _ if deadline_passed => problems.push(format!(
-                    "had not applied {} version {} after {}",
-                    target.policy,
-                    target.version,
-                    humantime::format_duration(rollout.failure_rule.apply_deadline)
-                )),
-                _ => {}
-            }
-        }
-        if !problems.is_empty() {
-            failed.push(format!("{} {}", runtime.id, problems.join("; ")));
-        }
-    }
-    let allowed = if rollout.failure_rule.max_rejected_fraction > 0.0 {
-        (rollout.failure_rule.max_rejected_fraction * cohort.len() as f64).floor() as usize
-    } else {
-        rollout.failure_rule.max_rejected as usize
-    };
-    if failed.len() > allowed {
-        return Tick::Fail(format!(
-            "{} of {} cohort runtimes failed (at most {allowed} allowed): {}",
-            failed.len(),
-            cohort.len(),
-            failed.join(", ")
-        ));
-    }
-    let step = &rollout.steps[rollout.step];
-    if elapsed < step.bake {
-        return Tick::Wait;
-    }
-    if rollout.step + 1 < rollout.steps.len() {
-        Tick::Advance
-    } else {
-        Tick::Complete
-    }
-}
-
-/// Refuses an operator's control in a state that does not allow it.
-pub fn ensure_control(rollout: &Rollout, control: &str, allowed: &[RolloutState]) -> Result<()> {
-    if allowed.contains(&rollout.state) {
-        return Ok(());
-    }
-    Err(Error::precondition(format!(
-        "cannot {control} rollout {}: it is {}",
-        rollout.id,
-        rollout.state.as_str().to_lowercase().replace('_', " ")
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::runtime::PolicyOutcome;
+    use crate::domain::runtime::{
+        ApplyState, PolicyOutcome, RuntimeId, RuntimeLabels, RuntimeRecord,
+    };
 
     fn step(percentage: u32, bake_secs: u64) -> RolloutStep {
         RolloutStep {
