@@ -30,22 +30,16 @@
 use std::{
     env, fs,
     io::{self, ErrorKind},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use futures::{StreamExt, TryStreamExt};
-use policyhub::grpc::{
-    convert::json_to_struct,
-    proto::{
-        self, WatchEventKind, bundle_service_client::BundleServiceClient,
-        policy_service_client::PolicyServiceClient,
-    },
-};
+use policyhub::grpc::proto;
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -53,21 +47,15 @@ use tokio::{
     sync::mpsc,
     task::JoinHandle,
 };
-use tonic::transport::{Channel, Endpoint};
 
-/// Streams being connected at once.
-const CONNECT_CONCURRENCY: usize = 200;
-/// How long every stream of one round may take to receive the change.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause before each round, so rounds do not overlap.
-const ROUND_PAUSE: Duration = Duration::from_millis(500);
-/// Pause between the last stream opening and the RSS reading.
-const SETTLE: Duration = Duration::from_secs(2);
-/// Sockets and files the bench process needs besides its streams.
-const SPARE_FDS: usize = 200;
+mod support;
 
-const NAMESPACE: &str = "bench";
-const POLICY: &str = "fanout";
+use support::{
+    CONNECT_CONCURRENCY, NAMESPACE, POLICY, Policyhub, ROUND_PAUSE, SETTLE, SPARE_FDS, Server,
+    Watcher, collect_round, cpu_time, free_port, load_average, ms, open_files_limit, percentile,
+    rss_kib, wait_for_fds_to_close,
+};
+
 const ETCD_KEY: &str = "/bench/fanout";
 
 #[tokio::main]
@@ -200,21 +188,6 @@ impl Measurement {
     }
 }
 
-/// Nearest-rank percentile.
-fn percentile(samples: &[Duration], quantile: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
 fn print_report(results: &[(Measurement, Measurement)]) {
     println!();
     println!(
@@ -317,83 +290,28 @@ fn print_report_costs(results: &[(Measurement, Measurement)], reporting: &[Measu
 // ---------------------------------------------------------------- policyhub
 
 async fn run_policyhub(count: usize, rounds: usize, reports: bool) -> anyhow::Result<Measurement> {
-    let dir = tempfile::tempdir()?;
-    let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let metrics_address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let data_dir = dir.path().join("data");
-    let server = Server::spawn(
-        Command::new(env!("CARGO_BIN_EXE_policyhub"))
-            .arg("serve")
-            .arg("--insecure")
-            .arg("--listen")
-            .arg(address.to_string())
-            .arg("--metrics-listen")
-            .arg(metrics_address.to_string())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("RUST_LOG", "warn")
-            // Every stream here comes from one caller: lift the per-caller
-            // stream quota where the server has one (ignored where not).
-            .env(
-                "POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT",
-                (count + 100).to_string(),
-            ),
-        &dir.path().join("policyhub.log"),
-    )?;
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10));
-    let control = connect_with_retry(&endpoint, &server).await?;
-    let mut policies = PolicyServiceClient::new(control);
-
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut policyhub =
+        Policyhub::spawn(count, &[("POLICYHUB_METRICS_LISTEN", &metrics.to_string())]).await?;
     // Version 1 active; versions 2..=rounds+1 published for the rounds.
-    for version in 1..=rounds + 1 {
-        policies
-            .draft(proto::DraftRequest {
-                namespace: NAMESPACE.into(),
-                name: POLICY.into(),
-                body: Some(json_to_struct(&policy_body(version))),
-                change_notes: format!("benchmark version {version}"),
-                idempotency_key: String::new(),
-            })
-            .await?;
-        policies
-            .publish(proto::PublishRequest {
-                namespace: NAMESPACE.into(),
-                name: POLICY.into(),
-                version: None,
-                label: String::new(),
-                activate: version == 1,
-                expected_active_version: None,
-                reason: "benchmark".into(),
-                idempotency_key: String::new(),
-            })
-            .await?;
-    }
+    policyhub.publish(rounds + 1).await?;
 
     tokio::time::sleep(SETTLE).await;
+    let server = &policyhub.server;
     let rss_before_kib = rss_kib(server.pid())?;
-    let (receipts, mut received) = mpsc::unbounded_channel();
-    let started = Instant::now();
-    let opened: Vec<(JoinHandle<()>, usize)> = futures::stream::iter(0..count)
-        .map(|n| {
-            let runtime = reports.then(|| format!("rt-{n}"));
-            open_policyhub_watch(endpoint.clone(), receipts.clone(), runtime)
-        })
-        .buffer_unordered(CONNECT_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let open = started.elapsed();
-    drop(receipts);
+    let watchers = (0..count).map(|n| Watcher {
+        runtime: reports.then(|| format!("rt-{n}")),
+        reports,
+    });
+    let mut streams = policyhub.open_streams(watchers).await?;
     tokio::time::sleep(SETTLE).await;
     let rss_after_kib = rss_kib(server.pid())?;
-    let payload_bytes = opened.first().map_or(0, |(_, bytes)| *bytes);
 
     let mut latencies = Vec::with_capacity(count * rounds);
     let mut write_replies = Vec::with_capacity(rounds);
     let mut missing = 0;
     let cpu_before = (cpu_time(server.pid())?, cpu_time("self")?);
-    let flushes_before = (flushes(metrics_address).await?, Instant::now());
+    let flushes_before = (flushes(metrics).await?, Instant::now());
     for round in 1..=rounds {
         tokio::time::sleep(ROUND_PAUSE).await;
         let request = proto::ActivateRequest {
@@ -409,24 +327,35 @@ async fn run_policyhub(count: usize, rounds: usize, reports: bool) -> anyhow::Re
             idempotency_key: String::new(),
         };
         let issued = Instant::now();
-        let revision = policies.activate(request).await?.into_inner().revision;
+        let revision = policyhub
+            .policies
+            .activate(request)
+            .await?
+            .into_inner()
+            .revision;
         write_replies.push(issued.elapsed());
-        missing += collect_round(&mut received, revision, issued, count, &mut latencies).await;
+        missing += collect_round(
+            &mut streams.received,
+            revision,
+            issued,
+            count,
+            &mut latencies,
+        )
+        .await;
     }
     // The reports of the last round, and the batch that writes them.
     if reports {
         tokio::time::sleep(ROUND_PAUSE * 2).await;
     }
+    let server = &policyhub.server;
     let cpu_after = (cpu_time(server.pid())?, cpu_time("self")?);
-    let flushed = flushes(metrics_address).await? - flushes_before.0;
+    let flushed = flushes(metrics).await? - flushes_before.0;
     let flushes_per_second =
         reports.then(|| flushed as f64 / flushes_before.1.elapsed().as_secs_f64());
-
-    for (task, _) in &opened {
-        task.abort();
-    }
-    drop(opened);
-    drop(server);
+    let open = streams.opened_in;
+    let payload_bytes = streams.payload_bytes;
+    drop(streams);
+    drop(policyhub);
     Ok(Measurement {
         system: if reports {
             "policyhub+reports".into()
@@ -458,122 +387,6 @@ async fn flushes(metrics: SocketAddr) -> anyhow::Result<u64> {
         .trim()
         .parse()
         .context("policyhub_runtime_flushes_total is not a number")
-}
-
-fn policy_body(version: usize) -> serde_json::Value {
-    json!({
-        "maxAmount": 100 * version,
-        "currencies": ["EUR", "USD", "GBP"],
-        "rules": [{"action": "review", "above": 1000}, {"action": "deny", "above": 5000}],
-    })
-}
-
-async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Result<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(_) if Instant::now() < deadline => {
-                server.ensure_running()?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => return Err(error).context("the server did not come up"),
-        }
-    }
-}
-
-/// Opens one stream on its own connection and waits for its SNAPSHOT; the
-/// task it returns reports the receipt time of every UPDATE. Also returns
-/// the size of the bundle the snapshot carried.
-async fn open_policyhub_watch(
-    endpoint: Endpoint,
-    receipts: mpsc::UnboundedSender<(u64, Instant)>,
-    runtime: Option<String>,
-) -> anyhow::Result<(JoinHandle<()>, usize)> {
-    let mut client = BundleServiceClient::new(endpoint.connect().await?);
-    let mut stream = client
-        .watch_active(proto::WatchActiveRequest {
-            namespace: NAMESPACE.into(),
-            names: vec![POLICY.into()],
-            since_revision: 0,
-            runtime: runtime.clone().map(|id| proto::RuntimeIdentity {
-                id,
-                labels: Default::default(),
-            }),
-        })
-        .await?
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
-        .await
-        .context("no snapshot within 30 s")??
-        .context("the stream ended before its snapshot")?;
-    ensure!(
-        first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
-        "the first message is not a snapshot of one bundle: {first:?}"
-    );
-    let payload_bytes = first.bundles[0].len();
-    let task = tokio::spawn(async move {
-        // The client keeps the connection's request half alive.
-        let mut client = client;
-        while let Ok(Some(message)) = stream.message().await {
-            if message.kind() == WatchEventKind::Update {
-                let received = Instant::now();
-                if receipts.send((message.revision, received)).is_err() {
-                    break;
-                }
-                let Some(id) = &runtime else { continue };
-                let applied = message.decode_bundles().unwrap_or_default();
-                let report = proto::ReportStatusRequest {
-                    namespace: NAMESPACE.into(),
-                    runtime_id: id.clone(),
-                    revision: message.revision,
-                    policies: applied
-                        .iter()
-                        .map(|bundle| proto::PolicyApplyStatus {
-                            name: bundle.name.clone(),
-                            version: bundle.version,
-                            state: proto::ApplyState::Applied as i32,
-                            ..Default::default()
-                        })
-                        .collect(),
-                };
-                if let Err(status) = client.report_status(report).await {
-                    eprintln!("  warning: report of {id} refused: {status}");
-                }
-            }
-        }
-    });
-    Ok((task, payload_bytes))
-}
-
-/// Waits until `count` receipts tagged `tag` arrived (or the round timed
-/// out), records their latencies, and returns how many are missing.
-async fn collect_round(
-    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
-    tag: u64,
-    issued: Instant,
-    count: usize,
-    latencies: &mut Vec<Duration>,
-) -> usize {
-    let deadline = tokio::time::Instant::from_std(issued + ROUND_TIMEOUT);
-    let mut got = 0;
-    while got < count {
-        match tokio::time::timeout_at(deadline, received.recv()).await {
-            Ok(Some((seen, at))) if seen == tag => {
-                latencies.push(at.saturating_duration_since(issued));
-                got += 1;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    if got < count {
-        eprintln!(
-            "  warning: {} of {count} streams did not receive change {tag} in time",
-            count - got
-        );
-    }
-    count - got
 }
 
 // --------------------------------------------------------------------- etcd
@@ -1017,122 +830,3 @@ fn is_root() -> anyhow::Result<bool> {
 }
 
 // ---------------------------------------------------------------- processes
-
-/// A server child process, killed when dropped.
-struct Server {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Self> {
-        let file = fs::File::create(log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {:?}", command.get_program()))?;
-        Ok(Server {
-            child,
-            log: log.to_owned(),
-        })
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Fails with the end of its log when the process exited.
-    fn ensure_running(&self) -> anyhow::Result<()> {
-        let pid = self.pid();
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if state.is_empty() || zombie {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("the server exited:\n{}", tail.join("\n"));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: impl std::fmt::Display) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(rss.trim().trim_end_matches("kB").trim().parse()?)
-}
-
-/// User plus system CPU time of a process (`self` for this one).
-fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesized command name: state is field 3, utime
-    // and stime are fields 14 and 15.
-    let (_, rest) = stat.rsplit_once(')').context("malformed stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn load_average() -> String {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    load.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn open_files_limit() -> anyhow::Result<usize> {
-    let limits = fs::read_to_string("/proc/self/limits")?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .context("no open files limit")?;
-    let soft = line
-        .split_whitespace()
-        .nth(3)
-        .context("malformed open files limit")?;
-    Ok(soft.parse().unwrap_or(usize::MAX))
-}
-
-/// Waits until the previous run's sockets are closed, so the next one has
-/// the whole descriptor budget.
-async fn wait_for_fds_to_close() {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let open = fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
-        if open < SPARE_FDS {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

@@ -1,0 +1,420 @@
+//! What the benchmarks share: the policyhub server they start, its watch
+//! streams and the receipts they time, percentiles, and what `/proc` says
+//! of a process.
+
+use std::{
+    fs,
+    io::{self},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use futures::{StreamExt, TryStreamExt};
+use policyhub::grpc::{
+    convert::json_to_struct,
+    proto::{
+        self, WatchEventKind, bundle_service_client::BundleServiceClient,
+        policy_service_client::PolicyServiceClient,
+    },
+};
+use serde_json::json;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tonic::transport::{Channel, Endpoint};
+
+/// Streams being connected at once.
+pub const CONNECT_CONCURRENCY: usize = 200;
+
+/// How long every stream of one round may take to receive the change.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pause before each round, so rounds do not overlap.
+pub const ROUND_PAUSE: Duration = Duration::from_millis(500);
+
+/// Pause between the last stream opening and the RSS reading.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Sockets and files the bench process needs besides its streams.
+pub const SPARE_FDS: usize = 200;
+
+pub const NAMESPACE: &str = "bench";
+
+pub const POLICY: &str = "fanout";
+
+/// Nearest-rank percentile.
+pub fn percentile(samples: &[Duration], quantile: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn policy_body(version: usize) -> serde_json::Value {
+    json!({
+        "maxAmount": 100 * version,
+        "currencies": ["EUR", "USD", "GBP"],
+        "rules": [{"action": "review", "above": 1000}, {"action": "deny", "above": 5000}],
+    })
+}
+
+async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(_) if Instant::now() < deadline => {
+                server.ensure_running()?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error).context("the server did not come up"),
+        }
+    }
+}
+
+/// How a benchmark stream presents itself.
+#[derive(Clone, Default)]
+pub struct Watcher {
+    /// The runtime id it names; without one it joins rollouts at 100 %.
+    pub runtime: Option<String>,
+    /// Whether it answers each UPDATE with a `ReportStatus` APPLIED, as the
+    /// runtime library does.
+    pub reports: bool,
+}
+
+/// The real `policyhub serve` binary on SQLite in a temporary directory,
+/// killed when dropped.
+pub struct Policyhub {
+    pub server: Server,
+    pub endpoint: Endpoint,
+    pub policies: PolicyServiceClient<Channel>,
+    _dir: tempfile::TempDir,
+}
+
+impl Policyhub {
+    /// Starts the server for `streams` streams of one caller, with `env`
+    /// set, and connects its control client.
+    pub async fn spawn(streams: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let server = Server::spawn(
+            Command::new(env!("CARGO_BIN_EXE_policyhub"))
+                .arg("serve")
+                .arg("--insecure")
+                .arg("--listen")
+                .arg(address.to_string())
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", "warn")
+                // Every stream here comes from one caller: lift the
+                // per-caller stream quota.
+                .env(
+                    "POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT",
+                    (streams + 100).to_string(),
+                )
+                .envs(env.iter().copied()),
+            &dir.path().join("policyhub.log"),
+        )?;
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10));
+        let policies = PolicyServiceClient::new(connect_with_retry(&endpoint, &server).await?);
+        Ok(Policyhub {
+            server,
+            endpoint,
+            policies,
+            _dir: dir,
+        })
+    }
+
+    /// Publishes versions 1..=`versions` of the benchmark policy, version
+    /// 1 active.
+    pub async fn publish(&mut self, versions: usize) -> anyhow::Result<()> {
+        for version in 1..=versions {
+            self.policies
+                .draft(proto::DraftRequest {
+                    namespace: NAMESPACE.into(),
+                    name: POLICY.into(),
+                    body: Some(json_to_struct(&policy_body(version))),
+                    change_notes: format!("benchmark version {version}"),
+                    idempotency_key: String::new(),
+                })
+                .await?;
+            self.policies
+                .publish(proto::PublishRequest {
+                    namespace: NAMESPACE.into(),
+                    name: POLICY.into(),
+                    version: None,
+                    label: String::new(),
+                    activate: version == 1,
+                    expected_active_version: None,
+                    reason: "benchmark".into(),
+                    idempotency_key: String::new(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Opens one stream per watcher, each on its own connection and past
+    /// its SNAPSHOT, 200 at a time; their UPDATEs' revisions and receipt
+    /// times arrive on the receiver. Also returns how long opening took
+    /// and the size of the snapshot's bundle.
+    pub async fn open_streams(
+        &self,
+        watchers: impl Iterator<Item = Watcher>,
+    ) -> anyhow::Result<Streams> {
+        let (receipts, received) = mpsc::unbounded_channel();
+        let started = Instant::now();
+        let tasks: Vec<(JoinHandle<()>, usize)> = futures::stream::iter(watchers)
+            .map(|watcher| open_watch(self.endpoint.clone(), receipts.clone(), watcher))
+            .buffer_unordered(CONNECT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(Streams {
+            opened_in: started.elapsed(),
+            payload_bytes: tasks.first().map_or(0, |(_, bytes)| *bytes),
+            tasks: tasks.into_iter().map(|(task, _)| task).collect(),
+            received,
+        })
+    }
+}
+
+/// Open watch streams; dropping this closes them.
+pub struct Streams {
+    pub opened_in: Duration,
+    pub payload_bytes: usize,
+    pub received: mpsc::UnboundedReceiver<(u64, Instant)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens one stream on its own connection and waits for its SNAPSHOT; the
+/// task it returns reports the receipt time of every UPDATE. Also returns
+/// the size of the bundle the snapshot carried.
+async fn open_watch(
+    endpoint: Endpoint,
+    receipts: mpsc::UnboundedSender<(u64, Instant)>,
+    watcher: Watcher,
+) -> anyhow::Result<(JoinHandle<()>, usize)> {
+    let mut client = BundleServiceClient::new(endpoint.connect().await?);
+    let mut stream = client
+        .watch_active(proto::WatchActiveRequest {
+            namespace: NAMESPACE.into(),
+            names: vec![POLICY.into()],
+            since_revision: 0,
+            runtime: watcher.runtime.clone().map(|id| proto::RuntimeIdentity {
+                id,
+                labels: Default::default(),
+            }),
+        })
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .context("no snapshot within 30 s")??
+        .context("the stream ended before its snapshot")?;
+    ensure!(
+        first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
+        "the first message is not a snapshot of one bundle: {first:?}"
+    );
+    let payload_bytes = first.bundles[0].len();
+    let task = tokio::spawn(async move {
+        // The client keeps the connection's request half alive.
+        let mut client = client;
+        while let Ok(Some(message)) = stream.message().await {
+            if message.kind() == WatchEventKind::Update {
+                let received = Instant::now();
+                if receipts.send((message.revision, received)).is_err() {
+                    break;
+                }
+                let Some(id) = watcher.runtime.as_ref().filter(|_| watcher.reports) else {
+                    continue;
+                };
+                let applied = message.decode_bundles().unwrap_or_default();
+                let report = proto::ReportStatusRequest {
+                    namespace: NAMESPACE.into(),
+                    runtime_id: id.clone(),
+                    revision: message.revision,
+                    policies: applied
+                        .iter()
+                        .map(|bundle| proto::PolicyApplyStatus {
+                            name: bundle.name.clone(),
+                            version: bundle.version,
+                            state: proto::ApplyState::Applied as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                if let Err(status) = client.report_status(report).await {
+                    eprintln!("  warning: report of {id} refused: {status}");
+                }
+            }
+        }
+    });
+    Ok((task, payload_bytes))
+}
+
+/// Waits until `count` receipts tagged `tag` arrived (or the round timed
+/// out), records their latencies, and returns how many are missing.
+pub async fn collect_round(
+    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    tag: u64,
+    issued: Instant,
+    count: usize,
+    latencies: &mut Vec<Duration>,
+) -> usize {
+    let deadline = tokio::time::Instant::from_std(issued + ROUND_TIMEOUT);
+    let mut got = 0;
+    while got < count {
+        match tokio::time::timeout_at(deadline, received.recv()).await {
+            Ok(Some((seen, at))) if seen == tag => {
+                latencies.push(at.saturating_duration_since(issued));
+                got += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if got < count {
+        eprintln!(
+            "  warning: {} of {count} streams did not receive change {tag} in time",
+            count - got
+        );
+    }
+    count - got
+}
+
+/// A server child process, killed when dropped.
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Self> {
+        let file = fs::File::create(log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Server {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Fails with the end of its log when the process exited.
+    pub fn ensure_running(&self) -> anyhow::Result<()> {
+        let pid = self.pid();
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if state.is_empty() || zombie {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the server exited:\n{}", tail.join("\n"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: impl std::fmt::Display) -> anyhow::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(rss.trim().trim_end_matches("kB").trim().parse()?)
+}
+
+/// User plus system CPU time of a process (`self` for this one).
+pub fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name: state is field 3, utime
+    // and stime are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')').context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+}
+
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn open_files_limit() -> anyhow::Result<usize> {
+    let limits = fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .context("no open files limit")?;
+    let soft = line
+        .split_whitespace()
+        .nth(3)
+        .context("malformed open files limit")?;
+    Ok(soft.parse().unwrap_or(usize::MAX))
+}
+
+/// Waits until the previous run's sockets are closed, so the next one has
+/// the whole descriptor budget.
+pub async fn wait_for_fds_to_close() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let open = fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
+        if open < SPARE_FDS {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
