@@ -145,7 +145,7 @@ impl Policyhub {
                     name: POLICY.into(),
                     body: Some(json_to_struct(&policy_body(version))),
                     change_notes: format!("benchmark version {version}"),
-                    idempotency_key: String::new(),
+                    ..Default::default()
                 })
                 .await?;
             self.policies

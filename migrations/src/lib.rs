@@ -13,6 +13,7 @@ mod m20261122_000002_events_kind_index;
 mod m20261122_000003_no_replace;
 mod m20261122_000004_signing_keys_key_id;
 mod m20261122_000005_rollouts;
+mod m20261123_000001_requirements;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_no_replace::Migration),
             Box::new(m20261122_000004_signing_keys_key_id::Migration),
             Box::new(m20261122_000005_rollouts::Migration),
+            Box::new(m20261123_000001_requirements::Migration),
         ]
     }
 }

@@ -39,6 +39,20 @@ pub struct BundleClaims {
     pub body: Value,
     /// Publish time, seconds since the epoch.
     pub iat: i64,
+    /// Other policies of the namespace this version needs active beside
+    /// it; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<Requirement>,
+}
+
+/// A policy of the same namespace that must be active, at a release whose
+/// label is in `range` (a semver range such as `>=1.5.0, <2`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    /// The required policy's name.
+    pub name: String,
+    /// The releases that satisfy it.
+    pub range: String,
 }
 
 /// A public key as an RFC 7517 JSON Web Key (`kty: OKP`, `crv: Ed25519`).

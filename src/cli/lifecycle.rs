@@ -33,9 +33,21 @@ pub struct DraftArgs {
     /// What changed and why; kept with the version.
     #[arg(long, default_value = "")]
     change_notes: String,
+    /// Another policy of the namespace this version needs active beside
+    /// it, at a release in a semver range: `NAME@RANGE`, such as
+    /// `discovery@'>=1.5.0, <2'`; repeat for several.
+    #[arg(long = "require", value_name = "NAME@RANGE", value_parser = parse_requirement)]
+    requirements: Vec<(String, String)>,
     /// Makes retries safe: the same key with the same request writes nothing new.
     #[arg(long, default_value = "")]
     idempotency_key: String,
+}
+
+fn parse_requirement(text: &str) -> Result<(String, String), String> {
+    let (name, range) = text
+        .split_once('@')
+        .ok_or_else(|| format!("{text:?} is not NAME@RANGE, such as discovery@'>=1.5.0, <2'"))?;
+    Ok((name.to_owned(), range.to_owned()))
 }
 
 /// Arguments of `policyhub discard-draft`.
@@ -142,6 +154,11 @@ pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> any
             body: Some(json_to_struct(body.value())),
             change_notes: args.change_notes,
             idempotency_key: args.idempotency_key,
+            requirements: args
+                .requirements
+                .into_iter()
+                .map(|(name, range)| proto::Requirement { name, range })
+                .collect(),
         })
         .await
         .reply(format!("drafting {}", args.policy))?;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Digest, Label, PolicyBody, PolicyRef, PolicySchema, VersionRecord, VersionSelector};
+use super::{
+    Digest, Label, PolicyBody, PolicyRef, PolicySchema, Requirement, VersionRecord, VersionSelector,
+};
 
 /// Who is asking, and under which request id; recorded in every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct DraftCommand {
     pub body: PolicyBody,
     /// Free text describing the change.
     pub change_notes: String,
+    /// Other policies of the namespace the version needs active beside it.
+    pub requirements: Vec<Requirement>,
 }
 
 /// What a draft did.

@@ -9,6 +9,7 @@ mod event;
 mod labels;
 pub mod lifecycle;
 mod names;
+mod requirements;
 pub mod rollout;
 pub mod runtime;
 mod schema;
@@ -21,6 +22,9 @@ pub use error::{Error, FieldViolation, Result, SchemaViolation, quoted};
 pub use event::{EventKind, EventRecord};
 pub use lifecycle::{ActivationPlan, ActivePointer, PointerChange, PolicyState, PublishPlan};
 pub use names::{Namespace, PolicyName, PolicyRef};
+pub use requirements::{
+    ActiveRelease, MAX_REQUIREMENTS, Requirement, ensure_acyclic, ensure_met, ensure_satisfiable,
+};
 pub use schema::PolicySchema;
 pub use text::refuse_nul;
 pub use version::{Label, Publication, VersionRecord, VersionSelector, VersionState};

@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Digest, Error, PolicyBody, PolicyRef, Result};
+use super::{Digest, Error, PolicyBody, PolicyRef, Requirement, Result};
 
 /// Where a version row is in its lifecycle. Rows only move
 /// `Draft -> Published | Superseded | Discarded`; every other state is final.
@@ -107,6 +107,11 @@ impl Label {
         }
         Ok(Label(version))
     }
+
+    /// The semantic version, for range matching.
+    pub fn semver(&self) -> &semver::Version {
+        &self.0
+    }
 }
 
 impl TryFrom<String> for Label {
@@ -182,6 +187,8 @@ pub struct VersionRecord {
     pub publication: Option<Publication>,
     /// Whether the policy's active pointer names this version.
     pub active: bool,
+    /// Other policies of the namespace it needs active beside it.
+    pub requirements: Vec<Requirement>,
 }
 
 impl VersionRecord {

@@ -8,7 +8,8 @@ use prost::{Message, bytes::Bytes};
 
 use super::proto;
 use crate::domain::{
-    ActiveBundle, Error, EventKind, EventRecord, PolicySummary, Result, VersionRecord, VersionState,
+    ActiveBundle, Error, EventKind, EventRecord, PolicySummary, Requirement, Result, VersionRecord,
+    VersionState,
 };
 use crate::signing::{Jwk, Jwks};
 
@@ -130,7 +131,19 @@ pub fn version(record: &VersionRecord) -> proto::Version {
         jws: publication.map(|p| p.jws.clone()).unwrap_or_default(),
         key_id: publication.map(|p| p.key_id.clone()).unwrap_or_default(),
         active: record.active,
+        requirements: requirements(&record.requirements),
     }
+}
+
+/// Requirements as protobuf.
+pub fn requirements(requirements: &[Requirement]) -> Vec<proto::Requirement> {
+    requirements
+        .iter()
+        .map(|requirement| proto::Requirement {
+            name: requirement.name.to_string(),
+            range: requirement.range.to_string(),
+        })
+        .collect()
 }
 
 /// A public key as protobuf.

@@ -7,8 +7,8 @@ use crate::config::Limits;
 use crate::domain::{
     ActivateCommand, ActivationOutcome, ActivationTarget, DraftCommand, Error, EventFilter,
     ExpectedActive, IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName,
-    PolicyRef, PolicySchema, PublishCommand, Result, RollbackCommand, SetSchemaCommand,
-    VersionSelector,
+    PolicyRef, PolicySchema, PublishCommand, Requirement, Result, RollbackCommand,
+    SetSchemaCommand, VersionSelector,
 };
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
@@ -70,10 +70,16 @@ pub(super) fn draft_command(
     request: proto::DraftRequest,
     limits: &Limits,
 ) -> Result<(DraftCommand, Option<IdempotencyKey>)> {
+    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
+    let requirements = request
+        .requirements
+        .into_iter()
+        .map(|requirement| (requirement.name, requirement.range));
     let command = DraftCommand {
-        policy: PolicyRef::parse(&request.namespace, &request.name)?,
+        requirements: Requirement::parse_all(&policy.namespace, requirements)?,
         body: body("body", request.body, limits)?,
         change_notes: limits.text("change_notes", request.change_notes)?,
+        policy,
     };
     Ok((command, idempotency_key(request.idempotency_key)?))
 }

@@ -2,11 +2,14 @@
 //! the request touches, let the domain decide, sign, write, and apply what
 //! moved to the index before the reply goes out.
 
+use std::collections::BTreeSet;
+
 use crate::domain::{
-    ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, EventKind,
-    ExpectedActive, IdempotencyKey, PointerChange, PolicySummary, Publication, PublishCommand,
-    PublishOutcome, PublishPlan, RequestContext, Result, RollbackCommand, SchemaViolation,
-    SetSchemaCommand, VersionRecord, VersionSelector, VersionState, lifecycle,
+    ActivateCommand, ActivationOutcome, ActiveRelease, DiscardCommand, DraftCommand, DraftOutcome,
+    EventKind, ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicySummary,
+    Publication, PublishCommand, PublishOutcome, PublishPlan, RequestContext, Result,
+    RollbackCommand, SchemaViolation, SetSchemaCommand, VersionRecord, VersionSelector,
+    VersionState, ensure_acyclic, ensure_met, ensure_satisfiable, lifecycle,
 };
 use crate::signing;
 use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
@@ -26,6 +29,8 @@ impl PolicyHub {
         self.repository
             .write_once("draft", claim.as_ref(), context, async |tx| {
                 let policy = tx.lock_or_create_policy(&command.policy).await?;
+                let graph = tx.requirement_graph(&command.policy.namespace).await?;
+                ensure_acyclic(&command.policy.name, &command.requirements, &graph)?;
                 let next = lifecycle::next_version(tx.latest_version(&policy).await?);
                 let superseded = match tx.open_draft(&policy).await? {
                     Some(open) => {
@@ -56,6 +61,7 @@ impl PolicyHub {
                     created_at: tx.at(),
                     publication: None,
                     active: false,
+                    requirements: command.requirements,
                 };
                 tx.insert_draft(&policy, &draft).await?;
                 let event = NewEvent {
@@ -128,12 +134,17 @@ impl PolicyHub {
                 let (version, already_published) = match plan {
                     PublishPlan::AlreadyReleased(released) => (*released, true),
                     PublishPlan::Release => {
+                        let requirements = &draft.record.requirements;
+                        let namespace = &command.policy.namespace;
+                        let published = tx.published_labels(namespace, requirements).await?;
+                        ensure_satisfiable(requirements, &published)?;
                         let claims = signing::claims_for(
                             &self.bundle_issuer,
                             &command.policy.to_string(),
                             draft.record.version,
                             command.label.as_ref().map(ToString::to_string),
                             &draft.record.body,
+                            requirements,
                             tx.at(),
                         );
                         let publication = Publication {
@@ -163,6 +174,7 @@ impl PolicyHub {
                     };
                     let plan = lifecycle::plan_activation(EventKind::Activated, &[change])?;
                     let changes = [(&policy, &version)];
+                    ensure_requirements(tx, &changes).await?;
                     Some(
                         tx.move_pointers(
                             context,
@@ -321,6 +333,44 @@ async fn move_to(
         .collect();
     let plan = lifecycle::plan_activation(kind, &changes)?;
     let changes: Vec<_> = policies.iter().zip(versions).collect();
+    ensure_requirements(tx, &changes).await?;
     tx.move_pointers(context, kind, reason, &changes, plan)
         .await
+}
+
+/// Refuses moving `changes`' pointers when an active version's requirement
+/// would be unmet afterwards, judging each namespace's active versions
+/// after the whole change.
+pub(super) async fn ensure_requirements(
+    tx: &Transaction,
+    changes: &[(&LockedPolicy, &VersionRecord)],
+) -> Result<()> {
+    let namespaces: BTreeSet<&Namespace> = changes
+        .iter()
+        .map(|(_, version)| &version.policy.namespace)
+        .collect();
+    for namespace in namespaces {
+        let mut after = tx.active_releases(namespace).await?;
+        let mut changed = BTreeSet::new();
+        for (_, version) in changes {
+            if &version.policy.namespace != namespace {
+                continue;
+            }
+            changed.insert(&version.policy.name);
+            let release = ActiveRelease {
+                version: version.version,
+                label: version.label.clone(),
+                requirements: version.requirements.clone(),
+            };
+            after.insert(version.policy.name.clone(), release);
+        }
+        if after
+            .values()
+            .all(|release| release.requirements.is_empty())
+        {
+            continue;
+        }
+        ensure_met(namespace, &after, &changed)?;
+    }
+    Ok(())
 }

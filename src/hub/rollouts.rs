@@ -13,6 +13,7 @@ use crate::domain::{
 use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
 
 use super::PolicyHub;
+use super::lifecycle::ensure_requirements;
 
 /// What an operator asks of a live rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +238,10 @@ impl PolicyHub {
                     })
                     .collect();
                 let targets = rollout::plan_targets(&changes)?;
+                // The cohort runs the candidates beside everyone's stable
+                // versions, and completion makes them active for all.
+                let moves: Vec<_> = policies.iter().zip(&versions).collect();
+                ensure_requirements(tx, &moves).await?;
                 let required = self
                     .rollout_settings
                     .required_approvals(command.namespace.as_str());

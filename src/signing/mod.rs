@@ -21,7 +21,7 @@ use ring::{
 
 pub use policyhub_runtime::bundle::{BUNDLE_TYPE, BundleClaims, Jwk, Jwks, VerifyError, verify};
 
-use crate::domain::PolicyBody;
+use crate::domain::{PolicyBody, Requirement};
 
 /// File name of the key generated on first start when none is configured.
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";
@@ -193,6 +193,7 @@ pub fn claims_for(
     version: u32,
     label: Option<String>,
     body: &PolicyBody,
+    requirements: &[Requirement],
     published_at: chrono::DateTime<chrono::Utc>,
 ) -> BundleClaims {
     BundleClaims {
@@ -203,6 +204,13 @@ pub fn claims_for(
         digest: body.digest().to_string(),
         body: body.value().clone(),
         iat: published_at.timestamp(),
+        requirements: requirements
+            .iter()
+            .map(|requirement| policyhub_runtime::bundle::Requirement {
+                name: requirement.name.to_string(),
+                range: requirement.range.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -220,6 +228,7 @@ mod tests {
             3,
             Some("1.0.0".into()),
             &body,
+            &[],
             chrono::Utc::now(),
         )
     }

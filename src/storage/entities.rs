@@ -51,6 +51,8 @@ pub mod versions {
         pub published_at: Option<DateTimeUtc>,
         pub jws: Option<String>,
         pub key_id: Option<String>,
+        /// JSON list of `{name, range}`.
+        pub requirements: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ mod paging;
 mod pointers;
 mod policies;
 mod reads;
+mod requirements;
 mod rollouts;
 mod rows;
 mod runtimes;

@@ -9,7 +9,7 @@ use sea_orm::FromQueryResult;
 use super::entities::{policies, versions};
 use crate::domain::{
     ActiveBundle, ActivePointer, Digest, Error, Label, PolicyBody, PolicyRef, PolicySchema,
-    PolicyState, Publication, Result, VersionRecord,
+    PolicyState, Publication, Requirement, Result, VersionRecord,
 };
 
 /// Timestamps are kept to the microsecond, which is what PostgreSQL stores,
@@ -63,7 +63,7 @@ pub(super) fn policy_state(model: &policies::Model) -> Result<PolicyState> {
     })
 }
 
-fn label(stored: Option<&str>) -> Result<Option<Label>> {
+pub(super) fn label(stored: Option<&str>) -> Result<Option<Label>> {
     stored.map(|label| Label::parse("label", label)).transpose()
 }
 
@@ -97,7 +97,19 @@ pub(super) fn version_record(
         created_at: model.created_at,
         publication,
         active: active == Some(version(model.version)),
+        requirements: requirements(&model.requirements)?,
     })
+}
+
+/// A version's requirements as stored.
+pub(super) fn requirements(text: &str) -> Result<Vec<Requirement>> {
+    serde_json::from_str(text)
+        .map_err(|error| Error::Internal(format!("stored requirements are unreadable: {error}")))
+}
+
+/// Requirements as they are stored.
+pub(super) fn requirements_text(requirements: &[Requirement]) -> String {
+    serde_json::to_string(requirements).expect("requirements serialize")
 }
 
 /// The bundle of a published version, active since `revision`.

@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::entities::versions;
 use super::policies::LockedPolicy;
-use super::rows::{db_version, version, version_record};
+use super::rows::{db_version, requirements_text, version, version_record};
 use super::transaction::Transaction;
 use crate::domain::{
     Error, Label, PolicyRef, Publication, Result, VersionRecord, VersionSelector, VersionState,
@@ -143,6 +143,7 @@ impl Transaction {
             published_at: Set(None),
             jws: Set(None),
             key_id: Set(None),
+            requirements: Set(requirements_text(&draft.requirements)),
         };
         versions::Entity::insert(row)
             .exec_without_returning(&self.txn)

@@ -88,6 +88,7 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 
 fn draft_request(namespace: &str, name: &str, value: u32) -> proto::DraftRequest {
     proto::DraftRequest {
+        requirements: Vec::new(),
         namespace: namespace.into(),
         name: name.into(),
         body: Some(json_to_struct(&json!({ "v": value }))),

@@ -64,6 +64,7 @@ async fn a_missing_body_is_invalid_argument(app: TestApp) {
         .policy
         .clone()
         .draft(proto::DraftRequest {
+            requirements: Vec::new(),
             namespace: "payments".into(),
             name: "limits".into(),
             body: None,
@@ -248,6 +249,7 @@ async fn unknown_policies_and_versions_are_not_found(app: TestApp) {
 
 async fn an_idempotency_key_reused_with_another_request_is_already_exists(app: TestApp) {
     let request = |max: u32| proto::DraftRequest {
+        requirements: Vec::new(),
         namespace: "payments".into(),
         name: "limits".into(),
         body: Some(json_to_struct(&json!({ "max": max }))),

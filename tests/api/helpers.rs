@@ -207,6 +207,7 @@ impl TestApp {
             .policy
             .clone()
             .draft(proto::DraftRequest {
+                requirements: Vec::new(),
                 namespace: namespace.into(),
                 name: name.into(),
                 body: Some(json_to_struct(&body)),

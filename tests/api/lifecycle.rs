@@ -71,6 +71,7 @@ async fn published_v2_with_draft_v5_then_new_draft_is_v6_and_v5_superseded(app: 
         .policy
         .clone()
         .draft(proto::DraftRequest {
+            requirements: Vec::new(),
             namespace: "payments".into(),
             name: "limits".into(),
             body: Some(json_to_struct(&json!({"max": 6}))),
@@ -349,6 +350,7 @@ async fn get_active_draft_fallback_is_opt_in_and_unsigned(app: TestApp) {
 
 async fn idempotent_retries_return_the_original_result_and_write_nothing(app: TestApp) {
     let request = proto::DraftRequest {
+        requirements: Vec::new(),
         namespace: "payments".into(),
         name: "limits".into(),
         body: Some(json_to_struct(&json!({"max": 1}))),

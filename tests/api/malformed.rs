@@ -267,6 +267,7 @@ async fn values_the_database_cannot_store_are_refused_alike_on_both_backends(app
         .policy
         .clone()
         .draft(proto::DraftRequest {
+            requirements: Vec::new(),
             namespace: "team".into(),
             name: "limits".into(),
             body: Some(json_to_struct(&json!({"max": 3}))),

@@ -496,6 +496,7 @@ async fn idempotency_keys_are_forgotten_after_the_retention() {
     })
     .await;
     let draft = || policyhub::grpc::proto::DraftRequest {
+        requirements: Vec::new(),
         namespace: "team".into(),
         name: "limits".into(),
         body: Some(policyhub::grpc::convert::json_to_struct(

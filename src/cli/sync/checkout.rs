@@ -2,12 +2,13 @@
 //! `metadata.json` and `policy-definition.yaml` in each, validated whole so
 //! that nothing is published while any file is wrong.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::cli::lifecycle::parse_body;
-use crate::domain::{Label, Namespace, PolicyBody, PolicyName, PolicyRef};
+use crate::domain::{Label, Namespace, PolicyBody, PolicyName, PolicyRef, Requirement};
 
 /// The directory under the checkout that holds one directory per policy.
 const POLICIES_DIR: &str = "policies";
@@ -29,6 +30,8 @@ pub struct Release {
     pub body: PolicyBody,
     /// The metadata's description, kept in the draft's change notes.
     pub description: String,
+    /// The metadata's requirements.
+    pub requirements: Vec<Requirement>,
     /// The release's directory, to name its files in messages.
     pub dir: PathBuf,
 }
@@ -58,6 +61,10 @@ struct Metadata {
     /// When present, must repeat the release's directory name, with or
     /// without its `v`.
     version: Option<String>,
+    /// Policies of the namespace the release needs active beside it: name
+    /// to semver range, such as `{"discovery": ">=1.5.0, <2"}`.
+    #[serde(default)]
+    requirements: BTreeMap<String, String>,
 }
 
 /// Every release under `dir/policies`, ordered by policy and then by label
@@ -181,7 +188,7 @@ fn read_release(
         .map_err(|problem| anyhow::anyhow!("{}: {problem}", body_file.display()))
         .and_then(|text| parse_body(&body_file, &text))
         .map_err(|error| problems.push(format!("{error:#}")));
-    let ((namespace, description), body) = (namespace.ok()?, body.ok()?);
+    let ((namespace, description, requirements), body) = (namespace.ok()?, body.ok()?);
     Some(Release {
         policy: PolicyRef {
             namespace,
@@ -191,6 +198,7 @@ fn read_release(
         precedence,
         body,
         description,
+        requirements,
         dir: version_dir.to_owned(),
     })
 }
@@ -214,7 +222,7 @@ fn check_metadata(
     metadata: Metadata,
     name: &PolicyName,
     dir_name: &str,
-) -> Result<(Namespace, String), String> {
+) -> Result<(Namespace, String, Vec<Requirement>), String> {
     let namespace =
         Namespace::parse("namespace", &metadata.namespace).map_err(|error| error.to_string())?;
     if let Some(declared) = metadata.name.filter(|declared| declared != name.as_str()) {
@@ -229,5 +237,7 @@ fn check_metadata(
             "version {version:?} differs from the release's directory name {dir_name:?}"
         ));
     }
-    Ok((namespace, metadata.description))
+    let requirements = Requirement::parse_all(&namespace, metadata.requirements)
+        .map_err(|error| error.to_string())?;
+    Ok((namespace, metadata.description, requirements))
 }

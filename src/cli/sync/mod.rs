@@ -25,7 +25,7 @@ use super::failure::{Refused, Reply};
 use super::output::{Output, print_json};
 use crate::domain::Digest;
 use crate::grpc::{
-    convert::json_to_struct,
+    convert::{self, json_to_struct},
     proto::{self, policy_service_client::PolicyServiceClient},
 };
 
@@ -274,6 +274,7 @@ async fn deliver(
         body: Some(json_to_struct(release.body.value())),
         change_notes: change_notes(release, commit),
         idempotency_key: key.clone(),
+        requirements: convert::requirements(&release.requirements),
     };
     let drafted = patiently(|| {
         let (mut client, draft) = (client.clone(), draft.clone());

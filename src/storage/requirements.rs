@@ -1,0 +1,161 @@
+//! What the requirement rules need to read: each policy's latest
+//! requirements, the releases of the required policies, and the active
+//! versions of a namespace.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{
+    ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
+    sea_query::{Expr, ExprTrait, Func, Query},
+};
+
+use super::entities::{policies, versions};
+use super::rows::{label, requirements, version};
+use super::transaction::Transaction;
+use crate::domain::{
+    ActiveRelease, Label, Namespace, PolicyName, Requirement, Result, VersionState,
+};
+
+#[derive(FromQueryResult)]
+struct ReleaseRow {
+    name: String,
+    version: i32,
+    label: Option<String>,
+    requirements: String,
+}
+
+fn policy_name(name: &str) -> Result<PolicyName> {
+    PolicyName::parse("name", name)
+}
+
+impl Transaction {
+    /// The policies each policy of `namespace` requires in its latest
+    /// version (draft or not).
+    pub async fn requirement_graph(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<BTreeMap<PolicyName, Vec<PolicyName>>> {
+        let latest = Query::select()
+            .expr(Func::max(Expr::col((
+                versions::Entity,
+                versions::Column::Version,
+            ))))
+            .from(versions::Entity)
+            .and_where(
+                Expr::col((versions::Entity, versions::Column::PolicyId))
+                    .equals((policies::Entity, policies::Column::Id)),
+            )
+            .to_owned();
+        let rows = self
+            .releases(
+                namespace,
+                Expr::col((versions::Entity, versions::Column::Version))
+                    .in_subquery(latest)
+                    .and(Expr::col((versions::Entity, versions::Column::Requirements)).ne("[]")),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let required = requirements(&row.requirements)?
+                    .into_iter()
+                    .map(|requirement| requirement.name)
+                    .collect();
+                Ok((policy_name(&row.name)?, required))
+            })
+            .collect()
+    }
+
+    /// The release labels of each policy `requirements` name that exists.
+    pub async fn published_labels(
+        &self,
+        namespace: &Namespace,
+        requirements: &[Requirement],
+    ) -> Result<BTreeMap<PolicyName, Vec<Label>>> {
+        let names = requirements
+            .iter()
+            .map(|requirement| requirement.name.as_str());
+        let existing = policies::Entity::find()
+            .select_only()
+            .column(policies::Column::Name)
+            .filter(policies::Column::Namespace.eq(namespace.as_str()))
+            .filter(policies::Column::Name.is_in(names.clone()))
+            .into_tuple::<String>()
+            .all(&self.txn)
+            .await?;
+        let mut labels = existing
+            .iter()
+            .map(|name| Ok((policy_name(name)?, Vec::new())))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        let published = self
+            .releases(
+                namespace,
+                Expr::col((policies::Entity, policies::Column::Name))
+                    .is_in(names)
+                    .and(
+                        Expr::col((versions::Entity, versions::Column::State))
+                            .eq(VersionState::Published.as_str()),
+                    ),
+            )
+            .await?;
+        for row in published {
+            if let Some(release) = label(row.label.as_deref())? {
+                labels
+                    .entry(policy_name(&row.name)?)
+                    .or_default()
+                    .push(release);
+            }
+        }
+        Ok(labels)
+    }
+
+    /// Every active version of `namespace`, with its label and requirements.
+    pub async fn active_releases(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<BTreeMap<PolicyName, ActiveRelease>> {
+        let rows = self
+            .releases(
+                namespace,
+                Expr::col((versions::Entity, versions::Column::Version))
+                    .equals((policies::Entity, policies::Column::ActiveVersion)),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let release = ActiveRelease {
+                    version: version(row.version),
+                    label: label(row.label.as_deref())?,
+                    requirements: requirements(&row.requirements)?,
+                };
+                Ok((policy_name(&row.name)?, release))
+            })
+            .collect()
+    }
+
+    /// Versions of `namespace`'s policies that meet `condition`, with their
+    /// policy's name.
+    async fn releases(&self, namespace: &Namespace, condition: Expr) -> Result<Vec<ReleaseRow>> {
+        let query = Query::select()
+            .column((policies::Entity, policies::Column::Name))
+            .columns([
+                (versions::Entity, versions::Column::Version),
+                (versions::Entity, versions::Column::Label),
+                (versions::Entity, versions::Column::Requirements),
+            ])
+            .from(versions::Entity)
+            .inner_join(
+                policies::Entity,
+                Expr::col((policies::Entity, policies::Column::Id))
+                    .equals((versions::Entity, versions::Column::PolicyId)),
+            )
+            .and_where(
+                Expr::col((policies::Entity, policies::Column::Namespace)).eq(namespace.as_str()),
+            )
+            .and_where(condition)
+            .to_owned();
+        let statement = self.backend().build(&query);
+        Ok(ReleaseRow::find_by_statement(statement)
+            .all(&self.txn)
+            .await?)
+    }
+}

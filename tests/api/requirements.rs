@@ -1,0 +1,245 @@
+//! Requirements between policies: a version names the policies of its
+//! namespace it needs active beside it, with a semver range; activation
+//! never leaves an active version's requirement unmet.
+
+use policyhub::grpc::proto;
+use serde_json::json;
+use tonic::Code;
+
+use crate::helpers::{TestApp, expect_code, publish_request, target};
+
+crate::on_both_backends!(
+    a_dependant_waits_for_its_requirement_or_goes_with_it,
+    rolling_a_requirement_back_below_the_range_is_refused,
+    cycles_unsatisfiable_ranges_and_other_namespaces_are_refused,
+);
+
+fn requirement(name: &str, range: &str) -> proto::Requirement {
+    proto::Requirement {
+        name: name.into(),
+        range: range.into(),
+    }
+}
+
+/// Drafts `body` for team/`name` with `requirements`.
+async fn draft(
+    app: &TestApp,
+    name: &str,
+    requirements: Vec<proto::Requirement>,
+) -> Result<proto::DraftResponse, tonic::Status> {
+    Ok(app
+        .policy
+        .clone()
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: name.into(),
+            body: Some(policyhub::grpc::convert::json_to_struct(
+                &json!({"from": name}),
+            )),
+            requirements,
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+/// Publishes team/`name`'s draft as `label`.
+async fn publish(
+    app: &TestApp,
+    name: &str,
+    label: &str,
+    activate: bool,
+) -> Result<proto::PublishResponse, tonic::Status> {
+    Ok(app
+        .policy
+        .clone()
+        .publish(publish_request("team", name, label, activate))
+        .await?
+        .into_inner())
+}
+
+/// team/discovery 1.0.0 active and 2.0.0 published; team/gateway 1.0.0
+/// (no requirements) active and 2.0.0 requiring discovery ^2 published.
+async fn seed(app: &TestApp) {
+    for label in ["1.0.0", "2.0.0"] {
+        draft(app, "discovery", Vec::new()).await.unwrap();
+        publish(app, "discovery", label, label == "1.0.0")
+            .await
+            .unwrap();
+    }
+    draft(app, "gateway", Vec::new()).await.unwrap();
+    publish(app, "gateway", "1.0.0", true).await.unwrap();
+    let drafted = draft(app, "gateway", vec![requirement("discovery", "^2")])
+        .await
+        .unwrap();
+    let version = drafted.version.unwrap();
+    assert_eq!(version.requirements, vec![requirement("discovery", "^2")]);
+    publish(app, "gateway", "2.0.0", false).await.unwrap();
+}
+
+async fn a_dependant_waits_for_its_requirement_or_goes_with_it(app: TestApp) {
+    seed(&app).await;
+    let before = app.events("team", "gateway").await.len();
+    let message = expect_code(
+        app.try_activate(vec![target("team", "gateway", 2)]).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains(
+            "team/gateway version 2 (2.0.0) requires team/discovery ^2, \
+             but team/discovery would be at version 1 (1.0.0)"
+        ),
+        "{message}"
+    );
+    assert_eq!(app.get_active("team", "gateway").await.unwrap().version, 1);
+    assert_eq!(app.events("team", "gateway").await.len(), before);
+    // Publishing with activate is judged the same way.
+    draft(
+        &app,
+        "gateway",
+        vec![requirement("discovery", ">=2.0.0, <3")],
+    )
+    .await
+    .unwrap();
+    expect_code(
+        publish(&app, "gateway", "2.1.0", true).await,
+        Code::FailedPrecondition,
+    );
+
+    // Both in one Activate: one revision, the state after it is whole.
+    let activated = app
+        .try_activate(vec![
+            target("team", "gateway", 2),
+            target("team", "discovery", 2),
+        ])
+        .await
+        .expect("together they are consistent");
+    let gateway = app.get_active("team", "gateway").await.unwrap();
+    let discovery = app.get_active("team", "discovery").await.unwrap();
+    assert_eq!((gateway.version, discovery.version), (2, 2));
+    assert_eq!(gateway.revision, activated.revision);
+    assert_eq!(discovery.revision, activated.revision);
+
+    // The requirement is part of the signed bundle.
+    let jws = gateway.jws;
+    let payload = jws.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["requirements"],
+        json!([{"name": "discovery", "range": "^2"}])
+    );
+}
+
+async fn rolling_a_requirement_back_below_the_range_is_refused(app: TestApp) {
+    seed(&app).await;
+    app.try_activate(vec![
+        target("team", "gateway", 2),
+        target("team", "discovery", 2),
+    ])
+    .await
+    .unwrap();
+    let message = expect_code(
+        app.policy
+            .clone()
+            .rollback(proto::RollbackRequest {
+                namespace: "team".into(),
+                name: "discovery".into(),
+                reason: "discovery 2 misbehaves".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("team/gateway version 2 (2.0.0) requires team/discovery ^2"),
+        "the refusal names the dependant: {message}"
+    );
+    assert_eq!(
+        app.get_active("team", "discovery").await.unwrap().version,
+        2
+    );
+    // Rolling the dependant back first, then the requirement, works.
+    for name in ["gateway", "discovery"] {
+        app.policy
+            .clone()
+            .rollback(proto::RollbackRequest {
+                namespace: "team".into(),
+                name: name.into(),
+                reason: "back to 1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(app.get_active("team", name).await.unwrap().version, 1);
+    }
+}
+
+async fn cycles_unsatisfiable_ranges_and_other_namespaces_are_refused(app: TestApp) {
+    seed(&app).await;
+    // discovery -> gateway closes gateway -> discovery.
+    let message = expect_code(
+        draft(&app, "discovery", vec![requirement("gateway", "*")]).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("discovery -> gateway -> discovery"),
+        "{message}"
+    );
+    let message = expect_code(
+        draft(&app, "discovery", vec![requirement("discovery", "*")]).await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("discovery -> discovery"), "{message}");
+
+    // A range nothing published satisfies, and a policy that does not exist.
+    draft(
+        &app,
+        "billing",
+        vec![requirement("discovery", ">=3"), requirement("ledger", "*")],
+    )
+    .await
+    .unwrap();
+    let message = expect_code(
+        publish(&app, "billing", "1.0.0", false).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("discovery has no published release in >=3")
+            && message.contains("ledger does not exist"),
+        "{message}"
+    );
+
+    // Out of scope: another namespace; and ranges that do not parse.
+    for (requirements, field) in [
+        (
+            vec![requirement("other/discovery", "*")],
+            "requirements[0].name",
+        ),
+        (
+            vec![requirement("discovery", "two")],
+            "requirements[0].range",
+        ),
+        (
+            vec![
+                requirement("discovery", "*"),
+                requirement("discovery", "^1"),
+            ],
+            "requirements[1].name",
+        ),
+    ] {
+        let message = expect_code(
+            draft(&app, "billing", requirements).await,
+            Code::InvalidArgument,
+        );
+        assert!(message.contains(field), "{message}");
+    }
+    // Nothing of that changed billing: its draft is still version 1.
+    let drafted = draft(&app, "billing", Vec::new()).await.unwrap();
+    assert_eq!(drafted.superseded_version, 1);
+}
