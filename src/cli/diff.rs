@@ -13,7 +13,7 @@ use super::args::{parse_policy, parse_selector};
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json;
-use super::output::{Output, Painter, print_json};
+use super::output::{Output, Painter, or_dash, print_json, requirements_text};
 use crate::domain::{PolicyRef, VersionSelector};
 use crate::grpc::{
     convert::struct_to_json,
@@ -110,6 +110,8 @@ pub async fn diff_versions(
             "to_version": to_version,
             "from_digest": diff.from_digest,
             "to_digest": diff.to_digest,
+            "from_requirements": json::requirements(&diff.from_requirements),
+            "to_requirements": json::requirements(&diff.to_requirements),
             "operations": operations,
         }));
         return Ok(());
@@ -129,8 +131,18 @@ pub async fn diff_versions(
             args.policy, diff.to_digest
         ))
     );
+    let requirements_differ = diff.from_requirements != diff.to_requirements;
+    if requirements_differ {
+        let requires = |requirements| or_dash(&requirements_text(requirements));
+        let from = requires(&diff.from_requirements);
+        let to = requires(&diff.to_requirements);
+        println!("{}", painter.removed(&format!("- requires: {from}")));
+        println!("{}", painter.added(&format!("+ requires: {to}")));
+    }
     if operations.is_empty() {
-        println!("no differences");
+        if !requirements_differ {
+            println!("no differences");
+        }
         return Ok(());
     }
     let operations: Vec<PatchOperation> = serde_json::from_value(Value::Array(operations))

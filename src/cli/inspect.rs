@@ -12,7 +12,9 @@ use super::args::{
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json::{self, event_kind_name, state_name};
-use super::output::{Output, Table, or_dash, print_json, short_digest, time_text, version_or_dash};
+use super::output::{
+    Output, Table, or_dash, print_json, requirements_text, short_digest, time_text, version_or_dash,
+};
 use crate::domain::{Label, Namespace, PolicyRef};
 use crate::grpc::{
     convert::timestamp,
@@ -177,6 +179,10 @@ pub async fn get_version(
         ));
     }
     facts.push(("change notes", or_dash(&version.change_notes)));
+    facts.push((
+        "requires",
+        or_dash(&requirements_text(&version.requirements)),
+    ));
     print_facts(&facts);
     print_body(&json::body(version.body)?);
     Ok(())

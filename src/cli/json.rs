@@ -40,6 +40,7 @@ pub fn version(version: &proto::Version) -> anyhow::Result<Value> {
         "digest": version.digest,
         "active": version.active,
         "change_notes": version.change_notes,
+        "requirements": requirements(&version.requirements),
         "created_by": version.created_by,
         "created_at": time_json(version.created_at),
         "published_by": version.published_by,
@@ -48,6 +49,14 @@ pub fn version(version: &proto::Version) -> anyhow::Result<Value> {
         "jws": version.jws,
         "body": body(version.body.clone())?,
     }))
+}
+
+/// Requirements as `[{name, range}]`.
+pub fn requirements(requirements: &[proto::Requirement]) -> Value {
+    requirements
+        .iter()
+        .map(|requirement| json!({"name": requirement.name, "range": requirement.range}))
+        .collect()
 }
 
 /// A bundle, with the body it carries (from its verified JWS, or in the

@@ -492,6 +492,14 @@ fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default(),
                 claims.digest
             );
+            if !claims.requirements.is_empty() {
+                let requirements: Vec<String> = claims
+                    .requirements
+                    .iter()
+                    .map(|requirement| format!("{} {}", requirement.name, requirement.range))
+                    .collect();
+                println!("requires: {}", requirements.join(", "));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {

@@ -8,7 +8,7 @@ use chrono::SecondsFormat;
 use prost_types::Timestamp;
 use serde_json::Value;
 
-use crate::grpc::convert::from_timestamp;
+use crate::grpc::{convert::from_timestamp, proto};
 
 /// How a client command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -132,6 +132,15 @@ pub fn short_digest(digest: &str) -> String {
 }
 
 /// `text`, or `-` when it is empty, for table cells.
+/// Requirements as `name range, …`, such as `discovery ^2, ledger *`.
+pub fn requirements_text(requirements: &[proto::Requirement]) -> String {
+    requirements
+        .iter()
+        .map(|requirement| format!("{} {}", requirement.name, requirement.range))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn or_dash(text: &str) -> String {
     if text.is_empty() {
         "-".to_owned()

@@ -303,6 +303,8 @@ impl PolicyService for PolicyApi {
             operations: patch.0.iter().map(patch_operation).collect(),
             from_digest: from.digest().to_string(),
             to_digest: to.digest().to_string(),
+            from_requirements: convert::requirements(&from.requirements),
+            to_requirements: convert::requirements(&to.requirements),
         }))
     }
 

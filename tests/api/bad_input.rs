@@ -363,6 +363,7 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
         "UPDATE versions SET jws = 'forged' WHERE version = 1",
         "UPDATE versions SET state = 'DRAFT' WHERE version = 1",
         "UPDATE versions SET body = '{\"max\":1000}' WHERE version = 2",
+        "UPDATE versions SET requirements = '[{\"name\":\"x\",\"range\":\"*\"}]' WHERE version = 2",
         "DELETE FROM versions WHERE version = 1",
         "DELETE FROM versions",
         "UPDATE events SET actor = 'someone-else'",
@@ -378,7 +379,7 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
     // old row without firing DELETE triggers; PostgreSQL's upsert updates it.
     let collisions: &[&str] = match app.database.backend {
         crate::helpers::Backend::Sqlite => &[
-            "INSERT OR REPLACE INTO versions SELECT id, policy_id, version, state,              '{\"max\":1000}', digest, label, change_notes, 'mallory', created_at,              published_by, published_at, jws, key_id FROM versions WHERE version = 1",
+            "INSERT OR REPLACE INTO versions SELECT id, policy_id, version, state,              '{\"max\":1000}', digest, label, change_notes, 'mallory', created_at,              published_by, published_at, jws, key_id, requirements FROM versions WHERE version = 1",
             "REPLACE INTO events SELECT id, kind, policy_id, namespace, name, 'mallory', at,              reason, request_id, previous_version, new_version, revision, key_id, rollout_id FROM events              ORDER BY id LIMIT 1",
             "REPLACE INTO signing_keys SELECT key_id, 'forged', created_at FROM signing_keys",
         ],

@@ -243,3 +243,86 @@ async fn cycles_unsatisfiable_ranges_and_other_namespaces_are_refused(app: TestA
     let drafted = draft(&app, "billing", Vec::new()).await.unwrap();
     assert_eq!(drafted.superseded_version, 1);
 }
+
+/// The CLI: `draft --require`, requirements in `get-version` and
+/// `diff-versions`, and `verify` showing the signed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drafts_requirements_shows_them_and_verify_reads_them_signed() {
+    use crate::cli::policyhub;
+
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, r#"{"routes": 1}"#).unwrap();
+    let body = body.display().to_string();
+    for (policy, label, require) in [
+        ("team/discovery", "2.0.0", None),
+        ("team/gateway", "1.0.0", None),
+        ("team/gateway", "2.0.0", Some("discovery@>=2.0.0, <3")),
+    ] {
+        let mut args = vec!["draft", policy, &body];
+        if let Some(require) = require {
+            args.extend(["--require", require]);
+        }
+        policyhub(&app, &args).success();
+        policyhub(&app, &["publish", policy, "--label", label, "--activate"]).success();
+    }
+    let version = policyhub(
+        &app,
+        &[
+            "get-version",
+            "team/gateway",
+            "--label",
+            "2.0.0",
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(
+        version["requirements"],
+        json!([{"name": "discovery", "range": ">=2.0.0, <3"}])
+    );
+    let shown = policyhub(&app, &["get-version", "team/gateway", "--label", "2.0.0"]);
+    assert!(
+        shown
+            .success()
+            .contains("requires      discovery >=2.0.0, <3"),
+        "{}",
+        shown.stdout
+    );
+    let diff = policyhub(&app, &["diff-versions", "team/gateway", "1", "2"]);
+    assert!(
+        diff.success().contains("+ requires: discovery >=2.0.0, <3"),
+        "{}",
+        diff.stdout
+    );
+    let refused = policyhub(
+        &app,
+        &["draft", "team/gateway", &body, "--require", "discovery"],
+    );
+    assert_eq!(refused.code, 2, "a malformed --require is a usage error");
+
+    let keys = policyhub(&app, &["get-signing-keys", "--output", "json"]);
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &keys.stdout).unwrap();
+    let bundle = policyhub(&app, &["get", "team/gateway", "--output", "json"]);
+    let bundle_file = dir.path().join("bundle.json");
+    std::fs::write(&bundle_file, &bundle.stdout).unwrap();
+    let verified = policyhub(
+        &app,
+        &[
+            "verify",
+            "--jwks",
+            &jwks.display().to_string(),
+            &bundle_file.display().to_string(),
+        ],
+    );
+    assert!(
+        verified
+            .success()
+            .contains("requires: discovery >=2.0.0, <3"),
+        "{}",
+        verified.stdout
+    );
+}

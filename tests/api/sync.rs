@@ -61,6 +61,20 @@ impl Checkout {
         std::fs::write(dir.join("policy-definition.yaml"), body_yaml).unwrap();
     }
 
+    /// Adds `requirements` (name to range) to a written release's metadata.
+    fn require(&self, name: &str, label: &str, requirements: Value) {
+        let file = self
+            .path()
+            .join("policies")
+            .join(name)
+            .join(format!("v{label}"))
+            .join("metadata.json");
+        let mut metadata: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        metadata["requirements"] = requirements;
+        std::fs::write(file, metadata.to_string()).unwrap();
+    }
+
     fn commit(&self) {
         self.git(&["add", "--all"]);
         self.git(&["commit", "--quiet", "--message", "policies"]);
@@ -257,6 +271,43 @@ async fn activate_moves_every_policy_to_its_newest_release_under_one_revision() 
         app.db_state().await,
         before,
         "already active: no new revision"
+    );
+}
+
+/// A release requiring another policy's release is published after it
+/// (whatever the names' order) and activated with it in one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_from_metadata_publish_in_order_and_activate_together() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let checkout = Checkout::new();
+    checkout.release("team", "api-gateway", "2.0.0", "routes: 2\n");
+    checkout.require("api-gateway", "2.0.0", json!({"discovery": ">=2.0.0, <3"}));
+    checkout.release("team", "discovery", "2.0.0", "zones: 2\n");
+    checkout.commit();
+
+    let (run, report) = checkout.sync(&app, &["--activate"]);
+    assert_eq!(run.code, 0, "{}\n{report}", run.stderr);
+    let revision = report["activation"]["revision"].as_u64().unwrap();
+    let gateway = app.get_active("team", "api-gateway").await.unwrap();
+    let discovery = app.get_active("team", "discovery").await.unwrap();
+    assert_eq!((gateway.revision, discovery.revision), (revision, revision));
+    let version = app
+        .policy
+        .clone()
+        .get_version(proto::GetVersionRequest {
+            namespace: "team".into(),
+            name: "api-gateway".into(),
+            selector: Some(proto::get_version_request::Selector::Version(1)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        version.requirements,
+        vec![proto::Requirement {
+            name: "discovery".into(),
+            range: ">=2.0.0, <3".into(),
+        }]
     );
 }
 

@@ -2,7 +2,7 @@
 //! `metadata.json` and `policy-definition.yaml` in each, validated whole so
 //! that nothing is published while any file is wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -86,7 +86,48 @@ pub fn read(dir: &Path) -> Result<Vec<Release>, Vec<String>> {
         return Err(problems);
     }
     releases.sort_by(|a, b| (&a.policy, &a.precedence).cmp(&(&b.policy, &b.precedence)));
-    Ok(releases)
+    Ok(required_first(releases))
+}
+
+/// Moves the releases of each policy after those of the policies it
+/// requires (Publish wants a release in each range to exist already),
+/// keeping the policy-then-precedence order otherwise. A cycle is left for
+/// the server to refuse, naming it.
+fn required_first(releases: Vec<Release>) -> Vec<Release> {
+    let mut requires: BTreeMap<&PolicyRef, BTreeSet<PolicyRef>> = BTreeMap::new();
+    for release in &releases {
+        let required = release.requirements.iter().map(|requirement| PolicyRef {
+            namespace: release.policy.namespace.clone(),
+            name: requirement.name.clone(),
+        });
+        requires
+            .entry(&release.policy)
+            .or_default()
+            .extend(required);
+    }
+    fn visit(
+        policy: &PolicyRef,
+        requires: &BTreeMap<&PolicyRef, BTreeSet<PolicyRef>>,
+        visiting: &mut BTreeSet<PolicyRef>,
+        order: &mut Vec<PolicyRef>,
+    ) {
+        if order.contains(policy) || !visiting.insert(policy.clone()) {
+            return;
+        }
+        for required in requires.get(policy).into_iter().flatten() {
+            visit(required, requires, visiting, order);
+        }
+        order.push(policy.clone());
+    }
+    let mut order = Vec::new();
+    let mut visiting = BTreeSet::new();
+    for policy in requires.keys() {
+        visit(policy, &requires, &mut visiting, &mut order);
+    }
+    let rank = |policy: &PolicyRef| order.iter().position(|ordered| ordered == policy);
+    let mut releases = releases;
+    releases.sort_by_key(|release| rank(&release.policy));
+    releases
 }
 
 /// The directories inside `dir`, by name; hidden ones (`.git`) are skipped.
