@@ -7,8 +7,8 @@ use crate::domain::rollout::{
     self, RevisionChange, Rollout, RolloutState, RolloutView, StartRolloutCommand, Tick,
 };
 use crate::domain::{
-    EventKind, ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicyRef, RequestContext,
-    Result, VersionRecord, VersionSelector, lifecycle,
+    Error, EventKind, ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicyRef,
+    RequestContext, Result, VersionRecord, VersionSelector, lifecycle,
 };
 use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
 
@@ -71,6 +71,28 @@ async fn lock_targets(tx: &Transaction, rollout: &Rollout) -> Result<Vec<LockedP
     tx.lock_policies(&names).await
 }
 
+/// The controller halts the rollout for an operator, saying why.
+async fn pause(
+    tx: &Transaction,
+    context: &RequestContext,
+    rollout: &mut Rollout,
+    why: String,
+) -> Result<()> {
+    rollout.halt(RolloutState::Paused, why.clone());
+    tx.save_rollout(rollout).await?;
+    let policies = lock_targets(tx, rollout).await?;
+    record(
+        tx,
+        context,
+        rollout,
+        &policies,
+        EventKind::RolloutPaused,
+        None,
+        &why,
+    )
+    .await
+}
+
 /// The candidates become the active pointers: an ordinary activation under
 /// a new revision, after which the rollout has ended.
 async fn complete(
@@ -80,13 +102,16 @@ async fn complete(
     reason: &str,
 ) -> Result<RevisionChange> {
     let mut policies = lock_targets(tx, rollout).await?;
-    tx.hold_policies(&policies, None).await?;
     let mut versions: Vec<VersionRecord> = Vec::with_capacity(policies.len());
     for (policy, target) in policies.iter_mut().zip(&rollout.targets) {
         policy.state.rollout = None;
         let selector = VersionSelector::Number(target.version);
         versions.push(tx.version(policy, &selector).await?.record);
     }
+    // The policies it requires may have moved since the start.
+    let moves: Vec<_> = policies.iter().zip(&versions).collect();
+    ensure_requirements(tx, &moves).await?;
+    tx.hold_policies(&policies, None).await?;
     let changes: Vec<PointerChange<'_>> = policies
         .iter()
         .zip(&versions)
@@ -420,18 +445,22 @@ impl PolicyHub {
                         })
                     }
                     Tick::Complete => {
-                        Some(complete(tx, &context, &mut current, "every step baked").await?)
+                        match complete(tx, &context, &mut current, "every step baked").await {
+                            // A requirement moved out of range meanwhile:
+                            // the rollout waits for an operator.
+                            Err(Error::FailedPrecondition { message, .. }) => {
+                                pause(tx, &context, &mut current, message).await?;
+                                None
+                            }
+                            completed => Some(completed?),
+                        }
                     }
                     Tick::Fail(why) if current.auto_rollback => {
                         let state = RolloutState::RolledBack;
                         Some(end(tx, &context, &mut current, state, why).await?)
                     }
                     Tick::Fail(why) => {
-                        current.halt(RolloutState::Paused, why.clone());
-                        tx.save_rollout(&current).await?;
-                        let policies = lock_targets(tx, &current).await?;
-                        let kind = EventKind::RolloutPaused;
-                        record(tx, &context, &current, &policies, kind, None, &why).await?;
+                        pause(tx, &context, &mut current, why).await?;
                         None
                     }
                 };

@@ -2,6 +2,8 @@
 //! namespace it needs active beside it, with a semver range; activation
 //! never leaves an active version's requirement unmet.
 
+use std::time::Duration;
+
 use policyhub::grpc::proto;
 use serde_json::json;
 use tonic::Code;
@@ -12,6 +14,7 @@ crate::on_both_backends!(
     a_dependant_waits_for_its_requirement_or_goes_with_it,
     rolling_a_requirement_back_below_the_range_is_refused,
     cycles_unsatisfiable_ranges_and_other_namespaces_are_refused,
+    a_rollout_is_judged_at_start_and_again_at_completion,
 );
 
 fn requirement(name: &str, range: &str) -> proto::Requirement {
@@ -242,6 +245,85 @@ async fn cycles_unsatisfiable_ranges_and_other_namespaces_are_refused(app: TestA
     // Nothing of that changed billing: its draft is still version 1.
     let drafted = draft(&app, "billing", Vec::new()).await.unwrap();
     assert_eq!(drafted.superseded_version, 1);
+}
+
+fn gateway_rollout(bake: Duration) -> proto::StartRolloutRequest {
+    proto::StartRolloutRequest {
+        namespace: "team".into(),
+        targets: vec![proto::RolloutTargetRequest {
+            name: "gateway".into(),
+            selector: Some(proto::rollout_target_request::Selector::Version(2)),
+            expected_active_version: None,
+        }],
+        steps: vec![proto::RolloutStep {
+            percentage: 100,
+            label_selector: String::new(),
+            bake: Some(bake.try_into().unwrap()),
+        }],
+        reason: "gateway 2".into(),
+        ..Default::default()
+    }
+}
+
+async fn a_rollout_is_judged_at_start_and_again_at_completion(app: TestApp) {
+    seed(&app).await;
+    let message = expect_code(
+        app.policy
+            .clone()
+            .start_rollout(gateway_rollout(Duration::from_secs(1)))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("requires team/discovery ^2"), "{message}");
+
+    app.try_activate(vec![target("team", "discovery", 2)])
+        .await
+        .unwrap();
+    let started = app
+        .policy
+        .clone()
+        .start_rollout(gateway_rollout(Duration::from_secs(1)))
+        .await
+        .expect("discovery 2 is active now")
+        .into_inner();
+    // The required policy is not held by the rollout: it moves back
+    // during the bake, and the rollout cannot complete.
+    app.policy
+        .clone()
+        .rollback(proto::RollbackRequest {
+            namespace: "team".into(),
+            name: "discovery".into(),
+            reason: "discovery 2 misbehaves".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut paused = None;
+    for _ in 0..100 {
+        let rollout = app
+            .policy
+            .clone()
+            .get_rollout(proto::GetRolloutRequest {
+                namespace: "team".into(),
+                id: started.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if rollout.state() != proto::RolloutState::Running {
+            paused = Some(rollout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused = paused.expect("the rollout halts after its bake");
+    assert_eq!(paused.state(), proto::RolloutState::Paused);
+    assert!(
+        paused.halted_because.contains("requires team/discovery ^2"),
+        "{}",
+        paused.halted_because
+    );
+    assert_eq!(app.get_active("team", "gateway").await.unwrap().version, 1);
 }
 
 /// The CLI: `draft --require`, requirements in `get-version` and
