@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and writes
-//! the encoded descriptor set that server reflection serves.
+//! the encoded descriptor set that server reflection serves; also the
+//! client of the etcd subset the watch fan-out benchmark calls.
 
 use std::{env, fs, path::PathBuf};
 
@@ -31,5 +32,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::grpc::watch_message::WatchActiveResponse",
         )
         .compile_fds(file_descriptors)?;
+
+    println!("cargo:rerun-if-changed=benches/proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile(["etcdserverpb.proto"], ["benches/proto"])?)?;
     Ok(())
 }
