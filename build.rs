@@ -31,7 +31,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".policyhub.v1.WatchActiveResponse",
             "crate::grpc::watch_message::WatchActiveResponse",
         )
-        .compile_fds(file_descriptors)?;
+        .compile_fds_with_config(file_descriptors, {
+            // `prost::Name`: the CLI finds each reply's descriptor by name
+            // to print it in the protobuf JSON mapping.
+            let mut config = tonic_prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
 
     println!("cargo:rerun-if-changed=benches/proto");
     tonic_prost_build::configure()

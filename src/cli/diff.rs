@@ -13,7 +13,7 @@ use super::args::{parse_policy, parse_selector};
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json;
-use super::output::{Output, Painter, or_dash, print_json, requirements_text};
+use super::output::{Output, Painter, or_dash, print_message, requirements_text};
 use crate::domain::{PolicyRef, VersionSelector};
 use crate::grpc::{
     convert::struct_to_json,
@@ -97,25 +97,15 @@ pub async fn diff_versions(
         })
         .await
         .reply(format!("diffing {}", args.policy))?;
+    if output == Output::Json {
+        print_message(&diff);
+        return Ok(());
+    }
     let operations = diff
         .operations
         .into_iter()
         .map(operation_json)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if output == Output::Json {
-        print_json(&json!({
-            "namespace": args.policy.namespace.to_string(),
-            "name": args.policy.name.to_string(),
-            "from_version": from.version,
-            "to_version": to_version,
-            "from_digest": diff.from_digest,
-            "to_digest": diff.to_digest,
-            "from_requirements": json::requirements(&diff.from_requirements),
-            "to_requirements": json::requirements(&diff.to_requirements),
-            "operations": operations,
-        }));
-        return Ok(());
-    }
     let painter = Painter::for_stdout();
     println!(
         "{}",

@@ -1,13 +1,11 @@
 //! The fleet commands: `runtimes` (ListRuntimes) and `status`
 //! (GetPolicyStatus), which answer "did my change land?".
 
-use serde_json::{Value, json};
-
 use super::args::{parse_namespace, parse_policy};
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::inspect::{Limit, collect};
-use super::output::{Output, Table, print_json, time_json, time_text};
+use super::output::{Output, Table, print_message, time_text};
 use crate::domain::{Namespace, PolicyRef};
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 
@@ -65,38 +63,6 @@ fn state_name(state: proto::RuntimeState) -> &'static str {
     state.as_str_name().trim_start_matches("RUNTIME_STATE_")
 }
 
-/// `APPLIED` for `APPLY_STATE_APPLIED`.
-fn apply_state_name(state: proto::ApplyState) -> &'static str {
-    state.as_str_name().trim_start_matches("APPLY_STATE_")
-}
-
-fn runtime_json(runtime: &proto::Runtime) -> Value {
-    let policies: Vec<Value> = runtime
-        .policies
-        .iter()
-        .map(|policy| {
-            json!({
-                "name": policy.name,
-                "version": policy.version,
-                "state": apply_state_name(policy.state()),
-                "error": policy.error,
-                "revision": policy.revision,
-            })
-        })
-        .collect();
-    json!({
-        "namespace": runtime.namespace,
-        "id": runtime.id,
-        "labels": runtime.labels,
-        "state": state_name(runtime.state()),
-        "subject": runtime.subject,
-        "last_seen": time_json(runtime.last_seen),
-        "applied_revision": runtime.applied_revision,
-        "policies": policies,
-        "names": runtime.names,
-    })
-}
-
 /// `policyhub runtimes`.
 pub async fn list_runtimes(
     channel: AuthChannel,
@@ -133,8 +99,10 @@ pub async fn list_runtimes(
     })
     .await?;
     if output == Output::Json {
-        let runtimes: Vec<Value> = runtimes.iter().map(runtime_json).collect();
-        print_json(&json!({ "runtimes": runtimes }));
+        print_message(&proto::ListRuntimesResponse {
+            runtimes,
+            next_page_token: String::new(),
+        });
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -190,34 +158,7 @@ pub async fn get_policy_status(
         .await
         .reply(format!("reading the status of {}", args.policy))?;
     if output == Output::Json {
-        let versions: Vec<Value> = status
-            .versions
-            .iter()
-            .map(|version| {
-                let rejections: Vec<Value> = version
-                    .rejections
-                    .iter()
-                    .map(|group| {
-                        json!({"error": group.error, "runtimes": group.runtimes,
-                               "runtime_ids": group.runtime_ids})
-                    })
-                    .collect();
-                json!({"version": version.version, "applied": version.applied,
-                       "rejected": version.rejected, "rejections": rejections})
-            })
-            .collect();
-        print_json(&json!({
-            "namespace": status.namespace,
-            "name": status.name,
-            "active_version": status.active_version,
-            "active_revision": status.active_revision,
-            "runtimes": status.runtimes,
-            "applied": status.applied,
-            "rejected": status.rejected,
-            "pending": status.pending,
-            "stale": status.stale,
-            "versions": versions,
-        }));
+        print_message(&status);
         return Ok(());
     }
     match status.active_version {

@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::args::{
     Scope, parse_event_kind, parse_label, parse_namespace, parse_policy, parse_scope,
@@ -13,11 +13,12 @@ use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json::{self, event_kind_name, state_name};
 use super::output::{
-    Output, Table, or_dash, print_json, requirements_text, short_digest, time_text, version_or_dash,
+    Output, Table, or_dash, print_message, requirements_text, short_digest, time_text,
+    version_or_dash,
 };
 use crate::domain::{Label, Namespace, PolicyRef};
 use crate::grpc::{
-    convert::timestamp,
+    convert::{json_to_struct, timestamp},
     proto::{
         self, bundle_service_client::BundleServiceClient, get_active_request::AsOf,
         get_version_request::Selector, policy_service_client::PolicyServiceClient,
@@ -150,7 +151,7 @@ pub async fn get_version(
         .await
         .reply(format!("reading {}", args.policy))?;
     if output == Output::Json {
-        print_json(&json::version(&version)?);
+        print_message(&version);
         return Ok(());
     }
     println!("{} version {}", args.policy, version.version);
@@ -259,7 +260,11 @@ pub async fn get_active(
             .body
     };
     if output == Output::Json {
-        print_json(&json::bundle(&bundle, &body));
+        // The reply, with the body its signature was verified for.
+        print_message(&proto::Bundle {
+            body: Some(json_to_struct(&body)),
+            ..bundle
+        });
         return Ok(());
     }
     let signature = if bundle.draft {
@@ -307,11 +312,10 @@ pub async fn versions(
     })
     .await?;
     if output == Output::Json {
-        let versions = versions
-            .iter()
-            .map(json::version)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        print_json(&json!({ "versions": versions }));
+        print_message(&proto::ListVersionsResponse {
+            versions,
+            next_page_token: String::new(),
+        });
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -370,11 +374,10 @@ pub async fn policies(
     })
     .await?;
     if output == Output::Json {
-        let policies = policies
-            .iter()
-            .map(json::policy)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        print_json(&json!({ "policies": policies }));
+        print_message(&proto::ListPoliciesResponse {
+            policies,
+            next_page_token: String::new(),
+        });
         return Ok(());
     }
     let mut table = Table::new(&["POLICY", "ACTIVE", "REVISION", "DRAFT", "LATEST", "SCHEMA"]);
@@ -424,7 +427,10 @@ pub async fn events(
     })
     .await?;
     if output == Output::Json {
-        print_json(&json!({ "events": events.iter().map(json::event).collect::<Vec<_>>() }));
+        print_message(&proto::ListEventsResponse {
+            events,
+            next_page_token: String::new(),
+        });
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -466,7 +472,7 @@ pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
         .await
         .reply("fetching the signing keys")?;
     if output == Output::Json {
-        print_json(&json::jwks(&keys));
+        print_message(&keys);
         return Ok(());
     }
     let mut table = Table::new(&["KEY ID", "ALGORITHM", "CURVE", "SIGNS NEW VERSIONS"]);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::args::{
     Expectation, Target, activation_selector, parse_expectation, parse_label, parse_policy,
@@ -13,8 +13,7 @@ use super::args::{
 use super::connection::AuthChannel;
 use super::document;
 use super::failure::{Reply, Usage};
-use super::json;
-use super::output::{Output, Table, print_json, version_or_dash};
+use super::output::{Output, Table, print_message, version_or_dash};
 use crate::domain::{Label, PolicyBody, PolicyRef};
 use crate::grpc::{
     convert::json_to_struct,
@@ -162,12 +161,12 @@ pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> any
         })
         .await
         .reply(format!("drafting {}", args.policy))?;
-    let version = drafted.version.context("the server sent no version")?;
+    let version = drafted
+        .version
+        .as_ref()
+        .context("the server sent no version")?;
     match output {
-        Output::Json => print_json(&json!({
-            "version": json::version(&version)?,
-            "superseded_version": drafted.superseded_version,
-        })),
+        Output::Json => print_message(&drafted),
         Output::Table => {
             println!(
                 "drafted {} version {} ({})",
@@ -196,9 +195,12 @@ pub async fn discard_draft(
         })
         .await
         .reply(format!("discarding the draft of {}", args.policy))?;
-    let version = discarded.version.context("the server sent no version")?;
+    let version = discarded
+        .version
+        .as_ref()
+        .context("the server sent no version")?;
     match output {
-        Output::Json => print_json(&json!({ "version": json::version(&version)? })),
+        Output::Json => print_message(&discarded),
         Output::Table => println!(
             "discarded draft version {} of {}",
             version.version, args.policy
@@ -229,13 +231,12 @@ pub async fn publish(
         })
         .await
         .reply(format!("publishing {}", args.policy))?;
-    let version = published.version.context("the server sent no version")?;
+    let version = published
+        .version
+        .as_ref()
+        .context("the server sent no version")?;
     match output {
-        Output::Json => print_json(&json!({
-            "version": json::version(&version)?,
-            "already_published": published.already_published,
-            "revision": published.revision,
-        })),
+        Output::Json => print_message(&published),
         Output::Table => {
             let label = match version.label.as_str() {
                 "" => String::new(),
@@ -306,10 +307,7 @@ pub async fn activate(
         .await
         .reply("activating")?;
     match output {
-        Output::Json => print_json(&json!({
-            "revision": activated.revision,
-            "activations": activated.activations.iter().map(json::activation).collect::<Vec<_>>(),
-        })),
+        Output::Json => print_message(&activated),
         Output::Table => {
             println!("revision {}", activated.revision);
             let mut table = Table::new(&["POLICY", "VERSION", "PREVIOUS"]);
@@ -343,11 +341,7 @@ pub async fn rollback(
         .await
         .reply(format!("rolling back {}", args.policy))?;
     match output {
-        Output::Json => print_json(&json!({
-            "revision": rolled_back.revision,
-            "version": rolled_back.version,
-            "previous_version": rolled_back.previous_version,
-        })),
+        Output::Json => print_message(&rolled_back),
         Output::Table => println!(
             "rolled back {} to version {} (was version {}) at revision {}",
             args.policy, rolled_back.version, rolled_back.previous_version, rolled_back.revision

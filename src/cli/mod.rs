@@ -441,10 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
                     .reply("rotating the signing key")?;
             if output == Output::Json {
-                output::print_json(&serde_json::json!({
-                    "signing_key_id": rotated.signing_key_id,
-                    "previous_key_id": rotated.previous_key_id,
-                }));
+                output::print_message(&rotated);
             } else {
                 println!(
                     "signing key {} replaces {}",

@@ -1,10 +1,11 @@
 //! How client commands print: aligned columns and sentences for people,
 //! one JSON document for scripts, colour only on a terminal.
 
-use std::{fmt, io::IsTerminal};
+use std::{fmt, io::IsTerminal, sync::LazyLock};
 
 use anstyle::{AnsiColor, Style};
 use chrono::SecondsFormat;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use prost_types::Timestamp;
 use serde_json::Value;
 
@@ -17,6 +18,47 @@ pub enum Output {
     Table,
     /// One JSON document on standard output, for scripts.
     Json,
+}
+
+/// Prints a reply as grpcurl does: the protobuf JSON mapping (lowerCamelCase
+/// names, enum value names, 64-bit integers as strings, RFC 3339 times,
+/// fields at their default value left out), so one jq filter reads both.
+pub fn print_message<M: prost::Message + prost::Name>(message: &M) {
+    print_json(&message_json(message));
+}
+
+/// A message in the protobuf JSON mapping.
+pub fn message_json<M: prost::Message + prost::Name>(message: &M) -> Value {
+    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+        DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .expect("the build wrote a valid descriptor set")
+    });
+    let descriptor = POOL
+        .get_message_by_name(&M::full_name())
+        .expect("every generated message is in the descriptor set");
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .expect("a message decodes with its own descriptor");
+    let mut json = serde_json::to_value(&dynamic).expect("a message always serializes");
+    integral_numbers(&mut json);
+    json
+}
+
+/// `google.protobuf.Value` numbers are doubles: print the integral ones
+/// (within ±2^53) without a fraction, as grpcurl does (`2`, not `2.0`).
+fn integral_numbers(value: &mut Value) {
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+                && float.abs() <= 9_007_199_254_740_992.0
+            {
+                *number = serde_json::Number::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(members) => members.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 /// Prints a JSON document, indented.
@@ -116,14 +158,6 @@ pub fn time_text(at: Option<Timestamp>) -> String {
     at.and_then(|at| from_timestamp("at", at).ok())
         .map(|at| at.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default()
-}
-
-/// A timestamp as a JSON string, or null when unset.
-pub fn time_json(at: Option<Timestamp>) -> Value {
-    match time_text(at) {
-        text if text.is_empty() => Value::Null,
-        text => Value::String(text),
-    }
 }
 
 /// A digest shortened for a table column: `sha256:` and 12 hex digits.

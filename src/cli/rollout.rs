@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
 use super::Client;
 use super::args::{Expectation, Target, parse_expectation, parse_namespace, parse_target};
 use super::connection::AuthChannel;
 use super::failure::Reply;
-use super::output::{Output, Table, print_json, time_json, time_text};
+use super::output::{Output, Table, print_message, time_text};
 use crate::domain::Namespace;
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 
@@ -304,42 +302,9 @@ fn state_name(state: proto::RolloutState) -> &'static str {
     state.as_str_name().trim_start_matches("ROLLOUT_STATE_")
 }
 
-fn rollout_json(rollout: &proto::Rollout) -> Value {
-    let progress = rollout.progress.unwrap_or_default();
-    json!({
-        "id": rollout.id,
-        "namespace": rollout.namespace,
-        "state": state_name(rollout.state()),
-        "step": rollout.step,
-        "steps": rollout.steps.iter().map(|step| json!({
-            "percentage": step.percentage,
-            "label_selector": step.label_selector,
-            "bake_seconds": step.bake.map_or(0, |bake| bake.seconds),
-        })).collect::<Vec<_>>(),
-        "step_revisions": rollout.step_revisions,
-        "targets": rollout.targets.iter().map(|target| json!({
-            "name": target.name,
-            "version": target.version,
-            "digest": target.digest,
-            "stable_version": target.stable_version,
-        })).collect::<Vec<_>>(),
-        "progress": {
-            "cohort": progress.cohort,
-            "applied": progress.applied,
-            "rejected": progress.rejected,
-            "pending": progress.pending,
-        },
-        "created_by": rollout.created_by,
-        "created_at": time_json(rollout.created_at),
-        "step_started_at": time_json(rollout.step_started_at),
-        "reason": rollout.reason,
-        "halted_because": rollout.halted_because,
-    })
-}
-
 fn print_rollout(output: Output, rollout: &proto::Rollout) {
     if output == Output::Json {
-        print_json(&rollout_json(rollout));
+        print_message(rollout);
         return;
     }
     let targets: Vec<String> = rollout
@@ -374,8 +339,10 @@ fn print_rollout(output: Output, rollout: &proto::Rollout) {
 
 fn print_list(output: Output, rollouts: &[proto::Rollout]) {
     if output == Output::Json {
-        let listed: Vec<Value> = rollouts.iter().map(rollout_json).collect();
-        print_json(&json!({ "rollouts": listed }));
+        print_message(&proto::ListRolloutsResponse {
+            rollouts: rollouts.to_vec(),
+            next_page_token: String::new(),
+        });
         return;
     }
     let mut table = Table::new(&["ROLLOUT", "STATE", "STEP", "TARGETS", "CREATED"]);

@@ -3,14 +3,11 @@
 
 use std::path::PathBuf;
 
-use serde_json::json;
-
 use super::args::parse_policy;
 use super::connection::AuthChannel;
 use super::document;
 use super::failure::Reply;
-use super::json;
-use super::output::{Output, print_json};
+use super::output::{Output, print_message};
 use crate::domain::PolicyRef;
 use crate::grpc::{
     convert::json_to_struct,
@@ -50,12 +47,9 @@ pub async fn set_schema(
         })
         .await
         .reply(format!("setting the schema of {}", args.policy))?;
-    let policy = set.policy.unwrap_or_default();
+    let policy = set.policy.clone().unwrap_or_default();
     match output {
-        Output::Json => print_json(&json!({
-            "policy": json::policy(&policy)?,
-            "active_version_violations": set.active_version_violations,
-        })),
+        Output::Json => print_message(&set),
         Output::Table => {
             let what = if schema.is_some() { "set" } else { "removed" };
             println!("schema of {} {what}", args.policy);

@@ -31,6 +31,70 @@ fn grpcurl(args: &[&str]) -> std::process::Output {
         .expect("grpcurl is not on PATH: run the tests with ./scripts/test, which installs it")
 }
 
+/// `-o json` prints each reply in the protobuf JSON mapping, exactly as
+/// grpcurl prints the same reply: one jq filter serves both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_json_output_is_what_grpcurl_prints() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.release(
+        "payments",
+        "limits",
+        serde_json::json!({"max": 2, "ratio": 0.5, "currencies": ["EUR"]}),
+        true,
+    )
+    .await;
+    let address = app.address.to_string();
+    let server = format!("http://{address}");
+    let parse = |bytes: &[u8]| -> serde_json::Value {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
+    };
+    for (cli, method, request) in [
+        (
+            vec!["get-version", "payments/limits", "--version", "1"],
+            "policyhub.v1.PolicyService/GetVersion",
+            r#"{"namespace": "payments", "name": "limits", "version": 1}"#,
+        ),
+        (
+            vec!["list-events", "payments/limits"],
+            "policyhub.v1.PolicyService/ListEvents",
+            r#"{"namespace": "payments", "name": "limits"}"#,
+        ),
+        (
+            vec!["list-policies", "payments"],
+            "policyhub.v1.PolicyService/ListPolicies",
+            r#"{"namespace": "payments"}"#,
+        ),
+        (
+            vec!["get-signing-keys"],
+            "policyhub.v1.BundleService/GetSigningKeys",
+            "{}",
+        ),
+    ] {
+        let ours = Command::new(policyhub_binary())
+            .args(&cli)
+            .args(["--server", &server, "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            ours.status.success(),
+            "{cli:?}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        let theirs = grpcurl(&["-plaintext", "-d", request, &address, method]);
+        assert!(
+            theirs.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        assert_eq!(
+            parse(&ours.stdout),
+            parse(&theirs.stdout),
+            "{cli:?} against {method}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_and_describes_through_reflection() {
     let app = spawn_app(Backend::Sqlite).await;

@@ -602,8 +602,8 @@ async fn the_cli_starts_shows_pauses_lists_and_aborts_a_rollout() {
         ],
     )
     .json();
-    assert_eq!(started["state"], "RUNNING");
-    assert_eq!(started["targets"][0]["stable_version"], 1);
+    assert_eq!(started["state"], "ROLLOUT_STATE_RUNNING");
+    assert_eq!(started["targets"][0]["stableVersion"], 1);
     let id = started["id"].as_str().unwrap().to_owned();
     let status = policyhub(&app, &["rollout", "status", "team", &id]);
     let text = status.success();
@@ -623,7 +623,7 @@ async fn the_cli_starts_shows_pauses_lists_and_aborts_a_rollout() {
         ],
     )
     .json();
-    assert_eq!(paused["state"], "PAUSED");
+    assert_eq!(paused["state"], "ROLLOUT_STATE_PAUSED");
     let listed = policyhub(&app, &["rollout", "list", "team", "-o", "json"]).json();
     assert_eq!(listed["rollouts"][0]["id"], id.as_str());
     let refused = policyhub(&app, &["rollout", "pause", "team", &id]);
@@ -634,7 +634,7 @@ async fn the_cli_starts_shows_pauses_lists_and_aborts_a_rollout() {
         refused.stderr
     );
     let aborted = policyhub(&app, &["rollout", "abort", "team", &id, "-o", "json"]).json();
-    assert_eq!(aborted["state"], "ABORTED");
+    assert_eq!(aborted["state"], "ROLLOUT_STATE_ABORTED");
     let watched = policyhub(&app, &["rollout", "status", "team", &id, "--watch"]);
     assert!(
         watched.success().contains("state: aborted"),

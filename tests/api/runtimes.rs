@@ -662,7 +662,10 @@ async fn the_runtimes_and_status_commands_show_the_fleet() {
         .map(|runtime| runtime["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["eu-1", "us-1"]);
-    assert_eq!(listed["runtimes"][1]["policies"][0]["state"], "REJECTED");
+    assert_eq!(
+        listed["runtimes"][1]["policies"][0]["state"],
+        "APPLY_STATE_REJECTED"
+    );
     let selected = policyhub(&app, &["runtimes", "team", "-l", "region=us"]);
     let lines: Vec<&str> = selected.success().lines().collect();
     assert!(lines[0].starts_with("RUNTIME"), "{}", selected.stdout);
@@ -682,7 +685,7 @@ async fn the_runtimes_and_status_commands_show_the_fleet() {
             &status["rejected"],
             &status["pending"]
         ),
-        (&json!(2), &json!(1), &json!(1), &json!(0))
+        (&json!(2), &json!(1), &json!(1), &json!(null))
     );
     let text = policyhub(&app, &["status", "team/limits"]);
     assert!(
