@@ -108,10 +108,6 @@ async fn complete(
         let selector = VersionSelector::Number(target.version);
         versions.push(tx.version(policy, &selector).await?.record);
     }
-    // The policies it requires may have moved since the start.
-    let moves: Vec<_> = policies.iter().zip(&versions).collect();
-    ensure_requirements(tx, &moves).await?;
-    tx.hold_policies(&policies, None).await?;
     let changes: Vec<PointerChange<'_>> = policies
         .iter()
         .zip(&versions)
@@ -122,7 +118,11 @@ async fn complete(
         })
         .collect();
     let plan = lifecycle::plan_activation(EventKind::Activated, &changes)?;
+    // The policies it requires may have moved since the start. Nothing is
+    // written before both checks, so a refusal leaves the rollout as it was.
     let moves: Vec<_> = policies.iter().zip(&versions).collect();
+    ensure_requirements(tx, &moves).await?;
+    tx.hold_policies(&policies, None).await?;
     let why = format!("rollout {} completed: {reason}", rollout.id);
     let outcome = tx
         .move_pointers(context, EventKind::Activated, &why, &moves, plan)

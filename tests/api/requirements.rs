@@ -61,6 +61,22 @@ async fn publish(
         .into_inner())
 }
 
+/// Rolls team/`name` back to the version active before.
+async fn rollback(
+    app: &TestApp,
+    name: &str,
+) -> Result<tonic::Response<proto::RollbackResponse>, tonic::Status> {
+    app.policy
+        .clone()
+        .rollback(proto::RollbackRequest {
+            namespace: "team".into(),
+            name: name.into(),
+            reason: format!("{name} misbehaves"),
+            ..Default::default()
+        })
+        .await
+}
+
 /// team/discovery 1.0.0 active and 2.0.0 published; team/gateway 1.0.0
 /// (no requirements) active and 2.0.0 requiring discovery ^2 published.
 async fn seed(app: &TestApp) {
@@ -147,18 +163,7 @@ async fn rolling_a_requirement_back_below_the_range_is_refused(app: TestApp) {
     ])
     .await
     .unwrap();
-    let message = expect_code(
-        app.policy
-            .clone()
-            .rollback(proto::RollbackRequest {
-                namespace: "team".into(),
-                name: "discovery".into(),
-                reason: "discovery 2 misbehaves".into(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-    );
+    let message = expect_code(rollback(&app, "discovery").await, Code::FailedPrecondition);
     assert!(
         message.contains("team/gateway version 2 (2.0.0) requires team/discovery ^2"),
         "the refusal names the dependant: {message}"
@@ -169,16 +174,7 @@ async fn rolling_a_requirement_back_below_the_range_is_refused(app: TestApp) {
     );
     // Rolling the dependant back first, then the requirement, works.
     for name in ["gateway", "discovery"] {
-        app.policy
-            .clone()
-            .rollback(proto::RollbackRequest {
-                namespace: "team".into(),
-                name: name.into(),
-                reason: "back to 1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        rollback(&app, name).await.unwrap();
         assert_eq!(app.get_active("team", name).await.unwrap().version, 1);
     }
 }
@@ -288,16 +284,7 @@ async fn a_rollout_is_judged_at_start_and_again_at_completion(app: TestApp) {
         .into_inner();
     // The required policy is not held by the rollout: it moves back
     // during the bake, and the rollout cannot complete.
-    app.policy
-        .clone()
-        .rollback(proto::RollbackRequest {
-            namespace: "team".into(),
-            name: "discovery".into(),
-            reason: "discovery 2 misbehaves".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    rollback(&app, "discovery").await.unwrap();
     let mut paused = None;
     for _ in 0..100 {
         let rollout = app

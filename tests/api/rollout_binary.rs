@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use crate::helpers::{
     Backend, TestDatabase, bundles_of, free_port, next_message, spawn_binary_server_on, terminate,
 };
-use crate::rollouts::{Runtime, in_step, start_request, step};
+use crate::rollouts::{in_step, open_runtimes, start_request, step};
 
 /// The real server on `database` at `port`, its controller ticking every
 /// 100 ms.
@@ -320,26 +320,7 @@ async fn the_other_replica_takes_a_rollout_over_when_its_driver_is_killed() {
     let bundle = BundleServiceClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();
-    let mut fleet = Vec::new();
-    for n in 0..20 {
-        let id = format!("rt-{n}");
-        let mut stream = bundle
-            .clone()
-            .watch_active(proto::WatchActiveRequest {
-                namespace: "team".into(),
-                names: vec!["limits".into()],
-                since_revision: 0,
-                runtime: Some(proto::RuntimeIdentity {
-                    id: id.clone(),
-                    labels: Default::default(),
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        next_message(&mut stream).await;
-        fleet.push(Runtime { id, stream });
-    }
+    let mut fleet = open_runtimes(&bundle, 20).await;
     let started = policy
         .start_rollout(start_request(vec![
             step(30, Duration::from_secs(2)),

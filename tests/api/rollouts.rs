@@ -8,11 +8,11 @@ use std::{collections::BTreeSet, time::Duration};
 
 use policyhub::domain::{rollout::bucket, runtime::RuntimeId};
 use policyhub::grpc::{
-    proto::{self, ApplyState, RolloutState},
+    proto::{self, ApplyState, RolloutState, bundle_service_client::BundleServiceClient},
     watch_message::WatchActiveResponse,
 };
 use serde_json::json;
-use tonic::{Code, Streaming};
+use tonic::{Code, Streaming, transport::Channel};
 
 use crate::helpers::{TestApp, bundles_of, expect_code, next_message, target};
 
@@ -34,11 +34,19 @@ pub(crate) struct Runtime {
 
 /// Opens `count` identified streams on team/limits, each past its SNAPSHOT.
 async fn runtimes(app: &TestApp, count: usize) -> Vec<Runtime> {
+    open_runtimes(&app.bundle, count).await
+}
+
+/// Opens `count` streams named `rt-0`… on team/limits through `bundle`,
+/// each past its SNAPSHOT of version 1.
+pub(crate) async fn open_runtimes(
+    bundle: &BundleServiceClient<Channel>,
+    count: usize,
+) -> Vec<Runtime> {
     let mut opened = Vec::with_capacity(count);
     for n in 0..count {
         let id = format!("rt-{n}");
-        let mut stream = app
-            .bundle
+        let mut stream = bundle
             .clone()
             .watch_active(proto::WatchActiveRequest {
                 namespace: "team".into(),
