@@ -98,6 +98,17 @@ const TLS_HINT: &str = "the TLS handshake failed: a server that requires client 
                         (mTLS) needs --cert-file and --key-file signed by the CA it trusts; \
                         --ca-file names the CA of the server's own certificate";
 
+/// The rule a FAILED_PRECONDITION names: the `type` of its first
+/// `google.rpc.PreconditionFailure` violation.
+fn precondition_type(status: &Status) -> Option<String> {
+    let failure = status.get_details_precondition_failure()?;
+    failure
+        .violations
+        .into_iter()
+        .next()
+        .map(|violation| violation.r#type)
+}
+
 /// What to do about a refusal.
 fn hint(status: &Status) -> Option<&'static str> {
     if timed_out(status) {
@@ -129,12 +140,19 @@ fn hint(status: &Status) -> Option<&'static str> {
             "released versions are immutable: publish under a new label; \
              an idempotency key may only be reused for the same request"
         }
-        Code::FailedPrecondition if status.get_details_precondition_failure().is_some() => {
-            "the body breaks the policy's schema: write a new draft that satisfies it"
-        }
-        Code::FailedPrecondition => {
-            "check the versions' states with `policyhub versions NAMESPACE/NAME`"
-        }
+        Code::FailedPrecondition => match precondition_type(status).as_deref() {
+            Some("SCHEMA") => {
+                "the body breaks the policy's schema: write a new draft that satisfies it"
+            }
+            Some("REQUIREMENTS") => {
+                "move the policies together in one `policyhub activate`, or the dependant \
+                 first; `policyhub get-version` shows what a version requires"
+            }
+            Some("ROLLOUT") => {
+                "see the rollout with `policyhub rollout list NAMESPACE`; promote or abort it first"
+            }
+            _ => "check the versions' states with `policyhub versions NAMESPACE/NAME`",
+        },
         Code::ResourceExhausted => "stay under the limit named above, or wait and retry",
         Code::Unavailable => "the server or its database is unavailable; retry later",
         Code::Cancelled => {

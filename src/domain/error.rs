@@ -21,6 +21,8 @@ pub enum Error {
     FailedPrecondition {
         /// What was refused and why.
         message: String,
+        /// Which rule refused it.
+        kind: Precondition,
         /// The schema violations, when the refusal is a schema check.
         violations: Vec<SchemaViolation>,
     },
@@ -51,6 +53,33 @@ pub enum Error {
     /// A fault of the service itself, never of the caller.
     #[error("{0}")]
     Internal(String),
+}
+
+/// The rule behind a `FailedPrecondition`: the `type` of its
+/// `google.rpc.PreconditionFailure` violations on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The state of versions and pointers (not a draft, nothing to roll
+    /// back to, a rollout in another state).
+    State,
+    /// The policy's JSON Schema.
+    Schema,
+    /// Requirements between policies.
+    Requirements,
+    /// A live rollout holds the policy.
+    Rollout,
+}
+
+impl Precondition {
+    /// The violation type on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precondition::State => "STATE",
+            Precondition::Schema => "SCHEMA",
+            Precondition::Requirements => "REQUIREMENTS",
+            Precondition::Rollout => "ROLLOUT",
+        }
+    }
 }
 
 /// A request field and what is wrong with it.
@@ -107,10 +136,16 @@ impl Error {
         }
     }
 
-    /// A refusal because of the current state, without schema violations.
+    /// A refusal because of the current state of versions and pointers.
     pub fn precondition(message: impl Into<String>) -> Self {
+        Error::refused_by(Precondition::State, message)
+    }
+
+    /// A refusal by the rule `kind`, without schema violations.
+    pub fn refused_by(kind: Precondition, message: impl Into<String>) -> Self {
         Error::FailedPrecondition {
             message: message.into(),
+            kind,
             violations: Vec::new(),
         }
     }

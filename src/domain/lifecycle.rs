@@ -3,8 +3,8 @@
 //! and storage writes it.
 
 use super::{
-    Activation, Error, EventKind, ExpectedActive, Label, PolicyRef, PolicySchema, Result,
-    VersionRecord, VersionState,
+    Activation, Error, EventKind, ExpectedActive, Label, PolicyRef, PolicySchema, Precondition,
+    Result, VersionRecord, VersionState,
 };
 
 /// What a decision needs to know about one policy, as loaded (and locked)
@@ -41,11 +41,14 @@ impl PolicyState {
     pub fn ensure_free(&self, operation: &str) -> Result<()> {
         match &self.rollout {
             None => Ok(()),
-            Some(rollout) => Err(Error::precondition(format!(
-                "cannot {operation} {}: rollout {rollout} is moving it; promote, abort or \
-                 wait for that rollout first",
-                self.policy
-            ))),
+            Some(rollout) => Err(Error::refused_by(
+                Precondition::Rollout,
+                format!(
+                    "cannot {operation} {}: rollout {rollout} is moving it; promote, abort or \
+                     wait for that rollout first",
+                    self.policy
+                ),
+            )),
         }
     }
 

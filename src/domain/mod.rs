@@ -18,7 +18,7 @@ mod version;
 
 pub use body::{Digest, MAX_JSON_DEPTH, PolicyBody, canonical_json};
 pub use commands::*;
-pub use error::{Error, FieldViolation, Result, SchemaViolation, quoted};
+pub use error::{Error, FieldViolation, Precondition, Result, SchemaViolation, quoted};
 pub use event::{EventKind, EventRecord};
 pub use lifecycle::{ActivationPlan, ActivePointer, PointerChange, PolicyState, PublishPlan};
 pub use names::{Namespace, PolicyName, PolicyRef};

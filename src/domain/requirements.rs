@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Label, Namespace, PolicyName, Result};
+use super::{Error, Label, Namespace, PolicyName, Precondition, Result};
 
 /// Most requirements of one version.
 pub const MAX_REQUIREMENTS: usize = 32;
@@ -126,10 +126,10 @@ pub fn ensure_acyclic(
         let last = *path.last().expect("paths are never empty");
         if last == policy {
             let names: Vec<String> = path.iter().map(ToString::to_string).collect();
-            return Err(Error::precondition(format!(
-                "the requirements form a cycle: {}",
-                names.join(" -> ")
-            )));
+            return Err(Error::refused_by(
+                Precondition::Requirements,
+                format!("the requirements form a cycle: {}", names.join(" -> ")),
+            ));
         }
         if !seen.insert(last) {
             continue;
@@ -166,10 +166,10 @@ pub fn ensure_satisfiable(
     if missing.is_empty() {
         return Ok(());
     }
-    Err(Error::precondition(format!(
-        "its requirements cannot be met: {}",
-        missing.join("; ")
-    )))
+    Err(Error::refused_by(
+        Precondition::Requirements,
+        format!("its requirements cannot be met: {}", missing.join("; ")),
+    ))
 }
 
 /// An active version as requirements see it.
@@ -222,10 +222,13 @@ pub fn ensure_met(
     if unmet.is_empty() {
         return Ok(());
     }
-    Err(Error::precondition(format!(
-        "the change would leave requirements unmet: {}",
-        unmet.join("; ")
-    )))
+    Err(Error::refused_by(
+        Precondition::Requirements,
+        format!(
+            "the change would leave requirements unmet: {}",
+            unmet.join("; ")
+        ),
+    ))
 }
 
 #[cfg(test)]

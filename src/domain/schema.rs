@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::body::{canonical_json, json_type_name};
-use super::{Error, PolicyBody, Result, SchemaViolation};
+use super::{Error, PolicyBody, Precondition, Result, SchemaViolation};
 
 /// A JSON Schema that compiles; stored as canonical JSON.
 #[derive(Debug, Clone)]
@@ -75,6 +75,7 @@ impl PolicySchema {
                 "{what} does not satisfy the policy's schema: {}",
                 listed.join("; ")
             ),
+            kind: Precondition::Schema,
             violations,
         })
     }

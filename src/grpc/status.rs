@@ -67,18 +67,30 @@ fn to_status(error: Error) -> Status {
                 .collect();
             Status::with_error_details(code, message, ErrorDetails::with_bad_request(violations))
         }
-        Error::FailedPrecondition { violations, .. } if !violations.is_empty() => {
-            let violations: Vec<PreconditionViolation> = violations
+        // Every refusal names its rule as the violations' type, so a client
+        // can tell a schema violation from an unmet requirement or a
+        // rollout in the way without reading the message.
+        Error::FailedPrecondition {
+            kind, violations, ..
+        } => {
+            let mut violations: Vec<PreconditionViolation> = violations
                 .into_iter()
                 .take(MAX_VIOLATIONS)
                 .map(|violation| {
                     PreconditionViolation::new(
-                        "SCHEMA",
+                        kind.as_str(),
                         bounded(violation.instance_path, MAX_DETAIL_CHARS),
                         bounded(violation.message, MAX_DETAIL_CHARS),
                     )
                 })
                 .collect();
+            if violations.is_empty() {
+                violations.push(PreconditionViolation::new(
+                    kind.as_str(),
+                    "",
+                    bounded(message.clone(), MAX_DETAIL_CHARS),
+                ));
+            }
             Status::with_error_details(
                 code,
                 message,
@@ -182,6 +194,7 @@ mod tests {
         );
         let schema = to_status(Error::FailedPrecondition {
             message: huge.clone(),
+            kind: crate::domain::Precondition::Schema,
             violations: vec![
                 crate::domain::SchemaViolation {
                     instance_path: "/a".into(),
@@ -226,6 +239,7 @@ mod tests {
     fn schema_violations_carry_their_path() {
         let status = to_status(Error::FailedPrecondition {
             message: "version 1 does not satisfy the schema".into(),
+            kind: crate::domain::Precondition::Schema,
             violations: vec![SchemaViolation {
                 instance_path: "/limits/daily".into(),
                 message: "500 is greater than the maximum of 100".into(),
@@ -233,6 +247,28 @@ mod tests {
         });
         let failure = status.get_details_precondition_failure().expect("details");
         assert_eq!(failure.violations[0].subject, "/limits/daily");
+        assert_eq!(failure.violations[0].r#type, "SCHEMA");
+    }
+
+    #[test]
+    fn every_refusal_names_its_rule() {
+        use crate::domain::Precondition;
+        for (error, kind) in [
+            (Error::precondition("not a draft"), "STATE"),
+            (
+                Error::refused_by(Precondition::Requirements, "a requires b ^2"),
+                "REQUIREMENTS",
+            ),
+            (
+                Error::refused_by(Precondition::Rollout, "rollout r moves it"),
+                "ROLLOUT",
+            ),
+        ] {
+            let status = to_status(error);
+            let failure = status.get_details_precondition_failure().expect("details");
+            assert_eq!(failure.violations[0].r#type, kind);
+            assert_eq!(failure.violations[0].description, status.message());
+        }
     }
 
     #[test]

@@ -266,7 +266,7 @@ async fn a_rollout_is_judged_at_start_and_again_at_completion(app: TestApp) {
     let message = expect_code(
         app.policy
             .clone()
-            .start_rollout(gateway_rollout(Duration::from_secs(1)))
+            .start_rollout(gateway_rollout(Duration::from_secs(3)))
             .await,
         Code::FailedPrecondition,
     );
@@ -278,7 +278,7 @@ async fn a_rollout_is_judged_at_start_and_again_at_completion(app: TestApp) {
     let started = app
         .policy
         .clone()
-        .start_rollout(gateway_rollout(Duration::from_secs(1)))
+        .start_rollout(gateway_rollout(Duration::from_secs(3)))
         .await
         .expect("discovery 2 is active now")
         .into_inner();
@@ -371,6 +371,26 @@ async fn the_cli_drafts_requirements_shows_them_and_verify_reads_them_signed() {
         &["draft", "team/gateway", &body, "--require", "discovery"],
     );
     assert_eq!(refused.code, 2, "a malformed --require is a usage error");
+    // discovery 3.0.0 would leave gateway 2.0.0's range: refused, with the
+    // hint for requirements (the status names its rule).
+    policyhub(&app, &["draft", "team/discovery", &body]).success();
+    let moved = policyhub(
+        &app,
+        &[
+            "publish",
+            "team/discovery",
+            "--label",
+            "3.0.0",
+            "--activate",
+        ],
+    );
+    assert_eq!(moved.code, 1, "{}", moved.stderr);
+    assert!(
+        moved.stderr.contains("requires team/discovery >=2.0.0, <3")
+            && moved.stderr.contains("hint: move the policies together"),
+        "{}",
+        moved.stderr
+    );
 
     let keys = policyhub(&app, &["get-signing-keys", "--output", "json"]);
     let jwks = dir.path().join("jwks.json");

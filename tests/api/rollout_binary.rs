@@ -168,7 +168,7 @@ async fn library_runtimes_take_a_rollout_step_by_step(backend: Backend) {
 
     let started = policy
         .start_rollout(start_request(vec![
-            step(20, Duration::from_secs(2)),
+            step(20, Duration::from_secs(3)),
             step(100, Duration::ZERO),
         ]))
         .await
