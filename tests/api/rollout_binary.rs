@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use crate::helpers::{
     Backend, TestDatabase, bundles_of, free_port, next_message, spawn_binary_server_on, terminate,
 };
-use crate::rollouts::{in_step, open_runtimes, start_request, step};
+use crate::rollouts::{in_step, open_runtimes, start_request, step, until};
 
 /// The real server on `database` at `port`, its controller ticking every
 /// 100 ms.
@@ -60,32 +60,6 @@ async fn seed(policy: &mut PolicyServiceClient<Channel>) {
             .await
             .expect("publish");
     }
-}
-
-/// Polls rollout `id` until `done` holds, every 100 ms for at most 15 s.
-async fn until(
-    policy: &PolicyServiceClient<Channel>,
-    id: &str,
-    done: impl Fn(&proto::Rollout) -> bool,
-) -> proto::Rollout {
-    let mut rollout = None;
-    for _ in 0..150 {
-        let current = policy
-            .clone()
-            .get_rollout(proto::GetRolloutRequest {
-                namespace: "team".into(),
-                id: id.into(),
-            })
-            .await
-            .expect("get the rollout")
-            .into_inner();
-        if done(&current) {
-            return current;
-        }
-        rollout = Some(current);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the rollout did not get there: {rollout:?}");
 }
 
 /// What the application of one library runtime was handed and holds.

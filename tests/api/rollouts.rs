@@ -8,7 +8,10 @@ use std::{collections::BTreeSet, time::Duration};
 
 use policyhub::domain::{rollout::bucket, runtime::RuntimeId};
 use policyhub::grpc::{
-    proto::{self, ApplyState, RolloutState, bundle_service_client::BundleServiceClient},
+    proto::{
+        self, ApplyState, RolloutState, bundle_service_client::BundleServiceClient,
+        policy_service_client::PolicyServiceClient,
+    },
     watch_message::WatchActiveResponse,
 };
 use serde_json::json;
@@ -108,8 +111,9 @@ async fn start(app: &TestApp, request: proto::StartRolloutRequest) -> proto::Rol
         .into_inner()
 }
 
-async fn get(app: &TestApp, id: &str) -> proto::Rollout {
-    app.policy
+/// Rollout `id` of namespace team.
+pub(crate) async fn get(policy: &PolicyServiceClient<Channel>, id: &str) -> proto::Rollout {
+    policy
         .clone()
         .get_rollout(proto::GetRolloutRequest {
             namespace: "team".into(),
@@ -120,16 +124,20 @@ async fn get(app: &TestApp, id: &str) -> proto::Rollout {
         .into_inner()
 }
 
-/// Polls the rollout until `done` holds, for at most ten seconds.
-async fn until(app: &TestApp, id: &str, done: impl Fn(&proto::Rollout) -> bool) -> proto::Rollout {
-    for _ in 0..200 {
-        let rollout = get(app, id).await;
+/// Polls rollout `id` until `done` holds, every 50 ms for at most 15 s.
+pub(crate) async fn until(
+    policy: &PolicyServiceClient<Channel>,
+    id: &str,
+    done: impl Fn(&proto::Rollout) -> bool,
+) -> proto::Rollout {
+    for _ in 0..300 {
+        let rollout = get(policy, id).await;
         if done(&rollout) {
             return rollout;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the rollout did not get there: {:?}", get(app, id).await);
+    panic!("the rollout did not get there: {:?}", get(policy, id).await);
 }
 
 /// Whether the `percentage` step of rollout `id` holds runtime `runtime`:
@@ -238,14 +246,14 @@ async fn a_rollout_moves_through_its_cohort_step_by_step_and_completes(app: Test
         .into_inner();
     assert_eq!(named.version, 2, "GetActive answers for a named runtime");
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
-    let progress = get(&app, &started.id).await.progress.unwrap();
+    let progress = get(&app.policy, &started.id).await.progress.unwrap();
     assert_eq!(
         (progress.cohort, progress.applied),
         (cohort.len() as u32, cohort.len() as u32)
     );
 
     // Step 2 after the bake: it adds runtimes and removes none.
-    let second_step = until(&app, &started.id, |rollout| rollout.step >= 1).await;
+    let second_step = until(&app.policy, &started.id, |rollout| rollout.step >= 1).await;
     let second = second_step.step_revisions[1];
     for runtime in &mut fleet {
         let joins = !cohort.contains(&runtime.id) && in_step(&started.id, &runtime.id, 50);
@@ -265,7 +273,7 @@ async fn a_rollout_moves_through_its_cohort_step_by_step_and_completes(app: Test
     }
 
     // Every step baked: the candidate becomes the active pointer for all.
-    let completed = until(&app, &started.id, |rollout| {
+    let completed = until(&app.policy, &started.id, |rollout| {
         rollout.state() == RolloutState::Completed
     })
     .await;
@@ -330,7 +338,7 @@ async fn rejections_roll_the_cohort_back_within_a_tick(app: TestApp) {
     )
     .await;
 
-    let rolled_back = until(&app, &started.id, |rollout| {
+    let rolled_back = until(&app.policy, &started.id, |rollout| {
         rollout.state() == RolloutState::RolledBack
     })
     .await;
@@ -375,7 +383,7 @@ async fn a_missed_apply_deadline_rolls_the_cohort_back(app: TestApp) {
         ..Default::default()
     });
     let started = start(&app, request).await;
-    let rolled_back = until(&app, &started.id, |rollout| {
+    let rolled_back = until(&app.policy, &started.id, |rollout| {
         rollout.state() == RolloutState::RolledBack
     })
     .await;
@@ -414,7 +422,7 @@ async fn pause_resume_promote_and_abort_do_what_they_say(app: TestApp) {
     assert!(paused.halted_because.contains("by hand"));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        get(&app, &started.id).await.step,
+        get(&app.policy, &started.id).await.step,
         0,
         "a paused rollout does not advance"
     );
@@ -669,7 +677,7 @@ async fn a_runtime_that_resumes_mid_rollout_gets_its_cohorts_view_in_one_update(
         .map(|n| format!("away-{n}"))
         .find(|id| !in_step(&started.id, id, 10) && in_step(&started.id, id, 60))
         .unwrap();
-    let advanced = until(&app, &started.id, |rollout| rollout.step == 1).await;
+    let advanced = until(&app.policy, &started.id, |rollout| rollout.step == 1).await;
     let since = started.step_revisions[0] - 1;
     let mut stream = app
         .bundle
@@ -715,7 +723,7 @@ async fn a_scheduled_rollout_waits_for_its_start_time(app: TestApp) {
         app.try_activate(vec![target("team", "limits", 2)]).await,
         Code::FailedPrecondition,
     );
-    let running = until(&app, &scheduled.id, |rollout| {
+    let running = until(&app.policy, &scheduled.id, |rollout| {
         rollout.state() == RolloutState::Running
     })
     .await;
