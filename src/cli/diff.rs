@@ -13,7 +13,9 @@ use super::args::{parse_policy, parse_selector};
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json;
-use super::output::{Output, Painter, or_dash, print_message, requirements_text};
+use super::output::{
+    Output, Painter, or_dash, print_message, requirement_pairs, requirements_text,
+};
 use crate::domain::{PolicyRef, VersionSelector};
 use crate::grpc::{
     convert::struct_to_json,
@@ -123,7 +125,7 @@ pub async fn diff_versions(
     );
     let requirements_differ = diff.from_requirements != diff.to_requirements;
     if requirements_differ {
-        let requires = |requirements| or_dash(&requirements_text(requirements));
+        let requires = |requirements| or_dash(&requirements_text(requirement_pairs(requirements)));
         let from = requires(&diff.from_requirements);
         let to = requires(&diff.to_requirements);
         println!("{}", painter.removed(&format!("- requires: {from}")));

@@ -13,8 +13,8 @@ use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::json::{self, event_kind_name, state_name};
 use super::output::{
-    Output, Table, or_dash, print_message, requirements_text, short_digest, time_text,
-    version_or_dash,
+    Output, Table, or_dash, print_message, requirement_pairs, requirements_text, short_digest,
+    time_text, version_or_dash,
 };
 use crate::domain::{Label, Namespace, PolicyRef};
 use crate::grpc::{
@@ -182,7 +182,7 @@ pub async fn get_version(
     facts.push(("change notes", or_dash(&version.change_notes)));
     facts.push((
         "requires",
-        or_dash(&requirements_text(&version.requirements)),
+        or_dash(&requirements_text(requirement_pairs(&version.requirements))),
     ));
     print_facts(&facts);
     print_body(&json::body(version.body)?);

@@ -490,12 +490,11 @@ fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
                 claims.digest
             );
             if !claims.requirements.is_empty() {
-                let requirements: Vec<String> = claims
+                let requirements = claims
                     .requirements
                     .iter()
-                    .map(|requirement| format!("{} {}", requirement.name, requirement.range))
-                    .collect();
-                println!("requires: {}", requirements.join(", "));
+                    .map(|requirement| (requirement.name.as_str(), requirement.range.as_str()));
+                println!("requires: {}", output::requirements_text(requirements));
             }
             Ok(ExitCode::SUCCESS)
         }

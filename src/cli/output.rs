@@ -166,13 +166,23 @@ pub fn short_digest(digest: &str) -> String {
 }
 
 /// `text`, or `-` when it is empty, for table cells.
-/// Requirements as `name range, …`, such as `discovery ^2, ledger *`.
-pub fn requirements_text(requirements: &[proto::Requirement]) -> String {
+/// Requirements, given as `(name, range)`, as `name range, …`, such as
+/// `discovery ^2, ledger *`.
+pub fn requirements_text<'a>(requirements: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     requirements
-        .iter()
-        .map(|requirement| format!("{} {}", requirement.name, requirement.range))
+        .into_iter()
+        .map(|(name, range)| format!("{name} {range}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `(name, range)` pairs of protobuf requirements.
+pub fn requirement_pairs(
+    requirements: &[proto::Requirement],
+) -> impl Iterator<Item = (&str, &str)> {
+    requirements
+        .iter()
+        .map(|requirement| (requirement.name.as_str(), requirement.range.as_str()))
 }
 
 pub fn or_dash(text: &str) -> String {

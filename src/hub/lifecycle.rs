@@ -29,8 +29,10 @@ impl PolicyHub {
         self.repository
             .write_once("draft", claim.as_ref(), context, async |tx| {
                 let policy = tx.lock_or_create_policy(&command.policy).await?;
-                let graph = tx.requirement_graph(&command.policy.namespace).await?;
-                ensure_acyclic(&command.policy.name, &command.requirements, &graph)?;
+                if !command.requirements.is_empty() {
+                    let graph = tx.requirement_graph(&command.policy.namespace).await?;
+                    ensure_acyclic(&command.policy.name, &command.requirements, &graph)?;
+                }
                 let next = lifecycle::next_version(tx.latest_version(&policy).await?);
                 let superseded = match tx.open_draft(&policy).await? {
                     Some(open) => {

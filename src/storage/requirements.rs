@@ -71,6 +71,9 @@ impl Transaction {
         namespace: &Namespace,
         requirements: &[Requirement],
     ) -> Result<BTreeMap<PolicyName, Vec<Label>>> {
+        if requirements.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         let names = requirements
             .iter()
             .map(|requirement| requirement.name.as_str());
