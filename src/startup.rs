@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::JwkSet;
 use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
 use crate::fleet::Fleet;
 use crate::grpc::{
-    BundleApi, PolicyApi,
+    BundleApi, PolicyApi, WatchRoute,
     auth::{Authentication, Authenticator},
     message_limit::MessageLimitLayer,
     proto::{
@@ -253,13 +253,17 @@ impl Application {
             quotas.clone(),
         ))
         .max_decoding_message_size(max_message + 1);
-        let bundle_service = BundleServiceServer::new(BundleApi::new(
+        let bundle_api = BundleApi::new(
             self.hub.clone(),
             fleet.clone(),
             self.settings.watch.heartbeat_interval(),
             quotas,
-        ))
-        .max_decoding_message_size(max_message + 1);
+        );
+        let bundle_service = WatchRoute::new(
+            BundleServiceServer::new(bundle_api.clone()).max_decoding_message_size(max_message + 1),
+            bundle_api,
+            max_message + 1,
+        );
         // Watch streams never end by themselves: end them first, with
         // UNAVAILABLE, so the graceful drain does not wait on them forever.
         let index = self.hub.index().clone();

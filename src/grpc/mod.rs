@@ -13,9 +13,11 @@ mod rollouts;
 mod runtimes;
 pub mod status;
 pub mod watch_message;
+mod watch_route;
 
 pub use bundle_service::BundleApi;
 pub use policy_service::PolicyApi;
+pub use watch_route::WatchRoute;
 
 /// The generated protobuf types, clients and servers of `policyhub.v1`.
 pub mod proto {

@@ -2,18 +2,23 @@
 //!
 //! A watch message is mostly signed bundles, and the same bundle goes to
 //! every subscriber of its namespace. The index encodes each bundle once
-//! (`policyhub.v1.Bundle` bytes behind a `Bytes`), and this message writes
-//! those bytes as field 4 as they are, so fanning an activation out to ten
-//! thousand streams copies no bundle and encodes none again. On the wire it
-//! is exactly the message `bundle_service.proto` declares; `build.rs` maps
-//! the protobuf name to this type.
+//! (`policyhub.v1.Bundle` bytes behind a `Bytes`), and
+//! [`WatchActiveResponse::into_grpc_frame`] hands the transport those bytes
+//! as they are, between the few bytes of the message's own fields, so
+//! fanning an activation out to ten thousand streams copies no bundle and
+//! encodes none again (`super::watch_route` writes the frames). On the wire
+//! it is exactly the message `bundle_service.proto` declares; `build.rs`
+//! maps the protobuf name to this type, so clients decode it with prost.
 
 use std::fmt;
 
 use prost::{
     DecodeError, Message,
-    bytes::{Buf, BufMut, Bytes},
-    encoding::{DecodeContext, WireType, bool as boolean, bytes, int32, skip_field, uint64},
+    bytes::{Buf, BufMut, Bytes, BytesMut},
+    encoding::{
+        DecodeContext, WireType, bool as boolean, bytes, encode_key, encode_varint,
+        encoded_len_varint, int32, key_len, skip_field, uint64,
+    },
 };
 
 use super::proto::{Bundle, WatchEventKind};
@@ -60,8 +65,9 @@ impl fmt::Debug for WatchActiveResponse {
     }
 }
 
-impl Message for WatchActiveResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
+impl WatchActiveResponse {
+    /// The fields written before the bundles.
+    fn encode_head(&self, buf: &mut impl BufMut) {
         if self.kind != 0 {
             int32::encode(1, &self.kind, buf);
         }
@@ -71,12 +77,93 @@ impl Message for WatchActiveResponse {
         if self.reset {
             boolean::encode(3, &self.reset, buf);
         }
-        for bundle in &self.bundles {
-            bytes::encode(4, bundle, buf);
-        }
+    }
+
+    /// The fields written after the bundles.
+    fn encode_tail(&self, buf: &mut impl BufMut) {
         if self.complete {
             boolean::encode(5, &self.complete, buf);
         }
+    }
+
+    /// This message as one gRPC length-prefixed frame, in pieces that
+    /// reference the bundles' shared bytes instead of copying them.
+    pub fn into_grpc_frame(self) -> GrpcFrame {
+        let length = self.encoded_len();
+        let bundles_length: usize = self.bundles.iter().map(Bytes::len).sum();
+        let mut own = BytesMut::with_capacity(GRPC_PREFIX_LEN + length - bundles_length);
+        own.put_u8(0); // not compressed
+        own.put_u32(
+            u32::try_from(length).expect("a watch message is split into parts of at most 4 MiB"),
+        );
+        self.encode_head(&mut own);
+        let head_len = own.len();
+        for bundle in &self.bundles {
+            encode_key(4, WireType::LengthDelimited, &mut own);
+            encode_varint(bundle.len() as u64, &mut own);
+        }
+        self.encode_tail(&mut own);
+        debug_assert_eq!(own.len() + bundles_length, GRPC_PREFIX_LEN + length);
+        GrpcFrame {
+            own: own.freeze(),
+            head_len,
+            bundles: self.bundles.into_iter(),
+            bundle_next: false,
+        }
+    }
+}
+
+/// The compression flag and the length in front of every gRPC message.
+const GRPC_PREFIX_LEN: usize = 5;
+
+/// One watch message on the wire, handed out piece by piece: the bytes of
+/// the message's own fields (one small allocation, sliced), and between
+/// them each bundle's shared bytes as they are. Once every piece is out,
+/// nothing of the message is left here.
+#[derive(Debug)]
+pub struct GrpcFrame {
+    /// The prefix, the fields, each bundle's key and length, in wire order.
+    own: Bytes,
+    /// The prefix and the fields before the first bundle's key.
+    head_len: usize,
+    /// The bundles not yet handed out.
+    bundles: std::vec::IntoIter<Bytes>,
+    /// Whether the next piece is a bundle (its key and length are out).
+    bundle_next: bool,
+}
+
+impl Iterator for GrpcFrame {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.bundle_next {
+            self.bundle_next = false;
+            return self.bundles.next();
+        }
+        if self.own.is_empty() {
+            return None;
+        }
+        // Up to and including the next bundle's key and length, or the rest.
+        let length = match self.bundles.as_slice().first() {
+            Some(bundle) => {
+                self.bundle_next = true;
+                std::mem::take(&mut self.head_len)
+                    + key_len(4)
+                    + encoded_len_varint(bundle.len() as u64)
+            }
+            None => self.own.len(),
+        };
+        Some(self.own.split_to(length))
+    }
+}
+
+impl Message for WatchActiveResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        self.encode_head(buf);
+        for bundle in &self.bundles {
+            bytes::encode(4, bundle, buf);
+        }
+        self.encode_tail(buf);
     }
 
     fn merge_field(
@@ -188,5 +275,53 @@ mod tests {
         let decoded = WatchActiveResponse::decode(generated.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, hand_written);
         assert_eq!(decoded.decode_bundles().unwrap(), bundles);
+    }
+
+    fn message_with(bundles: Vec<Bytes>, complete: bool) -> WatchActiveResponse {
+        WatchActiveResponse {
+            kind: WatchEventKind::Snapshot as i32,
+            revision: 300,
+            reset: false,
+            bundles,
+            complete,
+        }
+    }
+
+    #[test]
+    fn a_grpc_frame_is_the_length_prefix_and_the_encoded_message() {
+        for message in [
+            message_with(vec![], true),
+            message_with(vec![], false),
+            message_with(vec![Bytes::from_static(b"one")], true),
+            message_with(
+                vec![
+                    Bytes::from(vec![7; 200]),
+                    Bytes::new(),
+                    Bytes::from(vec![9; 70_000]),
+                ],
+                false,
+            ),
+        ] {
+            let encoded = message.encode_to_vec();
+            let mut expected = vec![0];
+            expected.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+            expected.extend_from_slice(&encoded);
+            let wire: Vec<u8> = message.into_grpc_frame().flatten().collect();
+            assert_eq!(wire, expected);
+        }
+    }
+
+    #[test]
+    fn a_grpc_frame_hands_out_the_shared_bundle_bytes_without_copying_them() {
+        let large = Bytes::from(vec![1; 1 << 20]);
+        let small = Bytes::from(vec![2; 100]);
+        let frame = message_with(vec![large.clone(), small.clone()], true).into_grpc_frame();
+        let pieces: Vec<Bytes> = frame.collect();
+        // head+key, bundle, key, bundle, tail
+        assert_eq!(pieces.len(), 5);
+        assert_eq!(pieces[1].as_ptr(), large.as_ptr());
+        assert_eq!(pieces[3].as_ptr(), small.as_ptr());
+        let own: usize = [0, 2, 4].iter().map(|&index| pieces[index].len()).sum();
+        assert!(own < 32, "the message's own bytes are {own}");
     }
 }
