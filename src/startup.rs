@@ -151,6 +151,7 @@ impl Application {
     /// keys, secrets or migrations are touched.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         refuse_insecure_off_loopback(&settings)?;
+        raise_open_files_limit();
         let listener = bind(settings.listen, settings.listen_backlog)
             .with_context(|| format!("binding {}", settings.listen))?;
         let address = listener.local_addr()?;
@@ -328,6 +329,17 @@ impl Application {
         served.context("serving grpc")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go programs
+/// (etcd among them) do at start: every watch stream is a connection, and
+/// the usual soft limit of 1,024 would refuse runtimes long before memory or
+/// CPU run short. The hard limit stays the operator's to set.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
     }
 }
 

@@ -471,16 +471,35 @@ pub async fn spawn_binary_server_on(
     data_dir: &std::path::Path,
     env: &[(&str, String)],
 ) -> (std::process::Child, Channel) {
-    let mut server = std::process::Command::new(policyhub_binary())
-        .args([
-            "serve",
-            "--insecure",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .envs(env.iter().map(|(key, value)| (*key, value)))
+    let mut command = std::process::Command::new(policyhub_binary());
+    command
+        .args(serve_args(port, data_dir))
+        .envs(env.iter().map(|(key, value)| (*key, value)));
+    start_serving(command, port).await
+}
+
+/// The arguments of `policyhub serve --insecure` on `port` over `data_dir`.
+pub fn serve_args(port: u16, data_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "serve",
+        "--insecure",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ]
+    .map(Into::into)
+    .into();
+    args.push(data_dir.into());
+    args
+}
+
+/// Starts `command`, a server that will listen on `port`, and waits until
+/// it serves.
+pub async fn start_serving(
+    mut command: std::process::Command,
+    port: u16,
+) -> (std::process::Child, Channel) {
+    let mut server = command
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start policyhub serve");

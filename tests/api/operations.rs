@@ -431,6 +431,30 @@ async fn the_listen_backlog_is_configurable() {
     terminate(server).await;
 }
 
+/// Every watch stream is a connection: the server raises its soft limit on
+/// open files to the hard limit at start, as etcd does, rather than refusing
+/// runtimes at the usual 1,024.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let mut command = Command::new("prlimit");
+    command
+        .arg("--nofile=256:4096")
+        .arg(policyhub_binary())
+        .args(crate::helpers::serve_args(port, dir.path()));
+    let (server, _channel) = crate::helpers::start_serving(command, port).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3..5], ["4096", "4096"], "{limits}");
+    terminate(server).await;
+}
+
 /// A start that cannot succeed writes nothing: no data directory, no key,
 /// no secret, no database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
