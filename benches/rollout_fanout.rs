@@ -103,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         .open_streams(ids.iter().map(|id| Watcher {
             runtime: Some(id.clone()),
             reports: false,
+            ..Watcher::default()
         }))
         .await?;
     tokio::time::sleep(SETTLE).await;

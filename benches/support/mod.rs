@@ -2,10 +2,13 @@
 //! streams and the receipts they time, percentiles, and what `/proc` says
 //! of a process.
 
+// Each bench binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::{
     fs,
     io::{self},
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -22,7 +25,10 @@ use policyhub::grpc::{
 };
 use serde_json::json;
 use tokio::{sync::mpsc, task::JoinHandle};
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
 
 /// Streams being connected at once.
 pub const CONNECT_CONCURRENCY: usize = 200;
@@ -66,6 +72,17 @@ fn policy_body(version: usize) -> serde_json::Value {
     })
 }
 
+/// The benchmark body of `version`, padded to about `bytes` of JSON when
+/// that is more than its natural size.
+pub fn padded_policy_body(version: usize, bytes: usize) -> serde_json::Value {
+    let mut body = policy_body(version);
+    let natural = body.to_string().len() + r#","padding":"""#.len();
+    if bytes > natural {
+        body["padding"] = "x".repeat(bytes - natural).into();
+    }
+    body
+}
+
 async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -73,7 +90,8 @@ async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Res
             Ok(channel) => return Ok(channel),
             Err(_) if Instant::now() < deadline => {
                 server.ensure_running()?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Short: the startup bench times the server's first answer.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(error) => return Err(error).context("the server did not come up"),
         }
@@ -88,14 +106,145 @@ pub struct Watcher {
     /// Whether it answers each UPDATE with a `ReportStatus` APPLIED, as the
     /// runtime library does.
     pub reports: bool,
+    /// The loopback source address of its own connection: each address has
+    /// its own ephemeral ports, so more than one is needed beyond ~28,000
+    /// connections to one server port.
+    pub source: Option<IpAddr>,
+    /// A connection it shares with other streams (HTTP/2 multiplexing)
+    /// instead of one of its own.
+    pub channel: Option<Channel>,
 }
 
-/// The real `policyhub serve` binary on SQLite in a temporary directory,
-/// killed when dropped.
+/// Activates `version` of policy `name` of the benchmark namespace through
+/// `policies`; returns its revision.
+pub async fn activate(
+    policies: &mut PolicyServiceClient<Channel>,
+    token: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    name: &str,
+    version: u32,
+    reason: &str,
+) -> anyhow::Result<u64> {
+    let request = authorized(
+        token,
+        proto::ActivateRequest {
+            targets: vec![proto::ActivationTarget {
+                namespace: NAMESPACE.into(),
+                name: name.into(),
+                selector: Some(proto::activation_target::Selector::Version(version)),
+                expected_active_version: None,
+            }],
+            reason: reason.into(),
+            idempotency_key: String::new(),
+        },
+    );
+    Ok(policies.activate(request).await?.into_inner().revision)
+}
+
+/// `message` as a request, with `token` as its bearer token when given.
+pub fn authorized<T>(
+    token: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    message: T,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
+    request
+}
+
+/// The release `policyhub` binary cargo built for this bench (`cargo bench`
+/// builds the package's binaries first, so it is never stale).
+pub fn policyhub_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_policyhub")
+}
+
+/// Mints an admin token for everything with `policyhub token`, from the
+/// secret the server generated into its data directory on start.
+async fn mint_token(
+    data_dir: &Path,
+    server: &Server,
+) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+    let secret = data_dir.join(policyhub::config::GENERATED_SECRET_FILE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !secret.exists() {
+        ensure!(Instant::now() < deadline, "no token secret was generated");
+        server.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = Command::new(policyhub_binary())
+        .args([
+            "token",
+            "--subject",
+            "bench",
+            "--role",
+            "*:admin",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .context("running policyhub token")?;
+    ensure!(
+        output.status.success(),
+        "policyhub token failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout)?;
+    Ok(format!("Bearer {}", token.trim()).parse()?)
+}
+
+/// TLS on a server's port: its certificate and key, and the CA clients
+/// trust, all PEM files.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+impl Tls {
+    /// The client side: trust the CA, expect the name `localhost`.
+    pub fn client_config(&self) -> anyhow::Result<ClientTlsConfig> {
+        let ca = fs::read(&self.ca_file)
+            .with_context(|| format!("reading {}", self.ca_file.display()))?;
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost"))
+    }
+}
+
+/// How [`Policyhub::start`] runs the server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Watch streams the bench will open: the per-caller quota is lifted
+    /// above it.
+    pub streams: usize,
+    /// More `POLICYHUB_*` settings.
+    pub env: Vec<(String, String)>,
+    /// Serve TLS with these files.
+    pub tls: Option<Tls>,
+    /// Authenticate callers (the generated local HS256 secret, and a token
+    /// minted with `policyhub token`) instead of `--insecure`.
+    pub authenticated: bool,
+    /// An existing data directory (a seeded database) instead of a fresh
+    /// one.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The real `policyhub serve` binary on SQLite, in a temporary directory
+/// unless given one, killed when dropped.
 pub struct Policyhub {
     pub server: Server,
     pub endpoint: Endpoint,
     pub policies: PolicyServiceClient<Channel>,
+    /// The gRPC address it listens on.
+    pub address: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The bearer token of an authenticated server.
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// When the process was started.
+    pub started: Instant,
     _dir: tempfile::TempDir,
 }
 
@@ -103,71 +252,156 @@ impl Policyhub {
     /// Starts the server for `streams` streams of one caller, with `env`
     /// set, and connects its control client.
     pub async fn spawn(streams: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start(Options {
+            streams,
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Starts the server as `options` say and connects its control client.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let server = Server::spawn(
-            Command::new(env!("CARGO_BIN_EXE_policyhub"))
-                .arg("serve")
-                .arg("--insecure")
-                .arg("--listen")
-                .arg(address.to_string())
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .env("RUST_LOG", "warn")
-                // Every stream here comes from one caller: lift the
-                // per-caller stream quota.
-                .env(
-                    "POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT",
-                    (streams + 100).to_string(),
-                )
-                .envs(env.iter().copied()),
-            &dir.path().join("policyhub.log"),
-        )?;
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let mut command = Command::new(policyhub_binary());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "warn")
+            // Every stream here comes from one caller: lift the per-caller
+            // stream quota, and the mutation rate the Activate loops exceed.
+            .env(
+                "POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT",
+                (options.streams + 100).to_string(),
+            )
+            .env("POLICYHUB_QUOTAS__MUTATIONS_PER_SECOND", "1000000")
+            .env("POLICYHUB_QUOTAS__MUTATION_BURST", "1000000")
+            .envs(options.env.iter().map(|(key, value)| (key, value)));
+        if !options.authenticated {
+            command.arg("--insecure");
+        }
+        let mut scheme = "http";
+        if let Some(tls) = &options.tls {
+            command
+                .env("POLICYHUB_TLS__CERT_FILE", &tls.cert_file)
+                .env("POLICYHUB_TLS__KEY_FILE", &tls.key_file);
+            scheme = "https";
+        }
+        let started = Instant::now();
+        let server = Server::spawn(&mut command, &dir.path().join("policyhub.log"))?;
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10));
-        let policies = PolicyServiceClient::new(connect_with_retry(&endpoint, &server).await?);
+        if let Some(tls) = &options.tls {
+            endpoint = endpoint.tls_config(tls.client_config()?)?;
+        }
+        let policies = PolicyServiceClient::new(connect_with_retry(&endpoint, &server).await?)
+            // Snapshots of megabyte bodies.
+            .max_decoding_message_size(64 << 20);
+        let token = if options.authenticated {
+            Some(mint_token(&data_dir, &server).await?)
+        } else {
+            None
+        };
         Ok(Policyhub {
             server,
             endpoint,
             policies,
+            address,
+            data_dir,
+            token,
+            started,
             _dir: dir,
         })
+    }
+
+    /// `message` as a request, with the bearer token when the server
+    /// authenticates.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        authorized(self.token.as_ref(), message)
+    }
+
+    /// The bearer token's metadata value, when the server authenticates.
+    pub fn token(&self) -> Option<MetadataValue<tonic::metadata::Ascii>> {
+        self.token.clone()
     }
 
     /// Publishes versions 1..=`versions` of the benchmark policy, version
     /// 1 active.
     pub async fn publish(&mut self, versions: usize) -> anyhow::Result<()> {
+        self.publish_bodies(versions, 0).await
+    }
+
+    /// Publishes versions 1..=`versions` of the benchmark policy, each body
+    /// padded to about `body_bytes`, version 1 active.
+    pub async fn publish_bodies(
+        &mut self,
+        versions: usize,
+        body_bytes: usize,
+    ) -> anyhow::Result<()> {
+        self.publish_policy(POLICY, versions, body_bytes).await
+    }
+
+    /// Publishes versions 1..=`versions` of policy `name` of the benchmark
+    /// namespace, each body padded to about `body_bytes`, version 1 active.
+    pub async fn publish_policy(
+        &mut self,
+        name: &str,
+        versions: usize,
+        body_bytes: usize,
+    ) -> anyhow::Result<()> {
         for version in 1..=versions {
-            self.policies
-                .draft(proto::DraftRequest {
-                    namespace: NAMESPACE.into(),
-                    name: POLICY.into(),
-                    body: Some(json_to_struct(&policy_body(version))),
-                    change_notes: format!("benchmark version {version}"),
-                    ..Default::default()
-                })
-                .await?;
-            self.policies
-                .publish(proto::PublishRequest {
-                    namespace: NAMESPACE.into(),
-                    name: POLICY.into(),
-                    version: None,
-                    label: String::new(),
-                    activate: version == 1,
-                    expected_active_version: None,
-                    reason: "benchmark".into(),
-                    idempotency_key: String::new(),
-                })
-                .await?;
+            let draft = self.request(proto::DraftRequest {
+                namespace: NAMESPACE.into(),
+                name: name.into(),
+                body: Some(json_to_struct(&padded_policy_body(version, body_bytes))),
+                change_notes: format!("benchmark version {version}"),
+                ..Default::default()
+            });
+            self.policies.draft(draft).await?;
+            let publish = self.request(proto::PublishRequest {
+                namespace: NAMESPACE.into(),
+                name: name.into(),
+                version: None,
+                label: String::new(),
+                activate: version == 1,
+                expected_active_version: None,
+                reason: "benchmark".into(),
+                idempotency_key: String::new(),
+            });
+            self.policies.publish(publish).await?;
         }
         Ok(())
     }
 
-    /// Opens one stream per watcher, each on its own connection and past
-    /// its SNAPSHOT, 200 at a time; their UPDATEs' revisions and receipt
-    /// times arrive on the receiver. Also returns how long opening took
-    /// and the size of the snapshot's bundle.
+    /// Activates `version` of the benchmark policy; returns its revision.
+    pub async fn activate(&mut self, version: u32, reason: &str) -> anyhow::Result<u64> {
+        activate(
+            &mut self.policies,
+            self.token.as_ref(),
+            POLICY,
+            version,
+            reason,
+        )
+        .await
+    }
+
+    /// Opens one stream per watcher, each on its own connection (unless
+    /// the watcher brings a shared one) and past its SNAPSHOT, 200 at a
+    /// time; their UPDATEs' revisions and receipt times arrive on the
+    /// receiver. Also returns how long opening took and the size of the
+    /// snapshot's bundle.
     pub async fn open_streams(
         &self,
         watchers: impl Iterator<Item = Watcher>,
@@ -175,7 +409,14 @@ impl Policyhub {
         let (receipts, received) = mpsc::unbounded_channel();
         let started = Instant::now();
         let tasks: Vec<(JoinHandle<()>, usize)> = futures::stream::iter(watchers)
-            .map(|watcher| open_watch(self.endpoint.clone(), receipts.clone(), watcher))
+            .map(|watcher| {
+                open_watch(
+                    self.endpoint.clone(),
+                    self.token.clone(),
+                    receipts.clone(),
+                    watcher,
+                )
+            })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .try_collect()
             .await?;
@@ -204,17 +445,24 @@ impl Drop for Streams {
     }
 }
 
-/// Opens one stream on its own connection and waits for its SNAPSHOT; the
-/// task it returns reports the receipt time of every UPDATE. Also returns
-/// the size of the bundle the snapshot carried.
+/// Opens one stream on its own connection (or the watcher's shared one)
+/// and waits for its SNAPSHOT; the task it returns reports the receipt
+/// time of every UPDATE. Also returns the size of the bundle the snapshot
+/// carried.
 async fn open_watch(
     endpoint: Endpoint,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
     receipts: mpsc::UnboundedSender<(u64, Instant)>,
     watcher: Watcher,
 ) -> anyhow::Result<(JoinHandle<()>, usize)> {
-    let mut client = BundleServiceClient::new(endpoint.connect().await?);
-    let mut stream = client
-        .watch_active(proto::WatchActiveRequest {
+    let channel = match &watcher.channel {
+        Some(channel) => channel.clone(),
+        None => endpoint.local_address(watcher.source).connect().await?,
+    };
+    let mut client = BundleServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let request = authorized(
+        token.as_ref(),
+        proto::WatchActiveRequest {
             namespace: NAMESPACE.into(),
             names: vec![POLICY.into()],
             since_revision: 0,
@@ -222,9 +470,9 @@ async fn open_watch(
                 id,
                 labels: Default::default(),
             }),
-        })
-        .await?
-        .into_inner();
+        },
+    );
+    let mut stream = client.watch_active(request).await?.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
         .await
         .context("no snapshot within 30 s")??
@@ -261,6 +509,7 @@ async fn open_watch(
                         })
                         .collect(),
                 };
+                let report = authorized(token.as_ref(), report);
                 if let Err(status) = client.report_status(report).await {
                     eprintln!("  warning: report of {id} refused: {status}");
                 }
@@ -417,4 +666,45 @@ pub async fn wait_for_fds_to_close() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Raises this process's open-file limit (soft and, as root, hard) to at
+/// least `wanted`, within the kernel's `fs.nr_open`; children started
+/// afterwards inherit it. Returns the soft limit now in force.
+pub fn raise_open_files_limit(wanted: u64) -> anyhow::Result<u64> {
+    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error()).context("getrlimit");
+    }
+    let target = wanted.min(nr_open);
+    if limit.rlim_cur >= target {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: limit.rlim_max.max(target),
+    };
+    // SAFETY: setrlimit only reads the struct; raising the hard limit needs
+    // CAP_SYS_RESOURCE, and failing that the soft limit goes up to the hard
+    // one below.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(target);
+    }
+    let soft_only = libc::rlimit {
+        rlim_cur: limit.rlim_max.min(target),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft_only) } != 0 {
+        return Err(io::Error::last_os_error()).context("setrlimit");
+    }
+    Ok(soft_only.rlim_cur)
 }

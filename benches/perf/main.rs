@@ -1,0 +1,423 @@
+//! Performance against baselines measured in the same run: one table of
+//! `measure | policyhub | baseline | ratio | target`, the targets being
+//! those of issue #10.
+//!
+//! ```sh
+//! cargo bench --bench perf                       # full: about 20 minutes
+//! PERF_QUICK=1 cargo bench --bench perf          # every section, small sizes
+//! PERF_SECTIONS=unary,sqlite cargo bench --bench perf
+//! ```
+//!
+//! `cargo bench` builds the release `policyhub` binary before the bench, and
+//! the bench starts that binary (`policyhub serve` on SQLite in a temporary
+//! directory) for every measurement, so the server measured is always the
+//! current source.
+//!
+//! Settings:
+//!
+//! - `PERF_QUICK=1`: small sizes (a few minutes in all);
+//! - `PERF_REPEATS` (default 3): how often each comparison runs, policyhub
+//!   and its baseline alternating; a row shows the medians and the spread
+//!   (min–max) of the per-repeat ratios, and its target is judged on the
+//!   median ratio;
+//! - `PERF_SECTIONS=a,b`: only these sections (names below);
+//! - `ETCD_BIN`: the etcd binary (otherwise `etcd` on the PATH, or Debian's
+//!   `etcd-server` installed with apt-get when running as root).
+//!
+//! Sections, each in its own file:
+//!
+//! - `fanout` ([`fanout`]): one activation to many watch streams against
+//!   etcd's native gRPC watch;
+//!
+//! The machine is usually noisy and the bench's own clients share its
+//! cores with the servers: the header gives the load average, and the
+//! spreads say how much a figure moved between repeats.
+
+mod etcd;
+mod fanout;
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::{env, fmt::Write as _, process::Command};
+
+use anyhow::{Context, bail, ensure};
+
+/// A part of the bench that `PERF_SECTIONS` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Fanout,
+}
+
+impl Section {
+    const ALL: [Section; 1] = [Section::Fanout];
+
+    fn name(self) -> &'static str {
+        match self {
+            Section::Fanout => "fanout",
+        }
+    }
+}
+
+/// What every section is told.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Small sizes.
+    pub quick: bool,
+    /// Runs of each comparison.
+    pub repeats: usize,
+    sections: Vec<Section>,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let quick = env::var("PERF_QUICK").is_ok_and(|value| !value.is_empty() && value != "0");
+        let repeats: usize = env::var("PERF_REPEATS")
+            .unwrap_or("3".into())
+            .parse()
+            .context("PERF_REPEATS is not a number")?;
+        ensure!(repeats > 0, "PERF_REPEATS must be at least 1");
+        let sections = match env::var("PERF_SECTIONS") {
+            Ok(names) if !names.trim().is_empty() => names
+                .split(',')
+                .map(|name| {
+                    let name = name.trim();
+                    Section::ALL
+                        .into_iter()
+                        .find(|section| section.name() == name)
+                        .with_context(|| {
+                            format!(
+                                "PERF_SECTIONS: no section {name:?}; sections: {}",
+                                Section::ALL.map(Section::name).join(", ")
+                            )
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            _ => Section::ALL.to_vec(),
+        };
+        Ok(Settings {
+            quick,
+            repeats,
+            sections,
+        })
+    }
+
+    /// `quick` in quick mode, `full` otherwise.
+    pub fn size<T>(&self, quick: T, full: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+// ------------------------------------------------------------------ table
+
+/// How a figure is written.
+#[derive(Clone, Copy, Debug)]
+pub enum Unit {
+    Milliseconds,
+    Seconds,
+    PerSecond,
+    KiB,
+    MiB,
+}
+
+impl Unit {
+    fn format(self, value: f64) -> String {
+        match self {
+            Unit::Milliseconds if value < 1.0 => format!("{value:.3} ms"),
+            Unit::Milliseconds => format!("{value:.1} ms"),
+            Unit::Seconds => format!("{value:.2} s"),
+            Unit::PerSecond => format!("{value:.0}/s"),
+            Unit::KiB => format!("{value:.1} KiB"),
+            Unit::MiB => format!("{value:.0} MiB"),
+        }
+    }
+}
+
+/// What a row promises, judged on the median.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// The ratio policyhub/baseline is at least this.
+    RatioAtLeast(f64),
+    /// The ratio policyhub/baseline is at most this.
+    RatioAtMost(f64),
+    /// policyhub's own figure is at most this, in the row's unit.
+    AtMost(f64),
+    /// policyhub's own figure is below this, in the row's unit.
+    Below(f64),
+}
+
+impl Target {
+    fn judge(self, ours: f64, ratio: Option<f64>, unit: Unit) -> String {
+        let (text, met) = match self {
+            Target::RatioAtLeast(bound) => (format!("≥ {bound}×"), ratio.map(|r| r >= bound)),
+            Target::RatioAtMost(bound) => (format!("≤ {bound}×"), ratio.map(|r| r <= bound)),
+            Target::AtMost(bound) => (format!("≤ {}", unit.format(bound)), Some(ours <= bound)),
+            Target::Below(bound) => (format!("< {}", unit.format(bound)), Some(ours < bound)),
+        };
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "no figure",
+        };
+        format!("{text}: {verdict}")
+    }
+}
+
+/// One line of the table: policyhub's figure per repeat, and its
+/// baseline's from the same repeats.
+pub struct Row {
+    pub measure: String,
+    pub unit: Unit,
+    pub ours: Vec<f64>,
+    /// What the baseline is, named.
+    pub baseline: String,
+    /// The baseline's figure per repeat, paired with `ours`; empty when the
+    /// baseline is a bound rather than a measurement.
+    pub theirs: Vec<f64>,
+    pub targets: Vec<Target>,
+}
+
+impl Row {
+    /// A row comparing `ours` with `theirs`, repeat by repeat.
+    pub fn new(
+        measure: impl Into<String>,
+        unit: Unit,
+        ours: Vec<f64>,
+        baseline: impl Into<String>,
+        theirs: Vec<f64>,
+    ) -> Self {
+        Row {
+            measure: measure.into(),
+            unit,
+            ours,
+            baseline: baseline.into(),
+            theirs,
+            targets: Vec::new(),
+        }
+    }
+
+    pub fn target(mut self, target: Target) -> Self {
+        self.targets.push(target);
+        self
+    }
+
+    fn ratios(&self) -> Vec<f64> {
+        self.ours
+            .iter()
+            .zip(&self.theirs)
+            .filter(|(_, theirs)| **theirs > 0.0)
+            .map(|(ours, theirs)| ours / theirs)
+            .collect()
+    }
+
+    fn render(&self) -> String {
+        let ours = median(&self.ours);
+        let ratios = self.ratios();
+        let ratio = (!ratios.is_empty()).then(|| median(&ratios));
+        let spread = |values: &[f64], format: &dyn Fn(f64) -> String| {
+            if values.len() < 2 {
+                String::new()
+            } else {
+                let (min, max) = min_max(values);
+                format!(" ({}–{})", format(min), format(max))
+            }
+        };
+        let baseline = if self.theirs.is_empty() {
+            self.baseline.clone()
+        } else {
+            format!(
+                "{}: {}",
+                self.baseline,
+                self.unit.format(median(&self.theirs))
+            )
+        };
+        let ratio_text = match ratio {
+            Some(ratio) => format!("{ratio:.2}{}", spread(&ratios, &|r| format!("{r:.2}"))),
+            None => "—".into(),
+        };
+        let target = if self.targets.is_empty() {
+            "—".to_owned()
+        } else {
+            self.targets
+                .iter()
+                .map(|target| target.judge(ours, ratio, self.unit))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        format!(
+            "| {} | {} | {} | {} | {} |",
+            self.measure,
+            self.unit.format(ours),
+            baseline,
+            ratio_text,
+            target
+        )
+    }
+}
+
+/// The median (the mean of the middle two of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), &value| {
+            (min.min(value), max.max(value))
+        })
+}
+
+// ------------------------------------------------------------------ header
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let memory_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpus} CPUs (nproc), {:.1} GiB memory, load average {}",
+        memory_kib as f64 / (1024.0 * 1024.0),
+        support::load_average()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let started = std::time::Instant::now();
+    let etcd = if settings
+        .sections
+        .iter()
+        .any(|section| matches!(section, Section::Fanout))
+    {
+        Some(etcd::Etcd::find()?)
+    } else {
+        None
+    };
+    let mut header = String::new();
+    writeln!(
+        header,
+        "perf: {} mode, {} repeats, sections {}",
+        if settings.quick { "quick" } else { "full" },
+        settings.repeats,
+        settings
+            .sections
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    )?;
+    writeln!(header, "machine: {}", machine())?;
+    writeln!(
+        header,
+        "date: {}, commit: {}{}",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_output("git", &["rev-parse", "--short", "HEAD"]),
+        if command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            " (with uncommitted changes)"
+        }
+    )?;
+    if let Some(etcd) = &etcd {
+        writeln!(header, "baseline server: {}", etcd.version)?;
+    }
+    print!("{header}");
+
+    let mut rows: Vec<(Section, Row)> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for &section in &settings.sections {
+        println!("section {} ...", section.name());
+        let section_started = std::time::Instant::now();
+        let result = match section {
+            Section::Fanout => {
+                fanout::run(&settings, etcd.as_ref().context("no etcd")?, None).await
+            }
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // One failed section does not lose the others' figures.
+                eprintln!("section {} failed: {error:#}", section.name());
+                notes.push(format!("{}: FAILED: {error:#}", section.name()));
+                continue;
+            }
+        };
+        println!(
+            "section {} done in {:.0} s",
+            section.name(),
+            section_started.elapsed().as_secs_f64()
+        );
+        notes.extend(
+            outcome
+                .notes
+                .into_iter()
+                .map(|note| format!("{}: {note}", section.name())),
+        );
+        rows.extend(outcome.rows.into_iter().map(|row| (section, row)));
+        support::wait_for_fds_to_close().await;
+    }
+
+    println!();
+    print!("{header}");
+    println!(
+        "ratio = policyhub / baseline, median of {} repeats (min–max); targets judged on the median",
+        settings.repeats
+    );
+    println!();
+    println!("| measure | policyhub | baseline (named) | ratio | target |");
+    println!("|---|---:|---|---:|---|");
+    for (section, row) in &rows {
+        let mut row_text = row.render();
+        // The section names the row's group.
+        row_text.replace_range(..2, &format!("| {}: ", section.name()));
+        println!("{row_text}");
+    }
+    if !notes.is_empty() {
+        println!();
+        for note in &notes {
+            println!("- {note}");
+        }
+    }
+    println!();
+    println!(
+        "load average at the end: {}; the run took {:.1} min",
+        support::load_average(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    if notes.iter().any(|note| note.contains("FAILED")) {
+        bail!("a section failed");
+    }
+    Ok(())
+}
+
+/// What a section hands back: its rows, and what the reader must know to
+/// read them (sizes used, limits that bound).
+#[derive(Default)]
+pub struct Outcome {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
