@@ -35,10 +35,11 @@ pub struct Target {
 /// A version number (digits only) or a label.
 pub fn parse_selector(text: &str) -> Result<VersionSelector, String> {
     if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
-        return text
-            .parse()
-            .map(VersionSelector::Number)
-            .map_err(|_| format!("version {text} is too large"));
+        return match text.parse() {
+            Ok(0) => Err("versions start at 1: write a version number or a label".to_owned()),
+            Ok(number) => Ok(VersionSelector::Number(number)),
+            Err(_) => Err(format!("version {text} is too large")),
+        };
     }
     parse_label(text).map(VersionSelector::Label)
 }
@@ -143,6 +144,7 @@ mod tests {
             ("card-limits@1", "not namespace/name"),
             ("payments/card-limits@1.2", "not a semantic version"),
             ("Payments/card-limits@1", "namespace"),
+            ("payments/card-limits@0", "versions start at 1"),
         ] {
             let error = parse_target(text).unwrap_err();
             assert!(error.contains(expected), "{text}: {error}");
