@@ -17,7 +17,7 @@ use tonic::{
 };
 
 use super::context::{self, Context};
-use super::failure::{Unreachable, Usage};
+use super::failure::{Unreachable, Unusable, Usage, What};
 
 /// The server when nothing names one.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -81,6 +81,27 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The token a token file holds.
+fn read_token(path: &PathBuf) -> anyhow::Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        Unusable::new(
+            What::Token,
+            format!("{} holds no token: it is not text", path.display()),
+        )
+        .into()
+    })
+}
+
+/// The refusal of a server that is not an http:// or https:// URL, wherever
+/// it came from (flag, variable or context).
+fn not_a_server_url(server: &str) -> Usage {
+    Usage::new(
+        format!("{server:?} is not a server URL"),
+        "write http://HOST:PORT, or https://HOST:PORT for TLS, in --server, POLICYHUB_SERVER \
+         or the context's server",
+    )
+}
+
 /// A `POLICYHUB_*` variable; empty counts as unset.
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
@@ -89,8 +110,12 @@ fn env(name: &str) -> Option<String> {
 fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
     env(name)
         .map(|text| {
-            humantime::parse_duration(&text)
-                .map_err(|error| Usage(format!("{name}={text:?} is not a duration: {error}")))
+            humantime::parse_duration(&text).map_err(|error| {
+                Usage::new(
+                    format!("{name}={text:?} is not a duration: {error}"),
+                    "write a duration such as 5s or 1m30s (0s: no limit on requests)",
+                )
+            })
         })
         .transpose()
         .map_err(Into::into)
@@ -144,15 +169,11 @@ impl Connection {
         };
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.clone()),
-            (None, Some(file)) => Some(String::from_utf8(read(file)?)?),
+            (None, Some(file)) => Some(read_token(file)?),
             (None, None) => match (env("POLICYHUB_TOKEN"), env("POLICYHUB_TOKEN_FILE")) {
                 (Some(token), _) => Some(token),
-                (None, Some(file)) => Some(String::from_utf8(read(&PathBuf::from(file))?)?),
-                (None, None) => context
-                    .token_file
-                    .as_ref()
-                    .map(|file| anyhow::Ok(String::from_utf8(read(file)?)?))
-                    .transpose()?,
+                (None, Some(file)) => Some(read_token(&PathBuf::from(file))?),
+                (None, None) => context.token_file.as_ref().map(read_token).transpose()?,
             },
         };
         let cert_file = path(&self.cert_file, "POLICYHUB_CERT_FILE", context.cert_file);
@@ -161,19 +182,24 @@ impl Connection {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             _ => {
-                return Err(Usage(
-                    "a client certificate needs both --cert-file and --key-file".into(),
+                return Err(Usage::new(
+                    "a client certificate needs both --cert-file and --key-file",
+                    "pass both for a server that requires client certificates (mTLS), or neither",
                 )
                 .into());
             }
         };
+        let server = self
+            .server
+            .clone()
+            .or_else(|| env("POLICYHUB_SERVER"))
+            .or(context.server)
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(not_a_server_url(&server).into());
+        }
         Ok(Resolved {
-            server: self
-                .server
-                .clone()
-                .or_else(|| env("POLICYHUB_SERVER"))
-                .or(context.server)
-                .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+            server,
             token: token.map(|token| token.trim().to_owned()),
             ca_file: path(&self.ca_file, "POLICYHUB_CA_FILE", context.ca_file),
             identity,
@@ -213,7 +239,7 @@ impl Connection {
     pub async fn connect(&self) -> anyhow::Result<AuthChannel> {
         let resolved = self.resolve()?;
         let mut endpoint = Channel::from_shared(resolved.server.clone())
-            .map_err(|_| Usage(format!("{:?} is not a server URL", resolved.server)))?
+            .map_err(|_| not_a_server_url(&resolved.server))?
             .connect_timeout(resolved.connect_timeout);
         if !resolved.request_timeout.is_zero() {
             endpoint = endpoint.timeout(resolved.request_timeout);
@@ -221,7 +247,7 @@ impl Connection {
         if resolved.server.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(resolved.tls()?)
-                .context("configuring tls")?;
+                .context(Unusable::new(What::Connection, "configuring tls"))?;
         }
         // The TCP connect has its own timeout; this one also bounds a server
         // that accepts the connection and never speaks HTTP/2.
@@ -250,8 +276,10 @@ impl Connection {
         let bearer = resolved
             .token
             .map(|token| {
-                MetadataValue::try_from(format!("Bearer {token}"))
-                    .context("the token holds characters not allowed in metadata")
+                MetadataValue::try_from(format!("Bearer {token}")).context(Unusable::new(
+                    What::Token,
+                    "the token holds characters not allowed in metadata",
+                ))
             })
             .transpose()?;
         Ok(InterceptedService::new(channel, BearerToken(bearer)))

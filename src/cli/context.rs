@@ -29,7 +29,7 @@ use figment::{
 };
 use serde::Deserialize;
 
-use super::failure::Usage;
+use super::failure::{Unusable, Usage, What};
 
 /// One named deployment.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,9 +93,14 @@ fn config_path() -> Option<PathBuf> {
 pub fn load(selected: Option<&str>) -> anyhow::Result<Context> {
     let path = config_path();
     let config: ClientConfig = match &path {
-        Some(path) if path.exists() => Figment::from(Toml::file(path))
-            .extract()
-            .with_context(|| format!("reading the client config {}", path.display()))?,
+        Some(path) if path.exists() => {
+            Figment::from(Toml::file(path)).extract().with_context(|| {
+                Unusable::new(
+                    What::ClientConfig,
+                    format!("reading the client config {}", path.display()),
+                )
+            })?
+        }
         _ => ClientConfig::default(),
     };
     let Some(name) = selected.or(config.current_context.as_deref()) else {
@@ -106,14 +111,18 @@ pub fn load(selected: Option<&str>) -> anyhow::Result<Context> {
         let file = path.map_or("no client config file".to_owned(), |path| {
             path.display().to_string()
         });
-        Usage(format!(
-            "context {name:?} is not defined in {file} (defined: {})",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ))
+        Usage::new(
+            format!(
+                "context {name:?} is not defined in {file} (defined: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+            "name a defined context with --context or POLICYHUB_CONTEXT, or add a \
+             [contexts.NAME] table to the client config file",
+        )
         .into()
     })
 }

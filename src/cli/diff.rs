@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::args::{parse_policy, parse_selector};
 use super::connection::AuthChannel;
-use super::failure::Reply;
+use super::failure::{Reply, Unusable, What};
 use super::json;
 use super::output::{
     Output, Painter, or_dash, print_message, requirement_pairs, requirements_text,
@@ -138,16 +138,22 @@ pub async fn diff_versions(
         return Ok(());
     }
     let operations: Vec<PatchOperation> = serde_json::from_value(Value::Array(operations))
-        .context("the server sent an operation that is not RFC 6902")?;
+        .context(Unusable::new(
+            What::Reply,
+            "the server sent an operation that is not RFC 6902",
+        ))?;
     let mut document = json::body(from.body)?;
     for operation in &operations {
         for line in change_lines(&document, operation) {
             println!("{}", paint_line(painter, &line));
         }
         json_patch::patch(&mut document, std::slice::from_ref(operation)).with_context(|| {
-            format!(
-                "the server's patch does not apply to version {}",
-                from.version
+            Unusable::new(
+                What::Reply,
+                format!(
+                    "the server's patch does not apply to version {}",
+                    from.version
+                ),
             )
         })?;
     }

@@ -12,6 +12,8 @@ use serde::{
 };
 use serde_json::{Map, Number, Value};
 
+use super::failure::{Unusable, What};
+
 /// The largest integer a double holds exactly.
 const EXACT: u64 = 1 << 53;
 
@@ -119,15 +121,23 @@ pub fn read_text(path: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The failure of a file that does not parse as `format`.
+fn not_a_document(path: &Path, format: &str) -> Unusable {
+    Unusable::new(
+        What::Document,
+        format!("{} is not {format}", path.display()),
+    )
+}
+
 /// Parses a document read from `path`, naming the file in every error.
 pub fn parse(path: &Path, text: &str) -> anyhow::Result<Value> {
     let strict: Strict = if path
         .extension()
         .is_some_and(|extension| extension == "json")
     {
-        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?
+        serde_json::from_str(text).with_context(|| not_a_document(path, "JSON"))?
     } else {
-        serde_yaml_ng::from_str(text).with_context(|| format!("{} is not YAML", path.display()))?
+        serde_yaml_ng::from_str(text).with_context(|| not_a_document(path, "YAML"))?
     };
     Ok(strict.0)
 }

@@ -10,7 +10,7 @@ use super::args::{
     Scope, parse_event_kind, parse_label, parse_namespace, parse_policy, parse_scope,
 };
 use super::connection::AuthChannel;
-use super::failure::Reply;
+use super::failure::{Reply, Unusable, What};
 use super::json::{self, event_kind_name, state_name};
 use super::output::{
     Output, Table, or_dash, print_message, requirement_pairs, requirements_text, short_digest,
@@ -251,10 +251,12 @@ pub async fn get_active(
         };
         verify_envelope(&bundle.jws, &envelope, &Jwks::from(keys))
             .map_err(|reason| {
-                anyhow::anyhow!(
-                    "bundle of {} version {} does not verify: {reason}",
-                    args.policy,
-                    bundle.version
+                Unusable::new(
+                    What::ServedBundle,
+                    format!(
+                        "bundle of {} version {} does not verify: {reason}",
+                        args.policy, bundle.version
+                    ),
                 )
             })?
             .body

@@ -7,13 +7,19 @@ use anyhow::Context;
 use prost_types::Struct;
 use serde_json::{Value, json};
 
+use super::failure::{Unusable, What};
 use crate::grpc::{convert::struct_to_json, proto};
 
 /// A body as a JSON object; null when unset.
 pub fn body(body: Option<Struct>) -> anyhow::Result<Value> {
-    body.map(|body| struct_to_json("body", body).context("the server sent a body that is not JSON"))
-        .transpose()
-        .map(Option::unwrap_or_default)
+    body.map(|body| {
+        struct_to_json("body", body).context(Unusable::new(
+            What::Reply,
+            "the server sent a body that is not JSON",
+        ))
+    })
+    .transpose()
+    .map(Option::unwrap_or_default)
 }
 
 /// `PUBLISHED` for `VERSION_STATE_PUBLISHED`.

@@ -12,7 +12,7 @@ use super::args::{
 };
 use super::connection::AuthChannel;
 use super::document;
-use super::failure::{Reply, Usage};
+use super::failure::{Reply, Unusable, Usage, What};
 use super::output::{Output, Table, print_message, version_or_dash};
 use crate::domain::{Label, PolicyBody, PolicyRef};
 use crate::grpc::{
@@ -127,6 +127,11 @@ pub struct RollbackArgs {
     expected_active_version: Option<u32>,
 }
 
+/// The failure of a reply that holds no version.
+pub fn no_version() -> Unusable {
+    Unusable::new(What::Reply, "the server sent no version")
+}
+
 /// Reads a policy body from `path` (see `document::read`).
 pub fn read_body(path: &Path) -> anyhow::Result<PolicyBody> {
     body_of(path, document::read(path)?)
@@ -140,7 +145,8 @@ pub fn parse_body(path: &Path, text: &str) -> anyhow::Result<PolicyBody> {
 fn body_of(path: &Path, value: Value) -> anyhow::Result<PolicyBody> {
     // The server enforces its configured size limit; the client has no
     // business guessing it.
-    PolicyBody::parse("body", value, usize::MAX).with_context(|| format!("{}", path.display()))
+    PolicyBody::parse("body", value, usize::MAX)
+        .with_context(|| Unusable::new(What::Body, path.display().to_string()))
 }
 
 /// `policyhub draft`.
@@ -161,10 +167,7 @@ pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> any
         })
         .await
         .reply(format!("drafting {}", args.policy))?;
-    let version = drafted
-        .version
-        .as_ref()
-        .context("the server sent no version")?;
+    let version = drafted.version.as_ref().context(no_version())?;
     match output {
         Output::Json => print_message(&drafted),
         Output::Table => {
@@ -195,10 +198,7 @@ pub async fn discard_draft(
         })
         .await
         .reply(format!("discarding the draft of {}", args.policy))?;
-    let version = discarded
-        .version
-        .as_ref()
-        .context("the server sent no version")?;
+    let version = discarded.version.as_ref().context(no_version())?;
     match output {
         Output::Json => print_message(&discarded),
         Output::Table => println!(
@@ -231,10 +231,7 @@ pub async fn publish(
         })
         .await
         .reply(format!("publishing {}", args.policy))?;
-    let version = published
-        .version
-        .as_ref()
-        .context("the server sent no version")?;
+    let version = published.version.as_ref().context(no_version())?;
     match output {
         Output::Json => print_message(&published),
         Output::Table => {
@@ -269,11 +266,26 @@ fn activation_targets(args: &ActivateArgs) -> anyhow::Result<Vec<proto::Activati
         .iter()
         .find(|expectation| !args.targets.iter().any(|t| t.policy == expectation.policy))
     {
-        return Err(Usage(format!(
-            "--expected-active-version {}@{} names a policy that is not among the targets",
-            stray.policy, stray.active_version
-        ))
+        return Err(Usage::new(
+            format!(
+                "--expected-active-version {}@{} names a policy that is not among the targets",
+                stray.policy, stray.active_version
+            ),
+            "name that policy's version among the targets too, or leave its expectation out",
+        )
         .into());
+    }
+    for (index, target) in args.targets.iter().enumerate() {
+        if args.targets[..index]
+            .iter()
+            .any(|earlier| earlier.policy == target.policy)
+        {
+            return Err(Usage::new(
+                format!("{} is named twice among the targets", target.policy),
+                "name each policy once: one activation moves it to one version",
+            )
+            .into());
+        }
     }
     Ok(args
         .targets

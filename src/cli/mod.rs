@@ -22,7 +22,7 @@ mod sync;
 mod watch;
 
 use connection::{AuthChannel, Connection};
-use failure::Reply;
+use failure::{Reply, Unusable, Usage, What};
 use output::Output;
 
 use std::{
@@ -293,7 +293,16 @@ enum Command {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let args: Vec<String> = std::env::args().collect();
+            eprint!("{}", failure::report_usage(&error, &args));
+            return failure::usage_exit_code();
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -413,14 +422,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             audience,
             ttl_seconds,
         } => {
+            for role in &roles {
+                role.parse::<crate::grpc::auth::Grant>().map_err(|error| {
+                    Usage::new(
+                        format!("--role: {error}"),
+                        "write NAMESPACE:ROLE or *:ROLE, with a role of reader, author, \
+                         publisher, operator or admin",
+                    )
+                })?;
+            }
             let secret_file =
                 secret_file.unwrap_or_else(|| data_dir.join(crate::config::GENERATED_SECRET_FILE));
-            let secret = std::fs::read_to_string(&secret_file)
-                .with_context(|| format!("reading the token secret {}", secret_file.display()))?;
-            for role in &roles {
-                role.parse::<crate::grpc::auth::Grant>()
-                    .map_err(|error| anyhow::anyhow!(error))?;
-            }
+            let secret = std::fs::read_to_string(&secret_file).with_context(|| {
+                Unusable::new(
+                    What::TokenSecret,
+                    format!("reading the token secret {}", secret_file.display()),
+                )
+            })?;
             let now = chrono::Utc::now().timestamp();
             let claims = serde_json::json!({
                 "iss": issuer, "aud": audience, "sub": subject, "roles": roles,
@@ -463,19 +481,25 @@ fn bundle_jws(text: &str) -> anyhow::Result<String> {
     if !text.starts_with('{') {
         return Ok(text.to_owned());
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).context("the bundle is neither a JWS nor JSON")?;
+    let value: serde_json::Value = serde_json::from_str(text).context(Unusable::new(
+        What::Bundle,
+        "the bundle is neither a JWS nor JSON",
+    ))?;
     value
         .get("jws")
         .and_then(|jws| jws.as_str())
         .filter(|jws| !jws.is_empty())
         .map(str::to_owned)
-        .context("the JSON has no \"jws\" member: an unsigned draft cannot be verified")
+        .context(Unusable::new(
+            What::Bundle,
+            "the JSON has no \"jws\" member: an unsigned draft cannot be verified",
+        ))
 }
 
 fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let jwks: Jwks = serde_json::from_str(&document::read_text(jwks_path)?)
-        .with_context(|| format!("{} is not a JWKS", jwks_path.display()))?;
+    let jwks: Jwks = serde_json::from_str(&document::read_text(jwks_path)?).with_context(|| {
+        Unusable::new(What::Jwks, format!("{} is not a JWKS", jwks_path.display()))
+    })?;
     let jws = bundle_jws(&document::read_text(bundle.unwrap_or(Path::new("-")))?)?;
     match signing::verify(&jws, &jwks) {
         Ok(claims) => {
@@ -498,13 +522,10 @@ fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(error) => {
-            eprintln!(
-                "error: the bundle does not verify: {error}\n\
-                 hint: it was changed after signing, or signed by a key the JWKS does not hold \
-                 (fetch it again with `policyhub keys list -o json`)"
-            );
-            Ok(ExitCode::FAILURE)
-        }
+        Err(error) => Err(Unusable::new(
+            What::Signature,
+            format!("the bundle does not verify: {error}"),
+        )
+        .into()),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Client;
 use super::args::{Expectation, Target, parse_expectation, parse_namespace, parse_target};
 use super::connection::AuthChannel;
-use super::failure::Reply;
+use super::failure::{Reply, Usage};
 use super::output::{Output, Table, print_message, time_text};
 use crate::domain::Namespace;
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
@@ -229,10 +229,14 @@ fn start_request(args: StartArgs) -> anyhow::Result<proto::StartRolloutRequest> 
         .iter()
         .find(|target| target.policy.namespace != namespace)
     {
-        anyhow::bail!(
-            "{} is not in namespace {namespace}: a rollout moves policies of one namespace",
-            other.policy
-        );
+        return Err(Usage::new(
+            format!(
+                "{} is not in namespace {namespace}: a rollout moves policies of one namespace",
+                other.policy
+            ),
+            "start one rollout per namespace",
+        )
+        .into());
     }
     let targets = args
         .targets

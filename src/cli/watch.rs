@@ -8,7 +8,7 @@ use policyhub_runtime::{Source, State, Subscription, WatchError};
 use serde_json::json;
 
 use super::connection::Connection;
-use super::failure::Refused;
+use super::failure::{Refused, Unusable, What};
 use super::output::Output;
 
 /// What to watch.
@@ -74,7 +74,7 @@ pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> an
         Err(WatchError::Refused(status)) => {
             Err(Refused::new(format!("watching namespace {}", args.namespace), status).into())
         }
-        Err(error @ WatchError::Config(_)) => Err(error.into()),
+        Err(WatchError::Config(message)) => Err(Unusable::new(What::Connection, message).into()),
     }
 }
 

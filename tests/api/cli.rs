@@ -586,7 +586,7 @@ async fn a_secured_server_gets_advice_about_tokens_and_roles() {
     assert!(
         anonymous
             .stderr
-            .contains("hint: pass a token with --token-file or POLICYHUB_TOKEN"),
+            .contains("hint: pass a valid token with --token-file or POLICYHUB_TOKEN"),
         "{}",
         anonymous.stderr
     );
@@ -687,4 +687,305 @@ async fn discard_draft_and_set_schema_have_their_subcommands() {
     policyhub(&app, &["publish", "payments/limits"]).success();
     let usage = policyhub(&app, &["set-schema", "payments/limits"]);
     assert_eq!(usage.code, 2, "a schema file or --remove: {}", usage.stderr);
+}
+
+/// Which server a failing command talks to.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// A server that takes requests without a token.
+    Open,
+    /// A server that needs a token.
+    Secured,
+    /// A port nothing listens on.
+    Nowhere,
+}
+
+/// A failure a user can provoke, and what the command must print.
+struct Provoked {
+    /// The failure, for the assertion messages.
+    what: &'static str,
+    target: Target,
+    args: Vec<String>,
+    code: i32,
+    /// Text the error must hold.
+    error: &'static str,
+    /// Text the hint line must hold.
+    hint: &'static str,
+}
+
+fn provoke(
+    what: &'static str,
+    target: Target,
+    args: &[&str],
+    code: i32,
+    error: &'static str,
+    hint: &'static str,
+) -> Provoked {
+    Provoked {
+        what,
+        target,
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        code,
+        error,
+        hint,
+    }
+}
+
+/// Request fields that have a flag of their own: an error names the flag.
+const PROTO_FIELDS: [&str; 5] = [
+    "to_version",
+    "expected_active_version",
+    "as_of_revision",
+    "label_selector",
+    "allow_draft_fallback",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_prints_an_error_a_hint_and_its_exit_code() {
+    let open = spawn_app(Backend::Sqlite).await;
+    // payments/limits: 1.0.0 active, 1.1.0 published, an open draft.
+    release(&open, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    release(&open, "payments/limits", "1.1.0", json!({"max": 2}), false);
+    let dir = tempfile::tempdir().unwrap();
+    let body = write(dir.path(), "body.yaml", "max: 3\n");
+    policyhub(&open, &["draft", "payments/limits", &body]).success();
+    // web/flags: a schema its open draft breaks.
+    let schema = write(
+        dir.path(),
+        "schema.yaml",
+        "type: object\nproperties:\n  max: {type: integer, maximum: 10}\n",
+    );
+    policyhub(&open, &["set-schema", "web/flags", &schema]).success();
+    let too_big = write(dir.path(), "big.yaml", "max: 11\n");
+    policyhub(&open, &["draft", "web/flags", &too_big]).success();
+
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let data_dir = database.data_dir.path().display().to_string();
+    let secured = spawn_on(database, |settings| settings.insecure = false).await;
+    let reader = policyhub(
+        &secured,
+        &[
+            "token",
+            "--subject",
+            "bob",
+            "--role",
+            "payments:reader",
+            "--data-dir",
+            &data_dir,
+        ],
+    );
+    let reader = write(dir.path(), "reader.token", reader.success());
+
+    let bad_json = write(dir.path(), "bad.json", "{\"max\": 1,");
+    let a_list = write(dir.path(), "list.yaml", "- 1\n- 2\n");
+    let missing = dir.path().join("missing.json").display().to_string();
+    let not_a_jwks = write(dir.path(), "jwks.json", "{\"max\": 1}");
+    let checkout = dir.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("policies/limits/1.0.0")).unwrap();
+    let checkout = checkout.display().to_string();
+
+    use Target::*;
+    let table = [
+        provoke(
+            "NOT_FOUND",
+            Open,
+            &["get", "payments/nothing"],
+            1,
+            "payments/nothing does not exist",
+            "list what exists",
+        ),
+        provoke(
+            "INVALID_ARGUMENT on a flag",
+            Open,
+            &[
+                "rollback",
+                "payments/limits",
+                "--to-version",
+                "0",
+                "--reason",
+                "x",
+            ],
+            1,
+            "--to-version: version numbers start at 1",
+            "correct the value named above",
+        ),
+        provoke(
+            "INVALID_ARGUMENT on another flag",
+            Open,
+            &["get", "payments/limits", "--as-of-revision", "99"],
+            1,
+            "--as-of-revision: revision 99 is ahead",
+            "correct the value named above",
+        ),
+        provoke(
+            "FAILED_PRECONDITION of state",
+            Open,
+            &["rollback", "payments/limits", "--reason", "x"],
+            1,
+            "first version ever active; pass --to-version",
+            "does not fit the current state",
+        ),
+        provoke(
+            "FAILED_PRECONDITION of a schema",
+            Open,
+            &["publish", "web/flags"],
+            1,
+            "\n  /max: ",
+            "breaks the policy's schema",
+        ),
+        provoke(
+            "ABORTED compare-and-swap",
+            Open,
+            &[
+                "activate",
+                "payments/limits@2",
+                "--expected-active-version",
+                "payments/limits@7",
+            ],
+            1,
+            "expected version 7 to be active",
+            "someone else changed the active version",
+        ),
+        provoke(
+            "ALREADY_EXISTS",
+            Open,
+            &["publish", "payments/limits", "--label", "1.0.0"],
+            1,
+            "1.0.0",
+            "released versions are immutable",
+        ),
+        provoke(
+            "UNAUTHENTICATED",
+            Secured,
+            &["policies"],
+            1,
+            "listing policies: ",
+            "pass a valid token with --token-file",
+        ),
+        provoke(
+            "PERMISSION_DENIED",
+            Secured,
+            &["draft", "payments/limits", &body, "--token-file", &reader],
+            1,
+            "needs the author role",
+            "use a token whose roles claim grants",
+        ),
+        provoke(
+            "unreachable server",
+            Nowhere,
+            &["policies"],
+            3,
+            "cannot reach the server at http://127.0.0.1:",
+            "is the server running",
+        ),
+        provoke(
+            "a missing input file",
+            Open,
+            &["draft", "payments/limits", &missing],
+            1,
+            "missing.json: no such file or directory",
+            "check the path named above",
+        ),
+        provoke(
+            "bad JSON",
+            Open,
+            &["draft", "payments/limits", &bad_json],
+            1,
+            "bad.json is not JSON: ",
+            "fix the file at the line and column",
+        ),
+        provoke(
+            "a body that is not an object",
+            Open,
+            &["draft", "payments/limits", &a_list],
+            1,
+            "must be a JSON object",
+            "one JSON object",
+        ),
+        provoke(
+            "a missing token file",
+            Secured,
+            &["policies", "--token-file", &missing],
+            1,
+            "missing.json: no such file or directory",
+            "check the path named above",
+        ),
+        provoke(
+            "a file that is not a JWKS",
+            Open,
+            &["verify", "--jwks", &not_a_jwks, &body],
+            1,
+            "is not a JWKS",
+            "policyhub get-signing-keys -o json",
+        ),
+        provoke(
+            "an invalid checkout",
+            Open,
+            &["sync", &checkout],
+            1,
+            "a release directory is named v<semver>",
+            "fix every file listed",
+        ),
+        provoke(
+            "a usage error of the command line",
+            Open,
+            &[
+                "activate",
+                "payments/limits@2",
+                "--expected-active-version",
+                "web/flags@1",
+            ],
+            2,
+            "names a policy that is not among the targets",
+            "leave its expectation out",
+        ),
+        provoke(
+            "a usage error clap finds",
+            Open,
+            &["activate", "payments/limits"],
+            2,
+            "names no version",
+            "`policyhub activate --help`",
+        ),
+        provoke(
+            "a server that is not a URL",
+            Open,
+            &["policies", "--server", "policyhub.example"],
+            2,
+            "\"policyhub.example\" is not a server URL",
+            "write http://HOST:PORT",
+        ),
+    ];
+
+    let nowhere = format!("http://127.0.0.1:{}", crate::helpers::free_port());
+    let mut wrong = Vec::new();
+    for provoked in &table {
+        let server = match provoked.target {
+            Open => format!("http://{}", open.address),
+            Secured => format!("http://{}", secured.address),
+            Nowhere => nowhere.clone(),
+        };
+        let args: Vec<&str> = provoked.args.iter().map(String::as_str).collect();
+        let run = policyhub_at(&server, &args);
+        let error = run.stderr.strip_prefix("error: ").unwrap_or_default();
+        let hints: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter_map(|line| line.strip_prefix("hint: "))
+            .collect();
+        let fine = run.code == provoked.code
+            && error.starts_with(|first: char| !first.is_uppercase())
+            && error.contains(provoked.error)
+            && hints.len() == 1
+            && hints[0].contains(provoked.hint)
+            && run.stderr.ends_with('\n')
+            && PROTO_FIELDS.iter().all(|field| !run.stderr.contains(field));
+        if !fine {
+            wrong.push(format!(
+                "{} (expected exit {}, {:?}, hint {:?}): exit {}\n{}",
+                provoked.what, provoked.code, provoked.error, provoked.hint, run.code, run.stderr
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -702,7 +702,7 @@ async fn the_runtimes_and_status_commands_show_the_fleet() {
     let refused = policyhub(&app, &["runtimes", "team", "-l", "a b"]);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(
-        refused.stderr.contains("label_selector"),
+        refused.stderr.contains("--label-selector") && refused.stderr.contains("\nhint: "),
         "{}",
         refused.stderr
     );

@@ -21,7 +21,8 @@ use tonic::{Code, Response, Status};
 use self::checkout::Release;
 use self::report::{Report, print_outcome};
 use super::connection::{AuthChannel, Connection};
-use super::failure::{Refused, Reply};
+use super::failure::{Refused, Reply, Unusable, What};
+use super::lifecycle::no_version;
 use super::output::{Output, print_json};
 use crate::domain::Digest;
 use crate::grpc::{
@@ -121,10 +122,14 @@ pub async fn run(
 
 /// The error listing every problem, each naming its file.
 fn invalid(problems: Vec<String>) -> anyhow::Error {
-    anyhow::anyhow!(
-        "nothing was published, because the checkout is not valid:\n  {}",
-        problems.join("\n  ")
+    Unusable::new(
+        What::Checkout,
+        format!(
+            "nothing was published, because the checkout is not valid:\n  {}",
+            problems.join("\n  ")
+        ),
     )
+    .into()
 }
 
 /// The commit `dir` is checked out at, when git reports no uncommitted
@@ -285,12 +290,7 @@ async fn deliver(
     let publish = proto::PublishRequest {
         namespace: release.policy.namespace.to_string(),
         name: release.policy.name.to_string(),
-        version: Some(
-            drafted
-                .version
-                .context("the server sent no version")?
-                .version,
-        ),
+        version: Some(drafted.version.context(no_version())?.version),
         label: release.label.to_string(),
         activate: false,
         expected_active_version: None,
@@ -304,10 +304,7 @@ async fn deliver(
     .await
     .reply(format!("publishing {} {}", release.policy, release.label))?;
     Ok(Published {
-        version: published
-            .version
-            .context("the server sent no version")?
-            .version,
+        version: published.version.context(no_version())?.version,
         already_published: published.already_published,
     })
 }
