@@ -149,7 +149,6 @@ impl<M> WatchBody<M> {
             finished: false,
         }
     }
-
 }
 
 /// The trailers that end a stream with `status`.
