@@ -54,6 +54,12 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5))
         });
+    if DatabaseBackend::Sqlite.is_prefix_of(url) {
+        // A connection to a local file cannot have been cut: lend it without
+        // the ping sqlx sends first by default, a round trip to the
+        // connection's worker thread before every transaction.
+        options.test_before_acquire(false);
+    }
     let db = Database::connect(options)
         .await
         .with_context(|| format!("connecting to the database at {}", redact(url)))?;
