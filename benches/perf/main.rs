@@ -26,6 +26,8 @@
 //!
 //! Sections, each in its own file:
 //!
+//! - `unary` ([`unary`]): GetActive against the same server's
+//!   `grpc.health.v1.Health/Check`;
 //! - `fanout` ([`fanout`]): one activation to many watch streams against
 //!   etcd's native gRPC watch;
 //!
@@ -35,6 +37,7 @@
 
 mod etcd;
 mod fanout;
+mod unary;
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -46,14 +49,16 @@ use anyhow::{Context, bail, ensure};
 /// A part of the bench that `PERF_SECTIONS` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Section {
+    Unary,
     Fanout,
 }
 
 impl Section {
-    const ALL: [Section; 1] = [Section::Fanout];
+    const ALL: [Section; 2] = [Section::Unary, Section::Fanout];
 
     fn name(self) -> &'static str {
         match self {
+            Section::Unary => "unary",
             Section::Fanout => "fanout",
         }
     }
@@ -353,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
         println!("section {} ...", section.name());
         let section_started = std::time::Instant::now();
         let result = match section {
+            Section::Unary => unary::run(&settings).await,
             Section::Fanout => {
                 fanout::run(&settings, etcd.as_ref().context("no etcd")?, None).await
             }

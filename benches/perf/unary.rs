@@ -1,0 +1,208 @@
+//! Unary: `BundleService.GetActive` against `grpc.health.v1.Health/Check`
+//! on the same server, the cheapest call a tonic server answers, so the
+//! ratio is what GetActive costs beyond the transport.
+//!
+//! The real server with authentication on (a bearer token minted with
+//! `policyhub token`, verified on every GetActive; Health/Check takes none,
+//! as in production). Throughput: 64 calls kept in flight for a fixed time
+//! over 1 connection, and over 16 connections (4 each), the two calls
+//! alternating run by run. Latency: one caller issuing calls one after the
+//! other. The bench's clients share the machine's cores with the server.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use policyhub::grpc::proto::{self, bundle_service_client::BundleServiceClient};
+use tokio::task::JoinSet;
+use tonic::{metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::{
+    Outcome, Row, Settings, Target, Unit,
+    support::{NAMESPACE, Options, POLICY, Policyhub, authorized, ms, percentile},
+};
+
+/// Calls kept in flight.
+const IN_FLIGHT: usize = 64;
+
+/// The issue's bound on GetActive's p50.
+const P50_BOUND_MS: f64 = 0.3;
+
+/// The issue's floor on GetActive's rate against Health/Check's.
+const RATE_FLOOR: f64 = 0.8;
+
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    GetActive,
+    HealthCheck,
+}
+
+/// One caller's clients on one connection.
+#[derive(Clone)]
+struct Caller {
+    bundles: BundleServiceClient<Channel>,
+    health: HealthClient<Channel>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Caller {
+    fn new(channel: Channel, token: Option<MetadataValue<tonic::metadata::Ascii>>) -> Self {
+        Caller {
+            bundles: BundleServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+            token,
+        }
+    }
+
+    async fn call(&mut self, call: Call) -> Result<(), tonic::Status> {
+        match call {
+            Call::GetActive => {
+                let request = authorized(
+                    self.token.as_ref(),
+                    proto::GetActiveRequest {
+                        namespace: NAMESPACE.into(),
+                        name: POLICY.into(),
+                        ..Default::default()
+                    },
+                );
+                self.bundles.get_active(request).await?;
+            }
+            Call::HealthCheck => {
+                self.health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Calls per second with `IN_FLIGHT` calls spread over `callers`, after a
+/// short warm-up.
+async fn rate(callers: &[Caller], call: Call, duration: Duration) -> anyhow::Result<f64> {
+    let warm_up = Instant::now() + Duration::from_millis(300);
+    let start = warm_up;
+    let end = start + duration;
+    let mut tasks = JoinSet::new();
+    for slot in 0..IN_FLIGHT {
+        let mut caller = callers[slot % callers.len()].clone();
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            loop {
+                caller.call(call).await?;
+                let now = Instant::now();
+                if now >= end {
+                    return Ok::<_, tonic::Status>(done);
+                }
+                if now >= start {
+                    done += 1;
+                }
+            }
+        });
+    }
+    let mut total = 0;
+    while let Some(result) = tasks.join_next().await {
+        total += result??;
+    }
+    Ok(total as f64 / duration.as_secs_f64())
+}
+
+/// Latencies of `count` calls issued one after the other.
+async fn sequential(caller: &Caller, call: Call, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut caller = caller.clone();
+    for _ in 0..count / 10 {
+        caller.call(call).await?;
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let issued = Instant::now();
+        caller.call(call).await?;
+        latencies.push(issued.elapsed());
+    }
+    Ok(latencies)
+}
+
+pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
+    let duration = Duration::from_secs(settings.size(2, 5));
+    let sequential_calls = settings.size(2_000, 10_000);
+    let mut policyhub = Policyhub::start(Options {
+        authenticated: true,
+        ..Options::default()
+    })
+    .await?;
+    policyhub.publish(1).await?;
+    let token = policyhub.token();
+    ensure!(token.is_some(), "the unary server must authenticate");
+
+    let mut outcome = Outcome::default();
+    for connections in [1, 16] {
+        let mut callers = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            callers.push(Caller::new(
+                policyhub.endpoint.connect().await?,
+                token.clone(),
+            ));
+        }
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for repeat in 1..=settings.repeats {
+            let get_active = rate(&callers, Call::GetActive, duration).await?;
+            let health = rate(&callers, Call::HealthCheck, duration).await?;
+            println!(
+                "  {connections} connection(s), repeat {repeat}: GetActive {get_active:.0}/s, \
+                 Health/Check {health:.0}/s"
+            );
+            ours.push(get_active);
+            theirs.push(health);
+        }
+        let plural = if connections == 1 { "" } else { "s" };
+        outcome.rows.push(
+            Row::new(
+                format!(
+                    "GetActive calls/s, {IN_FLIGHT} in flight over {connections} connection{plural}"
+                ),
+                Unit::PerSecond,
+                ours,
+                "Health/Check, same server and concurrency",
+                theirs,
+            )
+            .target(Target::RatioAtLeast(RATE_FLOOR)),
+        );
+    }
+
+    let caller = Caller::new(policyhub.endpoint.connect().await?, token);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for repeat in 1..=settings.repeats {
+        let get_active = ms(percentile(
+            &sequential(&caller, Call::GetActive, sequential_calls).await?,
+            0.5,
+        ));
+        let health = ms(percentile(
+            &sequential(&caller, Call::HealthCheck, sequential_calls).await?,
+            0.5,
+        ));
+        println!(
+            "  sequential, repeat {repeat}: GetActive p50 {get_active:.3} ms, \
+             Health/Check p50 {health:.3} ms"
+        );
+        ours.push(get_active);
+        theirs.push(health);
+    }
+    outcome.rows.push(
+        Row::new(
+            "GetActive p50, one sequential caller",
+            Unit::Milliseconds,
+            ours,
+            "Health/Check p50, same caller",
+            theirs,
+        )
+        .target(Target::Below(P50_BOUND_MS)),
+    );
+    outcome.notes.push(format!(
+        "authenticated server (HS256 bearer token on GetActive); {} s per throughput run \
+         after 0.3 s of warm-up; {sequential_calls} sequential calls per latency run",
+        duration.as_secs()
+    ));
+    Ok(outcome)
+}
