@@ -30,6 +30,7 @@
 //!   `grpc.health.v1.Health/Check`;
 //! - `fanout` ([`fanout`]): one activation to many watch streams against
 //!   etcd's native gRPC watch;
+//! - `tls` ([`fanout`] with [`tls`]): the same with TLS on both sides;
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -37,6 +38,7 @@
 
 mod etcd;
 mod fanout;
+mod tls;
 mod unary;
 
 #[path = "../support/mod.rs"]
@@ -51,15 +53,17 @@ use anyhow::{Context, bail, ensure};
 pub enum Section {
     Unary,
     Fanout,
+    Tls,
 }
 
 impl Section {
-    const ALL: [Section; 2] = [Section::Unary, Section::Fanout];
+    const ALL: [Section; 3] = [Section::Unary, Section::Fanout, Section::Tls];
 
     fn name(self) -> &'static str {
         match self {
             Section::Unary => "unary",
             Section::Fanout => "fanout",
+            Section::Tls => "tls",
         }
     }
 }
@@ -316,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
     let etcd = if settings
         .sections
         .iter()
-        .any(|section| matches!(section, Section::Fanout))
+        .any(|section| matches!(section, Section::Fanout | Section::Tls))
     {
         Some(etcd::Etcd::find()?)
     } else {
@@ -361,6 +365,15 @@ async fn main() -> anyhow::Result<()> {
             Section::Unary => unary::run(&settings).await,
             Section::Fanout => {
                 fanout::run(&settings, etcd.as_ref().context("no etcd")?, None).await
+            }
+            Section::Tls => {
+                let certificates = tls::Certificates::generate()?;
+                fanout::run(
+                    &settings,
+                    etcd.as_ref().context("no etcd")?,
+                    Some(&certificates.tls),
+                )
+                .await
             }
         };
         let outcome = match result {
