@@ -31,6 +31,7 @@
 //! - `fanout` ([`fanout`]): one activation to many watch streams against
 //!   etcd's native gRPC watch;
 //! - `tls` ([`fanout`] with [`tls`]): the same with TLS on both sides;
+//! - `memory` ([`memory`]): server RSS per idle stream by body size;
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -38,6 +39,7 @@
 
 mod etcd;
 mod fanout;
+mod memory;
 mod tls;
 mod unary;
 
@@ -54,16 +56,23 @@ pub enum Section {
     Unary,
     Fanout,
     Tls,
+    Memory,
 }
 
 impl Section {
-    const ALL: [Section; 3] = [Section::Unary, Section::Fanout, Section::Tls];
+    const ALL: [Section; 4] = [
+        Section::Unary,
+        Section::Fanout,
+        Section::Tls,
+        Section::Memory,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Section::Unary => "unary",
             Section::Fanout => "fanout",
             Section::Tls => "tls",
+            Section::Memory => "memory",
         }
     }
 }
@@ -320,7 +329,7 @@ async fn main() -> anyhow::Result<()> {
     let etcd = if settings
         .sections
         .iter()
-        .any(|section| matches!(section, Section::Fanout | Section::Tls))
+        .any(|section| matches!(section, Section::Fanout | Section::Tls | Section::Memory))
     {
         Some(etcd::Etcd::find()?)
     } else {
@@ -375,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Section::Memory => memory::run(&settings, etcd.as_ref().context("no etcd")?).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,
