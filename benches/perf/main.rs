@@ -32,6 +32,7 @@
 //!   etcd's native gRPC watch;
 //! - `tls` ([`fanout`] with [`tls`]): the same with TLS on both sides;
 //! - `memory` ([`memory`]): server RSS per idle stream by body size;
+//! - `sqlite` ([`sqlite`]): Activate against raw durable SQLite commits;
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -40,6 +41,7 @@
 mod etcd;
 mod fanout;
 mod memory;
+mod sqlite;
 mod tls;
 mod unary;
 
@@ -57,14 +59,16 @@ pub enum Section {
     Fanout,
     Tls,
     Memory,
+    Sqlite,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
         Section::Memory,
+        Section::Sqlite,
     ];
 
     fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Section {
             Section::Fanout => "fanout",
             Section::Tls => "tls",
             Section::Memory => "memory",
+            Section::Sqlite => "sqlite",
         }
     }
 }
@@ -385,6 +390,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
             }
             Section::Memory => memory::run(&settings, etcd.as_ref().context("no etcd")?).await,
+            Section::Sqlite => sqlite::run(&settings).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,
