@@ -33,6 +33,7 @@
 //! - `tls` ([`fanout`] with [`tls`]): the same with TLS on both sides;
 //! - `memory` ([`memory`]): server RSS per idle stream by body size;
 //! - `sqlite` ([`sqlite`]): Activate against raw durable SQLite commits;
+//! - `startup` ([`startup`]): start-up and latencies by stored versions.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -42,6 +43,7 @@ mod etcd;
 mod fanout;
 mod memory;
 mod sqlite;
+mod startup;
 mod tls;
 mod unary;
 
@@ -60,15 +62,17 @@ pub enum Section {
     Tls,
     Memory,
     Sqlite,
+    Startup,
 }
 
 impl Section {
-    const ALL: [Section; 5] = [
+    const ALL: [Section; 6] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
         Section::Memory,
         Section::Sqlite,
+        Section::Startup,
     ];
 
     fn name(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Section {
             Section::Tls => "tls",
             Section::Memory => "memory",
             Section::Sqlite => "sqlite",
+            Section::Startup => "startup",
         }
     }
 }
@@ -391,6 +396,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Section::Memory => memory::run(&settings, etcd.as_ref().context("no etcd")?).await,
             Section::Sqlite => sqlite::run(&settings).await,
+            Section::Startup => startup::run(&settings).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,

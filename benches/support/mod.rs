@@ -91,7 +91,7 @@ async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Res
             Err(_) if Instant::now() < deadline => {
                 server.ensure_running()?;
                 // Short: the startup bench times the server's first answer.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err(error) => return Err(error).context("the server did not come up"),
         }
@@ -568,6 +568,21 @@ impl Server {
             child,
             log: log.to_owned(),
         })
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it, killing it
+    /// after `grace`.
+    pub fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the server did not stop within {grace:?} of SIGTERM")
     }
 
     pub fn pid(&self) -> String {
