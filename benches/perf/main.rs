@@ -32,6 +32,7 @@
 //!   etcd's native gRPC watch;
 //! - `tls` ([`fanout`] with [`tls`]): the same with TLS on both sides;
 //! - `memory` ([`memory`]): server RSS per idle stream by body size;
+//! - `scale` ([`scale`]): toward 100,000 streams on one server;
 //! - `sqlite` ([`sqlite`]): Activate against raw durable SQLite commits;
 //! - `startup` ([`startup`]): start-up and latencies by stored versions.
 //!
@@ -42,6 +43,7 @@
 mod etcd;
 mod fanout;
 mod memory;
+mod scale;
 mod sqlite;
 mod startup;
 mod tls;
@@ -61,16 +63,18 @@ pub enum Section {
     Fanout,
     Tls,
     Memory,
+    Scale,
     Sqlite,
     Startup,
 }
 
 impl Section {
-    const ALL: [Section; 6] = [
+    const ALL: [Section; 7] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
         Section::Memory,
+        Section::Scale,
         Section::Sqlite,
         Section::Startup,
     ];
@@ -81,6 +85,7 @@ impl Section {
             Section::Fanout => "fanout",
             Section::Tls => "tls",
             Section::Memory => "memory",
+            Section::Scale => "scale",
             Section::Sqlite => "sqlite",
             Section::Startup => "startup",
         }
@@ -395,6 +400,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
             }
             Section::Memory => memory::run(&settings, etcd.as_ref().context("no etcd")?).await,
+            Section::Scale => scale::run(&settings).await,
             Section::Sqlite => sqlite::run(&settings).await,
             Section::Startup => startup::run(&settings).await,
         };

@@ -683,10 +683,11 @@ pub async fn wait_for_fds_to_close() {
     }
 }
 
-/// Raises this process's open-file limit (soft and, as root, hard) to at
-/// least `wanted`, within the kernel's `fs.nr_open`; children started
-/// afterwards inherit it. Returns the soft limit now in force.
-pub fn raise_open_files_limit(wanted: u64) -> anyhow::Result<u64> {
+/// Raises this process's open-file limit (soft and, as root with
+/// CAP_SYS_RESOURCE, hard) toward `wanted`, within the kernel's
+/// `fs.nr_open`; children started afterwards inherit it. Returns the soft
+/// limit now in force, and why it stays below `wanted` when it does.
+pub fn raise_open_files_limit(wanted: u64) -> anyhow::Result<(u64, Option<String>)> {
     let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|text| text.trim().parse().ok())
@@ -700,19 +701,21 @@ pub fn raise_open_files_limit(wanted: u64) -> anyhow::Result<u64> {
         return Err(io::Error::last_os_error()).context("getrlimit");
     }
     let target = wanted.min(nr_open);
+    let capped = (target < wanted).then(|| format!("fs.nr_open is {nr_open}"));
     if limit.rlim_cur >= target {
-        return Ok(limit.rlim_cur);
+        return Ok((limit.rlim_cur, capped));
     }
     let raised = libc::rlimit {
         rlim_cur: target,
         rlim_max: limit.rlim_max.max(target),
     };
-    // SAFETY: setrlimit only reads the struct; raising the hard limit needs
-    // CAP_SYS_RESOURCE, and failing that the soft limit goes up to the hard
-    // one below.
+    // SAFETY: setrlimit only reads the struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-        return Ok(target);
+        return Ok((target, capped));
     }
+    // Raising the hard limit needs CAP_SYS_RESOURCE, which a container's
+    // root may lack: the soft limit goes up to the hard one.
+    let refused = io::Error::last_os_error();
     let soft_only = libc::rlimit {
         rlim_cur: limit.rlim_max.min(target),
         rlim_max: limit.rlim_max,
@@ -721,5 +724,11 @@ pub fn raise_open_files_limit(wanted: u64) -> anyhow::Result<u64> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft_only) } != 0 {
         return Err(io::Error::last_os_error()).context("setrlimit");
     }
-    Ok(soft_only.rlim_cur)
+    Ok((
+        soft_only.rlim_cur,
+        Some(format!(
+            "raising the hard limit {} was refused ({refused})",
+            limit.rlim_max
+        )),
+    ))
 }
