@@ -3,8 +3,8 @@
 //! those of issue #10.
 //!
 //! ```sh
-//! cargo bench --bench perf                       # full: about 20 minutes
-//! PERF_QUICK=1 cargo bench --bench perf          # every section, small sizes
+//! cargo bench --bench perf                       # full: about 7 minutes on 2 cores
+//! PERF_QUICK=1 cargo bench --bench perf          # every section, small sizes: about 4 minutes
 //! PERF_SECTIONS=unary,sqlite cargo bench --bench perf
 //! ```
 //!
