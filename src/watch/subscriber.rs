@@ -46,11 +46,11 @@ impl WatchMessage {
         }
     }
 
-    /// Consecutive parts whose bundles take at most `part_bytes` each,
-    /// field headers included (a bundle larger than that travels alone);
-    /// only the last is complete.
-    fn into_parts(self, part_bytes: usize) -> VecDeque<WatchMessage> {
-        let mut parts = VecDeque::new();
+    /// Appends to `parts` consecutive parts whose bundles take at most
+    /// `part_bytes` each, field headers included (a bundle larger than that
+    /// travels alone); only the last is complete. `parts` is the
+    /// subscriber's own queue, reused from message to message.
+    fn split_into(self, part_bytes: usize, parts: &mut VecDeque<WatchMessage>) {
         let mut bundles = Vec::new();
         let mut size = 0;
         for bundle in self.bundles {
@@ -71,7 +71,6 @@ impl WatchMessage {
             complete: true,
             ..self
         });
-        parts
     }
 }
 
@@ -172,7 +171,7 @@ impl Subscriber {
             } else {
                 self.first()
             };
-            self.pending = message.into_parts(self.part_bytes);
+            message.split_into(self.part_bytes, &mut self.pending);
         }
         let part = self.pending.pop_front().expect("a message has parts");
         if part.complete {
