@@ -38,7 +38,9 @@ fn token_problem(error: &jsonwebtoken::errors::Error) -> String {
 #[derive(Clone)]
 pub struct Authenticator {
     keys: Arc<IssuerKeys>,
-    validation: Validation,
+    /// The checks of a token, one set per accepted algorithm (each accepting
+    /// only its own), made once rather than per request.
+    validations: Arc<[(Algorithm, Validation)]>,
     roles_claim: String,
 }
 
@@ -140,9 +142,18 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = leeway.as_secs();
+        let validations = validation
+            .algorithms
+            .iter()
+            .map(|&algorithm| {
+                let mut only = validation.clone();
+                only.algorithms = vec![algorithm];
+                (algorithm, only)
+            })
+            .collect();
         Authenticator {
             keys: Arc::new(keys),
-            validation,
+            validations,
             roles_claim: roles_claim.to_owned(),
         }
     }
@@ -171,12 +182,16 @@ impl Authenticator {
             Error::Unauthenticated(format!("invalid token: {}", token_problem(&error)))
         };
         let header = jsonwebtoken::decode_header(token).map_err(refused)?;
-        if !self.validation.algorithms.contains(&header.alg) {
-            return Err(Error::Unauthenticated(format!(
-                "invalid token: algorithm {:?} is not accepted",
-                header.alg
-            )));
-        }
+        let (_, validation) = self
+            .validations
+            .iter()
+            .find(|(algorithm, _)| *algorithm == header.alg)
+            .ok_or_else(|| {
+                Error::Unauthenticated(format!(
+                    "invalid token: algorithm {:?} is not accepted",
+                    header.alg
+                ))
+            })?;
         let key = match self.keys.as_ref() {
             IssuerKeys::Hs256(key) => key,
             IssuerKeys::Jwks(keys) => keys
@@ -190,12 +205,9 @@ impl Authenticator {
                     Error::Unauthenticated(format!("invalid token: unknown key {:?}", header.kid))
                 })?,
         };
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![header.alg];
-        let claims =
-            jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation)
-                .map_err(refused)?
-                .claims;
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, validation)
+            .map_err(refused)?
+            .claims;
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
