@@ -22,7 +22,7 @@ use crate::{
     },
 };
 
-/// The absolute p99 bound, set for 10,000 streams.
+/// The absolute p99 bound, set for 10,000 streams.
 const P99_BOUND_MS: f64 = 100.0;
 const P99_BOUND_STREAMS: usize = 10_000;
 

@@ -1,6 +1,6 @@
 //! Performance against baselines measured in the same run: one table of
-//! `measure | policyhub | baseline | ratio | target`, the targets being
-//! those of issue #10.
+//! `measure | policyhub | baseline | ratio | target`, each target being
+//! what the project holds itself to.
 //!
 //! ```sh
 //! cargo bench --bench perf                       # full: about 7 minutes on 2 cores

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::{Outcome, Row, Settings, Target, Unit, etcd::Etcd, fanout};
 
-/// The bound, whatever the body size.
+/// The bound, whatever the body size.
 const KIB_PER_STREAM_BOUND: f64 = 16.0;
 
 const BODY_SIZES: [usize; 3] = [1 << 10, 64 << 10, 1 << 20];

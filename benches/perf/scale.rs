@@ -35,7 +35,7 @@ use crate::{
     },
 };
 
-/// The bound on the server's RSS at 100,000 streams.
+/// The bound on the server's RSS at 100,000 streams.
 const RSS_BOUND_MIB: f64 = 2048.0;
 
 /// Connections per loopback source address, below the ~28,000 ephemeral

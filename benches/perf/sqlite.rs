@@ -22,7 +22,7 @@ use crate::{
     support::{Options, POLICY, Policyhub, activate},
 };
 
-/// The floor on sequential Activate against raw commits.
+/// The floor on sequential Activate against raw commits.
 const RATE_FLOOR: f64 = 0.5;
 
 const CONCURRENT_CALLERS: usize = 16;

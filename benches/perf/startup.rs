@@ -33,10 +33,10 @@ use crate::{
     support::{NAMESPACE, Options, POLICY, Policyhub, authorized, ms, percentile},
 };
 
-/// The bound on start-up against an empty database.
+/// The bound on start-up against an empty database.
 const STARTUP_RATIO_BOUND: f64 = 2.0;
 
-/// The bound on latencies against 10^3 stored versions.
+/// The bound on latencies against 10^3 stored versions.
 const LATENCY_RATIO_BOUND: f64 = 1.2;
 
 /// The published versions every seeded database has.

@@ -25,10 +25,10 @@ use crate::{
 /// Calls kept in flight.
 const IN_FLIGHT: usize = 64;
 
-/// The bound on GetActive's p50.
+/// The bound on GetActive's p50.
 const P50_BOUND_MS: f64 = 0.3;
 
-/// The floor on GetActive's rate against Health/Check's.
+/// The floor on GetActive's rate against Health/Check's.
 const RATE_FLOOR: f64 = 0.8;
 
 #[derive(Clone, Copy, Debug)]
