@@ -1,9 +1,9 @@
 //! The protobuf codec of every service, with small per-stream buffers.
 //!
-//! tonic's default codec reserves an 8 KiB encode buffer for every response
-//! stream up front. A watch stream sends a few hundred bytes at a time and
-//! idles in between, and a server holds tens of thousands of them, so this
-//! codec starts at 1 KiB and lets the buffer grow for large messages.
+//! tonic's default codec reserves 8 KiB buffers for every call up front.
+//! Most requests and replies here are a few hundred bytes, so this codec
+//! starts at 1 KiB and lets a buffer grow for large messages. (Watch streams
+//! write their messages without an encode buffer: `watch_route`.)
 //!
 //! A message that does not decode is the sender's fault: INVALID_ARGUMENT
 //! saying so (prost's decoder answers INTERNAL, which gRPC reserves for
