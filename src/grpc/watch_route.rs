@@ -44,9 +44,17 @@ use super::proto::{self, bundle_service_server::BundleService};
 use super::watch_message::{GrpcFrame, WatchActiveResponse};
 use crate::domain::Error;
 
-/// The method this route serves; every other request goes to the service
-/// it wraps.
-const WATCH_ACTIVE: &str = "/policyhub.v1.BundleService/WatchActive";
+/// The method this route serves, within the service it wraps; every other
+/// request goes to that service.
+const WATCH_ACTIVE: &str = "WatchActive";
+
+/// Whether `path` is `/<service>/WatchActive` of the service named `service`.
+fn is_watch_active(path: &str, service: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|path| path.strip_prefix(service))
+        .and_then(|path| path.strip_prefix('/'))
+        == Some(WATCH_ACTIVE)
+}
 
 /// `BundleService` with `WatchActive` served by [`watch_active`].
 #[derive(Clone)]
@@ -75,7 +83,8 @@ impl<S: NamedService> NamedService for WatchRoute<S> {
 
 impl<S> Service<http::Request<Body>> for WatchRoute<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -86,7 +95,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != WATCH_ACTIVE {
+        if !is_watch_active(request.uri().path(), S::NAME) {
             return Either::Left(self.inner.call(request));
         }
         let api = self.api.clone();
@@ -217,6 +226,27 @@ mod tests {
             reset: false,
             bundles,
             complete: true,
+        }
+    }
+
+    #[test]
+    fn the_route_takes_the_served_watch_method_and_nothing_else() {
+        use super::super::proto::bundle_service_server::BundleServiceServer;
+        let service = <BundleServiceServer<BundleApi> as NamedService>::NAME;
+        let path = format!("/{service}/{WATCH_ACTIVE}");
+        // A method the served descriptors declare, so a renamed one fails here.
+        assert_eq!(
+            crate::grpc::methods::classify(&path),
+            (service, WATCH_ACTIVE)
+        );
+        assert!(is_watch_active(&path, service));
+        for other in [
+            format!("/{service}/GetActive"),
+            format!("/{service}/WatchActiveX"),
+            "/policyhub.v1.PolicyService/WatchActive".to_owned(),
+            format!("{service}/{WATCH_ACTIVE}"),
+        ] {
+            assert!(!is_watch_active(&other, service), "{other}");
         }
     }
 

@@ -67,6 +67,23 @@ pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
     }
 }
 
+/// A token for `subject` with `role`, minted with the secret the server
+/// generated in `data_dir` (`policyhub token` reads no server).
+pub fn mint_token(data_dir: &str, subject: &str, role: &str) -> Run {
+    policyhub_with(
+        &[],
+        &[
+            "token",
+            "--subject",
+            subject,
+            "--role",
+            role,
+            "--data-dir",
+            data_dir,
+        ],
+    )
+}
+
 /// Runs `policyhub ARGS` against `app`.
 pub fn policyhub(app: &TestApp, args: &[&str]) -> Run {
     policyhub_at(&format!("http://{}", app.address), args)
@@ -591,18 +608,7 @@ async fn a_secured_server_gets_advice_about_tokens_and_roles() {
         anonymous.stderr
     );
 
-    let minted = policyhub(
-        &app,
-        &[
-            "token",
-            "--subject",
-            "bob",
-            "--role",
-            "payments:reader",
-            "--data-dir",
-            &data_dir,
-        ],
-    );
+    let minted = mint_token(&data_dir, "bob", "payments:reader");
     let dir = tempfile::tempdir().unwrap();
     let token_file = write(dir.path(), "token", minted.success());
     let body = write(dir.path(), "body.yaml", "max: 1\n");
@@ -762,18 +768,7 @@ async fn every_failure_prints_an_error_a_hint_and_its_exit_code() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let data_dir = database.data_dir.path().display().to_string();
     let secured = spawn_on(database, |settings| settings.insecure = false).await;
-    let reader = policyhub(
-        &secured,
-        &[
-            "token",
-            "--subject",
-            "bob",
-            "--role",
-            "payments:reader",
-            "--data-dir",
-            &data_dir,
-        ],
-    );
+    let reader = mint_token(&data_dir, "bob", "payments:reader");
     let reader = write(dir.path(), "reader.token", reader.success());
 
     let bad_json = write(dir.path(), "bad.json", "{\"max\": 1,");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cli::{Run, policyhub_with};
+use crate::cli::{Run, mint_token, policyhub_with};
 use crate::helpers::{Backend, TestDatabase, spawn_on};
 
 /// A server with authentication on, and a token file for an admin.
@@ -14,18 +14,7 @@ async fn secured() -> (crate::helpers::TestApp, tempfile::TempDir, String) {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let data_dir = database.data_dir.path().display().to_string();
     let app = spawn_on(database, |settings| settings.insecure = false).await;
-    let minted = policyhub_with(
-        &[],
-        &[
-            "token",
-            "--subject",
-            "ops",
-            "--role",
-            "*:admin",
-            "--data-dir",
-            &data_dir,
-        ],
-    );
+    let minted = mint_token(&data_dir, "ops", "*:admin");
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, minted.success()).unwrap();
