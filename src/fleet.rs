@@ -141,25 +141,17 @@ impl Fleet {
     /// subject holds the id and the runtime is not stale.
     pub async fn connect(&self, arrival: Arrival) -> Result<Connection> {
         let key = (arrival.namespace.clone(), arrival.id.clone());
-        let known_here = self.local().contains_key(&key);
-        if !known_here {
-            self.check_stored_holder(&arrival).await?;
+        let held_here = self
+            .local()
+            .get(&key)
+            .is_some_and(|entry| entry.record.subject == arrival.subject);
+        if !held_here {
+            self.claim(&arrival).await?;
         }
         let now = Utc::now();
         let mut local = self.local();
         let entry = local.entry(key.clone()).or_insert_with(|| Local {
-            record: RuntimeRecord {
-                namespace: arrival.namespace.clone(),
-                id: arrival.id.clone(),
-                subject: arrival.subject.clone(),
-                labels: RuntimeLabels::default(),
-                names: Vec::new(),
-                connected: false,
-                replica: self.inner.replica.clone(),
-                last_seen: now,
-                applied_revision: 0,
-                policies: Default::default(),
-            },
+            record: self.new_record(&arrival, now),
             streams: 0,
             dirty: true,
             flush: Flush::Held,
@@ -184,24 +176,40 @@ impl Fleet {
         })
     }
 
-    /// Refuses an arrival whose id another subject holds on another replica.
-    async fn check_stored_holder(&self, arrival: &Arrival) -> Result<()> {
-        let Some(stored) = self
+    /// A runtime first seen here, connected now.
+    fn new_record(&self, arrival: &Arrival, now: chrono::DateTime<Utc>) -> RuntimeRecord {
+        RuntimeRecord {
+            namespace: arrival.namespace.clone(),
+            id: arrival.id.clone(),
+            subject: arrival.subject.clone(),
+            labels: arrival.labels.clone(),
+            names: arrival.names.clone(),
+            connected: true,
+            replica: self.inner.replica.clone(),
+            last_seen: now,
+            applied_revision: 0,
+            policies: Default::default(),
+        }
+    }
+
+    /// Binds the arrival's id to its subject in the database, which every
+    /// replica shares, unless another subject holds it and is not stale.
+    /// The check and the binding are one locked step: two subjects arriving
+    /// at once on two replicas cannot both pass a check the other has not
+    /// yet written.
+    async fn claim(&self, arrival: &Arrival) -> Result<()> {
+        let claim = self.new_record(arrival, Utc::now());
+        let holder = self
             .inner
             .repository
-            .load_runtime(&arrival.namespace, &arrival.id)
-            .await?
-        else {
-            return Ok(());
-        };
-        if stored.subject == arrival.subject {
-            return Ok(());
+            .claim_runtime(&claim, |stored, heartbeats| {
+                self.observe(stored.clone(), heartbeats).1 != RuntimeState::Stale
+            })
+            .await?;
+        match holder {
+            Some(subject) => Err(held_by_other(&arrival.id, &subject)),
+            None => Ok(()),
         }
-        let heartbeats = self.inner.repository.replica_heartbeats().await?;
-        if self.observe(stored.clone(), &heartbeats).1 == RuntimeState::Stale {
-            return Ok(());
-        }
-        Err(held_by_other(&arrival.id, &stored.subject))
     }
 
     /// Records a report from `subject`; returns how many outcomes were older

@@ -28,6 +28,12 @@ impl PolicyHub {
         let claim = IdempotencyClaim::new("Draft", key, &command);
         self.repository
             .write_once("draft", claim.as_ref(), context, async |tx| {
+                // Only a draft with requirements adds edges to the graph, so
+                // only such a draft can close a cycle; one without removes
+                // edges at most, which cannot make another's check wrong.
+                if !command.requirements.is_empty() {
+                    tx.lock_namespaces([&command.policy.namespace]).await?;
+                }
                 let policy = tx.lock_or_create_policy(&command.policy).await?;
                 if !command.requirements.is_empty() {
                     let graph = tx.requirement_graph(&command.policy.namespace).await?;
@@ -118,6 +124,9 @@ impl PolicyHub {
         let outcome = self
             .repository
             .write_once("publish", claim.as_ref(), context, async |tx| {
+                if command.activate {
+                    tx.lock_namespaces([&command.policy.namespace]).await?;
+                }
                 let policy = tx.lock_policy(&command.policy).await?;
                 let draft = tx.target_draft(&policy, command.version, "publish").await?;
                 let released = match &command.label {
@@ -221,6 +230,8 @@ impl PolicyHub {
                     .iter()
                     .map(|target| &target.policy)
                     .collect();
+                tx.lock_namespaces(names.iter().map(|name| &name.namespace))
+                    .await?;
                 let policies = tx.lock_policies(&names).await?;
                 let mut versions = Vec::with_capacity(policies.len());
                 for (target, policy) in command.targets.iter().zip(&policies) {
@@ -256,6 +267,7 @@ impl PolicyHub {
         let outcome = self
             .repository
             .write("rollback", async |tx| {
+                tx.lock_namespaces([&command.policy.namespace]).await?;
                 let policy = tx.lock_policy(&command.policy).await?;
                 policy.state.ensure_free("roll back")?;
                 let target = lifecycle::rollback_target(
@@ -342,7 +354,8 @@ async fn move_to(
 
 /// Refuses moving `changes`' pointers when an active version's requirement
 /// would be unmet afterwards, judging each namespace's active versions
-/// after the whole change.
+/// after the whole change. The transaction holds those namespaces' locks,
+/// so no other activation can change what this judges before it commits.
 pub(super) async fn ensure_requirements(
     tx: &Transaction,
     changes: &[(&LockedPolicy, &VersionRecord)],

@@ -239,6 +239,7 @@ impl PolicyHub {
         let started = self
             .repository
             .write_once("start_rollout", claim.as_ref(), context, async |tx| {
+                tx.lock_namespaces([&command.namespace]).await?;
                 let names: Vec<PolicyRef> = command
                     .targets
                     .iter()
@@ -331,6 +332,7 @@ impl PolicyHub {
         let controlled = self
             .repository
             .write(&format!("{}_rollout", control.verb()), async |tx| {
+                tx.lock_namespaces([namespace]).await?;
                 let mut controlled = tx.lock_rollout(namespace, id).await?;
                 let allowed: &[RolloutState] = match control {
                     Control::Pause => &[Running],
@@ -411,6 +413,7 @@ impl PolicyHub {
         let mut change = None;
         self.repository
             .write("drive_rollout", async |tx| {
+                tx.lock_namespaces([&seen.namespace]).await?;
                 let mut current = tx.lock_rollout(&seen.namespace, &seen.id).await?;
                 if current.state != seen.state || current.step != seen.step {
                     return Ok(());

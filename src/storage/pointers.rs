@@ -161,7 +161,8 @@ impl Transaction {
     }
 
     /// Writes an activation plan: the pointers that move, under one new
-    /// revision, each with its event. A plan that moves nothing writes
+    /// revision, each with its event. The namespaces of the moving policies
+    /// must be locked: their active sets change. A plan that moves nothing writes
     /// nothing and takes no revision. `changes` are the plan's policies and
     /// targets, in its order.
     pub async fn move_pointers(
@@ -178,6 +179,9 @@ impl Transaction {
                 activations: plan.activations,
                 changed: Vec::new(),
             });
+        }
+        for &index in &plan.moving {
+            self.ensure_namespace_locked(&changes[index].1.policy.namespace)?;
         }
         let next = self.take_revision().await?;
         let mut changed = Vec::with_capacity(plan.moving.len());

@@ -41,6 +41,7 @@ impl Transaction {
     /// Locks the policy row for the rest of the transaction (`FOR UPDATE`; a
     /// no-op on SQLite, where the writer lock is held instead).
     pub async fn lock_policy(&self, policy: &PolicyRef) -> Result<LockedPolicy> {
+        self.rows_locked();
         let model = policies::Entity::find()
             .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
             .filter(policies::Column::Name.eq(policy.name.as_str()))

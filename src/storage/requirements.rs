@@ -30,11 +30,12 @@ fn policy_name(name: &str) -> Result<PolicyName> {
 
 impl Transaction {
     /// The policies each policy of `namespace` requires in its latest
-    /// version (draft or not).
+    /// version (draft or not). Needs the namespace's lock.
     pub async fn requirement_graph(
         &self,
         namespace: &Namespace,
     ) -> Result<BTreeMap<PolicyName, Vec<PolicyName>>> {
+        self.ensure_namespace_locked(namespace)?;
         let latest = Query::select()
             .expr(Func::max(Expr::col((
                 versions::Entity,
@@ -66,6 +67,8 @@ impl Transaction {
     }
 
     /// The release labels of each policy `requirements` name that exists.
+    /// Needs no lock: a published version stays published and keeps its
+    /// label, so what this finds cannot be taken away before the commit.
     pub async fn published_labels(
         &self,
         namespace: &Namespace,
@@ -112,10 +115,12 @@ impl Transaction {
     }
 
     /// Every active version of `namespace`, with its label and requirements.
+    /// Needs the namespace's lock.
     pub async fn active_releases(
         &self,
         namespace: &Namespace,
     ) -> Result<BTreeMap<PolicyName, ActiveRelease>> {
+        self.ensure_namespace_locked(namespace)?;
         let rows = self
             .releases(
                 namespace,

@@ -107,6 +107,7 @@ impl Transaction {
 
     /// The rollout, locked for the rest of the transaction.
     pub async fn lock_rollout(&self, namespace: &Namespace, id: &str) -> Result<Rollout> {
+        self.rows_locked();
         find_rollout(&self.txn, namespace, id, true).await
     }
 

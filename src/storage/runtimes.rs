@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
-    sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QuerySelect, QueryTrait, sea_query::OnConflict,
 };
 
 use super::entities::{replicas, runtimes};
@@ -22,6 +22,15 @@ use crate::domain::{
 
 /// The last heartbeat of every replica, by replica id.
 pub type ReplicaHeartbeats = HashMap<String, DateTime<Utc>>;
+
+async fn replica_heartbeats<C: ConnectionTrait>(db: &C) -> Result<ReplicaHeartbeats> {
+    Ok(replicas::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|replica| (replica.id, replica.last_seen))
+        .collect())
+}
 
 /// Rows per INSERT statement: well under SQLite's bound-parameter limit.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -198,12 +207,55 @@ impl Repository {
 
     /// The last heartbeat of every replica that heartbeated lately.
     pub async fn replica_heartbeats(&self) -> Result<ReplicaHeartbeats> {
-        Ok(replicas::Entity::find()
-            .all(&self.db)
+        replica_heartbeats(&self.db).await
+    }
+
+    /// Binds the runtime `claim.id` to `claim.subject` and its stream to
+    /// `claim.replica`, unless another subject holds it: decided under the
+    /// row's lock (the row is created first when absent), so two subjects
+    /// opening streams of one id on two replicas at once cannot both win.
+    /// `held` says whether a stored holder still holds the id, given every
+    /// replica's heartbeat. Returns the holder's subject when the claim is
+    /// refused.
+    #[tracing::instrument(name = "storage.claim_runtime", skip_all)]
+    pub async fn claim_runtime(
+        &self,
+        claim: &RuntimeRecord,
+        held: impl FnOnce(&RuntimeRecord, &ReplicaHeartbeats) -> bool,
+    ) -> Result<Option<String>> {
+        let key = (claim.namespace.as_str(), claim.id.as_str());
+        let transaction = self.begin().await?;
+        let txn = &transaction.txn;
+        runtimes::Entity::insert(to_row(claim)?)
+            .on_conflict(
+                OnConflict::columns([runtimes::Column::Namespace, runtimes::Column::RuntimeId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+        let stored = runtimes::Entity::find_by_id((key.0.to_owned(), key.1.to_owned()))
+            .lock_exclusive()
+            .one(txn)
             .await?
-            .into_iter()
-            .map(|replica| (replica.id, replica.last_seen))
-            .collect())
+            .map(to_record)
+            .transpose()?
+            .ok_or_else(|| Error::Internal(format!("runtime {} vanished", claim.id)))?;
+        if stored.subject != claim.subject && held(&stored, &replica_heartbeats(txn).await?) {
+            transaction.txn.rollback().await?;
+            return Ok(Some(stored.subject));
+        }
+        runtimes::Entity::update_many()
+            .col_expr(runtimes::Column::Subject, claim.subject.clone().into())
+            .col_expr(runtimes::Column::Replica, claim.replica.clone().into())
+            .col_expr(runtimes::Column::Connected, true.into())
+            .col_expr(runtimes::Column::LastSeen, transaction.at().into())
+            .filter(runtimes::Column::Namespace.eq(key.0))
+            .filter(runtimes::Column::RuntimeId.eq(key.1))
+            .exec(txn)
+            .await?;
+        transaction.txn.commit().await?;
+        Ok(None)
     }
 
     /// One runtime, as last flushed.

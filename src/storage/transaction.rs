@@ -1,12 +1,38 @@
 //! The store, and the write transaction every mutation runs in.
 //!
-//! A mutation locks what it changes in a fixed order — the policy rows
-//! (sorted by namespace and name), then the revision counter — so concurrent
-//! requests on several replicas serialize without deadlocks. SQLite has no
-//! row locks; there a process-wide writer lock plays their part (SQLite
-//! allows one writer anyway).
+//! A mutation locks what it decides on before it reads it, in one fixed
+//! order, so concurrent requests on several replicas serialize without
+//! deadlocks and no decision is judged on state another transaction is
+//! about to change (DESIGN §12):
+//!
+//! 1. **Namespaces** (sorted), by [`Transaction::lock_namespaces`]. This
+//!    lock guards the decisions that read *across* the policies of a
+//!    namespace: its active set (requirements judged at Activate, Rollback,
+//!    Publish with activate, StartRollout and rollout completion) and its
+//!    requirement graph (the cycle check of a Draft with requirements).
+//!    Every writer of that state takes it too: moving a pointer and storing
+//!    a draft with requirements. Storage refuses to read a namespace's
+//!    active set or graph in a transaction that does not hold its lock, so
+//!    a decision cannot forget it.
+//! 2. **Rollout rows**, `FOR UPDATE`: a control or a controller step
+//!    re-reads the rollout it changes (approvals counted toward a threshold,
+//!    state transitions).
+//! 3. **Policy rows** (sorted by namespace and name), `FOR UPDATE`: the
+//!    pointer, open draft, schema and holding rollout of each policy a
+//!    mutation touches (compare-and-swap, one rollout per policy, schema
+//!    set against activation).
+//! 4. **The revision counter**: the next revision, which serializes every
+//!    activation of the deployment (DESIGN §5).
+//!
+//! On PostgreSQL, where each statement of a READ COMMITTED transaction reads
+//! the latest commits, a read made after taking a lock sees everything the
+//! previous holder committed. SQLite has no row locks; there a process-wide
+//! writer lock plays every part (SQLite allows one writer anyway), and the
+//! namespace lock only records that it was asked for.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -18,7 +44,12 @@ use tracing::Instrument;
 
 use super::idempotency::IdempotencyClaim;
 use super::rows::now;
-use crate::domain::{Error, RequestContext, Result};
+use crate::domain::{Error, Namespace, RequestContext, Result};
+
+/// The advisory lock class of namespace locks; PostgreSQL keeps two-key
+/// advisory locks apart from the single-key ones of migrations and the
+/// rollout controller.
+const NAMESPACE_LOCK_CLASS: i32 = 0x7068_6e73;
 
 /// The policy store.
 #[derive(Clone)]
@@ -36,6 +67,11 @@ pub struct Transaction {
     pub(super) txn: DatabaseTransaction,
     at: DateTime<Utc>,
     _writer: Option<OwnedMutexGuard<()>>,
+    /// The namespaces this transaction holds the lock of.
+    namespaces: BTreeSet<Namespace>,
+    /// Whether a row lock was taken, after which no namespace lock may be
+    /// (the fixed order of the module doc).
+    rows_locked: AtomicBool,
 }
 
 impl Transaction {
@@ -46,6 +82,53 @@ impl Transaction {
 
     pub(super) fn backend(&self) -> DatabaseBackend {
         self.txn.get_database_backend()
+    }
+
+    /// Locks `namespaces` for the rest of the transaction: taken before any
+    /// row lock, in sorted order, by every transaction that decides on or
+    /// changes a namespace's active set or requirement graph.
+    pub async fn lock_namespaces<'a>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+    ) -> Result<()> {
+        if self.rows_locked.load(Ordering::Relaxed) {
+            return Err(Error::Internal(
+                "a namespace lock was asked for after a row lock".into(),
+            ));
+        }
+        let wanted: BTreeSet<&Namespace> = namespaces.into_iter().collect();
+        for namespace in wanted {
+            if self.namespaces.contains(namespace) {
+                continue;
+            }
+            if self.backend() == DatabaseBackend::Postgres {
+                self.txn
+                    .execute_raw(sea_orm::Statement::from_sql_and_values(
+                        DatabaseBackend::Postgres,
+                        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                        [NAMESPACE_LOCK_CLASS.into(), namespace.as_str().into()],
+                    ))
+                    .await?;
+            }
+            self.namespaces.insert(namespace.clone());
+        }
+        Ok(())
+    }
+
+    /// Refuses a read of `namespace`'s shared state (its active set or
+    /// requirement graph) in a transaction that does not hold its lock.
+    pub(super) fn ensure_namespace_locked(&self, namespace: &Namespace) -> Result<()> {
+        if self.namespaces.contains(namespace) {
+            return Ok(());
+        }
+        Err(Error::Internal(format!(
+            "namespace {namespace} was read for a decision without its lock"
+        )))
+    }
+
+    /// Notes that a row lock was taken.
+    pub(super) fn rows_locked(&self) {
+        self.rows_locked.store(true, Ordering::Relaxed);
     }
 }
 
@@ -71,6 +154,8 @@ impl Repository {
             txn: self.db.begin().await?,
             at: now(),
             _writer: writer,
+            namespaces: BTreeSet::new(),
+            rows_locked: AtomicBool::new(false),
         })
     }
 

@@ -12,6 +12,7 @@ mod lifecycle;
 mod malformed;
 mod observability;
 mod operations;
+mod races;
 mod requirements;
 mod rollout_binary;
 mod rollouts;
