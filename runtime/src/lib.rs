@@ -30,4 +30,4 @@ pub mod proto {
 }
 
 pub use state::{Source, State, VerifiedBundle};
-pub use watcher::{Subscription, TokenSource, WatchError};
+pub use watcher::{HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource, WatchError};

@@ -14,6 +14,11 @@
 //!                                      h2 error, 3 missed heartbeats
 //! ```
 //!
+//! The server says its heartbeat interval in the stream's response header
+//! [`HEARTBEAT_INTERVAL_HEADER`], so a stream that misses three of them is
+//! known dead whatever the server was configured with; an interval set on
+//! the [`Subscription`] overrides it.
+//!
 //! The subscription resumes from the last revision it *decided* on, applied
 //! or rejected, so a rejected version is not sent again in a loop; it
 //! applies a state only when its revision is newer than the applied one
@@ -77,6 +82,25 @@ impl tonic::service::Interceptor for Bearer {
 
 type Client = BundleServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// The response header of `WatchActive` in which the server says its
+/// heartbeat interval, in milliseconds (`policyhub serve`'s
+/// `watch.heartbeat_interval`).
+pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
+
+/// The heartbeat interval assumed of a server that does not say it.
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The heartbeat interval the server announced on a watch response.
+fn announced_heartbeat(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let millis: u64 = metadata
+        .get(HEARTBEAT_INTERVAL_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    (millis > 0).then(|| Duration::from_millis(millis))
+}
+
 /// What one subscription follows and how.
 #[derive(Clone)]
 pub struct Subscription {
@@ -87,7 +111,8 @@ pub struct Subscription {
     names: Vec<String>,
     runtime: Option<RuntimeIdentity>,
     cache_dir: Option<PathBuf>,
-    heartbeat_interval: Duration,
+    /// Overrides the interval the server announces.
+    heartbeat_interval: Option<Duration>,
     backoff_initial: Duration,
     backoff_max: Duration,
 }
@@ -104,7 +129,7 @@ impl Subscription {
             names: Vec::new(),
             runtime: None,
             cache_dir: None,
-            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_interval: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
         }
@@ -150,10 +175,11 @@ impl Subscription {
         self
     }
 
-    /// The server's heartbeat interval (`watch.heartbeat_interval`, 10 s
-    /// by default): three intervals without a message mean a dead stream.
+    /// Overrides the heartbeat interval the server announces (10 s when it
+    /// announces none): three intervals without a message mean a dead
+    /// stream.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = interval;
+        self.heartbeat_interval = Some(interval);
         self
     }
 
@@ -206,13 +232,18 @@ impl Subscription {
     }
 
     async fn connect(&self) -> Result<Client, Failure> {
+        // Before the server has said its interval, the override or the
+        // default paces the connection's own checks.
+        let interval = self
+            .heartbeat_interval
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
         let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|_| Failure::Config(format!("{:?} is not a URL", self.endpoint)))?
-            .connect_timeout(self.heartbeat_interval.max(Duration::from_secs(1)))
+            .connect_timeout(interval.max(Duration::from_secs(1)))
             // HTTP/2 pings find a half-open connection even when the
             // server's heartbeats are far apart.
-            .http2_keep_alive_interval(self.heartbeat_interval)
-            .keep_alive_timeout(self.heartbeat_interval)
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(interval)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
@@ -240,7 +271,7 @@ impl Subscription {
             core.jwks = fetch_jwks(&mut client).await?;
         }
         core.flush_reports(&mut client, self).await;
-        let mut stream = client
+        let response = client
             .watch_active(WatchActiveRequest {
                 namespace: self.namespace.clone(),
                 names: self.names.clone(),
@@ -248,9 +279,13 @@ impl Subscription {
                 runtime: self.runtime.clone(),
             })
             .await
-            .map_err(Failure::from_status)?
-            .into_inner();
-        let deadline = self.heartbeat_interval * 3;
+            .map_err(Failure::from_status)?;
+        let interval = self
+            .heartbeat_interval
+            .or_else(|| announced_heartbeat(response.metadata()))
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        let deadline = interval * 3;
+        let mut stream = response.into_inner();
         let mut assembler = Assembler::default();
         loop {
             let message = match tokio::time::timeout(deadline, stream.message()).await {

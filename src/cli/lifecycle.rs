@@ -215,7 +215,9 @@ pub async fn publish(
     output: Output,
     args: PublishArgs,
 ) -> anyhow::Result<()> {
-    let published = PolicyServiceClient::new(channel)
+    let action = format!("publishing {}", args.policy);
+    let activate = args.activate;
+    let reply = PolicyServiceClient::new(channel)
         .publish(proto::PublishRequest {
             namespace: args.policy.namespace.to_string(),
             name: args.policy.name.to_string(),
@@ -229,8 +231,12 @@ pub async fn publish(
             reason: args.reason,
             idempotency_key: args.idempotency_key,
         })
-        .await
-        .reply(format!("publishing {}", args.policy))?;
+        .await;
+    let published = if activate {
+        reply.reply(action)?
+    } else {
+        reply.reply_to_publish_only(action)?
+    };
     let version = published.version.as_ref().context(no_version())?;
     match output {
         Output::Json => print_message(&published),

@@ -31,10 +31,10 @@ pub struct WatchArgs {
     /// server cannot be reached.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// The server's heartbeat interval; three without a message mean a
-    /// dead connection.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    heartbeat_interval: Duration,
+    /// Overrides the heartbeat interval the server announces; three
+    /// without a message mean a dead connection.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -46,9 +46,10 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// Follows the namespace until interrupted or refused for good.
 pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> anyhow::Result<()> {
     let target = connection.runtime_target()?;
-    let mut subscription = Subscription::new(target.server, &args.namespace)
-        .names(args.names)
-        .heartbeat_interval(args.heartbeat_interval);
+    let mut subscription = Subscription::new(target.server, &args.namespace).names(args.names);
+    if let Some(interval) = args.heartbeat_interval {
+        subscription = subscription.heartbeat_interval(interval);
+    }
     if let Some(tls) = target.tls {
         subscription = subscription.tls(tls);
     }

@@ -3,7 +3,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use super::auth::{Rpc, identify};
 use super::convert;
@@ -184,7 +184,14 @@ impl BundleService for BundleApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        let mut response = Response::new(Box::pin(stream) as Self::WatchActiveStream);
+        // Clients derive their missed-heartbeat deadline from it.
+        let interval = u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX);
+        response.metadata_mut().insert(
+            policyhub_runtime::HEARTBEAT_INTERVAL_HEADER,
+            MetadataValue::from(interval),
+        );
+        Ok(response)
     }
 
     async fn get_signing_keys(

@@ -307,6 +307,38 @@ async fn requirements_from_metadata_publish_in_order_and_activate_together() {
     );
 }
 
+/// A release whose requirement nothing published meets is refused at
+/// publish time, and the hint asks for the missing release, not for
+/// activations in another order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_requiring_an_unpublished_range_is_refused_with_a_publish_hint() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let checkout = Checkout::new();
+    checkout.release("team", "discovery", "1.0.0", "zones: 1\n");
+    checkout.release("team", "gateway", "2.0.0", "routes: 2\n");
+    checkout.require("gateway", "2.0.0", json!({"discovery": "^2"}));
+    checkout.commit();
+
+    let run = policyhub(&app, &["sync", &checkout.path().display().to_string()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("discovery has no published release in ^2"),
+        "{}",
+        run.stderr
+    );
+    let hint = run
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("hint:"))
+        .unwrap_or_else(|| panic!("a hint: {}", run.stderr));
+    assert!(
+        hint.contains("publish a release of the required policy inside the range"),
+        "{hint}"
+    );
+    assert!(!hint.contains("activate"), "{hint}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_shows_the_plan_and_changes_nothing() {
     let app = spawn_app(Backend::Sqlite).await;

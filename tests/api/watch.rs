@@ -8,7 +8,7 @@ use std::{
 };
 
 use futures::future::join_all;
-use policyhub::grpc::proto::WatchEventKind;
+use policyhub::grpc::proto::{self, WatchEventKind};
 use serde_json::json;
 use tonic::{Code, transport::Endpoint};
 
@@ -351,6 +351,31 @@ async fn progress_messages_arrive_when_idle() {
         }
         assert_eq!(progress.revision, 1);
     }
+}
+
+/// Clients derive their missed-heartbeat deadline from the interval the
+/// stream's response header announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_announces_the_heartbeat_interval() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_on(database, |settings| {
+        settings.watch.heartbeat_interval = Duration::from_millis(250)
+    })
+    .await;
+    let response = app
+        .bundle
+        .clone()
+        .watch_active(proto::WatchActiveRequest {
+            namespace: "team".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch");
+    let announced = response
+        .metadata()
+        .get(policyhub_runtime::HEARTBEAT_INTERVAL_HEADER)
+        .expect("the header is sent");
+    assert_eq!(announced.to_str().unwrap(), "250");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,11 +24,17 @@ fn precondition_type(status: &Status) -> Option<String> {
         .map(|violation| violation.r#type)
 }
 
-/// What to do about a FAILED_PRECONDITION, by the rule it names.
-fn precondition_hint(rule: Option<&str>) -> &'static str {
+/// What to do about a FAILED_PRECONDITION, by the rule it names and, for
+/// requirements, whether the call only published.
+fn precondition_hint(rule: Option<&str>, publish_only: bool) -> &'static str {
     match rule {
         Some("SCHEMA") => {
             "the body breaks the policy's schema: write a new draft that satisfies it"
+        }
+        Some("REQUIREMENTS") if publish_only => {
+            "nothing published meets a requirement: publish a release of the required policy \
+             inside the range first (for `policyhub sync`, add it to the checkout), or widen \
+             the range"
         }
         Some("REQUIREMENTS") => {
             "move the policies together in one `policyhub activate`, or the dependant \
@@ -70,7 +76,7 @@ fn code_hint(code: Code) -> &'static str {
             "released versions are immutable: publish under a new label; \
              an idempotency key may only be reused for the same request"
         }
-        Code::FailedPrecondition => precondition_hint(None),
+        Code::FailedPrecondition => precondition_hint(None, false),
         Code::ResourceExhausted => "stay under the limit named above, or wait and retry",
         Code::Unavailable => "the server or its database is unavailable; retry later",
         Code::Cancelled => {
@@ -88,7 +94,7 @@ fn code_hint(code: Code) -> &'static str {
 }
 
 /// What to do about a refusal.
-fn status_hint(status: &Status) -> String {
+fn status_hint(status: &Status, publish_only: bool) -> String {
     if timed_out(status) {
         return "the server took the call but did not answer in time: it may be overloaded, or \
                 not a policyhub server; retry, or raise --request-timeout \
@@ -102,7 +108,7 @@ fn status_hint(status: &Status) -> String {
     }
     match status.code() {
         Code::FailedPrecondition => {
-            precondition_hint(precondition_type(status).as_deref()).to_owned()
+            precondition_hint(precondition_type(status).as_deref(), publish_only).to_owned()
         }
         Code::ResourceExhausted => match status
             .get_details_retry_info()
@@ -194,7 +200,7 @@ fn io_hint(error: &std::io::Error) -> &'static str {
 /// know, such as those of `serve`.
 pub(super) fn hint(error: &anyhow::Error) -> Option<String> {
     if let Some(refused) = find::<Refused>(error) {
-        return Some(status_hint(&refused.status));
+        return Some(status_hint(&refused.status, refused.publish_only));
     }
     if let Some(unreachable) = find::<Unreachable>(error) {
         if message(error).to_lowercase().contains("certificate") {
@@ -282,7 +288,17 @@ mod tests {
             assert!(hint.contains(expected), "{rule}: {hint}");
             hints.insert(hint);
         }
-        assert_eq!(hints.len(), 4);
+        // A requirement refused at publish time asks for a release, not
+        // for activations in another order.
+        let publish_only: anyhow::Error =
+            Refused::of_publish_only("publishing", precondition("REQUIREMENTS", "refused")).into();
+        let hint = hint_line(&publish_only);
+        assert!(
+            hint.contains("publish a release of the required policy"),
+            "{hint}"
+        );
+        hints.insert(hint);
+        assert_eq!(hints.len(), 5);
         // A rule this client does not know yet gets the general advice.
         let newer = hint_line(&refused_with(precondition("QUORUM", "refused")));
         assert!(newer.contains("current state"), "{newer}");

@@ -47,6 +47,9 @@ pub struct Refused {
     action: String,
     /// The server's answer.
     status: Status,
+    /// Whether the call only published, moving no pointer: a requirement
+    /// refused then asks for a release, not for activations in an order.
+    publish_only: bool,
 }
 
 impl Refused {
@@ -55,6 +58,15 @@ impl Refused {
         Refused {
             action: action.into(),
             status,
+            publish_only: false,
+        }
+    }
+
+    /// The refusal of `action`, a Publish that activates nothing.
+    pub fn of_publish_only(action: impl Into<String>, status: Status) -> Self {
+        Refused {
+            publish_only: true,
+            ..Refused::new(action, status)
         }
     }
 }
@@ -144,12 +156,21 @@ impl Unusable {
 pub trait Reply<T> {
     /// The reply, or the refusal of `action`.
     fn reply(self, action: impl Into<String>) -> Result<T, Refused>;
+
+    /// The reply, or the refusal of `action`, a Publish that activates
+    /// nothing.
+    fn reply_to_publish_only(self, action: impl Into<String>) -> Result<T, Refused>;
 }
 
 impl<T> Reply<T> for Result<Response<T>, Status> {
     fn reply(self, action: impl Into<String>) -> Result<T, Refused> {
         self.map(Response::into_inner)
             .map_err(|status| Refused::new(action, status))
+    }
+
+    fn reply_to_publish_only(self, action: impl Into<String>) -> Result<T, Refused> {
+        self.map(Response::into_inner)
+            .map_err(|status| Refused::of_publish_only(action, status))
     }
 }
 

@@ -302,7 +302,7 @@ async fn deliver(
         async move { client.publish(publish).await }
     })
     .await
-    .reply(format!("publishing {} {}", release.policy, release.label))?;
+    .reply_to_publish_only(format!("publishing {} {}", release.policy, release.label))?;
     Ok(Published {
         version: published.version.context(no_version())?.version,
         already_published: published.already_published,
