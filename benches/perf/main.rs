@@ -34,6 +34,8 @@
 //! - `memory` ([`memory`]): server RSS per idle stream by body size;
 //! - `scale` ([`scale`]): toward 100,000 streams on one server;
 //! - `sqlite` ([`sqlite`]): Activate against raw durable SQLite commits;
+//! - `postgres` ([`postgres`]): Activate against raw PostgreSQL commits,
+//!   and the namespace lock's cost to concurrent activations;
 //! - `startup` ([`startup`]): start-up and latencies by stored versions.
 //!
 //! The machine is usually noisy and the bench's own clients share its
@@ -43,6 +45,7 @@
 mod etcd;
 mod fanout;
 mod memory;
+mod postgres;
 mod scale;
 mod sqlite;
 mod startup;
@@ -65,17 +68,19 @@ pub enum Section {
     Memory,
     Scale,
     Sqlite,
+    Postgres,
     Startup,
 }
 
 impl Section {
-    const ALL: [Section; 7] = [
+    const ALL: [Section; 8] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
         Section::Memory,
         Section::Scale,
         Section::Sqlite,
+        Section::Postgres,
         Section::Startup,
     ];
 
@@ -87,6 +92,7 @@ impl Section {
             Section::Memory => "memory",
             Section::Scale => "scale",
             Section::Sqlite => "sqlite",
+            Section::Postgres => "postgres",
             Section::Startup => "startup",
         }
     }
@@ -402,6 +408,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Memory => memory::run(&settings, etcd.as_ref().context("no etcd")?).await,
             Section::Scale => scale::run(&settings).await,
             Section::Sqlite => sqlite::run(&settings).await,
+            Section::Postgres => postgres::run(&settings).await,
             Section::Startup => startup::run(&settings).await,
         };
         let outcome = match result {

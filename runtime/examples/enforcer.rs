@@ -6,7 +6,7 @@
 //! POLICYHUB_TOKEN=$(cat runtime.token) cargo run -p policyhub-runtime --example enforcer
 //! ```
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use policyhub_runtime::{Source, Subscription};
 
@@ -18,8 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .names(["card-limits"])
         .runtime(hostname, [("region".to_string(), "eu".to_string())])
         .token(Arc::new(|| std::env::var("POLICYHUB_TOKEN").ok()))
-        .cache_dir("cache")
-        .heartbeat_interval(Duration::from_secs(10));
+        .cache_dir("cache");
 
     let mut max_amount: Option<u64> = None;
     subscription
