@@ -6,9 +6,10 @@
 //! POLICYHUB_TOKEN=$(cat runtime.token) cargo run -p policyhub-runtime --example enforcer
 //! ```
 
-use std::sync::Arc;
+use std::{pin::pin, sync::Arc};
 
-use policyhub_runtime::{Source, Subscription};
+use futures_util::StreamExt;
+use policyhub_runtime::{Event, Source, Subscription};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,30 +21,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .token(Arc::new(|| std::env::var("POLICYHUB_TOKEN").ok()))
         .cache_dir("cache");
 
-    let mut max_amount: Option<u64> = None;
-    subscription
-        .run(|state| {
-            let Some(limits) = state.bundles.get("card-limits") else {
-                max_amount = None;
-                return Ok(());
-            };
-            // The application's own validation: refusing reports REJECTED and
-            // keeps the previous limits in force.
-            let amount = limits.body["maxAmount"]
-                .as_u64()
-                .ok_or("maxAmount must be a whole number")?;
-            max_amount = Some(amount);
-            let from = if state.source == Source::Cache {
-                " (cached)"
-            } else {
-                ""
-            };
-            println!(
-                "revision {}: card limits version {} allow up to {amount}{from}",
-                state.revision, limits.version
-            );
-            Ok(())
-        })
-        .await?;
+    // The application's own validation: refusing reports REJECTED and keeps
+    // the previous limits in force.
+    let events = subscription.events_validated(|state| match state.bundles.get("card-limits") {
+        Some(limits) if limits.body["maxAmount"].as_u64().is_none() => {
+            Err("maxAmount must be a whole number".into())
+        }
+        _ => Ok(()),
+    });
+    let mut events = pin!(events);
+    while let Some(event) = events.next().await {
+        match event? {
+            Event::Applied(state) | Event::FromCache(state) => {
+                let limits = state.bundles.get("card-limits");
+                let max_amount = limits.and_then(|limits| limits.body["maxAmount"].as_u64());
+                let from = if state.source == Source::Cache {
+                    " (cached)"
+                } else {
+                    ""
+                };
+                println!("revision {}: up to {max_amount:?}{from}", state.revision);
+            }
+            Event::Rejected { revision, reason } => {
+                eprintln!("kept the last limits: {revision}: {reason}")
+            }
+            Event::Disconnected {
+                reason, retry_in, ..
+            } => {
+                eprintln!("lost the server ({reason}); retrying in {retry_in:?}")
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }

@@ -7,19 +7,61 @@
 //! keeps a last-known-good cache on disk, never goes backwards, and reports
 //! what the application applied or rejected.
 //!
+//! A runtime takes a [`Subscription`] as a stream of [`Event`]s, as a
+//! [`Reader`] of the state in force, or with a callback:
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use policyhub_runtime::{Event, Subscription};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), policyhub_runtime::WatchError> {
+//!     let subscription = Subscription::new("http://127.0.0.1:50051", "payments")
+//!         .names(["card-limits"])
+//!         .runtime("enforcer-1", [("region".to_string(), "eu".to_string())])
+//!         .cache_dir("cache");
+//!     // The application's own check: a refused state is reported REJECTED
+//!     // and the previous one stays in force.
+//!     let events = subscription.events_validated(|state| {
+//!         match state.bundles.get("card-limits") {
+//!             Some(limits) if limits.body["maxAmount"].as_u64().is_none() => {
+//!                 Err("maxAmount must be a whole number".to_string())
+//!             }
+//!             _ => Ok(()),
+//!         }
+//!     });
+//!     let mut events = std::pin::pin!(events);
+//!     while let Some(event) = events.next().await {
+//!         match event? {
+//!             Event::Applied(state) | Event::FromCache(state) => {
+//!                 let limits = state.bundles.get("card-limits");
+//!                 println!("revision {}: {:?}", state.revision, limits.map(|l| &l.body));
+//!             }
+//!             Event::Rejected { revision, reason } => eprintln!("kept the last state: {revision}: {reason}"),
+//!             Event::Disconnected { reason, retry_in, .. } => {
+//!                 eprintln!("lost the server ({reason}); retrying in {retry_in:?}")
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Layout
 //!
+//! - [`watcher`]: the public face: [`Subscription`], [`Event`], [`Reader`].
+//! - [`state`]: whole, verified states.
 //! - [`bundle`]: the signed bundle format: claims, JWK(S), offline
 //!   verification, canonical JSON and digests.
-//! - [`state`]: whole states and how the watch messages build them.
-//! - [`cache`]: the last-known-good state on disk.
-//! - [`watcher`]: the subscription: connect, resume, verify, apply, report.
-//! - [`backoff`]: capped exponential backoff with full jitter.
 //! - [`proto`]: the generated `policyhub.v1` client.
+//! - private: `session` (connect, resume, verify, decide, report), `cache`
+//!   (the last-known-good state on disk), `backoff` (full jitter).
 
-pub mod backoff;
+mod backoff;
 pub mod bundle;
-pub mod cache;
+mod cache;
+mod session;
 pub mod state;
 pub mod watcher;
 
@@ -30,4 +72,6 @@ pub mod proto {
 }
 
 pub use state::{Source, State, VerifiedBundle};
-pub use watcher::{HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource, WatchError};
+pub use watcher::{
+    Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, Subscription, TokenSource, WatchError,
+};

@@ -59,7 +59,7 @@ pub struct State {
 
 /// A whole revision, assembled from its parts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Revision {
+pub(crate) struct Revision {
     /// Snapshot, update or progress.
     pub kind: WatchEventKind,
     /// The revision.
@@ -72,7 +72,7 @@ pub struct Revision {
 
 /// Gathers the parts of one revision.
 #[derive(Debug, Default)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     pending: Option<Revision>,
 }
 

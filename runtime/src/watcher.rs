@@ -1,57 +1,37 @@
-//! The subscription: connect, resume, verify, apply whole states, report.
-//!
-//! A small state machine in the manner of kube-rs's watcher:
-//!
-//! ```text
-//!   start ── cache? ──> apply cached state (re-verified), say so
-//!     │
-//!     v
-//!   connect ──> fetch JWKS ──> WatchActive(since = decided revision)
-//!     ^                              │ parts ──> whole revision
-//!     │                              │   verify every bundle ──> apply or reject
-//!     │                              │   report APPLIED / REJECTED
-//!     └── full-jitter backoff <──────┘ any failure: UNAVAILABLE, reset,
-//!                                      h2 error, 3 missed heartbeats
-//! ```
+//! The subscription and what it yields: a [`Stream`] of [`Event`]s
+//! ([`Subscription::events`]), a [`Reader`] of the state in force
+//! ([`Subscription::reader`]), or a callback ([`Subscription::run`]), each
+//! built on the one before, in the manner of kube-runtime's `watcher()`.
 //!
 //! The server says its heartbeat interval in the stream's response header
 //! [`HEARTBEAT_INTERVAL_HEADER`], so a stream that misses three of them is
 //! known dead whatever the server was configured with; an interval set on
 //! the [`Subscription`] overrides it.
-//!
-//! The subscription resumes from the last revision it *decided* on, applied
-//! or rejected, so a rejected version is not sent again in a loop; it
-//! applies a state only when its revision is newer than the applied one
-//! (unless the server says `reset`), so it never goes backwards.
 
-use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, path::PathBuf, pin::pin, sync::Arc, time::Duration};
 
+use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::{mpsc, watch};
 use tonic::{
-    Code, Request, Status,
-    metadata::MetadataValue,
-    service::interceptor::InterceptedService,
-    transport::{Channel, ClientTlsConfig, Endpoint},
+    Status,
+    transport::{ClientTlsConfig, Endpoint},
 };
 
-use crate::backoff::Backoff;
-use crate::bundle::{self, Envelope, Jwks};
-use crate::cache::Cache;
-use crate::proto::{
-    ApplyState, Bundle, GetSigningKeysRequest, PolicyApplyStatus, ReportStatusRequest,
-    RuntimeIdentity, WatchActiveRequest, WatchEventKind,
-    bundle_service_client::BundleServiceClient,
-};
-use crate::state::{Assembler, Revision, Source, State, VerifiedBundle};
+use crate::proto::RuntimeIdentity;
+use crate::session::{Outlet, drive};
+use crate::state::State;
 
 /// Gives the bearer token for each connection (so a rotated token file is
 /// read again); `None` sends no token.
 pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The response header of `WatchActive` in which the server says its
+/// heartbeat interval, in milliseconds (`policyhub serve`'s
+/// `watch.heartbeat_interval`).
+pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
+
+/// The heartbeat interval assumed of a server that does not say it.
+pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a subscription stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -65,40 +45,42 @@ pub enum WatchError {
     Config(String),
 }
 
-/// Attaches the token to every call.
-#[derive(Clone)]
-struct Bearer(Option<TokenSource>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = self.0.as_ref().and_then(|source| source()) {
-            let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
-                .map_err(|_| Status::unauthenticated("the token is not valid metadata"))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
-    }
-}
-
-type Client = BundleServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// The response header of `WatchActive` in which the server says its
-/// heartbeat interval, in milliseconds (`policyhub serve`'s
-/// `watch.heartbeat_interval`).
-pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
-
-/// The heartbeat interval assumed of a server that does not say it.
-const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The heartbeat interval the server announced on a watch response.
-fn announced_heartbeat(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let millis: u64 = metadata
-        .get(HEARTBEAT_INTERVAL_HEADER)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    (millis > 0).then(|| Duration::from_millis(millis))
+/// What happened to a subscription.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// At start, the last-known-good state read back from the cache and
+    /// verified again: in force until the server answers.
+    FromCache(State),
+    /// A stream to the server is open; what changed after `revision`
+    /// follows.
+    Connected {
+        /// The revision the stream resumes from (0: a snapshot comes).
+        revision: u64,
+    },
+    /// A new whole state, every bundle verified and the application's
+    /// validation passed: it is in force, cached, and reported APPLIED.
+    Applied(State),
+    /// A state refused, because a bundle did not verify or the application's
+    /// validation refused it: the previous state stays in force, and the
+    /// refusal is reported REJECTED (it is not sent again).
+    Rejected {
+        /// The refused revision.
+        revision: u64,
+        /// Why, as reported.
+        reason: String,
+    },
+    /// The stream was lost (the server went away, a reset or half-open
+    /// connection, three missed heartbeats); the subscription reconnects
+    /// after `retry_in` and resumes from `revision`.
+    Disconnected {
+        /// What happened.
+        reason: String,
+        /// The backoff before the next attempt.
+        retry_in: Duration,
+        /// The revision it resumes from.
+        revision: u64,
+    },
 }
 
 /// What one subscription follows and how.
@@ -106,15 +88,15 @@ fn announced_heartbeat(metadata: &tonic::metadata::MetadataMap) -> Option<Durati
 pub struct Subscription {
     endpoint: String,
     tls: Option<ClientTlsConfig>,
-    token: Option<TokenSource>,
-    namespace: String,
-    names: Vec<String>,
-    runtime: Option<RuntimeIdentity>,
-    cache_dir: Option<PathBuf>,
+    pub(crate) token: Option<TokenSource>,
+    pub(crate) namespace: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) runtime: Option<RuntimeIdentity>,
+    pub(crate) cache_dir: Option<PathBuf>,
     /// Overrides the interval the server announces.
-    heartbeat_interval: Option<Duration>,
-    backoff_initial: Duration,
-    backoff_max: Duration,
+    pub(crate) heartbeat_interval: Option<Duration>,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
 }
 
 impl Subscription {
@@ -191,54 +173,15 @@ impl Subscription {
         self
     }
 
-    /// Follows the namespace until a permanent error, calling `apply` with
-    /// every new whole state. `apply` accepts a state (`Ok`) or refuses it
-    /// with a reason (`Err`); either way the outcome is reported, and a
-    /// refused state leaves the previous one in force.
-    pub async fn run<F>(self, mut apply: F) -> Result<(), WatchError>
-    where
-        F: FnMut(&State) -> Result<(), String>,
-    {
-        let mut core = Core::start(&self, &mut apply);
-        let mut backoff = self.fresh_backoff();
-        loop {
-            let started = Instant::now();
-            match self.session(&mut core, &mut apply).await {
-                Err(Failure::Permanent(status)) => return Err(WatchError::Refused(status)),
-                Err(Failure::Config(message)) => return Err(WatchError::Config(message)),
-                Err(Failure::Transient(reason)) => {
-                    // A stream that stayed up a while starts the backoff
-                    // over; every reconnection is still jittered, so a
-                    // fleet that lost its server does not return in a wave.
-                    if started.elapsed() > self.backoff_max {
-                        backoff = self.fresh_backoff();
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        %reason,
-                        revision = core.decided,
-                        delay_ms = delay.as_millis() as u64,
-                        "watch interrupted; resuming from the last decided revision"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-                Ok(never) => match never {},
-            }
-        }
-    }
-
-    fn fresh_backoff(&self) -> Backoff {
-        Backoff::new(self.backoff_initial, self.backoff_max)
-    }
-
-    async fn connect(&self) -> Result<Client, Failure> {
+    /// The connection settings.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, WatchError> {
         // Before the server has said its interval, the override or the
         // default paces the connection's own checks.
         let interval = self
             .heartbeat_interval
             .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
         let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|_| Failure::Config(format!("{:?} is not a URL", self.endpoint)))?
+            .map_err(|_| WatchError::Config(format!("{:?} is not a URL", self.endpoint)))?
             .connect_timeout(interval.max(Duration::from_secs(1)))
             // HTTP/2 pings find a half-open connection even when the
             // server's heartbeats are far apart.
@@ -249,336 +192,140 @@ impl Subscription {
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
-                .map_err(|error| Failure::Config(format!("tls: {error}")))?;
+                .map_err(|error| WatchError::Config(format!("tls: {error}")))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| Failure::Transient(format!("cannot connect: {error}")))?;
-        Ok(BundleServiceClient::with_interceptor(
-            channel,
-            Bearer(self.token.clone()),
-        ))
+        Ok(endpoint)
     }
 
-    /// One connection's life; it ends only by failing.
-    async fn session<F>(&self, core: &mut Core, apply: &mut F) -> Result<Infallible, Failure>
+    /// The subscription as a stream of events, accepting every state whose
+    /// bundles verify. It connects, resumes and reconnects only while it is
+    /// polled; it ends after an `Err`, a permanent failure.
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use policyhub_runtime::{Event, Subscription};
+    ///
+    /// # async fn follow() -> Result<(), policyhub_runtime::WatchError> {
+    /// let events = Subscription::new("http://127.0.0.1:50051", "payments").events();
+    /// let mut events = std::pin::pin!(events);
+    /// while let Some(event) = events.next().await {
+    ///     match event? {
+    ///         Event::Applied(state) | Event::FromCache(state) => {
+    ///             println!("revision {}: {} policies", state.revision, state.bundles.len())
+    ///         }
+    ///         Event::Disconnected { reason, .. } => eprintln!("reconnecting: {reason}"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn events(self) -> impl Stream<Item = Result<Event, WatchError>> {
+        self.events_validated(|_: &State| Ok(()))
+    }
+
+    /// [`events`](Self::events), with the application's own validation: a
+    /// state `validate` refuses is [`Event::Rejected`] (and reported so),
+    /// and the previous one stays in force.
+    pub fn events_validated<F>(self, validate: F) -> impl Stream<Item = Result<Event, WatchError>>
     where
         F: FnMut(&State) -> Result<(), String>,
     {
-        let mut client = self.connect().await?;
-        if core.jwks.keys.is_empty() {
-            core.jwks = fetch_jwks(&mut client).await?;
-        }
-        core.flush_reports(&mut client, self).await;
-        let response = client
-            .watch_active(WatchActiveRequest {
-                namespace: self.namespace.clone(),
-                names: self.names.clone(),
-                since_revision: core.decided,
-                runtime: self.runtime.clone(),
-            })
-            .await
-            .map_err(Failure::from_status)?;
-        let interval = self
-            .heartbeat_interval
-            .or_else(|| announced_heartbeat(response.metadata()))
-            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-        let deadline = interval * 3;
-        let mut stream = response.into_inner();
-        let mut assembler = Assembler::default();
-        loop {
-            let message = match tokio::time::timeout(deadline, stream.message()).await {
-                Err(_) => {
-                    return Err(Failure::Transient(format!(
-                        "no message for {} ms, three heartbeats",
-                        deadline.as_millis()
-                    )));
-                }
-                Ok(Err(status)) => return Err(Failure::from_status(status)),
-                Ok(Ok(None)) => return Err(Failure::Transient("the stream ended".into())),
-                Ok(Ok(Some(message))) => message,
-            };
-            let Some(revision) = assembler.push(message).map_err(Failure::Transient)? else {
-                continue;
-            };
-            core.decide(revision, &mut client, self, apply).await?;
-            core.flush_reports(&mut client, self).await;
-        }
-    }
-}
-
-/// How a session ended.
-enum Failure {
-    /// Retry after a backoff.
-    Transient(String),
-    /// The server refused for good.
-    Permanent(Status),
-    /// The subscription cannot work as configured.
-    Config(String),
-}
-
-impl Failure {
-    fn from_status(status: Status) -> Self {
-        match status.code() {
-            Code::Unauthenticated
-            | Code::PermissionDenied
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::Unimplemented => Failure::Permanent(status),
-            _ => Failure::Transient(format!("{:?}: {}", status.code(), status.message())),
-        }
-    }
-}
-
-async fn fetch_jwks(client: &mut Client) -> Result<Jwks, Failure> {
-    let keys = client
-        .get_signing_keys(GetSigningKeysRequest {})
-        .await
-        .map_err(Failure::from_status)?
-        .into_inner();
-    Ok(Jwks::from(keys))
-}
-
-/// What the subscription holds between sessions.
-struct Core {
-    /// The state in force.
-    applied: State,
-    /// The newest revision applied or rejected: where to resume.
-    decided: u64,
-    /// The keys that verify bundles; fetched from the server, never taken
-    /// from the stream.
-    jwks: Jwks,
-    cache: Option<Cache>,
-    /// Outcomes not yet reported, by policy, and their revision.
-    pending_reports: BTreeMap<String, PolicyApplyStatus>,
-    pending_revision: u64,
-}
-
-impl Core {
-    /// Starts from the cache when there is a good one.
-    fn start<F>(subscription: &Subscription, apply: &mut F) -> Self
-    where
-        F: FnMut(&State) -> Result<(), String>,
-    {
-        let cache = subscription
-            .cache_dir
-            .as_ref()
-            .map(|dir| Cache::new(dir, &subscription.namespace, &subscription.names));
-        let mut core = Core {
-            applied: State {
-                namespace: subscription.namespace.clone(),
-                ..State::default()
-            },
-            decided: 0,
-            jwks: Jwks::default(),
-            cache,
-            pending_reports: BTreeMap::new(),
-            pending_revision: 0,
-        };
-        let Some(cache) = &core.cache else {
-            return core;
-        };
-        match cache.load() {
-            Ok(None) => {}
-            Ok(Some((state, jwks))) => match apply(&state) {
-                Ok(()) => {
-                    tracing::info!(
-                        revision = state.revision,
-                        policies = state.bundles.len(),
-                        path = %cache.path().display(),
-                        "started from the cached state (verified again) until the server answers"
-                    );
-                    core.decided = state.revision;
-                    core.applied = state;
-                    core.jwks = jwks;
-                }
-                Err(reason) => {
-                    tracing::warn!(%reason, "the application refused the cached state");
-                }
-            },
-            Err(reason) => {
-                tracing::error!(
-                    path = %cache.path().display(),
-                    %reason,
-                    "refusing the cached state; starting without one"
-                );
-            }
-        }
-        core
-    }
-
-    /// Verifies one bundle of the stream; a key unknown to the JWKS makes
-    /// it fetch the JWKS once more.
-    async fn verify(
-        &mut self,
-        bundle: &Bundle,
-        client: &mut Client,
-        subscription: &Subscription,
-    ) -> Result<VerifiedBundle, String> {
-        let known = bundle::key_id(&bundle.jws).is_ok_and(|kid| self.jwks.knows(&kid));
-        if !known && let Ok(jwks) = fetch_jwks(client).await {
-            self.jwks = jwks;
-        }
-        if !subscription.names.is_empty() && !subscription.names.contains(&bundle.name) {
-            return Err(format!(
-                "{}/{} was not asked for",
-                subscription.namespace, bundle.name
-            ));
-        }
-        let envelope = Envelope {
-            namespace: &subscription.namespace,
-            name: &bundle.name,
-            version: bundle.version,
-            digest: &bundle.digest,
-        };
-        let claims = bundle::verify_envelope(&bundle.jws, &envelope, &self.jwks)?;
-        Ok(VerifiedBundle {
-            name: bundle.name.clone(),
-            version: claims.ver,
-            label: claims.label,
-            digest: claims.digest,
-            revision: bundle.revision,
-            key_id: bundle.key_id.clone(),
-            body: claims.body,
-            jws: bundle.jws.clone(),
-        })
-    }
-
-    /// Applies or rejects one whole revision.
-    async fn decide<F>(
-        &mut self,
-        revision: Revision,
-        client: &mut Client,
-        subscription: &Subscription,
-        apply: &mut F,
-    ) -> Result<(), Failure>
-    where
-        F: FnMut(&State) -> Result<(), String>,
-    {
-        let is_snapshot = match revision.kind {
-            WatchEventKind::Snapshot => true,
-            WatchEventKind::Update => false,
-            _ => {
-                // A heartbeat: the cursor moves, nothing changes.
-                self.decided = self.decided.max(revision.revision);
-                return Ok(());
-            }
-        };
-        if revision.revision < self.applied.revision && !revision.reset {
-            tracing::warn!(
-                revision = revision.revision,
-                applied = self.applied.revision,
-                "ignoring a state older than the one applied"
-            );
-            return Ok(());
-        }
-        if !is_snapshot && revision.bundles.is_empty() {
-            self.decided = self.decided.max(revision.revision);
-            return Ok(());
-        }
-        let mut verified = Vec::with_capacity(revision.bundles.len());
-        let mut failures = Vec::new();
-        for bundle in &revision.bundles {
-            match self.verify(bundle, client, subscription).await {
-                Ok(good) => verified.push(good),
-                Err(reason) => failures.push((bundle, reason)),
-            }
-        }
-        let rejected_because = if failures.is_empty() {
-            let mut candidate = if is_snapshot {
-                State {
-                    namespace: subscription.namespace.clone(),
-                    ..State::default()
-                }
-            } else {
-                self.applied.clone()
-            };
-            candidate.revision = revision.revision;
-            candidate.source = Source::Server;
-            for bundle in verified {
-                candidate.bundles.insert(bundle.name.clone(), bundle);
-            }
-            match apply(&candidate) {
-                Ok(()) => {
-                    self.report(&revision, ApplyState::Applied, |_| String::new());
-                    if let Some(cache) = &self.cache
-                        && let Err(error) = cache.save(&candidate, &self.jwks)
-                    {
-                        tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
+        // The machinery runs inside the stream, polled with it; a channel of
+        // one event holds it back until the consumer takes the last one.
+        let (sender, receiver) = mpsc::channel(1);
+        let driver = Box::pin(drive(self, Outlet::new(sender, validate)));
+        stream::unfold(
+            (Some(driver), receiver),
+            |(mut driver, mut receiver)| async move {
+                loop {
+                    let Some(running) = driver.as_mut() else {
+                        let event = receiver.recv().await?;
+                        return Some((event, (None, receiver)));
+                    };
+                    tokio::select! {
+                        biased;
+                        event = receiver.recv() => {
+                            return event.map(|event| (event, (driver, receiver)));
+                        }
+                        () = running => driver = None,
                     }
-                    self.applied = candidate;
-                    None
                 }
-                Err(reason) => Some(reason),
+            },
+        )
+    }
+
+    /// A reader of the state in force, and the future that keeps it up to
+    /// date (spawn it; it ends only with a permanent failure).
+    ///
+    /// ```no_run
+    /// use policyhub_runtime::Subscription;
+    ///
+    /// # async fn follow() {
+    /// let (mut reader, follow) = Subscription::new("http://127.0.0.1:50051", "payments").reader();
+    /// tokio::spawn(follow);
+    /// while let Ok(state) = reader.changed().await {
+    ///     println!("now at revision {}", state.revision);
+    /// }
+    /// # }
+    /// ```
+    pub fn reader(self) -> (Reader, impl Future<Output = Result<(), WatchError>>) {
+        let (sender, receiver) = watch::channel(None);
+        let follow = async move {
+            let mut events = pin!(self.events());
+            while let Some(event) = events.next().await {
+                if let Event::Applied(state) | Event::FromCache(state) = event? {
+                    sender.send_replace(Some(Arc::new(state)));
+                }
             }
-        } else {
-            let (bad, reason) = &failures[0];
-            Some(format!(
-                "{}/{} version {} does not verify: {reason}",
-                subscription.namespace, bad.name, bad.version
-            ))
+            Ok(())
         };
-        if let Some(reason) = rejected_because {
-            tracing::warn!(
-                revision = revision.revision,
-                %reason,
-                "rejected a state; the previous one stays in force"
-            );
-            let failed: BTreeMap<&str, &str> = failures
-                .iter()
-                .map(|(bundle, reason)| (bundle.name.as_str(), reason.as_str()))
-                .collect();
-            self.report(&revision, ApplyState::Rejected, |name| {
-                match failed.get(name) {
-                    Some(own) => format!("does not verify: {own}"),
-                    None => reason.clone(),
-                }
-            });
+        (Reader { receiver }, follow)
+    }
+
+    /// Follows the namespace until a permanent error, calling `apply` with
+    /// every new whole state: a thin helper over
+    /// [`events_validated`](Self::events_validated). `apply` accepts a state
+    /// (`Ok`) or refuses it with a reason (`Err`); either way the outcome is
+    /// reported, and a refused state leaves the previous one in force.
+    pub async fn run<F>(self, apply: F) -> Result<(), WatchError>
+    where
+        F: FnMut(&State) -> Result<(), String>,
+    {
+        let mut events = pin!(self.events_validated(apply));
+        while let Some(event) = events.next().await {
+            event?;
         }
-        self.decided = self.decided.max(revision.revision);
         Ok(())
     }
+}
 
-    /// Queues the outcome of every bundle of `revision`.
-    fn report(&mut self, revision: &Revision, state: ApplyState, error: impl Fn(&str) -> String) {
-        for bundle in &revision.bundles {
-            self.pending_reports.insert(
-                bundle.name.clone(),
-                PolicyApplyStatus {
-                    name: bundle.name.clone(),
-                    version: bundle.version,
-                    state: state as i32,
-                    error: error(&bundle.name).chars().take(1000).collect(),
-                    revision: revision.revision,
-                },
-            );
-        }
-        self.pending_revision = self.pending_revision.max(revision.revision);
+/// The verified state in force, as a [`Subscription::reader`] keeps it.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    receiver: watch::Receiver<Option<Arc<State>>>,
+}
+
+/// The subscription behind a [`Reader`] has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the subscription has ended")]
+pub struct Ended;
+
+impl Reader {
+    /// The state in force; `None` until the first one (from the server or
+    /// the cache).
+    pub fn current(&self) -> Option<Arc<State>> {
+        self.receiver.borrow().clone()
     }
 
-    /// Sends the queued outcomes; keeps them for the next try on failure.
-    async fn flush_reports(&mut self, client: &mut Client, subscription: &Subscription) {
-        let Some(runtime) = &subscription.runtime else {
-            self.pending_reports.clear();
-            return;
-        };
-        if self.pending_reports.is_empty() {
-            return;
-        }
-        let request = ReportStatusRequest {
-            namespace: subscription.namespace.clone(),
-            runtime_id: runtime.id.clone(),
-            revision: self.pending_revision,
-            policies: self.pending_reports.values().cloned().collect(),
-        };
-        match client.report_status(request).await {
-            Ok(_) => self.pending_reports.clear(),
-            Err(status) => tracing::warn!(
-                code = ?status.code(),
-                message = status.message(),
-                "cannot report the applied state; retrying later"
-            ),
+    /// Waits for the next state in force (at once when one arrived since
+    /// the last call).
+    pub async fn changed(&mut self) -> Result<Arc<State>, Ended> {
+        loop {
+            self.receiver.changed().await.map_err(|_| Ended)?;
+            if let Some(state) = self.receiver.borrow_and_update().clone() {
+                return Ok(state);
+            }
         }
     }
 }

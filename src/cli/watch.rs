@@ -4,7 +4,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use policyhub_runtime::{Source, State, Subscription, WatchError};
+use futures::StreamExt;
+use policyhub_runtime::{Event, Source, State, Subscription, WatchError};
 use serde_json::json;
 
 use super::connection::Connection;
@@ -62,21 +63,27 @@ pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> an
     if let Some(dir) = args.cache_dir {
         subscription = subscription.cache_dir(dir);
     }
+    // Interruptions and refusals are logged by the library; the states in
+    // force are what this prints.
     let mut previous: Option<State> = None;
-    let watched = subscription
-        .run(|state| {
-            print_state(state, previous.as_ref(), output);
-            previous = Some(state.clone());
-            Ok(())
-        })
-        .await;
-    match watched {
-        Ok(()) => Ok(()),
-        Err(WatchError::Refused(status)) => {
-            Err(Refused::new(format!("watching namespace {}", args.namespace), status).into())
+    let mut events = std::pin::pin!(subscription.events());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Applied(state) | Event::FromCache(state)) => {
+                print_state(&state, previous.as_ref(), output);
+                previous = Some(state);
+            }
+            Ok(_) => {}
+            Err(WatchError::Refused(status)) => {
+                let action = format!("watching namespace {}", args.namespace);
+                return Err(Refused::new(action, status).into());
+            }
+            Err(WatchError::Config(message)) => {
+                return Err(Unusable::new(What::Connection, message).into());
+            }
         }
-        Err(WatchError::Config(message)) => Err(Unusable::new(What::Connection, message).into()),
     }
+    Ok(())
 }
 
 /// Prints a whole state: every bundle, and which changed since the last.

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use policyhub::grpc::{
     convert::json_to_struct,
     proto::{
@@ -105,7 +106,8 @@ fn library_runtimes(
                     application.holds = version;
                     Ok(())
                 };
-                let _ = subscription.run(apply).await;
+                let mut events = std::pin::pin!(subscription.events_validated(apply));
+                while let Some(Ok(_)) = events.next().await {}
             })
         })
         .collect();

@@ -15,11 +15,12 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures::StreamExt;
 use policyhub::grpc::{
     convert::json_to_struct,
     proto::{self, policy_service_client::PolicyServiceClient},
 };
-use policyhub_runtime::{Source, State, Subscription};
+use policyhub_runtime::{Event, Source, State, Subscription};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -61,19 +62,34 @@ async fn release(channel: &Channel, name: &str, body: serde_json::Value) -> u64 
         .revision
 }
 
-/// Runs a subscription in a task; every state it applies arrives on the
-/// channel.
-fn follow(subscription: Subscription) -> (JoinHandle<()>, mpsc::UnboundedReceiver<State>) {
-    let (states, received) = mpsc::unbounded_channel();
+/// Runs a subscription's event stream in a task: every state it puts in
+/// force (from the server or the cache) arrives on the first channel, and
+/// every event on the second.
+fn follow_events(
+    subscription: Subscription,
+) -> (
+    JoinHandle<()>,
+    mpsc::UnboundedReceiver<State>,
+    mpsc::UnboundedReceiver<Event>,
+) {
+    let (states, received_states) = mpsc::unbounded_channel();
+    let (events, received_events) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let _ = subscription
-            .run(move |state| {
+        let mut stream = std::pin::pin!(subscription.events());
+        while let Some(Ok(event)) = stream.next().await {
+            if let Event::Applied(state) | Event::FromCache(state) = &event {
                 states.send(state.clone()).ok();
-                Ok(())
-            })
-            .await;
+            }
+            events.send(event).ok();
+        }
     });
-    (task, received)
+    (task, received_states, received_events)
+}
+
+/// [`follow_events`], for the states only.
+fn follow(subscription: Subscription) -> (JoinHandle<()>, mpsc::UnboundedReceiver<State>) {
+    let (task, states, _) = follow_events(subscription);
+    (task, states)
 }
 
 /// A subscription that learns the heartbeat interval from the server.
@@ -293,6 +309,33 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
     kill_9(server);
 }
 
+/// A reader holds the verified state in force and wakes on each new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_holds_the_state_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let (mut reader, follow) = quick(&format!("http://127.0.0.1:{port}")).reader();
+    assert!(reader.current().is_none(), "nothing before the first state");
+    let task = tokio::spawn(follow);
+    let wait = Duration::from_secs(10);
+    let first = tokio::time::timeout(wait, reader.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.bundles["limits"].version, 1);
+    release(&channel, "limits", json!({"v": 2})).await;
+    let second = tokio::time::timeout(wait, reader.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.bundles["limits"].version, 2);
+    assert_eq!(reader.current(), Some(second));
+    task.abort();
+    kill_9(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_connection_is_noticed_within_three_of_the_servers_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +343,7 @@ async fn a_black_holed_connection_is_noticed_within_three_of_the_servers_heartbe
     let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
     release(&channel, "limits", json!({"v": 1})).await;
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let (task, mut states) = follow(quick(&proxy.endpoint()));
+    let (task, mut states, mut events) = follow_events(quick(&proxy.endpoint()));
     let mut seen = Vec::new();
     until_version(&mut states, "limits", 1, &mut seen).await;
 
@@ -318,6 +361,26 @@ async fn a_black_holed_connection_is_noticed_within_three_of_the_servers_heartbe
         "noticed within three of the server's 200 ms heartbeats plus a backoff: {noticed:?}"
     );
     task.abort();
+    // The stream said so: connected, lost for want of heartbeats,
+    // connected again from the revision it had, and the new state.
+    let mut said = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        said.push(event);
+    }
+    let lost = said
+        .iter()
+        .position(|event| {
+            matches!(event, Event::Disconnected { reason, revision: 1, .. }
+                if reason.contains("three heartbeats"))
+        })
+        .unwrap_or_else(|| panic!("a Disconnected event: {said:?}"));
+    assert!(
+        matches!(
+            said[lost + 1..],
+            [Event::Connected { revision: 1 }, Event::Applied(_), ..]
+        ),
+        "{said:?}"
+    );
 
     // The same through `policyhub watch`, also given no interval.
     let (mut watch, lines) = watch_json(&proxy.endpoint(), dir.path(), &[]);
@@ -407,12 +470,12 @@ async fn a_thousand_runtimes_reconnect_spread_over_the_backoff_window() {
             .heartbeat_interval(Duration::from_secs(10))
             .backoff(Duration::from_secs(2), Duration::from_secs(10));
         tasks.push(tokio::spawn(async move {
-            let _ = subscription
-                .run(move |state| {
+            let mut events = std::pin::pin!(subscription.events());
+            while let Some(Ok(event)) = events.next().await {
+                if let Event::Applied(state) = event {
                     applied.send(state.revision).ok();
-                    Ok(())
-                })
-                .await;
+                }
+            }
         }));
     }
     for _ in 0..RUNTIMES {

@@ -1,0 +1,530 @@
+//! The machinery behind [`Subscription::events`](crate::Subscription::events):
+//! connect, resume, verify, decide whole states, report, and say what
+//! happened as [`Event`]s.
+//!
+//! ```text
+//!   start ── cache? ──> FromCache (re-verified, validated)
+//!     │
+//!     v
+//!   connect ──> fetch JWKS ──> WatchActive(since = decided revision) ──> Connected
+//!     ^                              │ parts ──> whole revision
+//!     │                              │   verify every bundle, validate ──> Applied / Rejected
+//!     │                              │   report APPLIED / REJECTED
+//!     └── full-jitter backoff <──────┘ any failure: UNAVAILABLE, reset,
+//!         Disconnected                 h2 error, 3 missed heartbeats
+//! ```
+//!
+//! The subscription resumes from the last revision it *decided* on, applied
+//! or rejected, so a rejected version is not sent again in a loop; it
+//! applies a state only when its revision is newer than the applied one
+//! (unless the server says `reset`), so it never goes backwards.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tonic::{
+    Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
+    transport::Channel,
+};
+
+use crate::backoff::Backoff;
+use crate::bundle::{self, Envelope, Jwks};
+use crate::cache::Cache;
+use crate::proto::{
+    ApplyState, Bundle, GetSigningKeysRequest, PolicyApplyStatus, ReportStatusRequest,
+    WatchActiveRequest, WatchEventKind, bundle_service_client::BundleServiceClient,
+};
+use crate::state::{Assembler, Revision, Source, State, VerifiedBundle};
+use crate::watcher::{
+    DEFAULT_HEARTBEAT_INTERVAL, Event, HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource,
+    WatchError,
+};
+
+/// Attaches the token to every call.
+#[derive(Clone)]
+struct Bearer(Option<TokenSource>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = self.0.as_ref().and_then(|source| source()) {
+            let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| Status::unauthenticated("the token is not valid metadata"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+type Client = BundleServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The heartbeat interval the server announced on a watch response.
+fn announced_heartbeat(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let millis: u64 = metadata
+        .get(HEARTBEAT_INTERVAL_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    (millis > 0).then(|| Duration::from_millis(millis))
+}
+
+/// Where events go, and the application's verdict on each new state.
+pub(crate) struct Outlet<F> {
+    events: mpsc::Sender<Result<Event, WatchError>>,
+    validate: F,
+}
+
+/// The consumer of the events went away: the subscription stops.
+struct Gone;
+
+impl<F> Outlet<F>
+where
+    F: FnMut(&State) -> Result<(), String>,
+{
+    pub(crate) fn new(events: mpsc::Sender<Result<Event, WatchError>>, validate: F) -> Self {
+        Outlet { events, validate }
+    }
+
+    async fn emit(&self, event: Event) -> Result<(), Gone> {
+        self.events.send(Ok(event)).await.map_err(|_| Gone)
+    }
+}
+
+/// Follows the subscription until it fails for good or nobody listens,
+/// sending every event to `outlet`; a permanent failure is sent last.
+pub(crate) async fn drive<F>(subscription: Subscription, mut outlet: Outlet<F>)
+where
+    F: FnMut(&State) -> Result<(), String>,
+{
+    let Ok(mut core) = Core::start(&subscription, &mut outlet).await else {
+        return;
+    };
+    let fresh_backoff = || Backoff::new(subscription.backoff_initial, subscription.backoff_max);
+    let mut backoff = fresh_backoff();
+    loop {
+        let started = Instant::now();
+        let failure = match session(&subscription, &mut core, &mut outlet).await {
+            Err(failure) => failure,
+            Ok(never) => match never {},
+        };
+        let reason = match failure {
+            Failure::Gone => return,
+            Failure::Permanent(status) => {
+                let _ = outlet.events.send(Err(WatchError::Refused(status))).await;
+                return;
+            }
+            Failure::Config(message) => {
+                let _ = outlet.events.send(Err(WatchError::Config(message))).await;
+                return;
+            }
+            Failure::Transient(reason) => reason,
+        };
+        // A stream that stayed up a while starts the backoff over; every
+        // reconnection is still jittered, so a fleet that lost its server
+        // does not return in a wave.
+        if started.elapsed() > subscription.backoff_max {
+            backoff = fresh_backoff();
+        }
+        let retry_in = backoff.next_delay();
+        tracing::warn!(
+            %reason,
+            revision = core.decided,
+            delay_ms = retry_in.as_millis() as u64,
+            "watch interrupted; resuming from the last decided revision"
+        );
+        let lost = Event::Disconnected {
+            reason,
+            retry_in,
+            revision: core.decided,
+        };
+        if outlet.emit(lost).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(retry_in).await;
+    }
+}
+
+async fn connect(subscription: &Subscription) -> Result<Client, Failure> {
+    let endpoint = subscription.endpoint()?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| Failure::Transient(format!("cannot connect: {error}")))?;
+    Ok(BundleServiceClient::with_interceptor(
+        channel,
+        Bearer(subscription.token.clone()),
+    ))
+}
+
+/// One connection's life; it ends only by failing.
+async fn session<F>(
+    subscription: &Subscription,
+    core: &mut Core,
+    outlet: &mut Outlet<F>,
+) -> Result<Infallible, Failure>
+where
+    F: FnMut(&State) -> Result<(), String>,
+{
+    let mut client = connect(subscription).await?;
+    if core.jwks.keys.is_empty() {
+        core.jwks = fetch_jwks(&mut client).await?;
+    }
+    core.flush_reports(&mut client, subscription).await;
+    let response = client
+        .watch_active(WatchActiveRequest {
+            namespace: subscription.namespace.clone(),
+            names: subscription.names.clone(),
+            since_revision: core.decided,
+            runtime: subscription.runtime.clone(),
+        })
+        .await
+        .map_err(Failure::from_status)?;
+    let interval = subscription
+        .heartbeat_interval
+        .or_else(|| announced_heartbeat(response.metadata()))
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+    let deadline = interval * 3;
+    let mut stream = response.into_inner();
+    outlet
+        .emit(Event::Connected {
+            revision: core.decided,
+        })
+        .await?;
+    let mut assembler = Assembler::default();
+    loop {
+        let message = match tokio::time::timeout(deadline, stream.message()).await {
+            Err(_) => {
+                return Err(Failure::Transient(format!(
+                    "no message for {} ms, three heartbeats",
+                    deadline.as_millis()
+                )));
+            }
+            Ok(Err(status)) => return Err(Failure::from_status(status)),
+            Ok(Ok(None)) => return Err(Failure::Transient("the stream ended".into())),
+            Ok(Ok(Some(message))) => message,
+        };
+        let Some(revision) = assembler.push(message).map_err(Failure::Transient)? else {
+            continue;
+        };
+        if let Some(event) = core
+            .decide(revision, &mut client, subscription, &mut outlet.validate)
+            .await
+        {
+            outlet.emit(event).await?;
+        }
+        core.flush_reports(&mut client, subscription).await;
+    }
+}
+
+/// How a session ended.
+enum Failure {
+    /// Retry after a backoff.
+    Transient(String),
+    /// The server refused for good.
+    Permanent(Status),
+    /// The subscription cannot work as configured.
+    Config(String),
+    /// Nobody listens any more.
+    Gone,
+}
+
+impl From<Gone> for Failure {
+    fn from(_: Gone) -> Self {
+        Failure::Gone
+    }
+}
+
+impl Failure {
+    fn from_status(status: Status) -> Self {
+        match status.code() {
+            Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unimplemented => Failure::Permanent(status),
+            _ => Failure::Transient(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+impl From<WatchError> for Failure {
+    fn from(error: WatchError) -> Self {
+        match error {
+            WatchError::Refused(status) => Failure::Permanent(status),
+            WatchError::Config(message) => Failure::Config(message),
+        }
+    }
+}
+
+async fn fetch_jwks(client: &mut Client) -> Result<Jwks, Failure> {
+    let keys = client
+        .get_signing_keys(GetSigningKeysRequest {})
+        .await
+        .map_err(Failure::from_status)?
+        .into_inner();
+    Ok(Jwks::from(keys))
+}
+
+/// What the subscription holds between sessions.
+struct Core {
+    /// The state in force.
+    applied: State,
+    /// The newest revision applied or rejected: where to resume.
+    decided: u64,
+    /// The keys that verify bundles; fetched from the server, never taken
+    /// from the stream.
+    jwks: Jwks,
+    cache: Option<Cache>,
+    /// Outcomes not yet reported, by policy, and their revision.
+    pending_reports: BTreeMap<String, PolicyApplyStatus>,
+    pending_revision: u64,
+}
+
+impl Core {
+    /// Starts from the cache when there is a good one, and says so.
+    async fn start<F>(subscription: &Subscription, outlet: &mut Outlet<F>) -> Result<Self, Gone>
+    where
+        F: FnMut(&State) -> Result<(), String>,
+    {
+        let cache = subscription
+            .cache_dir
+            .as_ref()
+            .map(|dir| Cache::new(dir, &subscription.namespace, &subscription.names));
+        let mut core = Core {
+            applied: State {
+                namespace: subscription.namespace.clone(),
+                ..State::default()
+            },
+            decided: 0,
+            jwks: Jwks::default(),
+            cache,
+            pending_reports: BTreeMap::new(),
+            pending_revision: 0,
+        };
+        let Some(cache) = &core.cache else {
+            return Ok(core);
+        };
+        let event = match cache.load() {
+            Ok(None) => return Ok(core),
+            Ok(Some((state, jwks))) => match (outlet.validate)(&state) {
+                Ok(()) => {
+                    tracing::info!(
+                        revision = state.revision,
+                        policies = state.bundles.len(),
+                        path = %cache.path().display(),
+                        "started from the cached state (verified again) until the server answers"
+                    );
+                    core.decided = state.revision;
+                    core.applied = state.clone();
+                    core.jwks = jwks;
+                    Event::FromCache(state)
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "the application refused the cached state");
+                    Event::Rejected {
+                        revision: state.revision,
+                        reason: format!("the cached state was refused: {reason}"),
+                    }
+                }
+            },
+            Err(reason) => {
+                tracing::error!(
+                    path = %cache.path().display(),
+                    %reason,
+                    "refusing the cached state; starting without one"
+                );
+                Event::Rejected {
+                    revision: 0,
+                    reason: format!("the cached state does not verify: {reason}"),
+                }
+            }
+        };
+        outlet.emit(event).await?;
+        Ok(core)
+    }
+
+    /// Verifies one bundle of the stream; a key unknown to the JWKS makes
+    /// it fetch the JWKS once more.
+    async fn verify(
+        &mut self,
+        bundle: &Bundle,
+        client: &mut Client,
+        subscription: &Subscription,
+    ) -> Result<VerifiedBundle, String> {
+        let known = bundle::key_id(&bundle.jws).is_ok_and(|kid| self.jwks.knows(&kid));
+        if !known && let Ok(jwks) = fetch_jwks(client).await {
+            self.jwks = jwks;
+        }
+        if !subscription.names.is_empty() && !subscription.names.contains(&bundle.name) {
+            return Err(format!(
+                "{}/{} was not asked for",
+                subscription.namespace, bundle.name
+            ));
+        }
+        let envelope = Envelope {
+            namespace: &subscription.namespace,
+            name: &bundle.name,
+            version: bundle.version,
+            digest: &bundle.digest,
+        };
+        let claims = bundle::verify_envelope(&bundle.jws, &envelope, &self.jwks)?;
+        Ok(VerifiedBundle {
+            name: bundle.name.clone(),
+            version: claims.ver,
+            label: claims.label,
+            digest: claims.digest,
+            revision: bundle.revision,
+            key_id: bundle.key_id.clone(),
+            body: claims.body,
+            jws: bundle.jws.clone(),
+        })
+    }
+
+    /// Applies or rejects one whole revision; what the application is told,
+    /// if anything (heartbeats and stale states tell it nothing).
+    async fn decide<F>(
+        &mut self,
+        revision: Revision,
+        client: &mut Client,
+        subscription: &Subscription,
+        validate: &mut F,
+    ) -> Option<Event>
+    where
+        F: FnMut(&State) -> Result<(), String>,
+    {
+        let is_snapshot = match revision.kind {
+            WatchEventKind::Snapshot => true,
+            WatchEventKind::Update => false,
+            _ => {
+                // A heartbeat: the cursor moves, nothing changes.
+                self.decided = self.decided.max(revision.revision);
+                return None;
+            }
+        };
+        if revision.revision < self.applied.revision && !revision.reset {
+            tracing::warn!(
+                revision = revision.revision,
+                applied = self.applied.revision,
+                "ignoring a state older than the one applied"
+            );
+            return None;
+        }
+        if !is_snapshot && revision.bundles.is_empty() {
+            self.decided = self.decided.max(revision.revision);
+            return None;
+        }
+        let mut verified = Vec::with_capacity(revision.bundles.len());
+        let mut failures = Vec::new();
+        for bundle in &revision.bundles {
+            match self.verify(bundle, client, subscription).await {
+                Ok(good) => verified.push(good),
+                Err(reason) => failures.push((bundle, reason)),
+            }
+        }
+        let rejected_because = if failures.is_empty() {
+            let mut candidate = if is_snapshot {
+                State {
+                    namespace: subscription.namespace.clone(),
+                    ..State::default()
+                }
+            } else {
+                self.applied.clone()
+            };
+            candidate.revision = revision.revision;
+            candidate.source = Source::Server;
+            for bundle in verified {
+                candidate.bundles.insert(bundle.name.clone(), bundle);
+            }
+            match validate(&candidate) {
+                Ok(()) => {
+                    self.report(&revision, ApplyState::Applied, |_| String::new());
+                    if let Some(cache) = &self.cache
+                        && let Err(error) = cache.save(&candidate, &self.jwks)
+                    {
+                        tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
+                    }
+                    self.applied = candidate;
+                    None
+                }
+                Err(reason) => Some(reason),
+            }
+        } else {
+            let (bad, reason) = &failures[0];
+            Some(format!(
+                "{}/{} version {} does not verify: {reason}",
+                subscription.namespace, bad.name, bad.version
+            ))
+        };
+        self.decided = self.decided.max(revision.revision);
+        let Some(reason) = rejected_because else {
+            return Some(Event::Applied(self.applied.clone()));
+        };
+        {
+            tracing::warn!(
+                revision = revision.revision,
+                %reason,
+                "rejected a state; the previous one stays in force"
+            );
+            let failed: BTreeMap<&str, &str> = failures
+                .iter()
+                .map(|(bundle, reason)| (bundle.name.as_str(), reason.as_str()))
+                .collect();
+            self.report(&revision, ApplyState::Rejected, |name| {
+                match failed.get(name) {
+                    Some(own) => format!("does not verify: {own}"),
+                    None => reason.clone(),
+                }
+            });
+        }
+        Some(Event::Rejected {
+            revision: revision.revision,
+            reason,
+        })
+    }
+
+    /// Queues the outcome of every bundle of `revision`.
+    fn report(&mut self, revision: &Revision, state: ApplyState, error: impl Fn(&str) -> String) {
+        for bundle in &revision.bundles {
+            self.pending_reports.insert(
+                bundle.name.clone(),
+                PolicyApplyStatus {
+                    name: bundle.name.clone(),
+                    version: bundle.version,
+                    state: state as i32,
+                    error: error(&bundle.name).chars().take(1000).collect(),
+                    revision: revision.revision,
+                },
+            );
+        }
+        self.pending_revision = self.pending_revision.max(revision.revision);
+    }
+
+    /// Sends the queued outcomes; keeps them for the next try on failure.
+    async fn flush_reports(&mut self, client: &mut Client, subscription: &Subscription) {
+        let Some(runtime) = &subscription.runtime else {
+            self.pending_reports.clear();
+            return;
+        };
+        if self.pending_reports.is_empty() {
+            return;
+        }
+        let request = ReportStatusRequest {
+            namespace: subscription.namespace.clone(),
+            runtime_id: runtime.id.clone(),
+            revision: self.pending_revision,
+            policies: self.pending_reports.values().cloned().collect(),
+        };
+        match client.report_status(request).await {
+            Ok(_) => self.pending_reports.clear(),
+            Err(status) => tracing::warn!(
+                code = ?status.code(),
+                message = status.message(),
+                "cannot report the applied state; retrying later"
+            ),
+        }
+    }
+}
