@@ -15,22 +15,19 @@ use chrono::Utc;
 
 use crate::domain::Result;
 use crate::domain::rollout::{self, RolloutState, Tick};
-use crate::domain::runtime::RuntimeState;
-use crate::fleet::Fleet;
 use crate::hub::PolicyHub;
-use crate::storage::Repository;
 
 /// The advisory lock key of the rollout controller.
 const CONTROLLER_LOCK: i64 = 7_240_532;
 
 /// Ticks every `interval` until the process ends.
-pub async fn run(hub: PolicyHub, store: Repository, fleet: Fleet, interval: Duration) {
+pub async fn run(hub: PolicyHub, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let ticked = store
-            .exclusively(CONTROLLER_LOCK, async || tick(&hub, &store, &fleet).await)
+        let ticked = hub
+            .exclusively(CONTROLLER_LOCK, async || tick(&hub).await)
             .await;
         if let Err(error) = ticked {
             tracing::warn!(%error, "the rollout controller could not tick; trying again");
@@ -39,21 +36,15 @@ pub async fn run(hub: PolicyHub, store: Repository, fleet: Fleet, interval: Dura
 }
 
 /// One decision for every running rollout.
-async fn tick(hub: &PolicyHub, store: &Repository, fleet: &Fleet) -> Result<()> {
-    for running in store.live_rollouts().await? {
+async fn tick(hub: &PolicyHub) -> Result<()> {
+    for running in hub.live_rollouts().await? {
         if !matches!(
             running.state,
             RolloutState::Running | RolloutState::Scheduled
         ) {
             continue;
         }
-        let runtimes: Vec<_> = fleet
-            .runtimes(&running.namespace)
-            .await?
-            .into_iter()
-            .filter(|(_, state)| *state != RuntimeState::Stale)
-            .map(|(record, _)| record)
-            .collect();
+        let runtimes = hub.cohorts(&running.namespace).await?;
         let decision = rollout::tick(&running, &runtimes, Utc::now());
         if decision != Tick::Wait {
             tracing::info!(rollout = %running.id, ?decision, "rollout controller decision");

@@ -9,32 +9,14 @@
 
 use std::{
     future::pending,
-    str::FromStr,
     time::{Duration, Instant},
 };
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::WatchSettings;
 use crate::hub::PolicyHub;
-use crate::storage::REVISION_CHANNEL;
-
-/// The `application_name` of the listening connection, so operators (and
-/// tests) can find it in `pg_stat_activity`.
-pub const LISTENER_APPLICATION_NAME: &str = "policyhub-listener";
-
-async fn listen(database_url: &SecretString) -> anyhow::Result<PgListener> {
-    let options = PgConnectOptions::from_str(database_url.expose_secret())?
-        .application_name(LISTENER_APPLICATION_NAME);
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?;
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(REVISION_CHANNEL).await?;
-    Ok(listener)
-}
+use crate::storage::{Heard, RevisionListener};
 
 /// Follows the other replicas until the task is aborted.
 ///
@@ -50,10 +32,11 @@ pub async fn follow(hub: PolicyHub, database_url: SecretString, settings: WatchS
     // connection would keep the replica vouching forever.
     let attempt = settings.catch_up_interval().max(Duration::from_secs(1));
     let mut last_read = Instant::now();
-    let mut listener: Option<PgListener> = None;
+    let mut listener: Option<RevisionListener> = None;
     loop {
         if settings.listen_notifications && listener.is_none() {
-            match tokio::time::timeout(attempt, listen(&database_url)).await {
+            let connecting = RevisionListener::connect(database_url.expose_secret());
+            match tokio::time::timeout(attempt, connecting).await {
                 Ok(Ok(connected)) => listener = Some(connected),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "cannot listen for activations; catching up on a timer")
@@ -63,15 +46,15 @@ pub async fn follow(hub: PolicyHub, database_url: SecretString, settings: WatchS
         }
         let notified = async {
             match listener.as_mut() {
-                Some(listener) => listener.try_recv().await,
+                Some(listener) => listener.next().await,
                 None => pending().await,
             }
         };
         tokio::select! {
             _ = ticker.tick() => {}
             received = notified => match received {
-                Ok(Some(_)) => {}
-                Ok(None) => tracing::warn!("the activation listener lost its connection; reconnecting"),
+                Ok(Heard::Revision) => {}
+                Ok(Heard::Lost) => tracing::warn!("the activation listener lost its connection; reconnecting"),
                 Err(error) => {
                     tracing::warn!(%error, "the activation listener failed; reconnecting");
                     listener = None;

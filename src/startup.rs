@@ -36,7 +36,9 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     address: SocketAddr,
     hub: PolicyHub,
-    /// The store, for what runs beside the hub: health, retention, the fleet.
+    /// The fleet view the hub answers from, flushed beside it.
+    fleet: Fleet,
+    /// The store, for what runs beside the hub: health, retention.
     repository: storage::Repository,
     authentication: Authentication,
     settings: Settings,
@@ -164,8 +166,14 @@ impl Application {
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
         let repository = storage::Repository::new(db);
+        let fleet = Fleet::new(
+            repository.clone(),
+            &settings.runtimes,
+            crate::metrics::global().fleet_instruments(),
+        );
         let hub = PolicyHub::start(
             repository.clone(),
+            fleet.clone(),
             settings.bundle_issuer.clone(),
             settings.rollouts.clone(),
             keys,
@@ -178,6 +186,7 @@ impl Application {
             metrics_listener,
             address,
             hub,
+            fleet,
             repository,
             authentication,
             settings,
@@ -234,29 +243,20 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
-        let fleet = Fleet::new(
-            self.repository.clone(),
-            &self.settings.runtimes,
-            crate::metrics::global().fleet_instruments(),
-        );
+        let fleet = self.fleet;
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let controller_task = tokio::spawn(crate::controller::run(
             self.hub.clone(),
-            self.repository.clone(),
-            fleet.clone(),
             self.settings.rollouts.tick_interval(),
         ));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
-            self.repository.clone(),
-            fleet.clone(),
             self.settings.limits.clone(),
             quotas.clone(),
         ))
         .max_decoding_message_size(max_message + 1);
         let bundle_api = BundleApi::new(
             self.hub.clone(),
-            fleet.clone(),
             self.settings.watch.heartbeat_interval(),
             quotas,
         );

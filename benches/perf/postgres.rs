@@ -95,10 +95,7 @@ impl Cluster {
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
         let output = self.tool(tool).args(args).output()?;
         if !output.status.success() {
-            bail!(
-                "{tool} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            bail!("{tool} failed: {}", String::from_utf8_lossy(&output.stderr));
         }
         Ok(())
     }

@@ -236,7 +236,7 @@ enum Command {
         #[arg(long)]
         subject: String,
         /// A grant, "<namespace>:<role>" or "*:<role>"; repeat for several.
-        /// Roles: reader, author, publisher, operator, admin.
+        /// Roles: reader, author, publisher, operator, admin, approver.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
         /// The server's data directory, holding its generated secret.
@@ -293,7 +293,7 @@ enum Command {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(renamed(std::env::args().collect())) {
         Ok(cli) => cli,
         // --help and --version.
         Err(error) if !error.use_stderr() => error.exit(),
@@ -317,6 +317,28 @@ pub fn main() -> ExitCode {
             failure::exit_code(&error)
         }
     }
+}
+
+/// Commands that were renamed after the RPCs they call, by their old
+/// names: they keep working, with a warning, as kubectl's deprecated
+/// aliases do.
+const RENAMED: [(&str, &str, &str); 3] = [
+    ("keys", "list", "get-signing-keys"),
+    ("keys", "rotate", "rotate-signing-key"),
+    ("keys", "generate", "generate-key"),
+];
+
+/// The command line with an old command name replaced by its new one.
+fn renamed(mut args: Vec<String>) -> Vec<String> {
+    let found = RENAMED.iter().find(|(group, command, _)| {
+        args.get(1).map(String::as_str) == Some(*group)
+            && args.get(2).map(String::as_str) == Some(*command)
+    });
+    if let Some((group, command, new)) = found {
+        eprintln!("warning: `policyhub {group} {command}` is deprecated: use `policyhub {new}`");
+        args.splice(1..3, [new.to_string()]);
+    }
+    args
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -426,8 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 role.parse::<crate::grpc::auth::Grant>().map_err(|error| {
                     Usage::new(
                         format!("--role: {error}"),
-                        "write NAMESPACE:ROLE or *:ROLE, with a role of reader, author, \
-                         publisher, operator or admin",
+                        "write NAMESPACE:ROLE or *:ROLE, with a role the error names",
                     )
                 })?;
             }

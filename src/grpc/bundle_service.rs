@@ -9,20 +9,18 @@ use super::auth::{Rpc, identify};
 use super::convert;
 use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
 use super::quotas::Quotas;
-use super::runtimes::{arrival, status_report, watcher};
+use super::runtimes::{arrival as arrival_of, status_report, watcher};
 use super::watch_message::WatchActiveResponse;
 use crate::domain::AsOf;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
-use crate::fleet::Fleet;
+use crate::fleet::Arrival;
 use crate::hub::{ActiveView, PolicyHub};
-use crate::watch::{Closed, Ending, MessageKind, Selector, WatchMessage};
+use crate::watch::{Closed, Ending, MessageKind, Selector, WatchMessage, Watcher};
 
 /// Serves `BundleService` on top of the hub.
 #[derive(Clone)]
 pub struct BundleApi {
     hub: PolicyHub,
-    /// Identified runtimes and their reports.
-    fleet: Fleet,
     /// A PROGRESS message goes out after this long without an update.
     heartbeat: Duration,
     quotas: Arc<Quotas>,
@@ -30,10 +28,9 @@ pub struct BundleApi {
 
 impl BundleApi {
     /// The service over `hub`.
-    pub fn new(hub: PolicyHub, fleet: Fleet, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
+    pub fn new(hub: PolicyHub, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
         BundleApi {
             hub,
-            fleet,
             heartbeat,
             quotas,
         }
@@ -107,73 +104,52 @@ fn as_of(value: Option<proto::get_active_request::AsOf>) -> crate::domain::Resul
     })
 }
 
-#[tonic::async_trait]
-impl BundleService for BundleApi {
-    async fn get_active(
-        &self,
-        request: Request<proto::GetActiveRequest>,
-    ) -> Result<Response<proto::Bundle>, Status> {
-        let who = identify(&request)?;
-        let request = request.into_inner();
-        let (policy, as_of, watcher) = PolicyRef::parse(&request.namespace, &request.name)
-            .and_then(|policy| {
-                let watcher = request.runtime.as_ref().map(watcher).transpose()?;
-                Ok((policy, as_of(request.as_of)?, watcher))
-            })?;
-        who.authorize(Rpc::GetActive, &policy.namespace)?;
-        let view = self
-            .hub
-            .get_active(
-                &policy,
-                as_of,
-                request.allow_draft_fallback,
-                watcher.as_ref(),
-            )
-            .await?;
-        Ok(Response::new(match view {
-            ActiveView::Signed(bundle) => convert::bundle(&bundle),
-            ActiveView::UnsignedDraft(draft) => convert::draft_bundle(&draft),
-        }))
+/// The policy a GetActive names, as of when, for which runtime, and
+/// whether a draft may answer.
+fn active_wanted(
+    request: proto::GetActiveRequest,
+) -> DomainResult<(PolicyRef, Option<AsOf>, Option<Watcher>, bool)> {
+    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
+    let watcher = request.runtime.as_ref().map(watcher).transpose()?;
+    let as_of = as_of(request.as_of)?;
+    Ok((policy, as_of, watcher, request.allow_draft_fallback))
+}
+
+fn active_reply(view: ActiveView) -> proto::Bundle {
+    match view {
+        ActiveView::Signed(bundle) => convert::bundle(&bundle),
+        ActiveView::UnsignedDraft(draft) => convert::draft_bundle(&draft),
     }
+}
 
-    type WatchActiveStream =
-        Pin<Box<dyn Stream<Item = Result<WatchActiveResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchActiveResponse, Status>> + Send>>;
 
-    async fn watch_active(
+impl BundleApi {
+    /// Opens a watch stream for an admitted caller: refused while this
+    /// replica does not vouch for its revision, counted against the
+    /// caller's streams, and registered in the fleet when it names a
+    /// runtime. The next message is computed only when the transport asks
+    /// for it, so a slow client leaves nothing queued here.
+    async fn open_watch(
         &self,
-        request: Request<proto::WatchActiveRequest>,
-    ) -> Result<Response<Self::WatchActiveStream>, Status> {
-        let who = identify(&request)?;
-        let request = request.into_inner();
-        let selector = selector(&request)?;
-        let context = who.authorize(Rpc::WatchActive, &selector.namespace)?;
-        let arrival = request
-            .runtime
-            .as_ref()
-            .map(|runtime| {
-                arrival(
-                    runtime,
-                    &selector.namespace,
-                    &selector.names,
-                    &context.actor,
-                )
-            })
-            .transpose()?;
+        selector: Selector,
+        since_revision: u64,
+        arrival: Option<Arrival>,
+        actor: &str,
+    ) -> DomainResult<WatchStream> {
         if self.hub.index().ending() == Ending::CutOff {
-            return Err(ended(Ending::CutOff, request.since_revision).into());
+            return Err(ended(Ending::CutOff, since_revision));
         }
-        let permit = self.quotas.open_stream(&context.actor)?;
+        let permit = self.quotas.open_stream(actor)?;
         let connection = match arrival {
-            Some(arrival) => Some(self.fleet.connect(arrival).await?),
+            Some(arrival) => Some(self.hub.connect_runtime(arrival).await?),
             None => None,
         };
-        let subscriber =
-            self.hub
-                .index()
-                .subscribe(selector, request.since_revision, self.heartbeat);
-        // The next message is computed only when the transport asks for it,
-        // so a slow client leaves nothing queued here. The permit and the
-        // runtime's connection live as long as the stream.
+        let subscriber = self
+            .hub
+            .index()
+            .subscribe(selector, since_revision, self.heartbeat);
+        // The permit and the runtime's connection live as long as the stream.
         let held = (permit, connection);
         let stream = futures::stream::unfold(Some((subscriber, held)), |state| async move {
             let (mut subscriber, held) = state?;
@@ -184,14 +160,56 @@ impl BundleService for BundleApi {
                 }
             }
         });
-        let mut response = Response::new(Box::pin(stream) as Self::WatchActiveStream);
-        // Clients derive their missed-heartbeat deadline from it.
+        Ok(Box::pin(stream))
+    }
+
+    /// A watch reply, announcing the heartbeat interval clients derive their
+    /// missed-heartbeat deadline from.
+    fn announcing_heartbeat(&self, stream: WatchStream) -> Response<WatchStream> {
+        let mut response = Response::new(stream);
         let interval = u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX);
         response.metadata_mut().insert(
             policyhub_runtime::HEARTBEAT_INTERVAL_HEADER,
             MetadataValue::from(interval),
         );
-        Ok(response)
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl BundleService for BundleApi {
+    async fn get_active(
+        &self,
+        request: Request<proto::GetActiveRequest>,
+    ) -> Result<Response<proto::Bundle>, Status> {
+        let caller = identify(&request)?;
+        let (policy, as_of, watcher, draft) = active_wanted(request.into_inner())?;
+        caller.admit(Rpc::GetActive, [&policy.namespace], &self.quotas)?;
+        let hub = &self.hub;
+        let view = hub
+            .get_active(&policy, as_of, draft, watcher.as_ref())
+            .await?;
+        Ok(Response::new(active_reply(view)))
+    }
+
+    type WatchActiveStream = WatchStream;
+
+    async fn watch_active(
+        &self,
+        request: Request<proto::WatchActiveRequest>,
+    ) -> Result<Response<Self::WatchActiveStream>, Status> {
+        let caller = identify(&request)?;
+        let request = request.into_inner();
+        let selector = selector(&request)?;
+        let context = caller.admit(Rpc::WatchActive, [&selector.namespace], &self.quotas)?;
+        let (names, actor) = (&selector.names, &context.actor);
+        let arrival = request.runtime.as_ref();
+        let arrival = arrival
+            .map(|runtime| arrival_of(runtime, &selector.namespace, names, actor))
+            .transpose()?;
+        let since = request.since_revision;
+        let stream = self.open_watch(selector, since, arrival, actor).await?;
+        Ok(self.announcing_heartbeat(stream))
     }
 
     async fn get_signing_keys(
@@ -212,10 +230,10 @@ impl BundleService for BundleApi {
         &self,
         request: Request<proto::ReportStatusRequest>,
     ) -> Result<Response<proto::ReportStatusResponse>, Status> {
-        let who = identify(&request)?;
+        let caller = identify(&request)?;
         let report = status_report(request.get_ref())?;
-        let context = who.authorize(Rpc::ReportStatus, &report.namespace)?;
-        let ignored = self.fleet.report(&context.actor, report).await?;
+        let context = caller.admit(Rpc::ReportStatus, [&report.namespace], &self.quotas)?;
+        let ignored = self.hub.report_status(&context.actor, report).await?;
         Ok(Response::new(proto::ReportStatusResponse { ignored }))
     }
 }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod convert;
 pub mod message_limit;
 pub mod methods;
+mod policy_replies;
 mod policy_requests;
 mod policy_service;
 pub mod quotas;

@@ -5,7 +5,7 @@ use super::convert::{self, struct_to_json};
 use super::proto;
 use crate::config::Limits;
 use crate::domain::{
-    ActivateCommand, ActivationOutcome, ActivationTarget, DraftCommand, Error, EventFilter,
+    ActivateCommand, ActivationTarget, DiscardCommand, DraftCommand, Error, EventFilter,
     ExpectedActive, IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName,
     PolicyRef, PolicySchema, PublishCommand, Requirement, Result, RollbackCommand,
     SetSchemaCommand, VersionSelector,
@@ -198,29 +198,57 @@ pub(super) fn schema_command(
     })
 }
 
-pub(super) fn activate_response(outcome: &ActivationOutcome) -> proto::ActivateResponse {
-    proto::ActivateResponse {
-        revision: outcome.revision,
-        activations: outcome
-            .activations
-            .iter()
-            .map(|activation| proto::Activation {
-                namespace: activation.policy.namespace.to_string(),
-                name: activation.policy.name.to_string(),
-                version: activation.version,
-                previous_version: activation.previous_version.unwrap_or(0),
-            })
-            .collect(),
+pub(super) fn discard_command(
+    request: proto::DiscardDraftRequest,
+    limits: &Limits,
+) -> Result<DiscardCommand> {
+    Ok(DiscardCommand {
+        policy: PolicyRef::parse(&request.namespace, &request.name)?,
+        version: draft_version(request.version)?,
+        reason: limits.text("reason", request.reason)?,
+    })
+}
+
+/// The policy and the version a GetVersion names.
+pub(super) fn version_wanted(
+    request: proto::GetVersionRequest,
+) -> Result<(PolicyRef, VersionSelector)> {
+    use proto::get_version_request::Selector;
+    let (number, label) = match request.selector {
+        Some(Selector::Version(number)) => (Some(number), None),
+        Some(Selector::Label(label)) => (None, Some(label)),
+        None => (None, None),
+    };
+    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
+    Ok((policy, version_selector("version", number, label)?))
+}
+
+/// The policy and the two versions a DiffVersions compares.
+pub(super) fn diff_wanted(request: &proto::DiffVersionsRequest) -> Result<(PolicyRef, u32, u32)> {
+    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
+    for (field, version) in [
+        ("from_version", request.from_version),
+        ("to_version", request.to_version),
+    ] {
+        if version == 0 {
+            return Err(Error::invalid(field, "version numbers start at 1"));
+        }
     }
+    Ok((policy, request.from_version, request.to_version))
+}
+
+/// A namespace a listing may leave empty.
+pub(super) fn optional_namespace(namespace: &str) -> Result<Option<Namespace>> {
+    (!namespace.is_empty())
+        .then(|| Namespace::parse("namespace", namespace))
+        .transpose()
 }
 
 /// The requested namespace (checked by the caller) and the rest of the filter.
 pub(super) fn event_filter(
     request: &proto::ListEventsRequest,
 ) -> Result<(Option<Namespace>, EventFilter)> {
-    let namespace = (!request.namespace.is_empty())
-        .then(|| Namespace::parse("namespace", &request.namespace))
-        .transpose()?;
+    let namespace = optional_namespace(&request.namespace)?;
     let name = (!request.name.is_empty())
         .then(|| PolicyName::parse("name", &request.name))
         .transpose()?;

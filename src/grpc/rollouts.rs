@@ -104,6 +104,15 @@ pub(super) fn start_command(
 }
 
 /// The namespace and id a request names.
+/// The rollout a control names, and the reason given.
+pub(super) fn control_wanted(
+    request: proto::RolloutControlRequest,
+    limits: &Limits,
+) -> Result<(Namespace, String, String)> {
+    let (namespace, id) = named(&request.namespace, &request.id)?;
+    Ok((namespace, id, limits.text("reason", request.reason)?))
+}
+
 pub(super) fn named(namespace: &str, id: &str) -> Result<(Namespace, String)> {
     let namespace = Namespace::parse("namespace", namespace)?;
     if uuid::Uuid::parse_str(id).is_err() {

@@ -1,7 +1,9 @@
-//! The application: each operation loads what it touches from storage,
-//! lets the domain decide, signs, writes in one transaction, and applies
-//! what moved to the in-memory index before the reply goes out.
+//! The application: the one facade every transport calls, reads included.
+//! Each operation loads what it touches from storage, lets the domain
+//! decide, signs, writes in one transaction, and applies what moved to the
+//! in-memory index before the reply goes out.
 
+mod fleet;
 mod lifecycle;
 mod reads;
 mod rollouts;
@@ -15,6 +17,7 @@ use crate::domain::rollout::RevisionChange;
 use crate::domain::{
     ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
 };
+use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
 use crate::storage::{NewEvent, Repository};
 use crate::watch::{ActiveIndex, Encode, Instruments};
@@ -45,6 +48,8 @@ pub struct PolicyHub {
     bundle_issuer: String,
     /// Approvals rollouts need, per namespace.
     rollout_settings: Arc<RolloutSettings>,
+    /// Which runtimes watch, and what each applied.
+    fleet: Fleet,
 }
 
 /// The signing key and the JWKS, which change together.
@@ -86,8 +91,10 @@ async fn register(
 impl PolicyHub {
     /// Loads and registers the signing keys and loads the active index from
     /// the database.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         repository: Repository,
+        fleet: Fleet,
         bundle_issuer: String,
         rollout_settings: RolloutSettings,
         key_source: KeySource,
@@ -121,6 +128,7 @@ impl PolicyHub {
             applier: Arc::default(),
             bundle_issuer,
             rollout_settings: Arc::new(rollout_settings),
+            fleet,
         })
     }
 

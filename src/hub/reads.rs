@@ -1,13 +1,96 @@
-//! The reads that need more than one query: diffs, and the active bundle
-//! from memory where the index holds the answer. Plain reads (a version, the
-//! listings) go straight to the store.
+//! The reads every transport serves: versions, listings, diffs, rollouts,
+//! and the active bundle from memory where the index holds the answer.
 
-use crate::domain::{AsOf, Error, PolicyRef, Result, VersionRecord, VersionSelector};
+use crate::domain::rollout::{Progress, Rollout};
+use crate::domain::{
+    AsOf, Error, EventFilter, EventRecord, Namespace, NamespaceScope, Page, PolicyRef,
+    PolicySummary, Result, VersionRecord, VersionSelector,
+};
 
 use super::{ActiveView, PolicyHub};
 use crate::watch::Watcher;
 
 impl PolicyHub {
+    /// One version.
+    pub async fn get_version(
+        &self,
+        policy: &PolicyRef,
+        selector: &VersionSelector,
+    ) -> Result<VersionRecord> {
+        self.repository.get_version(policy, selector).await
+    }
+
+    /// A page of a policy's versions, newest first.
+    pub async fn list_versions(
+        &self,
+        policy: &PolicyRef,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<VersionRecord>> {
+        self.repository
+            .list_versions(policy, page_size, page_token)
+            .await
+    }
+
+    /// A page of the policies in `scope`.
+    pub async fn list_policies(
+        &self,
+        scope: &NamespaceScope,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<PolicySummary>> {
+        self.repository
+            .list_policies(scope, page_size, page_token)
+            .await
+    }
+
+    /// A page of the events `filter` selects, newest first.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<EventRecord>> {
+        self.repository
+            .list_events(filter, page_size, page_token)
+            .await
+    }
+
+    /// One rollout, with its progress.
+    pub async fn get_rollout(
+        &self,
+        namespace: &Namespace,
+        id: &str,
+    ) -> Result<(Rollout, Progress)> {
+        let rollout = self.repository.get_rollout(namespace, id).await?;
+        self.with_progress(rollout).await
+    }
+
+    /// A page of a namespace's rollouts, newest first, with their progress.
+    pub async fn list_rollouts(
+        &self,
+        namespace: &Namespace,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<(Rollout, Progress)>> {
+        let page = self
+            .repository
+            .list_rollouts(namespace, page_size, page_token)
+            .await?;
+        let fleet = self.cohorts(namespace).await?;
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|rollout| {
+                    let progress = crate::domain::rollout::progress(&rollout, &fleet);
+                    (rollout, progress)
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        })
+    }
+
     /// The RFC 6902 patch from one version's body to another's.
     pub async fn diff(
         &self,

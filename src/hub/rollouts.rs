@@ -401,6 +401,21 @@ impl PolicyHub {
         Ok(controlled)
     }
 
+    /// The rollouts that have not ended, for the controller.
+    pub async fn live_rollouts(&self) -> Result<Vec<Rollout>> {
+        self.repository.live_rollouts().await
+    }
+
+    /// Runs the controller's `work` unless another replica runs work under
+    /// the same `key` now (see `Repository::exclusively`).
+    pub async fn exclusively(
+        &self,
+        key: i64,
+        work: impl AsyncFnOnce() -> Result<()>,
+    ) -> Result<()> {
+        self.repository.exclusively(key, work).await
+    }
+
     /// Carries out a controller decision about `seen`, unless the rollout
     /// moved since (another replica's controller, or an operator, acted
     /// first): the decision is re-checked under the rollout's row lock.

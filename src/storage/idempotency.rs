@@ -1,14 +1,16 @@
-//! Idempotency records: a mutation's key, the fingerprint of its request and
-//! its outcome, so a retried request gets the first outcome (DESIGN §2).
+//! Idempotency records, and the write transaction that honours them: a
+//! mutation's key, the fingerprint of its request and its outcome, so a
+//! retried request gets the first outcome (DESIGN §2).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde::{Serialize, de::DeserializeOwned};
+use tracing::Instrument;
 
 use super::entities::idempotency_records;
 use super::errors::is_unique_violation;
 use super::rows::now;
-use super::transaction::Repository;
+use super::transaction::{Repository, Transaction, span};
 use crate::domain::{Digest, Error, IdempotencyKey, RequestContext, Result, fingerprint};
 
 /// A mutation's idempotency key and the fingerprint of its request.
@@ -90,6 +92,41 @@ impl IdempotencyClaim {
 }
 
 impl Repository {
+    /// [`write`](Self::write), at most once per idempotency claim: a request
+    /// seen before gets its recorded outcome without `work` running, and a
+    /// new outcome is recorded in the same commit. When a concurrent request
+    /// with the same key commits first, this one is rolled back whole and
+    /// the first one's outcome returned.
+    pub async fn write_once<T: Serialize + DeserializeOwned>(
+        &self,
+        operation: &str,
+        claim: Option<&IdempotencyClaim>,
+        context: &RequestContext,
+        work: impl AsyncFnOnce(&mut Transaction) -> Result<T>,
+    ) -> Result<T> {
+        let Some(claim) = claim else {
+            return self.write(operation, work).await;
+        };
+        async {
+            let mut transaction = self.begin().await?;
+            if let Some(outcome) = claim.replay(&transaction.txn).await? {
+                return Ok(outcome);
+            }
+            let outcome = work(&mut transaction).await?;
+            if !claim.record(&transaction.txn, context, &outcome).await? {
+                transaction.txn.rollback().await?;
+                return claim
+                    .replay(&self.db)
+                    .await?
+                    .ok_or_else(|| Error::Internal("an idempotency record vanished".into()));
+            }
+            transaction.txn.commit().await?;
+            Ok(outcome)
+        }
+        .instrument(span(operation))
+        .await
+    }
+
     /// Deletes the idempotency records created before `cutoff`; returns how
     /// many. Idempotency records are bookkeeping, not history: the events
     /// and versions they point at stay.

@@ -5,6 +5,7 @@ mod errors;
 mod events;
 mod idempotency;
 mod keys;
+mod listener;
 mod paging;
 mod pointers;
 mod policies;
@@ -28,7 +29,7 @@ use sea_orm::{
 
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
-pub use pointers::REVISION_CHANNEL;
+pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};
 pub use policies::LockedPolicy;
 pub use runtimes::{Flush, ReplicaHeartbeats};
 pub use transaction::{Repository, Transaction};

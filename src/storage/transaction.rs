@@ -38,13 +38,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, TransactionTrait,
 };
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
-use super::idempotency::IdempotencyClaim;
 use super::rows::now;
-use crate::domain::{Error, Namespace, RequestContext, Result};
+use crate::domain::{Error, Namespace, Result};
 
 /// The advisory lock class of namespace locks; PostgreSQL keeps two-key
 /// advisory locks apart from the single-key ones of migrations and the
@@ -175,41 +173,6 @@ impl Repository {
         .instrument(span(operation))
         .await
     }
-
-    /// [`write`](Self::write), at most once per idempotency claim: a request
-    /// seen before gets its recorded outcome without `work` running, and a
-    /// new outcome is recorded in the same commit. When a concurrent request
-    /// with the same key commits first, this one is rolled back whole and
-    /// the first one's outcome returned.
-    pub async fn write_once<T: Serialize + DeserializeOwned>(
-        &self,
-        operation: &str,
-        claim: Option<&IdempotencyClaim>,
-        context: &RequestContext,
-        work: impl AsyncFnOnce(&mut Transaction) -> Result<T>,
-    ) -> Result<T> {
-        let Some(claim) = claim else {
-            return self.write(operation, work).await;
-        };
-        async {
-            let mut transaction = self.begin().await?;
-            if let Some(outcome) = claim.replay(&transaction.txn).await? {
-                return Ok(outcome);
-            }
-            let outcome = work(&mut transaction).await?;
-            if !claim.record(&transaction.txn, context, &outcome).await? {
-                transaction.txn.rollback().await?;
-                return claim
-                    .replay(&self.db)
-                    .await?
-                    .ok_or_else(|| Error::Internal("an idempotency record vanished".into()));
-            }
-            transaction.txn.commit().await?;
-            Ok(outcome)
-        }
-        .instrument(span(operation))
-        .await
-    }
 }
 
 impl Repository {
@@ -247,7 +210,7 @@ impl Repository {
 }
 
 /// The span of one write transaction, exported as `storage.<operation>`.
-fn span(operation: &str) -> tracing::Span {
+pub(super) fn span(operation: &str) -> tracing::Span {
     let name = format!("storage.{operation}");
     tracing::info_span!("storage.write", otel.name = name.as_str())
 }

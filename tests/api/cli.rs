@@ -984,3 +984,37 @@ async fn every_failure_prints_an_error_a_hint_and_its_exit_code() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// `policyhub token --help` names every role the server knows.
+#[test]
+fn token_help_lists_every_role() {
+    let help = policyhub_with(&[], &["token", "--help"]);
+    for role in policyhub::grpc::auth::Role::ALL {
+        assert!(
+            help.success().contains(&role.to_string()),
+            "{role} in {}",
+            help.stdout
+        );
+    }
+}
+
+/// The commands renamed after their RPCs keep working under their old
+/// names, with a warning naming the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_keys_commands_still_work_and_name_their_new_names() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let new = policyhub(&app, &["get-signing-keys", "--output", "json"]);
+    let old = policyhub(&app, &["keys", "list", "--output", "json"]);
+    assert_eq!(old.success(), new.success());
+    assert!(
+        old.stderr.contains("use `policyhub get-signing-keys`"),
+        "{}",
+        old.stderr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("key.pem").display().to_string();
+    let generated = policyhub_with(&[], &["keys", "generate", "--out", &out]);
+    assert!(!generated.success().trim().is_empty());
+    let rotated = policyhub(&app, &["keys", "rotate", "--reason", "old name"]);
+    assert!(rotated.success().contains("replaces"), "{}", rotated.stdout);
+}

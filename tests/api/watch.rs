@@ -501,7 +501,7 @@ async fn an_activation_on_one_replica_reaches_a_watcher_on_another() {
         .execute_unprepared(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = '{database}' AND application_name = '{}'",
-            policyhub::replication::LISTENER_APPLICATION_NAME
+            policyhub::storage::LISTENER_APPLICATION_NAME
         ))
         .await
         .unwrap();

@@ -14,185 +14,16 @@
 //! ordered `reader < author < publisher < operator < admin`, each including
 //! the ones before it.
 
-use std::{fmt, str::FromStr};
-
 use tonic::{Request, Status, metadata::MetadataMap};
 
-use crate::domain::{Error, Namespace, RequestContext, Result};
+use super::quotas::Quotas;
+use crate::domain::{Error, Namespace, NamespaceScope, RequestContext, Result};
 
+mod roles;
 mod tokens;
 
+pub use roles::{Grant, Role, Rpc};
 pub use tokens::Authenticator;
-
-/// A role, granted per namespace. Reader, author, publisher, operator and
-/// admin each include the ones before; approver stands apart (it includes
-/// reader), so approving a rollout is never implied by the power to start
-/// one; admin includes every role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Get, list, watch.
-    Reader,
-    /// Draft and discard.
-    Author,
-    /// Publish.
-    Publisher,
-    /// Activate, roll back, run rollouts.
-    Operator,
-    /// Approve other principals' rollouts.
-    Approver,
-    /// Everything, including schemas and signing keys.
-    Admin,
-}
-
-impl Role {
-    /// Whether holding this role grants `needed`.
-    pub fn includes(self, needed: Role) -> bool {
-        use Role::*;
-        let rank = |role| match role {
-            Reader => Some(0),
-            Author => Some(1),
-            Publisher => Some(2),
-            Operator => Some(3),
-            Approver | Admin => None,
-        };
-        match (self, needed) {
-            (Admin, _) => true,
-            (held, needed) if held == needed => true,
-            (Approver, Reader) => true,
-            (held, needed) => {
-                matches!((rank(held), rank(needed)), (Some(held), Some(needed)) if held >= needed)
-            }
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        Ok(match text {
-            "reader" => Role::Reader,
-            "author" => Role::Author,
-            "publisher" => Role::Publisher,
-            "operator" => Role::Operator,
-            "approver" => Role::Approver,
-            "admin" => Role::Admin,
-            other => {
-                return Err(format!(
-                    "unknown role {other:?}: use reader, author, publisher, operator, approver or admin"
-                ));
-            }
-        })
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Reader => "reader",
-            Role::Author => "author",
-            Role::Publisher => "publisher",
-            Role::Operator => "operator",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        })
-    }
-}
-
-/// Every RPC that needs a role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rpc {
-    Draft,
-    DiscardDraft,
-    Publish,
-    Activate,
-    Rollback,
-    GetVersion,
-    ListVersions,
-    ListPolicies,
-    ListEvents,
-    DiffVersions,
-    SetSchema,
-    GetActive,
-    WatchActive,
-    GetSigningKeys,
-    RotateSigningKey,
-    ReportStatus,
-    ListRuntimes,
-    GetPolicyStatus,
-    StartRollout,
-    GetRollout,
-    ListRollouts,
-    PauseRollout,
-    ResumeRollout,
-    PromoteRollout,
-    AbortRollout,
-    ApproveRollout,
-}
-
-impl Rpc {
-    /// The role each RPC needs in the namespaces it touches.
-    pub fn role(self) -> Role {
-        match self {
-            Rpc::GetVersion
-            | Rpc::ListVersions
-            | Rpc::ListPolicies
-            | Rpc::ListEvents
-            | Rpc::DiffVersions
-            | Rpc::GetActive
-            | Rpc::WatchActive
-            | Rpc::GetSigningKeys
-            | Rpc::ReportStatus
-            | Rpc::ListRuntimes
-            | Rpc::GetPolicyStatus
-            | Rpc::GetRollout
-            | Rpc::ListRollouts => Role::Reader,
-            Rpc::Draft | Rpc::DiscardDraft => Role::Author,
-            Rpc::Publish => Role::Publisher,
-            Rpc::Activate
-            | Rpc::Rollback
-            | Rpc::StartRollout
-            | Rpc::PauseRollout
-            | Rpc::ResumeRollout
-            | Rpc::PromoteRollout
-            | Rpc::AbortRollout => Role::Operator,
-            Rpc::ApproveRollout => Role::Approver,
-            Rpc::SetSchema | Rpc::RotateSigningKey => Role::Admin,
-        }
-    }
-}
-
-/// A role in one namespace, or in all of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// `None` for `*`.
-    pub namespace: Option<Namespace>,
-    /// The role.
-    pub role: Role,
-}
-
-impl FromStr for Grant {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (namespace, role) = text
-            .split_once(':')
-            .ok_or_else(|| format!("grant {text:?} is not \"<namespace>:<role>\""))?;
-        let namespace = match namespace {
-            "*" => None,
-            namespace => Some(
-                Namespace::parse("namespace", namespace)
-                    .map_err(|error| format!("grant {text:?}: {error}"))?,
-            ),
-        };
-        Ok(Grant {
-            namespace,
-            role: role
-                .parse()
-                .map_err(|error| format!("grant {text:?}: {error}"))?,
-        })
-    }
-}
 
 /// The verified identity of a caller and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,6 +189,41 @@ impl Identified {
     pub fn authorize(&self, rpc: Rpc, namespace: &Namespace) -> Result<RequestContext> {
         self.caller.authorize(rpc, namespace)?;
         Ok(self.context())
+    }
+
+    /// Admits the caller to `rpc` in every one of `namespaces` (at least
+    /// one): the one step of every handler, whatever the transport. The
+    /// caller needs `rpc`'s role in each, and a mutation spends its quota.
+    pub fn admit<'a>(
+        &self,
+        rpc: Rpc,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        quotas: &Quotas,
+    ) -> Result<RequestContext> {
+        let mut namespaces = namespaces.into_iter().peekable();
+        if namespaces.peek().is_none() {
+            return Err(Error::invalid("targets", "names no policy"));
+        }
+        for namespace in namespaces {
+            self.caller.authorize(rpc, namespace)?;
+        }
+        if rpc.mutates() {
+            quotas.admit_mutation(&self.caller.subject)?;
+        }
+        Ok(self.context())
+    }
+
+    /// Admits the caller to a listing: of the namespace it asked for (when
+    /// allowed), or of every namespace it may read.
+    pub fn admit_listing(&self, rpc: Rpc, namespace: Option<Namespace>) -> Result<NamespaceScope> {
+        if let Some(namespace) = namespace {
+            self.caller.authorize(rpc, &namespace)?;
+            return Ok(NamespaceScope::One(namespace));
+        }
+        Ok(match self.caller.readable() {
+            Readable::All => NamespaceScope::All,
+            Readable::Only(namespaces) => NamespaceScope::Among(namespaces),
+        })
     }
 }
 

@@ -1,0 +1,130 @@
+//! `policyhub.v1.PolicyService` replies: what the hub answered, as
+//! protobuf.
+
+use super::convert;
+use super::policy_requests::patch_operation;
+use super::proto;
+use super::rollouts::rollout;
+use super::runtimes::runtime;
+use crate::domain::rollout::{Progress, Rollout};
+use crate::domain::runtime::{RuntimeRecord, RuntimeState};
+use crate::domain::{
+    ActivationOutcome, DraftOutcome, Error, EventRecord, Page, PolicySummary, PublishOutcome,
+    Result, SchemaViolation, VersionRecord,
+};
+
+pub(super) fn draft(outcome: &DraftOutcome) -> proto::DraftResponse {
+    proto::DraftResponse {
+        version: Some(convert::version(&outcome.version)),
+        superseded_version: outcome.superseded_version.unwrap_or(0),
+    }
+}
+
+pub(super) fn discard_draft(record: &VersionRecord) -> proto::DiscardDraftResponse {
+    proto::DiscardDraftResponse {
+        version: Some(convert::version(record)),
+    }
+}
+
+pub(super) fn publish(outcome: PublishOutcome) -> proto::PublishResponse {
+    proto::PublishResponse {
+        version: Some(convert::version(&outcome.version)),
+        already_published: outcome.already_published,
+        revision: outcome
+            .activation
+            .filter(ActivationOutcome::moved)
+            .map_or(0, |activation| activation.revision),
+    }
+}
+
+pub(super) fn activate(outcome: &ActivationOutcome) -> proto::ActivateResponse {
+    proto::ActivateResponse {
+        revision: outcome.revision,
+        activations: outcome
+            .activations
+            .iter()
+            .map(|activation| proto::Activation {
+                namespace: activation.policy.namespace.to_string(),
+                name: activation.policy.name.to_string(),
+                version: activation.version,
+                previous_version: activation.previous_version.unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn rollback(outcome: &ActivationOutcome) -> Result<proto::RollbackResponse> {
+    let activation = outcome
+        .activations
+        .first()
+        .ok_or_else(|| Error::Internal("a rollback moved no pointer".into()))?;
+    Ok(proto::RollbackResponse {
+        revision: outcome.revision,
+        version: activation.version,
+        previous_version: activation.previous_version.unwrap_or(0),
+    })
+}
+
+pub(super) fn versions(page: &Page<VersionRecord>) -> proto::ListVersionsResponse {
+    proto::ListVersionsResponse {
+        versions: page.items.iter().map(convert::version).collect(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn policies(page: &Page<PolicySummary>) -> proto::ListPoliciesResponse {
+    proto::ListPoliciesResponse {
+        policies: page.items.iter().map(convert::policy).collect(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn events(page: &Page<EventRecord>) -> proto::ListEventsResponse {
+    proto::ListEventsResponse {
+        events: page.items.iter().map(convert::event).collect(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn diff(
+    (from, to, patch): &(VersionRecord, VersionRecord, json_patch::Patch),
+) -> proto::DiffVersionsResponse {
+    proto::DiffVersionsResponse {
+        operations: patch.0.iter().map(patch_operation).collect(),
+        from_digest: from.digest().to_string(),
+        to_digest: to.digest().to_string(),
+        from_requirements: convert::requirements(&from.requirements),
+        to_requirements: convert::requirements(&to.requirements),
+    }
+}
+
+pub(super) fn set_schema(
+    (summary, violations): &(PolicySummary, Vec<SchemaViolation>),
+) -> proto::SetSchemaResponse {
+    proto::SetSchemaResponse {
+        policy: Some(convert::policy(summary)),
+        active_version_violations: violations.iter().map(ToString::to_string).collect(),
+    }
+}
+
+pub(super) fn runtimes(page: &Page<(RuntimeRecord, RuntimeState)>) -> proto::ListRuntimesResponse {
+    proto::ListRuntimesResponse {
+        runtimes: page
+            .items
+            .iter()
+            .map(|(record, state)| runtime(record, *state))
+            .collect(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn rollouts(page: &Page<(Rollout, Progress)>) -> proto::ListRolloutsResponse {
+    proto::ListRolloutsResponse {
+        rollouts: page
+            .items
+            .iter()
+            .map(|(item, progress)| rollout(item, *progress))
+            .collect(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
