@@ -25,11 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Small per-stream buffers: a server holds many idle watch streams.
         .codec_path("crate::grpc::codec::CompactCodec")
-        // Watch messages are encoded by hand so that each bundle is encoded
-        // once and shared by every stream (see src/grpc/watch_message.rs).
+        // Watch messages are the watch's own type, encoded by hand so that
+        // each bundle is encoded once and shared by every stream (see
+        // src/grpc/watch_message.rs).
         .extern_path(
             ".policyhub.v1.WatchActiveResponse",
-            "crate::grpc::watch_message::WatchActiveResponse",
+            "crate::watch::WatchMessage",
         )
         .compile_fds_with_config(file_descriptors, {
             // `prost::Name`: the CLI finds each reply's descriptor by name

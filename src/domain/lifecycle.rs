@@ -64,6 +64,13 @@ impl PolicyState {
     }
 }
 
+/// The draft a request acts on: the one it named (found, or the read
+/// already said NOT_FOUND), else the open draft, which `found` is `None`
+/// without.
+pub fn ensure_draft<T>(policy: &PolicyRef, found: Option<T>, operation: &str) -> Result<T> {
+    found.ok_or_else(|| Error::precondition(format!("{policy} has no open draft to {operation}")))
+}
+
 /// The number of a policy's next draft, given the highest ever created:
 /// numbers are never reused.
 pub fn next_version(latest: Option<u32>) -> u32 {

@@ -23,7 +23,8 @@ pub use event::{EventKind, EventRecord};
 pub use lifecycle::{ActivationPlan, ActivePointer, PointerChange, PolicyState, PublishPlan};
 pub use names::{Namespace, PolicyName, PolicyRef};
 pub use requirements::{
-    ActiveRelease, MAX_REQUIREMENTS, Requirement, ensure_acyclic, ensure_met, ensure_satisfiable,
+    ActiveRelease, MAX_REQUIREMENTS, Requirement, ensure_acyclic, ensure_met_after,
+    ensure_satisfiable,
 };
 pub use schema::PolicySchema;
 pub use text::refuse_nul;

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Label, Namespace, PolicyName, Precondition, Result};
+use super::{Error, Label, Namespace, PolicyName, Precondition, Result, VersionRecord};
 
 /// Most requirements of one version.
 pub const MAX_REQUIREMENTS: usize = 32;
@@ -192,10 +192,40 @@ impl fmt::Display for ActiveRelease {
     }
 }
 
+/// Refuses moving the pointers of `namespace`'s policies to `targets` when
+/// an active version's requirement would be unmet afterwards. `active` is
+/// every active version of the namespace now; the view after the change
+/// puts each target in place of its policy's active version, and only the
+/// requirements of or on the moved policies are judged.
+pub fn ensure_met_after(
+    namespace: &Namespace,
+    mut active: BTreeMap<PolicyName, ActiveRelease>,
+    targets: &[&VersionRecord],
+) -> Result<()> {
+    let mut changed = BTreeSet::new();
+    for target in targets {
+        debug_assert_eq!(&target.policy.namespace, namespace);
+        changed.insert(&target.policy.name);
+        let release = ActiveRelease {
+            version: target.version,
+            label: target.label.clone(),
+            requirements: target.requirements.clone(),
+        };
+        active.insert(target.policy.name.clone(), release);
+    }
+    if active
+        .values()
+        .all(|release| release.requirements.is_empty())
+    {
+        return Ok(());
+    }
+    ensure_met(namespace, &active, &changed)
+}
+
 /// Refuses a change of active pointers that leaves a requirement unmet:
 /// `after` is every active version of `namespace` once the change is made,
 /// and only requirements of or on the `changed` policies are judged.
-pub fn ensure_met(
+fn ensure_met(
     namespace: &Namespace,
     after: &BTreeMap<PolicyName, ActiveRelease>,
     changed: &BTreeSet<&PolicyName>,

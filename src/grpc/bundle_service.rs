@@ -7,15 +7,14 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use super::auth::{Rpc, identify};
 use super::convert;
-use super::proto::{self, WatchEventKind, bundle_service_server::BundleService};
+use super::proto::{self, bundle_service_server::BundleService};
 use super::quotas::Quotas;
 use super::runtimes::{arrival as arrival_of, status_report, watcher};
-use super::watch_message::WatchActiveResponse;
 use crate::domain::AsOf;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
 use crate::fleet::Arrival;
 use crate::hub::{ActiveView, PolicyHub};
-use crate::watch::{Closed, Ending, MessageKind, Selector, WatchMessage, Watcher};
+use crate::watch::{Closed, Ending, Selector, WatchMessage, Watcher};
 
 /// Serves `BundleService` on top of the hub.
 #[derive(Clone)]
@@ -80,21 +79,6 @@ fn ended(reason: Ending, revision: u64) -> Error {
     })
 }
 
-fn watch_response(message: WatchMessage) -> WatchActiveResponse {
-    let kind = match message.kind {
-        MessageKind::Snapshot => WatchEventKind::Snapshot,
-        MessageKind::Update => WatchEventKind::Update,
-        MessageKind::Progress => WatchEventKind::Progress,
-    };
-    WatchActiveResponse {
-        kind: kind as i32,
-        revision: message.revision,
-        reset: message.reset,
-        bundles: message.bundles,
-        complete: message.complete,
-    }
-}
-
 fn as_of(value: Option<proto::get_active_request::AsOf>) -> crate::domain::Result<Option<AsOf>> {
     use proto::get_active_request::AsOf as Wire;
     Ok(match value {
@@ -122,7 +106,7 @@ fn active_reply(view: ActiveView) -> proto::Bundle {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchActiveResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Send>>;
 
 impl BundleApi {
     /// Opens a watch stream for an admitted caller: refused while this
@@ -154,7 +138,7 @@ impl BundleApi {
         let stream = futures::stream::unfold(Some((subscriber, held)), |state| async move {
             let (mut subscriber, held) = state?;
             match subscriber.next().await {
-                Ok(message) => Some((Ok(watch_response(message)), Some((subscriber, held)))),
+                Ok(message) => Some((Ok(message), Some((subscriber, held)))),
                 Err(Closed { revision, reason }) => {
                     Some((Err(ended(reason, revision).into()), None))
                 }

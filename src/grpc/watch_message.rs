@@ -10,8 +10,6 @@
 //! it is exactly the message `bundle_service.proto` declares; `build.rs`
 //! maps the protobuf name to this type, so clients decode it with prost.
 
-use std::fmt;
-
 use prost::{
     DecodeError, Message,
     bytes::{Buf, BufMut, Bytes, BytesMut},
@@ -22,26 +20,16 @@ use prost::{
 };
 
 use super::proto::{Bundle, WatchEventKind};
+use crate::watch::{MessageKind, WatchMessage};
 
-/// One message of a watch stream.
-#[derive(Clone, Default, PartialEq)]
-pub struct WatchActiveResponse {
-    /// `WatchEventKind` as its number.
-    pub kind: i32,
-    /// The server's revision once this message is applied.
-    pub revision: u64,
-    /// On a snapshot: the client must drop what it held.
-    pub reset: bool,
-    /// Each element is one encoded `policyhub.v1.Bundle`.
-    pub bundles: Vec<Bytes>,
-    /// False when more parts of the same revision follow.
-    pub complete: bool,
-}
+/// The message of a watch stream: the watch produces it as it goes on the
+/// wire, and this module encodes it.
+pub type WatchActiveResponse = WatchMessage;
 
-impl WatchActiveResponse {
-    /// The message kind.
+impl WatchMessage {
+    /// The message kind, as the protocol names it.
     pub fn kind(&self) -> WatchEventKind {
-        WatchEventKind::try_from(self.kind).unwrap_or(WatchEventKind::Unspecified)
+        WatchEventKind::try_from(self.kind as i32).unwrap_or(WatchEventKind::Unspecified)
     }
 
     /// The bundles, decoded.
@@ -53,23 +41,11 @@ impl WatchActiveResponse {
     }
 }
 
-impl fmt::Debug for WatchActiveResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WatchActiveResponse")
-            .field("kind", &self.kind())
-            .field("revision", &self.revision)
-            .field("reset", &self.reset)
-            .field("bundles", &self.bundles.len())
-            .field("complete", &self.complete)
-            .finish()
-    }
-}
-
-impl WatchActiveResponse {
+impl WatchMessage {
     /// The fields written before the bundles.
     fn encode_head(&self, buf: &mut impl BufMut) {
-        if self.kind != 0 {
-            int32::encode(1, &self.kind, buf);
+        if self.kind != MessageKind::Unspecified {
+            int32::encode(1, &(self.kind as i32), buf);
         }
         if self.revision != 0 {
             uint64::encode(2, &self.revision, buf);
@@ -157,7 +133,7 @@ impl Iterator for GrpcFrame {
     }
 }
 
-impl Message for WatchActiveResponse {
+impl Message for WatchMessage {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         self.encode_head(buf);
         for bundle in &self.bundles {
@@ -174,7 +150,13 @@ impl Message for WatchActiveResponse {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            1 => int32::merge(wire_type, &mut self.kind, buf, ctx),
+            1 => {
+                let mut number = 0;
+                int32::merge(wire_type, &mut number, buf, ctx)?;
+                // A kind newer than this code reads as unspecified.
+                self.kind = MessageKind::from_wire(number).unwrap_or_default();
+                Ok(())
+            }
             2 => uint64::merge(wire_type, &mut self.revision, buf, ctx),
             3 => boolean::merge(wire_type, &mut self.reset, buf, ctx),
             4 => {
@@ -190,8 +172,8 @@ impl Message for WatchActiveResponse {
 
     fn encoded_len(&self) -> usize {
         let mut length = 0;
-        if self.kind != 0 {
-            length += int32::encoded_len(1, &self.kind);
+        if self.kind != MessageKind::Unspecified {
+            length += int32::encoded_len(1, &(self.kind as i32));
         }
         if self.revision != 0 {
             length += uint64::encoded_len(2, &self.revision);
@@ -211,7 +193,7 @@ impl Message for WatchActiveResponse {
     }
 
     fn clear(&mut self) {
-        *self = WatchActiveResponse::default();
+        *self = WatchMessage::default();
     }
 }
 
@@ -261,7 +243,7 @@ mod tests {
             complete: true,
         };
         let hand_written = WatchActiveResponse {
-            kind: WatchEventKind::Update as i32,
+            kind: MessageKind::Update,
             revision: 9,
             reset: true,
             bundles: bundles
@@ -279,7 +261,7 @@ mod tests {
 
     fn message_with(bundles: Vec<Bytes>, complete: bool) -> WatchActiveResponse {
         WatchActiveResponse {
-            kind: WatchEventKind::Snapshot as i32,
+            kind: MessageKind::Snapshot,
             revision: 300,
             reset: false,
             bundles,

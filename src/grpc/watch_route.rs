@@ -221,7 +221,7 @@ mod tests {
 
     fn message(bundles: Vec<Bytes>) -> WatchActiveResponse {
         WatchActiveResponse {
-            kind: proto::WatchEventKind::Snapshot as i32,
+            kind: crate::watch::MessageKind::Snapshot,
             revision: 7,
             reset: false,
             bundles,

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 
 use crate::domain::{
-    ActivateCommand, ActivationOutcome, ActiveRelease, DiscardCommand, DraftCommand, DraftOutcome,
-    EventKind, ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicySummary,
-    Publication, PublishCommand, PublishOutcome, PublishPlan, RequestContext, Result,
-    RollbackCommand, SchemaViolation, SetSchemaCommand, VersionRecord, VersionSelector,
-    VersionState, ensure_acyclic, ensure_met, ensure_satisfiable, lifecycle,
+    ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, EventKind,
+    ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicySummary, Publication,
+    PublishCommand, PublishOutcome, PublishPlan, RequestContext, Result, RollbackCommand,
+    SchemaViolation, SetSchemaCommand, VersionRecord, VersionSelector, VersionState,
+    ensure_acyclic, ensure_met_after, ensure_satisfiable, lifecycle,
 };
 use crate::signing;
 use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
@@ -96,7 +96,8 @@ impl PolicyHub {
         self.repository
             .write("discard_draft", async |tx| {
                 let policy = tx.lock_policy(&command.policy).await?;
-                let draft = tx.target_draft(&policy, command.version, "discard").await?;
+                let found = tx.named_or_open_draft(&policy, command.version).await?;
+                let draft = lifecycle::ensure_draft(&command.policy, found, "discard")?;
                 lifecycle::ensure_transition(&draft.record, VersionState::Discarded, "discard")?;
                 let discarded = tx
                     .finish_draft(draft, VersionState::Discarded, None)
@@ -128,7 +129,8 @@ impl PolicyHub {
                     tx.lock_namespaces([&command.policy.namespace]).await?;
                 }
                 let policy = tx.lock_policy(&command.policy).await?;
-                let draft = tx.target_draft(&policy, command.version, "publish").await?;
+                let found = tx.named_or_open_draft(&policy, command.version).await?;
+                let draft = lifecycle::ensure_draft(&command.policy, found, "publish")?;
                 let released = match &command.label {
                     Some(label) => tx
                         .find_version(&policy, &VersionSelector::Label(label.clone()))
@@ -178,24 +180,11 @@ impl PolicyHub {
                     }
                 };
                 let activation = if command.activate {
-                    let change = PointerChange {
-                        policy: &policy.state,
-                        target: &version,
-                        expected: command.expected_active_version,
-                    };
-                    let plan = lifecycle::plan_activation(EventKind::Activated, &[change])?;
-                    let changes = [(&policy, &version)];
-                    ensure_requirements(tx, &changes).await?;
-                    Some(
-                        tx.move_pointers(
-                            context,
-                            EventKind::Activated,
-                            &command.reason,
-                            &changes,
-                            plan,
-                        )
-                        .await?,
-                    )
+                    let expected = [command.expected_active_version].into_iter();
+                    let (policies, versions) = ([policy], [version.clone()]);
+                    let reason = &command.reason;
+                    let kind = EventKind::Activated;
+                    Some(move_to(tx, context, kind, reason, &policies, &versions, expected).await?)
                 } else {
                     None
                 };
@@ -365,27 +354,12 @@ pub(super) async fn ensure_requirements(
         .map(|(_, version)| &version.policy.namespace)
         .collect();
     for namespace in namespaces {
-        let mut after = tx.active_releases(namespace).await?;
-        let mut changed = BTreeSet::new();
-        for (_, version) in changes {
-            if &version.policy.namespace != namespace {
-                continue;
-            }
-            changed.insert(&version.policy.name);
-            let release = ActiveRelease {
-                version: version.version,
-                label: version.label.clone(),
-                requirements: version.requirements.clone(),
-            };
-            after.insert(version.policy.name.clone(), release);
-        }
-        if after
-            .values()
-            .all(|release| release.requirements.is_empty())
-        {
-            continue;
-        }
-        ensure_met(namespace, &after, &changed)?;
+        let targets: Vec<&VersionRecord> = changes
+            .iter()
+            .map(|(_, version)| *version)
+            .filter(|version| &version.policy.namespace == namespace)
+            .collect();
+        ensure_met_after(namespace, tx.active_releases(namespace).await?, &targets)?;
     }
     Ok(())
 }

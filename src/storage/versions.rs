@@ -95,21 +95,19 @@ impl Transaction {
             .transpose()
     }
 
-    /// The draft a request names, or the open draft.
-    pub async fn target_draft(
+    /// The version a request names (NOT_FOUND when there is none), or
+    /// the open draft, if any.
+    pub async fn named_or_open_draft(
         &self,
         policy: &LockedPolicy,
         version: Option<u32>,
-        operation: &str,
-    ) -> Result<StoredVersion> {
+    ) -> Result<Option<StoredVersion>> {
         match version {
-            Some(number) => self.version(policy, &VersionSelector::Number(number)).await,
-            None => self.open_draft(policy).await?.ok_or_else(|| {
-                Error::precondition(format!(
-                    "{} has no open draft to {operation}",
-                    policy.state.policy
-                ))
-            }),
+            Some(number) => Ok(Some(
+                self.version(policy, &VersionSelector::Number(number))
+                    .await?,
+            )),
+            None => self.open_draft(policy).await,
         }
     }
 

@@ -9,19 +9,39 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{Ending, MAX_PART_BYTES, Selector, Snapshot};
 
-/// What a watch message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a watch message carries, numbered as `policyhub.v1.WatchEventKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(i32)]
 pub enum MessageKind {
+    /// Never sent: what a message that names no kind decodes to.
+    #[default]
+    Unspecified = 0,
     /// Every matching active bundle; replaces what the client held.
-    Snapshot,
+    Snapshot = 1,
     /// The bundles that moved since the previous message.
-    Update,
+    Update = 2,
     /// Nothing moved; the server is at this revision.
-    Progress,
+    Progress = 3,
 }
 
-/// One message for a subscriber.
-#[derive(Debug, Clone, PartialEq)]
+impl MessageKind {
+    /// The kind numbered `number` on the wire.
+    pub fn from_wire(number: i32) -> Option<Self> {
+        [
+            MessageKind::Unspecified,
+            MessageKind::Snapshot,
+            MessageKind::Update,
+            MessageKind::Progress,
+        ]
+        .into_iter()
+        .find(|kind| *kind as i32 == number)
+    }
+}
+
+/// One message of a watch stream, as it goes on the wire: it is the
+/// `policyhub.v1.WatchActiveResponse` the transport writes (its encoding is
+/// `grpc::watch_message`), so nothing is converted or copied per message.
+#[derive(Clone, PartialEq, Default)]
 pub struct WatchMessage {
     /// What it carries.
     pub kind: MessageKind,
@@ -33,6 +53,19 @@ pub struct WatchMessage {
     pub bundles: Vec<Bytes>,
     /// False when more parts of the same revision follow.
     pub complete: bool,
+}
+
+impl std::fmt::Debug for WatchMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bundles are counted, not printed: they may be megabytes.
+        f.debug_struct("WatchMessage")
+            .field("kind", &self.kind)
+            .field("revision", &self.revision)
+            .field("reset", &self.reset)
+            .field("bundles", &self.bundles.len())
+            .field("complete", &self.complete)
+            .finish()
+    }
 }
 
 impl WatchMessage {
