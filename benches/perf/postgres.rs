@@ -20,12 +20,11 @@ use policyhub::grpc::{
     proto::{self, policy_service_client::PolicyServiceClient},
 };
 use sea_orm::{ConnectionTrait, Database};
-use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::{
     Outcome, Row, Settings, Unit,
-    support::{Options, Policyhub, free_port},
+    support::{Options, Policyhub, activation_rate, free_port},
 };
 
 const CONCURRENT_CALLERS: usize = 16;
@@ -163,46 +162,6 @@ async fn seed(
     Ok(())
 }
 
-/// Activate calls per second, caller `k` moving `targets[k]` (namespace,
-/// name) between versions 1 and 2.
-async fn activations(
-    policies: &PolicyServiceClient<Channel>,
-    targets: &[(String, String)],
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (namespace, name) in targets {
-        let (namespace, name) = (namespace.clone(), name.clone());
-        let mut client = policies.clone();
-        tasks.spawn(async move {
-            let mut done = 0u64;
-            let mut version = 2;
-            while start.elapsed() < duration {
-                let request = proto::ActivateRequest {
-                    targets: vec![proto::ActivationTarget {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        selector: Some(proto::activation_target::Selector::Version(version)),
-                        expected_active_version: None,
-                    }],
-                    reason: "benchmark".into(),
-                    idempotency_key: String::new(),
-                };
-                client.activate(request).await?;
-                version = 3 - version;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        });
-    }
-    let mut total = 0;
-    while let Some(result) = tasks.join_next().await {
-        total += result??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
-
 pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let duration = Duration::from_secs(settings.size(2, 5));
     let cluster = Cluster::start()?;
@@ -221,15 +180,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         seed(&mut policies, namespace, name).await?;
     }
     // Warm up the server's pool and the cluster's caches.
-    activations(&policies, &shared[..1], Duration::from_millis(300)).await?;
+    activation_rate(&policyhub, &shared[..1], Duration::from_millis(300)).await?;
 
     let (mut sequential, mut raw) = (Vec::new(), Vec::new());
     let (mut together, mut separately) = (Vec::new(), Vec::new());
     for repeat in 1..=settings.repeats {
-        let ours = activations(&policies, &shared[..1], duration).await?;
+        let ours = activation_rate(&policyhub, &shared[..1], duration).await?;
         let theirs = raw_commits(&url, duration).await?;
-        let one_namespace = activations(&policies, &shared, duration).await?;
-        let namespaces = activations(&policies, &apart, duration).await?;
+        let one_namespace = activation_rate(&policyhub, &shared, duration).await?;
+        let namespaces = activation_rate(&policyhub, &apart, duration).await?;
         println!(
             "  repeat {repeat}: Activate {ours:.0}/s sequential; raw {theirs:.0} commits/s; \
              {CONCURRENT_CALLERS} callers {one_namespace:.0}/s in one namespace, \

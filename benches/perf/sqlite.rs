@@ -15,11 +15,10 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::task::JoinSet;
 
 use crate::{
     Outcome, Row, Settings, Target, Unit,
-    support::{Options, POLICY, Policyhub, activate},
+    support::{NAMESPACE, Options, POLICY, Policyhub, activation_rate},
 };
 
 /// The floor on sequential Activate against raw commits.
@@ -57,60 +56,29 @@ fn raw_commits(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
     Ok(done as f64 / elapsed.as_secs_f64())
 }
 
-/// Activate calls per second with `callers` callers, caller `k` moving
-/// policy `names[k]` between versions 1 and 2.
-async fn activations(
-    policyhub: &Policyhub,
-    names: &[String],
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for name in names {
-        let mut client = policyhub.policies.clone();
-        let token = policyhub.token();
-        let name = name.clone();
-        tasks.spawn(async move {
-            let mut done = 0u64;
-            // Version 1 is active: start with 2.
-            let mut version = 2;
-            while start.elapsed() < duration {
-                activate(&mut client, token.as_ref(), &name, version, "benchmark").await?;
-                version = 3 - version;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        });
-    }
-    let mut total = 0;
-    while let Some(result) = tasks.join_next().await {
-        total += result??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
-
 pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let duration = Duration::from_secs(settings.size(2, 5));
     let mut policyhub = Policyhub::start(Options::default()).await?;
-    let concurrent: Vec<String> = (0..CONCURRENT_CALLERS)
-        .map(|n| format!("{POLICY}-{n}"))
+    let concurrent: Vec<(String, String)> = (0..CONCURRENT_CALLERS)
+        .map(|n| (NAMESPACE.to_owned(), format!("{POLICY}-{n}")))
         .collect();
+    let sequential_target = [(NAMESPACE.to_owned(), POLICY.to_owned())];
     policyhub.publish_policy(POLICY, 2, 0).await?;
-    for name in &concurrent {
+    for (_, name) in &concurrent {
         policyhub.publish_policy(name, 2, 0).await?;
     }
     let dir = policyhub.data_dir.clone();
     // Warm both up: the first commits of a fresh WAL file cost more.
-    activations(&policyhub, &[POLICY.into()], Duration::from_millis(300)).await?;
+    activation_rate(&policyhub, &sequential_target, Duration::from_millis(300)).await?;
 
     let (mut sequential, mut parallel, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for repeat in 1..=settings.repeats {
-        let ours = activations(&policyhub, &[POLICY.into()], duration).await?;
+        let ours = activation_rate(&policyhub, &sequential_target, duration).await?;
         let dir_for_raw = dir.clone();
         let theirs = tokio::task::spawn_blocking(move || raw_commits(&dir_for_raw, duration))
             .await?
             .context("raw SQLite commits")?;
-        let together = activations(&policyhub, &concurrent, duration).await?;
+        let together = activation_rate(&policyhub, &concurrent, duration).await?;
         println!(
             "  repeat {repeat}: Activate {ours:.0}/s sequential, {together:.0}/s with \
              {CONCURRENT_CALLERS} callers; raw SQLite {theirs:.0} commits/s"

@@ -124,11 +124,23 @@ pub async fn activate(
     version: u32,
     reason: &str,
 ) -> anyhow::Result<u64> {
+    activate_in(policies, token, NAMESPACE, name, version, reason).await
+}
+
+/// [`activate`] of a policy of any namespace.
+pub async fn activate_in(
+    policies: &mut PolicyServiceClient<Channel>,
+    token: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    namespace: &str,
+    name: &str,
+    version: u32,
+    reason: &str,
+) -> anyhow::Result<u64> {
     let request = authorized(
         token,
         proto::ActivateRequest {
             targets: vec![proto::ActivationTarget {
-                namespace: NAMESPACE.into(),
+                namespace: namespace.into(),
                 name: name.into(),
                 selector: Some(proto::activation_target::Selector::Version(version)),
                 expected_active_version: None,
@@ -138,6 +150,39 @@ pub async fn activate(
         },
     );
     Ok(policies.activate(request).await?.into_inner().revision)
+}
+
+/// Activate calls per second for `duration`, caller `k` moving
+/// `targets[k]` (namespace, name) between versions 1 and 2, version 1
+/// active at the start, so that every call commits a change.
+pub async fn activation_rate(
+    policyhub: &Policyhub,
+    targets: &[(String, String)],
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (namespace, name) in targets {
+        let (namespace, name) = (namespace.clone(), name.clone());
+        let mut client = policyhub.policies.clone();
+        let token = policyhub.token();
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            let mut version = 2;
+            while start.elapsed() < duration {
+                let token = token.as_ref();
+                activate_in(&mut client, token, &namespace, &name, version, "benchmark").await?;
+                version = 3 - version;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let mut total = 0;
+    while let Some(result) = tasks.join_next().await {
+        total += result??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
 /// `message` as a request, with `token` as its bearer token when given.

@@ -391,6 +391,48 @@ where
     (first.await.unwrap(), second.await.unwrap())
 }
 
+/// An Activate of `namespace`/`name` version `version` on `replica`, by
+/// the admin.
+fn activate_on(
+    race: &Race,
+    replica: usize,
+    namespace: &str,
+    name: &str,
+    version: u32,
+) -> impl Future<Output = Result<proto::ActivateResponse, Status>> + Send + 'static {
+    call!(
+        race,
+        replica,
+        activate,
+        activate_request(namespace, name, version),
+        &race.admin
+    )
+}
+
+/// Releases two calls that each keep requirements met alone but not
+/// together, and asserts what serial execution allows: one wins, the other
+/// is refused for REQUIREMENTS, and the stored active set of `namespace`
+/// meets every requirement. Whether the second won.
+async fn requirement_race<A, B, T, U>(
+    race: &Race,
+    round: usize,
+    namespace: &str,
+    first: A,
+    second: B,
+) -> bool
+where
+    A: Future<Output = Result<T, Status>> + Send + 'static,
+    B: Future<Output = Result<U, Status>> + Send + 'static,
+    T: std::fmt::Debug + Send + 'static,
+    U: std::fmt::Debug + Send + 'static,
+{
+    let (first, second) = at_once(first, second).await;
+    let winner = one_wins(round, &first, &second, "REQUIREMENTS");
+    let unmet = race.unmet_requirements(namespace).await;
+    assert_eq!(unmet, Vec::<String>::new(), "round {round}");
+    winner == 1
+}
+
 /// The rule a FAILED_PRECONDITION names.
 fn rule(status: &Status) -> String {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -474,26 +516,9 @@ async fn activations_that_break_a_requirement_together_are_judged_in_turn(race: 
     for round in 0..ROUNDS {
         let namespace = format!("activate-{round}");
         seed_pair(&race, &namespace, "^1", false).await;
-        let x = call!(
-            race,
-            0,
-            activate,
-            activate_request(&namespace, "x", 2),
-            &race.admin
-        );
-        let y = call!(
-            race,
-            1,
-            activate,
-            activate_request(&namespace, "y", 2),
-            &race.admin
-        );
-        let (x, y) = at_once(x, y).await;
-        one_wins(round, &x, &y, "REQUIREMENTS");
-        assert_eq!(
-            race.unmet_requirements(&namespace).await,
-            Vec::<String>::new()
-        );
+        let x = activate_on(&race, 0, &namespace, "x", 2);
+        let y = activate_on(&race, 1, &namespace, "y", 2);
+        requirement_race(&race, round, &namespace, x, y).await;
     }
 }
 
@@ -507,13 +532,7 @@ async fn publish_and_activate_racing_an_activation_keeps_requirements_met(race: 
         race.draft(0, &namespace, "y", &[("x", "^1")])
             .await
             .expect("draft");
-        let x = call!(
-            race,
-            0,
-            activate,
-            activate_request(&namespace, "x", 2),
-            &race.admin
-        );
+        let x = activate_on(&race, 0, &namespace, "x", 2);
         let y = call!(
             race,
             1,
@@ -521,19 +540,14 @@ async fn publish_and_activate_racing_an_activation_keeps_requirements_met(race: 
             publish_request(&namespace, "y", "2.0.0", true),
             &race.admin
         );
-        let (x, y) = at_once(x, y).await;
-        one_wins(round, &x, &y, "REQUIREMENTS");
-        assert_eq!(
-            race.unmet_requirements(&namespace).await,
-            Vec::<String>::new()
-        );
+        let published_won = requirement_race(&race, round, &namespace, x, y).await;
         let published = race
             .stored(&format!(
                 "SELECT v.state AS line FROM versions v JOIN policies p ON p.id = v.policy_id \
                  WHERE p.namespace = '{namespace}' AND p.name = 'y' AND v.version = 2"
             ))
             .await;
-        let expected = if y.is_ok() { "PUBLISHED" } else { "DRAFT" };
+        let expected = if published_won { "PUBLISHED" } else { "DRAFT" };
         assert_eq!(
             published,
             [expected],
@@ -555,19 +569,8 @@ async fn a_rollback_racing_an_activation_keeps_requirements_met(race: Race) {
             ..Default::default()
         };
         let x = call!(race, 0, rollback, rollback, &race.admin);
-        let y = call!(
-            race,
-            1,
-            activate,
-            activate_request(&namespace, "y", 2),
-            &race.admin
-        );
-        let (x, y) = at_once(x, y).await;
-        one_wins(round, &x, &y, "REQUIREMENTS");
-        assert_eq!(
-            race.unmet_requirements(&namespace).await,
-            Vec::<String>::new()
-        );
+        let y = activate_on(&race, 1, &namespace, "y", 2);
+        requirement_race(&race, round, &namespace, x, y).await;
     }
 }
 
@@ -578,13 +581,7 @@ async fn a_rollout_start_racing_an_activation_is_judged_on_the_state_it_follows(
     for round in 0..ROUNDS {
         let namespace = format!("start-{round}");
         seed_pair(&race, &namespace, "^1", false).await;
-        let x = call!(
-            race,
-            0,
-            activate,
-            activate_request(&namespace, "x", 2),
-            &race.admin
-        );
+        let x = activate_on(&race, 0, &namespace, "x", 2);
         let y = call!(
             race,
             1,
@@ -614,13 +611,7 @@ async fn a_rollout_completion_racing_an_activation_keeps_requirements_met(race: 
         let namespace = format!("complete-{round}");
         seed_pair(&race, &namespace, "^1", false).await;
         let rollout = race.start_rollout(&namespace, "y", 2).await.expect("start");
-        let x = call!(
-            race,
-            0,
-            activate,
-            activate_request(&namespace, "x", 2),
-            &race.admin
-        );
+        let x = activate_on(&race, 0, &namespace, "x", 2);
         let y = call!(
             race,
             1,
@@ -628,12 +619,7 @@ async fn a_rollout_completion_racing_an_activation_keeps_requirements_met(race: 
             control_request(&namespace, &rollout.id),
             &race.admin
         );
-        let (x, y) = at_once(x, y).await;
-        one_wins(round, &x, &y, "REQUIREMENTS");
-        assert_eq!(
-            race.unmet_requirements(&namespace).await,
-            Vec::<String>::new()
-        );
+        requirement_race(&race, round, &namespace, x, y).await;
     }
 }
 
@@ -695,13 +681,7 @@ async fn a_rollout_and_an_activation_of_one_policy_never_both_hold_it(race: Race
             start_request(&namespace, "p", 2),
             &race.admin
         );
-        let activate = call!(
-            race,
-            1,
-            activate,
-            activate_request(&namespace, "p", 3),
-            &race.admin
-        );
+        let activate = activate_on(&race, 1, &namespace, "p", 3);
         let (start, activate) = at_once(start, activate).await;
         let rollout = start.expect("a free policy's rollout starts");
         match activate {
@@ -843,13 +823,7 @@ async fn a_schema_set_racing_an_activation_never_leaves_an_unreported_violation(
             },
             &race.admin
         );
-        let activate = call!(
-            race,
-            1,
-            activate,
-            activate_request(&namespace, "p", 2),
-            &race.admin
-        );
+        let activate = activate_on(&race, 1, &namespace, "p", 2);
         let (set, activate) = at_once(set, activate).await;
         let set = set.expect("a schema is always set");
         match activate {
