@@ -125,6 +125,10 @@ pub struct RollbackArgs {
     /// Only if this version is active now.
     #[arg(long)]
     expected_active_version: Option<u32>,
+    /// Copy the target forward as a new version (re-validated against the
+    /// current schema, signed, activated) instead of moving the pointer back.
+    #[arg(long)]
+    restore: bool,
 }
 
 /// The failure of a reply that holds no version.
@@ -355,11 +359,20 @@ pub async fn rollback(
             to_version: args.to_version,
             reason: args.reason,
             expected_active_version: args.expected_active_version,
+            restore: args.restore,
         })
         .await
         .reply(format!("rolling back {}", args.policy))?;
     match output {
         Output::Json => print_message(&rolled_back),
+        Output::Table if rolled_back.restored_from != 0 => println!(
+            "restored {} version {} as version {} (was version {}) at revision {}",
+            args.policy,
+            rolled_back.restored_from,
+            rolled_back.version,
+            rolled_back.previous_version,
+            rolled_back.revision
+        ),
         Output::Table => println!(
             "rolled back {} to version {} (was version {}) at revision {}",
             args.policy, rolled_back.version, rolled_back.previous_version, rolled_back.revision

@@ -155,6 +155,9 @@ pub struct RollbackCommand {
     pub reason: String,
     /// Compare-and-swap on the active version.
     pub expected_active_version: ExpectedActive,
+    /// Copy the target forward as a new version instead of moving the
+    /// pointer back to it.
+    pub restore: bool,
 }
 
 /// Set or remove a policy's schema.

@@ -53,7 +53,9 @@ pub(super) fn activate(outcome: &ActivationOutcome) -> proto::ActivateResponse {
     }
 }
 
-pub(super) fn rollback(outcome: &ActivationOutcome) -> Result<proto::RollbackResponse> {
+pub(super) fn rollback(
+    (outcome, restored_from): &(ActivationOutcome, Option<u32>),
+) -> Result<proto::RollbackResponse> {
     let activation = outcome
         .activations
         .first()
@@ -62,6 +64,7 @@ pub(super) fn rollback(outcome: &ActivationOutcome) -> Result<proto::RollbackRes
         revision: outcome.revision,
         version: activation.version,
         previous_version: activation.previous_version.unwrap_or(0),
+        restored_from: restored_from.unwrap_or(0),
     })
 }
 

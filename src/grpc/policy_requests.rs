@@ -174,6 +174,7 @@ pub(super) fn rollback_command(
         to_version: request.to_version,
         reason: limits.text("reason", request.reason)?,
         expected_active_version: ExpectedActive::from_wire(request.expected_active_version),
+        restore: request.restore,
     })
 }
 

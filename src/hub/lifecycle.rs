@@ -5,14 +5,14 @@
 use std::collections::BTreeSet;
 
 use crate::domain::{
-    ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, EventKind,
-    ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicySummary, Publication,
-    PublishCommand, PublishOutcome, PublishPlan, RequestContext, Result, RollbackCommand,
-    SchemaViolation, SetSchemaCommand, VersionRecord, VersionSelector, VersionState,
-    ensure_acyclic, ensure_met_after, ensure_satisfiable, lifecycle,
+    ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, Error,
+    EventKind, ExpectedActive, IdempotencyKey, Label, Namespace, PointerChange, PolicyBody,
+    PolicySummary, Publication, PublishCommand, PublishOutcome, PublishPlan, RequestContext,
+    Requirement, Result, RollbackCommand, SchemaViolation, SetSchemaCommand, VersionRecord,
+    VersionSelector, VersionState, ensure_acyclic, ensure_met_after, ensure_satisfiable, lifecycle,
 };
-use crate::signing;
-use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
+use crate::signing::{self, SigningKey};
+use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, StoredVersion, Transaction};
 
 use super::PolicyHub;
 
@@ -39,49 +39,16 @@ impl PolicyHub {
                     let graph = tx.requirement_graph(&command.policy.namespace).await?;
                     ensure_acyclic(&command.policy.name, &command.requirements, &graph)?;
                 }
-                let next = lifecycle::next_version(tx.latest_version(&policy).await?);
-                let superseded = match tx.open_draft(&policy).await? {
-                    Some(open) => {
-                        let open = tx
-                            .finish_draft(open, VersionState::Superseded, None)
-                            .await?;
-                        let event = NewEvent {
-                            previous_version: Some(open.version),
-                            new_version: Some(next),
-                            ..NewEvent::new(
-                                EventKind::DraftSuperseded,
-                                "superseded by a newer draft",
-                            )
-                        };
-                        tx.record_event(context, Some(&policy), event).await?;
-                        Some(open.version)
-                    }
-                    None => None,
-                };
-                let draft = VersionRecord {
-                    policy: command.policy,
-                    version: next,
-                    state: VersionState::Draft,
-                    body: command.body,
-                    label: None,
-                    change_notes: command.change_notes,
-                    created_by: context.actor.clone(),
-                    created_at: tx.at(),
-                    publication: None,
-                    active: false,
-                    requirements: command.requirements,
-                };
-                tx.insert_draft(&policy, &draft).await?;
-                let event = NewEvent {
-                    previous_version: superseded,
-                    new_version: Some(next),
-                    ..NewEvent::new(EventKind::DraftCreated, &draft.change_notes)
-                };
-                tx.record_event(context, Some(&policy), event).await?;
-                Ok(DraftOutcome {
-                    version: draft,
-                    superseded_version: superseded,
-                })
+                let notes = command.change_notes;
+                new_draft(
+                    tx,
+                    context,
+                    &policy,
+                    command.body,
+                    notes,
+                    command.requirements,
+                )
+                .await
             })
             .await
     }
@@ -147,35 +114,12 @@ impl PolicyHub {
                 let (version, already_published) = match plan {
                     PublishPlan::AlreadyReleased(released) => (*released, true),
                     PublishPlan::Release => {
-                        let requirements = &draft.record.requirements;
-                        let namespace = &command.policy.namespace;
-                        let published = tx.published_labels(namespace, requirements).await?;
-                        ensure_satisfiable(requirements, &published)?;
-                        let claims = signing::claims_for(
-                            &self.bundle_issuer,
-                            &command.policy.to_string(),
-                            draft.record.version,
-                            command.label.as_ref().map(ToString::to_string),
-                            &draft.record.body,
-                            requirements,
-                            tx.at(),
-                        );
-                        let publication = Publication {
-                            published_by: context.actor.clone(),
-                            published_at: tx.at(),
-                            jws: keys.signer.sign(&claims)?,
-                            key_id: keys.signer.key_id().to_owned(),
-                        };
-                        let event = NewEvent {
-                            new_version: Some(draft.record.version),
-                            key_id: Some(publication.key_id.clone()),
-                            ..NewEvent::new(EventKind::Published, &command.reason)
-                        };
-                        let release = Some((publication, command.label.clone()));
-                        let published = tx
-                            .finish_draft(draft, VersionState::Published, release)
+                        let label = command.label.clone();
+                        let reason = &command.reason;
+                        let signer = &keys.signer;
+                        let published = self
+                            .release(tx, context, signer, &policy, draft, label, reason)
                             .await?;
-                        tx.record_event(context, Some(&policy), event).await?;
                         (published, false)
                     }
                 };
@@ -248,11 +192,17 @@ impl PolicyHub {
 
     /// Returns the pointer to an older published version.
     #[tracing::instrument(name = "hub.rollback", skip_all)]
+    ///
+    /// With `restore`, the target is copied forward instead (a new version
+    /// with its body and requirements, validated against today's schema,
+    /// signed and activated, its change notes naming the source), and the
+    /// version it was restored from comes back beside the activation.
     pub async fn rollback(
         &self,
         command: RollbackCommand,
         context: &RequestContext,
-    ) -> Result<ActivationOutcome> {
+    ) -> Result<(ActivationOutcome, Option<u32>)> {
+        let keys = self.keys();
         let outcome = self
             .repository
             .write("rollback", async |tx| {
@@ -265,25 +215,69 @@ impl PolicyHub {
                     tx.previously_active(&policy).await?,
                     command.to_version,
                 )?;
-                let version = tx
+                let mut version = tx
                     .version(&policy, &VersionSelector::Number(target))
                     .await?
                     .record;
+                let mut reason = command.reason.clone();
+                if command.restore {
+                    let signer = &keys.signer;
+                    version = self
+                        .restore(tx, context, signer, &policy, version, &command.reason)
+                        .await?;
+                    reason = format!(
+                        "restored version {target} as version {}: {reason}",
+                        version.version
+                    );
+                }
                 let expected = [command.expected_active_version].into_iter();
-                move_to(
-                    tx,
-                    context,
-                    EventKind::RolledBack,
-                    &command.reason,
-                    &[policy],
-                    &[version],
-                    expected,
-                )
-                .await
+                let kind = EventKind::RolledBack;
+                let (policies, versions) = ([policy], [version]);
+                let activation =
+                    move_to(tx, context, kind, &reason, &policies, &versions, expected).await?;
+                Ok((activation, command.restore.then_some(target)))
             })
             .await?;
-        self.activated(&outcome).await;
+        self.activated(&outcome.0).await;
         Ok(outcome)
+    }
+
+    /// Copies published `source` forward as the policy's next version: its
+    /// body and requirements, validated against today's schema, signed and
+    /// published; the change notes name the source.
+    async fn restore(
+        &self,
+        tx: &Transaction,
+        context: &RequestContext,
+        signer: &SigningKey,
+        policy: &LockedPolicy,
+        source: VersionRecord,
+        reason: &str,
+    ) -> Result<VersionRecord> {
+        let from = source.version;
+        if source.publication.is_none() {
+            return Err(Error::precondition(format!(
+                "cannot restore version {from} of {}: it was never published",
+                source.policy
+            )));
+        }
+        let notes = format!("Restored from version {from}: {reason}");
+        let drafted = new_draft(tx, context, policy, source.body, notes, source.requirements)
+            .await?
+            .version;
+        let draft = tx
+            .version(policy, &VersionSelector::Number(drafted.version))
+            .await?;
+        if let PublishPlan::AlreadyReleased(_) =
+            lifecycle::plan_publish(&policy.state, &draft.record, None, None)?
+        {
+            return Err(Error::Internal(
+                "a restored version was already released".into(),
+            ));
+        }
+        let reason = format!("restored from version {from}");
+        self.release(tx, context, signer, policy, draft, None, &reason)
+            .await
     }
 
     /// Sets or removes a schema; reports how the active version fares.
@@ -312,6 +306,105 @@ impl PolicyHub {
             })
             .await
     }
+}
+
+impl PolicyHub {
+    /// Signs `draft`, which the domain planned to release, and stores it as
+    /// PUBLISHED under `label`, with its event; refused when nothing
+    /// published meets one of its requirements.
+    #[allow(clippy::too_many_arguments)]
+    async fn release(
+        &self,
+        tx: &Transaction,
+        context: &RequestContext,
+        signer: &SigningKey,
+        policy: &LockedPolicy,
+        draft: StoredVersion,
+        label: Option<Label>,
+        reason: &str,
+    ) -> Result<VersionRecord> {
+        let requirements = &draft.record.requirements;
+        let namespace = &policy.state.policy.namespace;
+        let published = tx.published_labels(namespace, requirements).await?;
+        ensure_satisfiable(requirements, &published)?;
+        let claims = signing::claims_for(
+            &self.bundle_issuer,
+            &policy.state.policy.to_string(),
+            draft.record.version,
+            label.as_ref().map(ToString::to_string),
+            &draft.record.body,
+            requirements,
+            tx.at(),
+        );
+        let publication = Publication {
+            published_by: context.actor.clone(),
+            published_at: tx.at(),
+            jws: signer.sign(&claims)?,
+            key_id: signer.key_id().to_owned(),
+        };
+        let event = NewEvent {
+            new_version: Some(draft.record.version),
+            key_id: Some(publication.key_id.clone()),
+            ..NewEvent::new(EventKind::Published, reason)
+        };
+        let published = tx
+            .finish_draft(draft, VersionState::Published, Some((publication, label)))
+            .await?;
+        tx.record_event(context, Some(policy), event).await?;
+        Ok(published)
+    }
+}
+
+/// Stores the policy's next draft, superseding the open one, with its
+/// events.
+async fn new_draft(
+    tx: &Transaction,
+    context: &RequestContext,
+    policy: &LockedPolicy,
+    body: PolicyBody,
+    change_notes: String,
+    requirements: Vec<Requirement>,
+) -> Result<DraftOutcome> {
+    let next = lifecycle::next_version(tx.latest_version(policy).await?);
+    let superseded = match tx.open_draft(policy).await? {
+        Some(open) => {
+            let open = tx
+                .finish_draft(open, VersionState::Superseded, None)
+                .await?;
+            let event = NewEvent {
+                previous_version: Some(open.version),
+                new_version: Some(next),
+                ..NewEvent::new(EventKind::DraftSuperseded, "superseded by a newer draft")
+            };
+            tx.record_event(context, Some(policy), event).await?;
+            Some(open.version)
+        }
+        None => None,
+    };
+    let draft = VersionRecord {
+        policy: policy.state.policy.clone(),
+        version: next,
+        state: VersionState::Draft,
+        body,
+        label: None,
+        change_notes,
+        created_by: context.actor.clone(),
+        created_at: tx.at(),
+        publication: None,
+        active: false,
+        requirements,
+    };
+    tx.insert_draft(policy, &draft).await?;
+    let event = NewEvent {
+        previous_version: superseded,
+        new_version: Some(next),
+        ..NewEvent::new(EventKind::DraftCreated, &draft.change_notes)
+    };
+    tx.record_event(context, Some(policy), event).await?;
+    Ok(DraftOutcome {
+        version: draft,
+        superseded_version: superseded,
+    })
 }
 
 /// Plans and writes the moves of `policies` to `versions`, in order.

@@ -326,6 +326,7 @@ async fn malformed_requests_are_invalid_argument(app: TestApp) {
             to_version: None,
             reason: "  ".into(),
             expected_active_version: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(

@@ -1018,3 +1018,34 @@ async fn the_old_keys_commands_still_work_and_name_their_new_names() {
     let rotated = policyhub(&app, &["keys", "rotate", "--reason", "old name"]);
     assert!(rotated.success().contains("replaces"), "{}", rotated.stdout);
 }
+
+/// `policyhub rollback --restore` copies the target forward and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restore_copies_the_target_forward() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "team/limits", "1.0.0", json!({"max": 1}), true);
+    release(&app, "team/limits", "2.0.0", json!({"max": 2}), true);
+    let restore = [
+        "rollback",
+        "team/limits",
+        "--restore",
+        "--reason",
+        "v2 broke",
+    ];
+    let table = policyhub(&app, &restore);
+    assert_eq!(
+        table.success().trim(),
+        "restored team/limits version 1 as version 3 (was version 2) at revision 3"
+    );
+    let mut json_args = restore.to_vec();
+    json_args.extend(["--to-version", "2", "--output", "json"]);
+    let reply = policyhub(&app, &json_args).json();
+    assert_eq!(
+        (
+            &reply["restoredFrom"],
+            &reply["version"],
+            &reply["previousVersion"]
+        ),
+        (&json!(2), &json!(4), &json!(3))
+    );
+}

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     same_label_same_digest_is_success,
     diff_versions_is_an_rfc_6902_patch,
     schema_tightened_blocks_rollback_until_a_new_draft,
+    restore_copies_an_older_version_forward_and_activates_it,
     list_policies_and_versions_page_through_everything,
     list_events_filters_by_kind,
 );
@@ -226,6 +227,7 @@ async fn rollback_leaves_every_version_and_records_who_when_why(app: TestApp) {
             to_version: None,
             reason: "v3 rejects card payments".into(),
             expected_active_version: Some(3),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -275,6 +277,7 @@ async fn rollback_to_a_named_version_and_toggle_back(app: TestApp) {
                     to_version,
                     reason: "test".into(),
                     expected_active_version: None,
+                    ..Default::default()
                 })
                 .await
                 .map(|response| response.into_inner().version)
@@ -490,11 +493,100 @@ async fn schema_tightened_blocks_rollback_until_a_new_draft(app: TestApp) {
             to_version: None,
             reason: "try v1".into(),
             expected_active_version: None,
+            ..Default::default()
         })
         .await;
     let message = expect_code(refused, Code::FailedPrecondition);
     assert!(message.contains("/max"), "{message}");
     assert_eq!(app.db_state().await, before);
+    // Restoring v1 forward is validated against today's schema too: refused
+    // whole, no draft, no version, no event left behind.
+    let refused = app
+        .policy
+        .clone()
+        .rollback(proto::RollbackRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+            reason: "restore v1".into(),
+            restore: true,
+            ..Default::default()
+        })
+        .await;
+    let message = expect_code(refused, Code::FailedPrecondition);
+    assert!(message.contains("/max"), "{message}");
+    assert_eq!(app.db_state().await, before);
+}
+
+/// Restore ("every change is reversible by going forward"): version 1's
+/// body becomes a new version, signed and active; the open draft is
+/// superseded as by any newer version; the change notes and the events name
+/// the source.
+async fn restore_copies_an_older_version_forward_and_activates_it(app: TestApp) {
+    let first = app
+        .release("payments", "limits", json!({"max": 1}), true)
+        .await;
+    app.release("payments", "limits", json!({"max": 2}), true)
+        .await;
+    app.draft("payments", "limits", json!({"max": 3})).await;
+    let restored = app
+        .policy
+        .clone()
+        .rollback(proto::RollbackRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+            to_version: Some(1),
+            reason: "v2 broke checkout".into(),
+            restore: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            restored.restored_from,
+            restored.version,
+            restored.previous_version
+        ),
+        (1, 4, 2)
+    );
+    let active = app.get_active("payments", "limits").await.unwrap();
+    assert_eq!((active.version, active.revision), (4, restored.revision));
+    assert_eq!(active.digest, first.digest, "the same body");
+    assert!(
+        !active.jws.is_empty() && !active.key_id.is_empty(),
+        "signed"
+    );
+    assert_eq!(
+        app.states("payments", "limits").await,
+        [
+            (4, "PUBLISHED"),
+            (3, "SUPERSEDED"),
+            (2, "PUBLISHED"),
+            (1, "PUBLISHED")
+        ]
+    );
+    let versions = app.versions("payments", "limits").await;
+    assert_eq!(
+        versions[0].change_notes,
+        "Restored from version 1: v2 broke checkout"
+    );
+    let events = app.events("payments", "limits").await;
+    let rolled_back = events
+        .iter()
+        .find(|event| event.kind == proto::EventKind::RolledBack as i32)
+        .expect("a ROLLED_BACK event");
+    assert_eq!(
+        (rolled_back.previous_version, rolled_back.new_version),
+        (2, 4)
+    );
+    assert!(
+        rolled_back
+            .reason
+            .starts_with("restored version 1 as version 4: v2 broke checkout"),
+        "{}",
+        rolled_back.reason
+    );
 }
 
 async fn list_policies_and_versions_page_through_everything(app: TestApp) {
