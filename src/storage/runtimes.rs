@@ -158,6 +158,9 @@ impl Repository {
             for (record, flush) in chunk {
                 let key = (record.namespace.as_str().into(), record.id.as_str().into());
                 let combined = match (stored.remove(&key), flush) {
+                    // Another subject claimed the id since (this replica's
+                    // runtime went stale): the claim stands.
+                    (Some(row), Flush::Held) if row.subject != record.subject => continue,
                     (Some(row), Flush::Held) => record.clone().absorbing(&row),
                     (Some(row), Flush::ReportOnly) => row.absorbing(record),
                     (None, Flush::Held) => record.clone(),
@@ -269,5 +272,66 @@ impl Repository {
             .await?
             .map(to_record)
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::runtime::RuntimeId;
+
+    fn record(subject: &str, replica: &str) -> RuntimeRecord {
+        RuntimeRecord {
+            namespace: Namespace::parse("namespace", "team").unwrap(),
+            id: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+            subject: subject.into(),
+            labels: Default::default(),
+            names: Vec::new(),
+            connected: true,
+            replica: replica.into(),
+            last_seen: Utc::now(),
+            applied_revision: 0,
+            policies: Default::default(),
+        }
+    }
+
+    /// A replica whose runtime went stale and was claimed by another
+    /// subject elsewhere does not write its old subject back.
+    #[tokio::test]
+    async fn a_flush_never_undoes_another_subjects_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let db = super::super::connect(&url).await.unwrap();
+        super::super::migrate(&db).await.unwrap();
+        let repository = Repository::new(db);
+        let forget = chrono::TimeDelta::hours(1);
+        let old = record("alice", "replica-a");
+        repository
+            .save_runtimes("replica-a", vec![(old.clone(), Flush::Held)], forget)
+            .await
+            .unwrap();
+        let taken = repository
+            .claim_runtime(&record("bob", "replica-b"), |_, _| false)
+            .await
+            .unwrap();
+        assert_eq!(taken, None, "a stale holder gives the id up");
+        repository
+            .save_runtimes("replica-a", vec![(old, Flush::Held)], forget)
+            .await
+            .unwrap();
+        let team = Namespace::parse("namespace", "team").unwrap();
+        let id = RuntimeId::parse("runtime.id", "rt-1").unwrap();
+        let stored = repository.load_runtime(&team, &id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.subject.as_str(), stored.replica.as_str()),
+            ("bob", "replica-b")
+        );
+        let refused = repository
+            .claim_runtime(&record("alice", "replica-a"), |_, _| true)
+            .await
+            .unwrap();
+        assert_eq!(refused.as_deref(), Some("bob"), "bob holds it now");
     }
 }
