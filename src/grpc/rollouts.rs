@@ -103,7 +103,6 @@ pub(super) fn start_command(
     Ok((command, idempotency_key(request.idempotency_key)?))
 }
 
-/// The namespace and id a request names.
 /// The rollout a control names, and the reason given.
 pub(super) fn control_wanted(
     request: proto::RolloutControlRequest,
@@ -113,6 +112,7 @@ pub(super) fn control_wanted(
     Ok((namespace, id, limits.text("reason", request.reason)?))
 }
 
+/// The namespace and id a request names.
 pub(super) fn named(namespace: &str, id: &str) -> Result<(Namespace, String)> {
     let namespace = Namespace::parse("namespace", namespace)?;
     if uuid::Uuid::parse_str(id).is_err() {

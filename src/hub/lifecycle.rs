@@ -191,12 +191,12 @@ impl PolicyHub {
     }
 
     /// Returns the pointer to an older published version.
-    #[tracing::instrument(name = "hub.rollback", skip_all)]
     ///
     /// With `restore`, the target is copied forward instead (a new version
     /// with its body and requirements, validated against today's schema,
     /// signed and activated, its change notes naming the source), and the
     /// version it was restored from comes back beside the activation.
+    #[tracing::instrument(name = "hub.rollback", skip_all)]
     pub async fn rollback(
         &self,
         command: RollbackCommand,
