@@ -4,8 +4,6 @@
 
 use std::{env, fs, path::PathBuf};
 
-use prost::Message;
-
 const PROTOS: &[&str] = &[
     "policyhub/v1/types.proto",
     "policyhub/v1/policy_service.proto",
@@ -14,12 +12,20 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let file_descriptors = protox::compile(PROTOS, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(PROTOS)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // Encoded by protox itself, which keeps the options' extensions (the
+    // `google.api.http` routes the HTTP port reads); prost's types would
+    // drop them.
     fs::write(
         out_dir.join("policyhub_descriptor.bin"),
-        file_descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let file_descriptors = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -32,6 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "grpc",
         &["domain", "config", "signing", "watch", "fleet", "hub"],
     ),
+    ("http", &["grpc", "telemetry"]),
     ("metrics", &["grpc", "fleet", "watch"]),
     ("telemetry", &["config", "grpc"]),
     (
@@ -47,6 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "controller",
             "replication",
             "grpc",
+            "http",
             "metrics",
             "telemetry",
             "shutdown",

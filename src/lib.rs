@@ -33,6 +33,8 @@
 //! - [`controller`]: the rollout controller, advancing, completing or
 //!   rolling back running rollouts from the fleet view.
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
+//! - [`http`]: the HTTP/JSON port: each unary RPC at the path its
+//!   `google.api.http` option declares, transcoded to the same gRPC services.
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
 //!   error-to-status mapping (`status`), authentication and authorization
 //!   (`auth`), quotas and the message-size limit.
@@ -47,6 +49,7 @@ pub mod controller;
 pub mod domain;
 pub mod fleet;
 pub mod grpc;
+pub mod http;
 pub mod hub;
 #[cfg(test)]
 mod layers;

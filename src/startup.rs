@@ -7,10 +7,11 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpSocket};
 use tonic::{
-    service::interceptor::InterceptedService,
+    service::{Routes, interceptor::InterceptedService},
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::server::HealthReporter;
+use tower::util::BoxCloneSyncService;
 
 use jsonwebtoken::jwk::JwkSet;
 
@@ -26,6 +27,7 @@ use crate::grpc::{
     },
     quotas::Quotas,
 };
+use crate::http::Gateway;
 use crate::hub::PolicyHub;
 use crate::{signing, storage};
 
@@ -34,6 +36,8 @@ pub struct Application {
     listener: TcpListener,
     /// The metrics port, when `metrics_listen` is set.
     metrics_listener: Option<TcpListener>,
+    /// The HTTP/JSON port, when `http_listen` is set.
+    http_listener: Option<TcpListener>,
     address: SocketAddr,
     hub: PolicyHub,
     /// The fleet view the hub answers from, flushed beside it.
@@ -65,11 +69,13 @@ fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
 
 /// Refuses `--insecure` on an address other machines can reach.
 fn refuse_insecure_off_loopback(settings: &Settings) -> anyhow::Result<()> {
-    if settings.insecure && !settings.listen.ip().is_loopback() {
-        bail!(
-            "--insecure is refused on {}: without authentication, listen on a loopback address only",
-            settings.listen
-        );
+    let addresses = std::iter::once(settings.listen).chain(settings.http_listen);
+    for address in addresses {
+        if settings.insecure && !address.ip().is_loopback() {
+            bail!(
+                "--insecure is refused on {address}: without authentication, listen on a loopback address only"
+            );
+        }
     }
     Ok(())
 }
@@ -161,6 +167,14 @@ impl Application {
             Some(metrics_address) => Some(crate::metrics::bind(metrics_address).await?),
             None => None,
         };
+        let http_listener = match settings.http_listen {
+            Some(http_address) => Some(
+                TcpListener::bind(http_address)
+                    .await
+                    .with_context(|| format!("binding the http port {http_address}"))?,
+            ),
+            None => None,
+        };
         prepare_data_dir(&settings)?;
         let authentication = authentication(&settings)?;
         let db = open_database(&settings).await?;
@@ -184,6 +198,7 @@ impl Application {
         Ok(Application {
             listener,
             metrics_listener,
+            http_listener,
             address,
             hub,
             fleet,
@@ -206,6 +221,13 @@ impl Application {
     /// The bound metrics address, when metrics are served.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// The bound HTTP/JSON address, when it is served.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
     }
@@ -286,6 +308,25 @@ impl Application {
                 .tls_config(tls_config(tls)?)
                 .context("configuring tls")?;
         }
+        // The HTTP/JSON port hands every request to the same services, behind
+        // the same authentication, metrics and message limit.
+        let http_task = self.http_listener.map(|listener| {
+            let routes = Routes::new(InterceptedService::new(
+                policy_service.clone(),
+                authenticate.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                bundle_service.clone(),
+                authenticate.clone(),
+            ));
+            let grpc = tower::ServiceBuilder::new()
+                .layer(crate::metrics::RpcMetricsLayer)
+                .layer(MessageLimitLayer { limit: max_message })
+                .service(routes);
+            let gateway = Gateway::new(BoxCloneSyncService::new(grpc), max_message);
+            tracing::info!(address = ?listener.local_addr().ok(), "serving http");
+            tokio::spawn(gateway.serve(listener))
+        });
         // Health (for probes) and reflection (for grpcurl) answer without a
         // token unless auth.public_reflection is off; they reveal no policy.
         let router = server.add_service(health_service);
@@ -311,6 +352,9 @@ impl Application {
             .await;
         health_task.abort();
         reload_task.abort();
+        if let Some(task) = http_task {
+            task.abort();
+        }
         if let Some(task) = retention_task {
             task.abort();
         }

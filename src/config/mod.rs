@@ -32,6 +32,9 @@ pub struct Settings {
     pub listen_backlog: u32,
     /// Address of the Prometheus metrics port (`/metrics`); off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the HTTP/JSON port (every unary RPC at the path its
+    /// `google.api.http` option declares); off when unset.
+    pub http_listen: Option<SocketAddr>,
     /// Directory of the SQLite database and of a generated signing key.
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; defaults to `policyhub.db` in
@@ -300,6 +303,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             listen_backlog: 4096,
             metrics_listen: None,
+            http_listen: None,
             data_dir: PathBuf::from("data"),
             database_url: None,
             insecure: false,
@@ -331,6 +335,10 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the HTTP/JSON port [default: off]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
     /// Serve without authentication (loopback addresses only)
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -363,6 +371,7 @@ const SETTINGS: &[&str] = &[
     "listen",
     "listen_backlog",
     "metrics_listen",
+    "http_listen",
     "data_dir",
     "database_url",
     "insecure",

@@ -91,6 +91,8 @@ pub struct TestApp {
     pub address: SocketAddr,
     /// The metrics port, when the settings asked for one.
     pub metrics_address: Option<SocketAddr>,
+    /// The HTTP/JSON port, when the settings asked for one.
+    pub http_address: Option<SocketAddr>,
     pub database: TestDatabase,
     pub policy: PolicyServiceClient<Channel>,
     pub bundle: BundleServiceClient<Channel>,
@@ -127,6 +129,7 @@ pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settin
         .expect("build the server");
     let address = application.address();
     let metrics_address = application.metrics_address();
+    let http_address = application.http_address();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async {
         stopped.await.ok();
@@ -139,6 +142,7 @@ pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settin
     TestApp {
         address,
         metrics_address,
+        http_address,
         database,
         policy: PolicyServiceClient::new(channel.clone()),
         bundle: BundleServiceClient::new(channel),

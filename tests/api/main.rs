@@ -8,6 +8,7 @@ mod cli;
 mod client_settings;
 mod concurrency;
 mod helpers;
+mod http;
 mod lifecycle;
 mod malformed;
 mod observability;

@@ -1,0 +1,291 @@
+//! The HTTP/JSON front door (DESIGN §11): every unary RPC at the path its
+//! `google.api.http` option declares, in the protobuf JSON mapping that
+//! `-o json` and grpcurl print.
+//!
+//! It is a transcoder, as grpc-gateway and Envoy's are, but in process: a
+//! request becomes the RPC's protobuf message (path variables, then the JSON
+//! body or the query string) and is handed to the same gRPC services, behind
+//! the same authentication, metrics, span and message limit, that the gRPC
+//! port serves. So there is one handler per RPC, and the auth, roles,
+//! quotas, limits and errors of HTTP are gRPC's by construction. The reply,
+//! or the status as a JSON `google.rpc.Status` under the standard gRPC →
+//! HTTP code table, goes back as JSON.
+
+mod routes;
+mod status;
+
+use std::{convert::Infallible, sync::Arc};
+
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
+use tokio::net::TcpListener;
+use tonic::Status;
+use tower_service::Service;
+
+use self::routes::{Route, routes, set_from_text};
+use self::status::{Failure, error_response, json_response};
+
+/// The gRPC services HTTP requests are handed to, with the gRPC port's
+/// layers.
+pub type GrpcService = tower::util::BoxCloneSyncService<
+    Request<tonic::body::Body>,
+    Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// Request headers passed on to the RPC as metadata.
+const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
+
+/// The HTTP front door.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: Vec<Route>,
+    grpc: GrpcService,
+    /// Largest request body accepted.
+    max_body_bytes: usize,
+}
+
+impl Gateway {
+    /// The routes the descriptors declare, served by `grpc`.
+    pub fn new(grpc: GrpcService, max_body_bytes: usize) -> Self {
+        let pool = DescriptorPool::decode(crate::grpc::proto::FILE_DESCRIPTOR_SET)
+            .expect("the build wrote a valid descriptor set");
+        Gateway {
+            inner: Arc::new(Inner {
+                routes: routes(&pool),
+                grpc,
+                max_body_bytes,
+            }),
+        }
+    }
+
+    /// Serves HTTP/1.1 on `listener` until the task is aborted.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            stream.set_nodelay(true).ok();
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(error) = served {
+                    tracing::debug!(%error, "http connection ended");
+                }
+            });
+        }
+    }
+
+    /// One request: route, transcode, call, transcode back.
+    pub async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        match self.answer(request).await {
+            Ok(response) => response,
+            Err(failure) => error_response(&failure),
+        }
+    }
+
+    async fn answer(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Failure> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        let (route, bindings) = self
+            .inner
+            .routes
+            .iter()
+            .find_map(|route| {
+                route
+                    .matches(&parts.method, path)
+                    .map(|found| (route, found))
+            })
+            .ok_or_else(|| not_routed(&parts.method, path, &self.inner.routes))?;
+        let body = Limited::new(body, self.inner.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|_| {
+                Failure::http(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Status::resource_exhausted(format!(
+                        "the request body exceeds {} bytes",
+                        self.inner.max_body_bytes
+                    )),
+                )
+            })?
+            .to_bytes();
+        let message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
+        let reply = self.call(route, &parts.headers, message).await?;
+        if route.method.name() != "Draft" {
+            return Ok(json_response(StatusCode::OK, &reply));
+        }
+        // A new draft is a new resource: 201 and where it is.
+        let mut response = json_response(StatusCode::CREATED, &reply);
+        if let Some(location) = draft_location(path, &reply) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    }
+
+    /// Calls the RPC in process, as a gRPC client would over the wire.
+    async fn call(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        message: DynamicMessage,
+    ) -> Result<DynamicMessage, Status> {
+        let encoded = prost::Message::encode_to_vec(&message);
+        let mut frame = BytesMut::with_capacity(encoded.len() + 5);
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(encoded.len()).map_err(|_| too_large())?);
+        frame.put_slice(&encoded);
+        let mut grpc_request = Request::builder()
+            .method(Method::POST)
+            .uri(route.grpc_path.as_str())
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .body(tonic::body::Body::new(Full::new(frame.freeze())))
+            .map_err(|error| Status::internal(format!("cannot form the call: {error}")))?;
+        for name in FORWARDED {
+            if let Some(value) = headers.get(name) {
+                grpc_request.headers_mut().insert(name, value.clone());
+            }
+        }
+        let span = crate::telemetry::rpc_span(
+            &Request::builder()
+                .uri(route.grpc_path.as_str())
+                .body(())
+                .unwrap_or_default(),
+        );
+        let mut grpc = self.inner.grpc.clone();
+        let response = tracing::Instrument::instrument(grpc.call(grpc_request), span)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let (parts, body) = response.into_parts();
+        if let Some(status) = Status::from_header_map(&parts.headers)
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(status);
+        }
+        let collected = body
+            .collect()
+            .await
+            .map_err(|error| Status::internal(format!("the reply did not arrive: {error}")))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        if let Some(status) = Status::from_header_map(&trailers)
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(status);
+        }
+        let mut data = collected.to_bytes();
+        if data.len() < 5 {
+            return Err(Status::internal("the reply holds no message"));
+        }
+        data.advance(5);
+        DynamicMessage::decode(route.method.output(), data)
+            .map_err(|error| Status::internal(format!("the reply does not decode: {error}")))
+    }
+}
+
+/// `…/policies/{name}/versions/{version}` of the draft a reply holds.
+fn draft_location(drafts_path: &str, reply: &DynamicMessage) -> Option<http::HeaderValue> {
+    let version = reply.get_field_by_name("version")?;
+    let number = version
+        .as_message()?
+        .get_field_by_name("version")?
+        .as_u32()?;
+    let policy = drafts_path.strip_suffix("/drafts")?;
+    http::HeaderValue::from_str(&format!("{policy}/versions/{number}")).ok()
+}
+
+fn too_large() -> Status {
+    Status::resource_exhausted("the request is too large")
+}
+
+/// The RPC's input: path variables, then the JSON body or the query.
+fn input(
+    route: &Route,
+    bindings: &[(String, String)],
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<DynamicMessage, Failure> {
+    let descriptor = route.input();
+    let mut message = if route.body && !body.is_empty() {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.split(';').next() == Some("application/json"));
+        if !json {
+            return Err(Failure::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Status::invalid_argument(
+                    "the body must be JSON: send Content-Type: application/json",
+                ),
+            ));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let options = DeserializeOptions::new().deny_unknown_fields(true);
+        DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &options)
+            .and_then(|message| deserializer.end().map(|()| message))
+            .map_err(|error| {
+                Status::invalid_argument(format!(
+                    "the body is not a valid {}: {error}",
+                    descriptor.name()
+                ))
+            })?
+    } else {
+        DynamicMessage::new(descriptor)
+    };
+    if !route.body {
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+        {
+            let (field, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = routes::percent_decode(&value.replace('+', " ")).ok_or_else(|| {
+                Status::invalid_argument(format!("query parameter {field}: not UTF-8"))
+            })?;
+            set_from_text(&mut message, field, &value).map_err(Status::invalid_argument)?;
+        }
+    }
+    for (field, value) in bindings {
+        set_from_text(&mut message, field, value).map_err(Status::invalid_argument)?;
+    }
+    Ok(message)
+}
+
+/// No route: 404 for an unknown path, 405 for a known path and another verb.
+fn not_routed(method: &Method, path: &str, routes: &[Route]) -> Failure {
+    let verbs = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+    let other_verb = verbs.iter().any(|verb| {
+        verb != method
+            && routes
+                .iter()
+                .any(|route| route.matches(verb, path).is_some())
+    });
+    if other_verb {
+        let status = Status::unimplemented(format!("{path} does not take {method}"));
+        return Failure::http(StatusCode::METHOD_NOT_ALLOWED, status);
+    }
+    Status::not_found(format!("no route for {method} {path}")).into()
+}

@@ -1,0 +1,298 @@
+//! The HTTP routes, read from the `google.api.http` options the protos
+//! declare on each method, and how a request fills the method's input
+//! message: path variables, then the JSON body (`body: "*"`) or the query
+//! string.
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
+    ReflectMessage, Value,
+};
+
+/// One piece of a path template.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// Matches itself.
+    Literal(String),
+    /// Matches one segment, which sets the named field.
+    Field(String),
+}
+
+/// One HTTP binding of an RPC.
+#[derive(Debug, Clone)]
+pub struct Route {
+    verb: http::Method,
+    segments: Vec<Segment>,
+    /// The custom method after `:` in the last segment, such as `publish`.
+    custom: Option<String>,
+    /// Whether the JSON body is the request message.
+    pub body: bool,
+    /// The RPC.
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`.
+    pub grpc_path: String,
+}
+
+/// What a route matched in a path: the variables, by field name.
+pub type Bindings = Vec<(String, String)>;
+
+/// Parses "/v1/namespaces/{namespace}/policies/{name}:publish".
+fn template(path: &str) -> (Vec<Segment>, Option<String>) {
+    let (path, custom) = match path.rsplit_once(':') {
+        Some((path, custom)) if !custom.contains('/') && !custom.contains('}') => {
+            (path, Some(custom.to_owned()))
+        }
+        _ => (path, None),
+    };
+    let segments = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|segment| match segment.strip_prefix('{') {
+            Some(field) => Segment::Field(field.trim_end_matches('}').to_owned()),
+            None => Segment::Literal(segment.to_owned()),
+        })
+        .collect();
+    (segments, custom)
+}
+
+/// Every binding the services in `pool` declare.
+pub fn routes(pool: &DescriptorPool) -> Vec<Route> {
+    let Some(http) = pool.get_extension_by_name("google.api.http") else {
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for service in pool.services() {
+        for method in service.methods() {
+            let options = method.options();
+            if !options.has_extension(&http) {
+                continue;
+            }
+            let Value::Message(rule) = options.get_extension(&http).into_owned() else {
+                continue;
+            };
+            let grpc_path = format!("/{}/{}", service.full_name(), method.name());
+            let mut rules = vec![rule.clone()];
+            if let Some(Value::List(more)) = rule
+                .get_field_by_name("additional_bindings")
+                .map(|value| value.into_owned())
+            {
+                rules.extend(more.into_iter().filter_map(|value| match value {
+                    Value::Message(more) => Some(more),
+                    _ => None,
+                }));
+            }
+            for rule in rules {
+                if let Some(route) = route(&rule, &method, &grpc_path) {
+                    routes.push(route);
+                }
+            }
+        }
+    }
+    routes
+}
+
+fn route(rule: &DynamicMessage, method: &MethodDescriptor, grpc_path: &str) -> Option<Route> {
+    let text = |name: &str| {
+        rule.get_field_by_name(name)
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .filter(|text| !text.is_empty())
+    };
+    let (verb, path) = [
+        (http::Method::GET, "get"),
+        (http::Method::PUT, "put"),
+        (http::Method::POST, "post"),
+        (http::Method::DELETE, "delete"),
+        (http::Method::PATCH, "patch"),
+    ]
+    .into_iter()
+    .find_map(|(verb, name)| text(name).map(|path| (verb, path)))?;
+    let (segments, custom) = template(&path);
+    Some(Route {
+        verb,
+        segments,
+        custom,
+        body: text("body").as_deref() == Some("*"),
+        method: method.clone(),
+        grpc_path: grpc_path.to_owned(),
+    })
+}
+
+impl Route {
+    /// The variables of `path` when this route matches `verb` and `path`.
+    pub fn matches(&self, verb: &http::Method, path: &str) -> Option<Bindings> {
+        if verb != self.verb {
+            return None;
+        }
+        let (path, custom) = match path.rsplit_once(':') {
+            Some((path, custom)) if !custom.contains('/') => (path, Some(custom)),
+            _ => (path, None),
+        };
+        if custom != self.custom.as_deref() {
+            return None;
+        }
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut bindings = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Field(_) if part.is_empty() => return None,
+                Segment::Field(field) => {
+                    let value = percent_decode(part)?;
+                    bindings.push((field.clone(), value));
+                }
+            }
+        }
+        Some(bindings)
+    }
+
+    /// The request's input message.
+    pub fn input(&self) -> MessageDescriptor {
+        self.method.input()
+    }
+}
+
+/// `%XX` escapes of a path segment or query value decoded (`+` is a space
+/// in a query); `None` when they do not make UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).ok()?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            b'%' => return None,
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// Sets `field` (its proto or JSON name) of `message` from text: what a
+/// path variable or a query parameter carries. Repeated fields collect
+/// every occurrence.
+pub fn set_from_text(message: &mut DynamicMessage, field: &str, text: &str) -> Result<(), String> {
+    let descriptor = message.descriptor();
+    let Some(field_descriptor) = descriptor
+        .get_field_by_name(field)
+        .or_else(|| descriptor.get_field_by_json_name(field))
+    else {
+        return Err(format!("{field}: no such field in {}", descriptor.name()));
+    };
+    let value = scalar(&field_descriptor, text)?;
+    if field_descriptor.is_list() {
+        let mut list = match message.get_field(&field_descriptor).into_owned() {
+            Value::List(list) => list,
+            _ => Vec::new(),
+        };
+        list.push(value);
+        message.set_field(&field_descriptor, Value::List(list));
+    } else {
+        message.set_field(&field_descriptor, value);
+    }
+    Ok(())
+}
+
+fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
+    let invalid = |what: &str| format!("{}: {text:?} is not {what}", field.name());
+    Ok(match field.kind() {
+        Kind::String => Value::String(text.to_owned()),
+        Kind::Bool => Value::Bool(text.parse().map_err(|_| invalid("true or false"))?),
+        Kind::Uint32 | Kind::Fixed32 => {
+            Value::U32(text.parse().map_err(|_| invalid("a whole number"))?)
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            Value::U64(text.parse().map_err(|_| invalid("a whole number"))?)
+        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(text.parse().map_err(|_| invalid("a whole number"))?)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(text.parse().map_err(|_| invalid("a whole number"))?)
+        }
+        Kind::Enum(kind) => {
+            let value = kind
+                .get_value_by_name(text)
+                .or_else(|| text.parse().ok().and_then(|n| kind.get_value(n)))
+                .ok_or_else(|| invalid(&format!("a value of {}", kind.name())))?;
+            Value::EnumNumber(value.number())
+        }
+        _ => {
+            return Err(format!(
+                "{}: cannot be given in a path or query",
+                field.name()
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> DescriptorPool {
+        DescriptorPool::decode(crate::grpc::proto::FILE_DESCRIPTOR_SET).unwrap()
+    }
+
+    #[test]
+    fn every_unary_rpc_has_a_route_and_paths_bind_their_fields() {
+        let routes = routes(&pool());
+        let unary: Vec<String> = pool()
+            .services()
+            .flat_map(|service| service.methods().collect::<Vec<_>>())
+            .filter(|method| !method.is_server_streaming())
+            .map(|method| method.name().to_owned())
+            .collect();
+        for name in &unary {
+            assert!(
+                routes.iter().any(|route| route.method.name() == name),
+                "{name} has no HTTP route"
+            );
+        }
+        let publish = routes
+            .iter()
+            .find(|route| route.method.name() == "Publish")
+            .unwrap();
+        assert_eq!(
+            publish.matches(
+                &http::Method::POST,
+                "/v1/namespaces/payments/policies/card-limits:publish"
+            ),
+            Some(vec![
+                ("namespace".into(), "payments".into()),
+                ("name".into(), "card-limits".into())
+            ])
+        );
+        assert_eq!(
+            publish.matches(
+                &http::Method::GET,
+                "/v1/namespaces/payments/policies/x:publish"
+            ),
+            None
+        );
+        assert_eq!(
+            publish.matches(
+                &http::Method::POST,
+                "/v1/namespaces/payments/policies/x:rollback"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn percent_escapes_decode_and_broken_ones_are_refused() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! What goes back: a reply as JSON in the protobuf JSON mapping, or a
+//! refusal as a JSON `google.rpc.Status` with the HTTP status of the
+//! standard gRPC → HTTP table (the one grpc-gateway and Google's APIs use).
+
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use prost::bytes::Bytes;
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// A refusal, and the HTTP status when the gRPC code's is not the right one
+/// (a body too large, not JSON, a verb the path does not take).
+#[derive(Debug)]
+pub struct Failure {
+    http: Option<StatusCode>,
+    status: Status,
+}
+
+impl Failure {
+    /// A refusal with its own HTTP status.
+    pub fn http(code: StatusCode, status: Status) -> Self {
+        Failure {
+            http: Some(code),
+            status,
+        }
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure { http: None, status }
+    }
+}
+
+/// The HTTP status of a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a status"),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `body` as a JSON response.
+fn json(code: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A reply, in the protobuf JSON mapping.
+pub fn json_response(code: StatusCode, message: &DynamicMessage) -> Response<Full<Bytes>> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    message
+        .serialize_with_options(&mut serializer, &SerializeOptions::new())
+        .expect("a message serializes to JSON");
+    json(code, out)
+}
+
+/// A refusal as `google.rpc.Status` JSON: the code, the message, and the
+/// details a client acts on (field violations, precondition rules, when to
+/// retry, also as `Retry-After`).
+pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
+    let status = &failure.status;
+    let details = status.get_error_details();
+    let mut listed = Vec::new();
+    if let Some(bad_request) = details.bad_request() {
+        let violations: Vec<Value> = bad_request
+            .field_violations
+            .iter()
+            .map(
+                |violation| json!({"field": violation.field, "description": violation.description}),
+            )
+            .collect();
+        listed.push(json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": violations,
+        }));
+    }
+    if let Some(failure) = details.precondition_failure() {
+        let violations: Vec<Value> = failure
+            .violations
+            .iter()
+            .map(|violation| {
+                json!({"type": violation.r#type, "subject": violation.subject,
+                       "description": violation.description})
+            })
+            .collect();
+        listed.push(json!({
+            "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
+            "violations": violations,
+        }));
+    }
+    let retry = details
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .map(|delay| delay.as_secs_f64());
+    if let Some(seconds) = retry {
+        listed.push(json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{seconds:.3}s"),
+        }));
+    }
+    let body = json!({
+        "code": status.code() as i32,
+        "message": status.message(),
+        "details": listed,
+    });
+    let code = failure.http.unwrap_or_else(|| http_status(status.code()));
+    let mut response = json(code, body.to_string().into_bytes());
+    if matches!(
+        code,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        let seconds = retry.map_or(1, |seconds| seconds.ceil().max(1.0) as u64);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

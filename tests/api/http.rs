@@ -1,0 +1,494 @@
+//! The HTTP/JSON port (DESIGN §11), with curl against the real server on
+//! SQLite and PostgreSQL: the workflows the product grew from, the gRPC →
+//! HTTP status table with `google.rpc.Status` bodies, and bad input that
+//! changes nothing.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::cli::mint_token;
+use crate::helpers::{Backend, TestApp, TestDatabase, spawn_on};
+
+/// What curl got back.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: String,
+    json: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// `curl -X method` of `path` on the app's HTTP port, with `body` and
+/// extra headers.
+fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>, headers: &[&str]) -> Reply {
+    let address = app.http_address.expect("the HTTP port is served");
+    let mut command = Command::new("curl");
+    command.args([
+        "-sS",
+        "-i",
+        "-X",
+        method,
+        &format!("http://{address}{path}"),
+    ]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    if body.is_some() {
+        command.args(["--data-binary", "@-"]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    if let Some(body) = body {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let output = child.wait_with_output().expect("curl ran");
+    assert!(output.status.success(), "curl failed");
+    let text = String::from_utf8(output.stdout).unwrap();
+    // A large body is sent after an interim `100 Continue`.
+    let mut text = text.as_str();
+    while let Some(rest) = text.strip_prefix("HTTP/1.1 100 Continue\r\n\r\n") {
+        text = rest;
+    }
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    Reply {
+        status,
+        headers: head.to_owned(),
+        json: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+const JSON: &str = "Content-Type: application/json";
+
+async fn app(backend: Backend, insecure: bool) -> TestApp {
+    spawn_on(TestDatabase::new(backend).await, |settings| {
+        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.insecure = insecure;
+    })
+    .await
+}
+
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::app(crate::helpers::Backend::Sqlite, true).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::app(crate::helpers::Backend::Postgres, true).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    draft_publish_activate_read_and_roll_back_with_curl,
+    a_release_job_checks_then_publishes_and_takes_409_as_released,
+    bad_input_is_a_json_error_and_changes_nothing,
+);
+
+async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
+    let base = "/v1/namespaces/payments/policies/card-limits";
+    let drafted = curl(
+        &app,
+        "POST",
+        &format!("{base}/drafts"),
+        Some(r#"{"body": {"maxAmount": 500}, "changeNotes": "first limits"}"#),
+        &[JSON],
+    );
+    assert_eq!(drafted.status, 201, "{drafted:?}");
+    assert_eq!(
+        drafted.header("location"),
+        Some(&*format!("{base}/versions/1"))
+    );
+    assert_eq!(drafted.json["version"]["version"], 1);
+    assert_eq!(drafted.json["version"]["state"], "VERSION_STATE_DRAFT");
+    let published = curl(
+        &app,
+        "POST",
+        &format!("{base}:publish"),
+        Some(r#"{"label": "1.0.0", "activate": true, "reason": "first release"}"#),
+        &[JSON],
+    );
+    assert_eq!(published.status, 200, "{published:?}");
+    assert_eq!(
+        published.json["revision"], "1",
+        "64-bit integers as strings"
+    );
+    curl(
+        &app,
+        "POST",
+        &format!("{base}/drafts"),
+        Some(r#"{"body": {"maxAmount": 900}}"#),
+        &[JSON],
+    );
+    curl(
+        &app,
+        "POST",
+        &format!("{base}:publish"),
+        Some(r#"{"label": "1.1.0", "activate": true}"#),
+        &[JSON],
+    );
+
+    let active = curl(&app, "GET", &format!("{base}/active"), None, &[]);
+    assert_eq!(active.status, 200);
+    assert_eq!(
+        (
+            active.json["version"].as_u64(),
+            active.json["label"].as_str()
+        ),
+        (Some(2), Some("1.1.0"))
+    );
+    let versions = curl(
+        &app,
+        "GET",
+        &format!("{base}/versions?pageSize=10"),
+        None,
+        &[],
+    );
+    let numbers: Vec<u64> = versions.json["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|version| version["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 1], "newest first");
+    let by_label = curl(&app, "GET", &format!("{base}/labels/1.0.0"), None, &[]);
+    assert_eq!(by_label.json["version"], 1);
+
+    let rolled_back = curl(
+        &app,
+        "POST",
+        &format!("{base}:rollback"),
+        Some(r#"{"reason": "1.1.0 declines cards"}"#),
+        &[JSON],
+    );
+    assert_eq!(rolled_back.status, 200, "{rolled_back:?}");
+    assert_eq!(
+        (
+            rolled_back.json["version"].as_u64(),
+            rolled_back.json["previousVersion"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let restored = curl(
+        &app,
+        "POST",
+        &format!("{base}:rollback"),
+        Some(r#"{"toVersion": 2, "restore": true, "reason": "forward again"}"#),
+        &[JSON],
+    );
+    assert_eq!(
+        (
+            restored.json["restoredFrom"].as_u64(),
+            restored.json["version"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    let events = curl(
+        &app,
+        "GET",
+        "/v1/namespaces/payments/events?kinds=EVENT_KIND_ROLLED_BACK",
+        None,
+        &[],
+    );
+    assert_eq!(
+        events.json["events"].as_array().map(Vec::len),
+        Some(2),
+        "{events:?}"
+    );
+}
+
+/// The GitOps job: ask for the release first, publish it when missing, and
+/// treat 409 (the label already released with another digest) as a
+/// conflict to report, and an identical re-publish as success.
+async fn a_release_job_checks_then_publishes_and_takes_409_as_released(app: TestApp) {
+    let base = "/v1/namespaces/payments/policies/limits";
+    let missing = curl(&app, "GET", &format!("{base}/labels/1.0.0"), None, &[]);
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert_eq!(missing.json["code"], 5);
+    curl(
+        &app,
+        "POST",
+        &format!("{base}/drafts"),
+        Some(r#"{"body": {"max": 1}}"#),
+        &[JSON],
+    );
+    let first = curl(
+        &app,
+        "POST",
+        &format!("{base}:publish"),
+        Some(r#"{"label": "1.0.0"}"#),
+        &[JSON],
+    );
+    assert_eq!(first.status, 200);
+    curl(
+        &app,
+        "POST",
+        &format!("{base}/drafts"),
+        Some(r#"{"body": {"max": 1}}"#),
+        &[JSON],
+    );
+    let again = curl(
+        &app,
+        "POST",
+        &format!("{base}:publish"),
+        Some(r#"{"label": "1.0.0"}"#),
+        &[JSON],
+    );
+    assert_eq!(
+        (again.status, &again.json["alreadyPublished"]),
+        (200, &json!(true))
+    );
+    curl(
+        &app,
+        "POST",
+        &format!("{base}/drafts"),
+        Some(r#"{"body": {"max": 2}}"#),
+        &[JSON],
+    );
+    let changed = curl(
+        &app,
+        "POST",
+        &format!("{base}:publish"),
+        Some(r#"{"label": "1.0.0"}"#),
+        &[JSON],
+    );
+    assert_eq!(changed.status, 409, "{changed:?}");
+    assert_eq!(changed.json["code"], 6, "ALREADY_EXISTS");
+}
+
+async fn bad_input_is_a_json_error_and_changes_nothing(app: TestApp) {
+    let base = "/v1/namespaces/payments/policies/limits";
+    curl(
+        &app,
+        "POST",
+        &format!("{base}/drafts"),
+        Some(r#"{"body": {"max": 1}}"#),
+        &[JSON],
+    );
+    let before = app.db_state().await;
+    // (method, path, body, headers, expected HTTP status)
+    type Case<'a> = (&'a str, String, Option<String>, Vec<&'a str>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            format!("{base}/drafts"),
+            Some("{not json".into()),
+            vec![JSON],
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/drafts"),
+            Some(r#"{"body": {}, "nonsense": 1}"#.into()),
+            vec![JSON],
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/drafts"),
+            Some(r#"{"body": {}}"#.into()),
+            vec!["Content-Type: text/plain"],
+            415,
+        ),
+        (
+            "POST",
+            format!("{base}/drafts"),
+            Some(format!(r#"{{"body": {{"x": "{}"}}}}"#, "x".repeat(5 << 20))),
+            vec![JSON],
+            413,
+        ),
+        (
+            "POST",
+            "/v1/namespaces/Bad_NS/policies/limits/drafts".into(),
+            Some(r#"{"body": {}}"#.into()),
+            vec![JSON],
+            400,
+        ),
+        ("GET", "/v1/nowhere".into(), None, vec![], 404),
+        ("DELETE", format!("{base}/versions"), None, vec![], 405),
+        ("GET", format!("{base}/versions/0"), None, vec![], 400),
+        (
+            "GET",
+            format!("{base}/versions?pageSize=many"),
+            None,
+            vec![],
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}:rollback"),
+            Some(r#"{"reason": "nothing is active"}"#.into()),
+            vec![JSON],
+            400,
+        ),
+    ];
+    for (method, path, body, headers, expected) in cases {
+        let reply = curl(&app, method, &path, body.as_deref(), &headers);
+        assert_eq!(reply.status, expected, "{method} {path}: {reply:?}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{path}"
+        );
+        assert!(
+            reply.json["code"].as_i64().is_some_and(|code| code > 0),
+            "{path}: {reply:?}"
+        );
+        assert!(
+            reply.json["message"]
+                .as_str()
+                .is_some_and(|message| !message.is_empty())
+        );
+    }
+    let invalid = curl(
+        &app,
+        "POST",
+        "/v1/namespaces/Bad_NS/policies/limits/drafts",
+        Some(r#"{"body": {}}"#),
+        &[JSON],
+    );
+    assert_eq!(
+        invalid.json["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.BadRequest"
+    );
+    assert_eq!(
+        invalid.json["details"][0]["fieldViolations"][0]["field"],
+        "namespace"
+    );
+    let refused = curl(
+        &app,
+        "POST",
+        &format!("{base}:rollback"),
+        Some(r#"{"reason": "r"}"#),
+        &[JSON],
+    );
+    assert_eq!(refused.json["details"][0]["violations"][0]["type"], "STATE");
+    assert_eq!(app.db_state().await, before, "bad input changed nothing");
+}
+
+/// The same bearer tokens and roles as gRPC: 401 without one, 403 without
+/// the role, and the caller is the actor recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_takes_the_same_tokens_and_roles_as_grpc() {
+    let app = app(Backend::Sqlite, false).await;
+    let data_dir = app.database.data_dir.path().display().to_string();
+    let author = mint_token(&data_dir, "alice", "payments:author")
+        .success()
+        .trim()
+        .to_owned();
+    let reader = mint_token(&data_dir, "rita", "payments:reader")
+        .success()
+        .trim()
+        .to_owned();
+    let path = "/v1/namespaces/payments/policies/limits/drafts";
+    let body = Some(r#"{"body": {"max": 1}}"#);
+    let anonymous = curl(&app, "POST", path, body, &[JSON]);
+    assert_eq!(
+        (anonymous.status, &anonymous.json["code"]),
+        (401, &json!(16))
+    );
+    let as_reader = format!("Authorization: Bearer {reader}");
+    let forbidden = curl(&app, "POST", path, body, &[JSON, &as_reader]);
+    assert_eq!(
+        (forbidden.status, &forbidden.json["code"]),
+        (403, &json!(7))
+    );
+    let as_author = format!("Authorization: Bearer {author}");
+    let created = curl(&app, "POST", path, body, &[JSON, &as_author]);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json["version"]["createdBy"], "alice");
+}
+
+/// The shell block between the HTTP walk-through markers of the README.
+fn readme_http_walkthrough() -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("<!-- http-walkthrough:start -->")
+        .expect("walk-through start marker");
+    let end = readme
+        .find("<!-- http-walkthrough:end -->")
+        .expect("walk-through end marker");
+    let block = &readme[start..end];
+    let body_start = block.find("```sh\n").expect("a sh code block") + "```sh\n".len();
+    let body_end = block.rfind("```").expect("the end of the code block");
+    block[body_start..body_end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_http_walkthrough_works_when_pasted() {
+    // As the quick start runs the server: authentication on, its data
+    // directory `data` next to where the commands are typed.
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let database = TestDatabase {
+        backend: Backend::Sqlite,
+        url: format!("sqlite://{}", data_dir.join("policyhub.db").display()),
+        data_dir: tempfile::tempdir().unwrap(),
+    };
+    let app = spawn_on(database, |settings| {
+        settings.insecure = false;
+        settings.data_dir = data_dir;
+        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let bin_dir = crate::helpers::policyhub_binary()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let address = app.http_address.unwrap();
+    let script =
+        readme_http_walkthrough().replace("http://127.0.0.1:8080", &format!("http://{address}"));
+    let output = Command::new("sh")
+        .args(["-e", "-x", "-c", &script])
+        .current_dir(workdir.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the README HTTP walk-through failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(r#""restoredFrom":2"#),
+        "the walk-through ends with a restore: {stdout}"
+    );
+}
