@@ -11,12 +11,13 @@
 //! or the status as a JSON `google.rpc.Status` under the standard gRPC →
 //! HTTP code table, goes back as JSON.
 
+mod events;
 mod routes;
 mod status;
 
 use std::{convert::Infallible, sync::Arc};
 
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -27,6 +28,13 @@ use tower_service::Service;
 
 use self::routes::{Route, routes, set_from_text};
 use self::status::{Failure, error_response, json_response};
+
+/// A response body: a whole JSON document, or a stream of events.
+type HttpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+fn boxed(body: Full<Bytes>) -> HttpBody {
+    body.boxed_unsync()
+}
 
 /// The gRPC services HTTP requests are handed to, with the gRPC port's
 /// layers.
@@ -90,17 +98,17 @@ impl Gateway {
     }
 
     /// One request: route, transcode, call, transcode back.
-    pub async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<HttpBody> {
         match self.answer(request).await {
             Ok(response) => response,
-            Err(failure) => error_response(&failure),
+            Err(failure) => error_response(&failure).map(boxed),
         }
     }
 
     async fn answer(
         &self,
         request: Request<hyper::body::Incoming>,
-    ) -> Result<Response<Full<Bytes>>, Failure> {
+    ) -> Result<Response<HttpBody>, Failure> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
         let (route, bindings) = self
@@ -126,26 +134,81 @@ impl Gateway {
                 )
             })?
             .to_bytes();
-        let message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
+        let mut message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
+        if route.method.is_server_streaming() {
+            // An EventSource resumes after the last event it received.
+            if let Some(last) = parts.headers.get("last-event-id") {
+                let last = last.to_str().unwrap_or_default();
+                set_from_text(&mut message, "since_revision", last)
+                    .map_err(|error| Status::invalid_argument(format!("Last-Event-ID: {error}")))?;
+            }
+            let body = self.dispatch(route, &parts.headers, message).await?;
+            let events = events::stream(
+                body,
+                route
+                    .method
+                    .output()
+                    .get_field_by_name("bundles")
+                    .and_then(|field| field.kind().as_message().cloned())
+                    .ok_or_else(|| Status::internal("watch messages carry bundles"))?,
+            );
+            let mut response =
+                Response::new(http_body_util::StreamBody::new(events).boxed_unsync());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            return Ok(response);
+        }
         let reply = self.call(route, &parts.headers, message).await?;
         if route.method.name() != "Draft" {
-            return Ok(json_response(StatusCode::OK, &reply));
+            return Ok(json_response(StatusCode::OK, &reply).map(boxed));
         }
         // A new draft is a new resource: 201 and where it is.
         let mut response = json_response(StatusCode::CREATED, &reply);
         if let Some(location) = draft_location(path, &reply) {
             response.headers_mut().insert(header::LOCATION, location);
         }
-        Ok(response)
+        Ok(response.map(boxed))
     }
 
-    /// Calls the RPC in process, as a gRPC client would over the wire.
+    /// Calls a unary RPC in process and decodes its reply.
     async fn call(
         &self,
         route: &Route,
         headers: &HeaderMap,
         message: DynamicMessage,
     ) -> Result<DynamicMessage, Status> {
+        let body = self.dispatch(route, headers, message).await?;
+        let collected = body
+            .collect()
+            .await
+            .map_err(|error| Status::internal(format!("the reply did not arrive: {error}")))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        if let Some(status) = Status::from_header_map(&trailers)
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(status);
+        }
+        let mut data = collected.to_bytes();
+        if data.len() < 5 {
+            return Err(Status::internal("the reply holds no message"));
+        }
+        data.advance(5);
+        DynamicMessage::decode(route.method.output(), data)
+            .map_err(|error| Status::internal(format!("the reply does not decode: {error}")))
+    }
+
+    /// Calls the RPC in process, as a gRPC client would over the wire; the
+    /// reply's body, unless the call was refused at once.
+    async fn dispatch(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        message: DynamicMessage,
+    ) -> Result<tonic::body::Body, Status> {
         let encoded = prost::Message::encode_to_vec(&message);
         let mut frame = BytesMut::with_capacity(encoded.len() + 5);
         frame.put_u8(0);
@@ -174,28 +237,13 @@ impl Gateway {
             .await
             .unwrap_or_else(|never| match never {});
         let (parts, body) = response.into_parts();
+        // "Trailers only": refused before any message.
         if let Some(status) = Status::from_header_map(&parts.headers)
             && status.code() != tonic::Code::Ok
         {
             return Err(status);
         }
-        let collected = body
-            .collect()
-            .await
-            .map_err(|error| Status::internal(format!("the reply did not arrive: {error}")))?;
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        if let Some(status) = Status::from_header_map(&trailers)
-            && status.code() != tonic::Code::Ok
-        {
-            return Err(status);
-        }
-        let mut data = collected.to_bytes();
-        if data.len() < 5 {
-            return Err(Status::internal("the reply holds no message"));
-        }
-        data.advance(5);
-        DynamicMessage::decode(route.method.output(), data)
-            .map_err(|error| Status::internal(format!("the reply does not decode: {error}")))
+        Ok(body)
     }
 }
 

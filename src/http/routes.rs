@@ -181,6 +181,19 @@ pub fn percent_decode(text: &str) -> Option<String> {
 /// path variable or a query parameter carries. Repeated fields collect
 /// every occurrence.
 pub fn set_from_text(message: &mut DynamicMessage, field: &str, text: &str) -> Result<(), String> {
+    if let Some((outer, inner)) = field.split_once('.') {
+        // A field of a message field, such as `runtime.id`.
+        let descriptor = message.descriptor();
+        let outer = descriptor
+            .get_field_by_name(outer)
+            .or_else(|| descriptor.get_field_by_json_name(outer))
+            .filter(|outer| matches!(outer.kind(), Kind::Message(_)) && !outer.is_list())
+            .ok_or_else(|| format!("{field}: no such field in {}", descriptor.name()))?;
+        let Value::Message(nested) = message.get_field_mut(&outer) else {
+            return Err(format!("{field}: no such field in {}", descriptor.name()));
+        };
+        return set_from_text(nested, inner, text);
+    }
     let descriptor = message.descriptor();
     let Some(field_descriptor) = descriptor
         .get_field_by_name(field)

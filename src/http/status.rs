@@ -75,11 +75,37 @@ pub fn json_response(code: StatusCode, message: &DynamicMessage) -> Response<Ful
     json(code, out)
 }
 
-/// A refusal as `google.rpc.Status` JSON: the code, the message, and the
-/// details a client acts on (field violations, precondition rules, when to
-/// retry, also as `Retry-After`).
+/// A refusal as `google.rpc.Status` JSON, with its HTTP status, and when to
+/// retry as `Retry-After`.
 pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
     let status = &failure.status;
+    let code = failure.http.unwrap_or_else(|| http_status(status.code()));
+    let mut response = json(code, status_json(status).to_string().into_bytes());
+    if matches!(
+        code,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        let seconds = retry_after(status).map_or(1, |seconds| seconds.ceil().max(1.0) as u64);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// How long the status asks to wait, in seconds.
+fn retry_after(status: &Status) -> Option<f64> {
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .map(|delay| delay.as_secs_f64())
+}
+
+/// A status as `google.rpc.Status` JSON: the code, the message, and the
+/// details a client acts on (field violations, precondition rules, when to
+/// retry).
+pub fn status_json(status: &Status) -> Value {
     let details = status.get_error_details();
     let mut listed = Vec::new();
     if let Some(bad_request) = details.bad_request() {
@@ -109,31 +135,15 @@ pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
             "violations": violations,
         }));
     }
-    let retry = details
-        .retry_info()
-        .and_then(|info| info.retry_delay)
-        .map(|delay| delay.as_secs_f64());
-    if let Some(seconds) = retry {
+    if let Some(seconds) = retry_after(status) {
         listed.push(json!({
             "@type": "type.googleapis.com/google.rpc.RetryInfo",
             "retryDelay": format!("{seconds:.3}s"),
         }));
     }
-    let body = json!({
+    json!({
         "code": status.code() as i32,
         "message": status.message(),
         "details": listed,
-    });
-    let code = failure.http.unwrap_or_else(|| http_status(status.code()));
-    let mut response = json(code, body.to_string().into_bytes());
-    if matches!(
-        code,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        let seconds = retry.map_or(1, |seconds| seconds.ceil().max(1.0) as u64);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
+    })
 }
