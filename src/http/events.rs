@@ -20,46 +20,37 @@ use super::status::status_json;
 use crate::grpc::watch_message::WatchActiveResponse;
 use crate::watch::MessageKind;
 
-/// The state of one event stream.
-struct Events {
+/// The whole revisions of a WatchActive response body, its parts joined.
+pub struct Revisions {
     body: tonic::body::Body,
     /// Bytes of the gRPC stream not yet a whole message.
     buffer: BytesMut,
     /// The parts of a revision so far.
     pending: Option<WatchActiveResponse>,
-    /// `policyhub.v1.Bundle`, to print bundles in the JSON mapping.
-    bundle: MessageDescriptor,
     ended: bool,
 }
 
-/// The events of a WatchActive response body.
-pub fn stream(
-    body: tonic::body::Body,
-    bundle: MessageDescriptor,
-) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
-    let events = Events {
-        body,
-        buffer: BytesMut::new(),
-        pending: None,
-        bundle,
-        ended: false,
-    };
-    futures::stream::unfold(events, |mut events| async move {
-        let text = events.next().await?;
-        Some((Ok(Frame::data(Bytes::from(text))), events))
-    })
-}
+impl Revisions {
+    /// The revisions of `body`.
+    pub fn new(body: tonic::body::Body) -> Self {
+        Revisions {
+            body,
+            buffer: BytesMut::new(),
+            pending: None,
+            ended: false,
+        }
+    }
 
-impl Events {
-    /// The next event's text; `None` once the stream has ended.
-    async fn next(&mut self) -> Option<String> {
+    /// The next whole revision (a PROGRESS is one), the status the stream
+    /// ended with, or `None` at its end.
+    pub async fn next(&mut self) -> Option<Result<WatchActiveResponse, Status>> {
         loop {
             if self.ended {
                 return None;
             }
             if let Some(message) = self.take_message() {
-                if let Some(text) = self.event(message) {
-                    return Some(text);
+                if let Some(whole) = self.join(message) {
+                    return Some(Ok(whole));
                 }
                 continue;
             }
@@ -67,7 +58,7 @@ impl Events {
                 None => self.ended = true,
                 Some(Err(status)) => {
                     self.ended = true;
-                    return Some(error_event(&status));
+                    return Some(Err(status));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => self.buffer.extend_from_slice(&data),
@@ -77,7 +68,7 @@ impl Events {
                         if let Some(status) = Status::from_header_map(&trailers)
                             && status.code() != tonic::Code::Ok
                         {
-                            return Some(error_event(&status));
+                            return Some(Err(status));
                         }
                     }
                 },
@@ -106,12 +97,8 @@ impl Events {
         }
     }
 
-    /// The text for `message`: a comment for a PROGRESS, an event once a
-    /// revision is whole, nothing for a part before its last.
-    fn event(&mut self, message: WatchActiveResponse) -> Option<String> {
-        if message.kind == MessageKind::Progress {
-            return Some(format!(": progress {}\n\n", message.revision));
-        }
+    /// The revision `message` completes, if it is its last part.
+    fn join(&mut self, message: WatchActiveResponse) -> Option<WatchActiveResponse> {
         let complete = message.complete;
         let whole = match self.pending.take() {
             Some(mut pending) => {
@@ -121,31 +108,58 @@ impl Events {
             }
             None => message,
         };
-        if !complete {
-            self.pending = Some(whole);
-            return None;
+        if complete {
+            return Some(whole);
         }
-        let bundles: Vec<Value> = whole
-            .bundles
-            .iter()
-            .filter_map(|bundle| DynamicMessage::decode(self.bundle.clone(), bundle.clone()).ok())
-            .filter_map(|bundle| serde_json::to_value(&bundle).ok())
-            .collect();
-        let (name, kind) = match whole.kind {
-            MessageKind::Snapshot => ("snapshot", "WATCH_EVENT_KIND_SNAPSHOT"),
-            _ => ("update", "WATCH_EVENT_KIND_UPDATE"),
-        };
-        let data = json!({
-            "kind": kind,
-            "revision": whole.revision.to_string(),
-            "reset": whole.reset,
-            "bundles": bundles,
-        });
-        Some(format!(
-            "id: {}\nevent: {name}\ndata: {data}\n\n",
-            whole.revision
-        ))
+        self.pending = Some(whole);
+        None
     }
+}
+
+/// The events of a WatchActive response body.
+pub fn stream(
+    body: tonic::body::Body,
+    bundle: MessageDescriptor,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    futures::stream::unfold(Some(Revisions::new(body)), move |revisions| {
+        let bundle = bundle.clone();
+        async move {
+            let mut revisions = revisions?;
+            let (text, more) = match revisions.next().await? {
+                Ok(whole) => (event(&whole, &bundle), true),
+                Err(status) => (error_event(&status), false),
+            };
+            Some((
+                Ok(Frame::data(Bytes::from(text))),
+                more.then_some(revisions),
+            ))
+        }
+    })
+}
+
+/// The text of a whole revision: a comment for a PROGRESS, else an event
+/// whose id is the revision.
+fn event(whole: &WatchActiveResponse, bundle: &MessageDescriptor) -> String {
+    if whole.kind == MessageKind::Progress {
+        return format!(": progress {}\n\n", whole.revision);
+    }
+    let bundles: Vec<Value> = whole
+        .bundles
+        .iter()
+        .filter_map(|encoded| DynamicMessage::decode(bundle.clone(), encoded.clone()).ok())
+        .filter_map(|decoded| serde_json::to_value(&decoded).ok())
+        .collect();
+    let (name, kind) = match whole.kind {
+        MessageKind::Snapshot => ("snapshot", "WATCH_EVENT_KIND_SNAPSHOT"),
+        _ => ("update", "WATCH_EVENT_KIND_UPDATE"),
+    };
+    let data = json!({
+        "kind": kind,
+        "revision": whole.revision.to_string(),
+        "reset": whole.reset,
+        "bundles": bundles,
+    });
+    format!("id: {}\nevent: {name}\ndata: {data}\n\n", whole.revision)
 }
 
 /// The last event of a stream that ended with an error.

@@ -13,6 +13,7 @@
 
 mod events;
 mod routes;
+mod semantics;
 mod status;
 
 use std::{convert::Infallible, sync::Arc};
@@ -135,6 +136,7 @@ impl Gateway {
             })?
             .to_bytes();
         let mut message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
+        let if_match = semantics::apply_headers(&mut message, &parts.headers)?;
         if route.method.is_server_streaming() {
             // An EventSource resumes after the last event it received.
             if let Some(last) = parts.headers.get("last-event-id") {
@@ -162,7 +164,16 @@ impl Gateway {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             return Ok(response);
         }
-        let reply = self.call(route, &parts.headers, message).await?;
+        if route.method.name() == "GetActive" {
+            return self.get_active(route, &parts.headers, message).await;
+        }
+        let reply = match self.call(route, &parts.headers, message).await {
+            // The compare-and-swap of If-Match failed: 412, as HTTP says.
+            Err(status) if if_match && status.code() == tonic::Code::Aborted => {
+                return Err(Failure::http(StatusCode::PRECONDITION_FAILED, status));
+            }
+            reply => reply?,
+        };
         if route.method.name() != "Draft" {
             return Ok(json_response(StatusCode::OK, &reply).map(boxed));
         }
@@ -172,6 +183,89 @@ impl Gateway {
             response.headers_mut().insert(header::LOCATION, location);
         }
         Ok(response.map(boxed))
+    }
+
+    /// The active bundle with its `ETag`: 304 when `If-None-Match` names
+    /// it, after holding the read until it changes when `Prefer: wait=N`
+    /// asks (long polling).
+    async fn get_active(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        message: DynamicMessage,
+    ) -> Result<Response<HttpBody>, Failure> {
+        let mut bundle = self.call(route, headers, message.clone()).await?;
+        let mut etag = semantics::etag(&bundle);
+        let unchanged = |etag: &Option<HeaderValue>| {
+            etag.as_ref()
+                .is_some_and(|etag| semantics::not_modified(headers, etag))
+        };
+        if unchanged(&etag)
+            && let Some(wait) = semantics::wait(headers)
+        {
+            let revision = bundle
+                .get_field_by_name("revision")
+                .and_then(|value| value.as_u64())
+                .unwrap_or_default();
+            if self
+                .changed_within(&message, headers, revision, wait)
+                .await?
+            {
+                bundle = self.call(route, headers, message).await?;
+                etag = semantics::etag(&bundle);
+            }
+        }
+        let mut response = if unchanged(&etag) {
+            let mut response = Response::new(boxed(Full::new(Bytes::new())));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            json_response(StatusCode::OK, &bundle).map(boxed)
+        };
+        if let Some(etag) = etag {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        Ok(response)
+    }
+
+    /// Whether the policy a GetActive names moves after `revision` within
+    /// `wait`: an in-process WatchActive of that one policy.
+    async fn changed_within(
+        &self,
+        get_active: &DynamicMessage,
+        headers: &HeaderMap,
+        revision: u64,
+        wait: std::time::Duration,
+    ) -> Result<bool, Failure> {
+        let Some(watch) = self
+            .inner
+            .routes
+            .iter()
+            .find(|route| route.method.name() == "WatchActive")
+        else {
+            return Ok(false);
+        };
+        let mut request = DynamicMessage::new(watch.input());
+        for (field, value) in [("namespace", "namespace"), ("names", "name")] {
+            let value = get_active
+                .get_field_by_name(value)
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            set_from_text(&mut request, field, &value).map_err(Status::internal)?;
+        }
+        set_from_text(&mut request, "since_revision", &revision.to_string())
+            .map_err(Status::internal)?;
+        let body = self.dispatch(watch, headers, request).await?;
+        let mut revisions = events::Revisions::new(body);
+        let moved = async {
+            while let Some(Ok(whole)) = revisions.next().await {
+                if !whole.bundles.is_empty() {
+                    return true;
+                }
+            }
+            false
+        };
+        Ok(tokio::time::timeout(wait, moved).await.unwrap_or(false))
     }
 
     /// Calls a unary RPC in process and decodes its reply.

@@ -112,6 +112,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    etags_conditional_reads_long_polls_and_compare_and_swap,
     draft_publish_activate_read_and_roll_back_with_curl,
     a_release_job_checks_then_publishes_and_takes_409_as_released,
     bad_input_is_a_json_error_and_changes_nothing,
@@ -582,33 +583,7 @@ fn bundles(event: &Event) -> Vec<(String, u64)> {
 }
 
 fn release_over_http(address: std::net::SocketAddr, name: &str, max: u64) {
-    let base = format!("http://{address}/v1/namespaces/team/policies/{name}");
-    for (path, body) in [
-        ("drafts", format!(r#"{{"body": {{"max": {max}}}}}"#)),
-        (":publish", r#"{"activate": true}"#.to_owned()),
-    ] {
-        let url = if path.starts_with(':') {
-            format!("{base}{path}")
-        } else {
-            format!("{base}/{path}")
-        };
-        let status = Command::new("curl")
-            .args([
-                "-fsS",
-                "-o",
-                "/dev/null",
-                "-X",
-                "POST",
-                "-H",
-                JSON,
-                "-d",
-                &body,
-                &url,
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "{url}");
-    }
+    release_over_http_in(address, "team", name, max);
 }
 
 /// WatchActive as Server-Sent Events: a snapshot, then one event per
@@ -702,4 +677,140 @@ async fn an_event_source_resumes_by_last_event_id_after_kill_9() {
     resumed.close().await;
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// ETag and If-None-Match (304), Prefer: wait (a long poll answered when
+/// the bundle changes, or 304 at its deadline), If-Match as the
+/// compare-and-swap (412 when stale), Idempotency-Key as the key.
+async fn etags_conditional_reads_long_polls_and_compare_and_swap(app: TestApp) {
+    let base = "/v1/namespaces/payments/policies/limits";
+    let address = app.http_address.unwrap();
+    release_over_http_in(address, "payments", "limits", 1);
+    let first = curl(&app, "GET", &format!("{base}/active"), None, &[]);
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    assert!(etag.starts_with("\"1-1-"), "{etag}");
+    let if_none_match = format!("If-None-Match: {etag}");
+    let unchanged = curl(
+        &app,
+        "GET",
+        &format!("{base}/active"),
+        None,
+        &[&if_none_match],
+    );
+    assert_eq!(
+        (unchanged.status, unchanged.header("etag")),
+        (304, Some(&*etag))
+    );
+
+    // Nothing moves: 304 once the wait is over.
+    let started = std::time::Instant::now();
+    let waited = curl(
+        &app,
+        "GET",
+        &format!("{base}/active"),
+        None,
+        &[&if_none_match, "Prefer: wait=1"],
+    );
+    assert_eq!(waited.status, 304);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+
+    // An activation answers a waiting read at once.
+    let poll = {
+        let (address, if_none_match) = (address, if_none_match.clone());
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let output = Command::new("curl")
+                .args(["-sS", "-i", "-H", &if_none_match, "-H", "Prefer: wait=30"])
+                .arg(format!("http://{address}{base}/active"))
+                .output()
+                .unwrap();
+            (started.elapsed(), String::from_utf8(output.stdout).unwrap())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release_over_http_in(address, "payments", "limits", 2);
+    let (took, answer) = tokio::task::spawn_blocking(move || poll.join().unwrap())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"version\":2"), "{answer}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "answered when it changed: {took:?}"
+    );
+
+    // If-Match: a stale ETag is refused with 412 and changes nothing.
+    let before = app.db_state().await;
+    let stale = format!("If-Match: {etag}");
+    let refused = curl(
+        &app,
+        "POST",
+        &format!("{base}:rollback"),
+        Some(r#"{"reason": "r"}"#),
+        &[JSON, &stale],
+    );
+    assert_eq!((refused.status, &refused.json["code"]), (412, &json!(10)));
+    assert_eq!(app.db_state().await, before);
+    let current = curl(&app, "GET", &format!("{base}/active"), None, &[]);
+    let current = format!("If-Match: {}", current.header("etag").unwrap());
+    let rolled_back = curl(
+        &app,
+        "POST",
+        &format!("{base}:rollback"),
+        Some(r#"{"reason": "r"}"#),
+        &[JSON, &current],
+    );
+    assert_eq!(rolled_back.status, 200, "{rolled_back:?}");
+
+    // Idempotency-Key: a retry gets the first answer and writes nothing.
+    let activate = r#"{"targets": [{"namespace": "payments", "name": "limits", "version": 2}], "reason": "again"}"#;
+    let key = "Idempotency-Key: release-42";
+    let once = curl(
+        &app,
+        "POST",
+        "/v1/policies:activate",
+        Some(activate),
+        &[JSON, key],
+    );
+    let state = app.db_state().await;
+    let twice = curl(
+        &app,
+        "POST",
+        "/v1/policies:activate",
+        Some(activate),
+        &[JSON, key],
+    );
+    assert_eq!((once.status, &once.json), (twice.status, &twice.json));
+    assert_eq!(app.db_state().await, state, "the retry wrote nothing");
+}
+
+fn release_over_http_in(address: std::net::SocketAddr, namespace: &str, name: &str, max: u64) {
+    let base = format!("http://{address}/v1/namespaces/{namespace}/policies/{name}");
+    for (url, body) in [
+        (
+            format!("{base}/drafts"),
+            format!(r#"{{"body": {{"max": {max}}}}}"#),
+        ),
+        (
+            format!("{base}:publish"),
+            r#"{"activate": true}"#.to_owned(),
+        ),
+    ] {
+        let status = Command::new("curl")
+            .args([
+                "-fsS",
+                "-o",
+                "/dev/null",
+                "-X",
+                "POST",
+                "-H",
+                JSON,
+                "-d",
+                &body,
+                &url,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{url}");
+    }
 }
