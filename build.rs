@@ -1,6 +1,11 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and writes
-//! the encoded descriptor set that server reflection serves; also the
-//! client of the etcd subset the watch fan-out benchmark calls.
+//! the encoded descriptor set that server reflection serves, and the
+//! OpenAPI document of the HTTP/JSON port generated from the same
+//! descriptors; also the client of the etcd subset the watch fan-out
+//! benchmark calls.
+
+#[path = "build/openapi.rs"]
+mod openapi;
 
 use std::{env, fs, path::PathBuf};
 
@@ -21,9 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Encoded by protox itself, which keeps the options' extensions (the
     // `google.api.http` routes the HTTP port reads); prost's types would
     // drop them.
+    let encoded = compiler.encode_file_descriptor_set();
+    fs::write(out_dir.join("policyhub_descriptor.bin"), &encoded)?;
+    let pool = prost_reflect::DescriptorPool::decode(encoded.as_slice())?;
     fs::write(
-        out_dir.join("policyhub_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        out_dir.join("openapi.json"),
+        serde_json::to_string_pretty(&openapi::document(&pool, env!("CARGO_PKG_VERSION")))?,
     )?;
     let file_descriptors = compiler.file_descriptor_set();
     tonic_prost_build::configure()

@@ -32,7 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "grpc",
         &["domain", "config", "signing", "watch", "fleet", "hub"],
     ),
-    ("http", &["grpc", "telemetry"]),
+    ("http", &["grpc", "telemetry", "watch"]),
     ("metrics", &["grpc", "fleet", "watch"]),
     ("telemetry", &["config", "grpc"]),
     (

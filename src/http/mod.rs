@@ -45,6 +45,10 @@ pub type GrpcService = tower::util::BoxCloneSyncService<
     Infallible,
 >;
 
+/// The OpenAPI 3.1 document of this port, which `build.rs` generates from
+/// the same descriptors the routes are read from.
+pub const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
 /// Request headers passed on to the RPC as metadata.
 const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
 
@@ -112,6 +116,15 @@ impl Gateway {
     ) -> Result<Response<HttpBody>, Failure> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
+        if parts.method == Method::GET && path == "/openapi.json" {
+            let mut response =
+                Response::new(boxed(Full::new(Bytes::from_static(OPENAPI.as_bytes()))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
         let (route, bindings) = self
             .inner
             .routes
