@@ -28,6 +28,7 @@ use tonic::Status;
 use tower_service::Service;
 
 use self::routes::{Route, routes, set_from_text};
+pub use self::status::http_status;
 use self::status::{Failure, error_response, json_response};
 
 /// A response body: a whole JSON document, or a stream of events.

@@ -138,7 +138,6 @@ impl Route {
             match segment {
                 Segment::Literal(literal) if literal == part => {}
                 Segment::Literal(_) => return None,
-                Segment::Field(_) if part.is_empty() => return None,
                 Segment::Field(field) => {
                     let value = percent_decode(part)?;
                     bindings.push((field.clone(), value));

@@ -14,21 +14,44 @@ crate::on_both_backends!(every_rpc_refuses_bad_input_alike_and_changes_nothing);
 
 type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
-/// `(what, the call, the code it must get)`.
-fn rows(app: &TestApp) -> Vec<(&'static str, Call, Code)> {
+/// One bad input: what it is, the gRPC call, the code it must get, and the
+/// same request as the RPC's name and its message in the JSON mapping, to
+/// send over HTTP.
+struct Row {
+    what: &'static str,
+    call: Call,
+    code: Code,
+    rpc: String,
+    request: serde_json::Value,
+}
+
+/// A request in the protobuf JSON mapping.
+fn request_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Value {
+    let pool = prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+    let descriptor = pool.get_message_by_name(&M::full_name()).unwrap();
+    let dynamic =
+        prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+            .unwrap();
+    serde_json::to_value(&dynamic).unwrap()
+}
+
+fn rows(app: &TestApp) -> Vec<Row> {
     let policy = app.policy.clone();
     let bundle = app.bundle.clone();
     let long = "x".repeat(10_000);
-    let mut rows: Vec<(&'static str, Call, Code)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     macro_rules! row {
         ($what:expr, $code:expr, $client:ident . $method:ident ($request:expr)) => {{
             let mut client = $client.clone();
             let request = $request;
-            rows.push((
-                $what,
-                Box::pin(async move { client.$method(request).await.map(|_| ()) }),
-                $code,
-            ));
+            let json = request_json(&request);
+            rows.push(Row {
+                what: $what,
+                call: Box::pin(async move { client.$method(request).await.map(|_| ()) }),
+                code: $code,
+                rpc: rpc_of(stringify!($method)),
+                request: json,
+            });
         }};
     }
     row!(
@@ -277,7 +300,10 @@ fn rows(app: &TestApp) -> Vec<(&'static str, Call, Code)> {
 async fn every_rpc_refuses_bad_input_alike_and_changes_nothing(app: TestApp) {
     app.release("team", "limits", json!({"max": 1}), true).await;
     let before = app.db_state().await;
-    for (what, call, code) in rows(&app) {
+    for Row {
+        what, call, code, ..
+    } in rows(&app)
+    {
         let status = call.await.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {status:?}");
         assert!(
@@ -289,4 +315,156 @@ async fn every_rpc_refuses_bad_input_alike_and_changes_nothing(app: TestApp) {
         assert!(!status.message().is_empty(), "{what}: says what was wrong");
     }
     assert_eq!(app.db_state().await, before);
+}
+
+/// The RPC of a client method: `discard_draft` → `DiscardDraft`.
+fn rpc_of(method: &str) -> String {
+    method
+        .split('_')
+        .map(|word| {
+            let mut letters = word.chars();
+            letters
+                .next()
+                .map(|first| first.to_uppercase().chain(letters).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The HTTP request of a row: the RPC's first binding in the OpenAPI
+/// document, its path variables from the request, the rest as the JSON
+/// body or, for a read, the query.
+fn http_request(row: &Row) -> (String, String, Option<String>) {
+    let document: serde_json::Value = serde_json::from_str(policyhub::http::OPENAPI).unwrap();
+    let suffix = format!("_{}", row.rpc);
+    let (path, verb) = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find_map(|(path, operations)| {
+            operations
+                .as_object()
+                .unwrap()
+                .iter()
+                .find_map(|(verb, operation)| {
+                    operation["operationId"]
+                        .as_str()
+                        .is_some_and(|id| id.ends_with(&suffix))
+                        .then(|| (path.clone(), verb.to_uppercase()))
+                })
+        })
+        .unwrap_or_else(|| panic!("{} has a route", row.rpc));
+    let camel = |field: &str| {
+        let mut parts = field.split('_');
+        let first = parts.next().unwrap_or_default().to_owned();
+        parts.fold(first, |mut name, part| {
+            let mut letters = part.chars();
+            if let Some(initial) = letters.next() {
+                name.extend(initial.to_uppercase());
+                name.push_str(letters.as_str());
+            }
+            name
+        })
+    };
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (byte as char).to_string()
+                }
+                _ => format!("%{byte:02X}"),
+            })
+            .collect::<String>()
+    };
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let mut url = path.clone();
+    let mut rest = row.request.as_object().cloned().unwrap_or_default();
+    for field in path
+        .split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}'))
+    {
+        let value = rest.remove(&camel(field.0)).unwrap_or_default();
+        url = url.replace(&format!("{{{}}}", field.0), &encode(&text(&value)));
+    }
+    if verb == "GET" {
+        let mut query = Vec::new();
+        for (field, value) in rest {
+            match value {
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        query.push(format!("{field}={}", encode(&text(&item))));
+                    }
+                }
+                // A message field's scalars, as `runtime.id=…`.
+                serde_json::Value::Object(members) => {
+                    for (member, value) in members {
+                        if !value.is_object() && !value.is_array() {
+                            query.push(format!("{field}.{member}={}", encode(&text(&value))));
+                        }
+                    }
+                }
+                value => query.push(format!("{field}={}", encode(&text(&value)))),
+            }
+        }
+        if !query.is_empty() {
+            url = format!("{url}?{}", query.join("&"));
+        }
+        return (verb, url, None);
+    }
+    (verb, url, Some(row.request.to_string()))
+}
+
+/// Every bad input of the table gets the same answer over HTTP: the gRPC
+/// code, in a JSON google.rpc.Status, under the code's HTTP status; and
+/// the whole table changes nothing.
+async fn every_bad_input_gets_the_same_answer_over_http(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let before = app.db_state().await;
+    let address = app.http_address.expect("the HTTP port is served");
+    for row in rows(&app) {
+        let (verb, url, body) = http_request(&row);
+        let mut command = std::process::Command::new("curl");
+        command.args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"]);
+        command.args(["-X", &verb]);
+        command.arg(format!("http://{address}{url}"));
+        if let Some(body) = &body {
+            command.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        let output = command.output().expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (json, status) = text.rsplit_once('\n').expect("a status line");
+        let reply: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|_| panic!("{}: a JSON error: {text}", row.what));
+        assert_eq!(
+            reply["code"].as_i64(),
+            Some(row.code as i64),
+            "{}: {verb} {url}: {reply}",
+            row.what
+        );
+        let expected = policyhub::http::http_status(row.code).as_u16().to_string();
+        assert_eq!(status, expected, "{}: {verb} {url}", row.what);
+    }
+    assert_eq!(app.db_state().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_every_bad_input_gets_the_same_answer_over_http() {
+    let app = crate::http::app(crate::helpers::Backend::Sqlite, true).await;
+    every_bad_input_gets_the_same_answer_over_http(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_every_bad_input_gets_the_same_answer_over_http() {
+    let app = crate::http::app(crate::helpers::Backend::Postgres, true).await;
+    every_bad_input_gets_the_same_answer_over_http(app).await;
 }

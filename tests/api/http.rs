@@ -82,7 +82,8 @@ fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>, headers: &[
 
 const JSON: &str = "Content-Type: application/json";
 
-async fn app(backend: Backend, insecure: bool) -> TestApp {
+/// A server with its HTTP port.
+pub(crate) async fn app(backend: Backend, insecure: bool) -> TestApp {
     spawn_on(TestDatabase::new(backend).await, |settings| {
         settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
         settings.insecure = insecure;
