@@ -7,7 +7,10 @@
 //! as in production). Throughput: 64 calls kept in flight for a fixed time
 //! over 1 connection, and over 16 connections (4 each), the two calls
 //! alternating run by run. Latency: one caller issuing calls one after the
-//! other. The bench's clients share the machine's cores with the server.
+//! other. And GetActive over the HTTP/JSON port, HTTP/1.1 keep-alive on 16
+//! connections one request each at a time, against the same call over gRPC
+//! with the same 16 in flight. The bench's clients share the machine's cores
+//! with the server.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     Outcome, Row, Settings, Target, Unit,
-    support::{NAMESPACE, Options, POLICY, Policyhub, authorized, ms, percentile},
+    support::{NAMESPACE, Options, POLICY, Policyhub, authorized, free_port, ms, percentile},
 };
 
 /// Calls kept in flight.
@@ -30,6 +33,10 @@ const P50_BOUND_MS: f64 = 0.3;
 
 /// The floor on GetActive's rate against Health/Check's.
 const RATE_FLOOR: f64 = 0.8;
+
+/// HTTP/1.1 keep-alive connections of the HTTP row, one request in flight
+/// on each.
+const HTTP_CONNECTIONS: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 enum Call {
@@ -82,11 +89,20 @@ impl Caller {
 /// Calls per second with `IN_FLIGHT` calls spread over `callers`, after a
 /// short warm-up.
 async fn rate(callers: &[Caller], call: Call, duration: Duration) -> anyhow::Result<f64> {
+    rate_in_flight(callers, call, duration, IN_FLIGHT).await
+}
+
+async fn rate_in_flight(
+    callers: &[Caller],
+    call: Call,
+    duration: Duration,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
     let warm_up = Instant::now() + Duration::from_millis(300);
     let start = warm_up;
     let end = start + duration;
     let mut tasks = JoinSet::new();
-    for slot in 0..IN_FLIGHT {
+    for slot in 0..in_flight {
         let mut caller = callers[slot % callers.len()].clone();
         tasks.spawn(async move {
             let mut done = 0u64;
@@ -95,6 +111,63 @@ async fn rate(callers: &[Caller], call: Call, duration: Duration) -> anyhow::Res
                 let now = Instant::now();
                 if now >= end {
                     return Ok::<_, tonic::Status>(done);
+                }
+                if now >= start {
+                    done += 1;
+                }
+            }
+        });
+    }
+    let mut total = 0;
+    while let Some(result) = tasks.join_next().await {
+        total += result??;
+    }
+    Ok(total as f64 / duration.as_secs_f64())
+}
+
+/// GET `path` over `connections` HTTP/1.1 keep-alive connections, one
+/// request at a time on each, for `duration`: calls per second.
+async fn http_rate(
+    address: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let start = Instant::now() + Duration::from_millis(300);
+    let end = start + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..connections {
+        let request = request.clone();
+        tasks.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let mut stream = BufReader::new(stream);
+            let mut done = 0u64;
+            let mut line = String::new();
+            loop {
+                stream.get_mut().write_all(request.as_bytes()).await?;
+                let mut length = 0usize;
+                loop {
+                    line.clear();
+                    stream.read_line(&mut line).await?;
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse()?;
+                    }
+                }
+                let mut body = vec![0; length];
+                stream.read_exact(&mut body).await?;
+                let now = Instant::now();
+                if now >= end {
+                    return anyhow::Ok(done);
                 }
                 if now >= start {
                     done += 1;
@@ -127,8 +200,10 @@ async fn sequential(caller: &Caller, call: Call, count: usize) -> anyhow::Result
 pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let duration = Duration::from_secs(settings.size(2, 5));
     let sequential_calls = settings.size(2_000, 10_000);
+    let http_address = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut policyhub = Policyhub::start(Options {
         authenticated: true,
+        env: vec![("POLICYHUB_HTTP_LISTEN".into(), http_address.to_string())],
         ..Options::default()
     })
     .await?;
@@ -170,6 +245,39 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             .target(Target::RatioAtLeast(RATE_FLOOR)),
         );
     }
+
+    // GetActive over HTTP/1.1 against the same call over gRPC.
+    let bearer = token
+        .as_ref()
+        .and_then(|token| token.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let path = format!("/v1/namespaces/{NAMESPACE}/policies/{POLICY}/active");
+    let mut callers = Vec::with_capacity(HTTP_CONNECTIONS);
+    for _ in 0..HTTP_CONNECTIONS {
+        callers.push(Caller::new(
+            policyhub.endpoint.connect().await?,
+            token.clone(),
+        ));
+    }
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for repeat in 1..=settings.repeats {
+        let http = http_rate(http_address, &path, &bearer, HTTP_CONNECTIONS, duration).await?;
+        let grpc = rate_in_flight(&callers, Call::GetActive, duration, HTTP_CONNECTIONS).await?;
+        println!(
+            "  http, repeat {repeat}: GetActive {http:.0}/s over HTTP/1.1, {grpc:.0}/s over gRPC"
+        );
+        ours.push(http);
+        theirs.push(grpc);
+    }
+    outcome.rows.push(Row::new(
+        format!("GetActive calls/s over HTTP/1.1 keep-alive, {HTTP_CONNECTIONS} connections"),
+        Unit::PerSecond,
+        ours,
+        "the same call over gRPC, 16 connections, as many in flight",
+        theirs,
+    ));
 
     let caller = Caller::new(policyhub.endpoint.connect().await?, token);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());

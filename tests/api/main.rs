@@ -9,6 +9,7 @@ mod client_settings;
 mod concurrency;
 mod helpers;
 mod http;
+mod http_events;
 mod lifecycle;
 mod malformed;
 mod observability;
