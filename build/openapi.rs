@@ -147,7 +147,9 @@ fn operation(
         json!({
             "description": "Server-Sent Events: one event per whole revision, its id the \
                             revision; resume with Last-Event-ID.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            // Each event's data: the revision's message in the JSON
+            // mapping, or a last google.rpc.Status.
+            "content": {"text/event-stream": {"schema": {"type": "object"}}},
         })
     } else {
         json!({
