@@ -113,6 +113,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    a_python_client_uses_the_api_with_requests_alone,
     etags_conditional_reads_long_polls_and_compare_and_swap,
     draft_publish_activate_read_and_roll_back_with_curl,
     a_release_job_checks_then_publishes_and_takes_409_as_released,
@@ -677,9 +678,7 @@ async fn the_openapi_document_is_served_and_valid() {
 /// A client in another language, with nothing generated: Python's
 /// requests drafts, publishes, reads with a conditional GET, and follows
 /// the watch as an EventSource would, resuming by Last-Event-ID.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_client_uses_the_api_with_requests_alone() {
-    let app = app(Backend::Sqlite, true).await;
+async fn a_python_client_uses_the_api_with_requests_alone(app: TestApp) {
     let script = r#"
 import json, sys, requests
 base = sys.argv[1]
@@ -732,4 +731,38 @@ print("ok")
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A call over HTTP is the RPC: it counts in the RPC metrics under the
+/// method's name and its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_calls_count_in_the_rpc_metrics() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.insecure = true;
+    })
+    .await;
+    // The registry is the process's, shared with the tests running beside
+    // this one: count what this call adds.
+    let series =
+        r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/GetActive",code="5"}"#;
+    let metrics_address = app.metrics_address.unwrap();
+    let count = async || {
+        let metrics = crate::observability::scrape(metrics_address).await;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = count().await;
+    let missing = curl(
+        &app,
+        "GET",
+        "/v1/namespaces/team/policies/none/active",
+        None,
+        &[],
+    );
+    assert_eq!(missing.status, 404);
+    assert!(count().await >= before + 1.0, "the HTTP call counted");
 }

@@ -218,7 +218,7 @@ async fn get(address: std::net::SocketAddr, path: &str, accept: &str) -> (String
     (status, content_type, body.to_owned())
 }
 
-async fn scrape(address: std::net::SocketAddr) -> String {
+pub(crate) async fn scrape(address: std::net::SocketAddr) -> String {
     let (status, _, body) = get(address, "/metrics", "*/*").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     body
