@@ -82,6 +82,11 @@ fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>, headers: &[
 
 pub(crate) const JSON: &str = "Content-Type: application/json";
 
+/// A JSON POST.
+fn post(app: &TestApp, path: &str, body: &str) -> Reply {
+    curl(app, "POST", path, Some(body), &[JSON])
+}
+
 /// A server with its HTTP port.
 pub(crate) async fn app(backend: Backend, insecure: bool) -> TestApp {
     spawn_on(TestDatabase::new(backend).await, |settings| {
@@ -122,12 +127,10 @@ on_both!(
 
 async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
     let base = "/v1/namespaces/payments/policies/card-limits";
-    let drafted = curl(
+    let drafted = post(
         &app,
-        "POST",
         &format!("{base}/drafts"),
-        Some(r#"{"body": {"maxAmount": 500}, "changeNotes": "first limits"}"#),
-        &[JSON],
+        r#"{"body": {"maxAmount": 500}, "changeNotes": "first limits"}"#,
     );
     assert_eq!(drafted.status, 201, "{drafted:?}");
     assert_eq!(
@@ -136,31 +139,25 @@ async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
     );
     assert_eq!(drafted.json["version"]["version"], 1);
     assert_eq!(drafted.json["version"]["state"], "VERSION_STATE_DRAFT");
-    let published = curl(
+    let published = post(
         &app,
-        "POST",
         &format!("{base}:publish"),
-        Some(r#"{"label": "1.0.0", "activate": true, "reason": "first release"}"#),
-        &[JSON],
+        r#"{"label": "1.0.0", "activate": true, "reason": "first release"}"#,
     );
     assert_eq!(published.status, 200, "{published:?}");
     assert_eq!(
         published.json["revision"], "1",
         "64-bit integers as strings"
     );
-    curl(
+    post(
         &app,
-        "POST",
         &format!("{base}/drafts"),
-        Some(r#"{"body": {"maxAmount": 900}}"#),
-        &[JSON],
+        r#"{"body": {"maxAmount": 900}}"#,
     );
-    curl(
+    post(
         &app,
-        "POST",
         &format!("{base}:publish"),
-        Some(r#"{"label": "1.1.0", "activate": true}"#),
-        &[JSON],
+        r#"{"label": "1.1.0", "activate": true}"#,
     );
 
     let active = curl(&app, "GET", &format!("{base}/active"), None, &[]);
@@ -189,12 +186,10 @@ async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
     let by_label = curl(&app, "GET", &format!("{base}/labels/1.0.0"), None, &[]);
     assert_eq!(by_label.json["version"], 1);
 
-    let rolled_back = curl(
+    let rolled_back = post(
         &app,
-        "POST",
         &format!("{base}:rollback"),
-        Some(r#"{"reason": "1.1.0 declines cards"}"#),
-        &[JSON],
+        r#"{"reason": "1.1.0 declines cards"}"#,
     );
     assert_eq!(rolled_back.status, 200, "{rolled_back:?}");
     assert_eq!(
@@ -204,12 +199,10 @@ async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
         ),
         (Some(1), Some(2))
     );
-    let restored = curl(
+    let restored = post(
         &app,
-        "POST",
         &format!("{base}:rollback"),
-        Some(r#"{"toVersion": 2, "restore": true, "reason": "forward again"}"#),
-        &[JSON],
+        r#"{"toVersion": 2, "restore": true, "reason": "forward again"}"#,
     );
     assert_eq!(
         (
@@ -240,66 +233,24 @@ async fn a_release_job_checks_then_publishes_and_takes_409_as_released(app: Test
     let missing = curl(&app, "GET", &format!("{base}/labels/1.0.0"), None, &[]);
     assert_eq!(missing.status, 404, "{missing:?}");
     assert_eq!(missing.json["code"], 5);
-    curl(
-        &app,
-        "POST",
-        &format!("{base}/drafts"),
-        Some(r#"{"body": {"max": 1}}"#),
-        &[JSON],
-    );
-    let first = curl(
-        &app,
-        "POST",
-        &format!("{base}:publish"),
-        Some(r#"{"label": "1.0.0"}"#),
-        &[JSON],
-    );
+    post(&app, &format!("{base}/drafts"), r#"{"body": {"max": 1}}"#);
+    let first = post(&app, &format!("{base}:publish"), r#"{"label": "1.0.0"}"#);
     assert_eq!(first.status, 200);
-    curl(
-        &app,
-        "POST",
-        &format!("{base}/drafts"),
-        Some(r#"{"body": {"max": 1}}"#),
-        &[JSON],
-    );
-    let again = curl(
-        &app,
-        "POST",
-        &format!("{base}:publish"),
-        Some(r#"{"label": "1.0.0"}"#),
-        &[JSON],
-    );
+    post(&app, &format!("{base}/drafts"), r#"{"body": {"max": 1}}"#);
+    let again = post(&app, &format!("{base}:publish"), r#"{"label": "1.0.0"}"#);
     assert_eq!(
         (again.status, &again.json["alreadyPublished"]),
         (200, &json!(true))
     );
-    curl(
-        &app,
-        "POST",
-        &format!("{base}/drafts"),
-        Some(r#"{"body": {"max": 2}}"#),
-        &[JSON],
-    );
-    let changed = curl(
-        &app,
-        "POST",
-        &format!("{base}:publish"),
-        Some(r#"{"label": "1.0.0"}"#),
-        &[JSON],
-    );
+    post(&app, &format!("{base}/drafts"), r#"{"body": {"max": 2}}"#);
+    let changed = post(&app, &format!("{base}:publish"), r#"{"label": "1.0.0"}"#);
     assert_eq!(changed.status, 409, "{changed:?}");
     assert_eq!(changed.json["code"], 6, "ALREADY_EXISTS");
 }
 
 async fn bad_input_is_a_json_error_and_changes_nothing(app: TestApp) {
     let base = "/v1/namespaces/payments/policies/limits";
-    curl(
-        &app,
-        "POST",
-        &format!("{base}/drafts"),
-        Some(r#"{"body": {"max": 1}}"#),
-        &[JSON],
-    );
+    post(&app, &format!("{base}/drafts"), r#"{"body": {"max": 1}}"#);
     let before = app.db_state().await;
     // (method, path, body, headers, expected HTTP status)
     type Case<'a> = (&'a str, String, Option<String>, Vec<&'a str>, u16);
@@ -375,12 +326,10 @@ async fn bad_input_is_a_json_error_and_changes_nothing(app: TestApp) {
                 .is_some_and(|message| !message.is_empty())
         );
     }
-    let invalid = curl(
+    let invalid = post(
         &app,
-        "POST",
         "/v1/namespaces/Bad_NS/policies/limits/drafts",
-        Some(r#"{"body": {}}"#),
-        &[JSON],
+        r#"{"body": {}}"#,
     );
     assert_eq!(
         invalid.json["details"][0]["@type"],
@@ -390,13 +339,7 @@ async fn bad_input_is_a_json_error_and_changes_nothing(app: TestApp) {
         invalid.json["details"][0]["fieldViolations"][0]["field"],
         "namespace"
     );
-    let refused = curl(
-        &app,
-        "POST",
-        &format!("{base}:rollback"),
-        Some(r#"{"reason": "r"}"#),
-        &[JSON],
-    );
+    let refused = post(&app, &format!("{base}:rollback"), r#"{"reason": "r"}"#);
     assert_eq!(refused.json["details"][0]["violations"][0]["type"], "STATE");
     assert_eq!(app.db_state().await, before, "bad input changed nothing");
 }
@@ -434,21 +377,6 @@ async fn http_takes_the_same_tokens_and_roles_as_grpc() {
     assert_eq!(created.json["version"]["createdBy"], "alice");
 }
 
-/// The shell block between the HTTP walk-through markers of the README.
-fn readme_http_walkthrough() -> String {
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("<!-- http-walkthrough:start -->")
-        .expect("walk-through start marker");
-    let end = readme
-        .find("<!-- http-walkthrough:end -->")
-        .expect("walk-through end marker");
-    let block = &readme[start..end];
-    let body_start = block.find("```sh\n").expect("a sh code block") + "```sh\n".len();
-    let body_end = block.rfind("```").expect("the end of the code block");
-    block[body_start..body_end].to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_http_walkthrough_works_when_pasted() {
     // As the quick start runs the server: authentication on, its data
@@ -476,8 +404,8 @@ async fn the_readme_http_walkthrough_works_when_pasted() {
         std::env::var("PATH").unwrap_or_default()
     );
     let address = app.http_address.unwrap();
-    let script =
-        readme_http_walkthrough().replace("http://127.0.0.1:8080", &format!("http://{address}"));
+    let script = crate::operations::readme_block("http-walkthrough")
+        .replace("http://127.0.0.1:8080", &format!("http://{address}"));
     let output = Command::new("sh")
         .args(["-e", "-x", "-c", &script])
         .current_dir(workdir.path())

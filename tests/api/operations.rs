@@ -134,14 +134,15 @@ async fn grpcurl_lists_and_describes_through_reflection() {
     assert!(message.contains("Compare-and-swap"), "{message}");
 }
 
-/// The shell block between the walk-through markers of the README.
-fn readme_walkthrough() -> String {
+/// The shell block between the README's `<!-- NAME:start -->` and
+/// `<!-- NAME:end -->` markers.
+pub(crate) fn readme_block(name: &str) -> String {
     let readme = include_str!("../../README.md");
     let start = readme
-        .find("<!-- walkthrough:start -->")
+        .find(&format!("<!-- {name}:start -->"))
         .expect("walk-through start marker");
     let end = readme
-        .find("<!-- walkthrough:end -->")
+        .find(&format!("<!-- {name}:end -->"))
         .expect("walk-through end marker");
     let block = &readme[start..end];
     let body_start = block.find("```sh\n").expect("a sh code block") + "```sh\n".len();
@@ -174,7 +175,7 @@ async fn the_readme_walkthrough_works_when_pasted() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = readme_walkthrough();
+    let script = readme_block("walkthrough");
     assert!(
         script.matches("grpcurl").count() >= 10,
         "the walk-through has draft, publish, activate, rollback"
