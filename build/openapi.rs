@@ -271,32 +271,20 @@ fn scalar(field: &FieldDescriptor) -> Value {
 
 /// The leading comment of a method.
 fn method_comment(method: &MethodDescriptor) -> String {
-    method
-        .parent_file()
-        .file_descriptor_proto()
-        .source_code_info
-        .as_ref()
-        .and_then(|info| {
-            info.location
-                .iter()
-                .find(|location| location.path == method.path())
-        })
-        .map(|location| location.leading_comments().trim().replace('\n', " "))
-        .unwrap_or_default()
+    leading_comment(&method.parent_file(), method.path())
 }
 
 /// The leading comment of a field.
 fn comment(field: &FieldDescriptor) -> String {
-    field
-        .parent_file()
-        .file_descriptor_proto()
+    leading_comment(&field.parent_file(), field.path())
+}
+
+/// The comment before the element at `path` of `file`, on one line.
+fn leading_comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
+    file.file_descriptor_proto()
         .source_code_info
         .as_ref()
-        .and_then(|info| {
-            info.location
-                .iter()
-                .find(|location| location.path == field.path())
-        })
+        .and_then(|info| info.location.iter().find(|location| location.path == path))
         .map(|location| location.leading_comments().trim().replace('\n', " "))
         .unwrap_or_default()
 }
