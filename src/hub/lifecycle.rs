@@ -261,6 +261,13 @@ impl PolicyHub {
                 source.policy
             )));
         }
+        // The copy adds the source's requirement edges back to the graph,
+        // which may have changed since: judged as a draft is (the rollback
+        // holds the namespace's lock).
+        if !source.requirements.is_empty() {
+            let graph = tx.requirement_graph(&source.policy.namespace).await?;
+            ensure_acyclic(&source.policy.name, &source.requirements, &graph)?;
+        }
         let notes = format!("Restored from version {from}: {reason}");
         let drafted = new_draft(tx, context, policy, source.body, notes, source.requirements)
             .await?

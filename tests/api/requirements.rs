@@ -15,6 +15,7 @@ crate::on_both_backends!(
     rolling_a_requirement_back_below_the_range_is_refused,
     cycles_unsatisfiable_ranges_and_other_namespaces_are_refused,
     a_rollout_is_judged_at_start_and_again_at_completion,
+    a_restore_that_would_close_a_cycle_is_refused_and_changes_nothing,
 );
 
 fn requirement(name: &str, range: &str) -> proto::Requirement {
@@ -414,4 +415,38 @@ async fn the_cli_drafts_requirements_shows_them_and_verify_reads_them_signed() {
         "{}",
         verified.stdout
     );
+}
+
+/// Restoring a version copies its requirements forward: when the graph
+/// changed since and they would now close a cycle, the restore is refused as
+/// such a draft would be, and nothing is written.
+async fn a_restore_that_would_close_a_cycle_is_refused_and_changes_nothing(app: TestApp) {
+    draft(&app, "right", vec![]).await.unwrap();
+    publish(&app, "right", "1.0.0", true).await.unwrap();
+    draft(&app, "left", vec![requirement("right", "*")])
+        .await
+        .unwrap();
+    publish(&app, "left", "1.0.0", true).await.unwrap();
+    draft(&app, "left", vec![]).await.unwrap();
+    publish(&app, "left", "2.0.0", true).await.unwrap();
+    // left's newest version requires nothing, so right may require left.
+    draft(&app, "right", vec![requirement("left", "*")])
+        .await
+        .unwrap();
+    let before = app.db_state().await;
+    let restore = app
+        .policy
+        .clone()
+        .rollback(proto::RollbackRequest {
+            namespace: "team".into(),
+            name: "left".into(),
+            to_version: Some(1),
+            reason: "back to 1.0.0".into(),
+            restore: true,
+            ..Default::default()
+        })
+        .await;
+    let message = expect_code(restore, Code::FailedPrecondition);
+    assert!(message.contains("left -> right -> left"), "{message}");
+    assert_eq!(app.db_state().await, before);
 }
