@@ -35,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("http", &["grpc", "telemetry", "watch"]),
     ("metrics", &["grpc", "fleet", "watch"]),
     ("telemetry", &["config", "grpc"]),
+    ("agent", &["domain", "http", "metrics"]),
     (
         "startup",
         &[
@@ -64,6 +65,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "startup",
             "shutdown",
             "telemetry",
+            "agent",
         ],
     ),
 ];

@@ -41,8 +41,12 @@
 //! - [`config`] (settings and request limits), [`telemetry`], [`metrics`],
 //!   [`startup`] (which wires the layers together), [`shutdown`]: running
 //!   the server.
+//! - [`agent`]: `policyhub agent`, which follows namespaces through the
+//!   runtime library and hands verified policy to local processes over a
+//!   localhost HTTP API and as files.
 //! - [`cli`]: the `policyhub` binary's subcommands.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -73,5 +73,6 @@ pub mod proto {
 
 pub use state::{Source, State, VerifiedBundle};
 pub use watcher::{
-    Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, Subscription, TokenSource, WatchError,
+    Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, RevokeError, Revoker, Subscription,
+    TokenSource, Validate, WatchError,
 };

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedMutexGuard, mpsc};
 use tonic::{
     Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
     transport::Channel,
@@ -40,8 +40,8 @@ use crate::proto::{
 };
 use crate::state::{Assembler, Revision, Source, State, VerifiedBundle};
 use crate::watcher::{
-    DEFAULT_HEARTBEAT_INTERVAL, Event, HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource,
-    WatchError,
+    DEFAULT_HEARTBEAT_INTERVAL, Event, HEARTBEAT_INTERVAL_HEADER, Revocation, RevokeError,
+    Subscription, TokenSource, Validate, WatchError,
 };
 
 /// Attaches the token to every call.
@@ -83,7 +83,7 @@ struct Gone;
 
 impl<F> Outlet<F>
 where
-    F: FnMut(&State) -> Result<(), String>,
+    F: Validate,
 {
     pub(crate) fn new(events: mpsc::Sender<Result<Event, WatchError>>, validate: F) -> Self {
         Outlet { events, validate }
@@ -98,16 +98,17 @@ where
 /// sending every event to `outlet`; a permanent failure is sent last.
 pub(crate) async fn drive<F>(subscription: Subscription, mut outlet: Outlet<F>)
 where
-    F: FnMut(&State) -> Result<(), String>,
+    F: Validate,
 {
     let Ok(mut core) = Core::start(&subscription, &mut outlet).await else {
         return;
     };
+    let mut revocations = Revocations::of(&subscription).await;
     let fresh_backoff = || Backoff::new(subscription.backoff_initial, subscription.backoff_max);
     let mut backoff = fresh_backoff();
     loop {
         let started = Instant::now();
-        let failure = match session(&subscription, &mut core, &mut outlet).await {
+        let failure = match session(&subscription, &mut core, &mut outlet, &mut revocations).await {
             Err(failure) => failure,
             Ok(never) => match never {},
         };
@@ -144,7 +145,44 @@ where
         if outlet.emit(lost).await.is_err() {
             return;
         }
-        tokio::time::sleep(retry_in).await;
+        // The application may take back its state while the server is away;
+        // the report goes with the next connection.
+        let sleep = tokio::time::sleep(retry_in);
+        let mut sleep = std::pin::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                request = revocations.next() => {
+                    if core.revoke(request, &outlet).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The revocations of a [`Subscription::revocable`] subscription, taken
+/// for the whole life of its stream.
+struct Revocations(Option<OwnedMutexGuard<mpsc::Receiver<Revocation>>>);
+
+impl Revocations {
+    async fn of(subscription: &Subscription) -> Self {
+        match &subscription.revocations {
+            Some(receiver) => Revocations(Some(receiver.clone().lock_owned().await)),
+            None => Revocations(None),
+        }
+    }
+
+    /// The next request; never, once every revoker is gone.
+    async fn next(&mut self) -> Revocation {
+        if let Some(receiver) = self.0.as_mut()
+            && let Some(request) = receiver.recv().await
+        {
+            return request;
+        }
+        self.0 = None;
+        std::future::pending().await
     }
 }
 
@@ -165,9 +203,10 @@ async fn session<F>(
     subscription: &Subscription,
     core: &mut Core,
     outlet: &mut Outlet<F>,
+    revocations: &mut Revocations,
 ) -> Result<Infallible, Failure>
 where
-    F: FnMut(&State) -> Result<(), String>,
+    F: Validate,
 {
     let mut client = connect(subscription).await?;
     if core.jwks.keys.is_empty() {
@@ -196,7 +235,15 @@ where
         .await?;
     let mut assembler = Assembler::default();
     loop {
-        let message = match tokio::time::timeout(deadline, stream.message()).await {
+        let message = tokio::select! {
+            message = tokio::time::timeout(deadline, stream.message()) => message,
+            request = revocations.next() => {
+                core.revoke(request, outlet).await?;
+                core.flush_reports(&mut client, subscription).await;
+                continue;
+            }
+        };
+        let message = match message {
             Err(_) => {
                 return Err(Failure::Transient(format!(
                     "no message for {} ms, three heartbeats",
@@ -273,6 +320,9 @@ async fn fetch_jwks(client: &mut Client) -> Result<Jwks, Failure> {
 struct Core {
     /// The state in force.
     applied: State,
+    /// The state in force before it, received in this run: what a
+    /// revocation restores.
+    previous: Option<State>,
     /// The newest revision applied or rejected: where to resume.
     decided: u64,
     /// The keys that verify bundles; fetched from the server, never taken
@@ -288,7 +338,7 @@ impl Core {
     /// Starts from the cache when there is a good one, and says so.
     async fn start<F>(subscription: &Subscription, outlet: &mut Outlet<F>) -> Result<Self, Gone>
     where
-        F: FnMut(&State) -> Result<(), String>,
+        F: Validate,
     {
         let cache = subscription
             .cache_dir
@@ -299,6 +349,7 @@ impl Core {
                 namespace: subscription.namespace.clone(),
                 ..State::default()
             },
+            previous: None,
             decided: 0,
             jwks: Jwks::default(),
             cache,
@@ -310,7 +361,7 @@ impl Core {
         };
         let event = match cache.load() {
             Ok(None) => return Ok(core),
-            Ok(Some((state, jwks))) => match (outlet.validate)(&state) {
+            Ok(Some((state, jwks))) => match outlet.validate.validate(&state).await {
                 Ok(()) => {
                     tracing::info!(
                         revision = state.revision,
@@ -394,7 +445,7 @@ impl Core {
         validate: &mut F,
     ) -> Option<Event>
     where
-        F: FnMut(&State) -> Result<(), String>,
+        F: Validate,
     {
         let is_snapshot = match revision.kind {
             WatchEventKind::Snapshot => true,
@@ -439,15 +490,12 @@ impl Core {
             for bundle in verified {
                 candidate.bundles.insert(bundle.name.clone(), bundle);
             }
-            match validate(&candidate) {
+            match validate.validate(&candidate).await {
                 Ok(()) => {
                     self.report(&revision, ApplyState::Applied, |_| String::new());
-                    if let Some(cache) = &self.cache
-                        && let Err(error) = cache.save(&candidate, &self.jwks)
-                    {
-                        tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
-                    }
-                    self.applied = candidate;
+                    self.save(&candidate);
+                    let before = std::mem::replace(&mut self.applied, candidate);
+                    self.previous = (before.revision > 0).then_some(before);
                     None
                 }
                 Err(reason) => Some(reason),
@@ -484,6 +532,83 @@ impl Core {
             revision: revision.revision,
             reason,
         })
+    }
+
+    /// Keeps `state` as the last-known-good one.
+    fn save(&self, state: &State) {
+        if let Some(cache) = &self.cache
+            && let Err(error) = cache.save(state, &self.jwks)
+        {
+            tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
+        }
+    }
+
+    /// Answers a revocation, and says what it changed.
+    async fn revoke<F>(&mut self, request: Revocation, outlet: &Outlet<F>) -> Result<(), Gone>
+    where
+        F: Validate,
+    {
+        let Revocation {
+            revision,
+            reason,
+            reply,
+        } = request;
+        let restored = self.take_back(revision, &reason);
+        let event = restored.as_ref().ok().map(|state| Event::Revoked {
+            revision,
+            reason,
+            restored: state.clone(),
+        });
+        // The caller may have given up waiting; the revocation stands.
+        let _ = reply.send(restored);
+        match event {
+            Some(event) => outlet.emit(event).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Puts the state before the one in force back, reporting what it
+    /// brought REJECTED; the state restored.
+    fn take_back(&mut self, revision: u64, reason: &str) -> Result<State, RevokeError> {
+        if revision != self.applied.revision {
+            return Err(RevokeError::NotInForce {
+                asked: revision,
+                held: self.applied.revision,
+            });
+        }
+        let previous = self
+            .previous
+            .take()
+            .ok_or(RevokeError::NothingToRestore(revision))?;
+        let error: String = reason.chars().take(1000).collect();
+        for bundle in self.applied.bundles.values() {
+            let kept = previous
+                .bundles
+                .get(&bundle.name)
+                .is_some_and(|before| before.version == bundle.version);
+            if !kept {
+                self.pending_reports.insert(
+                    bundle.name.clone(),
+                    PolicyApplyStatus {
+                        name: bundle.name.clone(),
+                        version: bundle.version,
+                        state: ApplyState::Rejected as i32,
+                        error: error.clone(),
+                        revision,
+                    },
+                );
+            }
+        }
+        self.pending_revision = self.pending_revision.max(revision);
+        tracing::warn!(
+            revision,
+            restored = previous.revision,
+            %reason,
+            "the application took back the state in force; the one before is in force again"
+        );
+        self.save(&previous);
+        self.applied = previous;
+        Ok(self.applied.clone())
     }
 
     /// Queues the outcome of every bundle of `revision`.

@@ -11,7 +11,7 @@
 use std::{future::Future, path::PathBuf, pin::pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tonic::{
     Status,
     transport::{ClientTlsConfig, Endpoint},
@@ -32,6 +32,25 @@ pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
 
 /// The heartbeat interval assumed of a server that does not say it.
 pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The application's verdict on each new whole state, before it is put in
+/// force: `Ok` applies it, `Err(reason)` refuses it (reported REJECTED with
+/// the reason; the previous state stays in force). The check may take its
+/// time, such as writing files and reloading a process; the subscription
+/// waits for it. Every `FnMut(&State) -> Result<(), String>` is one.
+pub trait Validate {
+    /// Accepts or refuses `state`.
+    fn validate(&mut self, state: &State) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl<F> Validate for F
+where
+    F: FnMut(&State) -> Result<(), String>,
+{
+    fn validate(&mut self, state: &State) -> impl Future<Output = Result<(), String>> + Send {
+        std::future::ready(self(state))
+    }
+}
 
 /// Why a subscription stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +89,17 @@ pub enum Event {
         /// Why, as reported.
         reason: String,
     },
+    /// The application took back the state in force at `revision` (through
+    /// a [`Revoker`]): it is reported REJECTED, and `restored`, the state
+    /// before it, is in force and cached again.
+    Revoked {
+        /// The revision taken back.
+        revision: u64,
+        /// Why, as reported.
+        reason: String,
+        /// The state in force again.
+        restored: State,
+    },
     /// The stream was lost (the server went away, a reset or half-open
     /// connection, three missed heartbeats); the subscription reconnects
     /// after `retry_in` and resumes from `revision`.
@@ -97,6 +127,8 @@ pub struct Subscription {
     pub(crate) heartbeat_interval: Option<Duration>,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    /// Where a [`Revoker`]'s requests arrive, once one was made.
+    pub(crate) revocations: Option<Arc<Mutex<mpsc::Receiver<Revocation>>>>,
 }
 
 impl Subscription {
@@ -114,7 +146,17 @@ impl Subscription {
             heartbeat_interval: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            revocations: None,
         }
+    }
+
+    /// Lets the application take back the state in force after it applied
+    /// it (a reload that failed later, a health check after the change): a
+    /// [`Revoker`] for this subscription.
+    pub fn revocable(mut self) -> (Self, Revoker) {
+        let (sender, receiver) = mpsc::channel(8);
+        self.revocations = Some(Arc::new(Mutex::new(receiver)));
+        (self, Revoker { sender })
     }
 
     /// Only these policies.
@@ -231,6 +273,16 @@ impl Subscription {
     where
         F: FnMut(&State) -> Result<(), String>,
     {
+        self.events_with(validate)
+    }
+
+    /// [`events`](Self::events), with a [`Validate`] that may take its time
+    /// (write files, reload a process) before it accepts or refuses a
+    /// state.
+    pub fn events_with<V>(self, validate: V) -> impl Stream<Item = Result<Event, WatchError>>
+    where
+        V: Validate,
+    {
         // The machinery runs inside the stream, polled with it; a channel of
         // one event holds it back until the consumer takes the last one.
         let (sender, receiver) = mpsc::channel(1);
@@ -274,7 +326,12 @@ impl Subscription {
         let follow = async move {
             let mut events = pin!(self.events());
             while let Some(event) = events.next().await {
-                if let Event::Applied(state) | Event::FromCache(state) = event? {
+                if let Event::Applied(state)
+                | Event::FromCache(state)
+                | Event::Revoked {
+                    restored: state, ..
+                } = event?
+                {
                     sender.send_replace(Some(Arc::new(state)));
                 }
             }
@@ -327,5 +384,64 @@ impl Reader {
                 return Ok(state);
             }
         }
+    }
+}
+
+/// A request to take back the state in force.
+#[derive(Debug)]
+pub(crate) struct Revocation {
+    pub revision: u64,
+    pub reason: String,
+    pub reply: oneshot::Sender<Result<State, RevokeError>>,
+}
+
+/// Why a revocation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    /// Only the state in force can be taken back.
+    #[error("revision {asked} is not the state in force (revision {held} is)")]
+    NotInForce {
+        /// The revision named.
+        asked: u64,
+        /// The revision in force.
+        held: u64,
+    },
+    /// No earlier state of this run to return to (the state in force came
+    /// from the cache, or is the first one, or was restored by a
+    /// revocation).
+    #[error("revision {0} has no earlier state to return to")]
+    NothingToRestore(u64),
+    /// The subscription has ended, or its stream is not polled.
+    #[error("the subscription has ended")]
+    Ended,
+}
+
+/// Takes back the state in force of a [`Subscription::revocable`]
+/// subscription.
+#[derive(Debug, Clone)]
+pub struct Revoker {
+    sender: mpsc::Sender<Revocation>,
+}
+
+impl Revoker {
+    /// Takes back the state in force at `revision`: it is reported REJECTED
+    /// with `reason`, the state before it is put back in force (and
+    /// cached), and the events say [`Event::Revoked`]. The restored state.
+    pub async fn revoke(
+        &self,
+        revision: u64,
+        reason: impl Into<String>,
+    ) -> Result<State, RevokeError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Revocation {
+            revision,
+            reason: reason.into(),
+            reply,
+        };
+        self.sender
+            .send(request)
+            .await
+            .map_err(|_| RevokeError::Ended)?;
+        answer.await.map_err(|_| RevokeError::Ended)?
     }
 }

@@ -125,6 +125,8 @@ fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
 struct Resolved {
     server: String,
     token: Option<String>,
+    /// Where the token was read from, to read it again (a rotated token).
+    token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     identity: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
@@ -137,8 +139,9 @@ pub struct RuntimeTarget {
     pub server: String,
     /// TLS, for an https:// URL.
     pub tls: Option<ClientTlsConfig>,
-    /// The bearer token.
-    pub token: Option<String>,
+    /// The bearer token of each connection: a token file is read again
+    /// each time (a rotated token), the last good one kept if it cannot be.
+    pub token: Option<policyhub_runtime::TokenSource>,
 }
 
 impl Resolved {
@@ -167,14 +170,19 @@ impl Connection {
                 .or_else(|| env(name).map(PathBuf::from))
                 .or(from_context)
         };
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(file)) => Some(read_token(file)?),
+        let token_file = match (&self.token, &self.token_file) {
+            (Some(_), _) => None,
+            (None, Some(file)) => Some(file.clone()),
             (None, None) => match (env("POLICYHUB_TOKEN"), env("POLICYHUB_TOKEN_FILE")) {
-                (Some(token), _) => Some(token),
-                (None, Some(file)) => Some(read_token(&PathBuf::from(file))?),
-                (None, None) => context.token_file.as_ref().map(read_token).transpose()?,
+                (Some(_), _) => None,
+                (None, Some(file)) => Some(PathBuf::from(file)),
+                (None, None) => context.token_file.clone(),
             },
+        };
+        let token = match (&token_file, &self.token) {
+            (Some(file), _) => Some(read_token(file)?),
+            (None, Some(token)) => Some(token.clone()),
+            (None, None) => env("POLICYHUB_TOKEN"),
         };
         let cert_file = path(&self.cert_file, "POLICYHUB_CERT_FILE", context.cert_file);
         let key_file = path(&self.key_file, "POLICYHUB_KEY_FILE", context.key_file);
@@ -201,6 +209,7 @@ impl Connection {
         Ok(Resolved {
             server,
             token: token.map(|token| token.trim().to_owned()),
+            token_file,
             ca_file: path(&self.ca_file, "POLICYHUB_CA_FILE", context.ca_file),
             identity,
             connect_timeout: match self.connect_timeout {
@@ -227,10 +236,29 @@ impl Connection {
         } else {
             None
         };
+        let token: Option<policyhub_runtime::TokenSource> = match resolved.token_file {
+            Some(file) => {
+                let last = std::sync::Mutex::new(resolved.token.unwrap_or_default());
+                Some(std::sync::Arc::new(move || {
+                    let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if let Ok(text) = std::fs::read_to_string(&file)
+                        && !text.trim().is_empty()
+                    {
+                        *last = text.trim().to_owned();
+                    }
+                    Some(last.clone())
+                }))
+            }
+            None => resolved
+                .token
+                .map(|token| -> policyhub_runtime::TokenSource {
+                    std::sync::Arc::new(move || Some(token.clone()))
+                }),
+        };
         Ok(RuntimeTarget {
             server: resolved.server,
             tls,
-            token: resolved.token,
+            token,
         })
     }
 

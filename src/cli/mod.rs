@@ -5,6 +5,7 @@
 //! `verify`, `token` and `keys generate` work offline. How they fail, and
 //! with which exit code, is decided in one place: `failure`.
 
+mod agent;
 mod args;
 mod connection;
 mod context;
@@ -77,6 +78,13 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
+    },
+    /// Follow namespaces as a runtime and hand verified policy to local
+    /// processes: a localhost HTTP API, files swapped whole per revision, a
+    /// command run after each swap.
+    Agent {
+        #[command(flatten)]
+        args: agent::AgentArgs,
     },
     /// Apply pending database migrations and exit (serve also applies them).
     Migrate {
@@ -350,6 +358,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             application
                 .run_until_stopped(crate::shutdown::signal())
                 .await?;
+        }
+        Command::Agent { args } => {
+            let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
+            agent::run(args).await?
         }
         Command::Migrate { config, overrides } => {
             let settings = Settings::load(config.as_deref(), &overrides)?;

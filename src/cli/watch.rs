@@ -38,7 +38,7 @@ pub struct WatchArgs {
     heartbeat_interval: Option<Duration>,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("{text:?} is not key=value"))
@@ -55,7 +55,7 @@ pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> an
         subscription = subscription.tls(tls);
     }
     if let Some(token) = target.token {
-        subscription = subscription.token(std::sync::Arc::new(move || Some(token.clone())));
+        subscription = subscription.token(token);
     }
     if let Some(id) = args.runtime_id {
         subscription = subscription.runtime(id, args.labels);

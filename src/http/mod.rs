@@ -13,7 +13,7 @@
 
 mod events;
 mod routes;
-mod semantics;
+pub mod semantics;
 mod status;
 
 use std::{convert::Infallible, sync::Arc};
@@ -28,8 +28,8 @@ use tonic::Status;
 use tower_service::Service;
 
 use self::routes::{Route, routes, set_from_text};
-pub use self::status::http_status;
 use self::status::{Failure, error_response, json_response};
+pub use self::status::{http_status, status_json};
 
 /// A response body: a whole JSON document, or a stream of events.
 type HttpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;

@@ -18,7 +18,10 @@ mod exposition;
 mod process;
 mod rpc;
 
-use std::{net::SocketAddr, sync::LazyLock};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, LazyLock},
+};
 
 use http_body_util::Full;
 use hyper::{
@@ -178,15 +181,29 @@ impl Metrics {
     fn render(&self, index: &ActiveIndex) -> String {
         self.revision.set(index.revision() as i64);
         self.watch_streams.set(index.subscribers() as i64);
-        let mut text = String::new();
-        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
+        encode_registry(&self.registry)
     }
+}
+
+/// Writes the OpenMetrics text of one scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The OpenMetrics text of `registry`.
+pub fn encode_registry(registry: &Registry) -> String {
+    let mut text = String::new();
+    encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// The standard `process_*` metrics, for a registry of another process kind
+/// (`policyhub agent`).
+pub fn process_collector() -> Box<dyn prometheus_client::collector::Collector> {
+    Box::new(process::ProcessCollector)
 }
 
 /// Answers `GET /metrics` in the format the scraper asks for; every other
 /// path is 404.
-fn answer(request: &Request<Incoming>, index: &ActiveIndex) -> Response<Full<Bytes>> {
+fn answer(request: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -199,7 +216,7 @@ fn answer(request: &Request<Incoming>, index: &ActiveIndex) -> Response<Full<Byt
         .headers()
         .get(http::header::ACCEPT)
         .and_then(|value| value.to_str().ok());
-    let openmetrics = global().render(index);
+    let openmetrics = render();
     let (content_type, body) = if exposition::wants_openmetrics(accept) {
         (exposition::OPENMETRICS, openmetrics)
     } else {
@@ -211,8 +228,14 @@ fn answer(request: &Request<Incoming>, index: &ActiveIndex) -> Response<Full<Byt
         .expect("a content type is a valid header")
 }
 
-/// Serves `/metrics` on `listener` until aborted.
+/// Serves the server's `/metrics` on `listener` until aborted.
 pub async fn serve(listener: TcpListener, index: ActiveIndex) {
+    serve_with(listener, Arc::new(move || global().render(&index))).await
+}
+
+/// Serves `/metrics` on `listener` until aborted, each scrape written by
+/// `render`.
+pub async fn serve_with(listener: TcpListener, render: Render) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -221,10 +244,10 @@ pub async fn serve(listener: TcpListener, index: ActiveIndex) {
                 continue;
             }
         };
-        let index = index.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(&request, &index);
+                let response = answer(&request, &render);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()

@@ -1,6 +1,7 @@
 //! Integration tests: real servers on port 0, real SQLite files and
 //! PostgreSQL databases, real gRPC clients.
 
+mod agent;
 mod auth;
 mod bad_input;
 mod bad_input_table;

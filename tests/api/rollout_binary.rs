@@ -30,7 +30,10 @@ use crate::rollouts::{in_step, open_runtimes, start_request, step, until};
 
 /// The real server on `database` at `port`, its controller ticking every
 /// 100 ms.
-async fn serve(port: u16, database: &TestDatabase) -> (Child, PolicyServiceClient<Channel>) {
+pub(crate) async fn serve(
+    port: u16,
+    database: &TestDatabase,
+) -> (Child, PolicyServiceClient<Channel>) {
     let env = [
         ("POLICYHUB_DATABASE_URL", database.url.clone()),
         ("POLICYHUB_ROLLOUTS__TICK_INTERVAL", "100ms".to_owned()),
@@ -40,7 +43,7 @@ async fn serve(port: u16, database: &TestDatabase) -> (Child, PolicyServiceClien
 }
 
 /// team/limits: version 1 active, version 2 published.
-async fn seed(policy: &mut PolicyServiceClient<Channel>) {
+pub(crate) async fn seed(policy: &mut PolicyServiceClient<Channel>) {
     for (body, activate) in [(json!({"max": 1}), true), (json!({"max": 2}), false)] {
         policy
             .draft(proto::DraftRequest {

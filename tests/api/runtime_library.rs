@@ -129,18 +129,18 @@ fn kill_9(mut server: Child) {
 /// A loopback TCP proxy that can black-hole its open connections (stop
 /// forwarding, keep the sockets) and flip bytes of the JWS it forwards.
 #[derive(Clone)]
-struct Proxy {
+pub(crate) struct Proxy {
     address: SocketAddr,
     /// Connections opened before this flips stop forwarding.
     stalled: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     /// When each connection was accepted.
     accepts: Arc<Mutex<Vec<Instant>>>,
-    tamper: Arc<Mutex<Option<Tamper>>>,
+    pub(crate) tamper: Arc<Mutex<Option<Tamper>>>,
 }
 
 /// How the proxy corrupts the next JWS it forwards to the client.
 #[derive(Clone, Copy, Debug)]
-enum Tamper {
+pub(crate) enum Tamper {
     /// One character of the signed payload.
     Payload,
     /// The key id in the header, rewritten to a key no JWKS holds.
@@ -148,7 +148,7 @@ enum Tamper {
 }
 
 impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
+    pub(crate) async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = Proxy {
             address: listener.local_addr().unwrap(),
@@ -180,7 +180,7 @@ impl Proxy {
         proxy
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.address)
     }
 

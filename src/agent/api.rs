@@ -1,0 +1,466 @@
+//! The agent's localhost HTTP API: verified policy for any process.
+//!
+//! - `GET /v1/namespaces/{namespace}/policies/{name}`: the body of the
+//!   active version, with `Policyhub-Version`, `-Label`, `-Revision`,
+//!   `-Digest`, `-Source` and an `ETag` (`"<version>-<revision>-<digest>"`,
+//!   the server's).
+//! - `GET /v1/namespaces/{namespace}/state`: the whole state in force, ETag
+//!   `"<revision>"`.
+//!
+//!   Both answer 304 to a matching `If-None-Match`, and hold the read until
+//!   it changes when `Prefer: wait=N` asks (long polling, at most 60 s).
+//! - `GET /v1/namespaces/{namespace}/state:watch`: Server-Sent Events, one
+//!   `state` event per state in force, whose `id` is its revision; a client
+//!   reconnecting with `Last-Event-ID` gets the state in force at once if it
+//!   is another, and nothing missed (each event is a whole state).
+//! - `POST /v1/namespaces/{namespace}/state:reject` `{"revision", "reason"}`:
+//!   the application refuses the state in force: REJECTED upstream, the one
+//!   before back in force (and in the files).
+//! - `GET /healthz`: 200 once every namespace holds a verified state, saying
+//!   whether from the server or the cache; 503 before.
+//!
+//! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes.
+
+use std::{convert::Infallible, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use policyhub_runtime::{RevokeError, Source, State};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::{io::AsyncRead, io::AsyncWrite, net::TcpListener, time::Instant};
+use tokio_rustls::TlsAcceptor;
+use tonic::Status;
+
+use super::held::{Followed, Held, InForce};
+use crate::http::{http_status, semantics, status_json};
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// How often an idle event stream says it is alive.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Largest request body (a rejection) accepted.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The API over the states held.
+#[derive(Clone)]
+pub struct Api {
+    held: Arc<Held>,
+    /// SHA-256 of the token callers must present.
+    token: Option<[u8; 32]>,
+}
+
+/// The TLS acceptor of a certificate chain and key (PEM files).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let chain = pem::parse_many(read(cert)?)
+        .with_context(|| format!("{} is not PEM", cert.display()))?
+        .into_iter()
+        .map(|block| rustls_pki_types::CertificateDer::from(block.into_contents()))
+        .collect();
+    let key_file = key;
+    let key = pem::parse(read(key)?).with_context(|| format!("{} is not PEM", key.display()))?;
+    let key = rustls_pki_types::PrivateKeyDer::try_from(key.into_contents())
+        .map_err(|error| anyhow::anyhow!("{}: {error}", key_file.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("the agent API's certificate and key")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl Api {
+    pub fn new(held: Arc<Held>, token: Option<String>) -> Self {
+        Api {
+            held,
+            token: token.map(|token| Sha256::digest(token.trim().as_bytes()).into()),
+        }
+    }
+
+    /// Serves HTTP/1.1 (over TLS when given) until aborted.
+    pub async fn serve(self, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            stream.set_nodelay(true).ok();
+            let api = self.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => api.connection(stream).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => api.connection(stream).await,
+                        Err(error) => tracing::debug!(%error, "tls handshake failed"),
+                    },
+                }
+            });
+        }
+    }
+
+    async fn connection(self, stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) {
+        let service = hyper::service::service_fn(move |request| {
+            let api = self.clone();
+            async move { Ok::<_, Infallible>(api.handle(request).await) }
+        });
+        if let Err(error) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(%error, "agent connection ended");
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        match self.answer(request).await {
+            Ok(response) => response,
+            Err(status) => error(&status),
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Result<Response<Body>, Status> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        if path == "/healthz" && parts.method == Method::GET {
+            return Ok(self.health());
+        }
+        self.authenticate(&parts.headers)?;
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (namespace, rest) = match segments.as_slice() {
+            ["v1", "namespaces", namespace, rest @ ..] => (*namespace, rest),
+            _ => return Err(not_found(&parts.method, &path)),
+        };
+        let followed = self.held.get(namespace).ok_or_else(|| {
+            Status::not_found(format!("this agent does not follow namespace {namespace}"))
+        })?;
+        match (&parts.method, rest) {
+            (&Method::GET, ["state"]) => Ok(long_poll(followed, &parts.headers, state_reply).await),
+            (&Method::GET, ["state:watch"]) => Ok(events(followed, &parts.headers)),
+            (&Method::POST, ["state:reject"]) => reject(followed, body).await,
+            (&Method::GET, ["policies", name]) => {
+                let name = (*name).to_owned();
+                Ok(long_poll(followed, &parts.headers, |in_force| {
+                    policy_reply(in_force, &name)
+                })
+                .await)
+            }
+            _ => Err(not_found(&parts.method, &path)),
+        }
+    }
+
+    /// Checks the bearer token, when one is configured.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Status> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())));
+        match presented {
+            Some(presented) if &presented == expected => Ok(()),
+            Some(_) => Err(Status::unauthenticated(
+                "the bearer token is not this agent's",
+            )),
+            None => Err(Status::unauthenticated(
+                "this agent requires Authorization: Bearer <token>",
+            )),
+        }
+    }
+
+    /// 200 once every namespace holds a state, 503 before; which and from
+    /// where either way.
+    fn health(&self) -> Response<Body> {
+        let mut ready = true;
+        let namespaces: serde_json::Map<String, Value> = self
+            .held
+            .all()
+            .map(|followed| {
+                let in_force = followed.current();
+                ready &= in_force.is_some();
+                let held = match &in_force {
+                    Some(in_force) => json!({
+                        "revision": in_force.state.revision.to_string(),
+                        "source": source(&in_force.state),
+                        "connected": followed.connected(),
+                        "ageSeconds": in_force.since.elapsed().as_secs(),
+                    }),
+                    None => {
+                        json!({"revision": null, "source": null, "connected": followed.connected()})
+                    }
+                };
+                (followed.namespace.clone(), held)
+            })
+            .collect();
+        let (status, word) = if ready {
+            (StatusCode::OK, "serving")
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for a first verified state",
+            )
+        };
+        json_response(status, &json!({"status": word, "namespaces": namespaces}))
+    }
+}
+
+fn source(state: &State) -> &'static str {
+    match state.source {
+        Source::Server => "server",
+        Source::Cache => "cache",
+    }
+}
+
+/// An answer that long polling compares by its `ETag`.
+type Reply = Result<(HeaderValue, Response<Body>), Status>;
+
+/// Answers with `reply` of the state in force: 304 when `If-None-Match`
+/// names its ETag, after holding the read until it changes (or exists)
+/// when `Prefer: wait=N` asks.
+async fn long_poll(
+    followed: &Followed,
+    headers: &HeaderMap,
+    reply: impl Fn(Option<&InForce>) -> Reply,
+) -> Response<Body> {
+    let deadline = semantics::wait(headers).map(|wait| Instant::now() + wait);
+    let mut receiver = followed.subscribe();
+    loop {
+        let in_force = receiver.borrow_and_update().clone();
+        let answer = reply(in_force.as_deref());
+        let unchanged = match &answer {
+            Ok((etag, _)) => semantics::not_modified(headers, etag),
+            Err(_) => true,
+        };
+        let waited_out = match deadline {
+            Some(deadline) if unchanged => !matches!(
+                tokio::time::timeout_at(deadline, receiver.changed()).await,
+                Ok(Ok(()))
+            ),
+            _ => true,
+        };
+        if !waited_out {
+            continue;
+        }
+        return match answer {
+            Ok((etag, _)) if unchanged => {
+                let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                response.headers_mut().insert(header::ETAG, etag);
+                response
+            }
+            Ok((_, response)) => response,
+            Err(status) => error(&status),
+        };
+    }
+}
+
+fn no_state_yet() -> Status {
+    Status::unavailable("no verified state yet: neither the server nor the cache gave one")
+}
+
+/// The whole state in force as JSON.
+fn state_json(state: &State) -> Value {
+    let policies: serde_json::Map<String, Value> = state
+        .bundles
+        .values()
+        .map(|bundle| {
+            let policy = json!({
+                "version": bundle.version, "label": bundle.label, "digest": bundle.digest,
+                "revision": bundle.revision.to_string(), "keyId": bundle.key_id,
+                "body": bundle.body,
+            });
+            (bundle.name.clone(), policy)
+        })
+        .collect();
+    json!({
+        "namespace": state.namespace,
+        "revision": state.revision.to_string(),
+        "source": source(state),
+        "policies": policies,
+    })
+}
+
+fn state_reply(in_force: Option<&InForce>) -> Reply {
+    let Some(in_force) = in_force else {
+        return Err(no_state_yet());
+    };
+    let state = &in_force.state;
+    let etag =
+        HeaderValue::from_str(&format!("\"{}\"", state.revision)).expect("digits are a header");
+    let mut response = json_response(StatusCode::OK, &state_json(state));
+    response.headers_mut().insert(header::ETAG, etag.clone());
+    Ok((etag, response))
+}
+
+fn policy_reply(in_force: Option<&InForce>, name: &str) -> Reply {
+    let in_force = in_force.ok_or_else(no_state_yet)?;
+    let state = &in_force.state;
+    let bundle = state.bundles.get(name).ok_or_else(|| {
+        Status::not_found(format!(
+            "{}/{name} has no active version at revision {}",
+            state.namespace, state.revision
+        ))
+    })?;
+    let digest = bundle.digest.trim_start_matches("sha256:");
+    let header = |text: String| {
+        HeaderValue::from_str(&text).map_err(|_| Status::internal("a header is not text"))
+    };
+    let etag = header(format!(
+        "\"{}-{}-{digest}\"",
+        bundle.version, bundle.revision
+    ))?;
+    let body =
+        serde_json::to_vec(&bundle.body).map_err(|error| Status::internal(error.to_string()))?;
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ETAG, etag.clone());
+    headers.insert("policyhub-version", header(bundle.version.to_string())?);
+    if let Some(label) = &bundle.label {
+        headers.insert("policyhub-label", header(label.clone())?);
+    }
+    headers.insert("policyhub-revision", header(bundle.revision.to_string())?);
+    headers.insert("policyhub-digest", header(bundle.digest.clone())?);
+    headers.insert("policyhub-source", HeaderValue::from_static(source(state)));
+    Ok((etag, response))
+}
+
+/// The state in force as Server-Sent Events, from `Last-Event-ID` on.
+fn events(followed: &Followed, headers: &HeaderMap) -> Response<Body> {
+    let last: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
+    let receiver = followed.subscribe();
+    let stream = futures::stream::unfold((receiver, last), |(mut receiver, mut last)| async move {
+        loop {
+            let in_force = receiver.borrow_and_update().clone();
+            if let Some(in_force) = in_force
+                && last != Some(in_force.state.revision)
+            {
+                let revision = in_force.state.revision;
+                last = Some(revision);
+                let text = format!(
+                    "id: {revision}\nevent: state\ndata: {}\n\n",
+                    state_json(&in_force.state)
+                );
+                return Some((Ok(Frame::data(Bytes::from(text))), (receiver, last)));
+            }
+            match tokio::time::timeout(KEEPALIVE, receiver.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    let alive = Frame::data(Bytes::from_static(b": keepalive\n\n"));
+                    return Some((Ok(alive), (receiver, last)));
+                }
+            }
+        }
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The application refuses the state in force.
+async fn reject(followed: &Followed, body: Incoming) -> Result<Response<Body>, Status> {
+    let body = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            Status::resource_exhausted(format!("the body exceeds {MAX_BODY_BYTES} bytes"))
+        })?
+        .to_bytes();
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|error| Status::invalid_argument(format!("the body is not JSON: {error}")))?;
+    let revision = match &request["revision"] {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Status::invalid_argument("revision: give the revision refused, such as \"12\"")
+    })?;
+    let reason = request["reason"]
+        .as_str()
+        .map(str::trim)
+        .unwrap_or_default();
+    if reason.is_empty() {
+        return Err(Status::invalid_argument(
+            "reason: say why the state is refused",
+        ));
+    }
+    let mut held = followed.subscribe();
+    let restored =
+        followed
+            .revoker
+            .revoke(revision, reason)
+            .await
+            .map_err(|refused| match refused {
+                RevokeError::NotInForce { .. } => Status::aborted(refused.to_string()),
+                RevokeError::NothingToRestore(_) => {
+                    Status::failed_precondition(refused.to_string())
+                }
+                RevokeError::Ended => Status::unavailable(refused.to_string()),
+            })?;
+    // Answer once the restored state is in force here too (its files
+    // swapped back and reloaded).
+    let back = held.wait_for(|in_force| {
+        in_force
+            .as_ref()
+            .is_some_and(|in_force| in_force.state.revision == restored.revision)
+    });
+    if tokio::time::timeout(semantics::MAX_WAIT, back)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            revision,
+            "the restored state took long to be put back in force"
+        );
+    }
+    Ok(json_response(StatusCode::OK, &state_json(&restored)))
+}
+
+fn not_found(method: &Method, path: &str) -> Status {
+    Status::not_found(format!(
+        "no {method} {path} here: GET /v1/namespaces/{{namespace}}/policies/{{name}}, \
+         GET /v1/namespaces/{{namespace}}/state, GET /v1/namespaces/{{namespace}}/state:watch, \
+         POST /v1/namespaces/{{namespace}}/state:reject, GET /healthz"
+    ))
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: &Status) -> Response<Body> {
+    let mut response = json_response(http_status(status.code()), &status_json(status));
+    if status.code() == tonic::Code::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}

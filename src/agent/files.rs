@@ -1,0 +1,243 @@
+//! The policies of a namespace as files, swapped in whole per revision.
+//!
+//! Each revision is written to a directory of its own
+//! (`.<namespace>.<revision>-<nonce>/`: `manifest.json` and
+//! `policies/<name>.json`), synced, and then the symlink `<namespace>` is
+//! swapped to it with one `rename`, as Kubernetes swaps a ConfigMap
+//! volume's `..data`: a reader that opens `<namespace>/…` sees one whole
+//! revision or the next, never half of one. Then the command runs; if it
+//! fails (or outlasts its timeout) the link is swapped back, and the
+//! revision is refused with the tail of its standard error. The previous
+//! directory is kept, so a reader in the middle of it finishes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use policyhub_runtime::{Source, State};
+use serde_json::json;
+
+use crate::domain::PolicyName;
+
+/// What to run after each swap.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// A shell command line (`sh -c`).
+    pub line: String,
+    /// After this long it is killed and counts as failed.
+    pub timeout: Duration,
+}
+
+/// The characters of standard error kept in a refusal's reason.
+const STDERR_TAIL: usize = 800;
+
+/// One namespace's files.
+#[derive(Debug)]
+pub struct Files {
+    root: PathBuf,
+    namespace: String,
+    command: Option<Command>,
+    /// The directory the link points at, and the one before it.
+    current: Option<PathBuf>,
+    previous: Option<PathBuf>,
+}
+
+impl Files {
+    /// The files of `namespace` under `root` (created if missing).
+    pub fn new(root: &Path, namespace: &str, command: Option<Command>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating the render directory {}", root.display()))?;
+        let link = root.join(namespace);
+        if let Ok(metadata) = std::fs::symlink_metadata(&link)
+            && !metadata.file_type().is_symlink()
+        {
+            anyhow::bail!(
+                "{} exists and is not the link the agent keeps: move it away",
+                link.display()
+            );
+        }
+        Ok(Files {
+            root: root.to_owned(),
+            namespace: namespace.to_owned(),
+            command,
+            current: std::fs::read_link(&link)
+                .ok()
+                .map(|target| root.join(target)),
+            previous: None,
+        })
+    }
+
+    fn link(&self) -> PathBuf {
+        self.root.join(&self.namespace)
+    }
+
+    /// Writes `state`, swaps it in and runs the command; on failure the
+    /// previous files are back in force and the reason says why.
+    pub async fn put_in_force(&mut self, state: &State) -> Result<(), String> {
+        let dir = self.root.join(format!(
+            ".{}.{}-{}",
+            self.namespace,
+            state.revision,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        let written = {
+            let (dir, state) = (dir.clone(), state.clone());
+            tokio::task::spawn_blocking(move || write_revision(&dir, &state)).await
+        };
+        if let Err(error) = written
+            .map_err(anyhow::Error::from)
+            .and_then(|written| written)
+            .and_then(|()| swap(&self.link(), &dir))
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("cannot write the files: {error:#}"));
+        }
+        if let Err(reason) = self.run_command(&dir, state.revision).await {
+            let restored = match &self.current {
+                Some(before) => swap(&self.link(), before),
+                None => std::fs::remove_file(self.link()).map_err(Into::into),
+            };
+            if let Err(error) = restored {
+                tracing::error!(%error, namespace = self.namespace, "cannot swap the previous files back");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(reason);
+        }
+        self.previous = self.current.replace(dir);
+        self.remove_stale();
+        Ok(())
+    }
+
+    /// Runs the command, if any, on the files now in force.
+    async fn run_command(&self, dir: &Path, revision: u64) -> Result<(), String> {
+        let Some(command) = &self.command else {
+            return Ok(());
+        };
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command.line)
+            .env("POLICYHUB_NAMESPACE", &self.namespace)
+            .env("POLICYHUB_REVISION", revision.to_string())
+            .env("POLICYHUB_DIR", dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| format!("cannot run {:?}: {error}", command.line))?;
+        let output = match tokio::time::timeout(command.timeout, child.wait_with_output()).await {
+            Err(_) => {
+                return Err(format!(
+                    "{:?} did not finish within {}",
+                    command.line,
+                    humantime::format_duration(command.timeout)
+                ));
+            }
+            Ok(Err(error)) => return Err(format!("{:?} failed: {error}", command.line)),
+            Ok(Ok(output)) => output,
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stderr.trim_end();
+        let tail_start = stderr
+            .char_indices()
+            .rev()
+            .nth(STDERR_TAIL - 1)
+            .map_or(0, |(index, _)| index);
+        Err(format!(
+            "{:?} {}: {}",
+            command.line,
+            output.status,
+            &stderr[tail_start..]
+        ))
+    }
+
+    /// Removes the directories of this namespace other than the current
+    /// and the previous one (those of earlier runs too).
+    fn remove_stale(&self) {
+        let prefix = format!(".{}.", self.namespace);
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = entry.file_name().to_string_lossy().starts_with(&prefix)
+                && entry.file_type().is_ok_and(|kind| kind.is_dir());
+            let kept = [&self.current, &self.previous]
+                .into_iter()
+                .any(|kept| kept.as_ref() == Some(&path));
+            if ours && !kept {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+/// Writes one revision's directory, synced.
+fn write_revision(dir: &Path, state: &State) -> anyhow::Result<()> {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies)?;
+    let mut manifest = serde_json::Map::new();
+    for bundle in state.bundles.values() {
+        // The server checked the name; a file name is checked again.
+        PolicyName::parse("name", &bundle.name)?;
+        let file = format!("policies/{}.json", bundle.name);
+        let mut body = serde_json::to_vec_pretty(&bundle.body)?;
+        body.push(b'\n');
+        write_synced(&dir.join(&file), &body)?;
+        manifest.insert(
+            bundle.name.clone(),
+            json!({
+                "version": bundle.version, "label": bundle.label, "digest": bundle.digest,
+                "revision": bundle.revision.to_string(), "keyId": bundle.key_id, "file": file,
+            }),
+        );
+    }
+    let source = match state.source {
+        Source::Server => "server",
+        Source::Cache => "cache",
+    };
+    let manifest = json!({
+        "namespace": state.namespace,
+        "revision": state.revision.to_string(),
+        "source": source,
+        "policies": manifest,
+    });
+    write_synced(
+        &dir.join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    std::fs::File::open(&policies)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Points `link` at `dir` in one `rename`.
+fn swap(link: &Path, dir: &Path) -> anyhow::Result<()> {
+    let target = dir.file_name().context("a revision directory has a name")?;
+    let parent = link.parent().context("the link has a directory")?;
+    let temporary = parent.join(format!(
+        ".{}.link-{}",
+        link.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(target, &temporary)?;
+    std::fs::rename(&temporary, link)
+        .with_context(|| format!("swapping {} to {}", link.display(), dir.display()))?;
+    std::fs::File::open(parent)?.sync_all()?;
+    Ok(())
+}

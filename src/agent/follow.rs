@@ -1,0 +1,58 @@
+//! Follows one namespace through the runtime library and keeps what it
+//! decides in [`Held`](super::held::Held): the files (when rendered) are
+//! the check each new state must pass, so a failed reload is reported
+//! REJECTED and leaves the previous state in force everywhere.
+
+use std::{pin::pin, sync::Arc, sync::atomic::Ordering};
+
+use futures::StreamExt;
+use policyhub_runtime::{Event, State, Subscription, Validate};
+use tokio::sync::Mutex;
+
+use super::files::Files;
+use super::held::Followed;
+
+/// The agent's check of a new state: its files, written and reloaded.
+struct Check(Option<Arc<Mutex<Files>>>);
+
+impl Validate for Check {
+    async fn validate(&mut self, state: &State) -> Result<(), String> {
+        match &self.0 {
+            Some(files) => files.lock().await.put_in_force(state).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Follows `subscription` until it is refused for good.
+pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: Option<Files>) {
+    let files = files.map(|files| Arc::new(Mutex::new(files)));
+    let mut events = pin!(subscription.events_with(Check(files.clone())));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Applied(state) | Event::FromCache(state)) => followed.hold(state),
+            Ok(Event::Revoked { restored, .. }) => {
+                followed.rejections.fetch_add(1, Ordering::Relaxed);
+                if let Some(files) = &files
+                    && let Err(reason) = files.lock().await.put_in_force(&restored).await
+                {
+                    tracing::error!(%reason, namespace = followed.namespace, "cannot put the restored state's files back");
+                }
+                followed.hold(restored);
+            }
+            Ok(Event::Rejected { .. }) => {
+                followed.rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Connected { .. }) => followed.set_connected(true),
+            Ok(Event::Disconnected { .. }) => {
+                followed.set_connected(false);
+                followed.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, namespace = followed.namespace, "the subscription was refused for good");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The agent's Prometheus metrics, served on its own port as the server's
+//! are (the same exposition formats, the standard `process_*` metrics):
+//!
+//! - `policyhub_agent_revision{namespace}`: the revision in force;
+//! - `policyhub_agent_state_age_seconds{namespace}`: since it was put in
+//!   force;
+//! - `policyhub_agent_state_from_cache{namespace}`: 1 while it is the
+//!   cache's, not yet confirmed by the server;
+//! - `policyhub_agent_connected{namespace}`: 1 while a stream is open;
+//! - `policyhub_agent_reconnects_total{namespace}`: streams lost;
+//! - `policyhub_agent_rejections_total{namespace}`: states refused or taken
+//!   back.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use policyhub_runtime::Source;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::held::Held;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
+/// The registry, with the gauges read from the held states at each scrape.
+pub struct Exposition {
+    held: Arc<Held>,
+    registry: Registry,
+    revision: Family<NamespaceLabel, Gauge>,
+    age: Family<NamespaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    from_cache: Family<NamespaceLabel, Gauge>,
+    connected: Family<NamespaceLabel, Gauge>,
+    reconnects: Family<NamespaceLabel, Counter>,
+    rejections: Family<NamespaceLabel, Counter>,
+}
+
+impl Exposition {
+    pub fn new(held: Arc<Held>) -> Self {
+        let mut root = Registry::default();
+        root.register_collector(crate::metrics::process_collector());
+        let registry = root.sub_registry_with_prefix("policyhub_agent");
+        let exposition = Exposition {
+            held,
+            registry: Registry::default(),
+            revision: Family::default(),
+            age: Family::default(),
+            from_cache: Family::default(),
+            connected: Family::default(),
+            reconnects: Family::default(),
+            rejections: Family::default(),
+        };
+        registry.register(
+            "revision",
+            "The revision in force",
+            exposition.revision.clone(),
+        );
+        registry.register(
+            "state_age_seconds",
+            "Seconds since the state in force was put in force",
+            exposition.age.clone(),
+        );
+        registry.register(
+            "state_from_cache",
+            "1 while the state in force is the cache's, not yet confirmed by the server",
+            exposition.from_cache.clone(),
+        );
+        registry.register(
+            "connected",
+            "1 while a watch stream is open",
+            exposition.connected.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Watch streams lost",
+            exposition.reconnects.clone(),
+        );
+        registry.register(
+            "rejections",
+            "States refused or taken back (a failed reload, a bundle that does not verify, the application's rejection)",
+            exposition.rejections.clone(),
+        );
+        Exposition {
+            registry: root,
+            ..exposition
+        }
+    }
+
+    /// The OpenMetrics text now.
+    pub fn render(&self) -> String {
+        for followed in self.held.all() {
+            let label = NamespaceLabel {
+                namespace: followed.namespace.clone(),
+            };
+            if let Some(in_force) = followed.current() {
+                self.revision
+                    .get_or_create(&label)
+                    .set(in_force.state.revision as i64);
+                self.age
+                    .get_or_create(&label)
+                    .set(in_force.since.elapsed().as_secs_f64());
+                let cached = in_force.state.source == Source::Cache;
+                self.from_cache.get_or_create(&label).set(cached.into());
+            }
+            self.connected
+                .get_or_create(&label)
+                .set(followed.connected().into());
+            let count = |counter: &Counter, total: u64| {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            };
+            count(
+                &self.reconnects.get_or_create(&label),
+                followed.reconnects.load(Ordering::Relaxed),
+            );
+            count(
+                &self.rejections.get_or_create(&label),
+                followed.rejections.load(Ordering::Relaxed),
+            );
+        }
+        crate::metrics::encode_registry(&self.registry)
+    }
+}

@@ -1,0 +1,163 @@
+//! `policyhub agent`: one small process per host or pod that follows
+//! namespaces through the runtime library (verification, resume, backoff,
+//! keepalive, the last-known-good cache, reports) and hands any local
+//! process plain, already-verified policy: over a localhost HTTP API
+//! (`api`), as files swapped in whole per revision (`files`), and to
+//! Prometheus (`metrics`). It joins the fleet view and rollout cohorts as
+//! the runtime it names.
+//!
+//! ```text
+//!   server ──WatchActive──> follow (one Subscription per namespace)
+//!                             │ each whole, verified state:
+//!                             │   files: render, swap, run the command ── Ok / Err ──> APPLIED / REJECTED
+//!                             v
+//!                           held (the state in force per namespace) ──> api, metrics
+//!   application ── POST state:reject ──> Revoker ──> REJECTED, the state before is back
+//! ```
+
+mod api;
+mod files;
+mod follow;
+mod held;
+mod metrics;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use policyhub_runtime::Subscription;
+use tokio::net::TcpListener;
+
+pub use self::files::Command;
+use self::held::Held;
+
+/// Where the API is served, and to whom.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// The listen address; loopback unless TLS and a token are given.
+    pub listen: SocketAddr,
+    /// Callers must send `Authorization: Bearer <this>` (all but `/healthz`).
+    pub token: Option<String>,
+    /// Certificate chain and private key (PEM) to serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// What one agent does.
+pub struct Settings {
+    /// One subscription per namespace followed, already configured (server,
+    /// TLS, token, runtime identity, cache).
+    pub subscriptions: Vec<Subscription>,
+    /// The namespaces, in the order of `subscriptions`.
+    pub namespaces: Vec<String>,
+    /// The localhost API.
+    pub api: ApiSettings,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where to render each namespace's policies as files, and what to run
+    /// after each swap.
+    pub render: Option<(PathBuf, Option<Command>)>,
+}
+
+/// A running agent: its bound addresses, and the tasks that serve them.
+pub struct Agent {
+    api_address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Binds the ports and starts following.
+    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
+        refuse_open_api(&settings.api)?;
+        let tls = settings
+            .api
+            .tls
+            .as_ref()
+            .map(|(cert, key)| api::tls_acceptor(cert, key))
+            .transpose()?;
+        let listener = TcpListener::bind(settings.api.listen)
+            .await
+            .with_context(|| format!("binding the agent API {}", settings.api.listen))?;
+        let api_address = listener.local_addr()?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(address) => Some(crate::metrics::bind(address).await?),
+            None => None,
+        };
+        let metrics_address = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let mut held = Held::default();
+        let mut followers = Vec::new();
+        for (namespace, subscription) in settings.namespaces.iter().zip(settings.subscriptions) {
+            let (subscription, revoker) = subscription.revocable();
+            let followed = held.add(namespace, revoker);
+            let files = settings
+                .render
+                .as_ref()
+                .map(|(dir, command)| files::Files::new(dir, namespace, command.clone()))
+                .transpose()?;
+            followers.push(follow::follow(subscription, followed, files));
+        }
+        let held = Arc::new(held);
+        let mut tasks: Vec<_> = followers.into_iter().map(tokio::spawn).collect();
+        let api = api::Api::new(held.clone(), settings.api.token.clone());
+        tasks.push(tokio::spawn(api.serve(listener, tls)));
+        if let Some(listener) = metrics_listener {
+            let render = Arc::new(metrics::Exposition::new(held.clone()));
+            tasks.push(tokio::spawn(crate::metrics::serve_with(
+                listener,
+                Arc::new(move || render.render()),
+            )));
+        }
+        tracing::info!(
+            api = %api_address,
+            metrics = ?metrics_address,
+            namespaces = ?settings.namespaces,
+            "agent started"
+        );
+        Ok(Agent {
+            api_address,
+            metrics_address,
+            tasks,
+        })
+    }
+
+    /// The API's bound address.
+    pub fn api_address(&self) -> SocketAddr {
+        self.api_address
+    }
+
+    /// The metrics port's bound address.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
+    }
+
+    /// Serves until `shutdown` completes or a subscription is refused for
+    /// good (an error then).
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            (ended, _, _) = futures::future::select_all(self.tasks.iter_mut()) => match ended {
+                Ok(()) => Err(anyhow::anyhow!("a subscription ended for good; the log says why")),
+                Err(error) => Err(error.into()),
+            },
+        };
+        for task in &self.tasks {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Refuses an API other machines can reach unless it is served over TLS
+/// and asks for a token, as `serve --insecure` is refused off loopback.
+fn refuse_open_api(api: &ApiSettings) -> anyhow::Result<()> {
+    if api.listen.ip().is_loopback() || (api.tls.is_some() && api.token.is_some()) {
+        return Ok(());
+    }
+    bail!(
+        "the agent API on {} would be reachable from other machines: listen on a loopback \
+         address, or give it --api-tls-cert-file, --api-tls-key-file and --api-token-file",
+        api.listen
+    )
+}

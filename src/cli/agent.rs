@@ -1,0 +1,181 @@
+//! `policyhub agent`: the flags of the local agent, turned into its
+//! settings (`crate::agent` does the work).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use policyhub_runtime::Subscription;
+
+use super::args::{parse_namespace, parse_policy};
+use super::connection::Connection;
+use super::failure::Usage;
+use crate::agent::{Agent, ApiSettings, Command, Settings};
+
+/// What the agent follows and how it serves it.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Follow every policy of this namespace; repeat for several.
+    #[arg(long = "namespace", value_parser = parse_namespace, env = "POLICYHUB_AGENT_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<crate::domain::Namespace>,
+    /// Follow only this policy, namespace/name; repeat for several (its
+    /// namespace is then followed for the policies named only).
+    #[arg(long = "policy", value_parser = parse_policy, env = "POLICYHUB_AGENT_POLICIES", value_delimiter = ',')]
+    policies: Vec<crate::domain::PolicyRef>,
+    /// The runtime id the agent reports as, in the fleet view and rollout
+    /// cohorts [default: the host name]
+    #[arg(long, env = "POLICYHUB_RUNTIME_ID")]
+    runtime_id: Option<String>,
+    /// A runtime label, key=value; repeat for several.
+    #[arg(long = "label", value_parser = super::watch::parse_label, env = "POLICYHUB_RUNTIME_LABELS", value_delimiter = ',')]
+    labels: Vec<(String, String)>,
+    /// Keep the last verified state here, and serve it when restarted while
+    /// the server cannot be reached.
+    #[arg(long, env = "POLICYHUB_AGENT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Where the localhost API listens; another address needs TLS and a
+    /// token.
+    #[arg(long, env = "POLICYHUB_AGENT_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// File holding the token API callers must send as a bearer token
+    /// (every path but /healthz).
+    #[arg(long, env = "POLICYHUB_AGENT_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate chain (PEM).
+    #[arg(
+        long,
+        env = "POLICYHUB_AGENT_API_TLS_CERT_FILE",
+        requires = "api_tls_key_file"
+    )]
+    api_tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --api-tls-cert-file.
+    #[arg(
+        long,
+        env = "POLICYHUB_AGENT_API_TLS_KEY_FILE",
+        requires = "api_tls_cert_file"
+    )]
+    api_tls_key_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics [default: not served]
+    #[arg(long, env = "POLICYHUB_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Render each namespace's policies under DIR/<namespace>/ (a symlink
+    /// swapped per revision: manifest.json and policies/<name>.json).
+    #[arg(long, env = "POLICYHUB_AGENT_RENDER_DIR")]
+    render_dir: Option<PathBuf>,
+    /// A shell command run after each swap (POLICYHUB_NAMESPACE,
+    /// POLICYHUB_REVISION and POLICYHUB_DIR set); a non-zero exit puts the
+    /// previous files back and reports the revision REJECTED.
+    #[arg(long, env = "POLICYHUB_AGENT_EXEC", requires = "render_dir")]
+    exec: Option<String>,
+    /// How long --exec may run before it counts as failed.
+    #[arg(long, env = "POLICYHUB_AGENT_EXEC_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    exec_timeout: Duration,
+    /// Overrides the heartbeat interval the server announces.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+}
+
+/// The host name, the default runtime id.
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+/// Runs the agent until interrupted, or until a subscription is refused
+/// for good.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let target = args.connection.runtime_target()?;
+    // Each namespace followed, with the policies named (none: every one).
+    let mut follows: Vec<(String, Vec<String>)> = Vec::new();
+    for namespace in &args.namespaces {
+        follows.push((namespace.as_str().to_owned(), Vec::new()));
+    }
+    for policy in &args.policies {
+        let namespace = policy.namespace.as_str();
+        match follows
+            .iter_mut()
+            .find(|(followed, _)| followed == namespace)
+        {
+            Some((_, names)) if names.is_empty() => {
+                return Err(Usage::new(
+                    format!(
+                        "namespace {namespace} is followed whole and by --policy {namespace}/{}",
+                        policy.name.as_str()
+                    ),
+                    "give --namespace to follow every policy of it, or --policy for some",
+                )
+                .into());
+            }
+            Some((_, names)) => names.push(policy.name.as_str().to_owned()),
+            None => follows.push((namespace.to_owned(), vec![policy.name.as_str().to_owned()])),
+        }
+    }
+    if follows.is_empty() {
+        return Err(Usage::new(
+            "the agent follows nothing",
+            "give --namespace NAMESPACE or --policy NAMESPACE/NAME, repeated for several",
+        )
+        .into());
+    }
+    let runtime_id = args.runtime_id.or_else(host_name).ok_or_else(|| {
+        Usage::new(
+            "the agent has no runtime id",
+            "give --runtime-id (or POLICYHUB_RUNTIME_ID)",
+        )
+    })?;
+    let subscriptions = follows
+        .iter()
+        .map(|(namespace, names)| {
+            let mut subscription = Subscription::new(target.server.clone(), namespace)
+                .names(names.clone())
+                .runtime(runtime_id.clone(), args.labels.clone());
+            if let Some(tls) = &target.tls {
+                subscription = subscription.tls(tls.clone());
+            }
+            if let Some(token) = &target.token {
+                subscription = subscription.token(token.clone());
+            }
+            if let Some(dir) = &args.cache_dir {
+                subscription = subscription.cache_dir(dir);
+            }
+            if let Some(interval) = args.heartbeat_interval {
+                subscription = subscription.heartbeat_interval(interval);
+            }
+            subscription
+        })
+        .collect();
+    let api_token = args
+        .api_token_file
+        .as_ref()
+        .map(|file| {
+            std::fs::read_to_string(file)
+                .map(|token| token.trim().to_owned())
+                .map_err(|error| anyhow::anyhow!("reading {}: {error}", file.display()))
+        })
+        .transpose()?;
+    let settings = Settings {
+        subscriptions,
+        namespaces: follows
+            .into_iter()
+            .map(|(namespace, _)| namespace)
+            .collect(),
+        api: ApiSettings {
+            listen: args.listen,
+            token: api_token,
+            tls: args.api_tls_cert_file.zip(args.api_tls_key_file),
+        },
+        metrics_listen: args.metrics_listen,
+        render: args.render_dir.map(|dir| {
+            let command = args.exec.map(|line| Command {
+                line,
+                timeout: args.exec_timeout,
+            });
+            (dir, command)
+        }),
+    };
+    let agent = Agent::start(settings).await?;
+    agent.run_until(crate::shutdown::signal()).await
+}
