@@ -9,7 +9,9 @@
 //! alternating run by run. Latency: one caller issuing calls one after the
 //! other. And GetActive over the HTTP/JSON port, HTTP/1.1 keep-alive on 16
 //! connections one request each at a time, against the same call over gRPC
-//! with the same 16 in flight. The bench's clients share the machine's cores
+//! with the same 16 in flight. And `policyhub agent`'s localhost GET of the
+//! same policy (calls/s and p50) against GetActive over gRPC, with the
+//! agent's RSS while idle. The bench's clients share the machine's cores
 //! with the server.
 
 use std::time::{Duration, Instant};
@@ -125,6 +127,63 @@ async fn rate_in_flight(
     Ok(total as f64 / duration.as_secs_f64())
 }
 
+/// One HTTP/1.1 keep-alive connection issuing GETs one at a time.
+struct HttpCaller {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    request: String,
+    line: String,
+}
+
+impl HttpCaller {
+    async fn connect(
+        address: std::net::SocketAddr,
+        path: &str,
+        token: &str,
+    ) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpCaller {
+            stream: tokio::io::BufReader::new(stream),
+            request: format!(
+                "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ),
+            line: String::new(),
+        })
+    }
+
+    /// One GET, its response read whole.
+    async fn get(&mut self) -> anyhow::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .get_mut()
+            .write_all(self.request.as_bytes())
+            .await?;
+        let mut length = 0usize;
+        let mut ok = false;
+        loop {
+            self.line.clear();
+            self.stream.read_line(&mut self.line).await?;
+            if self.line == "\r\n" {
+                break;
+            }
+            ok |= self.line.starts_with("HTTP/1.1 200");
+            if let Some((name, value)) = self.line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        ensure!(
+            ok,
+            "GET answered other than 200: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(())
+    }
+}
+
 /// GET `path` over `connections` HTTP/1.1 keep-alive connections, one
 /// request at a time on each, for `duration`: calls per second.
 async fn http_rate(
@@ -134,37 +193,15 @@ async fn http_rate(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n");
     let start = Instant::now() + Duration::from_millis(300);
     let end = start + duration;
     let mut tasks = JoinSet::new();
     for _ in 0..connections {
-        let request = request.clone();
+        let mut caller = HttpCaller::connect(address, path, token).await?;
         tasks.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(address).await?;
-            stream.set_nodelay(true)?;
-            let mut stream = BufReader::new(stream);
             let mut done = 0u64;
-            let mut line = String::new();
             loop {
-                stream.get_mut().write_all(request.as_bytes()).await?;
-                let mut length = 0usize;
-                loop {
-                    line.clear();
-                    stream.read_line(&mut line).await?;
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':')
-                        && name.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse()?;
-                    }
-                }
-                let mut body = vec![0; length];
-                stream.read_exact(&mut body).await?;
+                caller.get().await?;
                 let now = Instant::now();
                 if now >= end {
                     return anyhow::Ok(done);
@@ -180,6 +217,20 @@ async fn http_rate(
         total += result??;
     }
     Ok(total as f64 / duration.as_secs_f64())
+}
+
+/// Latencies of `count` GETs issued one after the other on one connection.
+async fn http_sequential(caller: &mut HttpCaller, count: usize) -> anyhow::Result<Vec<Duration>> {
+    for _ in 0..count / 10 {
+        caller.get().await?;
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let issued = Instant::now();
+        caller.get().await?;
+        latencies.push(issued.elapsed());
+    }
+    Ok(latencies)
 }
 
 /// Latencies of `count` calls issued one after the other.
@@ -279,6 +330,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         theirs,
     ));
 
+    let agent = Agent::start(&policyhub, &bearer).await?;
+    agent_rows(
+        settings,
+        &agent,
+        &callers,
+        sequential_calls,
+        duration,
+        &mut outcome,
+    )
+    .await?;
+    drop(agent);
+
     let caller = Caller::new(policyhub.endpoint.connect().await?, token);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for repeat in 1..=settings.repeats {
@@ -313,4 +376,125 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         duration.as_secs()
     ));
     Ok(outcome)
+}
+
+/// `policyhub agent` following the bench's namespace, killed when dropped.
+struct Agent {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+}
+
+impl Agent {
+    async fn start(policyhub: &Policyhub, token: &str) -> anyhow::Result<Self> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let child = std::process::Command::new(crate::support::policyhub_binary())
+            .args([
+                "agent",
+                "--namespace",
+                NAMESPACE,
+                "--runtime-id",
+                "bench-agent",
+            ])
+            .args(["--server", &format!("http://{}", policyhub.address)])
+            .args(["--token", token, "--listen", &address.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let agent = Agent { child, address };
+        let path = format!("/v1/namespaces/{NAMESPACE}/policies/{POLICY}");
+        for _ in 0..100 {
+            if let Ok(mut caller) = HttpCaller::connect(address, &path, "").await
+                && caller.get().await.is_ok()
+            {
+                return Ok(agent);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the agent never served {path}")
+    }
+
+    /// Its resident memory, in KiB.
+    fn rss_kib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS for the agent"))?;
+        Ok(kib)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's localhost GET against the server's GetActive over gRPC, in
+/// the same run: calls/s with 16 in flight, p50 of one sequential caller,
+/// and the agent's RSS while idle.
+async fn agent_rows(
+    settings: &Settings,
+    agent: &Agent,
+    callers: &[Caller],
+    sequential_calls: usize,
+    duration: Duration,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = agent.rss_kib()?;
+    let path = format!("/v1/namespaces/{NAMESPACE}/policies/{POLICY}");
+    let (mut rates, mut grpc_rates) = (Vec::new(), Vec::new());
+    let (mut p50s, mut grpc_p50s) = (Vec::new(), Vec::new());
+    let mut single = HttpCaller::connect(agent.address, &path, "").await?;
+    for repeat in 1..=settings.repeats {
+        let local = http_rate(agent.address, &path, "", HTTP_CONNECTIONS, duration).await?;
+        let grpc = rate_in_flight(callers, Call::GetActive, duration, HTTP_CONNECTIONS).await?;
+        let p50 = ms(percentile(
+            &http_sequential(&mut single, sequential_calls).await?,
+            0.5,
+        ));
+        let grpc_p50 = ms(percentile(
+            &sequential(&callers[0], Call::GetActive, sequential_calls).await?,
+            0.5,
+        ));
+        println!(
+            "  agent, repeat {repeat}: GET {local:.0}/s, p50 {p50:.3} ms; \
+             GetActive over gRPC {grpc:.0}/s, p50 {grpc_p50:.3} ms"
+        );
+        rates.push(local);
+        grpc_rates.push(grpc);
+        p50s.push(p50);
+        grpc_p50s.push(grpc_p50);
+    }
+    outcome.rows.push(Row::new(
+        format!("agent GET calls/s, localhost HTTP/1.1, {HTTP_CONNECTIONS} connections"),
+        Unit::PerSecond,
+        rates,
+        "the server's GetActive over gRPC, 16 in flight",
+        grpc_rates,
+    ));
+    outcome.rows.push(Row::new(
+        "agent GET p50, one sequential caller",
+        Unit::Milliseconds,
+        p50s,
+        "the server's GetActive p50 over gRPC, one sequential caller",
+        grpc_p50s,
+    ));
+    outcome.rows.push(Row::new(
+        "agent RSS, idle, following one namespace",
+        Unit::KiB,
+        vec![idle],
+        "—",
+        Vec::new(),
+    ));
+    Ok(())
 }

@@ -50,7 +50,9 @@
 //!
 //! # Layout
 //!
-//! - [`watcher`]: the public face: [`Subscription`], [`Event`], [`Reader`].
+//! - [`watcher`]: the public face: [`Subscription`], [`Event`], [`Reader`],
+//!   the application's asynchronous check ([`Validate`]) and its way to take
+//!   a state back after applying it ([`Revoker`]).
 //! - [`state`]: whole, verified states.
 //! - [`bundle`]: the signed bundle format: claims, JWK(S), offline
 //!   verification, canonical JSON and digests.

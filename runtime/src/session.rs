@@ -14,6 +14,10 @@
 //!         Disconnected                 h2 error, 3 missed heartbeats
 //! ```
 //!
+//! A [`Revoker`](crate::Revoker)'s request, served between messages and
+//! during the backoff, puts the state before the one in force back (the
+//! one in force is reported REJECTED).
+//!
 //! The subscription resumes from the last revision it *decided* on, applied
 //! or rejected, so a rejected version is not sent again in a loop; it
 //! applies a state only when its revision is newer than the applied one

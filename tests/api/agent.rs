@@ -15,10 +15,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::transport::Channel;
 
-use crate::helpers::{TestDatabase, free_port, policyhub_binary, spawn_binary_server_on};
+use crate::helpers::{
+    TestDatabase, free_port, policyhub_binary, spawn_binary_server_on, stdout_lines,
+};
 use crate::rollout_binary::{seed, serve};
 use crate::rollouts::{start_request, step, until};
-use crate::runtime_library::{Proxy, Tamper};
+use crate::runtime_library::{Proxy, Tamper, kill_9};
 use policyhub::grpc::{
     convert::json_to_struct,
     proto::{self, RolloutState, policy_service_client::PolicyServiceClient},
@@ -186,29 +188,6 @@ async fn server(dir: &Path) -> (Child, Channel, u16) {
     (child, channel, port)
 }
 
-fn kill_9(mut child: Child) {
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-}
-
-/// Reads lines of a consumer's standard output.
-fn lines_of(child: &mut Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let stdout = child.stdout.take().expect("piped");
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if sender.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    receiver
-}
-
 async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
     tokio::time::timeout(Duration::from_secs(10), lines.recv())
         .await
@@ -293,7 +272,8 @@ async fn curl_python_and_shell_read_the_verified_body_and_a_long_poll_returns_at
             .spawn()
             .expect("run the shell consumer"),
     );
-    let (mut from_python, mut from_shell) = (lines_of(&mut python.0), lines_of(&mut shell.0));
+    let (mut from_python, mut from_shell) =
+        (stdout_lines(&mut python.0), stdout_lines(&mut shell.0));
     assert_eq!(
         next_line(&mut from_python).await,
         "version 1 {\"maxAmount\": 100}"

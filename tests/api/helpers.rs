@@ -745,3 +745,23 @@ impl CuttableProxy {
         self.cut.send_replace(false);
     }
 }
+
+/// The lines a child writes to its piped standard output, as they come.
+pub fn stdout_lines(
+    child: &mut std::process::Child,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let stdout = child.stdout.take().expect("a piped standard output");
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}

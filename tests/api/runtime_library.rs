@@ -121,7 +121,7 @@ async fn until_version(
     }
 }
 
-fn kill_9(mut server: Child) {
+pub(crate) fn kill_9(mut server: Child) {
     server.kill().expect("SIGKILL");
     server.wait().expect("reaped");
 }
@@ -420,20 +420,7 @@ fn watch_json(endpoint: &str, dir: &Path, extra: &[&str]) -> (Child, Lines) {
 }
 
 fn watch_lines(child: &mut Child) -> Lines {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Arc::new(Mutex::new(receiver))
+    Arc::new(Mutex::new(crate::helpers::stdout_lines(child)))
 }
 
 async fn next_line(lines: &Lines) -> serde_json::Value {
