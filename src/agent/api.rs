@@ -28,14 +28,14 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use policyhub_runtime::{RevokeError, Source, State};
+use policyhub_runtime::RevokeError;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncRead, io::AsyncWrite, net::TcpListener, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
-use super::held::{Followed, Held, InForce};
+use super::held::{Followed, Held, InForce, source, state_json};
 use crate::http::{http_status, semantics, status_json};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -212,13 +212,6 @@ impl Api {
     }
 }
 
-fn source(state: &State) -> &'static str {
-    match state.source {
-        Source::Server => "server",
-        Source::Cache => "cache",
-    }
-}
-
 /// An answer that long polling compares by its `ETag`.
 type Reply = Result<(HeaderValue, Response<Body>), Status>;
 
@@ -266,28 +259,6 @@ fn no_state_yet() -> Status {
     Status::unavailable("no verified state yet: neither the server nor the cache gave one")
 }
 
-/// The whole state in force as JSON.
-fn state_json(state: &State) -> Value {
-    let policies: serde_json::Map<String, Value> = state
-        .bundles
-        .values()
-        .map(|bundle| {
-            let policy = json!({
-                "version": bundle.version, "label": bundle.label, "digest": bundle.digest,
-                "revision": bundle.revision.to_string(), "keyId": bundle.key_id,
-                "body": bundle.body,
-            });
-            (bundle.name.clone(), policy)
-        })
-        .collect();
-    json!({
-        "namespace": state.namespace,
-        "revision": state.revision.to_string(),
-        "source": source(state),
-        "policies": policies,
-    })
-}
-
 fn state_reply(in_force: Option<&InForce>) -> Reply {
     let Some(in_force) = in_force else {
         return Err(no_state_yet());
@@ -295,7 +266,11 @@ fn state_reply(in_force: Option<&InForce>) -> Reply {
     let state = &in_force.state;
     let etag =
         HeaderValue::from_str(&format!("\"{}\"", state.revision)).expect("digits are a header");
-    let mut response = json_response(StatusCode::OK, &state_json(state));
+    let mut response = Response::new(Full::new(in_force.json.clone()).boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response.headers_mut().insert(header::ETAG, etag.clone());
     Ok((etag, response))
 }
@@ -353,7 +328,7 @@ fn events(followed: &Followed, headers: &HeaderMap) -> Response<Body> {
                 last = Some(revision);
                 let text = format!(
                     "id: {revision}\nevent: state\ndata: {}\n\n",
-                    state_json(&in_force.state)
+                    String::from_utf8_lossy(&in_force.json)
                 );
                 return Some((Ok(Frame::data(Bytes::from(text))), (receiver, last)));
             }

@@ -10,14 +10,48 @@ use std::{
     time::Instant,
 };
 
-use policyhub_runtime::{Revoker, State};
+use hyper::body::Bytes;
+use policyhub_runtime::{Revoker, Source, State};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
-/// The state in force of one namespace, and when it was put in force.
+/// The state in force of one namespace, when it was put in force, and its
+/// JSON, encoded once for every reader.
 #[derive(Debug)]
 pub struct InForce {
     pub state: State,
     pub since: Instant,
+    pub json: Bytes,
+}
+
+/// The whole state in force as JSON.
+pub fn state_json(state: &State) -> Value {
+    let policies: serde_json::Map<String, Value> = state
+        .bundles
+        .values()
+        .map(|bundle| {
+            let policy = json!({
+                "version": bundle.version, "label": bundle.label, "digest": bundle.digest,
+                "revision": bundle.revision.to_string(), "keyId": bundle.key_id,
+                "body": bundle.body,
+            });
+            (bundle.name.clone(), policy)
+        })
+        .collect();
+    json!({
+        "namespace": state.namespace,
+        "revision": state.revision.to_string(),
+        "source": source(state),
+        "policies": policies,
+    })
+}
+
+/// Where a state came from, as the API says it.
+pub fn source(state: &State) -> &'static str {
+    match state.source {
+        Source::Server => "server",
+        Source::Cache => "cache",
+    }
 }
 
 /// One namespace followed.
@@ -46,9 +80,11 @@ impl Followed {
 
     /// Puts `state` in force.
     pub fn hold(&self, state: State) {
+        let json = Bytes::from(state_json(&state).to_string());
         self.state.send_replace(Some(Arc::new(InForce {
             state,
             since: Instant::now(),
+            json,
         })));
     }
 
