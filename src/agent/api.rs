@@ -292,9 +292,8 @@ fn policy_reply(in_force: Option<&InForce>, name: &str) -> Reply {
         "\"{}-{}-{digest}\"",
         bundle.version, bundle.revision
     ))?;
-    let body =
-        serde_json::to_vec(&bundle.body).map_err(|error| Status::internal(error.to_string()))?;
-    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    let body = in_force.bodies.get(name).cloned().unwrap_or_default();
+    let mut response = Response::new(Full::new(body).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -16,12 +16,14 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 /// The state in force of one namespace, when it was put in force, and its
-/// JSON, encoded once for every reader.
+/// JSON (whole and per policy), encoded once for every reader.
 #[derive(Debug)]
 pub struct InForce {
     pub state: State,
     pub since: Instant,
     pub json: Bytes,
+    /// Each policy's body as JSON, by name.
+    pub bodies: BTreeMap<String, Bytes>,
 }
 
 /// The whole state in force as JSON.
@@ -81,10 +83,16 @@ impl Followed {
     /// Puts `state` in force.
     pub fn hold(&self, state: State) {
         let json = Bytes::from(state_json(&state).to_string());
+        let bodies = state
+            .bundles
+            .values()
+            .map(|bundle| (bundle.name.clone(), Bytes::from(bundle.body.to_string())))
+            .collect();
         self.state.send_replace(Some(Arc::new(InForce {
             state,
             since: Instant::now(),
             json,
+            bodies,
         })));
     }
 
