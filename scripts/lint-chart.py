@@ -20,14 +20,22 @@ the chart's values and validates against values.schema.json. So:
       --all` of the release `template` installs). Exit 1 on any error or
       warning. The bindings drop the messages' text; `template` shows it.
 
-  verify MANIFEST --storage sqlite|postgres --replicas N [--toml K=V]...
+  verify MANIFEST --storage sqlite|postgres --replicas N [--agent] [--toml K=V]...
       What the chart promises beyond valid, secure Kubernetes objects: the
       objects of the storage mode, probes that fit TLS, Secrets and the
       configuration mounted read-only, and a valid policyhub.toml without
-      `insecure` (holding each K=V).
+      `insecure` (holding each K=V); with --agent, an agent DaemonSet whose
+      API is served over TLS with a token, reached through a node-local
+      Service, and whose pods no selector of the server's takes.
+
+  flags BINARY MANIFEST...
+      Every policyhub container's arguments (the server's, the agent's), as
+      rendered, are accepted by BINARY: it runs them with --help appended,
+      which parses and checks every flag and value before printing the help.
 
   docs CHART
-      Every key of values.yaml has a comment, and README.md names every value.
+      Every key of values.yaml has a comment, README.md names every value,
+      and its excerpt of the sidecar example holds the example's flags.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +59,7 @@ import yaml
 KUBE_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0", "platform": "linux/amd64"}
 KINDS = {
     "v1": ["ConfigMap", "PersistentVolumeClaim", "Service", "ServiceAccount"],
-    "apps/v1": ["Deployment"],
+    "apps/v1": ["DaemonSet", "Deployment"],
     "policy/v1": ["PodDisruptionBudget"],
     "monitoring.coreos.com/v1": ["ServiceMonitor"],
 }
@@ -164,7 +173,8 @@ def cmd_verify(args) -> int:
         return found[0] if found else {}
 
     postgres = args.storage == "postgres"
-    spec = one("Deployment").get("spec", {})
+    deployment = one("Deployment")
+    spec = deployment.get("spec", {})
     pod = spec.get("template", {}).get("spec", {})
     container = (pod.get("containers") or [{}])[0]
     check(spec.get("replicas") == args.replicas, f"replicas {spec.get('replicas')}, expected {args.replicas}")
@@ -213,7 +223,9 @@ def cmd_verify(args) -> int:
             handler = container.get(probe, {}).get("grpc", {})
             check(grpc_port is not None and handler.get("port") == grpc_port, f"{probe} is not a gRPC probe on port {grpc_port}")
 
-    ports = {p["name"]: p for p in one("Service").get("spec", {}).get("ports", [])}
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    server_service = services.get(deployment.get("metadata", {}).get("name"), {})
+    ports = {p["name"]: p for p in server_service.get("spec", {}).get("ports", [])}
     check(ports.get("grpc", {}).get("port") == 50051, "Service: no grpc port 50051")
     check(ports.get("metrics", {}).get("port") == 9090, "Service: no metrics port 9090")
 
@@ -234,11 +246,67 @@ def cmd_verify(args) -> int:
             node = node.get(part) if isinstance(node, dict) else None
         check(node == want and type(node) is type(want), f"policyhub.toml: {key} = {node!r}, expected {want!r}")
 
+    daemonsets = by_kind.get("DaemonSet", [])
+    if args.agent:
+        check(len(daemonsets) == 1, f"expected one agent DaemonSet, found {len(daemonsets)}")
+        agent = daemonsets[0] if daemonsets else {}
+        agent_pod = agent.get("spec", {}).get("template", {})
+        agent_labels = agent_pod.get("metadata", {}).get("labels", {})
+        agent_service = services.get(agent.get("metadata", {}).get("name"), {}).get("spec", {})
+
+        def selects(selector: dict, labels: dict) -> bool:
+            return all(labels.get(key) == value for key, value in selector.items())
+
+        check(not selects(spec.get("selector", {}).get("matchLabels", {}), agent_labels),
+              "the server's Deployment selects the agent's pods")
+        check(not selects(server_service.get("spec", {}).get("selector", {}), agent_labels),
+              "the server's Service selects the agent's pods")
+        check(selects(agent_service.get("selector", {}), agent_labels), "the agent's Service does not select its pods")
+        check(agent_service.get("internalTrafficPolicy") == "Local", "the agent's Service is not node-local")
+        agent_container = (agent_pod.get("spec", {}).get("containers") or [{}])[0]
+        flags = dict(arg.split("=", 1) for arg in agent_container.get("args", [])[1:] if "=" in arg)
+        agent_mounts = {m["mountPath"]: m for m in agent_container.get("volumeMounts", [])}
+        for flag in ("--api-tls-cert-file", "--api-tls-key-file", "--api-token-file", "--token-file"):
+            path = flags.get(flag, "")
+            mount = next((m for p, m in agent_mounts.items() if path.startswith(p + "/")), {})
+            check(mount.get("readOnly") is True, f"agent {flag}={path!r} is not a file of a read-only mount")
+        check(any(p.startswith("--namespace=") or p.startswith("--policy=") for p in agent_container.get("args", [])),
+              "the agent follows nothing")
+        check(flags.get("--cache-dir") in agent_mounts, "the agent's cache is not a volume")
+        readiness = agent_container.get("readinessProbe", {}).get("httpGet", {})
+        check(readiness.get("path") == "/healthz" and readiness.get("scheme") == "HTTPS",
+              "the agent is not ready by GET /healthz over HTTPS")
+        runtime_id = {e["name"]: e for e in agent_container.get("env", [])}.get("POLICYHUB_RUNTIME_ID", {})
+        check(runtime_id.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+              "the agent's runtime id is not its node's name")
+    else:
+        check(not daemonsets, "an agent DaemonSet without agent.enabled")
+
     for problem in problems:
         print(problem)
     if not problems:
         print(f"{len(docs)} objects: " + ", ".join(sorted(f"{kind}×{len(v)}" for kind, v in by_kind.items())))
     return 1 if problems else 0
+
+
+def cmd_flags(args) -> int:
+    problems, checked = [], 0
+    for manifest in args.manifests:
+        for doc in yaml.safe_load_all(Path(manifest).read_text()):
+            pod = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+            for container in pod.get("initContainers", []) + pod.get("containers", []):
+                if "policyhub" not in container.get("image", ""):
+                    continue
+                command = [args.binary, *container.get("args", []), "--help"]
+                run = subprocess.run(command, capture_output=True, text=True, timeout=30)
+                checked += 1
+                if run.returncode != 0:
+                    problems.append(f"{manifest}: {doc['kind']} {container['name']}: {run.stderr.strip()}")
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{checked} containers")
+    return 1 if problems or not checked else 0
 
 
 def cmd_docs(args) -> int:
@@ -270,6 +338,14 @@ def cmd_docs(args) -> int:
         parts = leaf.split(".")
         if not any(".".join(parts[:n]) in documented for n in range(1, len(parts) + 1)):
             problems.append(f"README.md: no row for `{leaf}`")
+    # The sidecar excerpt: the first YAML block with initContainers.
+    readme = (chart / "README.md").read_text()
+    blocks = [yaml.safe_load(b.split("\n", 1)[1]) for b in readme.split("```yaml")[1:] for b in [b.split("```")[0]]]
+    excerpt = next((b["initContainers"][0] for b in blocks if isinstance(b, dict) and "initContainers" in b), {})
+    example = yaml.safe_load((chart / "../../examples/agent/sidecar.yaml").read_text())
+    sidecar = example["spec"]["template"]["spec"]["initContainers"][0]
+    if excerpt.get("args") != sidecar["args"]:
+        problems.append("README.md: the sidecar excerpt's args are not those of examples/agent/sidecar.yaml")
     for problem in problems:
         print(problem)
     return 1 if problems else 0
@@ -287,8 +363,12 @@ def main() -> int:
     verify.add_argument("manifest")
     verify.add_argument("--storage", choices=["sqlite", "postgres"], required=True)
     verify.add_argument("--replicas", type=int, required=True)
+    verify.add_argument("--agent", action="store_true", help="agent.enabled is set")
     verify.add_argument("--toml", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting the configuration file must hold (VALUE as JSON, else text)")
+    flags = commands.add_parser("flags")
+    flags.add_argument("binary")
+    flags.add_argument("manifests", nargs="+")
     commands.add_parser("docs").add_argument("chart")
     commands.add_parser("version")
     args = parser.parse_args()
@@ -297,7 +377,7 @@ def main() -> int:
 
         print(helm_sdkpy.get_version())
         return 0
-    return {"template": cmd_template, "lint": cmd_lint, "verify": cmd_verify, "docs": cmd_docs}[args.command](args)
+    return {"template": cmd_template, "lint": cmd_lint, "verify": cmd_verify, "flags": cmd_flags, "docs": cmd_docs}[args.command](args)
 
 
 if __name__ == "__main__":

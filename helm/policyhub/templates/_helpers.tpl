@@ -109,6 +109,22 @@ change. Rendered by validate.yaml.
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled=true" }}
 {{- end }}
+{{- with .Values.agent }}
+{{- if .enabled }}
+{{- if not (or .namespaces .policies) }}
+{{- fail "agent.enabled needs agent.namespaces or agent.policies: what the agent follows" }}
+{{- end }}
+{{- if not .token.existingSecret }}
+{{- fail "agent.enabled needs agent.token.existingSecret: a Secret holding a token with the runtime role, which the agent presents to the server" }}
+{{- end }}
+{{- if not (and .api.tls.existingSecret .api.token.existingSecret) }}
+{{- fail "agent.enabled needs agent.api.tls.existingSecret and agent.api.token.existingSecret: the agent's API listens on the pod's address, reachable from other pods, so it is served over TLS and asks callers for a token" }}
+{{- end }}
+{{- if and .metrics.enabled (eq (int64 .metrics.port) (int64 .api.port)) }}
+{{- fail "agent.metrics.port and agent.api.port must differ" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (include "policyhub.postgres" .) (gt $replicas 1) .Values.podDisruptionBudget.enabled }}
 {{- $pdb := .Values.podDisruptionBudget }}
 {{- if and (kindIs "invalid" $pdb.maxUnavailable) (kindIs "invalid" $pdb.minAvailable) }}
@@ -168,4 +184,46 @@ grpc:
 periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
+{{- end }}
+
+{{/* The agent's name: <fullname>-agent. */}}
+{{- define "policyhub.agent.fullname" -}}
+{{- printf "%s-agent" (include "policyhub.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Labels that select the agent's pods: another app.kubernetes.io/name than the
+server's, so that neither selector takes the other's pods.
+*/}}
+{{- define "policyhub.agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-agent" (include "policyhub.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every agent resource. */}}
+{{- define "policyhub.agent.labels" -}}
+helm.sh/chart: {{ include "policyhub.chart" . }}
+{{ include "policyhub.agent.selectorLabels" . }}
+app.kubernetes.io/component: agent
+app.kubernetes.io/part-of: {{ include "policyhub.name" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The server the agent follows: agent.server, or this release's Service. */}}
+{{- define "policyhub.agent.server" -}}
+{{- if .Values.agent.server }}
+{{- .Values.agent.server }}
+{{- else }}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" .Values.tls.enabled) (include "policyhub.fullname" .) .Release.Namespace (int64 .Values.service.grpcPort) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the agent container finds its files. */}}
+{{- define "policyhub.agent.paths" -}}
+token: /etc/policyhub/agent/token
+serverCA: /etc/policyhub/agent/server-ca
+apiTLS: /etc/policyhub/agent/api-tls
+apiToken: /etc/policyhub/agent/api-token
+cache: /var/cache/policyhub
 {{- end }}
