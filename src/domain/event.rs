@@ -43,11 +43,20 @@ pub enum EventKind {
     RolloutScheduled,
     /// A rollout was approved by one more principal.
     RolloutApproved,
+    /// A schedule naming the policy was saved.
+    ScheduleSet,
+    /// A schedule naming the policy was paused, by an operator or by a
+    /// refused firing.
+    SchedulePaused,
+    /// A schedule naming the policy was resumed.
+    ScheduleResumed,
+    /// A schedule naming the policy was deleted.
+    ScheduleDeleted,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -65,6 +74,10 @@ impl EventKind {
         EventKind::RolloutRolledBack,
         EventKind::RolloutScheduled,
         EventKind::RolloutApproved,
+        EventKind::ScheduleSet,
+        EventKind::SchedulePaused,
+        EventKind::ScheduleResumed,
+        EventKind::ScheduleDeleted,
     ];
 
     /// The name used in storage and in the API.
@@ -87,6 +100,10 @@ impl EventKind {
             EventKind::RolloutRolledBack => "ROLLOUT_ROLLED_BACK",
             EventKind::RolloutScheduled => "ROLLOUT_SCHEDULED",
             EventKind::RolloutApproved => "ROLLOUT_APPROVED",
+            EventKind::ScheduleSet => "SCHEDULE_SET",
+            EventKind::SchedulePaused => "SCHEDULE_PAUSED",
+            EventKind::ScheduleResumed => "SCHEDULE_RESUMED",
+            EventKind::ScheduleDeleted => "SCHEDULE_DELETED",
         }
     }
 

@@ -12,6 +12,7 @@ mod names;
 mod requirements;
 pub mod rollout;
 pub mod runtime;
+pub mod schedule;
 mod schema;
 mod text;
 mod version;
@@ -21,7 +22,7 @@ pub use commands::*;
 pub use error::{Error, FieldViolation, Precondition, Result, SchemaViolation, quoted};
 pub use event::{EventKind, EventRecord};
 pub use lifecycle::{ActivationPlan, ActivePointer, PointerChange, PolicyState, PublishPlan};
-pub use names::{Namespace, PolicyName, PolicyRef};
+pub use names::{EntryName, Namespace, PolicyName, PolicyRef, ScheduleName};
 pub use requirements::{
     ActiveRelease, MAX_REQUIREMENTS, Requirement, ensure_acyclic, ensure_met_after,
     ensure_satisfiable,

@@ -18,6 +18,16 @@ pub struct Namespace(String);
 #[serde(try_from = "String", into = "String")]
 pub struct PolicyName(String);
 
+/// A schedule's name inside a namespace, with the rules of a policy name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ScheduleName(String);
+
+/// The name of one entry of a schedule, with the rules of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EntryName(String);
+
 /// A policy's identity, `(namespace, name)`, written `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PolicyRef {
@@ -82,6 +92,29 @@ impl PolicyName {
     }
 }
 
+impl ScheduleName {
+    /// Parses a schedule name, naming `field` in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        check_label(value, 253, &['-', '.', '_'], "schedule name")
+            .map_err(|description| Error::invalid(field, description))?;
+        Ok(ScheduleName(value.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EntryName {
+    /// Parses an entry name, naming `field` in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        check_label(value, 63, &['-'], "entry name")
+            .map_err(|description| Error::invalid(field, description))?;
+        Ok(EntryName(value.to_owned()))
+    }
+}
+
 impl PolicyRef {
     /// Parses both parts, reporting every invalid one.
     pub fn parse(namespace: &str, name: &str) -> Result<Self> {
@@ -121,6 +154,8 @@ macro_rules! string_newtype_conversions {
 }
 string_newtype_conversions!(Namespace, "namespace");
 string_newtype_conversions!(PolicyName, "name");
+string_newtype_conversions!(ScheduleName, "name");
+string_newtype_conversions!(EntryName, "name");
 
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

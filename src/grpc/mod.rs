@@ -12,6 +12,7 @@ mod policy_service;
 pub mod quotas;
 mod rollouts;
 mod runtimes;
+mod schedules;
 pub mod status;
 pub mod watch_message;
 mod watch_route;

@@ -16,9 +16,10 @@ use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
 use super::rollouts::{self, control_wanted};
 use super::runtimes;
+use super::schedules;
 use crate::config::Limits;
 use crate::domain::Namespace;
-use crate::hub::{Control, PolicyHub};
+use crate::hub::{Control, PolicyHub, ScheduleControl};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -307,6 +308,71 @@ impl PolicyService for PolicyApi {
         self.control(request, Rpc::ApproveRollout, Control::Approve)
             .await
     }
+
+    async fn set_schedule(
+        &self,
+        request: Request<proto::SetScheduleRequest>,
+    ) -> Reply<proto::Schedule> {
+        let caller = identify(&request)?;
+        let command = schedules::set_command(request.into_inner(), &self.limits)?;
+        let context = caller.admit(Rpc::SetSchedule, [&command.namespace], &self.quotas)?;
+        let saved = self.hub.set_schedule(command, &context).await?;
+        Ok(Response::new(schedules::schedule(&saved)))
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<proto::GetScheduleRequest>,
+    ) -> Reply<proto::Schedule> {
+        let caller = identify(&request)?;
+        let (namespace, name) =
+            schedules::named(&request.get_ref().namespace, &request.get_ref().name)?;
+        caller.admit(Rpc::GetSchedule, [&namespace], &self.quotas)?;
+        let found = self.hub.get_schedule(&namespace, &name).await?;
+        Ok(Response::new(schedules::schedule(&found)))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<proto::ListSchedulesRequest>,
+    ) -> Reply<proto::ListSchedulesResponse> {
+        let caller = identify(&request)?;
+        let namespace = Namespace::parse("namespace", &request.get_ref().namespace)?;
+        caller.admit(Rpc::ListSchedules, [&namespace], &self.quotas)?;
+        let found = self.hub.list_schedules(&namespace).await?;
+        Ok(Response::new(proto::ListSchedulesResponse {
+            schedules: found.iter().map(schedules::schedule).collect(),
+        }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::ScheduleControlRequest>,
+    ) -> Reply<proto::Schedule> {
+        let controlled = self
+            .control_schedule(request, Rpc::PauseSchedule, ScheduleControl::Pause)
+            .await?;
+        Ok(Response::new(schedules::schedule(&controlled)))
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<proto::ScheduleControlRequest>,
+    ) -> Reply<proto::Schedule> {
+        let controlled = self
+            .control_schedule(request, Rpc::ResumeSchedule, ScheduleControl::Resume)
+            .await?;
+        Ok(Response::new(schedules::schedule(&controlled)))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::ScheduleControlRequest>,
+    ) -> Reply<proto::DeleteScheduleResponse> {
+        self.control_schedule(request, Rpc::DeleteSchedule, ScheduleControl::Delete)
+            .await?;
+        Ok(Response::new(proto::DeleteScheduleResponse {}))
+    }
 }
 
 impl PolicyApi {
@@ -324,5 +390,21 @@ impl PolicyApi {
         let controlled = hub.control_rollout(&namespace, &id, control, &reason, &context);
         let (controlled, progress) = hub.with_progress(controlled.await?).await?;
         Ok(Response::new(rollouts::rollout(&controlled, progress)))
+    }
+
+    async fn control_schedule(
+        &self,
+        request: Request<proto::ScheduleControlRequest>,
+        rpc: Rpc,
+        control: ScheduleControl,
+    ) -> Result<crate::domain::schedule::Schedule, Status> {
+        let caller = identify(&request)?;
+        let (namespace, name, reason) =
+            schedules::control_wanted(request.into_inner(), &self.limits)?;
+        let context = caller.admit(rpc, [&namespace], &self.quotas)?;
+        let hub = &self.hub;
+        Ok(hub
+            .control_schedule(&namespace, &name, control, &reason, &context)
+            .await?)
     }
 }

@@ -415,7 +415,7 @@ async fn new_draft(
 }
 
 /// Plans and writes the moves of `policies` to `versions`, in order.
-async fn move_to(
+pub(super) async fn move_to(
     tx: &mut Transaction,
     context: &RequestContext,
     kind: EventKind,

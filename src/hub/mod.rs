@@ -7,8 +7,10 @@ mod fleet;
 mod lifecycle;
 mod reads;
 mod rollouts;
+mod schedules;
 
 pub use rollouts::Control;
+pub use schedules::ScheduleControl;
 
 use std::sync::{Arc, RwLock};
 

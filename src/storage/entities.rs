@@ -204,3 +204,28 @@ pub mod rollouts {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod schedules {
+    use sea_orm::entity::prelude::*;
+
+    /// A schedule: its entries and state as a JSON document.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "schedules")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub namespace: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// `domain::schedule::Schedule` as JSON.
+        pub spec: String,
+        /// When it fires next; `None` while paused.
+        pub next_fire_at: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -14,6 +14,7 @@ mod requirements;
 mod rollouts;
 mod rows;
 mod runtimes;
+mod schedules;
 mod transaction;
 mod versions;
 

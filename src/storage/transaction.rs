@@ -14,9 +14,9 @@
 //!    a draft with requirements. Storage refuses to read a namespace's
 //!    active set or graph in a transaction that does not hold its lock, so
 //!    a decision cannot forget it.
-//! 2. **Rollout rows**, `FOR UPDATE`: a control or a controller step
-//!    re-reads the rollout it changes (approvals counted toward a threshold,
-//!    state transitions).
+//! 2. **Rollout and schedule rows**, `FOR UPDATE`: a control or a
+//!    controller step re-reads the rollout or schedule it changes
+//!    (approvals counted toward a threshold, state transitions, a firing).
 //! 3. **Policy rows** (sorted by namespace and name), `FOR UPDATE`: the
 //!    pointer, open draft, schema and holding rollout of each policy a
 //!    mutation touches (compare-and-swap, one rollout per policy, schema

@@ -21,6 +21,7 @@ mod rollout_binary;
 mod rollouts;
 mod runtime_library;
 mod runtimes;
+mod schedules;
 mod signing;
 mod sync;
 mod watch;

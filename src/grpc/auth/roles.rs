@@ -122,12 +122,18 @@ pub enum Rpc {
     PromoteRollout,
     AbortRollout,
     ApproveRollout,
+    SetSchedule,
+    GetSchedule,
+    ListSchedules,
+    PauseSchedule,
+    ResumeSchedule,
+    DeleteSchedule,
 }
 
 impl Rpc {
     /// Every RPC, for the tests that hold the documentation to the table.
     #[cfg(test)]
-    const ALL: [Rpc; 26] = [
+    const ALL: [Rpc; 32] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -154,6 +160,12 @@ impl Rpc {
         Rpc::PromoteRollout,
         Rpc::AbortRollout,
         Rpc::ApproveRollout,
+        Rpc::SetSchedule,
+        Rpc::GetSchedule,
+        Rpc::ListSchedules,
+        Rpc::PauseSchedule,
+        Rpc::ResumeSchedule,
+        Rpc::DeleteSchedule,
     ];
 
     /// Whether the RPC changes state, and so counts against the caller's
@@ -173,6 +185,10 @@ impl Rpc {
                 | Rpc::PromoteRollout
                 | Rpc::AbortRollout
                 | Rpc::ApproveRollout
+                | Rpc::SetSchedule
+                | Rpc::PauseSchedule
+                | Rpc::ResumeSchedule
+                | Rpc::DeleteSchedule
         )
     }
 
@@ -191,7 +207,9 @@ impl Rpc {
             | Rpc::ListRuntimes
             | Rpc::GetPolicyStatus
             | Rpc::GetRollout
-            | Rpc::ListRollouts => Role::Reader,
+            | Rpc::ListRollouts
+            | Rpc::GetSchedule
+            | Rpc::ListSchedules => Role::Reader,
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
             Rpc::Activate
@@ -200,7 +218,11 @@ impl Rpc {
             | Rpc::PauseRollout
             | Rpc::ResumeRollout
             | Rpc::PromoteRollout
-            | Rpc::AbortRollout => Role::Operator,
+            | Rpc::AbortRollout
+            | Rpc::SetSchedule
+            | Rpc::PauseSchedule
+            | Rpc::ResumeSchedule
+            | Rpc::DeleteSchedule => Role::Operator,
             Rpc::ApproveRollout => Role::Approver,
             Rpc::SetSchema | Rpc::RotateSigningKey => Role::Admin,
         }

@@ -1,0 +1,655 @@
+//! Recurring schedules: named entries, each a cron pattern in an IANA time
+//! zone and the published versions it activates, pinned by digest when the
+//! schedule is saved. The controller fires the most recent due entry once,
+//! as an ordinary activation; a firing that is refused pauses the schedule
+//! with the reason instead of retrying.
+//!
+//! Daylight-saving transitions are the cron crate's: a time the clocks skip
+//! fires at the first time after the gap, a time they repeat fires once.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Digest, EntryName, Error, Label, Namespace, PolicyName, PolicyRef, Result, ScheduleName,
+    VersionRecord, VersionSelector, VersionState, quoted,
+};
+
+/// Entries a schedule may have.
+pub const MAX_ENTRIES: usize = 16;
+
+/// Firings `GetSchedule` shows ahead.
+pub const UPCOMING: usize = 5;
+
+/// Longest cron pattern or zone name accepted.
+const MAX_PATTERN_LEN: usize = 256;
+
+/// One entry as requested: its targets not yet resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryRequest {
+    /// Its name, unique in the schedule.
+    pub name: EntryName,
+    /// A cron pattern: 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// An IANA zone the pattern is read in.
+    pub time_zone: String,
+    /// What it activates: distinct policies of the schedule's namespace.
+    pub targets: Vec<(PolicyName, VersionSelector)>,
+}
+
+/// What `SetSchedule` asks for, validated but not yet resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetScheduleCommand {
+    /// The namespace of every target.
+    pub namespace: Namespace,
+    /// The schedule.
+    pub name: ScheduleName,
+    /// At least one, at most [`MAX_ENTRIES`].
+    pub entries: Vec<EntryRequest>,
+    /// Saved paused: nothing fires until it is resumed.
+    pub paused: bool,
+    /// Why; recorded in the events.
+    pub reason: String,
+}
+
+/// One version an entry activates, pinned when the schedule was saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleTarget {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The published version.
+    pub version: u32,
+    /// Its label, when it was chosen by label.
+    pub label: Option<Label>,
+    /// Its digest when saved: a firing activates exactly this.
+    pub digest: Digest,
+}
+
+/// One entry of a saved schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its name.
+    pub name: EntryName,
+    /// The cron pattern.
+    pub cron: String,
+    /// The IANA zone of the pattern.
+    pub time_zone: String,
+    /// What it activates.
+    pub targets: Vec<ScheduleTarget>,
+}
+
+/// When an entry fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firing {
+    /// The entry.
+    pub entry: EntryName,
+    /// The instant.
+    pub at: DateTime<Utc>,
+}
+
+/// The outcome of the last firing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    /// Which entry, due when.
+    pub firing: Firing,
+    /// The revision of its activation; `None` when it was refused.
+    pub revision: Option<u64>,
+    /// Why it was refused; empty when it activated.
+    pub error: String,
+}
+
+/// A saved schedule and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The namespace of every target.
+    pub namespace: Namespace,
+    /// Its name.
+    pub name: ScheduleName,
+    /// Its entries, in the order given.
+    pub entries: Vec<Entry>,
+    /// Paused schedules do not fire.
+    pub paused: bool,
+    /// Who paused it and why, or the refused firing that did.
+    pub paused_because: String,
+    /// Firings due up to here have been decided: fired, refused, or passed
+    /// over because the schedule was saved later.
+    pub evaluated_at: DateTime<Utc>,
+    /// The next firing, while not paused.
+    pub next: Option<Firing>,
+    /// The last firing.
+    pub last: Option<Fired>,
+    /// Who saved it, when and why.
+    pub updated_by: String,
+    /// When it was saved.
+    pub updated_at: DateTime<Utc>,
+    /// Why it was saved.
+    pub reason: String,
+}
+
+/// An entry's pattern read in its zone.
+struct Timing {
+    cron: Cron,
+    zone: Tz,
+}
+
+impl Timing {
+    /// Parses a pattern and a zone, naming `field` in the errors.
+    fn parse(field: &str, pattern: &str, zone: &str) -> Result<Timing> {
+        if pattern.len() > MAX_PATTERN_LEN || zone.len() > MAX_PATTERN_LEN {
+            return Err(Error::invalid(
+                field,
+                format!("the pattern and the time zone are at most {MAX_PATTERN_LEN} bytes each"),
+            ));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(pattern)
+            .map_err(|error| {
+                Error::invalid(
+                    format!("{field}.cron"),
+                    format!(
+                        "{} is not a cron pattern ({error}): write minute hour day-of-month \
+                         month day-of-week, such as \"0 18 * * FRI\", optionally with seconds first",
+                        quoted(pattern)
+                    ),
+                )
+            })?;
+        let zone: Tz = zone.parse().map_err(|_| {
+            Error::invalid(
+                format!("{field}.time_zone"),
+                format!(
+                    "{} is not a time zone: use an IANA name such as \"Europe/Berlin\" or \"UTC\"",
+                    quoted(zone)
+                ),
+            )
+        })?;
+        Ok(Timing { cron, zone })
+    }
+
+    /// The first firing strictly after `after`.
+    fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&self.zone), false)
+            .ok()
+            .map(|at| at.with_timezone(&Utc))
+    }
+
+    /// The last firing at or before `until`.
+    fn latest_until(&self, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_previous_occurrence(&until.with_timezone(&self.zone), true)
+            .ok()
+            .map(|at| at.with_timezone(&Utc))
+    }
+}
+
+impl Entry {
+    fn timing(&self) -> Timing {
+        Timing::parse("entry", &self.cron, &self.time_zone)
+            .expect("a saved entry was validated when it was saved")
+    }
+
+    /// The policies it activates.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyRef> {
+        self.targets.iter().map(|target| &target.policy)
+    }
+}
+
+/// Checks what can be checked without storage: the entry count, names,
+/// patterns, zones, that each pattern fires at all, and the targets' count
+/// and distinctness.
+pub fn validate(command: &SetScheduleCommand, max_targets: usize) -> Result<()> {
+    if command.entries.is_empty() {
+        return Err(Error::invalid("entries", "give at least one entry"));
+    }
+    if command.entries.len() > MAX_ENTRIES {
+        return Err(Error::invalid(
+            "entries",
+            format!(
+                "{} entries, at most {MAX_ENTRIES} are allowed in one schedule",
+                command.entries.len()
+            ),
+        ));
+    }
+    for (index, entry) in command.entries.iter().enumerate() {
+        let field = format!("entries[{index}]");
+        if let Some(first) = command.entries[..index]
+            .iter()
+            .position(|seen| seen.name == entry.name)
+        {
+            return Err(Error::invalid(
+                format!("{field}.name"),
+                format!("{} is already the name of entries[{first}]", entry.name),
+            ));
+        }
+        let timing = Timing::parse(&field, &entry.cron, &entry.time_zone)?;
+        if timing.next_after(Utc::now()).is_none() {
+            return Err(Error::invalid(
+                format!("{field}.cron"),
+                format!("{} never fires", quoted(&entry.cron)),
+            ));
+        }
+        if entry.targets.is_empty() {
+            return Err(Error::invalid(
+                format!("{field}.targets"),
+                "name at least one policy to activate",
+            ));
+        }
+        if entry.targets.len() > max_targets {
+            return Err(Error::invalid(
+                format!("{field}.targets"),
+                format!(
+                    "{} targets, at most {max_targets} are allowed in one entry",
+                    entry.targets.len()
+                ),
+            ));
+        }
+        for (at, (name, _)) in entry.targets.iter().enumerate() {
+            if let Some(first) = entry.targets[..at]
+                .iter()
+                .position(|(seen, _)| seen == name)
+            {
+                return Err(Error::invalid(
+                    format!("{field}.targets[{at}]"),
+                    format!("{name} is already targeted by targets[{first}]"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pins one requested target: it must name a published version.
+pub fn pin(field: &str, record: &VersionRecord) -> Result<ScheduleTarget> {
+    if record.state != VersionState::Published {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "version {} of {} is {}: a schedule activates published versions only",
+                record.version,
+                record.policy,
+                record.state.as_str().to_lowercase()
+            ),
+        ));
+    }
+    Ok(ScheduleTarget {
+        policy: record.policy.clone(),
+        version: record.version,
+        label: record.label.clone(),
+        digest: record.digest().clone(),
+    })
+}
+
+impl Schedule {
+    /// A schedule saved by `by` at `at`, deciding nothing due before `at`.
+    pub fn saved(
+        command: SetScheduleCommand,
+        entries: Vec<Entry>,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Schedule {
+        let mut schedule = Schedule {
+            namespace: command.namespace,
+            name: command.name,
+            entries,
+            paused: command.paused,
+            paused_because: if command.paused {
+                format!("saved paused by {by}")
+            } else {
+                String::new()
+            },
+            evaluated_at: at,
+            next: None,
+            last: None,
+            updated_by: by.to_owned(),
+            updated_at: at,
+            reason: command.reason,
+        };
+        schedule.plan_next();
+        schedule
+    }
+
+    /// Every policy some entry activates, each once.
+    pub fn policies(&self) -> Vec<&PolicyRef> {
+        let mut policies: Vec<&PolicyRef> = Vec::new();
+        for policy in self.entries.iter().flat_map(Entry::policies) {
+            if !policies.contains(&policy) {
+                policies.push(policy);
+            }
+        }
+        policies
+    }
+
+    /// The entry named `name`.
+    pub fn entry(&self, name: &EntryName) -> Option<&Entry> {
+        self.entries.iter().find(|entry| &entry.name == name)
+    }
+
+    /// The earliest firing strictly after `after`; on a tie, the entry
+    /// listed last, which would have the last word.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<Firing> {
+        self.entries
+            .iter()
+            .filter_map(|entry| {
+                entry.timing().next_after(after).map(|at| Firing {
+                    entry: entry.name.clone(),
+                    at,
+                })
+            })
+            .reduce(|earliest, firing| {
+                if firing.at <= earliest.at {
+                    firing
+                } else {
+                    earliest
+                }
+            })
+    }
+
+    /// The next `count` firings after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<Firing> {
+        let mut firings = Vec::with_capacity(count);
+        let mut from = after;
+        while firings.len() < count {
+            let Some(firing) = self.next_after(from) else {
+                break;
+            };
+            from = firing.at;
+            firings.push(firing);
+        }
+        firings
+    }
+
+    /// The firing due at `now`: of the firings after `evaluated_at` and at
+    /// or before `now`, the most recent (on a tie, the entry listed last).
+    /// After downtime or a pause, only that one fires, not every one missed.
+    pub fn due(&self, now: DateTime<Utc>) -> Option<Firing> {
+        if self.paused {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter_map(|entry| {
+                entry
+                    .timing()
+                    .latest_until(now)
+                    .filter(|at| *at > self.evaluated_at)
+                    .map(|at| Firing {
+                        entry: entry.name.clone(),
+                        at,
+                    })
+            })
+            .reduce(|latest, firing| {
+                if firing.at >= latest.at {
+                    firing
+                } else {
+                    latest
+                }
+            })
+    }
+
+    fn plan_next(&mut self) {
+        self.next = if self.paused {
+            None
+        } else {
+            self.next_after(self.evaluated_at)
+        };
+    }
+
+    /// `firing` activated at `revision`; everything due until `now` is
+    /// decided.
+    pub fn fired(&mut self, firing: Firing, revision: u64, now: DateTime<Utc>) {
+        self.last = Some(Fired {
+            firing,
+            revision: Some(revision),
+            error: String::new(),
+        });
+        self.evaluated_at = now;
+        self.plan_next();
+    }
+
+    /// `firing` was refused: the schedule pauses with the reason.
+    pub fn refused(&mut self, firing: Firing, error: &Error, now: DateTime<Utc>) {
+        let why = format!(
+            "entry {} due at {} was refused: {error}",
+            firing.entry,
+            firing.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        self.last = Some(Fired {
+            firing,
+            revision: None,
+            error: error.to_string(),
+        });
+        self.evaluated_at = now;
+        self.pause(why);
+    }
+
+    /// Stops firing, saying why.
+    pub fn pause(&mut self, why: String) {
+        self.paused = true;
+        self.paused_because = why;
+        self.plan_next();
+    }
+
+    /// Fires again: the most recent firing missed while paused fires once
+    /// at the next tick, then the pattern goes on.
+    pub fn resume(&mut self) {
+        self.paused = false;
+        self.paused_because = String::new();
+        self.plan_next();
+    }
+
+    /// Refuses pausing a paused schedule or resuming a running one.
+    pub fn ensure_paused(&self, paused: bool, verb: &str) -> Result<()> {
+        if self.paused == paused {
+            return Ok(());
+        }
+        Err(Error::precondition(format!(
+            "cannot {verb} schedule {} of namespace {}: it is {}",
+            self.name,
+            self.namespace,
+            if self.paused { "paused" } else { "not paused" }
+        )))
+    }
+}
+
+/// Refuses a version whose digest is not the one pinned.
+pub fn ensure_pinned(target: &ScheduleTarget, record: &VersionRecord) -> Result<()> {
+    if record.digest() == &target.digest {
+        return Ok(());
+    }
+    Err(Error::precondition(format!(
+        "version {} of {} no longer has the digest {} the schedule pinned",
+        target.version, target.policy, target.digest
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn entry(name: &str, cron: &str, zone: &str) -> Entry {
+        Entry {
+            name: EntryName::parse("name", name).unwrap(),
+            cron: cron.into(),
+            time_zone: zone.into(),
+            targets: Vec::new(),
+        }
+    }
+
+    fn schedule(entries: Vec<Entry>, evaluated_at: DateTime<Utc>) -> Schedule {
+        Schedule {
+            namespace: Namespace::parse("namespace", "payments").unwrap(),
+            name: ScheduleName::parse("name", "weekend-mode").unwrap(),
+            entries,
+            paused: false,
+            paused_because: String::new(),
+            evaluated_at,
+            next: None,
+            last: None,
+            updated_by: "alice".into(),
+            updated_at: evaluated_at,
+            reason: String::new(),
+        }
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    /// Strict from Monday 00:00 and permissive from Friday 18:00, Berlin
+    /// time, across the spring change (29 March 2026, 02:00 CET → 03:00
+    /// CEST) and the autumn one (25 October 2026, 03:00 CEST → 02:00 CET).
+    fn weekday_weekend() -> Vec<Entry> {
+        vec![
+            entry("weekday", "0 0 * * MON", "Europe/Berlin"),
+            entry("weekend", "0 18 * * FRI", "Europe/Berlin"),
+        ]
+    }
+
+    fn names_and_times(firings: &[Firing]) -> Vec<(String, DateTime<Utc>)> {
+        firings
+            .iter()
+            .map(|firing| (firing.entry.to_string(), firing.at))
+            .collect()
+    }
+
+    #[test]
+    fn weekday_and_weekend_switch_across_the_spring_change() {
+        let schedule = schedule(weekday_weekend(), utc(2026, 3, 20, 12, 0));
+        let upcoming = schedule.upcoming(utc(2026, 3, 20, 12, 0), UPCOMING);
+        assert_eq!(
+            names_and_times(&upcoming),
+            [
+                ("weekend".into(), utc(2026, 3, 20, 17, 0)), // 18:00 CET
+                ("weekday".into(), utc(2026, 3, 22, 23, 0)), // Mon 00:00 CET
+                ("weekend".into(), utc(2026, 3, 27, 17, 0)), // 18:00 CET
+                ("weekday".into(), utc(2026, 3, 29, 22, 0)), // Mon 00:00 CEST
+                ("weekend".into(), utc(2026, 4, 3, 16, 0)),  // 18:00 CEST
+            ]
+        );
+    }
+
+    #[test]
+    fn weekday_and_weekend_switch_across_the_autumn_change() {
+        let schedule = schedule(weekday_weekend(), utc(2026, 10, 22, 0, 0));
+        let upcoming = schedule.upcoming(utc(2026, 10, 22, 0, 0), 3);
+        assert_eq!(
+            names_and_times(&upcoming),
+            [
+                ("weekend".into(), utc(2026, 10, 23, 16, 0)), // 18:00 CEST
+                ("weekday".into(), utc(2026, 10, 25, 23, 0)), // Mon 00:00 CET
+                ("weekend".into(), utc(2026, 10, 30, 17, 0)), // 18:00 CET
+            ]
+        );
+    }
+
+    #[test]
+    fn a_time_the_clocks_skip_fires_after_the_gap_and_a_repeated_one_once() {
+        let nightly = schedule(
+            vec![entry("nightly", "30 2 * * *", "Europe/Berlin")],
+            utc(2026, 3, 28, 12, 0),
+        );
+        let spring = nightly.upcoming(utc(2026, 3, 28, 12, 0), 2);
+        // 02:30 does not exist on 29 March: 03:00 CEST, then 02:30 CEST.
+        assert_eq!(spring[0].at, utc(2026, 3, 29, 1, 0));
+        assert_eq!(spring[1].at, utc(2026, 3, 30, 0, 30));
+        let autumn = nightly.upcoming(utc(2026, 10, 24, 12, 0), 2);
+        // 02:30 happens twice on 25 October: once, at 02:30 CEST.
+        assert_eq!(autumn[0].at, utc(2026, 10, 25, 0, 30));
+        assert_eq!(autumn[1].at, utc(2026, 10, 26, 1, 30));
+    }
+
+    #[test]
+    fn after_downtime_only_the_most_recent_due_firing_is_due() {
+        // Down from Thursday to the next Tuesday: Friday's weekend and
+        // Monday's weekday were both missed; only Monday's is due.
+        let schedule = schedule(weekday_weekend(), utc(2026, 3, 19, 12, 0));
+        let due = schedule.due(utc(2026, 3, 24, 9, 0)).unwrap();
+        assert_eq!(due.entry.to_string(), "weekday");
+        assert_eq!(due.at, utc(2026, 3, 22, 23, 0));
+        // Nothing is due before the first firing after evaluated_at.
+        assert_eq!(schedule.due(utc(2026, 3, 20, 16, 59)), None);
+    }
+
+    #[test]
+    fn a_firing_decides_everything_due_and_plans_the_next() {
+        let mut schedule = schedule(weekday_weekend(), utc(2026, 3, 19, 12, 0));
+        let now = utc(2026, 3, 24, 9, 0);
+        let due = schedule.due(now).unwrap();
+        schedule.fired(due, 41, now);
+        assert_eq!(schedule.due(now), None);
+        assert_eq!(schedule.next.as_ref().unwrap().at, utc(2026, 3, 27, 17, 0));
+        assert_eq!(schedule.last.as_ref().unwrap().revision, Some(41));
+    }
+
+    #[test]
+    fn a_refused_firing_pauses_the_schedule_with_the_reason() {
+        let mut schedule = schedule(weekday_weekend(), utc(2026, 3, 19, 12, 0));
+        let now = utc(2026, 3, 21, 9, 0);
+        let due = schedule.due(now).unwrap();
+        schedule.refused(due, &Error::precondition("rollout r1 is moving it"), now);
+        assert!(schedule.paused);
+        assert!(
+            schedule
+                .paused_because
+                .contains("entry weekend due at 2026-03-20T17:00:00Z")
+        );
+        assert!(schedule.paused_because.contains("rollout r1 is moving it"));
+        assert_eq!(schedule.next, None);
+        assert_eq!(schedule.due(utc(2026, 3, 30, 0, 0)), None);
+        // Resumed: the firing missed while paused fires once.
+        schedule.resume();
+        let missed = schedule.due(utc(2026, 3, 24, 0, 0)).unwrap();
+        assert_eq!(missed.entry.to_string(), "weekday");
+    }
+
+    #[test]
+    fn seconds_are_optional() {
+        let fast = schedule(
+            vec![entry("fast", "*/2 * * * * *", "UTC")],
+            utc(2026, 1, 1, 0, 0),
+        );
+        let next = fast.upcoming(utc(2026, 1, 1, 0, 0), 2);
+        assert_eq!(next[1].at - next[0].at, chrono::TimeDelta::seconds(2));
+    }
+
+    #[test]
+    fn bad_patterns_and_zones_are_refused() {
+        let command = |cron: &str, zone: &str| SetScheduleCommand {
+            namespace: Namespace::parse("namespace", "payments").unwrap(),
+            name: ScheduleName::parse("name", "s").unwrap(),
+            entries: vec![EntryRequest {
+                name: EntryName::parse("name", "e").unwrap(),
+                cron: cron.into(),
+                time_zone: zone.into(),
+                targets: vec![(
+                    PolicyName::parse("name", "limits").unwrap(),
+                    VersionSelector::Number(1),
+                )],
+            }],
+            paused: false,
+            reason: String::new(),
+        };
+        for (cron, zone, field) in [
+            ("61 * * * *", "UTC", "entries[0].cron"),
+            ("* * *", "UTC", "entries[0].cron"),
+            ("0 0 31 2 *", "UTC", "entries[0].cron"),
+            ("0 0 * * *", "Mars/Olympus", "entries[0].time_zone"),
+            ("0 0 * * *", "europe/berlin", "entries[0].time_zone"),
+        ] {
+            match validate(&command(cron, zone), 100) {
+                Err(Error::InvalidArgument(violations)) => {
+                    assert_eq!(violations[0].field, field, "{cron} {zone}")
+                }
+                other => panic!("{cron} {zone}: {other:?}"),
+            }
+        }
+        assert!(validate(&command("0 18 * * FRI", "Europe/Berlin"), 100).is_ok());
+    }
+}

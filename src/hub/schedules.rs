@@ -1,0 +1,277 @@
+//! Schedules: saving one (its targets pinned under the policies' locks),
+//! an operator's controls, and the controller's firings, each one
+//! transaction that re-reads the schedule under its row lock.
+
+use crate::domain::schedule::{self, Entry, Schedule, SetScheduleCommand};
+use crate::domain::{
+    ActivationOutcome, Error, EventKind, ExpectedActive, Namespace, PolicyRef, RequestContext,
+    Result, ScheduleName, VersionSelector,
+};
+use crate::storage::{NewEvent, Transaction};
+
+use super::PolicyHub;
+use super::lifecycle::move_to;
+
+/// What an operator asks of a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleControl {
+    /// Stop firing.
+    Pause,
+    /// Fire again.
+    Resume,
+    /// Remove it; what it activated stays active.
+    Delete,
+}
+
+impl ScheduleControl {
+    fn verb(self) -> &'static str {
+        match self {
+            ScheduleControl::Pause => "pause",
+            ScheduleControl::Resume => "resume",
+            ScheduleControl::Delete => "delete",
+        }
+    }
+}
+
+/// Records one event of `kind` per policy of `policies`.
+async fn record(
+    tx: &Transaction,
+    context: &RequestContext,
+    policies: &[&PolicyRef],
+    kind: EventKind,
+    reason: &str,
+) -> Result<()> {
+    for policy in tx.lock_policies(policies).await? {
+        tx.record_event(context, Some(&policy), NewEvent::new(kind, reason))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Activates what `entry` pins, as Activate would: one revision, the same
+/// checks; a version whose digest moved is refused.
+async fn activate(
+    tx: &mut Transaction,
+    context: &RequestContext,
+    entry: &Entry,
+    reason: &str,
+) -> Result<ActivationOutcome> {
+    let names: Vec<&PolicyRef> = entry.policies().collect();
+    let policies = tx.lock_policies(&names).await?;
+    let mut versions = Vec::with_capacity(policies.len());
+    for (target, policy) in entry.targets.iter().zip(&policies) {
+        let selector = VersionSelector::Number(target.version);
+        let record = tx.version(policy, &selector).await?.record;
+        schedule::ensure_pinned(target, &record)?;
+        versions.push(record);
+    }
+    let expected = std::iter::repeat(ExpectedActive::Any);
+    move_to(
+        tx,
+        context,
+        EventKind::Activated,
+        reason,
+        &policies,
+        &versions,
+        expected,
+    )
+    .await
+}
+
+impl PolicyHub {
+    /// Saves a schedule, creating or replacing it: pins every target by
+    /// digest (each must be published) and refuses a policy another
+    /// schedule of the namespace already names.
+    #[tracing::instrument(name = "hub.set_schedule", skip_all)]
+    pub async fn set_schedule(
+        &self,
+        command: SetScheduleCommand,
+        context: &RequestContext,
+    ) -> Result<Schedule> {
+        self.repository
+            .write("set_schedule", async |tx| {
+                let namespace = command.namespace.clone();
+                tx.lock_namespaces([&namespace]).await?;
+                let others: Vec<Schedule> = tx
+                    .schedules_of(&namespace)
+                    .await?
+                    .into_iter()
+                    .filter(|other| other.name != command.name)
+                    .collect();
+                let previous = tx.lock_schedule(&namespace, &command.name).await?;
+                let mut entries = Vec::with_capacity(command.entries.len());
+                for (index, requested) in command.entries.iter().enumerate() {
+                    let names: Vec<PolicyRef> = requested
+                        .targets
+                        .iter()
+                        .map(|(name, _)| PolicyRef {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                        })
+                        .collect();
+                    let policies = tx.lock_policies(&names.iter().collect::<Vec<_>>()).await?;
+                    let mut targets = Vec::with_capacity(policies.len());
+                    for (at, ((_, selector), policy)) in
+                        requested.targets.iter().zip(&policies).enumerate()
+                    {
+                        let record = tx.version(policy, selector).await?.record;
+                        let field = format!("entries[{index}].targets[{at}]");
+                        targets.push(schedule::pin(&field, &record)?);
+                    }
+                    entries.push(Entry {
+                        name: requested.name.clone(),
+                        cron: requested.cron.clone(),
+                        time_zone: requested.time_zone.clone(),
+                        targets,
+                    });
+                }
+                let mut saved = Schedule::saved(command.clone(), entries, &context.actor, tx.at());
+                if let Some(previous) = &previous {
+                    saved.last = previous.last.clone();
+                }
+                let policies = saved.policies();
+                for other in &others {
+                    if let Some(taken) = other.policies().into_iter().find(|p| policies.contains(p))
+                    {
+                        return Err(Error::precondition(format!(
+                            "{taken} is already activated by schedule {} of namespace \
+                             {namespace}: a policy belongs to at most one schedule",
+                            other.name
+                        )));
+                    }
+                }
+                match previous {
+                    Some(_) => tx.save_schedule(&saved).await?,
+                    None => tx.insert_schedule(&saved).await?,
+                }
+                let why = format!("schedule {}: {}", saved.name, saved.reason);
+                record(tx, context, &policies, EventKind::ScheduleSet, &why).await?;
+                Ok(saved)
+            })
+            .await
+    }
+
+    /// An operator's control of a schedule; a deleted one comes back as it
+    /// was.
+    #[tracing::instrument(name = "hub.control_schedule", skip_all, fields(control = control.verb()))]
+    pub async fn control_schedule(
+        &self,
+        namespace: &Namespace,
+        name: &ScheduleName,
+        control: ScheduleControl,
+        reason: &str,
+        context: &RequestContext,
+    ) -> Result<Schedule> {
+        let operation = format!("{}_schedule", control.verb());
+        self.repository
+            .write(&operation, async |tx| {
+                tx.lock_namespaces([namespace]).await?;
+                let mut current = tx.lock_existing_schedule(namespace, name).await?;
+                let by = format!("{} by {}: {reason}", control.verb(), context.actor);
+                let kind = match control {
+                    ScheduleControl::Pause => {
+                        current.ensure_paused(false, "pause")?;
+                        current.pause(by.clone());
+                        tx.save_schedule(&current).await?;
+                        EventKind::SchedulePaused
+                    }
+                    ScheduleControl::Resume => {
+                        current.ensure_paused(true, "resume")?;
+                        current.resume();
+                        tx.save_schedule(&current).await?;
+                        EventKind::ScheduleResumed
+                    }
+                    ScheduleControl::Delete => {
+                        tx.delete_schedule(&current).await?;
+                        EventKind::ScheduleDeleted
+                    }
+                };
+                let why = format!("schedule {}: {by}", current.name);
+                record(tx, context, &current.policies(), kind, &why).await?;
+                Ok(current)
+            })
+            .await
+    }
+
+    /// One schedule.
+    pub async fn get_schedule(
+        &self,
+        namespace: &Namespace,
+        name: &ScheduleName,
+    ) -> Result<Schedule> {
+        self.repository.get_schedule(namespace, name).await
+    }
+
+    /// The schedules of a namespace, by name.
+    pub async fn list_schedules(&self, namespace: &Namespace) -> Result<Vec<Schedule>> {
+        self.repository.list_schedules(namespace).await
+    }
+
+    /// The schedules with a firing due now, for the controller.
+    pub async fn due_schedules(&self) -> Result<Vec<Schedule>> {
+        self.repository.due_schedules(chrono::Utc::now()).await
+    }
+
+    /// Fires the most recent due entry of `seen`, unless the schedule moved
+    /// since (another replica fired it, or an operator changed it): the
+    /// decision is re-checked under the schedule's row lock. A refused
+    /// activation pauses the schedule with the reason, in the same
+    /// transaction.
+    #[tracing::instrument(name = "hub.fire_schedule", skip_all)]
+    pub async fn fire_schedule(&self, seen: &Schedule) -> Result<()> {
+        let context = RequestContext {
+            actor: "system:schedule-controller".into(),
+            request_id: format!("schedule-{}-{}", seen.namespace, seen.name),
+        };
+        let fired = self
+            .repository
+            .write("fire_schedule", async |tx| {
+                tx.lock_namespaces([&seen.namespace]).await?;
+                let Some(mut current) = tx.lock_schedule(&seen.namespace, &seen.name).await? else {
+                    return Ok(None);
+                };
+                let now = tx.at();
+                let due = current.due(now);
+                let Some(firing) = due.filter(|_| current == *seen) else {
+                    return Ok(None);
+                };
+                let entry = current
+                    .entry(&firing.entry)
+                    .expect("a due firing names an entry of its schedule")
+                    .clone();
+                let reason = format!(
+                    "schedule {} entry {} ({} in {}) due at {}",
+                    current.name,
+                    entry.name,
+                    entry.cron,
+                    entry.time_zone,
+                    firing.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                let outcome = match activate(tx, &context, &entry, &reason).await {
+                    Ok(outcome) => {
+                        current.fired(firing, outcome.revision, now);
+                        Some(outcome)
+                    }
+                    Err(
+                        refusal @ (Error::FailedPrecondition { .. }
+                        | Error::InvalidArgument(_)
+                        | Error::NotFound(_)),
+                    ) => {
+                        current.refused(firing, &refusal, now);
+                        let why = format!("schedule {}: {}", current.name, current.paused_because);
+                        let policies: Vec<&PolicyRef> = entry.policies().collect();
+                        record(tx, &context, &policies, EventKind::SchedulePaused, &why).await?;
+                        None
+                    }
+                    Err(error) => return Err(error),
+                };
+                tx.save_schedule(&current).await?;
+                Ok(outcome)
+            })
+            .await?;
+        if let Some(outcome) = fired {
+            self.activated(&outcome).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,590 @@
+//! Recurring schedules: entries fire on their cron patterns as ordinary
+//! activations, a refused firing pauses the schedule with the reason, the
+//! most recent missed firing fires once after downtime, and on several
+//! replicas each firing fires once. Patterns with seconds keep the tests
+//! short; the daylight-saving arithmetic is checked against known dates in
+//! the domain's unit tests.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use policyhub::grpc::proto::{
+    self, EventKind, policy_service_client::PolicyServiceClient, schedule_target_request::Selector,
+};
+use serde_json::json;
+use tonic::{Code, Status, transport::Channel};
+
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, expect_code, free_port, publish_request, spawn_on, target,
+};
+use crate::rollout_binary::{seed, serve};
+use crate::rollouts::{start_request, step};
+use crate::runtime_library::kill_9;
+
+crate::on_both_backends!(
+    entries_fire_on_their_patterns_and_pause_resume_and_delete_work,
+    a_refused_firing_pauses_the_schedule_with_the_reason,
+    bad_schedules_are_refused_and_change_nothing,
+);
+
+/// An entry of team/limits at `version`.
+fn entry(name: &str, cron: &str, version: u32) -> proto::ScheduleEntryRequest {
+    proto::ScheduleEntryRequest {
+        name: name.into(),
+        cron: cron.into(),
+        time_zone: "UTC".into(),
+        targets: vec![proto::ScheduleTargetRequest {
+            name: "limits".into(),
+            selector: Some(Selector::Version(version)),
+        }],
+    }
+}
+
+fn request(name: &str, entries: Vec<proto::ScheduleEntryRequest>) -> proto::SetScheduleRequest {
+    proto::SetScheduleRequest {
+        namespace: "team".into(),
+        name: name.into(),
+        entries,
+        paused: false,
+        reason: "follow the calendar".into(),
+    }
+}
+
+async fn set(
+    policy: &PolicyServiceClient<Channel>,
+    request: proto::SetScheduleRequest,
+) -> Result<proto::Schedule, Status> {
+    Ok(policy.clone().set_schedule(request).await?.into_inner())
+}
+
+async fn get(policy: &PolicyServiceClient<Channel>, name: &str) -> Result<proto::Schedule, Status> {
+    Ok(policy
+        .clone()
+        .get_schedule(proto::GetScheduleRequest {
+            namespace: "team".into(),
+            name: name.into(),
+        })
+        .await?
+        .into_inner())
+}
+
+fn control(name: &str) -> proto::ScheduleControlRequest {
+    proto::ScheduleControlRequest {
+        namespace: "team".into(),
+        name: name.into(),
+        reason: "maintenance".into(),
+    }
+}
+
+/// team/limits' events, oldest first.
+async fn events(policy: &PolicyServiceClient<Channel>) -> Vec<proto::Event> {
+    let mut events = policy
+        .clone()
+        .list_events(proto::ListEventsRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .expect("list events")
+        .into_inner()
+        .events;
+    events.sort_by_key(|event| event.id);
+    events
+}
+
+/// The activations schedule `name` made: (entry, due at, version).
+async fn firings(policy: &PolicyServiceClient<Channel>, name: &str) -> Vec<(String, String, u32)> {
+    let prefix = format!("schedule {name} entry ");
+    events(policy)
+        .await
+        .into_iter()
+        .filter(|event| event.kind() == EventKind::Activated)
+        .filter_map(|event| {
+            let rest = event.reason.strip_prefix(&prefix)?.to_owned();
+            assert_eq!(event.actor, "system:schedule-controller");
+            let entry = rest.split_whitespace().next()?.to_owned();
+            let due = rest.rsplit_once("due at ")?.1.to_owned();
+            Some((entry, due, event.new_version))
+        })
+        .collect()
+}
+
+/// Polls until `done` holds of `name`'s firings, every 100 ms for at most
+/// 15 s.
+async fn until_fired(
+    policy: &PolicyServiceClient<Channel>,
+    name: &str,
+    done: impl Fn(&[(String, String, u32)]) -> bool,
+) -> Vec<(String, String, u32)> {
+    for _ in 0..150 {
+        let fired = firings(policy, name).await;
+        if done(&fired) {
+            return fired;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the schedule did not fire as expected: {:?}",
+        firings(policy, name).await
+    );
+}
+
+/// Polls schedule `name` until it is paused.
+async fn until_paused(policy: &PolicyServiceClient<Channel>, name: &str) -> proto::Schedule {
+    for _ in 0..150 {
+        let schedule = get(policy, name).await.expect("get the schedule");
+        if schedule.paused {
+            return schedule;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("schedule {name} did not pause");
+}
+
+fn kinds(events: &[proto::Event]) -> Vec<EventKind> {
+    events.iter().map(|event| event.kind()).collect()
+}
+
+async fn entries_fire_on_their_patterns_and_pause_resume_and_delete_work(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    // Version 1 on even seconds, version 2 on odd ones.
+    let flip = request(
+        "flip",
+        vec![
+            entry("even", "*/2 * * * * *", 1),
+            entry("odd", "1-59/2 * * * * *", 2),
+        ],
+    );
+    let saved = set(&app.policy, flip).await.expect("set the schedule");
+    assert_eq!(saved.entries[1].targets[0].version, 2);
+    assert!(saved.entries[1].targets[0].digest.starts_with("sha256:"));
+    assert_eq!(saved.upcoming.len(), 5);
+    for pair in saved.upcoming.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert_ne!(
+            a.entry, b.entry,
+            "the entries alternate: {:?}",
+            saved.upcoming
+        );
+        let gap = b.at.as_ref().unwrap().seconds - a.at.as_ref().unwrap().seconds;
+        assert_eq!(gap, 1, "{:?}", saved.upcoming);
+    }
+
+    let fired = until_fired(&app.policy, "flip", |fired| fired.len() >= 3).await;
+    for pair in fired.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].1,
+            "each firing once, in order: {fired:?}"
+        );
+        assert_ne!(
+            pair[0].2, pair[1].2,
+            "each firing moves the pointer: {fired:?}"
+        );
+    }
+    for (entry, _, version) in &fired {
+        assert_eq!(*version, if entry == "even" { 1 } else { 2 }, "{fired:?}");
+    }
+    let current = get(&app.policy, "flip").await.unwrap();
+    let last = current.last_firing.expect("a last firing");
+    assert!(last.revision > 0 && last.error.is_empty(), "{last:?}");
+
+    // Paused, it does not fire; resumed, it does again.
+    let paused = app
+        .policy
+        .clone()
+        .pause_schedule(control("flip"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paused.paused && paused.upcoming.is_empty());
+    assert!(
+        paused.paused_because.contains("maintenance"),
+        "{}",
+        paused.paused_because
+    );
+    let count = firings(&app.policy, "flip").await.len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(firings(&app.policy, "flip").await.len(), count, "paused");
+    let again = expect_code(
+        app.policy.clone().pause_schedule(control("flip")).await,
+        Code::FailedPrecondition,
+    );
+    assert!(again.contains("it is paused"), "{again}");
+    app.policy
+        .clone()
+        .resume_schedule(control("flip"))
+        .await
+        .unwrap();
+    until_fired(&app.policy, "flip", |fired| fired.len() >= count + 2).await;
+
+    // A manual activation is allowed beside the schedule.
+    app.try_activate(vec![target("team", "limits", 2)])
+        .await
+        .expect("activate by hand");
+
+    app.policy
+        .clone()
+        .delete_schedule(control("flip"))
+        .await
+        .unwrap();
+    expect_code(get(&app.policy, "flip").await, Code::NotFound);
+    let count = firings(&app.policy, "flip").await.len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(firings(&app.policy, "flip").await.len(), count, "deleted");
+    let kinds = kinds(&events(&app.policy).await);
+    for kind in [
+        EventKind::ScheduleSet,
+        EventKind::SchedulePaused,
+        EventKind::ScheduleResumed,
+        EventKind::ScheduleDeleted,
+    ] {
+        assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
+    }
+}
+
+/// Drafts and publishes team/`name` with `label`, requiring `requirements`.
+async fn release(
+    app: &TestApp,
+    name: &str,
+    label: &str,
+    requirements: Vec<proto::Requirement>,
+    activate: bool,
+) {
+    app.policy
+        .clone()
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: name.into(),
+            body: Some(policyhub::grpc::convert::json_to_struct(
+                &json!({"label": label}),
+            )),
+            requirements,
+            ..Default::default()
+        })
+        .await
+        .expect("draft");
+    app.try_publish(publish_request("team", name, label, activate))
+        .await
+        .expect("publish");
+}
+
+async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    // A rollout holds team/limits: the firing is refused.
+    let rollout = app
+        .policy
+        .clone()
+        .start_rollout(start_request(vec![step(50, Duration::from_secs(3600))]))
+        .await
+        .expect("start a rollout")
+        .into_inner();
+    set(
+        &app.policy,
+        request("hold", vec![entry("every", "* * * * * *", 1)]),
+    )
+    .await
+    .expect("set the schedule");
+    let paused = until_paused(&app.policy, "hold").await;
+    assert!(
+        paused.paused_because.contains("entry every due at")
+            && paused
+                .paused_because
+                .contains(&format!("rollout {}", rollout.id)),
+        "{}",
+        paused.paused_because
+    );
+    let last = paused.last_firing.expect("the refused firing");
+    assert_eq!(last.revision, 0);
+    assert!(last.error.contains("rollout"), "{}", last.error);
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
+    let reasons: Vec<String> = events(&app.policy)
+        .await
+        .into_iter()
+        .filter(|event| event.kind() == EventKind::SchedulePaused)
+        .map(|event| event.reason)
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("was refused"), "{reasons:?}");
+    app.policy
+        .clone()
+        .abort_rollout(proto::RolloutControlRequest {
+            namespace: "team".into(),
+            id: rollout.id,
+            reason: "make way".into(),
+        })
+        .await
+        .expect("abort");
+
+    // An unmet requirement: version 3 needs team/base ^2, and 1.0.0 is
+    // active.
+    release(&app, "base", "1.0.0", Vec::new(), true).await;
+    release(&app, "base", "2.0.0", Vec::new(), false).await;
+    let needs_base = vec![proto::Requirement {
+        name: "base".into(),
+        range: "^2".into(),
+    }];
+    release(&app, "limits", "3.0.0", needs_base, false).await;
+    set(
+        &app.policy,
+        request("hold", vec![entry("every", "* * * * * *", 3)]),
+    )
+    .await
+    .expect("replace the schedule");
+    let paused = until_paused(&app.policy, "hold").await;
+    assert!(
+        paused.paused_because.contains("requires team/base ^2"),
+        "{}",
+        paused.paused_because
+    );
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
+
+    // Met, and resumed: the firing missed while paused fires once.
+    let base = app.try_activate(vec![target("team", "base", 2)]).await;
+    base.expect("activate base 2.0.0");
+    app.policy
+        .clone()
+        .resume_schedule(control("hold"))
+        .await
+        .expect("resume");
+    until_fired(&app.policy, "hold", |fired| !fired.is_empty()).await;
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 3);
+}
+
+async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    app.draft("team", "limits", json!({"max": 3})).await;
+    let before = app.db_state().await;
+    let good = || entry("weekend", "0 18 * * FRI", 2);
+    let with = |change: &dyn Fn(&mut proto::SetScheduleRequest)| {
+        let mut bad = request("weekend-mode", vec![good()]);
+        change(&mut bad);
+        bad
+    };
+    let cases: Vec<(&str, proto::SetScheduleRequest, &str)> = vec![
+        (
+            "malformed cron",
+            with(&|r| r.entries[0].cron = "61 * * * *".into()),
+            "entries[0].cron",
+        ),
+        (
+            "three fields",
+            with(&|r| r.entries[0].cron = "* * *".into()),
+            "entries[0].cron",
+        ),
+        (
+            "never fires",
+            with(&|r| r.entries[0].cron = "0 0 31 2 *".into()),
+            "never fires",
+        ),
+        (
+            "unknown zone",
+            with(&|r| r.entries[0].time_zone = "Mars/Olympus".into()),
+            "entries[0].time_zone",
+        ),
+        (
+            "empty zone",
+            with(&|r| r.entries[0].time_zone = String::new()),
+            "entries[0].time_zone",
+        ),
+        (
+            "NUL in cron",
+            with(&|r| r.entries[0].cron = "0 18 * * FRI\0".into()),
+            "entries[0].cron",
+        ),
+        (
+            "long pattern",
+            with(&|r| r.entries[0].cron = "0 ".repeat(200)),
+            "at most 256 bytes",
+        ),
+        (
+            "a draft",
+            with(&|r| r.entries[0].targets[0].selector = Some(Selector::Version(3))),
+            "published versions only",
+        ),
+        (
+            "no selector",
+            with(&|r| r.entries[0].targets[0].selector = None),
+            "entries[0].targets[0].version",
+        ),
+        (
+            "bad label",
+            with(&|r| r.entries[0].targets[0].selector = Some(Selector::Label("x".into()))),
+            "entries[0].targets[0].version",
+        ),
+        (
+            "no targets",
+            with(&|r| r.entries[0].targets.clear()),
+            "entries[0].targets",
+        ),
+        (
+            "twice the same policy",
+            with(&|r| {
+                let twice = r.entries[0].targets[0].clone();
+                r.entries[0].targets.push(twice)
+            }),
+            "already targeted",
+        ),
+        (
+            "no entries",
+            with(&|r| r.entries.clear()),
+            "at least one entry",
+        ),
+        (
+            "17 entries",
+            with(&|r| {
+                r.entries = (0..17)
+                    .map(|n| entry(&format!("e{n}"), "0 18 * * FRI", 2))
+                    .collect()
+            }),
+            "at most 16",
+        ),
+        (
+            "same entry name",
+            with(&|r| r.entries.push(good())),
+            "already the name of entries[0]",
+        ),
+        (
+            "bad entry name",
+            with(&|r| r.entries[0].name = "Weekend".into()),
+            "entries[0].name",
+        ),
+        (
+            "bad schedule name",
+            with(&|r| r.name = "weekend mode".into()),
+            "schedule name",
+        ),
+        (
+            "bad namespace",
+            with(&|r| r.namespace = "Team".into()),
+            "namespace",
+        ),
+    ];
+    for (what, bad, says) in cases {
+        let message = expect_code(set(&app.policy, bad).await, Code::InvalidArgument);
+        assert!(message.contains(says), "{what}: {message}");
+    }
+    let missing = with(&|r| r.entries[0].targets[0].name = "nope".into());
+    expect_code(set(&app.policy, missing).await, Code::NotFound);
+    let no_version = with(&|r| r.entries[0].targets[0].selector = Some(Selector::Version(9)));
+    expect_code(set(&app.policy, no_version).await, Code::NotFound);
+    assert_eq!(app.db_state().await, before, "nothing was written");
+    let listed = app
+        .policy
+        .clone()
+        .list_schedules(proto::ListSchedulesRequest {
+            namespace: "team".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.schedules.is_empty(), "{listed:?}");
+
+    // A policy belongs to one schedule.
+    set(&app.policy, request("weekend-mode", vec![good()]))
+        .await
+        .expect("a good schedule");
+    let before = app.db_state().await;
+    let message = expect_code(
+        set(&app.policy, request("other", vec![good()])).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("already activated by schedule weekend-mode"),
+        "{message}"
+    );
+    assert_eq!(app.db_state().await, before);
+    expect_code(get(&app.policy, "other").await, Code::NotFound);
+    let message = expect_code(
+        app.policy
+            .clone()
+            .resume_schedule(control("weekend-mode"))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("not paused"), "{message}");
+    expect_code(
+        app.policy.clone().delete_schedule(control("nope")).await,
+        Code::NotFound,
+    );
+}
+
+/// A six-field pattern (seconds first) that fires once a year, at `at`.
+fn once_at(at: DateTime<Utc>) -> String {
+    use chrono::Datelike;
+    format!(
+        "{} {} {} {} {} *",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month()
+    )
+}
+
+/// The server killed with SIGKILL before two firings, started again after
+/// both: only the later fires, once.
+async fn after_a_kill_9_the_most_recent_missed_firing_fires_once(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let port = free_port();
+    let (server, mut policy) = serve(port, &database).await;
+    seed(&mut policy).await;
+    let first = Utc::now() + chrono::TimeDelta::seconds(3);
+    let second = first + chrono::TimeDelta::seconds(1);
+    let mut missed = request("missed", vec![entry("first", &once_at(first), 1)]);
+    missed.entries.push(entry("second", &once_at(second), 2));
+    set(&policy, missed).await.expect("set the schedule");
+    kill_9(server);
+    let after = (second - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1);
+    tokio::time::sleep(after).await;
+
+    let (server, policy) = serve(port, &database).await;
+    let fired = until_fired(&policy, "missed", |fired| !fired.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fired_later = firings(&policy, "missed").await;
+    assert_eq!(fired_later, fired, "it fired once");
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(
+        (fired[0].0.as_str(), fired[0].2),
+        ("second", 2),
+        "{fired:?}"
+    );
+    kill_9(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_the_most_recent_missed_firing_fires_once_on_sqlite() {
+    after_a_kill_9_the_most_recent_missed_firing_fires_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_the_most_recent_missed_firing_fires_once_on_postgres() {
+    after_a_kill_9_the_most_recent_missed_firing_fires_once(Backend::Postgres).await;
+}
+
+/// Two replicas on one PostgreSQL database, both running the controller:
+/// the event log holds each firing once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fire_each_firing_exactly_once() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let replica = database.replica();
+    let one = spawn_on(database, |_| {}).await;
+    let two = spawn_on(replica, |_| {}).await;
+    seed(&mut one.policy.clone()).await;
+    let flip = request(
+        "flip",
+        vec![
+            entry("even", "*/2 * * * * *", 1),
+            entry("odd", "1-59/2 * * * * *", 2),
+        ],
+    );
+    set(&two.policy, flip).await.expect("set the schedule");
+    let fired = until_fired(&one.policy, "flip", |fired| fired.len() >= 6).await;
+    let mut due: Vec<&String> = fired.iter().map(|(_, at, _)| at).collect();
+    due.sort();
+    due.dedup();
+    assert_eq!(due.len(), fired.len(), "a firing fired twice: {fired:?}");
+    let seen_by_two = firings(&two.policy, "flip").await;
+    assert!(seen_by_two.starts_with(&fired), "one log: {seen_by_two:?}");
+}
