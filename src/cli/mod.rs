@@ -18,6 +18,7 @@ mod json;
 mod lifecycle;
 mod output;
 mod rollout;
+mod schedule;
 mod schema;
 mod sync;
 mod watch;
@@ -276,6 +277,8 @@ enum Command {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
     },
+    #[command(flatten)]
+    Schedule(schedule::ScheduleCommand),
     /// Print every public key that ever signed a bundle (the JWKS).
     GetSigningKeys {
         #[command(flatten)]
@@ -429,6 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return sync::run(&client.connection, client.output, args).await;
         }
         Command::Rollout { command } => rollout::run(command).await?,
+        Command::Schedule(command) => schedule::run(command).await?,
         Command::GetSigningKeys { client } => {
             let (channel, output) = client.connect().await?;
             inspect::keys(channel, output).await?

@@ -33,6 +33,14 @@ impl ScheduleControl {
     }
 }
 
+/// `what`, and why when a reason was given.
+fn because(what: String, reason: &str) -> String {
+    match reason {
+        "" => what,
+        reason => format!("{what}: {reason}"),
+    }
+}
+
 /// Records one event of `kind` per policy of `policies`.
 async fn record(
     tx: &Transaction,
@@ -144,7 +152,7 @@ impl PolicyHub {
                     Some(_) => tx.save_schedule(&saved).await?,
                     None => tx.insert_schedule(&saved).await?,
                 }
-                let why = format!("schedule {}: {}", saved.name, saved.reason);
+                let why = because(format!("schedule {} saved", saved.name), &saved.reason);
                 record(tx, context, &policies, EventKind::ScheduleSet, &why).await?;
                 Ok(saved)
             })
@@ -167,7 +175,7 @@ impl PolicyHub {
             .write(&operation, async |tx| {
                 tx.lock_namespaces([namespace]).await?;
                 let mut current = tx.lock_existing_schedule(namespace, name).await?;
-                let by = format!("{} by {}: {reason}", control.verb(), context.actor);
+                let by = because(format!("{} by {}", control.verb(), context.actor), reason);
                 let kind = match control {
                     ScheduleControl::Pause => {
                         current.ensure_paused(false, "pause")?;

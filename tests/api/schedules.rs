@@ -14,6 +14,7 @@ use policyhub::grpc::proto::{
 use serde_json::json;
 use tonic::{Code, Status, transport::Channel};
 
+use crate::cli::policyhub;
 use crate::helpers::{
     Backend, TestApp, TestDatabase, expect_code, free_port, publish_request, spawn_on, target,
 };
@@ -587,4 +588,110 @@ async fn two_replicas_fire_each_firing_exactly_once() {
     assert_eq!(due.len(), fired.len(), "a firing fired twice: {fired:?}");
     let seen_by_two = firings(&two.policy, "flip").await;
     assert!(seen_by_two.starts_with(&fired), "one log: {seen_by_two:?}");
+}
+
+/// The CLI saves a schedule from a YAML file, shows its next firings in its
+/// zone and in UTC, lists, pauses and deletes it; a misspelt file is refused
+/// before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_shows_lists_pauses_and_deletes_a_schedule() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    seed(&mut app.policy.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weekend-mode.yaml");
+    std::fs::write(
+        &file,
+        "entries:\n\
+         - name: weekday\n  cron: \"0 0 * * MON\"\n  timeZone: Europe/Berlin\n  targets: [{name: limits, version: 2}]\n\
+         - name: weekend\n  cron: \"0 18 * * FRI\"\n  timeZone: Europe/Berlin\n  targets: [{name: limits, version: 1}]\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let shown = policyhub(
+        &app,
+        &[
+            "set-policy-schedule",
+            "team/weekend-mode",
+            "-f",
+            &file,
+            "--reason",
+            "calm weekends",
+        ],
+    );
+    let text = shown.success();
+    assert!(
+        text.contains("weekday  0 0 * * MON   Europe/Berlin  limits v2"),
+        "{text}"
+    );
+    // Five firings, each in its zone and in UTC: 18:00 CET is 17:00 UTC (or
+    // 18:00 CEST, 16:00 UTC), Monday 00:00 is Sunday 23:00 or 22:00 UTC.
+    let next: Vec<&str> = text
+        .lines()
+        .skip_while(|line| !line.starts_with("NEXT"))
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    assert_eq!(next.len(), 5, "{text}");
+    for line in next {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, utc) = (fields[3], fields[5]);
+        let expected = match (fields[0], fields[4]) {
+            ("weekend", "CET") => ("18:00:00", "T17:00:00Z"),
+            ("weekend", "CEST") => ("18:00:00", "T16:00:00Z"),
+            ("weekday", "CET") => ("00:00:00", "T23:00:00Z"),
+            ("weekday", "CEST") => ("00:00:00", "T22:00:00Z"),
+            other => panic!("{other:?} in {line}"),
+        };
+        assert_eq!(local, expected.0, "{line}");
+        assert!(utc.ends_with(expected.1), "{line}");
+    }
+    let json = policyhub(
+        &app,
+        &["get-policy-schedule", "team/weekend-mode", "-o", "json"],
+    )
+    .json();
+    assert_eq!(json["entries"][1]["timeZone"], "Europe/Berlin");
+    assert_eq!(json["upcoming"].as_array().unwrap().len(), 5);
+    let listed = policyhub(&app, &["list-policy-schedules", "team"]);
+    assert!(
+        listed.success().contains("weekend-mode  2        active"),
+        "{}",
+        listed.stdout
+    );
+    let paused = policyhub(
+        &app,
+        &["pause-policy-schedule", "team/weekend-mode", "-o", "json"],
+    );
+    assert_eq!(paused.json()["paused"], true);
+    let deleted = policyhub(&app, &["delete-policy-schedule", "team/weekend-mode"]);
+    assert_eq!(
+        deleted.success().trim(),
+        "schedule team/weekend-mode deleted"
+    );
+
+    let misspelt = dir.path().join("misspelt.yaml");
+    std::fs::write(&misspelt, "entries: [{name: e, crn: \"* * * * *\"}]\n").unwrap();
+    let misspelt = misspelt.display().to_string();
+    let refused = policyhub(&app, &["set-policy-schedule", "team/x", "-f", &misspelt]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("unrecognized field name 'crn'"),
+        "{}",
+        refused.stderr
+    );
+    let bad_zone = dir.path().join("bad-zone.yaml");
+    std::fs::write(
+        &bad_zone,
+        "entries: [{name: e, cron: \"0 0 * * *\", timeZone: Mars/Olympus, targets: [{name: limits, version: 1}]}]\n",
+    )
+    .unwrap();
+    let bad_zone = bad_zone.display().to_string();
+    let refused = policyhub(&app, &["set-policy-schedule", "team/x", "-f", &bad_zone]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("is not a time zone"),
+        "{}",
+        refused.stderr
+    );
+    expect_code(get(&app.policy, "x").await, Code::NotFound);
 }
