@@ -55,6 +55,22 @@ pub struct SetScheduleCommand {
     pub reason: String,
 }
 
+impl SetScheduleCommand {
+    /// Every policy some entry names, each once, in the order first named.
+    pub fn policies(&self) -> Vec<PolicyRef> {
+        let mut policies: Vec<PolicyRef> = Vec::new();
+        for (name, _) in self.entries.iter().flat_map(|entry| &entry.targets) {
+            if !policies.iter().any(|policy| &policy.name == name) {
+                policies.push(PolicyRef {
+                    namespace: self.namespace.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+        policies
+    }
+}
+
 /// One version an entry activates, pinned when the schedule was saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleTarget {
@@ -188,9 +204,11 @@ impl Timing {
 }
 
 impl Entry {
-    fn timing(&self) -> Timing {
-        Timing::parse("entry", &self.cron, &self.time_zone)
-            .expect("a saved entry was validated when it was saved")
+    /// Its pattern in its zone; validated when saved, so `None` only for a
+    /// stored pattern a later parser reads otherwise, which then never
+    /// fires rather than stopping the controller.
+    fn timing(&self) -> Option<Timing> {
+        Timing::parse("entry", &self.cron, &self.time_zone).ok()
     }
 
     /// The policies it activates.
@@ -335,7 +353,7 @@ impl Schedule {
         self.entries
             .iter()
             .filter_map(|entry| {
-                entry.timing().next_after(after).map(|at| Firing {
+                entry.timing()?.next_after(after).map(|at| Firing {
                     entry: entry.name.clone(),
                     at,
                 })
@@ -374,7 +392,7 @@ impl Schedule {
             .iter()
             .filter_map(|entry| {
                 entry
-                    .timing()
+                    .timing()?
                     .latest_until(now)
                     .filter(|at| *at > self.evaluated_at)
                     .map(|at| Firing {

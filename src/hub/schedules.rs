@@ -107,21 +107,17 @@ impl PolicyHub {
                     .filter(|other| other.name != command.name)
                     .collect();
                 let previous = tx.lock_schedule(&namespace, &command.name).await?;
+                let names = command.policies();
+                let locked = tx.lock_policies(&names.iter().collect::<Vec<_>>()).await?;
                 let mut entries = Vec::with_capacity(command.entries.len());
                 for (index, requested) in command.entries.iter().enumerate() {
-                    let names: Vec<PolicyRef> = requested
-                        .targets
-                        .iter()
-                        .map(|(name, _)| PolicyRef {
-                            namespace: namespace.clone(),
-                            name: name.clone(),
-                        })
-                        .collect();
-                    let policies = tx.lock_policies(&names.iter().collect::<Vec<_>>()).await?;
-                    let mut targets = Vec::with_capacity(policies.len());
-                    for (at, ((_, selector), policy)) in
-                        requested.targets.iter().zip(&policies).enumerate()
-                    {
+                    let mut targets = Vec::with_capacity(requested.targets.len());
+                    for (at, (name, selector)) in requested.targets.iter().enumerate() {
+                        let policy = names
+                            .iter()
+                            .position(|locked| &locked.name == name)
+                            .map(|position| &locked[position])
+                            .expect("every target's policy is locked");
                         let record = tx.version(policy, selector).await?.record;
                         let field = format!("entries[{index}].targets[{at}]");
                         targets.push(schedule::pin(&field, &record)?);
