@@ -27,13 +27,18 @@ pub fn print_message<M: prost::Message + prost::Name>(message: &M) {
     print_json(&message_json(message));
 }
 
-/// A message in the protobuf JSON mapping.
-pub fn message_json<M: prost::Message + prost::Name>(message: &M) -> Value {
+/// The descriptors of the API's messages, for the protobuf JSON mapping.
+pub fn descriptors() -> &'static DescriptorPool {
     static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
         DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
             .expect("the build wrote a valid descriptor set")
     });
-    let descriptor = POOL
+    &POOL
+}
+
+/// A message in the protobuf JSON mapping.
+pub fn message_json<M: prost::Message + prost::Name>(message: &M) -> Value {
+    let descriptor = descriptors()
         .get_message_by_name(&M::full_name())
         .expect("every generated message is in the descriptor set");
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())

@@ -5,19 +5,18 @@
 //! (JSON or YAML).
 
 use std::path::PathBuf;
-use std::sync::LazyLock;
 
 use anyhow::Context;
 use chrono_tz::Tz;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
+use prost_reflect::{DeserializeOptions, DynamicMessage};
 use serde_json::Value;
 
 use super::Client;
 use super::args::parse_namespace;
 use super::document;
 use super::failure::{Reply, Unusable, What};
-use super::output::{Output, Table, print_message, time_text};
+use super::output::{Output, Table, descriptors, print_message, time_text};
 use crate::domain::{Namespace, ScheduleName};
 use crate::grpc::convert::from_timestamp;
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
@@ -128,10 +127,6 @@ fn parse_schedule(text: &str) -> Result<(Namespace, ScheduleName), String> {
 /// The request a file of entries makes, with the schedule named on the
 /// command line.
 fn set_request(args: SetArgs) -> anyhow::Result<proto::SetScheduleRequest> {
-    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-        DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
-            .expect("the build wrote a valid descriptor set")
-    });
     let not_entries = || {
         Unusable::new(
             What::Document,
@@ -153,7 +148,7 @@ fn set_request(args: SetArgs) -> anyhow::Result<proto::SetScheduleRequest> {
     if args.paused {
         fields.insert("paused".into(), true.into());
     }
-    let descriptor = POOL
+    let descriptor = descriptors()
         .get_message_by_name("policyhub.v1.SetScheduleRequest")
         .expect("SetScheduleRequest is in the descriptor set");
     let dynamic = DynamicMessage::deserialize_with_options(
