@@ -275,6 +275,7 @@ impl Application {
             self.hub.clone(),
             self.settings.limits.clone(),
             quotas.clone(),
+            self.settings.data_dir.clone(),
         ))
         .max_decoding_message_size(max_message + 1);
         let bundle_api = BundleApi::new(

@@ -7,6 +7,7 @@
 
 mod agent;
 mod args;
+mod backup;
 mod connection;
 mod context;
 mod diff;
@@ -293,6 +294,15 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Save a consistent copy of the server's SQLite database, taken while
+    /// it serves (admin in every namespace); restore by starting a server on
+    /// the file. PostgreSQL deployments use pg_dump.
+    Backup {
+        #[command(flatten)]
+        client: Client,
+        /// Where to write it; FILE.part until it is whole and checked.
+        file: PathBuf,
+    },
     /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its
     /// key id, offline.
     GenerateKey {
@@ -503,6 +513,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rotated.signing_key_id, rotated.previous_key_id
                 );
             }
+        }
+        Command::Backup { client, file } => {
+            let (channel, output) = client.connect().await?;
+            backup::backup(channel, output, file).await?
         }
         Command::GenerateKey { out } => {
             let key = signing::write_new_key(&out)?;

@@ -1,6 +1,7 @@
 //! The gRPC adapters: protobuf in, domain call, protobuf out.
 
 pub mod auth;
+mod backup;
 mod bundle_service;
 pub mod codec;
 pub mod convert;

@@ -2,11 +2,13 @@
 //! converts the request into a validated command, admits the caller (role
 //! and quota), calls the hub and converts the answer back.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::auth::{Rpc, identify};
+use super::backup;
 use super::policy_replies as reply;
 use super::policy_requests::{
     activate_command, diff_wanted, discard_command, draft_command, event_filter,
@@ -29,21 +31,33 @@ pub struct PolicyApi {
     hub: PolicyHub,
     limits: Limits,
     quotas: Arc<Quotas>,
+    /// Where backups are staged: the data directory.
+    staging: PathBuf,
 }
 
 impl PolicyApi {
-    /// The service over `hub`, enforcing `limits` and `quotas`.
-    pub fn new(hub: PolicyHub, limits: Limits, quotas: Arc<Quotas>) -> Self {
+    /// The service over `hub`, enforcing `limits` and `quotas`, staging
+    /// backups in `staging`.
+    pub fn new(hub: PolicyHub, limits: Limits, quotas: Arc<Quotas>, staging: PathBuf) -> Self {
         PolicyApi {
             hub,
             limits,
             quotas,
+            staging,
         }
     }
 }
 
 #[tonic::async_trait]
 impl PolicyService for PolicyApi {
+    type BackupStream = backup::Chunks;
+
+    async fn backup(&self, request: Request<proto::BackupRequest>) -> Reply<Self::BackupStream> {
+        identify(&request)?.authorize_everywhere(Rpc::Backup)?;
+        let (file, revision) = self.hub.backup(&self.staging).await?;
+        Ok(Response::new(backup::chunks(file, revision).await?))
+    }
+
     async fn draft(&self, request: Request<proto::DraftRequest>) -> Reply<proto::DraftResponse> {
         let caller = identify(&request)?;
         let (command, key) = draft_command(request.into_inner(), &self.limits)?;

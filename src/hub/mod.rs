@@ -12,7 +12,10 @@ mod schedules;
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
+
+use tempfile::NamedTempFile;
 
 use crate::config::RolloutSettings;
 use crate::domain::rollout::RevisionChange;
@@ -132,6 +135,25 @@ impl PolicyHub {
             rollout_settings: Arc::new(rollout_settings),
             fleet,
         })
+    }
+
+    /// A consistent copy of the database, taken while serving, staged in a
+    /// file of `staging` that is removed when the returned handle drops;
+    /// with the revision it holds.
+    #[tracing::instrument(name = "hub.backup", skip_all)]
+    pub async fn backup(&self, staging: &Path) -> Result<(NamedTempFile, u64)> {
+        let file = tempfile::Builder::new()
+            .prefix(".backup-")
+            .suffix(".db")
+            .tempfile_in(staging)
+            .map_err(|error| {
+                Error::Internal(format!(
+                    "cannot stage a backup in {}: {error}",
+                    staging.display()
+                ))
+            })?;
+        let revision = self.repository.backup_into(file.path()).await?;
+        Ok((file, revision))
     }
 
     fn keys(&self) -> Arc<Keys> {

@@ -1,5 +1,6 @@
 //! Persistence on SeaORM: SQLite embedded, PostgreSQL for several replicas.
 
+mod backup;
 mod entities;
 mod errors;
 mod events;

@@ -295,6 +295,14 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
                 .await
                 .map(drop),
         ),
+        (
+            "namespace admin takes a backup of every namespace",
+            app.policy
+                .clone()
+                .backup(with_token(proto::BackupRequest {}, &a_admin))
+                .await
+                .map(drop),
+        ),
     ];
     for (attack, result) in denied {
         let status = result.expect_err(attack);

@@ -3,6 +3,7 @@
 
 mod agent;
 mod auth;
+mod backup;
 mod bad_input;
 mod bad_input_table;
 mod cli;

@@ -77,10 +77,15 @@ fn follow_events(
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(subscription.events());
         while let Some(Ok(event)) = stream.next().await {
-            if let Event::Applied(state) | Event::FromCache(state) = &event {
-                states.send(state.clone()).ok();
-            }
+            // The event first: a test that saw the state finds its event.
+            let state = match &event {
+                Event::Applied(state) | Event::FromCache(state) => Some(state.clone()),
+                _ => None,
+            };
             events.send(event).ok();
+            if let Some(state) = state {
+                states.send(state).ok();
+            }
         }
     });
     (task, received_states, received_events)

@@ -128,12 +128,13 @@ pub enum Rpc {
     PauseSchedule,
     ResumeSchedule,
     DeleteSchedule,
+    Backup,
 }
 
 impl Rpc {
     /// Every RPC, for the tests that hold the documentation to the table.
     #[cfg(test)]
-    const ALL: [Rpc; 32] = [
+    const ALL: [Rpc; 33] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -166,6 +167,7 @@ impl Rpc {
         Rpc::PauseSchedule,
         Rpc::ResumeSchedule,
         Rpc::DeleteSchedule,
+        Rpc::Backup,
     ];
 
     /// Whether the RPC changes state, and so counts against the caller's
@@ -224,7 +226,7 @@ impl Rpc {
             | Rpc::ResumeSchedule
             | Rpc::DeleteSchedule => Role::Operator,
             Rpc::ApproveRollout => Role::Approver,
-            Rpc::SetSchema | Rpc::RotateSigningKey => Role::Admin,
+            Rpc::SetSchema | Rpc::RotateSigningKey | Rpc::Backup => Role::Admin,
         }
     }
 }
