@@ -694,3 +694,52 @@ async fn http_calls_count_in_the_rpc_metrics() {
     assert_eq!(missing.status, 404);
     assert!(count().await >= before + 1.0, "the HTTP call counted");
 }
+
+/// Schedules over HTTP: PUT saves one, GET reads it and the list, POST
+/// `:pause` pauses it, DELETE removes it; a malformed pattern is a 400
+/// naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_set_read_paused_and_deleted_with_curl() {
+    let app = app(Backend::Sqlite, true).await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), false)
+        .await;
+    let entries = |cron: &str| {
+        json!({"entries": [
+            {"name": "weekday", "cron": "0 0 * * MON", "timeZone": "Europe/Berlin",
+             "targets": [{"name": "limits", "version": 2}]},
+            {"name": "weekend", "cron": cron, "timeZone": "Europe/Berlin",
+             "targets": [{"name": "limits", "version": 1}]},
+        ], "reason": "calm weekends"})
+        .to_string()
+    };
+    let path = "/v1/namespaces/team/schedules/weekend-mode";
+    let saved = curl(&app, "PUT", path, Some(&entries("0 18 * * FRI")), &[JSON]);
+    assert_eq!(saved.status, 200, "{saved:?}");
+    assert_eq!(saved.json["upcoming"].as_array().unwrap().len(), 5);
+    assert!(saved.json["entries"][0]["targets"][0]["digest"].is_string());
+
+    let read = curl(&app, "GET", path, None, &[]);
+    assert_eq!(read.json["name"], "weekend-mode");
+    let listed = curl(&app, "GET", "/v1/namespaces/team/schedules", None, &[]);
+    assert_eq!(listed.json["schedules"][0]["name"], "weekend-mode");
+    let paused = post(&app, &format!("{path}:pause"), r#"{"reason": "freeze"}"#);
+    assert_eq!((paused.status, &paused.json["paused"]), (200, &json!(true)));
+
+    let bad = curl(&app, "PUT", path, Some(&entries("61 18 * * FRI")), &[JSON]);
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(
+        bad.json.to_string().contains("entries[1].cron"),
+        "{}",
+        bad.json
+    );
+    let still = curl(&app, "GET", path, None, &[]);
+    assert_eq!(
+        still.json["entries"][1]["cron"], "0 18 * * FRI",
+        "nothing saved"
+    );
+
+    let deleted = curl(&app, "DELETE", &format!("{path}?reason=done"), None, &[]);
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    assert_eq!(curl(&app, "GET", path, None, &[]).status, 404);
+}
