@@ -180,6 +180,13 @@ impl Application {
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
         let repository = storage::Repository::new(db);
+        let sealed = repository.seal_events().await?;
+        if sealed > 0 {
+            tracing::info!(
+                events = sealed,
+                "sealed the events written before the hash chain"
+            );
+        }
         let fleet = Fleet::new(
             repository.clone(),
             &settings.runtimes,

@@ -15,6 +15,7 @@ mod m20261122_000004_signing_keys_key_id;
 mod m20261122_000005_rollouts;
 mod m20261123_000001_requirements;
 mod m20261123_000002_schedules;
+mod m20261123_000003_event_chain;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_rollouts::Migration),
             Box::new(m20261123_000001_requirements::Migration),
             Box::new(m20261123_000002_schedules::Migration),
+            Box::new(m20261123_000003_event_chain::Migration),
         ]
     }
 }

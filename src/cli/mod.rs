@@ -22,6 +22,7 @@ mod rollout;
 mod schedule;
 mod schema;
 mod sync;
+mod verify_log;
 mod watch;
 
 use connection::{AuthChannel, Connection};
@@ -294,6 +295,13 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Verify the hash chain of the whole event log, from the first event to
+    /// the last (reader in every namespace); exits 1 naming the first event
+    /// that does not follow the one before it.
+    VerifyLog {
+        #[command(flatten)]
+        client: Client,
+    },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on
     /// the file. PostgreSQL deployments use pg_dump.
@@ -513,6 +521,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rotated.signing_key_id, rotated.previous_key_id
                 );
             }
+        }
+        Command::VerifyLog { client } => {
+            let (channel, output) = client.connect().await?;
+            verify_log::verify_log(channel, output).await?
         }
         Command::Backup { client, file } => {
             let (channel, output) = client.connect().await?;

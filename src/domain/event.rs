@@ -171,4 +171,7 @@ pub struct EventRecord {
     pub key_id: Option<String>,
     /// The rollout concerned.
     pub rollout_id: Option<String>,
+    /// Its link in the hash chain (see `chain`); empty for an event written
+    /// before the chain existed and not yet sealed.
+    pub hash: String,
 }

@@ -3,6 +3,7 @@
 //! transactions and `grpc` converts to and from the wire.
 
 pub(crate) mod body;
+pub mod chain;
 mod commands;
 mod error;
 mod event;

@@ -265,7 +265,30 @@ pub fn event(record: &EventRecord) -> proto::Event {
         revision: record.revision.unwrap_or(0),
         key_id: record.key_id.clone().unwrap_or_default(),
         rollout_id: record.rollout_id.clone().unwrap_or_default(),
+        hash: record.hash.clone(),
     }
+}
+
+/// An event as read from the API, for verifying the chain client-side.
+pub fn event_record(event: &proto::Event) -> Result<EventRecord> {
+    let policy =
+        (!event.namespace.is_empty()).then(|| (event.namespace.clone(), event.name.clone()));
+    let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    Ok(EventRecord {
+        id: event.id,
+        kind: event_kind_from("kind", event.kind)?,
+        policy,
+        actor: event.actor.clone(),
+        at: from_timestamp("at", event.at.unwrap_or_default())?,
+        reason: event.reason.clone(),
+        request_id: event.request_id.clone(),
+        previous_version: (event.previous_version > 0).then_some(event.previous_version),
+        new_version: (event.new_version > 0).then_some(event.new_version),
+        revision: (event.revision > 0).then_some(event.revision),
+        key_id: text(&event.key_id),
+        rollout_id: text(&event.rollout_id),
+        hash: event.hash.clone(),
+    })
 }
 
 #[cfg(test)]

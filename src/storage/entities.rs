@@ -83,6 +83,8 @@ pub mod events {
         pub revision: Option<i64>,
         pub key_id: Option<String>,
         pub rollout_id: Option<String>,
+        /// Its link in the hash chain; `None` until sealed.
+        pub hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -14,7 +14,7 @@ use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::{
     ActiveBundle, AsOf, Error, EventFilter, EventKind, EventRecord, NamespaceScope, Page,
-    PolicyRef, RequestContext, Result, VersionSelector,
+    PolicyRef, RequestContext, Result, VersionSelector, chain,
 };
 
 /// What an event says, beyond who, when and which request.
@@ -51,6 +51,25 @@ impl<'a> NewEvent<'a> {
     }
 }
 
+/// An event row as the domain's record.
+pub(super) fn record(row: events::Model) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: revision(row.id),
+        kind: row.kind.parse()?,
+        policy: row.namespace.zip(row.name),
+        actor: row.actor,
+        at: row.at,
+        reason: row.reason,
+        request_id: row.request_id,
+        previous_version: row.previous_version.map(version),
+        new_version: row.new_version.map(version),
+        revision: row.revision.map(revision),
+        key_id: row.key_id,
+        rollout_id: row.rollout_id,
+        hash: row.hash.unwrap_or_default(),
+    })
+}
+
 /// The event kinds that move an active pointer, as stored.
 pub(super) fn pointer_moves() -> impl Iterator<Item = &'static str> {
     EventKind::ALL
@@ -77,21 +96,42 @@ impl Transaction {
         policy: Option<&LockedPolicy>,
         event: NewEvent<'_>,
     ) -> Result<()> {
+        let mut record = EventRecord {
+            id: 0,
+            kind: event.kind,
+            policy: policy.map(|policy| {
+                let name = &policy.state.policy;
+                (name.namespace.to_string(), name.name.to_string())
+            }),
+            actor: context.actor.clone(),
+            at: self.at(),
+            reason: event.reason.to_owned(),
+            request_id: context.request_id.clone(),
+            previous_version: event.previous_version,
+            new_version: event.new_version,
+            revision: event.revision,
+            key_id: event.key_id,
+            rollout_id: event.rollout_id.map(str::to_owned),
+            hash: String::new(),
+        };
+        record.hash = chain::link(&self.chain_head().await?, &record);
+        let (namespace, name) = record.policy.clone().unzip();
         let row = events::ActiveModel {
             id: NotSet,
-            kind: Set(event.kind.as_str().to_owned()),
+            kind: Set(record.kind.as_str().to_owned()),
             policy_id: Set(policy.map(|policy| policy.id)),
-            namespace: Set(policy.map(|policy| policy.state.policy.namespace.to_string())),
-            name: Set(policy.map(|policy| policy.state.policy.name.to_string())),
-            actor: Set(context.actor.clone()),
-            at: Set(self.at()),
-            reason: Set(event.reason.to_owned()),
-            request_id: Set(context.request_id.clone()),
-            previous_version: Set(event.previous_version.map(db_version)),
-            new_version: Set(event.new_version.map(db_version)),
-            revision: Set(event.revision.map(db_revision)),
-            key_id: Set(event.key_id),
-            rollout_id: Set(event.rollout_id.map(str::to_owned)),
+            namespace: Set(namespace),
+            name: Set(name),
+            actor: Set(record.actor),
+            at: Set(record.at),
+            reason: Set(record.reason),
+            request_id: Set(record.request_id),
+            previous_version: Set(record.previous_version.map(db_version)),
+            new_version: Set(record.new_version.map(db_version)),
+            revision: Set(record.revision.map(db_revision)),
+            key_id: Set(record.key_id),
+            rollout_id: Set(record.rollout_id),
+            hash: Set(Some(record.hash)),
         };
         events::Entity::insert(row)
             .exec_without_returning(&self.txn)
@@ -163,25 +203,7 @@ impl Repository {
             .all(&self.db)
             .await?;
         let next_page_token = paging.finish(&mut rows, |last| last.id.to_string());
-        let items = rows
-            .into_iter()
-            .map(|row| {
-                Ok(EventRecord {
-                    id: revision(row.id),
-                    kind: row.kind.parse()?,
-                    policy: row.namespace.zip(row.name),
-                    actor: row.actor,
-                    at: row.at,
-                    reason: row.reason,
-                    request_id: row.request_id,
-                    previous_version: row.previous_version.map(version),
-                    new_version: row.new_version.map(version),
-                    revision: row.revision.map(revision),
-                    key_id: row.key_id,
-                    rollout_id: row.rollout_id,
-                })
-            })
-            .collect::<Result<_>>()?;
+        let items = rows.into_iter().map(record).collect::<Result<_>>()?;
         Ok(Page {
             items,
             next_page_token,

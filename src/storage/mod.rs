@@ -1,6 +1,7 @@
 //! Persistence on SeaORM: SQLite embedded, PostgreSQL for several replicas.
 
 mod backup;
+mod chain;
 mod entities;
 mod errors;
 mod events;

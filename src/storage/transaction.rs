@@ -23,6 +23,8 @@
 //!    set against activation).
 //! 4. **The revision counter**: the next revision, which serializes every
 //!    activation of the deployment (DESIGN §5).
+//! 5. **The head of the event chain**, by the first event the transaction
+//!    records (`chain`): after it, a transaction only writes rows it holds.
 //!
 //! On PostgreSQL, where each statement of a READ COMMITTED transaction reads
 //! the latest commits, a read made after taking a lock sees everything the

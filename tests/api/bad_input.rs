@@ -381,7 +381,7 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
     let collisions: &[&str] = match app.database.backend {
         crate::helpers::Backend::Sqlite => &[
             "INSERT OR REPLACE INTO versions SELECT id, policy_id, version, state,              '{\"max\":1000}', digest, label, change_notes, 'mallory', created_at,              published_by, published_at, jws, key_id, requirements FROM versions WHERE version = 1",
-            "REPLACE INTO events SELECT id, kind, policy_id, namespace, name, 'mallory', at,              reason, request_id, previous_version, new_version, revision, key_id, rollout_id FROM events              ORDER BY id LIMIT 1",
+            "REPLACE INTO events SELECT id, kind, policy_id, namespace, name, 'mallory', at,              reason, request_id, previous_version, new_version, revision, key_id, rollout_id, hash FROM events              ORDER BY id LIMIT 1",
             "REPLACE INTO signing_keys SELECT key_id, 'forged', created_at FROM signing_keys",
         ],
         crate::helpers::Backend::Postgres => &[

@@ -10,6 +10,7 @@ mod cli;
 mod client_settings;
 mod concurrency;
 mod helpers;
+mod history;
 mod http;
 mod http_events;
 mod lifecycle;

@@ -141,6 +141,10 @@ fn unusable_hint(what: What) -> &'static str {
             "pass what `policyhub get-active NAMESPACE/NAME -o json` prints, or the JWS alone; \
              a draft is unsigned and cannot be verified"
         }
+        What::Log => {
+            "the log was rewritten in the database after it was written: compare it with a \
+             backup, and find who could write to the database"
+        }
         What::Signature => {
             "it was changed after signing, or signed by a key the JWKS does not hold \
              (fetch it again with `policyhub get-signing-keys -o json`)"
@@ -376,6 +380,7 @@ mod tests {
             What::Connection,
             What::Checkout,
             What::Reply,
+            What::Log,
         ] {
             assert!(!unusable_hint(what).is_empty(), "{what:?}");
         }

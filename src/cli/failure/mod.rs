@@ -130,6 +130,8 @@ pub enum What {
     Checkout,
     /// A reply that breaks the protocol.
     Reply,
+    /// An event log whose hash chain is broken.
+    Log,
 }
 
 /// Something the command could not use, and why.
