@@ -301,6 +301,11 @@ enum Command {
     VerifyLog {
         #[command(flatten)]
         client: Client,
+        /// Verify this file instead, the output of `policyhub list-events -o
+        /// json --limit N` over the whole log (an archive); `-` reads
+        /// standard input.
+        #[arg(long, short = 'f')]
+        filename: Option<PathBuf>,
     },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on
@@ -522,7 +527,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::VerifyLog { client } => {
+        Command::VerifyLog {
+            client,
+            filename: Some(file),
+        } => verify_log::verify_file(&file, client.output)?,
+        Command::VerifyLog { client, .. } => {
             let (channel, output) = client.connect().await?;
             verify_log::verify_log(channel, output).await?
         }

@@ -43,23 +43,35 @@ fn python_verifier(app: &TestApp) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-/// Both verifiers accept the log.
+/// `policyhub verify-log -f` of an archive: the log as `list-events -o
+/// json` writes it.
+fn verify_archive(app: &TestApp) -> Run {
+    let listed = policyhub(app, &["list-events", "-o", "json", "--limit", "100000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("events.json");
+    std::fs::write(&archive, listed.success()).unwrap();
+    policyhub(app, &["verify-log", "-f", &archive.display().to_string()])
+}
+
+/// The verifiers accept the log: the server's, an archive's, Python's.
 #[track_caller]
 fn verifies(app: &TestApp) -> Run {
     let run = policyhub(app, &["verify-log"]);
     assert!(run.success().contains("events verified"), "{}", run.stdout);
+    assert_eq!(verify_archive(app).success(), run.stdout);
     let python = python_verifier(app);
     assert!(python.status.success(), "{python:?}");
     run
 }
 
-/// Both verifiers refuse the log, naming `broken` after `after`.
+/// The verifiers refuse the log, naming `broken` after `after`.
 #[track_caller]
 fn refused(app: &TestApp, broken: u64, after: u64) {
-    let run = policyhub(app, &["verify-log"]);
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let says = format!("event {broken} does not follow event {after}");
-    assert!(run.stderr.contains(&says), "{says}: {}", run.stderr);
+    for run in [policyhub(app, &["verify-log"]), verify_archive(app)] {
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(&says), "{says}: {}", run.stderr);
+    }
     let python = python_verifier(app);
     assert_eq!(python.status.code(), Some(1), "{python:?}");
     assert!(
