@@ -1,10 +1,12 @@
 //! Bearer-token verification: a JWT from the `authorization` metadata,
 //! checked against the issuer's keys, becomes a [`Caller`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use hashlink::LruCache;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use super::{Caller, Grant};
@@ -34,6 +36,15 @@ fn token_problem(error: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
+/// Tokens remembered as verified.
+const VERIFIED_TOKENS: usize = 10_000;
+
+/// Tokens already verified, by their SHA-256, with the caller each proves
+/// and its `exp`: a runtime or client sending the same token on every call
+/// has it verified once. Only verified tokens enter, so a caller without one
+/// cannot grow it; the least recently used goes when it is full.
+type Verified = Mutex<LruCache<[u8; 32], (Caller, u64)>>;
+
 /// How tokens are verified.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -42,6 +53,7 @@ pub struct Authenticator {
     /// only its own), made once rather than per request.
     validations: Arc<[(Algorithm, Validation)]>,
     roles_claim: String,
+    verified: Arc<Verified>,
 }
 
 enum IssuerKeys {
@@ -155,6 +167,7 @@ impl Authenticator {
             keys: Arc::new(keys),
             validations,
             roles_claim: roles_claim.to_owned(),
+            verified: Arc::new(Mutex::new(LruCache::new(VERIFIED_TOKENS))),
         }
     }
 
@@ -178,6 +191,26 @@ impl Authenticator {
                     "the authorization metadata is not \"Bearer <token>\"".into(),
                 )
             })?;
+        let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((caller, expires)) = self.verified().get(&fingerprint)
+            && now < *expires
+        {
+            return Ok(caller.clone());
+        }
+        self.verify(token, fingerprint)
+    }
+
+    /// The cache of verified tokens.
+    fn verified(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], (Caller, u64)>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Verifies `token` in full and remembers it, by its `fingerprint`,
+    /// until its `exp`.
+    fn verify(&self, token: &str, fingerprint: [u8; 32]) -> Result<Caller> {
         let refused = |error: jsonwebtoken::errors::Error| {
             Error::Unauthenticated(format!("invalid token: {}", token_problem(&error)))
         };
@@ -216,10 +249,15 @@ impl Authenticator {
                 Error::Unauthenticated("invalid token: \"sub\" must be a non-empty string".into())
             })?;
         let grants = self.grants(claims.get(&self.roles_claim))?;
-        Ok(Caller {
+        let caller = Caller {
             subject: subject.to_owned(),
             grants,
-        })
+        };
+        if let Some(expires) = claims.get("exp").and_then(Value::as_u64) {
+            self.verified()
+                .insert(fingerprint, (caller.clone(), expires));
+        }
+        Ok(caller)
     }
 
     fn grants(&self, claim: Option<&Value>) -> Result<Vec<Grant>> {
@@ -242,5 +280,67 @@ impl Authenticator {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"a shared secret of at least thirty-two bytes";
+
+    fn authenticator() -> Authenticator {
+        let leeway = std::time::Duration::ZERO;
+        Authenticator::with_hs256(SECRET, "issuer", "policyhub", leeway, "roles")
+    }
+
+    fn metadata(subject: &str, exp: u64) -> MetadataMap {
+        let claims = json!({"iss": "issuer", "aud": "policyhub", "sub": subject, "exp": exp,
+            "roles": ["payments:reader"]});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        metadata
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires_and_no_other_is() {
+        let authenticator = authenticator();
+        let now = jsonwebtoken::get_current_timestamp();
+        let alice = metadata("alice", now + 600);
+        let first = authenticator.authenticate(&alice).unwrap();
+        assert_eq!(authenticator.verified().len(), 1);
+        assert_eq!(authenticator.authenticate(&alice).unwrap(), first);
+        assert_eq!(authenticator.verified().len(), 1, "verified once");
+
+        // Remembered only until its exp: then it is verified again, and
+        // refused.
+        let soon = metadata("bob", now + 1);
+        authenticator.authenticate(&soon).unwrap();
+        assert_eq!(authenticator.verified().len(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let error = authenticator.authenticate(&soon).unwrap_err();
+        assert!(error.to_string().contains("expired"), "{error}");
+
+        // A token that does not verify is not remembered.
+        let mut forged = metadata("mallory", now + 600);
+        let value = forged
+            .get("authorization")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let tampered = format!("{}x", value.trim_end_matches(char::is_alphanumeric));
+        forged.insert("authorization", tampered.parse().unwrap());
+        assert!(authenticator.authenticate(&forged).is_err());
+        assert_eq!(authenticator.verified().len(), 2);
     }
 }
