@@ -342,6 +342,22 @@ impl Schedule {
         policies
     }
 
+    /// Refuses a policy one of `others` (the namespace's other schedules)
+    /// already activates: a policy belongs to at most one schedule.
+    pub fn ensure_unclaimed(&self, others: &[Schedule]) -> Result<()> {
+        let policies = self.policies();
+        for other in others {
+            if let Some(taken) = other.policies().into_iter().find(|p| policies.contains(p)) {
+                return Err(Error::precondition(format!(
+                    "{taken} is already activated by schedule {} of namespace {}: a policy \
+                     belongs to at most one schedule",
+                    other.name, self.namespace
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The entry named `name`.
     pub fn entry(&self, name: &EntryName) -> Option<&Entry> {
         self.entries.iter().find(|entry| &entry.name == name)

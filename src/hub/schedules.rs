@@ -133,17 +133,8 @@ impl PolicyHub {
                 if let Some(previous) = &previous {
                     saved.last = previous.last.clone();
                 }
+                saved.ensure_unclaimed(&others)?;
                 let policies = saved.policies();
-                for other in &others {
-                    if let Some(taken) = other.policies().into_iter().find(|p| policies.contains(p))
-                    {
-                        return Err(Error::precondition(format!(
-                            "{taken} is already activated by schedule {} of namespace \
-                             {namespace}: a policy belongs to at most one schedule",
-                            other.name
-                        )));
-                    }
-                }
                 match previous {
                     Some(_) => tx.save_schedule(&saved).await?,
                     None => tx.insert_schedule(&saved).await?,
