@@ -97,9 +97,9 @@ pub struct ListEventsArgs {
     /// namespace you may read.
     #[arg(value_parser = parse_scope)]
     scope: Option<Scope>,
-    /// Only events of this kind: draft-created, draft-superseded,
-    /// draft-discarded, published, activated, rolled-back, schema-set,
-    /// key-rotated. Repeat for several.
+    /// Only events of this kind, the API's EventKind in lower case with
+    /// dashes: draft-created, published, activated, rolled-back, schema-set,
+    /// key-rotated, rollout-started … schedule-paused. Repeat for several.
     #[arg(long = "kind", value_parser = parse_event_kind)]
     kinds: Vec<proto::EventKind>,
     #[command(flatten)]
