@@ -7,25 +7,24 @@
 //! Daylight-saving transitions are the cron crate's: a time the clocks skip
 //! fires at the first time after the gap, a time they repeat fires once.
 
+mod timing;
+mod validate;
+
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
-use croner::parser::{CronParser, Seconds};
 use serde::{Deserialize, Serialize};
 
 use super::{
     Digest, EntryName, Error, Label, Namespace, PolicyName, PolicyRef, Result, ScheduleName,
-    VersionRecord, VersionSelector, VersionState, quoted,
+    VersionSelector,
 };
+use timing::Timing;
+pub use validate::{ensure_pinned, pin, validate};
 
 /// Entries a schedule may have.
 pub const MAX_ENTRIES: usize = 16;
 
 /// Firings `GetSchedule` shows ahead.
 pub const UPCOMING: usize = 5;
-
-/// Longest cron pattern or zone name accepted.
-const MAX_PATTERN_LEN: usize = 256;
 
 /// One entry as requested: its targets not yet resolved.
 #[derive(Debug, Clone, Serialize)]
@@ -145,64 +144,6 @@ pub struct Schedule {
     pub reason: String,
 }
 
-/// An entry's pattern read in its zone.
-struct Timing {
-    cron: Cron,
-    zone: Tz,
-}
-
-impl Timing {
-    /// Parses a pattern and a zone, naming `field` in the errors.
-    fn parse(field: &str, pattern: &str, zone: &str) -> Result<Timing> {
-        if pattern.len() > MAX_PATTERN_LEN || zone.len() > MAX_PATTERN_LEN {
-            return Err(Error::invalid(
-                field,
-                format!("the pattern and the time zone are at most {MAX_PATTERN_LEN} bytes each"),
-            ));
-        }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .build()
-            .parse(pattern)
-            .map_err(|error| {
-                Error::invalid(
-                    format!("{field}.cron"),
-                    format!(
-                        "{} is not a cron pattern ({error}): write minute hour day-of-month \
-                         month day-of-week, such as \"0 18 * * FRI\", optionally with seconds first",
-                        quoted(pattern)
-                    ),
-                )
-            })?;
-        let zone: Tz = zone.parse().map_err(|_| {
-            Error::invalid(
-                format!("{field}.time_zone"),
-                format!(
-                    "{} is not a time zone: use an IANA name such as \"Europe/Berlin\" or \"UTC\"",
-                    quoted(zone)
-                ),
-            )
-        })?;
-        Ok(Timing { cron, zone })
-    }
-
-    /// The first firing strictly after `after`.
-    fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&after.with_timezone(&self.zone), false)
-            .ok()
-            .map(|at| at.with_timezone(&Utc))
-    }
-
-    /// The last firing at or before `until`.
-    fn latest_until(&self, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_previous_occurrence(&until.with_timezone(&self.zone), true)
-            .ok()
-            .map(|at| at.with_timezone(&Utc))
-    }
-}
-
 impl Entry {
     /// Its pattern in its zone; validated when saved, so `None` only for a
     /// stored pattern a later parser reads otherwise, which then never
@@ -215,91 +156,6 @@ impl Entry {
     pub fn policies(&self) -> impl Iterator<Item = &PolicyRef> {
         self.targets.iter().map(|target| &target.policy)
     }
-}
-
-/// Checks what can be checked without storage: the entry count, names,
-/// patterns, zones, that each pattern fires at all, and the targets' count
-/// and distinctness.
-pub fn validate(command: &SetScheduleCommand, max_targets: usize) -> Result<()> {
-    if command.entries.is_empty() {
-        return Err(Error::invalid("entries", "give at least one entry"));
-    }
-    if command.entries.len() > MAX_ENTRIES {
-        return Err(Error::invalid(
-            "entries",
-            format!(
-                "{} entries, at most {MAX_ENTRIES} are allowed in one schedule",
-                command.entries.len()
-            ),
-        ));
-    }
-    for (index, entry) in command.entries.iter().enumerate() {
-        let field = format!("entries[{index}]");
-        if let Some(first) = command.entries[..index]
-            .iter()
-            .position(|seen| seen.name == entry.name)
-        {
-            return Err(Error::invalid(
-                format!("{field}.name"),
-                format!("{} is already the name of entries[{first}]", entry.name),
-            ));
-        }
-        let timing = Timing::parse(&field, &entry.cron, &entry.time_zone)?;
-        if timing.next_after(Utc::now()).is_none() {
-            return Err(Error::invalid(
-                format!("{field}.cron"),
-                format!("{} never fires", quoted(&entry.cron)),
-            ));
-        }
-        if entry.targets.is_empty() {
-            return Err(Error::invalid(
-                format!("{field}.targets"),
-                "name at least one policy to activate",
-            ));
-        }
-        if entry.targets.len() > max_targets {
-            return Err(Error::invalid(
-                format!("{field}.targets"),
-                format!(
-                    "{} targets, at most {max_targets} are allowed in one entry",
-                    entry.targets.len()
-                ),
-            ));
-        }
-        for (at, (name, _)) in entry.targets.iter().enumerate() {
-            if let Some(first) = entry.targets[..at]
-                .iter()
-                .position(|(seen, _)| seen == name)
-            {
-                return Err(Error::invalid(
-                    format!("{field}.targets[{at}]"),
-                    format!("{name} is already targeted by targets[{first}]"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Pins one requested target: it must name a published version.
-pub fn pin(field: &str, record: &VersionRecord) -> Result<ScheduleTarget> {
-    if record.state != VersionState::Published {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "version {} of {} is {}: a schedule activates published versions only",
-                record.version,
-                record.policy,
-                record.state.as_str().to_lowercase()
-            ),
-        ));
-    }
-    Ok(ScheduleTarget {
-        policy: record.policy.clone(),
-        version: record.version,
-        label: record.label.clone(),
-        digest: record.digest().clone(),
-    })
 }
 
 impl Schedule {
@@ -490,17 +346,6 @@ impl Schedule {
     }
 }
 
-/// Refuses a version whose digest is not the one pinned.
-pub fn ensure_pinned(target: &ScheduleTarget, record: &VersionRecord) -> Result<()> {
-    if record.digest() == &target.digest {
-        return Ok(());
-    }
-    Err(Error::precondition(format!(
-        "version {} of {} no longer has the digest {} the schedule pinned",
-        target.version, target.policy, target.digest
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -651,39 +496,5 @@ mod tests {
         );
         let next = fast.upcoming(utc(2026, 1, 1, 0, 0), 2);
         assert_eq!(next[1].at - next[0].at, chrono::TimeDelta::seconds(2));
-    }
-
-    #[test]
-    fn bad_patterns_and_zones_are_refused() {
-        let command = |cron: &str, zone: &str| SetScheduleCommand {
-            namespace: Namespace::parse("namespace", "payments").unwrap(),
-            name: ScheduleName::parse("name", "s").unwrap(),
-            entries: vec![EntryRequest {
-                name: EntryName::parse("name", "e").unwrap(),
-                cron: cron.into(),
-                time_zone: zone.into(),
-                targets: vec![(
-                    PolicyName::parse("name", "limits").unwrap(),
-                    VersionSelector::Number(1),
-                )],
-            }],
-            paused: false,
-            reason: String::new(),
-        };
-        for (cron, zone, field) in [
-            ("61 * * * *", "UTC", "entries[0].cron"),
-            ("* * *", "UTC", "entries[0].cron"),
-            ("0 0 31 2 *", "UTC", "entries[0].cron"),
-            ("0 0 * * *", "Mars/Olympus", "entries[0].time_zone"),
-            ("0 0 * * *", "europe/berlin", "entries[0].time_zone"),
-        ] {
-            match validate(&command(cron, zone), 100) {
-                Err(Error::InvalidArgument(violations)) => {
-                    assert_eq!(violations[0].field, field, "{cron} {zone}")
-                }
-                other => panic!("{cron} {zone}: {other:?}"),
-            }
-        }
-        assert!(validate(&command("0 18 * * FRI", "Europe/Berlin"), 100).is_ok());
     }
 }
