@@ -54,6 +54,9 @@ impl Repository {
     /// returns how many.
     pub async fn seal_events(&self) -> Result<usize> {
         self.write("seal_events", async |tx| {
+            // The head first: replicas starting together seal once, and the
+            // second finds nothing left to seal.
+            tx.chain_head().await?;
             let unsealed = events::Entity::find()
                 .filter(events::Column::Hash.is_null())
                 .order_by(events::Column::Id, Order::Asc)
@@ -62,7 +65,6 @@ impl Repository {
             if unsealed.is_empty() {
                 return Ok(0);
             }
-            tx.chain_head().await?;
             for row in &unsealed {
                 let previous = head(&tx.txn, Some(row.id)).await?;
                 let hash = chain::link(&previous, &record(row.clone())?);
