@@ -1,13 +1,16 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and writes
 //! the encoded descriptor set that server reflection serves, and the
 //! OpenAPI document of the HTTP/JSON port generated from the same
-//! descriptors; also the client of the etcd subset the watch fan-out
-//! benchmark calls.
+//! descriptors; the table of the console's files, which the binary embeds;
+//! also the client of the etcd subset the watch fan-out benchmark calls.
 
 #[path = "build/openapi.rs"]
 mod openapi;
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 const PROTOS: &[&str] = &[
     "policyhub/v1/types.proto",
@@ -54,10 +57,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             config
         })?;
 
+    println!("cargo:rerun-if-changed=console");
+    fs::write(
+        out_dir.join("console_files.rs"),
+        console_files(Path::new("console"))?,
+    )?;
+
     println!("cargo:rerun-if-changed=benches/proto");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(false)
         .compile_fds(protox::compile(["etcdserverpb.proto"], ["benches/proto"])?)?;
     Ok(())
+}
+
+/// `&[(path, bytes)]` of every file under `root`, by path relative to it,
+/// each embedded with `include_bytes!`.
+fn console_files(root: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in fs::read_dir(&directory)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut table = String::from("&[\n");
+    for file in files {
+        let relative = file
+            .strip_prefix(root)?
+            .to_str()
+            .ok_or("a non-UTF-8 path")?;
+        let absolute = fs::canonicalize(&file)?;
+        table.push_str(&format!(
+            "    ({relative:?}, include_bytes!({:?}).as_slice()),\n",
+            absolute.to_str().ok_or("a non-UTF-8 path")?
+        ));
+    }
+    table.push(']');
+    Ok(table)
 }

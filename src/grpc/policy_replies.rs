@@ -1,6 +1,7 @@
 //! `policyhub.v1.PolicyService` replies: what the hub answered, as
 //! protobuf.
 
+use super::auth::Caller;
 use super::convert;
 use super::policy_requests::patch_operation;
 use super::proto;
@@ -9,9 +10,25 @@ use super::runtimes::runtime;
 use crate::domain::rollout::{Progress, Rollout};
 use crate::domain::runtime::{RuntimeRecord, RuntimeState};
 use crate::domain::{
-    ActivationOutcome, DraftOutcome, Error, EventRecord, Page, PolicySummary, PublishOutcome,
-    Result, SchemaViolation, VersionRecord,
+    ActivationOutcome, DraftOutcome, Error, EventRecord, Namespace, Page, PolicySummary,
+    PublishOutcome, Result, SchemaViolation, VersionRecord,
 };
+
+pub(super) fn who_am_i(caller: &Caller, namespace: Option<&Namespace>) -> proto::WhoAmIResponse {
+    proto::WhoAmIResponse {
+        subject: caller.subject.clone(),
+        grants: caller.grants.iter().map(ToString::to_string).collect(),
+        allowed_methods: namespace
+            .map(|namespace| {
+                caller
+                    .allowed_in(namespace)
+                    .iter()
+                    .map(|rpc| format!("{rpc:?}"))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
 
 pub(super) fn draft(outcome: &DraftOutcome) -> proto::DraftResponse {
     proto::DraftResponse {

@@ -58,6 +58,19 @@ impl PolicyService for PolicyApi {
         Ok(Response::new(backup::chunks(file, revision).await?))
     }
 
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Reply<proto::WhoAmIResponse> {
+        let caller = identify(&request)?;
+        caller.caller().authorize_anywhere(Rpc::WhoAmI)?;
+        let namespace = optional_namespace(&request.get_ref().namespace)?;
+        Ok(Response::new(reply::who_am_i(
+            caller.caller(),
+            namespace.as_ref(),
+        )))
+    }
+
     async fn draft(&self, request: Request<proto::DraftRequest>) -> Reply<proto::DraftResponse> {
         let caller = identify(&request)?;
         let (command, key) = draft_command(request.into_inner(), &self.limits)?;

@@ -11,6 +11,7 @@
 //! or the status as a JSON `google.rpc.Status` under the standard gRPC →
 //! HTTP code table, goes back as JSON.
 
+mod console;
 mod events;
 mod routes;
 pub mod semantics;
@@ -117,6 +118,11 @@ impl Gateway {
     ) -> Result<Response<HttpBody>, Failure> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
+        if matches!(parts.method, Method::GET | Method::HEAD)
+            && let Some(response) = console::response(path, &parts.headers)
+        {
+            return Ok(response.map(boxed));
+        }
         if parts.method == Method::GET && path == "/openapi.json" {
             let mut response =
                 Response::new(boxed(Full::new(Bytes::from_static(OPENAPI.as_bytes()))));

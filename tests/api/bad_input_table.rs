@@ -240,6 +240,13 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "WhoAmI: bad namespace",
+        Code::InvalidArgument,
+        policy.who_am_i(proto::WhoAmIRequest {
+            namespace: "Not A Namespace".into()
+        })
+    );
+    row!(
         "GetPolicyStatus: bad name",
         Code::InvalidArgument,
         policy.get_policy_status(proto::GetPolicyStatusRequest {

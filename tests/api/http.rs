@@ -13,14 +13,14 @@ use crate::helpers::{Backend, TestApp, TestDatabase, spawn_on};
 
 /// What curl got back.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: String,
-    json: Value,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: String,
+    pub(crate) json: Value,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.lines().find_map(|line| {
             let (key, value) = line.split_once(':')?;
             key.eq_ignore_ascii_case(name).then(|| value.trim())
@@ -30,7 +30,13 @@ impl Reply {
 
 /// `curl -X method` of `path` on the app's HTTP port, with `body` and
 /// extra headers.
-fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>, headers: &[&str]) -> Reply {
+pub(crate) fn curl(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Reply {
     let address = app.http_address.expect("the HTTP port is served");
     let mut command = Command::new("curl");
     command.args([

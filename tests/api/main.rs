@@ -9,6 +9,7 @@ mod bad_input_table;
 mod cli;
 mod client_settings;
 mod concurrency;
+mod console;
 mod helpers;
 mod history;
 mod http;

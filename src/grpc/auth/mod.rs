@@ -118,6 +118,14 @@ impl Caller {
         )))
     }
 
+    /// The namespaced RPCs the caller may call in `namespace`.
+    pub fn allowed_in(&self, namespace: &Namespace) -> Vec<Rpc> {
+        Rpc::ALL
+            .into_iter()
+            .filter(|rpc| rpc.is_namespaced() && self.authorize(*rpc, namespace).is_ok())
+            .collect()
+    }
+
     /// The namespaces the caller may read.
     pub fn readable(&self) -> Readable {
         if self.grants.iter().any(|grant| grant.namespace.is_none()) {

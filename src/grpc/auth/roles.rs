@@ -129,12 +129,12 @@ pub enum Rpc {
     ResumeSchedule,
     DeleteSchedule,
     Backup,
+    WhoAmI,
 }
 
 impl Rpc {
-    /// Every RPC, for the tests that hold the documentation to the table.
-    #[cfg(test)]
-    const ALL: [Rpc; 33] = [
+    /// Every RPC.
+    pub const ALL: [Rpc; 34] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -168,6 +168,7 @@ impl Rpc {
         Rpc::ResumeSchedule,
         Rpc::DeleteSchedule,
         Rpc::Backup,
+        Rpc::WhoAmI,
     ];
 
     /// Whether the RPC changes state, and so counts against the caller's
@@ -194,6 +195,15 @@ impl Rpc {
         )
     }
 
+    /// Whether the RPC acts within namespaces, rather than on the whole
+    /// deployment or on the caller alone.
+    pub fn is_namespaced(self) -> bool {
+        !matches!(
+            self,
+            Rpc::GetSigningKeys | Rpc::RotateSigningKey | Rpc::Backup | Rpc::WhoAmI
+        )
+    }
+
     /// The role each RPC needs in the namespaces it touches.
     pub fn role(self) -> Role {
         match self {
@@ -211,7 +221,8 @@ impl Rpc {
             | Rpc::GetRollout
             | Rpc::ListRollouts
             | Rpc::GetSchedule
-            | Rpc::ListSchedules => Role::Reader,
+            | Rpc::ListSchedules
+            | Rpc::WhoAmI => Role::Reader,
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
             Rpc::Activate
@@ -238,6 +249,15 @@ pub struct Grant {
     pub namespace: Option<Namespace>,
     /// The role.
     pub role: Role,
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{namespace}:{}", self.role),
+            None => write!(f, "*:{}", self.role),
+        }
+    }
 }
 
 impl FromStr for Grant {

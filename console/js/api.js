@@ -1,0 +1,95 @@
+// The public HTTP/JSON API, the console's only source of data. The bearer
+// token lives in this tab's session storage: never in a URL, never in a
+// cookie the server could read.
+
+const TOKEN_KEY = 'policyhub.token';
+
+export const token = {
+  get: () => sessionStorage.getItem(TOKEN_KEY),
+  set: (value) => sessionStorage.setItem(TOKEN_KEY, value),
+  clear: () => sessionStorage.removeItem(TOKEN_KEY),
+};
+
+// A refusal: the HTTP status and the google.rpc.Status the server sent.
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body.code;
+  }
+}
+
+const listeners = new Set();
+
+// `callback` runs when the server refuses the token (401).
+export function onUnauthenticated(callback) {
+  listeners.add(callback);
+}
+
+// Calls `path` under /v1/. `query` values that are arrays repeat the
+// parameter, as the API's repeated fields expect. A 401 tells the
+// `onUnauthenticated` callbacks, unless `notify` is false.
+export async function call(method, path, { query = {}, body, notify = true } = {}) {
+  const url = new URL(`/v1/${path}`, window.location.origin);
+  for (const [key, value] of Object.entries(query)) {
+    for (const item of [value].flat()) {
+      if (item !== undefined && item !== null && item !== '') url.searchParams.append(key, item);
+    }
+  }
+  const headers = { Authorization: `Bearer ${token.get() ?? ''}` };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await fetch(url, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: 'no-store',
+    credentials: 'omit',
+  });
+  const text = await response.text();
+  const json = text ? JSON.parse(text) : {};
+  if (!response.ok) {
+    if (response.status === 401 && notify) listeners.forEach((callback) => callback());
+    throw new ApiError(response.status, json);
+  }
+  return json;
+}
+
+export const get = (path, query) => call('GET', path, { query });
+export const post = (path, body) => call('POST', path, { body: body ?? {} });
+
+const segment = encodeURIComponent;
+
+export const paths = {
+  namespace: (namespace) => `namespaces/${segment(namespace)}`,
+  policy: (namespace, name) => `namespaces/${segment(namespace)}/policies/${segment(name)}`,
+  rollout: (namespace, id) => `namespaces/${segment(namespace)}/rollouts/${segment(id)}`,
+};
+
+// Every page of a listing, up to `limit` items.
+export async function all(path, field, query = {}, limit = 1000) {
+  const items = [];
+  let pageToken = '';
+  do {
+    const page = await get(path, { ...query, pageToken });
+    items.push(...(page[field] ?? []));
+    pageToken = page.nextPageToken ?? '';
+  } while (pageToken && items.length < limit);
+  return items;
+}
+
+// Who the token's holder is; a refusal is the caller's to show.
+export const whoami = () => call('GET', 'whoami', { notify: false });
+
+// Who the caller is, and the methods it may call in `namespace`.
+const allowedCache = new Map();
+export async function allowed(namespace) {
+  if (!allowedCache.has(namespace)) {
+    const reply = await get('whoami', { namespace });
+    allowedCache.set(namespace, new Set(reply.allowedMethods ?? []));
+  }
+  return allowedCache.get(namespace);
+}
+
+export function forgetCaller() {
+  allowedCache.clear();
+}

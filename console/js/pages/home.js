@@ -1,0 +1,74 @@
+// Namespaces and their policies: what is active (version, label,
+// revision), whether a draft is open, and how the fleet took it.
+
+import { all, get, paths } from '../api.js';
+import { h, link, route, table } from '../dom.js';
+
+export async function home(view, _params, _query, { crumbs }) {
+  crumbs([]);
+  document.title = 'Namespaces · policyhub';
+  const policies = await all('policies', 'policies');
+  const namespaces = Map.groupBy(policies, (policy) => policy.namespace);
+  view.append(h('h1', {}, 'Namespaces'));
+  if (namespaces.size === 0) {
+    view.append(h('p', {}, 'No policy yet: write a draft with ', h('code', {}, 'policyhub draft'), ' or the API.'));
+  }
+  for (const [namespace, members] of namespaces) {
+    view.append(
+      h('section', { 'aria-labelledby': `ns-${namespace}` },
+        h('h2', { id: `ns-${namespace}` }, link(route('namespaces', namespace), namespace)),
+        await policyTable(namespace, members)),
+    );
+  }
+}
+
+export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
+  crumbs([['Namespaces', route()], [namespace]]);
+  document.title = `${namespace} · policyhub`;
+  const policies = await all(`${paths.namespace(namespace)}/policies`, 'policies');
+  view.append(
+    h('h1', {}, namespace),
+    namespaceTabs(namespace, 'Policies'),
+    policies.length ? await policyTable(namespace, policies) : h('p', {}, 'No policy in this namespace.'),
+  );
+}
+
+export function namespaceTabs(namespace, current) {
+  return h(
+    'nav',
+    { 'aria-label': 'Namespace' },
+    h('ul', { class: 'tabs' }, [
+      ['Policies', route('namespaces', namespace)],
+      ['Events', route('namespaces', namespace, 'events')],
+      ['Rollouts', route('namespaces', namespace, 'rollouts')],
+    ].map(([name, href]) => h('li', {}, h('a', { href, 'aria-current': name === current ? 'page' : null }, name)))),
+  );
+}
+
+async function policyTable(namespace, policies) {
+  const rows = await Promise.all(policies.map(async (policy) => {
+    const base = paths.policy(namespace, policy.name);
+    const active = policy.activeVersion ?? 0;
+    const [version, status] = await Promise.all([
+      active ? get(`${base}/versions/${active}`) : null,
+      get(`${base}/status`),
+    ]);
+    return h(
+      'tr',
+      {},
+      h('th', { scope: 'row' }, link(route('namespaces', namespace, 'policies', policy.name), policy.name)),
+      h('td', {}, active ? `v${active}` : h('span', { class: 'muted' }, 'none')),
+      h('td', {}, version?.label || h('span', { class: 'muted' }, '—')),
+      h('td', {}, policy.activeRevision ?? '—'),
+      h('td', {}, policy.draftVersion ? link(route('namespaces', namespace, 'policies', policy.name) + `?version=${policy.draftVersion}`, `v${policy.draftVersion}`) : h('span', { class: 'muted' }, 'none')),
+      h('td', {}, link(route('namespaces', namespace, 'policies', policy.name, 'fleet'), fleetSummary(status))),
+    );
+  }));
+  return table(['Policy', 'Active', 'Label', 'Revision', 'Draft', 'Fleet'], rows, `Policies of ${namespace}`);
+}
+
+export function fleetSummary(status) {
+  const count = (field) => status[field] ?? 0;
+  if (!count('runtimes')) return 'no runtime';
+  return `${count('applied')} applied · ${count('rejected')} rejected · ${count('pending')} pending of ${count('runtimes')}`;
+}

@@ -1,0 +1,175 @@
+//! What the console stands on, with curl against the real server: its files
+//! served under a strict Content-Security-Policy without a token, and
+//! WhoAmI, which tells it the caller's methods so that it shows only the
+//! actions the caller may take. The console itself is tested in a browser
+//! by `scripts/test-console`.
+
+use serde_json::json;
+
+use crate::cli::mint_token;
+use crate::helpers::Backend;
+use crate::http::{app, curl};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
+    let app = app(Backend::Sqlite, false).await;
+    let root = curl(&app, "GET", "/", None, &[]);
+    assert_eq!(
+        (root.status, root.header("location")),
+        (302, Some("/console/"))
+    );
+
+    let index = curl(&app, "GET", "/console/", None, &[]);
+    assert_eq!(index.status, 200, "no token needed for the files");
+    assert_eq!(
+        index.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let policy = index.header("content-security-policy").unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+        "trusted-types 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive} in {policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
+    assert_eq!(index.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(index.header("referrer-policy"), Some("no-referrer"));
+
+    let etag = index.header("etag").unwrap().to_owned();
+    let again = curl(
+        &app,
+        "GET",
+        "/console/",
+        None,
+        &[&format!("If-None-Match: {etag}")],
+    );
+    assert_eq!(again.status, 304);
+    let script = curl(&app, "GET", "/console/js/app.js", None, &[]);
+    assert_eq!(
+        (script.status, script.header("content-type")),
+        (200, Some("text/javascript; charset=utf-8"))
+    );
+
+    // Anything else is the API's: a JSON 404, and no file outside the
+    // console's.
+    for path in [
+        "/console/nothing.js",
+        "/console/../Cargo.toml",
+        "/console/%2e%2e/Cargo.toml",
+    ] {
+        let missing = curl(&app, "GET", path, None, &[]);
+        assert_eq!(
+            (missing.status, &missing.json["code"]),
+            (404, &json!(5)),
+            "{path}"
+        );
+    }
+    // Files are read, never written.
+    let posted = curl(&app, "POST", "/console/", Some("{}"), &[]);
+    assert_eq!(posted.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_caller_its_grants_and_the_methods_they_allow() {
+    let app = app(Backend::Sqlite, false).await;
+    let data_dir = app.database.data_dir.path().display().to_string();
+    let token = |subject, grant| {
+        let token = mint_token(&data_dir, subject, grant)
+            .success()
+            .trim()
+            .to_owned();
+        format!("Authorization: Bearer {token}")
+    };
+    let (operator, approver) = (
+        token("olga", "payments:operator"),
+        token("avery", "payments:approver"),
+    );
+
+    let me = curl(
+        &app,
+        "GET",
+        "/v1/whoami?namespace=payments",
+        None,
+        &[&operator],
+    );
+    assert_eq!(me.status, 200, "{me:?}");
+    assert_eq!(me.json["subject"], "olga");
+    assert_eq!(me.json["grants"], json!(["payments:operator"]));
+    let allowed: Vec<&str> = me.json["allowedMethods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|method| method.as_str().unwrap())
+        .collect();
+    for method in [
+        "Draft",
+        "Publish",
+        "Activate",
+        "Rollback",
+        "StartRollout",
+        "ListEvents",
+    ] {
+        assert!(allowed.contains(&method), "{method} in {allowed:?}");
+    }
+    for method in [
+        "ApproveRollout",
+        "SetSchema",
+        "Backup",
+        "RotateSigningKey",
+        "WhoAmI",
+    ] {
+        assert!(!allowed.contains(&method), "{method} not in {allowed:?}");
+    }
+
+    // Another namespace: nothing allowed there; no namespace: none listed.
+    let elsewhere = curl(
+        &app,
+        "GET",
+        "/v1/whoami?namespace=billing",
+        None,
+        &[&operator],
+    );
+    assert_eq!(elsewhere.json["allowedMethods"], json!(null));
+    let plain = curl(&app, "GET", "/v1/whoami", None, &[&approver]);
+    assert_eq!(
+        (
+            plain.json["subject"].as_str(),
+            plain.json["allowedMethods"].as_array()
+        ),
+        (Some("avery"), None)
+    );
+    let approving = curl(
+        &app,
+        "GET",
+        "/v1/whoami?namespace=payments",
+        None,
+        &[&approver],
+    );
+    assert!(
+        approving.json["allowedMethods"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ApproveRollout"))
+    );
+
+    // Bad input: no token, a bad namespace.
+    let anonymous = curl(&app, "GET", "/v1/whoami", None, &[]);
+    assert_eq!(
+        (anonymous.status, &anonymous.json["code"]),
+        (401, &json!(16))
+    );
+    let bad = curl(
+        &app,
+        "GET",
+        "/v1/whoami?namespace=Not%20A%20Name",
+        None,
+        &[&operator],
+    );
+    assert_eq!((bad.status, &bad.json["code"]), (400, &json!(3)), "{bad:?}");
+}

@@ -1,0 +1,458 @@
+"""The console, end to end: a headless Chromium (driven by selenium) against
+the real server binary, its HTTP port and the embedded console; the CLI
+starts a rollout and `policyhub agent` processes (runtimes built on the
+runtime library) report while the console follows it.
+
+Every page is checked with axe-core (no serious or critical violation), and
+any error in the browser's console (a CSP violation included) fails the
+test. Screenshots of the main pages go to $POLICYHUB_SCREENSHOTS
+(default target/console/screenshots).
+
+Run by scripts/test-console, which installs what it needs.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+from pathlib import Path
+
+from axe_selenium_python import Axe
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("POLICYHUB_BINARY", ROOT / "target/debug/policyhub"))
+AXE_SCRIPT = os.environ["POLICYHUB_AXE_SCRIPT"]
+SCREENSHOTS = Path(os.environ.get("POLICYHUB_SCREENSHOTS", ROOT / "target/console/screenshots"))
+# A body whose strings are markup: the console must show them as text.
+HOSTILE = {
+    "maxAmount": 500,
+    "note": "<script>window.__injected = 1</script>",
+    "img": '<img src=x onerror="window.__injected = 2">',
+}
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Console(unittest.TestCase):
+    """One server, one browser; the steps run in order (test_01 … test_08)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-console-"))
+        cls.grpc = f"127.0.0.1:{free_port()}"
+        cls.http = f"127.0.0.1:{free_port()}"
+        config = cls.dir / "policyhub.toml"
+        config.write_text(
+            '[rollouts]\ntick_interval = "200ms"\n'
+            "[rollouts.required_approvals]\npayments = 1\n"
+        )
+        cls.processes = []
+        cls.server = cls.spawn(
+            "serve", "--config", str(config), "--data-dir", str(cls.dir / "data"),
+            "--listen", cls.grpc, "--http-listen", cls.http,
+        )
+        cls.base = f"http://{cls.http}"
+        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
+        cls.tokens = {
+            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
+            for subject, grant in [
+                ("alice", "*:admin"),
+                ("olga", "payments:operator"),
+                ("avery", "payments:approver"),
+                ("rita", "payments:reader"),
+                ("agents", "payments:reader"),
+            ]
+        }
+        options = webdriver.ChromeOptions()
+        options.binary_location = os.environ.get("POLICYHUB_CHROMIUM", "/usr/bin/chromium")
+        for argument in [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={cls.dir / 'browser'}", "--window-size=1280,800",
+        ]:
+            options.add_argument(argument)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        service = Service(os.environ.get("POLICYHUB_CHROMEDRIVER", "/usr/bin/chromedriver"))
+        cls.browser = webdriver.Chrome(service=service, options=options)
+        cls.browser.set_page_load_timeout(30)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.browser.quit()
+        for process in cls.processes:
+            process.kill()
+            process.wait()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    # -- helpers ------------------------------------------------------------
+
+    @classmethod
+    def spawn(cls, *args):
+        process = subprocess.Popen(
+            [str(BINARY), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        cls.processes.append(process)
+        return process
+
+    @classmethod
+    def cli(cls, *args, token=None):
+        flags = ["--server", f"http://{cls.grpc}"] if args[0] != "token" else ["--data-dir", str(cls.dir / "data")]
+        if token:
+            flags += ["--token", token]
+        return subprocess.run(
+            [str(BINARY), *args, *flags], check=True, capture_output=True, text=True
+        ).stdout
+
+    @classmethod
+    def status(cls, path):
+        try:
+            with urllib.request.urlopen(cls.base + path, timeout=2) as reply:
+                return reply.status
+        except OSError:
+            return None
+
+    @staticmethod
+    def wait_for(condition, what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def api(self, method, path, body=None, token="alice"):
+        request = urllib.request.Request(
+            f"{self.base}/v1/{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.tokens[token]}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read() or b"{}")
+
+    def open(self, route):
+        self.browser.get(f"{self.base}/console/{route}")
+        return self.wait_main()
+
+    def wait_main(self):
+        """Waits until the page has rendered (no 'Loading…' left)."""
+        WebDriverWait(self.browser, 10).until(
+            lambda browser: browser.find_element(By.CSS_SELECTOR, "main h1")
+        )
+        return self.browser.find_element(By.ID, "main")
+
+    def find(self, selector):
+        return WebDriverWait(self.browser, 10).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
+        )
+
+    def wait_text(self, selector, text, timeout=10):
+        try:
+            WebDriverWait(self.browser, timeout).until(
+                expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text)
+            )
+        except TimeoutException:
+            shown = [element.text for element in self.browser.find_elements(By.CSS_SELECTOR, selector)]
+            raise AssertionError(f"{selector} never showed {text!r}; it shows {shown!r}") from None
+
+    def signed_out(self):
+        """The sign-in page, with no token kept (cleared from a page of the
+        same origin where no request is in flight)."""
+        self.browser.get(f"{self.base}/openapi.json")
+        self.browser.execute_script("sessionStorage.clear()")
+        self.browser.get(f"{self.base}/console/")
+
+    def sign_in(self, who):
+        self.signed_out()
+        field = self.find("#token")
+        field.send_keys(self.tokens[who])
+        field.find_element(By.XPATH, "ancestor::form").submit()
+        self.wait_text("#who", who)
+
+    def rail(self):
+        """The versions rail: {version: state}."""
+        return {
+            int(item.get_attribute("data-version")): item.get_attribute("data-state")
+            for item in self.browser.find_elements(By.CSS_SELECTOR, ".rail li")
+        }
+
+    def act(self, button_text, fields=None):
+        """Opens an action's dialog, checks it says what it will do, fills it
+        in and confirms."""
+        button = next(
+            button for button in self.browser.find_elements(By.CSS_SELECTOR, "#actions button")
+            if button.text == button_text
+        )
+        button.click()
+        dialog = self.find("dialog[open]")
+        summary = dialog.find_element(By.ID, "dialog-summary").text
+        for name, value in (fields or {}).items():
+            dialog.find_element(By.NAME, name).send_keys(value)
+        dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(self.browser, 10).until_not(
+            lambda browser: browser.find_elements(By.CSS_SELECTOR, "dialog[open]")
+        )
+        self.wait_main()
+        return summary
+
+    def assert_clean_console(self):
+        """No error in the browser's console: a CSP violation, an exception,
+        a failed request."""
+        errors = [
+            entry for entry in self.browser.get_log("browser")
+            # The browser's own request for the icon of /openapi.json, a page
+            # signed_out() passes through, is not the console's.
+            if entry["level"] == "SEVERE" and "/favicon.ico" not in entry["message"]
+        ]
+        self.assertEqual(errors, [], "the browser's console has errors")
+
+    def assert_accessible(self, page):
+        axe = Axe(self.browser, script_url=AXE_SCRIPT)
+        axe.inject()
+        results = axe.run()
+        serious = [
+            f"{violation['id']} ({violation['impact']}): {violation['help']} at "
+            + ", ".join(str(node["target"]) for node in violation["nodes"][:3])
+            for violation in results["violations"]
+            if violation["impact"] in ("serious", "critical")
+        ]
+        self.assertEqual(serious, [], f"axe-core on the {page} page")
+
+    def screenshot(self, name):
+        self.browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+    # -- the steps ----------------------------------------------------------
+
+    def test_01_loads_cold_and_signs_in(self):
+        started = time.monotonic()
+        self.browser.get(f"{self.base}/console/")
+        self.find("#token")
+        loaded = self.browser.execute_script(
+            "const [entry] = performance.getEntriesByType('navigation'); return entry.loadEventEnd;"
+        )
+        print(f"\nconsole: the sign-in page loaded in {loaded:.0f} ms "
+              f"({(time.monotonic() - started) * 1000:.0f} ms including the browser's round trip)")
+        self.assertLess(loaded, 1000)
+        headers = urllib.request.urlopen(f"{self.base}/console/", timeout=2).headers
+        self.assertIn("script-src 'self'", headers["Content-Security-Policy"])
+        self.assertIn("require-trusted-types-for 'script'", headers["Content-Security-Policy"])
+        # The token is neither in a URL nor in a cookie.
+        self.sign_in("alice")
+        self.assertNotIn(self.tokens["alice"], self.browser.current_url)
+        self.assertEqual(self.browser.get_cookies(), [])
+        self.assertEqual(
+            self.browser.execute_script("return sessionStorage.getItem('policyhub.token')"),
+            self.tokens["alice"],
+        )
+        self.assert_accessible("sign-in")
+        self.assert_clean_console()
+
+    def test_02_draft_publish_activate_rollback_restore(self):
+        self.sign_in("alice")
+        base = "namespaces/payments/policies/limits"
+        self.api("POST", f"{base}/drafts", {"body": HOSTILE, "changeNotes": "first <b>limits</b>"})
+        main = self.open(f"#/{base}")
+        self.assertEqual(self.rail(), {1: "draft"})
+        summary = self.act("Publish…", {"label": "1.0.0", "reason": "first release"})
+        self.assertIn("Publish draft version 1 of payments/limits", summary)
+        self.assertEqual(self.rail(), {1: "published"})
+        summary = self.act("Activate…", {"reason": "go live"})
+        self.assertIn("Make version 1 (1.0.0) the active version of payments/limits, in place of nothing", summary)
+        self.assertEqual(self.rail(), {1: "active"})
+        self.wait_text("#signature", "verified in this browser")
+
+        # The markup in the body and notes is text, and nothing ran.
+        body = self.find("#body").text
+        self.assertIn("<script>window.__injected = 1</script>", body)
+        self.assertIn('<img src=x onerror=\\"window.__injected = 2\\">', body)
+        self.assertIn("first <b>limits</b>", main.text)
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "main script, main img, main b"), [])
+        self.assertIsNone(self.browser.execute_script("return window.__injected"))
+
+        # A second version through the API, published and activated here.
+        self.api("POST", f"{base}/drafts", {"body": {"maxAmount": 900, "currencies": ["EUR", "USD"]}})
+        self.open(f"#/{base}?version=2")
+        self.assertEqual(self.rail(), {2: "draft", 1: "active"})
+        self.act("Publish…", {"label": "1.1.0"})
+        summary = self.act("Activate…")
+        self.assertIn("in place of version 1", summary)
+        self.assertEqual(self.rail(), {2: "active", 1: "published"})
+        self.screenshot("policy")
+
+        # Roll back to version 1, by keyboard alone: the button takes Enter,
+        # the dialog's focus starts in the reason, Enter confirms.
+        self.open(f"#/{base}?version=1")
+        button = next(b for b in self.browser.find_elements(By.CSS_SELECTOR, "#actions button")
+                      if b.text == "Roll back to this version…")
+        button.send_keys(Keys.ENTER)
+        dialog = self.find("dialog[open]")
+        self.assertIn("Roll payments/limits back from version 2 to version 1 (1.0.0)", dialog.text)
+        active = self.browser.switch_to.active_element
+        self.assertEqual(active.get_attribute("name"), "reason")
+        active.send_keys(Keys.ENTER)  # empty: refused in the dialog, nothing sent
+        self.wait_text("dialog[open] .error", "Reason is required")
+        active.send_keys("1.1.0 declines cards", Keys.ENTER)
+        WebDriverWait(self.browser, 10).until_not(
+            lambda browser: browser.find_elements(By.CSS_SELECTOR, "dialog[open]"))
+        self.wait_main()
+        self.assertEqual(self.rail(), {2: "published", 1: "active"})
+
+        # Restore version 2 forward as version 3.
+        self.open(f"#/{base}?version=2")
+        summary = self.act("Restore as a new version…", {"reason": "fixed downstream"})
+        self.assertIn("Copy the body and requirements of version 2 (1.1.0) forward", summary)
+        self.assertEqual(self.rail(), {3: "active", 2: "published", 1: "published"})
+        self.assertIn("Restored from version 2: fixed downstream", self.find("main").text)
+
+        # Discard a draft; the server's history agrees with the rail.
+        self.api("POST", f"{base}/drafts", {"body": {"maxAmount": 1}})
+        self.open(f"#/{base}?version=4")
+        self.act("Discard draft…", {"reason": "typo"})
+        self.open(f"#/{base}?version=4")
+        self.assertEqual(self.rail()[4], "discarded")
+        states = {v["version"]: (v["state"], v.get("active", False))
+                  for v in self.api("GET", f"{base}/versions")["versions"]}
+        self.assertEqual(states, {
+            4: ("VERSION_STATE_DISCARDED", False), 3: ("VERSION_STATE_PUBLISHED", True),
+            2: ("VERSION_STATE_PUBLISHED", False), 1: ("VERSION_STATE_PUBLISHED", False),
+        })
+        self.assert_accessible("policy")
+        self.assert_clean_console()
+
+    def test_03_the_diff_of_two_versions(self):
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/policies/limits?version=2")
+        Select(self.find("#diff-from")).select_by_value("1")
+        Select(self.find("#diff-to")).select_by_value("2")
+        self.find("#diff-to").find_element(By.XPATH, "ancestor::form").submit()
+        self.wait_text("main h1", "version 1 → 2")
+        removed = [e.text for e in self.browser.find_elements(By.CSS_SELECTOR, ".side-0 .removed")]
+        added = [e.text for e in self.browser.find_elements(By.CSS_SELECTOR, ".side-1 .added")]
+        self.assertTrue(any('"note"' in line for line in removed), removed)
+        self.assertTrue(any('"currencies"' in line for line in added), added)
+        operations = [row.text for row in self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")]
+        self.assertIn("add /currencies", " | ".join(operations).replace("\n", " "))
+        self.assertIn("remove /note", " | ".join(operations).replace("\n", " "))
+        self.screenshot("diff")
+        self.assert_accessible("diff")
+        self.assert_clean_console()
+
+    def test_04_events_with_filters(self):
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/events?name=limits")
+        rows = self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")
+        self.assertGreaterEqual(len(rows), 10)
+        Select(self.find("#filter-kind")).select_by_value("EVENT_KIND_ROLLED_BACK")
+        self.find("#filter-kind").find_element(By.XPATH, "ancestor::form").submit()
+        self.wait_text("main", "1.1.0 declines cards")
+        rows = [row.text for row in self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")]
+        self.assertEqual(len(rows), 2, rows)  # the rollback and the restore
+        self.assertTrue(all("rolled back" in row for row in rows), rows)
+        self.screenshot("events")
+        self.assert_accessible("events")
+        self.assert_clean_console()
+
+    def test_05_a_rollout_started_by_the_cli_approved_and_followed_here(self):
+        base = "namespaces/payments/policies/limits"
+        self.api("POST", f"{base}/drafts", {"body": {"maxAmount": 1200}})
+        self.api("POST", f"{base}:publish", {"label": "1.2.0"})
+        token_file = self.dir / "agents.token"
+        token_file.write_text(self.tokens["agents"])
+        for index in range(4):
+            self.spawn(
+                "agent", "--server", f"http://{self.grpc}", "--namespace", "payments",
+                "--runtime-id", f"edge-{index}", "--label", f"zone={'ab'[index % 2]}",
+                "--token-file", str(token_file), "--listen", f"127.0.0.1:{free_port()}",
+                "--cache-dir", str(self.dir / f"agent-{index}"),
+            )
+        self.wait_for(
+            lambda: self.api("GET", f"{base}/status").get("applied", 0) == 4, "4 runtimes applying v3"
+        )
+        started = json.loads(self.cli(
+            "rollout", "start", "payments/limits@1.2.0", "--step", "50:1s", "--step", "100:1s",
+            "--reason", "raise limits", "-o", "json", token=self.tokens["olga"],
+        ))
+        self.sign_in("avery")
+        self.open(f"#/namespaces/payments/rollouts/{started['id']}")
+        self.wait_text("#rollout-state", "pending approval")
+        self.find("#rollout-approve").click()
+        dialog = self.find("dialog[open]")
+        self.assertIn("pinned by digest", dialog.text)
+        dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        self.wait_text("#rollout-state", "running")
+        self.screenshot("rollout")
+        self.wait_text("#rollout-state", "completed", timeout=30)
+        self.wait_text("#rollout-progress", "4 applied · 0 rejected · 0 pending of 4")
+        self.assertEqual(self.api("GET", f"{base}/status")["activeVersion"], 5)
+
+        self.open("#/namespaces/payments/policies/limits/fleet")
+        self.wait_text("#fleet-summary", "4 applied · 0 rejected · 0 pending of 4")
+        self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, "tr[data-runtime]")), 4)
+        self.assertIn("zone=a", self.find("tr[data-runtime='edge-0']").text)
+        self.screenshot("fleet")
+        self.assert_accessible("fleet")
+        self.open("#/namespaces/payments/rollouts")
+        self.assert_accessible("rollouts")
+        self.open("#/namespaces/payments")
+        self.screenshot("namespace")
+        self.assert_accessible("namespace")
+        self.assert_clean_console()
+
+    def test_06_a_reader_sees_no_action(self):
+        self.sign_in("rita")
+        self.open("#/namespaces/payments/policies/limits?version=2")
+        self.find("#no-actions")
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "#actions button"), [])
+        rollout = self.api("GET", "namespaces/payments/rollouts")["rollouts"][0]["id"]
+        self.open(f"#/namespaces/payments/rollouts/{rollout}")
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "#rollout-actions button"), [])
+        self.assert_clean_console()
+
+    def test_07_a_phone_width_and_sign_out(self):
+        self.sign_in("alice")
+        self.browser.set_window_size(390, 844)
+        try:
+            self.open("#/namespaces/payments/policies/limits")
+            width = self.browser.execute_script("return document.documentElement.scrollWidth")
+            self.assertLessEqual(width, 390, "the page scrolls sideways at a phone's width")
+            self.screenshot("policy-phone")
+            self.assert_accessible("policy at a phone's width")
+        finally:
+            self.browser.set_window_size(1280, 800)
+        self.find("#who button").click()
+        self.find("#token")
+        self.assertIsNone(self.browser.execute_script("return sessionStorage.getItem('policyhub.token')"))
+        self.assert_clean_console()
+
+    def test_08_a_refused_token_is_told_and_forgotten(self):
+        self.signed_out()
+        field = self.find("#token")
+        field.send_keys("not-a-token")
+        field.find_element(By.XPATH, "ancestor::form").submit()
+        self.wait_text(".signin .error", "The server refused this token")
+        self.assertIsNone(self.browser.execute_script("return sessionStorage.getItem('policyhub.token')"))
+        # The refusal's 401 is the one expected error in the console.
+        errors = [entry for entry in self.browser.get_log("browser") if entry["level"] == "SEVERE"]
+        self.assertTrue(all("401" in entry["message"] for entry in errors), errors)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
