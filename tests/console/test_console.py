@@ -256,6 +256,8 @@ class Console(unittest.TestCase):
         self.assertIn("require-trusted-types-for 'script'", headers["Content-Security-Policy"])
         # The token is neither in a URL nor in a cookie.
         self.sign_in("alice")
+        self.wait_text("main h1", "Namespaces")
+        self.assert_accessible("namespaces")
         self.assertNotIn(self.tokens["alice"], self.browser.current_url)
         self.assertEqual(self.browser.get_cookies(), [])
         self.assertEqual(
@@ -402,11 +404,24 @@ class Console(unittest.TestCase):
         self.wait_text("#rollout-state", "completed", timeout=30)
         self.wait_text("#rollout-progress", "4 applied · 0 rejected · 0 pending of 4")
         self.assertEqual(self.api("GET", f"{base}/status")["activeVersion"], 5)
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "#rollout-actions button"), [])
+        self.assert_accessible("rollout")
 
+        # A fifth runtime whose reload command fails rejects version 5.
+        self.spawn(
+            "agent", "--server", f"http://{self.grpc}", "--namespace", "payments",
+            "--runtime-id", "edge-bad", "--token-file", str(token_file),
+            "--listen", f"127.0.0.1:{free_port()}", "--cache-dir", str(self.dir / "agent-bad"),
+            "--render-dir", str(self.dir / "render-bad"), "--exec", "echo 'no such upstream' >&2; exit 3",
+        )
+        self.wait_for(lambda: self.api("GET", f"{base}/status").get("rejected", 0) == 1, "edge-bad's rejection")
         self.open("#/namespaces/payments/policies/limits/fleet")
-        self.wait_text("#fleet-summary", "4 applied · 0 rejected · 0 pending of 4")
-        self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, "tr[data-runtime]")), 4)
+        self.wait_text("#fleet-summary", "4 applied · 1 rejected · 0 pending of 5")
+        self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, "tr[data-runtime]")), 5)
         self.assertIn("zone=a", self.find("tr[data-runtime='edge-0']").text)
+        self.assertIn("rejected v5", self.find("tr[data-runtime='edge-bad']").text)
+        self.assertIn("no such upstream", self.find("tr[data-runtime='edge-bad']").text)
+        self.wait_text("main", "1 × ")  # the rejections of v5, grouped by error
         self.screenshot("fleet")
         self.assert_accessible("fleet")
         self.open("#/namespaces/payments/rollouts")
