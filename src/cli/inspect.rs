@@ -495,6 +495,30 @@ pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn whoami(channel: AuthChannel, output: Output, namespace: String) -> anyhow::Result<()> {
+    let me = PolicyServiceClient::new(channel)
+        .who_am_i(proto::WhoAmIRequest {
+            namespace: namespace.clone(),
+        })
+        .await
+        .reply("asking who the token speaks for")?;
+    if output == Output::Json {
+        print_message(&me);
+        return Ok(());
+    }
+    println!("subject: {}", me.subject);
+    println!("grants:  {}", me.grants.join(", "));
+    if !namespace.is_empty() {
+        let allowed = if me.allowed_methods.is_empty() {
+            "nothing".to_owned()
+        } else {
+            me.allowed_methods.join(", ")
+        };
+        println!("may call in {namespace}: {allowed}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

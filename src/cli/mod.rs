@@ -281,6 +281,15 @@ enum Command {
     },
     #[command(flatten)]
     Schedule(schedule::ScheduleCommand),
+    /// Print who the token speaks for and its grants, and with a namespace
+    /// the methods it may call there (WhoAmI), as `kubectl auth whoami` and
+    /// `kubectl auth can-i --list` do.
+    Whoami {
+        #[command(flatten)]
+        client: Client,
+        /// List the methods the token may call in this namespace.
+        namespace: Option<String>,
+    },
     /// Print every public key that ever signed a bundle (the JWKS).
     GetSigningKeys {
         #[command(flatten)]
@@ -456,6 +465,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rollout { command } => rollout::run(command).await?,
         Command::Schedule(command) => schedule::run(command).await?,
+        Command::Whoami { client, namespace } => {
+            let (channel, output) = client.connect().await?;
+            inspect::whoami(channel, output, namespace.unwrap_or_default()).await?
+        }
         Command::GetSigningKeys { client } => {
             let (channel, output) = client.connect().await?;
             inspect::keys(channel, output).await?

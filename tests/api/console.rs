@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::cli::mint_token;
+use crate::cli::{mint_token, policyhub_with};
 use crate::helpers::Backend;
 use crate::http::{app, curl};
 
@@ -156,6 +156,30 @@ async fn whoami_names_the_caller_its_grants_and_the_methods_they_allow() {
             .as_array()
             .unwrap()
             .contains(&json!("ApproveRollout"))
+    );
+
+    // The CLI asks the same, as `kubectl auth whoami` does.
+    let olga = mint_token(&data_dir, "olga", "payments:operator")
+        .success()
+        .trim()
+        .to_owned();
+    let server = format!("http://{}", app.address);
+    let env = [
+        ("POLICYHUB_SERVER", server.as_str()),
+        ("POLICYHUB_TOKEN", olga.as_str()),
+    ];
+    let printed = policyhub_with(&env, &["whoami", "payments"]);
+    let printed = printed.success();
+    assert!(printed.contains("subject: olga"), "{printed}");
+    assert!(printed.contains("grants:  payments:operator"), "{printed}");
+    assert!(
+        printed.contains("may call in payments: Draft, DiscardDraft, Publish, Activate"),
+        "{printed}"
+    );
+    let json = policyhub_with(&env, &["whoami", "billing", "-o", "json"]).json();
+    assert_eq!(
+        json,
+        json!({"subject": "olga", "grants": ["payments:operator"]})
     );
 
     // Bad input: no token, a bad namespace.
