@@ -29,7 +29,7 @@ export function onUnauthenticated(callback) {
 // Calls `path` under /v1/. `query` values that are arrays repeat the
 // parameter, as the API's repeated fields expect. A 401 tells the
 // `onUnauthenticated` callbacks, unless `notify` is false.
-export async function call(method, path, { query = {}, body, notify = true } = {}) {
+async function call(method, path, { query = {}, body, notify = true } = {}) {
   const url = new URL(`/v1/${path}`, window.location.origin);
   for (const [key, value] of Object.entries(query)) {
     for (const item of [value].flat()) {

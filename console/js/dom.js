@@ -62,10 +62,11 @@ export function facts(pairs) {
   return h('dl', { class: 'facts' }, pairs.filter(Boolean).map(([term, detail]) => [h('dt', {}, term), h('dd', {}, detail)]));
 }
 
-export function tabs(current, entries) {
+// Links to the sections of a page, the current one marked.
+export function tabs(label, current, entries) {
   return h(
     'nav',
-    { 'aria-label': 'Sections' },
+    { 'aria-label': label },
     h(
       'ul',
       { class: 'tabs' },

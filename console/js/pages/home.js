@@ -2,7 +2,7 @@
 // revision), whether a draft is open, and how the fleet took it.
 
 import { all, get, paths } from '../api.js';
-import { h, link, route, table } from '../dom.js';
+import { h, link, route, table, tabs } from '../dom.js';
 
 export async function home(view, _params, _query, { crumbs }) {
   crumbs([]);
@@ -34,15 +34,11 @@ export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
 }
 
 export function namespaceTabs(namespace, current) {
-  return h(
-    'nav',
-    { 'aria-label': 'Namespace' },
-    h('ul', { class: 'tabs' }, [
-      ['Policies', route('namespaces', namespace)],
-      ['Events', route('namespaces', namespace, 'events')],
-      ['Rollouts', route('namespaces', namespace, 'rollouts')],
-    ].map(([name, href]) => h('li', {}, h('a', { href, 'aria-current': name === current ? 'page' : null }, name)))),
-  );
+  return tabs('Namespace', current, [
+    ['Policies', route('namespaces', namespace)],
+    ['Events', route('namespaces', namespace, 'events')],
+    ['Rollouts', route('namespaces', namespace, 'rollouts')],
+  ]);
 }
 
 async function policyTable(namespace, policies) {

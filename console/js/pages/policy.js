@@ -4,20 +4,16 @@
 
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
-import { announce, facts, h, prettyJson, route, time, versionState } from '../dom.js';
+import { announce, facts, h, prettyJson, route, tabs, time, versionState } from '../dom.js';
 import { signatureStatus } from '../signature.js';
 
 export function policyTabs(namespace, name, current) {
   const base = ['namespaces', namespace, 'policies', name];
-  return h(
-    'nav',
-    { 'aria-label': 'Policy' },
-    h('ul', { class: 'tabs' }, [
-      ['Versions', route(...base)],
-      ['Fleet', route(...base, 'fleet')],
-      ['Events', `${route('namespaces', namespace, 'events')}?name=${encodeURIComponent(name)}`],
-    ].map(([text, href]) => h('li', {}, h('a', { href, 'aria-current': text === current ? 'page' : null }, text)))),
-  );
+  return tabs('Policy', current, [
+    ['Versions', route(...base)],
+    ['Fleet', route(...base, 'fleet')],
+    ['Events', `${route('namespaces', namespace, 'events')}?name=${encodeURIComponent(name)}`],
+  ]);
 }
 
 export function policyCrumbs(namespace, name, last) {
