@@ -36,7 +36,9 @@
 //! - `sqlite` ([`sqlite`]): Activate against raw durable SQLite commits;
 //! - `postgres` ([`postgres`]): Activate against raw PostgreSQL commits,
 //!   and the namespace lock's cost to concurrent activations;
-//! - `startup` ([`startup`]): start-up and latencies by stored versions.
+//! - `startup` ([`startup`]): start-up and latencies by stored versions;
+//! - `wide` ([`wide`]): streams of a namespace of 1,000 policies against
+//!   streams of one policy, one activation.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -51,6 +53,7 @@ mod sqlite;
 mod startup;
 mod tls;
 mod unary;
+mod wide;
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -70,10 +73,11 @@ pub enum Section {
     Sqlite,
     Postgres,
     Startup,
+    Wide,
 }
 
 impl Section {
-    const ALL: [Section; 8] = [
+    const ALL: [Section; 9] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -82,6 +86,7 @@ impl Section {
         Section::Sqlite,
         Section::Postgres,
         Section::Startup,
+        Section::Wide,
     ];
 
     fn name(self) -> &'static str {
@@ -94,6 +99,7 @@ impl Section {
             Section::Sqlite => "sqlite",
             Section::Postgres => "postgres",
             Section::Startup => "startup",
+            Section::Wide => "wide",
         }
     }
 }
@@ -410,6 +416,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Sqlite => sqlite::run(&settings).await,
             Section::Postgres => postgres::run(&settings).await,
             Section::Startup => startup::run(&settings).await,
+            Section::Wide => wide::run(&settings).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,

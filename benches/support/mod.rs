@@ -113,6 +113,10 @@ pub struct Watcher {
     /// A connection it shares with other streams (HTTP/2 multiplexing)
     /// instead of one of its own.
     pub channel: Option<Channel>,
+    /// Watch the whole namespace instead of the benchmark policy alone,
+    /// resuming at this revision: the first message is then an empty
+    /// UPDATE rather than a snapshot of every policy.
+    pub whole_namespace_since: Option<u64>,
 }
 
 /// Activates `version` of policy `name` of the benchmark namespace through
@@ -509,8 +513,11 @@ async fn open_watch(
         token.as_ref(),
         proto::WatchActiveRequest {
             namespace: NAMESPACE.into(),
-            names: vec![POLICY.into()],
-            since_revision: 0,
+            names: match watcher.whole_namespace_since {
+                Some(_) => Vec::new(),
+                None => vec![POLICY.into()],
+            },
+            since_revision: watcher.whole_namespace_since.unwrap_or(0),
             runtime: watcher.runtime.clone().map(|id| proto::RuntimeIdentity {
                 id,
                 labels: Default::default(),
@@ -522,11 +529,19 @@ async fn open_watch(
         .await
         .context("no snapshot within 30 s")??
         .context("the stream ended before its snapshot")?;
-    ensure!(
-        first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
-        "the first message is not a snapshot of one bundle: {first:?}"
-    );
-    let payload_bytes = first.bundles[0].len();
+    let payload_bytes = if watcher.whole_namespace_since.is_some() {
+        ensure!(
+            first.kind() == WatchEventKind::Update && first.bundles.is_empty(),
+            "the first message of a resumed stream is not an empty update: {first:?}"
+        );
+        0
+    } else {
+        ensure!(
+            first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
+            "the first message is not a snapshot of one bundle: {first:?}"
+        );
+        first.bundles[0].len()
+    };
     let task = tokio::spawn(async move {
         // The client keeps the connection's request half alive.
         let mut client = client;

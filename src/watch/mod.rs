@@ -30,7 +30,9 @@ use crate::domain::rollout::RevisionChange;
 mod snapshot;
 mod subscriber;
 
-pub use snapshot::{Candidate, IndexedBundle, NamespaceIndex, Selector, Snapshot, Watcher};
+pub use snapshot::{
+    Candidate, Cohorts, IndexedBundle, NamespaceIndex, Selector, Snapshot, Watcher,
+};
 pub use subscriber::{Closed, MessageKind, Subscriber, WatchMessage};
 
 /// How a bundle goes on the wire (`policyhub.v1.Bundle`, encoded): handed in
@@ -315,18 +317,24 @@ mod tests {
             bundles: Vec::new(),
             rollouts: vec![started],
         });
+        // As subscribers do: each runtime remembers its cohorts across wakes.
+        let cohorts = std::cell::RefCell::new(std::collections::HashMap::<String, Cohorts>::new());
         let sent = |id: &str, since: u64| {
             let selector = Selector {
                 watcher: Some(watcher(id)),
                 ..selector(&[])
             };
-            index.snapshot().changed_since(&selector, since)
+            let mut cohorts = cohorts.borrow_mut();
+            let remembered = cohorts.entry(id.to_owned()).or_default();
+            index.snapshot().changed_since(&selector, since, remembered)
         };
         assert_eq!(sent(&early, 1), vec![Bytes::from("team/a@2#2")]);
         assert!(sent(&late, 1).is_empty(), "not in the first step");
         assert!(sent(&outside, 1).is_empty());
         assert_eq!(
-            index.snapshot().matching(&selector(&[])),
+            index
+                .snapshot()
+                .matching(&selector(&[]), &mut Cohorts::default()),
             vec![Bytes::from("team/a@1#1")],
             "anonymous streams keep the stable version"
         );
@@ -347,6 +355,53 @@ mod tests {
         });
         for id in [&early, &late, &outside] {
             assert_eq!(sent(id, 3), vec![Bytes::from("team/a@1#4")], "{id}");
+        }
+    }
+
+    /// 300 revisions over 20 names (more revisions than a namespace keeps
+    /// the names of): for every cursor, what changed is what a look at every
+    /// name finds, in revision order.
+    #[test]
+    fn the_changed_names_answer_as_a_look_at_every_name_would() {
+        let index = index();
+        let names: Vec<String> = (0..20).map(|n| format!("p{n:02}")).collect();
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        for revision in 1..=300u64 {
+            // One to three names per revision, in a pattern that revisits
+            // some names often and others rarely.
+            let touched: Vec<&String> = (0..1 + revision % 3)
+                .map(|k| &names[((revision * 7 + k * 5) % 20) as usize])
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for name in &touched {
+                model.insert((*name).clone(), revision);
+            }
+            index.apply(moved(
+                revision,
+                touched
+                    .iter()
+                    .map(|name| bundle(name, 1, revision))
+                    .collect(),
+            ));
+        }
+        let snapshot = index.snapshot();
+        for since in 0..=300u64 {
+            let mut expected: Vec<(u64, &String)> = model
+                .iter()
+                .filter(|(_, revision)| **revision > since)
+                .map(|(name, revision)| (*revision, name))
+                .collect();
+            expected.sort();
+            let expected: Vec<Bytes> = expected
+                .into_iter()
+                .map(|(revision, name)| Bytes::from(format!("team/{name}@1#{revision}")))
+                .collect();
+            assert_eq!(
+                snapshot.changed_since(&selector(&[]), since, &mut Cohorts::default()),
+                expected,
+                "since {since}"
+            );
         }
     }
 
@@ -374,11 +429,36 @@ mod tests {
         index.apply(moved(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]));
         index.apply(moved(2, vec![bundle("b", 2, 2)]));
         let snapshot = index.snapshot();
-        assert_eq!(snapshot.matching(&selector(&[])).len(), 2);
-        assert_eq!(snapshot.changed_since(&selector(&[]), 0).len(), 2);
-        assert_eq!(snapshot.changed_since(&selector(&[]), 1).len(), 1);
-        assert_eq!(snapshot.changed_since(&selector(&["a"]), 1).len(), 0);
-        assert_eq!(snapshot.changed_since(&selector(&[]), 2).len(), 0);
+        assert_eq!(
+            snapshot
+                .matching(&selector(&[]), &mut Cohorts::default())
+                .len(),
+            2
+        );
+        assert_eq!(
+            snapshot
+                .changed_since(&selector(&[]), 0, &mut Cohorts::default())
+                .len(),
+            2
+        );
+        assert_eq!(
+            snapshot
+                .changed_since(&selector(&[]), 1, &mut Cohorts::default())
+                .len(),
+            1
+        );
+        assert_eq!(
+            snapshot
+                .changed_since(&selector(&["a"]), 1, &mut Cohorts::default())
+                .len(),
+            0
+        );
+        assert_eq!(
+            snapshot
+                .changed_since(&selector(&[]), 2, &mut Cohorts::default())
+                .len(),
+            0
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -420,7 +500,10 @@ mod tests {
             (0..7).map(|n| bundle(&format!("p{n}"), 1, 1)).collect(),
         ));
         let mut subscriber = index.subscribe(selector(&[]), 0, Duration::from_secs(10));
-        let encoded = index.snapshot().matching(&selector(&[]))[0].len();
+        let encoded = index
+            .snapshot()
+            .matching(&selector(&[]), &mut Cohorts::default())[0]
+            .len();
         let bundle_bytes = 1 + encoded_len_varint(encoded as u64) + encoded;
         // Room for three bundles a part: 3 + 3 + 1.
         subscriber.part_bytes = 3 * bundle_bytes;

@@ -10,7 +10,7 @@
 //! completes moves the active pointers, an ordinary activation.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -60,6 +60,10 @@ impl Candidate {
     }
 }
 
+/// How many revisions of changed names a namespace keeps: a subscriber
+/// further behind than that is answered by a look at every name.
+const CHANGES_KEPT: usize = 256;
+
 /// The active bundles of one namespace.
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceIndex {
@@ -70,6 +74,42 @@ pub struct NamespaceIndex {
     pub policies: BTreeMap<PolicyName, Arc<IndexedBundle>>,
     /// Candidates of live rollouts per policy name.
     pub candidates: BTreeMap<PolicyName, Candidate>,
+    /// The names given a bundle (stable or candidate) at each revision, for
+    /// the last [`CHANGES_KEPT`] such revisions: what a subscriber is sent
+    /// is found among the names that changed after its cursor, not among
+    /// every name of the namespace.
+    changes: BTreeMap<u64, Vec<PolicyName>>,
+    /// Every revision above this one that gave a bundle is in `changes`.
+    changes_complete_above: u64,
+}
+
+/// A subscriber's memory of which step of each rollout it joined at, kept
+/// across wakes: the cohort is decided once per rollout step (each step is a
+/// new `Rollout`), not on every wake.
+#[derive(Debug, Default)]
+pub struct Cohorts {
+    joined: HashMap<String, (Arc<Rollout>, Option<u64>)>,
+}
+
+/// Rollouts a subscriber remembers before it starts afresh.
+const COHORTS_KEPT: usize = 64;
+
+impl Cohorts {
+    /// The revision `watcher` joined `rollout` at, if it is in the cohort.
+    fn joined_at(&mut self, rollout: &Arc<Rollout>, watcher: &Watcher) -> Option<u64> {
+        if let Some((known, joined)) = self.joined.get(&rollout.id)
+            && Arc::ptr_eq(known, rollout)
+        {
+            return *joined;
+        }
+        if self.joined.len() >= COHORTS_KEPT {
+            self.joined.clear();
+        }
+        let joined = rollout.joined_at(&watcher.id, &watcher.labels);
+        self.joined
+            .insert(rollout.id.clone(), (rollout.clone(), joined));
+        joined
+    }
 }
 
 /// The active bundles at one revision.
@@ -107,22 +147,56 @@ pub struct Selector {
 impl NamespaceIndex {
     /// What `watcher` is sent for `name`: the candidate when it is in the
     /// current cohort of the rollout moving `name`, else the stable bundle.
-    /// `joined` caches, per rollout, the revision the watcher joined at.
     fn view<'a>(
         &'a self,
         name: &PolicyName,
         watcher: Option<&Watcher>,
-        joined: &mut HashMap<String, Option<u64>>,
+        cohorts: &mut Cohorts,
     ) -> Option<&'a Arc<IndexedBundle>> {
-        if let (Some(watcher), Some(candidate)) = (watcher, self.candidates.get(name)) {
-            let revision = *joined
-                .entry(candidate.rollout.id.clone())
-                .or_insert_with(|| candidate.rollout.joined_at(&watcher.id, &watcher.labels));
-            if let Some(indexed) = revision.and_then(|revision| candidate.joined_at(revision)) {
-                return Some(indexed);
-            }
+        if let (Some(watcher), Some(candidate)) = (watcher, self.candidates.get(name))
+            && let Some(indexed) = cohorts
+                .joined_at(&candidate.rollout, watcher)
+                .and_then(|revision| candidate.joined_at(revision))
+        {
+            return Some(indexed);
         }
         self.policies.get(name)
+    }
+
+    /// Every name holding a bundle or a candidate, in name order.
+    fn names(&self) -> Vec<&PolicyName> {
+        self.policies
+            .keys()
+            .chain(self.candidates.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// The names given a bundle after `since`, in name order; `None` when
+    /// `since` is older than the revisions kept.
+    fn changed_after(&self, since: u64) -> Option<Vec<&PolicyName>> {
+        (since >= self.changes_complete_above).then(|| {
+            self.changes
+                .range(since + 1..)
+                .flat_map(|(_, names)| names)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// Records that `name` was given a bundle at `revision`.
+    fn record(&mut self, revision: u64, name: &PolicyName) {
+        let names = self.changes.entry(revision).or_default();
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+        while self.changes.len() > CHANGES_KEPT {
+            if let Some((dropped, _)) = self.changes.pop_first() {
+                self.changes_complete_above = self.changes_complete_above.max(dropped);
+            }
+        }
     }
 }
 
@@ -141,45 +215,53 @@ impl Snapshot {
         self.namespaces.get(&policy.namespace)?.view(
             &policy.name,
             Some(watcher),
-            &mut HashMap::new(),
+            &mut Cohorts::default(),
         )
     }
 
     /// Every bundle matching `selector`, in name order.
-    pub fn matching(&self, selector: &Selector) -> Vec<Bytes> {
-        self.select(selector, 0, false)
+    pub fn matching(&self, selector: &Selector, cohorts: &mut Cohorts) -> Vec<Bytes> {
+        self.select(selector, 0, false, cohorts)
     }
 
     /// The bundles matching `selector` whose view changed after `since`, in
-    /// the order they changed (by revision, then name).
-    pub fn changed_since(&self, selector: &Selector, since: u64) -> Vec<Bytes> {
-        self.select(selector, since, true)
+    /// the order they changed (by revision, then name). The cost follows
+    /// the names changed after `since`, not the size of the namespace.
+    pub fn changed_since(
+        &self,
+        selector: &Selector,
+        since: u64,
+        cohorts: &mut Cohorts,
+    ) -> Vec<Bytes> {
+        self.select(selector, since, true, cohorts)
     }
 
-    fn select(&self, selector: &Selector, since: u64, by_revision: bool) -> Vec<Bytes> {
+    fn select(
+        &self,
+        selector: &Selector,
+        since: u64,
+        by_revision: bool,
+        cohorts: &mut Cohorts,
+    ) -> Vec<Bytes> {
         let Some(namespace) = self.namespaces.get(&selector.namespace) else {
             return Vec::new();
         };
         if namespace.revision <= since {
             return Vec::new();
         }
-        let names: Vec<&PolicyName> = if selector.names.is_empty() {
-            let mut names: Vec<&PolicyName> = namespace.policies.keys().collect();
-            names.extend(
-                namespace
-                    .candidates
-                    .keys()
-                    .filter(|name| !namespace.policies.contains_key(*name)),
-            );
-            names.sort();
-            names
-        } else {
+        let names: Vec<&PolicyName> = if !selector.names.is_empty() {
             selector.names.iter().collect()
+        } else if let Some(changed) = by_revision
+            .then(|| namespace.changed_after(since))
+            .flatten()
+        {
+            changed
+        } else {
+            namespace.names()
         };
-        let mut joined = HashMap::new();
         let mut changed: Vec<&Arc<IndexedBundle>> = names
             .into_iter()
-            .filter_map(|name| namespace.view(name, selector.watcher.as_ref(), &mut joined))
+            .filter_map(|name| namespace.view(name, selector.watcher.as_ref(), cohorts))
             .filter(|entry| entry.bundle.revision > since)
             .collect();
         if by_revision {
@@ -196,6 +278,7 @@ impl Snapshot {
     pub(super) fn change(&mut self, change: RevisionChange, encode: Encode) {
         for bundle in change.bundles {
             let namespace = self.namespace(&bundle.policy.namespace, change.revision);
+            namespace.record(bundle.revision, &bundle.policy.name);
             namespace.policies.insert(
                 bundle.policy.name.clone(),
                 IndexedBundle::new(bundle, encode),
@@ -228,6 +311,9 @@ impl Snapshot {
         }
         let rollout = Arc::new(rollout);
         for bundle in candidates {
+            for &joined in &rollout.step_revisions {
+                namespace.record(joined, &bundle.policy.name);
+            }
             let by_step = rollout
                 .step_revisions
                 .iter()

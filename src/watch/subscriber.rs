@@ -7,7 +7,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prost::{bytes::Bytes, encoding::encoded_len_varint};
 use tokio::{sync::watch, time::Instant};
 
-use super::{Ending, MAX_PART_BYTES, Selector, Snapshot};
+use super::{Cohorts, Ending, MAX_PART_BYTES, Selector, Snapshot};
 
 /// What a watch message carries, numbered as `policyhub.v1.WatchEventKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,6 +136,8 @@ pub struct Subscriber {
     heartbeat: Duration,
     /// Parts of the current revision not sent yet.
     pending: VecDeque<WatchMessage>,
+    /// The rollout steps it joined, decided once per step.
+    cohorts: Cohorts,
     /// Most bundle bytes per part (smaller in tests).
     pub(super) part_bytes: usize,
 }
@@ -159,6 +161,7 @@ impl Subscriber {
             started: false,
             heartbeat,
             pending: VecDeque::new(),
+            cohorts: Cohorts::default(),
             part_bytes: MAX_PART_BYTES,
         }
     }
@@ -175,14 +178,14 @@ impl Subscriber {
                 MessageKind::Snapshot,
                 snapshot.revision,
                 since > snapshot.revision,
-                snapshot.matching(&self.selector),
+                snapshot.matching(&self.selector, &mut self.cohorts),
             );
         }
         WatchMessage::whole(
             MessageKind::Update,
             snapshot.revision,
             false,
-            snapshot.changed_since(&self.selector, since),
+            snapshot.changed_since(&self.selector, since, &mut self.cohorts),
         )
     }
 
@@ -224,7 +227,7 @@ impl Subscriber {
                         return Err(Closed { revision: self.delivered, reason: Ending::Shutdown });
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    let bundles = snapshot.changed_since(&self.selector, self.cursor);
+                    let bundles = snapshot.changed_since(&self.selector, self.cursor, &mut self.cohorts);
                     // Revisions that moved nothing selected still advance the
                     // cursor; the next progress message reports them.
                     self.cursor = snapshot.revision;
