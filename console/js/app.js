@@ -9,6 +9,7 @@ import { compare } from './pages/compare.js';
 import { events } from './pages/events.js';
 import { fleet } from './pages/fleet.js';
 import { rollout, rollouts } from './pages/rollouts.js';
+import { schedules } from './pages/schedules.js';
 
 const ROUTES = [
   [/^$/, home],
@@ -19,6 +20,7 @@ const ROUTES = [
   [/^namespaces\/([^/]+)\/events$/, events],
   [/^namespaces\/([^/]+)\/rollouts$/, rollouts],
   [/^namespaces\/([^/]+)\/rollouts\/([^/]+)$/, rollout],
+  [/^namespaces\/([^/]+)\/schedules$/, schedules],
 ];
 
 const main = document.getElementById('main');

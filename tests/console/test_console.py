@@ -431,6 +431,36 @@ class Console(unittest.TestCase):
         self.assert_accessible("namespace")
         self.assert_clean_console()
 
+    def test_05b_a_schedule_is_shown_and_paused_here(self):
+        self.api("PUT", "namespaces/payments/schedules/weekly", {
+            "entries": [
+                {"name": "weekdays", "cron": "0 8 * * MON-FRI", "timeZone": "Europe/Paris",
+                 "targets": [{"name": "limits", "label": "1.0.0"}]},
+                {"name": "weekend", "cron": "0 18 * * FRI", "timeZone": "Europe/Paris",
+                 "targets": [{"name": "limits", "label": "1.1.0"}]},
+            ],
+            "reason": "strict on weekdays",
+        })
+        self.sign_in("olga")
+        self.open("#/namespaces/payments/schedules")
+        row = self.find("tr[data-schedule='weekly']")
+        self.assertIn("0 8 * * MON-FRI in Europe/Paris → limits v1 (1.0.0)", row.text)
+        self.assertIn("0 18 * * FRI in Europe/Paris → limits v2 (1.1.0)", row.text)
+        self.assertEqual(len(row.find_elements(By.CSS_SELECTOR, "ol li")), 5, "the next five firings")
+        self.assertIn("running", row.text)
+        self.screenshot("schedules")
+        self.assert_accessible("schedules")
+        row.find_element(By.TAG_NAME, "button").click()
+        dialog = self.find("dialog[open]")
+        self.assertIn("What it activated stays active", dialog.text)
+        dialog.find_element(By.NAME, "reason").send_keys("change freeze")
+        dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        self.wait_text("tr[data-schedule='weekly'] .schedule-state", "paused")
+        self.assertIn("change freeze", self.find("tr[data-schedule='weekly'] .schedule-state").text)
+        self.assertTrue(self.api("GET", "namespaces/payments/schedules/weekly")["paused"])
+        self.assertEqual(self.find("tr[data-schedule='weekly'] button").text, "Resume…")
+        self.assert_clean_console()
+
     def test_06_a_reader_sees_no_action(self):
         self.sign_in("rita")
         self.open("#/namespaces/payments/policies/limits?version=2")
@@ -439,6 +469,9 @@ class Console(unittest.TestCase):
         rollout = self.api("GET", "namespaces/payments/rollouts")["rollouts"][0]["id"]
         self.open(f"#/namespaces/payments/rollouts/{rollout}")
         self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "#rollout-actions button"), [])
+        self.open("#/namespaces/payments/schedules")
+        self.find("tr[data-schedule='weekly']")
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "main button"), [])
         self.assert_clean_console()
 
     def test_07_a_phone_width_and_sign_out(self):

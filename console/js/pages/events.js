@@ -3,7 +3,7 @@
 
 import { get, paths } from '../api.js';
 import { h, link, route, stateName, table, time } from '../dom.js';
-import { namespaceTabs } from './home.js';
+import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 let kinds = null;
 
@@ -17,7 +17,7 @@ async function eventKinds() {
 }
 
 export async function events(view, [namespace], query, { crumbs }) {
-  crumbs([['Namespaces', route()], [namespace, route('namespaces', namespace)], ['Events']]);
+  crumbs(namespaceCrumbs(namespace, 'Events'));
   document.title = `Events of ${namespace} · policyhub`;
   const name = query.get('name') ?? '';
   const kind = query.get('kind') ?? '';

@@ -23,7 +23,7 @@ export async function home(view, _params, _query, { crumbs }) {
 }
 
 export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
-  crumbs([['Namespaces', route()], [namespace]]);
+  crumbs(namespaceCrumbs(namespace));
   document.title = `${namespace} · policyhub`;
   const policies = await all(`${paths.namespace(namespace)}/policies`, 'policies');
   view.append(
@@ -38,7 +38,13 @@ export function namespaceTabs(namespace, current) {
     ['Policies', route('namespaces', namespace)],
     ['Events', route('namespaces', namespace, 'events')],
     ['Rollouts', route('namespaces', namespace, 'rollouts')],
+    ['Schedules', route('namespaces', namespace, 'schedules')],
   ]);
+}
+
+// The breadcrumbs of a namespace's page, then `last` and what follows it.
+export function namespaceCrumbs(namespace, ...last) {
+  return [['Namespaces', route()], [namespace, route('namespaces', namespace)], ...last.map((entry) => [entry].flat())];
 }
 
 async function policyTable(namespace, policies) {

@@ -6,6 +6,7 @@ import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, facts, h, prettyJson, route, tabs, time, versionState } from '../dom.js';
 import { signatureStatus } from '../signature.js';
+import { namespaceCrumbs } from './home.js';
 
 export function policyTabs(namespace, name, current) {
   const base = ['namespaces', namespace, 'policies', name];
@@ -17,8 +18,7 @@ export function policyTabs(namespace, name, current) {
 }
 
 export function policyCrumbs(namespace, name, last) {
-  const policyRoute = route('namespaces', namespace, 'policies', name);
-  return [['Namespaces', route()], [namespace, route('namespaces', namespace)], [name, policyRoute], ...(last ? [[last]] : [])];
+  return namespaceCrumbs(namespace, [name, route('namespaces', namespace, 'policies', name)], ...(last ? [last] : []));
 }
 
 export async function policy(view, [namespace, name], query, { crumbs, rerender }) {

@@ -5,7 +5,7 @@
 import { allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, facts, h, link, route, stateName, table, time } from '../dom.js';
-import { namespaceTabs } from './home.js';
+import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
 const FINAL = ['ROLLOUT_STATE_COMPLETED', 'ROLLOUT_STATE_ABORTED', 'ROLLOUT_STATE_ROLLED_BACK'];
@@ -17,7 +17,7 @@ function targets(rollout) {
 }
 
 export async function rollouts(view, [namespace], _query, { crumbs }) {
-  crumbs([['Namespaces', route()], [namespace, route('namespaces', namespace)], ['Rollouts']]);
+  crumbs(namespaceCrumbs(namespace, 'Rollouts'));
   document.title = `Rollouts of ${namespace} · policyhub`;
   const reply = await get(`${paths.namespace(namespace)}/rollouts`);
   const list = reply.rollouts ?? [];
@@ -39,7 +39,7 @@ export async function rollouts(view, [namespace], _query, { crumbs }) {
 }
 
 export async function rollout(view, [namespace, id], _query, { crumbs }) {
-  crumbs([['Namespaces', route()], [namespace, route('namespaces', namespace)], ['Rollouts', route('namespaces', namespace, 'rollouts')], [id.slice(0, 8)]]);
+  crumbs(namespaceCrumbs(namespace, ['Rollouts', route('namespaces', namespace, 'rollouts')], id.slice(0, 8)));
   document.title = `Rollout ${id.slice(0, 8)} · policyhub`;
   const path = paths.rollout(namespace, id);
   const may = await allowed(namespace);
