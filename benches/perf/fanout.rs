@@ -83,19 +83,9 @@ pub async fn policyhub(
     let mut latencies = Vec::with_capacity(count * rounds);
     let mut missing = 0;
     for round in 1..=rounds {
-        tokio::time::sleep(ROUND_PAUSE).await;
-        let issued = Instant::now();
-        let revision = policyhub
-            .activate(round as u32 + 1, &format!("benchmark round {round}"))
+        missing += policyhub
+            .timed_round(&mut streams, round as u32 + 1, count, &mut latencies)
             .await?;
-        missing += collect_round(
-            &mut streams.received,
-            revision,
-            issued,
-            count,
-            &mut latencies,
-        )
-        .await;
     }
     let payload_bytes = streams.payload_bytes;
     drop(streams);

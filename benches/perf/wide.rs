@@ -6,13 +6,13 @@
 //! for the size of its namespace. The work per stream should follow what
 //! changed, not how many policies the namespace holds: target ≤ 1.5×.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{
     Outcome, Row, Settings, Target, Unit,
     support::{
-        NAMESPACE, Options, POLICY, Policyhub, ROUND_PAUSE, SETTLE, Watcher, collect_round,
-        cpu_time, ms, percentile, wait_for_fds_to_close,
+        NAMESPACE, Options, POLICY, Policyhub, SETTLE, Watcher, cpu_time, ms, percentile,
+        wait_for_fds_to_close,
     },
 };
 use policyhub::grpc::proto;
@@ -47,22 +47,15 @@ async fn streams(
     let mut latencies = Vec::with_capacity(count * rounds);
     let mut missing = 0;
     let cpu_before = cpu_time(policyhub.server.pid())?;
-    let mut paused = Duration::ZERO;
     for round in 0..rounds {
-        tokio::time::sleep(ROUND_PAUSE).await;
-        paused += ROUND_PAUSE;
-        let issued = Instant::now();
-        let revision = policyhub
-            .activate(first_version + round as u32, "benchmark round")
+        missing += policyhub
+            .timed_round(
+                &mut streams,
+                first_version + round as u32,
+                count,
+                &mut latencies,
+            )
             .await?;
-        missing += collect_round(
-            &mut streams.received,
-            revision,
-            issued,
-            count,
-            &mut latencies,
-        )
-        .await;
     }
     let cpu = cpu_time(policyhub.server.pid())? - cpu_before;
     drop(streams);

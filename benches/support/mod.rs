@@ -434,6 +434,24 @@ impl Policyhub {
         Ok(())
     }
 
+    /// One timed round: after a pause, activates `version` of the benchmark
+    /// policy and waits for its update on each of `count` streams, recording
+    /// the latencies; returns how many did not arrive.
+    pub async fn timed_round(
+        &mut self,
+        streams: &mut Streams,
+        version: u32,
+        count: usize,
+        latencies: &mut Vec<Duration>,
+    ) -> anyhow::Result<usize> {
+        tokio::time::sleep(ROUND_PAUSE).await;
+        let issued = Instant::now();
+        let revision = self
+            .activate(version, &format!("benchmark round to version {version}"))
+            .await?;
+        Ok(collect_round(&mut streams.received, revision, issued, count, latencies).await)
+    }
+
     /// Activates `version` of the benchmark policy; returns its revision.
     pub async fn activate(&mut self, version: u32, reason: &str) -> anyhow::Result<u64> {
         activate(
