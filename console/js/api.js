@@ -77,8 +77,16 @@ export async function all(path, field, query = {}, limit = 1000) {
   return items;
 }
 
-// Who the token's holder is; a refusal is the caller's to show.
-export const whoami = () => call('GET', 'whoami', { notify: false });
+// Who the token's holder is, asked once per sign-in; a refusal is the
+// caller's to show.
+let caller = null;
+export function whoami() {
+  caller ??= call('GET', 'whoami', { notify: false }).catch((refusal) => {
+    caller = null;
+    throw refusal;
+  });
+  return caller;
+}
 
 // Who the caller is, and the methods it may call in `namespace`.
 const allowedCache = new Map();
@@ -91,5 +99,6 @@ export async function allowed(namespace) {
 }
 
 export function forgetCaller() {
+  caller = null;
   allowedCache.clear();
 }

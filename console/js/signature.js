@@ -16,7 +16,13 @@ export async function signatureStatus(version) {
   if (!version.jws) return { ok: false, text: 'unsigned (a draft is signed when it is published)' };
   const [header, payload, signature] = version.jws.split('.');
   const kid = JSON.parse(new TextDecoder().decode(base64url(header))).kid;
-  keys ??= get('signingKeys').then((reply) => reply.keys ?? []);
+  keys ??= get('signingKeys').then(
+    (reply) => reply.keys ?? [],
+    (refusal) => {
+      keys = null;
+      throw refusal;
+    },
+  );
   const jwk = (await keys).find((key) => key.kid === kid);
   if (!jwk) return { ok: false, text: `signed by key ${kid}, which the server does not list` };
   const claims = JSON.parse(new TextDecoder().decode(base64url(payload)));

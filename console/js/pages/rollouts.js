@@ -4,7 +4,7 @@
 
 import { allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
-import { announce, facts, h, link, route, stateName, table, time } from '../dom.js';
+import { announce, facts, h, link, notice, route, stateName, table, time } from '../dom.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
@@ -53,8 +53,15 @@ export async function rollout(view, [namespace, id], _query, { crumbs }) {
     const focused = document.activeElement?.id;
     body.replaceChildren(...details(current), controls(namespace, current, may, refresh));
     if (focused) document.getElementById(focused)?.focus();
-    if (!FINAL.includes(current.state)) timer = setTimeout(() => refresh().catch(() => {}), POLL_MS);
+    if (!FINAL.includes(current.state)) timer = setTimeout(poll, POLL_MS);
   };
+  // A failed poll is shown above the last state, and polling goes on.
+  const poll = () => refresh().catch((error) => {
+    if (stopped) return;
+    body.querySelector('.notice')?.remove();
+    body.prepend(notice(error));
+    timer = setTimeout(poll, POLL_MS);
+  });
   await refresh();
   return () => {
     stopped = true;
