@@ -198,7 +198,10 @@ impl Application {
             settings.bundle_issuer.clone(),
             settings.rollouts.clone(),
             keys,
-            crate::grpc::convert::encoded_bundle,
+            (
+                crate::grpc::convert::encoded_bundle,
+                crate::grpc::convert::encoded_checkpoint,
+            ),
             crate::metrics::global().index_instruments(),
         )
         .await?;
@@ -251,6 +254,10 @@ impl Application {
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
+        let checkpoint_task = tokio::spawn(refresh_checkpoints(
+            self.hub.clone(),
+            self.settings.audit.checkpoint_interval(),
+        ));
         let retention_task = self.settings.idempotency_retention.map(|retention| {
             tokio::spawn(forget_idempotency_records(
                 self.repository.clone(),
@@ -373,6 +380,7 @@ impl Application {
             task.abort();
         }
         // The streams are closed: record their runtimes as disconnected.
+        checkpoint_task.abort();
         controller_task.abort();
         fleet_task.abort();
         if let Err(error) = fleet.flush().await {
@@ -501,6 +509,23 @@ pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
 /// Reports NOT_SERVING while the database does not answer a ping within the
 /// interval (a ping waiting out the pool's acquire timeout would hide a short
 /// outage), and SERVING again at the first ping that succeeds.
+/// Signs a checkpoint whenever the newest is older than half of
+/// `interval`, checking twice per interval; a database that does not answer
+/// within it leaves the served checkpoint to age.
+async fn refresh_checkpoints(hub: PolicyHub, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let refresh = hub.refresh_checkpoint(interval / 2);
+        match tokio::time::timeout(interval, refresh).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot sign a checkpoint"),
+            Err(_) => tracing::warn!("the database did not answer for a checkpoint in time"),
+        }
+    }
+}
+
 async fn watch_database(
     health: HealthReporter,
     repository: storage::Repository,

@@ -16,6 +16,7 @@ mod m20261122_000005_rollouts;
 mod m20261123_000001_requirements;
 mod m20261123_000002_schedules;
 mod m20261123_000003_event_chain;
+mod m20261124_000001_checkpoints;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_requirements::Migration),
             Box::new(m20261123_000002_schedules::Migration),
             Box::new(m20261123_000003_event_chain::Migration),
+            Box::new(m20261124_000001_checkpoints::Migration),
         ]
     }
 }

@@ -161,6 +161,29 @@ pub fn key_id(jws: &str) -> Result<String, VerifyError> {
 /// Verifies a bundle offline against a JWKS: header type, algorithm, key,
 /// signature, and that the digest claim matches the body.
 pub fn verify(jws: &str, jwks: &Jwks) -> Result<BundleClaims, VerifyError> {
+    let claims: BundleClaims = verify_signature(jws, BUNDLE_TYPE, jwks)?;
+    if !claims.body.is_object() {
+        return Err(VerifyError::Malformed(
+            "the body is not a JSON object".into(),
+        ));
+    }
+    let actual = digest_of_canonical(canonical_json(&claims.body).as_bytes());
+    if actual != claims.digest {
+        return Err(VerifyError::DigestMismatch {
+            claimed: claims.digest,
+            actual,
+        });
+    }
+    Ok(claims)
+}
+
+/// Checks a JWS of this format offline: its `typ` header is `typ`, its
+/// algorithm EdDSA, its key one of `jwks`, its signature good; its claims.
+pub(crate) fn verify_signature<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    typ: &str,
+    jwks: &Jwks,
+) -> Result<T, VerifyError> {
     let header = jsonwebtoken::decode_header(jws)
         .map_err(|error| VerifyError::Malformed(error.to_string()))?;
     if header.alg != Algorithm::EdDSA {
@@ -169,9 +192,9 @@ pub fn verify(jws: &str, jwks: &Jwks) -> Result<BundleClaims, VerifyError> {
             header.alg
         )));
     }
-    if header.typ.as_deref() != Some(BUNDLE_TYPE) {
+    if header.typ.as_deref() != Some(typ) {
         return Err(VerifyError::BadSignature(format!(
-            "type {:?} is not {BUNDLE_TYPE}",
+            "type {:?} is not {typ}",
             header.typ
         )));
     }
@@ -186,27 +209,13 @@ pub fn verify(jws: &str, jwks: &Jwks) -> Result<BundleClaims, VerifyError> {
     let key = DecodingKey::from_ed_components(&jwk.x)
         .map_err(|error| VerifyError::BadSignature(error.to_string()))?;
     let mut validation = Validation::new(Algorithm::EdDSA);
-    // A bundle stays valid until another version is activated: it has no
-    // expiry and no audience.
+    // Bundles and checkpoints state facts: no expiry, no audience.
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
     validation.validate_aud = false;
-    let claims = jsonwebtoken::decode::<BundleClaims>(jws, &key, &validation)
+    Ok(jsonwebtoken::decode::<T>(jws, &key, &validation)
         .map_err(|error| VerifyError::BadSignature(error.to_string()))?
-        .claims;
-    if !claims.body.is_object() {
-        return Err(VerifyError::Malformed(
-            "the body is not a JSON object".into(),
-        ));
-    }
-    let actual = digest_of_canonical(canonical_json(&claims.body).as_bytes());
-    if actual != claims.digest {
-        return Err(VerifyError::DigestMismatch {
-            claimed: claims.digest,
-            actual,
-        });
-    }
-    Ok(claims)
+        .claims)
 }
 
 /// What the envelope around a signed bundle says it holds.

@@ -56,6 +56,7 @@
 //! - [`state`]: whole, verified states.
 //! - [`bundle`]: the signed bundle format: claims, JWK(S), offline
 //!   verification, canonical JSON and digests.
+//! - [`checkpoint`]: signed checkpoints of the server's event log.
 //! - [`proto`]: the generated `policyhub.v1` client.
 //! - private: `session` (connect, resume, verify, decide, report), `cache`
 //!   (the last-known-good state on disk), `backoff` (full jitter).
@@ -63,6 +64,7 @@
 mod backoff;
 pub mod bundle;
 mod cache;
+pub mod checkpoint;
 mod session;
 pub mod state;
 pub mod watcher;

@@ -38,8 +38,9 @@ use tonic::{
 use crate::backoff::Backoff;
 use crate::bundle::{self, Envelope, Jwks};
 use crate::cache::Cache;
+use crate::checkpoint::{Freshness, verify_checkpoint};
 use crate::proto::{
-    ApplyState, Bundle, GetSigningKeysRequest, PolicyApplyStatus, ReportStatusRequest,
+    self, ApplyState, Bundle, GetSigningKeysRequest, PolicyApplyStatus, ReportStatusRequest,
     WatchActiveRequest, WatchEventKind, bundle_service_client::BundleServiceClient,
 };
 use crate::state::{Assembler, Revision, Source, State, VerifiedBundle};
@@ -161,6 +162,11 @@ where
                         return;
                     }
                 }
+                () = core.freshness.expiry() => {
+                    if outlet.emit(core.freshness.expire()).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -246,6 +252,12 @@ where
                 core.flush_reports(&mut client, subscription).await;
                 continue;
             }
+            () = core.freshness.expiry() => {
+                let stale = core.freshness.expire();
+                let reason = core.freshness.to_string();
+                outlet.emit(stale).await?;
+                return Err(Failure::Transient(reason));
+            }
         };
         let message = match message {
             Err(_) => {
@@ -258,6 +270,11 @@ where
             Ok(Ok(None)) => return Err(Failure::Transient("the stream ended".into())),
             Ok(Ok(Some(message))) => message,
         };
+        if let Some(checkpoint) = &message.checkpoint
+            && let Some(fresh) = core.checkpoint(checkpoint, &mut client).await?
+        {
+            outlet.emit(fresh).await?;
+        }
         let Some(revision) = assembler.push(message).map_err(Failure::Transient)? else {
             continue;
         };
@@ -336,6 +353,8 @@ struct Core {
     /// Outcomes not yet reported, by policy, and their revision.
     pending_reports: BTreeMap<String, PolicyApplyStatus>,
     pending_revision: u64,
+    /// The server's newest checkpoint, and whether it grew stale.
+    freshness: Freshness,
 }
 
 impl Core {
@@ -359,6 +378,7 @@ impl Core {
             cache,
             pending_reports: BTreeMap::new(),
             pending_revision: 0,
+            freshness: Freshness::new(subscription.max_checkpoint_age),
         };
         let Some(cache) = &core.cache else {
             return Ok(core);
@@ -400,6 +420,27 @@ impl Core {
         };
         outlet.emit(event).await?;
         Ok(core)
+    }
+
+    /// Verifies a checkpoint of the stream (a key unknown to the JWKS makes
+    /// it fetch the JWKS once more) and takes it; the event when it ends a
+    /// stale spell. One that does not verify ends the connection.
+    async fn checkpoint(
+        &mut self,
+        checkpoint: &proto::Checkpoint,
+        client: &mut Client,
+    ) -> Result<Option<Event>, Failure> {
+        if self.freshness.holds(&checkpoint.jws) {
+            return Ok(None);
+        }
+        let known = bundle::key_id(&checkpoint.jws).is_ok_and(|kid| self.jwks.knows(&kid));
+        if !known && let Ok(jwks) = fetch_jwks(client).await {
+            self.jwks = jwks;
+        }
+        let claims = verify_checkpoint(&checkpoint.jws, &self.jwks).map_err(|error| {
+            Failure::Transient(format!("a checkpoint does not verify: {error}"))
+        })?;
+        Ok(self.freshness.observe(claims, &checkpoint.jws))
     }
 
     /// Verifies one bundle of the stream; a key unknown to the JWKS makes

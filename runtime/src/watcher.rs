@@ -33,6 +33,9 @@ pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
 /// The heartbeat interval assumed of a server that does not say it.
 pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How old a checkpoint may grow unless the subscription says otherwise.
+pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600);
+
 /// The application's verdict on each new whole state, before it is put in
 /// force: `Ok` applies it, `Err(reason)` refuses it (reported REJECTED with
 /// the reason; the previous state stays in force). The check may take its
@@ -100,6 +103,28 @@ pub enum Event {
         /// The state in force again.
         restored: State,
     },
+    /// The newest signed checkpoint of the server is older than
+    /// [`Subscription::max_checkpoint_age`]: the replica is cut off from
+    /// its database or frozen, so what it serves may be old. The state in
+    /// force stays; the subscription reconnects once (perhaps to another
+    /// replica), and says [`Event::CheckpointFresh`] when a current
+    /// checkpoint arrives.
+    CheckpointStale {
+        /// The revision that checkpoint states.
+        revision: u64,
+        /// When it was signed.
+        signed_at: chrono::DateTime<chrono::Utc>,
+        /// How old it was when found stale.
+        age: Duration,
+    },
+    /// After [`Event::CheckpointStale`], a checkpoint younger than
+    /// [`Subscription::max_checkpoint_age`] arrived.
+    CheckpointFresh {
+        /// The revision it states.
+        revision: u64,
+        /// When it was signed.
+        signed_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The stream was lost (the server went away, a reset or half-open
     /// connection, three missed heartbeats); the subscription reconnects
     /// after `retry_in` and resumes from `revision`.
@@ -127,6 +152,8 @@ pub struct Subscription {
     pub(crate) heartbeat_interval: Option<Duration>,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    /// Older checkpoints are stale; `None`: not checked.
+    pub(crate) max_checkpoint_age: Option<Duration>,
     /// Where a [`Revoker`]'s requests arrive, once one was made.
     pub(crate) revocations: Option<Arc<Mutex<mpsc::Receiver<Revocation>>>>,
 }
@@ -146,6 +173,7 @@ impl Subscription {
             heartbeat_interval: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
             revocations: None,
         }
     }
@@ -204,6 +232,16 @@ impl Subscription {
     /// stream.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How old the server's newest signed checkpoint may grow before the
+    /// subscription reports [`Event::CheckpointStale`] (10 minutes unless
+    /// set; `None` turns the check off). Compared with this host's clock:
+    /// keep clocks synchronized well within it. A server signs one at
+    /// least every `audit.checkpoint_interval` (1 minute by default).
+    pub fn max_checkpoint_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_checkpoint_age = max_age;
         self
     }
 

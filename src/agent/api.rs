@@ -17,7 +17,8 @@
 //!   the application refuses the state in force: REJECTED upstream, the one
 //!   before back in force (and in the files).
 //! - `GET /healthz`: 200 once every namespace holds a verified state, saying
-//!   whether from the server or the cache; 503 before.
+//!   whether from the server or the cache, connected, and whether the
+//!   server's newest signed checkpoint grew stale; 503 before.
 //!
 //! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes.
 
@@ -191,11 +192,15 @@ impl Api {
                         "revision": in_force.state.revision.to_string(),
                         "source": source(&in_force.state),
                         "connected": followed.connected(),
+                        "checkpointStale": followed.stale(),
                         "ageSeconds": in_force.since.elapsed().as_secs(),
                     }),
-                    None => {
-                        json!({"revision": null, "source": null, "connected": followed.connected()})
-                    }
+                    None => json!({
+                        "revision": null,
+                        "source": null,
+                        "connected": followed.connected(),
+                        "checkpointStale": followed.stale(),
+                    }),
                 };
                 (followed.namespace.clone(), held)
             })

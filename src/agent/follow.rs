@@ -44,6 +44,16 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 followed.rejections.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Event::Connected { .. }) => followed.set_connected(true),
+            Ok(Event::CheckpointStale { revision, age, .. }) => {
+                tracing::warn!(
+                    namespace = followed.namespace,
+                    revision,
+                    age_ms = age.as_millis() as u64,
+                    "the server's newest checkpoint is stale"
+                );
+                followed.set_stale(true);
+            }
+            Ok(Event::CheckpointFresh { .. }) => followed.set_stale(false),
             Ok(Event::Disconnected { .. }) => {
                 followed.set_connected(false);
                 followed.reconnects.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,8 @@ pub struct Followed {
     state: watch::Sender<Option<Arc<InForce>>>,
     /// Whether a stream to the server is open.
     connected: AtomicBool,
+    /// Whether the server's newest checkpoint grew too old.
+    stale: AtomicBool,
     pub reconnects: AtomicU64,
     pub rejections: AtomicU64,
     pub revoker: Revoker,
@@ -103,6 +105,14 @@ impl Followed {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, Ordering::Relaxed);
+    }
+
+    pub fn stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
 }
 
 /// Every namespace followed, by name.
@@ -118,6 +128,7 @@ impl Held {
             namespace: namespace.to_owned(),
             state: watch::Sender::new(None),
             connected: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             revoker,

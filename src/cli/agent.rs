@@ -73,6 +73,10 @@ pub struct AgentArgs {
     /// Overrides the heartbeat interval the server announces.
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
+    /// How old the server's newest signed checkpoint may grow before
+    /// /healthz says the state may be stale; 0 turns the check off.
+    #[arg(long, env = "POLICYHUB_AGENT_MAX_CHECKPOINT_AGE", value_parser = humantime::parse_duration, default_value = "10m")]
+    max_checkpoint_age: Duration,
 }
 
 /// The host name, the default runtime id.
@@ -129,9 +133,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let subscriptions = follows
         .iter()
         .map(|(namespace, names)| {
+            let max_checkpoint_age = Some(args.max_checkpoint_age).filter(|age| !age.is_zero());
             let mut subscription = Subscription::new(target.server.clone(), namespace)
                 .names(names.clone())
-                .runtime(runtime_id.clone(), args.labels.clone());
+                .runtime(runtime_id.clone(), args.labels.clone())
+                .max_checkpoint_age(max_checkpoint_age);
             if let Some(tls) = &target.tls {
                 subscription = subscription.tls(tls.clone());
             }

@@ -467,6 +467,48 @@ pub async fn events(
     Ok(())
 }
 
+/// `policyhub list-checkpoints`.
+pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> anyhow::Result<()> {
+    let client = PolicyServiceClient::new(channel);
+    let checkpoints = collect(limit.limit, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListCheckpointsRequest {
+            page_size,
+            page_token,
+        };
+        async move {
+            let page = client
+                .list_checkpoints(request)
+                .await
+                .reply("listing checkpoints")?;
+            Ok((page.checkpoints, page.next_page_token))
+        }
+    })
+    .await?;
+    if output == Output::Json {
+        print_message(&proto::ListCheckpointsResponse {
+            checkpoints,
+            next_page_token: String::new(),
+        });
+        return Ok(());
+    }
+    let mut table = Table::new(&["TIME", "REVISION", "LAST EVENT", "CHAIN HEAD", "KEY ID"]);
+    for checkpoint in &checkpoints {
+        table.row(vec![
+            checkpoint
+                .time
+                .map(|time| time.to_string())
+                .unwrap_or_default(),
+            checkpoint.revision.to_string(),
+            checkpoint.last_event_id.to_string(),
+            checkpoint.chain_head.clone(),
+            checkpoint.key_id.clone(),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
 /// `policyhub get-signing-keys`: the JWKS.
 pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
     let keys = BundleServiceClient::new(channel)

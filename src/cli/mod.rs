@@ -305,8 +305,9 @@ enum Command {
         reason: String,
     },
     /// Verify the hash chain of the whole event log, from the first event to
-    /// the last (reader in every namespace); exits 1 naming the first event
-    /// that does not follow the one before it.
+    /// the last, and every signed checkpoint (reader in every namespace);
+    /// exits 1 naming the first event that does not follow the one before
+    /// it, or the first checkpoint that does not hold.
     VerifyLog {
         #[command(flatten)]
         client: Client,
@@ -315,6 +316,22 @@ enum Command {
         /// standard input.
         #[arg(long, short = 'f')]
         filename: Option<PathBuf>,
+        /// With -f: the checkpoints too, the output of `policyhub
+        /// list-checkpoints -o json --limit N`.
+        #[arg(long, requires_all = ["filename", "jwks"])]
+        checkpoints: Option<PathBuf>,
+        /// With --checkpoints: the keys that signed them, the output of
+        /// `policyhub get-signing-keys -o json`.
+        #[arg(long, requires = "checkpoints")]
+        jwks: Option<PathBuf>,
+    },
+    /// List the signed checkpoints of the event log, newest first (reader in
+    /// every namespace).
+    ListCheckpoints {
+        #[command(flatten)]
+        limit: inspect::Limit,
+        #[command(flatten)]
+        client: Client,
     },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on
@@ -448,6 +465,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (channel, output) = client.connect().await?;
             inspect::events(channel, output, args).await?
         }
+        Command::ListCheckpoints { client, limit } => {
+            let (channel, output) = client.connect().await?;
+            inspect::checkpoints(channel, output, limit).await?
+        }
         Command::ListRuntimes { client, args } => {
             let (channel, output) = client.connect().await?;
             fleet::list_runtimes(channel, output, args).await?
@@ -543,7 +564,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyLog {
             client,
             filename: Some(file),
-        } => verify_log::verify_file(&file, client.output)?,
+            checkpoints,
+            jwks,
+        } => verify_log::verify_files(
+            &file,
+            checkpoints.as_deref().zip(jwks.as_deref()),
+            client.output,
+        )?,
         Command::VerifyLog { client, .. } => {
             let (channel, output) = client.connect().await?;
             verify_log::verify_log(channel, output).await?

@@ -1,6 +1,8 @@
-//! `policyhub verify-log`: reads the whole event log, from the server or
-//! from a file `policyhub list-events -o json` wrote, and checks its hash
-//! chain from the first event to the last, naming the first broken link.
+//! `policyhub verify-log`: reads the whole event log and the signed
+//! checkpoints, from the server or from files the `-o json` output of
+//! `list-events`, `list-checkpoints` and `get-signing-keys` wrote, checks
+//! the hash chain from the first event to the last and every checkpoint's
+//! signature and statement, naming the first thing that does not hold.
 
 use std::path::Path;
 
@@ -15,13 +17,16 @@ use super::failure::{Reply, Unusable, What};
 use super::inspect::collect;
 use super::output::{Output, descriptors, print_json};
 use crate::domain::chain;
-use crate::grpc::convert::event_record;
-use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
+use crate::grpc::convert::{event_record, jwks};
+use crate::grpc::proto::{
+    self, bundle_service_client::BundleServiceClient, policy_service_client::PolicyServiceClient,
+};
+use crate::signing::{Jwks, verify_checkpoint};
 
-/// Verifies the chain of every event the caller may read (the whole log
+/// Verifies the chain of every event and every checkpoint (the whole log
 /// needs `*:reader`).
 pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
+    let client = PolicyServiceClient::new(channel.clone());
     let events = collect(u32::MAX, |page_size, page_token| {
         let mut client = client.clone();
         let request = proto::ListEventsRequest {
@@ -35,31 +40,82 @@ pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<
         }
     })
     .await?;
-    verify(&events, output)
+    let checkpoints = collect(u32::MAX, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListCheckpointsRequest {
+            page_size,
+            page_token,
+        };
+        async move {
+            let page = client
+                .list_checkpoints(request)
+                .await
+                .reply("reading the checkpoints")?;
+            Ok((page.checkpoints, page.next_page_token))
+        }
+    })
+    .await?;
+    let keys = BundleServiceClient::new(channel)
+        .get_signing_keys(proto::GetSigningKeysRequest {})
+        .await
+        .reply("fetching the signing keys")?;
+    verify(&events, Some((&checkpoints, &jwks(&keys))), output)
 }
 
-/// Verifies the chain of the events in `file`, the output of
-/// `policyhub list-events -o json` over the whole log.
-pub fn verify_file(file: &Path, output: Output) -> anyhow::Result<()> {
-    let not_events = || {
+/// Reads `file` as the protobuf JSON of the message `name`.
+fn read<M: Message + Default>(file: &Path, name: &str, written_by: &str) -> anyhow::Result<M> {
+    let not_it = || {
         Unusable::new(
             What::Document,
-            format!(
-                "{} is not the output of `policyhub list-events -o json`",
-                file.display()
-            ),
+            format!("{} is not the output of `{written_by}`", file.display()),
         )
     };
     let descriptor = descriptors()
-        .get_message_by_name("policyhub.v1.ListEventsResponse")
-        .expect("ListEventsResponse is in the descriptor set");
+        .get_message_by_name(name)
+        .expect("the message is in the descriptor set");
     let dynamic =
-        DynamicMessage::deserialize(descriptor, document::read(file)?).with_context(not_events)?;
-    let listed = proto::ListEventsResponse::decode(dynamic.encode_to_vec().as_slice())?;
-    verify(&listed.events, output)
+        DynamicMessage::deserialize(descriptor, document::read(file)?).with_context(not_it)?;
+    Ok(M::decode(dynamic.encode_to_vec().as_slice())?)
 }
 
-fn verify(events: &[proto::Event], output: Output) -> anyhow::Result<()> {
+/// Verifies the events of `events_file` (`list-events -o json` over the
+/// whole log) and, given, the checkpoints of `list-checkpoints -o json`
+/// with the keys of `get-signing-keys -o json`.
+pub fn verify_files(
+    events_file: &Path,
+    checkpoints: Option<(&Path, &Path)>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let listed: proto::ListEventsResponse = read(
+        events_file,
+        "policyhub.v1.ListEventsResponse",
+        "policyhub list-events -o json",
+    )?;
+    let Some((checkpoints_file, jwks_file)) = checkpoints else {
+        return verify(&listed.events, None, output);
+    };
+    let checkpoints: proto::ListCheckpointsResponse = read(
+        checkpoints_file,
+        "policyhub.v1.ListCheckpointsResponse",
+        "policyhub list-checkpoints -o json",
+    )?;
+    let keys: proto::GetSigningKeysResponse = read(
+        jwks_file,
+        "policyhub.v1.GetSigningKeysResponse",
+        "policyhub get-signing-keys -o json",
+    )?;
+    verify(
+        &listed.events,
+        Some((&checkpoints.checkpoints, &jwks(&keys))),
+        output,
+    )
+}
+
+fn verify(
+    events: &[proto::Event],
+    checkpoints: Option<(&[proto::Checkpoint], &Jwks)>,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut records = events
         .iter()
         .map(event_record)
@@ -68,9 +124,41 @@ fn verify(events: &[proto::Event], output: Output) -> anyhow::Result<()> {
     records.sort_by_key(|record| record.id);
     let (head, count) =
         chain::verify(&records).map_err(|broken| Unusable::new(What::Log, broken.to_string()))?;
-    match output {
-        Output::Json => print_json(&json!({"events": count.to_string(), "head": head})),
-        Output::Table => println!("{count} events verified; the chain's head is {head}"),
+    let confirmed = match checkpoints {
+        None => None,
+        Some((checkpoints, jwks)) => {
+            for checkpoint in checkpoints {
+                let unproven = |why: String| {
+                    let time = checkpoint
+                        .time
+                        .map(|time| time.to_string())
+                        .unwrap_or_default();
+                    Unusable::new(
+                        What::Log,
+                        format!(
+                            "the checkpoint of revision {} signed {time} does not hold: {why}",
+                            checkpoint.revision
+                        ),
+                    )
+                };
+                let claims = verify_checkpoint(&checkpoint.jws, jwks)
+                    .map_err(|error| unproven(error.to_string()))?;
+                chain::confirms(&records, &claims).map_err(unproven)?;
+            }
+            Some(checkpoints.len())
+        }
+    };
+    match (output, confirmed) {
+        (Output::Json, _) => print_json(&json!({
+            "events": count.to_string(),
+            "checkpoints": confirmed.unwrap_or(0).to_string(),
+            "head": head,
+        })),
+        (Output::Table, Some(checkpoints)) => println!(
+            "{count} events verified, {checkpoints} signed checkpoints hold; the chain's head is \
+             {head}"
+        ),
+        (Output::Table, None) => println!("{count} events verified; the chain's head is {head}"),
     }
     Ok(())
 }

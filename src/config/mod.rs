@@ -66,6 +66,8 @@ pub struct Settings {
     pub runtimes: RuntimeSettings,
     /// The rollout controller.
     pub rollouts: RolloutSettings,
+    /// Signed checkpoints of the event log.
+    pub audit: AuditSettings,
     /// How long an idempotency key is remembered; unset: forever. A retry
     /// after that time executes again.
     #[serde(with = "humantime_serde")]
@@ -276,6 +278,33 @@ impl WatchSettings {
     }
 }
 
+/// Signed checkpoints of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Besides the one of every revision, a checkpoint is signed and stored
+    /// when the newest is older than half of this, so the checkpoint watch
+    /// streams carry is never older than this while the database answers.
+    /// Runtimes compare its age with their `max_checkpoint_age`.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AuditSettings {
+    /// The checkpoint interval.
+    pub fn checkpoint_interval(&self) -> Duration {
+        at_least_a_millisecond(self.checkpoint_interval)
+    }
+}
+
 /// Where the signing keys come from.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -318,6 +347,7 @@ impl Default for Settings {
             quotas: QuotaSettings::default(),
             runtimes: RuntimeSettings::default(),
             rollouts: RolloutSettings::default(),
+            audit: AuditSettings::default(),
             idempotency_retention: None,
         }
     }

@@ -11,10 +11,30 @@
 //! lowercase hex of its SHA-256. The id is not covered: the chain's order is
 //! the order of ids.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use super::{EventRecord, canonical_json};
+
+/// A signed checkpoint of the chain, as stored: the JWS (whose payload is
+/// `policyhub_runtime::checkpoint::CheckpointClaims`) and what it states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Its place among checkpoints.
+    pub id: u64,
+    /// The revision in force.
+    pub revision: u64,
+    /// The newest event (0: none).
+    pub last_event_id: u64,
+    /// That event's hash.
+    pub chain_head: String,
+    /// When it was signed.
+    pub at: DateTime<Utc>,
+    /// The key that signed it.
+    pub key_id: String,
+    /// The compact JWS.
+    pub jws: String,
+}
 
 /// The `previous` of the first event.
 pub const GENESIS: &str = "";
@@ -92,6 +112,46 @@ pub fn verify(events: &[EventRecord]) -> Result<(String, usize), Broken> {
         after = Some(event.id);
     }
     Ok((previous, events.len()))
+}
+
+/// Whether the log confirms what a signed checkpoint states: `events` is
+/// the verified log in id order; the checkpoint's chain head must be the
+/// hash of its last event there, and its revision the newest any event up
+/// to it took. A checkpoint whose last event is missing reveals a log cut
+/// short, which the chain alone cannot.
+pub fn confirms(
+    events: &[EventRecord],
+    claims: &policyhub_runtime::checkpoint::CheckpointClaims,
+) -> Result<(), String> {
+    let upto = &events[..events.partition_point(|event| event.id <= claims.last_event_id)];
+    let head = match upto.last() {
+        _ if claims.last_event_id == 0 => GENESIS,
+        Some(event) if event.id == claims.last_event_id => event.hash.as_str(),
+        _ => {
+            return Err(format!(
+                "its last event {} is not in the log",
+                claims.last_event_id
+            ));
+        }
+    };
+    if head != claims.chain_head {
+        return Err(format!(
+            "it states chain head {:?} at event {}, the log has {head:?}",
+            claims.chain_head, claims.last_event_id
+        ));
+    }
+    let revision = upto
+        .iter()
+        .filter_map(|event| event.revision)
+        .max()
+        .unwrap_or(0);
+    if revision != claims.revision {
+        return Err(format!(
+            "it states revision {}, the log up to event {} reaches revision {revision}",
+            claims.revision, claims.last_event_id
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -101,7 +101,10 @@ fn active_wanted(
 
 fn active_reply(view: ActiveView) -> proto::Bundle {
     match view {
-        ActiveView::Signed(bundle) => convert::bundle(&bundle),
+        ActiveView::Signed(bundle, proof) => proto::Bundle {
+            checkpoint: proof.as_ref().map(convert::checkpoint),
+            ..convert::bundle(&bundle)
+        },
         ActiveView::UnsignedDraft(draft) => convert::draft_bundle(&draft),
     }
 }

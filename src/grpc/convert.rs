@@ -7,6 +7,7 @@ use serde_json::{Map, Number, Value};
 use prost::{Message, bytes::Bytes};
 
 use super::proto;
+use crate::domain::chain::Checkpoint;
 use crate::domain::{
     ActiveBundle, Error, EventKind, EventRecord, PolicySummary, Requirement, Result, VersionRecord,
     VersionState,
@@ -183,6 +184,23 @@ pub fn encoded_bundle(active: &ActiveBundle) -> Bytes {
     Bytes::from(bundle(active).encode_to_vec())
 }
 
+/// A checkpoint as protobuf.
+pub fn checkpoint(checkpoint: &Checkpoint) -> proto::Checkpoint {
+    proto::Checkpoint {
+        jws: checkpoint.jws.clone(),
+        revision: checkpoint.revision,
+        last_event_id: checkpoint.last_event_id,
+        chain_head: checkpoint.chain_head.clone(),
+        time: Some(timestamp(checkpoint.at)),
+        key_id: checkpoint.key_id.clone(),
+    }
+}
+
+/// A checkpoint as encoded protobuf, as every watch message carries it.
+pub fn encoded_checkpoint(value: &Checkpoint) -> Bytes {
+    Bytes::from(checkpoint(value).encode_to_vec())
+}
+
 /// An active bundle as protobuf.
 pub fn bundle(bundle: &ActiveBundle) -> proto::Bundle {
     proto::Bundle {
@@ -200,6 +218,7 @@ pub fn bundle(bundle: &ActiveBundle) -> proto::Bundle {
         revision: bundle.revision,
         draft: false,
         body: None,
+        checkpoint: None,
     }
 }
 
@@ -216,6 +235,7 @@ pub fn draft_bundle(record: &VersionRecord) -> proto::Bundle {
         revision: 0,
         draft: true,
         body: Some(json_to_struct(record.body.value())),
+        checkpoint: None,
     }
 }
 

@@ -7,6 +7,7 @@ use super::policy_requests::patch_operation;
 use super::proto;
 use super::rollouts::rollout;
 use super::runtimes::runtime;
+use crate::domain::chain::Checkpoint;
 use crate::domain::rollout::{Progress, Rollout};
 use crate::domain::runtime::{RuntimeRecord, RuntimeState};
 use crate::domain::{
@@ -95,6 +96,13 @@ pub(super) fn versions(page: &Page<VersionRecord>) -> proto::ListVersionsRespons
 pub(super) fn policies(page: &Page<PolicySummary>) -> proto::ListPoliciesResponse {
     proto::ListPoliciesResponse {
         policies: page.items.iter().map(convert::policy).collect(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn checkpoints(page: &Page<Checkpoint>) -> proto::ListCheckpointsResponse {
+    proto::ListCheckpointsResponse {
+        checkpoints: page.items.iter().map(convert::checkpoint).collect(),
         next_page_token: page.next_page_token.clone().unwrap_or_default(),
     }
 }

@@ -189,6 +189,18 @@ impl PolicyService for PolicyApi {
         Ok(Response::new(reply::events(&page)))
     }
 
+    async fn list_checkpoints(
+        &self,
+        request: Request<proto::ListCheckpointsRequest>,
+    ) -> Reply<proto::ListCheckpointsResponse> {
+        let caller = identify(&request)?;
+        caller.authorize_everywhere(Rpc::ListCheckpoints)?;
+        let request = request.into_inner();
+        let size = self.limits.page_size(request.page_size);
+        let page = self.hub.list_checkpoints(size, &request.page_token).await?;
+        Ok(Response::new(reply::checkpoints(&page)))
+    }
+
     async fn diff_versions(
         &self,
         request: Request<proto::DiffVersionsRequest>,

@@ -60,6 +60,9 @@ impl WatchMessage {
         if self.complete {
             boolean::encode(5, &self.complete, buf);
         }
+        if let Some(checkpoint) = &self.checkpoint {
+            bytes::encode(6, checkpoint, buf);
+        }
     }
 
     /// This message as one gRPC length-prefixed frame, in pieces that
@@ -166,6 +169,10 @@ impl Message for WatchMessage {
                 Ok(())
             }
             5 => boolean::merge(wire_type, &mut self.complete, buf, ctx),
+            6 => {
+                let checkpoint = self.checkpoint.get_or_insert_default();
+                bytes::merge(wire_type, checkpoint, buf, ctx)
+            }
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -184,6 +191,9 @@ impl Message for WatchMessage {
         if self.complete {
             length += boolean::encoded_len(5, &self.complete);
         }
+        if let Some(checkpoint) = &self.checkpoint {
+            length += bytes::encoded_len(6, checkpoint);
+        }
         length
             + self
                 .bundles
@@ -200,6 +210,7 @@ impl Message for WatchMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::proto::Checkpoint;
 
     /// What prost would generate for the declared message, to check that the
     /// hand-written encoding is the same on the wire.
@@ -215,6 +226,8 @@ mod tests {
         bundles: Vec<Bundle>,
         #[prost(bool, tag = "5")]
         complete: bool,
+        #[prost(message, optional, tag = "6")]
+        checkpoint: Option<Checkpoint>,
     }
 
     #[test]
@@ -235,12 +248,20 @@ mod tests {
                 ..Bundle::default()
             },
         ];
+        let checkpoint = Checkpoint {
+            jws: "h.p.s".into(),
+            revision: 9,
+            last_event_id: 40,
+            chain_head: "sha256:00".into(),
+            ..Checkpoint::default()
+        };
         let generated = Generated {
             kind: WatchEventKind::Update as i32,
             revision: 9,
             reset: true,
             bundles: bundles.clone(),
             complete: true,
+            checkpoint: Some(checkpoint.clone()),
         };
         let hand_written = WatchActiveResponse {
             kind: MessageKind::Update,
@@ -251,6 +272,7 @@ mod tests {
                 .map(|bundle| Bytes::from(bundle.encode_to_vec()))
                 .collect(),
             complete: true,
+            checkpoint: Some(Bytes::from(checkpoint.encode_to_vec())),
         };
         assert_eq!(hand_written.encode_to_vec(), generated.encode_to_vec());
         assert_eq!(hand_written.encoded_len(), generated.encoded_len());
@@ -266,6 +288,7 @@ mod tests {
             reset: false,
             bundles,
             complete,
+            checkpoint: Some(Bytes::from_static(b"a checkpoint")),
         }
     }
 
@@ -304,6 +327,6 @@ mod tests {
         assert_eq!(pieces[1].as_ptr(), large.as_ptr());
         assert_eq!(pieces[3].as_ptr(), small.as_ptr());
         let own: usize = [0, 2, 4].iter().map(|&index| pieces[index].len()).sum();
-        assert!(own < 32, "the message's own bytes are {own}");
+        assert!(own < 48, "the message's own bytes are {own}");
     }
 }

@@ -226,6 +226,7 @@ mod tests {
             reset: false,
             bundles,
             complete: true,
+            checkpoint: None,
         }
     }
 

@@ -104,6 +104,7 @@ impl Revisions {
             Some(mut pending) => {
                 pending.bundles.extend(message.bundles);
                 pending.complete = complete;
+                pending.checkpoint = message.checkpoint;
                 pending
             }
             None => message,
@@ -149,6 +150,16 @@ fn event(whole: &WatchActiveResponse, bundle: &MessageDescriptor) -> String {
         .filter_map(|encoded| DynamicMessage::decode(bundle.clone(), encoded.clone()).ok())
         .filter_map(|decoded| serde_json::to_value(&decoded).ok())
         .collect();
+    let checkpoint = whole
+        .checkpoint
+        .as_ref()
+        .zip(
+            bundle
+                .parent_pool()
+                .get_message_by_name("policyhub.v1.Checkpoint"),
+        )
+        .and_then(|(encoded, descriptor)| DynamicMessage::decode(descriptor, encoded.clone()).ok())
+        .and_then(|decoded| serde_json::to_value(&decoded).ok());
     let (name, kind) = match whole.kind {
         MessageKind::Snapshot => ("snapshot", "WATCH_EVENT_KIND_SNAPSHOT"),
         _ => ("update", "WATCH_EVENT_KIND_UPDATE"),
@@ -158,6 +169,7 @@ fn event(whole: &WatchActiveResponse, bundle: &MessageDescriptor) -> String {
         "revision": whole.revision.to_string(),
         "reset": whole.reset,
         "bundles": bundles,
+        "checkpoint": checkpoint,
     });
     format!("id: {}\nevent: {name}\ndata: {data}\n\n", whole.revision)
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use tempfile::NamedTempFile;
 
 use crate::config::RolloutSettings;
+use crate::domain::chain::Checkpoint;
 use crate::domain::rollout::RevisionChange;
 use crate::domain::{
     ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
@@ -30,8 +31,8 @@ use crate::watch::{ActiveIndex, Encode, Instruments};
 /// What `GetActive` found.
 #[derive(Debug, Clone)]
 pub enum ActiveView {
-    /// The signed, active bundle.
-    Signed(ActiveBundle),
+    /// The signed, active bundle, and the checkpoint that proves it.
+    Signed(ActiveBundle, Option<Checkpoint>),
     /// Nothing is active and the caller asked for the open draft instead.
     UnsignedDraft(VersionRecord),
 }
@@ -55,6 +56,8 @@ pub struct PolicyHub {
     rollout_settings: Arc<RolloutSettings>,
     /// Which runtimes watch, and what each applied.
     fleet: Fleet,
+    /// How a checkpoint goes on the wire, handed in by the transport.
+    encode_checkpoint: fn(&Checkpoint) -> prost::bytes::Bytes,
 }
 
 /// The signing key and the JWKS, which change together.
@@ -103,7 +106,7 @@ impl PolicyHub {
         bundle_issuer: String,
         rollout_settings: RolloutSettings,
         key_source: KeySource,
-        encode: Encode,
+        (encode, encode_checkpoint): (Encode, fn(&Checkpoint) -> prost::bytes::Bytes),
         instruments: Instruments,
     ) -> anyhow::Result<Self> {
         let system = RequestContext {
@@ -117,24 +120,54 @@ impl PolicyHub {
             "the configured signing key signs new versions",
         )
         .await?;
+        let keys = Arc::new(RwLock::new(Arc::new(keys)));
+        let signing = keys.clone();
+        repository.sign_checkpoints_with(Arc::new(move |claims| {
+            let keys: Arc<Keys> = signing.read().expect("keys lock").clone();
+            let jws = keys.signer.sign_checkpoint(claims)?;
+            Ok((jws, keys.signer.key_id().to_owned()))
+        }));
         let state = repository.load_active().await?;
         tracing::info!(
             revision = state.revision,
             active_policies = state.bundles.len(),
             live_rollouts = state.rollouts.len(),
-            signing_key_id = keys.signer.key_id(),
             "loaded the active index"
         );
-        Ok(PolicyHub {
+        let hub = PolicyHub {
             repository,
             index: ActiveIndex::new(state, encode, instruments),
             key_source: Arc::new(key_source),
-            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            keys,
             applier: Arc::default(),
             bundle_issuer,
             rollout_settings: Arc::new(rollout_settings),
             fleet,
-        })
+            encode_checkpoint,
+        };
+        hub.repository.read_newest_checkpoint().await?;
+        hub.show_checkpoint();
+        Ok(hub)
+    }
+
+    /// Makes watch messages carry the newest checkpoint this replica holds.
+    fn show_checkpoint(&self) {
+        if let Some(checkpoint) = self.repository.newest_checkpoint() {
+            self.index
+                .set_checkpoint((self.encode_checkpoint)(&checkpoint));
+        }
+    }
+
+    /// Signs a checkpoint unless the newest stored one is younger than
+    /// `fresh_for` and states the log as it is (another replica's counts);
+    /// watch messages carry it from then on. Fails while the database
+    /// cannot be reached, so the checkpoint served ages.
+    pub async fn refresh_checkpoint(&self, fresh_for: std::time::Duration) -> Result<Checkpoint> {
+        let fresh_for = chrono::Duration::from_std(fresh_for)
+            .map_err(|error| Error::Internal(format!("checkpoint interval: {error}")))?;
+        let checkpoint = self.repository.refresh_checkpoint(fresh_for).await?;
+        self.show_checkpoint();
+        Ok(checkpoint)
     }
 
     /// A consistent copy of the database, taken while serving, staged in a
@@ -216,6 +249,8 @@ impl PolicyHub {
         }
         let _applying = self.applier.lock().await;
         if self.index.revision() + 1 == revision {
+            // The commit's checkpoint goes out with the revision.
+            self.show_checkpoint();
             self.index.apply(change);
             return;
         }
@@ -245,7 +280,10 @@ impl PolicyHub {
     }
 
     async fn catch_up_locked(&self) -> Result<()> {
-        for change in self.repository.changes_since(self.index.revision()).await? {
+        let changes = self.repository.changes_since(self.index.revision()).await?;
+        self.repository.read_newest_checkpoint().await?;
+        self.show_checkpoint();
+        for change in changes {
             self.index.apply(change);
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! The reads every transport serves: versions, listings, diffs, rollouts,
 //! and the active bundle from memory where the index holds the answer.
 
+use crate::domain::chain::Checkpoint;
 use crate::domain::rollout::{Progress, Rollout};
 use crate::domain::{
     AsOf, Error, EventFilter, EventRecord, Namespace, NamespaceScope, Page, PolicyRef,
@@ -53,6 +54,17 @@ impl PolicyHub {
     ) -> Result<Page<EventRecord>> {
         self.repository
             .list_events(filter, page_size, page_token)
+            .await
+    }
+
+    /// A page of the signed checkpoints, newest first.
+    pub async fn list_checkpoints(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<Checkpoint>> {
+        self.repository
+            .list_checkpoints(page_size, page_token)
             .await
     }
 
@@ -131,7 +143,10 @@ impl PolicyHub {
                 }
             }
             return match self.repository.active_as_of(policy, as_of).await? {
-                Some(bundle) => Ok(ActiveView::Signed(bundle)),
+                Some(bundle) => {
+                    let proof = self.repository.proving_checkpoint(as_of).await?;
+                    Ok(ActiveView::Signed(bundle, proof))
+                }
                 None => Err(Error::NotFound(format!(
                     "no version of {policy} was active at that point"
                 ))),
@@ -143,7 +158,8 @@ impl PolicyHub {
             None => snapshot.get(policy),
         };
         if let Some(indexed) = indexed {
-            return Ok(ActiveView::Signed(indexed.bundle.clone()));
+            let proof = self.repository.newest_checkpoint();
+            return Ok(ActiveView::Signed(indexed.bundle.clone(), proof));
         }
         // The rare path: tell a missing policy from one with nothing active.
         let draft = self.repository.open_draft(policy).await?;

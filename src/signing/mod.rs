@@ -20,6 +20,7 @@ use ring::{
 };
 
 pub use policyhub_runtime::bundle::{BUNDLE_TYPE, BundleClaims, Jwk, Jwks, VerifyError, verify};
+pub use policyhub_runtime::checkpoint::{CHECKPOINT_TYPE, CheckpointClaims, verify_checkpoint};
 
 use crate::domain::{PolicyBody, Requirement};
 
@@ -83,13 +84,22 @@ impl SigningKey {
         &self.jwk
     }
 
-    /// Signs the claims into a JWS compact serialization.
+    /// Signs a bundle's claims into a JWS compact serialization.
     pub fn sign(&self, claims: &BundleClaims) -> crate::domain::Result<String> {
+        self.sign_as(BUNDLE_TYPE, claims)
+    }
+
+    /// Signs a checkpoint's claims into a JWS compact serialization.
+    pub fn sign_checkpoint(&self, claims: &CheckpointClaims) -> crate::domain::Result<String> {
+        self.sign_as(CHECKPOINT_TYPE, claims)
+    }
+
+    fn sign_as(&self, typ: &str, claims: &impl serde::Serialize) -> crate::domain::Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.jwk.kid.clone());
-        header.typ = Some(BUNDLE_TYPE.into());
+        header.typ = Some(typ.into());
         jsonwebtoken::encode(&header, claims, &self.encoding_key).map_err(|error| {
-            crate::domain::Error::Internal(format!("signing the bundle failed: {error}"))
+            crate::domain::Error::Internal(format!("signing a {typ} failed: {error}"))
         })
     }
 }

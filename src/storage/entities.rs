@@ -231,3 +231,26 @@ pub mod schedules {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod checkpoints {
+    use sea_orm::entity::prelude::*;
+
+    /// A signed checkpoint of the event log's chain.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "checkpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub revision: i64,
+        pub last_event_id: i64,
+        pub chain_head: String,
+        pub at: DateTimeUtc,
+        pub key_id: String,
+        pub jws: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -2,6 +2,7 @@
 
 mod backup;
 mod chain;
+mod checkpoints;
 mod entities;
 mod errors;
 mod events;
@@ -35,7 +36,7 @@ pub use idempotency::IdempotencyClaim;
 pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};
 pub use policies::LockedPolicy;
 pub use runtimes::{Flush, ReplicaHeartbeats};
-pub use transaction::{Repository, Transaction};
+pub use transaction::{CheckpointSigner, Repository, Transaction};
 pub use versions::StoredVersion;
 
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).

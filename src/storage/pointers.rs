@@ -118,6 +118,11 @@ async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
 }
 
 impl Transaction {
+    /// The revision in force, as this transaction reads it.
+    pub(super) async fn revision_in_force(&self) -> Result<u64> {
+        current_revision(&self.txn).await
+    }
+
     /// The active bundles of `policies`, sent again at revision `at` (a
     /// rollout that ends without completing returns its cohort to them).
     pub async fn stable_bundles(
@@ -148,6 +153,7 @@ impl Transaction {
             .await?
             .ok_or_else(|| Error::Internal("the revision counter row is missing".into()))?;
         let next = revision(row.try_get_by_index::<i64>(0)?);
+        self.took_revision(next);
         if self.backend() == DatabaseBackend::Postgres {
             self.txn
                 .execute_raw(Statement::from_sql_and_values(

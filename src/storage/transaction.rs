@@ -33,8 +33,8 @@
 //! namespace lock only records that it was asked for.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -44,12 +44,40 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
 use super::rows::now;
+use crate::domain::chain::Checkpoint;
 use crate::domain::{Error, Namespace, Result};
+use crate::signing::CheckpointClaims;
 
 /// The advisory lock class of namespace locks; PostgreSQL keeps two-key
 /// advisory locks apart from the single-key ones of migrations and the
 /// rollout controller.
 const NAMESPACE_LOCK_CLASS: i32 = 0x7068_6e73;
+
+/// Signs a checkpoint's claims: the JWS and the id of the key that signed.
+pub type CheckpointSigner =
+    Arc<dyn Fn(&CheckpointClaims) -> Result<(String, String)> + Send + Sync>;
+
+/// What every clone of a repository shares about checkpoints.
+#[derive(Default)]
+pub(super) struct Checkpoints {
+    pub(super) signer: OnceLock<CheckpointSigner>,
+    /// The newest checkpoint this replica committed or read.
+    pub(super) newest: RwLock<Option<Checkpoint>>,
+}
+
+impl Checkpoints {
+    /// Keeps `checkpoint` when it is newer than the one held.
+    pub(super) fn publish(&self, checkpoint: Checkpoint) {
+        let mut newest = self.newest.write().expect("checkpoint lock");
+        if newest.as_ref().is_none_or(|held| held.id < checkpoint.id) {
+            *newest = Some(checkpoint);
+        }
+    }
+
+    pub(super) fn signer(&self) -> Option<&CheckpointSigner> {
+        self.signer.get()
+    }
+}
 
 /// The policy store.
 #[derive(Clone)]
@@ -59,6 +87,8 @@ pub struct Repository {
     /// would otherwise fail concurrent upgrades from read to write locks with
     /// SQLITE_BUSY. `None` on PostgreSQL, where row locks do this job.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// The signer of checkpoints and the newest one, shared by every clone.
+    pub(super) checkpoints: Arc<Checkpoints>,
 }
 
 /// An open write transaction, the instant it writes as, and on SQLite the
@@ -72,6 +102,9 @@ pub struct Transaction {
     /// Whether a row lock was taken, after which no namespace lock may be
     /// (the fixed order of the module doc).
     rows_locked: AtomicBool,
+    /// The revision this transaction took, 0 for none: it commits with a
+    /// checkpoint of it.
+    revision_taken: AtomicU64,
 }
 
 impl Transaction {
@@ -130,6 +163,11 @@ impl Transaction {
     pub(super) fn rows_locked(&self) {
         self.rows_locked.store(true, Ordering::Relaxed);
     }
+
+    /// Notes the revision this transaction took.
+    pub(super) fn took_revision(&self, revision: u64) {
+        self.revision_taken.store(revision, Ordering::Relaxed);
+    }
 }
 
 impl Repository {
@@ -137,7 +175,11 @@ impl Repository {
     pub fn new(db: DatabaseConnection) -> Self {
         let sqlite_writer = (db.get_database_backend() == DatabaseBackend::Sqlite)
             .then(|| Arc::new(Mutex::new(())));
-        Repository { db, sqlite_writer }
+        Repository {
+            db,
+            sqlite_writer,
+            checkpoints: Arc::default(),
+        }
     }
 
     /// Whether the database answers, for health checks.
@@ -156,11 +198,14 @@ impl Repository {
             _writer: writer,
             namespaces: BTreeSet::new(),
             rows_locked: AtomicBool::new(false),
+            revision_taken: AtomicU64::new(0),
         })
     }
 
     /// Runs `work` in one write transaction and commits when it succeeds;
-    /// an error rolls everything back. Its span is `storage.<operation>`.
+    /// an error rolls everything back. A transaction that took a revision
+    /// commits with a signed checkpoint of it (once the hub installed the
+    /// signer). Its span is `storage.<operation>`.
     pub async fn write<T>(
         &self,
         operation: &str,
@@ -169,7 +214,17 @@ impl Repository {
         async {
             let mut transaction = self.begin().await?;
             let outcome = work(&mut transaction).await?;
+            let taken = transaction.revision_taken.load(Ordering::Relaxed);
+            let checkpoint = match self.checkpoints.signer() {
+                Some(signer) if taken > 0 => {
+                    Some(transaction.write_checkpoint(taken, signer).await?)
+                }
+                _ => None,
+            };
             transaction.txn.commit().await?;
+            if let Some(checkpoint) = checkpoint {
+                self.checkpoints.publish(checkpoint);
+            }
             Ok(outcome)
         }
         .instrument(span(operation))

@@ -81,6 +81,8 @@ pub struct ActiveIndex {
     snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
     /// Anything but [`Ending::No`] ends every stream.
     ending: Arc<watch::Sender<Ending>>,
+    /// The newest signed checkpoint, encoded, which every message carries.
+    checkpoint: Arc<watch::Sender<Option<Bytes>>>,
     encode: Encode,
     instruments: Instruments,
 }
@@ -98,6 +100,7 @@ impl ActiveIndex {
         ActiveIndex {
             snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
             ending: Arc::new(watch::channel(Ending::No).0),
+            checkpoint: Arc::new(watch::channel(None).0),
             encode,
             instruments,
         }
@@ -143,6 +146,12 @@ impl ActiveIndex {
         });
     }
 
+    /// Makes every message from now on carry `checkpoint` (an encoded
+    /// `policyhub.v1.Checkpoint`); wakes no stream.
+    pub fn set_checkpoint(&self, checkpoint: Bytes) {
+        self.checkpoint.send_replace(Some(checkpoint));
+    }
+
     /// Number of open watch streams.
     pub fn subscribers(&self) -> usize {
         self.snapshots.receiver_count()
@@ -183,6 +192,7 @@ impl ActiveIndex {
         Subscriber::new(
             self.snapshots.subscribe(),
             self.ending.subscribe(),
+            self.checkpoint.subscribe(),
             self.instruments.delivery.clone(),
             selector,
             since_revision,

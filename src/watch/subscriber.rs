@@ -53,6 +53,8 @@ pub struct WatchMessage {
     pub bundles: Vec<Bytes>,
     /// False when more parts of the same revision follow.
     pub complete: bool,
+    /// The newest signed checkpoint, an encoded `policyhub.v1.Checkpoint`.
+    pub checkpoint: Option<Bytes>,
 }
 
 impl std::fmt::Debug for WatchMessage {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for WatchMessage {
             .field("reset", &self.reset)
             .field("bundles", &self.bundles.len())
             .field("complete", &self.complete)
+            .field("checkpoint", &self.checkpoint.is_some())
             .finish()
     }
 }
@@ -76,6 +79,7 @@ impl WatchMessage {
             reset,
             bundles,
             complete: true,
+            checkpoint: None,
         }
     }
 
@@ -92,6 +96,7 @@ impl WatchMessage {
                 parts.push_back(WatchMessage {
                     bundles: std::mem::take(&mut bundles),
                     complete: false,
+                    checkpoint: None,
                     ..self
                 });
                 size = 0;
@@ -124,6 +129,8 @@ pub struct Closed {
 pub struct Subscriber {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ending: watch::Receiver<Ending>,
+    /// The newest checkpoint, read as each part goes out (never awaited).
+    checkpoint: watch::Receiver<Option<Bytes>>,
     /// Where delivery times go.
     delivery: Histogram,
     selector: Selector,
@@ -146,6 +153,7 @@ impl Subscriber {
     pub(super) fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         ending: watch::Receiver<Ending>,
+        checkpoint: watch::Receiver<Option<Bytes>>,
         delivery: Histogram,
         selector: Selector,
         since_revision: u64,
@@ -154,6 +162,7 @@ impl Subscriber {
         Subscriber {
             snapshots,
             ending,
+            checkpoint,
             delivery,
             selector,
             cursor: since_revision,
@@ -209,7 +218,8 @@ impl Subscriber {
             };
             message.split_into(self.part_bytes, &mut self.pending);
         }
-        let part = self.pending.pop_front().expect("a message has parts");
+        let mut part = self.pending.pop_front().expect("a message has parts");
+        part.checkpoint.clone_from(&self.checkpoint.borrow());
         if part.complete {
             debug_assert!(self.pending.is_empty());
             self.delivered = part.revision;

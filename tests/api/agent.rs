@@ -212,6 +212,7 @@ async fn curl_python_and_shell_read_the_verified_body_and_a_long_poll_returns_at
     assert_eq!(
         health["namespaces"]["payments"],
         json!({"revision": revision.to_string(), "source": "server", "connected": true,
+               "checkpointStale": false,
                "ageSeconds": health["namespaces"]["payments"]["ageSeconds"]}),
         "{health}"
     );

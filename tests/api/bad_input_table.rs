@@ -204,6 +204,14 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "ListCheckpoints: a page token of another listing",
+        Code::InvalidArgument,
+        policy.list_checkpoints(proto::ListCheckpointsRequest {
+            page_token: "events:00000000:7".into(),
+            ..Default::default()
+        })
+    );
+    row!(
         "DiffVersions: unknown version",
         Code::NotFound,
         policy.diff_versions(proto::DiffVersionsRequest {

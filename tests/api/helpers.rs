@@ -698,37 +698,73 @@ fn is_root() -> bool {
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
 }
 
+/// What a [`CuttableProxy`] does with its links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Links {
+    Forward,
+    /// Open links closed, new ones refused.
+    Cut,
+    /// A black hole: links stay open, nothing moves until forwarded again.
+    Stalled,
+}
+
 /// A loopback TCP proxy whose links can be cut (open connections closed,
-/// new ones refused) and restored.
+/// new ones refused), stalled (a black hole) and restored.
 #[derive(Clone)]
 pub struct CuttableProxy {
     pub address: SocketAddr,
-    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    links: std::sync::Arc<tokio::sync::watch::Sender<Links>>,
+}
+
+/// Copies `from` to `to` while the links forward; stops when they are cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut links: tokio::sync::watch::Receiver<Links>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = links.wait_for(|links| *links == Links::Cut) => return,
+        };
+        let Ok(length @ 1..) = read else { return };
+        match links.wait_for(|links| *links != Links::Stalled).await {
+            Ok(links) if *links == Links::Forward => {}
+            _ => return,
+        }
+        if to.write_all(&buffer[..length]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl CuttableProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (cut, _) = tokio::sync::watch::channel(false);
+        let (links, _) = tokio::sync::watch::channel(Links::Forward);
         let proxy = CuttableProxy {
             address: listener.local_addr().unwrap(),
-            cut: std::sync::Arc::new(cut),
+            links: std::sync::Arc::new(links),
         };
-        let cut = proxy.cut.clone();
+        let links = proxy.links.clone();
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if *cut.borrow() {
+            while let Ok((client, _)) = listener.accept().await {
+                if *links.borrow() == Links::Cut {
                     continue;
                 }
-                let mut cut = cut.subscribe();
+                let links = links.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|cut| *cut) => {}
-                    }
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, links.clone()),
+                        pump(server_read, client_write, links),
+                    );
                 });
             }
         });
@@ -737,12 +773,17 @@ impl CuttableProxy {
 
     /// Closes every link and refuses new ones.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.links.send_replace(Links::Cut);
+    }
+
+    /// Holds every byte, on open links and new ones, until restored.
+    pub fn stall(&self) {
+        self.links.send_replace(Links::Stalled);
     }
 
     /// Forwards again.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.links.send_replace(Links::Forward);
     }
 }
 

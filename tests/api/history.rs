@@ -22,61 +22,91 @@ async fn sql(db: &DatabaseConnection, statements: &[&str]) {
     }
 }
 
-/// The independent verifier run over `policyhub list-events -o json`.
-fn python_verifier(app: &TestApp) -> std::process::Output {
-    let listed = policyhub(app, &["list-events", "-o", "json", "--limit", "100000"]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audit/verify_log.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(listed.success().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+/// The whole log as an auditor keeps it: the `-o json` output of
+/// `list-events`, `list-checkpoints` and `get-signing-keys`.
+fn archive(app: &TestApp) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, command) in [
+        ("events.json", "list-events"),
+        ("checkpoints.json", "list-checkpoints"),
+    ] {
+        let listed = policyhub(app, &[command, "-o", "json", "--limit", "100000"]);
+        std::fs::write(dir.path().join(file), listed.success()).unwrap();
+    }
+    let keys = policyhub(app, &["get-signing-keys", "-o", "json"]);
+    std::fs::write(dir.path().join("jwks.json"), keys.success()).unwrap();
+    dir
 }
 
-/// `policyhub verify-log -f` of an archive: the log as `list-events -o
-/// json` writes it.
+/// The independent verifier (Python, PyJWT) run over an archive.
+fn python_verifier(app: &TestApp) -> std::process::Output {
+    let archive = archive(app);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audit/verify_log.py");
+    std::process::Command::new("python3")
+        .arg(script)
+        .arg("--checkpoints")
+        .arg(archive.path().join("checkpoints.json"))
+        .arg("--jwks")
+        .arg(archive.path().join("jwks.json"))
+        .stdin(std::fs::File::open(archive.path().join("events.json")).unwrap())
+        .output()
+        .expect("run python3")
+}
+
+/// `policyhub verify-log -f` of an archive.
 fn verify_archive(app: &TestApp) -> Run {
-    let listed = policyhub(app, &["list-events", "-o", "json", "--limit", "100000"]);
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("events.json");
-    std::fs::write(&archive, listed.success()).unwrap();
-    policyhub(app, &["verify-log", "-f", &archive.display().to_string()])
+    let archive = archive(app);
+    let file = |name: &str| archive.path().join(name).display().to_string();
+    policyhub(
+        app,
+        &[
+            "verify-log",
+            "-f",
+            &file("events.json"),
+            "--checkpoints",
+            &file("checkpoints.json"),
+            "--jwks",
+            &file("jwks.json"),
+        ],
+    )
 }
 
 /// The verifiers accept the log: the server's, an archive's, Python's.
 #[track_caller]
 fn verifies(app: &TestApp) -> Run {
     let run = policyhub(app, &["verify-log"]);
-    assert!(run.success().contains("events verified"), "{}", run.stdout);
+    assert!(
+        run.success().contains("signed checkpoints hold"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(verify_archive(app).success(), run.stdout);
     let python = python_verifier(app);
     assert!(python.status.success(), "{python:?}");
     run
 }
 
-/// The verifiers refuse the log, naming `broken` after `after`.
+/// The verifiers refuse the log, saying `says`.
 #[track_caller]
-fn refused(app: &TestApp, broken: u64, after: u64) {
-    let says = format!("event {broken} does not follow event {after}");
+fn refused_saying(app: &TestApp, says: &str) {
     for run in [policyhub(app, &["verify-log"]), verify_archive(app)] {
         assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-        assert!(run.stderr.contains(&says), "{says}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{says}: {}", run.stderr);
     }
     let python = python_verifier(app);
     assert_eq!(python.status.code(), Some(1), "{python:?}");
     assert!(
-        String::from_utf8_lossy(&python.stderr).contains(&says),
-        "{python:?}"
+        String::from_utf8_lossy(&python.stderr).contains(says),
+        "{says}: {python:?}"
+    );
+}
+
+/// The verifiers refuse the log, naming `broken` after `after`.
+#[track_caller]
+fn refused(app: &TestApp, broken: u64, after: u64) {
+    refused_saying(
+        app,
+        &format!("event {broken} does not follow event {after}"),
     );
 }
 
@@ -95,8 +125,12 @@ async fn untouched_history_verifies_and_each_rewrite_names_the_first_broken_even
         Backend::Sqlite => &[
             "DROP TRIGGER events_refuse_update",
             "DROP TRIGGER events_refuse_delete",
+            "DROP TRIGGER checkpoints_refuse_delete",
         ],
-        Backend::Postgres => &["ALTER TABLE events DISABLE TRIGGER USER"],
+        Backend::Postgres => &[
+            "ALTER TABLE events DISABLE TRIGGER USER",
+            "ALTER TABLE checkpoints DISABLE TRIGGER USER",
+        ],
     };
     sql(&db, disable).await;
 
@@ -119,6 +153,45 @@ async fn untouched_history_verifies_and_each_rewrite_names_the_first_broken_even
     sql(&db, &swap).await;
     verifies(&app);
 
+    // The newest event removed: what is left is a chain, but the
+    // checkpoint signed over it names an event that is gone.
+    let last = policyhub(&app, &["list-events", "-o", "json", "--limit", "1"]);
+    let last: serde_json::Value = serde_json::from_str(last.success()).unwrap();
+    let last = last["events"][0]["id"].as_str().unwrap().to_owned();
+    sql(
+        &db,
+        &[
+            &format!("CREATE TABLE kept AS SELECT * FROM events WHERE id = {last}"),
+            &format!("DELETE FROM events WHERE id = {last}"),
+        ],
+    )
+    .await;
+    refused_saying(&app, &format!("its last event {last} is not in the log"));
+    sql(
+        &db,
+        &["INSERT INTO events SELECT * FROM kept", "DROP TABLE kept"],
+    )
+    .await;
+    verifies(&app);
+
+    // A checkpoint forged into the table: its signature does not hold.
+    sql(
+        &db,
+        &[
+            "INSERT INTO checkpoints (revision, last_event_id, chain_head, at, key_id, jws) \
+           SELECT revision + 1, last_event_id, chain_head, at, key_id, jws || 'A' \
+           FROM checkpoints WHERE id = (SELECT MAX(id) FROM checkpoints)",
+        ],
+    )
+    .await;
+    refused_saying(&app, "does not hold: signature check failed");
+    sql(
+        &db,
+        &["DELETE FROM checkpoints WHERE id = (SELECT MAX(id) FROM checkpoints)"],
+    )
+    .await;
+    verifies(&app);
+
     // One deleted.
     sql(&db, &["DELETE FROM events WHERE id = 2"]).await;
     refused(&app, 3, 1);
@@ -134,7 +207,7 @@ async fn events_written_before_the_chain_are_sealed_at_start() {
         app.release("team", "limits", json!({"max": version}), true)
             .await;
     }
-    let head = verifies(&app).stdout;
+    let head = verifies(&app).stdout.rsplit_once(' ').unwrap().1.to_owned();
     let db = app.sql().await;
     sql(
         &db,
@@ -147,5 +220,8 @@ async fn events_written_before_the_chain_are_sealed_at_start() {
     db.close().await.ok();
     let database = app.stop().await;
     let app = spawn_on(database, |_| {}).await;
-    assert_eq!(verifies(&app).stdout, head, "sealed to the same chain");
+    assert!(
+        verifies(&app).stdout.ends_with(&head),
+        "sealed to the same chain"
+    );
 }

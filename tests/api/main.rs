@@ -6,6 +6,7 @@ mod auth;
 mod backup;
 mod bad_input;
 mod bad_input_table;
+mod checkpoints;
 mod cli;
 mod client_settings;
 mod concurrency;

@@ -105,6 +105,7 @@ pub enum Rpc {
     ListVersions,
     ListPolicies,
     ListEvents,
+    ListCheckpoints,
     DiffVersions,
     SetSchema,
     GetActive,
@@ -134,7 +135,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 34] = [
+    pub const ALL: [Rpc; 35] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -144,6 +145,7 @@ impl Rpc {
         Rpc::ListVersions,
         Rpc::ListPolicies,
         Rpc::ListEvents,
+        Rpc::ListCheckpoints,
         Rpc::DiffVersions,
         Rpc::SetSchema,
         Rpc::GetActive,
@@ -200,7 +202,11 @@ impl Rpc {
     pub fn is_namespaced(self) -> bool {
         !matches!(
             self,
-            Rpc::GetSigningKeys | Rpc::RotateSigningKey | Rpc::Backup | Rpc::WhoAmI
+            Rpc::GetSigningKeys
+                | Rpc::RotateSigningKey
+                | Rpc::Backup
+                | Rpc::WhoAmI
+                | Rpc::ListCheckpoints
         )
     }
 
@@ -211,6 +217,7 @@ impl Rpc {
             | Rpc::ListVersions
             | Rpc::ListPolicies
             | Rpc::ListEvents
+            | Rpc::ListCheckpoints
             | Rpc::DiffVersions
             | Rpc::GetActive
             | Rpc::WatchActive

@@ -1,0 +1,187 @@
+//! Signed checkpoints of the chain. Every transaction that takes a
+//! revision writes one before it commits, signed by the hook the hub
+//! installs; `refresh_checkpoint` writes one when the newest is old. A
+//! replica serves only checkpoints it committed or read back, so one that
+//! cannot reach its database serves an ever older one.
+
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::entities::{checkpoints, events};
+use super::paging::Paging;
+use super::rows::{db_revision, now, revision};
+use super::transaction::{CheckpointSigner, Repository, Transaction};
+use crate::domain::chain::Checkpoint;
+use crate::domain::{AsOf, Page, Result};
+use crate::signing::CheckpointClaims;
+
+fn record(row: checkpoints::Model) -> Checkpoint {
+    Checkpoint {
+        id: revision(row.id),
+        revision: revision(row.revision),
+        last_event_id: revision(row.last_event_id),
+        chain_head: row.chain_head,
+        at: row.at,
+        key_id: row.key_id,
+        jws: row.jws,
+    }
+}
+
+async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
+    Ok(checkpoints::Entity::find()
+        .order_by(checkpoints::Column::Id, Order::Desc)
+        .one(db)
+        .await?
+        .map(record))
+}
+
+impl Transaction {
+    /// Signs and writes a checkpoint of the chain as this transaction
+    /// leaves it, at `revision`.
+    pub(super) async fn write_checkpoint(
+        &self,
+        revision_in_force: u64,
+        signer: &CheckpointSigner,
+    ) -> Result<Checkpoint> {
+        // Holds the chain's head until commit, so no event lands between
+        // the one read here and the checkpoint.
+        self.chain_head().await?;
+        let last = events::Entity::find()
+            .order_by(events::Column::Id, Order::Desc)
+            .one(&self.txn)
+            .await?;
+        let (last_event_id, chain_head) = last
+            .map(|event| (revision(event.id), event.hash.unwrap_or_default()))
+            .unwrap_or_default();
+        let at = now();
+        let claims = CheckpointClaims::new(revision_in_force, last_event_id, chain_head, at);
+        let (jws, key_id) = signer(&claims)?;
+        let row = checkpoints::ActiveModel {
+            id: NotSet,
+            revision: Set(db_revision(revision_in_force)),
+            last_event_id: Set(db_revision(last_event_id)),
+            chain_head: Set(claims.chain_head.clone()),
+            at: Set(at),
+            key_id: Set(key_id.clone()),
+            jws: Set(jws.clone()),
+        };
+        let id = checkpoints::Entity::insert(row)
+            .exec(&self.txn)
+            .await?
+            .last_insert_id;
+        Ok(Checkpoint {
+            id: revision(id),
+            revision: revision_in_force,
+            last_event_id,
+            chain_head: claims.chain_head,
+            at,
+            key_id,
+            jws,
+        })
+    }
+}
+
+impl Repository {
+    /// Makes every revision's transaction sign a checkpoint with `signer`;
+    /// set once, for every clone.
+    pub fn sign_checkpoints_with(&self, signer: CheckpointSigner) {
+        let _ = self.checkpoints.signer.set(signer);
+    }
+
+    /// The newest checkpoint this replica committed or read.
+    pub fn newest_checkpoint(&self) -> Option<Checkpoint> {
+        self.checkpoints
+            .newest
+            .read()
+            .expect("checkpoint lock")
+            .clone()
+    }
+
+    /// Reads the newest stored checkpoint, another replica's included, and
+    /// holds it when it is newer.
+    pub async fn read_newest_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        if let Some(checkpoint) = newest(&self.db).await? {
+            self.checkpoints.publish(checkpoint);
+        }
+        Ok(self.newest_checkpoint())
+    }
+
+    /// Writes a checkpoint unless the newest stored one is younger than
+    /// `fresh_for` and states the chain as it is; holds whichever is newest.
+    #[tracing::instrument(name = "storage.refresh_checkpoint", skip_all)]
+    pub async fn refresh_checkpoint(&self, fresh_for: chrono::Duration) -> Result<Checkpoint> {
+        let Some(signer) = self.checkpoints.signer().cloned() else {
+            return Err(crate::domain::Error::Internal(
+                "checkpoints are refreshed before their signer is installed".into(),
+            ));
+        };
+        let checkpoint = self
+            .write("refresh_checkpoint", async |tx| {
+                tx.chain_head().await?;
+                let last_event_id: Option<i64> = events::Entity::find()
+                    .select_only()
+                    .column_as(events::Column::Id.max(), "id")
+                    .into_tuple::<Option<i64>>()
+                    .one(&tx.txn)
+                    .await?
+                    .flatten();
+                let current = tx.revision_in_force().await?;
+                if let Some(newest) = newest(&tx.txn).await?
+                    && newest.at > tx.at() - fresh_for
+                    && newest.revision == current
+                    && newest.last_event_id == last_event_id.map_or(0, revision)
+                {
+                    return Ok(newest);
+                }
+                tx.write_checkpoint(current, &signer).await
+            })
+            .await?;
+        self.checkpoints.publish(checkpoint.clone());
+        Ok(checkpoint)
+    }
+
+    /// The checkpoint that proves what was in force at `as_of`: the first
+    /// one at or after it, or the newest when none is yet.
+    #[tracing::instrument(name = "storage.proving_checkpoint", skip_all)]
+    pub async fn proving_checkpoint(&self, as_of: AsOf) -> Result<Option<Checkpoint>> {
+        let query = match as_of {
+            AsOf::Revision(at) => checkpoints::Entity::find()
+                .filter(checkpoints::Column::Revision.gte(db_revision(at))),
+            AsOf::Time(at) => checkpoints::Entity::find().filter(checkpoints::Column::At.gte(at)),
+        };
+        match query
+            .order_by(checkpoints::Column::Id, Order::Asc)
+            .one(&self.db)
+            .await?
+        {
+            Some(row) => Ok(Some(record(row))),
+            None => self.read_newest_checkpoint().await,
+        }
+    }
+
+    /// The checkpoints, newest first; the page token is the last id.
+    #[tracing::instrument(name = "storage.list_checkpoints", skip_all)]
+    pub async fn list_checkpoints(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<Checkpoint>> {
+        let paging = Paging::new("checkpoints", &(), page_size);
+        let mut query = checkpoints::Entity::find();
+        if let Some(below) = paging.position::<i64>(page_token)? {
+            query = query.filter(checkpoints::Column::Id.lt(below));
+        }
+        let mut rows = query
+            .order_by(checkpoints::Column::Id, Order::Desc)
+            .limit(paging.limit())
+            .all(&self.db)
+            .await?;
+        let next_page_token = paging.finish(&mut rows, |last| last.id.to_string());
+        Ok(Page {
+            items: rows.into_iter().map(record).collect(),
+            next_page_token,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! Signed checkpoints: every revision commits with one, reads carry the one
+//! that proves them (GetActive, as of a revision included; every watch
+//! message), a quiet server signs one every interval, and a runtime whose
+//! replica is cut off from PostgreSQL by a black hole reports the
+//! checkpoint stale within its maximum age, then fresh again.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use policyhub::grpc::proto;
+use policyhub_runtime::{
+    Event, Subscription,
+    bundle::Jwks,
+    checkpoint::{CheckpointClaims, verify_checkpoint},
+};
+use prost::Message;
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, TestDatabase, next_message, spawn_on, target};
+
+crate::on_both_backends!(every_revision_is_signed_and_reads_carry_their_proof);
+
+/// The claims of `checkpoint`, verified against the server's keys, and
+/// equal to the fields beside the JWS.
+async fn verified(app: &TestApp, checkpoint: &proto::Checkpoint) -> CheckpointClaims {
+    let jwks: Jwks = serde_json::from_str(&app.jwks_json().await).unwrap();
+    let claims = verify_checkpoint(&checkpoint.jws, &jwks).expect("the checkpoint verifies");
+    assert_eq!(
+        (
+            claims.revision,
+            claims.last_event_id,
+            claims.chain_head.as_str()
+        ),
+        (
+            checkpoint.revision,
+            checkpoint.last_event_id,
+            checkpoint.chain_head.as_str()
+        )
+    );
+    claims
+}
+
+async fn get_active(
+    app: &TestApp,
+    as_of: Option<proto::get_active_request::AsOf>,
+) -> proto::Bundle {
+    app.bundle
+        .clone()
+        .get_active(proto::GetActiveRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            as_of,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn every_revision_is_signed_and_reads_carry_their_proof(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+
+    let now = get_active(&app, None).await;
+    let proof = verified(&app, now.checkpoint.as_ref().expect("a proof")).await;
+    assert_eq!(proof.revision, 2);
+    let events = app.events("team", "limits").await;
+    assert_eq!(
+        proof.last_event_id,
+        events.iter().map(|event| event.id).max().unwrap()
+    );
+
+    use proto::get_active_request::AsOf;
+    let then = get_active(&app, Some(AsOf::AsOfRevision(1))).await;
+    assert_eq!(then.version, 1);
+    let proof = verified(&app, then.checkpoint.as_ref().expect("a proof")).await;
+    assert_eq!(proof.revision, 1, "the checkpoint of revision 1 proves it");
+
+    let mut stream = app.watch("team", &[], 0).await;
+    let snapshot = next_message(&mut stream).await;
+    let carried = proto::Checkpoint::decode(snapshot.checkpoint.clone().expect("carried")).unwrap();
+    assert_eq!(verified(&app, &carried).await.revision, 2);
+
+    app.try_activate(vec![target("team", "limits", 1)])
+        .await
+        .unwrap();
+    let update = next_message(&mut stream).await;
+    let carried = proto::Checkpoint::decode(update.checkpoint.clone().expect("carried")).unwrap();
+    assert_eq!(
+        (update.revision, verified(&app, &carried).await.revision),
+        (3, 3),
+        "an update carries its own revision's checkpoint"
+    );
+}
+
+/// A quiet server signs a checkpoint every interval, and PROGRESS messages
+/// carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_server_signs_a_checkpoint_every_interval() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_on(database, |settings| {
+        settings.audit.checkpoint_interval = Duration::from_millis(400);
+        settings.watch.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let mut stream = app.watch("team", &[], 0).await;
+    let mut times = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let message = next_message(&mut stream).await;
+        let carried = proto::Checkpoint::decode(message.checkpoint.expect("carried")).unwrap();
+        times.insert(verified(&app, &carried).await.time);
+    }
+    assert!(
+        times.len() >= 3,
+        "a new checkpoint at least every 400 ms without activity: {times:?}"
+    );
+}
+
+/// A runtime on a replica whose link to PostgreSQL is black-holed: the
+/// replica goes on streaming, but its checkpoint stops advancing, and the
+/// runtime says so within its maximum age, keeping its state; once the link
+/// is back, a fresh checkpoint ends the stale spell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_reports_a_replica_cut_off_by_a_black_hole_as_stale() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let (scheme_and_user, rest) = database.url.split_once('@').unwrap();
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let proxy = crate::helpers::CuttableProxy::start(host_port.parse().unwrap()).await;
+    let database = TestDatabase {
+        url: format!("{scheme_and_user}@{}/{path}", proxy.address),
+        ..database
+    };
+    let app = spawn_on(database, |settings| {
+        settings.audit.checkpoint_interval = Duration::from_millis(400);
+        settings.watch.heartbeat_interval = Duration::from_millis(200);
+        // The replica keeps streaming: only its checkpoints tell.
+        settings.watch.vouch_timeout = Duration::from_secs(120);
+    })
+    .await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+
+    let max_age = Duration::from_secs(2);
+    let events = Subscription::new(format!("http://{}", app.address), "team")
+        .max_checkpoint_age(Some(max_age))
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .events();
+    let mut events = std::pin::pin!(events);
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("an event in time")
+            .expect("the subscription goes on")
+            .expect("not refused")
+    };
+    loop {
+        if let Event::Applied(state) = next().await {
+            assert_eq!(state.revision, 1);
+            break;
+        }
+    }
+
+    proxy.stall();
+    let stalled = Instant::now();
+    let (age, found_after) = loop {
+        if let Event::CheckpointStale { age, .. } = next().await {
+            break (age, stalled.elapsed());
+        }
+    };
+    println!("stale after {found_after:?}, the checkpoint {age:?} old");
+    assert!(age >= max_age, "{age:?}");
+    assert!(
+        found_after <= max_age + Duration::from_millis(500),
+        "reported within the maximum age of the last checkpoint: {found_after:?}"
+    );
+
+    proxy.restore();
+    loop {
+        match next().await {
+            Event::CheckpointFresh { .. } => break,
+            Event::Applied(state) => panic!("nothing changed, yet {state:?}"),
+            _ => {}
+        }
+    }
+}
