@@ -6,6 +6,7 @@
 //! with which exit code, is decided in one place: `failure`.
 
 mod agent;
+mod archive;
 mod args;
 mod backup;
 mod connection;
@@ -311,9 +312,9 @@ enum Command {
     VerifyLog {
         #[command(flatten)]
         client: Client,
-        /// Verify this file instead, the output of `policyhub list-events -o
-        /// json --limit N` over the whole log (an archive); `-` reads
-        /// standard input.
+        /// Verify this file instead: an archive `policyhub export` wrote, or
+        /// the output of `policyhub list-events -o json --limit N` over the
+        /// whole log; `-` reads standard input.
         #[arg(long, short = 'f')]
         filename: Option<PathBuf>,
         /// With -f: the checkpoints too, the output of `policyhub
@@ -340,6 +341,24 @@ enum Command {
         #[command(flatten)]
         client: Client,
         /// Where to write it; FILE.part until it is whole and checked.
+        file: PathBuf,
+    },
+    /// Write an archive of namespaces (every namespace and the whole log
+    /// when none is named) to standard output: their policies, versions and
+    /// signatures, rollouts and events, with the log's checkpoints and the
+    /// keys that signed (reader in each; "*:reader" for all).
+    Export {
+        #[command(flatten)]
+        client: Client,
+        /// The namespaces; none: all.
+        namespaces: Vec<String>,
+    },
+    /// Load an archive into a server where its namespaces are empty, in one
+    /// transaction (admin in every namespace).
+    Import {
+        #[command(flatten)]
+        client: Client,
+        /// The archive `policyhub export` wrote; `-` reads standard input.
         file: PathBuf,
     },
     /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its
@@ -578,6 +597,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup { client, file } => {
             let (channel, output) = client.connect().await?;
             backup::backup(channel, output, file).await?
+        }
+        Command::Export { client, namespaces } => {
+            let (channel, _) = client.connect().await?;
+            archive::export(channel, namespaces).await?
+        }
+        Command::Import { client, file } => {
+            let (channel, output) = client.connect().await?;
+            archive::import(channel, output, &file).await?
         }
         Command::GenerateKey { out } => {
             let key = signing::write_new_key(&out)?;

@@ -17,6 +17,7 @@ use super::failure::{Reply, Unusable, What};
 use super::inspect::collect;
 use super::output::{Output, descriptors, print_json};
 use crate::domain::chain;
+use crate::grpc::archive;
 use crate::grpc::convert::{event_record, jwks};
 use crate::grpc::proto::{
     self, bundle_service_client::BundleServiceClient, policy_service_client::PolicyServiceClient,
@@ -62,8 +63,14 @@ pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<
     verify(&events, Some((&checkpoints, &jwks(&keys))), output)
 }
 
-/// Reads `file` as the protobuf JSON of the message `name`.
-fn read<M: Message + Default>(file: &Path, name: &str, written_by: &str) -> anyhow::Result<M> {
+/// Reads `file` (whose text is `text`) as the protobuf JSON of the message
+/// `name`.
+fn read<M: Message + Default>(
+    file: &Path,
+    text: &str,
+    name: &str,
+    written_by: &str,
+) -> anyhow::Result<M> {
     let not_it = || {
         Unusable::new(
             What::Document,
@@ -73,8 +80,8 @@ fn read<M: Message + Default>(file: &Path, name: &str, written_by: &str) -> anyh
     let descriptor = descriptors()
         .get_message_by_name(name)
         .expect("the message is in the descriptor set");
-    let dynamic =
-        DynamicMessage::deserialize(descriptor, document::read(file)?).with_context(not_it)?;
+    let dynamic = DynamicMessage::deserialize(descriptor, document::parse(file, text)?)
+        .with_context(not_it)?;
     Ok(M::decode(dynamic.encode_to_vec().as_slice())?)
 }
 
@@ -86,8 +93,13 @@ pub fn verify_files(
     checkpoints: Option<(&Path, &Path)>,
     output: Output,
 ) -> anyhow::Result<()> {
+    let text = document::read_text(events_file)?;
+    if text.starts_with("{\"header\"") && checkpoints.is_none() {
+        return verify_archive(text.as_bytes(), output);
+    }
     let listed: proto::ListEventsResponse = read(
         events_file,
+        &text,
         "policyhub.v1.ListEventsResponse",
         "policyhub list-events -o json",
     )?;
@@ -96,11 +108,13 @@ pub fn verify_files(
     };
     let checkpoints: proto::ListCheckpointsResponse = read(
         checkpoints_file,
+        &document::read_text(checkpoints_file)?,
         "policyhub.v1.ListCheckpointsResponse",
         "policyhub list-checkpoints -o json",
     )?;
     let keys: proto::GetSigningKeysResponse = read(
         jwks_file,
+        &document::read_text(jwks_file)?,
         "policyhub.v1.GetSigningKeysResponse",
         "policyhub get-signing-keys -o json",
     )?;
@@ -109,6 +123,35 @@ pub fn verify_files(
         Some((&checkpoints.checkpoints, &jwks(&keys))),
         output,
     )
+}
+
+/// Verifies an archive `policyhub export` wrote: whole and unaltered, every
+/// signature, and for an archive of every namespace the chain and every
+/// checkpoint.
+fn verify_archive(bytes: &[u8], output: Output) -> anyhow::Result<()> {
+    let unusable = |error: crate::domain::Error| Unusable::new(What::Log, error.to_string());
+    let (archive, _) = archive::decode(bytes).map_err(unusable)?;
+    archive.check().map_err(unusable)?;
+    let whole = archive.scope.is_empty();
+    let (events, checkpoints) = (archive.events.len(), archive.checkpoints.len());
+    match output {
+        Output::Json => print_json(&json!({
+            "events": events.to_string(),
+            "checkpoints": checkpoints.to_string(),
+            "head": if whole { archive.chain_head.as_str() } else { "" },
+        })),
+        Output::Table if whole => println!(
+            "{events} events verified, {checkpoints} signed checkpoints hold; the chain's head is \
+             {}",
+            archive.chain_head
+        ),
+        Output::Table => println!(
+            "{} versions verified; an archive of some namespaces holds part of the log, whose \
+             chain only an archive of every namespace proves",
+            archive.versions.len()
+        ),
+    }
+    Ok(())
 }
 
 fn verify(

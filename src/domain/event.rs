@@ -52,11 +52,13 @@ pub enum EventKind {
     ScheduleResumed,
     /// A schedule naming the policy was deleted.
     ScheduleDeleted,
+    /// An archive was imported.
+    Imported,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -78,6 +80,7 @@ impl EventKind {
         EventKind::SchedulePaused,
         EventKind::ScheduleResumed,
         EventKind::ScheduleDeleted,
+        EventKind::Imported,
     ];
 
     /// The name used in storage and in the API.
@@ -104,6 +107,7 @@ impl EventKind {
             EventKind::SchedulePaused => "SCHEDULE_PAUSED",
             EventKind::ScheduleResumed => "SCHEDULE_RESUMED",
             EventKind::ScheduleDeleted => "SCHEDULE_DELETED",
+            EventKind::Imported => "IMPORTED",
         }
     }
 

@@ -2,6 +2,7 @@
 //! here knows about gRPC or SQL; `storage` enforces these rules inside its
 //! transactions and `grpc` converts to and from the wire.
 
+pub mod archive;
 pub(crate) mod body;
 pub mod chain;
 mod commands;

@@ -1,5 +1,6 @@
 //! The gRPC adapters: protobuf in, domain call, protobuf out.
 
+pub mod archive;
 pub mod auth;
 mod backup;
 mod bundle_service;

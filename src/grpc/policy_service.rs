@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::archive;
 use super::auth::{Rpc, identify};
 use super::backup;
 use super::policy_replies as reply;
@@ -20,7 +21,7 @@ use super::rollouts::{self, control_wanted};
 use super::runtimes;
 use super::schedules;
 use crate::config::Limits;
-use crate::domain::Namespace;
+use crate::domain::{Namespace, NamespaceScope};
 use crate::hub::{Control, PolicyHub, ScheduleControl};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -56,6 +57,52 @@ impl PolicyService for PolicyApi {
         identify(&request)?.authorize_everywhere(Rpc::Backup)?;
         let (file, revision) = self.hub.backup(&self.staging).await?;
         Ok(Response::new(backup::chunks(file, revision).await?))
+    }
+
+    type ExportStream = archive::Chunks;
+
+    async fn export(&self, request: Request<proto::ExportRequest>) -> Reply<Self::ExportStream> {
+        let caller = identify(&request)?;
+        let namespaces = request
+            .get_ref()
+            .namespaces
+            .iter()
+            .enumerate()
+            .map(|(index, namespace)| Namespace::parse(&format!("namespaces[{index}]"), namespace))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scope = if namespaces.is_empty() {
+            caller.authorize_everywhere(Rpc::Export)?;
+            NamespaceScope::All
+        } else {
+            for namespace in &namespaces {
+                caller.authorize(Rpc::Export, namespace)?;
+            }
+            NamespaceScope::Among(namespaces)
+        };
+        let archive = self.hub.export(&scope).await?;
+        Ok(Response::new(archive::chunks(archive::encode(&archive))))
+    }
+
+    async fn import(
+        &self,
+        request: Request<tonic::Streaming<proto::ImportChunk>>,
+    ) -> Reply<proto::ImportResponse> {
+        let context = identify(&request)?.authorize_everywhere(Rpc::Import)?;
+        let bytes = archive::receive(request.into_inner()).await?;
+        let (archive, sha256) = archive::decode(&bytes)?;
+        let source = archive::source(&archive, &sha256);
+        let imported = self.hub.import(&context, &archive, &source).await?;
+        Ok(Response::new(proto::ImportResponse {
+            namespaces: archive
+                .namespaces()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            policies: imported.policies as u32,
+            versions: imported.versions as u32,
+            events: imported.events as u32,
+            revision: imported.revision,
+        }))
     }
 
     async fn who_am_i(

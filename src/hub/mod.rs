@@ -3,6 +3,7 @@
 //! decide, signs, writes in one transaction, and applies what moved to the
 //! in-memory index before the reply goes out.
 
+mod archive;
 mod fleet;
 mod lifecycle;
 mod reads;
@@ -281,10 +282,29 @@ impl PolicyHub {
 
     async fn catch_up_locked(&self) -> Result<()> {
         let changes = self.repository.changes_since(self.index.revision()).await?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // An import (here or on another replica) may bring the keys that
+        // signed what it loaded.
+        self.refresh_jwks().await?;
         self.repository.read_newest_checkpoint().await?;
         self.show_checkpoint();
         for change in changes {
             self.index.apply(change);
+        }
+        Ok(())
+    }
+
+    /// Serves every stored public key in the JWKS.
+    async fn refresh_jwks(&self) -> Result<()> {
+        let jwks = self.repository.signing_keys().await?;
+        let mut keys = self.keys.write().expect("keys lock");
+        if keys.jwks.len() != jwks.len() {
+            *keys = Arc::new(Keys {
+                signer: keys.signer.clone(),
+                jwks,
+            });
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ use crate::domain::{PolicyBody, Requirement};
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";
 
 /// A private key that can sign bundles.
+#[derive(Clone)]
 pub struct SigningKey {
     jwk: Jwk,
     encoding_key: EncodingKey,

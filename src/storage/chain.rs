@@ -19,7 +19,7 @@ use crate::domain::{Result, chain};
 const CHAIN_LOCK: i64 = 7_240_533;
 
 /// The hash of the last event, if it has one.
-async fn head<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<String> {
+pub(super) async fn head<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<String> {
     let mut query = events::Entity::find();
     if let Some(below) = below {
         query = query.filter(events::Column::Id.lt(below));

@@ -37,6 +37,17 @@ async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
         .map(record))
 }
 
+/// Every checkpoint, oldest first.
+pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Checkpoint>> {
+    Ok(checkpoints::Entity::find()
+        .order_by(checkpoints::Column::Id, Order::Asc)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(record)
+        .collect())
+}
+
 impl Transaction {
     /// Signs and writes a checkpoint of the chain as this transaction
     /// leaves it, at `revision`.

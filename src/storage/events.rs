@@ -96,7 +96,7 @@ impl Transaction {
         policy: Option<&LockedPolicy>,
         event: NewEvent<'_>,
     ) -> Result<()> {
-        let mut record = EventRecord {
+        let record = EventRecord {
             id: 0,
             kind: event.kind,
             policy: policy.map(|policy| {
@@ -114,12 +114,23 @@ impl Transaction {
             rollout_id: event.rollout_id.map(str::to_owned),
             hash: String::new(),
         };
+        self.append_event(record, policy.map(|policy| policy.id))
+            .await
+    }
+
+    /// Appends `record` to the log as it is (its id and hash aside), linked
+    /// to the head of the chain, about the policy row `policy_id`.
+    pub(super) async fn append_event(
+        &self,
+        mut record: EventRecord,
+        policy_id: Option<i64>,
+    ) -> Result<()> {
         record.hash = chain::link(&self.chain_head().await?, &record);
         let (namespace, name) = record.policy.clone().unzip();
         let row = events::ActiveModel {
             id: NotSet,
             kind: Set(record.kind.as_str().to_owned()),
-            policy_id: Set(policy.map(|policy| policy.id)),
+            policy_id: Set(policy_id),
             namespace: Set(namespace),
             name: Set(name),
             actor: Set(record.actor),

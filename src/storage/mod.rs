@@ -1,5 +1,6 @@
 //! Persistence on SeaORM: SQLite embedded, PostgreSQL for several replicas.
 
+mod archive;
 mod backup;
 mod chain;
 mod checkpoints;
@@ -31,6 +32,7 @@ use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
+pub use archive::Imported;
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
 pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};

@@ -106,7 +106,7 @@ async fn stable_bundle<C: ConnectionTrait>(
     active_bundle(&version_record(policy, None, model)?, at).map(Some)
 }
 
-async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
+pub(super) async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
     let row = db
         .query_one_raw(Statement::from_string(
             db.get_database_backend(),
@@ -144,11 +144,26 @@ impl Transaction {
     /// cannot commit before revision N. On PostgreSQL the revision is
     /// announced to every replica's listener at commit (see `replication`).
     pub async fn take_revision(&self) -> Result<u64> {
+        self.advance_revision(1).await
+    }
+
+    /// Takes the next `count` revisions; the last of them.
+    pub(super) async fn advance_revision(&self, count: u64) -> Result<u64> {
+        let count = i64::try_from(count)
+            .map_err(|_| Error::Internal(format!("{count} revisions at once")))?;
+        let placeholder = match self.backend() {
+            DatabaseBackend::Postgres => "$1",
+            _ => "?",
+        };
         let row = self
             .txn
-            .query_one_raw(Statement::from_string(
+            .query_one_raw(Statement::from_sql_and_values(
                 self.backend(),
-                "UPDATE revision_counter SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+                format!(
+                    "UPDATE revision_counter SET revision = revision + {placeholder} WHERE id = 1 \
+                     RETURNING revision"
+                ),
+                [count.into()],
             ))
             .await?
             .ok_or_else(|| Error::Internal("the revision counter row is missing".into()))?;

@@ -21,7 +21,7 @@ fn to_row(rollout: &Rollout) -> Result<String> {
         .map_err(|error| Error::Internal(format!("cannot store the rollout: {error}")))
 }
 
-fn from_row(row: rollouts::Model) -> Result<Rollout> {
+pub(super) fn from_row(row: rollouts::Model) -> Result<Rollout> {
     serde_json::from_str(&row.spec).map_err(|error| {
         Error::Internal(format!("stored rollout {} is unreadable: {error}", row.id))
     })
@@ -99,6 +99,26 @@ impl Transaction {
             spec: Set(to_row(rollout)?),
             created_at: Set(self.at()),
             updated_at: Set(self.at()),
+        })
+        .exec_without_returning(&self.txn)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a rollout as an archive holds it, with its own times.
+    pub(super) async fn insert_archived_rollout(
+        &self,
+        rollout: &Rollout,
+        created_at: chrono::DateTime<chrono::Utc>,
+        updated_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        rollouts::Entity::insert(rollouts::ActiveModel {
+            id: Set(rollout.id.clone()),
+            namespace: Set(rollout.namespace.to_string()),
+            state: Set(rollout.state.as_str().to_owned()),
+            spec: Set(to_row(rollout)?),
+            created_at: Set(created_at),
+            updated_at: Set(updated_at),
         })
         .exec_without_returning(&self.txn)
         .await?;

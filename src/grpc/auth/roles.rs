@@ -130,12 +130,14 @@ pub enum Rpc {
     ResumeSchedule,
     DeleteSchedule,
     Backup,
+    Export,
+    Import,
     WhoAmI,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 35] = [
+    pub const ALL: [Rpc; 37] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -170,6 +172,8 @@ impl Rpc {
         Rpc::ResumeSchedule,
         Rpc::DeleteSchedule,
         Rpc::Backup,
+        Rpc::Export,
+        Rpc::Import,
         Rpc::WhoAmI,
     ];
 
@@ -194,6 +198,7 @@ impl Rpc {
                 | Rpc::PauseSchedule
                 | Rpc::ResumeSchedule
                 | Rpc::DeleteSchedule
+                | Rpc::Import
         )
     }
 
@@ -205,6 +210,7 @@ impl Rpc {
             Rpc::GetSigningKeys
                 | Rpc::RotateSigningKey
                 | Rpc::Backup
+                | Rpc::Import
                 | Rpc::WhoAmI
                 | Rpc::ListCheckpoints
         )
@@ -229,6 +235,7 @@ impl Rpc {
             | Rpc::ListRollouts
             | Rpc::GetSchedule
             | Rpc::ListSchedules
+            | Rpc::Export
             | Rpc::WhoAmI => Role::Reader,
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
@@ -244,7 +251,7 @@ impl Rpc {
             | Rpc::ResumeSchedule
             | Rpc::DeleteSchedule => Role::Operator,
             Rpc::ApproveRollout => Role::Approver,
-            Rpc::SetSchema | Rpc::RotateSigningKey | Rpc::Backup => Role::Admin,
+            Rpc::SetSchema | Rpc::RotateSigningKey | Rpc::Backup | Rpc::Import => Role::Admin,
         }
     }
 }

@@ -1,0 +1,66 @@
+//! `policyhub export` and `policyhub import`: an archive of namespaces (the
+//! Export RPC's stream, written to standard output), and an archive loaded
+//! into a server where its namespaces are empty.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::connection::AuthChannel;
+use super::document;
+use super::failure::{Refused, Reply};
+use super::output::{Output, print_json};
+use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
+
+/// Bytes per chunk sent, well below the default 4 MiB message limit.
+const CHUNK: usize = 256 * 1024;
+
+/// Writes the archive of `namespaces` (all of them when empty) to standard
+/// output as it arrives.
+pub async fn export(channel: AuthChannel, namespaces: Vec<String>) -> anyhow::Result<()> {
+    let mut stream = PolicyServiceClient::new(channel)
+        .export(proto::ExportRequest { namespaces })
+        .await
+        .reply("exporting")?;
+    let mut out = std::io::stdout().lock();
+    let broken = |status| Refused::new("exporting", status);
+    while let Some(chunk) = stream.message().await.map_err(broken)? {
+        out.write_all(&chunk.data)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Loads the archive in `file` (`-`: standard input).
+pub async fn import(channel: AuthChannel, output: Output, file: &Path) -> anyhow::Result<()> {
+    let bytes = document::read_text(file)?.into_bytes();
+    let chunks: Vec<proto::ImportChunk> = bytes
+        .chunks(CHUNK)
+        .map(|data| proto::ImportChunk {
+            data: data.to_vec(),
+        })
+        .collect();
+    let imported = PolicyServiceClient::new(channel)
+        .import(futures::stream::iter(chunks))
+        .await
+        .reply("importing")?;
+    match output {
+        Output::Json => print_json(&json!({
+            "namespaces": imported.namespaces,
+            "policies": imported.policies,
+            "versions": imported.versions,
+            "events": imported.events,
+            "revision": imported.revision.to_string(),
+        })),
+        Output::Table => println!(
+            "imported {} policies, {} versions and {} events into {}; active at revision {}",
+            imported.policies,
+            imported.versions,
+            imported.events,
+            imported.namespaces.join(", "),
+            imported.revision
+        ),
+    }
+    Ok(())
+}
