@@ -467,10 +467,12 @@ pub async fn events(
     Ok(())
 }
 
-/// `policyhub list-checkpoints`.
-pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let checkpoints = collect(limit.limit, |page_size, page_token| {
+/// Up to `limit` checkpoints, newest first, page after page.
+pub async fn list_checkpoints(
+    client: &PolicyServiceClient<AuthChannel>,
+    limit: u32,
+) -> anyhow::Result<Vec<proto::Checkpoint>> {
+    collect(limit, |page_size, page_token| {
         let mut client = client.clone();
         let request = proto::ListCheckpointsRequest {
             page_size,
@@ -484,7 +486,13 @@ pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> 
             Ok((page.checkpoints, page.next_page_token))
         }
     })
-    .await?;
+    .await
+}
+
+/// `policyhub list-checkpoints`.
+pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> anyhow::Result<()> {
+    let client = PolicyServiceClient::new(channel);
+    let checkpoints = list_checkpoints(&client, limit.limit).await?;
     if output == Output::Json {
         print_message(&proto::ListCheckpointsResponse {
             checkpoints,

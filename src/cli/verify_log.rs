@@ -14,7 +14,7 @@ use serde_json::json;
 use super::connection::AuthChannel;
 use super::document;
 use super::failure::{Reply, Unusable, What};
-use super::inspect::collect;
+use super::inspect::{collect, list_checkpoints};
 use super::output::{Output, descriptors, print_json};
 use crate::domain::chain;
 use crate::grpc::archive;
@@ -41,21 +41,7 @@ pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<
         }
     })
     .await?;
-    let checkpoints = collect(u32::MAX, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListCheckpointsRequest {
-            page_size,
-            page_token,
-        };
-        async move {
-            let page = client
-                .list_checkpoints(request)
-                .await
-                .reply("reading the checkpoints")?;
-            Ok((page.checkpoints, page.next_page_token))
-        }
-    })
-    .await?;
+    let checkpoints = list_checkpoints(&client, u32::MAX).await?;
     let keys = BundleServiceClient::new(channel)
         .get_signing_keys(proto::GetSigningKeysRequest {})
         .await

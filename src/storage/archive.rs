@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    AccessMode, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, DatabaseBackend, EntityTrait,
-    IsolationLevel, Order, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, EntityTrait, Order, PaginatorTrait,
+    QueryFilter, QueryOrder,
 };
 
 use super::chain::head;
@@ -41,17 +41,7 @@ impl Repository {
     /// archive, read in one snapshot.
     #[tracing::instrument(name = "storage.export", skip_all)]
     pub async fn export(&self, scope: &NamespaceScope) -> Result<Archive> {
-        let txn = match self.db.get_database_backend() {
-            DatabaseBackend::Postgres => {
-                self.db
-                    .begin_with_config(
-                        Some(IsolationLevel::RepeatableRead),
-                        Some(AccessMode::ReadOnly),
-                    )
-                    .await?
-            }
-            _ => self.db.begin().await?,
-        };
+        let txn = self.snapshot().await?;
         let whole = matches!(scope, NamespaceScope::All);
         let mut archive = Archive {
             scope: match scope {

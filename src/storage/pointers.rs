@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    AccessMode, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
-    IsolationLevel, Order, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
-    sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, Order,
+    QueryFilter, QueryOrder, QuerySelect, Statement, sea_query::Expr,
 };
 
 use super::entities::{events, policies};
@@ -249,19 +248,8 @@ impl Repository {
     #[tracing::instrument(name = "storage.load_active", skip_all)]
     pub async fn load_active(&self) -> Result<RevisionChange> {
         // One snapshot for both reads, so the bundles are exactly those of
-        // the revision (PostgreSQL's default isolation would let a commit in
-        // between show through; SQLite transactions are snapshots already).
-        let txn = match self.db.get_database_backend() {
-            DatabaseBackend::Postgres => {
-                self.db
-                    .begin_with_config(
-                        Some(IsolationLevel::RepeatableRead),
-                        Some(AccessMode::ReadOnly),
-                    )
-                    .await?
-            }
-            _ => self.db.begin().await?,
-        };
+        // the revision.
+        let txn = self.snapshot().await?;
         let at = current_revision(&txn).await?;
         let rows = BundleRow::find_by_statement(Statement::from_string(
             txn.get_database_backend(),

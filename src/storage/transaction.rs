@@ -187,6 +187,23 @@ impl Repository {
         Ok(self.db.ping().await?)
     }
 
+    /// A read-only transaction whose reads all see one snapshot: REPEATABLE
+    /// READ on PostgreSQL, whose default would let a commit in between show
+    /// through; SQLite transactions are snapshots already.
+    pub(super) async fn snapshot(&self) -> Result<DatabaseTransaction> {
+        Ok(match self.db.get_database_backend() {
+            DatabaseBackend::Postgres => {
+                self.db
+                    .begin_with_config(
+                        Some(sea_orm::IsolationLevel::RepeatableRead),
+                        Some(sea_orm::AccessMode::ReadOnly),
+                    )
+                    .await?
+            }
+            _ => self.db.begin().await?,
+        })
+    }
+
     pub(super) async fn begin(&self) -> Result<Transaction> {
         let writer = match &self.sqlite_writer {
             Some(lock) => Some(lock.clone().lock_owned().await),

@@ -63,36 +63,32 @@ async fn history(app: &TestApp) {
         app.publish("team", "quota", "", version % 3 == 0).await;
     }
     app.draft("team", "quota", json!({"per": 10})).await;
+    let rollout = start_rollout(app, 990, 951).await;
+    app.policy
+        .clone()
+        .promote_rollout(control(&rollout))
+        .await
+        .unwrap();
+    let rollout = start_rollout(app, 989, 990).await;
+    app.policy
+        .clone()
+        .abort_rollout(control(&rollout))
+        .await
+        .unwrap();
+}
+
+/// Starts a rollout of limits to `version` from `active`; its id.
+async fn start_rollout(app: &TestApp, version: u32, active: u32) -> String {
     let mut request = start_request(vec![step(50, Duration::from_secs(3600))]);
-    request.targets[0].selector = Some(proto::rollout_target_request::Selector::Version(990));
-    request.targets[0].expected_active_version = Some(951);
-    let rollout = app
-        .policy
+    request.targets[0].selector = Some(proto::rollout_target_request::Selector::Version(version));
+    request.targets[0].expected_active_version = Some(active);
+    app.policy
         .clone()
         .start_rollout(request)
         .await
         .unwrap()
-        .into_inner();
-    app.policy
-        .clone()
-        .promote_rollout(control(&rollout.id))
-        .await
-        .unwrap();
-    let mut request = start_request(vec![step(50, Duration::from_secs(3600))]);
-    request.targets[0].selector = Some(proto::rollout_target_request::Selector::Version(989));
-    request.targets[0].expected_active_version = Some(990);
-    let rollout = app
-        .policy
-        .clone()
-        .start_rollout(request)
-        .await
-        .unwrap()
-        .into_inner();
-    app.policy
-        .clone()
-        .abort_rollout(control(&rollout.id))
-        .await
-        .unwrap();
+        .into_inner()
+        .id
 }
 
 fn control(id: &str) -> proto::RolloutControlRequest {

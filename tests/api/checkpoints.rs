@@ -124,14 +124,7 @@ async fn a_quiet_server_signs_a_checkpoint_every_interval() {
 /// is back, a fresh checkpoint ends the stale spell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_reports_a_replica_cut_off_by_a_black_hole_as_stale() {
-    let database = TestDatabase::new(Backend::Postgres).await;
-    let (scheme_and_user, rest) = database.url.split_once('@').unwrap();
-    let (host_port, path) = rest.split_once('/').unwrap();
-    let proxy = crate::helpers::CuttableProxy::start(host_port.parse().unwrap()).await;
-    let database = TestDatabase {
-        url: format!("{scheme_and_user}@{}/{path}", proxy.address),
-        ..database
-    };
+    let (database, proxy) = crate::helpers::postgres_behind_proxy().await;
     let app = spawn_on(database, |settings| {
         settings.audit.checkpoint_interval = Duration::from_millis(400);
         settings.watch.heartbeat_interval = Duration::from_millis(200);

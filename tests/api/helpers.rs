@@ -698,6 +698,20 @@ fn is_root() -> bool {
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
 }
 
+/// A new PostgreSQL test database that the server reaches through a
+/// [`CuttableProxy`].
+pub async fn postgres_behind_proxy() -> (TestDatabase, CuttableProxy) {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let (scheme_and_user, rest) = database.url.split_once('@').unwrap();
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let proxy = CuttableProxy::start(host_port.parse().unwrap()).await;
+    let database = TestDatabase {
+        url: format!("{scheme_and_user}@{}/{path}", proxy.address),
+        ..database
+    };
+    (database, proxy)
+}
+
 /// What a [`CuttableProxy`] does with its links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Links {

@@ -581,14 +581,7 @@ async fn racing_activations_on_two_replicas_are_seen_alike_on_both() {
 /// once the database answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_postgres_stops_vouching() {
-    let database = TestDatabase::new(Backend::Postgres).await;
-    let (scheme_and_user, rest) = database.url.split_once('@').unwrap();
-    let (host_port, path) = rest.split_once('/').unwrap();
-    let proxy = crate::helpers::CuttableProxy::start(host_port.parse().unwrap()).await;
-    let database = TestDatabase {
-        url: format!("{scheme_and_user}@{}/{path}", proxy.address),
-        ..database
-    };
+    let (database, proxy) = crate::helpers::postgres_behind_proxy().await;
     let app = spawn_on(database, |settings| {
         settings.watch.catch_up_interval = Duration::from_millis(200);
         settings.watch.vouch_timeout = Duration::from_millis(1000);
