@@ -132,6 +132,11 @@ async fn the_watch_is_a_stream_of_server_sent_events() {
     let update = source.next_event().await;
     assert_eq!((update.id, update.event.as_str()), (Some(2), "update"));
     assert_eq!(bundles(&update), [("other".to_owned(), 1)]);
+    assert_eq!(
+        update.data["checkpoint"]["revision"], "2",
+        "the update carries its revision's signed checkpoint: {}",
+        update.data
+    );
     source.close().await;
 
     // Only what was asked for, as in gRPC.
