@@ -38,7 +38,9 @@
 //!   and the namespace lock's cost to concurrent activations;
 //! - `startup` ([`startup`]): start-up and latencies by stored versions;
 //! - `wide` ([`wide`]): streams of a namespace of 1,000 policies against
-//!   streams of one policy, one activation.
+//!   streams of one policy, one activation;
+//! - `history` ([`history`]): an activation's transaction with the hash
+//!   chain and a signed checkpoint against the same without them.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -46,6 +48,7 @@
 
 mod etcd;
 mod fanout;
+mod history;
 mod memory;
 mod postgres;
 mod scale;
@@ -74,10 +77,11 @@ pub enum Section {
     Postgres,
     Startup,
     Wide,
+    History,
 }
 
 impl Section {
-    const ALL: [Section; 9] = [
+    const ALL: [Section; 10] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -87,6 +91,7 @@ impl Section {
         Section::Postgres,
         Section::Startup,
         Section::Wide,
+        Section::History,
     ];
 
     fn name(self) -> &'static str {
@@ -100,6 +105,7 @@ impl Section {
             Section::Postgres => "postgres",
             Section::Startup => "startup",
             Section::Wide => "wide",
+            Section::History => "history",
         }
     }
 }
@@ -417,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Postgres => postgres::run(&settings).await,
             Section::Startup => startup::run(&settings).await,
             Section::Wide => wide::run(&settings).await,
+            Section::History => history::run(&settings).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,

@@ -12,14 +12,16 @@ use sea_orm::{
 
 use super::entities::events;
 use super::events::record;
+use super::rows::revision;
 use super::transaction::{Repository, Transaction};
 use crate::domain::{Result, chain};
 
 /// The advisory lock key of the chain's head.
 const CHAIN_LOCK: i64 = 7_240_533;
 
-/// The hash of the last event, if it has one.
-pub(super) async fn head<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<String> {
+/// The id and hash of the last event (below `below`): 0 and the genesis
+/// for an empty log.
+async fn tip<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<(u64, String)> {
     let mut query = events::Entity::find();
     if let Some(below) = below {
         query = query.filter(events::Column::Id.lt(below));
@@ -28,14 +30,25 @@ pub(super) async fn head<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Resu
         .order_by(events::Column::Id, Order::Desc)
         .one(db)
         .await?;
-    Ok(last
-        .and_then(|event| event.hash)
-        .unwrap_or_else(|| chain::GENESIS.to_owned()))
+    Ok(last.map_or_else(
+        || (0, chain::GENESIS.to_owned()),
+        |event| (revision(event.id), event.hash.unwrap_or_default()),
+    ))
+}
+
+/// The hash of the last event (below `below`).
+pub(super) async fn head<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<String> {
+    Ok(tip(db, below).await?.1)
 }
 
 impl Transaction {
-    /// The head of the chain, held for the rest of the transaction.
-    pub(super) async fn chain_head(&self) -> Result<String> {
+    /// The last event and the head of the chain as this transaction leaves
+    /// them, held until it ends: read once, after taking the chain's lock
+    /// on PostgreSQL, then kept as the transaction appends events.
+    pub(super) async fn chain_tip(&self) -> Result<(u64, String)> {
+        if let Some(tip) = self.chain.lock().expect("chain tip").clone() {
+            return Ok(tip);
+        }
         if self.backend() == DatabaseBackend::Postgres {
             self.txn
                 .execute_raw(Statement::from_sql_and_values(
@@ -45,7 +58,14 @@ impl Transaction {
                 ))
                 .await?;
         }
-        head(&self.txn, None).await
+        let read = tip(&self.txn, None).await?;
+        *self.chain.lock().expect("chain tip") = Some(read.clone());
+        Ok(read)
+    }
+
+    /// Notes that event `id`, linked as `hash`, is the chain's new tip.
+    pub(super) fn chain_appended(&self, id: u64, hash: String) {
+        *self.chain.lock().expect("chain tip") = Some((id, hash));
     }
 }
 
@@ -56,7 +76,7 @@ impl Repository {
         self.write("seal_events", async |tx| {
             // The head first: replicas starting together seal once, and the
             // second finds nothing left to seal.
-            tx.chain_head().await?;
+            tx.chain_tip().await?;
             let unsealed = events::Entity::find()
                 .filter(events::Column::Hash.is_null())
                 .order_by(events::Column::Id, Order::Asc)

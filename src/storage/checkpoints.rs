@@ -9,7 +9,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entities::{checkpoints, events};
+use super::entities::checkpoints;
 use super::paging::Paging;
 use super::rows::{db_revision, now, revision};
 use super::transaction::{CheckpointSigner, Repository, Transaction};
@@ -56,16 +56,9 @@ impl Transaction {
         revision_in_force: u64,
         signer: &CheckpointSigner,
     ) -> Result<Checkpoint> {
-        // Holds the chain's head until commit, so no event lands between
-        // the one read here and the checkpoint.
-        self.chain_head().await?;
-        let last = events::Entity::find()
-            .order_by(events::Column::Id, Order::Desc)
-            .one(&self.txn)
-            .await?;
-        let (last_event_id, chain_head) = last
-            .map(|event| (revision(event.id), event.hash.unwrap_or_default()))
-            .unwrap_or_default();
+        // The chain's lock is held until commit: no event lands between
+        // the tip and the checkpoint.
+        let (last_event_id, chain_head) = self.chain_tip().await?;
         let at = now();
         let claims = CheckpointClaims::new(revision_in_force, last_event_id, chain_head, at);
         let (jws, key_id) = signer(&claims)?;
@@ -130,19 +123,12 @@ impl Repository {
         };
         let checkpoint = self
             .write("refresh_checkpoint", async |tx| {
-                tx.chain_head().await?;
-                let last_event_id: Option<i64> = events::Entity::find()
-                    .select_only()
-                    .column_as(events::Column::Id.max(), "id")
-                    .into_tuple::<Option<i64>>()
-                    .one(&tx.txn)
-                    .await?
-                    .flatten();
+                let (last_event_id, _) = tx.chain_tip().await?;
                 let current = tx.revision_in_force().await?;
                 if let Some(newest) = newest(&tx.txn).await?
                     && newest.at > tx.at() - fresh_for
                     && newest.revision == current
-                    && newest.last_event_id == last_event_id.map_or(0, revision)
+                    && newest.last_event_id == last_event_id
                 {
                     return Ok(newest);
                 }

@@ -125,7 +125,8 @@ impl Transaction {
         mut record: EventRecord,
         policy_id: Option<i64>,
     ) -> Result<()> {
-        record.hash = chain::link(&self.chain_head().await?, &record);
+        record.hash = chain::link(&self.chain_tip().await?.1, &record);
+        let hash = record.hash.clone();
         let (namespace, name) = record.policy.clone().unzip();
         let row = events::ActiveModel {
             id: NotSet,
@@ -144,9 +145,11 @@ impl Transaction {
             rollout_id: Set(record.rollout_id),
             hash: Set(Some(record.hash)),
         };
-        events::Entity::insert(row)
-            .exec_without_returning(&self.txn)
-            .await?;
+        let id = events::Entity::insert(row)
+            .exec(&self.txn)
+            .await?
+            .last_insert_id;
+        self.chain_appended(revision(id), hash);
         Ok(())
     }
 

@@ -105,6 +105,8 @@ pub struct Transaction {
     /// The revision this transaction took, 0 for none: it commits with a
     /// checkpoint of it.
     revision_taken: AtomicU64,
+    /// The chain's last event and head once read (see `chain`).
+    pub(super) chain: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl Transaction {
@@ -216,6 +218,7 @@ impl Repository {
             namespaces: BTreeSet::new(),
             rows_locked: AtomicBool::new(false),
             revision_taken: AtomicU64::new(0),
+            chain: std::sync::Mutex::new(None),
         })
     }
 
