@@ -264,6 +264,32 @@ async fn a_thousand_versions_move_from_sqlite_to_postgres_unchanged() {
         verified.stdout
     );
 
+    // New versions are the target's: the next number, its own key.
+    // (quota's requirement came along: limits stays on a release label)
+    target.draft("team", "limits", json!({"max": 991})).await;
+    let next = target
+        .publish("team", "limits", "1.991.0", true)
+        .await
+        .version
+        .unwrap();
+    let keys = target
+        .bundle
+        .clone()
+        .get_signing_keys(proto::GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (next.version, next.key_id.as_str()),
+        (991, keys.signing_key_id.as_str())
+    );
+    assert!(
+        published
+            .iter()
+            .all(|version| version.key_id != keys.signing_key_id),
+        "the source's keys signed the history, the target's signs what comes next"
+    );
+
     // Into a namespace that is not empty: refused, nothing written.
     let before = target.db_state().await;
     let again = import(&target, &archive);
