@@ -134,9 +134,7 @@ fn activations(dir: &Path, chained: bool, duration: Duration) -> anyhow::Result<
     }
     let elapsed = start.elapsed();
     drop(connection);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    crate::sqlite::remove_database(&path);
     Ok(done as f64 / elapsed.as_secs_f64())
 }
 

@@ -50,10 +50,15 @@ fn raw_commits(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
     let elapsed = start.elapsed();
     drop(insert);
     drop(connection);
+    remove_database(&path);
+    Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+/// Removes a SQLite database and its WAL files.
+pub fn remove_database(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    Ok(done as f64 / elapsed.as_secs_f64())
 }
 
 pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {

@@ -23,6 +23,7 @@ mod rollout;
 mod schedule;
 mod schema;
 mod sync;
+mod verify;
 mod verify_log;
 mod watch;
 
@@ -30,16 +31,13 @@ use connection::{AuthChannel, Connection};
 use failure::{Reply, Unusable, Usage, What};
 use output::Output;
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseOverrides, Overrides, Settings};
-use crate::signing::{self, Jwks};
+use crate::signing;
 use crate::startup::{self, Application};
 
 /// policyhub: signed, versioned policies for runtimes.
@@ -513,7 +511,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (channel, output) = client.connect().await?;
             inspect::keys(channel, output).await?
         }
-        Command::Verify { jwks, bundle } => return verify(&jwks, bundle.as_deref()),
+        Command::Verify { jwks, bundle } => return verify::verify(&jwks, bundle.as_deref()),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -612,59 +610,4 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The JWS in a bundle file: the text itself, or the "jws" member of JSON.
-fn bundle_jws(text: &str) -> anyhow::Result<String> {
-    let text = text.trim();
-    if !text.starts_with('{') {
-        return Ok(text.to_owned());
-    }
-    let value: serde_json::Value = serde_json::from_str(text).context(Unusable::new(
-        What::Bundle,
-        "the bundle is neither a JWS nor JSON",
-    ))?;
-    value
-        .get("jws")
-        .and_then(|jws| jws.as_str())
-        .filter(|jws| !jws.is_empty())
-        .map(str::to_owned)
-        .context(Unusable::new(
-            What::Bundle,
-            "the JSON has no \"jws\" member: an unsigned draft cannot be verified",
-        ))
-}
-
-fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let jwks: Jwks = serde_json::from_str(&document::read_text(jwks_path)?).with_context(|| {
-        Unusable::new(What::Jwks, format!("{} is not a JWKS", jwks_path.display()))
-    })?;
-    let jws = bundle_jws(&document::read_text(bundle.unwrap_or(Path::new("-")))?)?;
-    match signing::verify(&jws, &jwks) {
-        Ok(claims) => {
-            println!(
-                "verified: {} version {}{} digest {}",
-                claims.sub,
-                claims.ver,
-                claims
-                    .label
-                    .map(|label| format!(" ({label})"))
-                    .unwrap_or_default(),
-                claims.digest
-            );
-            if !claims.requirements.is_empty() {
-                let requirements = claims
-                    .requirements
-                    .iter()
-                    .map(|requirement| (requirement.name.as_str(), requirement.range.as_str()));
-                println!("requires: {}", output::requirements_text(requirements));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(error) => Err(Unusable::new(
-            What::Signature,
-            format!("the bundle does not verify: {error}"),
-        )
-        .into()),
-    }
 }
