@@ -3,7 +3,9 @@
 //! parts joined), whose `id` is the revision, so that an `EventSource`
 //! reconnecting with `Last-Event-ID` resumes without missing a change.
 //! PROGRESS messages are comments, which keep the connection alive and
-//! tell the revision without moving the resume point. A stream that ends
+//! tell the revision without moving the resume point; one that brings a
+//! newer signed checkpoint adds a `checkpoint` event without an id, which
+//! leaves the resume point where it was. A stream that ends
 //! with an error says so in a last `error` event.
 
 use std::convert::Infallible;
@@ -122,44 +124,66 @@ pub fn stream(
     body: tonic::body::Body,
     bundle: MessageDescriptor,
 ) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
-    futures::stream::unfold(Some(Revisions::new(body)), move |revisions| {
+    let state = (Revisions::new(body), None::<Bytes>);
+    futures::stream::unfold(Some(state), move |state| {
         let bundle = bundle.clone();
         async move {
-            let mut revisions = revisions?;
+            let (mut revisions, mut shown) = state?;
             let (text, more) = match revisions.next().await? {
-                Ok(whole) => (event(&whole, &bundle), true),
+                Ok(whole) => (event(&whole, &bundle, &mut shown), true),
                 Err(status) => (error_event(&status), false),
             };
             Some((
                 Ok(Frame::data(Bytes::from(text))),
-                more.then_some(revisions),
+                more.then_some((revisions, shown)),
             ))
         }
     })
 }
 
-/// The text of a whole revision: a comment for a PROGRESS, else an event
-/// whose id is the revision.
-fn event(whole: &WatchActiveResponse, bundle: &MessageDescriptor) -> String {
+/// A checkpoint as JSON, in the protobuf JSON mapping.
+fn checkpoint_json(encoded: &Bytes, bundle: &MessageDescriptor) -> Option<Value> {
+    let descriptor = bundle
+        .parent_pool()
+        .get_message_by_name("policyhub.v1.Checkpoint")?;
+    let decoded = DynamicMessage::decode(descriptor, encoded.clone()).ok()?;
+    serde_json::to_value(&decoded).ok()
+}
+
+/// The text of a whole revision: a comment for a PROGRESS (followed by a
+/// `checkpoint` event without an id when it carries a checkpoint not shown
+/// yet), else an event whose id is the revision. `shown` is the last
+/// checkpoint this stream showed.
+fn event(
+    whole: &WatchActiveResponse,
+    bundle: &MessageDescriptor,
+    shown: &mut Option<Bytes>,
+) -> String {
+    let fresh = whole
+        .checkpoint
+        .as_ref()
+        .filter(|checkpoint| Some(*checkpoint) != shown.as_ref());
+    let checkpoint = whole
+        .checkpoint
+        .as_ref()
+        .and_then(|encoded| checkpoint_json(encoded, bundle));
     if whole.kind == MessageKind::Progress {
-        return format!(": progress {}\n\n", whole.revision);
+        let mut text = format!(": progress {}\n\n", whole.revision);
+        if fresh.is_some()
+            && let Some(json) = &checkpoint
+        {
+            text.push_str(&format!("event: checkpoint\ndata: {json}\n\n"));
+        }
+        shown.clone_from(&whole.checkpoint);
+        return text;
     }
+    shown.clone_from(&whole.checkpoint);
     let bundles: Vec<Value> = whole
         .bundles
         .iter()
         .filter_map(|encoded| DynamicMessage::decode(bundle.clone(), encoded.clone()).ok())
         .filter_map(|decoded| serde_json::to_value(&decoded).ok())
         .collect();
-    let checkpoint = whole
-        .checkpoint
-        .as_ref()
-        .zip(
-            bundle
-                .parent_pool()
-                .get_message_by_name("policyhub.v1.Checkpoint"),
-        )
-        .and_then(|(encoded, descriptor)| DynamicMessage::decode(descriptor, encoded.clone()).ok())
-        .and_then(|decoded| serde_json::to_value(&decoded).ok());
     let (name, kind) = match whole.kind {
         MessageKind::Snapshot => ("snapshot", "WATCH_EVENT_KIND_SNAPSHOT"),
         _ => ("update", "WATCH_EVENT_KIND_UPDATE"),

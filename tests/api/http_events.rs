@@ -198,3 +198,38 @@ async fn an_event_source_resumes_by_last_event_id_after_kill_9() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A quiet SSE stream learns of each newer signed checkpoint from a
+/// `checkpoint` event without an id, which leaves the resume point alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_sse_stream_shows_each_newer_checkpoint() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.watch.heartbeat_interval = std::time::Duration::from_millis(100);
+        settings.audit.checkpoint_interval = std::time::Duration::from_millis(400);
+    })
+    .await;
+    let address = app.http_address.unwrap();
+    release_over_http(address, "limits", 1);
+    let url = format!("http://{address}/v1/namespaces/team/active:watch");
+    let mut source = EventSource::open(&url, None);
+    let snapshot = source.next_event().await;
+    assert_eq!(snapshot.id, Some(1));
+    let shown = snapshot.data["checkpoint"]["time"].clone();
+    let checkpoint = tokio::time::timeout(std::time::Duration::from_secs(5), source.next_event())
+        .await
+        .expect("a newer checkpoint within the interval");
+    assert_eq!(
+        (checkpoint.id, checkpoint.event.as_str()),
+        (None, "checkpoint")
+    );
+    assert_eq!(checkpoint.data["revision"], "1");
+    assert_ne!(checkpoint.data["time"], shown, "a newer one");
+    assert_eq!(
+        checkpoint.data["jws"]
+            .as_str()
+            .map(|jws| jws.split('.').count()),
+        Some(3)
+    );
+    source.close().await;
+}
