@@ -3,7 +3,7 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
     sea_query::Expr,
 };
 
@@ -68,8 +68,22 @@ impl Transaction {
         Ok(locked.into_iter().flatten().collect())
     }
 
-    /// Locks the policy, creating it first when it does not exist.
-    pub async fn lock_or_create_policy(&self, policy: &PolicyRef) -> Result<LockedPolicy> {
+    /// Locks the policy, creating it first when it does not exist. Creating
+    /// one changes the namespace's set of policies, which its lock guards
+    /// (an import judges the namespace empty under it): so a policy that
+    /// does not exist yet is created under the namespace's lock, taken here
+    /// before any row lock.
+    pub async fn lock_or_create_policy(&mut self, policy: &PolicyRef) -> Result<LockedPolicy> {
+        let exists = policies::Entity::find()
+            .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
+            .filter(policies::Column::Name.eq(policy.name.as_str()))
+            .count(&self.txn)
+            .await?
+            > 0;
+        if exists {
+            return self.lock_policy(policy).await;
+        }
+        self.lock_namespaces([&policy.namespace]).await?;
         let row = policies::ActiveModel {
             id: NotSet,
             namespace: Set(policy.namespace.to_string()),

@@ -11,7 +11,9 @@
 //!    Publish with activate, StartRollout and rollout completion) and its
 //!    requirement graph (the cycle check of a Draft with requirements).
 //!    Every writer of that state takes it too: moving a pointer and storing
-//!    a draft with requirements. Storage refuses to read a namespace's
+//!    a draft with requirements. It also guards the namespace's set of
+//!    policies, rollouts and schedules: creating one takes it, and an import
+//!    judges the namespace empty under it. Storage refuses to read a namespace's
 //!    active set or graph in a transaction that does not hold its lock, so
 //!    a decision cannot forget it.
 //! 2. **Rollout and schedule rows**, `FOR UPDATE`: a control or a

@@ -508,6 +508,7 @@ races!(
     one_runtime_id_opened_by_two_subjects_at_once_has_one_holder,
     a_schema_set_racing_an_activation_never_leaves_an_unreported_violation,
     one_idempotency_key_on_two_replicas_activates_once,
+    an_import_racing_a_new_policy_of_its_namespace_is_judged_in_turn,
 );
 
 /// X 2.0.0 alone is fine, Y 2.0.0 (requiring X ^1) alone is fine; both
@@ -882,4 +883,71 @@ async fn one_idempotency_key_on_two_replicas_activates_once(race: Race) {
              if it moved the pointer"
         );
     }
+}
+
+/// An import of namespace N on one replica while the other creates a new
+/// policy in N: the import judges N empty under N's lock, which creating a
+/// policy takes too. Either the new policy came first and the import is
+/// refused, or the import came first and the new policy was created after
+/// every imported one.
+async fn an_import_racing_a_new_policy_of_its_namespace_is_judged_in_turn(race: Race) {
+    let source = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let mut archives = Vec::new();
+    for round in 0..ROUNDS {
+        let namespace = format!("imported-{round}");
+        source
+            .release(&namespace, "limits", json!({"v": round}), true)
+            .await;
+        let exported = crate::cli::policyhub(&source, &["export", &namespace]);
+        archives.push(exported.success().as_bytes().to_vec());
+    }
+    let (mut imported, mut refused) = (0, 0);
+    for (round, archive) in archives.into_iter().enumerate() {
+        let namespace = format!("imported-{round}");
+        let mut client = race.policy(0);
+        let chunks = vec![proto::ImportChunk { data: archive }];
+        let import = authorized(futures::stream::iter(chunks), &race.admin);
+        let import = async move { client.import(import).await.map(tonic::Response::into_inner) };
+        let create = call!(
+            race,
+            1,
+            draft,
+            draft_request(&namespace, "other", json!({"v": 1}), &[]),
+            &race.admin
+        );
+        let (import, create) = at_once(import, create).await;
+        create.unwrap_or_else(|status| panic!("round {round}: the new policy: {status:?}"));
+        let ids = race
+            .stored(&format!(
+                "SELECT name || ' ' || CAST(id AS TEXT) AS line FROM policies \
+                 WHERE namespace = '{namespace}'"
+            ))
+            .await;
+        let id_of = |name: &str| -> Option<i64> {
+            ids.iter()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .map(|id| id.parse().unwrap())
+        };
+        match import {
+            Ok(_) => {
+                imported += 1;
+                assert!(
+                    id_of("other") > id_of("limits"),
+                    "round {round}: the import judged the namespace empty, yet a policy \
+                     created before it committed: {ids:?}"
+                );
+            }
+            Err(status) => {
+                refused += 1;
+                assert_eq!(
+                    status.code(),
+                    Code::FailedPrecondition,
+                    "round {round}: {status:?}"
+                );
+                assert!(status.message().contains("is not empty"), "{status:?}");
+                assert_eq!(id_of("limits"), None, "round {round}: nothing imported");
+            }
+        }
+    }
+    println!("{imported} imports went first, {refused} were refused");
 }
