@@ -1,26 +1,38 @@
 //! Fan-out: the time from issuing a write to its receipt on every watch
 //! stream, policyhub's `WatchActive` against etcd's native gRPC watch
-//! ([`crate::etcd`]), one connection per watcher.
+//! ([`crate::etcd`]), one connection per watcher; and the server's CPU time
+//! per delivered update, against etcd's and against the floor
+//! ([`crate::floor`]): a bare HTTP/2 server writing pre-encoded frames of
+//! the same length to the same streams.
 //!
-//! Each repeat starts both servers fresh. policyhub: one policy with a
+//! Each repeat starts every server fresh. policyhub: one policy with a
 //! body of the case's size, N streams each until its SNAPSHOT, then one
 //! `Activate` per round timed from its issue to the UPDATE on every stream.
 //! etcd: N watchers of one key, then one `Put` per round of a value as long
-//! as policyhub's encoded bundle, timed from its issue. The `tls` section
-//! runs the same with TLS on both servers' ports ([`crate::tls`]).
+//! as policyhub's encoded bundle, timed from its issue. The floor: N
+//! streams, then one write per round. The CPU time is read from `/proc`
+//! just before each write and after its last receipt, so the clients' own
+//! work on the same cores does not count; `/proc` counts in 10 ms ticks,
+//! hence at least 20,000 deliveries per repeat. The `tls` section runs the
+//! same with TLS on policyhub's and etcd's ports ([`crate::tls`]), without
+//! the floor.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::{
     Outcome, Row, Settings, Target, Unit,
     etcd::Etcd,
+    floor::Floor,
     support::{
-        Options, Policyhub, ROUND_PAUSE, SETTLE, Tls, Watcher, collect_round, ms, percentile,
-        rss_kib, wait_for_fds_to_close,
+        Options, Policyhub, SETTLE, Tls, Watcher, ms, open_streams, percentile, rss_kib,
+        timed_round, wait_for_fds_to_close,
     },
 };
+
+/// The floor, named in the table.
+const FLOOR: &str = "floor: bare h2 server, pre-encoded frames";
 
 /// The absolute p99 bound, set for 10,000 streams.
 const P99_BOUND_MS: f64 = 100.0;
@@ -39,6 +51,10 @@ pub struct Run {
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub streams: usize,
+    /// The server's CPU time over the rounds' writes and deliveries.
+    pub server_cpu: Duration,
+    /// The encoded length of policyhub's first message.
+    pub message_bytes: usize,
 }
 
 impl Run {
@@ -48,6 +64,12 @@ impl Run {
 
     fn quantile_ms(&self, quantile: f64) -> f64 {
         ms(percentile(&self.latencies, quantile))
+    }
+
+    /// Server CPU time per update delivered, microseconds.
+    fn cpu_per_update_us(&self) -> f64 {
+        let delivered = self.latencies.len().max(1);
+        self.server_cpu.as_secs_f64() * 1e6 / delivered as f64
     }
 }
 
@@ -82,12 +104,23 @@ pub async fn policyhub(
 
     let mut latencies = Vec::with_capacity(count * rounds);
     let mut missing = 0;
+    let mut server_cpu = Duration::ZERO;
+    let pid = policyhub.server.pid();
     for round in 1..=rounds {
-        missing += policyhub
-            .timed_round(&mut streams, round as u32 + 1, count, &mut latencies)
-            .await?;
+        let version = round as u32 + 1;
+        let round = timed_round(
+            &pid,
+            &mut streams.received,
+            count,
+            &mut latencies,
+            policyhub.activate(version, &format!("benchmark round to version {version}")),
+        )
+        .await?;
+        missing += round.missing;
+        server_cpu += round.server_cpu;
     }
     let payload_bytes = streams.payload_bytes;
+    let message_bytes = streams.message_bytes;
     drop(streams);
     drop(policyhub);
     wait_for_fds_to_close().await;
@@ -98,6 +131,8 @@ pub async fn policyhub(
         rss_before_kib,
         rss_after_kib,
         streams: count,
+        server_cpu,
+        message_bytes,
     })
 }
 
@@ -118,18 +153,16 @@ pub async fn etcd(
 
     let mut latencies = Vec::with_capacity(count * rounds);
     let mut missing = 0;
+    let mut server_cpu = Duration::ZERO;
+    let pid = running.server.pid();
     for round in 1..=rounds {
-        tokio::time::sleep(ROUND_PAUSE).await;
-        let issued = Instant::now();
-        running.put(round).await?;
-        missing += collect_round(
-            &mut watchers.received,
-            round as u64,
-            issued,
-            count,
-            &mut latencies,
-        )
-        .await;
+        let put = async {
+            running.put(round).await?;
+            Ok(round as u64)
+        };
+        let round = timed_round(&pid, &mut watchers.received, count, &mut latencies, put).await?;
+        missing += round.missing;
+        server_cpu += round.server_cpu;
     }
     drop(watchers);
     drop(running);
@@ -141,6 +174,55 @@ pub async fn etcd(
         rss_before_kib,
         rss_after_kib,
         streams: count,
+        server_cpu,
+        message_bytes: 0,
+    })
+}
+
+/// The floor server with `count` streams of messages of `message_bytes`,
+/// and `rounds` writes.
+pub async fn floor(count: usize, rounds: usize, message_bytes: usize) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let mut floor = Floor::start(&dir.path().join("floor.log"), message_bytes).await?;
+    tokio::time::sleep(SETTLE).await;
+    let rss_before_kib = rss_kib(floor.server.pid())?;
+    let mut streams = open_streams(
+        &floor.endpoint,
+        None,
+        (0..count).map(|_| Watcher::default()),
+    )
+    .await?;
+    tokio::time::sleep(SETTLE).await;
+    let rss_after_kib = rss_kib(floor.server.pid())?;
+
+    let mut latencies = Vec::with_capacity(count * rounds);
+    let mut missing = 0;
+    let mut server_cpu = Duration::ZERO;
+    let pid = floor.server.pid();
+    for round in 1..=rounds {
+        let revision = round as u64 + 1;
+        let write = async {
+            floor.write(revision).await?;
+            Ok(revision)
+        };
+        let round = timed_round(&pid, &mut streams.received, count, &mut latencies, write).await?;
+        missing += round.missing;
+        server_cpu += round.server_cpu;
+    }
+    let payload_bytes = streams.payload_bytes;
+    let message_bytes = streams.message_bytes;
+    drop(streams);
+    drop(floor);
+    wait_for_fds_to_close().await;
+    Ok(Run {
+        latencies,
+        missing,
+        payload_bytes,
+        rss_before_kib,
+        rss_after_kib,
+        streams: count,
+        server_cpu,
+        message_bytes,
     })
 }
 
@@ -148,18 +230,25 @@ pub async fn etcd(
 fn cases(settings: &Settings) -> Vec<(usize, usize)> {
     settings.size(
         vec![(1_000, 1 << 10), (200, 64 << 10)],
-        vec![(10_000, 1 << 10), (1_000, 64 << 10)],
+        vec![(1_000, 1 << 10), (10_000, 1 << 10), (1_000, 64 << 10)],
     )
+}
+
+/// Writes per repeat with `count` streams: enough deliveries for the CPU
+/// time to span many of `/proc`'s 10 ms ticks.
+fn rounds(settings: &Settings, count: usize) -> usize {
+    settings.size(2, 3).max(20_000 / count).min(20)
 }
 
 /// The `fanout` section, or with `tls` the `tls` section.
 pub async fn run(settings: &Settings, etcd: &Etcd, tls: Option<&Tls>) -> anyhow::Result<Outcome> {
-    let rounds = settings.size(2, 3);
     let transport = if tls.is_some() { "TLS, " } else { "" };
     let mut outcome = Outcome::default();
     for (count, body_bytes) in cases(settings) {
+        let rounds = rounds(settings, count);
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
+        let mut floors = Vec::new();
         for repeat in 1..=settings.repeats {
             let run = policyhub(count, rounds, body_bytes, tls)
                 .await
@@ -169,6 +258,13 @@ pub async fn run(settings: &Settings, etcd: &Etcd, tls: Option<&Tls>) -> anyhow:
                 .await
                 .with_context(|| format!("etcd with {count} watchers"))?;
             print_run(&etcd.version, repeat, &baseline);
+            if tls.is_none() {
+                let floor = floor(count, rounds, run.message_bytes)
+                    .await
+                    .with_context(|| format!("the floor with {count} streams"))?;
+                print_run("floor", repeat, &floor);
+                floors.push(floor);
+            }
             ours.push(run);
             theirs.push(baseline);
         }
@@ -192,13 +288,44 @@ pub async fn run(settings: &Settings, etcd: &Etcd, tls: Option<&Tls>) -> anyhow:
                 }
             }
             outcome.rows.push(row);
+            if name == "p99" && !floors.is_empty() {
+                outcome.rows.push(Row::new(
+                    format!("write to every stream {name}, {case}"),
+                    Unit::Milliseconds,
+                    figure(&ours),
+                    FLOOR,
+                    figure(&floors),
+                ));
+            }
         }
-        let missing: usize = ours.iter().map(|run| run.missing).sum();
-        let missing_etcd: usize = theirs.iter().map(|run| run.missing).sum();
+        let cpu = |runs: &[Run]| -> Vec<f64> { runs.iter().map(Run::cpu_per_update_us).collect() };
+        let measure = format!("server CPU per delivered update, {case}");
+        outcome.rows.push(
+            Row::new(
+                &measure,
+                Unit::Microseconds,
+                cpu(&ours),
+                &baseline,
+                cpu(&theirs),
+            )
+            .target(Target::RatioAtMost(0.5)),
+        );
+        if !floors.is_empty() {
+            outcome.rows.push(
+                Row::new(measure, Unit::Microseconds, cpu(&ours), FLOOR, cpu(&floors))
+                    .target(Target::RatioAtMost(2.0)),
+            );
+        }
+        let missing = |runs: &[Run]| -> usize { runs.iter().map(|run| run.missing).sum() };
         outcome.notes.push(format!(
-            "{case}: {rounds} writes per repeat; bundle {} B (etcd value as long); \
-             receipts missing: policyhub {missing}, etcd {missing_etcd}",
+            "{case}: {rounds} writes per repeat; bundle {} B (etcd value as long, floor \
+             message as long as policyhub's {} B); receipts missing: policyhub {}, etcd {}, \
+             floor {}",
             ours.first().map_or(0, |run| run.payload_bytes),
+            ours.first().map_or(0, |run| run.message_bytes),
+            missing(&ours),
+            missing(&theirs),
+            missing(&floors),
         ));
     }
     Ok(outcome)
@@ -207,7 +334,8 @@ pub async fn run(settings: &Settings, etcd: &Etcd, tls: Option<&Tls>) -> anyhow:
 fn print_run(system: &str, repeat: usize, run: &Run) {
     println!(
         "  {system} x{} (repeat {repeat}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, \
-         {} missing, RSS {} -> {} KiB ({:.1} KiB/stream), payload {} B",
+         {} missing, RSS {} -> {} KiB ({:.1} KiB/stream), payload {} B, \
+         {:.1} µs CPU per update",
         run.streams,
         run.quantile_ms(0.50),
         run.quantile_ms(0.99),
@@ -217,5 +345,6 @@ fn print_run(system: &str, repeat: usize, run: &Run) {
         run.rss_after_kib,
         run.kib_per_stream(),
         run.payload_bytes,
+        run.cpu_per_update_us(),
     );
 }

@@ -29,7 +29,8 @@
 //! - `unary` ([`unary`]): GetActive against the same server's
 //!   `grpc.health.v1.Health/Check`;
 //! - `fanout` ([`fanout`]): one activation to many watch streams against
-//!   etcd's native gRPC watch;
+//!   etcd's native gRPC watch, and its server CPU time per delivered update
+//!   against etcd's and a bare HTTP/2 server's ([`floor`]);
 //! - `tls` ([`fanout`] with [`tls`]): the same with TLS on both sides;
 //! - `memory` ([`memory`]): server RSS per idle stream by body size;
 //! - `scale` ([`scale`]): toward 100,000 streams on one server;
@@ -40,7 +41,9 @@
 //! - `wide` ([`wide`]): streams of a namespace of 1,000 policies against
 //!   streams of one policy, one activation;
 //! - `history` ([`history`]): an activation's transaction with the hash
-//!   chain and a signed checkpoint against the same without them.
+//!   chain and a signed checkpoint against the same without them;
+//! - `reports` ([`reports`]): runtimes' status reports at fleet scale, what
+//!   they cost the server, Activate and the fleet reads.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -48,9 +51,11 @@
 
 mod etcd;
 mod fanout;
+mod floor;
 mod history;
 mod memory;
 mod postgres;
+mod reports;
 mod scale;
 mod sqlite;
 mod startup;
@@ -78,10 +83,11 @@ pub enum Section {
     Startup,
     Wide,
     History,
+    Reports,
 }
 
 impl Section {
-    const ALL: [Section; 10] = [
+    const ALL: [Section; 11] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -92,6 +98,7 @@ impl Section {
         Section::Startup,
         Section::Wide,
         Section::History,
+        Section::Reports,
     ];
 
     fn name(self) -> &'static str {
@@ -106,6 +113,7 @@ impl Section {
             Section::Startup => "startup",
             Section::Wide => "wide",
             Section::History => "history",
+            Section::Reports => "reports",
         }
     }
 }
@@ -164,6 +172,7 @@ impl Settings {
 /// How a figure is written.
 #[derive(Clone, Copy, Debug)]
 pub enum Unit {
+    Microseconds,
     Milliseconds,
     Seconds,
     PerSecond,
@@ -174,6 +183,7 @@ pub enum Unit {
 impl Unit {
     fn format(self, value: f64) -> String {
         match self {
+            Unit::Microseconds => format!("{value:.1} µs"),
             Unit::Milliseconds if value < 1.0 => format!("{value:.3} ms"),
             Unit::Milliseconds => format!("{value:.1} ms"),
             Unit::Seconds => format!("{value:.2} s"),
@@ -357,6 +367,9 @@ fn machine() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Ok(spec) = env::var(floor::ROLE) {
+        return floor::serve(&spec).await;
+    }
     let settings = Settings::from_env()?;
     let started = std::time::Instant::now();
     let etcd = if settings
@@ -424,6 +437,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Startup => startup::run(&settings).await,
             Section::Wide => wide::run(&settings).await,
             Section::History => history::run(&settings).await,
+            Section::Reports => reports::run(&settings).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,

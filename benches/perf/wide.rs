@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::{
     Outcome, Row, Settings, Target, Unit,
     support::{
-        NAMESPACE, Options, POLICY, Policyhub, SETTLE, Watcher, cpu_time, ms, percentile,
+        NAMESPACE, Options, POLICY, Policyhub, SETTLE, Watcher, ms, percentile, timed_round,
         wait_for_fds_to_close,
     },
 };
@@ -46,18 +46,21 @@ async fn streams(
     tokio::time::sleep(SETTLE).await;
     let mut latencies = Vec::with_capacity(count * rounds);
     let mut missing = 0;
-    let cpu_before = cpu_time(policyhub.server.pid())?;
+    let mut cpu = Duration::ZERO;
+    let pid = policyhub.server.pid();
     for round in 0..rounds {
-        missing += policyhub
-            .timed_round(
-                &mut streams,
-                first_version + round as u32,
-                count,
-                &mut latencies,
-            )
-            .await?;
+        let version = first_version + round as u32;
+        let round = timed_round(
+            &pid,
+            &mut streams.received,
+            count,
+            &mut latencies,
+            policyhub.activate(version, &format!("benchmark round to version {version}")),
+        )
+        .await?;
+        missing += round.missing;
+        cpu += round.server_cpu;
     }
-    let cpu = cpu_time(policyhub.server.pid())? - cpu_before;
     drop(streams);
     wait_for_fds_to_close().await;
     Ok(Run {

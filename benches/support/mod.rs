@@ -1,30 +1,30 @@
 //! What the benchmarks share: the policyhub server they start, its watch
-//! streams and the receipts they time, percentiles, and what `/proc` says
-//! of a process.
+//! streams and the receipts they time ([`streams`]), percentiles, and what
+//! `/proc` says of a process ([`process`]).
 
 // Each bench binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+mod process;
+mod streams;
+
+pub use process::*;
+pub use streams::*;
+
 use std::{
     fs,
-    io::{self},
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, ensure};
-use futures::{StreamExt, TryStreamExt};
+use anyhow::{Context, ensure};
 use policyhub::grpc::{
     convert::json_to_struct,
-    proto::{
-        self, WatchEventKind, bundle_service_client::BundleServiceClient,
-        policy_service_client::PolicyServiceClient,
-    },
+    proto::{self, policy_service_client::PolicyServiceClient},
 };
 use serde_json::json;
-use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{
     metadata::MetadataValue,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
@@ -32,9 +32,6 @@ use tonic::{
 
 /// Streams being connected at once.
 pub const CONNECT_CONCURRENCY: usize = 200;
-
-/// How long every stream of one round may take to receive the change.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Pause before each round, so rounds do not overlap.
 pub const ROUND_PAUSE: Duration = Duration::from_millis(500);
@@ -96,27 +93,6 @@ async fn connect_with_retry(endpoint: &Endpoint, server: &Server) -> anyhow::Res
             Err(error) => return Err(error).context("the server did not come up"),
         }
     }
-}
-
-/// How a benchmark stream presents itself.
-#[derive(Clone, Default)]
-pub struct Watcher {
-    /// The runtime id it names; without one it joins rollouts at 100 %.
-    pub runtime: Option<String>,
-    /// Whether it answers each UPDATE with a `ReportStatus` APPLIED, as the
-    /// runtime library does.
-    pub reports: bool,
-    /// The loopback source address of its own connection: each address has
-    /// its own ephemeral ports, so more than one is needed beyond ~28,000
-    /// connections to one server port.
-    pub source: Option<IpAddr>,
-    /// A connection it shares with other streams (HTTP/2 multiplexing)
-    /// instead of one of its own.
-    pub channel: Option<Channel>,
-    /// Watch the whole namespace instead of the benchmark policy alone,
-    /// resuming at this revision: the first message is then an empty
-    /// UPDATE rather than a snapshot of every policy.
-    pub whole_namespace_since: Option<u64>,
 }
 
 /// Activates `version` of policy `name` of the benchmark namespace through
@@ -434,24 +410,6 @@ impl Policyhub {
         Ok(())
     }
 
-    /// One timed round: after a pause, activates `version` of the benchmark
-    /// policy and waits for its update on each of `count` streams, recording
-    /// the latencies; returns how many did not arrive.
-    pub async fn timed_round(
-        &mut self,
-        streams: &mut Streams,
-        version: u32,
-        count: usize,
-        latencies: &mut Vec<Duration>,
-    ) -> anyhow::Result<usize> {
-        tokio::time::sleep(ROUND_PAUSE).await;
-        let issued = Instant::now();
-        let revision = self
-            .activate(version, &format!("benchmark round to version {version}"))
-            .await?;
-        Ok(collect_round(&mut streams.received, revision, issued, count, latencies).await)
-    }
-
     /// Activates `version` of the benchmark policy; returns its revision.
     pub async fn activate(&mut self, version: u32, reason: &str) -> anyhow::Result<u64> {
         activate(
@@ -464,349 +422,11 @@ impl Policyhub {
         .await
     }
 
-    /// Opens one stream per watcher, each on its own connection (unless
-    /// the watcher brings a shared one) and past its SNAPSHOT, 200 at a
-    /// time; their UPDATEs' revisions and receipt times arrive on the
-    /// receiver. Also returns how long opening took and the size of the
-    /// snapshot's bundle.
+    /// Opens one stream per watcher on this server: see [`open_streams`].
     pub async fn open_streams(
         &self,
         watchers: impl Iterator<Item = Watcher>,
     ) -> anyhow::Result<Streams> {
-        let (receipts, received) = mpsc::unbounded_channel();
-        let started = Instant::now();
-        let tasks: Vec<(JoinHandle<()>, usize)> = futures::stream::iter(watchers)
-            .map(|watcher| {
-                open_watch(
-                    self.endpoint.clone(),
-                    self.token.clone(),
-                    receipts.clone(),
-                    watcher,
-                )
-            })
-            .buffer_unordered(CONNECT_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(Streams {
-            opened_in: started.elapsed(),
-            payload_bytes: tasks.first().map_or(0, |(_, bytes)| *bytes),
-            tasks: tasks.into_iter().map(|(task, _)| task).collect(),
-            received,
-        })
+        open_streams(&self.endpoint, self.token.as_ref(), watchers).await
     }
-}
-
-/// Open watch streams; dropping this closes them.
-pub struct Streams {
-    pub opened_in: Duration,
-    pub payload_bytes: usize,
-    pub received: mpsc::UnboundedReceiver<(u64, Instant)>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Streams {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Opens one stream on its own connection (or the watcher's shared one)
-/// and waits for its SNAPSHOT; the task it returns reports the receipt
-/// time of every UPDATE. Also returns the size of the bundle the snapshot
-/// carried.
-async fn open_watch(
-    endpoint: Endpoint,
-    token: Option<MetadataValue<tonic::metadata::Ascii>>,
-    receipts: mpsc::UnboundedSender<(u64, Instant)>,
-    watcher: Watcher,
-) -> anyhow::Result<(JoinHandle<()>, usize)> {
-    let channel = match &watcher.channel {
-        Some(channel) => channel.clone(),
-        None => endpoint.local_address(watcher.source).connect().await?,
-    };
-    let mut client = BundleServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let request = authorized(
-        token.as_ref(),
-        proto::WatchActiveRequest {
-            namespace: NAMESPACE.into(),
-            names: match watcher.whole_namespace_since {
-                Some(_) => Vec::new(),
-                None => vec![POLICY.into()],
-            },
-            since_revision: watcher.whole_namespace_since.unwrap_or(0),
-            runtime: watcher.runtime.clone().map(|id| proto::RuntimeIdentity {
-                id,
-                labels: Default::default(),
-            }),
-        },
-    );
-    let mut stream = client.watch_active(request).await?.into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
-        .await
-        .context("no snapshot within 30 s")??
-        .context("the stream ended before its snapshot")?;
-    let payload_bytes = if watcher.whole_namespace_since.is_some() {
-        ensure!(
-            first.kind() == WatchEventKind::Update && first.bundles.is_empty(),
-            "the first message of a resumed stream is not an empty update: {first:?}"
-        );
-        0
-    } else {
-        ensure!(
-            first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
-            "the first message is not a snapshot of one bundle: {first:?}"
-        );
-        first.bundles[0].len()
-    };
-    let task = tokio::spawn(async move {
-        // The client keeps the connection's request half alive.
-        let mut client = client;
-        while let Ok(Some(message)) = stream.message().await {
-            if message.kind() == WatchEventKind::Update {
-                let received = Instant::now();
-                if receipts.send((message.revision, received)).is_err() {
-                    break;
-                }
-                let Some(id) = watcher.runtime.as_ref().filter(|_| watcher.reports) else {
-                    continue;
-                };
-                let applied = message.decode_bundles().unwrap_or_default();
-                let report = proto::ReportStatusRequest {
-                    namespace: NAMESPACE.into(),
-                    runtime_id: id.clone(),
-                    revision: message.revision,
-                    policies: applied
-                        .iter()
-                        .map(|bundle| proto::PolicyApplyStatus {
-                            name: bundle.name.clone(),
-                            version: bundle.version,
-                            state: proto::ApplyState::Applied as i32,
-                            ..Default::default()
-                        })
-                        .collect(),
-                };
-                let report = authorized(token.as_ref(), report);
-                if let Err(status) = client.report_status(report).await {
-                    eprintln!("  warning: report of {id} refused: {status}");
-                }
-            }
-        }
-    });
-    Ok((task, payload_bytes))
-}
-
-/// Waits until `count` receipts tagged `tag` arrived (or the round timed
-/// out), records their latencies, and returns how many are missing.
-pub async fn collect_round(
-    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
-    tag: u64,
-    issued: Instant,
-    count: usize,
-    latencies: &mut Vec<Duration>,
-) -> usize {
-    let deadline = tokio::time::Instant::from_std(issued + ROUND_TIMEOUT);
-    let mut got = 0;
-    while got < count {
-        match tokio::time::timeout_at(deadline, received.recv()).await {
-            Ok(Some((seen, at))) if seen == tag => {
-                latencies.push(at.saturating_duration_since(issued));
-                got += 1;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    if got < count {
-        eprintln!(
-            "  warning: {} of {count} streams did not receive change {tag} in time",
-            count - got
-        );
-    }
-    count - got
-}
-
-/// A server child process, killed when dropped.
-pub struct Server {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    pub fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Self> {
-        let file = fs::File::create(log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {:?}", command.get_program()))?;
-        Ok(Server {
-            child,
-            log: log.to_owned(),
-        })
-    }
-
-    /// Asks the process to stop (SIGTERM) and waits for it, killing it
-    /// after `grace`.
-    pub fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
-        // SAFETY: kill only sends a signal to our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("the server did not stop within {grace:?} of SIGTERM")
-    }
-
-    pub fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Fails with the end of its log when the process exited.
-    pub fn ensure_running(&self) -> anyhow::Result<()> {
-        let pid = self.pid();
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if state.is_empty() || zombie {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("the server exited:\n{}", tail.join("\n"));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: impl std::fmt::Display) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(rss.trim().trim_end_matches("kB").trim().parse()?)
-}
-
-/// User plus system CPU time of a process (`self` for this one).
-pub fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesized command name: state is field 3, utime
-    // and stime are fields 14 and 15.
-    let (_, rest) = stat.rsplit_once(')').context("malformed stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
-}
-
-pub fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// The 1, 5 and 15 minute load averages.
-pub fn load_average() -> String {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    load.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-pub fn open_files_limit() -> anyhow::Result<usize> {
-    let limits = fs::read_to_string("/proc/self/limits")?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .context("no open files limit")?;
-    let soft = line
-        .split_whitespace()
-        .nth(3)
-        .context("malformed open files limit")?;
-    Ok(soft.parse().unwrap_or(usize::MAX))
-}
-
-/// Waits until the previous run's sockets are closed, so the next one has
-/// the whole descriptor budget.
-pub async fn wait_for_fds_to_close() {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let open = fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
-        if open < SPARE_FDS {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Raises this process's open-file limit (soft and, as root with
-/// CAP_SYS_RESOURCE, hard) toward `wanted`, within the kernel's
-/// `fs.nr_open`; children started afterwards inherit it. Returns the soft
-/// limit now in force, and why it stays below `wanted` when it does.
-pub fn raise_open_files_limit(wanted: u64) -> anyhow::Result<(u64, Option<String>)> {
-    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(1 << 20);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error()).context("getrlimit");
-    }
-    let target = wanted.min(nr_open);
-    let capped = (target < wanted).then(|| format!("fs.nr_open is {nr_open}"));
-    if limit.rlim_cur >= target {
-        return Ok((limit.rlim_cur, capped));
-    }
-    let raised = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: limit.rlim_max.max(target),
-    };
-    // SAFETY: setrlimit only reads the struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-        return Ok((target, capped));
-    }
-    // Raising the hard limit needs CAP_SYS_RESOURCE, which a container's
-    // root may lack: the soft limit goes up to the hard one.
-    let refused = io::Error::last_os_error();
-    let soft_only = libc::rlimit {
-        rlim_cur: limit.rlim_max.min(target),
-        rlim_max: limit.rlim_max,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft_only) } != 0 {
-        return Err(io::Error::last_os_error()).context("setrlimit");
-    }
-    Ok((
-        soft_only.rlim_cur,
-        Some(format!(
-            "raising the hard limit {} was refused ({refused})",
-            limit.rlim_max
-        )),
-    ))
 }

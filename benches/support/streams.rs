@@ -1,0 +1,250 @@
+//! Benchmark watch streams: opening them, and timing a change's receipt on
+//! every one.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, ensure};
+use futures::{StreamExt, TryStreamExt};
+use policyhub::grpc::proto::{self, WatchEventKind, bundle_service_client::BundleServiceClient};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+use super::{CONNECT_CONCURRENCY, NAMESPACE, POLICY, ROUND_PAUSE, authorized, cpu_time};
+
+/// How long every stream of one round may take to receive the change.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a benchmark stream presents itself.
+#[derive(Clone, Default)]
+pub struct Watcher {
+    /// The runtime id it names; without one it joins rollouts at 100 %.
+    pub runtime: Option<String>,
+    /// Whether it answers each UPDATE with a `ReportStatus` APPLIED, as the
+    /// runtime library does.
+    pub reports: bool,
+    /// The loopback source address of its own connection: each address has
+    /// its own ephemeral ports, so more than one is needed beyond ~28,000
+    /// connections to one server port.
+    pub source: Option<IpAddr>,
+    /// A connection it shares with other streams (HTTP/2 multiplexing)
+    /// instead of one of its own.
+    pub channel: Option<Channel>,
+    /// Watch the whole namespace instead of the benchmark policy alone,
+    /// resuming at this revision: the first message is then an empty
+    /// UPDATE rather than a snapshot of every policy.
+    pub whole_namespace_since: Option<u64>,
+}
+
+/// Opens one `WatchActive` stream per watcher at `endpoint`, each on its own
+/// connection (unless the watcher brings a shared one) and past its
+/// SNAPSHOT, 200 at a time; their UPDATEs' revisions and receipt times
+/// arrive on the receiver. Also returns how long opening took and the size
+/// of the snapshot.
+pub async fn open_streams(
+    endpoint: &Endpoint,
+    token: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    watchers: impl Iterator<Item = Watcher>,
+) -> anyhow::Result<Streams> {
+    let (receipts, received) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let tasks: Vec<(JoinHandle<()>, Snapshot)> = futures::stream::iter(watchers)
+        .map(|watcher| open_watch(endpoint.clone(), token.cloned(), receipts.clone(), watcher))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let first = tasks
+        .first()
+        .map_or(Snapshot::default(), |(_, first)| *first);
+    Ok(Streams {
+        opened_in: started.elapsed(),
+        payload_bytes: first.bundle_bytes,
+        message_bytes: first.message_bytes,
+        tasks: tasks.into_iter().map(|(task, _)| task).collect(),
+        received,
+    })
+}
+
+/// The size of a stream's first message.
+#[derive(Clone, Copy, Default)]
+struct Snapshot {
+    /// Its bundle (none on a resumed stream).
+    bundle_bytes: usize,
+    /// The whole encoded message.
+    message_bytes: usize,
+}
+
+/// Open watch streams; dropping this closes them.
+pub struct Streams {
+    pub opened_in: Duration,
+    pub payload_bytes: usize,
+    /// The encoded length of the first stream's first message.
+    pub message_bytes: usize,
+    pub received: mpsc::UnboundedReceiver<(u64, Instant)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens one stream on its own connection (or the watcher's shared one)
+/// and waits for its SNAPSHOT; the task it returns reports the receipt
+/// time of every UPDATE. Also returns the size of the snapshot.
+async fn open_watch(
+    endpoint: Endpoint,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    receipts: mpsc::UnboundedSender<(u64, Instant)>,
+    watcher: Watcher,
+) -> anyhow::Result<(JoinHandle<()>, Snapshot)> {
+    let channel = match &watcher.channel {
+        Some(channel) => channel.clone(),
+        None => endpoint.local_address(watcher.source).connect().await?,
+    };
+    let mut client = BundleServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let request = authorized(
+        token.as_ref(),
+        proto::WatchActiveRequest {
+            namespace: NAMESPACE.into(),
+            names: match watcher.whole_namespace_since {
+                Some(_) => Vec::new(),
+                None => vec![POLICY.into()],
+            },
+            since_revision: watcher.whole_namespace_since.unwrap_or(0),
+            runtime: watcher.runtime.clone().map(|id| proto::RuntimeIdentity {
+                id,
+                labels: Default::default(),
+            }),
+        },
+    );
+    let mut stream = client.watch_active(request).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .context("no snapshot within 30 s")??
+        .context("the stream ended before its snapshot")?;
+    let message_bytes = prost::Message::encoded_len(&first);
+    let bundle_bytes = if watcher.whole_namespace_since.is_some() {
+        ensure!(
+            first.kind() == WatchEventKind::Update && first.bundles.is_empty(),
+            "the first message of a resumed stream is not an empty update: {first:?}"
+        );
+        0
+    } else {
+        ensure!(
+            first.kind() == WatchEventKind::Snapshot && first.bundles.len() == 1,
+            "the first message is not a snapshot of one bundle: {first:?}"
+        );
+        first.bundles[0].len()
+    };
+    let task = tokio::spawn(async move {
+        // The client keeps the connection's request half alive.
+        let mut client = client;
+        while let Ok(Some(message)) = stream.message().await {
+            if message.kind() == WatchEventKind::Update {
+                let received = Instant::now();
+                if receipts.send((message.revision, received)).is_err() {
+                    break;
+                }
+                let Some(id) = watcher.runtime.as_ref().filter(|_| watcher.reports) else {
+                    continue;
+                };
+                let applied = message.decode_bundles().unwrap_or_default();
+                let report = proto::ReportStatusRequest {
+                    namespace: NAMESPACE.into(),
+                    runtime_id: id.clone(),
+                    revision: message.revision,
+                    policies: applied
+                        .iter()
+                        .map(|bundle| proto::PolicyApplyStatus {
+                            name: bundle.name.clone(),
+                            version: bundle.version,
+                            state: proto::ApplyState::Applied as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                let report = authorized(token.as_ref(), report);
+                if let Err(status) = client.report_status(report).await {
+                    eprintln!("  warning: report of {id} refused: {status}");
+                }
+            }
+        }
+    });
+    Ok((
+        task,
+        Snapshot {
+            bundle_bytes,
+            message_bytes,
+        },
+    ))
+}
+
+/// What one timed round cost.
+pub struct Round {
+    /// Streams whose receipt did not arrive in time.
+    pub missing: usize,
+    /// The server's CPU time from just before the write to the last
+    /// receipt.
+    pub server_cpu: Duration,
+}
+
+/// One timed round: after a pause, issues `write` (which returns the tag
+/// its change arrives with) and waits for that tag on `count` streams,
+/// recording the latencies from the issue; reads the CPU time of the
+/// server `pid` around it.
+pub async fn timed_round(
+    pid: &str,
+    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    count: usize,
+    latencies: &mut Vec<Duration>,
+    write: impl Future<Output = anyhow::Result<u64>>,
+) -> anyhow::Result<Round> {
+    tokio::time::sleep(ROUND_PAUSE).await;
+    let cpu_before = cpu_time(pid)?;
+    let issued = Instant::now();
+    let tag = write.await?;
+    let missing = collect_round(received, tag, issued, count, latencies).await;
+    Ok(Round {
+        missing,
+        server_cpu: cpu_time(pid)?.saturating_sub(cpu_before),
+    })
+}
+
+/// Waits until `count` receipts tagged `tag` arrived (or the round timed
+/// out), records their latencies, and returns how many are missing.
+pub async fn collect_round(
+    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    tag: u64,
+    issued: Instant,
+    count: usize,
+    latencies: &mut Vec<Duration>,
+) -> usize {
+    let deadline = tokio::time::Instant::from_std(issued + ROUND_TIMEOUT);
+    let mut got = 0;
+    while got < count {
+        match tokio::time::timeout_at(deadline, received.recv()).await {
+            Ok(Some((seen, at))) if seen == tag => {
+                latencies.push(at.saturating_duration_since(issued));
+                got += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if got < count {
+        eprintln!(
+            "  warning: {} of {count} streams did not receive change {tag} in time",
+            count - got
+        );
+    }
+    count - got
+}
