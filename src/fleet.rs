@@ -8,11 +8,17 @@
 //! fresher records. So a report costs a map update, every replica sees the
 //! whole fleet within an interval, and a replica that dies stops vouching for
 //! its runtimes once its heartbeat is older than [`REPLICA_TIMEOUT`].
+//!
+//! The stored rows a read combines are reused for a quarter of the flush
+//! interval (and dropped by each flush of this replica): at fleet scale,
+//! reading and decoding every row of a namespace is most of what
+//! `GetPolicyStatus` or a rollout's progress cost, and the rows of other
+//! replicas are up to an interval old anyway.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::Utc;
@@ -57,7 +63,27 @@ struct Inner {
     /// Silence after which a runtime leaves the fleet view.
     forget_after: chrono::TimeDelta,
     local: Mutex<HashMap<Key, Local>>,
+    /// Stored rows read lately.
+    stored: Mutex<StoredCache>,
+    /// How long stored rows are reused.
+    reuse_stored_for: Duration,
     instruments: Instruments,
+}
+
+/// Stored rows read since this replica's last flush.
+#[derive(Default)]
+struct StoredCache {
+    /// Flushes so far: rows read across one are not kept.
+    flushes: u64,
+    namespaces: HashMap<Namespace, Arc<Stored>>,
+}
+
+/// A namespace's stored rows, and every replica's heartbeat, as read at
+/// `read`.
+struct Stored {
+    read: Instant,
+    records: HashMap<RuntimeId, RuntimeRecord>,
+    heartbeats: ReplicaHeartbeats,
 }
 
 /// The metrics the fleet view feeds; whoever exposes them registers them.
@@ -128,6 +154,8 @@ impl Fleet {
                 stale_after: delta(settings.stale_after),
                 forget_after: delta(settings.forget_after),
                 local: Mutex::default(),
+                stored: Mutex::default(),
+                reuse_stored_for: settings.flush_interval() / 4,
                 instruments,
             }),
         }
@@ -299,6 +327,11 @@ impl Fleet {
             }
         }
         local.retain(|_, entry| entry.dirty || entry.streams > 0);
+        drop(local);
+        // Rows read before the flush may show runtimes it just forgot.
+        let mut cache = self.stored_cache();
+        cache.flushes += 1;
+        cache.namespaces.clear();
         Ok(())
     }
 
@@ -346,26 +379,65 @@ impl Fleet {
         &self,
         namespace: &Namespace,
     ) -> Result<Vec<(RuntimeRecord, RuntimeState)>> {
-        let stored = self.inner.repository.load_runtimes(namespace).await?;
-        let heartbeats = self.inner.repository.replica_heartbeats().await?;
-        let mut records: std::collections::BTreeMap<RuntimeId, RuntimeRecord> = stored
-            .into_iter()
-            .map(|record| (record.id.clone(), record))
+        let stored = self.stored(namespace).await?;
+        let local = self.local();
+        let here: Vec<&Local> = local
+            .values()
+            .filter(|entry| &entry.record.namespace == namespace)
             .collect();
-        for entry in self.local().values() {
-            if &entry.record.namespace != namespace {
-                continue;
-            }
-            let record = match (records.remove(&entry.record.id), entry.flush) {
-                (Some(stored), Flush::ReportOnly) => stored.absorbing(&entry.record),
-                (Some(stored), Flush::Held) => entry.record.clone().absorbing(&stored),
+        let held_here: HashSet<&RuntimeId> = here.iter().map(|entry| &entry.record.id).collect();
+        let mut records: Vec<RuntimeRecord> = stored
+            .records
+            .values()
+            .filter(|record| !held_here.contains(&record.id))
+            .cloned()
+            .collect();
+        records.extend(here.iter().map(|entry| {
+            match (stored.records.get(&entry.record.id), entry.flush) {
+                (Some(stored), Flush::ReportOnly) => stored.clone().absorbing(&entry.record),
+                (Some(stored), Flush::Held) => entry.record.clone().absorbing(stored),
                 (None, _) => entry.record.clone(),
-            };
-            records.insert(record.id.clone(), record);
-        }
+            }
+        }));
+        drop(local);
+        records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         Ok(records
-            .into_values()
-            .map(|record| self.observe(record, &heartbeats))
+            .into_iter()
+            .map(|record| self.observe(record, &stored.heartbeats))
             .collect())
+    }
+
+    /// The stored rows of `namespace`, read anew once older than
+    /// `reuse_stored_for`.
+    async fn stored(&self, namespace: &Namespace) -> Result<Arc<Stored>> {
+        let flushes = {
+            let cache = self.stored_cache();
+            let cached = cache.namespaces.get(namespace);
+            if let Some(stored) =
+                cached.filter(|stored| stored.read.elapsed() < self.inner.reuse_stored_for)
+            {
+                return Ok(stored.clone());
+            }
+            cache.flushes
+        };
+        let read = Instant::now();
+        let records = self.inner.repository.load_runtimes(namespace).await?;
+        let stored = Arc::new(Stored {
+            read,
+            records: records
+                .into_iter()
+                .map(|record| (record.id.clone(), record))
+                .collect(),
+            heartbeats: self.inner.repository.replica_heartbeats().await?,
+        });
+        let mut cache = self.stored_cache();
+        if cache.flushes == flushes {
+            cache.namespaces.insert(namespace.clone(), stored.clone());
+        }
+        Ok(stored)
+    }
+
+    fn stored_cache(&self) -> std::sync::MutexGuard<'_, StoredCache> {
+        self.inner.stored.lock().expect("fleet lock")
     }
 }
