@@ -86,10 +86,12 @@ pub enum Flush {
 }
 
 impl Repository {
-    /// Writes `records` in one transaction, merging each with its stored
-    /// row, records this replica's heartbeat, and forgets what has been
-    /// silent for longer than `forget_after`. Returns the merged
-    /// records, so the caller learns of outcomes reported elsewhere.
+    /// Records this replica's heartbeat, forgets what has been silent for
+    /// longer than `forget_after`, and writes `records`, merging each with
+    /// its stored row. Each [`ROWS_PER_STATEMENT`] records commit on their
+    /// own: the write lock an activation waits for is never held for a
+    /// whole fleet. Returns the merged records, so the caller learns of
+    /// outcomes reported elsewhere.
     #[tracing::instrument(name = "storage.save_runtimes", skip_all, fields(runtimes = records.len()))]
     pub async fn save_runtimes(
         &self,
@@ -97,6 +99,17 @@ impl Repository {
         records: Vec<(RuntimeRecord, Flush)>,
         forget_after: chrono::TimeDelta,
     ) -> Result<Vec<RuntimeRecord>> {
+        self.record_heartbeat(replica, forget_after).await?;
+        let mut merged = Vec::with_capacity(records.len());
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            merged.extend(self.save_chunk(chunk).await?);
+        }
+        Ok(merged)
+    }
+
+    /// Records `replica`'s heartbeat and forgets replicas and runtimes
+    /// silent for longer than `forget_after`, in a transaction of its own.
+    async fn record_heartbeat(&self, replica: &str, forget_after: chrono::TimeDelta) -> Result<()> {
         let write = self.begin().await?;
         let now = write.at();
         replicas::Entity::insert(replicas::ActiveModel {
@@ -132,66 +145,72 @@ impl Repository {
             )
             .exec(&write.txn)
             .await?;
-        let mut merged = Vec::with_capacity(records.len());
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let keys = chunk.iter().fold(Condition::any(), |keys, (record, _)| {
-                keys.add(
-                    Condition::all()
-                        .add(runtimes::Column::Namespace.eq(record.namespace.as_str()))
-                        .add(runtimes::Column::RuntimeId.eq(record.id.as_str())),
-                )
-            });
-            let mut stored: HashMap<(String, String), RuntimeRecord> = HashMap::new();
-            for row in runtimes::Entity::find()
-                .filter(keys)
-                .lock_exclusive()
-                .all(&write.txn)
-                .await?
-            {
-                let record = to_record(row)?;
-                stored.insert(
-                    (record.namespace.as_str().into(), record.id.as_str().into()),
-                    record,
-                );
-            }
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (record, flush) in chunk {
-                let key = (record.namespace.as_str().into(), record.id.as_str().into());
-                let combined = match (stored.remove(&key), flush) {
-                    // Another subject claimed the id since (this replica's
-                    // runtime went stale): the claim stands.
-                    (Some(row), Flush::Held) if row.subject != record.subject => continue,
-                    (Some(row), Flush::Held) => record.clone().absorbing(&row),
-                    (Some(row), Flush::ReportOnly) => row.absorbing(record),
-                    (None, Flush::Held) => record.clone(),
-                    // The row is gone (never flushed by its holder): the
-                    // report cannot name a connection, so it waits for one.
-                    (None, Flush::ReportOnly) => continue,
-                };
-                rows.push(to_row(&combined)?);
-                merged.push(combined);
-            }
-            if rows.is_empty() {
-                continue;
-            }
-            runtimes::Entity::insert_many(rows)
-                .on_conflict(
-                    OnConflict::columns([runtimes::Column::Namespace, runtimes::Column::RuntimeId])
-                        .update_columns([
-                            runtimes::Column::Subject,
-                            runtimes::Column::Labels,
-                            runtimes::Column::Names,
-                            runtimes::Column::Connected,
-                            runtimes::Column::Replica,
-                            runtimes::Column::LastSeen,
-                            runtimes::Column::AppliedRevision,
-                            runtimes::Column::Policies,
-                        ])
-                        .to_owned(),
-                )
-                .exec(&write.txn)
-                .await?;
+        Ok(write.txn.commit().await?)
+    }
+
+    /// Writes one chunk of records in a transaction of its own, each merged
+    /// with its stored row; returns the merged records.
+    async fn save_chunk(&self, chunk: &[(RuntimeRecord, Flush)]) -> Result<Vec<RuntimeRecord>> {
+        let write = self.begin().await?;
+        let keys = chunk.iter().fold(Condition::any(), |keys, (record, _)| {
+            keys.add(
+                Condition::all()
+                    .add(runtimes::Column::Namespace.eq(record.namespace.as_str()))
+                    .add(runtimes::Column::RuntimeId.eq(record.id.as_str())),
+            )
+        });
+        let mut stored: HashMap<(String, String), RuntimeRecord> = HashMap::new();
+        for row in runtimes::Entity::find()
+            .filter(keys)
+            .lock_exclusive()
+            .all(&write.txn)
+            .await?
+        {
+            let record = to_record(row)?;
+            stored.insert(
+                (record.namespace.as_str().into(), record.id.as_str().into()),
+                record,
+            );
         }
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut merged = Vec::with_capacity(chunk.len());
+        for (record, flush) in chunk {
+            let key = (record.namespace.as_str().into(), record.id.as_str().into());
+            let combined = match (stored.remove(&key), flush) {
+                // Another subject claimed the id since (this replica's
+                // runtime went stale): the claim stands.
+                (Some(row), Flush::Held) if row.subject != record.subject => continue,
+                (Some(row), Flush::Held) => record.clone().absorbing(&row),
+                (Some(row), Flush::ReportOnly) => row.absorbing(record),
+                (None, Flush::Held) => record.clone(),
+                // The row is gone (never flushed by its holder): the
+                // report cannot name a connection, so it waits for one.
+                (None, Flush::ReportOnly) => continue,
+            };
+            rows.push(to_row(&combined)?);
+            merged.push(combined);
+        }
+        if rows.is_empty() {
+            write.txn.rollback().await?;
+            return Ok(merged);
+        }
+        runtimes::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::columns([runtimes::Column::Namespace, runtimes::Column::RuntimeId])
+                    .update_columns([
+                        runtimes::Column::Subject,
+                        runtimes::Column::Labels,
+                        runtimes::Column::Names,
+                        runtimes::Column::Connected,
+                        runtimes::Column::Replica,
+                        runtimes::Column::LastSeen,
+                        runtimes::Column::AppliedRevision,
+                        runtimes::Column::Policies,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&write.txn)
+            .await?;
         write.txn.commit().await?;
         Ok(merged)
     }

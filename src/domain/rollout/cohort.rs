@@ -19,12 +19,21 @@ impl Rollout {
     /// step's percentage and the step's selector matches its labels.
     /// Anonymous streams are in no cohort.
     pub fn in_step(&self, step: usize, runtime: &RuntimeId, labels: &RuntimeLabels) -> bool {
-        let Some(step) = self.steps.get(step) else {
-            return false;
-        };
-        let selected = LabelSelector::parse("label_selector", &step.label_selector)
-            .is_ok_and(|selector| selector.matches(labels));
-        selected && bucket(&self.id, runtime) < step.percentage * 100
+        self.step_membership(step)
+            .is_some_and(|is_member| is_member(runtime, labels))
+    }
+
+    /// Who `step`'s cohort holds, its selector parsed once; `None` when
+    /// there is no such step (or its selector does not parse).
+    fn step_membership(
+        &self,
+        step: usize,
+    ) -> Option<impl Fn(&RuntimeId, &RuntimeLabels) -> bool + '_> {
+        let step = self.steps.get(step)?;
+        let selector = LabelSelector::parse("label_selector", &step.label_selector).ok()?;
+        Some(move |runtime: &RuntimeId, labels: &RuntimeLabels| {
+            selector.matches(labels) && bucket(&self.id, runtime) < step.percentage * 100
+        })
     }
 
     /// The revision at which the runtime joined the current cohort, if it
@@ -52,9 +61,12 @@ impl Rollout {
     /// The cohort of the current step among `fleet`, the namespace's
     /// runtimes.
     pub fn cohort<'a>(&self, fleet: &'a [RuntimeRecord]) -> Vec<&'a RuntimeRecord> {
+        let Some(is_member) = self.step_membership(self.step) else {
+            return Vec::new();
+        };
         fleet
             .iter()
-            .filter(|runtime| self.in_step(self.step, &runtime.id, &runtime.labels))
+            .filter(|runtime| is_member(&runtime.id, &runtime.labels))
             .collect()
     }
 }
