@@ -25,8 +25,8 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Watcher {
     /// The runtime id it names; without one it joins rollouts at 100 %.
     pub runtime: Option<String>,
-    /// Whether it answers each UPDATE with a `ReportStatus` APPLIED, as the
-    /// runtime library does.
+    /// Whether it answers each UPDATE with a report APPLIED on its
+    /// `ReportStatusStream`, as the runtime library does.
     pub reports: bool,
     /// The loopback source address of its own connection: each address has
     /// its own ephemeral ports, so more than one is needed beyond ~28,000
@@ -148,6 +148,7 @@ async fn open_watch(
     let task = tokio::spawn(async move {
         // The client keeps the connection's request half alive.
         let mut client = client;
+        let mut reporter: Option<Reporter> = None;
         while let Ok(Some(message)) = stream.message().await {
             if message.kind() == WatchEventKind::Update {
                 let received = Instant::now();
@@ -172,9 +173,16 @@ async fn open_watch(
                         })
                         .collect(),
                 };
-                let report = authorized(token.as_ref(), report);
-                if let Err(status) = client.report_status(report).await {
+                let reported = match &mut reporter {
+                    Some(reporter) => reporter.report(report).await,
+                    None => match Reporter::open(&mut client, token.as_ref()).await {
+                        Ok(opened) => reporter.insert(opened).report(report).await,
+                        Err(status) => Err(status),
+                    },
+                };
+                if let Err(status) = reported {
                     eprintln!("  warning: report of {id} refused: {status}");
+                    reporter = None;
                 }
             }
         }
@@ -186,6 +194,44 @@ async fn open_watch(
             message_bytes,
         },
     ))
+}
+
+/// A `ReportStatusStream` as the runtime library holds one: each report
+/// answered before the next is sent.
+pub struct Reporter {
+    requests: mpsc::Sender<proto::ReportStatusRequest>,
+    replies: tonic::Streaming<proto::ReportStatusResponse>,
+}
+
+impl Reporter {
+    /// Opens the stream on `client`'s connection.
+    pub async fn open(
+        client: &mut BundleServiceClient<Channel>,
+        token: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<Self, tonic::Status> {
+        let (requests, receiver) = mpsc::channel(1);
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        let replies = client
+            .report_status_stream(authorized(token, outbound))
+            .await?
+            .into_inner();
+        Ok(Reporter { requests, replies })
+    }
+
+    /// Sends `report` and waits for its answer.
+    pub async fn report(
+        &mut self,
+        report: proto::ReportStatusRequest,
+    ) -> Result<(), tonic::Status> {
+        self.requests
+            .send(report)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the report stream closed"))?;
+        match self.replies.message().await? {
+            Some(_) => Ok(()),
+            None => Err(tonic::Status::unavailable("the report stream ended")),
+        }
+    }
 }
 
 /// What one timed round cost.

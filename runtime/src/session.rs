@@ -41,7 +41,8 @@ use crate::cache::Cache;
 use crate::checkpoint::{Freshness, verify_checkpoint};
 use crate::proto::{
     self, ApplyState, Bundle, GetSigningKeysRequest, PolicyApplyStatus, ReportStatusRequest,
-    WatchActiveRequest, WatchEventKind, bundle_service_client::BundleServiceClient,
+    ReportStatusResponse, WatchActiveRequest, WatchEventKind,
+    bundle_service_client::BundleServiceClient,
 };
 use crate::state::{Assembler, Revision, Source, State, VerifiedBundle};
 use crate::watcher::{
@@ -219,10 +220,11 @@ where
     F: Validate,
 {
     let mut client = connect(subscription).await?;
+    let mut reporter = Reporter::new(client.clone());
     if core.jwks.keys.is_empty() {
         core.jwks = fetch_jwks(&mut client).await?;
     }
-    core.flush_reports(&mut client, subscription).await;
+    core.flush_reports(&mut reporter, subscription).await;
     let response = client
         .watch_active(WatchActiveRequest {
             namespace: subscription.namespace.clone(),
@@ -249,7 +251,7 @@ where
             message = tokio::time::timeout(deadline, stream.message()) => message,
             request = revocations.next() => {
                 core.revoke(request, outlet).await?;
-                core.flush_reports(&mut client, subscription).await;
+                core.flush_reports(&mut reporter, subscription).await;
                 continue;
             }
             () = core.freshness.expiry() => {
@@ -284,7 +286,7 @@ where
         {
             outlet.emit(event).await?;
         }
-        core.flush_reports(&mut client, subscription).await;
+        core.flush_reports(&mut reporter, subscription).await;
     }
 }
 
@@ -674,7 +676,7 @@ impl Core {
     }
 
     /// Sends the queued outcomes; keeps them for the next try on failure.
-    async fn flush_reports(&mut self, client: &mut Client, subscription: &Subscription) {
+    async fn flush_reports(&mut self, reporter: &mut Reporter, subscription: &Subscription) {
         let Some(runtime) = &subscription.runtime else {
             self.pending_reports.clear();
             return;
@@ -688,13 +690,85 @@ impl Core {
             revision: self.pending_revision,
             policies: self.pending_reports.values().cloned().collect(),
         };
-        match client.report_status(request).await {
-            Ok(_) => self.pending_reports.clear(),
+        match reporter.send(request).await {
+            Ok(()) => self.pending_reports.clear(),
             Err(status) => tracing::warn!(
                 code = ?status.code(),
                 message = status.message(),
                 "cannot report the applied state; retrying later"
             ),
+        }
+    }
+}
+
+/// Where one connection's reports go: a `ReportStatusStream` opened on it
+/// at the first report, each report answered before the next is sent; or
+/// one `ReportStatus` call per report where the server does not serve the
+/// stream (an older server) or will not hold another one (its quota).
+struct Reporter {
+    client: Client,
+    stream: Option<ReportStream>,
+    unary: bool,
+}
+
+/// An open `ReportStatusStream`: where requests go, and the answers.
+struct ReportStream {
+    requests: mpsc::Sender<ReportStatusRequest>,
+    replies: tonic::Streaming<ReportStatusResponse>,
+}
+
+impl Reporter {
+    fn new(client: Client) -> Self {
+        Reporter {
+            client,
+            stream: None,
+            unary: false,
+        }
+    }
+
+    /// Sends one report and waits for the server's answer.
+    async fn send(&mut self, request: ReportStatusRequest) -> Result<(), Status> {
+        if !self.unary && self.stream.is_none() {
+            let (requests, receiver) = mpsc::channel(1);
+            let outbound = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|request| (request, receiver))
+            });
+            match self.client.report_status_stream(outbound).await {
+                Ok(response) => {
+                    self.stream = Some(ReportStream {
+                        requests,
+                        replies: response.into_inner(),
+                    });
+                }
+                Err(status)
+                    if matches!(status.code(), Code::Unimplemented | Code::ResourceExhausted) =>
+                {
+                    tracing::debug!(
+                        code = ?status.code(),
+                        "no report stream; reporting with one call each"
+                    );
+                    self.unary = true;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        let Some(stream) = &mut self.stream else {
+            return self.client.report_status(request).await.map(drop);
+        };
+        let answer = match stream.requests.send(request).await {
+            Ok(()) => stream.replies.message().await,
+            Err(_) => Err(Status::unavailable("the report stream closed")),
+        };
+        match answer {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                self.stream = None;
+                Err(Status::unavailable("the report stream ended"))
+            }
+            Err(status) => {
+                self.stream = None;
+                Err(status)
+            }
         }
     }
 }

@@ -3,12 +3,12 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
-use super::auth::{Rpc, identify};
+use super::auth::{Identified, Rpc, identify};
 use super::convert;
 use super::proto::{self, bundle_service_server::BundleService};
-use super::quotas::Quotas;
+use super::quotas::{Quotas, StreamKind};
 use super::runtimes::{arrival as arrival_of, status_report, watcher};
 use crate::domain::AsOf;
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
@@ -111,6 +111,8 @@ fn active_reply(view: ActiveView) -> proto::Bundle {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Send>>;
 
+type ReportStream = Pin<Box<dyn Stream<Item = Result<proto::ReportStatusResponse, Status>> + Send>>;
+
 impl BundleApi {
     /// Opens a watch stream for an admitted caller: refused while this
     /// replica does not vouch for its revision, counted against the
@@ -127,7 +129,7 @@ impl BundleApi {
         if self.hub.index().ending() == Ending::CutOff {
             return Err(ended(Ending::CutOff, since_revision));
         }
-        let permit = self.quotas.open_stream(actor)?;
+        let permit = self.quotas.open_stream(StreamKind::Watch, actor)?;
         let connection = match arrival {
             Some(arrival) => Some(self.hub.connect_runtime(arrival).await?),
             None => None,
@@ -160,6 +162,20 @@ impl BundleApi {
             MetadataValue::from(interval),
         );
         response
+    }
+
+    /// Admits one status report of `caller` to `rpc` and folds it into the
+    /// fleet view.
+    async fn report(
+        &self,
+        caller: &Identified,
+        rpc: Rpc,
+        request: &proto::ReportStatusRequest,
+    ) -> Result<proto::ReportStatusResponse, Status> {
+        let report = status_report(request)?;
+        let context = caller.admit(rpc, [&report.namespace], &self.quotas)?;
+        let ignored = self.hub.report_status(&context.actor, report).await?;
+        Ok(proto::ReportStatusResponse { ignored })
     }
 }
 
@@ -218,9 +234,31 @@ impl BundleService for BundleApi {
         request: Request<proto::ReportStatusRequest>,
     ) -> Result<Response<proto::ReportStatusResponse>, Status> {
         let caller = identify(&request)?;
-        let report = status_report(request.get_ref())?;
-        let context = caller.admit(Rpc::ReportStatus, [&report.namespace], &self.quotas)?;
-        let ignored = self.hub.report_status(&context.actor, report).await?;
-        Ok(Response::new(proto::ReportStatusResponse { ignored }))
+        let reply = self.report(&caller, Rpc::ReportStatus, request.get_ref());
+        Ok(Response::new(reply.await?))
+    }
+
+    type ReportStatusStreamStream = ReportStream;
+
+    /// Answers each report in order; the first refusal ends the stream with
+    /// its status (tonic ends a server's stream at its first error).
+    async fn report_status_stream(
+        &self,
+        request: Request<Streaming<proto::ReportStatusRequest>>,
+    ) -> Result<Response<Self::ReportStatusStreamStream>, Status> {
+        let caller = identify(&request)?;
+        let permit = self
+            .quotas
+            .open_stream(StreamKind::Report, &caller.caller().subject)?;
+        let state = (request.into_inner(), self.clone(), caller, permit);
+        let replies = futures::stream::unfold(state, |(mut reports, api, caller, permit)| async {
+            let reply = match reports.message().await {
+                Ok(None) => return None,
+                Ok(Some(request)) => api.report(&caller, Rpc::ReportStatusStream, &request).await,
+                Err(status) => Err(status),
+            };
+            Some((reply, (reports, api, caller, permit)))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }

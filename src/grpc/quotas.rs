@@ -1,5 +1,5 @@
-//! Per-subject quotas: concurrent watch streams and a token bucket for
-//! mutating requests. Each refusal is RESOURCE_EXHAUSTED and says which
+//! Per-subject quotas: concurrent watch streams, as many report streams,
+//! and a token bucket for mutating requests. Each refusal is RESOURCE_EXHAUSTED and says which
 //! limit was hit.
 
 use std::{
@@ -18,26 +18,36 @@ const PRUNE_ABOVE: usize = 1024;
 #[derive(Debug)]
 pub struct Quotas {
     settings: QuotaSettings,
-    /// Open watch streams per subject.
-    streams: Mutex<HashMap<String, usize>>,
+    /// Open streams per kind and subject.
+    streams: Mutex<HashMap<(StreamKind, String), usize>>,
     /// Mutation token bucket per subject: tokens left, and when last filled.
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
-/// Held by an open watch stream; dropping it frees the slot.
+/// The long-lived streams a subject holds, each kind counted on its own
+/// against `quotas.max_streams_per_subject`: a runtime holds one of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// `WatchActive`.
+    Watch,
+    /// `ReportStatusStream`.
+    Report,
+}
+
+/// Held by an open stream; dropping it frees the slot.
 #[derive(Debug)]
 pub struct StreamPermit {
     quotas: Arc<Quotas>,
-    subject: String,
+    key: (StreamKind, String),
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut streams = self.quotas.streams.lock().expect("quota lock");
-        if let Some(open) = streams.get_mut(&self.subject) {
+        if let Some(open) = streams.get_mut(&self.key) {
             *open -= 1;
             if *open == 0 {
-                streams.remove(&self.subject);
+                streams.remove(&self.key);
             }
         }
     }
@@ -53,20 +63,25 @@ impl Quotas {
         })
     }
 
-    /// Takes a watch-stream slot for `subject`.
-    pub fn open_stream(self: &Arc<Self>, subject: &str) -> Result<StreamPermit> {
+    /// Takes a slot for a `kind` stream of `subject`.
+    pub fn open_stream(self: &Arc<Self>, kind: StreamKind, subject: &str) -> Result<StreamPermit> {
+        let key = (kind, subject.to_owned());
         let mut streams = self.streams.lock().expect("quota lock");
-        let open = streams.entry(subject.to_owned()).or_default();
+        let open = streams.entry(key.clone()).or_default();
         if *open >= self.settings.max_streams_per_subject {
+            let kind = match kind {
+                StreamKind::Watch => "watch",
+                StreamKind::Report => "report",
+            };
             return Err(Error::exhausted(format!(
-                "{subject} already holds {open} watch streams, the most allowed per subject \
+                "{subject} already holds {open} {kind} streams, the most allowed per subject \
                  (quotas.max_streams_per_subject)"
             )));
         }
         *open += 1;
         Ok(StreamPermit {
             quotas: self.clone(),
-            subject: subject.to_owned(),
+            key,
         })
     }
 
@@ -126,15 +141,17 @@ mod tests {
             max_streams_per_subject: 2,
             ..QuotaSettings::default()
         });
-        let first = quotas.open_stream("alice").unwrap();
-        let _second = quotas.open_stream("alice").unwrap();
+        let watch = |subject| quotas.open_stream(StreamKind::Watch, subject);
+        let first = watch("alice").unwrap();
+        let _second = watch("alice").unwrap();
         assert_eq!(
-            tonic::Status::from(quotas.open_stream("alice").unwrap_err()).code(),
+            tonic::Status::from(watch("alice").unwrap_err()).code(),
             tonic::Code::ResourceExhausted
         );
-        assert!(quotas.open_stream("bob").is_ok());
+        assert!(watch("bob").is_ok());
+        let _report = quotas.open_stream(StreamKind::Report, "alice").unwrap();
         drop(first);
-        assert!(quotas.open_stream("alice").is_ok());
+        assert!(watch("alice").is_ok());
     }
 
     #[test]

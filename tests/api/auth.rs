@@ -747,8 +747,43 @@ async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
                 .await
         }
     };
+    // The same report on a ReportStatusStream: its first answer, or the
+    // status that refused it.
+    let stream_report_as = |token: String, error: &'static str| {
+        let mut client = app.bundle.clone();
+        async move {
+            let request = proto::ReportStatusRequest {
+                namespace: "team-a".into(),
+                runtime_id: "pod-1".into(),
+                revision: 1,
+                policies: vec![proto::PolicyApplyStatus {
+                    name: "x".into(),
+                    version: 1,
+                    state: proto::ApplyState::Rejected as i32,
+                    error: error.into(),
+                    ..Default::default()
+                }],
+            };
+            let requests = futures::stream::iter([request]);
+            let mut replies = client
+                .report_status_stream(with_token(requests, &token))
+                .await?
+                .into_inner();
+            replies
+                .message()
+                .await?
+                .ok_or_else(|| Status::internal("no answer"))
+        }
+    };
     let mut stream = watch_as(owner.clone()).await.unwrap();
     next_message(&mut stream).await;
+
+    for (token, error) in [(intruder.clone(), "faked"), (outsider.clone(), "outside")] {
+        let refused = stream_report_as(token, error).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    let unauthenticated = stream_report_as(String::new(), "anonymous").await;
+    assert_eq!(unauthenticated.unwrap_err().code(), Code::Unauthenticated);
 
     let faked = report_as(intruder.clone(), "faked").await.unwrap_err();
     assert_eq!(faked.code(), Code::PermissionDenied);
@@ -764,7 +799,7 @@ async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
     let unauthenticated = report_as(String::new(), "anonymous").await.unwrap_err();
     assert_eq!(unauthenticated.code(), Code::Unauthenticated);
 
-    report_as(owner, "real").await.unwrap();
+    stream_report_as(owner, "real").await.unwrap();
     let runtimes = app
         .policy
         .clone()

@@ -288,7 +288,13 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
     until_version(&mut states, "limits", 2, &mut seen).await;
 
     kill_9(server);
-    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    let metrics_port = free_port();
+    let mut env = server_env();
+    env.push((
+        "POLICYHUB_METRICS_LISTEN",
+        format!("127.0.0.1:{metrics_port}"),
+    ));
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
     for version in 3..=5 {
         release(&channel, "limits", json!({"v": version})).await;
     }
@@ -310,6 +316,12 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
     })
     .await;
     assert!(reported.is_ok(), "APPLIED reported after the restart");
+    // It reported on its ReportStatusStream: no ReportStatus call ended.
+    let metrics = crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await;
+    assert!(
+        !metrics.contains(r#"method="/policyhub.v1.BundleService/ReportStatus""#),
+        "{metrics}"
+    );
     task.abort();
     kill_9(server);
 }

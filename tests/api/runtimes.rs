@@ -83,6 +83,30 @@ async fn report(
         .into_inner())
 }
 
+/// Sends `requests` on one ReportStatusStream: the answers in order, and
+/// the status that ended the stream, if it was not OK.
+async fn report_on_stream(
+    client: &BundleServiceClient<Channel>,
+    requests: Vec<proto::ReportStatusRequest>,
+) -> (Vec<proto::ReportStatusResponse>, Option<tonic::Status>) {
+    let opened = client
+        .clone()
+        .report_status_stream(futures::stream::iter(requests))
+        .await;
+    let mut replies = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut answers = Vec::new();
+    loop {
+        match replies.message().await {
+            Ok(Some(answer)) => answers.push(answer),
+            Ok(None) => return (answers, None),
+            Err(status) => return (answers, Some(status)),
+        }
+    }
+}
+
 async fn list(app: &TestApp, request: proto::ListRuntimesRequest) -> Vec<proto::Runtime> {
     let mut runtimes = Vec::new();
     let mut request = request;
@@ -148,16 +172,29 @@ async fn reports_show_in_the_fleet_view_and_the_policy_status(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(response.ignored, 0);
-    report(
+    // The same reports on a stream, answered in order: an older report
+    // arriving late changes nothing.
+    let on_stream = |id: &str, revision, policies| proto::ReportStatusRequest {
+        namespace: "team".into(),
+        runtime_id: id.into(),
+        revision,
+        policies,
+    };
+    let (answers, ended) = report_on_stream(
         &app.bundle,
-        "team",
-        "us-1",
-        3,
-        vec![rejected("limits", 2, "max must be below 2")],
+        vec![
+            on_stream(
+                "us-1",
+                3,
+                vec![rejected("limits", 2, "max must be below 2")],
+            ),
+            on_stream("eu-1", 2, vec![applied("limits", 1)]),
+        ],
     )
-    .await
-    .unwrap();
-    // An older report arriving late changes nothing.
+    .await;
+    assert!(ended.is_none(), "{ended:?}");
+    let ignored: Vec<u32> = answers.iter().map(|answer| answer.ignored).collect();
+    assert_eq!(ignored, [0, 1]);
     let late = report(&app.bundle, "team", "eu-1", 2, vec![applied("limits", 1)])
         .await
         .unwrap();
@@ -463,8 +500,18 @@ async fn bad_runtime_requests_are_refused_and_change_nothing(app: TestApp) {
         ),
     ];
     for (what, request, code) in cases {
+        let on_stream = report_on_stream(&app.bundle, vec![request.clone(), request.clone()]);
         let message = expect_code(app.bundle.clone().report_status(request).await, code);
         assert!(message.len() < 512, "{what}: bounded message: {message}");
+        // On a stream, the first refusal ends it with the same status.
+        let (answers, ended) = on_stream.await;
+        assert!(answers.is_empty(), "{what}: {answers:?}");
+        let ended = ended.unwrap_or_else(|| panic!("{what}: the stream ended OK"));
+        assert_eq!(
+            (ended.code(), ended.message()),
+            (code, message.as_str()),
+            "{what}"
+        );
     }
     for (id, labels) in [
         ("UPPER", vec![]),

@@ -113,6 +113,7 @@ pub enum Rpc {
     GetSigningKeys,
     RotateSigningKey,
     ReportStatus,
+    ReportStatusStream,
     ListRuntimes,
     GetPolicyStatus,
     StartRollout,
@@ -137,7 +138,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 37] = [
+    pub const ALL: [Rpc; 38] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -155,6 +156,7 @@ impl Rpc {
         Rpc::GetSigningKeys,
         Rpc::RotateSigningKey,
         Rpc::ReportStatus,
+        Rpc::ReportStatusStream,
         Rpc::ListRuntimes,
         Rpc::GetPolicyStatus,
         Rpc::StartRollout,
@@ -229,6 +231,7 @@ impl Rpc {
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
             | Rpc::ReportStatus
+            | Rpc::ReportStatusStream
             | Rpc::ListRuntimes
             | Rpc::GetPolicyStatus
             | Rpc::GetRollout
