@@ -17,8 +17,6 @@
 //! same with TLS on policyhub's and etcd's ports ([`crate::tls`]), without
 //! the floor.
 
-use std::time::Duration;
-
 use anyhow::Context;
 
 use crate::{
@@ -26,8 +24,8 @@ use crate::{
     etcd::Etcd,
     floor::Floor,
     support::{
-        Options, Policyhub, SETTLE, Tls, Watcher, ms, open_streams, percentile, rss_kib,
-        timed_round, wait_for_fds_to_close,
+        Options, Policyhub, SETTLE, Tally, Tls, Watcher, ms, open_streams, percentile, rss_kib,
+        wait_for_fds_to_close,
     },
 };
 
@@ -40,10 +38,8 @@ const P99_BOUND_STREAMS: usize = 10_000;
 
 /// What one server did with N streams.
 pub struct Run {
-    /// From issuing the write to receipt, one per stream and round.
-    pub latencies: Vec<Duration>,
-    /// Receipts that did not arrive within the round timeout.
-    pub missing: usize,
+    /// What the rounds saw: latencies, missing receipts, server CPU.
+    pub rounds: Tally,
     /// The size of the watched value: policyhub's encoded bundle, or
     /// etcd's value.
     pub payload_bytes: usize,
@@ -51,8 +47,6 @@ pub struct Run {
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub streams: usize,
-    /// The server's CPU time over the rounds' writes and deliveries.
-    pub server_cpu: Duration,
     /// The encoded length of policyhub's first message.
     pub message_bytes: usize,
 }
@@ -63,13 +57,13 @@ impl Run {
     }
 
     fn quantile_ms(&self, quantile: f64) -> f64 {
-        ms(percentile(&self.latencies, quantile))
+        ms(percentile(&self.rounds.latencies, quantile))
     }
 
     /// Server CPU time per update delivered, microseconds.
     fn cpu_per_update_us(&self) -> f64 {
-        let delivered = self.latencies.len().max(1);
-        self.server_cpu.as_secs_f64() * 1e6 / delivered as f64
+        let delivered = self.rounds.latencies.len().max(1);
+        self.rounds.server_cpu.as_secs_f64() * 1e6 / delivered as f64
     }
 }
 
@@ -101,37 +95,21 @@ pub async fn policyhub(
         .await?;
     tokio::time::sleep(SETTLE).await;
     let rss_after_kib = rss_kib(policyhub.server.pid())?;
-
-    let mut latencies = Vec::with_capacity(count * rounds);
-    let mut missing = 0;
-    let mut server_cpu = Duration::ZERO;
-    let pid = policyhub.server.pid();
-    for round in 1..=rounds {
-        let version = round as u32 + 1;
-        let round = timed_round(
-            &pid,
-            &mut streams.received,
-            count,
-            &mut latencies,
-            policyhub.activate(version, &format!("benchmark round to version {version}")),
-        )
+    let versions = 2..=rounds as u32 + 1;
+    let tally = policyhub
+        .activation_rounds(&mut streams, count, versions)
         .await?;
-        missing += round.missing;
-        server_cpu += round.server_cpu;
-    }
     let payload_bytes = streams.payload_bytes;
     let message_bytes = streams.message_bytes;
     drop(streams);
     drop(policyhub);
     wait_for_fds_to_close().await;
     Ok(Run {
-        latencies,
-        missing,
+        rounds: tally,
         payload_bytes,
         rss_before_kib,
         rss_after_kib,
         streams: count,
-        server_cpu,
         message_bytes,
     })
 }
@@ -151,30 +129,26 @@ pub async fn etcd(
     tokio::time::sleep(SETTLE).await;
     let rss_after_kib = rss_kib(running.server.pid())?;
 
-    let mut latencies = Vec::with_capacity(count * rounds);
-    let mut missing = 0;
-    let mut server_cpu = Duration::ZERO;
+    let mut tally = Tally::default();
     let pid = running.server.pid();
     for round in 1..=rounds {
         let put = async {
             running.put(round).await?;
             Ok(round as u64)
         };
-        let round = timed_round(&pid, &mut watchers.received, count, &mut latencies, put).await?;
-        missing += round.missing;
-        server_cpu += round.server_cpu;
+        tally
+            .round(&pid, &mut watchers.received, count, put)
+            .await?;
     }
     drop(watchers);
     drop(running);
     wait_for_fds_to_close().await;
     Ok(Run {
-        latencies,
-        missing,
+        rounds: tally,
         payload_bytes: value_bytes,
         rss_before_kib,
         rss_after_kib,
         streams: count,
-        server_cpu,
         message_bytes: 0,
     })
 }
@@ -195,9 +169,7 @@ pub async fn floor(count: usize, rounds: usize, message_bytes: usize) -> anyhow:
     tokio::time::sleep(SETTLE).await;
     let rss_after_kib = rss_kib(floor.server.pid())?;
 
-    let mut latencies = Vec::with_capacity(count * rounds);
-    let mut missing = 0;
-    let mut server_cpu = Duration::ZERO;
+    let mut tally = Tally::default();
     let pid = floor.server.pid();
     for round in 1..=rounds {
         let revision = round as u64 + 1;
@@ -205,9 +177,9 @@ pub async fn floor(count: usize, rounds: usize, message_bytes: usize) -> anyhow:
             floor.write(revision).await?;
             Ok(revision)
         };
-        let round = timed_round(&pid, &mut streams.received, count, &mut latencies, write).await?;
-        missing += round.missing;
-        server_cpu += round.server_cpu;
+        tally
+            .round(&pid, &mut streams.received, count, write)
+            .await?;
     }
     let payload_bytes = streams.payload_bytes;
     let message_bytes = streams.message_bytes;
@@ -215,13 +187,11 @@ pub async fn floor(count: usize, rounds: usize, message_bytes: usize) -> anyhow:
     drop(floor);
     wait_for_fds_to_close().await;
     Ok(Run {
-        latencies,
-        missing,
+        rounds: tally,
         payload_bytes,
         rss_before_kib,
         rss_after_kib,
         streams: count,
-        server_cpu,
         message_bytes,
     })
 }
@@ -316,7 +286,7 @@ pub async fn run(settings: &Settings, etcd: &Etcd, tls: Option<&Tls>) -> anyhow:
                     .target(Target::RatioAtMost(2.0)),
             );
         }
-        let missing = |runs: &[Run]| -> usize { runs.iter().map(|run| run.missing).sum() };
+        let missing = |runs: &[Run]| -> usize { runs.iter().map(|run| run.rounds.missing).sum() };
         outcome.notes.push(format!(
             "{case}: {rounds} writes per repeat; bundle {} B (etcd value as long, floor \
              message as long as policyhub's {} B); receipts missing: policyhub {}, etcd {}, \
@@ -340,7 +310,7 @@ fn print_run(system: &str, repeat: usize, run: &Run) {
         run.quantile_ms(0.50),
         run.quantile_ms(0.99),
         run.quantile_ms(1.0),
-        run.missing,
+        run.rounds.missing,
         run.rss_before_kib,
         run.rss_after_kib,
         run.kib_per_stream(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::{
     Outcome, Row, Settings, Target, Unit,
     support::{
-        NAMESPACE, Options, POLICY, Policyhub, SETTLE, Watcher, ms, percentile, timed_round,
+        NAMESPACE, Options, POLICY, Policyhub, SETTLE, Watcher, ms, percentile,
         wait_for_fds_to_close,
     },
 };
@@ -44,29 +44,16 @@ async fn streams(
         }))
         .await?;
     tokio::time::sleep(SETTLE).await;
-    let mut latencies = Vec::with_capacity(count * rounds);
-    let mut missing = 0;
-    let mut cpu = Duration::ZERO;
-    let pid = policyhub.server.pid();
-    for round in 0..rounds {
-        let version = first_version + round as u32;
-        let round = timed_round(
-            &pid,
-            &mut streams.received,
-            count,
-            &mut latencies,
-            policyhub.activate(version, &format!("benchmark round to version {version}")),
-        )
+    let versions = first_version..=first_version + rounds as u32 - 1;
+    let tally = policyhub
+        .activation_rounds(&mut streams, count, versions)
         .await?;
-        missing += round.missing;
-        cpu += round.server_cpu;
-    }
     drop(streams);
     wait_for_fds_to_close().await;
     Ok(Run {
-        latencies,
-        cpu_ms: cpu.as_secs_f64() * 1000.0 / rounds as f64,
-        missing,
+        latencies: tally.latencies,
+        cpu_ms: tally.server_cpu.as_secs_f64() * 1000.0 / rounds as f64,
+        missing: tally.missing,
     })
 }
 

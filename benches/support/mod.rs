@@ -422,6 +422,26 @@ impl Policyhub {
         .await
     }
 
+    /// Activates each of `versions` in a timed round on `streams`, `count`
+    /// of them.
+    pub async fn activation_rounds(
+        &mut self,
+        streams: &mut Streams,
+        count: usize,
+        versions: std::ops::RangeInclusive<u32>,
+    ) -> anyhow::Result<Tally> {
+        let pid = self.server.pid();
+        let mut tally = Tally::default();
+        for version in versions {
+            let reason = format!("benchmark round to version {version}");
+            let write = self.activate(version, &reason);
+            tally
+                .round(&pid, &mut streams.received, count, write)
+                .await?;
+        }
+        Ok(tally)
+    }
+
     /// Opens one stream per watcher on this server: see [`open_streams`].
     pub async fn open_streams(
         &self,

@@ -243,6 +243,33 @@ pub struct Round {
     pub server_cpu: Duration,
 }
 
+/// What a series of timed rounds saw.
+#[derive(Default)]
+pub struct Tally {
+    /// From issuing each write to each receipt.
+    pub latencies: Vec<Duration>,
+    /// Receipts that did not arrive in time.
+    pub missing: usize,
+    /// The server's CPU time over the rounds' writes and deliveries.
+    pub server_cpu: Duration,
+}
+
+impl Tally {
+    /// Runs one [`timed_round`] and adds what it saw.
+    pub async fn round(
+        &mut self,
+        pid: &str,
+        received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+        count: usize,
+        write: impl Future<Output = anyhow::Result<u64>>,
+    ) -> anyhow::Result<()> {
+        let round = timed_round(pid, received, count, &mut self.latencies, write).await?;
+        self.missing += round.missing;
+        self.server_cpu += round.server_cpu;
+        Ok(())
+    }
+}
+
 /// One timed round: after a pause, issues `write` (which returns the tag
 /// its change arrives with) and waits for that tag on `count` streams,
 /// recording the latencies from the issue; reads the CPU time of the

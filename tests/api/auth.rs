@@ -725,25 +725,24 @@ async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
                 .map(|response| response.into_inner())
         }
     };
+    // pod-1's report that it rejected version 1 of x because of `error`.
+    let rejection = |error: &str| proto::ReportStatusRequest {
+        namespace: "team-a".into(),
+        runtime_id: "pod-1".into(),
+        revision: 1,
+        policies: vec![proto::PolicyApplyStatus {
+            name: "x".into(),
+            version: 1,
+            state: proto::ApplyState::Rejected as i32,
+            error: error.into(),
+            ..Default::default()
+        }],
+    };
     let report_as = |token: String, error: &'static str| {
         let mut client = app.bundle.clone();
         async move {
             client
-                .report_status(with_token(
-                    proto::ReportStatusRequest {
-                        namespace: "team-a".into(),
-                        runtime_id: "pod-1".into(),
-                        revision: 1,
-                        policies: vec![proto::PolicyApplyStatus {
-                            name: "x".into(),
-                            version: 1,
-                            state: proto::ApplyState::Rejected as i32,
-                            error: error.into(),
-                            ..Default::default()
-                        }],
-                    },
-                    &token,
-                ))
+                .report_status(with_token(rejection(error), &token))
                 .await
         }
     };
@@ -752,19 +751,7 @@ async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
     let stream_report_as = |token: String, error: &'static str| {
         let mut client = app.bundle.clone();
         async move {
-            let request = proto::ReportStatusRequest {
-                namespace: "team-a".into(),
-                runtime_id: "pod-1".into(),
-                revision: 1,
-                policies: vec![proto::PolicyApplyStatus {
-                    name: "x".into(),
-                    version: 1,
-                    state: proto::ApplyState::Rejected as i32,
-                    error: error.into(),
-                    ..Default::default()
-                }],
-            };
-            let requests = futures::stream::iter([request]);
+            let requests = futures::stream::iter([rejection(error)]);
             let mut replies = client
                 .report_status_stream(with_token(requests, &token))
                 .await?
