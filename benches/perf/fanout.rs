@@ -24,8 +24,8 @@ use crate::{
     etcd::Etcd,
     floor::Floor,
     support::{
-        Options, Policyhub, SETTLE, Tally, Tls, Watcher, ms, open_streams, percentile, rss_kib,
-        wait_for_fds_to_close,
+        Options, Policyhub, SETTLE, Streams, Tally, Tls, Watcher, ms, open_streams, percentile,
+        rss_kib, wait_for_fds_to_close,
     },
 };
 
@@ -52,6 +52,20 @@ pub struct Run {
 }
 
 impl Run {
+    /// What `count` benchmark streams (policyhub's or the floor's) saw,
+    /// closing them; `rss_kib` is the server's before and after opening
+    /// them.
+    fn of_streams(rounds: Tally, streams: Streams, count: usize, rss_kib: [u64; 2]) -> Self {
+        Run {
+            rounds,
+            payload_bytes: streams.payload_bytes,
+            rss_before_kib: rss_kib[0],
+            rss_after_kib: rss_kib[1],
+            streams: count,
+            message_bytes: streams.message_bytes,
+        }
+    }
+
     pub fn kib_per_stream(&self) -> f64 {
         (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.streams as f64
     }
@@ -99,19 +113,10 @@ pub async fn policyhub(
     let tally = policyhub
         .activation_rounds(&mut streams, count, versions)
         .await?;
-    let payload_bytes = streams.payload_bytes;
-    let message_bytes = streams.message_bytes;
-    drop(streams);
+    let run = Run::of_streams(tally, streams, count, [rss_before_kib, rss_after_kib]);
     drop(policyhub);
     wait_for_fds_to_close().await;
-    Ok(Run {
-        rounds: tally,
-        payload_bytes,
-        rss_before_kib,
-        rss_after_kib,
-        streams: count,
-        message_bytes,
-    })
+    Ok(run)
 }
 
 /// etcd with `count` watchers of a `value_bytes` value, and `rounds` puts.
@@ -181,19 +186,10 @@ pub async fn floor(count: usize, rounds: usize, message_bytes: usize) -> anyhow:
             .round(&pid, &mut streams.received, count, write)
             .await?;
     }
-    let payload_bytes = streams.payload_bytes;
-    let message_bytes = streams.message_bytes;
-    drop(streams);
+    let run = Run::of_streams(tally, streams, count, [rss_before_kib, rss_after_kib]);
     drop(floor);
     wait_for_fds_to_close().await;
-    Ok(Run {
-        rounds: tally,
-        payload_bytes,
-        rss_before_kib,
-        rss_after_kib,
-        streams: count,
-        message_bytes,
-    })
+    Ok(run)
 }
 
 /// The fan-out cases: streams and body size.
