@@ -18,7 +18,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::StreamExt;
 use policyhub::grpc::{
     convert::json_to_struct,
-    proto::{self, policy_service_client::PolicyServiceClient},
+    proto::{
+        self, bundle_service_client::BundleServiceClient,
+        policy_service_client::PolicyServiceClient,
+    },
 };
 use policyhub_runtime::{Event, Source, State, Subscription};
 use serde_json::json;
@@ -320,6 +323,47 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
     let metrics = crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await;
     assert!(
         !metrics.contains(r#"method="/policyhub.v1.BundleService/ReportStatus""#),
+        "{metrics}"
+    );
+    task.abort();
+    kill_9(server);
+}
+
+/// Where the server will hold no more report streams for its subject, the
+/// library reports with one ReportStatus call each, and the report lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_reports_with_calls_where_no_report_stream_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let metrics_port = free_port();
+    let mut env = server_env();
+    env.push(("POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT", "1".to_owned()));
+    env.push((
+        "POLICYHUB_METRICS_LISTEN",
+        format!("127.0.0.1:{metrics_port}"),
+    ));
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    // Another caller of the same subject holds its one report stream.
+    let _held = BundleServiceClient::new(channel.clone())
+        .report_status_stream(futures::stream::pending::<proto::ReportStatusRequest>())
+        .await
+        .expect("the first report stream is allowed");
+
+    let (task, mut states) = follow(quick(&format!("http://127.0.0.1:{port}")).runtime("rt-1", []));
+    until_version(&mut states, "limits", 1, &mut Vec::new()).await;
+    let reported = tokio::time::timeout(Duration::from_secs(10), async {
+        while policy_status(&channel, "limits").await.applied != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(reported.is_ok(), "APPLIED reported");
+    let metrics = crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await;
+    assert!(
+        metrics.contains(
+            r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/ReportStatus",code="0"}"#
+        ),
         "{metrics}"
     );
     task.abort();
