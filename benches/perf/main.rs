@@ -207,11 +207,21 @@ pub enum Target {
     Below(f64),
 }
 
+/// A target's factor with at most two decimals: 0.5, 2, 0.91 for 1/1.1.
+fn factor(bound: f64) -> String {
+    let text = format!("{bound:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 impl Target {
     fn judge(self, ours: f64, ratio: Option<f64>, unit: Unit) -> String {
         let (text, met) = match self {
-            Target::RatioAtLeast(bound) => (format!("≥ {bound}×"), ratio.map(|r| r >= bound)),
-            Target::RatioAtMost(bound) => (format!("≤ {bound}×"), ratio.map(|r| r <= bound)),
+            Target::RatioAtLeast(bound) => {
+                (format!("≥ {}×", factor(bound)), ratio.map(|r| r >= bound))
+            }
+            Target::RatioAtMost(bound) => {
+                (format!("≤ {}×", factor(bound)), ratio.map(|r| r <= bound))
+            }
             Target::AtMost(bound) => (format!("≤ {}", unit.format(bound)), Some(ours <= bound)),
             Target::Below(bound) => (format!("< {}", unit.format(bound)), Some(ours < bound)),
         };
