@@ -241,7 +241,8 @@ impl BundleService for BundleApi {
     type ReportStatusStreamStream = ReportStream;
 
     /// Answers each report in order; the first refusal ends the stream with
-    /// its status (tonic ends a server's stream at its first error).
+    /// its status (tonic ends a server's stream at its first error), and so
+    /// does a shutdown, with UNAVAILABLE, as it ends watch streams.
     async fn report_status_stream(
         &self,
         request: Request<Streaming<proto::ReportStatusRequest>>,
@@ -252,7 +253,13 @@ impl BundleService for BundleApi {
             .open_stream(StreamKind::Report, &caller.caller().subject)?;
         let state = (request.into_inner(), self.clone(), caller, permit);
         let replies = futures::stream::unfold(state, |(mut reports, api, caller, permit)| async {
-            let reply = match reports.message().await {
+            let message = tokio::select! {
+                message = reports.message() => message,
+                () = api.hub.index().closed() => {
+                    Err(Status::unavailable("the server is shutting down: report on another connection"))
+                }
+            };
+            let reply = match message {
                 Ok(None) => return None,
                 Ok(Some(request)) => api.report(&caller, Rpc::ReportStatusStream, &request).await,
                 Err(status) => Err(status),

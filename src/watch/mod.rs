@@ -162,6 +162,13 @@ impl ActiveIndex {
         self.ending.send_replace(Ending::Shutdown);
     }
 
+    /// Resolves once the server shuts down ([`close`](Self::close)).
+    pub async fn closed(&self) {
+        let mut ending = self.ending.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = ending.wait_for(|ending| *ending == Ending::Shutdown).await;
+    }
+
     /// Whether streams are served, and if not, why.
     pub fn ending(&self) -> Ending {
         *self.ending.borrow()

@@ -10,7 +10,10 @@ use policyhub::grpc::{
 use serde_json::json;
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::helpers::{Backend, TestApp, TestDatabase, expect_code, next_message, spawn_on};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, expect_code, free_port, next_message, spawn_binary_server_on,
+    spawn_on, terminate,
+};
 
 crate::on_both_backends!(
     reports_show_in_the_fleet_view_and_the_policy_status,
@@ -558,6 +561,30 @@ async fn bad_runtime_requests_are_refused_and_change_nothing(app: TestApp) {
         runtimes[0].policies.is_empty(),
         "no refused report was kept"
     );
+}
+
+/// SIGTERM ends an open ReportStatusStream with UNAVAILABLE, as it ends
+/// watch streams, so the graceful drain does not wait on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_report_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &[]).await;
+    let mut replies = BundleServiceClient::new(channel)
+        .report_status_stream(futures::stream::pending::<proto::ReportStatusRequest>())
+        .await
+        .unwrap()
+        .into_inner();
+    let stopped = tokio::spawn(terminate(server));
+    let ended = tokio::time::timeout(Duration::from_secs(10), replies.message())
+        .await
+        .expect("the report stream ends within 10 s");
+    let status = ended.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the server exits within 10 s")
+        .unwrap();
 }
 
 /// Two replicas on one PostgreSQL database: each lists the runtimes
