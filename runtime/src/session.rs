@@ -707,8 +707,16 @@ impl Core {
 /// stream (an older server) or will not hold another one (its quota).
 struct Reporter {
     client: Client,
-    stream: Option<ReportStream>,
-    unary: bool,
+    route: Route,
+}
+
+/// How the next report travels.
+enum Route {
+    /// On a stream, opened at the next report.
+    Unopened,
+    Stream(Box<ReportStream>),
+    /// One `ReportStatus` call each.
+    Calls,
 }
 
 /// An open `ReportStatusStream`: where requests go, and the answers.
@@ -721,38 +729,16 @@ impl Reporter {
     fn new(client: Client) -> Self {
         Reporter {
             client,
-            stream: None,
-            unary: false,
+            route: Route::Unopened,
         }
     }
 
     /// Sends one report and waits for the server's answer.
     async fn send(&mut self, request: ReportStatusRequest) -> Result<(), Status> {
-        if !self.unary && self.stream.is_none() {
-            let (requests, receiver) = mpsc::channel(1);
-            let outbound = futures_util::stream::unfold(receiver, |mut receiver| async move {
-                receiver.recv().await.map(|request| (request, receiver))
-            });
-            match self.client.report_status_stream(outbound).await {
-                Ok(response) => {
-                    self.stream = Some(ReportStream {
-                        requests,
-                        replies: response.into_inner(),
-                    });
-                }
-                Err(status)
-                    if matches!(status.code(), Code::Unimplemented | Code::ResourceExhausted) =>
-                {
-                    tracing::debug!(
-                        code = ?status.code(),
-                        "no report stream; reporting with one call each"
-                    );
-                    self.unary = true;
-                }
-                Err(status) => return Err(status),
-            }
+        if matches!(self.route, Route::Unopened) {
+            self.route = self.open().await?;
         }
-        let Some(stream) = &mut self.stream else {
+        let Route::Stream(stream) = &mut self.route else {
             return self.client.report_status(request).await.map(drop);
         };
         let answer = match stream.requests.send(request).await {
@@ -762,13 +748,38 @@ impl Reporter {
         match answer {
             Ok(Some(_)) => Ok(()),
             Ok(None) => {
-                self.stream = None;
+                self.route = Route::Unopened;
                 Err(Status::unavailable("the report stream ended"))
             }
             Err(status) => {
-                self.stream = None;
+                self.route = Route::Unopened;
                 Err(status)
             }
+        }
+    }
+
+    /// Opens the report stream, or settles on calls where the server will
+    /// not hold one.
+    async fn open(&mut self) -> Result<Route, Status> {
+        let (requests, receiver) = mpsc::channel(1);
+        let outbound = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|request| (request, receiver))
+        });
+        match self.client.report_status_stream(outbound).await {
+            Ok(response) => Ok(Route::Stream(Box::new(ReportStream {
+                requests,
+                replies: response.into_inner(),
+            }))),
+            Err(status)
+                if matches!(status.code(), Code::Unimplemented | Code::ResourceExhausted) =>
+            {
+                tracing::debug!(
+                    code = ?status.code(),
+                    "no report stream; reporting with one call each"
+                );
+                Ok(Route::Calls)
+            }
+            Err(status) => Err(status),
         }
     }
 }

@@ -267,6 +267,34 @@ fn corrupt(chunk: &mut [u8], how: Tamper) -> bool {
     true
 }
 
+/// The server's environment with its metrics port at `metrics_port`, and
+/// `more`.
+fn server_env_with_metrics(
+    metrics_port: u16,
+    more: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = server_env();
+    env.push((
+        "POLICYHUB_METRICS_LISTEN",
+        format!("127.0.0.1:{metrics_port}"),
+    ));
+    env.extend(more.iter().map(|(key, value)| (*key, value.to_string())));
+    env
+}
+
+/// Waits until one runtime reported team/limits APPLIED (panics after
+/// 10 s, saying `what`); returns the server's metrics then.
+async fn once_applied_reported(channel: &Channel, metrics_port: u16, what: &str) -> String {
+    let reported = tokio::time::timeout(Duration::from_secs(10), async {
+        while policy_status(channel, "limits").await.applied != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(reported.is_ok(), "{what}");
+    crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await
+}
+
 async fn policy_status(channel: &Channel, name: &str) -> proto::GetPolicyStatusResponse {
     PolicyServiceClient::new(channel.clone())
         .get_policy_status(proto::GetPolicyStatusRequest {
@@ -292,11 +320,7 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
 
     kill_9(server);
     let metrics_port = free_port();
-    let mut env = server_env();
-    env.push((
-        "POLICYHUB_METRICS_LISTEN",
-        format!("127.0.0.1:{metrics_port}"),
-    ));
+    let env = server_env_with_metrics(metrics_port, &[]);
     let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
     for version in 3..=5 {
         release(&channel, "limits", json!({"v": version})).await;
@@ -308,19 +332,10 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
         revisions.windows(2).all(|pair| pair[0] < pair[1]),
         "revisions only increase and none is applied twice: {revisions:?}"
     );
-    // The report of the last state reached the restarted server.
-    let reported = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if policy_status(&channel, "limits").await.applied == 1 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(reported.is_ok(), "APPLIED reported after the restart");
-    // It reported on its ReportStatusStream: no ReportStatus call ended.
-    let metrics = crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await;
+    // The report of the last state reached the restarted server, on its
+    // ReportStatusStream: no ReportStatus call ended.
+    let what = "APPLIED reported after the restart";
+    let metrics = once_applied_reported(&channel, metrics_port, what).await;
     assert!(
         !metrics.contains(r#"method="/policyhub.v1.BundleService/ReportStatus""#),
         "{metrics}"
@@ -336,12 +351,8 @@ async fn the_library_reports_with_calls_where_no_report_stream_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let metrics_port = free_port();
-    let mut env = server_env();
-    env.push(("POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT", "1".to_owned()));
-    env.push((
-        "POLICYHUB_METRICS_LISTEN",
-        format!("127.0.0.1:{metrics_port}"),
-    ));
+    let quota = [("POLICYHUB_QUOTAS__MAX_STREAMS_PER_SUBJECT", "1")];
+    let env = server_env_with_metrics(metrics_port, &quota);
     let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
     release(&channel, "limits", json!({"v": 1})).await;
     // Another caller of the same subject holds its one report stream.
@@ -352,14 +363,7 @@ async fn the_library_reports_with_calls_where_no_report_stream_is_allowed() {
 
     let (task, mut states) = follow(quick(&format!("http://127.0.0.1:{port}")).runtime("rt-1", []));
     until_version(&mut states, "limits", 1, &mut Vec::new()).await;
-    let reported = tokio::time::timeout(Duration::from_secs(10), async {
-        while policy_status(&channel, "limits").await.applied != 1 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(reported.is_ok(), "APPLIED reported");
-    let metrics = crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await;
+    let metrics = once_applied_reported(&channel, metrics_port, "APPLIED reported").await;
     assert!(
         metrics.contains(
             r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/ReportStatus",code="0"}"#
