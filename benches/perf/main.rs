@@ -70,6 +70,11 @@ use std::{env, fmt::Write as _, process::Command};
 
 use anyhow::{Context, bail, ensure};
 
+/// The server's allocator, so the floor (this binary, started again) and
+/// the clients allocate as the server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A part of the bench that `PERF_SECTIONS` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Section {

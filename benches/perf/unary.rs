@@ -14,7 +14,10 @@
 //! agent's RSS while idle. The bench's clients share the machine's cores
 //! with the server.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::ensure;
 use policyhub::grpc::proto::{self, bundle_service_client::BundleServiceClient};
@@ -24,7 +27,10 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     Outcome, Row, Settings, Target, Unit,
-    support::{NAMESPACE, Options, POLICY, Policyhub, authorized, free_port, ms, percentile},
+    support::{
+        NAMESPACE, Options, POLICY, Policyhub, authorized, cpu_time, free_port, micros, ms,
+        percentile,
+    },
 };
 
 /// Calls kept in flight.
@@ -89,10 +95,24 @@ impl Caller {
 }
 
 /// Calls per second with `IN_FLIGHT` calls spread over `callers`, after a
-/// short warm-up.
-async fn rate(callers: &[Caller], call: Call, duration: Duration) -> anyhow::Result<f64> {
-    rate_in_flight(callers, call, duration, IN_FLIGHT).await
+/// short warm-up, and the server's CPU time per call over the whole run,
+/// warm-up included.
+async fn rate(
+    callers: &[Caller],
+    call: Call,
+    duration: Duration,
+    server: &str,
+) -> anyhow::Result<(f64, Duration)> {
+    let cpu_before = cpu_time(server)?;
+    let calls_before = CALLS.load(Ordering::Relaxed);
+    let rate = rate_in_flight(callers, call, duration, IN_FLIGHT).await?;
+    let calls = CALLS.load(Ordering::Relaxed) - calls_before;
+    let cpu = cpu_time(server)?.saturating_sub(cpu_before);
+    Ok((rate, cpu / u32::try_from(calls.max(1))?))
 }
+
+/// Calls answered, warm-up included, for the server's CPU per call.
+static CALLS: AtomicU64 = AtomicU64::new(0);
 
 async fn rate_in_flight(
     callers: &[Caller],
@@ -110,6 +130,7 @@ async fn rate_in_flight(
             let mut done = 0u64;
             loop {
                 caller.call(call).await?;
+                CALLS.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 if now >= end {
                     return Ok::<_, tonic::Status>(done);
@@ -261,6 +282,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     policyhub.publish(1).await?;
     let token = policyhub.token();
     ensure!(token.is_some(), "the unary server must authenticate");
+    let server = policyhub.server.pid();
 
     let mut outcome = Outcome::default();
     for connections in [1, 16] {
@@ -272,17 +294,32 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             ));
         }
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
         for repeat in 1..=settings.repeats {
-            let get_active = rate(&callers, Call::GetActive, duration).await?;
-            let health = rate(&callers, Call::HealthCheck, duration).await?;
+            let (get_active, get_active_cpu) =
+                rate(&callers, Call::GetActive, duration, &server).await?;
+            let (health, health_cpu) = rate(&callers, Call::HealthCheck, duration, &server).await?;
             println!(
-                "  {connections} connection(s), repeat {repeat}: GetActive {get_active:.0}/s, \
-                 Health/Check {health:.0}/s"
+                "  {connections} connection(s), repeat {repeat}: GetActive {get_active:.0}/s \
+                 ({get_active_cpu:?} server CPU per call), Health/Check {health:.0}/s \
+                 ({health_cpu:?})"
             );
             ours.push(get_active);
             theirs.push(health);
+            our_cpu.push(micros(get_active_cpu));
+            their_cpu.push(micros(health_cpu));
         }
         let plural = if connections == 1 { "" } else { "s" };
+        outcome.rows.push(Row::new(
+            format!(
+                "server CPU per GetActive call, {IN_FLIGHT} in flight over {connections} \
+                 connection{plural}"
+            ),
+            Unit::Microseconds,
+            our_cpu,
+            "per Health/Check call, same server and concurrency",
+            their_cpu,
+        ));
         outcome.rows.push(
             Row::new(
                 format!(

@@ -61,6 +61,10 @@ pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+pub fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
 fn policy_body(version: usize) -> serde_json::Value {
     json!({
         "maxAmount": 100 * version,
