@@ -18,7 +18,7 @@ use jsonwebtoken::jwk::JwkSet;
 use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
 use crate::fleet::Fleet;
 use crate::grpc::{
-    BundleApi, PolicyApi, WatchRoute,
+    BundleApi, BundleRoute, PolicyApi,
     auth::{Authentication, Authenticator},
     message_limit::MessageLimitLayer,
     proto::{
@@ -297,7 +297,7 @@ impl Application {
             self.settings.watch.heartbeat_interval(),
             quotas,
         );
-        let bundle_service = WatchRoute::new(
+        let bundle_service = BundleRoute::new(
             BundleServiceServer::new(bundle_api.clone()).max_decoding_message_size(max_message + 1),
             bundle_api,
             max_message + 1,

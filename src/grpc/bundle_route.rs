@@ -1,20 +1,22 @@
-//! `BundleService.WatchActive` written to the transport without tonic's
-//! response encoder.
+//! `BundleService.WatchActive` and `BundleService.GetActive` written to
+//! the transport without tonic's response encoder.
 //!
-//! tonic encodes every message of a response stream into a buffer the
-//! stream owns and keeps that buffer at the largest size it ever reached:
+//! tonic encodes every message of a response into a buffer the call owns.
+//! A watch stream keeps that buffer at the largest size it ever reached:
 //! measured, an idle watch stream held 108 KiB after one 64 KiB snapshot,
 //! which with 1 MiB policies and ten thousand runtimes is over 10 GiB held
-//! by streams doing nothing. It also copies every bundle into that buffer,
-//! once per subscriber per update.
+//! by streams doing nothing. And every reply copies its bundle into it:
+//! once per subscriber per update, and once per GetActive call, after
+//! converting the bundle to its protobuf type anew.
 //!
-//! This route serves the method itself: the request is decoded by tonic's
-//! decoder, the handler is [`BundleApi`]'s, and each message goes out as a
-//! [`GrpcFrame`]: the index's shared bundle bytes as they are, between the
-//! few bytes of the message's own fields. Once a message is out, the stream
-//! holds nothing of it; an idle stream is its subscriber's cursor and the
-//! HTTP/2 stream. The authentication interceptor, the metrics layer and
-//! the trace span wrap this route as they wrap every other method.
+//! This route serves the two methods itself: the request is decoded by
+//! tonic's decoder, the handler is [`BundleApi`]'s, and each message goes
+//! out in pieces: the index's shared bundle bytes as they are (encoded once
+//! per version), between the few bytes of the message's own fields. Once a
+//! message is out, the call holds nothing of it; an idle stream is its
+//! subscriber's cursor and the HTTP/2 stream. The authentication
+//! interceptor, the metrics layer and the trace span wrap this route as
+//! they wrap every other method.
 
 use std::{
     convert::Infallible,
@@ -23,12 +25,12 @@ use std::{
 };
 
 use futures::{
-    Stream, StreamExt,
+    Stream, StreamExt, TryStreamExt,
     future::{BoxFuture, Either},
 };
 use http::header::CONTENT_TYPE;
 use http_body::Frame;
-use prost::bytes::Bytes;
+use prost::bytes::{BufMut, Bytes, BytesMut};
 use tonic::{
     Status,
     body::Body,
@@ -40,25 +42,44 @@ use tower_service::Service;
 
 use super::BundleApi;
 use super::codec::CompactCodec;
-use super::proto::{self, bundle_service_server::BundleService};
-use super::watch_message::{GrpcFrame, WatchActiveResponse};
+use super::proto::bundle_service_server::BundleService;
+use super::watch_message::{GRPC_PREFIX_LEN, WatchActiveResponse};
 use crate::domain::Error;
 
-/// The method this route serves, within the service it wraps; every other
+/// The methods this route serves, within the service it wraps; every other
 /// request goes to that service.
-const WATCH_ACTIVE: &str = "WatchActive";
-
-/// Whether `path` is `/<service>/WatchActive` of the service named `service`.
-fn is_watch_active(path: &str, service: &str) -> bool {
-    path.strip_prefix('/')
-        .and_then(|path| path.strip_prefix(service))
-        .and_then(|path| path.strip_prefix('/'))
-        == Some(WATCH_ACTIVE)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    WatchActive,
+    GetActive,
 }
 
-/// `BundleService` with `WatchActive` served by [`watch_active`].
+impl Served {
+    const ALL: [Served; 2] = [Served::WatchActive, Served::GetActive];
+
+    fn name(self) -> &'static str {
+        match self {
+            Served::WatchActive => "WatchActive",
+            Served::GetActive => "GetActive",
+        }
+    }
+
+    /// The method `path` names when it is `/<service>/<method>` of the
+    /// service named `service` and one served here.
+    fn of(path: &str, service: &str) -> Option<Served> {
+        let method = path
+            .strip_prefix('/')?
+            .strip_prefix(service)?
+            .strip_prefix('/')?;
+        Served::ALL
+            .into_iter()
+            .find(|served| served.name() == method)
+    }
+}
+
+/// `BundleService` with `WatchActive` and `GetActive` served here.
 #[derive(Clone)]
-pub struct WatchRoute<S> {
+pub struct BundleRoute<S> {
     /// The generated service, for every other method.
     inner: S,
     api: BundleApi,
@@ -66,10 +87,11 @@ pub struct WatchRoute<S> {
     max_request_bytes: usize,
 }
 
-impl<S> WatchRoute<S> {
-    /// `inner` with its `WatchActive` answered by `api` here.
+impl<S> BundleRoute<S> {
+    /// `inner` with its `WatchActive` and `GetActive` answered by `api`
+    /// here.
     pub fn new(inner: S, api: BundleApi, max_request_bytes: usize) -> Self {
-        WatchRoute {
+        BundleRoute {
             inner,
             api,
             max_request_bytes,
@@ -77,11 +99,11 @@ impl<S> WatchRoute<S> {
     }
 }
 
-impl<S: NamedService> NamedService for WatchRoute<S> {
+impl<S: NamedService> NamedService for BundleRoute<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<Body>> for WatchRoute<S>
+impl<S> Service<http::Request<Body>> for BundleRoute<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + NamedService,
@@ -95,25 +117,30 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if !is_watch_active(request.uri().path(), S::NAME) {
+        let Some(served) = Served::of(request.uri().path(), S::NAME) else {
             return Either::Left(self.inner.call(request));
-        }
+        };
         let api = self.api.clone();
         let max_request_bytes = self.max_request_bytes;
         Either::Right(Box::pin(async move {
-            Ok(watch_active(api, request, max_request_bytes)
-                .await
-                .unwrap_or_else(Status::into_http))
+            let response = match served {
+                Served::WatchActive => watch_active(api, request, max_request_bytes).await,
+                Served::GetActive => get_active(api, request, max_request_bytes).await,
+            };
+            Ok(response.unwrap_or_else(Status::into_http))
         }))
     }
 }
 
-/// Decodes the request, calls the handler, and answers with its stream.
-async fn watch_active(
-    api: BundleApi,
+/// The one request message of a call, decoded as the generated service
+/// would.
+async fn request_message<M>(
     request: http::Request<Body>,
     max_request_bytes: usize,
-) -> Result<http::Response<Body>, Status> {
+) -> Result<tonic::Request<M>, Status>
+where
+    M: prost::Message + Default + Send + 'static,
+{
     if let Some(encoding) = request.headers().get("grpc-encoding")
         && encoding != "identity"
     {
@@ -123,37 +150,76 @@ async fn watch_active(
         )));
     }
     let (parts, body) = request.into_parts();
-    let decoder =
-        CompactCodec::<WatchActiveResponse, proto::WatchActiveRequest>::default().decoder();
+    let decoder = CompactCodec::<WatchActiveResponse, M>::default().decoder();
     let message = Streaming::new_request(decoder, body, None, Some(max_request_bytes))
         .message()
         .await?
         .ok_or_else(|| Error::invalid("request", "the call carries no request message"))?;
-    let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
-    let (metadata, messages, _) = api.watch_active(request).await?.into_parts();
-    let mut response = http::Response::new(Body::new(WatchBody::new(messages)));
-    *response.headers_mut() = metadata.into_headers();
+    Ok(tonic::Request::from_http(http::Request::from_parts(
+        parts, message,
+    )))
+}
+
+/// A gRPC response of `body` with `headers`.
+fn response<B>(headers: http::HeaderMap, body: B) -> http::Response<Body>
+where
+    B: http_body::Body<Data = Bytes, Error = Status> + Send + 'static,
+{
+    let mut response = http::Response::new(Body::new(body));
+    *response.headers_mut() = headers;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
-    Ok(response)
+    response
 }
 
-/// A response body that writes each message of `messages` as a
-/// [`GrpcFrame`], then the stream's status as trailers.
-pub struct WatchBody<M> {
-    messages: M,
+/// Decodes the request, calls the handler, and answers with its stream.
+async fn watch_active(
+    api: BundleApi,
+    request: http::Request<Body>,
+    max_request_bytes: usize,
+) -> Result<http::Response<Body>, Status> {
+    let request = request_message(request, max_request_bytes).await?;
+    let (metadata, messages, _) = api.watch_active(request).await?.into_parts();
+    let frames = messages.map_ok(WatchActiveResponse::into_grpc_frame);
+    Ok(response(metadata.into_headers(), FramedBody::new(frames)))
+}
+
+/// Decodes the request, calls the handler, and answers with its reply: the
+/// gRPC prefix, then the reply's pieces as they are.
+async fn get_active(
+    api: BundleApi,
+    request: http::Request<Body>,
+    max_request_bytes: usize,
+) -> Result<http::Response<Body>, Status> {
+    let request = request_message(request, max_request_bytes).await?;
+    let pieces = api.active_reply(request).await?;
+    let length: usize = pieces.iter().map(Bytes::len).sum();
+    let mut prefix = BytesMut::with_capacity(GRPC_PREFIX_LEN);
+    prefix.put_u8(0); // not compressed
+    prefix.put_u32(u32::try_from(length).map_err(|_| {
+        Status::resource_exhausted("the active bundle does not fit one gRPC message")
+    })?);
+    let frame = std::iter::once(prefix.freeze()).chain(pieces);
+    let body = FramedBody::new(futures::stream::iter([Ok(frame)]));
+    Ok(response(http::HeaderMap::new(), body))
+}
+
+/// A response body that writes each message of `frames` piece by piece,
+/// then the call's status as trailers.
+pub struct FramedBody<M, F> {
+    frames: M,
     /// What is left to write of the current message.
-    sending: Option<GrpcFrame>,
+    sending: Option<F>,
     /// The trailers are out: nothing follows.
     finished: bool,
 }
 
-impl<M> WatchBody<M> {
-    /// The body of a stream of `messages`.
-    pub fn new(messages: M) -> Self {
-        WatchBody {
-            messages,
+impl<M, F> FramedBody<M, F> {
+    /// The body of a stream of `frames`.
+    pub fn new(frames: M) -> Self {
+        FramedBody {
+            frames,
             sending: None,
             finished: false,
         }
@@ -173,9 +239,10 @@ fn trailers(status: &Status) -> http::HeaderMap {
     trailers
 }
 
-impl<M> http_body::Body for WatchBody<M>
+impl<M, F> http_body::Body for FramedBody<M, F>
 where
-    M: Stream<Item = Result<WatchActiveResponse, Status>> + Unpin,
+    M: Stream<Item = Result<F, Status>> + Unpin,
+    F: Iterator<Item = Bytes> + Unpin,
 {
     type Data = Bytes;
     type Error = Status;
@@ -195,9 +262,9 @@ where
             if this.finished {
                 return Poll::Ready(None);
             }
-            let ending = match ready!(this.messages.poll_next_unpin(cx)) {
-                Some(Ok(message)) => {
-                    this.sending = Some(message.into_grpc_frame());
+            let ending = match ready!(this.frames.poll_next_unpin(cx)) {
+                Some(Ok(frame)) => {
+                    this.sending = Some(frame);
                     continue;
                 }
                 Some(Err(status)) => status,
@@ -231,23 +298,26 @@ mod tests {
     }
 
     #[test]
-    fn the_route_takes_the_served_watch_method_and_nothing_else() {
+    fn the_route_takes_the_served_methods_and_nothing_else() {
         use super::super::proto::bundle_service_server::BundleServiceServer;
         let service = <BundleServiceServer<BundleApi> as NamedService>::NAME;
-        let path = format!("/{service}/{WATCH_ACTIVE}");
-        // A method the served descriptors declare, so a renamed one fails here.
-        assert_eq!(
-            crate::grpc::methods::classify(&path),
-            (service, WATCH_ACTIVE)
-        );
-        assert!(is_watch_active(&path, service));
+        for served in Served::ALL {
+            let path = format!("/{service}/{}", served.name());
+            // A method the served descriptors declare, so a renamed one fails here.
+            assert_eq!(
+                crate::grpc::methods::classify(&path),
+                (service, served.name())
+            );
+            assert_eq!(Served::of(&path, service), Some(served));
+        }
         for other in [
-            format!("/{service}/GetActive"),
+            format!("/{service}/GetSigningKeys"),
             format!("/{service}/WatchActiveX"),
+            format!("/{service}/GetActiv"),
             "/policyhub.v1.PolicyService/WatchActive".to_owned(),
-            format!("{service}/{WATCH_ACTIVE}"),
+            format!("{service}/WatchActive"),
         ] {
-            assert!(!is_watch_active(&other, service), "{other}");
+            assert_eq!(Served::of(&other, service), None, "{other}");
         }
     }
 
@@ -257,7 +327,7 @@ mod tests {
         // One message, then a stream that waits, as an idle watch does.
         let messages = futures::stream::iter([Ok(message(vec![large.clone()]))])
             .chain(futures::stream::pending());
-        let mut body = WatchBody::new(messages);
+        let mut body = FramedBody::new(messages.map_ok(WatchActiveResponse::into_grpc_frame));
         let mut written = 0;
         let mut shared = false;
         while let Some(frame) = body.frame().now_or_never() {
@@ -281,7 +351,7 @@ mod tests {
             Ok(message(vec![])),
             Err(Status::unavailable("shutting down")),
         ]);
-        let mut body = WatchBody::new(messages);
+        let mut body = FramedBody::new(messages.map_ok(WatchActiveResponse::into_grpc_frame));
         let mut frames = Vec::new();
         while let Some(Some(frame)) = body.frame().now_or_never() {
             frames.push(frame.unwrap());

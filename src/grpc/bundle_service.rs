@@ -3,6 +3,10 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
+use prost::{
+    Message,
+    bytes::{Bytes, BytesMut},
+};
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
@@ -99,13 +103,33 @@ fn active_wanted(
     Ok((policy, as_of, watcher, request.allow_draft_fallback))
 }
 
-fn active_reply(view: ActiveView) -> proto::Bundle {
+/// `policyhub.v1.Bundle`'s field number of its checkpoint.
+const BUNDLE_CHECKPOINT_FIELD: u32 = 11;
+
+/// The reply to a GetActive, an encoded `policyhub.v1.Bundle`, in pieces.
+/// The bundle active now is the index's bytes as they are (encoded once per
+/// version), followed by the checkpoint field with the index's encoded
+/// checkpoint: protobuf fields may come in any order, so a read encodes and
+/// copies no bundle.
+fn encoded_active(view: ActiveView) -> Vec<Bytes> {
+    let encoded = |bundle: proto::Bundle| vec![Bytes::from(bundle.encode_to_vec())];
     match view {
-        ActiveView::Signed(bundle, proof) => proto::Bundle {
+        ActiveView::Current(indexed, None) => vec![indexed.encoded.clone()],
+        ActiveView::Current(indexed, Some(checkpoint)) => {
+            let mut field = BytesMut::new();
+            prost::encoding::encode_key(
+                BUNDLE_CHECKPOINT_FIELD,
+                prost::encoding::WireType::LengthDelimited,
+                &mut field,
+            );
+            prost::encoding::encode_varint(checkpoint.len() as u64, &mut field);
+            vec![indexed.encoded.clone(), field.freeze(), checkpoint]
+        }
+        ActiveView::Signed(bundle, proof) => encoded(proto::Bundle {
             checkpoint: proof.as_ref().map(convert::checkpoint),
             ..convert::bundle(&bundle)
-        },
-        ActiveView::UnsignedDraft(draft) => convert::draft_bundle(&draft),
+        }),
+        ActiveView::UnsignedDraft(draft) => encoded(convert::draft_bundle(&draft)),
     }
 }
 
@@ -114,6 +138,22 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Sen
 type ReportStream = Pin<Box<dyn Stream<Item = Result<proto::ReportStatusResponse, Status>> + Send>>;
 
 impl BundleApi {
+    /// Answers a GetActive with its reply encoded, in pieces: what
+    /// `super::bundle_route` writes.
+    pub async fn active_reply(
+        &self,
+        request: Request<proto::GetActiveRequest>,
+    ) -> Result<Vec<Bytes>, Status> {
+        let caller = identify(&request)?;
+        let (policy, as_of, watcher, draft) = active_wanted(request.into_inner())?;
+        caller.admit(Rpc::GetActive, [&policy.namespace], &self.quotas)?;
+        let view = self
+            .hub
+            .get_active(&policy, as_of, draft, watcher.as_ref())
+            .await?;
+        Ok(encoded_active(view))
+    }
+
     /// Opens a watch stream for an admitted caller: refused while this
     /// replica does not vouch for its revision, counted against the
     /// caller's streams, and registered in the fleet when it names a
@@ -181,18 +221,17 @@ impl BundleApi {
 
 #[tonic::async_trait]
 impl BundleService for BundleApi {
+    /// The route answers GetActive with [`BundleApi::active_reply`]'s
+    /// pieces as they are; this is the same reply decoded, for the service
+    /// mounted without the route.
     async fn get_active(
         &self,
         request: Request<proto::GetActiveRequest>,
     ) -> Result<Response<proto::Bundle>, Status> {
-        let caller = identify(&request)?;
-        let (policy, as_of, watcher, draft) = active_wanted(request.into_inner())?;
-        caller.admit(Rpc::GetActive, [&policy.namespace], &self.quotas)?;
-        let hub = &self.hub;
-        let view = hub
-            .get_active(&policy, as_of, draft, watcher.as_ref())
-            .await?;
-        Ok(Response::new(active_reply(view)))
+        let encoded = self.active_reply(request).await?.concat();
+        let reply = proto::Bundle::decode(encoded.as_slice())
+            .map_err(|error| Status::internal(format!("an encoded bundle: {error}")))?;
+        Ok(Response::new(reply))
     }
 
     type WatchActiveStream = WatchStream;
@@ -267,5 +306,56 @@ impl BundleService for BundleApi {
             Some((reply, (reports, api, caller, permit)))
         });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{ActiveBundle, Digest};
+    use crate::watch::IndexedBundle;
+
+    #[test]
+    fn the_active_reply_is_the_indexed_bytes_and_the_checkpoint_field() {
+        let bundle = ActiveBundle {
+            policy: PolicyRef::parse("team", "limits").unwrap(),
+            version: 3,
+            label: None,
+            digest: Digest::of_canonical(b"{}"),
+            jws: Arc::from("h.p.s"),
+            key_id: "kid".into(),
+            revision: 9,
+        };
+        let indexed = Arc::new(IndexedBundle {
+            encoded: convert::encoded_bundle(&bundle),
+            bundle,
+        });
+        let checkpoint = proto::Checkpoint {
+            jws: "c.p.s".into(),
+            revision: 9,
+            last_event_id: 40,
+            chain_head: "sha256:00".into(),
+            time: Some(prost_types::Timestamp::default()),
+            key_id: "kid".into(),
+        };
+        let view = ActiveView::Current(
+            indexed.clone(),
+            Some(Bytes::from(checkpoint.encode_to_vec())),
+        );
+        let pieces = encoded_active(view);
+        // The bundle goes out as the index's shared bytes, not a copy.
+        assert_eq!(pieces[0].as_ptr(), indexed.encoded.as_ptr());
+        let reply = proto::Bundle::decode(pieces.concat().as_slice()).unwrap();
+        let expected = proto::Bundle {
+            checkpoint: Some(checkpoint),
+            ..convert::bundle(&indexed.bundle)
+        };
+        assert_eq!(reply, expected);
+
+        let without = encoded_active(ActiveView::Current(indexed.clone(), None));
+        let reply = proto::Bundle::decode(without.concat().as_slice()).unwrap();
+        assert_eq!(reply, convert::bundle(&indexed.bundle));
     }
 }

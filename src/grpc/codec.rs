@@ -3,7 +3,7 @@
 //! tonic's default codec reserves 8 KiB buffers for every call up front.
 //! Most requests and replies here are a few hundred bytes, so this codec
 //! starts at 1 KiB and lets a buffer grow for large messages. (Watch streams
-//! write their messages without an encode buffer: `watch_route`.)
+//! write their messages without an encode buffer: `bundle_route`.)
 //!
 //! A message that does not decode is the sender's fault: INVALID_ARGUMENT
 //! saying so (prost's decoder answers INTERNAL, which gRPC reserves for

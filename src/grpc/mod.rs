@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod auth;
 mod backup;
+mod bundle_route;
 mod bundle_service;
 pub mod codec;
 pub mod convert;
@@ -17,11 +18,10 @@ mod runtimes;
 mod schedules;
 pub mod status;
 pub mod watch_message;
-mod watch_route;
 
+pub use bundle_route::BundleRoute;
 pub use bundle_service::BundleApi;
 pub use policy_service::PolicyApi;
-pub use watch_route::WatchRoute;
 
 /// The generated protobuf types, clients and servers of `policyhub.v1`.
 pub mod proto {

@@ -6,7 +6,7 @@
 //! [`WatchActiveResponse::into_grpc_frame`] hands the transport those bytes
 //! as they are, between the few bytes of the message's own fields, so
 //! fanning an activation out to ten thousand streams copies no bundle and
-//! encodes none again (`super::watch_route` writes the frames). On the wire
+//! encodes none again (`super::bundle_route` writes the frames). On the wire
 //! it is exactly the message `bundle_service.proto` declares; `build.rs`
 //! maps the protobuf name to this type, so clients decode it with prost.
 
@@ -93,7 +93,7 @@ impl WatchMessage {
 }
 
 /// The compression flag and the length in front of every gRPC message.
-const GRPC_PREFIX_LEN: usize = 5;
+pub const GRPC_PREFIX_LEN: usize = 5;
 
 /// One watch message on the wire, handed out piece by piece: the bytes of
 /// the message's own fields (one small allocation, sliced), and between

@@ -16,6 +16,7 @@ pub use schedules::ScheduleControl;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use prost::bytes::Bytes;
 use tempfile::NamedTempFile;
 
 use crate::config::RolloutSettings;
@@ -27,12 +28,17 @@ use crate::domain::{
 use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
 use crate::storage::{NewEvent, Repository};
-use crate::watch::{ActiveIndex, Encode, Instruments};
+use crate::watch::{ActiveIndex, Encode, IndexedBundle, Instruments};
 
 /// What `GetActive` found.
 #[derive(Debug, Clone)]
 pub enum ActiveView {
-    /// The signed, active bundle, and the checkpoint that proves it.
+    /// The signed bundle active now, as the index encoded it once for its
+    /// version, and the newest checkpoint (encoded, as watch messages
+    /// carry it), which proves it.
+    Current(Arc<IndexedBundle>, Option<Bytes>),
+    /// The signed bundle active at a past point, and the checkpoint that
+    /// proves it.
     Signed(ActiveBundle, Option<Checkpoint>),
     /// Nothing is active and the caller asked for the open draft instead.
     UnsignedDraft(VersionRecord),

@@ -158,8 +158,8 @@ impl PolicyHub {
             None => snapshot.get(policy),
         };
         if let Some(indexed) = indexed {
-            let proof = self.repository.newest_checkpoint();
-            return Ok(ActiveView::Signed(indexed.bundle.clone(), proof));
+            let proof = self.index.checkpoint();
+            return Ok(ActiveView::Current(indexed.clone(), proof));
         }
         // The rare path: tell a missing policy from one with nothing active.
         let draft = self.repository.open_draft(policy).await?;

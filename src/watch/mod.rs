@@ -152,6 +152,11 @@ impl ActiveIndex {
         self.checkpoint.send_replace(Some(checkpoint));
     }
 
+    /// The newest checkpoint, encoded, as every message carries it.
+    pub fn checkpoint(&self) -> Option<Bytes> {
+        self.checkpoint.borrow().clone()
+    }
+
     /// Number of open watch streams.
     pub fn subscribers(&self) -> usize {
         self.snapshots.receiver_count()
