@@ -185,8 +185,11 @@ async fn watch_active(
     Ok(response(metadata.into_headers(), FramedBody::new(frames)))
 }
 
-/// Decodes the request, calls the handler, and answers with its reply: the
-/// gRPC prefix, then the reply's pieces as they are.
+/// Decodes the request, calls the handler, and answers with its reply as
+/// one gRPC message in one buffer: the index's pieces copied once, where
+/// tonic would convert, encode and copy. One data frame, not one per piece:
+/// measured, writing the pieces as they are cost more per call than the
+/// copy.
 async fn get_active(
     api: BundleApi,
     request: http::Request<Body>,
@@ -195,12 +198,15 @@ async fn get_active(
     let request = request_message(request, max_request_bytes).await?;
     let pieces = api.active_reply(request).await?;
     let length: usize = pieces.iter().map(Bytes::len).sum();
-    let mut prefix = BytesMut::with_capacity(GRPC_PREFIX_LEN);
-    prefix.put_u8(0); // not compressed
-    prefix.put_u32(u32::try_from(length).map_err(|_| {
+    let mut message = BytesMut::with_capacity(GRPC_PREFIX_LEN + length);
+    message.put_u8(0); // not compressed
+    message.put_u32(u32::try_from(length).map_err(|_| {
         Status::resource_exhausted("the active bundle does not fit one gRPC message")
     })?);
-    let frame = std::iter::once(prefix.freeze()).chain(pieces);
+    for piece in &pieces {
+        message.put_slice(piece);
+    }
+    let frame = std::iter::once(message.freeze());
     let body = FramedBody::new(futures::stream::iter([Ok(frame)]));
     Ok(response(http::HeaderMap::new(), body))
 }
