@@ -49,8 +49,8 @@ async fn drive_rollouts(hub: &PolicyHub) -> Result<()> {
         ) {
             continue;
         }
-        let runtimes = hub.cohorts(&running.namespace).await?;
-        let decision = rollout::tick(&running, &runtimes, Utc::now());
+        let fleet = hub.fleet(&running.namespace).await?;
+        let decision = rollout::tick(&running, fleet.not_stale(), Utc::now());
         if decision != Tick::Wait {
             tracing::info!(rollout = %running.id, ?decision, "rollout controller decision");
             hub.drive_rollout(&running, decision).await?;

@@ -13,11 +13,18 @@
 //! interval (and dropped by each flush of this replica): at fleet scale,
 //! reading and decoding every row of a namespace is most of what
 //! `GetPolicyStatus` or a rollout's progress cost, and the rows of other
-//! replicas are up to an interval old anyway.
+//! replicas are up to an interval old anyway. The combined view of a
+//! namespace is kept as long as its stored rows are and nothing changed
+//! here since (a connect, a disconnect, a report or a flush): reads after
+//! the fleet settled share one view instead of merging and copying every
+//! runtime's record each.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -63,8 +70,13 @@ struct Inner {
     /// Silence after which a runtime leaves the fleet view.
     forget_after: chrono::TimeDelta,
     local: Mutex<HashMap<Key, Local>>,
+    /// Changes to `local` so far; a view made before the last one is not
+    /// reused.
+    changes: AtomicU64,
     /// Stored rows read lately.
     stored: Mutex<StoredCache>,
+    /// Each namespace's view made last, by the stored rows it combined.
+    views: Mutex<HashMap<Namespace, CachedView>>,
     /// How long stored rows are reused.
     reuse_stored_for: Duration,
     instruments: Instruments,
@@ -76,6 +88,43 @@ struct StoredCache {
     /// Flushes so far: rows read across one are not kept.
     flushes: u64,
     namespaces: HashMap<Namespace, Arc<Stored>>,
+}
+
+/// The longest a namespace's view is reused: states move with time alone
+/// (a silent runtime turns stale), so a view is made anew at least this
+/// often while it is read.
+const MAX_VIEW_AGE: Duration = Duration::from_secs(1);
+
+/// A namespace's view, made at `made` from `stored` after `changes` changes
+/// here.
+struct CachedView {
+    stored: Arc<Stored>,
+    changes: u64,
+    made: Instant,
+    view: Arc<FleetView>,
+}
+
+/// Every runtime of a namespace with its state, ordered by id: the stored
+/// rows of every replica overlaid with this replica's records, as seen
+/// when it was made.
+#[derive(Debug, Default)]
+pub struct FleetView {
+    runtimes: Vec<(RuntimeRecord, RuntimeState)>,
+}
+
+impl FleetView {
+    /// Every runtime with its state.
+    pub fn runtimes(&self) -> &[(RuntimeRecord, RuntimeState)] {
+        &self.runtimes
+    }
+
+    /// The runtimes that count for rollout cohorts: every one not stale.
+    pub fn not_stale(&self) -> impl Iterator<Item = &RuntimeRecord> + Clone {
+        self.runtimes
+            .iter()
+            .filter(|(_, state)| *state != RuntimeState::Stale)
+            .map(|(record, _)| record)
+    }
 }
 
 /// A namespace's stored rows, and every replica's heartbeat, as read at
@@ -104,7 +153,7 @@ pub struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let mut local = self.fleet.local();
+        let mut local = self.fleet.local_mut();
         if let Some(entry) = local.get_mut(&self.key) {
             entry.streams = entry.streams.saturating_sub(1);
             if entry.streams == 0 {
@@ -154,7 +203,9 @@ impl Fleet {
                 stale_after: delta(settings.stale_after),
                 forget_after: delta(settings.forget_after),
                 local: Mutex::default(),
+                changes: AtomicU64::new(0),
                 stored: Mutex::default(),
+                views: Mutex::default(),
                 reuse_stored_for: settings.flush_interval() / 4,
                 instruments,
             }),
@@ -163,6 +214,13 @@ impl Fleet {
 
     fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Local>> {
         self.inner.local.lock().expect("fleet lock")
+    }
+
+    /// This replica's records, to change: no view made before is reused.
+    fn local_mut(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Local>> {
+        let local = self.local();
+        self.inner.changes.fetch_add(1, Ordering::Relaxed);
+        local
     }
 
     /// Registers a stream of an identified runtime. Refused when another
@@ -177,7 +235,7 @@ impl Fleet {
             self.claim(&arrival).await?;
         }
         let now = Utc::now();
-        let mut local = self.local();
+        let mut local = self.local_mut();
         let entry = local.entry(key.clone()).or_insert_with(|| Local {
             record: self.new_record(&arrival, now),
             streams: 0,
@@ -244,7 +302,7 @@ impl Fleet {
     /// than what the runtime reported before.
     pub async fn report(&self, subject: &str, report: StatusReport) -> Result<u32> {
         let key = (report.namespace.clone(), report.runtime.clone());
-        if let Some(entry) = self.local().get_mut(&key) {
+        if let Some(entry) = self.local_mut().get_mut(&key) {
             if entry.record.subject != subject {
                 return Err(held_by_other(&report.runtime, &entry.record.subject));
             }
@@ -269,7 +327,7 @@ impl Fleet {
             return Err(held_by_other(&report.runtime, &stored.subject));
         }
         let ignored = stored.merge(&report, Utc::now());
-        let mut local = self.local();
+        let mut local = self.local_mut();
         let entry = local.entry(key).or_insert_with(|| Local {
             record: stored.clone(),
             streams: 0,
@@ -286,7 +344,7 @@ impl Fleet {
     /// heartbeat, and forgets runtimes that are gone from this replica.
     pub async fn flush(&self) -> Result<()> {
         let batch: Vec<(RuntimeRecord, Flush)> = self
-            .local()
+            .local_mut()
             .values_mut()
             .filter(|entry| entry.dirty)
             .map(|entry| {
@@ -303,7 +361,7 @@ impl Fleet {
             .repository
             .save_runtimes(&self.inner.replica, batch, self.inner.forget_after)
             .await;
-        let mut local = self.local();
+        let mut local = self.local_mut();
         let merged = match saved {
             Ok(merged) => {
                 self.inner.instruments.flushes.inc();
@@ -332,6 +390,8 @@ impl Fleet {
         let mut cache = self.stored_cache();
         cache.flushes += 1;
         cache.namespaces.clear();
+        drop(cache);
+        self.views().clear();
         Ok(())
     }
 
@@ -373,14 +433,38 @@ impl Fleet {
         (record, state)
     }
 
-    /// Every runtime of `namespace` with its state, ordered by id: the
-    /// stored rows of every replica, overlaid with this replica's records.
-    pub async fn runtimes(
-        &self,
-        namespace: &Namespace,
-    ) -> Result<Vec<(RuntimeRecord, RuntimeState)>> {
+    /// Every runtime of `namespace` with its state: the view made last when
+    /// its stored rows are still reused, nothing changed here since and it
+    /// is younger than [`MAX_VIEW_AGE`], else a new one.
+    pub async fn runtimes(&self, namespace: &Namespace) -> Result<Arc<FleetView>> {
         let stored = self.stored(namespace).await?;
+        if let Some(cached) = self.views().get(namespace)
+            && Arc::ptr_eq(&cached.stored, &stored)
+            && cached.changes == self.inner.changes.load(Ordering::Relaxed)
+            && cached.made.elapsed() < MAX_VIEW_AGE
+        {
+            return Ok(cached.view.clone());
+        }
+        let made = Instant::now();
+        let (view, changes) = self.view(namespace, &stored);
+        let view = Arc::new(view);
+        self.views().insert(
+            namespace.clone(),
+            CachedView {
+                stored,
+                changes,
+                made,
+                view: view.clone(),
+            },
+        );
+        Ok(view)
+    }
+
+    /// The stored rows of every replica, overlaid with this replica's
+    /// records, and how many changes here it includes.
+    fn view(&self, namespace: &Namespace, stored: &Stored) -> (FleetView, u64) {
         let local = self.local();
+        let changes = self.inner.changes.load(Ordering::Relaxed);
         let here: Vec<&Local> = local
             .values()
             .filter(|entry| &entry.record.namespace == namespace)
@@ -401,10 +485,15 @@ impl Fleet {
         }));
         drop(local);
         records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        Ok(records
+        let runtimes = records
             .into_iter()
             .map(|record| self.observe(record, &stored.heartbeats))
-            .collect())
+            .collect();
+        (FleetView { runtimes }, changes)
+    }
+
+    fn views(&self) -> std::sync::MutexGuard<'_, HashMap<Namespace, CachedView>> {
+        self.inner.views.lock().expect("fleet lock")
     }
 
     /// The stored rows of `namespace`, read anew once older than
@@ -439,5 +528,84 @@ impl Fleet {
 
     fn stored_cache(&self) -> std::sync::MutexGuard<'_, StoredCache> {
         self.inner.stored.lock().expect("fleet lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::runtime::{ApplyState, PolicyOutcome};
+
+    fn namespace() -> Namespace {
+        Namespace::parse("namespace", "team").unwrap()
+    }
+
+    fn policy() -> PolicyName {
+        PolicyName::parse("name", "limits").unwrap()
+    }
+
+    async fn fleet(dir: &std::path::Path) -> Fleet {
+        let url = format!("sqlite://{}", dir.join("fleet.db").display());
+        let db = crate::storage::connect(&url).await.unwrap();
+        crate::storage::migrate(&db).await.unwrap();
+        let repository = Repository::new(db);
+        Fleet::new(
+            repository,
+            &RuntimeSettings::default(),
+            Instruments::default(),
+        )
+    }
+
+    fn applied(version: u32) -> StatusReport {
+        StatusReport {
+            namespace: namespace(),
+            runtime: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+            revision: u64::from(version),
+            outcomes: vec![(
+                policy(),
+                PolicyOutcome {
+                    version,
+                    state: ApplyState::Applied,
+                    error: String::new(),
+                    revision: u64::from(version),
+                },
+            )],
+        }
+    }
+
+    /// Reads share one view of a namespace until a connect, a report or a
+    /// disconnect here; each of those shows in the next read.
+    #[tokio::test]
+    async fn a_view_is_shared_until_something_changes_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet(dir.path()).await;
+        let connection = fleet
+            .connect(Arrival {
+                namespace: namespace(),
+                id: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+                labels: RuntimeLabels::default(),
+                names: Vec::new(),
+                subject: "alice".into(),
+            })
+            .await
+            .unwrap();
+        let first = fleet.runtimes(&namespace()).await.unwrap();
+        assert_eq!(first.runtimes().len(), 1);
+        assert_eq!(first.runtimes()[0].1, RuntimeState::Connected);
+        let again = fleet.runtimes(&namespace()).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "nothing changed: one view");
+
+        fleet.report("alice", applied(1)).await.unwrap();
+        let reported = fleet.runtimes(&namespace()).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &reported));
+        assert_eq!(reported.runtimes()[0].0.policies[&policy()].version, 1);
+        fleet.report("alice", applied(2)).await.unwrap();
+        let newer = fleet.runtimes(&namespace()).await.unwrap();
+        assert_eq!(newer.runtimes()[0].0.policies[&policy()].version, 2);
+
+        drop(connection);
+        let gone = fleet.runtimes(&namespace()).await.unwrap();
+        assert_eq!(gone.runtimes()[0].1, RuntimeState::Disconnected);
+        assert_eq!(gone.not_stale().count(), 1);
     }
 }

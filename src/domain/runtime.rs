@@ -227,7 +227,7 @@ const PAGE_TOKEN_PREFIX: &str = "runtime:";
 /// One page of `runtimes` (ordered by id) that `filter` selects, after the
 /// runtime named by `page_token`.
 pub fn runtimes_page(
-    runtimes: Vec<(RuntimeRecord, RuntimeState)>,
+    runtimes: &[(RuntimeRecord, RuntimeState)],
     filter: &RuntimeFilter,
     page_size: u32,
     page_token: &str,
@@ -250,10 +250,11 @@ pub fn runtimes_page(
         ),
     };
     let mut items: Vec<_> = runtimes
-        .into_iter()
+        .iter()
         .filter(|(runtime, _)| after.as_ref().is_none_or(|after| &runtime.id > after))
         .filter(|(runtime, state)| filter.matches(runtime, *state))
         .take(page_size as usize + 1)
+        .cloned()
         .collect();
     let next_page_token = (items.len() > page_size as usize).then(|| {
         items.truncate(page_size as usize);
@@ -423,13 +424,13 @@ mod tests {
             .map(|id| (record(id, None), RuntimeState::Connected))
             .collect();
         let filter = RuntimeFilter::default();
-        let first = runtimes_page(runtimes.clone(), &filter, 2, "").unwrap();
+        let first = runtimes_page(&runtimes, &filter, 2, "").unwrap();
         assert_eq!(first.items.len(), 2);
         let token = first.next_page_token.unwrap();
-        let second = runtimes_page(runtimes.clone(), &filter, 2, &token).unwrap();
+        let second = runtimes_page(&runtimes, &filter, 2, &token).unwrap();
         assert_eq!(second.items[0].0.id.as_str(), "c");
         assert_eq!(second.next_page_token, None);
-        assert!(runtimes_page(runtimes, &filter, 2, "42").is_err());
+        assert!(runtimes_page(&runtimes, &filter, 2, "42").is_err());
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The fleet view through the hub: runtimes arriving and reporting, and
 //! what the fleet tells about a policy or a rollout.
 
+use std::sync::Arc;
+
 use crate::domain::rollout::{Progress, Rollout, progress};
 use crate::domain::runtime::{
     PolicyStatus, RuntimeFilter, RuntimeRecord, RuntimeState, StatusReport, policy_status,
     runtimes_page,
 };
 use crate::domain::{Namespace, Page, PolicyRef, Result};
-use crate::fleet::{Arrival, Connection};
+use crate::fleet::{Arrival, Connection, FleetView};
 
 use super::PolicyHub;
 
@@ -32,7 +34,7 @@ impl PolicyHub {
         page_token: &str,
     ) -> Result<Page<(RuntimeRecord, RuntimeState)>> {
         let fleet = self.fleet.runtimes(namespace).await?;
-        runtimes_page(fleet, filter, page_size, page_token)
+        runtimes_page(fleet.runtimes(), filter, page_size, page_token)
     }
 
     /// "Did my change land?": the active version and revision of `policy`,
@@ -48,25 +50,20 @@ impl PolicyHub {
             .map(|indexed| (indexed.bundle.version, indexed.bundle.revision));
         let fleet = self.fleet.runtimes(&policy.namespace).await?;
         let version = active.map_or(0, |(version, _)| version);
-        Ok((active, policy_status(&policy.name, version, &fleet)))
+        let status = policy_status(&policy.name, version, fleet.runtimes());
+        Ok((active, status))
     }
 
-    /// The namespace's runtimes that count for cohorts: every one not stale.
-    pub async fn cohorts(&self, namespace: &Namespace) -> Result<Vec<RuntimeRecord>> {
-        Ok(self
-            .fleet
-            .runtimes(namespace)
-            .await?
-            .into_iter()
-            .filter(|(_, state)| *state != RuntimeState::Stale)
-            .map(|(record, _)| record)
-            .collect())
+    /// The namespace's runtimes; those that count for cohorts are
+    /// [`FleetView::not_stale`].
+    pub async fn fleet(&self, namespace: &Namespace) -> Result<Arc<FleetView>> {
+        self.fleet.runtimes(namespace).await
     }
 
     /// A rollout with its current step's progress through the fleet.
     pub async fn with_progress(&self, rollout: Rollout) -> Result<(Rollout, Progress)> {
-        let fleet = self.cohorts(&rollout.namespace).await?;
-        let progress = progress(&rollout, &fleet);
+        let fleet = self.fleet(&rollout.namespace).await?;
+        let progress = progress(&rollout, fleet.not_stale());
         Ok((rollout, progress))
     }
 }

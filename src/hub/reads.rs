@@ -89,13 +89,13 @@ impl PolicyHub {
             .repository
             .list_rollouts(namespace, page_size, page_token)
             .await?;
-        let fleet = self.cohorts(namespace).await?;
+        let fleet = self.fleet(namespace).await?;
         Ok(Page {
             items: page
                 .items
                 .into_iter()
                 .map(|rollout| {
-                    let progress = crate::domain::rollout::progress(&rollout, &fleet);
+                    let progress = crate::domain::rollout::progress(&rollout, fleet.not_stale());
                     (rollout, progress)
                 })
                 .collect(),

@@ -60,12 +60,15 @@ impl Rollout {
 
     /// The cohort of the current step among `fleet`, the namespace's
     /// runtimes.
-    pub fn cohort<'a>(&self, fleet: &'a [RuntimeRecord]) -> Vec<&'a RuntimeRecord> {
+    pub fn cohort<'a>(
+        &self,
+        fleet: impl IntoIterator<Item = &'a RuntimeRecord>,
+    ) -> Vec<&'a RuntimeRecord> {
         let Some(is_member) = self.step_membership(self.step) else {
             return Vec::new();
         };
         fleet
-            .iter()
+            .into_iter()
             .filter(|runtime| is_member(&runtime.id, &runtime.labels))
             .collect()
     }
@@ -85,7 +88,10 @@ pub struct Progress {
 }
 
 /// The current step's progress among `fleet`, the namespace's runtimes.
-pub fn progress(rollout: &Rollout, fleet: &[RuntimeRecord]) -> Progress {
+pub fn progress<'a>(
+    rollout: &Rollout,
+    fleet: impl IntoIterator<Item = &'a RuntimeRecord>,
+) -> Progress {
     let mut progress = Progress::default();
     for runtime in rollout.cohort(fleet) {
         progress.cohort += 1;

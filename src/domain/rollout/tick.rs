@@ -24,7 +24,11 @@ pub enum Tick {
 /// One controller decision: fail when too many cohort runtimes rejected a
 /// candidate or missed the apply deadline, else advance once the step has
 /// baked.
-pub fn tick(rollout: &Rollout, fleet: &[RuntimeRecord], now: DateTime<Utc>) -> Tick {
+pub fn tick<'a>(
+    rollout: &Rollout,
+    fleet: impl IntoIterator<Item = &'a RuntimeRecord>,
+    now: DateTime<Utc>,
+) -> Tick {
     if rollout.state == RolloutState::Scheduled {
         return match rollout.start_at {
             Some(start_at) if start_at > now => Tick::Wait,
