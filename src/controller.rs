@@ -49,7 +49,7 @@ async fn drive_rollouts(hub: &PolicyHub) -> Result<()> {
         ) {
             continue;
         }
-        let fleet = hub.fleet(&running.namespace).await?;
+        let fleet = hub.fleet_view(&running.namespace).await?;
         let decision = rollout::tick(&running, fleet.not_stale(), Utc::now());
         if decision != Tick::Wait {
             tracing::info!(rollout = %running.id, ?decision, "rollout controller decision");

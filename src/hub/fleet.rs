@@ -33,7 +33,7 @@ impl PolicyHub {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<(RuntimeRecord, RuntimeState)>> {
-        let fleet = self.fleet.runtimes(namespace).await?;
+        let fleet = self.fleet_view(namespace).await?;
         runtimes_page(fleet.runtimes(), filter, page_size, page_token)
     }
 
@@ -48,7 +48,7 @@ impl PolicyHub {
             .snapshot()
             .get(policy)
             .map(|indexed| (indexed.bundle.version, indexed.bundle.revision));
-        let fleet = self.fleet.runtimes(&policy.namespace).await?;
+        let fleet = self.fleet_view(&policy.namespace).await?;
         let version = active.map_or(0, |(version, _)| version);
         let status = policy_status(&policy.name, version, fleet.runtimes());
         Ok((active, status))
@@ -56,13 +56,13 @@ impl PolicyHub {
 
     /// The namespace's runtimes; those that count for cohorts are
     /// [`FleetView::not_stale`].
-    pub async fn fleet(&self, namespace: &Namespace) -> Result<Arc<FleetView>> {
+    pub async fn fleet_view(&self, namespace: &Namespace) -> Result<Arc<FleetView>> {
         self.fleet.runtimes(namespace).await
     }
 
     /// A rollout with its current step's progress through the fleet.
     pub async fn with_progress(&self, rollout: Rollout) -> Result<(Rollout, Progress)> {
-        let fleet = self.fleet(&rollout.namespace).await?;
+        let fleet = self.fleet_view(&rollout.namespace).await?;
         let progress = progress(&rollout, fleet.not_stale());
         Ok((rollout, progress))
     }

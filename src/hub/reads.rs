@@ -89,7 +89,7 @@ impl PolicyHub {
             .repository
             .list_rollouts(namespace, page_size, page_token)
             .await?;
-        let fleet = self.fleet(namespace).await?;
+        let fleet = self.fleet_view(namespace).await?;
         Ok(Page {
             items: page
                 .items
