@@ -109,8 +109,8 @@ const BUNDLE_CHECKPOINT_FIELD: u32 = 11;
 /// The reply to a GetActive, an encoded `policyhub.v1.Bundle`, in pieces.
 /// The bundle active now is the index's bytes as they are (encoded once per
 /// version), followed by the checkpoint field with the index's encoded
-/// checkpoint: protobuf fields may come in any order, so a read encodes and
-/// copies no bundle.
+/// checkpoint: protobuf fields may come in any order, so a read converts
+/// and encodes no bundle (the route copies the pieces once, into its frame).
 fn encoded_active(view: ActiveView) -> Vec<Bytes> {
     let encoded = |bundle: proto::Bundle| vec![Bytes::from(bundle.encode_to_vec())];
     match view {

@@ -14,8 +14,6 @@
 //! ordered `reader < author < publisher < operator < admin`, each including
 //! the ones before it.
 
-use std::sync::OnceLock;
-
 use tonic::{Request, Status, metadata::MetadataMap};
 
 use super::quotas::Quotas;
@@ -147,25 +145,20 @@ impl Caller {
 /// Longest `x-request-id` taken from a caller; a longer one is replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The caller's `x-request-id`, when it sent a usable one.
-fn offered_request_id(metadata: &MetadataMap) -> OnceLock<String> {
-    let offered = metadata
+fn request_id(metadata: &MetadataMap) -> String {
+    metadata
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN);
-    match offered {
-        Some(id) => OnceLock::from(id.to_owned()),
-        None => OnceLock::new(),
-    }
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// A request's verified caller and request id, before authorization.
 #[derive(Debug, Clone)]
 pub struct Identified {
     caller: Caller,
-    /// The caller's, or a new UUID made the first time a context needs one
-    /// (a read that records nothing makes none).
-    request_id: OnceLock<String>,
+    request_id: String,
 }
 
 /// The caller of a request, as the authentication interceptor verified it.
@@ -177,7 +170,7 @@ pub fn identify<T>(request: &Request<T>) -> Result<Identified> {
         .ok_or_else(|| Error::Unauthenticated("no authenticated caller".into()))?;
     Ok(Identified {
         caller,
-        request_id: offered_request_id(request.metadata()),
+        request_id: request_id(request.metadata()),
     })
 }
 
@@ -191,10 +184,7 @@ impl Identified {
     fn context(&self) -> RequestContext {
         RequestContext {
             actor: self.caller.subject.clone(),
-            request_id: self
-                .request_id
-                .get_or_init(|| uuid::Uuid::new_v4().to_string())
-                .clone(),
+            request_id: self.request_id.clone(),
         }
     }
 
