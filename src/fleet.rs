@@ -548,7 +548,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.join("fleet.db").display());
         let db = crate::storage::connect(&url).await.unwrap();
         crate::storage::migrate(&db).await.unwrap();
-        let repository = Repository::new(db);
+        let repository = Repository::open(db).await.unwrap();
         Fleet::new(
             repository,
             &RuntimeSettings::default(),

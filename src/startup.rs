@@ -179,7 +179,7 @@ impl Application {
         let authentication = authentication(&settings)?;
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
-        let repository = storage::Repository::new(db);
+        let repository = storage::Repository::open(db).await?;
         let sealed = repository.seal_events().await?;
         if sealed > 0 {
             tracing::info!(

@@ -135,6 +135,24 @@ mod tests {
         assert!(active.contains("SEARCH v USING INDEX"), "{active}");
     }
 
+    /// The bundled SQLite keeps its plans independent of bound values (the
+    /// build sets SQLITE_ENABLE_QPSG), so a statement binding `LIMIT ?`, as
+    /// every single-row query does, is prepared once per connection, not
+    /// on every execution.
+    #[tokio::test]
+    async fn sqlite_plans_do_not_depend_on_bound_values() {
+        let db = super::connect("sqlite::memory:").await.unwrap();
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT sqlite_compileoption_used('ENABLE_QPSG') AS used",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get::<i32>("", "used").unwrap(), 1);
+    }
+
     #[test]
     fn redact_hides_only_the_password() {
         assert_eq!(

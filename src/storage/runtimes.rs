@@ -324,7 +324,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
         let db = super::super::connect(&url).await.unwrap();
         super::super::migrate(&db).await.unwrap();
-        let repository = Repository::new(db);
+        let repository = Repository::open(db).await.unwrap();
         let forget = chrono::TimeDelta::hours(1);
         let old = record("alice", "replica-a");
         repository

@@ -40,7 +40,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, TransactionTrait,
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, SqlxSqliteConnector,
+    TransactionTrait, sqlx::sqlite::SqlitePoolOptions,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
@@ -85,12 +86,40 @@ impl Checkpoints {
 #[derive(Clone)]
 pub struct Repository {
     pub(super) db: DatabaseConnection,
-    /// Serializes write transactions on SQLite, which has a single writer and
-    /// would otherwise fail concurrent upgrades from read to write locks with
-    /// SQLITE_BUSY. `None` on PostgreSQL, where row locks do this job.
-    sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// On SQLite, the connection write transactions run on; `None` on
+    /// PostgreSQL, where row locks serialize writers.
+    sqlite_writer: Option<Arc<SqliteWriter>>,
     /// The signer of checkpoints and the newest one, shared by every clone.
     pub(super) checkpoints: Arc<Checkpoints>,
+}
+
+/// SQLite's one writer: the connection every write transaction runs on, and
+/// the lock that lends it to one transaction at a time (concurrent upgrades
+/// from read to write locks would otherwise fail with SQLITE_BUSY). On one
+/// connection, a transaction finds the pages and prepared statements the
+/// previous one left; a connection that did not make the last commit drops
+/// its page cache and reads the pages again.
+struct SqliteWriter {
+    lock: Arc<Mutex<()>>,
+    db: DatabaseConnection,
+}
+
+impl SqliteWriter {
+    /// A pool of one connection, opened as `db`'s are.
+    async fn open(db: &DatabaseConnection) -> Result<Self> {
+        let readers = db.get_sqlite_connection_pool();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(readers.options().get_acquire_timeout())
+            .test_before_acquire(false)
+            .connect_with((*readers.connect_options()).clone())
+            .await
+            .map_err(|error| sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into())))?;
+        Ok(SqliteWriter {
+            lock: Arc::default(),
+            db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+        })
+    }
 }
 
 /// An open write transaction, the instant it writes as, and on SQLite the
@@ -175,15 +204,18 @@ impl Transaction {
 }
 
 impl Repository {
-    /// A repository over a migrated database.
-    pub fn new(db: DatabaseConnection) -> Self {
-        let sqlite_writer = (db.get_database_backend() == DatabaseBackend::Sqlite)
-            .then(|| Arc::new(Mutex::new(())));
-        Repository {
+    /// A repository over a migrated database; on SQLite it opens the
+    /// connection writes run on.
+    pub async fn open(db: DatabaseConnection) -> Result<Self> {
+        let sqlite_writer = match db.get_database_backend() {
+            DatabaseBackend::Sqlite => Some(Arc::new(SqliteWriter::open(&db).await?)),
+            _ => None,
+        };
+        Ok(Repository {
             db,
             sqlite_writer,
             checkpoints: Arc::default(),
-        }
+        })
     }
 
     /// Whether the database answers, for health checks.
@@ -209,12 +241,12 @@ impl Repository {
     }
 
     pub(super) async fn begin(&self) -> Result<Transaction> {
-        let writer = match &self.sqlite_writer {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
+        let (writer, db) = match &self.sqlite_writer {
+            Some(writer) => (Some(writer.lock.clone().lock_owned().await), &writer.db),
+            None => (None, &self.db),
         };
         Ok(Transaction {
-            txn: self.db.begin().await?,
+            txn: db.begin().await?,
             at: now(),
             _writer: writer,
             namespaces: BTreeSet::new(),
