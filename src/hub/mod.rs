@@ -15,6 +15,7 @@ pub use schedules::ScheduleControl;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use prost::bytes::Bytes;
 use tempfile::NamedTempFile;
@@ -29,6 +30,10 @@ use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
 use crate::storage::{NewEvent, Repository};
 use crate::watch::{ActiveIndex, Encode, IndexedBundle, Instruments};
+
+/// How long an activation that committed after revisions the index lacks
+/// waits for them to be applied before it reads them back (see `applied`).
+const WAIT_FOR_EARLIER_REVISIONS: Duration = Duration::from_millis(20);
 
 /// What `GetActive` found.
 #[derive(Debug, Clone)]
@@ -253,6 +258,14 @@ impl PolicyHub {
         let revision = change.revision;
         if self.index.revision() >= revision {
             return;
+        }
+        if self.index.revision() + 1 < revision {
+            // The revisions in between committed too: on SQLite in the same
+            // group commit, whose callers apply them now; on PostgreSQL on
+            // another replica, whose notification is on its way. Reading
+            // them back is the fallback, not the rule.
+            let earlier = self.index.reached(revision - 1);
+            let _ = tokio::time::timeout(WAIT_FOR_EARLIER_REVISIONS, earlier).await;
         }
         let _applying = self.applier.lock().await;
         if self.index.revision() + 1 == revision {

@@ -21,6 +21,7 @@ mod runtimes;
 mod schedules;
 mod transaction;
 mod versions;
+mod writer;
 
 use std::time::Duration;
 

@@ -41,13 +41,16 @@ pub(super) const ACTIVE_BUNDLES: &str = "SELECT p.active_revision AS revision, p
 /// it moved to.
 fn moves_since(backend: DatabaseBackend) -> String {
     let kinds: Vec<String> = pointer_moves().map(|kind| format!("'{kind}'")).collect();
-    let placeholder = match backend {
-        DatabaseBackend::Postgres => "$1",
-        _ => "?",
+    // SQLite would pick the index on kind, which every activation ever
+    // recorded matches, over the one on revision: named, the read costs
+    // what changed since `after`, not the whole history.
+    let (placeholder, index) = match backend {
+        DatabaseBackend::Postgres => ("$1", ""),
+        _ => ("?", " INDEXED BY events_revision"),
     };
     format!(
         "SELECT e.revision, p.namespace, p.name, v.version, v.label, v.digest, v.jws, v.key_id \
-         FROM events e \
+         FROM events e{index} \
          JOIN policies p ON p.id = e.policy_id \
          JOIN versions v ON v.policy_id = e.policy_id AND v.version = e.new_version \
          WHERE e.revision > {placeholder} AND e.kind IN ({}) \

@@ -40,13 +40,12 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, SqlxSqliteConnector,
-    TransactionTrait, sqlx::sqlite::SqlitePoolOptions,
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, TransactionTrait,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
 use super::rows::now;
+use super::writer::{SqliteWriter, Turn};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::CheckpointClaims;
@@ -86,48 +85,19 @@ impl Checkpoints {
 #[derive(Clone)]
 pub struct Repository {
     pub(super) db: DatabaseConnection,
-    /// On SQLite, the connection write transactions run on; `None` on
-    /// PostgreSQL, where row locks serialize writers.
+    /// On SQLite, the one writer (see `writer`); `None` on PostgreSQL,
+    /// where row locks serialize writers.
     sqlite_writer: Option<Arc<SqliteWriter>>,
     /// The signer of checkpoints and the newest one, shared by every clone.
     pub(super) checkpoints: Arc<Checkpoints>,
 }
 
-/// SQLite's one writer: the connection every write transaction runs on, and
-/// the lock that lends it to one transaction at a time (concurrent upgrades
-/// from read to write locks would otherwise fail with SQLITE_BUSY). On one
-/// connection, a transaction finds the pages and prepared statements the
-/// previous one left; a connection that did not make the last commit drops
-/// its page cache and reads the pages again.
-struct SqliteWriter {
-    lock: Arc<Mutex<()>>,
-    db: DatabaseConnection,
-}
-
-impl SqliteWriter {
-    /// A pool of one connection, opened as `db`'s are.
-    async fn open(db: &DatabaseConnection) -> Result<Self> {
-        let readers = db.get_sqlite_connection_pool();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(readers.options().get_acquire_timeout())
-            .test_before_acquire(false)
-            .connect_with((*readers.connect_options()).clone())
-            .await
-            .map_err(|error| sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into())))?;
-        Ok(SqliteWriter {
-            lock: Arc::default(),
-            db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
-        })
-    }
-}
-
 /// An open write transaction, the instant it writes as, and on SQLite the
-/// writer lock it holds.
+/// writer's turn it holds.
 pub struct Transaction {
     pub(super) txn: DatabaseTransaction,
     at: DateTime<Utc>,
-    _writer: Option<OwnedMutexGuard<()>>,
+    turn: Option<Turn>,
     /// The namespaces this transaction holds the lock of.
     namespaces: BTreeSet<Namespace>,
     /// Whether a row lock was taken, after which no namespace lock may be
@@ -141,6 +111,18 @@ pub struct Transaction {
 }
 
 impl Transaction {
+    fn new(txn: DatabaseTransaction, turn: Option<Turn>) -> Self {
+        Transaction {
+            txn,
+            at: now(),
+            turn,
+            namespaces: BTreeSet::new(),
+            rows_locked: AtomicBool::new(false),
+            revision_taken: AtomicU64::new(0),
+            chain: std::sync::Mutex::new(None),
+        }
+    }
+
     /// The instant everything this transaction writes is stamped with.
     pub fn at(&self) -> DateTime<Utc> {
         self.at
@@ -240,20 +222,36 @@ impl Repository {
         })
     }
 
+    /// A write transaction its caller commits.
     pub(super) async fn begin(&self) -> Result<Transaction> {
-        let (writer, db) = match &self.sqlite_writer {
-            Some(writer) => (Some(writer.lock.clone().lock_owned().await), &writer.db),
-            None => (None, &self.db),
-        };
-        Ok(Transaction {
-            txn: db.begin().await?,
-            at: now(),
-            _writer: writer,
-            namespaces: BTreeSet::new(),
-            rows_locked: AtomicBool::new(false),
-            revision_taken: AtomicU64::new(0),
-            chain: std::sync::Mutex::new(None),
+        Ok(match &self.sqlite_writer {
+            Some(writer) => {
+                let (turn, txn) = writer.alone().await?;
+                Transaction::new(txn, Some(turn))
+            }
+            None => Transaction::new(self.db.begin().await?, None),
         })
+    }
+
+    /// A write transaction that [`commit`](Self::commit) ends: on SQLite,
+    /// one that may share its commit with others (see `writer`).
+    async fn begin_shared(&self) -> Result<Transaction> {
+        Ok(match &self.sqlite_writer {
+            Some(writer) => {
+                let (turn, txn) = writer.join().await?;
+                Transaction::new(txn, Some(turn))
+            }
+            None => Transaction::new(self.db.begin().await?, None),
+        })
+    }
+
+    /// Commits what [`begin_shared`](Self::begin_shared) began; returns
+    /// once it is durable.
+    async fn commit(&self, transaction: Transaction) -> Result<()> {
+        match (&self.sqlite_writer, transaction.turn) {
+            (Some(writer), Some(turn)) => writer.clone().finish(turn, transaction.txn).await,
+            _ => Ok(transaction.txn.commit().await?),
+        }
     }
 
     /// Runs `work` in one write transaction and commits when it succeeds;
@@ -266,7 +264,7 @@ impl Repository {
         work: impl AsyncFnOnce(&mut Transaction) -> Result<T>,
     ) -> Result<T> {
         async {
-            let mut transaction = self.begin().await?;
+            let mut transaction = self.begin_shared().await?;
             let outcome = work(&mut transaction).await?;
             let taken = transaction.revision_taken.load(Ordering::Relaxed);
             let checkpoint = match self.checkpoints.signer() {
@@ -275,7 +273,7 @@ impl Repository {
                 }
                 _ => None,
             };
-            transaction.txn.commit().await?;
+            self.commit(transaction).await?;
             if let Some(checkpoint) = checkpoint {
                 self.checkpoints.publish(checkpoint);
             }

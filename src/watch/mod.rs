@@ -116,6 +116,16 @@ impl ActiveIndex {
         self.snapshots.borrow().revision
     }
 
+    /// Returns once the index is at `revision` or later.
+    pub async fn reached(&self, revision: u64) {
+        let mut snapshots = self.snapshots.subscribe();
+        // The sender lives as long as the index (`self` holds it).
+        let _ = snapshots
+            .wait_for(|snapshot| snapshot.revision >= revision)
+            .await
+            .map(drop);
+    }
+
     /// Applies what one revision changed, which must be the next one (the
     /// caller applies revisions in order, see `hub`). A revision already
     /// applied is ignored.

@@ -1,7 +1,11 @@
 //! What operators see: grpcurl with reflection, the README walk-through,
 //! health, migrations and the refusal to run unauthenticated in the open.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use policyhub::{
     config::Settings,
@@ -21,8 +25,9 @@ use tonic_health::pb::{
 
 use crate::helpers::{
     Backend, TestDatabase, policyhub_binary, send_signal, spawn_app, spawn_binary_server, spawn_on,
-    terminate, test_settings,
+    target, terminate, test_settings,
 };
+use crate::runtime_library::kill_9;
 
 fn grpcurl(args: &[&str]) -> std::process::Output {
     Command::new("grpcurl")
@@ -389,6 +394,108 @@ async fn an_activation_that_returned_ok_survives_kill_minus_nine() {
         .unwrap()
         .into_inner();
     assert_eq!((active.version, active.revision), (1, published.revision));
+    terminate(restarted).await;
+}
+
+/// Activations from 8 concurrent callers share commits on SQLite (see
+/// "Durability" in the README); a `kill -9` in the middle of them loses
+/// none that was acknowledged. Each caller moves a policy of its own back
+/// and forth, so after the restart each policy is at its last acknowledged
+/// activation, or at the one in flight when the server died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_activations_from_concurrent_callers_survive_kill_minus_nine() {
+    const CALLERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(
+        "POLICYHUB_QUOTAS__MUTATIONS_PER_SECOND",
+        "100000".to_owned(),
+    )];
+    let (server, channel) = spawn_binary_server(dir.path(), &env).await;
+    let mut policies = PolicyServiceClient::new(channel.clone());
+    let names: Vec<String> = (0..CALLERS)
+        .map(|caller| format!("load-{caller}"))
+        .collect();
+    for name in &names {
+        for version in 1..=2 {
+            policies
+                .draft(proto::DraftRequest {
+                    namespace: "team".into(),
+                    name: name.clone(),
+                    body: Some(json_to_struct(&serde_json::json!({"v": version}))),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            policies
+                .publish(proto::PublishRequest {
+                    namespace: "team".into(),
+                    name: name.clone(),
+                    activate: version == 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // Each caller's last acknowledged (version, revision).
+    let acknowledged: Vec<_> = (0..CALLERS)
+        .map(|_| Arc::new(Mutex::new((1u32, 0u64))))
+        .collect();
+    let callers: Vec<_> = names
+        .iter()
+        .zip(&acknowledged)
+        .map(|(name, acknowledged)| {
+            let (mut policies, name, acknowledged) =
+                (policies.clone(), name.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let mut version = 2;
+                while let Ok(reply) = policies
+                    .activate(proto::ActivateRequest {
+                        targets: vec![target("team", &name, version)],
+                        reason: "load".into(),
+                        idempotency_key: String::new(),
+                    })
+                    .await
+                {
+                    *acknowledged.lock().unwrap() = (version, reply.into_inner().revision);
+                    version = 3 - version;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kill_9(server);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+
+    let (restarted, channel) = spawn_binary_server(dir.path(), &env).await;
+    let mut bundles = BundleServiceClient::new(channel);
+    let mut moved = 0;
+    for (name, acknowledged) in names.iter().zip(&acknowledged) {
+        let (version, revision) = *acknowledged.lock().unwrap();
+        moved += u64::from(revision > 0);
+        let active = bundles
+            .get_active(proto::GetActiveRequest {
+                namespace: "team".into(),
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            active.revision >= revision,
+            "{name}: {active:?} lost revision {revision}"
+        );
+        if active.revision == revision {
+            assert_eq!(active.version, version, "{name}");
+        }
+    }
+    assert_eq!(
+        moved, CALLERS as u64,
+        "every caller had an activation acknowledged"
+    );
     terminate(restarted).await;
 }
 

@@ -1,0 +1,215 @@
+//! SQLite's one writer, and group commit.
+//!
+//! SQLite allows one writer at a time, and each durable commit waits for an
+//! fsync. Write transactions run on one connection, lent to one at a time:
+//! a *turn*. A transaction that finished its work while other writers wait
+//! for a turn does not commit: its changes stay in the connection's open
+//! transaction, the *batch*, and the next writer works inside it under a
+//! savepoint of its own, so an error rolls back only that writer's changes.
+//! The batch commits once, with one fsync, at the first turn nobody joins
+//! it: when a member finishes and nobody is waiting, or when an earlier
+//! member's turn comes round again. Every member learns the outcome of that
+//! commit before it answers, so nothing is acknowledged before it is
+//! durable, and each keeps its own revision and checkpoint.
+//!
+//! What follows a member's work runs in a task of its own: a caller that
+//! goes away after its work neither strands the batch open nor loses the
+//! other members' commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, SqlxSqliteConnector,
+    TransactionTrait, sqlx::sqlite::SqlitePoolOptions,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+
+use crate::domain::{Error, Result};
+
+/// The connection write transactions run on, and whose turn it is. On one
+/// connection a transaction also finds the pages and prepared statements
+/// the previous one left; a connection that did not make the last commit
+/// drops its page cache and reads the pages again.
+pub(super) struct SqliteWriter {
+    turn: Arc<Mutex<Option<Batch>>>,
+    /// Writers waiting for a turn to start their work.
+    waiting: AtomicUsize,
+    db: DatabaseConnection,
+}
+
+/// A turn on the writer, with the batch open on its connection, if any.
+pub(super) type Turn = OwnedMutexGuard<Option<Batch>>;
+
+/// Finished write transactions sharing the connection's open transaction.
+pub(super) struct Batch {
+    txn: DatabaseTransaction,
+    committed: watch::Sender<Option<Result<()>>>,
+}
+
+impl Batch {
+    /// Commits every member at once and tells them the outcome.
+    async fn commit(self) {
+        let outcome = self.txn.commit().await.map_err(Error::from);
+        self.committed.send_replace(Some(outcome));
+    }
+}
+
+/// Counts a writer as waiting for a turn until it has one or goes away.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl SqliteWriter {
+    /// A pool of one connection, opened as `db`'s are.
+    pub(super) async fn open(db: &DatabaseConnection) -> Result<Self> {
+        let readers = db.get_sqlite_connection_pool();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(readers.options().get_acquire_timeout())
+            .test_before_acquire(false)
+            .connect_with((*readers.connect_options()).clone())
+            .await
+            .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(error.into())))?;
+        Ok(SqliteWriter {
+            turn: Arc::default(),
+            waiting: AtomicUsize::new(0),
+            db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+        })
+    }
+
+    /// A turn for a write transaction that may share its commit: a
+    /// savepoint in the open batch, or a transaction of its own that may
+    /// become one. Finish it with [`finish`](Self::finish).
+    pub(super) async fn join(&self) -> Result<(Turn, DatabaseTransaction)> {
+        let waiting = Waiting::new(&self.waiting);
+        let turn = self.turn.clone().lock_owned().await;
+        drop(waiting);
+        let txn = match turn.as_ref() {
+            Some(batch) => batch.txn.begin().await?,
+            None => self.db.begin().await?,
+        };
+        Ok((turn, txn))
+    }
+
+    /// A turn for a transaction that commits by itself: the open batch, if
+    /// any, commits first.
+    pub(super) async fn alone(&self) -> Result<(Turn, DatabaseTransaction)> {
+        let turn = self.turn.clone().lock_owned().await;
+        let turn = tokio::spawn(commit_open(turn))
+            .await
+            .map_err(|error| Error::Internal(format!("a commit failed: {error}")))?;
+        Ok((turn, self.db.begin().await?))
+    }
+
+    /// Commits `txn`, which [`join`](Self::join) began and whose work
+    /// succeeded, and returns once that commit is durable: alone, or with
+    /// the batch it leaves open for the writers waiting now.
+    pub(super) async fn finish(
+        self: Arc<Self>,
+        turn: Turn,
+        txn: DatabaseTransaction,
+    ) -> Result<()> {
+        tokio::spawn(async move { self.close(turn, txn).await })
+            .await
+            .map_err(|error| Error::Internal(format!("a commit failed: {error}")))?
+    }
+
+    async fn close(&self, mut turn: Turn, txn: DatabaseTransaction) -> Result<()> {
+        let mut committed = match turn.as_ref() {
+            // Releases the savepoint; the batch's commit makes it durable.
+            Some(batch) => {
+                txn.commit().await?;
+                batch.committed.subscribe()
+            }
+            None if self.waiting.load(Ordering::SeqCst) == 0 => return Ok(txn.commit().await?),
+            None => {
+                let (committed, outcome) = watch::channel(None);
+                *turn = Some(Batch { txn, committed });
+                outcome
+            }
+        };
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            drop(commit_open(turn).await);
+        } else {
+            // The waiting writers join the batch; it commits at the first
+            // turn nobody does, this member's own turn at the latest.
+            drop(turn);
+            tokio::select! {
+                biased;
+                _ = async { committed.wait_for(Option::is_some).await.is_ok() } => {}
+                turn = self.turn.clone().lock_owned() => drop(commit_open(turn).await),
+            }
+        }
+        let outcome = committed.borrow().clone();
+        outcome.unwrap_or_else(|| Err(Error::Internal("a batch ended without a commit".into())))
+    }
+}
+
+/// Commits the batch open in `turn`, if any; the turn stays held.
+async fn commit_open(mut turn: Turn) -> Turn {
+    if let Some(batch) = turn.take() {
+        batch.commit().await;
+    }
+    turn
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use crate::domain::Error;
+    use crate::storage::Repository;
+
+    /// Concurrent writers share commits, and a writer that fails rolls back
+    /// only its own changes: the revisions of those that succeeded are
+    /// exactly 1..=n, each once, and a new connection reads them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_commits_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("group.db").display());
+        let db = crate::storage::connect(&url).await.unwrap();
+        crate::storage::migrate(&db).await.unwrap();
+        let repository = Repository::open(db).await.unwrap();
+        let writers = (0..60).map(|writer| {
+            let repository = repository.clone();
+            tokio::spawn(async move {
+                repository
+                    .write("test", async |tx| {
+                        let revision = tx.take_revision().await?;
+                        tokio::task::yield_now().await;
+                        match writer % 3 {
+                            0 => Err(Error::precondition("refused after writing")),
+                            _ => Ok(revision),
+                        }
+                    })
+                    .await
+            })
+        });
+        let mut revisions = BTreeSet::new();
+        let mut refused = 0;
+        for writer in writers.collect::<Vec<_>>() {
+            match writer.await.unwrap() {
+                Ok(revision) => assert!(revisions.insert(revision), "revision {revision} twice"),
+                Err(Error::FailedPrecondition { .. }) => refused += 1,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(refused, 20);
+        assert_eq!(revisions, (1..=40).collect());
+        let reread = crate::storage::connect(&url).await.unwrap();
+        let reread = Repository::open(reread).await.unwrap();
+        assert_eq!(reread.current_revision().await.unwrap(), 40);
+    }
+}
