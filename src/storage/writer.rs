@@ -172,9 +172,11 @@ mod tests {
     use crate::domain::Error;
     use crate::storage::Repository;
 
-    /// Concurrent writers share commits, and a writer that fails rolls back
-    /// only its own changes: the revisions of those that succeeded are
-    /// exactly 1..=n, each once, and a new connection reads them all.
+    /// Concurrent writers share commits, none answers before its commit (a
+    /// reader on another connection sees it at once), and a writer that
+    /// fails rolls back only its own changes: the revisions of those that
+    /// succeeded are exactly 1..=n, each once, and a new connection reads
+    /// them all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -185,7 +187,7 @@ mod tests {
         let writers = (0..60).map(|writer| {
             let repository = repository.clone();
             tokio::spawn(async move {
-                repository
+                let revision = repository
                     .write("test", async |tx| {
                         let revision = tx.take_revision().await?;
                         tokio::task::yield_now().await;
@@ -194,7 +196,14 @@ mod tests {
                             _ => Ok(revision),
                         }
                     })
-                    .await
+                    .await?;
+                // Acknowledged means committed: another connection reads it.
+                let committed = repository.current_revision().await?;
+                assert!(
+                    committed >= revision,
+                    "{revision} answered before its commit"
+                );
+                Ok(revision)
             })
         });
         let mut revisions = BTreeSet::new();
