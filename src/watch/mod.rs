@@ -18,11 +18,14 @@
 //! remaining parts (references to the shared encoded bundles) only while it
 //! sends them.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, pin::pin, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prost::bytes::Bytes;
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 
 use crate::domain::ActiveBundle;
 use crate::domain::rollout::RevisionChange;
@@ -83,6 +86,9 @@ pub struct ActiveIndex {
     ending: Arc<watch::Sender<Ending>>,
     /// The newest signed checkpoint, encoded, which every message carries.
     checkpoint: Arc<watch::Sender<Option<Bytes>>>,
+    /// Wakes those waiting for a revision (not streams, which hold
+    /// receivers of `snapshots`, counted as open streams).
+    applied: Arc<Notify>,
     encode: Encode,
     instruments: Instruments,
 }
@@ -101,6 +107,7 @@ impl ActiveIndex {
             snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
             ending: Arc::new(watch::channel(Ending::No).0),
             checkpoint: Arc::new(watch::channel(None).0),
+            applied: Arc::default(),
             encode,
             instruments,
         }
@@ -118,12 +125,15 @@ impl ActiveIndex {
 
     /// Returns once the index is at `revision` or later.
     pub async fn reached(&self, revision: u64) {
-        let mut snapshots = self.snapshots.subscribe();
-        // The sender lives as long as the index (`self` holds it).
-        let _ = snapshots
-            .wait_for(|snapshot| snapshot.revision >= revision)
-            .await
-            .map(drop);
+        loop {
+            let mut applied = pin!(self.applied.notified());
+            // Registered before the check, so no apply in between is missed.
+            applied.as_mut().enable();
+            if self.revision() >= revision {
+                return;
+            }
+            applied.await;
+        }
     }
 
     /// Applies what one revision changed, which must be the next one (the
@@ -154,6 +164,7 @@ impl ActiveIndex {
             next.change(change, self.encode);
             true
         });
+        self.applied.notify_waiters();
     }
 
     /// Makes every message from now on carry `checkpoint` (an encoded
@@ -267,6 +278,28 @@ mod tests {
             },
             Instruments::default(),
         )
+    }
+
+    /// Waiting for a revision returns once it is applied, and is not
+    /// counted as an open stream while it waits.
+    #[tokio::test]
+    async fn waiting_for_a_revision_ends_when_it_is_applied() {
+        let index = index();
+        index.reached(0).await;
+        let waiting = tokio::spawn({
+            let index = index.clone();
+            async move { index.reached(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(index.subscribers(), 0);
+        index.apply(moved(1, vec![bundle("a", 1, 1)]));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        index.apply(moved(2, vec![bundle("a", 2, 2)]));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the apply")
+            .unwrap();
     }
 
     fn selector(names: &[&str]) -> Selector {
