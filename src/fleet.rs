@@ -545,10 +545,7 @@ mod tests {
     }
 
     async fn fleet(dir: &std::path::Path) -> Fleet {
-        let url = format!("sqlite://{}", dir.join("fleet.db").display());
-        let db = crate::storage::connect(&url).await.unwrap();
-        crate::storage::migrate(&db).await.unwrap();
-        let repository = Repository::open(db).await.unwrap();
+        let repository = crate::storage::sqlite_repository(&dir.join("fleet.db")).await;
         Fleet::new(
             repository,
             &RuntimeSettings::default(),

@@ -74,6 +74,17 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Ok(db)
 }
 
+/// A repository on a migrated SQLite file at `path`, for tests; called
+/// again on the same path, a second repository on the same database.
+#[cfg(test)]
+pub(crate) async fn sqlite_repository(path: &std::path::Path) -> Repository {
+    let db = connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    migrate(&db).await.unwrap();
+    Repository::open(db).await.unwrap()
+}
+
 /// Applies pending migrations. On PostgreSQL an advisory lock keeps replicas
 /// that start together from migrating at the same time.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {

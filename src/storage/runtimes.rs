@@ -321,10 +321,7 @@ mod tests {
     #[tokio::test]
     async fn a_flush_never_undoes_another_subjects_claim() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
-        let db = super::super::connect(&url).await.unwrap();
-        super::super::migrate(&db).await.unwrap();
-        let repository = Repository::open(db).await.unwrap();
+        let repository = super::super::sqlite_repository(&dir.path().join("fleet.db")).await;
         let forget = chrono::TimeDelta::hours(1);
         let old = record("alice", "replica-a");
         repository

@@ -106,10 +106,10 @@ impl SqliteWriter {
     /// A turn for a transaction that commits by itself: the open batch, if
     /// any, commits first.
     pub(super) async fn alone(&self) -> Result<(Turn, DatabaseTransaction)> {
-        let turn = self.turn.clone().lock_owned().await;
-        let turn = tokio::spawn(commit_open(turn))
-            .await
-            .map_err(|error| Error::Internal(format!("a commit failed: {error}")))?;
+        let mut turn = self.turn.clone().lock_owned().await;
+        if turn.is_some() {
+            turn = detached(commit_open(turn)).await?;
+        }
         Ok((turn, self.db.begin().await?))
     }
 
@@ -121,9 +121,7 @@ impl SqliteWriter {
         turn: Turn,
         txn: DatabaseTransaction,
     ) -> Result<()> {
-        tokio::spawn(async move { self.close(turn, txn).await })
-            .await
-            .map_err(|error| Error::Internal(format!("a commit failed: {error}")))?
+        detached(async move { self.close(turn, txn).await }).await?
     }
 
     async fn close(&self, mut turn: Turn, txn: DatabaseTransaction) -> Result<()> {
@@ -157,6 +155,16 @@ impl SqliteWriter {
     }
 }
 
+/// Runs `commit` in a task of its own, which goes on when its caller goes
+/// away (see the module doc).
+async fn detached<T: Send + 'static>(
+    commit: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(commit)
+        .await
+        .map_err(|error| Error::Internal(format!("a commit failed: {error}")))
+}
+
 /// Commits the batch open in `turn`, if any; the turn stays held.
 async fn commit_open(mut turn: Turn) -> Turn {
     if let Some(batch) = turn.take() {
@@ -170,7 +178,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use crate::domain::Error;
-    use crate::storage::Repository;
+    use crate::storage::sqlite_repository;
 
     /// Concurrent writers share commits, none answers before its commit (a
     /// reader on another connection sees it at once), and a writer that
@@ -180,10 +188,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("group.db").display());
-        let db = crate::storage::connect(&url).await.unwrap();
-        crate::storage::migrate(&db).await.unwrap();
-        let repository = Repository::open(db).await.unwrap();
+        let path = dir.path().join("group.db");
+        let repository = sqlite_repository(&path).await;
         let writers = (0..60).map(|writer| {
             let repository = repository.clone();
             tokio::spawn(async move {
@@ -217,8 +223,7 @@ mod tests {
         }
         assert_eq!(refused, 20);
         assert_eq!(revisions, (1..=40).collect());
-        let reread = crate::storage::connect(&url).await.unwrap();
-        let reread = Repository::open(reread).await.unwrap();
+        let reread = sqlite_repository(&path).await;
         assert_eq!(reread.current_revision().await.unwrap(), 40);
     }
 }
