@@ -3,7 +3,7 @@
 //! land?". Pure: the fleet module keeps these in memory and storage persists
 //! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -182,22 +182,35 @@ impl RuntimeRecord {
         true
     }
 
-    /// Its state at `now`: connected while a live replica holds its stream,
-    /// stale once silent for longer than `stale_after`, disconnected in
-    /// between. `replica_alive` says whether its replica still heartbeats.
-    pub fn state(
+    /// When it was last seen as of `now`, and its state: connected while a
+    /// live replica holds its stream, stale once silent for longer than
+    /// `stale_after`, disconnected in between. `replica_seen` is its
+    /// replica's last heartbeat; a connected runtime is seen until then, or
+    /// until now while the replica is alive.
+    pub fn seen(
         &self,
         now: DateTime<Utc>,
         stale_after: chrono::Duration,
-        replica_alive: bool,
-    ) -> RuntimeState {
-        if self.connected && replica_alive {
+        replica_seen: Option<DateTime<Utc>>,
+    ) -> (DateTime<Utc>, RuntimeState) {
+        let replica_alive = replica_seen.is_some_and(|seen| now - seen <= REPLICA_TIMEOUT);
+        let mut last_seen = self.last_seen;
+        if self.connected {
+            let seen_until = if replica_alive {
+                Some(now)
+            } else {
+                replica_seen
+            };
+            last_seen = last_seen.max(seen_until.unwrap_or(last_seen));
+        }
+        let state = if self.connected && replica_alive {
             RuntimeState::Connected
-        } else if now - self.last_seen > stale_after {
+        } else if now - last_seen > stale_after {
             RuntimeState::Stale
         } else {
             RuntimeState::Disconnected
-        }
+        };
+        (last_seen, state)
     }
 }
 
@@ -308,72 +321,176 @@ pub struct PolicyStatus {
     pub versions: Vec<VersionStatus>,
 }
 
+/// What a namespace's runtimes applied and rejected, counted per policy
+/// and kept up to date one runtime at a time, so "did my change land?" is
+/// answered from counts instead of a pass over the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyTally {
+    /// Runtimes whose stream selects the whole namespace.
+    everywhere: Watchers,
+    /// Per policy: runtimes that select it by name, and outcomes of every
+    /// runtime that watches it.
+    names: HashMap<PolicyName, NameTally>,
+}
+
+/// Runtimes watching, and how many of them are stale.
+#[derive(Debug, Clone, Copy, Default)]
+struct Watchers {
+    runtimes: u32,
+    stale: u32,
+}
+
+impl Watchers {
+    fn count(&mut self, state: RuntimeState, sign: Sign) {
+        sign.apply(&mut self.runtimes);
+        if state == RuntimeState::Stale {
+            sign.apply(&mut self.stale);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct NameTally {
+    by_name: Watchers,
+    versions: BTreeMap<u32, VersionTally>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct VersionTally {
+    applied: u32,
+    /// Runtimes that rejected the version, by error.
+    rejections: BTreeMap<String, BTreeSet<RuntimeId>>,
+}
+
+impl VersionTally {
+    fn rejected(&self) -> u32 {
+        self.rejections.values().map(|ids| ids.len() as u32).sum()
+    }
+}
+
+/// Whether a runtime is counted in or out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    Add,
+    Remove,
+}
+
+impl Sign {
+    fn apply(self, count: &mut u32) {
+        match self {
+            Sign::Add => *count += 1,
+            Sign::Remove => *count -= 1,
+        }
+    }
+}
+
 /// How many runtime ids a rejection group lists.
 const LISTED_REJECTERS: usize = 10;
 
-/// Aggregates the outcomes of `runtimes` (with their states) for `name`,
-/// whose active version is `active` (0: none).
-pub fn policy_status(
-    name: &PolicyName,
-    active: u32,
-    runtimes: &[(RuntimeRecord, RuntimeState)],
-) -> PolicyStatus {
-    let mut status = PolicyStatus::default();
-    let mut versions: BTreeMap<u32, VersionStatus> = BTreeMap::new();
-    let mut rejecters: BTreeMap<(u32, &str), Vec<RuntimeId>> = BTreeMap::new();
-    for (runtime, state) in runtimes.iter().filter(|(runtime, _)| runtime.watches(name)) {
-        status.runtimes += 1;
-        if *state == RuntimeState::Stale {
-            status.stale += 1;
+impl PolicyTally {
+    /// Counts a runtime in `state`.
+    pub fn add(&mut self, runtime: &RuntimeRecord, state: RuntimeState) {
+        self.count(runtime, state, Sign::Add);
+    }
+
+    /// Counts out a runtime added before with the same record and state.
+    pub fn remove(&mut self, runtime: &RuntimeRecord, state: RuntimeState) {
+        self.count(runtime, state, Sign::Remove);
+    }
+
+    fn count(&mut self, runtime: &RuntimeRecord, state: RuntimeState, sign: Sign) {
+        if runtime.names.is_empty() {
+            self.everywhere.count(state, sign);
         }
-        let Some(outcome) = runtime.policies.get(name) else {
-            status.pending += 1;
-            continue;
-        };
-        let version = versions
-            .entry(outcome.version)
-            .or_insert_with(|| VersionStatus {
-                version: outcome.version,
-                applied: 0,
-                rejected: 0,
-                rejections: Vec::new(),
-            });
-        match outcome.state {
-            ApplyState::Applied => version.applied += 1,
-            ApplyState::Rejected => {
-                version.rejected += 1;
-                rejecters
-                    .entry((outcome.version, &outcome.error))
-                    .or_default()
-                    .push(runtime.id.clone());
+        for name in &runtime.names {
+            self.name(name).by_name.count(state, sign);
+        }
+        for (name, outcome) in &runtime.policies {
+            if !runtime.watches(name) {
+                continue;
+            }
+            let versions = &mut self.name(name).versions;
+            let version = versions.entry(outcome.version).or_default();
+            match (outcome.state, sign) {
+                (ApplyState::Applied, sign) => sign.apply(&mut version.applied),
+                (ApplyState::Rejected, Sign::Add) => {
+                    version
+                        .rejections
+                        .entry(outcome.error.clone())
+                        .or_default()
+                        .insert(runtime.id.clone());
+                }
+                (ApplyState::Rejected, Sign::Remove) => {
+                    if let Some(ids) = version.rejections.get_mut(&outcome.error) {
+                        ids.remove(&runtime.id);
+                        if ids.is_empty() {
+                            version.rejections.remove(&outcome.error);
+                        }
+                    }
+                }
+            }
+            if version.applied == 0 && version.rejections.is_empty() {
+                versions.remove(&outcome.version);
             }
         }
-        match (outcome.version == active, outcome.state) {
-            (true, ApplyState::Applied) => status.applied += 1,
-            (true, ApplyState::Rejected) => status.rejected += 1,
-            (false, _) => status.pending += 1,
+        for name in runtime.names.iter().chain(runtime.policies.keys()) {
+            if self
+                .names
+                .get(name)
+                .is_some_and(|tally| tally.by_name.runtimes == 0 && tally.versions.is_empty())
+            {
+                self.names.remove(name);
+            }
         }
     }
-    for ((version, error), mut ids) in rejecters {
-        ids.sort();
-        let rejections = &mut versions.get_mut(&version).expect("counted").rejections;
-        rejections.push(RejectionGroup {
-            error: error.to_owned(),
-            runtimes: ids.len() as u32,
-            runtime_ids: ids.into_iter().take(LISTED_REJECTERS).collect(),
-        });
+
+    fn name(&mut self, name: &PolicyName) -> &mut NameTally {
+        if !self.names.contains_key(name) {
+            self.names.insert(name.clone(), NameTally::default());
+        }
+        self.names.get_mut(name).expect("inserted")
     }
-    status.versions = versions
-        .into_values()
-        .rev()
-        .map(|mut version| {
-            version
-                .rejections
-                .sort_by(|a, b| b.runtimes.cmp(&a.runtimes).then(a.error.cmp(&b.error)));
-            version
-        })
-        .collect();
-    status
+
+    /// The fleet's outcome for `name`, whose active version is `active`
+    /// (0: none).
+    pub fn status(&self, name: &PolicyName, active: u32) -> PolicyStatus {
+        let tally = self.names.get(name);
+        let by_name = tally.map(|tally| tally.by_name).unwrap_or_default();
+        let runtimes = self.everywhere.runtimes + by_name.runtimes;
+        let on_active = tally.and_then(|tally| tally.versions.get(&active));
+        let applied = on_active.map_or(0, |version| version.applied);
+        let rejected = on_active.map_or(0, VersionTally::rejected);
+        let versions = tally
+            .into_iter()
+            .flat_map(|tally| tally.versions.iter().rev())
+            .map(|(&version, tally)| {
+                let mut rejections: Vec<RejectionGroup> = tally
+                    .rejections
+                    .iter()
+                    .map(|(error, ids)| RejectionGroup {
+                        error: error.clone(),
+                        runtimes: ids.len() as u32,
+                        runtime_ids: ids.iter().take(LISTED_REJECTERS).cloned().collect(),
+                    })
+                    .collect();
+                rejections.sort_by(|a, b| b.runtimes.cmp(&a.runtimes).then(a.error.cmp(&b.error)));
+                VersionStatus {
+                    version,
+                    applied: tally.applied,
+                    rejected: tally.rejected(),
+                    rejections,
+                }
+            })
+            .collect();
+        PolicyStatus {
+            runtimes,
+            applied,
+            rejected,
+            pending: runtimes - applied - rejected,
+            stale: self.everywhere.stale + by_name.stale,
+            versions,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -460,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_status_counts_each_runtime_once_and_groups_errors() {
+    fn the_tally_counts_each_runtime_once_and_groups_errors() {
         use ApplyState::*;
         let runtimes: Vec<_> = [
             record("a", Some((2, Applied, ""))),
@@ -474,7 +591,11 @@ mod tests {
         .into_iter()
         .map(|record| (record, RuntimeState::Connected))
         .collect();
-        let status = policy_status(&PolicyName::parse("n", "limits").unwrap(), 2, &runtimes);
+        let mut tally = PolicyTally::default();
+        for (runtime, state) in &runtimes {
+            tally.add(runtime, *state);
+        }
+        let status = tally.status(&PolicyName::parse("n", "limits").unwrap(), 2);
         assert_eq!(
             (
                 status.runtimes,
@@ -488,5 +609,43 @@ mod tests {
         assert_eq!(status.versions[0].rejections[0].error, "bad signature");
         assert_eq!(status.versions[0].rejections[0].runtimes, 2);
         assert_eq!(status.versions[1].version, 1);
+    }
+
+    /// Counting a runtime out undoes counting it in, whatever else was
+    /// counted between: the tally after a change equals a tally made anew.
+    #[test]
+    fn counting_out_undoes_counting_in() {
+        use ApplyState::*;
+        let limits = PolicyName::parse("n", "limits").unwrap();
+        let mut by_name = record("h", Some((2, Rejected, "too big")));
+        by_name.names = vec![limits.clone()];
+        let runtimes = [
+            (record("a", Some((2, Applied, ""))), RuntimeState::Connected),
+            (
+                record("b", Some((2, Rejected, "too big"))),
+                RuntimeState::Stale,
+            ),
+            (record("c", None), RuntimeState::Disconnected),
+            (by_name, RuntimeState::Connected),
+        ];
+        let mut tally = PolicyTally::default();
+        for (runtime, state) in &runtimes {
+            tally.add(runtime, *state);
+        }
+        let all = tally.status(&limits, 2);
+        assert_eq!(
+            (all.runtimes, all.applied, all.rejected, all.stale),
+            (4, 1, 2, 1)
+        );
+        assert_eq!(all.versions[0].rejections[0].runtimes, 2);
+        for (runtime, state) in &runtimes[1..] {
+            tally.remove(runtime, *state);
+        }
+        let mut fresh = PolicyTally::default();
+        fresh.add(&runtimes[0].0, runtimes[0].1);
+        assert_eq!(tally.status(&limits, 2), fresh.status(&limits, 2));
+        tally.remove(&runtimes[0].0, runtimes[0].1);
+        assert!(tally.names.is_empty(), "nothing is left counted");
+        assert_eq!(tally.status(&limits, 2), PolicyStatus::default());
     }
 }

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::domain::rollout::{Progress, Rollout, progress};
+use crate::domain::rollout::{Progress, Rollout};
 use crate::domain::runtime::{
-    PolicyStatus, RuntimeFilter, RuntimeRecord, RuntimeState, StatusReport, policy_status,
-    runtimes_page,
+    PolicyStatus, RuntimeFilter, RuntimeRecord, RuntimeState, StatusReport, runtimes_page,
 };
 use crate::domain::{Namespace, Page, PolicyRef, Result};
 use crate::fleet::{Arrival, Connection, FleetView};
@@ -48,9 +47,11 @@ impl PolicyHub {
             .snapshot()
             .get(policy)
             .map(|indexed| (indexed.bundle.version, indexed.bundle.revision));
-        let fleet = self.fleet_view(&policy.namespace).await?;
         let version = active.map_or(0, |(version, _)| version);
-        let status = policy_status(&policy.name, version, fleet.runtimes());
+        let status = self
+            .fleet
+            .policy_status(&policy.namespace, &policy.name, version)
+            .await?;
         Ok((active, status))
     }
 
@@ -62,8 +63,7 @@ impl PolicyHub {
 
     /// A rollout with its current step's progress through the fleet.
     pub async fn with_progress(&self, rollout: Rollout) -> Result<(Rollout, Progress)> {
-        let fleet = self.fleet_view(&rollout.namespace).await?;
-        let progress = progress(&rollout, fleet.not_stale());
+        let progress = self.fleet.progress(&rollout).await?;
         Ok((rollout, progress))
     }
 }

@@ -89,16 +89,13 @@ impl PolicyHub {
             .repository
             .list_rollouts(namespace, page_size, page_token)
             .await?;
-        let fleet = self.fleet_view(namespace).await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for rollout in page.items {
+            let progress = self.fleet.progress(&rollout).await?;
+            items.push((rollout, progress));
+        }
         Ok(Page {
-            items: page
-                .items
-                .into_iter()
-                .map(|rollout| {
-                    let progress = crate::domain::rollout::progress(&rollout, fleet.not_stale());
-                    (rollout, progress)
-                })
-                .collect(),
+            items,
             next_page_token: page.next_page_token,
         })
     }

@@ -17,7 +17,7 @@ mod cohort;
 mod plan;
 mod tick;
 
-pub use cohort::{Progress, bucket, progress};
+pub use cohort::{Progress, ProgressTally, bucket};
 pub use plan::{plan_targets, validate_plan, validate_start};
 pub use tick::{Tick, ensure_control, tick};
 
@@ -325,7 +325,7 @@ mod tests {
         ApplyState, PolicyOutcome, RuntimeId, RuntimeLabels, RuntimeRecord,
     };
 
-    fn step(percentage: u32, bake_secs: u64) -> RolloutStep {
+    pub(super) fn step(percentage: u32, bake_secs: u64) -> RolloutStep {
         RolloutStep {
             percentage,
             label_selector: String::new(),
@@ -345,7 +345,7 @@ mod tests {
         RuntimeId::parse("id", id).unwrap()
     }
 
-    fn rollout(steps: Vec<RolloutStep>) -> Rollout {
+    pub(super) fn rollout(steps: Vec<RolloutStep>) -> Rollout {
         let now = Utc::now();
         Rollout {
             id: "7c6f".into(),

@@ -1,0 +1,778 @@
+//! The fleet view (DESIGN §9): which runtimes watch, and what each applied.
+//!
+//! The replica that holds a runtime's stream keeps its record in memory and
+//! updates it on connect, disconnect and every report, without touching the
+//! database. A flusher writes the records that changed in one batch per
+//! interval (about once a second), together with the replica's heartbeat;
+//! reads combine the stored rows of every replica with this replica's
+//! fresher records. So a report costs a map update, every replica sees the
+//! whole fleet within an interval, and a replica that dies stops vouching for
+//! its runtimes once its heartbeat is older than
+//! [`REPLICA_TIMEOUT`](crate::domain::runtime::REPLICA_TIMEOUT).
+//!
+//! A namespace that is read gets a roster: its runtimes as the stored rows
+//! and this replica's records combine, kept up to date as each runtime
+//! connects, reports or leaves, with counts of what they applied per policy
+//! and per live rollout step. `GetPolicyStatus`, `GetRollout` and
+//! `StartRollout` answer from those counts, not from a pass over the fleet.
+//! Once a read finds the stored rows behind it older than a quarter of the
+//! flush interval, they are read again in the background (the rows of other
+//! replicas are up to an interval old anyway); this replica's flushes patch
+//! them with what they wrote. A roster no read used for [`IDLE_ROSTER`] is
+//! dropped.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::RuntimeSettings;
+use crate::domain::{
+    Error, Namespace, PolicyName, Result,
+    rollout::{Progress, Rollout},
+    runtime::{PolicyStatus, RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState, StatusReport},
+};
+use crate::storage::{Flush, ReplicaHeartbeats, Repository};
+
+mod roster;
+
+pub use roster::FleetView;
+use roster::{Roster, Stored};
+
+type Key = (Namespace, RuntimeId);
+
+/// One runtime as this replica knows it.
+#[derive(Debug)]
+struct Local {
+    record: RuntimeRecord,
+    /// Open streams of this runtime on this replica.
+    streams: usize,
+    /// Changed since the last flush.
+    dirty: bool,
+    /// Whether this replica holds the stream or only received a report.
+    flush: Flush,
+}
+
+/// The fleet view of this replica; cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This process's id in the `replicas` table, new at every start.
+    replica: String,
+    repository: Repository,
+    /// Silence after which a runtime is STALE and its id may be taken by
+    /// another subject.
+    stale_after: chrono::TimeDelta,
+    /// Silence after which a runtime leaves the fleet view.
+    forget_after: chrono::TimeDelta,
+    /// Locked before `rosters` when both are.
+    local: Mutex<HashMap<Key, Local>>,
+    rosters: Mutex<Rosters>,
+    /// How long stored rows serve reads before they are read again.
+    reuse_stored_for: Duration,
+    instruments: Instruments,
+}
+
+/// The rosters of the namespaces read lately.
+#[derive(Default)]
+struct Rosters {
+    /// Flushes so far: rows read across one may miss what it wrote.
+    flushes: u64,
+    namespaces: HashMap<Namespace, Roster>,
+}
+
+/// How often a read computes every state anew at most: states move with
+/// time alone (a silent runtime turns stale), and a view shows a connected
+/// runtime seen until the moment it was made.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A roster no read used for this long is dropped.
+const IDLE_ROSTER: Duration = Duration::from_secs(300);
+
+/// The metrics the fleet view feeds; whoever exposes them registers them.
+#[derive(Debug, Clone, Default)]
+pub struct Instruments {
+    /// Status reports accepted.
+    pub reports: Counter,
+    /// Batches written to the database.
+    pub flushes: Counter,
+}
+
+/// An open stream of an identified runtime; dropping it marks the runtime
+/// disconnected once its last stream here closes.
+pub struct Connection {
+    fleet: Fleet,
+    key: Key,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut local = self.fleet.local();
+        if let Some(entry) = local.get_mut(&self.key) {
+            entry.streams = entry.streams.saturating_sub(1);
+            if entry.streams == 0 {
+                entry.record.connected = false;
+                entry.record.last_seen = Utc::now();
+                entry.dirty = true;
+                self.fleet.reflect(&local, &self.key);
+            }
+        }
+    }
+}
+
+/// A runtime opening a stream.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// Namespace it watches.
+    pub namespace: Namespace,
+    /// Its id.
+    pub id: RuntimeId,
+    /// Its labels.
+    pub labels: RuntimeLabels,
+    /// The policies its stream selects.
+    pub names: Vec<PolicyName>,
+    /// The subject of its token.
+    pub subject: String,
+}
+
+fn held_by_other(runtime: &RuntimeId, holder: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "runtime {runtime} is held by subject {holder:?}; a runtime id is bound to the subject \
+         that first opened its stream until the runtime is stale"
+    ))
+}
+
+/// A runtime as its stored row and this replica's record of it combine.
+fn combined(stored: Option<&RuntimeRecord>, local: Option<&Local>) -> Option<RuntimeRecord> {
+    match (stored, local) {
+        (Some(stored), Some(local)) => Some(match local.flush {
+            Flush::ReportOnly => stored.clone().absorbing(&local.record),
+            Flush::Held => local.record.clone().absorbing(stored),
+        }),
+        (None, Some(local)) => Some(local.record.clone()),
+        (Some(stored), None) => Some(stored.clone()),
+        (None, None) => None,
+    }
+}
+
+impl Fleet {
+    /// The fleet view of a new replica.
+    pub fn new(
+        repository: Repository,
+        settings: &RuntimeSettings,
+        instruments: Instruments,
+    ) -> Self {
+        let delta =
+            |duration| chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
+        Fleet {
+            inner: Arc::new(Inner {
+                replica: uuid::Uuid::new_v4().to_string(),
+                repository,
+                stale_after: delta(settings.stale_after),
+                forget_after: delta(settings.forget_after),
+                local: Mutex::default(),
+                rosters: Mutex::default(),
+                reuse_stored_for: settings.flush_interval() / 4,
+                instruments,
+            }),
+        }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Local>> {
+        self.inner.local.lock().expect("fleet lock")
+    }
+
+    fn rosters(&self) -> std::sync::MutexGuard<'_, Rosters> {
+        self.inner.rosters.lock().expect("fleet lock")
+    }
+
+    /// Shows a change of `key` in this replica's records in its namespace's
+    /// roster, if it has one.
+    fn reflect(&self, local: &HashMap<Key, Local>, key: &Key) {
+        if let Some(roster) = self.rosters().namespaces.get_mut(&key.0) {
+            self.reflect_in(roster, local, key, Utc::now());
+        }
+    }
+
+    fn reflect_in(
+        &self,
+        roster: &mut Roster,
+        local: &HashMap<Key, Local>,
+        key: &Key,
+        now: DateTime<Utc>,
+    ) {
+        let record = combined(roster.stored.records.get(&key.1), local.get(key));
+        let next = record.map(|record| {
+            let (_, state) = self.seen(&record, &roster.stored.heartbeats, now);
+            (record, state)
+        });
+        roster.set(&key.1, next);
+    }
+
+    /// Registers a stream of an identified runtime. Refused when another
+    /// subject holds the id and the runtime is not stale.
+    pub async fn connect(&self, arrival: Arrival) -> Result<Connection> {
+        let key = (arrival.namespace.clone(), arrival.id.clone());
+        let held_here = self
+            .local()
+            .get(&key)
+            .is_some_and(|entry| entry.record.subject == arrival.subject);
+        if !held_here {
+            self.claim(&arrival).await?;
+        }
+        let now = Utc::now();
+        let mut local = self.local();
+        let entry = local.entry(key.clone()).or_insert_with(|| Local {
+            record: self.new_record(&arrival, now),
+            streams: 0,
+            dirty: true,
+            flush: Flush::Held,
+        });
+        let stale = now - entry.record.last_seen > self.inner.stale_after;
+        if entry.record.subject != arrival.subject && (entry.streams > 0 || !stale) {
+            return Err(held_by_other(&arrival.id, &entry.record.subject));
+        }
+        entry.record.subject = arrival.subject;
+        entry.record.labels = arrival.labels;
+        entry.record.names = arrival.names;
+        entry.record.connected = true;
+        entry.record.replica = self.inner.replica.clone();
+        entry.record.last_seen = now;
+        entry.streams += 1;
+        entry.dirty = true;
+        entry.flush = Flush::Held;
+        self.reflect(&local, &key);
+        drop(local);
+        Ok(Connection {
+            fleet: self.clone(),
+            key,
+        })
+    }
+
+    /// A runtime first seen here, connected now.
+    fn new_record(&self, arrival: &Arrival, now: DateTime<Utc>) -> RuntimeRecord {
+        RuntimeRecord {
+            namespace: arrival.namespace.clone(),
+            id: arrival.id.clone(),
+            subject: arrival.subject.clone(),
+            labels: arrival.labels.clone(),
+            names: arrival.names.clone(),
+            connected: true,
+            replica: self.inner.replica.clone(),
+            last_seen: now,
+            applied_revision: 0,
+            policies: Default::default(),
+        }
+    }
+
+    /// Binds the arrival's id to its subject in the database, which every
+    /// replica shares, unless another subject holds it and is not stale.
+    /// The check and the binding are one locked step: two subjects arriving
+    /// at once on two replicas cannot both pass a check the other has not
+    /// yet written.
+    async fn claim(&self, arrival: &Arrival) -> Result<()> {
+        let claim = self.new_record(arrival, Utc::now());
+        let holder = self
+            .inner
+            .repository
+            .claim_runtime(&claim, |stored, heartbeats| {
+                self.seen(stored, heartbeats, Utc::now()).1 != RuntimeState::Stale
+            })
+            .await?;
+        match holder {
+            Some(subject) => Err(held_by_other(&arrival.id, &subject)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a report from `subject`; returns how many outcomes were older
+    /// than what the runtime reported before.
+    pub async fn report(&self, subject: &str, report: StatusReport) -> Result<u32> {
+        let key = (report.namespace.clone(), report.runtime.clone());
+        {
+            let mut local = self.local();
+            if let Some(entry) = local.get_mut(&key) {
+                if entry.record.subject != subject {
+                    return Err(held_by_other(&report.runtime, &entry.record.subject));
+                }
+                entry.dirty = true;
+                let ignored = entry.record.merge(&report, Utc::now());
+                self.inner.instruments.reports.inc();
+                self.reflect(&local, &key);
+                return Ok(ignored);
+            }
+        }
+        // The stream is held by another replica (or was, before a restart).
+        let Some(mut stored) = self
+            .inner
+            .repository
+            .load_runtime(&report.namespace, &report.runtime)
+            .await?
+        else {
+            return Err(Error::precondition(format!(
+                "runtime {} has not opened a watch stream in namespace {}: open WatchActive \
+                 with runtime.id first",
+                report.runtime, report.namespace
+            )));
+        };
+        if stored.subject != subject {
+            return Err(held_by_other(&report.runtime, &stored.subject));
+        }
+        let ignored = stored.merge(&report, Utc::now());
+        let mut local = self.local();
+        let entry = local.entry(key.clone()).or_insert_with(|| Local {
+            record: stored.clone(),
+            streams: 0,
+            dirty: true,
+            flush: Flush::ReportOnly,
+        });
+        entry.record = entry.record.clone().absorbing(&stored);
+        entry.dirty = true;
+        self.inner.instruments.reports.inc();
+        self.reflect(&local, &key);
+        Ok(ignored)
+    }
+
+    /// Writes what changed since the last flush, with this replica's
+    /// heartbeat, and forgets runtimes that are gone from this replica.
+    pub async fn flush(&self) -> Result<()> {
+        let batch: Vec<(RuntimeRecord, Flush)> = self
+            .local()
+            .values_mut()
+            .filter(|entry| entry.dirty)
+            .map(|entry| {
+                entry.dirty = false;
+                (entry.record.clone(), entry.flush)
+            })
+            .collect();
+        let keys: Vec<Key> = batch
+            .iter()
+            .map(|(record, _)| (record.namespace.clone(), record.id.clone()))
+            .collect();
+        let saved = self
+            .inner
+            .repository
+            .save_runtimes(&self.inner.replica, batch, self.inner.forget_after)
+            .await;
+        let mut local = self.local();
+        let merged = match saved {
+            Ok(merged) => {
+                self.inner.instruments.flushes.inc();
+                merged
+            }
+            Err(error) => {
+                for key in &keys {
+                    if let Some(entry) = local.get_mut(key) {
+                        entry.dirty = true;
+                    }
+                }
+                return Err(error);
+            }
+        };
+        let mut rosters = self.rosters();
+        rosters.flushes += 1;
+        rosters
+            .namespaces
+            .retain(|_, roster| roster.read.is_some_and(|read| read.elapsed() < IDLE_ROSTER));
+        // Outcomes reported through other replicas flow back into the
+        // records of the streams held here, and what was written is what
+        // the rosters' stored rows now hold.
+        for record in merged {
+            let key = (record.namespace.clone(), record.id.clone());
+            if let Some(entry) = local.get_mut(&key) {
+                entry.record = entry.record.clone().absorbing(&record);
+            }
+            if let Some(roster) = rosters.namespaces.get_mut(&key.0) {
+                roster.stored.records.insert(key.1, record);
+            }
+        }
+        local.retain(|_, entry| entry.dirty || entry.streams > 0);
+        let now = Utc::now();
+        for key in &keys {
+            if let Some(roster) = rosters.namespaces.get_mut(&key.0) {
+                self.reflect_in(roster, &local, key, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every `interval` until the task is aborted.
+    pub async fn run(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.flush().await {
+                tracing::warn!(%error, "cannot persist the fleet view; retrying");
+            }
+        }
+    }
+
+    /// When `record`'s runtime was last seen as of `now`, and its state.
+    fn seen(
+        &self,
+        record: &RuntimeRecord,
+        heartbeats: &ReplicaHeartbeats,
+        now: DateTime<Utc>,
+    ) -> (DateTime<Utc>, RuntimeState) {
+        let replica_seen = if record.replica == self.inner.replica {
+            Some(now)
+        } else {
+            heartbeats.get(&record.replica).copied()
+        };
+        record.seen(now, self.inner.stale_after, replica_seen)
+    }
+
+    /// Every runtime of `namespace` with its state, as of at most
+    /// [`SWEEP_EVERY`] ago.
+    pub async fn runtimes(&self, namespace: &Namespace) -> Result<Arc<FleetView>> {
+        self.with_roster(namespace, |fleet, roster| {
+            roster.view(SWEEP_EVERY, |record, heartbeats| {
+                let mut record = record.clone();
+                record.last_seen = fleet.seen(&record, heartbeats, Utc::now()).0;
+                record
+            })
+        })
+        .await
+    }
+
+    /// What the namespace's runtimes applied or rejected of `name`, whose
+    /// active version is `active` (0: none).
+    pub async fn policy_status(
+        &self,
+        namespace: &Namespace,
+        name: &PolicyName,
+        active: u32,
+    ) -> Result<PolicyStatus> {
+        self.with_roster(namespace, |_, roster| roster.policy_status(name, active))
+            .await
+    }
+
+    /// How the cohort of `rollout`'s current step fares.
+    pub async fn progress(&self, rollout: &Rollout) -> Result<Progress> {
+        self.with_roster(&rollout.namespace, |_, roster| roster.progress(rollout))
+            .await
+    }
+
+    /// Runs `read` on the roster of `namespace`, made first if there is
+    /// none; a roster whose stored rows are older than `reuse_stored_for`
+    /// is refreshed in the background.
+    async fn with_roster<R>(
+        &self,
+        namespace: &Namespace,
+        read: impl FnOnce(&Self, &mut Roster) -> R,
+    ) -> Result<R> {
+        let mut read = Some(read);
+        loop {
+            let flushes = {
+                let mut rosters = self.rosters();
+                if let Some(roster) = rosters.namespaces.get_mut(namespace) {
+                    roster.read = Some(Instant::now());
+                    let due = roster
+                        .stored
+                        .read
+                        .is_none_or(|read| read.elapsed() >= self.inner.reuse_stored_for);
+                    if due && !roster.refreshing {
+                        roster.refreshing = true;
+                        tokio::spawn(self.clone().refresh(namespace.clone()));
+                    }
+                    if roster
+                        .swept
+                        .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
+                    {
+                        let now = Utc::now();
+                        roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+                    }
+                    let read = read.take().expect("read once");
+                    return Ok(read(self, roster));
+                }
+                rosters.flushes
+            };
+            let stored = self.load(namespace).await?;
+            let local = self.local();
+            let mut rosters = self.rosters();
+            // A flush meanwhile may have written rows this read missed.
+            if rosters.flushes == flushes && !rosters.namespaces.contains_key(namespace) {
+                let mut roster = Roster::default();
+                roster.read = Some(Instant::now());
+                self.restore(&mut roster, namespace, stored, &local);
+                rosters.namespaces.insert(namespace.clone(), roster);
+            }
+        }
+    }
+
+    /// Reads the stored rows of `namespace` again and moves its roster to
+    /// them.
+    async fn refresh(self, namespace: Namespace) {
+        let flushes = self.rosters().flushes;
+        let loaded = self.load(&namespace).await;
+        let local = self.local();
+        let mut rosters = self.rosters();
+        let current = rosters.flushes == flushes;
+        let Some(roster) = rosters.namespaces.get_mut(&namespace) else {
+            return;
+        };
+        roster.refreshing = false;
+        match loaded {
+            // Rows read across a flush may miss what it wrote: the next
+            // read tries again.
+            Ok(stored) if current => self.restore(roster, &namespace, stored, &local),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, %namespace, "cannot read the fleet view"),
+        }
+    }
+
+    /// The stored rows of `namespace` and every replica's heartbeat.
+    async fn load(&self, namespace: &Namespace) -> Result<Stored> {
+        let read = Instant::now();
+        let records = self.inner.repository.load_runtimes(namespace).await?;
+        Ok(Stored {
+            read: Some(read),
+            records: records
+                .into_iter()
+                .map(|record| (record.id.clone(), record))
+                .collect(),
+            heartbeats: self.inner.repository.replica_heartbeats().await?,
+        })
+    }
+
+    /// Moves `roster` to `stored`: every runtime whose stored row changed,
+    /// and on a new roster every runtime held here too, is combined anew,
+    /// then every state computed again.
+    fn restore(
+        &self,
+        roster: &mut Roster,
+        namespace: &Namespace,
+        stored: Stored,
+        local: &HashMap<Key, Local>,
+    ) {
+        let fresh = roster.stored.read.is_none();
+        let mut changed: Vec<RuntimeId> = stored
+            .records
+            .iter()
+            .filter(|(id, record)| roster.stored.records.get(*id) != Some(*record))
+            .map(|(id, _)| id.clone())
+            .collect();
+        changed.extend(
+            roster
+                .stored
+                .records
+                .keys()
+                .filter(|id| !stored.records.contains_key(*id))
+                .cloned(),
+        );
+        if fresh {
+            changed.extend(
+                local
+                    .keys()
+                    .filter(|(held, id)| held == namespace && !stored.records.contains_key(id))
+                    .map(|(_, id)| id.clone()),
+            );
+        }
+        roster.stored = stored;
+        let now = Utc::now();
+        for id in changed {
+            self.reflect_in(roster, local, &(namespace.clone(), id), now);
+        }
+        roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::runtime::{ApplyState, PolicyOutcome};
+
+    fn namespace() -> Namespace {
+        Namespace::parse("namespace", "team").unwrap()
+    }
+
+    fn policy() -> PolicyName {
+        PolicyName::parse("name", "limits").unwrap()
+    }
+
+    async fn fleet(dir: &std::path::Path) -> Fleet {
+        let repository = crate::storage::sqlite_repository(&dir.join("fleet.db")).await;
+        Fleet::new(
+            repository,
+            &RuntimeSettings::default(),
+            Instruments::default(),
+        )
+    }
+
+    fn applied(version: u32) -> StatusReport {
+        StatusReport {
+            namespace: namespace(),
+            runtime: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+            revision: u64::from(version),
+            outcomes: vec![(
+                policy(),
+                PolicyOutcome {
+                    version,
+                    state: ApplyState::Applied,
+                    error: String::new(),
+                    revision: u64::from(version),
+                },
+            )],
+        }
+    }
+
+    /// Reads share one view of a namespace until a connect, a report or a
+    /// disconnect here; each of those shows in the next read.
+    #[tokio::test]
+    async fn a_view_is_shared_until_something_changes_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet(dir.path()).await;
+        let connection = fleet
+            .connect(Arrival {
+                namespace: namespace(),
+                id: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+                labels: RuntimeLabels::default(),
+                names: Vec::new(),
+                subject: "alice".into(),
+            })
+            .await
+            .unwrap();
+        let first = fleet.runtimes(&namespace()).await.unwrap();
+        assert_eq!(first.runtimes().len(), 1);
+        assert_eq!(first.runtimes()[0].1, RuntimeState::Connected);
+        let again = fleet.runtimes(&namespace()).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "nothing changed: one view");
+
+        fleet.report("alice", applied(1)).await.unwrap();
+        let reported = fleet.runtimes(&namespace()).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &reported));
+        assert_eq!(reported.runtimes()[0].0.policies[&policy()].version, 1);
+        fleet.report("alice", applied(2)).await.unwrap();
+        let newer = fleet.runtimes(&namespace()).await.unwrap();
+        assert_eq!(newer.runtimes()[0].0.policies[&policy()].version, 2);
+
+        drop(connection);
+        let gone = fleet.runtimes(&namespace()).await.unwrap();
+        assert_eq!(gone.runtimes()[0].1, RuntimeState::Disconnected);
+        assert_eq!(gone.not_stale().count(), 1);
+    }
+
+    fn arrival(id: &str) -> Arrival {
+        Arrival {
+            namespace: namespace(),
+            id: RuntimeId::parse("runtime.id", id).unwrap(),
+            labels: RuntimeLabels::default(),
+            names: Vec::new(),
+            subject: "alice".into(),
+        }
+    }
+
+    /// The counts a fleet read answers from, after any mix of connects,
+    /// reports, disconnects and flushes on two replicas, equal counts made
+    /// anew: from the replica's own view of the runtimes, and from a third
+    /// replica that read every row once both flushed.
+    #[tokio::test]
+    async fn counts_kept_up_to_date_equal_counts_made_anew() {
+        use crate::domain::runtime::PolicyTally;
+
+        let dir = tempfile::tempdir().unwrap();
+        let repository = crate::storage::sqlite_repository(&dir.path().join("fleet.db")).await;
+        let settings = RuntimeSettings {
+            flush_interval: Duration::from_millis(4),
+            ..RuntimeSettings::default()
+        };
+        let replica = || Fleet::new(repository.clone(), &settings, Instruments::default());
+        let (a, b) = (replica(), replica());
+        let ids: Vec<String> = (0..24).map(|n| format!("rt-{n}")).collect();
+        let holder = |n: usize| if n.is_multiple_of(3) { &b } else { &a };
+        let mut streams: Vec<Option<Connection>> = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            streams.push(Some(holder(n).connect(arrival(id)).await.unwrap()));
+        }
+        a.policy_status(&namespace(), &policy(), 2).await.unwrap();
+        // A fixed pseudo-random walk: every step picks a runtime and a move.
+        let mut seed: u64 = 7;
+        for revision in 1..=300u64 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let n = (seed >> 33) as usize % ids.len();
+            match (seed >> 20) % 6 {
+                0 => streams[n] = None,
+                1 if streams[n].is_none() => {
+                    streams[n] = Some(holder(n).connect(arrival(&ids[n])).await.unwrap());
+                }
+                2 => holder(n).flush().await.unwrap(),
+                _ => {
+                    let rejected = (seed >> 40).is_multiple_of(3);
+                    let report = StatusReport {
+                        namespace: namespace(),
+                        runtime: RuntimeId::parse("runtime.id", &ids[n]).unwrap(),
+                        revision,
+                        outcomes: vec![(
+                            policy(),
+                            PolicyOutcome {
+                                version: 1 + (seed >> 44) as u32 % 3,
+                                state: if rejected {
+                                    ApplyState::Rejected
+                                } else {
+                                    ApplyState::Applied
+                                },
+                                error: if rejected {
+                                    format!("e{}", seed % 2)
+                                } else {
+                                    String::new()
+                                },
+                                revision,
+                            },
+                        )],
+                    };
+                    // Through either replica: the one not holding the
+                    // stream keeps it until it flushes.
+                    let through = if (seed >> 50).is_multiple_of(4) {
+                        &a
+                    } else {
+                        holder(n)
+                    };
+                    through.report("alice", report).await.unwrap();
+                }
+            }
+            if revision.is_multiple_of(50) {
+                let view = a.runtimes(&namespace()).await.unwrap();
+                let mut anew = PolicyTally::default();
+                for (runtime, state) in view.runtimes() {
+                    anew.add(runtime, *state);
+                }
+                for active in 1..=3 {
+                    assert_eq!(
+                        a.policy_status(&namespace(), &policy(), active)
+                            .await
+                            .unwrap(),
+                        anew.status(&policy(), active),
+                        "after {revision} moves, version {active}"
+                    );
+                }
+            }
+        }
+        for _ in 0..2 {
+            b.flush().await.unwrap();
+            a.flush().await.unwrap();
+        }
+        let third = replica();
+        let expected = third
+            .policy_status(&namespace(), &policy(), 2)
+            .await
+            .unwrap();
+        assert!(expected.runtimes == 24 && !expected.versions.is_empty());
+        let mut seen = a.policy_status(&namespace(), &policy(), 2).await.unwrap();
+        for _ in 0..200 {
+            if seen == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen = a.policy_status(&namespace(), &policy(), 2).await.unwrap();
+        }
+        assert_eq!(seen, expected, "a replica's counts equal the stored rows'");
+    }
+}
