@@ -19,7 +19,7 @@
 //! flush interval, they are read again in the background (the rows of other
 //! replicas are up to an interval old anyway); this replica's flushes patch
 //! them with what they wrote. A roster no read used for [`IDLE_ROSTER`] is
-//! dropped.
+//! dropped, and at most [`MAX_ROSTERS`] are kept.
 
 use std::{
     collections::HashMap,
@@ -95,6 +95,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A roster no read used for this long is dropped.
 const IDLE_ROSTER: Duration = Duration::from_secs(300);
+
+/// Most rosters kept: past this, a new one replaces the one read least
+/// lately, so reading many namespaces cannot grow memory without bound.
+const MAX_ROSTERS: usize = 1024;
 
 /// The metrics the fleet view feeds; whoever exposes them registers them.
 #[derive(Debug, Clone, Default)]
@@ -500,6 +504,15 @@ impl Fleet {
             let mut rosters = self.rosters();
             // A flush meanwhile may have written rows this read missed.
             if rosters.flushes == flushes && !rosters.namespaces.contains_key(namespace) {
+                if rosters.namespaces.len() >= MAX_ROSTERS
+                    && let Some(least) = rosters
+                        .namespaces
+                        .iter()
+                        .min_by_key(|(_, roster)| roster.read)
+                        .map(|(namespace, _)| namespace.clone())
+                {
+                    rosters.namespaces.remove(&least);
+                }
                 let mut roster = Roster::default();
                 roster.read = Some(Instant::now());
                 self.restore(&mut roster, namespace, stored, &local);
@@ -774,5 +787,24 @@ mod tests {
             seen = a.policy_status(&namespace(), &policy(), 2).await.unwrap();
         }
         assert_eq!(seen, expected, "a replica's counts equal the stored rows'");
+    }
+
+    /// Reading ever more namespaces keeps at most `MAX_ROSTERS` rosters,
+    /// letting go of the one read least lately.
+    #[tokio::test]
+    async fn rosters_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet(dir.path()).await;
+        let namespace = |n: usize| Namespace::parse("namespace", &format!("team-{n}")).unwrap();
+        for n in 0..=MAX_ROSTERS {
+            fleet
+                .policy_status(&namespace(n), &policy(), 1)
+                .await
+                .unwrap();
+        }
+        let rosters = fleet.rosters();
+        assert_eq!(rosters.namespaces.len(), MAX_ROSTERS);
+        assert!(!rosters.namespaces.contains_key(&namespace(0)));
+        assert!(rosters.namespaces.contains_key(&namespace(MAX_ROSTERS)));
     }
 }
