@@ -494,10 +494,11 @@ impl PolicyTally {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(id: &str, outcome: Option<(u32, ApplyState, &str)>) -> RuntimeRecord {
+    /// A connected runtime of team with `outcome` for policy limits.
+    pub(crate) fn record(id: &str, outcome: Option<(u32, ApplyState, &str)>) -> RuntimeRecord {
         let name = PolicyName::parse("name", "limits").unwrap();
         RuntimeRecord {
             namespace: Namespace::parse("namespace", "team").unwrap(),

@@ -227,33 +227,13 @@ impl ProgressTally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::runtime::PolicyOutcome;
+    use crate::domain::runtime::tests::record;
 
     fn runtime(id: &str, outcome: Option<ApplyState>, rollout: &Rollout) -> RuntimeRecord {
-        let target = &rollout.targets[0];
-        RuntimeRecord {
-            namespace: target.policy.namespace.clone(),
-            id: RuntimeId::parse("id", id).unwrap(),
-            subject: "runtime".into(),
-            labels: RuntimeLabels::default(),
-            names: Vec::new(),
-            connected: true,
-            replica: "r".into(),
-            last_seen: chrono::Utc::now(),
-            applied_revision: 1,
-            policies: outcome
-                .map(|state| {
-                    let outcome = PolicyOutcome {
-                        version: target.version,
-                        state,
-                        error: String::new(),
-                        revision: 1,
-                    };
-                    (target.policy.name.clone(), outcome)
-                })
-                .into_iter()
-                .collect(),
-        }
+        record(
+            id,
+            outcome.map(|state| (rollout.targets[0].version, state, "")),
+        )
     }
 
     /// A tally moved through changes counts what a tally made anew from the
