@@ -13,13 +13,17 @@
 //! A namespace that is read gets a roster: its runtimes as the stored rows
 //! and this replica's records combine, kept up to date as each runtime
 //! connects, reports or leaves, with counts of what they applied per policy
-//! and per live rollout step. `GetPolicyStatus`, `GetRollout` and
-//! `StartRollout` answer from those counts, not from a pass over the fleet.
-//! Once a read finds the stored rows behind it older than a quarter of the
-//! flush interval, they are read again in the background (the rows of other
-//! replicas are up to an interval old anyway); this replica's flushes patch
-//! them with what they wrote. A roster no read used for [`IDLE_ROSTER`] is
-//! dropped, and at most [`MAX_ROSTERS`] are kept.
+//! and per live rollout step. `GetPolicyStatus`, and the progress that
+//! `GetRollout`, `StartRollout` and `ListRollouts` show, answer from those
+//! counts, not from a pass over the fleet. Once a read finds the stored rows
+//! behind it older than a quarter of the flush interval, they are read again
+//! in the background; a read that finds them older than a whole interval (a
+//! first read after a pause) reads them itself before it answers, so an
+//! answer never rests on rows much older than the other replicas' own
+//! flushes. This replica's flushes patch them with what they wrote, and
+//! flushes and reads of the stored rows take turns, so rows read never miss
+//! what a flush wrote. A roster no read used for [`IDLE_ROSTER`] is dropped,
+//! and at most [`MAX_ROSTERS`] are kept.
 
 use std::{
     collections::HashMap,
@@ -33,7 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::config::RuntimeSettings;
 use crate::domain::{
     Error, Namespace, PolicyName, Result,
-    rollout::{Progress, Rollout},
+    rollout::{Progress, Rollout, progress},
     runtime::{PolicyStatus, RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState, StatusReport},
 };
 use crate::storage::{Flush, ReplicaHeartbeats, Repository};
@@ -74,18 +78,14 @@ struct Inner {
     forget_after: chrono::TimeDelta,
     /// Locked before `rosters` when both are.
     local: Mutex<HashMap<Key, Local>>,
-    rosters: Mutex<Rosters>,
-    /// How long stored rows serve reads before they are read again.
-    reuse_stored_for: Duration,
+    rosters: Mutex<HashMap<Namespace, Roster>>,
+    /// Flushes and reads of the stored rows take turns.
+    stored_turn: tokio::sync::Mutex<()>,
+    /// Stored rows older than this are read again in the background.
+    refresh_after: Duration,
+    /// Stored rows older than this are read again before a read answers.
+    answer_within: Duration,
     instruments: Instruments,
-}
-
-/// The rosters of the namespaces read lately.
-#[derive(Default)]
-struct Rosters {
-    /// Flushes so far: rows read across one may miss what it wrote.
-    flushes: u64,
-    namespaces: HashMap<Namespace, Roster>,
 }
 
 /// How often a read computes every state anew at most: states move with
@@ -183,7 +183,9 @@ impl Fleet {
                 forget_after: delta(settings.forget_after),
                 local: Mutex::default(),
                 rosters: Mutex::default(),
-                reuse_stored_for: settings.flush_interval() / 4,
+                stored_turn: tokio::sync::Mutex::default(),
+                refresh_after: settings.flush_interval() / 4,
+                answer_within: settings.flush_interval(),
                 instruments,
             }),
         }
@@ -193,14 +195,14 @@ impl Fleet {
         self.inner.local.lock().expect("fleet lock")
     }
 
-    fn rosters(&self) -> std::sync::MutexGuard<'_, Rosters> {
+    fn rosters(&self) -> std::sync::MutexGuard<'_, HashMap<Namespace, Roster>> {
         self.inner.rosters.lock().expect("fleet lock")
     }
 
     /// Shows a change of `key` in this replica's records in its namespace's
     /// roster, if it has one.
     fn reflect(&self, local: &HashMap<Key, Local>, key: &Key) {
-        if let Some(roster) = self.rosters().namespaces.get_mut(&key.0) {
+        if let Some(roster) = self.rosters().get_mut(&key.0) {
             self.reflect_in(roster, local, key, Utc::now());
         }
     }
@@ -347,6 +349,7 @@ impl Fleet {
     /// Writes what changed since the last flush, with this replica's
     /// heartbeat, and forgets runtimes that are gone from this replica.
     pub async fn flush(&self) -> Result<()> {
+        let _turn = self.inner.stored_turn.lock().await;
         let batch: Vec<(RuntimeRecord, Flush)> = self
             .local()
             .values_mut()
@@ -381,10 +384,7 @@ impl Fleet {
             }
         };
         let mut rosters = self.rosters();
-        rosters.flushes += 1;
-        rosters
-            .namespaces
-            .retain(|_, roster| roster.read.is_some_and(|read| read.elapsed() < IDLE_ROSTER));
+        rosters.retain(|_, roster| roster.read.is_some_and(|read| read.elapsed() < IDLE_ROSTER));
         // Outcomes reported through other replicas flow back into the
         // records of the streams held here, and what was written is what
         // the rosters' stored rows now hold.
@@ -393,14 +393,14 @@ impl Fleet {
             if let Some(entry) = local.get_mut(&key) {
                 entry.record = entry.record.clone().absorbing(&record);
             }
-            if let Some(roster) = rosters.namespaces.get_mut(&key.0) {
+            if let Some(roster) = rosters.get_mut(&key.0) {
                 roster.stored.records.insert(key.1, record);
             }
         }
         local.retain(|_, entry| entry.dirty || entry.streams > 0);
         let now = Utc::now();
         for key in &keys {
-            if let Some(roster) = rosters.namespaces.get_mut(&key.0) {
+            if let Some(roster) = rosters.get_mut(&key.0) {
                 self.reflect_in(roster, &local, key, now);
             }
         }
@@ -459,85 +459,81 @@ impl Fleet {
             .await
     }
 
-    /// How the cohort of `rollout`'s current step fares.
+    /// How the cohort of `rollout`'s current step fares: a live rollout's
+    /// from counts kept up to date, an ended one's counted over the view.
     pub async fn progress(&self, rollout: &Rollout) -> Result<Progress> {
-        self.with_roster(&rollout.namespace, |_, roster| roster.progress(rollout))
-            .await
+        if rollout.state.is_live() {
+            return self
+                .with_roster(&rollout.namespace, |_, roster| roster.progress(rollout))
+                .await;
+        }
+        let view = self.runtimes(&rollout.namespace).await?;
+        Ok(progress(rollout, view.not_stale()))
     }
 
-    /// Runs `read` on the roster of `namespace`, made first if there is
-    /// none; a roster whose stored rows are older than `reuse_stored_for`
-    /// is refreshed in the background.
+    /// Runs `read` on the roster of `namespace`. A roster whose stored rows
+    /// are older than `refresh_after` has them read again in the
+    /// background; one that has none yet, or rows older than
+    /// `answer_within`, reads them before `read` runs.
     async fn with_roster<R>(
         &self,
         namespace: &Namespace,
         read: impl FnOnce(&Self, &mut Roster) -> R,
     ) -> Result<R> {
-        let mut read = Some(read);
-        loop {
-            let flushes = {
-                let mut rosters = self.rosters();
-                if let Some(roster) = rosters.namespaces.get_mut(namespace) {
-                    roster.read = Some(Instant::now());
-                    let due = roster
-                        .stored
-                        .read
-                        .is_none_or(|read| read.elapsed() >= self.inner.reuse_stored_for);
-                    if due && !roster.refreshing {
-                        roster.refreshing = true;
-                        tokio::spawn(self.clone().refresh(namespace.clone()));
-                    }
-                    if roster
-                        .swept
-                        .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
-                    {
-                        let now = Utc::now();
-                        roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
-                    }
-                    let read = read.take().expect("read once");
-                    return Ok(read(self, roster));
-                }
-                rosters.flushes
-            };
-            let stored = self.load(namespace).await?;
-            let local = self.local();
+        {
             let mut rosters = self.rosters();
-            // A flush meanwhile may have written rows this read missed.
-            if rosters.flushes == flushes && !rosters.namespaces.contains_key(namespace) {
-                if rosters.namespaces.len() >= MAX_ROSTERS
-                    && let Some(least) = rosters
-                        .namespaces
-                        .iter()
-                        .min_by_key(|(_, roster)| roster.read)
-                        .map(|(namespace, _)| namespace.clone())
-                {
-                    rosters.namespaces.remove(&least);
-                }
-                let mut roster = Roster::default();
+            if let Some(roster) = rosters.get_mut(namespace)
+                && let Some(age) = roster.stored.read.map(|read| read.elapsed())
+                && age < self.inner.answer_within
+            {
                 roster.read = Some(Instant::now());
-                self.restore(&mut roster, namespace, stored, &local);
-                rosters.namespaces.insert(namespace.clone(), roster);
+                if age >= self.inner.refresh_after && !roster.refreshing {
+                    roster.refreshing = true;
+                    tokio::spawn(self.clone().refresh(namespace.clone()));
+                }
+                if roster
+                    .swept
+                    .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
+                {
+                    let now = Utc::now();
+                    roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+                }
+                return Ok(read(self, roster));
             }
         }
+        let _turn = self.inner.stored_turn.lock().await;
+        let stored = self.load(namespace).await?;
+        let local = self.local();
+        let mut rosters = self.rosters();
+        if !rosters.contains_key(namespace)
+            && rosters.len() >= MAX_ROSTERS
+            && let Some(least) = rosters
+                .iter()
+                .min_by_key(|(_, roster)| roster.read)
+                .map(|(namespace, _)| namespace.clone())
+        {
+            rosters.remove(&least);
+        }
+        let roster = rosters.entry(namespace.clone()).or_default();
+        self.restore(roster, namespace, stored, &local);
+        drop(local);
+        roster.read = Some(Instant::now());
+        Ok(read(self, roster))
     }
 
     /// Reads the stored rows of `namespace` again and moves its roster to
     /// them.
     async fn refresh(self, namespace: Namespace) {
-        let flushes = self.rosters().flushes;
+        let _turn = self.inner.stored_turn.lock().await;
         let loaded = self.load(&namespace).await;
         let local = self.local();
         let mut rosters = self.rosters();
-        let current = rosters.flushes == flushes;
-        let Some(roster) = rosters.namespaces.get_mut(&namespace) else {
+        let Some(roster) = rosters.get_mut(&namespace) else {
             return;
         };
         roster.refreshing = false;
         match loaded {
-            // Rows read across a flush may miss what it wrote: the next
-            // read tries again.
-            Ok(stored) if current => self.restore(roster, &namespace, stored, &local),
-            Ok(_) => {}
+            Ok(stored) => self.restore(roster, &namespace, stored, &local),
             Err(error) => tracing::warn!(%error, %namespace, "cannot read the fleet view"),
         }
     }
@@ -803,8 +799,29 @@ mod tests {
                 .unwrap();
         }
         let rosters = fleet.rosters();
-        assert_eq!(rosters.namespaces.len(), MAX_ROSTERS);
-        assert!(!rosters.namespaces.contains_key(&namespace(0)));
-        assert!(rosters.namespaces.contains_key(&namespace(MAX_ROSTERS)));
+        assert_eq!(rosters.len(), MAX_ROSTERS);
+        assert!(!rosters.contains_key(&namespace(0)));
+        assert!(rosters.contains_key(&namespace(MAX_ROSTERS)));
+    }
+
+    /// A read after a pause longer than the flush interval answers from the
+    /// stored rows as they are now, not as the last read found them: a
+    /// runtime another replica flushed meanwhile is counted at once.
+    #[tokio::test]
+    async fn a_read_after_a_pause_reads_the_stored_rows_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = crate::storage::sqlite_repository(&dir.path().join("fleet.db")).await;
+        let settings = RuntimeSettings {
+            flush_interval: Duration::from_millis(200),
+            ..RuntimeSettings::default()
+        };
+        let replica = || Fleet::new(repository.clone(), &settings, Instruments::default());
+        let (a, b) = (replica(), replica());
+        let read = async || a.policy_status(&namespace(), &policy(), 1).await.unwrap();
+        assert_eq!(read().await.runtimes, 0);
+        let _stream = b.connect(arrival("rt-b")).await.unwrap();
+        b.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(read().await.runtimes, 1, "the first read after the pause");
     }
 }

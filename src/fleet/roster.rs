@@ -131,8 +131,9 @@ impl Roster {
         self.policies.status(name, active)
     }
 
-    /// The progress of `rollout`'s current step. A live rollout's tally is
-    /// kept and moved with each change; an ended one's is counted anew.
+    /// The progress of live `rollout`'s current step, from a tally kept and
+    /// moved with each change; the tally asked for least lately goes when
+    /// more than [`KEPT_PROGRESS`] are.
     pub fn progress(&mut self, rollout: &Rollout) -> Progress {
         let now = Instant::now();
         if let Some((tally, asked)) = self
@@ -148,15 +149,13 @@ impl Roster {
             tally.update(id, in_cohorts(record, *state));
         }
         let progress = tally.progress();
-        if rollout.state.is_live() {
-            if self.progress.len() == KEPT_PROGRESS {
-                let oldest = (0..self.progress.len())
-                    .min_by_key(|&index| self.progress[index].1)
-                    .expect("a full list");
-                self.progress.swap_remove(oldest);
-            }
-            self.progress.push((tally, now));
+        if self.progress.len() == KEPT_PROGRESS {
+            let oldest = (0..self.progress.len())
+                .min_by_key(|&index| self.progress[index].1)
+                .expect("a full list");
+            self.progress.swap_remove(oldest);
         }
+        self.progress.push((tally, now));
         progress
     }
 

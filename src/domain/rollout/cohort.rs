@@ -224,6 +224,19 @@ impl ProgressTally {
     }
 }
 
+/// The current step's progress among `fleet`, the namespace's runtimes not
+/// stale, counted anew.
+pub fn progress<'a>(
+    rollout: &Rollout,
+    fleet: impl IntoIterator<Item = &'a RuntimeRecord>,
+) -> Progress {
+    let mut tally = ProgressTally::new(rollout);
+    for runtime in fleet {
+        tally.update(&runtime.id, Some(runtime));
+    }
+    tally.progress()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,11 +274,7 @@ mod tests {
         let c_applied = runtime("c", Some(ApplyState::Applied), &rollout);
         tally.update(&c_applied.id, Some(&c_applied));
         tally.update(&b.id, None);
-        let mut fresh = ProgressTally::new(&rollout);
-        for runtime in [&a, &c_applied] {
-            fresh.update(&runtime.id, Some(runtime));
-        }
-        assert_eq!(tally.progress(), fresh.progress());
+        assert_eq!(tally.progress(), progress(&rollout, [&a, &c_applied]));
         assert_eq!(tally.progress().applied, 2);
         assert!(tally.counts(&rollout));
         let mut next = rollout.clone();

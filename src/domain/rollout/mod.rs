@@ -17,7 +17,7 @@ mod cohort;
 mod plan;
 mod tick;
 
-pub use cohort::{Progress, ProgressTally, bucket};
+pub use cohort::{Progress, ProgressTally, bucket, progress};
 pub use plan::{plan_targets, validate_plan, validate_start};
 pub use tick::{Tick, ensure_control, tick};
 
