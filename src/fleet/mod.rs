@@ -88,6 +88,14 @@ struct Inner {
     instruments: Instruments,
 }
 
+/// Flush intervals after which the stored rows a roster holds are read
+/// again before a read answers; younger ones are read again in the
+/// background. Other replicas' changes reach the stored rows once a flush
+/// interval, so a read shows them at most six intervals late, and a read
+/// after a pause of a few seconds (an operator's next command) answers
+/// from memory.
+const ANSWER_WITHIN_FLUSHES: u32 = 5;
+
 /// How often a read computes every state anew at most: states move with
 /// time alone (a silent runtime turns stale), and a view shows a connected
 /// runtime seen until the moment it was made.
@@ -185,7 +193,7 @@ impl Fleet {
                 rosters: Mutex::default(),
                 stored_turn: tokio::sync::Mutex::default(),
                 refresh_after: settings.flush_interval() / 4,
-                answer_within: settings.flush_interval(),
+                answer_within: settings.flush_interval() * ANSWER_WITHIN_FLUSHES,
                 instruments,
             }),
         }
@@ -469,6 +477,14 @@ impl Fleet {
         }
         let view = self.runtimes(&rollout.namespace).await?;
         Ok(progress(rollout, view.not_stale()))
+    }
+
+    /// Reads the stored rows of `namespace` now if the next read would
+    /// have to read them first: a call that reads the fleet right after
+    /// its commit wakes every stream of the namespace then answers from
+    /// memory, instead of waiting for the database behind those streams.
+    pub async fn prepare(&self, namespace: &Namespace) -> Result<()> {
+        self.with_roster(namespace, |_, _| ()).await
     }
 
     /// Runs `read` on the roster of `namespace`. A roster whose stored rows
@@ -812,7 +828,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repository = crate::storage::sqlite_repository(&dir.path().join("fleet.db")).await;
         let settings = RuntimeSettings {
-            flush_interval: Duration::from_millis(200),
+            flush_interval: Duration::from_millis(50),
             ..RuntimeSettings::default()
         };
         let replica = || Fleet::new(repository.clone(), &settings, Instruments::default());
@@ -821,7 +837,7 @@ mod tests {
         assert_eq!(read().await.runtimes, 0);
         let _stream = b.connect(arrival("rt-b")).await.unwrap();
         b.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(50) * (ANSWER_WITHIN_FLUSHES + 1)).await;
         assert_eq!(read().await.runtimes, 1, "the first read after the pause");
     }
 }

@@ -235,6 +235,8 @@ impl PolicyHub {
         rollout::validate_plan(&command.steps, &command.failure_rule)?;
         rollout::validate_start(command.start_at, chrono::Utc::now())?;
         let claim = IdempotencyClaim::new("StartRollout", key, &command);
+        // The reply counts the first step's cohort.
+        self.fleet.prepare(&command.namespace).await?;
         let mut change = None;
         let started = self
             .repository
@@ -328,6 +330,8 @@ impl PolicyHub {
         context: &RequestContext,
     ) -> Result<Rollout> {
         use RolloutState::{Paused, PendingApproval, Running, Scheduled};
+        // The reply counts the rollout's progress.
+        self.fleet.prepare(namespace).await?;
         let mut change = None;
         let controlled = self
             .repository
