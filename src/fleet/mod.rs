@@ -624,12 +624,19 @@ mod tests {
     }
 
     async fn fleet(dir: &std::path::Path) -> Fleet {
+        let replica = replicas(dir, RuntimeSettings::default().flush_interval).await;
+        replica()
+    }
+
+    /// Makes replicas sharing one SQLite file in `dir`, each flushing every
+    /// `flush_interval`.
+    async fn replicas(dir: &std::path::Path, flush_interval: Duration) -> impl Fn() -> Fleet {
         let repository = crate::storage::sqlite_repository(&dir.join("fleet.db")).await;
-        Fleet::new(
-            repository,
-            &RuntimeSettings::default(),
-            Instruments::default(),
-        )
+        let settings = RuntimeSettings {
+            flush_interval,
+            ..RuntimeSettings::default()
+        };
+        move || Fleet::new(repository.clone(), &settings, Instruments::default())
     }
 
     fn applied(version: u32) -> StatusReport {
@@ -704,12 +711,7 @@ mod tests {
         use crate::domain::runtime::PolicyTally;
 
         let dir = tempfile::tempdir().unwrap();
-        let repository = crate::storage::sqlite_repository(&dir.path().join("fleet.db")).await;
-        let settings = RuntimeSettings {
-            flush_interval: Duration::from_millis(4),
-            ..RuntimeSettings::default()
-        };
-        let replica = || Fleet::new(repository.clone(), &settings, Instruments::default());
+        let replica = replicas(dir.path(), Duration::from_millis(4)).await;
         let (a, b) = (replica(), replica());
         let ids: Vec<String> = (0..24).map(|n| format!("rt-{n}")).collect();
         let holder = |n: usize| if n.is_multiple_of(3) { &b } else { &a };
@@ -826,12 +828,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_after_a_pause_reads_the_stored_rows_first() {
         let dir = tempfile::tempdir().unwrap();
-        let repository = crate::storage::sqlite_repository(&dir.path().join("fleet.db")).await;
-        let settings = RuntimeSettings {
-            flush_interval: Duration::from_millis(50),
-            ..RuntimeSettings::default()
-        };
-        let replica = || Fleet::new(repository.clone(), &settings, Instruments::default());
+        let replica = replicas(dir.path(), Duration::from_millis(50)).await;
         let (a, b) = (replica(), replica());
         let read = async || a.policy_status(&namespace(), &policy(), 1).await.unwrap();
         assert_eq!(read().await.runtimes, 0);
