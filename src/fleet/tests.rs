@@ -1,0 +1,225 @@
+use super::*;
+use crate::domain::runtime::{ApplyState, PolicyOutcome};
+
+fn namespace() -> Namespace {
+    Namespace::parse("namespace", "team").unwrap()
+}
+
+fn policy() -> PolicyName {
+    PolicyName::parse("name", "limits").unwrap()
+}
+
+async fn fleet(dir: &std::path::Path) -> Fleet {
+    let replica = replicas(dir, RuntimeSettings::default().flush_interval).await;
+    replica()
+}
+
+/// Makes replicas sharing one SQLite file in `dir`, each flushing every
+/// `flush_interval`.
+async fn replicas(dir: &std::path::Path, flush_interval: Duration) -> impl Fn() -> Fleet {
+    let repository = crate::storage::sqlite_repository(&dir.join("fleet.db")).await;
+    let settings = RuntimeSettings {
+        flush_interval,
+        ..RuntimeSettings::default()
+    };
+    move || Fleet::new(repository.clone(), &settings, Instruments::default())
+}
+
+fn applied(version: u32) -> StatusReport {
+    StatusReport {
+        namespace: namespace(),
+        runtime: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+        revision: u64::from(version),
+        outcomes: vec![(
+            policy(),
+            PolicyOutcome {
+                version,
+                state: ApplyState::Applied,
+                error: String::new(),
+                revision: u64::from(version),
+            },
+        )],
+    }
+}
+
+/// Reads share one view of a namespace until a connect, a report or a
+/// disconnect here; each of those shows in the next read.
+#[tokio::test]
+async fn a_view_is_shared_until_something_changes_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path()).await;
+    let connection = fleet
+        .connect(Arrival {
+            namespace: namespace(),
+            id: RuntimeId::parse("runtime.id", "rt-1").unwrap(),
+            labels: RuntimeLabels::default(),
+            names: Vec::new(),
+            subject: "alice".into(),
+        })
+        .await
+        .unwrap();
+    let first = fleet.runtimes(&namespace()).await.unwrap();
+    assert_eq!(first.runtimes().len(), 1);
+    assert_eq!(first.runtimes()[0].1, RuntimeState::Connected);
+    let again = fleet.runtimes(&namespace()).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "nothing changed: one view");
+
+    fleet.report("alice", applied(1)).await.unwrap();
+    let reported = fleet.runtimes(&namespace()).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &reported));
+    assert_eq!(reported.runtimes()[0].0.policies[&policy()].version, 1);
+    fleet.report("alice", applied(2)).await.unwrap();
+    let newer = fleet.runtimes(&namespace()).await.unwrap();
+    assert_eq!(newer.runtimes()[0].0.policies[&policy()].version, 2);
+
+    drop(connection);
+    let gone = fleet.runtimes(&namespace()).await.unwrap();
+    assert_eq!(gone.runtimes()[0].1, RuntimeState::Disconnected);
+    assert_eq!(gone.not_stale().count(), 1);
+}
+
+fn arrival(id: &str) -> Arrival {
+    Arrival {
+        namespace: namespace(),
+        id: RuntimeId::parse("runtime.id", id).unwrap(),
+        labels: RuntimeLabels::default(),
+        names: Vec::new(),
+        subject: "alice".into(),
+    }
+}
+
+/// The counts a fleet read answers from, after any mix of connects,
+/// reports, disconnects and flushes on two replicas, equal counts made
+/// anew: from the replica's own view of the runtimes, and from a third
+/// replica that read every row once both flushed.
+#[tokio::test]
+async fn counts_kept_up_to_date_equal_counts_made_anew() {
+    use crate::domain::runtime::PolicyTally;
+
+    let dir = tempfile::tempdir().unwrap();
+    let replica = replicas(dir.path(), Duration::from_millis(4)).await;
+    let (a, b) = (replica(), replica());
+    let ids: Vec<String> = (0..24).map(|n| format!("rt-{n}")).collect();
+    let holder = |n: usize| if n.is_multiple_of(3) { &b } else { &a };
+    let mut streams: Vec<Option<Connection>> = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        streams.push(Some(holder(n).connect(arrival(id)).await.unwrap()));
+    }
+    a.policy_status(&namespace(), &policy(), 2).await.unwrap();
+    // A fixed pseudo-random walk: every step picks a runtime and a move.
+    let mut seed: u64 = 7;
+    for revision in 1..=300u64 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let n = (seed >> 33) as usize % ids.len();
+        match (seed >> 20) % 6 {
+            0 => streams[n] = None,
+            1 if streams[n].is_none() => {
+                streams[n] = Some(holder(n).connect(arrival(&ids[n])).await.unwrap());
+            }
+            2 => holder(n).flush().await.unwrap(),
+            _ => {
+                let rejected = (seed >> 40).is_multiple_of(3);
+                let report = StatusReport {
+                    namespace: namespace(),
+                    runtime: RuntimeId::parse("runtime.id", &ids[n]).unwrap(),
+                    revision,
+                    outcomes: vec![(
+                        policy(),
+                        PolicyOutcome {
+                            version: 1 + (seed >> 44) as u32 % 3,
+                            state: if rejected {
+                                ApplyState::Rejected
+                            } else {
+                                ApplyState::Applied
+                            },
+                            error: if rejected {
+                                format!("e{}", seed % 2)
+                            } else {
+                                String::new()
+                            },
+                            revision,
+                        },
+                    )],
+                };
+                // Through either replica: the one not holding the
+                // stream keeps it until it flushes.
+                let through = if (seed >> 50).is_multiple_of(4) {
+                    &a
+                } else {
+                    holder(n)
+                };
+                through.report("alice", report).await.unwrap();
+            }
+        }
+        if revision.is_multiple_of(50) {
+            let view = a.runtimes(&namespace()).await.unwrap();
+            let mut anew = PolicyTally::default();
+            for (runtime, state) in view.runtimes() {
+                anew.add(runtime, *state);
+            }
+            for active in 1..=3 {
+                assert_eq!(
+                    a.policy_status(&namespace(), &policy(), active)
+                        .await
+                        .unwrap(),
+                    anew.status(&policy(), active),
+                    "after {revision} moves, version {active}"
+                );
+            }
+        }
+    }
+    for _ in 0..2 {
+        b.flush().await.unwrap();
+        a.flush().await.unwrap();
+    }
+    let third = replica();
+    let expected = third
+        .policy_status(&namespace(), &policy(), 2)
+        .await
+        .unwrap();
+    assert!(expected.runtimes == 24 && !expected.versions.is_empty());
+    let mut seen = a.policy_status(&namespace(), &policy(), 2).await.unwrap();
+    for _ in 0..200 {
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = a.policy_status(&namespace(), &policy(), 2).await.unwrap();
+    }
+    assert_eq!(seen, expected, "a replica's counts equal the stored rows'");
+}
+
+/// Reading ever more namespaces keeps at most `MAX_ROSTERS` rosters,
+/// letting go of the one read least lately.
+#[tokio::test]
+async fn rosters_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path()).await;
+    let namespace = |n: usize| Namespace::parse("namespace", &format!("team-{n}")).unwrap();
+    for n in 0..=MAX_ROSTERS {
+        fleet
+            .policy_status(&namespace(n), &policy(), 1)
+            .await
+            .unwrap();
+    }
+    let rosters = fleet.rosters();
+    assert_eq!(rosters.len(), MAX_ROSTERS);
+    assert!(!rosters.contains_key(&namespace(0)));
+    assert!(rosters.contains_key(&namespace(MAX_ROSTERS)));
+}
+
+/// A read after a pause longer than the flush interval answers from the
+/// stored rows as they are now, not as the last read found them: a
+/// runtime another replica flushed meanwhile is counted at once.
+#[tokio::test]
+async fn a_read_after_a_pause_reads_the_stored_rows_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = replicas(dir.path(), Duration::from_millis(50)).await;
+    let (a, b) = (replica(), replica());
+    let read = async || a.policy_status(&namespace(), &policy(), 1).await.unwrap();
+    assert_eq!(read().await.runtimes, 0);
+    let _stream = b.connect(arrival("rt-b")).await.unwrap();
+    b.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50) * (ANSWER_WITHIN_FLUSHES + 1)).await;
+    assert_eq!(read().await.runtimes, 1, "the first read after the pause");
+}
