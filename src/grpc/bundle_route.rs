@@ -22,6 +22,7 @@
 use std::{
     convert::Infallible,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -83,7 +84,10 @@ impl Served {
 pub struct BundleRoute<S> {
     /// The generated service, for every other method.
     inner: S,
-    api: BundleApi,
+    /// Shared: tonic's router clones the route for every call, and a call
+    /// takes its own handle, so each is one reference count, not a copy of
+    /// the hub's handles.
+    api: Arc<BundleApi>,
     /// The largest request message accepted, as the generated service has.
     max_request_bytes: usize,
 }
@@ -94,7 +98,7 @@ impl<S> BundleRoute<S> {
     pub fn new(inner: S, api: BundleApi, max_request_bytes: usize) -> Self {
         BundleRoute {
             inner,
-            api,
+            api: Arc::new(api),
             max_request_bytes,
         }
     }
@@ -176,7 +180,7 @@ where
 
 /// Decodes the request, calls the handler, and answers with its stream.
 async fn watch_active(
-    api: BundleApi,
+    api: Arc<BundleApi>,
     request: http::Request<Body>,
     max_request_bytes: usize,
 ) -> Result<http::Response<Body>, Status> {
@@ -192,7 +196,7 @@ async fn watch_active(
 /// measured, writing the pieces as they are cost more per call than the
 /// copy.
 async fn get_active(
-    api: BundleApi,
+    api: Arc<BundleApi>,
     request: http::Request<Body>,
     max_request_bytes: usize,
 ) -> Result<http::Response<Body>, Status> {
