@@ -17,10 +17,11 @@
 //! `GetRollout`, `StartRollout` and `ListRollouts` show, answer from those
 //! counts, not from a pass over the fleet. Once a read finds the stored rows
 //! behind it older than a quarter of the flush interval, they are read again
-//! in the background; a read that finds them older than a whole interval (a
+//! in the background; a read that finds them older than five intervals (a
 //! first read after a pause) reads them itself before it answers, so an
 //! answer never rests on rows much older than the other replicas' own
-//! flushes. This replica's flushes patch them with what they wrote, and
+//! flushes. Reads that find them so at once wait for one another, and the
+//! first reads them for all. This replica's flushes patch them with what they wrote, and
 //! flushes and reads of the stored rows take turns, so rows read never miss
 //! what a flush wrote. A roster no read used for [`IDLE_ROSTER`] is dropped,
 //! and at most [`MAX_ROSTERS`] are kept.
@@ -496,28 +497,15 @@ impl Fleet {
         namespace: &Namespace,
         read: impl FnOnce(&Self, &mut Roster) -> R,
     ) -> Result<R> {
-        {
-            let mut rosters = self.rosters();
-            if let Some(roster) = rosters.get_mut(namespace)
-                && let Some(age) = roster.stored.read.map(|read| read.elapsed())
-                && age < self.inner.answer_within
-            {
-                roster.read = Some(Instant::now());
-                if age >= self.inner.refresh_after && !roster.refreshing {
-                    roster.refreshing = true;
-                    tokio::spawn(self.clone().refresh(namespace.clone()));
-                }
-                if roster
-                    .swept
-                    .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
-                {
-                    let now = Utc::now();
-                    roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
-                }
-                return Ok(read(self, roster));
-            }
+        if let Some(roster) = self.current(&mut self.rosters(), namespace) {
+            return Ok(read(self, roster));
         }
         let _turn = self.inner.stored_turn.lock().await;
+        // Reads that came at once waited for one another's turn: the first
+        // read the rows for all.
+        if let Some(roster) = self.current(&mut self.rosters(), namespace) {
+            return Ok(read(self, roster));
+        }
         let stored = self.load(namespace).await?;
         let local = self.local();
         let mut rosters = self.rosters();
@@ -535,6 +523,34 @@ impl Fleet {
         drop(local);
         roster.read = Some(Instant::now());
         Ok(read(self, roster))
+    }
+
+    /// The roster of `namespace` if its stored rows are younger than
+    /// `answer_within`, marked read, its states current, and a refresh
+    /// started when the rows are older than `refresh_after`.
+    fn current<'a>(
+        &self,
+        rosters: &'a mut HashMap<Namespace, Roster>,
+        namespace: &Namespace,
+    ) -> Option<&'a mut Roster> {
+        let roster = rosters.get_mut(namespace)?;
+        let age = roster.stored.read?.elapsed();
+        if age >= self.inner.answer_within {
+            return None;
+        }
+        roster.read = Some(Instant::now());
+        if age >= self.inner.refresh_after && !roster.refreshing {
+            roster.refreshing = true;
+            tokio::spawn(self.clone().refresh(namespace.clone()));
+        }
+        if roster
+            .swept
+            .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
+        {
+            let now = Utc::now();
+            roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+        }
+        Some(roster)
     }
 
     /// Reads the stored rows of `namespace` again and moves its roster to

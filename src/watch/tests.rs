@@ -1,9 +1,7 @@
 use prost::encoding::encoded_len_varint;
 
 use super::*;
-use crate::domain::rollout::{
-    FailureRule, Rollout, RolloutState, RolloutStep, RolloutTarget, RolloutView,
-};
+use crate::domain::rollout::{Rollout, RolloutState, RolloutView};
 use crate::domain::runtime::{RuntimeId, RuntimeLabels};
 use crate::domain::{Digest, Namespace, PolicyName, PolicyRef};
 
@@ -105,40 +103,17 @@ fn watcher(id: &str) -> Watcher {
 
 /// A rollout of team/a to version 2, at `step` with these revisions.
 fn rollout(state: RolloutState, step_revisions: Vec<u64>) -> RolloutView {
-    let step = |percentage| RolloutStep {
-        percentage,
-        label_selector: String::new(),
-        bake: std::time::Duration::ZERO,
+    use crate::domain::rollout::tests::{rollout, step};
+    let mut rollout = Rollout {
+        id: "b2b7a0a5-5f4e-4a3e-9d59-1f7c6c1e2a11".into(),
+        state,
+        step: step_revisions.len() - 1,
+        step_revisions,
+        ..rollout(vec![step(10, 0), step(60, 0)])
     };
+    rollout.targets[0].policy = PolicyRef::parse("team", "a").unwrap();
     RolloutView {
-        rollout: Rollout {
-            id: "b2b7a0a5-5f4e-4a3e-9d59-1f7c6c1e2a11".into(),
-            namespace: Namespace::parse("namespace", "team").unwrap(),
-            targets: vec![RolloutTarget {
-                policy: PolicyRef::parse("team", "a").unwrap(),
-                version: 2,
-                digest: Digest::of_canonical(b"{}"),
-                stable_version: Some(1),
-            }],
-            steps: vec![step(10), step(60)],
-            failure_rule: FailureRule {
-                max_rejected: 0,
-                max_rejected_fraction: 0.0,
-                apply_deadline: std::time::Duration::ZERO,
-            },
-            auto_rollback: true,
-            state,
-            step: step_revisions.len() - 1,
-            step_revisions,
-            step_started_at: chrono::Utc::now(),
-            created_by: "alice".into(),
-            created_at: chrono::Utc::now(),
-            reason: String::new(),
-            halted_because: String::new(),
-            start_at: None,
-            required_approvals: 0,
-            approvals: Vec::new(),
-        },
+        rollout,
         candidates: vec![bundle("a", 2, 0)],
     }
 }

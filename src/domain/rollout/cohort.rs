@@ -253,7 +253,10 @@ mod tests {
     /// same runtimes counts.
     #[test]
     fn a_tally_follows_each_change_of_a_runtime() {
-        let rollout = super::super::tests::rollout(vec![super::super::tests::step(100, 0)]);
+        let rollout =
+            crate::domain::rollout::tests::rollout(vec![crate::domain::rollout::tests::step(
+                100, 0,
+            )]);
         let (a, b, c) = (
             runtime("a", Some(ApplyState::Applied), &rollout),
             runtime("b", Some(ApplyState::Rejected), &rollout),

@@ -319,13 +319,13 @@ impl Rollout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::runtime::{
         ApplyState, PolicyOutcome, RuntimeId, RuntimeLabels, RuntimeRecord,
     };
 
-    pub(super) fn step(percentage: u32, bake_secs: u64) -> RolloutStep {
+    pub(crate) fn step(percentage: u32, bake_secs: u64) -> RolloutStep {
         RolloutStep {
             percentage,
             label_selector: String::new(),
@@ -345,7 +345,7 @@ mod tests {
         RuntimeId::parse("id", id).unwrap()
     }
 
-    pub(super) fn rollout(steps: Vec<RolloutStep>) -> Rollout {
+    pub(crate) fn rollout(steps: Vec<RolloutStep>) -> Rollout {
         let now = Utc::now();
         Rollout {
             id: "7c6f".into(),
