@@ -480,6 +480,20 @@ impl Fleet {
         Ok(progress(rollout, view.not_stale()))
     }
 
+    /// Counts the cohort of `rollout`'s current step in a task of its own
+    /// and keeps the tally, which [`Fleet::progress`] then reads: a call
+    /// that begins a step counts while its transaction commits, instead of
+    /// after. A count that fails is made again by the read.
+    pub fn count_ahead(&self, rollout: &Rollout) -> tokio::task::JoinHandle<()> {
+        let fleet = self.clone();
+        let rollout = rollout.clone();
+        tokio::spawn(async move {
+            if let Err(error) = fleet.progress(&rollout).await {
+                tracing::debug!(%error, "cannot count a rollout step ahead");
+            }
+        })
+    }
+
     /// Reads the stored rows of `namespace` now if the next read would
     /// have to read them first: a call that reads the fleet right after
     /// its commit wakes every stream of the namespace then answers from

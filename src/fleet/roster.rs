@@ -159,6 +159,12 @@ impl Roster {
         progress
     }
 
+    /// How many progress tallies it keeps.
+    #[cfg(test)]
+    pub fn tallies(&self) -> usize {
+        self.progress.len()
+    }
+
     /// Every runtime with its state, each record as `observe` shows it; the
     /// view made last while nothing changed and it is younger than
     /// `max_age`.

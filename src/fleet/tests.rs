@@ -223,3 +223,36 @@ async fn a_read_after_a_pause_reads_the_stored_rows_first() {
     tokio::time::sleep(Duration::from_millis(50) * (ANSWER_WITHIN_FLUSHES + 1)).await;
     assert_eq!(read().await.runtimes, 1, "the first read after the pause");
 }
+
+/// A step counted ahead (while its transaction commits) is the tally the
+/// reply's read answers from, and it follows the runtimes from then on.
+#[tokio::test]
+async fn a_step_counted_ahead_is_the_tally_reads_answer_from() {
+    use crate::domain::rollout::tests::{rollout, step};
+
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path()).await;
+    let mut streams = Vec::new();
+    for n in 0..10 {
+        streams.push(fleet.connect(arrival(&format!("rt-{n}"))).await.unwrap());
+    }
+    fleet.prepare(&namespace()).await.unwrap();
+    let rollout = rollout(vec![step(100, 0)]);
+    fleet.count_ahead(&rollout).await.unwrap();
+    assert_eq!(fleet.rosters()[&namespace()].tallies(), 1);
+
+    let version = rollout.targets[0].version;
+    fleet.report("alice", applied(version)).await.unwrap();
+    let progress = fleet.progress(&rollout).await.unwrap();
+    assert_eq!(
+        fleet.rosters()[&namespace()].tallies(),
+        1,
+        "no second count"
+    );
+    let view = fleet.runtimes(&namespace()).await.unwrap();
+    assert_eq!(
+        progress,
+        crate::domain::rollout::progress(&rollout, view.not_stale())
+    );
+    assert_eq!((progress.cohort, progress.applied), (10, 1));
+}

@@ -238,6 +238,7 @@ impl PolicyHub {
         // The reply counts the first step's cohort.
         self.fleet.prepare(&command.namespace).await?;
         let mut change = None;
+        let mut counting = None;
         let started = self
             .repository
             .write_once("start_rollout", claim.as_ref(), context, async |tx| {
@@ -266,10 +267,6 @@ impl PolicyHub {
                     })
                     .collect();
                 let targets = rollout::plan_targets(&changes)?;
-                // The cohort runs the candidates beside everyone's stable
-                // versions, and completion makes them active for all.
-                let moves: Vec<_> = policies.iter().zip(&versions).collect();
-                ensure_requirements(tx, &moves).await?;
                 let required = self
                     .rollout_settings
                     .required_approvals(command.namespace.as_str());
@@ -293,6 +290,13 @@ impl PolicyHub {
                     required_approvals: required,
                     approvals: Vec::new(),
                 };
+                if waiting.is_none() {
+                    counting = Some(self.fleet.count_ahead(&started));
+                }
+                // The cohort runs the candidates beside everyone's stable
+                // versions, and completion makes them active for all.
+                let moves: Vec<_> = policies.iter().zip(&versions).collect();
+                ensure_requirements(tx, &moves).await?;
                 tx.insert_rollout(&started).await?;
                 tx.hold_policies(&policies, Some(&started.id)).await?;
                 if waiting.is_some() {
@@ -313,9 +317,7 @@ impl PolicyHub {
                 Ok(started)
             })
             .await?;
-        if let Some(change) = change {
-            self.applied(change).await;
-        }
+        self.apply_counted(change, counting).await;
         Ok(started)
     }
 
@@ -333,6 +335,7 @@ impl PolicyHub {
         // The reply counts the rollout's progress.
         self.fleet.prepare(namespace).await?;
         let mut change = None;
+        let mut counting = None;
         let controlled = self
             .repository
             .write(&format!("{}_rollout", control.verb()), async |tx| {
@@ -392,6 +395,7 @@ impl PolicyHub {
                         let kind = EventKind::RolloutApproved;
                         record(tx, context, &controlled, &policies, kind, None, reason).await?;
                         if waiting.is_none() {
+                            counting = Some(self.fleet.count_ahead(&controlled));
                             change = Some(begin(tx, context, &mut controlled, reason).await?);
                         }
                     }
@@ -399,10 +403,25 @@ impl PolicyHub {
                 Ok(controlled)
             })
             .await?;
+        self.apply_counted(change, counting).await;
+        Ok(controlled)
+    }
+
+    /// Applies a rollout's committed `change` once `counting`, the count of
+    /// the step it begins, is done: the streams the change wakes would
+    /// share the cores with the count the reply waits for.
+    async fn apply_counted(
+        &self,
+        change: Option<RevisionChange>,
+        counting: Option<tokio::task::JoinHandle<()>>,
+    ) {
+        if let Some(counting) = counting {
+            // A count that failed is made again by the reply's read.
+            let _ = counting.await;
+        }
         if let Some(change) = change {
             self.applied(change).await;
         }
-        Ok(controlled)
     }
 
     /// The rollouts that have not ended, for the controller.
