@@ -21,10 +21,10 @@
 //! first read after a pause) reads them itself before it answers, so an
 //! answer never rests on rows much older than the other replicas' own
 //! flushes. Reads that find them so at once wait for one another, and the
-//! first reads them for all. This replica's flushes patch them with what they wrote, and
-//! flushes and reads of the stored rows take turns, so rows read never miss
-//! what a flush wrote. A roster no read used for [`IDLE_ROSTER`] is dropped,
-//! and at most [`MAX_ROSTERS`] are kept.
+//! first reads them for all. This replica's flushes patch them with what
+//! they wrote, and flushes and reads of the stored rows take turns, so rows
+//! read never miss what a flush wrote. A roster no read used for
+//! [`IDLE_ROSTER`] is dropped, and at most [`MAX_ROSTERS`] are kept.
 
 use std::{
     collections::HashMap,

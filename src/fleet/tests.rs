@@ -152,16 +152,25 @@ async fn counts_kept_up_to_date_equal_counts_made_anew() {
             }
         }
         if revision.is_multiple_of(50) {
-            let view = a.runtimes(&namespace()).await.unwrap();
+            // The view and the counts as of one moment: a refresh of the
+            // stored rows may land between two reads.
+            let (view, counted) = a
+                .with_roster(&namespace(), |_, roster| {
+                    let view = roster.view(Duration::ZERO, |record, _| record.clone());
+                    let counted: Vec<_> = (1..=3)
+                        .map(|active| roster.policy_status(&policy(), active))
+                        .collect();
+                    (view, counted)
+                })
+                .await
+                .unwrap();
             let mut anew = PolicyTally::default();
             for (runtime, state) in view.runtimes() {
                 anew.add(runtime, *state);
             }
-            for active in 1..=3 {
+            for (active, counted) in (1..=3).zip(counted) {
                 assert_eq!(
-                    a.policy_status(&namespace(), &policy(), active)
-                        .await
-                        .unwrap(),
+                    counted,
                     anew.status(&policy(), active),
                     "after {revision} moves, version {active}"
                 );

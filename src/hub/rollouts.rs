@@ -267,6 +267,10 @@ impl PolicyHub {
                     })
                     .collect();
                 let targets = rollout::plan_targets(&changes)?;
+                // The cohort runs the candidates beside everyone's stable
+                // versions, and completion makes them active for all.
+                let moves: Vec<_> = policies.iter().zip(&versions).collect();
+                ensure_requirements(tx, &moves).await?;
                 let required = self
                     .rollout_settings
                     .required_approvals(command.namespace.as_str());
@@ -290,13 +294,11 @@ impl PolicyHub {
                     required_approvals: required,
                     approvals: Vec::new(),
                 };
+                // Counted once the rollout may start: a refused one leaves
+                // no tally behind.
                 if waiting.is_none() {
                     counting = Some(self.fleet.count_ahead(&started));
                 }
-                // The cohort runs the candidates beside everyone's stable
-                // versions, and completion makes them active for all.
-                let moves: Vec<_> = policies.iter().zip(&versions).collect();
-                ensure_requirements(tx, &moves).await?;
                 tx.insert_rollout(&started).await?;
                 tx.hold_policies(&policies, Some(&started.id)).await?;
                 if waiting.is_some() {

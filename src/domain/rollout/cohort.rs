@@ -253,10 +253,9 @@ mod tests {
     /// same runtimes counts.
     #[test]
     fn a_tally_follows_each_change_of_a_runtime() {
-        let rollout =
-            crate::domain::rollout::tests::rollout(vec![crate::domain::rollout::tests::step(
-                100, 0,
-            )]);
+        use crate::domain::rollout::tests::{rollout, step};
+
+        let rollout = rollout(vec![step(100, 0)]);
         let (a, b, c) = (
             runtime("a", Some(ApplyState::Applied), &rollout),
             runtime("b", Some(ApplyState::Rejected), &rollout),
