@@ -6,7 +6,12 @@
 //!   the active version, 64 in flight over 16 connections), as
 //!   `ReportStatus` calls and on 64 `ReportStatusStream`s (what the runtime
 //!   library holds), against per `grpc.health.v1.Health/Check` issued like
-//!   the calls on the same connections: a unary call's own cost;
+//!   the calls on the same connections: a unary call's own cost. The
+//!   runtimes reported that outcome already, so the server need not write
+//!   it again; the same reports on streams changing every runtime's outcome
+//!   (REJECTED where it was APPLIED, and back) show what writing costs.
+//!   Each window opens after the server flushed what came before and
+//!   closes after it flushed what the burst changed;
 //! - `Activate`'s latency and the delivery p99 while the N runtimes answer
 //!   every update with a report on their report stream, as the runtime
 //!   library does, against N
@@ -45,6 +50,11 @@ const IN_FLIGHT: usize = 64;
 /// Calls of each burst: `/proc` counts CPU time in 10 ms ticks.
 const BURST_CALLS: usize = 10_000;
 
+/// Past the server's flush interval (a second by default): a burst's
+/// window opens after the flush of what came before and closes after the
+/// flush of what it changed.
+const FLUSHED: Duration = Duration::from_millis(1_500);
+
 /// Activations per kind of stream and repeat; the first is not counted.
 const ROUNDS: usize = 4;
 
@@ -58,6 +68,8 @@ enum Burst {
     Report,
     /// Reports on one `ReportStatusStream` per slot in flight.
     ReportOnStream,
+    /// The same, each changing its runtime's outcome.
+    ChangeOnStream,
     /// `Health/Check` calls.
     HealthCheck,
 }
@@ -82,6 +94,7 @@ struct Reads {
 struct Repeat {
     report_cpu_us: f64,
     stream_report_cpu_us: f64,
+    stream_change_cpu_us: f64,
     health_cpu_us: f64,
     anonymous: Rounds,
     reporting: Rounds,
@@ -96,11 +109,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     for repeat in 1..=settings.repeats {
         let figures = one_repeat(count).await?;
         println!(
-            "  repeat {repeat}: {:.1} µs CPU per report on a stream, {:.1} per ReportStatus \
-             ({:.1} per Health/Check); Activate p50 \
+            "  repeat {repeat}: {:.1} µs CPU per report on a stream ({:.1} changing the \
+             outcome), {:.1} per ReportStatus ({:.1} per Health/Check); Activate p50 \
              {:.1} ms reporting, {:.1} ms not; GetPolicyStatus p50 {:.2} ms with the fleet, \
              {:.2} ms without; StartRollout {:.1} ms, {:.1} ms",
             figures.stream_report_cpu_us,
+            figures.stream_change_cpu_us,
             figures.report_cpu_us,
             figures.health_cpu_us,
             median_ms(&figures.reporting.activate),
@@ -127,6 +141,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             figures(&|r| r.health_cpu_us),
         )
         .target(Target::AtMost(10.0)),
+        Row::new(
+            format!("server CPU per report on ReportStatusStream changing its outcome, {fleet}"),
+            Unit::Microseconds,
+            figures(&|r| r.stream_change_cpu_us),
+            "Health/Check on the same connections",
+            figures(&|r| r.health_cpu_us),
+        ),
         Row::new(
             format!("server CPU per ReportStatus call, {fleet}"),
             Unit::Microseconds,
@@ -233,11 +254,16 @@ async fn one_repeat(count: usize) -> anyhow::Result<Repeat> {
     let stream_report_cpu_us =
         burst_cpu_us(&pid, &channels, Burst::ReportOnStream, count, applied).await?;
     let health_cpu_us = burst_cpu_us(&pid, &channels, Burst::HealthCheck, count, applied).await?;
+    let stream_change_cpu_us =
+        burst_cpu_us(&pid, &channels, Burst::ChangeOnStream, count, applied).await?;
+    // Every runtime applied `applied` again, as the reads below expect.
+    burst_cpu_us(&pid, &channels, Burst::ReportOnStream, count, applied).await?;
     let reads_fleet = reads(&mut policyhub, versions as u32).await?;
     drop(streams);
     Ok(Repeat {
         report_cpu_us,
         stream_report_cpu_us,
+        stream_change_cpu_us,
         health_cpu_us,
         anonymous,
         reporting,
@@ -296,8 +322,9 @@ struct Applied {
 }
 
 /// The server's CPU time per call of `BURST_CALLS` calls of `burst`,
-/// `IN_FLIGHT` at a time over `channels`; the reports go round the `count`
-/// runtimes, each telling it applied `applied`.
+/// `IN_FLIGHT` at a time over `channels`, flushes included; the
+/// reports go round the `count` runtimes, each telling it applied
+/// `applied`, or in turn rejected and applied it.
 async fn burst_cpu_us(
     pid: &str,
     channels: &[Channel],
@@ -306,6 +333,7 @@ async fn burst_cpu_us(
     applied: Applied,
 ) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicUsize::new(0));
+    tokio::time::sleep(FLUSHED).await;
     let before = cpu_time(pid)?;
     let mut tasks = JoinSet::new();
     for slot in 0..IN_FLIGHT {
@@ -315,7 +343,9 @@ async fn burst_cpu_us(
             let mut bundles = BundleServiceClient::new(channel.clone());
             let mut health = HealthClient::new(channel);
             let mut reporter = match burst {
-                Burst::ReportOnStream => Some(Reporter::open(&mut bundles, None).await?),
+                Burst::ReportOnStream | Burst::ChangeOnStream => {
+                    Some(Reporter::open(&mut bundles, None).await?)
+                }
                 _ => None,
             };
             loop {
@@ -329,9 +359,17 @@ async fn burst_cpu_us(
                             .report_status(authorized(None, report(n % count, applied)))
                             .await?;
                     }
-                    Burst::ReportOnStream => {
+                    Burst::ReportOnStream | Burst::ChangeOnStream => {
+                        let mut report = report(n % count, applied);
+                        // Every `count` reports, each runtime's outcome
+                        // turns: rejected, applied, rejected...
+                        if matches!(burst, Burst::ChangeOnStream) && (n / count).is_multiple_of(2) {
+                            let outcome = &mut report.policies[0];
+                            outcome.state = proto::ApplyState::Rejected as i32;
+                            outcome.error = "benchmark rejection".into();
+                        }
                         if let Some(reporter) = &mut reporter {
-                            reporter.report(report(n % count, applied)).await?;
+                            reporter.report(report).await?;
                         }
                     }
                     Burst::HealthCheck => {
@@ -348,6 +386,7 @@ async fn burst_cpu_us(
     while let Some(result) = tasks.join_next().await {
         result?.context("a call of the burst failed")?;
     }
+    tokio::time::sleep(FLUSHED).await;
     let cpu = cpu_time(pid)?.saturating_sub(before);
     Ok(cpu.as_secs_f64() * 1e6 / BURST_CALLS as f64)
 }

@@ -112,6 +112,26 @@ pub enum RuntimeState {
     Stale,
 }
 
+/// What merging a report did to a runtime's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Outcomes older than those already held, left out.
+    pub ignored: u32,
+    /// Whether an outcome or the applied revision moved: more than
+    /// `last_seen`.
+    pub changed: bool,
+}
+
+/// What became of one reported outcome.
+enum Kept {
+    /// A newer one is held.
+    Older,
+    /// The same one is held.
+    Held,
+    /// It replaced what was held.
+    New,
+}
+
 /// Everything known of one runtime of a namespace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeRecord {
@@ -130,7 +150,10 @@ pub struct RuntimeRecord {
     pub connected: bool,
     /// The replica that holds (or last held) its stream.
     pub replica: String,
-    /// When its stream was last open or it last reported.
+    /// When its stream last opened or closed, or it last reported. While
+    /// its stream is open its replica's heartbeat vouches for it (see
+    /// [`seen`](Self::seen)), so the stored row is not written again for
+    /// a report that changed nothing else.
     pub last_seen: DateTime<Utc>,
     /// The newest revision it reported.
     pub applied_revision: u64,
@@ -145,17 +168,22 @@ impl RuntimeRecord {
     }
 
     /// Merges a report: per policy the newest revision wins, so reports may
-    /// arrive out of order and twice. Returns how many outcomes were older
-    /// than what it already held.
-    pub fn merge(&mut self, report: &StatusReport, now: DateTime<Utc>) -> u32 {
-        let ignored = report
-            .outcomes
-            .iter()
-            .filter(|(name, outcome)| !self.keep(name, outcome))
-            .count();
+    /// arrive out of order and twice.
+    pub fn merge(&mut self, report: &StatusReport, now: DateTime<Utc>) -> Merged {
+        let mut merged = Merged {
+            ignored: 0,
+            changed: report.revision > self.applied_revision,
+        };
+        for (name, outcome) in &report.outcomes {
+            match self.keep(name, outcome) {
+                Kept::Older => merged.ignored += 1,
+                Kept::Held => {}
+                Kept::New => merged.changed = true,
+            }
+        }
         self.applied_revision = self.applied_revision.max(report.revision);
         self.last_seen = self.last_seen.max(now);
-        ignored as u32
+        merged
     }
 
     /// This record with every outcome of `other` that is not older than its
@@ -169,17 +197,16 @@ impl RuntimeRecord {
         self
     }
 
-    /// Keeps `outcome` unless a newer one is held; whether it was kept.
-    fn keep(&mut self, name: &PolicyName, outcome: &PolicyOutcome) -> bool {
-        if self
-            .policies
-            .get(name)
-            .is_some_and(|held| held.revision > outcome.revision)
-        {
-            return false;
+    /// Keeps `outcome` unless a newer one is held.
+    fn keep(&mut self, name: &PolicyName, outcome: &PolicyOutcome) -> Kept {
+        match self.policies.get(name) {
+            Some(held) if held.revision > outcome.revision => Kept::Older,
+            Some(held) if held == outcome => Kept::Held,
+            _ => {
+                self.policies.insert(name.clone(), outcome.clone());
+                Kept::New
+            }
         }
-        self.policies.insert(name.clone(), outcome.clone());
-        true
     }
 
     /// When it was last seen as of `now`, and its state: connected while a

@@ -317,11 +317,16 @@ impl Fleet {
                 if entry.record.subject != subject {
                     return Err(held_by_other(&report.runtime, &entry.record.subject));
                 }
-                entry.dirty = true;
-                let ignored = entry.record.merge(&report, Utc::now());
+                let merged = entry.record.merge(&report, Utc::now());
                 self.inner.instruments.reports.inc();
-                self.reflect(&local, &key);
-                return Ok(ignored);
+                // While a stream of it is open here, this replica's
+                // heartbeat vouches for it: a report that changed nothing
+                // else leaves its row and its roster as they are.
+                if merged.changed || entry.streams == 0 {
+                    entry.dirty = true;
+                    self.reflect(&local, &key);
+                }
+                return Ok(merged.ignored);
             }
         }
         // The stream is held by another replica (or was, before a restart).
@@ -340,7 +345,7 @@ impl Fleet {
         if stored.subject != subject {
             return Err(held_by_other(&report.runtime, &stored.subject));
         }
-        let ignored = stored.merge(&report, Utc::now());
+        let ignored = stored.merge(&report, Utc::now()).ignored;
         let mut local = self.local();
         let entry = local.entry(key.clone()).or_insert_with(|| Local {
             record: stored.clone(),

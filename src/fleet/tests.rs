@@ -78,6 +78,55 @@ async fn a_view_is_shared_until_something_changes_here() {
     assert_eq!(gone.not_stale().count(), 1);
 }
 
+/// A report that repeats what a connected runtime's record holds is not
+/// written to its row: its replica's heartbeat vouches for it. One that
+/// changes an outcome is, and so is the runtime's leaving, with when it
+/// was last seen.
+#[tokio::test]
+async fn only_reports_that_change_something_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path()).await;
+    let id = RuntimeId::parse("runtime.id", "rt-1").unwrap();
+    let stored = async || {
+        let repository = &fleet.inner.repository;
+        repository
+            .load_runtime(&namespace(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let connection = fleet.connect(arrival("rt-1")).await.unwrap();
+    fleet.report("alice", applied(1)).await.unwrap();
+    fleet.flush().await.unwrap();
+    let first = stored().await;
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fleet.report("alice", applied(1)).await.unwrap();
+    fleet.flush().await.unwrap();
+    assert_eq!(stored().await, first, "nothing but the time moved");
+    let view = fleet.runtimes(&namespace()).await.unwrap();
+    assert!(view.runtimes()[0].0.last_seen > first.last_seen);
+    assert_eq!(view.runtimes()[0].1, RuntimeState::Connected);
+
+    fleet.report("alice", applied(2)).await.unwrap();
+    fleet.flush().await.unwrap();
+    let changed = stored().await;
+    assert_eq!(changed.policies[&policy()].version, 2);
+    assert!(changed.last_seen > first.last_seen);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fleet.report("alice", applied(2)).await.unwrap();
+    let reported = fleet.local()[&(namespace(), id.clone())].record.last_seen;
+    drop(connection);
+    fleet.flush().await.unwrap();
+    let left = stored().await;
+    assert!(!left.connected);
+    assert!(
+        left.last_seen >= reported,
+        "leaving writes the last sign of life"
+    );
+}
+
 fn arrival(id: &str) -> Arrival {
     Arrival {
         namespace: namespace(),

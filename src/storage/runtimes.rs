@@ -17,7 +17,7 @@ use super::entities::{replicas, runtimes};
 use super::transaction::Repository;
 use crate::domain::{
     Error, Namespace, Result,
-    runtime::{REPLICA_TIMEOUT, RuntimeId, RuntimeRecord},
+    runtime::{RuntimeId, RuntimeRecord},
 };
 
 /// The last heartbeat of every replica, by replica id.
@@ -123,25 +123,25 @@ impl Repository {
         )
         .exec(&write.txn)
         .await?;
-        // Forget replicas long gone (a new id every start) and runtimes
-        // silent for longer than `forget_after` whose stream no live
-        // replica holds.
+        // Forget replicas silent for longer than `forget_after` (a new id
+        // every start), and runtimes silent for as long: a connected
+        // runtime is seen as long as its replica is (its row's `last_seen`
+        // may be older), so it goes once its replica has gone.
         let forgotten = now - forget_after;
         replicas::Entity::delete_many()
             .filter(replicas::Column::LastSeen.lt(forgotten))
             .exec(&write.txn)
             .await?;
-        let live_replicas = replicas::Entity::find()
+        let remembered_replicas = replicas::Entity::find()
             .select_only()
             .column(replicas::Column::Id)
-            .filter(replicas::Column::LastSeen.gt(now - REPLICA_TIMEOUT))
             .into_query();
         runtimes::Entity::delete_many()
             .filter(runtimes::Column::LastSeen.lt(forgotten))
             .filter(
                 Condition::any()
                     .add(runtimes::Column::Connected.eq(false))
-                    .add(runtimes::Column::Replica.not_in_subquery(live_replicas)),
+                    .add(runtimes::Column::Replica.not_in_subquery(remembered_replicas)),
             )
             .exec(&write.txn)
             .await?;
@@ -314,6 +314,52 @@ mod tests {
             applied_revision: 0,
             policies: Default::default(),
         }
+    }
+
+    /// A connected runtime is forgotten once its replica is, however old
+    /// its row's `last_seen`: the replica's heartbeat vouched for it until
+    /// the replica went.
+    #[tokio::test]
+    async fn a_connected_runtime_is_forgotten_with_its_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = super::super::sqlite_repository(&dir.path().join("fleet.db")).await;
+        let forget = chrono::TimeDelta::hours(1);
+        let heartbeat = async |id: &str, age: chrono::TimeDelta| {
+            replicas::Entity::insert(replicas::ActiveModel {
+                id: Set(id.to_owned()),
+                last_seen: Set(Utc::now() - age),
+            })
+            .on_conflict(
+                OnConflict::column(replicas::Column::Id)
+                    .update_column(replicas::Column::LastSeen)
+                    .to_owned(),
+            )
+            .exec(&repository.db)
+            .await
+            .unwrap();
+        };
+        let mut connected = record("alice", "replica-a");
+        connected.last_seen = Utc::now() - chrono::TimeDelta::hours(2);
+        repository
+            .save_runtimes("replica-b", vec![(connected.clone(), Flush::Held)], forget)
+            .await
+            .unwrap();
+        let held = || repository.load_runtime(&connected.namespace, &connected.id);
+
+        // Dead for ten minutes, not yet forgotten: neither is its runtime.
+        heartbeat("replica-a", chrono::TimeDelta::minutes(10)).await;
+        repository
+            .save_runtimes("replica-b", Vec::new(), forget)
+            .await
+            .unwrap();
+        assert!(held().await.unwrap().is_some());
+
+        heartbeat("replica-a", chrono::TimeDelta::hours(2)).await;
+        repository
+            .save_runtimes("replica-b", Vec::new(), forget)
+            .await
+            .unwrap();
+        assert_eq!(held().await.unwrap(), None);
     }
 
     /// A replica whose runtime went stale and was claimed by another

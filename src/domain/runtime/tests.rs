@@ -73,9 +73,22 @@ fn the_newest_revision_wins_per_policy() {
             },
         )],
     };
-    assert_eq!(runtime.merge(&report(5, 3), Utc::now()), 0);
-    assert_eq!(runtime.merge(&report(4, 2), Utc::now()), 1);
-    assert_eq!(runtime.merge(&report(5, 3), Utc::now()), 0);
+    let merged = |ignored, changed| Merged { ignored, changed };
+    assert_eq!(runtime.merge(&report(5, 3), Utc::now()), merged(0, true));
+    assert_eq!(runtime.merge(&report(4, 2), Utc::now()), merged(1, false));
+    let seen = runtime.last_seen;
+    assert_eq!(runtime.merge(&report(5, 3), Utc::now()), merged(0, false));
+    assert!(
+        runtime.last_seen >= seen,
+        "a repeated report is still a sign of life"
+    );
+    let mut rejected = report(5, 3);
+    rejected.outcomes[0].1.state = ApplyState::Rejected;
+    assert_eq!(
+        runtime.merge(&rejected, Utc::now()),
+        merged(0, true),
+        "another state at the same revision is a change"
+    );
     assert_eq!(runtime.policies[&name].version, 3);
     assert_eq!(runtime.applied_revision, 5);
 }
