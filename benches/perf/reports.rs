@@ -256,8 +256,10 @@ async fn one_repeat(count: usize) -> anyhow::Result<Repeat> {
     let health_cpu_us = burst_cpu_us(&pid, &channels, Burst::HealthCheck, count, applied).await?;
     let stream_change_cpu_us =
         burst_cpu_us(&pid, &channels, Burst::ChangeOnStream, count, applied).await?;
-    // Every runtime applied `applied` again, as the reads below expect.
+    // Every runtime applied `applied` again, as the reads below expect,
+    // and the reads start once that is flushed: on a quiet fleet.
     burst_cpu_us(&pid, &channels, Burst::ReportOnStream, count, applied).await?;
+    tokio::time::sleep(FLUSHED).await;
     let reads_fleet = reads(&mut policyhub, versions as u32).await?;
     drop(streams);
     Ok(Repeat {

@@ -189,12 +189,18 @@ impl RuntimeRecord {
     /// This record with every outcome of `other` that is not older than its
     /// own: how two views of one runtime (two replicas) combine.
     pub fn absorbing(mut self, other: &RuntimeRecord) -> Self {
+        self.absorb(other);
+        self
+    }
+
+    /// Takes every outcome of `other` that is not older than its own (see
+    /// [`absorbing`](Self::absorbing)).
+    pub fn absorb(&mut self, other: &RuntimeRecord) {
         for (name, outcome) in &other.policies {
             self.keep(name, outcome);
         }
         self.applied_revision = self.applied_revision.max(other.applied_revision);
         self.last_seen = self.last_seen.max(other.last_seen);
-        self
     }
 
     /// Keeps `outcome` unless a newer one is held.

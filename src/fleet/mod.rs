@@ -353,7 +353,7 @@ impl Fleet {
             dirty: true,
             flush: Flush::ReportOnly,
         });
-        entry.record = entry.record.clone().absorbing(&stored);
+        entry.record.absorb(&stored);
         entry.dirty = true;
         self.inner.instruments.reports.inc();
         self.reflect(&local, &key);
@@ -405,7 +405,7 @@ impl Fleet {
         for record in merged {
             let key = (record.namespace.clone(), record.id.clone());
             if let Some(entry) = local.get_mut(&key) {
-                entry.record = entry.record.clone().absorbing(&record);
+                entry.record.absorb(&record);
             }
             if let Some(roster) = rosters.get_mut(&key.0) {
                 roster.stored.records.insert(key.1, record);

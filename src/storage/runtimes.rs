@@ -101,7 +101,9 @@ impl Repository {
     ) -> Result<Vec<RuntimeRecord>> {
         self.record_heartbeat(replica, forget_after).await?;
         let mut merged = Vec::with_capacity(records.len());
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk = records.by_ref().take(ROWS_PER_STATEMENT).collect();
             merged.extend(self.save_chunk(chunk).await?);
         }
         Ok(merged)
@@ -150,7 +152,7 @@ impl Repository {
 
     /// Writes one chunk of records in a transaction of its own, each merged
     /// with its stored row; returns the merged records.
-    async fn save_chunk(&self, chunk: &[(RuntimeRecord, Flush)]) -> Result<Vec<RuntimeRecord>> {
+    async fn save_chunk(&self, chunk: Vec<(RuntimeRecord, Flush)>) -> Result<Vec<RuntimeRecord>> {
         let write = self.begin().await?;
         let keys = chunk.iter().fold(Condition::any(), |keys, (record, _)| {
             keys.add(
@@ -180,9 +182,9 @@ impl Repository {
                 // Another subject claimed the id since (this replica's
                 // runtime went stale): the claim stands.
                 (Some(row), Flush::Held) if row.subject != record.subject => continue,
-                (Some(row), Flush::Held) => record.clone().absorbing(&row),
-                (Some(row), Flush::ReportOnly) => row.absorbing(record),
-                (None, Flush::Held) => record.clone(),
+                (Some(row), Flush::Held) => record.absorbing(&row),
+                (Some(row), Flush::ReportOnly) => row.absorbing(&record),
+                (None, Flush::Held) => record,
                 // The row is gone (never flushed by its holder): the
                 // report cannot name a connection, so it waits for one.
                 (None, Flush::ReportOnly) => continue,
