@@ -32,6 +32,22 @@ async fn replica_heartbeats<C: ConnectionTrait>(db: &C) -> Result<ReplicaHeartbe
         .collect())
 }
 
+/// Sets `replica`'s last heartbeat to `at`.
+async fn set_heartbeat<C: ConnectionTrait>(db: &C, replica: &str, at: DateTime<Utc>) -> Result<()> {
+    replicas::Entity::insert(replicas::ActiveModel {
+        id: Set(replica.to_owned()),
+        last_seen: Set(at),
+    })
+    .on_conflict(
+        OnConflict::column(replicas::Column::Id)
+            .update_column(replicas::Column::LastSeen)
+            .to_owned(),
+    )
+    .exec(db)
+    .await?;
+    Ok(())
+}
+
 /// Rows per INSERT statement: well under SQLite's bound-parameter limit.
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -114,17 +130,7 @@ impl Repository {
     async fn record_heartbeat(&self, replica: &str, forget_after: chrono::TimeDelta) -> Result<()> {
         let write = self.begin().await?;
         let now = write.at();
-        replicas::Entity::insert(replicas::ActiveModel {
-            id: Set(replica.to_owned()),
-            last_seen: Set(now),
-        })
-        .on_conflict(
-            OnConflict::column(replicas::Column::Id)
-                .update_column(replicas::Column::LastSeen)
-                .to_owned(),
-        )
-        .exec(&write.txn)
-        .await?;
+        set_heartbeat(&write.txn, replica, now).await?;
         // Forget replicas silent for longer than `forget_after` (a new id
         // every start), and runtimes silent for as long: a connected
         // runtime is seen as long as its replica is (its row's `last_seen`
@@ -327,18 +333,9 @@ mod tests {
         let repository = super::super::sqlite_repository(&dir.path().join("fleet.db")).await;
         let forget = chrono::TimeDelta::hours(1);
         let heartbeat = async |id: &str, age: chrono::TimeDelta| {
-            replicas::Entity::insert(replicas::ActiveModel {
-                id: Set(id.to_owned()),
-                last_seen: Set(Utc::now() - age),
-            })
-            .on_conflict(
-                OnConflict::column(replicas::Column::Id)
-                    .update_column(replicas::Column::LastSeen)
-                    .to_owned(),
-            )
-            .exec(&repository.db)
-            .await
-            .unwrap();
+            set_heartbeat(&repository.db, id, Utc::now() - age)
+                .await
+                .unwrap();
         };
         let mut connected = record("alice", "replica-a");
         connected.last_seen = Utc::now() - chrono::TimeDelta::hours(2);
