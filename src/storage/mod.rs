@@ -85,6 +85,21 @@ pub(crate) async fn sqlite_repository(path: &std::path::Path) -> Repository {
     Repository::open(db).await.unwrap()
 }
 
+/// SQLite's query plan of `sql` on `db`, its steps joined with "; ", for
+/// tests that a statement seeks by an index instead of scanning a table.
+#[cfg(test)]
+pub(crate) async fn sqlite_plan(db: &DatabaseConnection, sql: &str) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let sql = format!("EXPLAIN QUERY PLAN {sql}");
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "detail").unwrap())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Applies pending migrations. On PostgreSQL an advisory lock keeps replicas
 /// that start together from migrating at the same time.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
@@ -129,20 +144,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let db = super::connect(&url).await.unwrap();
         super::migrate(&db).await.unwrap();
-        let plan = |sql: &str| {
-            let db = db.clone();
-            let sql = format!("EXPLAIN QUERY PLAN {sql}");
-            async move {
-                db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|row| row.try_get::<String>("", "detail").unwrap())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }
-        };
-        let active = plan(super::pointers::ACTIVE_BUNDLES).await;
+        let active = super::sqlite_plan(&db, super::pointers::ACTIVE_BUNDLES).await;
         assert!(!active.contains("SCAN v"), "{active}");
         assert!(active.contains("SEARCH v USING INDEX"), "{active}");
     }

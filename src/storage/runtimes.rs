@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QuerySelect, QueryTrait, sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DeleteMany, EntityTrait,
+    QueryFilter, QuerySelect, QueryTrait, sea_query::OnConflict,
 };
 
 use super::entities::{replicas, runtimes};
@@ -46,6 +46,24 @@ async fn set_heartbeat<C: ConnectionTrait>(db: &C, replica: &str, at: DateTime<U
     .exec(db)
     .await?;
     Ok(())
+}
+
+/// Deletes the runtimes silent since before `forgotten`: disconnected
+/// ones, and connected ones whose replica is forgotten too. It runs with
+/// every heartbeat, so it seeks old rows by the index on `last_seen`
+/// instead of reading every runtime.
+fn forget_runtimes(forgotten: DateTime<Utc>) -> DeleteMany<runtimes::Entity> {
+    let remembered_replicas = replicas::Entity::find()
+        .select_only()
+        .column(replicas::Column::Id)
+        .into_query();
+    runtimes::Entity::delete_many()
+        .filter(runtimes::Column::LastSeen.lt(forgotten))
+        .filter(
+            Condition::any()
+                .add(runtimes::Column::Connected.eq(false))
+                .add(runtimes::Column::Replica.not_in_subquery(remembered_replicas)),
+        )
 }
 
 /// Rows per INSERT statement: well under SQLite's bound-parameter limit.
@@ -140,19 +158,7 @@ impl Repository {
             .filter(replicas::Column::LastSeen.lt(forgotten))
             .exec(&write.txn)
             .await?;
-        let remembered_replicas = replicas::Entity::find()
-            .select_only()
-            .column(replicas::Column::Id)
-            .into_query();
-        runtimes::Entity::delete_many()
-            .filter(runtimes::Column::LastSeen.lt(forgotten))
-            .filter(
-                Condition::any()
-                    .add(runtimes::Column::Connected.eq(false))
-                    .add(runtimes::Column::Replica.not_in_subquery(remembered_replicas)),
-            )
-            .exec(&write.txn)
-            .await?;
+        forget_runtimes(forgotten).exec(&write.txn).await?;
         Ok(write.txn.commit().await?)
     }
 
@@ -322,6 +328,30 @@ mod tests {
             applied_revision: 0,
             policies: Default::default(),
         }
+    }
+
+    /// The heartbeat's forgetting, once a second, seeks old rows by the
+    /// index on `last_seen` instead of reading every runtime, so what it
+    /// costs does not grow with the fleet.
+    #[tokio::test]
+    async fn forgetting_seeks_old_rows_by_when_they_were_last_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.db");
+        super::super::sqlite_repository(&path).await;
+        // Connections opened after the migrations: a plan is made from the
+        // schema a connection read last.
+        let db = super::super::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let forget = forget_runtimes(Utc::now())
+            .build(sea_orm::DbBackend::Sqlite)
+            .to_string();
+        let plan = super::super::sqlite_plan(&db, &forget).await;
+        assert!(
+            plan.contains("SEARCH runtimes USING INDEX runtimes_last_seen"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN runtimes"), "{plan}");
     }
 
     /// A connected runtime is forgotten once its replica is, however old
