@@ -2,11 +2,13 @@
 //!
 //! A watch message is mostly signed bundles, and the same bundle goes to
 //! every subscriber of its namespace. The index encodes each bundle once
-//! (`policyhub.v1.Bundle` bytes behind a `Bytes`), and
-//! [`WatchActiveResponse::into_grpc_frame`] hands the transport those bytes
-//! as they are, between the few bytes of the message's own fields, so
-//! fanning an activation out to ten thousand streams copies no bundle and
-//! encodes none again (`super::bundle_route` writes the frames). On the wire
+//! (`policyhub.v1.Bundle` bytes behind a `Bytes`), so fanning an
+//! activation out to ten thousand streams encodes none again.
+//! [`WatchActiveResponse::into_grpc_frame`] copies a message of at most
+//! 16 KiB into one piece, which goes out as one HTTP/2 DATA frame, and
+//! hands a larger one to the transport in pieces: the bundles' bytes as
+//! they are, between the few bytes of the message's own fields, so a large
+//! bundle is never copied (`super::bundle_route` writes the frames). On the wire
 //! it is exactly the message `bundle_service.proto` declares; `build.rs`
 //! maps the protobuf name to this type, so clients decode it with prost.
 
@@ -65,10 +67,23 @@ impl WatchMessage {
         }
     }
 
-    /// This message as one gRPC length-prefixed frame, in pieces that
-    /// reference the bundles' shared bytes instead of copying them.
+    /// This message as one gRPC length-prefixed frame: in one piece when
+    /// it is at most [`COPIED_UP_TO`] bytes, else in pieces that reference
+    /// the bundles' shared bytes instead of copying them.
     pub fn into_grpc_frame(self) -> GrpcFrame {
         let length = self.encoded_len();
+        if GRPC_PREFIX_LEN + length <= COPIED_UP_TO {
+            let mut whole = BytesMut::with_capacity(GRPC_PREFIX_LEN + length);
+            whole.put_u8(0); // not compressed
+            whole.put_u32(length as u32);
+            self.encode_raw(&mut whole);
+            return GrpcFrame {
+                head_len: whole.len(),
+                own: whole.freeze(),
+                bundles: Vec::new().into_iter(),
+                bundle_next: false,
+            };
+        }
         let bundles_length: usize = self.bundles.iter().map(Bytes::len).sum();
         let mut own = BytesMut::with_capacity(GRPC_PREFIX_LEN + length - bundles_length);
         own.put_u8(0); // not compressed
@@ -95,10 +110,16 @@ impl WatchMessage {
 /// The compression flag and the length in front of every gRPC message.
 pub const GRPC_PREFIX_LEN: usize = 5;
 
-/// One watch message on the wire, handed out piece by piece: the bytes of
-/// the message's own fields (one small allocation, sliced), and between
-/// them each bundle's shared bytes as they are. Once every piece is out,
-/// nothing of the message is left here.
+/// The largest frame sent copied into one piece (HTTP/2's default largest
+/// DATA frame): each piece is a send and a DATA frame of its own, which
+/// costs the server and the runtime more than copying a small bundle once
+/// per stream; a larger bundle costs more to copy than to send as it is.
+const COPIED_UP_TO: usize = 16 * 1024;
+
+/// One watch message on the wire, whole or handed out piece by piece: the
+/// bytes of the message's own fields (one small allocation, sliced), and
+/// between them each bundle's shared bytes as they are. Once every piece is
+/// out, nothing of the message is left here.
 #[derive(Debug)]
 pub struct GrpcFrame {
     /// The prefix, the fields, each bundle's key and length, in wire order.
@@ -314,6 +335,27 @@ mod tests {
             let wire: Vec<u8> = message.into_grpc_frame().flatten().collect();
             assert_eq!(wire, expected);
         }
+    }
+
+    #[test]
+    fn a_small_grpc_frame_is_one_piece() {
+        let at_most = |bundle_len| {
+            let bundle = Bytes::from(vec![5; bundle_len]);
+            let frame = message_with(vec![bundle], true).into_grpc_frame();
+            let pieces: Vec<Bytes> = frame.collect();
+            pieces.len()
+        };
+        assert_eq!(at_most(2_500), 1);
+        // The largest bundle whose frame is COPIED_UP_TO bytes, and one more.
+        let largest = (0..COPIED_UP_TO)
+            .rev()
+            .find(|&len| {
+                let message = message_with(vec![Bytes::from(vec![5; len])], true);
+                GRPC_PREFIX_LEN + message.encoded_len() <= COPIED_UP_TO
+            })
+            .unwrap();
+        assert_eq!(at_most(largest), 1);
+        assert_eq!(at_most(largest + 1), 3);
     }
 
     #[test]
