@@ -13,9 +13,10 @@
 //! tonic's decoder and the handler is [`BundleApi`]'s. A watch message of
 //! at most 16 KiB goes out copied into one frame; a larger one in pieces:
 //! the index's shared bundle bytes as they are (encoded once per version),
-//! between the few bytes of the message's own fields. A GetActive reply is those bytes and the checkpoint's field, copied once
-//! into one frame. Once a message is out, the call holds nothing of it; an
-//! idle stream is its subscriber's cursor and the HTTP/2 stream. The authentication
+//! between the few bytes of the message's own fields. A GetActive reply is
+//! those bytes and the checkpoint's field, copied once into one frame.
+//! Once a message is out, the call holds nothing of it; an idle stream is
+//! its subscriber's cursor and the HTTP/2 stream. The authentication
 //! interceptor, the metrics layer and the trace span wrap this route as
 //! they wrap every other method.
 

@@ -8,9 +8,10 @@
 //! 16 KiB into one piece, which goes out as one HTTP/2 DATA frame, and
 //! hands a larger one to the transport in pieces: the bundles' bytes as
 //! they are, between the few bytes of the message's own fields, so a large
-//! bundle is never copied (`super::bundle_route` writes the frames). On the wire
-//! it is exactly the message `bundle_service.proto` declares; `build.rs`
-//! maps the protobuf name to this type, so clients decode it with prost.
+//! bundle is never copied (`super::bundle_route` writes the frames). On the
+//! wire it is exactly the message `bundle_service.proto` declares;
+//! `build.rs` maps the protobuf name to this type, so clients decode it
+//! with prost.
 
 use prost::{
     DecodeError, Message,
@@ -339,13 +340,11 @@ mod tests {
 
     #[test]
     fn a_small_grpc_frame_is_one_piece() {
-        let at_most = |bundle_len| {
+        let pieces = |bundle_len| {
             let bundle = Bytes::from(vec![5; bundle_len]);
-            let frame = message_with(vec![bundle], true).into_grpc_frame();
-            let pieces: Vec<Bytes> = frame.collect();
-            pieces.len()
+            message_with(vec![bundle], true).into_grpc_frame().count()
         };
-        assert_eq!(at_most(2_500), 1);
+        assert_eq!(pieces(2_500), 1);
         // The largest bundle whose frame is COPIED_UP_TO bytes, and one more.
         let largest = (0..COPIED_UP_TO)
             .rev()
@@ -354,8 +353,8 @@ mod tests {
                 GRPC_PREFIX_LEN + message.encoded_len() <= COPIED_UP_TO
             })
             .unwrap();
-        assert_eq!(at_most(largest), 1);
-        assert_eq!(at_most(largest + 1), 3);
+        assert_eq!(pieces(largest), 1);
+        assert_eq!(pieces(largest + 1), 3);
     }
 
     #[test]

@@ -338,15 +338,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.db");
         super::super::sqlite_repository(&path).await;
-        // Connections opened after the migrations: a plan is made from the
-        // schema a connection read last.
-        let db = super::super::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
         let forget = forget_runtimes(Utc::now())
             .build(sea_orm::DbBackend::Sqlite)
             .to_string();
-        let plan = super::super::sqlite_plan(&db, &forget).await;
+        let plan = super::super::sqlite_plan(&path, &forget).await;
         assert!(
             plan.contains("SEARCH runtimes USING INDEX runtimes_last_seen"),
             "{plan}"
