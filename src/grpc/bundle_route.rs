@@ -46,7 +46,7 @@ use tower_service::Service;
 use super::BundleApi;
 use super::codec::CompactCodec;
 use super::proto::bundle_service_server::BundleService;
-use super::watch_message::{GRPC_PREFIX_LEN, WatchActiveResponse};
+use super::watch_message::{GRPC_PREFIX_LEN, WatchActiveResponse, put_grpc_prefix};
 use crate::domain::Error;
 
 /// The methods this route serves, within the service it wraps; every other
@@ -205,10 +205,10 @@ async fn get_active(
     let pieces = api.active_reply(request).await?;
     let length: usize = pieces.iter().map(Bytes::len).sum();
     let mut message = BytesMut::with_capacity(GRPC_PREFIX_LEN + length);
-    message.put_u8(0); // not compressed
-    message.put_u32(u32::try_from(length).map_err(|_| {
+    let prefix_length = u32::try_from(length).map_err(|_| {
         Status::resource_exhausted("the active bundle does not fit one gRPC message")
-    })?);
+    })?;
+    put_grpc_prefix(&mut message, prefix_length);
     for piece in &pieces {
         message.put_slice(piece);
     }

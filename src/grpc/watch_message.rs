@@ -73,10 +73,11 @@ impl WatchMessage {
     /// the bundles' shared bytes instead of copying them.
     pub fn into_grpc_frame(self) -> GrpcFrame {
         let length = self.encoded_len();
+        let prefix_length =
+            u32::try_from(length).expect("a watch message is split into parts of at most 4 MiB");
         if GRPC_PREFIX_LEN + length <= COPIED_UP_TO {
             let mut whole = BytesMut::with_capacity(GRPC_PREFIX_LEN + length);
-            whole.put_u8(0); // not compressed
-            whole.put_u32(length as u32);
+            put_grpc_prefix(&mut whole, prefix_length);
             self.encode_raw(&mut whole);
             return GrpcFrame {
                 head_len: whole.len(),
@@ -87,10 +88,7 @@ impl WatchMessage {
         }
         let bundles_length: usize = self.bundles.iter().map(Bytes::len).sum();
         let mut own = BytesMut::with_capacity(GRPC_PREFIX_LEN + length - bundles_length);
-        own.put_u8(0); // not compressed
-        own.put_u32(
-            u32::try_from(length).expect("a watch message is split into parts of at most 4 MiB"),
-        );
+        put_grpc_prefix(&mut own, prefix_length);
         self.encode_head(&mut own);
         let head_len = own.len();
         for bundle in &self.bundles {
@@ -110,6 +108,12 @@ impl WatchMessage {
 
 /// The compression flag and the length in front of every gRPC message.
 pub const GRPC_PREFIX_LEN: usize = 5;
+
+/// Writes the prefix of an uncompressed gRPC message of `length` bytes.
+pub fn put_grpc_prefix(buf: &mut impl BufMut, length: u32) {
+    buf.put_u8(0); // not compressed
+    buf.put_u32(length);
+}
 
 /// The largest frame sent copied into one piece (HTTP/2's default largest
 /// DATA frame): each piece is a send and a DATA frame of its own, which
@@ -345,7 +349,8 @@ mod tests {
             message_with(vec![bundle], true).into_grpc_frame().count()
         };
         assert_eq!(pieces(2_500), 1);
-        // The largest bundle whose frame is COPIED_UP_TO bytes, and one more.
+        // The largest bundle whose frame is at most COPIED_UP_TO bytes, and
+        // one more.
         let largest = (0..COPIED_UP_TO)
             .rev()
             .find(|&len| {

@@ -31,6 +31,7 @@ use tower_service::Service;
 use self::routes::{Route, routes, set_from_text};
 use self::status::{Failure, error_response, json_response};
 pub use self::status::{http_status, status_json};
+use crate::grpc::watch_message::{GRPC_PREFIX_LEN, put_grpc_prefix};
 
 /// A response body: a whole JSON document, or a stream of events.
 type HttpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -324,9 +325,11 @@ impl Gateway {
         message: DynamicMessage,
     ) -> Result<tonic::body::Body, Status> {
         let encoded = prost::Message::encode_to_vec(&message);
-        let mut frame = BytesMut::with_capacity(encoded.len() + 5);
-        frame.put_u8(0);
-        frame.put_u32(u32::try_from(encoded.len()).map_err(|_| too_large())?);
+        let mut frame = BytesMut::with_capacity(GRPC_PREFIX_LEN + encoded.len());
+        put_grpc_prefix(
+            &mut frame,
+            u32::try_from(encoded.len()).map_err(|_| too_large())?,
+        );
         frame.put_slice(&encoded);
         let mut grpc_request = Request::builder()
             .method(Method::POST)
