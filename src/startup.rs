@@ -16,7 +16,7 @@ use tower::util::BoxCloneSyncService;
 use jsonwebtoken::jwk::JwkSet;
 
 use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Writers};
 use crate::grpc::{
     BundleApi, BundleRoute, PolicyApi,
     auth::{Authentication, Authenticator},
@@ -189,6 +189,7 @@ impl Application {
         }
         let fleet = Fleet::new(
             repository.clone(),
+            Writers::of(&repository),
             &settings.runtimes,
             crate::metrics::global().fleet_instruments(),
         );

@@ -9,20 +9,42 @@ fn policy() -> PolicyName {
     PolicyName::parse("name", "limits").unwrap()
 }
 
+/// The one replica of a SQLite file in `dir`.
 async fn fleet(dir: &std::path::Path) -> Fleet {
-    let replica = replicas(dir, RuntimeSettings::default().flush_interval).await;
-    replica()
+    alone(dir, RuntimeSettings::default()).await.0
 }
 
-/// Makes replicas sharing one SQLite file in `dir`, each flushing every
-/// `flush_interval`.
+/// The one replica of a SQLite file in `dir` with `settings`, and the
+/// file's repository.
+async fn alone(dir: &std::path::Path, settings: RuntimeSettings) -> (Fleet, Repository) {
+    let repository = crate::storage::sqlite_repository(&dir.join("fleet.db")).await;
+    let writers = Writers::of(&repository);
+    assert_eq!(writers, Writers::ThisReplica);
+    let fleet = Fleet::new(
+        repository.clone(),
+        writers,
+        &settings,
+        Instruments::default(),
+    );
+    (fleet, repository)
+}
+
+/// Makes replicas sharing one SQLite file in `dir` as they would share a
+/// PostgreSQL database, each flushing every `flush_interval`.
 async fn replicas(dir: &std::path::Path, flush_interval: Duration) -> impl Fn() -> Fleet {
     let repository = crate::storage::sqlite_repository(&dir.join("fleet.db")).await;
     let settings = RuntimeSettings {
         flush_interval,
         ..RuntimeSettings::default()
     };
-    move || Fleet::new(repository.clone(), &settings, Instruments::default())
+    move || {
+        Fleet::new(
+            repository.clone(),
+            Writers::EveryReplica,
+            &settings,
+            Instruments::default(),
+        )
+    }
 }
 
 fn applied(version: u32) -> StatusReport {
@@ -280,6 +302,101 @@ async fn a_read_after_a_pause_reads_the_stored_rows_first() {
     b.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50) * (ANSWER_WITHIN_FLUSHES + 1)).await;
     assert_eq!(read().await.runtimes, 1, "the first read after the pause");
+}
+
+/// A replica alone on its store reads the stored rows once: its flushes
+/// keep them as the database holds them, so no later read reads every
+/// row again, however long the pause. (A row no flush of its wrote is
+/// the probe: on SQLite nothing else writes one.)
+#[tokio::test]
+async fn a_replica_alone_reads_the_stored_rows_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let flush_interval = Duration::from_millis(20);
+    let settings = RuntimeSettings {
+        flush_interval,
+        ..RuntimeSettings::default()
+    };
+    let (fleet, repository) = alone(dir.path(), settings.clone()).await;
+    let read = async || {
+        fleet
+            .policy_status(&namespace(), &policy(), 1)
+            .await
+            .unwrap()
+    };
+    let _held = fleet.connect(arrival("rt-held")).await.unwrap();
+    fleet.flush().await.unwrap();
+    assert_eq!(read().await.runtimes, 1);
+
+    let probe = RuntimeRecord {
+        namespace: namespace(),
+        id: RuntimeId::parse("runtime.id", "rt-probe").unwrap(),
+        subject: "alice".into(),
+        labels: RuntimeLabels::default(),
+        names: Vec::new(),
+        connected: false,
+        replica: "another-replica".into(),
+        last_seen: Utc::now(),
+        applied_revision: 0,
+        policies: Default::default(),
+    };
+    let forget_after = chrono::TimeDelta::hours(1);
+    repository
+        .save_runtimes("another-replica", vec![(probe, Flush::Held)], forget_after)
+        .await
+        .unwrap();
+    tokio::time::sleep(flush_interval * (ANSWER_WITHIN_FLUSHES + 1)).await;
+    fleet.flush().await.unwrap();
+    assert_eq!(read().await.runtimes, 1, "read from memory");
+    // A replica that starts reads them.
+    let (restarted, _) = alone(dir.path(), settings).await;
+    let read = restarted
+        .policy_status(&namespace(), &policy(), 1)
+        .await
+        .unwrap();
+    assert_eq!(read.runtimes, 2);
+}
+
+/// What the heartbeat forgets leaves the rosters of the replica that
+/// forgot it, without a read of every row.
+#[tokio::test]
+async fn a_forgotten_runtime_leaves_the_roster() {
+    let dir = tempfile::tempdir().unwrap();
+    let forget_after = Duration::from_millis(100);
+    let (fleet, _) = alone(
+        dir.path(),
+        RuntimeSettings {
+            forget_after,
+            ..RuntimeSettings::default()
+        },
+    )
+    .await;
+    let read = async || {
+        fleet
+            .policy_status(&namespace(), &policy(), 1)
+            .await
+            .unwrap()
+    };
+    let stream = fleet.connect(arrival("rt-gone")).await.unwrap();
+    let _kept = fleet.connect(arrival("rt-kept")).await.unwrap();
+    drop(stream);
+    fleet.flush().await.unwrap();
+    assert_eq!(read().await.runtimes, 2);
+    tokio::time::sleep(forget_after * 2).await;
+    fleet.flush().await.unwrap();
+    assert_eq!(
+        read().await.runtimes,
+        1,
+        "the disconnected runtime is forgotten"
+    );
+    let kept: Vec<_> = fleet
+        .runtimes(&namespace())
+        .await
+        .unwrap()
+        .runtimes()
+        .iter()
+        .map(|(record, _)| record.id.as_str().to_owned())
+        .collect();
+    assert_eq!(kept, ["rt-kept"]);
 }
 
 /// A step counted ahead (while its transaction commits) is the tally the

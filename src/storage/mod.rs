@@ -38,7 +38,7 @@ pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
 pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};
 pub use policies::LockedPolicy;
-pub use runtimes::{Flush, ReplicaHeartbeats};
+pub use runtimes::{Flush, ReplicaHeartbeats, Saved};
 pub use transaction::{CheckpointSigner, Repository, Transaction};
 pub use versions::StoredVersion;
 

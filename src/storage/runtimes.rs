@@ -119,33 +119,47 @@ pub enum Flush {
     ReportOnly,
 }
 
+/// What a flush changed in the stored rows.
+#[derive(Debug)]
+pub struct Saved {
+    /// The runtimes the heartbeat forgot, before the records were written.
+    pub forgotten: Vec<(Namespace, RuntimeId)>,
+    /// The records written, each merged with its stored row.
+    pub merged: Vec<RuntimeRecord>,
+}
+
 impl Repository {
     /// Records this replica's heartbeat, forgets what has been silent for
     /// longer than `forget_after`, and writes `records`, merging each with
     /// its stored row. Each [`ROWS_PER_STATEMENT`] records commit on their
     /// own: the write lock an activation waits for is never held for a
-    /// whole fleet. Returns the merged records, so the caller learns of
-    /// outcomes reported elsewhere.
+    /// whole fleet. Returns the runtimes forgotten and the merged records,
+    /// so the caller learns of outcomes reported elsewhere.
     #[tracing::instrument(name = "storage.save_runtimes", skip_all, fields(runtimes = records.len()))]
     pub async fn save_runtimes(
         &self,
         replica: &str,
         records: Vec<(RuntimeRecord, Flush)>,
         forget_after: chrono::TimeDelta,
-    ) -> Result<Vec<RuntimeRecord>> {
-        self.record_heartbeat(replica, forget_after).await?;
+    ) -> Result<Saved> {
+        let forgotten = self.record_heartbeat(replica, forget_after).await?;
         let mut merged = Vec::with_capacity(records.len());
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
             let chunk = records.by_ref().take(ROWS_PER_STATEMENT).collect();
             merged.extend(self.save_chunk(chunk).await?);
         }
-        Ok(merged)
+        Ok(Saved { forgotten, merged })
     }
 
     /// Records `replica`'s heartbeat and forgets replicas and runtimes
-    /// silent for longer than `forget_after`, in a transaction of its own.
-    async fn record_heartbeat(&self, replica: &str, forget_after: chrono::TimeDelta) -> Result<()> {
+    /// silent for longer than `forget_after`, in a transaction of its own;
+    /// returns the runtimes forgotten.
+    async fn record_heartbeat(
+        &self,
+        replica: &str,
+        forget_after: chrono::TimeDelta,
+    ) -> Result<Vec<(Namespace, RuntimeId)>> {
         let write = self.begin().await?;
         let now = write.at();
         set_heartbeat(&write.txn, replica, now).await?;
@@ -158,8 +172,19 @@ impl Repository {
             .filter(replicas::Column::LastSeen.lt(forgotten))
             .exec(&write.txn)
             .await?;
-        forget_runtimes(forgotten).exec(&write.txn).await?;
-        Ok(write.txn.commit().await?)
+        let forgotten = forget_runtimes(forgotten)
+            .exec_with_returning(&write.txn)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok((
+                    Namespace::parse("namespace", &row.namespace).map_err(stored)?,
+                    RuntimeId::parse("runtime_id", &row.runtime_id).map_err(stored)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        write.txn.commit().await?;
+        Ok(forgotten)
     }
 
     /// Writes one chunk of records in a transaction of its own, each merged

@@ -186,6 +186,12 @@ impl Transaction {
 }
 
 impl Repository {
+    /// Whether other replicas may write this store too: PostgreSQL serves
+    /// several replicas, SQLite one.
+    pub fn is_shared(&self) -> bool {
+        self.sqlite_writer.is_none()
+    }
+
     /// A repository over a migrated database; on SQLite it opens the
     /// connection writes run on.
     pub async fn open(db: DatabaseConnection) -> Result<Self> {
