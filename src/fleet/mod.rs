@@ -424,6 +424,12 @@ impl Fleet {
                         entry.dirty = true;
                     }
                 }
+                // Part of the flush may have committed: the heartbeat's
+                // forgetting, some of the records. The next read reads the
+                // stored rows again instead of trusting them.
+                for roster in self.rosters().values_mut() {
+                    roster.stored.read = None;
+                }
                 return Err(error);
             }
         };

@@ -356,47 +356,57 @@ async fn a_replica_alone_reads_the_stored_rows_once() {
     assert_eq!(read.runtimes, 2);
 }
 
+/// A replica alone whose roster shows `rt-kept`, connected, and
+/// `rt-gone`, disconnected long enough for the next heartbeat to forget it.
+async fn forgetting(dir: &std::path::Path) -> (Fleet, Connection) {
+    let forget_after = Duration::from_millis(100);
+    let settings = RuntimeSettings {
+        forget_after,
+        ..RuntimeSettings::default()
+    };
+    let (fleet, _) = alone(dir, settings).await;
+    let gone = fleet.connect(arrival("rt-gone")).await.unwrap();
+    let kept = fleet.connect(arrival("rt-kept")).await.unwrap();
+    drop(gone);
+    fleet.flush().await.unwrap();
+    let read = fleet.policy_status(&namespace(), &policy(), 1).await;
+    assert_eq!(read.unwrap().runtimes, 2);
+    tokio::time::sleep(forget_after * 2).await;
+    (fleet, kept)
+}
+
 /// What the heartbeat forgets leaves the rosters of the replica that
 /// forgot it, without a read of every row.
 #[tokio::test]
 async fn a_forgotten_runtime_leaves_the_roster() {
     let dir = tempfile::tempdir().unwrap();
-    let forget_after = Duration::from_millis(100);
-    let (fleet, _) = alone(
-        dir.path(),
-        RuntimeSettings {
-            forget_after,
-            ..RuntimeSettings::default()
-        },
-    )
-    .await;
-    let read = async || {
-        fleet
-            .policy_status(&namespace(), &policy(), 1)
-            .await
-            .unwrap()
-    };
-    let stream = fleet.connect(arrival("rt-gone")).await.unwrap();
-    let _kept = fleet.connect(arrival("rt-kept")).await.unwrap();
-    drop(stream);
+    let (fleet, _kept) = forgetting(dir.path()).await;
     fleet.flush().await.unwrap();
-    assert_eq!(read().await.runtimes, 2);
-    tokio::time::sleep(forget_after * 2).await;
-    fleet.flush().await.unwrap();
-    assert_eq!(
-        read().await.runtimes,
-        1,
-        "the disconnected runtime is forgotten"
-    );
-    let kept: Vec<_> = fleet
-        .runtimes(&namespace())
-        .await
-        .unwrap()
+    let view = fleet.runtimes(&namespace()).await.unwrap();
+    let ids: Vec<&str> = view
         .runtimes()
         .iter()
-        .map(|(record, _)| record.id.as_str().to_owned())
+        .map(|(record, _)| record.id.as_str())
         .collect();
-    assert_eq!(kept, ["rt-kept"]);
+    assert_eq!(ids, ["rt-kept"], "the disconnected runtime is forgotten");
+}
+
+/// A flush that fails after the heartbeat forgot a runtime leaves the
+/// rosters to read the stored rows again: the next read shows what was
+/// committed, not what the rosters held before.
+#[tokio::test]
+async fn after_a_failed_flush_a_read_reads_the_stored_rows_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, _kept) = forgetting(dir.path()).await;
+    // A revision no row can store: the records' write fails after the
+    // heartbeat's transaction forgot `rt-gone`.
+    let mut unstorable = applied(1);
+    unstorable.runtime = RuntimeId::parse("runtime.id", "rt-kept").unwrap();
+    unstorable.revision = u64::MAX;
+    fleet.report("alice", unstorable).await.unwrap();
+    fleet.flush().await.unwrap_err();
+    let read = fleet.policy_status(&namespace(), &policy(), 1).await;
+    assert_eq!(read.unwrap().runtimes, 1, "the forgotten runtime is gone");
 }
 
 /// A step counted ahead (while its transaction commits) is the tally the
