@@ -59,7 +59,7 @@ const FLUSHED: Duration = Duration::from_millis(1_500);
 const ROUNDS: usize = 4;
 
 /// Calls of each timed fleet read.
-const READS: usize = 20;
+const READS: usize = 200;
 
 /// Rollouts started (and aborted) per repeat: one call is too few to
 /// judge on a noisy machine.
