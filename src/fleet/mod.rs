@@ -34,7 +34,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
@@ -49,9 +49,12 @@ use crate::domain::{
 use crate::storage::{Flush, ReplicaHeartbeats, Repository, Saved};
 
 mod roster;
+mod stored;
 
 pub use roster::FleetView;
-use roster::{Roster, Stored};
+use roster::Roster;
+use stored::ANSWER_WITHIN_FLUSHES;
+pub use stored::Writers;
 
 type Key = (Namespace, RuntimeId);
 
@@ -94,36 +97,6 @@ struct Inner {
     answer_within: Duration,
     instruments: Instruments,
 }
-
-/// Who writes the fleet's stored rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Writers {
-    /// This replica alone (SQLite serves one): the rows a roster read once
-    /// stay as this replica's flushes patch them.
-    ThisReplica,
-    /// Every replica of a shared database (PostgreSQL): a roster reads the
-    /// rows again to learn what the others flushed.
-    EveryReplica,
-}
-
-impl Writers {
-    /// Who writes `repository`'s rows.
-    pub fn of(repository: &Repository) -> Self {
-        if repository.is_shared() {
-            Writers::EveryReplica
-        } else {
-            Writers::ThisReplica
-        }
-    }
-}
-
-/// Flush intervals after which the stored rows a roster holds are read
-/// again before a read answers; younger ones are read again in the
-/// background. Other replicas' changes reach the stored rows once a flush
-/// interval, so a read shows them at most six intervals late, and a read
-/// after a pause of a few seconds (an operator's next command) answers
-/// from memory.
-const ANSWER_WITHIN_FLUSHES: u32 = 5;
 
 /// How often a read computes every state anew at most: states move with
 /// time alone (a silent runtime turns stale), and a view shows a connected
@@ -546,145 +519,6 @@ impl Fleet {
     /// memory, instead of waiting for the database behind those streams.
     pub async fn prepare(&self, namespace: &Namespace) -> Result<()> {
         self.with_roster(namespace, |_, _| ()).await
-    }
-
-    /// Runs `read` on the roster of `namespace`. A roster whose stored rows
-    /// are older than `refresh_after` has them read again in the
-    /// background; one that has none yet, or rows older than
-    /// `answer_within`, reads them before `read` runs.
-    async fn with_roster<R>(
-        &self,
-        namespace: &Namespace,
-        read: impl FnOnce(&Self, &mut Roster) -> R,
-    ) -> Result<R> {
-        if let Some(roster) = self.current(&mut self.rosters(), namespace) {
-            return Ok(read(self, roster));
-        }
-        let _turn = self.inner.stored_turn.lock().await;
-        // Reads that came at once waited for one another's turn: the first
-        // read the rows for all.
-        if let Some(roster) = self.current(&mut self.rosters(), namespace) {
-            return Ok(read(self, roster));
-        }
-        let stored = self.load(namespace).await?;
-        let local = self.local();
-        let mut rosters = self.rosters();
-        if !rosters.contains_key(namespace)
-            && rosters.len() >= MAX_ROSTERS
-            && let Some(least) = rosters
-                .iter()
-                .min_by_key(|(_, roster)| roster.read)
-                .map(|(namespace, _)| namespace.clone())
-        {
-            rosters.remove(&least);
-        }
-        let roster = rosters.entry(namespace.clone()).or_default();
-        self.restore(roster, namespace, stored, &local);
-        drop(local);
-        roster.read = Some(Instant::now());
-        Ok(read(self, roster))
-    }
-
-    /// The roster of `namespace` if its stored rows are younger than
-    /// `answer_within`, marked read, its states current, and a refresh
-    /// started when the rows are older than `refresh_after`.
-    fn current<'a>(
-        &self,
-        rosters: &'a mut HashMap<Namespace, Roster>,
-        namespace: &Namespace,
-    ) -> Option<&'a mut Roster> {
-        let roster = rosters.get_mut(namespace)?;
-        let age = roster.stored.read?.elapsed();
-        // Rows only this replica writes are as its flushes patched them.
-        let shared = self.inner.writers == Writers::EveryReplica;
-        if shared && age >= self.inner.answer_within {
-            return None;
-        }
-        roster.read = Some(Instant::now());
-        if shared && age >= self.inner.refresh_after && !roster.refreshing {
-            roster.refreshing = true;
-            tokio::spawn(self.clone().refresh(namespace.clone()));
-        }
-        if roster
-            .swept
-            .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
-        {
-            let now = Utc::now();
-            roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
-        }
-        Some(roster)
-    }
-
-    /// Reads the stored rows of `namespace` again and moves its roster to
-    /// them.
-    async fn refresh(self, namespace: Namespace) {
-        let _turn = self.inner.stored_turn.lock().await;
-        let loaded = self.load(&namespace).await;
-        let local = self.local();
-        let mut rosters = self.rosters();
-        let Some(roster) = rosters.get_mut(&namespace) else {
-            return;
-        };
-        roster.refreshing = false;
-        match loaded {
-            Ok(stored) => self.restore(roster, &namespace, stored, &local),
-            Err(error) => tracing::warn!(%error, %namespace, "cannot read the fleet view"),
-        }
-    }
-
-    /// The stored rows of `namespace` and every replica's heartbeat.
-    async fn load(&self, namespace: &Namespace) -> Result<Stored> {
-        let read = Instant::now();
-        let records = self.inner.repository.load_runtimes(namespace).await?;
-        Ok(Stored {
-            read: Some(read),
-            records: records
-                .into_iter()
-                .map(|record| (record.id.clone(), record))
-                .collect(),
-            heartbeats: self.inner.repository.replica_heartbeats().await?,
-        })
-    }
-
-    /// Moves `roster` to `stored`: every runtime whose stored row changed,
-    /// and on a new roster every runtime held here too, is combined anew,
-    /// then every state computed again.
-    fn restore(
-        &self,
-        roster: &mut Roster,
-        namespace: &Namespace,
-        stored: Stored,
-        local: &HashMap<Key, Local>,
-    ) {
-        let fresh = roster.stored.read.is_none();
-        let mut changed: Vec<RuntimeId> = stored
-            .records
-            .iter()
-            .filter(|(id, record)| roster.stored.records.get(*id) != Some(*record))
-            .map(|(id, _)| id.clone())
-            .collect();
-        changed.extend(
-            roster
-                .stored
-                .records
-                .keys()
-                .filter(|id| !stored.records.contains_key(*id))
-                .cloned(),
-        );
-        if fresh {
-            changed.extend(
-                local
-                    .keys()
-                    .filter(|(held, id)| held == namespace && !stored.records.contains_key(id))
-                    .map(|(_, id)| id.clone()),
-            );
-        }
-        roster.stored = stored;
-        let now = Utc::now();
-        for id in changed {
-            self.reflect_in(roster, local, &(namespace.clone(), id), now);
-        }
-        roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
     }
 }
 
