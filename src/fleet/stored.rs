@@ -41,10 +41,11 @@ impl Writers {
 pub(super) const ANSWER_WITHIN_FLUSHES: u32 = 5;
 
 impl Fleet {
-    /// Runs `read` on the roster of `namespace`. A roster whose stored rows
-    /// are older than `refresh_after` has them read again in the
-    /// background; one that has none yet, or rows older than
-    /// `answer_within`, reads them before `read` runs.
+    /// Runs `read` on the roster of `namespace`. A roster that has no
+    /// stored rows yet reads them before `read` runs; where every replica
+    /// writes them, so does one whose rows are older than `answer_within`,
+    /// and one whose rows are older than `refresh_after` has them read again
+    /// in the background.
     pub(super) async fn with_roster<R>(
         &self,
         namespace: &Namespace,
@@ -78,9 +79,10 @@ impl Fleet {
         Ok(read(self, roster))
     }
 
-    /// The roster of `namespace` if its stored rows are younger than
-    /// `answer_within`, marked read, its states current, and a refresh
-    /// started when the rows are older than `refresh_after`.
+    /// The roster of `namespace` if it has stored rows (where every replica
+    /// writes them, rows younger than `answer_within`), marked read, its
+    /// states current, and a refresh started where every replica writes
+    /// the rows and they are older than `refresh_after`.
     fn current<'a>(
         &self,
         rosters: &'a mut HashMap<Namespace, Roster>,
