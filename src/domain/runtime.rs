@@ -86,6 +86,19 @@ pub struct PolicyOutcome {
     pub error: String,
     /// Revision of the report it came from.
     pub revision: u64,
+    /// When a replica accepted the report it came from: of two different
+    /// outcomes at one revision (a runtime that applied, then rejected),
+    /// the later stands. `None` in rows stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<DateTime<Utc>>,
+}
+
+impl PolicyOutcome {
+    /// Whether `other` says the same, whenever it was reported.
+    fn says_what(&self, other: &PolicyOutcome) -> bool {
+        (self.version, self.state, &self.error, self.revision)
+            == (other.version, other.state, &other.error, other.revision)
+    }
 }
 
 /// One report of a runtime, validated.
@@ -175,7 +188,7 @@ impl RuntimeRecord {
             changed: report.revision > self.applied_revision,
         };
         for (name, outcome) in &report.outcomes {
-            match self.keep(name, outcome) {
+            match self.keep(name, outcome, Some(now)) {
                 Kept::Older => merged.ignored += 1,
                 Kept::Held => {}
                 Kept::New => merged.changed = true,
@@ -186,30 +199,46 @@ impl RuntimeRecord {
         merged
     }
 
-    /// This record with every outcome of `other` that is not older than its
-    /// own: how two views of one runtime (two replicas) combine.
+    /// This record with every outcome of `other` newer than its own: of a
+    /// later revision, or reported later at the same one. How two views of
+    /// one runtime (two replicas, a stored row and a replica's record)
+    /// combine, in either order.
     pub fn absorbing(mut self, other: &RuntimeRecord) -> Self {
         self.absorb(other);
         self
     }
 
-    /// Takes every outcome of `other` that is not older than its own (see
+    /// Takes every outcome of `other` newer than its own (see
     /// [`absorbing`](Self::absorbing)).
     pub fn absorb(&mut self, other: &RuntimeRecord) {
         for (name, outcome) in &other.policies {
-            self.keep(name, outcome);
+            self.keep(name, outcome, outcome.reported_at);
         }
         self.applied_revision = self.applied_revision.max(other.applied_revision);
         self.last_seen = self.last_seen.max(other.last_seen);
     }
 
-    /// Keeps `outcome` unless a newer one is held.
-    fn keep(&mut self, name: &PolicyName, outcome: &PolicyOutcome) -> Kept {
+    /// Keeps `outcome`, reported at `reported_at`, unless the one held is
+    /// of a later revision, says the same, or was reported later at the
+    /// same revision.
+    fn keep(
+        &mut self,
+        name: &PolicyName,
+        outcome: &PolicyOutcome,
+        reported_at: Option<DateTime<Utc>>,
+    ) -> Kept {
         match self.policies.get(name) {
             Some(held) if held.revision > outcome.revision => Kept::Older,
-            Some(held) if held == outcome => Kept::Held,
+            Some(held) if held.says_what(outcome) => Kept::Held,
+            Some(held) if held.revision == outcome.revision && held.reported_at > reported_at => {
+                Kept::Older
+            }
             _ => {
-                self.policies.insert(name.clone(), outcome.clone());
+                let outcome = PolicyOutcome {
+                    reported_at,
+                    ..outcome.clone()
+                };
+                self.policies.insert(name.clone(), outcome);
                 Kept::New
             }
         }

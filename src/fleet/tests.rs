@@ -59,6 +59,7 @@ fn applied(version: u32) -> StatusReport {
                 state: ApplyState::Applied,
                 error: String::new(),
                 revision: u64::from(version),
+                reported_at: None,
             },
         )],
     }
@@ -149,6 +150,43 @@ async fn only_reports_that_change_something_are_written() {
     );
 }
 
+/// A runtime that reports another outcome at the revision it reported
+/// before (it applied, then rejected what it holds) is seen with the
+/// outcome it reported last, in the view and in its row, before and after
+/// each flush: the stored row's older word does not win the tie.
+#[tokio::test]
+async fn the_last_outcome_at_one_revision_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path()).await;
+    let id = RuntimeId::parse("runtime.id", "rt-1").unwrap();
+    let _connection = fleet.connect(arrival("rt-1")).await.unwrap();
+    let state = async || {
+        let view = fleet.runtimes(&namespace()).await.unwrap();
+        view.runtimes()[0].0.policies[&policy()].state
+    };
+    let stored = async || {
+        let repository = &fleet.inner.repository;
+        let row = repository.load_runtime(&namespace(), &id).await.unwrap();
+        row.unwrap().policies[&policy()].state
+    };
+    fleet.report("alice", applied(1)).await.unwrap();
+    fleet.flush().await.unwrap();
+    assert_eq!(stored().await, ApplyState::Applied);
+
+    let mut rejected = applied(1);
+    rejected.outcomes[0].1.state = ApplyState::Rejected;
+    fleet.report("alice", rejected).await.unwrap();
+    assert_eq!(state().await, ApplyState::Rejected, "before the flush");
+    fleet.flush().await.unwrap();
+    assert_eq!(stored().await, ApplyState::Rejected);
+    assert_eq!(state().await, ApplyState::Rejected, "after the flush");
+
+    fleet.report("alice", applied(1)).await.unwrap();
+    fleet.flush().await.unwrap();
+    assert_eq!(stored().await, ApplyState::Applied);
+    assert_eq!(state().await, ApplyState::Applied, "and back");
+}
+
 fn arrival(id: &str) -> Arrival {
     Arrival {
         namespace: namespace(),
@@ -209,6 +247,7 @@ async fn counts_kept_up_to_date_equal_counts_made_anew() {
                                 String::new()
                             },
                             revision,
+                            reported_at: None,
                         },
                     )],
                 };

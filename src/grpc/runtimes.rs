@@ -106,6 +106,7 @@ fn outcome(
             state,
             error: status.error.clone(),
             revision,
+            reported_at: None,
         },
     ))
 }

@@ -2,7 +2,7 @@
 //! holds their streams, and each replica's heartbeat.
 //!
 //! A flush merges per-policy outcomes with what the row already holds (the
-//! newest revision wins), under a row lock on PostgreSQL, so a report that
+//! newest revision wins, at one revision the later report), under a row lock on PostgreSQL, so a report that
 //! reached another replica is never overwritten by an older view.
 
 use std::collections::HashMap;

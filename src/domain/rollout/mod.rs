@@ -492,6 +492,7 @@ pub(crate) mod tests {
                     state,
                     error: "bad rule".into(),
                     revision: 10,
+                    reported_at: None,
                 },
             )]
             .into(),

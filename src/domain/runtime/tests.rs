@@ -22,6 +22,7 @@ pub(crate) fn record(id: &str, outcome: Option<(u32, ApplyState, &str)>) -> Runt
                         state,
                         error: error.into(),
                         revision: 1,
+                        reported_at: None,
                     },
                 )
             })
@@ -69,6 +70,7 @@ fn the_newest_revision_wins_per_policy() {
                 version,
                 state: ApplyState::Applied,
                 error: String::new(),
+                reported_at: None,
                 revision,
             },
         )],
@@ -91,6 +93,61 @@ fn the_newest_revision_wins_per_policy() {
     );
     assert_eq!(runtime.policies[&name].version, 3);
     assert_eq!(runtime.applied_revision, 5);
+}
+
+/// Two views of one runtime that hold different outcomes at one revision
+/// combine, in either order, to the one reported later; a stored outcome
+/// without a report time yields to one with.
+#[test]
+fn of_two_outcomes_at_one_revision_the_later_report_stands() {
+    let name = PolicyName::parse("name", "limits").unwrap();
+    let report = |state| StatusReport {
+        namespace: Namespace::parse("namespace", "team").unwrap(),
+        runtime: RuntimeId::parse("id", "a").unwrap(),
+        revision: 1,
+        outcomes: vec![(
+            name.clone(),
+            PolicyOutcome {
+                version: 1,
+                state,
+                error: String::new(),
+                revision: 1,
+                reported_at: None,
+            },
+        )],
+    };
+    let earlier = Utc::now();
+    let later = earlier + chrono::TimeDelta::milliseconds(1);
+    let mut applied = record("a", None);
+    applied.merge(&report(ApplyState::Applied), earlier);
+    let mut rejected = applied.clone();
+    assert!(rejected.merge(&report(ApplyState::Rejected), later).changed);
+    let state = |record: RuntimeRecord| record.policies[&name].state;
+    assert_eq!(
+        state(applied.clone().absorbing(&rejected)),
+        ApplyState::Rejected
+    );
+    assert_eq!(
+        state(rejected.clone().absorbing(&applied)),
+        ApplyState::Rejected
+    );
+
+    let unstamped = record("a", Some((1, ApplyState::Applied, "")));
+    assert_eq!(
+        state(rejected.clone().absorbing(&unstamped)),
+        ApplyState::Rejected
+    );
+    assert_eq!(state(unstamped.absorbing(&rejected)), ApplyState::Rejected);
+
+    let stamped = rejected.policies[&name].reported_at;
+    rejected.merge(
+        &report(ApplyState::Rejected),
+        later + chrono::TimeDelta::seconds(1),
+    );
+    assert_eq!(
+        rejected.policies[&name].reported_at, stamped,
+        "a repeated report keeps when its outcome was first reported"
+    );
 }
 
 #[test]
