@@ -28,8 +28,10 @@
 //! only writer (SQLite), the rows are read once, when the roster is made
 //! (or after a flush that failed): reading every row took 0.12–0.6 s at
 //! ten thousand runtimes in the bench, and each fleet read after a pause
-//! would otherwise start one beside the call it answers. A roster no read used for [`IDLE_ROSTER`] is
-//! dropped, and at most [`MAX_ROSTERS`] are kept.
+//! would otherwise start one beside the call it answers; and a flush
+//! writes a record it flushed before as it is, without reading its row
+//! back to merge with it ([`Flush::Own`]). A roster no read used for
+//! [`IDLE_ROSTER`] is dropped, and at most [`MAX_ROSTERS`] are kept.
 
 use std::{
     collections::HashMap,
@@ -66,7 +68,8 @@ struct Local {
     streams: usize,
     /// Changed since the last flush.
     dirty: bool,
-    /// Whether this replica holds the stream or only received a report.
+    /// Whether this replica holds the stream or only received a report,
+    /// and whether the record holds everything its row does.
     flush: Flush,
 }
 
@@ -168,7 +171,7 @@ fn combined(stored: Option<&RuntimeRecord>, local: Option<&Local>) -> Option<Run
     match (stored, local) {
         (Some(stored), Some(local)) => Some(match local.flush {
             Flush::ReportOnly => stored.clone().absorbing(&local.record),
-            Flush::Held => local.record.clone().absorbing(stored),
+            Flush::Held | Flush::Own => local.record.clone().absorbing(stored),
         }),
         (None, Some(local)) => Some(local.record.clone()),
         (Some(stored), None) => Some(stored.clone()),
@@ -265,7 +268,11 @@ impl Fleet {
         entry.record.last_seen = now;
         entry.streams += 1;
         entry.dirty = true;
-        entry.flush = Flush::Held;
+        // A record this replica held and flushed stays its row's image; a
+        // claim may have written the row since any other.
+        if !(held_here && entry.flush == Flush::Own) {
+            entry.flush = Flush::Held;
+        }
         self.reflect(&local, &key);
         drop(local);
         Ok(Connection {
@@ -397,6 +404,11 @@ impl Fleet {
                         entry.dirty = true;
                     }
                 }
+                for entry in local.values_mut() {
+                    if entry.flush == Flush::Own {
+                        entry.flush = Flush::Held;
+                    }
+                }
                 // Part of the flush may have committed: the heartbeat's
                 // forgetting, some of the records. The next read reads the
                 // stored rows again instead of trusting them.
@@ -416,10 +428,16 @@ impl Fleet {
                 roster.stored.records.remove(id);
             }
         }
+        let alone = self.inner.writers == Writers::ThisReplica;
         for record in merged {
             let key = (record.namespace.clone(), record.id.clone());
             if let Some(entry) = local.get_mut(&key) {
                 entry.record.absorb(&record);
+                // Where no other replica writes the row, it now holds what
+                // the record does: the next flush need not read it back.
+                if alone && entry.flush == Flush::Held {
+                    entry.flush = Flush::Own;
+                }
             }
             if let Some(roster) = rosters.get_mut(&key.0) {
                 roster.stored.records.insert(key.1, record);

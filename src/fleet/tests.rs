@@ -395,6 +395,60 @@ async fn a_replica_alone_reads_the_stored_rows_once() {
     assert_eq!(read.runtimes, 2);
 }
 
+/// Where a replica alone writes the rows, a record its flush wrote is
+/// written again as it is, without reading its row back: an outcome
+/// written to the row behind its back (the probe; on SQLite nothing else
+/// writes one) is not merged in. The first flush of a runtime that
+/// connects anew reads its row, which may hold outcomes from before.
+#[tokio::test]
+async fn a_replica_alone_writes_what_it_flushed_without_reading_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, repository) = alone(dir.path(), RuntimeSettings::default()).await;
+    let other = PolicyName::parse("name", "other").unwrap();
+    let id = RuntimeId::parse("runtime.id", "rt-1").unwrap();
+    let stored = async || {
+        let row = repository.load_runtime(&namespace(), &id).await.unwrap();
+        row.unwrap()
+    };
+    let write_behind = async || {
+        let mut probe = stored().await;
+        probe.policies.insert(
+            other.clone(),
+            PolicyOutcome {
+                version: 7,
+                state: ApplyState::Applied,
+                error: String::new(),
+                revision: 9,
+                reported_at: None,
+            },
+        );
+        let forget_after = chrono::TimeDelta::hours(1);
+        let probe = vec![(probe, Flush::Held)];
+        repository
+            .save_runtimes("another-replica", probe, forget_after)
+            .await
+            .unwrap();
+    };
+    let connection = fleet.connect(arrival("rt-1")).await.unwrap();
+    fleet.report("alice", applied(1)).await.unwrap();
+    fleet.flush().await.unwrap();
+    write_behind().await;
+    fleet.report("alice", applied(2)).await.unwrap();
+    fleet.flush().await.unwrap();
+    let row = stored().await;
+    assert_eq!(row.policies[&policy()].version, 2);
+    assert!(!row.policies.contains_key(&other), "not read back");
+
+    // Once its leaving is flushed, the replica lets the record go; the
+    // next connect starts from the row.
+    drop(connection);
+    fleet.flush().await.unwrap();
+    write_behind().await;
+    let _connection = fleet.connect(arrival("rt-1")).await.unwrap();
+    fleet.flush().await.unwrap();
+    assert_eq!(stored().await.policies[&other].version, 7, "read back");
+}
+
 /// A replica alone whose roster shows `rt-kept`, connected, and
 /// `rt-gone`, disconnected long enough for the next heartbeat to forget it.
 async fn forgetting(dir: &std::path::Path) -> (Fleet, Connection) {

@@ -117,6 +117,10 @@ pub enum Flush {
     /// Only a report reached this replica: the stored connection stays,
     /// outcomes merge.
     ReportOnly,
+    /// This replica alone writes the row, and the record holds everything
+    /// the row does (this replica's last flush wrote it): written as it
+    /// is, without reading the row back.
+    Own,
 }
 
 /// What a flush changed in the stored rows.
@@ -124,16 +128,17 @@ pub enum Flush {
 pub struct Saved {
     /// The runtimes the heartbeat forgot, before the records were written.
     pub forgotten: Vec<(Namespace, RuntimeId)>,
-    /// The records written, each merged with its stored row.
+    /// The records written, each merged with its stored row (but those
+    /// [`Flush::Own`]).
     pub merged: Vec<RuntimeRecord>,
 }
 
 impl Repository {
     /// Records this replica's heartbeat, forgets what has been silent for
     /// longer than `forget_after`, and writes `records`, merging each with
-    /// its stored row. Each [`ROWS_PER_STATEMENT`] records commit on their
-    /// own: the write lock an activation waits for is never held for a
-    /// whole fleet. Returns the runtimes forgotten and the merged records,
+    /// its stored row (but those [`Flush::Own`]). Each
+    /// [`ROWS_PER_STATEMENT`] records commit on their own: the write lock
+    /// an activation waits for is never held for a whole fleet. Returns the runtimes forgotten and the merged records,
     /// so the caller learns of outcomes reported elsewhere.
     #[tracing::instrument(name = "storage.save_runtimes", skip_all, fields(runtimes = records.len()))]
     pub async fn save_runtimes(
@@ -188,34 +193,36 @@ impl Repository {
     }
 
     /// Writes one chunk of records in a transaction of its own, each merged
-    /// with its stored row; returns the merged records.
+    /// with its stored row (but those [`Flush::Own`]); returns the merged
+    /// records.
     async fn save_chunk(&self, chunk: Vec<(RuntimeRecord, Flush)>) -> Result<Vec<RuntimeRecord>> {
         let write = self.begin().await?;
-        let keys = chunk.iter().fold(Condition::any(), |keys, (record, _)| {
+        let mut stored = HashMap::new();
+        let read = chunk.iter().filter(|(_, flush)| *flush != Flush::Own);
+        let keys = read.fold(Condition::any(), |keys, (record, _)| {
             keys.add(
                 Condition::all()
                     .add(runtimes::Column::Namespace.eq(record.namespace.as_str()))
                     .add(runtimes::Column::RuntimeId.eq(record.id.as_str())),
             )
         });
-        let mut stored: HashMap<(String, String), RuntimeRecord> = HashMap::new();
-        for row in runtimes::Entity::find()
-            .filter(keys)
-            .lock_exclusive()
-            .all(&write.txn)
-            .await?
-        {
-            let record = to_record(row)?;
-            stored.insert(
-                (record.namespace.as_str().into(), record.id.as_str().into()),
-                record,
-            );
+        if !keys.is_empty() {
+            for row in runtimes::Entity::find()
+                .filter(keys)
+                .lock_exclusive()
+                .all(&write.txn)
+                .await?
+            {
+                let record = to_record(row)?;
+                stored.insert((record.namespace.clone(), record.id.clone()), record);
+            }
         }
         let mut rows = Vec::with_capacity(chunk.len());
         let mut merged = Vec::with_capacity(chunk.len());
         for (record, flush) in chunk {
-            let key = (record.namespace.as_str().into(), record.id.as_str().into());
+            let key = (record.namespace.clone(), record.id.clone());
             let combined = match (stored.remove(&key), flush) {
+                (_, Flush::Own) => record,
                 // Another subject claimed the id since (this replica's
                 // runtime went stale): the claim stands.
                 (Some(row), Flush::Held) if row.subject != record.subject => continue,
