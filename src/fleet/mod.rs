@@ -268,8 +268,9 @@ impl Fleet {
         entry.record.last_seen = now;
         entry.streams += 1;
         entry.dirty = true;
-        // A record this replica held and flushed stays its row's image; a
-        // claim may have written the row since any other.
+        // A record this replica held and flushed still holds what its row
+        // does; any other is merged with its row at the next flush (a
+        // claim may have written the row).
         if !(held_here && entry.flush == Flush::Own) {
             entry.flush = Flush::Held;
         }

@@ -70,8 +70,8 @@ fn the_newest_revision_wins_per_policy() {
                 version,
                 state: ApplyState::Applied,
                 error: String::new(),
-                reported_at: None,
                 revision,
+                reported_at: None,
             },
         )],
     };
