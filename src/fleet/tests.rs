@@ -434,10 +434,18 @@ async fn a_replica_alone_writes_what_it_flushed_without_reading_it_back() {
     fleet.flush().await.unwrap();
     write_behind().await;
     fleet.report("alice", applied(2)).await.unwrap();
+    // A runtime new to the flush shares its transaction, and its row is read.
+    let _beside = fleet.connect(arrival("rt-2")).await.unwrap();
     fleet.flush().await.unwrap();
     let row = stored().await;
     assert_eq!(row.policies[&policy()].version, 2);
     assert!(!row.policies.contains_key(&other), "not read back");
+    let beside = RuntimeId::parse("runtime.id", "rt-2").unwrap();
+    let beside = repository
+        .load_runtime(&namespace(), &beside)
+        .await
+        .unwrap();
+    assert!(beside.is_some_and(|row| row.connected));
 
     // Once its leaving is flushed, the replica lets the record go; the
     // next connect starts from the row.
