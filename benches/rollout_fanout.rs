@@ -173,6 +173,7 @@ async fn measure(
                     name: POLICY.into(),
                     selector: Some(proto::activation_target::Selector::Version(target)),
                     expected_active_version: None,
+                    expected_active_revision: None,
                 }],
                 reason: "benchmark".into(),
                 idempotency_key: String::new(),

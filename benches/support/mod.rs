@@ -128,6 +128,7 @@ pub async fn activate_in(
                 name: name.into(),
                 selector: Some(proto::activation_target::Selector::Version(version)),
                 expected_active_version: None,
+                expected_active_revision: None,
             }],
             reason: reason.into(),
             idempotency_key: String::new(),
@@ -406,6 +407,7 @@ impl Policyhub {
                 label: String::new(),
                 activate: version == 1,
                 expected_active_version: None,
+                expected_active_revision: None,
                 reason: "benchmark".into(),
                 idempotency_key: String::new(),
             });

@@ -82,6 +82,11 @@ pub struct PublishArgs {
     /// With --activate: only if this version is active now (0: nothing is).
     #[arg(long, requires = "activate")]
     expected_active_version: Option<u32>,
+    /// With --activate: only if the active version was activated at this
+    /// revision (0: nothing is active), which tells apart two activations of
+    /// one version.
+    #[arg(long, requires = "activate")]
+    expected_active_revision: Option<u64>,
     /// Why; recorded in the event log.
     #[arg(long, default_value = "")]
     reason: String,
@@ -125,6 +130,9 @@ pub struct RollbackArgs {
     /// Only if this version is active now.
     #[arg(long)]
     expected_active_version: Option<u32>,
+    /// Only if the active version was activated at this revision.
+    #[arg(long)]
+    expected_active_revision: Option<u64>,
     /// Copy the target forward as a new version (re-validated against the
     /// current schema, signed, activated) instead of moving the pointer back.
     #[arg(long)]
@@ -232,6 +240,7 @@ pub async fn publish(
                 .unwrap_or_default(),
             activate: args.activate,
             expected_active_version: args.expected_active_version,
+            expected_active_revision: args.expected_active_revision,
             reason: args.reason,
             idempotency_key: args.idempotency_key,
         })
@@ -309,6 +318,7 @@ fn activation_targets(args: &ActivateArgs) -> anyhow::Result<Vec<proto::Activati
                 .iter()
                 .find(|expectation| expectation.policy == target.policy)
                 .map(|expectation| expectation.active_version),
+            expected_active_revision: None,
         })
         .collect())
 }
@@ -359,6 +369,7 @@ pub async fn rollback(
             to_version: args.to_version,
             reason: args.reason,
             expected_active_version: args.expected_active_version,
+            expected_active_revision: args.expected_active_revision,
             restore: args.restore,
         })
         .await

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Digest, Label, PolicyBody, PolicyRef, PolicySchema, Requirement, VersionRecord, VersionSelector,
+    ActivePointer, Digest, Label, PolicyBody, PolicyRef, PolicySchema, Requirement, VersionRecord,
+    VersionSelector,
 };
 
 /// Who is asking, and under which request id; recorded in every event.
@@ -100,26 +101,42 @@ pub enum ExpectedActive {
     Nothing,
     /// Only when this version is active.
     Version(u32),
+    /// Only when the pointer last moved at this revision (and, when given,
+    /// to this version): etcd's `mod_revision` compare. Unlike a version,
+    /// which can be active twice (a rollback, then a re-activation), a
+    /// revision names one move of the pointer.
+    Moved {
+        /// The revision of the pointer's last move.
+        revision: u64,
+        /// The version it moved to, when the caller names it too.
+        version: Option<u32>,
+    },
 }
 
 impl ExpectedActive {
-    /// From the wire's `optional uint32 expected_active_version`, where 0
-    /// expects nothing active (as etcd compares a missing key's version
-    /// with 0).
-    pub fn from_wire(expected: Option<u32>) -> Self {
-        match expected {
-            None => ExpectedActive::Any,
-            Some(0) => ExpectedActive::Nothing,
-            Some(version) => ExpectedActive::Version(version),
+    /// From the wire's `optional uint32 expected_active_version` and
+    /// `optional uint64 expected_active_revision`, where 0 expects nothing
+    /// active (as etcd compares a missing key's version with 0).
+    pub fn from_wire(version: Option<u32>, revision: Option<u64>) -> Self {
+        match (version, revision) {
+            (None, None) => ExpectedActive::Any,
+            (Some(0), None | Some(0)) | (None, Some(0)) => ExpectedActive::Nothing,
+            (Some(version), None) => ExpectedActive::Version(version),
+            (version, Some(revision)) => ExpectedActive::Moved { revision, version },
         }
     }
 
     /// Whether `active` meets the expectation.
-    pub fn admits(self, active: Option<u32>) -> bool {
+    pub fn admits(self, active: Option<ActivePointer>) -> bool {
         match self {
             ExpectedActive::Any => true,
             ExpectedActive::Nothing => active.is_none(),
-            ExpectedActive::Version(version) => active == Some(version),
+            ExpectedActive::Version(version) => {
+                active.is_some_and(|pointer| pointer.version == version)
+            }
+            ExpectedActive::Moved { revision, version } => active.is_some_and(|pointer| {
+                pointer.revision == revision && version.is_none_or(|v| v == pointer.version)
+            }),
         }
     }
 }

@@ -169,11 +169,7 @@ pub fn plan_activation(kind: EventKind, changes: &[PointerChange<'_>]) -> Result
     for change in changes {
         change.policy.ensure_free(operation)?;
         ensure_published(change.target)?;
-        ensure_expected_active(
-            &change.policy.policy,
-            change.expected,
-            change.policy.active_version(),
-        )?;
+        ensure_expected_active(&change.policy.policy, change.expected, change.policy.active)?;
         change.policy.check_schema(change.target)?;
     }
     let activations = changes
@@ -219,24 +215,33 @@ pub(super) fn ensure_published(record: &VersionRecord) -> Result<()> {
 pub(super) fn ensure_expected_active(
     policy: &PolicyRef,
     expected: ExpectedActive,
-    actual: Option<u32>,
+    actual: Option<ActivePointer>,
 ) -> Result<()> {
     if expected.admits(actual) {
         return Ok(());
     }
-    let describe = |version: Option<u32>| match version {
-        None => "no version".to_owned(),
-        Some(number) => format!("version {number}"),
-    };
     let wanted = match expected {
         ExpectedActive::Any => unreachable!("any active version is admitted"),
-        ExpectedActive::Nothing => None,
-        ExpectedActive::Version(number) => Some(number),
+        ExpectedActive::Nothing => "no version".to_owned(),
+        ExpectedActive::Version(number) => format!("version {number}"),
+        ExpectedActive::Moved {
+            revision,
+            version: None,
+        } => format!("the version activated at revision {revision}"),
+        ExpectedActive::Moved {
+            revision,
+            version: Some(number),
+        } => format!("version {number} as activated at revision {revision}"),
+    };
+    let found = match actual {
+        None => "no version is".to_owned(),
+        Some(pointer) => format!(
+            "version {} is, activated at revision {}",
+            pointer.version, pointer.revision
+        ),
     };
     Err(Error::Aborted(format!(
-        "{policy}: expected {} to be active, but {} is",
-        describe(wanted),
-        describe(actual)
+        "{policy}: expected {wanted} to be active, but {found}"
     )))
 }
 
@@ -283,23 +288,56 @@ mod tests {
     #[test]
     fn compare_and_swap_tells_nothing_active_from_any() {
         use ExpectedActive::*;
-        assert!(ensure_expected_active(&policy(), Any, Some(3)).is_ok());
+        let at = |version, revision| Some(ActivePointer { version, revision });
+        assert!(ensure_expected_active(&policy(), Any, at(3, 3)).is_ok());
         assert!(ensure_expected_active(&policy(), Any, None).is_ok());
         assert!(ensure_expected_active(&policy(), Nothing, None).is_ok());
-        assert!(ensure_expected_active(&policy(), Version(3), Some(3)).is_ok());
-        let error = ensure_expected_active(&policy(), Version(2), Some(3)).unwrap_err();
+        assert!(ensure_expected_active(&policy(), Version(3), at(3, 5)).is_ok());
+        let error = ensure_expected_active(&policy(), Version(2), at(3, 3)).unwrap_err();
         assert_eq!(
             error,
             Error::Aborted(
-                "payments/limits: expected version 2 to be active, but version 3 is".into()
+                "payments/limits: expected version 2 to be active, but version 3 is, \
+                 activated at revision 3"
+                    .into()
             )
         );
         for refused in [
-            ensure_expected_active(&policy(), Nothing, Some(1)),
+            ensure_expected_active(&policy(), Nothing, at(1, 1)),
             ensure_expected_active(&policy(), Version(1), None),
         ] {
             assert!(matches!(refused, Err(Error::Aborted(_))), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn compare_and_swap_on_the_revision_tells_two_activations_of_one_version_apart() {
+        let moved = |revision, version| ExpectedActive::Moved { revision, version };
+        // Version 3 activated at revision 3, rolled back, activated again at 5.
+        let now = Some(ActivePointer {
+            version: 3,
+            revision: 5,
+        });
+        assert!(ensure_expected_active(&policy(), moved(5, Some(3)), now).is_ok());
+        assert!(ensure_expected_active(&policy(), moved(5, None), now).is_ok());
+        for stale in [moved(3, Some(3)), moved(3, None), moved(5, Some(2))] {
+            assert!(
+                matches!(
+                    ensure_expected_active(&policy(), stale, now),
+                    Err(Error::Aborted(_))
+                ),
+                "{stale:?}"
+            );
+        }
+        assert!(ensure_expected_active(&policy(), moved(5, None), None).is_err());
+        assert_eq!(
+            ExpectedActive::from_wire(None, Some(0)),
+            ExpectedActive::Nothing
+        );
+        assert_eq!(
+            ExpectedActive::from_wire(Some(3), Some(5)),
+            moved(5, Some(3))
+        );
     }
 
     #[test]

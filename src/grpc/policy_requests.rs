@@ -88,18 +88,29 @@ pub(super) fn publish_command(
     request: proto::PublishRequest,
     limits: &Limits,
 ) -> Result<(PublishCommand, Option<IdempotencyKey>)> {
-    if request.expected_active_version.is_some() && !request.activate {
-        return Err(Error::invalid(
+    for (field, given) in [
+        (
             "expected_active_version",
-            "only applies together with activate",
-        ));
+            request.expected_active_version.is_some(),
+        ),
+        (
+            "expected_active_revision",
+            request.expected_active_revision.is_some(),
+        ),
+    ] {
+        if given && !request.activate {
+            return Err(Error::invalid(field, "only applies together with activate"));
+        }
     }
     let command = PublishCommand {
         policy: PolicyRef::parse(&request.namespace, &request.name)?,
         version: draft_version(request.version)?,
         label: optional_label("label", &request.label)?,
         activate: request.activate,
-        expected_active_version: ExpectedActive::from_wire(request.expected_active_version),
+        expected_active_version: ExpectedActive::from_wire(
+            request.expected_active_version,
+            request.expected_active_revision,
+        ),
         reason: limits.text("reason", request.reason)?,
     };
     Ok((command, idempotency_key(request.idempotency_key)?))
@@ -145,7 +156,10 @@ pub(super) fn activate_command(
         targets.push(ActivationTarget {
             policy,
             version: version_selector(&format!("{prefix}.version"), number, label)?,
-            expected_active_version: ExpectedActive::from_wire(target.expected_active_version),
+            expected_active_version: ExpectedActive::from_wire(
+                target.expected_active_version,
+                target.expected_active_revision,
+            ),
         });
     }
     let command = ActivateCommand {
@@ -173,7 +187,10 @@ pub(super) fn rollback_command(
         policy,
         to_version: request.to_version,
         reason: limits.text("reason", request.reason)?,
-        expected_active_version: ExpectedActive::from_wire(request.expected_active_version),
+        expected_active_version: ExpectedActive::from_wire(
+            request.expected_active_version,
+            request.expected_active_revision,
+        ),
         restore: request.restore,
     })
 }

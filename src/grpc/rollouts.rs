@@ -65,7 +65,7 @@ pub(super) fn start_command(
             None => (None, None),
         };
         let selector = version_selector(&format!("{prefix}.version"), number, label)?;
-        let expected = ExpectedActive::from_wire(target.expected_active_version);
+        let expected = ExpectedActive::from_wire(target.expected_active_version, None);
         targets.push((name, selector, expected));
     }
     let steps = request

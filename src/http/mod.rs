@@ -158,6 +158,10 @@ impl Gateway {
             .to_bytes();
         let mut message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
         let if_match = semantics::apply_headers(&mut message, &parts.headers)?;
+        if let Some(if_match) = &if_match {
+            self.ensure_current(if_match, &message, &parts.headers)
+                .await?;
+        }
         if route.method.is_server_streaming() {
             // An EventSource resumes after the last event it received.
             if let Some(last) = parts.headers.get("last-event-id") {
@@ -190,7 +194,7 @@ impl Gateway {
         }
         let reply = match self.call(route, &parts.headers, message).await {
             // The compare-and-swap of If-Match failed: 412, as HTTP says.
-            Err(status) if if_match && status.code() == tonic::Code::Aborted => {
+            Err(status) if if_match.is_some() && status.code() == tonic::Code::Aborted => {
                 return Err(Failure::http(StatusCode::PRECONDITION_FAILED, status));
             }
             reply => reply?,
@@ -247,6 +251,55 @@ impl Gateway {
             response.headers_mut().insert(header::ETAG, etag);
         }
         Ok(response)
+    }
+
+    /// `If-Match` compares the whole tag (RFC 9110 §13.1.1): the digest
+    /// here, against the active bundle read now; the version and revision
+    /// again in the call's compare-and-swap, which closes the race with a
+    /// move after this read (they name one bundle, so its digest cannot
+    /// change unseen).
+    async fn ensure_current(
+        &self,
+        if_match: &semantics::IfMatch,
+        message: &DynamicMessage,
+        headers: &HeaderMap,
+    ) -> Result<(), Failure> {
+        let stale = |detail: String| {
+            Failure::http(
+                StatusCode::PRECONDITION_FAILED,
+                Status::aborted(format!("If-Match: {detail}")),
+            )
+        };
+        let (Some((namespace, name)), Some(route)) = (
+            semantics::moved_policy(message),
+            self.inner
+                .routes
+                .iter()
+                .find(|route| route.method.name() == "GetActive"),
+        ) else {
+            return Err(Status::internal("If-Match names no policy to compare").into());
+        };
+        let mut read = DynamicMessage::new(route.input());
+        for (field, value) in [("namespace", &namespace), ("name", &name)] {
+            set_from_text(&mut read, field, value).map_err(Status::internal)?;
+        }
+        let current = match self.call(route, headers, read).await {
+            Ok(bundle) => semantics::etag(&bundle),
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => return Err(status.into()),
+        };
+        match current {
+            Some(current) if current.as_bytes() == if_match.tag.as_bytes() => Ok(()),
+            Some(current) => Err(stale(format!(
+                "{namespace}/{name} is now {}, not {}",
+                current.to_str().unwrap_or_default(),
+                if_match.tag
+            ))),
+            None => Err(stale(format!(
+                "nothing of {namespace}/{name} is active, so {} is not current",
+                if_match.tag
+            ))),
+        }
     }
 
     /// Whether the policy a GetActive names moves after `revision` within

@@ -50,10 +50,57 @@ pub fn wait(headers: &HeaderMap) -> Option<Duration> {
         .map(|seconds| Duration::from_secs(seconds).min(MAX_WAIT))
 }
 
+/// An `If-Match` entity tag, parsed: `"<version>-<revision>-<digest hex>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfMatch {
+    /// The tag as sent, compared whole with the current one (RFC 9110
+    /// §13.1.1, strong comparison).
+    pub tag: String,
+    version: u32,
+    revision: u64,
+}
+
+impl IfMatch {
+    fn parse(value: &HeaderValue) -> Result<Self, Status> {
+        let refused = || {
+            Status::invalid_argument(
+                "If-Match: not an ETag of this API (\"<version>-<revision>-<digest>\")",
+            )
+        };
+        let tag = value.to_str().map_err(|_| refused())?.trim();
+        // A weak tag is parsed but kept whole, so it never matches.
+        let inner = tag
+            .trim_start_matches("W/")
+            .strip_prefix('"')
+            .and_then(|tag| tag.strip_suffix('"'))
+            .ok_or_else(refused)?;
+        let mut parts = inner.splitn(3, '-');
+        let (Some(version), Some(revision), Some(digest)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(refused());
+        };
+        if digest.is_empty() || !digest.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return Err(refused());
+        }
+        Ok(IfMatch {
+            tag: tag.to_owned(),
+            version: version.parse().map_err(|_| refused())?,
+            revision: revision.parse().map_err(|_| refused())?,
+        })
+    }
+}
+
 /// Fills the request fields that headers carry: `Idempotency-Key`, and
-/// `If-Match` (an ETag of the active bundle) as `expected_active_version`.
-/// Whether `If-Match` was used, so a mismatch answers 412.
-pub fn apply_headers(message: &mut DynamicMessage, headers: &HeaderMap) -> Result<bool, Status> {
+/// `If-Match` (an ETag of the active bundle) as the compare-and-swap on
+/// the active pointer (`expected_active_version` and
+/// `expected_active_revision`: a version can be active twice, a revision
+/// names one activation). The `If-Match` given, so that the caller compares
+/// the digest too and answers a mismatch with 412.
+pub fn apply_headers(
+    message: &mut DynamicMessage,
+    headers: &HeaderMap,
+) -> Result<Option<IfMatch>, Status> {
     let descriptor = message.descriptor();
     if let Some(key) = headers.get("idempotency-key")
         && let Some(field) = descriptor.get_field_by_name("idempotency_key")
@@ -64,22 +111,15 @@ pub fn apply_headers(message: &mut DynamicMessage, headers: &HeaderMap) -> Resul
         message.set_field(&field, Value::String(key.to_owned()));
     }
     let Some(if_match) = headers.get(header::IF_MATCH) else {
-        return Ok(false);
+        return Ok(None);
     };
-    let version = if_match
-        .to_str()
-        .ok()
-        .map(|tag| tag.trim().trim_matches('"'))
-        .and_then(|tag| tag.split('-').next())
-        .and_then(|version| version.parse::<u32>().ok())
-        .ok_or_else(|| {
-            Status::invalid_argument(
-                "If-Match: not an ETag of this API (\"<version>-<revision>-<digest>\")",
-            )
-        })?;
-    if let Some(field) = descriptor.get_field_by_name("expected_active_version") {
-        message.set_field(&field, Value::U32(version));
-        return Ok(true);
+    let if_match = IfMatch::parse(if_match)?;
+    if descriptor
+        .get_field_by_name("expected_active_version")
+        .is_some()
+    {
+        expect(message, &if_match)?;
+        return Ok(Some(if_match));
     }
     // An activation: the compare-and-swap of its one target.
     let targets = descriptor.get_field_by_name("targets");
@@ -94,14 +134,48 @@ pub fn apply_headers(message: &mut DynamicMessage, headers: &HeaderMap) -> Resul
     let [Value::Message(target)] = list.as_mut_slice() else {
         return Err(Status::invalid_argument(
             "If-Match: only an activation of one policy takes it; give each target its \
-             expectedActiveVersion instead",
+             expectedActiveVersion and expectedActiveRevision instead",
         ));
     };
-    let expected = target
-        .descriptor()
-        .get_field_by_name("expected_active_version")
-        .ok_or_else(|| Status::internal("a target has no expected_active_version"))?;
-    target.set_field(&expected, Value::U32(version));
+    expect(target, &if_match)?;
     message.set_field(&targets.expect("checked above"), Value::List(list));
-    Ok(true)
+    Ok(Some(if_match))
+}
+
+/// Sets the compare-and-swap fields of `message` from `if_match`.
+fn expect(message: &mut DynamicMessage, if_match: &IfMatch) -> Result<(), Status> {
+    let descriptor = message.descriptor();
+    let field = |name: &str| {
+        descriptor
+            .get_field_by_name(name)
+            .ok_or_else(|| Status::internal(format!("{} has no {name}", descriptor.name())))
+    };
+    message.set_field(
+        &field("expected_active_version")?,
+        Value::U32(if_match.version),
+    );
+    message.set_field(
+        &field("expected_active_revision")?,
+        Value::U64(if_match.revision),
+    );
+    Ok(())
+}
+
+/// The policy a request with `If-Match` moves: its `namespace` and `name`,
+/// or those of its one target.
+pub fn moved_policy(message: &DynamicMessage) -> Option<(String, String)> {
+    let names = |message: &DynamicMessage| {
+        let text = |name: &str| {
+            message
+                .get_field_by_name(name)
+                .and_then(|value| value.as_str().map(str::to_owned))
+        };
+        Some((text("namespace")?, text("name")?))
+    };
+    if let Some(found) = names(message) {
+        return Some(found);
+    }
+    let targets = message.get_field_by_name("targets")?;
+    let target = targets.as_list()?.first()?.as_message()?.clone();
+    names(&target)
 }

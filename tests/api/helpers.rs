@@ -388,6 +388,7 @@ pub fn publish_request(
         label: label.into(),
         activate,
         expected_active_version: None,
+        expected_active_revision: None,
         reason: "test publish".into(),
         idempotency_key: String::new(),
     }
@@ -399,6 +400,7 @@ pub fn target(namespace: &str, name: &str, version: u32) -> proto::ActivationTar
         name: name.into(),
         selector: Some(proto::activation_target::Selector::Version(version)),
         expected_active_version: None,
+        expected_active_revision: None,
     }
 }
 

@@ -129,6 +129,7 @@ on_both!(
     draft_publish_activate_read_and_roll_back_with_curl,
     a_release_job_checks_then_publishes_and_takes_409_as_released,
     bad_input_is_a_json_error_and_changes_nothing,
+    if_match_compares_the_whole_tag_so_a_version_active_twice_is_stale,
 );
 
 async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
@@ -748,4 +749,59 @@ async fn schedules_are_set_read_paused_and_deleted_with_curl() {
     let deleted = curl(&app, "DELETE", &format!("{path}?reason=done"), None, &[]);
     assert_eq!(deleted.status, 200, "{deleted:?}");
     assert_eq!(curl(&app, "GET", path, None, &[]).status, 404);
+}
+
+/// RFC 9110 §13.1.1: If-Match is a strong comparison of the whole tag. A
+/// version active twice (rolled back, then activated again) has a new
+/// revision in its tag, and the first activation's tag is stale; so is a
+/// tag with another digest, or a weak one. Each is 412 and changes nothing.
+async fn if_match_compares_the_whole_tag_so_a_version_active_twice_is_stale(app: TestApp) {
+    let base = "/v1/namespaces/payments/policies/limits";
+    let address = app.http_address.unwrap();
+    release_over_http_in(address, "payments", "limits", 1);
+    release_over_http_in(address, "payments", "limits", 2);
+    let etag_of = |app: &TestApp| {
+        curl(app, "GET", &format!("{base}/active"), None, &[])
+            .header("etag")
+            .expect("an ETag")
+            .to_owned()
+    };
+    let first = etag_of(&app);
+    let rolled_back = post(&app, &format!("{base}:rollback"), r#"{"reason": "r"}"#);
+    assert_eq!(rolled_back.status, 200, "{rolled_back:?}");
+    let activate = r#"{"targets": [{"namespace": "payments", "name": "limits", "version": 2}], "reason": "again"}"#;
+    assert_eq!(post(&app, "/v1/policies:activate", activate).status, 200);
+    let again = etag_of(&app);
+    let version = |tag: &str| tag.split('-').next().unwrap().to_owned();
+    assert_eq!(version(&first), version(&again), "{first} {again}");
+    assert_ne!(first, again, "a second activation has its own tag");
+
+    let other_digest = format!("{}0000\"", again.trim_end_matches('"'));
+    let weak = format!("W/{again}");
+    let before = app.db_state().await;
+    for stale in [&first, &other_digest, &weak] {
+        let if_match = format!("If-Match: {stale}");
+        for (path, body) in [
+            (format!("{base}:rollback"), r#"{"reason": "r"}"#),
+            ("/v1/policies:activate".to_owned(), activate),
+        ] {
+            let refused = curl(&app, "POST", &path, Some(body), &[JSON, &if_match]);
+            assert_eq!(
+                (refused.status, &refused.json["code"]),
+                (412, &json!(10)),
+                "{stale} on {path}: {refused:?}"
+            );
+        }
+    }
+    assert_eq!(app.db_state().await, before, "a stale tag changed nothing");
+
+    let current = format!("If-Match: {again}");
+    let moved = curl(
+        &app,
+        "POST",
+        &format!("{base}:rollback"),
+        Some(r#"{"reason": "r"}"#),
+        &[JSON, &current],
+    );
+    assert_eq!(moved.status, 200, "{moved:?}");
 }

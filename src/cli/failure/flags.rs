@@ -12,6 +12,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("as_of_time", "--as-of-time"),
     ("body", "<FILE>"),
     ("change_notes", "--change-notes"),
+    ("expected_active_revision", "--expected-active-revision"),
     ("expected_active_version", "--expected-active-version"),
     ("failure_rule.apply_deadline", "--apply-deadline"),
     ("failure_rule.max_rejected", "--max-rejected"),

@@ -294,6 +294,7 @@ async fn deliver(
         label: release.label.to_string(),
         activate: false,
         expected_active_version: None,
+        expected_active_revision: None,
         reason: reason.to_owned(),
         idempotency_key: key,
     };
@@ -381,6 +382,7 @@ async fn activate_newest(
                 release.label.to_string(),
             )),
             expected_active_version: None,
+            expected_active_revision: None,
         })
         .collect();
     let request = proto::ActivateRequest {

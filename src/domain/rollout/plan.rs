@@ -22,7 +22,7 @@ pub fn plan_targets(changes: &[PointerChange<'_>]) -> Result<Vec<RolloutTarget>>
             let policy = change.policy;
             policy.ensure_free("start a rollout of")?;
             ensure_published(change.target)?;
-            ensure_expected_active(&policy.policy, change.expected, policy.active_version())?;
+            ensure_expected_active(&policy.policy, change.expected, policy.active)?;
             policy.check_schema(change.target)?;
             if policy.active.is_none() {
                 return Err(Error::precondition(format!(
