@@ -90,7 +90,7 @@ impl PolicyBody {
         check_depth(field, &value)?;
         let canonical = canonical_json(&value);
         if canonical.len() > max_bytes {
-            return Err(Error::exhausted(format!(
+            return Err(Error::TooLarge(format!(
                 "{field} is {} bytes of canonical JSON, over the limit of {max_bytes} bytes",
                 canonical.len()
             )));
@@ -188,7 +188,7 @@ mod tests {
         ));
         assert!(matches!(
             PolicyBody::parse("body", json!({"a": "x".repeat(100)}), 64),
-            Err(Error::ResourceExhausted { .. })
+            Err(Error::TooLarge(_))
         ));
     }
 }

@@ -39,7 +39,11 @@ pub enum Error {
     /// cover the call, or a runtime id is held by another subject.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A size or quota limit was exceeded.
+    /// A request, or a part of it, is over a size limit: the same request
+    /// will never pass (HTTP 413, not 429).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A quota or capacity limit was exceeded.
     #[error("{message}")]
     ResourceExhausted {
         /// Which limit, and by how much.
@@ -128,7 +132,7 @@ impl Error {
         }])
     }
 
-    /// A limit was exceeded; retrying the same request will not help.
+    /// A capacity or quota limit was exceeded, with no known time to retry.
     pub fn exhausted(message: impl Into<String>) -> Self {
         Error::ResourceExhausted {
             message: message.into(),

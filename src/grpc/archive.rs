@@ -59,7 +59,7 @@ pub async fn receive(
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await? {
         if bytes.len() + chunk.data.len() > MAX_ARCHIVE_BYTES {
-            return Err(Error::exhausted(format!(
+            return Err(Error::TooLarge(format!(
                 "the archive is over the limit of {MAX_ARCHIVE_BYTES} bytes"
             ))
             .into());

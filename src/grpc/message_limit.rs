@@ -101,7 +101,7 @@ impl LimitedBody {
                 ]) as usize;
                 self.prefix.clear();
                 if length > self.limit {
-                    return Err(Error::exhausted(format!(
+                    return Err(Error::TooLarge(format!(
                         "the request message is {length} bytes, over the limit of {} bytes \
                          (twice limits.max_body_bytes plus 64 KiB)",
                         self.limit

@@ -15,10 +15,21 @@ fn code_of(error: &Error) -> Code {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+        Error::TooLarge(_) | Error::ResourceExhausted { .. } => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
     }
+}
+
+/// The `google.rpc.ErrorInfo` reason of [`Error::TooLarge`].
+pub const TOO_LARGE: &str = "TOO_LARGE";
+/// The `google.rpc.ErrorInfo` domain of this service's reasons.
+pub const DOMAIN: &str = "policyhub";
+
+/// A size limit's refusal, made outside the domain (the HTTP port's own
+/// body limit).
+pub fn too_large(message: impl Into<String>) -> Status {
+    Status::from(Error::TooLarge(message.into()))
 }
 
 /// Most characters of a status message; stock gRPC clients refuse
@@ -101,6 +112,13 @@ fn to_status(error: Error) -> Status {
             retry_after: Some(delay),
             ..
         } => Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(delay))),
+        // The reason tells a size limit from a quota, which HTTP answers
+        // with 413 and 429.
+        Error::TooLarge(_) => Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(TOO_LARGE, DOMAIN, std::collections::HashMap::new()),
+        ),
         Error::Internal(_) => {
             tracing::error!(error = %message, "internal error");
             Status::internal("internal error; the server log has the details")
@@ -131,7 +149,8 @@ mod tests {
                 Error::PermissionDenied("reader".into()),
                 Code::PermissionDenied,
             ),
-            (Error::exhausted("too large"), Code::ResourceExhausted),
+            (Error::exhausted("disk full"), Code::ResourceExhausted),
+            (Error::TooLarge("too large".into()), Code::ResourceExhausted),
             (
                 Error::ResourceExhausted {
                     message: "rate".into(),
@@ -164,6 +183,11 @@ mod tests {
                 .get_details_retry_info()
                 .and_then(|info| info.retry_delay),
             Some(retry)
+        );
+        let large = Status::from(Error::TooLarge("too large".into()));
+        assert_eq!(
+            large.get_details_error_info().map(|info| info.reason),
+            Some(TOO_LARGE.to_owned())
         );
         let field = Status::from(Error::invalid("name", "is empty"));
         assert_eq!(

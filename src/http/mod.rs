@@ -124,7 +124,7 @@ impl Gateway {
         {
             return Ok(response.map(boxed));
         }
-        if parts.method == Method::GET && path == "/openapi.json" {
+        if matches!(parts.method, Method::GET | Method::HEAD) && path == "/openapi.json" {
             let mut response =
                 Response::new(boxed(Full::new(Bytes::from_static(OPENAPI.as_bytes()))));
             response.headers_mut().insert(
@@ -133,28 +133,40 @@ impl Gateway {
             );
             return Ok(response);
         }
+        // HEAD is GET without the body (RFC 9110 §9.3.2), which hyper
+        // leaves out of the response.
+        let verb = if parts.method == Method::HEAD {
+            &Method::GET
+        } else {
+            &parts.method
+        };
         let (route, bindings) = self
             .inner
             .routes
             .iter()
-            .find_map(|route| {
-                route
-                    .matches(&parts.method, path)
-                    .map(|found| (route, found))
-            })
-            .ok_or_else(|| not_routed(&parts.method, path, &self.inner.routes))?;
-        let body = Limited::new(body, self.inner.max_body_bytes)
+            .find_map(|route| route.matches(verb, path).map(|found| (route, found)))
+            .ok_or_else(|| {
+                let failure = not_routed(&parts.method, path, &self.inner.routes);
+                if has_body(&parts.headers) {
+                    failure.body_unread()
+                } else {
+                    failure
+                }
+            })?;
+        let limit = self.inner.max_body_bytes;
+        // A declared length over the limit is refused before any byte of
+        // the body is read (and before `100 Continue` invites it).
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(body_too_large(limit).body_unread());
+        }
+        let body = Limited::new(body, limit)
             .collect()
             .await
-            .map_err(|_| {
-                Failure::http(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Status::resource_exhausted(format!(
-                        "the request body exceeds {} bytes",
-                        self.inner.max_body_bytes
-                    )),
-                )
-            })?
+            .map_err(|_| body_too_large(limit).body_unread())?
             .to_bytes();
         let mut message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
         let if_match = semantics::apply_headers(&mut message, &parts.headers)?;
@@ -199,6 +211,19 @@ impl Gateway {
             }
             reply => reply?,
         };
+        if route.method.name() == "GetVersion"
+            && let Some(etag) = semantics::version_etag(&reply)
+        {
+            let mut response = if semantics::not_modified(&parts.headers, &etag) {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                response
+            } else {
+                json_response(StatusCode::OK, &reply)
+            };
+            response.headers_mut().insert(header::ETAG, etag);
+            return Ok(response.map(boxed));
+        }
         if route.method.name() != "Draft" {
             return Ok(json_response(StatusCode::OK, &reply).map(boxed));
         }
@@ -381,7 +406,8 @@ impl Gateway {
         let mut frame = BytesMut::with_capacity(GRPC_PREFIX_LEN + encoded.len());
         put_grpc_prefix(
             &mut frame,
-            u32::try_from(encoded.len()).map_err(|_| too_large())?,
+            u32::try_from(encoded.len())
+                .map_err(|_| crate::grpc::status::too_large("the request is too large"))?,
         );
         frame.put_slice(&encoded);
         let mut grpc_request = Request::builder()
@@ -428,8 +454,17 @@ fn draft_location(drafts_path: &str, reply: &DynamicMessage) -> Option<http::Hea
     http::HeaderValue::from_str(&format!("{policy}/versions/{number}")).ok()
 }
 
-fn too_large() -> Status {
-    Status::resource_exhausted("the request is too large")
+/// 413: the body is over the port's limit.
+fn body_too_large(limit: usize) -> Failure {
+    crate::grpc::status::too_large(format!("the request body exceeds {limit} bytes")).into()
+}
+
+/// Whether a request comes with a body, which is read only once routed.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
 }
 
 /// The RPC's input: path variables, then the JSON body or the query.
@@ -445,7 +480,9 @@ fn input(
         let json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.split(';').next() == Some("application/json"));
+            .and_then(|value| value.split(';').next())
+            // Media types are case-insensitive (RFC 9110 §8.3.1).
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
         if !json {
             return Err(Failure::http(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -486,7 +523,8 @@ fn input(
     Ok(message)
 }
 
-/// No route: 404 for an unknown path, 405 for a known path and another verb.
+/// No route: 404 for an unknown path, 405 with the verbs it takes for a
+/// known path and another verb.
 fn not_routed(method: &Method, path: &str, routes: &[Route]) -> Failure {
     let verbs = [
         Method::GET,
@@ -495,15 +533,25 @@ fn not_routed(method: &Method, path: &str, routes: &[Route]) -> Failure {
         Method::DELETE,
         Method::PATCH,
     ];
-    let other_verb = verbs.iter().any(|verb| {
-        verb != method
-            && routes
+    let mut allowed: Vec<&str> = verbs
+        .iter()
+        .filter(|verb| {
+            routes
                 .iter()
                 .any(|route| route.matches(verb, path).is_some())
-    });
-    if other_verb {
-        let status = Status::unimplemented(format!("{path} does not take {method}"));
-        return Failure::http(StatusCode::METHOD_NOT_ALLOWED, status);
+        })
+        .map(Method::as_str)
+        .collect();
+    if allowed.is_empty() {
+        return Status::not_found(format!("no route for {method} {path}")).into();
     }
-    Status::not_found(format!("no route for {method} {path}")).into()
+    if allowed.contains(&"GET") {
+        allowed.push("HEAD");
+    }
+    let allow = allowed.join(", ");
+    let status = Status::unimplemented(format!("{path} takes {allow}, not {method}"));
+    Failure::method_not_allowed(
+        status,
+        HeaderValue::from_str(&allow).expect("method names are header text"),
+    )
 }

@@ -27,6 +27,30 @@ pub fn etag(bundle: &DynamicMessage) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("\"{version}-{revision}-{digest}\"")).ok()
 }
 
+/// The entity tag of a published version: `"<version>-<digest hex>"`, and
+/// `-active` after it while it is the active one (the one field of a
+/// published version that changes). None for a draft, which changes.
+pub fn version_etag(version: &DynamicMessage) -> Option<HeaderValue> {
+    const PUBLISHED: i32 = 2;
+    let field = |name: &str| {
+        version
+            .get_field_by_name(name)
+            .map(|value| value.into_owned())
+    };
+    if field("state")?.as_enum_number()? != PUBLISHED {
+        return None;
+    }
+    let number = field("version")?.as_u32()?;
+    let digest = field("digest")?;
+    let digest = digest.as_str()?.trim_start_matches("sha256:").to_owned();
+    let active = if field("active")?.as_bool()? {
+        "-active"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!("\"{number}-{digest}{active}\"")).ok()
+}
+
 /// Whether `If-None-Match` names `etag` (or `*`).
 pub fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     headers

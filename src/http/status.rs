@@ -10,12 +10,20 @@ use serde_json::{Value, json};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::grpc::status::TOO_LARGE;
+
 /// A refusal, and the HTTP status when the gRPC code's is not the right one
 /// (a body too large, not JSON, a verb the path does not take).
 #[derive(Debug)]
 pub struct Failure {
     http: Option<StatusCode>,
     status: Status,
+    /// The request's body was left unread, so the connection cannot carry
+    /// another request: the response says `Connection: close` (RFC 9112
+    /// §9.6) rather than the socket closing under the client.
+    close: bool,
+    /// The methods the path takes, for a 405's `Allow` (RFC 9110 §15.5.6).
+    allow: Option<HeaderValue>,
 }
 
 impl Failure {
@@ -24,13 +32,36 @@ impl Failure {
         Failure {
             http: Some(code),
             status,
+            close: false,
+            allow: None,
+        }
+    }
+
+    /// 405: the path takes only `allow`.
+    pub fn method_not_allowed(status: Status, allow: HeaderValue) -> Self {
+        Failure {
+            allow: Some(allow),
+            ..Failure::http(StatusCode::METHOD_NOT_ALLOWED, status)
+        }
+    }
+
+    /// The same refusal, sent before the request's body was read.
+    pub fn body_unread(self) -> Self {
+        Failure {
+            close: true,
+            ..self
         }
     }
 }
 
 impl From<Status> for Failure {
     fn from(status: Status) -> Self {
-        Failure { http: None, status }
+        Failure {
+            http: None,
+            status,
+            close: false,
+            allow: None,
+        }
     }
 }
 
@@ -76,10 +107,18 @@ pub fn json_response(code: StatusCode, message: &DynamicMessage) -> Response<Ful
 }
 
 /// A refusal as `google.rpc.Status` JSON, with its HTTP status, and when to
-/// retry as `Retry-After`.
+/// retry as `Retry-After`. A size limit (RESOURCE_EXHAUSTED whose
+/// `ErrorInfo` reason is `TOO_LARGE`) is 413: the same request will never
+/// pass, so nothing invites a retry.
 pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
     let status = &failure.status;
-    let code = failure.http.unwrap_or_else(|| http_status(status.code()));
+    let code = failure.http.unwrap_or_else(|| {
+        if too_large(status) {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            http_status(status.code())
+        }
+    });
     let mut response = json(code, status_json(status).to_string().into_bytes());
     if matches!(
         code,
@@ -90,7 +129,31 @@ pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if let Some(allow) = &failure.allow {
+        response.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    // RFC 6750 §3: a refusal for want of a valid token names the scheme.
+    if code == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"policyhub\""),
+        );
+    }
+    if failure.close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
+}
+
+/// Whether the status refuses a request over a size limit.
+fn too_large(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted
+        && status
+            .get_error_details()
+            .error_info()
+            .is_some_and(|info| info.reason == TOO_LARGE)
 }
 
 /// How long the status asks to wait, in seconds.
@@ -133,6 +196,14 @@ pub fn status_json(status: &Status) -> Value {
         listed.push(json!({
             "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
             "violations": violations,
+        }));
+    }
+    if let Some(info) = details.error_info() {
+        listed.push(json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": info.reason,
+            "domain": info.domain,
+            "metadata": info.metadata,
         }));
     }
     if let Some(seconds) = retry_after(status) {

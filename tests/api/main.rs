@@ -16,6 +16,7 @@ mod helpers;
 mod history;
 mod http;
 mod http_events;
+mod http_protocol;
 mod lifecycle;
 mod malformed;
 mod observability;
