@@ -44,26 +44,8 @@ pub fn message_json<M: prost::Message + prost::Name>(message: &M) -> Value {
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
         .expect("a message decodes with its own descriptor");
     let mut json = serde_json::to_value(&dynamic).expect("a message always serializes");
-    integral_numbers(&mut json);
+    crate::grpc::convert::integral_numbers(&mut json);
     json
-}
-
-/// `google.protobuf.Value` numbers are doubles: print the integral ones
-/// (within ±2^53) without a fraction, as grpcurl does (`2`, not `2.0`).
-fn integral_numbers(value: &mut Value) {
-    match value {
-        Value::Number(number) => {
-            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
-                && float.fract() == 0.0
-                && float.abs() <= 9_007_199_254_740_992.0
-            {
-                *number = serde_json::Number::from(float as i64);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
-        Value::Object(members) => members.values_mut().for_each(integral_numbers),
-        _ => {}
-    }
 }
 
 /// Prints a JSON document, indented.

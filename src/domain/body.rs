@@ -67,6 +67,56 @@ pub fn check_depth(field: &str, value: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The largest magnitude a body's number may have: 2^53 − 1, the interval
+/// in which an IEEE 754 double holds every integer (I-JSON, RFC 7493
+/// §2.2). Past it a number may already have been rounded on its way here
+/// (`12345678901234567890` arrives as `12345678901234567168`), and
+/// `google.protobuf.Value` carries only doubles: so it is refused, on every
+/// transport alike, rather than stored rounded.
+pub const MAX_EXACT_NUMBER: f64 = 9_007_199_254_740_991.0;
+
+/// Refuses every number of `value` beyond ±[`MAX_EXACT_NUMBER`], each
+/// named by its path (`body.limits[2]`).
+pub fn check_numbers(field: &str, value: &Value) -> Result<()> {
+    fn walk(path: String, value: &Value, found: &mut Vec<(String, String)>) {
+        match value {
+            Value::Number(number)
+                if number.as_f64().is_some_and(|x| x.abs() > MAX_EXACT_NUMBER) =>
+            {
+                found.push((path, number.to_string()));
+            }
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    walk(format!("{path}[{index}]"), item, found);
+                }
+            }
+            Value::Object(members) => {
+                for (key, member) in members {
+                    walk(format!("{path}.{key}"), member, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(field.to_owned(), value, &mut found);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(
+        found
+            .into_iter()
+            .map(|(path, number)| super::FieldViolation {
+                field: path,
+                description: format!(
+                    "{number} is beyond ±(2^53 - 1), where a JSON number stops being exact: \
+                     send it as a string"
+                ),
+            })
+            .collect(),
+    ))
+}
+
 /// A policy document: a JSON object with its canonical form and digest.
 ///
 /// Valid by construction: the value is an object within the size limit.
@@ -88,6 +138,7 @@ impl PolicyBody {
             ));
         }
         check_depth(field, &value)?;
+        check_numbers(field, &value)?;
         let canonical = canonical_json(&value);
         if canonical.len() > max_bytes {
             return Err(Error::TooLarge(format!(
@@ -178,6 +229,19 @@ mod tests {
         let a = PolicyBody::parse("body", json!({"a": 1}), 1024).unwrap();
         let b = PolicyBody::parse("body", json!({"a": 2}), 1024).unwrap();
         assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn numbers_past_the_exact_range_of_a_double_are_refused_by_path() {
+        let exact = serde_json::json!({"max": 9_007_199_254_740_991_u64, "min": -9_007_199_254_740_991_i64, "f": 0.1});
+        assert!(PolicyBody::parse("body", exact, 1 << 20).is_ok());
+        let past = serde_json::json!({"a": [9_007_199_254_740_992_u64], "b": {"c": -1e300}});
+        let Err(Error::InvalidArgument(violations)) = PolicyBody::parse("body", past, 1 << 20)
+        else {
+            panic!("refused");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["body.a[0]", "body.b.c"]);
     }
 
     #[test]

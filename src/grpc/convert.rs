@@ -54,6 +54,25 @@ fn number_to_json(field: &str, number: f64) -> Result<Value> {
         .ok_or_else(|| Error::invalid(field, format!("{number} is not a JSON number")))
 }
 
+/// `google.protobuf.Value` numbers are doubles: print the integral ones
+/// (within ±2^53) without a fraction, as grpcurl and every protobuf JSON
+/// printer do (`2`, not `2.0`).
+pub fn integral_numbers(value: &mut Value) {
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+                && float.abs() <= 9_007_199_254_740_992.0
+            {
+                *number = serde_json::Number::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(members) => members.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
 /// A JSON object as a `google.protobuf.Struct`.
 pub fn json_to_struct(value: &Value) -> Struct {
     match json_to_value(value).kind {

@@ -18,7 +18,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::status::status_json;
+use super::status::{message_json, status_json};
 use crate::grpc::watch_message::WatchActiveResponse;
 use crate::watch::MessageKind;
 
@@ -147,7 +147,7 @@ fn checkpoint_json(encoded: &Bytes, bundle: &MessageDescriptor) -> Option<Value>
         .parent_pool()
         .get_message_by_name("policyhub.v1.Checkpoint")?;
     let decoded = DynamicMessage::decode(descriptor, encoded.clone()).ok()?;
-    serde_json::to_value(&decoded).ok()
+    Some(message_json(&decoded))
 }
 
 /// The text of a whole revision: a comment for a PROGRESS (followed by a
@@ -182,7 +182,7 @@ fn event(
         .bundles
         .iter()
         .filter_map(|encoded| DynamicMessage::decode(bundle.clone(), encoded.clone()).ok())
-        .filter_map(|decoded| serde_json::to_value(&decoded).ok())
+        .map(|decoded| message_json(&decoded))
         .collect();
     let (name, kind) = match whole.kind {
         MessageKind::Snapshot => ("snapshot", "WATCH_EVENT_KIND_SNAPSHOT"),

@@ -98,12 +98,21 @@ fn json(code: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 
 /// A reply, in the protobuf JSON mapping.
 pub fn json_response(code: StatusCode, message: &DynamicMessage) -> Response<Full<Bytes>> {
-    let mut out = Vec::new();
-    let mut serializer = serde_json::Serializer::new(&mut out);
-    message
-        .serialize_with_options(&mut serializer, &SerializeOptions::new())
+    json(
+        code,
+        serde_json::to_vec(&message_json(message)).expect("a JSON value always serializes"),
+    )
+}
+
+/// A message in the protobuf JSON mapping, with the integral numbers of its
+/// `google.protobuf.Value`s printed as integers (`500`, not `500.0`), as
+/// grpcurl and `-o json` print them.
+pub fn message_json(message: &DynamicMessage) -> Value {
+    let mut json = message
+        .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
         .expect("a message serializes to JSON");
-    json(code, out)
+    crate::grpc::convert::integral_numbers(&mut json);
+    json
 }
 
 /// A refusal as `google.rpc.Status` JSON, with its HTTP status, and when to

@@ -130,6 +130,7 @@ on_both!(
     a_release_job_checks_then_publishes_and_takes_409_as_released,
     bad_input_is_a_json_error_and_changes_nothing,
     if_match_compares_the_whole_tag_so_a_version_active_twice_is_stale,
+    numbers_keep_their_shape_and_inexact_ones_are_refused,
 );
 
 async fn draft_publish_activate_read_and_roll_back_with_curl(app: TestApp) {
@@ -804,4 +805,64 @@ async fn if_match_compares_the_whole_tag_so_a_version_active_twice_is_stale(app:
         &[JSON, &current],
     );
     assert_eq!(moved.status, 200, "{moved:?}");
+}
+
+/// Numbers print as grpcurl and `-o json` print them (`500`, `[1, 2]`,
+/// not `500.0`), on the reply and on the watch's events; a number past
+/// ±(2^53 - 1), which a double may already have rounded, is refused with
+/// INVALID_ARGUMENT naming its path, over HTTP and over gRPC alike, and
+/// nothing is written.
+async fn numbers_keep_their_shape_and_inexact_ones_are_refused(app: TestApp) {
+    let base = "/v1/namespaces/payments/policies/limits";
+    let drafted = post(
+        &app,
+        &format!("{base}/drafts"),
+        r#"{"body": {"maxAmount": 500, "steps": [1, 2], "ratio": 0.5, "limit": 9007199254740991}}"#,
+    );
+    assert_eq!(drafted.status, 201, "{drafted:?}");
+    let address = app.http_address.unwrap();
+    let output = Command::new("curl")
+        .args(["-sS", &format!("http://{address}{base}/versions/1")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    for printed in [
+        r#""maxAmount":500"#,
+        r#""steps":[1,2]"#,
+        r#""ratio":0.5"#,
+        r#""limit":9007199254740991"#,
+    ] {
+        assert!(text.contains(printed), "{printed} in {text}");
+    }
+
+    let before = app.db_state().await;
+    let refused = post(
+        &app,
+        &format!("{base}/drafts"),
+        r#"{"body": {"ids": [1, 12345678901234567890], "nested": {"big": -1e300}}}"#,
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let fields: Vec<&str> = refused.json["details"][0]["fieldViolations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|violation| violation["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["body.ids[1]", "body.nested.big"]);
+    let grpc = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"namespace": "payments", "name": "limits", "body": {"id": 12345678901234567890}}"#,
+            &app.address.to_string(),
+            "policyhub.v1.PolicyService/Draft",
+        ])
+        .output()
+        .expect("grpcurl is not on PATH: run the tests with ./scripts/test, which installs it");
+    let said = String::from_utf8_lossy(&grpc.stderr);
+    assert!(
+        said.contains("InvalidArgument") && said.contains("body.id"),
+        "{said}"
+    );
+    assert_eq!(app.db_state().await, before, "nothing was written");
 }
