@@ -125,23 +125,7 @@ fn operation(
         })
         .collect();
     if !body {
-        for field in input.fields() {
-            if bound.contains(&field.name().to_owned()) || is_message(&field) {
-                continue;
-            }
-            let schema = if field.is_list() {
-                json!({"type": "array", "items": scalar(&field)})
-            } else {
-                scalar(&field)
-            };
-            parameters.push(json!({
-                "name": field.json_name(),
-                "in": "query",
-                "required": false,
-                "schema": schema,
-                "description": comment(&field),
-            }));
-        }
+        query_parameters(&input, "", &bound, &mut parameters);
     }
     let reply = if method.is_server_streaming() {
         json!({
@@ -184,8 +168,46 @@ fn operation(
     operation
 }
 
-fn is_message(field: &FieldDescriptor) -> bool {
-    matches!(field.kind(), Kind::Message(_))
+/// The query parameters of `message`'s fields not bound in the path, as
+/// grpc-gateway reads them: scalars and well-known types by their JSON
+/// name, a message field's fields as `outer.inner`, a map as a deep object
+/// (`runtime.labels[region]=eu`).
+fn query_parameters(
+    message: &MessageDescriptor,
+    prefix: &str,
+    bound: &[String],
+    parameters: &mut Vec<Value>,
+) {
+    for field in message.fields() {
+        if prefix.is_empty() && bound.contains(&field.name().to_owned()) {
+            continue;
+        }
+        let name = format!("{prefix}{}", field.json_name());
+        let mut parameter = json!({
+            "name": name,
+            "in": "query",
+            "required": false,
+            "description": comment(&field),
+        });
+        parameter["schema"] = match field.kind() {
+            Kind::Message(entry) if field.is_map() => {
+                parameter["style"] = json!("deepObject");
+                parameter["explode"] = json!(true);
+                json!({"type": "object",
+                       "additionalProperties": scalar(&entry.map_entry_value_field())})
+            }
+            Kind::Message(kind) => match well_known(&kind) {
+                Some(schema) => schema,
+                None => {
+                    query_parameters(&kind, &format!("{name}."), bound, parameters);
+                    continue;
+                }
+            },
+            _ if field.is_list() => json!({"type": "array", "items": scalar(&field)}),
+            _ => scalar(&field),
+        };
+        parameters.push(parameter);
+    }
 }
 
 /// A `$ref` to `message`'s schema, added (with what it refers to) when new.

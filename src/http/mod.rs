@@ -511,9 +511,14 @@ fn input(
             .filter(|pair| !pair.is_empty())
         {
             let (field, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = routes::percent_decode(&value.replace('+', " ")).ok_or_else(|| {
-                Status::invalid_argument(format!("query parameter {field}: not UTF-8"))
-            })?;
+            let decode = |text: &str| {
+                routes::percent_decode(&text.replace('+', " ")).ok_or_else(|| {
+                    Status::invalid_argument(format!("query parameter {field}: not UTF-8"))
+                })
+            };
+            // `runtime.labels%5Bregion%5D` is `runtime.labels[region]`.
+            let (field, value) = (decode(field)?, decode(value)?);
+            let field = field.as_str();
             set_from_text(&mut message, field, &value).map_err(Status::invalid_argument)?;
         }
     }

@@ -4,8 +4,8 @@
 //! string.
 
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
-    ReflectMessage, Value,
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    MethodDescriptor, ReflectMessage, Value,
 };
 
 /// One piece of a path template.
@@ -177,9 +177,29 @@ pub fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// Sets `field` (its proto or JSON name) of `message` from text: what a
-/// path variable or a query parameter carries. Repeated fields collect
-/// every occurrence.
+/// path variable or a query parameter carries, as grpc-gateway reads them.
+/// Repeated fields collect every occurrence; `a.b` is field `b` of message
+/// field `a`; `labels[key]` is one entry of a map; a well-known type takes
+/// its JSON form (`asOfTime=2026-01-02T03:04:05Z`, `bake=90s`).
 pub fn set_from_text(message: &mut DynamicMessage, field: &str, text: &str) -> Result<(), String> {
+    set_at(message, field, text, field)
+}
+
+/// [`set_from_text`] of `field` inside the message that `given`, the whole
+/// name as the request spelled it, names: errors speak of `given`.
+fn set_at(
+    message: &mut DynamicMessage,
+    field: &str,
+    text: &str,
+    given: &str,
+) -> Result<(), String> {
+    if let Some((map, key)) = field
+        .strip_suffix(']')
+        .and_then(|field| field.split_once('['))
+        .filter(|(map, _)| !map.contains('.'))
+    {
+        return set_map_entry(message, map, key, text);
+    }
     if let Some((outer, inner)) = field.split_once('.') {
         // A field of a message field, such as `runtime.id`.
         let descriptor = message.descriptor();
@@ -187,20 +207,28 @@ pub fn set_from_text(message: &mut DynamicMessage, field: &str, text: &str) -> R
             .get_field_by_name(outer)
             .or_else(|| descriptor.get_field_by_json_name(outer))
             .filter(|outer| matches!(outer.kind(), Kind::Message(_)) && !outer.is_list())
-            .ok_or_else(|| format!("{field}: no such field in {}", descriptor.name()))?;
+            .ok_or_else(|| format!("{given}: no such field in {}", descriptor.name()))?;
         let Value::Message(nested) = message.get_field_mut(&outer) else {
-            return Err(format!("{field}: no such field in {}", descriptor.name()));
+            return Err(format!("{given}: no such field in {}", descriptor.name()));
         };
-        return set_from_text(nested, inner, text);
+        return set_at(nested, inner, text, given);
     }
     let descriptor = message.descriptor();
     let Some(field_descriptor) = descriptor
         .get_field_by_name(field)
         .or_else(|| descriptor.get_field_by_json_name(field))
     else {
-        return Err(format!("{field}: no such field in {}", descriptor.name()));
+        return Err(format!("{given}: no such field in {}", descriptor.name()));
     };
-    let value = scalar(&field_descriptor, text)?;
+    if field_descriptor.is_map() {
+        return Err(format!(
+            "{given}: a map, given one entry at a time as {given}[KEY]=VALUE"
+        ));
+    }
+    let value = match field_descriptor.kind() {
+        Kind::Message(kind) => well_known(given, &kind, text)?,
+        _ => scalar(&field_descriptor, text)?,
+    };
     if field_descriptor.is_list() {
         let mut list = match message.get_field(&field_descriptor).into_owned() {
             Value::List(list) => list,
@@ -212,6 +240,63 @@ pub fn set_from_text(message: &mut DynamicMessage, field: &str, text: &str) -> R
         message.set_field(&field_descriptor, value);
     }
     Ok(())
+}
+
+/// One entry, `map[key]=text`, of a map field.
+fn set_map_entry(
+    message: &mut DynamicMessage,
+    map: &str,
+    key: &str,
+    text: &str,
+) -> Result<(), String> {
+    let descriptor = message.descriptor();
+    let field = descriptor
+        .get_field_by_name(map)
+        .or_else(|| descriptor.get_field_by_json_name(map))
+        .filter(FieldDescriptor::is_map)
+        .ok_or_else(|| format!("{map}: no map field of that name in {}", descriptor.name()))?;
+    let Kind::Message(entry) = field.kind() else {
+        return Err(format!("{map}: not a map"));
+    };
+    let key_field = entry.map_entry_key_field();
+    let key = match scalar(&key_field, key)? {
+        Value::String(key) => MapKey::String(key),
+        Value::Bool(key) => MapKey::Bool(key),
+        Value::I32(key) => MapKey::I32(key),
+        Value::I64(key) => MapKey::I64(key),
+        Value::U32(key) => MapKey::U32(key),
+        Value::U64(key) => MapKey::U64(key),
+        _ => {
+            return Err(format!(
+                "{map}: keys of this kind cannot be given in a query"
+            ));
+        }
+    };
+    let value = scalar(&entry.map_entry_value_field(), text)?;
+    let Value::Map(entries) = message.get_field_mut(&field) else {
+        return Err(format!("{map}: not a map"));
+    };
+    entries.insert(key, value);
+    Ok(())
+}
+
+/// A well-known type from the text of its JSON form, such as a Timestamp's
+/// RFC 3339 or a Duration's `90s`.
+fn well_known(given: &str, kind: &MessageDescriptor, text: &str) -> Result<Value, String> {
+    if !kind.full_name().starts_with("google.protobuf.") {
+        return Err(format!(
+            "{given}: a message, given one field at a time as {given}.FIELD=VALUE"
+        ));
+    }
+    // A string's JSON form first (Timestamp, Duration, FieldMask, the
+    // string wrappers), then the text as JSON itself (numbers, booleans).
+    DynamicMessage::deserialize(kind.clone(), serde_json::Value::String(text.to_owned()))
+        .or_else(|_| {
+            let json: serde_json::Value = serde_json::from_str(text).map_err(|_| ())?;
+            DynamicMessage::deserialize(kind.clone(), json).map_err(|_| ())
+        })
+        .map(Value::Message)
+        .map_err(|()| format!("{given}: {text:?} is not a valid {}", kind.name()))
 }
 
 fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {

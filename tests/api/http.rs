@@ -866,3 +866,72 @@ async fn numbers_keep_their_shape_and_inexact_ones_are_refused(app: TestApp) {
     );
     assert_eq!(app.db_state().await, before, "nothing was written");
 }
+
+/// Well-known types and maps in the query string, as grpc-gateway reads
+/// them and the OpenAPI document declares them: `asOfTime` as RFC 3339,
+/// `runtime.labels[KEY]` one entry at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_and_maps_are_given_in_the_query() {
+    let app = app(Backend::Sqlite, true).await;
+    let address = app.http_address.unwrap();
+    let base = "/v1/namespaces/payments/policies/limits";
+    release_over_http_in(address, "payments", "limits", 1);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    release_over_http_in(address, "payments", "limits", 2);
+
+    let then = curl(
+        &app,
+        "GET",
+        &format!("{base}/active?asOfTime={between}"),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (then.status, &then.json["version"]),
+        (200, &json!(1)),
+        "{then:?}"
+    );
+    let labelled = curl(
+        &app,
+        "GET",
+        &format!(
+            "{base}/active?runtime.id=pod-1&runtime.labels%5Bregion%5D=eu&runtime.labels%5Btier%5D=gold"
+        ),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (labelled.status, &labelled.json["version"]),
+        (200, &json!(2)),
+        "{labelled:?}"
+    );
+    for (query, says) in [
+        ("asOfTime=yesterday", "asOfTime"),
+        ("runtime.labels=eu", "runtime.labels[KEY]=VALUE"),
+        ("runtime=pod", "runtime.FIELD=VALUE"),
+    ] {
+        let refused = curl(&app, "GET", &format!("{base}/active?{query}"), None, &[]);
+        assert_eq!(refused.status, 400, "{query}: {refused:?}");
+        let message = refused.json["message"].as_str().unwrap();
+        assert!(message.contains(says), "{query}: {message}");
+    }
+
+    let document = curl(&app, "GET", "/openapi.json", None, &[]).json;
+    let parameters = document["paths"]["/v1/namespaces/{namespace}/policies/{name}/active"]["get"]
+        ["parameters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let named = |name: &str| {
+        parameters
+            .iter()
+            .find(|parameter| parameter["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {parameters:?}"))
+            .clone()
+    };
+    assert_eq!(named("asOfTime")["schema"]["format"], "date-time");
+    assert_eq!(named("runtime.id")["in"], "query");
+    assert_eq!(named("runtime.labels")["style"], "deepObject");
+}
