@@ -233,6 +233,7 @@ pub async fn get_active(
             as_of,
             allow_draft_fallback: args.allow_draft_fallback,
             runtime: None,
+            ..Default::default()
         })
         .await
         .reply(format!("reading the active bundle of {}", args.policy))?;

@@ -145,13 +145,41 @@ impl BundleApi {
         request: Request<proto::GetActiveRequest>,
     ) -> Result<Vec<Bytes>, Status> {
         let caller = identify(&request)?;
+        let full = request.get_ref().view() == proto::BundleView::Full;
         let (policy, as_of, watcher, draft) = active_wanted(request.into_inner())?;
         caller.admit(Rpc::GetActive, [&policy.namespace], &self.quotas)?;
         let view = self
             .hub
             .get_active(&policy, as_of, draft, watcher.as_ref())
             .await?;
-        Ok(encoded_active(view))
+        let mut pieces = encoded_active(view);
+        if full {
+            pieces.push(self.verified_body(&pieces)?);
+        }
+        Ok(pieces)
+    }
+
+    /// The body field of a signed bundle, decoded from its JWS once that
+    /// verified with this server's keys; nothing for a draft, which holds
+    /// its body already. Appended to the encoded bundle: protobuf fields may
+    /// come in any order.
+    fn verified_body(&self, pieces: &[Bytes]) -> Result<Bytes, Status> {
+        let bundle = proto::Bundle::decode(pieces.concat().as_slice())
+            .map_err(|error| Status::internal(format!("an encoded bundle: {error}")))?;
+        if bundle.jws.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let jwks = policyhub_runtime::bundle::Jwks {
+            keys: self.hub.signing_keys().0,
+        };
+        let claims = policyhub_runtime::bundle::verify(&bundle.jws, &jwks).map_err(|error| {
+            Status::internal(format!("a stored bundle does not verify: {error}"))
+        })?;
+        let body = proto::Bundle {
+            body: Some(convert::json_to_struct(&claims.body)),
+            ..Default::default()
+        };
+        Ok(Bytes::from(body.encode_to_vec()))
     }
 
     /// Opens a watch stream for an admitted caller: refused while this

@@ -271,6 +271,7 @@ fn rows(app: &TestApp) -> Vec<Row> {
             as_of: Some(proto::get_active_request::AsOf::AsOfRevision(1_000)),
             allow_draft_fallback: false,
             runtime: None,
+            ..Default::default()
         })
     );
     row!(

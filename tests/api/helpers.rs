@@ -287,6 +287,7 @@ impl TestApp {
                 as_of: None,
                 allow_draft_fallback: false,
                 runtime: None,
+                ..Default::default()
             })
             .await?
             .into_inner())

@@ -935,3 +935,35 @@ async fn timestamps_and_maps_are_given_in_the_query() {
     assert_eq!(named("runtime.id")["in"], "query");
     assert_eq!(named("runtime.labels")["style"], "deepObject");
 }
+
+/// A curl user reads the active policy without decoding a JWS: `view=
+/// BUNDLE_VIEW_FULL` adds the body, decoded by the server from the JWS it
+/// verified, beside the JWS a runtime still verifies; by default the body
+/// travels only inside the JWS, as runtimes read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_view_shows_the_active_body_beside_its_jws() {
+    let app = app(Backend::Sqlite, true).await;
+    let address = app.http_address.unwrap();
+    let base = "/v1/namespaces/payments/policies/limits";
+    release_over_http_in(address, "payments", "limits", 7);
+    let basic = curl(&app, "GET", &format!("{base}/active"), None, &[]);
+    assert_eq!(basic.json.get("body"), None, "{basic:?}");
+    let full = curl(
+        &app,
+        "GET",
+        &format!("{base}/active?view=BUNDLE_VIEW_FULL"),
+        None,
+        &[],
+    );
+    assert_eq!(full.status, 200, "{full:?}");
+    assert_eq!(full.json["body"], json!({"max": 7}));
+    assert_eq!(full.json["jws"], basic.json["jws"], "the same signed bundle");
+    assert_eq!(full.header("etag"), basic.header("etag"));
+    let payload = full.json["jws"].as_str().unwrap().split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["body"], full.json["body"], "what the JWS signs");
+}

@@ -309,6 +309,7 @@ async fn get_active_as_of_revision_and_time_answers_from_history(app: TestApp) {
                     as_of: Some(as_of),
                     allow_draft_fallback: false,
                     runtime: None,
+                    ..Default::default()
                 })
                 .await
                 .map(|response| response.into_inner())
@@ -341,6 +342,7 @@ async fn get_active_draft_fallback_is_opt_in_and_unsigned(app: TestApp) {
             as_of: None,
             allow_draft_fallback: true,
             runtime: None,
+            ..Default::default()
         })
         .await
         .unwrap()
