@@ -118,15 +118,19 @@ fn operation(
     let mut parameters: Vec<Value> = bound
         .iter()
         .map(|name| {
-            let schema = input
+            let mut schema = input
                 .get_field_by_name(name)
                 .map_or(json!({"type": "string"}), |field| scalar(&field));
+            if let Some(constraint) = name_constraint(name) {
+                merge(&mut schema, constraint);
+            }
             json!({"name": name, "in": "path", "required": true, "schema": schema})
         })
         .collect();
     if !body {
         query_parameters(&input, "", &bound, &mut parameters);
     }
+    parameters.extend(header_parameters(method, &input));
     let reply = if method.is_server_streaming() {
         json!({
             "description": "Server-Sent Events: one event per whole revision, its id the \
@@ -146,18 +150,41 @@ fn operation(
     } else {
         "200"
     };
+    let mut reply = reply;
+    if let Some(headers) = success_headers(method) {
+        reply["headers"] = headers;
+    }
+    let mut responses = Map::new();
+    responses.insert(success.into(), reply);
+    for (code, description) in refusals(method, body) {
+        let mut response = refusal(description);
+        if code == "429" || code == "503" {
+            response["headers"] = json!({"Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer", "minimum": 1},
+            }});
+        }
+        if code == "401" {
+            response["headers"] = json!({"WWW-Authenticate": {
+                "description": "The scheme the token is given in (RFC 6750).",
+                "schema": {"type": "string"},
+            }});
+        }
+        if code == "304" {
+            response = json!({"description": description, "headers": {"ETag": etag_header()}});
+        }
+        responses.insert(code.into(), response);
+    }
+    responses.insert(
+        "default".into(),
+        refusal("Another refusal, under the gRPC → HTTP table."),
+    );
     let mut operation = json!({
         "operationId": id,
         "summary": method.name(),
         "description": method_comment(method),
         "parameters": parameters,
-        "responses": {
-            success: reply,
-            "default": {
-                "description": "A refusal, as google.rpc.Status.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/google.rpc.Status"}}},
-            },
-        },
+        "responses": responses,
     });
     if body {
         operation["requestBody"] = json!({
@@ -166,6 +193,193 @@ fn operation(
         });
     }
     operation
+}
+
+/// A refusal's response: a `google.rpc.Status`.
+fn refusal(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/google.rpc.Status"}}},
+    })
+}
+
+/// The refusals every operation of this kind may answer with, beyond the
+/// default: the ones HTTP's own headers and limits give.
+fn refusals(method: &MethodDescriptor, body: bool) -> Vec<(&'static str, &'static str)> {
+    let mut refusals = vec![
+        (
+            "400",
+            "The request is not valid: google.rpc.BadRequest names each field.",
+        ),
+        ("401", "No valid bearer token."),
+        ("403", "The token's roles do not allow this."),
+        ("429", "Over a quota: retry after Retry-After seconds."),
+    ];
+    if body {
+        refusals.extend([
+            (
+                "413",
+                "The body is over the size limit (ErrorInfo reason TOO_LARGE).",
+            ),
+            ("415", "The body is not application/json."),
+        ]);
+    }
+    if compare_and_swap(&method.input()) {
+        refusals.push(("412", "If-Match names a bundle that is no longer active."));
+    }
+    if matches!(method.name(), "GetActive" | "GetVersion") {
+        refusals.push(("304", "If-None-Match names the current representation."));
+    }
+    refusals
+}
+
+/// Whether a request takes `If-Match`: it has a compare-and-swap on the
+/// active pointer (of one policy, or of its one target).
+fn compare_and_swap(input: &MessageDescriptor) -> bool {
+    let has = |message: &MessageDescriptor| {
+        message
+            .get_field_by_name("expected_active_revision")
+            .is_some()
+    };
+    has(input)
+        || input
+            .get_field_by_name("targets")
+            .is_some_and(|targets| matches!(targets.kind(), Kind::Message(target) if has(&target)))
+}
+
+fn etag_header() -> Value {
+    json!({
+        "description": "The validator of what was read: `\"<version>-<revision>-<digest>\"` \
+                        for an active bundle, `\"<version>-<digest>\"` (and `-active`) for \
+                        a published version.",
+        "schema": {"type": "string"},
+    })
+}
+
+/// The headers a success carries.
+fn success_headers(method: &MethodDescriptor) -> Option<Value> {
+    Some(match method.name() {
+        "GetActive" | "GetVersion" => json!({"ETag": etag_header()}),
+        "Draft" => json!({"Location": {
+            "description": "The new draft's path.",
+            "schema": {"type": "string"},
+        }}),
+        _ => return None,
+    })
+}
+
+/// The request headers an operation reads (DESIGN §11).
+fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Vec<Value> {
+    let header = |name: &str, description: &str| {
+        json!({"name": name, "in": "header", "required": false,
+               "description": description, "schema": {"type": "string"}})
+    };
+    let mut headers = Vec::new();
+    if matches!(method.name(), "GetActive" | "GetVersion") {
+        headers.push(header(
+            "If-None-Match",
+            "An ETag read before: 304 while it is still current.",
+        ));
+    }
+    if method.name() == "GetActive" {
+        headers.push(json!({"name": "Prefer", "in": "header", "required": false,
+            "description": "wait=N (at most 60): with If-None-Match, hold the read until \
+                            the bundle changes (long polling).",
+            "schema": {"type": "string", "pattern": "^wait=[0-9]+$"}}));
+    }
+    if compare_and_swap(input) {
+        headers.push(header(
+            "If-Match",
+            "The ETag of the active bundle: 412 unless it is still the active one.",
+        ));
+    }
+    if input.get_field_by_name("idempotency_key").is_some() {
+        headers.push(header(
+            "Idempotency-Key",
+            "The request's idempotency_key: a retry gets the first answer.",
+        ));
+    }
+    if method.is_server_streaming() {
+        headers.push(
+            json!({"name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "The revision of the last event received: resume after it.",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}}),
+        );
+    }
+    headers
+}
+
+/// What the server requires of a name, by the field that carries it: the
+/// patterns of `src/domain/names.rs` and the runtime id's, and a label's
+/// semantic version.
+fn name_constraint(field: &str) -> Option<Value> {
+    Some(match field {
+        "namespace" => json!({"pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}),
+        "name" => json!({"pattern": "^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$"}),
+        "runtime_id" => json!({"pattern": "^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$"}),
+        "label" => json!({"pattern": SEMVER}),
+        "id" => json!({"format": "uuid"}),
+        _ => return None,
+    })
+}
+
+/// semver.org's pattern of a semantic version.
+const SEMVER: &str = "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\
+                      (?:-((?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)\
+                      (?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?\
+                      (?:\\+([0-9a-zA-Z-]+(?:\\.[0-9a-zA-Z-]+)*))?$";
+
+/// Whether clients write `message`, so that the server's rules on it are
+/// declared (a reply's fields, such as a version's empty label, follow
+/// none of them).
+fn is_request(message: &MessageDescriptor) -> bool {
+    message.name().ends_with("Request")
+        || matches!(
+            message.name(),
+            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep"
+        )
+}
+
+/// What the server requires of a request's field beyond its type.
+fn request_constraint(message: &str, field: &str) -> Option<Value> {
+    Some(match (message, field) {
+        (_, "namespace" | "name") if message != "ScheduleEntryRequest" => name_constraint(field)?,
+        ("ScheduleEntryRequest", "name") => name_constraint("namespace")?,
+        ("RuntimeIdentity", "id") => name_constraint("runtime_id")?,
+        ("WatchActiveRequest", "names") => name_constraint("name")?,
+        // Version numbers start at 1.
+        (_, "version" | "to_version" | "from_version") => json!({"minimum": 1}),
+        // Optional at publish: empty is no label.
+        ("PublishRequest", "label") => json!({"pattern": format!("^$|{}", &SEMVER[1..])}),
+        (_, "label") => name_constraint("label")?,
+        ("RollbackRequest", "reason") => json!({"minLength": 1, "pattern": "\\S"}),
+        ("ActivateRequest" | "StartRolloutRequest", "targets")
+        | ("SetScheduleRequest", "entries")
+        | ("ScheduleEntryRequest", "targets") => json!({"minItems": 1}),
+        ("StartRolloutRequest", "steps") => json!({"minItems": 1, "maxItems": 20}),
+        _ => return None,
+    })
+}
+
+/// The fields a request message must give.
+fn required_fields(message: &str) -> &'static [&'static str] {
+    match message {
+        "ActivationTarget" => &["namespace", "name"],
+        "ActivateRequest" => &["targets"],
+        "RollbackRequest" => &["reason"],
+        "StartRolloutRequest" => &["targets", "steps"],
+        "RolloutTargetRequest" | "ScheduleTargetRequest" => &["name"],
+        "SetScheduleRequest" => &["entries"],
+        "ScheduleEntryRequest" => &["name", "cron", "targets"],
+        _ => &[],
+    }
+}
+
+/// `extra`'s members added to `schema`.
+fn merge(schema: &mut Value, extra: Value) {
+    if let (Value::Object(schema), Value::Object(extra)) = (schema, extra) {
+        schema.extend(extra);
+    }
 }
 
 /// The query parameters of `message`'s fields not bound in the path, as
@@ -180,6 +394,18 @@ fn query_parameters(
 ) {
     for field in message.fields() {
         if prefix.is_empty() && bound.contains(&field.name().to_owned()) {
+            continue;
+        }
+        // A path that binds one member of a oneof (a version's label)
+        // leaves no room for another in the query.
+        if prefix.is_empty()
+            && field.containing_oneof().is_some_and(|oneof| {
+                !oneof.is_synthetic()
+                    && oneof
+                        .fields()
+                        .any(|member| bound.contains(&member.name().to_owned()))
+            })
+        {
             continue;
         }
         let name = format!("{prefix}{}", field.json_name());
@@ -203,8 +429,17 @@ fn query_parameters(
                     continue;
                 }
             },
-            _ if field.is_list() => json!({"type": "array", "items": scalar(&field)}),
-            _ => scalar(&field),
+            _ => {
+                let mut schema = scalar(&field);
+                if let Some(constraint) = request_constraint(message.name(), field.name()) {
+                    merge(&mut schema, constraint);
+                }
+                if field.is_list() {
+                    json!({"type": "array", "items": schema})
+                } else {
+                    schema
+                }
+            }
         };
         parameters.push(parameter);
     }
@@ -236,12 +471,20 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
             if !description.is_empty() && schema.get("$ref").is_none() {
                 schema["description"] = Value::String(description);
             }
+            if is_request(message)
+                && let Some(constraint) = request_constraint(message.name(), field.name())
+            {
+                merge(&mut schema, constraint);
+            }
             properties.insert(field.json_name().to_owned(), schema);
         }
-        schemas.insert(
-            name.clone(),
-            json!({"type": "object", "properties": properties, "additionalProperties": false}),
-        );
+        let mut schema =
+            json!({"type": "object", "properties": properties, "additionalProperties": false});
+        let required = required_fields(message.name());
+        if !required.is_empty() {
+            schema["required"] = json!(required);
+        }
+        schemas.insert(name.clone(), schema);
     }
     json!({"$ref": format!("#/components/schemas/{name}")})
 }

@@ -957,9 +957,17 @@ async fn the_full_view_shows_the_active_body_beside_its_jws() {
     );
     assert_eq!(full.status, 200, "{full:?}");
     assert_eq!(full.json["body"], json!({"max": 7}));
-    assert_eq!(full.json["jws"], basic.json["jws"], "the same signed bundle");
+    assert_eq!(
+        full.json["jws"], basic.json["jws"],
+        "the same signed bundle"
+    );
     assert_eq!(full.header("etag"), basic.header("etag"));
-    let payload = full.json["jws"].as_str().unwrap().split('.').nth(1).unwrap();
+    let payload = full.json["jws"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
     let claims: Value = serde_json::from_slice(
         &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
             .unwrap(),
