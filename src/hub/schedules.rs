@@ -56,6 +56,38 @@ async fn record(
     Ok(())
 }
 
+/// Refuses a target naming a policy that does not exist as a bad field of
+/// the request, not a missing resource: the request names the schedule,
+/// which is there to be saved. `policies` are the command's, each once.
+async fn ensure_policies_exist(
+    tx: &Transaction,
+    command: &SetScheduleCommand,
+    policies: &[PolicyRef],
+) -> Result<()> {
+    for policy in policies {
+        if tx.policy_exists(policy).await? {
+            continue;
+        }
+        let field = command
+            .entries
+            .iter()
+            .enumerate()
+            .find_map(|(index, entry)| {
+                let at = entry
+                    .targets
+                    .iter()
+                    .position(|(name, _)| name == &policy.name)?;
+                Some(format!("entries[{index}].targets[{at}]"))
+            })
+            .expect("every policy of the command is some entry's target");
+        return Err(Error::invalid(
+            field,
+            format!("policy {policy} does not exist"),
+        ));
+    }
+    Ok(())
+}
+
 /// Activates what `entry` pins, as Activate would: one revision, the same
 /// checks; a version whose digest moved is refused.
 async fn activate(
@@ -108,6 +140,7 @@ impl PolicyHub {
                     .collect();
                 let previous = tx.lock_schedule(&namespace, &command.name).await?;
                 let names = command.policies();
+                ensure_policies_exist(tx, &command, &names).await?;
                 let locked = tx.lock_policies(&names.iter().collect::<Vec<_>>()).await?;
                 let mut entries = Vec::with_capacity(command.entries.len());
                 for (index, requested) in command.entries.iter().enumerate() {
@@ -118,8 +151,14 @@ impl PolicyHub {
                             .position(|locked| &locked.name == name)
                             .map(|position| &locked[position])
                             .expect("every target's policy is locked");
-                        let record = tx.version(policy, selector).await?.record;
                         let field = format!("entries[{index}].targets[{at}]");
+                        let record = match tx.version(policy, selector).await {
+                            Ok(stored) => stored.record,
+                            Err(Error::NotFound(missing)) => {
+                                return Err(Error::invalid(field, missing));
+                            }
+                            Err(error) => return Err(error),
+                        };
                         targets.push(schedule::pin(&field, &record)?);
                     }
                     entries.push(Entry {

@@ -13,6 +13,7 @@ use policyhub::grpc::proto::{
 };
 use serde_json::json;
 use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
 
 use crate::cli::policyhub;
 use crate::helpers::{
@@ -466,10 +467,6 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
         let message = expect_code(set(&app.policy, bad).await, Code::InvalidArgument);
         assert!(message.contains(says), "{what}: {message}");
     }
-    let missing = with(&|r| r.entries[0].targets[0].name = "nope".into());
-    expect_code(set(&app.policy, missing).await, Code::NotFound);
-    let no_version = with(&|r| r.entries[0].targets[0].selector = Some(Selector::Version(9)));
-    expect_code(set(&app.policy, no_version).await, Code::NotFound);
     assert_eq!(app.db_state().await, before, "nothing was written");
     let listed = app
         .policy
@@ -509,6 +506,77 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
         app.policy.clone().delete_schedule(control("nope")).await,
         Code::NotFound,
     );
+}
+
+/// The field of the first violation of an INVALID_ARGUMENT status.
+fn violated_field(result: Result<proto::Schedule, Status>) -> String {
+    let status = result.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("a BadRequest")
+        .field_violations[0]
+        .field
+        .clone()
+}
+
+/// A target naming a policy, a version or a label that does not exist is a
+/// bad field of the request, over gRPC and over HTTP (400, not the 404 of
+/// a missing route), and nothing is saved.
+async fn a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    let before = app.db_state().await;
+    let mut missing_policy = request("weekend-mode", vec![entry("weekday", "0 0 * * MON", 1)]);
+    let mut weekend = entry("weekend", "0 18 * * FRI", 2);
+    weekend.targets.push(proto::ScheduleTargetRequest {
+        name: "nope".into(),
+        selector: Some(Selector::Version(1)),
+    });
+    missing_policy.entries.push(weekend);
+    let missing_version = request("weekend-mode", vec![entry("weekday", "0 0 * * MON", 9)]);
+    let mut missing_label = missing_version.clone();
+    missing_label.entries[0].targets[0].selector = Some(Selector::Label("9.9.9".into()));
+    for (bad, field) in [
+        (missing_policy, "entries[1].targets[1]"),
+        (missing_version, "entries[0].targets[0]"),
+        (missing_label, "entries[0].targets[0]"),
+    ] {
+        assert_eq!(violated_field(set(&app.policy, bad).await), field);
+    }
+    let body = json!({
+        "entries": [{
+            "name": "weekend",
+            "cron": "0 18 * * FRI",
+            "timeZone": "UTC",
+            "targets": [{"name": "limits", "version": 1}, {"name": "nope", "version": 1}],
+        }],
+        "reason": "calm weekends",
+    })
+    .to_string();
+    let path = "/v1/namespaces/team/schedules/weekend-mode";
+    let reply = crate::http::curl(&app, "PUT", path, Some(&body), &[crate::http::JSON]);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let violation = &reply.json["details"][0]["fieldViolations"][0];
+    assert_eq!(violation["field"], "entries[0].targets[1]", "{reply:?}");
+    assert!(
+        violation["description"]
+            .as_str()
+            .is_some_and(|text| text.contains("team/nope does not exist")),
+        "{reply:?}"
+    );
+    assert_eq!(app.db_state().await, before, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing_on_sqlite() {
+    let app = crate::http::app(Backend::Sqlite, true).await;
+    a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing_on_postgres() {
+    let app = crate::http::app(Backend::Postgres, true).await;
+    a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing(app).await;
 }
 
 /// A six-field pattern (seconds first) that fires once a year, at `at`.
