@@ -4,8 +4,14 @@
 //! as an ordinary activation; a firing that is refused pauses the schedule
 //! with the reason instead of retrying.
 //!
-//! Daylight-saving transitions are the cron crate's: a time the clocks skip
-//! fires at the first time after the gap, a time they repeat fires once.
+//! Patterns are read by the `croner` crate as it is configured in
+//! `timing`; the unit tests below pin what that means: the day-of-month and
+//! day-of-week fields match either (as in Vixie cron) unless the day of week
+//! starts with `+`; a fixed time the clocks skip fires at the first time
+//! after the gap and one they repeat fires once, at its first occurrence,
+//! while a pattern with a wildcard, range or step in its time fields skips
+//! the gap and fires in both passes; six fields put seconds first and a
+//! seventh is a year.
 
 mod timing;
 mod validate;
@@ -486,6 +492,99 @@ mod tests {
         schedule.resume();
         let missed = schedule.due(utc(2026, 3, 24, 0, 0)).unwrap();
         assert_eq!(missed.entry.to_string(), "weekday");
+    }
+
+    fn at(pattern: &str, zone: &str, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let schedule = schedule(vec![entry("e", pattern, zone)], after);
+        let firings = schedule.upcoming(after, count);
+        firings.iter().map(|firing| firing.at).collect()
+    }
+
+    #[test]
+    fn day_of_month_and_day_of_week_match_either_unless_the_day_of_week_starts_with_plus() {
+        // As in Vixie cron: the 13th or a Friday.
+        let either = at("0 0 13 * FRI", "UTC", utc(2026, 11, 14, 0, 0), 5);
+        assert_eq!(
+            either,
+            [
+                utc(2026, 11, 20, 0, 0),
+                utc(2026, 11, 27, 0, 0),
+                utc(2026, 12, 4, 0, 0),
+                utc(2026, 12, 11, 0, 0),
+                utc(2026, 12, 13, 0, 0), // a Sunday
+            ]
+        );
+        // `+`: both, a Friday the 13th.
+        let both = at("0 0 13 * +FRI", "UTC", utc(2026, 11, 14, 0, 0), 1);
+        assert_eq!(both, [utc(2027, 8, 13, 0, 0)]);
+    }
+
+    #[test]
+    fn two_entries_due_at_the_same_instant_fire_once_as_the_entry_listed_last() {
+        let mut noon = schedule(
+            vec![
+                entry("first", "0 12 * * *", "UTC"),
+                entry("last", "0 12 * * *", "UTC"),
+            ],
+            utc(2026, 3, 19, 0, 0),
+        );
+        let upcoming = noon.upcoming(utc(2026, 3, 19, 0, 0), 2);
+        assert_eq!(
+            names_and_times(&upcoming),
+            [
+                ("last".into(), utc(2026, 3, 19, 12, 0)),
+                ("last".into(), utc(2026, 3, 20, 12, 0)),
+            ]
+        );
+        let now = utc(2026, 3, 19, 12, 0);
+        let due = noon.due(now).unwrap();
+        assert_eq!(due.entry.to_string(), "last");
+        noon.fired(due, 7, now);
+        assert_eq!(
+            noon.due(now),
+            None,
+            "the first entry's firing is passed over"
+        );
+    }
+
+    #[test]
+    fn a_repeated_hour_fires_a_fixed_time_once_and_a_recurring_one_in_both_passes() {
+        // 25 October 2026 in Berlin: 02:00–03:00 happens in CEST, then CET.
+        // 02:30 fires once, in CEST (the fixed-time test above); a pattern
+        // with a wildcard or a step in its time fields fires in both passes.
+        let hourly = at("30 * * * *", "Europe/Berlin", utc(2026, 10, 24, 23, 0), 4);
+        assert_eq!(
+            hourly,
+            [
+                utc(2026, 10, 24, 23, 30), // 01:30 CEST
+                utc(2026, 10, 25, 0, 30),  // 02:30 CEST
+                utc(2026, 10, 25, 1, 30),  // 02:30 CET
+                utc(2026, 10, 25, 2, 30),  // 03:30 CET
+            ]
+        );
+        // 29 March 2026: 02:00–03:00 does not exist; the hourly pattern
+        // skips it.
+        let spring = at("30 * * * *", "Europe/Berlin", utc(2026, 3, 29, 0, 0), 2);
+        assert_eq!(
+            spring,
+            [utc(2026, 3, 29, 0, 30), utc(2026, 3, 29, 1, 30)] // 01:30 CET, 03:30 CEST
+        );
+    }
+
+    #[test]
+    fn six_fields_put_seconds_first_a_seventh_is_a_year_and_nicknames_work() {
+        let seconds = at("30 0 12 * * *", "UTC", utc(2026, 3, 19, 0, 0), 1);
+        assert_eq!(
+            seconds,
+            [utc(2026, 3, 19, 12, 0) + chrono::TimeDelta::seconds(30)]
+        );
+        let year = at("0 0 12 1 1 * 2028", "UTC", utc(2026, 3, 19, 0, 0), 2);
+        assert_eq!(year, [utc(2028, 1, 1, 12, 0)], "a year fires once");
+        let daily = at("@daily", "UTC", utc(2026, 3, 19, 9, 0), 1);
+        assert_eq!(daily, [utc(2026, 3, 20, 0, 0)]);
+        for refused in ["* * * *", "0 0 0 1 1 * 2028 1"] {
+            assert!(Timing::parse("e", refused, "UTC").is_err(), "{refused}");
+        }
     }
 
     #[test]
