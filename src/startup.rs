@@ -198,6 +198,7 @@ impl Application {
             fleet.clone(),
             settings.bundle_issuer.clone(),
             settings.rollouts.clone(),
+            settings.schedules.clone(),
             keys,
             (
                 crate::grpc::convert::encoded_bundle,

@@ -128,6 +128,9 @@ impl PolicyHub {
         command: SetScheduleCommand,
         context: &RequestContext,
     ) -> Result<Schedule> {
+        let min_interval = chrono::TimeDelta::from_std(self.schedule_settings.min_interval)
+            .map_err(|error| Error::Internal(format!("schedules.min_interval: {error}")))?;
+        schedule::ensure_spaced(&command, min_interval)?;
         self.repository
             .write("set_schedule", async |tx| {
                 let namespace = command.namespace.clone();

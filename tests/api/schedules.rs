@@ -508,6 +508,48 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
     );
 }
 
+/// An entry whose pattern fires more often than `schedules.min_interval`
+/// (a minute by default) is refused naming it, and nothing is saved.
+async fn a_pattern_firing_more_often_than_the_floor_is_refused(backend: Backend) {
+    let app = spawn_on(TestDatabase::new(backend).await, |settings| {
+        settings.schedules = policyhub::config::ScheduleSettings::default();
+    })
+    .await;
+    seed(&mut app.policy.clone()).await;
+    let before = app.db_state().await;
+    let mut fast = request("fast", vec![entry("weekday", "0 0 * * MON", 1)]);
+    fast.entries.push(entry("burst", "*/10 * * * * *", 2));
+    let status = set(&app.policy, fast).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let violation = &status.get_details_bad_request().unwrap().field_violations[0];
+    assert_eq!(violation.field, "entries[1].cron");
+    assert!(
+        violation
+            .description
+            .contains("entry burst fires 10s apart")
+            && violation.description.contains("at most once every 1m"),
+        "{}",
+        violation.description
+    );
+    assert_eq!(app.db_state().await, before, "nothing was written");
+    set(
+        &app.policy,
+        request("calm", vec![entry("minutely", "* * * * *", 2)]),
+    )
+    .await
+    .expect("once a minute is allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_firing_more_often_than_the_floor_is_refused_on_sqlite() {
+    a_pattern_firing_more_often_than_the_floor_is_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_firing_more_often_than_the_floor_is_refused_on_postgres() {
+    a_pattern_firing_more_often_than_the_floor_is_refused(Backend::Postgres).await;
+}
+
 /// The field of the first violation of an INVALID_ARGUMENT status.
 fn violated_field(result: Result<proto::Schedule, Status>) -> String {
     let status = result.expect_err("refused");

@@ -24,7 +24,7 @@ use super::{
     VersionSelector,
 };
 use timing::Timing;
-pub use validate::{ensure_pinned, pin, validate};
+pub use validate::{ensure_pinned, ensure_spaced, pin, validate};
 
 /// Entries a schedule may have.
 pub const MAX_ENTRIES: usize = 16;
