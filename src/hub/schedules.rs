@@ -2,7 +2,9 @@
 //! an operator's controls, and the controller's firings, each one
 //! transaction that re-reads the schedule under its row lock.
 
-use crate::domain::schedule::{self, Entry, Schedule, SetScheduleCommand};
+use chrono::SecondsFormat::Secs;
+
+use crate::domain::schedule::{self, Entry, Firing, Schedule, SetScheduleCommand};
 use crate::domain::{
     ActivationOutcome, Error, EventKind, ExpectedActive, Namespace, PolicyRef, RequestContext,
     Result, ScheduleName, VersionSelector,
@@ -84,6 +86,53 @@ async fn ensure_policies_exist(
             field,
             format!("policy {policy} does not exist"),
         ));
+    }
+    Ok(())
+}
+
+/// What the events of `firing` of `schedule` say: the schedule, the entry,
+/// its pattern and when it was due.
+fn firing_reason(schedule: &Schedule, entry: &Entry, firing: &Firing) -> String {
+    format!(
+        "schedule {} entry {} ({} in {}) due at {}",
+        schedule.name,
+        entry.name,
+        entry.cron,
+        entry.time_zone,
+        firing.at.to_rfc3339_opts(Secs, true)
+    )
+}
+
+/// Records, for each policy of `outcome` whose version was already active,
+/// that the firing moved nothing: an activation of what is active takes no
+/// revision and writes no ACTIVATED event, and the log should still show
+/// that the schedule fired.
+async fn record_unmoved(
+    tx: &Transaction,
+    context: &RequestContext,
+    outcome: &ActivationOutcome,
+    reason: &str,
+) -> Result<()> {
+    let unmoved: Vec<_> = outcome
+        .activations
+        .iter()
+        .filter(|activation| activation.previous_version == Some(activation.version))
+        .collect();
+    let policies: Vec<&PolicyRef> = unmoved
+        .iter()
+        .map(|activation| &activation.policy)
+        .collect();
+    let locked = tx.lock_policies(&policies).await?;
+    for (policy, activation) in locked.iter().zip(&unmoved) {
+        let why = format!(
+            "{reason}: version {} was already active, nothing moved",
+            activation.version
+        );
+        let event = NewEvent {
+            new_version: Some(activation.version),
+            ..NewEvent::new(EventKind::ScheduleAlreadyActive, &why)
+        };
+        tx.record_event(context, Some(policy), event).await?;
     }
     Ok(())
 }
@@ -253,7 +302,8 @@ impl PolicyHub {
     /// since (another replica fired it, or an operator changed it): the
     /// decision is re-checked under the schedule's row lock. A refused
     /// activation pauses the schedule with the reason, in the same
-    /// transaction.
+    /// transaction; one that finds its versions already active says so in
+    /// the log.
     #[tracing::instrument(name = "hub.fire_schedule", skip_all)]
     pub async fn fire_schedule(&self, seen: &Schedule) -> Result<()> {
         let context = RequestContext {
@@ -276,16 +326,10 @@ impl PolicyHub {
                     .entry(&firing.entry)
                     .expect("a due firing names an entry of its schedule")
                     .clone();
-                let reason = format!(
-                    "schedule {} entry {} ({} in {}) due at {}",
-                    current.name,
-                    entry.name,
-                    entry.cron,
-                    entry.time_zone,
-                    firing.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                );
+                let reason = firing_reason(&current, &entry, &firing);
                 let outcome = match activate(tx, &context, &entry, &reason).await {
                     Ok(outcome) => {
+                        record_unmoved(tx, &context, &outcome, &reason).await?;
                         current.fired(firing, outcome.revision, now);
                         Some(outcome)
                     }

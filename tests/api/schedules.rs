@@ -26,6 +26,7 @@ use crate::runtime_library::kill_9;
 crate::on_both_backends!(
     entries_fire_on_their_patterns_and_pause_resume_and_delete_work,
     a_refused_firing_pauses_the_schedule_with_the_reason,
+    a_firing_of_what_is_already_active_is_recorded,
     bad_schedules_are_refused_and_change_nothing,
 );
 
@@ -352,6 +353,81 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
         .expect("resume");
     until_fired(&app.policy, "hold", |fired| !fired.is_empty()).await;
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 3);
+}
+
+/// A firing of the version already active moves nothing and takes no
+/// revision, but the log says it fired: a SCHEDULE_ALREADY_ACTIVE event
+/// naming the entry, chained and exported like any other.
+async fn a_firing_of_what_is_already_active_is_recorded(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    let revision = app.get_active("team", "limits").await.unwrap().revision;
+    set(
+        &app.policy,
+        request("same", vec![entry("keep", "* * * * * *", 1)]),
+    )
+    .await
+    .expect("set the schedule");
+    let mut recorded = Vec::new();
+    for _ in 0..150 {
+        recorded = events(&app.policy)
+            .await
+            .into_iter()
+            .filter(|event| event.kind() == EventKind::ScheduleAlreadyActive)
+            .collect();
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = recorded.first().expect("a SCHEDULE_ALREADY_ACTIVE event");
+    assert_eq!(event.actor, "system:schedule-controller");
+    assert!(
+        event
+            .reason
+            .starts_with("schedule same entry keep (* * * * * * in UTC) due at ")
+            && event
+                .reason
+                .ends_with("version 1 was already active, nothing moved"),
+        "{}",
+        event.reason
+    );
+    assert_eq!((event.new_version, event.revision), (1, 0));
+    assert!(
+        firings(&app.policy, "same").await.is_empty(),
+        "nothing moved"
+    );
+    let schedule = get(&app.policy, "same").await.unwrap();
+    assert!(!schedule.paused);
+    let last = schedule.last_firing.expect("a last firing");
+    assert_eq!((last.revision, last.error.as_str()), (revision, ""));
+    assert_eq!(
+        app.get_active("team", "limits").await.unwrap().revision,
+        revision
+    );
+
+    // The chain holds, on the server and in an export.
+    app.policy
+        .clone()
+        .delete_schedule(control("same"))
+        .await
+        .unwrap();
+    let verified = policyhub(&app, &["verify-log"]);
+    assert!(
+        verified.success().contains("signed checkpoints hold"),
+        "{}",
+        verified.stdout
+    );
+    let exported = policyhub(&app, &["export"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("archive.jsonl");
+    std::fs::write(&file, exported.success()).unwrap();
+    let file = file.display().to_string();
+    let offline = policyhub(&app, &["verify-log", "-f", &file]);
+    assert!(
+        offline.success().contains("signed checkpoints hold"),
+        "{}",
+        offline.stdout
+    );
 }
 
 async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
