@@ -137,6 +137,26 @@ async fn record_unmoved(
     Ok(())
 }
 
+/// A resume refused because the entry in force cannot be activated: the
+/// refusal's own kind, saying what was being resumed.
+fn not_resumed(schedule: &Schedule, entry: &Entry, error: Error) -> Error {
+    match error {
+        Error::FailedPrecondition {
+            message,
+            kind,
+            violations,
+        } => Error::FailedPrecondition {
+            message: format!(
+                "cannot resume schedule {}: its entry in force, {}, cannot be activated: {message}",
+                schedule.name, entry.name
+            ),
+            kind,
+            violations,
+        },
+        other => other,
+    }
+}
+
 /// Activates what `entry` pins, as Activate would: one revision, the same
 /// checks; a version whose digest moved is refused.
 async fn activate(
@@ -238,7 +258,11 @@ impl PolicyHub {
     }
 
     /// An operator's control of a schedule; a deleted one comes back as it
-    /// was.
+    /// was. A resume applies the entry in force now, in the same
+    /// transaction, unless its versions are already active: a schedule whose
+    /// Friday firing was refused is resumed into its weekend entry, not left
+    /// on the weekday's until Monday. A resume whose activation is refused
+    /// is refused, and the schedule stays paused.
     #[tracing::instrument(name = "hub.control_schedule", skip_all, fields(control = control.verb()))]
     pub async fn control_schedule(
         &self,
@@ -249,8 +273,10 @@ impl PolicyHub {
         context: &RequestContext,
     ) -> Result<Schedule> {
         let operation = format!("{}_schedule", control.verb());
-        self.repository
+        let (schedule, moved) = self
+            .repository
             .write(&operation, async |tx| {
+                let mut moved = None;
                 tx.lock_namespaces([namespace]).await?;
                 let mut current = tx.lock_existing_schedule(namespace, name).await?;
                 let by = because(format!("{} by {}", control.verb(), context.actor), reason);
@@ -263,7 +289,25 @@ impl PolicyHub {
                     }
                     ScheduleControl::Resume => {
                         current.ensure_paused(true, "resume")?;
-                        current.resume();
+                        let now = tx.at();
+                        let in_force = current.in_force(now);
+                        current.resume(now);
+                        if let Some(firing) = in_force {
+                            let entry = current
+                                .entry(&firing.entry)
+                                .expect("a firing names an entry of its schedule")
+                                .clone();
+                            let reason = format!(
+                                "{}, in force when resumed by {}",
+                                firing_reason(&current, &entry, &firing),
+                                context.actor
+                            );
+                            let outcome = activate(tx, context, &entry, &reason)
+                                .await
+                                .map_err(|error| not_resumed(&current, &entry, error))?;
+                            current.fired(firing, outcome.revision, now);
+                            moved = Some(outcome);
+                        }
                         tx.save_schedule(&current).await?;
                         EventKind::ScheduleResumed
                     }
@@ -274,9 +318,13 @@ impl PolicyHub {
                 };
                 let why = format!("schedule {}: {by}", current.name);
                 record(tx, context, &current.policies(), kind, &why).await?;
-                Ok(current)
+                Ok((current, moved))
             })
-            .await
+            .await?;
+        if let Some(outcome) = moved {
+            self.activated(&outcome).await;
+        }
+        Ok(schedule)
     }
 
     /// One schedule.

@@ -26,6 +26,7 @@ use crate::runtime_library::kill_9;
 crate::on_both_backends!(
     entries_fire_on_their_patterns_and_pause_resume_and_delete_work,
     a_refused_firing_pauses_the_schedule_with_the_reason,
+    a_resume_applies_the_entry_in_force_once,
     a_firing_of_what_is_already_active_is_recorded,
     bad_schedules_are_refused_and_change_nothing,
 );
@@ -97,16 +98,17 @@ async fn events(policy: &PolicyServiceClient<Channel>) -> Vec<proto::Event> {
     events
 }
 
-/// The activations schedule `name` made: (entry, due at, version).
+/// The activations the controller made for schedule `name`: (entry, due
+/// at, version).
 async fn firings(policy: &PolicyServiceClient<Channel>, name: &str) -> Vec<(String, String, u32)> {
     let prefix = format!("schedule {name} entry ");
     events(policy)
         .await
         .into_iter()
         .filter(|event| event.kind() == EventKind::Activated)
+        .filter(|event| event.actor == "system:schedule-controller")
         .filter_map(|event| {
             let rest = event.reason.strip_prefix(&prefix)?.to_owned();
-            assert_eq!(event.actor, "system:schedule-controller");
             let entry = rest.split_whitespace().next()?.to_owned();
             let due = rest.rsplit_once("due at ")?.1.to_owned();
             Some((entry, due, event.new_version))
@@ -343,7 +345,18 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
     );
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
 
-    // Met, and resumed: the firing missed while paused fires once.
+    // Resumed while still unmet: refused, and still paused.
+    let message = expect_code(
+        app.policy.clone().resume_schedule(control("hold")).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("cannot resume schedule hold: its entry in force, every"),
+        "{message}"
+    );
+    assert!(get(&app.policy, "hold").await.unwrap().paused);
+
+    // Met, and resumed: the entry in force is applied by the resume.
     let base = app.try_activate(vec![target("team", "base", 2)]).await;
     base.expect("activate base 2.0.0");
     app.policy
@@ -351,8 +364,93 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
         .resume_schedule(control("hold"))
         .await
         .expect("resume");
-    until_fired(&app.policy, "hold", |fired| !fired.is_empty()).await;
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 3);
+}
+
+/// The ACTIVATED events that name schedule `name`, whoever made them.
+async fn activations_of(policy: &PolicyServiceClient<Channel>, name: &str) -> Vec<proto::Event> {
+    let prefix = format!("schedule {name} entry ");
+    events(policy)
+        .await
+        .into_iter()
+        .filter(|event| event.kind() == EventKind::Activated && event.reason.starts_with(&prefix))
+        .collect()
+}
+
+/// A firing refused on "Friday" (a rollout held the policy), the rollout
+/// aborted, the schedule resumed before the next firing: the resume puts
+/// the entry in force ("weekend") in place at once, once, and a second
+/// resume finds it already active and moves nothing.
+async fn a_resume_applies_the_entry_in_force_once(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    let rollout = app
+        .policy
+        .clone()
+        .start_rollout(start_request(vec![step(50, Duration::from_secs(3600))]))
+        .await
+        .expect("start a rollout")
+        .into_inner();
+    let friday = Utc::now() + chrono::TimeDelta::seconds(2);
+    let monday = friday + chrono::TimeDelta::days(3);
+    let mut calendar = request("weekend-mode", vec![entry("weekday", &once_at(monday), 1)]);
+    calendar.entries.push(entry("weekend", &once_at(friday), 2));
+    set(&app.policy, calendar).await.expect("set the schedule");
+    let paused = until_paused(&app.policy, "weekend-mode").await;
+    assert!(
+        paused.paused_because.contains("entry weekend"),
+        "{}",
+        paused.paused_because
+    );
+    app.policy
+        .clone()
+        .abort_rollout(proto::RolloutControlRequest {
+            namespace: "team".into(),
+            id: rollout.id,
+            reason: "make way".into(),
+        })
+        .await
+        .expect("abort");
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
+
+    let resumed = app
+        .policy
+        .clone()
+        .resume_schedule(control("weekend-mode"))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+    let last = resumed.last_firing.expect("the firing in force");
+    assert_eq!(last.entry, "weekend");
+    assert!(last.revision > 0 && last.error.is_empty(), "{last:?}");
+    let applied = activations_of(&app.policy, "weekend-mode").await;
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert!(applied[0].reason.contains("entry weekend"), "{applied:?}");
+    assert!(
+        applied[0].reason.contains("in force when resumed"),
+        "{applied:?}"
+    );
+    assert_eq!(applied[0].new_version, 2);
+
+    // Not again on the next ticks.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(activations_of(&app.policy, "weekend-mode").await.len(), 1);
+    let revision = app.get_active("team", "limits").await.unwrap().revision;
+
+    // Paused and resumed again: already active, nothing moves.
+    app.policy
+        .clone()
+        .pause_schedule(control("weekend-mode"))
+        .await
+        .expect("pause");
+    app.policy
+        .clone()
+        .resume_schedule(control("weekend-mode"))
+        .await
+        .expect("resume again");
+    assert_eq!(activations_of(&app.policy, "weekend-mode").await.len(), 1);
+    let active = app.get_active("team", "limits").await.unwrap();
+    assert_eq!((active.version, active.revision), (2, revision));
 }
 
 /// A firing of the version already active moves nothing and takes no

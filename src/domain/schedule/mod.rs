@@ -261,18 +261,31 @@ impl Schedule {
 
     /// The firing due at `now`: of the firings after `evaluated_at` and at
     /// or before `now`, the most recent (on a tie, the entry listed last).
-    /// After downtime or a pause, only that one fires, not every one missed.
+    /// After downtime, only that one fires, not every one missed.
     pub fn due(&self, now: DateTime<Utc>) -> Option<Firing> {
         if self.paused {
             return None;
         }
+        self.latest_between(self.evaluated_at, now)
+    }
+
+    /// The firing whose entry should be in force at `now`: the most recent
+    /// at or before `now` since the schedule was saved (on a tie, the entry
+    /// listed last), whether it fired, was refused or fell in a pause.
+    pub fn in_force(&self, now: DateTime<Utc>) -> Option<Firing> {
+        self.latest_between(self.updated_at, now)
+    }
+
+    /// Of the firings after `after` and at or before `until`, the most
+    /// recent; on a tie, the entry listed last.
+    fn latest_between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<Firing> {
         self.entries
             .iter()
             .filter_map(|entry| {
                 entry
                     .timing()?
-                    .latest_until(now)
-                    .filter(|at| *at > self.evaluated_at)
+                    .latest_until(until)
+                    .filter(|at| *at > after)
                     .map(|at| Firing {
                         entry: entry.name.clone(),
                         at,
@@ -330,11 +343,13 @@ impl Schedule {
         self.plan_next();
     }
 
-    /// Fires again: the most recent firing missed while paused fires once
-    /// at the next tick, then the pattern goes on.
-    pub fn resume(&mut self) {
+    /// Fires again from `now`. What was due while paused does not fire
+    /// later: whoever resumes applies the entry in force (`in_force`) at
+    /// once, and records it with `fired`.
+    pub fn resume(&mut self, now: DateTime<Utc>) {
         self.paused = false;
         self.paused_because = String::new();
+        self.evaluated_at = now;
         self.plan_next();
     }
 
@@ -488,10 +503,28 @@ mod tests {
         assert!(schedule.paused_because.contains("rollout r1 is moving it"));
         assert_eq!(schedule.next, None);
         assert_eq!(schedule.due(utc(2026, 3, 30, 0, 0)), None);
-        // Resumed: the firing missed while paused fires once.
-        schedule.resume();
-        let missed = schedule.due(utc(2026, 3, 24, 0, 0)).unwrap();
-        assert_eq!(missed.entry.to_string(), "weekday");
+    }
+
+    #[test]
+    fn a_resume_finds_the_entry_in_force_and_nothing_due_until_the_next_firing() {
+        // Refused on Friday evening, resumed on Saturday: the weekend entry
+        // is in force, and nothing is due until Monday's weekday.
+        let mut schedule = schedule(weekday_weekend(), utc(2026, 3, 19, 12, 0));
+        let friday = utc(2026, 3, 20, 17, 0);
+        let due = schedule.due(friday).unwrap();
+        schedule.refused(due, &Error::precondition("rollout r1 is moving it"), friday);
+        let saturday = utc(2026, 3, 21, 9, 0);
+        let in_force = schedule.in_force(saturday).unwrap();
+        assert_eq!(
+            (in_force.entry.to_string(), in_force.at),
+            ("weekend".into(), friday)
+        );
+        schedule.resume(saturday);
+        assert!(!schedule.paused);
+        assert_eq!(schedule.due(utc(2026, 3, 22, 22, 59)), None);
+        assert_eq!(schedule.next.as_ref().unwrap().at, utc(2026, 3, 22, 23, 0));
+        // Nothing is in force before the first firing after the save.
+        assert_eq!(schedule.in_force(utc(2026, 3, 20, 16, 59)), None);
     }
 
     fn at(pattern: &str, zone: &str, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
