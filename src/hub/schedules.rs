@@ -4,7 +4,7 @@
 
 use chrono::SecondsFormat::Secs;
 
-use crate::domain::schedule::{self, Entry, Firing, Schedule, SetScheduleCommand};
+use crate::domain::schedule::{self, Entry, Firing, FiringOutcome, Schedule, SetScheduleCommand};
 use crate::domain::{
     ActivationOutcome, Error, EventKind, ExpectedActive, Namespace, PolicyRef, RequestContext,
     Result, ScheduleName, VersionSelector,
@@ -106,13 +106,13 @@ fn firing_reason(schedule: &Schedule, entry: &Entry, firing: &Firing) -> String 
 /// Records, for each policy of `outcome` whose version was already active,
 /// that the firing moved nothing: an activation of what is active takes no
 /// revision and writes no ACTIVATED event, and the log should still show
-/// that the schedule fired.
+/// that the schedule fired. Says whether anything moved.
 async fn record_unmoved(
     tx: &Transaction,
     context: &RequestContext,
     outcome: &ActivationOutcome,
     reason: &str,
-) -> Result<()> {
+) -> Result<FiringOutcome> {
     let unmoved: Vec<_> = outcome
         .activations
         .iter()
@@ -134,7 +134,11 @@ async fn record_unmoved(
         };
         tx.record_event(context, Some(policy), event).await?;
     }
-    Ok(())
+    Ok(if outcome.moved() {
+        FiringOutcome::Applied
+    } else {
+        FiringOutcome::AlreadyActive
+    })
 }
 
 /// A resume refused because the entry in force cannot be activated: the
@@ -341,6 +345,16 @@ impl PolicyHub {
         self.repository.list_schedules(namespace).await
     }
 
+    /// How many schedules a refused firing paused and no operator has
+    /// resumed since.
+    pub async fn schedules_paused_by_refusal(&self) -> Result<usize> {
+        let paused = self.repository.paused_schedules().await?;
+        Ok(paused
+            .iter()
+            .filter(|schedule| schedule.paused_by_refusal)
+            .count())
+    }
+
     /// The schedules with a firing due now, for the controller.
     pub async fn due_schedules(&self) -> Result<Vec<Schedule>> {
         self.repository.due_schedules(chrono::Utc::now()).await
@@ -351,9 +365,9 @@ impl PolicyHub {
     /// decision is re-checked under the schedule's row lock. A refused
     /// activation pauses the schedule with the reason, in the same
     /// transaction; one that finds its versions already active says so in
-    /// the log.
+    /// the log. `None` when there was nothing to fire.
     #[tracing::instrument(name = "hub.fire_schedule", skip_all)]
-    pub async fn fire_schedule(&self, seen: &Schedule) -> Result<()> {
+    pub async fn fire_schedule(&self, seen: &Schedule) -> Result<Option<FiringOutcome>> {
         let context = RequestContext {
             actor: "system:schedule-controller".into(),
             request_id: format!("schedule-{}-{}", seen.namespace, seen.name),
@@ -375,11 +389,11 @@ impl PolicyHub {
                     .expect("a due firing names an entry of its schedule")
                     .clone();
                 let reason = firing_reason(&current, &entry, &firing);
-                let outcome = match activate(tx, &context, &entry, &reason).await {
+                let fired = match activate(tx, &context, &entry, &reason).await {
                     Ok(outcome) => {
-                        record_unmoved(tx, &context, &outcome, &reason).await?;
+                        let said = record_unmoved(tx, &context, &outcome, &reason).await?;
                         current.fired(firing, outcome.revision, now);
-                        Some(outcome)
+                        (said, Some(outcome))
                     }
                     Err(
                         refusal @ (Error::FailedPrecondition { .. }
@@ -390,17 +404,20 @@ impl PolicyHub {
                         let why = format!("schedule {}: {}", current.name, current.paused_because);
                         let policies: Vec<&PolicyRef> = entry.policies().collect();
                         record(tx, &context, &policies, EventKind::SchedulePaused, &why).await?;
-                        None
+                        (FiringOutcome::Refused, None)
                     }
                     Err(error) => return Err(error),
                 };
                 tx.save_schedule(&current).await?;
-                Ok(outcome)
+                Ok(Some(fired))
             })
             .await?;
-        if let Some(outcome) = fired {
+        let Some((said, moved)) = fired else {
+            return Ok(None);
+        };
+        if let Some(outcome) = moved {
             self.activated(&outcome).await;
         }
-        Ok(())
+        Ok(Some(said))
     }
 }

@@ -367,6 +367,15 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 3);
 }
 
+/// The server on `database` with its metrics port, as the tests of
+/// schedules need it.
+async fn with_metrics(backend: Backend) -> TestApp {
+    spawn_on(TestDatabase::new(backend).await, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+}
+
 /// The ACTIVATED events that name schedule `name`, whoever made them.
 async fn activations_of(policy: &PolicyServiceClient<Channel>, name: &str) -> Vec<proto::Event> {
     let prefix = format!("schedule {name} entry ");
@@ -680,6 +689,103 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
         app.policy.clone().delete_schedule(control("nope")).await,
         Code::NotFound,
     );
+}
+
+/// A value of the exposition, 0 when the series is not there yet.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `promtool check metrics` of an exposition.
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write as _;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is on PATH");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+const APPLIED: &str = r#"policyhub_schedule_firings_total{outcome="applied"}"#;
+const ALREADY_ACTIVE: &str = r#"policyhub_schedule_firings_total{outcome="already_active"}"#;
+const REFUSED: &str = r#"policyhub_schedule_firings_total{outcome="refused"}"#;
+const PAUSED_BY_REFUSAL: &str = "policyhub_schedules_paused_by_refusal";
+
+/// The metrics of schedules count a firing applied, one already active and
+/// one refused, and gauge the schedule the refusal paused; promtool accepts
+/// the exposition. The counters are the process's, shared with the other
+/// tests' servers, so they are compared before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_metrics_count_firings_by_outcome_and_the_self_paused() {
+    let app = with_metrics(Backend::Sqlite).await;
+    let address = app.metrics_address.expect("a metrics port");
+    let before = crate::observability::scrape(address).await;
+    seed(&mut app.policy.clone()).await;
+    // Version 1 is active: "keep" finds it so, "apply" moves to 2, "back"
+    // to 1.
+    let keep_at = Utc::now() + chrono::TimeDelta::seconds(2);
+    let mut calendar = request("metered", vec![entry("keep", &once_at(keep_at), 1)]);
+    let apply_at = keep_at + chrono::TimeDelta::seconds(1);
+    calendar.entries.push(entry("apply", &once_at(apply_at), 2));
+    let back_at = apply_at + chrono::TimeDelta::seconds(1);
+    calendar.entries.push(entry("back", &once_at(back_at), 1));
+    set(&app.policy, calendar).await.expect("set the schedule");
+    until_fired(&app.policy, "metered", |fired| fired.len() == 2).await;
+
+    // A rollout holds team/limits: the next firing is refused.
+    app.policy
+        .clone()
+        .start_rollout(start_request(vec![step(50, Duration::from_secs(3600))]))
+        .await
+        .expect("start a rollout");
+    let refused_at = Utc::now() + chrono::TimeDelta::seconds(2);
+    set(
+        &app.policy,
+        request("metered", vec![entry("refuse", &once_at(refused_at), 1)]),
+    )
+    .await
+    .expect("replace the schedule");
+    until_paused(&app.policy, "metered").await;
+
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = crate::observability::scrape(address).await;
+        if sample(&after, PAUSED_BY_REFUSAL) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sample(&after, PAUSED_BY_REFUSAL) >= 1.0, "{after}");
+    for (series, at_least) in [(APPLIED, 2.0), (ALREADY_ACTIVE, 1.0), (REFUSED, 1.0)] {
+        assert!(
+            sample(&after, series) >= sample(&before, series) + at_least,
+            "{series}: {after}"
+        );
+    }
+    assert!(
+        after.contains("# TYPE policyhub_schedule_firings_total counter")
+            && after.contains("# TYPE policyhub_schedules_paused_by_refusal gauge"),
+        "{after}"
+    );
+    promtool_accepts(&after);
 }
 
 /// An entry whose pattern fires more often than `schedules.min_interval`

@@ -111,6 +111,28 @@ pub struct Firing {
     pub at: DateTime<Utc>,
 }
 
+/// What a firing did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FiringOutcome {
+    /// At least one pointer moved, under a new revision.
+    Applied,
+    /// Every version the entry activates was already active: nothing moved.
+    AlreadyActive,
+    /// The activation was refused and the schedule paused itself.
+    Refused,
+}
+
+impl FiringOutcome {
+    /// Its name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FiringOutcome::Applied => "applied",
+            FiringOutcome::AlreadyActive => "already_active",
+            FiringOutcome::Refused => "refused",
+        }
+    }
+}
+
 /// The outcome of the last firing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
@@ -135,6 +157,10 @@ pub struct Schedule {
     pub paused: bool,
     /// Who paused it and why, or the refused firing that did.
     pub paused_because: String,
+    /// Paused by a refused firing, not by an operator. Absent from
+    /// schedules stored before it was kept.
+    #[serde(default)]
+    pub paused_by_refusal: bool,
     /// Firings due up to here have been decided: fired, refused, or passed
     /// over because the schedule was saved later.
     pub evaluated_at: DateTime<Utc>,
@@ -182,6 +208,7 @@ impl Schedule {
             } else {
                 String::new()
             },
+            paused_by_refusal: false,
             evaluated_at: at,
             next: None,
             last: None,
@@ -334,12 +361,14 @@ impl Schedule {
         });
         self.evaluated_at = now;
         self.pause(why);
+        self.paused_by_refusal = true;
     }
 
     /// Stops firing, saying why.
     pub fn pause(&mut self, why: String) {
         self.paused = true;
         self.paused_because = why;
+        self.paused_by_refusal = false;
         self.plan_next();
     }
 
@@ -349,6 +378,7 @@ impl Schedule {
     pub fn resume(&mut self, now: DateTime<Utc>) {
         self.paused = false;
         self.paused_because = String::new();
+        self.paused_by_refusal = false;
         self.evaluated_at = now;
         self.plan_next();
     }
@@ -389,6 +419,7 @@ mod tests {
             entries,
             paused: false,
             paused_because: String::new(),
+            paused_by_refusal: false,
             evaluated_at,
             next: None,
             last: None,
@@ -501,6 +532,7 @@ mod tests {
                 .contains("entry weekend due at 2026-03-20T17:00:00Z")
         );
         assert!(schedule.paused_because.contains("rollout r1 is moving it"));
+        assert!(schedule.paused_by_refusal);
         assert_eq!(schedule.next, None);
         assert_eq!(schedule.due(utc(2026, 3, 30, 0, 0)), None);
     }
@@ -520,7 +552,7 @@ mod tests {
             ("weekend".into(), friday)
         );
         schedule.resume(saturday);
-        assert!(!schedule.paused);
+        assert!(!schedule.paused && !schedule.paused_by_refusal);
         assert_eq!(schedule.due(utc(2026, 3, 22, 22, 59)), None);
         assert_eq!(schedule.next.as_ref().unwrap().at, utc(2026, 3, 22, 23, 0));
         // Nothing is in force before the first firing after the save.
