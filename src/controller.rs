@@ -13,16 +13,44 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use crate::domain::Result;
 use crate::domain::rollout::{self, RolloutState, Tick};
+use crate::domain::schedule::FiringOutcome;
 use crate::hub::PolicyHub;
 
 /// The advisory lock key of the controller.
 const CONTROLLER_LOCK: i64 = 7_240_532;
 
-/// Ticks every `interval` until the process ends.
-pub async fn run(hub: PolicyHub, interval: Duration) {
+/// The metrics the controller feeds; whoever exposes them registers them.
+#[derive(Debug, Clone, Default)]
+pub struct Instruments {
+    /// Firings that moved a pointer.
+    pub applied: Counter,
+    /// Firings whose versions were already active.
+    pub already_active: Counter,
+    /// Firings refused, each of which paused its schedule.
+    pub refused: Counter,
+    /// Schedules a refused firing paused and no operator resumed yet, as
+    /// the database says at the last tick.
+    pub paused_by_refusal: Gauge,
+}
+
+impl Instruments {
+    fn firings(&self, outcome: FiringOutcome) -> &Counter {
+        match outcome {
+            FiringOutcome::Applied => &self.applied,
+            FiringOutcome::AlreadyActive => &self.already_active,
+            FiringOutcome::Refused => &self.refused,
+        }
+    }
+}
+
+/// Ticks every `interval` until the process ends. Every replica counts the
+/// schedules paused by a refusal, whichever drives the tick, so that the
+/// gauge of each says what the database holds.
+pub async fn run(hub: PolicyHub, interval: Duration, instruments: Instruments) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -30,12 +58,21 @@ pub async fn run(hub: PolicyHub, interval: Duration) {
         let ticked = hub
             .exclusively(CONTROLLER_LOCK, async || {
                 let rollouts = drive_rollouts(&hub).await;
-                fire_schedules(&hub).await?;
+                fire_schedules(&hub, &instruments).await?;
                 rollouts
             })
             .await;
         if let Err(error) = ticked {
             tracing::warn!(%error, "the controller could not tick; trying again");
+        }
+        match hub.schedules_paused_by_refusal().await {
+            Ok(paused) => {
+                let paused = i64::try_from(paused).unwrap_or(i64::MAX);
+                instruments.paused_by_refusal.set(paused);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the controller could not count the paused schedules")
+            }
         }
     }
 }
@@ -61,11 +98,17 @@ async fn drive_rollouts(hub: &PolicyHub) -> Result<()> {
 
 /// Fires every schedule with a firing due; one that cannot be fired now
 /// does not hold up the others.
-async fn fire_schedules(hub: &PolicyHub) -> Result<()> {
+async fn fire_schedules(hub: &PolicyHub, instruments: &Instruments) -> Result<()> {
     for due in hub.due_schedules().await? {
-        if let Err(error) = hub.fire_schedule(&due).await {
-            tracing::warn!(%error, namespace = %due.namespace, schedule = %due.name,
-                "the schedule could not fire; trying again");
+        match hub.fire_schedule(&due).await {
+            Ok(Some(outcome)) => {
+                instruments.firings(outcome).inc();
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, namespace = %due.namespace, schedule = %due.name,
+                    "the schedule could not fire; trying again");
+            }
         }
     }
     Ok(())

@@ -198,6 +198,7 @@ impl Application {
             fleet.clone(),
             settings.bundle_issuer.clone(),
             settings.rollouts.clone(),
+            settings.schedules.clone(),
             keys,
             (
                 crate::grpc::convert::encoded_bundle,
@@ -285,6 +286,7 @@ impl Application {
         let controller_task = tokio::spawn(crate::controller::run(
             self.hub.clone(),
             self.settings.rollouts.tick_interval(),
+            controller_instruments(),
         ));
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
@@ -397,6 +399,18 @@ impl Application {
 /// (etcd among them) do at start: every watch stream is a connection, and
 /// the usual soft limit of 1,024 would refuse runtimes long before memory or
 /// CPU run short. The hard limit stays the operator's to set.
+/// The controller's metrics, each firing outcome counted under its name.
+fn controller_instruments() -> crate::controller::Instruments {
+    use crate::domain::schedule::FiringOutcome;
+    let metrics = crate::metrics::global();
+    crate::controller::Instruments {
+        applied: metrics.schedule_firings(FiringOutcome::Applied.as_str()),
+        already_active: metrics.schedule_firings(FiringOutcome::AlreadyActive.as_str()),
+        refused: metrics.schedule_firings(FiringOutcome::Refused.as_str()),
+        paused_by_refusal: metrics.schedules_paused_by_refusal(),
+    }
+}
+
 fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open files limit"),

@@ -108,10 +108,24 @@ pub fn parse_event_kind(text: &str) -> Result<proto::EventKind, String> {
         .filter(|kind| *kind != proto::EventKind::Unspecified)
         .ok_or_else(|| {
             format!(
-                "{text:?} is not an event kind: use draft-created, draft-superseded, \
-                 draft-discarded, published, activated, rolled-back, schema-set or key-rotated"
+                "{text:?} is not an event kind: use one of {}",
+                event_kind_names().join(", ")
             )
         })
+}
+
+/// Every event kind as the CLI spells it, read from the API's enum so that
+/// a new kind is offered as soon as it exists.
+fn event_kind_names() -> Vec<String> {
+    (1..)
+        .map_while(|number| proto::EventKind::try_from(number).ok())
+        .map(|kind| {
+            kind.as_str_name()
+                .trim_start_matches("EVENT_KIND_")
+                .to_ascii_lowercase()
+                .replace('_', "-")
+        })
+        .collect()
 }
 
 /// The protobuf selector of an activation target.
@@ -169,6 +183,14 @@ mod tests {
             proto::EventKind::RolledBack
         );
         assert!(parse_event_kind("unspecified").is_err());
-        assert!(parse_event_kind("deleted").is_err());
+        let refused = parse_event_kind("deleted").unwrap_err();
+        for offered in [
+            "draft-created",
+            "rollout-approved",
+            "schedule-already-active",
+        ] {
+            assert!(refused.contains(offered), "{refused}");
+            assert!(parse_event_kind(offered).is_ok(), "{offered}");
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct Settings {
     pub runtimes: RuntimeSettings,
     /// The rollout controller.
     pub rollouts: RolloutSettings,
+    /// Recurring schedules.
+    pub schedules: ScheduleSettings,
     /// Signed checkpoints of the event log.
     pub audit: AuditSettings,
     /// How long an idempotency key is remembered; unset: forever. A retry
@@ -110,6 +112,25 @@ impl RolloutSettings {
             .or_else(|| self.required_approvals.get("*"))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// Recurring schedules.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// The shortest time an entry's pattern may leave between two firings;
+    /// `SetSchedule` refuses a pattern that fires more often. Each firing
+    /// that moves a pointer is a revision of the log.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        ScheduleSettings {
+            min_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -347,6 +368,7 @@ impl Default for Settings {
             quotas: QuotaSettings::default(),
             runtimes: RuntimeSettings::default(),
             rollouts: RolloutSettings::default(),
+            schedules: ScheduleSettings::default(),
             audit: AuditSettings::default(),
             idempotency_retention: None,
         }
@@ -416,6 +438,7 @@ const SETTINGS: &[&str] = &[
     "quotas",
     "runtimes",
     "rollouts",
+    "schedules",
     "idempotency_retention",
 ];
 
@@ -544,6 +567,20 @@ mod tests {
                 "{refused:#}"
             );
         }
+    }
+
+    #[test]
+    fn schedules_fire_at_most_once_a_minute_unless_set_otherwise() {
+        assert_eq!(
+            Settings::default().schedules.min_interval,
+            Duration::from_secs(60)
+        );
+        assert!(is_setting("SCHEDULES__MIN_INTERVAL"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policyhub.toml");
+        std::fs::write(&file, "[schedules]\nmin_interval = \"5m\"\n").unwrap();
+        let settings = Settings::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(settings.schedules.min_interval, Duration::from_secs(300));
     }
 
     #[test]

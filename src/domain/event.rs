@@ -52,13 +52,16 @@ pub enum EventKind {
     ScheduleResumed,
     /// A schedule naming the policy was deleted.
     ScheduleDeleted,
+    /// A schedule's firing found the version it activates already active:
+    /// nothing moved.
+    ScheduleAlreadyActive,
     /// An archive was imported.
     Imported,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -80,6 +83,7 @@ impl EventKind {
         EventKind::SchedulePaused,
         EventKind::ScheduleResumed,
         EventKind::ScheduleDeleted,
+        EventKind::ScheduleAlreadyActive,
         EventKind::Imported,
     ];
 
@@ -107,6 +111,7 @@ impl EventKind {
             EventKind::SchedulePaused => "SCHEDULE_PAUSED",
             EventKind::ScheduleResumed => "SCHEDULE_RESUMED",
             EventKind::ScheduleDeleted => "SCHEDULE_DELETED",
+            EventKind::ScheduleAlreadyActive => "SCHEDULE_ALREADY_ACTIVE",
             EventKind::Imported => "IMPORTED",
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use prost::bytes::Bytes;
 use tempfile::NamedTempFile;
 
-use crate::config::RolloutSettings;
+use crate::config::{RolloutSettings, ScheduleSettings};
 use crate::domain::chain::Checkpoint;
 use crate::domain::rollout::RevisionChange;
 use crate::domain::{
@@ -66,6 +66,8 @@ pub struct PolicyHub {
     bundle_issuer: String,
     /// Approvals rollouts need, per namespace.
     rollout_settings: Arc<RolloutSettings>,
+    /// How often a schedule's entry may fire at most.
+    schedule_settings: Arc<ScheduleSettings>,
     /// Which runtimes watch, and what each applied.
     fleet: Fleet,
     /// How a checkpoint goes on the wire, handed in by the transport.
@@ -117,6 +119,7 @@ impl PolicyHub {
         fleet: Fleet,
         bundle_issuer: String,
         rollout_settings: RolloutSettings,
+        schedule_settings: ScheduleSettings,
         key_source: KeySource,
         (encode, encode_checkpoint): (Encode, fn(&Checkpoint) -> prost::bytes::Bytes),
         instruments: Instruments,
@@ -154,6 +157,7 @@ impl PolicyHub {
             applier: Arc::default(),
             bundle_issuer,
             rollout_settings: Arc::new(rollout_settings),
+            schedule_settings: Arc::new(schedule_settings),
             fleet,
             encode_checkpoint,
         };

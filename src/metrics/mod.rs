@@ -12,7 +12,11 @@
 //!   transport; its maximum per revision is the time to the last delivery;
 //! - `policyhub_runtime_reports_total`: ReportStatus calls accepted;
 //! - `policyhub_runtime_flushes_total`: batches of the fleet view written
-//!   (at most one per `runtimes.flush_interval_ms`).
+//!   (at most one per `runtimes.flush_interval_ms`);
+//! - `policyhub_schedule_firings_total{outcome}`: schedule firings this
+//!   replica made, `applied`, `already_active` or `refused`;
+//! - `policyhub_schedules_paused_by_refusal`: schedules a refused firing
+//!   paused and no operator resumed yet.
 
 mod exposition;
 mod process;
@@ -70,10 +74,19 @@ pub struct Metrics {
     watch_streams: Gauge,
     /// What the fleet view feeds: reports accepted, batches written.
     fleet: fleet::Instruments,
+    schedule_firings: Family<OutcomeLabel, Counter>,
+    schedules_paused_by_refusal: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
+}
+
+/// Labels of a schedule firing count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    /// `applied`, `already_active` or `refused`.
+    outcome: String,
 }
 
 /// Labels of the build-info metric.
@@ -139,6 +152,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         revision.clone(),
     );
     registry.register("watch_streams", "Open watch streams", watch_streams.clone());
+    let schedule_firings = Family::<OutcomeLabel, Counter>::default();
+    let schedules_paused_by_refusal = Gauge::default();
+    registry.register(
+        "schedule_firings",
+        "Schedule firings, by outcome: applied, already_active or refused",
+        schedule_firings.clone(),
+    );
+    registry.register(
+        "schedules_paused_by_refusal",
+        "Schedules a refused firing paused and no operator resumed yet",
+        schedules_paused_by_refusal.clone(),
+    );
     registry.register(
         "watch_delivery_seconds",
         "From applying a revision to handing its update to a watch stream",
@@ -158,6 +183,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             reports: runtime_reports,
             flushes: runtime_flushes,
         },
+        schedule_firings,
+        schedules_paused_by_refusal,
     }
 });
 
@@ -170,6 +197,21 @@ impl Metrics {
     /// The instruments the fleet view feeds.
     pub fn fleet_instruments(&self) -> fleet::Instruments {
         self.fleet.clone()
+    }
+
+    /// The count of schedule firings with `outcome`, at zero until the
+    /// first.
+    pub fn schedule_firings(&self, outcome: &str) -> Counter {
+        self.schedule_firings
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of schedules paused by a refused firing.
+    pub fn schedules_paused_by_refusal(&self) -> Gauge {
+        self.schedules_paused_by_refusal.clone()
     }
 
     /// The instruments the active index feeds.

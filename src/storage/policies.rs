@@ -38,6 +38,18 @@ fn missing(policy: &PolicyRef) -> Error {
 }
 
 impl Transaction {
+    /// Whether the policy exists; under its namespace's lock the answer
+    /// holds until the transaction ends (policies are created under it).
+    pub async fn policy_exists(&self, policy: &PolicyRef) -> Result<bool> {
+        self.ensure_namespace_locked(&policy.namespace)?;
+        let count = policies::Entity::find()
+            .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
+            .filter(policies::Column::Name.eq(policy.name.as_str()))
+            .count(&self.txn)
+            .await?;
+        Ok(count > 0)
+    }
+
     /// Locks the policy row for the rest of the transaction (`FOR UPDATE`; a
     /// no-op on SQLite, where the writer lock is held instead).
     pub async fn lock_policy(&self, policy: &PolicyRef) -> Result<LockedPolicy> {

@@ -154,6 +154,19 @@ impl Repository {
         list(&self.db, namespace).await
     }
 
+    /// The schedules with no next firing: the paused ones, and any whose
+    /// pattern no longer fires.
+    #[tracing::instrument(name = "storage.paused_schedules", skip_all)]
+    pub async fn paused_schedules(&self) -> Result<Vec<Schedule>> {
+        schedules::Entity::find()
+            .filter(schedules::Column::NextFireAt.is_null())
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(from_row)
+            .collect()
+    }
+
     /// The schedules whose next firing is at or before `now`, earliest
     /// first: what the controller fires.
     #[tracing::instrument(name = "storage.due_schedules", skip_all)]

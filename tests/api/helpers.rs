@@ -112,6 +112,10 @@ pub fn test_settings(database: &TestDatabase) -> Settings {
             tick_interval: std::time::Duration::from_millis(100),
             ..Default::default()
         },
+        // Schedules with seconds in their patterns keep the tests short.
+        schedules: policyhub::config::ScheduleSettings {
+            min_interval: std::time::Duration::from_secs(1),
+        },
         ..Settings::default()
     }
 }

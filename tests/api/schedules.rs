@@ -13,6 +13,7 @@ use policyhub::grpc::proto::{
 };
 use serde_json::json;
 use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
 
 use crate::cli::policyhub;
 use crate::helpers::{
@@ -25,6 +26,8 @@ use crate::runtime_library::kill_9;
 crate::on_both_backends!(
     entries_fire_on_their_patterns_and_pause_resume_and_delete_work,
     a_refused_firing_pauses_the_schedule_with_the_reason,
+    a_resume_applies_the_entry_in_force_once,
+    a_firing_of_what_is_already_active_is_recorded,
     bad_schedules_are_refused_and_change_nothing,
 );
 
@@ -95,16 +98,17 @@ async fn events(policy: &PolicyServiceClient<Channel>) -> Vec<proto::Event> {
     events
 }
 
-/// The activations schedule `name` made: (entry, due at, version).
+/// The activations the controller made for schedule `name`: (entry, due
+/// at, version).
 async fn firings(policy: &PolicyServiceClient<Channel>, name: &str) -> Vec<(String, String, u32)> {
     let prefix = format!("schedule {name} entry ");
     events(policy)
         .await
         .into_iter()
         .filter(|event| event.kind() == EventKind::Activated)
+        .filter(|event| event.actor == "system:schedule-controller")
         .filter_map(|event| {
             let rest = event.reason.strip_prefix(&prefix)?.to_owned();
-            assert_eq!(event.actor, "system:schedule-controller");
             let entry = rest.split_whitespace().next()?.to_owned();
             let due = rest.rsplit_once("due at ")?.1.to_owned();
             Some((entry, due, event.new_version))
@@ -341,7 +345,18 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
     );
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
 
-    // Met, and resumed: the firing missed while paused fires once.
+    // Resumed while still unmet: refused, and still paused.
+    let message = expect_code(
+        app.policy.clone().resume_schedule(control("hold")).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("cannot resume schedule hold: its entry in force, every"),
+        "{message}"
+    );
+    assert!(get(&app.policy, "hold").await.unwrap().paused);
+
+    // Met, and resumed: the entry in force is applied by the resume.
     let base = app.try_activate(vec![target("team", "base", 2)]).await;
     base.expect("activate base 2.0.0");
     app.policy
@@ -349,8 +364,177 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
         .resume_schedule(control("hold"))
         .await
         .expect("resume");
-    until_fired(&app.policy, "hold", |fired| !fired.is_empty()).await;
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 3);
+}
+
+/// The server on `database` with its metrics port, as the tests of
+/// schedules need it.
+async fn with_metrics(backend: Backend) -> TestApp {
+    spawn_on(TestDatabase::new(backend).await, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+}
+
+/// The ACTIVATED events that name schedule `name`, whoever made them.
+async fn activations_of(policy: &PolicyServiceClient<Channel>, name: &str) -> Vec<proto::Event> {
+    let prefix = format!("schedule {name} entry ");
+    events(policy)
+        .await
+        .into_iter()
+        .filter(|event| event.kind() == EventKind::Activated && event.reason.starts_with(&prefix))
+        .collect()
+}
+
+/// A firing refused on "Friday" (a rollout held the policy), the rollout
+/// aborted, the schedule resumed before the next firing: the resume puts
+/// the entry in force ("weekend") in place at once, once, and a second
+/// resume finds it already active and moves nothing.
+async fn a_resume_applies_the_entry_in_force_once(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    let rollout = app
+        .policy
+        .clone()
+        .start_rollout(start_request(vec![step(50, Duration::from_secs(3600))]))
+        .await
+        .expect("start a rollout")
+        .into_inner();
+    let friday = Utc::now() + chrono::TimeDelta::seconds(2);
+    let monday = friday + chrono::TimeDelta::days(3);
+    let mut calendar = request("weekend-mode", vec![entry("weekday", &once_at(monday), 1)]);
+    calendar.entries.push(entry("weekend", &once_at(friday), 2));
+    set(&app.policy, calendar).await.expect("set the schedule");
+    let paused = until_paused(&app.policy, "weekend-mode").await;
+    assert!(
+        paused.paused_because.contains("entry weekend"),
+        "{}",
+        paused.paused_because
+    );
+    app.policy
+        .clone()
+        .abort_rollout(proto::RolloutControlRequest {
+            namespace: "team".into(),
+            id: rollout.id,
+            reason: "make way".into(),
+        })
+        .await
+        .expect("abort");
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 1);
+
+    let resumed = app
+        .policy
+        .clone()
+        .resume_schedule(control("weekend-mode"))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+    let last = resumed.last_firing.expect("the firing in force");
+    assert_eq!(last.entry, "weekend");
+    assert!(last.revision > 0 && last.error.is_empty(), "{last:?}");
+    let applied = activations_of(&app.policy, "weekend-mode").await;
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert!(applied[0].reason.contains("entry weekend"), "{applied:?}");
+    assert!(
+        applied[0].reason.contains("in force when resumed"),
+        "{applied:?}"
+    );
+    assert_eq!(applied[0].new_version, 2);
+
+    // Not again on the next ticks.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(activations_of(&app.policy, "weekend-mode").await.len(), 1);
+    let revision = app.get_active("team", "limits").await.unwrap().revision;
+
+    // Paused and resumed again: already active, nothing moves.
+    app.policy
+        .clone()
+        .pause_schedule(control("weekend-mode"))
+        .await
+        .expect("pause");
+    app.policy
+        .clone()
+        .resume_schedule(control("weekend-mode"))
+        .await
+        .expect("resume again");
+    assert_eq!(activations_of(&app.policy, "weekend-mode").await.len(), 1);
+    let active = app.get_active("team", "limits").await.unwrap();
+    assert_eq!((active.version, active.revision), (2, revision));
+}
+
+/// A firing of the version already active moves nothing and takes no
+/// revision, but the log says it fired: a SCHEDULE_ALREADY_ACTIVE event
+/// naming the entry, chained and exported like any other.
+async fn a_firing_of_what_is_already_active_is_recorded(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    let revision = app.get_active("team", "limits").await.unwrap().revision;
+    set(
+        &app.policy,
+        request("same", vec![entry("keep", "* * * * * *", 1)]),
+    )
+    .await
+    .expect("set the schedule");
+    let mut recorded = Vec::new();
+    for _ in 0..150 {
+        recorded = events(&app.policy)
+            .await
+            .into_iter()
+            .filter(|event| event.kind() == EventKind::ScheduleAlreadyActive)
+            .collect();
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = recorded.first().expect("a SCHEDULE_ALREADY_ACTIVE event");
+    assert_eq!(event.actor, "system:schedule-controller");
+    assert!(
+        event
+            .reason
+            .starts_with("schedule same entry keep (* * * * * * in UTC) due at ")
+            && event
+                .reason
+                .ends_with("version 1 was already active, nothing moved"),
+        "{}",
+        event.reason
+    );
+    assert_eq!((event.new_version, event.revision), (1, 0));
+    assert!(
+        firings(&app.policy, "same").await.is_empty(),
+        "nothing moved"
+    );
+    let schedule = get(&app.policy, "same").await.unwrap();
+    assert!(!schedule.paused);
+    let last = schedule.last_firing.expect("a last firing");
+    assert_eq!((last.revision, last.error.as_str()), (revision, ""));
+    assert_eq!(
+        app.get_active("team", "limits").await.unwrap().revision,
+        revision
+    );
+
+    // The chain holds, on the server and in an export.
+    app.policy
+        .clone()
+        .delete_schedule(control("same"))
+        .await
+        .unwrap();
+    let verified = policyhub(&app, &["verify-log"]);
+    assert!(
+        verified.success().contains("signed checkpoints hold"),
+        "{}",
+        verified.stdout
+    );
+    let exported = policyhub(&app, &["export"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("archive.jsonl");
+    std::fs::write(&file, exported.success()).unwrap();
+    let file = file.display().to_string();
+    let offline = policyhub(&app, &["verify-log", "-f", &file]);
+    assert!(
+        offline.success().contains("signed checkpoints hold"),
+        "{}",
+        offline.stdout
+    );
 }
 
 async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
@@ -466,10 +650,6 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
         let message = expect_code(set(&app.policy, bad).await, Code::InvalidArgument);
         assert!(message.contains(says), "{what}: {message}");
     }
-    let missing = with(&|r| r.entries[0].targets[0].name = "nope".into());
-    expect_code(set(&app.policy, missing).await, Code::NotFound);
-    let no_version = with(&|r| r.entries[0].targets[0].selector = Some(Selector::Version(9)));
-    expect_code(set(&app.policy, no_version).await, Code::NotFound);
     assert_eq!(app.db_state().await, before, "nothing was written");
     let listed = app
         .policy
@@ -509,6 +689,216 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
         app.policy.clone().delete_schedule(control("nope")).await,
         Code::NotFound,
     );
+}
+
+/// A value of the exposition, 0 when the series is not there yet.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `promtool check metrics` of an exposition.
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write as _;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is on PATH");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+const APPLIED: &str = r#"policyhub_schedule_firings_total{outcome="applied"}"#;
+const ALREADY_ACTIVE: &str = r#"policyhub_schedule_firings_total{outcome="already_active"}"#;
+const REFUSED: &str = r#"policyhub_schedule_firings_total{outcome="refused"}"#;
+const PAUSED_BY_REFUSAL: &str = "policyhub_schedules_paused_by_refusal";
+
+/// The metrics of schedules count a firing applied, one already active and
+/// one refused, and gauge the schedule the refusal paused; promtool accepts
+/// the exposition. The counters are the process's, shared with the other
+/// tests' servers, so they are compared before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_metrics_count_firings_by_outcome_and_the_self_paused() {
+    let app = with_metrics(Backend::Sqlite).await;
+    let address = app.metrics_address.expect("a metrics port");
+    let before = crate::observability::scrape(address).await;
+    seed(&mut app.policy.clone()).await;
+    // Version 1 is active: "keep" finds it so, "apply" moves to 2, "back"
+    // to 1.
+    let keep_at = Utc::now() + chrono::TimeDelta::seconds(2);
+    let mut calendar = request("metered", vec![entry("keep", &once_at(keep_at), 1)]);
+    let apply_at = keep_at + chrono::TimeDelta::seconds(1);
+    calendar.entries.push(entry("apply", &once_at(apply_at), 2));
+    let back_at = apply_at + chrono::TimeDelta::seconds(1);
+    calendar.entries.push(entry("back", &once_at(back_at), 1));
+    set(&app.policy, calendar).await.expect("set the schedule");
+    until_fired(&app.policy, "metered", |fired| fired.len() == 2).await;
+
+    // A rollout holds team/limits: the next firing is refused.
+    app.policy
+        .clone()
+        .start_rollout(start_request(vec![step(50, Duration::from_secs(3600))]))
+        .await
+        .expect("start a rollout");
+    let refused_at = Utc::now() + chrono::TimeDelta::seconds(2);
+    set(
+        &app.policy,
+        request("metered", vec![entry("refuse", &once_at(refused_at), 1)]),
+    )
+    .await
+    .expect("replace the schedule");
+    until_paused(&app.policy, "metered").await;
+
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = crate::observability::scrape(address).await;
+        if sample(&after, PAUSED_BY_REFUSAL) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sample(&after, PAUSED_BY_REFUSAL) >= 1.0, "{after}");
+    for (series, at_least) in [(APPLIED, 2.0), (ALREADY_ACTIVE, 1.0), (REFUSED, 1.0)] {
+        assert!(
+            sample(&after, series) >= sample(&before, series) + at_least,
+            "{series}: {after}"
+        );
+    }
+    assert!(
+        after.contains("# TYPE policyhub_schedule_firings_total counter")
+            && after.contains("# TYPE policyhub_schedules_paused_by_refusal gauge"),
+        "{after}"
+    );
+    promtool_accepts(&after);
+}
+
+/// An entry whose pattern fires more often than `schedules.min_interval`
+/// (a minute by default) is refused naming it, and nothing is saved.
+async fn a_pattern_firing_more_often_than_the_floor_is_refused(backend: Backend) {
+    let app = spawn_on(TestDatabase::new(backend).await, |settings| {
+        settings.schedules = policyhub::config::ScheduleSettings::default();
+    })
+    .await;
+    seed(&mut app.policy.clone()).await;
+    let before = app.db_state().await;
+    let mut fast = request("fast", vec![entry("weekday", "0 0 * * MON", 1)]);
+    fast.entries.push(entry("burst", "*/10 * * * * *", 2));
+    let status = set(&app.policy, fast).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let violation = &status.get_details_bad_request().unwrap().field_violations[0];
+    assert_eq!(violation.field, "entries[1].cron");
+    assert!(
+        violation
+            .description
+            .contains("entry burst fires 10s apart")
+            && violation.description.contains("at most once every 1m"),
+        "{}",
+        violation.description
+    );
+    assert_eq!(app.db_state().await, before, "nothing was written");
+    set(
+        &app.policy,
+        request("calm", vec![entry("minutely", "* * * * *", 2)]),
+    )
+    .await
+    .expect("once a minute is allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_firing_more_often_than_the_floor_is_refused_on_sqlite() {
+    a_pattern_firing_more_often_than_the_floor_is_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_firing_more_often_than_the_floor_is_refused_on_postgres() {
+    a_pattern_firing_more_often_than_the_floor_is_refused(Backend::Postgres).await;
+}
+
+/// The field of the first violation of an INVALID_ARGUMENT status.
+fn violated_field(result: Result<proto::Schedule, Status>) -> String {
+    let status = result.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("a BadRequest")
+        .field_violations[0]
+        .field
+        .clone()
+}
+
+/// A target naming a policy, a version or a label that does not exist is a
+/// bad field of the request, over gRPC and over HTTP (400, not the 404 of
+/// a missing route), and nothing is saved.
+async fn a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing(app: TestApp) {
+    seed(&mut app.policy.clone()).await;
+    let before = app.db_state().await;
+    let mut missing_policy = request("weekend-mode", vec![entry("weekday", "0 0 * * MON", 1)]);
+    let mut weekend = entry("weekend", "0 18 * * FRI", 2);
+    weekend.targets.push(proto::ScheduleTargetRequest {
+        name: "nope".into(),
+        selector: Some(Selector::Version(1)),
+    });
+    missing_policy.entries.push(weekend);
+    let missing_version = request("weekend-mode", vec![entry("weekday", "0 0 * * MON", 9)]);
+    let mut missing_label = missing_version.clone();
+    missing_label.entries[0].targets[0].selector = Some(Selector::Label("9.9.9".into()));
+    for (bad, field) in [
+        (missing_policy, "entries[1].targets[1]"),
+        (missing_version, "entries[0].targets[0]"),
+        (missing_label, "entries[0].targets[0]"),
+    ] {
+        assert_eq!(violated_field(set(&app.policy, bad).await), field);
+    }
+    let body = json!({
+        "entries": [{
+            "name": "weekend",
+            "cron": "0 18 * * FRI",
+            "timeZone": "UTC",
+            "targets": [{"name": "limits", "version": 1}, {"name": "nope", "version": 1}],
+        }],
+        "reason": "calm weekends",
+    })
+    .to_string();
+    let path = "/v1/namespaces/team/schedules/weekend-mode";
+    let reply = crate::http::curl(&app, "PUT", path, Some(&body), &[crate::http::JSON]);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let violation = &reply.json["details"][0]["fieldViolations"][0];
+    assert_eq!(violation["field"], "entries[0].targets[1]", "{reply:?}");
+    assert!(
+        violation["description"]
+            .as_str()
+            .is_some_and(|text| text.contains("team/nope does not exist")),
+        "{reply:?}"
+    );
+    assert_eq!(app.db_state().await, before, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing_on_sqlite() {
+    let app = crate::http::app(Backend::Sqlite, true).await;
+    a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing_on_postgres() {
+    let app = crate::http::app(Backend::Postgres, true).await;
+    a_target_that_does_not_exist_is_a_bad_field_and_changes_nothing(app).await;
 }
 
 /// A six-field pattern (seconds first) that fires once a year, at `at`.

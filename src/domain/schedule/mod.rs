@@ -4,8 +4,14 @@
 //! as an ordinary activation; a firing that is refused pauses the schedule
 //! with the reason instead of retrying.
 //!
-//! Daylight-saving transitions are the cron crate's: a time the clocks skip
-//! fires at the first time after the gap, a time they repeat fires once.
+//! Patterns are read by the `croner` crate as it is configured in
+//! `timing`; the unit tests below pin what that means: the day-of-month and
+//! day-of-week fields match either (as in Vixie cron) unless the day of week
+//! starts with `+`; a fixed time the clocks skip fires at the first time
+//! after the gap and one they repeat fires once, at its first occurrence,
+//! while a pattern with a wildcard, range or step in its time fields skips
+//! the gap and fires in both passes; six fields put seconds first and a
+//! seventh is a year.
 
 mod timing;
 mod validate;
@@ -18,7 +24,7 @@ use super::{
     VersionSelector,
 };
 use timing::Timing;
-pub use validate::{ensure_pinned, pin, validate};
+pub use validate::{ensure_pinned, ensure_spaced, pin, validate};
 
 /// Entries a schedule may have.
 pub const MAX_ENTRIES: usize = 16;
@@ -105,6 +111,28 @@ pub struct Firing {
     pub at: DateTime<Utc>,
 }
 
+/// What a firing did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FiringOutcome {
+    /// At least one pointer moved, under a new revision.
+    Applied,
+    /// Every version the entry activates was already active: nothing moved.
+    AlreadyActive,
+    /// The activation was refused and the schedule paused itself.
+    Refused,
+}
+
+impl FiringOutcome {
+    /// Its name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FiringOutcome::Applied => "applied",
+            FiringOutcome::AlreadyActive => "already_active",
+            FiringOutcome::Refused => "refused",
+        }
+    }
+}
+
 /// The outcome of the last firing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
@@ -129,6 +157,10 @@ pub struct Schedule {
     pub paused: bool,
     /// Who paused it and why, or the refused firing that did.
     pub paused_because: String,
+    /// Paused by a refused firing, not by an operator. Absent from
+    /// schedules stored before it was kept.
+    #[serde(default)]
+    pub paused_by_refusal: bool,
     /// Firings due up to here have been decided: fired, refused, or passed
     /// over because the schedule was saved later.
     pub evaluated_at: DateTime<Utc>,
@@ -176,6 +208,7 @@ impl Schedule {
             } else {
                 String::new()
             },
+            paused_by_refusal: false,
             evaluated_at: at,
             next: None,
             last: None,
@@ -255,18 +288,31 @@ impl Schedule {
 
     /// The firing due at `now`: of the firings after `evaluated_at` and at
     /// or before `now`, the most recent (on a tie, the entry listed last).
-    /// After downtime or a pause, only that one fires, not every one missed.
+    /// After downtime, only that one fires, not every one missed.
     pub fn due(&self, now: DateTime<Utc>) -> Option<Firing> {
         if self.paused {
             return None;
         }
+        self.latest_between(self.evaluated_at, now)
+    }
+
+    /// The firing whose entry should be in force at `now`: the most recent
+    /// at or before `now` since the schedule was saved (on a tie, the entry
+    /// listed last), whether it fired, was refused or fell in a pause.
+    pub fn in_force(&self, now: DateTime<Utc>) -> Option<Firing> {
+        self.latest_between(self.updated_at, now)
+    }
+
+    /// Of the firings after `after` and at or before `until`, the most
+    /// recent; on a tie, the entry listed last.
+    fn latest_between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<Firing> {
         self.entries
             .iter()
             .filter_map(|entry| {
                 entry
                     .timing()?
-                    .latest_until(now)
-                    .filter(|at| *at > self.evaluated_at)
+                    .latest_until(until)
+                    .filter(|at| *at > after)
                     .map(|at| Firing {
                         entry: entry.name.clone(),
                         at,
@@ -315,20 +361,25 @@ impl Schedule {
         });
         self.evaluated_at = now;
         self.pause(why);
+        self.paused_by_refusal = true;
     }
 
     /// Stops firing, saying why.
     pub fn pause(&mut self, why: String) {
         self.paused = true;
         self.paused_because = why;
+        self.paused_by_refusal = false;
         self.plan_next();
     }
 
-    /// Fires again: the most recent firing missed while paused fires once
-    /// at the next tick, then the pattern goes on.
-    pub fn resume(&mut self) {
+    /// Fires again from `now`. What was due while paused does not fire
+    /// later: whoever resumes applies the entry in force (`in_force`) at
+    /// once, and records it with `fired`.
+    pub fn resume(&mut self, now: DateTime<Utc>) {
         self.paused = false;
         self.paused_because = String::new();
+        self.paused_by_refusal = false;
+        self.evaluated_at = now;
         self.plan_next();
     }
 
@@ -368,6 +419,7 @@ mod tests {
             entries,
             paused: false,
             paused_because: String::new(),
+            paused_by_refusal: false,
             evaluated_at,
             next: None,
             last: None,
@@ -480,12 +532,124 @@ mod tests {
                 .contains("entry weekend due at 2026-03-20T17:00:00Z")
         );
         assert!(schedule.paused_because.contains("rollout r1 is moving it"));
+        assert!(schedule.paused_by_refusal);
         assert_eq!(schedule.next, None);
         assert_eq!(schedule.due(utc(2026, 3, 30, 0, 0)), None);
-        // Resumed: the firing missed while paused fires once.
-        schedule.resume();
-        let missed = schedule.due(utc(2026, 3, 24, 0, 0)).unwrap();
-        assert_eq!(missed.entry.to_string(), "weekday");
+    }
+
+    #[test]
+    fn a_resume_finds_the_entry_in_force_and_nothing_due_until_the_next_firing() {
+        // Refused on Friday evening, resumed on Saturday: the weekend entry
+        // is in force, and nothing is due until Monday's weekday.
+        let mut schedule = schedule(weekday_weekend(), utc(2026, 3, 19, 12, 0));
+        let friday = utc(2026, 3, 20, 17, 0);
+        let due = schedule.due(friday).unwrap();
+        schedule.refused(due, &Error::precondition("rollout r1 is moving it"), friday);
+        let saturday = utc(2026, 3, 21, 9, 0);
+        let in_force = schedule.in_force(saturday).unwrap();
+        assert_eq!(
+            (in_force.entry.to_string(), in_force.at),
+            ("weekend".into(), friday)
+        );
+        schedule.resume(saturday);
+        assert!(!schedule.paused && !schedule.paused_by_refusal);
+        assert_eq!(schedule.due(utc(2026, 3, 22, 22, 59)), None);
+        assert_eq!(schedule.next.as_ref().unwrap().at, utc(2026, 3, 22, 23, 0));
+        // Nothing is in force before the first firing after the save.
+        assert_eq!(schedule.in_force(utc(2026, 3, 20, 16, 59)), None);
+    }
+
+    fn at(pattern: &str, zone: &str, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let schedule = schedule(vec![entry("e", pattern, zone)], after);
+        let firings = schedule.upcoming(after, count);
+        firings.iter().map(|firing| firing.at).collect()
+    }
+
+    #[test]
+    fn day_of_month_and_day_of_week_match_either_unless_the_day_of_week_starts_with_plus() {
+        // As in Vixie cron: the 13th or a Friday.
+        let either = at("0 0 13 * FRI", "UTC", utc(2026, 11, 14, 0, 0), 5);
+        assert_eq!(
+            either,
+            [
+                utc(2026, 11, 20, 0, 0),
+                utc(2026, 11, 27, 0, 0),
+                utc(2026, 12, 4, 0, 0),
+                utc(2026, 12, 11, 0, 0),
+                utc(2026, 12, 13, 0, 0), // a Sunday
+            ]
+        );
+        // `+`: both, a Friday the 13th.
+        let both = at("0 0 13 * +FRI", "UTC", utc(2026, 11, 14, 0, 0), 1);
+        assert_eq!(both, [utc(2027, 8, 13, 0, 0)]);
+    }
+
+    #[test]
+    fn two_entries_due_at_the_same_instant_fire_once_as_the_entry_listed_last() {
+        let mut noon = schedule(
+            vec![
+                entry("first", "0 12 * * *", "UTC"),
+                entry("last", "0 12 * * *", "UTC"),
+            ],
+            utc(2026, 3, 19, 0, 0),
+        );
+        let upcoming = noon.upcoming(utc(2026, 3, 19, 0, 0), 2);
+        assert_eq!(
+            names_and_times(&upcoming),
+            [
+                ("last".into(), utc(2026, 3, 19, 12, 0)),
+                ("last".into(), utc(2026, 3, 20, 12, 0)),
+            ]
+        );
+        let now = utc(2026, 3, 19, 12, 0);
+        let due = noon.due(now).unwrap();
+        assert_eq!(due.entry.to_string(), "last");
+        noon.fired(due, 7, now);
+        assert_eq!(
+            noon.due(now),
+            None,
+            "the first entry's firing is passed over"
+        );
+    }
+
+    #[test]
+    fn a_repeated_hour_fires_a_fixed_time_once_and_a_recurring_one_in_both_passes() {
+        // 25 October 2026 in Berlin: 02:00–03:00 happens in CEST, then CET.
+        // 02:30 fires once, in CEST (the fixed-time test above); a pattern
+        // with a wildcard or a step in its time fields fires in both passes.
+        let hourly = at("30 * * * *", "Europe/Berlin", utc(2026, 10, 24, 23, 0), 4);
+        assert_eq!(
+            hourly,
+            [
+                utc(2026, 10, 24, 23, 30), // 01:30 CEST
+                utc(2026, 10, 25, 0, 30),  // 02:30 CEST
+                utc(2026, 10, 25, 1, 30),  // 02:30 CET
+                utc(2026, 10, 25, 2, 30),  // 03:30 CET
+            ]
+        );
+        // 29 March 2026: 02:00–03:00 does not exist; the hourly pattern
+        // skips it.
+        let spring = at("30 * * * *", "Europe/Berlin", utc(2026, 3, 29, 0, 0), 2);
+        assert_eq!(
+            spring,
+            [utc(2026, 3, 29, 0, 30), utc(2026, 3, 29, 1, 30)] // 01:30 CET, 03:30 CEST
+        );
+    }
+
+    #[test]
+    fn six_fields_put_seconds_first_a_seventh_is_a_year_and_nicknames_work() {
+        let seconds = at("30 0 12 * * *", "UTC", utc(2026, 3, 19, 0, 0), 1);
+        assert_eq!(
+            seconds,
+            [utc(2026, 3, 19, 12, 0) + chrono::TimeDelta::seconds(30)]
+        );
+        let year = at("0 0 12 1 1 * 2028", "UTC", utc(2026, 3, 19, 0, 0), 2);
+        assert_eq!(year, [utc(2028, 1, 1, 12, 0)], "a year fires once");
+        let daily = at("@daily", "UTC", utc(2026, 3, 19, 9, 0), 1);
+        assert_eq!(daily, [utc(2026, 3, 20, 0, 0)]);
+        for refused in ["* * * *", "0 0 0 1 1 * 2028 1"] {
+            assert!(Timing::parse("e", refused, "UTC").is_err(), "{refused}");
+        }
     }
 
     #[test]

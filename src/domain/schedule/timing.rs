@@ -1,7 +1,7 @@
 //! A cron pattern read in an IANA time zone: parsing it, and its firings
 //! before and after an instant.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -50,6 +50,30 @@ impl Timing {
             )
         })?;
         Ok(Timing { cron, zone })
+    }
+
+    /// The shortest time between two firings on the pattern's clock:
+    /// between two of its times of day, or from the last of one day to the
+    /// first of the next, as if it fired every day. A daylight-saving
+    /// change may shorten one gap by the hour it skips.
+    pub(super) fn shortest_gap(&self) -> TimeDelta {
+        const DAY: i64 = 24 * 3600;
+        let pattern = &self.cron.pattern;
+        let mut times = Vec::new();
+        for hour in pattern.hours.values() {
+            for minute in pattern.minutes.values() {
+                for second in pattern.seconds.values() {
+                    times.push(i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second));
+                }
+            }
+        }
+        times.sort_unstable();
+        let (Some(first), Some(last)) = (times.first(), times.last()) else {
+            return TimeDelta::seconds(DAY);
+        };
+        let across_midnight = DAY - last + first;
+        let within_a_day = times.windows(2).map(|pair| pair[1] - pair[0]);
+        TimeDelta::seconds(within_a_day.fold(across_midnight, i64::min))
     }
 
     /// The first firing strictly after `after`.

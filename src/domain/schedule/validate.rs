@@ -1,7 +1,7 @@
 //! What a schedule must be before it is saved: the checks that need no
 //! storage, the pinning of each target, and the pin checked at a firing.
 
-use chrono::Utc;
+use chrono::{TimeDelta, Utc};
 
 use super::timing::Timing;
 use super::{MAX_ENTRIES, ScheduleTarget, SetScheduleCommand};
@@ -69,6 +69,36 @@ pub fn validate(command: &SetScheduleCommand, max_targets: usize) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Refuses an entry whose pattern can fire more often than once every
+/// `min_interval`: each firing that moves a pointer is a revision, and a
+/// per-second pattern would write 86,400 a day.
+pub fn ensure_spaced(command: &SetScheduleCommand, min_interval: TimeDelta) -> Result<()> {
+    for (index, entry) in command.entries.iter().enumerate() {
+        let field = format!("entries[{index}]");
+        let gap = Timing::parse(&field, &entry.cron, &entry.time_zone)?.shortest_gap();
+        if gap < min_interval {
+            return Err(Error::invalid(
+                format!("{field}.cron"),
+                format!(
+                    "entry {} fires {} apart at the shortest ({}); a schedule's entries fire at \
+                     most once every {} (schedules.min_interval)",
+                    entry.name,
+                    span(gap),
+                    quoted(&entry.cron),
+                    span(min_interval)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A duration as people write it: `1s`, `1m`, `1h 30m`.
+fn span(duration: TimeDelta) -> String {
+    let duration = duration.to_std().unwrap_or_default();
+    humantime::format_duration(duration).to_string()
 }
 
 /// Pins one requested target: it must name a published version.
@@ -141,5 +171,68 @@ mod tests {
             }
         }
         assert!(validate(&command("0 18 * * FRI", "Europe/Berlin"), 100).is_ok());
+    }
+
+    #[test]
+    fn an_entry_firing_more_often_than_the_floor_is_refused() {
+        let command = |crons: &[&str]| SetScheduleCommand {
+            namespace: Namespace::parse("namespace", "payments").unwrap(),
+            name: ScheduleName::parse("name", "s").unwrap(),
+            entries: crons
+                .iter()
+                .enumerate()
+                .map(|(index, cron)| EntryRequest {
+                    name: EntryName::parse("name", &format!("e{index}")).unwrap(),
+                    cron: (*cron).into(),
+                    time_zone: "Europe/Berlin".into(),
+                    targets: Vec::new(),
+                })
+                .collect(),
+            paused: false,
+            reason: String::new(),
+        };
+        let minute = TimeDelta::minutes(1);
+        for (crons, floor, refused) in [
+            (
+                &["0 18 * * FRI", "* * * * * *"][..],
+                minute,
+                Some(("entries[1].cron", "1s apart")),
+            ),
+            (
+                &["*/30 * * * * *"],
+                minute,
+                Some(("entries[0].cron", "30s apart")),
+            ),
+            (
+                &["0,59 * * * * *"],
+                minute,
+                Some(("entries[0].cron", "1s apart")),
+            ),
+            (&["* * * * *"], minute, None),
+            (
+                &["*/5 * * * *"],
+                TimeDelta::minutes(10),
+                Some(("entries[0].cron", "5m apart")),
+            ),
+            // 23:59 then 00:00 the next day.
+            (&["0 59 23 * * *", "0 0 0 * * *"], minute, None),
+            (
+                &["0 0,59 0,23 * * *"],
+                TimeDelta::minutes(2),
+                Some(("entries[0].cron", "1m apart")),
+            ),
+            (&["0 0 * * MON"], TimeDelta::hours(24), None),
+            (&["* * * * * *"], TimeDelta::seconds(1), None),
+        ] {
+            match (ensure_spaced(&command(crons), floor), refused) {
+                (Ok(()), None) => {}
+                (Err(Error::InvalidArgument(violations)), Some((field, says))) => {
+                    assert_eq!(violations[0].field, field, "{crons:?}");
+                    assert!(violations[0].description.contains(says), "{violations:?}");
+                    assert!(violations[0].description.contains("schedules.min_interval"));
+                }
+                (outcome, _) => panic!("{crons:?} under {floor}: {outcome:?}"),
+            }
+        }
     }
 }
