@@ -10,7 +10,7 @@ use super::args::{
     Scope, parse_event_kind, parse_label, parse_namespace, parse_policy, parse_scope,
 };
 use super::connection::AuthChannel;
-use super::failure::{Reply, Unusable, What};
+use super::failure::{Reply, Unusable, Usage, What};
 use super::json::{self, event_kind_name, state_name};
 use super::output::{
     Output, Table, or_dash, print_message, requirement_pairs, requirements_text, short_digest,
@@ -48,17 +48,20 @@ pub struct GetActiveArgs {
 }
 
 /// Arguments of `policyhub get-version`.
+///
+/// The selector is a group of its own: a `#[group]` on the struct would
+/// name the struct's group, which `policy` alone satisfies.
 #[derive(Debug, clap::Args)]
-#[group(id = "selector", required = true, args = ["version", "label"])]
+#[command(group(clap::ArgGroup::new("selector").required(true).multiple(false)))]
 pub struct GetVersionArgs {
     /// The policy, namespace/name.
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
     /// The version number.
-    #[arg(long)]
+    #[arg(long, group = "selector")]
     version: Option<u32>,
     /// The version released under this label.
-    #[arg(long, value_parser = parse_label)]
+    #[arg(long, value_parser = parse_label, group = "selector")]
     label: Option<Label>,
 }
 
@@ -137,10 +140,14 @@ pub async fn get_version(
     output: Output,
     args: GetVersionArgs,
 ) -> anyhow::Result<()> {
+    // clap's group refuses neither and both; the match stays total without
+    // a panic all the same.
     let selector = match (args.version, &args.label) {
         (Some(number), _) => Selector::Version(number),
         (None, Some(label)) => Selector::Label(label.to_string()),
-        (None, None) => unreachable!("clap requires --version or --label"),
+        (None, None) => {
+            return Err(Usage::new("give --version or --label", "name the version to show").into());
+        }
     };
     let version = PolicyServiceClient::new(channel)
         .get_version(proto::GetVersionRequest {

@@ -380,6 +380,9 @@ pub fn main() -> ExitCode {
             return failure::usage_exit_code();
         }
     };
+    if !cli.command.is_a_server() {
+        end_quietly_when_the_reader_goes_away();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -393,6 +396,27 @@ pub fn main() -> ExitCode {
             eprint!("{}", failure::report(&error));
             failure::exit_code(&error)
         }
+    }
+}
+
+impl Command {
+    /// Whether the command runs a server: `serve` and `agent` write to
+    /// sockets and to hooks' pipes, where a peer that leaves is an error
+    /// to handle, not the end of the process.
+    fn is_a_server(&self) -> bool {
+        matches!(self, Command::Serve { .. } | Command::Agent { .. })
+    }
+}
+
+/// Restores SIGPIPE's default action, which Rust replaces with "ignore" in
+/// every program: a command whose reader goes away (`policyhub list-events
+/// | head`) then ends as `cat` or `ls` do, killed quietly by the signal,
+/// instead of `println!` panicking on the broken pipe.
+fn end_quietly_when_the_reader_goes_away() {
+    // SAFETY: called on the main thread before the runtime starts any other
+    // thread; setting a signal's disposition to SIG_DFL runs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -40,6 +40,16 @@ pub fn policyhub_at(server: &str, args: &[&str]) -> Run {
 
 /// Runs `policyhub ARGS` with only `env` of the client's variables set.
 pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let output = client_command(env, args).output().expect("run policyhub");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `policyhub ARGS` with only `env` of the client's variables set.
+fn client_command(env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut command = Command::new(policyhub_binary());
     command.args(args);
     for name in [
@@ -56,15 +66,8 @@ pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
         "POLICYHUB_CLIENT_CONFIG",
         std::env::temp_dir().join("policyhub-tests-have-no-client-config.toml"),
     );
-    let output = command
-        .envs(env.iter().copied())
-        .output()
-        .expect("run policyhub");
-    Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command.envs(env.iter().copied());
+    command
 }
 
 /// A token for `subject` with `role`, minted with the secret the server
@@ -1048,4 +1051,143 @@ async fn rollback_restore_copies_the_target_forward() {
         ),
         (&json!(2), &json!(4), &json!(3))
     );
+}
+
+/// Runs `policyhub ARGS` against `server` with its standard output closed
+/// before it writes, as `| head` closes it once it has its lines, and
+/// returns what the run wrote to standard error, failing the test unless
+/// it ended quietly: exit 0 or killed by SIGPIPE, as Unix tools end.
+fn into_a_closed_pipe(server: &str, args: &[&str]) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = client_command(&[("POLICYHUB_SERVER", server)], args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run policyhub");
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("policyhub {args:?} still runs with its reader gone");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "policyhub {args:?}: {:?}\n{stderr}",
+        output.status
+    );
+    for noise in ["panicked", "backtrace", "Broken pipe", "broken pipe"] {
+        assert!(!stderr.contains(noise), "policyhub {args:?}:\n{stderr}");
+    }
+    stderr
+}
+
+/// Every command that prints, its help included, ends quietly when its
+/// reader goes away before it writes (`policyhub list-events | head`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_printing_command_ends_quietly_when_its_reader_goes_away() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    release(&app, "payments/limits", "1.1.0", json!({"max": 2}), false);
+    let server = format!("http://{}", app.address);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = write(dir.path(), "jwks.json", &app.jwks_json().await);
+    let bundle = policyhub(&app, &["get-active", "payments/limits", "-o", "json"]);
+    let bundle = write(dir.path(), "bundle.json", bundle.success());
+    let key = dir.path().join("key.pem").display().to_string();
+    let secret = write(dir.path(), "secret", &"s".repeat(32));
+
+    let reads: &[&[&str]] = &[
+        &["get-active", "payments/limits"],
+        &["get-version", "payments/limits", "--version", "1"],
+        &["list-versions", "payments/limits"],
+        &["list-policies"],
+        &["list-events"],
+        &["list-checkpoints"],
+        &["list-runtimes", "payments"],
+        &["get-policy-status", "payments/limits"],
+        &["diff-versions", "payments/limits", "1", "2"],
+        &["whoami", "payments"],
+        &["get-signing-keys"],
+        &["verify-log"],
+        &["rollout", "list", "payments"],
+        &["list-policy-schedules", "payments"],
+        &["watch-active", "--namespace", "payments"],
+    ];
+    for read in reads {
+        for output in ["table", "json"] {
+            let args = [*read, &["-o", output]].concat();
+            into_a_closed_pipe(&server, &args);
+        }
+    }
+    into_a_closed_pipe(&server, &["export"]);
+
+    let offline: &[&[&str]] = &[
+        &["--help"],
+        &["--version"],
+        &["help", "list-events"],
+        &["verify", "--jwks", &jwks, &bundle],
+        &["generate-key", "--out", &key],
+        &[
+            "token",
+            "--subject",
+            "ci",
+            "--role",
+            "*:reader",
+            "--secret-file",
+            &secret,
+        ],
+    ];
+    for args in offline {
+        into_a_closed_pipe(&server, args);
+    }
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        into_a_closed_pipe(&server, &["completion", shell]);
+    }
+    let mut every = vec![vec![]];
+    let mut commands = vec![(
+        vec![],
+        <policyhub::cli::Cli as clap::CommandFactory>::command(),
+    )];
+    while let Some((path, command)) = commands.pop() {
+        for sub in command.get_subcommands() {
+            let mut sub_path: Vec<String> = path.clone();
+            sub_path.push(sub.get_name().to_string());
+            every.push(sub_path.clone());
+            commands.push((sub_path, sub.clone()));
+        }
+    }
+    for path in every {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        into_a_closed_pipe(&server, &args);
+    }
+}
+
+/// `get-version` needs exactly one of `--version` and `--label`: without
+/// either, or with both, it is a usage error with a hint, not a panic.
+#[test]
+fn get_version_without_exactly_one_selector_is_a_usage_error() {
+    for args in [
+        &["get-version", "payments/limits"][..],
+        &[
+            "get-version",
+            "payments/limits",
+            "--version",
+            "1",
+            "--label",
+            "1.0.0",
+        ],
+    ] {
+        let refused = policyhub_with(&[], args);
+        assert_eq!(refused.code, 2, "{args:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("--label"), "{}", refused.stderr);
+        assert!(refused.stderr.contains("hint:"), "{}", refused.stderr);
+        assert!(!refused.stderr.contains("panicked"), "{}", refused.stderr);
+    }
 }
