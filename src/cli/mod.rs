@@ -132,7 +132,7 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// Return a policy to the version active before, or to --to N.
+    /// Return a policy to the version active before, or to --to-version N.
     Rollback {
         #[command(flatten)]
         args: lifecycle::RollbackArgs,

@@ -24,11 +24,12 @@ use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 /// The schedule commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ScheduleCommand {
-    /// Save a schedule, creating or replacing it, from a file of entries
-    /// (SetSchedule).
+    // Verbatim: clap would rewrap the example onto one line. The lines are
+    // written as they print.
+    /// Save a schedule, creating or replacing it, from a file of entries (SetSchedule)
     ///
-    /// The file (JSON, or YAML; `-` is standard input) holds the entries in
-    /// the protobuf JSON mapping:
+    /// The file (JSON, or YAML; `-` is standard input) holds the entries in the
+    /// protobuf JSON mapping:
     ///
     ///   entries:
     ///     - name: weekday
@@ -39,6 +40,7 @@ pub enum ScheduleCommand {
     ///       cron: "0 18 * * FRI"
     ///       timeZone: Europe/Berlin
     ///       targets: [{name: card-limits, label: 1.0.0}]
+    #[command(verbatim_doc_comment)]
     SetPolicySchedule {
         #[command(flatten)]
         args: SetArgs,

@@ -1191,3 +1191,141 @@ fn get_version_without_exactly_one_selector_is_a_usage_error() {
         assert!(!refused.stderr.contains("panicked"), "{}", refused.stderr);
     }
 }
+
+/// Every command's help, by its path of subcommand names, and the long
+/// flags of each command.
+fn every_help() -> Vec<(String, String, Vec<String>)> {
+    let mut root = <policyhub::cli::Cli as clap::CommandFactory>::command();
+    root.build();
+    let mut helps = Vec::new();
+    let mut commands = vec![(String::from("policyhub"), root)];
+    while let Some((path, mut command)) = commands.pop() {
+        let flags = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_long().map(str::to_string))
+            .chain(["help".to_string(), "version".to_string()])
+            .collect();
+        helps.push((path.clone(), command.render_long_help().to_string(), flags));
+        for sub in command.get_subcommands() {
+            commands.push((format!("{path} {}", sub.get_name()), sub.clone()));
+        }
+    }
+    helps
+}
+
+/// A flag a help text names exists: on its own command, or, for a text
+/// that points at another command (`policyhub list-events --limit N`), on
+/// some command. A quoted command line of another program (`kubectl auth
+/// can-i --list`) names that program's flags.
+#[test]
+fn every_flag_named_in_a_help_text_exists() {
+    let helps = every_help();
+    let anywhere: std::collections::BTreeSet<&String> =
+        helps.iter().flat_map(|(_, _, flags)| flags).collect();
+    let ours = |quoted: &str| {
+        let program = quoted.split_whitespace().next().unwrap_or_default();
+        program == "policyhub" || program.starts_with('-')
+    };
+    let mut missing = Vec::new();
+    for (path, help, flags) in &helps {
+        // Between backticks, odd pieces are quoted.
+        let text: String = help
+            .split('`')
+            .enumerate()
+            .filter(|(index, piece)| index % 2 == 0 || ours(piece))
+            .map(|(_, piece)| format!("{piece} "))
+            .collect();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("--") {
+            rest = &rest[start + 2..];
+            let flag: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if flag.is_empty() {
+                continue;
+            }
+            if !flags.contains(&flag) && !anywhere.contains(&flag) {
+                missing.push(format!("{path}: --{flag}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// `set-policy-schedule --help` prints its YAML example line by line, as
+/// a file would hold it.
+#[test]
+fn the_schedule_example_keeps_its_lines() {
+    let help = policyhub_with(&[], &["set-policy-schedule", "--help"]);
+    let example: String = help
+        .success()
+        .lines()
+        .skip_while(|line| line.trim() != "entries:")
+        .take_while(|line| !line.is_empty())
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let parsed: Value = serde_yaml_ng::from_str(&example)
+        .unwrap_or_else(|error| panic!("{error}: {}", help.stdout));
+    let names: Vec<&str> = parsed["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries in {example}"))
+        .iter()
+        .map(|entry| entry["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["weekday", "weekend"], "{example}");
+    assert_eq!(parsed["entries"][0]["timeZone"], "Europe/Berlin");
+}
+
+/// The naming rule the README states: a client command is its RPC's name
+/// kebab-cased, or its summary names the RPC in parentheses (the rollout
+/// and schedule commands, `whoami`), or it is more than one call (`sync`,
+/// `verify-log`, and `agent`, a runtime).
+#[test]
+fn every_client_command_is_named_after_its_rpc_or_names_it() {
+    let pool =
+        prost_reflect::DescriptorPool::decode(policyhub::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let rpcs: Vec<String> = pool
+        .services()
+        .flat_map(|service| {
+            service
+                .methods()
+                .map(|method| method.name().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let kebab = |name: &str| {
+        let mut kebab = String::new();
+        for (index, letter) in name.chars().enumerate() {
+            if letter.is_ascii_uppercase() && index > 0 {
+                kebab.push('-');
+            }
+            kebab.push(letter.to_ascii_lowercase());
+        }
+        kebab
+    };
+    let mut root = <policyhub::cli::Cli as clap::CommandFactory>::command();
+    root.build();
+    let mut commands = vec![root];
+    let mut unnamed = Vec::new();
+    while let Some(command) = commands.pop() {
+        commands.extend(command.get_subcommands().cloned());
+        let is_client = command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some("server"));
+        if !is_client || ["sync", "verify-log", "agent"].contains(&command.get_name()) {
+            continue;
+        }
+        let about = command.get_about().map(|about| about.to_string());
+        let about = about.unwrap_or_default();
+        let named = rpcs.iter().any(|rpc| {
+            kebab(rpc) == command.get_name()
+                || about.contains(&format!("({rpc})"))
+                || about.contains(&format!("({rpc},"))
+        });
+        if !named {
+            unnamed.push(format!("{}: {about}", command.get_name()));
+        }
+    }
+    assert!(unnamed.is_empty(), "{}", unnamed.join("\n"));
+}
