@@ -266,6 +266,9 @@ impl Application {
             ))
         });
         let metrics_task = self.metrics_listener.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "serving metrics");
+            }
             tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone()))
         });
         let replication_task = (!self.settings.is_sqlite()).then(|| {
@@ -340,7 +343,9 @@ impl Application {
                 .layer(MessageLimitLayer { limit: max_message })
                 .service(routes);
             let gateway = Gateway::new(BoxCloneSyncService::new(grpc), max_message);
-            tracing::info!(address = ?listener.local_addr().ok(), "serving http");
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "serving http");
+            }
             tokio::spawn(gateway.serve(listener))
         });
         // Health (for probes) and reflection (for grpcurl) answer without a
