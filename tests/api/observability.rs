@@ -512,3 +512,37 @@ fn start_up_lines_print_no_debug_forms() {
         .collect();
     assert!(debug.is_empty(), "{debug:#?}\nin\n{}", lines.join("\n"));
 }
+
+/// The gRPC port accepts nothing until the store is open: with a PostgreSQL
+/// that takes the connection and never answers, a probe's connection is
+/// refused for as long as the server waits on it, rather than accepted by
+/// a server that cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_refuses_connections_until_the_store_is_open() {
+    // The kernel completes the handshakes into the backlog; nothing answers.
+    let silent_database = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let database_url = format!(
+        "postgres://postgres@{}/policyhub",
+        silent_database.local_addr().unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let mut server = std::process::Command::new(policyhub_binary())
+        .args(crate::helpers::serve_args(port, dir.path()))
+        .args(["--database-url", &database_url])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start policyhub serve");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        assert!(
+            connected.is_err(),
+            "the port accepted a connection before the store opened"
+        );
+    }
+    let waiting = server.try_wait().unwrap().is_none();
+    server.kill().ok();
+    server.wait().ok();
+    assert!(waiting, "the server was still waiting on the database");
+}
