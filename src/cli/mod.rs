@@ -15,6 +15,7 @@ mod diff;
 mod document;
 mod failure;
 mod fleet;
+mod health;
 mod inspect;
 mod json;
 mod lifecycle;
@@ -289,6 +290,15 @@ enum Command {
         /// List the methods the token may call in this namespace.
         namespace: Option<String>,
     },
+    /// Ask the server's gRPC health service whether it serves, as a probe
+    /// does (grpc.health.v1 Check); exits 0 when it answers SERVING. For
+    /// exec probes: Kubernetes' own gRPC probe cannot speak TLS.
+    Health {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: health::HealthArgs,
+    },
     /// Print every public key that ever signed a bundle (the JWKS).
     GetSigningKeys {
         #[command(flatten)]
@@ -536,6 +546,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect::keys(channel, output).await?
         }
         Command::Verify { jwks, bundle } => return verify::verify(&jwks, bundle.as_deref()),
+        Command::Health { connection, args } => return health::health(&connection, args).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -1126,6 +1126,7 @@ async fn every_printing_command_ends_quietly_when_its_reader_goes_away() {
         }
     }
     into_a_closed_pipe(&server, &["export"]);
+    into_a_closed_pipe(&server, &["health"]);
 
     let offline: &[&[&str]] = &[
         &["--help"],
@@ -1279,7 +1280,8 @@ fn the_schedule_example_keeps_its_lines() {
 
 /// The naming rule the README states: a client command is its RPC's name
 /// kebab-cased, or its summary names the RPC in parentheses (the rollout
-/// and schedule commands, `whoami`), or it is more than one call (`sync`,
+/// and schedule commands, `whoami`), or it calls another service than
+/// policyhub's (`health`), or it is more than one call (`sync`,
 /// `verify-log`, and `agent`, a runtime).
 #[test]
 fn every_client_command_is_named_after_its_rpc_or_names_it() {
@@ -1313,7 +1315,7 @@ fn every_client_command_is_named_after_its_rpc_or_names_it() {
         let is_client = command
             .get_arguments()
             .any(|arg| arg.get_long() == Some("server"));
-        if !is_client || ["sync", "verify-log", "agent"].contains(&command.get_name()) {
+        if !is_client || ["sync", "verify-log", "agent", "health"].contains(&command.get_name()) {
             continue;
         }
         let about = command.get_about().map(|about| about.to_string());
@@ -1328,4 +1330,58 @@ fn every_client_command_is_named_after_its_rpc_or_names_it() {
         }
     }
     assert!(unnamed.is_empty(), "{}", unnamed.join("\n"));
+}
+
+/// `policyhub health` answers as a probe: exit 0 and SERVING from a
+/// serving server, 1 for a service it does not know; over TLS with
+/// `--tls-no-verify`, presenting a client certificate to an mTLS server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_as_a_probe_in_plaintext_tls_and_mtls() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let serving = policyhub(&app, &["health"]);
+    assert_eq!(serving.success().trim(), "SERVING");
+    let liveness = policyhub(&app, &["health", "--service", "policyhub.liveness"]);
+    assert_eq!(liveness.success().trim(), "SERVING");
+    let unknown = policyhub(&app, &["health", "--service", "no.such.Service"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    crate::auth::certificates(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut settings = crate::helpers::test_settings(&database);
+    settings.tls = Some(policyhub::config::TlsSettings {
+        cert_file: dir.path().join("server.crt"),
+        key_file: dir.path().join("server.key"),
+        client_ca_file: Some(dir.path().join("ca.crt")),
+    });
+    let application = policyhub::startup::Application::build(settings)
+        .await
+        .unwrap();
+    let server = format!("https://{}", application.address());
+    tokio::spawn(async move {
+        let _database = database;
+        application.run_until_stopped(std::future::pending()).await
+    });
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["health", "--tls-no-verify"];
+        args.extend_from_slice(extra);
+        policyhub_at(&server, &args)
+    };
+    let (cert, key) = (path("client.crt"), path("client.key"));
+    let mtls = probe(&["--cert-file", &cert, "--key-file", &key]);
+    assert_eq!(mtls.success().trim(), "SERVING", "{}", mtls.stderr);
+    let without_certificate = probe(&[]);
+    assert_ne!(
+        without_certificate.code, 0,
+        "{}",
+        without_certificate.stdout
+    );
+    // Without --tls-no-verify the server's certificate must verify: its CA
+    // is not one the client knows.
+    let verified = policyhub_at(
+        &server,
+        &["health", "--cert-file", &cert, "--key-file", &key],
+    );
+    assert_eq!(verified.code, 3, "{}", verified.stderr);
 }
