@@ -1385,3 +1385,31 @@ async fn health_answers_as_a_probe_in_plaintext_tls_and_mtls() {
     );
     assert_eq!(verified.code, 3, "{}", verified.stderr);
 }
+
+/// `policyhub serve` refuses to start on a `POLICYHUB_*` variable that
+/// names an unknown section or key, or holds a value that does not parse,
+/// and says which variable.
+#[test]
+fn serve_refuses_an_unknown_or_invalid_setting_variable_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (variable, value) in [
+        ("POLICYHUB_BOGUS__X", "1"),
+        ("POLICYHUB_AUDIT__CHECKPOINT_INTERVAL", "often"),
+    ] {
+        let refused = Command::new(policyhub_binary())
+            .args([
+                "serve",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{variable}: {stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+    }
+}
