@@ -452,8 +452,8 @@ fn variable_name(key: &str) -> String {
     )
 }
 
-/// One line per error; an error in a value from the environment names the
-/// variable that carried it (figment names only the key, dotted), so an
+/// The errors, separated by `; `; one in a value from the environment names
+/// the variable that carried it (figment names only the key, dotted), so an
 /// unknown or invalid variable is found at a glance.
 fn describe(errors: figment::Error, environment: &Env) -> String {
     let from_environment = environment.metadata().name;
