@@ -90,7 +90,7 @@ where
         .await
         .reply("checking health")?;
     let status = answer.status();
-    println!("{}", status.as_str_name());
+    outln!("{}", status.as_str_name());
     Ok(match status {
         ServingStatus::Serving => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,

@@ -161,7 +161,7 @@ pub async fn get_version(
         print_message(&version);
         return Ok(());
     }
-    println!("{} version {}", args.policy, version.version);
+    outln!("{} version {}", args.policy, version.version);
     let mut facts = vec![
         ("state", state_line(&version)),
         ("label", or_dash(&version.label)),
@@ -209,12 +209,12 @@ fn state_line(version: &proto::Version) -> String {
 fn print_facts(facts: &[(&str, String)]) {
     let width = facts.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     for (name, value) in facts {
-        println!("  {name:<width$}  {value}");
+        outln!("  {name:<width$}  {value}");
     }
 }
 
 fn print_body(body: &Value) {
-    println!(
+    outln!(
         "body:\n{}",
         serde_json::to_string_pretty(body).expect("a JSON value always serializes")
     );
@@ -277,15 +277,18 @@ pub async fn get_active(
         return Ok(());
     }
     let signature = if bundle.draft {
-        println!(
+        outln!(
             "{} has nothing active; its open draft, version {}:",
-            args.policy, bundle.version
+            args.policy,
+            bundle.version
         );
         "none: a draft, never enforce it".to_owned()
     } else {
-        println!(
+        outln!(
             "{} version {} is active since revision {}",
-            args.policy, bundle.version, bundle.revision
+            args.policy,
+            bundle.version,
+            bundle.revision
         );
         format!("verified, key {}", bundle.key_id)
     };
@@ -354,7 +357,7 @@ pub async fn versions(
                 .to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -403,7 +406,7 @@ pub async fn policies(
             if policy.schema.is_some() { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -470,7 +473,7 @@ pub async fn events(
             event.reason.lines().next().unwrap_or_default().to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -520,7 +523,7 @@ pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> 
             checkpoint.key_id.clone(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -548,7 +551,7 @@ pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
             .to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -563,15 +566,15 @@ pub async fn whoami(channel: AuthChannel, output: Output, namespace: String) -> 
         print_message(&me);
         return Ok(());
     }
-    println!("subject: {}", me.subject);
-    println!("grants:  {}", me.grants.join(", "));
+    outln!("subject: {}", me.subject);
+    outln!("grants:  {}", me.grants.join(", "));
     if !namespace.is_empty() {
         let allowed = if me.allowed_methods.is_empty() {
             "nothing".to_owned()
         } else {
             me.allowed_methods.join(", ")
         };
-        println!("may call in {namespace}: {allowed}");
+        outln!("may call in {namespace}: {allowed}");
     }
     Ok(())
 }

@@ -5,6 +5,23 @@
 //! `verify`, `token` and `keys generate` work offline. How they fail, and
 //! with which exit code, is decided in one place: `failure`.
 
+/// `print!` for command output, through `output::write_stdout`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for command output, through `output::write_stdout`.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod agent;
 mod archive;
 mod args;
@@ -390,9 +407,6 @@ pub fn main() -> ExitCode {
             return failure::usage_exit_code();
         }
     };
-    if !cli.command.is_a_server() {
-        end_quietly_when_the_reader_goes_away();
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -406,27 +420,6 @@ pub fn main() -> ExitCode {
             eprint!("{}", failure::report(&error));
             failure::exit_code(&error)
         }
-    }
-}
-
-impl Command {
-    /// Whether the command runs a server: `serve` and `agent` write to
-    /// sockets and to hooks' pipes, where a peer that leaves is an error
-    /// to handle, not the end of the process.
-    fn is_a_server(&self) -> bool {
-        matches!(self, Command::Serve { .. } | Command::Agent { .. })
-    }
-}
-
-/// Restores SIGPIPE's default action, which Rust replaces with "ignore" in
-/// every program: a command whose reader goes away (`policyhub list-events
-/// | head`) then ends as `cat` or `ls` do, killed quietly by the signal,
-/// instead of `println!` panicking on the broken pipe.
-fn end_quietly_when_the_reader_goes_away() {
-    // SAFETY: called on the main thread before the runtime starts any other
-    // thread; setting a signal's disposition to SIG_DFL runs no handler.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -470,7 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(config.as_deref(), &overrides)?;
             let _telemetry = crate::telemetry::init(settings.log_format)?;
             startup::open_database(&settings).await?;
-            println!("migrations applied");
+            outln!("migrations applied");
         }
         Command::Draft { client, args } => {
             let (channel, output) = client.connect().await?;
@@ -549,12 +542,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health { connection, args } => return health::health(&connection, args).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "policyhub",
-                &mut std::io::stdout(),
-            );
+            // Into memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "policyhub", &mut script);
+            output::write_stdout_bytes(&script);
         }
         Command::WatchActive { client, args } => {
             let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
@@ -595,7 +586,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &claims,
                 &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
             )?;
-            println!("{token}");
+            outln!("{token}");
         }
         Command::RotateSigningKey { client, reason } => {
             let (channel, output) = client.connect().await?;
@@ -607,9 +598,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if output == Output::Json {
                 output::print_message(&rotated);
             } else {
-                println!(
+                outln!(
                     "signing key {} replaces {}",
-                    rotated.signing_key_id, rotated.previous_key_id
+                    rotated.signing_key_id,
+                    rotated.previous_key_id
                 );
             }
         }
@@ -641,7 +633,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::GenerateKey { out } => {
             let key = signing::write_new_key(&out)?;
-            println!("{}", key.key_id());
+            outln!("{}", key.key_id());
         }
     }
     Ok(ExitCode::SUCCESS)
