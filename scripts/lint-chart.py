@@ -213,12 +213,16 @@ def cmd_verify(args) -> int:
         problems.append(f"policyhub.toml is not valid TOML: {error}")
         settings = {}
 
-    # Probes: native gRPC on the gRPC port; TCP when it speaks TLS.
+    # Probes: gRPC health on the gRPC port in every mode; natively, or, when
+    # it speaks TLS, by `policyhub health` in the container.
     grpc_port = next((p["containerPort"] for p in container.get("ports", []) if p["name"] == "grpc"), None)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if "tls" in settings:
-            handler = container.get(probe, {}).get("tcpSocket", {})
-            check(handler.get("port") == "grpc", f"{probe} is not a TCP probe on the grpc port")
+            command = container.get(probe, {}).get("exec", {}).get("command", [])
+            check(command[:5] == ["/policyhub", "health", "--server", f"https://localhost:{grpc_port}", "--tls-no-verify"],
+                  f"{probe} is not `policyhub health` over TLS on port {grpc_port}: {command}")
+            mtls = "client_ca_file" in settings.get("tls", {})
+            check(("--cert-file" in command) == mtls, f"{probe}: a client certificate {'missing' if mtls else 'given'} without mTLS")
         else:
             handler = container.get(probe, {}).get("grpc", {})
             check(grpc_port is not None and handler.get("port") == grpc_port, f"{probe} is not a gRPC probe on port {grpc_port}")
@@ -297,11 +301,18 @@ def cmd_flags(args) -> int:
             for container in pod.get("initContainers", []) + pod.get("containers", []):
                 if "policyhub" not in container.get("image", ""):
                     continue
-                command = [args.binary, *container.get("args", []), "--help"]
-                run = subprocess.run(command, capture_output=True, text=True, timeout=30)
-                checked += 1
-                if run.returncode != 0:
-                    problems.append(f"{manifest}: {doc['kind']} {container['name']}: {run.stderr.strip()}")
+                # The container's arguments, and those of every exec probe
+                # that runs the binary.
+                runs = [(container["name"], container.get("args", []))]
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    command = container.get(probe, {}).get("exec", {}).get("command", [])
+                    if command[:1] == ["/policyhub"]:
+                        runs.append((f"{container['name']} {probe}", command[1:]))
+                for name, arguments in runs:
+                    run = subprocess.run([args.binary, *arguments, "--help"], capture_output=True, text=True, timeout=30)
+                    checked += 1
+                    if run.returncode != 0:
+                        problems.append(f"{manifest}: {doc['kind']} {name}: {run.stderr.strip()}")
     for problem in problems:
         print(problem)
     if not problems:

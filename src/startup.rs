@@ -152,25 +152,29 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<sea_orm::Datab
 }
 
 impl Application {
-    /// Binds the listener and prepares everything the server needs.
+    /// Binds the ports and prepares everything the server needs, then
+    /// listens.
     ///
     /// A start that cannot succeed fails before it writes anything: the
     /// settings are checked and the ports bound before the data directory,
-    /// keys, secrets or migrations are touched.
+    /// keys, secrets or migrations are touched. The gRPC and HTTP ports
+    /// accept connections only once the store is open and the active index
+    /// loaded: a port that accepted while migrating, or while the database
+    /// does not answer, would pass a TCP probe and take a client's call
+    /// that cannot be served.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         refuse_insecure_off_loopback(&settings)?;
         raise_open_files_limit();
-        let listener = bind(settings.listen, settings.listen_backlog)
-            .with_context(|| format!("binding {}", settings.listen))?;
-        let address = listener.local_addr()?;
+        let socket =
+            bind(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let address = socket.local_addr()?;
         let metrics_listener = match settings.metrics_listen {
             Some(metrics_address) => Some(crate::metrics::bind(metrics_address).await?),
             None => None,
         };
-        let http_listener = match settings.http_listen {
+        let http_socket = match settings.http_listen {
             Some(http_address) => Some(
-                TcpListener::bind(http_address)
-                    .await
+                bind(http_address)
                     .with_context(|| format!("binding the http port {http_address}"))?,
             ),
             None => None,
@@ -207,6 +211,17 @@ impl Application {
             crate::metrics::global().index_instruments(),
         )
         .await?;
+        let listener = socket
+            .listen(settings.listen_backlog)
+            .with_context(|| format!("listening on {address}"))?;
+        let http_listener = match http_socket {
+            Some(socket) => Some(
+                socket
+                    .listen(settings.listen_backlog)
+                    .context("listening on the http port")?,
+            ),
+            None => None,
+        };
         Ok(Application {
             listener,
             metrics_listener,
@@ -267,6 +282,9 @@ impl Application {
             ))
         });
         let metrics_task = self.metrics_listener.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "serving metrics");
+            }
             tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone()))
         });
         let replication_task = (!self.settings.is_sqlite()).then(|| {
@@ -342,7 +360,9 @@ impl Application {
                 .layer(MessageLimitLayer { limit: max_message })
                 .service(routes);
             let gateway = Gateway::new(BoxCloneSyncService::new(grpc), max_message);
-            tracing::info!(address = ?listener.local_addr().ok(), "serving http");
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "serving http");
+            }
             tokio::spawn(gateway.serve(listener))
         });
         // Health (for probes) and reflection (for grpcurl) answer without a
@@ -418,8 +438,9 @@ fn raise_open_files_limit() {
     }
 }
 
-/// The gRPC listener, with the configured backlog.
-fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// A socket bound to `address`, not yet listening: connections to it are
+/// refused until `listen` (with the configured backlog).
+fn bind(address: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -429,7 +450,7 @@ fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     // TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
-    socket.listen(backlog)
+    Ok(socket)
 }
 
 /// The accepted connections, each with TCP_NODELAY: a reply's last frame
@@ -585,7 +606,10 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_connections_have_tcp_nodelay() {
-        let listener = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .listen(16)
+            .unwrap();
         let address = listener.local_addr().unwrap();
         let mut accepted = incoming(listener);
         let _client = tokio::net::TcpStream::connect(address).await.unwrap();

@@ -111,8 +111,8 @@ impl Agent {
         }
         tracing::info!(
             api = %api_address,
-            metrics = ?metrics_address,
-            namespaces = ?settings.namespaces,
+            metrics = %metrics_address.map_or_else(|| "off".to_string(), |address| address.to_string()),
+            namespaces = %settings.namespaces.join(","),
             "agent started"
         );
         Ok(Agent {

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::connection::AuthChannel;
 use super::document;
 use super::failure::{Refused, Reply};
-use super::output::{Output, print_json};
+use super::output::{Output, print_json, stdout_failed};
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 
 /// Bytes per chunk sent, well below the default 4 MiB message limit.
@@ -26,9 +26,10 @@ pub async fn export(channel: AuthChannel, namespaces: Vec<String>) -> anyhow::Re
     let mut out = std::io::stdout().lock();
     let broken = |status| Refused::new("exporting", status);
     while let Some(chunk) = stream.message().await.map_err(broken)? {
-        out.write_all(&chunk.data)?;
+        out.write_all(&chunk.data)
+            .unwrap_or_else(|error| stdout_failed(error));
     }
-    out.flush()?;
+    out.flush().unwrap_or_else(|error| stdout_failed(error));
     Ok(())
 }
 
@@ -53,7 +54,7 @@ pub async fn import(channel: AuthChannel, output: Output, file: &Path) -> anyhow
             "events": imported.events,
             "revision": imported.revision.to_string(),
         })),
-        Output::Table => println!(
+        Output::Table => outln!(
             "imported {} policies, {} versions and {} events into {}; active at revision {}",
             imported.policies,
             imported.versions,

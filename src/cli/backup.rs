@@ -64,7 +64,7 @@ pub async fn backup(channel: AuthChannel, output: Output, out: PathBuf) -> anyho
             "size": size.to_string(),
             "sha256": sha256,
         })),
-        Output::Table => println!(
+        Output::Table => outln!(
             "backup of revision {revision} written to {} ({size} bytes, sha256 {sha256})",
             out.display()
         ),

@@ -122,15 +122,16 @@ fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
 }
 
 /// The settings of one connection, resolved.
-struct Resolved {
-    server: String,
+pub(super) struct Resolved {
+    pub(super) server: String,
     token: Option<String>,
     /// Where the token was read from, to read it again (a rotated token).
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
-    identity: Option<(PathBuf, PathBuf)>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    /// The client certificate and key (PEM files), for mTLS.
+    pub(super) identity: Option<(PathBuf, PathBuf)>,
+    pub(super) connect_timeout: Duration,
+    pub(super) request_timeout: Duration,
 }
 
 /// What a runtime subscription needs to reach the server.
@@ -158,7 +159,9 @@ impl Resolved {
 }
 
 impl Connection {
-    fn resolve(&self) -> anyhow::Result<Resolved> {
+    /// The flags, variables and context resolved into one connection's
+    /// settings.
+    pub(super) fn resolve(&self) -> anyhow::Result<Resolved> {
         let context: Context = context::load(
             self.context
                 .clone()

@@ -109,14 +109,14 @@ pub async fn diff_versions(
         .map(operation_json)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let painter = Painter::for_stdout();
-    println!(
+    outln!(
         "{}",
         painter.heading(&format!(
             "--- {} version {} {}",
             args.policy, from.version, diff.from_digest
         ))
     );
-    println!(
+    outln!(
         "{}",
         painter.heading(&format!(
             "+++ {} version {to_version} {}",
@@ -128,12 +128,12 @@ pub async fn diff_versions(
         let requires = |requirements| or_dash(&requirements_text(requirement_pairs(requirements)));
         let from = requires(&diff.from_requirements);
         let to = requires(&diff.to_requirements);
-        println!("{}", painter.removed(&format!("- requires: {from}")));
-        println!("{}", painter.added(&format!("+ requires: {to}")));
+        outln!("{}", painter.removed(&format!("- requires: {from}")));
+        outln!("{}", painter.added(&format!("+ requires: {to}")));
     }
     if operations.is_empty() {
         if !requirements_differ {
-            println!("no differences");
+            outln!("no differences");
         }
         return Ok(());
     }
@@ -145,7 +145,7 @@ pub async fn diff_versions(
     let mut document = json::body(from.body)?;
     for operation in &operations {
         for line in change_lines(&document, operation) {
-            println!("{}", paint_line(painter, &line));
+            outln!("{}", paint_line(painter, &line));
         }
         json_patch::patch(&mut document, std::slice::from_ref(operation)).with_context(|| {
             Unusable::new(

@@ -139,7 +139,7 @@ pub async fn list_runtimes(
             policies.join(", "),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -162,20 +162,25 @@ pub async fn get_policy_status(
         return Ok(());
     }
     match status.active_version {
-        0 => println!("{}: nothing active", args.policy),
-        version => println!(
+        0 => outln!("{}: nothing active", args.policy),
+        version => outln!(
             "{}: version {version} active since revision {}",
-            args.policy, status.active_revision
+            args.policy,
+            status.active_revision
         ),
     }
-    println!(
+    outln!(
         "{} runtime(s): {} applied, {} rejected, {} pending, {} stale",
-        status.runtimes, status.applied, status.rejected, status.pending, status.stale
+        status.runtimes,
+        status.applied,
+        status.rejected,
+        status.pending,
+        status.stale
     );
     if status.versions.is_empty() {
         return Ok(());
     }
-    println!();
+    outln!();
     let mut table = Table::new(&["VERSION", "APPLIED", "REJECTED", "ERRORS"]);
     for version in &status.versions {
         let errors: Vec<String> = version
@@ -190,6 +195,6 @@ pub async fn get_policy_status(
             errors.join("; "),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }

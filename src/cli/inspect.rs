@@ -10,7 +10,7 @@ use super::args::{
     Scope, parse_event_kind, parse_label, parse_namespace, parse_policy, parse_scope,
 };
 use super::connection::AuthChannel;
-use super::failure::{Reply, Unusable, What};
+use super::failure::{Reply, Unusable, Usage, What};
 use super::json::{self, event_kind_name, state_name};
 use super::output::{
     Output, Table, or_dash, print_message, requirement_pairs, requirements_text, short_digest,
@@ -48,17 +48,20 @@ pub struct GetActiveArgs {
 }
 
 /// Arguments of `policyhub get-version`.
+///
+/// The selector is a group of its own: a `#[group]` on the struct would
+/// name the struct's group, which `policy` alone satisfies.
 #[derive(Debug, clap::Args)]
-#[group(id = "selector", required = true, args = ["version", "label"])]
+#[command(group(clap::ArgGroup::new("selector").required(true).multiple(false)))]
 pub struct GetVersionArgs {
     /// The policy, namespace/name.
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
     /// The version number.
-    #[arg(long)]
+    #[arg(long, group = "selector")]
     version: Option<u32>,
     /// The version released under this label.
-    #[arg(long, value_parser = parse_label)]
+    #[arg(long, value_parser = parse_label, group = "selector")]
     label: Option<Label>,
 }
 
@@ -137,10 +140,14 @@ pub async fn get_version(
     output: Output,
     args: GetVersionArgs,
 ) -> anyhow::Result<()> {
+    // clap's group refuses neither and both; the match stays total without
+    // a panic all the same.
     let selector = match (args.version, &args.label) {
         (Some(number), _) => Selector::Version(number),
         (None, Some(label)) => Selector::Label(label.to_string()),
-        (None, None) => unreachable!("clap requires --version or --label"),
+        (None, None) => {
+            return Err(Usage::new("give --version or --label", "name the version to show").into());
+        }
     };
     let version = PolicyServiceClient::new(channel)
         .get_version(proto::GetVersionRequest {
@@ -154,7 +161,7 @@ pub async fn get_version(
         print_message(&version);
         return Ok(());
     }
-    println!("{} version {}", args.policy, version.version);
+    outln!("{} version {}", args.policy, version.version);
     let mut facts = vec![
         ("state", state_line(&version)),
         ("label", or_dash(&version.label)),
@@ -202,12 +209,12 @@ fn state_line(version: &proto::Version) -> String {
 fn print_facts(facts: &[(&str, String)]) {
     let width = facts.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     for (name, value) in facts {
-        println!("  {name:<width$}  {value}");
+        outln!("  {name:<width$}  {value}");
     }
 }
 
 fn print_body(body: &Value) {
-    println!(
+    outln!(
         "body:\n{}",
         serde_json::to_string_pretty(body).expect("a JSON value always serializes")
     );
@@ -271,15 +278,18 @@ pub async fn get_active(
         return Ok(());
     }
     let signature = if bundle.draft {
-        println!(
+        outln!(
             "{} has nothing active; its open draft, version {}:",
-            args.policy, bundle.version
+            args.policy,
+            bundle.version
         );
         "none: a draft, never enforce it".to_owned()
     } else {
-        println!(
+        outln!(
             "{} version {} is active since revision {}",
-            args.policy, bundle.version, bundle.revision
+            args.policy,
+            bundle.version,
+            bundle.revision
         );
         format!("verified, key {}", bundle.key_id)
     };
@@ -348,7 +358,7 @@ pub async fn versions(
                 .to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -397,7 +407,7 @@ pub async fn policies(
             if policy.schema.is_some() { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -464,7 +474,7 @@ pub async fn events(
             event.reason.lines().next().unwrap_or_default().to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -514,7 +524,7 @@ pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> 
             checkpoint.key_id.clone(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -542,7 +552,7 @@ pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
             .to_owned(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
     Ok(())
 }
 
@@ -557,15 +567,15 @@ pub async fn whoami(channel: AuthChannel, output: Output, namespace: String) -> 
         print_message(&me);
         return Ok(());
     }
-    println!("subject: {}", me.subject);
-    println!("grants:  {}", me.grants.join(", "));
+    outln!("subject: {}", me.subject);
+    outln!("grants:  {}", me.grants.join(", "));
     if !namespace.is_empty() {
         let allowed = if me.allowed_methods.is_empty() {
             "nothing".to_owned()
         } else {
             me.allowed_methods.join(", ")
         };
-        println!("may call in {namespace}: {allowed}");
+        outln!("may call in {namespace}: {allowed}");
     }
     Ok(())
 }

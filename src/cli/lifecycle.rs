@@ -183,12 +183,14 @@ pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> any
     match output {
         Output::Json => print_message(&drafted),
         Output::Table => {
-            println!(
+            outln!(
                 "drafted {} version {} ({})",
-                args.policy, version.version, version.digest
+                args.policy,
+                version.version,
+                version.digest
             );
             if drafted.superseded_version != 0 {
-                println!("it supersedes draft version {}", drafted.superseded_version);
+                outln!("it supersedes draft version {}", drafted.superseded_version);
             }
         }
     }
@@ -213,9 +215,10 @@ pub async fn discard_draft(
     let version = discarded.version.as_ref().context(no_version())?;
     match output {
         Output::Json => print_message(&discarded),
-        Output::Table => println!(
+        Output::Table => outln!(
             "discarded draft version {} of {}",
-            version.version, args.policy
+            version.version,
+            args.policy
         ),
     }
     Ok(())
@@ -259,18 +262,20 @@ pub async fn publish(
                 label => format!(" as {label}"),
             };
             if published.already_published {
-                println!(
+                outln!(
                     "{} version {}{label} was already published with this digest; nothing new was published",
-                    args.policy, version.version
+                    args.policy,
+                    version.version
                 );
             } else {
-                println!(
+                outln!(
                     "published {} version {}{label}",
-                    args.policy, version.version
+                    args.policy,
+                    version.version
                 );
             }
             if published.revision != 0 {
-                println!("active at revision {}", published.revision);
+                outln!("active at revision {}", published.revision);
             }
         }
     }
@@ -341,7 +346,7 @@ pub async fn activate(
     match output {
         Output::Json => print_message(&activated),
         Output::Table => {
-            println!("revision {}", activated.revision);
+            outln!("revision {}", activated.revision);
             let mut table = Table::new(&["POLICY", "VERSION", "PREVIOUS"]);
             for activation in &activated.activations {
                 table.row(vec![
@@ -350,7 +355,7 @@ pub async fn activate(
                     version_or_dash(activation.previous_version),
                 ]);
             }
-            print!("{table}");
+            out!("{table}");
         }
     }
     Ok(())
@@ -376,7 +381,7 @@ pub async fn rollback(
         .reply(format!("rolling back {}", args.policy))?;
     match output {
         Output::Json => print_message(&rolled_back),
-        Output::Table if rolled_back.restored_from != 0 => println!(
+        Output::Table if rolled_back.restored_from != 0 => outln!(
             "restored {} version {} as version {} (was version {}) at revision {}",
             args.policy,
             rolled_back.restored_from,
@@ -384,9 +389,12 @@ pub async fn rollback(
             rolled_back.previous_version,
             rolled_back.revision
         ),
-        Output::Table => println!(
+        Output::Table => outln!(
             "rolled back {} to version {} (was version {}) at revision {}",
-            args.policy, rolled_back.version, rolled_back.previous_version, rolled_back.revision
+            args.policy,
+            rolled_back.version,
+            rolled_back.previous_version,
+            rolled_back.revision
         ),
     }
     Ok(())

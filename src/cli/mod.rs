@@ -5,6 +5,23 @@
 //! `verify`, `token` and `keys generate` work offline. How they fail, and
 //! with which exit code, is decided in one place: `failure`.
 
+/// `print!` for command output, through `output::write_stdout`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for command output, through `output::write_stdout`.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod agent;
 mod archive;
 mod args;
@@ -15,6 +32,7 @@ mod diff;
 mod document;
 mod failure;
 mod fleet;
+mod health;
 mod inspect;
 mod json;
 mod lifecycle;
@@ -132,7 +150,7 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// Return a policy to the version active before, or to --to N.
+    /// Return a policy to the version active before, or to --to-version N.
     Rollback {
         #[command(flatten)]
         args: lifecycle::RollbackArgs,
@@ -289,6 +307,15 @@ enum Command {
         /// List the methods the token may call in this namespace.
         namespace: Option<String>,
     },
+    /// Ask the server's gRPC health service whether it serves, as a probe
+    /// does (grpc.health.v1 Check); exits 0 when it answers SERVING. For
+    /// exec probes: Kubernetes' own gRPC probe cannot speak TLS.
+    Health {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: health::HealthArgs,
+    },
     /// Print every public key that ever signed a bundle (the JWKS).
     GetSigningKeys {
         #[command(flatten)]
@@ -436,7 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(config.as_deref(), &overrides)?;
             let _telemetry = crate::telemetry::init(settings.log_format)?;
             startup::open_database(&settings).await?;
-            println!("migrations applied");
+            outln!("migrations applied");
         }
         Command::Draft { client, args } => {
             let (channel, output) = client.connect().await?;
@@ -512,14 +539,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect::keys(channel, output).await?
         }
         Command::Verify { jwks, bundle } => return verify::verify(&jwks, bundle.as_deref()),
+        Command::Health { connection, args } => return health::health(&connection, args).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "policyhub",
-                &mut std::io::stdout(),
-            );
+            // Into memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "policyhub", &mut script);
+            output::write_stdout_bytes(&script);
         }
         Command::WatchActive { client, args } => {
             let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
@@ -560,7 +586,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &claims,
                 &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
             )?;
-            println!("{token}");
+            outln!("{token}");
         }
         Command::RotateSigningKey { client, reason } => {
             let (channel, output) = client.connect().await?;
@@ -572,9 +598,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if output == Output::Json {
                 output::print_message(&rotated);
             } else {
-                println!(
+                outln!(
                     "signing key {} replaces {}",
-                    rotated.signing_key_id, rotated.previous_key_id
+                    rotated.signing_key_id,
+                    rotated.previous_key_id
                 );
             }
         }
@@ -606,7 +633,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::GenerateKey { out } => {
             let key = signing::write_new_key(&out)?;
-            println!("{}", key.key_id());
+            outln!("{}", key.key_id());
         }
     }
     Ok(ExitCode::SUCCESS)

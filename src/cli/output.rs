@@ -48,9 +48,45 @@ pub fn message_json<M: prost::Message + prost::Name>(message: &M) -> Value {
     json
 }
 
+/// Writes command output to standard output (the `out!` and `outln!`
+/// macros). A reader that went away (`policyhub list-events | head`) ends
+/// the process as it ends `cat`: killed by SIGPIPE, quietly, where
+/// `println!` would panic. Only here: Rust ignores SIGPIPE in every program,
+/// and sockets keep it ignored, so a client whose server resets the
+/// connection reports it, and `watch-active` reconnects.
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(error) = std::io::stdout().lock().write_fmt(text) {
+        stdout_failed(error)
+    }
+}
+
+/// [`write_stdout`] for bytes.
+pub fn write_stdout_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        stdout_failed(error)
+    }
+}
+
+/// Ends the process after a write to standard output failed.
+pub fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: restores SIGPIPE's default action and raises it, which
+        // ends the process; no handler of ours runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    eprintln!("error: cannot write to standard output: {error}");
+    std::process::exit(1)
+}
+
 /// Prints a JSON document, indented.
 pub fn print_json(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("a JSON value always serializes")
     );

@@ -321,9 +321,9 @@ fn print_rollout(output: Output, rollout: &proto::Rollout) {
             )
         })
         .collect();
-    println!("rollout {} of {}", rollout.id, targets.join(", "));
+    outln!("rollout {} of {}", rollout.id, targets.join(", "));
     let step = rollout.steps.get(rollout.step as usize);
-    println!(
+    outln!(
         "state: {}, step {} of {} ({}% since {})",
         state_name(rollout.state()).to_lowercase(),
         rollout.step + 1,
@@ -332,12 +332,15 @@ fn print_rollout(output: Output, rollout: &proto::Rollout) {
         time_text(rollout.step_started_at)
     );
     let progress = rollout.progress.unwrap_or_default();
-    println!(
+    outln!(
         "cohort: {} runtimes: {} applied, {} rejected, {} pending",
-        progress.cohort, progress.applied, progress.rejected, progress.pending
+        progress.cohort,
+        progress.applied,
+        progress.rejected,
+        progress.pending
     );
     if !rollout.halted_because.is_empty() {
-        println!("because: {}", rollout.halted_because);
+        outln!("because: {}", rollout.halted_because);
     }
 }
 
@@ -364,5 +367,5 @@ fn print_list(output: Output, rollouts: &[proto::Rollout]) {
             time_text(rollout.created_at),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
 }

@@ -24,11 +24,12 @@ use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 /// The schedule commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ScheduleCommand {
-    /// Save a schedule, creating or replacing it, from a file of entries
-    /// (SetSchedule).
+    // Verbatim: clap would rewrap the example onto one line. The lines are
+    // written as they print.
+    /// Save a schedule, creating or replacing it, from a file of entries (SetSchedule)
     ///
-    /// The file (JSON, or YAML; `-` is standard input) holds the entries in
-    /// the protobuf JSON mapping:
+    /// The file (JSON, or YAML; `-` is standard input) holds the entries in the
+    /// protobuf JSON mapping:
     ///
     ///   entries:
     ///     - name: weekday
@@ -39,6 +40,7 @@ pub enum ScheduleCommand {
     ///       cron: "0 18 * * FRI"
     ///       timeZone: Europe/Berlin
     ///       targets: [{name: card-limits, label: 1.0.0}]
+    #[command(verbatim_doc_comment)]
     SetPolicySchedule {
         #[command(flatten)]
         args: SetArgs,
@@ -223,7 +225,7 @@ pub async fn run(command: ScheduleCommand) -> anyhow::Result<()> {
                 .reply("deleting the schedule")?;
             match output {
                 Output::Json => print_message(&deleted),
-                Output::Table => println!("schedule {namespace}/{name} deleted"),
+                Output::Table => outln!("schedule {namespace}/{name} deleted"),
             }
             return Ok(());
         }
@@ -262,11 +264,11 @@ fn targets_text(entry: &proto::ScheduleEntry) -> String {
 }
 
 fn print_schedule(schedule: &proto::Schedule) {
-    println!("schedule {}/{}", schedule.namespace, schedule.name);
+    outln!("schedule {}/{}", schedule.namespace, schedule.name);
     if schedule.paused {
-        println!("paused: {}", schedule.paused_because);
+        outln!("paused: {}", schedule.paused_because);
     }
-    println!(
+    outln!(
         "saved by {} at {}{}",
         schedule.updated_by,
         time_text(schedule.updated_at),
@@ -275,7 +277,7 @@ fn print_schedule(schedule: &proto::Schedule) {
             reason => format!(": {reason}"),
         }
     );
-    println!();
+    outln!();
     let mut entries = Table::new(&["ENTRY", "CRON", "TIME ZONE", "ACTIVATES"]);
     for entry in &schedule.entries {
         entries.row(vec![
@@ -285,7 +287,7 @@ fn print_schedule(schedule: &proto::Schedule) {
             targets_text(entry),
         ]);
     }
-    print!("{entries}");
+    out!("{entries}");
     let zone_of = |name: &str| {
         schedule
             .entries
@@ -295,7 +297,7 @@ fn print_schedule(schedule: &proto::Schedule) {
             .unwrap_or("UTC")
     };
     if !schedule.upcoming.is_empty() {
-        println!();
+        outln!();
         let mut next = Table::new(&["NEXT", "IN ITS ZONE", "UTC"]);
         for firing in &schedule.upcoming {
             next.row(vec![
@@ -304,15 +306,15 @@ fn print_schedule(schedule: &proto::Schedule) {
                 time_text(firing.at),
             ]);
         }
-        print!("{next}");
+        out!("{next}");
     }
     if let Some(last) = &schedule.last_firing {
-        println!();
+        outln!();
         let outcome = match last.revision {
             0 => format!("refused: {}", last.error),
             revision => format!("activated at revision {revision}"),
         };
-        println!(
+        outln!(
             "last firing: {} due at {}, {outcome}",
             last.entry,
             time_text(last.at)
@@ -336,5 +338,5 @@ fn print_list(output: Output, listed: &proto::ListSchedulesResponse) {
             next.map(|firing| time_text(firing.at)).unwrap_or_default(),
         ]);
     }
-    print!("{table}");
+    out!("{table}");
 }

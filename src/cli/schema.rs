@@ -52,14 +52,14 @@ pub async fn set_schema(
         Output::Json => print_message(&set),
         Output::Table => {
             let what = if schema.is_some() { "set" } else { "removed" };
-            println!("schema of {} {what}", args.policy);
+            outln!("schema of {} {what}", args.policy);
             if !set.active_version_violations.is_empty() {
-                println!(
+                outln!(
                     "the active version {} stays active but breaks it; activating it again would fail:",
                     policy.active_version
                 );
                 for violation in &set.active_version_violations {
-                    println!("  {violation}");
+                    outln!("  {violation}");
                 }
             }
         }

@@ -41,7 +41,7 @@ pub fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCod
     let jws = bundle_jws(&document::read_text(bundle.unwrap_or(Path::new("-")))?)?;
     match signing::verify(&jws, &jwks) {
         Ok(claims) => {
-            println!(
+            outln!(
                 "verified: {} version {}{} digest {}",
                 claims.sub,
                 claims.ver,
@@ -56,7 +56,7 @@ pub fn verify(jwks_path: &Path, bundle: Option<&Path>) -> anyhow::Result<ExitCod
                     .requirements
                     .iter()
                     .map(|requirement| (requirement.name.as_str(), requirement.range.as_str()));
-                println!("requires: {}", output::requirements_text(requirements));
+                outln!("requires: {}", output::requirements_text(requirements));
             }
             Ok(ExitCode::SUCCESS)
         }

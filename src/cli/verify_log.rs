@@ -126,12 +126,12 @@ fn verify_archive(bytes: &[u8], output: Output) -> anyhow::Result<()> {
             "checkpoints": checkpoints.to_string(),
             "head": if whole { archive.chain_head.as_str() } else { "" },
         })),
-        Output::Table if whole => println!(
+        Output::Table if whole => outln!(
             "{events} events verified, {checkpoints} signed checkpoints hold; the chain's head is \
              {}",
             archive.chain_head
         ),
-        Output::Table => println!(
+        Output::Table => outln!(
             "{} versions verified; an archive of some namespaces holds part of the log, whose \
              chain only an archive of every namespace proves",
             archive.versions.len()
@@ -183,11 +183,11 @@ fn verify(
             "checkpoints": confirmed.unwrap_or(0).to_string(),
             "head": head,
         })),
-        (Output::Table, Some(checkpoints)) => println!(
+        (Output::Table, Some(checkpoints)) => outln!(
             "{count} events verified, {checkpoints} signed checkpoints hold; the chain's head is \
              {head}"
         ),
-        (Output::Table, None) => println!("{count} events verified; the chain's head is {head}"),
+        (Output::Table, None) => outln!("{count} events verified; the chain's head is {head}"),
     }
     Ok(())
 }

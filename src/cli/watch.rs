@@ -109,7 +109,7 @@ fn print_state(state: &State, previous: Option<&State>, output: Output) {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"namespace": state.namespace, "revision": state.revision, "source": source,
                    "bundles": bundles})
@@ -121,7 +121,7 @@ fn print_state(state: &State, previous: Option<&State>, output: Output) {
     } else {
         ""
     };
-    println!(
+    outln!(
         "revision {}: {} polic{} active{from_cache}",
         state.revision,
         state.bundles.len(),
@@ -134,9 +134,13 @@ fn print_state(state: &State, previous: Option<&State>, output: Output) {
             .map(|label| format!(" ({label})"))
             .unwrap_or_default();
         let mark = if changed(&bundle.name) { "*" } else { " " };
-        println!(
+        outln!(
             "{mark} {}/{} version {}{label} {} verified, signed by {}",
-            state.namespace, bundle.name, bundle.version, bundle.digest, bundle.key_id
+            state.namespace,
+            bundle.name,
+            bundle.version,
+            bundle.digest,
+            bundle.key_id
         );
     }
 }

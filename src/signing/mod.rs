@@ -166,7 +166,7 @@ impl KeySource {
                 let key = write_new_key(path)?;
                 tracing::warn!(
                     path = %path.display(),
-                    key_id = key.key_id(),
+                    key_id = %key.key_id(),
                     "no signing key configured: generated one; back it up, or configure signing.key_files"
                 );
                 Ok(vec![key])

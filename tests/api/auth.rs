@@ -570,7 +570,7 @@ async fn a_minted_local_token_works_against_the_generated_secret() {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made
 /// with the openssl command.
-fn certificates(dir: &std::path::Path) {
+pub(crate) fn certificates(dir: &std::path::Path) {
     let run = |args: &str| {
         let status = std::process::Command::new("sh")
             .arg("-c")

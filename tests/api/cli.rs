@@ -40,6 +40,16 @@ pub fn policyhub_at(server: &str, args: &[&str]) -> Run {
 
 /// Runs `policyhub ARGS` with only `env` of the client's variables set.
 pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let output = client_command(env, args).output().expect("run policyhub");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `policyhub ARGS` with only `env` of the client's variables set.
+fn client_command(env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut command = Command::new(policyhub_binary());
     command.args(args);
     for name in [
@@ -56,15 +66,8 @@ pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
         "POLICYHUB_CLIENT_CONFIG",
         std::env::temp_dir().join("policyhub-tests-have-no-client-config.toml"),
     );
-    let output = command
-        .envs(env.iter().copied())
-        .output()
-        .expect("run policyhub");
-    Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command.envs(env.iter().copied());
+    command
 }
 
 /// A token for `subject` with `role`, minted with the secret the server
@@ -1048,4 +1051,365 @@ async fn rollback_restore_copies_the_target_forward() {
         ),
         (&json!(2), &json!(4), &json!(3))
     );
+}
+
+/// Runs `policyhub ARGS` against `server` with its standard output closed
+/// before it writes, as `| head` closes it once it has its lines, and
+/// returns what the run wrote to standard error, failing the test unless
+/// it ended quietly: exit 0 or killed by SIGPIPE, as Unix tools end.
+fn into_a_closed_pipe(server: &str, args: &[&str]) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = client_command(&[("POLICYHUB_SERVER", server)], args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run policyhub");
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("policyhub {args:?} still runs with its reader gone");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "policyhub {args:?}: {:?}\n{stderr}",
+        output.status
+    );
+    for noise in ["panicked", "backtrace", "Broken pipe", "broken pipe"] {
+        assert!(!stderr.contains(noise), "policyhub {args:?}:\n{stderr}");
+    }
+    stderr
+}
+
+/// Every command that prints, its help included, ends quietly when its
+/// reader goes away before it writes (`policyhub list-events | head`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_printing_command_ends_quietly_when_its_reader_goes_away() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    release(&app, "payments/limits", "1.1.0", json!({"max": 2}), false);
+    let server = format!("http://{}", app.address);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = write(dir.path(), "jwks.json", &app.jwks_json().await);
+    let bundle = policyhub(&app, &["get-active", "payments/limits", "-o", "json"]);
+    let bundle = write(dir.path(), "bundle.json", bundle.success());
+    let key = dir.path().join("key.pem").display().to_string();
+    let secret = write(dir.path(), "secret", &"s".repeat(32));
+
+    let reads: &[&[&str]] = &[
+        &["get-active", "payments/limits"],
+        &["get-version", "payments/limits", "--version", "1"],
+        &["list-versions", "payments/limits"],
+        &["list-policies"],
+        &["list-events"],
+        &["list-checkpoints"],
+        &["list-runtimes", "payments"],
+        &["get-policy-status", "payments/limits"],
+        &["diff-versions", "payments/limits", "1", "2"],
+        &["whoami", "payments"],
+        &["get-signing-keys"],
+        &["verify-log"],
+        &["rollout", "list", "payments"],
+        &["list-policy-schedules", "payments"],
+        &["watch-active", "--namespace", "payments"],
+    ];
+    for read in reads {
+        for output in ["table", "json"] {
+            let args = [*read, &["-o", output]].concat();
+            into_a_closed_pipe(&server, &args);
+        }
+    }
+    into_a_closed_pipe(&server, &["export"]);
+    into_a_closed_pipe(&server, &["health"]);
+
+    let offline: &[&[&str]] = &[
+        &["--help"],
+        &["--version"],
+        &["help", "list-events"],
+        &["verify", "--jwks", &jwks, &bundle],
+        &["generate-key", "--out", &key],
+        &[
+            "token",
+            "--subject",
+            "ci",
+            "--role",
+            "*:reader",
+            "--secret-file",
+            &secret,
+        ],
+    ];
+    for args in offline {
+        into_a_closed_pipe(&server, args);
+    }
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        into_a_closed_pipe(&server, &["completion", shell]);
+    }
+    let mut every = vec![vec![]];
+    let mut commands = vec![(
+        vec![],
+        <policyhub::cli::Cli as clap::CommandFactory>::command(),
+    )];
+    while let Some((path, command)) = commands.pop() {
+        for sub in command.get_subcommands() {
+            let mut sub_path: Vec<String> = path.clone();
+            sub_path.push(sub.get_name().to_string());
+            every.push(sub_path.clone());
+            commands.push((sub_path, sub.clone()));
+        }
+    }
+    for path in every {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        into_a_closed_pipe(&server, &args);
+    }
+}
+
+/// `get-version` needs exactly one of `--version` and `--label`: without
+/// either, or with both, it is a usage error with a hint, not a panic.
+#[test]
+fn get_version_without_exactly_one_selector_is_a_usage_error() {
+    for args in [
+        &["get-version", "payments/limits"][..],
+        &[
+            "get-version",
+            "payments/limits",
+            "--version",
+            "1",
+            "--label",
+            "1.0.0",
+        ],
+    ] {
+        let refused = policyhub_with(&[], args);
+        assert_eq!(refused.code, 2, "{args:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("--label"), "{}", refused.stderr);
+        assert!(refused.stderr.contains("hint:"), "{}", refused.stderr);
+        assert!(!refused.stderr.contains("panicked"), "{}", refused.stderr);
+    }
+}
+
+/// Every command's help, by its path of subcommand names, and the long
+/// flags of each command.
+fn every_help() -> Vec<(String, String, Vec<String>)> {
+    let mut root = <policyhub::cli::Cli as clap::CommandFactory>::command();
+    root.build();
+    let mut helps = Vec::new();
+    let mut commands = vec![(String::from("policyhub"), root)];
+    while let Some((path, mut command)) = commands.pop() {
+        let flags = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_long().map(str::to_string))
+            .chain(["help".to_string(), "version".to_string()])
+            .collect();
+        helps.push((path.clone(), command.render_long_help().to_string(), flags));
+        for sub in command.get_subcommands() {
+            commands.push((format!("{path} {}", sub.get_name()), sub.clone()));
+        }
+    }
+    helps
+}
+
+/// A flag a help text names exists: on its own command, or, for a text
+/// that points at another command (`policyhub list-events --limit N`), on
+/// some command. A quoted command line of another program (`kubectl auth
+/// can-i --list`) names that program's flags.
+#[test]
+fn every_flag_named_in_a_help_text_exists() {
+    let helps = every_help();
+    let anywhere: std::collections::BTreeSet<&String> =
+        helps.iter().flat_map(|(_, _, flags)| flags).collect();
+    let ours = |quoted: &str| {
+        let program = quoted.split_whitespace().next().unwrap_or_default();
+        program == "policyhub" || program.starts_with('-')
+    };
+    let mut missing = Vec::new();
+    for (path, help, flags) in &helps {
+        // Between backticks, odd pieces are quoted.
+        let text: String = help
+            .split('`')
+            .enumerate()
+            .filter(|(index, piece)| index % 2 == 0 || ours(piece))
+            .map(|(_, piece)| format!("{piece} "))
+            .collect();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("--") {
+            rest = &rest[start + 2..];
+            let flag: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if flag.is_empty() {
+                continue;
+            }
+            if !flags.contains(&flag) && !anywhere.contains(&flag) {
+                missing.push(format!("{path}: --{flag}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// `set-policy-schedule --help` prints its YAML example line by line, as
+/// a file would hold it.
+#[test]
+fn the_schedule_example_keeps_its_lines() {
+    let help = policyhub_with(&[], &["set-policy-schedule", "--help"]);
+    let example: String = help
+        .success()
+        .lines()
+        .skip_while(|line| line.trim() != "entries:")
+        .take_while(|line| !line.is_empty())
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let parsed: Value = serde_yaml_ng::from_str(&example)
+        .unwrap_or_else(|error| panic!("{error}: {}", help.stdout));
+    let names: Vec<&str> = parsed["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries in {example}"))
+        .iter()
+        .map(|entry| entry["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["weekday", "weekend"], "{example}");
+    assert_eq!(parsed["entries"][0]["timeZone"], "Europe/Berlin");
+}
+
+/// The naming rule the README states: a client command is its RPC's name
+/// kebab-cased, or its summary names the RPC in parentheses (the rollout
+/// and schedule commands, `whoami`), or it calls another service than
+/// policyhub's (`health`), or it is more than one call (`sync`,
+/// `verify-log`, and `agent`, a runtime).
+#[test]
+fn every_client_command_is_named_after_its_rpc_or_names_it() {
+    let pool =
+        prost_reflect::DescriptorPool::decode(policyhub::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let rpcs: Vec<String> = pool
+        .services()
+        .flat_map(|service| {
+            service
+                .methods()
+                .map(|method| method.name().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let kebab = |name: &str| {
+        let mut kebab = String::new();
+        for (index, letter) in name.chars().enumerate() {
+            if letter.is_ascii_uppercase() && index > 0 {
+                kebab.push('-');
+            }
+            kebab.push(letter.to_ascii_lowercase());
+        }
+        kebab
+    };
+    let mut root = <policyhub::cli::Cli as clap::CommandFactory>::command();
+    root.build();
+    let mut commands = vec![root];
+    let mut unnamed = Vec::new();
+    while let Some(command) = commands.pop() {
+        commands.extend(command.get_subcommands().cloned());
+        let is_client = command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some("server"));
+        if !is_client || ["sync", "verify-log", "agent", "health"].contains(&command.get_name()) {
+            continue;
+        }
+        let about = command.get_about().map(|about| about.to_string());
+        let about = about.unwrap_or_default();
+        let named = rpcs.iter().any(|rpc| {
+            kebab(rpc) == command.get_name()
+                || about.contains(&format!("({rpc})"))
+                || about.contains(&format!("({rpc},"))
+        });
+        if !named {
+            unnamed.push(format!("{}: {about}", command.get_name()));
+        }
+    }
+    assert!(unnamed.is_empty(), "{}", unnamed.join("\n"));
+}
+
+/// `policyhub health` answers as a probe: exit 0 and SERVING from a
+/// serving server, 1 for a service it does not know; over TLS with
+/// `--tls-no-verify`, presenting a client certificate to an mTLS server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_as_a_probe_in_plaintext_tls_and_mtls() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let serving = policyhub(&app, &["health"]);
+    assert_eq!(serving.success().trim(), "SERVING");
+    let liveness = policyhub(&app, &["health", "--service", "policyhub.liveness"]);
+    assert_eq!(liveness.success().trim(), "SERVING");
+    let unknown = policyhub(&app, &["health", "--service", "no.such.Service"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    crate::auth::certificates(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut settings = crate::helpers::test_settings(&database);
+    settings.tls = Some(policyhub::config::TlsSettings {
+        cert_file: dir.path().join("server.crt"),
+        key_file: dir.path().join("server.key"),
+        client_ca_file: Some(dir.path().join("ca.crt")),
+    });
+    let application = policyhub::startup::Application::build(settings)
+        .await
+        .unwrap();
+    let server = format!("https://{}", application.address());
+    tokio::spawn(async move {
+        let _database = database;
+        application.run_until_stopped(std::future::pending()).await
+    });
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["health", "--tls-no-verify"];
+        args.extend_from_slice(extra);
+        policyhub_at(&server, &args)
+    };
+    let (cert, key) = (path("client.crt"), path("client.key"));
+    let mtls = probe(&["--cert-file", &cert, "--key-file", &key]);
+    assert_eq!(mtls.success().trim(), "SERVING", "{}", mtls.stderr);
+    let without_certificate = probe(&[]);
+    assert_ne!(
+        without_certificate.code, 0,
+        "{}",
+        without_certificate.stdout
+    );
+    // Without --tls-no-verify the server's certificate must verify: its CA
+    // is not one the client knows.
+    let verified = policyhub_at(
+        &server,
+        &["health", "--cert-file", &cert, "--key-file", &key],
+    );
+    assert_eq!(verified.code, 3, "{}", verified.stderr);
+}
+
+/// `policyhub serve` refuses to start on a `POLICYHUB_*` variable that
+/// names an unknown section or key, or holds a value that does not parse,
+/// and says which variable.
+#[test]
+fn serve_refuses_an_unknown_or_invalid_setting_variable_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (variable, value) in [
+        ("POLICYHUB_BOGUS__X", "1"),
+        ("POLICYHUB_AUDIT__CHECKPOINT_INTERVAL", "often"),
+    ] {
+        let refused = Command::new(policyhub_binary())
+            .args([
+                "serve",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{variable}: {stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+    }
 }

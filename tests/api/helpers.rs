@@ -514,9 +514,9 @@ pub async fn start_serving(
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start policyhub serve");
-    // The port is bound before the database is opened, so a TCP connect
-    // succeeds early: wait until the server answers a health check, which it
-    // does once it serves (and handles signals).
+    // The port listens once the store is open, a moment before the server
+    // serves: wait until it answers a health check, which it does once it
+    // serves (and handles signals).
     for _ in 0..100 {
         if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()

@@ -1,5 +1,5 @@
 //! Traces reach an OTLP collector with the caller's trace id; metrics count
-//! what happened.
+//! what happened; start-up lines read as text.
 
 use std::{
     sync::{Arc, Mutex},
@@ -18,7 +18,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::helpers::{Backend, TestDatabase, spawn_binary_server, spawn_on, terminate};
+use crate::helpers::{
+    Backend, TestDatabase, policyhub_binary, spawn_binary_server, spawn_on, terminate,
+};
 
 /// One span as the collector received it.
 #[derive(Debug, Clone)]
@@ -437,4 +439,110 @@ async fn a_real_prometheus_scrapes_the_endpoint_with_types_and_help() {
         metadata.contains("\"counter\"") && metadata.contains("RPCs served"),
         "Prometheus keeps the type and help: {metadata}"
     );
+}
+
+/// The log lines `policyhub serve` writes until it serves every port, in
+/// the text format, from its first start over an empty data directory (the
+/// generated key and secret have lines of their own).
+fn start_up_lines() -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(policyhub_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start policyhub serve");
+    let stderr = server.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut read = Vec::new();
+    let served = |read: &[String], port: &str| read.iter().any(|line| line.contains(port));
+    while !["serving grpc", "serving http", "serving metrics"]
+        .iter()
+        .all(|port| served(&read, port))
+    {
+        match received.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => read.push(line),
+            Err(_) => {
+                server.kill().ok();
+                panic!(
+                    "policyhub serve did not serve every port:\n{}",
+                    read.join("\n")
+                );
+            }
+        }
+    }
+    server.kill().ok();
+    server.wait().ok();
+    read
+}
+
+/// What the server says at start reads as text, not as Rust's debug forms:
+/// `address=127.0.0.1:8080`, not `address=Some(127.0.0.1:8080)`, and
+/// string fields unquoted.
+#[test]
+fn start_up_lines_print_no_debug_forms() {
+    let lines = start_up_lines();
+    let debug: Vec<&String> = lines
+        .iter()
+        .filter(|line| {
+            ["Some(", "None", "=\""]
+                .iter()
+                .any(|form| line.contains(form))
+        })
+        .collect();
+    assert!(debug.is_empty(), "{debug:#?}\nin\n{}", lines.join("\n"));
+}
+
+/// The gRPC port accepts nothing until the store is open: with a PostgreSQL
+/// that takes the connection and never answers, a probe's connection is
+/// refused for as long as the server waits on it, rather than accepted by
+/// a server that cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_refuses_connections_until_the_store_is_open() {
+    // The kernel completes the handshakes into the backlog; nothing answers.
+    let silent_database = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let database_url = format!(
+        "postgres://postgres@{}/policyhub",
+        silent_database.local_addr().unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let mut server = std::process::Command::new(policyhub_binary())
+        .args(crate::helpers::serve_args(port, dir.path()))
+        .args(["--database-url", &database_url])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start policyhub serve");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        assert!(
+            connected.is_err(),
+            "the port accepted a connection before the store opened"
+        );
+    }
+    let waiting = server.try_wait().unwrap().is_none();
+    server.kill().ok();
+    server.wait().ok();
+    assert!(waiting, "the server was still waiting on the database");
 }

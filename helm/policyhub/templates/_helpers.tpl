@@ -166,17 +166,41 @@ clientCA: /etc/policyhub/tls-client-ca
 {{- end }}
 
 {{/*
-A probe: the native gRPC check of grpc.health.v1.Health on the gRPC port, or
-a TCP check when the port speaks TLS (the kubelet's gRPC probe has no TLS).
+A probe of grpc.health.v1.Health on the gRPC port: the kubelet's native gRPC
+check, or, when the port speaks TLS (the kubelet's gRPC probe has none), the
+image's own `policyhub health` run in the container, which speaks TLS without
+verifying the certificate (the probe asks whether the server serves, not who
+it is) and, with mTLS, presents the server's certificate as its own.
 Called with (dict "root" $ "probe" .Values.probes.<name>).
 */}}
 {{- define "policyhub.probe" -}}
-{{- if .root.Values.tls.enabled }}
-tcpSocket:
-  port: grpc
+{{- $values := .root.Values }}
+{{- if $values.tls.enabled }}
+{{- $paths := include "policyhub.paths" .root | fromYaml }}
+exec:
+  command:
+    - /policyhub
+    - health
+    - --server
+    - {{ printf "https://localhost:%d" (int64 $values.ports.grpc) }}
+    - --tls-no-verify
+    - --connect-timeout
+    - {{ printf "%ds" (int64 .probe.timeoutSeconds) }}
+    - --request-timeout
+    - {{ printf "%ds" (int64 .probe.timeoutSeconds) }}
+    {{- with .probe.grpcService }}
+    - --service
+    - {{ . | quote }}
+    {{- end }}
+    {{- if $values.tls.clientCA.existingSecret }}
+    - --cert-file
+    - {{ printf "%s/%s" $paths.tls $values.tls.certKey }}
+    - --key-file
+    - {{ printf "%s/%s" $paths.tls $values.tls.keyKey }}
+    {{- end }}
 {{- else }}
 grpc:
-  port: {{ int64 .root.Values.ports.grpc }}
+  port: {{ int64 $values.ports.grpc }}
   {{- with .probe.grpcService }}
   service: {{ . | quote }}
   {{- end }}

@@ -12,19 +12,21 @@ use crate::grpc::proto;
 pub(super) fn print_outcome(entry: &Entry) {
     let release = &entry.release;
     match &entry.outcome {
-        Outcome::Planned => println!(
+        Outcome::Planned => outln!(
             "would publish {} {} from {}",
             release.policy,
             release.label,
             release.body_file().display()
         ),
-        Outcome::Delivered(version) => println!(
+        Outcome::Delivered(version) => outln!(
             "delivered {} {} as version {version}",
-            release.policy, release.label
+            release.policy,
+            release.label
         ),
-        Outcome::Skipped(version) => println!(
+        Outcome::Skipped(version) => outln!(
             "skipped {} {}: already version {version} in the hub",
-            release.policy, release.label
+            release.policy,
+            release.label
         ),
         Outcome::Failed(error) => eprint!(
             "failed {} {} from {}\n{}",
@@ -82,7 +84,7 @@ impl Report<'_> {
             let targets: Vec<String> = newest(self.entries)
                 .map(|release| format!("{}@{}", release.policy, release.label))
                 .collect();
-            println!("would activate {}", targets.join(", "));
+            outln!("would activate {}", targets.join(", "));
         }
         match self.activation {
             Some(Ok(activated)) => print_activation(activated),
@@ -99,14 +101,14 @@ impl Report<'_> {
         let skipped = self.count(|outcome| matches!(outcome, Outcome::Skipped(_)));
         if self.args.dry_run {
             let planned = self.count(|outcome| matches!(outcome, Outcome::Planned));
-            println!("dry run of {source}: {planned} to publish, {skipped} skipped");
+            outln!("dry run of {source}: {planned} to publish, {skipped} skipped");
             return;
         }
         let not_attempted = match self.count(|outcome| matches!(outcome, Outcome::NotAttempted)) {
             0 => String::new(),
             pending => format!(", {pending} not attempted: re-run to publish them"),
         };
-        println!(
+        outln!(
             "sync of {source}: {} delivered, {skipped} skipped, {} failed{not_attempted}",
             self.count(|outcome| matches!(outcome, Outcome::Delivered(_))),
             self.count(|outcome| matches!(outcome, Outcome::Failed(_))),
@@ -160,12 +162,12 @@ fn print_activation(activated: &proto::ActivateResponse) {
         })
         .collect();
     if moved.is_empty() {
-        println!(
+        outln!(
             "the newest releases were already active (revision {})",
             activated.revision
         );
     } else {
-        println!(
+        outln!(
             "activated at revision {}: {}",
             activated.revision,
             moved.join(", ")
