@@ -97,6 +97,17 @@ pub enum Event {
         /// When it was signed.
         signed_at: chrono::DateTime<chrono::Utc>,
     },
+    /// The server refused the credentials (`UNAUTHENTICATED`, or
+    /// `PERMISSION_DENIED` for the namespace) of a subscription that
+    /// [retries refusals](crate::Subscription::retry_when_refused): the
+    /// state in force stays, and the subscription tries again after
+    /// `retry_in`, or as soon as the token source gives another token.
+    Refused {
+        /// The server's refusal.
+        reason: String,
+        /// The backoff before the next attempt.
+        retry_in: Duration,
+    },
     /// The stream was lost (the server went away, a reset or half-open
     /// connection, three missed heartbeats); the subscription reconnects
     /// after `retry_in` and resumes from `revision`.

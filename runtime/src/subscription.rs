@@ -43,6 +43,8 @@ pub struct Subscription {
     pub(crate) backoff_max: Duration,
     /// Older checkpoints are stale; `None`: not checked.
     pub(crate) max_checkpoint_age: Option<Duration>,
+    /// A refused token is retried rather than the end.
+    pub(crate) retry_refused: bool,
     /// Where a [`Revoker`](crate::Revoker)'s requests arrive, once one was made.
     pub(crate) revocations: Option<Arc<Mutex<mpsc::Receiver<Revocation>>>>,
 }
@@ -63,6 +65,7 @@ impl Subscription {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
+            retry_refused: false,
             revocations: None,
         }
     }
@@ -133,6 +136,19 @@ impl Subscription {
     /// default).
     pub fn max_checkpoint_age(mut self, max_age: Option<Duration>) -> Self {
         self.max_checkpoint_age = max_age;
+        self
+    }
+
+    /// Keeps following when the server refuses the credentials
+    /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`): each refusal is an
+    /// [`Event::Refused`](crate::Event::Refused), the state in force stays,
+    /// and the subscription tries again after the backoff, or at once when
+    /// the token source gives another token (a rotated token file is read
+    /// twice a second meanwhile). Off unless set: a refusal then ends the
+    /// subscription with [`WatchError::Refused`]. For a process that serves
+    /// the state in force to others while its credentials are fixed.
+    pub fn retry_when_refused(mut self, retry: bool) -> Self {
+        self.retry_refused = retry;
         self
     }
 

@@ -30,6 +30,33 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// How often the token is read again while the server refuses it.
+const TOKEN_POLL: Duration = Duration::from_millis(500);
+
+/// Resolves once `source` gives another token than `refused` (a rotated
+/// token file); never without a source.
+pub(super) async fn token_changed(source: Option<&TokenSource>, refused: Option<&str>) {
+    let Some(source) = source else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(TOKEN_POLL).await;
+        if source().as_deref() != refused {
+            return;
+        }
+    }
+}
+
+/// Whether `status` refuses the caller's credentials (a token expired,
+/// rotated or without the role), which new credentials may fix without a
+/// restart.
+pub(super) fn refuses_credentials(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    )
+}
+
 pub(super) type Client = BundleServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// The heartbeat interval the server announced on a watch response.

@@ -2,7 +2,7 @@
 //! state in force and the one before, where to resume, the keys, the
 //! cache, the reports not yet sent and the checkpoint's freshness.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use super::connection::{Client, Failure, Gone, Outlet, fetch_jwks};
 use super::reporter::Reporter;
@@ -215,6 +215,7 @@ impl Core {
             };
             candidate.revision = revision.revision;
             candidate.source = Source::Server;
+            candidate.verified_at = SystemTime::now();
             for bundle in verified {
                 candidate.bundles.insert(bundle.name.clone(), bundle);
             }

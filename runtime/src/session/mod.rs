@@ -36,7 +36,9 @@ use std::{convert::Infallible, time::Instant};
 use tokio::sync::{OwnedMutexGuard, mpsc};
 
 pub(crate) use self::connection::Outlet;
-use self::connection::{Failure, announced_heartbeat, connect, fetch_jwks};
+use self::connection::{
+    Failure, announced_heartbeat, connect, fetch_jwks, refuses_credentials, token_changed,
+};
 use self::held::Core;
 use self::reporter::Reporter;
 use crate::backoff::Backoff;
@@ -64,8 +66,13 @@ where
             Err(failure) => failure,
             Ok(never) => match never {},
         };
-        let reason = match failure {
+        let (reason, refused) = match failure {
             Failure::Gone => return,
+            Failure::Permanent(status)
+                if subscription.retry_refused && refuses_credentials(&status) =>
+            {
+                (format!("{:?}: {}", status.code(), status.message()), true)
+            }
             Failure::Permanent(status) => {
                 let _ = outlet.events.send(Err(WatchError::Refused(status))).await;
                 return;
@@ -74,7 +81,7 @@ where
                 let _ = outlet.events.send(Err(WatchError::Config(message))).await;
                 return;
             }
-            Failure::Transient(reason) => reason,
+            Failure::Transient(reason) => (reason, false),
         };
         // A stream that stayed up a while starts the backoff over; every
         // reconnection is still jittered, so a fleet that lost its server
@@ -83,18 +90,34 @@ where
             backoff = fresh_backoff();
         }
         let retry_in = backoff.next_delay();
-        tracing::warn!(
-            %reason,
-            revision = core.decided,
-            delay_ms = retry_in.as_millis() as u64,
-            "watch interrupted; resuming from the last decided revision"
-        );
-        let lost = Event::Disconnected {
-            reason,
-            retry_in,
-            revision: core.decided,
+        // The token refused: another one (a rotated token file) is tried at
+        // once rather than after the backoff.
+        let refused_token = match (&subscription.token, refused) {
+            (Some(source), true) => source(),
+            _ => None,
         };
-        if outlet.emit(lost).await.is_err() {
+        let event = if refused {
+            tracing::warn!(
+                %reason,
+                revision = core.decided,
+                delay_ms = retry_in.as_millis() as u64,
+                "the server refused the credentials; the state in force stays, retrying"
+            );
+            Event::Refused { reason, retry_in }
+        } else {
+            tracing::warn!(
+                %reason,
+                revision = core.decided,
+                delay_ms = retry_in.as_millis() as u64,
+                "watch interrupted; resuming from the last decided revision"
+            );
+            Event::Disconnected {
+                reason,
+                retry_in,
+                revision: core.decided,
+            }
+        };
+        if outlet.emit(event).await.is_err() {
             return;
         }
         // The application may take back its state while the server is away;
@@ -104,6 +127,7 @@ where
         loop {
             tokio::select! {
                 () = &mut sleep => break,
+                () = token_changed(subscription.token.as_ref(), refused_token.as_deref()), if refused => break,
                 request = revocations.next() => {
                     if core.revoke(request, &outlet).await.is_err() {
                         return;
