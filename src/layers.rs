@@ -3,7 +3,8 @@
 //! code is parsed with `syn` and resolved to the module it names; an edge
 //! between two top-level modules must be in [`ALLOWED`], the domain names no
 //! transport or database crate, and the modules inside one top-level module
-//! import each other without a cycle. Comments and strings are not code, so
+//! import each other without a cycle. The runtime library's modules (and
+//! those inside each) import each other without a cycle too. Comments and strings are not code, so
 //! they count for nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -188,19 +189,23 @@ impl<'ast> Visit<'ast> for Names<'_> {
     }
 }
 
-/// What the check found wrong in a tree of sources.
-fn violations(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+/// One file's module, its syntax, and the modules it names.
+struct Parsed {
+    path: PathBuf,
+    here: ModulePath,
+    file: syn::File,
+    named: BTreeSet<ModulePath>,
+}
+
+/// Parses every file but the crate root (`lib`, `main`) and this test,
+/// resolving the modules each names; a file that does not parse is a
+/// violation.
+fn parse(files: &BTreeMap<PathBuf, String>, found: &mut Vec<String>) -> Vec<Parsed> {
     let modules: BTreeSet<ModulePath> = files.keys().map(|path| module_of(path)).collect();
-    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
-    let mut found = Vec::new();
-    // Edges between the modules just below each top-level module.
-    let mut siblings: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    let mut parsed = Vec::new();
     for (path, text) in files {
         let here = module_of(path);
-        let Some(top) = here.first().cloned() else {
-            continue;
-        };
-        if matches!(top.as_str(), "lib" | "main" | "layers") {
+        if here.len() == 1 && matches!(here[0].as_str(), "lib" | "main" | "layers") {
             continue;
         }
         let file = match syn::parse_file(text) {
@@ -216,7 +221,64 @@ fn violations(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
             named: BTreeSet::new(),
         };
         names.visit_file(&file);
-        for named in names.named {
+        parsed.push(Parsed {
+            path: path.clone(),
+            here,
+            file,
+            named: names.named,
+        });
+    }
+    parsed
+}
+
+/// Edges between the modules just below each top-level module, from
+/// `from`'s file to the module it names.
+fn sibling_edge(
+    siblings: &mut BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    from: &ModulePath,
+    named: &ModulePath,
+) {
+    if let (Some(top), Some(child), Some(to)) = (from.first(), from.get(1), named.get(1))
+        && named.first() == Some(top)
+        && child != to
+    {
+        siblings
+            .entry(top.clone())
+            .or_default()
+            .entry(child.clone())
+            .or_default()
+            .insert(to.clone());
+    }
+}
+
+/// The cycles among `siblings`, each under its top-level module's name
+/// after `prefix`.
+fn sibling_cycles(
+    prefix: &str,
+    siblings: &BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    found: &mut Vec<String>,
+) {
+    for (top, edges) in siblings {
+        if let Some(cycle) = cycle(edges) {
+            found.push(format!("{prefix}{top}: import cycle {}", cycle.join(" → ")));
+        }
+    }
+}
+
+/// What the check found wrong in a tree of sources.
+fn violations(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    let mut found = Vec::new();
+    let mut siblings = BTreeMap::new();
+    for Parsed {
+        path,
+        here,
+        file,
+        named,
+    } in parse(files, &mut found)
+    {
+        let top = here[0].clone();
+        for named in named {
             let Some(target) = named.first() else {
                 continue;
             };
@@ -225,15 +287,8 @@ fn violations(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
                 if !may.contains(&target.as_str()) {
                     found.push(format!("{}: {top} may not import {target}", path.display()));
                 }
-            } else if let (Some(from), Some(to)) = (here.get(1), named.get(1))
-                && from != to
-            {
-                siblings
-                    .entry(top.clone())
-                    .or_default()
-                    .entry(from.clone())
-                    .or_default()
-                    .insert(to.clone());
+            } else {
+                sibling_edge(&mut siblings, &here, &named);
             }
         }
         if top == "domain" {
@@ -246,11 +301,35 @@ fn violations(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
             }
         }
     }
-    for (top, edges) in &siblings {
-        if let Some(cycle) = cycle(edges) {
-            found.push(format!("{top}: import cycle {}", cycle.join(" → ")));
+    sibling_cycles("", &siblings, &mut found);
+    found
+}
+
+/// What the check found wrong in the runtime library's sources: the
+/// library has no table of layers, but its modules, and the modules inside
+/// each, import each other without a cycle.
+fn runtime_violations(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut top_level: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut siblings = BTreeMap::new();
+    for Parsed { here, named, .. } in parse(files, &mut found) {
+        for named in named {
+            match named.first() {
+                Some(target) if target != &here[0] => {
+                    top_level
+                        .entry(here[0].clone())
+                        .or_default()
+                        .insert(target.clone());
+                }
+                Some(_) => sibling_edge(&mut siblings, &here, &named),
+                None => {}
+            }
         }
     }
+    if let Some(cycle) = cycle(&top_level) {
+        found.push(format!("runtime: import cycle {}", cycle.join(" → ")));
+    }
+    sibling_cycles("runtime/", &siblings, &mut found);
     found
 }
 
@@ -315,7 +394,17 @@ fn cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 
 /// Every source file of the crate, by its path under `src/`.
 fn sources() -> BTreeMap<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    sources_under("src")
+}
+
+/// Every source file of the runtime library, by its path under its `src/`.
+fn runtime_sources() -> BTreeMap<PathBuf, String> {
+    sources_under("runtime/src")
+}
+
+/// Every `.rs` file under `dir` of the workspace, by its path below it.
+fn sources_under(dir: &str) -> BTreeMap<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut files = BTreeMap::new();
     let mut pending = vec![root.clone()];
     while let Some(dir) = pending.pop() {
@@ -338,6 +427,11 @@ fn the_sources_keep_the_layering_of_architecture_md() {
 }
 
 #[test]
+fn the_runtime_library_has_no_import_cycle() {
+    assert_eq!(runtime_violations(&runtime_sources()), Vec::<String>::new());
+}
+
+#[test]
 fn every_top_level_module_has_a_row() {
     let rows: BTreeSet<&str> = ALLOWED.iter().map(|(module, _)| *module).collect();
     for path in sources().keys() {
@@ -351,8 +445,9 @@ fn every_top_level_module_has_a_row() {
 /// The check itself fails on what it is there to find: a plain, a grouped
 /// and a nested import of storage by the transport, a `super::super::`
 /// path, a path in code rather than in a `use`, a cycle between two modules
-/// of storage, and a domain that names a database crate. A comment that
-/// names storage is no import.
+/// of storage, a cycle between two modules of the runtime library and one
+/// between two inside one of its modules, and a domain that names a
+/// database crate. A comment that names storage is no import.
 #[test]
 fn planted_violations_are_found() {
     let plant = |path: &str, text: &str| {
@@ -396,6 +491,32 @@ fn planted_violations_are_found() {
         found
             .iter()
             .any(|violation| violation.contains("storage: import cycle")),
+        "{found:?}"
+    );
+    let mut files = runtime_sources();
+    files.insert("planted_a.rs".into(), "use crate::planted_b::B;".into());
+    files.insert("planted_b.rs".into(), "use crate::planted_a::A;".into());
+    let found = runtime_violations(&files);
+    assert!(
+        found
+            .iter()
+            .any(|violation| violation.contains("runtime: import cycle")),
+        "{found:?}"
+    );
+    let mut files = runtime_sources();
+    files.insert(
+        "session/planted_a.rs".into(),
+        "use super::planted_b::B;".into(),
+    );
+    files.insert(
+        "session/planted_b.rs".into(),
+        "use super::planted_a::A;".into(),
+    );
+    let found = runtime_violations(&files);
+    assert!(
+        found
+            .iter()
+            .any(|violation| violation.contains("runtime/session: import cycle")),
         "{found:?}"
     );
     let found = plant("domain/planted.rs", "use sea_orm::EntityTrait;");

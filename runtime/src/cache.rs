@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,11 @@ struct CacheFile {
     revision: u64,
     jwks: Jwks,
     bundles: Vec<CachedBundle>,
+    /// When the state was verified, in milliseconds since the Unix epoch;
+    /// absent from the files of earlier versions, whose modification time
+    /// stands for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verified_at_unix_ms: Option<u64>,
 }
 
 /// The cache of one subscription.
@@ -59,6 +65,7 @@ impl Cache {
     /// The cached state and its JWKS, verified again; `Ok(None)` when there
     /// is no cache yet, `Err` with the reason when it cannot be trusted.
     pub fn load(&self) -> Result<Option<(State, Jwks)>, String> {
+        let modified = std::fs::metadata(&self.path).and_then(|metadata| metadata.modified());
         let text = match std::fs::read(&self.path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -97,11 +104,16 @@ impl Cache {
                 },
             );
         }
+        let verified_at = match file.verified_at_unix_ms {
+            Some(millis) => UNIX_EPOCH + Duration::from_millis(millis),
+            None => modified.unwrap_or_else(|_| SystemTime::now()),
+        };
         let state = State {
             namespace: file.namespace,
             revision: file.revision,
             bundles,
             source: Source::Cache,
+            verified_at,
         };
         Ok(Some((state, file.jwks)))
     }
@@ -122,6 +134,11 @@ impl Cache {
                     revision: bundle.revision,
                 })
                 .collect(),
+            verified_at_unix_ms: state
+                .verified_at
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|since| since.as_millis() as u64),
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;

@@ -58,15 +58,21 @@
 //!   verification, canonical JSON and digests.
 //! - [`checkpoint`]: signed checkpoints of the server's event log.
 //! - [`proto`]: the generated `policyhub.v1` client.
-//! - private: `session` (connect, resume, verify, decide, report), `cache`
-//!   (the last-known-good state on disk), `backoff` (full jitter).
+//! - private: `event`, `subscription` and `revoke`, where the types
+//!   [`watcher`] re-exports live; `session` (connect, resume, verify,
+//!   decide, report), `cache` (the last-known-good state on disk),
+//!   `backoff` (full jitter). No two modules import each other (the
+//!   workspace's layering test checks it).
 
 mod backoff;
 pub mod bundle;
 mod cache;
 pub mod checkpoint;
+mod event;
+mod revoke;
 mod session;
 pub mod state;
+mod subscription;
 pub mod watcher;
 
 /// The generated protobuf types and the `BundleService` client.

@@ -5,7 +5,7 @@
 //! becomes a candidate state, so the application never sees half of an
 //! atomic release.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ pub enum Source {
 
 /// The complete active set of a namespace (or of the selected policies) at
 /// one revision.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct State {
     /// The namespace.
     pub namespace: String,
@@ -55,6 +55,22 @@ pub struct State {
     pub bundles: BTreeMap<String, VerifiedBundle>,
     /// Server or cache.
     pub source: Source,
+    /// When the server's state was verified and accepted: kept through the
+    /// cache, so a state read back from it is as old as it was when saved
+    /// plus the time since.
+    pub verified_at: SystemTime,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            namespace: String::new(),
+            revision: 0,
+            bundles: BTreeMap::new(),
+            source: Source::default(),
+            verified_at: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// A whole revision, assembled from its parts.

@@ -17,10 +17,12 @@
 //!   the application refuses the state in force: REJECTED upstream, the one
 //!   before back in force (and in the files).
 //! - `GET /healthz`: 200 once every namespace holds a verified state, saying
-//!   whether from the server or the cache, connected, and whether the
-//!   server's newest signed checkpoint grew stale; 503 before.
+//!   whether from the server or the cache, connected, whether the
+//!   server's newest signed checkpoint grew stale, and why the server
+//!   refuses the agent's token while it does; 503 before.
 //!
-//! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes.
+//! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes;
+//! a path asked with a method it does not take is 405 with `Allow`.
 
 use std::{convert::Infallible, path::Path, sync::Arc, time::Duration};
 
@@ -129,8 +131,11 @@ impl Api {
     async fn answer(&self, request: Request<Incoming>) -> Result<Response<Body>, Status> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_owned();
-        if path == "/healthz" && parts.method == Method::GET {
-            return Ok(self.health());
+        if path == "/healthz" {
+            return Ok(match parts.method {
+                Method::GET => self.health(),
+                _ => method_not_allowed(&parts.method, &path, Method::GET),
+            });
         }
         self.authenticate(&parts.headers)?;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -152,6 +157,10 @@ impl Api {
                 })
                 .await)
             }
+            (method, ["state" | "state:watch"] | ["policies", _]) => {
+                Ok(method_not_allowed(method, &path, Method::GET))
+            }
+            (method, ["state:reject"]) => Ok(method_not_allowed(method, &path, Method::POST)),
             _ => Err(not_found(&parts.method, &path)),
         }
     }
@@ -193,13 +202,15 @@ impl Api {
                         "source": source(&in_force.state),
                         "connected": followed.connected(),
                         "checkpointStale": followed.stale(),
-                        "ageSeconds": in_force.since.elapsed().as_secs(),
+                        "refused": followed.refused(),
+                        "ageSeconds": in_force.age().as_secs(),
                     }),
                     None => json!({
                         "revision": null,
                         "source": null,
                         "connected": followed.connected(),
                         "checkpointStale": followed.stale(),
+                        "refused": followed.refused(),
                     }),
                 };
                 (followed.namespace.clone(), held)
@@ -422,6 +433,16 @@ fn not_found(method: &Method, path: &str) -> Status {
          GET /v1/namespaces/{{namespace}}/state, GET /v1/namespaces/{{namespace}}/state:watch, \
          POST /v1/namespaces/{{namespace}}/state:reject, GET /healthz"
     ))
+}
+
+/// 405 with the method the path takes in `Allow`, as the server's HTTP
+/// port answers.
+fn method_not_allowed(method: &Method, path: &str, allowed: Method) -> Response<Body> {
+    let status = Status::unimplemented(format!("{path} does not take {method}, only {allowed}"));
+    let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &status_json(&status));
+    let allow = HeaderValue::from_str(allowed.as_str()).expect("a method is a header");
+    response.headers_mut().insert(header::ALLOW, allow);
+    response
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {

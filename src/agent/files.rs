@@ -7,18 +7,28 @@
 //! volume's `..data`: a reader that opens `<namespace>/…` sees one whole
 //! revision or the next, never half of one. Then the command runs; if it
 //! fails (or outlasts its timeout) the link is swapped back, and the
-//! revision is refused with the tail of its standard error. The previous
-//! directory is kept, so a reader in the middle of it finishes.
+//! revision is refused with its exit status and the tail of its standard
+//! error; not with its command line, which may hold secrets and would
+//! travel upstream in the report.
+//!
+//! A directory the link no longer points at is kept for a grace period,
+//! measured in time and not in swaps: a reader that resolved the link
+//! before a burst of revisions reads its whole revision however many swaps
+//! happen meanwhile, and the directories of a burst are removed once it is
+//! over.
 
 use std::{
+    collections::VecDeque,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::Weak,
     time::Duration,
 };
 
 use anyhow::Context as _;
 use policyhub_runtime::{Source, State};
 use serde_json::json;
+use tokio::{sync::Mutex, time::Instant};
 
 use crate::domain::PolicyName;
 
@@ -40,14 +50,23 @@ pub struct Files {
     root: PathBuf,
     namespace: String,
     command: Option<Command>,
-    /// The directory the link points at, and the one before it.
+    /// The directory the link points at.
     current: Option<PathBuf>,
-    previous: Option<PathBuf>,
+    /// How long a directory is kept once the link moved off it.
+    grace: Duration,
+    /// The directories the link moved off, oldest first, with when.
+    superseded: VecDeque<(PathBuf, Instant)>,
 }
 
 impl Files {
-    /// The files of `namespace` under `root` (created if missing).
-    pub fn new(root: &Path, namespace: &str, command: Option<Command>) -> anyhow::Result<Self> {
+    /// The files of `namespace` under `root` (created if missing); a
+    /// directory the link moves off is removed `grace` later.
+    pub fn new(
+        root: &Path,
+        namespace: &str,
+        command: Option<Command>,
+        grace: Duration,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating the render directory {}", root.display()))?;
         let link = root.join(namespace);
@@ -59,15 +78,20 @@ impl Files {
                 link.display()
             );
         }
-        Ok(Files {
+        let mut files = Files {
             root: root.to_owned(),
             namespace: namespace.to_owned(),
             command,
             current: std::fs::read_link(&link)
                 .ok()
                 .map(|target| root.join(target)),
-            previous: None,
-        })
+            grace,
+            superseded: VecDeque::new(),
+        };
+        // Those of an earlier run may still be read: they get the grace
+        // period too.
+        files.supersede_earlier_runs();
+        Ok(files)
     }
 
     fn link(&self) -> PathBuf {
@@ -103,12 +127,38 @@ impl Files {
             if let Err(error) = restored {
                 tracing::error!(%error, namespace = self.namespace, "cannot swap the previous files back");
             }
-            let _ = std::fs::remove_dir_all(&dir);
+            // It was in force while the command ran: a reader may hold it.
+            self.supersede(dir);
+            self.remove_expired();
             return Err(reason);
         }
-        self.previous = self.current.replace(dir);
-        self.remove_stale();
+        if let Some(before) = self.current.replace(dir) {
+            self.supersede(before);
+        }
+        self.remove_expired();
         Ok(())
+    }
+
+    fn supersede(&mut self, dir: PathBuf) {
+        self.superseded.push_back((dir, Instant::now()));
+    }
+
+    /// Removes the directories superseded longer than the grace period
+    /// ago; when the next one is due, if any.
+    pub fn remove_expired(&mut self) -> Option<Instant> {
+        while let Some((dir, since)) = self.superseded.front() {
+            let due = *since + self.grace;
+            if due > Instant::now() {
+                return Some(due);
+            }
+            if let Err(error) = std::fs::remove_dir_all(dir)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, dir = %dir.display(), "cannot remove a superseded revision's files");
+            }
+            self.superseded.pop_front();
+        }
+        None
     }
 
     /// Runs the command, if any, on the files now in force.
@@ -127,16 +177,15 @@ impl Files {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|error| format!("cannot run {:?}: {error}", command.line))?;
+            .map_err(|error| format!("cannot run the command: {error}"))?;
         let output = match tokio::time::timeout(command.timeout, child.wait_with_output()).await {
             Err(_) => {
                 return Err(format!(
-                    "{:?} did not finish within {}",
-                    command.line,
+                    "the command did not finish within {}",
                     humantime::format_duration(command.timeout)
                 ));
             }
-            Ok(Err(error)) => return Err(format!("{:?} failed: {error}", command.line)),
+            Ok(Err(error)) => return Err(format!("the command failed: {error}")),
             Ok(Ok(output)) => output,
         };
         if output.status.success() {
@@ -150,16 +199,15 @@ impl Files {
             .nth(STDERR_TAIL - 1)
             .map_or(0, |(index, _)| index);
         Err(format!(
-            "{:?} {}: {}",
-            command.line,
+            "the command ended with {}: {}",
             output.status,
             &stderr[tail_start..]
         ))
     }
 
-    /// Removes the directories of this namespace other than the current
-    /// and the previous one (those of earlier runs too).
-    fn remove_stale(&self) {
+    /// Counts the directories of this namespace left by an earlier run,
+    /// other than the one in force, as superseded now.
+    fn supersede_earlier_runs(&mut self) {
         let prefix = format!(".{}.", self.namespace);
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
@@ -168,13 +216,30 @@ impl Files {
             let path = entry.path();
             let ours = entry.file_name().to_string_lossy().starts_with(&prefix)
                 && entry.file_type().is_ok_and(|kind| kind.is_dir());
-            let kept = [&self.current, &self.previous]
-                .into_iter()
-                .any(|kept| kept.as_ref() == Some(&path));
-            if ours && !kept {
-                let _ = std::fs::remove_dir_all(&path);
+            if ours && self.current.as_ref() != Some(&path) {
+                self.supersede(path);
             }
         }
+    }
+}
+
+/// Removes each superseded directory of `files` once its grace period is
+/// over, until the files are dropped; between swaps too, so the last
+/// directories of a burst go when it is over.
+pub async fn sweep(files: Weak<Mutex<Files>>) {
+    loop {
+        let next = {
+            let Some(files) = files.upgrade() else {
+                return;
+            };
+            let mut files = files.lock().await;
+            // With nothing due, look again a grace period later (a second
+            // at least: a grace of zero removes at the swap itself).
+            files
+                .remove_expired()
+                .unwrap_or_else(|| Instant::now() + files.grace.max(Duration::from_secs(1)))
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 

@@ -27,10 +27,28 @@ impl Validate for Check {
 /// Follows `subscription` until it is refused for good.
 pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: Option<Files>) {
     let files = files.map(|files| Arc::new(Mutex::new(files)));
+    if let Some(files) = &files {
+        tokio::spawn(super::files::sweep(Arc::downgrade(files)));
+    }
     let mut events = pin!(subscription.events_with(Check(files.clone())));
+    // A stream opened after one was lost is a reconnection; the first is not.
+    let mut connected_before = false;
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Applied(state) | Event::FromCache(state)) => followed.hold(state),
+            Ok(Event::Applied(state)) => {
+                tracing::info!(
+                    namespace = followed.namespace,
+                    revision = state.revision,
+                    policies = ?state
+                        .bundles
+                        .values()
+                        .map(|bundle| format!("{}@{}", bundle.name, bundle.version))
+                        .collect::<Vec<_>>(),
+                    "applied a revision"
+                );
+                followed.hold(state);
+            }
+            Ok(Event::FromCache(state)) => followed.hold(state),
             Ok(Event::Revoked { restored, .. }) => {
                 followed.rejections.fetch_add(1, Ordering::Relaxed);
                 if let Some(files) = &files
@@ -43,7 +61,19 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
             Ok(Event::Rejected { .. }) => {
                 followed.rejections.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Event::Connected { .. }) => followed.set_connected(true),
+            Ok(Event::Connected { .. }) => {
+                if connected_before {
+                    followed.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+                followed.set_connected(true);
+                followed.set_refused(None);
+            }
+            Ok(Event::Refused { reason, .. }) => {
+                followed.set_connected(false);
+                followed.refusals.fetch_add(1, Ordering::Relaxed);
+                followed.set_refused(Some(reason));
+            }
             Ok(Event::CheckpointStale { revision, age, .. }) => {
                 tracing::warn!(
                     namespace = followed.namespace,
@@ -54,10 +84,7 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 followed.set_stale(true);
             }
             Ok(Event::CheckpointFresh { .. }) => followed.set_stale(false),
-            Ok(Event::Disconnected { .. }) => {
-                followed.set_connected(false);
-                followed.reconnects.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(Event::Disconnected { .. }) => followed.set_connected(false),
             Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, namespace = followed.namespace, "the subscription was refused for good");

@@ -4,10 +4,10 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, SystemTime},
 };
 
 use hyper::body::Bytes;
@@ -15,15 +15,24 @@ use policyhub_runtime::{Revoker, Source, State};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-/// The state in force of one namespace, when it was put in force, and its
-/// JSON (whole and per policy), encoded once for every reader.
+/// The state in force of one namespace, and its JSON (whole and per
+/// policy), encoded once for every reader.
 #[derive(Debug)]
 pub struct InForce {
     pub state: State,
-    pub since: Instant,
     pub json: Bytes,
     /// Each policy's body as JSON, by name.
     pub bodies: BTreeMap<String, Bytes>,
+}
+
+impl InForce {
+    /// Since the state was verified, by this run or (read back from the
+    /// cache) an earlier one.
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.state.verified_at)
+            .unwrap_or_default()
+    }
 }
 
 /// The whole state in force as JSON.
@@ -65,8 +74,13 @@ pub struct Followed {
     connected: AtomicBool,
     /// Whether the server's newest checkpoint grew too old.
     stale: AtomicBool,
+    /// Why the server refuses the agent's credentials, while it does.
+    refused: Mutex<Option<String>>,
+    /// Streams opened again after one was lost.
     pub reconnects: AtomicU64,
     pub rejections: AtomicU64,
+    /// Refusals of the agent's credentials.
+    pub refusals: AtomicU64,
     pub revoker: Revoker,
 }
 
@@ -92,7 +106,6 @@ impl Followed {
             .collect();
         self.state.send_replace(Some(Arc::new(InForce {
             state,
-            since: Instant::now(),
             json,
             bodies,
         })));
@@ -104,6 +117,20 @@ impl Followed {
 
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn set_refused(&self, reason: Option<String>) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+    }
+
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub fn set_stale(&self, stale: bool) {
@@ -129,8 +156,10 @@ impl Held {
             state: watch::Sender::new(None),
             connected: AtomicBool::new(false),
             stale: AtomicBool::new(false),
+            refused: Mutex::new(None),
             reconnects: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
             revoker,
         });
         self.namespaces

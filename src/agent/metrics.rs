@@ -2,14 +2,17 @@
 //! are (the same exposition formats, the standard `process_*` metrics):
 //!
 //! - `policyhub_agent_revision{namespace}`: the revision in force;
-//! - `policyhub_agent_state_age_seconds{namespace}`: since it was put in
-//!   force;
+//! - `policyhub_agent_state_age_seconds{namespace}`: since it was verified
+//!   (by an earlier run too, for a state read back from the cache);
 //! - `policyhub_agent_state_from_cache{namespace}`: 1 while it is the
 //!   cache's, not yet confirmed by the server;
 //! - `policyhub_agent_connected{namespace}`: 1 while a stream is open;
-//! - `policyhub_agent_reconnects_total{namespace}`: streams lost;
+//! - `policyhub_agent_reconnects_total{namespace}`: streams opened again
+//!   after one was lost (not the failed attempts between);
 //! - `policyhub_agent_rejections_total{namespace}`: states refused or taken
-//!   back.
+//!   back;
+//! - `policyhub_agent_refusals_total{namespace}`: the server's refusals of
+//!   the agent's credentials (the state in force stays meanwhile).
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -37,6 +40,7 @@ pub struct Exposition {
     connected: Family<NamespaceLabel, Gauge>,
     reconnects: Family<NamespaceLabel, Counter>,
     rejections: Family<NamespaceLabel, Counter>,
+    refusals: Family<NamespaceLabel, Counter>,
 }
 
 impl Exposition {
@@ -53,6 +57,7 @@ impl Exposition {
             connected: Family::default(),
             reconnects: Family::default(),
             rejections: Family::default(),
+            refusals: Family::default(),
         };
         registry.register(
             "revision",
@@ -61,7 +66,7 @@ impl Exposition {
         );
         registry.register(
             "state_age_seconds",
-            "Seconds since the state in force was put in force",
+            "Seconds since the state in force was verified (by an earlier run, for a state read back from the cache)",
             exposition.age.clone(),
         );
         registry.register(
@@ -76,13 +81,18 @@ impl Exposition {
         );
         registry.register(
             "reconnects",
-            "Watch streams lost",
+            "Watch streams opened again after one was lost",
             exposition.reconnects.clone(),
         );
         registry.register(
             "rejections",
             "States refused or taken back (a failed reload, a bundle that does not verify, the application's rejection)",
             exposition.rejections.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Refusals of the agent's credentials by the server; the state in force stays, and the agent retries",
+            exposition.refusals.clone(),
         );
         Exposition {
             registry: root,
@@ -102,7 +112,7 @@ impl Exposition {
                     .set(in_force.state.revision as i64);
                 self.age
                     .get_or_create(&label)
-                    .set(in_force.since.elapsed().as_secs_f64());
+                    .set(in_force.age().as_secs_f64());
                 let cached = in_force.state.source == Source::Cache;
                 self.from_cache.get_or_create(&label).set(cached.into());
             }
@@ -119,6 +129,10 @@ impl Exposition {
             count(
                 &self.rejections.get_or_create(&label),
                 followed.rejections.load(Ordering::Relaxed),
+            );
+            count(
+                &self.refusals.get_or_create(&label),
+                followed.refusals.load(Ordering::Relaxed),
             );
         }
         crate::metrics::encode_registry(&self.registry)

@@ -21,7 +21,7 @@ mod follow;
 mod held;
 mod metrics;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use policyhub_runtime::Subscription;
@@ -54,7 +54,18 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Where to render each namespace's policies as files, and what to run
     /// after each swap.
-    pub render: Option<(PathBuf, Option<Command>)>,
+    pub render: Option<Render>,
+}
+
+/// The policies as files.
+#[derive(Debug, Clone)]
+pub struct Render {
+    /// Where each namespace's link and revision directories are.
+    pub dir: PathBuf,
+    /// What to run after each swap.
+    pub command: Option<Command>,
+    /// How long a revision's directory is kept once the link moved off it.
+    pub grace_period: Duration,
 }
 
 /// A running agent: its bound addresses, and the tasks that serve them.
@@ -94,7 +105,14 @@ impl Agent {
             let files = settings
                 .render
                 .as_ref()
-                .map(|(dir, command)| files::Files::new(dir, namespace, command.clone()))
+                .map(|render| {
+                    files::Files::new(
+                        &render.dir,
+                        namespace,
+                        render.command.clone(),
+                        render.grace_period,
+                    )
+                })
                 .transpose()?;
             followers.push(follow::follow(subscription, followed, files));
         }

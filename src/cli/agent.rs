@@ -8,7 +8,7 @@ use policyhub_runtime::Subscription;
 use super::args::{parse_namespace, parse_policy};
 use super::connection::Connection;
 use super::failure::Usage;
-use crate::agent::{Agent, ApiSettings, Command, Settings};
+use crate::agent::{Agent, ApiSettings, Command, Render, Settings};
 
 /// What the agent follows and how it serves it.
 #[derive(Debug, clap::Args)]
@@ -67,6 +67,10 @@ pub struct AgentArgs {
     /// previous files back and reports the revision REJECTED.
     #[arg(long, env = "POLICYHUB_AGENT_EXEC", requires = "render_dir")]
     exec: Option<String>,
+    /// How long a revision's directory under --render-dir is kept once the
+    /// link moved off it, so that a reader holding it finishes.
+    #[arg(long, env = "POLICYHUB_AGENT_RENDER_GRACE_PERIOD", value_parser = humantime::parse_duration, default_value = "60s", requires = "render_dir")]
+    render_grace_period: Duration,
     /// How long --exec may run before it counts as failed.
     #[arg(long, env = "POLICYHUB_AGENT_EXEC_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     exec_timeout: Duration,
@@ -137,7 +141,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let mut subscription = Subscription::new(target.server.clone(), namespace)
                 .names(names.clone())
                 .runtime(runtime_id.clone(), args.labels.clone())
-                .max_checkpoint_age(max_checkpoint_age);
+                .max_checkpoint_age(max_checkpoint_age)
+                // A refused token must not take the local API down: the
+                // verified state stays served while the token is fixed.
+                .retry_when_refused(true);
             if let Some(tls) = &target.tls {
                 subscription = subscription.tls(tls.clone());
             }
@@ -174,12 +181,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             tls: args.api_tls_cert_file.zip(args.api_tls_key_file),
         },
         metrics_listen: args.metrics_listen,
-        render: args.render_dir.map(|dir| {
-            let command = args.exec.map(|line| Command {
+        render: args.render_dir.map(|dir| Render {
+            dir,
+            command: args.exec.map(|line| Command {
                 line,
                 timeout: args.exec_timeout,
-            });
-            (dir, command)
+            }),
+            grace_period: args.render_grace_period,
         }),
     };
     let agent = Agent::start(settings).await?;

@@ -212,7 +212,7 @@ async fn curl_python_and_shell_read_the_verified_body_and_a_long_poll_returns_at
     assert_eq!(
         health["namespaces"]["payments"],
         json!({"revision": revision.to_string(), "source": "server", "connected": true,
-               "checkpointStale": false,
+               "checkpointStale": false, "refused": null,
                "ageSeconds": health["namespaces"]["payments"]["ageSeconds"]}),
         "{health}"
     );
@@ -594,9 +594,11 @@ while not os.path.exists(stop):
             print("torn", manifest, body)
             sys.exit(1)
         whole += 1
-    except FileNotFoundError:
-        gone += 1  # a directory two revisions old, removed: read again
-print(whole, gone)
+    except FileNotFoundError as error:
+        # A directory removed while read: the grace period is for this.
+        print("gone", error)
+        sys.exit(1)
+print(whole)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,8 +639,11 @@ async fn the_render_directory_is_never_seen_half_written_during_200_activations(
     })
     .await
     .unwrap();
-    assert!(status.success(), "the reader saw half a revision: {text}");
-    let whole: u64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        status.success(),
+        "the reader saw half a revision, or lost its directory: {text}"
+    );
+    let whole: u64 = text.trim().parse().unwrap();
     assert!(
         whole > 200,
         "the reader read while the revisions changed: {text}"
@@ -646,12 +651,77 @@ async fn the_render_directory_is_never_seen_half_written_during_200_activations(
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(render.join("team/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["revision"], json!(last.to_string()));
-    // Only the revision in force and the one before are kept.
-    let kept = std::fs::read_dir(&render)
+    drop(agent);
+    kill_9(server);
+}
+
+/// The revision directories under `render`.
+fn revision_dirs(render: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(render)
         .unwrap()
-        .filter(|entry| entry.as_ref().unwrap().file_type().unwrap().is_dir())
-        .count();
-    assert_eq!(kept, 2);
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_dir())
+        .map(|entry| entry.path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_directory_held_across_many_swaps_is_read_whole_and_removed_after_the_grace_period()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    let first = release(&channel, "team", "limits", json!({"n": 1})).await;
+    let render = dir.path().join("render");
+    let grace = Duration::from_secs(5);
+    let agent = Agent::spawn(
+        &format!("http://127.0.0.1:{server_port}"),
+        "team",
+        dir.path(),
+        &[
+            "--render-dir",
+            render.to_str().unwrap(),
+            "--render-grace-period",
+            "5s",
+        ],
+    );
+    agent.healthy().await;
+    // A reader resolves the link, then stalls while 30 revisions go by.
+    let held = render.join(std::fs::read_link(render.join("team")).unwrap());
+    let stalled = Instant::now();
+    let mut last = 0;
+    for n in 2..=31 {
+        last = release(&channel, "team", "limits", json!({"n": n})).await;
+    }
+    until_revision(&agent, last).await;
+    assert!(
+        stalled.elapsed() < grace,
+        "the swaps outlasted the grace period: {:?}",
+        stalled.elapsed()
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(held.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["revision"], json!(first.to_string()));
+    let body: Value =
+        serde_json::from_slice(&std::fs::read(held.join("policies/limits.json")).unwrap()).unwrap();
+    assert_eq!(body, json!({"n": 1}));
+    // Once the grace period is over, only the revision in force is left.
+    let swapped_last = Instant::now();
+    loop {
+        let dirs = revision_dirs(&render);
+        if dirs.len() == 1 {
+            assert!(!held.exists());
+            break;
+        }
+        assert!(
+            swapped_last.elapsed() < grace + Duration::from_secs(3),
+            "superseded directories outlived the grace period: {dirs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        revision_dirs(&render)[0],
+        render.join(std::fs::read_link(render.join("team")).unwrap())
+    );
     drop(agent);
     kill_9(server);
 }
@@ -908,4 +978,305 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     drop(agent);
     kill_9(server);
+}
+
+/// The value of `name` for namespace team on the agent's metrics port.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let scraped = get(port, "/metrics", &[]).await.ok()?;
+    let prefix = format!("{name}{{namespace=\"team\"}} ");
+    scraped
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Polls `/healthz` until `done` holds of its body; that body.
+async fn health_until(agent: &Agent, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        if let Ok(reply) = get(agent.port, "/healthz", &[]).await
+            && reply.status == 200
+        {
+            last = reply.json();
+            if done(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} never showed in /healthz: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_keeps_the_cached_state_served_and_a_replaced_token_file_recovers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    release(&channel, "team", "limits", json!({"v": 1})).await;
+    kill_9(server);
+    // The same server, now asking for a token.
+    let mut secured = Command::new(policyhub_binary());
+    secured.args(
+        crate::helpers::serve_args(server_port, &dir.path().join("server"))
+            .into_iter()
+            .filter(|arg| arg.to_str() != Some("--insecure")),
+    );
+    let _server = Reaped(crate::helpers::start_serving(secured, server_port).await.0);
+    let minted = Command::new(policyhub_binary())
+        .args(["token", "--subject", "agent-1", "--role", "team:reader"])
+        .arg("--data-dir")
+        .arg(dir.path().join("server"))
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &minted.stdout).unwrap();
+    let endpoint = format!("http://127.0.0.1:{server_port}");
+    let with_token = ["--token-file", token_file.to_str().unwrap()];
+    let agent = Agent::spawn(&endpoint, "team", dir.path(), &with_token);
+    agent.healthy().await;
+    agent.kill_9();
+
+    // Restarted with a token the server refuses, the agent serves its cache.
+    std::fs::write(&token_file, "not-a-token\n").unwrap();
+    let metrics_port = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut agent = Agent::spawn(
+        &endpoint,
+        "team",
+        dir.path(),
+        &[
+            with_token[0],
+            with_token[1],
+            "--metrics-listen",
+            &metrics_listen,
+        ],
+    );
+    let health = health_until(&agent, "the refusal", |health| {
+        health["namespaces"]["team"]["refused"].is_string()
+    })
+    .await;
+    let team = &health["namespaces"]["team"];
+    assert_eq!(
+        (&team["source"], &team["connected"]),
+        (&json!("cache"), &json!(false)),
+        "{health}"
+    );
+    assert!(
+        team["refused"]
+            .as_str()
+            .unwrap()
+            .contains("Unauthenticated"),
+        "{health}"
+    );
+    let body = get(agent.port, "/v1/namespaces/team/policies/limits", &[])
+        .await
+        .unwrap();
+    assert_eq!((body.status, body.json()), (200, json!({"v": 1})));
+    assert!(
+        metric(metrics_port, "policyhub_agent_refusals_total")
+            .await
+            .is_some_and(|refusals| refusals >= 1.0)
+    );
+
+    // The valid token back in the file: the agent follows again, unrestarted.
+    std::fs::write(&token_file, &minted.stdout).unwrap();
+    health_until(&agent, "the recovery", |health| {
+        let team = &health["namespaces"]["team"];
+        team["connected"] == json!(true) && team["refused"].is_null()
+    })
+    .await;
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent kept running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_read_back_from_the_cache_keeps_its_age_from_when_it_was_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    release(&channel, "team", "limits", json!({"v": 1})).await;
+    let endpoint = format!("http://127.0.0.1:{server_port}");
+    let agent = Agent::spawn(&endpoint, "team", dir.path(), &[]);
+    agent.healthy().await;
+    agent.kill_9();
+    kill_9(server);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics_port = free_port();
+    let agent = Agent::spawn(
+        &endpoint,
+        "team",
+        dir.path(),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+    );
+    let health = agent.healthy().await;
+    assert_eq!(health["namespaces"]["team"]["source"], json!("cache"));
+    let age = health["namespaces"]["team"]["ageSeconds"].as_u64().unwrap();
+    assert!(age >= 3, "{health}");
+    let metric_age = metric(metrics_port, "policyhub_agent_state_age_seconds")
+        .await
+        .unwrap();
+    assert!(metric_age >= 3.0, "{metric_age}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_total_counts_one_for_a_server_killed_and_back_after_failed_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    release(&channel, "team", "limits", json!({"v": 1})).await;
+    let metrics_port = free_port();
+    let agent = Agent::spawn(
+        &format!("http://127.0.0.1:{server_port}"),
+        "team",
+        dir.path(),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+    );
+    agent.healthy().await;
+    assert_eq!(
+        metric(metrics_port, "policyhub_agent_reconnects_total").await,
+        Some(0.0)
+    );
+    kill_9(server);
+    // Several attempts fail while the server is away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (server, _) = spawn_binary_server_on(
+        server_port,
+        &dir.path().join("server"),
+        &[("POLICYHUB_WATCH__HEARTBEAT_INTERVAL", "300ms".to_owned())],
+    )
+    .await;
+    health_until(&agent, "the reconnection", |health| {
+        health["namespaces"]["team"]["connected"] == json!(true)
+    })
+    .await;
+    assert_eq!(
+        metric(metrics_port, "policyhub_agent_reconnects_total").await,
+        Some(1.0)
+    );
+    drop(agent);
+    kill_9(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_is_reported_with_its_status_and_stderr_but_not_its_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    release(&channel, "team", "limits", json!({"v": 1})).await;
+    let render = dir.path().join("render");
+    let _agent = Agent::spawn(
+        &format!("http://127.0.0.1:{server_port}"),
+        "team",
+        dir.path(),
+        &[
+            "--render-dir",
+            render.to_str().unwrap(),
+            "--exec",
+            "RELOAD_PASSWORD=hunter2; echo 'reload failed' >&2; exit 3",
+        ],
+    );
+    let status = until_rejected(&channel, "team", "limits", 1).await;
+    assert!(
+        status.contains("reload failed") && status.contains("exit status: 3"),
+        "{status}"
+    );
+    assert!(!status.contains("hunter2"), "{status}");
+    kill_9(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_said_to_be_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let refused = Command::new(policyhub_binary())
+        .args(["agent", "--namespace", "team", "--runtime-id", "a"])
+        .args(["--server", "http://127.0.0.1:1"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let hint = stderr
+        .lines()
+        .find(|line| line.starts_with("hint: "))
+        .unwrap_or_default();
+    assert!(
+        hint.contains("port is in use") && !hint.contains("disk"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_path_does_not_take_is_405_with_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn("http://127.0.0.1:1", "team", dir.path(), &[]);
+    for (method, path, allow) in [
+        ("POST", "/v1/namespaces/team/state", "GET"),
+        ("DELETE", "/v1/namespaces/team/policies/limits", "GET"),
+        ("PUT", "/v1/namespaces/team/state:watch", "GET"),
+        ("GET", "/v1/namespaces/team/state:reject", "POST"),
+        ("POST", "/healthz", "GET"),
+    ] {
+        let mut reply = Err(std::io::Error::other("not tried"));
+        for _ in 0..100 {
+            reply = request(agent.port, method, path, &[], "").await;
+            if reply.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 405, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("does not take {method}")),
+            "{}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_revision_applied_is_logged_at_info_with_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    let revision = release(&channel, "team", "limits", json!({"v": 1})).await;
+    let log = dir.path().join("agent.log");
+    let child = Command::new(policyhub_binary())
+        .args(["agent", "--namespace", "team", "--runtime-id", "agent-1"])
+        .args(["--server", &format!("http://127.0.0.1:{server_port}")])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _agent = Reaped(child);
+    let expected = format!("namespace=\"team\" revision={revision}");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text
+            .lines()
+            .find(|line| line.contains("applied a revision"))
+        {
+            assert!(
+                line.contains(" INFO ") && line.contains(&expected) && line.contains("limits@1"),
+                "{line}"
+            );
+            kill_9(server);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no line for the revision applied: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }

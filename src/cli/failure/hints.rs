@@ -181,7 +181,7 @@ fn unusable_hint(what: What) -> &'static str {
     }
 }
 
-/// What to do about a failed local file operation, by its kind.
+/// What to do about a failed local file or socket operation, by its kind.
 fn io_hint(error: &std::io::Error) -> &'static str {
     use std::io::ErrorKind;
     match error.kind() {
@@ -196,6 +196,12 @@ fn io_hint(error: &std::io::Error) -> &'static str {
         }
         ErrorKind::IsADirectory => "name a file, not a directory",
         ErrorKind::InvalidData => "the file must be UTF-8 text",
+        ErrorKind::AddrInUse => {
+            "the port is in use: stop the process that listens on it, or choose another port"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "that address is not one of this machine's: listen on one it has, such as 127.0.0.1"
+        }
         _ => "check the file named above, and that the disk is readable",
     }
 }

@@ -1,0 +1,154 @@
+//! One connection to the server: the channel with the token attached to
+//! every call, the JWKS fetched on it, where events go ([`Outlet`]) and how
+//! a session ends ([`Failure`]).
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::{
+    Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
+    transport::Channel,
+};
+
+use crate::bundle::Jwks;
+use crate::event::{Event, Validate, WatchError};
+use crate::proto::{GetSigningKeysRequest, bundle_service_client::BundleServiceClient};
+use crate::subscription::{HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource};
+
+/// Attaches the token to every call.
+#[derive(Clone)]
+pub(super) struct Bearer(Option<TokenSource>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = self.0.as_ref().and_then(|source| source()) {
+            let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| Status::unauthenticated("the token is not valid metadata"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// How often the token is read again while the server refuses it.
+const TOKEN_POLL: Duration = Duration::from_millis(500);
+
+/// Resolves once `source` gives another token than `refused` (a rotated
+/// token file); never without a source.
+pub(super) async fn token_changed(source: Option<&TokenSource>, refused: Option<&str>) {
+    let Some(source) = source else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(TOKEN_POLL).await;
+        if source().as_deref() != refused {
+            return;
+        }
+    }
+}
+
+/// Whether `status` refuses the caller's credentials (a token expired,
+/// rotated or without the role), which new credentials may fix without a
+/// restart.
+pub(super) fn refuses_credentials(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    )
+}
+
+pub(super) type Client = BundleServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The heartbeat interval the server announced on a watch response.
+pub(super) fn announced_heartbeat(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let millis: u64 = metadata
+        .get(HEARTBEAT_INTERVAL_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    (millis > 0).then(|| Duration::from_millis(millis))
+}
+
+/// Where events go, and the application's verdict on each new state.
+pub(crate) struct Outlet<F> {
+    pub(super) events: mpsc::Sender<Result<Event, WatchError>>,
+    pub(super) validate: F,
+}
+
+/// The consumer of the events went away: the subscription stops.
+pub(super) struct Gone;
+
+impl<F> Outlet<F>
+where
+    F: Validate,
+{
+    pub(crate) fn new(events: mpsc::Sender<Result<Event, WatchError>>, validate: F) -> Self {
+        Outlet { events, validate }
+    }
+
+    pub(super) async fn emit(&self, event: Event) -> Result<(), Gone> {
+        self.events.send(Ok(event)).await.map_err(|_| Gone)
+    }
+}
+
+pub(super) async fn connect(subscription: &Subscription) -> Result<Client, Failure> {
+    let endpoint = subscription.endpoint()?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| Failure::Transient(format!("cannot connect: {error}")))?;
+    Ok(BundleServiceClient::with_interceptor(
+        channel,
+        Bearer(subscription.token.clone()),
+    ))
+}
+
+/// How a session ended.
+pub(super) enum Failure {
+    /// Retry after a backoff.
+    Transient(String),
+    /// The server refused for good.
+    Permanent(Status),
+    /// The subscription cannot work as configured.
+    Config(String),
+    /// Nobody listens any more.
+    Gone,
+}
+
+impl From<Gone> for Failure {
+    fn from(_: Gone) -> Self {
+        Failure::Gone
+    }
+}
+
+impl Failure {
+    pub(super) fn from_status(status: Status) -> Self {
+        match status.code() {
+            Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unimplemented => Failure::Permanent(status),
+            _ => Failure::Transient(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+impl From<WatchError> for Failure {
+    fn from(error: WatchError) -> Self {
+        match error {
+            WatchError::Refused(status) => Failure::Permanent(status),
+            WatchError::Config(message) => Failure::Config(message),
+        }
+    }
+}
+
+pub(super) async fn fetch_jwks(client: &mut Client) -> Result<Jwks, Failure> {
+    let keys = client
+        .get_signing_keys(GetSigningKeysRequest {})
+        .await
+        .map_err(Failure::from_status)?
+        .into_inner();
+    Ok(Jwks::from(keys))
+}

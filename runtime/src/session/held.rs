@@ -1,0 +1,392 @@
+//! What the subscription holds between sessions, and its decisions: the
+//! state in force and the one before, where to resume, the keys, the
+//! cache, the reports not yet sent and the checkpoint's freshness.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use super::connection::{Client, Failure, Gone, Outlet, fetch_jwks};
+use super::reporter::Reporter;
+use crate::bundle::{self, Envelope, Jwks};
+use crate::cache::Cache;
+use crate::checkpoint::{Freshness, verify_checkpoint};
+use crate::event::{Event, Validate};
+use crate::proto::{
+    self, ApplyState, Bundle, PolicyApplyStatus, ReportStatusRequest, WatchEventKind,
+};
+use crate::revoke::{Revocation, RevokeError};
+use crate::state::{Revision, Source, State, VerifiedBundle};
+use crate::subscription::Subscription;
+
+/// What the subscription holds between sessions.
+pub(super) struct Core {
+    /// The state in force.
+    applied: State,
+    /// The state in force before it, received in this run: what a
+    /// revocation restores.
+    previous: Option<State>,
+    /// The newest revision applied or rejected: where to resume.
+    pub(super) decided: u64,
+    /// The keys that verify bundles; fetched from the server, never taken
+    /// from the stream.
+    pub(super) jwks: Jwks,
+    cache: Option<Cache>,
+    /// Outcomes not yet reported, by policy, and their revision.
+    pending_reports: BTreeMap<String, PolicyApplyStatus>,
+    pending_revision: u64,
+    /// The server's newest checkpoint, and whether it grew stale.
+    pub(super) freshness: Freshness,
+}
+
+impl Core {
+    /// Starts from the cache when there is a good one, and says so.
+    pub(super) async fn start<F>(
+        subscription: &Subscription,
+        outlet: &mut Outlet<F>,
+    ) -> Result<Self, Gone>
+    where
+        F: Validate,
+    {
+        let cache = subscription
+            .cache_dir
+            .as_ref()
+            .map(|dir| Cache::new(dir, &subscription.namespace, &subscription.names));
+        let mut core = Core {
+            applied: State {
+                namespace: subscription.namespace.clone(),
+                ..State::default()
+            },
+            previous: None,
+            decided: 0,
+            jwks: Jwks::default(),
+            cache,
+            pending_reports: BTreeMap::new(),
+            pending_revision: 0,
+            freshness: Freshness::new(subscription.max_checkpoint_age),
+        };
+        let Some(cache) = &core.cache else {
+            return Ok(core);
+        };
+        let event = match cache.load() {
+            Ok(None) => return Ok(core),
+            Ok(Some((state, jwks))) => match outlet.validate.validate(&state).await {
+                Ok(()) => {
+                    tracing::info!(
+                        revision = state.revision,
+                        policies = state.bundles.len(),
+                        path = %cache.path().display(),
+                        "started from the cached state (verified again) until the server answers"
+                    );
+                    core.decided = state.revision;
+                    core.applied = state.clone();
+                    core.jwks = jwks;
+                    Event::FromCache(state)
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "the application refused the cached state");
+                    Event::Rejected {
+                        revision: state.revision,
+                        reason: format!("the cached state was refused: {reason}"),
+                    }
+                }
+            },
+            Err(reason) => {
+                tracing::error!(
+                    path = %cache.path().display(),
+                    %reason,
+                    "refusing the cached state; starting without one"
+                );
+                Event::Rejected {
+                    revision: 0,
+                    reason: format!("the cached state does not verify: {reason}"),
+                }
+            }
+        };
+        outlet.emit(event).await?;
+        Ok(core)
+    }
+
+    /// Verifies a checkpoint of the stream (a key unknown to the JWKS makes
+    /// it fetch the JWKS once more) and takes it; the event when it ends a
+    /// stale spell. One that does not verify ends the connection.
+    pub(super) async fn checkpoint(
+        &mut self,
+        checkpoint: &proto::Checkpoint,
+        client: &mut Client,
+    ) -> Result<Option<Event>, Failure> {
+        if self.freshness.holds(&checkpoint.jws) {
+            return Ok(None);
+        }
+        let known = bundle::key_id(&checkpoint.jws).is_ok_and(|kid| self.jwks.knows(&kid));
+        if !known && let Ok(jwks) = fetch_jwks(client).await {
+            self.jwks = jwks;
+        }
+        let claims = verify_checkpoint(&checkpoint.jws, &self.jwks).map_err(|error| {
+            Failure::Transient(format!("a checkpoint does not verify: {error}"))
+        })?;
+        Ok(self.freshness.observe(claims, &checkpoint.jws))
+    }
+
+    /// Verifies one bundle of the stream; a key unknown to the JWKS makes
+    /// it fetch the JWKS once more.
+    async fn verify(
+        &mut self,
+        bundle: &Bundle,
+        client: &mut Client,
+        subscription: &Subscription,
+    ) -> Result<VerifiedBundle, String> {
+        let known = bundle::key_id(&bundle.jws).is_ok_and(|kid| self.jwks.knows(&kid));
+        if !known && let Ok(jwks) = fetch_jwks(client).await {
+            self.jwks = jwks;
+        }
+        if !subscription.names.is_empty() && !subscription.names.contains(&bundle.name) {
+            return Err(format!(
+                "{}/{} was not asked for",
+                subscription.namespace, bundle.name
+            ));
+        }
+        let envelope = Envelope {
+            namespace: &subscription.namespace,
+            name: &bundle.name,
+            version: bundle.version,
+            digest: &bundle.digest,
+        };
+        let claims = bundle::verify_envelope(&bundle.jws, &envelope, &self.jwks)?;
+        Ok(VerifiedBundle {
+            name: bundle.name.clone(),
+            version: claims.ver,
+            label: claims.label,
+            digest: claims.digest,
+            revision: bundle.revision,
+            key_id: bundle.key_id.clone(),
+            body: claims.body,
+            jws: bundle.jws.clone(),
+        })
+    }
+
+    /// Applies or rejects one whole revision; what the application is told,
+    /// if anything (heartbeats and stale states tell it nothing).
+    pub(super) async fn decide<F>(
+        &mut self,
+        revision: Revision,
+        client: &mut Client,
+        subscription: &Subscription,
+        validate: &mut F,
+    ) -> Option<Event>
+    where
+        F: Validate,
+    {
+        let is_snapshot = match revision.kind {
+            WatchEventKind::Snapshot => true,
+            WatchEventKind::Update => false,
+            _ => {
+                // A heartbeat: the cursor moves, nothing changes.
+                self.decided = self.decided.max(revision.revision);
+                return None;
+            }
+        };
+        if revision.revision < self.applied.revision && !revision.reset {
+            tracing::warn!(
+                revision = revision.revision,
+                applied = self.applied.revision,
+                "ignoring a state older than the one applied"
+            );
+            return None;
+        }
+        if !is_snapshot && revision.bundles.is_empty() {
+            self.decided = self.decided.max(revision.revision);
+            return None;
+        }
+        let mut verified = Vec::with_capacity(revision.bundles.len());
+        let mut failures = Vec::new();
+        for bundle in &revision.bundles {
+            match self.verify(bundle, client, subscription).await {
+                Ok(good) => verified.push(good),
+                Err(reason) => failures.push((bundle, reason)),
+            }
+        }
+        let rejected_because = if failures.is_empty() {
+            let mut candidate = if is_snapshot {
+                State {
+                    namespace: subscription.namespace.clone(),
+                    ..State::default()
+                }
+            } else {
+                self.applied.clone()
+            };
+            candidate.revision = revision.revision;
+            candidate.source = Source::Server;
+            candidate.verified_at = SystemTime::now();
+            for bundle in verified {
+                candidate.bundles.insert(bundle.name.clone(), bundle);
+            }
+            match validate.validate(&candidate).await {
+                Ok(()) => {
+                    self.report(&revision, ApplyState::Applied, |_| String::new());
+                    self.save(&candidate);
+                    let before = std::mem::replace(&mut self.applied, candidate);
+                    self.previous = (before.revision > 0).then_some(before);
+                    None
+                }
+                Err(reason) => Some(reason),
+            }
+        } else {
+            let (bad, reason) = &failures[0];
+            Some(format!(
+                "{}/{} version {} does not verify: {reason}",
+                subscription.namespace, bad.name, bad.version
+            ))
+        };
+        self.decided = self.decided.max(revision.revision);
+        let Some(reason) = rejected_because else {
+            return Some(Event::Applied(self.applied.clone()));
+        };
+        {
+            tracing::warn!(
+                revision = revision.revision,
+                %reason,
+                "rejected a state; the previous one stays in force"
+            );
+            let failed: BTreeMap<&str, &str> = failures
+                .iter()
+                .map(|(bundle, reason)| (bundle.name.as_str(), reason.as_str()))
+                .collect();
+            self.report(&revision, ApplyState::Rejected, |name| {
+                match failed.get(name) {
+                    Some(own) => format!("does not verify: {own}"),
+                    None => reason.clone(),
+                }
+            });
+        }
+        Some(Event::Rejected {
+            revision: revision.revision,
+            reason,
+        })
+    }
+
+    /// Keeps `state` as the last-known-good one.
+    fn save(&self, state: &State) {
+        if let Some(cache) = &self.cache
+            && let Err(error) = cache.save(state, &self.jwks)
+        {
+            tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
+        }
+    }
+
+    /// Answers a revocation, and says what it changed.
+    pub(super) async fn revoke<F>(
+        &mut self,
+        request: Revocation,
+        outlet: &Outlet<F>,
+    ) -> Result<(), Gone>
+    where
+        F: Validate,
+    {
+        let Revocation {
+            revision,
+            reason,
+            reply,
+        } = request;
+        let restored = self.take_back(revision, &reason);
+        let event = restored.as_ref().ok().map(|state| Event::Revoked {
+            revision,
+            reason,
+            restored: state.clone(),
+        });
+        // The caller may have given up waiting; the revocation stands.
+        let _ = reply.send(restored);
+        match event {
+            Some(event) => outlet.emit(event).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Puts the state before the one in force back, reporting what it
+    /// brought REJECTED; the state restored.
+    fn take_back(&mut self, revision: u64, reason: &str) -> Result<State, RevokeError> {
+        if revision != self.applied.revision {
+            return Err(RevokeError::NotInForce {
+                asked: revision,
+                held: self.applied.revision,
+            });
+        }
+        let previous = self
+            .previous
+            .take()
+            .ok_or(RevokeError::NothingToRestore(revision))?;
+        let error: String = reason.chars().take(1000).collect();
+        for bundle in self.applied.bundles.values() {
+            let kept = previous
+                .bundles
+                .get(&bundle.name)
+                .is_some_and(|before| before.version == bundle.version);
+            if !kept {
+                self.pending_reports.insert(
+                    bundle.name.clone(),
+                    PolicyApplyStatus {
+                        name: bundle.name.clone(),
+                        version: bundle.version,
+                        state: ApplyState::Rejected as i32,
+                        error: error.clone(),
+                        revision,
+                    },
+                );
+            }
+        }
+        self.pending_revision = self.pending_revision.max(revision);
+        tracing::warn!(
+            revision,
+            restored = previous.revision,
+            %reason,
+            "the application took back the state in force; the one before is in force again"
+        );
+        self.save(&previous);
+        self.applied = previous;
+        Ok(self.applied.clone())
+    }
+
+    /// Queues the outcome of every bundle of `revision`.
+    fn report(&mut self, revision: &Revision, state: ApplyState, error: impl Fn(&str) -> String) {
+        for bundle in &revision.bundles {
+            self.pending_reports.insert(
+                bundle.name.clone(),
+                PolicyApplyStatus {
+                    name: bundle.name.clone(),
+                    version: bundle.version,
+                    state: state as i32,
+                    error: error(&bundle.name).chars().take(1000).collect(),
+                    revision: revision.revision,
+                },
+            );
+        }
+        self.pending_revision = self.pending_revision.max(revision.revision);
+    }
+
+    /// Sends the queued outcomes; keeps them for the next try on failure.
+    pub(super) async fn flush_reports(
+        &mut self,
+        reporter: &mut Reporter,
+        subscription: &Subscription,
+    ) {
+        let Some(runtime) = &subscription.runtime else {
+            self.pending_reports.clear();
+            return;
+        };
+        if self.pending_reports.is_empty() {
+            return;
+        }
+        let request = ReportStatusRequest {
+            namespace: subscription.namespace.clone(),
+            runtime_id: runtime.id.clone(),
+            revision: self.pending_revision,
+            policies: self.pending_reports.values().cloned().collect(),
+        };
+        match reporter.send(request).await {
+            Ok(()) => self.pending_reports.clear(),
+            Err(status) => tracing::warn!(
+                code = ?status.code(),
+                message = status.message(),
+                "cannot report the applied state; retrying later"
+            ),
+        }
+    }
+}

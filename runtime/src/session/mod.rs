@@ -1,0 +1,249 @@
+//! The machinery behind [`Subscription::events`](crate::Subscription::events):
+//! connect, resume, verify, decide whole states, report, and say what
+//! happened as [`Event`]s.
+//!
+//! ```text
+//!   start ── cache? ──> FromCache (re-verified, validated)
+//!     │
+//!     v
+//!   connect ──> fetch JWKS ──> WatchActive(since = decided revision) ──> Connected
+//!     ^                              │ parts ──> whole revision
+//!     │                              │   verify every bundle, validate ──> Applied / Rejected
+//!     │                              │   report APPLIED / REJECTED
+//!     └── full-jitter backoff <──────┘ any failure: UNAVAILABLE, reset,
+//!         Disconnected                 h2 error, 3 missed heartbeats
+//! ```
+//!
+//! A [`Revoker`](crate::Revoker)'s request, served between messages and
+//! during the backoff, puts the state before the one in force back (the
+//! one in force is reported REJECTED).
+//!
+//! The subscription resumes from the last revision it *decided* on, applied
+//! or rejected, so a rejected version is not sent again in a loop; it
+//! applies a state only when its revision is newer than the applied one
+//! (unless the server says `reset`), so it never goes backwards.
+//!
+//! Here is the loop of sessions and backoff; `connection` makes the channel
+//! and says how a session ends, `held` keeps what outlives a session and
+//! decides each revision, `reporter` sends the outcomes.
+
+mod connection;
+mod held;
+mod reporter;
+
+use std::{convert::Infallible, time::Instant};
+
+use tokio::sync::{OwnedMutexGuard, mpsc};
+
+pub(crate) use self::connection::Outlet;
+use self::connection::{
+    Failure, announced_heartbeat, connect, fetch_jwks, refuses_credentials, token_changed,
+};
+use self::held::Core;
+use self::reporter::Reporter;
+use crate::backoff::Backoff;
+use crate::event::{Event, Validate, WatchError};
+use crate::proto::WatchActiveRequest;
+use crate::revoke::Revocation;
+use crate::state::Assembler;
+use crate::subscription::{DEFAULT_HEARTBEAT_INTERVAL, Subscription};
+
+/// Follows the subscription until it fails for good or nobody listens,
+/// sending every event to `outlet`; a permanent failure is sent last.
+pub(crate) async fn drive<F>(subscription: Subscription, mut outlet: Outlet<F>)
+where
+    F: Validate,
+{
+    let Ok(mut core) = Core::start(&subscription, &mut outlet).await else {
+        return;
+    };
+    let mut revocations = Revocations::of(&subscription).await;
+    let fresh_backoff = || Backoff::new(subscription.backoff_initial, subscription.backoff_max);
+    let mut backoff = fresh_backoff();
+    loop {
+        let started = Instant::now();
+        let failure = match session(&subscription, &mut core, &mut outlet, &mut revocations).await {
+            Err(failure) => failure,
+            Ok(never) => match never {},
+        };
+        let (reason, refused) = match failure {
+            Failure::Gone => return,
+            Failure::Permanent(status)
+                if subscription.retry_refused && refuses_credentials(&status) =>
+            {
+                (format!("{:?}: {}", status.code(), status.message()), true)
+            }
+            Failure::Permanent(status) => {
+                let _ = outlet.events.send(Err(WatchError::Refused(status))).await;
+                return;
+            }
+            Failure::Config(message) => {
+                let _ = outlet.events.send(Err(WatchError::Config(message))).await;
+                return;
+            }
+            Failure::Transient(reason) => (reason, false),
+        };
+        // A stream that stayed up a while starts the backoff over; every
+        // reconnection is still jittered, so a fleet that lost its server
+        // does not return in a wave.
+        if started.elapsed() > subscription.backoff_max {
+            backoff = fresh_backoff();
+        }
+        let retry_in = backoff.next_delay();
+        // The token refused: another one (a rotated token file) is tried at
+        // once rather than after the backoff.
+        let refused_token = match (&subscription.token, refused) {
+            (Some(source), true) => source(),
+            _ => None,
+        };
+        let event = if refused {
+            tracing::warn!(
+                %reason,
+                revision = core.decided,
+                delay_ms = retry_in.as_millis() as u64,
+                "the server refused the credentials; the state in force stays, retrying"
+            );
+            Event::Refused { reason, retry_in }
+        } else {
+            tracing::warn!(
+                %reason,
+                revision = core.decided,
+                delay_ms = retry_in.as_millis() as u64,
+                "watch interrupted; resuming from the last decided revision"
+            );
+            Event::Disconnected {
+                reason,
+                retry_in,
+                revision: core.decided,
+            }
+        };
+        if outlet.emit(event).await.is_err() {
+            return;
+        }
+        // The application may take back its state while the server is away;
+        // the report goes with the next connection.
+        let sleep = tokio::time::sleep(retry_in);
+        let mut sleep = std::pin::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                () = token_changed(subscription.token.as_ref(), refused_token.as_deref()), if refused => break,
+                request = revocations.next() => {
+                    if core.revoke(request, &outlet).await.is_err() {
+                        return;
+                    }
+                }
+                () = core.freshness.expiry() => {
+                    if outlet.emit(core.freshness.expire()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The revocations of a [`Subscription::revocable`] subscription, taken
+/// for the whole life of its stream.
+struct Revocations(Option<OwnedMutexGuard<mpsc::Receiver<Revocation>>>);
+
+impl Revocations {
+    async fn of(subscription: &Subscription) -> Self {
+        match &subscription.revocations {
+            Some(receiver) => Revocations(Some(receiver.clone().lock_owned().await)),
+            None => Revocations(None),
+        }
+    }
+
+    /// The next request; never, once every revoker is gone.
+    async fn next(&mut self) -> Revocation {
+        if let Some(receiver) = self.0.as_mut()
+            && let Some(request) = receiver.recv().await
+        {
+            return request;
+        }
+        self.0 = None;
+        std::future::pending().await
+    }
+}
+
+/// One connection's life; it ends only by failing.
+async fn session<F>(
+    subscription: &Subscription,
+    core: &mut Core,
+    outlet: &mut Outlet<F>,
+    revocations: &mut Revocations,
+) -> Result<Infallible, Failure>
+where
+    F: Validate,
+{
+    let mut client = connect(subscription).await?;
+    let mut reporter = Reporter::new(client.clone());
+    if core.jwks.keys.is_empty() {
+        core.jwks = fetch_jwks(&mut client).await?;
+    }
+    core.flush_reports(&mut reporter, subscription).await;
+    let response = client
+        .watch_active(WatchActiveRequest {
+            namespace: subscription.namespace.clone(),
+            names: subscription.names.clone(),
+            since_revision: core.decided,
+            runtime: subscription.runtime.clone(),
+        })
+        .await
+        .map_err(Failure::from_status)?;
+    let interval = subscription
+        .heartbeat_interval
+        .or_else(|| announced_heartbeat(response.metadata()))
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+    let deadline = interval * 3;
+    let mut stream = response.into_inner();
+    outlet
+        .emit(Event::Connected {
+            revision: core.decided,
+        })
+        .await?;
+    let mut assembler = Assembler::default();
+    loop {
+        let message = tokio::select! {
+            message = tokio::time::timeout(deadline, stream.message()) => message,
+            request = revocations.next() => {
+                core.revoke(request, outlet).await?;
+                core.flush_reports(&mut reporter, subscription).await;
+                continue;
+            }
+            () = core.freshness.expiry() => {
+                let stale = core.freshness.expire();
+                let reason = core.freshness.to_string();
+                outlet.emit(stale).await?;
+                return Err(Failure::Transient(reason));
+            }
+        };
+        let message = match message {
+            Err(_) => {
+                return Err(Failure::Transient(format!(
+                    "no message for {} ms, three heartbeats",
+                    deadline.as_millis()
+                )));
+            }
+            Ok(Err(status)) => return Err(Failure::from_status(status)),
+            Ok(Ok(None)) => return Err(Failure::Transient("the stream ended".into())),
+            Ok(Ok(Some(message))) => message,
+        };
+        if let Some(checkpoint) = &message.checkpoint
+            && let Some(fresh) = core.checkpoint(checkpoint, &mut client).await?
+        {
+            outlet.emit(fresh).await?;
+        }
+        let Some(revision) = assembler.push(message).map_err(Failure::Transient)? else {
+            continue;
+        };
+        if let Some(event) = core
+            .decide(revision, &mut client, subscription, &mut outlet.validate)
+            .await
+        {
+            outlet.emit(event).await?;
+        }
+        core.flush_reports(&mut reporter, subscription).await;
+    }
+}

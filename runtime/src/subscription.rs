@@ -1,0 +1,186 @@
+//! What one subscription follows and how: the endpoint, its TLS and token,
+//! the namespace and names, the runtime identity, the cache, heartbeats,
+//! backoff and checkpoint age. How it is followed is in
+//! [`watcher`](crate::watcher).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::{Mutex, mpsc};
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+use crate::event::WatchError;
+use crate::proto::RuntimeIdentity;
+use crate::revoke::{Revocation, Revoker};
+
+/// Gives the bearer token for each connection (so a rotated token file is
+/// read again); `None` sends no token.
+pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The response header of `WatchActive` in which the server says its
+/// heartbeat interval, in milliseconds (`policyhub serve`'s
+/// `watch.heartbeat_interval`).
+pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
+
+/// The heartbeat interval assumed of a server that does not say it.
+pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How old a checkpoint may grow unless the subscription says otherwise.
+pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600);
+
+/// What one subscription follows and how.
+#[derive(Clone)]
+pub struct Subscription {
+    endpoint: String,
+    tls: Option<ClientTlsConfig>,
+    pub(crate) token: Option<TokenSource>,
+    pub(crate) namespace: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) runtime: Option<RuntimeIdentity>,
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Overrides the interval the server announces.
+    pub(crate) heartbeat_interval: Option<Duration>,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    /// Older checkpoints are stale; `None`: not checked.
+    pub(crate) max_checkpoint_age: Option<Duration>,
+    /// A refused token is retried rather than the end.
+    pub(crate) retry_refused: bool,
+    /// Where a [`Revoker`](crate::Revoker)'s requests arrive, once one was made.
+    pub(crate) revocations: Option<Arc<Mutex<mpsc::Receiver<Revocation>>>>,
+}
+
+impl Subscription {
+    /// Follows every policy of `namespace` at `endpoint` (`http://` or
+    /// `https://`).
+    pub fn new(endpoint: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Subscription {
+            endpoint: endpoint.into(),
+            tls: None,
+            token: None,
+            namespace: namespace.into(),
+            names: Vec::new(),
+            runtime: None,
+            cache_dir: None,
+            heartbeat_interval: None,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
+            retry_refused: false,
+            revocations: None,
+        }
+    }
+
+    /// Lets the application take back the state in force after it applied
+    /// it (a reload that failed later, a health check after the change): a
+    /// [`Revoker`] for this subscription.
+    pub fn revocable(mut self) -> (Self, Revoker) {
+        let (revoker, receiver) = Revoker::channel();
+        self.revocations = Some(Arc::new(Mutex::new(receiver)));
+        (self, revoker)
+    }
+
+    /// Only these policies.
+    pub fn names(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.names = names.into_iter().map(Into::into).collect();
+        self.names.sort();
+        self.names.dedup();
+        self
+    }
+
+    /// Names the runtime, so that it appears in the fleet view and reports
+    /// what it applied.
+    pub fn runtime(
+        mut self,
+        id: impl Into<String>,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        self.runtime = Some(RuntimeIdentity {
+            id: id.into(),
+            labels: labels.into_iter().collect(),
+        });
+        self
+    }
+
+    /// The bearer token of every call.
+    pub fn token(mut self, source: TokenSource) -> Self {
+        self.token = Some(source);
+        self
+    }
+
+    /// TLS settings for an `https://` endpoint.
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Keeps the last-known-good state in this directory.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Overrides the heartbeat interval the server announces (10 s when it
+    /// announces none): three intervals without a message mean a dead
+    /// stream.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How old the server's newest signed checkpoint may grow before the
+    /// subscription reports
+    /// [`Event::CheckpointStale`](crate::Event::CheckpointStale) (10
+    /// minutes unless set; `None` turns the check off). Compared with this
+    /// host's clock: keep clocks synchronized well within it. A server
+    /// signs one at least every `audit.checkpoint_interval` (1 minute by
+    /// default).
+    pub fn max_checkpoint_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_checkpoint_age = max_age;
+        self
+    }
+
+    /// Keeps following when the server refuses the credentials
+    /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`): each refusal is an
+    /// [`Event::Refused`](crate::Event::Refused), the state in force stays,
+    /// and the subscription tries again after the backoff, or at once when
+    /// the token source gives another token (a rotated token file is read
+    /// twice a second meanwhile). Off unless set: a refusal then ends the
+    /// subscription with [`WatchError::Refused`]. For a process that serves
+    /// the state in force to others while its credentials are fixed.
+    pub fn retry_when_refused(mut self, retry: bool) -> Self {
+        self.retry_refused = retry;
+        self
+    }
+
+    /// Reconnection delays: a random duration up to `initial`, doubling the
+    /// bound per failed attempt up to `max` (full jitter).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The connection settings.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, WatchError> {
+        // Before the server has said its interval, the override or the
+        // default paces the connection's own checks.
+        let interval = self
+            .heartbeat_interval
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|_| WatchError::Config(format!("{:?} is not a URL", self.endpoint)))?
+            .connect_timeout(interval.max(Duration::from_secs(1)))
+            // HTTP/2 pings find a half-open connection even when the
+            // server's heartbeats are far apart.
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(interval)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|error| WatchError::Config(format!("tls: {error}")))?;
+        }
+        Ok(endpoint)
+    }
+}
