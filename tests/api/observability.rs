@@ -291,27 +291,7 @@ async fn the_metrics_endpoint_speaks_both_exposition_formats_and_promtool_accept
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(value_of(&classic, &version), 1.0);
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is on PATH (./scripts/test installs it)");
-    use std::io::Write as _;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(classic.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    crate::helpers::promtool_accepts(&classic);
 
     let (_, content_type, openmetrics) = get(
         address,

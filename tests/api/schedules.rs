@@ -699,31 +699,6 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `promtool check metrics` of an exposition.
-fn promtool_accepts(exposition: &str) {
-    use std::io::Write as _;
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is on PATH");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-}
-
 const APPLIED: &str = r#"policyhub_schedule_firings_total{outcome="applied"}"#;
 const ALREADY_ACTIVE: &str = r#"policyhub_schedule_firings_total{outcome="already_active"}"#;
 const REFUSED: &str = r#"policyhub_schedule_firings_total{outcome="refused"}"#;
@@ -785,7 +760,7 @@ async fn schedule_metrics_count_firings_by_outcome_and_the_self_paused() {
             && after.contains("# TYPE policyhub_schedules_paused_by_refusal gauge"),
         "{after}"
     );
-    promtool_accepts(&after);
+    crate::helpers::promtool_accepts(&after);
 }
 
 /// An entry whose pattern fires more often than `schedules.min_interval`
