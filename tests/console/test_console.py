@@ -197,9 +197,14 @@ class Console(unittest.TestCase):
     def act(self, button_text, fields=None):
         """Opens an action's dialog, checks it says what it will do, fills it
         in and confirms."""
-        button = next(
-            button for button in self.browser.find_elements(By.CSS_SELECTOR, "#actions button")
-            if button.text == button_text
+        # A route change within one page re-renders in place: wait for the
+        # action rather than take the previous render's buttons.
+        button = WebDriverWait(self.browser, 10).until(
+            lambda browser: next(
+                (button for button in browser.find_elements(By.CSS_SELECTOR, "#actions button")
+                 if button.text == button_text),
+                False,
+            )
         )
         button.click()
         dialog = self.find("dialog[open]")
