@@ -153,6 +153,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register("watch_streams", "Open watch streams", watch_streams.clone());
     let schedule_firings = Family::<OutcomeLabel, Counter>::default();
+    // Every outcome at zero from the start, so that a rate or an alert on
+    // `refused` has a series before the first refusal.
+    for outcome in ["applied", "already_active", "refused"] {
+        let _ = schedule_firings.get_or_create(&OutcomeLabel {
+            outcome: outcome.to_owned(),
+        });
+    }
     let schedules_paused_by_refusal = Gauge::default();
     registry.register(
         "schedule_firings",

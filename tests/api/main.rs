@@ -12,6 +12,7 @@ mod cli;
 mod client_settings;
 mod concurrency;
 mod console;
+mod docs;
 mod helpers;
 mod history;
 mod http;
@@ -22,6 +23,7 @@ mod malformed;
 mod observability;
 mod operations;
 mod races;
+
 mod requirements;
 mod rollout_binary;
 mod rollouts;

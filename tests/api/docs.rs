@@ -1,0 +1,489 @@
+//! The reference pages of the book, generated from the code and checked
+//! fresh: every command and flag (from the clap definitions, also as man
+//! pages), every setting with its default and variable (from the settings
+//! and their doc comments), every metric (from a live scrape of the
+//! registry). A stale page fails here; `UPDATE_REFERENCE=1 cargo test
+//! --test api reference` writes them anew.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+
+use crate::helpers::{Backend, TestDatabase, spawn_on};
+
+/// Where the generated pages live.
+fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/reference")
+}
+
+/// Compares `generated` with the committed file, or writes it when asked.
+fn fresh(path: &Path, generated: &str) -> Result<(), String> {
+    if std::env::var_os("UPDATE_REFERENCE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, generated).unwrap();
+        return Ok(());
+    }
+    match std::fs::read_to_string(path) {
+        Ok(committed) if committed == generated => Ok(()),
+        _ => Err(format!(
+            "{} is stale",
+            path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .unwrap_or(path)
+                .display()
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_references_are_fresh() {
+    let mut stale = Vec::new();
+    let mut check = |path: PathBuf, generated: String| {
+        if let Err(error) = fresh(&path, &generated) {
+            stale.push(error);
+        }
+    };
+    let command = policyhub::cli::Cli::command();
+    check(reference_dir().join("cli.md"), cli_page(&command));
+    for (name, page) in man_pages(&command) {
+        check(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs/man")
+                .join(name),
+            page,
+        );
+    }
+    check(
+        reference_dir().join("configuration.md"),
+        configuration_page(),
+    );
+    check(reference_dir().join("metrics.md"), metrics_page().await);
+    assert!(
+        stale.is_empty(),
+        "{}: run `UPDATE_REFERENCE=1 cargo test --test api docs::` and commit the pages",
+        stale.join(", ")
+    );
+}
+
+/// Every command, its usage, what it does and each argument.
+fn cli_page(root: &clap::Command) -> String {
+    let mut page = String::from(
+        "# Command line\n\n<!-- Generated from the clap definitions by the test \
+         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
+         Every command of `policyhub`, with its flags. Flags come before the \
+         environment (`POLICYHUB_SERVER`, …), which comes before the configuration \
+         file, as with kubectl. Each command is also a man page, `man policyhub-NAME`, \
+         in `docs/man`.\n",
+    );
+    let mut commands = Vec::new();
+    walk(root, "policyhub".to_owned(), &mut commands);
+    for (path, command) in commands {
+        let _ = write!(page, "\n## `{path}`\n\n");
+        if let Some(about) = command.get_long_about().or(command.get_about()) {
+            let _ = writeln!(page, "{about}\n");
+        }
+        let usage = command.clone().bin_name(&path).render_usage().to_string();
+        let _ = writeln!(page, "```text\n{}\n```", usage.trim());
+        let arguments: Vec<&clap::Arg> = command
+            .get_arguments()
+            .filter(|argument| !argument.is_hide_set())
+            .collect();
+        if arguments.is_empty() {
+            continue;
+        }
+        page.push_str("\n| argument | meaning |\n|---|---|\n");
+        for argument in arguments {
+            let _ = writeln!(
+                page,
+                "| {} | {} |",
+                argument_name(argument),
+                one_line(&argument_help(argument))
+            );
+        }
+    }
+    page
+}
+
+/// Every visible command below `command`, with its full name.
+fn walk<'a>(command: &'a clap::Command, path: String, into: &mut Vec<(String, &'a clap::Command)>) {
+    into.push((path.clone(), command));
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        walk(sub, format!("{path} {}", sub.get_name()), into);
+    }
+}
+
+/// `--flag VALUE`, `-s, --flag`, or `<NAME>` for a positional argument.
+fn argument_name(argument: &clap::Arg) -> String {
+    let value = argument
+        .get_value_names()
+        .map(|names| {
+            names
+                .iter()
+                .map(|name| format!("<{name}>"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| format!("<{}>", argument.get_id().as_str().to_uppercase()));
+    let takes_value = argument.get_action().takes_values();
+    match (argument.get_short(), argument.get_long()) {
+        (None, None) => format!("`{value}`"),
+        (short, Some(long)) => {
+            let short = short.map(|short| format!("-{short}, ")).unwrap_or_default();
+            let value = if takes_value {
+                format!(" {value}")
+            } else {
+                String::new()
+            };
+            format!("`{short}--{long}{value}`")
+        }
+        (Some(short), None) => format!("`-{short}`"),
+    }
+}
+
+/// An argument's help, with its default and its variable.
+fn argument_help(argument: &clap::Arg) -> String {
+    let mut help = argument
+        .get_long_help()
+        .or(argument.get_help())
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let defaults: Vec<String> = argument
+        .get_default_values()
+        .iter()
+        .map(|value| value.to_string_lossy().into_owned())
+        .filter(|value| !value.is_empty())
+        .collect();
+    let mut notes = Vec::new();
+    if !defaults.is_empty() && argument.get_action().takes_values() && !help.contains("[default:") {
+        notes.push(format!("Default: `{}`.", defaults.join(",")));
+    }
+    if let Some(variable) = argument.get_env()
+        && !help.contains("[env:")
+    {
+        notes.push(format!("Environment: `{}`.", variable.to_string_lossy()));
+    }
+    if !notes.is_empty() {
+        if !help.is_empty() && !help.ends_with(['.', ']']) {
+            help.push('.');
+        }
+        help.push(' ');
+        help.push_str(&notes.join(" "));
+    }
+    help.trim().to_owned()
+}
+
+/// Text fit for one cell of a table.
+fn one_line(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+/// A man page per command (`policyhub.1`, `policyhub-publish.1`, …).
+fn man_pages(root: &clap::Command) -> Vec<(String, String)> {
+    let mut commands = Vec::new();
+    walk(root, "policyhub".to_owned(), &mut commands);
+    commands
+        .into_iter()
+        .map(|(path, command)| {
+            let name = path.replace(' ', "-");
+            let command = command.clone().bin_name(&path);
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .title(name.clone())
+                .date("")
+                .render(&mut page)
+                .unwrap();
+            (format!("{name}.1"), String::from_utf8(page).unwrap())
+        })
+        .collect()
+}
+
+/// Every setting: its key, variable, default and what it does, read from
+/// the settings' defaults and the doc comments of their fields.
+fn configuration_page() -> String {
+    let docs = field_docs();
+    let defaults = serde_json::to_value(policyhub::config::Settings::default()).unwrap();
+    let mut rows = Vec::new();
+    settings_rows("Settings", "", &defaults, &docs, &mut rows);
+    let mut page = String::from(
+        "# Configuration\n\n<!-- Generated from src/config by the test \
+         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
+         Every setting, in the order of the settings file (`policyhub.toml`, TOML, \
+         `--config`). Each is also read from its environment variable, which \
+         overrides the file, and flags override both. Durations carry their unit \
+         (`500ms`, `10s`, `5m`, `7days`). A `__` in a variable's name separates a \
+         section from its key; an unknown section or key, or a value that does not \
+         parse, is refused at start, naming the variable.\n\n\
+         | setting | environment variable | default | meaning |\n|---|---|---|---|\n",
+    );
+    for (key, default, doc) in rows {
+        let variable = format!("POLICYHUB_{}", key.replace('.', "__").to_uppercase());
+        let _ = writeln!(
+            page,
+            "| `{key}` | `{variable}` | {default} | {} |",
+            one_line(&doc)
+        );
+    }
+    page
+}
+
+/// The rows of the struct `name` below `prefix`: a nested settings struct
+/// is walked, anything else is one row.
+fn settings_rows(
+    name: &str,
+    prefix: &str,
+    defaults: &serde_json::Value,
+    docs: &BTreeMap<String, Vec<(String, String, String)>>,
+    rows: &mut Vec<(String, String, String)>,
+) {
+    for (field, type_name, doc) in docs.get(name).into_iter().flatten() {
+        let key = format!("{prefix}{field}");
+        let default = &defaults[field.as_str()];
+        if docs.contains_key(type_name) {
+            // An unset section (`tls`) lists its keys as unset.
+            settings_rows(type_name, &format!("{key}."), default, docs, rows);
+            continue;
+        }
+        let default = match default {
+            serde_json::Value::Null => "unset".to_owned(),
+            serde_json::Value::String(text) if text.is_empty() => "empty".to_owned(),
+            serde_json::Value::String(text) => format!("`{text}`"),
+            serde_json::Value::Object(map) if map.is_empty() => "empty".to_owned(),
+            serde_json::Value::Array(items) if items.is_empty() => "empty".to_owned(),
+            other => format!("`{other}`"),
+        };
+        rows.push((key, default, doc.clone()));
+    }
+}
+
+/// The fields of every struct of `src/config`: name, type (the last path
+/// segment, through `Option`), doc comment.
+fn field_docs() -> BTreeMap<String, Vec<(String, String, String)>> {
+    let mut structs = BTreeMap::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let source = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let file = syn::parse_file(&source).unwrap();
+        for item in file.items {
+            let syn::Item::Struct(item) = item else {
+                continue;
+            };
+            let syn::Fields::Named(fields) = item.fields else {
+                continue;
+            };
+            let fields = fields
+                .named
+                .iter()
+                .filter(|field| matches!(field.vis, syn::Visibility::Public(_)))
+                .map(|field| {
+                    (
+                        field.ident.as_ref().unwrap().to_string(),
+                        type_name(&field.ty),
+                        doc_comment(&field.attrs),
+                    )
+                })
+                .collect();
+            structs.insert(item.ident.to_string(), fields);
+        }
+    }
+    structs
+}
+
+/// The last segment of a type's path, through `Option<…>`.
+fn type_name(ty: &syn::Type) -> String {
+    let syn::Type::Path(path) = ty else {
+        return String::new();
+    };
+    let last = path.path.segments.last().unwrap();
+    if last.ident == "Option"
+        && let syn::PathArguments::AngleBracketed(arguments) = &last.arguments
+        && let Some(syn::GenericArgument::Type(inner)) = arguments.args.first()
+    {
+        return type_name(inner);
+    }
+    last.ident.to_string()
+}
+
+/// The `///` lines of a field, joined.
+fn doc_comment(attributes: &[syn::Attribute]) -> String {
+    attributes
+        .iter()
+        .filter_map(|attribute| match &attribute.meta {
+            syn::Meta::NameValue(pair) if pair.path.is_ident("doc") => match &pair.value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(text),
+                    ..
+                }) => Some(text.value().trim().to_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every metric of the server, from its `# HELP` and `# TYPE` lines.
+async fn metrics_page() -> String {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    // An RPC, so that the RPC families have a series to describe.
+    let _ = app.get_active("payments", "limits").await;
+    let address = app.metrics_address.expect("the test server serves metrics");
+    let exposition = scrape(address).await;
+    let mut metrics: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            metrics.entry(name.to_owned()).or_default().1 = help.to_owned();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            metrics.entry(name.to_owned()).or_default().0 = kind.to_owned();
+        }
+    }
+    let mut page = String::from(
+        "# Metrics\n\n<!-- Generated from a scrape of the server's registry by the test \
+         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
+         Every metric the server exposes on `metrics_listen` (`/metrics`), in the \
+         classic text format's names (a counter's series end in `_total`).\n\n\
+         | metric | type | meaning |\n|---|---|---|\n",
+    );
+    for (name, (kind, help)) in metrics {
+        let name = if kind == "counter" && !name.ends_with("_total") {
+            format!("{name}_total")
+        } else {
+            name
+        };
+        let _ = writeln!(page, "| `{name}` | {kind} | {} |", one_line(&help));
+    }
+    page
+}
+
+/// `GET /metrics` in the classic text format, over a plain TCP socket.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// Every relative link of the book and of the README leads to a file that
+/// exists, and every `#anchor` into a Markdown page to one of its headings:
+/// the offline half of a link check (the book's pages are all listed in
+/// its summary, which `mdbook build` checks).
+#[test]
+fn the_links_of_the_book_and_the_readme_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    let mut directories = vec![root.join("docs/src")];
+    while let Some(directory) = directories.pop() {
+        for entry in std::fs::read_dir(directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                directories.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    let link = markdown_links();
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for target in link(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let file = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !file.exists() {
+                broken.push(format!("{}: {target}", page.display()));
+                continue;
+            }
+            if !anchor.is_empty()
+                && file.extension().is_some_and(|extension| extension == "md")
+                && !anchors(&std::fs::read_to_string(&file).unwrap()).contains(&anchor.to_owned())
+            {
+                broken.push(format!("{}: {target} (no such heading)", page.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The targets of the inline links `[text](target)` of a Markdown text,
+/// outside code blocks and code spans.
+fn markdown_links() -> impl Fn(&str) -> Vec<String> {
+    |text: &str| {
+        let mut targets = Vec::new();
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            if in_block {
+                continue;
+            }
+            // Code spans hold no links.
+            let prose: String = line
+                .split('`')
+                .enumerate()
+                .filter(|(index, _)| index % 2 == 0)
+                .map(|(_, part)| part)
+                .collect();
+            let mut rest = prose.as_str();
+            while let Some(start) = rest.find("](") {
+                let after = &rest[start + 2..];
+                let Some(end) = after.find(')') else {
+                    break;
+                };
+                targets.push(after[..end].trim().to_owned());
+                rest = &after[end..];
+            }
+        }
+        targets
+    }
+}
+
+/// The anchors GitHub and mdBook give a page's headings: lowercase, spaces
+/// as `-`, punctuation but `-` and `_` dropped.
+fn anchors(text: &str) -> Vec<String> {
+    let mut in_block = false;
+    text.lines()
+        .filter(|line| {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+            }
+            !in_block && line.starts_with('#')
+        })
+        .map(|line| {
+            line.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
