@@ -59,6 +59,8 @@ async fn the_generated_references_are_fresh() {
         configuration_page(),
     );
     check(reference_dir().join("metrics.md"), metrics_page().await);
+    check(reference_dir().join("api.md"), api_page());
+    check(reference_dir().join("http.md"), http_page());
     assert!(
         stale.is_empty(),
         "{}: run `UPDATE_REFERENCE=1 cargo test --test api docs::` and commit the pages",
@@ -359,6 +361,156 @@ async fn metrics_page() -> String {
             name
         };
         let _ = writeln!(page, "| `{name}` | {kind} | {} |", one_line(&help));
+    }
+    page
+}
+
+/// The gRPC API: every service and method, message and enum of
+/// `policyhub.v1`, with the comments of the protos.
+fn api_page() -> String {
+    let pool =
+        prost_reflect::DescriptorPool::decode(policyhub::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut page = String::from(
+        "# gRPC API\n\n<!-- Generated from the protos by the test \
+         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
+         The services, messages and enums of `policyhub.v1`, with the comments of \
+         `proto/policyhub/v1/*.proto`. The server serves reflection, so grpcurl \
+         needs no proto file; the HTTP/JSON mapping of each method is in the \
+         [HTTP API](http.md).\n",
+    );
+    let ours = |name: &str| name.starts_with("policyhub.");
+    for service in pool.services().filter(|service| ours(service.full_name())) {
+        let _ = write!(page, "\n## Service `{}`\n\n", service.full_name());
+        for method in service.methods() {
+            let streaming = |yes: bool| if yes { "stream " } else { "" };
+            let _ = write!(
+                page,
+                "### `{}`\n\n`rpc {}({}{}) returns ({}{})`\n\n{}\n\n",
+                method.name(),
+                method.name(),
+                streaming(method.is_client_streaming()),
+                method.input().name(),
+                streaming(method.is_server_streaming()),
+                method.output().name(),
+                comment(&method.parent_file(), method.path()),
+            );
+        }
+    }
+    page.push_str("\n## Messages\n");
+    for message in pool
+        .all_messages()
+        .filter(|message| ours(message.full_name()) && !message.is_map_entry())
+    {
+        let _ = write!(
+            page,
+            "\n### `{}`\n\n{}\n\n| field | type | meaning |\n|---|---|---|\n",
+            message.name(),
+            comment(&message.parent_file(), message.path())
+        );
+        for field in message.fields() {
+            let kind = match field.kind() {
+                prost_reflect::Kind::Message(kind) => kind.full_name().to_owned(),
+                prost_reflect::Kind::Enum(kind) => kind.full_name().to_owned(),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            let label = if field.is_map() {
+                "map "
+            } else if field.is_list() {
+                "repeated "
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                page,
+                "| `{}` | `{label}{}` | {} |",
+                field.name(),
+                kind.trim_start_matches("policyhub.v1."),
+                one_line(&comment(&field.parent_file(), field.path()))
+            );
+        }
+    }
+    page.push_str("\n## Enums\n");
+    for kind in pool.all_enums().filter(|kind| ours(kind.full_name())) {
+        let _ = write!(
+            page,
+            "\n### `{}`\n\n{}\n\n| value | meaning |\n|---|---|\n",
+            kind.name(),
+            comment(&kind.parent_file(), kind.path())
+        );
+        for value in kind.values() {
+            let _ = writeln!(
+                page,
+                "| `{}` | {} |",
+                value.name(),
+                one_line(&comment(&value.parent_file(), value.path()))
+            );
+        }
+    }
+    page
+}
+
+/// The comment before the element at `path` of `file`.
+fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
+    file.file_descriptor_proto()
+        .source_code_info
+        .as_ref()
+        .and_then(|info| info.location.iter().find(|location| location.path == path))
+        .map(|location| {
+            location
+                .leading_comments()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The HTTP/JSON API: every operation of the OpenAPI document the port
+/// serves, with its parameters.
+fn http_page() -> String {
+    let document: serde_json::Value = serde_json::from_str(policyhub::http::OPENAPI).unwrap();
+    let mut page = String::from(
+        "# HTTP API\n\n<!-- Generated from the OpenAPI document by the test \
+         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
+         Every operation of the HTTP/JSON port (`http_listen`), each the \
+         [gRPC method](api.md) it maps to, in the protobuf JSON mapping. The \
+         server serves the whole OpenAPI 3.1 document at `/openapi.json`.\n",
+    );
+    let Some(paths) = document["paths"].as_object() else {
+        return page;
+    };
+    for (path, operations) in paths {
+        for (verb, operation) in operations.as_object().into_iter().flatten() {
+            let _ = write!(
+                page,
+                "\n## `{} {path}`\n\n{} — {}\n",
+                verb.to_uppercase(),
+                operation["summary"].as_str().unwrap_or_default(),
+                one_line(operation["description"].as_str().unwrap_or_default()),
+            );
+            let parameters = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !parameters.is_empty() {
+                page.push_str("\n| parameter | in | meaning |\n|---|---|---|\n");
+                for parameter in parameters {
+                    let _ = writeln!(
+                        page,
+                        "| `{}` | {} | {} |",
+                        parameter["name"].as_str().unwrap_or_default(),
+                        parameter["in"].as_str().unwrap_or_default(),
+                        one_line(parameter["description"].as_str().unwrap_or_default())
+                    );
+                }
+            }
+            if operation.get("requestBody").is_some() {
+                page.push_str("\nThe body is the request message, as JSON.\n");
+            }
+        }
     }
     page
 }
