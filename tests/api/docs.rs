@@ -537,19 +537,7 @@ async fn scrape(address: std::net::SocketAddr) -> String {
 /// its summary, which `mdbook build` checks).
 #[test]
 fn the_links_of_the_book_and_the_readme_resolve() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
-    let mut directories = vec![root.join("docs/src")];
-    while let Some(directory) = directories.pop() {
-        for entry in std::fs::read_dir(directory).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                directories.push(path);
-            } else if path.extension().is_some_and(|extension| extension == "md") {
-                pages.push(path);
-            }
-        }
-    }
+    let pages = crate::helpers::documentation_pages();
     let link = markdown_links();
     let mut broken = Vec::new();
     for page in &pages {

@@ -852,3 +852,21 @@ pub fn promtool_accepts(exposition: &str) {
         String::from_utf8_lossy(&checked.stderr)
     );
 }
+
+/// The README, ARCHITECTURE.md and every page of the book.
+pub fn documentation_pages() -> Vec<PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    let mut directories = vec![root.join("docs/src")];
+    while let Some(directory) = directories.pop() {
+        for entry in std::fs::read_dir(directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                directories.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    pages
+}

@@ -139,20 +139,31 @@ async fn grpcurl_lists_and_describes_through_reflection() {
     assert!(message.contains("Compare-and-swap"), "{message}");
 }
 
-/// The shell block between the README's `<!-- NAME:start -->` and
-/// `<!-- NAME:end -->` markers.
+/// The shell block between the `<!-- NAME:start -->` and `<!-- NAME:end -->`
+/// markers of the README or of a page of the book.
 pub(crate) fn readme_block(name: &str) -> String {
-    let readme = include_str!("../../README.md");
-    let start = readme
+    let page = marked_page(name);
+    let start = page
         .find(&format!("<!-- {name}:start -->"))
         .expect("walk-through start marker");
-    let end = readme
+    let end = page
         .find(&format!("<!-- {name}:end -->"))
         .expect("walk-through end marker");
-    let block = &readme[start..end];
+    let block = &page[start..end];
     let body_start = block.find("```sh\n").expect("a sh code block") + "```sh\n".len();
     let body_end = block.rfind("```").expect("the end of the code block");
     block[body_start..body_end].to_owned()
+}
+
+/// The text of the README or of the page of the book that holds the block
+/// marked `name`.
+pub(crate) fn marked_page(name: &str) -> String {
+    let marker = format!("<!-- {name}:start -->");
+    crate::helpers::documentation_pages()
+        .into_iter()
+        .map(|page| std::fs::read_to_string(page).unwrap())
+        .find(|text| text.contains(&marker))
+        .unwrap_or_else(|| panic!("no page holds the block {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,12 +515,12 @@ async fn acknowledged_activations_from_concurrent_callers_survive_kill_minus_nin
 #[test]
 fn the_readme_example_runtime_is_the_compiled_example() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let block = readme
+    let page = marked_page("example-runtime");
+    let block = page
         .split("<!-- example-runtime:start -->\n```rust\n")
         .nth(1)
         .and_then(|rest| rest.split("```\n<!-- example-runtime:end -->").next())
-        .expect("the README has the example runtime block");
+        .expect("a page has the example runtime block");
     let example = std::fs::read_to_string(root.join("runtime/examples/enforcer.rs")).unwrap();
     assert_eq!(block, example);
 }
