@@ -44,18 +44,26 @@ export function stateName(value, prefix) {
   return String(value ?? '').replace(prefix, '').toLowerCase().replaceAll('_', ' ');
 }
 
-export function table(headings, rows, caption) {
+// A table of `rows` under `headings`. A `stack` table is drawn one block
+// per row on a narrow screen: its cells then need their column's name as
+// `data-label` (see `cells`).
+export function table(headings, rows, caption, { stack = false } = {}) {
   return h(
     'div',
     { class: 'scroll' },
     h(
       'table',
-      {},
+      { class: stack ? 'stack' : null },
       caption ? h('caption', { class: 'visually-hidden' }, caption) : null,
       h('thead', {}, h('tr', {}, headings.map((heading) => h('th', { scope: 'col' }, heading)))),
       h('tbody', {}, rows),
     ),
   );
+}
+
+// The cells of a row of a `stack` table, each labelled with its heading.
+export function cells(headings, values) {
+  return values.map((value, index) => h('td', { 'data-label': headings[index] }, value));
 }
 
 export function facts(pairs) {

@@ -249,6 +249,8 @@ pub struct PolicySummary {
     pub policy: PolicyRef,
     /// Active version and the revision that made it active.
     pub active: Option<(u32, u64)>,
+    /// The active version's label, if it has one.
+    pub active_label: Option<String>,
     /// Open draft.
     pub draft_version: Option<u32>,
     /// Highest version ever created.

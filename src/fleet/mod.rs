@@ -506,6 +506,23 @@ impl Fleet {
             .await
     }
 
+    /// What the namespace's runtimes applied or rejected of each of
+    /// `policies` (a name and its active version, 0: none), from one read
+    /// of the roster.
+    pub async fn policy_statuses(
+        &self,
+        namespace: &Namespace,
+        policies: &[(&PolicyName, u32)],
+    ) -> Result<Vec<PolicyStatus>> {
+        self.with_roster(namespace, |_, roster| {
+            policies
+                .iter()
+                .map(|(name, active)| roster.policy_status(name, *active))
+                .collect()
+        })
+        .await
+    }
+
     /// How the cohort of `rollout`'s current step fares: a live rollout's
     /// from counts kept up to date, an ended one's counted over the view.
     pub async fn progress(&self, rollout: &Rollout) -> Result<Progress> {

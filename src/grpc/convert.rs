@@ -265,9 +265,11 @@ pub fn policy(summary: &PolicySummary) -> proto::Policy {
         name: summary.policy.name.to_string(),
         active_version: summary.active.map_or(0, |(version, _)| version),
         active_revision: summary.active.map_or(0, |(_, revision)| revision),
+        active_label: summary.active_label.clone().unwrap_or_default(),
         draft_version: summary.draft_version.unwrap_or(0),
         latest_version: summary.latest_version,
         schema: summary.schema.as_ref().map(json_to_struct),
+        fleet: None,
     }
 }
 

@@ -6,10 +6,10 @@ use super::convert;
 use super::policy_requests::patch_operation;
 use super::proto;
 use super::rollouts::rollout;
-use super::runtimes::runtime;
+use super::runtimes::{fleet_summary, runtime};
 use crate::domain::chain::Checkpoint;
 use crate::domain::rollout::{Progress, Rollout};
-use crate::domain::runtime::{RuntimeRecord, RuntimeState};
+use crate::domain::runtime::{PolicyStatus, RuntimeRecord, RuntimeState};
 use crate::domain::{
     ActivationOutcome, DraftOutcome, Error, EventRecord, Namespace, Page, PolicySummary,
     PublishOutcome, Result, SchemaViolation, VersionRecord,
@@ -93,9 +93,16 @@ pub(super) fn versions(page: &Page<VersionRecord>) -> proto::ListVersionsRespons
     }
 }
 
-pub(super) fn policies(page: &Page<PolicySummary>) -> proto::ListPoliciesResponse {
+pub(super) fn policies(page: &Page<(PolicySummary, PolicyStatus)>) -> proto::ListPoliciesResponse {
     proto::ListPoliciesResponse {
-        policies: page.items.iter().map(convert::policy).collect(),
+        policies: page
+            .items
+            .iter()
+            .map(|(summary, status)| proto::Policy {
+                fleet: Some(fleet_summary(status)),
+                ..convert::policy(summary)
+            })
+            .collect(),
         next_page_token: page.next_page_token.clone().unwrap_or_default(),
     }
 }

@@ -223,6 +223,17 @@ pub fn runtime(record: &RuntimeRecord, state: RuntimeState) -> proto::Runtime {
     }
 }
 
+/// The counts of a policy's status across the fleet.
+pub fn fleet_summary(status: &PolicyStatus) -> proto::FleetSummary {
+    proto::FleetSummary {
+        runtimes: status.runtimes,
+        applied: status.applied,
+        rejected: status.rejected,
+        pending: status.pending,
+        stale: status.stale,
+    }
+}
+
 /// A policy's status across the fleet.
 pub fn policy_status(
     namespace: &Namespace,

@@ -3,6 +3,7 @@
 
 use crate::domain::chain::Checkpoint;
 use crate::domain::rollout::{Progress, Rollout};
+use crate::domain::runtime::PolicyStatus;
 use crate::domain::{
     AsOf, Error, EventFilter, EventRecord, Namespace, NamespaceScope, Page, PolicyRef,
     PolicySummary, Result, VersionRecord, VersionSelector,
@@ -33,16 +34,39 @@ impl PolicyHub {
             .await
     }
 
-    /// A page of the policies in `scope`.
+    /// A page of the policies in `scope`, each with what the fleet made of
+    /// its active version: what a listing shows of each policy, read once
+    /// for the page instead of once per policy.
     pub async fn list_policies(
         &self,
         scope: &NamespaceScope,
         page_size: u32,
         page_token: &str,
-    ) -> Result<Page<PolicySummary>> {
-        self.repository
+    ) -> Result<Page<(PolicySummary, PolicyStatus)>> {
+        let page = self
+            .repository
             .list_policies(scope, page_size, page_token)
-            .await
+            .await?;
+        let mut statuses = Vec::with_capacity(page.items.len());
+        // The page is ordered by namespace: one roster read per namespace.
+        for run in page
+            .items
+            .chunk_by(|a, b| a.policy.namespace == b.policy.namespace)
+        {
+            let policies: Vec<_> = run
+                .iter()
+                .map(|summary| {
+                    let active = summary.active.map_or(0, |(version, _)| version);
+                    (&summary.policy.name, active)
+                })
+                .collect();
+            let namespace = &run[0].policy.namespace;
+            statuses.extend(self.fleet.policy_statuses(namespace, &policies).await?);
+        }
+        Ok(Page {
+            items: page.items.into_iter().zip(statuses).collect(),
+            next_page_token: page.next_page_token,
+        })
     }
 
     /// A page of the events `filter` selects, newest first.

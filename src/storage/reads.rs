@@ -2,8 +2,8 @@
 //! the keyset-paged listings.
 
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, Order, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, JoinType, Order,
+    QueryFilter, QueryOrder, QuerySelect, RelationDef, sea_query::Expr,
 };
 
 use super::entities::{policies, versions};
@@ -23,23 +23,34 @@ struct VersionCounts {
     policy_id: i64,
     latest: Option<i32>,
     draft: Option<i32>,
+    active_label: Option<String>,
 }
 
-/// Summaries of some policies with one query for all their versions.
+/// Summaries of some policies with one query for all their versions: a
+/// listing of any length costs two queries, the page's rows and this one.
 async fn summaries<C: ConnectionTrait>(
     db: &C,
     rows: Vec<policies::Model>,
 ) -> Result<Vec<PolicySummary>> {
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
     let draft = format!(
-        "MAX(CASE WHEN state = '{}' THEN version END)",
+        "MAX(CASE WHEN versions.state = '{}' THEN versions.version END)",
         VersionState::Draft.as_str()
     );
+    // One version per policy matches, so MAX is that version's label.
+    let active_label =
+        "MAX(CASE WHEN versions.version = policies.active_version THEN versions.label END)";
+    let policy: RelationDef = versions::Entity::belongs_to(policies::Entity)
+        .from(versions::Column::PolicyId)
+        .to(policies::Column::Id)
+        .into();
     let counts = versions::Entity::find()
         .select_only()
         .column(versions::Column::PolicyId)
         .column_as(versions::Column::Version.max(), "latest")
         .column_as(Expr::cust(draft), "draft")
+        .column_as(Expr::cust(active_label), "active_label")
+        .join(JoinType::InnerJoin, policy)
         .filter(versions::Column::PolicyId.is_in(ids))
         .group_by(versions::Column::PolicyId)
         .into_model::<VersionCounts>()
@@ -54,6 +65,7 @@ async fn summaries<C: ConnectionTrait>(
                     .active_version
                     .zip(row.active_revision)
                     .map(|(active, at)| (version(active), revision(at))),
+                active_label: count.and_then(|count| count.active_label.clone()),
                 draft_version: count.and_then(|count| count.draft).map(version),
                 latest_version: count.and_then(|count| count.latest).map_or(0, version),
                 // The document only: a listing compiles no schema.

@@ -17,6 +17,7 @@ use crate::helpers::{
 
 crate::on_both_backends!(
     reports_show_in_the_fleet_view_and_the_policy_status,
+    list_policies_carries_each_active_label_and_fleet_counts,
     a_thousand_runtimes_report_and_every_count_is_exact,
     a_rejected_version_is_not_sent_again,
     bad_runtime_requests_are_refused_and_change_nothing,
@@ -271,6 +272,100 @@ async fn reports_show_in_the_fleet_view_and_the_policy_status(app: TestApp) {
     .await
     .expect("the closed stream shows as disconnected");
     assert_eq!(ids(&disconnected), ["eu-1"]);
+}
+
+/// What a listing shows of each policy comes with it, so a client draws
+/// the list from one call instead of two per policy.
+async fn list_policies_carries_each_active_label_and_fleet_counts(app: TestApp) {
+    app.draft("team", "limits", json!({"max": 1})).await;
+    app.publish("team", "limits", "1.0.0", true).await;
+    app.draft("team", "limits", json!({"max": 2})).await;
+    app.publish("team", "limits", "1.1.0", true).await;
+    app.draft("team", "limits", json!({"max": 3})).await;
+    app.release("team", "unlabelled", json!({}), true).await;
+    app.draft("team", "unreleased", json!({})).await;
+    app.draft("ops", "limits", json!({})).await;
+    app.publish("ops", "limits", "2.0.0", true).await;
+    let _eu = watch_as(&app.bundle, "team", &[], "eu-1", &[])
+        .await
+        .unwrap();
+    let _us = watch_as(&app.bundle, "team", &[], "us-1", &[])
+        .await
+        .unwrap();
+    let _only = watch_as(&app.bundle, "team", &["limits"], "only-limits", &[])
+        .await
+        .unwrap();
+    let revision = 4;
+    report(
+        &app.bundle,
+        "team",
+        "eu-1",
+        revision,
+        vec![applied("limits", 2)],
+    )
+    .await
+    .unwrap();
+    report(
+        &app.bundle,
+        "team",
+        "us-1",
+        revision,
+        vec![rejected("limits", 2, "max must be below 2")],
+    )
+    .await
+    .unwrap();
+
+    // Pages of two, so one page spans both namespaces.
+    let mut shown = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .policy
+            .clone()
+            .list_policies(proto::ListPoliciesRequest {
+                page_size: 2,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list policies")
+            .into_inner();
+        for policy in page.policies {
+            let fleet = policy.fleet.expect("the fleet's counts");
+            shown.push((
+                format!("{}/{}", policy.namespace, policy.name),
+                policy.active_version,
+                policy.active_label,
+                policy.draft_version,
+                (fleet.runtimes, fleet.applied, fleet.rejected, fleet.pending),
+            ));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let label = String::from;
+    assert_eq!(
+        shown,
+        [
+            ("ops/limits".into(), 1, label("2.0.0"), 0, (0, 0, 0, 0)),
+            ("team/limits".into(), 2, label("1.1.0"), 3, (3, 1, 1, 1)),
+            ("team/unlabelled".into(), 1, label(""), 0, (2, 0, 0, 2)),
+            ("team/unreleased".into(), 0, label(""), 1, (2, 0, 0, 2)),
+        ]
+    );
+    let status = policy_status(&app, "team", "limits").await;
+    assert_eq!(
+        (
+            status.runtimes,
+            status.applied,
+            status.rejected,
+            status.pending
+        ),
+        (3, 1, 1, 1),
+        "the listing counts as GetPolicyStatus does"
+    );
 }
 
 async fn a_thousand_runtimes_report_and_every_count_is_exact(app: TestApp) {

@@ -2,8 +2,10 @@
 // who changed what, when and why.
 
 import { get, paths } from '../api.js';
-import { h, link, route, stateName, table, time } from '../dom.js';
+import { cells, h, link, route, stateName, table, time } from '../dom.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
+
+const HEADINGS = ['Time', 'Kind', 'Policy', 'Versions', 'Revision', 'Actor', 'Reason'];
 
 let kinds = null;
 
@@ -57,23 +59,21 @@ export async function events(view, [namespace], query, { crumbs }) {
   };
   more.addEventListener('click', async () => show(await get(`${paths.namespace(namespace)}/events`, { ...filter, pageToken })));
   show(first);
-  const log = table(['Time', 'Kind', 'Policy', 'Versions', 'Revision', 'Actor', 'Reason'], [], `Events of ${namespace}`);
+  const log = table(HEADINGS, [], `Events of ${namespace}`, { stack: true });
   log.querySelector('tbody').replaceWith(rows);
   view.append(h('h1', {}, `Events of ${namespace}`), namespaceTabs(namespace, 'Events'), filters, h('h2', { class: 'visually-hidden' }, 'Events'), log, h('div', { class: 'actions' }, more));
 }
 
 function eventRow(namespace) {
-  return (event) => h(
-    'tr',
-    {},
-    h('td', {}, time(event.at)),
-    h('td', {}, stateName(event.kind, 'EVENT_KIND_')),
-    h('td', {}, event.name ? link(route('namespaces', namespace, 'policies', event.name), event.name) : '—'),
-    h('td', {}, versions(event)),
-    h('td', {}, event.revision ?? '—'),
-    h('td', {}, event.actor ?? '—'),
-    h('td', {}, event.reason ?? ''),
-  );
+  return (event) => h('tr', {}, cells(HEADINGS, [
+    time(event.at),
+    stateName(event.kind, 'EVENT_KIND_'),
+    event.name ? link(route('namespaces', namespace, 'policies', event.name), event.name) : '—',
+    versions(event),
+    event.revision ?? '—',
+    event.actor ?? '—',
+    event.reason ?? '',
+  ]));
 }
 
 function versions(event) {

@@ -1,13 +1,19 @@
 // Namespaces and their policies: what is active (version, label,
-// revision), whether a draft is open, and how the fleet took it.
+// revision), whether a draft is open, and how the fleet took it. All of it
+// comes with the listing, a page of up to 500 policies per call, so the
+// page costs one call per 500 policies instead of two per policy.
 
-import { all, get, paths } from '../api.js';
+import { all, paths } from '../api.js';
 import { h, link, route, table, tabs } from '../dom.js';
+
+// The most policies the API returns in one page (its default
+// limits.max_page_size; a server set lower answers in more pages).
+const LISTING_PAGE = 500;
 
 export async function home(view, _params, _query, { crumbs }) {
   crumbs([]);
   document.title = 'Namespaces · policyhub';
-  const policies = await all('policies', 'policies');
+  const policies = await all('policies', 'policies', { pageSize: LISTING_PAGE });
   const namespaces = Map.groupBy(policies, (policy) => policy.namespace);
   view.append(h('h1', {}, 'Namespaces'));
   if (namespaces.size === 0) {
@@ -17,7 +23,7 @@ export async function home(view, _params, _query, { crumbs }) {
     view.append(
       h('section', { 'aria-labelledby': `ns-${namespace}` },
         h('h2', { id: `ns-${namespace}` }, link(route('namespaces', namespace), namespace)),
-        await policyTable(namespace, members)),
+        policyTable(namespace, members)),
     );
   }
 }
@@ -25,11 +31,11 @@ export async function home(view, _params, _query, { crumbs }) {
 export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
   crumbs(namespaceCrumbs(namespace));
   document.title = `${namespace} · policyhub`;
-  const policies = await all(`${paths.namespace(namespace)}/policies`, 'policies');
+  const policies = await all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE });
   view.append(
     h('h1', {}, namespace),
     namespaceTabs(namespace, 'Policies'),
-    policies.length ? await policyTable(namespace, policies) : h('p', {}, 'No policy in this namespace.'),
+    policies.length ? policyTable(namespace, policies) : h('p', {}, 'No policy in this namespace.'),
   );
 }
 
@@ -47,25 +53,20 @@ export function namespaceCrumbs(namespace, ...last) {
   return [['Namespaces', route()], [namespace, route('namespaces', namespace)], ...last.map((entry) => [entry].flat())];
 }
 
-async function policyTable(namespace, policies) {
-  const rows = await Promise.all(policies.map(async (policy) => {
-    const base = paths.policy(namespace, policy.name);
+function policyTable(namespace, policies) {
+  const rows = policies.map((policy) => {
     const active = policy.activeVersion ?? 0;
-    const [version, status] = await Promise.all([
-      active ? get(`${base}/versions/${active}`) : null,
-      get(`${base}/status`),
-    ]);
     return h(
       'tr',
       {},
       h('th', { scope: 'row' }, link(route('namespaces', namespace, 'policies', policy.name), policy.name)),
       h('td', {}, active ? `v${active}` : h('span', { class: 'muted' }, 'none')),
-      h('td', {}, version?.label || h('span', { class: 'muted' }, '—')),
+      h('td', {}, policy.activeLabel || h('span', { class: 'muted' }, '—')),
       h('td', {}, policy.activeRevision ?? '—'),
       h('td', {}, policy.draftVersion ? link(route('namespaces', namespace, 'policies', policy.name) + `?version=${policy.draftVersion}`, `v${policy.draftVersion}`) : h('span', { class: 'muted' }, 'none')),
-      h('td', {}, link(route('namespaces', namespace, 'policies', policy.name, 'fleet'), fleetSummary(status))),
+      h('td', {}, link(route('namespaces', namespace, 'policies', policy.name, 'fleet'), fleetSummary(policy.fleet ?? {}))),
     );
-  }));
+  });
   return table(['Policy', 'Active', 'Label', 'Revision', 'Draft', 'Fleet'], rows, `Policies of ${namespace}`);
 }
 
