@@ -5,13 +5,18 @@
 //! independent verifier in Python built from the README's definition.
 //! Events written before the chain are sealed when the server starts.
 
+use policyhub::grpc::proto::{self, get_version_request::Selector};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
+use tonic::Code;
 
 use crate::cli::{Run, policyhub};
-use crate::helpers::{Backend, TestApp, spawn_on, target};
+use crate::helpers::{Backend, TestApp, expect_code, spawn_on, target};
 
-crate::on_both_backends!(untouched_history_verifies_and_each_rewrite_names_the_first_broken_event);
+crate::on_both_backends!(
+    untouched_history_verifies_and_each_rewrite_names_the_first_broken_event,
+    a_rewritten_version_body_is_refused_as_data_loss_and_fails_the_live_verify_log,
+);
 
 /// Runs SQL on a connection of its own, as a DBA would.
 async fn sql(db: &DatabaseConnection, statements: &[&str]) {
@@ -224,4 +229,65 @@ async fn events_written_before_the_chain_are_sealed_at_start() {
         verifies(&app).stdout.ends_with(&head),
         "sealed to the same chain"
     );
+}
+
+/// A published version's body rewritten in the database, its guard off:
+/// GetVersion and ListVersions refuse it as DATA_LOSS rather than show a
+/// digest computed from the rewritten body as the signed one, and the live
+/// `verify-log` fails naming the version.
+async fn a_rewritten_version_body_is_refused_as_data_loss_and_fails_the_live_verify_log(
+    app: TestApp,
+) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    policyhub(&app, &["verify-log"]).success();
+
+    let db = app.sql().await;
+    let disable: &[&str] = match app.database.backend {
+        Backend::Sqlite => &["DROP TRIGGER versions_guard_update"],
+        Backend::Postgres => &["ALTER TABLE versions DISABLE TRIGGER USER"],
+    };
+    sql(&db, disable).await;
+    sql(
+        &db,
+        &["UPDATE versions SET body = '{\"max\":100}' WHERE version = 1"],
+    )
+    .await;
+    db.close().await.ok();
+
+    let run = policyhub(&app, &["verify-log"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("team/limits version 1"),
+        "{}",
+        run.stderr
+    );
+
+    let get = |version: u32| {
+        let mut client = app.policy.clone();
+        async move {
+            client
+                .get_version(proto::GetVersionRequest {
+                    namespace: "team".into(),
+                    name: "limits".into(),
+                    selector: Some(Selector::Version(version)),
+                })
+                .await
+        }
+    };
+    let message = expect_code(get(1).await, Code::DataLoss);
+    assert!(message.contains("its signature covers"), "{message}");
+    let listed = app
+        .policy
+        .clone()
+        .list_versions(proto::ListVersionsRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await;
+    expect_code(listed, Code::DataLoss);
+    let untouched = get(2).await.expect("version 2 is as signed").into_inner();
+    assert_eq!(untouched.version, 2);
 }
