@@ -61,3 +61,45 @@ impl Repository {
         extends_last_checkpoint(&self.db).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    /// The list the start-up check reads is every trigger the migrations
+    /// leave, no more and no fewer: a migration that adds one without
+    /// listing it fails here, not silently in production.
+    #[tokio::test]
+    async fn the_migrations_list_every_trigger_they_leave_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = super::super::sqlite_repository(&dir.path().join("hub.db")).await;
+        assert_eq!(
+            repository.missing_immutability_triggers().await.unwrap(),
+            Vec::<String>::new()
+        );
+        let mut present: Vec<(String, String)> = repository
+            .db
+            .query_all_raw(Statement::from_string(
+                repository.db.get_database_backend(),
+                "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'",
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row.try_get::<String>("", "tbl_name").unwrap(),
+                    row.try_get::<String>("", "name").unwrap(),
+                )
+            })
+            .collect();
+        present.sort();
+        let mut listed: Vec<(String, String)> =
+            policyhub_migrations::immutability_triggers(sea_orm::DatabaseBackend::Sqlite)
+                .iter()
+                .map(|(table, trigger)| (table.to_string(), trigger.to_string()))
+                .collect();
+        listed.sort();
+        assert_eq!(present, listed);
+    }
+}
