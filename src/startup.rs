@@ -142,6 +142,25 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
     Ok(Authentication::Tokens(Box::new(authenticator)))
 }
 
+/// Refuses a database whose immutability triggers are not all in place:
+/// while one was off, history may have been rewritten, and serving it
+/// would sign checkpoints over whatever it now holds.
+async fn refuse_unguarded_history(repository: &storage::Repository) -> anyhow::Result<()> {
+    let missing = repository.missing_immutability_triggers().await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve: {} immutability triggers are missing or disabled ({}), so history \
+         may have been rewritten while they were off; restore the database from a backup taken \
+         before, or recreate them as the migrations define them (on postgresql `alter table … \
+         enable trigger` re-enables a disabled one), start again and check the whole log with \
+         `policyhub verify-log`",
+        missing.len(),
+        missing.join(", ")
+    )
+}
+
 /// Opens and migrates the database named by the settings.
 pub async fn open_database(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
     prepare_data_dir(settings)?;
@@ -184,6 +203,8 @@ impl Application {
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
         let repository = storage::Repository::open(db).await?;
+        refuse_unguarded_history(&repository).await?;
+        repository.count_refused_checkpoints_in(crate::metrics::global().checkpoints_refused());
         let sealed = repository.seal_events().await?;
         if sealed > 0 {
             tracing::info!(
@@ -191,6 +212,11 @@ impl Application {
                 "sealed the events written before the hash chain"
             );
         }
+        // Bounded: only the events since the newest checkpoint are read.
+        repository
+            .verify_since_last_checkpoint()
+            .await
+            .context("refusing to serve a history rewritten since its last signed checkpoint")?;
         let fleet = Fleet::new(
             repository.clone(),
             Writers::of(&repository),
@@ -542,9 +568,6 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
 /// outage takes replicas out of rotation (readiness) without restarting them.
 pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
 
-/// Reports NOT_SERVING while the database does not answer a ping within the
-/// interval (a ping waiting out the pool's acquire timeout would hide a short
-/// outage), and SERVING again at the first ping that succeeds.
 /// Signs a checkpoint whenever the newest is older than half of
 /// `interval`, checking twice per interval; a database that does not answer
 /// within it leaves the served checkpoint to age.
@@ -562,6 +585,10 @@ async fn refresh_checkpoints(hub: PolicyHub, interval: std::time::Duration) {
     }
 }
 
+/// Reports NOT_SERVING while the database does not answer a ping within the
+/// interval (a ping waiting out the pool's acquire timeout would hide a short
+/// outage), and SERVING again at the first ping that succeeds; NOT_SERVING
+/// for good once a checkpoint was refused over a rewritten log.
 async fn watch_database(
     health: HealthReporter,
     repository: storage::Repository,
@@ -576,13 +603,23 @@ async fn watch_database(
         ticker.tick().await;
         let ping = repository.ping();
         let reachable = matches!(tokio::time::timeout(interval, ping).await, Ok(Ok(())));
-        if serving == Some(reachable) {
+        // A replica that refused to sign over a rewritten log serves a
+        // history it cannot vouch for: out of rotation until an operator acts.
+        let refused = repository.refused_checkpoints();
+        let healthy = reachable && refused == 0;
+        if serving == Some(healthy) {
             continue;
         }
-        let status = if reachable {
+        let status = if healthy {
             tonic_health::ServingStatus::Serving
-        } else {
+        } else if !reachable {
             tracing::error!("the database does not answer: reporting not serving");
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tracing::error!(
+                refused,
+                "the event log does not extend the last signed checkpoint: reporting not serving"
+            );
             tonic_health::ServingStatus::NotServing
         };
         for service in [
@@ -592,10 +629,10 @@ async fn watch_database(
         ] {
             health.set_service_status(service, status).await;
         }
-        if reachable && serving == Some(false) {
+        if healthy && serving == Some(false) {
             tracing::info!("the database answers again: reporting serving");
         }
-        serving = Some(reachable);
+        serving = Some(healthy);
     }
 }
 

@@ -5,6 +5,7 @@
 //! edited, only followed by a new one.
 
 pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DatabaseBackend;
 
 mod m20261121_000001_create_tables;
 mod m20261121_000002_immutability_triggers;
@@ -39,5 +40,44 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_checkpoints::Migration),
             Box::new(m20261125_000001_runtimes_last_seen_index::Migration),
         ]
+    }
+}
+
+/// Every immutability trigger the migrations leave in place, as `(table,
+/// trigger)`: what the server checks at start, since a history whose guard
+/// was dropped may have been rewritten. A migration that adds, replaces or
+/// drops one of them updates this list.
+pub fn immutability_triggers(backend: DatabaseBackend) -> &'static [(&'static str, &'static str)] {
+    match backend {
+        DatabaseBackend::Postgres => &[
+            ("versions", "versions_guard_update"),
+            ("versions", "versions_refuse_delete"),
+            ("versions", "versions_refuse_truncate"),
+            ("versions", "versions_requirements_fixed"),
+            ("policies", "policies_active_is_published"),
+            ("events", "events_guard_update"),
+            ("events", "events_refuse_delete"),
+            ("events", "events_refuse_truncate"),
+            ("signing_keys", "signing_keys_refuse_change"),
+            ("signing_keys", "signing_keys_refuse_truncate"),
+            ("checkpoints", "checkpoints_refuse_change"),
+            ("checkpoints", "checkpoints_refuse_truncate"),
+        ],
+        _ => &[
+            ("versions", "versions_guard_update"),
+            ("versions", "versions_guard_replace"),
+            ("versions", "versions_refuse_delete"),
+            ("versions", "versions_requirements_fixed"),
+            ("policies", "policies_active_is_published_insert"),
+            ("policies", "policies_active_is_published_update"),
+            ("events", "events_guard_replace"),
+            ("events", "events_refuse_update"),
+            ("events", "events_refuse_delete"),
+            ("signing_keys", "signing_keys_guard_replace"),
+            ("signing_keys", "signing_keys_refuse_update"),
+            ("signing_keys", "signing_keys_refuse_delete"),
+            ("checkpoints", "checkpoints_refuse_update"),
+            ("checkpoints", "checkpoints_refuse_delete"),
+        ],
     }
 }

@@ -3,6 +3,9 @@
 //! `list-events`, `list-checkpoints` and `get-signing-keys` wrote, checks
 //! the hash chain from the first event to the last and every checkpoint's
 //! signature and statement, naming the first thing that does not hold.
+//! Against the server it also reads every version and checks that each
+//! published one's body is the one its signature covers, as an export's
+//! check does.
 
 use std::path::Path;
 
@@ -16,13 +19,14 @@ use super::document;
 use super::failure::{Reply, Unusable, What};
 use super::inspect::{collect, list_checkpoints};
 use super::output::{Output, descriptors, print_json};
-use crate::domain::chain;
+use crate::domain::{PolicyBody, chain};
 use crate::grpc::archive;
-use crate::grpc::convert::{event_record, jwks};
+use crate::grpc::convert::{event_record, jwks, struct_to_json};
 use crate::grpc::proto::{
     self, bundle_service_client::BundleServiceClient, policy_service_client::PolicyServiceClient,
 };
 use crate::signing::{Jwks, verify_checkpoint};
+use policyhub_runtime::bundle::{Envelope, verify_envelope};
 
 /// Verifies the chain of every event and every checkpoint (the whole log
 /// needs `*:reader`).
@@ -46,7 +50,88 @@ pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<
         .get_signing_keys(proto::GetSigningKeysRequest {})
         .await
         .reply("fetching the signing keys")?;
-    verify(&events, Some((&checkpoints, &jwks(&keys))), output)
+    let jwks = jwks(&keys);
+    verify_versions(&client, &jwks).await?;
+    verify(&events, Some((&checkpoints, &jwks)), output)
+}
+
+/// A refusal of the server to present stored history as signed (DATA_LOSS)
+/// is the log's failure, not the call's.
+fn history_reply<T>(
+    reply: Result<tonic::Response<T>, tonic::Status>,
+    action: &str,
+) -> anyhow::Result<T> {
+    match reply {
+        Err(status) if status.code() == tonic::Code::DataLoss => {
+            Err(Unusable::new(What::Log, status.message().to_owned()).into())
+        }
+        reply => Ok(reply.reply(action)?),
+    }
+}
+
+/// Checks every published version the server holds: its body's digest,
+/// computed here, is the one its JWS signs for its policy and number, under
+/// one of the server's keys.
+async fn verify_versions(
+    client: &PolicyServiceClient<AuthChannel>,
+    jwks: &Jwks,
+) -> anyhow::Result<()> {
+    let policies = collect(u32::MAX, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = proto::ListPoliciesRequest {
+            page_size,
+            page_token,
+            ..Default::default()
+        };
+        async move {
+            let page = client
+                .list_policies(request)
+                .await
+                .reply("listing policies")?;
+            Ok((page.policies, page.next_page_token))
+        }
+    })
+    .await?;
+    for policy in policies {
+        let versions = collect(u32::MAX, |page_size, page_token| {
+            let mut client = client.clone();
+            let request = proto::ListVersionsRequest {
+                namespace: policy.namespace.clone(),
+                name: policy.name.clone(),
+                page_size,
+                page_token,
+            };
+            async move {
+                let page =
+                    history_reply(client.list_versions(request).await, "listing the versions")?;
+                Ok((page.versions, page.next_page_token))
+            }
+        })
+        .await?;
+        for version in versions
+            .into_iter()
+            .filter(|version| !version.jws.is_empty())
+        {
+            let name = format!(
+                "{}/{} version {}",
+                version.namespace, version.name, version.version
+            );
+            let unverified = |why: String| Unusable::new(What::Log, format!("{name}: {why}"));
+            let body = struct_to_json("body", version.body.unwrap_or_default())
+                .and_then(|body| PolicyBody::parse("body", body, usize::MAX))
+                .map_err(|error| unverified(error.to_string()))?;
+            let envelope = Envelope {
+                namespace: &version.namespace,
+                name: &version.name,
+                version: version.version,
+                digest: body.digest().as_str(),
+            };
+            verify_envelope(&version.jws, &envelope, jwks).map_err(|why| {
+                unverified(format!("the served body is not the signed one: {why}"))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads `file` (whose text is `text`) as the protobuf JSON of the message

@@ -114,6 +114,49 @@ pub fn verify(events: &[EventRecord]) -> Result<(String, usize), Broken> {
     Ok((previous, events.len()))
 }
 
+/// Whether the log from a signed checkpoint on extends it: `events` is the
+/// log in id order from the checkpoint's last event (included; every event
+/// for a checkpoint of the empty log), `before` the id and stored hash of
+/// the event before them. Only the events since the checkpoint are read,
+/// so the check stays as short as the log written since. The head the log
+/// reaches, or why it does not extend the checkpoint: its last event gone,
+/// rewritten (its hash no longer the signed head), or a later link broken.
+pub fn extends(
+    checkpoint: &Checkpoint,
+    before: (u64, &str),
+    events: &[EventRecord],
+) -> Result<String, String> {
+    let signed_last = checkpoint.last_event_id;
+    let stored_head = match events.first() {
+        _ if signed_last == 0 => before.1,
+        Some(first) if first.id == signed_last => first.hash.as_str(),
+        _ => return Err(format!("its last event {signed_last} is not in the log")),
+    };
+    if stored_head != checkpoint.chain_head {
+        return Err(format!(
+            "it states chain head {:?} at event {signed_last}, the log has {stored_head:?}",
+            checkpoint.chain_head
+        ));
+    }
+    let mut previous = before.1.to_owned();
+    let mut after = (before.0 > 0).then_some(before.0);
+    for event in events {
+        let computed = link(&previous, event);
+        if computed != event.hash {
+            return Err(Broken {
+                id: event.id,
+                after,
+                stored: event.hash.clone(),
+                computed,
+            }
+            .to_string());
+        }
+        previous = computed;
+        after = Some(event.id);
+    }
+    Ok(previous)
+}
+
 /// Whether the log confirms what a signed checkpoint states: `events` is
 /// the verified log in id order; the checkpoint's chain head must be the
 /// hash of its last event there, and its revision the newest any event up
@@ -201,6 +244,47 @@ mod tests {
         }));
         let hash = crate::domain::Digest::of_canonical(expected.as_bytes()).to_string();
         assert_eq!(link(GENESIS, &event(7, "why")), hash);
+    }
+
+    fn checkpoint_at(log: &[EventRecord], last_event_id: u64) -> Checkpoint {
+        Checkpoint {
+            id: 1,
+            revision: last_event_id,
+            last_event_id,
+            chain_head: log[last_event_id as usize - 1].hash.clone(),
+            at: Utc.with_ymd_and_hms(2026, 11, 23, 19, 41, 48).unwrap(),
+            key_id: "k".into(),
+            jws: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_log_that_extends_the_signed_checkpoint_passes() {
+        let log = chained(5);
+        let checkpoint = checkpoint_at(&log, 3);
+        let before = (2, log[1].hash.as_str());
+        assert_eq!(
+            extends(&checkpoint, before, &log[2..]),
+            Ok(log[4].hash.clone())
+        );
+
+        let mut rewritten = log.clone();
+        rewritten[2].reason = "rewritten".into();
+        let why = extends(&checkpoint, before, &rewritten[2..]).unwrap_err();
+        assert!(why.starts_with("event 3 does not follow event 2"), "{why}");
+
+        let mut resealed = rewritten;
+        resealed[2].hash = link(&log[1].hash, &resealed[2]);
+        let why = extends(&checkpoint, before, &resealed[2..]).unwrap_err();
+        assert!(why.starts_with("it states chain head"), "{why}");
+
+        let why = extends(&checkpoint, before, &log[3..]).unwrap_err();
+        assert_eq!(why, "its last event 3 is not in the log");
+
+        let mut later = log.clone();
+        later[4].reason = "rewritten".into();
+        let why = extends(&checkpoint, before, &later[2..]).unwrap_err();
+        assert!(why.starts_with("event 5 does not follow event 4"), "{why}");
     }
 
     #[test]

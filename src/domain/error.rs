@@ -57,6 +57,10 @@ pub enum Error {
     /// A fault of the service itself, never of the caller.
     #[error("{0}")]
     Internal(String),
+    /// What the database holds contradicts what was signed: history was
+    /// rewritten behind the service, which refuses to present it as signed.
+    #[error("{0}")]
+    DataLoss(String),
 }
 
 /// The rule behind a `FailedPrecondition`: the `type` of its

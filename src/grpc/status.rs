@@ -18,6 +18,7 @@ fn code_of(error: &Error) -> Code {
         Error::TooLarge(_) | Error::ResourceExhausted { .. } => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
+        Error::DataLoss(_) => Code::DataLoss,
     }
 }
 
@@ -123,6 +124,12 @@ fn to_status(error: Error) -> Status {
             tracing::error!(error = %message, "internal error");
             Status::internal("internal error; the server log has the details")
         }
+        // An operator must hear of a rewritten history even when only a
+        // reader ran into it.
+        Error::DataLoss(_) => {
+            tracing::error!(error = %message, "stored history contradicts its signatures");
+            Status::new(code, message)
+        }
         _ => Status::new(code, message),
     }
 }
@@ -160,6 +167,7 @@ mod tests {
             ),
             (Error::Unavailable("database".into()), Code::Unavailable),
             (Error::Internal("bug".into()), Code::Internal),
+            (Error::DataLoss("rewritten".into()), Code::DataLoss),
         ];
         for (error, code) in cases {
             let text = error.to_string();
@@ -243,6 +251,7 @@ mod tests {
             (Error::exhausted("x"), Code::ResourceExhausted),
             (Error::Unavailable("x".into()), Code::Unavailable),
             (Error::Internal("x".into()), Code::Internal),
+            (Error::DataLoss("x".into()), Code::DataLoss),
         ];
         for (error, code) in table {
             assert_eq!(to_status(error.clone()).code(), code, "{error:?}");

@@ -76,6 +76,8 @@ pub struct Metrics {
     fleet: fleet::Instruments,
     schedule_firings: Family<OutcomeLabel, Counter>,
     schedules_paused_by_refusal: Gauge,
+    /// Checkpoints refused over a log that does not extend the last one.
+    checkpoints_refused: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -171,6 +173,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Schedules a refused firing paused and no operator resumed yet",
         schedules_paused_by_refusal.clone(),
     );
+    let checkpoints_refused = Counter::default();
+    registry.register(
+        "checkpoints_refused",
+        "Checkpoints refused because the event log does not extend the last signed one",
+        checkpoints_refused.clone(),
+    );
     registry.register(
         "watch_delivery_seconds",
         "From applying a revision to handing its update to a watch stream",
@@ -192,6 +200,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         },
         schedule_firings,
         schedules_paused_by_refusal,
+        checkpoints_refused,
     }
 });
 
@@ -219,6 +228,11 @@ impl Metrics {
     /// The gauge of schedules paused by a refused firing.
     pub fn schedules_paused_by_refusal(&self) -> Gauge {
         self.schedules_paused_by_refusal.clone()
+    }
+
+    /// The count of checkpoints refused over a rewritten log.
+    pub fn checkpoints_refused(&self) -> Counter {
+        self.checkpoints_refused.clone()
     }
 
     /// The instruments the active index feeds.

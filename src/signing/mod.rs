@@ -225,6 +225,31 @@ pub fn claims_for(
     }
 }
 
+/// The digest a bundle's JWS signed, read without checking the signature:
+/// the service holds its stored bodies to what it signed, while a client
+/// checks the signature itself against the published keys.
+pub fn signed_digest(jws: &str) -> crate::domain::Result<String> {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        digest: String,
+    }
+    let unreadable = |why: String| {
+        crate::domain::Error::DataLoss(format!("a stored signature is unreadable: {why}"))
+    };
+    let payload = jws
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| unreadable("it is not a compact JWS".into()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|error| unreadable(error.to_string()))?;
+    let signed: Signed =
+        serde_json::from_slice(&bytes).map_err(|error| unreadable(error.to_string()))?;
+    Ok(signed.digest)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -242,6 +267,18 @@ mod tests {
             &[],
             chrono::Utc::now(),
         )
+    }
+
+    #[test]
+    fn the_signed_digest_is_read_from_the_payload() {
+        let (key, _) = SigningKey::generate().unwrap();
+        let claims = sample_claims();
+        let jws = key.sign(&claims).unwrap();
+        assert_eq!(signed_digest(&jws).unwrap(), claims.digest);
+        assert!(matches!(
+            signed_digest("not a jws"),
+            Err(crate::domain::Error::DataLoss(_))
+        ));
     }
 
     #[test]

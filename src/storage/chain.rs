@@ -21,7 +21,7 @@ const CHAIN_LOCK: i64 = 7_240_533;
 
 /// The id and hash of the last event (below `below`): 0 and the genesis
 /// for an empty log.
-async fn tip<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<(u64, String)> {
+pub(super) async fn tip<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<(u64, String)> {
     let mut query = events::Entity::find();
     if let Some(below) = below {
         query = query.filter(events::Column::Id.lt(below));

@@ -9,12 +9,15 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::chain::tip;
 use super::entities::checkpoints;
+use super::entities::events;
+use super::events::record as event_record;
 use super::paging::Paging;
 use super::rows::{db_revision, now, revision};
 use super::transaction::{CheckpointSigner, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
-use crate::domain::{AsOf, Page, Result};
+use crate::domain::{AsOf, Error, Page, Result, chain};
 use crate::signing::CheckpointClaims;
 
 fn record(row: checkpoints::Model) -> Checkpoint {
@@ -29,7 +32,7 @@ fn record(row: checkpoints::Model) -> Checkpoint {
     }
 }
 
-async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
+pub(super) async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
     Ok(checkpoints::Entity::find()
         .order_by(checkpoints::Column::Id, Order::Desc)
         .one(db)
@@ -46,6 +49,33 @@ pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Ch
         .into_iter()
         .map(record)
         .collect())
+}
+
+/// Checks that the log from the newest checkpoint on extends it: the
+/// checkpoint's last event still hashes to the head it signed, and every
+/// event since links to it. DATA_LOSS naming the break otherwise.
+pub(super) async fn extends_last_checkpoint<C: ConnectionTrait>(db: &C) -> Result<()> {
+    let Some(checkpoint) = newest(db).await? else {
+        return Ok(());
+    };
+    let last = db_revision(checkpoint.last_event_id);
+    let before = tip(db, Some(last)).await?;
+    let since = events::Entity::find()
+        .filter(events::Column::Id.gte(last))
+        .order_by(events::Column::Id, Order::Asc)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(event_record)
+        .collect::<Result<Vec<_>>>()?;
+    chain::extends(&checkpoint, (before.0, &before.1), &since).map_err(|why| {
+        Error::DataLoss(format!(
+            "the event log does not extend the last signed checkpoint (revision {}, event {}): \
+             {why}",
+            checkpoint.revision, checkpoint.last_event_id
+        ))
+    })?;
+    Ok(())
 }
 
 impl Transaction {
@@ -88,6 +118,43 @@ impl Transaction {
 }
 
 impl Repository {
+    /// Signs and writes a checkpoint of the chain as `tx` leaves it, at
+    /// `revision_in_force`, once the log is seen to extend the newest
+    /// checkpoint; refuses (DATA_LOSS, logged and counted) to sign over a
+    /// history rewritten since.
+    pub(super) async fn sign_checkpoint(
+        &self,
+        tx: &Transaction,
+        revision_in_force: u64,
+        signer: &CheckpointSigner,
+    ) -> Result<Checkpoint> {
+        // The chain's lock first: no event lands between the check and the
+        // signature.
+        tx.chain_tip().await?;
+        if let Err(error) = extends_last_checkpoint(&tx.txn).await {
+            self.checkpoints.refuse(&error);
+            return Err(error);
+        }
+        tx.write_checkpoint(revision_in_force, signer).await
+    }
+
+    /// How many checkpoints this replica refused to sign because the log
+    /// does not extend the last signed one.
+    pub fn refused_checkpoints(&self) -> u64 {
+        self.checkpoints
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts refused checkpoints in `metric` too; set once, for every
+    /// clone.
+    pub fn count_refused_checkpoints_in(
+        &self,
+        metric: prometheus_client::metrics::counter::Counter,
+    ) {
+        let _ = self.checkpoints.refused_metric.set(metric);
+    }
+
     /// Makes every revision's transaction sign a checkpoint with `signer`;
     /// set once, for every clone.
     pub fn sign_checkpoints_with(&self, signer: CheckpointSigner) {
@@ -132,7 +199,7 @@ impl Repository {
                 {
                     return Ok(newest);
                 }
-                tx.write_checkpoint(current, &signer).await
+                self.sign_checkpoint(tx, current, &signer).await
             })
             .await?;
         self.checkpoints.publish(checkpoint.clone());

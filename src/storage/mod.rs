@@ -8,6 +8,7 @@ mod entities;
 mod errors;
 mod events;
 mod idempotency;
+mod integrity;
 mod keys;
 mod listener;
 mod paging;

@@ -86,11 +86,23 @@ pub(super) fn version_record(
         }),
         _ => None,
     };
+    let body = PolicyBody::from_canonical(model.body)?;
+    if let Some(publication) = &publication {
+        let signed = crate::signing::signed_digest(&publication.jws)?;
+        if body.digest().as_str() != signed {
+            return Err(Error::DataLoss(format!(
+                "{policy} version {}: the stored body's digest is {}, its signature covers {signed}: \
+                 the database was changed behind the service",
+                model.version,
+                body.digest()
+            )));
+        }
+    }
     Ok(VersionRecord {
         policy: policy.clone(),
         version: version(model.version),
         state: model.state.parse()?,
-        body: PolicyBody::from_canonical(model.body)?,
+        body,
         label: label(model.label.as_deref())?,
         change_notes: model.change_notes,
         created_by: model.created_by,

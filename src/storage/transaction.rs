@@ -65,6 +65,11 @@ pub(super) struct Checkpoints {
     pub(super) signer: OnceLock<CheckpointSigner>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
+    /// How many checkpoints this replica refused to sign over a log that
+    /// does not extend the last signed one: health reports it.
+    pub(super) refused: AtomicU64,
+    /// The process's count of them, once the metrics are wired in.
+    pub(super) refused_metric: OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Checkpoints {
@@ -73,6 +78,16 @@ impl Checkpoints {
         let mut newest = self.newest.write().expect("checkpoint lock");
         if newest.as_ref().is_none_or(|held| held.id < checkpoint.id) {
             *newest = Some(checkpoint);
+        }
+    }
+
+    /// Notes a checkpoint refused because the log does not extend the last
+    /// signed one, loudly: nothing else stops until an operator acts.
+    pub(super) fn refuse(&self, error: &Error) {
+        tracing::error!(%error, "refusing to sign a checkpoint");
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(metric) = self.refused_metric.get() {
+            metric.inc();
         }
     }
 
@@ -275,7 +290,7 @@ impl Repository {
             let taken = transaction.revision_taken.load(Ordering::Relaxed);
             let checkpoint = match self.checkpoints.signer() {
                 Some(signer) if taken > 0 => {
-                    Some(transaction.write_checkpoint(taken, signer).await?)
+                    Some(self.sign_checkpoint(&transaction, taken, signer).await?)
                 }
                 _ => None,
             };

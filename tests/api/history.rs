@@ -5,13 +5,23 @@
 //! independent verifier in Python built from the README's definition.
 //! Events written before the chain are sealed when the server starts.
 
+use policyhub::grpc::proto::{self, get_version_request::Selector};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
+use tonic::Code;
 
 use crate::cli::{Run, policyhub};
-use crate::helpers::{Backend, TestApp, spawn_on, target};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, expect_code, spawn_on, target, test_settings,
+};
 
-crate::on_both_backends!(untouched_history_verifies_and_each_rewrite_names_the_first_broken_event);
+crate::on_both_backends!(
+    untouched_history_verifies_and_each_rewrite_names_the_first_broken_event,
+    a_rewritten_version_body_is_refused_as_data_loss_and_fails_the_live_verify_log,
+    a_server_refuses_to_start_on_a_database_whose_immutability_triggers_are_off,
+    a_server_refuses_to_start_on_a_log_rewritten_since_its_last_checkpoint,
+    no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back,
+);
 
 /// Runs SQL on a connection of its own, as a DBA would.
 async fn sql(db: &DatabaseConnection, statements: &[&str]) {
@@ -209,11 +219,15 @@ async fn events_written_before_the_chain_are_sealed_at_start() {
     }
     let head = verifies(&app).stdout.rsplit_once(' ').unwrap().1.to_owned();
     let db = app.sql().await;
+    // The guard put back, as the migration to the chain left it: a server
+    // refuses to start on a database whose guards are off.
+    let definition = events_guard_definition(&db, Backend::Sqlite).await;
     sql(
         &db,
         &[
             "DROP TRIGGER events_refuse_update",
             "UPDATE events SET hash = NULL",
+            &definition,
         ],
     )
     .await;
@@ -224,4 +238,242 @@ async fn events_written_before_the_chain_are_sealed_at_start() {
         verifies(&app).stdout.ends_with(&head),
         "sealed to the same chain"
     );
+}
+
+/// A published version's body rewritten in the database, its guard off:
+/// GetVersion and ListVersions refuse it as DATA_LOSS rather than show a
+/// digest computed from the rewritten body as the signed one, and the live
+/// `verify-log` fails naming the version.
+async fn a_rewritten_version_body_is_refused_as_data_loss_and_fails_the_live_verify_log(
+    app: TestApp,
+) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    policyhub(&app, &["verify-log"]).success();
+
+    let db = app.sql().await;
+    let disable: &[&str] = match app.database.backend {
+        Backend::Sqlite => &["DROP TRIGGER versions_guard_update"],
+        Backend::Postgres => &["ALTER TABLE versions DISABLE TRIGGER USER"],
+    };
+    sql(&db, disable).await;
+    sql(
+        &db,
+        &["UPDATE versions SET body = '{\"max\":100}' WHERE version = 1"],
+    )
+    .await;
+    db.close().await.ok();
+
+    let run = policyhub(&app, &["verify-log"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("team/limits version 1"),
+        "{}",
+        run.stderr
+    );
+
+    let get = |version: u32| {
+        let mut client = app.policy.clone();
+        async move {
+            client
+                .get_version(proto::GetVersionRequest {
+                    namespace: "team".into(),
+                    name: "limits".into(),
+                    selector: Some(Selector::Version(version)),
+                })
+                .await
+        }
+    };
+    let message = expect_code(get(1).await, Code::DataLoss);
+    assert!(message.contains("its signature covers"), "{message}");
+    let listed = app
+        .policy
+        .clone()
+        .list_versions(proto::ListVersionsRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await;
+    expect_code(listed, Code::DataLoss);
+    let untouched = get(2).await.expect("version 2 is as signed").into_inner();
+    assert_eq!(untouched.version, 2);
+}
+
+/// The guard of events' rows off: dropped on SQLite, disabled on
+/// PostgreSQL. What `guard_events_again` undoes.
+async fn events_unguarded(db: &DatabaseConnection, backend: Backend) {
+    match backend {
+        Backend::Sqlite => sql(db, &["DROP TRIGGER events_refuse_update"]).await,
+        Backend::Postgres => {
+            sql(
+                db,
+                &["ALTER TABLE events DISABLE TRIGGER events_guard_update"],
+            )
+            .await
+        }
+    }
+}
+
+/// Puts the guard of events' rows back as the migrations made it;
+/// `definition` is what SQLite held before it was dropped.
+async fn guard_events_again(db: &DatabaseConnection, backend: Backend, definition: &str) {
+    match backend {
+        Backend::Sqlite => sql(db, &[definition]).await,
+        Backend::Postgres => {
+            sql(
+                db,
+                &["ALTER TABLE events ENABLE TRIGGER events_guard_update"],
+            )
+            .await
+        }
+    }
+}
+
+/// The SQL that made the SQLite guard of events' rows ("" on PostgreSQL).
+async fn events_guard_definition(db: &DatabaseConnection, backend: Backend) -> String {
+    if backend == Backend::Postgres {
+        return String::new();
+    }
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE name = 'events_refuse_update'",
+        ))
+        .await
+        .unwrap()
+        .expect("the guard exists");
+    row.try_get::<String>("", "sql").unwrap()
+}
+
+/// The newest event's reason changed, as a DBA would.
+const REWRITE_NEWEST_EVENT: &str =
+    "UPDATE events SET reason = 'rewritten' WHERE id = (SELECT MAX(id) FROM events)";
+
+/// Why a server does not start on `database`.
+async fn start_refused(database: &TestDatabase) -> String {
+    match policyhub::startup::Application::build(test_settings(database)).await {
+        Ok(_) => panic!("the server started"),
+        Err(error) => format!("{error:#}"),
+    }
+}
+
+/// A stopped server's database with a guard dropped and another disabled:
+/// the server refuses to start, naming each and how to recover.
+async fn a_server_refuses_to_start_on_a_database_whose_immutability_triggers_are_off(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let database = app.stop().await;
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    let off: &[&str] = match database.backend {
+        Backend::Sqlite => &[
+            "DROP TRIGGER events_refuse_update",
+            "DROP TRIGGER versions_guard_update",
+        ],
+        Backend::Postgres => &[
+            "DROP TRIGGER events_guard_update ON events",
+            "ALTER TABLE versions DISABLE TRIGGER versions_guard_update",
+        ],
+    };
+    sql(&db, off).await;
+    db.close().await.ok();
+    let why = start_refused(&database).await;
+    let events_guard = match database.backend {
+        Backend::Sqlite => "events_refuse_update on events",
+        Backend::Postgres => "events_guard_update on events",
+    };
+    for named in [
+        "2 immutability triggers are missing or disabled",
+        events_guard,
+        "versions_guard_update on versions",
+        "restore the database from a backup",
+    ] {
+        assert!(why.contains(named), "{named}: {why}");
+    }
+}
+
+/// The newest event rewritten while the server was stopped, its guard put
+/// back afterwards: the server refuses to start on a log that no longer
+/// extends its last signed checkpoint.
+async fn a_server_refuses_to_start_on_a_log_rewritten_since_its_last_checkpoint(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    let database = app.stop().await;
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    let definition = events_guard_definition(&db, database.backend).await;
+    events_unguarded(&db, database.backend).await;
+    sql(&db, &[REWRITE_NEWEST_EVENT]).await;
+    guard_events_again(&db, database.backend, &definition).await;
+    db.close().await.ok();
+    let why = start_refused(&database).await;
+    assert!(
+        why.contains("the event log does not extend the last signed checkpoint"),
+        "{why}"
+    );
+}
+
+/// The newest events rewritten behind a running server's back: the next
+/// revision is refused with DATA_LOSS rather than signed over the rewritten
+/// log, no checkpoint is added, and health reports the replica not serving.
+async fn no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back(app: TestApp) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    let db = app.sql().await;
+    let checkpoints = async || {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n, MAX(last_event_id) AS last FROM checkpoints",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            row.try_get::<i64>("", "n").unwrap(),
+            row.try_get::<i64>("", "last").unwrap(),
+        )
+    };
+    let signed = checkpoints().await;
+    events_unguarded(&db, app.database.backend).await;
+    sql(&db, &[REWRITE_NEWEST_EVENT]).await;
+
+    let refused = app.try_activate(vec![target("team", "limits", 1)]).await;
+    let message = expect_code(refused, Code::DataLoss);
+    assert!(
+        message.contains("does not extend the last signed checkpoint"),
+        "{message}"
+    );
+    assert_eq!(
+        checkpoints().await,
+        signed,
+        "nothing signed over the rewrite"
+    );
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut status = None;
+    for _ in 0..50 {
+        status = health
+            .check(HealthCheckRequest {
+                service: "policyhub.v1.PolicyService".into(),
+            })
+            .await
+            .ok()
+            .map(|response| response.into_inner().status);
+        if status == Some(ServingStatus::NotServing as i32) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(ServingStatus::NotServing as i32));
+    db.close().await.ok();
 }
