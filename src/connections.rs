@@ -206,6 +206,29 @@ impl Listener {
             tokio::spawn(handle(connection));
         }
     }
+
+    /// Serves HTTP/1.1 on every connection until aborted, each request
+    /// answered by `handle`.
+    pub async fn serve_http<F, Fut, B>(self, handle: F)
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let port = self.port;
+        self.serve(|connection| {
+            let handle = handle.clone();
+            async move {
+                let tracker = connection.tracker();
+                if let Err(error) = serve_http1(connection, tracker, handle).await {
+                    tracing::debug!(port, %error, "connection ended");
+                }
+            }
+        })
+        .await
+    }
 }
 
 /// Lets a warning through at most every [`LOG_EVERY`].
@@ -501,7 +524,7 @@ where
 pub async fn serve_http1<IO, F, Fut, B>(io: IO, tracker: Tracker, handle: F) -> hyper::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,

@@ -29,7 +29,7 @@ use tower_service::Service;
 use self::routes::{Route, routes, set_from_text};
 use self::status::{Failure, error_response, json_response};
 pub use self::status::{http_status, status_json};
-use crate::connections::{Listener, serve_http1};
+use crate::connections::Listener;
 use crate::grpc::watch_message::{GRPC_PREFIX_LEN, put_grpc_prefix};
 
 /// A response body: a whole JSON document, or a stream of events.
@@ -84,19 +84,9 @@ impl Gateway {
     /// Serves HTTP/1.1 on `listener` until the task is aborted.
     pub async fn serve(self, listener: Listener) {
         listener
-            .serve(|connection| {
+            .serve_http(move |request| {
                 let gateway = self.clone();
-                async move {
-                    let tracker = connection.tracker();
-                    let served = serve_http1(connection, tracker, move |request| {
-                        let gateway = gateway.clone();
-                        async move { gateway.handle(request).await }
-                    })
-                    .await;
-                    if let Err(error) = served {
-                        tracing::debug!(%error, "http connection ended");
-                    }
-                }
+                async move { gateway.handle(request).await }
             })
             .await
     }

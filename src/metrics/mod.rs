@@ -46,7 +46,7 @@ use tokio::net::TcpListener;
 
 pub use rpc::RpcMetricsLayer;
 
-use crate::connections::{Listener, serve_http1};
+use crate::connections::Listener;
 
 use crate::fleet;
 use crate::watch::{ActiveIndex, Instruments};
@@ -327,19 +327,9 @@ pub async fn serve(listener: Listener, index: ActiveIndex) {
 /// `render`.
 pub async fn serve_with(listener: Listener, render: Render) {
     listener
-        .serve(|connection| {
-            let render = render.clone();
-            async move {
-                let tracker = connection.tracker();
-                let served = serve_http1(connection, tracker, move |request| {
-                    let response = answer(&request, &render);
-                    async move { response }
-                })
-                .await;
-                if let Err(error) = served {
-                    tracing::debug!(%error, "metrics connection ended");
-                }
-            }
+        .serve_http(move |request| {
+            let response = answer(&request, &render);
+            async move { response }
         })
         .await
 }

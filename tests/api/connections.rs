@@ -73,6 +73,16 @@ async fn held_until_closed(
 
 /// One HTTP/1.1 GET on a fresh connection: its status line.
 async fn http_get(address: SocketAddr, path: &str) -> String {
+    http_get_body(address, path)
+        .await
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One HTTP/1.1 GET on a fresh connection: the whole reply.
+async fn http_get_body(address: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream
         .write_all(
@@ -83,11 +93,7 @@ async fn http_get(address: SocketAddr, path: &str) -> String {
         .expect("send");
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await.expect("a reply");
-    String::from_utf8_lossy(&reply)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    String::from_utf8_lossy(&reply).into_owned()
 }
 
 /// A health check over a fresh gRPC connection.
@@ -262,21 +268,6 @@ async fn a_port_at_its_maximum_closes_new_connections_and_serves_those_it_holds(
         scraped.contains("policyhub_connections_refused_total{port=\"http\"} 1"),
         "{scraped}"
     );
-}
-
-/// One HTTP/1.1 GET on a fresh connection: the whole reply.
-async fn http_get_body(address: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: policyhub\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("send");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.expect("a reply");
-    reply
 }
 
 /// User plus system CPU time of `pid`, in clock ticks.
