@@ -217,6 +217,29 @@ async fn slow_and_idle_connections_are_closed_on_every_port_while_normal_calls_a
             "a call took {during:?} during the attack, {before:?} before"
         );
     }
+    // A kept-alive connection is closed once idle after its response.
+    for (address, path) in [(http, "/openapi.json"), (api, "/healthz")] {
+        let mut kept = TcpStream::connect(address).await.unwrap();
+        kept.write_all(format!("GET {path} HTTP/1.1\r\nhost: policyhub\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(8), kept.read_to_end(&mut reply))
+            .await
+            .unwrap_or_else(|_| panic!("the idle connection to {address} was never closed"))
+            .unwrap();
+        let closed = started.elapsed();
+        assert!(
+            reply.starts_with(b"HTTP/1.1 "),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert!(
+            closed >= Duration::from_millis(1500) && closed <= Duration::from_secs(5),
+            "an idle kept-alive connection to {address} closed after {closed:?}, the timeout is 2 s"
+        );
+    }
     for held in attack {
         let (address, idle, closed) = held.await.unwrap();
         let what = if idle { "an idle" } else { "a slow" };
