@@ -18,7 +18,8 @@ use syn::visit::Visit;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("domain", &[]),
     ("shutdown", &[]),
-    ("config", &["domain"]),
+    ("connections", &[]),
+    ("config", &["domain", "connections"]),
     ("signing", &["domain"]),
     ("watch", &["domain"]),
     ("storage", &["domain", "signing"]),
@@ -33,10 +34,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "grpc",
         &["domain", "config", "signing", "watch", "fleet", "hub"],
     ),
-    ("http", &["grpc", "telemetry", "watch"]),
-    ("metrics", &["grpc", "fleet", "watch"]),
+    ("http", &["grpc", "telemetry", "watch", "connections"]),
+    ("metrics", &["grpc", "fleet", "watch", "connections"]),
     ("telemetry", &["config", "grpc"]),
-    ("agent", &["domain", "http", "metrics"]),
+    ("agent", &["domain", "http", "metrics", "connections"]),
     (
         "startup",
         &[
@@ -54,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "metrics",
             "telemetry",
             "shutdown",
+            "connections",
         ],
     ),
     (
@@ -67,6 +69,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "shutdown",
             "telemetry",
             "agent",
+            "connections",
         ],
     ),
 ];

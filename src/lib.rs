@@ -38,6 +38,8 @@
 //! - [`grpc`]: thin adapters per service, protobuf conversions, the single
 //!   error-to-status mapping (`status`), authentication and authorization
 //!   (`auth`), quotas and the message-size limit.
+//! - [`connections`]: the accept loop every port shares, with its bounds on
+//!   connections that ask for nothing and its backoff when accepts fail.
 //! - [`config`] (settings and request limits), [`telemetry`], [`metrics`],
 //!   [`startup`] (which wires the layers together), [`shutdown`]: running
 //!   the server.
@@ -49,6 +51,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod controller;
 pub mod domain;
 pub mod fleet;

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpSocket};
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 use tonic_health::server::HealthReporter;
 use tower::util::BoxCloneSyncService;
@@ -16,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 use jsonwebtoken::jwk::JwkSet;
 
 use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
+use crate::connections::{Listener, TrackLayer};
 use crate::fleet::{Fleet, Writers};
 use crate::grpc::{
     BundleApi, BundleRoute, PolicyApi,
@@ -307,10 +308,11 @@ impl Application {
                 retention,
             ))
         });
-        let metrics_task = self.metrics_listener.map(|listener| {
-            if let Ok(address) = listener.local_addr() {
+        let metrics_task = self.metrics_listener.map(|tcp| {
+            if let Ok(address) = tcp.local_addr() {
                 tracing::info!(%address, "serving metrics");
             }
+            let listener = listener(tcp, "metrics", &self.settings.connections);
             tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone()))
         });
         let replication_task = (!self.settings.is_sqlite()).then(|| {
@@ -357,12 +359,14 @@ impl Application {
             index.close();
         };
         tracing::info!(address = %self.address, "serving grpc");
+        let grpc_listener = listener(self.listener, "grpc", &self.settings.connections);
         let authentication = self.authentication.clone();
         let authenticate = move |request| authentication.intercept(request);
         // The layer refuses an oversized message from its length prefix with
         // RESOURCE_EXHAUSTED; tonic's own limit, just above, is a backstop.
         let mut server = Server::builder()
             .trace_fn(crate::telemetry::rpc_span)
+            .layer(TrackLayer)
             .layer(crate::metrics::RpcMetricsLayer)
             .layer(MessageLimitLayer { limit: max_message });
         if let Some(tls) = &self.settings.tls {
@@ -372,7 +376,8 @@ impl Application {
         }
         // The HTTP/JSON port hands every request to the same services, behind
         // the same authentication, metrics and message limit.
-        let http_task = self.http_listener.map(|listener| {
+        let connections = self.settings.connections.clone();
+        let http_task = self.http_listener.map(|tcp| {
             let routes = Routes::new(InterceptedService::new(
                 policy_service.clone(),
                 authenticate.clone(),
@@ -386,10 +391,11 @@ impl Application {
                 .layer(MessageLimitLayer { limit: max_message })
                 .service(routes);
             let gateway = Gateway::new(BoxCloneSyncService::new(grpc), max_message);
-            if let Ok(address) = listener.local_addr() {
+            if let Ok(address) = tcp.local_addr() {
                 tracing::info!(%address, "serving http");
             }
-            tokio::spawn(gateway.serve(listener))
+            let http_listener = listener(tcp, "http", &connections);
+            tokio::spawn(gateway.serve(http_listener))
         });
         // Health (for probes) and reflection (for grpcurl) answer without a
         // token unless auth.public_reflection is off; they reveal no policy.
@@ -412,7 +418,7 @@ impl Application {
                 authenticate.clone(),
             ))
             .add_service(InterceptedService::new(bundle_service, authenticate))
-            .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
+            .serve_with_incoming_shutdown(grpc_listener.into_incoming(), shutdown)
             .await;
         health_task.abort();
         reload_task.abort();
@@ -457,6 +463,17 @@ fn controller_instruments() -> crate::controller::Instruments {
     }
 }
 
+/// `tcp` as the port named `port`, with the connection bounds of the
+/// settings and its counts in the metrics.
+fn listener(tcp: TcpListener, port: &'static str, limits: &crate::connections::Limits) -> Listener {
+    Listener::new(
+        tcp,
+        port,
+        limits.clone(),
+        crate::metrics::global().connection_instruments(port),
+    )
+}
+
 fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
@@ -477,14 +494,6 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpSocket> {
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     Ok(socket)
-}
-
-/// The accepted connections, each with TCP_NODELAY: a reply's last frame
-/// (the 10-byte trailers) must not wait for the client's delayed ACK, which
-/// costs ~40 ms per call under Nagle's algorithm. tonic sets it only on
-/// listeners it binds itself.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Forgets idempotency records older than `retention`, checking as often as
@@ -633,24 +642,5 @@ async fn watch_database(
             tracing::info!("the database answers again: reporting serving");
         }
         serving = Some(healthy);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio_stream::StreamExt;
-
-    #[tokio::test]
-    async fn accepted_connections_have_tcp_nodelay() {
-        let listener = bind("127.0.0.1:0".parse().unwrap())
-            .unwrap()
-            .listen(16)
-            .unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
-        let server_side = accepted.next().await.unwrap().unwrap();
-        assert!(server_side.nodelay().unwrap());
     }
 }

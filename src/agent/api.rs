@@ -30,15 +30,15 @@ use anyhow::Context as _;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use policyhub_runtime::RevokeError;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncRead, io::AsyncWrite, net::TcpListener, time::Instant};
+use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
 use super::held::{Followed, Held, InForce, source, state_json};
+use crate::connections::{Listener, Tracker, serve_http1};
 use crate::http::{http_status, semantics, status_json};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -88,35 +88,38 @@ impl Api {
     }
 
     /// Serves HTTP/1.1 (over TLS when given) until aborted.
-    pub async fn serve(self, listener: TcpListener, tls: Option<TlsAcceptor>) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            stream.set_nodelay(true).ok();
-            let api = self.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                match tls {
-                    None => api.connection(stream).await,
-                    Some(tls) => match tls.accept(stream).await {
-                        Ok(stream) => api.connection(stream).await,
-                        Err(error) => tracing::debug!(%error, "tls handshake failed"),
-                    },
+    pub async fn serve(self, listener: Listener, tls: Option<TlsAcceptor>) {
+        listener
+            .serve(|connection| {
+                let api = self.clone();
+                let tls = tls.clone();
+                async move {
+                    let tracker = connection.tracker();
+                    match tls {
+                        None => api.connection(connection, tracker).await,
+                        // The handshake reads through the connection, so its
+                        // header-read deadline bounds it too.
+                        Some(tls) => match tls.accept(connection).await {
+                            Ok(stream) => api.connection(stream, tracker).await,
+                            Err(error) => tracing::debug!(%error, "tls handshake failed"),
+                        },
+                    }
                 }
-            });
-        }
+            })
+            .await
     }
 
-    async fn connection(self, stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) {
-        let service = hyper::service::service_fn(move |request| {
+    async fn connection(
+        self,
+        stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        tracker: Tracker,
+    ) {
+        let served = serve_http1(stream, tracker, move |request| {
             let api = self.clone();
-            async move { Ok::<_, Infallible>(api.handle(request).await) }
-        });
-        if let Err(error) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
+            async move { api.handle(request).await }
+        })
+        .await;
+        if let Err(error) = served {
             tracing::debug!(%error, "agent connection ended");
         }
     }

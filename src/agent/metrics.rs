@@ -12,7 +12,11 @@
 //! - `policyhub_agent_rejections_total{namespace}`: states refused or taken
 //!   back;
 //! - `policyhub_agent_refusals_total{namespace}`: the server's refusals of
-//!   the agent's credentials (the state in force stays meanwhile).
+//!   the agent's credentials (the state in force stays meanwhile);
+//! - `policyhub_agent_accept_errors_total{port}` and
+//!   `policyhub_agent_connections_refused_total{port}`: failed accepts and
+//!   connections over `--api-max-connections` on the `api` and `metrics`
+//!   ports, as the server counts its own.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -24,10 +28,25 @@ use prometheus_client::{
 };
 
 use super::held::Held;
+use crate::metrics::PortLabel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NamespaceLabel {
     namespace: String,
+}
+
+/// The accept loops' counts, by port.
+#[derive(Clone, Default)]
+pub struct PortCounts {
+    accept_errors: Family<PortLabel, Counter>,
+    refused: Family<PortLabel, Counter>,
+}
+
+impl PortCounts {
+    /// What the accept loop of `port` counts.
+    pub fn of(&self, port: &str) -> crate::connections::Instruments {
+        crate::metrics::connection_instruments(&self.accept_errors, &self.refused, port)
+    }
 }
 
 /// The registry, with the gauges read from the held states at each scrape.
@@ -44,7 +63,7 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    pub fn new(held: Arc<Held>) -> Self {
+    pub fn new(held: Arc<Held>, ports: &PortCounts) -> Self {
         let mut root = Registry::default();
         root.register_collector(crate::metrics::process_collector());
         let registry = root.sub_registry_with_prefix("policyhub_agent");
@@ -93,6 +112,16 @@ impl Exposition {
             "refusals",
             "Refusals of the agent's credentials by the server; the state in force stays, and the agent retries",
             exposition.refusals.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Accepts that failed, by port; each is followed by a pause of up to a second",
+            ports.accept_errors.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because their port held --api-max-connections, by port",
+            ports.refused.clone(),
         );
         Exposition {
             registry: root,

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 
 pub use self::files::Command;
 use self::held::Held;
+use crate::connections::Listener;
 
 /// Where the API is served, and to whom.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct ApiSettings {
     pub token: Option<String>,
     /// Certificate chain and private key (PEM) to serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bounds on the connections of the API and metrics ports.
+    pub connections: crate::connections::Limits,
 }
 
 /// What one agent does.
@@ -118,10 +121,14 @@ impl Agent {
         }
         let held = Arc::new(held);
         let mut tasks: Vec<_> = followers.into_iter().map(tokio::spawn).collect();
+        let ports = metrics::PortCounts::default();
+        let limits = &settings.api.connections;
         let api = api::Api::new(held.clone(), settings.api.token.clone());
+        let listener = Listener::new(listener, "api", limits.clone(), ports.of("api"));
         tasks.push(tokio::spawn(api.serve(listener, tls)));
-        if let Some(listener) = metrics_listener {
-            let render = Arc::new(metrics::Exposition::new(held.clone()));
+        if let Some(tcp) = metrics_listener {
+            let render = Arc::new(metrics::Exposition::new(held.clone(), &ports));
+            let listener = Listener::new(tcp, "metrics", limits.clone(), ports.of("metrics"));
             tasks.push(tokio::spawn(crate::metrics::serve_with(
                 listener,
                 Arc::new(move || render.render()),

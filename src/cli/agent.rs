@@ -55,6 +55,18 @@ pub struct AgentArgs {
         requires = "api_tls_cert_file"
     )]
     api_tls_key_file: Option<PathBuf>,
+    /// A new connection to the API or metrics port must send a request's
+    /// headers (after the TLS handshake) within this long, or it is closed.
+    #[arg(long, env = "POLICYHUB_AGENT_API_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    api_header_read_timeout: Duration,
+    /// A connection to the API or metrics port with no request in flight
+    /// for this long is closed (a long poll or event stream is in flight).
+    #[arg(long, env = "POLICYHUB_AGENT_API_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    api_idle_timeout: Duration,
+    /// The most connections the API port (and the metrics port) holds; one
+    /// more is closed at once.
+    #[arg(long, env = "POLICYHUB_AGENT_API_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    api_max_connections: u64,
     /// Where to serve Prometheus metrics [default: not served]
     #[arg(long, env = "POLICYHUB_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -179,6 +191,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             listen: args.listen,
             token: api_token,
             tls: args.api_tls_cert_file.zip(args.api_tls_key_file),
+            connections: crate::connections::Limits {
+                header_read_timeout: args.api_header_read_timeout,
+                idle_timeout: args.api_idle_timeout,
+                max_per_port: usize::try_from(args.api_max_connections).unwrap_or(usize::MAX),
+            },
         },
         metrics_listen: args.metrics_listen,
         render: args.render_dir.map(|dir| Render {

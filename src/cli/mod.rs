@@ -104,7 +104,7 @@ enum Command {
     /// command run after each swap.
     Agent {
         #[command(flatten)]
-        args: agent::AgentArgs,
+        args: Box<agent::AgentArgs>,
     },
     /// Apply pending database migrations and exit (serve also applies them).
     Migrate {
@@ -457,7 +457,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent { args } => {
             let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
-            agent::run(args).await?
+            agent::run(*args).await?
         }
         Command::Migrate { config, overrides } => {
             let settings = Settings::load(config.as_deref(), &overrides)?;

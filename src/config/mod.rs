@@ -51,6 +51,9 @@ pub struct Settings {
     pub signing: SigningSettings,
     /// Request limits.
     pub limits: Limits,
+    /// Bounds on every port's connections: how long one may take to send a
+    /// request, or stay idle, and how many one port holds.
+    pub connections: crate::connections::Limits,
     /// Log format.
     pub log_format: LogFormat,
     /// How often the database is pinged for the health service.
@@ -362,6 +365,7 @@ impl Default for Settings {
             bundle_issuer: "policyhub".into(),
             signing: SigningSettings::default(),
             limits: Limits::default(),
+            connections: crate::connections::Limits::default(),
             log_format: LogFormat::Text,
             health_check_interval: Duration::from_secs(5),
             watch: WatchSettings::default(),
@@ -602,6 +606,11 @@ mod tests {
                 max_page_size: 70,
                 max_text_bytes: 99,
                 max_activation_targets: 3,
+            },
+            connections: crate::connections::Limits {
+                header_read_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(9),
+                max_per_port: 12,
             },
             log_format: LogFormat::Json,
             health_check_interval: Duration::from_millis(1500),

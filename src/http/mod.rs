@@ -21,16 +21,15 @@ use std::{convert::Infallible, sync::Arc};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
-use tokio::net::TcpListener;
 use tonic::Status;
 use tower_service::Service;
 
 use self::routes::{Route, routes, set_from_text};
 use self::status::{Failure, error_response, json_response};
 pub use self::status::{http_status, status_json};
+use crate::connections::Listener;
 use crate::grpc::watch_message::{GRPC_PREFIX_LEN, put_grpc_prefix};
 
 /// A response body: a whole JSON document, or a stream of events.
@@ -83,26 +82,13 @@ impl Gateway {
     }
 
     /// Serves HTTP/1.1 on `listener` until the task is aborted.
-    pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            stream.set_nodelay(true).ok();
-            let gateway = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(error) = served {
-                    tracing::debug!(%error, "http connection ended");
-                }
-            });
-        }
+    pub async fn serve(self, listener: Listener) {
+        listener
+            .serve_http(move |request| {
+                let gateway = self.clone();
+                async move { gateway.handle(request).await }
+            })
+            .await
     }
 
     /// One request: route, transcode, call, transcode back.

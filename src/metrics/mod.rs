@@ -16,7 +16,12 @@
 //! - `policyhub_schedule_firings_total{outcome}`: schedule firings this
 //!   replica made, `applied`, `already_active` or `refused`;
 //! - `policyhub_schedules_paused_by_refusal`: schedules a refused firing
-//!   paused and no operator resumed yet.
+//!   paused and no operator resumed yet;
+//! - `policyhub_accept_errors_total{port}`: accepts that failed on the
+//!   `grpc`, `http` or `metrics` port (at the open-files limit, say), each
+//!   followed by a pause;
+//! - `policyhub_connections_refused_total{port}`: connections closed at once
+//!   because their port held `connections.max_per_port`.
 
 mod exposition;
 mod process;
@@ -31,10 +36,7 @@ use http_body_util::Full;
 use hyper::{
     Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -43,6 +45,8 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 pub use rpc::RpcMetricsLayer;
+
+use crate::connections::Listener;
 
 use crate::fleet;
 use crate::watch::{ActiveIndex, Instruments};
@@ -78,6 +82,31 @@ pub struct Metrics {
     schedules_paused_by_refusal: Gauge,
     /// Checkpoints refused over a log that does not extend the last one.
     checkpoints_refused: Counter,
+    accept_errors: Family<PortLabel, Counter>,
+    connections_refused: Family<PortLabel, Counter>,
+}
+
+/// Labels of a port's connection counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    /// `grpc`, `http`, `metrics` (the agent's: `api`, `metrics`).
+    pub port: String,
+}
+
+/// The connection counts of `port` in the two families, at zero until the
+/// first.
+pub fn connection_instruments(
+    accept_errors: &Family<PortLabel, Counter>,
+    refused: &Family<PortLabel, Counter>,
+    port: &str,
+) -> crate::connections::Instruments {
+    let label = PortLabel {
+        port: port.to_owned(),
+    };
+    crate::connections::Instruments {
+        accept_errors: accept_errors.get_or_create(&label).clone(),
+        refused: refused.get_or_create(&label).clone(),
+    }
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -179,6 +208,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Checkpoints refused because the event log does not extend the last signed one",
         checkpoints_refused.clone(),
     );
+    let accept_errors = Family::<PortLabel, Counter>::default();
+    let connections_refused = Family::<PortLabel, Counter>::default();
+    registry.register(
+        "accept_errors",
+        "Accepts that failed, by port; each is followed by a pause of up to a second",
+        accept_errors.clone(),
+    );
+    registry.register(
+        "connections_refused",
+        "Connections closed at once because their port held connections.max_per_port, by port",
+        connections_refused.clone(),
+    );
     registry.register(
         "watch_delivery_seconds",
         "From applying a revision to handing its update to a watch stream",
@@ -201,6 +242,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         schedule_firings,
         schedules_paused_by_refusal,
         checkpoints_refused,
+        accept_errors,
+        connections_refused,
     }
 });
 
@@ -223,6 +266,11 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .clone()
+    }
+
+    /// What the accept loop of `port` counts.
+    pub fn connection_instruments(&self, port: &str) -> crate::connections::Instruments {
+        connection_instruments(&self.accept_errors, &self.connections_refused, port)
     }
 
     /// The gauge of schedules paused by a refused firing.
@@ -292,35 +340,19 @@ fn answer(request: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>>
 }
 
 /// Serves the server's `/metrics` on `listener` until aborted.
-pub async fn serve(listener: TcpListener, index: ActiveIndex) {
+pub async fn serve(listener: Listener, index: ActiveIndex) {
     serve_with(listener, Arc::new(move || global().render(&index))).await
 }
 
 /// Serves `/metrics` on `listener` until aborted, each scrape written by
 /// `render`.
-pub async fn serve_with(listener: TcpListener, render: Render) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "metrics listener failed to accept");
-                continue;
-            }
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(&request, &render);
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "metrics connection ended");
-            }
-        });
-    }
+pub async fn serve_with(listener: Listener, render: Render) {
+    listener
+        .serve_http(move |request| {
+            let response = answer(&request, &render);
+            async move { response }
+        })
+        .await
 }
 
 /// Binds the metrics port.

@@ -11,6 +11,7 @@ mod checkpoints;
 mod cli;
 mod client_settings;
 mod concurrency;
+mod connections;
 mod console;
 mod docs;
 mod helpers;
