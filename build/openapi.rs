@@ -323,11 +323,28 @@ fn name_constraint(field: &str) -> Option<Value> {
     })
 }
 
-/// semver.org's pattern of a semantic version.
+/// semver.org's pattern of a semantic version, without build metadata,
+/// which a label may not carry (two labels differing only in it would
+/// compare equal).
 const SEMVER: &str = "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\
                       (?:-((?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)\
-                      (?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?\
-                      (?:\\+([0-9a-zA-Z-]+(?:\\.[0-9a-zA-Z-]+)*))?$";
+                      (?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$";
+
+/// A runtime's labels, as Kubernetes writes them: at most 16, keys of at
+/// most 63 characters with an optional DNS prefix, values of at most 63.
+fn runtime_labels() -> Value {
+    json!({
+        "type": "object",
+        "maxProperties": 16,
+        "propertyNames": {
+            "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+        },
+        "additionalProperties": {
+            "type": "string",
+            "pattern": "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+        },
+    })
+}
 
 /// Whether clients write `message`, so that the server's rules on it are
 /// declared (a reply's fields, such as a version's empty label, follow
@@ -371,6 +388,7 @@ fn required_fields(message: &str) -> &'static [&'static str] {
         "RolloutTargetRequest" | "ScheduleTargetRequest" => &["name"],
         "SetScheduleRequest" => &["entries"],
         "ScheduleEntryRequest" => &["name", "cron", "targets"],
+        "DiffVersionsRequest" => &["from_version", "to_version"],
         _ => &[],
     }
 }
@@ -409,18 +427,23 @@ fn query_parameters(
             continue;
         }
         let name = format!("{prefix}{}", field.json_name());
+        let required = required_fields(message.name()).contains(&field.name());
         let mut parameter = json!({
             "name": name,
             "in": "query",
-            "required": false,
+            "required": required,
             "description": comment(&field),
         });
         parameter["schema"] = match field.kind() {
             Kind::Message(entry) if field.is_map() => {
                 parameter["style"] = json!("deepObject");
                 parameter["explode"] = json!(true);
-                json!({"type": "object",
-                       "additionalProperties": scalar(&entry.map_entry_value_field())})
+                if message.name() == "RuntimeIdentity" {
+                    runtime_labels()
+                } else {
+                    json!({"type": "object",
+                           "additionalProperties": scalar(&entry.map_entry_value_field())})
+                }
             }
             Kind::Message(kind) => match well_known(&kind) {
                 Some(schema) => schema,
@@ -455,7 +478,9 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
         schemas.insert(name.clone(), Value::Null);
         let mut properties = Map::new();
         for field in message.fields() {
-            let schema = if field.is_map() {
+            let schema = if field.is_map() && message.name() == "RuntimeIdentity" {
+                runtime_labels()
+            } else if field.is_map() {
                 let Kind::Message(entry) = field.kind() else {
                     unreachable!("a map field is a message of entries")
                 };
