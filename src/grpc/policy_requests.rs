@@ -307,6 +307,21 @@ pub(super) fn patch_operation(operation: &json_patch::PatchOperation) -> proto::
     }
 }
 
+/// The namespaces an export covers: those named, or every one.
+pub(super) fn export_scope(request: &proto::ExportRequest) -> Result<NamespaceScope> {
+    let namespaces = request
+        .namespaces
+        .iter()
+        .enumerate()
+        .map(|(index, namespace)| Namespace::parse(&format!("namespaces[{index}]"), namespace))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(if namespaces.is_empty() {
+        NamespaceScope::All
+    } else {
+        NamespaceScope::Among(namespaces)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! Arbitrary bytes and values through decoding, conversion, body

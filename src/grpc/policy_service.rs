@@ -12,7 +12,7 @@ use super::auth::{Rpc, identify};
 use super::backup;
 use super::policy_replies as reply;
 use super::policy_requests::{
-    activate_command, diff_wanted, discard_command, draft_command, event_filter,
+    activate_command, diff_wanted, discard_command, draft_command, event_filter, export_scope,
     optional_namespace, publish_command, rollback_command, schema_command, version_wanted,
 };
 use super::proto::{self, policy_service_server::PolicyService};
@@ -21,7 +21,7 @@ use super::rollouts::{self, control_wanted};
 use super::runtimes;
 use super::schedules;
 use crate::config::Limits;
-use crate::domain::{Namespace, NamespaceScope};
+use crate::domain::Namespace;
 use crate::hub::{Control, PolicyHub, ScheduleControl};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -63,22 +63,8 @@ impl PolicyService for PolicyApi {
 
     async fn export(&self, request: Request<proto::ExportRequest>) -> Reply<Self::ExportStream> {
         let caller = identify(&request)?;
-        let namespaces = request
-            .get_ref()
-            .namespaces
-            .iter()
-            .enumerate()
-            .map(|(index, namespace)| Namespace::parse(&format!("namespaces[{index}]"), namespace))
-            .collect::<Result<Vec<_>, _>>()?;
-        let scope = if namespaces.is_empty() {
-            caller.authorize_everywhere(Rpc::Export)?;
-            NamespaceScope::All
-        } else {
-            for namespace in &namespaces {
-                caller.authorize(Rpc::Export, namespace)?;
-            }
-            NamespaceScope::Among(namespaces)
-        };
+        let scope = export_scope(request.get_ref())?;
+        caller.authorize_scope(Rpc::Export, &scope)?;
         let archive = self.hub.export(&scope).await?;
         Ok(Response::new(archive::chunks(archive::encode(&archive))))
     }

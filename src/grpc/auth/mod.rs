@@ -221,6 +221,18 @@ impl Identified {
         Ok(self.context())
     }
 
+    /// Refuses unless the caller may call `rpc` in every namespace of
+    /// `scope` (everywhere, for all of them).
+    pub fn authorize_scope(&self, rpc: Rpc, scope: &NamespaceScope) -> Result<()> {
+        match scope {
+            NamespaceScope::All => self.caller.authorize_everywhere(rpc),
+            NamespaceScope::One(namespace) => self.caller.authorize(rpc, namespace),
+            NamespaceScope::Among(namespaces) => namespaces
+                .iter()
+                .try_for_each(|namespace| self.caller.authorize(rpc, namespace)),
+        }
+    }
+
     /// Admits the caller to a listing: of the namespace it asked for (when
     /// allowed), or of every namespace it may read.
     pub fn admit_listing(&self, rpc: Rpc, namespace: Option<Namespace>) -> Result<NamespaceScope> {
