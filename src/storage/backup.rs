@@ -18,7 +18,7 @@ impl Repository {
             return Err(Error::refused_by(
                 Precondition::State,
                 "this server stores its data in PostgreSQL: back it up with pg_dump \
-                 (see \"Backup and restore\" in the README)",
+                 (see \"Backup and restore\" in the book, docs/src/guides/backup.md)",
             ));
         }
         let target = path

@@ -47,7 +47,7 @@ impl Role {
 }
 
 impl Role {
-    /// Every role, in the order of the README's table.
+    /// Every role, in the order of the authentication guide's table.
     pub const ALL: [Role; 6] = [
         Role::Reader,
         Role::Author,
@@ -330,15 +330,16 @@ mod tests {
     }
 
     /// Each RPC's comment in the proto (what `grpcurl describe` shows) and
-    /// the README's role table name the role the server requires.
+    /// the role table of the book's authentication guide name the role the
+    /// server requires.
     #[test]
-    fn the_proto_and_the_readme_name_the_role_the_server_requires() {
+    fn the_proto_and_the_auth_guide_name_the_role_the_server_requires() {
         let comments = method_comments();
-        let readme = include_str!("../../../README.md");
-        let table: Vec<(Role, &str)> = readme
+        let guide = include_str!("../../../docs/src/guides/auth.md");
+        let table: Vec<(Role, &str)> = guide
             .split("| role | may |\n|---|---|\n")
             .nth(1)
-            .expect("the README has the role table")
+            .expect("the guide has the role table")
             .lines()
             .take_while(|line| line.starts_with('|'))
             .map(|line| {
