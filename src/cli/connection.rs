@@ -282,28 +282,12 @@ impl Connection {
         }
         // The TCP connect has its own timeout; this one also bounds a server
         // that accepts the connection and never speaks HTTP/2.
-        let channel = match tokio::time::timeout(resolved.connect_timeout, endpoint.connect()).await
-        {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(source)) => {
-                return Err(Unreachable {
-                    server: resolved.server,
-                    source: source.into(),
-                }
-                .into());
-            }
-            Err(_) => {
-                return Err(Unreachable {
-                    server: resolved.server,
-                    source: format!(
-                        "no answer within {} (--connect-timeout)",
-                        humantime::format_duration(resolved.connect_timeout)
-                    )
-                    .into(),
-                }
-                .into());
-            }
-        };
+        let channel = connected_within(
+            &resolved.server,
+            resolved.connect_timeout,
+            endpoint.connect(),
+        )
+        .await?;
         let bearer = resolved
             .token
             .map(|token| {
@@ -315,4 +299,31 @@ impl Connection {
             .transpose()?;
         Ok(InterceptedService::new(channel, BearerToken(bearer)))
     }
+}
+
+/// The channel `connecting` makes within `timeout`, or the server named
+/// unreachable. The TCP connect has its own timeout; this one also bounds a
+/// server that accepts the connection and never speaks HTTP/2.
+pub(super) async fn connected_within<E>(
+    server: &str,
+    timeout: std::time::Duration,
+    connecting: impl std::future::Future<Output = Result<Channel, E>>,
+) -> anyhow::Result<Channel>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let source = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(channel)) => return Ok(channel),
+        Ok(Err(source)) => source.into(),
+        Err(_) => format!(
+            "no answer within {} (--connect-timeout)",
+            humantime::format_duration(timeout)
+        )
+        .into(),
+    };
+    Err(Unreachable {
+        server: server.to_owned(),
+        source,
+    }
+    .into())
 }

@@ -26,7 +26,7 @@ use tonic_health::pb::{
 };
 
 use super::connection::Connection;
-use super::failure::{Reply, Unreachable, Unusable, Usage, What};
+use super::failure::{Reply, Unusable, Usage, What};
 
 /// Arguments of `policyhub health`.
 #[derive(Debug, clap::Args)]
@@ -57,23 +57,9 @@ pub async fn health(connection: &Connection, args: HealthArgs) -> anyhow::Result
         None => None,
     };
     let connecting = unverified_channel(uri, identity, &resolved);
-    let channel = match tokio::time::timeout(resolved.connect_timeout, connecting).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(source)) => {
-            return Err(Unreachable {
-                server: resolved.server,
-                source: source.into(),
-            }
-            .into());
-        }
-        Err(_) => {
-            return Err(Unreachable {
-                server: resolved.server,
-                source: "no answer within the connect timeout (--connect-timeout)".into(),
-            }
-            .into());
-        }
-    };
+    let channel =
+        super::connection::connected_within(&resolved.server, resolved.connect_timeout, connecting)
+            .await?;
     check(HealthClient::new(channel), args.service).await
 }
 

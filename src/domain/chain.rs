@@ -96,8 +96,20 @@ impl std::fmt::Display for Broken {
 /// Verifies `events`, in id order, from the start of the log; the head of
 /// the chain and how many events it covers, or the first broken link.
 pub fn verify(events: &[EventRecord]) -> Result<(String, usize), Broken> {
-    let mut previous = GENESIS.to_owned();
-    let mut after = None;
+    let head = verify_after(GENESIS, None, events)?;
+    Ok((head, events.len()))
+}
+
+/// Verifies `events`, in id order, as the links that follow the event
+/// `after` whose hash is `previous`; the head they reach, or the first
+/// broken link.
+fn verify_after(
+    previous: &str,
+    after: Option<u64>,
+    events: &[EventRecord],
+) -> Result<String, Broken> {
+    let mut previous = previous.to_owned();
+    let mut after = after;
     for event in events {
         let computed = link(&previous, event);
         if computed != event.hash {
@@ -111,7 +123,7 @@ pub fn verify(events: &[EventRecord]) -> Result<(String, usize), Broken> {
         previous = computed;
         after = Some(event.id);
     }
-    Ok((previous, events.len()))
+    Ok(previous)
 }
 
 /// Whether the log from a signed checkpoint on extends it: `events` is the
@@ -138,23 +150,8 @@ pub fn extends(
             checkpoint.chain_head
         ));
     }
-    let mut previous = before.1.to_owned();
-    let mut after = (before.0 > 0).then_some(before.0);
-    for event in events {
-        let computed = link(&previous, event);
-        if computed != event.hash {
-            return Err(Broken {
-                id: event.id,
-                after,
-                stored: event.hash.clone(),
-                computed,
-            }
-            .to_string());
-        }
-        previous = computed;
-        after = Some(event.id);
-    }
-    Ok(previous)
+    verify_after(before.1, (before.0 > 0).then_some(before.0), events)
+        .map_err(|broken| broken.to_string())
 }
 
 /// Whether the log confirms what a signed checkpoint states: `events` is
