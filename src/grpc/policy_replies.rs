@@ -18,7 +18,7 @@ use crate::domain::{
 pub(super) fn who_am_i(caller: &Caller, namespace: Option<&Namespace>) -> proto::WhoAmIResponse {
     proto::WhoAmIResponse {
         subject: caller.subject.clone(),
-        grants: caller.grants.iter().map(ToString::to_string).collect(),
+        grants: caller.grants().map(ToString::to_string).collect(),
         allowed_methods: namespace
             .map(|namespace| {
                 caller
