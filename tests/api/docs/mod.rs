@@ -6,8 +6,10 @@
 //! mappings, in `status_codes`). A stale page fails here;
 //! `UPDATE_REFERENCE=1 cargo test --test api docs::` writes them anew.
 //!
-//! Beside them: the links of the book resolve.
+//! Beside them: the links of the book resolve, every runnable shell block
+//! of every page runs (`blocks`).
 
+mod blocks;
 mod status_codes;
 
 use std::collections::BTreeMap;
