@@ -7,9 +7,11 @@
 //! `UPDATE_REFERENCE=1 cargo test --test api docs::` writes them anew.
 //!
 //! Beside them: the links of the book resolve, every runnable shell block
-//! of every page runs (`blocks`).
+//! of every page runs (`blocks`), and the README's map leads to the answers
+//! readers come for (`map`).
 
 mod blocks;
+mod map;
 mod status_codes;
 
 use std::collections::BTreeMap;
