@@ -235,10 +235,16 @@ fn configuration_page() -> String {
          | setting | environment variable | default | meaning |\n|---|---|---|---|\n",
     );
     for (key, default, doc) in rows {
-        let variable = format!("POLICYHUB_{}", key.replace('.', "__").to_uppercase());
+        let variable = |key: &str| format!("POLICYHUB_{}", key.replace('.', "__").to_uppercase());
+        // An entry's key is set with its list's variable, written inline
+        // (`[{issuer = "https://…", audiences = ["policyhub"]}]`).
+        let variable = match key.split_once("[].") {
+            Some((list, _)) => format!("in `{}`", variable(list)),
+            None => format!("`{}`", variable(&key)),
+        };
         let _ = writeln!(
             page,
-            "| `{key}` | `{variable}` | {default} | {} |",
+            "| `{key}` | {variable} | {default} | {} |",
             one_line(&doc)
         );
     }
@@ -258,6 +264,18 @@ fn settings_rows(
         let key = format!("{prefix}{field}");
         let default = &defaults[field.as_str()];
         if docs.contains_key(type_name) {
+            // A list of tables (`[[auth.issuers]]`) lists the keys of one
+            // entry with an entry's defaults.
+            if default.is_array() {
+                let entry = table_defaults(type_name);
+                rows.push((
+                    key.clone(),
+                    "empty".to_owned(),
+                    format!("{doc} Each entry:"),
+                ));
+                settings_rows(type_name, &format!("{key}[]."), &entry, docs, rows);
+                continue;
+            }
             // An unset section (`tls`) lists its keys as unset.
             settings_rows(type_name, &format!("{key}."), default, docs, rows);
             continue;
@@ -271,6 +289,16 @@ fn settings_rows(
             other => format!("`{other}`"),
         };
         rows.push((key, default, doc.clone()));
+    }
+}
+
+/// The defaults of one entry of a list of tables.
+fn table_defaults(type_name: &str) -> serde_json::Value {
+    match type_name {
+        "IssuerSettings" => {
+            serde_json::to_value(policyhub::config::IssuerSettings::default()).unwrap()
+        }
+        other => panic!("no defaults known for an entry of {other}"),
     }
 }
 
@@ -307,13 +335,13 @@ fn field_docs() -> BTreeMap<String, Vec<(String, String, String)>> {
     structs
 }
 
-/// The last segment of a type's path, through `Option<…>`.
+/// The last segment of a type's path, through `Option<…>` and `Vec<…>`.
 fn type_name(ty: &syn::Type) -> String {
     let syn::Type::Path(path) = ty else {
         return String::new();
     };
     let last = path.path.segments.last().unwrap();
-    if last.ident == "Option"
+    if (last.ident == "Option" || last.ident == "Vec")
         && let syn::PathArguments::AngleBracketed(arguments) = &last.arguments
         && let Some(syn::GenericArgument::Type(inner)) = arguments.args.first()
     {
