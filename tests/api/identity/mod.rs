@@ -5,6 +5,7 @@
 //! binary whose log is read.
 
 mod issuer;
+mod spiffe;
 
 use std::{path::PathBuf, time::Duration};
 
