@@ -5,6 +5,7 @@
 //! binary whose log is read.
 
 mod issuer;
+mod workloads;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -22,6 +23,7 @@ use issuer::{Issuer, Key};
 struct Server {
     child: std::process::Child,
     channel: Channel,
+    port: u16,
     metrics: std::net::SocketAddr,
     dir: tempfile::TempDir,
 }
@@ -61,9 +63,14 @@ impl Server {
         Server {
             child,
             channel,
+            port,
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
             dir,
         }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     fn bindings_file(&self) -> PathBuf {
