@@ -37,6 +37,11 @@ the chart's values and validates against values.schema.json. So:
       rendered, are accepted by BINARY: it runs them with --help appended,
       which parses and checks every flag and value before printing the help.
 
+  identity BINARY MANIFEST...
+      The server BINARY starts with the [[auth.issuers]] and bindings.toml of
+      every manifest that has bindings (the pod's files replaced by
+      throwaway ones): it checks them as it would in the cluster.
+
   docs CHART
       Every key of values.yaml has a comment, README.md names every value,
       and its excerpt of the sidecar example holds the example's flags.
@@ -361,6 +366,74 @@ def cmd_flags(args) -> int:
     return 1 if problems or not checked else 0
 
 
+def toml_value(value) -> str:
+    """A value of the rendered configuration as TOML: strings and lists of
+    them as JSON (valid TOML), numbers and booleans as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value)
+
+
+def cmd_identity(args) -> int:
+    """The server starts with each rendered [[auth.issuers]] and bindings.toml:
+    the same checks as in the cluster (a trusted issuer per binding, claims
+    its issuer signs, SPIFFE IDs only with mTLS), with the files of the pod
+    replaced by throwaway ones. Discovery may fail here; that is a warning."""
+    problems, checked = [], 0
+    for manifest in args.manifests:
+        docs = [d for d in yaml.safe_load_all(Path(manifest).read_text()) if d]
+        data = next((d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"), {})
+        if "bindings.toml" not in data:
+            continue
+        auth = tomllib.loads(data["policyhub.toml"]).get("auth", {})
+        spiffe = any("spiffe_id" in b for b in tomllib.loads(data["bindings.toml"]).get("bindings", []))
+        with tempfile.TemporaryDirectory(prefix="lint-chart.") as tmp:
+            tmp = Path(tmp)
+            made = subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", tmp / "key.pem", "-out", tmp / "cert.pem", "-subj", "/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost", "-days", "1"], capture_output=True, text=True)
+            if made.returncode != 0:
+                problems.append(f"openssl: {made.stderr.strip()}")
+                break
+            (tmp / "bindings.toml").write_text(data["bindings.toml"])
+            lines = ['listen = "127.0.0.1:0"', f'data_dir = {json.dumps(str(tmp / "data"))}', "", "[auth]",
+                     f'bindings_file = {json.dumps(str(tmp / "bindings.toml"))}']
+            for entry in auth.get("issuers", []):
+                lines += ["", "[[auth.issuers]]"]
+                for key, value in entry.items():
+                    if key == "ca_file":
+                        value = str(tmp / "cert.pem")
+                    lines.append(f"{key} = {toml_value(value)}")
+            if spiffe:
+                lines += ["", "[tls]"] + [f'{key} = {json.dumps(str(tmp / name))}' for key, name in
+                                           (("cert_file", "cert.pem"), ("key_file", "key.pem"),
+                                            ("client_ca_file", "cert.pem"))]
+            (tmp / "policyhub.toml").write_text("\n".join(lines) + "\n")
+            server = subprocess.Popen([args.binary, "serve", "--config", tmp / "policyhub.toml"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      env={"PATH": "/usr/bin:/bin", "RUST_LOG": "info"})
+            log = []
+            try:
+                for line in server.stderr:
+                    log.append(line.rstrip())
+                    if "serving grpc" in line:
+                        break
+            finally:
+                server.kill()
+                server.wait()
+            checked += 1
+            if not any("serving grpc" in line for line in log):
+                problems.append(f"{manifest}: the server refuses its identity settings: " + "\n".join(log[-5:]))
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{checked} configurations")
+    return 1 if problems or not checked else 0
+
+
 def cmd_docs(args) -> int:
     """Every key of values.yaml has a comment above it (or after it), and every
     value, or one of its parents, is named in `backticks` in README.md."""
@@ -425,6 +498,9 @@ def main() -> int:
     flags = commands.add_parser("flags")
     flags.add_argument("binary")
     flags.add_argument("manifests", nargs="+")
+    identity = commands.add_parser("identity")
+    identity.add_argument("binary")
+    identity.add_argument("manifests", nargs="+")
     commands.add_parser("docs").add_argument("chart")
     commands.add_parser("version")
     args = parser.parse_args()
@@ -433,7 +509,8 @@ def main() -> int:
 
         print(helm_sdkpy.get_version())
         return 0
-    return {"template": cmd_template, "lint": cmd_lint, "verify": cmd_verify, "flags": cmd_flags, "docs": cmd_docs}[args.command](args)
+    return {"template": cmd_template, "lint": cmd_lint, "verify": cmd_verify, "flags": cmd_flags, "identity": cmd_identity,
+            "docs": cmd_docs}[args.command](args)
 
 
 if __name__ == "__main__":
