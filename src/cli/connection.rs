@@ -16,8 +16,11 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
+use secrecy::ExposeSecret as _;
+
 use super::context::{self, Context};
 use super::failure::{Unreachable, Unusable, Usage, What};
+use super::login;
 
 /// The server when nothing names one.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -125,6 +128,8 @@ fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
 pub(super) struct Resolved {
     pub(super) server: String,
     token: Option<String>,
+    /// The context whose sign-in gives the token, when nothing else does.
+    session: Option<(String, Context)>,
     /// Where the token was read from, to read it again (a rotated token).
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
@@ -146,6 +151,20 @@ pub struct RuntimeTarget {
 }
 
 impl Resolved {
+    /// The bearer token: the one named, else the sign-in's ID token,
+    /// renewed when it expires within a minute.
+    async fn token(&self) -> anyhow::Result<Option<String>> {
+        match &self.session {
+            Some((name, context)) => Ok(Some(
+                login::fresh_id_token(name, context)
+                    .await?
+                    .expose_secret()
+                    .to_owned(),
+            )),
+            None => Ok(self.token.clone()),
+        }
+    }
+
     fn tls(&self) -> anyhow::Result<ClientTlsConfig> {
         let mut tls = ClientTlsConfig::new().with_webpki_roots();
         if let Some(ca) = &self.ca_file {
@@ -162,7 +181,7 @@ impl Connection {
     /// The flags, variables and context resolved into one connection's
     /// settings.
     pub(super) fn resolve(&self) -> anyhow::Result<Resolved> {
-        let context: Context = context::load(
+        let (context_name, context): (Option<String>, Context) = context::load(
             self.context
                 .clone()
                 .or_else(|| env("POLICYHUB_CONTEXT"))
@@ -186,6 +205,12 @@ impl Connection {
             (Some(file), _) => Some(read_token(file)?),
             (None, Some(token)) => Some(token.clone()),
             (None, None) => env("POLICYHUB_TOKEN"),
+        };
+        // A token named by a flag, a variable or a token file comes first
+        // (automation); then the sign-in of `policyhub login`.
+        let session = match (&token, context_name) {
+            (None, Some(name)) if context.id_token.is_some() => Some((name, context.clone())),
+            _ => None,
         };
         let cert_file = path(&self.cert_file, "POLICYHUB_CERT_FILE", context.cert_file);
         let key_file = path(&self.key_file, "POLICYHUB_KEY_FILE", context.key_file);
@@ -212,6 +237,7 @@ impl Connection {
         Ok(Resolved {
             server,
             token: token.map(|token| token.trim().to_owned()),
+            session,
             token_file,
             ca_file: path(&self.ca_file, "POLICYHUB_CA_FILE", context.ca_file),
             identity,
@@ -231,9 +257,10 @@ impl Connection {
     }
 
     /// Where and how a runtime subscription connects: the server URL, its
-    /// TLS settings and the token.
-    pub fn runtime_target(&self) -> anyhow::Result<RuntimeTarget> {
-        let resolved = self.resolve()?;
+    /// TLS settings and the token (a sign-in's as it is at the start).
+    pub async fn runtime_target(&self) -> anyhow::Result<RuntimeTarget> {
+        let mut resolved = self.resolve()?;
+        resolved.token = resolved.token().await?;
         let tls = if resolved.server.starts_with("https://") {
             Some(resolved.tls()?)
         } else {
@@ -289,7 +316,8 @@ impl Connection {
         )
         .await?;
         let bearer = resolved
-            .token
+            .token()
+            .await?
             .map(|token| {
                 MetadataValue::try_from(format!("Bearer {token}")).context(Unusable::new(
                     What::Token,

@@ -20,8 +20,10 @@ mod http;
 mod http_events;
 mod http_protocol;
 mod lifecycle;
+mod login;
 mod malformed;
 mod observability;
+mod oidc;
 mod operations;
 mod races;
 
