@@ -195,11 +195,19 @@ pub struct Session {
 /// The session keys of a context, removed by `policyhub logout`.
 const SESSION_KEYS: [&str; 3] = ["id_token", "refresh_token", "expiry"];
 
-/// Writes `session` into context `name`, created if need be, and makes the
-/// context current when no context is.
-pub fn save_session(name: &str, session: &Session) -> anyhow::Result<()> {
+/// Whether saving a session also makes its context current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saving {
+    /// A sign-in: the context becomes current when no context is.
+    SignIn,
+    /// A renewal: nothing else changes.
+    Renewal,
+}
+
+/// Writes `session` into context `name`, created if need be.
+pub fn save_session(name: &str, session: &Session, saving: Saving) -> anyhow::Result<()> {
     edit(|document| {
-        if document.get("current_context").is_none() {
+        if saving == Saving::SignIn && document.get("current_context").is_none() {
             document["current_context"] = toml_edit::value(name);
         }
         let context = context_table(document, name)?;
@@ -262,6 +270,48 @@ fn context_table<'d>(
         .or_insert(toml_edit::Item::Table(toml_edit::Table::new()))
         .as_table_like_mut()
         .ok_or_else(not_a_table)?)
+}
+
+/// An exclusive lock on renewing sessions, released when dropped: two
+/// commands must not both spend the same refresh token, as a provider that
+/// rotates refresh tokens takes the second use for a stolen token and ends
+/// the sign-in. It is `flock` on the file `<client config>.lock`.
+pub struct RenewalLock {
+    _locked: std::fs::File,
+}
+
+/// Waits for the [`RenewalLock`].
+pub async fn lock_renewal() -> anyhow::Result<RenewalLock> {
+    use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
+
+    let Some(config) = config_path() else {
+        return Err(Usage::new(
+            "the client config file has no place: none of POLICYHUB_CLIENT_CONFIG, \
+             XDG_CONFIG_HOME and HOME is set",
+            "set POLICYHUB_CLIENT_CONFIG to the file that keeps the sign-in",
+        )
+        .into());
+    };
+    let mut path = config.into_os_string();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening the lock {}", path.display()))?;
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            Ok(RenewalLock { _locked: file })
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    })
+    .await?
+    .with_context(|| format!("locking {}", path.display()))
 }
 
 /// Rewrites the client config file through `change`, keeping its comments

@@ -24,7 +24,7 @@ use oauth2::{
 };
 use secrecy::SecretString;
 
-use super::context::{self, Context};
+use super::context::{self, Context, Saving};
 use super::failure::{Unusable, Usage, What};
 use super::oidc::{self, Provider};
 
@@ -111,7 +111,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     };
     let session = provider.session(&response, &scopes, None)?;
     let subject = oidc::subject(&session.id_token)?;
-    context::save_session(&name, &session)?;
+    context::save_session(&name, &session, Saving::SignIn)?;
     outln!(
         "signed in to {} as {subject} (context {name})",
         provider.issuer
@@ -230,6 +230,12 @@ async fn loopback_grant(
 
 /// The page the browser shows once it has come back.
 fn page(status: u16, text: &str) -> hyper::Response<Full<Bytes>> {
+    // The provider's error description comes back in the URL: text, not
+    // markup.
+    let text = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     let html = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>policyhub</title>\
          </head><body><p>{text}</p></body></html>"
@@ -359,12 +365,14 @@ async fn revoke(issuer: &str, client_id: &str, refresh_token: &SecretString) -> 
 /// The ID token of context `name`'s session, renewed first (and written
 /// back) when it expires within a minute.
 pub async fn fresh_id_token(name: &str, context: &Context) -> anyhow::Result<SecretString> {
-    let id_token = context
-        .id_token
-        .clone()
-        .ok_or_else(|| expired(name, None))?;
-    let renew_at = chrono::Utc::now() + RENEW_BEFORE;
-    if context.expiry.is_some_and(|expiry| expiry > renew_at) {
+    if let Some(id_token) = unexpired(context) {
+        return Ok(id_token);
+    }
+    // One renewal at a time; another command may have renewed the session
+    // while this one waited.
+    let _lock = context::lock_renewal().await?;
+    let (_, context) = context::load(Some(name))?;
+    if let Some(id_token) = unexpired(&context) {
         return Ok(id_token);
     }
     let (Some(refresh_token), Some(issuer), Some(client_id)) =
@@ -381,8 +389,17 @@ pub async fn fresh_id_token(name: &str, context: &Context) -> anyhow::Result<Sec
     }
     .await
     .map_err(|error| expired(name, Some(&error)))?;
-    context::save_session(name, &renewed)?;
+    context::save_session(name, &renewed, Saving::Renewal)?;
     Ok(renewed.id_token)
+}
+
+/// The ID token of `context`, unless it expires within a minute.
+fn unexpired(context: &Context) -> Option<SecretString> {
+    let renew_at = chrono::Utc::now() + RENEW_BEFORE;
+    context
+        .id_token
+        .clone()
+        .filter(|_| context.expiry.is_some_and(|expiry| expiry > renew_at))
 }
 
 /// The refusal of a session that has expired and cannot be renewed.

@@ -311,6 +311,25 @@ async fn a_device_sign_in_is_kept_renewed_and_ended() {
     assert_eq!(later.code, 0, "{}{}", later.stdout, later.stderr);
     assert_ne!(workstation.setting("id_token").unwrap(), renewed);
 
+    // Commands renewing the session at once take turns: none spends a
+    // refresh token another already spent (the provider would end the
+    // sign-in).
+    let parallel: Vec<Run> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| workstation.run(&server, &["list-policies"])))
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    for run in parallel {
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    }
+    let after_parallel = workstation.run(&server, &["list-policies"]);
+    assert_eq!(
+        after_parallel.code, 0,
+        "{}{}",
+        after_parallel.stdout, after_parallel.stderr
+    );
+
     // Logout revokes the refresh token and removes the session.
     let signed_in = workstation.config_text();
     let refresh_token = workstation.setting("refresh_token").unwrap();
