@@ -389,6 +389,7 @@ fn required_fields(message: &str) -> &'static [&'static str] {
         "SetScheduleRequest" => &["entries"],
         "ScheduleEntryRequest" => &["name", "cron", "targets"],
         "DiffVersionsRequest" => &["from_version", "to_version"],
+        "CheckAccessRequest" => &["method"],
         _ => &[],
     }
 }

@@ -7,20 +7,18 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpSocket};
 use tonic::{
-    service::{Routes, interceptor::InterceptedService},
-    transport::{Certificate, Identity, Server, ServerTlsConfig},
+    service::Routes,
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TlsConnectInfo},
 };
 use tonic_health::server::HealthReporter;
 use tower::util::BoxCloneSyncService;
-
-use jsonwebtoken::jwk::JwkSet;
 
 use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
 use crate::connections::{Listener, TrackLayer};
 use crate::fleet::{Fleet, Writers};
 use crate::grpc::{
     BundleApi, BundleRoute, PolicyApi,
-    auth::{Authentication, Authenticator},
+    auth::{Authenticated, Authentication, Authenticator, bindings::Bindings},
     message_limit::MessageLimitLayer,
     proto::{
         self, bundle_service_server::BundleServiceServer,
@@ -94,20 +92,9 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
     };
-    let secret = match (&auth.jwks_file, &auth.hs256_secret_file) {
+    let local_secret = match (&auth.jwks_file, &auth.hs256_secret_file) {
         (Some(_), Some(_)) => bail!("configure auth.jwks_file or auth.hs256_secret_file, not both"),
-        (Some(path), None) => {
-            let jwks: JwkSet = serde_json::from_str(&read(path)?)
-                .with_context(|| format!("{} is not a JWKS", path.display()))?;
-            let authenticator = Authenticator::with_jwks(
-                &jwks,
-                &auth.issuer,
-                &auth.audience,
-                auth.leeway,
-                &auth.roles_claim,
-            )?;
-            return Ok(Authentication::Tokens(Box::new(authenticator)));
-        }
+        (Some(_), None) => None,
         (None, Some(path)) => {
             let secret = read(path)?.trim().to_owned();
             anyhow::ensure!(
@@ -115,12 +102,14 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
                 "{} holds fewer than 32 bytes: use a longer secret",
                 path.display()
             );
-            secret
+            Some(secret)
         }
+        // OpenID Connect issuers alone: no local issuer.
+        (None, None) if !auth.issuers.is_empty() => None,
         (None, None) => {
             let path = settings.data_dir.join(GENERATED_SECRET_FILE);
             if path.exists() {
-                read(&path)?.trim().to_owned()
+                Some(read(&path)?.trim().to_owned())
             } else {
                 let secret = signing::write_new_secret(&path)?;
                 tracing::warn!(
@@ -129,18 +118,82 @@ fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
                      `policyhub token --data-dir {} --subject <you> --role '*:admin'`",
                     settings.data_dir.display()
                 );
-                secret
+                Some(secret)
             }
         }
     };
-    let authenticator = Authenticator::with_hs256(
-        secret.as_bytes(),
-        &auth.issuer,
-        &auth.audience,
-        auth.leeway,
-        &auth.roles_claim,
-    );
+    let authenticator = Authenticator::new(
+        auth,
+        local_secret.as_deref().map(str::as_bytes),
+        &crate::metrics::global().auth_instruments(),
+    )?;
+    if let Some(path) = &auth.bindings_file {
+        authenticator.set_bindings(load_bindings(settings, &authenticator, path)?);
+    }
     Ok(Authentication::Tokens(Box::new(authenticator)))
+}
+
+/// The role bindings of `path`, checked against the trusted issuers.
+fn load_bindings(
+    settings: &Settings,
+    authenticator: &Authenticator,
+    path: &std::path::Path,
+) -> anyhow::Result<Bindings> {
+    let certificates = settings
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    Bindings::load(
+        path,
+        &authenticator.signed_claims(&settings.auth),
+        certificates,
+    )
+}
+
+/// Reads the role bindings again on SIGHUP and when their file changes
+/// (checked every two seconds; a Kubernetes ConfigMap's update swaps a
+/// symlink, which changes what the path resolves to). A file that does not
+/// load leaves the bindings in force.
+async fn reload_bindings(settings: Settings, authenticator: Authenticator) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(path) = settings.auth.bindings_file.clone() else {
+        return;
+    };
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|metadata| (metadata.modified().ok(), metadata.len()))
+    };
+    let mut hangups = signal(SignalKind::hangup()).ok();
+    let mut seen = stamp(&path);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(hangups) => hangups.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = hangup => {}
+            _ = ticker.tick() => {
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+        }
+        match load_bindings(&settings, &authenticator, &path) {
+            Ok(bindings) => {
+                let count = bindings.names().count();
+                authenticator.set_bindings(bindings);
+                tracing::info!(path = %path.display(), bindings = count, "role bindings reloaded");
+            }
+            Err(error) => tracing::error!(error = %format!("{error:#}"),
+                "role bindings not reloaded; the previous ones stay in force"),
+        }
+    }
 }
 
 /// Refuses a database whose immutability triggers are not all in place:
@@ -286,6 +339,32 @@ impl Application {
             .and_then(|listener| listener.local_addr().ok())
     }
 
+    /// What keeps identities current: each issuer's keys fetched on
+    /// schedule, the role bindings read again when they change, and the
+    /// health of the issuers' keys.
+    fn identity_tasks(&self, health: &HealthReporter) -> Vec<tokio::task::JoinHandle<()>> {
+        let Authentication::Tokens(authenticator) = &self.authentication else {
+            return Vec::new();
+        };
+        let remotes = authenticator.remotes();
+        let mut tasks: Vec<_> = remotes
+            .iter()
+            .map(|remote| tokio::spawn(remote.clone().refresh_forever()))
+            .collect();
+        tasks.push(tokio::spawn(reload_bindings(
+            self.settings.clone(),
+            (**authenticator).clone(),
+        )));
+        if !remotes.is_empty() {
+            tasks.push(tokio::spawn(watch_issuers(
+                health.clone(),
+                remotes,
+                self.settings.health_check_interval(),
+            )));
+        }
+        tasks
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until_stopped(
         self,
@@ -293,11 +372,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_task = tokio::spawn(watch_database(
-            health,
+            health.clone(),
             self.repository.clone(),
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
+        let identity_tasks = self.identity_tasks(&health);
         let checkpoint_task = tokio::spawn(refresh_checkpoints(
             self.hub.clone(),
             self.settings.audit.checkpoint_interval(),
@@ -361,7 +441,6 @@ impl Application {
         tracing::info!(address = %self.address, "serving grpc");
         let grpc_listener = listener(self.listener, "grpc", &self.settings.connections);
         let authentication = self.authentication.clone();
-        let authenticate = move |request| authentication.intercept(request);
         // The layer refuses an oversized message from its length prefix with
         // RESOURCE_EXHAUSTED; tonic's own limit, just above, is a backstop.
         let mut server = Server::builder()
@@ -378,14 +457,8 @@ impl Application {
         // the same authentication, metrics and message limit.
         let connections = self.settings.connections.clone();
         let http_task = self.http_listener.map(|tcp| {
-            let routes = Routes::new(InterceptedService::new(
-                policy_service.clone(),
-                authenticate.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                bundle_service.clone(),
-                authenticate.clone(),
-            ));
+            let routes = Routes::new(guard(policy_service.clone(), &authentication))
+                .add_service(guard(bundle_service.clone(), &authentication));
             let grpc = tower::ServiceBuilder::new()
                 .layer(crate::metrics::RpcMetricsLayer)
                 .layer(MessageLimitLayer { limit: max_message })
@@ -406,22 +479,19 @@ impl Application {
                 .add_service(reflection_v1alpha)
         } else {
             router
-                .add_service(InterceptedService::new(reflection_v1, authenticate.clone()))
-                .add_service(InterceptedService::new(
-                    reflection_v1alpha,
-                    authenticate.clone(),
-                ))
+                .add_service(guard(reflection_v1, &authentication))
+                .add_service(guard(reflection_v1alpha, &authentication))
         };
         let served = router
-            .add_service(InterceptedService::new(
-                policy_service,
-                authenticate.clone(),
-            ))
-            .add_service(InterceptedService::new(bundle_service, authenticate))
+            .add_service(guard(policy_service, &authentication))
+            .add_service(guard(bundle_service, &authentication))
             .serve_with_incoming_shutdown(grpc_listener.into_incoming(), shutdown)
             .await;
         health_task.abort();
         reload_task.abort();
+        identity_tasks
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
         if let Some(task) = http_task {
             task.abort();
         }
@@ -557,6 +627,19 @@ async fn reload_keys_on_sighup(hub: PolicyHub) {
     }
 }
 
+/// `service` behind authentication.
+fn guard<S>(service: S, authentication: &Authentication) -> Authenticated<S> {
+    Authenticated::new(service, authentication.clone(), peer_identity)
+}
+
+/// The SPIFFE ID of the client certificate a request's connection
+/// presented (verified against `tls.client_ca_file` by the handshake).
+fn peer_identity(extensions: &http::Extensions) -> Option<String> {
+    let info = extensions.get::<TlsConnectInfo<crate::connections::Tracker>>()?;
+    let certificates = info.peer_certs()?;
+    crate::grpc::auth::spiffe_id(certificates.first()?)
+}
+
 /// The rustls configuration of the gRPC port.
 fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
     let read = |path: &std::path::Path| {
@@ -570,6 +653,34 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
         config = config.client_ca_root(Certificate::from_pem(read(client_ca)?));
     }
     Ok(config)
+}
+
+/// The health service name that answers SERVING while every OpenID Connect
+/// issuer's keys were fetched at the last attempt, and NOT_SERVING while
+/// some issuer's fail (its last keys serve within their grace period).
+pub const ISSUERS_SERVICE: &str = "policyhub.auth.issuers";
+
+async fn watch_issuers(
+    health: HealthReporter,
+    remotes: Vec<std::sync::Arc<crate::grpc::auth::Remote>>,
+    interval: std::time::Duration,
+) {
+    let mut serving = None;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let fresh = remotes.iter().all(|remote| !remote.failing());
+        if serving == Some(fresh) {
+            continue;
+        }
+        serving = Some(fresh);
+        let status = if fresh {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status(ISSUERS_SERVICE, status).await;
+    }
 }
 
 /// The health service name that answers SERVING while the process serves

@@ -568,7 +568,11 @@ pub async fn whoami(channel: AuthChannel, output: Output, namespace: String) -> 
         return Ok(());
     }
     outln!("subject: {}", me.subject);
+    outln!("issuer:  {}", me.issuer);
     outln!("grants:  {}", me.grants.join(", "));
+    for held in &me.held_grants {
+        outln!("  {} from {}", held.grant, held.granted_by);
+    }
     if !namespace.is_empty() {
         let allowed = if me.allowed_methods.is_empty() {
             "nothing".to_owned()
@@ -578,6 +582,30 @@ pub async fn whoami(channel: AuthChannel, output: Output, namespace: String) -> 
         outln!("may call in {namespace}: {allowed}");
     }
     Ok(())
+}
+
+/// `policyhub auth can-i`: yes (exit 0) or no (exit 1), and why.
+pub async fn can_i(
+    channel: AuthChannel,
+    output: Output,
+    method: String,
+    namespace: String,
+) -> anyhow::Result<std::process::ExitCode> {
+    let answer = PolicyServiceClient::new(channel)
+        .check_access(proto::CheckAccessRequest { method, namespace })
+        .await
+        .reply("asking what the token may do")?;
+    if output == Output::Json {
+        print_message(&answer);
+    } else {
+        outln!("{}", if answer.allowed { "yes" } else { "no" });
+        outln!("{}", answer.reason);
+    }
+    Ok(if answer.allowed {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]

@@ -328,6 +328,11 @@ enum Command {
         /// List the methods the token may call in this namespace.
         namespace: Option<String>,
     },
+    /// What the token may do, as `kubectl auth` answers it: `can-i`.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Ask the server's gRPC health service whether it serves, as a probe
     /// does (grpc.health.v1 Check); exits 0 when it answers SERVING. For
     /// exec probes: Kubernetes' own gRPC probe cannot speak TLS.
@@ -466,6 +471,24 @@ fn renamed(mut args: Vec<String>) -> Vec<String> {
     args
 }
 
+/// `policyhub auth …`.
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Whether the token may call METHOD (as WhoAmI lists them: Activate,
+    /// ApproveRollout) in NAMESPACE, and why: prints yes or no and the
+    /// reason, and exits 0 for yes, 1 for no (CheckAccess), as `kubectl auth
+    /// can-i` does. A deployment-wide method (Backup, Import,
+    /// RotateSigningKey, ListCheckpoints) takes no namespace.
+    CanI {
+        #[command(flatten)]
+        client: Client,
+        /// The method.
+        method: String,
+        /// The namespace.
+        namespace: Option<String>,
+    },
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, overrides } => {
@@ -563,6 +586,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { jwks, bundle } => return verify::verify(&jwks, bundle.as_deref()),
         Command::Health { connection, args } => return health::health(&connection, args).await,
+        Command::Auth {
+            command:
+                AuthCommand::CanI {
+                    client,
+                    method,
+                    namespace,
+                },
+        } => {
+            let (channel, output) = client.connect().await?;
+            return inspect::can_i(channel, output, method, namespace.unwrap_or_default()).await;
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             // Into memory first: clap_complete panics on a failed write.

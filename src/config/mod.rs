@@ -2,6 +2,7 @@
 //! `POLICYHUB_*` environment variables (`__` separates nested keys, as in
 //! `POLICYHUB_LIMITS__MAX_BODY_BYTES`), then command-line flags.
 
+mod auth;
 mod limits;
 
 use std::{
@@ -18,6 +19,7 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER};
 pub use limits::Limits;
 
 /// Everything `policyhub serve` needs.
@@ -177,52 +179,6 @@ impl RuntimeSettings {
         at_least_a_millisecond(self.flush_interval)
     }
 }
-
-/// How bearer tokens are verified. With neither `jwks_file` nor
-/// `hs256_secret_file`, a local HS256 secret is generated into the data
-/// directory on first start (`policyhub token` mints tokens with it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSettings {
-    /// The token issuer's public keys (RFC 7517 JWKS): RS*, PS*, ES* or EdDSA.
-    pub jwks_file: Option<PathBuf>,
-    /// A file holding a shared HS256 secret (at least 32 bytes), for small
-    /// setups.
-    pub hs256_secret_file: Option<PathBuf>,
-    /// Required `iss` of tokens.
-    pub issuer: String,
-    /// Required `aud` of tokens.
-    pub audience: String,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    #[serde(with = "humantime_serde")]
-    pub leeway: Duration,
-    /// The claim that holds the caller's grants, such as
-    /// `["payments:publisher", "*:reader"]`.
-    pub roles_claim: String,
-    /// Serve reflection (grpcurl's `list` and `describe`) without a token.
-    /// Health is always served without one, for probes.
-    pub public_reflection: bool,
-}
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        AuthSettings {
-            jwks_file: None,
-            hs256_secret_file: None,
-            issuer: LOCAL_ISSUER.into(),
-            audience: "policyhub".into(),
-            leeway: Duration::from_secs(30),
-            roles_claim: "roles".into(),
-            public_reflection: true,
-        }
-    }
-}
-
-/// The issuer of tokens minted with the generated local secret.
-pub const LOCAL_ISSUER: &str = "policyhub-local";
-
-/// File name of the HS256 secret generated on first start.
-pub const GENERATED_SECRET_FILE: &str = "token-secret";
 
 /// TLS for the gRPC port (rustls).
 #[derive(Debug, Clone, Serialize, Deserialize)]

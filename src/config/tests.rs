@@ -69,6 +69,20 @@ fn every_key_changed() -> Settings {
             leeway: Duration::from_secs(5),
             roles_claim: "grants".into(),
             public_reflection: false,
+            issuers: vec![IssuerSettings {
+                issuer: "https://idp.example.com".into(),
+                audiences: vec!["policyhub".into()],
+                jwks_file: None,
+                ca_file: Some("idp-ca.pem".into()),
+                roles_claim: Some("policyhub_roles".into()),
+                claims: vec!["groups".into()],
+                refresh_interval: Duration::from_secs(600),
+                min_refresh_interval: Duration::from_secs(10),
+                keys_grace_period: Duration::from_secs(7200),
+                client_id: Some("policyhub-console".into()),
+                scopes: vec!["openid".into(), "groups".into()],
+            }],
+            bindings_file: Some("bindings.toml".into()),
         },
         tls: Some(TlsSettings {
             cert_file: "cert.pem".into(),
@@ -113,13 +127,7 @@ fn leaves(path: &str, value: &figment::value::Value, into: &mut Vec<(String, Opt
                 leaves(&key(name), value, into);
             }
         }
-        Value::Array(_, items) => {
-            let items: Vec<String> = items
-                .iter()
-                .map(|item| format!("{:?}", item.as_str().unwrap()))
-                .collect();
-            into.push((path.to_string(), Some(format!("[{}]", items.join(", ")))));
-        }
+        Value::Array(..) => into.push((path.to_string(), Some(inline(value)))),
         Value::String(_, text) => into.push((path.to_string(), Some(text.clone()))),
         Value::Bool(_, flag) => into.push((path.to_string(), Some(flag.to_string()))),
         Value::Num(_, number) => {
@@ -132,6 +140,30 @@ fn leaves(path: &str, value: &figment::value::Value, into: &mut Vec<(String, Opt
         }
         Value::Empty(..) => into.push((path.to_string(), None)),
         Value::Char(_, char) => into.push((path.to_string(), Some(char.to_string()))),
+    }
+}
+
+/// A value as an environment variable writes it: arrays and tables inline,
+/// as `[{issuer = "https://…", audiences = ["policyhub"]}]`.
+fn inline(value: &figment::value::Value) -> String {
+    use figment::value::Value;
+    match value {
+        Value::Dict(_, dict) => {
+            let entries: Vec<String> = dict
+                .iter()
+                .map(|(name, value)| format!("{name} = {}", inline(value)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+        Value::Array(_, items) => {
+            let items: Vec<String> = items.iter().map(inline).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::String(_, text) => format!("{text:?}"),
+        Value::Bool(_, flag) => flag.to_string(),
+        Value::Num(_, number) => number.to_f64().unwrap_or_default().to_string(),
+        Value::Empty(..) => "\"\"".into(),
+        Value::Char(_, char) => format!("{:?}", char.to_string()),
     }
 }
 

@@ -9,14 +9,17 @@ use std::fmt;
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
-    /// The request itself is malformed: each violation names the field.
+    /// The request itself is malformed (a name, label or page token; a
+    /// missing body or selector; a target given twice; an empty reason):
+    /// each violation names the field, such as `targets[1].namespace`.
     #[error("{}", join_violations(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    /// The named policy or version does not exist.
+    /// The named policy or version does not exist, or nothing is active
+    /// (and no draft fallback was asked for).
     #[error("{0}")]
     NotFound(String),
-    /// The request is well formed but the current state forbids it: wrong
-    /// version state, nothing to roll back to, or schema violations.
+    /// The request is well formed but the current state forbids it: the
+    /// violations' type names the rule (below), and nothing changed.
     #[error("{message}")]
     FailedPrecondition {
         /// What was refused and why.
@@ -26,24 +29,32 @@ pub enum Error {
         /// The schema violations, when the refusal is a schema check.
         violations: Vec<SchemaViolation>,
     },
-    /// A compare-and-swap expectation did not hold.
+    /// A compare-and-swap expectation (`expected_active_version`,
+    /// `expected_active_revision`, HTTP's `If-Match`) did not hold: someone
+    /// else moved the pointer first, and nothing changed.
     #[error("{0}")]
     Aborted(String),
-    /// A label or idempotency key is already taken by something else.
+    /// A label is released with another body, or an idempotency key was
+    /// used for another request.
     #[error("{0}")]
     AlreadyExists(String),
-    /// The caller proved no identity: no token, or one that does not verify.
+    /// The caller proved no identity: no token, or one that is malformed,
+    /// expired, not yet valid, for another issuer or audience, or signed by
+    /// an unknown key or algorithm.
     #[error("{0}")]
     Unauthenticated(String),
     /// The caller is authenticated but may not do this: its roles do not
     /// cover the call, or a runtime id is held by another subject.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A request, or a part of it, is over a size limit: the same request
-    /// will never pass (HTTP 413, not 429).
+    /// A request, or a part of it, is over a size limit
+    /// (`limits.max_body_bytes` of canonical JSON for a body or schema; a
+    /// message over twice that plus 64 KiB): the same request will never
+    /// pass.
     #[error("{0}")]
     TooLarge(String),
-    /// A quota or capacity limit was exceeded.
+    /// A quota or capacity limit was exceeded: a subject over its stream or
+    /// mutation quota (with when to retry), or the database's disk full.
     #[error("{message}")]
     ResourceExhausted {
         /// Which limit, and by how much.
@@ -51,10 +62,11 @@ pub enum Error {
         /// When a retry may succeed (a rate limit), if the server knows.
         retry_after: Option<std::time::Duration>,
     },
-    /// The database cannot be reached; the caller may retry.
+    /// The database cannot be reached: retry, here or on another replica.
     #[error("{0}")]
     Unavailable(String),
-    /// A fault of the service itself, never of the caller.
+    /// A fault of the service itself, never of the caller: the server's log
+    /// has the details, the reply does not.
     #[error("{0}")]
     Internal(String),
     /// What the database holds contradicts what was signed: history was
@@ -67,14 +79,18 @@ pub enum Error {
 /// `google.rpc.PreconditionFailure` violations on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {
-    /// The state of versions and pointers (not a draft, nothing to roll
-    /// back to, a rollout in another state).
+    /// The state of versions and pointers: publishing a version that is not
+    /// a draft, activating a draft or a discarded version, rolling back with
+    /// nothing to roll back to, a rollout in another state.
     State,
-    /// The policy's JSON Schema.
+    /// The policy's JSON Schema: one violation per schema error, its subject
+    /// the JSON Pointer into the body (`/limits/daily`).
     Schema,
-    /// Requirements between policies.
+    /// Requirements between policies: a cycle, a required policy with no
+    /// release in range, or an active version's requirement the change would
+    /// break.
     Requirements,
-    /// A live rollout holds the policy.
+    /// A live rollout holds the policy; the message names it.
     Rollout,
 }
 

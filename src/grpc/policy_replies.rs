@@ -1,7 +1,7 @@
 //! `policyhub.v1.PolicyService` replies: what the hub answered, as
 //! protobuf.
 
-use super::auth::Caller;
+use super::auth::{Caller, Rpc};
 use super::convert;
 use super::policy_requests::patch_operation;
 use super::proto;
@@ -18,7 +18,7 @@ use crate::domain::{
 pub(super) fn who_am_i(caller: &Caller, namespace: Option<&Namespace>) -> proto::WhoAmIResponse {
     proto::WhoAmIResponse {
         subject: caller.subject.clone(),
-        grants: caller.grants.iter().map(ToString::to_string).collect(),
+        grants: caller.grants().map(ToString::to_string).collect(),
         allowed_methods: namespace
             .map(|namespace| {
                 caller
@@ -28,6 +28,41 @@ pub(super) fn who_am_i(caller: &Caller, namespace: Option<&Namespace>) -> proto:
                     .collect()
             })
             .unwrap_or_default(),
+        issuer: caller.issuer.clone(),
+        held_grants: caller
+            .grants
+            .iter()
+            .map(|held| proto::HeldGrant {
+                grant: held.grant.to_string(),
+                granted_by: held.by.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn check_access(
+    caller: &Caller,
+    rpc: Rpc,
+    namespace: Option<&Namespace>,
+) -> proto::CheckAccessResponse {
+    match caller.check(rpc, namespace) {
+        Ok(held) => proto::CheckAccessResponse {
+            allowed: true,
+            reason: format!(
+                "{} holds {} (from {}), which includes the {} role {rpc:?} needs",
+                caller.subject,
+                held.grant,
+                held.by,
+                rpc.role()
+            ),
+        },
+        Err(error) => proto::CheckAccessResponse {
+            allowed: false,
+            reason: match error {
+                Error::PermissionDenied(reason) => reason,
+                other => other.to_string(),
+            },
+        },
     }
 }
 

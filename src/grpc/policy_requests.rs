@@ -1,6 +1,7 @@
 //! `policyhub.v1.PolicyService` requests as validated domain commands, and
 //! replies back as protobuf: the conversions its handlers call.
 
+use super::auth::Rpc;
 use super::convert::{self, struct_to_json};
 use super::proto;
 use crate::config::Limits;
@@ -256,6 +257,29 @@ pub(super) fn diff_wanted(request: &proto::DiffVersionsRequest) -> Result<(Polic
 }
 
 /// A namespace a listing may leave empty.
+/// The method and namespace a `CheckAccess` asks about: a namespaced
+/// method needs its namespace, a deployment-wide one none.
+pub(super) fn access_question(
+    request: &proto::CheckAccessRequest,
+) -> Result<(Rpc, Option<Namespace>)> {
+    let rpc: Rpc = request
+        .method
+        .parse()
+        .map_err(|error: String| Error::invalid("method", error))?;
+    let namespace = optional_namespace(&request.namespace)?;
+    match (rpc.is_namespaced(), &namespace) {
+        (true, None) => Err(Error::invalid(
+            "namespace",
+            format!("{rpc:?} acts in a namespace: name it"),
+        )),
+        (false, Some(_)) => Err(Error::invalid(
+            "namespace",
+            format!("{rpc:?} acts on the whole deployment: name no namespace"),
+        )),
+        _ => Ok((rpc, namespace)),
+    }
+}
+
 pub(super) fn optional_namespace(namespace: &str) -> Result<Option<Namespace>> {
     (!namespace.is_empty())
         .then(|| Namespace::parse("namespace", namespace))

@@ -12,8 +12,9 @@ use super::auth::{Rpc, identify};
 use super::backup;
 use super::policy_replies as reply;
 use super::policy_requests::{
-    activate_command, diff_wanted, discard_command, draft_command, event_filter, export_scope,
-    optional_namespace, publish_command, rollback_command, schema_command, version_wanted,
+    access_question, activate_command, diff_wanted, discard_command, draft_command, event_filter,
+    export_scope, optional_namespace, publish_command, rollback_command, schema_command,
+    version_wanted,
 };
 use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
@@ -96,10 +97,22 @@ impl PolicyService for PolicyApi {
         request: Request<proto::WhoAmIRequest>,
     ) -> Reply<proto::WhoAmIResponse> {
         let caller = identify(&request)?;
-        caller.caller().authorize_anywhere(Rpc::WhoAmI)?;
         let namespace = optional_namespace(&request.get_ref().namespace)?;
         Ok(Response::new(reply::who_am_i(
             caller.caller(),
+            namespace.as_ref(),
+        )))
+    }
+
+    async fn check_access(
+        &self,
+        request: Request<proto::CheckAccessRequest>,
+    ) -> Reply<proto::CheckAccessResponse> {
+        let caller = identify(&request)?;
+        let (rpc, namespace) = access_question(request.get_ref())?;
+        Ok(Response::new(reply::check_access(
+            caller.caller(),
+            rpc,
             namespace.as_ref(),
         )))
     }

@@ -28,7 +28,7 @@ use tower_service::Service;
 
 use self::routes::{Route, routes, set_from_text};
 use self::status::{Failure, error_response, json_response};
-pub use self::status::{http_status, status_json};
+pub use self::status::{http_status, refusal_status, status_json};
 use crate::connections::Listener;
 use crate::grpc::watch_message::{GRPC_PREFIX_LEN, put_grpc_prefix};
 

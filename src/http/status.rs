@@ -121,13 +121,7 @@ pub fn message_json(message: &DynamicMessage) -> Value {
 /// pass, so nothing invites a retry.
 pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
     let status = &failure.status;
-    let code = failure.http.unwrap_or_else(|| {
-        if too_large(status) {
-            StatusCode::PAYLOAD_TOO_LARGE
-        } else {
-            http_status(status.code())
-        }
-    });
+    let code = failure.http.unwrap_or_else(|| refusal_status(status));
     let mut response = json(code, status_json(status).to_string().into_bytes());
     if matches!(
         code,
@@ -154,6 +148,15 @@ pub fn error_response(failure: &Failure) -> Response<Full<Bytes>> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// The HTTP status of a refusal: its gRPC code's, but 413 for a size limit.
+pub fn refusal_status(status: &Status) -> StatusCode {
+    if too_large(status) {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        http_status(status.code())
+    }
 }
 
 /// Whether the status refuses a request over a size limit.

@@ -84,6 +84,8 @@ pub struct Metrics {
     checkpoints_refused: Counter,
     accept_errors: Family<PortLabel, Counter>,
     connections_refused: Family<PortLabel, Counter>,
+    /// What fetching the OpenID Connect issuers' keys feeds.
+    auth: crate::grpc::auth::Instruments,
 }
 
 /// Labels of a port's connection counts.
@@ -220,6 +222,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Connections closed at once because their port held connections.max_per_port, by port",
         connections_refused.clone(),
     );
+    let auth = crate::grpc::auth::Instruments::default();
+    registry.register(
+        "auth_key_fetches",
+        "Fetches of an OpenID Connect issuer's discovery document and keys, by issuer and outcome: success or failure",
+        auth.fetches.clone(),
+    );
+    registry.register(
+        "auth_keys_fetched_timestamp_seconds",
+        "When each OpenID Connect issuer's keys were last fetched, in seconds since the epoch; 0 until the first success",
+        auth.fetched_at.clone(),
+    );
     registry.register(
         "watch_delivery_seconds",
         "From applying a revision to handing its update to a watch stream",
@@ -244,6 +257,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         checkpoints_refused,
         accept_errors,
         connections_refused,
+        auth,
     }
 });
 
@@ -276,6 +290,11 @@ impl Metrics {
     /// The gauge of schedules paused by a refused firing.
     pub fn schedules_paused_by_refusal(&self) -> Gauge {
         self.schedules_paused_by_refusal.clone()
+    }
+
+    /// The instruments of the issuers' key fetches.
+    pub fn auth_instruments(&self) -> crate::grpc::auth::Instruments {
+        self.auth.clone()
     }
 
     /// The count of checkpoints refused over a rewritten log.

@@ -179,8 +179,59 @@ async fn whoami_names_the_caller_its_grants_and_the_methods_they_allow() {
     let json = policyhub_with(&env, &["whoami", "billing", "-o", "json"]).json();
     assert_eq!(
         json,
-        json!({"subject": "olga", "grants": ["payments:operator"]})
+        json!({"subject": "olga", "grants": ["payments:operator"], "issuer": "policyhub-local",
+            "heldGrants": [{"grant": "payments:operator", "grantedBy": "claim \"roles\""}]})
     );
+    assert!(
+        printed.contains("  payments:operator from claim \"roles\""),
+        "{printed}"
+    );
+
+    // `auth can-i`, as kubectl's: yes or no, why, and the exit code.
+    let yes = policyhub_with(&env, &["auth", "can-i", "Activate", "payments"]);
+    let said = yes.success();
+    assert!(
+        said.starts_with("yes\nolga holds payments:operator (from claim \"roles\")"),
+        "{said}"
+    );
+    let no = policyhub_with(&env, &["auth", "can-i", "ApproveRollout", "payments"]);
+    assert_eq!(no.code, 1, "{}", no.stderr);
+    assert!(
+        no.stdout
+            .starts_with("no\nolga may not call ApproveRollout"),
+        "{}",
+        no.stdout
+    );
+    let asked = curl(&app, "GET", "/v1/access?method=Backup", None, &[&operator]);
+    assert_eq!(asked.status, 200, "{asked:?}");
+    assert_eq!(asked.json["allowed"], json!(null), "{asked:?}");
+    assert!(
+        asked.json["reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs the \"*:admin\" grant"),
+        "{asked:?}"
+    );
+    for (query, field) in [
+        ("method=Activate", "namespace"),
+        ("method=Backup&namespace=payments", "namespace"),
+        ("method=Fly&namespace=payments", "method"),
+        ("namespace=payments", "method"),
+    ] {
+        let bad = curl(
+            &app,
+            "GET",
+            &format!("/v1/access?{query}"),
+            None,
+            &[&operator],
+        );
+        assert_eq!(
+            (bad.status, &bad.json["code"]),
+            (400, &json!(3)),
+            "{query}: {bad:?}"
+        );
+        assert!(bad.json.to_string().contains(field), "{query}: {bad:?}");
+    }
 
     // Bad input: no token, a bad namespace.
     let anonymous = curl(&app, "GET", "/v1/whoami", None, &[]);

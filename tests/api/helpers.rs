@@ -510,10 +510,18 @@ pub async fn start_serving(
     mut command: std::process::Command,
     port: u16,
 ) -> (std::process::Child, Channel) {
-    let mut server = command
+    let server = command
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start policyhub serve");
+    wait_until_serving(server, port).await
+}
+
+/// Waits until `server`, started to listen on `port`, serves.
+pub async fn wait_until_serving(
+    mut server: std::process::Child,
+    port: u16,
+) -> (std::process::Child, Channel) {
     // The port listens once the store is open, a moment before the server
     // serves: wait until it answers a health check, which it does once it
     // serves (and handles signals).

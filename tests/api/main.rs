@@ -19,6 +19,7 @@ mod history;
 mod http;
 mod http_events;
 mod http_protocol;
+mod identity;
 mod lifecycle;
 mod login;
 mod malformed;

@@ -150,7 +150,8 @@ pub(crate) fn readme_block(name: &str) -> String {
         .find(&format!("<!-- {name}:end -->"))
         .expect("walk-through end marker");
     let block = &page[start..end];
-    let body_start = block.find("```sh\n").expect("a sh code block") + "```sh\n".len();
+    let fence = block.find("```sh").expect("a sh code block");
+    let body_start = fence + block[fence..].find('\n').expect("the fence's line") + 1;
     let body_end = block.rfind("```").expect("the end of the code block");
     block[body_start..body_end].to_owned()
 }

@@ -32,11 +32,14 @@ use tonic_types::StatusExt;
 use self::flags::{flag_of, with_flags};
 use self::hints::hint;
 
-/// Exit code: the operation failed or was refused.
+/// The operation failed or the server refused it (the message says which
+/// rule), or a file it needs is missing or invalid.
 const FAILED: u8 = 1;
-/// Exit code: the command line is wrong; the same code clap uses.
+/// The command line (or a `POLICYHUB_*` variable or context it reads) is
+/// wrong; the same code clap uses.
 const USAGE: u8 = 2;
-/// Exit code: the server cannot be reached or is unavailable.
+/// The server cannot be reached or is unavailable: retrying later may
+/// succeed.
 const UNREACHABLE: u8 = 3;
 
 /// A call the server refused or could not answer.

@@ -1,37 +1,56 @@
 //! Who may do what.
 //!
-//! Authentication happens once per request, in an interceptor in front of
-//! both services: a bearer JWT in the `authorization` metadata is verified
+//! Authentication happens once per request, in a layer in front of both
+//! services ([`Authenticated`]): a bearer JWT in the `authorization` header
+//! is verified with the keys of the trusted issuer its `iss` names
 //! (signature, `iss`, `aud`, `exp`/`nbf` with leeway, and an algorithm
-//! allow-list) and becomes a [`Caller`] in the request's extensions. The
-//! verified `sub` is the actor of every event; nothing else the client says
-//! about itself is trusted.
+//! allow-list), or, without one, a client certificate's SPIFFE ID is taken,
+//! and becomes a [`Caller`] in the request's extensions. The verified `sub`
+//! is the actor of every event; nothing else the client says about itself
+//! is trusted.
 //!
 //! Authorization happens in the handlers, which know the namespaces a request
 //! touches: [`Rpc::role`] is the one table of the role each RPC needs, and
 //! [`Caller::authorize`] checks it against the caller's grants. Grants are
-//! `"<namespace>:<role>"` or `"*:<role>"` strings in a claim; roles are
-//! ordered `reader < author < publisher < operator < admin`, each including
+//! `"<namespace>:<role>"` or `"*:<role>"`, from an issuer's roles claim or
+//! from the role bindings ([`bindings`]); roles are ordered `reader < author < publisher < operator < admin`, each including
 //! the ones before it.
 
-use tonic::{Request, Status, metadata::MetadataMap};
+use tonic::{Request, metadata::MetadataMap};
 
 use super::quotas::Quotas;
 use crate::domain::{Error, Namespace, NamespaceScope, RequestContext, Result};
 
+pub mod bindings;
+mod certificates;
+mod keys;
+mod layer;
 mod roles;
 mod tokens;
 
+pub use certificates::spiffe_id;
+pub use keys::{FetchLabels, Instruments, IssuerLabel, Remote};
+pub use layer::{Authenticated, PeerIdentity};
 pub use roles::{Grant, Role, Rpc};
-pub use tokens::Authenticator;
+pub use tokens::{Authenticator, SignIn};
 
 /// The verified identity of a caller and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// Recorded as the actor of every event the request causes.
     pub subject: String,
-    /// The roles it holds.
-    pub grants: Vec<Grant>,
+    /// Who vouched for it: a token's issuer, or `client certificate`.
+    pub issuer: String,
+    /// The roles it holds, each with what gave it.
+    pub grants: Vec<Held>,
+}
+
+/// A grant a caller holds and what gave it: `claim "roles"`, `binding
+/// "payments-operators"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub grant: Grant,
+    pub by: String,
 }
 
 /// Where a caller needs an RPC's role.
@@ -62,9 +81,13 @@ impl Caller {
     pub fn anonymous() -> Self {
         Caller {
             subject: ANONYMOUS.to_owned(),
-            grants: vec![Grant {
-                namespace: None,
-                role: Role::Admin,
+            issuer: "--insecure".into(),
+            grants: vec![Held {
+                grant: Grant {
+                    namespace: None,
+                    role: Role::Admin,
+                },
+                by: "--insecure".into(),
             }],
         }
     }
@@ -94,8 +117,7 @@ impl Caller {
             (Scope::Everywhere, Some(_)) => false,
         };
         if self
-            .grants
-            .iter()
+            .grants()
             .any(|grant| grant.role.includes(role) && covers(grant))
         {
             return Ok(());
@@ -118,6 +140,30 @@ impl Caller {
         )))
     }
 
+    /// The grants it holds.
+    pub fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.grants.iter().map(|held| &held.grant)
+    }
+
+    /// What gives the caller `rpc` in `namespace` (`None`: everywhere), or
+    /// why it may not call it.
+    pub fn check(&self, rpc: Rpc, namespace: Option<&Namespace>) -> Result<&Held> {
+        match namespace {
+            Some(namespace) => self.authorize(rpc, namespace)?,
+            None => self.authorize_everywhere(rpc)?,
+        }
+        let role = rpc.role();
+        Ok(self
+            .grants
+            .iter()
+            .find(|held| {
+                held.grant.role.includes(role)
+                    && (held.grant.namespace.is_none()
+                        || held.grant.namespace.as_ref() == namespace)
+            })
+            .expect("an authorized caller holds a grant that covers the call"))
+    }
+
     /// The namespaced RPCs the caller may call in `namespace`.
     pub fn allowed_in(&self, namespace: &Namespace) -> Vec<Rpc> {
         Rpc::ALL
@@ -128,12 +174,11 @@ impl Caller {
 
     /// The namespaces the caller may read.
     pub fn readable(&self) -> Readable {
-        if self.grants.iter().any(|grant| grant.namespace.is_none()) {
+        if self.grants().any(|grant| grant.namespace.is_none()) {
             return Readable::All;
         }
         let mut namespaces: Vec<Namespace> = self
-            .grants
-            .iter()
+            .grants()
             .filter_map(|grant| grant.namespace.clone())
             .collect();
         namespaces.sort();
@@ -250,23 +295,44 @@ impl Identified {
 /// How requests are authenticated.
 #[derive(Clone)]
 pub enum Authentication {
-    /// Bearer tokens.
+    /// Bearer tokens, and client certificates' SPIFFE IDs.
     Tokens(Box<Authenticator>),
     /// `--insecure`: everyone is [`Caller::anonymous`].
     Disabled,
 }
 
 impl Authentication {
-    /// The interceptor in front of every authenticated service.
-    pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = match self {
-            Authentication::Tokens(authenticator) => {
-                authenticator.authenticate(request.metadata())?
-            }
-            Authentication::Disabled => Caller::anonymous(),
+    /// The caller of a request with these headers, over a connection whose
+    /// client certificate proved `peer` (a SPIFFE ID).
+    pub async fn caller(&self, headers: &http::HeaderMap, peer: Option<&str>) -> Result<Caller> {
+        let authenticator = match self {
+            Authentication::Tokens(authenticator) => authenticator,
+            Authentication::Disabled => return Ok(Caller::anonymous()),
         };
-        request.extensions_mut().insert(caller);
-        Ok(request)
+        let Some(header) = headers.get(http::header::AUTHORIZATION) else {
+            return match peer {
+                Some(id) => Ok(authenticator.spiffe_caller(id)),
+                None => Err(Error::Unauthenticated(
+                    "no credentials: send \"authorization: Bearer <token>\"".into(),
+                )),
+            };
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "the authorization metadata is not \"Bearer <token>\"".into(),
+                )
+            })?;
+        authenticator.authenticate(token).await
     }
 }
 
@@ -277,7 +343,14 @@ mod tests {
     fn caller(grants: &[&str]) -> Caller {
         Caller {
             subject: "alice".into(),
-            grants: grants.iter().map(|grant| grant.parse().unwrap()).collect(),
+            issuer: "issuer".into(),
+            grants: grants
+                .iter()
+                .map(|grant| Held {
+                    grant: grant.parse().unwrap(),
+                    by: "claim \"roles\"".into(),
+                })
+                .collect(),
         }
     }
 

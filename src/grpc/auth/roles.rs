@@ -133,12 +133,11 @@ pub enum Rpc {
     Backup,
     Export,
     Import,
-    WhoAmI,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 38] = [
+    pub const ALL: [Rpc; 37] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -176,7 +175,6 @@ impl Rpc {
         Rpc::Backup,
         Rpc::Export,
         Rpc::Import,
-        Rpc::WhoAmI,
     ];
 
     /// Whether the RPC changes state, and so counts against the caller's
@@ -213,7 +211,6 @@ impl Rpc {
                 | Rpc::RotateSigningKey
                 | Rpc::Backup
                 | Rpc::Import
-                | Rpc::WhoAmI
                 | Rpc::ListCheckpoints
         )
     }
@@ -238,8 +235,7 @@ impl Rpc {
             | Rpc::ListRollouts
             | Rpc::GetSchedule
             | Rpc::ListSchedules
-            | Rpc::Export
-            | Rpc::WhoAmI => Role::Reader,
+            | Rpc::Export => Role::Reader,
             Rpc::Draft | Rpc::DiscardDraft => Role::Author,
             Rpc::Publish => Role::Publisher,
             Rpc::Activate
@@ -256,6 +252,20 @@ impl Rpc {
             Rpc::ApproveRollout => Role::Approver,
             Rpc::SetSchema | Rpc::RotateSigningKey | Rpc::Backup | Rpc::Import => Role::Admin,
         }
+    }
+}
+
+impl FromStr for Rpc {
+    type Err = String;
+
+    /// A method's name, as `WhoAmI` lists it.
+    fn from_str(name: &str) -> Result<Self, String> {
+        Rpc::ALL
+            .into_iter()
+            .find(|rpc| format!("{rpc:?}") == name)
+            .ok_or_else(|| {
+                format!("{name:?} is not a method that needs a role: name one as WhoAmI lists them, such as \"Activate\"")
+            })
     }
 }
 

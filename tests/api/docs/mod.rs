@@ -1,9 +1,18 @@
 //! The reference pages of the book, generated from the code and checked
 //! fresh: every command and flag (from the clap definitions, also as man
 //! pages), every setting with its default and variable (from the settings
-//! and their doc comments), every metric (from a live scrape of the
-//! registry). A stale page fails here; `UPDATE_REFERENCE=1 cargo test
-//! --test api reference` writes them anew.
+//! and their doc comments), every metric (from live scrapes of the server's
+//! and the agent's registries), every status and exit code (from the
+//! mappings, in `status_codes`). A stale page fails here;
+//! `UPDATE_REFERENCE=1 cargo test --test api docs::` writes them anew.
+//!
+//! Beside them: the links of the book resolve, every runnable shell block
+//! of every page runs (`blocks`), and the README's map leads to the answers
+//! readers come for (`map`).
+
+mod blocks;
+mod map;
+mod status_codes;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -61,6 +70,10 @@ async fn the_generated_references_are_fresh() {
     check(reference_dir().join("metrics.md"), metrics_page().await);
     check(reference_dir().join("api.md"), api_page());
     check(reference_dir().join("http.md"), http_page());
+    check(
+        reference_dir().join("status-codes.md"),
+        status_codes::status_codes_page(),
+    );
     assert!(
         stale.is_empty(),
         "{}: run `UPDATE_REFERENCE=1 cargo test --test api docs::` and commit the pages",
@@ -222,10 +235,16 @@ fn configuration_page() -> String {
          | setting | environment variable | default | meaning |\n|---|---|---|---|\n",
     );
     for (key, default, doc) in rows {
-        let variable = format!("POLICYHUB_{}", key.replace('.', "__").to_uppercase());
+        let variable = |key: &str| format!("POLICYHUB_{}", key.replace('.', "__").to_uppercase());
+        // An entry's key is set with its list's variable, written inline
+        // (`[{issuer = "https://…", audiences = ["policyhub"]}]`).
+        let variable = match key.split_once("[].") {
+            Some((list, _)) => format!("in `{}`", variable(list)),
+            None => format!("`{}`", variable(&key)),
+        };
         let _ = writeln!(
             page,
-            "| `{key}` | `{variable}` | {default} | {} |",
+            "| `{key}` | {variable} | {default} | {} |",
             one_line(&doc)
         );
     }
@@ -245,6 +264,18 @@ fn settings_rows(
         let key = format!("{prefix}{field}");
         let default = &defaults[field.as_str()];
         if docs.contains_key(type_name) {
+            // A list of tables (`[[auth.issuers]]`) lists the keys of one
+            // entry with an entry's defaults.
+            if default.is_array() {
+                let entry = table_defaults(type_name);
+                rows.push((
+                    key.clone(),
+                    "empty".to_owned(),
+                    format!("{doc} Each entry:"),
+                ));
+                settings_rows(type_name, &format!("{key}[]."), &entry, docs, rows);
+                continue;
+            }
             // An unset section (`tls`) lists its keys as unset.
             settings_rows(type_name, &format!("{key}."), default, docs, rows);
             continue;
@@ -258,6 +289,16 @@ fn settings_rows(
             other => format!("`{other}`"),
         };
         rows.push((key, default, doc.clone()));
+    }
+}
+
+/// The defaults of one entry of a list of tables.
+fn table_defaults(type_name: &str) -> serde_json::Value {
+    match type_name {
+        "IssuerSettings" => {
+            serde_json::to_value(policyhub::config::IssuerSettings::default()).unwrap()
+        }
+        other => panic!("no defaults known for an entry of {other}"),
     }
 }
 
@@ -294,13 +335,13 @@ fn field_docs() -> BTreeMap<String, Vec<(String, String, String)>> {
     structs
 }
 
-/// The last segment of a type's path, through `Option<…>`.
+/// The last segment of a type's path, through `Option<…>` and `Vec<…>`.
 fn type_name(ty: &syn::Type) -> String {
     let syn::Type::Path(path) = ty else {
         return String::new();
     };
     let last = path.path.segments.last().unwrap();
-    if last.ident == "Option"
+    if (last.ident == "Option" || last.ident == "Vec")
         && let syn::PathArguments::AngleBracketed(arguments) = &last.arguments
         && let Some(syn::GenericArgument::Type(inner)) = arguments.args.first()
     {
@@ -327,7 +368,8 @@ fn doc_comment(attributes: &[syn::Attribute]) -> String {
         .join(" ")
 }
 
-/// Every metric of the server, from its `# HELP` and `# TYPE` lines.
+/// Every metric of the server and of the agent, from the `# HELP` and
+/// `# TYPE` lines of their registries.
 async fn metrics_page() -> String {
     let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
         settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -336,7 +378,67 @@ async fn metrics_page() -> String {
     // An RPC, so that the RPC families have a series to describe.
     let _ = app.get_active("payments", "limits").await;
     let address = app.metrics_address.expect("the test server serves metrics");
-    let exposition = scrape(address).await;
+    let server = scrape(address).await;
+    let agent = scrape_agent(&app).await;
+    let mut page = String::from(
+        "# Metrics\n\n<!-- Generated from scrapes of the server's and the agent's \
+         registries by the test `docs::the_generated_references_are_fresh`: do not \
+         edit. -->\n\n\
+         Every metric, in the classic text format's names (a counter's series end \
+         in `_total`). Which to alert on, and how to scrape them, is in \
+         [Observability](../guides/observability.md).\n\n\
+         ## The server\n\n\
+         What `policyhub serve` exposes on `metrics_listen` (`/metrics`).\n\n",
+    );
+    page.push_str(&metrics_table(&server));
+    page.push_str(
+        "\n## The agent\n\n\
+         What `policyhub agent` exposes on `--metrics-listen` (`/metrics`); the \
+         families by namespace have a series per followed namespace, those by port \
+         one for `api` and one for `metrics`.\n\n",
+    );
+    page.push_str(&metrics_table(&agent));
+    page
+}
+
+/// The exposition of a `policyhub agent` following a namespace of `app`.
+async fn scrape_agent(app: &crate::helpers::TestApp) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::helpers::free_port()));
+    let mut agent = std::process::Command::new(crate::helpers::policyhub_binary())
+        .args(["agent", "--server", &format!("http://{}", app.address)])
+        .args(["--namespace", "payments", "--runtime-id", "agent-1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", crate::helpers::free_port()),
+        ])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .arg("--cache-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start policyhub agent");
+    let mut exposition = String::new();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(metrics).await.is_ok() {
+            exposition = scrape(metrics).await;
+            if exposition.contains("policyhub_agent_") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        exposition.contains("policyhub_agent_"),
+        "the agent never served its metrics"
+    );
+    exposition
+}
+
+/// The metrics of an exposition, one row each.
+fn metrics_table(exposition: &str) -> String {
     let mut metrics: BTreeMap<String, (String, String)> = BTreeMap::new();
     for line in exposition.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -347,22 +449,16 @@ async fn metrics_page() -> String {
             metrics.entry(name.to_owned()).or_default().0 = kind.to_owned();
         }
     }
-    let mut page = String::from(
-        "# Metrics\n\n<!-- Generated from a scrape of the server's registry by the test \
-         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
-         Every metric the server exposes on `metrics_listen` (`/metrics`), in the \
-         classic text format's names (a counter's series end in `_total`).\n\n\
-         | metric | type | meaning |\n|---|---|---|\n",
-    );
+    let mut table = String::from("| metric | type | meaning |\n|---|---|---|\n");
     for (name, (kind, help)) in metrics {
         let name = if kind == "counter" && !name.ends_with("_total") {
             format!("{name}_total")
         } else {
             name
         };
-        let _ = writeln!(page, "| `{name}` | {kind} | {} |", one_line(&help));
+        let _ = writeln!(table, "| `{name}` | {kind} | {} |", one_line(&help));
     }
-    page
+    table
 }
 
 /// The gRPC API: every service and method, message and enum of
