@@ -28,7 +28,9 @@ if (!moduleDir) {
   console.error('OIDC_PROVIDER_MODULE must name the oidc-provider package directory');
   process.exit(2);
 }
-const { default: Provider } = await import(pathToFileURL(join(moduleDir, 'lib/index.js')).href);
+const moduleFile = (path) => pathToFileURL(join(moduleDir, path)).href;
+const { default: Provider } = await import(moduleFile('lib/index.js'));
+const { createMemoryAdapter } = await import(moduleFile('lib/adapters/memory_adapter.js'));
 
 const seconds = (name, fallback) => Number.parseInt(process.env[name] ?? '', 10) || fallback;
 
@@ -62,9 +64,10 @@ const newKey = () => ({
   alg: 'RS256',
 });
 
-// Sessions, grants and tokens live in oidc-provider's in-memory adapter,
-// shared by every Provider of the process: a rotation builds a new Provider
-// with the new keys, and people stay signed in, refresh tokens stay valid.
+// Sessions, grants and tokens live in one in-memory store, shared by every
+// Provider of the process: a rotation builds a new Provider with the new
+// keys, and people stay signed in, refresh tokens stay valid.
+const adapter = createMemoryAdapter();
 const cookieKeys = [randomBytes(32).toString('hex')];
 let keys = [newKey()];
 
@@ -88,6 +91,7 @@ function build(issuer) {
         ],
       },
     ],
+    adapter,
     pkce: { required: () => true },
     jwks: { keys },
     cookies: { keys: cookieKeys },
