@@ -182,7 +182,7 @@ pub struct Session {
     pub issuer: String,
     /// The public client of policyhub at that provider.
     pub client_id: String,
-    /// The scopes asked for.
+    /// The scopes asked for; none: those the context names are kept.
     pub scopes: Vec<String>,
     /// The bearer token of every call.
     pub id_token: SecretString,
@@ -213,10 +213,12 @@ pub fn save_session(name: &str, session: &Session, saving: Saving) -> anyhow::Re
         let context = context_table(document, name)?;
         context.insert("issuer", toml_edit::value(&session.issuer));
         context.insert("client_id", toml_edit::value(&session.client_id));
-        context.insert(
-            "scopes",
-            toml_edit::value(session.scopes.iter().collect::<toml_edit::Array>()),
-        );
+        if !session.scopes.is_empty() {
+            context.insert(
+                "scopes",
+                toml_edit::value(session.scopes.iter().collect::<toml_edit::Array>()),
+            );
+        }
         context.insert(
             "id_token",
             toml_edit::value(session.id_token.expose_secret()),

@@ -112,6 +112,19 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let session = provider.session(&response, &scopes, None)?;
     let subject = oidc::subject(&session.id_token)?;
     context::save_session(&name, &session, Saving::SignIn)?;
+    let token_elsewhere = ["POLICYHUB_TOKEN", "POLICYHUB_TOKEN_FILE"]
+        .into_iter()
+        .find(|variable| env(variable).is_some())
+        .or(context
+            .token_file
+            .as_ref()
+            .map(|_| "the context's token_file"));
+    if let Some(source) = token_elsewhere {
+        eprintln!(
+            "warning: {source} comes before the sign-in: commands send its token, not the \
+             sign-in's, while it is set"
+        );
+    }
     outln!(
         "signed in to {} as {subject} (context {name})",
         provider.issuer
