@@ -192,7 +192,15 @@ fn operation(
             "content": {"application/json": {"schema": reference(&input, schemas)}},
         });
     }
+    if public(method) {
+        operation["security"] = json!([]);
+    }
     operation
+}
+
+/// Whether a method answers without a token.
+fn public(method: &MethodDescriptor) -> bool {
+    method.parent_service().name() == "SignInService"
 }
 
 /// A refusal's response: a `google.rpc.Status`.
@@ -206,6 +214,9 @@ fn refusal(description: &str) -> Value {
 /// The refusals every operation of this kind may answer with, beyond the
 /// default: the ones HTTP's own headers and limits give.
 fn refusals(method: &MethodDescriptor, body: bool) -> Vec<(&'static str, &'static str)> {
+    if public(method) {
+        return Vec::new();
+    }
     let mut refusals = vec![
         (
             "400",

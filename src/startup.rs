@@ -17,12 +17,12 @@ use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
 use crate::connections::{Listener, TrackLayer};
 use crate::fleet::{Fleet, Writers};
 use crate::grpc::{
-    BundleApi, BundleRoute, PolicyApi,
+    BundleApi, BundleRoute, PolicyApi, SignInApi,
     auth::{Authenticated, Authentication, Authenticator, bindings::Bindings},
     message_limit::MessageLimitLayer,
     proto::{
         self, bundle_service_server::BundleServiceServer,
-        policy_service_server::PolicyServiceServer,
+        policy_service_server::PolicyServiceServer, sign_in_service_server::SignInServiceServer,
     },
     quotas::Quotas,
 };
@@ -431,6 +431,12 @@ impl Application {
             bundle_api,
             max_message + 1,
         );
+        let providers = match &self.authentication {
+            Authentication::Tokens(authenticator) => authenticator.sign_in(),
+            Authentication::Disabled => Vec::new(),
+        };
+        // Answered without a token, as a login page is.
+        let sign_in_service = SignInServiceServer::new(SignInApi::new(&providers));
         // Watch streams never end by themselves: end them first, with
         // UNAVAILABLE, so the graceful drain does not wait on them forever.
         let index = self.hub.index().clone();
@@ -458,7 +464,8 @@ impl Application {
         let connections = self.settings.connections.clone();
         let http_task = self.http_listener.map(|tcp| {
             let routes = Routes::new(guard(policy_service.clone(), &authentication))
-                .add_service(guard(bundle_service.clone(), &authentication));
+                .add_service(guard(bundle_service.clone(), &authentication))
+                .add_service(sign_in_service.clone());
             let grpc = tower::ServiceBuilder::new()
                 .layer(crate::metrics::RpcMetricsLayer)
                 .layer(MessageLimitLayer { limit: max_message })
@@ -472,7 +479,9 @@ impl Application {
         });
         // Health (for probes) and reflection (for grpcurl) answer without a
         // token unless auth.public_reflection is off; they reveal no policy.
-        let router = server.add_service(health_service);
+        let router = server
+            .add_service(health_service)
+            .add_service(sign_in_service);
         let router = if self.settings.auth.public_reflection {
             router
                 .add_service(reflection_v1)

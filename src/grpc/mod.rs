@@ -16,12 +16,14 @@ pub mod quotas;
 mod rollouts;
 mod runtimes;
 mod schedules;
+mod sign_in_service;
 pub mod status;
 pub mod watch_message;
 
 pub use bundle_route::BundleRoute;
 pub use bundle_service::BundleApi;
 pub use policy_service::PolicyApi;
+pub use sign_in_service::SignInApi;
 
 /// The generated protobuf types, clients and servers of `policyhub.v1`.
 pub mod proto {

@@ -568,8 +568,8 @@ async fn a_minted_local_token_works_against_the_generated_secret() {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
-/// with the openssl command.
+/// A CA, a server certificate for 127.0.0.1, a client certificate and two
+/// with SPIFFE IDs, made with the openssl command.
 pub(crate) fn certificates(dir: &std::path::Path) {
     let run = |args: &str| {
         let status = std::process::Command::new("sh")
@@ -592,6 +592,17 @@ pub(crate) fn certificates(dir: &std::path::Path) {
             "subjectAltName=IP:127.0.0.1,DNS:localhost",
         ),
         ("client", "clientAuth", "subjectAltName=DNS:runtime-1"),
+        // X.509-SVIDs, as a service mesh issues them.
+        (
+            "payments-api",
+            "clientAuth",
+            "subjectAltName=URI:spiffe://example.org/ns/payments/sa/api",
+        ),
+        (
+            "search-api",
+            "clientAuth",
+            "subjectAltName=URI:spiffe://example.org/ns/search/sa/api",
+        ),
     ] {
         run(&format!(
             "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}"

@@ -375,6 +375,18 @@ async fn metrics_page() -> String {
         settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
+    // A server of the same process that trusts an OpenID Connect issuer, so
+    // that the key-fetch families of the process's registry have series.
+    let issuer = crate::identity::issuer::Issuer::start("idp").await;
+    let _trusting = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.insecure = false;
+        settings.auth.issuers = vec![policyhub::config::IssuerSettings {
+            issuer: issuer.url().to_owned(),
+            audiences: vec!["policyhub".into()],
+            ..Default::default()
+        }];
+    })
+    .await;
     // An RPC, so that the RPC families have a series to describe.
     let _ = app.get_active("payments", "limits").await;
     let address = app.metrics_address.expect("the test server serves metrics");
@@ -422,7 +434,8 @@ async fn scrape_agent(app: &crate::helpers::TestApp) -> String {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(metrics).await.is_ok() {
             exposition = scrape(metrics).await;
-            if exposition.contains("policyhub_agent_") {
+            // Every family has a series once a state is in force.
+            if exposition.contains("# TYPE policyhub_agent_revision ") {
                 break;
             }
         }

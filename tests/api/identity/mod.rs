@@ -4,13 +4,15 @@
 //! that go down, and the attacks on all of it, against the real server
 //! binary whose log is read.
 
-mod issuer;
+pub(crate) mod issuer;
+mod spiffe;
 
 use std::{path::PathBuf, time::Duration};
 
 use policyhub::grpc::proto::{
     self, CheckAccessRequest, GetActiveRequest, WhoAmIRequest,
     bundle_service_client::BundleServiceClient, policy_service_client::PolicyServiceClient,
+    sign_in_service_client::SignInServiceClient,
 };
 use serde_json::json;
 use tonic::{Code, Request, transport::Channel};
@@ -23,6 +25,7 @@ struct Server {
     child: std::process::Child,
     channel: Channel,
     metrics: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -39,9 +42,10 @@ impl Server {
     async fn start(auth: &str, bindings: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bindings.toml"), bindings).unwrap();
-        let (port, metrics) = (free_port(), free_port());
+        let (port, metrics, http) = (free_port(), free_port(), free_port());
         let config = format!(
-            "metrics_listen = \"127.0.0.1:{metrics}\"\nhealth_check_interval = \"200ms\"\n\n\
+            "metrics_listen = \"127.0.0.1:{metrics}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             health_check_interval = \"200ms\"\n\n\
              [auth]\nbindings_file = \"{}\"\n{auth}",
             dir.path().join("bindings.toml").display()
         );
@@ -62,6 +66,7 @@ impl Server {
             child,
             channel,
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
+            http: format!("127.0.0.1:{http}").parse().unwrap(),
             dir,
         }
     }
@@ -113,7 +118,17 @@ impl Server {
     }
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
+/// `curl URL`'s JSON.
+fn curl_json(url: &str) -> serde_json::Value {
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--fail", url])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+pub(super) fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -166,7 +181,10 @@ async fn eventually(seconds: u64, mut check: impl AsyncFnMut() -> bool) -> bool 
 async fn people_and_workloads_hold_what_their_bindings_give() {
     let idp = Issuer::start("idp").await;
     let cluster = Issuer::start("cluster").await;
-    let auth = issuer_entry(&idp, "") + &issuer_entry(&cluster, "claims = []");
+    let auth = issuer_entry(
+        &idp,
+        "client_id = \"policyhub\"\nscopes = [\"openid\", \"groups\", \"offline_access\"]",
+    ) + &issuer_entry(&cluster, "claims = []");
     let bindings = binding("admins", &idp, "subject = \"root\"", "*:admin")
         + &binding(
             "payments-operators",
@@ -189,6 +207,21 @@ async fn people_and_workloads_hold_what_their_bindings_give() {
     let server = Server::start(&auth, &bindings).await;
     let root = idp.sign(&idp.claims("root", json!({})));
     seed(&server, &root).await;
+
+    // Where people sign in, asked with no token over HTTP (curl) and gRPC:
+    // the issuer with a public client, not the cluster.
+    let providers = curl_json(&format!("http://{}/v1/identityProviders", server.http));
+    assert_eq!(
+        providers,
+        json!({"identityProviders": [{"issuer": idp.url(), "clientId": "policyhub",
+            "scopes": ["openid", "groups", "offline_access"]}]})
+    );
+    let listed = SignInServiceClient::new(server.channel.clone())
+        .list_identity_providers(proto::ListIdentityProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.identity_providers.len(), 1);
 
     // A person of the operators' group: the grant, and what gave it.
     let bob = idp.sign(&idp.claims(
