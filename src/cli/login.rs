@@ -24,9 +24,14 @@ use oauth2::{
 };
 use secrecy::SecretString;
 
+use super::connection::Server;
 use super::context::{self, Context, Saving};
+use super::failure::Reply as _;
 use super::failure::{Unusable, Usage, What};
 use super::oidc::{self, Provider};
+use crate::grpc::proto::{
+    IdentityProvider, ListIdentityProvidersRequest, sign_in_service_client::SignInServiceClient,
+};
 
 /// A session is renewed when its ID token expires within this long, so
 /// that a call does not carry a token that expires on the way.
@@ -38,13 +43,13 @@ const DEFAULT_CLIENT_ID: &str = "policyhub";
 /// Arguments of `policyhub login`.
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
-    /// The OpenID provider's issuer URL; https, or http on this machine [env: POLICYHUB_ISSUER] [default: the context's issuer]
+    /// The OpenID provider's issuer URL; https, or http on this machine [env: POLICYHUB_ISSUER] [default: the context's issuer, else the one the server offers]
     #[arg(long)]
     issuer: Option<String>,
-    /// policyhub's public client at the provider [env: POLICYHUB_CLIENT_ID] [default: the context's client_id, else policyhub]
+    /// policyhub's public client at the provider [env: POLICYHUB_CLIENT_ID] [default: the context's client_id, else the server's for the provider it offers, else policyhub]
     #[arg(long)]
     client_id: Option<String>,
-    /// A scope to ask for; repeat for several [env: POLICYHUB_SCOPES, space-separated] [default: the context's scopes, else openid offline_access email profile]
+    /// A scope to ask for; repeat for several [env: POLICYHUB_SCOPES, space-separated] [default: the context's scopes, else the server's for the provider it offers, else openid offline_access email profile]
     #[arg(long = "scope")]
     scopes: Vec<String>,
     /// Sign in with the device authorization grant: a URL and a code to enter on any device with a browser
@@ -53,9 +58,11 @@ pub struct LoginArgs {
     /// Give up when the sign-in is not done after this long
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     timeout: Duration,
-    /// The context of the client config file to sign in, created if need be [env: POLICYHUB_CONTEXT] [default: its current_context, else "default"]
-    #[arg(long)]
-    context: Option<String>,
+    /// The server, asked which providers it trusts when no issuer is named;
+    /// the context signed in is the one --context or POLICYHUB_CONTEXT
+    /// selects, else the current one, else "default"
+    #[command(flatten)]
+    server: Server,
 }
 
 /// Arguments of `policyhub logout`.
@@ -73,36 +80,41 @@ fn env(name: &str) -> Option<String> {
 
 /// Signs in and keeps the tokens in the context.
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
-    let selected = args.context.clone().or_else(|| env("POLICYHUB_CONTEXT"));
+    let selected = args.server.selected_context();
     let (name, context) = context::load_or_new(selected.as_deref())?;
-    let issuer = args
+    let named_issuer = args
         .issuer
         .or_else(|| env("POLICYHUB_ISSUER"))
-        .or(context.issuer)
-        .ok_or_else(|| {
-            Usage::new(
-                format!("no OpenID provider to sign in with for context {name:?}"),
-                "name it with --issuer (or POLICYHUB_ISSUER, or the context's issuer), such as \
-                 --issuer https://login.example.com",
-            )
-        })?;
+        .or(context.issuer);
+    // Without an issuer, the server says whom it trusts.
+    let offered = match named_issuer {
+        Some(issuer) => IdentityProvider {
+            issuer,
+            ..IdentityProvider::default()
+        },
+        None => offered_provider(&args.server).await?,
+    };
     let client_id = args
         .client_id
         .or_else(|| env("POLICYHUB_CLIENT_ID"))
         .or(context.client_id)
+        .or(Some(offered.client_id).filter(|id| !id.is_empty()))
         .unwrap_or_else(|| DEFAULT_CLIENT_ID.to_owned());
     let scopes = if !args.scopes.is_empty() {
         args.scopes
     } else if let Some(scopes) = env("POLICYHUB_SCOPES") {
         scopes.split_whitespace().map(str::to_owned).collect()
+    } else if let Some(scopes) = context.scopes {
+        scopes
+    } else if !offered.scopes.is_empty() {
+        offered.scopes
     } else {
-        context.scopes.unwrap_or_else(|| {
-            oidc::DEFAULT_SCOPES
-                .iter()
-                .map(|scope| (*scope).to_owned())
-                .collect()
-        })
+        oidc::DEFAULT_SCOPES
+            .iter()
+            .map(|scope| (*scope).to_owned())
+            .collect()
     };
+    let issuer = offered.issuer;
     let provider = Provider::discover(&issuer, &client_id).await?;
     let response = if args.device {
         device_grant(&provider, &scopes, args.timeout).await?
@@ -130,6 +142,41 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         provider.issuer
     );
     Ok(())
+}
+
+/// The identity provider the server offers people to sign in with: the
+/// only one, or none and a usage error naming them.
+async fn offered_provider(server: &Server) -> anyhow::Result<IdentityProvider> {
+    let channel = server.connect().await.context(
+        "no issuer is named (--issuer, POLICYHUB_ISSUER, the context's issuer): asking the \
+         server which it trusts",
+    )?;
+    let mut offered = SignInServiceClient::new(channel)
+        .list_identity_providers(ListIdentityProvidersRequest {})
+        .await
+        .reply("asking the server which identity providers it trusts")?
+        .identity_providers;
+    match offered.len() {
+        1 => Ok(offered.remove(0)),
+        0 => Err(Usage::new(
+            "no OpenID provider to sign in with: the server offers none",
+            "name the provider with --issuer (or POLICYHUB_ISSUER, or the context's issuer), \
+             such as --issuer https://login.example.com",
+        )
+        .into()),
+        _ => Err(Usage::new(
+            format!(
+                "the server offers several OpenID providers: {}",
+                offered
+                    .iter()
+                    .map(|provider| provider.issuer.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "choose one with --issuer",
+        )
+        .into()),
+    }
 }
 
 /// The device authorization grant (RFC 8628).

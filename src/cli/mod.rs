@@ -300,8 +300,9 @@ enum Command {
     },
     #[command(flatten)]
     Schedule(schedule::ScheduleCommand),
-    /// Sign in with the company's OpenID provider: the ID token it gives is
-    /// then the bearer token of every command, renewed as it expires.
+    /// Sign in with the company's OpenID provider, by default the one the
+    /// server offers (ListIdentityProviders): the ID token it gives is then
+    /// the bearer token of every command, renewed as it expires.
     ///
     /// By default, prints a URL to open in a browser and waits for the
     /// browser to come back to 127.0.0.1 (authorization code with PKCE);

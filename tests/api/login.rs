@@ -79,7 +79,12 @@ impl Workstation {
 
     /// Starts `policyhub login ARGS`, which waits for the person.
     fn start_login(&self, args: &[&str]) -> Login {
-        let env = self.env("http://127.0.0.1:1");
+        self.start_login_at("http://127.0.0.1:1", args)
+    }
+
+    /// Starts `policyhub login ARGS` with `server` as the server.
+    fn start_login_at(&self, server: &str, args: &[&str]) -> Login {
+        let env = self.env(server);
         let env: Vec<(&str, &str)> = env
             .iter()
             .map(|(key, value)| (*key, value.as_str()))
@@ -228,7 +233,11 @@ impl Drop for TrustingServer {
 /// Signs in with the device grant as `login`, approving in the browser.
 async fn device_login(workstation: &Workstation, provider: &OidcProvider, login: &str) -> Run {
     let args = [&["--device", "--issuer", &provider.issuer][..], &SCOPES].concat();
-    let waiting = workstation.start_login(&args);
+    approved_device_login(workstation.start_login(&args), provider, login).await
+}
+
+/// Approves the device sign-in `waiting` shows, as `login` in the browser.
+async fn approved_device_login(waiting: Login, provider: &OidcProvider, login: &str) -> Run {
     let (uri, code) = waiting.device_prompt();
     assert!(uri.starts_with(&provider.issuer), "{uri}");
     let done = Browser::new()
@@ -378,7 +387,8 @@ async fn a_device_sign_in_is_kept_renewed_and_ended() {
     );
 }
 
-/// A server that trusts the provider takes the sign-in's ID token: whoami
+/// A server that trusts the provider offers it to `policyhub login` and
+/// takes the sign-in's ID token: whoami
 /// shows bob and the grant his group is bound to, also once the token was
 /// renewed and signed by a key the provider took up meanwhile; a token of a
 /// flag or variable comes first; after logout a command is refused, saying
@@ -387,9 +397,21 @@ async fn a_device_sign_in_is_kept_renewed_and_ended() {
 async fn a_server_that_trusts_the_provider_takes_the_sign_in() {
     let provider = OidcProvider::start(&[("OIDC_ID_TOKEN_TTL", "5")]);
     let workstation = Workstation::new();
-    let login = device_login(&workstation, &provider, "bob").await;
-    assert_eq!(login.code, 0, "{}{}", login.stdout, login.stderr);
     let server = TrustingServer::start(&provider).await;
+
+    // No issuer named: the server says which provider it trusts, with its
+    // client and scopes.
+    let waiting = workstation.start_login_at(&server.url, &["--device"]);
+    let login = approved_device_login(waiting, &provider, "bob").await;
+    assert_eq!(login.code, 0, "{}{}", login.stdout, login.stderr);
+    assert_eq!(workstation.setting("issuer").unwrap(), provider.issuer);
+    assert!(
+        workstation
+            .config_text()
+            .contains(r#"scopes = ["openid", "profile", "email", "groups", "offline_access"]"#),
+        "{}",
+        workstation.config_text()
+    );
 
     let whoami = workstation.run(&server.url, &["whoami", "payments"]);
     assert_eq!(whoami.code, 0, "{}{}", whoami.stdout, whoami.stderr);
@@ -535,8 +557,24 @@ async fn a_sign_in_that_cannot_succeed_says_why() {
         run.stderr
     );
     let run = login_alone(&workstation, &[]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: no issuer is named (--issuer, POLICYHUB_ISSUER, the context's issuer): \
+             asking the server which it trusts: cannot reach the server at http://127.0.0.1:1"
+        ),
+        "{}",
+        run.stderr
+    );
+    let app = spawn_app(Backend::Sqlite).await;
+    let run = workstation.run(&format!("http://{}", app.address), &["login"]);
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("--issuer"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no OpenID provider to sign in with: the server offers none"),
+        "{}",
+        run.stderr
+    );
 
     let run = login_alone(
         &workstation,
