@@ -20,7 +20,7 @@ use secrecy::ExposeSecret as _;
 
 use super::context::{self, Context};
 use super::failure::{Unreachable, Unusable, Usage, What};
-use super::login;
+use super::session;
 
 /// The server when nothing names one.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -189,7 +189,7 @@ impl Resolved {
     async fn token(&self) -> anyhow::Result<Option<String>> {
         match &self.session {
             Some((name, context)) => Ok(Some(
-                login::fresh_id_token(name, context)
+                session::fresh_id_token(name, context)
                     .await?
                     .expose_secret()
                     .to_owned(),

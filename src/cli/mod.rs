@@ -42,6 +42,7 @@ mod output;
 mod rollout;
 mod schedule;
 mod schema;
+mod session;
 mod sync;
 mod verify;
 mod verify_log;
