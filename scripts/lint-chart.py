@@ -20,18 +20,27 @@ the chart's values and validates against values.schema.json. So:
       --all` of the release `template` installs). Exit 1 on any error or
       warning. The bindings drop the messages' text; `template` shows it.
 
-  verify MANIFEST --storage sqlite|postgres --replicas N [--agent] [--toml K=V]...
+  verify MANIFEST --storage sqlite|postgres --replicas N [--agent]
+         [--agent-token projected|secret] [--toml K=V]... [--bindings TEXT]...
       What the chart promises beyond valid, secure Kubernetes objects: the
       objects of the storage mode, probes that fit TLS, Secrets and the
-      configuration mounted read-only, and a valid policyhub.toml without
-      `insecure` (holding each K=V); with --agent, an agent DaemonSet whose
-      API is served over TLS with a token, reached through a node-local
-      Service, and whose pods no selector of the server's takes.
+      configuration mounted read-only, a valid policyhub.toml without
+      `insecure` (holding each K=V), a valid bindings.toml (holding each
+      TEXT) of one matcher per binding and trusted issuers, each issuer's
+      ca_file mounted; with --agent, an agent DaemonSet whose API is served
+      over TLS with a token, reached through a node-local Service, whose pods
+      no selector of the server's takes, and which presents its projected
+      ServiceAccount token for an audience of auth.issuers (or a Secret's).
 
   flags BINARY MANIFEST...
       Every policyhub container's arguments (the server's, the agent's), as
       rendered, are accepted by BINARY: it runs them with --help appended,
       which parses and checks every flag and value before printing the help.
+
+  identity BINARY MANIFEST...
+      The server BINARY starts with the [[auth.issuers]] and bindings.toml of
+      every manifest that has bindings (the pod's files replaced by
+      throwaway ones): it checks them as it would in the cluster.
 
   docs CHART
       Every key of values.yaml has a comment, README.md names every value,
@@ -250,6 +259,30 @@ def cmd_verify(args) -> int:
             node = node.get(part) if isinstance(node, dict) else None
         check(node == want and type(node) is type(want), f"policyhub.toml: {key} = {node!r}, expected {want!r}")
 
+    # The role bindings: a file of the mounted ConfigMap, each binding with
+    # one matcher and an issuer it trusts (a SPIFFE ID: none).
+    bindings_file = settings.get("auth", {}).get("bindings_file")
+    if bindings_file:
+        check(bindings_file == "/etc/policyhub/config/bindings.toml", f"auth.bindings_file = {bindings_file!r}")
+        try:
+            bindings = tomllib.loads(one("ConfigMap").get("data", {}).get("bindings.toml", "")).get("bindings", [])
+        except tomllib.TOMLDecodeError as error:
+            problems.append(f"bindings.toml is not valid TOML: {error}")
+            bindings = []
+        check(bool(bindings), "auth.bindings_file names a file with no [[bindings]]")
+        issuers = {entry.get("issuer") for entry in settings.get("auth", {}).get("issuers", [])}
+        for binding in bindings:
+            matchers = [key for key in ("claim", "subject", "email", "service_account", "spiffe_id") if key in binding]
+            check(len(matchers) == 1, f"binding {binding.get('name')!r} matches by {matchers}")
+            if "spiffe_id" not in binding:
+                check(binding.get("issuer") in issuers, f"binding {binding.get('name')!r}: issuer not in auth.issuers")
+    for expected in args.bindings:
+        check(expected in (one("ConfigMap").get("data", {}).get("bindings.toml") or ""), f"bindings.toml lacks {expected!r}")
+    # The cluster's CA, mounted for an issuer's ca_file.
+    for entry in settings.get("auth", {}).get("issuers", []):
+        ca_file = entry.get("ca_file", "")
+        check(not ca_file or any(ca_file.startswith(path + "/") for path in mounts), f"ca_file {ca_file!r} is not mounted")
+
     daemonsets = by_kind.get("DaemonSet", [])
     if args.agent:
         check(len(daemonsets) == 1, f"expected one agent DaemonSet, found {len(daemonsets)}")
@@ -280,6 +313,19 @@ def cmd_verify(args) -> int:
         readiness = agent_container.get("readinessProbe", {}).get("httpGet", {})
         check(readiness.get("path") == "/healthz" and readiness.get("scheme") == "HTTPS",
               "the agent is not ready by GET /healthz over HTTPS")
+        # The token: the pod's ServiceAccount token projected for an audience
+        # of the cluster's issuer entry, or a Secret's.
+        token_volume = next((v for v in agent_pod.get("spec", {}).get("volumes", []) if v["name"] == "token"), {})
+        projected = [s["serviceAccountToken"] for s in token_volume.get("projected", {}).get("sources", [])
+                     if "serviceAccountToken" in s]
+        if args.agent_token == "projected":
+            audiences = {a for entry in settings.get("auth", {}).get("issuers", []) for a in entry.get("audiences", [])}
+            check(len(projected) == 1 and projected[0].get("audience") in audiences,
+                  f"the agent's token is not a ServiceAccount token for an audience of auth.issuers: {token_volume}")
+            check(bool(projected) and flags.get("--token-file") == f"/etc/policyhub/agent/token/{projected[0].get('path')}",
+                  f"--token-file={flags.get('--token-file')!r} is not the projected token")
+        else:
+            check(not projected and "secret" in token_volume, f"the agent's token is not a Secret's: {token_volume}")
         runtime_id = {e["name"]: e for e in agent_container.get("env", [])}.get("POLICYHUB_RUNTIME_ID", {})
         check(runtime_id.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
               "the agent's runtime id is not its node's name")
@@ -317,6 +363,74 @@ def cmd_flags(args) -> int:
         print(problem)
     if not problems:
         print(f"{checked} containers")
+    return 1 if problems or not checked else 0
+
+
+def toml_value(value) -> str:
+    """A value of the rendered configuration as TOML: strings and lists of
+    them as JSON (valid TOML), numbers and booleans as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value)
+
+
+def cmd_identity(args) -> int:
+    """The server starts with each rendered [[auth.issuers]] and bindings.toml:
+    the same checks as in the cluster (a trusted issuer per binding, claims
+    its issuer signs, SPIFFE IDs only with mTLS), with the files of the pod
+    replaced by throwaway ones. Discovery may fail here; that is a warning."""
+    problems, checked = [], 0
+    for manifest in args.manifests:
+        docs = [d for d in yaml.safe_load_all(Path(manifest).read_text()) if d]
+        data = next((d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"), {})
+        if "bindings.toml" not in data:
+            continue
+        auth = tomllib.loads(data["policyhub.toml"]).get("auth", {})
+        spiffe = any("spiffe_id" in b for b in tomllib.loads(data["bindings.toml"]).get("bindings", []))
+        with tempfile.TemporaryDirectory(prefix="lint-chart.") as tmp:
+            tmp = Path(tmp)
+            made = subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", tmp / "key.pem", "-out", tmp / "cert.pem", "-subj", "/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost", "-days", "1"], capture_output=True, text=True)
+            if made.returncode != 0:
+                problems.append(f"openssl: {made.stderr.strip()}")
+                break
+            (tmp / "bindings.toml").write_text(data["bindings.toml"])
+            lines = ['listen = "127.0.0.1:0"', f'data_dir = {json.dumps(str(tmp / "data"))}', "", "[auth]",
+                     f'bindings_file = {json.dumps(str(tmp / "bindings.toml"))}']
+            for entry in auth.get("issuers", []):
+                lines += ["", "[[auth.issuers]]"]
+                for key, value in entry.items():
+                    if key == "ca_file":
+                        value = str(tmp / "cert.pem")
+                    lines.append(f"{key} = {toml_value(value)}")
+            if spiffe:
+                lines += ["", "[tls]"] + [f'{key} = {json.dumps(str(tmp / name))}' for key, name in
+                                           (("cert_file", "cert.pem"), ("key_file", "key.pem"),
+                                            ("client_ca_file", "cert.pem"))]
+            (tmp / "policyhub.toml").write_text("\n".join(lines) + "\n")
+            server = subprocess.Popen([args.binary, "serve", "--config", tmp / "policyhub.toml"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      env={"PATH": "/usr/bin:/bin", "RUST_LOG": "info"})
+            log = []
+            try:
+                for line in server.stderr:
+                    log.append(line.rstrip())
+                    if "serving grpc" in line:
+                        break
+            finally:
+                server.kill()
+                server.wait()
+            checked += 1
+            if not any("serving grpc" in line for line in log):
+                problems.append(f"{manifest}: the server refuses its identity settings: " + "\n".join(log[-5:]))
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{checked} configurations")
     return 1 if problems or not checked else 0
 
 
@@ -375,11 +489,18 @@ def main() -> int:
     verify.add_argument("--storage", choices=["sqlite", "postgres"], required=True)
     verify.add_argument("--replicas", type=int, required=True)
     verify.add_argument("--agent", action="store_true", help="agent.enabled is set")
+    verify.add_argument("--agent-token", choices=["projected", "secret"], default="projected",
+                        help="the agent presents its projected ServiceAccount token, or a Secret's")
+    verify.add_argument("--bindings", action="append", default=[], metavar="TEXT",
+                        help="text the rendered bindings.toml must hold")
     verify.add_argument("--toml", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting the configuration file must hold (VALUE as JSON, else text)")
     flags = commands.add_parser("flags")
     flags.add_argument("binary")
     flags.add_argument("manifests", nargs="+")
+    identity = commands.add_parser("identity")
+    identity.add_argument("binary")
+    identity.add_argument("manifests", nargs="+")
     commands.add_parser("docs").add_argument("chart")
     commands.add_parser("version")
     args = parser.parse_args()
@@ -388,7 +509,8 @@ def main() -> int:
 
         print(helm_sdkpy.get_version())
         return 0
-    return {"template": cmd_template, "lint": cmd_lint, "verify": cmd_verify, "flags": cmd_flags, "docs": cmd_docs}[args.command](args)
+    return {"template": cmd_template, "lint": cmd_lint, "verify": cmd_verify, "flags": cmd_flags, "identity": cmd_identity,
+            "docs": cmd_docs}[args.command](args)
 
 
 if __name__ == "__main__":

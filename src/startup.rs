@@ -143,11 +143,7 @@ fn load_bindings(
         .tls
         .as_ref()
         .is_some_and(|tls| tls.client_ca_file.is_some());
-    Bindings::load(
-        path,
-        &authenticator.signed_claims(&settings.auth),
-        certificates,
-    )
+    Bindings::load(path, &authenticator.signed_claims(), certificates)
 }
 
 /// Reads the role bindings again on SIGHUP and when their file changes

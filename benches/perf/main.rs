@@ -43,7 +43,10 @@
 //! - `history` ([`history`]): an activation's transaction with the hash
 //!   chain and a signed checkpoint against the same without them;
 //! - `reports` ([`reports`]): runtimes' status reports at fleet scale, what
-//!   they cost the server, Activate and the fleet reads.
+//!   they cost the server, Activate and the fleet reads;
+//! - `identity` ([`identity`]): GetActive from a caller granted by role
+//!   bindings among three OpenID Connect issuers, against a caller of one
+//!   issuer's roles claim.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -53,6 +56,7 @@ mod etcd;
 mod fanout;
 mod floor;
 mod history;
+mod identity;
 mod memory;
 mod postgres;
 mod reports;
@@ -89,10 +93,11 @@ pub enum Section {
     Wide,
     History,
     Reports,
+    Identity,
 }
 
 impl Section {
-    const ALL: [Section; 11] = [
+    const ALL: [Section; 12] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -104,6 +109,7 @@ impl Section {
         Section::Wide,
         Section::History,
         Section::Reports,
+        Section::Identity,
     ];
 
     fn name(self) -> &'static str {
@@ -119,6 +125,7 @@ impl Section {
             Section::Wide => "wide",
             Section::History => "history",
             Section::Reports => "reports",
+            Section::Identity => "identity",
         }
     }
 }
@@ -453,6 +460,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Wide => wide::run(&settings).await,
             Section::History => history::run(&settings).await,
             Section::Reports => reports::run(&settings).await,
+            Section::Identity => identity::run(&settings).await,
         };
         let outcome = match result {
             Ok(outcome) => outcome,

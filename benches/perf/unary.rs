@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// Calls kept in flight.
-const IN_FLIGHT: usize = 64;
+pub(crate) const IN_FLIGHT: usize = 64;
 
 /// The bound on GetActive's p50.
 const P50_BOUND_MS: f64 = 0.3;
@@ -47,21 +47,24 @@ const RATE_FLOOR: f64 = 0.8;
 const HTTP_CONNECTIONS: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
-enum Call {
+pub(crate) enum Call {
     GetActive,
     HealthCheck,
 }
 
 /// One caller's clients on one connection.
 #[derive(Clone)]
-struct Caller {
+pub(crate) struct Caller {
     bundles: BundleServiceClient<Channel>,
     health: HealthClient<Channel>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Caller {
-    fn new(channel: Channel, token: Option<MetadataValue<tonic::metadata::Ascii>>) -> Self {
+    pub(crate) fn new(
+        channel: Channel,
+        token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Self {
         Caller {
             bundles: BundleServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
@@ -69,7 +72,7 @@ impl Caller {
         }
     }
 
-    async fn call(&mut self, call: Call) -> Result<(), tonic::Status> {
+    pub(crate) async fn call(&mut self, call: Call) -> Result<(), tonic::Status> {
         match call {
             Call::GetActive => {
                 let request = authorized(
@@ -114,7 +117,7 @@ async fn rate(
 /// Calls answered, warm-up included, for the server's CPU per call.
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-async fn rate_in_flight(
+pub(crate) async fn rate_in_flight(
     callers: &[Caller],
     call: Call,
     duration: Duration,

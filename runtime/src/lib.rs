@@ -61,7 +61,8 @@
 //! - private: `event`, `subscription` and `revoke`, where the types
 //!   [`watcher`] re-exports live; `session` (connect, resume, verify,
 //!   decide, report), `cache` (the last-known-good state on disk),
-//!   `backoff` (full jitter). No two modules import each other (the
+//!   `backoff` (full jitter), `token` (a token file read again on every
+//!   call, for [`token_file`]). No two modules import each other (the
 //!   workspace's layering test checks it).
 
 mod backoff;
@@ -73,6 +74,7 @@ mod revoke;
 mod session;
 pub mod state;
 mod subscription;
+mod token;
 pub mod watcher;
 
 /// The generated protobuf types and the `BundleService` client.
@@ -82,6 +84,7 @@ pub mod proto {
 }
 
 pub use state::{Source, State, VerifiedBundle};
+pub use token::token_file;
 pub use watcher::{
     Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, RevokeError, Revoker, Subscription,
     TokenSource, Validate, WatchError,

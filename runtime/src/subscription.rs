@@ -12,8 +12,8 @@ use crate::event::WatchError;
 use crate::proto::RuntimeIdentity;
 use crate::revoke::{Revocation, Revoker};
 
-/// Gives the bearer token for each connection (so a rotated token file is
-/// read again); `None` sends no token.
+/// Gives the bearer token of each call (so a rotated token file is read
+/// again, see [`token_file`](crate::token_file)); `None` sends no token.
 pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// The response header of `WatchActive` in which the server says its

@@ -159,8 +159,8 @@ pub struct RuntimeTarget {
     pub server: String,
     /// TLS, for an https:// URL.
     pub tls: Option<ClientTlsConfig>,
-    /// The bearer token of each connection: a token file is read again
-    /// each time (a rotated token), the last good one kept if it cannot be.
+    /// The bearer token of each call: a token file is read again each time
+    /// (a rotated token), the last good one kept if it cannot be.
     pub token: Option<policyhub_runtime::TokenSource>,
 }
 
@@ -355,18 +355,7 @@ impl Connection {
             None
         };
         let token: Option<policyhub_runtime::TokenSource> = match resolved.token_file {
-            Some(file) => {
-                let last = std::sync::Mutex::new(resolved.token.unwrap_or_default());
-                Some(std::sync::Arc::new(move || {
-                    let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    if let Ok(text) = std::fs::read_to_string(&file)
-                        && !text.trim().is_empty()
-                    {
-                        *last = text.trim().to_owned();
-                    }
-                    Some(last.clone())
-                }))
-            }
+            Some(file) => Some(policyhub_runtime::token_file(file)),
             None => resolved
                 .token
                 .map(|token| -> policyhub_runtime::TokenSource {

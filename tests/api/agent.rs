@@ -94,10 +94,10 @@ impl Drop for Reaped {
 }
 
 /// An HTTP/1.1 reply, read whole.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
@@ -108,7 +108,7 @@ impl Reply {
             .map(|(_, value)| value.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
 }
@@ -152,7 +152,7 @@ async fn request(
     })
 }
 
-async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+pub(crate) async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
     request(port, "GET", path, headers, "").await
 }
 

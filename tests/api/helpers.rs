@@ -124,6 +124,25 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_on(TestDatabase::new(backend).await, |_| {}).await
 }
 
+/// A server as the quick start runs one: authentication on, its data
+/// directory `data` inside `workdir` (where the commands are typed), the
+/// HTTP and metrics ports on.
+pub async fn quick_start_app(workdir: &std::path::Path) -> TestApp {
+    let data_dir = workdir.join("data");
+    let database = TestDatabase {
+        backend: Backend::Sqlite,
+        url: format!("sqlite://{}", data_dir.join("policyhub.db").display()),
+        data_dir: tempfile::tempdir().unwrap(),
+    };
+    spawn_on(database, |settings| {
+        settings.insecure = false;
+        settings.data_dir = data_dir;
+        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+}
+
 /// Starts a server on `database`, with settings adjusted by `configure`.
 pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&database);

@@ -390,18 +390,7 @@ async fn the_readme_http_walkthrough_works_when_pasted() {
     // As the quick start runs the server: authentication on, its data
     // directory `data` next to where the commands are typed.
     let workdir = tempfile::tempdir().unwrap();
-    let data_dir = workdir.path().join("data");
-    let database = TestDatabase {
-        backend: Backend::Sqlite,
-        url: format!("sqlite://{}", data_dir.join("policyhub.db").display()),
-        data_dir: tempfile::tempdir().unwrap(),
-    };
-    let app = spawn_on(database, |settings| {
-        settings.insecure = false;
-        settings.data_dir = data_dir;
-        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
+    let app = crate::helpers::quick_start_app(workdir.path()).await;
     let bin_dir = crate::helpers::policyhub_binary()
         .parent()
         .unwrap()

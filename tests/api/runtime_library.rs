@@ -192,8 +192,13 @@ impl Proxy {
         format!("http://{}", self.address)
     }
 
+    /// How many connections it accepted.
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepts.lock().unwrap().len()
+    }
+
     /// Open connections stop forwarding; new ones work.
-    fn black_hole_open_connections(&self) {
+    pub(crate) fn black_hole_open_connections(&self) {
         for stall in self.stalled.lock().unwrap().drain(..) {
             stall.store(true, Ordering::SeqCst);
         }

@@ -90,8 +90,8 @@ change. Rendered by validate.yaml.
 {{- if or (not .Values.storage.postgres.urlSecret.name) (not .Values.storage.postgres.urlSecret.key) }}
 {{- fail "storage.type=postgres needs the database URL from a Secret: set storage.postgres.urlSecret.name (and storage.postgres.urlSecret.key, default database-url) to an existing Secret holding postgres://user:password@host:5432/db" }}
 {{- end }}
-{{- if not (or .Values.auth.jwks.existingSecret .Values.auth.hs256.existingSecret) }}
-{{- fail "storage.type=postgres needs auth.jwks.existingSecret or auth.hs256.existingSecret: every replica must accept the same tokens (a JWKS of your token issuer, or a shared HS256 secret of at least 32 bytes)" }}
+{{- if not (or .Values.auth.jwks.existingSecret .Values.auth.hs256.existingSecret .Values.auth.issuers) }}
+{{- fail "storage.type=postgres needs auth.jwks.existingSecret, auth.hs256.existingSecret or auth.issuers: every replica must accept the same tokens (a JWKS of your token issuer, a shared HS256 secret of at least 32 bytes, or OpenID Connect issuers)" }}
 {{- end }}
 {{- if not .Values.signing.existingSecret }}
 {{- fail "storage.type=postgres needs signing.existingSecret: every replica must sign with the same Ed25519 key (create one with `policyhub generate-key --out signing-key.pem` and store it in a Secret)" }}
@@ -102,6 +102,11 @@ change. Rendered by validate.yaml.
 {{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
 {{- fail "tls.enabled needs tls.existingSecret: a Secret holding the certificate chain (tls.certKey) and private key (tls.keyKey)" }}
+{{- end }}
+{{- range .Values.auth.bindings }}
+{{- if and .spiffe_id (not $.Values.tls.clientCA.existingSecret) }}
+{{- fail (printf "auth.bindings %q matches a SPIFFE ID, which comes from a client certificate: it needs tls.clientCA.existingSecret (mTLS)" .name) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.tls.clientCA.existingSecret (not .Values.tls.enabled) }}
 {{- fail "tls.clientCA.existingSecret (mTLS) needs tls.enabled=true" }}
@@ -114,8 +119,8 @@ change. Rendered by validate.yaml.
 {{- if not (or .namespaces .policies) }}
 {{- fail "agent.enabled needs agent.namespaces or agent.policies: what the agent follows" }}
 {{- end }}
-{{- if not .token.existingSecret }}
-{{- fail "agent.enabled needs agent.token.existingSecret: a Secret holding a token with the runtime role, which the agent presents to the server" }}
+{{- if not (or .serviceAccountToken.enabled .token.existingSecret) }}
+{{- fail "agent.enabled with agent.serviceAccountToken.enabled=false needs agent.token.existingSecret: a Secret holding a token with the reader role, which the agent presents to the server" }}
 {{- end }}
 {{- if not (and .api.tls.existingSecret .api.token.existingSecret) }}
 {{- fail "agent.enabled needs agent.api.tls.existingSecret and agent.api.token.existingSecret: the agent's API listens on the pod's address, reachable from other pods, so it is served over TLS and asks callers for a token" }}
@@ -161,6 +166,7 @@ data: /var/lib/policyhub
 signing: /etc/policyhub/signing
 jwks: /etc/policyhub/auth/jwks
 hs256: /etc/policyhub/auth/hs256
+clusterCA: /etc/policyhub/auth/cluster-ca
 tls: /etc/policyhub/tls
 clientCA: /etc/policyhub/tls-client-ca
 {{- end }}

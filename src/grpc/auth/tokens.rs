@@ -84,6 +84,8 @@ struct Issuer {
     keys: Keys,
     /// A claim of `"<namespace>:<role>"` grants.
     roles_claim: Option<String>,
+    /// The claims bindings may match, besides `sub`.
+    claims: Vec<String>,
     /// What the console and `policyhub login` sign in with.
     sign_in: Option<SignIn>,
 }
@@ -140,6 +142,7 @@ impl Authenticator {
                 std::slice::from_ref(&settings.audience),
                 keys,
                 Some(settings.roles_claim.clone()),
+                Vec::new(),
                 None,
                 settings.leeway,
             ));
@@ -163,16 +166,12 @@ impl Authenticator {
     }
 
     /// Each issuer and the claims bindings may match in its tokens.
-    pub fn signed_claims<'a>(&'a self, settings: &'a AuthSettings) -> Vec<Signed<'a>> {
+    pub fn signed_claims(&self) -> Vec<Signed<'_>> {
         self.issuers
             .iter()
             .map(|issuer| Signed {
                 issuer: &issuer.name,
-                claims: settings
-                    .issuers
-                    .iter()
-                    .find(|entry| entry.issuer == issuer.name)
-                    .map_or(&[][..], |entry| &entry.claims),
+                claims: &issuer.claims,
             })
             .collect()
     }
@@ -247,7 +246,10 @@ impl Authenticator {
             .ok_or_else(|| {
                 Refusal::because(
                     "its issuer (iss) is not one this server trusts",
-                    format!("untrusted issuer {named:?}"),
+                    format!(
+                        "untrusted issuer {:?}",
+                        named.chars().take(200).collect::<String>()
+                    ),
                 )
             })?;
         let (_, validation) = issuer
@@ -421,6 +423,7 @@ impl Issuer {
             &entry.audiences,
             keys,
             entry.roles_claim.clone(),
+            entry.claims.clone(),
             sign_in,
             leeway,
         ))
@@ -431,6 +434,7 @@ impl Issuer {
         audiences: &[String],
         keys: Keys,
         roles_claim: Option<String>,
+        claims: Vec<String>,
         sign_in: Option<SignIn>,
         leeway: std::time::Duration,
     ) -> Self {
@@ -455,6 +459,7 @@ impl Issuer {
             validations,
             keys,
             roles_claim,
+            claims,
             sign_in,
         }
     }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::helpers::{Backend, TestDatabase, policyhub_binary, spawn_on};
+use crate::helpers::policyhub_binary;
 
 /// The languages of shell blocks.
 const SHELLS: [&str; 5] = ["sh", "bash", "shell", "console", "zsh"];
@@ -158,19 +158,7 @@ async fn every_runnable_block_runs_against_a_fresh_server() {
 /// Runs `block` against a server of its own, as the quick start runs it.
 async fn run(block: &Block) -> Result<(), String> {
     let workdir = tempfile::tempdir().unwrap();
-    let data_dir = workdir.path().join("data");
-    let database = TestDatabase {
-        backend: Backend::Sqlite,
-        url: format!("sqlite://{}", data_dir.join("policyhub.db").display()),
-        data_dir: tempfile::tempdir().unwrap(),
-    };
-    let app = spawn_on(database, |settings| {
-        settings.insecure = false;
-        settings.data_dir = data_dir;
-        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
-        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
+    let app = crate::helpers::quick_start_app(workdir.path()).await;
     let grpc = app.address.to_string();
     let http = app.http_address.unwrap().to_string();
     let metrics = app.metrics_address.unwrap().to_string();

@@ -6,6 +6,7 @@
 
 pub(crate) mod issuer;
 mod spiffe;
+mod workloads;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -24,6 +25,7 @@ use issuer::{Issuer, Key};
 struct Server {
     child: std::process::Child,
     channel: Channel,
+    port: u16,
     metrics: std::net::SocketAddr,
     http: std::net::SocketAddr,
     dir: tempfile::TempDir,
@@ -65,10 +67,15 @@ impl Server {
         Server {
             child,
             channel,
+            port,
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
             http: format!("127.0.0.1:{http}").parse().unwrap(),
             dir,
         }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     fn bindings_file(&self) -> PathBuf {
