@@ -120,7 +120,7 @@ fn not_a_server_url(server: &str) -> Usage {
 }
 
 /// A `POLICYHUB_*` variable; empty counts as unset.
-fn env(name: &str) -> Option<String> {
+pub(super) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 

@@ -1,5 +1,5 @@
 //! `policyhub login` and `logout`: signing the CLI in with the company's
-//! OpenID provider, as kubelogin does, and keeping the session fresh.
+//! OpenID provider, as kubelogin does, and out again.
 //!
 //! By default the CLI signs in with an authorization code and PKCE on a
 //! loopback redirect (RFC 8252): it listens on 127.0.0.1, on a free port,
@@ -22,7 +22,7 @@ use oauth2::{
 };
 use secrecy::SecretString;
 
-use super::connection::Server;
+use super::connection::{Server, env};
 use super::context::{self, Saving};
 use super::failure::Reply as _;
 use super::failure::{Unusable, Usage, What};
@@ -65,11 +65,6 @@ pub struct LogoutArgs {
     /// The context to sign out of [env: POLICYHUB_CONTEXT] [default: its current_context]
     #[arg(long)]
     context: Option<String>,
-}
-
-/// A `POLICYHUB_*` variable; empty counts as unset.
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
 /// Signs in and keeps the tokens in the context.
