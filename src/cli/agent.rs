@@ -107,7 +107,7 @@ fn host_name() -> Option<String> {
 /// Runs the agent until interrupted, or until a subscription is refused
 /// for good.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let target = args.connection.runtime_target()?;
+    let target = args.connection.runtime_target().await?;
     // Each namespace followed, with the policies named (none: every one).
     let mut follows: Vec<(String, Vec<String>)> = Vec::new();
     for namespace in &args.namespaces {

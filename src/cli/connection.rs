@@ -16,8 +16,11 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
+use secrecy::ExposeSecret as _;
+
 use super::context::{self, Context};
 use super::failure::{Unreachable, Unusable, Usage, What};
+use super::session;
 
 /// The server when nothing names one.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -30,15 +33,23 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The server's URL; https:// speaks TLS [env: POLICYHUB_SERVER] [default: http://127.0.0.1:50051]
-    #[arg(long)]
-    server: Option<String>,
+    #[command(flatten)]
+    server: Server,
     /// Bearer token; prefer --token-file, a flag shows in `ps` [env: POLICYHUB_TOKEN]
     #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
     /// File holding the bearer token [env: POLICYHUB_TOKEN_FILE]
     #[arg(long)]
     token_file: Option<PathBuf>,
+}
+
+/// Where the server is: a [`Connection`] without its token, for what the
+/// server answers anyone.
+#[derive(Debug, clap::Args)]
+pub struct Server {
+    /// The server's URL; https:// speaks TLS [env: POLICYHUB_SERVER] [default: http://127.0.0.1:50051]
+    #[arg(long)]
+    server: Option<String>,
     /// CA certificate (PEM) of the server's certificate [env: POLICYHUB_CA_FILE] [default: the public web roots]
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -57,6 +68,12 @@ pub struct Connection {
     /// Give up waiting for an answer after this long; 0s waits forever [env: POLICYHUB_REQUEST_TIMEOUT] [default: 30s]
     #[arg(long, value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
+}
+
+/// The token flags of a [`Connection`].
+struct TokenFlags<'a> {
+    token: Option<&'a String>,
+    token_file: Option<&'a PathBuf>,
 }
 
 /// Adds the bearer token to every call.
@@ -103,7 +120,7 @@ fn not_a_server_url(server: &str) -> Usage {
 }
 
 /// A `POLICYHUB_*` variable; empty counts as unset.
-fn env(name: &str) -> Option<String> {
+pub(super) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
@@ -125,6 +142,8 @@ fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
 pub(super) struct Resolved {
     pub(super) server: String,
     token: Option<String>,
+    /// The context whose sign-in gives the token, when nothing else does.
+    session: Option<(String, Context)>,
     /// Where the token was read from, to read it again (a rotated token).
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
@@ -146,6 +165,39 @@ pub struct RuntimeTarget {
 }
 
 impl Resolved {
+    /// The channel to the resolved server: TLS for https:// URLs, within
+    /// the connect timeout, every call bounded by the request timeout.
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut endpoint = Channel::from_shared(self.server.clone())
+            .map_err(|_| not_a_server_url(&self.server))?
+            .connect_timeout(self.connect_timeout);
+        if !self.request_timeout.is_zero() {
+            endpoint = endpoint.timeout(self.request_timeout);
+        }
+        if self.server.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(self.tls()?)
+                .context(Unusable::new(What::Connection, "configuring tls"))?;
+        }
+        // The TCP connect has its own timeout; this one also bounds a server
+        // that accepts the connection and never speaks HTTP/2.
+        connected_within(&self.server, self.connect_timeout, endpoint.connect()).await
+    }
+
+    /// The bearer token: the one named, else the sign-in's ID token,
+    /// renewed when it expires within a minute.
+    async fn token(&self) -> anyhow::Result<Option<String>> {
+        match &self.session {
+            Some((name, context)) => Ok(Some(
+                session::fresh_id_token(name, context)
+                    .await?
+                    .expose_secret()
+                    .to_owned(),
+            )),
+            None => Ok(self.token.clone()),
+        }
+    }
+
     fn tls(&self) -> anyhow::Result<ClientTlsConfig> {
         let mut tls = ClientTlsConfig::new().with_webpki_roots();
         if let Some(ca) = &self.ca_file {
@@ -158,11 +210,76 @@ impl Resolved {
     }
 }
 
+/// Where a connection's bearer token comes from.
+#[derive(Default)]
+struct TokenSources {
+    /// The token a flag, a variable or a token file names.
+    token: Option<String>,
+    /// The token file, to read it again (a rotated token).
+    token_file: Option<PathBuf>,
+    /// The context whose sign-in gives the token, when nothing else does.
+    session: Option<(String, Context)>,
+}
+
+/// The token the flags, variables and context name.
+fn token_of(
+    flags: TokenFlags<'_>,
+    context_name: Option<String>,
+    context: &Context,
+) -> anyhow::Result<TokenSources> {
+    let token_file = match (flags.token, flags.token_file) {
+        (Some(_), _) => None,
+        (None, Some(file)) => Some(file.clone()),
+        (None, None) => match (env("POLICYHUB_TOKEN"), env("POLICYHUB_TOKEN_FILE")) {
+            (Some(_), _) => None,
+            (None, Some(file)) => Some(PathBuf::from(file)),
+            (None, None) => context.token_file.clone(),
+        },
+    };
+    let token = match (&token_file, flags.token) {
+        (Some(file), _) => Some(read_token(file)?),
+        (None, Some(token)) => Some(token.clone()),
+        (None, None) => env("POLICYHUB_TOKEN"),
+    };
+    // A token named by a flag, a variable or a token file comes first
+    // (automation); then the sign-in of `policyhub login`.
+    let session = match (&token, context_name) {
+        (None, Some(name)) if context.id_token.is_some() => Some((name, context.clone())),
+        _ => None,
+    };
+    Ok(TokenSources {
+        token,
+        token_file,
+        session,
+    })
+}
+
 impl Connection {
     /// The flags, variables and context resolved into one connection's
     /// settings.
     pub(super) fn resolve(&self) -> anyhow::Result<Resolved> {
-        let context: Context = context::load(
+        self.server.resolve(Some(TokenFlags {
+            token: self.token.as_ref(),
+            token_file: self.token_file.as_ref(),
+        }))
+    }
+}
+
+impl Server {
+    /// The context the flag or the variable selects, if any.
+    pub(super) fn selected_context(&self) -> Option<String> {
+        self.context.clone().or_else(|| env("POLICYHUB_CONTEXT"))
+    }
+
+    /// Connects without a token, for what the server answers anyone.
+    pub(super) async fn connect(&self) -> anyhow::Result<Channel> {
+        self.resolve(None)?.channel().await
+    }
+
+    /// The flags, variables and context resolved into one connection's
+    /// settings; with `tokens`, the token too.
+    fn resolve(&self, tokens: Option<TokenFlags<'_>>) -> anyhow::Result<Resolved> {
+        let (context_name, context): (Option<String>, Context) = context::load(
             self.context
                 .clone()
                 .or_else(|| env("POLICYHUB_CONTEXT"))
@@ -173,19 +290,13 @@ impl Connection {
                 .or_else(|| env(name).map(PathBuf::from))
                 .or(from_context)
         };
-        let token_file = match (&self.token, &self.token_file) {
-            (Some(_), _) => None,
-            (None, Some(file)) => Some(file.clone()),
-            (None, None) => match (env("POLICYHUB_TOKEN"), env("POLICYHUB_TOKEN_FILE")) {
-                (Some(_), _) => None,
-                (None, Some(file)) => Some(PathBuf::from(file)),
-                (None, None) => context.token_file.clone(),
-            },
-        };
-        let token = match (&token_file, &self.token) {
-            (Some(file), _) => Some(read_token(file)?),
-            (None, Some(token)) => Some(token.clone()),
-            (None, None) => env("POLICYHUB_TOKEN"),
+        let TokenSources {
+            token,
+            token_file,
+            session,
+        } = match tokens {
+            Some(flags) => token_of(flags, context_name, &context)?,
+            None => TokenSources::default(),
         };
         let cert_file = path(&self.cert_file, "POLICYHUB_CERT_FILE", context.cert_file);
         let key_file = path(&self.key_file, "POLICYHUB_KEY_FILE", context.key_file);
@@ -212,6 +323,7 @@ impl Connection {
         Ok(Resolved {
             server,
             token: token.map(|token| token.trim().to_owned()),
+            session,
             token_file,
             ca_file: path(&self.ca_file, "POLICYHUB_CA_FILE", context.ca_file),
             identity,
@@ -229,11 +341,14 @@ impl Connection {
             },
         })
     }
+}
 
+impl Connection {
     /// Where and how a runtime subscription connects: the server URL, its
-    /// TLS settings and the token.
-    pub fn runtime_target(&self) -> anyhow::Result<RuntimeTarget> {
-        let resolved = self.resolve()?;
+    /// TLS settings and the token (a sign-in's as it is at the start).
+    pub async fn runtime_target(&self) -> anyhow::Result<RuntimeTarget> {
+        let mut resolved = self.resolve()?;
+        resolved.token = resolved.token().await?;
         let tls = if resolved.server.starts_with("https://") {
             Some(resolved.tls()?)
         } else {
@@ -258,27 +373,10 @@ impl Connection {
     /// every call of the channel is bounded by the request timeout.
     pub async fn connect(&self) -> anyhow::Result<AuthChannel> {
         let resolved = self.resolve()?;
-        let mut endpoint = Channel::from_shared(resolved.server.clone())
-            .map_err(|_| not_a_server_url(&resolved.server))?
-            .connect_timeout(resolved.connect_timeout);
-        if !resolved.request_timeout.is_zero() {
-            endpoint = endpoint.timeout(resolved.request_timeout);
-        }
-        if resolved.server.starts_with("https://") {
-            endpoint = endpoint
-                .tls_config(resolved.tls()?)
-                .context(Unusable::new(What::Connection, "configuring tls"))?;
-        }
-        // The TCP connect has its own timeout; this one also bounds a server
-        // that accepts the connection and never speaks HTTP/2.
-        let channel = connected_within(
-            &resolved.server,
-            resolved.connect_timeout,
-            endpoint.connect(),
-        )
-        .await?;
+        let channel = resolved.channel().await?;
         let bearer = resolved
-            .token
+            .token()
+            .await?
             .map(|token| {
                 MetadataValue::try_from(format!("Bearer {token}")).context(Unusable::new(
                     What::Token,

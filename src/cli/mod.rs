@@ -36,10 +36,13 @@ mod health;
 mod inspect;
 mod json;
 mod lifecycle;
+mod login;
+mod oidc;
 mod output;
 mod rollout;
 mod schedule;
 mod schema;
+mod session;
 mod sync;
 mod verify;
 mod verify_log;
@@ -298,6 +301,26 @@ enum Command {
     },
     #[command(flatten)]
     Schedule(schedule::ScheduleCommand),
+    /// Sign in with the company's OpenID provider, by default the one the
+    /// server offers (ListIdentityProviders): the ID token it gives is then
+    /// the bearer token of every command, renewed as it expires.
+    ///
+    /// By default, prints a URL to open in a browser and waits for the
+    /// browser to come back to 127.0.0.1 (authorization code with PKCE);
+    /// with --device, prints a URL and a code to enter on any device. The
+    /// tokens are kept in the context of the client config file (mode 0600).
+    /// A token from --token, --token-file or POLICYHUB_TOKEN still comes
+    /// first.
+    Login {
+        #[command(flatten)]
+        args: login::LoginArgs,
+    },
+    /// Sign out: revoke the refresh token at the provider and remove the
+    /// tokens from the context.
+    Logout {
+        #[command(flatten)]
+        args: login::LogoutArgs,
+    },
     /// Print who the token speaks for and its grants, and with a namespace
     /// the methods it may call there (WhoAmI), as `kubectl auth whoami` and
     /// `kubectl auth can-i --list` do.
@@ -553,6 +576,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rollout { command } => rollout::run(command).await?,
         Command::Schedule(command) => schedule::run(command).await?,
+        Command::Login { args } => login::login(args).await?,
+        Command::Logout { args } => login::logout(args).await?,
         Command::Whoami { client, namespace } => {
             let (channel, output) = client.connect().await?;
             inspect::whoami(channel, output, namespace.unwrap_or_default()).await?

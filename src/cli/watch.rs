@@ -46,7 +46,7 @@ pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
 
 /// Follows the namespace until interrupted or refused for good.
 pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> anyhow::Result<()> {
-    let target = connection.runtime_target()?;
+    let target = connection.runtime_target().await?;
     let mut subscription = Subscription::new(target.server, &args.namespace).names(args.names);
     if let Some(interval) = args.heartbeat_interval {
         subscription = subscription.heartbeat_interval(interval);

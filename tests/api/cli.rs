@@ -49,7 +49,7 @@ pub fn policyhub_with(env: &[(&str, &str)], args: &[&str]) -> Run {
 }
 
 /// `policyhub ARGS` with only `env` of the client's variables set.
-fn client_command(env: &[(&str, &str)], args: &[&str]) -> Command {
+pub fn client_command(env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut command = Command::new(policyhub_binary());
     command.args(args);
     for name in [
@@ -59,6 +59,9 @@ fn client_command(env: &[(&str, &str)], args: &[&str]) -> Command {
         "POLICYHUB_CONTEXT",
         "POLICYHUB_CONNECT_TIMEOUT",
         "POLICYHUB_REQUEST_TIMEOUT",
+        "POLICYHUB_ISSUER",
+        "POLICYHUB_CLIENT_ID",
+        "POLICYHUB_SCOPES",
     ] {
         command.env_remove(name);
     }

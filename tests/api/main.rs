@@ -21,8 +21,10 @@ mod http_events;
 mod http_protocol;
 mod identity;
 mod lifecycle;
+mod login;
 mod malformed;
 mod observability;
+mod oidc;
 mod operations;
 mod races;
 

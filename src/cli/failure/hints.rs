@@ -60,7 +60,7 @@ fn code_hint(code: Code) -> &'static str {
         }
         Code::Unauthenticated => {
             "pass a valid token with --token-file or POLICYHUB_TOKEN \
-             (`policyhub token` mints one for a local server)"
+             (`policyhub token` mints one for a local server), or sign in with `policyhub login`"
         }
         Code::PermissionDenied => {
             "use a token whose roles claim grants the role named above in that namespace"
@@ -164,7 +164,8 @@ fn unusable_hint(what: What) -> &'static str {
         What::ClientConfig => {
             "fix the client config file, or point POLICYHUB_CLIENT_CONFIG at another; it holds \
              current_context and [contexts.NAME] tables of server, token_file, ca_file, \
-             cert_file, key_file, connect_timeout and request_timeout"
+             cert_file, key_file, connect_timeout, request_timeout, and issuer, client_id and \
+             scopes for `policyhub login`"
         }
         What::Connection => {
             "check --server (http://HOST:PORT, or https://HOST:PORT for TLS) and the PEM files \
@@ -177,6 +178,14 @@ fn unusable_hint(what: What) -> &'static str {
         What::Reply => {
             "a fault of the server: its reply breaks the protocol; upgrade the server or this \
              client so that they match"
+        }
+        What::Issuer => {
+            "check --issuer: the provider's issuer URL, whose \
+             /.well-known/openid-configuration describes it (https, or http on this machine)"
+        }
+        What::SignIn => {
+            "sign in again with `policyhub login`; when the provider refuses the client, \
+             check --client-id against the client registered there"
         }
     }
 }
@@ -387,6 +396,8 @@ mod tests {
             What::Checkout,
             What::Reply,
             What::Log,
+            What::Issuer,
+            What::SignIn,
         ] {
             assert!(!unusable_hint(what).is_empty(), "{what:?}");
         }

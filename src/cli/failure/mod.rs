@@ -135,6 +135,10 @@ pub enum What {
     Reply,
     /// An event log whose hash chain is broken.
     Log,
+    /// An OpenID provider `policyhub login` cannot use.
+    Issuer,
+    /// A sign-in that failed, or a session that cannot be renewed.
+    SignIn,
 }
 
 /// Something the command could not use, and why.
@@ -263,7 +267,7 @@ fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The error and its causes, each once, as `{error:#}` joins them.
-fn message(error: &anyhow::Error) -> String {
+pub(super) fn message(error: &anyhow::Error) -> String {
     let mut causes: Vec<String> = Vec::new();
     for cause in error.chain() {
         let text = cause_text(cause);
