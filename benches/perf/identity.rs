@@ -1,6 +1,6 @@
 //! Identity: GetActive from a caller whose grants come from role bindings,
 //! on a server trusting three OpenID Connect issuers (keys from JWKS files)
-//! with 100 bindings, against the same call from a caller of the local
+//! beside its local one, with 100 bindings, against the same call from a caller of the local
 //! issuer whose grants are its `roles` claim, on a server trusting only
 //! that issuer. Both servers run side by side and are measured alternately,
 //! 64 calls in flight over 16 connections each.
@@ -69,9 +69,20 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     }
     let bindings_file = dir.path().join("bindings.toml");
     std::fs::write(&bindings_file, bindings)?;
+    // The local issuer stays beside them (with `[[auth.issuers]]` it is
+    // not generated): the bench publishes with its token.
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir)?;
+    let secret = data_dir.join(policyhub::config::GENERATED_SECRET_FILE);
+    std::fs::write(&secret, "a local secret of at least thirty-two bytes")?;
     let mut bound = Policyhub::start(Options {
         authenticated: true,
+        data_dir: Some(data_dir),
         env: vec![
+            (
+                "POLICYHUB_AUTH__HS256_SECRET_FILE".into(),
+                secret.display().to_string(),
+            ),
             (
                 "POLICYHUB_AUTH__ISSUERS".into(),
                 format!("[{}]", entries.join(", ")),
