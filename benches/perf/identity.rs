@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use anyhow::ensure;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -53,18 +52,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             signer = Some(EncodingKey::from_ed_der(pkcs8.as_ref()));
         }
     }
-    // The caller's binding is the last one read.
+    // The caller's binding is the last one read, of the last issuer.
     let mut bindings = String::new();
     for index in 0..BINDINGS {
-        let grant = if index == BINDINGS - 1 {
-            format!("{}:reader", crate::support::NAMESPACE)
+        let (grant, issuer_index) = if index == BINDINGS - 1 {
+            (format!("{}:reader", crate::support::NAMESPACE), ISSUERS - 1)
         } else {
-            format!("team-{index}:operator")
+            (format!("team-{index}:operator"), index % ISSUERS)
         };
         bindings.push_str(&format!(
             "[[bindings]]\nname = \"binding-{index}\"\nissuer = \"{}\"\nclaim = \"groups\"\n\
              value = \"group-{index}\"\ngrants = [\"{grant}\"]\n\n",
-            issuer(index % ISSUERS)
+            issuer(issuer_index)
         ));
     }
     let bindings_file = dir.path().join("bindings.toml");
@@ -103,21 +102,40 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     bound.publish(1).await?;
     local.publish(1).await?;
 
-    // A person of the last issuer, in twenty groups, the last one bound.
+    // A person of the last issuer, in twenty groups, the last one bound
+    // to a grant in the bench's namespace (and some bound for other
+    // issuers only). The baseline's caller is the same person, with the
+    // same claims and its grant in the roles claim, so that the tokens
+    // weigh the same on the wire and only the configuration differs.
     let now = jsonwebtoken::get_current_timestamp();
     let groups: Vec<String> = (BINDINGS - 20..BINDINGS)
-        .filter(|index| index % ISSUERS == ISSUERS - 1)
         .map(|index| format!("group-{index}"))
         .collect();
+    let claims = |iss: &str| {
+        json!({"iss": iss, "aud": "policyhub", "sub": "person", "groups": groups,
+            "email": "person@example.com", "exp": now + 3600,
+            "roles": [format!("{}:reader", crate::support::NAMESPACE)]})
+    };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(format!("key-{}", ISSUERS - 1));
-    let token = jsonwebtoken::encode(
+    let bound_token = jsonwebtoken::encode(
         &header,
-        &json!({"iss": issuer(ISSUERS - 1), "aud": "policyhub", "sub": "person",
-            "groups": groups, "email": "person@example.com", "exp": now + 3600}),
+        &claims(&issuer(ISSUERS - 1)),
         signer.as_ref().expect("the last issuer signs"),
     )?;
-    let token: MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let secret = std::fs::read_to_string(
+        local
+            .data_dir
+            .join(policyhub::config::GENERATED_SECRET_FILE),
+    )?;
+    let local_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(policyhub::config::LOCAL_ISSUER),
+        &EncodingKey::from_secret(secret.trim().as_bytes()),
+    )?;
+    let bearer = |token: String| -> anyhow::Result<MetadataValue<_>> {
+        Ok(format!("Bearer {token}").parse()?)
+    };
 
     let callers = |policyhub: &Policyhub, token: Option<MetadataValue<_>>| {
         let endpoint = policyhub.endpoint.clone();
@@ -129,19 +147,29 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             anyhow::Ok(callers)
         }
     };
-    let bound_callers = callers(&bound, Some(token)).await?;
-    let local_callers = callers(&local, local.token()).await?;
+    let bound_callers = callers(&bound, Some(bearer(bound_token)?)).await?;
+    let local_callers = callers(&local, Some(bearer(local_token)?)).await?;
     // Each caller is answered before anything is measured.
-    ensure!(
-        bound_callers[0].clone().call(Call::GetActive).await.is_ok(),
-        "the bound caller is refused"
-    );
+    for callers in [&bound_callers, &local_callers] {
+        if let Err(status) = callers[0].clone().call(Call::GetActive).await {
+            anyhow::bail!("a caller is refused: {status:?}");
+        }
+    }
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for repeat in 1..=settings.repeats {
-        let with_bindings =
-            rate_in_flight(&bound_callers, Call::GetActive, duration, IN_FLIGHT).await?;
-        let roles_claim =
-            rate_in_flight(&local_callers, Call::GetActive, duration, IN_FLIGHT).await?;
+        // Which goes first alternates, so neither always meets a warmer
+        // machine.
+        let (with_bindings, roles_claim) = if repeat % 2 == 1 {
+            let ours = rate_in_flight(&bound_callers, Call::GetActive, duration, IN_FLIGHT).await?;
+            let theirs =
+                rate_in_flight(&local_callers, Call::GetActive, duration, IN_FLIGHT).await?;
+            (ours, theirs)
+        } else {
+            let theirs =
+                rate_in_flight(&local_callers, Call::GetActive, duration, IN_FLIGHT).await?;
+            let ours = rate_in_flight(&bound_callers, Call::GetActive, duration, IN_FLIGHT).await?;
+            (ours, theirs)
+        };
         println!(
             "  repeat {repeat}: GetActive {with_bindings:.0}/s with {ISSUERS} issuers and \
              {BINDINGS} bindings, {roles_claim:.0}/s with one issuer's roles claim"
@@ -164,8 +192,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         .target(Target::RatioAtLeast(RATIO_FLOOR)),
     );
     outcome.notes.push(format!(
-        "two servers side by side, measured alternately; the issuers' keys from JWKS files \
-         (discovery fetches them once); {} s per run after 0.3 s of warm-up",
+        "two servers side by side, measured alternately (which goes first alternates); the \
+         same person's claims in both tokens (20 groups; EdDSA from an OIDC issuer, HS256 \
+         from the local one); the issuers' keys from JWKS files (discovery fetches them \
+         once); {} s per run after 0.3 s of warm-up",
         duration.as_secs()
     ));
     Ok(outcome)

@@ -165,11 +165,18 @@ impl Login {
 struct TrustingServer {
     child: Child,
     url: String,
+    /// Its metrics port.
+    metrics: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl TrustingServer {
     async fn start(provider: &OidcProvider) -> Self {
+        Self::start_with(provider, "").await
+    }
+
+    /// With `extra` lines in the provider's `[[auth.issuers]]` entry.
+    async fn start_with(provider: &OidcProvider, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bindings = dir.path().join("bindings.toml");
         std::fs::write(
@@ -200,24 +207,27 @@ client_id = "policyhub"
 scopes = ["openid", "profile", "email", "groups", "offline_access"]
 claims = ["groups", "email"]
 min_refresh_interval = "1s"
+{extra}
 "#,
                 bindings = bindings.display(),
                 issuer = provider.issuer
             ),
         )
         .unwrap();
-        let port = free_port();
+        let (port, metrics) = (free_port(), free_port());
         let mut command = std::process::Command::new(policyhub_binary());
         command
             .arg("serve")
             .arg("--config")
             .arg(&config)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.path().join("data"));
+            .arg(dir.path().join("data"))
+            .env("POLICYHUB_METRICS_LISTEN", format!("127.0.0.1:{metrics}"));
         let (child, _) = start_serving(command, port).await;
         TrustingServer {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
             _dir: dir,
         }
     }
@@ -459,6 +469,45 @@ async fn a_server_that_trusts_the_provider_takes_the_sign_in() {
         "{}",
         after.stderr
     );
+}
+
+/// The provider goes down: the server fetches its keys in vain, says so in
+/// its metrics, and goes on verifying tokens signed by the keys it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_goes_down_leaves_its_known_keys_verifying() {
+    let provider = OidcProvider::start(&[]);
+    let issuer = provider.issuer.clone();
+    let workstation = Workstation::new();
+    let server = TrustingServer::start_with(
+        &provider,
+        "refresh_interval = \"1s\"\nkeys_grace_period = \"1h\"",
+    )
+    .await;
+    let login = device_login(&workstation, &provider, "bob").await;
+    assert_eq!(login.code, 0, "{}{}", login.stdout, login.stderr);
+    let whoami = workstation.run(&server.url, &["whoami"]);
+    assert_eq!(whoami.code, 0, "{}{}", whoami.stdout, whoami.stderr);
+
+    drop(provider);
+    let failures =
+        format!("policyhub_auth_key_fetches_total{{issuer=\"{issuer}\",outcome=\"failure\"}}");
+    let mut failed = false;
+    for _ in 0..100 {
+        let metrics = crate::observability::scrape(server.metrics).await;
+        failed = metrics
+            .lines()
+            .any(|line| line.starts_with(&failures) && !line.ends_with(" 0"));
+        if failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "a failed fetch is counted");
+    // The ID token of the sign-in (valid an hour) still verifies: the CLI
+    // has nothing to renew, the server still holds the provider's key.
+    let later = workstation.run(&server.url, &["whoami"]);
+    assert_eq!(later.code, 0, "{}{}", later.stdout, later.stderr);
+    assert!(later.stdout.contains("subject: bob\n"), "{}", later.stdout);
 }
 
 /// The default sign-in: the CLI listens on a loopback port, the person
