@@ -155,6 +155,29 @@ async fn release(server: &Server, admin: &str, body: Value) -> u64 {
 }
 
 /// The revision the server last heard `runtime_id` report as applied.
+/// Releases `body` and waits until `agent` holds it (within `seconds`) and
+/// the server has its report; returns the revision.
+async fn release_and_follow(
+    server: &Server,
+    admin: &str,
+    agent: &Agent,
+    body: Value,
+    seconds: u64,
+) -> u64 {
+    let revision = release(server, admin, body).await;
+    assert!(
+        eventually(seconds, async || agent.holds(revision).await).await,
+        "{}",
+        agent.log()
+    );
+    assert!(
+        eventually(10, async || reported(server, admin, "agent-1").await
+            == revision)
+        .await
+    );
+    revision
+}
+
 async fn reported(server: &Server, admin: &str, runtime_id: &str) -> u64 {
     let request = ListRuntimesRequest {
         namespace: "payments".into(),
@@ -236,17 +259,7 @@ async fn an_agent_follows_with_its_service_account_token_through_a_rotation_with
 
     // The next activation arrives over the same stream: no reconnection,
     // no refusal.
-    let second = release(&server, &admin, json!({"max": 7})).await;
-    assert!(
-        eventually(10, async || agent.holds(second).await).await,
-        "{}",
-        agent.log()
-    );
-    assert!(
-        eventually(10, async || reported(&server, &admin, "agent-1").await
-            == second)
-        .await
-    );
+    release_and_follow(&server, &admin, &agent, json!({"max": 7}), 10).await;
     assert_eq!(
         watch_streams(&server).await,
         (1.0, ended),
@@ -259,17 +272,7 @@ async fn an_agent_follows_with_its_service_account_token_through_a_rotation_with
     // The connection lost: the next stream carries the new token (the
     // first one would be refused now).
     proxy.black_hole_open_connections();
-    let third = release(&server, &admin, json!({"max": 8})).await;
-    assert!(
-        eventually(20, async || agent.holds(third).await).await,
-        "{}",
-        agent.log()
-    );
-    assert!(
-        eventually(10, async || reported(&server, &admin, "agent-1").await
-            == third)
-        .await
-    );
+    release_and_follow(&server, &admin, &agent, json!({"max": 8}), 20).await;
     assert_eq!(agent.metric("policyhub_agent_refusals_total").await, 0.0);
     assert!(
         agent
@@ -283,17 +286,7 @@ async fn an_agent_follows_with_its_service_account_token_through_a_rotation_with
     // and the last good token kept.
     projected.write("");
     proxy.black_hole_open_connections();
-    let fourth = release(&server, &admin, json!({"max": 9})).await;
-    assert!(
-        eventually(20, async || agent.holds(fourth).await).await,
-        "{}",
-        agent.log()
-    );
-    assert!(
-        eventually(10, async || reported(&server, &admin, "agent-1").await
-            == fourth)
-        .await
-    );
+    release_and_follow(&server, &admin, &agent, json!({"max": 9}), 20).await;
     assert_eq!(agent.metric("policyhub_agent_refusals_total").await, 0.0);
     let log = agent.log();
     assert!(
