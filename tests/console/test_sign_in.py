@@ -136,7 +136,11 @@ class SignIn(BrowserCase):
         return token
 
     def action_texts(self):
-        return [button.text for button in self.browser.find_elements(By.CSS_SELECTOR, "#actions button")]
+        """The policy page's actions, read at once (a render may replace
+        them meanwhile)."""
+        return self.browser.execute_script(
+            "return [...document.querySelectorAll('#actions button')].map((button) => button.textContent)"
+        )
 
     def test_01_bob_signs_in_through_the_provider_and_may_activate(self):
         self.open(POLICY)
@@ -192,18 +196,29 @@ class SignIn(BrowserCase):
         self.assertTrue(self.browser.current_url.startswith(self.base))
         self.assert_clean_console()
 
-    def test_05_a_refused_token_asks_to_sign_in_again_and_returns_to_the_page(self):
+    def test_05_a_refused_token_keeps_the_page_and_signing_in_again_returns_to_it(self):
         self.open(POLICY)
         self.wait_text("#who", "bob")
+        button = WebDriverWait(self.browser, 10).until(lambda browser: next(
+            (button for button in browser.find_elements(By.CSS_SELECTOR, "#actions button")
+             if button.text == "Activate…"),
+            False,
+        ))
+        button.click()
+        dialog = self.find("dialog[open]")
+        dialog.find_element(By.NAME, "reason").send_keys("typed before the refusal")
         # A token the server refuses, which the console has no reason to
         # refresh (it expires in 2286).
         forged = "e30." + base64.urlsafe_b64encode(b'{"exp":9999999999}').decode().rstrip("=") + ".x"
         self.browser.execute_script("sessionStorage.setItem('policyhub.token', arguments[0])", forged)
-        route = "#/namespaces/payments/policies/limits"
-        self.browser.execute_script("location.hash = arguments[0]", route)
+        dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         self.wait_text("#banner", "no longer accepts your sign-in")
-        self.assert_accessible("signed-out banner")
+        # What was typed is still on screen.
+        dialog = self.find("dialog[open]")
+        self.assertEqual(dialog.find_element(By.NAME, "reason").get_attribute("value"), "typed before the refusal")
         self.screenshot("sign-in-again")
+        self.assert_accessible("signed-out banner")
+        next(button for button in dialog.find_elements(By.TAG_NAME, "button") if button.text == "Cancel").click()
         self.find("#banner button").click()
         # The provider still knows bob: only its consent page is shown.
         allow = WebDriverWait(self.browser, 10).until(lambda browser: next(
@@ -212,12 +227,11 @@ class SignIn(BrowserCase):
         ))
         allow.click()
         self.wait_text("#who", "bob")
-        self.assert_signed_in_at(route)
+        self.assert_signed_in_at(POLICY)
         WebDriverWait(self.browser, 10).until(lambda _: "Activate…" in self.action_texts())
         errors = [entry for entry in self.browser.get_log("browser") if entry["level"] == "SEVERE"]
         self.assertTrue(all("401" in entry["message"] or "/favicon.ico" in entry["message"]
                             for entry in errors), errors)
-
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
