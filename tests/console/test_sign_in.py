@@ -19,7 +19,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from test_console import BINARY, ROOT, BrowserCase, chromium, free_port
@@ -117,13 +119,15 @@ class SignIn(BrowserCase):
         self.find("input[name=login]").send_keys(who)
         self.find("input[name=password]").send_keys(f"{who}-password")
         self.find("input[name=password]").submit()
-        allow = WebDriverWait(self.browser, 10).until(lambda browser: next(
-            (button for button in browser.find_elements(By.CSS_SELECTOR, "button") if button.text == "Allow"),
-            False,
-        ))
-        allow.click()
+        self.allow()
         WebDriverWait(self.browser, 10).until(lambda browser: browser.current_url.startswith(self.base))
         self.wait_text("#who", who)
+
+    def allow(self):
+        """Allows on the provider's consent page, once it is shown."""
+        WebDriverWait(self.browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+            expected_conditions.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Allow']"))
+        ).click()
 
     def assert_signed_in_at(self, route):
         """Back at `route`, signed in with an ID token of the provider, kept
@@ -199,6 +203,9 @@ class SignIn(BrowserCase):
     def test_05_a_refused_token_keeps_the_page_and_signing_in_again_returns_to_it(self):
         self.open(POLICY)
         self.wait_text("#who", "bob")
+        # Just after a renewal, so that none replaces the forged token below.
+        renewed = self.stored("policyhub.token")
+        WebDriverWait(self.browser, ID_TOKEN_TTL).until(lambda _: self.stored("policyhub.token") != renewed)
         button = WebDriverWait(self.browser, 10).until(lambda browser: next(
             (button for button in browser.find_elements(By.CSS_SELECTOR, "#actions button")
              if button.text == "Activate…"),
@@ -221,17 +228,30 @@ class SignIn(BrowserCase):
         next(button for button in dialog.find_elements(By.TAG_NAME, "button") if button.text == "Cancel").click()
         self.find("#banner button").click()
         # The provider still knows bob: only its consent page is shown.
-        allow = WebDriverWait(self.browser, 10).until(lambda browser: next(
-            (button for button in browser.find_elements(By.CSS_SELECTOR, "button") if button.text == "Allow"),
-            False,
-        ))
-        allow.click()
+        WebDriverWait(self.browser, 10).until(lambda browser: browser.current_url.startswith(self.issuer))
+        self.allow()
         self.wait_text("#who", "bob")
         self.assert_signed_in_at(POLICY)
         WebDriverWait(self.browser, 10).until(lambda _: "Activate…" in self.action_texts())
         errors = [entry for entry in self.browser.get_log("browser") if entry["level"] == "SEVERE"]
         self.assertTrue(all("401" in entry["message"] or "/favicon.ico" in entry["message"]
                             for entry in errors), errors)
+
+    def test_06_with_no_refresh_token_the_expiry_asks_to_sign_in_again_and_keeps_the_page(self):
+        self.open(POLICY)
+        self.wait_text("#who", "bob")
+        WebDriverWait(self.browser, 10).until(lambda _: "Activate…" in self.action_texts())
+        session = json.loads(self.stored("policyhub.oidc"))
+        session["refreshToken"] = None
+        self.browser.execute_script(
+            "sessionStorage.setItem('policyhub.oidc', arguments[0])", json.dumps(session)
+        )
+        self.wait_text("#banner", "has expired and could not be renewed", timeout=ID_TOKEN_TTL + 5)
+        self.assertIn("Activate…", self.action_texts(), "the page stays")
+        self.assertEqual(self.browser.current_url, f"{self.base}/console/{POLICY}")
+        self.assertIsNone(self.stored("policyhub.token"))
+        self.assert_clean_console()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
