@@ -17,7 +17,7 @@ const SIGNED_OUT_KEY = 'policyhub.signedOut';
 
 // The address the provider sends people back to: register it as a redirect
 // URI of the client.
-export const redirectUri = () => `${window.location.origin}/console/`;
+const redirectUri = () => `${window.location.origin}/console/`;
 
 // The host a provider is named by on the sign-in page.
 export const issuerHost = (issuer) => new URL(issuer).host;
@@ -32,7 +32,7 @@ const random = () => base64url(crypto.getRandomValues(new Uint8Array(32)));
 
 // The claims of a JWT, read without checking its signature: the server
 // checks it on every call.
-export function claims(jwt) {
+function claims(jwt) {
   const payload = jwt.split('.')[1] ?? '';
   const binary = atob(payload.replaceAll('-', '+').replaceAll('_', '/'));
   return JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
@@ -48,14 +48,14 @@ async function discovery(issuer) {
 // Sends the person to `provider`'s authorization endpoint; `route` (a hash
 // route of the console) is where the console returns once signed in.
 export async function begin(provider, route) {
-  const document = await discovery(provider.issuer);
+  const metadata = await discovery(provider.issuer);
   const verifier = random();
   const challenge = base64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
   const pending = {
     issuer: provider.issuer,
     clientId: provider.clientId,
     scopes: provider.scopes ?? [],
-    tokenEndpoint: document.token_endpoint,
+    tokenEndpoint: metadata.token_endpoint,
     verifier,
     state: random(),
     nonce: random(),
@@ -70,7 +70,7 @@ export async function begin(provider, route) {
     sessionStorage.getItem(SIGNED_OUT_KEY) ? 'login' : null,
     scopes.includes('offline_access') ? 'consent' : null,
   ].filter(Boolean).join(' ');
-  const url = new URL(document.authorization_endpoint);
+  const url = new URL(metadata.authorization_endpoint);
   for (const [key, value] of Object.entries({
     response_type: 'code',
     client_id: provider.clientId,
