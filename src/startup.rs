@@ -466,7 +466,11 @@ impl Application {
                 .layer(crate::metrics::RpcMetricsLayer)
                 .layer(MessageLimitLayer { limit: max_message })
                 .service(routes);
-            let gateway = Gateway::new(BoxCloneSyncService::new(grpc), max_message);
+            let gateway = Gateway::new(
+                BoxCloneSyncService::new(grpc),
+                max_message,
+                providers.iter().map(|provider| provider.issuer.as_str()),
+            );
             if let Ok(address) = tcp.local_addr() {
                 tracing::info!(%address, "serving http");
             }

@@ -1,6 +1,7 @@
 // The public HTTP/JSON API, the console's only source of data. The bearer
-// token lives in this tab's session storage: never in a URL, never in a
-// cookie the server could read.
+// token (pasted, or the ID token of a sign-in, see oidc.js) lives in this
+// tab's session storage: never in a URL, never in a cookie the server could
+// read.
 
 const TOKEN_KEY = 'policyhub.token';
 
@@ -20,10 +21,16 @@ export class ApiError extends Error {
 }
 
 const listeners = new Set();
+let beforeCall = async () => {};
 
 // `callback` runs when the server refuses the token (401).
 export function onUnauthenticated(callback) {
   listeners.add(callback);
+}
+
+// `hook` runs before each call (to refresh the token); the call waits.
+export function beforeEachCall(hook) {
+  beforeCall = hook;
 }
 
 // Calls `path` under /v1/. `query` values that are arrays repeat the
@@ -36,7 +43,8 @@ async function call(method, path, { query = {}, body, notify = true } = {}) {
       if (item !== undefined && item !== null && item !== '') url.searchParams.append(key, item);
     }
   }
-  const headers = { Authorization: `Bearer ${token.get() ?? ''}` };
+  await beforeCall();
+  const headers = token.get() ? { Authorization: `Bearer ${token.get()}` } : {};
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const response = await fetch(url, {
     method,
@@ -64,6 +72,9 @@ export const paths = {
   policy: (namespace, name) => `namespaces/${segment(namespace)}/policies/${segment(name)}`,
   rollout: (namespace, id) => `namespaces/${segment(namespace)}/rollouts/${segment(id)}`,
 };
+
+// The OpenID Connect providers people sign in with (asked without a token).
+export const identityProviders = () => call('GET', 'identityProviders', { notify: false });
 
 // Every page of a listing, up to `limit` items.
 export async function all(path, field, query = {}, limit = 1000) {

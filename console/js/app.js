@@ -1,7 +1,8 @@
 // The console: a router over the location's hash (`#/namespaces/…`, the
 // API's own resource paths), sign-in, and the header.
 
-import { ApiError, forgetCaller, onUnauthenticated, token, whoami } from './api.js';
+import { ApiError, beforeEachCall, forgetCaller, identityProviders, onUnauthenticated, token, whoami } from './api.js';
+import * as oidc from './oidc.js';
 import { h, link, notice, route } from './dom.js';
 import { home, namespacePolicies } from './pages/home.js';
 import { policy } from './pages/policy.js';
@@ -52,28 +53,69 @@ async function showCaller() {
 
 function signOutNow() {
   token.clear();
+  oidc.signOut();
   forgetCaller();
+  banner();
   render();
 }
 
-function signIn(reason) {
+// A button that sends the person to `provider` and back to `route`; a
+// failure to reach the provider is told in `error`.
+function providerButton(provider, route, error, text = `Sign in with ${oidc.issuerHost(provider.issuer)}`) {
+  return h('button', {
+    type: 'button',
+    class: 'primary',
+    'data-issuer': provider.issuer,
+    onclick: () => oidc.begin(provider, route).catch((failure) => {
+      error.textContent = failure instanceof oidc.SignInError ? failure.message
+        : `Cannot reach ${oidc.issuerHost(provider.issuer)}: ${failure.message}`;
+    }),
+  }, text);
+}
+
+// The notice that the sign-in has ended, above the page, which stays as it
+// is: signing in again returns to the same route. Without `reason`, none.
+function banner(reason) {
+  const place = document.getElementById('banner');
+  if (!reason) {
+    place.replaceChildren();
+    return;
+  }
+  const error = h('span', { class: 'error' });
+  const provider = oidc.provider();
+  const again = provider
+    ? providerButton(provider, window.location.hash, error, 'Sign in again')
+    : h('button', { type: 'button', class: 'primary', onclick: () => { banner(); render(); } }, 'Sign in again');
+  place.replaceChildren(h('div', { class: 'banner', role: 'alert' }, h('p', {}, reason, ' ', again, ' ', error)));
+}
+
+async function signIn(reason) {
   crumbs([]);
   document.title = 'Sign in · policyhub';
+  const ticket = rendering;
+  const providers = await identityProviders().then((reply) => reply.identityProviders ?? [], () => []);
+  if (ticket !== rendering) return;
   const input = h('textarea', { id: 'token', name: 'token', autocomplete: 'off', spellcheck: 'false', required: true });
   const error = h('p', { class: 'error', role: 'alert' }, reason ?? '');
+  const route = window.location.hash;
   const form = h(
     'form',
     { class: 'signin' },
     h('h1', {}, 'Sign in'),
+    providers.length ? [
+      h('div', { class: 'actions providers' }, providers.map((provider) => providerButton(provider, route, error))),
+      h('h2', {}, 'Or paste a bearer token'),
+    ] : null,
     h('p', {}, 'Paste a bearer token (for example from ', h('code', {}, 'policyhub token'), ' or your identity provider). It stays in this tab only, and is sent with each API call.'),
     h('label', { for: 'token' }, 'Bearer token'),
     input,
     error,
-    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Sign in')),
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: providers.length ? null : 'primary' }, 'Sign in')),
   );
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     token.set(input.value.trim().replace(/^Bearer\s+/i, ''));
+    oidc.signOut();
     forgetCaller();
     try {
       await whoami();
@@ -86,7 +128,7 @@ function signIn(reason) {
     }
   });
   main.replaceChildren(form);
-  input.focus();
+  if (!providers.length) input.focus();
 }
 
 async function render() {
@@ -124,17 +166,42 @@ async function render() {
   main.replaceChildren(view);
 }
 
-onUnauthenticated(() => {
+// The token refused or expired: the page stays, the banner asks to sign in
+// again.
+function ended(reason) {
   token.clear();
   forgetCaller();
   stopPage?.();
   stopPage = null;
-  signIn('The server no longer accepts the token: sign in again.');
-});
+  showCaller();
+  banner(reason);
+}
+onUnauthenticated(() => ended('The server no longer accepts your sign-in: sign in again to go on; this page stays as it is.'));
+oidc.onExpired(() => ended('Your sign-in has expired and could not be renewed: sign in again to go on; this page stays as it is.'));
+beforeEachCall(oidc.fresh);
 
 document.querySelector('.skip').addEventListener('click', (event) => {
   event.preventDefault();
   main.focus();
 });
-window.addEventListener('hashchange', render);
-render();
+window.addEventListener('hashchange', () => {
+  banner();
+  render();
+});
+// The provider's answer, when this load is the return from a sign-in.
+oidc.complete().then(
+  () => {
+    oidc.schedule();
+    render();
+  },
+  (failure) => {
+    if (token.get()) {
+      render();
+      banner(failure.message);
+    } else {
+      rendering += 1;
+      showCaller();
+      signIn(failure.message);
+    }
+  },
+);

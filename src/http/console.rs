@@ -2,13 +2,14 @@
 //! embedded in the binary and served on the HTTP port under `/console/`. It
 //! is a client of the public HTTP API only: these routes serve files, never
 //! data, and need no token (the files hold no secret; every call the console
-//! makes carries the token its user pasted).
+//! makes carries the token its user signed in with).
 //!
 //! Every file goes out under a strict Content-Security-Policy: scripts,
-//! styles, images and requests of this origin only, no inline script or
-//! style, no frames, and Trusted Types required with no policy allowed, so no
-//! code path can turn a string into markup: the console renders every body,
-//! note and reason as text.
+//! styles, images and requests of this origin only (and requests to the
+//! origins of the issuers people sign in with, for their discovery document
+//! and token endpoint), no inline script or style, no frames, and Trusted
+//! Types required with no policy allowed, so no code path can turn a string
+//! into markup: the console renders every body, note and reason as text.
 
 use std::sync::LazyLock;
 
@@ -23,10 +24,34 @@ pub const PREFIX: &str = "/console/";
 /// Every file of `console/`, by path relative to it.
 const FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/console_files.rs"));
 
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'; \
-     require-trusted-types-for 'script'; trusted-types 'none'";
+/// The Content-Security-Policy of the console's files, whose `connect-src`
+/// adds the origin of each issuer in `sign_in_issuers` to the console's own.
+pub fn content_security_policy<'a>(
+    sign_in_issuers: impl IntoIterator<Item = &'a str>,
+) -> HeaderValue {
+    let mut connect = String::from("'self'");
+    for origin in sign_in_issuers.into_iter().filter_map(origin) {
+        if !connect.split(' ').any(|known| known == origin) {
+            connect.push(' ');
+            connect.push_str(&origin);
+        }
+    }
+    HeaderValue::from_str(&format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src {connect}; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'"
+    ))
+    .expect("origins are valid header text")
+}
+
+/// `scheme://host[:port]` of an `http(s)` URL.
+fn origin(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri
+        .scheme_str()
+        .filter(|scheme| matches!(*scheme, "http" | "https"))?;
+    Some(format!("{scheme}://{}", uri.authority()?))
+}
 
 /// A file with the validator that `If-None-Match` is compared with.
 struct File {
@@ -49,8 +74,13 @@ static INDEX: LazyLock<Vec<File>> = LazyLock::new(|| {
 
 /// The answer to a `GET` of `path` when it is the console's: a file, 304
 /// when `If-None-Match` names its current content, or a redirect from `/`
-/// and `/console` to the console.
-pub fn response(path: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+/// and `/console` to the console. The files go out under `policy`
+/// ([`content_security_policy`]).
+pub fn response(
+    path: &str,
+    headers: &HeaderMap,
+    policy: &HeaderValue,
+) -> Option<Response<Full<Bytes>>> {
     if path == "/" || path == PREFIX.trim_end_matches('/') {
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::FOUND;
@@ -79,8 +109,8 @@ pub fn response(path: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>
     headers.insert(header::ETAG, file.etag.clone());
     // Revalidated on every load, so a new binary's console is used at once.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, policy.clone());
     for (name, value) in [
-        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -126,5 +156,28 @@ mod tests {
                 file.path
             );
         }
+    }
+
+    #[test]
+    fn the_sign_in_issuers_origins_may_be_connected_to() {
+        let policy = content_security_policy([
+            "https://login.example.com/realms/people",
+            "https://login.example.com",
+            "http://127.0.0.1:5556",
+            "not a url",
+        ]);
+        assert!(
+            policy
+                .to_str()
+                .unwrap()
+                .contains("connect-src 'self' https://login.example.com http://127.0.0.1:5556; "),
+            "{policy:?}"
+        );
+        assert!(
+            content_security_policy([])
+                .to_str()
+                .unwrap()
+                .contains("connect-src 'self'; ")
+        );
     }
 }

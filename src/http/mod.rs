@@ -65,11 +65,18 @@ struct Inner {
     grpc: GrpcService,
     /// Largest request body accepted.
     max_body_bytes: usize,
+    /// The console's Content-Security-Policy.
+    console_policy: HeaderValue,
 }
 
 impl Gateway {
-    /// The routes the descriptors declare, served by `grpc`.
-    pub fn new(grpc: GrpcService, max_body_bytes: usize) -> Self {
+    /// The routes the descriptors declare, served by `grpc`; the console
+    /// may reach the issuers of `sign_in_issuers`.
+    pub fn new<'a>(
+        grpc: GrpcService,
+        max_body_bytes: usize,
+        sign_in_issuers: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
         let pool = DescriptorPool::decode(crate::grpc::proto::FILE_DESCRIPTOR_SET)
             .expect("the build wrote a valid descriptor set");
         Gateway {
@@ -77,6 +84,7 @@ impl Gateway {
                 routes: routes(&pool),
                 grpc,
                 max_body_bytes,
+                console_policy: console::content_security_policy(sign_in_issuers),
             }),
         }
     }
@@ -106,7 +114,8 @@ impl Gateway {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
         if matches!(parts.method, Method::GET | Method::HEAD)
-            && let Some(response) = console::response(path, &parts.headers)
+            && let Some(response) =
+                console::response(path, &parts.headers, &self.inner.console_policy)
         {
             return Ok(response.map(boxed));
         }

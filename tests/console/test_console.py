@@ -49,52 +49,29 @@ def free_port():
         return probe.getsockname()[1]
 
 
-class Console(unittest.TestCase):
-    """One server, one browser; the steps run in order (test_01 … test_08)."""
+def chromium(profile):
+    """A headless Chromium whose console messages are kept."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = os.environ.get("POLICYHUB_CHROMIUM", "/usr/bin/chromium")
+    for argument in [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--window-size=1280,800",
+    ]:
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(os.environ.get("POLICYHUB_CHROMEDRIVER", "/usr/bin/chromedriver"))
+    browser = webdriver.Chrome(service=service, options=options)
+    browser.set_page_load_timeout(30)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return browser
 
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-console-"))
-        cls.grpc = f"127.0.0.1:{free_port()}"
-        cls.http = f"127.0.0.1:{free_port()}"
-        config = cls.dir / "policyhub.toml"
-        # The quota lets test_09 make its 300 policies at once.
-        config.write_text(
-            '[rollouts]\ntick_interval = "200ms"\n'
-            "[rollouts.required_approvals]\npayments = 1\n"
-            "[quotas]\nmutations_per_second = 1000.0\nmutation_burst = 1000.0\n"
-        )
-        cls.processes = []
-        cls.server = cls.spawn(
-            "serve", "--config", str(config), "--data-dir", str(cls.dir / "data"),
-            "--listen", cls.grpc, "--http-listen", cls.http,
-        )
-        cls.base = f"http://{cls.http}"
-        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
-        cls.tokens = {
-            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
-            for subject, grant in [
-                ("alice", "*:admin"),
-                ("olga", "payments:operator"),
-                ("avery", "payments:approver"),
-                ("rita", "payments:reader"),
-                ("agents", "payments:reader"),
-            ]
-        }
-        options = webdriver.ChromeOptions()
-        options.binary_location = os.environ.get("POLICYHUB_CHROMIUM", "/usr/bin/chromium")
-        for argument in [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={cls.dir / 'browser'}", "--window-size=1280,800",
-        ]:
-            options.add_argument(argument)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        service = Service(os.environ.get("POLICYHUB_CHROMEDRIVER", "/usr/bin/chromedriver"))
-        cls.browser = webdriver.Chrome(service=service, options=options)
-        cls.browser.set_page_load_timeout(30)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+class BrowserCase(unittest.TestCase):
+    """What the console's tests share: the server's processes, the CLI, the
+    browser and the checks of each page. A subclass sets `dir`, `grpc`,
+    `base`, `processes`, `tokens` and `browser`."""
 
     @classmethod
     def tearDownClass(cls):
@@ -245,6 +222,41 @@ class Console(unittest.TestCase):
 
     def screenshot(self, name):
         self.browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+class Console(BrowserCase):
+    """One server, one browser; the steps run in order (test_01 … test_08)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-console-"))
+        cls.grpc = f"127.0.0.1:{free_port()}"
+        cls.http = f"127.0.0.1:{free_port()}"
+        config = cls.dir / "policyhub.toml"
+        # The quota lets test_09 make its 300 policies at once.
+        config.write_text(
+            '[rollouts]\ntick_interval = "200ms"\n'
+            "[rollouts.required_approvals]\npayments = 1\n"
+            "[quotas]\nmutations_per_second = 1000.0\nmutation_burst = 1000.0\n"
+        )
+        cls.processes = []
+        cls.server = cls.spawn(
+            "serve", "--config", str(config), "--data-dir", str(cls.dir / "data"),
+            "--listen", cls.grpc, "--http-listen", cls.http,
+        )
+        cls.base = f"http://{cls.http}"
+        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
+        cls.tokens = {
+            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
+            for subject, grant in [
+                ("alice", "*:admin"),
+                ("olga", "payments:operator"),
+                ("avery", "payments:approver"),
+                ("rita", "payments:reader"),
+                ("agents", "payments:reader"),
+            ]
+        }
+        cls.browser = chromium(cls.dir / "browser")
 
     # -- the steps ----------------------------------------------------------
 

@@ -10,6 +10,8 @@
 //   OIDC_ACCESS_TOKEN_TTL    access token lifetime in seconds (default 3600)
 //   OIDC_DEVICE_CODE_TTL     device code lifetime in seconds (default 600)
 //   OIDC_REDIRECT_URIS       more redirect URIs of `policyhub`, space-separated
+//                            (a browser page at one of their origins, such as
+//                            the console's, may call the token endpoint: CORS)
 //
 // People (login / password, groups):
 //   alice / alice-password, payments-readers
@@ -92,6 +94,10 @@ function build(issuer) {
       },
     ],
     adapter,
+    // A browser client (the console) calls the token endpoint from the
+    // origin of one of its redirect URIs; a public client only.
+    clientBasedCORS: (ctx, origin, client) => client.clientAuthMethod === 'none'
+      && client.redirectUris.some((uri) => URL.parse(uri)?.origin === origin),
     pkce: { required: () => true },
     jwks: { keys },
     cookies: { keys: cookieKeys },
