@@ -42,29 +42,45 @@ impl OidcProvider {
              npm install --prefix target/tools/oidc oidc-provider@{OIDC_PROVIDER_VERSION}",
             module.display()
         );
-        let mut child = Command::new("node")
-            .arg(root.join("tests/oidc/provider.mjs"))
-            .env("OIDC_PROVIDER_MODULE", &module)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node tests/oidc/provider.mjs");
-        let mut line = String::new();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-        stdout.read_line(&mut line).expect("read the issuer");
-        let issuer = line.trim().to_owned();
-        if !issuer.starts_with("http://127.0.0.1:") {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("the provider did not start: it printed {line:?}");
+        // A Node that hangs before it listens (seen, rarely, on a loaded
+        // machine) is killed and started again rather than waited on.
+        for _ in 0..3 {
+            let mut child = Command::new("node")
+                .arg(root.join("tests/oidc/provider.mjs"))
+                .env("OIDC_PROVIDER_MODULE", &module)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start node tests/oidc/provider.mjs");
+            let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+            let (sender, receiver) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let read = stdout.read_line(&mut line);
+                sender.send((read.map(|_| line), stdout)).ok();
+            });
+            let Ok((line, stdout)) = receiver.recv_timeout(std::time::Duration::from_secs(30))
+            else {
+                child.kill().ok();
+                child.wait().ok();
+                continue;
+            };
+            let line = line.expect("read the issuer");
+            let issuer = line.trim().to_owned();
+            if !issuer.starts_with("http://127.0.0.1:") {
+                child.kill().ok();
+                child.wait().ok();
+                panic!("the provider did not start: it printed {line:?}");
+            }
+            return OidcProvider {
+                issuer,
+                child,
+                _stdout: stdout,
+            };
         }
-        OidcProvider {
-            issuer,
-            child,
-            _stdout: stdout,
-        }
+        panic!("the provider printed no issuer within 30 s, three times");
     }
 
     /// Signs with a new key from now on, listed first in the JWKS; the old
