@@ -8,17 +8,17 @@ use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpSocket};
 use tonic::{
     service::Routes,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TlsConnectInfo},
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 use tonic_health::server::HealthReporter;
 use tower::util::BoxCloneSyncService;
 
-use crate::config::{GENERATED_SECRET_FILE, Settings, TlsSettings};
+use crate::config::{Settings, TlsSettings};
 use crate::connections::{Listener, TrackLayer};
 use crate::fleet::{Fleet, Writers};
 use crate::grpc::{
     BundleApi, BundleRoute, PolicyApi, SignInApi,
-    auth::{Authenticated, Authentication, Authenticator, bindings::Bindings},
+    auth::Authentication,
     message_limit::MessageLimitLayer,
     proto::{
         self, bundle_service_server::BundleServiceServer,
@@ -29,6 +29,11 @@ use crate::grpc::{
 use crate::http::Gateway;
 use crate::hub::PolicyHub;
 use crate::{signing, storage};
+
+mod identity;
+
+pub use identity::ISSUERS_SERVICE;
+use identity::guard;
 
 /// A server that is bound and ready to run.
 pub struct Application {
@@ -79,122 +84,6 @@ fn refuse_insecure_off_loopback(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How callers are authenticated: `--insecure` (loopback only), an issuer's
-/// JWKS, a shared HS256 secret, or, with nothing configured, a local secret
-/// generated into the data directory.
-fn authentication(settings: &Settings) -> anyhow::Result<Authentication> {
-    let auth = &settings.auth;
-    if settings.insecure {
-        refuse_insecure_off_loopback(settings)?;
-        tracing::warn!(listen = %settings.listen, "authentication is disabled (--insecure): every caller is an anonymous admin");
-        return Ok(Authentication::Disabled);
-    }
-    let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-    };
-    let local_secret = match (&auth.jwks_file, &auth.hs256_secret_file) {
-        (Some(_), Some(_)) => bail!("configure auth.jwks_file or auth.hs256_secret_file, not both"),
-        (Some(_), None) => None,
-        (None, Some(path)) => {
-            let secret = read(path)?.trim().to_owned();
-            anyhow::ensure!(
-                secret.len() >= 32,
-                "{} holds fewer than 32 bytes: use a longer secret",
-                path.display()
-            );
-            Some(secret)
-        }
-        // OpenID Connect issuers alone: no local issuer.
-        (None, None) if !auth.issuers.is_empty() => None,
-        (None, None) => {
-            let path = settings.data_dir.join(GENERATED_SECRET_FILE);
-            if path.exists() {
-                Some(read(&path)?.trim().to_owned())
-            } else {
-                let secret = signing::write_new_secret(&path)?;
-                tracing::warn!(
-                    path = %path.display(),
-                    "no token issuer configured: generated a local token secret; mint an admin token with \
-                     `policyhub token --data-dir {} --subject <you> --role '*:admin'`",
-                    settings.data_dir.display()
-                );
-                Some(secret)
-            }
-        }
-    };
-    let authenticator = Authenticator::new(
-        auth,
-        local_secret.as_deref().map(str::as_bytes),
-        &crate::metrics::global().auth_instruments(),
-    )?;
-    if let Some(path) = &auth.bindings_file {
-        authenticator.set_bindings(load_bindings(settings, &authenticator, path)?);
-    }
-    Ok(Authentication::Tokens(Box::new(authenticator)))
-}
-
-/// The role bindings of `path`, checked against the trusted issuers.
-fn load_bindings(
-    settings: &Settings,
-    authenticator: &Authenticator,
-    path: &std::path::Path,
-) -> anyhow::Result<Bindings> {
-    let certificates = settings
-        .tls
-        .as_ref()
-        .is_some_and(|tls| tls.client_ca_file.is_some());
-    Bindings::load(path, &authenticator.signed_claims(), certificates)
-}
-
-/// Reads the role bindings again on SIGHUP and when their file changes
-/// (checked every two seconds; a Kubernetes ConfigMap's update swaps a
-/// symlink, which changes what the path resolves to). A file that does not
-/// load leaves the bindings in force.
-async fn reload_bindings(settings: Settings, authenticator: Authenticator) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Some(path) = settings.auth.bindings_file.clone() else {
-        return;
-    };
-    let stamp = |path: &std::path::Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|metadata| (metadata.modified().ok(), metadata.len()))
-    };
-    let mut hangups = signal(SignalKind::hangup()).ok();
-    let mut seen = stamp(&path);
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
-    loop {
-        let hangup = async {
-            match hangups.as_mut() {
-                Some(hangups) => hangups.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = hangup => {}
-            _ = ticker.tick() => {
-                let now = stamp(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-            }
-        }
-        match load_bindings(&settings, &authenticator, &path) {
-            Ok(bindings) => {
-                let count = bindings.names().count();
-                authenticator.set_bindings(bindings);
-                tracing::info!(path = %path.display(), bindings = count, "role bindings reloaded");
-            }
-            Err(error) => tracing::error!(error = %format!("{error:#}"),
-                "role bindings not reloaded; the previous ones stay in force"),
-        }
-    }
-}
-
-/// Refuses a database whose immutability triggers are not all in place:
-/// while one was off, history may have been rewritten, and serving it
-/// would sign checkpoints over whatever it now holds.
 async fn refuse_unguarded_history(repository: &storage::Repository) -> anyhow::Result<()> {
     let missing = repository.missing_immutability_triggers().await?;
     if missing.is_empty() {
@@ -249,7 +138,7 @@ impl Application {
             None => None,
         };
         prepare_data_dir(&settings)?;
-        let authentication = authentication(&settings)?;
+        let authentication = identity::authentication(&settings)?;
         let db = open_database(&settings).await?;
         let keys = signing::KeySource::new(&settings.signing.key_files, &settings.data_dir);
         let repository = storage::Repository::open(db).await?;
@@ -335,32 +224,6 @@ impl Application {
             .and_then(|listener| listener.local_addr().ok())
     }
 
-    /// What keeps identities current: each issuer's keys fetched on
-    /// schedule, the role bindings read again when they change, and the
-    /// health of the issuers' keys.
-    fn identity_tasks(&self, health: &HealthReporter) -> Vec<tokio::task::JoinHandle<()>> {
-        let Authentication::Tokens(authenticator) = &self.authentication else {
-            return Vec::new();
-        };
-        let remotes = authenticator.remotes();
-        let mut tasks: Vec<_> = remotes
-            .iter()
-            .map(|remote| tokio::spawn(remote.clone().refresh_forever()))
-            .collect();
-        tasks.push(tokio::spawn(reload_bindings(
-            self.settings.clone(),
-            (**authenticator).clone(),
-        )));
-        if !remotes.is_empty() {
-            tasks.push(tokio::spawn(watch_issuers(
-                health.clone(),
-                remotes,
-                self.settings.health_check_interval(),
-            )));
-        }
-        tasks
-    }
-
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until_stopped(
         self,
@@ -373,7 +236,8 @@ impl Application {
             self.settings.health_check_interval(),
         ));
         let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
-        let identity_tasks = self.identity_tasks(&health);
+        let identity_tasks =
+            identity::identity_tasks(&self.authentication, &self.settings, &health);
         let checkpoint_task = tokio::spawn(refresh_checkpoints(
             self.hub.clone(),
             self.settings.audit.checkpoint_interval(),
@@ -636,19 +500,6 @@ async fn reload_keys_on_sighup(hub: PolicyHub) {
     }
 }
 
-/// `service` behind authentication.
-fn guard<S>(service: S, authentication: &Authentication) -> Authenticated<S> {
-    Authenticated::new(service, authentication.clone(), peer_identity)
-}
-
-/// The SPIFFE ID of the client certificate a request's connection
-/// presented (verified against `tls.client_ca_file` by the handshake).
-fn peer_identity(extensions: &http::Extensions) -> Option<String> {
-    let info = extensions.get::<TlsConnectInfo<crate::connections::Tracker>>()?;
-    let certificates = info.peer_certs()?;
-    crate::grpc::auth::spiffe_id(certificates.first()?)
-}
-
 /// The rustls configuration of the gRPC port.
 fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
     let read = |path: &std::path::Path| {
@@ -662,34 +513,6 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
         config = config.client_ca_root(Certificate::from_pem(read(client_ca)?));
     }
     Ok(config)
-}
-
-/// The health service name that answers SERVING while every OpenID Connect
-/// issuer's keys were fetched at the last attempt, and NOT_SERVING while
-/// some issuer's fail (its last keys serve within their grace period).
-pub const ISSUERS_SERVICE: &str = "policyhub.auth.issuers";
-
-async fn watch_issuers(
-    health: HealthReporter,
-    remotes: Vec<std::sync::Arc<crate::grpc::auth::Remote>>,
-    interval: std::time::Duration,
-) {
-    let mut serving = None;
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        ticker.tick().await;
-        let fresh = remotes.iter().all(|remote| !remote.failing());
-        if serving == Some(fresh) {
-            continue;
-        }
-        serving = Some(fresh);
-        let status = if fresh {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        health.set_service_status(ISSUERS_SERVICE, status).await;
-    }
 }
 
 /// The health service name that answers SERVING while the process serves
