@@ -6,6 +6,8 @@ import * as oidc from './oidc.js';
 import { h, link, notice, route } from './dom.js';
 import { home, namespacePolicies } from './pages/home.js';
 import { policy } from './pages/policy.js';
+import { draft } from './pages/draft.js';
+import { schema } from './pages/schema.js';
 import { compare } from './pages/compare.js';
 import { events } from './pages/events.js';
 import { fleet } from './pages/fleet.js';
@@ -17,6 +19,8 @@ const ROUTES = [
   [/^namespaces\/([^/]+)$/, namespacePolicies],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)$/, policy],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)\/diff$/, compare],
+  [/^namespaces\/([^/]+)\/policies\/([^/]+)\/draft$/, draft],
+  [/^namespaces\/([^/]+)\/policies\/([^/]+)\/schema$/, schema],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)\/fleet$/, fleet],
   [/^namespaces\/([^/]+)\/events$/, events],
   [/^namespaces\/([^/]+)\/rollouts$/, rollouts],

@@ -3,7 +3,7 @@
 // comes with the listing, a page of up to 500 policies per call, so the
 // page costs one call per 500 policies instead of two per policy.
 
-import { all, paths } from '../api.js';
+import { all, allowed, paths } from '../api.js';
 import { h, link, route, table, tabs } from '../dom.js';
 
 // The most policies the API returns in one page (its default
@@ -31,12 +31,32 @@ export async function home(view, _params, _query, { crumbs }) {
 export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
   crumbs(namespaceCrumbs(namespace));
   document.title = `${namespace} · policyhub`;
-  const policies = await all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE });
+  const [policies, may] = await Promise.all([
+    all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE }),
+    allowed(namespace),
+  ]);
   view.append(
     h('h1', {}, namespace),
     namespaceTabs(namespace, 'Policies'),
+    may.has('Draft') ? newPolicyForm(namespace) : null,
     policies.length ? policyTable(namespace, policies) : h('p', {}, 'No policy in this namespace.'),
   );
+}
+
+// A new policy: its name, then the draft page, where its first version is
+// written.
+function newPolicyForm(namespace) {
+  const input = h('input', { id: 'new-policy', name: 'name', type: 'text', autocomplete: 'off', required: true, pattern: '[a-z0-9._-]+', 'aria-describedby': 'new-policy-help' });
+  const form = h('form', { 'aria-label': 'New policy', class: 'row new-policy' },
+    h('div', {}, h('label', { for: 'new-policy' }, 'New policy'), input,
+      h('p', { class: 'help', id: 'new-policy-help' }, 'Lowercase letters, digits, ".", "-" and "_".')),
+    h('button', { type: 'submit' }, 'Write its first draft'));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    if (!input.value.trim()) return input.focus();
+    window.location.hash = route('namespaces', namespace, 'policies', input.value.trim(), 'draft');
+  });
+  return form;
 }
 
 export function namespaceTabs(namespace, current) {

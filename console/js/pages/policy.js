@@ -12,6 +12,7 @@ export function policyTabs(namespace, name, current) {
   const base = ['namespaces', namespace, 'policies', name];
   return tabs('Policy', current, [
     ['Versions', route(...base)],
+    ['Schema', route(...base, 'schema')],
     ['Fleet', route(...base, 'fleet')],
     ['Events', `${route('namespaces', namespace, 'events')}?name=${encodeURIComponent(name)}`],
   ]);
@@ -34,6 +35,7 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
     view.append(h('p', {}, 'This policy has no version.'));
     return;
   }
+  const draftRoute = route('namespaces', namespace, 'policies', name, 'draft');
   const rail = h(
     'nav',
     { class: 'rail', 'aria-label': 'Versions' },
@@ -53,6 +55,9 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
   detail.append(
     h('h2', { id: 'version-title' }, `Version ${selected.version} `, versionState(selected)),
     actions(namespace, name, selected, active, may, rerender),
+    may.has('Draft') ? h('p', { class: 'authoring' },
+      h('a', { href: `${draftRoute}?from=${selected.version}`, id: 'draft-from' }, `New draft from version ${selected.version}`),
+      active && active !== selected ? [' · ', h('a', { href: draftRoute }, 'New draft from the active version')] : null) : null,
   );
   const signature = h('span', { id: 'signature' }, 'checking…');
   detail.append(facts([
