@@ -167,7 +167,11 @@ async function render() {
     view.replaceChildren(notice(error));
   }
   if (ticket !== rendering) return;
+  // A redraw in place (the page followed a change) keeps the focus where it
+  // was, when the same control is still there.
+  const focused = main.contains(document.activeElement) ? document.activeElement.id : '';
   main.replaceChildren(view);
+  if (focused) document.getElementById(focused)?.focus();
 }
 
 // The token refused or expired: the page stays, the banner asks to sign in

@@ -3,6 +3,7 @@
 
 import { get, paths } from '../api.js';
 import { cells, h, link, route, stateName, table, time } from '../dom.js';
+import { follow } from '../live.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const HEADINGS = ['Time', 'Kind', 'Policy', 'Versions', 'Revision', 'Actor', 'Reason'];
@@ -59,13 +60,23 @@ export async function events(view, [namespace], query, { crumbs }) {
   };
   more.addEventListener('click', async () => show(await get(`${paths.namespace(namespace)}/events`, { ...filter, pageToken })));
   show(first);
+  // New events go on top as they are written.
+  let newest = Number(first.events?.[0]?.id ?? 0);
+  const newer = async () => {
+    const page = await get(`${paths.namespace(namespace)}/events`, filter);
+    const fresh = (page.events ?? []).filter((event) => Number(event.id) > newest);
+    if (!fresh.length) return;
+    newest = Number(fresh[0].id);
+    rows.prepend(...fresh.map(eventRow(namespace)));
+  };
   const log = table(HEADINGS, [], `Events of ${namespace}`, { stack: true });
   log.querySelector('tbody').replaceWith(rows);
   view.append(h('h1', {}, `Events of ${namespace}`), namespaceTabs(namespace, 'Events'), filters, h('h2', { class: 'visually-hidden' }, 'Events'), log, h('div', { class: 'actions' }, more));
+  return follow({ namespace, every: 3000, onChange: newer });
 }
 
 function eventRow(namespace) {
-  return (event) => h('tr', {}, cells(HEADINGS, [
+  return (event) => h('tr', { 'data-event': event.id }, cells(HEADINGS, [
     time(event.at),
     stateName(event.kind, 'EVENT_KIND_'),
     event.name ? link(route('namespaces', namespace, 'policies', event.name), event.name) : '—',

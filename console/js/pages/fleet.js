@@ -3,20 +3,29 @@
 
 import { all, get, paths } from '../api.js';
 import { facts, h, stateName, table, time } from '../dom.js';
+import { follow } from '../live.js';
 import { fleetSummary } from './home.js';
 import { policyCrumbs, policyTabs } from './policy.js';
 
 export async function fleet(view, [namespace, name], _query, { crumbs }) {
   crumbs(policyCrumbs(namespace, name, 'Fleet'));
   document.title = `Fleet of ${namespace}/${name} · policyhub`;
+  const content = h('div', { id: 'fleet' });
+  const refresh = async () => content.replaceChildren(...await fleetContent(namespace, name));
+  await refresh();
+  view.append(h('h1', {}, `Fleet of ${namespace} / ${name}`), policyTabs(namespace, name, 'Fleet'), content);
+  // Runtimes report to the server, not to the watch: counted again every
+  // few seconds, and at once when the active version moves.
+  return follow({ namespace, names: [name], every: 3000, onChange: refresh });
+}
+
+async function fleetContent(namespace, name) {
   const [status, runtimes] = await Promise.all([
     get(`${paths.policy(namespace, name)}/status`),
     all(`${paths.namespace(namespace)}/runtimes`, 'runtimes', { name }),
   ]);
   const active = status.activeVersion ?? 0;
-  view.append(
-    h('h1', {}, `Fleet of ${namespace} / ${name}`),
-    policyTabs(namespace, name, 'Fleet'),
+  return [
     facts([
       ['Active version', active ? `v${active} (revision ${status.activeRevision ?? 0})` : 'none'],
       ['Runtimes', h('span', { id: 'fleet-summary' }, fleetSummary(status))],
@@ -39,7 +48,7 @@ export async function fleet(view, [namespace, name], _query, { crumbs }) {
     runtimes.length
       ? table(['Runtime', 'Labels', 'Connection', 'Outcome', 'Last seen'], runtimes.map((runtime) => runtimeRow(runtime, name, active)), 'Runtimes')
       : h('p', {}, 'No runtime watches this policy.'),
-  );
+  ];
 }
 
 function runtimeRow(runtime, name, active) {

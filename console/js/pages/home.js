@@ -5,6 +5,7 @@
 
 import { all, allowed, paths } from '../api.js';
 import { h, link, route, table, tabs } from '../dom.js';
+import { follow } from '../live.js';
 
 // The most policies the API returns in one page (its default
 // limits.max_page_size; a server set lower answers in more pages).
@@ -13,19 +14,24 @@ const LISTING_PAGE = 500;
 export async function home(view, _params, _query, { crumbs }) {
   crumbs([]);
   document.title = 'Namespaces · policyhub';
-  const policies = await all('policies', 'policies', { pageSize: LISTING_PAGE });
+  const listing = h('div', { id: 'namespaces' }, namespaceSections(await all('policies', 'policies', { pageSize: LISTING_PAGE })));
+  view.append(h('h1', {}, 'Namespaces'), listing);
+  // Every namespace: no one watch covers them, so counted again every few
+  // seconds.
+  return follow({
+    every: 10000,
+    onChange: async () => listing.replaceChildren(...namespaceSections(await all('policies', 'policies', { pageSize: LISTING_PAGE }))),
+  });
+}
+
+function namespaceSections(policies) {
   const namespaces = Map.groupBy(policies, (policy) => policy.namespace);
-  view.append(h('h1', {}, 'Namespaces'));
   if (namespaces.size === 0) {
-    view.append(h('p', {}, 'No policy yet: write a draft with ', h('code', {}, 'policyhub draft'), ' or the API.'));
+    return [h('p', {}, 'No policy yet: write a draft with ', h('code', {}, 'policyhub draft'), ' or the API.')];
   }
-  for (const [namespace, members] of namespaces) {
-    view.append(
-      h('section', { 'aria-labelledby': `ns-${namespace}` },
-        h('h2', { id: `ns-${namespace}` }, link(route('namespaces', namespace), namespace)),
-        policyTable(namespace, members)),
-    );
-  }
+  return [...namespaces].map(([namespace, members]) => h('section', { 'aria-labelledby': `ns-${namespace}` },
+    h('h2', { id: `ns-${namespace}` }, link(route('namespaces', namespace), namespace)),
+    policyTable(namespace, members)));
 }
 
 export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
@@ -35,12 +41,20 @@ export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
     all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE }),
     allowed(namespace),
   ]);
+  const list = (members) => (members.length ? policyTable(namespace, members) : h('p', {}, 'No policy in this namespace.'));
+  const listing = h('div', { id: 'policies' }, list(policies));
   view.append(
     h('h1', {}, namespace),
     namespaceTabs(namespace, 'Policies'),
     may.has('Draft') ? newPolicyForm(namespace) : null,
-    policies.length ? policyTable(namespace, policies) : h('p', {}, 'No policy in this namespace.'),
+    listing,
   );
+  // Fleet counts move with the runtimes' reports, pointers with activations.
+  return follow({
+    namespace,
+    every: 5000,
+    onChange: async () => listing.replaceChildren(list(await all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE }))),
+  });
 }
 
 // A new policy: its name, then the draft page, where its first version is

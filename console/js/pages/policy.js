@@ -5,6 +5,7 @@
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, facts, h, prettyJson, route, tabs, time, versionState } from '../dom.js';
+import { follow } from '../live.js';
 import { signatureStatus } from '../signature.js';
 import { namespaceCrumbs } from './home.js';
 
@@ -81,6 +82,9 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
       signature.textContent = `not checked: ${error.message}`;
     },
   );
+  // An activation, a rollback or a rollout's step made anywhere redraws the
+  // page.
+  return follow({ namespace, names: [name], onChange: async () => rerender() });
 }
 
 function railState(version) {
