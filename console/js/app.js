@@ -132,7 +132,14 @@ async function signIn(reason) {
     }
   });
   main.replaceChildren(form);
+  shown(route);
   if (!providers.length) input.focus();
+}
+
+// Busy while a page is drawn; then `data-route` names what main shows.
+function shown(hash) {
+  main.removeAttribute('aria-busy');
+  main.dataset.route = hash;
 }
 
 async function render() {
@@ -144,12 +151,16 @@ async function render() {
     signIn();
     return;
   }
-  const [path, search] = window.location.hash.replace(/^#\/?/, '').split('?');
+  const hash = window.location.hash;
+  main.setAttribute('aria-busy', 'true');
+  const drawn = () => shown(hash);
+  const [path, search] = hash.replace(/^#\/?/, '').split('?');
   const query = new URLSearchParams(search ?? '');
   const found = ROUTES.map(([pattern, page]) => [path.match(pattern), page]).find(([match]) => match);
   if (!found) {
     crumbs([]);
     main.replaceChildren(h('h1', {}, 'Not found'), h('p', {}, 'No page at this address. ', link(route(), 'Go to the namespaces')));
+    drawn();
     return;
   }
   const [match, page] = found;
@@ -171,6 +182,7 @@ async function render() {
   // was, when the same control is still there.
   const focused = main.contains(document.activeElement) ? document.activeElement.id : '';
   main.replaceChildren(view);
+  drawn();
   if (focused) document.getElementById(focused)?.focus();
 }
 

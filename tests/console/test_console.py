@@ -132,9 +132,13 @@ class BrowserCase(unittest.TestCase):
         return self.wait_main()
 
     def wait_main(self):
-        """Waits until the page has rendered (no 'Loading…' left)."""
+        """Waits until the page of the current address has rendered: a
+        heading, nothing in progress (a route change within one page draws
+        it again), and drawn for this address."""
         WebDriverWait(self.browser, 10).until(
-            lambda browser: browser.find_element(By.CSS_SELECTOR, "main h1")
+            lambda browser: browser.find_elements(By.CSS_SELECTOR, "main h1") and browser.execute_script(
+                "const main = document.getElementById('main');"
+                "return !main.hasAttribute('aria-busy') && main.dataset.route === window.location.hash;")
         )
         return self.browser.find_element(By.ID, "main")
 
