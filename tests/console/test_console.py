@@ -172,9 +172,10 @@ class BrowserCase(unittest.TestCase):
 
     def rail(self):
         """The versions rail: {version: state}."""
+        # Read at once: a page following the server may redraw meanwhile.
         return {
-            int(item.get_attribute("data-version")): item.get_attribute("data-state")
-            for item in self.browser.find_elements(By.CSS_SELECTOR, ".rail li")
+            int(version): state for version, state in self.browser.execute_script(
+                "return [...document.querySelectorAll('.rail li')].map((item) => [item.dataset.version, item.dataset.state])")
         }
 
     def act(self, button_text, fields=None):
@@ -385,8 +386,8 @@ class Console(BrowserCase):
         self.open("#/namespaces/payments/events?name=limits")
         rows = self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")
         self.assertGreaterEqual(len(rows), 10)
-        Select(self.find("#filter-kind")).select_by_value("EVENT_KIND_ROLLED_BACK")
-        self.find("#filter-kind").find_element(By.XPATH, "ancestor::form").submit()
+        self.find("#kind-EVENT_KIND_ROLLED_BACK").click()
+        self.find("#kind-EVENT_KIND_ROLLED_BACK").find_element(By.XPATH, "ancestor::form").submit()
         self.wait_text("main", "1.1.0 declines cards")
         rows = [row.text for row in self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")]
         self.assertEqual(len(rows), 2, rows)  # the rollback and the restore
@@ -470,6 +471,7 @@ class Console(BrowserCase):
         self.assertIn("0 8 * * MON-FRI in Europe/Paris → limits v1 (1.0.0)", row.text)
         self.assertIn("0 18 * * FRI in Europe/Paris → limits v2 (1.1.0)", row.text)
         self.assertEqual(len(row.find_elements(By.CSS_SELECTOR, "ol li")), 5, "the next five firings")
+        self.assertRegex(row.find_element(By.CSS_SELECTOR, "ol li").text, r"^\d{4}-\d\d-\d\d (08|18):00 Europe/Paris · \d{4}-\d\d-\d\d (06|07|16|17):00:00Z week")
         self.assertIn("running", row.text)
         self.screenshot("schedules")
         self.assert_accessible("schedules")

@@ -37,24 +37,81 @@ function namespaceSections(policies) {
 export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
   crumbs(namespaceCrumbs(namespace));
   document.title = `${namespace} · policyhub`;
-  const [policies, may] = await Promise.all([
-    all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE }),
-    allowed(namespace),
-  ]);
-  const list = (members) => (members.length ? policyTable(namespace, members) : h('p', {}, 'No policy in this namespace.'));
-  const listing = h('div', { id: 'policies' }, list(policies));
+  const listAll = () => all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE }, Infinity);
+  const [policies, may] = await Promise.all([listAll(), allowed(namespace)]);
+  const browser = policyBrowser(namespace, policies);
   view.append(
     h('h1', {}, namespace),
     namespaceTabs(namespace, 'Policies'),
     may.has('Draft') ? newPolicyForm(namespace) : null,
-    listing,
+    browser.element,
   );
   // Fleet counts move with the runtimes' reports, pointers with activations.
-  return follow({
-    namespace,
-    every: 5000,
-    onChange: async () => listing.replaceChildren(list(await all(`${paths.namespace(namespace)}/policies`, 'policies', { pageSize: LISTING_PAGE }))),
+  return follow({ namespace, every: 5000, onChange: async () => browser.update(await listAll()) });
+}
+
+const PAGE = 100;
+const SHOW = {
+  all: ['Every policy', () => true],
+  draft: ['With an open draft', (policy) => policy.draftVersion],
+  inactive: ['Nothing active', (policy) => !policy.activeVersion],
+  rejected: ['Rejected by a runtime', (policy) => policy.fleet?.rejected],
+  pending: ['Runtimes pending', (policy) => policy.fleet?.pending],
+};
+
+// The policies of a namespace, searched by name, filtered and shown a page
+// at a time: { element, update(policies) }.
+function policyBrowser(namespace, initial) {
+  let policies = initial;
+  let page = 0;
+  const search = h('input', { id: 'policy-search', type: 'search', name: 'q', autocomplete: 'off', 'aria-controls': 'policies' });
+  const show = h('select', { id: 'policy-show', name: 'show', 'aria-controls': 'policies' },
+    Object.entries(SHOW).map(([value, [text]]) => h('option', { value }, text)));
+  const count = h('p', { id: 'policy-count', role: 'status' });
+  const listing = h('div', { id: 'policies' });
+  const previous = h('button', { type: 'button', id: 'policies-previous' }, 'Previous page');
+  const next = h('button', { type: 'button', id: 'policies-next' }, 'Next page');
+  const draw = () => {
+    const words = search.value.trim().toLowerCase();
+    const matching = policies.filter((policy) => (!words || policy.name.includes(words)) && SHOW[show.value][1](policy));
+    const pages = Math.max(1, Math.ceil(matching.length / PAGE));
+    page = Math.min(page, pages - 1);
+    const shown = matching.slice(page * PAGE, (page + 1) * PAGE);
+    count.textContent = matching.length
+      ? `${page * PAGE + 1}–${page * PAGE + shown.length} of ${matching.length} policies${matching.length < policies.length ? ` (of ${policies.length})` : ''}, page ${page + 1} of ${pages}`
+      : (policies.length ? `No policy matches, of ${policies.length}.` : 'No policy in this namespace.');
+    listing.replaceChildren(shown.length ? policyTable(namespace, shown) : '');
+    previous.disabled = page === 0;
+    next.disabled = page >= pages - 1;
+  };
+  search.addEventListener('input', () => {
+    page = 0;
+    draw();
   });
+  show.addEventListener('change', () => {
+    page = 0;
+    draw();
+  });
+  previous.addEventListener('click', () => {
+    page -= 1;
+    draw();
+  });
+  next.addEventListener('click', () => {
+    page += 1;
+    draw();
+  });
+  draw();
+  const form = h('form', { role: 'search', 'aria-label': 'Find policies', class: 'row' },
+    h('div', {}, h('label', { for: 'policy-search' }, 'Search by name'), search),
+    h('div', {}, h('label', { for: 'policy-show' }, 'Show'), show));
+  form.addEventListener('submit', (event) => event.preventDefault());
+  return {
+    element: h('div', {}, form, count, listing, h('nav', { 'aria-label': 'Pages of policies', class: 'actions' }, previous, next)),
+    update(fresh) {
+      policies = fresh;
+      draw();
+    },
+  };
 }
 
 // A new policy: its name, then the draft page, where its first version is
