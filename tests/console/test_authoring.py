@@ -230,6 +230,15 @@ class Authoring(BrowserCase):
         area.clear()
         area.send_keys('{"type": "object", "properties": {"maxAmount": {"type": "integer", "maximum": 150}}}')
         self.find("#schema-reason").send_keys("cap")
+        # The dry run first: v2 (active, 200) breaks it, v1 (100) does not.
+        self.click("#schema-check")
+        self.wait_text("#schema-rejections", "This schema would reject 1 version")
+        self.assertEqual([e.get_attribute("data-version") for e in
+                          self.browser.find_elements(By.CSS_SELECTOR, "#schema-rejections li[data-version]")], ["2"])
+        self.assertIn("/maxAmount: 200 is greater than the maximum of 150", self.find("#schema-rejections").text)
+        listed = self.api("GET", "namespaces/payments/policies?pageSize=500")["policies"]
+        self.assertNotIn("schema", next(p for p in listed if p["name"] == "limits"), "a dry run changed the schema")
+        self.assert_accessible("schema dry run")
         self.click("#schema-save")
         self.wait_text("#schema-outcome", "The active version violates it")
         self.assertIn("200 is greater than the maximum of 150", self.find("#schema-outcome").text)

@@ -1,9 +1,10 @@
 // A policy's JSON Schema: shown to all who may read the policy, set or
-// removed by those who may call SetSchema. The server says which the active
-// version violates; it stays active.
+// removed by those who may call SetSchema. Before a schema is saved, the
+// server's dry run lists the versions it would reject; once saved, what the
+// active version violates (it stays active).
 
 import { allowed, paths, policyRecord, put } from '../api.js';
-import { announce, h, notice, prettyJson } from '../dom.js';
+import { announce, h, link, notice, prettyJson, route } from '../dom.js';
 import { jsonEditor } from '../jsoneditor.js';
 import { policyCrumbs, policyTabs } from './policy.js';
 
@@ -29,7 +30,7 @@ export async function schema(view, [namespace, name], _query, { crumbs }) {
     reason,
     outcome,
     h('div', { class: 'actions' },
-      h('button', { type: 'submit', class: 'primary', id: 'schema-save' }, 'Save schema'),
+      h('button', { type: 'submit', class: 'primary', id: 'schema-check' }, 'Check against the versions'),
       record.schema ? h('button', { type: 'button', id: 'schema-remove', class: 'danger', onclick: () => save(null) }, 'Remove the schema') : null));
   const save = async (value) => {
     try {
@@ -47,17 +48,29 @@ export async function schema(view, [namespace, name], _query, { crumbs }) {
     }
     outcome.focus();
   };
-  form.addEventListener('submit', (event) => {
+  // The dry run: which published versions and open draft the schema
+  // would reject, then Save.
+  form.addEventListener('submit', async (event) => {
     event.preventDefault();
     let value;
     try {
       value = editor.read();
+      const reply = await put(`${paths.policy(namespace, name)}/schema`, { schema: value, dryRun: true });
+      const rejected = reply.rejectedVersions ?? [];
+      const versionLink = (entry) => link(`${route('namespaces', namespace, 'policies', name)}?version=${entry.version}`,
+        `Version ${entry.version}${entry.label ? ` (${entry.label})` : ''}`);
+      outcome.replaceChildren(h('div', { id: 'schema-rejections' },
+        rejected.length
+          ? [h('p', {}, `This schema would reject ${rejected.length} version${rejected.length === 1 ? '' : 's'}: publishing, activating or rolling back to ${rejected.length === 1 ? 'it' : 'them'} would be refused.`),
+            h('ul', {}, rejected.map((entry) => h('li', { 'data-version': entry.version }, versionLink(entry),
+              entry.active ? ' (active: it stays active)' : entry.state === 'VERSION_STATE_DRAFT' ? ' (the open draft)' : '',
+              h('ul', {}, (entry.violations ?? []).map((violation) => h('li', {}, h('code', {}, violation)))))))]
+          : h('p', {}, 'No published version and no open draft breaks this schema.'),
+        h('div', { class: 'actions' }, h('button', { type: 'button', class: 'primary', id: 'schema-save', onclick: () => save(value) }, 'Save schema'))));
     } catch (error) {
       outcome.replaceChildren(notice(error));
-      outcome.focus();
-      return;
     }
-    save(value);
+    outcome.focus();
   });
   view.append(form);
 }
