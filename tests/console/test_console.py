@@ -212,6 +212,9 @@ class BrowserCase(unittest.TestCase):
             if entry["level"] == "SEVERE" and "/favicon.ico" not in entry["message"]
         ]
         self.assertEqual(errors, [], "the browser's console has errors")
+        # Nothing drawn as the word "null" (a missing part appended as text).
+        lines = self.browser.execute_script("return document.getElementById('main').innerText").split("\n")
+        self.assertNotIn("null", [line.strip() for line in lines], "the page shows a stray null")
 
     def assert_accessible(self, page):
         axe = Axe(self.browser, script_url=AXE_SCRIPT)

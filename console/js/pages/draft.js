@@ -26,7 +26,7 @@ export async function draft(view, [namespace, name], query, { crumbs }) {
   const schema = record?.schema ?? null;
   view.append(
     h('h1', {}, `New draft of ${namespace} / ${name}`),
-    versions.length ? policyTabs(namespace, name, null) : null,
+    versions.length ? policyTabs(namespace, name, null) : '',
   );
   if (!may.has('Draft')) {
     view.append(h('p', { id: 'no-actions' }, `You may not write drafts in ${namespace}.`));

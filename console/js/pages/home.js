@@ -43,7 +43,7 @@ export async function namespacePolicies(view, [namespace], _query, { crumbs }) {
   view.append(
     h('h1', {}, namespace),
     namespaceTabs(namespace, 'Policies'),
-    may.has('Draft') ? newPolicyForm(namespace) : null,
+    may.has('Draft') ? newPolicyForm(namespace) : '',
     browser.element,
   );
   // Fleet counts move with the runtimes' reports, pointers with activations.

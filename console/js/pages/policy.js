@@ -66,7 +66,7 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
     actions(namespace, name, selected, active, may, rerender, holder),
     may.has('Draft') ? h('p', { class: 'authoring' },
       h('a', { href: `${draftRoute}?from=${selected.version}`, id: 'draft-from' }, `New draft from version ${selected.version}`),
-      active && active !== selected ? [' · ', h('a', { href: draftRoute }, 'New draft from the active version')] : null) : null,
+      active && active !== selected ? [' · ', h('a', { href: draftRoute }, 'New draft from the active version')] : null) : '',
   );
   const signature = h('span', { id: 'signature' }, 'checking…');
   detail.append(facts([
@@ -134,7 +134,7 @@ function holds(namespace, name, holder, schedules) {
       schedule.paused ? ' activates versions of this policy on its own (paused now).'
         : [' activates versions of this policy on its own', next ? [', next at ', time(next.at), ` (${next.entry})`] : '', '.']));
   }
-  return lines.length ? h('div', { class: 'notice holds' }, lines) : null;
+  return lines.length ? h('div', { class: 'notice holds' }, lines) : '';
 }
 
 // The rollouts that moved or move this policy, newest first.
@@ -232,7 +232,8 @@ function actions(namespace, name, version, active, may, rerender, holder) {
       });
     }
   }
-  if (!buttons.length) return h('div', {}, h('p', { class: 'muted', id: 'no-actions' }, version.active ? 'The active version: nothing to do here.' : 'No action for you on this version.'), refused);
+  if (!buttons.length && refused.length) return h('div', {}, refused);
+  if (!buttons.length) return h('p', { class: 'muted', id: 'no-actions' }, version.active ? 'The active version: nothing to do here.' : 'No action for you on this version.');
   return h('div', {}, h('div', { class: 'actions', id: 'actions' }, buttons), refused);
 }
 
