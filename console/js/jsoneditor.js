@@ -60,7 +60,6 @@ export function jsonEditor(id, label, value) {
       if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('The body must be a JSON object.');
       return parsed;
     },
-    focus: () => area.focus(),
     clearErrors: () => errors.replaceChildren(),
     showErrors(violations) {
       errors.replaceChildren(...violations.map((violation) => h('li', {}, h('code', {}, violation.pointer || '/'), `: ${violation.message}`)));

@@ -96,6 +96,16 @@ class RolloutViews(BrowserCase):
         self.screenshot("rollout-timeline")
         self.assert_accessible("the rollout's timeline")
 
+        # The fleet's runtimes, filtered by the server with a label selector.
+        self.open(f"#/{base}/fleet?labels=zone%3Da")
+        self.assertEqual(self.find("#runtime-labels").get_attribute("value"), "zone=a")
+        self.wait_for(lambda: [e.get_attribute("data-runtime") for e in
+                               self.browser.find_elements(By.CSS_SELECTOR, "#runtimes tr[data-runtime]")] == ["edge-0"],
+                      "edge-0 alone")
+        self.assertEqual(self.find("#runtimes-page").text, "Page 1: runtimes 1–1.")
+        self.assertTrue(self.find("#runtimes-next").get_property("disabled"))
+        self.assert_accessible("the fleet, filtered")
+
         # Once it is aborted, the policy is free again, and its past rollout listed.
         self.api("POST", f"namespaces/payments/rollouts/{rollout}:abort", {"reason": "enough"})
         self.open(f"#/{base}?version=2")

@@ -239,10 +239,12 @@ function requirementsLine(before, after) {
 // The requirements: rows of a policy name and a semver range.
 function requirementsEditor(initial) {
   const rows = [];
+  let serial = 0;
   const list = h('ol', { class: 'items', id: 'requirements' });
   const add = h('button', { type: 'button', id: 'requirement-add' }, 'Add a requirement');
   const makeRow = (requirement) => {
-    const index = (makeRow.serial = (makeRow.serial ?? 0) + 1);
+    serial += 1;
+    const index = serial;
     const field = (key, label, value, hint) => {
       const id = `requirement-${index}-${key}`;
       const input = h('input', { id, type: 'text', autocomplete: 'off', value: value ?? null, 'aria-describedby': `${id}-error`, placeholder: hint });
