@@ -5,6 +5,7 @@
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, cells, facts, h, link, notice, route, stateName, table, time } from '../dom.js';
+import { follow } from '../live.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
@@ -29,12 +30,16 @@ function targets(rollout) {
 export async function rollouts(view, [namespace], _query, { crumbs }) {
   crumbs(namespaceCrumbs(namespace, 'Rollouts'));
   document.title = `Rollouts of ${namespace} · policyhub`;
-  const reply = await get(`${paths.namespace(namespace)}/rollouts`);
-  const list = reply.rollouts ?? [];
-  view.append(
-    h('h1', {}, `Rollouts of ${namespace}`),
-    namespaceTabs(namespace, 'Rollouts'),
-    list.length
+  const read = () => all(`${paths.namespace(namespace)}/rollouts`, 'rollouts', { pageSize: 500 });
+  const listing = h('div', { id: 'rollouts' }, rolloutTable(namespace, await read()));
+  view.append(h('h1', {}, `Rollouts of ${namespace}`), namespaceTabs(namespace, 'Rollouts'), listing);
+  // A rollout moves by itself (steps, bakes, approvals): read again every
+  // few seconds, and at once when the watch brings a change.
+  return follow({ namespace, every: 5000, onChange: async () => listing.replaceChildren(rolloutTable(namespace, await read())) });
+}
+
+function rolloutTable(namespace, list) {
+  return list.length
       ? table(['Rollout', 'State', 'Targets', 'Started', 'By'], list.map((rollout) => h(
         'tr',
         {},
@@ -44,8 +49,7 @@ export async function rollouts(view, [namespace], _query, { crumbs }) {
         h('td', {}, time(rollout.createdAt)),
         h('td', {}, rollout.createdBy ?? '—'),
       )), `Rollouts of ${namespace}`)
-      : h('p', {}, 'No rollout in this namespace. Start one with ', h('code', {}, 'policyhub rollout start'), '.'),
-  );
+      : h('p', {}, 'No rollout in this namespace. Start one with ', h('code', {}, 'policyhub rollout start'), '.');
 }
 
 export async function rollout(view, [namespace, id], _query, { crumbs }) {

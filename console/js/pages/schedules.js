@@ -6,20 +6,22 @@
 import { allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, h, table, time } from '../dom.js';
+import { follow } from '../live.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 export async function schedules(view, [namespace], _query, { crumbs, rerender }) {
   crumbs(namespaceCrumbs(namespace, 'Schedules'));
   document.title = `Schedules of ${namespace} · policyhub`;
-  const [reply, may] = await Promise.all([get(`${paths.namespace(namespace)}/schedules`), allowed(namespace)]);
-  const list = reply.schedules ?? [];
-  view.append(
-    h('h1', {}, `Schedules of ${namespace}`),
-    namespaceTabs(namespace, 'Schedules'),
-    list.length
-      ? table(['Schedule', 'Entries', 'Next firings (the entry\'s zone, UTC)', 'Last firing', 'State', 'Action'], list.map((schedule) => row(namespace, schedule, may, rerender)), `Schedules of ${namespace}`)
-      : h('p', {}, 'No schedule in this namespace. Set one with ', h('code', {}, 'policyhub set-policy-schedule'), '.'),
-  );
+  const read = () => get(`${paths.namespace(namespace)}/schedules`).then((reply) => reply.schedules ?? []);
+  const [list, may] = await Promise.all([read(), allowed(namespace)]);
+  const draw = (entries) => (entries.length
+    ? table(['Schedule', 'Entries', 'Next firings (the entry\'s zone, UTC)', 'Last firing', 'State', 'Action'], entries.map((schedule) => row(namespace, schedule, may, rerender)), `Schedules of ${namespace}`)
+    : h('p', {}, 'No schedule in this namespace. Set one with ', h('code', {}, 'policyhub set-policy-schedule'), '.'));
+  const listing = h('div', { id: 'schedules' }, draw(list));
+  view.append(h('h1', {}, `Schedules of ${namespace}`), namespaceTabs(namespace, 'Schedules'), listing);
+  // Firings pass and schedules are paused elsewhere: read again every few
+  // seconds, and when the watch brings a change.
+  return follow({ namespace, every: 10000, onChange: async () => listing.replaceChildren(draw(await read())) });
 }
 
 function targets(entry) {
