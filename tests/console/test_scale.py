@@ -1,6 +1,7 @@
 """The console at scale, against the real binary: a namespace of 1,000
 policies listed in under a second cold, searched, filtered and paged; the
-event log filtered by actor, several kinds and a time range.
+event log filtered by actor, several kinds and a time range; a fleet of
+10,000 runtimes (each identified by a watch over SSE) paged and filtered.
 
 Run by scripts/test-console (`./scripts/test-console test_scale`).
 """
@@ -8,6 +9,7 @@ Run by scripts/test-console (`./scripts/test-console test_scale`).
 import tempfile
 import time
 import unittest
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +19,7 @@ from selenium.webdriver.common.by import By
 from test_console import BrowserCase, chromium, free_port
 
 POLICIES = 1000
+RUNTIMES = 10000
 
 
 class Scale(BrowserCase):
@@ -116,6 +119,44 @@ class Scale(BrowserCase):
         until = (before - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
         self.open(f"#/namespaces/big/events?actor=bob&until={until}")
         self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr"), [])
+        self.assert_clean_console()
+
+    def test_03_a_fleet_of_ten_thousand_runtimes(self):
+        def identify(index):
+            """A runtime is identified by a watch naming it; it stays listed
+            (disconnected) once the watch ends."""
+            request = urllib.request.Request(
+                f"{self.base}/v1/namespaces/big/active:watch?names=policy-0001&runtime.id=rt-{index:05}"
+                f"&runtime.labels%5Bzone%5D={'ab'[index % 2]}",
+                headers={"Authorization": f"Bearer {self.tokens['alice']}"})
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                reply.readline()
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(identify, range(RUNTIMES)))
+        print(f"\nconsole: {RUNTIMES} runtimes identified in {time.monotonic() - started:.1f} s")
+        self.sign_in("alice")
+        started = time.monotonic()
+        self.open("#/namespaces/big/policies/policy-0001/fleet")
+        self.wait_text("#fleet-summary", f"0 applied · 0 rejected · {RUNTIMES} pending of {RUNTIMES}")
+        self.wait_for(lambda: len(self.browser.find_elements(By.CSS_SELECTOR, "#runtimes tr[data-runtime]")) == 100,
+                      "the first 100 runtimes")
+        drawn = time.monotonic() - started
+        print(f"console: the fleet page of {RUNTIMES} runtimes drew its first page in {drawn * 1000:.0f} ms")
+        self.assertLess(drawn, 3)
+        self.assertEqual(self.find("#runtimes-page").text, "Page 1: runtimes 1–100, more after.")
+        self.find("#runtimes-next").click()
+        self.wait_text("#runtimes-page", "Page 2: runtimes 101–200")
+        self.find("#runtimes-previous").click()
+        self.wait_text("#runtimes-page", "Page 1: runtimes 1–100")
+        self.open("#/namespaces/big/policies/policy-0001/fleet?labels=zone%3Db")
+        self.wait_for(lambda: len(self.browser.find_elements(By.CSS_SELECTOR, "#runtimes tr[data-runtime]")) == 100,
+                      "a page of zone=b")
+        zones = self.browser.execute_script(
+            "return [...document.querySelectorAll('#runtimes tr[data-runtime] td:nth-child(2)')].map((cell) => cell.textContent)")
+        self.assertEqual(set(zones), {"zone=b"})
+        self.assert_accessible("a fleet of 10,000 runtimes")
         self.assert_clean_console()
 
 
