@@ -25,8 +25,11 @@ export function supports(schema) {
   if (['$ref', 'oneOf', 'anyOf', 'allOf', 'not', 'if', 'patternProperties'].some((key) => key in schema)) return false;
   if (Array.isArray(schema.enum)) return true;
   switch (typeOf(schema)) {
-    case 'object':
-      return Object.values(schema.properties ?? {}).every(supports);
+    case 'object': {
+      // An object without named properties has no field to draw.
+      const properties = Object.values(schema.properties ?? {});
+      return properties.length > 0 && properties.every(supports);
+    }
     case 'array':
       return !Array.isArray(schema.items) && supports(schema.items ?? {}) && typeOf(schema.items ?? {}) !== undefined;
     case 'string': case 'integer': case 'number': case 'boolean':

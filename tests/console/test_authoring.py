@@ -125,6 +125,12 @@ class Authoring(BrowserCase):
             self.click("fieldset .add-item")
             self.browser.switch_to.active_element.send_keys(host)
         self.find("#draft-notes").send_keys("first budget")
+        # The same body in the JSON editor, and back: nothing lost.
+        self.click("#mode-json")
+        self.assertIn('"tokenBudget": 500000', self.find("#draft-json").get_attribute("value"))
+        self.click("#mode-form")
+        self.assertEqual(self.field("Token Budget").get_attribute("value"), "500000")
+        self.assertEqual(self.field("Host item 2").get_attribute("value"), "<b>cdn</b>")
         self.click("#draft-review-button")
         self.wait_text("#draft-review", "Nothing active")
         added = " ".join(e.text for e in self.browser.find_elements(By.CSS_SELECTOR, ".side-1 .added"))
