@@ -17,6 +17,18 @@ export class ApiError extends Error {
     super(body.message || `HTTP ${status}`);
     this.status = status;
     this.code = body.code;
+    this.details = body.details ?? [];
+  }
+
+  // What the refusal names: [{ pointer, field, message }], a schema
+  // violation's JSON Pointer into the body (PreconditionFailure) or a
+  // request field (BadRequest, such as "requirements[0].range").
+  violations() {
+    return this.details.flatMap((detail) => [
+      ...(detail.violations ?? []).filter((violation) => violation.type === 'SCHEMA')
+        .map((violation) => ({ pointer: violation.subject ?? '', message: violation.description })),
+      ...(detail.fieldViolations ?? []).map((violation) => ({ field: violation.field, message: violation.description })),
+    ]);
   }
 }
 
@@ -62,8 +74,31 @@ async function call(method, path, { query = {}, body, notify = true } = {}) {
   return json;
 }
 
+// The SSE watch of `namespace`'s active versions (WatchActive), resuming
+// after `sinceRevision`: the response, whose body streams. A fetch rather
+// than an EventSource, which could not send the token.
+export async function watchActive(namespace, { names = [], sinceRevision = 0, signal }) {
+  const url = new URL(`/v1/${paths.namespace(namespace)}/active:watch`, window.location.origin);
+  names.forEach((name) => url.searchParams.append('names', name));
+  if (sinceRevision) url.searchParams.set('sinceRevision', sinceRevision);
+  await beforeCall();
+  const response = await fetch(url, {
+    headers: { Authorization: `Bearer ${token.get()}`, Accept: 'text/event-stream' },
+    cache: 'no-store',
+    credentials: 'omit',
+    signal,
+  });
+  if (!response.ok) {
+    const text = await response.text();
+    if (response.status === 401) listeners.forEach((callback) => callback());
+    throw new ApiError(response.status, text ? JSON.parse(text) : {});
+  }
+  return response;
+}
+
 export const get = (path, query) => call('GET', path, { query });
 export const post = (path, body) => call('POST', path, { body: body ?? {} });
+export const put = (path, body) => call('PUT', path, { body: body ?? {} });
 
 const segment = encodeURIComponent;
 
@@ -86,6 +121,19 @@ export async function all(path, field, query = {}, limit = 1000) {
     pageToken = page.nextPageToken ?? '';
   } while (pageToken && items.length < limit);
   return items;
+}
+
+// A policy as ListPolicies gives it (its schema, pointers and fleet), or
+// null when the namespace has no such policy.
+export async function policyRecord(namespace, name) {
+  let pageToken = '';
+  do {
+    const page = await get(`${paths.namespace(namespace)}/policies`, { pageSize: 500, pageToken });
+    const found = (page.policies ?? []).find((policy) => policy.name === name);
+    if (found) return found;
+    pageToken = page.nextPageToken ?? '';
+  } while (pageToken);
+  return null;
 }
 
 // Who the token's holder is, asked once per sign-in; a refusal is the

@@ -6,6 +6,8 @@ import * as oidc from './oidc.js';
 import { h, link, notice, route } from './dom.js';
 import { home, namespacePolicies } from './pages/home.js';
 import { policy } from './pages/policy.js';
+import { draft } from './pages/draft.js';
+import { schema } from './pages/schema.js';
 import { compare } from './pages/compare.js';
 import { events } from './pages/events.js';
 import { fleet } from './pages/fleet.js';
@@ -17,6 +19,8 @@ const ROUTES = [
   [/^namespaces\/([^/]+)$/, namespacePolicies],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)$/, policy],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)\/diff$/, compare],
+  [/^namespaces\/([^/]+)\/policies\/([^/]+)\/draft$/, draft],
+  [/^namespaces\/([^/]+)\/policies\/([^/]+)\/schema$/, schema],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)\/fleet$/, fleet],
   [/^namespaces\/([^/]+)\/events$/, events],
   [/^namespaces\/([^/]+)\/rollouts$/, rollouts],
@@ -128,7 +132,14 @@ async function signIn(reason) {
     }
   });
   main.replaceChildren(form);
+  shown(route);
   if (!providers.length) input.focus();
+}
+
+// Busy while a page is drawn; then `data-route` names what main shows.
+function shown(hash) {
+  main.removeAttribute('aria-busy');
+  main.dataset.route = hash;
 }
 
 async function render() {
@@ -140,12 +151,16 @@ async function render() {
     signIn();
     return;
   }
-  const [path, search] = window.location.hash.replace(/^#\/?/, '').split('?');
+  const hash = window.location.hash;
+  main.setAttribute('aria-busy', 'true');
+  const drawn = () => shown(hash);
+  const [path, search] = hash.replace(/^#\/?/, '').split('?');
   const query = new URLSearchParams(search ?? '');
   const found = ROUTES.map(([pattern, page]) => [path.match(pattern), page]).find(([match]) => match);
   if (!found) {
     crumbs([]);
     main.replaceChildren(h('h1', {}, 'Not found'), h('p', {}, 'No page at this address. ', link(route(), 'Go to the namespaces')));
+    drawn();
     return;
   }
   const [match, page] = found;
@@ -163,7 +178,12 @@ async function render() {
     view.replaceChildren(notice(error));
   }
   if (ticket !== rendering) return;
+  // A redraw in place (the page followed a change) keeps the focus where it
+  // was, when the same control is still there.
+  const focused = main.contains(document.activeElement) ? document.activeElement.id : '';
   main.replaceChildren(view);
+  drawn();
+  if (focused) document.getElementById(focused)?.focus();
 }
 
 // The token refused or expired: the page stays, the banner asks to sign in

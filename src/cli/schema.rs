@@ -29,6 +29,10 @@ pub struct SetSchemaArgs {
     /// Why; recorded in the event log.
     #[arg(long, default_value = "")]
     reason: String,
+    /// Change nothing: list the published versions and the open draft the
+    /// schema would reject.
+    #[arg(long, conflicts_with = "remove")]
+    dry_run: bool,
 }
 
 /// `policyhub set-schema`.
@@ -44,12 +48,24 @@ pub async fn set_schema(
             name: args.policy.name.to_string(),
             schema: schema.as_ref().map(json_to_struct),
             reason: args.reason,
+            dry_run: args.dry_run,
         })
         .await
         .reply(format!("setting the schema of {}", args.policy))?;
     let policy = set.policy.clone().unwrap_or_default();
     match output {
         Output::Json => print_message(&set),
+        Output::Table if args.dry_run => {
+            if set.rejected_versions.is_empty() {
+                outln!("the schema rejects no version of {}", args.policy);
+            }
+            for rejected in &set.rejected_versions {
+                outln!("version {} would be rejected:", rejected.version);
+                for violation in &rejected.violations {
+                    outln!("  {violation}");
+                }
+            }
+        }
         Output::Table => {
             let what = if schema.is_some() { "set" } else { "removed" };
             outln!("schema of {} {what}", args.policy);

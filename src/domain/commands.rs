@@ -186,6 +186,8 @@ pub struct SetSchemaCommand {
     pub schema: Option<PolicySchema>,
     /// Why.
     pub reason: String,
+    /// Change nothing; only say which versions the schema would reject.
+    pub dry_run: bool,
 }
 
 /// How one policy's pointer moved.

@@ -117,7 +117,8 @@ pub fn from_timestamp(field: &str, at: Timestamp) -> Result<DateTime<Utc>> {
         .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
 }
 
-fn state(state: VersionState) -> proto::VersionState {
+/// A version's state as protobuf.
+pub fn state(state: VersionState) -> proto::VersionState {
     match state {
         VersionState::Draft => proto::VersionState::Draft,
         VersionState::Published => proto::VersionState::Published,

@@ -174,6 +174,37 @@ pub(super) fn set_schema(
     proto::SetSchemaResponse {
         policy: Some(convert::policy(summary)),
         active_version_violations: violations.iter().map(ToString::to_string).collect(),
+        rejected_versions: Vec::new(),
+    }
+}
+
+/// What a dry run of SetSchema found: the versions the schema would reject.
+pub(super) fn schema_dry_run(
+    rejected: &[(VersionRecord, Vec<SchemaViolation>)],
+) -> proto::SetSchemaResponse {
+    let texts =
+        |violations: &[SchemaViolation]| violations.iter().map(ToString::to_string).collect();
+    proto::SetSchemaResponse {
+        policy: None,
+        active_version_violations: rejected
+            .iter()
+            .find(|(version, _)| version.active)
+            .map(|(_, violations)| texts(violations))
+            .unwrap_or_default(),
+        rejected_versions: rejected
+            .iter()
+            .map(|(version, violations)| proto::RejectedVersion {
+                version: version.version,
+                label: version
+                    .label
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                state: convert::state(version.state) as i32,
+                active: version.active,
+                violations: texts(violations),
+            })
+            .collect(),
     }
 }
 

@@ -214,6 +214,7 @@ pub(super) fn schema_command(
         policy,
         schema,
         reason: limits.text("reason", request.reason)?,
+        dry_run: request.dry_run,
     })
 }
 

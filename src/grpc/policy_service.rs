@@ -265,6 +265,13 @@ impl PolicyService for PolicyApi {
         let caller = identify(&request)?;
         let command = schema_command(request.into_inner(), &self.limits)?;
         let context = caller.admit(Rpc::SetSchema, [&command.policy.namespace], &self.quotas)?;
+        if command.dry_run {
+            let rejected = self
+                .hub
+                .schema_rejections(&command.policy, command.schema.as_ref())
+                .await?;
+            return Ok(Response::new(reply::schema_dry_run(&rejected)));
+        }
         let outcome = self.hub.set_schema(command, &context).await?;
         Ok(Response::new(reply::set_schema(&outcome)))
     }

@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use crate::domain::{
     ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, Error,
     EventKind, ExpectedActive, IdempotencyKey, Label, Namespace, PointerChange, PolicyBody,
-    PolicySummary, Publication, PublishCommand, PublishOutcome, PublishPlan, RequestContext,
-    Requirement, Result, RollbackCommand, SchemaViolation, SetSchemaCommand, VersionRecord,
-    VersionSelector, VersionState, ensure_acyclic, ensure_met_after, ensure_satisfiable, lifecycle,
+    PolicyRef, PolicySchema, PolicySummary, Publication, PublishCommand, PublishOutcome,
+    PublishPlan, RequestContext, Requirement, Result, RollbackCommand, SchemaViolation,
+    SetSchemaCommand, VersionRecord, VersionSelector, VersionState, ensure_acyclic,
+    ensure_met_after, ensure_satisfiable, lifecycle,
 };
 use crate::signing::{self, SigningKey};
 use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, StoredVersion, Transaction};
@@ -312,6 +313,46 @@ impl PolicyHub {
                 Ok((tx.summary(&command.policy).await?, violations))
             })
             .await
+    }
+
+    /// The published versions and the open draft of `policy` that
+    /// `schema` would reject, newest first, each with its violations;
+    /// changes nothing. None without a schema.
+    #[tracing::instrument(name = "hub.schema_rejections", skip_all)]
+    pub async fn schema_rejections(
+        &self,
+        policy: &PolicyRef,
+        schema: Option<&PolicySchema>,
+    ) -> Result<Vec<(VersionRecord, Vec<SchemaViolation>)>> {
+        let mut rejected = Vec::new();
+        let Some(schema) = schema else {
+            return Ok(rejected);
+        };
+        let mut page_token = String::new();
+        loop {
+            let page = match self
+                .repository
+                .list_versions(policy, 500, &page_token)
+                .await
+            {
+                Ok(page) => page,
+                // A policy yet to be created has no version to reject.
+                Err(Error::NotFound(_)) => return Ok(rejected),
+                Err(error) => return Err(error),
+            };
+            for version in page.items {
+                if matches!(version.state, VersionState::Published | VersionState::Draft) {
+                    let violations = schema.violations(&version.body);
+                    if !violations.is_empty() {
+                        rejected.push((version, violations));
+                    }
+                }
+            }
+            match page.next_page_token {
+                Some(next) => page_token = next,
+                None => return Ok(rejected),
+            }
+        }
     }
 }
 

@@ -116,6 +116,7 @@ async fn a_schema_violation_names_the_path(app: TestApp) {
             name: "limits".into(),
             schema: Some(json_to_struct(&schema)),
             reason: String::new(),
+            dry_run: false,
         })
         .await
         .unwrap();
@@ -148,6 +149,7 @@ async fn a_schema_violation_names_the_path(app: TestApp) {
             name: "limits".into(),
             schema: Some(json_to_struct(&json!({"type": "no-such-type"}))),
             reason: String::new(),
+            dry_run: false,
         })
         .await;
     expect_code(result, Code::InvalidArgument);

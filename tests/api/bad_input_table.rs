@@ -228,7 +228,8 @@ fn rows(app: &TestApp) -> Vec<Row> {
             namespace: "team".into(),
             name: "limits".into(),
             schema: Some(json_to_struct(&json!({"type": 12}))),
-            reason: String::new()
+            reason: String::new(),
+            dry_run: false,
         })
     );
     row!(

@@ -471,6 +471,31 @@ async fn schema_tightened_blocks_rollback_until_a_new_draft(app: TestApp) {
         .await;
     let schema =
         json!({"type": "object", "properties": {"max": {"type": "integer", "maximum": 100}}});
+    // A dry run names v1, which the schema would reject, and changes nothing.
+    let before = app.db_state().await;
+    let dry_run = app
+        .policy
+        .clone()
+        .set_schema(proto::SetSchemaRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+            schema: Some(json_to_struct(&schema)),
+            reason: "look first".into(),
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rejected: Vec<_> = dry_run
+        .rejected_versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(rejected, [1]);
+    let violations = &dry_run.rejected_versions[0].violations;
+    assert!(violations[0].starts_with("/max: 500"), "{violations:?}");
+    assert!(dry_run.policy.is_none() && dry_run.active_version_violations.is_empty());
+    assert_eq!(app.db_state().await, before);
     let response = app
         .policy
         .clone()
@@ -479,6 +504,7 @@ async fn schema_tightened_blocks_rollback_until_a_new_draft(app: TestApp) {
             name: "limits".into(),
             schema: Some(json_to_struct(&schema)),
             reason: "cap the maximum".into(),
+            dry_run: false,
         })
         .await
         .unwrap()

@@ -220,6 +220,7 @@ async fn errors_quote_a_prefix_of_huge_values_and_stay_small(app: TestApp) {
                 &json!({"type": "object", "properties": {"note": {"type": "string", "maxLength": 10}}}),
             )),
             reason: "limits".into(),
+            dry_run: false,
         })
         .await
         .expect("schema set");

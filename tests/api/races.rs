@@ -821,6 +821,7 @@ async fn a_schema_set_racing_an_activation_never_leaves_an_unreported_violation(
                 name: "p".into(),
                 schema: Some(json_to_struct(&schema)),
                 reason: "race".into(),
+                dry_run: false,
             },
             &race.admin
         );

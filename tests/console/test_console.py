@@ -132,9 +132,13 @@ class BrowserCase(unittest.TestCase):
         return self.wait_main()
 
     def wait_main(self):
-        """Waits until the page has rendered (no 'Loading…' left)."""
+        """Waits until the page of the current address has rendered: a
+        heading, nothing in progress (a route change within one page draws
+        it again), and drawn for this address."""
         WebDriverWait(self.browser, 10).until(
-            lambda browser: browser.find_element(By.CSS_SELECTOR, "main h1")
+            lambda browser: browser.find_elements(By.CSS_SELECTOR, "main h1") and browser.execute_script(
+                "const main = document.getElementById('main');"
+                "return !main.hasAttribute('aria-busy') && main.dataset.route === window.location.hash;")
         )
         return self.browser.find_element(By.ID, "main")
 
@@ -168,9 +172,10 @@ class BrowserCase(unittest.TestCase):
 
     def rail(self):
         """The versions rail: {version: state}."""
+        # Read at once: a page following the server may redraw meanwhile.
         return {
-            int(item.get_attribute("data-version")): item.get_attribute("data-state")
-            for item in self.browser.find_elements(By.CSS_SELECTOR, ".rail li")
+            int(version): state for version, state in self.browser.execute_script(
+                "return [...document.querySelectorAll('.rail li')].map((item) => [item.dataset.version, item.dataset.state])")
         }
 
     def act(self, button_text, fields=None):
@@ -207,6 +212,9 @@ class BrowserCase(unittest.TestCase):
             if entry["level"] == "SEVERE" and "/favicon.ico" not in entry["message"]
         ]
         self.assertEqual(errors, [], "the browser's console has errors")
+        # Nothing drawn as the word "null" (a missing part appended as text).
+        lines = self.browser.execute_script("return document.getElementById('main').innerText").split("\n")
+        self.assertNotIn("null", [line.strip() for line in lines], "the page shows a stray null")
 
     def assert_accessible(self, page):
         axe = Axe(self.browser, script_url=AXE_SCRIPT)
@@ -381,8 +389,8 @@ class Console(BrowserCase):
         self.open("#/namespaces/payments/events?name=limits")
         rows = self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")
         self.assertGreaterEqual(len(rows), 10)
-        Select(self.find("#filter-kind")).select_by_value("EVENT_KIND_ROLLED_BACK")
-        self.find("#filter-kind").find_element(By.XPATH, "ancestor::form").submit()
+        self.find("#kind-EVENT_KIND_ROLLED_BACK").click()
+        self.find("#kind-EVENT_KIND_ROLLED_BACK").find_element(By.XPATH, "ancestor::form").submit()
         self.wait_text("main", "1.1.0 declines cards")
         rows = [row.text for row in self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr")]
         self.assertEqual(len(rows), 2, rows)  # the rollback and the restore
@@ -466,6 +474,7 @@ class Console(BrowserCase):
         self.assertIn("0 8 * * MON-FRI in Europe/Paris → limits v1 (1.0.0)", row.text)
         self.assertIn("0 18 * * FRI in Europe/Paris → limits v2 (1.1.0)", row.text)
         self.assertEqual(len(row.find_elements(By.CSS_SELECTOR, "ol li")), 5, "the next five firings")
+        self.assertRegex(row.find_element(By.CSS_SELECTOR, "ol li").text, r"^\d{4}-\d\d-\d\d (08|18):00 Europe/Paris · \d{4}-\d\d-\d\d (06|07|16|17):00:00Z week")
         self.assertIn("running", row.text)
         self.screenshot("schedules")
         self.assert_accessible("schedules")

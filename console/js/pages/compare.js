@@ -18,22 +18,11 @@ export async function compare(view, [namespace, name], query, { crumbs }) {
     get(`${base}/versions/${to}`),
     get(`${base}:diff`, { fromVersion: from, toVersion: to }),
   ]);
-  const rows = sideBySide(prettyJson(left.body ?? {}), prettyJson(right.body ?? {}));
-  const side = (index, version) => h(
-    'section',
-    { 'aria-label': `Version ${version.version}` },
-    h('h2', {}, `Version ${version.version}${version.label ? ` (${version.label})` : ''}`),
-    h('pre', { class: `side-${index}`, tabindex: '0' }, rows.map((row) => {
-      const { text, kind } = row[index];
-      const mark = { removed: 'removed: ', added: 'added: ' }[kind];
-      return h('span', { class: `line ${kind}` }, mark ? h('span', { class: 'visually-hidden' }, mark) : null, text || ' ');
-    })),
-  );
   const operations = patch.operations ?? [];
   view.append(
     h('h1', {}, `${namespace} / ${name}: version ${from} → ${to}`),
     policyTabs(namespace, name, null),
-    h('div', { class: 'diff' }, side(0, left), side(1, right)),
+    diffView(prettyJson(left.body ?? {}), prettyJson(right.body ?? {}), [versionTitle(left), versionTitle(right)]),
     h('h2', {}, 'JSON Patch (RFC 6902)'),
     operations.length
       ? table(['Operation', 'Path', 'Value'], operations.map((operation) => h(
@@ -47,6 +36,25 @@ export async function compare(view, [namespace, name], query, { crumbs }) {
     requirementsChange(patch),
     h('p', {}, h('a', { href: `${route('namespaces', namespace, 'policies', name)}?version=${to}` }, `Back to version ${to}`)),
   );
+}
+
+const versionTitle = (version) => `Version ${version.version}${version.label ? ` (${version.label})` : ''}`;
+
+// Two texts side by side under their `titles`, lines removed and added
+// marked; the titles are headings of `level`.
+export function diffView(before, after, titles, level = 'h2') {
+  const rows = sideBySide(before, after);
+  const side = (index) => h(
+    'section',
+    { 'aria-label': titles[index] },
+    h(level, {}, titles[index]),
+    h('pre', { class: `side-${index}`, tabindex: '0' }, rows.map((row) => {
+      const { text, kind } = row[index];
+      const mark = { removed: 'removed: ', added: 'added: ' }[kind];
+      return h('span', { class: `line ${kind}` }, mark ? h('span', { class: 'visually-hidden' }, mark) : null, text || ' ');
+    })),
+  );
+  return h('div', { class: 'diff' }, side(0), side(1));
 }
 
 function requirementsChange(patch) {

@@ -4,14 +4,17 @@
 
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
-import { announce, facts, h, prettyJson, route, tabs, time, versionState } from '../dom.js';
+import { announce, facts, h, link, prettyJson, route, table, tabs, time, versionState } from '../dom.js';
+import { follow } from '../live.js';
 import { signatureStatus } from '../signature.js';
 import { namespaceCrumbs } from './home.js';
+import { isLive, rolloutsOf, state as rolloutState } from './rollouts.js';
 
 export function policyTabs(namespace, name, current) {
   const base = ['namespaces', namespace, 'policies', name];
   return tabs('Policy', current, [
     ['Versions', route(...base)],
+    ['Schema', route(...base, 'schema')],
     ['Fleet', route(...base, 'fleet')],
     ['Events', `${route('namespaces', namespace, 'events')}?name=${encodeURIComponent(name)}`],
   ]);
@@ -25,7 +28,13 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
   crumbs(policyCrumbs(namespace, name));
   document.title = `${namespace}/${name} · policyhub`;
   const base = paths.policy(namespace, name);
-  const [versions, may] = await Promise.all([all(`${base}/versions`, 'versions'), allowed(namespace)]);
+  const [versions, may, rollouts, schedules] = await Promise.all([
+    all(`${base}/versions`, 'versions'),
+    allowed(namespace),
+    rolloutsOf(namespace, name),
+    get(`${paths.namespace(namespace)}/schedules`).then((reply) => reply.schedules ?? []),
+  ]);
+  const holder = rollouts.find(isLive) ?? null;
   const active = versions.find((version) => version.active);
   const wanted = Number(query.get('version'));
   const selected = versions.find((version) => version.version === wanted) ?? active ?? versions[0];
@@ -34,6 +43,7 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
     view.append(h('p', {}, 'This policy has no version.'));
     return;
   }
+  const draftRoute = route('namespaces', namespace, 'policies', name, 'draft');
   const rail = h(
     'nav',
     { class: 'rail', 'aria-label': 'Versions' },
@@ -52,7 +62,11 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
   const detail = h('section', { class: 'detail', 'aria-labelledby': 'version-title' });
   detail.append(
     h('h2', { id: 'version-title' }, `Version ${selected.version} `, versionState(selected)),
-    actions(namespace, name, selected, active, may, rerender),
+    holds(namespace, name, holder, schedules),
+    actions(namespace, name, selected, active, may, rerender, holder),
+    may.has('Draft') ? h('p', { class: 'authoring' },
+      h('a', { href: `${draftRoute}?from=${selected.version}`, id: 'draft-from' }, `New draft from version ${selected.version}`),
+      active && active !== selected ? [' · ', h('a', { href: draftRoute }, 'New draft from the active version')] : null) : '',
   );
   const signature = h('span', { id: 'signature' }, 'checking…');
   detail.append(facts([
@@ -66,6 +80,7 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
   ]));
   detail.append(h('h3', {}, 'Body'), h('pre', { id: 'body', tabindex: '0', 'aria-label': `Body of version ${selected.version}` }, prettyJson(selected.body ?? {})));
   if (versions.length > 1) detail.append(compareForm(namespace, name, versions, selected, active));
+  detail.append(rolloutHistory(namespace, rollouts));
   view.append(h('div', { class: 'policy' }, rail, detail));
   signatureStatus(selected).then(
     (status) => {
@@ -76,6 +91,9 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
       signature.textContent = `not checked: ${error.message}`;
     },
   );
+  // An activation, a rollback or a rollout's step made anywhere redraws the
+  // page.
+  return follow({ namespace, names: [name], onChange: async () => rerender() });
 }
 
 function railState(version) {
@@ -92,8 +110,51 @@ function describe(version) {
   return `version ${version.version}${version.label ? ` (${version.label})` : ''}`;
 }
 
-// The actions the version's state allows, of those the caller may call.
-function actions(namespace, name, version, active, may, rerender) {
+// What else moves this policy: the live rollout that holds it (the server
+// refuses to activate or roll it back meanwhile) and the schedules that
+// activate it.
+function holds(namespace, name, holder, schedules) {
+  const scheduled = schedules.filter((schedule) => (schedule.entries ?? [])
+    .some((entry) => (entry.targets ?? []).some((target) => target.name === name)));
+  const lines = [];
+  if (holder) {
+    const target = holder.targets.find((entry) => entry.name === name);
+    lines.push(h('p', { id: 'held' },
+      h('strong', {}, 'Held by a rollout: '),
+      link(route('namespaces', namespace, 'rollouts', holder.id), `rollout ${holder.id.slice(0, 8)}`),
+      ` (${rolloutState(holder)}, step ${(holder.step ?? 0) + 1} of ${(holder.steps ?? []).length}) moves it from v${target.stableVersion ?? 0} to v${target.version}. `,
+      'Until it completes or is promoted or aborted, the server refuses to activate or roll back this policy.'));
+  }
+  for (const schedule of scheduled) {
+    const next = (schedule.upcoming ?? []).find((firing) => (schedule.entries ?? [])
+      .find((entry) => entry.name === firing.entry)?.targets?.some((target) => target.name === name));
+    lines.push(h('p', { class: 'scheduled', 'data-schedule': schedule.name },
+      h('strong', {}, 'Scheduled: '),
+      link(route('namespaces', namespace, 'schedules'), `schedule ${schedule.name}`),
+      schedule.paused ? ' activates versions of this policy on its own (paused now).'
+        : [' activates versions of this policy on its own', next ? [', next at ', time(next.at), ` (${next.entry})`] : '', '.']));
+  }
+  return lines.length ? h('div', { class: 'notice holds' }, lines) : '';
+}
+
+// The rollouts that moved or move this policy, newest first.
+function rolloutHistory(namespace, rollouts) {
+  return h('section', { 'aria-labelledby': 'policy-rollouts' },
+    h('h3', { id: 'policy-rollouts' }, 'Rollouts of this policy'),
+    rollouts.length
+      ? table(['Rollout', 'State', 'Versions', 'Started'], rollouts.map((rollout) => h('tr', {},
+        h('th', { scope: 'row' }, link(route('namespaces', namespace, 'rollouts', rollout.id), h('code', {}, rollout.id.slice(0, 8)))),
+        h('td', {}, rolloutState(rollout)),
+        h('td', {}, rollout.targets.map((target) => `${target.name} v${target.stableVersion ?? 0} → v${target.version}`).join(', ')),
+        h('td', {}, time(rollout.createdAt)),
+      )), 'Rollouts of this policy')
+      : h('p', { class: 'muted' }, 'None.'));
+}
+
+// The actions the version's state allows, of those the caller may call;
+// while a rollout holds the policy, those the server would refuse are
+// named with the reason instead.
+function actions(namespace, name, version, active, may, rerender, holder) {
   const base = paths.policy(namespace, name);
   const subject = `${namespace}/${name}`;
   const activeNumber = active?.version ?? 0;
@@ -129,7 +190,11 @@ function actions(namespace, name, version, active, may, rerender) {
       },
     }, true);
   }
-  if (version.state === 'VERSION_STATE_PUBLISHED' && !version.active) {
+  const refused = [];
+  if (version.state === 'VERSION_STATE_PUBLISHED' && !version.active && holder) {
+    refused.push(h('p', { id: 'refused' }, `Activate and roll back are not offered: rollout ${holder.id.slice(0, 8)} holds ${subject}.`));
+  }
+  if (version.state === 'VERSION_STATE_PUBLISHED' && !version.active && !holder) {
     const from = activeNumber ? `version ${activeNumber}` : 'nothing';
     add('Activate', 'Activate…', {
       summary: [
@@ -167,8 +232,9 @@ function actions(namespace, name, version, active, may, rerender) {
       });
     }
   }
+  if (!buttons.length && refused.length) return h('div', {}, refused);
   if (!buttons.length) return h('p', { class: 'muted', id: 'no-actions' }, version.active ? 'The active version: nothing to do here.' : 'No action for you on this version.');
-  return h('div', { class: 'actions', id: 'actions' }, buttons);
+  return h('div', {}, h('div', { class: 'actions', id: 'actions' }, buttons), refused);
 }
 
 function compareForm(namespace, name, versions, selected, active) {

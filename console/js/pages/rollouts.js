@@ -2,15 +2,26 @@
 // steps, the current cohort's progress (polled while it moves) and the
 // controls its state allows the caller.
 
-import { allowed, get, paths, post } from '../api.js';
+import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
-import { announce, facts, h, link, notice, route, stateName, table, time } from '../dom.js';
+import { announce, cells, facts, h, link, notice, route, stateName, table, time } from '../dom.js';
+import { follow } from '../live.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
 const FINAL = ['ROLLOUT_STATE_COMPLETED', 'ROLLOUT_STATE_ABORTED', 'ROLLOUT_STATE_ROLLED_BACK'];
 
-const state = (rollout) => stateName(rollout.state, 'ROLLOUT_STATE_');
+export const state = (rollout) => stateName(rollout.state, 'ROLLOUT_STATE_');
+
+// Whether the rollout still holds its policies: until it ends, the server
+// refuses to activate or roll them back.
+export const isLive = (rollout) => !FINAL.includes(rollout.state);
+
+// The rollouts of `namespace` that move `name`, newest first.
+export async function rolloutsOf(namespace, name) {
+  const list = await all(`${paths.namespace(namespace)}/rollouts`, 'rollouts', { pageSize: 500 });
+  return list.filter((rollout) => (rollout.targets ?? []).some((target) => target.name === name));
+}
 
 function targets(rollout) {
   return (rollout.targets ?? []).map((target) => `${target.name} v${target.stableVersion ?? 0} → v${target.version}${target.label ? ` (${target.label})` : ''}`).join(', ');
@@ -19,12 +30,16 @@ function targets(rollout) {
 export async function rollouts(view, [namespace], _query, { crumbs }) {
   crumbs(namespaceCrumbs(namespace, 'Rollouts'));
   document.title = `Rollouts of ${namespace} · policyhub`;
-  const reply = await get(`${paths.namespace(namespace)}/rollouts`);
-  const list = reply.rollouts ?? [];
-  view.append(
-    h('h1', {}, `Rollouts of ${namespace}`),
-    namespaceTabs(namespace, 'Rollouts'),
-    list.length
+  const read = () => all(`${paths.namespace(namespace)}/rollouts`, 'rollouts', { pageSize: 500 });
+  const listing = h('div', { id: 'rollouts' }, rolloutTable(namespace, await read()));
+  view.append(h('h1', {}, `Rollouts of ${namespace}`), namespaceTabs(namespace, 'Rollouts'), listing);
+  // A rollout moves by itself (steps, bakes, approvals): read again every
+  // few seconds, and at once when the watch brings a change.
+  return follow({ namespace, every: 5000, onChange: async () => listing.replaceChildren(rolloutTable(namespace, await read())) });
+}
+
+function rolloutTable(namespace, list) {
+  return list.length
       ? table(['Rollout', 'State', 'Targets', 'Started', 'By'], list.map((rollout) => h(
         'tr',
         {},
@@ -34,8 +49,7 @@ export async function rollouts(view, [namespace], _query, { crumbs }) {
         h('td', {}, time(rollout.createdAt)),
         h('td', {}, rollout.createdBy ?? '—'),
       )), `Rollouts of ${namespace}`)
-      : h('p', {}, 'No rollout in this namespace. Start one with ', h('code', {}, 'policyhub rollout start'), '.'),
-  );
+      : h('p', {}, 'No rollout in this namespace. Start one with ', h('code', {}, 'policyhub rollout start'), '.');
 }
 
 export async function rollout(view, [namespace, id], _query, { crumbs }) {
@@ -47,11 +61,19 @@ export async function rollout(view, [namespace, id], _query, { crumbs }) {
   view.append(h('h1', {}, `Rollout ${id}`), body);
   let timer = null;
   let stopped = false;
+  // The runtimes are asked again when the cohort's counts move.
+  let cohort = [];
+  let counted = null;
   const refresh = async () => {
     const current = await get(path);
+    const counts = JSON.stringify([current.progress ?? {}, current.state, current.step]);
+    if (counts !== counted) {
+      cohort = await cohortOf(namespace, current);
+      counted = counts;
+    }
     if (stopped) return;
     const focused = document.activeElement?.id;
-    body.replaceChildren(...details(current), controls(namespace, current, may, refresh));
+    body.replaceChildren(...details(namespace, current, cohort), controls(namespace, current, may, refresh));
     if (focused) document.getElementById(focused)?.focus();
     if (!FINAL.includes(current.state)) timer = setTimeout(poll, POLL_MS);
   };
@@ -69,17 +91,17 @@ export async function rollout(view, [namespace, id], _query, { crumbs }) {
   };
 }
 
-function details(rollout) {
+function details(namespace, rollout, cohort) {
   const progress = rollout.progress ?? {};
   const count = (field) => progress[field] ?? 0;
-  const cohort = count('cohort');
-  const share = (field) => (cohort ? `${(100 * count(field)) / cohort}%` : '0');
-  const steps = rollout.steps ?? [];
-  const step = rollout.step ?? 0;
+  const size = count('cohort');
+  const share = (field) => (size ? `${(100 * count(field)) / size}%` : '0');
   return [
     facts([
       ['State', h('strong', { id: 'rollout-state' }, state(rollout))],
-      ['Targets', targets(rollout)],
+      ['Targets', h('ul', { class: 'plain', id: 'rollout-targets' }, (rollout.targets ?? []).map((target) => h('li', {},
+        link(`${route('namespaces', namespace, 'policies', target.name)}?version=${target.version}`, target.name),
+        ` v${target.stableVersion ?? 0} → v${target.version}${target.label ? ` (${target.label})` : ''}`)))],
       ['Started', h('span', {}, time(rollout.createdAt), ' by ', rollout.createdBy ?? '—')],
       ['Reason', rollout.reason || '—'],
       rollout.startAt ? ['Starts at', time(rollout.startAt)] : null,
@@ -87,18 +109,79 @@ function details(rollout) {
       rollout.haltedBecause ? ['Halted because', h('span', { class: 'error' }, rollout.haltedBecause)] : null,
     ]),
     h('h2', {}, 'Steps'),
-    h('ol', { class: 'steps' }, steps.map((entry, index) => h(
-      'li',
-      { class: index === step ? 'current' : '', 'aria-current': index === step ? 'step' : null },
-      `${entry.percentage ?? 0}% of runtimes${entry.labelSelector ? ` matching ${entry.labelSelector}` : ''}, bake ${entry.bake ?? '0s'}`,
-      index < step ? ' (done)' : '',
-    ))),
+    timeline(rollout),
     h('h2', {}, 'Current cohort'),
-    h('p', { id: 'rollout-progress' }, `${count('applied')} applied · ${count('rejected')} rejected · ${count('pending')} pending of ${cohort}`),
-    h('div', { class: 'progress', role: 'img', 'aria-label': `${count('applied')} of ${cohort} applied` },
+    h('p', { id: 'rollout-progress' }, `${count('applied')} applied · ${count('rejected')} rejected · ${count('pending')} pending of ${size}`),
+    h('div', { class: 'progress', role: 'img', 'aria-label': `${count('applied')} of ${size} applied` },
       bar('applied', share('applied')),
       bar('rejected', share('rejected'))),
+    cohortTable(namespace, rollout, cohort),
   ];
+}
+
+// A protobuf Duration as JSON ("30s", "1.5s") in milliseconds.
+const millis = (duration) => 1000 * parseFloat(duration ?? '0');
+
+// "1 h 02 min 05 s", "42 s".
+function span(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  const [hours, minutes, seconds] = [Math.floor(total / 3600), Math.floor(total / 60) % 60, total % 60];
+  if (hours) return `${hours} h ${String(minutes).padStart(2, '0')} min ${String(seconds).padStart(2, '0')} s`;
+  if (minutes) return `${minutes} min ${String(seconds).padStart(2, '0')} s`;
+  return `${seconds} s`;
+}
+
+// The steps as a timeline: each done, baking (with the time left), paused,
+// waiting or skipped, with the revision it took.
+function timeline(rollout) {
+  const steps = rollout.steps ?? [];
+  const current = rollout.step ?? 0;
+  const ended = FINAL.includes(rollout.state);
+  const begun = ['ROLLOUT_STATE_RUNNING', 'ROLLOUT_STATE_PAUSED'].includes(rollout.state);
+  return h('ol', { class: 'timeline', id: 'rollout-timeline' }, steps.map((entry, index) => {
+    let status = 'waiting';
+    if (index < current || (rollout.state === 'ROLLOUT_STATE_COMPLETED')) status = 'done';
+    else if (index === current && begun) status = rollout.state === 'ROLLOUT_STATE_PAUSED' ? 'paused' : 'baking';
+    else if (ended) status = 'not reached';
+    const revision = rollout.stepRevisions?.[index];
+    let clock = null;
+    if (status === 'baking' && rollout.stepStartedAt) {
+      const until = new Date(new Date(rollout.stepStartedAt).getTime() + millis(entry.bake));
+      const left = until.getTime() - Date.now();
+      clock = h('p', { class: 'countdown', id: 'bake-countdown' },
+        left > 0 ? [`Bakes ${span(left)} more, until `, time(until.toISOString())] : 'Baked: the next step starts at the next tick.');
+    }
+    return h('li', { class: `step ${status.replace(' ', '-')}`, 'aria-current': index === current && !ended ? 'step' : null, 'data-status': status },
+      h('span', { class: 'step-status' }, status),
+      h('span', {}, `Step ${index + 1}: ${entry.percentage ?? 0}% of runtimes${entry.labelSelector ? ` matching ${entry.labelSelector}` : ''}, bake ${span(millis(entry.bake))}`),
+      revision && revision !== '0' ? h('span', { class: 'muted' }, ` · revision ${revision}`) : null,
+      index === current && begun && rollout.stepStartedAt ? h('span', { class: 'muted' }, ' · started ', time(rollout.stepStartedAt)) : null,
+      clock);
+  }));
+}
+
+// The runtimes that report a candidate version, with their outcome: the
+// cohort as far as it has answered.
+function cohortTable(namespace, rollout, cohort) {
+  if (!cohort.length) return h('p', { class: 'muted', id: 'cohort' }, 'No runtime reports a candidate yet.');
+  const headings = ['Runtime', 'Labels', 'Outcome'];
+  return h('div', { id: 'cohort' }, table(headings, cohort.map(({ runtime, reports }) => h('tr', { 'data-runtime': runtime.id }, cells(headings, [
+    runtime.id,
+    Object.entries(runtime.labels ?? {}).map(([key, value]) => `${key}=${value}`).join(', ') || '—',
+    h('ul', { class: 'plain' }, reports.map((report) => h('li', { class: report.state === 'APPLY_STATE_APPLIED' ? '' : 'error' },
+      `${report.name} v${report.version}: ${report.state === 'APPLY_STATE_APPLIED' ? 'applied' : 'rejected'}`,
+      report.error ? [': ', h('code', {}, report.error)] : ''))),
+  ]))), 'Runtimes on a candidate', { stack: true }));
+}
+
+// The runtimes of the namespace reporting a target's candidate version.
+async function cohortOf(namespace, rollout) {
+  const candidates = new Map((rollout.targets ?? []).map((target) => [target.name, target.version]));
+  const runtimes = await all(`${paths.namespace(namespace)}/runtimes`, 'runtimes', { name: rollout.targets?.[0]?.name, pageSize: 500 }, 10000);
+  return runtimes.map((runtime) => ({
+    runtime,
+    reports: (runtime.policies ?? []).filter((report) => candidates.get(report.name) === report.version),
+  })).filter((entry) => entry.reports.length);
 }
 
 // A part of the progress bar; its width is set through the CSSOM, which the
