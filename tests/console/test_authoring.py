@@ -7,15 +7,13 @@ the schema page, and the whole way by keyboard alone.
 Run by scripts/test-console (`./scripts/test-console test_authoring`).
 """
 
-import tempfile
 import unittest
-from pathlib import Path
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from test_console import BrowserCase, chromium, free_port
+from test_console import BrowserCase
 
 BUDGET_SCHEMA = {
     "type": "object",
@@ -40,20 +38,7 @@ class Authoring(BrowserCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-authoring-"))
-        cls.grpc = f"127.0.0.1:{free_port()}"
-        cls.http = f"127.0.0.1:{free_port()}"
-        cls.processes = []
-        cls.server = cls.spawn(
-            "serve", "--data-dir", str(cls.dir / "data"), "--listen", cls.grpc, "--http-listen", cls.http,
-        )
-        cls.base = f"http://{cls.http}"
-        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
-        cls.tokens = {
-            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
-            for subject, grant in [("alice", "*:admin"), ("rita", "payments:reader")]
-        }
-        cls.browser = chromium(cls.dir / "browser")
+        cls.start("authoring", [("alice", "*:admin"), ("rita", "payments:reader")])
 
     # -- helpers ------------------------------------------------------------
 

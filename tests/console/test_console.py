@@ -81,6 +81,34 @@ class BrowserCase(unittest.TestCase):
             process.wait()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
+    @classmethod
+    def start(cls, name, grants, config=""):
+        """A server on SQLite in a fresh directory (with `config` as its
+        settings file), a token per `(subject, grant)` and a browser."""
+        cls.dir = Path(tempfile.mkdtemp(prefix=f"policyhub-{name}-"))
+        cls.grpc = f"127.0.0.1:{free_port()}"
+        cls.http = f"127.0.0.1:{free_port()}"
+        cls.base = f"http://{cls.http}"
+        cls.config = cls.dir / "policyhub.toml"
+        cls.config.write_text(config)
+        cls.processes = []
+        cls.serve()
+        cls.tokens = {
+            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
+            for subject, grant in grants
+        }
+        cls.browser = chromium(cls.dir / "browser")
+
+    @classmethod
+    def serve(cls):
+        """Starts the server `start` made, again after a kill, and waits for
+        its HTTP port."""
+        cls.server = cls.spawn(
+            "serve", "--config", str(cls.config), "--data-dir", str(cls.dir / "data"),
+            "--listen", cls.grpc, "--http-listen", cls.http,
+        )
+        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
+
     # -- helpers ------------------------------------------------------------
 
     @classmethod
@@ -237,34 +265,18 @@ class Console(BrowserCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-console-"))
-        cls.grpc = f"127.0.0.1:{free_port()}"
-        cls.http = f"127.0.0.1:{free_port()}"
-        config = cls.dir / "policyhub.toml"
         # The quota lets test_09 make its 300 policies at once.
-        config.write_text(
+        cls.start("console", [
+            ("alice", "*:admin"),
+            ("olga", "payments:operator"),
+            ("avery", "payments:approver"),
+            ("rita", "payments:reader"),
+            ("agents", "payments:reader"),
+        ], config=(
             '[rollouts]\ntick_interval = "200ms"\n'
             "[rollouts.required_approvals]\npayments = 1\n"
             "[quotas]\nmutations_per_second = 1000.0\nmutation_burst = 1000.0\n"
-        )
-        cls.processes = []
-        cls.server = cls.spawn(
-            "serve", "--config", str(config), "--data-dir", str(cls.dir / "data"),
-            "--listen", cls.grpc, "--http-listen", cls.http,
-        )
-        cls.base = f"http://{cls.http}"
-        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
-        cls.tokens = {
-            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
-            for subject, grant in [
-                ("alice", "*:admin"),
-                ("olga", "payments:operator"),
-                ("avery", "payments:approver"),
-                ("rita", "payments:reader"),
-                ("agents", "payments:reader"),
-            ]
-        }
-        cls.browser = chromium(cls.dir / "browser")
+        ))
 
     # -- the steps ----------------------------------------------------------
 

@@ -6,13 +6,11 @@ started again on the same ports and data.
 Run by scripts/test-console (`./scripts/test-console test_live`).
 """
 
-import tempfile
 import unittest
-from pathlib import Path
 
 from selenium.webdriver.common.by import By
 
-from test_console import BrowserCase, chromium, free_port
+from test_console import BrowserCase
 
 
 class Live(BrowserCase):
@@ -20,21 +18,7 @@ class Live(BrowserCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-live-"))
-        cls.grpc = f"127.0.0.1:{free_port()}"
-        cls.http = f"127.0.0.1:{free_port()}"
-        cls.processes = []
-        cls.base = f"http://{cls.http}"
-        cls.start_server()
-        cls.tokens = {"alice": cls.cli("token", "--subject", "alice", "--role", "*:admin").strip()}
-        cls.browser = chromium(cls.dir / "browser")
-
-    @classmethod
-    def start_server(cls):
-        cls.server = cls.spawn(
-            "serve", "--data-dir", str(cls.dir / "data"), "--listen", cls.grpc, "--http-listen", cls.http,
-        )
-        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
+        cls.start("live", [("alice", "*:admin")])
 
     def mark_document(self):
         """A mark that a reload would lose."""
@@ -83,7 +67,7 @@ class Live(BrowserCase):
         self.assertIn("may show older data", self.find("#stale").text)
         self.screenshot("stale")
         self.assert_accessible("a page that lost its stream")
-        self.start_server()
+        self.serve()
         # A change made while the page was away reaches it once it is back.
         self.cli("activate", "payments/limits@1", "--reason", "back", token=self.tokens["alice"])
         self.wait_for(lambda: not self.browser.find_elements(By.ID, "stale"), "the notice to go", timeout=20)

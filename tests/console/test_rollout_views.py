@@ -10,14 +10,12 @@ Run by scripts/test-console (`./scripts/test-console test_rollout_views`).
 
 import json
 import re
-import tempfile
 import time
 import unittest
-from pathlib import Path
 
 from selenium.webdriver.common.by import By
 
-from test_console import BrowserCase, chromium, free_port
+from test_console import BrowserCase, free_port
 
 
 class RolloutViews(BrowserCase):
@@ -25,23 +23,8 @@ class RolloutViews(BrowserCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-rollout-views-"))
-        cls.grpc = f"127.0.0.1:{free_port()}"
-        cls.http = f"127.0.0.1:{free_port()}"
-        config = cls.dir / "policyhub.toml"
-        config.write_text('[rollouts]\ntick_interval = "200ms"\n')
-        cls.processes = []
-        cls.server = cls.spawn(
-            "serve", "--config", str(config), "--data-dir", str(cls.dir / "data"),
-            "--listen", cls.grpc, "--http-listen", cls.http,
-        )
-        cls.base = f"http://{cls.http}"
-        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
-        cls.tokens = {
-            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
-            for subject, grant in [("alice", "*:admin"), ("agents", "payments:reader")]
-        }
-        cls.browser = chromium(cls.dir / "browser")
+        cls.start("rollout-views", [("alice", "*:admin"), ("agents", "payments:reader")],
+                  config='[rollouts]\ntick_interval = "200ms"\n')
 
     def test_01_a_held_policy_and_its_rollout(self):
         base = "namespaces/payments/policies/limits"

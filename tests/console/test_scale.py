@@ -6,17 +6,15 @@ event log filtered by actor, several kinds and a time range; a fleet of
 Run by scripts/test-console (`./scripts/test-console test_scale`).
 """
 
-import tempfile
 import time
 import unittest
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from selenium.webdriver.common.by import By
 
-from test_console import BrowserCase, chromium, free_port
+from test_console import BrowserCase
 
 POLICIES = 1000
 RUNTIMES = 10000
@@ -27,23 +25,8 @@ class Scale(BrowserCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = Path(tempfile.mkdtemp(prefix="policyhub-scale-"))
-        cls.grpc = f"127.0.0.1:{free_port()}"
-        cls.http = f"127.0.0.1:{free_port()}"
-        config = cls.dir / "policyhub.toml"
-        config.write_text("[quotas]\nmutations_per_second = 5000.0\nmutation_burst = 5000.0\n")
-        cls.processes = []
-        cls.server = cls.spawn(
-            "serve", "--config", str(config), "--data-dir", str(cls.dir / "data"),
-            "--listen", cls.grpc, "--http-listen", cls.http,
-        )
-        cls.base = f"http://{cls.http}"
-        cls.wait_for(lambda: cls.status("/console/") == 200, "the HTTP port")
-        cls.tokens = {
-            subject: cls.cli("token", "--subject", subject, "--role", grant).strip()
-            for subject, grant in [("alice", "*:admin"), ("bob", "big:admin")]
-        }
-        cls.browser = chromium(cls.dir / "browser")
+        cls.start("scale", [("alice", "*:admin"), ("bob", "big:admin")],
+                  config="[quotas]\nmutations_per_second = 5000.0\nmutation_burst = 5000.0\n")
 
     def count(self):
         return self.find("#policy-count").text
