@@ -24,6 +24,7 @@
 //!   because their port held `connections.max_per_port`.
 
 mod exposition;
+mod notifications;
 mod process;
 mod rpc;
 
@@ -44,7 +45,10 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+pub use notifications::{NotificationInstruments, SubscriptionLabels};
 pub use rpc::RpcMetricsLayer;
+
+use notifications::register_notifications;
 
 use crate::connections::Listener;
 
@@ -86,6 +90,8 @@ pub struct Metrics {
     connections_refused: Family<PortLabel, Counter>,
     /// What fetching the OpenID Connect issuers' keys feeds.
     auth: crate::grpc::auth::Instruments,
+    /// What the webhook delivery worker feeds.
+    notifications: NotificationInstruments,
 }
 
 /// Labels of a port's connection counts.
@@ -238,6 +244,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "From applying a revision to handing its update to a watch stream",
         watch_delivery.clone(),
     );
+    let notifications = NotificationInstruments::default();
+    register_notifications(registry, &notifications);
     Metrics {
         registry: root,
         rpc_requests,
@@ -258,6 +266,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         accept_errors,
         connections_refused,
         auth,
+        notifications,
     }
 });
 
@@ -300,6 +309,11 @@ impl Metrics {
     /// The count of checkpoints refused over a rewritten log.
     pub fn checkpoints_refused(&self) -> Counter {
         self.checkpoints_refused.clone()
+    }
+
+    /// The instruments the webhook delivery worker feeds.
+    pub fn notification_instruments(&self) -> NotificationInstruments {
+        self.notifications.clone()
     }
 
     /// The instruments the active index feeds.

@@ -35,5 +35,6 @@ mod runtime_library;
 mod runtimes;
 mod schedules;
 mod signing;
+mod subscriptions;
 mod sync;
 mod watch;
