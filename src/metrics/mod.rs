@@ -17,6 +17,13 @@
 //!   replica made, `applied`, `already_active` or `refused`;
 //! - `policyhub_schedules_paused_by_refusal`: schedules a refused firing
 //!   paused and no operator resumed yet;
+//! - `policyhub_rollouts_awaiting_approval`: rollouts that wait for a
+//!   person's approval;
+//! - `policyhub_webhook_deliveries_total{subscription, outcome}`,
+//!   `policyhub_webhook_queue_depth{subscription}`,
+//!   `policyhub_webhook_oldest_undelivered_age_seconds{subscription}` and
+//!   `policyhub_webhook_subscriptions_disabled_total`: the webhook delivery
+//!   worker (`notifications`);
 //! - `policyhub_accept_errors_total{port}`: accepts that failed on the
 //!   `grpc`, `http` or `metrics` port (at the open-files limit, say), each
 //!   followed by a pause;

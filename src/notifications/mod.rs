@@ -32,11 +32,13 @@ pub use courier::HttpCourier;
 
 use crate::config::NotificationSettings;
 use crate::domain::Result;
+use crate::domain::rollout::RolloutState;
 use crate::domain::subscription::{Announcement, Courier, Outcome, Subscription};
 use crate::hub::PolicyHub;
 
-/// The advisory lock key of the delivery worker.
-const NOTIFICATIONS_LOCK: i64 = 7_240_533;
+/// The advisory lock key of the delivery worker (7_240_531 is the
+/// migrations', 7_240_532 the controller's, 7_240_533 the chain head's).
+const NOTIFICATIONS_LOCK: i64 = 7_240_534;
 
 /// How often the backlog gauges are read from the database.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -193,8 +195,9 @@ fn retry_delay(settings: &NotificationSettings, failures: u32) -> Duration {
     bound / 2 + (bound / 2).mul_f64(fastrand::f64())
 }
 
-/// Reads every subscription's backlog into the gauges, every
-/// [`GAUGE_INTERVAL`], until the process ends.
+/// Reads every subscription's backlog, and the rollouts that wait for a
+/// person's approval, into the gauges every [`GAUGE_INTERVAL`], until the
+/// process ends.
 async fn read_gauges(worker: &Worker) {
     let mut ticker = tokio::time::interval(GAUGE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,6 +211,17 @@ async fn read_gauges(worker: &Worker) {
             }
         };
         let instruments = &worker.instruments;
+        match worker.hub.live_rollouts().await {
+            Ok(live) => {
+                let waiting = live
+                    .iter()
+                    .filter(|rollout| rollout.state == RolloutState::PendingApproval)
+                    .count();
+                let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+                instruments.rollouts_awaiting_approval.set(waiting);
+            }
+            Err(error) => tracing::warn!(%error, "cannot count the rollouts awaiting approval"),
+        }
         instruments.queue_depth.clear();
         instruments.oldest_undelivered_age.clear();
         for subscription in subscriptions {

@@ -38,3 +38,4 @@ mod signing;
 mod subscriptions;
 mod sync;
 mod watch;
+mod webhooks;
