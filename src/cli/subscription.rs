@@ -327,10 +327,7 @@ fn print_subscription(found: &proto::Subscription) {
     };
     outln!("subscription {namespace}/{}", found.name);
     outln!("url: {}", found.url);
-    let kinds: Vec<&str> = found
-        .event_kinds()
-        .map(event_kind_name)
-        .collect();
+    let kinds: Vec<&str> = found.event_kinds().map(event_kind_name).collect();
     outln!("event kinds: {}", kinds.join(", "));
     outln!(
         "format: {}",

@@ -28,6 +28,11 @@ impl Receiver {
     /// A receiver answering as `plan` says (see receiver.py), waiting
     /// `hang_seconds` where the plan hangs.
     pub async fn start(plan: &[&str], hang_seconds: f64) -> Self {
+        Self::start_with(&[], plan, hang_seconds).await
+    }
+
+    /// A receiver given `options` (such as `--chat`) too.
+    pub async fn start_with(options: &[&str], plan: &[&str], hang_seconds: f64) -> Self {
         let mut child = std::process::Command::new("python3")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -37,6 +42,7 @@ impl Receiver {
             .arg(SECRET)
             .arg("--hang-seconds")
             .arg(hang_seconds.to_string())
+            .args(options)
             .args(plan)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -618,4 +624,93 @@ async fn a_rollout_needing_approval_reaches_the_approvers_within_a_second() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(delivery["type"], "io.policyhub.rollout.scheduled");
     assert_eq!(delivery["data"]["rollout_id"], rollout.id.as_str());
+}
+
+/// The command line manages a chat-format subscription: a test message and
+/// an event arrive as readable, signed `{"text": …}` messages, and the
+/// deliveries are listed with their status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_tests_and_lists_a_chat_subscription() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_on(database, webhook_settings).await;
+    let mut receiver = Receiver::start_with(&["--chat"], &["ok"], 0.0).await;
+    let cli = |args: &[&str]| crate::cli::policyhub(&app, args);
+    let created = cli(&[
+        "subscription",
+        "create",
+        "team/chatops",
+        "--url",
+        &receiver.url,
+        "--event-kind",
+        "activated",
+        "--format",
+        "chat",
+        "--secret",
+        SECRET,
+    ]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(
+        created.stdout.contains("secret (shown this once)"),
+        "{}",
+        created.stdout
+    );
+
+    let tested = cli(&["subscription", "test", "team/chatops"]);
+    assert_eq!(tested.code, 0, "{}", tested.stderr);
+    assert!(tested.stdout.contains("delivered"), "{}", tested.stdout);
+    let test_message = receiver.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(test_message["text"], "policyhub: a test message");
+
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let announced = receiver.next(Duration::from_secs(5)).await.unwrap();
+    let text = announced["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("policyhub: activated team/limits v1 by anonymous"),
+        "{text}"
+    );
+
+    let listed = cli(&[
+        "subscription",
+        "deliveries",
+        "team/chatops",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let deliveries: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(
+        deliveries["deliveries"].as_array().unwrap().len(),
+        2,
+        "{deliveries}"
+    );
+    assert_eq!(deliveries["deliveries"][0]["statusCode"], 204);
+
+    let disabled = cli(&[
+        "subscription",
+        "update",
+        "team/chatops",
+        "--enabled",
+        "false",
+    ]);
+    assert_eq!(disabled.code, 0, "{}", disabled.stderr);
+    assert!(
+        disabled.stdout.contains("disabled by an operator"),
+        "{}",
+        disabled.stdout
+    );
+    let listing = cli(&["subscription", "list", "team"]);
+    assert!(listing.stdout.contains("chatops"), "{}", listing.stdout);
+    let deleted = cli(&["subscription", "delete", "team/chatops"]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    let refused = cli(&[
+        "subscription",
+        "create",
+        "team/x",
+        "--url",
+        "ftp://x",
+        "--event-kind",
+        "activated",
+    ]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("url"), "{}", refused.stderr);
 }
