@@ -3,12 +3,14 @@
 //! crate, POSTed with a deadline and no redirects. The secret is used here
 //! and never logged.
 
-use std::{pin::Pin, time::Instant};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use chrono::Utc;
 
 use super::message::{self, Message};
-use crate::domain::subscription::{Announcement, Courier, DeliveryRecord, Outcome, Subscription};
+use crate::domain::subscription::{
+    Announcement, Courier, DeliveryRecord, Outcome, Subscription, is_private,
+};
 
 /// The longest part of an endpoint's error answer kept in a delivery's
 /// error, in bytes.
@@ -21,11 +23,42 @@ pub struct HttpCourier {
     source: String,
 }
 
+/// Resolves endpoint names as the system does, refusing every address that
+/// is not of the public internet unless private addresses are allowed: the
+/// URL rules see only the name, and a name may resolve anywhere.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| !is_private(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            let addresses: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
 impl HttpCourier {
     /// A courier whose attempts end after `timeout`, writing `source` as
-    /// each CloudEvent's source.
-    pub fn new(timeout: std::time::Duration, source: String) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+    /// each CloudEvent's source; endpoints resolving to private addresses
+    /// are refused unless `allow_private_addresses`.
+    pub fn new(
+        timeout: std::time::Duration,
+        allow_private_addresses: bool,
+        source: String,
+    ) -> anyhow::Result<Self> {
+        let mut client = reqwest::Client::builder();
+        if !allow_private_addresses {
+            client = client.dns_resolver(Arc::new(PublicOnly));
+        }
+        let client = client
             .timeout(timeout)
             // A redirect could lead to an address the URL rules refuse.
             .redirect(reqwest::redirect::Policy::none())
@@ -117,5 +150,25 @@ impl Courier for HttpCourier {
                 at,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::dns::Resolve;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_only_is_refused() {
+        let refused = PublicOnly
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("localhost is not public");
+        assert!(
+            refused.to_string().contains("no public address"),
+            "{refused}"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub fn notifications(
     let notification_settings = &settings.notifications;
     let courier = Arc::new(HttpCourier::new(
         notification_settings.timeout,
+        notification_settings.allow_private_addresses,
         settings.bundle_issuer.clone(),
     )?);
     let service = SubscriptionServiceServer::new(SubscriptionApi::new(
