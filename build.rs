@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "policyhub/v1/policy_service.proto",
     "policyhub/v1/bundle_service.proto",
     "policyhub/v1/sign_in_service.proto",
+    "policyhub/v1/subscription_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -29,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["domain", "config", "signing", "storage", "watch", "fleet"],
     ),
     ("controller", &["domain", "hub"]),
+    ("notifications", &["domain", "config", "hub", "metrics"]),
     ("replication", &["config", "hub", "storage", "watch"]),
     (
         "grpc",
@@ -49,6 +50,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fleet",
             "hub",
             "controller",
+            "notifications",
             "replication",
             "grpc",
             "http",

@@ -32,6 +32,8 @@
 //!   replica holding each stream and persisted in batches.
 //! - [`controller`]: the rollout controller, advancing, completing or
 //!   rolling back running rollouts from the fleet view.
+//! - [`notifications`]: the webhook delivery worker, telling each
+//!   subscription's endpoint of the events it wants, from the outbox.
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`http`]: the HTTP/JSON port: each unary RPC at the path its
 //!   `google.api.http` option declares, transcoded to the same gRPC services.
@@ -61,6 +63,7 @@ pub mod hub;
 #[cfg(test)]
 mod layers;
 pub mod metrics;
+pub mod notifications;
 pub mod replication;
 pub mod shutdown;
 pub mod signing;

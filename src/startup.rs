@@ -31,6 +31,7 @@ use crate::hub::PolicyHub;
 use crate::{signing, storage};
 
 mod identity;
+mod notifications;
 
 pub use identity::ISSUERS_SERVICE;
 use identity::guard;
@@ -267,6 +268,8 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
+        let (subscription_service, notifications_task) =
+            notifications::notifications(&self.hub, &self.settings, quotas.clone())?;
         let fleet = self.fleet;
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let controller_task = tokio::spawn(crate::controller::run(
@@ -325,6 +328,7 @@ impl Application {
         let http_task = self.http_listener.map(|tcp| {
             let routes = Routes::new(guard(policy_service.clone(), &authentication))
                 .add_service(guard(bundle_service.clone(), &authentication))
+                .add_service(guard(subscription_service.clone(), &authentication))
                 .add_service(sign_in_service.clone());
             let grpc = tower::ServiceBuilder::new()
                 .layer(crate::metrics::RpcMetricsLayer)
@@ -358,6 +362,7 @@ impl Application {
         let served = router
             .add_service(guard(policy_service, &authentication))
             .add_service(guard(bundle_service, &authentication))
+            .add_service(guard(subscription_service, &authentication))
             .serve_with_incoming_shutdown(grpc_listener.into_incoming(), shutdown)
             .await;
         health_task.abort();
@@ -380,6 +385,7 @@ impl Application {
         // The streams are closed: record their runtimes as disconnected.
         checkpoint_task.abort();
         controller_task.abort();
+        notifications_task.abort();
         fleet_task.abort();
         if let Err(error) = fleet.flush().await {
             tracing::warn!(%error, "cannot persist the fleet view at shutdown");

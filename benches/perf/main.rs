@@ -46,7 +46,9 @@
 //!   they cost the server, Activate and the fleet reads;
 //! - `identity` ([`identity`]): GetActive from a caller granted by role
 //!   bindings among three OpenID Connect issuers, against a caller of one
-//!   issuer's roles claim.
+//!   issuer's roles claim;
+//! - `webhooks` ([`webhooks`]): Activate with ten webhook subscriptions
+//!   delivering against none, and the time from commit to receipt.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -65,6 +67,7 @@ mod sqlite;
 mod startup;
 mod tls;
 mod unary;
+mod webhooks;
 mod wide;
 
 #[path = "../support/mod.rs"]
@@ -94,10 +97,11 @@ pub enum Section {
     History,
     Reports,
     Identity,
+    Webhooks,
 }
 
 impl Section {
-    const ALL: [Section; 12] = [
+    const ALL: [Section; 13] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -110,6 +114,7 @@ impl Section {
         Section::History,
         Section::Reports,
         Section::Identity,
+        Section::Webhooks,
     ];
 
     fn name(self) -> &'static str {
@@ -126,6 +131,7 @@ impl Section {
             Section::History => "history",
             Section::Reports => "reports",
             Section::Identity => "identity",
+            Section::Webhooks => "webhooks",
         }
     }
 }
@@ -594,6 +600,7 @@ async fn run_section(
         Section::History => history::run(settings).await,
         Section::Reports => reports::run(settings).await,
         Section::Identity => identity::run(settings).await,
+        Section::Webhooks => webhooks::run(settings).await,
     }
 }
 

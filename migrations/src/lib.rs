@@ -19,6 +19,7 @@ mod m20261123_000002_schedules;
 mod m20261123_000003_event_chain;
 mod m20261124_000001_checkpoints;
 mod m20261125_000001_runtimes_last_seen_index;
+mod m20261126_000001_subscriptions;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_event_chain::Migration),
             Box::new(m20261124_000001_checkpoints::Migration),
             Box::new(m20261125_000001_runtimes_last_seen_index::Migration),
+            Box::new(m20261126_000001_subscriptions::Migration),
         ]
     }
 }

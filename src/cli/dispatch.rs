@@ -89,6 +89,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rollout { command } => rollout::run(command).await?,
         Command::Schedule(command) => schedule::run(command).await?,
+        Command::Subscription { command } => subscription::run(command).await?,
         Command::Login { args } => login::login(args).await?,
         Command::Logout { args } => login::logout(args).await?,
         Command::Whoami { client, namespace } => {

@@ -44,6 +44,7 @@ mod rollout;
 mod schedule;
 mod schema;
 mod session;
+mod subscription;
 mod sync;
 mod verify;
 mod verify_log;
@@ -302,6 +303,12 @@ enum Command {
     },
     #[command(flatten)]
     Schedule(schedule::ScheduleCommand),
+    /// Tell endpoints what happened: signed webhooks of chosen event kinds
+    /// (create, get, list, update, delete, test, deliveries).
+    Subscription {
+        #[command(subcommand)]
+        command: subscription::SubscriptionCommand,
+    },
     /// Sign in with the company's OpenID provider, by default the one the
     /// server offers (ListIdentityProviders): the ID token it gives is then
     /// the bearer token of every command, renewed as it expires.

@@ -4,6 +4,7 @@
 
 mod auth;
 mod limits;
+mod notifications;
 
 use std::{
     net::SocketAddr,
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER};
 pub use limits::Limits;
+pub use notifications::NotificationSettings;
 
 /// Everything `policyhub serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +79,8 @@ pub struct Settings {
     pub schedules: ScheduleSettings,
     /// Signed checkpoints of the event log.
     pub audit: AuditSettings,
+    /// Webhook subscriptions.
+    pub notifications: NotificationSettings,
     /// How long an idempotency key is remembered; unset: forever. A retry
     /// after that time executes again.
     #[serde(with = "humantime_serde")]
@@ -332,6 +336,7 @@ impl Default for Settings {
             rollouts: RolloutSettings::default(),
             schedules: ScheduleSettings::default(),
             audit: AuditSettings::default(),
+            notifications: NotificationSettings::default(),
             idempotency_retention: None,
         }
     }

@@ -106,6 +106,15 @@ fn every_key_changed() -> Settings {
         audit: AuditSettings {
             checkpoint_interval: Duration::from_secs(90),
         },
+        notifications: NotificationSettings {
+            allow_http: true,
+            allow_private_addresses: true,
+            timeout: Duration::from_secs(3),
+            initial_retry_delay: Duration::from_millis(250),
+            max_retry_delay: Duration::from_secs(60),
+            disable_after_failures: 5,
+            poll_interval: Duration::from_millis(50),
+        },
         schedules: ScheduleSettings {
             min_interval: Duration::from_secs(300),
         },

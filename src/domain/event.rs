@@ -57,11 +57,13 @@ pub enum EventKind {
     ScheduleAlreadyActive,
     /// An archive was imported.
     Imported,
+    /// A webhook subscription was disabled after failing repeatedly.
+    SubscriptionDisabled,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -85,6 +87,7 @@ impl EventKind {
         EventKind::ScheduleDeleted,
         EventKind::ScheduleAlreadyActive,
         EventKind::Imported,
+        EventKind::SubscriptionDisabled,
     ];
 
     /// The name used in storage and in the API.
@@ -113,6 +116,7 @@ impl EventKind {
             EventKind::ScheduleDeleted => "SCHEDULE_DELETED",
             EventKind::ScheduleAlreadyActive => "SCHEDULE_ALREADY_ACTIVE",
             EventKind::Imported => "IMPORTED",
+            EventKind::SubscriptionDisabled => "SUBSCRIPTION_DISABLED",
         }
     }
 

@@ -16,6 +16,7 @@ pub mod rollout;
 pub mod runtime;
 pub mod schedule;
 mod schema;
+pub mod subscription;
 mod text;
 mod version;
 

@@ -23,6 +23,12 @@ pub struct PolicyName(String);
 #[serde(try_from = "String", into = "String")]
 pub struct ScheduleName(String);
 
+/// A webhook subscription's name inside its scope, with the rules of a
+/// policy name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SubscriptionName(String);
+
 /// The name of one entry of a schedule, with the rules of a namespace.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -106,6 +112,20 @@ impl ScheduleName {
     }
 }
 
+impl SubscriptionName {
+    /// Parses a subscription name, naming `field` in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        check_label(value, 253, &['-', '.', '_'], "subscription name")
+            .map_err(|description| Error::invalid(field, description))?;
+        Ok(SubscriptionName(value.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl EntryName {
     /// Parses an entry name, naming `field` in the error.
     pub fn parse(field: &str, value: &str) -> Result<Self> {
@@ -156,6 +176,7 @@ string_newtype_conversions!(Namespace, "namespace");
 string_newtype_conversions!(PolicyName, "name");
 string_newtype_conversions!(ScheduleName, "name");
 string_newtype_conversions!(EntryName, "name");
+string_newtype_conversions!(SubscriptionName, "name");
 
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -18,12 +18,15 @@ mod runtimes;
 mod schedules;
 mod sign_in_service;
 pub mod status;
+mod subscription_service;
+mod subscriptions;
 pub mod watch_message;
 
 pub use bundle_route::BundleRoute;
 pub use bundle_service::BundleApi;
 pub use policy_service::PolicyApi;
 pub use sign_in_service::SignInApi;
+pub use subscription_service::SubscriptionApi;
 
 /// The generated protobuf types, clients and servers of `policyhub.v1`.
 pub mod proto {

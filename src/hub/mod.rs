@@ -9,6 +9,7 @@ mod lifecycle;
 mod reads;
 mod rollouts;
 mod schedules;
+mod subscriptions;
 
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;

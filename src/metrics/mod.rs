@@ -17,6 +17,13 @@
 //!   replica made, `applied`, `already_active` or `refused`;
 //! - `policyhub_schedules_paused_by_refusal`: schedules a refused firing
 //!   paused and no operator resumed yet;
+//! - `policyhub_rollouts_awaiting_approval`: rollouts that wait for a
+//!   person's approval;
+//! - `policyhub_webhook_deliveries_total{subscription, outcome}`,
+//!   `policyhub_webhook_queue_depth{subscription}`,
+//!   `policyhub_webhook_oldest_undelivered_age_seconds{subscription}` and
+//!   `policyhub_webhook_subscriptions_disabled_total`: the webhook delivery
+//!   worker (`notifications`);
 //! - `policyhub_accept_errors_total{port}`: accepts that failed on the
 //!   `grpc`, `http` or `metrics` port (at the open-files limit, say), each
 //!   followed by a pause;
@@ -24,6 +31,7 @@
 //!   because their port held `connections.max_per_port`.
 
 mod exposition;
+mod notifications;
 mod process;
 mod rpc;
 
@@ -44,7 +52,10 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+pub use notifications::{NotificationInstruments, SubscriptionLabels};
 pub use rpc::RpcMetricsLayer;
+
+use notifications::register_notifications;
 
 use crate::connections::Listener;
 
@@ -86,6 +97,8 @@ pub struct Metrics {
     connections_refused: Family<PortLabel, Counter>,
     /// What fetching the OpenID Connect issuers' keys feeds.
     auth: crate::grpc::auth::Instruments,
+    /// What the webhook delivery worker feeds.
+    notifications: NotificationInstruments,
 }
 
 /// Labels of a port's connection counts.
@@ -238,6 +251,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "From applying a revision to handing its update to a watch stream",
         watch_delivery.clone(),
     );
+    let notifications = NotificationInstruments::default();
+    register_notifications(registry, &notifications);
     Metrics {
         registry: root,
         rpc_requests,
@@ -258,6 +273,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         accept_errors,
         connections_refused,
         auth,
+        notifications,
     }
 });
 
@@ -300,6 +316,11 @@ impl Metrics {
     /// The count of checkpoints refused over a rewritten log.
     pub fn checkpoints_refused(&self) -> Counter {
         self.checkpoints_refused.clone()
+    }
+
+    /// The instruments the webhook delivery worker feeds.
+    pub fn notification_instruments(&self) -> NotificationInstruments {
+        self.notifications.clone()
     }
 
     /// The instruments the active index feeds.

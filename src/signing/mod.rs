@@ -22,6 +22,7 @@ use ring::{
 pub use policyhub_runtime::bundle::{BUNDLE_TYPE, BundleClaims, Jwk, Jwks, VerifyError, verify};
 pub use policyhub_runtime::checkpoint::{CHECKPOINT_TYPE, CheckpointClaims, verify_checkpoint};
 
+use crate::domain::subscription::WebhookSecret;
 use crate::domain::{PolicyBody, Requirement};
 
 /// File name of the key generated on first start when none is configured.
@@ -134,6 +135,16 @@ pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
     let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     write_private_file(path, secret.as_bytes())?;
     Ok(secret)
+}
+
+/// A new webhook signing secret of 256 random bits, in Standard Webhooks
+/// form. The system generator failing is a broken host, not a request's
+/// fault: it panics, as ring's own key generation would.
+pub fn new_webhook_secret() -> WebhookSecret {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes)
+        .expect("the system random generator works");
+    WebhookSecret::from_random(&bytes)
 }
 
 /// Where the signing keys come from.

@@ -254,3 +254,82 @@ pub mod checkpoints {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod subscriptions {
+    use sea_orm::entity::prelude::*;
+
+    /// A webhook subscription and its place in the outbox.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "subscriptions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// Empty for a deployment-wide subscription.
+        pub namespace: String,
+        pub name: String,
+        pub url: String,
+        /// Event kinds, comma-separated.
+        pub event_kinds: String,
+        pub format: String,
+        pub secret: String,
+        pub enabled: bool,
+        pub disabled_reason: String,
+        /// The last outbox event id delivered or passed over.
+        pub delivered_through: i64,
+        pub consecutive_failures: i32,
+        pub next_attempt_at: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    /// An event to announce, written in the event's transaction.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: i64,
+        pub kind: String,
+        /// The event's namespace; none for a deployment-wide event.
+        pub namespace: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod deliveries {
+    use sea_orm::entity::prelude::*;
+
+    /// One delivery attempt of a subscription.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub subscription_id: i64,
+        /// 0 for a test message.
+        pub event_id: i64,
+        pub attempt: i32,
+        pub outcome: String,
+        pub status_code: i32,
+        pub latency_ms: i32,
+        pub error: String,
+        pub at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -128,6 +128,7 @@ impl Transaction {
         record.hash = chain::link(&self.chain_tip().await?.1, &record);
         let hash = record.hash.clone();
         let (namespace, name) = record.policy.clone().unzip();
+        let announced_namespace = namespace.clone();
         let row = events::ActiveModel {
             id: NotSet,
             kind: Set(record.kind.as_str().to_owned()),
@@ -149,6 +150,8 @@ impl Transaction {
             .exec(&self.txn)
             .await?
             .last_insert_id;
+        self.enqueue_announcement(id, record.kind, announced_namespace)
+            .await?;
         self.chain_appended(revision(id), hash);
         Ok(())
     }

@@ -933,3 +933,54 @@ async fn rollouts_need_approvals_from_other_approvers() {
     assert_eq!(next.state(), proto::RolloutState::PendingApproval);
     assert!(next.approvals.is_empty());
 }
+
+/// Subscriptions: an operator manages those of its namespace; a
+/// deployment-wide one needs the `*:admin` grant; a reader manages none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_need_the_operator_role_and_admin_for_the_deployment() {
+    use policyhub::grpc::proto::subscription_service_client::SubscriptionServiceClient;
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let operator = issuer.token("olga", &["team:operator"]);
+    let reader = issuer.token("rita", &["team:reader"]);
+    let admin = issuer.token("ada", &["*:admin"]);
+    let mut client = SubscriptionServiceClient::connect(format!("http://{}", app.address))
+        .await
+        .unwrap();
+    let request = |namespace: &str, name: &str| proto::CreateSubscriptionRequest {
+        namespace: namespace.into(),
+        name: name.into(),
+        url: "https://hooks.example.com/in".into(),
+        event_kinds: vec![proto::EventKind::Activated as i32],
+        ..Default::default()
+    };
+    client
+        .create_subscription(with_token(request("team", "ops"), &operator))
+        .await
+        .expect("an operator subscribes its namespace");
+    for (token, namespace, name) in [
+        (&reader, "team", "peek"),
+        (&operator, "other", "ops"),
+        (&operator, "", "siem"),
+    ] {
+        let refused = client
+            .create_subscription(with_token(request(namespace, name), token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{namespace}/{name}");
+    }
+    client
+        .create_subscription(with_token(request("", "siem"), &admin))
+        .await
+        .expect("an admin subscribes the deployment");
+    let listed = client
+        .list_subscriptions(with_token(
+            proto::ListSubscriptionsRequest {
+                namespace: String::new(),
+            },
+            &operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(listed.code(), Code::PermissionDenied);
+}

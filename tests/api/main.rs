@@ -35,5 +35,7 @@ mod runtime_library;
 mod runtimes;
 mod schedules;
 mod signing;
+mod subscriptions;
 mod sync;
 mod watch;
+mod webhooks;

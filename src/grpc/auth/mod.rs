@@ -109,8 +109,18 @@ impl Caller {
         self.require(rpc, Scope::Everywhere)
     }
 
+    /// Refuses unless the caller holds the `*:admin` grant: `rpc` on a
+    /// deployment-wide resource of an RPC otherwise namespaced (a
+    /// deployment-wide subscription).
+    pub fn authorize_admin(&self, rpc: Rpc) -> Result<()> {
+        self.require_role(rpc, Role::Admin, Scope::Everywhere)
+    }
+
     fn require(&self, rpc: Rpc, scope: Scope) -> Result<()> {
-        let role = rpc.role();
+        self.require_role(rpc, rpc.role(), scope)
+    }
+
+    fn require_role(&self, rpc: Rpc, role: Role, scope: Scope) -> Result<()> {
         let covers = |grant: &Grant| match (scope, &grant.namespace) {
             (_, None) | (Scope::Anywhere, Some(_)) => true,
             (Scope::In(namespace), Some(granted)) => granted == namespace,

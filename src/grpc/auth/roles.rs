@@ -133,11 +133,18 @@ pub enum Rpc {
     Backup,
     Export,
     Import,
+    CreateSubscription,
+    GetSubscription,
+    ListSubscriptions,
+    UpdateSubscription,
+    DeleteSubscription,
+    TestSubscription,
+    ListDeliveries,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 37] = [
+    pub const ALL: [Rpc; 44] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -175,6 +182,13 @@ impl Rpc {
         Rpc::Backup,
         Rpc::Export,
         Rpc::Import,
+        Rpc::CreateSubscription,
+        Rpc::GetSubscription,
+        Rpc::ListSubscriptions,
+        Rpc::UpdateSubscription,
+        Rpc::DeleteSubscription,
+        Rpc::TestSubscription,
+        Rpc::ListDeliveries,
     ];
 
     /// Whether the RPC changes state, and so counts against the caller's
@@ -199,6 +213,10 @@ impl Rpc {
                 | Rpc::ResumeSchedule
                 | Rpc::DeleteSchedule
                 | Rpc::Import
+                | Rpc::CreateSubscription
+                | Rpc::UpdateSubscription
+                | Rpc::DeleteSubscription
+                | Rpc::TestSubscription
         )
     }
 
@@ -248,7 +266,14 @@ impl Rpc {
             | Rpc::SetSchedule
             | Rpc::PauseSchedule
             | Rpc::ResumeSchedule
-            | Rpc::DeleteSchedule => Role::Operator,
+            | Rpc::DeleteSchedule
+            | Rpc::CreateSubscription
+            | Rpc::GetSubscription
+            | Rpc::ListSubscriptions
+            | Rpc::UpdateSubscription
+            | Rpc::DeleteSubscription
+            | Rpc::TestSubscription
+            | Rpc::ListDeliveries => Role::Operator,
             Rpc::ApproveRollout => Role::Approver,
             Rpc::SetSchema | Rpc::RotateSigningKey | Rpc::Backup | Rpc::Import => Role::Admin,
         }

@@ -1,0 +1,265 @@
+//! The delivery worker: every event a subscription wants reaches its
+//! endpoint at least once, in event order, from the outbox the event's
+//! own transaction wrote.
+//!
+//! One replica delivers at a time: the replica holding a transaction-scoped
+//! advisory lock (the rollout controller's pattern) runs a term that lasts
+//! until its database fails it; when it dies, its connection's lock goes
+//! with it and another replica's next poll takes over, from the cursors in
+//! the database. Within the term each subscription drains in a task of its
+//! own, so a slow or dead endpoint delays only its own subscription. A
+//! failed attempt is retried after a growing, jittered delay; after
+//! `notifications.disable_after_failures` failures in a row the
+//! subscription is disabled, with a SUBSCRIPTION_DISABLED event, keeping
+//! its place for when it is enabled again.
+
+mod courier;
+mod message;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::Utc;
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use courier::HttpCourier;
+
+use crate::config::NotificationSettings;
+use crate::domain::Result;
+use crate::domain::rollout::RolloutState;
+use crate::domain::subscription::{Announcement, Courier, Outcome, Subscription};
+use crate::hub::PolicyHub;
+
+/// The advisory lock key of the delivery worker (7_240_531 is the
+/// migrations', 7_240_532 the controller's, 7_240_533 the chain head's).
+const NOTIFICATIONS_LOCK: i64 = 7_240_534;
+
+/// How often the backlog gauges are read from the database.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The metrics the worker feeds.
+pub use crate::metrics::NotificationInstruments as Instruments;
+use crate::metrics::SubscriptionLabels as Labels;
+
+fn subscription_labels(subscription: &Subscription) -> Labels {
+    vec![("subscription", subscription.display_name())]
+}
+
+/// What the worker runs with.
+#[derive(Clone)]
+pub struct Worker {
+    /// Where subscriptions and the outbox are read and attempts recorded.
+    pub hub: PolicyHub,
+    /// Retries, disabling, polling.
+    pub settings: Arc<NotificationSettings>,
+    /// What sends each message.
+    pub courier: Arc<dyn Courier>,
+    /// What it counts.
+    pub instruments: Instruments,
+}
+
+/// Polls until the process ends: each poll, this replica tries to begin a
+/// term as the one delivering replica. Every replica reads the backlog
+/// gauges, whichever delivers.
+pub async fn run(worker: Worker) {
+    let deliver = async {
+        let mut ticker = poll(&worker.settings);
+        loop {
+            ticker.tick().await;
+            let term = worker
+                .hub
+                .exclusively(NOTIFICATIONS_LOCK, async || deliver_term(&worker).await)
+                .await;
+            if let Err(error) = term {
+                tracing::warn!(%error, "the delivery worker stopped delivering; trying again");
+            }
+        }
+    };
+    tokio::join!(deliver, read_gauges(&worker));
+}
+
+fn poll(settings: &NotificationSettings) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(settings.poll_interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The term of the delivering replica: each poll, a drain task for every
+/// enabled, due subscription that has none running. When the database
+/// fails it, the term ends after its drains' current attempts, so that
+/// another replica never makes an attempt at the same time.
+async fn deliver_term(worker: &Worker) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut drains = JoinSet::new();
+    let mut running: HashMap<i64, AbortHandle> = HashMap::new();
+    let mut ticker = poll(&worker.settings);
+    loop {
+        ticker.tick().await;
+        while drains.try_join_next().is_some() {}
+        let subscriptions = match worker.hub.all_subscriptions().await {
+            Ok(subscriptions) => subscriptions,
+            Err(error) => {
+                stop.store(true, Ordering::Relaxed);
+                while drains.join_next().await.is_some() {}
+                return Err(error);
+            }
+        };
+        running.retain(|_, drain| !drain.is_finished());
+        let now = Utc::now();
+        for subscription in subscriptions {
+            let due =
+                subscription.enabled && subscription.next_attempt_at.is_none_or(|at| at <= now);
+            if !due || running.contains_key(&subscription.id) {
+                continue;
+            }
+            let id = subscription.id;
+            let worker = worker.clone();
+            let stop = stop.clone();
+            let handle = drains.spawn(async move {
+                if let Err(error) = drain(&worker, id, &stop).await {
+                    tracing::warn!(%error, subscription = id,
+                        "a delivery could not be recorded; trying again");
+                }
+            });
+            running.insert(id, handle);
+        }
+    }
+}
+
+/// Delivers a subscription's waiting events in order, one at a time, until
+/// none waits, an attempt fails (its retry is scheduled), or `stop`.
+async fn drain(worker: &Worker, id: i64, stop: &AtomicBool) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        // Read again each time: an operator may have changed or disabled
+        // it, and its cursor moved.
+        let Some(subscription) = worker.hub.subscription_by_id(id).await? else {
+            return Ok(());
+        };
+        if !subscription.enabled {
+            return Ok(());
+        }
+        let Some(event) = worker.hub.next_announcement(&subscription).await? else {
+            return Ok(());
+        };
+        let attempt = subscription.consecutive_failures + 1;
+        let record = worker
+            .courier
+            .deliver(&subscription, Announcement::Event(&event), attempt)
+            .await;
+        let mut labels = subscription_labels(&subscription);
+        labels.push(("outcome", record.outcome.as_str().to_owned()));
+        worker.instruments.deliveries.get_or_create(&labels).inc();
+        let settings = &worker.settings;
+        let (next_attempt_at, disabled) = match record.outcome {
+            Outcome::Delivered => (None, None),
+            Outcome::Failed if attempt >= settings.disable_after_failures.max(1) => {
+                tracing::warn!(subscription = %subscription.display_name(), attempt,
+                    error = %record.error, "disabling a subscription that keeps failing");
+                worker.instruments.disabled.inc();
+                let reason = format!("{attempt} failed attempts, the last: {}", record.error);
+                (None, Some(reason))
+            }
+            Outcome::Failed => {
+                let delay = retry_delay(settings, attempt);
+                tracing::info!(subscription = %subscription.display_name(), attempt,
+                    event = event.id, error = %record.error, ?delay, "delivery failed; retrying");
+                (Some(Utc::now() + delay), None)
+            }
+        };
+        let moved = worker
+            .hub
+            .record_attempt(&subscription, &record, next_attempt_at, disabled.as_deref())
+            .await?;
+        if !moved || record.outcome == Outcome::Failed {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The delay before attempt `failures + 1`: the bound doubles from
+/// `initial_retry_delay` per failure up to `max_retry_delay`, and the delay
+/// is drawn from its upper half ("equal jitter"), so that retries spread
+/// out and still grow.
+fn retry_delay(settings: &NotificationSettings, failures: u32) -> Duration {
+    let bound = settings
+        .initial_retry_delay
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(settings.max_retry_delay);
+    bound / 2 + (bound / 2).mul_f64(fastrand::f64())
+}
+
+/// Reads every subscription's backlog, and the rollouts that wait for a
+/// person's approval, into the gauges every [`GAUGE_INTERVAL`], until the
+/// process ends.
+async fn read_gauges(worker: &Worker) {
+    let mut ticker = tokio::time::interval(GAUGE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let subscriptions = match worker.hub.all_subscriptions().await {
+            Ok(subscriptions) => subscriptions,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the subscriptions' backlog");
+                continue;
+            }
+        };
+        let instruments = &worker.instruments;
+        match worker.hub.live_rollouts().await {
+            Ok(live) => {
+                let waiting = live
+                    .iter()
+                    .filter(|rollout| rollout.state == RolloutState::PendingApproval)
+                    .count();
+                let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+                instruments.rollouts_awaiting_approval.set(waiting);
+            }
+            Err(error) => tracing::warn!(%error, "cannot count the rollouts awaiting approval"),
+        }
+        instruments.queue_depth.clear();
+        instruments.oldest_undelivered_age.clear();
+        for subscription in subscriptions {
+            let Ok(backlog) = worker.hub.backlog(&subscription).await else {
+                continue;
+            };
+            let labels = subscription_labels(&subscription);
+            let depth = i64::try_from(backlog.depth).unwrap_or(i64::MAX);
+            instruments.queue_depth.get_or_create(&labels).set(depth);
+            let age = backlog
+                .oldest_at
+                .map_or(0, |at| (Utc::now() - at).num_seconds().max(0));
+            instruments
+                .oldest_undelivered_age
+                .get_or_create(&labels)
+                .set(age);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_with_jitter_up_to_the_bound() {
+        let settings = NotificationSettings {
+            initial_retry_delay: Duration::from_millis(100),
+            max_retry_delay: Duration::from_millis(800),
+            ..NotificationSettings::default()
+        };
+        for failures in 1..10u32 {
+            let bound = Duration::from_millis(100 * 2u64.pow(failures - 1).min(8));
+            let delay = retry_delay(&settings, failures);
+            assert!(
+                delay >= bound / 2 && delay <= bound,
+                "{failures}: {delay:?}"
+            );
+        }
+    }
+}
