@@ -11,6 +11,7 @@ mod idempotency;
 mod integrity;
 mod keys;
 mod listener;
+mod log;
 mod paging;
 mod pointers;
 mod policies;

@@ -106,11 +106,13 @@ pub enum Rpc {
     ListPolicies,
     ListEvents,
     ListCheckpoints,
+    GetInclusionProof,
     DiffVersions,
     SetSchema,
     GetActive,
     WatchActive,
     GetSigningKeys,
+    GetConsistencyProof,
     RotateSigningKey,
     ReportStatus,
     ReportStatusStream,
@@ -137,7 +139,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 37] = [
+    pub const ALL: [Rpc; 39] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -148,11 +150,13 @@ impl Rpc {
         Rpc::ListPolicies,
         Rpc::ListEvents,
         Rpc::ListCheckpoints,
+        Rpc::GetInclusionProof,
         Rpc::DiffVersions,
         Rpc::SetSchema,
         Rpc::GetActive,
         Rpc::WatchActive,
         Rpc::GetSigningKeys,
+        Rpc::GetConsistencyProof,
         Rpc::RotateSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
@@ -208,6 +212,7 @@ impl Rpc {
         !matches!(
             self,
             Rpc::GetSigningKeys
+                | Rpc::GetConsistencyProof
                 | Rpc::RotateSigningKey
                 | Rpc::Backup
                 | Rpc::Import
@@ -223,10 +228,12 @@ impl Rpc {
             | Rpc::ListPolicies
             | Rpc::ListEvents
             | Rpc::ListCheckpoints
+            | Rpc::GetInclusionProof
             | Rpc::DiffVersions
             | Rpc::GetActive
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
+            | Rpc::GetConsistencyProof
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
             | Rpc::ListRuntimes
