@@ -197,6 +197,62 @@ mod tests {
         assert!(tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(11)).is_err());
     }
 
+    /// Stored hashes in a vector: the dense order is the vector's.
+    struct Dense(Vec<Hash>);
+
+    impl HashReader for Dense {
+        fn read_hashes(
+            &self,
+            indexes: &[u64],
+        ) -> std::result::Result<Vec<Hash>, tlog_tiles::Error> {
+            Ok(indexes
+                .iter()
+                .map(|index| self.0[*index as usize])
+                .collect())
+        }
+    }
+
+    /// Proof sizes at 10^3, 10^5 and 10^6 events, from a real tree: an
+    /// inclusion proof has at most ⌈log₂ n⌉ hashes, a consistency proof at
+    /// most about 2·log₂ n, whatever the leaf or the older size.
+    #[test]
+    fn proofs_grow_as_the_logarithm_of_the_log() {
+        let mut tree = Dense(Vec::new());
+        let mut leaves = 0;
+        for size in [1_000_u64, 100_000, 1_000_000] {
+            for index in leaves..size {
+                let leaf = leaf_hash(&index.to_be_bytes());
+                let hashes = tlog_tiles::stored_hashes_for_record_hash(index, leaf, &tree).unwrap();
+                tree.0.extend(hashes);
+            }
+            leaves = size;
+            let root = tlog_tiles::tree_hash(size, &tree).unwrap();
+            let log = u64::from(size.next_power_of_two().trailing_zeros());
+            let mut widest = (0, 0);
+            for index in [0, 1, size / 3, size / 2, size - 2, size - 1] {
+                let proof = tlog_tiles::prove_record(size, index, &tree).unwrap();
+                let leaf = leaf_hash(&index.to_be_bytes());
+                tlog_tiles::check_record(&proof, size, root, index, leaf).unwrap();
+                widest.0 = widest.0.max(proof.len() as u64);
+            }
+            for old in [1, 2, 3, size / 3, size / 2 + 1, size - 1] {
+                let proof = tlog_tiles::prove_tree(size, old, &tree).unwrap();
+                let old_root = tlog_tiles::tree_hash(old, &tree).unwrap();
+                tlog_tiles::check_tree(&proof, size, root, old, old_root).unwrap();
+                widest.1 = widest.1.max(proof.len() as u64);
+            }
+            println!(
+                "{size} events: inclusion proof at most {} hashes ({} bytes), consistency proof at most {} ({} bytes); log2 n = {log}",
+                widest.0,
+                widest.0 * 32,
+                widest.1,
+                widest.1 * 32
+            );
+            assert!(widest.0 <= log, "inclusion at {size}");
+            assert!(widest.1 <= 2 * log, "consistency at {size}");
+        }
+    }
+
     #[test]
     fn a_checkpoint_body_is_three_lines() {
         let body = checkpoint_body("example.com/log", 3, tlog_tiles::EMPTY_HASH).unwrap();

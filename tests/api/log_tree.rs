@@ -272,3 +272,153 @@ async fn events_written_before_the_tree_are_appended_at_start() {
     tlog_tiles::check_tree(&hashes(&proof.hashes), new_size, new_root, size, root)
         .expect("the rebuilt tree extends the signed one");
 }
+
+/// The independent verifier (Python: hashlib, cryptography), written from
+/// RFC 9162 and the C2SP specifications, over what the CLI prints.
+struct Verifier {
+    dir: tempfile::TempDir,
+    origin: String,
+}
+
+impl Verifier {
+    fn new(app: &TestApp, origin: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = policyhub(app, &["get-signing-keys", "-o", "json"]);
+        std::fs::write(dir.path().join("jwks.json"), keys.success()).unwrap();
+        Verifier {
+            dir,
+            origin: origin.to_owned(),
+        }
+    }
+
+    /// Writes `json` as `name` for the verifier.
+    fn keep(&self, name: &str, json: &serde_json::Value) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, json.to_string()).unwrap();
+        path.display().to_string()
+    }
+
+    fn run(&self, origin: &str, args: &[&str]) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audit/verify_tree.py");
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg("--jwks")
+            .arg(self.dir.path().join("jwks.json"))
+            .args(["--origin", origin])
+            .args(args)
+            .output()
+            .expect("run python3")
+    }
+
+    #[track_caller]
+    fn accepts(&self, args: &[&str]) -> String {
+        let run = self.run(&self.origin, args);
+        assert!(run.status.success(), "{run:?}");
+        String::from_utf8(run.stdout).unwrap()
+    }
+
+    #[track_caller]
+    fn refuses(&self, origin: &str, args: &[&str], saying: &str) {
+        let run = self.run(origin, args);
+        assert_eq!(run.status.code(), Some(1), "{run:?}");
+        let said = String::from_utf8_lossy(&run.stderr);
+        assert!(said.contains(saying), "{saying}: {said}");
+    }
+}
+
+fn newest_checkpoint_json(app: &TestApp) -> serde_json::Value {
+    policyhub(app, &["list-checkpoints", "-o", "json", "--limit", "1"]).json()["checkpoints"][0]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_verifier_checks_the_notes_and_the_proofs() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    for version in 1..=3 {
+        app.release("team", "limits", json!({"max": version}), true)
+            .await;
+    }
+    let (origin, old_size, _) = signed_tree(&app).await;
+    let verifier = Verifier::new(&app, &origin);
+    let old = verifier.keep("old.json", &newest_checkpoint_json(&app));
+    assert!(
+        verifier
+            .accepts(&["note", &old])
+            .contains(&format!("signs a tree of {old_size}"))
+    );
+    verifier.refuses(
+        "policy.example.com/log",
+        &["note", &old],
+        "no known key of policy.example.com/log signed the note",
+    );
+
+    for version in 4..=9 {
+        app.release("team", "limits", json!({"max": version}), true)
+            .await;
+    }
+    let events = app.events("team", "limits").await;
+    for event in [events.first().unwrap(), events.last().unwrap()] {
+        let proof = policyhub(
+            &app,
+            &[
+                "get-inclusion-proof",
+                "--event",
+                &event.id.to_string(),
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+        let file = verifier.keep("inclusion.json", &proof);
+        verifier.accepts(&["inclusion", &file]);
+
+        let mut forged = proof.clone();
+        forged["canonicalEvent"] = json!(
+            proof["canonicalEvent"]
+                .as_str()
+                .unwrap()
+                .replace("limits", "limitz")
+        );
+        forged["event"]["hash"] = json!(format!(
+            "sha256:{:x}",
+            Sha256::digest(forged["canonicalEvent"].as_str().unwrap().as_bytes())
+        ));
+        let file = verifier.keep("forged.json", &forged);
+        verifier.refuses(&origin, &["inclusion", &file], "is not leaf");
+    }
+
+    let proof = policyhub(
+        &app,
+        &[
+            "get-consistency-proof",
+            "--old-size",
+            &old_size.to_string(),
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    let file = verifier.keep("consistency.json", &proof);
+    verifier.accepts(&["consistency", &old, &file]);
+    let mut forged = proof.clone();
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut first = engine
+        .decode(forged["hashes"][0].as_str().unwrap())
+        .unwrap();
+    first[0] ^= 1;
+    forged["hashes"][0] = json!(engine.encode(first));
+    let file = verifier.keep("forged.json", &forged);
+    verifier.refuses(&origin, &["consistency", &old, &file], "does not extend");
+
+    // A note whose text changed no longer carries a valid signature.
+    let mut tampered = newest_checkpoint_json(&app);
+    let note = tampered["note"].as_str().unwrap().to_owned();
+    let size_line = note.lines().nth(1).unwrap();
+    tampered["note"] = json!(note.replacen(
+        &format!("\n{size_line}\n"),
+        &format!("\n{}\n", size_line.parse::<u64>().unwrap() + 1),
+        1
+    ));
+    let file = verifier.keep("tampered.json", &tampered);
+    verifier.refuses(&origin, &["note", &file], "does not verify");
+}
