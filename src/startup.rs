@@ -152,6 +152,17 @@ impl Application {
                 "sealed the events written before the hash chain"
             );
         }
+        let grown = repository.grow_log().await?;
+        if grown > 0 {
+            tracing::info!(
+                events = grown,
+                "appended the events written before the log's tree"
+            );
+        }
+        let origin = repository
+            .settle_log_origin(settings.audit.log_origin.as_deref())
+            .await?;
+        tracing::info!(%origin, "the log's origin");
         // Bounded: only the events since the newest checkpoint are read.
         repository
             .verify_since_last_checkpoint()

@@ -20,6 +20,7 @@ mod m20261123_000003_event_chain;
 mod m20261124_000001_checkpoints;
 mod m20261125_000001_runtimes_last_seen_index;
 mod m20261126_000001_subscriptions;
+mod m20261126_000002_merkle_log;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_checkpoints::Migration),
             Box::new(m20261125_000001_runtimes_last_seen_index::Migration),
             Box::new(m20261126_000001_subscriptions::Migration),
+            Box::new(m20261126_000002_merkle_log::Migration),
         ]
     }
 }
@@ -64,6 +66,10 @@ pub fn immutability_triggers(backend: DatabaseBackend) -> &'static [(&'static st
             ("signing_keys", "signing_keys_refuse_truncate"),
             ("checkpoints", "checkpoints_refuse_change"),
             ("checkpoints", "checkpoints_refuse_truncate"),
+            ("log_hashes", "log_hashes_refuse_change"),
+            ("log_hashes", "log_hashes_refuse_truncate"),
+            ("log_origin", "log_origin_refuse_change"),
+            ("log_origin", "log_origin_refuse_truncate"),
         ],
         _ => &[
             ("versions", "versions_guard_update"),
@@ -80,6 +86,12 @@ pub fn immutability_triggers(backend: DatabaseBackend) -> &'static [(&'static st
             ("signing_keys", "signing_keys_refuse_delete"),
             ("checkpoints", "checkpoints_refuse_update"),
             ("checkpoints", "checkpoints_refuse_delete"),
+            ("log_hashes", "log_hashes_guard_replace"),
+            ("log_hashes", "log_hashes_refuse_update"),
+            ("log_hashes", "log_hashes_refuse_delete"),
+            ("log_origin", "log_origin_guard_replace"),
+            ("log_origin", "log_origin_refuse_update"),
+            ("log_origin", "log_origin_refuse_delete"),
         ],
     }
 }

@@ -62,6 +62,25 @@ impl Cache {
         &self.path
     }
 
+    /// Where the last verified checkpoint note of the server's tree is.
+    fn tree_path(&self) -> PathBuf {
+        self.path.with_extension("tree")
+    }
+
+    /// The last verified checkpoint note of the server's tree, if any.
+    pub fn load_tree(&self) -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(self.tree_path()) {
+            Ok(note) => Ok(Some(note)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Keeps `note` as the last verified checkpoint note, atomically.
+    pub fn save_tree(&self, note: &str) -> std::io::Result<()> {
+        write_atomically(&self.tree_path(), note.as_bytes())
+    }
+
     /// The cached state and its JWKS, verified again; `Ok(None)` when there
     /// is no cache yet, `Err` with the reason when it cannot be trusted.
     pub fn load(&self) -> Result<Option<(State, Jwks)>, String> {
@@ -140,14 +159,24 @@ impl Cache {
                 .ok()
                 .map(|since| since.as_millis() as u64),
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let temporary = self.path.with_extension("json.tmp");
-        let mut writer = std::fs::File::create(&temporary)?;
-        writer.write_all(&serde_json::to_vec(&file).map_err(std::io::Error::other)?)?;
-        writer.sync_all()?;
-        std::fs::rename(&temporary, &self.path)?;
-        // The rename itself is durable once the directory is.
-        std::fs::File::open(dir)?.sync_all()
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec(&file).map_err(std::io::Error::other)?,
+        )
     }
+}
+
+/// Replaces `path` with `contents`: a temporary file, fsync, rename.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut writer = std::fs::File::create(&temporary)?;
+    writer.write_all(contents)?;
+    writer.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    // The rename itself is durable once the directory is.
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -97,6 +97,23 @@ pub enum Event {
         /// When it was signed.
         signed_at: chrono::DateTime<chrono::Utc>,
     },
+    /// The server showed a history that does not extend the one this
+    /// runtime verified last: its log's tree is smaller (wound back, such
+    /// as a database restored from an older backup), another tree of the
+    /// same size, or a larger tree no consistency proof ties to it (a
+    /// forked history), or a checkpoint of another log. Nothing the server
+    /// sends is applied until it shows a tree that extends the remembered
+    /// one: the state in force stays, the subscription reconnects after
+    /// `retry_in` (perhaps to another replica), and says this again as long
+    /// as the server does.
+    HistoryRefused {
+        /// Why.
+        reason: String,
+        /// The size of the tree verified last, which stays remembered.
+        verified_size: u64,
+        /// The backoff before the next attempt.
+        retry_in: Duration,
+    },
     /// The server refused the credentials (`UNAUTHENTICATED`, or
     /// `PERMISSION_DENIED` for the namespace) of a subscription that
     /// [retries refusals](crate::Subscription::retry_when_refused): the

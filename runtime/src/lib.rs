@@ -75,6 +75,7 @@ mod session;
 pub mod state;
 mod subscription;
 mod token;
+pub mod tree;
 pub mod watcher;
 
 /// The generated protobuf types and the `BundleService` client.

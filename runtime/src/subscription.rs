@@ -45,6 +45,9 @@ pub struct Subscription {
     pub(crate) max_checkpoint_age: Option<Duration>,
     /// A refused token is retried rather than the end.
     pub(crate) retry_refused: bool,
+    /// The origin of the server's log, pinned; `None`: the first one
+    /// verified.
+    pub(crate) log_origin: Option<String>,
     /// Where a [`Revoker`](crate::Revoker)'s requests arrive, once one was made.
     pub(crate) revocations: Option<Arc<Mutex<mpsc::Receiver<Revocation>>>>,
 }
@@ -66,6 +69,7 @@ impl Subscription {
             backoff_max: Duration::from_secs(30),
             max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
             retry_refused: false,
+            log_origin: None,
             revocations: None,
         }
     }
@@ -149,6 +153,15 @@ impl Subscription {
     /// the state in force to others while its credentials are fixed.
     pub fn retry_when_refused(mut self, retry: bool) -> Self {
         self.retry_refused = retry;
+        self
+    }
+
+    /// The origin line of the server's log (its `audit.log_origin`): a
+    /// checkpoint of any other log is refused. Unset, the subscription
+    /// follows the log of the first checkpoint it verifies (kept in the
+    /// cache with the tree it verified last).
+    pub fn log_origin(mut self, origin: impl Into<String>) -> Self {
+        self.log_origin = Some(origin.into());
         self
     }
 

@@ -85,6 +85,15 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
             }
             Ok(Event::CheckpointFresh { .. }) => followed.set_stale(false),
             Ok(Event::Disconnected { .. }) => followed.set_connected(false),
+            Ok(Event::HistoryRefused { reason, .. }) => {
+                tracing::error!(
+                    namespace = followed.namespace,
+                    %reason,
+                    "refusing the server's history; the state in force stays"
+                );
+                followed.set_connected(false);
+                followed.history_refusals.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, namespace = followed.namespace, "the subscription was refused for good");

@@ -81,6 +81,8 @@ pub struct Followed {
     pub rejections: AtomicU64,
     /// Refusals of the agent's credentials.
     pub refusals: AtomicU64,
+    /// Histories of the server refused: wound back or forked.
+    pub history_refusals: AtomicU64,
     pub revoker: Revoker,
 }
 
@@ -160,6 +162,7 @@ impl Held {
             reconnects: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            history_refusals: AtomicU64::new(0),
             revoker,
         });
         self.namespaces

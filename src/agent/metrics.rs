@@ -13,6 +13,9 @@
 //!   back;
 //! - `policyhub_agent_refusals_total{namespace}`: the server's refusals of
 //!   the agent's credentials (the state in force stays meanwhile);
+//! - `policyhub_agent_history_refusals_total{namespace}`: histories the
+//!   server showed that do not extend the log's tree verified last (wound
+//!   back or forked; the state in force stays meanwhile);
 //! - `policyhub_agent_accept_errors_total{port}` and
 //!   `policyhub_agent_connections_refused_total{port}`: failed accepts and
 //!   connections over `--api-max-connections` on the `api` and `metrics`
@@ -60,6 +63,7 @@ pub struct Exposition {
     reconnects: Family<NamespaceLabel, Counter>,
     rejections: Family<NamespaceLabel, Counter>,
     refusals: Family<NamespaceLabel, Counter>,
+    history_refusals: Family<NamespaceLabel, Counter>,
 }
 
 impl Exposition {
@@ -77,6 +81,7 @@ impl Exposition {
             reconnects: Family::default(),
             rejections: Family::default(),
             refusals: Family::default(),
+            history_refusals: Family::default(),
         };
         registry.register(
             "revision",
@@ -112,6 +117,11 @@ impl Exposition {
             "refusals",
             "Refusals of the agent's credentials by the server; the state in force stays, and the agent retries",
             exposition.refusals.clone(),
+        );
+        registry.register(
+            "history_refusals",
+            "Histories the server showed that do not extend the log's tree verified last (wound back or forked); the state in force stays",
+            exposition.history_refusals.clone(),
         );
         registry.register(
             "accept_errors",
@@ -162,6 +172,10 @@ impl Exposition {
             count(
                 &self.refusals.get_or_create(&label),
                 followed.refusals.load(Ordering::Relaxed),
+            );
+            count(
+                &self.history_refusals.get_or_create(&label),
+                followed.history_refusals.load(Ordering::Relaxed),
             );
         }
         crate::metrics::encode_registry(&self.registry)

@@ -72,6 +72,22 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (channel, output) = client.connect().await?;
             inspect::checkpoints(channel, output, limit).await?
         }
+        Command::GetInclusionProof {
+            client,
+            event,
+            tree_size,
+        } => {
+            let (channel, output) = client.connect().await?;
+            proofs::inclusion(channel, output, event, tree_size).await?
+        }
+        Command::GetConsistencyProof {
+            client,
+            old_size,
+            new_size,
+        } => {
+            let (channel, output) = client.connect().await?;
+            proofs::consistency(channel, output, old_size, new_size).await?
+        }
         Command::ListRuntimes { client, args } => {
             let (channel, output) = client.connect().await?;
             fleet::list_runtimes(channel, output, args).await?

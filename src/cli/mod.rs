@@ -40,6 +40,7 @@ mod lifecycle;
 mod login;
 mod oidc;
 mod output;
+mod proofs;
 mod rollout;
 mod schedule;
 mod schema;
@@ -394,6 +395,33 @@ enum Command {
         limit: inspect::Limit,
         #[command(flatten)]
         client: Client,
+    },
+    /// Print the RFC 9162 inclusion proof of an event in the log's Merkle
+    /// tree, with the event's canonical form (the leaf's bytes) and, for the
+    /// newest tree, its signed checkpoint note (reader in the event's
+    /// namespace).
+    GetInclusionProof {
+        #[command(flatten)]
+        client: Client,
+        /// The event.
+        #[arg(long)]
+        event: u64,
+        /// The size of the tree to prove it in; 0: the newest checkpoint's.
+        #[arg(long, default_value_t = 0)]
+        tree_size: u64,
+    },
+    /// Print the RFC 9162 consistency proof that the log's Merkle tree of
+    /// one size extends the one of a smaller size (reader in any
+    /// namespace).
+    GetConsistencyProof {
+        #[command(flatten)]
+        client: Client,
+        /// The size of the older tree.
+        #[arg(long)]
+        old_size: u64,
+        /// The size of the newer tree; 0: the newest checkpoint's.
+        #[arg(long, default_value_t = 0)]
+        new_size: u64,
     },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on

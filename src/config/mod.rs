@@ -274,12 +274,20 @@ pub struct AuditSettings {
     /// Runtimes compare its age with their `max_checkpoint_age`.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// The origin line naming this deployment's log in its checkpoint
+    /// notes (C2SP tlog-checkpoint: a schema-less URL such as
+    /// `policy.example.com/log`), also the key name of their signatures.
+    /// Unset: the one made at random with the database. Runtimes and
+    /// witnesses pin it: set it before the first checkpoint, never change
+    /// it after.
+    pub log_origin: Option<String>,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
         AuditSettings {
             checkpoint_interval: Duration::from_secs(60),
+            log_origin: None,
         }
     }
 }

@@ -105,6 +105,7 @@ fn every_key_changed() -> Settings {
         },
         audit: AuditSettings {
             checkpoint_interval: Duration::from_secs(90),
+            log_origin: Some("policy.example.com/log".into()),
         },
         notifications: NotificationSettings {
             allow_http: true,

@@ -34,6 +34,9 @@ pub struct Checkpoint {
     pub key_id: String,
     /// The compact JWS.
     pub jws: String,
+    /// The C2SP signed note of the log's Merkle tree it signs too (none on
+    /// checkpoints from before the tree).
+    pub note: Option<String>,
 }
 
 /// The `previous` of the first event.
@@ -41,12 +44,23 @@ pub const GENESIS: &str = "";
 
 /// The hash of `event` following the event whose hash is `previous`.
 pub fn link(previous: &str, event: &EventRecord) -> String {
+    hash(&canonical(previous, event))
+}
+
+/// The hash of an event's canonical form.
+pub fn hash(canonical: &str) -> String {
+    super::Digest::of_canonical(canonical.as_bytes()).to_string()
+}
+
+/// The canonical form of `event` following the event whose hash is
+/// `previous`: what its link hashes, and its leaf in the log's Merkle tree.
+pub fn canonical(previous: &str, event: &EventRecord) -> String {
     let (namespace, name) = event
         .policy
         .as_ref()
         .map(|(namespace, name)| (namespace.as_str(), name.as_str()))
         .unwrap_or_default();
-    let canonical = canonical_json(&json!({
+    canonical_json(&json!({
         "actor": event.actor,
         "at": event.at.to_rfc3339_opts(SecondsFormat::Micros, true),
         "keyId": event.key_id.as_deref().unwrap_or_default(),
@@ -60,8 +74,7 @@ pub fn link(previous: &str, event: &EventRecord) -> String {
         "requestId": event.request_id,
         "revision": event.revision.unwrap_or(0),
         "rolloutId": event.rollout_id.as_deref().unwrap_or_default(),
-    }));
-    super::Digest::of_canonical(canonical.as_bytes()).to_string()
+    }))
 }
 
 /// Where the chain breaks: the first event whose stored hash is not the
@@ -252,6 +265,7 @@ mod tests {
             at: Utc.with_ymd_and_hms(2026, 11, 23, 19, 41, 48).unwrap(),
             key_id: "k".into(),
             jws: String::new(),
+            note: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod error;
 mod event;
 mod labels;
 pub mod lifecycle;
+pub mod log;
 mod names;
 mod requirements;
 pub mod rollout;

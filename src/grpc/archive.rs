@@ -313,6 +313,7 @@ fn add(archive: &mut Archive, record: Record) -> Result<()> {
             at: from_timestamp("time", wire.time.unwrap_or_default())?,
             key_id: wire.key_id,
             jws: wire.jws,
+            note: (!wire.note.is_empty()).then_some(wire.note),
         }),
         Record::Header(_) | Record::Trailer(_) => unreachable!("placed by decode"),
     }

@@ -296,6 +296,26 @@ impl BundleService for BundleApi {
         }))
     }
 
+    async fn get_consistency_proof(
+        &self,
+        request: Request<proto::GetConsistencyProofRequest>,
+    ) -> Result<Response<proto::GetConsistencyProofResponse>, Status> {
+        identify(&request)?
+            .caller()
+            .authorize_anywhere(Rpc::GetConsistencyProof)?;
+        let request = request.into_inner();
+        let proof = self
+            .hub
+            .consistency_proof(request.old_size, request.new_size)
+            .await?;
+        Ok(Response::new(proto::GetConsistencyProofResponse {
+            old_size: proof.old_size,
+            new_size: proof.new_size,
+            hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
+            checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
+        }))
+    }
+
     async fn report_status(
         &self,
         request: Request<proto::ReportStatusRequest>,
@@ -367,6 +387,7 @@ mod tests {
             chain_head: "sha256:00".into(),
             time: Some(prost_types::Timestamp::default()),
             key_id: "kid".into(),
+            note: String::new(),
         };
         let view = ActiveView::Current(
             indexed.clone(),

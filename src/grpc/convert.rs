@@ -213,6 +213,7 @@ pub fn checkpoint(checkpoint: &Checkpoint) -> proto::Checkpoint {
         chain_head: checkpoint.chain_head.clone(),
         time: Some(timestamp(checkpoint.at)),
         key_id: checkpoint.key_id.clone(),
+        note: checkpoint.note.clone().unwrap_or_default(),
     }
 }
 

@@ -8,6 +8,7 @@ use super::proto;
 use super::rollouts::rollout;
 use super::runtimes::{fleet_summary, runtime};
 use crate::domain::chain::Checkpoint;
+use crate::domain::log::InclusionProof;
 use crate::domain::rollout::{Progress, Rollout};
 use crate::domain::runtime::{PolicyStatus, RuntimeRecord, RuntimeState};
 use crate::domain::{
@@ -227,5 +228,17 @@ pub(super) fn rollouts(page: &Page<(Rollout, Progress)>) -> proto::ListRolloutsR
             .map(|(item, progress)| rollout(item, *progress))
             .collect(),
         next_page_token: page.next_page_token.clone().unwrap_or_default(),
+    }
+}
+
+/// An event's inclusion proof as its reply.
+pub(super) fn inclusion_proof(proof: &InclusionProof) -> proto::GetInclusionProofResponse {
+    proto::GetInclusionProofResponse {
+        event: Some(convert::event(&proof.event)),
+        canonical_event: proof.canonical.clone(),
+        leaf_index: proof.leaf_index,
+        tree_size: proof.tree_size,
+        hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
+        checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
     }
 }

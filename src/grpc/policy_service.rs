@@ -247,6 +247,28 @@ impl PolicyService for PolicyApi {
         Ok(Response::new(reply::checkpoints(&page)))
     }
 
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<proto::GetInclusionProofRequest>,
+    ) -> Reply<proto::GetInclusionProofResponse> {
+        let identified = identify(&request)?;
+        let request = request.into_inner();
+        let proof = self
+            .hub
+            .inclusion_proof(request.event_id, request.tree_size)
+            .await?;
+        match &proof.event.policy {
+            Some((namespace, _)) => {
+                let namespace = Namespace::parse("namespace", namespace)?;
+                identified.authorize(Rpc::GetInclusionProof, &namespace)?;
+            }
+            None => {
+                identified.authorize_everywhere(Rpc::GetInclusionProof)?;
+            }
+        }
+        Ok(Response::new(reply::inclusion_proof(&proof)))
+    }
+
     async fn diff_versions(
         &self,
         request: Request<proto::DiffVersionsRequest>,

@@ -6,6 +6,7 @@
 mod archive;
 mod fleet;
 mod lifecycle;
+mod log;
 mod reads;
 mod rollouts;
 mod schedules;
@@ -138,10 +139,11 @@ impl PolicyHub {
         .await?;
         let keys = Arc::new(RwLock::new(Arc::new(keys)));
         let signing = keys.clone();
-        repository.sign_checkpoints_with(Arc::new(move |claims| {
+        repository.sign_checkpoints_with(Arc::new(move |claims, origin, body| {
             let keys: Arc<Keys> = signing.read().expect("keys lock").clone();
             let jws = keys.signer.sign_checkpoint(claims)?;
-            Ok((jws, keys.signer.key_id().to_owned()))
+            let note = keys.signer.sign_note(origin, body)?;
+            Ok((jws, keys.signer.key_id().to_owned(), note))
         }));
         let state = repository.load_active().await?;
         tracing::info!(

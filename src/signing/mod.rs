@@ -25,6 +25,9 @@ pub use policyhub_runtime::checkpoint::{CHECKPOINT_TYPE, CheckpointClaims, verif
 use crate::domain::subscription::WebhookSecret;
 use crate::domain::{PolicyBody, Requirement};
 
+mod note;
+pub use note::verifier_key;
+
 /// File name of the key generated on first start when none is configured.
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";
 
@@ -33,6 +36,8 @@ pub const GENERATED_KEY_FILE: &str = "signing-key.pem";
 pub struct SigningKey {
     jwk: Jwk,
     encoding_key: EncodingKey,
+    /// The same key for the notes of the log's Merkle tree.
+    pair: std::sync::Arc<Ed25519KeyPair>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -64,6 +69,7 @@ impl SigningKey {
         Ok(SigningKey {
             jwk: Jwk::ed25519(pair.public_key().as_ref()),
             encoding_key: EncodingKey::from_ed_der(der),
+            pair: std::sync::Arc::new(pair),
         })
     }
 
@@ -94,6 +100,18 @@ impl SigningKey {
     /// Signs a checkpoint's claims into a JWS compact serialization.
     pub fn sign_checkpoint(&self, claims: &CheckpointClaims) -> crate::domain::Result<String> {
         self.sign_as(CHECKPOINT_TYPE, claims)
+    }
+
+    /// Signs a checkpoint body of the log's tree into a C2SP signed note,
+    /// under `origin` as key name.
+    pub fn sign_note(&self, origin: &str, body: &str) -> crate::domain::Result<String> {
+        note::sign(
+            body,
+            &note::NoteSigner {
+                name: origin,
+                pair: &self.pair,
+            },
+        )
     }
 
     fn sign_as(&self, typ: &str, claims: &impl serde::Serialize) -> crate::domain::Result<String> {

@@ -13,6 +13,7 @@ use super::chain::tip;
 use super::entities::checkpoints;
 use super::entities::events;
 use super::events::record as event_record;
+use super::log::{tree_root, tree_size};
 use super::paging::Paging;
 use super::rows::{db_revision, now, revision};
 use super::transaction::{CheckpointSigner, Repository, Transaction};
@@ -29,6 +30,7 @@ fn record(row: checkpoints::Model) -> Checkpoint {
         at: row.at,
         key_id: row.key_id,
         jws: row.jws,
+        note: row.note,
     }
 }
 
@@ -79,11 +81,13 @@ pub(super) async fn extends_last_checkpoint<C: ConnectionTrait>(db: &C) -> Resul
 }
 
 impl Transaction {
-    /// Signs and writes a checkpoint of the chain as this transaction
-    /// leaves it, at `revision`.
+    /// Signs and writes a checkpoint of the chain and of the log's tree as
+    /// this transaction leaves them, at `revision`, the note under
+    /// `origin`.
     pub(super) async fn write_checkpoint(
         &self,
         revision_in_force: u64,
+        origin: &str,
         signer: &CheckpointSigner,
     ) -> Result<Checkpoint> {
         // The chain's lock is held until commit: no event lands between
@@ -91,7 +95,10 @@ impl Transaction {
         let (last_event_id, chain_head) = self.chain_tip().await?;
         let at = now();
         let claims = CheckpointClaims::new(revision_in_force, last_event_id, chain_head, at);
-        let (jws, key_id) = signer(&claims)?;
+        let tree_size = tree_size(&self.txn).await?;
+        let root = tree_root(&self.txn, tree_size).await?;
+        let body = crate::domain::log::checkpoint_body(origin, tree_size, root)?;
+        let (jws, key_id, note) = signer(&claims, origin, &body)?;
         let row = checkpoints::ActiveModel {
             id: NotSet,
             revision: Set(db_revision(revision_in_force)),
@@ -100,6 +107,9 @@ impl Transaction {
             at: Set(at),
             key_id: Set(key_id.clone()),
             jws: Set(jws.clone()),
+            tree_size: Set(Some(db_revision(tree_size))),
+            root_hash: Set(Some(crate::domain::log::encode_hash(&root))),
+            note: Set(Some(note.clone())),
         };
         let id = checkpoints::Entity::insert(row)
             .exec(&self.txn)
@@ -113,6 +123,7 @@ impl Transaction {
             at,
             key_id,
             jws,
+            note: Some(note),
         })
     }
 }
@@ -135,7 +146,8 @@ impl Repository {
             self.checkpoints.refuse(&error);
             return Err(error);
         }
-        tx.write_checkpoint(revision_in_force, signer).await
+        tx.write_checkpoint(revision_in_force, self.log_origin()?, signer)
+            .await
     }
 
     /// How many checkpoints this replica refused to sign because the log

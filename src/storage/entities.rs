@@ -247,6 +247,50 @@ pub mod checkpoints {
         pub at: DateTimeUtc,
         pub key_id: String,
         pub jws: String,
+        /// The Merkle tree it signs (null on checkpoints from before it).
+        pub tree_size: Option<i64>,
+        pub root_hash: Option<String>,
+        /// The C2SP signed note of the tree.
+        pub note: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod log_hashes {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored hash of the event log's Merkle tree, at its C2SP
+    /// tlog-tiles stored hash index.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "log_hashes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        pub hash: Vec<u8>,
+        /// The event whose leaf this is (null for a subtree's hash).
+        pub event_id: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod log_origin {
+    use sea_orm::entity::prelude::*;
+
+    /// The origin line naming this deployment's log, made with it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "log_origin")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub origin: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -125,7 +125,8 @@ impl Transaction {
         mut record: EventRecord,
         policy_id: Option<i64>,
     ) -> Result<()> {
-        record.hash = chain::link(&self.chain_tip().await?.1, &record);
+        let canonical = chain::canonical(&self.chain_tip().await?.1, &record);
+        record.hash = chain::hash(&canonical);
         let hash = record.hash.clone();
         let (namespace, name) = record.policy.clone().unzip();
         let announced_namespace = namespace.clone();
@@ -150,6 +151,7 @@ impl Transaction {
             .exec(&self.txn)
             .await?
             .last_insert_id;
+        self.log_append(revision(id), canonical.as_bytes()).await?;
         self.enqueue_announcement(id, record.kind, announced_namespace)
             .await?;
         self.chain_appended(revision(id), hash);

@@ -11,6 +11,7 @@ mod idempotency;
 mod integrity;
 mod keys;
 mod listener;
+mod log;
 mod outbox;
 mod paging;
 mod pointers;

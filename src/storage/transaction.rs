@@ -55,14 +55,18 @@ use crate::signing::CheckpointClaims;
 /// rollout controller.
 const NAMESPACE_LOCK_CLASS: i32 = 0x7068_6e73;
 
-/// Signs a checkpoint's claims: the JWS and the id of the key that signed.
+/// Signs a checkpoint: its claims into a JWS, and the checkpoint body of
+/// the log's Merkle tree into a signed note under the log's origin (the
+/// second argument); the JWS, the id of the key that signed, the note.
 pub type CheckpointSigner =
-    Arc<dyn Fn(&CheckpointClaims) -> Result<(String, String)> + Send + Sync>;
+    Arc<dyn Fn(&CheckpointClaims, &str, &str) -> Result<(String, String, String)> + Send + Sync>;
 
 /// What every clone of a repository shares about checkpoints.
 #[derive(Default)]
 pub(super) struct Checkpoints {
     pub(super) signer: OnceLock<CheckpointSigner>,
+    /// The origin line naming this deployment's log in its notes.
+    pub(super) origin: OnceLock<String>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
     /// How many checkpoints this replica refused to sign over a log that

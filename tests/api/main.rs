@@ -21,6 +21,7 @@ mod http_events;
 mod http_protocol;
 mod identity;
 mod lifecycle;
+mod log_tree;
 mod login;
 mod malformed;
 mod observability;

@@ -757,3 +757,101 @@ async fn a_namespace_of_twenty_large_policies_arrives_whole() {
     watch.wait().unwrap();
     kill_9(server);
 }
+
+/// Copies the SQLite database files of `from` into `to`, replacing any.
+fn copy_database(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(to).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("policyhub.db")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name.to_string_lossy().starts_with("policyhub.db") {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
+/// Waits for a refusal of the server's history saying `says`.
+async fn history_refused(events: &mut mpsc::UnboundedReceiver<Event>, says: &str) -> u64 {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await.expect("the subscription runs") {
+                Event::HistoryRefused {
+                    reason,
+                    verified_size,
+                    ..
+                } if reason.contains(says) => return verified_size,
+                Event::Applied(state) => panic!("applied {state:?} from a refused history"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a history refused saying {says:?}"))
+}
+
+/// Two deployments restored from one backup with the same signing key: a
+/// runtime that verified the log of the first refuses the second, wound
+/// back to the backup (a smaller tree) and then diverging from it (a larger
+/// tree no consistency proof ties to the one it verified). The state in
+/// force stays, and a runtime started again from the cache refuses too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_wound_back_or_forked_is_refused_and_the_state_in_force_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backup = dir.path().join("backup");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, &data, &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    kill_9(server);
+    copy_database(&data, &backup);
+
+    let (server, channel) = spawn_binary_server_on(port, &data, &server_env()).await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (task, mut states, mut events) = follow_events(quick(&endpoint).cache_dir(&cache));
+    let mut seen = Vec::new();
+    until_version(&mut states, "limits", 1, &mut seen).await;
+    release(&channel, "limits", json!({"v": 2})).await;
+    release(&channel, "limits", json!({"v": 3})).await;
+    until_version(&mut states, "limits", 3, &mut seen).await;
+    kill_9(server);
+    while events.try_recv().is_ok() {}
+
+    // The other deployment: the backup, with the same key beside it.
+    copy_database(&backup, &data);
+    let (server, channel) = spawn_binary_server_on(port, &data, &server_env()).await;
+    let verified = history_refused(&mut events, "wound back").await;
+    assert!(verified > 0);
+    for version in 10..15 {
+        release(&channel, "limits", json!({"v": version})).await;
+    }
+    assert_eq!(
+        history_refused(&mut events, "a forked history").await,
+        verified,
+        "the tree verified last stays remembered"
+    );
+    assert!(states.try_recv().is_err(), "nothing of the fork applied");
+    task.abort();
+
+    let (task, mut states, mut events) = follow_events(quick(&endpoint).cache_dir(&cache));
+    let from_cache = next_state(&mut states, Duration::from_secs(5)).await;
+    assert_eq!(from_cache.bundles["limits"].body, json!({"v": 3}));
+    assert_eq!(
+        history_refused(&mut events, "a forked history").await,
+        verified
+    );
+    task.abort();
+    kill_9(server);
+}

@@ -108,6 +108,9 @@ pub(super) async fn connect(subscription: &Subscription) -> Result<Client, Failu
 pub(super) enum Failure {
     /// Retry after a backoff.
     Transient(String),
+    /// The server showed a history that does not extend the one verified
+    /// last: retry after a backoff, applying nothing meanwhile.
+    History(String),
     /// The server refused for good.
     Permanent(Status),
     /// The subscription cannot work as configured.

@@ -16,6 +16,7 @@ use crate::proto::{
 use crate::revoke::{Revocation, RevokeError};
 use crate::state::{Revision, Source, State, VerifiedBundle};
 use crate::subscription::Subscription;
+use crate::tree::{Judgement, Remembered, verify_note};
 
 /// What the subscription holds between sessions.
 pub(super) struct Core {
@@ -35,6 +36,10 @@ pub(super) struct Core {
     pending_revision: u64,
     /// The server's newest checkpoint, and whether it grew stale.
     pub(super) freshness: Freshness,
+    /// The server's log's tree as verified last.
+    tree: Remembered,
+    /// The tree the cache remembers, verified once the keys are known.
+    cached_tree: Option<String>,
 }
 
 impl Core {
@@ -62,10 +67,19 @@ impl Core {
             pending_reports: BTreeMap::new(),
             pending_revision: 0,
             freshness: Freshness::new(subscription.max_checkpoint_age),
+            tree: Remembered {
+                origin: subscription.log_origin.clone(),
+                head: None,
+            },
+            cached_tree: None,
         };
         let Some(cache) = &core.cache else {
             return Ok(core);
         };
+        core.cached_tree = cache.load_tree().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the cached tree of the server's log");
+            None
+        });
         let event = match cache.load() {
             Ok(None) => return Ok(core),
             Ok(Some((state, jwks))) => match outlet.validate.validate(&state).await {
@@ -124,6 +138,81 @@ impl Core {
             Failure::Transient(format!("a checkpoint does not verify: {error}"))
         })?;
         Ok(self.freshness.observe(claims, &checkpoint.jws))
+    }
+
+    /// The size of the server's tree as verified last (0: none yet).
+    pub(super) fn verified_size(&self) -> u64 {
+        self.tree.head.as_ref().map_or(0, |head| head.size)
+    }
+
+    /// Follows the server's log's tree from a checkpoint's note: the first
+    /// one verified is remembered; a newer tree only with a consistency
+    /// proof from the remembered one, fetched from the server; anything
+    /// else is a history refused. The tree remembered is cached.
+    pub(super) async fn follow_tree(
+        &mut self,
+        checkpoint: &proto::Checkpoint,
+        client: &mut Client,
+        subscription: &Subscription,
+    ) -> Result<(), Failure> {
+        if let Some(note) = self.cached_tree.take() {
+            match verify_note(&note, self.tree.origin.as_deref(), &self.jwks) {
+                Ok(head) => {
+                    self.tree.origin = Some(head.origin.clone());
+                    self.tree.head = Some(head);
+                }
+                Err(reason) => tracing::error!(%reason, "refusing the cached tree"),
+            }
+        }
+        if checkpoint.note.is_empty()
+            || self
+                .tree
+                .head
+                .as_ref()
+                .is_some_and(|head| head.note == checkpoint.note)
+        {
+            return Ok(());
+        }
+        let offered = match verify_note(&checkpoint.note, self.tree.origin.as_deref(), &self.jwks) {
+            Ok(head) => head,
+            Err(_) => {
+                // Perhaps a key rotated since the keys were fetched.
+                self.jwks = fetch_jwks(client).await?;
+                verify_note(&checkpoint.note, self.tree.origin.as_deref(), &self.jwks)
+                    .map_err(Failure::History)?
+            }
+        };
+        let old_size = match self.tree.judge(&offered).map_err(Failure::History)? {
+            Judgement::Same => return Ok(()),
+            Judgement::ProveFrom(old_size) => old_size,
+        };
+        let proof = if self.tree.head.is_none() {
+            Vec::new()
+        } else {
+            client
+                .get_consistency_proof(proto::GetConsistencyProofRequest {
+                    old_size,
+                    new_size: offered.size,
+                })
+                .await
+                .map_err(Failure::from_status)?
+                .into_inner()
+                .hashes
+        };
+        let proof = proof
+            .into_iter()
+            .map(<[u8; 32]>::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Failure::History("a consistency proof of malformed hashes".into()))?;
+        self.tree
+            .extend(offered, &proof)
+            .map_err(Failure::History)?;
+        if let (Some(cache), Some(head)) = (&self.cache, &self.tree.head)
+            && let Err(error) = cache.save_tree(&head.note)
+        {
+            tracing::warn!(%error, namespace = %subscription.namespace, "cannot cache the server's tree");
+        }
+        Ok(())
     }
 
     /// Verifies one bundle of the stream; a key unknown to the JWKS makes

@@ -66,6 +66,7 @@ where
             Err(failure) => failure,
             Ok(never) => match never {},
         };
+        let history = matches!(failure, Failure::History(_));
         let (reason, refused) = match failure {
             Failure::Gone => return,
             Failure::Permanent(status)
@@ -82,6 +83,7 @@ where
                 return;
             }
             Failure::Transient(reason) => (reason, false),
+            Failure::History(reason) => (reason, false),
         };
         // A stream that stayed up a while starts the backoff over; every
         // reconnection is still jittered, so a fleet that lost its server
@@ -96,7 +98,21 @@ where
             (Some(source), true) => source(),
             _ => None,
         };
-        let event = if refused {
+        let event = if history {
+            let verified_size = core.verified_size();
+            tracing::error!(
+                %reason,
+                verified_size,
+                revision = core.decided,
+                delay_ms = retry_in.as_millis() as u64,
+                "refusing the server's history; the state in force stays, retrying"
+            );
+            Event::HistoryRefused {
+                reason,
+                verified_size,
+                retry_in,
+            }
+        } else if refused {
             tracing::warn!(
                 %reason,
                 revision = core.decided,
@@ -230,10 +246,12 @@ where
             Ok(Ok(None)) => return Err(Failure::Transient("the stream ended".into())),
             Ok(Ok(Some(message))) => message,
         };
-        if let Some(checkpoint) = &message.checkpoint
-            && let Some(fresh) = core.checkpoint(checkpoint, &mut client).await?
-        {
-            outlet.emit(fresh).await?;
+        if let Some(checkpoint) = &message.checkpoint {
+            core.follow_tree(checkpoint, &mut client, subscription)
+                .await?;
+            if let Some(fresh) = core.checkpoint(checkpoint, &mut client).await? {
+                outlet.emit(fresh).await?;
+            }
         }
         let Some(revision) = assembler.push(message).map_err(Failure::Transient)? else {
             continue;

@@ -106,11 +106,13 @@ pub enum Rpc {
     ListPolicies,
     ListEvents,
     ListCheckpoints,
+    GetInclusionProof,
     DiffVersions,
     SetSchema,
     GetActive,
     WatchActive,
     GetSigningKeys,
+    GetConsistencyProof,
     RotateSigningKey,
     ReportStatus,
     ReportStatusStream,
@@ -144,7 +146,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 44] = [
+    pub const ALL: [Rpc; 46] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -155,11 +157,13 @@ impl Rpc {
         Rpc::ListPolicies,
         Rpc::ListEvents,
         Rpc::ListCheckpoints,
+        Rpc::GetInclusionProof,
         Rpc::DiffVersions,
         Rpc::SetSchema,
         Rpc::GetActive,
         Rpc::WatchActive,
         Rpc::GetSigningKeys,
+        Rpc::GetConsistencyProof,
         Rpc::RotateSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
@@ -226,6 +230,7 @@ impl Rpc {
         !matches!(
             self,
             Rpc::GetSigningKeys
+                | Rpc::GetConsistencyProof
                 | Rpc::RotateSigningKey
                 | Rpc::Backup
                 | Rpc::Import
@@ -241,10 +246,12 @@ impl Rpc {
             | Rpc::ListPolicies
             | Rpc::ListEvents
             | Rpc::ListCheckpoints
+            | Rpc::GetInclusionProof
             | Rpc::DiffVersions
             | Rpc::GetActive
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
+            | Rpc::GetConsistencyProof
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
             | Rpc::ListRuntimes

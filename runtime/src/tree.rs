@@ -1,0 +1,138 @@
+//! The server's log as a Merkle tree, as a runtime remembers it: the last
+//! checkpoint note it verified (C2SP tlog-checkpoint in a C2SP signed note,
+//! signed under the log's origin by a key of the JWKS). A newer tree is
+//! accepted only with an RFC 9162 consistency proof from the remembered
+//! one; a smaller tree, another tree of the same size, or a tree the proof
+//! does not tie to the remembered one is a history wound back or forked:
+//! refused, and the state in force stays.
+
+use base64::Engine as _;
+use signed_note::{Note, StandardVerifier, Verifier, VerifierList};
+use tlog_tiles::Hash;
+
+use crate::bundle::Jwks;
+
+/// A verified checkpoint of the server's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeHead {
+    /// The origin line: which log.
+    pub origin: String,
+    /// How many events the tree holds.
+    pub size: u64,
+    /// Its RFC 9162 root hash.
+    pub root: [u8; 32],
+    /// The signed note itself, for the cache.
+    pub note: String,
+}
+
+/// The note verifier of `key` under `origin`, when it is an Ed25519 key.
+fn verifier(origin: &str, key: &crate::bundle::Jwk) -> Option<Box<dyn Verifier>> {
+    let public = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&key.x)
+        .ok()?;
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&public.try_into().ok()?).ok()?;
+    let vkey = signed_note::new_ed25519_verifier_key(origin, &public);
+    Some(Box::new(StandardVerifier::new(&vkey).ok()?))
+}
+
+/// Verifies a checkpoint note: signed under its origin (which must be
+/// `origin` when one is pinned) by a key of `jwks`.
+pub fn verify_note(note: &str, origin: Option<&str>, jwks: &Jwks) -> Result<TreeHead, String> {
+    let parsed =
+        Note::from_bytes(note.as_bytes()).map_err(|error| format!("not a signed note: {error}"))?;
+    let body = tlog_tiles::Checkpoint::from_bytes(parsed.text())
+        .map_err(|error| format!("not a checkpoint of a tree: {error}"))?;
+    if let Some(origin) = origin
+        && body.origin() != origin
+    {
+        return Err(format!(
+            "the checkpoint is of the log {:?}, not of {origin:?}",
+            body.origin()
+        ));
+    }
+    let verifiers = jwks
+        .keys
+        .iter()
+        .filter_map(|key| verifier(body.origin(), key))
+        .collect();
+    parsed
+        .verify(&VerifierList::new(verifiers))
+        .map_err(|error| format!("the checkpoint note does not verify: {error}"))?;
+    Ok(TreeHead {
+        origin: body.origin().to_owned(),
+        size: body.size(),
+        root: body.hash().0,
+        note: note.to_owned(),
+    })
+}
+
+/// What a runtime makes of a verified tree head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Judgement {
+    /// The tree it holds.
+    Same,
+    /// A larger tree: accept it with a consistency proof from this size.
+    ProveFrom(u64),
+}
+
+/// The tree a runtime verified last.
+#[derive(Debug, Default)]
+pub(crate) struct Remembered {
+    /// The log it follows: pinned, or the first one it verified.
+    pub(crate) origin: Option<String>,
+    pub(crate) head: Option<TreeHead>,
+}
+
+impl Remembered {
+    /// Whether `offered` may follow the remembered tree, and with which
+    /// proof; why not, when it may not.
+    pub(crate) fn judge(&self, offered: &TreeHead) -> Result<Judgement, String> {
+        let Some(held) = &self.head else {
+            return Ok(Judgement::ProveFrom(0));
+        };
+        if offered.origin != held.origin {
+            return Err(format!(
+                "the server's checkpoint is of the log {:?}, this runtime follows {:?}",
+                offered.origin, held.origin
+            ));
+        }
+        match offered.size.cmp(&held.size) {
+            std::cmp::Ordering::Less => Err(format!(
+                "the server's log of {} events is smaller than the {} this runtime verified: \
+                 its history was wound back",
+                offered.size, held.size
+            )),
+            std::cmp::Ordering::Equal if offered.root == held.root => Ok(Judgement::Same),
+            std::cmp::Ordering::Equal => Err(format!(
+                "the server's log of {} events is not the one of {} events this runtime \
+                 verified: a forked history",
+                offered.size, held.size
+            )),
+            std::cmp::Ordering::Greater => Ok(Judgement::ProveFrom(held.size)),
+        }
+    }
+
+    /// Takes `offered` when `proof` shows it extends the remembered tree.
+    pub(crate) fn extend(&mut self, offered: TreeHead, proof: &[[u8; 32]]) -> Result<(), String> {
+        if let Some(held) = &self.head {
+            let proof: Vec<Hash> = proof.iter().map(|hash| Hash(*hash)).collect();
+            tlog_tiles::check_tree(
+                &proof,
+                offered.size,
+                Hash(offered.root),
+                held.size,
+                Hash(held.root),
+            )
+            .map_err(|_| {
+                format!(
+                    "the server's log of {} events does not extend the one of {} events this \
+                     runtime verified: a forked history",
+                    offered.size, held.size
+                )
+            })?;
+        }
+        self.origin = Some(offered.origin.clone());
+        self.head = Some(offered);
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! The event log as a Merkle tree, on top of the hash chain: leaf `i` is
+//! the RFC 9162 leaf hash (`SHA-256(0x00 ‖ bytes)`) of the canonical form
+//! of the `i`th event in id order (the bytes whose SHA-256 is the event's
+//! chain hash, `chain::canonical`), interior nodes `SHA-256(0x01 ‖ left ‖
+//! right)`. Its hashes are stored in the dense order of C2SP tlog-tiles,
+//! so a root, an inclusion proof or a consistency proof reads at most a
+//! few dozen stored hashes, however long the log.
+//!
+//! A checkpoint of the tree is a C2SP tlog-checkpoint (origin line, tree
+//! size, base64 root hash) in a C2SP signed note.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+pub use tlog_tiles::Hash;
+use tlog_tiles::HashReader;
+
+use super::chain::Checkpoint;
+use super::{Error, EventRecord, Result};
+
+/// The leaf hash of an event's canonical bytes.
+pub fn leaf_hash(canonical: &[u8]) -> Hash {
+    tlog_tiles::record_hash(canonical)
+}
+
+/// A tree computation's reads of stored hashes, made in two passes around
+/// an asynchronous store: the tree's algorithms ask for the same indexes
+/// whatever the hashes are, so the first pass (`needed`) learns them, the
+/// caller reads them, and the second (`with`) computes from them.
+pub struct Reads {
+    asked: RefCell<Vec<u64>>,
+    known: HashMap<u64, Hash>,
+}
+
+impl Reads {
+    /// The stored hash indexes `compute` reads.
+    pub fn needed<T>(compute: impl Fn(&Reads) -> Result<T>) -> Vec<u64> {
+        let reads = Reads {
+            asked: RefCell::default(),
+            known: HashMap::new(),
+        };
+        // The answer from placeholder hashes is of no use: only the asks.
+        let _ = compute(&reads);
+        let mut asked = reads.asked.take();
+        asked.sort_unstable();
+        asked.dedup();
+        asked
+    }
+
+    /// `compute` over the stored hashes `known` (by stored hash index).
+    pub fn with<T>(known: HashMap<u64, Hash>, compute: impl Fn(&Reads) -> Result<T>) -> Result<T> {
+        compute(&Reads {
+            asked: RefCell::default(),
+            known,
+        })
+    }
+}
+
+impl HashReader for Reads {
+    fn read_hashes(&self, indexes: &[u64]) -> std::result::Result<Vec<Hash>, tlog_tiles::Error> {
+        self.asked.borrow_mut().extend_from_slice(indexes);
+        Ok(indexes
+            .iter()
+            .map(|index| self.known.get(index).copied().unwrap_or(Hash([0; 32])))
+            .collect())
+    }
+}
+
+fn tree_error(error: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("the log's Merkle tree: {error}"))
+}
+
+/// The root of the tree of the first `size` leaves.
+pub fn root(size: u64, reads: &Reads) -> Result<Hash> {
+    tlog_tiles::tree_hash(size, reads).map_err(tree_error)
+}
+
+/// The stored hashes that appending leaf `index` adds, from its leaf hash.
+pub fn appended(index: u64, leaf: Hash, reads: &Reads) -> Result<Vec<Hash>> {
+    tlog_tiles::stored_hashes_for_record_hash(index, leaf, reads).map_err(tree_error)
+}
+
+/// The stored hash index of leaf `index`; the ones `appended` returns
+/// follow it.
+pub fn leaf_position(index: u64) -> u64 {
+    tlog_tiles::stored_hash_index(0, index)
+}
+
+/// How many leaves a tree has whose last leaf sits at stored hash index
+/// `position`.
+pub fn size_after_leaf_at(position: u64) -> u64 {
+    tlog_tiles::split_stored_hash_index(position).1 + 1
+}
+
+/// The RFC 9162 inclusion proof (audit path) of leaf `index` in the tree of
+/// `size` leaves.
+pub fn prove_inclusion(size: u64, index: u64, reads: &Reads) -> Result<Vec<Hash>> {
+    tlog_tiles::prove_record(size, index, reads).map_err(tree_error)
+}
+
+/// The RFC 9162 consistency proof from the tree of `old_size` leaves to the
+/// one of `new_size`.
+pub fn prove_consistency(new_size: u64, old_size: u64, reads: &Reads) -> Result<Vec<Hash>> {
+    tlog_tiles::prove_tree(new_size, old_size, reads).map_err(tree_error)
+}
+
+/// The body of a checkpoint of the tree (C2SP tlog-checkpoint): the
+/// origin line, the size, the base64 root, each on its own line.
+pub fn checkpoint_body(origin: &str, size: u64, root: Hash) -> Result<String> {
+    let body = tlog_tiles::Checkpoint::new(origin, size, root, "").map_err(|_| {
+        Error::Internal(format!(
+            "{origin:?} cannot be the origin line of a checkpoint"
+        ))
+    })?;
+    String::from_utf8(body.to_bytes()).map_err(tree_error)
+}
+
+/// The tree size a signed checkpoint note states.
+pub fn signed_size(note: &str) -> Result<u64> {
+    let body = note.split_once("\n\n").map_or(note, |(body, _)| body);
+    tlog_tiles::Checkpoint::from_bytes(format!("{body}\n").as_bytes())
+        .map(|checkpoint| checkpoint.size())
+        .map_err(|error| Error::DataLoss(format!("a stored checkpoint note: {error}")))
+}
+
+/// An event's leaf, proven in a tree.
+#[derive(Debug, Clone)]
+pub struct InclusionProof {
+    /// The event.
+    pub event: EventRecord,
+    /// Its canonical form: the leaf's bytes.
+    pub canonical: String,
+    /// Its leaf's index.
+    pub leaf_index: u64,
+    /// The size of the tree it is proven in.
+    pub tree_size: u64,
+    /// The audit path, leaf to root.
+    pub hashes: Vec<Hash>,
+    /// The checkpoint of that tree, when the newest was asked for.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// That a tree extends an older one.
+#[derive(Debug, Clone)]
+pub struct ConsistencyProof {
+    /// The older tree's size.
+    pub old_size: u64,
+    /// The newer tree's size.
+    pub new_size: u64,
+    /// The proof.
+    pub hashes: Vec<Hash>,
+    /// The checkpoint of the newer tree, when the newest was asked for.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A hash as the notes write it: standard base64.
+pub fn encode_hash(hash: &Hash) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(hash.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree of `n` leaves kept in memory the way storage keeps it.
+    fn tree(n: u64) -> HashMap<u64, Hash> {
+        let mut stored = HashMap::new();
+        for index in 0..n {
+            let leaf = leaf_hash(format!("event {index}").as_bytes());
+            let compute = |reads: &Reads| appended(index, leaf, reads);
+            let needed = Reads::needed(compute);
+            let known = needed.iter().map(|i| (*i, stored[i])).collect();
+            let hashes = Reads::with(known, compute).unwrap();
+            for (offset, hash) in hashes.into_iter().enumerate() {
+                stored.insert(leaf_position(index) + offset as u64, hash);
+            }
+        }
+        stored
+    }
+
+    #[test]
+    fn proofs_from_the_stored_hashes_check_against_the_roots() {
+        let stored = tree(37);
+        let known = || stored.clone();
+        let root_of = |size| Reads::with(known(), |reads| root(size, reads)).unwrap();
+        for size in [1, 2, 5, 16, 37] {
+            for index in [0, size / 2, size - 1] {
+                let proof =
+                    Reads::with(known(), |reads| prove_inclusion(size, index, reads)).unwrap();
+                let leaf = leaf_hash(format!("event {index}").as_bytes());
+                tlog_tiles::check_record(&proof, size, root_of(size), index, leaf).unwrap();
+            }
+        }
+        let proof = Reads::with(known(), |reads| prove_consistency(37, 10, reads)).unwrap();
+        tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(10)).unwrap();
+        assert!(tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(11)).is_err());
+    }
+
+    /// Stored hashes in a vector: the dense order is the vector's.
+    struct Dense(Vec<Hash>);
+
+    impl HashReader for Dense {
+        fn read_hashes(
+            &self,
+            indexes: &[u64],
+        ) -> std::result::Result<Vec<Hash>, tlog_tiles::Error> {
+            Ok(indexes
+                .iter()
+                .map(|index| self.0[*index as usize])
+                .collect())
+        }
+    }
+
+    /// Proof sizes at 10^3, 10^5 and 10^6 events, from a real tree: an
+    /// inclusion proof has at most ⌈log₂ n⌉ hashes, a consistency proof at
+    /// most about 2·log₂ n, whatever the leaf or the older size.
+    #[test]
+    fn proofs_grow_as_the_logarithm_of_the_log() {
+        let mut tree = Dense(Vec::new());
+        let mut leaves = 0;
+        for size in [1_000_u64, 100_000, 1_000_000] {
+            for index in leaves..size {
+                let leaf = leaf_hash(&index.to_be_bytes());
+                let hashes = tlog_tiles::stored_hashes_for_record_hash(index, leaf, &tree).unwrap();
+                tree.0.extend(hashes);
+            }
+            leaves = size;
+            let root = tlog_tiles::tree_hash(size, &tree).unwrap();
+            let log = u64::from(size.next_power_of_two().trailing_zeros());
+            let mut widest = (0, 0);
+            for index in [0, 1, size / 3, size / 2, size - 2, size - 1] {
+                let proof = tlog_tiles::prove_record(size, index, &tree).unwrap();
+                let leaf = leaf_hash(&index.to_be_bytes());
+                tlog_tiles::check_record(&proof, size, root, index, leaf).unwrap();
+                widest.0 = widest.0.max(proof.len() as u64);
+            }
+            for old in [1, 2, 3, size / 3, size / 2 + 1, size - 1] {
+                let proof = tlog_tiles::prove_tree(size, old, &tree).unwrap();
+                let old_root = tlog_tiles::tree_hash(old, &tree).unwrap();
+                tlog_tiles::check_tree(&proof, size, root, old, old_root).unwrap();
+                widest.1 = widest.1.max(proof.len() as u64);
+            }
+            println!(
+                "{size} events: inclusion proof at most {} hashes ({} bytes), consistency proof at most {} ({} bytes); log2 n = {log}",
+                widest.0,
+                widest.0 * 32,
+                widest.1,
+                widest.1 * 32
+            );
+            assert!(widest.0 <= log, "inclusion at {size}");
+            assert!(widest.1 <= 2 * log, "consistency at {size}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_body_is_three_lines() {
+        let body = checkpoint_body("example.com/log", 3, tlog_tiles::EMPTY_HASH).unwrap();
+        assert_eq!(
+            body,
+            "example.com/log\n3\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"
+        );
+        assert_eq!(size_after_leaf_at(leaf_position(41)), 42);
+    }
+}

@@ -1,0 +1,67 @@
+//! Proofs of the log's Merkle tree: an event's inclusion, one tree's
+//! consistency with an older one, in the tree of a given size or of the
+//! newest checkpoint.
+
+use crate::domain::log::{ConsistencyProof, InclusionProof, signed_size};
+use crate::domain::{Error, Result};
+
+use super::PolicyHub;
+use crate::domain::chain::Checkpoint;
+
+impl PolicyHub {
+    /// The tree `size` names: itself, or for 0 the newest checkpoint's.
+    async fn proven_tree(&self, size: u64) -> Result<(u64, Option<Checkpoint>)> {
+        if size > 0 {
+            return Ok((size, None));
+        }
+        let newest = self.repository.read_newest_checkpoint().await?;
+        let Some(note) = newest
+            .as_ref()
+            .and_then(|checkpoint| checkpoint.note.as_deref())
+        else {
+            return Err(Error::precondition(
+                "no checkpoint of the log's tree is signed yet",
+            ));
+        };
+        Ok((signed_size(note)?, newest))
+    }
+
+    /// Event `event_id` and the proof of its leaf in the tree of `tree_size`
+    /// leaves (0: the newest checkpoint's).
+    pub async fn inclusion_proof(&self, event_id: u64, tree_size: u64) -> Result<InclusionProof> {
+        let (event, canonical, leaf_index) = self.repository.event_leaf(event_id).await?;
+        let (tree_size, checkpoint) = self.proven_tree(tree_size).await?;
+        let hashes = self
+            .repository
+            .prove_inclusion(tree_size, leaf_index)
+            .await?;
+        Ok(InclusionProof {
+            event,
+            canonical,
+            leaf_index,
+            tree_size,
+            hashes,
+            checkpoint,
+        })
+    }
+
+    /// The proof that the tree of `new_size` leaves (0: the newest
+    /// checkpoint's) extends the one of `old_size`.
+    pub async fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof> {
+        let (new_size, checkpoint) = self.proven_tree(new_size).await?;
+        let hashes = self
+            .repository
+            .prove_consistency(old_size, new_size)
+            .await?;
+        Ok(ConsistencyProof {
+            old_size,
+            new_size,
+            hashes,
+            checkpoint,
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! The event log's Merkle tree in storage: `log_hashes` holds its stored
+//! hashes (C2SP tlog-tiles order), written in the transaction that records
+//! the event, under the chain's lock, so the tree's leaves are the chain's
+//! events in id order. A root or a proof reads a few dozen rows by key.
+//! Events written before the tree existed are appended at start.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+
+use super::chain::head;
+use super::entities::{events, log_hashes, log_origin};
+use super::events::record;
+use super::rows::{db_revision, revision};
+use super::transaction::{Repository, Transaction};
+use crate::domain::log::{self, Hash, Reads};
+use crate::domain::{Error, EventRecord, Result, chain};
+
+/// How many leaves the tree has.
+pub(super) async fn tree_size<C: ConnectionTrait>(db: &C) -> Result<u64> {
+    let last_leaf: Option<i64> = log_hashes::Entity::find()
+        .select_only()
+        .column(log_hashes::Column::Id)
+        .filter(log_hashes::Column::EventId.is_not_null())
+        .order_by(log_hashes::Column::Id, Order::Desc)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(last_leaf.map_or(0, |position| log::size_after_leaf_at(revision(position))))
+}
+
+/// `compute` over the stored hashes it reads.
+async fn over_tree<C: ConnectionTrait, T>(
+    db: &C,
+    compute: impl Fn(&Reads) -> Result<T>,
+) -> Result<T> {
+    let needed = Reads::needed(&compute);
+    let mut known = HashMap::with_capacity(needed.len());
+    if !needed.is_empty() {
+        let rows = log_hashes::Entity::find()
+            .filter(log_hashes::Column::Id.is_in(needed.iter().map(|index| db_revision(*index))))
+            .all(db)
+            .await?;
+        for row in rows {
+            let hash = <[u8; 32]>::try_from(row.hash.as_slice()).map_err(|_| {
+                Error::DataLoss(format!("the log's stored hash {} is not 32 bytes", row.id))
+            })?;
+            known.insert(revision(row.id), Hash(hash));
+        }
+        if let Some(missing) = needed.iter().find(|index| !known.contains_key(index)) {
+            return Err(Error::DataLoss(format!(
+                "the log's stored hash {missing} is missing"
+            )));
+        }
+    }
+    Reads::with(known, compute)
+}
+
+/// The root of the tree of its first `size` leaves.
+pub(super) async fn tree_root<C: ConnectionTrait>(db: &C, size: u64) -> Result<Hash> {
+    over_tree(db, |reads| log::root(size, reads)).await
+}
+
+impl Transaction {
+    /// Appends event `event_id`, whose canonical form is `canonical`, as
+    /// the tree's next leaf; the chain's lock is held.
+    pub(super) async fn log_append(&self, event_id: u64, canonical: &[u8]) -> Result<()> {
+        let index = tree_size(&self.txn).await?;
+        let leaf = log::leaf_hash(canonical);
+        let hashes = over_tree(&self.txn, |reads| log::appended(index, leaf, reads)).await?;
+        let first = log::leaf_position(index);
+        let rows = hashes
+            .into_iter()
+            .enumerate()
+            .map(|(offset, hash)| log_hashes::ActiveModel {
+                id: Set(db_revision(first + offset as u64)),
+                hash: Set(hash.0.to_vec()),
+                event_id: Set((offset == 0).then(|| db_revision(event_id))),
+            });
+        log_hashes::Entity::insert_many(rows)
+            .exec(&self.txn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Repository {
+    /// Appends the events written before the tree existed to it, in id
+    /// order; returns how many.
+    pub async fn grow_log(&self) -> Result<usize> {
+        self.write("grow_log", async |tx| {
+            // The chain's lock first: replicas starting together append once.
+            tx.chain_tip().await?;
+            let last_leaf: Option<Option<i64>> = log_hashes::Entity::find()
+                .select_only()
+                .column(log_hashes::Column::EventId)
+                .filter(log_hashes::Column::EventId.is_not_null())
+                .order_by(log_hashes::Column::Id, Order::Desc)
+                .into_tuple()
+                .one(&tx.txn)
+                .await?;
+            let after = last_leaf.flatten().unwrap_or(0);
+            let missing = events::Entity::find()
+                .filter(events::Column::Id.gt(after))
+                .order_by(events::Column::Id, Order::Asc)
+                .all(&tx.txn)
+                .await?;
+            let mut previous = head(&tx.txn, Some(after + 1)).await?;
+            for row in &missing {
+                let event = record(row.clone())?;
+                let canonical = chain::canonical(&previous, &event);
+                tx.log_append(event.id, canonical.as_bytes()).await?;
+                previous = event.hash;
+            }
+            Ok(missing.len())
+        })
+        .await
+    }
+
+    /// Settles the origin line of this deployment's log: `configured`, or
+    /// else the one made with the database. Set once, for every clone.
+    pub async fn settle_log_origin(&self, configured: Option<&str>) -> Result<String> {
+        let origin = match configured {
+            Some(origin) => origin.to_owned(),
+            None => log_origin::Entity::find_by_id(1)
+                .one(&self.db)
+                .await?
+                .map(|row| row.origin)
+                .ok_or_else(|| Error::DataLoss("the log's origin is missing".into()))?,
+        };
+        Ok(self.checkpoints.origin.get_or_init(|| origin).clone())
+    }
+
+    /// The origin line of this deployment's log.
+    pub fn log_origin(&self) -> Result<&str> {
+        self.checkpoints
+            .origin
+            .get()
+            .map(String::as_str)
+            .ok_or_else(|| Error::Internal("the log's origin is read before it is settled".into()))
+    }
+
+    /// The leaf index of event `event_id` in the log's tree.
+    pub async fn leaf_of(&self, event_id: u64) -> Result<u64> {
+        let position: Option<i64> = log_hashes::Entity::find()
+            .select_only()
+            .column(log_hashes::Column::Id)
+            .filter(log_hashes::Column::EventId.eq(db_revision(event_id)))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        position
+            .map(|position| log::size_after_leaf_at(revision(position)) - 1)
+            .ok_or_else(|| Error::NotFound(format!("event {event_id} is not in the log")))
+    }
+
+    /// Event `event_id`, its canonical form and its leaf's index.
+    pub async fn event_leaf(&self, event_id: u64) -> Result<(EventRecord, String, u64)> {
+        let row = events::Entity::find_by_id(db_revision(event_id))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("event {event_id}")))?;
+        let event = record(row)?;
+        let previous = head(&self.db, Some(db_revision(event_id))).await?;
+        let canonical = chain::canonical(&previous, &event);
+        Ok((event, canonical, self.leaf_of(event_id).await?))
+    }
+
+    /// The size of the log's tree now.
+    pub async fn log_size(&self) -> Result<u64> {
+        tree_size(&self.db).await
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    #[tracing::instrument(name = "storage.prove_inclusion", skip_all)]
+    pub async fn prove_inclusion(&self, size: u64, index: u64) -> Result<Vec<Hash>> {
+        self.within_tree(size).await?;
+        if index >= size {
+            return Err(Error::invalid(
+                "tree_size",
+                format!("leaf {index} is not in a tree of {size}"),
+            ));
+        }
+        over_tree(&self.db, |reads| log::prove_inclusion(size, index, reads)).await
+    }
+
+    /// The consistency proof from the tree of `old_size` leaves to the
+    /// one of `new_size`.
+    #[tracing::instrument(name = "storage.prove_consistency", skip_all)]
+    pub async fn prove_consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
+        self.within_tree(new_size).await?;
+        if old_size > new_size {
+            return Err(Error::invalid(
+                "old_size",
+                format!("{old_size} is larger than the new size {new_size}"),
+            ));
+        }
+        over_tree(&self.db, |reads| {
+            log::prove_consistency(new_size, old_size, reads)
+        })
+        .await
+    }
+
+    async fn within_tree(&self, size: u64) -> Result<()> {
+        let now = tree_size(&self.db).await?;
+        if size > now {
+            return Err(Error::invalid(
+                "tree_size",
+                format!("the log's tree has {now} leaves, not {size}"),
+            ));
+        }
+        Ok(())
+    }
+}
