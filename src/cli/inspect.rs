@@ -105,6 +105,15 @@ pub struct ListEventsArgs {
     /// key-rotated, rollout-started … schedule-paused. Repeat for several.
     #[arg(long = "kind", value_parser = parse_event_kind)]
     kinds: Vec<proto::EventKind>,
+    /// Only events of this actor (the subject, exactly).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only events at or after this instant (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Only events at or before this instant (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
     #[command(flatten)]
     limit: Limit,
 }
@@ -432,6 +441,9 @@ pub async fn events(
             kinds: kinds.clone(),
             page_size,
             page_token,
+            actor: args.actor.clone().unwrap_or_default(),
+            since: args.since.map(timestamp),
+            until: args.until.map(timestamp),
         };
         async move {
             let page = client.list_events(request).await.reply("listing events")?;

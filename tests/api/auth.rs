@@ -335,6 +335,23 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
         .into_inner()
         .events;
     assert_eq!(events[0].actor, "author-a");
+    let by_author = app
+        .policy
+        .clone()
+        .list_events(with_token(
+            proto::ListEventsRequest {
+                namespace: "team-a".into(),
+                actor: "author-a".into(),
+                ..Default::default()
+            },
+            &a_reader,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(!by_author.is_empty() && by_author.len() < events.len());
+    assert!(by_author.iter().all(|event| event.actor == "author-a"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,6 +204,37 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "ListEvents: unknown kind",
+        Code::InvalidArgument,
+        policy.list_events(proto::ListEventsRequest {
+            kinds: vec![proto::EventKind::Activated as i32, 999],
+            ..Default::default()
+        })
+    );
+    row!(
+        "ListEvents: until before since",
+        Code::InvalidArgument,
+        policy.list_events(proto::ListEventsRequest {
+            since: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 0
+            }),
+            until: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0
+            }),
+            ..Default::default()
+        })
+    );
+    row!(
+        "ListEvents: oversized actor",
+        Code::InvalidArgument,
+        policy.list_events(proto::ListEventsRequest {
+            actor: long.clone(),
+            ..Default::default()
+        })
+    );
+    row!(
         "ListCheckpoints: a page token of another listing",
         Code::InvalidArgument,
         policy.list_checkpoints(proto::ListCheckpointsRequest {

@@ -293,6 +293,7 @@ async fn page_tokens_belong_to_their_listing_and_filter(app: TestApp) {
         kinds: Vec::new(),
         page_size: 2,
         page_token,
+        ..Default::default()
     };
     let first = app
         .policy
