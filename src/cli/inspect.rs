@@ -47,6 +47,14 @@ pub struct GetActiveArgs {
     allow_draft_fallback: bool,
 }
 
+/// Arguments of `policyhub get-policy`.
+#[derive(Debug, clap::Args)]
+pub struct GetPolicyArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+}
+
 /// Arguments of `policyhub get-version`.
 ///
 /// The selector is a group of its own: a `#[group]` on the struct would
@@ -202,6 +210,53 @@ pub async fn get_version(
     ));
     print_facts(&facts);
     print_body(&json::body(version.body)?);
+    Ok(())
+}
+
+/// `policyhub get-policy`.
+pub async fn get_policy(
+    channel: AuthChannel,
+    output: Output,
+    args: GetPolicyArgs,
+) -> anyhow::Result<()> {
+    let policy = PolicyServiceClient::new(channel)
+        .get_policy(proto::GetPolicyRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+        })
+        .await
+        .reply(format!("reading {}", args.policy))?;
+    if output == Output::Json {
+        print_message(&policy);
+        return Ok(());
+    }
+    outln!("{}", args.policy);
+    let active = match (policy.active_version, policy.active_label.as_str()) {
+        (0, _) => "-".to_owned(),
+        (version, "") => format!("{version} (revision {})", policy.active_revision),
+        (version, label) => format!("{version} {label} (revision {})", policy.active_revision),
+    };
+    let fleet = policy.fleet.unwrap_or_default();
+    print_facts(&[
+        ("active", active),
+        ("draft", version_or_dash(policy.draft_version)),
+        ("latest", policy.latest_version.to_string()),
+        (
+            "runtimes",
+            format!(
+                "{} applied, {} rejected, {} pending, {} stale of {}",
+                fleet.applied, fleet.rejected, fleet.pending, fleet.stale, fleet.runtimes
+            ),
+        ),
+    ]);
+    match policy.schema {
+        Some(schema) => outln!(
+            "schema:\n{}",
+            serde_json::to_string_pretty(&json::body(Some(schema))?)
+                .expect("a JSON value always serializes")
+        ),
+        None => outln!("schema: none"),
+    }
     Ok(())
 }
 

@@ -188,6 +188,22 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "GetPolicy: unknown policy",
+        Code::NotFound,
+        policy.get_policy(proto::GetPolicyRequest {
+            namespace: "team".into(),
+            name: "nothing".into(),
+        })
+    );
+    row!(
+        "GetPolicy: bad name",
+        Code::InvalidArgument,
+        policy.get_policy(proto::GetPolicyRequest {
+            namespace: "team".into(),
+            name: long.clone(),
+        })
+    );
+    row!(
         "ListPolicies: bad namespace",
         Code::InvalidArgument,
         policy.list_policies(proto::ListPoliciesRequest {

@@ -412,6 +412,18 @@ async fn listings_print_tables_for_people_and_json_for_scripts() {
             .success()
             .contains("payments/limits  1")
     );
+    let one = policyhub(&app, &["get-policy", "payments/limits", "--output", "json"]).json();
+    let listed = &policies["policies"][0];
+    assert_eq!(&one, listed);
+    let shown = policyhub(&app, &["get-policy", "payments/limits"]);
+    let shown = shown.success();
+    assert!(
+        shown.contains("active") && shown.contains("0 applied"),
+        "{shown}"
+    );
+    let missing = policyhub(&app, &["get-policy", "payments/nothing"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("nothing"), "{}", missing.stderr);
 
     let events = policyhub(
         &app,

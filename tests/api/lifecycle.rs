@@ -26,6 +26,7 @@ crate::on_both_backends!(
     list_policies_and_versions_page_through_everything,
     list_events_filters_by_kind,
     list_events_filters_by_actor_and_time_in_the_query_across_pages,
+    get_policy_is_what_the_listing_shows_and_not_found_for_an_unknown_one,
 );
 
 async fn no_policy_then_draft_creates_version_1(app: TestApp) {
@@ -786,4 +787,82 @@ async fn list_events_filters_by_actor_and_time_in_the_query_across_pages(app: Te
         .unwrap()
         .into_inner();
     assert!(nobody.events.is_empty() && nobody.next_page_token.is_empty());
+}
+
+/// GetPolicy answers with the policy exactly as ListPolicies lists it
+/// (pointers, active label, schema, fleet), and NOT_FOUND for a policy the namespace does not have.
+async fn get_policy_is_what_the_listing_shows_and_not_found_for_an_unknown_one(app: TestApp) {
+    app.release("payments", "limits", json!({"max": 1}), true)
+        .await;
+    app.policy
+        .clone()
+        .set_schema(proto::SetSchemaRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+            schema: Some(json_to_struct(&json!({"type": "object"}))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.draft("payments", "limits", json!({"max": 2})).await;
+    app.release("payments", "other", json!({"max": 3}), true)
+        .await;
+    let listed = app
+        .policy
+        .clone()
+        .list_policies(proto::ListPoliciesRequest {
+            namespace: "payments".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    for listed in listed {
+        let got = app
+            .policy
+            .clone()
+            .get_policy(proto::GetPolicyRequest {
+                namespace: "payments".into(),
+                name: listed.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, listed);
+    }
+    let limits = app
+        .policy
+        .clone()
+        .get_policy(proto::GetPolicyRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            limits.active_version,
+            limits.draft_version,
+            limits.latest_version
+        ),
+        (1, 2, 2)
+    );
+    assert!(limits.schema.is_some() && limits.fleet.is_some());
+    let missing = app
+        .policy
+        .clone()
+        .get_policy(proto::GetPolicyRequest {
+            namespace: "payments".into(),
+            name: "nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert!(
+        missing.message().contains("nothing"),
+        "{}",
+        missing.message()
+    );
 }

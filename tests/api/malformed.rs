@@ -101,6 +101,7 @@ async fn undecodable_requests_are_invalid_argument_on_every_method(app: TestApp)
         "PolicyService/Rollback",
         "PolicyService/GetVersion",
         "PolicyService/ListVersions",
+        "PolicyService/GetPolicy",
         "PolicyService/ListPolicies",
         "PolicyService/ListEvents",
         "PolicyService/DiffVersions",

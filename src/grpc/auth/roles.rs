@@ -103,6 +103,7 @@ pub enum Rpc {
     Rollback,
     GetVersion,
     ListVersions,
+    GetPolicy,
     ListPolicies,
     ListEvents,
     ListCheckpoints,
@@ -137,7 +138,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 37] = [
+    pub const ALL: [Rpc; 38] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -145,6 +146,7 @@ impl Rpc {
         Rpc::Rollback,
         Rpc::GetVersion,
         Rpc::ListVersions,
+        Rpc::GetPolicy,
         Rpc::ListPolicies,
         Rpc::ListEvents,
         Rpc::ListCheckpoints,
@@ -220,6 +222,7 @@ impl Rpc {
         match self {
             Rpc::GetVersion
             | Rpc::ListVersions
+            | Rpc::GetPolicy
             | Rpc::ListPolicies
             | Rpc::ListEvents
             | Rpc::ListCheckpoints
