@@ -123,17 +123,15 @@ export async function all(path, field, query = {}, limit = 1000) {
   return items;
 }
 
-// A policy as ListPolicies gives it (its schema, pointers and fleet), or
-// null when the namespace has no such policy.
+// A policy as GetPolicy gives it (its schema, pointers and fleet), or null
+// when the namespace has no such policy (NOT_FOUND).
 export async function policyRecord(namespace, name) {
-  let pageToken = '';
-  do {
-    const page = await get(`${paths.namespace(namespace)}/policies`, { pageSize: 500, pageToken });
-    const found = (page.policies ?? []).find((policy) => policy.name === name);
-    if (found) return found;
-    pageToken = page.nextPageToken ?? '';
-  } while (pageToken);
-  return null;
+  try {
+    return await get(paths.policy(namespace, name));
+  } catch (refusal) {
+    if (refusal instanceof ApiError && refusal.status === 404) return null;
+    throw refusal;
+  }
 }
 
 // Who the token's holder is, asked once per sign-in; a refusal is the

@@ -52,6 +52,10 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (channel, output) = client.connect().await?;
             inspect::get_active(channel, output, args).await?
         }
+        Command::GetPolicy { client, args } => {
+            let (channel, output) = client.connect().await?;
+            inspect::get_policy(channel, output, args).await?
+        }
         Command::GetVersion { client, args } => {
             let (channel, output) = client.connect().await?;
             inspect::get_version(channel, output, args).await?

@@ -47,6 +47,14 @@ pub struct GetActiveArgs {
     allow_draft_fallback: bool,
 }
 
+/// Arguments of `policyhub get-policy`.
+#[derive(Debug, clap::Args)]
+pub struct GetPolicyArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+}
+
 /// Arguments of `policyhub get-version`.
 ///
 /// The selector is a group of its own: a `#[group]` on the struct would
@@ -105,6 +113,15 @@ pub struct ListEventsArgs {
     /// key-rotated, rollout-started … schedule-paused. Repeat for several.
     #[arg(long = "kind", value_parser = parse_event_kind)]
     kinds: Vec<proto::EventKind>,
+    /// Only events of this actor (the subject, exactly).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only events at or after this instant (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Only events at or before this instant (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
     #[command(flatten)]
     limit: Limit,
 }
@@ -193,6 +210,53 @@ pub async fn get_version(
     ));
     print_facts(&facts);
     print_body(&json::body(version.body)?);
+    Ok(())
+}
+
+/// `policyhub get-policy`.
+pub async fn get_policy(
+    channel: AuthChannel,
+    output: Output,
+    args: GetPolicyArgs,
+) -> anyhow::Result<()> {
+    let policy = PolicyServiceClient::new(channel)
+        .get_policy(proto::GetPolicyRequest {
+            namespace: args.policy.namespace.to_string(),
+            name: args.policy.name.to_string(),
+        })
+        .await
+        .reply(format!("reading {}", args.policy))?;
+    if output == Output::Json {
+        print_message(&policy);
+        return Ok(());
+    }
+    outln!("{}", args.policy);
+    let active = match (policy.active_version, policy.active_label.as_str()) {
+        (0, _) => "-".to_owned(),
+        (version, "") => format!("{version} (revision {})", policy.active_revision),
+        (version, label) => format!("{version} {label} (revision {})", policy.active_revision),
+    };
+    let fleet = policy.fleet.unwrap_or_default();
+    print_facts(&[
+        ("active", active),
+        ("draft", version_or_dash(policy.draft_version)),
+        ("latest", policy.latest_version.to_string()),
+        (
+            "runtimes",
+            format!(
+                "{} applied, {} rejected, {} pending, {} stale of {}",
+                fleet.applied, fleet.rejected, fleet.pending, fleet.stale, fleet.runtimes
+            ),
+        ),
+    ]);
+    match policy.schema {
+        Some(schema) => outln!(
+            "schema:\n{}",
+            serde_json::to_string_pretty(&json::body(Some(schema))?)
+                .expect("a JSON value always serializes")
+        ),
+        None => outln!("schema: none"),
+    }
     Ok(())
 }
 
@@ -432,6 +496,9 @@ pub async fn events(
             kinds: kinds.clone(),
             page_size,
             page_token,
+            actor: args.actor.clone().unwrap_or_default(),
+            since: args.since.map(timestamp),
+            until: args.until.map(timestamp),
         };
         async move {
             let page = client.list_events(request).await.reply("listing events")?;

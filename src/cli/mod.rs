@@ -171,6 +171,14 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Show one policy: its active, draft and latest versions, what its
+    /// runtimes made of the active one, and its schema.
+    GetPolicy {
+        #[command(flatten)]
+        args: inspect::GetPolicyArgs,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Show one version, by --version or --label.
     GetVersion {
         #[command(flatten)]

@@ -300,4 +300,10 @@ pub struct EventFilter {
     pub name: Option<super::PolicyName>,
     /// Only these kinds; empty for all.
     pub kinds: Vec<super::EventKind>,
+    /// Only this actor, exactly.
+    pub actor: Option<String>,
+    /// Only events at or after this instant.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events at or before this instant; never before `since`.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }

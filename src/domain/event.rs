@@ -157,6 +157,10 @@ impl FromStr for EventKind {
     }
 }
 
+/// The longest actor an event can have: the longest subject a caller can
+/// present, a client certificate's SPIFFE ID (a token's `sub` is shorter).
+pub const MAX_ACTOR_BYTES: usize = 2048;
+
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {

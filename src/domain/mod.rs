@@ -24,7 +24,7 @@ mod version;
 pub use body::{Digest, MAX_JSON_DEPTH, PolicyBody, canonical_json};
 pub use commands::*;
 pub use error::{Error, FieldViolation, Precondition, Result, SchemaViolation, quoted};
-pub use event::{EventKind, EventRecord};
+pub use event::{EventKind, EventRecord, MAX_ACTOR_BYTES};
 pub use lifecycle::{ActivationPlan, ActivePointer, PointerChange, PolicyState, PublishPlan};
 pub use names::{EntryName, Namespace, PolicyName, PolicyRef, ScheduleName};
 pub use requirements::{

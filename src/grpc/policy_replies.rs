@@ -129,15 +129,20 @@ pub(super) fn versions(page: &Page<VersionRecord>) -> proto::ListVersionsRespons
     }
 }
 
+/// A policy with what the fleet made of its active version.
+pub(super) fn policy(summary: &PolicySummary, status: &PolicyStatus) -> proto::Policy {
+    proto::Policy {
+        fleet: Some(fleet_summary(status)),
+        ..convert::policy(summary)
+    }
+}
+
 pub(super) fn policies(page: &Page<(PolicySummary, PolicyStatus)>) -> proto::ListPoliciesResponse {
     proto::ListPoliciesResponse {
         policies: page
             .items
             .iter()
-            .map(|(summary, status)| proto::Policy {
-                fleet: Some(fleet_summary(status)),
-                ..convert::policy(summary)
-            })
+            .map(|(summary, status)| policy(summary, status))
             .collect(),
         next_page_token: page.next_page_token.clone().unwrap_or_default(),
     }

@@ -7,8 +7,8 @@ use super::proto;
 use crate::config::Limits;
 use crate::domain::{
     ActivateCommand, ActivationTarget, DiscardCommand, DraftCommand, Error, EventFilter,
-    ExpectedActive, IdempotencyKey, Label, Namespace, NamespaceScope, PolicyBody, PolicyName,
-    PolicyRef, PolicySchema, PublishCommand, Requirement, Result, RollbackCommand,
+    ExpectedActive, IdempotencyKey, Label, MAX_ACTOR_BYTES, Namespace, NamespaceScope, PolicyBody,
+    PolicyName, PolicyRef, PolicySchema, PublishCommand, Requirement, Result, RollbackCommand,
     SetSchemaCommand, VersionSelector,
 };
 
@@ -307,12 +307,51 @@ pub(super) fn event_filter(
         .enumerate()
         .map(|(index, kind)| convert::event_kind_from(&format!("kinds[{index}]"), *kind))
         .collect::<Result<_>>()?;
+    let actor = event_actor(&request.actor)?;
+    let since = request
+        .since
+        .map(|at| convert::from_timestamp("since", at))
+        .transpose()?;
+    let until = request
+        .until
+        .map(|at| convert::from_timestamp("until", at))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since, until)
+        && until < since
+    {
+        return Err(Error::invalid(
+            "until",
+            format!(
+                "{} is before since ({})",
+                until.to_rfc3339(),
+                since.to_rfc3339()
+            ),
+        ));
+    }
     let filter = EventFilter {
         scope: NamespaceScope::All,
         name,
         kinds,
+        actor,
+        since,
+        until,
     };
     Ok((namespace, filter))
+}
+
+/// The actor to filter by; `None` for every actor.
+fn event_actor(actor: &str) -> Result<Option<String>> {
+    crate::domain::refuse_nul("actor", actor)?;
+    if actor.len() > MAX_ACTOR_BYTES {
+        return Err(Error::invalid(
+            "actor",
+            format!(
+                "is {} bytes, no actor is longer than {MAX_ACTOR_BYTES}",
+                actor.len()
+            ),
+        ));
+    }
+    Ok((!actor.is_empty()).then(|| actor.to_owned()))
 }
 
 /// One JSON Patch operation as protobuf, read from its RFC 6902 JSON form.

@@ -203,6 +203,15 @@ impl PolicyService for PolicyApi {
         Ok(Response::new(reply::versions(&page)))
     }
 
+    async fn get_policy(&self, request: Request<proto::GetPolicyRequest>) -> Reply<proto::Policy> {
+        let caller = identify(&request)?;
+        let request = request.into_inner();
+        let policy = crate::domain::PolicyRef::parse(&request.namespace, &request.name)?;
+        caller.admit(Rpc::GetPolicy, [&policy.namespace], &self.quotas)?;
+        let (summary, status) = self.hub.get_policy(&policy).await?;
+        Ok(Response::new(reply::policy(&summary, &status)))
+    }
+
     async fn list_policies(
         &self,
         request: Request<proto::ListPoliciesRequest>,

@@ -34,6 +34,20 @@ impl PolicyHub {
             .await
     }
 
+    /// One policy as a listing shows it, with what the fleet made of its
+    /// active version.
+    pub async fn get_policy(&self, policy: &PolicyRef) -> Result<(PolicySummary, PolicyStatus)> {
+        let summary = self.repository.summary(policy).await?;
+        let active = summary.active.map_or(0, |(version, _)| version);
+        let status = self
+            .fleet
+            .policy_statuses(&policy.namespace, &[(&policy.name, active)])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("no fleet status for one policy".into()))?;
+        Ok((summary, status))
+    }
+
     /// A page of the policies in `scope`, each with what the fleet made of
     /// its active version: what a listing shows of each policy, read once
     /// for the page instead of once per policy.

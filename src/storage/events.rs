@@ -213,6 +213,15 @@ impl Repository {
             query = query
                 .filter(events::Column::Kind.is_in(filter.kinds.iter().map(|kind| kind.as_str())));
         }
+        if let Some(actor) = &filter.actor {
+            query = query.filter(events::Column::Actor.eq(actor.as_str()));
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(events::Column::At.gte(since));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(events::Column::At.lte(until));
+        }
         if let Some(below) = below {
             query = query.filter(events::Column::Id.lt(below));
         }

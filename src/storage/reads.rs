@@ -82,18 +82,29 @@ async fn summaries<C: ConnectionTrait>(
         .collect()
 }
 
+/// The summary of one policy; NOT_FOUND when there is none.
+async fn summary<C: ConnectionTrait>(db: &C, policy: &PolicyRef) -> Result<PolicySummary> {
+    let row = find_policy(db, policy).await?;
+    Ok(summaries(db, vec![row])
+        .await?
+        .pop()
+        .expect("one policy in, one summary out"))
+}
+
 impl Transaction {
     /// The summary of one policy, as this transaction sees it.
     pub async fn summary(&self, policy: &PolicyRef) -> Result<PolicySummary> {
-        let row = find_policy(&self.txn, policy).await?;
-        Ok(summaries(&self.txn, vec![row])
-            .await?
-            .pop()
-            .expect("one policy in, one summary out"))
+        summary(&self.txn, policy).await
     }
 }
 
 impl Repository {
+    /// The summary of one policy, as a listing shows it.
+    #[tracing::instrument(name = "storage.summary", skip_all)]
+    pub async fn summary(&self, policy: &PolicyRef) -> Result<PolicySummary> {
+        summary(&self.db, policy).await
+    }
+
     /// One version.
     #[tracing::instrument(name = "storage.get_version", skip_all)]
     pub async fn get_version(

@@ -228,6 +228,20 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
                 .map(drop),
         ),
         (
+            "namespace A token gets a policy of B",
+            app.policy
+                .clone()
+                .get_policy(with_token(
+                    proto::GetPolicyRequest {
+                        namespace: "team-b".into(),
+                        name: "y".into(),
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
             "namespace A token lists B",
             app.policy
                 .clone()
@@ -335,6 +349,40 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
         .into_inner()
         .events;
     assert_eq!(events[0].actor, "author-a");
+    let by_author = app
+        .policy
+        .clone()
+        .list_events(with_token(
+            proto::ListEventsRequest {
+                namespace: "team-a".into(),
+                actor: "author-a".into(),
+                ..Default::default()
+            },
+            &a_reader,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(!by_author.is_empty() && by_author.len() < events.len());
+    assert!(by_author.iter().all(|event| event.actor == "author-a"));
+    let policy = app
+        .policy
+        .clone()
+        .get_policy(with_token(
+            proto::GetPolicyRequest {
+                namespace: "team-a".into(),
+                name: "x".into(),
+            },
+            &a_reader,
+        ))
+        .await
+        .expect("a reader gets a policy")
+        .into_inner();
+    assert_eq!(
+        (policy.namespace.as_str(), policy.name.as_str()),
+        ("team-a", "x")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

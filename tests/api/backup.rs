@@ -133,6 +133,7 @@ async fn a_backup_under_write_load_holds_every_acknowledged_activation() {
                 kinds: vec![EventKind::Activated as i32],
                 page_size: 500,
                 page_token,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -20,6 +20,7 @@ crate::on_both_backends!(
     an_idempotency_key_reused_with_another_request_is_already_exists,
     a_released_label_with_another_body_is_already_exists,
     malformed_requests_are_invalid_argument,
+    bad_event_filters_name_their_field,
     the_database_refuses_to_rewrite_history,
 );
 
@@ -350,6 +351,7 @@ async fn malformed_requests_are_invalid_argument(app: TestApp) {
             kinds: Vec::new(),
             page_size: 10,
             page_token: "garbage".into(),
+            ..Default::default()
         })
         .await;
     expect_code(page, Code::InvalidArgument);
@@ -408,4 +410,82 @@ async fn the_database_refuses_to_rewrite_history(app: TestApp) {
     assert_eq!(app.db_state().await, before);
     let keys = app.jwks_json().await;
     assert!(!keys.contains("forged"), "{keys}");
+}
+
+/// An event filter that cannot be met is refused, naming the field, before
+/// any query runs.
+async fn bad_event_filters_name_their_field(app: TestApp) {
+    seed(&app).await;
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    for (request, field) in [
+        (
+            proto::ListEventsRequest {
+                kinds: vec![proto::EventKind::Published as i32, 999],
+                ..Default::default()
+            },
+            "kinds[1]",
+        ),
+        (
+            proto::ListEventsRequest {
+                kinds: vec![proto::EventKind::Unspecified as i32],
+                ..Default::default()
+            },
+            "kinds[0]",
+        ),
+        (
+            proto::ListEventsRequest {
+                since: at(1_800_000_000),
+                until: at(1_799_999_999),
+                ..Default::default()
+            },
+            "until",
+        ),
+        (
+            proto::ListEventsRequest {
+                since: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                }),
+                ..Default::default()
+            },
+            "since",
+        ),
+        (
+            proto::ListEventsRequest {
+                actor: "a".repeat(policyhub::domain::MAX_ACTOR_BYTES + 1),
+                ..Default::default()
+            },
+            "actor",
+        ),
+        (
+            proto::ListEventsRequest {
+                actor: "nul\0actor".into(),
+                ..Default::default()
+            },
+            "actor",
+        ),
+    ] {
+        let status = app.policy.clone().list_events(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        let violations = status
+            .get_details_bad_request()
+            .expect("field violations")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{status:?}");
+    }
+    // The longest actor there can be is a filter, not a refusal; one
+    // instant as the whole range is too.
+    let page = app
+        .policy
+        .clone()
+        .list_events(proto::ListEventsRequest {
+            actor: "a".repeat(policyhub::domain::MAX_ACTOR_BYTES),
+            since: at(1_800_000_000),
+            until: at(1_800_000_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.events.is_empty());
 }

@@ -188,6 +188,22 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "GetPolicy: unknown policy",
+        Code::NotFound,
+        policy.get_policy(proto::GetPolicyRequest {
+            namespace: "team".into(),
+            name: "nothing".into(),
+        })
+    );
+    row!(
+        "GetPolicy: bad name",
+        Code::InvalidArgument,
+        policy.get_policy(proto::GetPolicyRequest {
+            namespace: "team".into(),
+            name: long.clone(),
+        })
+    );
+    row!(
         "ListPolicies: bad namespace",
         Code::InvalidArgument,
         policy.list_policies(proto::ListPoliciesRequest {
@@ -200,6 +216,37 @@ fn rows(app: &TestApp) -> Vec<Row> {
         Code::InvalidArgument,
         policy.list_events(proto::ListEventsRequest {
             name: "limits".into(),
+            ..Default::default()
+        })
+    );
+    row!(
+        "ListEvents: unknown kind",
+        Code::InvalidArgument,
+        policy.list_events(proto::ListEventsRequest {
+            kinds: vec![proto::EventKind::Activated as i32, 999],
+            ..Default::default()
+        })
+    );
+    row!(
+        "ListEvents: until before since",
+        Code::InvalidArgument,
+        policy.list_events(proto::ListEventsRequest {
+            since: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 0
+            }),
+            until: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0
+            }),
+            ..Default::default()
+        })
+    );
+    row!(
+        "ListEvents: oversized actor",
+        Code::InvalidArgument,
+        policy.list_events(proto::ListEventsRequest {
+            actor: long.clone(),
             ..Default::default()
         })
     );

@@ -412,6 +412,18 @@ async fn listings_print_tables_for_people_and_json_for_scripts() {
             .success()
             .contains("payments/limits  1")
     );
+    let one = policyhub(&app, &["get-policy", "payments/limits", "--output", "json"]).json();
+    let listed = &policies["policies"][0];
+    assert_eq!(&one, listed);
+    let shown = policyhub(&app, &["get-policy", "payments/limits"]);
+    let shown = shown.success();
+    assert!(
+        shown.contains("active") && shown.contains("0 applied"),
+        "{shown}"
+    );
+    let missing = policyhub(&app, &["get-policy", "payments/nothing"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("nothing"), "{}", missing.stderr);
 
     let events = policyhub(
         &app,
@@ -440,6 +452,50 @@ async fn listings_print_tables_for_people_and_json_for_scripts() {
         kinds,
         [("EVENT_KIND_PUBLISHED", 2), ("EVENT_KIND_PUBLISHED", 1)]
     );
+    // Up to the first publication, by its actor, of two kinds at once.
+    let first = events["events"][1]["at"].as_str().unwrap();
+    let until_first = policyhub(
+        &app,
+        &[
+            "events",
+            "payments/limits",
+            "--kind",
+            "published",
+            "--kind",
+            "draft-created",
+            "--actor",
+            "anonymous",
+            "--until",
+            first,
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    let kinds: Vec<&str> = until_first["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["EVENT_KIND_PUBLISHED", "EVENT_KIND_DRAFT_CREATED"]);
+    let since_first = policyhub(
+        &app,
+        &[
+            "events",
+            "payments/limits",
+            "--kind",
+            "published",
+            "--since",
+            first,
+            "--actor",
+            "someone-else",
+            "--output",
+            "json",
+        ],
+    )
+    .json();
+    assert!(since_first["events"].as_array().is_none_or(Vec::is_empty));
     let limited = policyhub(
         &app,
         &["events", "payments", "--limit", "2", "--output", "json"],
@@ -571,6 +627,7 @@ async fn exit_codes_tell_refusals_usage_errors_and_an_unreachable_server_apart()
             "web/flags@1",
         ],
         vec!["events", "--kind", "deleted"],
+        vec!["events", "--since", "yesterday"],
     ] {
         let run = policyhub(&app, &usage);
         assert_eq!(run.code, 2, "{usage:?}: {}", run.stderr);

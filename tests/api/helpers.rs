@@ -349,6 +349,7 @@ impl TestApp {
                 kinds: Vec::new(),
                 page_size: 500,
                 page_token: String::new(),
+                ..Default::default()
             })
             .await
             .expect("list events")

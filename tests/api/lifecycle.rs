@@ -25,6 +25,8 @@ crate::on_both_backends!(
     restore_copies_an_older_version_forward_and_activates_it,
     list_policies_and_versions_page_through_everything,
     list_events_filters_by_kind,
+    list_events_filters_by_actor_and_time_in_the_query_across_pages,
+    get_policy_is_what_the_listing_shows_and_not_found_for_an_unknown_one,
 );
 
 async fn no_policy_then_draft_creates_version_1(app: TestApp) {
@@ -703,6 +705,7 @@ async fn list_events_filters_by_kind(app: TestApp) {
             kinds: vec![proto::EventKind::Published as i32],
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -711,4 +714,155 @@ async fn list_events_filters_by_kind(app: TestApp) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, proto::EventKind::Published as i32);
     assert!(!events[0].key_id.is_empty());
+}
+
+/// Actor and time range are filters of the query itself: paging one event
+/// at a time through a range reads exactly the events inside it, with both
+/// bounds inclusive, and an actor with no events gets an empty last page.
+async fn list_events_filters_by_actor_and_time_in_the_query_across_pages(app: TestApp) {
+    for max in 1..=3 {
+        app.release("payments", "limits", json!({"max": max}), true)
+            .await;
+    }
+    let all = app.events("payments", "limits").await;
+    assert!(all.len() >= 6, "{all:?}");
+    // The events of one transaction share their instant: a range from the
+    // second oldest instant to the second newest leaves some out at both
+    // ends.
+    let instant = |event: &proto::Event| event.at.map(|at| (at.seconds, at.nanos));
+    let mut instants: Vec<_> = all.iter().map(instant).collect();
+    instants.dedup();
+    assert!(instants.len() >= 4, "{all:?}");
+    let newest = all
+        .iter()
+        .find(|event| instant(event) == instants[1])
+        .unwrap();
+    let oldest = all
+        .iter()
+        .find(|event| instant(event) == instants[instants.len() - 2])
+        .unwrap();
+    let inside: Vec<u64> = all
+        .iter()
+        .filter(|event| instant(event) >= instant(oldest) && instant(event) <= instant(newest))
+        .map(|event| event.id)
+        .collect();
+    let mut read = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .policy
+            .clone()
+            .list_events(proto::ListEventsRequest {
+                namespace: "payments".into(),
+                actor: "anonymous".into(),
+                since: oldest.at,
+                until: newest.at,
+                page_size: 1,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= 1);
+        read.extend(page.events.iter().map(|event| event.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(read, inside);
+    assert!(read.contains(&oldest.id) && read.contains(&newest.id));
+    assert!(!read.contains(&all[0].id) && !read.contains(&all[all.len() - 1].id));
+
+    let nobody = app
+        .policy
+        .clone()
+        .list_events(proto::ListEventsRequest {
+            namespace: "payments".into(),
+            actor: "someone-else".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nobody.events.is_empty() && nobody.next_page_token.is_empty());
+}
+
+/// GetPolicy answers with the policy exactly as ListPolicies lists it
+/// (pointers, active label, schema, fleet), and NOT_FOUND for a policy the namespace does not have.
+async fn get_policy_is_what_the_listing_shows_and_not_found_for_an_unknown_one(app: TestApp) {
+    app.release("payments", "limits", json!({"max": 1}), true)
+        .await;
+    app.policy
+        .clone()
+        .set_schema(proto::SetSchemaRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+            schema: Some(json_to_struct(&json!({"type": "object"}))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.draft("payments", "limits", json!({"max": 2})).await;
+    app.release("payments", "other", json!({"max": 3}), true)
+        .await;
+    let listed = app
+        .policy
+        .clone()
+        .list_policies(proto::ListPoliciesRequest {
+            namespace: "payments".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    for listed in listed {
+        let got = app
+            .policy
+            .clone()
+            .get_policy(proto::GetPolicyRequest {
+                namespace: "payments".into(),
+                name: listed.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, listed);
+    }
+    let limits = app
+        .policy
+        .clone()
+        .get_policy(proto::GetPolicyRequest {
+            namespace: "payments".into(),
+            name: "limits".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            limits.active_version,
+            limits.draft_version,
+            limits.latest_version
+        ),
+        (1, 2, 2)
+    );
+    assert!(limits.schema.is_some() && limits.fleet.is_some());
+    let missing = app
+        .policy
+        .clone()
+        .get_policy(proto::GetPolicyRequest {
+            namespace: "payments".into(),
+            name: "nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert!(
+        missing.message().contains("nothing"),
+        "{}",
+        missing.message()
+    );
 }

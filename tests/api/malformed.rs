@@ -101,6 +101,7 @@ async fn undecodable_requests_are_invalid_argument_on_every_method(app: TestApp)
         "PolicyService/Rollback",
         "PolicyService/GetVersion",
         "PolicyService/ListVersions",
+        "PolicyService/GetPolicy",
         "PolicyService/ListPolicies",
         "PolicyService/ListEvents",
         "PolicyService/DiffVersions",
@@ -293,6 +294,7 @@ async fn page_tokens_belong_to_their_listing_and_filter(app: TestApp) {
         kinds: Vec::new(),
         page_size: 2,
         page_token,
+        ..Default::default()
     };
     let first = app
         .policy

@@ -223,6 +223,7 @@ impl Race {
             kinds: vec![kind as i32],
             page_size: 500,
             page_token: String::new(),
+            ..Default::default()
         };
         self.policy(0)
             .list_events(authorized(request, &self.admin))

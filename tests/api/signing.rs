@@ -138,6 +138,7 @@ async fn a_bundle_signed_before_a_key_rotation_still_verifies_after_it() {
                 kinds: vec![proto::EventKind::KeyRotated as i32],
                 page_size: 10,
                 page_token: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

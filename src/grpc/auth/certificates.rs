@@ -19,6 +19,8 @@ pub fn spiffe_id(der: &[u8]) -> Option<String> {
         _ => None,
     });
     let id = uris.next()?;
-    (uris.next().is_none() && id.starts_with("spiffe://") && id.len() <= 2048)
+    (uris.next().is_none()
+        && id.starts_with("spiffe://")
+        && id.len() <= crate::domain::MAX_ACTOR_BYTES)
         .then(|| id.to_owned())
 }

@@ -103,6 +103,7 @@ pub enum Rpc {
     Rollback,
     GetVersion,
     ListVersions,
+    GetPolicy,
     ListPolicies,
     ListEvents,
     ListCheckpoints,
@@ -146,7 +147,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 46] = [
+    pub const ALL: [Rpc; 47] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -154,6 +155,7 @@ impl Rpc {
         Rpc::Rollback,
         Rpc::GetVersion,
         Rpc::ListVersions,
+        Rpc::GetPolicy,
         Rpc::ListPolicies,
         Rpc::ListEvents,
         Rpc::ListCheckpoints,
@@ -243,6 +245,7 @@ impl Rpc {
         match self {
             Rpc::GetVersion
             | Rpc::ListVersions
+            | Rpc::GetPolicy
             | Rpc::ListPolicies
             | Rpc::ListEvents
             | Rpc::ListCheckpoints
