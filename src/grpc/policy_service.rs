@@ -22,7 +22,7 @@ use super::rollouts::{self, control_wanted};
 use super::runtimes;
 use super::schedules;
 use crate::config::Limits;
-use crate::domain::Namespace;
+use crate::domain::{Error, Namespace};
 use crate::hub::{Control, PolicyHub, ScheduleControl};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -261,11 +261,31 @@ impl PolicyService for PolicyApi {
         request: Request<proto::GetInclusionProofRequest>,
     ) -> Reply<proto::GetInclusionProofResponse> {
         let identified = identify(&request)?;
+        identified
+            .caller()
+            .authorize_anywhere(Rpc::GetInclusionProof)?;
         let request = request.into_inner();
-        let proof = self
+        // Which events exist is told only to a reader of the whole log: to
+        // any other caller an unknown event is one it may not read.
+        let proof = match self
             .hub
             .inclusion_proof(request.event_id, request.tree_size)
-            .await?;
+            .await
+        {
+            Err(Error::NotFound(_))
+                if identified
+                    .caller()
+                    .authorize_everywhere(Rpc::GetInclusionProof)
+                    .is_err() =>
+            {
+                return Err(Error::PermissionDenied(format!(
+                    "event {} is not one of a namespace the caller may read",
+                    request.event_id
+                ))
+                .into());
+            }
+            proof => proof?,
+        };
         match &proof.event.policy {
             Some((namespace, _)) => {
                 let namespace = Namespace::parse("namespace", namespace)?;

@@ -1032,3 +1032,67 @@ async fn subscriptions_need_the_operator_role_and_admin_for_the_deployment() {
         .unwrap_err();
     assert_eq!(listed.code(), Code::PermissionDenied);
 }
+
+/// A reader of one namespace proves its own events; another namespace's
+/// event and an event that does not exist are refused alike, so such a
+/// caller learns nothing of which events exist; a reader of the whole log
+/// is told an event does not exist; a caller with no reader grant at all is
+/// refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inclusion_proofs_are_served_to_readers_of_the_event() {
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |_| {}).await;
+    let admin = issuer.token("root", &["*:admin"]);
+    seed(&app, &admin).await;
+    let prove = |event_id: u64, token: String| {
+        let mut policy = app.policy.clone();
+        async move {
+            policy
+                .get_inclusion_proof(with_token(
+                    proto::GetInclusionProofRequest {
+                        event_id,
+                        tree_size: 0,
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop)
+                .map_err(|status| status.code())
+        }
+    };
+    let event_of = |namespace: &str| {
+        let mut policy = app.policy.clone();
+        let request = with_token(
+            proto::ListEventsRequest {
+                namespace: namespace.into(),
+                ..Default::default()
+            },
+            &admin,
+        );
+        async move {
+            policy
+                .list_events(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .events[0]
+                .id
+        }
+    };
+    let (own, other) = (event_of("team-a").await, event_of("team-b").await);
+    let a_reader = issuer.token("reader-a", &["team-a:reader"]);
+    let everyone = issuer.token("auditor", &["*:reader"]);
+    assert_eq!(prove(own, a_reader.clone()).await, Ok(()));
+    assert_eq!(
+        prove(other, a_reader.clone()).await,
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(
+        prove(1 << 40, a_reader.clone()).await,
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(prove(1 << 40, everyone.clone()).await, Err(Code::NotFound));
+    assert_eq!(prove(other, everyone).await, Ok(()));
+    let nobody = issuer.token("nobody", &[]);
+    assert_eq!(prove(own, nobody).await, Err(Code::PermissionDenied));
+}
