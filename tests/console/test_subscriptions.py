@@ -112,8 +112,11 @@ class Subscriptions(BrowserCase):
         # A change of the kinds, with the keyboard alone.
         self.find("#kind-EVENT_KIND_ROLLOUT_SCHEDULED").send_keys(" ")
         self.find("#edit-subscription button[type=submit]").click()
-        self.wait_for(lambda: self.api("GET", "namespaces/payments/subscriptions/approvers")["eventKinds"]
-                      == ["EVENT_KIND_ACTIVATED"], "the kinds saved")
+        # Read at once: the page redraws itself after the save.
+        self.wait_for(lambda: self.browser.execute_script(
+            "return document.getElementById('subscription-kinds')?.textContent") == "activated", "the kinds saved and shown")
+        self.wait_main()
+        self.assertEqual(self.api("GET", "namespaces/payments/subscriptions/approvers")["eventKinds"], ["EVENT_KIND_ACTIVATED"])
 
         summary = self.act("Delete…")
         self.assertIn("cannot be undone", summary)
@@ -121,7 +124,23 @@ class Subscriptions(BrowserCase):
         self.assertEqual(self.api("GET", "namespaces/payments/subscriptions").get("subscriptions", []), [])
         self.assert_clean_console()
 
-    def test_03_a_reader_is_offered_nothing(self):
+    def test_03_deployment_wide_for_an_admin(self):
+        self.open("#/namespaces/payments/subscriptions")
+        self.find("main a[href='#/subscriptions']").click()
+        self.wait_main()
+        self.assertEqual(self.find("main h1").text, "Deployment-wide subscriptions")
+        self.find("#subscription-name").send_keys("audit")
+        self.find("#subscription-url").send_keys(self.endpoint)
+        self.find("#kind-EVENT_KIND_KEY_ROTATED").click()
+        self.find("#format-SUBSCRIPTION_FORMAT_CHAT").click()
+        self.find("#new-subscription button[type=submit]").click()
+        self.assertTrue(self.find("#subscription-secret").get_attribute("value").startswith("whsec_"))
+        self.wait_text("#subscriptions tr[data-subscription='audit']", "chat")
+        self.assertEqual(self.api("GET", "subscriptions/audit").get("namespace", ""), "")
+        self.assert_accessible("deployment-wide subscriptions")
+        self.assert_clean_console()
+
+    def test_04_a_reader_is_offered_nothing(self):
         self.sign_in("rita")
         self.open("#/namespaces/payments/subscriptions")
         self.assertIn("operator role", self.find("main").text)

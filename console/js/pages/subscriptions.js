@@ -233,7 +233,7 @@ export async function subscription(view, [namespace, name], _query, { crumbs, re
     h('h1', {}, `Subscription ${name}`),
     facts([
       ['Endpoint', h('code', {}, found.url)],
-      ['Event kinds', (found.eventKinds ?? []).map(kindName).join(', ')],
+      ['Event kinds', h('span', { id: 'subscription-kinds' }, (found.eventKinds ?? []).map(kindName).join(', '))],
       ['Format', formatName(found.format)],
       ['State', h('span', { id: 'subscription-state' }, subscriptionState(found))],
       ['Failures in a row', String(found.consecutiveFailures ?? 0)],
