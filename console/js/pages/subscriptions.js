@@ -145,7 +145,7 @@ function refusalText(refusal) {
 
 function createForm(namespace, kinds, refresh) {
   const name = h('input', { id: 'subscription-name', name: 'name', required: true, autocomplete: 'off', spellcheck: 'false' });
-  const url = h('input', { id: 'subscription-url', name: 'url', type: 'url', required: true, autocomplete: 'off', placeholder: 'https://hooks.example.com/policyhub' });
+  const url = h('input', { id: 'subscription-url', name: 'url', type: 'url', size: 60, required: true, autocomplete: 'off', placeholder: 'https://hooks.example.com/policyhub' });
   const error = h('p', { class: 'error', role: 'alert', id: 'subscription-error' });
   const secret = h('div', { id: 'subscription-secret-shown' });
   const form = h(
@@ -307,7 +307,7 @@ function actions(namespace, found, may, rerender, drawDeliveries) {
 }
 
 function editForm(path, found, kinds, rerender) {
-  const url = h('input', { id: 'edit-url', name: 'url', type: 'url', required: true, autocomplete: 'off', value: found.url });
+  const url = h('input', { id: 'edit-url', name: 'url', type: 'url', size: 60, required: true, autocomplete: 'off', value: found.url });
   const error = h('p', { class: 'error', role: 'alert' });
   const form = h(
     'form',
