@@ -99,6 +99,8 @@ export async function watchActive(namespace, { names = [], sinceRevision = 0, si
 export const get = (path, query) => call('GET', path, { query });
 export const post = (path, body) => call('POST', path, { body: body ?? {} });
 export const put = (path, body) => call('PUT', path, { body: body ?? {} });
+export const patch = (path, body) => call('PATCH', path, { body: body ?? {} });
+export const remove = (path) => call('DELETE', path);
 
 const segment = encodeURIComponent;
 
@@ -106,6 +108,10 @@ export const paths = {
   namespace: (namespace) => `namespaces/${segment(namespace)}`,
   policy: (namespace, name) => `namespaces/${segment(namespace)}/policies/${segment(name)}`,
   rollout: (namespace, id) => `namespaces/${segment(namespace)}/rollouts/${segment(id)}`,
+  // A namespace's subscriptions, or the deployment-wide ones (empty
+  // namespace).
+  subscriptions: (namespace) => (namespace ? `namespaces/${segment(namespace)}/subscriptions` : 'subscriptions'),
+  subscription: (namespace, name) => `${paths.subscriptions(namespace)}/${segment(name)}`,
 };
 
 // The OpenID Connect providers people sign in with (asked without a token).

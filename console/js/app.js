@@ -13,6 +13,7 @@ import { events } from './pages/events.js';
 import { fleet } from './pages/fleet.js';
 import { rollout, rollouts } from './pages/rollouts.js';
 import { schedules } from './pages/schedules.js';
+import { subscription, subscriptions } from './pages/subscriptions.js';
 
 const ROUTES = [
   [/^$/, home],
@@ -26,6 +27,10 @@ const ROUTES = [
   [/^namespaces\/([^/]+)\/rollouts$/, rollouts],
   [/^namespaces\/([^/]+)\/rollouts\/([^/]+)$/, rollout],
   [/^namespaces\/([^/]+)\/schedules$/, schedules],
+  [/^namespaces\/([^/]+)\/subscriptions$/, subscriptions],
+  [/^namespaces\/([^/]+)\/subscriptions\/([^/]+)$/, subscription],
+  [/^subscriptions$/, (view, _params, query, context) => subscriptions(view, [''], query, context)],
+  [/^subscriptions\/([^/]+)$/, (view, [name], query, context) => subscription(view, ['', name], query, context)],
 ];
 
 const main = document.getElementById('main');

@@ -78,7 +78,7 @@ async fn pause(
     rollout: &mut Rollout,
     why: String,
 ) -> Result<()> {
-    rollout.halt(RolloutState::Paused, why.clone());
+    rollout.pause_itself(why.clone());
     tx.save_rollout(rollout).await?;
     let policies = lock_targets(tx, rollout).await?;
     record(
@@ -290,6 +290,7 @@ impl PolicyHub {
                     created_at: tx.at(),
                     reason: command.reason.clone(),
                     halted_because: String::new(),
+                    self_paused: false,
                     start_at: command.start_at,
                     required_approvals: required,
                     approvals: Vec::new(),

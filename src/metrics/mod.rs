@@ -19,6 +19,9 @@
 //!   paused and no operator resumed yet;
 //! - `policyhub_rollouts_awaiting_approval`: rollouts that wait for a
 //!   person's approval;
+//! - `policyhub_rollouts_self_paused`: rollouts that paused themselves (a
+//!   step failed, or a requirement moved out of range as they completed)
+//!   and no operator resumed yet;
 //! - `policyhub_webhook_deliveries_total{subscription, outcome}`,
 //!   `policyhub_webhook_queue_depth{subscription}`,
 //!   `policyhub_webhook_oldest_undelivered_age_seconds{subscription}` and

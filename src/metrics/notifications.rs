@@ -23,6 +23,9 @@ pub struct NotificationInstruments {
     pub oldest_undelivered_age: Family<SubscriptionLabels, Gauge>,
     /// Rollouts waiting for approvals.
     pub rollouts_awaiting_approval: Gauge,
+    /// Rollouts the controller paused (a step failed, or a requirement
+    /// moved out of range as it completed), waiting for an operator.
+    pub rollouts_self_paused: Gauge,
 }
 
 /// Registers them under their names.
@@ -54,5 +57,10 @@ pub(super) fn register_notifications(
         "rollouts_awaiting_approval",
         "Rollouts that wait for approvals",
         instruments.rollouts_awaiting_approval.clone(),
+    );
+    registry.register(
+        "rollouts_self_paused",
+        "Rollouts that paused themselves (a step failed, or a requirement moved out of range as they completed) and wait for an operator",
+        instruments.rollouts_self_paused.clone(),
     );
 }

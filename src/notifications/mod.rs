@@ -195,8 +195,13 @@ fn retry_delay(settings: &NotificationSettings, failures: u32) -> Duration {
     bound / 2 + (bound / 2).mul_f64(fastrand::f64())
 }
 
+/// A count as a gauge's value.
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
 /// Reads every subscription's backlog, and the rollouts that wait for a
-/// person's approval, into the gauges every [`GAUGE_INTERVAL`], until the
+/// person (an approval, or a resume after they paused themselves), into the gauges every [`GAUGE_INTERVAL`], until the
 /// process ends.
 async fn read_gauges(worker: &Worker) {
     let mut ticker = tokio::time::interval(GAUGE_INTERVAL);
@@ -217,10 +222,18 @@ async fn read_gauges(worker: &Worker) {
                     .iter()
                     .filter(|rollout| rollout.state == RolloutState::PendingApproval)
                     .count();
-                let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
-                instruments.rollouts_awaiting_approval.set(waiting);
+                let self_paused = live
+                    .iter()
+                    .filter(|rollout| rollout.state == RolloutState::Paused && rollout.self_paused)
+                    .count();
+                instruments
+                    .rollouts_awaiting_approval
+                    .set(gauge_value(waiting));
+                instruments
+                    .rollouts_self_paused
+                    .set(gauge_value(self_paused));
             }
-            Err(error) => tracing::warn!(%error, "cannot count the rollouts awaiting approval"),
+            Err(error) => tracing::warn!(%error, "cannot count the rollouts awaiting a person"),
         }
         instruments.queue_depth.clear();
         instruments.oldest_undelivered_age.clear();

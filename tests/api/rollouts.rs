@@ -17,7 +17,8 @@ use policyhub::grpc::{
 use serde_json::json;
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::helpers::{TestApp, bundles_of, expect_code, next_message, target};
+use crate::helpers::{Backend, TestApp, bundles_of, expect_code, next_message, target};
+use crate::schedules::sample;
 
 crate::on_both_backends!(
     a_rollout_moves_through_its_cohort_step_by_step_and_completes,
@@ -753,4 +754,50 @@ async fn a_scheduled_rollout_waits_for_its_start_time(app: TestApp) {
         Code::InvalidArgument,
     );
     assert!(message.starts_with("start_at"), "{message}");
+}
+
+const SELF_PAUSED: &str = "policyhub_rollouts_self_paused";
+
+/// A rollout whose runtimes miss the apply deadline, without automatic
+/// rollback, pauses itself and is counted by the gauge of rollouts that
+/// paused themselves; promtool accepts the exposition. The gauge is the
+/// process's, set by every test's server, so it is read until this
+/// server's count shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_paused_itself_is_gauged() {
+    let app = crate::schedules::with_metrics(Backend::Sqlite).await;
+    let address = app.metrics_address.expect("a metrics port");
+    seed(&app).await;
+    let _fleet = runtimes(&app, 10).await;
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    request.auto_rollback = Some(false);
+    request.failure_rule = Some(proto::FailureRule {
+        apply_deadline: Some(Duration::from_millis(300).try_into().unwrap()),
+        max_rejected_fraction: 0.5,
+        ..Default::default()
+    });
+    let started = start(&app, request).await;
+    let paused = until(&app.policy, &started.id, |rollout| {
+        rollout.state() == RolloutState::Paused
+    })
+    .await;
+    assert!(
+        paused.halted_because.contains("had not applied"),
+        "{}",
+        paused.halted_because
+    );
+    let mut exposition = String::new();
+    for _ in 0..100 {
+        exposition = crate::observability::scrape(address).await;
+        if sample(&exposition, SELF_PAUSED) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sample(&exposition, SELF_PAUSED) >= 1.0, "{exposition}");
+    assert!(
+        exposition.contains("# TYPE policyhub_rollouts_self_paused gauge"),
+        "{exposition}"
+    );
+    crate::helpers::promtool_accepts(&exposition);
 }

@@ -369,7 +369,7 @@ async fn a_refused_firing_pauses_the_schedule_with_the_reason(app: TestApp) {
 
 /// The server on `database` with its metrics port, as the tests of
 /// schedules need it.
-async fn with_metrics(backend: Backend) -> TestApp {
+pub(crate) async fn with_metrics(backend: Backend) -> TestApp {
     spawn_on(TestDatabase::new(backend).await, |settings| {
         settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
     })
@@ -692,7 +692,7 @@ async fn bad_schedules_are_refused_and_change_nothing(app: TestApp) {
 }
 
 /// A value of the exposition, 0 when the series is not there yet.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())

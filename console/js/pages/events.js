@@ -11,7 +11,7 @@ const HEADINGS = ['Time', 'Kind', 'Policy', 'Versions', 'Revision', 'Actor', 'Re
 let kinds = null;
 
 // The event kinds, as the API's OpenAPI document names them.
-async function eventKinds() {
+export async function eventKinds() {
   kinds ??= fetch('/openapi.json', { credentials: 'omit' })
     .then((response) => response.json())
     .then((document) => document.components.schemas['policyhub.v1.Event'].properties.kind.enum

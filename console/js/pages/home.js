@@ -136,6 +136,7 @@ export function namespaceTabs(namespace, current) {
     ['Events', route('namespaces', namespace, 'events')],
     ['Rollouts', route('namespaces', namespace, 'rollouts')],
     ['Schedules', route('namespaces', namespace, 'schedules')],
+    ['Subscriptions', route('namespaces', namespace, 'subscriptions')],
   ]);
 }
 

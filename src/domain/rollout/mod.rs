@@ -209,6 +209,11 @@ pub struct Rollout {
     /// Why it ended or halted, when it did: who, or which runtimes rejected
     /// what.
     pub halted_because: String,
+    /// Paused by the controller itself (a step failed, or a requirement
+    /// moved out of range as it completed), not by an operator: what
+    /// waits for a person without anyone having asked for it.
+    #[serde(default)]
+    pub self_paused: bool,
     /// Begin no earlier than this.
     #[serde(default)]
     pub start_at: Option<DateTime<Utc>>,
@@ -308,12 +313,20 @@ impl Rollout {
     pub fn halt(&mut self, state: RolloutState, because: String) {
         self.state = state;
         self.halted_because = because;
+        self.self_paused = false;
+    }
+
+    /// The controller pauses it, `because` its own rule says so.
+    pub fn pause_itself(&mut self, because: String) {
+        self.halt(RolloutState::Paused, because);
+        self.self_paused = true;
     }
 
     /// Runs again; the current step bakes from `now`.
     pub fn resume(&mut self, now: DateTime<Utc>) {
         self.state = RolloutState::Running;
         self.halted_because.clear();
+        self.self_paused = false;
         self.step_started_at = now;
     }
 }
@@ -367,6 +380,7 @@ pub(crate) mod tests {
             created_at: now,
             reason: String::new(),
             halted_because: String::new(),
+            self_paused: false,
             start_at: None,
             required_approvals: 0,
             approvals: Vec::new(),
@@ -409,6 +423,23 @@ pub(crate) mod tests {
         assert_eq!(tick(&scheduled, &[], now), Tick::Wait);
         assert_eq!(tick(&scheduled, &[], later), Tick::Begin);
         assert!(validate_start(Some(now + chrono::TimeDelta::days(91)), now).is_err());
+    }
+
+    #[test]
+    fn only_the_controllers_own_pause_marks_a_rollout_self_paused() {
+        let now = Utc::now();
+        let mut paused = rollout(vec![step(100, 60)]);
+        paused.pause_itself("rt-0 had not applied it".into());
+        assert_eq!(paused.state, RolloutState::Paused);
+        assert!(paused.self_paused);
+        paused.resume(now);
+        assert!(!paused.self_paused);
+        paused.pause_itself("rt-0 had not applied it".into());
+        paused.halt(RolloutState::Aborted, "abort by alice".into());
+        assert!(!paused.self_paused);
+        let mut by_operator = rollout(vec![step(100, 60)]);
+        by_operator.halt(RolloutState::Paused, "pause by alice: wait".into());
+        assert!(!by_operator.self_paused);
     }
 
     #[test]
