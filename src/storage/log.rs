@@ -159,12 +159,15 @@ impl Repository {
 
     /// Event `event_id`, its canonical form and its leaf's index.
     pub async fn event_leaf(&self, event_id: u64) -> Result<(EventRecord, String, u64)> {
-        let row = events::Entity::find_by_id(db_revision(event_id))
+        // Ids are stored in 63 bits: a larger one names no event.
+        let unknown = || Error::NotFound(format!("event {event_id}"));
+        let id = i64::try_from(event_id).map_err(|_| unknown())?;
+        let row = events::Entity::find_by_id(id)
             .one(&self.db)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("event {event_id}")))?;
+            .ok_or_else(unknown)?;
         let event = record(row)?;
-        let previous = head(&self.db, Some(db_revision(event_id))).await?;
+        let previous = head(&self.db, Some(id)).await?;
         let canonical = chain::canonical(&previous, &event);
         Ok((event, canonical, self.leaf_of(event_id).await?))
     }
@@ -191,6 +194,12 @@ impl Repository {
     /// one of `new_size`.
     #[tracing::instrument(name = "storage.prove_consistency", skip_all)]
     pub async fn prove_consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
+        if old_size == 0 {
+            return Err(Error::invalid(
+                "old_size",
+                "must be at least 1: RFC 9162 proves no tree consistent with the empty one",
+            ));
+        }
         self.within_tree(new_size).await?;
         if old_size > new_size {
             return Err(Error::invalid(

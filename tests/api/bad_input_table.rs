@@ -204,6 +204,54 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "GetInclusionProof: unknown event",
+        Code::NotFound,
+        policy.get_inclusion_proof(proto::GetInclusionProofRequest {
+            event_id: 1 << 40,
+            tree_size: 0,
+        })
+    );
+    row!(
+        "GetInclusionProof: an event id past 63 bits",
+        Code::NotFound,
+        policy.get_inclusion_proof(proto::GetInclusionProofRequest {
+            event_id: u64::MAX,
+            tree_size: 0,
+        })
+    );
+    row!(
+        "GetInclusionProof: a tree larger than the log",
+        Code::InvalidArgument,
+        policy.get_inclusion_proof(proto::GetInclusionProofRequest {
+            event_id: 1,
+            tree_size: u64::MAX,
+        })
+    );
+    row!(
+        "GetConsistencyProof: from no tree",
+        Code::InvalidArgument,
+        bundle.get_consistency_proof(proto::GetConsistencyProofRequest {
+            old_size: 0,
+            new_size: 0,
+        })
+    );
+    row!(
+        "GetConsistencyProof: an old tree larger than the new",
+        Code::InvalidArgument,
+        bundle.get_consistency_proof(proto::GetConsistencyProofRequest {
+            old_size: 2,
+            new_size: 1,
+        })
+    );
+    row!(
+        "GetConsistencyProof: a tree larger than the log",
+        Code::InvalidArgument,
+        bundle.get_consistency_proof(proto::GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: u64::MAX,
+        })
+    );
+    row!(
         "ListPolicies: bad namespace",
         Code::InvalidArgument,
         policy.list_policies(proto::ListPoliciesRequest {
