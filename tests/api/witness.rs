@@ -169,6 +169,53 @@ async fn a_witness_cosigns_a_growing_log_and_refuses_a_fork_or_a_smaller_tree() 
     let answer = submit(witness_port, body(0, &[], &first.note)).await;
     assert_cosigned(&first.note, &answer, &vkey);
 
+    // The independent verifier checks the cosignature, and requires it.
+    let jwks = BundleServiceClient::new(channel.clone())
+        .get_signing_keys(proto::GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let jwks = json!({"keys": jwks.keys.iter().map(|key| json!({"x": key.x})).collect::<Vec<_>>()});
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+    let cosigned = format!("{}{}", first.note, answer.2);
+    let verify = |note: &str| {
+        std::fs::write(
+            dir.path().join("note.json"),
+            json!({"note": note}).to_string(),
+        )
+        .unwrap();
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/audit/verify_tree.py"
+            ))
+            .arg("--jwks")
+            .arg(dir.path().join("jwks.json"))
+            .args([
+                "--origin",
+                &first.origin,
+                "--witness",
+                &vkey,
+                "--cosignatures",
+                "1",
+                "note",
+            ])
+            .arg(dir.path().join("note.json"))
+            .output()
+            .unwrap()
+    };
+    let run = verify(&cosigned);
+    assert!(run.status.success(), "{run:?}");
+    let run = verify(&first.note);
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("0 of the 1"),
+        "{run:?}"
+    );
+    let forged = cosigned.replacen("witness.example/w1 ", "witness.example/w1 AAAA", 1);
+    let run = verify(&forged);
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+
     // A larger tree: the client's old size is not the witness's, which
     // says its own; proven from it, cosigned.
     release(&channel, "limits", json!({"v": 2})).await;
