@@ -68,7 +68,7 @@ pub(crate) async fn release(channel: &Channel, name: &str, body: serde_json::Val
 /// Runs a subscription's event stream in a task: every state it puts in
 /// force (from the server or the cache) arrives on the first channel, and
 /// every event on the second.
-fn follow_events(
+pub(crate) fn follow_events(
     subscription: Subscription,
 ) -> (
     JoinHandle<()>,
@@ -101,7 +101,7 @@ fn follow(subscription: Subscription) -> (JoinHandle<()>, mpsc::UnboundedReceive
 }
 
 /// A subscription that learns the heartbeat interval from the server.
-fn quick(endpoint: &str) -> Subscription {
+pub(crate) fn quick(endpoint: &str) -> Subscription {
     Subscription::new(endpoint, "team").backoff(Duration::from_millis(100), Duration::from_secs(1))
 }
 
@@ -782,7 +782,10 @@ pub(crate) fn copy_database(from: &Path, to: &Path) {
 }
 
 /// Waits for a refusal of the server's history saying `says`.
-async fn history_refused(events: &mut mpsc::UnboundedReceiver<Event>, says: &str) -> u64 {
+pub(crate) async fn history_refused(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    says: &str,
+) -> u64 {
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match events.recv().await.expect("the subscription runs") {

@@ -18,7 +18,9 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::helpers::{free_port, policyhub_binary, spawn_binary_server_on};
-use crate::runtime_library::{copy_database, kill_9, release, server_env};
+use crate::runtime_library::{
+    copy_database, follow_events, history_refused, kill_9, quick, release, server_env,
+};
 
 /// The log's verifier key: its origin, the server's signing key.
 async fn log_key(channel: &Channel) -> String {
@@ -285,4 +287,25 @@ async fn a_witness_cosigns_a_growing_log_and_refuses_a_fork_or_a_smaller_tree() 
     assert_eq!(refused.0, 409);
     kill_9(server);
     kill_9(witness);
+}
+
+/// A runtime that requires a witness's cosignature refuses the server's
+/// checkpoints, which carry none yet: nothing is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_requiring_a_cosignature_refuses_a_checkpoint_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &server_env()).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let witness = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let vkey = policyhub_runtime::cosignature::verifier_key(
+        "witness.example/w1",
+        &witness.verifying_key(),
+    );
+    let (task, mut states, mut events) =
+        follow_events(quick(&format!("http://127.0.0.1:{port}")).witnesses(vec![vkey], 1));
+    history_refused(&mut events, "carries 0 of the 1 witnesses' cosignatures").await;
+    assert!(states.try_recv().is_err(), "nothing applied");
+    task.abort();
+    kill_9(server);
 }
