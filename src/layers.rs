@@ -39,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &["grpc", "fleet", "watch", "connections"]),
     ("telemetry", &["config", "grpc"]),
     ("agent", &["domain", "http", "metrics", "connections"]),
+    ("witness", &["connections"]),
     (
         "startup",
         &[
@@ -71,6 +72,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "shutdown",
             "telemetry",
             "agent",
+            "witness",
             "connections",
         ],
     ),

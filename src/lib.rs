@@ -71,3 +71,4 @@ pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod watch;
+pub mod witness;

@@ -16,6 +16,11 @@ reads the notes and proofs from files the CLI wrote with `-o json`:
                      --old-size <OLD's size> -o json`: the tree NEW's note
                      signs extends the one OLD's note signs
 
+With --witness VKEY (repeatable; a witness's verifier key,
+<name>+<hex key id>+base64(0x04 || Ed25519 key)) and --cosignatures K, every
+note must also carry valid cosignatures of at least K of those witnesses
+(C2SP tlog-cosignature, cosignature/v1).
+
 Prints what it verified and exits 0, or says why not and exits 1. Needs
 the standard library and `cryptography` (Ed25519).
 """
@@ -138,6 +143,38 @@ def verify_note(note: str, name: str, public_keys: list) -> str:
     fail(f"no known key of {name} signed the note")
 
 
+def witness_key(vkey: str):
+    """A cosignature/v1 verifier key: (name, key id, raw Ed25519 key)."""
+    name, kid, encoded = vkey.split("+", 2)
+    key = base64.b64decode(encoded, validate=True)
+    if len(key) != 33 or key[0] != 0x04 or key_id(name, key) != bytes.fromhex(kid):
+        fail(f"not a cosignature/v1 verifier key: {vkey!r}")
+    return name, key_id(name, key), key[1:]
+
+
+def cosigners(note: str, witnesses: list) -> set:
+    """The names of `witnesses` whose cosignature on `note` verifies: each
+    signs "cosignature/v1\ntime <t>\n" followed by the note's text, the
+    signature being the 8-byte big-endian t then the Ed25519 signature."""
+    text, signatures = split_note(note)
+    known = {(name, kid): key for name, kid, key in witnesses}
+    names = set()
+    for signer, kid, signature in signatures:
+        key = known.get((signer, kid))
+        if key is None:
+            continue
+        if len(signature) != 72:
+            fail(f"the cosignature of {signer} is not 72 bytes")
+        time = int.from_bytes(signature[:8], "big")
+        message = f"cosignature/v1\ntime {time}\n{text}".encode()
+        try:
+            Ed25519PublicKey.from_public_bytes(key).verify(signature[8:], message)
+        except InvalidSignature:
+            fail(f"the cosignature of {signer} on the note does not verify")
+        names.add(signer)
+    return names
+
+
 def tree_head(text: str, origin: str):
     """C2SP tlog-checkpoint: the size and root hash of a verified note's
     text, whose origin line must be `origin`."""
@@ -166,20 +203,33 @@ def hashes(values: list) -> list:
     return [base64.b64decode(value) for value in values]
 
 
+WITNESSES = []
+COSIGNATURES = 0
+
+
 def signed_tree(checkpoint: dict, origin: str, keys: list):
     note = checkpoint.get("note", "")
     if not note:
         fail("the checkpoint carries no note")
-    return tree_head(verify_note(note, origin, keys), origin)
+    head = tree_head(verify_note(note, origin, keys), origin)
+    cosigned = cosigners(note, WITNESSES)
+    if len(cosigned) < COSIGNATURES:
+        fail(f"the note carries {len(cosigned)} of the {COSIGNATURES} witnesses' cosignatures required")
+    return head
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jwks", required=True)
     parser.add_argument("--origin", required=True)
+    parser.add_argument("--witness", action="append", default=[])
+    parser.add_argument("--cosignatures", type=int, default=0)
     parser.add_argument("command", choices=["note", "inclusion", "consistency"])
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
+    global WITNESSES, COSIGNATURES
+    WITNESSES = [witness_key(vkey) for vkey in args.witness]
+    COSIGNATURES = args.cosignatures
     keys = public_keys(json.load(open(args.jwks)))
     documents = [json.load(open(path)) for path in args.files]
 

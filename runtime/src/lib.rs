@@ -69,6 +69,7 @@ mod backoff;
 pub mod bundle;
 mod cache;
 pub mod checkpoint;
+pub mod cosignature;
 mod event;
 mod revoke;
 mod session;

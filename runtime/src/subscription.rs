@@ -48,6 +48,8 @@ pub struct Subscription {
     /// The origin of the server's log, pinned; `None`: the first one
     /// verified.
     pub(crate) log_origin: Option<String>,
+    pub(crate) witnesses: Vec<String>,
+    pub(crate) cosignatures: usize,
     /// Where a [`Revoker`](crate::Revoker)'s requests arrive, once one was made.
     pub(crate) revocations: Option<Arc<Mutex<mpsc::Receiver<Revocation>>>>,
 }
@@ -70,6 +72,8 @@ impl Subscription {
             max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
             retry_refused: false,
             log_origin: None,
+            witnesses: Vec::new(),
+            cosignatures: 0,
             revocations: None,
         }
     }
@@ -162,6 +166,16 @@ impl Subscription {
     /// cache with the tree it verified last).
     pub fn log_origin(mut self, origin: impl Into<String>) -> Self {
         self.log_origin = Some(origin.into());
+        self
+    }
+
+    /// Take a checkpoint only when at least `required` of `witnesses`
+    /// (their verifier keys, `<name>+<key id>+base64(0x04 ‖ key)`) cosigned
+    /// it (C2SP tlog-cosignature): one with fewer is refused as a forked
+    /// history is, and the state in force stays.
+    pub fn witnesses(mut self, witnesses: Vec<String>, required: usize) -> Self {
+        self.witnesses = witnesses;
+        self.cosignatures = required;
         self
     }
 

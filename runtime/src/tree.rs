@@ -81,12 +81,28 @@ pub(crate) struct Remembered {
     /// The log it follows: pinned, or the first one it verified.
     pub(crate) origin: Option<String>,
     pub(crate) head: Option<TreeHead>,
+    /// The witnesses' verifier keys, and how many of them must have
+    /// cosigned a checkpoint before it is taken.
+    pub(crate) witnesses: Vec<String>,
+    pub(crate) cosignatures: usize,
 }
 
 impl Remembered {
     /// Whether `offered` may follow the remembered tree, and with which
     /// proof; why not, when it may not.
     pub(crate) fn judge(&self, offered: &TreeHead) -> Result<Judgement, String> {
+        if self.cosignatures > 0 {
+            let cosigned = crate::cosignature::cosigned_by(&offered.note, &self.witnesses)?;
+            if cosigned.len() < self.cosignatures {
+                return Err(format!(
+                    "the server's checkpoint of {} events carries {} of the {} witnesses' \
+                     cosignatures this runtime requires",
+                    offered.size,
+                    cosigned.len(),
+                    self.cosignatures
+                ));
+            }
+        }
         let Some(held) = &self.head else {
             return Ok(Judgement::ProveFrom(0));
         };
@@ -134,5 +150,48 @@ impl Remembered {
         self.origin = Some(offered.origin.clone());
         self.head = Some(offered);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cosignature::{Cosigner, verifier_key};
+
+    #[test]
+    fn a_checkpoint_without_the_cosignatures_required_is_refused_and_with_them_taken() {
+        let witness = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let text = "log.example/a\n3\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+        let mut note = Note::new(text.as_bytes(), &[]).unwrap();
+        let log = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let log_signer = Cosigner {
+            name: "other.example/w",
+            key: &log,
+            time: 1,
+        };
+        note.add_sigs(&[&log_signer]).unwrap();
+        let offered = |note: &Note| TreeHead {
+            origin: "log.example/a".into(),
+            size: 3,
+            root: [0; 32],
+            note: String::from_utf8(note.to_bytes()).unwrap(),
+        };
+        let remembered = Remembered {
+            witnesses: vec![verifier_key("witness.example/w1", &witness.verifying_key())],
+            cosignatures: 1,
+            ..Remembered::default()
+        };
+        let refused = remembered.judge(&offered(&note)).unwrap_err();
+        assert!(refused.contains("carries 0 of the 1"), "{refused}");
+        note.add_sigs(&[&Cosigner {
+            name: "witness.example/w1",
+            key: &witness,
+            time: 1_700_000_000,
+        }])
+        .unwrap();
+        assert_eq!(
+            remembered.judge(&offered(&note)),
+            Ok(Judgement::ProveFrom(0))
+        );
     }
 }

@@ -93,6 +93,22 @@ pub struct AgentArgs {
     /// /healthz says the state may be stale; 0 turns the check off.
     #[arg(long, env = "POLICYHUB_AGENT_MAX_CHECKPOINT_AGE", value_parser = humantime::parse_duration, default_value = "10m")]
     max_checkpoint_age: Duration,
+    /// A witness's verifier key, <name>+<key id>+<base64 key>; repeat for
+    /// several.
+    #[arg(
+        long = "witness",
+        env = "POLICYHUB_AGENT_WITNESSES",
+        value_delimiter = ','
+    )]
+    witnesses: Vec<String>,
+    /// Take a checkpoint only when this many of the --witness keys cosigned
+    /// it; one with fewer is refused as a forked history is.
+    #[arg(
+        long,
+        env = "POLICYHUB_AGENT_WITNESS_COSIGNATURES",
+        default_value_t = 0
+    )]
+    witness_cosignatures: usize,
 }
 
 /// The host name, the default runtime id.
@@ -154,6 +170,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .names(names.clone())
                 .runtime(runtime_id.clone(), args.labels.clone())
                 .max_checkpoint_age(max_checkpoint_age)
+                .witnesses(args.witnesses.clone(), args.witness_cosignatures)
                 // A refused token must not take the local API down: the
                 // verified state stays served while the token is fixed.
                 .retry_when_refused(true);

@@ -18,6 +18,10 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
             agent::run(*args).await?
         }
+        Command::Witness { args } => {
+            let _telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
+            witness::run(*args).await?
+        }
         Command::Migrate { config, overrides } => {
             let settings = Settings::load(config.as_deref(), &overrides)?;
             let _telemetry = crate::telemetry::init(settings.log_format)?;

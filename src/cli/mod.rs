@@ -50,6 +50,7 @@ mod sync;
 mod verify;
 mod verify_log;
 mod watch;
+mod witness;
 
 use connection::{AuthChannel, Connection};
 use failure::{Reply, Unusable, Usage, What};
@@ -111,6 +112,12 @@ enum Command {
     Agent {
         #[command(flatten)]
         args: Box<agent::AgentArgs>,
+    },
+    /// Witness logs (C2SP tlog-witness): cosign a log's checkpoint only when
+    /// its tree extends the last one cosigned.
+    Witness {
+        #[command(flatten)]
+        args: Box<witness::WitnessArgs>,
     },
     /// Apply pending database migrations and exit (serve also applies them).
     Migrate {

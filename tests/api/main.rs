@@ -40,3 +40,4 @@ mod subscriptions;
 mod sync;
 mod watch;
 mod webhooks;
+mod witness;

@@ -38,7 +38,7 @@ use crate::helpers::{free_port, policyhub_binary, spawn_binary_server_on};
 /// A 200 ms heartbeat on the server, and the same expectation on clients.
 const HEARTBEAT: Duration = Duration::from_millis(200);
 
-fn server_env() -> Vec<(&'static str, String)> {
+pub(crate) fn server_env() -> Vec<(&'static str, String)> {
     vec![(
         "POLICYHUB_WATCH__HEARTBEAT_INTERVAL",
         format!("{}ms", HEARTBEAT.as_millis()),
@@ -46,7 +46,7 @@ fn server_env() -> Vec<(&'static str, String)> {
 }
 
 /// Drafts and publishes `body` as the next version of team/`name`, active.
-async fn release(channel: &Channel, name: &str, body: serde_json::Value) -> u64 {
+pub(crate) async fn release(channel: &Channel, name: &str, body: serde_json::Value) -> u64 {
     let mut client = PolicyServiceClient::new(channel.clone());
     client
         .draft(proto::DraftRequest {
@@ -68,7 +68,7 @@ async fn release(channel: &Channel, name: &str, body: serde_json::Value) -> u64 
 /// Runs a subscription's event stream in a task: every state it puts in
 /// force (from the server or the cache) arrives on the first channel, and
 /// every event on the second.
-fn follow_events(
+pub(crate) fn follow_events(
     subscription: Subscription,
 ) -> (
     JoinHandle<()>,
@@ -101,7 +101,7 @@ fn follow(subscription: Subscription) -> (JoinHandle<()>, mpsc::UnboundedReceive
 }
 
 /// A subscription that learns the heartbeat interval from the server.
-fn quick(endpoint: &str) -> Subscription {
+pub(crate) fn quick(endpoint: &str) -> Subscription {
     Subscription::new(endpoint, "team").backoff(Duration::from_millis(100), Duration::from_secs(1))
 }
 
@@ -759,7 +759,7 @@ async fn a_namespace_of_twenty_large_policies_arrives_whole() {
 }
 
 /// Copies the SQLite database files of `from` into `to`, replacing any.
-fn copy_database(from: &Path, to: &Path) {
+pub(crate) fn copy_database(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(to).unwrap() {
         let path = entry.unwrap().path();
@@ -782,7 +782,10 @@ fn copy_database(from: &Path, to: &Path) {
 }
 
 /// Waits for a refusal of the server's history saying `says`.
-async fn history_refused(events: &mut mpsc::UnboundedReceiver<Event>, says: &str) -> u64 {
+pub(crate) async fn history_refused(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    says: &str,
+) -> u64 {
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match events.recv().await.expect("the subscription runs") {

@@ -70,6 +70,8 @@ impl Core {
             tree: Remembered {
                 origin: subscription.log_origin.clone(),
                 head: None,
+                witnesses: subscription.witnesses.clone(),
+                cosignatures: subscription.cosignatures,
             },
             cached_tree: None,
         };
