@@ -74,11 +74,11 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ListEvents { client, args } => {
             let (channel, output) = client.connect().await?;
-            inspect::events(channel, output, args).await?
+            history::events(channel, output, args).await?
         }
         Command::ListCheckpoints { client, limit } => {
             let (channel, output) = client.connect().await?;
-            inspect::checkpoints(channel, output, limit).await?
+            history::checkpoints(channel, output, limit).await?
         }
         Command::GetInclusionProof {
             client,

@@ -1,17 +1,15 @@
 //! The reading commands: `get-active`, `get-version`, `list-versions`,
-//! `list-policies`, `list-events`, `get-signing-keys`.
+//! `list-policies`, `get-signing-keys`, `whoami`, `auth can-i`.
 
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::args::{
-    Scope, parse_event_kind, parse_label, parse_namespace, parse_policy, parse_scope,
-};
+use super::args::{parse_label, parse_namespace, parse_policy};
 use super::connection::AuthChannel;
 use super::failure::{Reply, Unusable, Usage, What};
-use super::json::{self, event_kind_name, state_name};
+use super::json::{self, state_name};
 use super::output::{
     Output, Table, or_dash, print_message, requirement_pairs, requirements_text, short_digest,
     time_text, version_or_dash,
@@ -97,31 +95,6 @@ pub struct ListPoliciesArgs {
     /// Only this namespace; by default every namespace you may read.
     #[arg(value_parser = parse_namespace)]
     namespace: Option<Namespace>,
-    #[command(flatten)]
-    limit: Limit,
-}
-
-/// Arguments of `policyhub list-events`.
-#[derive(Debug, clap::Args)]
-pub struct ListEventsArgs {
-    /// Only this namespace, or this namespace/name; by default every
-    /// namespace you may read.
-    #[arg(value_parser = parse_scope)]
-    scope: Option<Scope>,
-    /// Only events of this kind, the API's EventKind in lower case with
-    /// dashes: draft-created, published, activated, rolled-back, schema-set,
-    /// key-rotated, rollout-started … schedule-paused. Repeat for several.
-    #[arg(long = "kind", value_parser = parse_event_kind)]
-    kinds: Vec<proto::EventKind>,
-    /// Only events of this actor (the subject, exactly).
-    #[arg(long)]
-    actor: Option<String>,
-    /// Only events at or after this instant (RFC 3339).
-    #[arg(long)]
-    since: Option<DateTime<Utc>>,
-    /// Only events at or before this instant (RFC 3339).
-    #[arg(long)]
-    until: Option<DateTime<Utc>>,
     #[command(flatten)]
     limit: Limit,
 }
@@ -469,126 +442,6 @@ pub async fn policies(
             version_or_dash(policy.draft_version),
             policy.latest_version.to_string(),
             if policy.schema.is_some() { "yes" } else { "no" }.to_owned(),
-        ]);
-    }
-    out!("{table}");
-    Ok(())
-}
-
-/// `policyhub events`.
-pub async fn events(
-    channel: AuthChannel,
-    output: Output,
-    args: ListEventsArgs,
-) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let (namespace, name) = match &args.scope {
-        None => (String::new(), String::new()),
-        Some(Scope::Namespace(namespace)) => (namespace.to_string(), String::new()),
-        Some(Scope::Policy(policy)) => (policy.namespace.to_string(), policy.name.to_string()),
-    };
-    let kinds: Vec<i32> = args.kinds.iter().map(|kind| *kind as i32).collect();
-    let events = collect(args.limit.limit, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListEventsRequest {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            kinds: kinds.clone(),
-            page_size,
-            page_token,
-            actor: args.actor.clone().unwrap_or_default(),
-            since: args.since.map(timestamp),
-            until: args.until.map(timestamp),
-        };
-        async move {
-            let page = client.list_events(request).await.reply("listing events")?;
-            Ok((page.events, page.next_page_token))
-        }
-    })
-    .await?;
-    if output == Output::Json {
-        print_message(&proto::ListEventsResponse {
-            events,
-            next_page_token: String::new(),
-        });
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "ID", "AT", "KIND", "POLICY", "VERSION", "REVISION", "ACTOR", "REASON",
-    ]);
-    for event in &events {
-        let policy = if event.namespace.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{}/{}", event.namespace, event.name)
-        };
-        let version = match (event.previous_version, event.new_version) {
-            (0, 0) => "-".to_owned(),
-            (0, new) => new.to_string(),
-            (previous, new) => format!("{previous} -> {}", version_or_dash(new)),
-        };
-        table.row(vec![
-            event.id.to_string(),
-            time_text(event.at),
-            event_kind_name(event.kind()).to_owned(),
-            policy,
-            version,
-            match event.revision {
-                0 => "-".to_owned(),
-                revision => revision.to_string(),
-            },
-            event.actor.clone(),
-            event.reason.lines().next().unwrap_or_default().to_owned(),
-        ]);
-    }
-    out!("{table}");
-    Ok(())
-}
-
-/// Up to `limit` checkpoints, newest first, page after page.
-pub async fn list_checkpoints(
-    client: &PolicyServiceClient<AuthChannel>,
-    limit: u32,
-) -> anyhow::Result<Vec<proto::Checkpoint>> {
-    collect(limit, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListCheckpointsRequest {
-            page_size,
-            page_token,
-        };
-        async move {
-            let page = client
-                .list_checkpoints(request)
-                .await
-                .reply("listing checkpoints")?;
-            Ok((page.checkpoints, page.next_page_token))
-        }
-    })
-    .await
-}
-
-/// `policyhub list-checkpoints`.
-pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let checkpoints = list_checkpoints(&client, limit.limit).await?;
-    if output == Output::Json {
-        print_message(&proto::ListCheckpointsResponse {
-            checkpoints,
-            next_page_token: String::new(),
-        });
-        return Ok(());
-    }
-    let mut table = Table::new(&["TIME", "REVISION", "LAST EVENT", "CHAIN HEAD", "KEY ID"]);
-    for checkpoint in &checkpoints {
-        table.row(vec![
-            checkpoint
-                .time
-                .map(|time| time.to_string())
-                .unwrap_or_default(),
-            checkpoint.revision.to_string(),
-            checkpoint.last_event_id.to_string(),
-            checkpoint.chain_head.clone(),
-            checkpoint.key_id.clone(),
         ]);
     }
     out!("{table}");

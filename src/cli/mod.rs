@@ -34,6 +34,7 @@ mod document;
 mod failure;
 mod fleet;
 mod health;
+mod history;
 mod inspect;
 mod json;
 mod lifecycle;
@@ -213,7 +214,7 @@ enum Command {
     #[command(visible_alias = "events")]
     ListEvents {
         #[command(flatten)]
-        args: inspect::ListEventsArgs,
+        args: history::ListEventsArgs,
         #[command(flatten)]
         client: Client,
     },
