@@ -59,11 +59,13 @@ pub enum EventKind {
     Imported,
     /// A webhook subscription was disabled after failing repeatedly.
     SubscriptionDisabled,
+    /// A runtime reported that it refused a version.
+    RuntimeRejected,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -88,6 +90,7 @@ impl EventKind {
         EventKind::ScheduleAlreadyActive,
         EventKind::Imported,
         EventKind::SubscriptionDisabled,
+        EventKind::RuntimeRejected,
     ];
 
     /// The name used in storage and in the API.
@@ -117,6 +120,7 @@ impl EventKind {
             EventKind::ScheduleAlreadyActive => "SCHEDULE_ALREADY_ACTIVE",
             EventKind::Imported => "IMPORTED",
             EventKind::SubscriptionDisabled => "SUBSCRIPTION_DISABLED",
+            EventKind::RuntimeRejected => "RUNTIME_REJECTED",
         }
     }
 

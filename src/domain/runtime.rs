@@ -126,13 +126,39 @@ pub enum RuntimeState {
 }
 
 /// What merging a report did to a runtime's record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merged {
     /// Outcomes older than those already held, left out.
     pub ignored: u32,
     /// Whether an outcome or the applied revision moved: more than
     /// `last_seen`.
     pub changed: bool,
+    /// The versions it turned to refusing: refused now, and not what it
+    /// refused before.
+    pub rejected: Vec<Rejection>,
+}
+
+/// A runtime's refusal of a version, to be recorded in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub namespace: Namespace,
+    pub runtime: RuntimeId,
+    /// The principal whose report it was.
+    pub subject: String,
+    pub policy: PolicyName,
+    pub version: u32,
+    /// The runtime's reason, as it reported it (bounded by the API).
+    pub error: String,
+}
+
+impl Rejection {
+    /// The reason its event records.
+    pub fn reason(&self) -> String {
+        format!(
+            "runtime {} rejected version {}: {}",
+            self.runtime, self.version, self.error
+        )
+    }
 }
 
 /// What became of one reported outcome.
@@ -186,12 +212,28 @@ impl RuntimeRecord {
         let mut merged = Merged {
             ignored: 0,
             changed: report.revision > self.applied_revision,
+            rejected: Vec::new(),
         };
         for (name, outcome) in &report.outcomes {
+            let refused_before = self.policies.get(name).is_some_and(|held| {
+                held.state == ApplyState::Rejected && held.version == outcome.version
+            });
             match self.keep(name, outcome, Some(now)) {
                 Kept::Older => merged.ignored += 1,
                 Kept::Held => {}
-                Kept::New => merged.changed = true,
+                Kept::New => {
+                    merged.changed = true;
+                    if outcome.state == ApplyState::Rejected && !refused_before {
+                        merged.rejected.push(Rejection {
+                            namespace: self.namespace.clone(),
+                            runtime: self.id.clone(),
+                            subject: self.subject.clone(),
+                            policy: name.clone(),
+                            version: outcome.version,
+                            error: outcome.error.clone(),
+                        });
+                    }
+                }
             }
         }
         self.applied_revision = self.applied_revision.max(report.revision);

@@ -46,7 +46,10 @@ use crate::config::RuntimeSettings;
 use crate::domain::{
     Error, Namespace, PolicyName, Result,
     rollout::{Progress, Rollout, progress},
-    runtime::{PolicyStatus, RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState, StatusReport},
+    runtime::{
+        PolicyStatus, Rejection, RuntimeId, RuntimeLabels, RuntimeRecord, RuntimeState,
+        StatusReport,
+    },
 };
 use crate::storage::{Flush, ReplicaHeartbeats, Repository, Saved};
 
@@ -71,6 +74,9 @@ struct Local {
     /// Whether this replica holds the stream or only received a report,
     /// and whether the record holds everything its row does.
     flush: Flush,
+    /// Versions it turned to refusing since the last flush, which records
+    /// them in the log.
+    rejected: Vec<Rejection>,
 }
 
 /// The fleet view of this replica; cheap to clone.
@@ -255,6 +261,7 @@ impl Fleet {
             streams: 0,
             dirty: true,
             flush: Flush::Held,
+            rejected: Vec::new(),
         });
         let stale = now - entry.record.last_seen > self.inner.stale_after;
         if entry.record.subject != arrival.subject && (entry.streams > 0 || !stale) {
@@ -329,6 +336,7 @@ impl Fleet {
                     return Err(held_by_other(&report.runtime, &entry.record.subject));
                 }
                 let merged = entry.record.merge(&report, Utc::now());
+                entry.rejected.extend(merged.rejected);
                 self.inner.instruments.reports.inc();
                 // While a stream of it is open here, this replica's
                 // heartbeat vouches for it: a report that changed nothing
@@ -356,31 +364,35 @@ impl Fleet {
         if stored.subject != subject {
             return Err(held_by_other(&report.runtime, &stored.subject));
         }
-        let ignored = stored.merge(&report, Utc::now()).ignored;
+        let merged = stored.merge(&report, Utc::now());
         let mut local = self.local();
         let entry = local.entry(key.clone()).or_insert_with(|| Local {
             record: stored.clone(),
             streams: 0,
             dirty: true,
             flush: Flush::ReportOnly,
+            rejected: Vec::new(),
         });
         entry.record.absorb(&stored);
+        entry.rejected.extend(merged.rejected);
         entry.dirty = true;
         self.inner.instruments.reports.inc();
         self.reflect(&local, &key);
-        Ok(ignored)
+        Ok(merged.ignored)
     }
 
     /// Writes what changed since the last flush, with this replica's
     /// heartbeat, and forgets runtimes that are gone from this replica.
     pub async fn flush(&self) -> Result<()> {
         let _turn = self.inner.stored_turn.lock().await;
+        let mut rejected = Vec::new();
         let batch: Vec<(RuntimeRecord, Flush)> = self
             .local()
             .values_mut()
             .filter(|entry| entry.dirty)
             .map(|entry| {
                 entry.dirty = false;
+                rejected.append(&mut entry.rejected);
                 (entry.record.clone(), entry.flush)
             })
             .collect();
@@ -388,6 +400,21 @@ impl Fleet {
             .iter()
             .map(|(record, _)| (record.namespace.clone(), record.id.clone()))
             .collect();
+        if let Err(error) = self.inner.repository.record_rejections(&rejected).await {
+            let mut local = self.local();
+            for rejection in rejected {
+                let key = (rejection.namespace.clone(), rejection.runtime.clone());
+                if let Some(entry) = local.get_mut(&key) {
+                    entry.rejected.push(rejection);
+                }
+            }
+            for key in &keys {
+                if let Some(entry) = local.get_mut(key) {
+                    entry.dirty = true;
+                }
+            }
+            return Err(error);
+        }
         let saved = self
             .inner
             .repository

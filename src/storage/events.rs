@@ -14,7 +14,7 @@ use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::{
     ActiveBundle, AsOf, Error, EventFilter, EventKind, EventRecord, NamespaceScope, Page,
-    PolicyRef, RequestContext, Result, VersionSelector, chain,
+    PolicyRef, RequestContext, Result, VersionSelector, chain, runtime::Rejection,
 };
 
 /// What an event says, beyond who, when and which request.
@@ -194,6 +194,47 @@ impl Transaction {
 }
 
 impl Repository {
+    /// Records each runtime's refusal of a version as a RUNTIME_REJECTED
+    /// event of its policy, by the runtime's principal, in one transaction.
+    /// A policy that no longer exists is passed over.
+    #[tracing::instrument(name = "storage.record_rejections", skip_all, fields(rejections = rejected.len()))]
+    pub async fn record_rejections(&self, rejected: &[Rejection]) -> Result<()> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        self.write("record_rejections", async |tx| {
+            for rejection in rejected {
+                let policy = PolicyRef {
+                    namespace: rejection.namespace.clone(),
+                    name: rejection.policy.clone(),
+                };
+                let row = match find_policy(&tx.txn, &policy).await {
+                    Ok(row) => row,
+                    Err(Error::NotFound(_)) => continue,
+                    Err(error) => return Err(error),
+                };
+                let record = EventRecord {
+                    id: 0,
+                    kind: EventKind::RuntimeRejected,
+                    policy: Some((policy.namespace.to_string(), policy.name.to_string())),
+                    actor: rejection.subject.clone(),
+                    at: tx.at(),
+                    reason: rejection.reason(),
+                    request_id: format!("runtime-{}", rejection.runtime),
+                    previous_version: None,
+                    new_version: Some(rejection.version),
+                    revision: None,
+                    key_id: None,
+                    rollout_id: None,
+                    hash: String::new(),
+                };
+                tx.append_event(record, Some(row.id)).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The audit log, newest first; the page token is the last event id.
     #[tracing::instrument(name = "storage.list_events", skip_all)]
     pub async fn list_events(

@@ -4,7 +4,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use policyhub::grpc::{
-    proto::{self, ApplyState, RuntimeState, bundle_service_client::BundleServiceClient},
+    proto::{
+        self, ApplyState, EventKind, RuntimeState, bundle_service_client::BundleServiceClient,
+    },
     watch_message::WatchActiveResponse,
 };
 use serde_json::json;
@@ -500,6 +502,27 @@ async fn a_rejected_version_is_not_sent_again(app: TestApp) {
     // The stream moves on only when a pointer moves: nothing but progress.
     let quiet = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
     assert!(quiet.is_err(), "nothing is resent: {quiet:?}");
+    // The refusal is recorded in the log, by the runtime's principal, once:
+    // reporting it again records nothing more.
+    let recorded = rejections_recorded(&app, 1).await;
+    assert_eq!(recorded[0].new_version, v2.version);
+    assert_eq!(
+        recorded[0].reason,
+        format!(
+            "runtime rt-1 rejected version {}: refused by the runtime",
+            v2.version
+        )
+    );
+    assert_eq!(recorded[0].actor, "anonymous");
+    report(
+        &app.bundle,
+        "team",
+        "rt-1",
+        2,
+        vec![rejected("limits", v2.version, "refused by the runtime")],
+    )
+    .await
+    .unwrap();
     // Resuming from the rejected revision does not resend it either.
     let mut resumed = app.watch("team", &[], 2).await;
     let first = next_message(&mut resumed).await;
@@ -512,6 +535,26 @@ async fn a_rejected_version_is_not_sent_again(app: TestApp) {
     assert_eq!(status.versions.len(), 1);
     assert_eq!(status.versions[0].rejected, 1);
     assert_eq!((status.active_version, status.pending), (3, 1));
+    assert_eq!(rejections_recorded(&app, 1).await.len(), 1, "recorded once");
+}
+
+/// The RUNTIME_REJECTED events of team/limits, once there are `count` of
+/// them (the fleet records them with its flush, every second here), and a
+/// flush later, so that one more would show.
+async fn rejections_recorded(app: &TestApp, count: usize) -> Vec<proto::Event> {
+    let recorded = || async {
+        app.events("team", "limits")
+            .await
+            .into_iter()
+            .filter(|event| event.kind() == EventKind::RuntimeRejected)
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorded().await.len() < count && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    recorded().await
 }
 
 async fn bad_runtime_requests_are_refused_and_change_nothing(app: TestApp) {

@@ -10,7 +10,7 @@ use policyhub::grpc::proto::{self, EventKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, spawn_on, stdout_lines};
+use crate::helpers::{Backend, TestApp, TestDatabase, bundles_of, spawn_on, stdout_lines};
 use crate::subscriptions::{create_request, subscriptions};
 
 /// The secret every test subscription signs with.
@@ -153,6 +153,50 @@ async fn events_after(app: &TestApp, skip: usize, kinds: &[EventKind]) -> Vec<pr
         .skip(skip)
         .filter(|event| kinds.contains(&event.kind()))
         .collect()
+}
+
+/// A runtime of team refuses the active version of limits; returns once
+/// the fleet's flush recorded it.
+async fn refuse_the_active_version(app: &TestApp) {
+    let mut bundle = app.bundle.clone();
+    let mut stream = bundle
+        .watch_active(proto::WatchActiveRequest {
+            namespace: "team".into(),
+            runtime: Some(proto::RuntimeIdentity {
+                id: "rt-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a snapshot");
+    let (_, active_version, _) = bundles_of(&first)[0].clone();
+    bundle
+        .report_status(proto::ReportStatusRequest {
+            namespace: "team".into(),
+            runtime_id: "rt-1".into(),
+            revision: first.revision,
+            policies: vec![proto::PolicyApplyStatus {
+                name: "limits".into(),
+                version: active_version,
+                state: proto::ApplyState::Rejected as i32,
+                error: "unknown field".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_events(app)
+        .await
+        .iter()
+        .any(|event| event.kind() == EventKind::RuntimeRejected)
+    {
+        assert!(Instant::now() < deadline, "no RUNTIME_REJECTED recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Every event of the log, oldest first.
@@ -301,6 +345,7 @@ async fn every_event_is_delivered_once_in_order_signed_and_a_cloudevent(database
         })
         .await
         .unwrap();
+    refuse_the_active_version(&app).await;
 
     let events = events_after(&app, before, &every_kind()).await;
     let expected = ids_of(&events);

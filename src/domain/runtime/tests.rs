@@ -75,7 +75,11 @@ fn the_newest_revision_wins_per_policy() {
             },
         )],
     };
-    let merged = |ignored, changed| Merged { ignored, changed };
+    let merged = |ignored, changed| Merged {
+        ignored,
+        changed,
+        rejected: Vec::new(),
+    };
     assert_eq!(runtime.merge(&report(5, 3), Utc::now()), merged(0, true));
     assert_eq!(runtime.merge(&report(4, 2), Utc::now()), merged(1, false));
     let seen = runtime.last_seen;
@@ -86,13 +90,32 @@ fn the_newest_revision_wins_per_policy() {
     );
     let mut rejected = report(5, 3);
     rejected.outcomes[0].1.state = ApplyState::Rejected;
+    rejected.outcomes[0].1.error = "unknown field".into();
+    let refusal = Rejection {
+        namespace: runtime.namespace.clone(),
+        runtime: runtime.id.clone(),
+        subject: runtime.subject.clone(),
+        policy: name.clone(),
+        version: 3,
+        error: "unknown field".into(),
+    };
     assert_eq!(
         runtime.merge(&rejected, Utc::now()),
-        merged(0, true),
-        "another state at the same revision is a change"
+        Merged {
+            rejected: vec![refusal],
+            ..merged(0, true)
+        },
+        "another state at the same revision is a change, and a refusal to record"
     );
     assert_eq!(runtime.policies[&name].version, 3);
     assert_eq!(runtime.applied_revision, 5);
+    let mut again = report(6, 3);
+    again.outcomes[0].1.state = ApplyState::Rejected;
+    assert_eq!(
+        runtime.merge(&again, Utc::now()),
+        merged(0, true),
+        "refusing the same version again is recorded once"
+    );
 }
 
 /// Two views of one runtime that hold different outcomes at one revision
