@@ -69,16 +69,33 @@ impl Cache {
 
     /// The last verified checkpoint note of the server's tree, if any.
     pub fn load_tree(&self) -> std::io::Result<Option<String>> {
-        match std::fs::read_to_string(self.tree_path()) {
-            Ok(note) => Ok(Some(note)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error),
-        }
+        read_if_any(&self.tree_path())
     }
 
     /// Keeps `note` as the last verified checkpoint note, atomically.
     pub fn save_tree(&self, note: &str) -> std::io::Result<()> {
         write_atomically(&self.tree_path(), note.as_bytes())
+    }
+
+    /// Where the leaf of the last restore taken is.
+    fn restore_path(&self) -> PathBuf {
+        self.path.with_extension("restore")
+    }
+
+    /// The leaf of the last restore of the server's log taken, if any.
+    pub fn load_restore(&self) -> std::io::Result<Option<u64>> {
+        read_if_any(&self.restore_path())?
+            .map(|text| {
+                text.trim()
+                    .parse()
+                    .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+            })
+            .transpose()
+    }
+
+    /// Keeps `leaf` as the last restore taken, atomically.
+    pub fn save_restore(&self, leaf: u64) -> std::io::Result<()> {
+        write_atomically(&self.restore_path(), leaf.to_string().as_bytes())
     }
 
     /// The cached state and its JWKS, verified again; `Ok(None)` when there
@@ -179,4 +196,13 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)?;
     // The rename itself is durable once the directory is.
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// The text of `path`, or `None` when there is no such file.
+fn read_if_any(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
 }

@@ -114,6 +114,20 @@ pub enum Event {
         /// The backoff before the next attempt.
         retry_in: Duration,
     },
+    /// The server's log does not extend the tree verified last, and it
+    /// proved that it records a restore its operator declared (a RESTORED
+    /// event, newer than any restore taken before): its tree is taken from
+    /// now on and the subscription goes on. Raise it to the people who run
+    /// the fleet: a restore loses history, and only an operator (or whoever
+    /// holds the server's signing key) can declare one.
+    HistoryRestored {
+        /// The operator's reason, as recorded.
+        reason: String,
+        /// The size of the tree verified before.
+        from_size: u64,
+        /// The size of the restored tree taken.
+        to_size: u64,
+    },
     /// The server refused the credentials (`UNAUTHENTICATED`, or
     /// `PERMISSION_DENIED` for the namespace) of a subscription that
     /// [retries refusals](crate::Subscription::retry_when_refused): the

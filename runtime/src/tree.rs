@@ -4,7 +4,9 @@
 //! accepted only with an RFC 9162 consistency proof from the remembered
 //! one; a smaller tree, another tree of the same size, or a tree the proof
 //! does not tie to the remembered one is a history wound back or forked:
-//! refused, and the state in force stays.
+//! refused, and the state in force stays, unless the server proves that
+//! its tree records a restore an operator declared (a RESTORED event)
+//! after any restore taken before: then it is taken, and said.
 
 use base64::Engine as _;
 use signed_note::{Note, StandardVerifier, Verifier, VerifierList};
@@ -73,6 +75,19 @@ pub(crate) enum Judgement {
     Same,
     /// A larger tree: accept it with a consistency proof from this size.
     ProveFrom(u64),
+    /// A tree that cannot extend the one held (why): wound back, or
+    /// forked at the same size; refused unless it records a restore.
+    Diverges(String),
+}
+
+/// The proof that a tree records a restore: the RESTORED event's canonical
+/// form, its leaf, and its inclusion proof in the tree of `tree_size`.
+#[derive(Debug, Clone)]
+pub(crate) struct RestoreProof {
+    pub(crate) canonical: String,
+    pub(crate) leaf_index: u64,
+    pub(crate) tree_size: u64,
+    pub(crate) hashes: Vec<[u8; 32]>,
 }
 
 /// The tree a runtime verified last.
@@ -85,6 +100,8 @@ pub(crate) struct Remembered {
     /// cosigned a checkpoint before it is taken.
     pub(crate) witnesses: Vec<String>,
     pub(crate) cosignatures: usize,
+    /// The leaf of the last restore taken: an older one is not taken again.
+    pub(crate) restored_through: Option<u64>,
 }
 
 impl Remembered {
@@ -113,17 +130,17 @@ impl Remembered {
             ));
         }
         match offered.size.cmp(&held.size) {
-            std::cmp::Ordering::Less => Err(format!(
+            std::cmp::Ordering::Less => Ok(Judgement::Diverges(format!(
                 "the server's log of {} events is smaller than the {} this runtime verified: \
                  its history was wound back",
                 offered.size, held.size
-            )),
+            ))),
             std::cmp::Ordering::Equal if offered.root == held.root => Ok(Judgement::Same),
-            std::cmp::Ordering::Equal => Err(format!(
+            std::cmp::Ordering::Equal => Ok(Judgement::Diverges(format!(
                 "the server's log of {} events is not the one of {} events this runtime \
                  verified: a forked history",
                 offered.size, held.size
-            )),
+            ))),
             std::cmp::Ordering::Greater => Ok(Judgement::ProveFrom(held.size)),
         }
     }
@@ -150,6 +167,49 @@ impl Remembered {
         self.origin = Some(offered.origin.clone());
         self.head = Some(offered);
         Ok(())
+    }
+
+    /// Takes `offered`, a tree that does not extend the remembered one,
+    /// when `restore` proves that it records a restore newer than any
+    /// taken before; returns the operator's reason for it.
+    pub(crate) fn restore(
+        &mut self,
+        offered: TreeHead,
+        restore: &RestoreProof,
+    ) -> Result<String, String> {
+        if restore.tree_size != offered.size {
+            return Err(format!(
+                "the restore is proven in a tree of {} events, not the {} offered",
+                restore.tree_size, offered.size
+            ));
+        }
+        if self
+            .restored_through
+            .is_some_and(|through| restore.leaf_index <= through)
+        {
+            return Err(format!(
+                "the restore it records (leaf {}) is not newer than the one taken before",
+                restore.leaf_index
+            ));
+        }
+        let event: serde_json::Value = serde_json::from_str(&restore.canonical)
+            .map_err(|error| format!("the restore's event is not JSON: {error}"))?;
+        if event["kind"] != "RESTORED" {
+            return Err("the event proven is not a restore".into());
+        }
+        let proof: Vec<Hash> = restore.hashes.iter().map(|hash| Hash(*hash)).collect();
+        tlog_tiles::check_record(
+            &proof,
+            offered.size,
+            Hash(offered.root),
+            restore.leaf_index,
+            tlog_tiles::record_hash(restore.canonical.as_bytes()),
+        )
+        .map_err(|_| "the restore's inclusion proof does not verify".to_owned())?;
+        self.restored_through = Some(restore.leaf_index);
+        self.origin = Some(offered.origin.clone());
+        self.head = Some(offered);
+        Ok(event["reason"].as_str().unwrap_or_default().to_owned())
     }
 }
 
@@ -193,5 +253,63 @@ mod tests {
             remembered.judge(&offered(&note)),
             Ok(Judgement::ProveFrom(0))
         );
+    }
+
+    /// A tree of two events, the second a restore: its head, and the proof
+    /// of the restore (leaf 1) in it.
+    fn restored_tree(kind: &str) -> (TreeHead, RestoreProof) {
+        let first = tlog_tiles::record_hash(b"{\"kind\":\"ACTIVATED\"}");
+        let canonical = format!(r#"{{"kind":"{kind}","reason":"disk lost"}}"#);
+        let root = tlog_tiles::node_hash(first, tlog_tiles::record_hash(canonical.as_bytes()));
+        let head = TreeHead {
+            origin: "log.example/a".into(),
+            size: 2,
+            root: root.0,
+            note: String::new(),
+        };
+        let proof = RestoreProof {
+            canonical,
+            leaf_index: 1,
+            tree_size: 2,
+            hashes: vec![first.0],
+        };
+        (head, proof)
+    }
+
+    #[test]
+    fn a_proven_restore_is_taken_once_and_anything_else_refused() {
+        let held = || Remembered {
+            origin: Some("log.example/a".into()),
+            head: Some(TreeHead {
+                origin: "log.example/a".into(),
+                size: 5,
+                root: [7; 32],
+                note: String::new(),
+            }),
+            ..Remembered::default()
+        };
+        let (offered, restore) = restored_tree("RESTORED");
+        assert!(matches!(
+            held().judge(&offered),
+            Ok(Judgement::Diverges(reason)) if reason.contains("wound back")
+        ));
+
+        let (other, not_a_restore) = restored_tree("ACTIVATED");
+        let refused = held().restore(other, &not_a_restore).unwrap_err();
+        assert!(refused.contains("not a restore"), "{refused}");
+        let mut tampered = restore.clone();
+        tampered.hashes[0][0] ^= 1;
+        let refused = held().restore(offered.clone(), &tampered).unwrap_err();
+        assert!(refused.contains("does not verify"), "{refused}");
+
+        let mut remembered = held();
+        assert_eq!(
+            remembered.restore(offered.clone(), &restore),
+            Ok("disk lost".to_owned())
+        );
+        assert_eq!(remembered.head.as_ref().map(|head| head.size), Some(2));
+        assert_eq!(remembered.restored_through, Some(1));
+        let refused = remembered.restore(offered, &restore).unwrap_err();
+        assert!(refused.contains("not newer"), "{refused}");
     }
 }

@@ -94,6 +94,20 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 followed.set_connected(false);
                 followed.history_refusals.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(Event::HistoryRestored {
+                reason,
+                from_size,
+                to_size,
+            }) => {
+                tracing::warn!(
+                    namespace = followed.namespace,
+                    %reason,
+                    from_size,
+                    to_size,
+                    "took the server's restored history, as its operator declared"
+                );
+                followed.history_restores.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, namespace = followed.namespace, "the subscription was refused for good");

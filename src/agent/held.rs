@@ -83,6 +83,8 @@ pub struct Followed {
     pub refusals: AtomicU64,
     /// Histories of the server refused: wound back or forked.
     pub history_refusals: AtomicU64,
+    /// Restored histories taken, as their operators declared.
+    pub history_restores: AtomicU64,
     pub revoker: Revoker,
 }
 
@@ -163,6 +165,7 @@ impl Held {
             rejections: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             history_refusals: AtomicU64::new(0),
+            history_restores: AtomicU64::new(0),
             revoker,
         });
         self.namespaces

@@ -16,6 +16,9 @@
 //! - `policyhub_agent_history_refusals_total{namespace}`: histories the
 //!   server showed that do not extend the log's tree verified last (wound
 //!   back or forked; the state in force stays meanwhile);
+//! - `policyhub_agent_history_restores_total{namespace}`: restored
+//!   histories taken because the server proved that its operator declared
+//!   the restore (raise it: a restore loses history);
 //! - `policyhub_agent_accept_errors_total{port}` and
 //!   `policyhub_agent_connections_refused_total{port}`: failed accepts and
 //!   connections over `--api-max-connections` on the `api` and `metrics`
@@ -64,6 +67,7 @@ pub struct Exposition {
     rejections: Family<NamespaceLabel, Counter>,
     refusals: Family<NamespaceLabel, Counter>,
     history_refusals: Family<NamespaceLabel, Counter>,
+    history_restores: Family<NamespaceLabel, Counter>,
 }
 
 impl Exposition {
@@ -82,6 +86,7 @@ impl Exposition {
             rejections: Family::default(),
             refusals: Family::default(),
             history_refusals: Family::default(),
+            history_restores: Family::default(),
         };
         registry.register(
             "revision",
@@ -122,6 +127,11 @@ impl Exposition {
             "history_refusals",
             "Histories the server showed that do not extend the log's tree verified last (wound back or forked); the state in force stays",
             exposition.history_refusals.clone(),
+        );
+        registry.register(
+            "history_restores",
+            "Restored histories taken because the server proved that its operator declared the restore (a RESTORED event)",
+            exposition.history_restores.clone(),
         );
         registry.register(
             "accept_errors",
@@ -176,6 +186,10 @@ impl Exposition {
             count(
                 &self.history_refusals.get_or_create(&label),
                 followed.history_refusals.load(Ordering::Relaxed),
+            );
+            count(
+                &self.history_restores.get_or_create(&label),
+                followed.history_restores.load(Ordering::Relaxed),
             );
         }
         crate::metrics::encode_registry(&self.registry)

@@ -202,6 +202,28 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::RecordRestore { client, reason } => {
+            let (channel, output) = client.connect().await?;
+            let recorded =
+                crate::grpc::proto::policy_service_client::PolicyServiceClient::new(channel)
+                    .record_restore(crate::grpc::proto::RecordRestoreRequest { reason })
+                    .await
+                    .reply("recording the restore")?;
+            if output == Output::Json {
+                output::print_message(&recorded);
+            } else {
+                let (event, checkpoint) = (
+                    recorded.event.unwrap_or_default(),
+                    recorded.checkpoint.unwrap_or_default(),
+                );
+                outln!(
+                    "restore recorded as event {}; a checkpoint at revision {} signs the log's \
+                     tree over it",
+                    event.id,
+                    checkpoint.revision
+                );
+            }
+        }
         Command::VerifyLog {
             client,
             filename: Some(file),

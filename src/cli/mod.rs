@@ -383,6 +383,18 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Declare this deployment restored from a backup (admin in every
+    /// namespace): records a RESTORED event and signs a checkpoint over it,
+    /// so that runtimes which saw the history the backup lost accept the
+    /// restored log, and say so, instead of refusing it.
+    RecordRestore {
+        #[command(flatten)]
+        client: Client,
+        /// What was restored, and why; recorded in the event log and shown
+        /// by every runtime that accepts the restored log.
+        #[arg(long)]
+        reason: String,
+    },
     /// Verify the hash chain of the whole event log, from the first event to
     /// the last, and every signed checkpoint (reader in every namespace);
     /// exits 1 naming the first event that does not follow the one before

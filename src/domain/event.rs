@@ -61,11 +61,13 @@ pub enum EventKind {
     SubscriptionDisabled,
     /// A runtime reported that it refused a version.
     RuntimeRejected,
+    /// An operator declared the deployment restored from a backup.
+    Restored,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -91,6 +93,7 @@ impl EventKind {
         EventKind::Imported,
         EventKind::SubscriptionDisabled,
         EventKind::RuntimeRejected,
+        EventKind::Restored,
     ];
 
     /// The name used in storage and in the API.
@@ -121,6 +124,7 @@ impl EventKind {
             EventKind::Imported => "IMPORTED",
             EventKind::SubscriptionDisabled => "SUBSCRIPTION_DISABLED",
             EventKind::RuntimeRejected => "RUNTIME_REJECTED",
+            EventKind::Restored => "RESTORED",
         }
     }
 

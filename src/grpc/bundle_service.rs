@@ -316,6 +316,27 @@ impl BundleService for BundleApi {
         }))
     }
 
+    async fn get_restore_proof(
+        &self,
+        request: Request<proto::GetRestoreProofRequest>,
+    ) -> Result<Response<proto::GetRestoreProofResponse>, Status> {
+        identify(&request)?
+            .caller()
+            .authorize_anywhere(Rpc::GetRestoreProof)?;
+        let proof = self
+            .hub
+            .restore_proof(request.into_inner().tree_size)
+            .await?;
+        Ok(Response::new(proto::GetRestoreProofResponse {
+            event: Some(convert::event(&proof.event)),
+            canonical_event: proof.canonical,
+            leaf_index: proof.leaf_index,
+            tree_size: proof.tree_size,
+            hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
+            checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
+        }))
+    }
+
     async fn report_status(
         &self,
         request: Request<proto::ReportStatusRequest>,

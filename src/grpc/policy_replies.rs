@@ -247,3 +247,14 @@ pub(super) fn inclusion_proof(proof: &InclusionProof) -> proto::GetInclusionProo
         checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
     }
 }
+
+/// A declared restore as its reply.
+pub(super) fn restore(
+    event: &EventRecord,
+    checkpoint: &Checkpoint,
+) -> proto::RecordRestoreResponse {
+    proto::RecordRestoreResponse {
+        event: Some(convert::event(event)),
+        checkpoint: Some(convert::checkpoint(checkpoint)),
+    }
+}

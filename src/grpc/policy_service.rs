@@ -341,6 +341,16 @@ impl PolicyService for PolicyApi {
         }))
     }
 
+    async fn record_restore(
+        &self,
+        request: Request<proto::RecordRestoreRequest>,
+    ) -> Reply<proto::RecordRestoreResponse> {
+        let context = identify(&request)?.authorize_everywhere(Rpc::RecordRestore)?;
+        let reason = self.limits.text("reason", request.into_inner().reason)?;
+        let (event, checkpoint) = self.hub.record_restore(&context, &reason).await?;
+        Ok(Response::new(reply::restore(&event, &checkpoint)))
+    }
+
     async fn list_runtimes(
         &self,
         request: Request<proto::ListRuntimesRequest>,

@@ -1,9 +1,12 @@
 //! Proofs of the log's Merkle tree: an event's inclusion, one tree's
 //! consistency with an older one, in the tree of a given size or of the
-//! newest checkpoint.
+//! newest checkpoint; and the restores an operator declares in it.
+
+use std::time::Duration;
 
 use crate::domain::log::{ConsistencyProof, InclusionProof, signed_size};
-use crate::domain::{Error, Result};
+use crate::domain::{Error, EventKind, EventRecord, RequestContext, Result};
+use crate::storage::NewEvent;
 
 use super::PolicyHub;
 use crate::domain::chain::Checkpoint;
@@ -63,5 +66,43 @@ impl PolicyHub {
             hashes,
             checkpoint,
         })
+    }
+
+    /// Declares the deployment restored from a backup: a RESTORED event,
+    /// and at once a checkpoint whose tree includes it (watch messages
+    /// carry it from then on).
+    #[tracing::instrument(name = "hub.record_restore", skip_all)]
+    pub async fn record_restore(
+        &self,
+        context: &RequestContext,
+        reason: &str,
+    ) -> Result<(EventRecord, Checkpoint)> {
+        if reason.trim().is_empty() {
+            return Err(Error::invalid(
+                "reason",
+                "is required: say what was restored, and why",
+            ));
+        }
+        self.repository
+            .write("record_restore", async |tx| {
+                tx.record_event(context, None, NewEvent::new(EventKind::Restored, reason))
+                    .await
+            })
+            .await?;
+        let checkpoint = self.refresh_checkpoint(Duration::ZERO).await?;
+        let proof = self.restore_proof(0).await?;
+        Ok((proof.event, checkpoint))
+    }
+
+    /// The newest restore recorded in the tree of `tree_size` leaves (0:
+    /// the newest checkpoint's), with its inclusion proof.
+    pub async fn restore_proof(&self, tree_size: u64) -> Result<InclusionProof> {
+        let (size, _) = self.proven_tree(tree_size).await?;
+        let Some(event_id) = self.repository.newest_restore_within(size).await? else {
+            return Err(Error::NotFound(format!(
+                "no restore is recorded in the log's tree of {size} leaves"
+            )));
+        };
+        self.inclusion_proof(event_id, tree_size).await
     }
 }

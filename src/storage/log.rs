@@ -17,7 +17,7 @@ use super::events::record;
 use super::rows::{db_revision, revision};
 use super::transaction::{Repository, Transaction};
 use crate::domain::log::{self, Hash, Reads};
-use crate::domain::{Error, EventRecord, Result, chain};
+use crate::domain::{Error, EventKind, EventRecord, Result, chain};
 
 /// How many leaves the tree has.
 pub(super) async fn tree_size<C: ConnectionTrait>(db: &C) -> Result<u64> {
@@ -155,6 +155,25 @@ impl Repository {
         position
             .map(|position| log::size_after_leaf_at(revision(position)) - 1)
             .ok_or_else(|| Error::NotFound(format!("event {event_id} is not in the log")))
+    }
+
+    /// The newest RESTORED event among the tree's first `size` leaves.
+    pub async fn newest_restore_within(&self, size: u64) -> Result<Option<u64>> {
+        self.within_tree(size).await?;
+        let restores: Vec<i64> = events::Entity::find()
+            .select_only()
+            .column(events::Column::Id)
+            .filter(events::Column::Kind.eq(EventKind::Restored.as_str()))
+            .order_by(events::Column::Id, Order::Desc)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for id in restores.into_iter().map(revision) {
+            if self.leaf_of(id).await? < size {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     /// Event `event_id`, its canonical form and its leaf's index.

@@ -310,6 +310,19 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
                 .map(drop),
         ),
         (
+            "namespace admin declares the deployment restored",
+            app.policy
+                .clone()
+                .record_restore(with_token(
+                    proto::RecordRestoreRequest {
+                        reason: "restored".into(),
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
             "namespace admin takes a backup of every namespace",
             app.policy
                 .clone()

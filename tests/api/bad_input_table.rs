@@ -252,6 +252,32 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "GetRestoreProof: no restore recorded",
+        Code::NotFound,
+        bundle.get_restore_proof(proto::GetRestoreProofRequest { tree_size: 0 })
+    );
+    row!(
+        "GetRestoreProof: a tree larger than the log",
+        Code::InvalidArgument,
+        bundle.get_restore_proof(proto::GetRestoreProofRequest {
+            tree_size: u64::MAX
+        })
+    );
+    row!(
+        "RecordRestore: no reason",
+        Code::InvalidArgument,
+        policy.record_restore(proto::RecordRestoreRequest {
+            reason: "  ".into()
+        })
+    );
+    row!(
+        "RecordRestore: reason too long",
+        Code::InvalidArgument,
+        policy.record_restore(proto::RecordRestoreRequest {
+            reason: "r".repeat(100_000)
+        })
+    );
+    row!(
         "ListPolicies: bad namespace",
         Code::InvalidArgument,
         policy.list_policies(proto::ListPoliciesRequest {

@@ -28,8 +28,8 @@ mod observability;
 mod oidc;
 mod operations;
 mod races;
-
 mod requirements;
+mod restore;
 mod rollout_binary;
 mod rollouts;
 mod runtime_library;

@@ -346,6 +346,12 @@ async fn every_event_is_delivered_once_in_order_signed_and_a_cloudevent(database
         .await
         .unwrap();
     refuse_the_active_version(&app).await;
+    policy
+        .record_restore(proto::RecordRestoreRequest {
+            reason: "restored last night's backup".into(),
+        })
+        .await
+        .unwrap();
 
     let events = events_after(&app, before, &every_kind()).await;
     let expected = ids_of(&events);

@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
+use tonic::Code;
+
 use super::connection::{Client, Failure, Gone, Outlet, fetch_jwks};
 use super::reporter::Reporter;
 use crate::bundle::{self, Envelope, Jwks};
@@ -16,7 +18,7 @@ use crate::proto::{
 use crate::revoke::{Revocation, RevokeError};
 use crate::state::{Revision, Source, State, VerifiedBundle};
 use crate::subscription::Subscription;
-use crate::tree::{Judgement, Remembered, verify_note};
+use crate::tree::{Judgement, Remembered, RestoreProof, TreeHead, verify_note};
 
 /// What the subscription holds between sessions.
 pub(super) struct Core {
@@ -72,6 +74,7 @@ impl Core {
                 head: None,
                 witnesses: subscription.witnesses.clone(),
                 cosignatures: subscription.cosignatures,
+                restored_through: None,
             },
             cached_tree: None,
         };
@@ -80,6 +83,10 @@ impl Core {
         };
         core.cached_tree = cache.load_tree().unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the cached tree of the server's log");
+            None
+        });
+        core.tree.restored_through = cache.load_restore().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the cached restore of the server's log");
             None
         });
         let event = match cache.load() {
@@ -149,14 +156,16 @@ impl Core {
 
     /// Follows the server's log's tree from a checkpoint's note: the first
     /// one verified is remembered; a newer tree only with a consistency
-    /// proof from the remembered one, fetched from the server; anything
-    /// else is a history refused. The tree remembered is cached.
+    /// proof from the remembered one, fetched from the server; a tree that
+    /// does not extend it only when the server proves that it records a
+    /// restore (said by the event returned); anything else is a history
+    /// refused. The tree remembered is cached.
     pub(super) async fn follow_tree(
         &mut self,
         checkpoint: &proto::Checkpoint,
         client: &mut Client,
         subscription: &Subscription,
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<Event>, Failure> {
         if let Some(note) = self.cached_tree.take() {
             match verify_note(&note, self.tree.origin.as_deref(), &self.jwks) {
                 Ok(head) => {
@@ -173,7 +182,7 @@ impl Core {
                 .as_ref()
                 .is_some_and(|head| head.note == checkpoint.note)
         {
-            return Ok(());
+            return Ok(None);
         }
         let offered = match verify_note(&checkpoint.note, self.tree.origin.as_deref(), &self.jwks) {
             Ok(head) => head,
@@ -185,8 +194,13 @@ impl Core {
             }
         };
         let old_size = match self.tree.judge(&offered).map_err(Failure::History)? {
-            Judgement::Same => return Ok(()),
+            Judgement::Same => return Ok(None),
             Judgement::ProveFrom(old_size) => old_size,
+            Judgement::Diverges(reason) => {
+                return self
+                    .take_restore(offered, reason, client, subscription)
+                    .await;
+            }
         };
         let proof = if self.tree.head.is_none() {
             Vec::new()
@@ -201,20 +215,77 @@ impl Core {
                 .into_inner()
                 .hashes
         };
-        let proof = proof
-            .into_iter()
-            .map(<[u8; 32]>::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Failure::History("a consistency proof of malformed hashes".into()))?;
-        self.tree
-            .extend(offered, &proof)
-            .map_err(Failure::History)?;
-        if let (Some(cache), Some(head)) = (&self.cache, &self.tree.head)
-            && let Err(error) = cache.save_tree(&head.note)
-        {
+        let proof = hashes(proof).map_err(Failure::History)?;
+        if let Err(reason) = self.tree.extend(offered.clone(), &proof) {
+            return self
+                .take_restore(offered, reason, client, subscription)
+                .await;
+        }
+        self.remember_tree(subscription);
+        Ok(None)
+    }
+
+    /// Takes `offered`, a tree that does not extend the one verified last
+    /// (`diverges` says how), when the server proves that it records a
+    /// restore newer than any taken before; refuses it otherwise.
+    async fn take_restore(
+        &mut self,
+        offered: TreeHead,
+        diverges: String,
+        client: &mut Client,
+        subscription: &Subscription,
+    ) -> Result<Option<Event>, Failure> {
+        let (from_size, to_size) = (self.verified_size(), offered.size);
+        let answer = client
+            .get_restore_proof(proto::GetRestoreProofRequest { tree_size: to_size })
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer.into_inner(),
+            // No restore recorded (or a server from before restores).
+            Err(status) if matches!(status.code(), Code::NotFound | Code::Unimplemented) => {
+                return Err(Failure::History(diverges));
+            }
+            Err(status) => return Err(Failure::from_status(status)),
+        };
+        let restore = RestoreProof {
+            canonical: answer.canonical_event,
+            leaf_index: answer.leaf_index,
+            tree_size: answer.tree_size,
+            hashes: hashes(answer.hashes).map_err(Failure::History)?,
+        };
+        let reason = self
+            .tree
+            .restore(offered, &restore)
+            .map_err(|refused| Failure::History(format!("{diverges}; {refused}")))?;
+        self.remember_tree(subscription);
+        tracing::warn!(
+            namespace = %subscription.namespace,
+            from_size,
+            to_size,
+            %reason,
+            "took the server's restored history, as its operator declared"
+        );
+        Ok(Some(Event::HistoryRestored {
+            reason,
+            from_size,
+            to_size,
+        }))
+    }
+
+    /// Caches the tree verified last, and the last restore taken.
+    fn remember_tree(&self, subscription: &Subscription) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let saved = self.tree.head.as_ref().map_or(Ok(()), |head| {
+            cache.save_tree(&head.note)?;
+            self.tree
+                .restored_through
+                .map_or(Ok(()), |leaf| cache.save_restore(leaf))
+        });
+        if let Err(error) = saved {
             tracing::warn!(%error, namespace = %subscription.namespace, "cannot cache the server's tree");
         }
-        Ok(())
     }
 
     /// Verifies one bundle of the stream; a key unknown to the JWKS makes
@@ -480,4 +551,13 @@ impl Core {
             ),
         }
     }
+}
+
+/// The 32-byte hashes of a proof the server sent.
+fn hashes(proof: Vec<Vec<u8>>) -> Result<Vec<[u8; 32]>, String> {
+    proof
+        .into_iter()
+        .map(<[u8; 32]>::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|_| "a proof of malformed hashes".to_owned())
 }

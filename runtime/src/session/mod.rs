@@ -247,8 +247,12 @@ where
             Ok(Ok(Some(message))) => message,
         };
         if let Some(checkpoint) = &message.checkpoint {
-            core.follow_tree(checkpoint, &mut client, subscription)
-                .await?;
+            if let Some(restored) = core
+                .follow_tree(checkpoint, &mut client, subscription)
+                .await?
+            {
+                outlet.emit(restored).await?;
+            }
             if let Some(fresh) = core.checkpoint(checkpoint, &mut client).await? {
                 outlet.emit(fresh).await?;
             }

@@ -114,6 +114,7 @@ pub enum Rpc {
     WatchActive,
     GetSigningKeys,
     GetConsistencyProof,
+    GetRestoreProof,
     RotateSigningKey,
     ReportStatus,
     ReportStatusStream,
@@ -134,6 +135,7 @@ pub enum Rpc {
     ResumeSchedule,
     DeleteSchedule,
     Backup,
+    RecordRestore,
     Export,
     Import,
     CreateSubscription,
@@ -147,7 +149,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 47] = [
+    pub const ALL: [Rpc; 49] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -166,6 +168,7 @@ impl Rpc {
         Rpc::WatchActive,
         Rpc::GetSigningKeys,
         Rpc::GetConsistencyProof,
+        Rpc::GetRestoreProof,
         Rpc::RotateSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
@@ -186,6 +189,7 @@ impl Rpc {
         Rpc::ResumeSchedule,
         Rpc::DeleteSchedule,
         Rpc::Backup,
+        Rpc::RecordRestore,
         Rpc::Export,
         Rpc::Import,
         Rpc::CreateSubscription,
@@ -219,6 +223,7 @@ impl Rpc {
                 | Rpc::ResumeSchedule
                 | Rpc::DeleteSchedule
                 | Rpc::Import
+                | Rpc::RecordRestore
                 | Rpc::CreateSubscription
                 | Rpc::UpdateSubscription
                 | Rpc::DeleteSubscription
@@ -233,8 +238,10 @@ impl Rpc {
             self,
             Rpc::GetSigningKeys
                 | Rpc::GetConsistencyProof
+                | Rpc::GetRestoreProof
                 | Rpc::RotateSigningKey
                 | Rpc::Backup
+                | Rpc::RecordRestore
                 | Rpc::Import
                 | Rpc::ListCheckpoints
         )
@@ -255,6 +262,7 @@ impl Rpc {
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
             | Rpc::GetConsistencyProof
+            | Rpc::GetRestoreProof
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
             | Rpc::ListRuntimes
@@ -285,7 +293,11 @@ impl Rpc {
             | Rpc::TestSubscription
             | Rpc::ListDeliveries => Role::Operator,
             Rpc::ApproveRollout => Role::Approver,
-            Rpc::SetSchema | Rpc::RotateSigningKey | Rpc::Backup | Rpc::Import => Role::Admin,
+            Rpc::SetSchema
+            | Rpc::RotateSigningKey
+            | Rpc::Backup
+            | Rpc::RecordRestore
+            | Rpc::Import => Role::Admin,
         }
     }
 }
