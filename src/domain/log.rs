@@ -140,6 +140,17 @@ pub struct InclusionProof {
     pub checkpoint: Option<Checkpoint>,
 }
 
+/// That a bundle a runtime holds is in the log: its version's PUBLISHED
+/// event and the event that made it active at its revision, proven in one
+/// tree.
+#[derive(Debug, Clone)]
+pub struct BundleProof {
+    /// The version's PUBLISHED event.
+    pub published: InclusionProof,
+    /// The ACTIVATED or ROLLED_BACK event of the revision.
+    pub activated: InclusionProof,
+}
+
 /// That a tree extends an older one.
 #[derive(Debug, Clone)]
 pub struct ConsistencyProof {

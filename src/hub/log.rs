@@ -1,9 +1,9 @@
-//! Proofs of the log's Merkle tree: an event's inclusion, one tree's
-//! consistency with an older one, in the tree of a given size or of the
-//! newest checkpoint.
+//! Proofs of the log's Merkle tree: an event's inclusion, a bundle's
+//! events' inclusion, one tree's consistency with an older one, in the
+//! tree of a given size or of the newest checkpoint.
 
-use crate::domain::log::{ConsistencyProof, InclusionProof, signed_size};
-use crate::domain::{Error, Result};
+use crate::domain::log::{BundleProof, ConsistencyProof, InclusionProof, signed_size};
+use crate::domain::{Error, EventRecord, PolicyRef, Result};
 
 use super::PolicyHub;
 use crate::domain::chain::Checkpoint;
@@ -29,8 +29,51 @@ impl PolicyHub {
     /// Event `event_id` and the proof of its leaf in the tree of `tree_size`
     /// leaves (0: the newest checkpoint's).
     pub async fn inclusion_proof(&self, event_id: u64, tree_size: u64) -> Result<InclusionProof> {
-        let (event, canonical, leaf_index) = self.repository.event_leaf(event_id).await?;
+        let leaf = self.repository.event_leaf(event_id).await?;
         let (tree_size, checkpoint) = self.proven_tree(tree_size).await?;
+        self.prove_leaf(leaf, tree_size, checkpoint).await
+    }
+
+    /// The PUBLISHED event of version `version` of `policy` and the event
+    /// that made it active at `revision`, proven in the tree of
+    /// `tree_size` leaves (0: the newest checkpoint's).
+    pub async fn bundle_proof(
+        &self,
+        policy: &PolicyRef,
+        version: u32,
+        revision: u64,
+        tree_size: u64,
+    ) -> Result<BundleProof> {
+        let current = self.repository.current_revision().await?;
+        if revision > current {
+            return Err(Error::invalid(
+                "revision",
+                format!("revision {revision} is ahead of the current revision {current}"),
+            ));
+        }
+        let (published, activated) = self
+            .repository
+            .bundle_events(policy, version, revision)
+            .await?;
+        let published = self.repository.event_leaf(published).await?;
+        let activated = self.repository.event_leaf(activated).await?;
+        let (tree_size, checkpoint) = self.proven_tree(tree_size).await?;
+        Ok(BundleProof {
+            published: self
+                .prove_leaf(published, tree_size, checkpoint.clone())
+                .await?,
+            activated: self.prove_leaf(activated, tree_size, checkpoint).await?,
+        })
+    }
+
+    /// An event's leaf (the event, its canonical form, its index), proven
+    /// in the tree of `tree_size` leaves, whose checkpoint is `checkpoint`.
+    async fn prove_leaf(
+        &self,
+        (event, canonical, leaf_index): (EventRecord, String, u64),
+        tree_size: u64,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<InclusionProof> {
         let hashes = self
             .repository
             .prove_inclusion(tree_size, leaf_index)

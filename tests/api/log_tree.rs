@@ -42,7 +42,7 @@ async fn verifiers(app: &TestApp, origin: &str) -> VerifierList {
 }
 
 /// The newest checkpoint's note, its signature verified: origin, size, root.
-async fn signed_tree(app: &TestApp) -> (String, u64, Hash) {
+pub(crate) async fn signed_tree(app: &TestApp) -> (String, u64, Hash) {
     let checkpoints = app
         .policy
         .clone()
@@ -275,16 +275,21 @@ async fn events_written_before_the_tree_are_appended_at_start() {
 
 /// The independent verifier (Python: hashlib, cryptography), written from
 /// RFC 9162 and the C2SP specifications, over what the CLI prints.
-struct Verifier {
+pub(crate) struct Verifier {
     dir: tempfile::TempDir,
     origin: String,
 }
 
 impl Verifier {
-    fn new(app: &TestApp, origin: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    pub(crate) fn new(app: &TestApp, origin: &str) -> Self {
         let keys = policyhub(app, &["get-signing-keys", "-o", "json"]);
-        std::fs::write(dir.path().join("jwks.json"), keys.success()).unwrap();
+        Verifier::trusting(keys.success(), origin)
+    }
+
+    /// A verifier of the log `origin` signed by the keys of `jwks`.
+    pub(crate) fn trusting(jwks: &str, origin: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
         Verifier {
             dir,
             origin: origin.to_owned(),
@@ -292,7 +297,7 @@ impl Verifier {
     }
 
     /// Writes `json` as `name` for the verifier.
-    fn keep(&self, name: &str, json: &serde_json::Value) -> String {
+    pub(crate) fn keep(&self, name: &str, json: &serde_json::Value) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, json.to_string()).unwrap();
         path.display().to_string()
@@ -311,14 +316,14 @@ impl Verifier {
     }
 
     #[track_caller]
-    fn accepts(&self, args: &[&str]) -> String {
+    pub(crate) fn accepts(&self, args: &[&str]) -> String {
         let run = self.run(&self.origin, args);
         assert!(run.status.success(), "{run:?}");
         String::from_utf8(run.stdout).unwrap()
     }
 
     #[track_caller]
-    fn refuses(&self, origin: &str, args: &[&str], saying: &str) {
+    pub(crate) fn refuses(&self, origin: &str, args: &[&str], saying: &str) {
         let run = self.run(origin, args);
         assert_eq!(run.status.code(), Some(1), "{run:?}");
         let said = String::from_utf8_lossy(&run.stderr);

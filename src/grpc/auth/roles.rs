@@ -114,6 +114,7 @@ pub enum Rpc {
     WatchActive,
     GetSigningKeys,
     GetConsistencyProof,
+    GetBundleProof,
     RotateSigningKey,
     ReportStatus,
     ReportStatusStream,
@@ -147,7 +148,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 47] = [
+    pub const ALL: [Rpc; 48] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -166,6 +167,7 @@ impl Rpc {
         Rpc::WatchActive,
         Rpc::GetSigningKeys,
         Rpc::GetConsistencyProof,
+        Rpc::GetBundleProof,
         Rpc::RotateSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
@@ -255,6 +257,7 @@ impl Rpc {
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
             | Rpc::GetConsistencyProof
+            | Rpc::GetBundleProof
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
             | Rpc::ListRuntimes
