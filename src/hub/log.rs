@@ -27,9 +27,19 @@ impl PolicyHub {
     }
 
     /// Event `event_id` and the proof of its leaf in the tree of `tree_size`
-    /// leaves (0: the newest checkpoint's).
-    pub async fn inclusion_proof(&self, event_id: u64, tree_size: u64) -> Result<InclusionProof> {
+    /// leaves (0: the newest checkpoint's). An event `readable` refuses is
+    /// not found, before the tree is read: no answer about it differs from
+    /// one about an event that does not exist.
+    pub async fn inclusion_proof(
+        &self,
+        event_id: u64,
+        tree_size: u64,
+        readable: impl Fn(&EventRecord) -> bool,
+    ) -> Result<InclusionProof> {
         let leaf = self.repository.event_leaf(event_id).await?;
+        if !readable(&leaf.0) {
+            return Err(Error::NotFound(format!("event {event_id}")));
+        }
         let (tree_size, checkpoint) = self.proven_tree(tree_size).await?;
         self.prove_leaf(leaf, tree_size, checkpoint).await
     }

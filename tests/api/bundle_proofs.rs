@@ -2,13 +2,15 @@
 //! ACTIVATED or ROLLED_BACK event that made it active at its revision,
 //! both proven in one signed tree, checked by the independent verifier
 //! against the bundle a runtime holds; and what is no bundle refused with
-//! a bounded error, the same on SQLite and PostgreSQL.
+//! a bounded error, the same on SQLite and PostgreSQL. A reader of one
+//! namespace proves its own entries and learns nothing of the others'.
 
 use policyhub::grpc::proto;
 use serde_json::json;
 use tonic::Code;
 
-use crate::cli::policyhub;
+use crate::auth::{Issuer, secured_app, seed, with_token};
+use crate::cli::{policyhub, policyhub_with};
 use crate::helpers::{Backend, TestApp, TestDatabase, spawn_on};
 use crate::http::curl;
 use crate::log_tree::{Verifier, signed_tree};
@@ -240,4 +242,143 @@ async fn a_bundle_proof_is_served_over_http() {
     assert_eq!(reply.json["published"]["treeSize"], json!(size.to_string()));
     let refused = curl(&app, "GET", &format!("{path}?revision=0"), None, &[]);
     assert_eq!(refused.status, 400, "{:?}", refused.json);
+}
+
+/// A reader of team-a alone proves team-a's events and its bundle to the
+/// independent verifier, against the signed note of a log it knows by its
+/// origin; team-b's events and bundle are refused exactly as ones that do
+/// not exist, and no answer it gets holds anything of team-b but hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_one_namespace_proves_its_own_entries_and_learns_nothing_of_others() {
+    const ORIGIN: &str = "policy.example.com/log";
+    let issuer = Issuer::new();
+    let app = secured_app(&issuer, |settings| {
+        settings.audit.log_origin = Some(ORIGIN.into());
+    })
+    .await;
+    let admin = issuer.token("root", &["*:admin"]);
+    seed(&app, &admin).await;
+    let proven = |namespace: &str| {
+        let mut policy = app.policy.clone();
+        let request = with_token(
+            proto::ListEventsRequest {
+                namespace: namespace.into(),
+                ..Default::default()
+            },
+            &admin,
+        );
+        let admin = admin.clone();
+        async move {
+            let events = policy
+                .list_events(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .events;
+            let mut canonical = Vec::new();
+            for event in &events {
+                let request = proto::GetInclusionProofRequest {
+                    event_id: event.id,
+                    tree_size: 0,
+                };
+                let proof = policy.get_inclusion_proof(with_token(request, &admin));
+                canonical.push(proof.await.unwrap().into_inner().canonical_event);
+            }
+            (events, canonical)
+        }
+    };
+    let (own, _) = proven("team-a").await;
+    let (others, others_canonical) = proven("team-b").await;
+
+    let reader = issuer.token("reader-a", &["team-a:reader"]);
+    let server = format!("http://{}", app.address);
+    let as_reader = |args: &[&str]| {
+        policyhub_with(
+            &[("POLICYHUB_SERVER", &server), ("POLICYHUB_TOKEN", &reader)],
+            args,
+        )
+    };
+    let jwks = as_reader(&["get-signing-keys", "-o", "json"]);
+    let verifier = Verifier::trusting(jwks.success(), ORIGIN);
+    // What an answer may hold of team-b: hashes only (in the audit paths and
+    // the note's root), never an entry, its namespace or its canonical form.
+    let reveals_nothing_of_team_b = |answer: &serde_json::Value| {
+        let text = answer.to_string();
+        assert!(!text.contains("team-b"), "{text}");
+        for canonical in &others_canonical {
+            assert!(!text.contains(canonical.as_str()), "{text}");
+        }
+    };
+
+    for event in &own {
+        let id = event.id.to_string();
+        let proof = as_reader(&["get-inclusion-proof", "--event", &id, "-o", "json"]).json();
+        reveals_nothing_of_team_b(&proof);
+        let file = verifier.keep("inclusion.json", &proof);
+        verifier.accepts(&["inclusion", &file]);
+    }
+    let held = as_reader(&["get-active", "team-a/x", "-o", "json"]).json();
+    let revision = held["revision"].as_str().unwrap().to_owned();
+    let proof = as_reader(&[
+        "get-bundle-proof",
+        "team-a/x",
+        "--version",
+        "1",
+        "--revision",
+        &revision,
+        "-o",
+        "json",
+    ])
+    .json();
+    reveals_nothing_of_team_b(&proof);
+    let (held, file) = (
+        verifier.keep("held.json", &held),
+        verifier.keep("proof.json", &proof),
+    );
+    verifier.accepts(&["bundle", &held, &file]);
+
+    // team-b's events, and one past the end of the log, alike, whatever
+    // tree they are asked in (a tree too small would tell a leaf's index).
+    let unknown = others.iter().map(|event| event.id).max().unwrap() + 1000;
+    let refusal = |id: u64, tree_size: &str| {
+        let id_text = id.to_string();
+        let run = as_reader(&[
+            "get-inclusion-proof",
+            "--event",
+            &id_text,
+            "--tree-size",
+            tree_size,
+        ]);
+        assert_ne!(run.code, 0);
+        (run.code, run.stdout, run.stderr.replace(&id_text, "N"))
+    };
+    for tree_size in ["0", "1"] {
+        let refused = refusal(unknown, tree_size);
+        assert!(
+            refused
+                .2
+                .contains("not one of a namespace the caller may read"),
+            "{refused:?}"
+        );
+        for event in &others {
+            assert_eq!(refusal(event.id, tree_size), refused, "event {}", event.id);
+        }
+    }
+    // team-b's bundle, and one of a namespace that does not exist, alike.
+    let bundle_refusal = |policy: &str, namespace: &str| {
+        let run = as_reader(&[
+            "get-bundle-proof",
+            policy,
+            "--version",
+            "1",
+            "--revision",
+            "1",
+        ]);
+        assert_ne!(run.code, 0);
+        (run.code, run.stdout, run.stderr.replace(namespace, "NS"))
+    };
+    assert_eq!(
+        bundle_refusal("team-b/y", "team-b"),
+        bundle_refusal("team-c/y", "team-c")
+    );
 }
