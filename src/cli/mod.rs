@@ -385,9 +385,11 @@ enum Command {
         reason: String,
     },
     /// Verify the hash chain of the whole event log, from the first event to
-    /// the last, and every signed checkpoint (reader in every namespace);
-    /// exits 1 naming the first event that does not follow the one before
-    /// it, or the first checkpoint that does not hold.
+    /// the last, every signed checkpoint, and the log's Merkle tree
+    /// recomputed from the events against every checkpoint's note (reader in
+    /// every namespace); exits 1 naming the first event that does not follow
+    /// the one before it, or the first checkpoint or note that does not
+    /// hold.
     VerifyLog {
         #[command(flatten)]
         client: Client,

@@ -2,7 +2,10 @@
 //! checkpoints, from the server or from files the `-o json` output of
 //! `list-events`, `list-checkpoints` and `get-signing-keys` wrote, checks
 //! the hash chain from the first event to the last and every checkpoint's
-//! signature and statement, naming the first thing that does not hold.
+//! signature and statement, and recomputes the log's Merkle tree from the
+//! events: every checkpoint's note must be signed under the log's origin
+//! (one for all of them) and sign the root the events make at its size.
+//! It names the first thing that does not hold.
 //! Against the server it also reads every version and checks that each
 //! published one's body is the one its signature covers, as an export's
 //! check does.
@@ -20,7 +23,8 @@ use super::failure::{Reply, Unusable, What};
 use super::history::list_checkpoints;
 use super::inspect::collect;
 use super::output::{Output, descriptors, print_json};
-use crate::domain::{PolicyBody, chain};
+use crate::domain::log::{Hash, MemoryTree, encode_hash};
+use crate::domain::{EventRecord, PolicyBody, chain};
 use crate::grpc::archive;
 use crate::grpc::convert::{event_record, jwks, struct_to_json};
 use crate::grpc::proto::{
@@ -28,6 +32,7 @@ use crate::grpc::proto::{
 };
 use crate::signing::{Jwks, verify_checkpoint};
 use policyhub_runtime::bundle::{Envelope, verify_envelope};
+use policyhub_runtime::tree::verify_note;
 
 /// Verifies the chain of every event and every checkpoint (the whole log
 /// needs `*:reader`).
@@ -47,13 +52,68 @@ pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<
     })
     .await?;
     let checkpoints = list_checkpoints(&client, u32::MAX).await?;
-    let keys = BundleServiceClient::new(channel)
+    let bundles = BundleServiceClient::new(channel);
+    let keys = bundles
+        .clone()
         .get_signing_keys(proto::GetSigningKeysRequest {})
         .await
         .reply("fetching the signing keys")?;
     let jwks = jwks(&keys);
     verify_versions(&client, &jwks).await?;
+    verify_served_tree(bundles, &checkpoints, &jwks).await?;
     verify(&events, Some((&checkpoints, &jwks)), output)
+}
+
+/// Checks the tree the server serves proofs from (its stored hashes, which
+/// the chain does not cover) against the notes: the proof that the newest
+/// note's tree extends each older note's must hold. Notes that do not
+/// verify are left to `verify`, which names them.
+async fn verify_served_tree(
+    mut bundles: BundleServiceClient<AuthChannel>,
+    checkpoints: &[proto::Checkpoint],
+    jwks: &Jwks,
+) -> anyhow::Result<()> {
+    let heads: Vec<_> = checkpoints
+        .iter()
+        .filter_map(|checkpoint| verify_note(&checkpoint.note, None, jwks).ok())
+        .collect();
+    let Some(newest) = heads.iter().max_by_key(|head| head.size) else {
+        return Ok(());
+    };
+    let mut sizes: Vec<_> = heads.iter().map(|head| (head.size, head.root)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for (size, root) in sizes.into_iter().filter(|(size, _)| *size > 0) {
+        let proof = bundles
+            .get_consistency_proof(proto::GetConsistencyProofRequest {
+                old_size: size,
+                new_size: newest.size,
+            })
+            .await
+            .reply("fetching a consistency proof")?;
+        let hashes = proof
+            .hashes
+            .iter()
+            .map(|hash| <[u8; 32]>::try_from(hash.as_slice()).map(Hash))
+            .collect::<Result<Vec<_>, _>>();
+        let holds = hashes.is_ok_and(|hashes| {
+            tlog_tiles::check_tree(&hashes, newest.size, Hash(newest.root), size, Hash(root))
+                .is_ok()
+        });
+        if !holds {
+            return Err(Unusable::new(
+                What::Log,
+                format!(
+                    "the server's proof that the signed tree of {} extends the signed tree of \
+                     {size} does not hold: the tree it serves proofs from is not the one its notes \
+                     signed",
+                    newest.size
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A refusal of the server to present stored history as signed (DATA_LOSS)
@@ -260,6 +320,7 @@ fn verify(
                     .map_err(|error| unproven(error.to_string()))?;
                 chain::confirms(&records, &claims).map_err(unproven)?;
             }
+            verify_notes(&records, checkpoints, jwks)?;
             Some(checkpoints.len())
         }
     };
@@ -274,6 +335,64 @@ fn verify(
              {head}"
         ),
         (Output::Table, None) => outln!("{count} events verified; the chain's head is {head}"),
+    }
+    Ok(())
+}
+
+/// Checks the note of every checkpoint that has one (those signed before
+/// the tree have none) against the tree of `records` (the whole log, its
+/// chain verified, in id order): signed under the log's origin, the first
+/// note's, by a key of `jwks`, and signing the root the events make at its
+/// size.
+fn verify_notes(
+    records: &[EventRecord],
+    checkpoints: &[proto::Checkpoint],
+    jwks: &Jwks,
+) -> anyhow::Result<()> {
+    let mut tree = MemoryTree::default();
+    let mut previous = chain::GENESIS;
+    for record in records {
+        let canonical = chain::canonical(previous, record);
+        tree.push(canonical.as_bytes())
+            .map_err(|error| Unusable::new(What::Log, error.to_string()))?;
+        previous = &record.hash;
+    }
+    let mut origin = None;
+    for checkpoint in checkpoints
+        .iter()
+        .filter(|checkpoint| !checkpoint.note.is_empty())
+    {
+        let unproven = |why: String| {
+            Unusable::new(
+                What::Log,
+                format!(
+                    "the tree note of the checkpoint of revision {} does not hold: {why}",
+                    checkpoint.revision
+                ),
+            )
+        };
+        let head = verify_note(&checkpoint.note, origin.as_deref(), jwks).map_err(unproven)?;
+        if head.size > tree.size() {
+            return Err(unproven(format!(
+                "it signs a tree of {} events, the log holds {}",
+                head.size,
+                tree.size()
+            ))
+            .into());
+        }
+        let root = tree
+            .root(head.size)
+            .map_err(|error| unproven(error.to_string()))?;
+        if root.0 != head.root {
+            return Err(unproven(format!(
+                "it signs the root {} of a tree of {}, the events make {}",
+                encode_hash(&Hash(head.root)),
+                head.size,
+                encode_hash(&root)
+            ))
+            .into());
+        }
+        origin.get_or_insert(head.origin);
     }
     Ok(())
 }
