@@ -23,8 +23,8 @@ use super::failure::{Reply, Unusable, What};
 use super::history::list_checkpoints;
 use super::inspect::collect;
 use super::output::{Output, descriptors, print_json};
-use crate::domain::log::{Hash, MemoryTree, encode_hash};
-use crate::domain::{EventRecord, PolicyBody, chain};
+use crate::domain::log::{Hash, check_notes};
+use crate::domain::{PolicyBody, chain};
 use crate::grpc::archive;
 use crate::grpc::convert::{event_record, jwks, struct_to_json};
 use crate::grpc::proto::{
@@ -320,7 +320,13 @@ fn verify(
                     .map_err(|error| unproven(error.to_string()))?;
                 chain::confirms(&records, &claims).map_err(unproven)?;
             }
-            verify_notes(&records, checkpoints, jwks)?;
+            // Checkpoints signed before the tree have no note.
+            let notes = checkpoints
+                .iter()
+                .filter(|checkpoint| !checkpoint.note.is_empty())
+                .map(|checkpoint| (checkpoint.revision, checkpoint.note.as_str()));
+            check_notes(&records, notes, None, jwks)
+                .map_err(|why| Unusable::new(What::Log, why))?;
             Some(checkpoints.len())
         }
     };
@@ -335,64 +341,6 @@ fn verify(
              {head}"
         ),
         (Output::Table, None) => outln!("{count} events verified; the chain's head is {head}"),
-    }
-    Ok(())
-}
-
-/// Checks the note of every checkpoint that has one (those signed before
-/// the tree have none) against the tree of `records` (the whole log, its
-/// chain verified, in id order): signed under the log's origin, the first
-/// note's, by a key of `jwks`, and signing the root the events make at its
-/// size.
-fn verify_notes(
-    records: &[EventRecord],
-    checkpoints: &[proto::Checkpoint],
-    jwks: &Jwks,
-) -> anyhow::Result<()> {
-    let mut tree = MemoryTree::default();
-    let mut previous = chain::GENESIS;
-    for record in records {
-        let canonical = chain::canonical(previous, record);
-        tree.push(canonical.as_bytes())
-            .map_err(|error| Unusable::new(What::Log, error.to_string()))?;
-        previous = &record.hash;
-    }
-    let mut origin = None;
-    for checkpoint in checkpoints
-        .iter()
-        .filter(|checkpoint| !checkpoint.note.is_empty())
-    {
-        let unproven = |why: String| {
-            Unusable::new(
-                What::Log,
-                format!(
-                    "the tree note of the checkpoint of revision {} does not hold: {why}",
-                    checkpoint.revision
-                ),
-            )
-        };
-        let head = verify_note(&checkpoint.note, origin.as_deref(), jwks).map_err(unproven)?;
-        if head.size > tree.size() {
-            return Err(unproven(format!(
-                "it signs a tree of {} events, the log holds {}",
-                head.size,
-                tree.size()
-            ))
-            .into());
-        }
-        let root = tree
-            .root(head.size)
-            .map_err(|error| unproven(error.to_string()))?;
-        if root.0 != head.root {
-            return Err(unproven(format!(
-                "it signs the root {} of a tree of {}, the events make {}",
-                encode_hash(&Hash(head.root)),
-                head.size,
-                encode_hash(&root)
-            ))
-            .into());
-        }
-        origin.get_or_insert(head.origin);
     }
     Ok(())
 }

@@ -15,7 +15,10 @@ use std::collections::HashMap;
 pub use tlog_tiles::Hash;
 use tlog_tiles::HashReader;
 
-use super::chain::Checkpoint;
+use policyhub_runtime::bundle::Jwks;
+use policyhub_runtime::tree::verify_note;
+
+use super::chain::{self, Checkpoint};
 use super::{Error, EventRecord, Result};
 
 /// The leaf hash of an event's canonical bytes.
@@ -167,6 +170,54 @@ impl HashReader for MemoryTree {
             })
             .collect()
     }
+}
+
+/// Checks checkpoint notes, each with the revision of its checkpoint,
+/// against the tree of `events` (the whole log, its chain verified, in id
+/// order): each signed by a key of `jwks` under the log's origin (`origin`,
+/// else the first note's: one for all) and signing the root the events make
+/// at its size. Says which note does not hold, and why.
+pub fn check_notes<'a>(
+    events: &[EventRecord],
+    notes: impl IntoIterator<Item = (u64, &'a str)>,
+    origin: Option<&str>,
+    jwks: &Jwks,
+) -> std::result::Result<(), String> {
+    let mut tree = MemoryTree::default();
+    let mut previous = chain::GENESIS;
+    for event in events {
+        let canonical = chain::canonical(previous, event);
+        tree.push(canonical.as_bytes())
+            .map_err(|error| error.to_string())?;
+        previous = &event.hash;
+    }
+    let mut origin = origin.map(str::to_owned);
+    for (revision, note) in notes {
+        let unproven = |why: String| {
+            format!("the tree note of the checkpoint of revision {revision} does not hold: {why}")
+        };
+        let head = verify_note(note, origin.as_deref(), jwks).map_err(unproven)?;
+        if head.size > tree.size() {
+            return Err(unproven(format!(
+                "it signs a tree of {} events, the log holds {}",
+                head.size,
+                tree.size()
+            )));
+        }
+        let root = tree
+            .root(head.size)
+            .map_err(|error| unproven(error.to_string()))?;
+        if root.0 != head.root {
+            return Err(unproven(format!(
+                "it signs the root {} of a tree of {}, the events make {}",
+                encode_hash(&Hash(head.root)),
+                head.size,
+                encode_hash(&root)
+            )));
+        }
+        origin.get_or_insert(head.origin);
+    }
+    Ok(())
 }
 
 /// An event's leaf, proven in a tree.
