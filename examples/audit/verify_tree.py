@@ -12,6 +12,12 @@ reads the notes and proofs from files the CLI wrote with `-o json`:
   inclusion FILE     `get-inclusion-proof -o json` (newest tree): the note
                      it carries, the event's leaf in that tree, and that the
                      leaf's bytes are the ones the event's chain hash covers
+  bundle BUNDLE PROOF  BUNDLE a bundle (`get-active -o json`), PROOF
+                     `get-bundle-proof -o json` of it (newest tree): both
+                     events are leaves of the tree the note signs, one the
+                     PUBLISHED event of the bundle's version, the other the
+                     ACTIVATED or ROLLED_BACK event that made it active at
+                     the bundle's revision
   consistency OLD NEW  OLD a checkpoint, NEW `get-consistency-proof
                      --old-size <OLD's size> -o json`: the tree NEW's note
                      signs extends the one OLD's note signs
@@ -218,13 +224,29 @@ def signed_tree(checkpoint: dict, origin: str, keys: list):
     return head
 
 
+def proven_event(proof: dict, origin: str, keys: list):
+    """The event of an inclusion proof (`get-inclusion-proof -o json`) and
+    the size of the tree its note signs, once its leaf is proven in it."""
+    size, root = signed_tree(proof.get("checkpoint", {}), origin, keys)
+    if int(proof.get("treeSize", 0)) != size:
+        fail(f"the proof is for a tree of {proof.get('treeSize')}, the note signs {size}")
+    canonical = proof.get("canonicalEvent", "").encode()
+    event = proof.get("event", {})
+    if event.get("hash") != "sha256:" + hashlib.sha256(canonical).hexdigest():
+        fail(f"the canonical form is not the one event {event.get('id')}'s hash covers")
+    index = int(proof.get("leafIndex", 0))
+    if not verify_inclusion(index, size, leaf_hash(canonical), hashes(proof.get("hashes", [])), root):
+        fail(f"event {event.get('id')} is not leaf {index} of the tree of {size}")
+    return event, size
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jwks", required=True)
     parser.add_argument("--origin", required=True)
     parser.add_argument("--witness", action="append", default=[])
     parser.add_argument("--cosignatures", type=int, default=0)
-    parser.add_argument("command", choices=["note", "inclusion", "consistency"])
+    parser.add_argument("command", choices=["note", "inclusion", "bundle", "consistency"])
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     global WITNESSES, COSIGNATURES
@@ -237,18 +259,27 @@ def main():
         size, root = signed_tree(documents[0], args.origin, keys)
         print(f"the note of {args.origin} signs a tree of {size}, root {root.hex()}")
     elif args.command == "inclusion":
-        proof = documents[0]
-        size, root = signed_tree(proof.get("checkpoint", {}), args.origin, keys)
-        if int(proof.get("treeSize", 0)) != size:
-            fail(f"the proof is for a tree of {proof.get('treeSize')}, the note signs {size}")
-        canonical = proof["canonicalEvent"].encode()
-        event = proof["event"]
-        if event.get("hash") != "sha256:" + hashlib.sha256(canonical).hexdigest():
-            fail(f"the canonical form is not the one event {event['id']}'s hash covers")
-        index = int(proof.get("leafIndex", 0))
-        if not verify_inclusion(index, size, leaf_hash(canonical), hashes(proof.get("hashes", [])), root):
-            fail(f"event {event['id']} is not leaf {index} of the tree of {size}")
-        print(f"event {event['id']} is leaf {index} of the signed tree of {size}")
+        event, size = proven_event(documents[0], args.origin, keys)
+        print(f"event {event['id']} is leaf {documents[0].get('leafIndex', 0)} of the signed tree of {size}")
+    elif args.command == "bundle":
+        bundle, proof = documents[0], documents[1]
+        published, size = proven_event(proof.get("published", {}), args.origin, keys)
+        activated, same = proven_event(proof.get("activated", {}), args.origin, keys)
+        if same != size:
+            fail(f"the proofs are of trees of {size} and {same}, not of one")
+        policy = (bundle.get("namespace"), bundle.get("name"), bundle.get("version"))
+        for event, kinds in ((published, ["EVENT_KIND_PUBLISHED"]),
+                             (activated, ["EVENT_KIND_ACTIVATED", "EVENT_KIND_ROLLED_BACK"])):
+            if (event.get("namespace"), event.get("name"), event.get("newVersion")) != policy:
+                fail(f"event {event['id']} is not of version {policy[2]} of {policy[0]}/{policy[1]}")
+            if event.get("kind") not in kinds:
+                fail(f"event {event['id']} is {event.get('kind')}, not one of {kinds}")
+        if activated.get("revision") != bundle.get("revision"):
+            fail(f"event {activated['id']} made the version active at revision {activated.get('revision')}, "
+                 f"not at the bundle's {bundle.get('revision')}")
+        print(f"version {policy[2]} of {policy[0]}/{policy[1]}: published in event {published['id']}, "
+              f"made active at revision {bundle.get('revision')} in event {activated['id']}, "
+              f"both in the signed tree of {size}")
     else:
         old, proof = documents[0], documents[1]
         old_size, old_root = signed_tree(old, args.origin, keys)

@@ -96,6 +96,16 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (channel, output) = client.connect().await?;
             proofs::consistency(channel, output, old_size, new_size).await?
         }
+        Command::GetBundleProof {
+            client,
+            policy,
+            version,
+            revision,
+            tree_size,
+        } => {
+            let (channel, output) = client.connect().await?;
+            proofs::bundle(channel, output, &policy, version, revision, tree_size).await?
+        }
         Command::ListRuntimes { client, args } => {
             let (channel, output) = client.connect().await?;
             fleet::list_runtimes(channel, output, args).await?

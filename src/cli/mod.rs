@@ -63,6 +63,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseOverrides, Overrides, Settings};
+use crate::domain::PolicyRef;
 use crate::signing;
 use crate::startup::{self, Application};
 
@@ -396,9 +397,11 @@ enum Command {
         reason: String,
     },
     /// Verify the hash chain of the whole event log, from the first event to
-    /// the last, and every signed checkpoint (reader in every namespace);
-    /// exits 1 naming the first event that does not follow the one before
-    /// it, or the first checkpoint that does not hold.
+    /// the last, every signed checkpoint, and the log's Merkle tree
+    /// recomputed from the events against every checkpoint's note (reader in
+    /// every namespace); exits 1 naming the first event that does not follow
+    /// the one before it, or the first checkpoint or note that does not
+    /// hold.
     VerifyLog {
         #[command(flatten)]
         client: Client,
@@ -450,6 +453,26 @@ enum Command {
         /// The size of the newer tree; 0: the newest checkpoint's.
         #[arg(long, default_value_t = 0)]
         new_size: u64,
+    },
+    /// Print the RFC 9162 inclusion proofs of a bundle's events in the log's
+    /// Merkle tree: its version's PUBLISHED event and the ACTIVATED or
+    /// ROLLED_BACK event that made it active at its revision, both in one
+    /// tree (reader).
+    GetBundleProof {
+        #[command(flatten)]
+        client: Client,
+        /// The policy, namespace/name.
+        #[arg(value_parser = args::parse_policy)]
+        policy: PolicyRef,
+        /// The bundle's version.
+        #[arg(long)]
+        version: u32,
+        /// The revision at which it became active (the bundle's revision).
+        #[arg(long)]
+        revision: u64,
+        /// The size of the tree to prove them in; 0: the newest checkpoint's.
+        #[arg(long, default_value_t = 0)]
+        tree_size: u64,
     },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on

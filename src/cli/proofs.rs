@@ -1,11 +1,13 @@
-//! `policyhub get-inclusion-proof` and `get-consistency-proof`: the proofs
-//! of the log's Merkle tree, to hand to a verifier (`-o json`) or read.
+//! `policyhub get-inclusion-proof`, `get-bundle-proof` and
+//! `get-consistency-proof`: the proofs of the log's Merkle tree, to hand to
+//! a verifier (`-o json`) or read.
 
 use base64::Engine as _;
 
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::output::{Output, print_message};
+use crate::domain::PolicyRef;
 use crate::grpc::proto::{
     self, bundle_service_client::BundleServiceClient, policy_service_client::PolicyServiceClient,
 };
@@ -40,13 +42,53 @@ pub async fn inclusion(
         print_message(&proof);
         return Ok(());
     }
-    out!(
-        "event {event_id}: leaf {} of a tree of {}\n{}\nproof:\n{}\n{}",
+    out!("{}\n{}", leaf(&proof), note_of(proof.checkpoint.as_ref()));
+    Ok(())
+}
+
+/// One event's proof, as the human output shows it.
+fn leaf(proof: &proto::GetInclusionProofResponse) -> String {
+    let id = proof.event.as_ref().map_or(0, |event| event.id);
+    format!(
+        "event {id}: leaf {} of a tree of {}\n{}\nproof:\n{}",
         proof.leaf_index,
         proof.tree_size,
         proof.canonical_event,
-        encoded(&proof.hashes),
-        note_of(proof.checkpoint.as_ref())
+        encoded(&proof.hashes)
+    )
+}
+
+/// `policyhub get-bundle-proof`.
+pub async fn bundle(
+    channel: AuthChannel,
+    output: Output,
+    policy: &PolicyRef,
+    version: u32,
+    revision: u64,
+    tree_size: u64,
+) -> anyhow::Result<()> {
+    let proof = BundleServiceClient::new(channel)
+        .get_bundle_proof(proto::GetBundleProofRequest {
+            namespace: policy.namespace.to_string(),
+            name: policy.name.to_string(),
+            version,
+            revision,
+            tree_size,
+        })
+        .await
+        .reply("fetching the bundle's proof")?;
+    if output == Output::Json {
+        print_message(&proof);
+        return Ok(());
+    }
+    let (Some(published), Some(activated)) = (&proof.published, &proof.activated) else {
+        anyhow::bail!("the server's reply lacks a proof");
+    };
+    out!(
+        "{policy} version {version}, active from revision {revision}\npublished: {}\nmade active: {}\n{}",
+        leaf(published),
+        leaf(activated),
+        note_of(activated.checkpoint.as_ref())
     );
     Ok(())
 }

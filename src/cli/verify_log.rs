@@ -2,7 +2,10 @@
 //! checkpoints, from the server or from files the `-o json` output of
 //! `list-events`, `list-checkpoints` and `get-signing-keys` wrote, checks
 //! the hash chain from the first event to the last and every checkpoint's
-//! signature and statement, naming the first thing that does not hold.
+//! signature and statement, and recomputes the log's Merkle tree from the
+//! events: every checkpoint's note must be signed under the log's origin
+//! (one for all of them) and sign the root the events make at its size.
+//! It names the first thing that does not hold.
 //! Against the server it also reads every version and checks that each
 //! published one's body is the one its signature covers, as an export's
 //! check does.
@@ -20,6 +23,7 @@ use super::failure::{Reply, Unusable, What};
 use super::history::list_checkpoints;
 use super::inspect::collect;
 use super::output::{Output, descriptors, print_json};
+use crate::domain::log::{Hash, check_notes};
 use crate::domain::{PolicyBody, chain};
 use crate::grpc::archive;
 use crate::grpc::convert::{event_record, jwks, struct_to_json};
@@ -28,6 +32,7 @@ use crate::grpc::proto::{
 };
 use crate::signing::{Jwks, verify_checkpoint};
 use policyhub_runtime::bundle::{Envelope, verify_envelope};
+use policyhub_runtime::tree::verify_note;
 
 /// Verifies the chain of every event and every checkpoint (the whole log
 /// needs `*:reader`).
@@ -47,13 +52,68 @@ pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<
     })
     .await?;
     let checkpoints = list_checkpoints(&client, u32::MAX).await?;
-    let keys = BundleServiceClient::new(channel)
+    let bundles = BundleServiceClient::new(channel);
+    let keys = bundles
+        .clone()
         .get_signing_keys(proto::GetSigningKeysRequest {})
         .await
         .reply("fetching the signing keys")?;
     let jwks = jwks(&keys);
     verify_versions(&client, &jwks).await?;
+    verify_served_tree(bundles, &checkpoints, &jwks).await?;
     verify(&events, Some((&checkpoints, &jwks)), output)
+}
+
+/// Checks the tree the server serves proofs from (its stored hashes, which
+/// the chain does not cover) against the notes: the proof that the newest
+/// note's tree extends each older note's must hold. Notes that do not
+/// verify are left to `verify`, which names them.
+async fn verify_served_tree(
+    mut bundles: BundleServiceClient<AuthChannel>,
+    checkpoints: &[proto::Checkpoint],
+    jwks: &Jwks,
+) -> anyhow::Result<()> {
+    let heads: Vec<_> = checkpoints
+        .iter()
+        .filter_map(|checkpoint| verify_note(&checkpoint.note, None, jwks).ok())
+        .collect();
+    let Some(newest) = heads.iter().max_by_key(|head| head.size) else {
+        return Ok(());
+    };
+    let mut sizes: Vec<_> = heads.iter().map(|head| (head.size, head.root)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for (size, root) in sizes.into_iter().filter(|(size, _)| *size > 0) {
+        let proof = bundles
+            .get_consistency_proof(proto::GetConsistencyProofRequest {
+                old_size: size,
+                new_size: newest.size,
+            })
+            .await
+            .reply("fetching a consistency proof")?;
+        let hashes = proof
+            .hashes
+            .iter()
+            .map(|hash| <[u8; 32]>::try_from(hash.as_slice()).map(Hash))
+            .collect::<Result<Vec<_>, _>>();
+        let holds = hashes.is_ok_and(|hashes| {
+            tlog_tiles::check_tree(&hashes, newest.size, Hash(newest.root), size, Hash(root))
+                .is_ok()
+        });
+        if !holds {
+            return Err(Unusable::new(
+                What::Log,
+                format!(
+                    "the server's proof that the signed tree of {} extends the signed tree of \
+                     {size} does not hold: the tree it serves proofs from is not the one its notes \
+                     signed",
+                    newest.size
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A refusal of the server to present stored history as signed (DATA_LOSS)
@@ -260,6 +320,13 @@ fn verify(
                     .map_err(|error| unproven(error.to_string()))?;
                 chain::confirms(&records, &claims).map_err(unproven)?;
             }
+            // Checkpoints signed before the tree have no note.
+            let notes = checkpoints
+                .iter()
+                .filter(|checkpoint| !checkpoint.note.is_empty())
+                .map(|checkpoint| (checkpoint.revision, checkpoint.note.as_str()));
+            check_notes(&records, notes, None, jwks)
+                .map_err(|why| Unusable::new(What::Log, why))?;
             Some(checkpoints.len())
         }
     };

@@ -10,6 +10,7 @@ use policyhub_runtime::bundle::{Envelope, Jwk, Jwks, verify_envelope};
 use policyhub_runtime::checkpoint::verify_checkpoint;
 
 use super::chain::{self, Checkpoint};
+use super::log;
 use super::rollout::Rollout;
 use super::{Error, EventRecord, Namespace, PolicyRef, PolicySchema, Result, VersionRecord};
 
@@ -61,6 +62,9 @@ pub struct Archive {
     pub revision: u64,
     /// The head of the chain it was read at.
     pub chain_head: String,
+    /// The origin line of its log, which its checkpoints' notes sign under
+    /// (whole-log archives only).
+    pub log_origin: String,
     /// Every public key that ever signed.
     pub keys: Vec<ArchivedKey>,
     /// Its policies.
@@ -177,7 +181,12 @@ impl Archive {
             chain::confirms(&self.events, &claims)
                 .map_err(|why| format!("checkpoint {} does not hold: {why}", checkpoint.id))?;
         }
-        Ok(())
+        let notes = self.checkpoints.iter().filter_map(|checkpoint| {
+            let note = checkpoint.note.as_deref()?;
+            Some((checkpoint.revision, note))
+        });
+        let origin = Some(self.log_origin.as_str()).filter(|origin| !origin.is_empty());
+        log::check_notes(&self.events, notes, origin, jwks)
     }
 
     /// The revisions its events took, in order: an import maps them, in

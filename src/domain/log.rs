@@ -15,7 +15,10 @@ use std::collections::HashMap;
 pub use tlog_tiles::Hash;
 use tlog_tiles::HashReader;
 
-use super::chain::Checkpoint;
+use policyhub_runtime::bundle::Jwks;
+use policyhub_runtime::tree::verify_note;
+
+use super::chain::{self, Checkpoint};
 use super::{Error, EventRecord, Result};
 
 /// The leaf hash of an event's canonical bytes.
@@ -123,6 +126,100 @@ pub fn signed_size(note: &str) -> Result<u64> {
         .map_err(|error| Error::DataLoss(format!("a stored checkpoint note: {error}")))
 }
 
+/// A tree held in memory whole, its stored hashes in the dense order of
+/// C2SP tlog-tiles: how a verifier recomputes the roots the checkpoints
+/// sign from the events alone.
+#[derive(Debug, Default)]
+pub struct MemoryTree {
+    hashes: Vec<Hash>,
+    leaves: u64,
+}
+
+impl MemoryTree {
+    /// Appends the leaf of the next event, whose canonical form is
+    /// `canonical`.
+    pub fn push(&mut self, canonical: &[u8]) -> Result<()> {
+        let leaf = leaf_hash(canonical);
+        let hashes = tlog_tiles::stored_hashes_for_record_hash(self.leaves, leaf, &*self)
+            .map_err(tree_error)?;
+        self.hashes.extend(hashes);
+        self.leaves += 1;
+        Ok(())
+    }
+
+    /// How many leaves it holds.
+    pub fn size(&self) -> u64 {
+        self.leaves
+    }
+
+    /// The root of the tree of its first `size` leaves (at most `size()`).
+    pub fn root(&self, size: u64) -> Result<Hash> {
+        tlog_tiles::tree_hash(size, self).map_err(tree_error)
+    }
+}
+
+impl HashReader for MemoryTree {
+    fn read_hashes(&self, indexes: &[u64]) -> std::result::Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|index| {
+                self.hashes
+                    .get(*index as usize)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+/// Checks checkpoint notes, each with the revision of its checkpoint,
+/// against the tree of `events` (the whole log, its chain verified, in id
+/// order): each signed by a key of `jwks` under the log's origin (`origin`,
+/// else the first note's: one for all) and signing the root the events make
+/// at its size. Says which note does not hold, and why.
+pub fn check_notes<'a>(
+    events: &[EventRecord],
+    notes: impl IntoIterator<Item = (u64, &'a str)>,
+    origin: Option<&str>,
+    jwks: &Jwks,
+) -> std::result::Result<(), String> {
+    let mut tree = MemoryTree::default();
+    let mut previous = chain::GENESIS;
+    for event in events {
+        let canonical = chain::canonical(previous, event);
+        tree.push(canonical.as_bytes())
+            .map_err(|error| error.to_string())?;
+        previous = &event.hash;
+    }
+    let mut origin = origin.map(str::to_owned);
+    for (revision, note) in notes {
+        let unproven = |why: String| {
+            format!("the tree note of the checkpoint of revision {revision} does not hold: {why}")
+        };
+        let head = verify_note(note, origin.as_deref(), jwks).map_err(unproven)?;
+        if head.size > tree.size() {
+            return Err(unproven(format!(
+                "it signs a tree of {} events, the log holds {}",
+                head.size,
+                tree.size()
+            )));
+        }
+        let root = tree
+            .root(head.size)
+            .map_err(|error| unproven(error.to_string()))?;
+        if root.0 != head.root {
+            return Err(unproven(format!(
+                "it signs the root {} of a tree of {}, the events make {}",
+                encode_hash(&Hash(head.root)),
+                head.size,
+                encode_hash(&root)
+            )));
+        }
+        origin.get_or_insert(head.origin);
+    }
+    Ok(())
+}
+
 /// An event's leaf, proven in a tree.
 #[derive(Debug, Clone)]
 pub struct InclusionProof {
@@ -138,6 +235,17 @@ pub struct InclusionProof {
     pub hashes: Vec<Hash>,
     /// The checkpoint of that tree, when the newest was asked for.
     pub checkpoint: Option<Checkpoint>,
+}
+
+/// That a bundle a runtime holds is in the log: its version's PUBLISHED
+/// event and the event that made it active at its revision, proven in one
+/// tree.
+#[derive(Debug, Clone)]
+pub struct BundleProof {
+    /// The version's PUBLISHED event.
+    pub published: InclusionProof,
+    /// The ACTIVATED or ROLLED_BACK event of the revision.
+    pub activated: InclusionProof,
 }
 
 /// That a tree extends an older one.
@@ -192,24 +300,20 @@ mod tests {
                 tlog_tiles::check_record(&proof, size, root_of(size), index, leaf).unwrap();
             }
         }
+        let mut memory = MemoryTree::default();
+        for index in 0..37 {
+            memory.push(format!("event {index}").as_bytes()).unwrap();
+        }
+        for size in [1, 2, 5, 16, 37] {
+            assert_eq!(
+                memory.root(size).unwrap(),
+                root_of(size),
+                "in memory, at {size}"
+            );
+        }
         let proof = Reads::with(known(), |reads| prove_consistency(37, 10, reads)).unwrap();
         tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(10)).unwrap();
         assert!(tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(11)).is_err());
-    }
-
-    /// Stored hashes in a vector: the dense order is the vector's.
-    struct Dense(Vec<Hash>);
-
-    impl HashReader for Dense {
-        fn read_hashes(
-            &self,
-            indexes: &[u64],
-        ) -> std::result::Result<Vec<Hash>, tlog_tiles::Error> {
-            Ok(indexes
-                .iter()
-                .map(|index| self.0[*index as usize])
-                .collect())
-        }
     }
 
     /// Proof sizes at 10^3, 10^5 and 10^6 events, from a real tree: an
@@ -217,16 +321,12 @@ mod tests {
     /// most about 2·log₂ n, whatever the leaf or the older size.
     #[test]
     fn proofs_grow_as_the_logarithm_of_the_log() {
-        let mut tree = Dense(Vec::new());
-        let mut leaves = 0;
+        let mut tree = MemoryTree::default();
         for size in [1_000_u64, 100_000, 1_000_000] {
-            for index in leaves..size {
-                let leaf = leaf_hash(&index.to_be_bytes());
-                let hashes = tlog_tiles::stored_hashes_for_record_hash(index, leaf, &tree).unwrap();
-                tree.0.extend(hashes);
+            for index in tree.size()..size {
+                tree.push(&index.to_be_bytes()).unwrap();
             }
-            leaves = size;
-            let root = tlog_tiles::tree_hash(size, &tree).unwrap();
+            let root = tree.root(size).unwrap();
             let log = u64::from(size.next_power_of_two().trailing_zeros());
             let mut widest = (0, 0);
             for index in [0, 1, size / 3, size / 2, size - 2, size - 1] {

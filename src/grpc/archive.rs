@@ -124,6 +124,7 @@ pub fn encode(archive: &Archive) -> Vec<u8> {
             exported_at: archive.exported_at.map(timestamp),
             revision: archive.revision,
             chain_head: archive.chain_head.clone(),
+            log_origin: archive.log_origin.clone(),
         }),
     );
     for key in &archive.keys {
@@ -276,6 +277,7 @@ fn header_into(archive: &mut Archive, header: ArchiveHeader) -> Result<()> {
         .transpose()?;
     archive.revision = header.revision;
     archive.chain_head = header.chain_head;
+    archive.log_origin = header.log_origin;
     Ok(())
 }
 

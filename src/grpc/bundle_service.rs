@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
 use super::convert;
+use super::policy_replies::inclusion_proof;
 use super::proto::{self, bundle_service_server::BundleService};
 use super::quotas::{Quotas, StreamKind};
 use super::runtimes::{arrival as arrival_of, status_report, watcher};
@@ -101,6 +102,25 @@ fn active_wanted(
     let watcher = request.runtime.as_ref().map(watcher).transpose()?;
     let as_of = as_of(request.as_of)?;
     Ok((policy, as_of, watcher, request.allow_draft_fallback))
+}
+
+/// The bundle a GetBundleProof names: its policy, its version and the
+/// revision at which it became active.
+fn bundle_wanted(request: &proto::GetBundleProofRequest) -> DomainResult<(PolicyRef, u32, u64)> {
+    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
+    if request.version == 0 {
+        return Err(Error::invalid(
+            "version",
+            "must be at least 1: the bundle's version",
+        ));
+    }
+    if request.revision == 0 {
+        return Err(Error::invalid(
+            "revision",
+            "must be at least 1: the revision at which the bundle became active",
+        ));
+    }
+    Ok((policy, request.version, request.revision))
 }
 
 /// `policyhub.v1.Bundle`'s field number of its checkpoint.
@@ -328,12 +348,25 @@ impl BundleService for BundleApi {
             .restore_proof(request.into_inner().tree_size)
             .await?;
         Ok(Response::new(proto::GetRestoreProofResponse {
-            event: Some(convert::event(&proof.event)),
-            canonical_event: proof.canonical,
-            leaf_index: proof.leaf_index,
-            tree_size: proof.tree_size,
-            hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
-            checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
+            proof: Some(inclusion_proof(&proof)),
+        }))
+    }
+
+    async fn get_bundle_proof(
+        &self,
+        request: Request<proto::GetBundleProofRequest>,
+    ) -> Result<Response<proto::GetBundleProofResponse>, Status> {
+        let caller = identify(&request)?;
+        let (policy, version, revision) = bundle_wanted(request.get_ref())?;
+        caller.admit(Rpc::GetBundleProof, [&policy.namespace], &self.quotas)?;
+        let tree_size = request.get_ref().tree_size;
+        let proof = self
+            .hub
+            .bundle_proof(&policy, version, revision, tree_size)
+            .await?;
+        Ok(Response::new(proto::GetBundleProofResponse {
+            published: Some(inclusion_proof(&proof.published)),
+            activated: Some(inclusion_proof(&proof.activated)),
         }))
     }
 

@@ -1,11 +1,12 @@
-//! Proofs of the log's Merkle tree: an event's inclusion, one tree's
-//! consistency with an older one, in the tree of a given size or of the
-//! newest checkpoint; and the restores an operator declares in it.
+//! Proofs of the log's Merkle tree: an event's inclusion, a bundle's
+//! events' inclusion, one tree's consistency with an older one, in the
+//! tree of a given size or of the newest checkpoint; and the restores an
+//! operator declares in it.
 
 use std::time::Duration;
 
-use crate::domain::log::{ConsistencyProof, InclusionProof, signed_size};
-use crate::domain::{Error, EventKind, EventRecord, RequestContext, Result};
+use crate::domain::log::{BundleProof, ConsistencyProof, InclusionProof, signed_size};
+use crate::domain::{Error, EventKind, EventRecord, PolicyRef, RequestContext, Result};
 use crate::storage::NewEvent;
 
 use super::PolicyHub;
@@ -30,10 +31,63 @@ impl PolicyHub {
     }
 
     /// Event `event_id` and the proof of its leaf in the tree of `tree_size`
-    /// leaves (0: the newest checkpoint's).
-    pub async fn inclusion_proof(&self, event_id: u64, tree_size: u64) -> Result<InclusionProof> {
-        let (event, canonical, leaf_index) = self.repository.event_leaf(event_id).await?;
+    /// leaves (0: the newest checkpoint's). An event `readable` refuses is
+    /// not found, before the tree is read: no answer about it differs from
+    /// one about an event that does not exist.
+    pub async fn inclusion_proof(
+        &self,
+        event_id: u64,
+        tree_size: u64,
+        readable: impl Fn(&EventRecord) -> bool,
+    ) -> Result<InclusionProof> {
+        let leaf = self.repository.event_leaf(event_id).await?;
+        if !readable(&leaf.0) {
+            return Err(Error::NotFound(format!("event {event_id}")));
+        }
         let (tree_size, checkpoint) = self.proven_tree(tree_size).await?;
+        self.prove_leaf(leaf, tree_size, checkpoint).await
+    }
+
+    /// The PUBLISHED event of version `version` of `policy` and the event
+    /// that made it active at `revision`, proven in the tree of
+    /// `tree_size` leaves (0: the newest checkpoint's).
+    pub async fn bundle_proof(
+        &self,
+        policy: &PolicyRef,
+        version: u32,
+        revision: u64,
+        tree_size: u64,
+    ) -> Result<BundleProof> {
+        let current = self.repository.current_revision().await?;
+        if revision > current {
+            return Err(Error::invalid(
+                "revision",
+                format!("revision {revision} is ahead of the current revision {current}"),
+            ));
+        }
+        let (published, activated) = self
+            .repository
+            .bundle_events(policy, version, revision)
+            .await?;
+        let published = self.repository.event_leaf(published).await?;
+        let activated = self.repository.event_leaf(activated).await?;
+        let (tree_size, checkpoint) = self.proven_tree(tree_size).await?;
+        Ok(BundleProof {
+            published: self
+                .prove_leaf(published, tree_size, checkpoint.clone())
+                .await?,
+            activated: self.prove_leaf(activated, tree_size, checkpoint).await?,
+        })
+    }
+
+    /// An event's leaf (the event, its canonical form, its index), proven
+    /// in the tree of `tree_size` leaves, whose checkpoint is `checkpoint`.
+    async fn prove_leaf(
+        &self,
+        (event, canonical, leaf_index): (EventRecord, String, u64),
+        tree_size: u64,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<InclusionProof> {
         let hashes = self
             .repository
             .prove_inclusion(tree_size, leaf_index)
@@ -103,6 +157,6 @@ impl PolicyHub {
                 "no restore is recorded in the log's tree of {size} leaves"
             )));
         };
-        self.inclusion_proof(event_id, tree_size).await
+        self.inclusion_proof(event_id, tree_size, |_| true).await
     }
 }

@@ -52,6 +52,11 @@ impl Repository {
             exported_at: Some(super::rows::now()),
             revision: current_revision(&txn).await?,
             chain_head: head(&txn, None).await?,
+            log_origin: if whole {
+                self.log_origin()?.to_owned()
+            } else {
+                String::new()
+            },
             ..Archive::default()
         };
         for key in signing_keys::Entity::find()

@@ -13,11 +13,15 @@ use sea_orm::{
 
 use super::chain::head;
 use super::entities::{events, log_hashes, log_origin};
-use super::events::record;
-use super::rows::{db_revision, revision};
+use super::events::{pointer_moves, record};
+use super::policies::find_policy;
+use super::rows::{db_revision, db_version, revision};
 use super::transaction::{Repository, Transaction};
+use super::versions::{find_version, no_such_version};
 use crate::domain::log::{self, Hash, Reads};
-use crate::domain::{Error, EventKind, EventRecord, Result, chain};
+use crate::domain::{
+    Error, EventKind, EventRecord, PolicyRef, Result, VersionSelector, VersionState, chain,
+};
 
 /// How many leaves the tree has.
 pub(super) async fn tree_size<C: ConnectionTrait>(db: &C) -> Result<u64> {
@@ -189,6 +193,56 @@ impl Repository {
         let previous = head(&self.db, Some(id)).await?;
         let canonical = chain::canonical(&previous, &event);
         Ok((event, canonical, self.leaf_of(event_id).await?))
+    }
+
+    /// The ids of the events that put version `version` of `policy` in a
+    /// runtime's hands at `revision` (at most the current one): its
+    /// PUBLISHED event, and the ACTIVATED or ROLLED_BACK event that made it
+    /// active then.
+    pub async fn bundle_events(
+        &self,
+        policy: &PolicyRef,
+        version: u32,
+        revision_made_active: u64,
+    ) -> Result<(u64, u64)> {
+        let policy_id = find_policy(&self.db, policy).await?.id;
+        let selector = VersionSelector::Number(version);
+        let stored = find_version(&self.db, policy_id, &selector)
+            .await?
+            .ok_or_else(|| no_such_version(policy, &selector))?;
+        if stored.state != VersionState::Published.as_str() {
+            return Err(Error::precondition(format!(
+                "version {version} of {policy} is {}, not published: it was never a bundle",
+                stored.state
+            )));
+        }
+        let of_version = || {
+            events::Entity::find()
+                .select_only()
+                .column(events::Column::Id)
+                .filter(events::Column::PolicyId.eq(policy_id))
+                .filter(events::Column::NewVersion.eq(db_version(version)))
+        };
+        let published: Option<i64> = of_version()
+            .filter(events::Column::Kind.eq(EventKind::Published.as_str()))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let activated: Option<i64> = of_version()
+            .filter(events::Column::Kind.is_in(pointer_moves()))
+            .filter(events::Column::Revision.eq(db_revision(revision_made_active)))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        match (published, activated) {
+            (Some(published), Some(activated)) => Ok((revision(published), revision(activated))),
+            (None, _) => Err(Error::DataLoss(format!(
+                "the log has no PUBLISHED event of version {version} of {policy}"
+            ))),
+            (_, None) => Err(Error::NotFound(format!(
+                "version {version} of {policy} was not made active at revision {revision_made_active}"
+            ))),
+        }
     }
 
     /// The size of the log's tree now.

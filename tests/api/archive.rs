@@ -3,7 +3,8 @@
 //! archive and arrives in a PostgreSQL one unchanged: its versions, its
 //! events, what was active at every past revision, every signature. An
 //! import into a namespace that is not empty, and an archive cut short or
-//! altered, are refused with nothing written.
+//! altered, are refused with nothing written. A whole-log archive names its
+//! log's origin; its notes never verify as the importing deployment's log.
 
 use std::time::Duration;
 
@@ -349,4 +350,95 @@ async fn an_archive_cut_short_or_altered_is_refused_and_nothing_is_written() {
         "{}",
         loaded.stdout
     );
+}
+
+/// `archive` with its lines changed by `edit`, its trailer sealing them
+/// anew: an archive whose change only its own checks can find.
+fn resealed(archive: &str, edit: impl Fn(&mut Vec<serde_json::Value>)) -> String {
+    let mut lines: Vec<serde_json::Value> = archive
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut trailer = lines.pop().unwrap();
+    edit(&mut lines);
+    let body: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    use sha2::Digest as _;
+    trailer["trailer"]["sha256"] = json!(format!("{:x}", sha2::Sha256::digest(body.as_bytes())));
+    format!("{body}{trailer}\n")
+}
+
+/// A whole-log archive names its log's origin, and verify-log -f checks its
+/// checkpoints' notes under it against the tree of its events. Imported
+/// elsewhere, its notes stay the source log's: the target keeps its own
+/// origin, and they do not verify as the target's log, whatever keys the
+/// target learned from the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_names_its_log_and_its_notes_never_verify_as_another_deployments() {
+    let source = spawn_app(Backend::Sqlite).await;
+    for version in 1..=3 {
+        source
+            .release("team", "limits", json!({"max": version}), true)
+            .await;
+    }
+    let (origin, ..) = crate::log_tree::signed_tree(&source).await;
+    let archive = policyhub(&source, &["export"]).success().to_owned();
+    let header: serde_json::Value = serde_json::from_str(archive.lines().next().unwrap()).unwrap();
+    assert_eq!(header["header"]["logOrigin"], json!(origin));
+    let dir = tempfile::tempdir().unwrap();
+    let verify_offline = |text: &str| {
+        let file = dir.path().join("archive.jsonl");
+        std::fs::write(&file, text).unwrap();
+        policyhub(&source, &["verify-log", "-f", &file.display().to_string()])
+    };
+    verify_offline(&archive).success();
+    let renamed = resealed(&archive, |lines| {
+        lines[0]["header"]["logOrigin"] = json!("policy.example.com/log");
+    });
+    let run = verify_offline(&renamed);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("not of \"policy.example.com/log\""),
+        "{}",
+        run.stderr
+    );
+    let regrown = resealed(&archive, |lines| {
+        let checkpoint = lines
+            .iter_mut()
+            .rev()
+            .find(|line| line.get("checkpoint").is_some())
+            .unwrap();
+        let note = checkpoint["checkpoint"]["note"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let size = note.lines().nth(1).unwrap().to_owned();
+        let other = (size.parse::<u64>().unwrap() - 1).to_string();
+        checkpoint["checkpoint"]["note"] =
+            json!(note.replacen(&format!("\n{size}\n"), &format!("\n{other}\n"), 1));
+    });
+    let run = verify_offline(&regrown);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("does not verify"), "{}", run.stderr);
+
+    let target = spawn_app(Backend::Sqlite).await;
+    import(&target, archive.as_bytes()).success();
+    let (target_origin, ..) = crate::log_tree::signed_tree(&target).await;
+    assert_ne!(target_origin, origin, "the target keeps its own log");
+    policyhub(&target, &["verify-log"]).success();
+    let keys = policyhub(&target, &["get-signing-keys", "-o", "json"]);
+    let as_target = crate::log_tree::Verifier::trusting(keys.success(), &target_origin);
+    let as_source = crate::log_tree::Verifier::trusting(keys.success(), &origin);
+    for line in archive
+        .lines()
+        .filter(|line| line.contains("\"checkpoint\""))
+    {
+        let checkpoint: serde_json::Value = serde_json::from_str(line).unwrap();
+        let file = as_target.keep("note.json", &checkpoint["checkpoint"]);
+        as_target.refuses(
+            &target_origin,
+            &["note", &file],
+            &format!("no known key of {target_origin} signed the note"),
+        );
+        as_source.accepts(&["note", &file]);
+    }
 }

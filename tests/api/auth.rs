@@ -19,7 +19,7 @@ const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "policyhub";
 
 /// A token issuer with an Ed25519 key, and the JWKS file the server trusts.
-struct Issuer {
+pub(crate) struct Issuer {
     key: EncodingKey,
     public_key: Vec<u8>,
     jwks_file: PathBuf,
@@ -27,7 +27,7 @@ struct Issuer {
 }
 
 impl Issuer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let public_key = pair.public_key().as_ref().to_vec();
@@ -50,7 +50,7 @@ impl Issuer {
         jsonwebtoken::encode(&header, claims, &self.key).unwrap()
     }
 
-    fn token(&self, subject: &str, roles: &[&str]) -> String {
+    pub(crate) fn token(&self, subject: &str, roles: &[&str]) -> String {
         self.sign(&claims(subject, json!(roles)))
     }
 }
@@ -60,7 +60,7 @@ fn claims(subject: &str, roles: Value) -> Value {
     json!({"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "roles": roles, "iat": now, "exp": now + 600})
 }
 
-async fn secured_app(
+pub(crate) async fn secured_app(
     issuer: &Issuer,
     configure: impl FnOnce(&mut policyhub::config::Settings),
 ) -> TestApp {
@@ -76,7 +76,7 @@ async fn secured_app(
 }
 
 /// A request carrying `token` as its bearer credential (none for `""`).
-fn with_token<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     if !token.is_empty() {
         request
@@ -112,7 +112,7 @@ async fn draft(
 }
 
 /// Seeds team-a/x and team-b/y, each published and active, as an admin.
-async fn seed(app: &TestApp, admin: &str) {
+pub(crate) async fn seed(app: &TestApp, admin: &str) {
     for (namespace, name) in [("team-a", "x"), ("team-b", "y")] {
         draft(app, admin, namespace, name).await.unwrap();
         let mut publish = crate::helpers::publish_request(namespace, name, "", true);

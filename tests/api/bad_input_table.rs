@@ -251,6 +251,22 @@ fn rows(app: &TestApp) -> Vec<Row> {
             new_size: u64::MAX,
         })
     );
+    for (what, version, revision) in [
+        ("GetBundleProof: version 0", 0, 1),
+        ("GetBundleProof: a revision ahead", 1, u64::MAX),
+    ] {
+        row!(
+            what,
+            Code::InvalidArgument,
+            bundle.get_bundle_proof(proto::GetBundleProofRequest {
+                namespace: "team".into(),
+                name: "limits".into(),
+                version,
+                revision,
+                tree_size: 0,
+            })
+        );
+    }
     row!(
         "GetRestoreProof: no restore recorded",
         Code::NotFound,

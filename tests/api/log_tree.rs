@@ -15,7 +15,10 @@ use crate::cli::policyhub;
 use crate::helpers::{Backend, TestApp, TestDatabase, spawn_on};
 use crate::http::curl;
 
-crate::on_both_backends!(every_event_is_proven_in_the_signed_tree_and_every_tree_extends_the_last);
+crate::on_both_backends!(
+    every_event_is_proven_in_the_signed_tree_and_every_tree_extends_the_last,
+    verify_log_recomputes_the_tree_and_refuses_notes_the_events_do_not_make,
+);
 
 /// The verifiers of the server's keys under `origin`.
 async fn verifiers(app: &TestApp, origin: &str) -> VerifierList {
@@ -42,7 +45,7 @@ async fn verifiers(app: &TestApp, origin: &str) -> VerifierList {
 }
 
 /// The newest checkpoint's note, its signature verified: origin, size, root.
-async fn signed_tree(app: &TestApp) -> (String, u64, Hash) {
+pub(crate) async fn signed_tree(app: &TestApp) -> (String, u64, Hash) {
     let checkpoints = app
         .policy
         .clone()
@@ -275,16 +278,21 @@ async fn events_written_before_the_tree_are_appended_at_start() {
 
 /// The independent verifier (Python: hashlib, cryptography), written from
 /// RFC 9162 and the C2SP specifications, over what the CLI prints.
-struct Verifier {
+pub(crate) struct Verifier {
     dir: tempfile::TempDir,
     origin: String,
 }
 
 impl Verifier {
-    fn new(app: &TestApp, origin: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    pub(crate) fn new(app: &TestApp, origin: &str) -> Self {
         let keys = policyhub(app, &["get-signing-keys", "-o", "json"]);
-        std::fs::write(dir.path().join("jwks.json"), keys.success()).unwrap();
+        Verifier::trusting(keys.success(), origin)
+    }
+
+    /// A verifier of the log `origin` signed by the keys of `jwks`.
+    pub(crate) fn trusting(jwks: &str, origin: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
         Verifier {
             dir,
             origin: origin.to_owned(),
@@ -292,7 +300,7 @@ impl Verifier {
     }
 
     /// Writes `json` as `name` for the verifier.
-    fn keep(&self, name: &str, json: &serde_json::Value) -> String {
+    pub(crate) fn keep(&self, name: &str, json: &serde_json::Value) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, json.to_string()).unwrap();
         path.display().to_string()
@@ -311,14 +319,14 @@ impl Verifier {
     }
 
     #[track_caller]
-    fn accepts(&self, args: &[&str]) -> String {
+    pub(crate) fn accepts(&self, args: &[&str]) -> String {
         let run = self.run(&self.origin, args);
         assert!(run.status.success(), "{run:?}");
         String::from_utf8(run.stdout).unwrap()
     }
 
     #[track_caller]
-    fn refuses(&self, origin: &str, args: &[&str], saying: &str) {
+    pub(crate) fn refuses(&self, origin: &str, args: &[&str], saying: &str) {
         let run = self.run(origin, args);
         assert_eq!(run.status.code(), Some(1), "{run:?}");
         let said = String::from_utf8_lossy(&run.stderr);
@@ -421,4 +429,95 @@ async fn an_independent_verifier_checks_the_notes_and_the_proofs() {
     ));
     let file = verifier.keep("tampered.json", &tampered);
     verifier.refuses(&origin, &["note", &file], "does not verify");
+}
+
+/// `policyhub verify-log -f` over what an auditor keeps: the events, the
+/// checkpoints (one of whose notes `edit` may change) and the keys.
+fn verify_kept_log(app: &TestApp, edit: impl Fn(&mut serde_json::Value)) -> crate::cli::Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let events = policyhub(app, &["list-events", "-o", "json", "--limit", "100000"]);
+    std::fs::write(path("events.json"), events.success()).unwrap();
+    let mut checkpoints = policyhub(
+        app,
+        &["list-checkpoints", "-o", "json", "--limit", "100000"],
+    )
+    .json();
+    edit(&mut checkpoints);
+    std::fs::write(path("checkpoints.json"), checkpoints.to_string()).unwrap();
+    let keys = policyhub(app, &["get-signing-keys", "-o", "json"]);
+    std::fs::write(path("jwks.json"), keys.success()).unwrap();
+    policyhub(
+        app,
+        &[
+            "verify-log",
+            "-f",
+            &path("events.json"),
+            "--checkpoints",
+            &path("checkpoints.json"),
+            "--jwks",
+            &path("jwks.json"),
+        ],
+    )
+}
+
+#[track_caller]
+fn refused(run: &crate::cli::Run, saying: &str) {
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains(saying), "{saying}: {}", run.stderr);
+}
+
+/// verify-log recomputes the tree from the events, online and offline: a
+/// note whose text changed fails its signature. A stored hash of the tree
+/// rewritten behind the server's back, which the hash chain does not cover:
+/// the server signs no further note over it, and the live verify-log finds
+/// the proofs it serves from it do not tie the notes together.
+async fn verify_log_recomputes_the_tree_and_refuses_notes_the_events_do_not_make(app: TestApp) {
+    for version in 1..=3 {
+        app.release("team", "limits", json!({"max": version}), true)
+            .await;
+    }
+    policyhub(&app, &["verify-log"]).success();
+    verify_kept_log(&app, |_| {}).success();
+    let changed_size = |checkpoints: &mut serde_json::Value| {
+        let note = checkpoints["checkpoints"][0]["note"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let size = note.lines().nth(1).unwrap().to_owned();
+        let grown = (size.parse::<u64>().unwrap() - 1).to_string();
+        checkpoints["checkpoints"][0]["note"] =
+            json!(note.replacen(&format!("\n{size}\n"), &format!("\n{grown}\n"), 1));
+    };
+    refused(
+        &verify_kept_log(&app, changed_size),
+        "the checkpoint note does not verify",
+    );
+
+    // The second leaf's stored hash (stored hash 1) rewritten, the guard
+    // off for the while: the proofs from the older trees read it.
+    let db = app.sql().await;
+    use sea_orm::ConnectionTrait;
+    let (off, rewrite, on) = match app.database.backend {
+        Backend::Sqlite => (
+            "DROP TRIGGER log_hashes_refuse_update",
+            "UPDATE log_hashes SET hash = zeroblob(32) WHERE id = 1",
+            "CREATE TRIGGER log_hashes_refuse_update BEFORE UPDATE ON log_hashes \
+             BEGIN SELECT RAISE(ABORT, 'policyhub: log_hashes rows are never changed'); END",
+        ),
+        Backend::Postgres => (
+            "ALTER TABLE log_hashes DISABLE TRIGGER USER",
+            "UPDATE log_hashes SET hash = decode(repeat('00', 32), 'hex') WHERE id = 1",
+            "ALTER TABLE log_hashes ENABLE TRIGGER USER",
+        ),
+    };
+    for statement in [off, rewrite, on] {
+        db.execute_unprepared(statement).await.unwrap();
+    }
+    db.close().await.ok();
+    refused(
+        &policyhub(&app, &["verify-log"]),
+        "the tree it serves proofs from is not the one its notes signed",
+    );
+    verify_kept_log(&app, |_| {}).success();
 }

@@ -7,6 +7,7 @@ mod auth;
 mod backup;
 mod bad_input;
 mod bad_input_table;
+mod bundle_proofs;
 mod checkpoints;
 mod cli;
 mod client_settings;

@@ -113,7 +113,9 @@ async fn a_declared_restore_is_taken_and_said_where_an_undeclared_one_is_refused
         .get_restore_proof(proto::GetRestoreProofRequest::default())
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .proof
+        .expect("a proof");
     assert!(proof.canonical_event.contains(reason));
     assert!(proof.leaf_index < proof.tree_size);
 

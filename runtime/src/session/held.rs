@@ -240,7 +240,7 @@ impl Core {
             .get_restore_proof(proto::GetRestoreProofRequest { tree_size: to_size })
             .await;
         let answer = match answer {
-            Ok(answer) => answer.into_inner(),
+            Ok(answer) => answer.into_inner().proof.unwrap_or_default(),
             // No restore recorded (or a server from before restores).
             Err(status) if matches!(status.code(), Code::NotFound | Code::Unimplemented) => {
                 return Err(Failure::History(diverges));

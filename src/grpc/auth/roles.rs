@@ -115,6 +115,7 @@ pub enum Rpc {
     GetSigningKeys,
     GetConsistencyProof,
     GetRestoreProof,
+    GetBundleProof,
     RotateSigningKey,
     ReportStatus,
     ReportStatusStream,
@@ -149,7 +150,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 49] = [
+    pub const ALL: [Rpc; 50] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -169,6 +170,7 @@ impl Rpc {
         Rpc::GetSigningKeys,
         Rpc::GetConsistencyProof,
         Rpc::GetRestoreProof,
+        Rpc::GetBundleProof,
         Rpc::RotateSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
@@ -263,6 +265,7 @@ impl Rpc {
             | Rpc::GetSigningKeys
             | Rpc::GetConsistencyProof
             | Rpc::GetRestoreProof
+            | Rpc::GetBundleProof
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
             | Rpc::ListRuntimes
