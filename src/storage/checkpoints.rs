@@ -10,8 +10,9 @@ use sea_orm::{
 };
 
 use super::chain::tip;
-use super::entities::checkpoints;
+use super::cosignatures::with_cosignatures;
 use super::entities::events;
+use super::entities::{checkpoint_cosignatures, checkpoints};
 use super::events::record as event_record;
 use super::log::{tree_root, tree_size};
 use super::paging::Paging;
@@ -34,15 +35,19 @@ fn record(row: checkpoints::Model) -> Checkpoint {
     }
 }
 
+/// The newest checkpoint, with its cosignatures.
 pub(super) async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
-    Ok(checkpoints::Entity::find()
+    let newest = checkpoints::Entity::find()
         .order_by(checkpoints::Column::Id, Order::Desc)
         .one(db)
         .await?
-        .map(record))
+        .map(record);
+    Ok(with_cosignatures(db, newest.into_iter().collect())
+        .await?
+        .pop())
 }
 
-/// Every checkpoint, oldest first.
+/// Every checkpoint as signed (without cosignatures), oldest first.
 pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Checkpoint>> {
     Ok(checkpoints::Entity::find()
         .order_by(checkpoints::Column::Id, Order::Asc)
@@ -182,6 +187,12 @@ impl Repository {
             .clone()
     }
 
+    /// Resolves when this replica committed or read a checkpoint newer
+    /// than it held (for one waiter: the witnessing).
+    pub async fn newer_checkpoint(&self) {
+        self.checkpoints.newer.notified().await;
+    }
+
     /// Reads the newest stored checkpoint, another replica's included, and
     /// holds it when it is newer.
     pub async fn read_newest_checkpoint(&self) -> Result<Option<Checkpoint>> {
@@ -232,12 +243,13 @@ impl Repository {
             .one(&self.db)
             .await?
         {
-            Some(row) => Ok(Some(record(row))),
+            Some(row) => Ok(with_cosignatures(&self.db, vec![record(row)]).await?.pop()),
             None => self.read_newest_checkpoint().await,
         }
     }
 
-    /// The checkpoints, newest first; the page token is the last id.
+    /// The checkpoints with their cosignatures, newest first; the page
+    /// token is the last id.
     #[tracing::instrument(name = "storage.list_checkpoints", skip_all)]
     pub async fn list_checkpoints(
         &self,
@@ -255,9 +267,44 @@ impl Repository {
             .all(&self.db)
             .await?;
         let next_page_token = paging.finish(&mut rows, |last| last.id.to_string());
+        let items = rows.into_iter().map(record).collect();
         Ok(Page {
-            items: rows.into_iter().map(record).collect(),
+            items: with_cosignatures(&self.db, items).await?,
             next_page_token,
         })
+    }
+
+    /// The newest checkpoint that may go out to watch streams: cosigned by
+    /// a witness, or signed at or before `cutoff` (its witnesses had their
+    /// time); with its cosignatures.
+    pub async fn witnessed_checkpoint(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Checkpoint>> {
+        let cosigned: Option<i64> = checkpoint_cosignatures::Entity::find()
+            .select_only()
+            .column_as(checkpoint_cosignatures::Column::CheckpointId.max(), "id")
+            .into_tuple::<Option<i64>>()
+            .one(&self.db)
+            .await?
+            .flatten();
+        let timed_out = checkpoints::Entity::find()
+            .filter(checkpoints::Column::At.lte(cutoff))
+            .order_by(checkpoints::Column::Id, Order::Desc)
+            .one(&self.db)
+            .await?;
+        let row = match (cosigned, timed_out) {
+            (Some(cosigned), Some(timed_out)) if timed_out.id >= cosigned => Some(timed_out),
+            (Some(cosigned), _) => {
+                checkpoints::Entity::find_by_id(cosigned)
+                    .one(&self.db)
+                    .await?
+            }
+            (None, timed_out) => timed_out,
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(with_cosignatures(&self.db, vec![record(row)]).await?.pop())
     }
 }
