@@ -12,11 +12,11 @@ pub struct WitnessSettings {
     /// when unset.
     #[serde(default)]
     pub name: Option<String>,
-    /// Its base URL (`http://` or `https://`); checkpoints are posted to
-    /// `<url>/add-checkpoint`.
+    /// Required: its base URL (`http://` or `https://`); checkpoints are
+    /// posted to `<url>/add-checkpoint`.
     pub url: String,
-    /// Its C2SP verifier key, `<name>+<key id>+<base64>`, as `policyhub
-    /// witness` prints it: a cosignature it answers is stored only when it
+    /// Required: its C2SP verifier key, `<name>+<key id>+<base64>`, as
+    /// `policyhub witness` prints it: a cosignature it answers is stored only when it
     /// verifies with this key.
     pub key: String,
 }

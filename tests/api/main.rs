@@ -41,3 +41,4 @@ mod sync;
 mod watch;
 mod webhooks;
 mod witness;
+mod witnessing;
