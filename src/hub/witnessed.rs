@@ -45,6 +45,7 @@ impl PolicyHub {
     /// Publishes revisions only with a witnessed checkpoint (see the
     /// module), waiting up to `timeout` for cosignatures.
     pub async fn with_witnesses(mut self, timeout: Duration) -> Result<Self> {
+        self.repository.read_cosignatures();
         self.witnesses = Some(std::sync::Arc::new(WitnessGate {
             timeout,
             cosigned: Notify::new(),

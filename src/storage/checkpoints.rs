@@ -35,16 +35,13 @@ fn record(row: checkpoints::Model) -> Checkpoint {
     }
 }
 
-/// The newest checkpoint, with its cosignatures.
+/// The newest checkpoint as signed (without cosignatures).
 pub(super) async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
-    let newest = checkpoints::Entity::find()
+    Ok(checkpoints::Entity::find()
         .order_by(checkpoints::Column::Id, Order::Desc)
         .one(db)
         .await?
-        .map(record);
-    Ok(with_cosignatures(db, newest.into_iter().collect())
-        .await?
-        .pop())
+        .map(record))
 }
 
 /// Every checkpoint as signed (without cosignatures), oldest first.
@@ -187,6 +184,13 @@ impl Repository {
             .clone()
     }
 
+    /// Reads the newest checkpoint with its cosignatures from now on (with
+    /// witnesses configured; without, nothing is read beyond the
+    /// checkpoint); set once, for every clone.
+    pub fn read_cosignatures(&self) {
+        let _ = self.checkpoints.cosigned.set(());
+    }
+
     /// Resolves when this replica committed or read a checkpoint newer
     /// than it held (for one waiter: the witnessing).
     pub async fn newer_checkpoint(&self) {
@@ -195,9 +199,15 @@ impl Repository {
 
     /// Reads the newest stored checkpoint, another replica's included, and
     /// holds it when it is newer.
+    /// With witnesses (see `read_cosignatures`), with its cosignatures.
     pub async fn read_newest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         if let Some(checkpoint) = newest(&self.db).await? {
-            self.checkpoints.publish(checkpoint);
+            let checkpoint = match self.checkpoints.cosigned.get() {
+                Some(()) => with_cosignatures(&self.db, vec![checkpoint]).await?.pop(),
+                None => Some(checkpoint),
+            };
+            self.checkpoints
+                .publish(checkpoint.expect("the checkpoint read"));
         }
         Ok(self.newest_checkpoint())
     }

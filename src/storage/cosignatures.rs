@@ -107,9 +107,6 @@ impl Repository {
     /// `witnessed_checkpoint`); the newest checkpoint held is served with
     /// them from then on.
     pub async fn store_cosignatures(&self, id: u64, cosignatures: &[Cosignature]) -> Result<()> {
-        if cosignatures.is_empty() {
-            return Ok(());
-        }
         let at = now();
         let rows = cosignatures
             .iter()

@@ -69,6 +69,9 @@ pub(super) struct Checkpoints {
     pub(super) origin: OnceLock<String>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
+    /// Set when the newest is read with its cosignatures (witnesses are
+    /// configured).
+    pub(super) cosigned: OnceLock<()>,
     /// Woken (one permit kept) when a newer one is held.
     pub(super) newer: tokio::sync::Notify,
     /// How many checkpoints this replica refused to sign over a log that

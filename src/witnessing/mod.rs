@@ -202,6 +202,9 @@ async fn round(
         waiting.push(witnessed);
     }
     *witnesses = waiting;
+    if cosignatures.is_empty() {
+        return Ok(());
+    }
     hub.store_cosignatures(checkpoint.id, &cosignatures).await
 }
 
