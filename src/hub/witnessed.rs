@@ -58,8 +58,10 @@ impl PolicyHub {
     /// The newest checkpoint that may go out: cosigned, or older than the
     /// timeout.
     async fn witnessed_checkpoint(&self, gate: &WitnessGate) -> Result<Option<Checkpoint>> {
+        let timeout = chrono::Duration::from_std(gate.timeout).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now()
-            - chrono::Duration::from_std(gate.timeout).unwrap_or(chrono::Duration::MAX);
+            .checked_sub_signed(timeout)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         self.repository.witnessed_checkpoint(cutoff).await
     }
 
