@@ -30,6 +30,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("controller", &["domain", "hub"]),
     ("notifications", &["domain", "config", "hub", "metrics"]),
+    (
+        "witnessing",
+        &["domain", "config", "hub", "metrics", "storage"],
+    ),
     ("replication", &["config", "hub", "storage", "watch"]),
     (
         "grpc",
@@ -52,6 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "hub",
             "controller",
             "notifications",
+            "witnessing",
             "replication",
             "grpc",
             "http",

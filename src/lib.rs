@@ -34,6 +34,9 @@
 //!   rolling back running rollouts from the fleet view.
 //! - [`notifications`]: the webhook delivery worker, telling each
 //!   subscription's endpoint of the events it wants, from the outbox.
+//! - [`witnessing`]: the submission of checkpoints to the witnesses of
+//!   `audit.witnesses`, whose verified cosignatures the checkpoints served
+//!   carry.
 //! - [`replication`]: how a replica follows the others' activations (PostgreSQL).
 //! - [`http`]: the HTTP/JSON port: each unary RPC at the path its
 //!   `google.api.http` option declares, transcoded to the same gRPC services.
@@ -72,3 +75,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod watch;
 pub mod witness;
+pub mod witnessing;

@@ -188,6 +188,10 @@ impl Application {
             crate::metrics::global().index_instruments(),
         )
         .await?;
+        let hub = match settings.audit.witnesses.is_empty() {
+            true => hub,
+            false => hub.with_witnesses(settings.audit.witness_timeout()).await?,
+        };
         let listener = socket
             .listen(settings.listen_backlog)
             .with_context(|| format!("listening on {address}"))?;
@@ -283,6 +287,13 @@ impl Application {
             notifications::notifications(&self.hub, &self.settings, quotas.clone())?;
         let fleet = self.fleet;
         let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
+        let witnessing_task = (!self.settings.audit.witnesses.is_empty()).then(|| {
+            tokio::spawn(crate::witnessing::run(
+                self.hub.clone(),
+                self.settings.audit.clone(),
+                crate::metrics::global().witness_instruments(),
+            ))
+        });
         let controller_task = tokio::spawn(crate::controller::run(
             self.hub.clone(),
             self.settings.rollouts.tick_interval(),
@@ -397,6 +408,9 @@ impl Application {
         checkpoint_task.abort();
         controller_task.abort();
         notifications_task.abort();
+        if let Some(task) = witnessing_task {
+            task.abort();
+        }
         fleet_task.abort();
         if let Err(error) = fleet.flush().await {
             tracing::warn!(%error, "cannot persist the fleet view at shutdown");

@@ -5,6 +5,7 @@
 mod auth;
 mod limits;
 mod notifications;
+mod witnesses;
 
 use std::{
     net::SocketAddr,
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER};
 pub use limits::Limits;
 pub use notifications::NotificationSettings;
+pub use witnesses::WitnessSettings;
 
 /// Everything `policyhub serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +283,18 @@ pub struct AuditSettings {
     /// witnesses pin it: set it before the first checkpoint, never change
     /// it after.
     pub log_origin: Option<String>,
+    /// Witnesses (C2SP tlog-witness) every new checkpoint is submitted to,
+    /// by the one replica that holds the witnessing lock; the cosignatures
+    /// they answer are served on the checkpoint, so runtimes can require
+    /// them. None: checkpoints carry the log's signature alone.
+    pub witnesses: Vec<WitnessSettings>,
+    /// With witnesses, how long a revision waits for its checkpoint (or a
+    /// newer one) to be cosigned before watch streams receive it anyway;
+    /// each witness has half of it to answer. Activations still commit
+    /// when witnesses are down; their replies and watch streams wait up
+    /// to this.
+    #[serde(with = "humantime_serde")]
+    pub witness_timeout: Duration,
 }
 
 impl Default for AuditSettings {
@@ -288,6 +302,8 @@ impl Default for AuditSettings {
         AuditSettings {
             checkpoint_interval: Duration::from_secs(60),
             log_origin: None,
+            witnesses: Vec::new(),
+            witness_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -296,6 +312,11 @@ impl AuditSettings {
     /// The checkpoint interval.
     pub fn checkpoint_interval(&self) -> Duration {
         at_least_a_millisecond(self.checkpoint_interval)
+    }
+
+    /// The witness timeout.
+    pub fn witness_timeout(&self) -> Duration {
+        at_least_a_millisecond(self.witness_timeout)
     }
 }
 
@@ -499,8 +520,12 @@ impl Settings {
         figment
             .merge(environment.clone())
             .merge(Serialized::defaults(overrides))
-            .extract()
+            .extract::<Settings>()
             .map_err(|errors| anyhow::anyhow!(describe(errors, &environment)))
+            .and_then(|settings| {
+                witnesses::check(&settings.audit.witnesses)?;
+                Ok(settings)
+            })
             .context("reading the configuration")
     }
 

@@ -106,6 +106,12 @@ fn every_key_changed() -> Settings {
         audit: AuditSettings {
             checkpoint_interval: Duration::from_secs(90),
             log_origin: Some("policy.example.com/log".into()),
+            witnesses: vec![WitnessSettings {
+                name: Some("w1".into()),
+                url: "https://witness.example".into(),
+                key: witness_key("witness.example/w1"),
+            }],
+            witness_timeout: Duration::from_secs(5),
         },
         notifications: NotificationSettings {
             allow_http: true,
@@ -330,4 +336,58 @@ fn unknown_keys_are_refused() {
     let file = dir.path().join("policyhub.toml");
     std::fs::write(&file, "lisen = \"127.0.0.1:7000\"\n").unwrap();
     assert!(load_file(&file).is_err());
+}
+
+/// A witness's verifier key under `name`.
+fn witness_key(name: &str) -> String {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    policyhub_runtime::cosignature::verifier_key(name, &key.verifying_key())
+}
+
+#[test]
+fn a_witness_with_a_bad_url_or_key_is_refused_naming_the_entry() {
+    let good = witness_key("witness.example/w1");
+    let other = witness_key("witness.example/w2");
+    for (entries, refusal) in [
+        (
+            format!("{{url = \"ftp://w\", key = \"{good}\"}}"),
+            "audit.witnesses[0] (ftp://w): url",
+        ),
+        (
+            format!("{{url = \"not a url\", key = \"{good}\"}}"),
+            "audit.witnesses[0] (not a url): url",
+        ),
+        (
+            "{name = \"w1\", url = \"https://w\", key = \"w+0000+AAAA\"}".to_owned(),
+            "audit.witnesses[0] (w1): key: \"w+0000+AAAA\" is not a cosignature/v1",
+        ),
+        (
+            format!(
+                "{{url = \"https://a\", key = \"{good}\"}}, {{name = \"b\", url = \"https://b\", key = \"{good}\"}}"
+            ),
+            "audit.witnesses[1] (b): another witness has a key named \"witness.example/w1\"",
+        ),
+    ] {
+        let variables = [(
+            "POLICYHUB_AUDIT__WITNESSES".to_owned(),
+            format!("[{entries}]"),
+        )];
+        let refused = format!("{:#}", load_with(&variables).unwrap_err());
+        assert!(refused.contains(refusal), "{refused}");
+    }
+    let variables = [(
+        "POLICYHUB_AUDIT__WITNESSES".to_owned(),
+        format!(
+            "[{{url = \"https://a/\", key = \"{good}\"}}, {{url = \"http://b:8080/w\", key = \"{other}\"}}]"
+        ),
+    )];
+    let loaded = load_with(&variables).unwrap();
+    assert_eq!(
+        loaded.audit.witnesses[0].display_name(),
+        "witness.example/w1"
+    );
+    assert_eq!(
+        loaded.audit.witnesses[1].add_checkpoint_url(),
+        "http://b:8080/w/add-checkpoint"
+    );
 }

@@ -35,7 +35,8 @@ pub struct Checkpoint {
     /// The compact JWS.
     pub jws: String,
     /// The C2SP signed note of the log's Merkle tree it signs too (none on
-    /// checkpoints from before the tree).
+    /// checkpoints from before the tree), followed, as read back, by the
+    /// lines of the witnesses' cosignatures gathered.
     pub note: Option<String>,
 }
 

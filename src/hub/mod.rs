@@ -11,6 +11,7 @@ mod reads;
 mod rollouts;
 mod schedules;
 mod subscriptions;
+mod witnessed;
 
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;
@@ -74,6 +75,9 @@ pub struct PolicyHub {
     fleet: Fleet,
     /// How a checkpoint goes on the wire, handed in by the transport.
     encode_checkpoint: fn(&Checkpoint) -> prost::bytes::Bytes,
+    /// With witnesses, what holds revisions until their checkpoint is
+    /// witnessed (see `witnessed`).
+    witnesses: Option<Arc<witnessed::WitnessGate>>,
 }
 
 /// The signing key and the JWKS, which change together.
@@ -163,14 +167,19 @@ impl PolicyHub {
             schedule_settings: Arc::new(schedule_settings),
             fleet,
             encode_checkpoint,
+            witnesses: None,
         };
         hub.repository.read_newest_checkpoint().await?;
         hub.show_checkpoint();
         Ok(hub)
     }
 
-    /// Makes watch messages carry the newest checkpoint this replica holds.
+    /// Makes watch messages carry the newest checkpoint this replica holds;
+    /// with witnesses, the newest witnessed one only (see `witnessed`).
     fn show_checkpoint(&self) {
+        if self.witnesses.is_some() {
+            return;
+        }
         if let Some(checkpoint) = self.repository.newest_checkpoint() {
             self.index
                 .set_checkpoint((self.encode_checkpoint)(&checkpoint));
@@ -185,7 +194,7 @@ impl PolicyHub {
         let fresh_for = chrono::Duration::from_std(fresh_for)
             .map_err(|error| Error::Internal(format!("checkpoint interval: {error}")))?;
         let checkpoint = self.repository.refresh_checkpoint(fresh_for).await?;
-        self.show_checkpoint();
+        self.show_witnessed().await?;
         Ok(checkpoint)
     }
 
@@ -266,6 +275,7 @@ impl PolicyHub {
         if self.index.revision() >= revision {
             return;
         }
+        self.witnessed(revision).await;
         if self.index.revision() + 1 < revision {
             // The revisions in between committed too: on SQLite in the same
             // group commit, whose callers apply them now; on PostgreSQL on
@@ -281,7 +291,7 @@ impl PolicyHub {
             self.index.apply(change);
             return;
         }
-        if let Err(error) = self.catch_up_locked().await {
+        if let Err(error) = self.catch_up_locked(revision).await {
             // The commit stands; the next catch-up delivers it.
             tracing::warn!(%error, revision, "cannot catch up the active index");
         }
@@ -303,20 +313,31 @@ impl PolicyHub {
     /// Applies every revision committed after the index's, in order.
     pub async fn catch_up(&self) -> Result<()> {
         let _applying = self.applier.lock().await;
-        self.catch_up_locked().await
+        self.catch_up_locked(0).await
     }
 
-    async fn catch_up_locked(&self) -> Result<()> {
+    /// Applies the revisions committed after the index's that may be
+    /// published (see `witnessed`), at least up to `waited`, which waited
+    /// for its witnesses already.
+    async fn catch_up_locked(&self, waited: u64) -> Result<()> {
         let changes = self.repository.changes_since(self.index.revision()).await?;
         if changes.is_empty() {
+            if self.witnesses.is_some() {
+                // Cosignatures another replica gathered since.
+                self.show_witnessed().await?;
+            }
             return Ok(());
         }
         // An import (here or on another replica) may bring the keys that
         // signed what it loaded.
         self.refresh_jwks().await?;
         self.repository.read_newest_checkpoint().await?;
-        self.show_checkpoint();
+        let publishable = self.show_witnessed().await?.max(waited);
         for change in changes {
+            if change.revision > publishable {
+                // Published by a later catch-up, once witnessed.
+                break;
+            }
             self.index.apply(change);
         }
         Ok(())

@@ -27,6 +27,9 @@
 //!   `policyhub_webhook_oldest_undelivered_age_seconds{subscription}` and
 //!   `policyhub_webhook_subscriptions_disabled_total`: the webhook delivery
 //!   worker (`notifications`);
+//! - `policyhub_witness_submissions_total{witness, outcome}`: checkpoint
+//!   submissions to the witnesses of `audit.witnesses` (`witnessing`), by
+//!   outcome: `cosigned`, `unreachable`, `refused` or `invalid`;
 //! - `policyhub_accept_errors_total{port}`: accepts that failed on the
 //!   `grpc`, `http` or `metrics` port (at the open-files limit, say), each
 //!   followed by a pause;
@@ -37,6 +40,7 @@ mod exposition;
 mod notifications;
 mod process;
 mod rpc;
+mod witnesses;
 
 use std::{
     net::SocketAddr,
@@ -57,8 +61,10 @@ use tokio::net::TcpListener;
 
 pub use notifications::{NotificationInstruments, SubscriptionLabels};
 pub use rpc::RpcMetricsLayer;
+pub use witnesses::WitnessInstruments;
 
 use notifications::register_notifications;
+use witnesses::register_witnesses;
 
 use crate::connections::Listener;
 
@@ -102,6 +108,8 @@ pub struct Metrics {
     auth: crate::grpc::auth::Instruments,
     /// What the webhook delivery worker feeds.
     notifications: NotificationInstruments,
+    /// What the witnessing feeds.
+    witnesses: WitnessInstruments,
 }
 
 /// Labels of a port's connection counts.
@@ -256,6 +264,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     let notifications = NotificationInstruments::default();
     register_notifications(registry, &notifications);
+    let witnesses = WitnessInstruments::default();
+    register_witnesses(registry, &witnesses);
     Metrics {
         registry: root,
         rpc_requests,
@@ -277,6 +287,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         connections_refused,
         auth,
         notifications,
+        witnesses,
     }
 });
 
@@ -324,6 +335,11 @@ impl Metrics {
     /// The instruments the webhook delivery worker feeds.
     pub fn notification_instruments(&self) -> NotificationInstruments {
         self.notifications.clone()
+    }
+
+    /// The instruments the witnessing feeds.
+    pub fn witness_instruments(&self) -> WitnessInstruments {
+        self.witnesses.clone()
     }
 
     /// The instruments the active index feeds.

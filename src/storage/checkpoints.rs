@@ -10,8 +10,9 @@ use sea_orm::{
 };
 
 use super::chain::tip;
-use super::entities::checkpoints;
+use super::cosignatures::with_cosignatures;
 use super::entities::events;
+use super::entities::{checkpoint_cosignatures, checkpoints};
 use super::events::record as event_record;
 use super::log::{tree_root, tree_size};
 use super::paging::Paging;
@@ -34,6 +35,7 @@ fn record(row: checkpoints::Model) -> Checkpoint {
     }
 }
 
+/// The newest checkpoint as signed (without cosignatures).
 pub(super) async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
     Ok(checkpoints::Entity::find()
         .order_by(checkpoints::Column::Id, Order::Desc)
@@ -42,7 +44,7 @@ pub(super) async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoi
         .map(record))
 }
 
-/// Every checkpoint, oldest first.
+/// Every checkpoint as signed (without cosignatures), oldest first.
 pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Checkpoint>> {
     Ok(checkpoints::Entity::find()
         .order_by(checkpoints::Column::Id, Order::Asc)
@@ -182,11 +184,30 @@ impl Repository {
             .clone()
     }
 
+    /// Reads the newest checkpoint with its cosignatures from now on (with
+    /// witnesses configured; without, nothing is read beyond the
+    /// checkpoint); set once, for every clone.
+    pub fn read_cosignatures(&self) {
+        let _ = self.checkpoints.cosigned.set(());
+    }
+
+    /// Resolves when this replica committed or read a checkpoint newer
+    /// than it held (for one waiter: the witnessing).
+    pub async fn newer_checkpoint(&self) {
+        self.checkpoints.newer.notified().await;
+    }
+
     /// Reads the newest stored checkpoint, another replica's included, and
     /// holds it when it is newer.
+    /// With witnesses (see `read_cosignatures`), with its cosignatures.
     pub async fn read_newest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         if let Some(checkpoint) = newest(&self.db).await? {
-            self.checkpoints.publish(checkpoint);
+            let checkpoint = match self.checkpoints.cosigned.get() {
+                Some(()) => with_cosignatures(&self.db, vec![checkpoint]).await?.pop(),
+                None => Some(checkpoint),
+            };
+            self.checkpoints
+                .publish(checkpoint.expect("the checkpoint read"));
         }
         Ok(self.newest_checkpoint())
     }
@@ -232,12 +253,13 @@ impl Repository {
             .one(&self.db)
             .await?
         {
-            Some(row) => Ok(Some(record(row))),
+            Some(row) => Ok(with_cosignatures(&self.db, vec![record(row)]).await?.pop()),
             None => self.read_newest_checkpoint().await,
         }
     }
 
-    /// The checkpoints, newest first; the page token is the last id.
+    /// The checkpoints with their cosignatures, newest first; the page
+    /// token is the last id.
     #[tracing::instrument(name = "storage.list_checkpoints", skip_all)]
     pub async fn list_checkpoints(
         &self,
@@ -255,9 +277,44 @@ impl Repository {
             .all(&self.db)
             .await?;
         let next_page_token = paging.finish(&mut rows, |last| last.id.to_string());
+        let items = rows.into_iter().map(record).collect();
         Ok(Page {
-            items: rows.into_iter().map(record).collect(),
+            items: with_cosignatures(&self.db, items).await?,
             next_page_token,
         })
+    }
+
+    /// The newest checkpoint that may go out to watch streams: cosigned by
+    /// a witness, or signed at or before `cutoff` (its witnesses had their
+    /// time); with its cosignatures.
+    pub async fn witnessed_checkpoint(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Checkpoint>> {
+        let cosigned: Option<i64> = checkpoint_cosignatures::Entity::find()
+            .select_only()
+            .column_as(checkpoint_cosignatures::Column::CheckpointId.max(), "id")
+            .into_tuple::<Option<i64>>()
+            .one(&self.db)
+            .await?
+            .flatten();
+        let timed_out = checkpoints::Entity::find()
+            .filter(checkpoints::Column::At.lte(cutoff))
+            .order_by(checkpoints::Column::Id, Order::Desc)
+            .one(&self.db)
+            .await?;
+        let row = match (cosigned, timed_out) {
+            (Some(cosigned), Some(timed_out)) if timed_out.id >= cosigned => Some(timed_out),
+            (Some(cosigned), _) => {
+                checkpoints::Entity::find_by_id(cosigned)
+                    .one(&self.db)
+                    .await?
+            }
+            (None, timed_out) => timed_out,
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(with_cosignatures(&self.db, vec![record(row)]).await?.pop())
     }
 }

@@ -260,6 +260,29 @@ pub mod checkpoints {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod checkpoint_cosignatures {
+    use sea_orm::entity::prelude::*;
+
+    /// A witness's cosignature of a checkpoint, verified when stored.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "checkpoint_cosignatures")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub checkpoint_id: i64,
+        /// The witness's key name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub witness: String,
+        /// Its signature line (`— <name> <base64>`, with the newline).
+        pub line: String,
+        pub at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod log_hashes {
     use sea_orm::entity::prelude::*;
 

@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod chain;
 mod checkpoints;
+mod cosignatures;
 mod entities;
 mod errors;
 mod events;
@@ -38,6 +39,7 @@ use sea_orm::{
 };
 
 pub use archive::Imported;
+pub use cosignatures::{Cosignature, ToWitness};
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
 pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};

@@ -69,6 +69,11 @@ pub(super) struct Checkpoints {
     pub(super) origin: OnceLock<String>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
+    /// Set when the newest is read with its cosignatures (witnesses are
+    /// configured).
+    pub(super) cosigned: OnceLock<()>,
+    /// Woken (one permit kept) when a newer one is held.
+    pub(super) newer: tokio::sync::Notify,
     /// How many checkpoints this replica refused to sign over a log that
     /// does not extend the last signed one: health reports it.
     pub(super) refused: AtomicU64,
@@ -77,10 +82,20 @@ pub(super) struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Keeps `checkpoint` when it is newer than the one held.
+    /// Keeps `checkpoint` when it is newer than the one held, or the same
+    /// one read again (with the cosignatures gathered since).
     pub(super) fn publish(&self, checkpoint: Checkpoint) {
         let mut newest = self.newest.write().expect("checkpoint lock");
-        if newest.as_ref().is_none_or(|held| held.id < checkpoint.id) {
+        let newer = |held: &Checkpoint| {
+            held.id < checkpoint.id
+                || (held.id == checkpoint.id
+                    && held.note.as_ref().map(String::len)
+                        <= checkpoint.note.as_ref().map(String::len))
+        };
+        if newest.as_ref().is_none_or(newer) {
+            if newest.as_ref().is_none_or(|held| held.id < checkpoint.id) {
+                self.newer.notify_one();
+            }
             *newest = Some(checkpoint);
         }
     }

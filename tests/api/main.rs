@@ -42,3 +42,4 @@ mod sync;
 mod watch;
 mod webhooks;
 mod witness;
+mod witnessing;

@@ -23,7 +23,7 @@ use crate::runtime_library::{
 };
 
 /// The log's verifier key: its origin, the server's signing key.
-async fn log_key(channel: &Channel) -> String {
+pub(crate) async fn log_key(channel: &Channel) -> String {
     let origin = newest(channel, 0).await.origin;
     let keys = BundleServiceClient::new(channel.clone())
         .get_signing_keys(proto::GetSigningKeysRequest {})
@@ -111,8 +111,13 @@ async fn submit(port: u16, body: String) -> (u16, String, String) {
 /// Starts a witness of `log` on `port` over the files in `dir`; its
 /// verifier key, as it prints it.
 fn spawn_witness(dir: &Path, port: u16, log: &str) -> (Child, String) {
+    spawn_named_witness("witness.example/w1", dir, port, log)
+}
+
+/// [`spawn_witness`] under the key name `name`.
+pub(crate) fn spawn_named_witness(name: &str, dir: &Path, port: u16, log: &str) -> (Child, String) {
     let mut witness = Command::new(policyhub_binary())
-        .args(["witness", "--name", "witness.example/w1", "--key-file"])
+        .args(["witness", "--name", name, "--key-file"])
         .arg(dir.join("witness.key"))
         .arg("--state-file")
         .arg(dir.join("witness.state"))
