@@ -96,6 +96,11 @@ impl PolicyHub {
         self.repository.all_subscriptions().await
     }
 
+    /// Deletes the outbox rows every subscription has passed; how many.
+    pub async fn prune_outbox(&self) -> Result<u64> {
+        self.repository.prune_outbox().await
+    }
+
     /// A subscription as it is now; `None` once deleted.
     pub async fn subscription_by_id(&self, id: i64) -> Result<Option<Subscription>> {
         self.repository.subscription_by_id(id).await

@@ -43,6 +43,10 @@ const NOTIFICATIONS_LOCK: i64 = 7_240_534;
 /// How often the backlog gauges are read from the database.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the delivering replica prunes the outbox rows every
+/// subscription has passed.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The metrics the worker feeds.
 pub use crate::metrics::NotificationInstruments as Instruments;
 use crate::metrics::SubscriptionLabels as Labels;
@@ -99,9 +103,18 @@ async fn deliver_term(worker: &Worker) -> Result<()> {
     let mut drains = JoinSet::new();
     let mut running: HashMap<i64, AbortHandle> = HashMap::new();
     let mut ticker = poll(&worker.settings);
+    let mut pruned = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
         while drains.try_join_next().is_some() {}
+        if pruned.elapsed() >= PRUNE_INTERVAL {
+            pruned = tokio::time::Instant::now();
+            match worker.hub.prune_outbox().await {
+                Ok(0) => {}
+                Ok(rows) => tracing::debug!(rows, "pruned the outbox"),
+                Err(error) => tracing::warn!(%error, "the outbox could not be pruned"),
+            }
+        }
         let subscriptions = match worker.hub.all_subscriptions().await {
             Ok(subscriptions) => subscriptions,
             Err(error) => {
