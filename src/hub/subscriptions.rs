@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::subscription::{
-    DeliveryRecord, NewSubscription, Subscription, SubscriptionChange, SubscriptionName,
+    DeliveryRecord, NewSubscription, Outcome, Subscription, SubscriptionChange, SubscriptionName,
 };
 use crate::domain::{EventKind, EventRecord, Namespace, RequestContext, Result};
 use crate::storage::{Backlog, NewEvent};
@@ -86,7 +86,7 @@ impl PolicyHub {
     ) -> Result<()> {
         self.repository
             .write("record_test_delivery", async |tx| {
-                tx.insert_delivery(subscription.id, attempt).await
+                tx.record_delivery(subscription.id, attempt).await
             })
             .await
     }
@@ -106,12 +106,15 @@ impl PolicyHub {
         self.repository.subscription_by_id(id).await
     }
 
-    /// The next event a subscription is to be told of.
-    pub async fn next_announcement(
+    /// The next `limit` events a subscription is to be told of.
+    pub async fn next_announcements(
         &self,
         subscription: &Subscription,
-    ) -> Result<Option<EventRecord>> {
-        self.repository.next_announcement(subscription).await
+        limit: u64,
+    ) -> Result<Vec<EventRecord>> {
+        self.repository
+            .next_announcements(subscription, limit)
+            .await
     }
 
     /// What a subscription has not been told yet.
@@ -119,15 +122,18 @@ impl PolicyHub {
         self.repository.backlog(subscription).await
     }
 
-    /// Records a delivery attempt and moves the subscription on, unless
-    /// it moved since `subscription` was read; disabling it, when
-    /// `disabled` says why, records a SUBSCRIPTION_DISABLED event in the
-    /// same transaction. Whether it moved is returned.
-    #[tracing::instrument(name = "hub.record_attempt", skip_all)]
-    pub async fn record_attempt(
+    /// Records a run of attempts, in order, in one transaction: each one
+    /// delivered moves the subscription past its event; the last may have
+    /// failed, and `next_attempt_at` and `disabled` then apply. Nothing
+    /// moves past an attempt made on a subscription that changed since it
+    /// was read (`subscription`); disabling it records a
+    /// SUBSCRIPTION_DISABLED event in the same transaction. Whether every
+    /// attempt moved it is returned.
+    #[tracing::instrument(name = "hub.record_attempts", skip_all, fields(attempts = attempts.len()))]
+    pub async fn record_attempts(
         &self,
         subscription: &Subscription,
-        attempt: &DeliveryRecord,
+        attempts: &[DeliveryRecord],
         next_attempt_at: Option<DateTime<Utc>>,
         disabled: Option<&str>,
     ) -> Result<bool> {
@@ -136,11 +142,27 @@ impl PolicyHub {
             request_id: format!("subscription-{}", subscription.id),
         };
         self.repository
-            .write("record_attempt", async |tx| {
-                let moved = tx
-                    .record_attempt(subscription, attempt, next_attempt_at, disabled)
-                    .await?;
-                if let (true, Some(reason)) = (moved, disabled) {
+            .write("record_attempts", async |tx| {
+                let mut seen = subscription.clone();
+                for (index, attempt) in attempts.iter().enumerate() {
+                    let last = index + 1 == attempts.len();
+                    let (next_attempt_at, disabled) = match last {
+                        true => (next_attempt_at, disabled),
+                        false => (None, None),
+                    };
+                    if !tx
+                        .record_attempt(&seen, attempt, next_attempt_at, disabled)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    if attempt.outcome == Outcome::Delivered {
+                        seen.delivered_through = attempt.event_id;
+                        seen.consecutive_failures = 0;
+                    }
+                }
+                tx.trim_deliveries(subscription.id).await?;
+                if let Some(reason) = disabled {
                     let reason = format!(
                         "subscription {} disabled: {reason}",
                         subscription.display_name()
@@ -152,7 +174,7 @@ impl PolicyHub {
                     )
                     .await?;
                 }
-                Ok(moved)
+                Ok(true)
             })
             .await
     }

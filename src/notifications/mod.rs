@@ -33,7 +33,7 @@ pub use courier::HttpCourier;
 use crate::config::NotificationSettings;
 use crate::domain::Result;
 use crate::domain::rollout::RolloutState;
-use crate::domain::subscription::{Announcement, Courier, Outcome, Subscription};
+use crate::domain::subscription::{Announcement, Courier, DeliveryRecord, Outcome, Subscription};
 use crate::hub::PolicyHub;
 
 /// The advisory lock key of the delivery worker (7_240_531 is the
@@ -42,6 +42,12 @@ const NOTIFICATIONS_LOCK: i64 = 7_240_534;
 
 /// How often the backlog gauges are read from the database.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most events a drain delivers before it records its progress.
+const RUN: u64 = 64;
+
+/// The longest a drain delivers before it records its progress.
+const RUN_FOR: Duration = Duration::from_millis(200);
 
 /// How often the delivering replica prunes the outbox rows every
 /// subscription has passed.
@@ -145,11 +151,16 @@ async fn deliver_term(worker: &Worker) -> Result<()> {
     }
 }
 
-/// Delivers a subscription's waiting events in order, one at a time, until
-/// none waits, an attempt fails (its retry is scheduled), or `stop`.
+/// Delivers a subscription's waiting events in order, one at a time, in
+/// runs of at most [`RUN`] events and [`RUN_FOR`], each recorded in one
+/// transaction, until none waits, an attempt fails (its retry is
+/// scheduled), or `stop`. A subscription that falls behind so records its
+/// progress in fewer, larger transactions, sharing the writer with
+/// activations; a crash within a run delivers its events again, with the
+/// same ids.
 async fn drain(worker: &Worker, id: i64, stop: &AtomicBool) -> Result<()> {
     while !stop.load(Ordering::Relaxed) {
-        // Read again each time: an operator may have changed or disabled
+        // Read again each run: an operator may have changed or disabled
         // it, and its cursor moved.
         let Some(subscription) = worker.hub.subscription_by_id(id).await? else {
             return Ok(());
@@ -157,43 +168,75 @@ async fn drain(worker: &Worker, id: i64, stop: &AtomicBool) -> Result<()> {
         if !subscription.enabled {
             return Ok(());
         }
-        let Some(event) = worker.hub.next_announcement(&subscription).await? else {
+        let events = worker.hub.next_announcements(&subscription, RUN).await?;
+        let started = tokio::time::Instant::now();
+        let mut attempts = Vec::new();
+        let mut failures = subscription.consecutive_failures;
+        let mut retry = (None, None);
+        for event in &events {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let attempt = failures + 1;
+            let record = worker
+                .courier
+                .deliver(&subscription, Announcement::Event(event), attempt)
+                .await;
+            let mut labels = subscription_labels(&subscription);
+            labels.push(("outcome", record.outcome.as_str().to_owned()));
+            worker.instruments.deliveries.get_or_create(&labels).inc();
+            let failed = record.outcome == Outcome::Failed;
+            if failed {
+                retry = after_failure(worker, &subscription, event.id, &record, attempt);
+            }
+            attempts.push(record);
+            failures = 0;
+            if failed || started.elapsed() >= RUN_FOR {
+                break;
+            }
+        }
+        let Some(last) = attempts.last() else {
             return Ok(());
         };
-        let attempt = subscription.consecutive_failures + 1;
-        let record = worker
-            .courier
-            .deliver(&subscription, Announcement::Event(&event), attempt)
-            .await;
-        let mut labels = subscription_labels(&subscription);
-        labels.push(("outcome", record.outcome.as_str().to_owned()));
-        worker.instruments.deliveries.get_or_create(&labels).inc();
-        let settings = &worker.settings;
-        let (next_attempt_at, disabled) = match record.outcome {
-            Outcome::Delivered => (None, None),
-            Outcome::Failed if attempt >= settings.disable_after_failures.max(1) => {
-                tracing::warn!(subscription = %subscription.display_name(), attempt,
-                    error = %record.error, "disabling a subscription that keeps failing");
-                worker.instruments.disabled.inc();
-                let reason = format!("{attempt} failed attempts, the last: {}", record.error);
-                (None, Some(reason))
-            }
-            Outcome::Failed => {
-                let delay = retry_delay(settings, attempt);
-                tracing::info!(subscription = %subscription.display_name(), attempt,
-                    event = event.id, error = %record.error, ?delay, "delivery failed; retrying");
-                (Some(Utc::now() + delay), None)
-            }
-        };
+        let failed = last.outcome == Outcome::Failed;
+        let (next_attempt_at, disabled) = retry;
         let moved = worker
             .hub
-            .record_attempt(&subscription, &record, next_attempt_at, disabled.as_deref())
+            .record_attempts(
+                &subscription,
+                &attempts,
+                next_attempt_at,
+                disabled.as_deref(),
+            )
             .await?;
-        if !moved || record.outcome == Outcome::Failed {
+        if !moved || failed {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// When to try a failed event again, or why the subscription is disabled
+/// after `attempt` failures in a row.
+fn after_failure(
+    worker: &Worker,
+    subscription: &Subscription,
+    event: u64,
+    record: &DeliveryRecord,
+    attempt: u32,
+) -> (Option<chrono::DateTime<Utc>>, Option<String>) {
+    let settings = &worker.settings;
+    if attempt >= settings.disable_after_failures.max(1) {
+        tracing::warn!(subscription = %subscription.display_name(), attempt,
+            error = %record.error, "disabling a subscription that keeps failing");
+        worker.instruments.disabled.inc();
+        let reason = format!("{attempt} failed attempts, the last: {}", record.error);
+        return (None, Some(reason));
+    }
+    let delay = retry_delay(settings, attempt);
+    tracing::info!(subscription = %subscription.display_name(), attempt,
+        event, error = %record.error, ?delay, "delivery failed; retrying");
+    (Some(Utc::now() + delay), None)
 }
 
 /// The delay before attempt `failures + 1`: the bound doubles from

@@ -101,24 +101,33 @@ impl Repository {
         .await
     }
 
-    /// The next event a subscription is to be told of, in event order.
-    #[tracing::instrument(name = "storage.next_announcement", skip_all)]
-    pub async fn next_announcement(
+    /// The next `limit` events a subscription is to be told of, in event
+    /// order.
+    #[tracing::instrument(name = "storage.next_announcements", skip_all)]
+    pub async fn next_announcements(
         &self,
         subscription: &Subscription,
-    ) -> Result<Option<EventRecord>> {
-        let Some(next) = pending_for(subscription)
+        limit: u64,
+    ) -> Result<Vec<EventRecord>> {
+        let ids: Vec<i64> = pending_for(subscription)
+            .select_only()
+            .column(outbox::Column::EventId)
             .order_by(outbox::Column::EventId, Order::Asc)
-            .one(&self.db)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        events::Entity::find()
+            .filter(events::Column::Id.is_in(ids))
+            .order_by(events::Column::Id, Order::Asc)
+            .all(&self.db)
             .await?
-        else {
-            return Ok(None);
-        };
-        events::Entity::find_by_id(next.event_id)
-            .one(&self.db)
-            .await?
+            .into_iter()
             .map(record)
-            .transpose()
+            .collect()
     }
 
     /// How many events a subscription waits to deliver, and since when.
@@ -175,12 +184,7 @@ mod tests {
                     .unwrap();
             }
         };
-        let rows = async || {
-            outbox::Entity::find()
-                .count(&repository.db)
-                .await
-                .unwrap()
-        };
+        let rows = async || outbox::Entity::find().count(&repository.db).await.unwrap();
         record(3).await;
         assert_eq!(repository.prune_outbox().await.unwrap(), 3, "none listens");
         record(2).await;

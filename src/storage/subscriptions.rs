@@ -251,11 +251,17 @@ impl Transaction {
 
     /// Records one attempt and forgets all but the newest
     /// [`KEPT_DELIVERIES`] of the subscription.
-    pub async fn insert_delivery(
+    pub async fn record_delivery(
         &self,
         subscription_id: i64,
         attempt: &DeliveryRecord,
     ) -> Result<()> {
+        self.insert_delivery(subscription_id, attempt).await?;
+        self.trim_deliveries(subscription_id).await
+    }
+
+    /// Records one attempt.
+    async fn insert_delivery(&self, subscription_id: i64, attempt: &DeliveryRecord) -> Result<()> {
         deliveries::Entity::insert(deliveries::ActiveModel {
             id: NotSet,
             subscription_id: Set(subscription_id),
@@ -269,6 +275,12 @@ impl Transaction {
         })
         .exec_without_returning(&self.txn)
         .await?;
+        Ok(())
+    }
+
+    /// Forgets all but the newest [`KEPT_DELIVERIES`] attempts of the
+    /// subscription.
+    pub async fn trim_deliveries(&self, subscription_id: i64) -> Result<()> {
         let oldest_kept: Option<i64> = deliveries::Entity::find()
             .select_only()
             .column(deliveries::Column::Id)
