@@ -30,7 +30,10 @@ pub struct NotificationSettings {
     /// (with a SUBSCRIPTION_DISABLED event); it keeps its place, and
     /// enabling it again delivers from there.
     pub disable_after_failures: u32,
-    /// How often each replica looks for subscriptions to deliver to.
+    /// How often each replica looks for subscriptions to deliver to; also
+    /// how long an event waits, at most, for a subscription that has caught
+    /// up: each poll delivers what arrived since in one run, recorded in
+    /// one transaction.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
 }

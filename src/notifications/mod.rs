@@ -153,8 +153,8 @@ async fn deliver_term(worker: &Worker) -> Result<()> {
 
 /// Delivers a subscription's waiting events in order, one at a time, in
 /// runs of at most [`RUN`] events and [`RUN_FOR`], each recorded in one
-/// transaction, until none waits, an attempt fails (its retry is
-/// scheduled), or `stop`. A subscription that falls behind so records its
+/// transaction, until it caught up (a run shorter than [`RUN`]), an attempt
+/// fails (its retry is scheduled), or `stop`. A subscription that falls behind so records its
 /// progress in fewer, larger transactions, sharing the writer with
 /// activations; a crash within a run delivers its events again, with the
 /// same ids.
@@ -209,7 +209,10 @@ async fn drain(worker: &Worker, id: i64, stop: &AtomicBool) -> Result<()> {
                 disabled.as_deref(),
             )
             .await?;
-        if !moved || failed {
+        // A short run means the subscription caught up: what arrives next
+        // waits for the next poll, in a run of its own, rather than a
+        // transaction per event.
+        if !moved || failed || events.len() < RUN as usize {
             return Ok(());
         }
     }
