@@ -490,15 +490,16 @@ async fn a_rejected_version_is_not_sent_again(app: TestApp) {
     let v2 = app.release("team", "limits", json!({"max": 2}), true).await;
     let update = next_message(&mut stream).await;
     assert_eq!((update.revision, update.bundles.len()), (2, 1));
-    report(
-        &app.bundle,
-        "team",
-        "rt-1",
-        2,
-        vec![rejected("limits", v2.version, "refused by the runtime")],
-    )
-    .await
-    .unwrap();
+    let refuse = || {
+        report(
+            &app.bundle,
+            "team",
+            "rt-1",
+            2,
+            vec![rejected("limits", v2.version, "refused by the runtime")],
+        )
+    };
+    refuse().await.unwrap();
     // The stream moves on only when a pointer moves: nothing but progress.
     let quiet = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
     assert!(quiet.is_err(), "nothing is resent: {quiet:?}");
@@ -514,15 +515,7 @@ async fn a_rejected_version_is_not_sent_again(app: TestApp) {
         )
     );
     assert_eq!(recorded[0].actor, "anonymous");
-    report(
-        &app.bundle,
-        "team",
-        "rt-1",
-        2,
-        vec![rejected("limits", v2.version, "refused by the runtime")],
-    )
-    .await
-    .unwrap();
+    refuse().await.unwrap();
     // Resuming from the rejected revision does not resend it either.
     let mut resumed = app.watch("team", &[], 2).await;
     let first = next_message(&mut resumed).await;
