@@ -144,8 +144,14 @@ impl PolicyHub {
             })
             .await?;
         let checkpoint = self.refresh_checkpoint(Duration::ZERO).await?;
-        let proof = self.restore_proof(0).await?;
-        Ok((proof.event, checkpoint))
+        let size = self.repository.log_size().await?;
+        let recorded = self
+            .repository
+            .newest_restore_within(size)
+            .await?
+            .ok_or_else(|| Error::Internal("the restore just recorded is not in the log".into()))?;
+        let (event, _, _) = self.repository.event_leaf(recorded).await?;
+        Ok((event, checkpoint))
     }
 
     /// The newest restore recorded in the tree of `tree_size` leaves (0:

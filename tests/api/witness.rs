@@ -10,9 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
-use policyhub::grpc::proto::{
-    self, bundle_service_client::BundleServiceClient, policy_service_client::PolicyServiceClient,
-};
+use policyhub::grpc::proto::{self, bundle_service_client::BundleServiceClient};
 use policyhub_runtime::cosignature::cosigned_by;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -46,17 +44,7 @@ struct Proven {
 }
 
 async fn newest(channel: &Channel, old_size: u64) -> Proven {
-    let note = PolicyServiceClient::new(channel.clone())
-        .list_checkpoints(proto::ListCheckpointsRequest {
-            page_size: 1,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .checkpoints
-        .remove(0)
-        .note;
+    let note = crate::witnessing::listed_note(channel).await;
     let size = note.lines().nth(1).unwrap().parse().unwrap();
     let proof = if old_size == 0 {
         Vec::new()

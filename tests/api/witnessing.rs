@@ -151,7 +151,7 @@ async fn until_version(states: &mut mpsc::UnboundedReceiver<State>, name: &str, 
 }
 
 /// The newest checkpoint's note as ListCheckpoints serves it.
-async fn listed_note(channel: &Channel) -> String {
+pub(crate) async fn listed_note(channel: &Channel) -> String {
     PolicyServiceClient::new(channel.clone())
         .list_checkpoints(proto::ListCheckpointsRequest {
             page_size: 1,
