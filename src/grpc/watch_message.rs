@@ -6,10 +6,14 @@
 //! activation out to ten thousand streams encodes none again.
 //! [`WatchActiveResponse::into_grpc_frame`] copies a message of at most
 //! 16 KiB into one piece, which goes out as one HTTP/2 DATA frame, and
-//! hands a larger one to the transport in pieces: the bundles' bytes as
-//! they are, between the few bytes of the message's own fields, so a large
-//! bundle is never copied (`super::bundle_route` writes the frames). On the
-//! wire it is exactly the message `bundle_service.proto` declares;
+//! hands a larger one to the transport in pieces: the few bytes of the
+//! message's own fields, then each bundle's bytes as they are, so a large
+//! bundle is never copied (`super::bundle_route` writes the frames). Each
+//! piece is a send of its own to the HTTP/2 stream, which waits for
+//! flow-control capacity, so a large message puts its bundles last: one
+//! large bundle is two pieces, not three (protobuf parsers take fields in
+//! any order). On the wire it is the message `bundle_service.proto`
+//! declares;
 //! `build.rs` maps the protobuf name to this type, so clients decode it
 //! with prost.
 
@@ -90,12 +94,12 @@ impl WatchMessage {
         let mut own = BytesMut::with_capacity(GRPC_PREFIX_LEN + length - bundles_length);
         put_grpc_prefix(&mut own, prefix_length);
         self.encode_head(&mut own);
+        self.encode_tail(&mut own);
         let head_len = own.len();
         for bundle in &self.bundles {
             encode_key(4, WireType::LengthDelimited, &mut own);
             encode_varint(bundle.len() as u64, &mut own);
         }
-        self.encode_tail(&mut own);
         debug_assert_eq!(own.len() + bundles_length, GRPC_PREFIX_LEN + length);
         GrpcFrame {
             own: own.freeze(),
@@ -129,7 +133,7 @@ const COPIED_UP_TO: usize = 16 * 1024;
 pub struct GrpcFrame {
     /// The prefix, the fields, each bundle's key and length, in wire order.
     own: Bytes,
-    /// The prefix and the fields before the first bundle's key.
+    /// The prefix and every field but the bundles.
     head_len: usize,
     /// The bundles not yet handed out.
     bundles: std::vec::IntoIter<Bytes>,
@@ -334,11 +338,16 @@ mod tests {
             ),
         ] {
             let encoded = message.encode_to_vec();
-            let mut expected = vec![0];
-            expected.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-            expected.extend_from_slice(&encoded);
-            let wire: Vec<u8> = message.into_grpc_frame().flatten().collect();
-            assert_eq!(wire, expected);
+            let copied = GRPC_PREFIX_LEN + encoded.len() <= COPIED_UP_TO;
+            let wire: Vec<u8> = message.clone().into_grpc_frame().flatten().collect();
+            assert_eq!(wire[0], 0);
+            assert_eq!(wire[1..5], (encoded.len() as u32).to_be_bytes());
+            assert_eq!(wire.len(), GRPC_PREFIX_LEN + encoded.len());
+            assert_eq!(WatchActiveResponse::decode(&wire[5..]).unwrap(), message);
+            if copied {
+                // Copied whole: exactly prost's order of fields.
+                assert_eq!(wire[5..], encoded);
+            }
         }
     }
 
@@ -359,7 +368,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(pieces(largest), 1);
-        assert_eq!(pieces(largest + 1), 3);
+        assert_eq!(pieces(largest + 1), 2);
     }
 
     #[test]
@@ -368,11 +377,11 @@ mod tests {
         let small = Bytes::from(vec![2; 100]);
         let frame = message_with(vec![large.clone(), small.clone()], true).into_grpc_frame();
         let pieces: Vec<Bytes> = frame.collect();
-        // head+key, bundle, key, bundle, tail
-        assert_eq!(pieces.len(), 5);
+        // fields and key, bundle, key, bundle
+        assert_eq!(pieces.len(), 4);
         assert_eq!(pieces[1].as_ptr(), large.as_ptr());
         assert_eq!(pieces[3].as_ptr(), small.as_ptr());
-        let own: usize = [0, 2, 4].iter().map(|&index| pieces[index].len()).sum();
+        let own: usize = [0, 2].iter().map(|&index| pieces[index].len()).sum();
         assert!(own < 48, "the message's own bytes are {own}");
     }
 }
