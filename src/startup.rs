@@ -30,7 +30,6 @@ use crate::http::Gateway;
 use crate::hub::PolicyHub;
 use crate::{signing, storage};
 
-mod background;
 mod identity;
 mod notifications;
 
@@ -287,12 +286,7 @@ impl Application {
         let (subscription_service, notifications_task) =
             notifications::notifications(&self.hub, &self.settings, quotas.clone())?;
         let fleet = self.fleet;
-        // Dropped last: the final flush below may use a database connection
-        // it opened.
-        let background = background::Background::start()?;
-        let fleet_task = background
-            .handle()
-            .spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
+        let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
         let witnessing_task = (!self.settings.audit.witnesses.is_empty()).then(|| {
             tokio::spawn(crate::witnessing::run(
                 self.hub.clone(),
@@ -316,7 +310,6 @@ impl Application {
             self.hub.clone(),
             self.settings.watch.heartbeat_interval(),
             quotas,
-            background.handle().clone(),
         );
         let bundle_service = BundleRoute::new(
             BundleServiceServer::new(bundle_api.clone()).max_decoding_message_size(max_message + 1),

@@ -614,13 +614,14 @@ pub struct Outcome {
 
 impl Outcome {
     /// Takes from `again`, a later run of the same section, each row that
-    /// was noisy here and whose repeats agree better there.
+    /// was noisy here and whose repeats agree better there: a row is its
+    /// measure against its baseline (one measure may have two).
     fn keep_quieter(&mut self, again: Outcome) {
         for row in again.rows {
             if let Some(held) = self
                 .rows
                 .iter_mut()
-                .find(|held| held.measure == row.measure)
+                .find(|held| held.measure == row.measure && held.baseline == row.baseline)
                 && held.noisy()
                 && row.spread() < held.spread()
             {

@@ -16,10 +16,10 @@
 //!   the `Activate` to the last receipt while the N runtimes answer every
 //!   update with a report on their report stream, as the runtime library
 //!   does, against N anonymous streams that do not report (the first round
-//!   of each kind left out: no report precedes it). The server records
-//!   reports on a thread of lower priority, so while it delivers its CPU
-//!   goes to the delivery first; the runtimes sending their reports share
-//!   the two cores with it;
+//!   of each kind left out: no report precedes it). The first runtimes to
+//!   receive an update report while the server still writes it to the
+//!   others: the CPU figure says how much of that the server does inside
+//!   the delivery's window;
 //! - the fleet reads that count the runtimes, `GetPolicyStatus`,
 //!   `StartRollout` and `GetRollout`, with the N runtimes reported against
 //!   the same calls before any runtime connected.

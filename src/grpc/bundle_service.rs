@@ -2,13 +2,11 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use prost::{
     Message,
     bytes::{Bytes, BytesMut},
 };
-use tokio::runtime::Handle;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
@@ -30,19 +28,15 @@ pub struct BundleApi {
     /// A PROGRESS message goes out after this long without an update.
     heartbeat: Duration,
     quotas: Arc<Quotas>,
-    /// Where reports are decoded and recorded: a runtime whose thread
-    /// yields the cores to deliveries (see `startup::background`).
-    reports: Handle,
 }
 
 impl BundleApi {
-    /// The service over `hub`, recording reports on `reports`.
-    pub fn new(hub: PolicyHub, heartbeat: Duration, quotas: Arc<Quotas>, reports: Handle) -> Self {
+    /// The service over `hub`.
+    pub fn new(hub: PolicyHub, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
         BundleApi {
             hub,
             heartbeat,
             quotas,
-            reports,
         }
     }
 }
@@ -381,15 +375,8 @@ impl BundleService for BundleApi {
         request: Request<proto::ReportStatusRequest>,
     ) -> Result<Response<proto::ReportStatusResponse>, Status> {
         let caller = identify(&request)?;
-        let api = self.clone();
-        let reply = self.reports.spawn(async move {
-            api.report(&caller, Rpc::ReportStatus, request.get_ref())
-                .await
-        });
-        let reply = reply
-            .await
-            .map_err(|error| Status::internal(format!("a report failed: {error}")))?;
-        Ok(Response::new(reply?))
+        let reply = self.report(&caller, Rpc::ReportStatus, request.get_ref());
+        Ok(Response::new(reply.await?))
     }
 
     type ReportStatusStreamStream = ReportStream;
@@ -420,19 +407,7 @@ impl BundleService for BundleApi {
             };
             Some((reply, (reports, api, caller, permit)))
         });
-        // Read, decoded and answered on the reports' runtime; the replies
-        // come back in order, one at a time, and the task ends when the
-        // stream does or the caller goes away.
-        let (sender, receiver) = tokio::sync::mpsc::channel(1);
-        self.reports.spawn(async move {
-            let mut replies = std::pin::pin!(replies);
-            while let Some(reply) = replies.next().await {
-                if sender.send(reply).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
