@@ -317,6 +317,12 @@ impl Policyhub {
             )
             .env("POLICYHUB_QUOTAS__MUTATIONS_PER_SECOND", "1000000")
             .env("POLICYHUB_QUOTAS__MUTATION_BURST", "1000000")
+            // One connection per stream, and the bench's own beside them:
+            // above the default cap of 10,000 per port.
+            .env(
+                "POLICYHUB_CONNECTIONS__MAX_PER_PORT",
+                (options.streams + 100).max(10_000).to_string(),
+            )
             .envs(options.env.iter().map(|(key, value)| (key, value)));
         if !options.authenticated {
             command.arg("--insecure");
