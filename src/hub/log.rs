@@ -137,19 +137,14 @@ impl PolicyHub {
                 "is required: say what was restored, and why",
             ));
         }
-        self.repository
+        let recorded = self
+            .repository
             .write("record_restore", async |tx| {
                 tx.record_event(context, None, NewEvent::new(EventKind::Restored, reason))
                     .await
             })
             .await?;
         let checkpoint = self.refresh_checkpoint(Duration::ZERO).await?;
-        let size = self.repository.log_size().await?;
-        let recorded = self
-            .repository
-            .newest_restore_within(size)
-            .await?
-            .ok_or_else(|| Error::Internal("the restore just recorded is not in the log".into()))?;
         let (event, _, _) = self.repository.event_leaf(recorded).await?;
         Ok((event, checkpoint))
     }

@@ -89,13 +89,14 @@ pub(super) fn in_scope(column: impl ColumnTrait, scope: &NamespaceScope) -> Cond
 }
 
 impl Transaction {
-    /// Records an event about `policy` (or the deployment, with `None`).
+    /// Records an event about `policy` (or the deployment, with `None`);
+    /// returns its id.
     pub async fn record_event(
         &self,
         context: &RequestContext,
         policy: Option<&LockedPolicy>,
         event: NewEvent<'_>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let record = EventRecord {
             id: 0,
             kind: event.kind,
@@ -119,12 +120,13 @@ impl Transaction {
     }
 
     /// Appends `record` to the log as it is (its id and hash aside), linked
-    /// to the head of the chain, about the policy row `policy_id`.
+    /// to the head of the chain, about the policy row `policy_id`; returns
+    /// its id.
     pub(super) async fn append_event(
         &self,
         mut record: EventRecord,
         policy_id: Option<i64>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let canonical = chain::canonical(&self.chain_tip().await?.1, &record);
         record.hash = chain::hash(&canonical);
         let hash = record.hash.clone();
@@ -155,7 +157,7 @@ impl Transaction {
         self.enqueue_announcement(id, record.kind, announced_namespace)
             .await?;
         self.chain_appended(revision(id), hash);
-        Ok(())
+        Ok(revision(id))
     }
 
     /// The version that was active before the policy's last pointer move.

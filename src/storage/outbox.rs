@@ -178,7 +178,8 @@ mod tests {
                 repository
                     .write("test", async |tx| {
                         let event = NewEvent::new(EventKind::KeyRotated, "yearly");
-                        tx.record_event(&context, None, event).await
+                        tx.record_event(&context, None, event).await?;
+                        Ok(())
                     })
                     .await
                     .unwrap();
