@@ -15,7 +15,11 @@
 //! 1's row as SUPERSEDED drafts (the state a draft replaced by a newer one
 //! has: no signature, no label), numbered 4 and up, each with its
 //! DRAFT_CREATED event, in one statement each that the schema's guards
-//! accept. Only the three published versions are ever served.
+//! accept. The events go in unsealed (no hash), as events written before
+//! the hash chain are, and an untimed start of the server seals them into
+//! the chain and the log's tree: a copied hash would break the chain, and
+//! the server refuses to start on a log rewritten since its checkpoint.
+//! Only the three published versions are ever served.
 
 use std::{
     path::{Path, PathBuf},
@@ -44,6 +48,9 @@ const PUBLISHED: usize = 3;
 
 /// Seeding 10^6 is skipped when 10^5 took longer than this tenth of it.
 const SEED_BUDGET: Duration = Duration::from_secs(120);
+
+/// How long a start may take before the section fails.
+const SERVING_WITHIN: Duration = Duration::from_secs(60);
 
 /// A data directory holding `versions` stored versions.
 struct Seeded {
@@ -141,7 +148,7 @@ fn insert_history(database: &Path, versions: usize) -> anyhow::Result<()> {
         event_template,
         range,
         "new_version",
-        &[],
+        &[("hash", "NULL")],
     )?;
     transaction.commit()?;
     Ok(())
@@ -160,7 +167,7 @@ async fn seed(versions: usize) -> anyhow::Result<(Seeded, Duration)> {
     .await?;
     // Migrated and serving before anything else, and stopped cleanly:
     // a server killed while it migrates leaves a half-made schema.
-    wait_until_serving(&policyhub).await?;
+    wait_until_serving(&policyhub, SERVING_WITHIN).await?;
     if versions > 0 {
         policyhub.publish(PUBLISHED).await?;
     }
@@ -169,6 +176,9 @@ async fn seed(versions: usize) -> anyhow::Result<(Seeded, Duration)> {
     tokio::task::spawn_blocking(move || insert_history(&database, versions))
         .await?
         .with_context(|| format!("seeding {versions} versions"))?;
+    if versions > PUBLISHED {
+        seal(&data_dir).await?;
+    }
     Ok((
         Seeded {
             versions,
@@ -179,6 +189,58 @@ async fn seed(versions: usize) -> anyhow::Result<(Seeded, Duration)> {
     ))
 }
 
+/// Starts the server on `data_dir` untimed: it seals the copied events
+/// into its hash chain and log's tree, and here signs a checkpoint over
+/// them at once, as a running server does within its interval; the timed
+/// starts then verify only the events since that checkpoint, as in a
+/// deployment.
+async fn seal(data_dir: &Path) -> anyhow::Result<()> {
+    let mut policyhub = Policyhub::start(Options {
+        data_dir: Some(data_dir.to_owned()),
+        env: vec![(
+            "POLICYHUB_AUDIT__CHECKPOINT_INTERVAL".into(),
+            // Checking the sealed events against the previous checkpoint
+            // takes seconds at 10^5: the signing must not time out.
+            "10s".into(),
+        )],
+        ..Options::default()
+    })
+    .await?;
+    wait_until_serving(&policyhub, SEED_BUDGET).await?;
+    let last_event = rusqlite::Connection::open(data_dir.join("policyhub.db"))?.query_row(
+        "SELECT max(id) FROM events",
+        [],
+        |row| row.get::<_, i64>(0),
+    )?;
+    let deadline = Instant::now() + SEED_BUDGET;
+    loop {
+        let newest = policyhub
+            .policies
+            .list_checkpoints(policyhub.request(proto::ListCheckpointsRequest {
+                page_size: 1,
+                page_token: String::new(),
+            }))
+            .await?
+            .into_inner()
+            .checkpoints
+            .into_iter()
+            .next();
+        let signed_over = newest.map_or(0, |checkpoint| checkpoint.last_event_id);
+        if signed_over >= last_event as u64 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no checkpoint over the sealed events (to {last_event}) within {} s: the newest \
+             is over the events to {signed_over}",
+            SEED_BUDGET.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    policyhub.server.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
+
 /// From process start to the first SERVING answer of Health/Check.
 async fn startup_time(seeded: &Seeded) -> anyhow::Result<Duration> {
     let policyhub = Policyhub::start(Options {
@@ -186,14 +248,14 @@ async fn startup_time(seeded: &Seeded) -> anyhow::Result<Duration> {
         ..Options::default()
     })
     .await?;
-    wait_until_serving(&policyhub).await?;
+    wait_until_serving(&policyhub, SERVING_WITHIN).await?;
     Ok(policyhub.started.elapsed())
 }
 
-/// Polls Health/Check until it answers SERVING.
-async fn wait_until_serving(policyhub: &Policyhub) -> anyhow::Result<()> {
+/// Polls Health/Check until it answers SERVING, for at most `within`.
+async fn wait_until_serving(policyhub: &Policyhub, within: Duration) -> anyhow::Result<()> {
     let mut health = HealthClient::new(policyhub.endpoint.connect().await?);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     loop {
         let answer = tokio::time::timeout(
             Duration::from_secs(1),
@@ -209,7 +271,8 @@ async fn wait_until_serving(policyhub: &Policyhub) -> anyhow::Result<()> {
         }
         ensure!(
             Instant::now() < deadline,
-            "the server did not serve within 60 s"
+            "the server did not serve within {} s",
+            within.as_secs()
         );
         policyhub.server.ensure_running()?;
         tokio::time::sleep(Duration::from_millis(1)).await;
