@@ -15,11 +15,13 @@
 //! - `Activate`'s latency, the delivery p99 and the server's CPU time from
 //!   the `Activate` to the last receipt while the N runtimes answer every
 //!   update with a report on their report stream, as the runtime library
-//!   does, against N anonymous streams that do not report (the first round
-//!   of each kind left out: no report precedes it). The first runtimes to
-//!   receive an update report while the server still writes it to the
-//!   others: the CPU figure says how much of that the server does inside
-//!   the delivery's window;
+//!   does (at a random moment within its report spread, 1 s, after the
+//!   update), against N anonymous streams that do not report (the first
+//!   round of each kind left out: no report precedes it; each round starts
+//!   a spread after the previous one's last receipt). Reports sent at once
+//!   reached the server while it still wrote the update to the others: the
+//!   CPU figure says how much of that the server does inside the
+//!   delivery's window;
 //! - the fleet reads that count the runtimes, `GetPolicyStatus`,
 //!   `StartRollout` and `GetRollout`, with the N runtimes reported against
 //!   the same calls before any runtime connected.
@@ -34,6 +36,7 @@ use std::{
 
 use anyhow::{Context, ensure};
 use policyhub::grpc::proto::{self, bundle_service_client::BundleServiceClient};
+use policyhub_runtime::DEFAULT_REPORT_SPREAD;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -316,6 +319,9 @@ async fn rounds(
     let mut last = 0;
     let pid = policyhub.server.pid();
     for round in 0..ROUNDS {
+        // The runtimes report the previous round within their spread: a
+        // round is its delivery and its reports, and rounds do not overlap.
+        tokio::time::sleep(DEFAULT_REPORT_SPREAD).await;
         let version = first_version + round as u32;
         let mut activate = Duration::ZERO;
         let mut delivery = Vec::with_capacity(count);

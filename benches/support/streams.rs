@@ -9,6 +9,8 @@ use std::{
 use anyhow::{Context, ensure};
 use futures::{StreamExt, TryStreamExt};
 use policyhub::grpc::proto::{self, WatchEventKind, bundle_service_client::BundleServiceClient};
+use policyhub::grpc::watch_message::WatchActiveResponse;
+use policyhub_runtime::DEFAULT_REPORT_SPREAD;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{
     metadata::MetadataValue,
@@ -26,7 +28,7 @@ pub struct Watcher {
     /// The runtime id it names; without one it joins rollouts at 100 %.
     pub runtime: Option<String>,
     /// Whether it answers each UPDATE with a report APPLIED on its
-    /// `ReportStatusStream`, as the runtime library does.
+    /// `ReportStatusStream`, spread as the runtime library spreads them.
     pub reports: bool,
     /// The loopback source address of its own connection: each address has
     /// its own ephemeral ports, so more than one is needed beyond ~28,000
@@ -149,41 +151,44 @@ async fn open_watch(
         // The client keeps the connection's request half alive.
         let mut client = client;
         let mut reporter: Option<Reporter> = None;
-        while let Ok(Some(message)) = stream.message().await {
-            if message.kind() == WatchEventKind::Update {
-                let received = Instant::now();
-                if receipts.send((message.revision, received)).is_err() {
-                    break;
-                }
-                let Some(id) = watcher.runtime.as_ref().filter(|_| watcher.reports) else {
+        // The report due, and when: as the runtime library, at a random
+        // moment within its report spread after the first outcome since
+        // the last report.
+        let mut due: Option<(tokio::time::Instant, proto::ReportStatusRequest)> = None;
+        loop {
+            let report = tokio::select! {
+                message = stream.message() => {
+                    let Ok(Some(message)) = message else { break };
+                    if message.kind() != WatchEventKind::Update {
+                        continue;
+                    }
+                    if receipts.send((message.revision, Instant::now())).is_err() {
+                        break;
+                    }
+                    if let Some(id) = watcher.runtime.as_ref().filter(|_| watcher.reports) {
+                        let report = applied(id, &message);
+                        let at = due.take().map_or_else(
+                            || tokio::time::Instant::now() + DEFAULT_REPORT_SPREAD.mul_f64(fastrand::f64()),
+                            |(at, _)| at,
+                        );
+                        due = Some((at, report));
+                    }
                     continue;
-                };
-                let applied = message.decode_bundles().unwrap_or_default();
-                let report = proto::ReportStatusRequest {
-                    namespace: NAMESPACE.into(),
-                    runtime_id: id.clone(),
-                    revision: message.revision,
-                    policies: applied
-                        .iter()
-                        .map(|bundle| proto::PolicyApplyStatus {
-                            name: bundle.name.clone(),
-                            version: bundle.version,
-                            state: proto::ApplyState::Applied as i32,
-                            ..Default::default()
-                        })
-                        .collect(),
-                };
-                let reported = match &mut reporter {
-                    Some(reporter) => reporter.report(report).await,
-                    None => match Reporter::open(&mut client, token.as_ref()).await {
-                        Ok(opened) => reporter.insert(opened).report(report).await,
-                        Err(status) => Err(status),
-                    },
-                };
-                if let Err(status) = reported {
-                    eprintln!("  warning: report of {id} refused: {status}");
-                    reporter = None;
                 }
+                () = tokio::time::sleep_until(due.as_ref().map_or_else(tokio::time::Instant::now, |(at, _)| *at)),
+                    if due.is_some() => due.take().expect("a report is due").1,
+            };
+            let reported = match &mut reporter {
+                Some(reporter) => reporter.report(report).await,
+                None => match Reporter::open(&mut client, token.as_ref()).await {
+                    Ok(opened) => reporter.insert(opened).report(report).await,
+                    Err(status) => Err(status),
+                },
+            };
+            if let Err(status) = reported {
+                let id = watcher.runtime.as_deref().unwrap_or_default();
+                eprintln!("  warning: a report of {id} was refused: {status}");
+                reporter = None;
             }
         }
     });
@@ -194,6 +199,26 @@ async fn open_watch(
             message_bytes,
         },
     ))
+}
+
+/// The report of runtime `id` that it applied `update`.
+fn applied(id: &str, update: &WatchActiveResponse) -> proto::ReportStatusRequest {
+    proto::ReportStatusRequest {
+        namespace: NAMESPACE.into(),
+        runtime_id: id.to_owned(),
+        revision: update.revision,
+        policies: update
+            .decode_bundles()
+            .unwrap_or_default()
+            .iter()
+            .map(|bundle| proto::PolicyApplyStatus {
+                name: bundle.name.clone(),
+                version: bundle.version,
+                state: proto::ApplyState::Applied as i32,
+                ..Default::default()
+            })
+            .collect(),
+    }
 }
 
 /// A `ReportStatusStream` as the runtime library holds one: each report

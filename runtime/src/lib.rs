@@ -88,6 +88,6 @@ pub mod proto {
 pub use state::{Source, State, VerifiedBundle};
 pub use token::token_file;
 pub use watcher::{
-    Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, RevokeError, Revoker, Subscription,
-    TokenSource, Validate, WatchError,
+    DEFAULT_REPORT_SPREAD, Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, RevokeError, Revoker,
+    Subscription, TokenSource, Validate, WatchError,
 };

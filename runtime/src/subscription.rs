@@ -24,6 +24,10 @@ pub const HEARTBEAT_INTERVAL_HEADER: &str = "policyhub-heartbeat-interval-ms";
 /// The heartbeat interval assumed of a server that does not say it.
 pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The window over which a runtime spreads its reports unless the
+/// subscription says otherwise: the server's default report flush interval.
+pub const DEFAULT_REPORT_SPREAD: Duration = Duration::from_secs(1);
+
 /// How old a checkpoint may grow unless the subscription says otherwise.
 pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600);
 
@@ -41,6 +45,8 @@ pub struct Subscription {
     pub(crate) heartbeat_interval: Option<Duration>,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    /// Reports go out at a random moment within it; zero: at once.
+    pub(crate) report_spread: Duration,
     /// Older checkpoints are stale; `None`: not checked.
     pub(crate) max_checkpoint_age: Option<Duration>,
     /// A refused token is retried rather than the end.
@@ -69,6 +75,7 @@ impl Subscription {
             heartbeat_interval: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            report_spread: DEFAULT_REPORT_SPREAD,
             max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
             retry_refused: false,
             log_origin: None,
@@ -184,6 +191,18 @@ impl Subscription {
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
         self.backoff_max = max;
+        self
+    }
+
+    /// Spreads reports: each outcome the runtime decides is reported at a
+    /// uniformly random moment within `spread` after it (1 s unless set;
+    /// zero reports at once), together with any decided meanwhile. A fleet
+    /// answering an update at once would send its reports while the server
+    /// still writes that update to the rest of the fleet; spread, they cost
+    /// the delivery little. The server makes reports visible at its flush
+    /// interval (1 s by default) anyway.
+    pub fn report_spread(mut self, spread: Duration) -> Self {
+        self.report_spread = spread;
         self
     }
 

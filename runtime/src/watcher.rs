@@ -22,7 +22,9 @@ pub use crate::event::{Event, Validate, WatchError};
 pub use crate::revoke::{RevokeError, Revoker};
 use crate::session::{Outlet, drive};
 use crate::state::State;
-pub use crate::subscription::{HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource};
+pub use crate::subscription::{
+    DEFAULT_REPORT_SPREAD, HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource,
+};
 
 impl Subscription {
     /// The subscription as a stream of events, accepting every state whose

@@ -226,7 +226,7 @@ pub(crate) async fn scrape(address: std::net::SocketAddr) -> String {
     body
 }
 
-fn value_of(metrics: &str, series: &str) -> f64 {
+pub(crate) fn value_of(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())

@@ -274,7 +274,7 @@ fn corrupt(chunk: &mut [u8], how: Tamper) -> bool {
 
 /// The server's environment with its metrics port at `metrics_port`, and
 /// `more`.
-fn server_env_with_metrics(
+pub(crate) fn server_env_with_metrics(
     metrics_port: u16,
     more: &[(&'static str, &str)],
 ) -> Vec<(&'static str, String)> {

@@ -523,6 +523,11 @@ impl Core {
         self.pending_revision = self.pending_revision.max(revision.revision);
     }
 
+    /// Whether outcomes wait to be reported.
+    pub(super) fn reports_pending(&self) -> bool {
+        !self.pending_reports.is_empty()
+    }
+
     /// Sends the queued outcomes; keeps them for the next try on failure.
     pub(super) async fn flush_reports(
         &mut self,

@@ -14,6 +14,11 @@
 //!         Disconnected                 h2 error, 3 missed heartbeats
 //! ```
 //!
+//! Outcomes are reported at a random moment within the subscription's
+//! report spread after they are decided (several decided meanwhile go in
+//! one report), so that a fleet's reports do not reach the server while it
+//! still writes the update to the rest of the fleet.
+//!
 //! A [`Revoker`](crate::Revoker)'s request, served between messages and
 //! during the backoff, puts the state before the one in force back (the
 //! one in force is reported REJECTED).
@@ -220,9 +225,19 @@ where
         })
         .await?;
     let mut assembler = Assembler::default();
+    // When the outcomes decided since the last report go out: a random
+    // moment within the spread after the first of them.
+    let mut report_at: Option<tokio::time::Instant> = None;
     loop {
         let message = tokio::select! {
             message = tokio::time::timeout(deadline, stream.message()) => message,
+            () = tokio::time::sleep_until(report_at.unwrap_or_else(tokio::time::Instant::now)),
+                if report_at.is_some() =>
+            {
+                report_at = None;
+                core.flush_reports(&mut reporter, subscription).await;
+                continue;
+            }
             request = revocations.next() => {
                 core.revoke(request, outlet).await?;
                 core.flush_reports(&mut reporter, subscription).await;
@@ -266,6 +281,11 @@ where
         {
             outlet.emit(event).await?;
         }
-        core.flush_reports(&mut reporter, subscription).await;
+        if subscription.report_spread.is_zero() {
+            core.flush_reports(&mut reporter, subscription).await;
+        } else if report_at.is_none() && core.reports_pending() {
+            let delay = subscription.report_spread.mul_f64(fastrand::f64());
+            report_at = Some(tokio::time::Instant::now() + delay);
+        }
     }
 }
