@@ -107,10 +107,11 @@ fn copy_rows(
     Ok(())
 }
 
-/// Inserts versions `PUBLISHED + 1..=versions` as superseded drafts.
-fn insert_history(database: &Path, versions: usize) -> anyhow::Result<()> {
+/// Inserts versions `PUBLISHED + 1..=versions` as superseded drafts;
+/// returns the id of the last event inserted, if any.
+fn insert_history(database: &Path, versions: usize) -> anyhow::Result<Option<u64>> {
     if versions <= PUBLISHED {
-        return Ok(());
+        return Ok(None);
     }
     let mut connection = rusqlite::Connection::open(database)?;
     let transaction = connection.transaction()?;
@@ -150,8 +151,10 @@ fn insert_history(database: &Path, versions: usize) -> anyhow::Result<()> {
         "new_version",
         &[("hash", "NULL")],
     )?;
+    let last_event: i64 =
+        transaction.query_row("SELECT max(id) FROM events", [], |row| row.get(0))?;
     transaction.commit()?;
-    Ok(())
+    Ok(Some(last_event as u64))
 }
 
 /// A database with `versions` stored versions (none: a migrated empty
@@ -173,11 +176,11 @@ async fn seed(versions: usize) -> anyhow::Result<(Seeded, Duration)> {
     }
     policyhub.server.terminate(Duration::from_secs(30))?;
     let database = data_dir.join("policyhub.db");
-    tokio::task::spawn_blocking(move || insert_history(&database, versions))
+    let inserted = tokio::task::spawn_blocking(move || insert_history(&database, versions))
         .await?
         .with_context(|| format!("seeding {versions} versions"))?;
-    if versions > PUBLISHED {
-        seal(&data_dir).await?;
+    if let Some(last_event) = inserted {
+        seal(&data_dir, last_event).await?;
     }
     Ok((
         Seeded {
@@ -190,11 +193,11 @@ async fn seed(versions: usize) -> anyhow::Result<(Seeded, Duration)> {
 }
 
 /// Starts the server on `data_dir` untimed: it seals the copied events
-/// into its hash chain and log's tree, and here signs a checkpoint over
-/// them at once, as a running server does within its interval; the timed
-/// starts then verify only the events since that checkpoint, as in a
-/// deployment.
-async fn seal(data_dir: &Path) -> anyhow::Result<()> {
+/// into its hash chain and log's tree, and is stopped once it signed a
+/// checkpoint over them, up to `last_event`, as a running server does
+/// within its interval; the timed starts then verify only the events since
+/// that checkpoint, as in a deployment.
+async fn seal(data_dir: &Path, last_event: u64) -> anyhow::Result<()> {
     let mut policyhub = Policyhub::start(Options {
         data_dir: Some(data_dir.to_owned()),
         env: vec![(
@@ -207,11 +210,6 @@ async fn seal(data_dir: &Path) -> anyhow::Result<()> {
     })
     .await?;
     wait_until_serving(&policyhub, SEED_BUDGET).await?;
-    let last_event = rusqlite::Connection::open(data_dir.join("policyhub.db"))?.query_row(
-        "SELECT max(id) FROM events",
-        [],
-        |row| row.get::<_, i64>(0),
-    )?;
     let deadline = Instant::now() + SEED_BUDGET;
     loop {
         let newest = policyhub
@@ -226,7 +224,7 @@ async fn seal(data_dir: &Path) -> anyhow::Result<()> {
             .into_iter()
             .next();
         let signed_over = newest.map_or(0, |checkpoint| checkpoint.last_event_id);
-        if signed_over >= last_event as u64 {
+        if signed_over >= last_event {
             break;
         }
         ensure!(

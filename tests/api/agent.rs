@@ -991,9 +991,9 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// Polls `/healthz` until `done` holds of its body (that body), for longer than the runtime
-/// library's longest backoff (30 s): a server back after a few failed
-/// attempts may be tried again only that late.
+/// Polls `/healthz` until `done` holds of its body; that body. Polls for
+/// longer than the runtime library's longest backoff (30 s): a server back
+/// after a few failed attempts may be tried again only that late.
 async fn health_until(agent: &Agent, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
