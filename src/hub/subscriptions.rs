@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::subscription::{
-    DeliveryRecord, NewSubscription, Outcome, Subscription, SubscriptionChange, SubscriptionName,
+    DeliveryRecord, NewSubscription, Subscription, SubscriptionChange, SubscriptionName,
 };
 use crate::domain::{EventKind, EventRecord, Namespace, RequestContext, Result};
 use crate::storage::{Backlog, NewEvent};
@@ -127,8 +127,8 @@ impl PolicyHub {
     /// failed, and `next_attempt_at` and `disabled` then apply. Nothing
     /// moves past an attempt made on a subscription that changed since it
     /// was read (`subscription`); disabling it records a
-    /// SUBSCRIPTION_DISABLED event in the same transaction. Whether every
-    /// attempt moved it is returned.
+    /// SUBSCRIPTION_DISABLED event in the same transaction. Whether it
+    /// moved is returned.
     #[tracing::instrument(name = "hub.record_attempts", skip_all, fields(attempts = attempts.len()))]
     pub async fn record_attempts(
         &self,
@@ -143,23 +143,11 @@ impl PolicyHub {
         };
         self.repository
             .write("record_attempts", async |tx| {
-                let mut seen = subscription.clone();
-                for (index, attempt) in attempts.iter().enumerate() {
-                    let last = index + 1 == attempts.len();
-                    let (next_attempt_at, disabled) = match last {
-                        true => (next_attempt_at, disabled),
-                        false => (None, None),
-                    };
-                    if !tx
-                        .record_attempt(&seen, attempt, next_attempt_at, disabled)
-                        .await?
-                    {
-                        return Ok(false);
-                    }
-                    if attempt.outcome == Outcome::Delivered {
-                        seen.delivered_through = attempt.event_id;
-                        seen.consecutive_failures = 0;
-                    }
+                if !tx
+                    .record_attempts(subscription, attempts, next_attempt_at, disabled)
+                    .await?
+                {
+                    return Ok(false);
                 }
                 tx.trim_deliveries(subscription.id).await?;
                 if let Some(reason) = disabled {

@@ -20,6 +20,21 @@ use crate::domain::{Error, EventKind, Namespace, Result};
 /// Delivery attempts kept per subscription.
 pub const KEPT_DELIVERIES: u64 = 100;
 
+/// The row recording one attempt.
+fn delivery_row(subscription_id: i64, attempt: &DeliveryRecord) -> deliveries::ActiveModel {
+    deliveries::ActiveModel {
+        id: NotSet,
+        subscription_id: Set(subscription_id),
+        event_id: Set(i64::try_from(attempt.event_id).unwrap_or(i64::MAX)),
+        attempt: Set(i32::try_from(attempt.attempt).unwrap_or(i32::MAX)),
+        outcome: Set(attempt.outcome.as_str().to_owned()),
+        status_code: Set(i32::from(attempt.status_code)),
+        latency_ms: Set(i32::try_from(attempt.latency_ms).unwrap_or(i32::MAX)),
+        error: Set(attempt.error.clone()),
+        at: Set(attempt.at),
+    }
+}
+
 fn scope(namespace: Option<&Namespace>) -> &str {
     namespace.map_or("", Namespace::as_str)
 }
@@ -199,19 +214,31 @@ impl Transaction {
         Ok(())
     }
 
-    /// Records a delivery attempt and moves the subscription on: past
-    /// `delivered` (an event id) on success, to its next attempt time and
-    /// failure count otherwise, disabled with `disabled` as the reason when
-    /// given. The move happens only while the subscription is still where
-    /// `subscription` saw it, so that a replica acting on stale state
-    /// changes nothing; whether it moved is returned.
-    pub async fn record_attempt(
+    /// Records a run of attempts on a subscription, in order, and moves it
+    /// on: past the last event delivered (its failures cleared), counting
+    /// the failures after it, to `next_attempt_at`, and disabled with
+    /// `disabled` as the reason when given. The move happens only while the
+    /// subscription is still where `subscription` saw it, so that a replica
+    /// acting on stale state changes nothing; whether it moved is returned.
+    /// One update and one insert, however long the run.
+    pub async fn record_attempts(
         &self,
         subscription: &Subscription,
-        attempt: &DeliveryRecord,
+        attempts: &[DeliveryRecord],
         next_attempt_at: Option<DateTime<Utc>>,
         disabled: Option<&str>,
     ) -> Result<bool> {
+        let mut delivered_through = None;
+        let mut failures = subscription.consecutive_failures;
+        for attempt in attempts {
+            match attempt.outcome {
+                Outcome::Delivered => {
+                    delivered_through = Some(attempt.event_id);
+                    failures = 0;
+                }
+                Outcome::Failed => failures = failures.saturating_add(1),
+            }
+        }
         let mut update = subscriptions::Entity::update_many()
             .filter(subscriptions::Column::Id.eq(subscription.id))
             .filter(subscriptions::Column::Enabled.eq(true))
@@ -222,29 +249,31 @@ impl Transaction {
             .col_expr(
                 subscriptions::Column::NextAttemptAt,
                 Expr::value(next_attempt_at),
-            );
-        update = match attempt.outcome {
-            Outcome::Delivered => update
-                .col_expr(
-                    subscriptions::Column::DeliveredThrough,
-                    Expr::value(i64::try_from(attempt.event_id).unwrap_or(i64::MAX)),
-                )
-                .col_expr(subscriptions::Column::ConsecutiveFailures, Expr::value(0)),
-            Outcome::Failed => update.col_expr(
+            )
+            .col_expr(
                 subscriptions::Column::ConsecutiveFailures,
-                Expr::value(
-                    i32::try_from(subscription.consecutive_failures + 1).unwrap_or(i32::MAX),
-                ),
-            ),
-        };
+                Expr::value(i32::try_from(failures).unwrap_or(i32::MAX)),
+            );
+        if let Some(event_id) = delivered_through {
+            update = update.col_expr(
+                subscriptions::Column::DeliveredThrough,
+                Expr::value(i64::try_from(event_id).unwrap_or(i64::MAX)),
+            );
+        }
         if let Some(reason) = disabled {
             update = update
                 .col_expr(subscriptions::Column::Enabled, Expr::value(false))
                 .col_expr(subscriptions::Column::DisabledReason, Expr::value(reason));
         }
         let moved = update.exec(&self.txn).await?.rows_affected == 1;
-        if moved {
-            self.insert_delivery(subscription.id, attempt).await?;
+        if moved && !attempts.is_empty() {
+            deliveries::Entity::insert_many(
+                attempts
+                    .iter()
+                    .map(|attempt| delivery_row(subscription.id, attempt)),
+            )
+            .exec_without_returning(&self.txn)
+            .await?;
         }
         Ok(moved)
     }
@@ -262,19 +291,9 @@ impl Transaction {
 
     /// Records one attempt.
     async fn insert_delivery(&self, subscription_id: i64, attempt: &DeliveryRecord) -> Result<()> {
-        deliveries::Entity::insert(deliveries::ActiveModel {
-            id: NotSet,
-            subscription_id: Set(subscription_id),
-            event_id: Set(i64::try_from(attempt.event_id).unwrap_or(i64::MAX)),
-            attempt: Set(i32::try_from(attempt.attempt).unwrap_or(i32::MAX)),
-            outcome: Set(attempt.outcome.as_str().to_owned()),
-            status_code: Set(i32::from(attempt.status_code)),
-            latency_ms: Set(i32::try_from(attempt.latency_ms).unwrap_or(i32::MAX)),
-            error: Set(attempt.error.clone()),
-            at: Set(attempt.at),
-        })
-        .exec_without_returning(&self.txn)
-        .await?;
+        deliveries::Entity::insert(delivery_row(subscription_id, attempt))
+            .exec_without_returning(&self.txn)
+            .await?;
         Ok(())
     }
 
