@@ -551,16 +551,23 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
 /// outage takes replicas out of rotation (readiness) without restarting them.
 pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
 
+/// The least time a checkpoint refresh is given, however short the
+/// interval: a refresh checks every event since the last checkpoint, and
+/// one abandoned begins again from the start, so a backlog that takes
+/// longer than a short interval would never be signed.
+const REFRESH_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Signs a checkpoint whenever the newest is older than half of
 /// `interval`, checking twice per interval; a database that does not answer
-/// within it leaves the served checkpoint to age.
+/// within the interval (at least [`REFRESH_TIMEOUT_FLOOR`]) leaves the
+/// served checkpoint to age.
 async fn refresh_checkpoints(hub: PolicyHub, interval: std::time::Duration) {
     let mut ticker = tokio::time::interval(interval / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let refresh = hub.refresh_checkpoint(interval / 2);
-        match tokio::time::timeout(interval, refresh).await {
+        match tokio::time::timeout(interval.max(REFRESH_TIMEOUT_FLOOR), refresh).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "cannot sign a checkpoint"),
             Err(_) => tracing::warn!("the database did not answer for a checkpoint in time"),

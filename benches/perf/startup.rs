@@ -202,8 +202,8 @@ async fn seal(data_dir: &Path, last_event: u64) -> anyhow::Result<()> {
         data_dir: Some(data_dir.to_owned()),
         env: vec![(
             "POLICYHUB_AUDIT__CHECKPOINT_INTERVAL".into(),
-            // Checking the sealed events against the previous checkpoint
-            // takes seconds at 10^5: the signing must not time out.
+            // A checkpoint over the sealed events within seconds, not
+            // the default minute.
             "10s".into(),
         )],
         ..Options::default()

@@ -273,7 +273,8 @@ pub struct AuditSettings {
     /// Besides the one of every revision, a checkpoint is signed and stored
     /// when the newest is older than half of this, so the checkpoint watch
     /// streams carry is never older than this while the database answers.
-    /// Runtimes compare its age with their `max_checkpoint_age`.
+    /// Runtimes compare its age with their `max_checkpoint_age`. Each such
+    /// checkpoint gets this long to be signed, and at least 30 s.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// The origin line naming this deployment's log in its checkpoint

@@ -1,6 +1,7 @@
 //! Signed checkpoints: every revision commits with one, reads carry the one
 //! that proves them (GetActive, as of a revision included; every watch
-//! message), a quiet server signs one every interval, and a runtime whose
+//! message), a quiet server signs one every interval (and finishes one
+//! that takes longer), and a runtime whose
 //! replica is cut off from PostgreSQL by a black hole reports the
 //! checkpoint stale within its maximum age, then fresh again.
 
@@ -116,6 +117,73 @@ async fn a_quiet_server_signs_a_checkpoint_every_interval() {
         times.len() >= 3,
         "a new checkpoint at least every 400 ms without activity: {times:?}"
     );
+}
+
+/// Copies the first event `count` times, unsealed (as events written
+/// before the hash chain are), into the SQLite database at `path`; returns
+/// the last id.
+fn copy_unsealed_events(path: &std::path::Path, count: u32) -> i64 {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let mut columns = connection
+        .prepare("SELECT name FROM pragma_table_info('events') WHERE name NOT IN ('id', 'hash')")
+        .unwrap();
+    let columns: Vec<String> = columns
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let columns = columns.join(", ");
+    connection
+        .execute(
+            &format!(
+                "WITH RECURSIVE copies(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM copies \
+                 WHERE n < {count}) INSERT INTO events ({columns}) SELECT {columns} FROM copies, \
+                 (SELECT * FROM events ORDER BY id LIMIT 1)"
+            ),
+            [],
+        )
+        .unwrap();
+    connection
+        .query_row("SELECT max(id) FROM events", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// A checkpoint refresh that takes longer than a short interval is given
+/// the time, not abandoned and begun again at the next tick: with
+/// thousands of events since the last checkpoint and a 20 ms interval, a
+/// checkpoint over all of them is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_longer_than_a_short_interval_still_signs() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |_| {}).await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let database = app.stop().await;
+    let last_event = copy_unsealed_events(&database.data_dir.path().join("policyhub.db"), 5_000);
+    let app = spawn_on(database, |settings| {
+        settings.audit.checkpoint_interval = Duration::from_millis(20);
+    })
+    .await;
+    let sql = app.sql().await;
+    let started = Instant::now();
+    loop {
+        let covered: Option<i64> = sea_orm::ConnectionTrait::query_one_raw(
+            &sql,
+            sea_orm::Statement::from_string(
+                sql.get_database_backend(),
+                "SELECT max(last_event_id) AS covered FROM checkpoints",
+            ),
+        )
+        .await
+        .unwrap()
+        .and_then(|row| row.try_get("", "covered").ok());
+        if covered >= Some(last_event) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint over event {last_event} within 60 s; the newest covers {covered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A runtime on a replica whose link to PostgreSQL is black-holed: the
