@@ -285,16 +285,10 @@ impl Transaction {
         subscription_id: i64,
         attempt: &DeliveryRecord,
     ) -> Result<()> {
-        self.insert_delivery(subscription_id, attempt).await?;
-        self.trim_deliveries(subscription_id).await
-    }
-
-    /// Records one attempt.
-    async fn insert_delivery(&self, subscription_id: i64, attempt: &DeliveryRecord) -> Result<()> {
         deliveries::Entity::insert(delivery_row(subscription_id, attempt))
             .exec_without_returning(&self.txn)
             .await?;
-        Ok(())
+        self.trim_deliveries(subscription_id).await
     }
 
     /// Forgets all but the newest [`KEPT_DELIVERIES`] attempts of the
