@@ -406,7 +406,17 @@ async fn forged_and_confused_tokens_are_refused_and_never_logged() {
     let many: Vec<String> = (0..10_000).map(|i| format!("group-{i}")).collect();
     let huge = idp.sign(&idp.claims("mallory", json!({ "groups": many })));
     assert!(server.who(&huge).await.is_err());
-    server.who(&genuine).await.unwrap();
+    // The server ends the connection that carried them; a call may race
+    // that end and be cancelled, and the channel connects again.
+    let mut reconnects = 0;
+    while let Err(status) = server.who(&genuine).await {
+        assert!(
+            matches!(status.code(), Code::Cancelled | Code::Unavailable) && reconnects < 5,
+            "the server goes on serving: {status:?}"
+        );
+        reconnects += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // A flood of unknown kids fetches each issuer's keys at most once per
     // min_refresh_interval (here a minute: at most once).
