@@ -385,6 +385,22 @@ pub struct DeliveryRecord {
     pub at: DateTime<Utc>,
 }
 
+/// A run of attempts on one subscription, in order, as the delivery worker
+/// records it: each one delivered moves the subscription past its event;
+/// the last may have failed, and `next_attempt_at` and `disabled` (the
+/// reason) then apply.
+#[derive(Debug, Clone)]
+pub struct DeliveryRun {
+    /// The subscription as it was read before the run.
+    pub subscription: Subscription,
+    /// The attempts, in the order they were made.
+    pub attempts: Vec<DeliveryRecord>,
+    /// When to try again after a failed last attempt.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the subscription is disabled after a failed last attempt.
+    pub disabled: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

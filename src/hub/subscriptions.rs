@@ -2,13 +2,12 @@
 //! worker reads and records. Delivery itself (HTTP, signing) is the
 //! worker's; the hub keeps the rows.
 
-use chrono::{DateTime, Utc};
-
 use crate::domain::subscription::{
-    DeliveryRecord, NewSubscription, Subscription, SubscriptionChange, SubscriptionName,
+    DeliveryRecord, DeliveryRun, NewSubscription, Subscription, SubscriptionChange,
+    SubscriptionName,
 };
 use crate::domain::{EventKind, EventRecord, Namespace, RequestContext, Result};
-use crate::storage::{Backlog, NewEvent};
+use crate::storage::{Backlog, NewEvent, Transaction};
 
 use super::PolicyHub;
 
@@ -122,48 +121,47 @@ impl PolicyHub {
         self.repository.backlog(subscription).await
     }
 
-    /// Records a run of attempts, in order, in one transaction: each one
-    /// delivered moves the subscription past its event; the last may have
-    /// failed, and `next_attempt_at` and `disabled` then apply. Nothing
-    /// moves past an attempt made on a subscription that changed since it
-    /// was read (`subscription`); disabling it records a
-    /// SUBSCRIPTION_DISABLED event in the same transaction. Whether it
-    /// moved is returned.
-    #[tracing::instrument(name = "hub.record_attempts", skip_all, fields(attempts = attempts.len()))]
-    pub async fn record_attempts(
-        &self,
-        subscription: &Subscription,
-        attempts: &[DeliveryRecord],
-        next_attempt_at: Option<DateTime<Utc>>,
-        disabled: Option<&str>,
-    ) -> Result<bool> {
+    /// Records runs of attempts, each on its own subscription, in one
+    /// transaction (see [`crate::storage::Transaction::record_attempts`]):
+    /// nothing moves past an attempt made on a subscription that changed
+    /// since the run read it, and disabling one records a
+    /// SUBSCRIPTION_DISABLED event in the same transaction. Whether each
+    /// moved is returned, in the runs' order.
+    #[tracing::instrument(name = "hub.record_runs", skip_all, fields(runs = runs.len()))]
+    pub async fn record_runs(&self, runs: &[DeliveryRun]) -> Result<Vec<bool>> {
+        self.repository
+            .write("record_runs", async |tx| {
+                let mut moved = Vec::with_capacity(runs.len());
+                for run in runs {
+                    moved.push(record_run(tx, run).await?);
+                }
+                Ok(moved)
+            })
+            .await
+    }
+}
+
+async fn record_run(tx: &Transaction, run: &DeliveryRun) -> Result<bool> {
+    if !tx.record_attempts(run).await? {
+        return Ok(false);
+    }
+    let subscription = &run.subscription;
+    tx.trim_deliveries(subscription.id).await?;
+    if let Some(reason) = &run.disabled {
         let context = RequestContext {
             actor: "system:notifications".into(),
             request_id: format!("subscription-{}", subscription.id),
         };
-        self.repository
-            .write("record_attempts", async |tx| {
-                if !tx
-                    .record_attempts(subscription, attempts, next_attempt_at, disabled)
-                    .await?
-                {
-                    return Ok(false);
-                }
-                tx.trim_deliveries(subscription.id).await?;
-                if let Some(reason) = disabled {
-                    let reason = format!(
-                        "subscription {} disabled: {reason}",
-                        subscription.display_name()
-                    );
-                    tx.record_event(
-                        &context,
-                        None,
-                        NewEvent::new(EventKind::SubscriptionDisabled, &reason),
-                    )
-                    .await?;
-                }
-                Ok(true)
-            })
-            .await
+        let reason = format!(
+            "subscription {} disabled: {reason}",
+            subscription.display_name()
+        );
+        tx.record_event(
+            &context,
+            None,
+            NewEvent::new(EventKind::SubscriptionDisabled, &reason),
+        )
+        .await?;
     }
+    Ok(true)
 }

@@ -7,14 +7,16 @@
 //! until its database fails it; when it dies, its connection's lock goes
 //! with it and another replica's next poll takes over, from the cursors in
 //! the database. Within the term each subscription drains in a task of its
-//! own, so a slow or dead endpoint delays only its own subscription. A
-//! failed attempt is retried after a growing, jittered delay; after
+//! own, so a slow or dead endpoint delays only its own subscription; the
+//! runs of attempts the drains end at the same time are recorded together,
+//! in one transaction (the recorder's group commit). A failed attempt is retried after a growing, jittered delay; after
 //! `notifications.disable_after_failures` failures in a row the
 //! subscription is disabled, with a SUBSCRIPTION_DISABLED event, keeping
 //! its place for when it is enabled again.
 
 mod courier;
 mod message;
+mod recorder;
 
 use std::{
     collections::HashMap,
@@ -29,11 +31,14 @@ use chrono::Utc;
 use tokio::task::{AbortHandle, JoinSet};
 
 pub use courier::HttpCourier;
+use recorder::Recorder;
 
 use crate::config::NotificationSettings;
 use crate::domain::Result;
 use crate::domain::rollout::RolloutState;
-use crate::domain::subscription::{Announcement, Courier, DeliveryRecord, Outcome, Subscription};
+use crate::domain::subscription::{
+    Announcement, Courier, DeliveryRecord, DeliveryRun, Outcome, Subscription,
+};
 use crate::hub::PolicyHub;
 
 /// The advisory lock key of the delivery worker (7_240_531 is the
@@ -108,6 +113,7 @@ async fn deliver_term(worker: &Worker) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut drains = JoinSet::new();
     let mut running: HashMap<i64, AbortHandle> = HashMap::new();
+    let recorder = Recorder::start(worker.hub.clone());
     let mut ticker = poll(&worker.settings);
     let mut pruned = tokio::time::Instant::now();
     loop {
@@ -139,9 +145,10 @@ async fn deliver_term(worker: &Worker) -> Result<()> {
             }
             let id = subscription.id;
             let worker = worker.clone();
+            let recorder = recorder.clone();
             let stop = stop.clone();
             let handle = drains.spawn(async move {
-                if let Err(error) = drain(&worker, id, &stop).await {
+                if let Err(error) = drain(&worker, &recorder, id, &stop).await {
                     tracing::warn!(%error, subscription = id,
                         "a delivery could not be recorded; trying again");
                 }
@@ -152,13 +159,14 @@ async fn deliver_term(worker: &Worker) -> Result<()> {
 }
 
 /// Delivers a subscription's waiting events in order, one at a time, in
-/// runs of at most [`RUN`] events and [`RUN_FOR`], each recorded in one
-/// transaction, until it caught up (a run shorter than [`RUN`]), an attempt
-/// fails (its retry is scheduled), or `stop`. A subscription that falls behind so records its
+/// runs of at most [`RUN`] events and [`RUN_FOR`], each recorded by the
+/// `recorder` (with the other subscriptions' runs that wait then), until it
+/// caught up (a run shorter than [`RUN`]), an attempt fails (its retry is
+/// scheduled), or `stop`. A subscription that falls behind so records its
 /// progress in fewer, larger transactions, sharing the writer with
 /// activations; a crash within a run delivers its events again, with the
 /// same ids.
-async fn drain(worker: &Worker, id: i64, stop: &AtomicBool) -> Result<()> {
+async fn drain(worker: &Worker, recorder: &Recorder, id: i64, stop: &AtomicBool) -> Result<()> {
     while !stop.load(Ordering::Relaxed) {
         // Read again each run: an operator may have changed or disabled
         // it, and its cursor moved.
@@ -200,14 +208,13 @@ async fn drain(worker: &Worker, id: i64, stop: &AtomicBool) -> Result<()> {
         };
         let failed = last.outcome == Outcome::Failed;
         let (next_attempt_at, disabled) = retry;
-        let moved = worker
-            .hub
-            .record_attempts(
-                &subscription,
-                &attempts,
+        let moved = recorder
+            .record(DeliveryRun {
+                subscription,
+                attempts,
                 next_attempt_at,
-                disabled.as_deref(),
-            )
+                disabled,
+            })
             .await?;
         // A short run means the subscription caught up: what arrives next
         // waits for the next poll, in a run of its own, rather than a

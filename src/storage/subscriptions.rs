@@ -12,8 +12,8 @@ use super::entities::{deliveries, outbox, subscriptions};
 use super::errors::is_unique_violation;
 use super::transaction::{Repository, Transaction};
 use crate::domain::subscription::{
-    DeliveryRecord, Format, NewSubscription, Outcome, Subscription, SubscriptionChange,
-    SubscriptionName, WebhookSecret,
+    DeliveryRecord, DeliveryRun, Format, NewSubscription, Outcome, Subscription,
+    SubscriptionChange, SubscriptionName, WebhookSecret,
 };
 use crate::domain::{Error, EventKind, Namespace, Result};
 
@@ -216,18 +216,19 @@ impl Transaction {
 
     /// Records a run of attempts on a subscription, in order, and moves it
     /// on: past the last event delivered (its failures cleared), counting
-    /// the failures after it, to `next_attempt_at`, and disabled with
-    /// `disabled` as the reason when given. The move happens only while the
-    /// subscription is still where `subscription` saw it, so that a replica
-    /// acting on stale state changes nothing; whether it moved is returned.
+    /// the failures after it, to the run's `next_attempt_at`, and disabled
+    /// with its reason when given. The move happens only while the
+    /// subscription is still where the run's `subscription` saw it, so that
+    /// a replica acting on stale state changes nothing; whether it moved is
+    /// returned.
     /// One update and one insert, however long the run.
-    pub async fn record_attempts(
-        &self,
-        subscription: &Subscription,
-        attempts: &[DeliveryRecord],
-        next_attempt_at: Option<DateTime<Utc>>,
-        disabled: Option<&str>,
-    ) -> Result<bool> {
+    pub async fn record_attempts(&self, run: &DeliveryRun) -> Result<bool> {
+        let DeliveryRun {
+            subscription,
+            attempts,
+            next_attempt_at,
+            disabled,
+        } = run;
         let mut delivered_through = None;
         let mut failures = subscription.consecutive_failures;
         for attempt in attempts {
@@ -248,7 +249,7 @@ impl Transaction {
             )
             .col_expr(
                 subscriptions::Column::NextAttemptAt,
-                Expr::value(next_attempt_at),
+                Expr::value(*next_attempt_at),
             )
             .col_expr(
                 subscriptions::Column::ConsecutiveFailures,
@@ -263,7 +264,10 @@ impl Transaction {
         if let Some(reason) = disabled {
             update = update
                 .col_expr(subscriptions::Column::Enabled, Expr::value(false))
-                .col_expr(subscriptions::Column::DisabledReason, Expr::value(reason));
+                .col_expr(
+                    subscriptions::Column::DisabledReason,
+                    Expr::value(reason.as_str()),
+                );
         }
         let moved = update.exec(&self.txn).await?.rows_affected == 1;
         if moved && !attempts.is_empty() {
