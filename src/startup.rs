@@ -286,7 +286,13 @@ impl Application {
         let (subscription_service, notifications_task) =
             notifications::notifications(&self.hub, &self.settings, quotas.clone())?;
         let fleet = self.fleet;
-        let fleet_task = tokio::spawn(fleet.clone().run(self.settings.runtimes.flush_interval()));
+        // A flush waits for a fan-out under way, at most an interval.
+        let flush_interval = self.settings.runtimes.flush_interval();
+        let index = self.hub.index().clone();
+        let fleet_task = tokio::spawn(fleet.clone().run(flush_interval, move || {
+            let index = index.clone();
+            async move { index.fan_out_ended(flush_interval).await }
+        }));
         let witnessing_task = (!self.settings.audit.witnesses.is_empty()).then(|| {
             tokio::spawn(crate::witnessing::run(
                 self.hub.clone(),

@@ -481,12 +481,18 @@ impl Fleet {
         Ok(())
     }
 
-    /// Flushes every `interval` until the task is aborted.
-    pub async fn run(self, interval: Duration) {
+    /// Flushes every `interval` until the task is aborted, each flush once
+    /// `deliveries_done` resolves: deliveries go first, and a flush due
+    /// while a revision is written to the watch streams waits for them.
+    pub async fn run<Done>(self, interval: Duration, deliveries_done: impl Fn() -> Done)
+    where
+        Done: Future<Output = ()>,
+    {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            deliveries_done().await;
             if let Err(error) = self.flush().await {
                 tracing::warn!(%error, "cannot persist the fleet view; retrying");
             }

@@ -1,7 +1,7 @@
 //! The fleet view through the hub: runtimes arriving and reporting, and
 //! what the fleet tells about a policy or a rollout.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crate::domain::rollout::{Progress, Rollout};
 use crate::domain::runtime::{
@@ -12,6 +12,9 @@ use crate::fleet::{Arrival, Connection, FleetView};
 
 use super::PolicyHub;
 
+/// The longest a report waits for the fan-out of a revision to end.
+const REPORT_WAITS_FOR_FAN_OUT: Duration = Duration::from_secs(1);
+
 impl PolicyHub {
     /// Registers a stream of an identified runtime (see `Fleet::connect`).
     pub async fn connect_runtime(&self, arrival: Arrival) -> Result<Connection> {
@@ -19,8 +22,14 @@ impl PolicyHub {
     }
 
     /// Records a runtime's report from `subject`; returns how many outcomes
-    /// were older than what it reported before.
+    /// were older than what it reported before. Deliveries go first: a
+    /// report arriving while a revision is fanned out to the streams waits
+    /// until every stream took it (at most [`REPORT_WAITS_FOR_FAN_OUT`]).
+    /// Runtimes answer each update, the first of them while the server
+    /// still writes it to the rest, and those answers would take the cores
+    /// from the runtimes not reached yet.
     pub async fn report_status(&self, subject: &str, report: StatusReport) -> Result<u32> {
+        self.index.fan_out_ended(REPORT_WAITS_FOR_FAN_OUT).await;
         self.fleet.report(subject, report).await
     }
 

@@ -30,9 +30,11 @@ use tokio::{
 use crate::domain::ActiveBundle;
 use crate::domain::rollout::RevisionChange;
 
+mod fan_out;
 mod snapshot;
 mod subscriber;
 
+use fan_out::FanOut;
 pub use snapshot::{
     Candidate, Cohorts, IndexedBundle, NamespaceIndex, Selector, Snapshot, Watcher,
 };
@@ -89,6 +91,8 @@ pub struct ActiveIndex {
     /// Wakes those waiting for a revision (not streams, which hold
     /// receivers of `snapshots`, counted as open streams).
     applied: Arc<Notify>,
+    /// The streams yet to take the newest revision.
+    fan_out: Arc<FanOut>,
     encode: Encode,
     instruments: Instruments,
 }
@@ -108,6 +112,7 @@ impl ActiveIndex {
             ending: Arc::new(watch::channel(Ending::No).0),
             checkpoint: Arc::new(watch::channel(None).0),
             applied: Arc::default(),
+            fan_out: Arc::default(),
             encode,
             instruments,
         }
@@ -174,12 +179,17 @@ impl ActiveIndex {
         }
     }
 
-    /// Wakes every stream to the current snapshot. On a runtime, in a task
-    /// of its own: waking 10,000 streams takes milliseconds, which the
-    /// reply of the call that committed the revision does not wait for.
+    /// Wakes every stream to the current snapshot, beginning its fan-out.
+    /// On a runtime, in a task of its own: waking 10,000 streams takes
+    /// milliseconds, which the reply of the call that committed the
+    /// revision does not wait for.
     fn wake_streams(&self) {
         let snapshots = self.snapshots.clone();
-        let wake = move || snapshots.send_modify(|_| ());
+        let fan_out = self.fan_out.clone();
+        let wake = move || {
+            fan_out.begin(snapshots.receiver_count());
+            snapshots.send_modify(|_| ());
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(async move { wake() })),
             Err(_) => wake(),
@@ -195,6 +205,12 @@ impl ActiveIndex {
     /// The newest checkpoint, encoded, as every message carries it.
     pub fn checkpoint(&self) -> Option<Bytes> {
         self.checkpoint.borrow().clone()
+    }
+
+    /// Returns once every stream took the newest revision (at once when
+    /// they all had), or after `bound`.
+    pub async fn fan_out_ended(&self, bound: Duration) {
+        self.fan_out.ended(bound).await;
     }
 
     /// Number of open watch streams.
@@ -241,15 +257,7 @@ impl ActiveIndex {
         since_revision: u64,
         heartbeat: Duration,
     ) -> Subscriber {
-        Subscriber::new(
-            self.snapshots.subscribe(),
-            self.ending.subscribe(),
-            self.checkpoint.subscribe(),
-            self.instruments.delivery.clone(),
-            selector,
-            since_revision,
-            heartbeat,
-        )
+        Subscriber::new(self, selector, since_revision, heartbeat)
     }
 }
 

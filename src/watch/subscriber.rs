@@ -7,7 +7,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prost::{bytes::Bytes, encoding::encoded_len_varint};
 use tokio::{sync::watch, time::Instant};
 
-use super::{Cohorts, Ending, MAX_PART_BYTES, Selector, Snapshot};
+use super::{ActiveIndex, Cohorts, Ending, FanOut, MAX_PART_BYTES, Selector, Snapshot};
 
 /// What a watch message carries, numbered as `policyhub.v1.WatchEventKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,6 +131,8 @@ pub struct Subscriber {
     ending: watch::Receiver<Ending>,
     /// The newest checkpoint, read as each part goes out (never awaited).
     checkpoint: watch::Receiver<Option<Bytes>>,
+    /// Told as it takes each new revision.
+    fan_out: Arc<FanOut>,
     /// Where delivery times go.
     delivery: Histogram,
     selector: Selector,
@@ -150,20 +152,19 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// A subscriber of `index`'s streams.
     pub(super) fn new(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
-        ending: watch::Receiver<Ending>,
-        checkpoint: watch::Receiver<Option<Bytes>>,
-        delivery: Histogram,
+        index: &ActiveIndex,
         selector: Selector,
         since_revision: u64,
         heartbeat: Duration,
     ) -> Self {
         Subscriber {
-            snapshots,
-            ending,
-            checkpoint,
-            delivery,
+            snapshots: index.snapshots.subscribe(),
+            ending: index.ending.subscribe(),
+            checkpoint: index.checkpoint.subscribe(),
+            fan_out: index.fan_out.clone(),
+            delivery: index.instruments.delivery.clone(),
             selector,
             cursor: since_revision,
             delivered: since_revision,
@@ -179,6 +180,7 @@ impl Subscriber {
     /// ahead of the server, or one update with everything after its cursor.
     fn first(&mut self) -> WatchMessage {
         let snapshot = self.snapshots.borrow_and_update().clone();
+        self.fan_out.taken();
         self.started = true;
         let since = self.cursor;
         self.cursor = snapshot.revision;
@@ -237,6 +239,7 @@ impl Subscriber {
                         return Err(Closed { revision: self.delivered, reason: Ending::Shutdown });
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
+                    self.fan_out.taken();
                     let bundles = snapshot.changed_since(&self.selector, self.cursor, &mut self.cohorts);
                     // Revisions that moved nothing selected still advance the
                     // cursor; the next progress message reports them.
@@ -256,6 +259,16 @@ impl Subscriber {
                     return Err(Closed { revision: self.delivered, reason });
                 }
             }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    /// A stream closed before it took the newest revision no longer holds
+    /// its fan-out.
+    fn drop(&mut self) {
+        if self.snapshots.has_changed().unwrap_or(false) {
+            self.fan_out.taken();
         }
     }
 }

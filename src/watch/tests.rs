@@ -367,3 +367,32 @@ async fn closing_mid_revision_names_the_last_whole_revision() {
         })
     );
 }
+
+/// A fan-out ends once every stream took the revision, a stream that
+/// closed first counting as taken; until then waiting for it waits.
+#[tokio::test]
+async fn a_fan_out_ends_when_every_stream_took_the_revision() {
+    let index = index();
+    let heartbeat = Duration::from_secs(3600);
+    let mut first = index.subscribe(selector(&[]), 0, heartbeat);
+    let mut second = index.subscribe(selector(&[]), 0, heartbeat);
+    let closing = index.subscribe(selector(&[]), 0, heartbeat);
+    first.next().await.unwrap();
+    second.next().await.unwrap();
+    index.apply(moved(1, vec![bundle("a", 1, 1)]));
+    // The wake runs in a task of its own.
+    tokio::task::yield_now().await;
+    let ended = tokio::spawn({
+        let index = index.clone();
+        async move { index.fan_out_ended(Duration::from_secs(3600)).await }
+    });
+    assert_eq!(first.next().await.unwrap().revision, 1);
+    drop(closing);
+    tokio::task::yield_now().await;
+    assert!(!ended.is_finished(), "a stream is yet to take the revision");
+    assert_eq!(second.next().await.unwrap().revision, 1);
+    tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("ended once the last stream took it")
+        .unwrap();
+}
