@@ -15,8 +15,9 @@
 //! - `Activate`'s latency, the delivery p99 and the server's CPU time from
 //!   the `Activate` to the last receipt while the N runtimes answer every
 //!   update with a report on their report stream, as the runtime library
-//!   does (at a random moment within its report spread, 1 s, after the
-//!   update), against N anonymous streams that do not report (the first
+//!   does (at a random moment in the second half of its report spread,
+//!   1 s, after the update), against N anonymous streams that do not
+//!   report (the first
 //!   round of each kind left out: no report precedes it; each round starts
 //!   a spread after the previous one's last receipt). Reports sent at once
 //!   reached the server while it still wrote the update to the others: the

@@ -10,7 +10,7 @@ use anyhow::{Context, ensure};
 use futures::{StreamExt, TryStreamExt};
 use policyhub::grpc::proto::{self, WatchEventKind, bundle_service_client::BundleServiceClient};
 use policyhub::grpc::watch_message::WatchActiveResponse;
-use policyhub_runtime::DEFAULT_REPORT_SPREAD;
+use policyhub_runtime::{DEFAULT_REPORT_SPREAD, report_delay};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{
     metadata::MetadataValue,
@@ -152,8 +152,8 @@ async fn open_watch(
         let mut client = client;
         let mut reporter: Option<Reporter> = None;
         // The report due, and when: as the runtime library, at a random
-        // moment within its report spread after the first outcome since
-        // the last report.
+        // moment in the second half of its report spread after the first
+        // outcome since the last report.
         let mut due: Option<(tokio::time::Instant, proto::ReportStatusRequest)> = None;
         loop {
             let report = tokio::select! {
@@ -168,7 +168,7 @@ async fn open_watch(
                     if let Some(id) = watcher.runtime.as_ref().filter(|_| watcher.reports) {
                         let report = applied(id, &message);
                         let at = due.take().map_or_else(
-                            || tokio::time::Instant::now() + DEFAULT_REPORT_SPREAD.mul_f64(fastrand::f64()),
+                            || tokio::time::Instant::now() + report_delay(DEFAULT_REPORT_SPREAD),
                             |(at, _)| at,
                         );
                         due = Some((at, report));

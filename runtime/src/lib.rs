@@ -89,5 +89,5 @@ pub use state::{Source, State, VerifiedBundle};
 pub use token::token_file;
 pub use watcher::{
     DEFAULT_REPORT_SPREAD, Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, RevokeError, Revoker,
-    Subscription, TokenSource, Validate, WatchError,
+    Subscription, TokenSource, Validate, WatchError, report_delay,
 };

@@ -28,6 +28,17 @@ pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// subscription says otherwise: the server's default report flush interval.
 pub const DEFAULT_REPORT_SPREAD: Duration = Duration::from_secs(1);
 
+/// How long after an outcome a runtime whose report spread is `spread`
+/// reports it: a uniformly random moment in the spread's second half
+/// ("equal jitter"). Spread over the window, a fleet's reports do not
+/// arrive together; held back at least half of it, none arrives while the
+/// server still writes the update to the rest of a fleet it reaches within
+/// that half (10,000 runtimes in about a quarter of a second in the
+/// benchmarks). Zero reports at once.
+pub fn report_delay(spread: Duration) -> Duration {
+    spread / 2 + (spread / 2).mul_f64(fastrand::f64())
+}
+
 /// How old a checkpoint may grow unless the subscription says otherwise.
 pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600);
 
@@ -195,11 +206,12 @@ impl Subscription {
     }
 
     /// Spreads reports: each outcome the runtime decides is reported at a
-    /// uniformly random moment within `spread` after it (1 s unless set;
-    /// zero reports at once), together with any decided meanwhile. A fleet
-    /// answering an update at once would send its reports while the server
-    /// still writes that update to the rest of the fleet; spread, they cost
-    /// the delivery little. The server makes reports visible at its flush
+    /// uniformly random moment within the second half of `spread` after it
+    /// (1 s unless set; zero reports at once; see [`report_delay`]),
+    /// together with any decided meanwhile. A fleet answering an update at
+    /// once would send its reports while the server still writes that
+    /// update to the rest of the fleet; spread and held back, they cost the
+    /// delivery little. The server makes reports visible at its flush
     /// interval (1 s by default) anyway.
     pub fn report_spread(mut self, spread: Duration) -> Self {
         self.report_spread = spread;
@@ -228,5 +240,31 @@ impl Subscription {
                 .map_err(|error| WatchError::Config(format!("tls: {error}")))?;
         }
         Ok(endpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_go_out_in_the_second_half_of_the_spread() {
+        let spread = Duration::from_secs(4);
+        let delays: Vec<Duration> = (0..1000).map(|_| report_delay(spread)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|delay| *delay >= spread / 2 && *delay <= spread)
+        );
+        // Spread over the half, not bunched: both quarters of it are used.
+        let late = delays
+            .iter()
+            .filter(|delay| **delay > spread * 3 / 4)
+            .count();
+        assert!(
+            (300..700).contains(&late),
+            "{late} of 1000 in the last quarter"
+        );
+        assert_eq!(report_delay(Duration::ZERO), Duration::ZERO);
     }
 }

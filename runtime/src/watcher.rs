@@ -23,7 +23,7 @@ pub use crate::revoke::{RevokeError, Revoker};
 use crate::session::{Outlet, drive};
 use crate::state::State;
 pub use crate::subscription::{
-    DEFAULT_REPORT_SPREAD, HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource,
+    DEFAULT_REPORT_SPREAD, HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource, report_delay,
 };
 
 impl Subscription {

@@ -1,6 +1,7 @@
-//! The runtime library spreads a fleet's reports over its report spread
-//! instead of sending them with the update, so they do not reach the
-//! server while it still writes that update to the rest of the fleet.
+//! The runtime library spreads a fleet's reports over the second half of
+//! its report spread instead of sending them with the update, so they do
+//! not reach the server while it still writes that update to the rest of
+//! the fleet.
 
 use std::time::{Duration, Instant};
 
@@ -69,14 +70,21 @@ async fn a_fleets_reports_arrive_spread_over_the_report_spread_not_with_the_upda
     let update = release(&channel, "limits", json!({"v": 2})).await;
     let released = Instant::now();
     all_applied(&mut applied, update).await;
-    let with_the_update = reports(metrics_port).await - before;
     let delivered = released.elapsed();
-    // Uniform over 4 s, more than half within the delivery's few hundred
-    // milliseconds would be a one-in-a-billion draw.
-    assert!(
-        with_the_update < (RUNTIMES / 2) as f64,
-        "{with_the_update} of {RUNTIMES} reports arrived with the update, within {delivered:?}"
-    );
+    // Held for the first half of the spread: none comes with the update nor
+    // after it within that half (less a margin: a runtime may receive the
+    // update before its release returned).
+    while released.elapsed() < SPREAD / 2 - Duration::from_millis(300) {
+        let early = reports(metrics_port).await - before;
+        assert_eq!(
+            early,
+            0.0,
+            "{early} of {RUNTIMES} reports arrived within {:?} of the update, delivered within \
+             {delivered:?}",
+            released.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deadline = released + SPREAD + Duration::from_secs(5);
     while reports(metrics_port).await - before < RUNTIMES as f64 {
         assert!(
@@ -85,14 +93,8 @@ async fn a_fleets_reports_arrive_spread_over_the_report_spread_not_with_the_upda
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Sent at once, 40 reports are in well within a second; spread, the
-    // last of 40 falls in the first half of the spread once in 10^12.
     let last = released.elapsed();
-    println!("{with_the_update} reports with the update ({delivered:?}), the last after {last:?}");
-    assert!(
-        last > SPREAD / 2,
-        "the last report came {last:?} after the update, not spread over {SPREAD:?}"
-    );
+    println!("delivered within {delivered:?}, the last report after {last:?}");
     for task in tasks {
         task.abort();
     }

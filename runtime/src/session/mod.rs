@@ -14,10 +14,10 @@
 //!         Disconnected                 h2 error, 3 missed heartbeats
 //! ```
 //!
-//! Outcomes are reported at a random moment within the subscription's
-//! report spread after they are decided (several decided meanwhile go in
-//! one report), so that a fleet's reports do not reach the server while it
-//! still writes the update to the rest of the fleet.
+//! Outcomes are reported at a random moment in the second half of the
+//! subscription's report spread after they are decided (several decided
+//! meanwhile go in one report), so that a fleet's reports do not reach the
+//! server while it still writes the update to the rest of the fleet.
 //!
 //! A [`Revoker`](crate::Revoker)'s request, served between messages and
 //! during the backoff, puts the state before the one in force back (the
@@ -51,7 +51,7 @@ use crate::event::{Event, Validate, WatchError};
 use crate::proto::WatchActiveRequest;
 use crate::revoke::Revocation;
 use crate::state::Assembler;
-use crate::subscription::{DEFAULT_HEARTBEAT_INTERVAL, Subscription};
+use crate::subscription::{DEFAULT_HEARTBEAT_INTERVAL, Subscription, report_delay};
 
 /// Follows the subscription until it fails for good or nobody listens,
 /// sending every event to `outlet`; a permanent failure is sent last.
@@ -226,7 +226,7 @@ where
         .await?;
     let mut assembler = Assembler::default();
     // When the outcomes decided since the last report go out: a random
-    // moment within the spread after the first of them.
+    // moment in the second half of the spread after the first of them.
     let mut report_at: Option<tokio::time::Instant> = None;
     loop {
         let message = tokio::select! {
@@ -284,8 +284,8 @@ where
         if subscription.report_spread.is_zero() {
             core.flush_reports(&mut reporter, subscription).await;
         } else if report_at.is_none() && core.reports_pending() {
-            let delay = subscription.report_spread.mul_f64(fastrand::f64());
-            report_at = Some(tokio::time::Instant::now() + delay);
+            report_at =
+                Some(tokio::time::Instant::now() + report_delay(subscription.report_spread));
         }
     }
 }
