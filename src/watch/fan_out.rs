@@ -4,12 +4,13 @@
 //! beside a delivery it would delay.
 
 use std::{
-    pin::pin,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use tokio::sync::Notify;
+
+use super::notified_until;
 
 /// The streams yet to take the newest revision, counted down as each
 /// takes it (a stream closed first counts as taken).
@@ -49,17 +50,7 @@ impl FanOut {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
-        let ended = async {
-            loop {
-                let mut ended = pin!(self.ended.notified());
-                // Registered before the check, so no end in between is missed.
-                ended.as_mut().enable();
-                if self.waiting.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                ended.await;
-            }
-        };
+        let ended = notified_until(&self.ended, || self.waiting.load(Ordering::Acquire) == 0);
         let _ = tokio::time::timeout(bound, ended).await;
     }
 }

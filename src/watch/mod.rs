@@ -130,15 +130,7 @@ impl ActiveIndex {
 
     /// Returns once the index is at `revision` or later.
     pub async fn reached(&self, revision: u64) {
-        loop {
-            let mut applied = pin!(self.applied.notified());
-            // Registered before the check, so no apply in between is missed.
-            applied.as_mut().enable();
-            if self.revision() >= revision {
-                return;
-            }
-            applied.await;
-        }
+        notified_until(&self.applied, || self.revision() >= revision).await;
     }
 
     /// Applies what one revision changed, which must be the next one (the
@@ -258,6 +250,20 @@ impl ActiveIndex {
         heartbeat: Duration,
     ) -> Subscriber {
         Subscriber::new(self, selector, since_revision, heartbeat)
+    }
+}
+
+/// Returns once `holds()`, checked at once and again each time `notify`
+/// wakes its waiters; registered before each check, so no wake in between
+/// is missed.
+async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
+    loop {
+        let mut notified = pin!(notify.notified());
+        notified.as_mut().enable();
+        if holds() {
+            return;
+        }
+        notified.await;
     }
 }
 

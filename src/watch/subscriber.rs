@@ -180,6 +180,8 @@ impl Subscriber {
     /// ahead of the server, or one update with everything after its cursor.
     fn first(&mut self) -> WatchMessage {
         let snapshot = self.snapshots.borrow_and_update().clone();
+        // A stream opened during a fan-out may not be counted in it: taking
+        // it then ends that fan-out at most one stream early.
         self.fan_out.taken();
         self.started = true;
         let since = self.cursor;
