@@ -264,6 +264,7 @@ impl Application {
                 retention,
             ))
         });
+        let log_task = tokio::spawn(self.repository.clone().checkpoint_log_forever());
         let metrics_task = self.metrics_listener.map(|tcp| {
             if let Ok(address) = tcp.local_addr() {
                 tracing::info!(%address, "serving metrics");
@@ -395,6 +396,7 @@ impl Application {
             .await;
         health_task.abort();
         reload_task.abort();
+        log_task.abort();
         identity_tasks
             .iter()
             .for_each(tokio::task::JoinHandle::abort);

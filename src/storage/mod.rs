@@ -26,6 +26,7 @@ mod schedules;
 mod subscriptions;
 mod transaction;
 mod versions;
+mod wal;
 mod writer;
 
 use std::time::Duration;
@@ -52,8 +53,9 @@ pub use versions::StoredVersion;
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).
 ///
 /// SQLite runs in WAL mode with `synchronous = FULL`, so an activation that
-/// returned OK survives a crash or `kill -9`; foreign keys are on and writers
-/// wait up to five seconds for a lock instead of failing.
+/// returned OK survives a crash or `kill -9`; the log is checkpointed beside
+/// the writes (see `wal`); foreign keys are on and writers wait up to five
+/// seconds for a lock instead of failing.
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -66,6 +68,7 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
+                .pragma("wal_autocheckpoint", wal::LOG_LIMIT_PAGES.to_string())
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5))
         });
