@@ -10,7 +10,8 @@
 //! `Activate` per round timed from its issue to the UPDATE on every stream.
 //! etcd: N watchers of one key, then one `Put` per round of a value as long
 //! as policyhub's encoded bundle, timed from its issue. The floor: N
-//! streams, then one write per round. The CPU time is read from `/proc`
+//! streams, then one write per round. Each server's first round is a
+//! warm-up whose figures are dropped ([`warm_up`]). The CPU time is read from `/proc`
 //! just before each write and after its last receipt, so the clients' own
 //! work on the same cores does not count; `/proc` counts in 10 ms ticks,
 //! hence at least 20,000 deliveries per repeat. The `tls` section runs the
@@ -25,7 +26,7 @@ use crate::{
     floor::Floor,
     support::{
         Options, Policyhub, SETTLE, Streams, Tally, Tls, Watcher, ms, open_streams, percentile,
-        rss_kib, wait_for_fds_to_close,
+        rss_kib, wait_for_fds_to_close, warm_up,
     },
 };
 
@@ -100,8 +101,9 @@ pub async fn policyhub(
         ..Options::default()
     })
     .await?;
-    // Version 1 active; versions 2..=rounds+1 published for the rounds.
-    policyhub.publish_bodies(rounds + 1, body_bytes).await?;
+    // Version 1 active; version 2 published for the warm-up, versions
+    // 3..=rounds+2 for the rounds.
+    policyhub.publish_bodies(rounds + 2, body_bytes).await?;
     tokio::time::sleep(SETTLE).await;
     let rss_before_kib = rss_kib(policyhub.server.pid())?;
     let mut streams = policyhub
@@ -109,7 +111,10 @@ pub async fn policyhub(
         .await?;
     tokio::time::sleep(SETTLE).await;
     let rss_after_kib = rss_kib(policyhub.server.pid())?;
-    let versions = 2..=rounds as u32 + 1;
+    policyhub
+        .activation_rounds(&mut streams, count, 2..=2)
+        .await?;
+    let versions = 3..=rounds as u32 + 2;
     let tally = policyhub
         .activation_rounds(&mut streams, count, versions)
         .await?;
@@ -136,7 +141,12 @@ pub async fn etcd(
 
     let mut tally = Tally::default();
     let pid = running.server.pid();
-    for round in 1..=rounds {
+    let put = async {
+        running.put(1).await?;
+        Ok(1)
+    };
+    warm_up(&pid, &mut watchers.received, count, put).await?;
+    for round in 2..=rounds + 1 {
         let put = async {
             running.put(round).await?;
             Ok(round as u64)
@@ -176,8 +186,13 @@ pub async fn floor(count: usize, rounds: usize, message_bytes: usize) -> anyhow:
 
     let mut tally = Tally::default();
     let pid = floor.server.pid();
+    let write = async {
+        floor.write(2).await?;
+        Ok(2)
+    };
+    warm_up(&pid, &mut streams.received, count, write).await?;
     for round in 1..=rounds {
-        let revision = round as u64 + 1;
+        let revision = round as u64 + 2;
         let write = async {
             floor.write(revision).await?;
             Ok(revision)
@@ -284,9 +299,9 @@ pub async fn run(settings: &Settings, etcd: &Etcd, tls: Option<&Tls>) -> anyhow:
         }
         let missing = |runs: &[Run]| -> usize { runs.iter().map(|run| run.rounds.missing).sum() };
         outcome.notes.push(format!(
-            "{case}: {rounds} writes per repeat; bundle {} B (etcd value as long, floor \
-             message as long as policyhub's {} B); receipts missing: policyhub {}, etcd {}, \
-             floor {}",
+            "{case}: {rounds} timed writes per repeat after one untimed; bundle {} B (etcd \
+             value as long, floor message as long as policyhub's {} B); receipts missing: \
+             policyhub {}, etcd {}, floor {}",
             ours.first().map_or(0, |run| run.payload_bytes),
             ours.first().map_or(0, |run| run.message_bytes),
             missing(&ours),

@@ -295,6 +295,20 @@ impl Tally {
     }
 }
 
+/// One round whose figures are dropped: a server's first write after its
+/// streams opened pays one-time costs (statements prepared, caches and
+/// files cold) that no later write does, and in a series of 20 it alone
+/// would set the p99.
+pub async fn warm_up(
+    pid: &str,
+    received: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    count: usize,
+    write: impl Future<Output = anyhow::Result<u64>>,
+) -> anyhow::Result<()> {
+    timed_round(pid, received, count, &mut Vec::new(), write).await?;
+    Ok(())
+}
+
 /// One timed round: after a pause, issues `write` (which returns the tag
 /// its change arrives with) and waits for that tag on `count` streams,
 /// recording the latencies from the issue; reads the CPU time of the
