@@ -423,6 +423,9 @@ impl Application {
         if let Err(error) = fleet.flush().await {
             tracing::warn!(%error, "cannot persist the fleet view at shutdown");
         }
+        if let Err(error) = self.repository.empty_log().await {
+            tracing::warn!(%error, "cannot empty the write-ahead log at shutdown");
+        }
         served.context("serving grpc")?;
         tracing::info!("stopped");
         Ok(())

@@ -68,7 +68,6 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .pragma("wal_autocheckpoint", wal::LOG_LIMIT_PAGES.to_string())
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5))
         });

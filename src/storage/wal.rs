@@ -2,20 +2,21 @@
 //! writes rather than inside one of them.
 //!
 //! A commit appends its pages to the log; a *checkpoint* copies the log's
-//! pages into the database file and syncs it. By default SQLite runs one in
-//! the commit that takes the log past 1,000 pages, so that commit, and
-//! every request waiting for it (an activation's fan-out among them), pays
-//! for copying what hundreds of earlier commits wrote. Measured with 64 KiB
-//! policies, whose published versions fill the log quickly: one activation
-//! in twenty reached its first runtime 10 to 25 ms late, the whole of the
-//! fan-out's tail.
+//! pages into the database file and syncs it. SQLite runs one in the
+//! commit that takes the log to 1,000 pages, so that commit, and every
+//! request waiting for it (an activation's fan-out among them), pays for
+//! copying what hundreds of earlier commits wrote. Measured with 64 KiB
+//! policies, whose published versions fill the log quickly: one
+//! activation in twenty reached its first runtime 10 to 25 ms late, the
+//! whole of the fan-out's tail.
 //!
 //! Here a task checkpoints every [`CHECKPOINT_INTERVAL`] on a connection of
 //! its own, in SQLite's PASSIVE mode, which never waits for a writer or a
-//! reader (a checkpoint with nothing new to copy does no I/O). A commit
-//! checkpoints only when the log outgrows [`LOG_LIMIT_PAGES`] anyway, so
-//! the log stays bounded under writes that never pause long enough for
-//! the task to catch up.
+//! reader (a checkpoint with nothing new to copy does no I/O). Once the log
+//! is copied whole, the next commit writes it from its start again, so a
+//! commit reaches SQLite's 1,000 pages, and checkpoints itself, only after
+//! more than a second of writes that never pause. A clean stop empties the
+//! log, so the next start has none to read back.
 
 use std::time::Duration;
 
@@ -26,10 +27,6 @@ use crate::domain::{Error, Result};
 
 /// How often the write-ahead log is checkpointed.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The log's size, in pages, past which a commit checkpoints it itself
-/// (SQLite's `wal_autocheckpoint`; its default is 1,000): about 40 MiB.
-pub(super) const LOG_LIMIT_PAGES: u32 = 10_000;
 
 /// What one checkpoint did, in pages of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +54,31 @@ impl Repository {
         }
     }
 
+    /// Copies the whole write-ahead log into the database file and empties
+    /// it, waiting for readers and writers up to the busy timeout: at a
+    /// clean stop, so that the next start reads no log back (a start after
+    /// a crash reads back what the last second left). Does nothing on
+    /// PostgreSQL.
+    pub async fn empty_log(&self) -> Result<()> {
+        if self.db.get_database_backend() == DatabaseBackend::Sqlite {
+            self.wal_checkpoint("TRUNCATE").await?;
+        }
+        Ok(())
+    }
+
     /// Copies the pages of SQLite's write-ahead log that no reader still
     /// needs into the database file, without waiting for anyone.
     pub(super) async fn checkpoint_log(&self) -> Result<Checkpointed> {
+        self.wal_checkpoint("PASSIVE").await
+    }
+
+    /// SQLite's `wal_checkpoint` in `mode`, and what it did.
+    async fn wal_checkpoint(&self, mode: &str) -> Result<Checkpointed> {
         let row = self
             .db
             .query_one_raw(Statement::from_string(
                 DatabaseBackend::Sqlite,
-                "PRAGMA wal_checkpoint(PASSIVE)",
+                format!("PRAGMA wal_checkpoint({mode})"),
             ))
             .await?
             .ok_or_else(|| Error::Internal("a checkpoint of the log said nothing".into()))?;
@@ -91,32 +105,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commits_leave_the_log_to_the_checkpoint() {
+    async fn a_checkpoint_leaves_the_next_commits_none_to_make() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policyhub.db");
         let repository = sqlite_repository(&path).await;
-        repository.checkpoint_log().await.unwrap();
-        let before = database_bytes(&path);
-
-        // 2,000 pages in one commit: past SQLite's default of 1,000.
+        let fill = |pages: u32| {
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {pages})
+                 INSERT INTO filler SELECT randomblob(4000) FROM n;"
+            )
+        };
         repository
             .db
-            .execute_unprepared(
-                "CREATE TABLE filler (page BLOB NOT NULL);
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
-                 INSERT INTO filler SELECT randomblob(4000) FROM n;",
-            )
+            .execute_unprepared("CREATE TABLE filler (page BLOB NOT NULL)")
             .await
             .unwrap();
+        repository.db.execute_unprepared(&fill(600)).await.unwrap();
+        let checkpointed = repository.checkpoint_log().await.unwrap();
+        assert!(checkpointed.log >= 600, "{checkpointed:?}");
+        assert_eq!(checkpointed.copied, checkpointed.log);
+        let before = database_bytes(&path);
+
+        // 600 pages more: together past SQLite's 1,000, but the log starts
+        // over after the checkpoint, so this commit copies nothing itself.
+        repository.db.execute_unprepared(&fill(600)).await.unwrap();
         assert_eq!(
             database_bytes(&path),
             before,
             "the commit copied the log into the database itself"
         );
-
         let checkpointed = repository.checkpoint_log().await.unwrap();
-        assert!(checkpointed.log >= 2000, "{checkpointed:?}");
-        assert_eq!(checkpointed.copied, checkpointed.log);
-        assert!(database_bytes(&path) >= before + 2000 * 4000);
+        assert!(checkpointed.log < 1000, "{checkpointed:?}");
+        assert!(database_bytes(&path) >= before + 600 * 4000);
+
+        // At a clean stop the log is emptied: the next start reads none back.
+        repository.empty_log().await.unwrap();
+        let log = path.with_file_name("policyhub.db-wal");
+        assert_eq!(std::fs::metadata(log).unwrap().len(), 0);
     }
 }
