@@ -120,7 +120,7 @@ impl Repository {
                     .await?
                     .ok_or_else(|| Error::Internal("an idempotency record vanished".into()));
             }
-            transaction.txn.commit().await?;
+            self.commit_signed(transaction).await?;
             Ok(outcome)
         }
         .instrument(span(operation))

@@ -285,8 +285,8 @@ impl Repository {
         })
     }
 
-    /// Commits what [`begin_shared`](Self::begin_shared) began; returns
-    /// once it is durable.
+    /// Commits what [`begin_shared`](Self::begin_shared) or
+    /// [`begin`](Self::begin) began; returns once it is durable.
     async fn commit(&self, transaction: Transaction) -> Result<()> {
         match (&self.sqlite_writer, transaction.turn) {
             (Some(writer), Some(turn)) => writer.clone().finish(turn, transaction.txn).await,
@@ -306,21 +306,29 @@ impl Repository {
         async {
             let mut transaction = self.begin_shared().await?;
             let outcome = work(&mut transaction).await?;
-            let taken = transaction.revision_taken.load(Ordering::Relaxed);
-            let checkpoint = match self.checkpoints.signer() {
-                Some(signer) if taken > 0 => {
-                    Some(self.sign_checkpoint(&transaction, taken, signer).await?)
-                }
-                _ => None,
-            };
-            self.commit(transaction).await?;
-            if let Some(checkpoint) = checkpoint {
-                self.checkpoints.publish(checkpoint);
-            }
+            self.commit_signed(transaction).await?;
             Ok(outcome)
         }
         .instrument(span(operation))
         .await
+    }
+
+    /// Commits `transaction` as [`commit`](Self::commit) does, with a
+    /// signed checkpoint when it took a revision (once the hub installed
+    /// the signer).
+    pub(super) async fn commit_signed(&self, transaction: Transaction) -> Result<()> {
+        let taken = transaction.revision_taken.load(Ordering::Relaxed);
+        let checkpoint = match self.checkpoints.signer() {
+            Some(signer) if taken > 0 => {
+                Some(self.sign_checkpoint(&transaction, taken, signer).await?)
+            }
+            _ => None,
+        };
+        self.commit(transaction).await?;
+        if let Some(checkpoint) = checkpoint {
+            self.checkpoints.publish(checkpoint);
+        }
+        Ok(())
     }
 }
 

@@ -1,9 +1,9 @@
-//! Signed checkpoints: every revision commits with one, reads carry the one
-//! that proves them (GetActive, as of a revision included; every watch
-//! message), a quiet server signs one every interval (and finishes one
-//! that takes longer), and a runtime whose
-//! replica is cut off from PostgreSQL by a black hole reports the
-//! checkpoint stale within its maximum age, then fresh again.
+//! Signed checkpoints: every revision commits with one (a request with an
+//! idempotency key included), reads carry the one that proves them
+//! (GetActive, as of a revision included; every watch message), a quiet
+//! server signs one every interval (and finishes one that takes longer),
+//! and a runtime whose replica is cut off from PostgreSQL by a black hole
+//! reports the checkpoint stale within its maximum age, then fresh again.
 
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,25 @@ async fn every_revision_is_signed_and_reads_carry_their_proof(app: TestApp) {
         (update.revision, verified(&app, &carried).await.revision),
         (3, 3),
         "an update carries its own revision's checkpoint"
+    );
+
+    // A retried request's outcome is recorded beside its key: that
+    // transaction commits with its checkpoint too.
+    app.policy
+        .clone()
+        .activate(proto::ActivateRequest {
+            targets: vec![target("team", "limits", 2)],
+            reason: "retry-safe".into(),
+            idempotency_key: "retry-safe-activation".into(),
+        })
+        .await
+        .unwrap();
+    let update = next_message(&mut stream).await;
+    let carried = proto::Checkpoint::decode(update.checkpoint.clone().expect("carried")).unwrap();
+    assert_eq!(
+        (update.revision, verified(&app, &carried).await.revision),
+        (4, 4),
+        "an activation with an idempotency key carries its own revision's checkpoint"
     );
 }
 
