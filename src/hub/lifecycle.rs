@@ -156,8 +156,10 @@ impl PolicyHub {
         key: Option<IdempotencyKey>,
     ) -> Result<ActivationOutcome> {
         let claim = IdempotencyClaim::new("Activate", key, &command);
+        // Every statement of an activation is on SQLite's direct road.
         let outcome = self
             .repository
+            .direct()
             .write_once("activate", claim.as_ref(), context, async |tx| {
                 let names: Vec<_> = command
                     .targets

@@ -12,6 +12,7 @@ use sea_orm::{
 
 use super::entities::events;
 use super::events::record;
+use super::road::Road;
 use super::rows::revision;
 use super::transaction::{Repository, Transaction};
 use crate::domain::{Result, chain};
@@ -21,14 +22,13 @@ const CHAIN_LOCK: i64 = 7_240_533;
 
 /// The id and hash of the last event (below `below`): 0 and the genesis
 /// for an empty log.
-pub(super) async fn tip<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<(u64, String)> {
+pub(super) async fn tip<R: Road>(road: &R, below: Option<i64>) -> Result<(u64, String)> {
     let mut query = events::Entity::find();
     if let Some(below) = below {
         query = query.filter(events::Column::Id.lt(below));
     }
-    let last = query
-        .order_by(events::Column::Id, Order::Desc)
-        .one(db)
+    let last = road
+        .one(query.order_by(events::Column::Id, Order::Desc))
         .await?;
     Ok(last.map_or_else(
         || (0, chain::GENESIS.to_owned()),
@@ -37,8 +37,8 @@ pub(super) async fn tip<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Resul
 }
 
 /// The hash of the last event (below `below`).
-pub(super) async fn head<C: ConnectionTrait>(db: &C, below: Option<i64>) -> Result<String> {
-    Ok(tip(db, below).await?.1)
+pub(super) async fn head<R: Road>(road: &R, below: Option<i64>) -> Result<String> {
+    Ok(tip(road, below).await?.1)
 }
 
 impl Transaction {

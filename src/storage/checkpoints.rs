@@ -7,6 +7,7 @@
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait,
 };
 
 use super::chain::tip;
@@ -16,6 +17,7 @@ use super::entities::{checkpoint_cosignatures, checkpoints};
 use super::events::record as event_record;
 use super::log::{tree_root, tree_size};
 use super::paging::Paging;
+use super::road::Road;
 use super::rows::{db_revision, now, revision};
 use super::transaction::{CheckpointSigner, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
@@ -36,12 +38,9 @@ fn record(row: checkpoints::Model) -> Checkpoint {
 }
 
 /// The newest checkpoint as signed (without cosignatures).
-pub(super) async fn newest<C: ConnectionTrait>(db: &C) -> Result<Option<Checkpoint>> {
-    Ok(checkpoints::Entity::find()
-        .order_by(checkpoints::Column::Id, Order::Desc)
-        .one(db)
-        .await?
-        .map(record))
+pub(super) async fn newest<R: Road>(road: &R) -> Result<Option<Checkpoint>> {
+    let newest = checkpoints::Entity::find().order_by(checkpoints::Column::Id, Order::Desc);
+    Ok(road.one(newest).await?.map(record))
 }
 
 /// Every checkpoint as signed (without cosignatures), oldest first.
@@ -58,16 +57,17 @@ pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Ch
 /// Checks that the log from the newest checkpoint on extends it: the
 /// checkpoint's last event still hashes to the head it signed, and every
 /// event since links to it. DATA_LOSS naming the break otherwise.
-pub(super) async fn extends_last_checkpoint<C: ConnectionTrait>(db: &C) -> Result<()> {
-    let Some(checkpoint) = newest(db).await? else {
+pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<()> {
+    let Some(checkpoint) = newest(road).await? else {
         return Ok(());
     };
     let last = db_revision(checkpoint.last_event_id);
-    let before = tip(db, Some(last)).await?;
+    let before = tip(road, Some(last)).await?;
     let since = events::Entity::find()
         .filter(events::Column::Id.gte(last))
-        .order_by(events::Column::Id, Order::Asc)
-        .all(db)
+        .order_by(events::Column::Id, Order::Asc);
+    let since = road
+        .all(since)
         .await?
         .into_iter()
         .map(event_record)
@@ -113,10 +113,8 @@ impl Transaction {
             root_hash: Set(Some(crate::domain::log::encode_hash(&root))),
             note: Set(Some(note.clone())),
         };
-        let id = checkpoints::Entity::insert(row)
-            .exec(&self.txn)
-            .await?
-            .last_insert_id;
+        let insert = checkpoints::Entity::insert(row).into_query();
+        let id = self.txn.insert_id(insert, checkpoints::Column::Id).await?;
         Ok(Checkpoint {
             id: revision(id),
             revision: revision_in_force,

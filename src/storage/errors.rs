@@ -32,12 +32,14 @@ impl From<DbErr> for Error {
     }
 }
 
-/// Whether a statement collided with a unique key.
+/// Whether a statement collided with a unique key, on either road.
 pub(super) fn is_unique_violation(error: &DbErr) -> bool {
-    matches!(
-        error.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
+            matches!(sqlx.as_ref(), Sqlx::Database(database) if database.is_unique_violation())
+        }
+        _ => false,
+    }
 }
 
 /// The database's own error code, when it refused a statement.

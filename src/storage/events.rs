@@ -3,12 +3,13 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::entities::events;
 use super::paging::Paging;
 use super::policies::{LockedPolicy, find_policy};
+use super::road::Road;
 use super::rows::{active_bundle, db_revision, db_version, revision, version, version_record};
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
@@ -149,10 +150,8 @@ impl Transaction {
             rollout_id: Set(record.rollout_id),
             hash: Set(Some(record.hash)),
         };
-        let id = events::Entity::insert(row)
-            .exec(&self.txn)
-            .await?
-            .last_insert_id;
+        let insert = events::Entity::insert(row).into_query();
+        let id = self.txn.insert_id(insert, events::Column::Id).await?;
         self.log_append(revision(id), canonical.as_bytes()).await?;
         self.enqueue_announcement(id, record.kind, announced_namespace)
             .await?;

@@ -3,12 +3,13 @@
 //! retried request gets the first outcome (DESIGN §2).
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::Instrument;
 
 use super::entities::idempotency_records;
 use super::errors::is_unique_violation;
+use super::road::Road;
 use super::rows::now;
 use super::transaction::{Repository, Transaction, span};
 use crate::domain::{Digest, Error, IdempotencyKey, RequestContext, Result, fingerprint};
@@ -40,15 +41,10 @@ impl IdempotencyClaim {
 
     /// The recorded outcome of this request, if it was seen; a different
     /// request under the same key is refused.
-    pub(super) async fn replay<T: DeserializeOwned, C: ConnectionTrait>(
-        &self,
-        db: &C,
-    ) -> Result<Option<T>> {
-        let Some(record) =
-            idempotency_records::Entity::find_by_id((self.method.to_owned(), self.key.clone()))
-                .one(db)
-                .await?
-        else {
+    pub(super) async fn replay<T: DeserializeOwned, R: Road>(&self, road: &R) -> Result<Option<T>> {
+        let recorded =
+            idempotency_records::Entity::find_by_id((self.method.to_owned(), self.key.clone()));
+        let Some(record) = road.one(recorded).await? else {
             return Ok(None);
         };
         if record.fingerprint != self.fingerprint.as_str() {
@@ -66,24 +62,23 @@ impl IdempotencyClaim {
 
     /// Records the outcome; `false` when a concurrent request with the same
     /// key recorded first.
-    pub(super) async fn record<T: Serialize, C: ConnectionTrait>(
+    pub(super) async fn record<T: Serialize, R: Road>(
         &self,
-        db: &C,
+        road: &R,
         context: &RequestContext,
         outcome: &T,
     ) -> Result<bool> {
         let response = serde_json::to_string(outcome)
             .map_err(|error| Error::Internal(format!("cannot record the response: {error}")))?;
-        let inserted = idempotency_records::Entity::insert(idempotency_records::ActiveModel {
+        let row = idempotency_records::Entity::insert(idempotency_records::ActiveModel {
             method: Set(self.method.to_owned()),
             key: Set(self.key.clone()),
             fingerprint: Set(self.fingerprint.to_string()),
             actor: Set(context.actor.clone()),
             response: Set(response),
             created_at: Set(now()),
-        })
-        .exec_without_returning(db)
-        .await;
+        });
+        let inserted = road.run(row.build(road.backend())).await;
         match inserted {
             Err(error) if is_unique_violation(&error) => Ok(false),
             other => other.map(|_| true).map_err(Error::from),

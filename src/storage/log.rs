@@ -7,14 +7,15 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait,
 };
 
 use super::chain::head;
 use super::entities::{events, log_hashes, log_origin};
 use super::events::{pointer_moves, record};
 use super::policies::find_policy;
+use super::road::Road;
 use super::rows::{db_revision, db_version, revision};
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
@@ -24,30 +25,25 @@ use crate::domain::{
 };
 
 /// How many leaves the tree has.
-pub(super) async fn tree_size<C: ConnectionTrait>(db: &C) -> Result<u64> {
-    let last_leaf: Option<i64> = log_hashes::Entity::find()
+pub(super) async fn tree_size<R: Road>(road: &R) -> Result<u64> {
+    let last_leaf = log_hashes::Entity::find()
         .select_only()
         .column(log_hashes::Column::Id)
         .filter(log_hashes::Column::EventId.is_not_null())
         .order_by(log_hashes::Column::Id, Order::Desc)
-        .into_tuple()
-        .one(db)
-        .await?;
+        .limit(1);
+    let last_leaf: Option<i64> = road.value(last_leaf.build(road.backend())).await?;
     Ok(last_leaf.map_or(0, |position| log::size_after_leaf_at(revision(position))))
 }
 
 /// `compute` over the stored hashes it reads.
-async fn over_tree<C: ConnectionTrait, T>(
-    db: &C,
-    compute: impl Fn(&Reads) -> Result<T>,
-) -> Result<T> {
+async fn over_tree<R: Road, T>(road: &R, compute: impl Fn(&Reads) -> Result<T>) -> Result<T> {
     let needed = Reads::needed(&compute);
     let mut known = HashMap::with_capacity(needed.len());
     if !needed.is_empty() {
-        let rows = log_hashes::Entity::find()
-            .filter(log_hashes::Column::Id.is_in(needed.iter().map(|index| db_revision(*index))))
-            .all(db)
-            .await?;
+        let stored = log_hashes::Entity::find()
+            .filter(log_hashes::Column::Id.is_in(needed.iter().map(|index| db_revision(*index))));
+        let rows = road.all(stored).await?;
         for row in rows {
             let hash = <[u8; 32]>::try_from(row.hash.as_slice()).map_err(|_| {
                 Error::DataLoss(format!("the log's stored hash {} is not 32 bytes", row.id))
@@ -64,8 +60,8 @@ async fn over_tree<C: ConnectionTrait, T>(
 }
 
 /// The root of the tree of its first `size` leaves.
-pub(super) async fn tree_root<C: ConnectionTrait>(db: &C, size: u64) -> Result<Hash> {
-    over_tree(db, |reads| log::root(size, reads)).await
+pub(super) async fn tree_root<R: Road>(road: &R, size: u64) -> Result<Hash> {
+    over_tree(road, |reads| log::root(size, reads)).await
 }
 
 impl Transaction {
@@ -84,9 +80,8 @@ impl Transaction {
                 hash: Set(hash.0.to_vec()),
                 event_id: Set((offset == 0).then(|| db_revision(event_id))),
             });
-        log_hashes::Entity::insert_many(rows)
-            .exec(&self.txn)
-            .await?;
+        let rows = log_hashes::Entity::insert_many(rows);
+        self.txn.run(rows.build(self.backend())).await?;
         Ok(())
     }
 }

@@ -7,11 +7,12 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::entities::{events, outbox, subscriptions};
 use super::events::record;
+use super::road::Road;
 use super::transaction::{Repository, Transaction};
 use crate::domain::subscription::Subscription;
 use crate::domain::{EventKind, EventRecord, Result};
@@ -45,13 +46,12 @@ impl Transaction {
         kind: EventKind,
         namespace: Option<String>,
     ) -> Result<()> {
-        outbox::Entity::insert(outbox::ActiveModel {
+        let row = outbox::Entity::insert(outbox::ActiveModel {
             event_id: Set(event_id),
             kind: Set(kind.as_str().to_owned()),
             namespace: Set(namespace),
-        })
-        .exec_without_returning(&self.txn)
-        .await?;
+        });
+        self.txn.run(row.build(self.backend())).await?;
         Ok(())
     }
 }

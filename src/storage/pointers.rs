@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, Order,
-    QueryFilter, QueryOrder, QuerySelect, Statement, sea_query::Expr,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, sea_query::Expr,
 };
 
 use super::entities::{events, policies};
 use super::events::{NewEvent, pointer_moves};
 use super::policies::{LockedPolicy, find_policy};
+use super::road::Road;
 use super::rollouts::{find_rollout, live_rollouts, view};
 use super::rows::{
     BundleRow, active_bundle, db_revision, db_version, revision, version, version_record,
@@ -92,7 +93,7 @@ async fn rollout_moves_since<C: ConnectionTrait>(
 }
 
 /// The active bundle of `policy`, sent again at revision `at`.
-async fn stable_bundle<C: ConnectionTrait>(
+async fn stable_bundle<C: ConnectionTrait + Road>(
     db: &C,
     policy: &PolicyRef,
     at: u64,
@@ -108,15 +109,16 @@ async fn stable_bundle<C: ConnectionTrait>(
     active_bundle(&version_record(policy, None, model)?, at).map(Some)
 }
 
-pub(super) async fn current_revision<C: ConnectionTrait>(db: &C) -> Result<u64> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT revision FROM revision_counter WHERE id = 1",
-        ))
+pub(super) async fn current_revision<R: Road>(road: &R) -> Result<u64> {
+    let statement = Statement::from_string(
+        road.backend(),
+        "SELECT revision FROM revision_counter WHERE id = 1",
+    );
+    let at: i64 = road
+        .value(statement)
         .await?
         .ok_or_else(|| Error::Internal("the revision counter row is missing".into()))?;
-    Ok(revision(row.try_get_by_index::<i64>(0)?))
+    Ok(revision(at))
 }
 
 impl Transaction {
@@ -157,9 +159,9 @@ impl Transaction {
             DatabaseBackend::Postgres => "$1",
             _ => "?",
         };
-        let row = self
+        let next: i64 = self
             .txn
-            .query_one_raw(Statement::from_sql_and_values(
+            .value(Statement::from_sql_and_values(
                 self.backend(),
                 format!(
                     "UPDATE revision_counter SET revision = revision + {placeholder} WHERE id = 1 \
@@ -169,7 +171,7 @@ impl Transaction {
             ))
             .await?
             .ok_or_else(|| Error::Internal("the revision counter row is missing".into()))?;
-        let next = revision(row.try_get_by_index::<i64>(0)?);
+        let next = revision(next);
         self.took_revision(next);
         if self.backend() == DatabaseBackend::Postgres {
             self.txn
@@ -210,7 +212,7 @@ impl Transaction {
         let mut changed = Vec::with_capacity(plan.moving.len());
         for &index in &plan.moving {
             let (policy, target) = changes[index];
-            policies::Entity::update_many()
+            let pointer = policies::Entity::update_many()
                 .col_expr(
                     policies::Column::ActiveVersion,
                     Expr::value(db_version(target.version)),
@@ -219,9 +221,8 @@ impl Transaction {
                     policies::Column::ActiveRevision,
                     Expr::value(db_revision(next)),
                 )
-                .filter(policies::Column::Id.eq(policy.id))
-                .exec(&self.txn)
-                .await?;
+                .filter(policies::Column::Id.eq(policy.id));
+            self.txn.run(pointer.build(self.backend())).await?;
             let event = NewEvent {
                 previous_version: policy.state.active_version(),
                 new_version: Some(target.version),

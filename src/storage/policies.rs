@@ -3,11 +3,12 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
     sea_query::Expr,
 };
 
 use super::entities::policies;
+use super::road::Road;
 use super::rows::policy_state;
 use super::transaction::Transaction;
 use crate::domain::{Error, PolicyRef, PolicySchema, PolicyState, Result};
@@ -21,16 +22,14 @@ pub struct LockedPolicy {
     pub state: PolicyState,
 }
 
-pub(super) async fn find_policy<C: ConnectionTrait>(
-    db: &C,
-    policy: &PolicyRef,
-) -> Result<policies::Model> {
-    policies::Entity::find()
-        .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
-        .filter(policies::Column::Name.eq(policy.name.as_str()))
-        .one(db)
-        .await?
-        .ok_or_else(|| missing(policy))
+pub(super) async fn find_policy<R: Road>(road: &R, policy: &PolicyRef) -> Result<policies::Model> {
+    road.one(
+        policies::Entity::find()
+            .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
+            .filter(policies::Column::Name.eq(policy.name.as_str())),
+    )
+    .await?
+    .ok_or_else(|| missing(policy))
 }
 
 fn missing(policy: &PolicyRef) -> Error {
@@ -54,13 +53,11 @@ impl Transaction {
     /// no-op on SQLite, where the writer lock is held instead).
     pub async fn lock_policy(&self, policy: &PolicyRef) -> Result<LockedPolicy> {
         self.rows_locked();
-        let model = policies::Entity::find()
+        let locked = policies::Entity::find()
             .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
             .filter(policies::Column::Name.eq(policy.name.as_str()))
-            .lock_exclusive()
-            .one(&self.txn)
-            .await?
-            .ok_or_else(|| missing(policy))?;
+            .lock_exclusive();
+        let model = self.txn.one(locked).await?.ok_or_else(|| missing(policy))?;
         Ok(LockedPolicy {
             id: model.id,
             state: policy_state(&model)?,

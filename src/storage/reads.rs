@@ -10,6 +10,7 @@ use super::entities::{policies, versions};
 use super::events::in_scope;
 use super::paging::Paging;
 use super::policies::find_policy;
+use super::road::Road;
 use super::rows::{db_version, policy_ref, revision, version, version_record};
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version, open_draft};
@@ -83,7 +84,7 @@ async fn summaries<C: ConnectionTrait>(
 }
 
 /// The summary of one policy; NOT_FOUND when there is none.
-async fn summary<C: ConnectionTrait>(db: &C, policy: &PolicyRef) -> Result<PolicySummary> {
+async fn summary<C: ConnectionTrait + Road>(db: &C, policy: &PolicyRef) -> Result<PolicySummary> {
     let row = find_policy(db, policy).await?;
     Ok(summaries(db, vec![row])
         .await?

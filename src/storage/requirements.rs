@@ -5,18 +5,18 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
+    ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
     sea_query::{Expr, ExprTrait, Func, Query},
 };
 
 use super::entities::{policies, versions};
+use super::road::Road;
 use super::rows::{label, requirements, version};
 use super::transaction::Transaction;
 use crate::domain::{
     ActiveRelease, Label, Namespace, PolicyName, Requirement, Result, VersionState,
 };
 
-#[derive(FromQueryResult)]
 struct ReleaseRow {
     name: String,
     version: i32,
@@ -161,9 +161,16 @@ impl Transaction {
             )
             .and_where(condition)
             .to_owned();
-        let statement = self.backend().build(&query);
-        Ok(ReleaseRow::find_by_statement(statement)
-            .all(&self.txn)
-            .await?)
+        let rows: Vec<(String, i32, Option<String>, String)> =
+            self.txn.values(self.txn.build(&query)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, version, label, requirements)| ReleaseRow {
+                name,
+                version,
+                label,
+                requirements,
+            })
+            .collect())
     }
 }

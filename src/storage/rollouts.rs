@@ -10,6 +10,7 @@ use sea_orm::{
 use super::entities::{policies, rollouts};
 use super::paging::Paging;
 use super::policies::{LockedPolicy, find_policy};
+use super::road::Road;
 use super::rows::{active_bundle, version_record};
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
@@ -72,7 +73,10 @@ pub(super) async fn live_rollouts<C: ConnectionTrait>(db: &C) -> Result<Vec<Roll
 }
 
 /// What the index needs of a rollout: the plan and the candidates' bundles.
-pub(super) async fn view<C: ConnectionTrait>(db: &C, rollout: Rollout) -> Result<RolloutView> {
+pub(super) async fn view<C: ConnectionTrait + Road>(
+    db: &C,
+    rollout: Rollout,
+) -> Result<RolloutView> {
     let mut candidates = Vec::with_capacity(rollout.targets.len());
     for target in &rollout.targets {
         let policy = find_policy(db, &target.policy).await?;

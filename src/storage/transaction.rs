@@ -44,6 +44,7 @@ use sea_orm::{
 };
 use tracing::Instrument;
 
+use super::road::{Road, Txn};
 use super::rows::now;
 use super::writer::{SqliteWriter, Turn};
 use crate::domain::chain::Checkpoint;
@@ -122,6 +123,8 @@ pub struct Repository {
     /// On SQLite, the one writer (see `writer`); `None` on PostgreSQL,
     /// where row locks serialize writers.
     sqlite_writer: Option<Arc<SqliteWriter>>,
+    /// Whether writes on SQLite take the direct road (see `road`).
+    direct: bool,
     /// The signer of checkpoints and the newest one, shared by every clone.
     pub(super) checkpoints: Arc<Checkpoints>,
 }
@@ -129,7 +132,7 @@ pub struct Repository {
 /// An open write transaction, the instant it writes as, and on SQLite the
 /// writer's turn it holds.
 pub struct Transaction {
-    pub(super) txn: DatabaseTransaction,
+    pub(super) txn: Txn,
     at: DateTime<Utc>,
     turn: Option<Turn>,
     /// The namespaces this transaction holds the lock of.
@@ -145,7 +148,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    fn new(txn: DatabaseTransaction, turn: Option<Turn>) -> Self {
+    fn new(txn: Txn, turn: Option<Turn>) -> Self {
         Transaction {
             txn,
             at: now(),
@@ -163,7 +166,7 @@ impl Transaction {
     }
 
     pub(super) fn backend(&self) -> DatabaseBackend {
-        self.txn.get_database_backend()
+        self.txn.backend()
     }
 
     /// Locks `namespaces` for the rest of the transaction: taken before any
@@ -236,8 +239,18 @@ impl Repository {
         Ok(Repository {
             db,
             sqlite_writer,
+            direct: false,
             checkpoints: Arc::default(),
         })
+    }
+
+    /// This store, its writes on SQLite taking the direct road (see
+    /// `road`): for the transactions whose storage is all on it.
+    pub fn direct(&self) -> Self {
+        Repository {
+            direct: true,
+            ..self.clone()
+        }
     }
 
     /// Whether the database answers, for health checks.
@@ -266,10 +279,10 @@ impl Repository {
     pub(super) async fn begin(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
-                let (turn, txn) = writer.alone().await?;
+                let (turn, txn) = writer.alone(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
-            None => Transaction::new(self.db.begin().await?, None),
+            None => Transaction::new(Txn::Sea(self.db.begin().await?), None),
         })
     }
 
@@ -278,10 +291,10 @@ impl Repository {
     async fn begin_shared(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
-                let (turn, txn) = writer.join().await?;
+                let (turn, txn) = writer.join(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
-            None => Transaction::new(self.db.begin().await?, None),
+            None => Transaction::new(Txn::Sea(self.db.begin().await?), None),
         })
     }
 

@@ -10,6 +10,7 @@ use sea_orm::{
 
 use super::entities::versions;
 use super::policies::LockedPolicy;
+use super::road::Road;
 use super::rows::{db_version, requirements_text, version, version_record};
 use super::transaction::Transaction;
 use crate::domain::{
@@ -24,8 +25,8 @@ pub struct StoredVersion {
     pub record: VersionRecord,
 }
 
-pub(super) async fn find_version<C: ConnectionTrait>(
-    db: &C,
+pub(super) async fn find_version<R: Road>(
+    road: &R,
     policy_id: i64,
     selector: &VersionSelector,
 ) -> Result<Option<versions::Model>> {
@@ -38,7 +39,7 @@ pub(super) async fn find_version<C: ConnectionTrait>(
             query.filter(versions::Column::Label.eq(label.to_string()))
         }
     };
-    Ok(query.one(db).await?)
+    Ok(road.one(query).await?)
 }
 
 pub(super) fn no_such_version(policy: &PolicyRef, selector: &VersionSelector) -> Error {

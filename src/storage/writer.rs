@@ -20,22 +20,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, SqlxSqliteConnector,
-    TransactionTrait, sqlx::sqlite::SqlitePoolOptions,
+    DatabaseConnection, DbErr, RuntimeErr, SqlxSqliteConnector, TransactionTrait,
+    sqlx::sqlite::SqlitePoolOptions,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
+use super::direct::{Direct, Open};
+use super::road::Txn;
 use crate::domain::{Error, Result};
 
-/// The connection write transactions run on, and whose turn it is. On one
-/// connection a transaction also finds the pages and prepared statements
-/// the previous one left; a connection that did not make the last commit
-/// drops its page cache and reads the pages again.
+/// The connections write transactions run on, one a road (see `road`),
+/// and whose turn it is. On one connection a transaction also finds the
+/// pages and prepared statements the previous one left; a connection that
+/// did not make the last commit drops its page cache and reads the pages
+/// again.
 pub(super) struct SqliteWriter {
     turn: Arc<Mutex<Option<Batch>>>,
     /// Writers waiting for a turn to start their work.
     waiting: AtomicUsize,
     db: DatabaseConnection,
+    direct: Arc<Direct>,
 }
 
 /// A turn on the writer, with the batch open on its connection, if any.
@@ -43,7 +47,7 @@ pub(super) type Turn = OwnedMutexGuard<Option<Batch>>;
 
 /// Finished write transactions sharing the connection's open transaction.
 pub(super) struct Batch {
-    txn: DatabaseTransaction,
+    txn: Txn,
     committed: watch::Sender<Option<Result<()>>>,
 }
 
@@ -86,45 +90,58 @@ impl SqliteWriter {
             turn: Arc::default(),
             waiting: AtomicUsize::new(0),
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+            direct: Direct::open(readers.connect_options().get_filename())?,
+        })
+    }
+
+    /// A transaction of its own, on the direct road or SeaORM's.
+    async fn begin(&self, direct: bool) -> Result<Txn> {
+        Ok(match direct {
+            true => Txn::Direct(Open::begin(&self.direct)?),
+            false => Txn::Sea(self.db.begin().await?),
         })
     }
 
     /// A turn for a write transaction that may share its commit: a
-    /// savepoint in the open batch, or a transaction of its own that may
-    /// become one. Finish it with [`finish`](Self::finish).
-    pub(super) async fn join(&self) -> Result<(Turn, DatabaseTransaction)> {
+    /// savepoint in the open batch (one on the same road; another commits
+    /// first), or a transaction of its own that may become one. Finish it
+    /// with [`finish`](Self::finish).
+    pub(super) async fn join(&self, direct: bool) -> Result<(Turn, Txn)> {
         let waiting = Waiting::new(&self.waiting);
-        let turn = self.turn.clone().lock_owned().await;
+        let mut turn = self.turn.clone().lock_owned().await;
         drop(waiting);
+        if turn
+            .as_ref()
+            .is_some_and(|batch| batch.txn.is_direct() != direct)
+        {
+            turn = detached(commit_open(turn)).await?;
+        }
         let txn = match turn.as_ref() {
-            Some(batch) => batch.txn.begin().await?,
-            None => self.db.begin().await?,
+            Some(batch) => batch.txn.nested().await?,
+            None => self.begin(direct).await?,
         };
         Ok((turn, txn))
     }
 
     /// A turn for a transaction that commits by itself: the open batch, if
     /// any, commits first.
-    pub(super) async fn alone(&self) -> Result<(Turn, DatabaseTransaction)> {
+    pub(super) async fn alone(&self, direct: bool) -> Result<(Turn, Txn)> {
         let mut turn = self.turn.clone().lock_owned().await;
         if turn.is_some() {
             turn = detached(commit_open(turn)).await?;
         }
-        Ok((turn, self.db.begin().await?))
+        let txn = self.begin(direct).await?;
+        Ok((turn, txn))
     }
 
     /// Commits `txn`, which [`join`](Self::join) began and whose work
     /// succeeded, and returns once that commit is durable: alone, or with
     /// the batch it leaves open for the writers waiting now.
-    pub(super) async fn finish(
-        self: Arc<Self>,
-        turn: Turn,
-        txn: DatabaseTransaction,
-    ) -> Result<()> {
+    pub(super) async fn finish(self: Arc<Self>, turn: Turn, txn: Txn) -> Result<()> {
         detached(async move { self.close(turn, txn).await }).await?
     }
 
-    async fn close(&self, mut turn: Turn, txn: DatabaseTransaction) -> Result<()> {
+    async fn close(&self, mut turn: Turn, txn: Txn) -> Result<()> {
         let mut committed = match turn.as_ref() {
             // Releases the savepoint; the batch's commit makes it durable.
             Some(batch) => {
@@ -182,16 +199,19 @@ mod tests {
 
     /// Concurrent writers share commits, none answers before its commit (a
     /// reader on another connection sees it at once), and a writer that
-    /// fails rolls back only its own changes: the revisions of those that
-    /// succeeded are exactly 1..=n, each once, and a new connection reads
-    /// them all.
+    /// fails rolls back only its own changes, on either road: the
+    /// revisions of those that succeeded are exactly 1..=n, each once, and
+    /// a new connection reads them all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("group.db");
         let repository = sqlite_repository(&path).await;
         let writers = (0..60).map(|writer| {
-            let repository = repository.clone();
+            let repository = match writer % 4 < 2 {
+                true => repository.direct(),
+                false => repository.clone(),
+            };
             tokio::spawn(async move {
                 let revision = repository
                     .write("test", async |tx| {

@@ -1,0 +1,247 @@
+//! The roads a statement takes to the database: SeaORM's, through sqlx,
+//! for every read and every write on PostgreSQL; and on SQLite, for the
+//! writes an activation makes, the direct road (see `direct`), a
+//! statement at a time in the caller's thread.
+//!
+//! The storage an activation runs is written once, against [`Road`]:
+//! SeaORM builds each statement and [`Road`] runs it on whichever road the
+//! transaction is on. Storage off that path keeps SeaORM's own calls; a
+//! transaction on the direct road refuses them (see [`Txn`]), so a
+//! function that should be on the path and is not fails its tests.
+
+use sea_orm::sea_query::{InsertStatement, IntoColumnRef};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    ExecResult, QueryResult, QuerySelect, QueryTrait, Select, Statement, StatementBuilder,
+    TryGetableMany, TryIntoModel,
+};
+
+use super::direct::{self, Open};
+
+/// What a road answers: SeaORM's errors, whichever road ran it (see
+/// `errors`).
+type Result<T> = std::result::Result<T, DbErr>;
+
+/// Where a statement runs, and how its rows are read.
+pub(super) trait Road: Sync {
+    fn backend(&self) -> DatabaseBackend;
+
+    /// The models `select` reads.
+    fn all<E>(&self, select: Select<E>) -> impl Future<Output = Result<Vec<E::Model>>> + Send
+    where
+        E: EntityTrait,
+        E::ActiveModel: TryIntoModel<E::Model>;
+
+    /// The values `statement` reads, a row each.
+    fn values<T: Cells>(&self, statement: Statement)
+    -> impl Future<Output = Result<Vec<T>>> + Send;
+
+    /// Runs `statement`; the rows it changed.
+    fn run(&self, statement: Statement) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The first model `select` reads.
+    fn one<E>(&self, select: Select<E>) -> impl Future<Output = Result<Option<E::Model>>> + Send
+    where
+        E: EntityTrait,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        let first = self.all(select.limit(1));
+        async move { Ok(first.await?.into_iter().next()) }
+    }
+
+    /// The first value `statement` reads.
+    fn value<T: Cells>(
+        &self,
+        statement: Statement,
+    ) -> impl Future<Output = Result<Option<T>>> + Send {
+        let values = self.values(statement);
+        async move { Ok(values.await?.into_iter().next()) }
+    }
+
+    /// Runs `insert`; the id of the row it inserted, its `id` column.
+    fn insert_id<I: IntoColumnRef>(
+        &self,
+        mut insert: InsertStatement,
+        id: I,
+    ) -> impl Future<Output = Result<i64>> + Send {
+        insert.returning_col(id);
+        let inserted = self.value(self.build(&insert));
+        async move { inserted.await?.ok_or_else(|| DbErr::RecordNotInserted) }
+    }
+
+    /// Builds `statement` for this road's database.
+    fn build<S: StatementBuilder>(&self, statement: &S) -> Statement {
+        self.backend().build(statement)
+    }
+}
+
+/// What a row of values is read as: a value, or a tuple of them, on
+/// either road.
+pub(super) trait Cells: TryGetableMany + Send + Sized + 'static {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+/// The values both roads read: SeaORM's `TryGetable`, rusqlite's `FromSql`.
+macro_rules! cells {
+    ($($value:ty),*) => {$(
+        impl Cells for $value {
+            fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                row.get(0)
+            }
+        }
+    )*};
+}
+
+cells!(i64, Option<i64>);
+
+impl<A, B, C, D> Cells for (A, B, C, D)
+where
+    A: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
+    B: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
+    C: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
+    D: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
+{
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    }
+}
+
+async fn sea_values<C: ConnectionTrait, T: Cells>(db: &C, statement: Statement) -> Result<Vec<T>> {
+    db.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| Ok(T::try_get_many_by_index(row)?))
+        .collect()
+}
+
+/// SeaORM's road, for a connection or transaction of its own.
+macro_rules! sea_road {
+    ($($connection:ty),*) => {$(
+        impl Road for $connection {
+            fn backend(&self) -> DatabaseBackend {
+                self.get_database_backend()
+            }
+
+            async fn all<E>(&self, select: Select<E>) -> Result<Vec<E::Model>>
+            where
+                E: EntityTrait,
+                E::ActiveModel: TryIntoModel<E::Model>,
+            {
+                select.all(self).await
+            }
+
+            async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
+                sea_values(self, statement).await
+            }
+
+            async fn run(&self, statement: Statement) -> Result<u64> {
+                Ok(self.execute_raw(statement).await?.rows_affected())
+            }
+        }
+    )*};
+}
+
+sea_road!(DatabaseConnection, DatabaseTransaction);
+
+/// A write transaction: SeaORM's, or on SQLite's direct road.
+pub(super) enum Txn {
+    Sea(DatabaseTransaction),
+    Direct(Open),
+}
+
+impl Txn {
+    pub(super) async fn commit(self) -> Result<()> {
+        match self {
+            Txn::Sea(txn) => txn.commit().await,
+            Txn::Direct(txn) => txn.commit().await,
+        }
+    }
+
+    pub(super) async fn rollback(self) -> Result<()> {
+        match self {
+            Txn::Sea(txn) => txn.rollback().await,
+            Txn::Direct(txn) => txn.rollback(),
+        }
+    }
+
+    /// A savepoint inside this transaction.
+    pub(super) async fn nested(&self) -> Result<Txn> {
+        Ok(match self {
+            Txn::Sea(txn) => Txn::Sea(sea_orm::TransactionTrait::begin(txn).await?),
+            Txn::Direct(txn) => Txn::Direct(txn.nested()?),
+        })
+    }
+
+    pub(super) fn is_direct(&self) -> bool {
+        matches!(self, Txn::Direct(_))
+    }
+
+    /// SeaORM's transaction, which storage off the direct road needs.
+    fn sea(&self) -> Result<&DatabaseTransaction> {
+        match self {
+            Txn::Sea(txn) => Ok(txn),
+            Txn::Direct(_) => Err(DbErr::Custom(
+                "a statement off the direct road in a transaction on it".into(),
+            )),
+        }
+    }
+}
+
+impl Road for Txn {
+    fn backend(&self) -> DatabaseBackend {
+        match self {
+            Txn::Sea(txn) => txn.get_database_backend(),
+            Txn::Direct(_) => DatabaseBackend::Sqlite,
+        }
+    }
+
+    async fn all<E>(&self, select: Select<E>) -> Result<Vec<E::Model>>
+    where
+        E: EntityTrait,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        match self {
+            Txn::Sea(txn) => txn.all(select).await,
+            Txn::Direct(open) => open
+                .direct()
+                .rows(&select.build(DatabaseBackend::Sqlite), direct::model::<E>),
+        }
+    }
+
+    async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
+        match self {
+            Txn::Sea(txn) => sea_values(txn, statement).await,
+            Txn::Direct(open) => open.direct().rows(&statement, T::read),
+        }
+    }
+
+    async fn run(&self, statement: Statement) -> Result<u64> {
+        match self {
+            Txn::Sea(txn) => Ok(txn.execute_raw(statement).await?.rows_affected()),
+            Txn::Direct(open) => open.direct().run(&statement),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Txn {
+    fn get_database_backend(&self) -> DatabaseBackend {
+        Road::backend(self)
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult> {
+        self.sea()?.execute_raw(statement).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult> {
+        self.sea()?.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>> {
+        self.sea()?.query_one_raw(statement).await
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>> {
+        self.sea()?.query_all_raw(statement).await
+    }
+}
