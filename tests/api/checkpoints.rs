@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use policyhub::grpc::proto;
+use policyhub::grpc::watch_message::WatchActiveResponse;
 use policyhub_runtime::{
     Event, Subscription,
     bundle::Jwks,
@@ -58,6 +59,13 @@ async fn get_active(
         .into_inner()
 }
 
+/// A watch update's revision, and the revision of the checkpoint it
+/// carries, verified.
+async fn carried_proof(app: &TestApp, update: &WatchActiveResponse) -> (u64, u64) {
+    let carried = proto::Checkpoint::decode(update.checkpoint.clone().expect("carried")).unwrap();
+    (update.revision, verified(app, &carried).await.revision)
+}
+
 async fn every_revision_is_signed_and_reads_carry_their_proof(app: TestApp) {
     app.release("team", "limits", json!({"max": 1}), true).await;
     app.release("team", "limits", json!({"max": 2}), true).await;
@@ -85,10 +93,8 @@ async fn every_revision_is_signed_and_reads_carry_their_proof(app: TestApp) {
     app.try_activate(vec![target("team", "limits", 1)])
         .await
         .unwrap();
-    let update = next_message(&mut stream).await;
-    let carried = proto::Checkpoint::decode(update.checkpoint.clone().expect("carried")).unwrap();
     assert_eq!(
-        (update.revision, verified(&app, &carried).await.revision),
+        carried_proof(&app, &next_message(&mut stream).await).await,
         (3, 3),
         "an update carries its own revision's checkpoint"
     );
@@ -104,10 +110,8 @@ async fn every_revision_is_signed_and_reads_carry_their_proof(app: TestApp) {
         })
         .await
         .unwrap();
-    let update = next_message(&mut stream).await;
-    let carried = proto::Checkpoint::decode(update.checkpoint.clone().expect("carried")).unwrap();
     assert_eq!(
-        (update.revision, verified(&app, &carried).await.revision),
+        carried_proof(&app, &next_message(&mut stream).await).await,
         (4, 4),
         "an activation with an idempotency key carries its own revision's checkpoint"
     );
