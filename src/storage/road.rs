@@ -245,3 +245,31 @@ impl ConnectionTrait for Txn {
         self.sea()?.query_all_raw(statement).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{Error, PolicyRef};
+    use crate::storage::sqlite_repository;
+
+    /// A transaction on the direct road runs what is on it and refuses a
+    /// statement from storage left off it, rolling back what it wrote.
+    #[tokio::test]
+    async fn the_direct_road_refuses_what_is_off_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = sqlite_repository(&dir.path().join("road.db")).await;
+        let policy = PolicyRef::parse("team", "limits").unwrap();
+        let refused = repository
+            .direct()
+            .write("test", async |tx| {
+                tx.take_revision().await?;
+                tx.lock_namespaces([&policy.namespace]).await?;
+                tx.policy_exists(&policy).await
+            })
+            .await;
+        match refused {
+            Err(Error::Internal(message)) => assert!(message.contains("off the direct road")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(repository.current_revision().await.unwrap(), 0);
+    }
+}
