@@ -20,7 +20,9 @@
 //!   lock, `write` and `write_once`), `idempotency`, `policies`, `versions`,
 //!   `events`, `pointers` (revisions, NOTIFY, index loading), `keys`,
 //!   `reads` and `paging`, `rows` (row mapping), `errors` (what a database
-//!   error means), `runtimes`; migrations live in `policyhub-migrations`.
+//!   error means), `runtimes`, `road` and `direct` (an activation's
+//!   statements on SQLite in the caller's thread); migrations live in
+//!   `policyhub-migrations`.
 //! - [`signing`]: Ed25519 keys and the signing of bundles; the only module
 //!   that touches private key material (the bundle format and its
 //!   verification are the `policyhub-runtime` crate's).
