@@ -18,7 +18,6 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::{Value as Sql, ValueRef};
@@ -29,9 +28,7 @@ use sea_orm::{
     RuntimeErr, Statement, TryIntoModel,
 };
 
-/// How long a statement waits for a lock another connection holds (the
-/// checkpointing task, a backup), as the pool's connections do.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use super::SQLITE_BUSY_TIMEOUT;
 
 /// Prepared statements kept: every statement an activation makes.
 const STATEMENT_CACHE: usize = 64;
@@ -50,7 +47,7 @@ impl Direct {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .and_then(|connection| {
-            connection.busy_timeout(BUSY_TIMEOUT)?;
+            connection.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
             connection.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
             )?;
@@ -97,12 +94,9 @@ impl Direct {
         let connection = self.lock();
         let rows = || -> rusqlite::Result<Vec<T>> {
             let mut prepared = connection.prepare_cached(&statement.sql)?;
-            let mut rows = prepared.query(rusqlite::params_from_iter(bound(statement)?))?;
-            let mut read_rows = Vec::new();
-            while let Some(row) = rows.next()? {
-                read_rows.push(read(row)?);
-            }
-            Ok(read_rows)
+            prepared
+                .query_map(rusqlite::params_from_iter(bound(statement)?), read)?
+                .collect()
         };
         rows().map_err(|error| DbErr::Query(runtime_error(error)))
     }

@@ -52,6 +52,10 @@ pub use runtimes::{Flush, ReplicaHeartbeats, Saved};
 pub use transaction::{CheckpointSigner, Repository, Transaction};
 pub use versions::StoredVersion;
 
+/// How long a SQLite statement waits for a lock another connection holds
+/// (the checkpointing task, a backup) before it fails.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).
 ///
 /// SQLite runs in WAL mode with `synchronous = FULL`, so an activation that
@@ -71,7 +75,7 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(5))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
         });
     if DatabaseBackend::Sqlite.is_prefix_of(url) {
         // A connection to a local file cannot have been cut: lend it without

@@ -92,7 +92,7 @@ macro_rules! cells {
     )*};
 }
 
-cells!(i64, Option<i64>);
+cells!(i64);
 
 impl<A, B, C, D> Cells for (A, B, C, D)
 where
@@ -104,14 +104,6 @@ where
     fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
     }
-}
-
-async fn sea_values<C: ConnectionTrait, T: Cells>(db: &C, statement: Statement) -> Result<Vec<T>> {
-    db.query_all_raw(statement)
-        .await?
-        .iter()
-        .map(|row| Ok(T::try_get_many_by_index(row)?))
-        .collect()
 }
 
 /// SeaORM's road, for a connection or transaction of its own.
@@ -131,7 +123,11 @@ macro_rules! sea_road {
             }
 
             async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
-                sea_values(self, statement).await
+                self.query_all_raw(statement)
+                    .await?
+                    .iter()
+                    .map(|row| Ok(T::try_get_many_by_index(row)?))
+                    .collect()
             }
 
             async fn run(&self, statement: Statement) -> Result<u64> {
@@ -210,14 +206,14 @@ impl Road for Txn {
 
     async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
         match self {
-            Txn::Sea(txn) => sea_values(txn, statement).await,
+            Txn::Sea(txn) => txn.values(statement).await,
             Txn::Direct(open) => open.direct().rows(&statement, T::read),
         }
     }
 
     async fn run(&self, statement: Statement) -> Result<u64> {
         match self {
-            Txn::Sea(txn) => Ok(txn.execute_raw(statement).await?.rows_affected()),
+            Txn::Sea(txn) => txn.run(statement).await,
             Txn::Direct(open) => open.direct().run(&statement),
         }
     }
