@@ -28,7 +28,7 @@ use sea_orm::{
     RuntimeErr, Statement, TryIntoModel,
 };
 
-use super::SQLITE_BUSY_TIMEOUT;
+use super::{SQLITE_BUSY_TIMEOUT, SQLITE_PRAGMAS};
 
 /// Prepared statements kept: every statement an activation makes.
 const STATEMENT_CACHE: usize = 64;
@@ -48,9 +48,9 @@ impl Direct {
         )
         .and_then(|connection| {
             connection.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
-            connection.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-            )?;
+            for (pragma, value) in SQLITE_PRAGMAS {
+                connection.execute_batch(&format!("PRAGMA {pragma} = {value};"))?;
+            }
             connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             Ok(connection)
         })

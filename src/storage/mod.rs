@@ -38,7 +38,6 @@ use policyhub_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
     TransactionTrait,
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
 pub use archive::Imported;
@@ -56,6 +55,14 @@ pub use versions::StoredVersion;
 /// (the checkpointing task, a backup) before it fails.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The settings every SQLite connection opens with, the pool's and the
+/// direct road's: WAL, durable commits, foreign keys.
+const SQLITE_PRAGMAS: [(&str, &str); 3] = [
+    ("journal_mode", "WAL"),
+    ("synchronous", "FULL"),
+    ("foreign_keys", "ON"),
+];
+
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`).
 ///
 /// SQLite runs in WAL mode with `synchronous = FULL`, so an activation that
@@ -70,12 +77,12 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         .map_sqlx_sqlite_opts(|sqlite| {
-            sqlite
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .foreign_keys(true)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            SQLITE_PRAGMAS.into_iter().fold(
+                sqlite
+                    .create_if_missing(true)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT),
+                |sqlite, (pragma, value)| sqlite.pragma(pragma, value),
+            )
         });
     if DatabaseBackend::Sqlite.is_prefix_of(url) {
         // A connection to a local file cannot have been cut: lend it without
