@@ -539,3 +539,31 @@ fn planted_violations_are_found() {
         "{found:?}"
     );
 }
+
+/// The workspace's lints are the standard of every crate in it: each member
+/// opts in, and the table keeps `unsafe` denied and the 2018 idioms on, so
+/// neither can lapse by a crate added without them.
+#[test]
+fn every_crate_of_the_workspace_keeps_the_workspace_lints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = |path: &Path| -> toml::Table {
+        std::fs::read_to_string(path).unwrap().parse().unwrap()
+    };
+    let workspace = manifest(&root.join("Cargo.toml"));
+    let lints = &workspace["workspace"]["lints"];
+    assert_eq!(lints["rust"]["unsafe_code"].as_str(), Some("deny"));
+    assert_eq!(
+        lints["rust"]["rust_2018_idioms"]["level"].as_str(),
+        Some("deny")
+    );
+    assert_eq!(
+        lints["clippy"]["undocumented_unsafe_blocks"].as_str(),
+        Some("deny")
+    );
+    let members = workspace["workspace"]["members"].as_array().unwrap();
+    for member in members {
+        let member = member.as_str().unwrap();
+        let lints = &manifest(&root.join(member).join("Cargo.toml"))["lints"];
+        assert_eq!(lints["workspace"].as_bool(), Some(true), "{member}");
+    }
+}

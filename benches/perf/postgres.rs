@@ -38,7 +38,10 @@ struct Cluster {
 
 fn is_root() -> bool {
     // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::getuid() == 0
+    }
 }
 
 impl Cluster {

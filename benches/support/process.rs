@@ -1,6 +1,10 @@
 //! What `/proc` and the kernel say of a process, and the server child
 //! processes the benchmarks start.
 
+// Signals to its own children and the open files limit go through libc,
+// each call beside the `SAFETY:` comment that justifies it.
+#![allow(unsafe_code)]
+
 use std::{
     fs,
     io::{self},

@@ -4,6 +4,11 @@
 //! One file per migration; a migration that has been released is never
 //! edited, only followed by a new one.
 
+// sea-orm-migration's trait elides `SchemaManager`'s lifetime under
+// `async_trait`: naming it in an implementation makes it early-bound, and
+// the signature no longer matches the trait's.
+#![allow(elided_lifetimes_in_paths)]
+
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 

@@ -306,7 +306,9 @@ pub async fn lock_renewal() -> anyhow::Result<RenewalLock> {
         .with_context(|| format!("opening the lock {}", path.display()))?;
     tokio::task::spawn_blocking(move || {
         // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        #[allow(unsafe_code)]
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0;
+        if locked {
             Ok(RenewalLock { _locked: file })
         } else {
             Err(std::io::Error::last_os_error())

@@ -75,6 +75,7 @@ pub fn stdout_failed(error: std::io::Error) -> ! {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
         // SAFETY: restores SIGPIPE's default action and raises it, which
         // ends the process; no handler of ours runs.
+        #[allow(unsafe_code)]
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::raise(libc::SIGPIPE);

@@ -13,7 +13,7 @@ use prometheus_client::{
 pub struct ProcessCollector;
 
 fn gauge(
-    encoder: &mut DescriptorEncoder,
+    encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     value: Option<u64>,
@@ -24,7 +24,7 @@ fn gauge(
 }
 
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let process = metrics_process::collector::collect();
         if let Some(seconds) = process.cpu_seconds_total {
             let counter = ConstCounter::new(seconds);

@@ -837,7 +837,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         u16,
         &'a str,
     );
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "GET",
             "/v1/namespaces/team/policies/limits",

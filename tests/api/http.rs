@@ -262,7 +262,7 @@ async fn bad_input_is_a_json_error_and_changes_nothing(app: TestApp) {
     let before = app.db_state().await;
     // (method, path, body, headers, expected HTTP status)
     type Case<'a> = (&'a str, String, Option<String>, Vec<&'a str>, u16);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             format!("{base}/drafts"),

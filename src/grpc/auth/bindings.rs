@@ -82,14 +82,14 @@ pub struct Bindings {
 impl Bindings {
     /// Reads and checks the bindings file against the trusted issuers and
     /// whether client certificates are verified.
-    pub fn load(path: &Path, issuers: &[Signed], certificates: bool) -> anyhow::Result<Self> {
+    pub fn load(path: &Path, issuers: &[Signed<'_>], certificates: bool) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
         Self::parse(&text, issuers, certificates)
             .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
     }
 
-    fn parse(text: &str, issuers: &[Signed], certificates: bool) -> anyhow::Result<Self> {
+    fn parse(text: &str, issuers: &[Signed<'_>], certificates: bool) -> anyhow::Result<Self> {
         let file: File = toml::from_str(text)?;
         let mut names = BTreeSet::new();
         let bindings = file
@@ -142,7 +142,7 @@ impl Bindings {
     }
 }
 
-fn binding(entry: Entry, issuers: &[Signed], certificates: bool) -> anyhow::Result<Binding> {
+fn binding(entry: Entry, issuers: &[Signed<'_>], certificates: bool) -> anyhow::Result<Binding> {
     let grants = entry
         .grants
         .iter()

@@ -210,7 +210,7 @@ pub fn check_url(what: &str, url: &str) -> anyhow::Result<reqwest::Url> {
 }
 
 impl Remote {
-    pub fn new(settings: RemoteSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: RemoteSettings<'_>) -> anyhow::Result<Self> {
         check_url("issuer", settings.issuer)?;
         anyhow::ensure!(
             settings.grace >= settings.refresh_interval,

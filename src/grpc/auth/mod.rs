@@ -116,11 +116,11 @@ impl Caller {
         self.require_role(rpc, Role::Admin, Scope::Everywhere)
     }
 
-    fn require(&self, rpc: Rpc, scope: Scope) -> Result<()> {
+    fn require(&self, rpc: Rpc, scope: Scope<'_>) -> Result<()> {
         self.require_role(rpc, rpc.role(), scope)
     }
 
-    fn require_role(&self, rpc: Rpc, role: Role, scope: Scope) -> Result<()> {
+    fn require_role(&self, rpc: Rpc, role: Role, scope: Scope<'_>) -> Result<()> {
         let covers = |grant: &Grant| match (scope, &grant.namespace) {
             (_, None) | (Scope::Anywhere, Some(_)) => true,
             (Scope::In(namespace), Some(granted)) => granted == namespace,
