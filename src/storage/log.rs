@@ -37,7 +37,10 @@ pub(super) async fn tree_size<R: Road>(road: &R) -> Result<u64> {
 }
 
 /// `compute` over the stored hashes it reads.
-async fn over_tree<R: Road, T>(road: &R, compute: impl Fn(&Reads) -> Result<T>) -> Result<T> {
+pub(super) async fn over_tree<R: Road, T>(
+    road: &R,
+    compute: impl Fn(&Reads) -> Result<T>,
+) -> Result<T> {
     let needed = Reads::needed(&compute);
     let mut known = HashMap::with_capacity(needed.len());
     if !needed.is_empty() {
