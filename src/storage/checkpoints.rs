@@ -286,7 +286,7 @@ impl Repository {
     pub async fn proving_checkpoint(&self, as_of: AsOf) -> Result<Option<Checkpoint>> {
         let query = match as_of {
             AsOf::Revision(at) => {
-                checkpoints::Entity::find().filter(checkpoints::Column::Revision.gte(db_revision(at)))
+                checkpoints::Entity::find().filter(checkpoints::Column::Revision.gte(i64::from(at)))
             }
             AsOf::Time(at) => checkpoints::Entity::find().filter(checkpoints::Column::At.gte(at)),
         };
