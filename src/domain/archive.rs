@@ -79,6 +79,22 @@ pub struct Archive {
     pub checkpoints: Vec<Checkpoint>,
 }
 
+/// An archive its check passed, and so the only kind storage loads: it
+/// holds together (every version and every active pointer names an
+/// archived policy, each policy is archived once), which the loading
+/// relies on as it indexes the policies it writes by what the versions
+/// name. Only [`Archive::check`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedArchive<'a>(&'a Archive);
+
+impl std::ops::Deref for CheckedArchive<'_> {
+    type Target = Archive;
+
+    fn deref(&self) -> &Archive {
+        self.0
+    }
+}
+
 impl Archive {
     /// The namespaces its policies live in.
     pub fn namespaces(&self) -> BTreeSet<Namespace> {
@@ -92,8 +108,9 @@ impl Archive {
     /// policy it lacks, an active version that is not a published one, a
     /// signature that does not verify against its keys, an event of a
     /// policy it lacks, a live rollout; and for a whole-log archive, a
-    /// broken chain or a checkpoint that does not hold.
-    pub fn check(&self) -> Result<()> {
+    /// broken chain or a checkpoint that does not hold. What it passes is
+    /// the archive as storage may load it.
+    pub fn check(&self) -> Result<CheckedArchive<'_>> {
         let refused = |why: String| Error::invalid("archive", why);
         let jwks = Jwks {
             keys: self.keys.iter().map(|key| key.jwk.clone()).collect(),
@@ -163,7 +180,7 @@ impl Archive {
         if self.scope.is_empty() {
             self.check_whole_log(&jwks).map_err(refused)?;
         }
-        Ok(())
+        Ok(CheckedArchive(self))
     }
 
     /// The chain and checkpoints of a whole-log archive.
@@ -198,5 +215,73 @@ impl Archive {
             .filter_map(|event| event.revision)
             .collect();
         taken.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PolicyBody, VersionState};
+
+    fn policy(name: &str) -> ArchivedPolicy {
+        ArchivedPolicy {
+            policy: PolicyRef::parse("team", name).unwrap(),
+            schema: None,
+            created_at: Utc::now(),
+            active_version: None,
+        }
+    }
+
+    fn draft_of(name: &str) -> VersionRecord {
+        VersionRecord {
+            policy: PolicyRef::parse("team", name).unwrap(),
+            version: 1,
+            state: VersionState::Draft,
+            body: PolicyBody::parse("body", serde_json::json!({"max": 1}), usize::MAX).unwrap(),
+            label: None,
+            change_notes: String::new(),
+            created_by: "alice".into(),
+            created_at: Utc::now(),
+            publication: None,
+            active: false,
+            requirements: Vec::new(),
+        }
+    }
+
+    fn refused(archive: &Archive, saying: &str) {
+        let error = archive.check().map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(violations) if violations[0].description.contains(saying)),
+            "{saying}: {error:?}"
+        );
+    }
+
+    /// What storage indexes by when it loads an archive never reaches it
+    /// unchecked: a version of a policy the archive lacks, a policy
+    /// archived twice, an active version that is not archived.
+    #[test]
+    fn only_an_archive_that_holds_together_is_checked() {
+        let scoped = |policies, versions| Archive {
+            scope: vec![Namespace::parse("namespace", "team").unwrap()],
+            policies,
+            versions,
+            ..Archive::default()
+        };
+        let whole = scoped(vec![policy("limits")], vec![draft_of("limits")]);
+        assert_eq!(whole.check().unwrap().policies.len(), 1);
+        refused(
+            &scoped(vec![policy("limits")], vec![draft_of("quotas")]),
+            "belongs to no archived policy",
+        );
+        refused(
+            &scoped(vec![policy("limits"), policy("limits")], Vec::new()),
+            "archived twice",
+        );
+        let mut active = policy("limits");
+        active.active_version = Some(1);
+        refused(
+            &scoped(vec![active], vec![draft_of("limits")]),
+            "not an archived published version",
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ActivePointer, Digest, Label, PolicyBody, PolicyRef, PolicySchema, Requirement, VersionRecord,
-    VersionSelector,
+    ActivePointer, Digest, Error, Label, PolicyBody, PolicyRef, PolicySchema, Requirement, Result,
+    VersionRecord, VersionSelector,
 };
 
 /// Who is asking, and under which request id; recorded in every event.
@@ -261,11 +261,55 @@ pub struct PolicySummary {
     pub schema: Option<serde_json::Value>,
 }
 
+/// A revision a request names, within what the log holds: revisions are
+/// stored in 63 bits, so a larger number names none and is refused where
+/// it enters, never handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision(u64);
+
+impl Revision {
+    /// The largest revision the log can hold.
+    pub const MAX: u64 = i64::MAX as u64;
+
+    /// `value`, sent as `field`, as a revision; INVALID_ARGUMENT above
+    /// [`Revision::MAX`].
+    pub fn parse(field: &str, value: u64) -> Result<Revision> {
+        if value > Revision::MAX {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "revision {value} is past any the log can hold (at most {})",
+                    Revision::MAX
+                ),
+            ));
+        }
+        Ok(Revision(value))
+    }
+
+    /// Its number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<Revision> for i64 {
+    fn from(revision: Revision) -> i64 {
+        // At most `Revision::MAX`, by construction.
+        revision.0 as i64
+    }
+}
+
+impl std::fmt::Display for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// When `GetActive` should look.
 #[derive(Debug, Clone, Copy)]
 pub enum AsOf {
     /// Once this revision was applied.
-    Revision(u64),
+    Revision(Revision),
     /// At this instant.
     Time(chrono::DateTime<chrono::Utc>),
 }
@@ -306,4 +350,25 @@ pub struct EventFilter {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Only events at or before this instant; never before `since`.
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What storage writes as a signed 64-bit number: a revision past it
+    /// is refused where it enters.
+    #[test]
+    fn a_revision_is_at_most_what_the_log_holds() {
+        let largest = Revision::parse("as_of_revision", i64::MAX as u64).unwrap();
+        assert_eq!(i64::from(largest), i64::MAX);
+        for past in [i64::MAX as u64 + 1, u64::MAX] {
+            let refused = Revision::parse("as_of_revision", past).unwrap_err();
+            assert!(
+                matches!(&refused, Error::InvalidArgument(violations) if violations[0].field == "as_of_revision"),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(Revision::parse("revision", 7).unwrap().get(), 7);
+    }
 }

@@ -120,10 +120,80 @@ pub fn checkpoint_body(origin: &str, size: u64, root: Hash) -> Result<String> {
 
 /// The tree size a signed checkpoint note states.
 pub fn signed_size(note: &str) -> Result<u64> {
+    signed_tree(note).map(|(size, _)| size)
+}
+
+/// The tree size and root a signed checkpoint note states.
+pub fn signed_tree(note: &str) -> Result<(u64, Hash)> {
     let body = note.split_once("\n\n").map_or(note, |(body, _)| body);
     tlog_tiles::Checkpoint::from_bytes(format!("{body}\n").as_bytes())
-        .map(|checkpoint| checkpoint.size())
+        .map(|checkpoint| (checkpoint.size(), *checkpoint.hash()))
         .map_err(|error| Error::DataLoss(format!("a stored checkpoint note: {error}")))
+}
+
+/// The stored tree grown from a signed one, as `grown_from` judged it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grown {
+    /// Its size: the signed size and the leaves since.
+    pub size: u64,
+    /// Its root, from the stored hashes.
+    pub root: Hash,
+    /// Why it does not extend the signed tree, if it does not.
+    pub unproven: Option<String>,
+}
+
+/// The stored tree grown by `leaves` (the leaf hashes of the events since)
+/// from the signed tree of `signed_size` leaves whose root is
+/// `signed_root`, judged from the stored hashes `reads` gives.
+///
+/// Two checks, for two parts of storage: the signed root covers the old
+/// tree's stored hashes, so the RFC 9162 consistency proof computed from
+/// them must verify against it and the stored new root (recomputing the
+/// old root alone would pass a rewritten node that only larger trees
+/// read); nothing signed covers the hashes stored since, so each must be
+/// the one its leaves make. Both read O(log n) stored hashes beside the
+/// ones since. Every value is computed whatever the hashes are: `Reads`
+/// learns what to read from a first pass over placeholders.
+pub fn grown_from(
+    signed_size: u64,
+    signed_root: Hash,
+    leaves: &[Hash],
+    reads: &Reads,
+) -> Result<Grown> {
+    let size = signed_size + leaves.len() as u64;
+    let root = root(size, reads)?;
+    let mut unproven = None;
+    if signed_size > 0 {
+        let proof = prove_consistency(size, signed_size, reads)?;
+        if tlog_tiles::check_tree(&proof, size, root, signed_size, signed_root).is_err() {
+            unproven = Some(format!(
+                "its stored hashes do not prove that the tree of {size} extends the signed tree \
+                 of {signed_size}"
+            ));
+        }
+    }
+    for (index, leaf) in (signed_size..).zip(leaves) {
+        let made = appended(index, *leaf, reads)?;
+        let positions: Vec<u64> = (leaf_position(index)..).take(made.len()).collect();
+        let stored = reads.read_hashes(&positions).map_err(tree_error)?;
+        if let Some((position, _)) = positions
+            .iter()
+            .zip(made.iter().zip(&stored))
+            .find(|(_, (made, stored))| made != stored)
+        {
+            unproven.get_or_insert_with(|| {
+                format!(
+                    "its stored hash {position} is not the one the events since the signed tree \
+                     make (leaf {index})"
+                )
+            });
+        }
+    }
+    Ok(Grown {
+        size,
+        root,
+        unproven,
+    })
 }
 
 /// A tree held in memory whole, its stored hashes in the dense order of
@@ -351,6 +421,68 @@ mod tests {
             assert!(widest.0 <= log, "inclusion at {size}");
             assert!(widest.1 <= 2 * log, "consistency at {size}");
         }
+    }
+
+    fn leaves(range: std::ops::Range<u64>) -> Vec<Hash> {
+        range
+            .map(|index| leaf_hash(format!("event {index}").as_bytes()))
+            .collect()
+    }
+
+    fn grown(stored: &HashMap<u64, Hash>, signed: u64, to: u64) -> Grown {
+        let signed_root = Reads::with(stored.clone(), |reads| root(signed, reads)).unwrap();
+        let leaves = leaves(signed..to);
+        Reads::with(stored.clone(), |reads| {
+            grown_from(signed, signed_root, &leaves, reads)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stored_tree_grown_from_a_signed_one_extends_it() {
+        let stored = tree(37);
+        for (signed, to) in [(1, 1), (10, 10), (10, 37), (16, 37), (36, 37)] {
+            let grown = grown(&stored, signed, to);
+            assert_eq!(grown.unproven, None, "from {signed} to {to}");
+            assert_eq!(grown.size, to);
+            assert_eq!(
+                grown.root,
+                Reads::with(stored.clone(), |reads| root(to, reads)).unwrap()
+            );
+        }
+    }
+
+    /// A node of the signed tree that its own root does not read (the
+    /// hash of the first 8 leaves, under a signed tree of 10) rewritten:
+    /// the consistency proof ties it to the signed root.
+    #[test]
+    fn a_rewritten_node_of_the_signed_tree_is_found() {
+        let mut stored = tree(37);
+        stored.insert(tlog_tiles::stored_hash_index(3, 0), Hash([7; 32]));
+        let grown = grown(&stored, 10, 37);
+        let why = grown.unproven.expect("unproven");
+        assert!(why.contains("do not prove that the tree of 37"), "{why}");
+    }
+
+    /// The hashes stored since the signed tree rewritten consistently
+    /// with each other (a node of 8 new leaves and the root above it): the
+    /// consistency proof holds, the leaves do not make them.
+    #[test]
+    fn hashes_stored_since_the_signed_tree_are_made_again_from_the_leaves() {
+        let mut stored = tree(16);
+        let forged = Hash([7; 32]);
+        let left = stored[&tlog_tiles::stored_hash_index(3, 0)];
+        stored.insert(tlog_tiles::stored_hash_index(3, 1), forged);
+        stored.insert(
+            tlog_tiles::stored_hash_index(4, 0),
+            tlog_tiles::node_hash(left, forged),
+        );
+        let grown = grown(&stored, 8, 16);
+        let why = grown.unproven.expect("unproven");
+        assert!(
+            why.contains("is not the one the events since the signed tree make (leaf 15)"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::policy_replies::inclusion_proof;
 use super::proto::{self, bundle_service_server::BundleService};
 use super::quotas::{Quotas, StreamKind};
 use super::runtimes::{arrival as arrival_of, status_report, watcher};
-use crate::domain::AsOf;
+use crate::domain::{AsOf, Revision};
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
 use crate::fleet::Arrival;
 use crate::hub::{ActiveView, PolicyHub};
@@ -88,7 +88,9 @@ fn as_of(value: Option<proto::get_active_request::AsOf>) -> crate::domain::Resul
     use proto::get_active_request::AsOf as Wire;
     Ok(match value {
         None => None,
-        Some(Wire::AsOfRevision(revision)) => Some(AsOf::Revision(revision)),
+        Some(Wire::AsOfRevision(revision)) => {
+            Some(AsOf::Revision(Revision::parse("as_of_revision", revision)?))
+        }
         Some(Wire::AsOfTime(at)) => Some(AsOf::Time(convert::from_timestamp("as_of_time", at)?)),
     })
 }
@@ -106,7 +108,9 @@ fn active_wanted(
 
 /// The bundle a GetBundleProof names: its policy, its version and the
 /// revision at which it became active.
-fn bundle_wanted(request: &proto::GetBundleProofRequest) -> DomainResult<(PolicyRef, u32, u64)> {
+fn bundle_wanted(
+    request: &proto::GetBundleProofRequest,
+) -> DomainResult<(PolicyRef, u32, Revision)> {
     let policy = PolicyRef::parse(&request.namespace, &request.name)?;
     if request.version == 0 {
         return Err(Error::invalid(
@@ -120,7 +124,8 @@ fn bundle_wanted(request: &proto::GetBundleProofRequest) -> DomainResult<(Policy
             "must be at least 1: the revision at which the bundle became active",
         ));
     }
-    Ok((policy, request.version, request.revision))
+    let revision = Revision::parse("revision", request.revision)?;
+    Ok((policy, request.version, revision))
 }
 
 /// `policyhub.v1.Bundle`'s field number of its checkpoint.

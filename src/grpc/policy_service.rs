@@ -22,7 +22,7 @@ use super::rollouts::{self, control_wanted};
 use super::runtimes;
 use super::schedules;
 use crate::config::Limits;
-use crate::domain::{Error, EventRecord, Namespace};
+use crate::domain::{EventRecord, Namespace};
 use crate::hub::{Control, PolicyHub, ScheduleControl};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -261,38 +261,14 @@ impl PolicyService for PolicyApi {
         request: Request<proto::GetInclusionProofRequest>,
     ) -> Reply<proto::GetInclusionProofResponse> {
         let identified = identify(&request)?;
-        identified
-            .caller()
-            .authorize_anywhere(Rpc::GetInclusionProof)?;
+        let access = identified.admit_event(Rpc::GetInclusionProof)?;
         let request = request.into_inner();
-        let caller = identified.caller();
-        let whole_log = caller.authorize_everywhere(Rpc::GetInclusionProof).is_ok();
-        // Which events exist, and of which namespace, is told only to a
-        // reader of the whole log: to any other caller an unknown event, an
-        // event of another namespace and one of the deployment are refused
-        // in the same words, whatever else the request asks.
-        let readable = |event: &EventRecord| {
-            whole_log
-                || event.policy.as_ref().is_some_and(|(namespace, _)| {
-                    Namespace::parse("namespace", namespace).is_ok_and(|namespace| {
-                        caller.authorize(Rpc::GetInclusionProof, &namespace).is_ok()
-                    })
-                })
-        };
-        let proof = match self
+        let readable = |event: &EventRecord| access.may_read(event);
+        let proof = self
             .hub
             .inclusion_proof(request.event_id, request.tree_size, readable)
-            .await
-        {
-            Err(Error::NotFound(_)) if !whole_log => {
-                return Err(Error::PermissionDenied(format!(
-                    "event {} is not one of a namespace the caller may read",
-                    request.event_id
-                ))
-                .into());
-            }
-            proof => proof?,
-        };
+            .await;
+        let proof = access.answer(request.event_id, proof)?;
         Ok(Response::new(reply::inclusion_proof(&proof)))
     }
 

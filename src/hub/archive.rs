@@ -23,7 +23,7 @@ impl PolicyHub {
         archive: &Archive,
         source: &str,
     ) -> Result<Imported> {
-        archive.check()?;
+        let archive = archive.check()?;
         let imported = self.repository.import(context, archive, source).await?;
         if let Err(error) = self.catch_up().await {
             // The import stands; the next catch-up serves it.

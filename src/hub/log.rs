@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::domain::log::{BundleProof, ConsistencyProof, InclusionProof, signed_size};
-use crate::domain::{Error, EventKind, EventRecord, PolicyRef, RequestContext, Result};
+use crate::domain::{Error, EventKind, EventRecord, PolicyRef, RequestContext, Result, Revision};
 use crate::storage::NewEvent;
 
 use super::PolicyHub;
@@ -55,11 +55,11 @@ impl PolicyHub {
         &self,
         policy: &PolicyRef,
         version: u32,
-        revision: u64,
+        revision: Revision,
         tree_size: u64,
     ) -> Result<BundleProof> {
         let current = self.repository.current_revision().await?;
-        if revision > current {
+        if revision.get() > current {
             return Err(Error::invalid(
                 "revision",
                 format!("revision {revision} is ahead of the current revision {current}"),

@@ -170,7 +170,7 @@ impl PolicyHub {
         if let Some(as_of) = as_of {
             if let AsOf::Revision(revision) = as_of {
                 let current = self.index.revision();
-                if revision > current {
+                if revision.get() > current {
                     return Err(Error::invalid(
                         "as_of_revision",
                         format!("revision {revision} is ahead of the current revision {current}"),

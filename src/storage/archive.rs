@@ -15,7 +15,9 @@ use super::events::{in_scope, record};
 use super::pointers::current_revision;
 use super::rows::{db_revision, db_version, policy_ref, requirements_text, version_record};
 use super::transaction::{Repository, Transaction};
-use crate::domain::archive::{Archive, ArchivedKey, ArchivedPolicy, ArchivedRollout};
+use crate::domain::archive::{
+    Archive, ArchivedKey, ArchivedPolicy, ArchivedRollout, CheckedArchive,
+};
 use crate::domain::{
     Error, EventKind, EventRecord, NamespaceScope, PolicyRef, PolicySchema, Precondition,
     RequestContext, Result,
@@ -146,7 +148,7 @@ impl Repository {
     pub async fn import(
         &self,
         context: &RequestContext,
-        archive: &Archive,
+        archive: CheckedArchive<'_>,
         source: &str,
     ) -> Result<Imported> {
         let namespaces = archive.namespaces();
@@ -186,6 +188,8 @@ impl Repository {
                 None,
             )
             .await?;
+            // The check saw every version name an archived policy: `ids` holds
+            // each one they index.
             let mut ids: BTreeMap<&PolicyRef, i64> = BTreeMap::new();
             for policy in &archive.policies {
                 let id = policies::Entity::insert(policies::ActiveModel {

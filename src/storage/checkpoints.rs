@@ -15,12 +15,13 @@ use super::cosignatures::with_cosignatures;
 use super::entities::events;
 use super::entities::{checkpoint_cosignatures, checkpoints};
 use super::events::record as event_record;
-use super::log::{tree_root, tree_size};
+use super::log::{over_tree, tree_root, tree_size};
 use super::paging::Paging;
 use super::road::Road;
 use super::rows::{db_revision, now, revision};
 use super::transaction::{CheckpointSigner, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
+use crate::domain::log::{self, Hash};
 use crate::domain::{AsOf, Error, Page, Result, chain};
 use crate::signing::CheckpointClaims;
 
@@ -55,11 +56,15 @@ pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Ch
 }
 
 /// Checks that the log from the newest checkpoint on extends it: the
-/// checkpoint's last event still hashes to the head it signed, and every
-/// event since links to it. DATA_LOSS naming the break otherwise.
-pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<()> {
+/// checkpoint's last event still hashes to the head it signed, every event
+/// since links to it, and the tree its stored hashes make extends the tree
+/// its note signed, grown by exactly those events' leaves. DATA_LOSS
+/// naming the break otherwise. Returns the tree's size and root now, which
+/// the next checkpoint signs.
+pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<(u64, Hash)> {
     let Some(checkpoint) = newest(road).await? else {
-        return Ok(());
+        let size = tree_size(road).await?;
+        return Ok((size, tree_root(road, size).await?));
     };
     let last = db_revision(checkpoint.last_event_id);
     let before = tip(road, Some(last)).await?;
@@ -79,17 +84,54 @@ pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<()> {
             checkpoint.revision, checkpoint.last_event_id
         ))
     })?;
-    Ok(())
+    let size = tree_size(road).await?;
+    // A checkpoint signed before the tree existed signed no tree to extend.
+    let Some(note) = &checkpoint.note else {
+        return Ok((size, tree_root(road, size).await?));
+    };
+    let (signed_size, signed_root) = log::signed_tree(note)?;
+    let unextended = |why: String| {
+        Error::DataLoss(format!(
+            "the log's tree does not extend the last signed checkpoint's (revision {}, a tree of \
+             {signed_size}): {why}",
+            checkpoint.revision
+        ))
+    };
+    // The chain above proved these events, and so their canonical forms.
+    let mut previous = checkpoint.chain_head.as_str();
+    let mut leaves = Vec::new();
+    for event in since
+        .iter()
+        .filter(|event| event.id > checkpoint.last_event_id)
+    {
+        leaves.push(log::leaf_hash(chain::canonical(previous, event).as_bytes()));
+        previous = &event.hash;
+    }
+    let grown_size = signed_size + leaves.len() as u64;
+    if size != grown_size {
+        return Err(unextended(format!(
+            "it holds {size} leaves, the events since make {grown_size}"
+        )));
+    }
+    let grown = over_tree(road, |reads| {
+        log::grown_from(signed_size, signed_root, &leaves, reads)
+    })
+    .await?;
+    if let Some(why) = grown.unproven {
+        return Err(unextended(why));
+    }
+    Ok((grown.size, grown.root))
 }
 
 impl Transaction {
-    /// Signs and writes a checkpoint of the chain and of the log's tree as
-    /// this transaction leaves them, at `revision`, the note under
-    /// `origin`.
+    /// Signs and writes a checkpoint of the chain and of the log's tree
+    /// (`tree`: its size and root) as this transaction leaves them, at
+    /// `revision`, the note under `origin`.
     pub(super) async fn write_checkpoint(
         &self,
         revision_in_force: u64,
         origin: &str,
+        (tree_size, root): (u64, Hash),
         signer: &CheckpointSigner,
     ) -> Result<Checkpoint> {
         // The chain's lock is held until commit: no event lands between
@@ -97,9 +139,7 @@ impl Transaction {
         let (last_event_id, chain_head) = self.chain_tip().await?;
         let at = now();
         let claims = CheckpointClaims::new(revision_in_force, last_event_id, chain_head, at);
-        let tree_size = tree_size(&self.txn).await?;
-        let root = tree_root(&self.txn, tree_size).await?;
-        let body = crate::domain::log::checkpoint_body(origin, tree_size, root)?;
+        let body = log::checkpoint_body(origin, tree_size, root)?;
         let (jws, key_id, note) = signer(&claims, origin, &body)?;
         let row = checkpoints::ActiveModel {
             id: NotSet,
@@ -110,7 +150,7 @@ impl Transaction {
             key_id: Set(key_id.clone()),
             jws: Set(jws.clone()),
             tree_size: Set(Some(db_revision(tree_size))),
-            root_hash: Set(Some(crate::domain::log::encode_hash(&root))),
+            root_hash: Set(Some(log::encode_hash(&root))),
             note: Set(Some(note.clone())),
         };
         let insert = checkpoints::Entity::insert(row).into_query();
@@ -142,11 +182,14 @@ impl Repository {
         // The chain's lock first: no event lands between the check and the
         // signature.
         tx.chain_tip().await?;
-        if let Err(error) = extends_last_checkpoint(&tx.txn).await {
-            self.checkpoints.refuse(&error);
-            return Err(error);
-        }
-        tx.write_checkpoint(revision_in_force, self.log_origin()?, signer)
+        let tree = match extends_last_checkpoint(&tx.txn).await {
+            Ok(tree) => tree,
+            Err(error) => {
+                self.checkpoints.refuse(&error);
+                return Err(error);
+            }
+        };
+        tx.write_checkpoint(revision_in_force, self.log_origin()?, tree, signer)
             .await
     }
 
@@ -242,8 +285,9 @@ impl Repository {
     #[tracing::instrument(name = "storage.proving_checkpoint", skip_all)]
     pub async fn proving_checkpoint(&self, as_of: AsOf) -> Result<Option<Checkpoint>> {
         let query = match as_of {
-            AsOf::Revision(at) => checkpoints::Entity::find()
-                .filter(checkpoints::Column::Revision.gte(db_revision(at))),
+            AsOf::Revision(at) => {
+                checkpoints::Entity::find().filter(checkpoints::Column::Revision.gte(i64::from(at)))
+            }
             AsOf::Time(at) => checkpoints::Entity::find().filter(checkpoints::Column::At.gte(at)),
         };
         match query

@@ -293,7 +293,7 @@ impl Repository {
             .filter(events::Column::PolicyId.eq(row.id))
             .filter(events::Column::Kind.is_in(pointer_moves()));
         let query = match as_of {
-            AsOf::Revision(at) => query.filter(events::Column::Revision.lte(db_revision(at))),
+            AsOf::Revision(at) => query.filter(events::Column::Revision.lte(i64::from(at))),
             AsOf::Time(at) => query.filter(events::Column::At.lte(at)),
         };
         let Some(event) = query

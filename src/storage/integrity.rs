@@ -1,11 +1,13 @@
 //! What the server checks of its database before it trusts it: at start,
 //! that every immutability trigger of the migrations is in place and that
-//! the log extends the newest signed checkpoint; before every checkpoint it
-//! signs, the latter again, so a history rewritten behind its back is
-//! never signed over (`checkpoints::extends_last_checkpoint`, which the
-//! signer calls too). Only the events since the newest checkpoint are
-//! read, and one is signed per revision and per interval: the check stays
-//! short however long the log (`policyhub verify-log` reads it all).
+//! the log, its chain and its tree, extends the newest signed checkpoint;
+//! before every checkpoint it signs, the latter again, so a history
+//! rewritten behind its back is never signed over
+//! (`checkpoints::extends_last_checkpoint`, which the signer calls too).
+//! Only the events since the newest checkpoint are read, with O(log n) of
+//! the tree's stored hashes beside the ones since, and one is signed per
+//! revision and per interval: the check stays short however long the log
+//! (`policyhub verify-log` reads it all).
 
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 
@@ -58,7 +60,7 @@ impl Repository {
     /// Checks that the log extends the newest signed checkpoint: DATA_LOSS
     /// naming the break otherwise.
     pub async fn verify_since_last_checkpoint(&self) -> Result<()> {
-        extends_last_checkpoint(&self.db).await
+        extends_last_checkpoint(&self.db).await.map(|_| ())
     }
 }
 

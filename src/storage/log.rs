@@ -21,7 +21,8 @@ use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::log::{self, Hash, Reads};
 use crate::domain::{
-    Error, EventKind, EventRecord, PolicyRef, Result, VersionSelector, VersionState, chain,
+    Error, EventKind, EventRecord, PolicyRef, Result, Revision, VersionSelector, VersionState,
+    chain,
 };
 
 /// How many leaves the tree has.
@@ -37,7 +38,10 @@ pub(super) async fn tree_size<R: Road>(road: &R) -> Result<u64> {
 }
 
 /// `compute` over the stored hashes it reads.
-async fn over_tree<R: Road, T>(road: &R, compute: impl Fn(&Reads) -> Result<T>) -> Result<T> {
+pub(super) async fn over_tree<R: Road, T>(
+    road: &R,
+    compute: impl Fn(&Reads) -> Result<T>,
+) -> Result<T> {
     let needed = Reads::needed(&compute);
     let mut known = HashMap::with_capacity(needed.len());
     if !needed.is_empty() {
@@ -198,7 +202,7 @@ impl Repository {
         &self,
         policy: &PolicyRef,
         version: u32,
-        revision_made_active: u64,
+        revision_made_active: Revision,
     ) -> Result<(u64, u64)> {
         let policy_id = find_policy(&self.db, policy).await?.id;
         let selector = VersionSelector::Number(version);
@@ -225,7 +229,7 @@ impl Repository {
             .await?;
         let activated: Option<i64> = of_version()
             .filter(events::Column::Kind.is_in(pointer_moves()))
-            .filter(events::Column::Revision.eq(db_revision(revision_made_active)))
+            .filter(events::Column::Revision.eq(i64::from(revision_made_active)))
             .into_tuple()
             .one(&self.db)
             .await?;

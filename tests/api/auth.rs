@@ -64,8 +64,17 @@ pub(crate) async fn secured_app(
     issuer: &Issuer,
     configure: impl FnOnce(&mut policyhub::config::Settings),
 ) -> TestApp {
+    secured_app_on(Backend::Sqlite, issuer, configure).await
+}
+
+/// As `secured_app`, on `backend`.
+pub(crate) async fn secured_app_on(
+    backend: Backend,
+    issuer: &Issuer,
+    configure: impl FnOnce(&mut policyhub::config::Settings),
+) -> TestApp {
     let jwks_file = issuer.jwks_file.clone();
-    spawn_on(TestDatabase::new(Backend::Sqlite).await, move |settings| {
+    spawn_on(TestDatabase::new(backend).await, move |settings| {
         settings.insecure = false;
         settings.auth.jwks_file = Some(jwks_file);
         settings.auth.issuer = ISSUER.into();
@@ -1051,10 +1060,9 @@ async fn subscriptions_need_the_operator_role_and_admin_for_the_deployment() {
 /// caller learns nothing of which events exist; a reader of the whole log
 /// is told an event does not exist; a caller with no reader grant at all is
 /// refused before anything is read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inclusion_proofs_are_served_to_readers_of_the_event() {
+async fn inclusion_proofs_are_served_to_readers_of_the_event(backend: Backend) {
     let issuer = Issuer::new();
-    let app = secured_app(&issuer, |_| {}).await;
+    let app = secured_app_on(backend, &issuer, |_| {}).await;
     let admin = issuer.token("root", &["*:admin"]);
     seed(&app, &admin).await;
     let prove = |event_id: u64, token: String| {
@@ -1104,8 +1112,25 @@ async fn inclusion_proofs_are_served_to_readers_of_the_event() {
         prove(1 << 40, a_reader.clone()).await,
         Err(Code::PermissionDenied)
     );
+    let b_author = issuer.token("author-b", &["team-b:author"]);
+    assert_eq!(
+        prove(other, b_author.clone()).await,
+        Ok(()),
+        "a role above reader"
+    );
+    assert_eq!(prove(own, b_author).await, Err(Code::PermissionDenied));
     assert_eq!(prove(1 << 40, everyone.clone()).await, Err(Code::NotFound));
     assert_eq!(prove(other, everyone).await, Ok(()));
     let nobody = issuer.token("nobody", &[]);
     assert_eq!(prove(own, nobody).await, Err(Code::PermissionDenied));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inclusion_proofs_are_served_to_readers_of_the_event_on_sqlite() {
+    inclusion_proofs_are_served_to_readers_of_the_event(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inclusion_proofs_are_served_to_readers_of_the_event_on_postgres() {
+    inclusion_proofs_are_served_to_readers_of_the_event(Backend::Postgres).await;
 }

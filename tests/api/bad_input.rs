@@ -22,6 +22,7 @@ crate::on_both_backends!(
     malformed_requests_are_invalid_argument,
     bad_event_filters_name_their_field,
     the_database_refuses_to_rewrite_history,
+    a_revision_past_63_bits_is_invalid_argument_where_it_enters,
 );
 
 /// Seeds a policy with a published, active v1 and an open draft v2.
@@ -488,4 +489,56 @@ async fn bad_event_filters_name_their_field(app: TestApp) {
         .unwrap()
         .into_inner();
     assert!(page.events.is_empty());
+}
+
+/// Revisions are stored in 63 bits: a request naming one past them (as of
+/// a revision, a bundle's revision) is refused naming its field, as a
+/// revision no log holds, whatever the current revision, and the server
+/// answers on.
+async fn a_revision_past_63_bits_is_invalid_argument_where_it_enters(app: TestApp) {
+    seed(&app).await;
+    let before = app.db_state().await;
+    for past in [1_u64 << 63, u64::MAX] {
+        let as_of = app
+            .bundle
+            .clone()
+            .get_active(proto::GetActiveRequest {
+                namespace: "payments".into(),
+                name: "limits".into(),
+                as_of: Some(proto::get_active_request::AsOf::AsOfRevision(past)),
+                ..Default::default()
+            })
+            .await;
+        let proof = app
+            .bundle
+            .clone()
+            .get_bundle_proof(proto::GetBundleProofRequest {
+                namespace: "payments".into(),
+                name: "limits".into(),
+                version: 1,
+                revision: past,
+                tree_size: 0,
+            })
+            .await;
+        for (status, field) in [
+            (as_of.map(drop).unwrap_err(), "as_of_revision"),
+            (proof.map(drop).unwrap_err(), "revision"),
+        ] {
+            assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+            let violations = status.get_details_bad_request().unwrap().field_violations;
+            assert_eq!(violations[0].field, field);
+            assert!(
+                violations[0]
+                    .description
+                    .contains("is past any the log can hold"),
+                "{field}: {}",
+                violations[0].description
+            );
+        }
+    }
+    assert_eq!(
+        app.get_active("payments", "limits").await.unwrap().version,
+        1
+    );
+    assert_eq!(app.db_state().await, before);
 }

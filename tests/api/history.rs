@@ -23,6 +23,37 @@ crate::on_both_backends!(
     no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back,
 );
 
+/// Runs each scenario, given a backend, on SQLite and on PostgreSQL: the
+/// scenarios over a log of more than 256 events spawn their own server
+/// (`spawn_for_a_long_log`).
+macro_rules! on_both_backends_spawning {
+    ($($scenario:ident),* $(,)?) => {
+        mod long_log {
+            mod sqlite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $scenario() {
+                        super::super::$scenario($crate::helpers::Backend::Sqlite).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $scenario() {
+                        super::super::$scenario($crate::helpers::Backend::Postgres).await;
+                    }
+                )*
+            }
+        }
+    };
+}
+
+on_both_backends_spawning!(
+    a_server_refuses_to_start_on_a_log_tree_rewritten_inside_its_last_checkpoint,
+    no_checkpoint_is_signed_over_a_log_tree_rewritten_behind_the_servers_back,
+);
+
 /// Runs SQL on a connection of its own, as a DBA would.
 async fn sql(db: &DatabaseConnection, statements: &[&str]) {
     for statement in statements {
@@ -416,10 +447,6 @@ async fn a_server_refuses_to_start_on_a_log_rewritten_since_its_last_checkpoint(
 /// revision is refused with DATA_LOSS rather than signed over the rewritten
 /// log, no checkpoint is added, and health reports the replica not serving.
 async fn no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back(app: TestApp) {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-
     app.release("team", "limits", json!({"max": 1}), true).await;
     app.release("team", "limits", json!({"max": 2}), true).await;
     let db = app.sql().await;
@@ -453,6 +480,15 @@ async fn no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back(a
         "nothing signed over the rewrite"
     );
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+    assert_not_serving(&app).await;
+    db.close().await.ok();
+}
+
+/// Health reports the replica not serving, within a few seconds.
+async fn assert_not_serving(app: &TestApp) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
         .unwrap()
@@ -475,5 +511,124 @@ async fn no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back(a
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(status, Some(ServingStatus::NotServing as i32));
+}
+
+/// A server on `backend` with its metrics port, whose mutation quota lets
+/// a test write a few hundred events at once.
+async fn spawn_for_a_long_log(backend: Backend) -> TestApp {
+    spawn_on(TestDatabase::new(backend).await, |settings| {
+        settings.quotas.mutations_per_second = 100_000.0;
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+}
+
+/// A log of more than 256 events (a draft of each of 256 policies, then a
+/// release activated), signed by a checkpoint: its tree has a stored node
+/// over the first 256 leaves, inside the signed tree and read by the
+/// proof that any larger tree extends it.
+async fn a_signed_log_of_more_than_256_events(app: &TestApp) {
+    for index in 0..256 {
+        app.draft("team", &format!("p{index}"), json!({"v": index}))
+            .await;
+    }
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let (_, size, _) = crate::log_tree::signed_tree(app).await;
+    assert!(size > 256, "a signed tree of {size}");
+}
+
+/// Rewrites, as a DBA would, the stored hash of the first 256 events: an
+/// interior node of the log's tree, which the hash chain does not cover.
+/// Its guard is off for the while and put back, as the migrations made it.
+async fn rewrite_the_node_of_the_first_256_events(db: &DatabaseConnection, backend: Backend) {
+    let node = tlog_tiles::stored_hash_index(8, 0);
+    let (off, rewrite, on) = match backend {
+        Backend::Sqlite => (
+            "DROP TRIGGER log_hashes_refuse_update".to_owned(),
+            format!("UPDATE log_hashes SET hash = zeroblob(32) WHERE id = {node}"),
+            "CREATE TRIGGER log_hashes_refuse_update BEFORE UPDATE ON log_hashes \
+             BEGIN SELECT RAISE(ABORT, 'policyhub: log_hashes rows are never changed'); END"
+                .to_owned(),
+        ),
+        Backend::Postgres => (
+            "ALTER TABLE log_hashes DISABLE TRIGGER USER".to_owned(),
+            format!(
+                "UPDATE log_hashes SET hash = decode(repeat('00', 32), 'hex') WHERE id = {node}"
+            ),
+            "ALTER TABLE log_hashes ENABLE TRIGGER USER".to_owned(),
+        ),
+    };
+    sql(db, &[&off, &rewrite, &on]).await;
+}
+
+/// An interior node of the tree the last checkpoint signed rewritten while
+/// the server was stopped: the chain still verifies, but the server
+/// refuses to start on a tree that no longer extends the signed one.
+async fn a_server_refuses_to_start_on_a_log_tree_rewritten_inside_its_last_checkpoint(
+    backend: Backend,
+) {
+    let app = spawn_for_a_long_log(backend).await;
+    a_signed_log_of_more_than_256_events(&app).await;
+    let database = app.stop().await;
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    rewrite_the_node_of_the_first_256_events(&db, database.backend).await;
+    db.close().await.ok();
+    let why = start_refused(&database).await;
+    assert!(
+        why.contains("the log's tree does not extend the last signed checkpoint's"),
+        "{why}"
+    );
+}
+
+/// An interior node of the tree the last checkpoint signed rewritten behind
+/// a running server's back: the next revision is refused with DATA_LOSS
+/// rather than signed over a root the events do not make, no checkpoint is
+/// added, the refusal is counted, and health reports the replica not
+/// serving.
+async fn no_checkpoint_is_signed_over_a_log_tree_rewritten_behind_the_servers_back(
+    backend: Backend,
+) {
+    use crate::observability::{scrape, value_of};
+
+    let app = spawn_for_a_long_log(backend).await;
+    a_signed_log_of_more_than_256_events(&app).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    let metrics = app.metrics_address.expect("a metrics port");
+    let refused_total = async || {
+        value_of(
+            &scrape(metrics).await,
+            "policyhub_checkpoints_refused_total",
+        )
+    };
+    let refused_before = refused_total().await;
+    let db = app.sql().await;
+    let checkpoints = async || {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM checkpoints",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    };
+    let signed = checkpoints().await;
+    rewrite_the_node_of_the_first_256_events(&db, app.database.backend).await;
+
+    let refused = app.try_activate(vec![target("team", "limits", 1)]).await;
+    let message = expect_code(refused, Code::DataLoss);
+    assert!(
+        message.contains("the log's tree does not extend the last signed checkpoint's"),
+        "{message}"
+    );
+    assert_eq!(
+        checkpoints().await,
+        signed,
+        "nothing signed over the rewrite"
+    );
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+    assert!(refused_total().await > refused_before);
+    assert_not_serving(&app).await;
     db.close().await.ok();
 }

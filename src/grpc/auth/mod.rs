@@ -23,12 +23,14 @@ use crate::domain::{Error, Namespace, NamespaceScope, RequestContext, Result};
 
 pub mod bindings;
 mod certificates;
+mod events;
 mod keys;
 mod layer;
 mod roles;
 mod tokens;
 
 pub use certificates::spiffe_id;
+pub use events::EventAccess;
 pub use keys::{FetchLabels, Instruments, IssuerLabel, Remote};
 pub use layer::{Authenticated, PeerIdentity};
 pub use roles::{Grant, Role, Rpc};
