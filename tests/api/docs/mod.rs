@@ -784,3 +784,28 @@ fn anchors(text: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The notifications guide lists every event kind a subscription can name,
+/// in the order of the proto's `EventKind`, none missing and none of its own.
+#[test]
+fn the_notifications_guide_lists_every_event_kind_in_order() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/guides/notifications.md"),
+    )
+    .unwrap();
+    let (_, section) = guide
+        .split_once("\n## Event kinds\n")
+        .expect("the guide has a section \"Event kinds\"");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `EVENT_KIND_"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(kind, _)| kind)
+        .collect();
+    let proto: Vec<&str> = (1..)
+        .map_while(|value| policyhub::grpc::proto::EventKind::try_from(value).ok())
+        .map(|kind| kind.as_str_name().trim_start_matches("EVENT_KIND_"))
+        .collect();
+    assert_eq!(listed, proto);
+}
