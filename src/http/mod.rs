@@ -1,6 +1,6 @@
-//! The HTTP/JSON front door (DESIGN §11): every unary RPC at the path its
-//! `google.api.http` option declares, in the protobuf JSON mapping that
-//! `-o json` and grpcurl print.
+//! The HTTP/JSON front door (docs/src/contributing/design.md#transports):
+//! every unary RPC at the path its `google.api.http` option declares, in the
+//! protobuf JSON mapping that `-o json` and grpcurl print.
 //!
 //! It is a transcoder, as grpc-gateway and Envoy's are, but in process: a
 //! request becomes the RPC's protobuf message (path variables, then the JSON

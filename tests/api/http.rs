@@ -1,7 +1,7 @@
-//! The HTTP/JSON port (DESIGN §11), with curl against the real server on
-//! SQLite and PostgreSQL: the workflows the product grew from, the gRPC →
-//! HTTP status table with `google.rpc.Status` bodies, and bad input that
-//! changes nothing.
+//! The HTTP/JSON port (docs/src/contributing/design.md#transports), with curl
+//! against the real server on SQLite and PostgreSQL: the workflows the
+//! product grew from, the gRPC → HTTP status table with `google.rpc.Status`
+//! bodies, and bad input that changes nothing.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
