@@ -279,7 +279,8 @@ fn success_headers(method: &MethodDescriptor) -> Option<Value> {
     })
 }
 
-/// The request headers an operation reads (DESIGN §11).
+/// The request headers an operation reads
+/// (docs/src/contributing/design.md#transports).
 fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Vec<Value> {
     let header = |name: &str, description: &str| {
         json!({"name": name, "in": "header", "required": false,

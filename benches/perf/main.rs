@@ -3,8 +3,8 @@
 //! what the project holds itself to.
 //!
 //! ```sh
-//! cargo bench --bench perf                       # full: about 7 minutes on 2 cores
-//! PERF_QUICK=1 cargo bench --bench perf          # every section, small sizes: about 4 minutes
+//! cargo bench --bench perf                       # full: about 55 minutes on 2 cores
+//! PERF_QUICK=1 cargo bench --bench perf          # every section, small sizes: about 45 minutes
 //! PERF_SECTIONS=unary,sqlite cargo bench --bench perf
 //! ```
 //!
@@ -15,7 +15,7 @@
 //!
 //! Settings:
 //!
-//! - `PERF_QUICK=1`: small sizes (a few minutes in all);
+//! - `PERF_QUICK=1`: small sizes (about 45 minutes in all on 2 cores);
 //! - `PERF_REPEATS` (default 3): how often each comparison runs, policyhub
 //!   and its baseline alternating; a row shows the medians and the spread
 //!   (min–max) of the per-repeat ratios, and its target is judged on the

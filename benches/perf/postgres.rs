@@ -3,10 +3,10 @@
 //! single-INSERT commits on the same cluster measured in the same run.
 //!
 //! And the cost of the namespace lock every activation takes before it reads
-//! the namespace's active set (DESIGN §12): 16 concurrent callers moving 16
-//! policies of one namespace, which wait for each other's whole transaction,
-//! against 16 callers each moving a policy of its own namespace, which only
-//! take the revision counter in turn.
+//! the namespace's active set (docs/src/contributing/design.md#storage): 16
+//! concurrent callers moving 16 policies of one namespace, which wait for
+//! each other's whole transaction, against 16 callers each moving a policy of
+//! its own namespace, which only take the revision counter in turn.
 
 use std::{
     path::PathBuf,

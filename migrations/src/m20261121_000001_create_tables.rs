@@ -267,7 +267,8 @@ impl MigrationTrait for Migration {
             .await?;
 
         // One row, id = 1: every activation transaction increments it, which
-        // serializes activations across replicas (see DESIGN §5).
+        // serializes activations across replicas (see
+        // docs/src/contributing/design.md#replication).
         manager
             .create_table(
                 Table::create()

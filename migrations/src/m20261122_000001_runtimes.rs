@@ -1,6 +1,7 @@
-//! The fleet view (DESIGN §9): one row per runtime and namespace, written in
-//! batches by the replica that holds the runtime's stream, and one row per
-//! replica whose heartbeat says whether its streams are still open.
+//! The fleet view (docs/src/contributing/design.md#runtimes-and-rollouts):
+//! one row per runtime and namespace, written in batches by the replica that
+//! holds the runtime's stream, and one row per replica whose heartbeat says
+//! whether its streams are still open.
 //!
 //! Labels, selected names and per-policy outcomes are small JSON documents:
 //! they are read and written whole with their runtime, never queried apart.

@@ -1,7 +1,8 @@
-//! Rollouts (DESIGN §9): one row per rollout, its plan and progress kept as
-//! a JSON document read and written whole; the policy a live rollout holds
-//! names it, so a second rollout or a manual activation of the policy is
-//! refused under the policy's row lock; rollout events name their rollout.
+//! Rollouts (docs/src/contributing/design.md#runtimes-and-rollouts): one row
+//! per rollout, its plan and progress kept as a JSON document read and
+//! written whole; the policy a live rollout holds names it, so a second
+//! rollout or a manual activation of the policy is refused under the policy's
+//! row lock; rollout events name their rollout.
 
 use sea_orm_migration::prelude::*;
 

@@ -34,7 +34,7 @@ use prometheus_client::{
 };
 
 use super::held::Held;
-use crate::metrics::PortLabel;
+use crate::metrics::{FamilyDescription, PortLabel, Registrar};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NamespaceLabel {
@@ -59,6 +59,8 @@ impl PortCounts {
 pub struct Exposition {
     held: Arc<Held>,
     registry: Registry,
+    /// Every family `registry` holds, with a series or not yet.
+    families: Vec<FamilyDescription>,
     revision: Family<NamespaceLabel, Gauge>,
     age: Family<NamespaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     from_cache: Family<NamespaceLabel, Gauge>,
@@ -74,10 +76,14 @@ impl Exposition {
     pub fn new(held: Arc<Held>, ports: &PortCounts) -> Self {
         let mut root = Registry::default();
         root.register_collector(crate::metrics::process_collector());
-        let registry = root.sub_registry_with_prefix("policyhub_agent");
+        let mut registry = Registrar::new(
+            root.sub_registry_with_prefix("policyhub_agent"),
+            "policyhub_agent",
+        );
         let exposition = Exposition {
             held,
             registry: Registry::default(),
+            families: Vec::new(),
             revision: Family::default(),
             age: Family::default(),
             from_cache: Family::default(),
@@ -143,10 +149,18 @@ impl Exposition {
             "Connections closed at once because their port held --api-max-connections, by port",
             ports.refused.clone(),
         );
+        let families = registry.families();
         Exposition {
             registry: root,
+            families,
             ..exposition
         }
+    }
+
+    /// Every family of the agent's registry: what the metrics reference
+    /// lists.
+    pub fn families(&self) -> &[FamilyDescription] {
+        &self.families
     }
 
     /// The OpenMetrics text now.

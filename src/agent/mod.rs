@@ -31,6 +31,13 @@ pub use self::files::Command;
 use self::held::Held;
 use crate::connections::Listener;
 
+/// Every metric family the agent registers, with a series or not yet: what
+/// the metrics reference lists.
+pub fn metric_families() -> Vec<crate::metrics::FamilyDescription> {
+    let exposition = metrics::Exposition::new(Arc::default(), &metrics::PortCounts::default());
+    exposition.families().to_vec()
+}
+
 /// Where the API is served, and to whom.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {

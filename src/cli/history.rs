@@ -81,10 +81,12 @@ pub async fn events(
         "ID", "AT", "KIND", "POLICY", "VERSION", "REVISION", "ACTOR", "REASON",
     ]);
     for event in &events {
-        let policy = if event.namespace.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{}/{}", event.namespace, event.name)
+        // An event of a namespace but of no policy (a subscription
+        // disabled) names the namespace alone.
+        let policy = match (event.namespace.as_str(), event.name.as_str()) {
+            ("", _) => "-".to_owned(),
+            (namespace, "") => namespace.to_owned(),
+            (namespace, name) => format!("{namespace}/{name}"),
         };
         let version = match (event.previous_version, event.new_version) {
             (0, 0) => "-".to_owned(),

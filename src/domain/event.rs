@@ -176,7 +176,9 @@ pub struct EventRecord {
     pub id: u64,
     /// What happened.
     pub kind: EventKind,
-    /// Namespace and name of the policy; `None` for deployment-wide events.
+    /// Namespace and name of the policy; the name is empty for an event of
+    /// a namespace but of no policy in it (a namespace's subscription
+    /// disabled), as in the API; `None` for deployment-wide events.
     pub policy: Option<(String, String)>,
     /// Subject that caused it.
     pub actor: String,

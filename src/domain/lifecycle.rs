@@ -1,6 +1,6 @@
-//! The lifecycle rules of DESIGN §2 as pure functions over loaded state:
-//! the application loads what a request touches, asks these what to write,
-//! and storage writes it.
+//! The lifecycle rules (docs/src/contributing/design.md#domain) as pure
+//! functions over loaded state: the application loads what a request touches,
+//! asks these what to write, and storage writes it.
 
 use super::{
     Activation, Error, EventKind, ExpectedActive, Label, PolicyRef, PolicySchema, Precondition,

@@ -1,7 +1,8 @@
-//! Runtimes and what they applied (DESIGN §9): identities, labels and label
-//! selectors, per-policy outcomes, and the fleet's answer to "did my change
-//! land?". Pure: the fleet module keeps these in memory and storage persists
-//! them.
+//! Runtimes and what they applied
+//! (docs/src/contributing/design.md#runtimes-and-rollouts): identities,
+//! labels and label selectors, per-policy outcomes, and the fleet's answer to
+//! "did my change land?". Pure: the fleet module keeps these in memory and
+//! storage persists them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

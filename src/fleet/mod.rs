@@ -1,4 +1,5 @@
-//! The fleet view (DESIGN §9): which runtimes watch, and what each applied.
+//! The fleet view (docs/src/contributing/design.md#runtimes-and-rollouts):
+//! which runtimes watch, and what each applied.
 //!
 //! The replica that holds a runtime's stream keeps its record in memory and
 //! updates it on connect, disconnect and every report, without touching the

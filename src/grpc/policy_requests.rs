@@ -28,8 +28,9 @@ pub(super) fn idempotency_key(key: String) -> Result<Option<IdempotencyKey>> {
     Ok((!key.is_empty()).then_some(IdempotencyKey(key)))
 }
 
-/// `0` means "not given" for optional version numbers.
-/// The draft a request names; unset names the open draft.
+/// The draft a request names; unset names the open draft. The field is
+/// `optional`, so unset is told apart from 0, which names no version and is
+/// refused.
 pub(super) fn draft_version(version: Option<u32>) -> Result<Option<u32>> {
     match version {
         Some(0) => Err(Error::invalid(

@@ -1,8 +1,9 @@
-//! The console (DESIGN §11): a single-page application whose files are
-//! embedded in the binary and served on the HTTP port under `/console/`. It
-//! is a client of the public HTTP API only: these routes serve files, never
-//! data, and need no token (the files hold no secret; every call the console
-//! makes carries the token its user signed in with).
+//! The console (docs/src/contributing/design.md#transports): a single-page
+//! application whose files are embedded in the binary and served on the HTTP
+//! port under `/console/`. It is a client of the public HTTP API only: these
+//! routes serve files, never data, and need no token (the files hold no
+//! secret; every call the console makes carries the token its user signed in
+//! with).
 //!
 //! Every file goes out under a strict Content-Security-Policy: scripts,
 //! styles, images and requests of this origin only (and requests to the

@@ -1,12 +1,12 @@
-//! WatchActive over Server-Sent Events (DESIGN §11): the gRPC stream's
-//! messages, read as they come, become one event per whole revision (its
-//! parts joined), whose `id` is the revision, so that an `EventSource`
-//! reconnecting with `Last-Event-ID` resumes without missing a change.
-//! PROGRESS messages are comments, which keep the connection alive and
-//! tell the revision without moving the resume point; one that brings a
-//! newer signed checkpoint adds a `checkpoint` event without an id, which
-//! leaves the resume point where it was. A stream that ends
-//! with an error says so in a last `error` event.
+//! WatchActive over Server-Sent Events
+//! (docs/src/contributing/design.md#transports): the gRPC stream's messages,
+//! read as they come, become one event per whole revision (its parts joined),
+//! whose `id` is the revision, so that an `EventSource` reconnecting with
+//! `Last-Event-ID` resumes without missing a change. PROGRESS messages are
+//! comments, which keep the connection alive and tell the revision without
+//! moving the resume point; one that brings a newer signed checkpoint adds a
+//! `checkpoint` event without an id, which leaves the resume point where it
+//! was. A stream that ends with an error says so in a last `error` event.
 
 use std::convert::Infallible;
 

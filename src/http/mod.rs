@@ -1,6 +1,6 @@
-//! The HTTP/JSON front door (DESIGN §11): every unary RPC at the path its
-//! `google.api.http` option declares, in the protobuf JSON mapping that
-//! `-o json` and grpcurl print.
+//! The HTTP/JSON front door (docs/src/contributing/design.md#transports):
+//! every unary RPC at the path its `google.api.http` option declares, in the
+//! protobuf JSON mapping that `-o json` and grpcurl print.
 //!
 //! It is a transcoder, as grpc-gateway and Envoy's are, but in process: a
 //! request becomes the RPC's protobuf message (path variables, then the JSON
@@ -500,25 +500,16 @@ fn input(
         DynamicMessage::new(descriptor)
     };
     if !route.body {
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-        {
-            let (field, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |text: &str| {
-                routes::percent_decode(&text.replace('+', " ")).ok_or_else(|| {
-                    Status::invalid_argument(format!("query parameter {field}: not UTF-8"))
-                })
-            };
-            // `runtime.labels%5Bregion%5D` is `runtime.labels[region]`.
-            let (field, value) = (decode(field)?, decode(value)?);
-            let field = field.as_str();
-            set_from_text(&mut message, field, &value).map_err(Status::invalid_argument)?;
+        // `runtime.labels%5Bregion%5D` is `runtime.labels[region]`.
+        let pairs =
+            routes::decode_query(query.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        for (field, value) in &pairs {
+            set_from_text(&mut message, field, value).map_err(Status::invalid_argument)?;
         }
     }
-    for (field, value) in bindings {
-        set_from_text(&mut message, field, value).map_err(Status::invalid_argument)?;
+    for (field, segment) in bindings {
+        let value = routes::decode_path_segment(segment).map_err(Status::invalid_argument)?;
+        set_from_text(&mut message, field, &value).map_err(Status::invalid_argument)?;
     }
     Ok(message)
 }

@@ -32,7 +32,8 @@ pub struct Route {
     pub grpc_path: String,
 }
 
-/// What a route matched in a path: the variables, by field name.
+/// What a route matched in a path: the variables, by field name, each as the
+/// path has it (still percent-encoded).
 pub type Bindings = Vec<(String, String)>;
 
 /// Parses "/v1/namespaces/{namespace}/policies/{name}:publish".
@@ -138,10 +139,9 @@ impl Route {
             match segment {
                 Segment::Literal(literal) if literal == part => {}
                 Segment::Literal(_) => return None,
-                Segment::Field(field) => {
-                    let value = percent_decode(part)?;
-                    bindings.push((field.clone(), value));
-                }
+                // Decoded with the request's input, where a broken escape is
+                // the caller's error, not an unknown path.
+                Segment::Field(field) => bindings.push((field.clone(), part.to_owned())),
             }
         }
         Some(bindings)
@@ -153,27 +153,54 @@ impl Route {
     }
 }
 
-/// `%XX` escapes of a path segment or query value decoded (`+` is a space
-/// in a query); `None` when they do not make UTF-8.
-pub fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' if index + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).ok()?;
-                decoded.push(u8::from_str_radix(hex, 16).ok()?);
-                index += 3;
-            }
-            b'%' => return None,
-            byte => {
-                decoded.push(byte);
-                index += 1;
-            }
+/// A path segment's text, its `%XX` escapes decoded as RFC 3986 says: a
+/// `+` is a plus, as grpc-gateway reads a path (Go's `url.PathUnescape`).
+/// A `%` not followed by two hex digits, or escapes that do not make UTF-8,
+/// are refused in words for the caller.
+pub fn decode_path_segment(segment: &str) -> Result<String, String> {
+    ensure_escapes(segment).map_err(|escape| {
+        format!("the path segment {segment:?}: {escape:?} is not a percent escape (% and two hex digits)")
+    })?;
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| format!("the path segment {segment:?}: its escapes do not make UTF-8"))
+}
+
+/// A query's `name=value` pairs, form-decoded (`+` is a space, `%2B` a
+/// plus), as grpc-gateway reads a query (Go's `url.ParseQuery`). A `%` not
+/// followed by two hex digits, or escapes that do not make UTF-8, are
+/// refused in words for the caller.
+pub fn decode_query(query: &str) -> Result<Vec<(String, String)>, String> {
+    ensure_escapes(query).map_err(|escape| {
+        format!("the query: {escape:?} is not a percent escape (% and two hex digits)")
+    })?;
+    // `form_urlencoded` replaces what is not UTF-8; checked on the whole
+    // query first, so nothing is replaced: every name and value is a run of
+    // it cut at an ASCII `&` or `=`.
+    percent_encoding::percent_decode_str(&query.replace('+', " "))
+        .decode_utf8()
+        .map_err(|_| "the query: its escapes do not make UTF-8".to_owned())?;
+    Ok(form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect())
+}
+
+/// Every `%` of `text` starts an escape of two hex digits; else the first
+/// that does not, with what follows it. The crates decode such a `%` as
+/// itself, where grpc-gateway refuses it.
+fn ensure_escapes(text: &str) -> Result<(), &str> {
+    for (at, _) in text.match_indices('%') {
+        let digits = text.as_bytes().get(at + 1..at + 3);
+        if !digits.is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit)) {
+            let end = text[at..]
+                .char_indices()
+                .nth(3)
+                .map_or(text.len(), |(offset, _)| at + offset);
+            return Err(&text[at..end]);
         }
     }
-    String::from_utf8(decoded).ok()
+    Ok(())
 }
 
 /// Sets `field` (its proto or JSON name) of `message` from text: what a
@@ -386,10 +413,34 @@ mod tests {
     }
 
     #[test]
-    fn percent_escapes_decode_and_broken_ones_are_refused() {
-        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("%FF"), None);
+    fn a_path_segment_is_percent_decoded_and_a_plus_is_a_plus() {
+        assert_eq!(decode_path_segment("a%2Fb").as_deref(), Ok("a/b"));
+        assert_eq!(decode_path_segment("plain").as_deref(), Ok("plain"));
+        assert_eq!(decode_path_segment("a+b%2Bc").as_deref(), Ok("a+b+c"));
+        assert_eq!(decode_path_segment("caf%C3%A9").as_deref(), Ok("café"));
+        for broken in ["bad%2", "%", "%+1", "%-1", "%G1", "x%1"] {
+            let error = decode_path_segment(broken).unwrap_err();
+            assert!(
+                error.contains("is not a percent escape"),
+                "{broken}: {error}"
+            );
+        }
+        assert!(decode_path_segment("%FF").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_query_is_form_decoded_and_broken_escapes_are_refused() {
+        assert_eq!(
+            decode_query("reason=too+high&name=a%2Bb&&labels%5Bregion%5D=eu&flag"),
+            Ok(vec![
+                ("reason".into(), "too high".into()),
+                ("name".into(), "a+b".into()),
+                ("labels[region]".into(), "eu".into()),
+                ("flag".into(), String::new()),
+            ])
+        );
+        let error = decode_query("reason=%+1").unwrap_err();
+        assert!(error.contains("\"%+1\" is not a percent escape"), "{error}");
+        assert!(decode_query("reason=%FF").unwrap_err().contains("UTF-8"));
     }
 }

@@ -1,4 +1,5 @@
-//! What HTTP's own headers mean here (DESIGN §11): `ETag` is the version,
+//! What HTTP's own headers mean here
+//! (docs/src/contributing/design.md#transports): `ETag` is the version,
 //! revision and digest of the bundle read, `If-None-Match` answers 304 when
 //! it has not changed, `Prefer: wait=N` holds the read until it changes,
 //! `If-Match` is the compare-and-swap of a rollback or a one-policy

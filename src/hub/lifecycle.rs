@@ -1,6 +1,6 @@
-//! The lifecycle operations of DESIGN §2, each one transaction: load what
-//! the request touches, let the domain decide, sign, write, and apply what
-//! moved to the index before the reply goes out.
+//! The lifecycle operations (docs/src/contributing/design.md#domain), each
+//! one transaction: load what the request touches, let the domain decide,
+//! sign, write, and apply what moved to the index before the reply goes out.
 
 use std::collections::BTreeSet;
 

@@ -17,7 +17,9 @@ pub use rollouts::Control;
 pub use schedules::ScheduleControl;
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use prost::bytes::Bytes;
@@ -61,7 +63,7 @@ pub struct PolicyHub {
     key_source: Arc<KeySource>,
     /// The key that signs new versions and every public key that ever
     /// signed; swapped whole when keys rotate.
-    keys: Arc<RwLock<Arc<Keys>>>,
+    keys: Arc<ArcSwap<Keys>>,
     /// Held while revisions are applied to the index, so that they are
     /// applied whole and in order whichever path delivers them.
     applier: Arc<tokio::sync::Mutex<()>>,
@@ -141,10 +143,10 @@ impl PolicyHub {
             "the configured signing key signs new versions",
         )
         .await?;
-        let keys = Arc::new(RwLock::new(Arc::new(keys)));
+        let keys = Arc::new(ArcSwap::from_pointee(keys));
         let signing = keys.clone();
         repository.sign_checkpoints_with(Arc::new(move |claims, origin, body| {
-            let keys: Arc<Keys> = signing.read().expect("keys lock").clone();
+            let keys = signing.load_full();
             let jws = keys.signer.sign_checkpoint(claims)?;
             let note = keys.signer.sign_note(origin, body)?;
             Ok((jws, keys.signer.key_id().to_owned(), note))
@@ -218,7 +220,7 @@ impl PolicyHub {
     }
 
     fn keys(&self) -> Arc<Keys> {
-        self.keys.read().expect("keys lock").clone()
+        self.keys.load_full()
     }
 
     /// Makes a new generated key sign; returns the old and the new key id.
@@ -252,8 +254,7 @@ impl PolicyHub {
     ) -> Result<(String, String)> {
         let keys = register(&self.repository, keys, context, reason).await?;
         let new_key_id = keys.signer.key_id().to_owned();
-        let previous =
-            std::mem::replace(&mut *self.keys.write().expect("keys lock"), Arc::new(keys));
+        let previous = self.keys.swap(Arc::new(keys));
         let previous_key_id = previous.signer.key_id().to_owned();
         tracing::info!(%previous_key_id, signing_key_id = %new_key_id, "signing keys installed");
         Ok((previous_key_id, new_key_id))
@@ -346,13 +347,17 @@ impl PolicyHub {
     /// Serves every stored public key in the JWKS.
     async fn refresh_jwks(&self) -> Result<()> {
         let jwks = self.repository.signing_keys().await?;
-        let mut keys = self.keys.write().expect("keys lock");
-        if keys.jwks.len() != jwks.len() {
-            *keys = Arc::new(Keys {
+        // Read, copy and swap again when an install came between, so that
+        // neither is lost.
+        self.keys.rcu(|keys| {
+            if keys.jwks.len() == jwks.len() {
+                return Arc::clone(keys);
+            }
+            Arc::new(Keys {
                 signer: keys.signer.clone(),
-                jwks,
-            });
-        }
+                jwks: jwks.clone(),
+            })
+        });
         Ok(())
     }
 

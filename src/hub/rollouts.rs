@@ -1,7 +1,7 @@
-//! Rollouts (DESIGN §9): starting one, an operator's controls, and the
-//! controller's decisions, each one transaction that re-reads the rollout
-//! under its row lock, lets the domain decide and applies what runtimes are
-//! now sent to the index.
+//! Rollouts (docs/src/contributing/design.md#runtimes-and-rollouts): starting
+//! one, an operator's controls, and the controller's decisions, each one
+//! transaction that re-reads the rollout under its row lock, lets the domain
+//! decide and applies what runtimes are now sent to the index.
 
 use crate::domain::rollout::{
     self, RevisionChange, Rollout, RolloutState, RolloutView, StartRolloutCommand, Tick,

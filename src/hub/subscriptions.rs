@@ -156,9 +156,9 @@ async fn record_run(tx: &Transaction, run: &DeliveryRun) -> Result<bool> {
             "subscription {} disabled: {reason}",
             subscription.display_name()
         );
-        tx.record_event(
+        tx.record_namespace_event(
             &context,
-            None,
+            subscription.namespace.as_ref(),
             NewEvent::new(EventKind::SubscriptionDisabled, &reason),
         )
         .await?;

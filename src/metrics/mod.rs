@@ -37,6 +37,7 @@
 //!   because their port held `connections.max_per_port`.
 
 mod exposition;
+mod families;
 mod notifications;
 mod process;
 mod rpc;
@@ -59,6 +60,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+pub use families::{FamilyDescription, Registrar};
 pub use notifications::{NotificationInstruments, SubscriptionLabels};
 pub use rpc::RpcMetricsLayer;
 pub use witnesses::WitnessInstruments;
@@ -90,6 +92,8 @@ pub struct MethodLabel {
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
+    /// Every family `registry` holds, with a series or not yet.
+    families: Vec<FamilyDescription>,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabel, Histogram>,
     /// What the index feeds: pointer moves applied, apply-to-send time.
@@ -161,7 +165,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         })
         .set(1);
-    let registry = root.sub_registry_with_prefix("policyhub");
+    let mut registry = Registrar::new(root.sub_registry_with_prefix("policyhub"), "policyhub");
     registry.register(
         "build_info",
         "Always 1; the version label names the running build",
@@ -263,11 +267,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         watch_delivery.clone(),
     );
     let notifications = NotificationInstruments::default();
-    register_notifications(registry, &notifications);
+    register_notifications(&mut registry, &notifications);
     let witnesses = WitnessInstruments::default();
-    register_witnesses(registry, &witnesses);
+    register_witnesses(&mut registry, &witnesses);
+    let families = registry.families();
     Metrics {
         registry: root,
+        families,
         rpc_requests,
         rpc_duration,
         index: Instruments {
@@ -297,6 +303,12 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// Every family of the server's registry, with a series or not yet:
+    /// what the metrics reference lists.
+    pub fn families(&self) -> &[FamilyDescription] {
+        &self.families
+    }
+
     /// The instruments the fleet view feeds.
     pub fn fleet_instruments(&self) -> fleet::Instruments {
         self.fleet.clone()

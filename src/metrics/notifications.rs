@@ -2,7 +2,8 @@
 //! a person.
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
-use prometheus_client::registry::Registry;
+
+use super::Registrar;
 
 /// A metric's labels: `subscription` (`namespace/name`, or the name of a
 /// deployment-wide one), and `outcome` for deliveries.
@@ -30,7 +31,7 @@ pub struct NotificationInstruments {
 
 /// Registers them under their names.
 pub(super) fn register_notifications(
-    registry: &mut Registry,
+    registry: &mut Registrar<'_>,
     instruments: &NotificationInstruments,
 ) {
     registry.register(

@@ -2,7 +2,8 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use prometheus_client::registry::Registry;
+
+use super::Registrar;
 
 /// Labels of a submission count.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,7 +36,7 @@ impl WitnessInstruments {
 }
 
 /// Registers them under their names.
-pub(super) fn register_witnesses(registry: &mut Registry, instruments: &WitnessInstruments) {
+pub(super) fn register_witnesses(registry: &mut Registrar<'_>, instruments: &WitnessInstruments) {
     registry.register(
         "witness_submissions",
         "Checkpoint submissions to witnesses, by witness and outcome: cosigned, unreachable, refused or invalid",

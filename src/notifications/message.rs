@@ -86,8 +86,8 @@ pub fn write(announcement: Announcement<'_>, format: Format, source: &str) -> Me
                 "datacontenttype": "application/json",
                 "data": data(record),
             });
-            if let Some((namespace, name)) = &record.policy {
-                message["subject"] = json!(format!("{namespace}/{name}"));
+            if let Some(about) = about(record) {
+                message["subject"] = json!(about);
             }
             message
         }
@@ -113,12 +113,23 @@ pub fn write(announcement: Announcement<'_>, format: Format, source: &str) -> Me
     }
 }
 
+/// What an event concerns: `namespace/name` for a policy, the namespace
+/// alone for an event of no policy in it, nothing for the deployment.
+fn about(record: &EventRecord) -> Option<String> {
+    let (namespace, name) = record.policy.as_ref()?;
+    Some(if name.is_empty() {
+        namespace.clone()
+    } else {
+        format!("{namespace}/{name}")
+    })
+}
+
 /// One readable line: what happened, to what, by whom, and why.
 fn chat_line(record: &EventRecord) -> String {
     let what = record.kind.as_str().to_ascii_lowercase().replace('_', " ");
     let mut line = format!("policyhub: {what}");
-    if let Some((namespace, name)) = &record.policy {
-        line.push_str(&format!(" {namespace}/{name}"));
+    if let Some(about) = about(record) {
+        line.push_str(&format!(" {about}"));
     }
     if let Some(version) = record.new_version {
         line.push_str(&format!(" v{version}"));

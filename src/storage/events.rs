@@ -14,8 +14,8 @@ use super::rows::{active_bundle, db_revision, db_version, revision, version, ver
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::{
-    ActiveBundle, AsOf, Error, EventFilter, EventKind, EventRecord, NamespaceScope, Page,
-    PolicyRef, RequestContext, Result, VersionSelector, chain, runtime::Rejection,
+    ActiveBundle, AsOf, Error, EventFilter, EventKind, EventRecord, Namespace, NamespaceScope,
+    Page, PolicyRef, RequestContext, Result, VersionSelector, chain, runtime::Rejection,
 };
 
 /// What an event says, beyond who, when and which request.
@@ -57,7 +57,9 @@ pub(super) fn record(row: events::Model) -> Result<EventRecord> {
     Ok(EventRecord {
         id: revision(row.id),
         kind: row.kind.parse()?,
-        policy: row.namespace.zip(row.name),
+        policy: row
+            .namespace
+            .map(|namespace| (namespace, row.name.unwrap_or_default())),
         actor: row.actor,
         at: row.at,
         reason: row.reason,
@@ -98,13 +100,40 @@ impl Transaction {
         policy: Option<&LockedPolicy>,
         event: NewEvent<'_>,
     ) -> Result<u64> {
-        let record = EventRecord {
+        let about = policy.map(|policy| {
+            let name = &policy.state.policy;
+            (name.namespace.to_string(), name.name.to_string())
+        });
+        let record = self.new_record(context, about, event);
+        self.append_event(record, policy.map(|policy| policy.id))
+            .await
+    }
+
+    /// Records an event of `namespace` but of no policy in it (or of the
+    /// deployment, with `None`), such as a namespace's subscription
+    /// disabled, so that the namespace's readers and subscriptions hear it;
+    /// returns its id.
+    pub async fn record_namespace_event(
+        &self,
+        context: &RequestContext,
+        namespace: Option<&Namespace>,
+        event: NewEvent<'_>,
+    ) -> Result<u64> {
+        let about = namespace.map(|namespace| (namespace.to_string(), String::new()));
+        let record = self.new_record(context, about, event);
+        self.append_event(record, None).await
+    }
+
+    fn new_record(
+        &self,
+        context: &RequestContext,
+        policy: Option<(String, String)>,
+        event: NewEvent<'_>,
+    ) -> EventRecord {
+        EventRecord {
             id: 0,
             kind: event.kind,
-            policy: policy.map(|policy| {
-                let name = &policy.state.policy;
-                (name.namespace.to_string(), name.name.to_string())
-            }),
+            policy,
             actor: context.actor.clone(),
             at: self.at(),
             reason: event.reason.to_owned(),
@@ -115,9 +144,7 @@ impl Transaction {
             key_id: event.key_id,
             rollout_id: event.rollout_id.map(str::to_owned),
             hash: String::new(),
-        };
-        self.append_event(record, policy.map(|policy| policy.id))
-            .await
+        }
     }
 
     /// Appends `record` to the log as it is (its id and hash aside), linked
@@ -132,6 +159,8 @@ impl Transaction {
         record.hash = chain::hash(&canonical);
         let hash = record.hash.clone();
         let (namespace, name) = record.policy.clone().unzip();
+        // An event of a namespace but of no policy in it keeps no name.
+        let name = name.filter(|name| !name.is_empty());
         let announced_namespace = namespace.clone();
         let row = events::ActiveModel {
             id: NotSet,

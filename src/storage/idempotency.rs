@@ -1,6 +1,7 @@
 //! Idempotency records, and the write transaction that honours them: a
 //! mutation's key, the fingerprint of its request and its outcome, so a
-//! retried request gets the first outcome (DESIGN §2).
+//! retried request gets the first outcome
+//! (docs/src/contributing/design.md#domain).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryTrait};

@@ -144,9 +144,10 @@ impl Transaction {
     }
 
     /// Takes the next deployment-wide revision. The row lock this takes is
-    /// what serializes activations across replicas (DESIGN §5): revision N+1
-    /// cannot commit before revision N. On PostgreSQL the revision is
-    /// announced to every replica's listener at commit (see `replication`).
+    /// what serializes activations across replicas
+    /// (docs/src/contributing/design.md#replication): revision N+1 cannot
+    /// commit before revision N. On PostgreSQL the revision is announced to
+    /// every replica's listener at commit (see `replication`).
     pub async fn take_revision(&self) -> Result<u64> {
         self.advance_revision(1).await
     }

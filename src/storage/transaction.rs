@@ -3,7 +3,7 @@
 //! A mutation locks what it decides on before it reads it, in one fixed
 //! order, so concurrent requests on several replicas serialize without
 //! deadlocks and no decision is judged on state another transaction is
-//! about to change (DESIGN §12):
+//! about to change (docs/src/contributing/design.md#storage):
 //!
 //! 1. **Namespaces** (sorted), by [`Transaction::lock_namespaces`]. This
 //!    lock guards the decisions that read *across* the policies of a
@@ -24,7 +24,8 @@
 //!    mutation touches (compare-and-swap, one rollout per policy, schema
 //!    set against activation).
 //! 4. **The revision counter**: the next revision, which serializes every
-//!    activation of the deployment (DESIGN §5).
+//!    activation of the deployment
+//!    (docs/src/contributing/design.md#replication).
 //! 5. **The head of the event chain**, by the first event the transaction
 //!    records (`chain`): after it, a transaction only writes rows it holds.
 //!

@@ -774,10 +774,10 @@ async fn tls_refuses_plaintext_and_mtls_refuses_clients_without_a_certificate() 
     assert!(!keys.into_inner().keys.is_empty());
 }
 
-/// DESIGN §9: a runtime id belongs to the subject whose token opened its
-/// stream. Another reader can neither report for it (faking or hiding a
-/// fleet's rejections) nor open a stream under it, and a reader of another
-/// namespace cannot report at all.
+/// A runtime id belongs to the subject whose token opened its stream
+/// (docs/src/contributing/design.md#runtimes-and-rollouts). Another reader
+/// can neither report for it (faking or hiding a fleet's rejections) nor open
+/// a stream under it, and a reader of another namespace cannot report at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_id_belongs_to_the_subject_that_opened_its_stream() {
     let issuer = Issuer::new();

@@ -1,7 +1,7 @@
-//! The HTTP/JSON port (DESIGN §11), with curl against the real server on
-//! SQLite and PostgreSQL: the workflows the product grew from, the gRPC →
-//! HTTP status table with `google.rpc.Status` bodies, and bad input that
-//! changes nothing.
+//! The HTTP/JSON port (docs/src/contributing/design.md#transports), with curl
+//! against the real server on SQLite and PostgreSQL: the workflows the
+//! product grew from, the gRPC → HTTP status table with `google.rpc.Status`
+//! bodies, and bad input that changes nothing.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -383,6 +383,53 @@ async fn http_takes_the_same_tokens_and_roles_as_grpc() {
     let created = curl(&app, "POST", path, body, &[JSON, &as_author]);
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(created.json["version"]["createdBy"], "alice");
+}
+
+/// As grpc-gateway reads them, a query is form-decoded (`+` is a space,
+/// `%2B` a plus) and a path variable percent-decoded; a `%` that starts no
+/// escape of two hex digits is a 400 naming it, in a path as in a query,
+/// never a byte read from a sign (`%+1` is not 0x01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_is_form_decoded_and_a_broken_escape_is_a_400() {
+    let app = app(Backend::Sqlite, false).await;
+    let data_dir = app.database.data_dir.path().display().to_string();
+    let token = mint_token(&data_dir, "ci bot+1", "payments:admin")
+        .success()
+        .trim()
+        .to_owned();
+    let auth = format!("Authorization: Bearer {token}");
+    let created = curl(
+        &app,
+        "POST",
+        "/v1/namespaces/payments/policies/limits/drafts",
+        Some(r#"{"body": {"max": 1}}"#),
+        &[JSON, &auth],
+    );
+    assert_eq!(
+        created.json["version"]["createdBy"], "ci bot+1",
+        "{created:?}"
+    );
+    let events_of = |actor: &str| {
+        let path = format!("/v1/namespaces/payments/events?actor={actor}");
+        let listed = curl(&app, "GET", &path, None, &[&auth]);
+        assert_eq!(listed.status, 200, "{actor}: {listed:?}");
+        listed.json["events"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(events_of("ci+bot%2B1"), 1, "+ is a space, %2B a plus");
+    assert_eq!(events_of("ci%20bot+1"), 0, "ci bot 1 is another actor");
+
+    for path in [
+        "/v1/namespaces/pay%+1ments/policies/limits/active",
+        "/v1/namespaces/payments/events?actor=ci%+1",
+    ] {
+        let refused = curl(&app, "GET", path, None, &[&auth]);
+        assert_eq!(refused.status, 400, "{path}: {refused:?}");
+        let message = refused.json["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(r#""%+1" is not a percent escape"#),
+            "{path}: {message}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

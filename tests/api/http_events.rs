@@ -1,6 +1,7 @@
-//! WatchActive over Server-Sent Events (DESIGN §11), with curl as the
-//! EventSource: whole revisions with their ids, heartbeats as comments,
-//! and a resume by Last-Event-ID across a kill -9.
+//! WatchActive over Server-Sent Events
+//! (docs/src/contributing/design.md#transports), with curl as the
+//! EventSource: whole revisions with their ids, heartbeats as comments, and a
+//! resume by Last-Event-ID across a kill -9.
 
 use std::process::Stdio;
 

@@ -1,4 +1,5 @@
-//! Each row of the lifecycle table (DESIGN §2), on SQLite and PostgreSQL.
+//! Each row of the lifecycle table (docs/src/contributing/design.md#domain),
+//! on SQLite and PostgreSQL.
 
 use policyhub::grpc::{convert::json_to_struct, proto};
 use serde_json::json;

@@ -1,9 +1,9 @@
-//! Races between replicas (DESIGN §12): two real server binaries on one
-//! PostgreSQL database, or one binary on SQLite, and two conflicting calls
-//! released at the same instant by a barrier, one to each replica, round
-//! after round. Each scenario asserts what serial execution allows: the
-//! stored state keeps its invariant in every round, and exactly the call
-//! that would break it is refused, with the rule it broke.
+//! Races between replicas (docs/src/contributing/design.md#storage): two real
+//! server binaries on one PostgreSQL database, or one binary on SQLite, and
+//! two conflicting calls released at the same instant by a barrier, one to
+//! each replica, round after round. Each scenario asserts what serial
+//! execution allows: the stored state keeps its invariant in every round, and
+//! exactly the call that would break it is refused, with the rule it broke.
 
 use std::{future::Future, sync::Arc};
 

@@ -1,8 +1,9 @@
-//! Rollouts (DESIGN §9): a version moves through the identified runtimes
-//! step by step, each runtime's stream carrying the candidate exactly when
-//! the current cohort holds it, and rolls itself back when runtimes reject
-//! it. Runtimes here are raw watch streams with runtime ids, reporting
-//! through ReportStatus; `rollout_binary` has runtimes built on the library.
+//! Rollouts (docs/src/contributing/design.md#runtimes-and-rollouts): a
+//! version moves through the identified runtimes step by step, each runtime's
+//! stream carrying the candidate exactly when the current cohort holds it,
+//! and rolls itself back when runtimes reject it. Runtimes here are raw watch
+//! streams with runtime ids, reporting through ReportStatus; `rollout_binary`
+//! has runtimes built on the library.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -142,7 +143,8 @@ pub(crate) async fn until(
 }
 
 /// Whether the `percentage` step of rollout `id` holds runtime `runtime`:
-/// hash(rollout id, runtime id) below the percentage, as DESIGN §9 says.
+/// hash(rollout id, runtime id) below the percentage, as the design says
+/// (docs/src/contributing/design.md#runtimes-and-rollouts).
 pub(crate) fn in_step(id: &str, runtime: &str, percentage: u32) -> bool {
     bucket(id, &RuntimeId::parse("id", runtime).unwrap()) < percentage * 100
 }

@@ -1,5 +1,6 @@
-//! The fleet view (DESIGN §9): identified runtimes, their reports,
-//! ListRuntimes and GetPolicyStatus, across replicas.
+//! The fleet view (docs/src/contributing/design.md#runtimes-and-rollouts):
+//! identified runtimes, their reports, ListRuntimes and GetPolicyStatus,
+//! across replicas.
 
 use std::{collections::HashMap, time::Duration};
 

@@ -1,4 +1,5 @@
-//! The WatchActive guarantees of DESIGN §5, each on a real server.
+//! The WatchActive guarantees (docs/src/contributing/design.md#watch), each
+//! on a real server.
 
 use std::{
     collections::BTreeSet,

@@ -259,6 +259,7 @@ on_both_backends_with_webhooks!(
     every_event_is_delivered_once_in_order_signed_and_a_cloudevent,
     a_failing_endpoint_is_retried_with_growing_delays_and_nothing_is_skipped,
     a_dead_endpoint_is_disabled_and_delays_no_other_subscription,
+    a_namespace_hears_that_its_own_subscription_was_disabled,
 );
 
 async fn every_event_is_delivered_once_in_order_signed_and_a_cloudevent(database: TestDatabase) {
@@ -532,6 +533,62 @@ async fn a_dead_endpoint_is_disabled_and_delays_no_other_subscription(database: 
         .until_delivered(activations.len(), Duration::from_secs(20))
         .await;
     assert_eq!(delivered_ids(&deliveries), ids_of(&activations));
+}
+
+/// A namespace's subscription disabled is an event of that namespace: its
+/// readers find it by namespace, and the namespace's subscriptions to the
+/// kind hear it (another namespace's do not).
+async fn a_namespace_hears_that_its_own_subscription_was_disabled(database: TestDatabase) {
+    let app = spawn_on(database, |settings| {
+        webhook_settings(settings);
+        settings.notifications.disable_after_failures = 2;
+        settings.notifications.initial_retry_delay = Duration::from_millis(100);
+    })
+    .await;
+    let dead = Receiver::start(&["500"], 0.0).await;
+    let mut told = Receiver::start(&["ok"], 0.0).await;
+    let mut elsewhere = Receiver::start(&["ok"], 0.0).await;
+    let disabled = [EventKind::SubscriptionDisabled];
+    subscribe(&app, "team", "dead", &dead.url, &[EventKind::Activated]).await;
+    subscribe(&app, "team", "told", &told.url, &disabled).await;
+    subscribe(&app, "other", "elsewhere", &elsewhere.url, &disabled).await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+
+    let delivery = told
+        .next(Duration::from_secs(20))
+        .await
+        .expect("the namespace's subscription hears of the disabling");
+    assert_eq!(
+        delivery["data"]["kind"], "SUBSCRIPTION_DISABLED",
+        "{delivery}"
+    );
+    assert_eq!(delivery["data"]["namespace"], "team", "{delivery}");
+    assert_eq!(delivery["data"]["name"], "", "{delivery}");
+    let reason = delivery["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains("team/dead"), "{delivery}");
+
+    let listed = app
+        .policy
+        .clone()
+        .list_events(proto::ListEventsRequest {
+            namespace: "team".into(),
+            kinds: disabled.map(|kind| kind as i32).to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].namespace.as_str(), listed[0].name.as_str()),
+        ("team", "")
+    );
+    assert_eq!(delivery["webhook_id"], format!("evt_{}", listed[0].id));
+    assert!(
+        elsewhere.next(Duration::from_millis(500)).await.is_none(),
+        "another namespace hears nothing of it"
+    );
 }
 
 /// A server of the real binary killed with SIGKILL while a delivery is in

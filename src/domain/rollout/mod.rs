@@ -1,7 +1,7 @@
-//! Rollouts (DESIGN §9): a target set moves through the fleet step by step.
-//! The rules are pure functions here: validating a plan, which runtimes a
-//! step's cohort holds, what a controller tick does, and which transitions
-//! each state allows.
+//! Rollouts (docs/src/contributing/design.md#runtimes-and-rollouts): a target
+//! set moves through the fleet step by step. The rules are pure functions
+//! here: validating a plan, which runtimes a step's cohort holds, what a
+//! controller tick does, and which transitions each state allows.
 
 use std::time::Duration;
 

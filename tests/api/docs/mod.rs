@@ -370,49 +370,60 @@ fn doc_comment(attributes: &[syn::Attribute]) -> String {
         .join(" ")
 }
 
-/// Every metric of the server and of the agent, from the `# HELP` and
-/// `# TYPE` lines of their registries.
+/// Every metric of the server and of the agent: every family their
+/// registries hold, as registered (a family with labels has no series, and
+/// so no `# HELP` or `# TYPE` in a scrape, until its first observation),
+/// and the standard `process_*` metrics from scrapes.
 async fn metrics_page() -> String {
     let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
         settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
-    // A server of the same process that trusts an OpenID Connect issuer, so
-    // that the key-fetch families of the process's registry have series.
-    let issuer = crate::identity::issuer::Issuer::start("idp").await;
-    let _trusting = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
-        settings.insecure = false;
-        settings.auth.issuers = vec![policyhub::config::IssuerSettings {
-            issuer: issuer.url().to_owned(),
-            audiences: vec!["policyhub".into()],
-            ..Default::default()
-        }];
-    })
-    .await;
-    // An RPC, so that the RPC families have a series to describe.
-    let _ = app.get_active("payments", "limits").await;
     let address = app.metrics_address.expect("the test server serves metrics");
     let server = scrape(address).await;
     let agent = scrape_agent(&app).await;
     let mut page = String::from(
-        "# Metrics\n\n<!-- Generated from scrapes of the server's and the agent's \
-         registries by the test `docs::the_generated_references_are_fresh`: do not \
-         edit. -->\n\n\
+        "# Metrics\n\n<!-- Generated from the families the server and the agent \
+         register and from scrapes of their registries by the test \
+         `docs::the_generated_references_are_fresh`: do not edit. -->\n\n\
          Every metric, in the classic text format's names (a counter's series end \
-         in `_total`). Which to alert on, and how to scrape them, is in \
+         in `_total`), listed whether it has a series yet or not. Which to alert \
+         on, and how to scrape them, is in \
          [Observability](../guides/observability.md).\n\n\
          ## The server\n\n\
          What `policyhub serve` exposes on `metrics_listen` (`/metrics`).\n\n",
     );
-    page.push_str(&metrics_table(&server));
+    page.push_str(&metrics_table(
+        policyhub::metrics::global().families(),
+        &server,
+    ));
     page.push_str(
         "\n## The agent\n\n\
          What `policyhub agent` exposes on `--metrics-listen` (`/metrics`); the \
          families by namespace have a series per followed namespace, those by port \
          one for `api` and one for `metrics`.\n\n",
     );
-    page.push_str(&metrics_table(&agent));
+    page.push_str(&metrics_table(&policyhub::agent::metric_families(), &agent));
     page
+}
+
+/// The metrics reference names every family the server and the agent
+/// register, those without a series yet included.
+#[test]
+fn the_metrics_reference_lists_every_registered_family() {
+    let page = std::fs::read_to_string(reference_dir().join("metrics.md")).unwrap();
+    let registered = policyhub::metrics::global()
+        .families()
+        .iter()
+        .chain(&policyhub::agent::metric_families())
+        .map(|family| classic_name(&family.name, &family.kind))
+        .collect::<Vec<_>>();
+    let omitted: Vec<&String> = registered
+        .iter()
+        .filter(|name| !page.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(omitted.is_empty(), "the reference omits {omitted:?}");
+    assert!(registered.contains(&"policyhub_webhook_deliveries_total".to_owned()));
 }
 
 /// The exposition of a `policyhub agent` following a namespace of `app`.
@@ -452,28 +463,63 @@ async fn scrape_agent(app: &crate::helpers::TestApp) -> String {
     exposition
 }
 
-/// The metrics of an exposition, one row each.
-fn metrics_table(exposition: &str) -> String {
-    let mut metrics: BTreeMap<String, (String, String)> = BTreeMap::new();
+/// The metrics of a registry, one row each: the families `registered`, and
+/// those of its `exposition` (the `process_*` collector's), which must be
+/// the collector's or registered ones.
+fn metrics_table(registered: &[policyhub::metrics::FamilyDescription], exposition: &str) -> String {
+    let mut metrics: BTreeMap<String, (String, String)> = registered
+        .iter()
+        .map(|family| {
+            (
+                family.name.clone(),
+                (family.kind.clone(), family.help.clone()),
+            )
+        })
+        .collect();
+    let mut scraped: BTreeMap<String, (String, String)> = BTreeMap::new();
     for line in exposition.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            metrics.entry(name.to_owned()).or_default().1 = help.to_owned();
+            scraped.entry(name.to_owned()).or_default().1 = help.to_owned();
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            metrics.entry(name.to_owned()).or_default().0 = kind.to_owned();
+            scraped.entry(name.to_owned()).or_default().0 = kind.to_owned();
         }
+    }
+    for (name, (kind, help)) in scraped {
+        let name = name
+            .strip_suffix("_total")
+            .filter(|_| kind == "counter")
+            .map_or(name.clone(), str::to_owned);
+        if metrics.contains_key(&name) {
+            continue;
+        }
+        assert!(
+            name.starts_with("process_"),
+            "{name} is served but was not registered through metrics::Registrar"
+        );
+        metrics.insert(name, (kind, help));
     }
     let mut table = String::from("| metric | type | meaning |\n|---|---|---|\n");
     for (name, (kind, help)) in metrics {
-        let name = if kind == "counter" && !name.ends_with("_total") {
-            format!("{name}_total")
-        } else {
-            name
-        };
-        let _ = writeln!(table, "| `{name}` | {kind} | {} |", one_line(&help));
+        let _ = writeln!(
+            table,
+            "| `{}` | {kind} | {} |",
+            classic_name(&name, &kind),
+            one_line(&help)
+        );
     }
     table
+}
+
+/// A family's name in the classic text format: a counter's ends in
+/// `_total`.
+fn classic_name(name: &str, kind: &str) -> String {
+    if kind == "counter" && !name.ends_with("_total") {
+        format!("{name}_total")
+    } else {
+        name.to_owned()
+    }
 }
 
 /// The gRPC API: every service and method, message and enum of
@@ -737,4 +783,29 @@ fn anchors(text: &str) -> Vec<String> {
                 .collect()
         })
         .collect()
+}
+
+/// The notifications guide lists every event kind a subscription can name,
+/// in the order of the proto's `EventKind`, none missing and none of its own.
+#[test]
+fn the_notifications_guide_lists_every_event_kind_in_order() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/guides/notifications.md"),
+    )
+    .unwrap();
+    let (_, section) = guide
+        .split_once("\n## Event kinds\n")
+        .expect("the guide has a section \"Event kinds\"");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `EVENT_KIND_"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(kind, _)| kind)
+        .collect();
+    let proto: Vec<&str> = (1..)
+        .map_while(|value| policyhub::grpc::proto::EventKind::try_from(value).ok())
+        .map(|kind| kind.as_str_name().trim_start_matches("EVENT_KIND_"))
+        .collect();
+    assert_eq!(listed, proto);
 }
