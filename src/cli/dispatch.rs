@@ -47,6 +47,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GetInclusionProof { client, args } => client.run(args).await,
         Command::GetConsistencyProof { client, args } => client.run(args).await,
         Command::GetBundleProof { client, args } => client.run(args).await,
+        Command::GetRestoreProof { client, args } => client.run(args).await,
         Command::ListRuntimes { client, args } => client.run(args).await,
         Command::GetPolicyStatus { client, args } => client.run(args).await,
         Command::DiffVersions { client, args } => client.run(args).await,
@@ -74,7 +75,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .map(succeeded)
         }
-        Command::Health { connection, args } => health::health(&connection, args).await,
+        Command::Health { client, args } => health::health(&client, args).await,
         Command::Login { args } => login::login(args).await.map(succeeded),
         Command::Logout { args } => login::logout(args).await.map(succeeded),
         Command::Verify { jwks, bundle } => verify::verify(&jwks, bundle.as_deref()),

@@ -360,7 +360,7 @@ enum Command {
     /// exec probes: Kubernetes' own gRPC probe cannot speak TLS.
     Health {
         #[command(flatten)]
-        connection: Connection,
+        client: Client,
         #[command(flatten)]
         args: health::HealthArgs,
     },
@@ -427,6 +427,18 @@ enum Command {
         client: Client,
         #[command(flatten)]
         args: proofs::GetConsistencyProofArgs,
+    },
+    /// Print the newest restore the log's tree records (a RESTORED event,
+    /// which `record-restore` writes) with its RFC 9162 inclusion proof, and
+    /// for the newest tree its signed checkpoint note: how a runtime holding
+    /// a tree the restored log does not extend learns that the restore was
+    /// declared (reader in any namespace). NOT_FOUND when the tree records
+    /// none.
+    GetRestoreProof {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: proofs::GetRestoreProofArgs,
     },
     /// Print the RFC 9162 inclusion proofs of a bundle's events in the log's
     /// Merkle tree: its version's PUBLISHED event and the ACTIVATED or

@@ -1,6 +1,6 @@
-//! `policyhub get-inclusion-proof`, `get-bundle-proof` and
-//! `get-consistency-proof`: the proofs of the log's Merkle tree, to hand to
-//! a verifier (`-o json`) or read.
+//! `policyhub get-inclusion-proof`, `get-bundle-proof`,
+//! `get-consistency-proof` and `get-restore-proof`: the proofs of the log's
+//! Merkle tree, to hand to a verifier (`-o json`) or read.
 
 use std::process::ExitCode;
 
@@ -53,6 +53,34 @@ impl ClientCommand for GetInclusionProofArgs {
         } else {
             out!("{}\n{}", leaf(&proof), note_of(proof.checkpoint.as_ref()));
         }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Arguments of `policyhub get-restore-proof`.
+#[derive(Debug, clap::Args)]
+pub struct GetRestoreProofArgs {
+    /// The size of the tree to look in; 0: the newest checkpoint's.
+    #[arg(long, default_value_t = 0)]
+    tree_size: u64,
+}
+
+impl ClientCommand for GetRestoreProofArgs {
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let restore = BundleServiceClient::new(channel)
+            .get_restore_proof(proto::GetRestoreProofRequest {
+                tree_size: self.tree_size,
+            })
+            .await
+            .reply("fetching the restore's proof")?;
+        if output == Output::Json {
+            print_message(&restore);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let Some(proof) = &restore.proof else {
+            anyhow::bail!("the server's reply lacks a proof");
+        };
+        out!("{}\n{}", leaf(proof), note_of(proof.checkpoint.as_ref()));
         Ok(ExitCode::SUCCESS)
     }
 }
