@@ -546,9 +546,8 @@ fn planted_violations_are_found() {
 #[test]
 fn every_crate_of_the_workspace_keeps_the_workspace_lints() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let manifest = |path: &Path| -> toml::Table {
-        std::fs::read_to_string(path).unwrap().parse().unwrap()
-    };
+    let manifest =
+        |path: &Path| -> toml::Table { std::fs::read_to_string(path).unwrap().parse().unwrap() };
     let workspace = manifest(&root.join("Cargo.toml"));
     let lints = &workspace["workspace"]["lints"];
     assert_eq!(lints["rust"]["unsafe_code"].as_str(), Some("deny"));

@@ -223,12 +223,30 @@ function text(schema, value, options, id) {
     autocomplete: 'off',
     minlength: schema.minLength,
     maxlength: schema.maxLength,
-    pattern: schema.pattern,
+    pattern: inputPattern(schema.pattern),
     value: value === undefined || value === null ? null : String(value),
     'aria-required': options.required ? 'true' : null,
   });
   const { element, showError } = decorate(schema, options, id, input);
   return { element, error: showError, read: () => (input.value === '' && !options.required ? undefined : input.value) };
+}
+
+// The input's pattern attribute for a schema's pattern. The two differ:
+// a schema's pattern matches anywhere in the value, the attribute matches
+// the whole value, and browsers compile the attribute with the v flag,
+// which refuses what other regular expressions accept (a "-" last in a
+// class). A pattern the v flag cannot read gets no attribute, and the
+// server, which judges at Publish, says what is wrong.
+function inputPattern(pattern) {
+  if (typeof pattern !== 'string') return undefined;
+  const anywhere = `[\\s\\S]*(?:${pattern})[\\s\\S]*`;
+  try {
+    new RegExp(pattern, 'v');
+    new RegExp(`^(?:${anywhere})$`, 'v');
+    return anywhere;
+  } catch {
+    return undefined;
+  }
 }
 
 // "Token budget (required, 1 to 100000)": the bounds in the label, where

@@ -2,13 +2,14 @@
 //! added values (red and green on a terminal), or as the RFC 6902 JSON
 //! Patch the server computed.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, process::ExitCode};
 
 use anyhow::Context;
 use json_patch::PatchOperation;
 use prost_types::Struct;
 use serde_json::{Value, json};
 
+use super::ClientCommand;
 use super::args::{parse_policy, parse_selector};
 use super::connection::AuthChannel;
 use super::failure::{Reply, Unusable, What};
@@ -72,92 +73,93 @@ fn operation_json(operation: proto::PatchOperation) -> anyhow::Result<Value> {
     Ok(object)
 }
 
-/// `policyhub diff`.
-pub async fn diff_versions(
-    channel: AuthChannel,
-    output: Output,
-    args: DiffVersionsArgs,
-) -> anyhow::Result<()> {
-    let mut client = PolicyServiceClient::new(channel);
-    // The patch names where values changed, not what they were: the old
-    // values come from the from-version's body.
-    let from = get_version(&mut client, &args.policy, &args.from).await?;
-    let to_version = match args.to {
-        VersionSelector::Number(number) => number,
-        label => {
-            get_version(&mut client, &args.policy, &label)
-                .await?
-                .version
+impl ClientCommand for DiffVersionsArgs {
+    /// `policyhub diff`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let mut client = PolicyServiceClient::new(channel);
+        // The patch names where values changed, not what they were: the old
+        // values come from the from-version's body.
+        let from = get_version(&mut client, &self.policy, &self.from).await?;
+        let to_version = match self.to {
+            VersionSelector::Number(number) => number,
+            label => {
+                get_version(&mut client, &self.policy, &label)
+                    .await?
+                    .version
+            }
+        };
+        let diff = client
+            .diff_versions(proto::DiffVersionsRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                from_version: from.version,
+                to_version,
+            })
+            .await
+            .reply(format!("diffing {}", self.policy))?;
+        if output == Output::Json {
+            print_message(&diff);
+            return Ok(ExitCode::SUCCESS);
         }
-    };
-    let diff = client
-        .diff_versions(proto::DiffVersionsRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            from_version: from.version,
-            to_version,
-        })
-        .await
-        .reply(format!("diffing {}", args.policy))?;
-    if output == Output::Json {
-        print_message(&diff);
-        return Ok(());
-    }
-    let operations = diff
-        .operations
-        .into_iter()
-        .map(operation_json)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let painter = Painter::for_stdout();
-    outln!(
-        "{}",
-        painter.heading(&format!(
-            "--- {} version {} {}",
-            args.policy, from.version, diff.from_digest
-        ))
-    );
-    outln!(
-        "{}",
-        painter.heading(&format!(
-            "+++ {} version {to_version} {}",
-            args.policy, diff.to_digest
-        ))
-    );
-    let requirements_differ = diff.from_requirements != diff.to_requirements;
-    if requirements_differ {
-        let requires = |requirements| or_dash(&requirements_text(requirement_pairs(requirements)));
-        let from = requires(&diff.from_requirements);
-        let to = requires(&diff.to_requirements);
-        outln!("{}", painter.removed(&format!("- requires: {from}")));
-        outln!("{}", painter.added(&format!("+ requires: {to}")));
-    }
-    if operations.is_empty() {
-        if !requirements_differ {
-            outln!("no differences");
+        let operations = diff
+            .operations
+            .into_iter()
+            .map(operation_json)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let painter = Painter::for_stdout();
+        outln!(
+            "{}",
+            painter.heading(&format!(
+                "--- {} version {} {}",
+                self.policy, from.version, diff.from_digest
+            ))
+        );
+        outln!(
+            "{}",
+            painter.heading(&format!(
+                "+++ {} version {to_version} {}",
+                self.policy, diff.to_digest
+            ))
+        );
+        let requirements_differ = diff.from_requirements != diff.to_requirements;
+        if requirements_differ {
+            let requires =
+                |requirements| or_dash(&requirements_text(requirement_pairs(requirements)));
+            let from = requires(&diff.from_requirements);
+            let to = requires(&diff.to_requirements);
+            outln!("{}", painter.removed(&format!("- requires: {from}")));
+            outln!("{}", painter.added(&format!("+ requires: {to}")));
         }
-        return Ok(());
-    }
-    let operations: Vec<PatchOperation> = serde_json::from_value(Value::Array(operations))
-        .context(Unusable::new(
-            What::Reply,
-            "the server sent an operation that is not RFC 6902",
-        ))?;
-    let mut document = json::body(from.body)?;
-    for operation in &operations {
-        for line in change_lines(&document, operation) {
-            outln!("{}", paint_line(painter, &line));
+        if operations.is_empty() {
+            if !requirements_differ {
+                outln!("no differences");
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        json_patch::patch(&mut document, std::slice::from_ref(operation)).with_context(|| {
-            Unusable::new(
+        let operations: Vec<PatchOperation> = serde_json::from_value(Value::Array(operations))
+            .context(Unusable::new(
                 What::Reply,
-                format!(
-                    "the server's patch does not apply to version {}",
-                    from.version
-                ),
-            )
-        })?;
+                "the server sent an operation that is not RFC 6902",
+            ))?;
+        let mut document = json::body(from.body)?;
+        for operation in &operations {
+            for line in change_lines(&document, operation) {
+                outln!("{}", paint_line(painter, &line));
+            }
+            json_patch::patch(&mut document, std::slice::from_ref(operation)).with_context(
+                || {
+                    Unusable::new(
+                        What::Reply,
+                        format!(
+                            "the server's patch does not apply to version {}",
+                            from.version
+                        ),
+                    )
+                },
+            )?;
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }
 
 /// A line of the readable diff: a value removed or added at a path.

@@ -7,10 +7,16 @@
 //! kubelet's own HTTPS probes do, and presents `--cert-file`/`--key-file`
 //! to a server that requires client certificates.
 
-use std::{path::Path, process::ExitCode, sync::Arc};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, LazyLock},
+};
 
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::{
     TlsConnector,
@@ -22,11 +28,13 @@ use tokio_rustls::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
 };
 
-use super::connection::Connection;
+use super::Client;
 use super::failure::{Reply, Unusable, Usage, What};
+use super::output::{Output, print_json};
 
 /// Arguments of `policyhub health`.
 #[derive(Debug, clap::Args)]
@@ -43,9 +51,11 @@ pub struct HealthArgs {
 }
 
 /// Asks the health service; exits 0 when it answers SERVING, 1 otherwise.
-pub async fn health(connection: &Connection, args: HealthArgs) -> anyhow::Result<ExitCode> {
+pub async fn health(client: &Client, args: HealthArgs) -> anyhow::Result<ExitCode> {
+    let (connection, output) = (&client.connection, client.output);
     if !args.tls_no_verify {
-        return check(HealthClient::new(connection.connect().await?), args.service).await;
+        let health = HealthClient::new(connection.connect().await?);
+        return check(health, args.service, output).await;
     }
     let resolved = connection.resolve()?;
     let uri: Uri = resolved.server.parse().map_err(|_| not_https())?;
@@ -60,11 +70,15 @@ pub async fn health(connection: &Connection, args: HealthArgs) -> anyhow::Result
     let channel =
         super::connection::connected_within(&resolved.server, resolved.connect_timeout, connecting)
             .await?;
-    check(HealthClient::new(channel), args.service).await
+    check(HealthClient::new(channel), args.service, output).await
 }
 
 /// Asks `client` for the status of `service` and prints it.
-async fn check<T>(mut client: HealthClient<T>, service: String) -> anyhow::Result<ExitCode>
+async fn check<T>(
+    mut client: HealthClient<T>,
+    service: String,
+    output: Output,
+) -> anyhow::Result<ExitCode>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::Error: Into<tonic::codegen::StdError>,
@@ -76,11 +90,30 @@ where
         .await
         .reply("checking health")?;
     let status = answer.status();
-    outln!("{}", status.as_str_name());
+    match output {
+        Output::Json => print_json(&reply_json(&answer)),
+        Output::Table => outln!("{}", status.as_str_name()),
+    }
     Ok(match status {
         ServingStatus::Serving => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+/// The reply in the protobuf JSON mapping, as grpcurl prints it
+/// (`{"status": "SERVING"}`), read with the health service's own
+/// descriptors: the API's descriptor set does not hold them.
+fn reply_json(answer: &HealthCheckResponse) -> serde_json::Value {
+    static HEALTH: LazyLock<DescriptorPool> = LazyLock::new(|| {
+        DescriptorPool::decode(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .expect("tonic-health ships valid descriptors")
+    });
+    let descriptor = HEALTH
+        .get_message_by_name("grpc.health.v1.HealthCheckResponse")
+        .expect("the health descriptors hold the reply");
+    let dynamic = DynamicMessage::decode(descriptor, answer.encode_to_vec().as_slice())
+        .expect("a message decodes with its own descriptor");
+    serde_json::to_value(&dynamic).expect("a message always serializes")
 }
 
 fn not_https() -> Usage {

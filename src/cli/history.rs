@@ -1,8 +1,11 @@
 //! The log's reading commands: `list-events` (filtered in the server's
 //! query) and `list-checkpoints`.
 
+use std::process::ExitCode;
+
 use chrono::{DateTime, Utc};
 
+use super::ClientCommand;
 use super::args::{Scope, parse_event_kind, parse_scope};
 use super::connection::AuthChannel;
 use super::failure::Reply;
@@ -39,76 +42,74 @@ pub struct ListEventsArgs {
     limit: Limit,
 }
 
-/// `policyhub events`.
-pub async fn events(
-    channel: AuthChannel,
-    output: Output,
-    args: ListEventsArgs,
-) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let (namespace, name) = match &args.scope {
-        None => (String::new(), String::new()),
-        Some(Scope::Namespace(namespace)) => (namespace.to_string(), String::new()),
-        Some(Scope::Policy(policy)) => (policy.namespace.to_string(), policy.name.to_string()),
-    };
-    let kinds: Vec<i32> = args.kinds.iter().map(|kind| *kind as i32).collect();
-    let events = collect(args.limit.limit, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListEventsRequest {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            kinds: kinds.clone(),
-            page_size,
-            page_token,
-            actor: args.actor.clone().unwrap_or_default(),
-            since: args.since.map(timestamp),
-            until: args.until.map(timestamp),
+impl ClientCommand for ListEventsArgs {
+    /// `policyhub events`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let client = PolicyServiceClient::new(channel);
+        let (namespace, name) = match &self.scope {
+            None => (String::new(), String::new()),
+            Some(Scope::Namespace(namespace)) => (namespace.to_string(), String::new()),
+            Some(Scope::Policy(policy)) => (policy.namespace.to_string(), policy.name.to_string()),
         };
-        async move {
-            let page = client.list_events(request).await.reply("listing events")?;
-            Ok((page.events, page.next_page_token))
+        let kinds: Vec<i32> = self.kinds.iter().map(|kind| *kind as i32).collect();
+        let events = collect(self.limit.limit, |page_size, page_token| {
+            let mut client = client.clone();
+            let request = proto::ListEventsRequest {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                kinds: kinds.clone(),
+                page_size,
+                page_token,
+                actor: self.actor.clone().unwrap_or_default(),
+                since: self.since.map(timestamp),
+                until: self.until.map(timestamp),
+            };
+            async move {
+                let page = client.list_events(request).await.reply("listing events")?;
+                Ok((page.events, page.next_page_token))
+            }
+        })
+        .await?;
+        if output == Output::Json {
+            print_message(&proto::ListEventsResponse {
+                events,
+                next_page_token: String::new(),
+            });
+            return Ok(ExitCode::SUCCESS);
         }
-    })
-    .await?;
-    if output == Output::Json {
-        print_message(&proto::ListEventsResponse {
-            events,
-            next_page_token: String::new(),
-        });
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "ID", "AT", "KIND", "POLICY", "VERSION", "REVISION", "ACTOR", "REASON",
-    ]);
-    for event in &events {
-        // An event of a namespace but of no policy (a subscription
-        // disabled) names the namespace alone.
-        let policy = match (event.namespace.as_str(), event.name.as_str()) {
-            ("", _) => "-".to_owned(),
-            (namespace, "") => namespace.to_owned(),
-            (namespace, name) => format!("{namespace}/{name}"),
-        };
-        let version = match (event.previous_version, event.new_version) {
-            (0, 0) => "-".to_owned(),
-            (0, new) => new.to_string(),
-            (previous, new) => format!("{previous} -> {}", version_or_dash(new)),
-        };
-        table.row(vec![
-            event.id.to_string(),
-            time_text(event.at),
-            event_kind_name(event.kind()).to_owned(),
-            policy,
-            version,
-            match event.revision {
-                0 => "-".to_owned(),
-                revision => revision.to_string(),
-            },
-            event.actor.clone(),
-            event.reason.lines().next().unwrap_or_default().to_owned(),
+        let mut table = Table::new(&[
+            "ID", "AT", "KIND", "POLICY", "VERSION", "REVISION", "ACTOR", "REASON",
         ]);
+        for event in &events {
+            // An event of a namespace but of no policy (a subscription
+            // disabled) names the namespace alone.
+            let policy = match (event.namespace.as_str(), event.name.as_str()) {
+                ("", _) => "-".to_owned(),
+                (namespace, "") => namespace.to_owned(),
+                (namespace, name) => format!("{namespace}/{name}"),
+            };
+            let version = match (event.previous_version, event.new_version) {
+                (0, 0) => "-".to_owned(),
+                (0, new) => new.to_string(),
+                (previous, new) => format!("{previous} -> {}", version_or_dash(new)),
+            };
+            table.row(vec![
+                event.id.to_string(),
+                time_text(event.at),
+                event_kind_name(event.kind()).to_owned(),
+                policy,
+                version,
+                match event.revision {
+                    0 => "-".to_owned(),
+                    revision => revision.to_string(),
+                },
+                event.actor.clone(),
+                event.reason.lines().next().unwrap_or_default().to_owned(),
+            ]);
+        }
+        out!("{table}");
+        Ok(ExitCode::SUCCESS)
     }
-    out!("{table}");
-    Ok(())
 }
 
 /// Up to `limit` checkpoints, newest first, page after page.
@@ -133,30 +134,38 @@ pub async fn list_checkpoints(
     .await
 }
 
-/// `policyhub list-checkpoints`.
-pub async fn checkpoints(channel: AuthChannel, output: Output, limit: Limit) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let checkpoints = list_checkpoints(&client, limit.limit).await?;
-    if output == Output::Json {
-        print_message(&proto::ListCheckpointsResponse {
-            checkpoints,
-            next_page_token: String::new(),
-        });
-        return Ok(());
+/// Arguments of `policyhub list-checkpoints`.
+#[derive(Debug, clap::Args)]
+pub struct ListCheckpointsArgs {
+    #[command(flatten)]
+    limit: Limit,
+}
+
+impl ClientCommand for ListCheckpointsArgs {
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let client = PolicyServiceClient::new(channel);
+        let checkpoints = list_checkpoints(&client, self.limit.limit).await?;
+        if output == Output::Json {
+            print_message(&proto::ListCheckpointsResponse {
+                checkpoints,
+                next_page_token: String::new(),
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut table = Table::new(&["TIME", "REVISION", "LAST EVENT", "CHAIN HEAD", "KEY ID"]);
+        for checkpoint in &checkpoints {
+            table.row(vec![
+                checkpoint
+                    .time
+                    .map(|time| time.to_string())
+                    .unwrap_or_default(),
+                checkpoint.revision.to_string(),
+                checkpoint.last_event_id.to_string(),
+                checkpoint.chain_head.clone(),
+                checkpoint.key_id.clone(),
+            ]);
+        }
+        out!("{table}");
+        Ok(ExitCode::SUCCESS)
     }
-    let mut table = Table::new(&["TIME", "REVISION", "LAST EVENT", "CHAIN HEAD", "KEY ID"]);
-    for checkpoint in &checkpoints {
-        table.row(vec![
-            checkpoint
-                .time
-                .map(|time| time.to_string())
-                .unwrap_or_default(),
-            checkpoint.revision.to_string(),
-            checkpoint.last_event_id.to_string(),
-            checkpoint.chain_head.clone(),
-            checkpoint.key_id.clone(),
-        ]);
-    }
-    out!("{table}");
-    Ok(())
 }

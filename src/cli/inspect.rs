@@ -1,11 +1,12 @@
 //! The reading commands: `get-active`, `get-version`, `list-versions`,
 //! `list-policies`, `get-signing-keys`, `whoami`, `auth can-i`.
 
-use std::future::Future;
+use std::{future::Future, process::ExitCode};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::ClientCommand;
 use super::args::{parse_label, parse_namespace, parse_policy};
 use super::connection::AuthChannel;
 use super::failure::{Reply, Unusable, Usage, What};
@@ -124,113 +125,111 @@ where
     }
 }
 
-/// `policyhub get-version`: one version.
-pub async fn get_version(
-    channel: AuthChannel,
-    output: Output,
-    args: GetVersionArgs,
-) -> anyhow::Result<()> {
-    // clap's group refuses neither and both; the match stays total without
-    // a panic all the same.
-    let selector = match (args.version, &args.label) {
-        (Some(number), _) => Selector::Version(number),
-        (None, Some(label)) => Selector::Label(label.to_string()),
-        (None, None) => {
-            return Err(Usage::new("give --version or --label", "name the version to show").into());
+impl ClientCommand for GetVersionArgs {
+    /// `policyhub get-version`: one version.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        // clap's group refuses neither and both; the match stays total without
+        // a panic all the same.
+        let selector = match (self.version, &self.label) {
+            (Some(number), _) => Selector::Version(number),
+            (None, Some(label)) => Selector::Label(label.to_string()),
+            (None, None) => {
+                return Err(
+                    Usage::new("give --version or --label", "name the version to show").into(),
+                );
+            }
+        };
+        let version = PolicyServiceClient::new(channel)
+            .get_version(proto::GetVersionRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                selector: Some(selector),
+            })
+            .await
+            .reply(format!("reading {}", self.policy))?;
+        if output == Output::Json {
+            print_message(&version);
+            return Ok(ExitCode::SUCCESS);
         }
-    };
-    let version = PolicyServiceClient::new(channel)
-        .get_version(proto::GetVersionRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            selector: Some(selector),
-        })
-        .await
-        .reply(format!("reading {}", args.policy))?;
-    if output == Output::Json {
-        print_message(&version);
-        return Ok(());
-    }
-    outln!("{} version {}", args.policy, version.version);
-    let mut facts = vec![
-        ("state", state_line(&version)),
-        ("label", or_dash(&version.label)),
-        ("digest", version.digest.clone()),
-        (
-            "created",
-            format!(
-                "{} by {}",
-                time_text(version.created_at),
-                version.created_by
+        outln!("{} version {}", self.policy, version.version);
+        let mut facts = vec![
+            ("state", state_line(&version)),
+            ("label", or_dash(&version.label)),
+            ("digest", version.digest.clone()),
+            (
+                "created",
+                format!(
+                    "{} by {}",
+                    time_text(version.created_at),
+                    version.created_by
+                ),
             ),
-        ),
-    ];
-    if !version.published_by.is_empty() {
+        ];
+        if !version.published_by.is_empty() {
+            facts.push((
+                "published",
+                format!(
+                    "{} by {}, signed by {}",
+                    time_text(version.published_at),
+                    version.published_by,
+                    version.key_id
+                ),
+            ));
+        }
+        facts.push(("change notes", or_dash(&version.change_notes)));
         facts.push((
-            "published",
-            format!(
-                "{} by {}, signed by {}",
-                time_text(version.published_at),
-                version.published_by,
-                version.key_id
-            ),
+            "requires",
+            or_dash(&requirements_text(requirement_pairs(&version.requirements))),
         ));
+        print_facts(&facts);
+        print_body(&json::body(version.body)?);
+        Ok(ExitCode::SUCCESS)
     }
-    facts.push(("change notes", or_dash(&version.change_notes)));
-    facts.push((
-        "requires",
-        or_dash(&requirements_text(requirement_pairs(&version.requirements))),
-    ));
-    print_facts(&facts);
-    print_body(&json::body(version.body)?);
-    Ok(())
 }
 
-/// `policyhub get-policy`.
-pub async fn get_policy(
-    channel: AuthChannel,
-    output: Output,
-    args: GetPolicyArgs,
-) -> anyhow::Result<()> {
-    let policy = PolicyServiceClient::new(channel)
-        .get_policy(proto::GetPolicyRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-        })
-        .await
-        .reply(format!("reading {}", args.policy))?;
-    if output == Output::Json {
-        print_message(&policy);
-        return Ok(());
-    }
-    outln!("{}", args.policy);
-    let active = match (policy.active_version, policy.active_label.as_str()) {
-        (0, _) => "-".to_owned(),
-        (version, "") => format!("{version} (revision {})", policy.active_revision),
-        (version, label) => format!("{version} {label} (revision {})", policy.active_revision),
-    };
-    let fleet = policy.fleet.unwrap_or_default();
-    print_facts(&[
-        ("active", active),
-        ("draft", version_or_dash(policy.draft_version)),
-        ("latest", policy.latest_version.to_string()),
-        (
-            "runtimes",
-            format!(
-                "{} applied, {} rejected, {} pending, {} stale of {}",
-                fleet.applied, fleet.rejected, fleet.pending, fleet.stale, fleet.runtimes
+impl ClientCommand for GetPolicyArgs {
+    /// `policyhub get-policy`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let policy = PolicyServiceClient::new(channel)
+            .get_policy(proto::GetPolicyRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+            })
+            .await
+            .reply(format!("reading {}", self.policy))?;
+        if output == Output::Json {
+            print_message(&policy);
+            return Ok(ExitCode::SUCCESS);
+        }
+        outln!("{}", self.policy);
+        let active = match (policy.active_version, policy.active_label.as_str()) {
+            (0, _) => "-".to_owned(),
+            (version, "") => format!("{version} (revision {})", policy.active_revision),
+            (version, label) => format!("{version} {label} (revision {})", policy.active_revision),
+        };
+        let fleet = policy.fleet.unwrap_or_default();
+        print_facts(&[
+            ("active", active),
+            ("draft", version_or_dash(policy.draft_version)),
+            ("latest", policy.latest_version.to_string()),
+            (
+                "runtimes",
+                format!(
+                    "{} applied, {} rejected, {} pending, {} stale of {}",
+                    fleet.applied, fleet.rejected, fleet.pending, fleet.stale, fleet.runtimes
+                ),
             ),
-        ),
-    ]);
-    match policy.schema {
-        Some(schema) => outln!(
-            "schema:\n{}",
-            serde_json::to_string_pretty(&json::body(Some(schema))?)
-                .expect("a JSON value always serializes")
-        ),
-        None => outln!("schema: none"),
+        ]);
+        match policy.schema {
+            Some(schema) => outln!(
+                "schema:\n{}",
+                serde_json::to_string_pretty(&json::body(Some(schema))?)
+                    .expect("a JSON value always serializes")
+            ),
+            None => outln!("schema: none"),
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }
 
 fn state_line(version: &proto::Version) -> String {
@@ -259,273 +258,292 @@ fn print_body(body: &Value) {
 
 /// The active bundle, verified against the server's JWKS; an unsigned
 /// draft (with --draft-fallback) carries its body in the clear.
-/// `policyhub get-active`: the active bundle, verified.
-pub async fn get_active(
-    channel: AuthChannel,
-    output: Output,
-    args: GetActiveArgs,
-) -> anyhow::Result<()> {
-    let as_of = match (args.as_of_revision, args.as_of_time) {
-        (Some(revision), _) => Some(AsOf::AsOfRevision(revision)),
-        (None, Some(at)) => Some(AsOf::AsOfTime(timestamp(at))),
-        (None, None) => None,
-    };
-    let bundle = BundleServiceClient::new(channel.clone())
-        .get_active(proto::GetActiveRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            as_of,
-            allow_draft_fallback: args.allow_draft_fallback,
-            runtime: None,
-            ..Default::default()
-        })
-        .await
-        .reply(format!("reading the active bundle of {}", args.policy))?;
-    let body = if bundle.draft {
-        json::body(bundle.body.clone())?
-    } else {
-        let keys = RuntimeBundleClient::new(channel)
-            .get_signing_keys(policyhub_runtime::proto::GetSigningKeysRequest {})
+impl ClientCommand for GetActiveArgs {
+    /// `policyhub get-active`: the active bundle, verified.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let as_of = match (self.as_of_revision, self.as_of_time) {
+            (Some(revision), _) => Some(AsOf::AsOfRevision(revision)),
+            (None, Some(at)) => Some(AsOf::AsOfTime(timestamp(at))),
+            (None, None) => None,
+        };
+        let bundle = BundleServiceClient::new(channel.clone())
+            .get_active(proto::GetActiveRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                as_of,
+                allow_draft_fallback: self.allow_draft_fallback,
+                runtime: None,
+                ..Default::default()
+            })
             .await
-            .reply("fetching the signing keys")?;
-        let envelope = Envelope {
-            namespace: &bundle.namespace,
-            name: &bundle.name,
-            version: bundle.version,
-            digest: &bundle.digest,
-        };
-        verify_envelope(&bundle.jws, &envelope, &Jwks::from(keys))
-            .map_err(|reason| {
-                Unusable::new(
-                    What::ServedBundle,
-                    format!(
-                        "bundle of {} version {} does not verify: {reason}",
-                        args.policy, bundle.version
-                    ),
-                )
-            })?
-            .body
-    };
-    if output == Output::Json {
-        // The reply, with the body its signature was verified for.
-        print_message(&proto::Bundle {
-            body: Some(json_to_struct(&body)),
-            ..bundle
-        });
-        return Ok(());
-    }
-    let signature = if bundle.draft {
-        outln!(
-            "{} has nothing active; its open draft, version {}:",
-            args.policy,
-            bundle.version
-        );
-        "none: a draft, never enforce it".to_owned()
-    } else {
-        outln!(
-            "{} version {} is active since revision {}",
-            args.policy,
-            bundle.version,
-            bundle.revision
-        );
-        format!("verified, key {}", bundle.key_id)
-    };
-    print_facts(&[
-        ("signature", signature),
-        ("label", or_dash(&bundle.label)),
-        ("digest", bundle.digest.clone()),
-    ]);
-    print_body(&body);
-    Ok(())
-}
-
-/// `policyhub versions`.
-pub async fn versions(
-    channel: AuthChannel,
-    output: Output,
-    args: ListVersionsArgs,
-) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let versions = collect(args.limit.limit, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListVersionsRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            page_size,
-            page_token,
-        };
-        let action = format!("listing the versions of {}", args.policy);
-        async move {
-            let page = client.list_versions(request).await.reply(action)?;
-            Ok((page.versions, page.next_page_token))
-        }
-    })
-    .await?;
-    if output == Output::Json {
-        print_message(&proto::ListVersionsResponse {
-            versions,
-            next_page_token: String::new(),
-        });
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        "VERSION",
-        "STATE",
-        "LABEL",
-        "ACTIVE",
-        "DIGEST",
-        "CREATED",
-        "BY",
-        "CHANGE NOTES",
-    ]);
-    for version in &versions {
-        table.row(vec![
-            version.version.to_string(),
-            state_name(version.state()).to_owned(),
-            or_dash(&version.label),
-            if version.active { "*" } else { "" }.to_owned(),
-            short_digest(&version.digest),
-            time_text(version.created_at),
-            version.created_by.clone(),
-            version
-                .change_notes
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ]);
-    }
-    out!("{table}");
-    Ok(())
-}
-
-/// `policyhub policies`.
-pub async fn policies(
-    channel: AuthChannel,
-    output: Output,
-    args: ListPoliciesArgs,
-) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel);
-    let namespace = args.namespace.map(String::from).unwrap_or_default();
-    let policies = collect(args.limit.limit, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListPoliciesRequest {
-            namespace: namespace.clone(),
-            page_size,
-            page_token,
-        };
-        async move {
-            let page = client
-                .list_policies(request)
+            .reply(format!("reading the active bundle of {}", self.policy))?;
+        let body = if bundle.draft {
+            json::body(bundle.body.clone())?
+        } else {
+            let keys = RuntimeBundleClient::new(channel)
+                .get_signing_keys(policyhub_runtime::proto::GetSigningKeysRequest {})
                 .await
-                .reply("listing policies")?;
-            Ok((page.policies, page.next_page_token))
+                .reply("fetching the signing keys")?;
+            let envelope = Envelope {
+                namespace: &bundle.namespace,
+                name: &bundle.name,
+                version: bundle.version,
+                digest: &bundle.digest,
+            };
+            verify_envelope(&bundle.jws, &envelope, &Jwks::from(keys))
+                .map_err(|reason| {
+                    Unusable::new(
+                        What::ServedBundle,
+                        format!(
+                            "bundle of {} version {} does not verify: {reason}",
+                            self.policy, bundle.version
+                        ),
+                    )
+                })?
+                .body
+        };
+        if output == Output::Json {
+            // The reply, with the body its signature was verified for.
+            print_message(&proto::Bundle {
+                body: Some(json_to_struct(&body)),
+                ..bundle
+            });
+            return Ok(ExitCode::SUCCESS);
         }
-    })
-    .await?;
-    if output == Output::Json {
-        print_message(&proto::ListPoliciesResponse {
-            policies,
-            next_page_token: String::new(),
-        });
-        return Ok(());
-    }
-    let mut table = Table::new(&["POLICY", "ACTIVE", "REVISION", "DRAFT", "LATEST", "SCHEMA"]);
-    for policy in &policies {
-        table.row(vec![
-            format!("{}/{}", policy.namespace, policy.name),
-            version_or_dash(policy.active_version),
-            match policy.active_revision {
-                0 => "-".to_owned(),
-                revision => revision.to_string(),
-            },
-            version_or_dash(policy.draft_version),
-            policy.latest_version.to_string(),
-            if policy.schema.is_some() { "yes" } else { "no" }.to_owned(),
+        let signature = if bundle.draft {
+            outln!(
+                "{} has nothing active; its open draft, version {}:",
+                self.policy,
+                bundle.version
+            );
+            "none: a draft, never enforce it".to_owned()
+        } else {
+            outln!(
+                "{} version {} is active since revision {}",
+                self.policy,
+                bundle.version,
+                bundle.revision
+            );
+            format!("verified, key {}", bundle.key_id)
+        };
+        print_facts(&[
+            ("signature", signature),
+            ("label", or_dash(&bundle.label)),
+            ("digest", bundle.digest.clone()),
         ]);
+        print_body(&body);
+        Ok(ExitCode::SUCCESS)
     }
-    out!("{table}");
-    Ok(())
+}
+
+impl ClientCommand for ListVersionsArgs {
+    /// `policyhub versions`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let client = PolicyServiceClient::new(channel);
+        let versions = collect(self.limit.limit, |page_size, page_token| {
+            let mut client = client.clone();
+            let request = proto::ListVersionsRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                page_size,
+                page_token,
+            };
+            let action = format!("listing the versions of {}", self.policy);
+            async move {
+                let page = client.list_versions(request).await.reply(action)?;
+                Ok((page.versions, page.next_page_token))
+            }
+        })
+        .await?;
+        if output == Output::Json {
+            print_message(&proto::ListVersionsResponse {
+                versions,
+                next_page_token: String::new(),
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut table = Table::new(&[
+            "VERSION",
+            "STATE",
+            "LABEL",
+            "ACTIVE",
+            "DIGEST",
+            "CREATED",
+            "BY",
+            "CHANGE NOTES",
+        ]);
+        for version in &versions {
+            table.row(vec![
+                version.version.to_string(),
+                state_name(version.state()).to_owned(),
+                or_dash(&version.label),
+                if version.active { "*" } else { "" }.to_owned(),
+                short_digest(&version.digest),
+                time_text(version.created_at),
+                version.created_by.clone(),
+                version
+                    .change_notes
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ]);
+        }
+        out!("{table}");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl ClientCommand for ListPoliciesArgs {
+    /// `policyhub policies`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let client = PolicyServiceClient::new(channel);
+        let namespace = self.namespace.map(String::from).unwrap_or_default();
+        let policies = collect(self.limit.limit, |page_size, page_token| {
+            let mut client = client.clone();
+            let request = proto::ListPoliciesRequest {
+                namespace: namespace.clone(),
+                page_size,
+                page_token,
+            };
+            async move {
+                let page = client
+                    .list_policies(request)
+                    .await
+                    .reply("listing policies")?;
+                Ok((page.policies, page.next_page_token))
+            }
+        })
+        .await?;
+        if output == Output::Json {
+            print_message(&proto::ListPoliciesResponse {
+                policies,
+                next_page_token: String::new(),
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut table = Table::new(&["POLICY", "ACTIVE", "REVISION", "DRAFT", "LATEST", "SCHEMA"]);
+        for policy in &policies {
+            table.row(vec![
+                format!("{}/{}", policy.namespace, policy.name),
+                version_or_dash(policy.active_version),
+                match policy.active_revision {
+                    0 => "-".to_owned(),
+                    revision => revision.to_string(),
+                },
+                version_or_dash(policy.draft_version),
+                policy.latest_version.to_string(),
+                if policy.schema.is_some() { "yes" } else { "no" }.to_owned(),
+            ]);
+        }
+        out!("{table}");
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// `policyhub get-signing-keys`: the JWKS.
-pub async fn keys(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
-    let keys = BundleServiceClient::new(channel)
-        .get_signing_keys(proto::GetSigningKeysRequest {})
-        .await
-        .reply("fetching the signing keys")?;
-    if output == Output::Json {
-        print_message(&keys);
-        return Ok(());
+/// Arguments of `policyhub get-signing-keys`: none.
+#[derive(Debug, clap::Args)]
+pub struct GetSigningKeysArgs {}
+
+impl ClientCommand for GetSigningKeysArgs {
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let keys = BundleServiceClient::new(channel)
+            .get_signing_keys(proto::GetSigningKeysRequest {})
+            .await
+            .reply("fetching the signing keys")?;
+        if output == Output::Json {
+            print_message(&keys);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut table = Table::new(&["KEY ID", "ALGORITHM", "CURVE", "SIGNS NEW VERSIONS"]);
+        for key in &keys.keys {
+            table.row(vec![
+                key.kid.clone(),
+                key.alg.clone(),
+                key.crv.clone(),
+                if key.kid == keys.signing_key_id {
+                    "yes"
+                } else {
+                    ""
+                }
+                .to_owned(),
+            ]);
+        }
+        out!("{table}");
+        Ok(ExitCode::SUCCESS)
     }
-    let mut table = Table::new(&["KEY ID", "ALGORITHM", "CURVE", "SIGNS NEW VERSIONS"]);
-    for key in &keys.keys {
-        table.row(vec![
-            key.kid.clone(),
-            key.alg.clone(),
-            key.crv.clone(),
-            if key.kid == keys.signing_key_id {
-                "yes"
+}
+
+/// Arguments of `policyhub whoami`.
+#[derive(Debug, clap::Args)]
+pub struct WhoamiArgs {
+    /// List the methods the token may call in this namespace.
+    namespace: Option<String>,
+}
+
+impl ClientCommand for WhoamiArgs {
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let namespace = self.namespace.unwrap_or_default();
+        let me = PolicyServiceClient::new(channel)
+            .who_am_i(proto::WhoAmIRequest {
+                namespace: namespace.clone(),
+            })
+            .await
+            .reply("asking who the token speaks for")?;
+        if output == Output::Json {
+            print_message(&me);
+            return Ok(ExitCode::SUCCESS);
+        }
+        outln!("subject: {}", me.subject);
+        outln!("issuer:  {}", me.issuer);
+        outln!("grants:  {}", me.grants.join(", "));
+        for held in &me.held_grants {
+            outln!("  {} from {}", held.grant, held.granted_by);
+        }
+        if !namespace.is_empty() {
+            let allowed = if me.allowed_methods.is_empty() {
+                "nothing".to_owned()
             } else {
-                ""
-            }
-            .to_owned(),
-        ]);
+                me.allowed_methods.join(", ")
+            };
+            outln!("may call in {namespace}: {allowed}");
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    out!("{table}");
-    Ok(())
 }
 
-pub async fn whoami(channel: AuthChannel, output: Output, namespace: String) -> anyhow::Result<()> {
-    let me = PolicyServiceClient::new(channel)
-        .who_am_i(proto::WhoAmIRequest {
-            namespace: namespace.clone(),
-        })
-        .await
-        .reply("asking who the token speaks for")?;
-    if output == Output::Json {
-        print_message(&me);
-        return Ok(());
-    }
-    outln!("subject: {}", me.subject);
-    outln!("issuer:  {}", me.issuer);
-    outln!("grants:  {}", me.grants.join(", "));
-    for held in &me.held_grants {
-        outln!("  {} from {}", held.grant, held.granted_by);
-    }
-    if !namespace.is_empty() {
-        let allowed = if me.allowed_methods.is_empty() {
-            "nothing".to_owned()
-        } else {
-            me.allowed_methods.join(", ")
-        };
-        outln!("may call in {namespace}: {allowed}");
-    }
-    Ok(())
-}
-
-/// `policyhub auth can-i`: yes (exit 0) or no (exit 1), and why.
-pub async fn can_i(
-    channel: AuthChannel,
-    output: Output,
+/// Arguments of `policyhub auth can-i`.
+#[derive(Debug, clap::Args)]
+pub struct CanIArgs {
+    /// The method.
     method: String,
-    namespace: String,
-) -> anyhow::Result<std::process::ExitCode> {
-    let answer = PolicyServiceClient::new(channel)
-        .check_access(proto::CheckAccessRequest { method, namespace })
-        .await
-        .reply("asking what the token may do")?;
-    if output == Output::Json {
-        print_message(&answer);
-    } else {
-        outln!("{}", if answer.allowed { "yes" } else { "no" });
-        outln!("{}", answer.reason);
+    /// The namespace.
+    namespace: Option<String>,
+}
+
+impl ClientCommand for CanIArgs {
+    /// Yes (exit 0) or no (exit 1), and why.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let answer = PolicyServiceClient::new(channel)
+            .check_access(proto::CheckAccessRequest {
+                method: self.method,
+                namespace: self.namespace.unwrap_or_default(),
+            })
+            .await
+            .reply("asking what the token may do")?;
+        if output == Output::Json {
+            print_message(&answer);
+        } else {
+            outln!("{}", if answer.allowed { "yes" } else { "no" });
+            outln!("{}", answer.reason);
+        }
+        Ok(if answer.allowed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
-    Ok(if answer.allowed {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
 }
 
 #[cfg(test)]

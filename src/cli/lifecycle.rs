@@ -2,10 +2,12 @@
 //! `rollback`.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::Value;
 
+use super::ClientCommand;
 use super::args::{
     Expectation, Target, activation_selector, parse_expectation, parse_label, parse_policy,
     parse_target,
@@ -161,125 +163,123 @@ fn body_of(path: &Path, value: Value) -> anyhow::Result<PolicyBody> {
         .with_context(|| Unusable::new(What::Body, path.display().to_string()))
 }
 
-/// `policyhub draft`.
-pub async fn draft(channel: AuthChannel, output: Output, args: DraftArgs) -> anyhow::Result<()> {
-    let body = read_body(&args.file)?;
-    let drafted = PolicyServiceClient::new(channel)
-        .draft(proto::DraftRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            body: Some(json_to_struct(body.value())),
-            change_notes: args.change_notes,
-            idempotency_key: args.idempotency_key,
-            requirements: args
-                .requirements
-                .into_iter()
-                .map(|(name, range)| proto::Requirement { name, range })
-                .collect(),
-        })
-        .await
-        .reply(format!("drafting {}", args.policy))?;
-    let version = drafted.version.as_ref().context(no_version())?;
-    match output {
-        Output::Json => print_message(&drafted),
-        Output::Table => {
-            outln!(
-                "drafted {} version {} ({})",
-                args.policy,
+impl ClientCommand for DraftArgs {
+    /// `policyhub draft`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let body = read_body(&self.file)?;
+        let drafted = PolicyServiceClient::new(channel)
+            .draft(proto::DraftRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                body: Some(json_to_struct(body.value())),
+                change_notes: self.change_notes,
+                idempotency_key: self.idempotency_key,
+                requirements: self
+                    .requirements
+                    .into_iter()
+                    .map(|(name, range)| proto::Requirement { name, range })
+                    .collect(),
+            })
+            .await
+            .reply(format!("drafting {}", self.policy))?;
+        let version = drafted.version.as_ref().context(no_version())?;
+        match output {
+            Output::Json => print_message(&drafted),
+            Output::Table => {
+                outln!(
+                    "drafted {} version {} ({})",
+                    self.policy,
+                    version.version,
+                    version.digest
+                );
+                if drafted.superseded_version != 0 {
+                    outln!("it supersedes draft version {}", drafted.superseded_version);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl ClientCommand for DiscardDraftArgs {
+    /// `policyhub discard-draft`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let discarded = PolicyServiceClient::new(channel)
+            .discard_draft(proto::DiscardDraftRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                version: self.version,
+                reason: self.reason,
+            })
+            .await
+            .reply(format!("discarding the draft of {}", self.policy))?;
+        let version = discarded.version.as_ref().context(no_version())?;
+        match output {
+            Output::Json => print_message(&discarded),
+            Output::Table => outln!(
+                "discarded draft version {} of {}",
                 version.version,
-                version.digest
-            );
-            if drafted.superseded_version != 0 {
-                outln!("it supersedes draft version {}", drafted.superseded_version);
-            }
+                self.policy
+            ),
         }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }
 
-/// `policyhub discard-draft`.
-pub async fn discard_draft(
-    channel: AuthChannel,
-    output: Output,
-    args: DiscardDraftArgs,
-) -> anyhow::Result<()> {
-    let discarded = PolicyServiceClient::new(channel)
-        .discard_draft(proto::DiscardDraftRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            version: args.version,
-            reason: args.reason,
-        })
-        .await
-        .reply(format!("discarding the draft of {}", args.policy))?;
-    let version = discarded.version.as_ref().context(no_version())?;
-    match output {
-        Output::Json => print_message(&discarded),
-        Output::Table => outln!(
-            "discarded draft version {} of {}",
-            version.version,
-            args.policy
-        ),
-    }
-    Ok(())
-}
-
-/// `policyhub publish`.
-pub async fn publish(
-    channel: AuthChannel,
-    output: Output,
-    args: PublishArgs,
-) -> anyhow::Result<()> {
-    let action = format!("publishing {}", args.policy);
-    let activate = args.activate;
-    let reply = PolicyServiceClient::new(channel)
-        .publish(proto::PublishRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            version: args.version,
-            label: args
-                .label
-                .map(|label| label.to_string())
-                .unwrap_or_default(),
-            activate: args.activate,
-            expected_active_version: args.expected_active_version,
-            expected_active_revision: args.expected_active_revision,
-            reason: args.reason,
-            idempotency_key: args.idempotency_key,
-        })
-        .await;
-    let published = if activate {
-        reply.reply(action)?
-    } else {
-        reply.reply_to_publish_only(action)?
-    };
-    let version = published.version.as_ref().context(no_version())?;
-    match output {
-        Output::Json => print_message(&published),
-        Output::Table => {
-            let label = match version.label.as_str() {
-                "" => String::new(),
-                label => format!(" as {label}"),
-            };
-            if published.already_published {
-                outln!(
-                    "{} version {}{label} was already published with this digest; nothing new was published",
-                    args.policy,
-                    version.version
-                );
-            } else {
-                outln!(
-                    "published {} version {}{label}",
-                    args.policy,
-                    version.version
-                );
-            }
-            if published.revision != 0 {
-                outln!("active at revision {}", published.revision);
+impl ClientCommand for PublishArgs {
+    /// `policyhub publish`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let action = format!("publishing {}", self.policy);
+        let activate = self.activate;
+        let reply = PolicyServiceClient::new(channel)
+            .publish(proto::PublishRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                version: self.version,
+                label: self
+                    .label
+                    .map(|label| label.to_string())
+                    .unwrap_or_default(),
+                activate: self.activate,
+                expected_active_version: self.expected_active_version,
+                expected_active_revision: self.expected_active_revision,
+                reason: self.reason,
+                idempotency_key: self.idempotency_key,
+            })
+            .await;
+        let published = if activate {
+            reply.reply(action)?
+        } else {
+            reply.reply_to_publish_only(action)?
+        };
+        let version = published.version.as_ref().context(no_version())?;
+        match output {
+            Output::Json => print_message(&published),
+            Output::Table => {
+                let label = match version.label.as_str() {
+                    "" => String::new(),
+                    label => format!(" as {label}"),
+                };
+                if published.already_published {
+                    outln!(
+                        "{} version {}{label} was already published with this digest; nothing new was published",
+                        self.policy,
+                        version.version
+                    );
+                } else {
+                    outln!(
+                        "published {} version {}{label}",
+                        self.policy,
+                        version.version
+                    );
+                }
+                if published.revision != 0 {
+                    outln!("active at revision {}", published.revision);
+                }
             }
         }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }
 
 /// The protobuf targets, each with its expectation; an expectation about a
@@ -328,74 +328,70 @@ fn activation_targets(args: &ActivateArgs) -> anyhow::Result<Vec<proto::Activati
         .collect())
 }
 
-/// `policyhub activate`.
-pub async fn activate(
-    channel: AuthChannel,
-    output: Output,
-    args: ActivateArgs,
-) -> anyhow::Result<()> {
-    let targets = activation_targets(&args)?;
-    let activated = PolicyServiceClient::new(channel)
-        .activate(proto::ActivateRequest {
-            targets,
-            reason: args.reason,
-            idempotency_key: args.idempotency_key,
-        })
-        .await
-        .reply("activating")?;
-    match output {
-        Output::Json => print_message(&activated),
-        Output::Table => {
-            outln!("revision {}", activated.revision);
-            let mut table = Table::new(&["POLICY", "VERSION", "PREVIOUS"]);
-            for activation in &activated.activations {
-                table.row(vec![
-                    format!("{}/{}", activation.namespace, activation.name),
-                    activation.version.to_string(),
-                    version_or_dash(activation.previous_version),
-                ]);
+impl ClientCommand for ActivateArgs {
+    /// `policyhub activate`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let targets = activation_targets(&self)?;
+        let activated = PolicyServiceClient::new(channel)
+            .activate(proto::ActivateRequest {
+                targets,
+                reason: self.reason,
+                idempotency_key: self.idempotency_key,
+            })
+            .await
+            .reply("activating")?;
+        match output {
+            Output::Json => print_message(&activated),
+            Output::Table => {
+                outln!("revision {}", activated.revision);
+                let mut table = Table::new(&["POLICY", "VERSION", "PREVIOUS"]);
+                for activation in &activated.activations {
+                    table.row(vec![
+                        format!("{}/{}", activation.namespace, activation.name),
+                        activation.version.to_string(),
+                        version_or_dash(activation.previous_version),
+                    ]);
+                }
+                out!("{table}");
             }
-            out!("{table}");
         }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }
 
-/// `policyhub rollback`.
-pub async fn rollback(
-    channel: AuthChannel,
-    output: Output,
-    args: RollbackArgs,
-) -> anyhow::Result<()> {
-    let rolled_back = PolicyServiceClient::new(channel)
-        .rollback(proto::RollbackRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            to_version: args.to_version,
-            reason: args.reason,
-            expected_active_version: args.expected_active_version,
-            expected_active_revision: args.expected_active_revision,
-            restore: args.restore,
-        })
-        .await
-        .reply(format!("rolling back {}", args.policy))?;
-    match output {
-        Output::Json => print_message(&rolled_back),
-        Output::Table if rolled_back.restored_from != 0 => outln!(
-            "restored {} version {} as version {} (was version {}) at revision {}",
-            args.policy,
-            rolled_back.restored_from,
-            rolled_back.version,
-            rolled_back.previous_version,
-            rolled_back.revision
-        ),
-        Output::Table => outln!(
-            "rolled back {} to version {} (was version {}) at revision {}",
-            args.policy,
-            rolled_back.version,
-            rolled_back.previous_version,
-            rolled_back.revision
-        ),
+impl ClientCommand for RollbackArgs {
+    /// `policyhub rollback`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let rolled_back = PolicyServiceClient::new(channel)
+            .rollback(proto::RollbackRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                to_version: self.to_version,
+                reason: self.reason,
+                expected_active_version: self.expected_active_version,
+                expected_active_revision: self.expected_active_revision,
+                restore: self.restore,
+            })
+            .await
+            .reply(format!("rolling back {}", self.policy))?;
+        match output {
+            Output::Json => print_message(&rolled_back),
+            Output::Table if rolled_back.restored_from != 0 => outln!(
+                "restored {} version {} as version {} (was version {}) at revision {}",
+                self.policy,
+                rolled_back.restored_from,
+                rolled_back.version,
+                rolled_back.previous_version,
+                rolled_back.revision
+            ),
+            Output::Table => outln!(
+                "rolled back {} to version {} (was version {}) at revision {}",
+                self.policy,
+                rolled_back.version,
+                rolled_back.previous_version,
+                rolled_back.revision
+            ),
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }

@@ -27,6 +27,7 @@ use super::context::{self, Saving};
 use super::failure::Reply as _;
 use super::failure::{Unusable, Usage, What};
 use super::oidc::{self, Provider};
+use super::output::{Output, print_json};
 use crate::grpc::proto::{
     IdentityProvider, ListIdentityProvidersRequest, sign_in_service_client::SignInServiceClient,
 };
@@ -52,6 +53,11 @@ pub struct LoginArgs {
     /// Give up when the sign-in is not done after this long
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     timeout: Duration,
+    /// How to print the sign-in: a sentence for people, json for scripts
+    /// (the context, the issuer, the subject and when the ID token expires;
+    /// never a token)
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
     /// The server, asked which providers it trusts when no issuer is named;
     /// the context signed in is the one --context or POLICYHUB_CONTEXT
     /// selects, else the current one, else "default"
@@ -126,10 +132,20 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
              sign-in's, while it is set"
         );
     }
-    outln!(
-        "signed in to {} as {subject} (context {name})",
-        provider.issuer
-    );
+    match args.output {
+        // Who signed in where, and until when, as `kubectl auth whoami`
+        // tells: the tokens stay in the config file.
+        Output::Json => print_json(&serde_json::json!({
+            "context": name,
+            "issuer": provider.issuer,
+            "subject": subject,
+            "expiry": session.expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })),
+        Output::Table => outln!(
+            "signed in to {} as {subject} (context {name})",
+            provider.issuer
+        ),
+    }
     Ok(())
 }
 

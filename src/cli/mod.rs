@@ -37,6 +37,7 @@ mod health;
 mod history;
 mod inspect;
 mod json;
+mod keys;
 mod lifecycle;
 mod login;
 mod oidc;
@@ -48,23 +49,20 @@ mod schema;
 mod session;
 mod subscription;
 mod sync;
+mod token;
 mod verify;
 mod verify_log;
 mod watch;
 mod witness;
 
 use connection::{AuthChannel, Connection};
-use failure::{Reply, Unusable, Usage, What};
 use output::Output;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseOverrides, Overrides, Settings};
-use crate::domain::PolicyRef;
-use crate::signing;
 use crate::startup::{self, Application};
 
 /// policyhub: signed, versioned policies for runtimes.
@@ -96,6 +94,22 @@ impl Client {
     async fn connect(&self) -> anyhow::Result<(AuthChannel, Output)> {
         Ok((self.connection.connect().await?, self.output))
     }
+
+    /// Connects, then runs `command` over the channel: the one place a
+    /// client command connects.
+    async fn run(&self, command: impl ClientCommand) -> anyhow::Result<ExitCode> {
+        let (channel, output) = self.connect().await?;
+        command.run(channel, output).await
+    }
+}
+
+/// A client command, as mini-redis's commands apply themselves: its
+/// arguments make its calls over a connected channel and print the replies.
+/// Each lives in the module of its concern; `Client::run` connects.
+trait ClientCommand {
+    /// Makes the calls, prints as `output` says, and tells how the process
+    /// exits.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode>;
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,28 +297,8 @@ enum Command {
     /// Mint a bearer token signed with an HS256 secret: by default the
     /// local secret the server generated into its data directory.
     Token {
-        /// Who the token speaks for (recorded as the actor of events).
-        #[arg(long)]
-        subject: String,
-        /// A grant, "<namespace>:<role>" or "*:<role>"; repeat for several.
-        /// Roles: reader, author, publisher, operator, admin, approver.
-        #[arg(long = "role", required = true)]
-        roles: Vec<String>,
-        /// The server's data directory, holding its generated secret.
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
-        /// The secret file, when it is not the generated one.
-        #[arg(long)]
-        secret_file: Option<PathBuf>,
-        /// The token's issuer (auth.issuer).
-        #[arg(long, default_value = crate::config::LOCAL_ISSUER)]
-        issuer: String,
-        /// The token's audience (auth.audience).
-        #[arg(long, default_value = "policyhub")]
-        audience: String,
-        /// How long the token is valid, in seconds.
-        #[arg(long, default_value_t = 12 * 3600)]
-        ttl_seconds: u64,
+        #[command(flatten)]
+        args: token::TokenArgs,
     },
     /// Print a completion script for a shell: `source <(policyhub completion bash)`,
     /// or write it where the shell looks for completions.
@@ -353,8 +347,8 @@ enum Command {
     Whoami {
         #[command(flatten)]
         client: Client,
-        /// List the methods the token may call in this namespace.
-        namespace: Option<String>,
+        #[command(flatten)]
+        args: inspect::WhoamiArgs,
     },
     /// What the token may do, as `kubectl auth` answers it: `can-i`.
     Auth {
@@ -366,7 +360,7 @@ enum Command {
     /// exec probes: Kubernetes' own gRPC probe cannot speak TLS.
     Health {
         #[command(flatten)]
-        connection: Connection,
+        client: Client,
         #[command(flatten)]
         args: health::HealthArgs,
     },
@@ -374,15 +368,16 @@ enum Command {
     GetSigningKeys {
         #[command(flatten)]
         client: Client,
+        #[command(flatten)]
+        args: inspect::GetSigningKeysArgs,
     },
     /// Ask the server to sign with a newly generated key from now on (admin
     /// in every namespace). Bundles signed before keep verifying.
     RotateSigningKey {
         #[command(flatten)]
         client: Client,
-        /// Why; recorded in the event log.
-        #[arg(long, default_value = "")]
-        reason: String,
+        #[command(flatten)]
+        args: keys::RotateSigningKeyArgs,
     },
     /// Declare this deployment restored from a backup (admin in every
     /// namespace): records a RESTORED event and signs a checkpoint over it,
@@ -391,10 +386,8 @@ enum Command {
     RecordRestore {
         #[command(flatten)]
         client: Client,
-        /// What was restored, and why; recorded in the event log and shown
-        /// by every runtime that accepts the restored log.
-        #[arg(long)]
-        reason: String,
+        #[command(flatten)]
+        args: backup::RecordRestoreArgs,
     },
     /// Verify the hash chain of the whole event log, from the first event to
     /// the last, every signed checkpoint, and the log's Merkle tree
@@ -405,25 +398,14 @@ enum Command {
     VerifyLog {
         #[command(flatten)]
         client: Client,
-        /// Verify this file instead: an archive `policyhub export` wrote, or
-        /// the output of `policyhub list-events -o json --limit N` over the
-        /// whole log; `-` reads standard input.
-        #[arg(long, short = 'f')]
-        filename: Option<PathBuf>,
-        /// With -f: the checkpoints too, the output of `policyhub
-        /// list-checkpoints -o json --limit N`.
-        #[arg(long, requires_all = ["filename", "jwks"])]
-        checkpoints: Option<PathBuf>,
-        /// With --checkpoints: the keys that signed them, the output of
-        /// `policyhub get-signing-keys -o json`.
-        #[arg(long, requires = "checkpoints")]
-        jwks: Option<PathBuf>,
+        #[command(flatten)]
+        args: verify_log::VerifyLogArgs,
     },
     /// List the signed checkpoints of the event log, newest first (reader in
     /// every namespace).
     ListCheckpoints {
         #[command(flatten)]
-        limit: inspect::Limit,
+        args: history::ListCheckpointsArgs,
         #[command(flatten)]
         client: Client,
     },
@@ -434,12 +416,8 @@ enum Command {
     GetInclusionProof {
         #[command(flatten)]
         client: Client,
-        /// The event.
-        #[arg(long)]
-        event: u64,
-        /// The size of the tree to prove it in; 0: the newest checkpoint's.
-        #[arg(long, default_value_t = 0)]
-        tree_size: u64,
+        #[command(flatten)]
+        args: proofs::GetInclusionProofArgs,
     },
     /// Print the RFC 9162 consistency proof that the log's Merkle tree of
     /// one size extends the one of a smaller size (reader in any
@@ -447,12 +425,20 @@ enum Command {
     GetConsistencyProof {
         #[command(flatten)]
         client: Client,
-        /// The size of the older tree.
-        #[arg(long)]
-        old_size: u64,
-        /// The size of the newer tree; 0: the newest checkpoint's.
-        #[arg(long, default_value_t = 0)]
-        new_size: u64,
+        #[command(flatten)]
+        args: proofs::GetConsistencyProofArgs,
+    },
+    /// Print the newest restore the log's tree records (a RESTORED event,
+    /// which `record-restore` writes) with its RFC 9162 inclusion proof, and
+    /// for the newest tree its signed checkpoint note: how a runtime holding
+    /// a tree the restored log does not extend learns that the restore was
+    /// declared (reader in any namespace). NOT_FOUND when the tree records
+    /// none.
+    GetRestoreProof {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: proofs::GetRestoreProofArgs,
     },
     /// Print the RFC 9162 inclusion proofs of a bundle's events in the log's
     /// Merkle tree: its version's PUBLISHED event and the ACTIVATED or
@@ -461,18 +447,8 @@ enum Command {
     GetBundleProof {
         #[command(flatten)]
         client: Client,
-        /// The policy, namespace/name.
-        #[arg(value_parser = args::parse_policy)]
-        policy: PolicyRef,
-        /// The bundle's version.
-        #[arg(long)]
-        version: u32,
-        /// The revision at which it became active (the bundle's revision).
-        #[arg(long)]
-        revision: u64,
-        /// The size of the tree to prove them in; 0: the newest checkpoint's.
-        #[arg(long, default_value_t = 0)]
-        tree_size: u64,
+        #[command(flatten)]
+        args: proofs::GetBundleProofArgs,
     },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on
@@ -480,8 +456,8 @@ enum Command {
     Backup {
         #[command(flatten)]
         client: Client,
-        /// Where to write it; FILE.part until it is whole and checked.
-        file: PathBuf,
+        #[command(flatten)]
+        args: backup::BackupArgs,
     },
     /// Write an archive of namespaces (every namespace and the whole log
     /// when none is named) to standard output: their policies, versions and
@@ -490,23 +466,22 @@ enum Command {
     Export {
         #[command(flatten)]
         client: Client,
-        /// The namespaces; none: all.
-        namespaces: Vec<String>,
+        #[command(flatten)]
+        args: archive::ExportArgs,
     },
     /// Load an archive into a server where its namespaces are empty, in one
     /// transaction (admin in every namespace).
     Import {
         #[command(flatten)]
         client: Client,
-        /// The archive `policyhub export` wrote; `-` reads standard input.
-        file: PathBuf,
+        #[command(flatten)]
+        args: archive::ImportArgs,
     },
     /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its
     /// key id, offline.
     GenerateKey {
-        /// Where to write it; an existing file is never overwritten.
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        args: keys::GenerateKeyArgs,
     },
 }
 
@@ -571,9 +546,7 @@ enum AuthCommand {
     CanI {
         #[command(flatten)]
         client: Client,
-        /// The method.
-        method: String,
-        /// The namespace.
-        namespace: Option<String>,
+        #[command(flatten)]
+        args: inspect::CanIArgs,
     },
 }

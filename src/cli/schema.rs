@@ -1,8 +1,9 @@
 //! `policyhub set-schema`: the JSON Schema every version of a policy must
 //! satisfy to be published or activated.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
+use super::ClientCommand;
 use super::args::parse_policy;
 use super::connection::AuthChannel;
 use super::document;
@@ -35,50 +36,48 @@ pub struct SetSchemaArgs {
     dry_run: bool,
 }
 
-/// `policyhub set-schema`.
-pub async fn set_schema(
-    channel: AuthChannel,
-    output: Output,
-    args: SetSchemaArgs,
-) -> anyhow::Result<()> {
-    let schema = args.file.as_deref().map(document::read).transpose()?;
-    let set = PolicyServiceClient::new(channel)
-        .set_schema(proto::SetSchemaRequest {
-            namespace: args.policy.namespace.to_string(),
-            name: args.policy.name.to_string(),
-            schema: schema.as_ref().map(json_to_struct),
-            reason: args.reason,
-            dry_run: args.dry_run,
-        })
-        .await
-        .reply(format!("setting the schema of {}", args.policy))?;
-    let policy = set.policy.clone().unwrap_or_default();
-    match output {
-        Output::Json => print_message(&set),
-        Output::Table if args.dry_run => {
-            if set.rejected_versions.is_empty() {
-                outln!("the schema rejects no version of {}", args.policy);
+impl ClientCommand for SetSchemaArgs {
+    /// `policyhub set-schema`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let schema = self.file.as_deref().map(document::read).transpose()?;
+        let set = PolicyServiceClient::new(channel)
+            .set_schema(proto::SetSchemaRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                schema: schema.as_ref().map(json_to_struct),
+                reason: self.reason,
+                dry_run: self.dry_run,
+            })
+            .await
+            .reply(format!("setting the schema of {}", self.policy))?;
+        let policy = set.policy.clone().unwrap_or_default();
+        match output {
+            Output::Json => print_message(&set),
+            Output::Table if self.dry_run => {
+                if set.rejected_versions.is_empty() {
+                    outln!("the schema rejects no version of {}", self.policy);
+                }
+                for rejected in &set.rejected_versions {
+                    outln!("version {} would be rejected:", rejected.version);
+                    for violation in &rejected.violations {
+                        outln!("  {violation}");
+                    }
+                }
             }
-            for rejected in &set.rejected_versions {
-                outln!("version {} would be rejected:", rejected.version);
-                for violation in &rejected.violations {
-                    outln!("  {violation}");
+            Output::Table => {
+                let what = if schema.is_some() { "set" } else { "removed" };
+                outln!("schema of {} {what}", self.policy);
+                if !set.active_version_violations.is_empty() {
+                    outln!(
+                        "the active version {} stays active but breaks it; activating it again would fail:",
+                        policy.active_version
+                    );
+                    for violation in &set.active_version_violations {
+                        outln!("  {violation}");
+                    }
                 }
             }
         }
-        Output::Table => {
-            let what = if schema.is_some() { "set" } else { "removed" };
-            outln!("schema of {} {what}", args.policy);
-            if !set.active_version_violations.is_empty() {
-                outln!(
-                    "the active version {} stays active but breaks it; activating it again would fail:",
-                    policy.active_version
-                );
-                for violation in &set.active_version_violations {
-                    outln!("  {violation}");
-                }
-            }
-        }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(())
 }

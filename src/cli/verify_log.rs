@@ -10,7 +10,8 @@
 //! published one's body is the one its signature covers, as an export's
 //! check does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use prost::Message;
@@ -23,6 +24,7 @@ use super::failure::{Reply, Unusable, What};
 use super::history::list_checkpoints;
 use super::inspect::collect;
 use super::output::{Output, descriptors, print_json};
+use super::{Client, ClientCommand};
 use crate::domain::log::{Hash, check_notes};
 use crate::domain::{PolicyBody, chain};
 use crate::grpc::archive;
@@ -34,34 +36,73 @@ use crate::signing::{Jwks, verify_checkpoint};
 use policyhub_runtime::bundle::{Envelope, verify_envelope};
 use policyhub_runtime::tree::verify_note;
 
-/// Verifies the chain of every event and every checkpoint (the whole log
-/// needs `*:reader`).
-pub async fn verify_log(channel: AuthChannel, output: Output) -> anyhow::Result<()> {
-    let client = PolicyServiceClient::new(channel.clone());
-    let events = collect(u32::MAX, |page_size, page_token| {
-        let mut client = client.clone();
-        let request = proto::ListEventsRequest {
-            page_size,
-            page_token,
-            ..Default::default()
+/// Arguments of `policyhub verify-log`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyLogArgs {
+    /// Verify this file instead: an archive `policyhub export` wrote, or
+    /// the output of `policyhub list-events -o json --limit N` over the
+    /// whole log; `-` reads standard input.
+    #[arg(long, short = 'f')]
+    filename: Option<PathBuf>,
+    /// With -f: the checkpoints too, the output of `policyhub
+    /// list-checkpoints -o json --limit N`.
+    #[arg(long, requires_all = ["filename", "jwks"])]
+    checkpoints: Option<PathBuf>,
+    /// With --checkpoints: the keys that signed them, the output of
+    /// `policyhub get-signing-keys -o json`.
+    #[arg(long, requires = "checkpoints")]
+    jwks: Option<PathBuf>,
+}
+
+impl VerifyLogArgs {
+    /// Verifies the files named, offline, or else the server's log.
+    pub async fn run(self, client: &Client) -> anyhow::Result<ExitCode> {
+        let Some(file) = self.filename else {
+            return client.run(ServersLog).await;
         };
-        async move {
-            let page = client.list_events(request).await.reply("reading the log")?;
-            Ok((page.events, page.next_page_token))
-        }
-    })
-    .await?;
-    let checkpoints = list_checkpoints(&client, u32::MAX).await?;
-    let bundles = BundleServiceClient::new(channel);
-    let keys = bundles
-        .clone()
-        .get_signing_keys(proto::GetSigningKeysRequest {})
-        .await
-        .reply("fetching the signing keys")?;
-    let jwks = jwks(&keys);
-    verify_versions(&client, &jwks).await?;
-    verify_served_tree(bundles, &checkpoints, &jwks).await?;
-    verify(&events, Some((&checkpoints, &jwks)), output)
+        verify_files(
+            &file,
+            self.checkpoints.as_deref().zip(self.jwks.as_deref()),
+            client.output,
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The log the server holds, read through the API.
+struct ServersLog;
+
+impl ClientCommand for ServersLog {
+    /// Verifies the chain of every event and every checkpoint (the whole
+    /// log needs `*:reader`).
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let client = PolicyServiceClient::new(channel.clone());
+        let events = collect(u32::MAX, |page_size, page_token| {
+            let mut client = client.clone();
+            let request = proto::ListEventsRequest {
+                page_size,
+                page_token,
+                ..Default::default()
+            };
+            async move {
+                let page = client.list_events(request).await.reply("reading the log")?;
+                Ok((page.events, page.next_page_token))
+            }
+        })
+        .await?;
+        let checkpoints = list_checkpoints(&client, u32::MAX).await?;
+        let bundles = BundleServiceClient::new(channel);
+        let keys = bundles
+            .clone()
+            .get_signing_keys(proto::GetSigningKeysRequest {})
+            .await
+            .reply("fetching the signing keys")?;
+        let jwks = jwks(&keys);
+        verify_versions(&client, &jwks).await?;
+        verify_served_tree(bundles, &checkpoints, &jwks).await?;
+        verify(&events, Some((&checkpoints, &jwks)), output)?;
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// Checks the tree the server serves proofs from (its stored hashes, which

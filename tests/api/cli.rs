@@ -1356,16 +1356,6 @@ fn every_client_command_is_named_after_its_rpc_or_names_it() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let kebab = |name: &str| {
-        let mut kebab = String::new();
-        for (index, letter) in name.chars().enumerate() {
-            if letter.is_ascii_uppercase() && index > 0 {
-                kebab.push('-');
-            }
-            kebab.push(letter.to_ascii_lowercase());
-        }
-        kebab
-    };
     let mut root = <policyhub::cli::Cli as clap::CommandFactory>::command();
     root.build();
     let mut commands = vec![root];
@@ -1390,6 +1380,187 @@ fn every_client_command_is_named_after_its_rpc_or_names_it() {
         }
     }
     assert!(unnamed.is_empty(), "{}", unnamed.join("\n"));
+}
+
+/// The kebab-cased name of an RPC, as its command is named.
+fn kebab(name: &str) -> String {
+    let mut kebab = String::new();
+    for (index, letter) in name.chars().enumerate() {
+        if letter.is_ascii_uppercase() && index > 0 {
+            kebab.push('-');
+        }
+        kebab.push(letter.to_ascii_lowercase());
+    }
+    kebab
+}
+
+/// Every command of the tree, by its path of names (`rollout start`).
+fn every_command() -> Vec<(String, clap::Command)> {
+    let mut root = <policyhub::cli::Cli as clap::CommandFactory>::command();
+    root.build();
+    let mut found = Vec::new();
+    let mut commands: Vec<(String, clap::Command)> = root
+        .get_subcommands()
+        .map(|sub| (sub.get_name().to_owned(), sub.clone()))
+        .collect();
+    while let Some((path, command)) = commands.pop() {
+        for sub in command.get_subcommands() {
+            commands.push((format!("{path} {}", sub.get_name()), sub.clone()));
+        }
+        found.push((path, command));
+    }
+    found
+}
+
+/// The guide's promise, from the API's side: every RPC of policyhub's
+/// services has a client command, found by the naming rule (its name
+/// kebab-cased, or named in a summary's parentheses), so that a new RPC
+/// without one fails here. The exceptions are the RPCs only runtimes make:
+/// a runtime reports what it applied of the bundles it follows (`policyhub
+/// agent` does, as the runtime it is), and a command for people would
+/// forge that report.
+#[test]
+fn every_rpc_has_a_client_command() {
+    const RUNTIMES_ONLY: [&str; 2] = ["ReportStatus", "ReportStatusStream"];
+    let pool =
+        prost_reflect::DescriptorPool::decode(policyhub::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let commands = every_command();
+    let mut rpcs = 0;
+    let mut missing = Vec::new();
+    for service in pool
+        .services()
+        .filter(|service| service.package_name() == "policyhub.v1")
+    {
+        for method in service.methods() {
+            rpcs += 1;
+            let rpc = method.name();
+            let found = commands.iter().any(|(_, command)| {
+                let about = command.get_about().map(|about| about.to_string());
+                let about = about.unwrap_or_default();
+                command.get_name() == kebab(rpc)
+                    || about.contains(&format!("({rpc})"))
+                    || about.contains(&format!("({rpc},"))
+            });
+            if found == RUNTIMES_ONLY.contains(&rpc) {
+                missing.push(format!(
+                    "{}/{rpc}: {}",
+                    service.name(),
+                    if found {
+                        "has a command: take it off the exceptions"
+                    } else {
+                        "no command calls it"
+                    }
+                ));
+            }
+        }
+    }
+    assert!(rpcs > 50, "only {rpcs} RPCs read from the descriptors");
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// The guide's other promise: every client command, one that takes
+/// `--server`, takes `-o`/`--output` too. The exception is `agent`, a
+/// runtime that serves what it follows and logs: it prints no reply.
+#[test]
+fn every_client_command_takes_output() {
+    const NO_REPLY: [&str; 1] = ["agent"];
+    let mut clients = 0;
+    let mut without = Vec::new();
+    for (path, command) in every_command() {
+        let takes = |long: &str| {
+            command
+                .get_arguments()
+                .any(|arg| arg.get_long() == Some(long))
+        };
+        if !takes("server") {
+            continue;
+        }
+        clients += 1;
+        let output = command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some("output") && arg.get_short() == Some('o'));
+        if output == NO_REPLY.contains(&path.as_str()) {
+            without.push(path);
+        }
+    }
+    assert!(clients > 50, "only {clients} client commands found");
+    assert!(
+        without.is_empty(),
+        "these take -o/--output where they should not, or lack it: {}",
+        without.join(", ")
+    );
+}
+
+/// `health -o json` prints the HealthCheckResponse as grpcurl does, in the
+/// protobuf JSON mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_prints_its_reply_as_grpcurl_does() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let serving = policyhub(&app, &["health", "-o", "json"]);
+    assert_eq!(serving.json(), json!({"status": "SERVING"}));
+    let liveness = policyhub(
+        &app,
+        &[
+            "health",
+            "--service",
+            "policyhub.liveness",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(liveness.json(), json!({"status": "SERVING"}));
+}
+
+/// `get-restore-proof` against a real server: refused as not found (exit
+/// 1) while the log records no restore; once `record-restore` has, the RESTORED event
+/// with its inclusion proof, as JSON and as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_restore_proof_proves_the_recorded_restore() {
+    let app = spawn_app(Backend::Sqlite).await;
+    release(&app, "payments/limits", "1.0.0", json!({"max": 1}), true);
+    let none = policyhub(&app, &["get-restore-proof"]);
+    assert_eq!(none.code, 1, "{}{}", none.stdout, none.stderr);
+    assert!(
+        none.stderr.contains("no restore is recorded"),
+        "{}",
+        none.stderr
+    );
+
+    let reason = "restored last night's backup";
+    let recorded = policyhub(&app, &["record-restore", "--reason", reason, "-o", "json"]).json();
+    let proof = policyhub(&app, &["get-restore-proof", "-o", "json"]).json();
+    let proven = &proof["proof"];
+    assert_eq!(proven["event"]["kind"], "EVENT_KIND_RESTORED", "{proof}");
+    assert_eq!(proven["event"]["id"], recorded["event"]["id"], "{proof}");
+    assert!(
+        proven["canonicalEvent"].as_str().unwrap().contains(reason),
+        "{proof}"
+    );
+    let tree_size: u64 = proven["treeSize"].as_str().unwrap().parse().unwrap();
+    assert!(
+        proven["hashes"]
+            .as_array()
+            .is_some_and(|hashes| !hashes.is_empty()),
+        "{proof}"
+    );
+
+    let in_tree = policyhub(
+        &app,
+        &["get-restore-proof", "--tree-size", &tree_size.to_string()],
+    );
+    let text = in_tree.success();
+    assert!(
+        text.starts_with(&format!(
+            "event {}: leaf ",
+            recorded["event"]["id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("of a tree of {tree_size}")),
+        "{text}"
+    );
+    assert!(text.contains(reason), "{text}");
 }
 
 /// `policyhub health` answers as a probe: exit 0 and SERVING from a

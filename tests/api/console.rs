@@ -248,3 +248,23 @@ async fn whoami_names_the_caller_its_grants_and_the_methods_they_allow() {
     );
     assert_eq!((bad.status, &bad.json["code"]), (400, &json!(3)), "{bad:?}");
 }
+
+/// Every literal pattern of the console's inputs compiles as browsers
+/// compile the attribute, with the v flag: one that does not is logged as
+/// an error in the browser and never checked (`[a-z-]` must be `[a-z\-]`).
+/// Node runs the same JavaScript engine's rules, without a browser.
+#[test]
+fn every_input_pattern_of_the_console_compiles_with_the_v_flag() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let checked = std::process::Command::new("node")
+        .arg(root.join("tests/console/patterns.mjs"))
+        .arg(root.join("console"))
+        .output()
+        .expect("run node");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

@@ -700,3 +700,37 @@ async fn a_sign_in_that_cannot_succeed_says_why() {
         workstation.config_text()
     );
 }
+
+/// `login -o json` tells a script who signed in, where and until when (the
+/// context, the issuer, the subject, the ID token's expiry), and never a
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_prints_the_sign_in_as_json_without_a_token() {
+    let provider = OidcProvider::start(&[]);
+    let workstation = Workstation::new();
+    let args = [
+        &["--device", "--issuer", &provider.issuer, "-o", "json"][..],
+        &SCOPES,
+    ]
+    .concat();
+    let login = approved_device_login(workstation.start_login(&args), &provider, "bob").await;
+    let printed = login.json();
+    assert_eq!(
+        printed,
+        serde_json::json!({
+            "context": "default",
+            "issuer": provider.issuer,
+            "subject": "bob",
+            "expiry": workstation.setting("expiry").expect("an expiry is kept"),
+        })
+    );
+    let tokens = [
+        workstation
+            .setting("id_token")
+            .expect("an ID token is kept"),
+        workstation
+            .setting("refresh_token")
+            .expect("a refresh token is kept"),
+    ];
+    assert_no_tokens(&login, &tokens);
+}

@@ -75,6 +75,12 @@ async fn the_cli_json_output_is_what_grpcurl_prints() {
             "policyhub.v1.BundleService/GetSigningKeys",
             "{}",
         ),
+        (vec!["health"], "grpc.health.v1.Health/Check", "{}"),
+        (
+            vec!["health", "--service", "policyhub.liveness"],
+            "grpc.health.v1.Health/Check",
+            r#"{"service": "policyhub.liveness"}"#,
+        ),
     ] {
         let ours = Command::new(policyhub_binary())
             .args(&cli)

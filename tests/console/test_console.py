@@ -43,6 +43,22 @@ HOSTILE = {
 }
 
 
+# Chromium compiles an input's pattern (with the v flag) only when the
+# input's validity is read while it holds a value: on a submit, not when the
+# page is drawn nor as one types. A pattern it cannot compile is logged as an
+# error then, and never on a page whose form no test submits. So every page
+# drawn has each of its patterns compiled here, on a detached copy of its
+# input holding a value, and one the browser refuses lands in the console
+# log that assert_clean_console reads, as it would for a user who submits.
+COMPILE_PATTERNS = """
+for (const input of document.querySelectorAll('[pattern]')) {
+  const probe = input.cloneNode(false);
+  probe.value = 'x';
+  probe.validity.valid;
+}
+"""
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -168,6 +184,7 @@ class BrowserCase(unittest.TestCase):
                 "const main = document.getElementById('main');"
                 "return !main.hasAttribute('aria-busy') && main.dataset.route === window.location.hash;")
         )
+        self.browser.execute_script(COMPILE_PATTERNS)
         return self.browser.find_element(By.ID, "main")
 
     def find(self, selector):
@@ -232,7 +249,8 @@ class BrowserCase(unittest.TestCase):
 
     def assert_clean_console(self):
         """No error in the browser's console: a CSP violation, an exception,
-        a failed request."""
+        a failed request, a pattern the browser cannot compile."""
+        self.browser.execute_script(COMPILE_PATTERNS)
         errors = [
             entry for entry in self.browser.get_log("browser")
             # The browser's own request for the icon of /openapi.json, a page
@@ -410,6 +428,33 @@ class Console(BrowserCase):
         self.screenshot("events")
         self.assert_accessible("events")
         self.assert_clean_console()
+
+    def test_04b_a_new_policy_from_its_namespace(self):
+        """Someone who may draft names a new policy on its namespace's page:
+        the browser checks the name against the input's pattern before the
+        draft page opens."""
+        self.sign_in("alice")
+        self.open("#/namespaces/payments")
+        field = self.find("#new-policy")
+        button = next(b for b in self.browser.find_elements(By.CSS_SELECTOR, "form.new-policy button")
+                      if b.text == "Write its first draft")
+        field.send_keys("Card Limits")
+        self.assertTrue(
+            self.browser.execute_script("return document.getElementById('new-policy').validity.patternMismatch"),
+            "the browser does not check the name against the pattern")
+        button.click()
+        self.assertEqual(self.browser.current_url, f"{self.base}/console/#/namespaces/payments")
+        self.assert_clean_console()
+        field.clear()
+        field.send_keys("card-limits_2.eu")
+        button.click()
+        self.wait_main()
+        self.assertEqual(self.browser.current_url,
+                         f"{self.base}/console/#/namespaces/payments/policies/card-limits_2.eu/draft")
+        # The draft page asks for the policy, which its first draft will
+        # create: the server's 404 is the one error expected.
+        errors = [entry["message"] for entry in self.browser.get_log("browser") if entry["level"] == "SEVERE"]
+        self.assertTrue(all("/policies/card-limits_2.eu - " in error and "404" in error for error in errors), errors)
 
     def test_05_a_rollout_started_by_the_cli_approved_and_followed_here(self):
         base = "namespaces/payments/policies/limits"

@@ -117,7 +117,7 @@ function policyBrowser(namespace, initial) {
 // A new policy: its name, then the draft page, where its first version is
 // written.
 function newPolicyForm(namespace) {
-  const input = h('input', { id: 'new-policy', name: 'name', type: 'text', autocomplete: 'off', required: true, pattern: '[a-z0-9._-]+', 'aria-describedby': 'new-policy-help' });
+  const input = h('input', { id: 'new-policy', name: 'name', type: 'text', autocomplete: 'off', required: true, pattern: '[a-z0-9._\\-]+', 'aria-describedby': 'new-policy-help' });
   const form = h('form', { 'aria-label': 'New policy', class: 'row new-policy' },
     h('div', {}, h('label', { for: 'new-policy' }, 'New policy'), input,
       h('p', { class: 'help', id: 'new-policy-help' }, 'Lowercase letters, digits, ".", "-" and "_".')),
