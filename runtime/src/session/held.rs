@@ -81,15 +81,15 @@ impl Core {
         let Some(cache) = &core.cache else {
             return Ok(core);
         };
-        core.cached_tree = cache.load_tree().unwrap_or_else(|error| {
+        core.cached_tree = cache.load_tree().await.unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the cached tree of the server's log");
             None
         });
-        core.tree.restored_through = cache.load_restore().unwrap_or_else(|error| {
+        core.tree.restored_through = cache.load_restore().await.unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the cached restore of the server's log");
             None
         });
-        let event = match cache.load() {
+        let event = match cache.load().await {
             Ok(None) => return Ok(core),
             Ok(Some((state, jwks))) => match outlet.validate.validate(&state).await {
                 Ok(()) => {
@@ -221,7 +221,7 @@ impl Core {
                 .take_restore(offered, reason, client, subscription)
                 .await;
         }
-        self.remember_tree(subscription);
+        self.remember_tree(subscription).await;
         Ok(None)
     }
 
@@ -257,7 +257,7 @@ impl Core {
             .tree
             .restore(offered, &restore)
             .map_err(|refused| Failure::History(format!("{diverges}; {refused}")))?;
-        self.remember_tree(subscription);
+        self.remember_tree(subscription).await;
         tracing::warn!(
             namespace = %subscription.namespace,
             from_size,
@@ -273,17 +273,21 @@ impl Core {
     }
 
     /// Caches the tree verified last, and the last restore taken.
-    fn remember_tree(&self, subscription: &Subscription) {
+    async fn remember_tree(&self, subscription: &Subscription) {
         let Some(cache) = &self.cache else {
             return;
         };
-        let saved = self.tree.head.as_ref().map_or(Ok(()), |head| {
-            cache.save_tree(&head.note)?;
-            self.tree
-                .restored_through
-                .map_or(Ok(()), |leaf| cache.save_restore(leaf))
-        });
-        if let Err(error) = saved {
+        let saved = async {
+            let Some(head) = &self.tree.head else {
+                return Ok(());
+            };
+            cache.save_tree(&head.note).await?;
+            match self.tree.restored_through {
+                Some(leaf) => cache.save_restore(leaf).await,
+                None => Ok(()),
+            }
+        };
+        if let Err(error) = saved.await {
             tracing::warn!(%error, namespace = %subscription.namespace, "cannot cache the server's tree");
         }
     }
@@ -384,7 +388,7 @@ impl Core {
             match validate.validate(&candidate).await {
                 Ok(()) => {
                     self.report(&revision, ApplyState::Applied, |_| String::new());
-                    self.save(&candidate);
+                    self.save(&candidate).await;
                     let before = std::mem::replace(&mut self.applied, candidate);
                     self.previous = (before.revision > 0).then_some(before);
                     None
@@ -426,9 +430,9 @@ impl Core {
     }
 
     /// Keeps `state` as the last-known-good one.
-    fn save(&self, state: &State) {
+    async fn save(&self, state: &State) {
         if let Some(cache) = &self.cache
-            && let Err(error) = cache.save(state, &self.jwks)
+            && let Err(error) = cache.save(state, &self.jwks).await
         {
             tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
         }
@@ -448,7 +452,7 @@ impl Core {
             reason,
             reply,
         } = request;
-        let restored = self.take_back(revision, &reason);
+        let restored = self.take_back(revision, &reason).await;
         let event = restored.as_ref().ok().map(|state| Event::Revoked {
             revision,
             reason,
@@ -464,7 +468,7 @@ impl Core {
 
     /// Puts the state before the one in force back, reporting what it
     /// brought REJECTED; the state restored.
-    fn take_back(&mut self, revision: u64, reason: &str) -> Result<State, RevokeError> {
+    async fn take_back(&mut self, revision: u64, reason: &str) -> Result<State, RevokeError> {
         if revision != self.applied.revision {
             return Err(RevokeError::NotInForce {
                 asked: revision,
@@ -501,7 +505,7 @@ impl Core {
             %reason,
             "the application took back the state in force; the one before is in force again"
         );
-        self.save(&previous);
+        self.save(&previous).await;
         self.applied = previous;
         Ok(self.applied.clone())
     }
