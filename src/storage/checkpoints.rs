@@ -4,6 +4,8 @@
 //! replica serves only checkpoints it committed or read back, so one that
 //! cannot reach its database serves an ever older one.
 
+use std::sync::atomic::Ordering;
+
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
@@ -186,7 +188,9 @@ impl Repository {
     /// witnesses configured; without, nothing is read beyond the
     /// checkpoint); set once, for every clone.
     pub fn read_cosignatures(&self) {
-        let _ = self.checkpoints.cosigned.set(());
+        self.checkpoints
+            .reads_cosignatures
+            .store(true, Ordering::Relaxed);
     }
 
     /// Resolves when this replica committed or read a checkpoint newer
@@ -200,9 +204,9 @@ impl Repository {
     /// With witnesses (see `read_cosignatures`), with its cosignatures.
     pub async fn read_newest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         if let Some(checkpoint) = newest(&self.db).await? {
-            let checkpoint = match self.checkpoints.cosigned.get() {
-                Some(()) => with_cosignatures(&self.db, vec![checkpoint]).await?.pop(),
-                None => Some(checkpoint),
+            let checkpoint = match self.checkpoints.reads_cosignatures.load(Ordering::Relaxed) {
+                true => with_cosignatures(&self.db, vec![checkpoint]).await?.pop(),
+                false => Some(checkpoint),
             };
             self.checkpoints
                 .publish(checkpoint.expect("the checkpoint read"));

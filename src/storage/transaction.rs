@@ -70,9 +70,9 @@ pub(super) struct Checkpoints {
     pub(super) origin: OnceLock<String>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
-    /// Set when the newest is read with its cosignatures (witnesses are
-    /// configured).
-    pub(super) cosigned: OnceLock<()>,
+    /// Whether the newest is read with its cosignatures (witnesses are
+    /// configured); set once, never cleared.
+    pub(super) reads_cosignatures: AtomicBool,
     /// Woken (one permit kept) when a newer one is held.
     pub(super) newer: tokio::sync::Notify,
     /// How many checkpoints this replica refused to sign over a log that
