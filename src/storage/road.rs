@@ -141,21 +141,21 @@ sea_road!(DatabaseConnection, DatabaseTransaction);
 
 /// A write transaction: SeaORM's, or on SQLite's direct road.
 pub(super) enum Txn {
-    Sea(DatabaseTransaction),
+    SeaOrm(DatabaseTransaction),
     Direct(Open),
 }
 
 impl Txn {
     pub(super) async fn commit(self) -> Result<()> {
         match self {
-            Txn::Sea(txn) => txn.commit().await,
+            Txn::SeaOrm(txn) => txn.commit().await,
             Txn::Direct(txn) => txn.commit().await,
         }
     }
 
     pub(super) async fn rollback(self) -> Result<()> {
         match self {
-            Txn::Sea(txn) => txn.rollback().await,
+            Txn::SeaOrm(txn) => txn.rollback().await,
             Txn::Direct(txn) => txn.rollback(),
         }
     }
@@ -163,7 +163,7 @@ impl Txn {
     /// A savepoint inside this transaction.
     pub(super) async fn nested(&self) -> Result<Txn> {
         Ok(match self {
-            Txn::Sea(txn) => Txn::Sea(sea_orm::TransactionTrait::begin(txn).await?),
+            Txn::SeaOrm(txn) => Txn::SeaOrm(sea_orm::TransactionTrait::begin(txn).await?),
             Txn::Direct(txn) => Txn::Direct(txn.nested()?),
         })
     }
@@ -173,9 +173,9 @@ impl Txn {
     }
 
     /// SeaORM's transaction, which storage off the direct road needs.
-    fn sea(&self) -> Result<&DatabaseTransaction> {
+    fn sea_orm(&self) -> Result<&DatabaseTransaction> {
         match self {
-            Txn::Sea(txn) => Ok(txn),
+            Txn::SeaOrm(txn) => Ok(txn),
             Txn::Direct(_) => Err(DbErr::Custom(
                 "a statement off the direct road in a transaction on it".into(),
             )),
@@ -186,7 +186,7 @@ impl Txn {
 impl Road for Txn {
     fn backend(&self) -> DatabaseBackend {
         match self {
-            Txn::Sea(txn) => txn.get_database_backend(),
+            Txn::SeaOrm(txn) => txn.get_database_backend(),
             Txn::Direct(_) => DatabaseBackend::Sqlite,
         }
     }
@@ -197,7 +197,7 @@ impl Road for Txn {
         E::ActiveModel: TryIntoModel<E::Model>,
     {
         match self {
-            Txn::Sea(txn) => txn.all(select).await,
+            Txn::SeaOrm(txn) => txn.all(select).await,
             Txn::Direct(open) => open
                 .direct()
                 .rows(&select.build(DatabaseBackend::Sqlite), direct::model::<E>),
@@ -206,14 +206,14 @@ impl Road for Txn {
 
     async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
         match self {
-            Txn::Sea(txn) => txn.values(statement).await,
+            Txn::SeaOrm(txn) => txn.values(statement).await,
             Txn::Direct(open) => open.direct().rows(&statement, T::read),
         }
     }
 
     async fn run(&self, statement: Statement) -> Result<u64> {
         match self {
-            Txn::Sea(txn) => txn.run(statement).await,
+            Txn::SeaOrm(txn) => txn.run(statement).await,
             Txn::Direct(open) => open.direct().run(&statement),
         }
     }
@@ -226,19 +226,19 @@ impl ConnectionTrait for Txn {
     }
 
     async fn execute_raw(&self, statement: Statement) -> Result<ExecResult> {
-        self.sea()?.execute_raw(statement).await
+        self.sea_orm()?.execute_raw(statement).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult> {
-        self.sea()?.execute_unprepared(sql).await
+        self.sea_orm()?.execute_unprepared(sql).await
     }
 
     async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>> {
-        self.sea()?.query_one_raw(statement).await
+        self.sea_orm()?.query_one_raw(statement).await
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>> {
-        self.sea()?.query_all_raw(statement).await
+        self.sea_orm()?.query_all_raw(statement).await
     }
 }
 

@@ -282,7 +282,7 @@ impl Repository {
                 let (turn, txn) = writer.alone(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
-            None => Transaction::new(Txn::Sea(self.db.begin().await?), None),
+            None => Transaction::new(Txn::SeaOrm(self.db.begin().await?), None),
         })
     }
 
@@ -294,7 +294,7 @@ impl Repository {
                 let (turn, txn) = writer.join(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
-            None => Transaction::new(Txn::Sea(self.db.begin().await?), None),
+            None => Transaction::new(Txn::SeaOrm(self.db.begin().await?), None),
         })
     }
 

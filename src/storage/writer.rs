@@ -98,7 +98,7 @@ impl SqliteWriter {
     async fn begin(&self, direct: bool) -> Result<Txn> {
         Ok(match direct {
             true => Txn::Direct(Open::begin(&self.direct)?),
-            false => Txn::Sea(self.db.begin().await?),
+            false => Txn::SeaOrm(self.db.begin().await?),
         })
     }
 
