@@ -33,8 +33,10 @@ pub(super) trait Road: Sync {
         E::ActiveModel: TryIntoModel<E::Model>;
 
     /// The values `statement` reads, a row each.
-    fn values<T: Cells>(&self, statement: Statement)
-    -> impl Future<Output = Result<Vec<T>>> + Send;
+    fn values<T: RowValues>(
+        &self,
+        statement: Statement,
+    ) -> impl Future<Output = Result<Vec<T>>> + Send;
 
     /// Runs `statement`; the rows it changed.
     fn run(&self, statement: Statement) -> impl Future<Output = Result<u64>> + Send;
@@ -50,7 +52,7 @@ pub(super) trait Road: Sync {
     }
 
     /// The first value `statement` reads.
-    fn value<T: Cells>(
+    fn value<T: RowValues>(
         &self,
         statement: Statement,
     ) -> impl Future<Output = Result<Option<T>>> + Send {
@@ -77,14 +79,14 @@ pub(super) trait Road: Sync {
 
 /// What a row of values is read as: a value, or a tuple of them, on
 /// either road.
-pub(super) trait Cells: TryGetableMany + Send + Sized + 'static {
+pub(super) trait RowValues: TryGetableMany + Send + Sized + 'static {
     fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
 }
 
 /// The values both roads read: SeaORM's `TryGetable`, rusqlite's `FromSql`.
-macro_rules! cells {
+macro_rules! row_values {
     ($($value:ty),*) => {$(
-        impl Cells for $value {
+        impl RowValues for $value {
             fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
                 row.get(0)
             }
@@ -92,9 +94,9 @@ macro_rules! cells {
     )*};
 }
 
-cells!(i64);
+row_values!(i64);
 
-impl<A, B, C, D> Cells for (A, B, C, D)
+impl<A, B, C, D> RowValues for (A, B, C, D)
 where
     A: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
     B: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
@@ -122,7 +124,7 @@ macro_rules! sea_road {
                 select.all(self).await
             }
 
-            async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
+            async fn values<T: RowValues>(&self, statement: Statement) -> Result<Vec<T>> {
                 self.query_all_raw(statement)
                     .await?
                     .iter()
@@ -204,7 +206,7 @@ impl Road for Txn {
         }
     }
 
-    async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
+    async fn values<T: RowValues>(&self, statement: Statement) -> Result<Vec<T>> {
         match self {
             Txn::SeaOrm(txn) => txn.values(statement).await,
             Txn::Direct(open) => open.direct().rows(&statement, T::read),
