@@ -46,7 +46,7 @@ use tracing::Instrument;
 
 use super::road::{Road, Txn};
 use super::rows::now;
-use super::writer::{SqliteWriter, Turn};
+use super::writer::{SqliteWriter, WriterTurn};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::CheckpointClaims;
@@ -134,7 +134,7 @@ pub struct Repository {
 pub struct Transaction {
     pub(super) txn: Txn,
     at: DateTime<Utc>,
-    turn: Option<Turn>,
+    turn: Option<WriterTurn>,
     /// The namespaces this transaction holds the lock of.
     namespaces: BTreeSet<Namespace>,
     /// Whether a row lock was taken, after which no namespace lock may be
@@ -148,7 +148,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    fn new(txn: Txn, turn: Option<Turn>) -> Self {
+    fn new(txn: Txn, turn: Option<WriterTurn>) -> Self {
         Transaction {
             txn,
             at: now(),
@@ -279,7 +279,7 @@ impl Repository {
     pub(super) async fn begin(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
-                let (turn, txn) = writer.alone(self.direct).await?;
+                let (turn, txn) = writer.begin_ungrouped(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
             None => Transaction::new(Txn::SeaOrm(self.db.begin().await?), None),
@@ -291,7 +291,7 @@ impl Repository {
     async fn begin_shared(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
-                let (turn, txn) = writer.join(self.direct).await?;
+                let (turn, txn) = writer.begin_grouped(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
             None => Transaction::new(Txn::SeaOrm(self.db.begin().await?), None),

@@ -43,7 +43,7 @@ pub(super) struct SqliteWriter {
 }
 
 /// A turn on the writer, with the batch open on its connection, if any.
-pub(super) type Turn = OwnedMutexGuard<Option<Batch>>;
+pub(super) type WriterTurn = OwnedMutexGuard<Option<Batch>>;
 
 /// Finished write transactions sharing the connection's open transaction.
 pub(super) struct Batch {
@@ -106,7 +106,7 @@ impl SqliteWriter {
     /// savepoint in the open batch (one on the same road; another commits
     /// first), or a transaction of its own that may become one. Finish it
     /// with [`finish`](Self::finish).
-    pub(super) async fn join(&self, direct: bool) -> Result<(Turn, Txn)> {
+    pub(super) async fn begin_grouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let waiting = Waiting::new(&self.waiting);
         let mut turn = self.turn.clone().lock_owned().await;
         drop(waiting);
@@ -125,7 +125,7 @@ impl SqliteWriter {
 
     /// A turn for a transaction that commits by itself: the open batch, if
     /// any, commits first.
-    pub(super) async fn alone(&self, direct: bool) -> Result<(Turn, Txn)> {
+    pub(super) async fn begin_ungrouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let mut turn = self.turn.clone().lock_owned().await;
         if turn.is_some() {
             turn = detached(commit_open(turn)).await?;
@@ -134,14 +134,14 @@ impl SqliteWriter {
         Ok((turn, txn))
     }
 
-    /// Commits `txn`, which [`join`](Self::join) began and whose work
-    /// succeeded, and returns once that commit is durable: alone, or with
-    /// the batch it leaves open for the writers waiting now.
-    pub(super) async fn finish(self: Arc<Self>, turn: Turn, txn: Txn) -> Result<()> {
+    /// Commits `txn`, which [`begin_grouped`](Self::begin_grouped) began
+    /// and whose work succeeded, and returns once that commit is durable:
+    /// alone, or with the batch it leaves open for the writers waiting now.
+    pub(super) async fn finish(self: Arc<Self>, turn: WriterTurn, txn: Txn) -> Result<()> {
         detached(async move { self.close(turn, txn).await }).await?
     }
 
-    async fn close(&self, mut turn: Turn, txn: Txn) -> Result<()> {
+    async fn close(&self, mut turn: WriterTurn, txn: Txn) -> Result<()> {
         let mut committed = match turn.as_ref() {
             // Releases the savepoint; the batch's commit makes it durable.
             Some(batch) => {
@@ -183,7 +183,7 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Commits the batch open in `turn`, if any; the turn stays held.
-async fn commit_open(mut turn: Turn) -> Turn {
+async fn commit_open(mut turn: WriterTurn) -> WriterTurn {
     if let Some(batch) = turn.take() {
         batch.commit().await;
     }
