@@ -19,8 +19,8 @@ use super::entities::{checkpoint_cosignatures, checkpoints};
 use super::events::record as event_record;
 use super::log::{tree_root, tree_size};
 use super::paging::Paging;
-use super::road::Road;
 use super::rows::{db_revision, now, revision};
+use super::statement_runner::StatementRunner;
 use super::transaction::{CheckpointSigner, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{AsOf, Error, Page, Result, chain};
@@ -40,9 +40,9 @@ fn record(row: checkpoints::Model) -> Checkpoint {
 }
 
 /// The newest checkpoint as signed (without cosignatures).
-pub(super) async fn newest<R: Road>(road: &R) -> Result<Option<Checkpoint>> {
+pub(super) async fn newest<R: StatementRunner>(runner: &R) -> Result<Option<Checkpoint>> {
     let newest = checkpoints::Entity::find().order_by(checkpoints::Column::Id, Order::Desc);
-    Ok(road.one(newest).await?.map(record))
+    Ok(runner.one(newest).await?.map(record))
 }
 
 /// Every checkpoint as signed (without cosignatures), oldest first.
@@ -59,16 +59,16 @@ pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Ch
 /// Checks that the log from the newest checkpoint on extends it: the
 /// checkpoint's last event still hashes to the head it signed, and every
 /// event since links to it. DATA_LOSS naming the break otherwise.
-pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<()> {
-    let Some(checkpoint) = newest(road).await? else {
+pub(super) async fn extends_last_checkpoint<R: StatementRunner>(runner: &R) -> Result<()> {
+    let Some(checkpoint) = newest(runner).await? else {
         return Ok(());
     };
     let last = db_revision(checkpoint.last_event_id);
-    let before = tip(road, Some(last)).await?;
+    let before = tip(runner, Some(last)).await?;
     let since = events::Entity::find()
         .filter(events::Column::Id.gte(last))
         .order_by(events::Column::Id, Order::Asc);
-    let since = road
+    let since = runner
         .all(since)
         .await?
         .into_iter()

@@ -44,8 +44,8 @@ use sea_orm::{
 };
 use tracing::Instrument;
 
-use super::road::{Road, Txn};
 use super::rows::now;
+use super::statement_runner::{StatementRunner, Txn};
 use super::writer::{SqliteWriter, WriterTurn};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{Error, Namespace, Result};
@@ -123,7 +123,8 @@ pub struct Repository {
     /// On SQLite, the one writer (see `writer`); `None` on PostgreSQL,
     /// where row locks serialize writers.
     sqlite_writer: Option<Arc<SqliteWriter>>,
-    /// Whether writes on SQLite take the direct road (see `road`).
+    /// Whether writes on SQLite run on the direct SQLite connection (see
+    /// `statement_runner`).
     direct: bool,
     /// The signer of checkpoints and the newest one, shared by every clone.
     pub(super) checkpoints: Arc<Checkpoints>,
@@ -244,8 +245,9 @@ impl Repository {
         })
     }
 
-    /// This store, its writes on SQLite taking the direct road (see
-    /// `road`): for the transactions whose storage is all on it.
+    /// This store, its writes on SQLite running on the direct SQLite
+    /// connection (see `statement_runner`): for the transactions whose
+    /// storage is all on it.
     pub fn direct(&self) -> Self {
         Repository {
             direct: true,

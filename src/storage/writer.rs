@@ -25,21 +25,21 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use super::direct::{Direct, Open};
-use super::road::Txn;
+use super::sqlite_direct::{DirectSqlite, Open};
+use super::statement_runner::Txn;
 use crate::domain::{Error, Result};
 
-/// The connections write transactions run on, one a road (see `road`),
-/// and whose turn it is. On one connection a transaction also finds the
-/// pages and prepared statements the previous one left; a connection that
-/// did not make the last commit drops its page cache and reads the pages
-/// again.
+/// The connections write transactions run on, SeaORM's and the direct
+/// SQLite one (see `statement_runner`), and whose turn it is. On one
+/// connection a transaction also finds the pages and prepared statements
+/// the previous one left; a connection that did not make the last commit
+/// drops its page cache and reads the pages again.
 pub(super) struct SqliteWriter {
     turn: Arc<Mutex<Option<Batch>>>,
     /// Writers waiting for a turn to start their work.
     waiting: AtomicUsize,
     db: DatabaseConnection,
-    direct: Arc<Direct>,
+    direct: Arc<DirectSqlite>,
 }
 
 /// A turn on the writer, with the batch open on its connection, if any.
@@ -90,11 +90,11 @@ impl SqliteWriter {
             turn: Arc::default(),
             waiting: AtomicUsize::new(0),
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
-            direct: Direct::open(readers.connect_options().get_filename())?,
+            direct: DirectSqlite::open(readers.connect_options().get_filename())?,
         })
     }
 
-    /// A transaction of its own, on the direct road or SeaORM's.
+    /// A transaction of its own, on the direct SQLite connection or SeaORM's.
     async fn begin(&self, direct: bool) -> Result<Txn> {
         Ok(match direct {
             true => Txn::Direct(Open::begin(&self.direct)?),
@@ -103,9 +103,9 @@ impl SqliteWriter {
     }
 
     /// A turn for a write transaction that may share its commit: a
-    /// savepoint in the open batch (one on the same road; another commits
-    /// first), or a transaction of its own that may become one. Finish it
-    /// with [`finish`](Self::finish).
+    /// savepoint in the open batch (one on the same connection; another
+    /// commits first), or a transaction of its own that may become one.
+    /// Finish it with [`finish`](Self::finish).
     pub(super) async fn begin_grouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let waiting = Waiting::new(&self.waiting);
         let mut turn = self.turn.clone().lock_owned().await;
@@ -199,7 +199,7 @@ mod tests {
 
     /// Concurrent writers share commits, none answers before its commit (a
     /// reader on another connection sees it at once), and a writer that
-    /// fails rolls back only its own changes, on either road: the
+    /// fails rolls back only its own changes, on either connection: the
     /// revisions of those that succeeded are exactly 1..=n, each once, and
     /// a new connection reads them all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,14 @@
-//! The roads a statement takes to the database: SeaORM's, through sqlx,
-//! for every read and every write on PostgreSQL; and on SQLite, for the
-//! writes an activation makes, the direct road (see `direct`), a
-//! statement at a time in the caller's thread.
+//! The connections a statement runs on: SeaORM's, through sqlx, for
+//! every read and every write on PostgreSQL; and on SQLite, for the
+//! writes an activation makes, the direct SQLite connection (see
+//! `sqlite_direct`), a statement at a time in the caller's thread.
 //!
-//! The storage an activation runs is written once, against [`Road`]:
-//! SeaORM builds each statement and [`Road`] runs it on whichever road the
-//! transaction is on. Storage off that path keeps SeaORM's own calls; a
-//! transaction on the direct road refuses them (see [`Txn`]), so a
-//! function that should be on the path and is not fails its tests.
+//! The storage an activation runs is written once, against
+//! [`StatementRunner`]: SeaORM builds each statement and
+//! [`StatementRunner`] runs it on whichever connection the transaction is
+//! on. Storage off that path keeps SeaORM's own calls; a transaction on the
+//! direct SQLite connection refuses them (see [`Txn`]), so a function that
+//! should be on the path and is not fails its tests.
 
 use sea_orm::sea_query::{InsertStatement, IntoColumnRef};
 use sea_orm::{
@@ -16,14 +17,14 @@ use sea_orm::{
     TryGetableMany, TryIntoModel,
 };
 
-use super::direct::{self, Open};
+use super::sqlite_direct::{self, Open};
 
-/// What a road answers: SeaORM's errors, whichever road ran it (see
+/// What a runner answers: SeaORM's errors, whichever connection ran it (see
 /// `errors`).
 type Result<T> = std::result::Result<T, DbErr>;
 
 /// Where a statement runs, and how its rows are read.
-pub(super) trait Road: Sync {
+pub(super) trait StatementRunner: Sync {
     fn backend(&self) -> DatabaseBackend;
 
     /// The models `select` reads.
@@ -71,19 +72,19 @@ pub(super) trait Road: Sync {
         async move { inserted.await?.ok_or_else(|| DbErr::RecordNotInserted) }
     }
 
-    /// Builds `statement` for this road's database.
+    /// Builds `statement` for this runner's database.
     fn build<S: StatementBuilder>(&self, statement: &S) -> Statement {
         self.backend().build(statement)
     }
 }
 
 /// What a row of values is read as: a value, or a tuple of them, on
-/// either road.
+/// either connection.
 pub(super) trait RowValues: TryGetableMany + Send + Sized + 'static {
     fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
 }
 
-/// The values both roads read: SeaORM's `TryGetable`, rusqlite's `FromSql`.
+/// The values both connections read: SeaORM's `TryGetable`, rusqlite's `FromSql`.
 macro_rules! row_values {
     ($($value:ty),*) => {$(
         impl RowValues for $value {
@@ -108,10 +109,10 @@ where
     }
 }
 
-/// SeaORM's road, for a connection or transaction of its own.
-macro_rules! sea_road {
+/// SeaORM's runner, for a connection or transaction of its own.
+macro_rules! sea_orm_runner {
     ($($connection:ty),*) => {$(
-        impl Road for $connection {
+        impl StatementRunner for $connection {
             fn backend(&self) -> DatabaseBackend {
                 self.get_database_backend()
             }
@@ -139,9 +140,9 @@ macro_rules! sea_road {
     )*};
 }
 
-sea_road!(DatabaseConnection, DatabaseTransaction);
+sea_orm_runner!(DatabaseConnection, DatabaseTransaction);
 
-/// A write transaction: SeaORM's, or on SQLite's direct road.
+/// A write transaction: SeaORM's, or on the direct SQLite connection.
 pub(super) enum Txn {
     SeaOrm(DatabaseTransaction),
     Direct(Open),
@@ -174,18 +175,19 @@ impl Txn {
         matches!(self, Txn::Direct(_))
     }
 
-    /// SeaORM's transaction, which storage off the direct road needs.
+    /// SeaORM's transaction, which storage off the direct SQLite connection
+    /// needs.
     fn sea_orm(&self) -> Result<&DatabaseTransaction> {
         match self {
             Txn::SeaOrm(txn) => Ok(txn),
             Txn::Direct(_) => Err(DbErr::Custom(
-                "a statement off the direct road in a transaction on it".into(),
+                "a statement off the direct SQLite connection in a transaction on it".into(),
             )),
         }
     }
 }
 
-impl Road for Txn {
+impl StatementRunner for Txn {
     fn backend(&self) -> DatabaseBackend {
         match self {
             Txn::SeaOrm(txn) => txn.get_database_backend(),
@@ -200,9 +202,10 @@ impl Road for Txn {
     {
         match self {
             Txn::SeaOrm(txn) => txn.all(select).await,
-            Txn::Direct(open) => open
-                .direct()
-                .rows(&select.build(DatabaseBackend::Sqlite), direct::model::<E>),
+            Txn::Direct(open) => open.direct().rows(
+                &select.build(DatabaseBackend::Sqlite),
+                sqlite_direct::model::<E>,
+            ),
         }
     }
 
@@ -224,7 +227,7 @@ impl Road for Txn {
 #[async_trait::async_trait]
 impl ConnectionTrait for Txn {
     fn get_database_backend(&self) -> DatabaseBackend {
-        Road::backend(self)
+        StatementRunner::backend(self)
     }
 
     async fn execute_raw(&self, statement: Statement) -> Result<ExecResult> {
@@ -249,12 +252,13 @@ mod tests {
     use crate::domain::{Error, PolicyRef};
     use crate::storage::sqlite_repository;
 
-    /// A transaction on the direct road runs what is on it and refuses a
-    /// statement from storage left off it, rolling back what it wrote.
+    /// A transaction on the direct SQLite connection runs what is on it
+    /// and refuses a statement from storage left off it, rolling back what
+    /// it wrote.
     #[tokio::test]
-    async fn the_direct_road_refuses_what_is_off_it() {
+    async fn the_direct_sqlite_connection_refuses_what_is_off_it() {
         let dir = tempfile::tempdir().unwrap();
-        let repository = sqlite_repository(&dir.path().join("road.db")).await;
+        let repository = sqlite_repository(&dir.path().join("runner.db")).await;
         let policy = PolicyRef::parse("team", "limits").unwrap();
         let refused = repository
             .direct()
@@ -265,7 +269,9 @@ mod tests {
             })
             .await;
         match refused {
-            Err(Error::Internal(message)) => assert!(message.contains("off the direct road")),
+            Err(Error::Internal(message)) => {
+                assert!(message.contains("off the direct SQLite connection"))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(repository.current_revision().await.unwrap(), 0);
