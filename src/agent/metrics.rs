@@ -33,7 +33,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::held::Held;
+use super::held::FollowedNamespaces;
 use crate::metrics::PortLabel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,7 +57,7 @@ impl PortCounts {
 
 /// The registry, with the gauges read from the held states at each scrape.
 pub struct Exposition {
-    held: Arc<Held>,
+    namespaces: Arc<FollowedNamespaces>,
     registry: Registry,
     revision: Family<NamespaceLabel, Gauge>,
     age: Family<NamespaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -71,12 +71,12 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    pub fn new(held: Arc<Held>, ports: &PortCounts) -> Self {
+    pub fn new(namespaces: Arc<FollowedNamespaces>, ports: &PortCounts) -> Self {
         let mut root = Registry::default();
         root.register_collector(crate::metrics::process_collector());
         let registry = root.sub_registry_with_prefix("policyhub_agent");
         let exposition = Exposition {
-            held,
+            namespaces,
             registry: Registry::default(),
             revision: Family::default(),
             age: Family::default(),
@@ -151,7 +151,7 @@ impl Exposition {
 
     /// The OpenMetrics text now.
     pub fn render(&self) -> String {
-        for followed in self.held.all() {
+        for followed in self.namespaces.all() {
             let label = NamespaceLabel {
                 namespace: followed.namespace.clone(),
             };
