@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use tonic::Code;
 
-use super::connection::{Client, Failure, Gone, Outlet, fetch_jwks};
+use super::connection::{Client, EventSink, Failure, Gone, fetch_jwks};
 use super::reporter::Reporter;
 use crate::bundle::{self, Envelope, Jwks};
 use crate::cache::Cache;
@@ -21,7 +21,7 @@ use crate::subscription::Subscription;
 use crate::tree::{Judgement, Remembered, RestoreProof, TreeHead, verify_note};
 
 /// What the subscription holds between sessions.
-pub(super) struct Core {
+pub(super) struct SubscriptionState {
     /// The state in force.
     applied: State,
     /// The state in force before it, received in this run: what a
@@ -44,11 +44,11 @@ pub(super) struct Core {
     cached_tree: Option<String>,
 }
 
-impl Core {
+impl SubscriptionState {
     /// Starts from the cache when there is a good one, and says so.
     pub(super) async fn start<F>(
         subscription: &Subscription,
-        outlet: &mut Outlet<F>,
+        sink: &mut EventSink<F>,
     ) -> Result<Self, Gone>
     where
         F: Validate,
@@ -57,7 +57,7 @@ impl Core {
             .cache_dir
             .as_ref()
             .map(|dir| Cache::new(dir, &subscription.namespace, &subscription.names));
-        let mut core = Core {
+        let mut subscription_state = SubscriptionState {
             applied: State {
                 namespace: subscription.namespace.clone(),
                 ..State::default()
@@ -78,20 +78,21 @@ impl Core {
             },
             cached_tree: None,
         };
-        let Some(cache) = &core.cache else {
-            return Ok(core);
+        let Some(cache) = &subscription_state.cache else {
+            return Ok(subscription_state);
         };
-        core.cached_tree = cache.load_tree().await.unwrap_or_else(|error| {
+        subscription_state.cached_tree = cache.load_tree().await.unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the cached tree of the server's log");
             None
         });
-        core.tree.restored_through = cache.load_restore().await.unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read the cached restore of the server's log");
-            None
-        });
+        subscription_state.tree.restored_through =
+            cache.load_restore().await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the cached restore of the server's log");
+                None
+            });
         let event = match cache.load().await {
-            Ok(None) => return Ok(core),
-            Ok(Some((state, jwks))) => match outlet.validate.validate(&state).await {
+            Ok(None) => return Ok(subscription_state),
+            Ok(Some((state, jwks))) => match sink.validate.validate(&state).await {
                 Ok(()) => {
                     tracing::info!(
                         revision = state.revision,
@@ -99,9 +100,9 @@ impl Core {
                         path = %cache.path().display(),
                         "started from the cached state (verified again) until the server answers"
                     );
-                    core.decided = state.revision;
-                    core.applied = state.clone();
-                    core.jwks = jwks;
+                    subscription_state.decided = state.revision;
+                    subscription_state.applied = state.clone();
+                    subscription_state.jwks = jwks;
                     Event::FromCache(state)
                 }
                 Err(reason) => {
@@ -124,8 +125,8 @@ impl Core {
                 }
             }
         };
-        outlet.emit(event).await?;
-        Ok(core)
+        sink.emit(event).await?;
+        Ok(subscription_state)
     }
 
     /// Verifies a checkpoint of the stream (a key unknown to the JWKS makes
@@ -442,7 +443,7 @@ impl Core {
     pub(super) async fn revoke<F>(
         &mut self,
         request: Revocation,
-        outlet: &Outlet<F>,
+        sink: &EventSink<F>,
     ) -> Result<(), Gone>
     where
         F: Validate,
@@ -461,7 +462,7 @@ impl Core {
         // The caller may have given up waiting; the revocation stands.
         let _ = reply.send(restored);
         match event {
-            Some(event) => outlet.emit(event).await,
+            Some(event) => sink.emit(event).await,
             None => Ok(()),
         }
     }
