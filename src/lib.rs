@@ -20,7 +20,7 @@
 //!   lock, `write` and `write_once`), `idempotency`, `policies`, `versions`,
 //!   `events`, `pointers` (revisions, NOTIFY, index loading), `keys`,
 //!   `reads` and `paging`, `rows` (row mapping), `errors` (what a database
-//!   error means), `runtimes`, `road` and `direct` (an activation's
+//!   error means), `runtimes`, `statement_runner` and `sqlite_direct` (an activation's
 //!   statements on SQLite in the caller's thread); migrations live in
 //!   `policyhub-migrations`.
 //! - [`signing`]: Ed25519 keys and the signing of bundles; the only module

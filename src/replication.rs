@@ -70,7 +70,7 @@ pub async fn follow(hub: PolicyHub, database_url: SecretString, settings: WatchS
             Err(_) => tracing::warn!("the database did not answer the catch-up read"),
         }
         if last_read.elapsed() > settings.vouch_timeout
-            && hub.index().ending() == crate::watch::Ending::No
+            && hub.index().ending() == crate::watch::Ending::Serving
         {
             tracing::error!(
                 revision = hub.index().revision(),

@@ -2,6 +2,11 @@
 //! and the JWKS that verified them, written atomically (temporary file,
 //! fsync, rename) so a crash leaves the old file or the new one, never half.
 //! Read back, every bundle is verified again before it is used.
+//!
+//! The file system is blocking I/O (and an fsync may take milliseconds),
+//! while the library runs on its embedder's executor, perhaps a
+//! current-thread one: every read and write runs on tokio's blocking pool,
+//! so the executor goes on serving the embedder's tasks meanwhile.
 
 use std::{
     collections::BTreeMap,
@@ -68,13 +73,15 @@ impl Cache {
     }
 
     /// The last verified checkpoint note of the server's tree, if any.
-    pub fn load_tree(&self) -> std::io::Result<Option<String>> {
-        read_if_any(&self.tree_path())
+    pub async fn load_tree(&self) -> std::io::Result<Option<String>> {
+        let path = self.tree_path();
+        off_executor(move || read_if_any(&path)).await?
     }
 
     /// Keeps `note` as the last verified checkpoint note, atomically.
-    pub fn save_tree(&self, note: &str) -> std::io::Result<()> {
-        write_atomically(&self.tree_path(), note.as_bytes())
+    pub async fn save_tree(&self, note: &str) -> std::io::Result<()> {
+        let (path, contents) = (self.tree_path(), note.as_bytes().to_vec());
+        off_executor(move || write_atomically(&path, &contents)).await?
     }
 
     /// Where the leaf of the last restore taken is.
@@ -83,8 +90,10 @@ impl Cache {
     }
 
     /// The leaf of the last restore of the server's log taken, if any.
-    pub fn load_restore(&self) -> std::io::Result<Option<u64>> {
-        read_if_any(&self.restore_path())?
+    pub async fn load_restore(&self) -> std::io::Result<Option<u64>> {
+        let path = self.restore_path();
+        off_executor(move || read_if_any(&path))
+            .await??
             .map(|text| {
                 text.trim()
                     .parse()
@@ -94,13 +103,22 @@ impl Cache {
     }
 
     /// Keeps `leaf` as the last restore taken, atomically.
-    pub fn save_restore(&self, leaf: u64) -> std::io::Result<()> {
-        write_atomically(&self.restore_path(), leaf.to_string().as_bytes())
+    pub async fn save_restore(&self, leaf: u64) -> std::io::Result<()> {
+        let path = self.restore_path();
+        off_executor(move || write_atomically(&path, leaf.to_string().as_bytes())).await?
     }
 
     /// The cached state and its JWKS, verified again; `Ok(None)` when there
     /// is no cache yet, `Err` with the reason when it cannot be trusted.
-    pub fn load(&self) -> Result<Option<(State, Jwks)>, String> {
+    pub async fn load(&self) -> Result<Option<(State, Jwks)>, String> {
+        let cache = self.clone();
+        off_executor(move || cache.load_blocking())
+            .await
+            .map_err(|error| format!("cannot read it: {error}"))?
+    }
+
+    /// [`load`](Self::load), on the calling thread.
+    fn load_blocking(&self) -> Result<Option<(State, Jwks)>, String> {
         let modified = std::fs::metadata(&self.path).and_then(|metadata| metadata.modified());
         let text = match std::fs::read(&self.path) {
             Ok(text) => text,
@@ -155,7 +173,7 @@ impl Cache {
     }
 
     /// Replaces the cache with `state`, atomically.
-    pub fn save(&self, state: &State, jwks: &Jwks) -> std::io::Result<()> {
+    pub async fn save(&self, state: &State, jwks: &Jwks) -> std::io::Result<()> {
         let file = CacheFile {
             format: FORMAT,
             namespace: self.namespace.clone(),
@@ -176,10 +194,24 @@ impl Cache {
                 .ok()
                 .map(|since| since.as_millis() as u64),
         };
-        write_atomically(
-            &self.path,
-            &serde_json::to_vec(&file).map_err(std::io::Error::other)?,
-        )
+        let contents = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        let path = self.path.clone();
+        off_executor(move || write_atomically(&path, &contents)).await?
+    }
+}
+
+/// Runs `work` on tokio's blocking pool and waits for it without holding
+/// the executor. A panic in it goes on unwinding here, as it would have
+/// on the executor.
+async fn off_executor<T>(work: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T>
+where
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Ok(done),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime shuts down before the work began.
+        Err(error) => Err(std::io::Error::other(error)),
     }
 }
 
@@ -204,5 +236,115 @@ fn read_if_any(path: &Path) -> std::io::Result<Option<String>> {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt, sync::mpsc, time::Duration};
+
+    use super::*;
+
+    /// A FIFO at `path`: opening it blocks until its other end is opened,
+    /// a file system operation as slow as the test wants.
+    fn make_fifo(path: &Path) {
+        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo keeps no pointer.
+        #[allow(unsafe_code)]
+        let made = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
+        assert_eq!(made, 0);
+    }
+
+    /// Runs `io`, stuck on opening `fifo`, next to a task that asks a
+    /// thread to open the FIFO's other end; the thread waits five seconds
+    /// for that and then opens it anyway. Whether the task got to ask (the
+    /// executor ran it while `io` waited), and what the thread read.
+    async fn executor_runs_while_stuck<T>(
+        fifo: &Path,
+        other_end: fn(&Path) -> Vec<u8>,
+        io: impl Future<Output = T>,
+    ) -> (bool, Vec<u8>) {
+        let (ask, asked) = mpsc::channel::<()>();
+        let fifo = fifo.to_owned();
+        let thread = std::thread::spawn(move || {
+            let in_time = asked.recv_timeout(Duration::from_secs(5)).is_ok();
+            (in_time, other_end(&fifo))
+        });
+        let other_task = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = ask.send(());
+        };
+        tokio::join!(io, other_task);
+        thread.join().unwrap()
+    }
+
+    fn state_of(namespace: &str) -> State {
+        State {
+            namespace: namespace.to_owned(),
+            revision: 7,
+            ..State::default()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_save_leaves_a_current_thread_executor_free_while_the_file_system_is_slow() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), "payments", &[]);
+        make_fifo(&dir.path().join("payments.state.json.tmp"));
+        let (in_time, written) = executor_runs_while_stuck(
+            &dir.path().join("payments.state.json.tmp"),
+            |fifo| std::fs::read(fifo).unwrap(),
+            // A FIFO cannot be fsynced, so the save itself fails at the end;
+            // what counts is the executor meanwhile.
+            async {
+                let _ = cache.save(&state_of("payments"), &Jwks::default()).await;
+            },
+        )
+        .await;
+        let written: CacheFile = serde_json::from_slice(&written).unwrap();
+        assert_eq!(
+            (written.namespace.as_str(), written.revision),
+            ("payments", 7)
+        );
+        assert!(
+            in_time,
+            "the executor stood still while the cache was written"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_load_leaves_a_current_thread_executor_free_while_the_file_system_is_slow() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), "payments", &[]);
+        make_fifo(cache.path());
+        let mut loaded = None;
+        let (in_time, _) = executor_runs_while_stuck(
+            cache.path(),
+            |fifo| {
+                std::fs::write(fifo, b"not a cache").unwrap();
+                Vec::new()
+            },
+            async { loaded = Some(cache.load().await) },
+        )
+        .await;
+        let refused = loaded.unwrap().unwrap_err();
+        assert!(refused.starts_with("it is not a cache"), "{refused}");
+        assert!(in_time, "the executor stood still while the cache was read");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_saved_state_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), "payments", &[]);
+        cache
+            .save(&state_of("payments"), &Jwks::default())
+            .await
+            .unwrap();
+        cache.save_tree("a note").await.unwrap();
+        cache.save_restore(12).await.unwrap();
+        let (state, _) = cache.load().await.unwrap().unwrap();
+        assert_eq!((state.revision, state.source), (7, Source::Cache));
+        assert_eq!(cache.load_tree().await.unwrap().as_deref(), Some("a note"));
+        assert_eq!(cache.load_restore().await.unwrap(), Some(12));
     }
 }

@@ -24,23 +24,23 @@ use crate::subscription::TokenSource;
 /// ```
 pub fn token_file(path: impl Into<PathBuf>) -> TokenSource {
     let path = path.into();
-    let held = Mutex::new(Held::default());
+    let file = Mutex::new(TokenFile::default());
     Arc::new(move || {
-        let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.read(&path);
-        held.token.clone()
+        let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        file.read(&path);
+        file.token.clone()
     })
 }
 
 /// What the file gave last, and whether it fails now (so a failure is
 /// logged once, not on every call).
 #[derive(Default)]
-struct Held {
+struct TokenFile {
     token: Option<String>,
     failing: bool,
 }
 
-impl Held {
+impl TokenFile {
     fn read(&mut self, path: &Path) {
         let read = std::fs::read_to_string(path)
             .map_err(|error| error.to_string())

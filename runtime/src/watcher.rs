@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use crate::event::{Event, Validate, WatchError};
 pub use crate::revoke::{RevokeError, Revoker};
-use crate::session::{Outlet, drive};
+use crate::session::{EventSink, drive};
 use crate::state::State;
 pub use crate::subscription::{
     DEFAULT_REPORT_SPREAD, HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource, report_delay,
@@ -74,7 +74,7 @@ impl Subscription {
         // The machinery runs inside the stream, polled with it; a channel of
         // one event holds it back until the consumer takes the last one.
         let (sender, receiver) = mpsc::channel(1);
-        let driver = Box::pin(drive(self, Outlet::new(sender, validate)));
+        let driver = Box::pin(drive(self, EventSink::new(sender, validate)));
         stream::unfold(
             (Some(driver), receiver),
             |(mut driver, mut receiver)| async move {

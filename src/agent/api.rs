@@ -37,7 +37,7 @@ use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
-use super::held::{Followed, Held, InForce, source, state_json};
+use super::held::{Followed, FollowedNamespaces, InForce, source, state_json};
 use crate::connections::{Listener, Tracker, serve_http1};
 use crate::http::{http_status, semantics, status_json};
 
@@ -51,7 +51,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The API over the states held.
 #[derive(Clone)]
 pub struct Api {
-    held: Arc<Held>,
+    namespaces: Arc<FollowedNamespaces>,
     /// SHA-256 of the token callers must present.
     token: Option<[u8; 32]>,
 }
@@ -80,9 +80,9 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 }
 
 impl Api {
-    pub fn new(held: Arc<Held>, token: Option<String>) -> Self {
+    pub fn new(namespaces: Arc<FollowedNamespaces>, token: Option<String>) -> Self {
         Api {
-            held,
+            namespaces,
             token: token.map(|token| Sha256::digest(token.trim().as_bytes()).into()),
         }
     }
@@ -146,7 +146,7 @@ impl Api {
             ["v1", "namespaces", namespace, rest @ ..] => (*namespace, rest),
             _ => return Err(not_found(&parts.method, &path)),
         };
-        let followed = self.held.get(namespace).ok_or_else(|| {
+        let followed = self.namespaces.get(namespace).ok_or_else(|| {
             Status::not_found(format!("this agent does not follow namespace {namespace}"))
         })?;
         match (&parts.method, rest) {
@@ -194,7 +194,7 @@ impl Api {
     fn health(&self) -> Response<Body> {
         let mut ready = true;
         let namespaces: serde_json::Map<String, Value> = self
-            .held
+            .namespaces
             .all()
             .map(|followed| {
                 let in_force = followed.current();

@@ -1,7 +1,8 @@
 //! Follows one namespace through the runtime library and keeps what it
-//! decides in [`Held`](super::held::Held): the files (when rendered) are
-//! the check each new state must pass, so a failed reload is reported
-//! REJECTED and leaves the previous state in force everywhere.
+//! decides in [`FollowedNamespaces`](super::held::FollowedNamespaces):
+//! the files (when rendered) are the check each new state must pass, so
+//! a failed reload is reported REJECTED and leaves the previous state in
+//! force everywhere.
 
 use std::{pin::pin, sync::Arc, sync::atomic::Ordering};
 

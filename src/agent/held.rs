@@ -148,11 +148,11 @@ impl Followed {
 
 /// Every namespace followed, by name.
 #[derive(Debug, Default)]
-pub struct Held {
+pub struct FollowedNamespaces {
     namespaces: BTreeMap<String, Arc<Followed>>,
 }
 
-impl Held {
+impl FollowedNamespaces {
     /// Starts holding `namespace`.
     pub fn add(&mut self, namespace: &str, revoker: Revoker) -> Arc<Followed> {
         let followed = Arc::new(Followed {

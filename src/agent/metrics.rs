@@ -33,7 +33,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::held::Held;
+use super::held::FollowedNamespaces;
 use crate::metrics::{FamilyDescription, PortLabel, Registrar};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,7 +57,7 @@ impl PortCounts {
 
 /// The registry, with the gauges read from the held states at each scrape.
 pub struct Exposition {
-    held: Arc<Held>,
+    namespaces: Arc<FollowedNamespaces>,
     registry: Registry,
     /// Every family `registry` holds, with a series or not yet.
     families: Vec<FamilyDescription>,
@@ -73,7 +73,7 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    pub fn new(held: Arc<Held>, ports: &PortCounts) -> Self {
+    pub fn new(namespaces: Arc<FollowedNamespaces>, ports: &PortCounts) -> Self {
         let mut root = Registry::default();
         root.register_collector(crate::metrics::process_collector());
         let mut registry = Registrar::new(
@@ -81,7 +81,7 @@ impl Exposition {
             "policyhub_agent",
         );
         let exposition = Exposition {
-            held,
+            namespaces,
             registry: Registry::default(),
             families: Vec::new(),
             revision: Family::default(),
@@ -165,7 +165,7 @@ impl Exposition {
 
     /// The OpenMetrics text now.
     pub fn render(&self) -> String {
-        for followed in self.held.all() {
+        for followed in self.namespaces.all() {
             let label = NamespaceLabel {
                 namespace: followed.namespace.clone(),
             };

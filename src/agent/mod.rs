@@ -28,7 +28,7 @@ use policyhub_runtime::Subscription;
 use tokio::net::TcpListener;
 
 pub use self::files::Command;
-use self::held::Held;
+use self::held::FollowedNamespaces;
 use crate::connections::Listener;
 
 /// Every metric family the agent registers, with a series or not yet: what
@@ -107,11 +107,11 @@ impl Agent {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
-        let mut held = Held::default();
+        let mut namespaces = FollowedNamespaces::default();
         let mut followers = Vec::new();
         for (namespace, subscription) in settings.namespaces.iter().zip(settings.subscriptions) {
             let (subscription, revoker) = subscription.revocable();
-            let followed = held.add(namespace, revoker);
+            let followed = namespaces.add(namespace, revoker);
             let files = settings
                 .render
                 .as_ref()
@@ -126,15 +126,15 @@ impl Agent {
                 .transpose()?;
             followers.push(follow::follow(subscription, followed, files));
         }
-        let held = Arc::new(held);
+        let namespaces = Arc::new(namespaces);
         let mut tasks: Vec<_> = followers.into_iter().map(tokio::spawn).collect();
         let ports = metrics::PortCounts::default();
         let limits = &settings.api.connections;
-        let api = api::Api::new(held.clone(), settings.api.token.clone());
+        let api = api::Api::new(namespaces.clone(), settings.api.token.clone());
         let listener = Listener::new(listener, "api", limits.clone(), ports.of("api"));
         tasks.push(tokio::spawn(api.serve(listener, tls)));
         if let Some(tcp) = metrics_listener {
-            let render = Arc::new(metrics::Exposition::new(held.clone(), &ports));
+            let render = Arc::new(metrics::Exposition::new(namespaces.clone(), &ports));
             let listener = Listener::new(tcp, "metrics", limits.clone(), ports.of("metrics"));
             tasks.push(tokio::spawn(crate::metrics::serve_with(
                 listener,

@@ -78,7 +78,7 @@ fn ended(reason: Ending, revision: u64) -> Error {
             "this replica cannot read its database and no longer vouches for revision \
              {revision}: reconnect (to another replica) with since_revision {revision}"
         ),
-        Ending::Shutdown | Ending::No => {
+        Ending::Shutdown | Ending::Serving => {
             format!("the server is shutting down: reconnect with since_revision {revision}")
         }
     })

@@ -156,7 +156,7 @@ impl PolicyHub {
         key: Option<IdempotencyKey>,
     ) -> Result<ActivationOutcome> {
         let claim = IdempotencyClaim::new("Activate", key, &command);
-        // Every statement of an activation is on SQLite's direct road.
+        // Every statement of an activation is on the direct SQLite connection.
         let outcome = self
             .repository
             .direct()

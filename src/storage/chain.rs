@@ -12,8 +12,8 @@ use sea_orm::{
 
 use super::entities::events;
 use super::events::record;
-use super::road::Road;
 use super::rows::revision;
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use crate::domain::{Result, chain};
 
@@ -22,12 +22,15 @@ const CHAIN_LOCK: i64 = 7_240_533;
 
 /// The id and hash of the last event (below `below`): 0 and the genesis
 /// for an empty log.
-pub(super) async fn tip<R: Road>(road: &R, below: Option<i64>) -> Result<(u64, String)> {
+pub(super) async fn tip<R: StatementRunner>(
+    runner: &R,
+    below: Option<i64>,
+) -> Result<(u64, String)> {
     let mut query = events::Entity::find();
     if let Some(below) = below {
         query = query.filter(events::Column::Id.lt(below));
     }
-    let last = road
+    let last = runner
         .one(query.order_by(events::Column::Id, Order::Desc))
         .await?;
     Ok(last.map_or_else(
@@ -37,8 +40,8 @@ pub(super) async fn tip<R: Road>(road: &R, below: Option<i64>) -> Result<(u64, S
 }
 
 /// The hash of the last event (below `below`).
-pub(super) async fn head<R: Road>(road: &R, below: Option<i64>) -> Result<String> {
-    Ok(tip(road, below).await?.1)
+pub(super) async fn head<R: StatementRunner>(runner: &R, below: Option<i64>) -> Result<String> {
+    Ok(tip(runner, below).await?.1)
 }
 
 impl Transaction {

@@ -4,6 +4,8 @@
 //! replica serves only checkpoints it committed or read back, so one that
 //! cannot reach its database serves an ever older one.
 
+use std::sync::atomic::Ordering;
+
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
@@ -17,8 +19,8 @@ use super::entities::{checkpoint_cosignatures, checkpoints};
 use super::events::record as event_record;
 use super::log::{over_tree, tree_root, tree_size};
 use super::paging::Paging;
-use super::road::Road;
 use super::rows::{db_revision, now, revision};
+use super::statement_runner::StatementRunner;
 use super::transaction::{CheckpointSigner, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
 use crate::domain::log::{self, Hash};
@@ -39,9 +41,9 @@ fn record(row: checkpoints::Model) -> Checkpoint {
 }
 
 /// The newest checkpoint as signed (without cosignatures).
-pub(super) async fn newest<R: Road>(road: &R) -> Result<Option<Checkpoint>> {
+pub(super) async fn newest<R: StatementRunner>(runner: &R) -> Result<Option<Checkpoint>> {
     let newest = checkpoints::Entity::find().order_by(checkpoints::Column::Id, Order::Desc);
-    Ok(road.one(newest).await?.map(record))
+    Ok(runner.one(newest).await?.map(record))
 }
 
 /// Every checkpoint as signed (without cosignatures), oldest first.
@@ -61,17 +63,17 @@ pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Ch
 /// its note signed, grown by exactly those events' leaves. DATA_LOSS
 /// naming the break otherwise. Returns the tree's size and root now, which
 /// the next checkpoint signs.
-pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<(u64, Hash)> {
-    let Some(checkpoint) = newest(road).await? else {
-        let size = tree_size(road).await?;
-        return Ok((size, tree_root(road, size).await?));
+pub(super) async fn extends_last_checkpoint<R: StatementRunner>(runner: &R) -> Result<(u64, Hash)> {
+    let Some(checkpoint) = newest(runner).await? else {
+        let size = tree_size(runner).await?;
+        return Ok((size, tree_root(runner, size).await?));
     };
     let last = db_revision(checkpoint.last_event_id);
-    let before = tip(road, Some(last)).await?;
+    let before = tip(runner, Some(last)).await?;
     let since = events::Entity::find()
         .filter(events::Column::Id.gte(last))
         .order_by(events::Column::Id, Order::Asc);
-    let since = road
+    let since = runner
         .all(since)
         .await?
         .into_iter()
@@ -84,10 +86,10 @@ pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<(u64, H
             checkpoint.revision, checkpoint.last_event_id
         ))
     })?;
-    let size = tree_size(road).await?;
+    let size = tree_size(runner).await?;
     // A checkpoint signed before the tree existed signed no tree to extend.
     let Some(note) = &checkpoint.note else {
-        return Ok((size, tree_root(road, size).await?));
+        return Ok((size, tree_root(runner, size).await?));
     };
     let (signed_size, signed_root) = log::signed_tree(note)?;
     let unextended = |why: String| {
@@ -113,7 +115,7 @@ pub(super) async fn extends_last_checkpoint<R: Road>(road: &R) -> Result<(u64, H
             "it holds {size} leaves, the events since make {grown_size}"
         )));
     }
-    let grown = over_tree(road, |reads| {
+    let grown = over_tree(runner, |reads| {
         log::grown_from(signed_size, signed_root, &leaves, reads)
     })
     .await?;
@@ -229,7 +231,9 @@ impl Repository {
     /// witnesses configured; without, nothing is read beyond the
     /// checkpoint); set once, for every clone.
     pub fn read_cosignatures(&self) {
-        let _ = self.checkpoints.cosigned.set(());
+        self.checkpoints
+            .reads_cosignatures
+            .store(true, Ordering::Relaxed);
     }
 
     /// Resolves when this replica committed or read a checkpoint newer
@@ -243,9 +247,9 @@ impl Repository {
     /// With witnesses (see `read_cosignatures`), with its cosignatures.
     pub async fn read_newest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         if let Some(checkpoint) = newest(&self.db).await? {
-            let checkpoint = match self.checkpoints.cosigned.get() {
-                Some(()) => with_cosignatures(&self.db, vec![checkpoint]).await?.pop(),
-                None => Some(checkpoint),
+            let checkpoint = match self.checkpoints.reads_cosignatures.load(Ordering::Relaxed) {
+                true => with_cosignatures(&self.db, vec![checkpoint]).await?.pop(),
+                false => Some(checkpoint),
             };
             self.checkpoints
                 .publish(checkpoint.expect("the checkpoint read"));

@@ -32,7 +32,7 @@ impl From<DbErr> for Error {
     }
 }
 
-/// Whether a statement collided with a unique key, on either road.
+/// Whether a statement collided with a unique key, on either connection.
 pub(super) fn is_unique_violation(error: &DbErr) -> bool {
     match error {
         DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {

@@ -9,8 +9,8 @@ use sea_orm::{
 use super::entities::events;
 use super::paging::Paging;
 use super::policies::{LockedPolicy, find_policy};
-use super::road::Road;
 use super::rows::{active_bundle, db_revision, db_version, revision, version, version_record};
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::{

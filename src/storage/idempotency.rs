@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::entities::idempotency_records;
 use super::errors::is_unique_violation;
-use super::road::Road;
 use super::rows::now;
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction, span};
 use crate::domain::{Digest, Error, IdempotencyKey, RequestContext, Result, fingerprint};
 
@@ -42,10 +42,13 @@ impl IdempotencyClaim {
 
     /// The recorded outcome of this request, if it was seen; a different
     /// request under the same key is refused.
-    pub(super) async fn replay<T: DeserializeOwned, R: Road>(&self, road: &R) -> Result<Option<T>> {
+    pub(super) async fn replay<T: DeserializeOwned, R: StatementRunner>(
+        &self,
+        runner: &R,
+    ) -> Result<Option<T>> {
         let recorded =
             idempotency_records::Entity::find_by_id((self.method.to_owned(), self.key.clone()));
-        let Some(record) = road.one(recorded).await? else {
+        let Some(record) = runner.one(recorded).await? else {
             return Ok(None);
         };
         if record.fingerprint != self.fingerprint.as_str() {
@@ -63,9 +66,9 @@ impl IdempotencyClaim {
 
     /// Records the outcome; `false` when a concurrent request with the same
     /// key recorded first.
-    pub(super) async fn record<T: Serialize, R: Road>(
+    pub(super) async fn record<T: Serialize, R: StatementRunner>(
         &self,
-        road: &R,
+        runner: &R,
         context: &RequestContext,
         outcome: &T,
     ) -> Result<bool> {
@@ -79,7 +82,7 @@ impl IdempotencyClaim {
             response: Set(response),
             created_at: Set(now()),
         });
-        let inserted = road.run(row.build(road.backend())).await;
+        let inserted = runner.run(row.build(runner.backend())).await;
         match inserted {
             Err(error) if is_unique_violation(&error) => Ok(false),
             other => other.map(|_| true).map_err(Error::from),

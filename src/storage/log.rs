@@ -15,8 +15,8 @@ use super::chain::head;
 use super::entities::{events, log_hashes, log_origin};
 use super::events::{pointer_moves, record};
 use super::policies::find_policy;
-use super::road::Road;
 use super::rows::{db_revision, db_version, revision};
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::log::{self, Hash, Reads};
@@ -26,20 +26,20 @@ use crate::domain::{
 };
 
 /// How many leaves the tree has.
-pub(super) async fn tree_size<R: Road>(road: &R) -> Result<u64> {
+pub(super) async fn tree_size<R: StatementRunner>(runner: &R) -> Result<u64> {
     let last_leaf = log_hashes::Entity::find()
         .select_only()
         .column(log_hashes::Column::Id)
         .filter(log_hashes::Column::EventId.is_not_null())
         .order_by(log_hashes::Column::Id, Order::Desc)
         .limit(1);
-    let last_leaf: Option<i64> = road.value(last_leaf.build(road.backend())).await?;
+    let last_leaf: Option<i64> = runner.value(last_leaf.build(runner.backend())).await?;
     Ok(last_leaf.map_or(0, |position| log::size_after_leaf_at(revision(position))))
 }
 
 /// `compute` over the stored hashes it reads.
-pub(super) async fn over_tree<R: Road, T>(
-    road: &R,
+pub(super) async fn over_tree<R: StatementRunner, T>(
+    runner: &R,
     compute: impl Fn(&Reads) -> Result<T>,
 ) -> Result<T> {
     let needed = Reads::needed(&compute);
@@ -47,7 +47,7 @@ pub(super) async fn over_tree<R: Road, T>(
     if !needed.is_empty() {
         let stored = log_hashes::Entity::find()
             .filter(log_hashes::Column::Id.is_in(needed.iter().map(|index| db_revision(*index))));
-        let rows = road.all(stored).await?;
+        let rows = runner.all(stored).await?;
         for row in rows {
             let hash = <[u8; 32]>::try_from(row.hash.as_slice()).map_err(|_| {
                 Error::DataLoss(format!("the log's stored hash {} is not 32 bytes", row.id))
@@ -64,8 +64,8 @@ pub(super) async fn over_tree<R: Road, T>(
 }
 
 /// The root of the tree of its first `size` leaves.
-pub(super) async fn tree_root<R: Road>(road: &R, size: u64) -> Result<Hash> {
-    over_tree(road, |reads| log::root(size, reads)).await
+pub(super) async fn tree_root<R: StatementRunner>(runner: &R, size: u64) -> Result<Hash> {
+    over_tree(runner, |reads| log::root(size, reads)).await
 }
 
 impl Transaction {

@@ -5,7 +5,6 @@ mod backup;
 mod chain;
 mod checkpoints;
 mod cosignatures;
-mod direct;
 mod entities;
 mod errors;
 mod events;
@@ -20,11 +19,12 @@ mod pointers;
 mod policies;
 mod reads;
 mod requirements;
-mod road;
 mod rollouts;
 mod rows;
 mod runtimes;
 mod schedules;
+mod sqlite_direct;
+mod statement_runner;
 mod subscriptions;
 mod transaction;
 mod versions;
@@ -56,7 +56,7 @@ pub use versions::StoredVersion;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The settings every SQLite connection opens with, the pool's and the
-/// direct road's: WAL, durable commits, foreign keys.
+/// direct SQLite connection's: WAL, durable commits, foreign keys.
 const SQLITE_PRAGMAS: [(&str, &str); 3] = [
     ("journal_mode", "WAL"),
     ("synchronous", "FULL"),

@@ -12,7 +12,7 @@ use sea_orm::{
 
 use super::entities::{events, outbox, subscriptions};
 use super::events::record;
-use super::road::Road;
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use crate::domain::subscription::Subscription;
 use crate::domain::{EventKind, EventRecord, Result};

@@ -12,11 +12,11 @@ use sea_orm::{
 use super::entities::{events, policies};
 use super::events::{NewEvent, pointer_moves};
 use super::policies::{LockedPolicy, find_policy};
-use super::road::Road;
 use super::rollouts::{find_rollout, live_rollouts, view};
 use super::rows::{
     BundleRow, active_bundle, db_revision, db_version, revision, version, version_record,
 };
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::rollout::{RevisionChange, RolloutState};
@@ -93,7 +93,7 @@ async fn rollout_moves_since<C: ConnectionTrait>(
 }
 
 /// The active bundle of `policy`, sent again at revision `at`.
-async fn stable_bundle<C: ConnectionTrait + Road>(
+async fn stable_bundle<C: ConnectionTrait + StatementRunner>(
     db: &C,
     policy: &PolicyRef,
     at: u64,
@@ -109,12 +109,12 @@ async fn stable_bundle<C: ConnectionTrait + Road>(
     active_bundle(&version_record(policy, None, model)?, at).map(Some)
 }
 
-pub(super) async fn current_revision<R: Road>(road: &R) -> Result<u64> {
+pub(super) async fn current_revision<R: StatementRunner>(runner: &R) -> Result<u64> {
     let statement = Statement::from_string(
-        road.backend(),
+        runner.backend(),
         "SELECT revision FROM revision_counter WHERE id = 1",
     );
-    let at: i64 = road
+    let at: i64 = runner
         .value(statement)
         .await?
         .ok_or_else(|| Error::Internal("the revision counter row is missing".into()))?;

@@ -8,8 +8,8 @@ use sea_orm::{
 };
 
 use super::entities::policies;
-use super::road::Road;
 use super::rows::policy_state;
+use super::statement_runner::StatementRunner;
 use super::transaction::Transaction;
 use crate::domain::{Error, PolicyRef, PolicySchema, PolicyState, Result};
 
@@ -22,14 +22,18 @@ pub struct LockedPolicy {
     pub state: PolicyState,
 }
 
-pub(super) async fn find_policy<R: Road>(road: &R, policy: &PolicyRef) -> Result<policies::Model> {
-    road.one(
-        policies::Entity::find()
-            .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
-            .filter(policies::Column::Name.eq(policy.name.as_str())),
-    )
-    .await?
-    .ok_or_else(|| missing(policy))
+pub(super) async fn find_policy<R: StatementRunner>(
+    runner: &R,
+    policy: &PolicyRef,
+) -> Result<policies::Model> {
+    runner
+        .one(
+            policies::Entity::find()
+                .filter(policies::Column::Namespace.eq(policy.namespace.as_str()))
+                .filter(policies::Column::Name.eq(policy.name.as_str())),
+        )
+        .await?
+        .ok_or_else(|| missing(policy))
 }
 
 fn missing(policy: &PolicyRef) -> Error {

@@ -10,8 +10,8 @@ use super::entities::{policies, versions};
 use super::events::in_scope;
 use super::paging::Paging;
 use super::policies::find_policy;
-use super::road::Road;
 use super::rows::{db_version, policy_ref, revision, version, version_record};
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version, open_draft};
 use crate::domain::{
@@ -84,7 +84,10 @@ async fn summaries<C: ConnectionTrait>(
 }
 
 /// The summary of one policy; NOT_FOUND when there is none.
-async fn summary<C: ConnectionTrait + Road>(db: &C, policy: &PolicyRef) -> Result<PolicySummary> {
+async fn summary<C: ConnectionTrait + StatementRunner>(
+    db: &C,
+    policy: &PolicyRef,
+) -> Result<PolicySummary> {
     let row = find_policy(db, policy).await?;
     Ok(summaries(db, vec![row])
         .await?

@@ -10,8 +10,8 @@ use sea_orm::{
 };
 
 use super::entities::{policies, versions};
-use super::road::Road;
 use super::rows::{label, requirements, version};
+use super::statement_runner::StatementRunner;
 use super::transaction::Transaction;
 use crate::domain::{
     ActiveRelease, Label, Namespace, PolicyName, Requirement, Result, VersionState,

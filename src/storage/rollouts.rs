@@ -10,8 +10,8 @@ use sea_orm::{
 use super::entities::{policies, rollouts};
 use super::paging::Paging;
 use super::policies::{LockedPolicy, find_policy};
-use super::road::Road;
 use super::rows::{active_bundle, version_record};
+use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::rollout::{Rollout, RolloutState, RolloutView};
@@ -73,7 +73,7 @@ pub(super) async fn live_rollouts<C: ConnectionTrait>(db: &C) -> Result<Vec<Roll
 }
 
 /// What the index needs of a rollout: the plan and the candidates' bundles.
-pub(super) async fn view<C: ConnectionTrait + Road>(
+pub(super) async fn view<C: ConnectionTrait + StatementRunner>(
     db: &C,
     rollout: Rollout,
 ) -> Result<RolloutView> {

@@ -45,9 +45,9 @@ use sea_orm::{
 };
 use tracing::Instrument;
 
-use super::road::{Road, Txn};
 use super::rows::now;
-use super::writer::{SqliteWriter, Turn};
+use super::statement_runner::{StatementRunner, Txn};
+use super::writer::{SqliteWriter, WriterTurn};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::CheckpointClaims;
@@ -71,9 +71,9 @@ pub(super) struct Checkpoints {
     pub(super) origin: OnceLock<String>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
-    /// Set when the newest is read with its cosignatures (witnesses are
-    /// configured).
-    pub(super) cosigned: OnceLock<()>,
+    /// Whether the newest is read with its cosignatures (witnesses are
+    /// configured); set once, never cleared.
+    pub(super) reads_cosignatures: AtomicBool,
     /// Woken (one permit kept) when a newer one is held.
     pub(super) newer: tokio::sync::Notify,
     /// How many checkpoints this replica refused to sign over a log that
@@ -124,7 +124,8 @@ pub struct Repository {
     /// On SQLite, the one writer (see `writer`); `None` on PostgreSQL,
     /// where row locks serialize writers.
     sqlite_writer: Option<Arc<SqliteWriter>>,
-    /// Whether writes on SQLite take the direct road (see `road`).
+    /// Whether writes on SQLite run on the direct SQLite connection (see
+    /// `statement_runner`).
     direct: bool,
     /// The signer of checkpoints and the newest one, shared by every clone.
     pub(super) checkpoints: Arc<Checkpoints>,
@@ -135,7 +136,7 @@ pub struct Repository {
 pub struct Transaction {
     pub(super) txn: Txn,
     at: DateTime<Utc>,
-    turn: Option<Turn>,
+    turn: Option<WriterTurn>,
     /// The namespaces this transaction holds the lock of.
     namespaces: BTreeSet<Namespace>,
     /// Whether a row lock was taken, after which no namespace lock may be
@@ -149,7 +150,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    fn new(txn: Txn, turn: Option<Turn>) -> Self {
+    fn new(txn: Txn, turn: Option<WriterTurn>) -> Self {
         Transaction {
             txn,
             at: now(),
@@ -245,8 +246,9 @@ impl Repository {
         })
     }
 
-    /// This store, its writes on SQLite taking the direct road (see
-    /// `road`): for the transactions whose storage is all on it.
+    /// This store, its writes on SQLite running on the direct SQLite
+    /// connection (see `statement_runner`): for the transactions whose
+    /// storage is all on it.
     pub fn direct(&self) -> Self {
         Repository {
             direct: true,
@@ -280,10 +282,10 @@ impl Repository {
     pub(super) async fn begin(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
-                let (turn, txn) = writer.alone(self.direct).await?;
+                let (turn, txn) = writer.begin_ungrouped(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
-            None => Transaction::new(Txn::Sea(self.db.begin().await?), None),
+            None => Transaction::new(Txn::SeaOrm(self.db.begin().await?), None),
         })
     }
 
@@ -292,10 +294,10 @@ impl Repository {
     async fn begin_shared(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
-                let (turn, txn) = writer.join(self.direct).await?;
+                let (turn, txn) = writer.begin_grouped(self.direct).await?;
                 Transaction::new(txn, Some(turn))
             }
-            None => Transaction::new(Txn::Sea(self.db.begin().await?), None),
+            None => Transaction::new(Txn::SeaOrm(self.db.begin().await?), None),
         })
     }
 

@@ -10,8 +10,8 @@ use sea_orm::{
 
 use super::entities::versions;
 use super::policies::LockedPolicy;
-use super::road::Road;
 use super::rows::{db_version, requirements_text, version, version_record};
+use super::statement_runner::StatementRunner;
 use super::transaction::Transaction;
 use crate::domain::{
     Error, Label, PolicyRef, Publication, Result, VersionRecord, VersionSelector, VersionState,
@@ -25,8 +25,8 @@ pub struct StoredVersion {
     pub record: VersionRecord,
 }
 
-pub(super) async fn find_version<R: Road>(
-    road: &R,
+pub(super) async fn find_version<R: StatementRunner>(
+    runner: &R,
     policy_id: i64,
     selector: &VersionSelector,
 ) -> Result<Option<versions::Model>> {
@@ -39,7 +39,7 @@ pub(super) async fn find_version<R: Road>(
             query.filter(versions::Column::Label.eq(label.to_string()))
         }
     };
-    Ok(road.one(query).await?)
+    Ok(runner.one(query).await?)
 }
 
 pub(super) fn no_such_version(policy: &PolicyRef, selector: &VersionSelector) -> Error {

@@ -25,25 +25,25 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use super::direct::{Direct, Open};
-use super::road::Txn;
+use super::sqlite_direct::{DirectSqlite, Open};
+use super::statement_runner::Txn;
 use crate::domain::{Error, Result};
 
-/// The connections write transactions run on, one a road (see `road`),
-/// and whose turn it is. On one connection a transaction also finds the
-/// pages and prepared statements the previous one left; a connection that
-/// did not make the last commit drops its page cache and reads the pages
-/// again.
+/// The connections write transactions run on, SeaORM's and the direct
+/// SQLite one (see `statement_runner`), and whose turn it is. On one
+/// connection a transaction also finds the pages and prepared statements
+/// the previous one left; a connection that did not make the last commit
+/// drops its page cache and reads the pages again.
 pub(super) struct SqliteWriter {
     turn: Arc<Mutex<Option<Batch>>>,
     /// Writers waiting for a turn to start their work.
     waiting: AtomicUsize,
     db: DatabaseConnection,
-    direct: Arc<Direct>,
+    direct: Arc<DirectSqlite>,
 }
 
 /// A turn on the writer, with the batch open on its connection, if any.
-pub(super) type Turn = OwnedMutexGuard<Option<Batch>>;
+pub(super) type WriterTurn = OwnedMutexGuard<Option<Batch>>;
 
 /// Finished write transactions sharing the connection's open transaction.
 pub(super) struct Batch {
@@ -90,23 +90,23 @@ impl SqliteWriter {
             turn: Arc::default(),
             waiting: AtomicUsize::new(0),
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
-            direct: Direct::open(readers.connect_options().get_filename())?,
+            direct: DirectSqlite::open(readers.connect_options().get_filename())?,
         })
     }
 
-    /// A transaction of its own, on the direct road or SeaORM's.
+    /// A transaction of its own, on the direct SQLite connection or SeaORM's.
     async fn begin(&self, direct: bool) -> Result<Txn> {
         Ok(match direct {
             true => Txn::Direct(Open::begin(&self.direct)?),
-            false => Txn::Sea(self.db.begin().await?),
+            false => Txn::SeaOrm(self.db.begin().await?),
         })
     }
 
     /// A turn for a write transaction that may share its commit: a
-    /// savepoint in the open batch (one on the same road; another commits
-    /// first), or a transaction of its own that may become one. Finish it
-    /// with [`finish`](Self::finish).
-    pub(super) async fn join(&self, direct: bool) -> Result<(Turn, Txn)> {
+    /// savepoint in the open batch (one on the same connection; another
+    /// commits first), or a transaction of its own that may become one.
+    /// Finish it with [`finish`](Self::finish).
+    pub(super) async fn begin_grouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let waiting = Waiting::new(&self.waiting);
         let mut turn = self.turn.clone().lock_owned().await;
         drop(waiting);
@@ -125,7 +125,7 @@ impl SqliteWriter {
 
     /// A turn for a transaction that commits by itself: the open batch, if
     /// any, commits first.
-    pub(super) async fn alone(&self, direct: bool) -> Result<(Turn, Txn)> {
+    pub(super) async fn begin_ungrouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let mut turn = self.turn.clone().lock_owned().await;
         if turn.is_some() {
             turn = detached(commit_open(turn)).await?;
@@ -134,14 +134,14 @@ impl SqliteWriter {
         Ok((turn, txn))
     }
 
-    /// Commits `txn`, which [`join`](Self::join) began and whose work
-    /// succeeded, and returns once that commit is durable: alone, or with
-    /// the batch it leaves open for the writers waiting now.
-    pub(super) async fn finish(self: Arc<Self>, turn: Turn, txn: Txn) -> Result<()> {
+    /// Commits `txn`, which [`begin_grouped`](Self::begin_grouped) began
+    /// and whose work succeeded, and returns once that commit is durable:
+    /// alone, or with the batch it leaves open for the writers waiting now.
+    pub(super) async fn finish(self: Arc<Self>, turn: WriterTurn, txn: Txn) -> Result<()> {
         detached(async move { self.close(turn, txn).await }).await?
     }
 
-    async fn close(&self, mut turn: Turn, txn: Txn) -> Result<()> {
+    async fn close(&self, mut turn: WriterTurn, txn: Txn) -> Result<()> {
         let mut committed = match turn.as_ref() {
             // Releases the savepoint; the batch's commit makes it durable.
             Some(batch) => {
@@ -183,7 +183,7 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Commits the batch open in `turn`, if any; the turn stays held.
-async fn commit_open(mut turn: Turn) -> Turn {
+async fn commit_open(mut turn: WriterTurn) -> WriterTurn {
     if let Some(batch) = turn.take() {
         batch.commit().await;
     }
@@ -199,7 +199,7 @@ mod tests {
 
     /// Concurrent writers share commits, none answers before its commit (a
     /// reader on another connection sees it at once), and a writer that
-    /// fails rolls back only its own changes, on either road: the
+    /// fails rolls back only its own changes, on either connection: the
     /// revisions of those that succeeded are exactly 1..=n, each once, and
     /// a new connection reads them all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,8 +70,8 @@ pub const MAX_PART_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 /// Whether streams may go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
-    /// Streams are served.
-    No,
+    /// Not ending: streams are served.
+    Serving,
     /// This replica cannot read its database, so it no longer vouches for
     /// its revision: streams end and new ones are refused until it reads
     /// again.
@@ -84,7 +84,7 @@ pub enum Ending {
 #[derive(Debug, Clone)]
 pub struct ActiveIndex {
     snapshots: Arc<watch::Sender<Arc<Snapshot>>>,
-    /// Anything but [`Ending::No`] ends every stream.
+    /// Anything but [`Ending::Serving`] ends every stream.
     ending: Arc<watch::Sender<Ending>>,
     /// The newest signed checkpoint, encoded, which every message carries.
     checkpoint: Arc<watch::Sender<Option<Bytes>>>,
@@ -109,7 +109,7 @@ impl ActiveIndex {
         snapshot.change(state, encode);
         ActiveIndex {
             snapshots: Arc::new(watch::channel(Arc::new(snapshot)).0),
-            ending: Arc::new(watch::channel(Ending::No).0),
+            ending: Arc::new(watch::channel(Ending::Serving).0),
             checkpoint: Arc::new(watch::channel(None).0),
             applied: Arc::default(),
             fan_out: Arc::default(),
@@ -234,7 +234,7 @@ impl ActiveIndex {
             let next = match (*ending, cut_off) {
                 (Ending::Shutdown, _) => Ending::Shutdown,
                 (_, true) => Ending::CutOff,
-                (_, false) => Ending::No,
+                (_, false) => Ending::Serving,
             };
             let changed = next != *ending;
             *ending = next;

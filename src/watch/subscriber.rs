@@ -208,7 +208,7 @@ impl Subscriber {
     /// heartbeat interval. `Err` once the server shuts down.
     pub async fn next(&mut self) -> Result<WatchMessage, Closed> {
         let ending = *self.ending.borrow();
-        if ending != Ending::No {
+        if ending != Ending::Serving {
             return Err(Closed {
                 revision: self.delivered,
                 reason: ending,
@@ -256,7 +256,7 @@ impl Subscriber {
                 () = tokio::time::sleep_until(quiet_until) => {
                     return Ok(WatchMessage::whole(MessageKind::Progress, self.cursor, false, Vec::new()));
                 }
-                ending = self.ending.wait_for(|ending| *ending != Ending::No) => {
+                ending = self.ending.wait_for(|ending| *ending != Ending::Serving) => {
                     let reason = ending.map_or(Ending::Shutdown, |ending| *ending);
                     return Err(Closed { revision: self.delivered, reason });
                 }

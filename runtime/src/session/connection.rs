@@ -1,5 +1,5 @@
 //! One connection to the server: the channel with the token attached to
-//! every call, the JWKS fetched on it, where events go ([`Outlet`]) and how
+//! every call, the JWKS fetched on it, where events go ([`EventSink`]) and how
 //! a session ends ([`Failure`]).
 
 use std::time::Duration;
@@ -71,7 +71,7 @@ pub(super) fn announced_heartbeat(metadata: &tonic::metadata::MetadataMap) -> Op
 }
 
 /// Where events go, and the application's verdict on each new state.
-pub(crate) struct Outlet<F> {
+pub(crate) struct EventSink<F> {
     pub(super) events: mpsc::Sender<Result<Event, WatchError>>,
     pub(super) validate: F,
 }
@@ -79,12 +79,12 @@ pub(crate) struct Outlet<F> {
 /// The consumer of the events went away: the subscription stops.
 pub(super) struct Gone;
 
-impl<F> Outlet<F>
+impl<F> EventSink<F>
 where
     F: Validate,
 {
     pub(crate) fn new(events: mpsc::Sender<Result<Event, WatchError>>, validate: F) -> Self {
-        Outlet { events, validate }
+        EventSink { events, validate }
     }
 
     pub(super) async fn emit(&self, event: Event) -> Result<(), Gone> {

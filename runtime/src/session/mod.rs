@@ -29,23 +29,23 @@
 //! (unless the server says `reset`), so it never goes backwards.
 //!
 //! Here is the loop of sessions and backoff; `connection` makes the channel
-//! and says how a session ends, `held` keeps what outlives a session and
-//! decides each revision, `reporter` sends the outcomes.
+//! and says how a session ends, `subscription_state` keeps what outlives a
+//! session and decides each revision, `reporter` sends the outcomes.
 
 mod connection;
-mod held;
 mod reporter;
+mod subscription_state;
 
 use std::{convert::Infallible, time::Instant};
 
 use tokio::sync::{OwnedMutexGuard, mpsc};
 
-pub(crate) use self::connection::Outlet;
+pub(crate) use self::connection::EventSink;
 use self::connection::{
     Failure, announced_heartbeat, connect, fetch_jwks, refuses_credentials, token_changed,
 };
-use self::held::Core;
 use self::reporter::Reporter;
+use self::subscription_state::SubscriptionState;
 use crate::backoff::Backoff;
 use crate::event::{Event, Validate, WatchError};
 use crate::proto::WatchActiveRequest;
@@ -54,12 +54,13 @@ use crate::state::Assembler;
 use crate::subscription::{DEFAULT_HEARTBEAT_INTERVAL, Subscription, report_delay};
 
 /// Follows the subscription until it fails for good or nobody listens,
-/// sending every event to `outlet`; a permanent failure is sent last.
-pub(crate) async fn drive<F>(subscription: Subscription, mut outlet: Outlet<F>)
+/// sending every event to `sink`; a permanent failure is sent last.
+pub(crate) async fn drive<F>(subscription: Subscription, mut sink: EventSink<F>)
 where
     F: Validate,
 {
-    let Ok(mut core) = Core::start(&subscription, &mut outlet).await else {
+    let Ok(mut subscription_state) = SubscriptionState::start(&subscription, &mut sink).await
+    else {
         return;
     };
     let mut revocations = Revocations::of(&subscription).await;
@@ -67,7 +68,14 @@ where
     let mut backoff = fresh_backoff();
     loop {
         let started = Instant::now();
-        let failure = match session(&subscription, &mut core, &mut outlet, &mut revocations).await {
+        let failure = match session(
+            &subscription,
+            &mut subscription_state,
+            &mut sink,
+            &mut revocations,
+        )
+        .await
+        {
             Err(failure) => failure,
             Ok(never) => match never {},
         };
@@ -80,11 +88,11 @@ where
                 (format!("{:?}: {}", status.code(), status.message()), true)
             }
             Failure::Permanent(status) => {
-                let _ = outlet.events.send(Err(WatchError::Refused(status))).await;
+                let _ = sink.events.send(Err(WatchError::Refused(status))).await;
                 return;
             }
             Failure::Config(message) => {
-                let _ = outlet.events.send(Err(WatchError::Config(message))).await;
+                let _ = sink.events.send(Err(WatchError::Config(message))).await;
                 return;
             }
             Failure::Transient(reason) => (reason, false),
@@ -104,11 +112,11 @@ where
             _ => None,
         };
         let event = if history {
-            let verified_size = core.verified_size();
+            let verified_size = subscription_state.verified_size();
             tracing::error!(
                 %reason,
                 verified_size,
-                revision = core.decided,
+                revision = subscription_state.decided,
                 delay_ms = retry_in.as_millis() as u64,
                 "refusing the server's history; the state in force stays, retrying"
             );
@@ -120,7 +128,7 @@ where
         } else if refused {
             tracing::warn!(
                 %reason,
-                revision = core.decided,
+                revision = subscription_state.decided,
                 delay_ms = retry_in.as_millis() as u64,
                 "the server refused the credentials; the state in force stays, retrying"
             );
@@ -128,17 +136,17 @@ where
         } else {
             tracing::warn!(
                 %reason,
-                revision = core.decided,
+                revision = subscription_state.decided,
                 delay_ms = retry_in.as_millis() as u64,
                 "watch interrupted; resuming from the last decided revision"
             );
             Event::Disconnected {
                 reason,
                 retry_in,
-                revision: core.decided,
+                revision: subscription_state.decided,
             }
         };
-        if outlet.emit(event).await.is_err() {
+        if sink.emit(event).await.is_err() {
             return;
         }
         // The application may take back its state while the server is away;
@@ -150,12 +158,12 @@ where
                 () = &mut sleep => break,
                 () = token_changed(subscription.token.as_ref(), refused_token.as_deref()), if refused => break,
                 request = revocations.next() => {
-                    if core.revoke(request, &outlet).await.is_err() {
+                    if subscription_state.revoke(request, &sink).await.is_err() {
                         return;
                     }
                 }
-                () = core.freshness.expiry() => {
-                    if outlet.emit(core.freshness.expire()).await.is_err() {
+                () = subscription_state.freshness.expiry() => {
+                    if sink.emit(subscription_state.freshness.expire()).await.is_err() {
                         return;
                     }
                 }
@@ -191,8 +199,8 @@ impl Revocations {
 /// One connection's life; it ends only by failing.
 async fn session<F>(
     subscription: &Subscription,
-    core: &mut Core,
-    outlet: &mut Outlet<F>,
+    subscription_state: &mut SubscriptionState,
+    sink: &mut EventSink<F>,
     revocations: &mut Revocations,
 ) -> Result<Infallible, Failure>
 where
@@ -200,15 +208,17 @@ where
 {
     let mut client = connect(subscription).await?;
     let mut reporter = Reporter::new(client.clone());
-    if core.jwks.keys.is_empty() {
-        core.jwks = fetch_jwks(&mut client).await?;
+    if subscription_state.jwks.keys.is_empty() {
+        subscription_state.jwks = fetch_jwks(&mut client).await?;
     }
-    core.flush_reports(&mut reporter, subscription).await;
+    subscription_state
+        .flush_reports(&mut reporter, subscription)
+        .await;
     let response = client
         .watch_active(WatchActiveRequest {
             namespace: subscription.namespace.clone(),
             names: subscription.names.clone(),
-            since_revision: core.decided,
+            since_revision: subscription_state.decided,
             runtime: subscription.runtime.clone(),
         })
         .await
@@ -219,11 +229,10 @@ where
         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
     let deadline = interval * 3;
     let mut stream = response.into_inner();
-    outlet
-        .emit(Event::Connected {
-            revision: core.decided,
-        })
-        .await?;
+    sink.emit(Event::Connected {
+        revision: subscription_state.decided,
+    })
+    .await?;
     let mut assembler = Assembler::default();
     // When the outcomes decided since the last report go out: a random
     // moment in the second half of the spread after the first of them.
@@ -235,18 +244,18 @@ where
                 if report_at.is_some() =>
             {
                 report_at = None;
-                core.flush_reports(&mut reporter, subscription).await;
+                subscription_state.flush_reports(&mut reporter, subscription).await;
                 continue;
             }
             request = revocations.next() => {
-                core.revoke(request, outlet).await?;
-                core.flush_reports(&mut reporter, subscription).await;
+                subscription_state.revoke(request, sink).await?;
+                subscription_state.flush_reports(&mut reporter, subscription).await;
                 continue;
             }
-            () = core.freshness.expiry() => {
-                let stale = core.freshness.expire();
-                let reason = core.freshness.to_string();
-                outlet.emit(stale).await?;
+            () = subscription_state.freshness.expiry() => {
+                let stale = subscription_state.freshness.expire();
+                let reason = subscription_state.freshness.to_string();
+                sink.emit(stale).await?;
                 return Err(Failure::Transient(reason));
             }
         };
@@ -262,28 +271,33 @@ where
             Ok(Ok(Some(message))) => message,
         };
         if let Some(checkpoint) = &message.checkpoint {
-            if let Some(restored) = core
+            if let Some(restored) = subscription_state
                 .follow_tree(checkpoint, &mut client, subscription)
                 .await?
             {
-                outlet.emit(restored).await?;
+                sink.emit(restored).await?;
             }
-            if let Some(fresh) = core.checkpoint(checkpoint, &mut client).await? {
-                outlet.emit(fresh).await?;
+            if let Some(fresh) = subscription_state
+                .checkpoint(checkpoint, &mut client)
+                .await?
+            {
+                sink.emit(fresh).await?;
             }
         }
         let Some(revision) = assembler.push(message).map_err(Failure::Transient)? else {
             continue;
         };
-        if let Some(event) = core
-            .decide(revision, &mut client, subscription, &mut outlet.validate)
+        if let Some(event) = subscription_state
+            .decide(revision, &mut client, subscription, &mut sink.validate)
             .await
         {
-            outlet.emit(event).await?;
+            sink.emit(event).await?;
         }
         if subscription.report_spread.is_zero() {
-            core.flush_reports(&mut reporter, subscription).await;
-        } else if report_at.is_none() && core.reports_pending() {
+            subscription_state
+                .flush_reports(&mut reporter, subscription)
+                .await;
+        } else if report_at.is_none() && subscription_state.reports_pending() {
             report_at =
                 Some(tokio::time::Instant::now() + report_delay(subscription.report_spread));
         }

@@ -57,7 +57,7 @@ impl EventAccess<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Held;
+    use super::super::HeldGrant;
     use super::*;
 
     fn identified(grants: &[&str]) -> Identified {
@@ -67,7 +67,7 @@ mod tests {
                 issuer: "issuer".into(),
                 grants: grants
                     .iter()
-                    .map(|grant| Held {
+                    .map(|grant| HeldGrant {
                         grant: grant.parse().unwrap(),
                         by: "claim \"roles\"".into(),
                     })

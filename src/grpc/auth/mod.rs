@@ -44,13 +44,13 @@ pub struct Caller {
     /// Who vouched for it: a token's issuer, or `client certificate`.
     pub issuer: String,
     /// The roles it holds, each with what gave it.
-    pub grants: Vec<Held>,
+    pub grants: Vec<HeldGrant>,
 }
 
 /// A grant a caller holds and what gave it: `claim "roles"`, `binding
 /// "payments-operators"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
+pub struct HeldGrant {
     pub grant: Grant,
     pub by: String,
 }
@@ -84,7 +84,7 @@ impl Caller {
         Caller {
             subject: ANONYMOUS.to_owned(),
             issuer: "--insecure".into(),
-            grants: vec![Held {
+            grants: vec![HeldGrant {
                 grant: Grant {
                     namespace: None,
                     role: Role::Admin,
@@ -159,7 +159,7 @@ impl Caller {
 
     /// What gives the caller `rpc` in `namespace` (`None`: everywhere), or
     /// why it may not call it.
-    pub fn check(&self, rpc: Rpc, namespace: Option<&Namespace>) -> Result<&Held> {
+    pub fn check(&self, rpc: Rpc, namespace: Option<&Namespace>) -> Result<&HeldGrant> {
         match namespace {
             Some(namespace) => self.authorize(rpc, namespace)?,
             None => self.authorize_everywhere(rpc)?,
@@ -358,7 +358,7 @@ mod tests {
             issuer: "issuer".into(),
             grants: grants
                 .iter()
-                .map(|grant| Held {
+                .map(|grant| HeldGrant {
                     grant: grant.parse().unwrap(),
                     by: "claim \"roles\"".into(),
                 })

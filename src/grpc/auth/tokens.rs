@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::bindings::{Bindings, Signed};
 use super::keys::{ASYMMETRIC, Instruments, KeySet, Remote, RemoteSettings};
-use super::{Caller, Grant, Held};
+use super::{Caller, Grant, HeldGrant};
 use crate::config::{AuthSettings, IssuerSettings};
 use crate::domain::{Error, Result};
 
@@ -288,7 +288,7 @@ impl Authenticator {
         if let Some(claim) = &issuer.roles_claim {
             let by = format!("claim {claim:?}");
             for grant in roles(claim, claims.get(claim))? {
-                grants.push(Held {
+                grants.push(HeldGrant {
                     grant,
                     by: by.clone(),
                 });
@@ -305,7 +305,7 @@ impl Authenticator {
             })?;
         for binding in matched {
             for grant in &binding.grants {
-                grants.push(Held {
+                grants.push(HeldGrant {
                     grant: grant.clone(),
                     by: format!("binding {:?}", binding.name),
                 });
@@ -326,7 +326,7 @@ impl Authenticator {
             .matching_spiffe_id(id)
             .into_iter()
             .flat_map(|binding| {
-                binding.grants.iter().map(|grant| Held {
+                binding.grants.iter().map(|grant| HeldGrant {
                     grant: grant.clone(),
                     by: format!("binding {:?}", binding.name),
                 })

@@ -1,13 +1,14 @@
-//! The roads a statement takes to the database: SeaORM's, through sqlx,
-//! for every read and every write on PostgreSQL; and on SQLite, for the
-//! writes an activation makes, the direct road (see `direct`), a
-//! statement at a time in the caller's thread.
+//! The connections a statement runs on: SeaORM's, through sqlx, for
+//! every read and every write on PostgreSQL; and on SQLite, for the
+//! writes an activation makes, the direct SQLite connection (see
+//! `sqlite_direct`), a statement at a time in the caller's thread.
 //!
-//! The storage an activation runs is written once, against [`Road`]:
-//! SeaORM builds each statement and [`Road`] runs it on whichever road the
-//! transaction is on. Storage off that path keeps SeaORM's own calls; a
-//! transaction on the direct road refuses them (see [`Txn`]), so a
-//! function that should be on the path and is not fails its tests.
+//! The storage an activation runs is written once, against
+//! [`StatementRunner`]: SeaORM builds each statement and
+//! [`StatementRunner`] runs it on whichever connection the transaction is
+//! on. Storage off that path keeps SeaORM's own calls; a transaction on the
+//! direct SQLite connection refuses them (see [`Txn`]), so a function that
+//! should be on the path and is not fails its tests.
 
 use sea_orm::sea_query::{InsertStatement, IntoColumnRef};
 use sea_orm::{
@@ -16,14 +17,14 @@ use sea_orm::{
     TryGetableMany, TryIntoModel,
 };
 
-use super::direct::{self, Open};
+use super::sqlite_direct::{self, Open};
 
-/// What a road answers: SeaORM's errors, whichever road ran it (see
+/// What a runner answers: SeaORM's errors, whichever connection ran it (see
 /// `errors`).
 type Result<T> = std::result::Result<T, DbErr>;
 
 /// Where a statement runs, and how its rows are read.
-pub(super) trait Road: Sync {
+pub(super) trait StatementRunner: Sync {
     fn backend(&self) -> DatabaseBackend;
 
     /// The models `select` reads.
@@ -33,8 +34,10 @@ pub(super) trait Road: Sync {
         E::ActiveModel: TryIntoModel<E::Model>;
 
     /// The values `statement` reads, a row each.
-    fn values<T: Cells>(&self, statement: Statement)
-    -> impl Future<Output = Result<Vec<T>>> + Send;
+    fn values<T: RowValues>(
+        &self,
+        statement: Statement,
+    ) -> impl Future<Output = Result<Vec<T>>> + Send;
 
     /// Runs `statement`; the rows it changed.
     fn run(&self, statement: Statement) -> impl Future<Output = Result<u64>> + Send;
@@ -50,7 +53,7 @@ pub(super) trait Road: Sync {
     }
 
     /// The first value `statement` reads.
-    fn value<T: Cells>(
+    fn value<T: RowValues>(
         &self,
         statement: Statement,
     ) -> impl Future<Output = Result<Option<T>>> + Send {
@@ -69,22 +72,22 @@ pub(super) trait Road: Sync {
         async move { inserted.await?.ok_or_else(|| DbErr::RecordNotInserted) }
     }
 
-    /// Builds `statement` for this road's database.
+    /// Builds `statement` for this runner's database.
     fn build<S: StatementBuilder>(&self, statement: &S) -> Statement {
         self.backend().build(statement)
     }
 }
 
 /// What a row of values is read as: a value, or a tuple of them, on
-/// either road.
-pub(super) trait Cells: TryGetableMany + Send + Sized + 'static {
+/// either connection.
+pub(super) trait RowValues: TryGetableMany + Send + Sized + 'static {
     fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
 }
 
-/// The values both roads read: SeaORM's `TryGetable`, rusqlite's `FromSql`.
-macro_rules! cells {
+/// The values both connections read: SeaORM's `TryGetable`, rusqlite's `FromSql`.
+macro_rules! row_values {
     ($($value:ty),*) => {$(
-        impl Cells for $value {
+        impl RowValues for $value {
             fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
                 row.get(0)
             }
@@ -92,9 +95,9 @@ macro_rules! cells {
     )*};
 }
 
-cells!(i64);
+row_values!(i64);
 
-impl<A, B, C, D> Cells for (A, B, C, D)
+impl<A, B, C, D> RowValues for (A, B, C, D)
 where
     A: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
     B: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
@@ -106,10 +109,10 @@ where
     }
 }
 
-/// SeaORM's road, for a connection or transaction of its own.
-macro_rules! sea_road {
+/// SeaORM's runner, for a connection or transaction of its own.
+macro_rules! sea_orm_runner {
     ($($connection:ty),*) => {$(
-        impl Road for $connection {
+        impl StatementRunner for $connection {
             fn backend(&self) -> DatabaseBackend {
                 self.get_database_backend()
             }
@@ -122,7 +125,7 @@ macro_rules! sea_road {
                 select.all(self).await
             }
 
-            async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
+            async fn values<T: RowValues>(&self, statement: Statement) -> Result<Vec<T>> {
                 self.query_all_raw(statement)
                     .await?
                     .iter()
@@ -137,25 +140,25 @@ macro_rules! sea_road {
     )*};
 }
 
-sea_road!(DatabaseConnection, DatabaseTransaction);
+sea_orm_runner!(DatabaseConnection, DatabaseTransaction);
 
-/// A write transaction: SeaORM's, or on SQLite's direct road.
+/// A write transaction: SeaORM's, or on the direct SQLite connection.
 pub(super) enum Txn {
-    Sea(DatabaseTransaction),
+    SeaOrm(DatabaseTransaction),
     Direct(Open),
 }
 
 impl Txn {
     pub(super) async fn commit(self) -> Result<()> {
         match self {
-            Txn::Sea(txn) => txn.commit().await,
+            Txn::SeaOrm(txn) => txn.commit().await,
             Txn::Direct(txn) => txn.commit().await,
         }
     }
 
     pub(super) async fn rollback(self) -> Result<()> {
         match self {
-            Txn::Sea(txn) => txn.rollback().await,
+            Txn::SeaOrm(txn) => txn.rollback().await,
             Txn::Direct(txn) => txn.rollback(),
         }
     }
@@ -163,7 +166,7 @@ impl Txn {
     /// A savepoint inside this transaction.
     pub(super) async fn nested(&self) -> Result<Txn> {
         Ok(match self {
-            Txn::Sea(txn) => Txn::Sea(sea_orm::TransactionTrait::begin(txn).await?),
+            Txn::SeaOrm(txn) => Txn::SeaOrm(sea_orm::TransactionTrait::begin(txn).await?),
             Txn::Direct(txn) => Txn::Direct(txn.nested()?),
         })
     }
@@ -172,21 +175,22 @@ impl Txn {
         matches!(self, Txn::Direct(_))
     }
 
-    /// SeaORM's transaction, which storage off the direct road needs.
-    fn sea(&self) -> Result<&DatabaseTransaction> {
+    /// SeaORM's transaction, which storage off the direct SQLite connection
+    /// needs.
+    fn sea_orm(&self) -> Result<&DatabaseTransaction> {
         match self {
-            Txn::Sea(txn) => Ok(txn),
+            Txn::SeaOrm(txn) => Ok(txn),
             Txn::Direct(_) => Err(DbErr::Custom(
-                "a statement off the direct road in a transaction on it".into(),
+                "a statement off the direct SQLite connection in a transaction on it".into(),
             )),
         }
     }
 }
 
-impl Road for Txn {
+impl StatementRunner for Txn {
     fn backend(&self) -> DatabaseBackend {
         match self {
-            Txn::Sea(txn) => txn.get_database_backend(),
+            Txn::SeaOrm(txn) => txn.get_database_backend(),
             Txn::Direct(_) => DatabaseBackend::Sqlite,
         }
     }
@@ -197,23 +201,24 @@ impl Road for Txn {
         E::ActiveModel: TryIntoModel<E::Model>,
     {
         match self {
-            Txn::Sea(txn) => txn.all(select).await,
-            Txn::Direct(open) => open
-                .direct()
-                .rows(&select.build(DatabaseBackend::Sqlite), direct::model::<E>),
+            Txn::SeaOrm(txn) => txn.all(select).await,
+            Txn::Direct(open) => open.direct().rows(
+                &select.build(DatabaseBackend::Sqlite),
+                sqlite_direct::model::<E>,
+            ),
         }
     }
 
-    async fn values<T: Cells>(&self, statement: Statement) -> Result<Vec<T>> {
+    async fn values<T: RowValues>(&self, statement: Statement) -> Result<Vec<T>> {
         match self {
-            Txn::Sea(txn) => txn.values(statement).await,
+            Txn::SeaOrm(txn) => txn.values(statement).await,
             Txn::Direct(open) => open.direct().rows(&statement, T::read),
         }
     }
 
     async fn run(&self, statement: Statement) -> Result<u64> {
         match self {
-            Txn::Sea(txn) => txn.run(statement).await,
+            Txn::SeaOrm(txn) => txn.run(statement).await,
             Txn::Direct(open) => open.direct().run(&statement),
         }
     }
@@ -222,23 +227,23 @@ impl Road for Txn {
 #[async_trait::async_trait]
 impl ConnectionTrait for Txn {
     fn get_database_backend(&self) -> DatabaseBackend {
-        Road::backend(self)
+        StatementRunner::backend(self)
     }
 
     async fn execute_raw(&self, statement: Statement) -> Result<ExecResult> {
-        self.sea()?.execute_raw(statement).await
+        self.sea_orm()?.execute_raw(statement).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult> {
-        self.sea()?.execute_unprepared(sql).await
+        self.sea_orm()?.execute_unprepared(sql).await
     }
 
     async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>> {
-        self.sea()?.query_one_raw(statement).await
+        self.sea_orm()?.query_one_raw(statement).await
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>> {
-        self.sea()?.query_all_raw(statement).await
+        self.sea_orm()?.query_all_raw(statement).await
     }
 }
 
@@ -247,12 +252,13 @@ mod tests {
     use crate::domain::{Error, PolicyRef};
     use crate::storage::sqlite_repository;
 
-    /// A transaction on the direct road runs what is on it and refuses a
-    /// statement from storage left off it, rolling back what it wrote.
+    /// A transaction on the direct SQLite connection runs what is on it
+    /// and refuses a statement from storage left off it, rolling back what
+    /// it wrote.
     #[tokio::test]
-    async fn the_direct_road_refuses_what_is_off_it() {
+    async fn the_direct_sqlite_connection_refuses_what_is_off_it() {
         let dir = tempfile::tempdir().unwrap();
-        let repository = sqlite_repository(&dir.path().join("road.db")).await;
+        let repository = sqlite_repository(&dir.path().join("runner.db")).await;
         let policy = PolicyRef::parse("team", "limits").unwrap();
         let refused = repository
             .direct()
@@ -263,7 +269,9 @@ mod tests {
             })
             .await;
         match refused {
-            Err(Error::Internal(message)) => assert!(message.contains("off the direct road")),
+            Err(Error::Internal(message)) => {
+                assert!(message.contains("off the direct SQLite connection"))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(repository.current_revision().await.unwrap(), 0);

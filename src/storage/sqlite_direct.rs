@@ -1,16 +1,16 @@
-//! SQLite's direct road: a write connection driven from the thread that
-//! asks.
+//! The direct SQLite connection: a write connection driven from the
+//! thread that asks.
 //!
 //! sqlx runs each statement of a connection on a thread of that
 //! connection's own: a statement is a round trip between the request's
 //! task and that thread (a send, a park, two wake-ups), 40 to 150 µs on a
 //! machine of two cores where SQLite's own work is a few µs, and an
-//! activation of nineteen statements paid it nineteen times. On this road
-//! the writer's statements run on a connection opened here, on the same
-//! SQLite library, in the caller's thread at once: SeaORM still builds
-//! every statement (see `road`) and names every column a row is read by;
-//! only the commit, which waits for the disk, leaves the thread. One hop a
-//! transaction.
+//! activation of nineteen statements paid it nineteen times. Here the
+//! writer's statements run on a connection opened by this module, on the
+//! same SQLite library, in the caller's thread at once: SeaORM still
+//! builds every statement (see `statement_runner`) and names every column
+//! a row is read by; only the commit, which waits for the disk, leaves
+//! the thread. One hop a transaction.
 //!
 //! A transaction on it is an [`Open`]: BEGIN, or a savepoint in the
 //! transaction open on the connection (see `writer`), rolled back when
@@ -33,12 +33,12 @@ use super::{SQLITE_BUSY_TIMEOUT, SQLITE_PRAGMAS};
 /// Prepared statements kept: every statement an activation makes.
 const STATEMENT_CACHE: usize = 64;
 
-/// The direct road's connection.
-pub(super) struct Direct {
+/// The direct SQLite connection.
+pub(super) struct DirectSqlite {
     connection: Mutex<Connection>,
 }
 
-impl Direct {
+impl DirectSqlite {
     /// Opens the database file at `path` for writing, set up as the pool's
     /// connections are: WAL, `synchronous = FULL`, foreign keys on.
     pub(super) fn open(path: &Path) -> Result<Arc<Self>, DbErr> {
@@ -55,7 +55,7 @@ impl Direct {
             Ok(connection)
         })
         .map_err(|error| DbErr::Conn(runtime_error(error)))?;
-        Ok(Arc::new(Direct {
+        Ok(Arc::new(DirectSqlite {
             connection: Mutex::new(connection),
         }))
     }
@@ -195,7 +195,7 @@ fn bind(value: &Value) -> rusqlite::Result<Sql> {
         }),
         other => {
             return Err(rusqlite::Error::ToSqlConversionFailure(
-                format!("the direct road does not bind {other:?}").into(),
+                format!("the direct SQLite connection does not bind {other:?}").into(),
             ));
         }
     })
@@ -270,17 +270,17 @@ fn runtime_error(error: rusqlite::Error) -> RuntimeErr {
     RuntimeErr::SqlxError(Arc::new(sqlx))
 }
 
-/// A transaction open on [`Direct`]: the connection's own, or a savepoint
+/// A transaction open on [`DirectSqlite`]: the connection's own, or a savepoint
 /// in it. Dropped uncommitted, it rolls back.
 pub(super) struct Open {
-    direct: Arc<Direct>,
+    direct: Arc<DirectSqlite>,
     savepoint: bool,
     done: bool,
 }
 
 impl Open {
     /// Begins the connection's transaction.
-    pub(super) fn begin(direct: &Arc<Direct>) -> Result<Self, DbErr> {
+    pub(super) fn begin(direct: &Arc<DirectSqlite>) -> Result<Self, DbErr> {
         direct.batch("BEGIN")?;
         Ok(Open {
             direct: direct.clone(),
@@ -300,7 +300,7 @@ impl Open {
     }
 
     /// The connection the transaction's statements run on.
-    pub(super) fn direct(&self) -> &Direct {
+    pub(super) fn direct(&self) -> &DirectSqlite {
         &self.direct
     }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use tonic::Code;
 
-use super::connection::{Client, Failure, Gone, Outlet, fetch_jwks};
+use super::connection::{Client, EventSink, Failure, Gone, fetch_jwks};
 use super::reporter::Reporter;
 use crate::bundle::{self, Envelope, Jwks};
 use crate::cache::Cache;
@@ -21,7 +21,7 @@ use crate::subscription::Subscription;
 use crate::tree::{Judgement, Remembered, RestoreProof, TreeHead, verify_note};
 
 /// What the subscription holds between sessions.
-pub(super) struct Core {
+pub(super) struct SubscriptionState {
     /// The state in force.
     applied: State,
     /// The state in force before it, received in this run: what a
@@ -44,11 +44,11 @@ pub(super) struct Core {
     cached_tree: Option<String>,
 }
 
-impl Core {
+impl SubscriptionState {
     /// Starts from the cache when there is a good one, and says so.
     pub(super) async fn start<F>(
         subscription: &Subscription,
-        outlet: &mut Outlet<F>,
+        sink: &mut EventSink<F>,
     ) -> Result<Self, Gone>
     where
         F: Validate,
@@ -57,7 +57,7 @@ impl Core {
             .cache_dir
             .as_ref()
             .map(|dir| Cache::new(dir, &subscription.namespace, &subscription.names));
-        let mut core = Core {
+        let mut subscription_state = SubscriptionState {
             applied: State {
                 namespace: subscription.namespace.clone(),
                 ..State::default()
@@ -78,20 +78,21 @@ impl Core {
             },
             cached_tree: None,
         };
-        let Some(cache) = &core.cache else {
-            return Ok(core);
+        let Some(cache) = &subscription_state.cache else {
+            return Ok(subscription_state);
         };
-        core.cached_tree = cache.load_tree().unwrap_or_else(|error| {
+        subscription_state.cached_tree = cache.load_tree().await.unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the cached tree of the server's log");
             None
         });
-        core.tree.restored_through = cache.load_restore().unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read the cached restore of the server's log");
-            None
-        });
-        let event = match cache.load() {
-            Ok(None) => return Ok(core),
-            Ok(Some((state, jwks))) => match outlet.validate.validate(&state).await {
+        subscription_state.tree.restored_through =
+            cache.load_restore().await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the cached restore of the server's log");
+                None
+            });
+        let event = match cache.load().await {
+            Ok(None) => return Ok(subscription_state),
+            Ok(Some((state, jwks))) => match sink.validate.validate(&state).await {
                 Ok(()) => {
                     tracing::info!(
                         revision = state.revision,
@@ -99,9 +100,9 @@ impl Core {
                         path = %cache.path().display(),
                         "started from the cached state (verified again) until the server answers"
                     );
-                    core.decided = state.revision;
-                    core.applied = state.clone();
-                    core.jwks = jwks;
+                    subscription_state.decided = state.revision;
+                    subscription_state.applied = state.clone();
+                    subscription_state.jwks = jwks;
                     Event::FromCache(state)
                 }
                 Err(reason) => {
@@ -124,8 +125,8 @@ impl Core {
                 }
             }
         };
-        outlet.emit(event).await?;
-        Ok(core)
+        sink.emit(event).await?;
+        Ok(subscription_state)
     }
 
     /// Verifies a checkpoint of the stream (a key unknown to the JWKS makes
@@ -221,7 +222,7 @@ impl Core {
                 .take_restore(offered, reason, client, subscription)
                 .await;
         }
-        self.remember_tree(subscription);
+        self.remember_tree(subscription).await;
         Ok(None)
     }
 
@@ -257,7 +258,7 @@ impl Core {
             .tree
             .restore(offered, &restore)
             .map_err(|refused| Failure::History(format!("{diverges}; {refused}")))?;
-        self.remember_tree(subscription);
+        self.remember_tree(subscription).await;
         tracing::warn!(
             namespace = %subscription.namespace,
             from_size,
@@ -273,17 +274,21 @@ impl Core {
     }
 
     /// Caches the tree verified last, and the last restore taken.
-    fn remember_tree(&self, subscription: &Subscription) {
+    async fn remember_tree(&self, subscription: &Subscription) {
         let Some(cache) = &self.cache else {
             return;
         };
-        let saved = self.tree.head.as_ref().map_or(Ok(()), |head| {
-            cache.save_tree(&head.note)?;
-            self.tree
-                .restored_through
-                .map_or(Ok(()), |leaf| cache.save_restore(leaf))
-        });
-        if let Err(error) = saved {
+        let saved = async {
+            let Some(head) = &self.tree.head else {
+                return Ok(());
+            };
+            cache.save_tree(&head.note).await?;
+            match self.tree.restored_through {
+                Some(leaf) => cache.save_restore(leaf).await,
+                None => Ok(()),
+            }
+        };
+        if let Err(error) = saved.await {
             tracing::warn!(%error, namespace = %subscription.namespace, "cannot cache the server's tree");
         }
     }
@@ -384,7 +389,7 @@ impl Core {
             match validate.validate(&candidate).await {
                 Ok(()) => {
                     self.report(&revision, ApplyState::Applied, |_| String::new());
-                    self.save(&candidate);
+                    self.save(&candidate).await;
                     let before = std::mem::replace(&mut self.applied, candidate);
                     self.previous = (before.revision > 0).then_some(before);
                     None
@@ -426,9 +431,9 @@ impl Core {
     }
 
     /// Keeps `state` as the last-known-good one.
-    fn save(&self, state: &State) {
+    async fn save(&self, state: &State) {
         if let Some(cache) = &self.cache
-            && let Err(error) = cache.save(state, &self.jwks)
+            && let Err(error) = cache.save(state, &self.jwks).await
         {
             tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
         }
@@ -438,7 +443,7 @@ impl Core {
     pub(super) async fn revoke<F>(
         &mut self,
         request: Revocation,
-        outlet: &Outlet<F>,
+        sink: &EventSink<F>,
     ) -> Result<(), Gone>
     where
         F: Validate,
@@ -448,7 +453,7 @@ impl Core {
             reason,
             reply,
         } = request;
-        let restored = self.take_back(revision, &reason);
+        let restored = self.take_back(revision, &reason).await;
         let event = restored.as_ref().ok().map(|state| Event::Revoked {
             revision,
             reason,
@@ -457,14 +462,14 @@ impl Core {
         // The caller may have given up waiting; the revocation stands.
         let _ = reply.send(restored);
         match event {
-            Some(event) => outlet.emit(event).await,
+            Some(event) => sink.emit(event).await,
             None => Ok(()),
         }
     }
 
     /// Puts the state before the one in force back, reporting what it
     /// brought REJECTED; the state restored.
-    fn take_back(&mut self, revision: u64, reason: &str) -> Result<State, RevokeError> {
+    async fn take_back(&mut self, revision: u64, reason: &str) -> Result<State, RevokeError> {
         if revision != self.applied.revision {
             return Err(RevokeError::NotInForce {
                 asked: revision,
@@ -501,7 +506,7 @@ impl Core {
             %reason,
             "the application took back the state in force; the one before is in force again"
         );
-        self.save(&previous);
+        self.save(&previous).await;
         self.applied = previous;
         Ok(self.applied.clone())
     }
