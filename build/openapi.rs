@@ -54,6 +54,7 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Value {
             }
         }
     }
+    add_links(&mut paths);
     schemas.insert(
         "google.rpc.Status".into(),
         json!({
@@ -83,6 +84,227 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Value {
         },
         "security": [{"bearer": []}],
     })
+}
+
+/// One link: from a success of `from`, named `name`, to the operation
+/// `to`, with its parameters (each the target's parameter name and a
+/// runtime expression over the source's request or response) and, for a
+/// target that takes a body, the members the link fills.
+struct Link {
+    from: &'static str,
+    name: &'static str,
+    to: &'static str,
+    parameters: &'static [(&'static str, &'static str)],
+    body: Option<fn() -> Value>,
+}
+
+/// Where a link's source keeps the policy it answered about.
+const DRAFTED: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/version/namespace"),
+    ("name", "$response.body#/version/name"),
+];
+const DRAFTED_VERSION: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/version/namespace"),
+    ("name", "$response.body#/version/name"),
+    ("version", "$response.body#/version/version"),
+];
+const DRAFTED_NAMESPACE: &[(&str, &str)] = &[("namespace", "$response.body#/version/namespace")];
+const REQUESTED: &[(&str, &str)] = &[
+    ("namespace", "$request.path.namespace"),
+    ("name", "$request.path.name"),
+];
+const ROLLOUT: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/namespace"),
+    ("id", "$response.body#/id"),
+];
+const SCHEDULE: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/namespace"),
+    ("name", "$response.body#/name"),
+];
+const SUBSCRIPTION: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/subscription/namespace"),
+    ("name", "$response.body#/subscription/name"),
+];
+const SUBSCRIPTION_NAME: &[(&str, &str)] = &[("name", "$response.body#/subscription/name")];
+
+macro_rules! links {
+    ($($from:literal -> $name:literal: $to:literal $parameters:expr $(, body $body:expr)?;)*) => {
+        &[$(Link {
+            from: $from,
+            name: $name,
+            to: $to,
+            parameters: $parameters,
+            body: links!(@body $($body)?),
+        }),*]
+    };
+    (@body) => { None };
+    (@body $body:expr) => { Some($body) };
+}
+
+/// How an operation's answer leads to the next: a draft to its version,
+/// publication and policy; a release to its activation, rollout and
+/// rollback; a rollout, a schedule and a subscription to their reads and
+/// controls; the log's records to their proofs. The one table of the
+/// document's links; a test checks that each names operations and
+/// parameters that exist.
+const LINKS: &[Link] = links![
+    "PolicyService_Draft" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
+    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED;
+    "PolicyService_Draft" -> "discard": "PolicyService_DiscardDraft" DRAFTED;
+    "PolicyService_Draft" -> "policy": "PolicyService_GetPolicy" DRAFTED;
+    "PolicyService_Draft" -> "versions": "PolicyService_ListVersions" DRAFTED;
+    "PolicyService_Draft" -> "status": "PolicyService_GetPolicyStatus" DRAFTED;
+    "PolicyService_Draft" -> "schema": "PolicyService_SetSchema" DRAFTED;
+    "PolicyService_Draft" -> "nextDraft": "PolicyService_Draft" DRAFTED;
+    "PolicyService_Draft" -> "policies": "PolicyService_ListPolicies_2" DRAFTED_NAMESPACE;
+    "PolicyService_Draft" -> "events": "PolicyService_ListEvents_2" DRAFTED_NAMESPACE;
+    "PolicyService_Draft" -> "runtimes": "PolicyService_ListRuntimes" DRAFTED_NAMESPACE;
+    "PolicyService_Draft" -> "watch": "BundleService_WatchActive" DRAFTED_NAMESPACE;
+    "PolicyService_Publish" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
+    "PolicyService_Publish" -> "label": "PolicyService_GetVersion_2" &[
+        ("namespace", "$response.body#/version/namespace"),
+        ("name", "$response.body#/version/name"),
+        ("label", "$response.body#/version/label"),
+    ];
+    "PolicyService_Publish" -> "activate": "PolicyService_Activate" &[], body || json!({
+        "targets": [{
+            "namespace": "$response.body#/version/namespace",
+            "name": "$response.body#/version/name",
+            "version": "$response.body#/version/version",
+        }],
+    });
+    "PolicyService_Publish" -> "rollout": "PolicyService_StartRollout" DRAFTED_NAMESPACE, body || json!({
+        "targets": [{
+            "name": "$response.body#/version/name",
+            "version": "$response.body#/version/version",
+        }],
+    });
+    "PolicyService_Publish" -> "active": "BundleService_GetActive" DRAFTED;
+    "PolicyService_Publish" -> "rollback": "PolicyService_Rollback" DRAFTED;
+    "PolicyService_Publish" -> "diff": "PolicyService_DiffVersions" &[
+        ("namespace", "$response.body#/version/namespace"),
+        ("name", "$response.body#/version/name"),
+        ("fromVersion", "$response.body#/version/version"),
+        ("toVersion", "$response.body#/version/version"),
+    ];
+    "PolicyService_Publish" -> "proof": "BundleService_GetBundleProof" &[
+        ("namespace", "$response.body#/version/namespace"),
+        ("name", "$response.body#/version/name"),
+        ("version", "$response.body#/version/version"),
+        ("revision", "$response.body#/revision"),
+    ];
+    "PolicyService_Publish" -> "nextDraft": "PolicyService_Draft" DRAFTED;
+    "PolicyService_Publish" -> "schedule": "PolicyService_SetSchedule" DRAFTED_NAMESPACE, body || json!({
+        "entries": [{
+            "targets": [{
+                "name": "$response.body#/version/name",
+                "version": "$response.body#/version/version",
+            }],
+        }],
+    });
+    "PolicyService_Activate" -> "active": "BundleService_GetActive" &[
+        ("namespace", "$response.body#/activations/0/namespace"),
+        ("name", "$response.body#/activations/0/name"),
+    ];
+    "PolicyService_Activate" -> "rollback": "PolicyService_Rollback" &[
+        ("namespace", "$response.body#/activations/0/namespace"),
+        ("name", "$response.body#/activations/0/name"),
+    ];
+    "PolicyService_Rollback" -> "active": "BundleService_GetActive" REQUESTED;
+    "PolicyService_Rollback" -> "policy": "PolicyService_GetPolicy" REQUESTED;
+    "BundleService_GetActive" -> "report": "BundleService_ReportStatus" &[
+        ("namespace", "$response.body#/namespace"),
+    ], body || json!({"revision": "$response.body#/revision"});
+    "BundleService_GetActive" -> "proof": "BundleService_GetBundleProof" &[
+        ("namespace", "$response.body#/namespace"),
+        ("name", "$response.body#/name"),
+        ("version", "$response.body#/version"),
+        ("revision", "$response.body#/revision"),
+    ];
+    "PolicyService_GetPolicy" -> "latest": "PolicyService_GetVersion" &[
+        ("namespace", "$response.body#/namespace"),
+        ("name", "$response.body#/name"),
+        ("version", "$response.body#/latestVersion"),
+    ];
+    "PolicyService_StartRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "resume": "PolicyService_ResumeRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "approve": "PolicyService_ApproveRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "rollouts": "PolicyService_ListRollouts" &[
+        ("namespace", "$response.body#/namespace"),
+    ];
+    "PolicyService_SetSchedule" -> "schedule": "PolicyService_GetSchedule" SCHEDULE;
+    "PolicyService_SetSchedule" -> "pause": "PolicyService_PauseSchedule" SCHEDULE;
+    "PolicyService_SetSchedule" -> "resume": "PolicyService_ResumeSchedule" SCHEDULE;
+    "PolicyService_SetSchedule" -> "delete": "PolicyService_DeleteSchedule" SCHEDULE;
+    "PolicyService_SetSchedule" -> "schedules": "PolicyService_ListSchedules" &[
+        ("namespace", "$response.body#/namespace"),
+    ];
+    "SubscriptionService_CreateSubscription" -> "subscription": "SubscriptionService_GetSubscription" SUBSCRIPTION;
+    "SubscriptionService_CreateSubscription" -> "update": "SubscriptionService_UpdateSubscription" SUBSCRIPTION;
+    "SubscriptionService_CreateSubscription" -> "test": "SubscriptionService_TestSubscription" SUBSCRIPTION;
+    "SubscriptionService_CreateSubscription" -> "deliveries": "SubscriptionService_ListDeliveries" SUBSCRIPTION;
+    "SubscriptionService_CreateSubscription" -> "delete": "SubscriptionService_DeleteSubscription" SUBSCRIPTION;
+    "SubscriptionService_CreateSubscription" -> "subscriptions": "SubscriptionService_ListSubscriptions" &[
+        ("namespace", "$response.body#/subscription/namespace"),
+    ];
+    "SubscriptionService_CreateSubscription_2" -> "subscription": "SubscriptionService_GetSubscription_2" SUBSCRIPTION_NAME;
+    "SubscriptionService_CreateSubscription_2" -> "update": "SubscriptionService_UpdateSubscription_2" SUBSCRIPTION_NAME;
+    "SubscriptionService_CreateSubscription_2" -> "test": "SubscriptionService_TestSubscription_2" SUBSCRIPTION_NAME;
+    "SubscriptionService_CreateSubscription_2" -> "deliveries": "SubscriptionService_ListDeliveries_2" SUBSCRIPTION_NAME;
+    "SubscriptionService_CreateSubscription_2" -> "delete": "SubscriptionService_DeleteSubscription_2" SUBSCRIPTION_NAME;
+    "SubscriptionService_CreateSubscription_2" -> "subscriptions": "SubscriptionService_ListSubscriptions_2" &[];
+    "PolicyService_RecordRestore" -> "inclusion": "PolicyService_GetInclusionProof" &[
+        ("event_id", "$response.body#/event/id"),
+    ];
+    "PolicyService_RecordRestore" -> "restore": "BundleService_GetRestoreProof" &[
+        ("treeSize", "$response.body#/checkpoint/lastEventId"),
+    ];
+    "PolicyService_RecordRestore" -> "consistency": "BundleService_GetConsistencyProof" &[
+        ("oldSize", "$response.body#/checkpoint/lastEventId"),
+        ("newSize", "$response.body#/checkpoint/lastEventId"),
+    ];
+    "PolicyService_RecordRestore" -> "checkpoints": "PolicyService_ListCheckpoints" &[];
+    "PolicyService_RotateSigningKey" -> "keys": "BundleService_GetSigningKeys" &[];
+    "PolicyService_RotateSigningKey" -> "events": "PolicyService_ListEvents" &[];
+    "PolicyService_ListEvents" -> "inclusion": "PolicyService_GetInclusionProof" &[
+        ("event_id", "$response.body#/events/0/id"),
+    ];
+    "PolicyService_WhoAmI" -> "access": "PolicyService_CheckAccess" &[
+        ("method", "$response.body#/allowedMethods/0"),
+    ];
+    "SignInService_ListIdentityProviders" -> "whoami": "PolicyService_WhoAmI" &[];
+];
+
+/// The links of [`LINKS`] on the successes of the operations of `paths`.
+fn add_links(paths: &mut BTreeMap<String, Map<String, Value>>) {
+    for link in LINKS {
+        let source = paths
+            .values_mut()
+            .flat_map(|operations| operations.values_mut())
+            .find(|operation| operation["operationId"] == link.from)
+            .unwrap_or_else(|| panic!("a link from {}, which is no operation", link.from));
+        let success = if link.from == "PolicyService_Draft" {
+            "201"
+        } else {
+            "200"
+        };
+        let mut definition = json!({"operationId": link.to});
+        if !link.parameters.is_empty() {
+            definition["parameters"] = link
+                .parameters
+                .iter()
+                .map(|(name, expression)| ((*name).to_owned(), json!(expression)))
+                .collect::<Map<String, Value>>()
+                .into();
+        }
+        if let Some(body) = link.body {
+            definition["requestBody"] = body();
+        }
+        source["responses"][success]["links"][link.name] = definition;
+    }
 }
 
 /// The verb, path and whether the body is the request, of one rule.
@@ -120,7 +342,9 @@ fn operation(
         .map(|name| {
             let mut schema = input
                 .get_field_by_name(name)
-                .map_or(json!({"type": "string"}), |field| scalar(&field));
+                .map_or(json!({"type": "string"}), |field| {
+                    request_scalar(&input, &field)
+                });
             if let Some(constraint) = name_constraint(name) {
                 merge(&mut schema, constraint);
             }
@@ -300,10 +524,14 @@ fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Ve
             "schema": {"type": "string", "pattern": "^wait=[0-9]+$"}}));
     }
     if compare_and_swap(input) {
-        headers.push(header(
-            "If-Match",
-            "The ETag of the active bundle: 412 unless it is still the active one.",
-        ));
+        // `src/http/semantics.rs` parses it; a weak tag is taken and never
+        // matches.
+        headers.push(
+            json!({"name": "If-Match", "in": "header", "required": false,
+            "description": "The ETag of the active bundle: 412 unless it is still the active one.",
+            "schema": {"type": "string",
+                       "pattern": "^(W/)?\"[0-9]{1,9}-[0-9]{1,19}-[0-9A-Fa-f]+\"$"}}),
+        );
     }
     if input.get_field_by_name("idempotency_key").is_some() {
         headers.push(header(
@@ -326,14 +554,21 @@ fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Ve
 /// semantic version.
 fn name_constraint(field: &str) -> Option<Value> {
     Some(match field {
-        "namespace" => json!({"pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}),
-        "name" => json!({"pattern": "^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$"}),
+        "namespace" => json!({"pattern": NAMESPACE}),
+        "name" => json!({"pattern": POLICY_NAME}),
         "runtime_id" => json!({"pattern": "^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$"}),
         "label" => json!({"pattern": SEMVER}),
         "id" => json!({"format": "uuid"}),
         _ => return None,
     })
 }
+
+/// `domain::Namespace`'s rule.
+const NAMESPACE: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// `domain::PolicyName`'s rule, which schedules' and subscriptions' names
+/// share.
+const POLICY_NAME: &str = "^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$";
 
 /// semver.org's pattern of a semantic version, without build metadata,
 /// which a label may not carry (two labels differing only in it would
@@ -360,33 +595,85 @@ fn runtime_labels() -> Value {
 
 /// Whether clients write `message`, so that the server's rules on it are
 /// declared (a reply's fields, such as a version's empty label, follow
-/// none of them).
+/// none of them; a requirement in a reply was checked when it was
+/// written).
 fn is_request(message: &MessageDescriptor) -> bool {
     message.name().ends_with("Request")
         || matches!(
             message.name(),
-            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep"
+            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep" | "Requirement"
         )
 }
 
-/// What the server requires of a request's field beyond its type.
+/// A number the server refuses below 1: the minimum binds it as a number,
+/// the pattern as a 64-bit integer's string.
+fn at_least_one() -> Value {
+    json!({"minimum": 1, "pattern": "^[1-9][0-9]{0,18}$"})
+}
+
+/// What the server requires of a request's field beyond its type: the one
+/// table of the request rules this document states, each row the rule of
+/// a converter of `src/grpc` or of the domain type it parses into (the
+/// API tests check every pattern and range against the server).
 fn request_constraint(message: &str, field: &str) -> Option<Value> {
     Some(match (message, field) {
-        (_, "namespace" | "name") if message != "ScheduleEntryRequest" => name_constraint(field)?,
         ("ScheduleEntryRequest", "name") => name_constraint("namespace")?,
+        ("CheckAccessRequest", "namespace") => {
+            json!({"pattern": format!("^$|{}", &NAMESPACE[1..])})
+        }
+        // A requirement may name its policy with the draft's namespace
+        // before it (`team/limits`).
+        ("Requirement", "name") => json!({"pattern": format!(
+            "^({}/)?{}",
+            &NAMESPACE[1..NAMESPACE.len() - 1],
+            &POLICY_NAME[1..]
+        )}),
+        (_, "namespace" | "name") => name_constraint(field)?,
         ("RuntimeIdentity", "id") => name_constraint("runtime_id")?,
         ("WatchActiveRequest", "names") => name_constraint("name")?,
-        // Version numbers start at 1.
-        (_, "version" | "to_version" | "from_version") => json!({"minimum": 1}),
+        ("Requirement", "range") | ("RecordRestoreRequest" | "RollbackRequest", "reason") => {
+            json!({"minLength": 1, "pattern": "\\S"})
+        }
+        // Version numbers and revisions start at 1.
+        (_, "version" | "to_version" | "from_version")
+        | ("ReportStatusRequest", "revision")
+        | ("GetBundleProofRequest", "revision")
+        | ("GetConsistencyProofRequest", "old_size") => at_least_one(),
         // Optional at publish: empty is no label.
         ("PublishRequest", "label") => json!({"pattern": format!("^$|{}", &SEMVER[1..])}),
         (_, "label") => name_constraint("label")?,
-        ("RollbackRequest", "reason") => json!({"minLength": 1, "pattern": "\\S"}),
         ("ActivateRequest" | "StartRolloutRequest", "targets")
         | ("SetScheduleRequest", "entries")
         | ("ScheduleEntryRequest", "targets") => json!({"minItems": 1}),
         ("StartRolloutRequest", "steps") => json!({"minItems": 1, "maxItems": 20}),
+        ("RolloutStep", "percentage") => json!({"minimum": 1, "maximum": 100}),
+        ("CreateSubscriptionRequest", "event_kinds") => {
+            json!({"minItems": 1, "maxItems": 32, "uniqueItems": true})
+        }
+        ("UpdateSubscriptionRequest", "event_kinds") => {
+            json!({"maxItems": 32, "uniqueItems": true})
+        }
+        ("CreateSubscriptionRequest", "url") => webhook_url(),
+        ("UpdateSubscriptionRequest", "url") => {
+            json!({"pattern": format!("^$|{}", &webhook_url()["pattern"].as_str()?[1..])})
+        }
+        // Standard Webhooks' form: `whsec_` and 24 to 64 bytes in base64
+        // (the pattern states the unpadded lengths); empty: the server
+        // makes one.
+        ("CreateSubscriptionRequest", "secret") => {
+            json!({"pattern": "^(whsec_([A-Za-z0-9+/]{4}){8,21})?$"})
+        }
         _ => return None,
+    })
+}
+
+/// A webhook's endpoint: https and a DNS name (the server also takes a
+/// public address, and refuses a private one and a name under
+/// `localhost`, which the pattern leaves to the reader).
+fn webhook_url() -> Value {
+    json!({
+        "maxLength": 2048,
+        "pattern": "^https://[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z]([a-z0-9-]{0,20}[a-z0-9])?){1,3}(/[A-Za-z0-9._~-]{0,40}){0,4}$",
     })
 }
 
@@ -395,15 +682,101 @@ fn required_fields(message: &str) -> &'static [&'static str] {
     match message {
         "ActivationTarget" => &["namespace", "name"],
         "ActivateRequest" => &["targets"],
-        "RollbackRequest" => &["reason"],
+        "DraftRequest" => &["body"],
+        "RollbackRequest" | "RecordRestoreRequest" => &["reason"],
         "StartRolloutRequest" => &["targets", "steps"],
-        "RolloutTargetRequest" | "ScheduleTargetRequest" => &["name"],
+        "RolloutTargetRequest" | "ScheduleTargetRequest" | "Requirement" => &["name"],
         "SetScheduleRequest" => &["entries"],
         "ScheduleEntryRequest" => &["name", "cron", "targets"],
         "DiffVersionsRequest" => &["from_version", "to_version"],
         "CheckAccessRequest" => &["method"],
+        "CreateSubscriptionRequest" => &["name", "url", "event_kinds"],
+        "ReportStatusRequest" => &["revision"],
+        "GetConsistencyProofRequest" => &["old_size"],
+        "GetBundleProofRequest" => &["revision"],
         _ => &[],
     }
+}
+
+/// The oneofs of which a request must set a member: a target's version,
+/// by number or by label.
+fn required_oneof(message: &str) -> Option<&'static str> {
+    matches!(
+        message,
+        "ActivationTarget" | "RolloutTargetRequest" | "ScheduleTargetRequest"
+    )
+    .then_some("selector")
+}
+
+/// The JSON mapping's rule on each oneof of a request (at most one member
+/// given), and, where the table requires it, at least one.
+fn one_of_rules(message: &MessageDescriptor) -> Vec<Value> {
+    let mut rules = Vec::new();
+    for oneof in message.oneofs().filter(|oneof| !oneof.is_synthetic()) {
+        let members: Vec<String> = oneof
+            .fields()
+            .map(|member| member.json_name().to_owned())
+            .collect();
+        for (index, first) in members.iter().enumerate() {
+            for second in &members[index + 1..] {
+                rules.push(json!({"not": {"required": [first, second]}}));
+            }
+        }
+        if required_oneof(message.name()) == Some(oneof.name()) {
+            let any: Vec<Value> = members
+                .iter()
+                .map(|member| json!({"required": [member]}))
+                .collect();
+            rules.push(json!({"anyOf": any}));
+        }
+    }
+    rules
+}
+
+/// A request's scalar or enum field: its type, the table's rule, and no
+/// `*_UNSPECIFIED` in a list of enums (a filter or a subscription names
+/// kinds or states; the zero value is none of them).
+fn request_scalar(message: &MessageDescriptor, field: &FieldDescriptor) -> Value {
+    let mut schema = scalar(field);
+    if field.is_list()
+        && let Some(Value::Array(names)) = schema.get_mut("enum")
+    {
+        names.retain(|name| {
+            !name
+                .as_str()
+                .is_some_and(|name| name.ends_with("_UNSPECIFIED"))
+        });
+    }
+    if (message.name(), field.name()) == ("CheckAccessRequest", "method") {
+        schema["enum"] = json!(methods_with_roles(message.parent_pool()));
+    }
+    if let Some(constraint) = request_constraint(message.name(), field.name()) {
+        if field.is_list() {
+            // A list's own bounds go on the array, a name's on each item.
+            if constraint.get("pattern").is_some() {
+                merge(&mut schema, constraint);
+            }
+        } else {
+            merge(&mut schema, constraint);
+        }
+    }
+    schema
+}
+
+/// The bounds of a list field of `message`, from the table.
+fn list_constraint(message: &str, field: &str) -> Option<Value> {
+    request_constraint(message, field).filter(|constraint| constraint.get("pattern").is_none())
+}
+
+/// The methods `CheckAccess` and `WhoAmI` name: every one of the served
+/// services but those whose comment says they need no role.
+fn methods_with_roles(pool: &DescriptorPool) -> Vec<String> {
+    pool.services()
+        .filter(|service| service.package_name() == "policyhub.v1")
+        .flat_map(|service| service.methods().collect::<Vec<_>>())
+        .filter(|method| !method_comment(method).contains("Role: none"))
+        .map(|method| method.name().to_owned())
+        .collect()
 }
 
 /// `extra`'s members added to `schema`.
@@ -466,12 +839,13 @@ fn query_parameters(
                 }
             },
             _ => {
-                let mut schema = scalar(&field);
-                if let Some(constraint) = request_constraint(message.name(), field.name()) {
-                    merge(&mut schema, constraint);
-                }
+                let schema = request_scalar(message, &field);
                 if field.is_list() {
-                    json!({"type": "array", "items": schema})
+                    let mut list = json!({"type": "array", "items": schema});
+                    if let Some(bounds) = list_constraint(message.name(), field.name()) {
+                        merge(&mut list, bounds);
+                    }
+                    list
                 } else {
                     schema
                 }
@@ -500,7 +874,20 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
                 let value = entry.map_entry_value_field();
                 json!({"type": "object", "additionalProperties": field_schema(&value, schemas)})
             } else if field.is_list() {
-                json!({"type": "array", "items": field_schema(&field, schemas)})
+                let items = if is_request(message) && !matches!(field.kind(), Kind::Message(_)) {
+                    request_scalar(message, &field)
+                } else {
+                    field_schema(&field, schemas)
+                };
+                let mut list = json!({"type": "array", "items": items});
+                if is_request(message)
+                    && let Some(bounds) = list_constraint(message.name(), field.name())
+                {
+                    merge(&mut list, bounds);
+                }
+                list
+            } else if is_request(message) && !matches!(field.kind(), Kind::Message(_)) {
+                request_scalar(message, &field)
             } else {
                 field_schema(&field, schemas)
             };
@@ -509,11 +896,6 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
             if !description.is_empty() && schema.get("$ref").is_none() {
                 schema["description"] = Value::String(description);
             }
-            if is_request(message)
-                && let Some(constraint) = request_constraint(message.name(), field.name())
-            {
-                merge(&mut schema, constraint);
-            }
             properties.insert(field.json_name().to_owned(), schema);
         }
         let mut schema =
@@ -521,6 +903,12 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
         let required = required_fields(message.name());
         if !required.is_empty() {
             schema["required"] = json!(required);
+        }
+        if is_request(message) {
+            let oneofs = one_of_rules(message);
+            if !oneofs.is_empty() {
+                schema["allOf"] = json!(oneofs);
+            }
         }
         schemas.insert(name.clone(), schema);
     }
@@ -559,10 +947,22 @@ fn scalar(field: &FieldDescriptor) -> Value {
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": ["string", "integer"], "format": "int64"})
-        }
-        Kind::Uint64 | Kind::Fixed64 => json!({"type": ["string", "integer"], "format": "uint64"}),
+        // A string must hold the number in decimal digits (the pattern
+        // binds only strings, the range only numbers).
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({
+            "type": ["string", "integer"],
+            "format": "int64",
+            "pattern": "^-?[0-9]{1,19}$",
+            "minimum": i64::MIN,
+            "maximum": i64::MAX,
+        }),
+        Kind::Uint64 | Kind::Fixed64 => json!({
+            "type": ["string", "integer"],
+            "format": "uint64",
+            "pattern": "^[0-9]{1,20}$",
+            "minimum": 0,
+            "maximum": u64::MAX,
+        }),
         Kind::Float | Kind::Double => json!({"type": "number"}),
         Kind::Enum(kind) => {
             let names: Vec<String> = kind.values().map(|value| value.name().to_owned()).collect();

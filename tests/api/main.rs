@@ -27,6 +27,7 @@ mod login;
 mod malformed;
 mod observability;
 mod oidc;
+mod openapi_contract;
 mod operations;
 mod races;
 mod report_spread;

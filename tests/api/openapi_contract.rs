@@ -1,0 +1,428 @@
+//! The OpenAPI document as a contract for generated clients: its links
+//! lead from each answer to operations and parameters that exist, every
+//! operation that needs an identifier is reached by one, and the request
+//! rules it declares are the ones the server enforces.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::helpers::Backend;
+use crate::http::{app, curl, release_over_http_in};
+
+fn document() -> Value {
+    serde_json::from_str(policyhub::http::OPENAPI).unwrap()
+}
+
+/// Every operation by its id: its path, its parameters as `(in, name)`,
+/// and the operation itself.
+type Operations = BTreeMap<String, (String, Vec<(String, String)>, Value)>;
+
+fn operations(document: &Value) -> Operations {
+    let mut found = BTreeMap::new();
+    for (path, verbs) in document["paths"].as_object().unwrap() {
+        for operation in verbs.as_object().unwrap().values() {
+            let parameters = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|parameter| {
+                    (
+                        parameter["in"].as_str().unwrap().to_owned(),
+                        parameter["name"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            found.insert(
+                operation["operationId"].as_str().unwrap().to_owned(),
+                (path.clone(), parameters, operation.clone()),
+            );
+        }
+    }
+    found
+}
+
+/// The schema `pointer` names inside `schema`, following `$ref`s and
+/// arrays' items (a numeric step).
+fn schema_at<'a>(document: &'a Value, schema: &'a Value, pointer: &str) -> Option<&'a Value> {
+    let resolve = |mut schema: &'a Value| {
+        while let Some(reference) = schema["$ref"].as_str() {
+            schema = document.pointer(reference.trim_start_matches('#'))?;
+        }
+        Some(schema)
+    };
+    let mut current = resolve(schema)?;
+    for step in pointer.split('/').filter(|step| !step.is_empty()) {
+        current = if step.parse::<usize>().is_ok() {
+            resolve(current.get("items")?)?
+        } else {
+            resolve(current["properties"].get(step)?)?
+        };
+    }
+    Some(current)
+}
+
+/// Each link names an existing operation; each of its parameters is one
+/// the target takes, and each expression reads a parameter the source
+/// takes or a member its answer has; each body member is one the target's
+/// body has. And every operation whose path names something beneath a
+/// namespace is the target of a link, so a client that follows links
+/// reaches all of them.
+#[test]
+fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
+    let document = document();
+    let operations = operations(&document);
+    let mut linked = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for (source_id, (_, source_parameters, source)) in &operations {
+        for (status, response) in source["responses"].as_object().unwrap() {
+            let Some(links) = response.get("links") else {
+                continue;
+            };
+            let answer = &response["content"]["application/json"]["schema"];
+            for (name, link) in links.as_object().unwrap() {
+                let what = format!("{source_id} {status} -> {name}");
+                let target_id = link["operationId"].as_str().unwrap();
+                let (_, target_parameters, target) = operations
+                    .get(target_id)
+                    .unwrap_or_else(|| panic!("{what}: no operation {target_id}"));
+                linked.insert(target_id.to_owned());
+                let parameters = link
+                    .get("parameters")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                for (parameter, expression) in &parameters {
+                    assert!(
+                        target_parameters.iter().any(|(_, name)| name == parameter),
+                        "{what}: {target_id} takes no parameter {parameter}"
+                    );
+                    check_expression(&document, &what, expression, source_parameters, answer);
+                }
+                if let Some(body) = link.get("requestBody") {
+                    let schema = &target["requestBody"]["content"]["application/json"]["schema"];
+                    assert!(!schema.is_null(), "{what}: {target_id} takes no body");
+                    check_body(&document, &what, body, schema, source_parameters, answer);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "the document declares links");
+    // A namespace is any valid one; a name, id, version or label beneath
+    // it is one an earlier answer gave.
+    for (id, (path, parameters, _)) in &operations {
+        if parameters
+            .iter()
+            .any(|(place, name)| place == "path" && name != "namespace")
+        {
+            assert!(linked.contains(id), "no link leads to {id} ({path})");
+        }
+    }
+}
+
+fn check_expression(
+    document: &Value,
+    what: &str,
+    expression: &Value,
+    source_parameters: &[(String, String)],
+    answer: &Value,
+) {
+    let expression = expression.as_str().unwrap();
+    if let Some(pointer) = expression.strip_prefix("$response.body#") {
+        assert!(
+            schema_at(document, answer, pointer).is_some(),
+            "{what}: the answer has no {pointer}"
+        );
+    } else if let Some(parameter) = expression.strip_prefix("$request.path.") {
+        assert!(
+            source_parameters
+                .iter()
+                .any(|(place, name)| place == "path" && name == parameter),
+            "{what}: the source has no path parameter {parameter}"
+        );
+    } else {
+        panic!("{what}: an expression this test does not read: {expression}");
+    }
+}
+
+fn check_body(
+    document: &Value,
+    what: &str,
+    body: &Value,
+    schema: &Value,
+    source_parameters: &[(String, String)],
+    answer: &Value,
+) {
+    match body {
+        Value::Object(members) => {
+            for (member, value) in members {
+                let inner = schema_at(document, schema, member)
+                    .unwrap_or_else(|| panic!("{what}: the body has no member {member}"));
+                check_body(document, what, value, inner, source_parameters, answer);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                let inner = schema_at(document, schema, "0").unwrap();
+                check_body(document, what, item, inner, source_parameters, answer);
+            }
+        }
+        expression @ Value::String(_) => {
+            check_expression(document, what, expression, source_parameters, answer)
+        }
+        _ => {}
+    }
+}
+
+/// One declared rule, tried against the server: a request that follows
+/// it, one that breaks it only there, and the field the refusal names.
+struct Rule {
+    /// `METHOD path`, the path with the parameter filled in as `{}`.
+    operation: &'static str,
+    /// Where the document declares it: a parameter's name, or a JSON
+    /// pointer into the body's schema.
+    declared: &'static str,
+    /// The field the server's refusal names.
+    field: &'static str,
+    good: Value,
+    bad: Value,
+    /// The request's body around the value (`{}` marks it) or, for a
+    /// parameter, nothing.
+    body: Option<Value>,
+}
+
+fn rules() -> Vec<Rule> {
+    let publish = || json!({"label": "2.0.0"});
+    vec![
+        Rule {
+            operation: "POST /v1/namespaces/{}/policies/limits/drafts",
+            declared: "namespace",
+            field: "namespace",
+            good: json!("shop-2"),
+            bad: json!("-shop"),
+            body: None,
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/policies/{}/drafts",
+            declared: "name",
+            field: "name",
+            good: json!("limits_v2.a"),
+            bad: json!("Limits"),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/namespaces/shop/policies/limits/labels/{}",
+            declared: "label",
+            // The version selector, by number or by label, is one field.
+            field: "version",
+            good: json!("1.0.0"),
+            bad: json!("1.0"),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/namespaces/shop/policies/limits/versions/{}",
+            declared: "version",
+            field: "version",
+            good: json!(1),
+            bad: json!(0),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/namespaces/shop/policies/limits/active?asOfRevision={}",
+            declared: "asOfRevision",
+            field: "as_of_revision",
+            good: json!("1"),
+            bad: json!("1e3"),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/namespaces/shop/events?kinds={}",
+            declared: "kinds",
+            field: "kinds",
+            good: json!("EVENT_KIND_PUBLISHED"),
+            bad: json!("EVENT_KIND_UNSPECIFIED"),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/access?method={}&namespace=shop",
+            declared: "method",
+            field: "method",
+            good: json!("Publish"),
+            bad: json!("Publish2"),
+            body: None,
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/policies/limits:publish",
+            declared: "If-Match",
+            field: "If-Match",
+            good: json!("\"1-1-ab\""),
+            bad: json!("\"1-ab\""),
+            body: Some(publish()),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/policies/limits:rollback",
+            declared: "/reason",
+            field: "reason",
+            good: json!("bad limits"),
+            bad: json!("  "),
+            body: Some(json!({"reason": "{}"})),
+        },
+        Rule {
+            operation: "POST /v1/policies:activate",
+            declared: "/targets/0/version",
+            field: "targets[0].version",
+            good: json!(1),
+            bad: json!(0),
+            body: Some(
+                json!({"targets": [{"namespace": "shop", "name": "limits", "version": "{}"}]}),
+            ),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/runtimes/pod-1:reportStatus",
+            declared: "/revision",
+            field: "revision",
+            good: json!("1"),
+            bad: json!("0"),
+            body: Some(json!({"revision": "{}"})),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/subscriptions",
+            declared: "/url",
+            field: "url",
+            good: json!("https://hooks.example.com/policyhub"),
+            bad: json!("ftp://hooks.example.com/policyhub"),
+            body: Some(
+                json!({"name": "audit", "url": "{}", "eventKinds": ["EVENT_KIND_PUBLISHED"]}),
+            ),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/subscriptions",
+            declared: "/secret",
+            field: "secret",
+            good: json!(format!("whsec_{}", "A".repeat(32))),
+            bad: json!(format!("whsec_{}", "A".repeat(28))),
+            body: Some(
+                json!({"name": "audit-2", "url": "https://hooks.example.com/a",
+                              "eventKinds": ["EVENT_KIND_PUBLISHED"], "secret": "{}"}),
+            ),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/subscriptions",
+            declared: "/eventKinds",
+            field: "event_kinds",
+            good: json!(["EVENT_KIND_PUBLISHED", "EVENT_KIND_ACTIVATED"]),
+            bad: json!(["EVENT_KIND_PUBLISHED", "EVENT_KIND_PUBLISHED"]),
+            body: Some(
+                json!({"name": "audit-3", "url": "https://hooks.example.com/b",
+                              "eventKinds": "{}"}),
+            ),
+        },
+    ]
+}
+
+/// The schema the document declares for `declared` of the operation at
+/// `verb path`: a parameter's, or the member of its body's schema.
+fn declared_schema(document: &Value, verb: &str, path: &str, declared: &str) -> Value {
+    let template = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(template, verbs)| {
+            verbs.get(verb).is_some() && matches_template(template, path.split('?').next().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no operation for {verb} {path}"))
+        .1[verb]
+        .clone();
+    let mut schema = if declared.starts_with('/') {
+        let body = &template["requestBody"]["content"]["application/json"]["schema"];
+        schema_at(document, body, declared).unwrap().clone()
+    } else {
+        template["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == declared)
+            .unwrap_or_else(|| panic!("{verb} {path} declares no {declared}"))["schema"]
+            .clone()
+    };
+    if let Some(items) = schema.get("items").filter(|_| !declared.starts_with('/')) {
+        // A repeated query parameter: one value of it.
+        schema = items.clone();
+    }
+    schema
+}
+
+fn matches_template(template: &str, path: &str) -> bool {
+    let (template, path): (Vec<&str>, Vec<&str>) =
+        (template.split('/').collect(), path.split('/').collect());
+    template.len() == path.len()
+        && template.iter().zip(&path).all(|(template, path)| {
+            match template.split_once('{').zip(template.split_once('}')) {
+                Some(((prefix, _), (_, suffix))) => {
+                    path.len() > prefix.len() + suffix.len()
+                        && path.starts_with(prefix)
+                        && path.ends_with(suffix)
+                        && !path[prefix.len()..path.len() - suffix.len()].contains(':')
+                }
+                None => template == path,
+            }
+        })
+}
+
+/// Each rule the document declares is the server's: a value the declared
+/// schema takes is not refused for that field, and one it does not take
+/// is refused with 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_declared_request_rules_are_the_servers() {
+    let app = app(Backend::Sqlite, true).await;
+    release_over_http_in(app.http_address.unwrap(), "shop", "limits", 1);
+    let document = document();
+    for rule in rules() {
+        let (verb, path) = rule.operation.split_once(' ').unwrap();
+        let schema = declared_schema(&document, &verb.to_lowercase(), path, rule.declared);
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let what = format!("{} ({})", rule.operation, rule.declared);
+        assert!(
+            validator.is_valid(&rule.good),
+            "{what}: the document refuses {}",
+            rule.good
+        );
+        assert!(
+            !validator.is_valid(&rule.bad),
+            "{what}: the document takes {}",
+            rule.bad
+        );
+        for (value, follows) in [(&rule.good, true), (&rule.bad, false)] {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let mut headers = vec!["Content-Type: application/json"];
+            let header;
+            let (target, body) = if rule.declared == "If-Match" {
+                header = format!("If-Match: {text}");
+                headers.push(header.as_str());
+                (path.to_owned(), rule.body.as_ref().map(Value::to_string))
+            } else if let Some(around) = &rule.body {
+                let body = around.to_string().replace("\"{}\"", &value.to_string());
+                (path.to_owned(), Some(body))
+            } else {
+                (path.replace("{}", &text), None)
+            };
+            let reply = curl(&app, verb, &target, body.as_deref(), &headers);
+            let message = reply.json["message"].as_str().unwrap_or_default();
+            let names_field = reply.status == 400
+                && (message.contains(&format!("{}:", rule.field))
+                    || message.contains(&format!("{}[", rule.field)));
+            if follows {
+                assert!(!names_field, "{what}: {value} refused: {reply:?}");
+            } else {
+                assert!(
+                    names_field,
+                    "{what}: {value} not refused by its field: {reply:?}"
+                );
+            }
+        }
+    }
+}
