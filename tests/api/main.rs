@@ -29,6 +29,7 @@ mod observability;
 mod oidc;
 mod operations;
 mod races;
+mod replicas;
 mod report_spread;
 mod requirements;
 mod restore;
