@@ -6,9 +6,11 @@
 //!
 //! State and deadlines are rows, so the controller survives restarts. On
 //! PostgreSQL every replica runs it, but a tick runs only on the replica
-//! holding a transaction-scoped advisory lock, so exactly one drives
-//! rollouts and fires schedules at a time; when it dies its connection's
-//! lock goes with it and another replica's next tick takes over.
+//! that leads the controller's role for the tick (a session advisory lock
+//! on its leadership connection, see `storage::leadership`, released when
+//! the tick ends), so exactly one drives rollouts and fires schedules at a
+//! time; when it dies its connection's lock goes with it and another
+//! replica's next tick takes over.
 
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ pub async fn run(hub: PolicyHub, interval: Duration, instruments: Instruments) {
     loop {
         ticker.tick().await;
         let ticked = hub
-            .exclusively(CONTROLLER_LOCK, async || {
+            .exclusively(CONTROLLER_LOCK, async |_term| {
                 let rollouts = drive_rollouts(&hub).await;
                 fire_schedules(&hub, &instruments).await?;
                 rollouts

@@ -21,7 +21,9 @@
 //!   `events`, `pointers` (revisions, NOTIFY, index loading), `keys`,
 //!   `reads` and `paging`, `rows` (row mapping), `errors` (what a database
 //!   error means), `runtimes`, `statement_runner` and `sqlite_direct` (an activation's
-//!   statements on SQLite in the caller's thread); migrations live in
+//!   statements on SQLite in the caller's thread), `leadership` (the
+//!   session advisory locks that make one replica lead each role);
+//!   migrations live in
 //!   `policyhub-migrations`.
 //! - [`signing`]: Ed25519 keys and the signing of bundles; the only module
 //!   that touches private key material (the bundle format and its
@@ -48,8 +50,8 @@
 //! - [`connections`]: the accept loop every port shares, with its bounds on
 //!   connections that ask for nothing and its backoff when accepts fail.
 //! - [`config`] (settings and request limits), [`telemetry`], [`metrics`],
-//!   [`startup`] (which wires the layers together), [`shutdown`]: running
-//!   the server.
+//!   [`startup`] (which wires the layers together and supervises the
+//!   background tasks), [`shutdown`]: running the server.
 //! - [`agent`]: `policyhub agent`, which follows namespaces through the
 //!   runtime library and hands verified policy to local processes over a
 //!   localhost HTTP API and as files.

@@ -10,7 +10,6 @@ use tonic::{
     service::Routes,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
-use tonic_health::server::HealthReporter;
 use tower::util::BoxCloneSyncService;
 
 use crate::config::{Settings, TlsSettings};
@@ -30,11 +29,16 @@ use crate::http::Gateway;
 use crate::hub::PolicyHub;
 use crate::{signing, storage};
 
+mod health;
 mod identity;
 mod notifications;
+mod tasks;
 
+pub use health::LIVENESS_SERVICE;
+use health::{supervisor, watch_database};
 pub use identity::ISSUERS_SERVICE;
 use identity::guard;
+use tasks::{OnEnd, Stop};
 
 /// A server that is bound and ready to run.
 pub struct Application {
@@ -105,7 +109,7 @@ async fn refuse_unguarded_history(repository: &storage::Repository) -> anyhow::R
 pub async fn open_database(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
     prepare_data_dir(settings)?;
     let url = settings.database_url();
-    let db = storage::connect(url.expose_secret()).await?;
+    let db = storage::connect(url.expose_secret(), settings.database_pool_size.get()).await?;
     storage::migrate(&db).await?;
     Ok(db)
 }
@@ -246,66 +250,99 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let health_task = tokio::spawn(watch_database(
-            health.clone(),
-            self.repository.clone(),
-            self.settings.health_check_interval(),
-        ));
-        let reload_task = tokio::spawn(reload_keys_on_sighup(self.hub.clone()));
-        let identity_tasks =
-            identity::identity_tasks(&self.authentication, &self.settings, &health);
-        let checkpoint_task = tokio::spawn(refresh_checkpoints(
-            self.hub.clone(),
-            self.settings.audit.checkpoint_interval(),
-        ));
-        let retention_task = self.settings.idempotency_retention.map(|retention| {
-            tokio::spawn(forget_idempotency_records(
-                self.repository.clone(),
-                retention,
-            ))
+        let mut tasks = supervisor(&health);
+        let (failed, repository) = (tasks.failed(), self.repository.clone());
+        let interval = self.settings.health_check_interval();
+        let reporter = health.clone();
+        // Not started again: this task is the health report, so it ending
+        // leaves the report stale; the supervisor reports NOT_SERVING.
+        tasks.spawn("health", OnEnd::NotServing, Stop::Abort, move |_| {
+            watch_database(
+                reporter.clone(),
+                repository.clone(),
+                interval,
+                failed.clone(),
+            )
         });
-        let log_task = tokio::spawn(self.repository.clone().checkpoint_log_forever());
-        let metrics_task = self.metrics_listener.map(|tcp| {
+        // These start again when they end: each round starts afresh from
+        // state kept elsewhere (the hub, the store, the fleet view), and
+        // the replica serves correctly meanwhile.
+        let hub = self.hub.clone();
+        tasks.spawn("keys-reload", OnEnd::Restart, Stop::Abort, move |_| {
+            reload_keys_on_sighup(hub.clone())
+        });
+        identity::identity_tasks(&self.authentication, &self.settings, &health, &mut tasks);
+        let (hub, interval) = (self.hub.clone(), self.settings.audit.checkpoint_interval());
+        tasks.spawn("checkpoints", OnEnd::Restart, Stop::Abort, move |_| {
+            refresh_checkpoints(hub.clone(), interval)
+        });
+        if let Some(retention) = self.settings.idempotency_retention {
+            let repository = self.repository.clone();
+            tasks.spawn(
+                "idempotency-retention",
+                OnEnd::Restart,
+                Stop::Abort,
+                move |_| forget_idempotency_records(repository.clone(), retention),
+            );
+        }
+        if self.settings.is_sqlite() {
+            let repository = self.repository.clone();
+            tasks.spawn("log-checkpoints", OnEnd::Restart, Stop::Abort, move |_| {
+                repository.clone().checkpoint_log_forever()
+            });
+        }
+        // Not started again: the port's listener went with it, and a
+        // replica whose port is gone does not serve as configured.
+        if let Some(tcp) = self.metrics_listener {
             if let Ok(address) = tcp.local_addr() {
                 tracing::info!(%address, "serving metrics");
             }
-            let listener = listener(tcp, "metrics", &self.settings.connections);
-            tokio::spawn(crate::metrics::serve(listener, self.hub.index().clone()))
-        });
-        let replication_task = (!self.settings.is_sqlite()).then(|| {
-            tokio::spawn(crate::replication::follow(
-                self.hub.clone(),
-                self.settings.database_url(),
-                self.settings.watch.clone(),
-            ))
-        });
+            let mut listener = Some(listener(tcp, "metrics", &self.settings.connections));
+            let index = self.hub.index().clone();
+            tasks.spawn("metrics", OnEnd::NotServing, Stop::Abort, move |_| {
+                crate::metrics::serve(listener.take().expect("started once"), index.clone())
+            });
+        }
+        // Not started again: a replica that stopped following the others
+        // serves stale revisions; out of rotation until it is restarted.
+        if !self.settings.is_sqlite() {
+            let (hub, url) = (self.hub.clone(), self.settings.database_url());
+            let watch = self.settings.watch.clone();
+            tasks.spawn("replication", OnEnd::NotServing, Stop::Abort, move |_| {
+                crate::replication::follow(hub.clone(), url.clone(), watch.clone())
+            });
+        }
         // Both reflection versions: grpcurl 1.8 speaks only v1alpha.
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max_message = self.settings.limits.max_message_bytes();
         let quotas = Quotas::new(self.settings.quotas.clone());
-        let (subscription_service, notifications_task) =
-            notifications::notifications(&self.hub, &self.settings, quotas.clone())?;
+        let subscription_service =
+            notifications::notifications(&self.hub, &self.settings, quotas.clone(), &mut tasks)?;
         let fleet = self.fleet;
         // A flush waits for a fan-out under way, at most an interval.
         let flush_interval = self.settings.runtimes.flush_interval();
-        let index = self.hub.index().clone();
-        let fleet_task = tokio::spawn(fleet.clone().run(flush_interval, move || {
+        let (index, flushed) = (self.hub.index().clone(), fleet.clone());
+        tasks.spawn("fleet-flush", OnEnd::Restart, Stop::Abort, move |_| {
             let index = index.clone();
-            async move { index.fan_out_ended(flush_interval).await }
-        }));
-        let witnessing_task = (!self.settings.audit.witnesses.is_empty()).then(|| {
-            tokio::spawn(crate::witnessing::run(
-                self.hub.clone(),
-                self.settings.audit.clone(),
-                crate::metrics::global().witness_instruments(),
-            ))
+            flushed.clone().run(flush_interval, move || {
+                let index = index.clone();
+                async move { index.fan_out_ended(flush_interval).await }
+            })
         });
-        let controller_task = tokio::spawn(crate::controller::run(
-            self.hub.clone(),
-            self.settings.rollouts.tick_interval(),
-            controller_instruments(),
-        ));
+        // The witnessing and the controller start again too: their state
+        // is rows, and their lock went with the run that ended.
+        if !self.settings.audit.witnesses.is_empty() {
+            let (hub, audit) = (self.hub.clone(), self.settings.audit.clone());
+            tasks.spawn("witnessing", OnEnd::Restart, Stop::Abort, move |_| {
+                let instruments = crate::metrics::global().witness_instruments();
+                crate::witnessing::run(hub.clone(), audit.clone(), instruments)
+            });
+        }
+        let (hub, tick) = (self.hub.clone(), self.settings.rollouts.tick_interval());
+        tasks.spawn("controller", OnEnd::Restart, Stop::Abort, move |_| {
+            crate::controller::run(hub.clone(), tick, controller_instruments())
+        });
         let policy_service = PolicyServiceServer::new(PolicyApi::new(
             self.hub.clone(),
             self.settings.limits.clone(),
@@ -354,7 +391,7 @@ impl Application {
         // The HTTP/JSON port hands every request to the same services, behind
         // the same authentication, metrics and message limit.
         let connections = self.settings.connections.clone();
-        let http_task = self.http_listener.map(|tcp| {
+        if let Some(tcp) = self.http_listener {
             let routes = Routes::new(guard(policy_service.clone(), &authentication))
                 .add_service(guard(bundle_service.clone(), &authentication))
                 .add_service(guard(subscription_service.clone(), &authentication))
@@ -371,9 +408,13 @@ impl Application {
             if let Ok(address) = tcp.local_addr() {
                 tracing::info!(%address, "serving http");
             }
-            let http_listener = listener(tcp, "http", &connections);
-            tokio::spawn(gateway.serve(http_listener))
-        });
+            // Not started again, as the metrics port is not.
+            let mut http_listener = Some(listener(tcp, "http", &connections));
+            tasks.spawn("http", OnEnd::NotServing, Stop::Abort, move |_| {
+                let listener = http_listener.take().expect("started once");
+                gateway.clone().serve(listener)
+            });
+        }
         // Health (for probes) and reflection (for grpcurl) answer without a
         // token unless auth.public_reflection is off; they reveal no policy.
         let router = server
@@ -394,32 +435,10 @@ impl Application {
             .add_service(guard(subscription_service, &authentication))
             .serve_with_incoming_shutdown(grpc_listener.into_incoming(), shutdown)
             .await;
-        health_task.abort();
-        reload_task.abort();
-        log_task.abort();
-        identity_tasks
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
-        if let Some(task) = http_task {
-            task.abort();
-        }
-        if let Some(task) = retention_task {
-            task.abort();
-        }
-        if let Some(task) = metrics_task {
-            task.abort();
-        }
-        if let Some(task) = replication_task {
-            task.abort();
-        }
-        // The streams are closed: record their runtimes as disconnected.
-        checkpoint_task.abort();
-        controller_task.abort();
-        notifications_task.abort();
-        if let Some(task) = witnessing_task {
-            task.abort();
-        }
-        fleet_task.abort();
+        // The streams are closed: webhook deliveries under way finish, then
+        // the fleet view records their runtimes as disconnected.
+        let grace = self.settings.notifications.timeout + SHUTDOWN_RECORD_GRACE;
+        tasks.shutdown(grace).await;
         if let Err(error) = fleet.flush().await {
             tracing::warn!(%error, "cannot persist the fleet view at shutdown");
         }
@@ -499,7 +518,7 @@ async fn forget_idempotency_records(
             .and_then(|retention| chrono::Utc::now().checked_sub_signed(retention))
         else {
             // A retention longer than the calendar: nothing is ever old enough.
-            return;
+            return std::future::pending().await;
         };
         match repository.forget_idempotency_records(cutoff).await {
             Ok(0) => {}
@@ -525,7 +544,7 @@ async fn reload_keys_on_sighup(hub: PolicyHub) {
         Ok(hangups) => hangups,
         Err(error) => {
             tracing::warn!(%error, "cannot listen for sighup: signing keys reload only at start");
-            return;
+            return std::future::pending().await;
         }
     };
     while hangups.recv().await.is_some() {
@@ -557,11 +576,6 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<ServerTlsConfig> {
     Ok(config)
 }
 
-/// The health service name that answers SERVING while the process serves
-/// gRPC, whatever the database does: for liveness probes, so that a database
-/// outage takes replicas out of rotation (readiness) without restarting them.
-pub const LIVENESS_SERVICE: &str = "policyhub.liveness";
-
 /// The least time a checkpoint refresh is given, however short the
 /// interval: a refresh checks every event since the last checkpoint, and
 /// one abandoned begins again from the start, so a backlog that takes
@@ -586,53 +600,6 @@ async fn refresh_checkpoints(hub: PolicyHub, interval: std::time::Duration) {
     }
 }
 
-/// Reports NOT_SERVING while the database does not answer a ping within the
-/// interval (a ping waiting out the pool's acquire timeout would hide a short
-/// outage), and SERVING again at the first ping that succeeds; NOT_SERVING
-/// for good once a checkpoint was refused over a rewritten log.
-async fn watch_database(
-    health: HealthReporter,
-    repository: storage::Repository,
-    interval: std::time::Duration,
-) {
-    health
-        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
-        .await;
-    let mut serving = None;
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        ticker.tick().await;
-        let ping = repository.ping();
-        let reachable = matches!(tokio::time::timeout(interval, ping).await, Ok(Ok(())));
-        // A replica that refused to sign over a rewritten log serves a
-        // history it cannot vouch for: out of rotation until an operator acts.
-        let refused = repository.refused_checkpoints();
-        let healthy = reachable && refused == 0;
-        if serving == Some(healthy) {
-            continue;
-        }
-        let status = if healthy {
-            tonic_health::ServingStatus::Serving
-        } else if !reachable {
-            tracing::error!("the database does not answer: reporting not serving");
-            tonic_health::ServingStatus::NotServing
-        } else {
-            tracing::error!(
-                refused,
-                "the event log does not extend the last signed checkpoint: reporting not serving"
-            );
-            tonic_health::ServingStatus::NotServing
-        };
-        for service in [
-            "",
-            <PolicyServiceServer<PolicyApi> as tonic::server::NamedService>::NAME,
-            <BundleServiceServer<BundleApi> as tonic::server::NamedService>::NAME,
-        ] {
-            health.set_service_status(service, status).await;
-        }
-        if healthy && serving == Some(false) {
-            tracing::info!("the database answers again: reporting serving");
-        }
-        serving = Some(healthy);
-    }
-}
+/// The least time deliveries under way at shutdown are given beyond
+/// `notifications.timeout` (an attempt's longest) to be recorded.
+const SHUTDOWN_RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -5,6 +5,7 @@
 mod auth;
 mod limits;
 mod notifications;
+mod pool;
 mod witnesses;
 
 use std::{
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER};
 pub use limits::Limits;
 pub use notifications::NotificationSettings;
+pub use pool::PoolSize;
 pub use witnesses::WitnessSettings;
 
 /// Everything `policyhub serve` needs.
@@ -48,6 +50,12 @@ pub struct Settings {
     /// redacted.
     #[serde(serialize_with = "redacted")]
     pub database_url: Option<SecretString>,
+    /// The most connections the pool opens to the database. On PostgreSQL
+    /// a replica holds up to this many plus two (the one listening for the
+    /// other replicas' activations and the one holding its leadership
+    /// locks), so replicas × (this + 2) must stay below the server's
+    /// `max_connections`. From 1 to 1000.
+    pub database_pool_size: PoolSize,
     /// Serve without authentication. Refused on a non-loopback address.
     pub insecure: bool,
     /// The `iss` claim of signed bundles (tokens' issuer is
@@ -351,6 +359,7 @@ impl Default for Settings {
             http_listen: None,
             data_dir: PathBuf::from("data"),
             database_url: None,
+            database_pool_size: PoolSize::default(),
             insecure: false,
             bundle_issuer: "policyhub".into(),
             signing: SigningSettings::default(),
@@ -409,10 +418,22 @@ pub struct DatabaseOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    /// The most connections the pool opens to the database, 1 to 1000 [default: 10]
+    #[arg(long, value_parser = parse_pool_size)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_pool_size: Option<PoolSize>,
     /// Log format
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+}
+
+/// A pool size given as a flag, refused as the settings refuse it.
+fn parse_pool_size(value: &str) -> Result<PoolSize, String> {
+    let size: u64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of connections"))?;
+    PoolSize::try_from(size)
 }
 
 /// The prefix of the variables that set settings.

@@ -36,6 +36,7 @@ fn every_key_changed() -> Settings {
         http_listen: Some("127.0.0.1:7002".parse().unwrap()),
         data_dir: PathBuf::from("state"),
         database_url: Some(SecretString::from("postgres://hub:pw@db/hub")),
+        database_pool_size: PoolSize::try_from(4).unwrap(),
         insecure: true,
         bundle_issuer: "issuer".into(),
         signing: SigningSettings {
@@ -390,4 +391,41 @@ fn a_witness_with_a_bad_url_or_key_is_refused_naming_the_entry() {
         loaded.audit.witnesses[1].add_checkpoint_url(),
         "http://b:8080/w/add-checkpoint"
     );
+}
+
+#[test]
+fn a_pool_of_no_connections_or_an_absurd_number_is_refused_by_name() {
+    for value in ["0", "1001", "4294967296", "-1"] {
+        let variables = [("POLICYHUB_DATABASE_POOL_SIZE".to_owned(), value.to_owned())];
+        let error = format!("{:#}", load_with(&variables).unwrap_err());
+        assert!(
+            error.contains("POLICYHUB_DATABASE_POOL_SIZE"),
+            "{value}: {error}"
+        );
+        if value != "-1" {
+            assert!(error.contains("from 1 to 1000"), "{value}: {error}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policyhub.toml");
+    std::fs::write(&file, "database_pool_size = 0\n").unwrap();
+    let error = format!("{:#}", load_file(&file).unwrap_err());
+    assert!(error.contains("from 1 to 1000"), "{error}");
+    for value in ["0", "5000", "many"] {
+        assert!(parse_pool_size(value).is_err(), "{value}");
+    }
+    let variables = [("POLICYHUB_DATABASE_POOL_SIZE".to_owned(), "1000".to_owned())];
+    assert_eq!(
+        load_with(&variables).unwrap().database_pool_size.get(),
+        1000
+    );
+    let overrides = Overrides {
+        database: DatabaseOverrides {
+            database_pool_size: Some(parse_pool_size("3").unwrap()),
+            ..DatabaseOverrides::default()
+        },
+        ..Overrides::default()
+    };
+    let loaded = load(&variables, None, &overrides).unwrap();
+    assert_eq!(loaded.database_pool_size.get(), 3, "the flag overrides");
 }

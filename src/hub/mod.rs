@@ -13,6 +13,7 @@ mod schedules;
 mod subscriptions;
 mod witnessed;
 
+pub use crate::storage::Term;
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;
 

@@ -10,7 +10,7 @@ use crate::domain::{
     Error, EventKind, ExpectedActive, IdempotencyKey, Namespace, PointerChange, PolicyRef,
     RequestContext, Result, VersionRecord, VersionSelector, lifecycle,
 };
-use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Transaction};
+use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Term, Transaction};
 
 use super::PolicyHub;
 use super::lifecycle::ensure_requirements;
@@ -432,12 +432,12 @@ impl PolicyHub {
         self.repository.live_rollouts().await
     }
 
-    /// Runs the controller's `work` unless another replica runs work under
-    /// the same `key` now (see `Repository::exclusively`).
+    /// Runs `work` as the leader of `key`'s role unless another replica
+    /// leads it now (see `Repository::exclusively`).
     pub async fn exclusively(
         &self,
         key: i64,
-        work: impl AsyncFnOnce() -> Result<()>,
+        work: impl AsyncFnOnce(&Term) -> Result<()>,
     ) -> Result<()> {
         self.repository.exclusively(key, work).await
     }

@@ -35,6 +35,10 @@
 //!   followed by a pause;
 //! - `policyhub_connections_refused_total{port}`: connections closed at once
 //!   because their port held `connections.max_per_port`.
+//! - `policyhub_background_task_failures_total{task}`: background tasks
+//!   (the controller, the webhook worker, the witnessing, …) that ended
+//!   while the server served, by a panic or by returning (see
+//!   `startup::tasks`).
 
 mod exposition;
 mod families;
@@ -108,6 +112,7 @@ pub struct Metrics {
     checkpoints_refused: Counter,
     accept_errors: Family<PortLabel, Counter>,
     connections_refused: Family<PortLabel, Counter>,
+    background_task_failures: Family<TaskLabel, Counter>,
     /// What fetching the OpenID Connect issuers' keys feeds.
     auth: crate::grpc::auth::Instruments,
     /// What the webhook delivery worker feeds.
@@ -148,6 +153,13 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 struct OutcomeLabel {
     /// `applied`, `already_active` or `refused`.
     outcome: String,
+}
+
+/// Labels of a background task's failure count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    /// The task's name, as the supervisor logs it.
+    task: String,
 }
 
 /// Labels of the build-info metric.
@@ -250,6 +262,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Connections closed at once because their port held connections.max_per_port, by port",
         connections_refused.clone(),
     );
+    let background_task_failures = Family::<TaskLabel, Counter>::default();
+    registry.register(
+        "background_task_failures",
+        "Background tasks that ended while the server served (a panic, or a return), by task",
+        background_task_failures.clone(),
+    );
     let auth = crate::grpc::auth::Instruments::default();
     registry.register(
         "auth_key_fetches",
@@ -291,6 +309,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         checkpoints_refused,
         accept_errors,
         connections_refused,
+        background_task_failures,
         auth,
         notifications,
         witnesses,
@@ -327,6 +346,16 @@ impl Metrics {
     /// What the accept loop of `port` counts.
     pub fn connection_instruments(&self, port: &str) -> crate::connections::Instruments {
         connection_instruments(&self.accept_errors, &self.connections_refused, port)
+    }
+
+    /// The failure count of the background task `task`, at zero until the
+    /// first, so that an alert on it has a series from the start.
+    pub fn background_task_failures(&self, task: &str) -> Counter {
+        self.background_task_failures
+            .get_or_create(&TaskLabel {
+                task: task.to_owned(),
+            })
+            .clone()
     }
 
     /// The gauge of schedules paused by a refused firing.

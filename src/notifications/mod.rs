@@ -2,11 +2,14 @@
 //! endpoint at least once, in event order, from the outbox the event's
 //! own transaction wrote.
 //!
-//! One replica delivers at a time: the replica holding a transaction-scoped
-//! advisory lock (the rollout controller's pattern) runs a term that lasts
-//! until its database fails it; when it dies, its connection's lock goes
-//! with it and another replica's next poll takes over, from the cursors in
-//! the database. Within the term each subscription drains in a task of its
+//! One replica delivers at a time: the replica leading the delivery role
+//! (a session advisory lock on its leadership connection, see
+//! `storage::leadership`, so that no transaction stays open while it
+//! delivers) runs a term that lasts until its database fails it, the lock is
+//! lost with its connection, or the server stops; when it dies, its
+//! connection's lock goes with it and another replica's next poll takes
+//! over, from the cursors in the database. A term that ends lets the
+//! attempts under way finish and records them first. Within the term each subscription drains in a task of its
 //! own, so a slow or dead endpoint delays only its own subscription; the
 //! runs of attempts the drains end at the same time are recorded together,
 //! in one transaction (the recorder's group commit). A failed attempt is retried after a growing, jittered delay; after
@@ -29,6 +32,7 @@ use std::{
 
 use chrono::Utc;
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
 pub use courier::HttpCourier;
 use recorder::Recorder;
@@ -39,7 +43,7 @@ use crate::domain::rollout::RolloutState;
 use crate::domain::subscription::{
     Announcement, Courier, DeliveryRecord, DeliveryRun, Outcome, Subscription,
 };
-use crate::hub::PolicyHub;
+use crate::hub::{PolicyHub, Term};
 
 /// The advisory lock key of the delivery worker (7_240_531 is the
 /// migrations', 7_240_532 the controller's, 7_240_533 the chain head's).
@@ -79,24 +83,34 @@ pub struct Worker {
     pub instruments: Instruments,
 }
 
-/// Polls until the process ends: each poll, this replica tries to begin a
-/// term as the one delivering replica. Every replica reads the backlog
-/// gauges, whichever delivers.
-pub async fn run(worker: Worker) {
+/// Polls until `stop` is cancelled: each poll, this replica tries to begin
+/// a term as the one delivering replica. Every replica reads the backlog
+/// gauges, whichever delivers. Once `stop` is cancelled, the attempts under
+/// way finish (each within `notifications.timeout`) and are recorded, then
+/// the term ends and this returns.
+pub async fn run(worker: Worker, stop: CancellationToken) {
     let deliver = async {
         let mut ticker = poll(&worker.settings);
-        loop {
-            ticker.tick().await;
+        while !stop.is_cancelled() {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => break,
+            }
             let term = worker
                 .hub
-                .exclusively(NOTIFICATIONS_LOCK, async || deliver_term(&worker).await)
+                .exclusively(NOTIFICATIONS_LOCK, async |term| {
+                    deliver_term(&worker, term, &stop).await
+                })
                 .await;
             if let Err(error) = term {
                 tracing::warn!(%error, "the delivery worker stopped delivering; trying again");
             }
         }
     };
-    tokio::join!(deliver, read_gauges(&worker));
+    tokio::select! {
+        () = deliver => {}
+        () = read_gauges(&worker) => {}
+    }
 }
 
 fn poll(settings: &NotificationSettings) -> tokio::time::Interval {
@@ -107,17 +121,29 @@ fn poll(settings: &NotificationSettings) -> tokio::time::Interval {
 
 /// The term of the delivering replica: each poll, a drain task for every
 /// enabled, due subscription that has none running. When the database
-/// fails it, the term ends after its drains' current attempts, so that
-/// another replica never makes an attempt at the same time.
-async fn deliver_term(worker: &Worker) -> Result<()> {
+/// fails it, the term is lost or `shutdown` is cancelled, the term ends
+/// after its drains' current attempts, so that another replica makes no
+/// attempt of its own at the same time, nor one cut short.
+async fn deliver_term(worker: &Worker, term: &Term, shutdown: &CancellationToken) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut drains = JoinSet::new();
     let mut running: HashMap<i64, AbortHandle> = HashMap::new();
     let recorder = Recorder::start(worker.hub.clone());
     let mut ticker = poll(&worker.settings);
     let mut pruned = tokio::time::Instant::now();
+    let lost = term.lost();
+    tokio::pin!(lost);
     loop {
-        ticker.tick().await;
+        let ending = tokio::select! {
+            _ = ticker.tick() => false,
+            () = &mut lost => true,
+            () = shutdown.cancelled() => true,
+        };
+        if ending {
+            stop.store(true, Ordering::Relaxed);
+            while drains.join_next().await.is_some() {}
+            return Ok(());
+        }
         while drains.try_join_next().is_some() {}
         if pruned.elapsed() >= PRUNE_INTERVAL {
             pruned = tokio::time::Instant::now();

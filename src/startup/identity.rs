@@ -11,6 +11,7 @@ use crate::grpc::auth::{Authenticated, Authentication, Authenticator, bindings::
 use crate::signing;
 
 use super::refuse_insecure_off_loopback;
+use super::tasks::{OnEnd, Stop, Supervisor};
 
 /// How callers are authenticated: `--insecure` (loopback only), an issuer's
 /// JWKS, a shared HS256 secret, or, with nothing configured, a local secret
@@ -135,27 +136,33 @@ pub(super) fn identity_tasks(
     authentication: &Authentication,
     settings: &Settings,
     health: &HealthReporter,
-) -> Vec<tokio::task::JoinHandle<()>> {
+    supervisor: &mut Supervisor,
+) {
     let Authentication::Tokens(authenticator) = authentication else {
-        return Vec::new();
+        return;
     };
+    // Each starts again when it ends: their state (the keys fetched, the
+    // bindings in force) lives in the authenticator, and serving goes on
+    // with it meanwhile.
     let remotes = authenticator.remotes();
-    let mut tasks: Vec<_> = remotes
-        .iter()
-        .map(|remote| tokio::spawn(remote.clone().refresh_forever()))
-        .collect();
-    tasks.push(tokio::spawn(reload_bindings(
-        settings.clone(),
-        (**authenticator).clone(),
-    )));
-    if !remotes.is_empty() {
-        tasks.push(tokio::spawn(watch_issuers(
-            health.clone(),
-            remotes,
-            settings.health_check_interval(),
-        )));
+    for remote in &remotes {
+        let remote = remote.clone();
+        supervisor.spawn("issuer-keys", OnEnd::Restart, Stop::Abort, move |_| {
+            remote.clone().refresh_forever()
+        });
     }
-    tasks
+    if settings.auth.bindings_file.is_some() {
+        let (settings, authenticator) = (settings.clone(), (**authenticator).clone());
+        supervisor.spawn("bindings-reload", OnEnd::Restart, Stop::Abort, move |_| {
+            reload_bindings(settings.clone(), authenticator.clone())
+        });
+    }
+    if !remotes.is_empty() {
+        let (health, interval) = (health.clone(), settings.health_check_interval());
+        supervisor.spawn("issuers-health", OnEnd::Restart, Stop::Abort, move |_| {
+            watch_issuers(health.clone(), remotes.clone(), interval)
+        });
+    }
 }
 
 /// `service` behind authentication.

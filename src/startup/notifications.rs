@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use tokio::task::JoinHandle;
-
 use crate::config::Settings;
 use crate::grpc::{
     SubscriptionApi, proto::subscription_service_server::SubscriptionServiceServer, quotas::Quotas,
@@ -13,12 +11,16 @@ use crate::grpc::{
 use crate::hub::PolicyHub;
 use crate::notifications::{HttpCourier, Worker};
 
-/// The subscription service, and the delivery worker running.
+use super::tasks::{OnEnd, Stop, Supervisor};
+
+/// The subscription service, with the delivery worker running under
+/// `supervisor`.
 pub fn notifications(
     hub: &PolicyHub,
     settings: &Settings,
     quotas: Arc<Quotas>,
-) -> anyhow::Result<(SubscriptionServiceServer<SubscriptionApi>, JoinHandle<()>)> {
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<SubscriptionServiceServer<SubscriptionApi>> {
     let notification_settings = &settings.notifications;
     let courier = Arc::new(HttpCourier::new(
         notification_settings.timeout,
@@ -32,11 +34,16 @@ pub fn notifications(
         courier.clone(),
         crate::signing::new_webhook_secret,
     ));
-    let worker = tokio::spawn(crate::notifications::run(Worker {
+    let worker = Worker {
         hub: hub.clone(),
         settings: Arc::new(notification_settings.clone()),
         courier,
         instruments: crate::metrics::global().notification_instruments(),
-    }));
-    Ok((service, worker))
+    };
+    // Started again when it ends: the cursors are rows, and a new run
+    // resumes from them. At shutdown it finishes the attempts under way.
+    supervisor.spawn("notifications", OnEnd::Restart, Stop::Drain, move |stop| {
+        crate::notifications::run(worker.clone(), stop)
+    });
+    Ok(service)
 }

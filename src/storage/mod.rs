@@ -11,6 +11,7 @@ mod events;
 mod idempotency;
 mod integrity;
 mod keys;
+mod leadership;
 mod listener;
 mod log;
 mod outbox;
@@ -44,6 +45,7 @@ pub use archive::Imported;
 pub use cosignatures::{Cosignature, ToWitness};
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
+pub use leadership::{LEADERSHIP_APPLICATION_NAME, Term};
 pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};
 pub use outbox::Backlog;
 pub use policies::LockedPolicy;
@@ -63,19 +65,25 @@ const SQLITE_PRAGMAS: [(&str, &str); 3] = [
     ("foreign_keys", "ON"),
 ];
 
-/// Opens the database at `url` (`sqlite://…` or `postgres://…`).
+/// The `application_name` of the pool's connections on PostgreSQL, so
+/// operators (and tests) can count a replica's in `pg_stat_activity`.
+pub const POOL_APPLICATION_NAME: &str = "policyhub";
+
+/// Opens the database at `url` (`sqlite://…` or `postgres://…`), with a
+/// pool of at most `pool_size` connections.
 ///
 /// SQLite runs in WAL mode with `synchronous = FULL`, so an activation that
 /// returned OK survives a crash or `kill -9`; the log is checkpointed beside
 /// the writes (see `wal`); foreign keys are on and writers wait up to five
 /// seconds for a lock instead of failing.
-pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
-        .max_connections(10)
+        .max_connections(pool_size)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
+        .map_sqlx_postgres_opts(|postgres| postgres.application_name(POOL_APPLICATION_NAME))
         .map_sqlx_sqlite_opts(|sqlite| {
             SQLITE_PRAGMAS.into_iter().fold(
                 sqlite
@@ -100,7 +108,7 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
 /// again on the same path, a second repository on the same database.
 #[cfg(test)]
 pub(crate) async fn sqlite_repository(path: &std::path::Path) -> Repository {
-    let db = connect(&format!("sqlite://{}", path.display()))
+    let db = connect(&format!("sqlite://{}", path.display()), 10)
         .await
         .unwrap();
     migrate(&db).await.unwrap();
@@ -115,7 +123,7 @@ pub(crate) async fn sqlite_repository(path: &std::path::Path) -> Repository {
 #[cfg(test)]
 pub(crate) async fn sqlite_plan(path: &std::path::Path, sql: &str) -> String {
     use sea_orm::{ConnectionTrait, Statement};
-    let db = connect(&format!("sqlite://{}", path.display()))
+    let db = connect(&format!("sqlite://{}", path.display()), 10)
         .await
         .unwrap();
     let sql = format!("EXPLAIN QUERY PLAN {sql}");
@@ -182,7 +190,7 @@ mod tests {
     /// on every execution.
     #[tokio::test]
     async fn sqlite_plans_do_not_depend_on_bound_values() {
-        let db = super::connect("sqlite::memory:").await.unwrap();
+        let db = super::connect("sqlite::memory:", 10).await.unwrap();
         let row = db
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),

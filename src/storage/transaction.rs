@@ -45,6 +45,7 @@ use sea_orm::{
 };
 use tracing::Instrument;
 
+use super::leadership::{Leadership, Term};
 use super::rows::now;
 use super::statement_runner::{StatementRunner, Txn};
 use super::writer::{SqliteWriter, WriterTurn};
@@ -129,6 +130,9 @@ pub struct Repository {
     direct: bool,
     /// The signer of checkpoints and the newest one, shared by every clone.
     pub(super) checkpoints: Arc<Checkpoints>,
+    /// On PostgreSQL, the connection holding this replica's leadership
+    /// locks (see `leadership`).
+    leadership: Option<Arc<Leadership>>,
 }
 
 /// An open write transaction, the instant it writes as, and on SQLite the
@@ -238,11 +242,18 @@ impl Repository {
             DatabaseBackend::Sqlite => Some(Arc::new(SqliteWriter::open(&db).await?)),
             _ => None,
         };
+        let leadership = match db.get_database_backend() {
+            DatabaseBackend::Postgres => Some(Leadership::new(
+                db.get_postgres_connection_pool().connect_options().as_ref(),
+            )),
+            _ => None,
+        };
         Ok(Repository {
             db,
             sqlite_writer,
             direct: false,
             checkpoints: Arc::default(),
+            leadership,
         })
     }
 
@@ -349,35 +360,30 @@ impl Repository {
 }
 
 impl Repository {
-    /// Runs `work` unless another replica runs work under the same `key`
-    /// now: on PostgreSQL, while this holds a transaction-scoped advisory
-    /// lock (released when the transaction ends or its connection dies); on
-    /// SQLite, with its single replica, always.
+    /// A term leading the role of `key`, unless another replica leads it
+    /// now: on PostgreSQL, a session advisory lock on this replica's
+    /// leadership connection (see `leadership`); on SQLite, with its single
+    /// replica, always.
+    pub async fn try_lead(&self, key: i64) -> Result<Option<Term>> {
+        match &self.leadership {
+            Some(leadership) => leadership.try_lead(key).await,
+            None => Ok(Some(Term::sole(key))),
+        }
+    }
+
+    /// Runs `work` as the leader of `key`'s role, unless another replica
+    /// leads it now, then ends the term. `work` that lasts should stop when
+    /// the term is [`lost`](Term::lost).
     pub async fn exclusively(
         &self,
         key: i64,
-        work: impl AsyncFnOnce() -> Result<()>,
+        work: impl AsyncFnOnce(&Term) -> Result<()>,
     ) -> Result<()> {
-        if self.db.get_database_backend() != DatabaseBackend::Postgres {
-            return work().await;
-        }
-        let lock = self.db.begin().await?;
-        let held = lock
-            .query_one_raw(sea_orm::Statement::from_sql_and_values(
-                DatabaseBackend::Postgres,
-                "SELECT pg_try_advisory_xact_lock($1)",
-                [key.into()],
-            ))
-            .await?
-            .map(|row| row.try_get_by_index::<bool>(0))
-            .transpose()?
-            .unwrap_or(false);
-        if !held {
-            lock.rollback().await?;
+        let Some(term) = self.try_lead(key).await? else {
             return Ok(());
-        }
-        let outcome = work().await;
-        lock.commit().await?;
+        };
+        let outcome = work(&term).await;
+        term.release().await;
         outcome
     }
 }

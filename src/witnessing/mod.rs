@@ -5,10 +5,11 @@
 //! them and runtimes may require them (see `hub::witnessed` for when
 //! revisions are published).
 //!
-//! It runs off the commit path, on one replica at a time: the one holding a
-//! transaction-scoped advisory lock (the rollout controller's pattern) runs
-//! a term until its database fails it; another replica's next attempt
-//! takes over. A witness keeps, per log, the tree it cosigned last and
+//! It runs off the commit path, on one replica at a time: the one leading
+//! the witnessing's role (a session advisory lock on its leadership
+//! connection, see `storage::leadership`) runs a term until its database
+//! fails it or the lock is lost; another replica's next attempt takes
+//! over. A witness keeps, per log, the tree it cosigned last and
 //! takes a new one only with a proof from it, so two replicas submitting
 //! at once would make each other's proofs stale. Checkpoints written while
 //! a round runs coalesce: the next round submits only the newest. A witness
@@ -92,8 +93,11 @@ pub async fn run(hub: PolicyHub, settings: AuditSettings, instruments: WitnessIn
     loop {
         ticker.tick().await;
         let term = hub
-            .exclusively(WITNESSING_LOCK, async || {
-                witness_term(&hub, &client, &mut witnesses, &instruments).await
+            .exclusively(WITNESSING_LOCK, async |term| {
+                tokio::select! {
+                    ended = witness_term(&hub, &client, &mut witnesses, &instruments) => ended,
+                    () = term.lost() => Ok(()),
+                }
             })
             .await;
         if let Err(error) = term {

@@ -30,6 +30,7 @@ mod oidc;
 mod openapi_contract;
 mod operations;
 mod races;
+mod replicas;
 mod report_spread;
 mod requirements;
 mod restore;

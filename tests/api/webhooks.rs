@@ -655,6 +655,74 @@ async fn a_kill_between_commit_and_delivery_loses_nothing_and_repeats_the_id() {
     assert_ne!(ids[0], ids[1]);
 }
 
+/// SIGTERM while a delivery is in flight: the server waits for the
+/// attempt (the receiver answers it) and records it before it exits, so
+/// the restarted server goes on with the next event instead of sending the
+/// same one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_at_sigterm_completes_before_the_server_stops() {
+    let data = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(&["slow", "ok"], 2.0).await;
+    let env = [
+        ("POLICYHUB_NOTIFICATIONS__ALLOW_HTTP", "true".to_owned()),
+        (
+            "POLICYHUB_NOTIFICATIONS__ALLOW_PRIVATE_ADDRESSES",
+            "true".to_owned(),
+        ),
+        ("POLICYHUB_NOTIFICATIONS__TIMEOUT", "10s".to_owned()),
+        ("POLICYHUB_NOTIFICATIONS__POLL_INTERVAL", "50ms".to_owned()),
+    ];
+    let port = crate::helpers::free_port();
+    let (server, channel) = crate::helpers::spawn_binary_server_on(port, data.path(), &env).await;
+    let mut client =
+        proto::subscription_service_client::SubscriptionServiceClient::new(channel.clone());
+    client
+        .create_subscription(proto::CreateSubscriptionRequest {
+            secret: SECRET.into(),
+            ..create_request(
+                "team",
+                "siem",
+                &receiver.url,
+                &[EventKind::DraftCreated, EventKind::Published],
+            )
+        })
+        .await
+        .unwrap();
+    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel);
+    policy
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            body: Some(policyhub::grpc::convert::json_to_struct(&json!({"max": 1}))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    policy
+        .publish(crate::helpers::publish_request("team", "limits", "", false))
+        .await
+        .unwrap();
+    // The first event is in flight (the receiver answers in two seconds).
+    let in_flight = receiver.next(Duration::from_secs(10)).await.expect("sent");
+    let stopping = Instant::now();
+    crate::helpers::terminate(server).await;
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(1500),
+        "the server waited for the answer: {:?}",
+        stopping.elapsed()
+    );
+
+    let (server, _channel) = crate::helpers::spawn_binary_server_on(port, data.path(), &env).await;
+    let deliveries = receiver.until_delivered(1, Duration::from_secs(20)).await;
+    crate::helpers::terminate(server).await;
+    let ids = delivered_ids(&deliveries);
+    assert!(
+        !ids.contains(&in_flight["webhook_id"].as_str().unwrap().to_owned()),
+        "the answered attempt was recorded, not repeated: {deliveries:?}"
+    );
+    assert_eq!(ids.len(), 1, "{deliveries:?}");
+}
+
 /// Two PostgreSQL replicas with the worker on each: every event is
 /// delivered by one of them, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
