@@ -591,24 +591,25 @@ async fn a_namespace_hears_that_its_own_subscription_was_disabled(database: Test
     );
 }
 
-/// A server of the real binary killed with SIGKILL while a delivery is in
-/// flight: after the restart the event is delivered again, under the same
-/// webhook id, and every event committed before the kill arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_between_commit_and_delivery_loses_nothing_and_repeats_the_id() {
-    let data = tempfile::tempdir().unwrap();
-    let mut receiver = Receiver::start(&["hang", "ok"], 60.0).await;
+/// The real binary on `data`, delivering to `url` with attempts that time
+/// out after `timeout`, with a draft and its publication (two events) to
+/// deliver; the server, its port and its environment, to start it again.
+async fn delivering_binary_server(
+    data: &std::path::Path,
+    url: &str,
+    timeout: &str,
+) -> (std::process::Child, u16, [(&'static str, String); 4]) {
     let env = [
         ("POLICYHUB_NOTIFICATIONS__ALLOW_HTTP", "true".to_owned()),
         (
             "POLICYHUB_NOTIFICATIONS__ALLOW_PRIVATE_ADDRESSES",
             "true".to_owned(),
         ),
-        ("POLICYHUB_NOTIFICATIONS__TIMEOUT", "60s".to_owned()),
+        ("POLICYHUB_NOTIFICATIONS__TIMEOUT", timeout.to_owned()),
         ("POLICYHUB_NOTIFICATIONS__POLL_INTERVAL", "50ms".to_owned()),
     ];
     let port = crate::helpers::free_port();
-    let (server, channel) = crate::helpers::spawn_binary_server_on(port, data.path(), &env).await;
+    let (server, channel) = crate::helpers::spawn_binary_server_on(port, data, &env).await;
     let mut client =
         proto::subscription_service_client::SubscriptionServiceClient::new(channel.clone());
     client
@@ -617,7 +618,7 @@ async fn a_kill_between_commit_and_delivery_loses_nothing_and_repeats_the_id() {
             ..create_request(
                 "team",
                 "siem",
-                &receiver.url,
+                url,
                 &[EventKind::DraftCreated, EventKind::Published],
             )
         })
@@ -637,6 +638,17 @@ async fn a_kill_between_commit_and_delivery_loses_nothing_and_repeats_the_id() {
         .publish(crate::helpers::publish_request("team", "limits", "", false))
         .await
         .unwrap();
+    (server, port, env)
+}
+
+/// A server of the real binary killed with SIGKILL while a delivery is in
+/// flight: after the restart the event is delivered again, under the same
+/// webhook id, and every event committed before the kill arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_commit_and_delivery_loses_nothing_and_repeats_the_id() {
+    let data = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(&["hang", "ok"], 60.0).await;
+    let (server, port, env) = delivering_binary_server(data.path(), &receiver.url, "60s").await;
     // The first event is in flight (the receiver holds it): kill now.
     let in_flight = receiver.next(Duration::from_secs(10)).await.expect("sent");
     crate::helpers::send_signal(&server, "-KILL");
@@ -663,45 +675,7 @@ async fn a_kill_between_commit_and_delivery_loses_nothing_and_repeats_the_id() {
 async fn a_delivery_in_flight_at_sigterm_completes_before_the_server_stops() {
     let data = tempfile::tempdir().unwrap();
     let mut receiver = Receiver::start(&["slow", "ok"], 2.0).await;
-    let env = [
-        ("POLICYHUB_NOTIFICATIONS__ALLOW_HTTP", "true".to_owned()),
-        (
-            "POLICYHUB_NOTIFICATIONS__ALLOW_PRIVATE_ADDRESSES",
-            "true".to_owned(),
-        ),
-        ("POLICYHUB_NOTIFICATIONS__TIMEOUT", "10s".to_owned()),
-        ("POLICYHUB_NOTIFICATIONS__POLL_INTERVAL", "50ms".to_owned()),
-    ];
-    let port = crate::helpers::free_port();
-    let (server, channel) = crate::helpers::spawn_binary_server_on(port, data.path(), &env).await;
-    let mut client =
-        proto::subscription_service_client::SubscriptionServiceClient::new(channel.clone());
-    client
-        .create_subscription(proto::CreateSubscriptionRequest {
-            secret: SECRET.into(),
-            ..create_request(
-                "team",
-                "siem",
-                &receiver.url,
-                &[EventKind::DraftCreated, EventKind::Published],
-            )
-        })
-        .await
-        .unwrap();
-    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel);
-    policy
-        .draft(proto::DraftRequest {
-            namespace: "team".into(),
-            name: "limits".into(),
-            body: Some(policyhub::grpc::convert::json_to_struct(&json!({"max": 1}))),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    policy
-        .publish(crate::helpers::publish_request("team", "limits", "", false))
-        .await
-        .unwrap();
+    let (server, port, env) = delivering_binary_server(data.path(), &receiver.url, "10s").await;
     // The first event is in flight (the receiver answers in two seconds).
     let in_flight = receiver.next(Duration::from_secs(10)).await.expect("sent");
     let stopping = Instant::now();
