@@ -109,6 +109,10 @@ const DRAFTED_VERSION: &[(&str, &str)] = &[
     ("version", "$response.body#/version/version"),
 ];
 const DRAFTED_NAMESPACE: &[(&str, &str)] = &[("namespace", "$response.body#/version/namespace")];
+const VERSION: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/namespace"),
+    ("name", "$response.body#/name"),
+];
 const REQUESTED: &[(&str, &str)] = &[
     ("namespace", "$request.path.namespace"),
     ("name", "$request.path.name"),
@@ -220,6 +224,18 @@ const LINKS: &[Link] = links![
         ("name", "$response.body#/name"),
         ("version", "$response.body#/version"),
         ("revision", "$response.body#/revision"),
+    ];
+    "PolicyService_GetVersion" -> "diff": "PolicyService_DiffVersions" &[
+        ("namespace", "$response.body#/namespace"),
+        ("name", "$response.body#/name"),
+        ("fromVersion", "$response.body#/version"),
+        ("toVersion", "$response.body#/version"),
+    ];
+    "PolicyService_GetVersion" -> "status": "PolicyService_GetPolicyStatus" VERSION;
+    "PolicyService_GetVersion" -> "schema": "PolicyService_SetSchema" VERSION;
+    "PolicyService_GetVersion" -> "policy": "PolicyService_GetPolicy" VERSION;
+    "PolicyService_GetVersion" -> "policies": "PolicyService_ListPolicies_2" &[
+        ("namespace", "$response.body#/namespace"),
     ];
     "PolicyService_GetPolicy" -> "latest": "PolicyService_GetVersion" &[
         ("namespace", "$response.body#/namespace"),

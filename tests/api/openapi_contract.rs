@@ -42,6 +42,47 @@ fn operations(document: &Value) -> Operations {
     found
 }
 
+/// A version read leads on to its policy, the policy's status and schema,
+/// the diff from it and its namespace's policies, each with the values of
+/// the version answered: the chain from a draft reaches GetVersion far more
+/// often than Publish, whose links lead there too.
+#[test]
+fn a_read_version_links_to_its_policy_status_schema_diff_and_listing() {
+    let document = document();
+    let operations = operations(&document);
+    let links = &operations["PolicyService_GetVersion"].2["responses"]["200"]["links"];
+    let policy = json!({
+        "namespace": "$response.body#/namespace",
+        "name": "$response.body#/name",
+    });
+    for (name, target, parameters) in [
+        ("policy", "PolicyService_GetPolicy", policy.clone()),
+        ("status", "PolicyService_GetPolicyStatus", policy.clone()),
+        ("schema", "PolicyService_SetSchema", policy),
+        (
+            "diff",
+            "PolicyService_DiffVersions",
+            json!({
+                "namespace": "$response.body#/namespace",
+                "name": "$response.body#/name",
+                "fromVersion": "$response.body#/version",
+                "toVersion": "$response.body#/version",
+            }),
+        ),
+        (
+            "policies",
+            "PolicyService_ListPolicies_2",
+            json!({"namespace": "$response.body#/namespace"}),
+        ),
+    ] {
+        assert_eq!(links[name]["operationId"], target, "GetVersion -> {name}");
+        assert_eq!(
+            links[name]["parameters"], parameters,
+            "GetVersion -> {name}"
+        );
+    }
+}
+
 /// The schema `pointer` names inside `schema`, following `$ref`s and
 /// arrays' items (a numeric step).
 fn schema_at<'a>(document: &'a Value, schema: &'a Value, pointer: &str) -> Option<&'a Value> {
