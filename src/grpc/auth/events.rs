@@ -57,22 +57,12 @@ impl EventAccess<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::HeldGrant;
+    use super::super::tests::caller;
     use super::*;
 
     fn identified(grants: &[&str]) -> Identified {
         Identified {
-            caller: Caller {
-                subject: "alice".into(),
-                issuer: "issuer".into(),
-                grants: grants
-                    .iter()
-                    .map(|grant| HeldGrant {
-                        grant: grant.parse().unwrap(),
-                        by: "claim \"roles\"".into(),
-                    })
-                    .collect(),
-            },
+            caller: caller(grants),
             request_id: "request".into(),
         }
     }

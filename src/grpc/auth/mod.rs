@@ -352,7 +352,8 @@ impl Authentication {
 mod tests {
     use super::*;
 
-    fn caller(grants: &[&str]) -> Caller {
+    /// alice, holding `grants` by her token's `roles` claim.
+    pub(super) fn caller(grants: &[&str]) -> Caller {
         Caller {
             subject: "alice".into(),
             issuer: "issuer".into(),
