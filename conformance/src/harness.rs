@@ -1,0 +1,253 @@
+//! Runs the tests: each gets a fresh server, a fault proxy in front of it
+//! and the test service; a test needing a capability the implementation
+//! does not declare is skipped. One line per test, a closing count, and a
+//! JSON report.
+
+use std::{
+    future::Future,
+    io::Write as _,
+    path::{Path, PathBuf},
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    protocol::{Backoff, Capability, RuntimeSettings, ServiceInfo},
+    proxy::FaultProxy,
+    server::{HEARTBEAT, Server},
+    service::{Runtime, Service},
+};
+
+/// What a test runs.
+pub type TestFn = fn(Context) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// One conformance test.
+pub struct Test {
+    /// Its id, `area.name`.
+    pub id: &'static str,
+    /// The contract's obligations it checks.
+    pub obligations: &'static [&'static str],
+    /// What the implementation must declare for it to run.
+    pub needs: &'static [Capability],
+    /// The test.
+    pub run: TestFn,
+}
+
+/// The namespace every test follows.
+pub const NAMESPACE: &str = "conformance";
+
+/// How long a single test may take.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What a test works with.
+pub struct Context {
+    /// The server, behind `proxy`.
+    pub server: Server,
+    /// Between the server and the runtime.
+    pub proxy: FaultProxy,
+    /// The runtime's test service.
+    pub service: Service,
+    /// What the implementation declared.
+    pub capabilities: Vec<Capability>,
+    /// A directory of the test's own (caches, database copies).
+    pub scratch: PathBuf,
+    /// The test's id, which its runtimes' ids start with.
+    pub test: &'static str,
+    /// The `policyhub` binary.
+    pub binary: PathBuf,
+}
+
+impl Context {
+    /// The settings of a runtime `n` of this test, following the namespace
+    /// through the proxy with the kit's heartbeat and a short backoff.
+    pub fn settings(&self, n: usize) -> RuntimeSettings {
+        RuntimeSettings {
+            endpoints: vec![self.proxy.endpoint()],
+            namespace: NAMESPACE.to_owned(),
+            runtime_id: Some(format!("{}-{n}", self.test)),
+            heartbeat_interval_ms: Some(HEARTBEAT.as_millis() as u64),
+            backoff: Some(Backoff {
+                initial_ms: 100,
+                max_ms: 1000,
+            }),
+            ..RuntimeSettings::default()
+        }
+    }
+
+    /// Starts runtime `n` with the usual settings.
+    pub async fn runtime(&self, n: usize) -> anyhow::Result<Runtime> {
+        self.service.start(&self.settings(n)).await
+    }
+
+    /// A runtime's cache directory in the scratch directory.
+    pub fn cache_dir(&self, n: usize) -> String {
+        self.scratch
+            .join(format!("cache-{n}"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Whether the implementation declared `capability`.
+    pub fn can(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
+    }
+}
+
+/// A test's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It passed.
+    Passed,
+    /// It failed.
+    Failed,
+    /// It needs a capability not declared.
+    Skipped,
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+pub struct Result {
+    /// The test.
+    pub id: &'static str,
+    /// What it checks.
+    pub obligations: &'static [&'static str],
+    /// Passed, failed, skipped.
+    pub outcome: Outcome,
+    /// How long it ran, in seconds.
+    pub seconds: f64,
+    /// Why it failed, or what it needs when skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The implementation, as its service names it.
+    pub implementation: String,
+    /// What it declared.
+    pub capabilities: Vec<Capability>,
+    /// Counts.
+    pub passed: usize,
+    /// Counts.
+    pub failed: usize,
+    /// Counts.
+    pub skipped: usize,
+    /// Per test, in the order run.
+    pub tests: Vec<Result>,
+}
+
+/// How the kit runs.
+pub struct Run<'a> {
+    /// The `policyhub` binary.
+    pub binary: &'a Path,
+    /// The test service.
+    pub service: Service,
+    /// Its name and capabilities.
+    pub info: ServiceInfo,
+    /// Tests whose id contains one of these run; empty: all.
+    pub filters: &'a [String],
+}
+
+impl Run<'_> {
+    /// Runs the tests, printing a line each; the report.
+    pub async fn run(&self, tests: &[Test]) -> Report {
+        let mut results = Vec::new();
+        for test in tests {
+            if !self.filters.is_empty()
+                && !self.filters.iter().any(|filter| test.id.contains(filter))
+            {
+                continue;
+            }
+            let result = self.one(test).await;
+            let seconds = format!("{:.1} s", result.seconds);
+            match (&result.outcome, &result.message) {
+                (Outcome::Passed, _) => println!("PASS  {} ({seconds})", test.id),
+                (Outcome::Skipped, message) => {
+                    println!("SKIP  {} ({})", test.id, message.as_deref().unwrap_or(""))
+                }
+                (Outcome::Failed, message) => println!(
+                    "FAIL  {} ({seconds}): {}",
+                    test.id,
+                    message.as_deref().unwrap_or("")
+                ),
+            }
+            std::io::stdout().flush().ok();
+            results.push(result);
+        }
+        let count = |outcome| {
+            results
+                .iter()
+                .filter(|result| result.outcome == outcome)
+                .count()
+        };
+        Report {
+            implementation: self.info.name.clone(),
+            capabilities: self.info.capabilities.clone(),
+            passed: count(Outcome::Passed),
+            failed: count(Outcome::Failed),
+            skipped: count(Outcome::Skipped),
+            tests: results,
+        }
+    }
+
+    async fn one(&self, test: &Test) -> Result {
+        let missing: Vec<String> = test
+            .needs
+            .iter()
+            .filter(|need| !self.info.capabilities.contains(need))
+            .map(|need| {
+                serde_json::to_value(need)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Result {
+                id: test.id,
+                obligations: test.obligations,
+                outcome: Outcome::Skipped,
+                seconds: 0.0,
+                message: Some(format!("needs {}", missing.join(", "))),
+            };
+        }
+        let started = Instant::now();
+        let outcome = self.attempt(test).await;
+        self.service.stop_all().await;
+        Result {
+            id: test.id,
+            obligations: test.obligations,
+            outcome: if outcome.is_ok() {
+                Outcome::Passed
+            } else {
+                Outcome::Failed
+            },
+            seconds: started.elapsed().as_secs_f64(),
+            message: outcome.err().map(|error| format!("{error:#}")),
+        }
+    }
+
+    async fn attempt(&self, test: &Test) -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let server = Server::start(self.binary, &scratch.path().join("server"), &[]).await?;
+        let proxy = FaultProxy::start(server.grpc_address()).await?;
+        let context = Context {
+            server,
+            proxy,
+            service: self.service.clone(),
+            capabilities: self.info.capabilities.clone(),
+            scratch: scratch.path().to_owned(),
+            test: test.id,
+            binary: self.binary.to_owned(),
+        };
+        match tokio::time::timeout(TEST_TIMEOUT, (test.run)(context)).await {
+            Ok(outcome) => outcome,
+            Err(_) => anyhow::bail!("did not finish within {TEST_TIMEOUT:?}"),
+        }
+    }
+}

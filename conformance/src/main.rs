@@ -1,0 +1,91 @@
+//! `policyhub-conformance`: runs the conformance tests against a runtime's
+//! test service.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use policyhub_conformance::{all_tests, harness::Run, service::Service};
+
+/// Runs the runtime contract's conformance tests against the runtime
+/// behind a test service; exits 1 when a test fails.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The test service's address, such as http://127.0.0.1:8111.
+    #[arg(long, required_unless_present = "list")]
+    service: Option<String>,
+    /// The policyhub binary the tests start [default: the one beside this
+    /// binary, else on PATH]
+    #[arg(long)]
+    server_binary: Option<PathBuf>,
+    /// Run only the tests whose id contains this; repeat for several.
+    #[arg(long = "run")]
+    filters: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print the tests, with the obligations each checks and the
+    /// capabilities each needs, as JSON, and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let args = Args::parse();
+    let tests = all_tests();
+    if args.list {
+        let listed: Vec<serde_json::Value> = tests
+            .iter()
+            .map(|test| {
+                serde_json::json!({
+                    "id": test.id, "obligations": test.obligations, "needs": test.needs,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let binary = match args.server_binary {
+        Some(binary) => binary,
+        None => beside_this_binary()?,
+    };
+    let service = Service::new(args.service.as_deref().expect("required by clap"))?;
+    let info = service.info().await?;
+    println!(
+        "{}: declares {}",
+        info.name,
+        serde_json::to_string(&info.capabilities)?
+    );
+    let run = Run {
+        binary: &binary,
+        service,
+        info,
+        filters: &args.filters,
+    };
+    let report = run.run(&tests).await;
+    println!(
+        "{} passed, {} failed, {} skipped",
+        report.passed, report.failed, report.skipped
+    );
+    if let Some(path) = args.report {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// `policyhub` in this binary's directory, else the name for PATH.
+fn beside_this_binary() -> anyhow::Result<PathBuf> {
+    let beside = std::env::current_exe()?.with_file_name("policyhub");
+    Ok(if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("policyhub")
+    })
+}

@@ -1,0 +1,471 @@
+//! The fault proxy between the server and the runtime under test: a
+//! loopback TCP proxy that forwards, and on the kit's word cuts every link
+//! (and refuses new ones), black-holes the open links (the sockets stay
+//! open, nothing moves: a half-open connection), slows every write, resets
+//! a link in the middle of a bundle's message, alters bytes of the next
+//! bundle, replays an old message, or forwards to another upstream.
+//!
+//! The server-to-runtime direction is read as HTTP/2 frames (RFC 9113
+//! §4.1: a 9-byte header, then the payload), so that a bundle is altered,
+//! cut or replayed inside one DATA frame and the stream around it stays
+//! well-formed: what the runtime sees is a valid gRPC message with wrong
+//! contents, not a broken connection. Bytes that are not HTTP/2 (an SSE
+//! stream over HTTP/1.1) are forwarded and altered as they come.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::{Notify, watch},
+};
+
+/// How the next bundle is altered, its length kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// One character of the signed payload: the body no longer matches the
+    /// signature.
+    Body,
+    /// One character of the signature.
+    Signature,
+    /// The key id, rewritten to one no JWKS holds.
+    UnknownKey,
+    /// The protected header replaced by one saying `"alg": "none"`.
+    AlgNone,
+    /// One hexadecimal digit of the bundle's stated digest.
+    Digest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Links {
+    Forward,
+    /// Open links closed, new ones refused.
+    Cut,
+}
+
+/// HTTP/2 frame header length.
+const FRAME_HEADER: usize = 9;
+/// The frame type of DATA.
+const DATA: u8 = 0;
+
+/// The proxy, shared by the kit and its links.
+#[derive(Clone)]
+pub struct FaultProxy {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    upstream: Mutex<SocketAddr>,
+    links: watch::Sender<Links>,
+    /// The open links' black-hole switches.
+    open: Mutex<Vec<Arc<AtomicBool>>>,
+    delay: Mutex<Duration>,
+    tamper: Mutex<Option<Tamper>>,
+    reset: AtomicBool,
+    replay: Notify,
+    /// Bundle frames sent again.
+    replayed: AtomicUsize,
+    accepts: Mutex<Vec<Instant>>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let (links, _) = watch::channel(Links::Forward);
+        let proxy = FaultProxy {
+            address: listener.local_addr()?,
+            shared: Arc::new(Shared {
+                upstream: Mutex::new(upstream),
+                links,
+                open: Mutex::default(),
+                delay: Mutex::default(),
+                tamper: Mutex::default(),
+                reset: AtomicBool::new(false),
+                replay: Notify::new(),
+                replayed: AtomicUsize::new(0),
+                accepts: Mutex::default(),
+            }),
+        };
+        let shared = proxy.shared.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *shared.links.borrow() == Links::Cut {
+                    continue;
+                }
+                shared.accepts.lock().unwrap().push(Instant::now());
+                tokio::spawn(link(client, shared.clone()));
+            }
+        });
+        Ok(proxy)
+    }
+
+    /// The address runtimes are given: `http://127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// When each link was accepted, oldest first.
+    pub fn accepts(&self) -> Vec<Instant> {
+        self.shared.accepts.lock().unwrap().clone()
+    }
+
+    /// Closes every open link and refuses new ones until [`Self::heal`].
+    pub fn cut(&self) {
+        self.shared.links.send_replace(Links::Cut);
+    }
+
+    /// Forwards again, without delay.
+    pub fn heal(&self) {
+        *self.shared.delay.lock().unwrap() = Duration::ZERO;
+        self.shared.links.send_replace(Links::Forward);
+    }
+
+    /// The open links stop forwarding and stay open; new links forward.
+    pub fn black_hole(&self) {
+        for open in self.shared.open.lock().unwrap().drain(..) {
+            open.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Holds every write back by `delay`.
+    pub fn slow(&self, delay: Duration) {
+        *self.shared.delay.lock().unwrap() = delay;
+    }
+
+    /// Alters the next bundle that passes.
+    pub fn tamper(&self, how: Tamper) {
+        *self.shared.tamper.lock().unwrap() = Some(how);
+    }
+
+    /// Whether a tamper asked for is still waiting for a bundle.
+    pub fn tamper_pending(&self) -> bool {
+        self.shared.tamper.lock().unwrap().is_some()
+    }
+
+    /// Forwards half of the next bundle's frame, then resets the link.
+    pub fn reset_mid_message(&self) {
+        self.shared.reset.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a reset asked for is still waiting for a bundle.
+    pub fn reset_pending(&self) -> bool {
+        self.shared.reset.load(Ordering::SeqCst)
+    }
+
+    /// Sends each open link's oldest bundle frame to its runtime again.
+    pub fn replay(&self) {
+        self.shared.replay.notify_waiters();
+    }
+
+    /// How many bundle frames were sent again.
+    pub fn replayed(&self) -> usize {
+        self.shared.replayed.load(Ordering::SeqCst)
+    }
+
+    /// New links go to `upstream`; open ones are cut.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        *self.shared.upstream.lock().unwrap() = upstream;
+        self.cut();
+        self.heal();
+    }
+}
+
+async fn link(client: TcpStream, shared: Arc<Shared>) {
+    let upstream = *shared.upstream.lock().unwrap();
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    client.set_nodelay(true).ok();
+    server.set_nodelay(true).ok();
+    let black_holed = Arc::new(AtomicBool::new(false));
+    shared.open.lock().unwrap().push(black_holed.clone());
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let links = shared.links.subscribe();
+    tokio::select! {
+        () = upstream_pipe(client_read, server_write, &shared, &black_holed) => {}
+        () = downstream_pipe(server_read, client_write, &shared, &black_holed) => {}
+        _ = cut(links) => {}
+    }
+}
+
+async fn cut(mut links: watch::Receiver<Links>) {
+    links.wait_for(|links| *links == Links::Cut).await.ok();
+}
+
+/// Runtime to server: forwarded as it comes.
+async fn upstream_pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    shared: &Shared,
+    black_holed: &AtomicBool,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let Ok(read @ 1..) = from.read(&mut buffer).await else {
+            return;
+        };
+        if black_holed.load(Ordering::SeqCst) {
+            continue;
+        }
+        delay(shared).await;
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn delay(shared: &Shared) {
+    let delay = *shared.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Server to runtime: frame by frame, where the faults on bundles happen.
+async fn downstream_pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    shared: &Shared,
+    black_holed: &AtomicBool,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    // None until the first bytes tell whether this is HTTP/2.
+    let mut framed: Option<bool> = None;
+    // The first bundle frame seen, for a replay.
+    let mut first_bundle: Option<Vec<u8>> = None;
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            () = shared.replay.notified() => {
+                if let Some(frame) = &first_bundle
+                    && !black_holed.load(Ordering::SeqCst)
+                {
+                    if to.write_all(frame).await.is_err() {
+                        return;
+                    }
+                    shared.replayed.fetch_add(1, Ordering::SeqCst);
+                }
+                continue;
+            }
+        };
+        let Ok(read @ 1..) = read else { return };
+        if black_holed.load(Ordering::SeqCst) {
+            continue;
+        }
+        pending.extend_from_slice(&buffer[..read]);
+        let is_framed = *framed.get_or_insert_with(|| {
+            // A server's first frame is SETTINGS (type 4) on stream 0.
+            pending.len() >= FRAME_HEADER
+                && pending[3] == 4
+                && pending[5..FRAME_HEADER] == [0, 0, 0, 0]
+        });
+        while let Some(length) = next_unit(&pending, is_framed) {
+            let mut unit: Vec<u8> = pending.drain(..length).collect();
+            let bundle_at = if is_framed {
+                (unit[3] == DATA && find(&unit[FRAME_HEADER..], b"eyJ").is_some())
+                    .then_some(FRAME_HEADER)
+            } else {
+                find(&unit, b"eyJ").map(|_| 0)
+            };
+            if let Some(at) = bundle_at {
+                if first_bundle.is_none() && is_framed {
+                    first_bundle = Some(unit.clone());
+                }
+                let how = *shared.tamper.lock().unwrap();
+                if let Some(how) = how
+                    && alter(&mut unit[at..], how)
+                {
+                    shared.tamper.lock().unwrap().take();
+                }
+                if shared.reset.swap(false, Ordering::SeqCst) {
+                    let half = unit.len() / 2;
+                    to.write_all(&unit[..half]).await.ok();
+                    // SO_LINGER 0: the close is a TCP reset.
+                    let _ = to.as_ref().set_zero_linger();
+                    return;
+                }
+            }
+            delay(shared).await;
+            if to.write_all(&unit).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The length of the first whole unit in `pending`: an HTTP/2 frame, or
+/// everything when the bytes are not framed.
+fn next_unit(pending: &[u8], framed: bool) -> Option<usize> {
+    if !framed {
+        return (!pending.is_empty()).then_some(pending.len());
+    }
+    if pending.len() < FRAME_HEADER {
+        return None;
+    }
+    let length = u32::from_be_bytes([0, pending[0], pending[1], pending[2]]) as usize;
+    (pending.len() >= FRAME_HEADER + length).then_some(FRAME_HEADER + length)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Alters the first JWS (or, for [`Tamper::Digest`], the first stated
+/// digest) in `bytes` in place, its length kept; whether it did.
+pub fn alter(bytes: &mut [u8], how: Tamper) -> bool {
+    if how == Tamper::Digest {
+        let Some(at) = find(bytes, b"sha256:") else {
+            return false;
+        };
+        let digit = at + 7;
+        if digit >= bytes.len() {
+            return false;
+        }
+        bytes[digit] = if bytes[digit] == b'0' { b'1' } else { b'0' };
+        return true;
+    }
+    let Some(start) = find(bytes, b"eyJ") else {
+        return false;
+    };
+    let jws_length = bytes[start..]
+        .iter()
+        .position(|byte| !(byte.is_ascii_alphanumeric() || b"-_.".contains(byte)))
+        .unwrap_or(bytes.len() - start);
+    let jws = &mut bytes[start..start + jws_length];
+    let dots: Vec<usize> = jws
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == b'.')
+        .map(|(at, _)| at)
+        .collect();
+    let [header_end, payload_end] = dots[..] else {
+        return false;
+    };
+    match how {
+        Tamper::Body => flip(&mut jws[header_end + 1..payload_end]),
+        Tamper::Signature => flip(&mut jws[payload_end + 1..]),
+        Tamper::UnknownKey | Tamper::AlgNone => {
+            let Ok(header) = URL_SAFE_NO_PAD.decode(&jws[..header_end]) else {
+                return false;
+            };
+            let Ok(mut header) = serde_json::from_slice::<serde_json::Value>(&header) else {
+                return false;
+            };
+            let replaced = if how == Tamper::UnknownKey {
+                let kid = header["kid"].as_str().unwrap_or_default().to_owned();
+                header["kid"] = serde_json::json!("X".repeat(kid.len()));
+                serde_json::to_vec(&header).ok()
+            } else {
+                none_header(&header, header.to_string().len())
+            };
+            let Some(replaced) = replaced else {
+                return false;
+            };
+            let encoded = URL_SAFE_NO_PAD.encode(replaced);
+            if encoded.len() != header_end {
+                return false;
+            }
+            jws[..header_end].copy_from_slice(encoded.as_bytes());
+            true
+        }
+        Tamper::Digest => false,
+    }
+}
+
+/// A header saying `"alg": "none"` with the key id kept, padded to
+/// `length` bytes of JSON.
+fn none_header(header: &serde_json::Value, length: usize) -> Option<Vec<u8>> {
+    let kid = header["kid"].as_str().unwrap_or_default();
+    let bare = format!(r#"{{"alg":"none","kid":"{kid}","x":""}}"#);
+    let padding = length.checked_sub(bare.len())?;
+    Some(
+        format!(
+            r#"{{"alg":"none","kid":"{kid}","x":"{}"}}"#,
+            "x".repeat(padding)
+        )
+        .into_bytes(),
+    )
+}
+
+/// Changes one base64url character in the middle of `part`.
+fn flip(part: &mut [u8]) -> bool {
+    if part.len() < 4 {
+        return false;
+    }
+    let at = part.len() / 2;
+    part[at] = if part[at] == b'A' { b'B' } else { b'A' };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jws(header: &serde_json::Value, payload: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode([7u8; 64])
+        )
+    }
+
+    #[test]
+    fn each_tamper_keeps_the_length_and_changes_what_it_names() {
+        let header =
+            serde_json::json!({"alg": "EdDSA", "kid": "k1-0123456789abcdef", "typ": "JWT"});
+        let original = format!(
+            "\x0a\x7f{}\x12sha256:00ff",
+            jws(&header, r#"{"body":{"limit":10}}"#)
+        );
+        for how in [
+            Tamper::Body,
+            Tamper::Signature,
+            Tamper::UnknownKey,
+            Tamper::AlgNone,
+            Tamper::Digest,
+        ] {
+            let mut bytes = original.clone().into_bytes();
+            assert!(alter(&mut bytes, how), "{how:?}");
+            assert_eq!(bytes.len(), original.len(), "{how:?}");
+            assert_ne!(bytes, original.as_bytes(), "{how:?}");
+            let text = String::from_utf8(bytes).unwrap();
+            let jws = &text[2..text.find('\x12').unwrap()];
+            let header_part = jws.split('.').next().unwrap();
+            let decoded: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_part).unwrap()).unwrap();
+            match how {
+                Tamper::AlgNone => assert_eq!(decoded["alg"], "none"),
+                Tamper::UnknownKey => assert_eq!(decoded["kid"], "X".repeat(19)),
+                _ => assert_eq!(decoded, header, "{how:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_cut_at_their_stated_length() {
+        let mut frame = vec![0, 0, 3, DATA, 0, 0, 0, 0, 1, b'a', b'b', b'c'];
+        assert_eq!(next_unit(&frame, true), Some(12));
+        assert_eq!(next_unit(&frame[..11], true), None);
+        frame.extend_from_slice(&[0, 0]);
+        assert_eq!(next_unit(&frame, true), Some(12));
+        assert_eq!(next_unit(b"data: x", false), Some(7));
+    }
+}

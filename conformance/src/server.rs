@@ -1,0 +1,271 @@
+//! A real `policyhub serve` the kit drives: started on free loopback
+//! ports over a data directory of its own (SQLite), killed with SIGKILL and
+//! started again on the same ports, wound back to a copy of its database,
+//! forked (a second server from the same copy); and the calls the kit makes
+//! to it over its HTTP/JSON port, as any client would.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// The server's heartbeat on every watch stream: short, so that a dead
+/// link is found in a fraction of a second.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// One server process and what it keeps.
+pub struct Server {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    grpc_port: u16,
+    http_port: u16,
+    extra_env: Vec<(String, String)>,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Server {
+    /// Starts `binary serve` over `data_dir`, with `extra_env` set
+    /// (`POLICYHUB_*` settings), and waits until it serves.
+    pub async fn start(
+        binary: &Path,
+        data_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut server = Server {
+            binary: binary.to_owned(),
+            data_dir: data_dir.to_owned(),
+            grpc_port: free_port()?,
+            http_port: free_port()?,
+            extra_env: extra_env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// The gRPC address runtimes follow.
+    pub fn grpc_address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.grpc_port))
+    }
+
+    /// Where its data is.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Starts the process again (after [`Server::kill`]) on the same ports
+    /// over the same data directory, and waits until it serves.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("the server is still running");
+        }
+        let child = Command::new(&self.binary)
+            .args(["serve", "--insecure", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env(
+                "POLICYHUB_WATCH__HEARTBEAT_INTERVAL",
+                format!("{}ms", HEARTBEAT.as_millis()),
+            )
+            .env("POLICYHUB_RUNTIMES__FLUSH_INTERVAL", "100ms")
+            .envs(self.extra_env.iter().map(|(key, value)| (key, value)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.get("/v1/signingKeys").await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok()?) {
+                self.child = None;
+                bail!("policyhub serve exited at start: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("policyhub serve did not answer within 10 s")
+    }
+
+    /// SIGKILL: no chance to close a stream or flush anything.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("SIGKILL")?;
+        }
+        Ok(())
+    }
+
+    /// Copies its database (with the server stopped, as a cold backup is
+    /// taken) into `to`, with the signing key beside it.
+    pub async fn copy_data(&mut self, to: &Path) -> anyhow::Result<()> {
+        let running = self.child.is_some();
+        self.kill().await?;
+        copy_dir(&self.data_dir, to)?;
+        if running {
+            self.restart().await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces its data with `from` (a copy taken before) and starts it
+    /// again: the server wound back to an older state.
+    pub async fn wind_back(&mut self, from: &Path) -> anyhow::Result<()> {
+        self.kill().await?;
+        std::fs::remove_dir_all(&self.data_dir)?;
+        copy_dir(from, &self.data_dir)?;
+        self.restart().await
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .send()
+            .await?;
+        answer(response).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .json(&body)
+            .send()
+            .await?;
+        answer(response).await
+    }
+
+    /// Drafts `body` as the next version of `namespace`/`name` and
+    /// publishes it, active unless `activate` is false; the version.
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        activate: bool,
+    ) -> anyhow::Result<(u32, u64)> {
+        let policy = format!("/v1/namespaces/{namespace}/policies/{name}");
+        self.post(&format!("{policy}/drafts"), json!({ "body": body }))
+            .await
+            .with_context(|| format!("draft {namespace}/{name}"))?;
+        let published = self
+            .post(
+                &format!("{policy}:publish"),
+                json!({ "activate": activate, "reason": "conformance" }),
+            )
+            .await
+            .with_context(|| format!("publish {namespace}/{name}"))?;
+        let version = published["version"]["version"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("publish answered no version: {published}"))?;
+        Ok((version as u32, revision(&published["revision"])))
+    }
+
+    /// Publishes `body` as the next version of `namespace`/`name`, active;
+    /// the revision of its activation.
+    pub async fn release(&self, namespace: &str, name: &str, body: Value) -> anyhow::Result<u64> {
+        Ok(self.publish(namespace, name, body, true).await?.1)
+    }
+
+    /// Activates these versions together, under one revision.
+    pub async fn activate(&self, namespace: &str, targets: &[(&str, u32)]) -> anyhow::Result<u64> {
+        let targets: Vec<Value> = targets
+            .iter()
+            .map(
+                |(name, version)| json!({"namespace": namespace, "name": name, "version": version}),
+            )
+            .collect();
+        let activated = self
+            .post(
+                "/v1/policies:activate",
+                json!({"targets": targets, "reason": "conformance"}),
+            )
+            .await
+            .context("activate")?;
+        Ok(revision(&activated["revision"]))
+    }
+
+    /// Signs with a new key from now on; the new key's id.
+    pub async fn rotate_signing_key(&self) -> anyhow::Result<String> {
+        let rotated = self
+            .post("/v1/signingKeys:rotate", json!({"reason": "conformance"}))
+            .await?;
+        Ok(rotated["signingKeyId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Declares that the database was restored from a backup.
+    pub async fn record_restore(&self, reason: &str) -> anyhow::Result<()> {
+        self.post("/v1/log:recordRestore", json!({ "reason": reason }))
+            .await
+            .context("record the restore")?;
+        Ok(())
+    }
+
+    /// The fleet view: each runtime of `namespace` with its newest outcome
+    /// per policy.
+    pub async fn runtimes(&self, namespace: &str) -> anyhow::Result<Vec<Value>> {
+        let listed = self
+            .get(&format!("/v1/namespaces/{namespace}/runtimes"))
+            .await?;
+        Ok(listed["runtimes"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// An answer's JSON, or its error as the server wrote it.
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{status}: {}", body["message"].as_str().unwrap_or_default());
+    }
+    Ok(body)
+}
+
+/// A revision as the protobuf JSON mapping writes a uint64: a string.
+fn revision(value: &Value) -> u64 {
+    value
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .or_else(|| value.as_u64())
+        .unwrap_or(0)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}

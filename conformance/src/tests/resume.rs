@@ -1,0 +1,157 @@
+//! Resuming: after a cut link, a half-open one, a server killed with
+//! SIGKILL, a link reset in the middle of a bundle and a slow link, the
+//! runtime resumes by revision, missing nothing and applying nothing
+//! twice; a replayed old message is not applied.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+
+use super::{applied_once_in_order, holds, release, stays_at, test};
+use crate::{harness::Context, harness::Test, protocol::RuntimeEvent, server::HEARTBEAT};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        test!("resume.after-a-cut", ["D3"], [], after_a_cut),
+        test!(
+            "resume.after-a-black-hole",
+            ["D3", "D4"],
+            [],
+            after_a_black_hole
+        ),
+        test!("resume.after-kill-9", ["D3"], [], after_kill_9),
+        test!(
+            "resume.after-a-reset-mid-message",
+            ["D3"],
+            [],
+            after_a_reset_mid_message
+        ),
+        test!("resume.over-a-slow-link", ["D2"], [], over_a_slow_link),
+        test!(
+            "resume.a-replayed-message-is-not-applied",
+            ["D6"],
+            [],
+            a_replayed_message_is_not_applied
+        ),
+    ]
+}
+
+/// Changes made while the link is cut arrive once it heals.
+async fn after_a_cut(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    context.proxy.cut();
+    release(&context, "p", 2).await?;
+    release(&context, "q", 1).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    context.proxy.heal();
+    let last = release(&context, "p", 3).await?;
+    let view = runtime.until_revision(last).await?;
+    holds(&view, &[("p", 3), ("q", 1)])?;
+    applied_once_in_order(&view)
+}
+
+/// A link that stays open and carries nothing (a half-open connection) is
+/// found within three heartbeats, and the runtime resumes on a new one.
+async fn after_a_black_hole(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    context.proxy.black_hole();
+    let last = release(&context, "p", 2).await?;
+    // Three heartbeats to notice, the backoff's first bound (100 ms) to
+    // come back, and room for a loaded machine.
+    let within = HEARTBEAT * 3 + Duration::from_secs(3);
+    let view = runtime
+        .until(
+            "the change made while black-holed, on a new link",
+            within,
+            |view| view.revision() >= last,
+        )
+        .await?;
+    holds(&view, &[("p", 2)])?;
+    ensure!(
+        view.saw(|event| matches!(event, RuntimeEvent::Disconnected { .. })),
+        "the runtime never said it gave the half-open link up"
+    );
+    applied_once_in_order(&view)
+}
+
+/// The server killed with SIGKILL and started again: the runtime resumes
+/// from its revision.
+async fn after_kill_9(mut context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    release(&context, "q", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(2).await?;
+    context.server.kill().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    context.server.restart().await?;
+    release(&context, "p", 2).await?;
+    let last = release(&context, "q", 2).await?;
+    let view = runtime.until_revision(last).await?;
+    holds(&view, &[("p", 2), ("q", 2)])?;
+    applied_once_in_order(&view)?;
+    ensure!(
+        view.saw(|event| matches!(event, RuntimeEvent::Disconnected { .. })),
+        "the runtime never said it lost the server"
+    );
+    Ok(())
+}
+
+/// Half of a bundle's frame, then a TCP reset: the half is not applied,
+/// the whole arrives on the next link.
+async fn after_a_reset_mid_message(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    context.proxy.reset_mid_message();
+    let last = release(&context, "p", 2).await?;
+    let view = runtime.until_revision(last).await?;
+    ensure!(!context.proxy.reset_pending(), "the proxy reset no link");
+    ensure!(
+        view.saw(|event| matches!(event, RuntimeEvent::Disconnected { .. })),
+        "the runtime never said it lost the reset link"
+    );
+    holds(&view, &[("p", 2)])?;
+    applied_once_in_order(&view)
+}
+
+/// Every write held back 50 ms (a quarter of a heartbeat): slow, not
+/// dead; every change arrives, in order.
+async fn over_a_slow_link(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    context.proxy.slow(Duration::from_millis(50));
+    let mut last = 0;
+    for n in 2..=6 {
+        last = release(&context, "p", n).await?;
+    }
+    let view = runtime.until_revision(last).await?;
+    holds(&view, &[("p", 6)])?;
+    applied_once_in_order(&view)
+}
+
+/// The first bundle message of the link sent to the runtime again, after
+/// newer ones: the runtime does not go back to it.
+async fn a_replayed_message_is_not_applied(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    release(&context, "p", 2).await?;
+    let last = release(&context, "p", 3).await?;
+    runtime.until_revision(last).await?;
+    context.proxy.replay();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ensure!(
+        context.proxy.replayed() > 0,
+        "the proxy replayed no message"
+    );
+    // The runtime may drop the link over the message, or ignore it; it
+    // must not put revision 1 back in force.
+    let view = stays_at(&runtime, last, Duration::from_secs(2)).await?;
+    holds(&view, &[("p", 3)])?;
+    applied_once_in_order(&view)
+}

@@ -1,0 +1,110 @@
+//! Verification: a bundle altered on the way (its body, its signature,
+//! its key id, `alg: none`, its stated digest) is refused, the last good
+//! state stays, and the runtime goes on with the next good one; bundles
+//! signed with a rotated key are taken once the keys are fetched again.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+
+use super::{applied_once_in_order, holds, release, stays_at, test};
+use crate::{harness::Context, harness::Test, protocol::RuntimeEvent, proxy::Tamper};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        test!("verification.altered-body", ["V1", "V3"], [], altered_body),
+        test!(
+            "verification.bad-signature",
+            ["V1", "V3"],
+            [],
+            bad_signature
+        ),
+        test!("verification.unknown-key", ["V1", "V3"], [], unknown_key),
+        test!("verification.alg-none", ["V1", "V3"], [], alg_none),
+        test!(
+            "verification.digest-mismatch",
+            ["V1", "V3"],
+            [],
+            digest_mismatch
+        ),
+        test!("verification.rotated-key", ["V2"], [], rotated_key),
+    ]
+}
+
+async fn altered_body(context: Context) -> anyhow::Result<()> {
+    refused(context, Tamper::Body).await
+}
+
+async fn bad_signature(context: Context) -> anyhow::Result<()> {
+    refused(context, Tamper::Signature).await
+}
+
+async fn unknown_key(context: Context) -> anyhow::Result<()> {
+    refused(context, Tamper::UnknownKey).await
+}
+
+async fn alg_none(context: Context) -> anyhow::Result<()> {
+    refused(context, Tamper::AlgNone).await
+}
+
+async fn digest_mismatch(context: Context) -> anyhow::Result<()> {
+    refused(context, Tamper::Digest).await
+}
+
+/// Version 2 altered on the way is refused and version 1 stays in force;
+/// version 3, unaltered, is then applied.
+async fn refused(context: Context, how: Tamper) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    let good = runtime.until_revision(1).await?.revision();
+    context.proxy.tamper(how);
+    let altered = release(&context, "p", 2).await?;
+    let view = runtime
+        .until(
+            &format!("revision {altered} ({how:?}) refused with a reason"),
+            Duration::from_secs(10),
+            |view| {
+                view.saw(|event| {
+                    matches!(event, RuntimeEvent::Rejected { revision, reason }
+                        if (*revision == altered || *revision == 0) && !reason.is_empty())
+                })
+            },
+        )
+        .await;
+    ensure!(
+        !context.proxy.tamper_pending(),
+        "the proxy found no bundle to alter"
+    );
+    let view = view?;
+    ensure!(
+        view.revision() == good,
+        "the altered revision {altered} was put in force"
+    );
+    let view = stays_at(&runtime, good, Duration::from_millis(300)).await?;
+    holds(&view, &[("p", 1)])?;
+    let next = release(&context, "p", 3).await?;
+    let view = runtime.until_revision(next).await?;
+    holds(&view, &[("p", 3)])?;
+    applied_once_in_order(&view)?;
+    ensure!(
+        !view
+            .applied()
+            .iter()
+            .any(|(revision, ..)| *revision == altered),
+        "the altered revision {altered} was applied"
+    );
+    Ok(())
+}
+
+/// The server signs with a new key: the runtime, which verified version 1
+/// against the old key, verifies version 2 against the new one.
+async fn rotated_key(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    context.server.rotate_signing_key().await?;
+    let next = release(&context, "p", 2).await?;
+    let view = runtime.until_revision(next).await?;
+    holds(&view, &[("p", 2)])?;
+    applied_once_in_order(&view)
+}
