@@ -130,7 +130,11 @@ impl FaultProxy {
     /// Forwards again, without delay.
     pub fn heal(&self) {
         *self.shared.delay.lock().unwrap() = Duration::ZERO;
-        self.shared.links.send_replace(Links::Forward);
+        self.shared.links.send_if_modified(|links| {
+            let was_cut = *links == Links::Cut;
+            *links = Links::Forward;
+            was_cut
+        });
     }
 
     /// The open links stop forwarding and stay open; new links forward.
@@ -202,8 +206,10 @@ async fn link(client: TcpStream, shared: Arc<Shared>) {
     }
 }
 
+/// Until a cut after the link opened. Every change is a cut or the heal
+/// after one: a link does not outlive a cut healed before it looked.
 async fn cut(mut links: watch::Receiver<Links>) {
-    links.wait_for(|links| *links == Links::Cut).await.ok();
+    links.changed().await.ok();
 }
 
 /// Runtime to server: forwarded as it comes.

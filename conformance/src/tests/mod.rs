@@ -3,6 +3,7 @@
 
 mod cache;
 mod delivery;
+mod reconnect;
 mod reports;
 mod resume;
 mod verification;
@@ -39,6 +40,7 @@ pub fn all() -> Vec<Test> {
         verification::tests(),
         cache::tests(),
         reports::tests(),
+        reconnect::tests(),
     ]
     .into_iter()
     .flatten()
