@@ -283,10 +283,10 @@ async fn downstream_pipe(
         while let Some(length) = next_unit(&pending, is_framed) {
             let mut unit: Vec<u8> = pending.drain(..length).collect();
             let bundle_at = if is_framed {
-                (unit[3] == DATA && find(&unit[FRAME_HEADER..], b"eyJ").is_some())
+                (unit[3] == DATA && bundle_jws(&unit[FRAME_HEADER..]).is_some())
                     .then_some(FRAME_HEADER)
             } else {
-                find(&unit, b"eyJ").map(|_| 0)
+                bundle_jws(&unit).map(|_| 0)
             };
             if let Some(at) = bundle_at {
                 if first_bundle.is_none() && is_framed {
@@ -333,9 +333,43 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// Alters the first JWS (or, for [`Tamper::Digest`], the first stated
-/// digest) in `bytes` in place, its length kept; whether it did.
+/// Where the first bundle's JWS in `bytes` starts, and its length. A
+/// checkpoint is a JWS too (`typ` `policyhub-checkpoint+jwt`), in the
+/// same messages or in heartbeats of its own: altered, it would make the
+/// runtime refuse the server's history instead of a bundle.
+fn bundle_jws(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(found) = find(&bytes[from..], b"eyJ") {
+        let start = from + found;
+        let length = bytes[start..]
+            .iter()
+            .position(|byte| !(byte.is_ascii_alphanumeric() || b"-_.".contains(byte)))
+            .unwrap_or(bytes.len() - start);
+        let jws = &bytes[start..start + length];
+        let header_end = jws.iter().position(|byte| *byte == b'.').unwrap_or(length);
+        let is_bundle = URL_SAFE_NO_PAD
+            .decode(&jws[..header_end])
+            .ok()
+            .and_then(|header| serde_json::from_slice::<serde_json::Value>(&header).ok())
+            .is_some_and(|header| header["typ"] == BUNDLE_TYPE);
+        if is_bundle {
+            return Some((start, length));
+        }
+        from = start + length.max(1);
+    }
+    None
+}
+
+/// The `typ` of a bundle's JWS header.
+const BUNDLE_TYPE: &str = "policyhub-bundle+jwt";
+
+/// Alters the first bundle's JWS (or, for [`Tamper::Digest`], the first
+/// stated digest of a message with a bundle) in `bytes` in place, its
+/// length kept; whether it did.
 pub fn alter(bytes: &mut [u8], how: Tamper) -> bool {
+    let Some((start, jws_length)) = bundle_jws(bytes) else {
+        return false;
+    };
     if how == Tamper::Digest {
         let Some(at) = find(bytes, b"sha256:") else {
             return false;
@@ -347,13 +381,6 @@ pub fn alter(bytes: &mut [u8], how: Tamper) -> bool {
         bytes[digit] = if bytes[digit] == b'0' { b'1' } else { b'0' };
         return true;
     }
-    let Some(start) = find(bytes, b"eyJ") else {
-        return false;
-    };
-    let jws_length = bytes[start..]
-        .iter()
-        .position(|byte| !(byte.is_ascii_alphanumeric() || b"-_.".contains(byte)))
-        .unwrap_or(bytes.len() - start);
     let jws = &mut bytes[start..start + jws_length];
     let dots: Vec<usize> = jws
         .iter()
@@ -434,11 +461,18 @@ mod tests {
     }
 
     #[test]
-    fn each_tamper_keeps_the_length_and_changes_what_it_names() {
-        let header =
-            serde_json::json!({"alg": "EdDSA", "kid": "k1-0123456789abcdef", "typ": "JWT"});
+    fn each_tamper_keeps_the_length_and_changes_what_it_names_in_the_bundle_alone() {
+        let header = serde_json::json!({
+            "alg": "EdDSA", "kid": "k1-0123456789abcdef", "typ": BUNDLE_TYPE,
+        });
+        let checkpoint = jws(
+            &serde_json::json!({
+                "alg": "EdDSA", "kid": "k1-0123456789abcdef", "typ": "policyhub-checkpoint+jwt",
+            }),
+            r#"{"size":3}"#,
+        );
         let original = format!(
-            "\x0a\x7f{}\x12sha256:00ff",
+            "\x1a\x7f{checkpoint}\x0a\x7f{}\x12sha256:00ff",
             jws(&header, r#"{"body":{"limit":10}}"#)
         );
         for how in [
@@ -453,7 +487,9 @@ mod tests {
             assert_eq!(bytes.len(), original.len(), "{how:?}");
             assert_ne!(bytes, original.as_bytes(), "{how:?}");
             let text = String::from_utf8(bytes).unwrap();
-            let jws = &text[2..text.find('\x12').unwrap()];
+            assert_eq!(text[2..2 + checkpoint.len()], checkpoint, "{how:?}");
+            let start = text.find('\x0a').unwrap() + 2;
+            let jws = &text[start..text.find('\x12').unwrap()];
             let header_part = jws.split('.').next().unwrap();
             let decoded: serde_json::Value =
                 serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_part).unwrap()).unwrap();
@@ -463,6 +499,8 @@ mod tests {
                 _ => assert_eq!(decoded, header, "{how:?}"),
             }
         }
+        let mut only_a_checkpoint = format!("\x1a\x7f{checkpoint}").into_bytes();
+        assert!(!alter(&mut only_a_checkpoint, Tamper::Signature));
     }
 
     #[test]
