@@ -175,11 +175,12 @@ impl FaultProxy {
         self.shared.replayed.load(Ordering::SeqCst)
     }
 
-    /// New links go to `upstream`; open ones are cut.
+    /// New links go to `upstream`; open ones to another upstream close.
     pub fn redirect(&self, upstream: SocketAddr) {
         *self.shared.upstream.lock().unwrap() = upstream;
-        self.cut();
-        self.heal();
+        // Every link looks again at where it leads. (A cut healed at once
+        // would not do: a link may only see the healed state.)
+        self.shared.links.send_modify(|_| {});
     }
 }
 
@@ -198,12 +199,17 @@ async fn link(client: TcpStream, shared: Arc<Shared>) {
     tokio::select! {
         () = upstream_pipe(client_read, server_write, &shared, &black_holed) => {}
         () = downstream_pipe(server_read, client_write, &shared, &black_holed) => {}
-        _ = cut(links) => {}
+        () = closed(links, &shared, upstream) => {}
     }
 }
 
-async fn cut(mut links: watch::Receiver<Links>) {
-    links.wait_for(|links| *links == Links::Cut).await.ok();
+/// Until the links are cut, or new ones go to another upstream than this
+/// link's.
+async fn closed(mut links: watch::Receiver<Links>, shared: &Shared, upstream: SocketAddr) {
+    links
+        .wait_for(|links| *links == Links::Cut || *shared.upstream.lock().unwrap() != upstream)
+        .await
+        .ok();
 }
 
 /// Runtime to server: forwarded as it comes.
