@@ -3,9 +3,11 @@
 
 mod cache;
 mod delivery;
+mod history;
 mod reports;
 mod resume;
 mod verification;
+mod witnesses;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -39,6 +41,8 @@ pub fn all() -> Vec<Test> {
         verification::tests(),
         cache::tests(),
         reports::tests(),
+        history::tests(),
+        witnesses::tests(),
     ]
     .into_iter()
     .flatten()
