@@ -9,10 +9,11 @@
 //! - [`protocol`]: the test-service protocol's messages.
 //! - [`harness`]: the runner: a fresh server and proxy per test,
 //!   capabilities, one line per test, the JSON report.
-//! - [`server`]: the real server: start, SIGKILL, restart, wind back,
-//!   fork; the calls the kit makes to it.
+//! - [`server`]: the real server: start, SIGKILL, restart, reconfigure,
+//!   wind back, fork; the calls the kit makes to it.
 //! - [`proxy`]: the faults on the link.
 //! - [`service`]: the kit's client of a test service.
+//! - [`witness`]: witnesses of the server's log: start, stop, restart.
 //! - `tests`: the tests, by area.
 
 pub mod harness;
@@ -21,5 +22,6 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 mod tests;
+pub mod witness;
 
 pub use tests::all as all_tests;

@@ -179,11 +179,11 @@ impl FaultProxy {
         self.shared.replayed.load(Ordering::SeqCst)
     }
 
-    /// New links go to `upstream`; open ones are cut.
+    /// New links go to `upstream`; open ones to another upstream close.
     pub fn redirect(&self, upstream: SocketAddr) {
         *self.shared.upstream.lock().unwrap() = upstream;
-        self.cut();
-        self.heal();
+        // Any change of the links ends every open one.
+        self.shared.links.send_modify(|_| {});
     }
 }
 

@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use base64::Engine as _;
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 use tokio::process::{Child, Command};
 
 /// The server's heartbeat on every watch stream: short, so that a dead
@@ -130,6 +132,18 @@ impl Server {
         Ok(())
     }
 
+    /// Starts it again over the same data with `extra_env` instead of the
+    /// settings it had: a server configured otherwise (a checkpoint
+    /// interval, witnesses) under the same log and signing key.
+    pub async fn reconfigure(&mut self, extra_env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.kill().await?;
+        self.extra_env = extra_env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        self.restart().await
+    }
+
     /// Replaces its data with `from` (a copy taken before) and starts it
     /// again: the server wound back to an older state.
     pub async fn wind_back(&mut self, from: &Path) -> anyhow::Result<()> {
@@ -227,6 +241,30 @@ impl Server {
         Ok(())
     }
 
+    /// The C2SP verifier key of its log, `<origin>+<key id>+<base64 key>`,
+    /// which witnesses are given: the origin of its newest checkpoint's
+    /// note and the public key that signed it.
+    pub async fn log_verifier_key(&self) -> anyhow::Result<String> {
+        let listed = self.get("/v1/checkpoints?pageSize=1").await?;
+        let note = listed["checkpoints"][0]["note"]
+            .as_str()
+            .unwrap_or_default();
+        let origin = note
+            .lines()
+            .next()
+            .filter(|origin| !origin.is_empty())
+            .ok_or_else(|| anyhow!("the newest checkpoint has no note: {listed}"))?;
+        let signer = &listed["checkpoints"][0]["keyId"];
+        let keys = self.get("/v1/signingKeys").await?;
+        let public = keys["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|key| key["kid"] == *signer))
+            .and_then(|key| key["x"].as_str())
+            .ok_or_else(|| anyhow!("no signing key {signer} in {keys}"))?;
+        let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(public)?;
+        Ok(ed25519_verifier_key(origin, &public))
+    }
+
     /// The fleet view: each runtime of `namespace` with its newest outcome
     /// per policy.
     pub async fn runtimes(&self, namespace: &str) -> anyhow::Result<Vec<Value>> {
@@ -254,6 +292,21 @@ fn revision(value: &Value) -> u64 {
         .and_then(|text| text.parse().ok())
         .or_else(|| value.as_u64())
         .unwrap_or(0)
+}
+
+/// A C2SP signed-note verifier key of an Ed25519 public key under `name`:
+/// `<name>+<key id>+base64(0x01 ‖ key)`, the key id the first four bytes of
+/// SHA-256(`name` ‖ 0x0A ‖ 0x01 ‖ key).
+fn ed25519_verifier_key(name: &str, public: &[u8]) -> String {
+    let typed = [&[0x01], public].concat();
+    let hash = Sha256::new()
+        .chain_update(name)
+        .chain_update(b"\n")
+        .chain_update(&typed)
+        .finalize();
+    let id: String = hash[..4].iter().map(|byte| format!("{byte:02x}")).collect();
+    let key = base64::engine::general_purpose::STANDARD.encode(typed);
+    format!("{name}+{id}+{key}")
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {

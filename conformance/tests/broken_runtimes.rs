@@ -125,6 +125,36 @@ const VARIANTS: &[Variant] = &[
         caught_by: &["reports.applied-and-rejected-reach-the-fleet-view"],
         because: &["the fleet view has no outcome of runtime"],
     },
+    Variant {
+        name: "accept-wound-back",
+        obligation: "H1",
+        caught_by: &["history.wound-back"],
+        because: &["the state in force moved from revision"],
+    },
+    Variant {
+        name: "accept-fork",
+        obligation: "H2",
+        caught_by: &["history.forked"],
+        because: &["the state in force moved from revision"],
+    },
+    Variant {
+        name: "restore-twice",
+        obligation: "H3",
+        caught_by: &["history.declared-restore-taken-once"],
+        because: &["the declared restore taken and the restored state in force: not within"],
+    },
+    Variant {
+        name: "ignore-stale-checkpoints",
+        obligation: "H4",
+        caught_by: &["history.stale-checkpoint"],
+        because: &["said stale: not within"],
+    },
+    Variant {
+        name: "ignore-witnesses",
+        obligation: "W1",
+        caught_by: &["witnesses.k-of-n-cosignatures"],
+        because: &["the state in force moved from revision"],
+    },
 ];
 
 /// Kit processes at once, besides the reconnect storm: most of a broken

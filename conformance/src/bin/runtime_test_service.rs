@@ -245,14 +245,20 @@ async fn follow(
                 .view
                 .events
                 .push(RuntimeEvent::Disconnected { reason }),
-            Ok(Event::HistoryRefused { reason, .. }) => record
-                .view
-                .events
-                .push(RuntimeEvent::HistoryRefused { reason }),
-            Ok(Event::HistoryRestored { reason, .. }) => record
-                .view
-                .events
-                .push(RuntimeEvent::HistoryRestored { reason }),
+            Ok(Event::HistoryRefused { reason, .. }) => match broken {
+                Some(broken) => broken.history_refused(&mut record, reason),
+                None => record
+                    .view
+                    .events
+                    .push(RuntimeEvent::HistoryRefused { reason }),
+            },
+            Ok(Event::HistoryRestored { reason, .. }) => match broken {
+                Some(broken) => broken.history_restored(&mut record, reason),
+                None => record
+                    .view
+                    .events
+                    .push(RuntimeEvent::HistoryRestored { reason }),
+            },
             Ok(Event::CheckpointStale { .. }) => {
                 record.view.events.push(RuntimeEvent::CheckpointStale)
             }
@@ -348,6 +354,17 @@ enum Break {
     ForgetCache,
     /// P1: the runtime id is dropped, so nothing is reported.
     NoReports,
+    /// H1: a server whose log is smaller than the one verified (wound
+    /// back) is followed: its state is put in force.
+    AcceptWoundBack,
+    /// H2: a server whose log forks from the one verified is followed.
+    AcceptFork,
+    /// H3: a declared restore is taken twice.
+    RestoreTwice,
+    /// H4: the age of the server's checkpoints is not checked.
+    IgnoreStaleCheckpoints,
+    /// W1: witness cosignatures are not required.
+    IgnoreWitnesses,
 }
 
 /// gRPC's largest message by default, 4 MiB.
@@ -366,6 +383,8 @@ impl Break {
             }
             Break::ForgetCache => settings.cache_dir = None,
             Break::NoReports => settings.runtime_id = None,
+            Break::IgnoreStaleCheckpoints => settings.max_checkpoint_age_ms = None,
+            Break::IgnoreWitnesses => settings.witnesses = None,
             _ => {}
         }
     }
@@ -402,6 +421,35 @@ impl Break {
                 record.put_in_force(record.moved_to(revision));
             }
             _ => record.refuse(revision, reason),
+        }
+    }
+
+    /// What this broken runtime records of a history the library refused
+    /// (`reason` says why: a log wound back or forked).
+    fn history_refused(self, record: &mut Record, reason: String) {
+        let follows = match self {
+            Break::AcceptWoundBack => reason.contains("wound back"),
+            Break::AcceptFork => reason.contains("fork"),
+            _ => false,
+        };
+        if follows {
+            let next = record.view.revision() + 1;
+            record.put_in_force(record.moved_to(next));
+        } else {
+            record
+                .view
+                .events
+                .push(RuntimeEvent::HistoryRefused { reason });
+        }
+    }
+
+    /// What this broken runtime records of a restore the library took.
+    fn history_restored(self, record: &mut Record, reason: String) {
+        let times = if self == Break::RestoreTwice { 2 } else { 1 };
+        for _ in 0..times {
+            record.view.events.push(RuntimeEvent::HistoryRestored {
+                reason: reason.clone(),
+            });
         }
     }
 

@@ -3,10 +3,12 @@
 
 mod cache;
 mod delivery;
+mod history;
 mod reconnect;
 mod reports;
 mod resume;
 mod verification;
+mod witnesses;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -41,6 +43,8 @@ pub fn all() -> Vec<Test> {
         cache::tests(),
         reports::tests(),
         reconnect::tests(),
+        history::tests(),
+        witnesses::tests(),
     ]
     .into_iter()
     .flatten()

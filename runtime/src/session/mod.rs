@@ -26,7 +26,9 @@
 //! The subscription resumes from the last revision it *decided* on, applied
 //! or rejected, so a rejected version is not sent again in a loop; it
 //! applies a state only when its revision is newer than the applied one
-//! (unless the server says `reset`), so it never goes backwards.
+//! (unless the server says `reset`: a server behind the cursor, such as one
+//! restored from a backup, whose revision it then resumes from), so it
+//! never goes backwards.
 //!
 //! Here is the loop of sessions and backoff; `connection` makes the channel
 //! and says how a session ends, `subscription_state` keeps what outlives a

@@ -403,7 +403,15 @@ impl SubscriptionState {
                 subscription.namespace, bad.name, bad.version
             ))
         };
-        self.decided = self.decided.max(revision.revision);
+        // A reset snapshot is the whole of a server behind the cursor (one
+        // restored from a backup): its revision is the cursor from now on,
+        // or what that server takes up to the old cursor would never be
+        // sent on a resume.
+        self.decided = if revision.reset {
+            revision.revision
+        } else {
+            self.decided.max(revision.revision)
+        };
         let Some(reason) = rejected_because else {
             return Some(Event::Applied(self.applied.clone()));
         };
