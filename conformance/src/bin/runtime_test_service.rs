@@ -72,6 +72,7 @@ async fn info() -> Json<ServiceInfo> {
             Capability::Reports,
             Capability::History,
             Capability::Witnesses,
+            Capability::Endpoints,
             Capability::Fleet,
         ],
     })
@@ -87,8 +88,7 @@ async fn start(
     };
     let id = runtimes.next.fetch_add(1, Ordering::Relaxed).to_string();
     let view = Arc::new(Mutex::new(RuntimeView::default()));
-    let endpoint = settings.endpoints[0].clone();
-    let task = tokio::spawn(follow(subscription, endpoint, view.clone()));
+    let task = tokio::spawn(follow(subscription, view.clone()));
     runtimes
         .running
         .lock()
@@ -104,11 +104,12 @@ async fn start(
 
 /// The library's subscription for the kit's settings.
 fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
-    let [endpoint] = &settings.endpoints[..] else {
-        return Err("exactly one endpoint".to_owned());
-    };
-    let mut subscription = Subscription::new(endpoint.clone(), settings.namespace.clone())
-        .names(settings.names.clone());
+    if settings.endpoints.is_empty() {
+        return Err("at least one endpoint".to_owned());
+    }
+    let mut subscription =
+        Subscription::with_endpoints(settings.endpoints.clone(), settings.namespace.clone())
+            .names(settings.names.clone());
     if let Some(id) = &settings.runtime_id {
         subscription = subscription.runtime(id.clone(), []);
     }
@@ -124,6 +125,9 @@ fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
             Duration::from_millis(backoff.max_ms),
         );
     }
+    if let Some(interval) = settings.rebalance_interval_ms {
+        subscription = subscription.rebalance_interval(Duration::from_millis(interval));
+    }
     if let Some(age) = settings.max_checkpoint_age_ms {
         subscription = subscription.max_checkpoint_age(Some(Duration::from_millis(age)));
     }
@@ -134,7 +138,7 @@ fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
 }
 
 /// Follows until stopped, writing what the subscription says into `view`.
-async fn follow(subscription: Subscription, endpoint: String, view: Arc<Mutex<RuntimeView>>) {
+async fn follow(subscription: Subscription, view: Arc<Mutex<RuntimeView>>) {
     let mut events = std::pin::pin!(subscription.events());
     while let Some(event) = events.next().await {
         let mut view = view.lock().unwrap();
@@ -159,9 +163,9 @@ async fn follow(subscription: Subscription, endpoint: String, view: Arc<Mutex<Ru
                 view.events
                     .push(RuntimeEvent::Rejected { revision, reason });
             }
-            Ok(Event::Connected { .. }) => view.events.push(RuntimeEvent::Connected {
-                endpoint: endpoint.clone(),
-            }),
+            Ok(Event::Connected { endpoint, .. }) => {
+                view.events.push(RuntimeEvent::Connected { endpoint })
+            }
             Ok(Event::Disconnected { reason, .. } | Event::Refused { reason, .. }) => {
                 view.events.push(RuntimeEvent::Disconnected { reason })
             }

@@ -3,6 +3,7 @@
 
 mod cache;
 mod delivery;
+mod endpoints;
 mod reports;
 mod resume;
 mod verification;
@@ -25,6 +26,17 @@ macro_rules! test {
             id: $id,
             obligations: &[$($obligation),*],
             needs: &[$(crate::protocol::Capability::$need),*],
+            replicas: false,
+            run: |context| Box::pin($run(context)),
+        }
+    };
+    // A test that runs two replicas of one server (PostgreSQL).
+    ($id:literal, [$($obligation:literal),*], [$($need:ident),*], replicas, $run:path) => {
+        crate::harness::Test {
+            id: $id,
+            obligations: &[$($obligation),*],
+            needs: &[$(crate::protocol::Capability::$need),*],
+            replicas: true,
             run: |context| Box::pin($run(context)),
         }
     };
@@ -39,6 +51,7 @@ pub fn all() -> Vec<Test> {
         verification::tests(),
         cache::tests(),
         reports::tests(),
+        endpoints::tests(),
     ]
     .into_iter()
     .flatten()
