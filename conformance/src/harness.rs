@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     protocol::{Backoff, Capability, RuntimeSettings, ServiceInfo},
     proxy::FaultProxy,
-    server::{HEARTBEAT, Server},
+    server::{HEARTBEAT, Server, copy_dir},
     service::{Runtime, Service},
 };
 
@@ -31,6 +31,10 @@ pub struct Test {
     pub obligations: &'static [&'static str],
     /// What the implementation must declare for it to run.
     pub needs: &'static [Capability],
+    /// Whether it runs several replicas of one server, which share a
+    /// PostgreSQL database (the kit's `--database-url`); without one the
+    /// test is skipped.
+    pub replicas: bool,
     /// The test.
     pub run: TestFn,
 }
@@ -57,6 +61,8 @@ pub struct Context {
     pub test: &'static str,
     /// The `policyhub` binary.
     pub binary: PathBuf,
+    /// The test's own PostgreSQL database, for a test with replicas.
+    pub database_url: Option<String>,
 }
 
 impl Context {
@@ -87,6 +93,21 @@ impl Context {
             .join(format!("cache-{n}"))
             .to_string_lossy()
             .into_owned()
+    }
+
+    /// Another replica of the test's server, over the same PostgreSQL
+    /// database and with its signing keys (copied from its data directory),
+    /// with a fault proxy of its own in front of it.
+    pub async fn replica(&self, n: usize) -> anyhow::Result<(Server, FaultProxy)> {
+        let Some(url) = &self.database_url else {
+            anyhow::bail!("a replica needs the test's PostgreSQL database");
+        };
+        let data_dir = self.scratch.join(format!("replica-{n}"));
+        copy_dir(self.server.data_dir(), &data_dir)?;
+        let server =
+            Server::start(&self.binary, &data_dir, &[("POLICYHUB_DATABASE_URL", url)]).await?;
+        let proxy = FaultProxy::start(server.grpc_address()).await?;
+        Ok((server, proxy))
     }
 
     /// Whether the implementation declared `capability`.
@@ -150,6 +171,10 @@ pub struct Run<'a> {
     pub info: ServiceInfo,
     /// Tests whose id contains one of these run; empty: all.
     pub filters: &'a [String],
+    /// A PostgreSQL server (`postgres://`, a role that may create
+    /// databases) in which each test with replicas gets a database of its
+    /// own; `None`: those tests are skipped.
+    pub database_url: Option<&'a str>,
 }
 
 impl Run<'_> {
@@ -207,14 +232,20 @@ impl Run<'_> {
                     .to_owned()
             })
             .collect();
+        let skipped = |message: String| Result {
+            id: test.id,
+            obligations: test.obligations,
+            outcome: Outcome::Skipped,
+            seconds: 0.0,
+            message: Some(message),
+        };
         if !missing.is_empty() {
-            return Result {
-                id: test.id,
-                obligations: test.obligations,
-                outcome: Outcome::Skipped,
-                seconds: 0.0,
-                message: Some(format!("needs {}", missing.join(", "))),
-            };
+            return skipped(format!("needs {}", missing.join(", ")));
+        }
+        if test.replicas && self.database_url.is_none() {
+            return skipped(
+                "runs two replicas, which need PostgreSQL: give --database-url".to_owned(),
+            );
         }
         let started = Instant::now();
         let outcome = self.attempt(test).await;
@@ -233,8 +264,25 @@ impl Run<'_> {
     }
 
     async fn attempt(&self, test: &Test) -> anyhow::Result<()> {
+        let database = match (test.replicas, self.database_url) {
+            (true, Some(url)) => Some(Database::create(url).await?),
+            _ => None,
+        };
+        let database_url = database.as_ref().map(|database| database.url.clone());
+        let outcome = self.attempt_with(test, database_url).await;
+        if let Some(database) = database {
+            database.drop_it().await?;
+        }
+        outcome
+    }
+
+    async fn attempt_with(&self, test: &Test, database_url: Option<String>) -> anyhow::Result<()> {
         let scratch = tempfile::tempdir()?;
-        let server = Server::start(self.binary, &scratch.path().join("server"), &[]).await?;
+        let env: Vec<(&str, &str)> = database_url
+            .iter()
+            .map(|url| ("POLICYHUB_DATABASE_URL", url.as_str()))
+            .collect();
+        let server = Server::start(self.binary, &scratch.path().join("server"), &env).await?;
         let proxy = FaultProxy::start(server.grpc_address()).await?;
         let context = Context {
             server,
@@ -244,10 +292,71 @@ impl Run<'_> {
             scratch: scratch.path().to_owned(),
             test: test.id,
             binary: self.binary.to_owned(),
+            database_url,
         };
         match tokio::time::timeout(TEST_TIMEOUT, (test.run)(context)).await {
             Ok(outcome) => outcome,
             Err(_) => anyhow::bail!("did not finish within {TEST_TIMEOUT:?}"),
         }
     }
+}
+
+/// A PostgreSQL database of one test's own, made and dropped with `psql`
+/// over the kit's `--database-url`.
+struct Database {
+    /// The server's URL, the database the kit was given.
+    server: String,
+    name: String,
+    /// The URL of this database.
+    url: String,
+}
+
+impl Database {
+    async fn create(server: &str) -> anyhow::Result<Self> {
+        let name = format!("conformance_{:016x}", fastrand::u64(..));
+        let mut url = reqwest::Url::parse(server)
+            .map_err(|error| anyhow::anyhow!("--database-url is not a URL: {error}"))?;
+        url.set_path(&format!("/{name}"));
+        psql(server, &format!("CREATE DATABASE {name}")).await?;
+        Ok(Database {
+            server: server.to_owned(),
+            name,
+            url: url.into(),
+        })
+    }
+
+    /// Drops it, closing whatever connection a killed replica left.
+    async fn drop_it(self) -> anyhow::Result<()> {
+        psql(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await
+    }
+}
+
+/// Runs one SQL command with `psql` (PostgreSQL's client, on `PATH`).
+async fn psql(url: &str, command: &str) -> anyhow::Result<()> {
+    let output = tokio::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            command,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|error| anyhow::anyhow!("running psql (PostgreSQL's client): {error}"))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "psql {command:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }

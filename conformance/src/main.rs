@@ -22,6 +22,12 @@ struct Args {
     /// Run only the tests whose id contains this; repeat for several.
     #[arg(long = "run")]
     filters: Vec<String>,
+    /// A PostgreSQL server (postgres://USER@HOST:PORT/DATABASE, a role that
+    /// may create databases): each test that runs two replicas of one
+    /// server gets a database of its own there, made and dropped with psql.
+    /// Without it those tests are skipped.
+    #[arg(long, env = "POLICYHUB_CONFORMANCE_DATABASE_URL")]
+    database_url: Option<String>,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -63,6 +69,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         service,
         info,
         filters: &args.filters,
+        database_url: args.database_url.as_deref(),
     };
     let report = run.run(&tests).await;
     println!(

@@ -68,6 +68,10 @@ pub struct RuntimeSettings {
     /// Reconnection backoff: the first bound and the largest, in
     /// milliseconds.
     pub backoff: Option<Backoff>,
+    /// With several endpoints: how long, at most, a runtime away from the
+    /// address it prefers waits before trying that one again, in
+    /// milliseconds; `None`: the implementation's default.
+    pub rebalance_interval_ms: Option<u64>,
     /// How old the server's newest checkpoint may be, in milliseconds;
     /// `None`: the implementation's default.
     pub max_checkpoint_age_ms: Option<u64>,

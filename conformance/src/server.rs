@@ -309,7 +309,8 @@ fn ed25519_verifier_key(name: &str, public: &[u8]) -> String {
     format!("{name}+{id}+{key}")
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies the directory `from` into `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

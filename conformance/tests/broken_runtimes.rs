@@ -155,6 +155,18 @@ const VARIANTS: &[Variant] = &[
         caught_by: &["witnesses.k-of-n-cosignatures"],
         because: &["the state in force moved from revision"],
     },
+    Variant {
+        name: "one-endpoint",
+        obligation: "E1",
+        caught_by: &["endpoints.moves-when-its-replica-dies"],
+        because: &["not within"],
+    },
+    Variant {
+        name: "never-move-back",
+        obligation: "E2",
+        caught_by: &["endpoints.drifts-back-when-its-replica-returns"],
+        because: &["not within"],
+    },
 ];
 
 /// Kit processes at once, besides the reconnect storm: most of a broken
@@ -174,6 +186,15 @@ fn server_binary() -> PathBuf {
         server.display()
     );
     server
+}
+
+/// The PostgreSQL cluster the kit makes the replicas' databases in, for
+/// the tests of several endpoints.
+fn database_url() -> String {
+    std::env::var("POLICYHUB_TEST_DATABASE_URL").expect(
+        "POLICYHUB_TEST_DATABASE_URL is not set: run the tests with ./scripts/test, \
+         which starts a throwaway PostgreSQL cluster",
+    )
 }
 
 /// A test service started with `--break`, stopped when dropped.
@@ -224,6 +245,8 @@ fn run_kit(address: &str, id: &str, server: &Path, report: &Path) -> Verdict {
         .arg(report)
         .arg("--server-binary")
         .arg(server)
+        .arg("--database-url")
+        .arg(database_url())
         .output()
         .expect("the kit runs");
     let report: Value = serde_json::from_slice(&std::fs::read(report).unwrap_or_else(|error| {

@@ -51,6 +51,9 @@ pub enum Event {
     Connected {
         /// The revision the stream resumes from (0: a snapshot comes).
         revision: u64,
+        /// The address it is open to, one of the subscription's
+        /// [endpoints](crate::Subscription::with_endpoints).
+        endpoint: String,
     },
     /// A new whole state, every bundle verified and the application's
     /// validation passed: it is in force, cached, and reported APPLIED.

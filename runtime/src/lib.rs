@@ -61,7 +61,8 @@
 //! - private: `event`, `subscription` and `revoke`, where the types
 //!   [`watcher`] re-exports live; `session` (connect, resume, verify,
 //!   decide, report), `cache` (the last-known-good state on disk),
-//!   `backoff` (full jitter), `token` (a token file read again on every
+//!   `endpoints` (which of several server addresses, rendezvous-ranked by
+//!   the runtime id), `backoff` (full jitter), `token` (a token file read again on every
 //!   call, for [`token_file`]). No two modules import each other (the
 //!   workspace's layering test checks it).
 
@@ -70,6 +71,7 @@ pub mod bundle;
 mod cache;
 pub mod checkpoint;
 pub mod cosignature;
+mod endpoints;
 mod event;
 mod revoke;
 mod session;
@@ -88,6 +90,6 @@ pub mod proto {
 pub use state::{Source, State, VerifiedBundle};
 pub use token::token_file;
 pub use watcher::{
-    DEFAULT_REPORT_SPREAD, Ended, Event, HEARTBEAT_INTERVAL_HEADER, Reader, RevokeError, Revoker,
-    Subscription, TokenSource, Validate, WatchError, report_delay,
+    DEFAULT_REBALANCE_INTERVAL, DEFAULT_REPORT_SPREAD, Ended, Event, HEARTBEAT_INTERVAL_HEADER,
+    Reader, RevokeError, Revoker, Subscription, TokenSource, Validate, WatchError, report_delay,
 };

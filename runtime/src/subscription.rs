@@ -1,6 +1,6 @@
-//! What one subscription follows and how: the endpoint, its TLS and token,
-//! the namespace and names, the runtime identity, the cache, heartbeats,
-//! backoff and checkpoint age. How it is followed is in
+//! What one subscription follows and how: the server's addresses, their
+//! TLS and token, the namespace and names, the runtime identity, the cache,
+//! heartbeats, backoff, rebalancing and checkpoint age. How it is followed is in
 //! [`watcher`](crate::watcher).
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -39,13 +39,18 @@ pub fn report_delay(spread: Duration) -> Duration {
     spread / 2 + (spread / 2).mul_f64(fastrand::f64())
 }
 
+/// How long a subscription away from its first choice of several addresses
+/// waits, at most, before trying that one again, unless it says otherwise.
+pub const DEFAULT_REBALANCE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How old a checkpoint may grow unless the subscription says otherwise.
 pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600);
 
 /// What one subscription follows and how.
 #[derive(Clone)]
 pub struct Subscription {
-    endpoint: String,
+    /// The server's addresses, replicas of one deployment.
+    pub(crate) endpoints: Vec<String>,
     tls: Option<ClientTlsConfig>,
     pub(crate) token: Option<TokenSource>,
     pub(crate) namespace: String,
@@ -56,6 +61,9 @@ pub struct Subscription {
     pub(crate) heartbeat_interval: Option<Duration>,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    /// Away from the first choice, it is tried again after a random time
+    /// in the second half of this.
+    pub(crate) rebalance_interval: Duration,
     /// Reports go out at a random moment within it; zero: at once.
     pub(crate) report_spread: Duration,
     /// Older checkpoints are stale; `None`: not checked.
@@ -75,8 +83,28 @@ impl Subscription {
     /// Follows every policy of `namespace` at `endpoint` (`http://` or
     /// `https://`).
     pub fn new(endpoint: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Subscription::with_endpoints([endpoint], namespace)
+    }
+
+    /// Follows every policy of `namespace` at any of `endpoints`, replicas
+    /// of one deployment (each `http://` or `https://`, with the same TLS
+    /// and token). The runtime prefers one of them, chosen by its
+    /// [runtime id](Self::runtime) with rendezvous hashing (so a fleet
+    /// spreads evenly, each runtime always on the same one) or at random
+    /// without an id. When a connection fails or a stream is lost it
+    /// resumes on the next one, from the revision it holds; the
+    /// [backoff](Self::backoff) waits only once every address failed in a
+    /// row. Away from its first choice, it tries that one again after a
+    /// random time within the [rebalance interval](Self::rebalance_interval)
+    /// and moves back once it answers, closing the stream it leaves only
+    /// then. [`Event::Connected`](crate::Event::Connected) says which
+    /// address each stream is on.
+    pub fn with_endpoints(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        namespace: impl Into<String>,
+    ) -> Self {
         Subscription {
-            endpoint: endpoint.into(),
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
             tls: None,
             token: None,
             namespace: namespace.into(),
@@ -86,6 +114,7 @@ impl Subscription {
             heartbeat_interval: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            rebalance_interval: DEFAULT_REBALANCE_INTERVAL,
             report_spread: DEFAULT_REPORT_SPREAD,
             max_checkpoint_age: Some(DEFAULT_MAX_CHECKPOINT_AGE),
             retry_refused: false,
@@ -205,6 +234,16 @@ impl Subscription {
         self
     }
 
+    /// With several [endpoints](Self::with_endpoints): how long, at most,
+    /// the subscription stays away from its first choice before trying it
+    /// again (a uniformly random time in the second half of `interval`, so
+    /// that a fleet does not move back in one wave; 60 s unless set). The
+    /// stream in use stays open until the one on the first choice is.
+    pub fn rebalance_interval(mut self, interval: Duration) -> Self {
+        self.rebalance_interval = interval;
+        self
+    }
+
     /// Spreads reports: each outcome the runtime decides is reported at a
     /// uniformly random moment within the second half of `spread` after it
     /// (1 s unless set; zero reports at once; see [`report_delay`]),
@@ -218,15 +257,15 @@ impl Subscription {
         self
     }
 
-    /// The connection settings.
-    pub(crate) fn endpoint(&self) -> Result<Endpoint, WatchError> {
+    /// The connection settings of `address`, one of the endpoints.
+    pub(crate) fn endpoint(&self, address: &str) -> Result<Endpoint, WatchError> {
         // Before the server has said its interval, the override or the
         // default paces the connection's own checks.
         let interval = self
             .heartbeat_interval
             .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|_| WatchError::Config(format!("{:?} is not a URL", self.endpoint)))?
+        let mut endpoint = Endpoint::from_shared(address.to_owned())
+            .map_err(|_| WatchError::Config(format!("{address:?} is not a URL")))?
             .connect_timeout(interval.max(Duration::from_secs(1)))
             // HTTP/2 pings find a half-open connection even when the
             // server's heartbeats are far apart.

@@ -89,6 +89,11 @@ pub struct AgentArgs {
     /// Overrides the heartbeat interval the server announces.
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
+    /// With several servers: how long, at most, the agent stays away from
+    /// the one it prefers before trying it again (a random time in the
+    /// second half of this).
+    #[arg(long, env = "POLICYHUB_AGENT_REBALANCE_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    rebalance_interval: Duration,
     /// How old the server's newest signed checkpoint may grow before
     /// /healthz says the state may be stale; 0 turns the check off.
     #[arg(long, env = "POLICYHUB_AGENT_MAX_CHECKPOINT_AGE", value_parser = humantime::parse_duration, default_value = "10m")]
@@ -166,11 +171,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(namespace, names)| {
             let max_checkpoint_age = Some(args.max_checkpoint_age).filter(|age| !age.is_zero());
-            let mut subscription = Subscription::new(target.server.clone(), namespace)
+            let mut subscription = Subscription::with_endpoints(target.servers.clone(), namespace)
                 .names(names.clone())
                 .runtime(runtime_id.clone(), args.labels.clone())
                 .max_checkpoint_age(max_checkpoint_age)
                 .witnesses(args.witnesses.clone(), args.witness_cosignatures)
+                .rebalance_interval(args.rebalance_interval)
                 // A refused token must not take the local API down: the
                 // verified state stays served while the token is fixed.
                 .retry_when_refused(true);

@@ -119,6 +119,39 @@ fn not_a_server_url(server: &str) -> Usage {
     )
 }
 
+/// The URLs of a comma-separated list (one URL is a list of one): each
+/// http:// or https://, all with the same scheme, since one TLS setting
+/// serves them all.
+fn servers_of(list: &str) -> anyhow::Result<Vec<String>> {
+    let servers: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let Some(first) = servers.first() else {
+        return Err(not_a_server_url(list).into());
+    };
+    if let Some(bad) = servers
+        .iter()
+        .find(|server| !(server.starts_with("http://") || server.starts_with("https://")))
+    {
+        return Err(not_a_server_url(bad).into());
+    }
+    let tls = first.starts_with("https://");
+    if servers
+        .iter()
+        .any(|server| server.starts_with("https://") != tls)
+    {
+        return Err(Usage::new(
+            format!("{list:?} mixes http:// and https:// servers"),
+            "give replicas of one deployment, all https:// (or all http://)",
+        )
+        .into());
+    }
+    Ok(servers)
+}
+
 /// A `POLICYHUB_*` variable; empty counts as unset.
 pub(super) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
@@ -140,7 +173,9 @@ fn env_duration(name: &str) -> anyhow::Result<Option<Duration>> {
 
 /// The settings of one connection, resolved.
 pub(super) struct Resolved {
-    pub(super) server: String,
+    /// The server's URLs: one, or for a runtime (`agent`, `watch-active`)
+    /// several replicas of one deployment, given comma-separated.
+    servers: Vec<String>,
     token: Option<String>,
     /// The context whose sign-in gives the token, when nothing else does.
     session: Option<(String, Context)>,
@@ -155,8 +190,8 @@ pub(super) struct Resolved {
 
 /// What a runtime subscription needs to reach the server.
 pub struct RuntimeTarget {
-    /// The server's URL.
-    pub server: String,
+    /// The server's URLs, replicas of one deployment.
+    pub servers: Vec<String>,
     /// TLS, for an https:// URL.
     pub tls: Option<ClientTlsConfig>,
     /// The bearer token of each call: a token file is read again each time
@@ -165,23 +200,45 @@ pub struct RuntimeTarget {
 }
 
 impl Resolved {
+    /// The one server a command other than a runtime talks to.
+    pub(super) fn server(&self) -> anyhow::Result<&str> {
+        match &self.servers[..] {
+            [server] => Ok(server),
+            servers => Err(Usage::new(
+                format!(
+                    "{} servers are given, and this command talks to one",
+                    servers.len()
+                ),
+                "give one URL in --server, POLICYHUB_SERVER or the context's server; \
+                 several, comma-separated, are for `policyhub agent` and `watch-active`",
+            )
+            .into()),
+        }
+    }
+
+    /// Whether the servers speak TLS (they all do or none does).
+    fn speaks_tls(&self) -> bool {
+        self.servers[0].starts_with("https://")
+    }
+
     /// The channel to the resolved server: TLS for https:// URLs, within
     /// the connect timeout, every call bounded by the request timeout.
     async fn channel(&self) -> anyhow::Result<Channel> {
-        let mut endpoint = Channel::from_shared(self.server.clone())
-            .map_err(|_| not_a_server_url(&self.server))?
+        let server = self.server()?;
+        let mut endpoint = Channel::from_shared(server.to_owned())
+            .map_err(|_| not_a_server_url(server))?
             .connect_timeout(self.connect_timeout);
         if !self.request_timeout.is_zero() {
             endpoint = endpoint.timeout(self.request_timeout);
         }
-        if self.server.starts_with("https://") {
+        if self.speaks_tls() {
             endpoint = endpoint
                 .tls_config(self.tls()?)
                 .context(Unusable::new(What::Connection, "configuring tls"))?;
         }
         // The TCP connect has its own timeout; this one also bounds a server
         // that accepts the connection and never speaks HTTP/2.
-        connected_within(&self.server, self.connect_timeout, endpoint.connect()).await
+        connected_within(server, self.connect_timeout, endpoint.connect()).await
     }
 
     /// The bearer token: the one named, else the sign-in's ID token,
@@ -317,11 +374,9 @@ impl Server {
             .or_else(|| env("POLICYHUB_SERVER"))
             .or(context.server)
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
-            return Err(not_a_server_url(&server).into());
-        }
+        let servers = servers_of(&server)?;
         Ok(Resolved {
-            server,
+            servers,
             token: token.map(|token| token.trim().to_owned()),
             session,
             token_file,
@@ -349,7 +404,7 @@ impl Connection {
     pub async fn runtime_target(&self) -> anyhow::Result<RuntimeTarget> {
         let mut resolved = self.resolve()?;
         resolved.token = resolved.token().await?;
-        let tls = if resolved.server.starts_with("https://") {
+        let tls = if resolved.speaks_tls() {
             Some(resolved.tls()?)
         } else {
             None
@@ -363,7 +418,7 @@ impl Connection {
                 }),
         };
         Ok(RuntimeTarget {
-            server: resolved.server,
+            servers: resolved.servers,
             tls,
             token,
         })
@@ -413,4 +468,26 @@ where
         source,
     }
     .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_list_is_split_on_commas_and_holds_urls_of_one_scheme() {
+        assert_eq!(
+            servers_of("http://a:50051").unwrap(),
+            vec!["http://a:50051".to_owned()]
+        );
+        assert_eq!(
+            servers_of("https://a:50051, https://b:50051,").unwrap(),
+            vec!["https://a:50051".to_owned(), "https://b:50051".to_owned()]
+        );
+        let mixed = servers_of("https://a:50051,http://b:50051").unwrap_err();
+        assert!(mixed.to_string().contains("mixes"), "{mixed}");
+        let bare = servers_of("http://a:50051,b:50051").unwrap_err();
+        assert!(bare.to_string().contains("\"b:50051\""), "{bare}");
+        assert!(servers_of(" , ").is_err());
+    }
 }

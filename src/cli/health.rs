@@ -58,7 +58,8 @@ pub async fn health(client: &Client, args: HealthArgs) -> anyhow::Result<ExitCod
         return check(health, args.service, output).await;
     }
     let resolved = connection.resolve()?;
-    let uri: Uri = resolved.server.parse().map_err(|_| not_https())?;
+    let server = resolved.server()?;
+    let uri: Uri = server.parse().map_err(|_| not_https())?;
     if uri.scheme_str() != Some("https") {
         return Err(not_https().into());
     }
@@ -68,8 +69,7 @@ pub async fn health(client: &Client, args: HealthArgs) -> anyhow::Result<ExitCod
     };
     let connecting = unverified_channel(uri, identity, &resolved);
     let channel =
-        super::connection::connected_within(&resolved.server, resolved.connect_timeout, connecting)
-            .await?;
+        super::connection::connected_within(server, resolved.connect_timeout, connecting).await?;
     check(HealthClient::new(channel), args.service, output).await
 }
 

@@ -47,7 +47,8 @@ pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
 /// Follows the namespace until interrupted or refused for good.
 pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> anyhow::Result<()> {
     let target = connection.runtime_target().await?;
-    let mut subscription = Subscription::new(target.server, &args.namespace).names(args.names);
+    let mut subscription =
+        Subscription::with_endpoints(target.servers, &args.namespace).names(args.names);
     if let Some(interval) = args.heartbeat_interval {
         subscription = subscription.heartbeat_interval(interval);
     }

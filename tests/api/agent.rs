@@ -1283,3 +1283,31 @@ async fn each_revision_applied_is_logged_at_info_with_its_fields() {
         std::fs::read_to_string(&log).unwrap()
     );
 }
+
+/// `--server` with two addresses, one of which nothing answers: whichever
+/// the agent prefers, it follows through the other, and every other
+/// command refuses a list of servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_given_several_servers_follows_through_the_one_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    release(&channel, "team", "limits", json!({"v": 1})).await;
+    let servers = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{server_port}",
+        free_port()
+    );
+    let agent = Agent::spawn(&servers, "team", dir.path(), &[]);
+    agent.healthy().await;
+    let revision = release(&channel, "team", "limits", json!({"v": 2})).await;
+    until_revision(&agent, revision).await;
+
+    let refused = Command::new(policyhub_binary())
+        .args(["health", "--server", &servers])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("2 servers are given"), "{stderr}");
+    drop(agent);
+    kill_9(server);
+}

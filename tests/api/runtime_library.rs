@@ -447,7 +447,7 @@ async fn a_black_holed_connection_is_noticed_within_three_of_the_servers_heartbe
     assert!(
         matches!(
             said[lost + 1..],
-            [Event::Connected { revision: 1 }, Event::Applied(_), ..]
+            [Event::Connected { revision: 1, .. }, Event::Applied(_), ..]
         ),
         "{said:?}"
     );

@@ -136,6 +136,7 @@ async fn info() -> Json<ServiceInfo> {
             Capability::Reports,
             Capability::History,
             Capability::Witnesses,
+            Capability::Endpoints,
             Capability::Fleet,
         ],
     })
@@ -154,9 +155,7 @@ async fn start(
     };
     let id = runtimes.next.fetch_add(1, Ordering::Relaxed).to_string();
     let record = Arc::new(Mutex::new(Record::default()));
-    let endpoint = settings.endpoints[0].clone();
-    let follow = follow(subscription, endpoint, record.clone(), runtimes.broken);
-    let task = tokio::spawn(follow);
+    let task = tokio::spawn(follow(subscription, record.clone(), runtimes.broken));
     runtimes
         .running
         .lock()
@@ -172,11 +171,12 @@ async fn start(
 
 /// The library's subscription for the kit's settings.
 fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
-    let [endpoint] = &settings.endpoints[..] else {
-        return Err("exactly one endpoint".to_owned());
-    };
-    let mut subscription = Subscription::new(endpoint.clone(), settings.namespace.clone())
-        .names(settings.names.clone());
+    if settings.endpoints.is_empty() {
+        return Err("at least one endpoint".to_owned());
+    }
+    let mut subscription =
+        Subscription::with_endpoints(settings.endpoints.clone(), settings.namespace.clone())
+            .names(settings.names.clone());
     if let Some(id) = &settings.runtime_id {
         subscription = subscription.runtime(id.clone(), []);
     }
@@ -192,6 +192,9 @@ fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
             Duration::from_millis(backoff.max_ms),
         );
     }
+    if let Some(interval) = settings.rebalance_interval_ms {
+        subscription = subscription.rebalance_interval(Duration::from_millis(interval));
+    }
     if let Some(age) = settings.max_checkpoint_age_ms {
         subscription = subscription.max_checkpoint_age(Some(Duration::from_millis(age)));
     }
@@ -203,12 +206,7 @@ fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
 
 /// Follows until stopped, writing what the subscription says into
 /// `record`, as `broken` distorts it.
-async fn follow(
-    subscription: Subscription,
-    endpoint: String,
-    record: Arc<Mutex<Record>>,
-    broken: Option<Break>,
-) {
+async fn follow(subscription: Subscription, record: Arc<Mutex<Record>>, broken: Option<Break>) {
     let mut events = std::pin::pin!(subscription.events());
     while let Some(event) = events.next().await {
         let mut record = record.lock().unwrap();
@@ -232,10 +230,11 @@ async fn follow(
                 Some(broken) => broken.rejected(&mut record, revision, reason),
                 None => record.refuse(revision, reason),
             },
-            Ok(Event::Connected { .. }) => {
-                record.view.events.push(RuntimeEvent::Connected {
-                    endpoint: endpoint.clone(),
-                });
+            Ok(Event::Connected { endpoint, .. }) => {
+                record
+                    .view
+                    .events
+                    .push(RuntimeEvent::Connected { endpoint });
                 record.connections += 1;
                 if let Some(broken) = broken {
                     broken.connected(&mut record);
@@ -365,6 +364,11 @@ enum Break {
     IgnoreStaleCheckpoints,
     /// W1: witness cosignatures are not required.
     IgnoreWitnesses,
+    /// E1: only the first of several addresses is followed.
+    OneEndpoint,
+    /// E2: an address it moved to is kept: it never tries the one it
+    /// prefers again.
+    NeverMoveBack,
 }
 
 /// gRPC's largest message by default, 4 MiB.
@@ -385,6 +389,8 @@ impl Break {
             Break::NoReports => settings.runtime_id = None,
             Break::IgnoreStaleCheckpoints => settings.max_checkpoint_age_ms = None,
             Break::IgnoreWitnesses => settings.witnesses = None,
+            Break::OneEndpoint => settings.endpoints.truncate(1),
+            Break::NeverMoveBack => settings.rebalance_interval_ms = Some(3_600_000),
             _ => {}
         }
     }

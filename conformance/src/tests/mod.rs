@@ -3,6 +3,7 @@
 
 mod cache;
 mod delivery;
+mod endpoints;
 mod history;
 mod reconnect;
 mod reports;
@@ -28,6 +29,17 @@ macro_rules! test {
             id: $id,
             obligations: &[$($obligation),*],
             needs: &[$(crate::protocol::Capability::$need),*],
+            replicas: false,
+            run: |context| Box::pin($run(context)),
+        }
+    };
+    // A test that runs two replicas of one server (PostgreSQL).
+    ($id:literal, [$($obligation:literal),*], [$($need:ident),*], replicas, $run:path) => {
+        crate::harness::Test {
+            id: $id,
+            obligations: &[$($obligation),*],
+            needs: &[$(crate::protocol::Capability::$need),*],
+            replicas: true,
             run: |context| Box::pin($run(context)),
         }
     };
@@ -45,6 +57,7 @@ pub fn all() -> Vec<Test> {
         reconnect::tests(),
         history::tests(),
         witnesses::tests(),
+        endpoints::tests(),
     ]
     .into_iter()
     .flatten()

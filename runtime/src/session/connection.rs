@@ -92,12 +92,13 @@ where
     }
 }
 
-pub(super) async fn connect(subscription: &Subscription) -> Result<Client, Failure> {
-    let endpoint = subscription.endpoint()?;
+/// A channel to `address`, one of the subscription's endpoints.
+pub(super) async fn connect(subscription: &Subscription, address: &str) -> Result<Client, Failure> {
+    let endpoint = subscription.endpoint(address)?;
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| Failure::Transient(format!("cannot connect: {error}")))?;
+        .map_err(|error| Failure::Transient(format!("cannot connect to {address}: {error}")))?;
     Ok(BundleServiceClient::with_interceptor(
         channel,
         Bearer(subscription.token.clone()),
@@ -126,6 +127,17 @@ impl From<Gone> for Failure {
 }
 
 impl Failure {
+    /// What happened, for a log line.
+    pub(super) fn reason(&self) -> String {
+        match self {
+            Failure::Transient(reason) | Failure::History(reason) | Failure::Config(reason) => {
+                reason.clone()
+            }
+            Failure::Permanent(status) => format!("{:?}: {}", status.code(), status.message()),
+            Failure::Gone => "nobody listens".to_owned(),
+        }
+    }
+
     pub(super) fn from_status(status: Status) -> Self {
         match status.code() {
             Code::Unauthenticated

@@ -10,9 +10,17 @@
 //!     ^                              │ parts ──> whole revision
 //!     │                              │   verify every bundle, validate ──> Applied / Rejected
 //!     │                              │   report APPLIED / REJECTED
-//!     └── full-jitter backoff <──────┘ any failure: UNAVAILABLE, reset,
-//!         Disconnected                 h2 error, 3 missed heartbeats
+//!     └── next address; full-jitter <┘ any failure: UNAVAILABLE, reset,
+//!         backoff after a whole round  h2 error, 3 missed heartbeats
+//!         Disconnected
 //! ```
+//!
+//! With several addresses (`endpoints`), a failure moves to the next one
+//! after a jittered wait within the backoff's first bound, and only a whole
+//! round of failures takes the doubling backoff. A session away from the
+//! runtime's first choice opens a stream there after a jittered rebalance
+//! delay and, once it is open, drops the one in use: the resume is by
+//! revision, so nothing is missed or applied twice across the move.
 //!
 //! Outcomes are reported at a random moment in the second half of the
 //! subscription's report spread after they are decided (several decided
@@ -40,17 +48,20 @@ mod subscription_state;
 
 use std::{convert::Infallible, time::Instant};
 
+use tonic::codec::Streaming;
+
 use tokio::sync::{OwnedMutexGuard, mpsc};
 
 pub(crate) use self::connection::EventSink;
 use self::connection::{
-    Failure, announced_heartbeat, connect, fetch_jwks, refuses_credentials, token_changed,
+    Client, Failure, announced_heartbeat, connect, fetch_jwks, refuses_credentials, token_changed,
 };
 use self::reporter::Reporter;
 use self::subscription_state::SubscriptionState;
 use crate::backoff::Backoff;
+use crate::endpoints::{Endpoints, rebalance_delay};
 use crate::event::{Event, Validate, WatchError};
-use crate::proto::WatchActiveRequest;
+use crate::proto::{WatchActiveRequest, WatchActiveResponse};
 use crate::revoke::Revocation;
 use crate::state::Assembler;
 use crate::subscription::{DEFAULT_HEARTBEAT_INTERVAL, Subscription, report_delay};
@@ -61,6 +72,18 @@ pub(crate) async fn drive<F>(subscription: Subscription, mut sink: EventSink<F>)
 where
     F: Validate,
 {
+    if subscription.endpoints.is_empty() {
+        let no_endpoint = WatchError::Config("the subscription names no endpoint".to_owned());
+        let _ = sink.events.send(Err(no_endpoint)).await;
+        return;
+    }
+    let mut endpoints = Endpoints::rank(
+        &subscription.endpoints,
+        subscription
+            .runtime
+            .as_ref()
+            .map(|runtime| runtime.id.as_str()),
+    );
     let Ok(mut subscription_state) = SubscriptionState::start(&subscription, &mut sink).await
     else {
         return;
@@ -72,6 +95,7 @@ where
         let started = Instant::now();
         let failure = match session(
             &subscription,
+            &mut endpoints,
             &mut subscription_state,
             &mut sink,
             &mut revocations,
@@ -105,8 +129,17 @@ where
         // does not return in a wave.
         if started.elapsed() > subscription.backoff_max {
             backoff = fresh_backoff();
+            endpoints.settled();
         }
-        let retry_in = backoff.next_delay();
+        let failed_from = endpoints.current().to_owned();
+        // The next address is tried after a jittered wait within the
+        // backoff's first bound; once every one failed in a row, after the
+        // doubling backoff.
+        let retry_in = if endpoints.failed() {
+            backoff.next_delay()
+        } else {
+            subscription.backoff_initial.mul_f64(fastrand::f64())
+        };
         // The token refused: another one (a rotated token file) is tried at
         // once rather than after the backoff.
         let refused_token = match (&subscription.token, refused) {
@@ -138,6 +171,8 @@ where
         } else {
             tracing::warn!(
                 %reason,
+                endpoint = %failed_from,
+                next = %endpoints.current(),
                 revision = subscription_state.decided,
                 delay_ms = retry_in.as_millis() as u64,
                 "watch interrupted; resuming from the last decided revision"
@@ -198,17 +233,23 @@ impl Revocations {
     }
 }
 
-/// One connection's life; it ends only by failing.
-async fn session<F>(
+/// A stream open on one address, and what goes with it.
+struct Opened {
+    client: Client,
+    reporter: Reporter,
+    stream: Streaming<WatchActiveResponse>,
+    /// Three heartbeat intervals: a stream silent for longer is dead.
+    deadline: std::time::Duration,
+}
+
+/// Connects to `address`, fetches the keys if none are held, sends the
+/// reports pending and opens the watch from the decided revision.
+async fn open(
     subscription: &Subscription,
+    address: &str,
     subscription_state: &mut SubscriptionState,
-    sink: &mut EventSink<F>,
-    revocations: &mut Revocations,
-) -> Result<Infallible, Failure>
-where
-    F: Validate,
-{
-    let mut client = connect(subscription).await?;
+) -> Result<Opened, Failure> {
+    let mut client = connect(subscription, address).await?;
     let mut reporter = Reporter::new(client.clone());
     if subscription_state.jwks.keys.is_empty() {
         subscription_state.jwks = fetch_jwks(&mut client).await?;
@@ -229,12 +270,46 @@ where
         .heartbeat_interval
         .or_else(|| announced_heartbeat(response.metadata()))
         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-    let deadline = interval * 3;
-    let mut stream = response.into_inner();
+    Ok(Opened {
+        client,
+        reporter,
+        stream: response.into_inner(),
+        deadline: interval * 3,
+    })
+}
+
+/// When a session away from the runtime's first choice tries it again.
+fn next_rebalance(
+    subscription: &Subscription,
+    endpoints: &Endpoints,
+) -> Option<tokio::time::Instant> {
+    (!endpoints.on_preferred())
+        .then(|| tokio::time::Instant::now() + rebalance_delay(subscription.rebalance_interval))
+}
+
+/// One connection's life; it ends only by failing.
+async fn session<F>(
+    subscription: &Subscription,
+    endpoints: &mut Endpoints,
+    subscription_state: &mut SubscriptionState,
+    sink: &mut EventSink<F>,
+    revocations: &mut Revocations,
+) -> Result<Infallible, Failure>
+where
+    F: Validate,
+{
+    let Opened {
+        mut client,
+        mut reporter,
+        mut stream,
+        mut deadline,
+    } = open(subscription, endpoints.current(), subscription_state).await?;
     sink.emit(Event::Connected {
         revision: subscription_state.decided,
+        endpoint: endpoints.current().to_owned(),
     })
     .await?;
+    let mut rebalance_at = next_rebalance(subscription, endpoints);
     let mut assembler = Assembler::default();
     // When the outcomes decided since the last report go out: a random
     // moment in the second half of the spread after the first of them.
@@ -259,6 +334,47 @@ where
                 let reason = subscription_state.freshness.to_string();
                 sink.emit(stale).await?;
                 return Err(Failure::Transient(reason));
+            }
+            () = tokio::time::sleep_until(rebalance_at.unwrap_or_else(tokio::time::Instant::now)),
+                if rebalance_at.is_some() =>
+            {
+                // The stream in use stays until the one on the first choice
+                // is open; a first choice that does not answer within three
+                // heartbeats is tried again later.
+                let preferred = endpoints.preferred().to_owned();
+                let opening = open(subscription, &preferred, subscription_state);
+                match tokio::time::timeout(deadline, opening).await {
+                    Ok(Ok(opened)) => {
+                        tracing::info!(
+                            from = %endpoints.current(),
+                            to = %preferred,
+                            revision = subscription_state.decided,
+                            "moved back to the preferred server"
+                        );
+                        endpoints.moved_to_preferred();
+                        (client, reporter, stream, deadline) =
+                            (opened.client, opened.reporter, opened.stream, opened.deadline);
+                        // Parts of a revision not yet whole come again, whole,
+                        // on the new stream, which resumes from the decided one.
+                        assembler = Assembler::default();
+                        rebalance_at = None;
+                        sink.emit(Event::Connected {
+                            revision: subscription_state.decided,
+                            endpoint: preferred,
+                        })
+                        .await?;
+                    }
+                    Ok(Err(Failure::Gone)) => return Err(Failure::Gone),
+                    Ok(Err(failure)) => {
+                        tracing::debug!(endpoint = %preferred, reason = %failure.reason(), "the preferred server does not answer yet");
+                        rebalance_at = next_rebalance(subscription, endpoints);
+                    }
+                    Err(_) => {
+                        tracing::debug!(endpoint = %preferred, "the preferred server does not answer yet");
+                        rebalance_at = next_rebalance(subscription, endpoints);
+                    }
+                }
+                continue;
             }
         };
         let message = match message {
