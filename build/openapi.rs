@@ -916,7 +916,17 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
         }
         let mut schema =
             json!({"type": "object", "properties": properties, "additionalProperties": false});
-        let required = required_fields(message.name());
+        // By the members' JSON names, as the properties are.
+        let required: Vec<String> = required_fields(message.name())
+            .iter()
+            .map(|name| {
+                message
+                    .get_field_by_name(name)
+                    .unwrap_or_else(|| panic!("{} has no field {name}", message.name()))
+                    .json_name()
+                    .to_owned()
+            })
+            .collect();
         if !required.is_empty() {
             schema["required"] = json!(required);
         }

@@ -467,3 +467,21 @@ async fn the_declared_request_rules_are_the_servers() {
         }
     }
 }
+
+/// Every member a schema requires is one of its properties, by its JSON
+/// name: a schema that closes its properties and requires a member by
+/// another name (`event_kinds` beside `eventKinds`) takes no body at all.
+#[test]
+fn every_required_member_is_a_property() {
+    let document = document();
+    for (name, schema) in document["components"]["schemas"].as_object().unwrap() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            assert!(
+                schema["properties"]
+                    .get(required.as_str().unwrap())
+                    .is_some(),
+                "{name} requires {required}, which is none of its properties"
+            );
+        }
+    }
+}
