@@ -573,7 +573,7 @@ fn name_constraint(field: &str) -> Option<Value> {
         "namespace" => json!({"pattern": NAMESPACE}),
         "name" => json!({"pattern": POLICY_NAME}),
         "runtime_id" => json!({"pattern": "^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$"}),
-        "label" => json!({"pattern": SEMVER}),
+        "label" => json!({"pattern": SEMVER, "maxLength": MAX_LABEL_CHARS}),
         "id" => json!({"format": "uuid"}),
         _ => return None,
     })
@@ -588,10 +588,15 @@ const POLICY_NAME: &str = "^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$";
 
 /// semver.org's pattern of a semantic version, without build metadata,
 /// which a label may not carry (two labels differing only in it would
-/// compare equal).
-const SEMVER: &str = "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\
-                      (?:-((?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)\
-                      (?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$";
+/// compare equal), and with numbers of at most 19 digits: the server reads
+/// each into 64 bits and refuses one beyond (the pattern also leaves out
+/// the 20-digit ones that fit).
+const SEMVER: &str = "^(0|[1-9]\\d{0,18})\\.(0|[1-9]\\d{0,18})\\.(0|[1-9]\\d{0,18})\
+                      (?:-((?:0|[1-9]\\d{0,18}|\\d*[a-zA-Z-][0-9a-zA-Z-]*)\
+                      (?:\\.(?:0|[1-9]\\d{0,18}|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$";
+
+/// `domain::version::MAX_LABEL_CHARS`.
+const MAX_LABEL_CHARS: usize = 128;
 
 /// A runtime's labels, as Kubernetes writes them: at most 16, keys of at
 /// most 63 characters with an optional DNS prefix, values of at most 63.
@@ -617,7 +622,7 @@ fn is_request(message: &MessageDescriptor) -> bool {
     message.name().ends_with("Request")
         || matches!(
             message.name(),
-            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep" | "Requirement"
+            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep" | "FailureRule" | "Requirement"
         )
 }
 
@@ -637,13 +642,12 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         ("CheckAccessRequest", "namespace") => {
             json!({"pattern": format!("^$|{}", &NAMESPACE[1..])})
         }
-        // A requirement may name its policy with the draft's namespace
-        // before it (`team/limits`).
-        ("Requirement", "name") => json!({"pattern": format!(
-            "^({}/)?{}",
-            &NAMESPACE[1..NAMESPACE.len() - 1],
-            &POLICY_NAME[1..]
-        )}),
+        // A requirement names a policy of the draft's own namespace: by
+        // its name, as stated, or with that namespace before it
+        // (`team/limits`), which the server takes too but no schema can
+        // tie to the path's namespace (another one is refused).
+        ("Requirement", "name") => name_constraint("name")?,
+        ("DraftRequest", "requirements") => json!({"maxItems": 32}),
         (_, "namespace" | "name") => name_constraint(field)?,
         ("RuntimeIdentity", "id") => name_constraint("runtime_id")?,
         ("WatchActiveRequest", "names") => name_constraint("name")?,
@@ -656,13 +660,25 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         | ("GetBundleProofRequest", "revision")
         | ("GetConsistencyProofRequest", "old_size") => at_least_one(),
         // Optional at publish: empty is no label.
-        ("PublishRequest", "label") => json!({"pattern": format!("^$|{}", &SEMVER[1..])}),
+        ("PublishRequest", "label") => json!({
+            "pattern": format!("^$|{}", &SEMVER[1..]),
+            "maxLength": MAX_LABEL_CHARS,
+        }),
         (_, "label") => name_constraint("label")?,
         ("ActivateRequest" | "StartRolloutRequest", "targets")
         | ("SetScheduleRequest", "entries")
         | ("ScheduleEntryRequest", "targets") => json!({"minItems": 1}),
+        // `domain::schedule`'s timing: a pattern of at most 256 bytes
+        // (what it may say is croner's cron, left free-form here), and an
+        // IANA zone, by the names chrono-tz parses.
+        ("ScheduleEntryRequest", "cron") => json!({"minLength": 1, "maxLength": 256}),
+        ("ScheduleEntryRequest", "time_zone") => json!({"enum": chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|zone| zone.name())
+            .collect::<Vec<_>>()}),
         ("StartRolloutRequest", "steps") => json!({"minItems": 1, "maxItems": 20}),
         ("RolloutStep", "percentage") => json!({"minimum": 1, "maximum": 100}),
+        ("FailureRule", "max_rejected_fraction") => json!({"minimum": 0, "maximum": 1}),
         ("CreateSubscriptionRequest", "event_kinds") => {
             json!({"minItems": 1, "maxItems": 32, "uniqueItems": true})
         }
@@ -701,9 +717,10 @@ fn required_fields(message: &str) -> &'static [&'static str] {
         "DraftRequest" => &["body"],
         "RollbackRequest" | "RecordRestoreRequest" => &["reason"],
         "StartRolloutRequest" => &["targets", "steps"],
-        "RolloutTargetRequest" | "ScheduleTargetRequest" | "Requirement" => &["name"],
+        "RolloutTargetRequest" | "ScheduleTargetRequest" => &["name"],
+        "Requirement" => &["name", "range"],
         "SetScheduleRequest" => &["entries"],
-        "ScheduleEntryRequest" => &["name", "cron", "targets"],
+        "ScheduleEntryRequest" => &["name", "cron", "time_zone", "targets"],
         "DiffVersionsRequest" => &["from_version", "to_version"],
         "CheckAccessRequest" => &["method"],
         "CreateSubscriptionRequest" => &["name", "url", "event_kinds"],
