@@ -89,7 +89,9 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Value {
 /// One link: from a success of `from`, named `name`, to the operation
 /// `to`, with its parameters (each the target's parameter name and a
 /// runtime expression over the source's request or response) and, for a
-/// target that takes a body, the members the link fills.
+/// target that takes a body, the whole body the link sends: runtime
+/// expressions where the answer gives a value, constants the server takes
+/// where it gives none (a rollout's steps, a schedule's entry).
 struct Link {
     from: &'static str,
     name: &'static str,
@@ -129,6 +131,10 @@ const SUBSCRIPTION: &[(&str, &str)] = &[
     ("namespace", "$response.body#/subscription/namespace"),
     ("name", "$response.body#/subscription/name"),
 ];
+const LISTED_POLICY: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/policies/0/namespace"),
+    ("name", "$response.body#/policies/0/name"),
+];
 const SUBSCRIPTION_NAME: &[(&str, &str)] = &[("name", "$response.body#/subscription/name")];
 
 macro_rules! links {
@@ -153,7 +159,10 @@ macro_rules! links {
 /// parameters that exist.
 const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
-    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED;
+    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED, body || json!({"label": "1.0.0"});
+    // Published and made active at once: the stable version a later
+    // publication's rollout replaces.
+    "PolicyService_Draft" -> "release": "PolicyService_Publish" DRAFTED, body || json!({"activate": true});
     "PolicyService_Draft" -> "discard": "PolicyService_DiscardDraft" DRAFTED;
     "PolicyService_Draft" -> "policy": "PolicyService_GetPolicy" DRAFTED;
     "PolicyService_Draft" -> "versions": "PolicyService_ListVersions" DRAFTED;
@@ -164,6 +173,7 @@ const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "events": "PolicyService_ListEvents_2" DRAFTED_NAMESPACE;
     "PolicyService_Draft" -> "runtimes": "PolicyService_ListRuntimes" DRAFTED_NAMESPACE;
     "PolicyService_Draft" -> "watch": "BundleService_WatchActive" DRAFTED_NAMESPACE;
+    "PolicyService_Draft" -> "rollouts": "PolicyService_ListRollouts" DRAFTED_NAMESPACE;
     "PolicyService_Publish" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
     "PolicyService_Publish" -> "label": "PolicyService_GetVersion_2" &[
         ("namespace", "$response.body#/version/namespace"),
@@ -182,6 +192,13 @@ const LINKS: &[Link] = links![
             "name": "$response.body#/version/name",
             "version": "$response.body#/version/version",
         }],
+        // Two steps, the first baked for an hour, so that the rollout
+        // is still running when its controls follow.
+        "steps": [{"percentage": 50, "bake": "3600s"}, {"percentage": 100}],
+    });
+    "PolicyService_Publish" -> "rollouts": "PolicyService_ListRollouts" DRAFTED_NAMESPACE;
+    "PolicyService_Publish" -> "report": "BundleService_ReportStatus" DRAFTED_NAMESPACE, body || json!({
+        "revision": "$response.body#/revision",
     });
     "PolicyService_Publish" -> "active": "BundleService_GetActive" DRAFTED;
     "PolicyService_Publish" -> "rollback": "PolicyService_Rollback" DRAFTED;
@@ -200,6 +217,9 @@ const LINKS: &[Link] = links![
     "PolicyService_Publish" -> "nextDraft": "PolicyService_Draft" DRAFTED;
     "PolicyService_Publish" -> "schedule": "PolicyService_SetSchedule" DRAFTED_NAMESPACE, body || json!({
         "entries": [{
+            "name": "nightly",
+            "cron": "0 3 * * *",
+            "timeZone": "UTC",
             "targets": [{
                 "name": "$response.body#/version/name",
                 "version": "$response.body#/version/version",
@@ -214,6 +234,9 @@ const LINKS: &[Link] = links![
         ("namespace", "$response.body#/activations/0/namespace"),
         ("name", "$response.body#/activations/0/name"),
     ];
+    "PolicyService_Activate" -> "report": "BundleService_ReportStatus" &[
+        ("namespace", "$response.body#/activations/0/namespace"),
+    ], body || json!({"revision": "$response.body#/revision"});
     "PolicyService_Rollback" -> "active": "BundleService_GetActive" REQUESTED;
     "PolicyService_Rollback" -> "policy": "PolicyService_GetPolicy" REQUESTED;
     "BundleService_GetActive" -> "report": "BundleService_ReportStatus" &[
@@ -237,6 +260,8 @@ const LINKS: &[Link] = links![
     "PolicyService_GetVersion" -> "policies": "PolicyService_ListPolicies_2" &[
         ("namespace", "$response.body#/namespace"),
     ];
+    "PolicyService_ListPolicies" -> "policy": "PolicyService_GetPolicy" LISTED_POLICY;
+    "PolicyService_ListPolicies_2" -> "policy": "PolicyService_GetPolicy" LISTED_POLICY;
     "PolicyService_GetPolicy" -> "latest": "PolicyService_GetVersion" &[
         ("namespace", "$response.body#/namespace"),
         ("name", "$response.body#/name"),
@@ -283,6 +308,13 @@ const LINKS: &[Link] = links![
         ("newSize", "$response.body#/checkpoint/lastEventId"),
     ];
     "PolicyService_RecordRestore" -> "checkpoints": "PolicyService_ListCheckpoints" &[];
+    "PolicyService_ListCheckpoints" -> "restore": "BundleService_GetRestoreProof" &[
+        ("treeSize", "$response.body#/checkpoints/0/lastEventId"),
+    ];
+    "PolicyService_ListCheckpoints" -> "consistency": "BundleService_GetConsistencyProof" &[
+        ("oldSize", "$response.body#/checkpoints/0/lastEventId"),
+        ("newSize", "$response.body#/checkpoints/0/lastEventId"),
+    ];
     "PolicyService_RotateSigningKey" -> "keys": "BundleService_GetSigningKeys" &[];
     "PolicyService_RotateSigningKey" -> "events": "PolicyService_ListEvents" &[];
     "PolicyService_ListEvents" -> "inclusion": "PolicyService_GetInclusionProof" &[
@@ -318,6 +350,10 @@ fn add_links(paths: &mut BTreeMap<String, Map<String, Value>>) {
         }
         if let Some(body) = link.body {
             definition["requestBody"] = body();
+            // The body is the whole request, not members to merge into
+            // one a client made up (schemathesis's extension; by default
+            // it merges).
+            definition["x-schemathesis"] = json!({"merge_body": false});
         }
         source["responses"][success]["links"][link.name] = definition;
     }
@@ -427,15 +463,34 @@ fn operation(
         "responses": responses,
     });
     if body {
+        let mut content = json!({"schema": reference(&input, schemas)});
+        if let Some(example) = request_example(method) {
+            content["example"] = example;
+        }
         operation["requestBody"] = json!({
             "required": true,
-            "content": {"application/json": {"schema": reference(&input, schemas)}},
+            "content": {"application/json": content},
         });
     }
     if public(method) {
         operation["security"] = json!([]);
     }
     operation
+}
+
+/// A request body the server takes from any caller with the role, for the
+/// methods that start something other requests then lead on from and whose
+/// rules (a webhook's public host) no schema states whole: a client
+/// generating requests from the document starts from it.
+fn request_example(method: &MethodDescriptor) -> Option<Value> {
+    Some(match method.name() {
+        "CreateSubscription" => json!({
+            "name": "audit",
+            "url": "https://hooks.example.com/policyhub",
+            "eventKinds": ["EVENT_KIND_PUBLISHED", "EVENT_KIND_ACTIVATED"],
+        }),
+        _ => return None,
+    })
 }
 
 /// Whether a method answers without a token.
