@@ -733,6 +733,12 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
             .collect::<Vec<_>>()}),
         ("StartRolloutRequest", "steps") => json!({"minItems": 1, "maxItems": 20}),
         ("RolloutStep", "percentage") => json!({"minimum": 1, "maximum": 100}),
+        // `domain::rollout::plan`: a bake of 0 to 7 days (604,800 s),
+        // as the JSON mapping writes a Duration (the schema is a reply's
+        // too, so it states the whole range).
+        ("RolloutStep", "bake") => json!({"pattern": "^((0|[1-9][0-9]{0,4}|[1-5][0-9]{5}\
+                                           |60[0-3][0-9]{3}|604[0-7][0-9]{2})\
+                                           (\\.[0-9]{1,9})?|604800(\\.0{1,9})?)s$"}),
         ("FailureRule", "max_rejected_fraction") => json!({"minimum": 0, "maximum": 1}),
         ("CreateSubscriptionRequest", "event_kinds") => {
             json!({"minItems": 1, "maxItems": 32, "uniqueItems": true})
@@ -977,7 +983,16 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
             } else if is_request(message) && !matches!(field.kind(), Kind::Message(_)) {
                 request_scalar(message, &field)
             } else {
-                field_schema(&field, schemas)
+                let mut schema = field_schema(&field, schemas);
+                // A well-known type's schema is inline: the table's rule
+                // on it (a bake's bounds) goes beside its own.
+                if is_request(message)
+                    && schema.get("$ref").is_none()
+                    && let Some(constraint) = request_constraint(message.name(), field.name())
+                {
+                    merge(&mut schema, constraint);
+                }
+                schema
             };
             let mut schema = schema;
             let description = comment(&field);

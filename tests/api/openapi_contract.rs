@@ -402,6 +402,28 @@ fn rules() -> Vec<Rule> {
             })),
         },
         Rule {
+            operation: "POST /v1/namespaces/shop/rollouts",
+            declared: "/steps/0/bake",
+            field: "steps[0].bake",
+            good: json!("3600s"),
+            bad: json!("-1s"),
+            body: Some(json!({
+                "targets": [{"name": "limits", "version": 1}],
+                "steps": [{"percentage": 100, "bake": "{}"}],
+            })),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/rollouts",
+            declared: "/steps/0/bake",
+            field: "steps[0].bake",
+            good: json!("604800s"),
+            bad: json!("604801s"),
+            body: Some(json!({
+                "targets": [{"name": "limits", "version": 1}],
+                "steps": [{"percentage": 100, "bake": "{}"}],
+            })),
+        },
+        Rule {
             operation: "POST /v1/namespaces/shop/subscriptions",
             declared: "/url",
             field: "url",
