@@ -89,7 +89,9 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Value {
 /// One link: from a success of `from`, named `name`, to the operation
 /// `to`, with its parameters (each the target's parameter name and a
 /// runtime expression over the source's request or response) and, for a
-/// target that takes a body, the members the link fills.
+/// target that takes a body, the whole body the link sends: runtime
+/// expressions where the answer gives a value, constants the server takes
+/// where it gives none (a rollout's steps, a schedule's entry).
 struct Link {
     from: &'static str,
     name: &'static str,
@@ -129,6 +131,10 @@ const SUBSCRIPTION: &[(&str, &str)] = &[
     ("namespace", "$response.body#/subscription/namespace"),
     ("name", "$response.body#/subscription/name"),
 ];
+const LISTED_POLICY: &[(&str, &str)] = &[
+    ("namespace", "$response.body#/policies/0/namespace"),
+    ("name", "$response.body#/policies/0/name"),
+];
 const SUBSCRIPTION_NAME: &[(&str, &str)] = &[("name", "$response.body#/subscription/name")];
 
 macro_rules! links {
@@ -153,7 +159,10 @@ macro_rules! links {
 /// parameters that exist.
 const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
-    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED;
+    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED, body || json!({"label": "1.0.0"});
+    // Published and made active at once: the stable version a later
+    // publication's rollout replaces.
+    "PolicyService_Draft" -> "release": "PolicyService_Publish" DRAFTED, body || json!({"activate": true});
     "PolicyService_Draft" -> "discard": "PolicyService_DiscardDraft" DRAFTED;
     "PolicyService_Draft" -> "policy": "PolicyService_GetPolicy" DRAFTED;
     "PolicyService_Draft" -> "versions": "PolicyService_ListVersions" DRAFTED;
@@ -164,6 +173,7 @@ const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "events": "PolicyService_ListEvents_2" DRAFTED_NAMESPACE;
     "PolicyService_Draft" -> "runtimes": "PolicyService_ListRuntimes" DRAFTED_NAMESPACE;
     "PolicyService_Draft" -> "watch": "BundleService_WatchActive" DRAFTED_NAMESPACE;
+    "PolicyService_Draft" -> "rollouts": "PolicyService_ListRollouts" DRAFTED_NAMESPACE;
     "PolicyService_Publish" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
     "PolicyService_Publish" -> "label": "PolicyService_GetVersion_2" &[
         ("namespace", "$response.body#/version/namespace"),
@@ -182,6 +192,13 @@ const LINKS: &[Link] = links![
             "name": "$response.body#/version/name",
             "version": "$response.body#/version/version",
         }],
+        // Two steps, the first baked for an hour, so that the rollout
+        // is still running when its controls follow.
+        "steps": [{"percentage": 50, "bake": "3600s"}, {"percentage": 100}],
+    });
+    "PolicyService_Publish" -> "rollouts": "PolicyService_ListRollouts" DRAFTED_NAMESPACE;
+    "PolicyService_Publish" -> "report": "BundleService_ReportStatus" DRAFTED_NAMESPACE, body || json!({
+        "revision": "$response.body#/revision",
     });
     "PolicyService_Publish" -> "active": "BundleService_GetActive" DRAFTED;
     "PolicyService_Publish" -> "rollback": "PolicyService_Rollback" DRAFTED;
@@ -200,6 +217,9 @@ const LINKS: &[Link] = links![
     "PolicyService_Publish" -> "nextDraft": "PolicyService_Draft" DRAFTED;
     "PolicyService_Publish" -> "schedule": "PolicyService_SetSchedule" DRAFTED_NAMESPACE, body || json!({
         "entries": [{
+            "name": "nightly",
+            "cron": "0 3 * * *",
+            "timeZone": "UTC",
             "targets": [{
                 "name": "$response.body#/version/name",
                 "version": "$response.body#/version/version",
@@ -214,6 +234,9 @@ const LINKS: &[Link] = links![
         ("namespace", "$response.body#/activations/0/namespace"),
         ("name", "$response.body#/activations/0/name"),
     ];
+    "PolicyService_Activate" -> "report": "BundleService_ReportStatus" &[
+        ("namespace", "$response.body#/activations/0/namespace"),
+    ], body || json!({"revision": "$response.body#/revision"});
     "PolicyService_Rollback" -> "active": "BundleService_GetActive" REQUESTED;
     "PolicyService_Rollback" -> "policy": "PolicyService_GetPolicy" REQUESTED;
     "BundleService_GetActive" -> "report": "BundleService_ReportStatus" &[
@@ -237,6 +260,8 @@ const LINKS: &[Link] = links![
     "PolicyService_GetVersion" -> "policies": "PolicyService_ListPolicies_2" &[
         ("namespace", "$response.body#/namespace"),
     ];
+    "PolicyService_ListPolicies" -> "policy": "PolicyService_GetPolicy" LISTED_POLICY;
+    "PolicyService_ListPolicies_2" -> "policy": "PolicyService_GetPolicy" LISTED_POLICY;
     "PolicyService_GetPolicy" -> "latest": "PolicyService_GetVersion" &[
         ("namespace", "$response.body#/namespace"),
         ("name", "$response.body#/name"),
@@ -283,6 +308,13 @@ const LINKS: &[Link] = links![
         ("newSize", "$response.body#/checkpoint/lastEventId"),
     ];
     "PolicyService_RecordRestore" -> "checkpoints": "PolicyService_ListCheckpoints" &[];
+    "PolicyService_ListCheckpoints" -> "restore": "BundleService_GetRestoreProof" &[
+        ("treeSize", "$response.body#/checkpoints/0/lastEventId"),
+    ];
+    "PolicyService_ListCheckpoints" -> "consistency": "BundleService_GetConsistencyProof" &[
+        ("oldSize", "$response.body#/checkpoints/0/lastEventId"),
+        ("newSize", "$response.body#/checkpoints/0/lastEventId"),
+    ];
     "PolicyService_RotateSigningKey" -> "keys": "BundleService_GetSigningKeys" &[];
     "PolicyService_RotateSigningKey" -> "events": "PolicyService_ListEvents" &[];
     "PolicyService_ListEvents" -> "inclusion": "PolicyService_GetInclusionProof" &[
@@ -318,6 +350,10 @@ fn add_links(paths: &mut BTreeMap<String, Map<String, Value>>) {
         }
         if let Some(body) = link.body {
             definition["requestBody"] = body();
+            // The body is the whole request, not members to merge into
+            // one a client made up (schemathesis's extension; by default
+            // it merges).
+            definition["x-schemathesis"] = json!({"merge_body": false});
         }
         source["responses"][success]["links"][link.name] = definition;
     }
@@ -427,15 +463,34 @@ fn operation(
         "responses": responses,
     });
     if body {
+        let mut content = json!({"schema": reference(&input, schemas)});
+        if let Some(example) = request_example(method) {
+            content["example"] = example;
+        }
         operation["requestBody"] = json!({
             "required": true,
-            "content": {"application/json": {"schema": reference(&input, schemas)}},
+            "content": {"application/json": content},
         });
     }
     if public(method) {
         operation["security"] = json!([]);
     }
     operation
+}
+
+/// A request body the server takes from any caller with the role, for the
+/// methods that start something other requests then lead on from and whose
+/// rules (a webhook's public host) no schema states whole: a client
+/// generating requests from the document starts from it.
+fn request_example(method: &MethodDescriptor) -> Option<Value> {
+    Some(match method.name() {
+        "CreateSubscription" => json!({
+            "name": "audit",
+            "url": "https://hooks.example.com/policyhub",
+            "eventKinds": ["EVENT_KIND_PUBLISHED", "EVENT_KIND_ACTIVATED"],
+        }),
+        _ => return None,
+    })
 }
 
 /// Whether a method answers without a token.
@@ -573,7 +628,7 @@ fn name_constraint(field: &str) -> Option<Value> {
         "namespace" => json!({"pattern": NAMESPACE}),
         "name" => json!({"pattern": POLICY_NAME}),
         "runtime_id" => json!({"pattern": "^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$"}),
-        "label" => json!({"pattern": SEMVER}),
+        "label" => json!({"pattern": SEMVER, "maxLength": MAX_LABEL_CHARS}),
         "id" => json!({"format": "uuid"}),
         _ => return None,
     })
@@ -588,10 +643,15 @@ const POLICY_NAME: &str = "^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$";
 
 /// semver.org's pattern of a semantic version, without build metadata,
 /// which a label may not carry (two labels differing only in it would
-/// compare equal).
-const SEMVER: &str = "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\
-                      (?:-((?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)\
-                      (?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$";
+/// compare equal), and with numbers of at most 19 digits: the server reads
+/// each into 64 bits and refuses one beyond (the pattern also leaves out
+/// the 20-digit ones that fit).
+const SEMVER: &str = "^(0|[1-9]\\d{0,18})\\.(0|[1-9]\\d{0,18})\\.(0|[1-9]\\d{0,18})\
+                      (?:-((?:0|[1-9]\\d{0,18}|\\d*[a-zA-Z-][0-9a-zA-Z-]*)\
+                      (?:\\.(?:0|[1-9]\\d{0,18}|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$";
+
+/// `domain::version::MAX_LABEL_CHARS`.
+const MAX_LABEL_CHARS: usize = 128;
 
 /// A runtime's labels, as Kubernetes writes them: at most 16, keys of at
 /// most 63 characters with an optional DNS prefix, values of at most 63.
@@ -617,7 +677,7 @@ fn is_request(message: &MessageDescriptor) -> bool {
     message.name().ends_with("Request")
         || matches!(
             message.name(),
-            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep" | "Requirement"
+            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep" | "FailureRule" | "Requirement"
         )
 }
 
@@ -637,13 +697,12 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         ("CheckAccessRequest", "namespace") => {
             json!({"pattern": format!("^$|{}", &NAMESPACE[1..])})
         }
-        // A requirement may name its policy with the draft's namespace
-        // before it (`team/limits`).
-        ("Requirement", "name") => json!({"pattern": format!(
-            "^({}/)?{}",
-            &NAMESPACE[1..NAMESPACE.len() - 1],
-            &POLICY_NAME[1..]
-        )}),
+        // A requirement names a policy of the draft's own namespace: by
+        // its name, as stated, or with that namespace before it
+        // (`team/limits`), which the server takes too but no schema can
+        // tie to the path's namespace (another one is refused).
+        ("Requirement", "name") => name_constraint("name")?,
+        ("DraftRequest", "requirements") => json!({"maxItems": 32}),
         (_, "namespace" | "name") => name_constraint(field)?,
         ("RuntimeIdentity", "id") => name_constraint("runtime_id")?,
         ("WatchActiveRequest", "names") => name_constraint("name")?,
@@ -656,13 +715,31 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         | ("GetBundleProofRequest", "revision")
         | ("GetConsistencyProofRequest", "old_size") => at_least_one(),
         // Optional at publish: empty is no label.
-        ("PublishRequest", "label") => json!({"pattern": format!("^$|{}", &SEMVER[1..])}),
+        ("PublishRequest", "label") => json!({
+            "pattern": format!("^$|{}", &SEMVER[1..]),
+            "maxLength": MAX_LABEL_CHARS,
+        }),
         (_, "label") => name_constraint("label")?,
         ("ActivateRequest" | "StartRolloutRequest", "targets")
         | ("SetScheduleRequest", "entries")
         | ("ScheduleEntryRequest", "targets") => json!({"minItems": 1}),
+        // `domain::schedule`'s timing: a pattern of at most 256 bytes
+        // (what it may say is croner's cron, left free-form here), and an
+        // IANA zone, by the names chrono-tz parses.
+        ("ScheduleEntryRequest", "cron") => json!({"minLength": 1, "maxLength": 256}),
+        ("ScheduleEntryRequest", "time_zone") => json!({"enum": chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|zone| zone.name())
+            .collect::<Vec<_>>()}),
         ("StartRolloutRequest", "steps") => json!({"minItems": 1, "maxItems": 20}),
         ("RolloutStep", "percentage") => json!({"minimum": 1, "maximum": 100}),
+        // `domain::rollout::plan`: a bake of 0 to 7 days (604,800 s),
+        // as the JSON mapping writes a Duration (the schema is a reply's
+        // too, so it states the whole range).
+        ("RolloutStep", "bake") => json!({"pattern": "^((0|[1-9][0-9]{0,4}|[1-5][0-9]{5}\
+                                           |60[0-3][0-9]{3}|604[0-7][0-9]{2})\
+                                           (\\.[0-9]{1,9})?|604800(\\.0{1,9})?)s$"}),
+        ("FailureRule", "max_rejected_fraction") => json!({"minimum": 0, "maximum": 1}),
         ("CreateSubscriptionRequest", "event_kinds") => {
             json!({"minItems": 1, "maxItems": 32, "uniqueItems": true})
         }
@@ -701,9 +778,10 @@ fn required_fields(message: &str) -> &'static [&'static str] {
         "DraftRequest" => &["body"],
         "RollbackRequest" | "RecordRestoreRequest" => &["reason"],
         "StartRolloutRequest" => &["targets", "steps"],
-        "RolloutTargetRequest" | "ScheduleTargetRequest" | "Requirement" => &["name"],
+        "RolloutTargetRequest" | "ScheduleTargetRequest" => &["name"],
+        "Requirement" => &["name", "range"],
         "SetScheduleRequest" => &["entries"],
-        "ScheduleEntryRequest" => &["name", "cron", "targets"],
+        "ScheduleEntryRequest" => &["name", "cron", "time_zone", "targets"],
         "DiffVersionsRequest" => &["from_version", "to_version"],
         "CheckAccessRequest" => &["method"],
         "CreateSubscriptionRequest" => &["name", "url", "event_kinds"],
@@ -905,7 +983,16 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
             } else if is_request(message) && !matches!(field.kind(), Kind::Message(_)) {
                 request_scalar(message, &field)
             } else {
-                field_schema(&field, schemas)
+                let mut schema = field_schema(&field, schemas);
+                // A well-known type's schema is inline: the table's rule
+                // on it (a bake's bounds) goes beside its own.
+                if is_request(message)
+                    && schema.get("$ref").is_none()
+                    && let Some(constraint) = request_constraint(message.name(), field.name())
+                {
+                    merge(&mut schema, constraint);
+                }
+                schema
             };
             let mut schema = schema;
             let description = comment(&field);
@@ -916,7 +1003,17 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
         }
         let mut schema =
             json!({"type": "object", "properties": properties, "additionalProperties": false});
-        let required = required_fields(message.name());
+        // By the members' JSON names, as the properties are.
+        let required: Vec<String> = required_fields(message.name())
+            .iter()
+            .map(|name| {
+                message
+                    .get_field_by_name(name)
+                    .unwrap_or_else(|| panic!("{} has no field {name}", message.name()))
+                    .json_name()
+                    .to_owned()
+            })
+            .collect();
         if !required.is_empty() {
             schema["required"] = json!(required);
         }

@@ -144,6 +144,19 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
                     let schema = &target["requestBody"]["content"]["application/json"]["schema"];
                     assert!(!schema.is_null(), "{what}: {target_id} takes no body");
                     check_body(&document, &what, body, schema, source_parameters, answer);
+                    // A generated body merged under it would bring the
+                    // members the server refuses beside the ones given.
+                    assert_eq!(
+                        link["x-schemathesis"],
+                        json!({"merge_body": false}),
+                        "{what}: the body is the whole request"
+                    );
+                    for required in required_members(&document, schema) {
+                        assert!(
+                            body.get(&required).is_some(),
+                            "{what}: the body leaves out {required}, which {target_id} requires"
+                        );
+                    }
                 }
                 checked += 1;
             }
@@ -209,11 +222,31 @@ fn check_body(
                 check_body(document, what, item, inner, source_parameters, answer);
             }
         }
-        expression @ Value::String(_) => {
-            check_expression(document, what, expression, source_parameters, answer)
+        Value::String(text) if text.starts_with('$') => {
+            check_expression(document, what, body, source_parameters, answer)
         }
-        _ => {}
+        // A constant: one the document's own schema takes.
+        constant => {
+            let validator = jsonschema::validator_for(schema).unwrap();
+            assert!(
+                validator.is_valid(constant),
+                "{what}: the document refuses the constant {constant}"
+            );
+        }
     }
+}
+
+/// The members `schema` (a `$ref`) requires.
+fn required_members(document: &Value, schema: &Value) -> Vec<String> {
+    schema_at(document, schema, "")
+        .and_then(|schema| schema["required"].as_array())
+        .map(|required| {
+            required
+                .iter()
+                .map(|member| member.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One declared rule, tried against the server: a request that follows
@@ -259,6 +292,22 @@ fn rules() -> Vec<Rule> {
             field: "version",
             good: json!("1.0.0"),
             bad: json!("1.0"),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/namespaces/shop/policies/limits/labels/{}",
+            declared: "label",
+            field: "version",
+            good: json!(format!("1.0.0-{}", "a".repeat(122))),
+            bad: json!(format!("1.0.0-{}", "a".repeat(123))),
+            body: None,
+        },
+        Rule {
+            operation: "GET /v1/namespaces/shop/policies/limits/labels/{}",
+            declared: "label",
+            field: "version",
+            good: json!("1.9999999999999999999.0"),
+            bad: json!("1.99999999999999999999999.0"),
             body: None,
         },
         Rule {
@@ -326,6 +375,53 @@ fn rules() -> Vec<Rule> {
             good: json!("1"),
             bad: json!("0"),
             body: Some(json!({"revision": "{}"})),
+        },
+        Rule {
+            operation: "PUT /v1/namespaces/shop/schedules/nightly",
+            declared: "/entries/0/timeZone",
+            field: "entries[0].time_zone",
+            good: json!("Europe/Berlin"),
+            bad: json!("Mars/Olympus"),
+            body: Some(json!({"entries": [{
+                "name": "nightly",
+                "cron": "0 3 * * *",
+                "timeZone": "{}",
+                "targets": [{"name": "limits", "version": 1}],
+            }]})),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/rollouts",
+            declared: "/failureRule/maxRejectedFraction",
+            field: "failure_rule.max_rejected_fraction",
+            good: json!(0.5),
+            bad: json!(1.5),
+            body: Some(json!({
+                "targets": [{"name": "limits", "version": 1}],
+                "steps": [{"percentage": 100}],
+                "failureRule": {"maxRejectedFraction": "{}"},
+            })),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/rollouts",
+            declared: "/steps/0/bake",
+            field: "steps[0].bake",
+            good: json!("3600s"),
+            bad: json!("-1s"),
+            body: Some(json!({
+                "targets": [{"name": "limits", "version": 1}],
+                "steps": [{"percentage": 100, "bake": "{}"}],
+            })),
+        },
+        Rule {
+            operation: "POST /v1/namespaces/shop/rollouts",
+            declared: "/steps/0/bake",
+            field: "steps[0].bake",
+            good: json!("604800s"),
+            bad: json!("604801s"),
+            body: Some(json!({
+                "targets": [{"name": "limits", "version": 1}],
+                "steps": [{"percentage": 100, "bake": "{}"}],
+            })),
         },
         Rule {
             operation: "POST /v1/namespaces/shop/subscriptions",
@@ -466,4 +562,269 @@ async fn the_declared_request_rules_are_the_servers() {
             }
         }
     }
+}
+
+/// Every member a schema requires is one of its properties, by its JSON
+/// name: a schema that closes its properties and requires a member by
+/// another name (`event_kinds` beside `eventKinds`) takes no body at all.
+#[test]
+fn every_required_member_is_a_property() {
+    let document = document();
+    for (name, schema) in document["components"]["schemas"].as_object().unwrap() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            assert!(
+                schema["properties"]
+                    .get(required.as_str().unwrap())
+                    .is_some(),
+                "{name} requires {required}, which is none of its properties"
+            );
+        }
+    }
+}
+
+/// The operation `id`: its verb, path template and definition.
+fn operation_by_id(document: &Value, id: &str) -> (String, String, Value) {
+    document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, verbs)| {
+            verbs
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(move |(verb, operation)| (verb, path, operation))
+        })
+        .find(|(_, _, operation)| operation["operationId"] == id)
+        .map(|(verb, path, operation)| (verb.to_uppercase(), path.clone(), operation.clone()))
+        .unwrap_or_else(|| panic!("no operation {id}"))
+}
+
+/// `value` with each `$response.body#` expression in it replaced by what
+/// it names in `answer`.
+fn evaluate(value: &Value, answer: &Value) -> Value {
+    match value {
+        Value::String(text) if text.starts_with('$') => {
+            let pointer = text
+                .strip_prefix("$response.body#")
+                .unwrap_or_else(|| panic!("an expression this test does not follow: {text}"));
+            answer
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("the answer has no {pointer}: {answer}"))
+                .clone()
+        }
+        Value::Object(members) => members
+            .iter()
+            .map(|(name, value)| (name.clone(), evaluate(value, answer)))
+            .collect(),
+        Value::Array(items) => items.iter().map(|item| evaluate(item, answer)).collect(),
+        constant => constant.clone(),
+    }
+}
+
+/// Follows the link `name` of `source`'s answer `answer` as a client of the
+/// document does: the target's path and query from the link's parameters
+/// (a path parameter the link leaves out from `others`), and the link's
+/// body, or `{}` where the target takes one and the link gives none.
+fn follow(
+    app: &crate::helpers::TestApp,
+    document: &Value,
+    source: &str,
+    name: &str,
+    answer: &Value,
+    others: &[(&str, &str)],
+) -> crate::http::Reply {
+    let (_, _, operation) = operation_by_id(document, source);
+    let link = operation["responses"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find_map(|response| response["links"].get(name))
+        .unwrap_or_else(|| panic!("{source} has no link {name}"));
+    let target = link["operationId"].as_str().unwrap();
+    let (verb, mut path, definition) = operation_by_id(document, target);
+    let mut query = Vec::new();
+    for parameter in definition["parameters"].as_array().unwrap() {
+        let parameter_name = parameter["name"].as_str().unwrap();
+        let value = match link["parameters"].get(parameter_name) {
+            Some(expression) => match evaluate(expression, answer) {
+                Value::String(text) => text,
+                other => other.to_string(),
+            },
+            None => match others.iter().find(|(other, _)| *other == parameter_name) {
+                Some((_, value)) => (*value).to_owned(),
+                None => continue,
+            },
+        };
+        match parameter["in"].as_str().unwrap() {
+            "path" => path = path.replace(&format!("{{{parameter_name}}}"), &value),
+            "query" => query.push(format!("{parameter_name}={value}")),
+            _ => {}
+        }
+    }
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let body = match link.get("requestBody") {
+        Some(body) => Some(evaluate(body, answer).to_string()),
+        None => definition.get("requestBody").map(|_| "{}".to_owned()),
+    };
+    let reply = curl(
+        app,
+        &verb,
+        &path,
+        body.as_deref(),
+        &["Content-Type: application/json"],
+    );
+    assert!(
+        (200..300).contains(&reply.status),
+        "{source} -> {name}: {verb} {path} {body:?}: {reply:?}"
+    );
+    reply
+}
+
+/// A client that follows the document's links, making up nothing but a
+/// policy's body and the names a link leaves to it, gets a success at
+/// each step from a draft to a rollout and its controls, a schedule and
+/// its controls, and from the listings of policies and checkpoints: the
+/// bodies the links give are whole requests the server takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
+    let app = app(Backend::Sqlite, true).await;
+    let document = document();
+    let draft = |max: u64| {
+        let reply = curl(
+            &app,
+            "POST",
+            "/v1/namespaces/shop/policies/limits/drafts",
+            Some(&json!({"body": {"max": max}}).to_string()),
+            &["Content-Type: application/json"],
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+        reply.json
+    };
+    // The stable version: published and active at once.
+    let stable = draft(1);
+    follow(
+        &app,
+        &document,
+        "PolicyService_Draft",
+        "release",
+        &stable,
+        &[],
+    );
+    // The next one, published beside it; a rollout replaces the stable one.
+    let next = draft(2);
+    let published = follow(
+        &app,
+        &document,
+        "PolicyService_Draft",
+        "publish",
+        &next,
+        &[],
+    )
+    .json;
+    follow(
+        &app,
+        &document,
+        "PolicyService_Publish",
+        "label",
+        &published,
+        &[],
+    );
+    let rollout = follow(
+        &app,
+        &document,
+        "PolicyService_Publish",
+        "rollout",
+        &published,
+        &[],
+    )
+    .json;
+    for control in ["rollout", "rollouts", "pause", "resume", "promote"] {
+        follow(
+            &app,
+            &document,
+            "PolicyService_StartRollout",
+            control,
+            &rollout,
+            &[],
+        );
+    }
+    let schedule = follow(
+        &app,
+        &document,
+        "PolicyService_Publish",
+        "schedule",
+        &published,
+        &[("name", "nightly")],
+    )
+    .json;
+    for control in ["schedule", "schedules", "pause", "resume", "delete"] {
+        follow(
+            &app,
+            &document,
+            "PolicyService_SetSchedule",
+            control,
+            &schedule,
+            &[],
+        );
+    }
+    let policies = curl(&app, "GET", "/v1/policies", None, &[]).json;
+    follow(
+        &app,
+        &document,
+        "PolicyService_ListPolicies",
+        "policy",
+        &policies,
+        &[],
+    );
+    let checkpoints = curl(&app, "GET", "/v1/checkpoints", None, &[]).json;
+    follow(
+        &app,
+        &document,
+        "PolicyService_ListCheckpoints",
+        "consistency",
+        &checkpoints,
+        &[],
+    );
+}
+
+/// Each request body the document gives as an example is one its schema
+/// takes and the server answers with a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_example_is_valid_and_the_server_takes_it() {
+    let app = app(Backend::Sqlite, true).await;
+    let document = document();
+    let mut tried = 0;
+    for (path, verbs) in document["paths"].as_object().unwrap() {
+        for (verb, operation) in verbs.as_object().unwrap() {
+            let content = &operation["requestBody"]["content"]["application/json"];
+            let Some(example) = content.get("example") else {
+                continue;
+            };
+            let id = operation["operationId"].as_str().unwrap();
+            let schema = json!({
+                "$ref": content["schema"]["$ref"],
+                "components": document["components"],
+            });
+            assert!(
+                jsonschema::validator_for(&schema)
+                    .unwrap()
+                    .is_valid(example),
+                "{id}: the schema refuses its example {example}"
+            );
+            let path = path.replace("{namespace}", "shop");
+            let reply = curl(
+                &app,
+                &verb.to_uppercase(),
+                &path,
+                Some(&example.to_string()),
+                &["Content-Type: application/json"],
+            );
+            assert_eq!(reply.status, 200, "{id}: {reply:?}");
+            tried += 1;
+        }
+    }
+    assert!(tried > 0, "the document gives examples");
 }
