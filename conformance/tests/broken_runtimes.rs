@@ -31,6 +31,15 @@ struct Variant {
     because: &'static [&'static str],
 }
 
+/// The tests of a bundle altered on the way, one per alteration.
+const TAMPERED: &[&str] = &[
+    "verification.altered-body",
+    "verification.bad-signature",
+    "verification.unknown-key",
+    "verification.alg-none",
+    "verification.digest-mismatch",
+];
+
 const VARIANTS: &[Variant] = &[
     Variant {
         name: "first-snapshot-in-parts",
@@ -86,13 +95,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "skip-verification",
         obligation: "V1",
-        caught_by: &[
-            "verification.altered-body",
-            "verification.bad-signature",
-            "verification.unknown-key",
-            "verification.alg-none",
-            "verification.digest-mismatch",
-        ],
+        caught_by: TAMPERED,
         because: &["refused with a reason: not within"],
     },
     Variant {
@@ -104,13 +107,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "keep-refused",
         obligation: "V3",
-        caught_by: &[
-            "verification.altered-body",
-            "verification.bad-signature",
-            "verification.unknown-key",
-            "verification.alg-none",
-            "verification.digest-mismatch",
-        ],
+        caught_by: TAMPERED,
         because: &["was put in force"],
     },
     Variant {
