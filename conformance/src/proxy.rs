@@ -277,10 +277,9 @@ async fn downstream_pipe(
         while let Some(length) = next_unit(&pending, is_framed) {
             let mut unit: Vec<u8> = pending.drain(..length).collect();
             let bundle_at = if is_framed {
-                (unit[3] == DATA && find(&unit[FRAME_HEADER..], b"eyJ").is_some())
-                    .then_some(FRAME_HEADER)
+                (unit[3] == DATA && holds_bundle(&unit[FRAME_HEADER..])).then_some(FRAME_HEADER)
             } else {
-                find(&unit, b"eyJ").map(|_| 0)
+                holds_bundle(&unit).then_some(0)
             };
             if let Some(at) = bundle_at {
                 if first_bundle.is_none() && is_framed {
@@ -325,6 +324,28 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
+}
+
+/// The JWS header's `typ` of the signed checkpoint every watch message
+/// carries after its bundles (a heartbeat's only JWS).
+const CHECKPOINT_TYPE: &str = "policyhub-checkpoint+jwt";
+
+/// Whether `bytes` hold a bundle: their first JWS is not a checkpoint's.
+/// A heartbeat carries the checkpoint alone; altering it instead of the
+/// next bundle would spend the fault on what the test does not ask.
+fn holds_bundle(bytes: &[u8]) -> bool {
+    let Some(start) = find(bytes, b"eyJ") else {
+        return false;
+    };
+    let header_length = bytes[start..]
+        .iter()
+        .position(|byte| !(byte.is_ascii_alphanumeric() || b"-_".contains(byte)))
+        .unwrap_or(bytes.len() - start);
+    let header = URL_SAFE_NO_PAD
+        .decode(&bytes[start..start + header_length])
+        .ok()
+        .and_then(|header| serde_json::from_slice::<serde_json::Value>(&header).ok());
+    !header.is_some_and(|header| header["typ"] == CHECKPOINT_TYPE)
 }
 
 /// Alters the first JWS (or, for [`Tamper::Digest`], the first stated
@@ -457,6 +478,23 @@ mod tests {
                 _ => assert_eq!(decoded, header, "{how:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_message_whose_first_jws_is_the_checkpoint_holds_no_bundle() {
+        let checkpoint = jws(
+            &serde_json::json!({"alg": "EdDSA", "kid": "k1", "typ": CHECKPOINT_TYPE}),
+            r#"{"size":3}"#,
+        );
+        let bundle = jws(
+            &serde_json::json!({"alg": "EdDSA", "kid": "k1"}),
+            r#"{"body":{}}"#,
+        );
+        let heartbeat = format!("\x0a\x02{checkpoint}");
+        assert!(!holds_bundle(heartbeat.as_bytes()));
+        let update = format!("\x22\x7f{bundle}\x32\x7f{checkpoint}");
+        assert!(holds_bundle(update.as_bytes()));
+        assert!(!holds_bundle(b"\x08\x01"));
     }
 
     #[test]
