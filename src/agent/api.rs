@@ -18,8 +18,10 @@
 //!   before back in force (and in the files).
 //! - `GET /healthz`: 200 once every namespace holds a verified state, saying
 //!   whether from the server or the cache, connected, whether the
-//!   server's newest signed checkpoint grew stale, and why the server
-//!   refuses the agent's token while it does; 503 before.
+//!   server's newest signed checkpoint grew stale, why the server refuses
+//!   the agent's token while it does, and the last state refused (its
+//!   revision and why) and the last history refused or restore taken;
+//!   503 before.
 //!
 //! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes;
 //! a path asked with a method it does not take is 405 with `Allow`.
@@ -199,23 +201,24 @@ impl Api {
             .map(|followed| {
                 let in_force = followed.current();
                 ready &= in_force.is_some();
-                let held = match &in_force {
-                    Some(in_force) => json!({
-                        "revision": in_force.state.revision.to_string(),
-                        "source": source(&in_force.state),
-                        "connected": followed.connected(),
-                        "checkpointStale": followed.stale(),
-                        "refused": followed.refused(),
-                        "ageSeconds": in_force.age().as_secs(),
+                let mut held = json!({
+                    "revision": null,
+                    "source": null,
+                    "connected": followed.connected(),
+                    "server": followed.server(),
+                    "checkpointStale": followed.stale(),
+                    "refused": followed.refused(),
+                    "lastRejection": followed.last_rejection().map(|(revision, reason)| {
+                        json!({"revision": revision.to_string(), "reason": reason})
                     }),
-                    None => json!({
-                        "revision": null,
-                        "source": null,
-                        "connected": followed.connected(),
-                        "checkpointStale": followed.stale(),
-                        "refused": followed.refused(),
-                    }),
-                };
+                    "lastHistoryRefusal": followed.last_history_refusal(),
+                    "lastHistoryRestore": followed.last_history_restore(),
+                });
+                if let Some(in_force) = &in_force {
+                    held["revision"] = json!(in_force.state.revision.to_string());
+                    held["source"] = json!(source(&in_force.state));
+                    held["ageSeconds"] = json!(in_force.age().as_secs());
+                }
                 (followed.namespace.clone(), held)
             })
             .collect();

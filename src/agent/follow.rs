@@ -50,8 +50,12 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 followed.hold(state);
             }
             Ok(Event::FromCache(state)) => followed.hold(state),
-            Ok(Event::Revoked { restored, .. }) => {
-                followed.rejections.fetch_add(1, Ordering::Relaxed);
+            Ok(Event::Revoked {
+                revision,
+                reason,
+                restored,
+            }) => {
+                followed.reject(revision, reason);
                 if let Some(files) = &files
                     && let Err(reason) = files.lock().await.put_in_force(&restored).await
                 {
@@ -59,19 +63,17 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 }
                 followed.hold(restored);
             }
-            Ok(Event::Rejected { .. }) => {
-                followed.rejections.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Event::Connected { .. }) => {
+            Ok(Event::Rejected { revision, reason }) => followed.reject(revision, reason),
+            Ok(Event::Connected { endpoint, .. }) => {
                 if connected_before {
                     followed.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 connected_before = true;
-                followed.set_connected(true);
+                followed.set_server(Some(endpoint));
                 followed.set_refused(None);
             }
             Ok(Event::Refused { reason, .. }) => {
-                followed.set_connected(false);
+                followed.set_server(None);
                 followed.refusals.fetch_add(1, Ordering::Relaxed);
                 followed.set_refused(Some(reason));
             }
@@ -85,15 +87,15 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 followed.set_stale(true);
             }
             Ok(Event::CheckpointFresh { .. }) => followed.set_stale(false),
-            Ok(Event::Disconnected { .. }) => followed.set_connected(false),
+            Ok(Event::Disconnected { .. }) => followed.set_server(None),
             Ok(Event::HistoryRefused { reason, .. }) => {
                 tracing::error!(
                     namespace = followed.namespace,
                     %reason,
                     "refusing the server's history; the state in force stays"
                 );
-                followed.set_connected(false);
-                followed.history_refusals.fetch_add(1, Ordering::Relaxed);
+                followed.set_server(None);
+                followed.refuse_history(reason);
             }
             Ok(Event::HistoryRestored {
                 reason,
@@ -107,7 +109,7 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                     to_size,
                     "took the server's restored history, as its operator declared"
                 );
-                followed.history_restores.fetch_add(1, Ordering::Relaxed);
+                followed.restore_history(reason);
             }
             Ok(_) => {}
             Err(error) => {

@@ -70,12 +70,19 @@ pub fn source(state: &State) -> &'static str {
 pub struct Followed {
     pub namespace: String,
     state: watch::Sender<Option<Arc<InForce>>>,
-    /// Whether a stream to the server is open.
-    connected: AtomicBool,
+    /// The server address of the stream open now, if one is.
+    server: Mutex<Option<String>>,
     /// Whether the server's newest checkpoint grew too old.
     stale: AtomicBool,
     /// Why the server refuses the agent's credentials, while it does.
     refused: Mutex<Option<String>>,
+    /// The last state refused or taken back: its revision and why, for a
+    /// local operator asking why the agent did not take it.
+    last_rejection: Mutex<Option<(u64, String)>>,
+    /// Why the server's history was refused last.
+    last_history_refusal: Mutex<Option<String>>,
+    /// The operator's reason of the last restored history taken.
+    last_history_restore: Mutex<Option<String>>,
     /// Streams opened again after one was lost.
     pub reconnects: AtomicU64,
     pub rejections: AtomicU64,
@@ -115,26 +122,59 @@ impl Followed {
         })));
     }
 
-    pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
+    /// A stream opened to `server`, or (`None`) none is open.
+    pub fn set_server(&self, server: Option<String>) {
+        *lock(&self.server) = server;
+    }
+
+    pub fn server(&self) -> Option<String> {
+        lock(&self.server).clone()
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        lock(&self.server).is_some()
     }
 
     pub fn set_refused(&self, reason: Option<String>) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+        *lock(&self.refused) = reason;
     }
 
     pub fn refused(&self) -> Option<String> {
-        self.refused
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.refused).clone()
+    }
+
+    /// Notes a state refused or taken back: counted, and kept as the last.
+    pub fn reject(&self, revision: u64, reason: String) {
+        *lock(&self.last_rejection) = Some((revision, reason));
+        self.rejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The revision of the last state refused or taken back, and why.
+    pub fn last_rejection(&self) -> Option<(u64, String)> {
+        lock(&self.last_rejection).clone()
+    }
+
+    /// Notes a history of the server refused: counted, and kept as the
+    /// last.
+    pub fn refuse_history(&self, reason: String) {
+        *lock(&self.last_history_refusal) = Some(reason);
+        self.history_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Why the server's history was refused last.
+    pub fn last_history_refusal(&self) -> Option<String> {
+        lock(&self.last_history_refusal).clone()
+    }
+
+    /// Notes a restored history taken: counted, and its reason kept.
+    pub fn restore_history(&self, reason: String) {
+        *lock(&self.last_history_restore) = Some(reason);
+        self.history_restores.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The operator's reason of the last restored history taken.
+    pub fn last_history_restore(&self) -> Option<String> {
+        lock(&self.last_history_restore).clone()
     }
 
     pub fn set_stale(&self, stale: bool) {
@@ -144,6 +184,11 @@ impl Followed {
     pub fn stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
+}
+
+/// A note's lock; a writer that panicked left a whole value behind.
+fn lock<T>(note: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    note.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Every namespace followed, by name.
@@ -158,9 +203,12 @@ impl FollowedNamespaces {
         let followed = Arc::new(Followed {
             namespace: namespace.to_owned(),
             state: watch::Sender::new(None),
-            connected: AtomicBool::new(false),
+            server: Mutex::new(None),
             stale: AtomicBool::new(false),
             refused: Mutex::new(None),
+            last_rejection: Mutex::new(None),
+            last_history_refusal: Mutex::new(None),
+            last_history_restore: Mutex::new(None),
             reconnects: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             refusals: AtomicU64::new(0),

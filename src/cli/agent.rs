@@ -86,6 +86,14 @@ pub struct AgentArgs {
     /// How long --exec may run before it counts as failed.
     #[arg(long, env = "POLICYHUB_AGENT_EXEC_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     exec_timeout: Duration,
+    /// The bound of the first delay before reconnecting to the server once
+    /// a stream is lost; each failed attempt doubles it, up to
+    /// --backoff-max, and each delay is drawn at random below its bound.
+    #[arg(long, env = "POLICYHUB_AGENT_BACKOFF_INITIAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    backoff_initial: Duration,
+    /// The largest bound of the delay before reconnecting.
+    #[arg(long, env = "POLICYHUB_AGENT_BACKOFF_MAX", value_parser = humantime::parse_duration, default_value = "30s")]
+    backoff_max: Duration,
     /// Overrides the heartbeat interval the server announces.
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -161,6 +169,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    if args.backoff_initial.is_zero() || args.backoff_initial > args.backoff_max {
+        return Err(Usage::new(
+            format!(
+                "--backoff-initial {} is not between zero and --backoff-max {}",
+                humantime::format_duration(args.backoff_initial),
+                humantime::format_duration(args.backoff_max)
+            ),
+            "give a first bound above zero and no larger than the largest",
+        )
+        .into());
+    }
     let runtime_id = args.runtime_id.or_else(host_name).ok_or_else(|| {
         Usage::new(
             "the agent has no runtime id",
@@ -177,6 +196,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .max_checkpoint_age(max_checkpoint_age)
                 .witnesses(args.witnesses.clone(), args.witness_cosignatures)
                 .rebalance_interval(args.rebalance_interval)
+                .backoff(args.backoff_initial, args.backoff_max)
                 // A refused token must not take the local API down: the
                 // verified state stays served while the token is fixed.
                 .retry_when_refused(true);

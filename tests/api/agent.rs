@@ -212,7 +212,8 @@ async fn curl_python_and_shell_read_the_verified_body_and_a_long_poll_returns_at
     assert_eq!(
         health["namespaces"]["payments"],
         json!({"revision": revision.to_string(), "source": "server", "connected": true,
-               "checkpointStale": false, "refused": null,
+               "server": endpoint, "checkpointStale": false, "refused": null, "lastRejection": null,
+               "lastHistoryRefusal": null, "lastHistoryRestore": null,
                "ageSeconds": health["namespaces"]["payments"]["ageSeconds"]}),
         "{health}"
     );
@@ -549,6 +550,22 @@ async fn a_tampered_bundle_never_reaches_the_api_or_the_files() {
         health["namespaces"]["team"]["revision"],
         json!(tampered.to_string())
     );
+    let health = health_until(&agent, "the last refusal", |health| {
+        !health["namespaces"]["team"]["lastRejection"].is_null()
+    })
+    .await;
+    let refusal = &health["namespaces"]["team"]["lastRejection"];
+    assert_eq!(
+        refusal["revision"],
+        json!(tampered.to_string()),
+        "/healthz names the revision refused: {health}"
+    );
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("does not verify")),
+        "/healthz says why it was refused: {health}"
+    );
     drop(agent);
     kill_9(server);
 }
@@ -806,6 +823,15 @@ async fn a_failing_reload_is_reported_rejected_with_its_stderr_and_rolls_the_rol
     assert!(
         status.contains("the health check failed after the reload"),
         "{status}"
+    );
+    let health = health_until(&agent, "the application's refusal", |health| {
+        health["namespaces"]["team"]["lastRejection"]["revision"] == json!(good.to_string())
+    })
+    .await;
+    assert_eq!(
+        health["namespaces"]["team"]["lastRejection"],
+        json!({"revision": good.to_string(), "reason": "the health check failed after the reload"}),
+        "/healthz keeps the last refusal, the application's too"
     );
     drop(agent);
     crate::helpers::terminate(server).await;
