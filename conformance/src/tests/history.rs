@@ -57,6 +57,16 @@ async fn wound_back(mut context: Context) -> anyhow::Result<()> {
     let before = runtime.view().await?.events.len();
 
     context.server.wind_back(&backup).await?;
+    // The smaller tree first, before the server grows past the verified
+    // one (a larger tree that does not extend it is a fork, H2).
+    runtime
+        .until(
+            "the smaller tree of the wound-back server refused",
+            Duration::from_secs(10),
+            |view| refusals_since(view, before) > 0 || view.revision() != verified,
+        )
+        .await?;
+    stays_at(&runtime, verified, Duration::from_millis(300)).await?;
     release(&context, "p", 3).await?;
     let past = release(&context, "q", 1).await?;
     ensure!(
