@@ -227,3 +227,13 @@ impl RuntimeView {
         self.events.iter().any(matches)
     }
 }
+
+/// Serves a test service's `app` on `listen` (port 0: a free one),
+/// printing its address (`http://host:port`) on standard output once it
+/// listens, as the kit's scripts read it.
+pub async fn serve(listen: std::net::SocketAddr, app: axum::Router) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -122,10 +122,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/runtimes", axum::routing::post(start))
         .route("/runtimes/{id}", get(view).delete(stop))
         .with_state(runtimes);
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
-    Ok(())
+    policyhub_conformance::protocol::serve(args.listen, app).await
 }
 
 async fn info() -> Json<ServiceInfo> {
