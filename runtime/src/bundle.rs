@@ -101,6 +101,24 @@ pub struct Jwks {
 }
 
 impl Jwks {
+    /// The key set of a `GetSigningKeys` answer.
+    pub(crate) fn from_response(response: crate::proto::GetSigningKeysResponse) -> Self {
+        Jwks {
+            keys: response
+                .keys
+                .into_iter()
+                .map(|key| Jwk {
+                    kty: key.kty,
+                    crv: key.crv,
+                    x: key.x,
+                    kid: key.kid,
+                    alg: key.alg,
+                    use_: key.r#use,
+                })
+                .collect(),
+        }
+    }
+
     /// Whether a key with this id is in the set.
     pub fn knows(&self, kid: &str) -> bool {
         self.keys.iter().any(|key| key.kid == kid)
@@ -129,6 +147,7 @@ pub fn thumbprint(x: &str) -> String {
 
 /// Why a bundle did not verify.
 #[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The text is not a JWS with a readable header.
     #[error("not a signed bundle: {0}")]
@@ -254,25 +273,6 @@ pub fn verify_envelope(
         ));
     }
     Ok(claims)
-}
-
-impl From<crate::proto::GetSigningKeysResponse> for Jwks {
-    fn from(response: crate::proto::GetSigningKeysResponse) -> Self {
-        Jwks {
-            keys: response
-                .keys
-                .into_iter()
-                .map(|key| Jwk {
-                    kty: key.kty,
-                    crv: key.crv,
-                    x: key.x,
-                    kid: key.kid,
-                    alg: key.alg,
-                    use_: key.r#use,
-                })
-                .collect(),
-        }
-    }
 }
 
 #[cfg(test)]

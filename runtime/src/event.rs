@@ -4,8 +4,6 @@
 
 use std::{future::Future, time::Duration};
 
-use tonic::Status;
-
 use crate::state::State;
 
 /// The application's verdict on each new whole state, before it is put in
@@ -29,14 +27,37 @@ where
 
 /// Why a subscription stopped for good.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WatchError {
     /// The server refused the subscription itself (credentials, role, a
     /// malformed request): retrying cannot help.
-    #[error("the server refused the watch: {}", .0.message())]
-    Refused(Status),
+    #[error("the server refused the watch ({refusal:?}): {message}")]
+    Refused {
+        /// What kind of refusal.
+        refusal: Refusal,
+        /// The server's words.
+        message: String,
+    },
     /// The subscription is misconfigured.
     #[error("{0}")]
     Config(String),
+}
+
+/// Why the server refused a subscription for good, by the gRPC status
+/// code it answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No valid credentials (`UNAUTHENTICATED`).
+    Unauthenticated,
+    /// The credentials may not watch this namespace (`PERMISSION_DENIED`).
+    PermissionDenied,
+    /// The request is malformed (`INVALID_ARGUMENT`).
+    InvalidArgument,
+    /// The server cannot serve it as it stands (`FAILED_PRECONDITION`).
+    FailedPrecondition,
+    /// The server does not offer the call (`UNIMPLEMENTED`).
+    Unimplemented,
 }
 
 /// What happened to a subscription.

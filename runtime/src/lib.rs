@@ -57,10 +57,11 @@
 //! - [`bundle`]: the signed bundle format: claims, JWK(S), offline
 //!   verification, canonical JSON and digests.
 //! - [`checkpoint`]: signed checkpoints of the server's event log.
-//! - [`proto`]: the generated `policyhub.v1` client.
 //! - private: `event`, `subscription` and `revoke`, where the types
 //!   [`watcher`] re-exports live; `session` (connect, resume, verify,
-//!   decide, report), `cache` (the last-known-good state on disk),
+//!   decide, report), `proto` (the generated `policyhub.v1` client: the
+//!   transport, no type of which is in the public API), `tls` (the
+//!   [`Tls`] settings, as PEM), `cache` (the last-known-good state on disk),
 //!   `endpoints` (which of several server addresses, rendezvous-ranked by
 //!   the runtime id), `backoff` (full jitter), `token` (a token file read again on every
 //!   call, for [`token_file`]). No two modules import each other (the
@@ -77,19 +78,24 @@ mod revoke;
 mod session;
 pub mod state;
 mod subscription;
+mod tls;
 mod token;
 pub mod tree;
 pub mod watcher;
 
-/// The generated protobuf types and the `BundleService` client.
-pub mod proto {
-    #![allow(missing_docs, clippy::all)]
+/// The generated protobuf types and the `BundleService` client: the
+/// transport, kept out of the public API. The shared `types.proto` holds
+/// messages no runtime reads, hence `dead_code`.
+mod proto {
+    #![allow(missing_docs, clippy::all, dead_code)]
     tonic::include_proto!("policyhub.v1");
 }
 
 pub use state::{Source, State, VerifiedBundle};
+pub use tls::Tls;
 pub use token::token_file;
 pub use watcher::{
     DEFAULT_REBALANCE_INTERVAL, DEFAULT_REPORT_SPREAD, Ended, Event, HEARTBEAT_INTERVAL_HEADER,
-    Reader, RevokeError, Revoker, Subscription, TokenSource, Validate, WatchError, report_delay,
+    Reader, Refusal, RevokeError, Revoker, Subscription, TokenSource, Validate, WatchError,
+    report_delay,
 };

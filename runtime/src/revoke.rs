@@ -16,6 +16,7 @@ pub(crate) struct Revocation {
 
 /// Why a revocation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RevokeError {
     /// Only the state in force can be taken back.
     #[error("revision {asked} is not the state in force (revision {held} is)")]

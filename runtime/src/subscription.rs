@@ -6,11 +6,12 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::{Mutex, mpsc};
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::event::WatchError;
 use crate::proto::RuntimeIdentity;
 use crate::revoke::{Revocation, Revoker};
+use crate::tls::Tls;
 
 /// Gives the bearer token of each call (so a rotated token file is read
 /// again, see [`token_file`](crate::token_file)); `None` sends no token.
@@ -51,7 +52,7 @@ pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600)
 pub struct Subscription {
     /// The server's addresses, replicas of one deployment.
     pub(crate) endpoints: Vec<String>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Tls>,
     pub(crate) token: Option<TokenSource>,
     pub(crate) namespace: String,
     pub(crate) names: Vec<String>,
@@ -163,7 +164,7 @@ impl Subscription {
     }
 
     /// TLS settings for an `https://` endpoint.
-    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+    pub fn tls(mut self, tls: Tls) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -275,7 +276,7 @@ impl Subscription {
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint
-                .tls_config(tls.clone())
+                .tls_config(tls.client_config())
                 .map_err(|error| WatchError::Config(format!("tls: {error}")))?;
         }
         Ok(endpoint)

@@ -18,7 +18,7 @@ use std::{future::Future, pin::pin, sync::Arc};
 use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::{mpsc, watch};
 
-pub use crate::event::{Event, Validate, WatchError};
+pub use crate::event::{Event, Refusal, Validate, WatchError};
 pub use crate::revoke::{RevokeError, Revoker};
 use crate::session::{EventSink, drive};
 use crate::state::State;

@@ -413,6 +413,7 @@ async fn reject(followed: &Followed, body: Incoming) -> Result<Response<Body>, S
                     Status::failed_precondition(refused.to_string())
                 }
                 RevokeError::Ended => Status::unavailable(refused.to_string()),
+                _ => Status::unknown(refused.to_string()),
             })?;
     // Answer once the restored state is in force here too (its files
     // swapped back and reloaded).

@@ -193,7 +193,7 @@ pub struct RuntimeTarget {
     /// The server's URLs, replicas of one deployment.
     pub servers: Vec<String>,
     /// TLS, for an https:// URL.
-    pub tls: Option<ClientTlsConfig>,
+    pub tls: Option<policyhub_runtime::Tls>,
     /// The bearer token of each call: a token file is read again each time
     /// (a rotated token), the last good one kept if it cannot be.
     pub token: Option<policyhub_runtime::TokenSource>,
@@ -262,6 +262,18 @@ impl Resolved {
         }
         if let Some((cert, key)) = &self.identity {
             tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
+
+    /// The same TLS settings, as the runtime library takes them.
+    fn runtime_tls(&self) -> anyhow::Result<policyhub_runtime::Tls> {
+        let mut tls = policyhub_runtime::Tls::new();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(read(ca)?);
+        }
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(read(cert)?, read(key)?);
         }
         Ok(tls)
     }
@@ -405,7 +417,7 @@ impl Connection {
         let mut resolved = self.resolve()?;
         resolved.token = resolved.token().await?;
         let tls = if resolved.speaks_tls() {
-            Some(resolved.tls()?)
+            Some(resolved.runtime_tls()?)
         } else {
             None
         };

@@ -17,16 +17,13 @@ use super::output::{
 };
 use crate::domain::{Label, Namespace, PolicyRef};
 use crate::grpc::{
-    convert::{json_to_struct, timestamp},
+    convert::{json_to_struct, jwks, timestamp},
     proto::{
         self, bundle_service_client::BundleServiceClient, get_active_request::AsOf,
         get_version_request::Selector, policy_service_client::PolicyServiceClient,
     },
 };
-use policyhub_runtime::{
-    bundle::{Envelope, Jwks, verify_envelope},
-    proto::bundle_service_client::BundleServiceClient as RuntimeBundleClient,
-};
+use policyhub_runtime::bundle::{Envelope, verify_envelope};
 
 /// Arguments of `policyhub get-active`.
 #[derive(Debug, clap::Args)]
@@ -280,8 +277,8 @@ impl ClientCommand for GetActiveArgs {
         let body = if bundle.draft {
             json::body(bundle.body.clone())?
         } else {
-            let keys = RuntimeBundleClient::new(channel)
-                .get_signing_keys(policyhub_runtime::proto::GetSigningKeysRequest {})
+            let keys = BundleServiceClient::new(channel)
+                .get_signing_keys(proto::GetSigningKeysRequest {})
                 .await
                 .reply("fetching the signing keys")?;
             let envelope = Envelope {
@@ -290,7 +287,7 @@ impl ClientCommand for GetActiveArgs {
                 version: bundle.version,
                 digest: &bundle.digest,
             };
-            verify_envelope(&bundle.jws, &envelope, &Jwks::from(keys))
+            verify_envelope(&bundle.jws, &envelope, &jwks(&keys))
                 .map_err(|reason| {
                     Unusable::new(
                         What::ServedBundle,

@@ -5,8 +5,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use futures::StreamExt;
-use policyhub_runtime::{Event, Source, State, Subscription, WatchError};
+use policyhub_runtime::{Event, Refusal, Source, State, Subscription, WatchError};
 use serde_json::json;
+use tonic::{Code, Status};
 
 use super::connection::Connection;
 use super::failure::{Refused, Unusable, What};
@@ -75,16 +76,30 @@ pub async fn run(connection: &Connection, output: Output, args: WatchArgs) -> an
                 previous = Some(state);
             }
             Ok(_) => {}
-            Err(WatchError::Refused(status)) => {
+            Err(WatchError::Refused { refusal, message }) => {
                 let action = format!("watching namespace {}", args.namespace);
+                let status = Status::new(refusal_code(refusal), message);
                 return Err(Refused::new(action, status).into());
             }
             Err(WatchError::Config(message)) => {
                 return Err(Unusable::new(What::Connection, message).into());
             }
+            Err(error) => return Err(Unusable::new(What::Connection, error.to_string()).into()),
         }
     }
     Ok(())
+}
+
+/// The gRPC code a refusal came as, for the exit code it maps to.
+fn refusal_code(refusal: Refusal) -> Code {
+    match refusal {
+        Refusal::Unauthenticated => Code::Unauthenticated,
+        Refusal::PermissionDenied => Code::PermissionDenied,
+        Refusal::InvalidArgument => Code::InvalidArgument,
+        Refusal::FailedPrecondition => Code::FailedPrecondition,
+        Refusal::Unimplemented => Code::Unimplemented,
+        _ => Code::Unknown,
+    }
 }
 
 /// Prints a whole state: every bundle, and which changed since the last.

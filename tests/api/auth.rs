@@ -772,6 +772,48 @@ async fn tls_refuses_plaintext_and_mtls_refuses_clients_without_a_certificate() 
         .await
         .expect("an mTLS client with a certificate is served");
     assert!(!keys.into_inner().keys.is_empty());
+
+    // The runtime library's own TLS settings: with the client certificate
+    // its stream opens; without one it never does.
+    let first_event = |tls: policyhub_runtime::Tls| {
+        let token = token.clone();
+        let subscription =
+            policyhub_runtime::Subscription::new(format!("https://{address}"), "team-a")
+                .tls(tls)
+                .token(std::sync::Arc::new(move || Some(token.clone())));
+        async move {
+            let mut events = std::pin::pin!(subscription.events());
+            futures::StreamExt::next(&mut events).await
+        }
+    };
+    let authority = || {
+        policyhub_runtime::Tls::new()
+            .ca_certificate(read("ca.crt"))
+            .domain_name("localhost")
+    };
+    let with_certificate = tokio::time::timeout(
+        Duration::from_secs(10),
+        first_event(authority().identity(read("client.crt"), read("client.key"))),
+    )
+    .await
+    .expect("the library's stream opens over mTLS");
+    assert!(
+        matches!(
+            with_certificate,
+            Some(Ok(policyhub_runtime::Event::Connected { .. }))
+        ),
+        "{with_certificate:?}"
+    );
+    let without = tokio::time::timeout(Duration::from_secs(10), first_event(authority()))
+        .await
+        .expect("the library says why it cannot connect");
+    assert!(
+        matches!(
+            without,
+            Some(Ok(policyhub_runtime::Event::Disconnected { .. }))
+        ),
+        "{without:?}"
+    );
 }
 
 /// A runtime id belongs to the subject whose token opened its stream

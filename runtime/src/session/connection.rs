@@ -11,7 +11,7 @@ use tonic::{
 };
 
 use crate::bundle::Jwks;
-use crate::event::{Event, Validate, WatchError};
+use crate::event::{Event, Refusal, Validate, WatchError};
 use crate::proto::{GetSigningKeysRequest, bundle_service_client::BundleServiceClient};
 use crate::subscription::{HEARTBEAT_INTERVAL_HEADER, Subscription, TokenSource};
 
@@ -50,10 +50,10 @@ pub(super) async fn token_changed(source: Option<&TokenSource>, refused: Option<
 /// Whether `status` refuses the caller's credentials (a token expired,
 /// rotated or without the role), which new credentials may fix without a
 /// restart.
-pub(super) fn refuses_credentials(status: &Status) -> bool {
+pub(super) fn refuses_credentials(refusal: Refusal) -> bool {
     matches!(
-        status.code(),
-        Code::Unauthenticated | Code::PermissionDenied
+        refusal,
+        Refusal::Unauthenticated | Refusal::PermissionDenied
     )
 }
 
@@ -113,7 +113,7 @@ pub(super) enum Failure {
     /// last: retry after a backoff, applying nothing meanwhile.
     History(String),
     /// The server refused for good.
-    Permanent(Status),
+    Permanent { refusal: Refusal, message: String },
     /// The subscription cannot work as configured.
     Config(String),
     /// Nobody listens any more.
@@ -133,19 +133,23 @@ impl Failure {
             Failure::Transient(reason) | Failure::History(reason) | Failure::Config(reason) => {
                 reason.clone()
             }
-            Failure::Permanent(status) => format!("{:?}: {}", status.code(), status.message()),
+            Failure::Permanent { refusal, message } => format!("{refusal:?}: {message}"),
             Failure::Gone => "nobody listens".to_owned(),
         }
     }
 
     pub(super) fn from_status(status: Status) -> Self {
-        match status.code() {
-            Code::Unauthenticated
-            | Code::PermissionDenied
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::Unimplemented => Failure::Permanent(status),
-            _ => Failure::Transient(format!("{:?}: {}", status.code(), status.message())),
+        let refusal = match status.code() {
+            Code::Unauthenticated => Refusal::Unauthenticated,
+            Code::PermissionDenied => Refusal::PermissionDenied,
+            Code::InvalidArgument => Refusal::InvalidArgument,
+            Code::FailedPrecondition => Refusal::FailedPrecondition,
+            Code::Unimplemented => Refusal::Unimplemented,
+            code => return Failure::Transient(format!("{code:?}: {}", status.message())),
+        };
+        Failure::Permanent {
+            refusal,
+            message: status.message().to_owned(),
         }
     }
 }
@@ -153,7 +157,7 @@ impl Failure {
 impl From<WatchError> for Failure {
     fn from(error: WatchError) -> Self {
         match error {
-            WatchError::Refused(status) => Failure::Permanent(status),
+            WatchError::Refused { refusal, message } => Failure::Permanent { refusal, message },
             WatchError::Config(message) => Failure::Config(message),
         }
     }
@@ -165,5 +169,5 @@ pub(super) async fn fetch_jwks(client: &mut Client) -> Result<Jwks, Failure> {
         .await
         .map_err(Failure::from_status)?
         .into_inner();
-    Ok(Jwks::from(keys))
+    Ok(Jwks::from_response(keys))
 }

@@ -108,13 +108,16 @@ where
         let history = matches!(failure, Failure::History(_));
         let (reason, refused) = match failure {
             Failure::Gone => return,
-            Failure::Permanent(status)
-                if subscription.retry_refused && refuses_credentials(&status) =>
+            Failure::Permanent { refusal, message }
+                if subscription.retry_refused && refuses_credentials(refusal) =>
             {
-                (format!("{:?}: {}", status.code(), status.message()), true)
+                (format!("{refusal:?}: {message}"), true)
             }
-            Failure::Permanent(status) => {
-                let _ = sink.events.send(Err(WatchError::Refused(status))).await;
+            Failure::Permanent { refusal, message } => {
+                let _ = sink
+                    .events
+                    .send(Err(WatchError::Refused { refusal, message }))
+                    .await;
                 return;
             }
             Failure::Config(message) => {
