@@ -46,6 +46,8 @@ class ProtoStubs(BuildHookInterface):  # type: ignore[type-arg]
         if protoc.main(arguments) != 0:
             raise RuntimeError("protoc failed on " + " ".join(PROTOS))
         generated = out / "policyhub" / "v1"
-        (generated / "__init__.py").write_text('"""The generated `policyhub.v1` messages and stubs."""\n')
+        (generated / "__init__.py").write_text(
+            '"""The generated `policyhub.v1` messages and stubs."""\n'
+        )
         for path in sorted(generated.iterdir()):
             build_data["force_include"][str(path)] = f"policyhub/v1/{path.name}"

@@ -223,7 +223,9 @@ def handler(service: Service) -> type[BaseHTTPRequestHandler]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:8111", help="host:port; port 0 takes a free one")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8111", help="host:port; port 0 takes a free one"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     host, port = args.listen.rsplit(":", 1)

@@ -93,7 +93,7 @@ __all__ = [
     "Validate",
     "VerifiedBundle",
     "VerifyError",
-    "Watcher",
     "WatchError",
+    "Watcher",
     "token_file",
 ]

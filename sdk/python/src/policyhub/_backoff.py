@@ -17,7 +17,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The next delay."""
-        bound = min(self._max, self._initial * 2 ** min(self._attempt, 62))
+        bound = min(self._max, self._initial * (1 << min(self._attempt, 62)))
         self._attempt += 1
         return bound * random.random()
 

@@ -111,7 +111,8 @@ class Cache:
             "revision": state.revision,
             "jwks": jwks.to_json(),
             "bundles": [
-                {"jws": bundle.jws, "revision": bundle.revision} for bundle in state.bundles.values()
+                {"jws": bundle.jws, "revision": bundle.revision}
+                for bundle in state.bundles.values()
             ],
             "verified_at_unix_ms": int((state.verified_at or time.time()) * 1000),
         }

@@ -128,9 +128,7 @@ class Client:
         return reply
 
     async def report(self, request: pb.ReportStatusRequest) -> None:
-        await self._stub.ReportStatus(
-            request, metadata=self.metadata(), timeout=self.call_timeout
-        )
+        await self._stub.ReportStatus(request, metadata=self.metadata(), timeout=self.call_timeout)
 
     def report_stream(
         self,
@@ -166,7 +164,9 @@ class Reporter:
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._stream: grpc.aio.StreamStreamCall[pb.ReportStatusRequest, pb.ReportStatusResponse] | None = None
+        self._stream: (
+            grpc.aio.StreamStreamCall[pb.ReportStatusRequest, pb.ReportStatusResponse] | None
+        ) = None
         self._calls = False
 
     async def send(self, request: pb.ReportStatusRequest) -> None:
@@ -207,5 +207,3 @@ class Reporter:
 
 class ReportFailed(Exception):
     """A report did not reach the server."""
-
-

@@ -37,7 +37,7 @@ import grpc.aio
 from . import bundle as jose
 from ._backoff import Backoff, second_half
 from ._cache import Cache, CacheError
-from ._client import PERMANENT_CODES, Client, Tls, Reporter, ReportFailed, announced_heartbeat
+from ._client import PERMANENT_CODES, Client, Reporter, ReportFailed, Tls, announced_heartbeat
 from ._endpoints import Endpoints
 from ._telemetry import Telemetry
 from .bundle import CheckpointClaims, Jwks, VerifyError
@@ -75,7 +75,7 @@ _log = logging.getLogger("policyhub")
 
 T = TypeVar("T")
 
-Validate = Callable[[State], "str | None | Awaitable[str | None]"]
+Validate = Callable[[State], "str | Awaitable[str | None] | None"]
 """The application's verdict on each new whole state, before it is put in
 force: `None` accepts it, a string refuses it with that reason (reported
 REJECTED; the previous state stays). It may be a coroutine function; an
@@ -706,7 +706,9 @@ class Driver:
                 message_deadline = last_message + opened.deadline
                 stale_at = state.freshness.deadline()
                 wake = min(
-                    at for at in (message_deadline, report_at, stale_at, rebalance_at) if at is not None
+                    at
+                    for at in (message_deadline, report_at, stale_at, rebalance_at)
+                    if at is not None
                 )
                 done, _ = await asyncio.wait({read}, timeout=max(0.0, wake - now))
                 now = loop.time()

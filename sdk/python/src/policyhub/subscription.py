@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._client import HEARTBEAT_INTERVAL_HEADER, Tls
 from ._session import Driver, Settings, Validate
-from .state import Applied, Event, FromCache, State, WatchError
+from .state import Applied, Event, FromCache, State
 from .token import TokenSource
 
 __all__ = [

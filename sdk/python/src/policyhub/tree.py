@@ -222,7 +222,7 @@ class CosignatureVerifier:
         """Whether `signature` (8-byte time, then Ed25519) cosigns `text`."""
         if len(signature) != 72:
             return False
-        (time,) = struct.unpack(">Q", signature[:8])
+        time = int.from_bytes(signature[:8], "big")
         message = f"cosignature/v1\ntime {time}\n".encode() + text
         try:
             self.key.verify(signature[8:], message)
