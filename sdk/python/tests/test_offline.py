@@ -8,6 +8,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -56,7 +57,7 @@ class Signer:
         x = b64url(self.raw)
         self.jwk = Jwk(kty="OKP", crv="Ed25519", x=x, kid=thumbprint(x))
 
-    def bundle(self, sub: str, ver: int, body: dict[str, object], **header: object) -> str:
+    def bundle(self, sub: str, ver: int, body: dict[str, Any], **header: object) -> str:
         claims = {
             "iss": "t",
             "sub": sub,

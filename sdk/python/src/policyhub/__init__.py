@@ -39,6 +39,8 @@ report), `_client` (the channel and calls), `_cache`, `_endpoints`,
 `_backoff`, `_telemetry`; `v1` is generated from the protos at build time.
 """
 
+import logging
+
 from .bundle import Jwk, Jwks, VerifyError
 from .state import (
     Applied,
@@ -67,6 +69,9 @@ from .subscription import (
 )
 from .sync import Watcher
 from .token import TokenSource, token_file
+
+# A library logs to "policyhub" and leaves where it goes to the application.
+logging.getLogger("policyhub").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_REBALANCE_INTERVAL",
