@@ -75,7 +75,7 @@ _log = logging.getLogger("policyhub")
 
 T = TypeVar("T")
 
-Validate = Callable[[State], "str | Awaitable[str | None] | None"]
+Validate = Callable[[State], str | Awaitable[str | None] | None]
 """The application's verdict on each new whole state, before it is put in
 force: `None` accepts it, a string refuses it with that reason (reported
 REJECTED; the previous state stays). It may be a coroutine function; an
