@@ -1,0 +1,296 @@
+"""Unit tests of what the SDK checks offline: bundles, checkpoints' notes,
+Merkle proofs, witness cosignatures, the cache, endpoints and backoff."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from policyhub import Source, State, VerifiedBundle, token_file
+from policyhub._backoff import Backoff
+from policyhub._cache import Cache, CacheError
+from policyhub._endpoints import Endpoints
+from policyhub.bundle import (
+    BUNDLE_TYPE,
+    Jwk,
+    Jwks,
+    VerifyError,
+    digest_of,
+    thumbprint,
+    verify_bundle,
+    verify_envelope,
+)
+from policyhub.tree import (
+    Diverges,
+    HistoryError,
+    ProveFrom,
+    Remembered,
+    RestoreProof,
+    TreeHead,
+    cosigned_by,
+    leaf_hash,
+    node_hash,
+    note_key_id,
+    verify_consistency,
+    verify_inclusion,
+    verify_note,
+)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Signer:
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.raw = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        x = b64url(self.raw)
+        self.jwk = Jwk(kty="OKP", crv="Ed25519", x=x, kid=thumbprint(x))
+
+    def bundle(self, sub: str, ver: int, body: dict[str, Any], **header: object) -> str:
+        claims = {
+            "iss": "t",
+            "sub": sub,
+            "ver": ver,
+            "digest": digest_of(body),
+            "body": body,
+            "iat": 1,
+        }
+        headers = {"typ": BUNDLE_TYPE, "kid": self.jwk.kid, **header}
+        return jwt.encode(claims, self.key, algorithm="EdDSA", headers=headers)
+
+
+def test_thumbprint_matches_rfc_8037() -> None:
+    assert thumbprint("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo") == (
+        "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    )
+
+
+def test_the_digest_ignores_key_order_and_number_spelling() -> None:
+    assert digest_of({"b": 1, "a": [1.0, "x"]}) == digest_of(json.loads('{"a":[1,"x"],"b":1.0}'))
+
+
+def test_a_bundle_verifies_and_a_tampered_one_does_not() -> None:
+    signer = Signer()
+    jwks = Jwks((signer.jwk,))
+    jws = signer.bundle("ns/limits", 3, {"max": 10})
+    claims = verify_envelope(
+        jws, namespace="ns", name="limits", version=3, digest=digest_of({"max": 10}), jwks=jwks
+    )
+    assert claims.body == {"max": 10}
+    with pytest.raises(VerifyError, match="signed for"):
+        verify_envelope(
+            jws, namespace="ns", name="other", version=3, digest=claims.digest, jwks=jwks
+        )
+    header, payload, signature = jws.split(".")
+    altered = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    altered["body"] = {"max": 11}
+    forged = ".".join([header, b64url(json.dumps(altered).encode()), signature])
+    with pytest.raises(VerifyError, match="signature check failed"):
+        verify_bundle(forged, jwks)
+    with pytest.raises(VerifyError, match="unknown key"):
+        verify_bundle(Signer().bundle("ns/limits", 3, {"max": 10}), jwks)
+
+
+def test_alg_none_is_refused() -> None:
+    signer = Signer()
+    header = b64url(json.dumps({"alg": "none", "typ": BUNDLE_TYPE, "kid": signer.jwk.kid}).encode())
+    body = {"max": 1}
+    claims = {"sub": "ns/a", "ver": 1, "digest": digest_of(body), "body": body}
+    unsigned = f"{header}.{b64url(json.dumps(claims).encode())}."
+    with pytest.raises(VerifyError, match="not EdDSA"):
+        verify_bundle(unsigned, Jwks((signer.jwk,)))
+
+
+def test_a_digest_that_does_not_match_the_body_is_refused() -> None:
+    signer = Signer()
+    claims = {"sub": "ns/a", "ver": 1, "digest": digest_of({"a": 1}), "body": {"a": 2}}
+    jws = jwt.encode(
+        claims, signer.key, algorithm="EdDSA", headers={"typ": BUNDLE_TYPE, "kid": signer.jwk.kid}
+    )
+    with pytest.raises(VerifyError, match="does not match the body"):
+        verify_bundle(jws, Jwks((signer.jwk,)))
+
+
+def tree_root(leaves: list[bytes]) -> bytes:
+    """RFC 9162 root of the leaf hashes."""
+    if len(leaves) == 1:
+        return leaves[0]
+    split = 1
+    while split * 2 < len(leaves):
+        split *= 2
+    return node_hash(tree_root(leaves[:split]), tree_root(leaves[split:]))
+
+
+def consistency(old: int, leaves: list[bytes]) -> list[bytes]:
+    """RFC 9162 SUBPROOF(m, D[n], true)."""
+
+    def subproof(m: int, d: list[bytes], complete: bool) -> list[bytes]:
+        n = len(d)
+        if m == n:
+            return [] if complete else [tree_root(d)]
+        k = 1
+        while k * 2 < n:
+            k *= 2
+        if m <= k:
+            return [*subproof(m, d[:k], complete), tree_root(d[k:])]
+        return [*subproof(m - k, d[k:], False), tree_root(d[:k])]
+
+    return subproof(old, leaves, True)
+
+
+def inclusion(index: int, leaves: list[bytes]) -> list[bytes]:
+    if len(leaves) == 1:
+        return []
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    if index < k:
+        return [*inclusion(index, leaves[:k]), tree_root(leaves[k:])]
+    return [*inclusion(index - k, leaves[k:]), tree_root(leaves[:k])]
+
+
+def test_consistency_and_inclusion_proofs_verify_and_tampered_ones_do_not() -> None:
+    leaves = [leaf_hash(str(i).encode()) for i in range(13)]
+    for new in range(1, 14):
+        root = tree_root(leaves[:new])
+        for old in range(1, new + 1):
+            proof = consistency(old, leaves[:new])
+            old_root = tree_root(leaves[:old])
+            assert verify_consistency(old, new, old_root, root, proof), (old, new)
+            if proof:
+                bad = [proof[0][:-1] + bytes([proof[0][-1] ^ 1]), *proof[1:]]
+                assert not verify_consistency(old, new, old_root, root, bad), (old, new)
+        for index in range(new):
+            proof = inclusion(index, leaves[:new])
+            assert verify_inclusion(index, new, leaves[index], root, proof)
+            assert not verify_inclusion(index, new, leaf_hash(b"other"), root, proof)
+
+
+def log_note(signer: Signer, origin: str, size: int, root: bytes) -> str:
+    text = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+    raw = signer.raw
+    key_id = note_key_id(origin, b"\x01" + raw)
+    signature = signer.key.sign(text.encode())
+    line = f"\u2014 {origin} " + base64.b64encode(struct.pack(">I", key_id) + signature).decode()
+    return f"{text}\n{line}\n"
+
+
+def cosign(note: str, name: str, key: Ed25519PrivateKey, time: int) -> tuple[str, str]:
+    text = note[: note.index("\n\n") + 1]
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    vkey_bytes = b"\x04" + raw
+    key_id = note_key_id(name, vkey_bytes)
+    vkey = f"{name}+{key_id:08x}+{base64.b64encode(vkey_bytes).decode()}"
+    signature = key.sign(f"cosignature/v1\ntime {time}\n".encode() + text.encode())
+    blob = struct.pack(">I", key_id) + struct.pack(">Q", time) + signature
+    return note + f"\u2014 {name} {base64.b64encode(blob).decode()}\n", vkey
+
+
+def test_a_checkpoint_note_verifies_under_the_jwks_and_the_witnesses_count() -> None:
+    signer = Signer()
+    jwks = Jwks((signer.jwk,))
+    root = hashlib.sha256(b"root").digest()
+    note = log_note(signer, "log.example/a", 3, root)
+    head = verify_note(note, None, jwks)
+    assert (head.origin, head.size, head.root) == ("log.example/a", 3, root)
+    with pytest.raises(VerifyError):
+        verify_note(note, "log.example/b", jwks)
+    with pytest.raises(VerifyError):
+        verify_note(note, None, Jwks((Signer().jwk,)))
+    witness = Ed25519PrivateKey.generate()
+    cosigned, vkey = cosign(note, "witness.example/w1", witness, 1_700_000_000)
+    assert cosigned_by(note, [vkey]) == []
+    assert cosigned_by(cosigned, [vkey]) == ["witness.example/w1"]
+    remembered = Remembered(witnesses=[vkey], cosignatures=1)
+    with pytest.raises(HistoryError, match="carries 0 of the 1"):
+        remembered.judge(head)
+    assert remembered.judge(verify_note(cosigned, None, jwks)) == ProveFrom(0)
+
+
+def test_a_proven_restore_is_taken_once_and_a_wound_back_tree_otherwise_refused() -> None:
+    first = leaf_hash(b'{"kind":"ACTIVATED"}')
+    canonical = '{"kind":"RESTORED","reason":"disk lost"}'
+    root = node_hash(first, leaf_hash(canonical.encode()))
+    offered = TreeHead("log.example/a", 2, root, "")
+    held = TreeHead("log.example/a", 5, b"\x07" * 32, "")
+    remembered = Remembered(origin="log.example/a", head=held)
+    judged = remembered.judge(offered)
+    assert isinstance(judged, Diverges) and "wound back" in judged.reason
+    proof = RestoreProof(canonical, 1, 2, [first])
+    tampered = RestoreProof(canonical, 1, 2, [leaf_hash(b"x")])
+    with pytest.raises(HistoryError, match="does not verify"):
+        remembered.restore(offered, tampered)
+    assert remembered.restore(offered, proof) == "disk lost"
+    with pytest.raises(HistoryError, match="not newer"):
+        remembered.restore(offered, proof)
+
+
+def test_a_saved_state_loads_back_verified_and_a_tampered_cache_is_refused(tmp_path: Path) -> None:
+    signer = Signer()
+    jwks = Jwks((signer.jwk,))
+    body = {"max": 10}
+    jws = signer.bundle("ns/limits", 2, body)
+    bundle = VerifiedBundle("limits", 2, None, digest_of(body), 4, signer.jwk.kid, body, jws)
+    cache = Cache(tmp_path, "ns", [])
+    cache.save(State("ns", 4, {"limits": bundle}, Source.SERVER, 1_700_000_000.0), jwks)
+    loaded = cache.load()
+    assert loaded is not None
+    state, _ = loaded
+    assert (state.revision, state.source, state.body("limits")) == (4, Source.CACHE, body)
+    assert state.verified_at == 1_700_000_000.0
+    text = cache.path.read_text().replace(jws[-10:], "A" * 10)
+    cache.path.write_text(text)
+    with pytest.raises(CacheError):
+        cache.load()
+    assert Cache(tmp_path, "other", []).load() is None
+
+
+def test_the_ranking_is_a_function_of_the_runtime_id_and_spreads_a_fleet() -> None:
+    addresses = [f"http://replica-{i}:50051" for i in range(3)]
+    once = Endpoints(addresses, "enforcer-7")
+    again = Endpoints(list(reversed(addresses)), "enforcer-7")
+    assert once.ranked == again.ranked
+    counts: dict[str, int] = {}
+    for i in range(3000):
+        preferred = Endpoints(addresses, f"runtime-{i}").preferred
+        counts[preferred] = counts.get(preferred, 0) + 1
+    assert all(850 <= count <= 1150 for count in counts.values()), counts
+
+
+def test_failures_move_down_the_ranking_and_a_whole_round_calls_for_the_backoff() -> None:
+    endpoints = Endpoints([f"http://r{i}" for i in range(3)], "enforcer-1")
+    ranked = list(endpoints.ranked)
+    assert not endpoints.failed() and endpoints.current == ranked[1]
+    assert not endpoints.failed() and endpoints.current == ranked[2]
+    assert endpoints.failed() and endpoints.current == ranked[0]
+
+
+def test_backoff_delays_stay_under_a_doubling_capped_bound_and_spread_from_zero() -> None:
+    backoff = Backoff(0.1, 0.8)
+    for bound in (0.1, 0.2, 0.4, 0.8, 0.8):
+        assert backoff.next_delay() < bound
+    early = sum(Backoff(1.0, 1.0).next_delay() < 0.25 for _ in range(1000))
+    assert 150 < early < 350, early
+
+
+def test_a_token_file_is_read_again_and_the_last_good_token_kept(tmp_path: Path) -> None:
+    file = tmp_path / "token"
+    source = token_file(file)
+    assert source() is None
+    file.write_text("first\n")
+    assert source() == "first"
+    file.write_text(" \n")
+    assert source() == "first"
+    file.write_text("second")
+    assert source() == "second"
