@@ -120,21 +120,24 @@ export class Cache {
     if (text === undefined) {
       return undefined;
     }
-    let file: CacheFile;
+    let file: Partial<CacheFile> | null;
     try {
-      file = JSON.parse(text) as CacheFile;
+      file = JSON.parse(text) as Partial<CacheFile> | null;
     } catch (error) {
       throw new Error(`it is not a cache: ${(error as Error).message}`);
     }
     if (typeof file !== "object" || file === null || !Array.isArray(file.bundles) || !Array.isArray(file.jwks?.keys)) {
       throw new Error("it is not a cache: its fields are missing");
     }
+    if (typeof file.revision !== "number") {
+      throw new Error("it is not a cache: its revision is not a number");
+    }
     if (file.format !== FORMAT) {
-      throw new Error(`its format ${file.format} is not ${FORMAT}`);
+      throw new Error(`its format ${String(file.format)} is not ${FORMAT}`);
     }
     if (file.namespace !== this.namespace || JSON.stringify(file.names) !== JSON.stringify(this.names)) {
       throw new Error(
-        `it holds namespace ${file.namespace} ${JSON.stringify(file.names)}, ` +
+        `it holds namespace ${String(file.namespace)} ${JSON.stringify(file.names)}, ` +
           `not ${this.namespace} ${JSON.stringify(this.names)}`,
       );
     }
@@ -165,7 +168,7 @@ export class Cache {
     const verifiedAt =
       file.verified_at_unix_ms === undefined ? (modified ?? new Date()) : new Date(file.verified_at_unix_ms);
     return {
-      state: { namespace: file.namespace, revision: file.revision, bundles, source: "cache", verifiedAt },
+      state: { namespace: this.namespace, revision: file.revision, bundles, source: "cache", verifiedAt },
       jwks: file.jwks,
     };
   }

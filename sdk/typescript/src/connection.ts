@@ -100,7 +100,7 @@ export function connect(address: string, settings: ChannelSettings): BundleServi
 export function ready(client: grpc.Client, address: string, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     client.waitForReady(Date.now() + timeoutMs, (error) => {
-      if (error === undefined || error === null) {
+      if (!(error instanceof Error)) {
         resolve();
       } else {
         reject(new Failure("transient", `cannot connect to ${address}: ${error.message}`));
@@ -212,7 +212,13 @@ export class Waker {
   private wake: (() => void) | undefined;
 
   constructor(private readonly signal: AbortSignal) {
-    signal.addEventListener("abort", () => this.notify(), { once: true });
+    signal.addEventListener(
+      "abort",
+      () => {
+        this.notify();
+      },
+      { once: true },
+    );
   }
 
   notify(): void {
@@ -254,9 +260,15 @@ export class StreamReader<T> {
       this.headers = headers;
       waker.notify();
     });
-    stream.on("data", (message: T) => this.push({ kind: "message", message }));
-    stream.on("error", (error: grpc.ServiceError) => this.push({ kind: "error", error }));
-    stream.on("end", () => this.push({ kind: "end" }));
+    stream.on("data", (message: T) => {
+      this.push({ kind: "message", message });
+    });
+    stream.on("error", (error: grpc.ServiceError) => {
+      this.push({ kind: "error", error });
+    });
+    stream.on("end", () => {
+      this.push({ kind: "end" });
+    });
   }
 
   private push(item: Item<T>): void {

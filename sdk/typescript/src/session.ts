@@ -27,6 +27,7 @@
  */
 
 import type * as grpc from "@grpc/grpc-js";
+import { status as grpcStatus } from "@grpc/grpc-js";
 
 import { Backoff } from "./backoff.js";
 import { type Jwks, keyId, knows, verifyEnvelope } from "./bundle.js";
@@ -68,10 +69,6 @@ import {
 import { Telemetry } from "./telemetry.js";
 import { Remembered, type TreeHead, verifyNote as verifyNote } from "./tree.js";
 
-/** gRPC status codes used here (the numbers are the protocol's). */
-const NOT_FOUND = 5;
-const RESOURCE_EXHAUSTED = 8;
-const UNIMPLEMENTED = 12;
 
 /** How often the token is read again while the server refuses it. */
 const TOKEN_POLL_MS = 500;
@@ -129,6 +126,11 @@ function settle(options: SubscriptionOptions): Settings {
     cosignatures: options.witnesses?.required ?? 0,
     validate: options.validate,
   };
+}
+
+/** Whether the subscription was stopped: read anew after every wait. */
+function stopped(signal: AbortSignal): boolean {
+  return signal.aborted;
 }
 
 function message(error: unknown): string {
@@ -217,7 +219,7 @@ export async function drive(
         await say({ type: "disconnected", reason: failure.message, retryInMs, revision: state.decided });
       }
       const until = Date.now() + retryInMs;
-      while (!signal.aborted && Date.now() < until) {
+      while (!stopped(signal) && Date.now() < until) {
         const stale = state.freshness.deadline();
         if (stale !== undefined && Date.now() >= stale) {
           await say({ type: "checkpointStale", ...state.freshness.expire() });
@@ -230,7 +232,7 @@ export async function drive(
         const poll = refused ? Date.now() + TOKEN_POLL_MS : until;
         await waker.wait(Math.min(until, poll, stale ?? until));
       }
-      if (signal.aborted) {
+      if (stopped(signal)) {
         return;
       }
     }
@@ -346,7 +348,7 @@ async function session(
           throw new Failure("transient", "the stream ended");
         }
         const received = item.message;
-        if (received.checkpoint !== null && received.checkpoint !== undefined) {
+        if (received.checkpoint !== null) {
           const restored = await state.followTree(received.checkpoint, opened.client);
           if (restored !== undefined) await say(restored);
           const fresh = await state.checkpoint(received.checkpoint, opened.client);
@@ -462,7 +464,7 @@ class Reporter {
     reader.cancel();
     this.route = "unopened";
     if (answer?.kind === "error") {
-      if (opening && (answer.error.code === UNIMPLEMENTED || answer.error.code === RESOURCE_EXHAUSTED)) {
+      if (opening && (answer.error.code === grpcStatus.UNIMPLEMENTED || answer.error.code === grpcStatus.RESOURCE_EXHAUSTED)) {
         this.route = "calls";
         await this.send(request);
         return;
@@ -677,7 +679,7 @@ class SubscriptionState {
     } catch (error) {
       const status = error as grpc.ServiceError;
       // No restore recorded (or a server from before restores).
-      if (status.code === NOT_FOUND || status.code === UNIMPLEMENTED) {
+      if (status.code === grpcStatus.NOT_FOUND || status.code === grpcStatus.UNIMPLEMENTED) {
         throw new Failure("history", diverges);
       }
       throw Failure.fromStatus(status);
@@ -831,7 +833,8 @@ class SubscriptionState {
         name: bundle.name,
         version: bundle.version,
         state: outcome,
-        error: [...error(bundle.name)].slice(0, 1000).join(""),
+        // At most 1000 characters, as the server keeps.
+        error: Array.from(error(bundle.name)).slice(0, 1000).join(""),
         revision: revision.revision,
       });
     }

@@ -18,7 +18,7 @@ import type { TokenSource } from "./token.js";
  * state stays in force. It may take its time (write files, reload a
  * process): the subscription waits for it.
  */
-export type Validate = (state: State) => string | undefined | void | Promise<string | undefined | void>;
+export type Validate = (state: State) => string | undefined | Promise<string | undefined>;
 
 /** The response header in which the server announces its heartbeat interval, in milliseconds. */
 export const HEARTBEAT_INTERVAL_HEADER = "policyhub-heartbeat-interval-ms";
@@ -98,7 +98,9 @@ export class Subscription {
    */
   async watch(onEvent: (event: Event) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
     const controller = new AbortController();
-    const abort = (): void => controller.abort();
+    const abort = (): void => {
+      controller.abort();
+    };
     signal?.addEventListener("abort", abort, { once: true });
     try {
       await drive(this.options, onEvent, controller.signal);
@@ -115,11 +117,17 @@ export class Subscription {
    */
   events(signal?: AbortSignal): AsyncIterableIterator<Event> {
     const controller = new AbortController();
-    signal?.addEventListener("abort", () => controller.abort(), { once: true });
+    signal?.addEventListener(
+      "abort",
+      () => {
+        controller.abort();
+      },
+      { once: true },
+    );
     const queue: Event[] = [];
     let waiting: (() => void) | undefined;
     let ended = false;
-    let failure: unknown;
+    let failure: Error | undefined;
     const wake = (): void => {
       const resume = waiting;
       waiting = undefined;
@@ -139,7 +147,7 @@ export class Subscription {
       },
       (error: unknown) => {
         ended = true;
-        failure = error;
+        failure = error instanceof Error ? error : new Error(String(error));
         wake();
       },
     );
@@ -166,9 +174,9 @@ export class Subscription {
           });
         }
       },
-      async return(): Promise<IteratorResult<Event>> {
+      return(): Promise<IteratorResult<Event>> {
         controller.abort();
-        return { value: undefined, done: true };
+        return Promise.resolve({ value: undefined, done: true });
       },
       [Symbol.asyncIterator]() {
         return iterator;

@@ -88,7 +88,7 @@ export function verifyConsistency(
     return proof.length === 0;
   }
   let path = [...proof];
-  let first = BigInt(firstSize);
+  const first = BigInt(firstSize);
   if ((first & (first - 1n)) === 0n) {
     path = [firstRoot, ...path];
   }
