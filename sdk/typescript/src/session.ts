@@ -170,7 +170,11 @@ export async function drive(
     if (signal.aborted) {
       throw new Failure("gone", "nobody listens");
     }
-    await emit(event);
+    try {
+      await emit(event);
+    } catch (error) {
+      throw new ListenerError(error);
+    }
   };
   const waker = new Waker(signal);
   const telemetry = new Telemetry(settings.namespace);
@@ -187,6 +191,9 @@ export async function drive(
         await session(settings, endpoints, state, say, waker, signal);
         failure = new Failure("gone", "nobody listens");
       } catch (error) {
+        if (error instanceof ListenerError) {
+          throw error.thrown;
+        }
         failure = error instanceof Failure ? error : new Failure("transient", message(error));
       }
       if (failure.kind === "gone" || signal.aborted) {
@@ -240,7 +247,14 @@ export async function drive(
     if (error instanceof Failure && error.kind === "gone") {
       return;
     }
-    throw error;
+    throw error instanceof ListenerError ? error.thrown : error;
+  }
+}
+
+/** What the application's event handler threw: it ends the subscription, thrown as it was. */
+class ListenerError extends Error {
+  constructor(readonly thrown: unknown) {
+    super("the event handler threw");
   }
 }
 

@@ -94,7 +94,8 @@ export class Subscription {
   /**
    * Follows the namespace until `signal` aborts, calling `onEvent` with
    * each event (awaited when it returns a promise); resolves once stopped,
-   * rejects with a {@link WatchError} when the subscription stops for good.
+   * rejects with a {@link WatchError} when the subscription stops for good,
+   * or with what `onEvent` threw, which stops it too.
    */
   async watch(onEvent: (event: Event) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
     const controller = new AbortController();
