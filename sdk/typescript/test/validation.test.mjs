@@ -88,3 +88,48 @@ test("a state the validation refuses is reported REJECTED with its reason, and t
     stop();
   }
 });
+
+test("with OpenTelemetry's API installed, decisions are counted by outcome and traced", async () => {
+  const { metrics, trace } = await import("@opentelemetry/api");
+  const counted = [];
+  const spans = [];
+  const instrument = (name) => ({
+    add: (value, attributes) => counted.push([name, value, attributes.outcome]),
+    record: (value) => counted.push([name, value]),
+  });
+  metrics.setGlobalMeterProvider({
+    getMeter: () => ({ createCounter: instrument, createGauge: instrument }),
+  });
+  const tracer = {
+    startActiveSpan: (name, options, work) => {
+      const span = { attributes: { ...options.attributes }, setAttribute: (k, v) => (span.attributes[k] = v), setStatus() {}, end() { spans.push([name, span.attributes]); } };
+      return work(span);
+    },
+  };
+  trace.setGlobalTracerProvider({ getTracer: () => tracer });
+  const { address, stop } = await server();
+  try {
+    const subscription = new Subscription({
+      endpoints: [address],
+      namespace: "payments",
+      validate: (state) => (state.bundles.limits.body.max < 0 ? "max must not be negative" : undefined),
+    });
+    for await (const event of subscription.events()) {
+      if (event.type === "applied" && event.state.revision === 3) break;
+    }
+    const decisions = counted.filter(([name]) => name === "policyhub.runtime.decisions").map(([, , outcome]) => outcome);
+    assert.deepEqual(decisions, ["applied", "rejected", "applied"]);
+    assert.deepEqual(
+      counted.filter(([name]) => name === "policyhub.runtime.revision").map(([, value]) => value),
+      [1, 3],
+    );
+    assert.deepEqual(
+      spans.map(([name, attributes]) => [name, attributes["policyhub.revision"], attributes["policyhub.outcome"]]),
+      [["policyhub.runtime.decide", 1, "applied"], ["policyhub.runtime.decide", 2, "rejected"], ["policyhub.runtime.decide", 3, "applied"]],
+    );
+  } finally {
+    stop();
+    metrics.disable();
+    trace.disable();
+  }
+});
