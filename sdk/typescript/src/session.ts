@@ -288,12 +288,13 @@ async function open(
   const client = connect(address, settings.channel);
   const timeoutMs = Math.max(settings.channel.heartbeatIntervalMs, 1_000);
   const callTimeoutMs = 3 * timeoutMs;
+  let reporter: Reporter | undefined;
   try {
     await ready(client, address, timeoutMs);
     if (state.jwks.keys.length === 0) {
       state.jwks = await fetchJwks(client, settings.channel.token, callTimeoutMs);
     }
-    const reporter = new Reporter(client, settings.channel.token, callTimeoutMs, waker);
+    reporter = new Reporter(client, settings.channel.token, callTimeoutMs, waker);
     await state.flushReports(reporter);
     const stream = client.watchActive(
       {
@@ -324,6 +325,7 @@ async function open(
     const interval = settings.heartbeatIntervalMs ?? announcedHeartbeat(reader.headers) ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
     return { client, reporter, reader, deadlineMs: interval * 3 };
   } catch (error) {
+    reporter?.close();
     client.close();
     throw error instanceof Failure ? error : new Failure("transient", message(error));
   }
@@ -408,6 +410,7 @@ async function session(
         try {
           const moved = await open(settings, preferred, state, waker, signal);
           opened.reader.cancel();
+          opened.reporter.close();
           opened.client.close();
           opened = moved;
           endpoints.movedToPreferred();
@@ -430,6 +433,7 @@ async function session(
     }
   } finally {
     opened.reader.cancel();
+    opened.reporter.close();
     opened.client.close();
   }
 }
@@ -449,6 +453,14 @@ class Reporter {
     private readonly timeoutMs: number,
     private readonly waker: Waker,
   ) {}
+
+  /** Closes the report stream, if one is open. */
+  close(): void {
+    if (this.route instanceof StreamReader) {
+      this.route.cancel();
+    }
+    this.route = "unopened";
+  }
 
   /** Sends one report and waits for the server's answer; throws its refusal. */
   async send(request: ReportStatusRequest): Promise<void> {
