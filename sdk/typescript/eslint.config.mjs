@@ -4,7 +4,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "dist-test/", "docs/", "node_modules/", "src/generated/"] },
+  { ignores: ["dist/", "docs/", "node_modules/", "src/generated/"] },
   js.configs.recommended,
   {
     files: ["src/**/*.ts"],
