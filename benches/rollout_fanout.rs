@@ -242,12 +242,14 @@ fn start_request(target: u32, percentage: u32) -> proto::StartRolloutRequest {
         percentage,
         label_selector: String::new(),
         bake: Some(hour),
+        analyses: Vec::new(),
     }];
     if percentage < 100 {
         steps.push(proto::RolloutStep {
             percentage: 100,
             label_selector: String::new(),
             bake: Some(hour),
+            analyses: Vec::new(),
         });
     }
     proto::StartRolloutRequest {

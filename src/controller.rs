@@ -1,6 +1,7 @@
 //! The controller: every tick, each running rollout is checked against the
 //! fleet view — too many cohort runtimes rejected a candidate or missed the
-//! apply deadline, or the step baked — and each schedule with a firing due
+//! apply deadline, or the step baked — and against its analyses, whose due
+//! measurements it takes first; and each schedule with a firing due
 //! fires its most recent due entry. The hub carries each decision out,
 //! re-checking it under the rollout's or schedule's row lock.
 //!
@@ -88,8 +89,12 @@ async fn drive_rollouts(hub: &PolicyHub) -> Result<()> {
         ) {
             continue;
         }
+        let measurements = match running.state {
+            RolloutState::Running => hub.take_measurements(&running).await?,
+            _ => Vec::new(),
+        };
         let fleet = hub.fleet_view(&running.namespace).await?;
-        let decision = rollout::tick(&running, fleet.not_stale(), Utc::now());
+        let decision = rollout::tick(&running, fleet.not_stale(), &measurements, Utc::now());
         if decision != Tick::Wait {
             tracing::info!(rollout = %running.id, ?decision, "rollout controller decision");
             hub.drive_rollout(&running, decision).await?;

@@ -29,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["domain", "config", "signing", "storage", "watch", "fleet"],
     ),
     ("controller", &["domain", "hub"]),
+    ("prometheus", &["domain", "config"]),
     ("notifications", &["domain", "config", "hub", "metrics"]),
     (
         "witnessing",
@@ -55,6 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fleet",
             "hub",
             "controller",
+            "prometheus",
             "notifications",
             "witnessing",
             "replication",

@@ -36,6 +36,8 @@
 //!   replica holding each stream and persisted in batches.
 //! - [`controller`]: the rollout controller, advancing, completing or
 //!   rolling back running rollouts from the fleet view.
+//! - [`prometheus`]: the Prometheus servers rollouts' analyses query, as
+//!   the domain's `MetricsSource`.
 //! - [`notifications`]: the webhook delivery worker, telling each
 //!   subscription's endpoint of the events it wants, from the outbox.
 //! - [`witnessing`]: the submission of checkpoints to the witnesses of
@@ -71,6 +73,7 @@ pub mod hub;
 mod layers;
 pub mod metrics;
 pub mod notifications;
+pub mod prometheus;
 pub mod replication;
 pub mod shutdown;
 pub mod signing;

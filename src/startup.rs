@@ -196,6 +196,10 @@ impl Application {
             true => hub,
             false => hub.with_witnesses(settings.audit.witness_timeout()).await?,
         };
+        let hub = match crate::prometheus::PrometheusServers::from_settings(&settings.rollouts)? {
+            Some(servers) => hub.with_metrics_source(std::sync::Arc::new(servers)),
+            None => hub,
+        };
         let listener = socket
             .listen(settings.listen_backlog)
             .with_context(|| format!("listening on {address}"))?;

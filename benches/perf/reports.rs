@@ -492,6 +492,7 @@ fn start_request(target: u32) -> proto::StartRolloutRequest {
         percentage,
         label_selector: String::new(),
         bake: Some(hour),
+        analyses: Vec::new(),
     };
     proto::StartRolloutRequest {
         namespace: NAMESPACE.into(),

@@ -159,6 +159,7 @@ fn parse_step(text: &str) -> Result<proto::RolloutStep, String> {
         percentage,
         label_selector: parts.next().unwrap_or_default().to_owned(),
         bake: prost_types::Duration::try_from(bake).ok(),
+        analyses: Vec::new(),
     })
 }
 
@@ -273,6 +274,7 @@ fn start_request(args: StartArgs) -> anyhow::Result<proto::StartRolloutRequest> 
         reason: args.reason,
         idempotency_key: args.idempotency_key,
         start_at: args.start_at.map(crate::grpc::convert::timestamp),
+        analyses: Vec::new(),
     })
 }
 

@@ -109,6 +109,27 @@ pub struct RolloutSettings {
     /// Approvals a rollout needs before it begins, per namespace; `*` for
     /// every namespace not named. Unset: none.
     pub required_approvals: std::collections::BTreeMap<String, u32>,
+    /// The Prometheus servers rollouts' analyses may query, by name (an
+    /// analysis that names none asks `default`). Requests name a server,
+    /// never an address, so no caller makes the server fetch a URL of its
+    /// choosing. Unset: rollouts cannot have analyses.
+    pub prometheus: std::collections::BTreeMap<String, PrometheusServer>,
+    /// The shortest interval an analysis may measure at.
+    #[serde(with = "humantime_serde")]
+    pub min_analysis_interval: Duration,
+    /// The longest one query to Prometheus may take; past it the
+    /// measurement is inconclusive.
+    #[serde(with = "humantime_serde")]
+    pub analysis_timeout: Duration,
+}
+
+/// One Prometheus server analyses query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusServer {
+    /// Its base URL (`http://prometheus:9090`); queries go to
+    /// `api/v1/query` below it.
+    pub url: String,
 }
 
 impl Default for RolloutSettings {
@@ -116,6 +137,9 @@ impl Default for RolloutSettings {
         RolloutSettings {
             tick_interval: Duration::from_secs(1),
             required_approvals: Default::default(),
+            prometheus: Default::default(),
+            min_analysis_interval: Duration::from_secs(10),
+            analysis_timeout: Duration::from_secs(5),
         }
     }
 }

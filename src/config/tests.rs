@@ -103,6 +103,15 @@ fn every_key_changed() -> Settings {
         rollouts: RolloutSettings {
             tick_interval: Duration::from_secs(8),
             required_approvals: [("payments".to_string(), 2), ("billing".to_string(), 1)].into(),
+            prometheus: [(
+                "default".to_string(),
+                PrometheusServer {
+                    url: "http://prometheus:9090".into(),
+                },
+            )]
+            .into(),
+            min_analysis_interval: Duration::from_secs(30),
+            analysis_timeout: Duration::from_secs(3),
         },
         audit: AuditSettings {
             checkpoint_interval: Duration::from_secs(90),

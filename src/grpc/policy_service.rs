@@ -377,7 +377,10 @@ impl PolicyService for PolicyApi {
         let (namespace, id) = rollouts::named(&request.get_ref().namespace, &request.get_ref().id)?;
         caller.admit(Rpc::GetRollout, [&namespace], &self.quotas)?;
         let (found, progress) = self.hub.get_rollout(&namespace, &id).await?;
-        Ok(Response::new(rollouts::rollout(&found, progress)))
+        let measured = self.hub.rollout_measurements(&found).await?;
+        let mut reply = rollouts::rollout(&found, progress);
+        reply.measurements = rollouts::measurements(&measured);
+        Ok(Response::new(reply))
     }
 
     async fn list_rollouts(

@@ -8,7 +8,8 @@ use super::policy_requests::{idempotency_key, version_selector};
 use super::proto;
 use crate::config::Limits;
 use crate::domain::rollout::{
-    FailureRule, Progress, Rollout, RolloutState, RolloutStep, StartRolloutCommand,
+    Analysis, DEFAULT_PROMETHEUS, FailureRule, Measurement, Progress, Rollout, RolloutState,
+    RolloutStep, StartRolloutCommand,
 };
 use crate::domain::{
     Error, ExpectedActive, IdempotencyKey, Namespace, PolicyName, Result, refuse_nul,
@@ -24,6 +25,76 @@ fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Duratio
 
 fn wire_duration(value: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(value).ok()
+}
+
+/// Analyses as requested; their rules are the domain's
+/// (`rollout::validate_analyses`), checked when the rollout starts.
+fn analyses(prefix: &str, requested: Vec<proto::RolloutAnalysis>) -> Result<Vec<Analysis>> {
+    requested
+        .into_iter()
+        .enumerate()
+        .map(|(index, analysis)| {
+            let field = format!("{prefix}analyses[{index}]");
+            for (name, text) in [
+                ("name", &analysis.name),
+                ("prometheus", &analysis.prometheus),
+                ("query", &analysis.query),
+                ("success_condition", &analysis.success_condition),
+            ] {
+                refuse_nul(&format!("{field}.{name}"), text)?;
+            }
+            let prometheus = match analysis.prometheus.is_empty() {
+                true => DEFAULT_PROMETHEUS.to_owned(),
+                false => analysis.prometheus,
+            };
+            Ok(Analysis {
+                name: analysis.name,
+                prometheus,
+                query: analysis.query,
+                success_condition: analysis.success_condition,
+                interval: duration(&format!("{field}.interval"), analysis.interval)?,
+                count: analysis.count,
+                failure_limit: analysis.failure_limit,
+                inconclusive_limit: analysis.inconclusive_limit,
+            })
+        })
+        .collect()
+}
+
+fn wire_analyses(analyses: &[Analysis]) -> Vec<proto::RolloutAnalysis> {
+    analyses
+        .iter()
+        .map(|analysis| proto::RolloutAnalysis {
+            name: analysis.name.clone(),
+            prometheus: analysis.prometheus.clone(),
+            query: analysis.query.clone(),
+            success_condition: analysis.success_condition.clone(),
+            interval: wire_duration(analysis.interval),
+            count: analysis.count,
+            failure_limit: analysis.failure_limit,
+            inconclusive_limit: analysis.inconclusive_limit,
+        })
+        .collect()
+}
+
+/// Measurements as protobuf.
+pub(super) fn measurements(taken: &[Measurement]) -> Vec<proto::AnalysisMeasurement> {
+    taken
+        .iter()
+        .map(|measurement| proto::AnalysisMeasurement {
+            analysis: measurement.analysis.clone(),
+            step: measurement.step as u32,
+            phase: proto::MeasurementPhase::from_str_name(&format!(
+                "MEASUREMENT_PHASE_{}",
+                measurement.phase.as_str()
+            ))
+            .expect("every measurement phase is in the protobuf enum") as i32,
+            value: measurement.value,
+            success_condition: measurement.success_condition.clone(),
+            message: measurement.message.clone(),
+            taken_at: Some(timestamp(measurement.taken_at)),
+        })
+        .collect()
 }
 
 /// A `StartRollout` request, validated.
@@ -79,6 +150,7 @@ pub(super) fn start_command(
                 percentage: step.percentage,
                 label_selector: step.label_selector,
                 bake: duration(&format!("{field}.bake"), step.bake)?,
+                analyses: analyses(&format!("{field}."), step.analyses)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -94,6 +166,7 @@ pub(super) fn start_command(
         steps,
         failure_rule,
         auto_rollback: request.auto_rollback.unwrap_or(true),
+        analyses: analyses("", request.analyses)?,
         reason: limits.text("reason", request.reason)?,
         start_at: request
             .start_at
@@ -151,6 +224,7 @@ pub(super) fn rollout(rollout: &Rollout, progress: Progress) -> proto::Rollout {
                 percentage: step.percentage,
                 label_selector: step.label_selector.clone(),
                 bake: wire_duration(step.bake),
+                analyses: wire_analyses(&step.analyses),
             })
             .collect(),
         failure_rule: Some(proto::FailureRule {
@@ -185,5 +259,7 @@ pub(super) fn rollout(rollout: &Rollout, progress: Progress) -> proto::Rollout {
                 at: Some(timestamp(approval.at)),
             })
             .collect(),
+        analyses: wire_analyses(&rollout.analyses),
+        measurements: Vec::new(),
     }
 }

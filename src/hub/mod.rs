@@ -3,6 +3,7 @@
 //! decide, signs, writes in one transaction, and applies what moved to the
 //! in-memory index before the reply goes out.
 
+mod analyses;
 mod archive;
 mod fleet;
 mod lifecycle;
@@ -28,7 +29,7 @@ use tempfile::NamedTempFile;
 
 use crate::config::{RolloutSettings, ScheduleSettings};
 use crate::domain::chain::Checkpoint;
-use crate::domain::rollout::RevisionChange;
+use crate::domain::rollout::{MetricsSource, RevisionChange};
 use crate::domain::{
     ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
 };
@@ -81,6 +82,9 @@ pub struct PolicyHub {
     /// With witnesses, what holds revisions until their checkpoint is
     /// witnessed (see `witnessed`).
     witnesses: Option<Arc<witnessed::WitnessGate>>,
+    /// The Prometheus servers rollouts' analyses query, when the
+    /// deployment configures any.
+    metrics_source: Option<Arc<dyn MetricsSource>>,
 }
 
 /// The signing key and the JWKS, which change together.
@@ -171,6 +175,7 @@ impl PolicyHub {
             fleet,
             encode_checkpoint,
             witnesses: None,
+            metrics_source: None,
         };
         hub.repository.read_newest_checkpoint().await?;
         hub.show_checkpoint();

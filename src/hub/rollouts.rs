@@ -234,6 +234,8 @@ impl PolicyHub {
     ) -> Result<Rollout> {
         rollout::validate_plan(&command.steps, &command.failure_rule)?;
         rollout::validate_start(command.start_at, chrono::Utc::now())?;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.check_analyses(&command, &id).await?;
         let claim = IdempotencyClaim::new("StartRollout", key, &command);
         // The reply counts the first step's cohort.
         self.fleet.prepare(&command.namespace).await?;
@@ -276,12 +278,13 @@ impl PolicyHub {
                     .required_approvals(command.namespace.as_str());
                 let waiting = rollout::waiting_state(required, 0, command.start_at, tx.at());
                 let mut started = Rollout {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id: id.clone(),
                     namespace: command.namespace.clone(),
                     targets,
                     steps: command.steps.clone(),
                     failure_rule: command.failure_rule,
                     auto_rollback: command.auto_rollback,
+                    analyses: command.analyses.clone(),
                     state: waiting.unwrap_or(RolloutState::Scheduled),
                     step: 0,
                     step_revisions: Vec::new(),
@@ -503,7 +506,7 @@ impl PolicyHub {
                         let state = RolloutState::RolledBack;
                         Some(end(tx, &context, &mut current, state, why).await?)
                     }
-                    Tick::Fail(why) => {
+                    Tick::Fail(why) | Tick::Pause(why) => {
                         pause(tx, &context, &mut current, why).await?;
                         None
                     }

@@ -207,6 +207,32 @@ pub mod rollouts {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod rollout_measurements {
+    use sea_orm::entity::prelude::*;
+
+    /// One measurement of a rollout's analysis.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "rollout_measurements")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub rollout_id: String,
+        pub analysis: String,
+        pub step: i32,
+        /// `domain::rollout::MeasurementPhase` by name.
+        pub phase: String,
+        pub value: Option<f64>,
+        pub success_condition: String,
+        pub message: String,
+        pub taken_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod schedules {
     use sea_orm::entity::prelude::*;
 

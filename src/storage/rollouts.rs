@@ -7,14 +7,14 @@ use sea_orm::{
     QuerySelect, sea_query::Expr,
 };
 
-use super::entities::{policies, rollouts};
+use super::entities::{policies, rollout_measurements, rollouts};
 use super::paging::Paging;
 use super::policies::{LockedPolicy, find_policy};
 use super::rows::{active_bundle, version_record};
 use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
-use crate::domain::rollout::{Rollout, RolloutState, RolloutView};
+use crate::domain::rollout::{Measurement, Rollout, RolloutState, RolloutView};
 use crate::domain::{Error, Namespace, Page, Result, VersionSelector};
 
 fn to_row(rollout: &Rollout) -> Result<String> {
@@ -25,6 +25,20 @@ fn to_row(rollout: &Rollout) -> Result<String> {
 pub(super) fn from_row(row: rollouts::Model) -> Result<Rollout> {
     serde_json::from_str(&row.spec).map_err(|error| {
         Error::Internal(format!("stored rollout {} is unreadable: {error}", row.id))
+    })
+}
+
+fn measurement(row: rollout_measurements::Model) -> Result<Measurement> {
+    Ok(Measurement {
+        analysis: row.analysis,
+        step: usize::try_from(row.step).map_err(|_| {
+            Error::Internal(format!("measurement {} has step {}", row.id, row.step))
+        })?,
+        phase: row.phase.parse()?,
+        value: row.value,
+        success_condition: row.success_condition,
+        message: row.message,
+        taken_at: row.taken_at,
     })
 }
 
@@ -233,5 +247,58 @@ impl Repository {
     /// The index's view of a rollout.
     pub async fn rollout_view(&self, rollout: Rollout) -> Result<RolloutView> {
         view(&self.db, rollout).await
+    }
+
+    /// Records measurements of `rollout`'s analyses.
+    #[tracing::instrument(name = "storage.record_measurements", skip_all)]
+    pub async fn record_measurements(&self, rollout: &str, taken: &[Measurement]) -> Result<()> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let rows = taken.iter().map(|taken| rollout_measurements::ActiveModel {
+            rollout_id: Set(rollout.to_owned()),
+            analysis: Set(taken.analysis.clone()),
+            step: Set(i32::try_from(taken.step).unwrap_or(i32::MAX)),
+            phase: Set(taken.phase.as_str().to_owned()),
+            // SQL has no NaN nor infinity to store; such a value judged
+            // nothing (`QueryAnswer::NoData`).
+            value: Set(taken.value.filter(|value| value.is_finite())),
+            success_condition: Set(taken.success_condition.clone()),
+            message: Set(taken.message.clone()),
+            taken_at: Set(taken.taken_at),
+            ..Default::default()
+        });
+        let rows: Vec<_> = rows.collect();
+        self.write("record_measurements", async |tx| {
+            rollout_measurements::Entity::insert_many(rows)
+                .exec_without_returning(&tx.txn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest `limit` measurements of `rollout` taken at `step` or, with
+    /// `None`, at any step, oldest first.
+    #[tracing::instrument(name = "storage.measurements", skip_all)]
+    pub async fn measurements(
+        &self,
+        rollout: &str,
+        step: Option<usize>,
+        limit: u64,
+    ) -> Result<Vec<Measurement>> {
+        let mut query = rollout_measurements::Entity::find()
+            .filter(rollout_measurements::Column::RolloutId.eq(rollout));
+        if let Some(step) = step {
+            let step = i32::try_from(step).unwrap_or(i32::MAX);
+            query = query.filter(rollout_measurements::Column::Step.eq(step));
+        }
+        let mut rows = query
+            .order_by(rollout_measurements::Column::Id, Order::Desc)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.reverse();
+        rows.into_iter().map(measurement).collect()
     }
 }

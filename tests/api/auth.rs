@@ -988,6 +988,7 @@ async fn rollouts_need_approvals_from_other_approvers() {
             percentage: 100,
             label_selector: String::new(),
             bake: Some(Duration::from_secs(3600).try_into().unwrap()),
+            analyses: Vec::new(),
         }],
         ..Default::default()
     };

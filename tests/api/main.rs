@@ -2,6 +2,7 @@
 //! PostgreSQL databases, real gRPC clients.
 
 mod agent;
+mod analysis;
 mod archive;
 mod auth;
 mod backup;

@@ -256,6 +256,7 @@ fn gateway_rollout(bake: Duration) -> proto::StartRolloutRequest {
             percentage: 100,
             label_selector: String::new(),
             bake: Some(bake.try_into().unwrap()),
+            analyses: Vec::new(),
         }],
         reason: "gateway 2".into(),
         ..Default::default()

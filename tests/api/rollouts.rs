@@ -84,6 +84,7 @@ pub(crate) fn step(percentage: u32, bake: Duration) -> proto::RolloutStep {
         percentage,
         label_selector: String::new(),
         bake: Some(bake.try_into().unwrap()),
+        analyses: Vec::new(),
     }
 }
 
@@ -101,6 +102,7 @@ pub(crate) fn start_request(steps: Vec<proto::RolloutStep>) -> proto::StartRollo
         reason: "canary the new limits".into(),
         idempotency_key: String::new(),
         start_at: None,
+        analyses: Vec::new(),
     }
 }
 

@@ -325,6 +325,7 @@ async fn every_event_is_delivered_once_in_order_signed_and_a_cloudevent(database
                 percentage: 50,
                 label_selector: String::new(),
                 bake: Some(Duration::from_secs(3600).try_into().unwrap()),
+                analyses: Vec::new(),
             }],
             reason: "canary".into(),
             ..Default::default()
@@ -766,6 +767,7 @@ async fn a_rollout_needing_approval_reaches_the_approvers_within_a_second() {
                 percentage: 100,
                 label_selector: String::new(),
                 bake: None,
+                analyses: Vec::new(),
             }],
             reason: "needs a second pair of eyes".into(),
             ..Default::default()

@@ -13,10 +13,15 @@ use super::{
     VersionSelector,
 };
 
+mod analysis;
 mod cohort;
 mod plan;
 mod tick;
 
+pub use analysis::{
+    Analysis, DEFAULT_PROMETHEUS, Measurement, MeasurementPhase, MetricsSource, QUERY_VARIABLES,
+    QueryAnswer, QueryFacts, Verdict, judge, measure, render_query, validate_analyses,
+};
 pub use cohort::{Progress, ProgressTally, bucket, progress};
 pub use plan::{plan_targets, validate_plan, validate_start};
 pub use tick::{Tick, ensure_control, tick};
@@ -117,6 +122,9 @@ pub struct RolloutStep {
     /// How long the step bakes before the next one starts.
     #[serde(with = "humantime_serde")]
     pub bake: Duration,
+    /// Analyses measured while this step runs, beside the rollout's own.
+    #[serde(default)]
+    pub analyses: Vec<Analysis>,
 }
 
 /// When a step's cohort fails the rollout.
@@ -160,6 +168,8 @@ pub struct StartRolloutCommand {
     /// Return the cohort to the stable versions when a step fails (else
     /// pause).
     pub auto_rollback: bool,
+    /// Analyses measured in every step.
+    pub analyses: Vec<Analysis>,
     /// Why.
     pub reason: String,
     /// Begin no earlier than this; `None`: as soon as approved.
@@ -190,6 +200,9 @@ pub struct Rollout {
     pub failure_rule: FailureRule,
     /// Roll back (rather than pause) when a step fails.
     pub auto_rollback: bool,
+    /// Analyses measured in every step, beside each step's own.
+    #[serde(default)]
+    pub analyses: Vec<Analysis>,
     /// Where it is.
     pub state: RolloutState,
     /// The current step, from 0.
@@ -343,6 +356,7 @@ pub(crate) mod tests {
             percentage,
             label_selector: String::new(),
             bake: Duration::from_secs(bake_secs),
+            analyses: Vec::new(),
         }
     }
 
@@ -373,6 +387,7 @@ pub(crate) mod tests {
             steps,
             failure_rule: rule(),
             auto_rollback: true,
+            analyses: Vec::new(),
             state: RolloutState::Running,
             step: 0,
             step_started_at: now,
@@ -420,8 +435,8 @@ pub(crate) mod tests {
             start_at: Some(later),
             ..pending
         };
-        assert_eq!(tick(&scheduled, &[], now), Tick::Wait);
-        assert_eq!(tick(&scheduled, &[], later), Tick::Begin);
+        assert_eq!(tick(&scheduled, &[], &[], now), Tick::Wait);
+        assert_eq!(tick(&scheduled, &[], &[], later), Tick::Begin);
         assert!(validate_start(Some(now + chrono::TimeDelta::days(91)), now).is_err());
     }
 
@@ -529,14 +544,14 @@ pub(crate) mod tests {
             .into(),
         };
         let healthy = vec![record("a", ApplyState::Applied)];
-        assert_eq!(tick(&plan, &healthy, Utc::now()), Tick::Wait);
+        assert_eq!(tick(&plan, &healthy, &[], Utc::now()), Tick::Wait);
         let later = Utc::now() + chrono::TimeDelta::hours(2);
-        assert_eq!(tick(&plan, &healthy, later), Tick::Advance);
+        assert_eq!(tick(&plan, &healthy, &[], later), Tick::Advance);
         let rejected = vec![
             record("a", ApplyState::Applied),
             record("b", ApplyState::Rejected),
         ];
-        match tick(&plan, &rejected, Utc::now()) {
+        match tick(&plan, &rejected, &[], Utc::now()) {
             Tick::Fail(why) => assert!(
                 why.contains("b rejected team/limits version 2: bad rule"),
                 "{why}"
@@ -547,7 +562,7 @@ pub(crate) mod tests {
             step: 1,
             ..plan.clone()
         };
-        assert_eq!(tick(&last, &healthy, Utc::now()), Tick::Complete);
+        assert_eq!(tick(&last, &healthy, &[], Utc::now()), Tick::Complete);
         let deadline = Rollout {
             failure_rule: FailureRule {
                 apply_deadline: Duration::from_secs(60),
@@ -559,7 +574,10 @@ pub(crate) mod tests {
             policies: Default::default(),
             ..record("c", ApplyState::Applied)
         }];
-        assert_eq!(tick(&deadline, &silent, Utc::now()), Tick::Wait);
-        assert!(matches!(tick(&deadline, &silent, later), Tick::Fail(_)));
+        assert_eq!(tick(&deadline, &silent, &[], Utc::now()), Tick::Wait);
+        assert!(matches!(
+            tick(&deadline, &silent, &[], later),
+            Tick::Fail(_)
+        ));
     }
 }

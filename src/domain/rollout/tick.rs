@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::analysis::{Measurement, Verdict, judge};
 use super::{Rollout, RolloutState};
 use crate::domain::runtime::{ApplyState, RuntimeRecord};
 use crate::domain::{Error, Result};
@@ -17,16 +18,23 @@ pub enum Tick {
     Advance,
     /// The last step baked: the candidates become the active pointers.
     Complete,
-    /// The cohort failed: why, naming the runtimes.
+    /// The cohort failed, or an analysis did: why, naming the runtimes,
+    /// or the analysis with its value and condition.
     Fail(String),
+    /// An analysis could not judge: the rollout waits for a person, why
+    /// naming the analysis and what Prometheus answered.
+    Pause(String),
 }
 
 /// One controller decision: fail when too many cohort runtimes rejected a
-/// candidate or missed the apply deadline, else advance once the step has
-/// baked.
+/// candidate or missed the apply deadline, or an analysis failed; pause
+/// when an analysis was inconclusive; else advance once the step has baked
+/// and its analyses with a count passed. `measurements` are the rollout's,
+/// of any step.
 pub fn tick<'a>(
     rollout: &Rollout,
     fleet: impl IntoIterator<Item = &'a RuntimeRecord>,
+    measurements: &[Measurement],
     now: DateTime<Utc>,
 ) -> Tick {
     if rollout.state == RolloutState::Scheduled {
@@ -88,8 +96,17 @@ pub fn tick<'a>(
             failed.join(", ")
         ));
     }
+    let mut holding = false;
+    for analysis in rollout.analyses_in_force() {
+        match judge(analysis, &rollout.judged(analysis, measurements)) {
+            Verdict::Failed(why) => return Tick::Fail(why),
+            Verdict::Inconclusive(why) => return Tick::Pause(why),
+            Verdict::Running => holding |= analysis.count > 0,
+            Verdict::Successful => {}
+        }
+    }
     let step = &rollout.steps[rollout.step];
-    if elapsed < step.bake {
+    if elapsed < step.bake || holding {
         return Tick::Wait;
     }
     if rollout.step + 1 < rollout.steps.len() {

@@ -1,0 +1,535 @@
+//! Rollouts judged by the service's own metrics
+//! (docs/src/guides/rollout-analysis.md): a real Prometheus (Debian's
+//! `prometheus`, which `./scripts/test` installs) scrapes, every second, an
+//! exporter the test controls, counting the candidate's requests and
+//! errors; the server's analyses query that Prometheus.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+use std::time::{Duration, Instant};
+
+use policyhub::config::PrometheusServer;
+use policyhub::grpc::proto::{self, MeasurementPhase, RolloutState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tonic::Code;
+
+use crate::helpers::{Backend, TestApp, TestDatabase, bundles_of, expect_code, next_message};
+use crate::rollouts::{get, open_runtimes, start_request, step, until};
+
+/// The controller's tick in these tests.
+const TICK: Duration = Duration::from_millis(100);
+/// Every analysis here measures once a second, the floor the tests set.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The candidate's error ratio over the last three seconds of scrapes.
+const ERROR_RATIO: &str = "sum(rate(service_errors_total{policy=~\"{{ policies }}\",\
+     version=\"{{ candidate }}\"}[3s])) / sum(rate(service_requests_total{policy=~\"{{ policies }}\",\
+     version=\"{{ candidate }}\"}[3s]))";
+
+macro_rules! on_both_backends_with_prometheus {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends_with_prometheus!(
+    bad_analyses_are_refused_naming_the_field_and_nothing_starts,
+    a_healthy_canary_is_promoted_step_by_step,
+    an_error_rate_spike_rolls_the_cohort_back_within_the_bound,
+    a_prometheus_that_stops_answering_pauses_the_rollout,
+);
+
+/// What the exporter counts and when Prometheus first saw the spike.
+#[derive(Default)]
+struct Counters {
+    requests: u64,
+    errors: u64,
+    /// When the first scrape during the spike was served.
+    first_spike_scrape: Option<Instant>,
+}
+
+/// An exporter of the candidate's request and error counters: every
+/// 100 ms ten more requests, and as many errors while spiking.
+struct Exporter {
+    address: std::net::SocketAddr,
+    counters: Arc<Mutex<Counters>>,
+    spiking: Arc<AtomicBool>,
+}
+
+impl Exporter {
+    async fn start() -> Exporter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let counters = Arc::new(Mutex::new(Counters::default()));
+        let spiking = Arc::new(AtomicBool::new(false));
+        let (counting, spike) = (counters.clone(), spiking.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                ticker.tick().await;
+                let mut counters = counting.lock().unwrap();
+                counters.requests += 10;
+                if spike.load(Ordering::SeqCst) {
+                    counters.errors += 10;
+                }
+            }
+        });
+        let (serving, spike) = (counters.clone(), spiking.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut connection, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (counters, spike) = (serving.clone(), spike.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                        match connection.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let body = {
+                        let mut counters = counters.lock().unwrap();
+                        if spike.load(Ordering::SeqCst) && counters.first_spike_scrape.is_none() {
+                            counters.first_spike_scrape = Some(Instant::now());
+                        }
+                        format!(
+                            "# TYPE service_requests_total counter\n\
+                             service_requests_total{{policy=\"limits\",version=\"2\"}} {}\n\
+                             # TYPE service_errors_total counter\n\
+                             service_errors_total{{policy=\"limits\",version=\"2\"}} {}\n",
+                            counters.requests, counters.errors
+                        )
+                    };
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    connection.write_all(response.as_bytes()).await.ok();
+                    connection.shutdown().await.ok();
+                });
+            }
+        });
+        Exporter {
+            address,
+            counters,
+            spiking,
+        }
+    }
+
+    /// Starts the spike.
+    fn spike(&self) {
+        self.spiking.store(true, Ordering::SeqCst);
+    }
+
+    fn first_spike_scrape(&self) -> Option<Instant> {
+        self.counters.lock().unwrap().first_spike_scrape
+    }
+}
+
+/// A Prometheus server scraping the exporter every second.
+struct Prometheus {
+    url: String,
+    process: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(exporter: &Exporter) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: service\n    static_configs:\n\
+                 \x20     - targets: ['{}']\n",
+                exporter.address
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect(
+                "prometheus runs: ./scripts/test installs it (Debian: apt-get install prometheus)",
+            );
+        let prometheus = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            process,
+            _dir: dir,
+        };
+        // Ready, and the candidate's ratio has a value: two scrapes at least.
+        let client = reqwest::Client::new();
+        let query = ERROR_RATIO
+            .replace("{{ policies }}", "limits")
+            .replace("{{ candidate }}", "2");
+        for _ in 0..200 {
+            let answered = client
+                .get(format!("{}/api/v1/query", prometheus.url))
+                .query(&[("query", query.as_str())])
+                .send()
+                .await;
+            if let Ok(answered) = answered
+                && let Ok(body) = answered.json::<serde_json::Value>().await
+                && body["data"]["result"][0]["value"][1].is_string()
+            {
+                return prometheus;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("prometheus did not answer the ratio within 20 s");
+    }
+
+    async fn stop(&mut self) {
+        self.process.kill().await.expect("stop prometheus");
+    }
+}
+
+/// A server whose analyses ask `prometheus`, measuring at most once a
+/// second.
+async fn server(backend: Backend, prometheus: &Prometheus) -> TestApp {
+    let url = prometheus.url.clone();
+    crate::helpers::spawn_on(TestDatabase::new(backend).await, move |settings| {
+        settings.rollouts.tick_interval = TICK;
+        settings.rollouts.prometheus = [("default".to_string(), PrometheusServer { url })].into();
+        settings.rollouts.min_analysis_interval = INTERVAL;
+        settings.rollouts.analysis_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// team/limits: version 1 active, version 2 published.
+async fn seed(app: &TestApp) {
+    app.release("team", "limits", serde_json::json!({"max": 1}), true)
+        .await;
+    app.release("team", "limits", serde_json::json!({"max": 2}), false)
+        .await;
+}
+
+/// The error-ratio analysis: below 5 % passes.
+fn error_ratio(count: u32, failure_limit: u32) -> proto::RolloutAnalysis {
+    proto::RolloutAnalysis {
+        name: "error-ratio".into(),
+        prometheus: String::new(),
+        query: ERROR_RATIO.into(),
+        success_condition: "result < 0.05".into(),
+        interval: Some(INTERVAL.try_into().unwrap()),
+        count,
+        failure_limit,
+        inconclusive_limit: 0,
+    }
+}
+
+async fn bad_analyses_are_refused_naming_the_field_and_nothing_starts(backend: Backend) {
+    let exporter = Exporter::start().await;
+    let prometheus = Prometheus::start(&exporter).await;
+    let app = server(backend, &prometheus).await;
+    seed(&app).await;
+    let before = app.db_state().await;
+    let spoiled = |spoil: &dyn Fn(&mut proto::RolloutAnalysis)| {
+        let mut analysis = error_ratio(0, 0);
+        spoil(&mut analysis);
+        let mut request = start_request(vec![step(100, Duration::from_secs(60))]);
+        request.analyses = vec![analysis];
+        request
+    };
+    let cases: Vec<(proto::StartRolloutRequest, &str, &str)> = vec![
+        (
+            spoiled(&|a| a.query = "sum(rate(service_errors_total[3s]".into()),
+            "analyses[0].query",
+            "Prometheus default cannot run it",
+        ),
+        (
+            spoiled(&|a| a.success_condition = "result <".into()),
+            "analyses[0].success_condition",
+            "does not parse",
+        ),
+        (
+            spoiled(&|a| a.interval = Some(Duration::from_millis(200).try_into().unwrap())),
+            "analyses[0].interval",
+            "it must be 1s to",
+        ),
+        (
+            spoiled(&|a| a.query = "service_errors_total{version=\"{{ canary }}\"}".into()),
+            "analyses[0].query",
+            "canary",
+        ),
+        (
+            spoiled(&|a| a.prometheus = "http://169.254.169.254".into()),
+            "analyses[0].prometheus",
+            "not a Prometheus server of the server's settings",
+        ),
+        (
+            {
+                let mut request = start_request(vec![step(100, Duration::from_secs(60))]);
+                let mut analysis = error_ratio(0, 0);
+                analysis.success_condition = "error_rate < 0.01".into();
+                request.steps[0].analyses = vec![analysis];
+                request
+            },
+            "steps[0].analyses[0].success_condition",
+            "error_rate",
+        ),
+    ];
+    for (request, field, said) in cases {
+        let refused = app.policy.clone().start_rollout(request).await;
+        let status = refused.as_ref().err().cloned();
+        let message = expect_code(refused, Code::InvalidArgument);
+        assert!(message.contains(said), "{field}: {message}");
+        let details = tonic_types::StatusExt::get_error_details(&status.unwrap());
+        let violations = details
+            .bad_request()
+            .expect("a BadRequest")
+            .field_violations
+            .clone();
+        assert_eq!(violations[0].field, field, "{message}");
+    }
+    assert_eq!(app.db_state().await, before, "nothing started");
+    let listed = app
+        .policy
+        .clone()
+        .list_rollouts(proto::ListRolloutsRequest {
+            namespace: "team".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.rollouts.is_empty(), "{listed:?}");
+}
+
+async fn a_healthy_canary_is_promoted_step_by_step(backend: Backend) {
+    let exporter = Exporter::start().await;
+    let prometheus = Prometheus::start(&exporter).await;
+    let app = server(backend, &prometheus).await;
+    seed(&app).await;
+    let mut request = start_request(vec![step(50, Duration::ZERO), step(100, Duration::ZERO)]);
+    // Two passing measurements hold each step.
+    request.analyses = vec![error_ratio(2, 0)];
+    let started = app
+        .policy
+        .clone()
+        .start_rollout(request)
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.analyses[0].name, "error-ratio");
+    let advanced = until(&app.policy, &started.id, |rollout| rollout.step == 1).await;
+    let first_step: Vec<_> = advanced
+        .measurements
+        .iter()
+        .filter(|measurement| measurement.step == 0)
+        .collect();
+    assert_eq!(first_step.len(), 2, "{:?}", advanced.measurements);
+    let completed = until(&app.policy, &started.id, |rollout| {
+        rollout.state() == RolloutState::Completed
+    })
+    .await;
+    assert_eq!(
+        completed.measurements.len(),
+        4,
+        "{:?}",
+        completed.measurements
+    );
+    for measurement in &completed.measurements {
+        assert_eq!(measurement.phase(), MeasurementPhase::Successful);
+        assert_eq!(measurement.value, Some(0.0));
+        assert_eq!(measurement.success_condition, "result < 0.05");
+        assert!(
+            measurement.message.contains("version=\"2\""),
+            "the query as sent, with the candidate: {}",
+            measurement.message
+        );
+    }
+    // One interval at least between a step's measurements.
+    let taken: Vec<_> = completed
+        .measurements
+        .iter()
+        .map(|measurement| {
+            let at = measurement.taken_at.unwrap();
+            at.seconds as f64 + at.nanos as f64 / 1e9
+        })
+        .collect();
+    assert!(taken[1] - taken[0] >= 0.5, "{taken:?}");
+    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+}
+
+async fn an_error_rate_spike_rolls_the_cohort_back_within_the_bound(backend: Backend) {
+    let exporter = Exporter::start().await;
+    let prometheus = Prometheus::start(&exporter).await;
+    let app = server(backend, &prometheus).await;
+    seed(&app).await;
+    let mut fleet = open_runtimes(&app.bundle, 1).await;
+    let failure_limit = 1;
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    request.analyses = vec![error_ratio(0, failure_limit)];
+    let started = app
+        .policy
+        .clone()
+        .start_rollout(request)
+        .await
+        .expect("start")
+        .into_inner();
+    let runtime = &mut fleet[0];
+    let candidate = next_message(&mut runtime.stream).await;
+    assert_eq!(
+        bundles_of(&candidate)[0].1,
+        2,
+        "the cohort runs the candidate"
+    );
+    // Healthy first: two passing measurements.
+    until(&app.policy, &started.id, |rollout| {
+        rollout.measurements.len() >= 2
+    })
+    .await;
+    exporter.spike();
+    let back = loop {
+        let update = tokio::time::timeout(Duration::from_secs(15), runtime.stream.message())
+            .await
+            .expect("the cohort returns to the baseline within 15 s")
+            .expect("healthy")
+            .expect("open");
+        if bundles_of(&update)[0].1 == 1 {
+            break Instant::now();
+        }
+    };
+    let first_scrape = exporter
+        .first_spike_scrape()
+        .expect("the spike was scraped");
+    let took = back - first_scrape;
+    // The (failure_limit + 1)-th failed measurement fails the analysis:
+    // each is on the analysis's grid, one interval apart, the first at
+    // most one interval after the spike's first scrape; the tick that
+    // takes the last one rolls the cohort back.
+    let bound = INTERVAL * (failure_limit + 1) + TICK;
+    println!(
+        "spike to baseline: {} ms (bound: interval {} ms x (failure_limit {failure_limit} + 1) \
+         + one tick {} ms = {} ms)",
+        took.as_millis(),
+        INTERVAL.as_millis(),
+        TICK.as_millis(),
+        bound.as_millis()
+    );
+    assert!(took <= bound, "{took:?} > {bound:?}");
+    let rolled_back = get(&app.policy, &started.id).await;
+    assert_eq!(rolled_back.state(), RolloutState::RolledBack);
+    assert!(
+        rolled_back
+            .halted_because
+            .contains("analysis error-ratio failed")
+            && rolled_back
+                .halted_because
+                .contains("against `result < 0.05`"),
+        "{}",
+        rolled_back.halted_because
+    );
+    let failed: Vec<_> = rolled_back
+        .measurements
+        .iter()
+        .filter(|measurement| measurement.phase() == MeasurementPhase::Failed)
+        .collect();
+    assert_eq!(failed.len(), failure_limit as usize + 1);
+    assert!(
+        failed
+            .iter()
+            .all(|measurement| measurement.value.unwrap() >= 0.05)
+    );
+    let events = app.events("team", "limits").await;
+    let event = events
+        .iter()
+        .find(|event| event.kind() == proto::EventKind::RolloutRolledBack)
+        .expect("a ROLLOUT_ROLLED_BACK event");
+    let value = failed.last().unwrap().value.unwrap().to_string();
+    assert!(
+        event.reason.contains(&value) && event.reason.contains("result < 0.05"),
+        "the event says the value {value} and the condition: {}",
+        event.reason
+    );
+}
+
+async fn a_prometheus_that_stops_answering_pauses_the_rollout(backend: Backend) {
+    let exporter = Exporter::start().await;
+    let mut prometheus = Prometheus::start(&exporter).await;
+    let app = server(backend, &prometheus).await;
+    seed(&app).await;
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    request.analyses = vec![error_ratio(0, 0)];
+    let started = app
+        .policy
+        .clone()
+        .start_rollout(request)
+        .await
+        .expect("start")
+        .into_inner();
+    until(&app.policy, &started.id, |rollout| {
+        !rollout.measurements.is_empty()
+    })
+    .await;
+    prometheus.stop().await;
+    let paused = until(&app.policy, &started.id, |rollout| {
+        rollout.state() == RolloutState::Paused
+    })
+    .await;
+    assert!(
+        paused
+            .halted_because
+            .contains("analysis error-ratio was inconclusive")
+            && paused.halted_because.contains("did not answer"),
+        "{}",
+        paused.halted_because
+    );
+    let last = paused.measurements.last().unwrap();
+    assert_eq!(last.phase(), MeasurementPhase::Inconclusive);
+    assert_eq!(last.value, None, "no answer is never a value");
+    let events = app.events("team", "limits").await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event.kind() == proto::EventKind::RolloutPaused
+                && event.reason.contains("inconclusive")),
+        "{events:?}"
+    );
+    // Paused, not rolled back: the cohort keeps the candidate, and no
+    // measurement is taken while a person decides.
+    let measured = paused.measurements.len();
+    tokio::time::sleep(INTERVAL * 2).await;
+    let still = get(&app.policy, &started.id).await;
+    assert_eq!(still.state(), RolloutState::Paused);
+    assert_eq!(still.measurements.len(), measured);
+}
