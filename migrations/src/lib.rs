@@ -27,6 +27,7 @@ mod m20261125_000001_runtimes_last_seen_index;
 mod m20261126_000001_subscriptions;
 mod m20261126_000002_merkle_log;
 mod m20261126_000003_checkpoint_cosignatures;
+mod m20261128_000001_re_signing;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_subscriptions::Migration),
             Box::new(m20261126_000002_merkle_log::Migration),
             Box::new(m20261126_000003_checkpoint_cosignatures::Migration),
+            Box::new(m20261128_000001_re_signing::Migration),
         ]
     }
 }

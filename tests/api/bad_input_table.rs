@@ -377,6 +377,14 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "RevokeSigningKey: key id too long",
+        Code::InvalidArgument,
+        policy.revoke_signing_key(proto::RevokeSigningKeyRequest {
+            key_id: "k".repeat(100_000),
+            reason: String::new(),
+        })
+    );
+    row!(
         "ListRuntimes: bad selector",
         Code::InvalidArgument,
         policy.list_runtimes(proto::ListRuntimesRequest {

@@ -34,6 +34,7 @@ mod replicas;
 mod report_spread;
 mod requirements;
 mod restore;
+mod revocation;
 mod rollout_binary;
 mod rollouts;
 mod runtime_library;
