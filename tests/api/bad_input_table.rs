@@ -377,11 +377,11 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
-        "RevokeSigningKey: key id too long",
+        "RevokeSigningKey: reason too long",
         Code::InvalidArgument,
         policy.revoke_signing_key(proto::RevokeSigningKeyRequest {
-            key_id: "k".repeat(100_000),
-            reason: String::new(),
+            key_id: "some-key".into(),
+            reason: "r".repeat(100_000),
         })
     );
     row!(
