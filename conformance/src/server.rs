@@ -233,6 +233,25 @@ impl Server {
             .to_owned())
     }
 
+    /// The id of the key that signs new versions.
+    pub async fn signing_key_id(&self) -> anyhow::Result<String> {
+        let keys = self.get("/v1/signingKeys").await?;
+        Ok(keys["signingKeyId"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Revokes `key_id`, which no longer signs: the versions it signed are
+    /// signed again; the revision that sent the active ones again.
+    pub async fn revoke_signing_key(&self, key_id: &str) -> anyhow::Result<u64> {
+        let revoked = self
+            .post(
+                &format!("/v1/signingKeys/{key_id}:revoke"),
+                json!({"reason": "conformance"}),
+            )
+            .await
+            .context("revoke the signing key")?;
+        Ok(revision(&revoked["revision"]))
+    }
+
     /// Declares that the database was restored from a backup.
     pub async fn record_restore(&self, reason: &str) -> anyhow::Result<()> {
         self.post("/v1/log:recordRestore", json!({ "reason": reason }))

@@ -111,6 +111,12 @@ const VARIANTS: &[Variant] = &[
         because: &["was put in force"],
     },
     Variant {
+        name: "ignore-revocation",
+        obligation: "V4",
+        caught_by: &["verification.revoked-key"],
+        because: &["naming the revocation: not within", "moved from revision"],
+    },
+    Variant {
         name: "forget-cache",
         obligation: "C1",
         caught_by: &["cache.restart-with-the-server-down"],

@@ -28,6 +28,7 @@ mod m20261126_000001_subscriptions;
 mod m20261126_000002_merkle_log;
 mod m20261126_000003_checkpoint_cosignatures;
 mod m20261128_000001_rollout_measurements;
+mod m20261128_000002_re_signing;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_merkle_log::Migration),
             Box::new(m20261126_000003_checkpoint_cosignatures::Migration),
             Box::new(m20261128_000001_rollout_measurements::Migration),
+            Box::new(m20261128_000002_re_signing::Migration),
         ]
     }
 }

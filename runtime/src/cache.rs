@@ -1,5 +1,5 @@
-//! The last-known-good state on disk: the signed bundles, their revisions
-//! and the JWKS that verified them, written atomically (temporary file,
+//! The last-known-good state on disk: the signed bundles, their revisions,
+//! the JWKS that verified them and the keys known revoked, written atomically (temporary file,
 //! fsync, rename) so a crash leaves the old file or the new one, never half.
 //! Read back, every bundle is verified again before it is used.
 //!
@@ -9,7 +9,7 @@
 //! so the executor goes on serving the embedder's tasks meanwhile.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -36,6 +36,11 @@ struct CacheFile {
     names: Vec<String>,
     revision: u64,
     jwks: Jwks,
+    /// The ids of the keys known revoked when it was written: a bundle
+    /// they signed is refused when the file is read back. Absent from the
+    /// files of earlier versions.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    revoked_key_ids: BTreeSet<String>,
     bundles: Vec<CachedBundle>,
     /// When the state was verified, in milliseconds since the Unix epoch;
     /// absent from the files of earlier versions, whose modification time
@@ -43,6 +48,9 @@ struct CacheFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verified_at_unix_ms: Option<u64>,
 }
+
+/// A cached state, the JWKS that verified it and the keys known revoked.
+pub type Loaded = (State, Jwks, BTreeSet<String>);
 
 /// The cache of one subscription.
 #[derive(Debug, Clone)]
@@ -108,9 +116,11 @@ impl Cache {
         off_executor(move || write_atomically(&path, leaf.to_string().as_bytes())).await?
     }
 
-    /// The cached state and its JWKS, verified again; `Ok(None)` when there
-    /// is no cache yet, `Err` with the reason when it cannot be trusted.
-    pub async fn load(&self) -> Result<Option<(State, Jwks)>, String> {
+    /// The cached state, its JWKS and the keys known revoked, verified
+    /// again; `Ok(None)` when there is no cache yet, `Err` with the reason
+    /// when it cannot be trusted (a bundle signed by a revoked key among
+    /// them).
+    pub async fn load(&self) -> Result<Option<Loaded>, String> {
         let cache = self.clone();
         off_executor(move || cache.load_blocking())
             .await
@@ -118,7 +128,7 @@ impl Cache {
     }
 
     /// [`load`](Self::load), on the calling thread.
-    fn load_blocking(&self) -> Result<Option<(State, Jwks)>, String> {
+    fn load_blocking(&self) -> Result<Option<Loaded>, String> {
         let modified = std::fs::metadata(&self.path).and_then(|metadata| metadata.modified());
         let text = match std::fs::read(&self.path) {
             Ok(text) => text,
@@ -138,12 +148,15 @@ impl Cache {
         }
         let mut bundles = BTreeMap::new();
         for cached in file.bundles {
+            let key_id = crate::bundle::key_id(&cached.jws).map_err(|error| error.to_string())?;
+            if file.revoked_key_ids.contains(&key_id) {
+                return Err(format!("a bundle is signed by revoked key {key_id:?}"));
+            }
             let claims = verify(&cached.jws, &file.jwks)
                 .map_err(|error| format!("a bundle does not verify: {error}"))?;
             let Some(name) = claims.sub.strip_prefix(&format!("{}/", self.namespace)) else {
                 return Err(format!("a bundle of {} is in it", claims.sub));
             };
-            let key_id = crate::bundle::key_id(&cached.jws).map_err(|error| error.to_string())?;
             bundles.insert(
                 name.to_owned(),
                 VerifiedBundle {
@@ -169,17 +182,23 @@ impl Cache {
             source: Source::Cache,
             verified_at,
         };
-        Ok(Some((state, file.jwks)))
+        Ok(Some((state, file.jwks, file.revoked_key_ids)))
     }
 
     /// Replaces the cache with `state`, atomically.
-    pub async fn save(&self, state: &State, jwks: &Jwks) -> std::io::Result<()> {
+    pub async fn save(
+        &self,
+        state: &State,
+        jwks: &Jwks,
+        revoked: &BTreeSet<String>,
+    ) -> std::io::Result<()> {
         let file = CacheFile {
             format: FORMAT,
             namespace: self.namespace.clone(),
             names: self.names.clone(),
             revision: state.revision,
             jwks: jwks.clone(),
+            revoked_key_ids: revoked.clone(),
             bundles: state
                 .bundles
                 .values()
@@ -297,7 +316,9 @@ mod tests {
             // A FIFO cannot be fsynced, so the save itself fails at the end;
             // what counts is the executor meanwhile.
             async {
-                let _ = cache.save(&state_of("payments"), &Jwks::default()).await;
+                let _ = cache
+                    .save(&state_of("payments"), &Jwks::default(), &BTreeSet::new())
+                    .await;
             },
         )
         .await;
@@ -337,14 +358,69 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path(), "payments", &[]);
         cache
-            .save(&state_of("payments"), &Jwks::default())
+            .save(&state_of("payments"), &Jwks::default(), &BTreeSet::new())
             .await
             .unwrap();
         cache.save_tree("a note").await.unwrap();
         cache.save_restore(12).await.unwrap();
-        let (state, _) = cache.load().await.unwrap().unwrap();
+        let (state, ..) = cache.load().await.unwrap().unwrap();
         assert_eq!((state.revision, state.source), (7, Source::Cache));
         assert_eq!(cache.load_tree().await.unwrap().as_deref(), Some("a note"));
         assert_eq!(cache.load_restore().await.unwrap(), Some(12));
+    }
+
+    /// A state of one bundle, signed by a key made from `seed`, and that
+    /// key's JWKS.
+    fn signed_state(seed: u8) -> (State, Jwks) {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        use ed25519_dalek::Signer;
+
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let jwk = crate::bundle::Jwk::ed25519(key.verifying_key().as_bytes());
+        let body = serde_json::json!({"limit": 10});
+        let digest =
+            crate::bundle::digest_of_canonical(crate::bundle::canonical_json(&body).as_bytes());
+        let header = serde_json::json!({
+            "alg": "EdDSA", "kid": jwk.kid, "typ": crate::bundle::BUNDLE_TYPE,
+        });
+        let claims = serde_json::json!({
+            "iss": "policyhub", "sub": "payments/limits", "ver": 1,
+            "digest": digest, "body": body, "iat": 0,
+        });
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = URL_SAFE_NO_PAD.encode(key.sign(signed.as_bytes()).to_bytes());
+        let bundle = VerifiedBundle {
+            name: "limits".into(),
+            version: 1,
+            label: None,
+            digest,
+            revision: 7,
+            key_id: jwk.kid.clone(),
+            body,
+            jws: format!("{signed}.{signature}"),
+        };
+        let state = State {
+            bundles: BTreeMap::from([("limits".to_owned(), bundle)]),
+            ..state_of("payments")
+        };
+        (state, Jwks { keys: vec![jwk] })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cached_state_signed_by_a_revoked_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), "payments", &[]);
+        let (state, jwks) = signed_state(7);
+        cache.save(&state, &jwks, &BTreeSet::new()).await.unwrap();
+        let (loaded, ..) = cache.load().await.unwrap().unwrap();
+        assert_eq!(loaded.bundles.len(), 1, "the good cache loads");
+        let revoked = BTreeSet::from([jwks.keys[0].kid.clone()]);
+        cache.save(&state, &jwks, &revoked).await.unwrap();
+        let refused = cache.load().await.unwrap_err();
+        assert!(refused.contains("revoked key"), "{refused}");
     }
 }

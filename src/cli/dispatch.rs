@@ -57,6 +57,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => client.run(args).await,
         Command::GetSigningKeys { client, args } => client.run(args).await,
         Command::RotateSigningKey { client, args } => client.run(args).await,
+        Command::RevokeSigningKey { client, args } => client.run(args).await,
         Command::RecordRestore { client, args } => client.run(args).await,
         Command::Backup { client, args } => client.run(args).await,
         Command::Export { client, args } => client.run(args).await,

@@ -379,6 +379,15 @@ enum Command {
         #[command(flatten)]
         args: keys::RotateSigningKeyArgs,
     },
+    /// Revoke a signing key that no longer signs (admin in every
+    /// namespace): it leaves the JWKS, the versions it signed are signed
+    /// again by the signing key, and runtimes refuse what it signs.
+    RevokeSigningKey {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: keys::RevokeSigningKeyArgs,
+    },
     /// Declare this deployment restored from a backup (admin in every
     /// namespace): records a RESTORED event and signs a checkpoint over it,
     /// so that runtimes which saw the history the backup lost accept the

@@ -63,11 +63,17 @@ pub enum EventKind {
     RuntimeRejected,
     /// An operator declared the deployment restored from a backup.
     Restored,
+    /// A signing key was revoked: it left the published keys, and every
+    /// version it signed was signed again by the signing key.
+    KeyRevoked,
+    /// A version signed by a revoked key was signed again by the signing
+    /// key; with a revision when it is active and so sent again.
+    ReSigned,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::DraftCreated,
         EventKind::DraftSuperseded,
         EventKind::DraftDiscarded,
@@ -94,6 +100,8 @@ impl EventKind {
         EventKind::SubscriptionDisabled,
         EventKind::RuntimeRejected,
         EventKind::Restored,
+        EventKind::KeyRevoked,
+        EventKind::ReSigned,
     ];
 
     /// The name used in storage and in the API.
@@ -125,6 +133,8 @@ impl EventKind {
             EventKind::SubscriptionDisabled => "SUBSCRIPTION_DISABLED",
             EventKind::RuntimeRejected => "RUNTIME_REJECTED",
             EventKind::Restored => "RESTORED",
+            EventKind::KeyRevoked => "KEY_REVOKED",
+            EventKind::ReSigned => "RE_SIGNED",
         }
     }
 
@@ -132,6 +142,12 @@ impl EventKind {
     /// revision).
     pub fn moves_active_pointer(self) -> bool {
         matches!(self, EventKind::Activated | EventKind::RolledBack)
+    }
+
+    /// Whether events of this kind, with a revision, send their version
+    /// again at it: a pointer move, or an active version signed again.
+    pub fn sends_a_bundle(self) -> bool {
+        self.moves_active_pointer() || self == EventKind::ReSigned
     }
 
     /// Whether events of this kind change what a rollout's runtimes are

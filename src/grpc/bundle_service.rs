@@ -318,6 +318,7 @@ impl BundleService for BundleApi {
         Ok(Response::new(proto::GetSigningKeysResponse {
             keys: keys.iter().map(convert::jwk).collect(),
             signing_key_id,
+            revoked_key_ids: self.hub.revoked_key_ids(),
         }))
     }
 

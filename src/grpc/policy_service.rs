@@ -315,6 +315,27 @@ impl PolicyService for PolicyApi {
         }))
     }
 
+    async fn revoke_signing_key(
+        &self,
+        request: Request<proto::RevokeSigningKeyRequest>,
+    ) -> Reply<proto::RevokeSigningKeyResponse> {
+        let context = identify(&request)?.authorize_everywhere(Rpc::RevokeSigningKey)?;
+        let request = request.into_inner();
+        let key_id = self.limits.text("key_id", request.key_id)?;
+        let reason = self.limits.text("reason", request.reason)?;
+        let revoked = self
+            .hub
+            .revoke_signing_key(&context, &key_id, &reason)
+            .await?;
+        Ok(Response::new(proto::RevokeSigningKeyResponse {
+            key_id: revoked.key_id,
+            signing_key_id: revoked.signing_key_id,
+            re_signed_versions: revoked.re_signed_versions,
+            revision: revoked.revision.unwrap_or(0),
+            already_revoked: revoked.already_revoked,
+        }))
+    }
+
     async fn record_restore(
         &self,
         request: Request<proto::RecordRestoreRequest>,

@@ -87,10 +87,28 @@ pub struct PolicyHub {
     metrics_source: Option<Arc<dyn MetricsSource>>,
 }
 
-/// The signing key and the JWKS, which change together.
+/// The signing key, the JWKS and the revoked keys, which change together.
 struct Keys {
     signer: SigningKey,
+    /// Every key that signed and is not revoked.
     jwks: Vec<Jwk>,
+    /// The ids of the revoked keys.
+    revoked: Vec<String>,
+}
+
+/// What revoking a signing key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedKey {
+    /// The revoked key.
+    pub key_id: String,
+    /// The key that signed its versions again.
+    pub signing_key_id: String,
+    /// How many versions were signed again.
+    pub re_signed_versions: u32,
+    /// The revision that sent the active ones again, if any was.
+    pub revision: Option<u64>,
+    /// The key was revoked before: nothing changed.
+    pub already_revoked: bool,
 }
 
 /// Stores the public keys and records a rotation when the signer is new.
@@ -108,6 +126,17 @@ async fn register(
     configured.extend(keys.map(|key| key.jwk().clone()));
     repository
         .write("register_keys", async |tx| {
+            if tx
+                .revoked_key_ids()
+                .await?
+                .iter()
+                .any(|revoked| revoked == signer.key_id())
+            {
+                return Err(Error::precondition(format!(
+                    "signing key {} was revoked: configure another to sign",
+                    signer.key_id()
+                )));
+            }
             tx.store_public_keys(&configured).await?;
             if tx.last_rotated_key().await?.as_deref() != Some(signer.key_id()) {
                 let event = NewEvent {
@@ -120,7 +149,12 @@ async fn register(
         })
         .await?;
     let jwks = repository.signing_keys().await?;
-    Ok(Keys { signer, jwks })
+    let revoked = repository.revoked_key_ids().await?;
+    Ok(Keys {
+        signer,
+        jwks,
+        revoked,
+    })
 }
 
 impl PolicyHub {
@@ -242,6 +276,81 @@ impl PolicyHub {
         self.install(vec![new_key], context, reason).await
     }
 
+    /// Revokes a key that no longer signs: it leaves the JWKS, every
+    /// version it signed is signed again by the signing key (claims
+    /// unchanged), and the active ones are sent again under one revision,
+    /// after the JWKS changed, so a runtime that fetches the keys on seeing
+    /// them learns of the revocation.
+    pub async fn revoke_signing_key(
+        &self,
+        context: &RequestContext,
+        key_id: &str,
+        reason: &str,
+    ) -> Result<RevokedKey> {
+        let keys = self.keys();
+        let signer = keys.signer.clone();
+        if signer.key_id() == key_id {
+            return Err(Error::precondition(format!(
+                "signing key {key_id} signs new versions: rotate the signing key first"
+            )));
+        }
+        let verifying = crate::signing::Jwks {
+            keys: keys.jwks.clone(),
+        };
+        let sign_again = |old_jws: &str| {
+            let claims = crate::signing::verify(old_jws, &verifying).map_err(|error| {
+                Error::DataLoss(format!("a stored bundle does not verify: {error}"))
+            })?;
+            Ok((signer.sign(&claims)?, signer.key_id().to_owned()))
+        };
+        let revocation = self
+            .repository
+            .write("revoke_signing_key", async |tx| {
+                if !tx.key_stored(key_id).await? {
+                    return Err(Error::NotFound(format!("no signing key {key_id}")));
+                }
+                if tx.revoked_key_ids().await?.iter().any(|id| id == key_id) {
+                    return Ok(None);
+                }
+                tx.revoke_key(context, key_id, reason, sign_again)
+                    .await
+                    .map(Some)
+            })
+            .await?;
+        let Some(revocation) = revocation else {
+            return Ok(RevokedKey {
+                key_id: key_id.to_owned(),
+                signing_key_id: signer.key_id().to_owned(),
+                re_signed_versions: 0,
+                revision: None,
+                already_revoked: true,
+            });
+        };
+        self.refresh_jwks().await?;
+        tracing::warn!(
+            %key_id,
+            signing_key_id = %signer.key_id(),
+            re_signed_versions = revocation.re_signed,
+            revision = ?revocation.revision,
+            "signing key revoked"
+        );
+        if let Some(revision) = revocation.revision {
+            self.applied(RevisionChange {
+                revision,
+                bundles: revocation.changed,
+                rollouts: Vec::new(),
+            })
+            .await;
+        }
+        Ok(RevokedKey {
+            key_id: key_id.to_owned(),
+            signing_key_id: signer.key_id().to_owned(),
+            re_signed_versions: revocation.re_signed,
+            revision: revocation.revision,
+            already_revoked: false,
+        })
+    }
+
     /// Re-reads the key files (on SIGHUP); returns the old and the new
     /// signing key id.
     pub async fn reload_keys(&self, context: &RequestContext) -> Result<(String, String)> {
@@ -350,18 +459,21 @@ impl PolicyHub {
         Ok(())
     }
 
-    /// Serves every stored public key in the JWKS.
+    /// Serves every stored public key that is not revoked in the JWKS,
+    /// and the revoked ones as such.
     async fn refresh_jwks(&self) -> Result<()> {
         let jwks = self.repository.signing_keys().await?;
+        let revoked = self.repository.revoked_key_ids().await?;
         // Read, copy and swap again when an install came between, so that
         // neither is lost.
         self.keys.rcu(|keys| {
-            if keys.jwks.len() == jwks.len() {
+            if keys.jwks == jwks && keys.revoked == revoked {
                 return Arc::clone(keys);
             }
             Arc::new(Keys {
                 signer: keys.signer.clone(),
                 jwks: jwks.clone(),
+                revoked: revoked.clone(),
             })
         });
         Ok(())
@@ -371,5 +483,10 @@ impl PolicyHub {
     pub fn signing_keys(&self) -> (Vec<Jwk>, String) {
         let keys = self.keys();
         (keys.jwks.clone(), keys.signer.key_id().to_owned())
+    }
+
+    /// The ids of the revoked keys, in the order they were revoked.
+    pub fn revoked_key_ids(&self) -> Vec<String> {
+        self.keys().revoked.clone()
     }
 }

@@ -81,6 +81,15 @@ pub(super) fn pointer_moves() -> impl Iterator<Item = &'static str> {
         .map(EventKind::as_str)
 }
 
+/// The event kinds that send their version again at their revision (a
+/// pointer move, or an active version signed again), as stored.
+pub(super) fn bundle_sends() -> impl Iterator<Item = &'static str> {
+    EventKind::ALL
+        .into_iter()
+        .filter(|kind| kind.sends_a_bundle())
+        .map(EventKind::as_str)
+}
+
 /// The condition that a namespace column lies in a listing's scope.
 pub(super) fn in_scope(column: impl ColumnTrait, scope: &NamespaceScope) -> Condition {
     match scope {

@@ -13,7 +13,7 @@ use sea_orm::{
 
 use super::chain::head;
 use super::entities::{events, log_hashes, log_origin};
-use super::events::{pointer_moves, record};
+use super::events::{bundle_sends, record};
 use super::policies::find_policy;
 use super::rows::{db_revision, db_version, revision};
 use super::statement_runner::StatementRunner;
@@ -197,7 +197,7 @@ impl Repository {
     /// The ids of the events that put version `version` of `policy` in a
     /// runtime's hands at `revision` (at most the current one): its
     /// PUBLISHED event, and the ACTIVATED or ROLLED_BACK event that made it
-    /// active then.
+    /// active then, or the RE_SIGNED event that sent it again then.
     pub async fn bundle_events(
         &self,
         policy: &PolicyRef,
@@ -228,7 +228,7 @@ impl Repository {
             .one(&self.db)
             .await?;
         let activated: Option<i64> = of_version()
-            .filter(events::Column::Kind.is_in(pointer_moves()))
+            .filter(events::Column::Kind.is_in(bundle_sends()))
             .filter(events::Column::Revision.eq(i64::from(revision_made_active)))
             .into_tuple()
             .one(&self.db)

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::entities::{events, policies};
-use super::events::{NewEvent, pointer_moves};
+use super::events::{NewEvent, bundle_sends};
 use super::policies::{LockedPolicy, find_policy};
 use super::rollouts::{find_rollout, live_rollouts, view};
 use super::rows::{
@@ -38,10 +38,10 @@ pub(super) const ACTIVE_BUNDLES: &str = "SELECT p.active_revision AS revision, p
      FROM policies p LEFT JOIN versions v ON v.policy_id = p.id AND v.version = p.active_version \
      WHERE p.active_version IS NOT NULL";
 
-/// Every pointer move after a revision (the placeholder), with the bundle
-/// it moved to.
+/// Every pointer move after a revision (the placeholder), and every active
+/// version signed again, with the bundle it sent.
 fn moves_since(backend: DatabaseBackend) -> String {
-    let kinds: Vec<String> = pointer_moves().map(|kind| format!("'{kind}'")).collect();
+    let kinds: Vec<String> = bundle_sends().map(|kind| format!("'{kind}'")).collect();
     // SQLite would pick the index on kind, which every activation ever
     // recorded matches, over the one on revision: named, the read costs
     // what changed since `after`, not the whole history.

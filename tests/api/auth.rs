@@ -319,6 +319,20 @@ async fn attacks_are_refused_with_the_right_code_and_change_nothing() {
                 .map(drop),
         ),
         (
+            "namespace admin revokes one of the deployment's signing keys",
+            app.policy
+                .clone()
+                .revoke_signing_key(with_token(
+                    proto::RevokeSigningKeyRequest {
+                        key_id: "some-key".into(),
+                        ..Default::default()
+                    },
+                    &a_admin,
+                ))
+                .await
+                .map(drop),
+        ),
+        (
             "namespace admin declares the deployment restored",
             app.policy
                 .clone()

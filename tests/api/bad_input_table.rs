@@ -377,6 +377,14 @@ fn rows(app: &TestApp) -> Vec<Row> {
         })
     );
     row!(
+        "RevokeSigningKey: reason too long",
+        Code::InvalidArgument,
+        policy.revoke_signing_key(proto::RevokeSigningKeyRequest {
+            key_id: "some-key".into(),
+            reason: "r".repeat(100_000),
+        })
+    );
+    row!(
         "ListRuntimes: bad selector",
         Code::InvalidArgument,
         policy.list_runtimes(proto::ListRuntimesRequest {

@@ -35,6 +35,7 @@ mod replicas;
 mod report_spread;
 mod requirements;
 mod restore;
+mod revocation;
 mod rollout_binary;
 mod rollouts;
 mod runtime_library;

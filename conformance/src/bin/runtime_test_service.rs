@@ -346,6 +346,9 @@ enum Break {
     NoKeyRefetch,
     /// V3: a refused state is put in force all the same.
     KeepRefused,
+    /// V4: a revoked key is trusted still: what it signs, refused by the
+    /// library for the revocation, is put in force.
+    IgnoreRevocation,
     /// C1: the cache directory is ignored.
     ForgetCache,
     /// P1: the runtime id is dropped, so nothing is reported.
@@ -419,6 +422,9 @@ impl Break {
     fn rejected(self, record: &mut Record, revision: u64, reason: String) {
         match self {
             Break::SkipVerification => record.put_in_force(record.moved_to(revision)),
+            Break::IgnoreRevocation if reason.contains("revoked") => {
+                record.put_in_force(record.moved_to(revision));
+            }
             Break::KeepRefused => {
                 record.refuse(revision, reason);
                 record.put_in_force(record.moved_to(revision));

@@ -1,7 +1,8 @@
 //! Verification: a bundle altered on the way (its body, its signature,
 //! its key id, `alg: none`, its stated digest) is refused, the last good
 //! state stays, and the runtime goes on with the next good one; bundles
-//! signed with a rotated key are taken once the keys are fetched again.
+//! signed with a rotated key are taken once the keys are fetched again;
+//! what a revoked key signed is refused, replayed old messages included.
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub fn tests() -> Vec<Test> {
             digest_mismatch
         ),
         test!("verification.rotated-key", ["V2"], [], rotated_key),
+        test!("verification.revoked-key", ["V4"], [], revoked_key),
     ]
 }
 
@@ -106,5 +108,46 @@ async fn rotated_key(context: Context) -> anyhow::Result<()> {
     let next = release(&context, "p", 2).await?;
     let view = runtime.until_revision(next).await?;
     holds(&view, &[("p", 2)])?;
+    applied_once_in_order(&view)
+}
+
+/// The server signs with a new key and revokes the one that signed
+/// version 1, which it signs again: the runtime takes version 1 signed
+/// anew, then refuses the first message of its link, signed by the
+/// revoked key and replayed, with a reason that names the revocation, and
+/// keeps the state signed anew.
+async fn revoked_key(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    let revoked = context.server.signing_key_id().await?;
+    context.server.rotate_signing_key().await?;
+    let signed_again = context.server.revoke_signing_key(&revoked).await?;
+    ensure!(
+        signed_again > 1,
+        "the revocation sent version 1 again at no new revision"
+    );
+    let view = runtime.until_revision(signed_again).await?;
+    holds(&view, &[("p", 1)])?;
+    context.proxy.replay();
+    let view = runtime
+        .until(
+            "the replayed message signed by the revoked key refused, naming the revocation",
+            Duration::from_secs(10),
+            |view| {
+                view.saw(|event| {
+                    matches!(event, RuntimeEvent::Rejected { reason, .. }
+                        if reason.contains("revoked"))
+                })
+            },
+        )
+        .await;
+    ensure!(
+        context.proxy.replayed() > 0,
+        "the proxy replayed no message"
+    );
+    view?;
+    let view = stays_at(&runtime, signed_again, Duration::from_millis(500)).await?;
+    holds(&view, &[("p", 1)])?;
     applied_once_in_order(&view)
 }

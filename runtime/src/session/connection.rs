@@ -2,7 +2,7 @@
 //! every call, the JWKS fetched on it, where events go ([`EventSink`]) and how
 //! a session ends ([`Failure`]).
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use tokio::sync::mpsc;
 use tonic::{
@@ -163,11 +163,15 @@ impl From<WatchError> for Failure {
     }
 }
 
-pub(super) async fn fetch_jwks(client: &mut Client) -> Result<Jwks, Failure> {
-    let keys = client
+/// The keys that verify, and the ids of the revoked ones.
+pub(super) async fn fetch_keys(client: &mut Client) -> Result<(Jwks, BTreeSet<String>), Failure> {
+    let mut keys = client
         .get_signing_keys(GetSigningKeysRequest {})
         .await
         .map_err(Failure::from_status)?
         .into_inner();
-    Ok(Jwks::from_response(keys))
+    let revoked = std::mem::take(&mut keys.revoked_key_ids)
+        .into_iter()
+        .collect();
+    Ok((Jwks::from_response(keys), revoked))
 }

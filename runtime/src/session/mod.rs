@@ -54,7 +54,7 @@ use tokio::sync::{OwnedMutexGuard, mpsc};
 
 pub(crate) use self::connection::EventSink;
 use self::connection::{
-    Client, Failure, announced_heartbeat, connect, fetch_jwks, refuses_credentials, token_changed,
+    Client, Failure, announced_heartbeat, connect, refuses_credentials, token_changed,
 };
 use self::reporter::Reporter;
 use self::subscription_state::SubscriptionState;
@@ -255,7 +255,7 @@ async fn open(
     let mut client = connect(subscription, address).await?;
     let mut reporter = Reporter::new(client.clone());
     if subscription_state.jwks.keys.is_empty() {
-        subscription_state.jwks = fetch_jwks(&mut client).await?;
+        subscription_state.refresh_keys(&mut client).await?;
     }
     subscription_state
         .flush_reports(&mut reporter, subscription)
@@ -391,7 +391,10 @@ where
             Ok(Ok(None)) => return Err(Failure::Transient("the stream ended".into())),
             Ok(Ok(Some(message))) => message,
         };
-        if let Some(checkpoint) = &message.checkpoint {
+        let revoked_signer = subscription_state
+            .signed_by_revoked(&message.bundles)
+            .is_some();
+        if let Some(checkpoint) = message.checkpoint.as_ref().filter(|_| !revoked_signer) {
             if let Some(restored) = subscription_state
                 .follow_tree(checkpoint, &mut client, subscription)
                 .await?

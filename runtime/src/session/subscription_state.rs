@@ -2,11 +2,14 @@
 //! state in force and the one before, where to resume, the keys, the
 //! cache, the reports not yet sent and the checkpoint's freshness.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
 
 use tonic::Code;
 
-use super::connection::{Client, EventSink, Failure, Gone, fetch_jwks};
+use super::connection::{Client, EventSink, Failure, Gone, fetch_keys};
 use super::reporter::Reporter;
 use crate::bundle::{self, Envelope, Jwks};
 use crate::cache::Cache;
@@ -32,6 +35,9 @@ pub(super) struct SubscriptionState {
     /// The keys that verify bundles; fetched from the server, never taken
     /// from the stream.
     pub(super) jwks: Jwks,
+    /// The ids of the revoked keys, fetched with the keys: whatever they
+    /// sign is refused, a replayed message and a cached state included.
+    revoked: BTreeSet<String>,
     cache: Option<Cache>,
     /// Outcomes not yet reported, by policy, and their revision.
     pending_reports: BTreeMap<String, PolicyApplyStatus>,
@@ -65,6 +71,7 @@ impl SubscriptionState {
             previous: None,
             decided: 0,
             jwks: Jwks::default(),
+            revoked: BTreeSet::new(),
             cache,
             pending_reports: BTreeMap::new(),
             pending_revision: 0,
@@ -92,7 +99,7 @@ impl SubscriptionState {
             });
         let event = match cache.load().await {
             Ok(None) => return Ok(subscription_state),
-            Ok(Some((state, jwks))) => match sink.validate.validate(&state).await {
+            Ok(Some((state, jwks, revoked))) => match sink.validate.validate(&state).await {
                 Ok(()) => {
                     tracing::info!(
                         revision = state.revision,
@@ -103,6 +110,7 @@ impl SubscriptionState {
                     subscription_state.decided = state.revision;
                     subscription_state.applied = state.clone();
                     subscription_state.jwks = jwks;
+                    subscription_state.revoked = revoked;
                     Event::FromCache(state)
                 }
                 Err(reason) => {
@@ -141,8 +149,8 @@ impl SubscriptionState {
             return Ok(None);
         }
         let known = bundle::key_id(&checkpoint.jws).is_ok_and(|kid| self.jwks.knows(&kid));
-        if !known && let Ok(jwks) = fetch_jwks(client).await {
-            self.jwks = jwks;
+        if !known {
+            let _ = self.refresh_keys(client).await;
         }
         let claims = verify_checkpoint(&checkpoint.jws, &self.jwks).map_err(|error| {
             Failure::Transient(format!("a checkpoint does not verify: {error}"))
@@ -189,7 +197,7 @@ impl SubscriptionState {
             Ok(head) => head,
             Err(_) => {
                 // Perhaps a key rotated since the keys were fetched.
-                self.jwks = fetch_jwks(client).await?;
+                self.refresh_keys(client).await?;
                 verify_note(&checkpoint.note, self.tree.origin.as_deref(), &self.jwks)
                     .map_err(Failure::History)?
             }
@@ -293,17 +301,73 @@ impl SubscriptionState {
         }
     }
 
+    /// Fetches the keys again. A revocation learned that concerns the
+    /// state in force is written to the cache at once, so that the cached
+    /// state it signed is not served again.
+    pub(super) async fn refresh_keys(&mut self, client: &mut Client) -> Result<(), Failure> {
+        let (jwks, revoked) = fetch_keys(client).await?;
+        self.jwks = jwks;
+        let learned: Vec<&String> = revoked.difference(&self.revoked).collect();
+        if !learned.is_empty() {
+            tracing::warn!(revoked = ?learned, "the server revoked signing keys");
+        }
+        let concerns_state = self
+            .applied
+            .bundles
+            .values()
+            .any(|held| learned.contains(&&held.key_id));
+        self.revoked = revoked;
+        if concerns_state {
+            self.save(&self.applied).await;
+        }
+        Ok(())
+    }
+
+    /// The first of `bundles` signed by a revoked key, with the reason to
+    /// refuse it. The session does not take the checkpoint of a message
+    /// that carries one: an old message replayed carries an old checkpoint,
+    /// which the revoked key may have signed too.
+    pub(super) fn signed_by_revoked(&self, bundles: &[Bundle]) -> Option<String> {
+        bundles.iter().find_map(|bundle| {
+            let kid = bundle::key_id(&bundle.jws).ok()?;
+            self.revoked.contains(&kid).then(|| {
+                format!(
+                    "{} version {} is {}",
+                    bundle.name,
+                    bundle.version,
+                    revoked_key(&kid)
+                )
+            })
+        })
+    }
+
+    /// Whether `revision` carries a version held in force signed by
+    /// another key: the sign that the key which signed it may have been
+    /// revoked, which the keys, fetched again, tell.
+    fn re_signs_held(&self, revision: &Revision) -> bool {
+        revision.bundles.iter().any(|bundle| {
+            self.applied.bundles.get(&bundle.name).is_some_and(|held| {
+                held.version == bundle.version
+                    && held.digest == bundle.digest
+                    && bundle::key_id(&bundle.jws).is_ok_and(|kid| kid != held.key_id)
+            })
+        })
+    }
+
     /// Verifies one bundle of the stream; a key unknown to the JWKS makes
-    /// it fetch the JWKS once more.
+    /// it fetch the JWKS once more, a revoked one refuses it.
     async fn verify(
         &mut self,
         bundle: &Bundle,
         client: &mut Client,
         subscription: &Subscription,
     ) -> Result<VerifiedBundle, String> {
-        let known = bundle::key_id(&bundle.jws).is_ok_and(|kid| self.jwks.knows(&kid));
-        if !known && let Ok(jwks) = fetch_jwks(client).await {
-            self.jwks = jwks;
+        let kid = bundle::key_id(&bundle.jws).map_err(|error| error.to_string())?;
+        if !self.jwks.knows(&kid) && !self.revoked.contains(&kid) {
+            let _ = self.refresh_keys(client).await;
+        }
+        if self.revoked.contains(&kid) {
+            return Err(revoked_key(&kid));
         }
         if !subscription.names.is_empty() && !subscription.names.contains(&bundle.name) {
             return Err(format!(
@@ -352,6 +416,15 @@ impl SubscriptionState {
             }
         };
         if revision.revision < self.applied.revision && !revision.reset {
+            if let Some(reason) = self.signed_by_revoked(&revision.bundles) {
+                // Harmless as an old message, but someone sends what a
+                // revoked key signed: said, though nothing changes.
+                tracing::warn!(revision = revision.revision, %reason, "refused an old state");
+                return Some(Event::Rejected {
+                    revision: revision.revision,
+                    reason,
+                });
+            }
             tracing::warn!(
                 revision = revision.revision,
                 applied = self.applied.revision,
@@ -362,6 +435,11 @@ impl SubscriptionState {
         if !is_snapshot && revision.bundles.is_empty() {
             self.decided = self.decided.max(revision.revision);
             return None;
+        }
+        if self.re_signs_held(&revision)
+            && let Err(error) = self.refresh_keys(client).await
+        {
+            tracing::warn!(reason = %error.reason(), "cannot fetch the signing keys again");
         }
         let mut verified = Vec::with_capacity(revision.bundles.len());
         let mut failures = Vec::new();
@@ -441,7 +519,7 @@ impl SubscriptionState {
     /// Keeps `state` as the last-known-good one.
     async fn save(&self, state: &State) {
         if let Some(cache) = &self.cache
-            && let Err(error) = cache.save(state, &self.jwks).await
+            && let Err(error) = cache.save(state, &self.jwks, &self.revoked).await
         {
             tracing::warn!(%error, path = %cache.path().display(), "cannot write the cache");
         }
@@ -569,6 +647,11 @@ impl SubscriptionState {
             ),
         }
     }
+}
+
+/// Why a bundle signed by `kid`, a revoked key, is refused.
+fn revoked_key(kid: &str) -> String {
+    format!("signed by revoked key {kid:?}")
 }
 
 /// The 32-byte hashes of a proof the server sent.

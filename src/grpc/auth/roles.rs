@@ -117,6 +117,7 @@ pub enum Rpc {
     GetRestoreProof,
     GetBundleProof,
     RotateSigningKey,
+    RevokeSigningKey,
     ReportStatus,
     ReportStatusStream,
     ListRuntimes,
@@ -150,7 +151,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 50] = [
+    pub const ALL: [Rpc; 51] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -172,6 +173,7 @@ impl Rpc {
         Rpc::GetRestoreProof,
         Rpc::GetBundleProof,
         Rpc::RotateSigningKey,
+        Rpc::RevokeSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
         Rpc::ListRuntimes,
@@ -242,6 +244,7 @@ impl Rpc {
                 | Rpc::GetConsistencyProof
                 | Rpc::GetRestoreProof
                 | Rpc::RotateSigningKey
+                | Rpc::RevokeSigningKey
                 | Rpc::Backup
                 | Rpc::RecordRestore
                 | Rpc::Import
@@ -298,6 +301,7 @@ impl Rpc {
             Rpc::ApproveRollout => Role::Approver,
             Rpc::SetSchema
             | Rpc::RotateSigningKey
+            | Rpc::RevokeSigningKey
             | Rpc::Backup
             | Rpc::RecordRestore
             | Rpc::Import => Role::Admin,
