@@ -317,6 +317,10 @@ const LINKS: &[Link] = links![
     ];
     "PolicyService_RotateSigningKey" -> "keys": "BundleService_GetSigningKeys" &[];
     "PolicyService_RotateSigningKey" -> "events": "PolicyService_ListEvents" &[];
+    "PolicyService_RotateSigningKey" -> "revokePrevious": "PolicyService_RevokeSigningKey" &[
+        ("key_id", "$response.body#/previousKeyId"),
+    ];
+    "PolicyService_RevokeSigningKey" -> "keys": "BundleService_GetSigningKeys" &[];
     "PolicyService_ListEvents" -> "inclusion": "PolicyService_GetInclusionProof" &[
         ("event_id", "$response.body#/events/0/id"),
     ];
