@@ -20,6 +20,7 @@ mod files;
 mod follow;
 mod held;
 mod metrics;
+mod ofrep;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
