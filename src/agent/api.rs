@@ -57,6 +57,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Api {
     namespaces: Arc<FollowedNamespaces>,
+    /// The last OFREP bulk answer, shared by every connection.
+    bulk_answers: Arc<ofrep::BulkAnswers>,
     /// SHA-256 of the token callers must present.
     token: Option<[u8; 32]>,
 }
@@ -88,6 +90,7 @@ impl Api {
     pub fn new(namespaces: Arc<FollowedNamespaces>, token: Option<String>) -> Self {
         Api {
             namespaces,
+            bulk_answers: Arc::default(),
             token: token.map(|token| Sha256::digest(token.trim().as_bytes()).into()),
         }
     }
@@ -151,7 +154,9 @@ impl Api {
                 return Ok(method_not_allowed(&parts.method, &path, Method::POST));
             }
             let response = match route {
-                ofrep::Route::Bulk => ofrep::bulk(&self.namespaces, &parts.headers, body).await,
+                ofrep::Route::Bulk => {
+                    ofrep::bulk(&self.namespaces, &self.bulk_answers, &parts.headers, body).await
+                }
                 ofrep::Route::Single(key) => ofrep::single(&self.namespaces, key, body).await,
             };
             return Ok(response.map(BodyExt::boxed_unsync));

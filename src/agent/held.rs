@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -23,9 +23,6 @@ pub struct InForce {
     pub json: Bytes,
     /// Each policy's body as JSON, by name.
     pub bodies: BTreeMap<String, Bytes>,
-    /// Every policy as an OFREP evaluation, encoded at the first bulk
-    /// evaluation that reads this state.
-    pub ofrep_flags: OnceLock<Bytes>,
 }
 
 impl InForce {
@@ -122,7 +119,6 @@ impl Followed {
             state,
             json,
             bodies,
-            ofrep_flags: OnceLock::new(),
         })));
     }
 

@@ -188,19 +188,43 @@ pub fn evaluate(key: &str, flag: &FlagKey<'_>, state: Option<&State>) -> Result<
     Ok(success(key, value, bundle, state.source))
 }
 
-/// Every policy of `state` as an object flag `namespace/policy`, the
-/// evaluations of a bulk answer joined by commas.
-pub fn bulk_flags(state: &State) -> Vec<u8> {
-    let mut flags = Vec::new();
-    for bundle in state.bundles.values() {
-        if !flags.is_empty() {
-            flags.push(b',');
+/// The bulk answer over `states`, the state in force of every namespace
+/// followed: every policy as an object flag `namespace/policy`.
+pub fn bulk(states: &[&State]) -> Vec<u8> {
+    let mut answer = b"{\"flags\":[".to_vec();
+    let mut first = true;
+    for state in states {
+        for bundle in state.bundles.values() {
+            if !first {
+                answer.push(b',');
+            }
+            first = false;
+            let key = format!("{}/{}", state.namespace, bundle.name);
+            let flag = success(&key, &bundle.body, bundle, state.source);
+            serde_json::to_writer(&mut answer, &flag).expect("a JSON value writes to memory");
         }
-        let key = format!("{}/{}", state.namespace, bundle.name);
-        let flag = success(&key, &bundle.body, bundle, state.source);
-        serde_json::to_writer(&mut flags, &flag).expect("a JSON value writes to memory");
     }
-    flags
+    answer.extend_from_slice(b"]}");
+    answer
+}
+
+/// The bulk answer's entity tag over `states`: each namespace's revision
+/// and source, what every value and its metadata depend on (the context
+/// changes none).
+pub fn bulk_etag(states: &[&State]) -> String {
+    let mut tag = String::from("\"");
+    for (index, state) in states.iter().enumerate() {
+        if index > 0 {
+            tag.push('.');
+        }
+        tag.push_str(&state.revision.to_string());
+        tag.push(match state.source {
+            Source::Server => 's',
+            Source::Cache => 'c',
+        });
+    }
+    tag.push('"');
+    tag
 }
 
 /// An evaluation: the value, its reason, its variant (the version's label,
@@ -468,15 +492,22 @@ mod tests {
     }
 
     #[test]
-    fn bulk_lists_every_policy_as_an_object_flag() {
+    fn bulk_lists_every_policy_as_an_object_flag_under_a_tag_of_each_revision_and_source() {
         let state = state(json!({"a": 1}), Some("1.0.0"));
-        let flags: Value =
-            serde_json::from_slice(&[b"[", &bulk_flags(&state)[..], b"]"].concat()).unwrap();
+        let answer: Value = serde_json::from_slice(&bulk(&[&state])).unwrap();
         assert_eq!(
-            flags,
-            json!([{"key": "payments/card-limits", "value": {"a": 1}, "reason": "STATIC",
+            answer,
+            json!({"flags": [{"key": "payments/card-limits", "value": {"a": 1}, "reason": "STATIC",
                     "variant": "1.0.0", "metadata": {"version": 3, "revision": "41",
-                    "digest": "sha256:ab", "source": "cache"}}])
+                    "digest": "sha256:ab", "source": "cache"}}]})
+        );
+        let mut other = self::state(json!({}), None);
+        other.namespace = "fraud".into();
+        other.source = Source::Server;
+        assert_eq!(bulk_etag(&[&other, &state]), "\"42s.42c\"");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bulk(&[])).unwrap(),
+            json!({"flags": []})
         );
     }
 }

@@ -8,7 +8,8 @@
 //! - `POST /ofrep/v1/evaluate/flags`: every policy of every namespace
 //!   followed, as object flags, with an `ETag` naming the revisions (and
 //!   sources) in force, so a matching `If-None-Match` is a 304 that costs
-//!   neither the body nor its encoding.
+//!   neither the body nor its encoding; the body is encoded once per change
+//!   of the states in force and shared by every answer until the next.
 //!
 //! Failures are OFREP's: 400 (`PARSE_ERROR`, `INVALID_CONTEXT`), 404
 //! (`FLAG_NOT_FOUND`) and 500 (`GENERAL`: no verified state yet), each with
@@ -16,7 +17,7 @@
 
 mod flags;
 
-use std::fmt::Write as _;
+use std::sync::Mutex;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -85,10 +86,18 @@ pub async fn single(
     }
 }
 
+/// The last bulk answer, by its ETag: encoded once per change of the
+/// states in force, whoever asks.
+#[derive(Default)]
+pub struct BulkAnswers {
+    last: Mutex<Option<(HeaderValue, Bytes)>>,
+}
+
 /// Every policy followed, or 304 when `If-None-Match` names the states in
 /// force.
 pub async fn bulk(
     namespaces: &FollowedNamespaces,
+    answers: &BulkAnswers,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Response<Full<Bytes>> {
@@ -115,45 +124,30 @@ pub async fn bulk(
             }
         }
     }
-    // Each namespace's revision and source, in name order: what every
-    // value and its metadata depend on (the context changes none).
-    let mut tag = String::from("\"");
-    for (index, held) in in_force.iter().enumerate() {
-        let source = match held.state.source {
-            policyhub_runtime::Source::Server => 's',
-            policyhub_runtime::Source::Cache => 'c',
-        };
-        let separator = if index == 0 { "" } else { "." };
-        let _ = write!(tag, "{separator}{}{source}", held.state.revision);
-    }
-    tag.push('"');
-    let etag = HeaderValue::from_str(&tag).expect("digits and letters are a header");
+    let states: Vec<_> = in_force.iter().map(|held| &held.state).collect();
+    let etag = HeaderValue::from_str(&flags::bulk_etag(&states))
+        .expect("digits, letters and dots are a header");
     if semantics::not_modified(headers, &etag) {
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response.headers_mut().insert(header::ETAG, etag);
         return response;
     }
-    let encoded: Vec<&Bytes> = in_force
-        .iter()
-        .map(|held| {
-            held.ofrep_flags
-                .get_or_init(|| Bytes::from(flags::bulk_flags(&held.state)))
-        })
-        .collect();
-    let length = encoded.iter().map(|flags| flags.len() + 1).sum::<usize>();
-    let mut body = Vec::with_capacity(length + 12);
-    body.extend_from_slice(b"{\"flags\":[");
-    let mut first = true;
-    for flags in encoded.into_iter().filter(|flags| !flags.is_empty()) {
-        if !first {
-            body.push(b',');
+    let answer = {
+        let mut last = answers
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*last {
+            Some((tag, answer)) if *tag == etag => answer.clone(),
+            _ => {
+                let answer = Bytes::from(flags::bulk(&states));
+                *last = Some((etag.clone(), answer.clone()));
+                answer
+            }
         }
-        first = false;
-        body.extend_from_slice(flags);
-    }
-    body.extend_from_slice(b"]}");
-    let mut response = json(StatusCode::OK, Bytes::from(body));
+    };
+    let mut response = json(StatusCode::OK, answer);
     response.headers_mut().insert(header::ETAG, etag);
     response
 }
