@@ -163,7 +163,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         .target(Target::RatioAtMost(1.0)),
     );
     outcome.notes.push(format!(
-        "ofrep: {FLAGS} policies of about {BODY_BYTES} bytes in one namespace; {} s per run \
+        "{FLAGS} policies of about {BODY_BYTES} bytes in one namespace; {} s per run \
          after 0.3 s of warm-up; the agent's CPU is read from /proc in 10 ms ticks",
         duration.as_secs()
     ));
