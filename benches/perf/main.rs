@@ -48,7 +48,9 @@
 //!   bindings among three OpenID Connect issuers, against a caller of one
 //!   issuer's roles claim;
 //! - `webhooks` ([`webhooks`]): Activate with ten webhook subscriptions
-//!   delivering against none, and the time from commit to receipt.
+//!   delivering against none, and the time from commit to receipt;
+//! - `ofrep` ([`ofrep`]): the agent's OFREP bulk evaluation of 100 flags
+//!   against its plain GET of one policy, and a 304 against a 200.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -60,6 +62,7 @@ mod floor;
 mod history;
 mod identity;
 mod memory;
+mod ofrep;
 mod postgres;
 mod reports;
 mod scale;
@@ -98,10 +101,11 @@ pub enum Section {
     Reports,
     Identity,
     Webhooks,
+    Ofrep,
 }
 
 impl Section {
-    const ALL: [Section; 13] = [
+    const ALL: [Section; 14] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -115,6 +119,7 @@ impl Section {
         Section::Reports,
         Section::Identity,
         Section::Webhooks,
+        Section::Ofrep,
     ];
 
     fn name(self) -> &'static str {
@@ -132,6 +137,7 @@ impl Section {
             Section::Reports => "reports",
             Section::Identity => "identity",
             Section::Webhooks => "webhooks",
+            Section::Ofrep => "ofrep",
         }
     }
 }
@@ -601,6 +607,7 @@ async fn run_section(
         Section::Reports => reports::run(settings).await,
         Section::Identity => identity::run(settings).await,
         Section::Webhooks => webhooks::run(settings).await,
+        Section::Ofrep => ofrep::run(settings).await,
     }
 }
 

@@ -44,7 +44,7 @@ const RATE_FLOOR: f64 = 0.8;
 
 /// HTTP/1.1 keep-alive connections of the HTTP row, one request in flight
 /// on each.
-const HTTP_CONNECTIONS: usize = 16;
+pub(crate) const HTTP_CONNECTIONS: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Call {
@@ -151,32 +151,47 @@ pub(crate) async fn rate_in_flight(
     Ok(total as f64 / duration.as_secs_f64())
 }
 
-/// One HTTP/1.1 keep-alive connection issuing GETs one at a time.
-struct HttpCaller {
+/// One HTTP/1.1 keep-alive connection issuing one request at a time.
+pub(crate) struct HttpCaller {
     stream: tokio::io::BufReader<tokio::net::TcpStream>,
     request: String,
+    /// The status line every response must start with.
+    expected: &'static str,
     line: String,
 }
 
 impl HttpCaller {
+    /// A caller issuing GET `path` with `token`, each answered 200.
     async fn connect(
         address: std::net::SocketAddr,
         path: &str,
         token: &str,
     ) -> anyhow::Result<Self> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        HttpCaller::sending(address, request, "HTTP/1.1 200").await
+    }
+
+    /// A caller issuing `request`, whole, each answered with a status line
+    /// starting with `expected`.
+    pub(crate) async fn sending(
+        address: std::net::SocketAddr,
+        request: String,
+        expected: &'static str,
+    ) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         Ok(HttpCaller {
             stream: tokio::io::BufReader::new(stream),
-            request: format!(
-                "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
-            ),
+            request,
+            expected,
             line: String::new(),
         })
     }
 
-    /// One GET, its response read whole.
-    async fn get(&mut self) -> anyhow::Result<()> {
+    /// One request, its response read whole.
+    pub(crate) async fn get(&mut self) -> anyhow::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         self.stream
             .get_mut()
@@ -190,7 +205,7 @@ impl HttpCaller {
             if self.line == "\r\n" {
                 break;
             }
-            ok |= self.line.starts_with("HTTP/1.1 200");
+            ok |= self.line.starts_with(self.expected);
             if let Some((name, value)) = self.line.split_once(':')
                 && name.eq_ignore_ascii_case("content-length")
             {
@@ -201,7 +216,8 @@ impl HttpCaller {
         self.stream.read_exact(&mut body).await?;
         ensure!(
             ok,
-            "GET answered other than 200: {}",
+            "answered other than {:?}: {}",
+            self.expected,
             String::from_utf8_lossy(&body)
         );
         Ok(())
@@ -217,11 +233,23 @@ async fn http_rate(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    let mut callers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        callers.push(HttpCaller::connect(address, path, token).await?);
+    }
+    callers_rate(callers, duration).await
+}
+
+/// Requests per second of `callers`, each on its own connection issuing
+/// one request at a time, for `duration` after 0.3 s of warm-up.
+pub(crate) async fn callers_rate(
+    callers: Vec<HttpCaller>,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let start = Instant::now() + Duration::from_millis(300);
     let end = start + duration;
     let mut tasks = JoinSet::new();
-    for _ in 0..connections {
-        let mut caller = HttpCaller::connect(address, path, token).await?;
+    for mut caller in callers {
         tasks.spawn(async move {
             let mut done = 0u64;
             loop {
@@ -419,13 +447,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
 }
 
 /// `policyhub agent` following the bench's namespace, killed when dropped.
-struct Agent {
+pub(crate) struct Agent {
     child: std::process::Child,
-    address: std::net::SocketAddr,
+    pub(crate) address: std::net::SocketAddr,
 }
 
 impl Agent {
-    async fn start(policyhub: &Policyhub, token: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn start(policyhub: &Policyhub, token: &str) -> anyhow::Result<Self> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let child = std::process::Command::new(crate::support::policyhub_binary())
             .args([
@@ -450,6 +478,11 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::bail!("the agent never served {path}")
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its resident memory, in KiB.

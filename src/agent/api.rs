@@ -16,6 +16,8 @@
 //! - `POST /v1/namespaces/{namespace}/state:reject` `{"revision", "reason"}`:
 //!   the application refuses the state in force: REJECTED upstream, the one
 //!   before back in force (and in the files).
+//! - `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`:
+//!   OFREP's single and bulk evaluation (`ofrep`), behind the same token.
 //! - `GET /healthz`: 200 once every namespace holds a verified state, saying
 //!   whether from the server or the cache, connected, whether the
 //!   server's newest signed checkpoint grew stale, why the server refuses
@@ -40,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
 use super::held::{Followed, FollowedNamespaces, InForce, source, state_json};
+use super::ofrep;
 use crate::connections::{Listener, Tracker, serve_http1};
 use crate::http::{http_status, semantics, status_json};
 
@@ -54,6 +57,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Api {
     namespaces: Arc<FollowedNamespaces>,
+    /// The last OFREP bulk answer, shared by every connection.
+    bulk_answers: Arc<ofrep::BulkAnswers>,
     /// SHA-256 of the token callers must present.
     token: Option<[u8; 32]>,
 }
@@ -85,6 +90,7 @@ impl Api {
     pub fn new(namespaces: Arc<FollowedNamespaces>, token: Option<String>) -> Self {
         Api {
             namespaces,
+            bulk_answers: Arc::default(),
             token: token.map(|token| Sha256::digest(token.trim().as_bytes()).into()),
         }
     }
@@ -143,6 +149,18 @@ impl Api {
             });
         }
         self.authenticate(&parts.headers)?;
+        if let Some(route) = ofrep::route(&path) {
+            if parts.method != Method::POST {
+                return Ok(method_not_allowed(&parts.method, &path, Method::POST));
+            }
+            let response = match route {
+                ofrep::Route::Bulk => {
+                    ofrep::bulk(&self.namespaces, &self.bulk_answers, &parts.headers, body).await
+                }
+                ofrep::Route::Single(key) => ofrep::single(&self.namespaces, key, body).await,
+            };
+            return Ok(response.map(BodyExt::boxed_unsync));
+        }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let (namespace, rest) = match segments.as_slice() {
             ["v1", "namespaces", namespace, rest @ ..] => (*namespace, rest),
@@ -438,7 +456,8 @@ fn not_found(method: &Method, path: &str) -> Status {
     Status::not_found(format!(
         "no {method} {path} here: GET /v1/namespaces/{{namespace}}/policies/{{name}}, \
          GET /v1/namespaces/{{namespace}}/state, GET /v1/namespaces/{{namespace}}/state:watch, \
-         POST /v1/namespaces/{{namespace}}/state:reject, GET /healthz"
+         POST /v1/namespaces/{{namespace}}/state:reject, POST /ofrep/v1/evaluate/flags, \
+         POST /ofrep/v1/evaluate/flags/{{key}}, GET /healthz"
     ))
 }
 

@@ -2,7 +2,7 @@
 //! namespaces through the runtime library (verification, resume, backoff,
 //! keepalive, the last-known-good cache, reports) and hands any local
 //! process plain, already-verified policy: over a localhost HTTP API
-//! (`api`), as files swapped in whole per revision (`files`), and to
+//! (`api`), which also speaks OFREP to OpenFeature SDKs (`ofrep`), as files swapped in whole per revision (`files`), and to
 //! Prometheus (`metrics`). It joins the fleet view and rollout cohorts as
 //! the runtime it names.
 //!
@@ -20,6 +20,7 @@ mod files;
 mod follow;
 mod held;
 mod metrics;
+mod ofrep;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

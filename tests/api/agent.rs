@@ -27,15 +27,15 @@ use policyhub::grpc::{
 };
 
 /// A running agent and its API port.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Agent {
     /// `policyhub agent` following `namespace` of `server` as runtime
     /// agent-1, its cache in `dir`, with `extra` flags.
-    fn spawn(server: &str, namespace: &str, dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn spawn(server: &str, namespace: &str, dir: &Path, extra: &[&str]) -> Self {
         Agent::spawn_on(free_port(), server, namespace, dir, extra)
     }
 
@@ -53,12 +53,12 @@ impl Agent {
         Agent { child, port }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// Waits until `/healthz` answers 200; its body.
-    async fn healthy(&self) -> Value {
+    pub(crate) async fn healthy(&self) -> Value {
         for _ in 0..200 {
             if let Ok(reply) = get(self.port, "/healthz", &[]).await
                 && reply.status == 200
@@ -70,7 +70,7 @@ impl Agent {
         panic!("the agent never became healthy");
     }
 
-    fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
@@ -84,7 +84,7 @@ impl Drop for Agent {
 }
 
 /// A child process killed when the test ends, passed or not.
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -101,7 +101,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(key, _)| key == name)
@@ -114,7 +114,7 @@ impl Reply {
 }
 
 /// One request on a fresh connection.
-async fn request(
+pub(crate) async fn request(
     port: u16,
     method: &str,
     path: &str,
@@ -158,7 +158,7 @@ pub(crate) async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std:
 
 /// Drafts and publishes `body` as the next version of `namespace`/`name`,
 /// active; its revision.
-async fn release(channel: &Channel, namespace: &str, name: &str, body: Value) -> u64 {
+pub(crate) async fn release(channel: &Channel, namespace: &str, name: &str, body: Value) -> u64 {
     let mut client = PolicyServiceClient::new(channel.clone());
     client
         .draft(proto::DraftRequest {
@@ -177,7 +177,7 @@ async fn release(channel: &Channel, namespace: &str, name: &str, body: Value) ->
         .revision
 }
 
-async fn server(dir: &Path) -> (Child, Channel, u16) {
+pub(crate) async fn server(dir: &Path) -> (Child, Channel, u16) {
     let port = free_port();
     // 200 activations a test: above the default quota of mutations.
     let env = [
@@ -495,7 +495,7 @@ async fn an_sse_client_resumes_after_the_agent_restarts_and_the_cache_outlives_t
     assert_eq!(body.status, 503, "{}", body.body);
 }
 
-async fn until_revision(agent: &Agent, revision: u64) {
+pub(crate) async fn until_revision(agent: &Agent, revision: u64) {
     for _ in 0..200 {
         let health = agent.healthy().await;
         if health["namespaces"]

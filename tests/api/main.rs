@@ -29,6 +29,7 @@ mod malformed;
 mod observability;
 mod oidc;
 mod openapi_contract;
+mod openfeature;
 mod operations;
 mod races;
 mod replicas;

@@ -1,0 +1,219 @@
+//! OFREP, the OpenFeature Remote Evaluation Protocol, over the states in
+//! force: any OpenFeature SDK reads verified policy through its standard
+//! OFREP provider. `flags` maps keys to values and failures; this module is
+//! its HTTP side, behind the API's token like every other route.
+//!
+//! - `POST /ofrep/v1/evaluate/flags/{key}`: one evaluation; the key is
+//!   percent-decoded, and may hold `/`.
+//! - `POST /ofrep/v1/evaluate/flags`: every policy of every namespace
+//!   followed, as object flags, with an `ETag` naming the revisions (and
+//!   sources) in force, so a matching `If-None-Match` is a 304 that costs
+//!   neither the body nor its encoding; the body is encoded once per change
+//!   of the states in force and shared by every answer until the next.
+//!
+//! Failures are OFREP's: 400 (`PARSE_ERROR`, `INVALID_CONTEXT`), 404
+//! (`FLAG_NOT_FOUND`) and 500 (`GENERAL`: no verified state yet), each with
+//! `key` (but in bulk), `errorCode` and `errorDetails`.
+
+mod flags;
+
+use std::sync::Mutex;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
+
+use self::flags::{ErrorCode, Failure, FlagKey};
+use super::held::FollowedNamespaces;
+use crate::http::semantics;
+
+/// The path of bulk evaluation; a single evaluation's key follows it.
+const BULK_PATH: &str = "/ofrep/v1/evaluate/flags";
+/// Largest evaluation request accepted (a context).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// An OFREP route.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    Bulk,
+    /// One evaluation, of this key as the path spells it (still encoded).
+    Single(&'a str),
+}
+
+/// The OFREP route `path` names, if it names one.
+pub fn route(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_prefix(BULK_PATH)?;
+    if rest.is_empty() {
+        return Some(Route::Bulk);
+    }
+    rest.strip_prefix('/').map(Route::Single)
+}
+
+/// One evaluation of the key `encoded`.
+pub async fn single(
+    namespaces: &FollowedNamespaces,
+    encoded: &str,
+    body: Incoming,
+) -> Response<Full<Bytes>> {
+    let key = match percent_decode_str(encoded).decode_utf8() {
+        Ok(key) => key,
+        Err(_) => {
+            let failure = Failure {
+                code: ErrorCode::ParseError,
+                details: format!("the key {encoded:?} is not UTF-8 once percent-decoded"),
+            };
+            return failed(&failure, Some(encoded));
+        }
+    };
+    let evaluation = async {
+        flags::check_request(&read(body).await?)?;
+        let flag = FlagKey::parse(&key)?;
+        let followed = namespaces
+            .get(flag.namespace)
+            .ok_or_else(|| Failure::not_followed(flag.namespace))?;
+        let in_force = followed.current();
+        flags::evaluate(
+            &key,
+            &flag,
+            in_force.as_ref().map(|in_force| &in_force.state),
+        )
+    };
+    match evaluation.await {
+        Ok(evaluation) => json(StatusCode::OK, Bytes::from(evaluation.to_string())),
+        Err(failure) => failed(&failure, Some(&key)),
+    }
+}
+
+/// The last bulk answer, by its ETag: encoded once per change of the
+/// states in force, whoever asks.
+#[derive(Default)]
+pub struct BulkAnswers {
+    last: Mutex<Option<(HeaderValue, Bytes)>>,
+}
+
+/// Every policy followed, or 304 when `If-None-Match` names the states in
+/// force.
+pub async fn bulk(
+    namespaces: &FollowedNamespaces,
+    answers: &BulkAnswers,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Response<Full<Bytes>> {
+    if let Err(failure) = read(body)
+        .await
+        .and_then(|body| flags::check_request(&body))
+    {
+        return failed(&failure, None);
+    }
+    let mut in_force = Vec::new();
+    for followed in namespaces.all() {
+        match followed.current() {
+            Some(state) => in_force.push(state),
+            None => {
+                let failure = Failure {
+                    code: ErrorCode::General,
+                    details: format!(
+                        "no verified state of namespace {} yet: neither the server nor the cache \
+                         gave one",
+                        followed.namespace
+                    ),
+                };
+                return failed(&failure, None);
+            }
+        }
+    }
+    let states: Vec<_> = in_force.iter().map(|held| &held.state).collect();
+    let etag = HeaderValue::from_str(&flags::bulk_etag(&states))
+        .expect("digits, letters and dots are a header");
+    if semantics::not_modified(headers, &etag) {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response.headers_mut().insert(header::ETAG, etag);
+        return response;
+    }
+    let answer = {
+        let mut last = answers
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*last {
+            Some((tag, answer)) if *tag == etag => answer.clone(),
+            _ => {
+                let answer = Bytes::from(flags::bulk(&states));
+                *last = Some((etag.clone(), answer.clone()));
+                answer
+            }
+        }
+    };
+    let mut response = json(StatusCode::OK, answer);
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+}
+
+/// The request's body, at most `MAX_REQUEST_BYTES`.
+async fn read(body: Incoming) -> Result<Bytes, Failure> {
+    Limited::new(body, MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|_| Failure {
+            code: ErrorCode::ParseError,
+            details: format!("the request exceeds {MAX_REQUEST_BYTES} bytes or was cut off"),
+        })
+}
+
+/// A failure as OFREP answers it.
+fn failed(failure: &Failure, key: Option<&str>) -> Response<Full<Bytes>> {
+    let status = match failure.code {
+        ErrorCode::ParseError | ErrorCode::InvalidContext => StatusCode::BAD_REQUEST,
+        ErrorCode::FlagNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::General => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body: Value = failure.to_json(key);
+    json(status, Bytes::from(body.to_string()))
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bulk_path_and_a_key_after_it_are_routes_and_nothing_else() {
+        assert_eq!(route("/ofrep/v1/evaluate/flags"), Some(Route::Bulk));
+        assert_eq!(
+            route("/ofrep/v1/evaluate/flags/payments/card-limits/a"),
+            Some(Route::Single("payments/card-limits/a"))
+        );
+        assert_eq!(route("/ofrep/v1/evaluate/flags/"), Some(Route::Single("")));
+        assert_eq!(route("/ofrep/v1/evaluate/flagsx"), None);
+        assert_eq!(route("/ofrep/v1/configuration"), None);
+    }
+
+    #[test]
+    fn each_error_code_has_its_status() {
+        for (code, status) in [
+            (ErrorCode::ParseError, 400),
+            (ErrorCode::InvalidContext, 400),
+            (ErrorCode::FlagNotFound, 404),
+            (ErrorCode::General, 500),
+        ] {
+            let failure = Failure {
+                code,
+                details: "why".into(),
+            };
+            assert_eq!(failed(&failure, Some("k")).status().as_u16(), status);
+        }
+    }
+}
