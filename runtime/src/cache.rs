@@ -148,7 +148,8 @@ impl Cache {
         }
         let mut bundles = BTreeMap::new();
         for cached in file.bundles {
-            let key_id = crate::bundle::key_id(&cached.jws).map_err(|error| error.to_string())?;
+            let key_id = crate::bundle::key_id(&cached.jws)
+                .map_err(|error| format!("a bundle does not verify: {error}"))?;
             if file.revoked_key_ids.contains(&key_id) {
                 return Err(format!("a bundle is signed by revoked key {key_id:?}"));
             }
