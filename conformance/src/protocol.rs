@@ -36,6 +36,9 @@ pub enum Capability {
     Endpoints,
     /// Holds a thousand runtimes in one test service (the reconnect storm).
     Fleet,
+    /// Follows the revocation of a signing key: refuses what a revoked key
+    /// signs.
+    Revocation,
 }
 
 /// `GET /`.

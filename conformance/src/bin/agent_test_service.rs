@@ -109,6 +109,7 @@ async fn info() -> Json<ServiceInfo> {
             Capability::History,
             Capability::Witnesses,
             Capability::Endpoints,
+            Capability::Revocation,
         ],
     })
 }

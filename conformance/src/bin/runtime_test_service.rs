@@ -134,6 +134,7 @@ async fn info() -> Json<ServiceInfo> {
             Capability::History,
             Capability::Witnesses,
             Capability::Endpoints,
+            Capability::Revocation,
             Capability::Fleet,
         ],
     })

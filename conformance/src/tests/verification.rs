@@ -29,7 +29,12 @@ pub fn tests() -> Vec<Test> {
             digest_mismatch
         ),
         test!("verification.rotated-key", ["V2"], [], rotated_key),
-        test!("verification.revoked-key", ["V4"], [], revoked_key),
+        test!(
+            "verification.revoked-key",
+            ["V4"],
+            [Revocation],
+            revoked_key
+        ),
     ]
 }
 
