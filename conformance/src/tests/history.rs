@@ -28,6 +28,12 @@ pub fn tests() -> Vec<Test> {
             declared_restore_taken_once
         ),
         test!(
+            "history.declared-restore-past-the-cursor",
+            ["H3"],
+            [History],
+            declared_restore_past_the_cursor
+        ),
+        test!(
             "history.stale-checkpoint",
             ["H4"],
             [History],
@@ -181,6 +187,50 @@ async fn declared_restore_taken_once(mut context: Context) -> anyhow::Result<()>
         "a server wound back to the restore taken already was taken again"
     );
     holds(&view, &[("p", 3)])
+}
+
+/// The runtime verified revision 3 when its link was cut. Meanwhile the
+/// server is put back to its backup of revision 1, its operator declares
+/// the restore, and it takes changes of its own past revision 3. When the
+/// link heals, the runtime takes the restore and holds the restored
+/// server's state, whole: not its old state with the changes after its old
+/// cursor laid over it.
+async fn declared_restore_past_the_cursor(mut context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let backup = context.scratch.join("backup");
+    context.server.copy_data(&backup).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    release(&context, "p", 2).await?;
+    let verified = release(&context, "q", 1).await?;
+    runtime.until_revision(verified).await?;
+
+    context.proxy.cut();
+    context.server.wind_back(&backup).await?;
+    let reason = "restored the backup of revision 1";
+    context.server.record_restore(reason).await?;
+    let mut newest = 0;
+    for n in 1..=3 {
+        newest = release(&context, "r", n).await?;
+    }
+    ensure!(
+        newest > verified,
+        "the restored server reached revision {newest}, not past {verified}"
+    );
+    context.proxy.heal();
+    let view = runtime
+        .until(
+            &format!("the declared restore taken and revision {newest} in force"),
+            Duration::from_secs(10),
+            |view| restores(view).len() == 1 && view.revision() == newest,
+        )
+        .await?;
+    ensure!(
+        restores(&view) == [reason],
+        "the restore was said with another reason: {:?}",
+        restores(&view)
+    );
+    holds(&view, &[("p", 1), ("r", 3)])
 }
 
 /// The server signs a checkpoint with each revision and otherwise once an

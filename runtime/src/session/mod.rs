@@ -36,7 +36,9 @@
 //! applies a state only when its revision is newer than the applied one
 //! (unless the server says `reset`: a server behind the cursor, such as one
 //! restored from a backup, whose revision it then resumes from), so it
-//! never goes backwards.
+//! never goes backwards. A declared restore taken on a stream that resumed
+//! from the old history's cursor opens the stream anew from revision 0:
+//! the restored server is taken whole, from its snapshot.
 //!
 //! Here is the loop of sessions and backoff; `connection` makes the channel
 //! and says how a session ends, `subscription_state` keeps what outlives a
@@ -61,7 +63,7 @@ use self::subscription_state::SubscriptionState;
 use crate::backoff::Backoff;
 use crate::endpoints::{Endpoints, rebalance_delay};
 use crate::event::{Event, Validate, WatchError};
-use crate::proto::{WatchActiveRequest, WatchActiveResponse};
+use crate::proto::{WatchActiveRequest, WatchActiveResponse, WatchEventKind};
 use crate::revoke::Revocation;
 use crate::state::Assembler;
 use crate::subscription::{DEFAULT_HEARTBEAT_INTERVAL, Subscription, report_delay};
@@ -400,6 +402,23 @@ where
                 .await?
             {
                 sink.emit(restored).await?;
+                if message.kind() != WatchEventKind::Snapshot {
+                    // The stream resumed from a cursor of the history left
+                    // behind, so what the restored server took up to that
+                    // revision would never come: the restored server is
+                    // taken whole, from a snapshot on a stream opened anew.
+                    subscription_state.decided = 0;
+                    let opened =
+                        open(subscription, endpoints.current(), subscription_state).await?;
+                    (client, reporter, stream, deadline) = (
+                        opened.client,
+                        opened.reporter,
+                        opened.stream,
+                        opened.deadline,
+                    );
+                    assembler = Assembler::default();
+                    continue;
+                }
             }
             if let Some(fresh) = subscription_state
                 .checkpoint(checkpoint, &mut client)

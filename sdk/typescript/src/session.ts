@@ -18,7 +18,9 @@
  * It resumes from the last revision it *decided* on, applied or rejected,
  * so a rejected version is not sent again in a loop; it applies a state
  * only when its revision is newer than the applied one (unless the server
- * says `reset`), so it never goes backwards. Nothing the server sends ends
+ * says `reset`), so it never goes backwards. A declared restore taken on a
+ * stream resumed from the old history's cursor opens the stream anew from
+ * revision 0: the restored server is taken whole. Nothing the server sends ends
  * the subscription but a refusal of the subscription itself: a message
  * that does not verify is a rejection, one that cannot be read a lost
  * stream, and the state in force stays.
@@ -366,7 +368,24 @@ async function session(
         const received = item.message;
         if (received.checkpoint !== null) {
           const restored = await state.followTree(received.checkpoint, opened.client);
-          if (restored !== undefined) await say(restored);
+          if (restored !== undefined) {
+            await say(restored);
+            if (received.kind !== "WATCH_EVENT_KIND_SNAPSHOT") {
+              // The stream resumed from a cursor of the history left
+              // behind, so what the restored server took up to that
+              // revision would never come: the restored server is taken
+              // whole, from a snapshot on a stream opened anew.
+              state.decided = 0;
+              const reopened = await open(settings, endpoints.current(), state, waker, signal);
+              opened.reader.cancel();
+              opened.reporter.close();
+              opened.client.close();
+              opened = reopened;
+              lastMessageAt = Date.now();
+              assembler = new Assembler();
+              continue;
+            }
+          }
           const fresh = await state.checkpoint(received.checkpoint, opened.client);
           if (fresh !== undefined) await say(fresh);
         }

@@ -14,8 +14,10 @@ decide whole states, report, and say what happened as events.
 It mirrors the Rust library's session module: it resumes from the last
 revision it decided on (applied or rejected), applies a state only when it
 is newer than the one applied (unless the server says `reset`), follows the
-server's log's tree from each checkpoint, and moves between several
-addresses by rendezvous rank.
+server's log's tree from each checkpoint (a declared restore taken on a
+stream resumed from the old history's cursor opens the stream anew from
+revision 0, so the restored server is taken whole), and moves between
+several addresses by rendezvous rank.
 """
 
 from __future__ import annotations
@@ -751,6 +753,20 @@ class Driver:
                     restored = await state.follow_tree(message.checkpoint, opened.client)
                     if restored is not None:
                         await self.emit(restored)
+                        if message.kind != pb.WATCH_EVENT_KIND_SNAPSHOT:
+                            # The stream resumed from a cursor of the history
+                            # left behind, so what the restored server took up
+                            # to that revision would never come: the restored
+                            # server is taken whole, from a snapshot on a
+                            # stream opened anew.
+                            state.decided = 0
+                            reopened = await self.open(endpoints.current)
+                            read.cancel()
+                            await opened.close()
+                            opened, assembler = reopened, Assembler()
+                            last_message = loop.time()
+                            read = asyncio.ensure_future(opened.call.read())
+                            continue
                     fresh = await state.checkpoint(message.checkpoint, opened.client)
                     if fresh is not None:
                         await self.emit(fresh)
