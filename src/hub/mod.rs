@@ -312,6 +312,21 @@ impl PolicyHub {
                 if tx.revoked_key_ids().await?.iter().any(|id| id == key_id) {
                     return Ok(None);
                 }
+                // A live rollout's cohort holds its candidate as sent: one
+                // the key signed would be signed again in storage but not
+                // sent to the cohort again.
+                let live = tx.live_rollout_views().await?;
+                if let Some(view) = live.iter().find(|view| {
+                    view.candidates
+                        .iter()
+                        .any(|candidate| candidate.key_id == key_id)
+                }) {
+                    return Err(Error::precondition(format!(
+                        "rollout {} of namespace {} has a candidate signed by key {key_id}: \
+                         let it complete, or abort it, then revoke the key",
+                        view.rollout.id, view.rollout.namespace
+                    )));
+                }
                 tx.revoke_key(context, key_id, reason, sign_again)
                     .await
                     .map(Some)

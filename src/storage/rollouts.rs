@@ -108,6 +108,15 @@ pub(super) async fn view<C: ConnectionTrait + StatementRunner>(
 }
 
 impl Transaction {
+    /// Every rollout that has not ended, with its candidates' bundles.
+    pub async fn live_rollout_views(&self) -> Result<Vec<RolloutView>> {
+        let mut views = Vec::new();
+        for rollout in live_rollouts(&self.txn).await? {
+            views.push(view(&self.txn, rollout).await?);
+        }
+        Ok(views)
+    }
+
     /// Stores a new rollout.
     pub async fn insert_rollout(&self, rollout: &Rollout) -> Result<()> {
         rollouts::Entity::insert(rollouts::ActiveModel {

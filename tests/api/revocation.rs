@@ -5,6 +5,8 @@
 //! revision, the log's tree still proves every event and extends the tree
 //! before, and an independent verifier accepts the new signatures.
 
+use std::time::Duration;
+
 use policyhub::grpc::proto::{self, WatchEventKind};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -12,10 +14,12 @@ use tonic::Code;
 
 use crate::helpers::{TestApp, next_message, spawn_on};
 use crate::log_tree::signed_tree;
+use crate::rollouts::{start_request, step};
 
 crate::on_both_backends!(
     revoking_the_signing_key_or_an_unknown_one_is_refused_and_changes_nothing,
     a_revoked_key_leaves_the_jwks_and_what_it_signed_is_signed_again,
+    a_key_that_signed_a_live_rollouts_candidate_is_revoked_only_once_it_ends,
 );
 
 async fn revoke(
@@ -64,6 +68,64 @@ async fn revoking_the_signing_key_or_an_unknown_one_is_refused_and_changes_nothi
         "a refused revocation changed nothing"
     );
     assert_eq!(signing_keys(&app).await, keys);
+    app.stop().await;
+}
+
+/// A live rollout's cohort holds the candidate as it was sent: revoking
+/// the key that signed it is refused, naming the rollout, and changes
+/// nothing; once the rollout is aborted the key is revoked.
+async fn a_key_that_signed_a_live_rollouts_candidate_is_revoked_only_once_it_ends(app: TestApp) {
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), false)
+        .await;
+    let candidate_key = signing_keys(&app).await.signing_key_id;
+    app.policy
+        .clone()
+        .rotate_signing_key(proto::RotateSigningKeyRequest {
+            reason: "rotate before revoking".into(),
+        })
+        .await
+        .unwrap();
+    let rollout = app
+        .policy
+        .clone()
+        .start_rollout(start_request(vec![step(50, Duration::from_secs(3600))]))
+        .await
+        .unwrap()
+        .into_inner();
+    let keys = signing_keys(&app).await;
+    let before = app.db_state().await;
+
+    let refused = revoke(&app, &candidate_key).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains(&rollout.id) && refused.message().contains("abort"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        app.db_state().await,
+        before,
+        "a refused revocation changed nothing"
+    );
+    assert_eq!(signing_keys(&app).await, keys);
+
+    app.policy
+        .clone()
+        .abort_rollout(proto::RolloutControlRequest {
+            namespace: "team".into(),
+            id: rollout.id.clone(),
+            reason: "revoke its key".into(),
+        })
+        .await
+        .unwrap();
+    revoke(&app, &candidate_key).await.unwrap();
+    assert!(
+        signing_keys(&app)
+            .await
+            .revoked_key_ids
+            .contains(&candidate_key)
+    );
     app.stop().await;
 }
 
