@@ -26,7 +26,7 @@ from typing import Any
 
 import policyhub
 
-CAPABILITIES = ["cache", "reports", "history", "witnesses", "endpoints", "fleet"]
+CAPABILITIES = ["cache", "reports", "history", "witnesses", "endpoints", "revocation", "fleet"]
 
 
 class Runtime:

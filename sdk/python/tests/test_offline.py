@@ -1,24 +1,31 @@
 """Unit tests of what the SDK checks offline: bundles, checkpoints' notes,
-Merkle proofs, witness cosignatures, the cache, endpoints and backoff."""
+Merkle proofs, witness cosignatures, the cache, a signing key's revocation,
+endpoints and backoff."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from policyhub.v1 import bundle_service_pb2 as pb
+from policyhub.v1 import types_pb2
 
-from policyhub import Source, State, VerifiedBundle, token_file
+from policyhub import Applied, Event, FromCache, Rejected, Source, State, VerifiedBundle, token_file
 from policyhub._backoff import Backoff
 from policyhub._cache import Cache, CacheError
+from policyhub._client import Client
 from policyhub._endpoints import Endpoints
+from policyhub._session import Revision, Settings, SubscriptionState
+from policyhub._telemetry import Telemetry
 from policyhub.bundle import (
     BUNDLE_TYPE,
     Jwk,
@@ -246,7 +253,7 @@ def test_a_saved_state_loads_back_verified_and_a_tampered_cache_is_refused(tmp_p
     cache.save(State("ns", 4, {"limits": bundle}, Source.SERVER, 1_700_000_000.0), jwks)
     loaded = cache.load()
     assert loaded is not None
-    state, _ = loaded
+    state, _, _ = loaded
     assert (state.revision, state.source, state.body("limits")) == (4, Source.CACHE, body)
     assert state.verified_at == 1_700_000_000.0
     text = cache.path.read_text().replace(jws[-10:], "A" * 10)
@@ -254,6 +261,24 @@ def test_a_saved_state_loads_back_verified_and_a_tampered_cache_is_refused(tmp_p
     with pytest.raises(CacheError):
         cache.load()
     assert Cache(tmp_path, "other", []).load() is None
+
+
+def test_a_cached_state_signed_by_a_revoked_key_is_refused(tmp_path: Path) -> None:
+    signer = Signer()
+    jwks = Jwks((signer.jwk,))
+    body = {"max": 10}
+    jws = signer.bundle("ns/limits", 2, body)
+    bundle = VerifiedBundle("limits", 2, None, digest_of(body), 4, signer.jwk.kid, body, jws)
+    state = State("ns", 4, {"limits": bundle}, Source.SERVER, 1_700_000_000.0)
+    cache = Cache(tmp_path, "ns", [])
+    cache.save(state, jwks)
+    assert "revoked_key_ids" not in json.loads(cache.path.read_text()), "as earlier versions wrote"
+    loaded = cache.load()
+    assert loaded is not None and loaded[2] == frozenset(), "the good cache loads"
+    cache.save(state, jwks, frozenset({signer.jwk.kid}))
+    assert json.loads(cache.path.read_text())["revoked_key_ids"] == [signer.jwk.kid]
+    with pytest.raises(CacheError, match="revoked key"):
+        cache.load()
 
 
 def test_the_ranking_is_a_function_of_the_runtime_id_and_spreads_a_fleet() -> None:
@@ -294,3 +319,113 @@ def test_a_token_file_is_read_again_and_the_last_good_token_kept(tmp_path: Path)
     assert source() == "first"
     file.write_text("second")
     assert source() == "second"
+
+
+class KeyServer:
+    """Answers GetSigningKeys as a server does: its keys and the revoked ids."""
+
+    def __init__(self, *signers: Signer) -> None:
+        self.jwks = Jwks(tuple(signer.jwk for signer in signers))
+        self.revoked: frozenset[str] = frozenset()
+        self.fetched = 0
+
+    async def signing_keys(self) -> tuple[Jwks, frozenset[str]]:
+        self.fetched += 1
+        return self.jwks, self.revoked
+
+
+def subscription_state(cache_dir: Path) -> SubscriptionState:
+    settings = Settings(
+        endpoints=["http://127.0.0.1:1"],
+        namespace="ns",
+        names=[],
+        runtime_id=None,
+        labels={},
+        cache_dir=str(cache_dir),
+        token=None,
+        tls=None,
+        heartbeat_interval=None,
+        backoff_initial=0.1,
+        backoff_max=1.0,
+        rebalance_interval=60.0,
+        report_spread=0.0,
+        max_checkpoint_age=None,
+        retry_when_refused=False,
+        log_origin=None,
+        witnesses=[],
+        cosignatures=0,
+    )
+    return SubscriptionState(settings, lambda _: None, Telemetry("ns"))
+
+
+def revision(kind: int, number: int, signer: Signer, version: int) -> Revision:
+    body = {"max": version}
+    bundle = types_pb2.Bundle(
+        namespace="ns",
+        name="limits",
+        version=version,
+        digest=digest_of(body),
+        jws=signer.bundle("ns/limits", version, body),
+        key_id=signer.jwk.kid,
+        revision=number,
+    )
+    return Revision(kind, number, False, [bundle])
+
+
+def test_a_revoked_key_is_followed_replays_refused_and_the_cache_remembers(
+    tmp_path: Path,
+) -> None:
+    old, new = Signer(), Signer()
+    server = KeyServer(old)
+    client = cast(Client, server)
+
+    async def follow() -> None:
+        state = subscription_state(tmp_path)
+        first = revision(pb.WATCH_EVENT_KIND_SNAPSHOT, 1, old, 1)
+        assert isinstance(await state.decide(first, client), Applied)
+        # The server signs with a new key, revokes the old one and signs
+        # version 1 again at a new revision.
+        server.jwks, server.revoked = Jwks((new.jwk,)), frozenset({old.jwk.kid})
+        again = await state.decide(revision(pb.WATCH_EVENT_KIND_UPDATE, 2, new, 1), client)
+        assert isinstance(again, Applied) and again.state.revision == 2
+        assert state.revoked == {old.jwk.kid}
+        replayed = await state.decide(first, client)
+        assert isinstance(replayed, Rejected), "an old message a revoked key signed is refused"
+        assert "revoked key" in replayed.reason and replayed.revision == 1
+        fetched = server.fetched
+        later = await state.decide(revision(pb.WATCH_EVENT_KIND_UPDATE, 3, old, 2), client)
+        assert isinstance(later, Rejected)
+        assert "does not verify: signed by revoked key" in later.reason
+        assert server.fetched == fetched, "a revoked key is no unknown key to fetch again"
+        assert (state.applied.revision, state.applied.bundles["limits"].key_id) == (2, new.jwk.kid)
+
+        # Restarted with the server away: the cache holds the revocation.
+        restarted = subscription_state(tmp_path)
+        events: list[Event] = []
+
+        async def emit(event: Event) -> None:
+            events.append(event)
+
+        await restarted.start(emit)
+        assert [type(event) for event in events] == [FromCache]
+        assert restarted.revoked == {old.jwk.kid}
+        assert restarted.signed_by_revoked(first.bundles) is not None
+
+    asyncio.run(follow())
+
+
+def test_a_revocation_that_concerns_the_state_in_force_is_cached_at_once(tmp_path: Path) -> None:
+    old, new = Signer(), Signer()
+    server = KeyServer(old)
+    client = cast(Client, server)
+
+    async def follow() -> None:
+        state = subscription_state(tmp_path)
+        held = revision(pb.WATCH_EVENT_KIND_SNAPSHOT, 1, old, 1)
+        assert isinstance(await state.decide(held, client), Applied)
+        server.jwks, server.revoked = Jwks((new.jwk,)), frozenset({old.jwk.kid})
+        await state.refresh_keys(client)
+        with pytest.raises(CacheError, match="revoked key"):
+            Cache(tmp_path, "ns", []).load()
+
+    asyncio.run(follow())

@@ -2,7 +2,8 @@
  * The last-known-good state on disk, in the Rust library's format, so that
  * a runtime restarted while the server is away starts from what it had.
  * Every bundle is verified again when read back, against the JWKS saved
- * with it; files are replaced atomically (written beside, synced, renamed).
+ * with it, and refused when signed by a key known revoked when it was
+ * saved; files are replaced atomically (written beside, synced, renamed).
  *
  * `<dir>/<namespace>.state.json` holds the state, `<namespace>.state.tree`
  * the server's tree verified last, `<namespace>.state.restore` the leaf of
@@ -25,6 +26,12 @@ interface CacheFile {
   names: string[];
   revision: number;
   jwks: Jwks;
+  /**
+   * The ids of the keys known revoked when it was written: a bundle they
+   * signed is refused when the file is read back. Absent from the files of
+   * earlier versions, and when none is known.
+   */
+  revoked_key_ids?: string[];
   bundles: { jws: string; revision: number }[];
   verified_at_unix_ms?: number;
 }
@@ -107,8 +114,12 @@ export class Cache {
     return writeAtomically(this.restorePath, String(leaf));
   }
 
-  /** The state kept, verified again, and its keys; undefined when none; throws why it is refused. */
-  async load(): Promise<{ state: State; jwks: Jwks } | undefined> {
+  /**
+   * The state kept, verified again, its keys and the keys known revoked;
+   * undefined when none; throws why it is refused (a bundle signed by a
+   * revoked key among them).
+   */
+  async load(): Promise<{ state: State; jwks: Jwks; revoked: ReadonlySet<string> } | undefined> {
     let text: string | undefined;
     let modified: Date | undefined;
     try {
@@ -141,8 +152,22 @@ export class Cache {
           `not ${this.namespace} ${JSON.stringify(this.names)}`,
       );
     }
+    const revokedIds: unknown = file.revoked_key_ids ?? [];
+    if (!Array.isArray(revokedIds) || !revokedIds.every((kid) => typeof kid === "string")) {
+      throw new Error("it is not a cache: its revoked key ids are not strings");
+    }
+    const revoked: ReadonlySet<string> = new Set(revokedIds);
     const bundles: Record<string, VerifiedBundle> = {};
     for (const cached of file.bundles) {
+      let kid;
+      try {
+        kid = keyId(cached.jws);
+      } catch (error) {
+        throw new Error(`a bundle does not verify: ${(error as Error).message}`);
+      }
+      if (revoked.has(kid)) {
+        throw new Error(`a bundle is signed by revoked key ${JSON.stringify(kid)}`);
+      }
       let claims;
       try {
         claims = await verify(cached.jws, file.jwks);
@@ -160,7 +185,7 @@ export class Cache {
         ...(claims.label === undefined ? {} : { label: claims.label }),
         digest: claims.digest,
         revision: cached.revision,
-        keyId: keyId(cached.jws),
+        keyId: kid,
         body: claims.body,
         jws: cached.jws,
       };
@@ -170,17 +195,22 @@ export class Cache {
     return {
       state: { namespace: this.namespace, revision: file.revision, bundles, source: "cache", verifiedAt },
       jwks: file.jwks,
+      revoked,
     };
   }
 
-  /** Keeps `state` as the last-known-good one. */
-  save(state: State, jwks: Jwks): Promise<void> {
+  /**
+   * Keeps `state` as the last-known-good one, with the keys that verified
+   * it and the ids of the keys known revoked.
+   */
+  save(state: State, jwks: Jwks, revoked: ReadonlySet<string> = new Set()): Promise<void> {
     const file: CacheFile = {
       format: FORMAT,
       namespace: this.namespace,
       names: [...this.names],
       revision: state.revision,
       jwks,
+      ...(revoked.size === 0 ? {} : { revoked_key_ids: [...revoked].sort() }),
       bundles: Object.keys(state.bundles)
         .sort()
         .map((name) => {

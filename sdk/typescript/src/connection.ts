@@ -189,19 +189,22 @@ export function unary<T>(
   });
 }
 
-/** The keys that verify bundles, fetched from the server. */
-export async function fetchJwks(
+/** The keys that verify bundles, fetched from the server, and the ids of the revoked ones. */
+export async function fetchKeys(
   client: BundleServiceClient,
   token: TokenSource | undefined,
   timeoutMs: number,
-): Promise<Jwks> {
+): Promise<{ jwks: Jwks; revoked: ReadonlySet<string> }> {
   try {
     const response = await unary<GetSigningKeysResponse>(
       (metadata, options, callback) => client.getSigningKeys({}, metadata, options, callback),
       token,
       timeoutMs,
     );
-    return { keys: response.keys.map(({ kty, crv, x, kid, alg, use }) => ({ kty, crv, x, kid, alg, use })) };
+    return {
+      jwks: { keys: response.keys.map(({ kty, crv, x, kid, alg, use }) => ({ kty, crv, x, kid, alg, use })) },
+      revoked: new Set(response.revokedKeyIds),
+    };
   } catch (error) {
     throw Failure.fromStatus(error as grpc.ServiceError);
   }

@@ -42,7 +42,7 @@ import {
   StreamReader,
   Waker,
   connect,
-  fetchJwks,
+  fetchKeys,
   metadata,
   ready,
   refusesCredentials,
@@ -294,7 +294,7 @@ async function open(
   try {
     await ready(client, address, timeoutMs);
     if (state.jwks.keys.length === 0) {
-      state.jwks = await fetchJwks(client, settings.channel.token, callTimeoutMs);
+      await state.refreshKeys(client);
     }
     reporter = new Reporter(client, settings.channel.token, callTimeoutMs, waker);
     await state.flushReports(reporter);
@@ -366,7 +366,8 @@ async function session(
           throw new Failure("transient", "the stream ended");
         }
         const received = item.message;
-        if (received.checkpoint !== null) {
+        const revokedSigner = state.signedByRevoked(received.bundles) !== undefined;
+        if (received.checkpoint !== null && !revokedSigner) {
           const restored = await state.followTree(received.checkpoint, opened.client);
           if (restored !== undefined) {
             await say(restored);
@@ -531,15 +532,23 @@ function hashes(proof: Buffer[]): Buffer[] {
 /**
  * What the subscription holds between sessions, and its decisions: the
  * state in force, where to resume, the keys, the cache, the reports not
- * yet sent, the checkpoint's freshness and the server's tree.
+ * yet sent, the checkpoint's freshness and the server's tree. Exported for
+ * the package's own tests.
+ *
+ * @internal
  */
-class SubscriptionState {
+export class SubscriptionState {
   /** The state in force. */
   private applied: State;
   /** The newest revision applied or rejected: where to resume. */
   decided = 0;
   /** The keys that verify bundles; fetched from the server, never taken from the stream. */
   jwks: Jwks = { keys: [] };
+  /**
+   * The ids of the revoked keys, fetched with the keys: whatever they sign
+   * is refused, a replayed message and a cached state included.
+   */
+  private revoked: ReadonlySet<string> = new Set();
   private readonly cache: Cache | undefined;
   /** Outcomes not yet reported, by policy, and their revision. */
   private readonly pendingReports = new Map<string, PolicyApplyStatus>();
@@ -579,7 +588,7 @@ class SubscriptionState {
     if (loaded === undefined) {
       return;
     }
-    const { state, jwks } = loaded;
+    const { state, jwks, revoked } = loaded;
     const refusal = await check(this.settings.validate, state);
     if (refusal !== undefined) {
       await say({ type: "rejected", revision: state.revision, reason: `the cached state was refused: ${refusal}` });
@@ -588,12 +597,60 @@ class SubscriptionState {
     this.decided = state.revision;
     this.applied = state;
     this.jwks = jwks;
+    this.revoked = revoked;
     this.telemetry.inForce(state.revision);
     await say({ type: "fromCache", state });
   }
 
-  private async refetchKeys(client: BundleServiceClient): Promise<void> {
-    this.jwks = await fetchJwks(client, this.settings.channel.token, this.callTimeoutMs);
+  /**
+   * Fetches the keys again. A revocation learned that concerns the state
+   * in force is written to the cache at once, so that the cached state it
+   * signed is not served again.
+   */
+  async refreshKeys(client: BundleServiceClient): Promise<void> {
+    const { jwks, revoked } = await fetchKeys(client, this.settings.channel.token, this.callTimeoutMs);
+    this.jwks = jwks;
+    const learned = [...revoked].filter((kid) => !this.revoked.has(kid));
+    const concernsState = Object.values(this.applied.bundles).some((held) => learned.includes(held.keyId));
+    this.revoked = revoked;
+    if (concernsState) {
+      await this.save(this.applied);
+    }
+  }
+
+  /**
+   * The first of `bundles` signed by a revoked key, with the reason to
+   * refuse it. The session does not take the checkpoint of a message that
+   * carries one: an old message replayed carries an old checkpoint, which
+   * the revoked key may have signed too.
+   */
+  signedByRevoked(bundles: readonly Bundle[]): string | undefined {
+    for (const bundle of bundles) {
+      const kid = keyIdOf(bundle.jws);
+      if (kid !== undefined && this.revoked.has(kid)) {
+        return `${bundle.name} version ${bundle.version} is ${revokedKey(kid)}`;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Whether `revision` carries a version held in force signed by another
+   * key: the sign that the key which signed it may have been revoked,
+   * which the keys, fetched again, tell.
+   */
+  private reSignsHeld(revision: Revision): boolean {
+    return revision.bundles.some((bundle) => {
+      const held = this.applied.bundles[bundle.name];
+      const kid = keyIdOf(bundle.jws);
+      return (
+        held !== undefined &&
+        held.version === bundle.version &&
+        held.digest === bundle.digest &&
+        kid !== undefined &&
+        kid !== held.keyId
+      );
+    });
   }
 
   private get callTimeoutMs(): number {
@@ -619,7 +676,7 @@ class SubscriptionState {
       return undefined;
     }
     if (!this.knowsKeyOf(checkpoint.jws)) {
-      await this.refetchKeys(client).catch(() => undefined);
+      await this.refreshKeys(client).catch(() => undefined);
     }
     let verified;
     try {
@@ -663,7 +720,7 @@ class SubscriptionState {
       offered = verifyNote(checkpoint.note, this.tree.origin, this.jwks);
     } catch {
       // Perhaps a key rotated since the keys were fetched.
-      await this.refetchKeys(client);
+      await this.refreshKeys(client);
       try {
         offered = verifyNote(checkpoint.note, this.tree.origin, this.jwks);
       } catch (error) {
@@ -761,10 +818,17 @@ class SubscriptionState {
     }
   }
 
-  /** Verifies one bundle of the stream; a key unknown to the JWKS makes it fetch the JWKS once more. */
+  /**
+   * Verifies one bundle of the stream; a key unknown to the JWKS makes it
+   * fetch the JWKS once more, a revoked one refuses it.
+   */
   private async verify(bundle: Bundle, client: BundleServiceClient): Promise<VerifiedBundle> {
-    if (!this.knowsKeyOf(bundle.jws)) {
-      await this.refetchKeys(client).catch(() => undefined);
+    const kid = keyId(bundle.jws);
+    if (!knows(this.jwks, kid) && !this.revoked.has(kid)) {
+      await this.refreshKeys(client).catch(() => undefined);
+    }
+    if (this.revoked.has(kid)) {
+      throw new Error(revokedKey(kid));
     }
     const { namespace, names } = this.settings;
     if (names.length > 0 && !names.includes(bundle.name)) {
@@ -796,11 +860,19 @@ class SubscriptionState {
       return undefined;
     }
     if (revision.revision < this.applied.revision && !revision.reset) {
-      return undefined;
+      // Harmless as an old message, but someone sends what a revoked key
+      // signed: said, though nothing changes.
+      const reason = this.signedByRevoked(revision.bundles);
+      return reason === undefined ? undefined : { type: "rejected", revision: revision.revision, reason };
     }
     if (!isSnapshot && revision.bundles.length === 0) {
       this.decided = Math.max(this.decided, revision.revision);
       return undefined;
+    }
+    if (this.reSignsHeld(revision)) {
+      // Without the keys fetched again, the revision is verified against
+      // the keys held.
+      await this.refreshKeys(client).catch(() => undefined);
     }
     return this.telemetry.decide(revision.revision, async () => {
       const event = await this.decideWhole(revision, isSnapshot, client);
@@ -861,7 +933,7 @@ class SubscriptionState {
   /** Keeps `state` as the last-known-good one. */
   private async save(state: State): Promise<void> {
     try {
-      await this.cache?.save(state, this.jwks);
+      await this.cache?.save(state, this.jwks, this.revoked);
     } catch {
       // The state is in force all the same; the next one is saved again.
     }
@@ -914,4 +986,18 @@ class SubscriptionState {
       // Kept for the next try, on this connection or the next.
     }
   }
+}
+
+/** The key id a JWS's header names, if it names one. */
+function keyIdOf(jws: string): string | undefined {
+  try {
+    return keyId(jws);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Why a bundle signed by `kid`, a revoked key, is refused. */
+function revokedKey(kid: string): string {
+  return `signed by revoked key ${JSON.stringify(kid)}`;
 }

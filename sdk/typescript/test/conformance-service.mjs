@@ -24,7 +24,7 @@ const [host, port] = [listen.slice(0, colon), Number(listen.slice(colon + 1))];
 const runtimes = new Map();
 let next = 0;
 
-const capabilities = ["cache", "reports", "history", "witnesses", "endpoints", "fleet"];
+const capabilities = ["cache", "reports", "history", "witnesses", "endpoints", "revocation", "fleet"];
 
 /** The library's options for the kit's settings; throws a message when one cannot be honoured. */
 function options(settings) {

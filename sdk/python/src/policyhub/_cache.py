@@ -1,5 +1,5 @@
-"""The last-known-good state on disk: the signed bundles, their revisions
-and the JWKS that verified them, written atomically (temporary file, fsync,
+"""The last-known-good state on disk: the signed bundles, their revisions,
+the JWKS that verified them and the keys known revoked, written atomically (temporary file, fsync,
 rename) so a crash leaves the old file or the new one, never half. Read
 back, every bundle is verified again before it is used. The format is the
 Rust library's, so either can start from the other's cache.
@@ -51,9 +51,10 @@ class Cache:
         """Keeps `leaf` as the last restore taken."""
         _write_atomically(self._beside(".restore"), str(leaf).encode())
 
-    def load(self) -> tuple[State, Jwks] | None:
-        """The cached state and its JWKS, verified again; `None` when there
-        is no cache yet, `CacheError` when it cannot be trusted."""
+    def load(self) -> tuple[State, Jwks, frozenset[str]] | None:
+        """The cached state, its JWKS and the keys known revoked, verified
+        again; `None` when there is no cache yet, `CacheError` when it cannot
+        be trusted (a bundle signed by a revoked key among them)."""
         try:
             text = self.path.read_bytes()
             modified = self.path.stat().st_mtime
@@ -71,8 +72,13 @@ class Cache:
                     f"not {self._namespace} {self._names}"
                 )
             jwks = Jwks.from_json(file["jwks"])
+            # Absent from the files of earlier versions.
+            revoked = frozenset(str(kid) for kid in file.get("revoked_key_ids", []))
             bundles: dict[str, VerifiedBundle] = {}
             for cached in file["bundles"]:
+                kid = key_id(cached["jws"])
+                if kid in revoked:
+                    raise CacheError(f"a bundle is signed by revoked key {json.dumps(kid)}")
                 claims = verify_bundle(cached["jws"], jwks)
                 prefix = f"{self._namespace}/"
                 if not claims.sub.startswith(prefix):
@@ -84,7 +90,7 @@ class Cache:
                     label=claims.label,
                     digest=claims.digest,
                     revision=int(cached["revision"]),
-                    key_id=key_id(cached["jws"]),
+                    key_id=kid,
                     body=claims.body,
                     jws=cached["jws"],
                 )
@@ -100,16 +106,19 @@ class Cache:
             raise CacheError(f"a bundle does not verify: {error}") from error
         except (ValueError, KeyError, TypeError) as error:
             raise CacheError(f"it is not a cache: {error!r}") from error
-        return state, jwks
+        return state, jwks, revoked
 
-    def save(self, state: State, jwks: Jwks) -> None:
-        """Replaces the cache with `state`, atomically."""
-        file = {
+    def save(self, state: State, jwks: Jwks, revoked: frozenset[str] = frozenset()) -> None:
+        """Replaces the cache with `state`, its JWKS and the keys known
+        revoked (a bundle they signed is refused when the file is read back),
+        atomically."""
+        file: dict[str, object] = {
             "format": FORMAT,
             "namespace": self._namespace,
             "names": self._names,
             "revision": state.revision,
             "jwks": jwks.to_json(),
+            **({"revoked_key_ids": sorted(revoked)} if revoked else {}),
             "bundles": [
                 {"jws": bundle.jws, "revision": bundle.revision}
                 for bundle in state.bundles.values()

@@ -92,16 +92,18 @@ class Client:
         token = self._token() if self._token is not None else None
         return (("authorization", f"Bearer {token.strip()}"),) if token else ()
 
-    async def signing_keys(self) -> Jwks:
+    async def signing_keys(self) -> tuple[Jwks, frozenset[str]]:
+        """The keys that verify, and the ids of the revoked ones."""
         reply: pb.GetSigningKeysResponse = await self._stub.GetSigningKeys(
             pb.GetSigningKeysRequest(), metadata=self.metadata(), timeout=self.call_timeout
         )
-        return Jwks(
+        jwks = Jwks(
             tuple(
                 Jwk(kty=k.kty, crv=k.crv, x=k.x, kid=k.kid, alg=k.alg, use=k.use)
                 for k in reply.keys
             )
         )
+        return jwks, frozenset(reply.revoked_key_ids)
 
     def watch(
         self, request: pb.WatchActiveRequest

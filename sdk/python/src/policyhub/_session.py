@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TypeVar
@@ -232,6 +233,9 @@ class SubscriptionState:
         self.applied = State(namespace=settings.namespace)
         self.decided = 0
         self.jwks = Jwks()
+        self.revoked: frozenset[str] = frozenset()
+        """The ids of the revoked keys, fetched with the keys: whatever they
+        sign is refused, a replayed message and a cached state included."""
         self.cache = (
             Cache(settings.cache_dir, settings.namespace, settings.names)
             if settings.cache_dir
@@ -275,7 +279,7 @@ class SubscriptionState:
             return
         if loaded is None:
             return
-        state, jwks = loaded
+        state, jwks, revoked = loaded
         reason = await self.judge(state)
         if reason is not None:
             await emit(Rejected(state.revision, f"the cached state was refused: {reason}"))
@@ -285,7 +289,50 @@ class SubscriptionState:
             state.revision,
         )
         self.decided, self.applied, self.jwks = state.revision, state, jwks
+        self.revoked = revoked
         await emit(FromCache(state))
+
+    async def refresh_keys(self, client: Client) -> None:
+        """Fetches the keys again. A revocation learned that concerns the
+        state in force is written to the cache at once, so that the cached
+        state it signed is not served again."""
+        self.jwks, revoked = await self.rpc(client.signing_keys())
+        learned = revoked - self.revoked
+        if learned:
+            _log.warning("the server revoked signing keys %s", sorted(learned))
+        concerns_state = any(held.key_id in learned for held in self.applied.bundles.values())
+        self.revoked = revoked
+        if concerns_state:
+            await self.save(self.applied)
+
+    def signed_by_revoked(self, bundles: Iterable[types_pb2.Bundle]) -> str | None:
+        """The first of `bundles` signed by a revoked key, with the reason to
+        refuse it. The session does not take the checkpoint of a message
+        that carries one: an old message replayed carries an old checkpoint,
+        which the revoked key may have signed too."""
+        for bundle in bundles:
+            try:
+                kid = jose.key_id(bundle.jws)
+            except VerifyError:
+                continue
+            if kid in self.revoked:
+                return f"{bundle.name} version {bundle.version} is {revoked_key(kid)}"
+        return None
+
+    def re_signs_held(self, revision: Revision) -> bool:
+        """Whether `revision` carries a version held in force signed by
+        another key: the sign that the key which signed it may have been
+        revoked, which the keys, fetched again, tell."""
+        for bundle in revision.bundles:
+            held = self.applied.bundles.get(bundle.name)
+            if held is None or held.version != bundle.version or held.digest != bundle.digest:
+                continue
+            try:
+                if jose.key_id(bundle.jws) != held.key_id:
+                    return True
+            except VerifyError:
+                continue
+        return False
 
     async def checkpoint(self, checkpoint: types_pb2.Checkpoint, client: Client) -> Event | None:
         """Verifies and takes a checkpoint of the stream; the event when it
@@ -306,8 +353,8 @@ class SubscriptionState:
         except VerifyError:
             known = False
         if not known:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
-                self.jwks = await client.signing_keys()
+            with contextlib.suppress(Transient, Permanent):
+                await self.refresh_keys(client)
 
     def verified_size(self) -> int:
         return self.tree.head.size if self.tree.head is not None else 0
@@ -333,7 +380,7 @@ class SubscriptionState:
             offered = verify_note(checkpoint.note, self.tree.origin, self.jwks)
         except VerifyError:
             # Perhaps a key rotated since the keys were fetched.
-            self.jwks = await self.rpc(client.signing_keys())
+            await self.refresh_keys(client)
             try:
                 offered = verify_note(checkpoint.note, self.tree.origin, self.jwks)
             except VerifyError as error:
@@ -407,9 +454,14 @@ class SubscriptionState:
 
     async def verify(self, bundle: types_pb2.Bundle, client: Client) -> VerifiedBundle:
         """Verifies one bundle of the stream; a key unknown to the JWKS makes
-        it fetch the JWKS once more."""
+        it fetch the JWKS once more, a revoked one refuses it."""
         settings = self.settings
-        await self.refetch_unless_known(bundle.jws, client)
+        kid = jose.key_id(bundle.jws)
+        if not self.jwks.knows(kid) and kid not in self.revoked:
+            with contextlib.suppress(Transient, Permanent):
+                await self.refresh_keys(client)
+        if kid in self.revoked:
+            raise VerifyError(revoked_key(kid))
         if settings.names and bundle.name not in settings.names:
             raise VerifyError(f"{settings.namespace}/{bundle.name} was not asked for")
         claims = jose.verify_envelope(
@@ -442,6 +494,12 @@ class SubscriptionState:
             self.decided = max(self.decided, revision.revision)
             return None
         if revision.revision < self.applied.revision and not revision.reset:
+            revoked_signer = self.signed_by_revoked(revision.bundles)
+            if revoked_signer is not None:
+                # Harmless as an old message, but someone sends what a
+                # revoked key signed: said, though nothing changes.
+                _log.warning("refused an old revision %d: %s", revision.revision, revoked_signer)
+                return Rejected(revision.revision, revoked_signer)
             _log.warning(
                 "ignoring revision %d, older than the one applied (%d)",
                 revision.revision,
@@ -451,6 +509,11 @@ class SubscriptionState:
         if not is_snapshot and not revision.bundles:
             self.decided = max(self.decided, revision.revision)
             return None
+        if self.re_signs_held(revision):
+            try:
+                await self.refresh_keys(client)
+            except (Transient, Permanent) as error:
+                _log.warning("cannot fetch the signing keys again: %s", error)
         with self.telemetry.deciding(revision.revision):
             verified: list[VerifiedBundle] = []
             failures: list[tuple[types_pb2.Bundle, str]] = []
@@ -501,7 +564,7 @@ class SubscriptionState:
         if self.cache is None:
             return
         try:
-            await asyncio.to_thread(self.cache.save, state, self.jwks)
+            await asyncio.to_thread(self.cache.save, state, self.jwks, self.revoked)
         except OSError as error:
             _log.warning("cannot write the cache %s: %s", self.cache.path, error)
 
@@ -535,6 +598,11 @@ class SubscriptionState:
             _log.warning("cannot report the applied state; retrying later: %s", error)
             return
         self.pending_reports.clear()
+
+
+def revoked_key(kid: str) -> str:
+    """Why a bundle signed by `kid`, a revoked key, is refused."""
+    return f"signed by revoked key {json.dumps(kid)}"
 
 
 @dataclass
@@ -584,7 +652,7 @@ class Driver:
             reporter = Reporter(client)
             state = self.state
             if not state.jwks.keys:
-                state.jwks = await state.rpc(client.signing_keys())
+                await state.refresh_keys(client)
             await state.flush_reports(reporter)
             runtime = (
                 pb.RuntimeIdentity(id=self.settings.runtime_id, labels=self.settings.labels)
@@ -749,7 +817,8 @@ class Driver:
                     raise Transient("the stream carried something other than a watch message")
                 last_message = loop.time()
                 read = asyncio.ensure_future(opened.call.read())
-                if message.HasField("checkpoint"):
+                revoked_signer = state.signed_by_revoked(message.bundles) is not None
+                if message.HasField("checkpoint") and not revoked_signer:
                     restored = await state.follow_tree(message.checkpoint, opened.client)
                     if restored is not None:
                         await self.emit(restored)
