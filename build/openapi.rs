@@ -638,6 +638,9 @@ fn name_constraint(field: &str) -> Option<Value> {
     })
 }
 
+/// A Duration of 0 or more in the JSON mapping.
+const NON_NEGATIVE_DURATION: &str = "^(0|[1-9][0-9]{0,10})(\\.[0-9]{1,9})?s$";
+
 /// `domain::Namespace`'s rule.
 const NAMESPACE: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 
@@ -681,7 +684,12 @@ fn is_request(message: &MessageDescriptor) -> bool {
     message.name().ends_with("Request")
         || matches!(
             message.name(),
-            "ActivationTarget" | "RuntimeIdentity" | "RolloutStep" | "FailureRule" | "Requirement"
+            "ActivationTarget"
+                | "RuntimeIdentity"
+                | "RolloutStep"
+                | "RolloutAnalysis"
+                | "FailureRule"
+                | "Requirement"
         )
 }
 
@@ -698,9 +706,7 @@ fn at_least_one() -> Value {
 fn request_constraint(message: &str, field: &str) -> Option<Value> {
     Some(match (message, field) {
         ("ScheduleEntryRequest", "name") => name_constraint("namespace")?,
-        ("CheckAccessRequest", "namespace") => {
-            json!({"pattern": format!("^$|{}", &NAMESPACE[1..])})
-        }
+        ("CheckAccessRequest", "namespace") => json!({"pattern": or_empty(NAMESPACE)}),
         // A requirement names a policy of the draft's own namespace: by
         // its name, as stated, or with that namespace before it
         // (`team/limits`), which the server takes too but no schema can
@@ -720,7 +726,7 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         | ("GetConsistencyProofRequest", "old_size") => at_least_one(),
         // Optional at publish: empty is no label.
         ("PublishRequest", "label") => json!({
-            "pattern": format!("^$|{}", &SEMVER[1..]),
+            "pattern": or_empty(SEMVER),
             "maxLength": MAX_LABEL_CHARS,
         }),
         (_, "label") => name_constraint("label")?,
@@ -744,6 +750,10 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
                                            |60[0-3][0-9]{3}|604[0-7][0-9]{2})\
                                            (\\.[0-9]{1,9})?|604800(\\.0{1,9})?)s$"}),
         ("FailureRule", "max_rejected_fraction") => json!({"minimum": 0, "maximum": 1}),
+        // `grpc::rollouts`' durations: 0 or more.
+        ("RolloutAnalysis", "interval") | ("FailureRule", "apply_deadline") => {
+            json!({"pattern": NON_NEGATIVE_DURATION})
+        }
         ("CreateSubscriptionRequest", "event_kinds") => {
             json!({"minItems": 1, "maxItems": 32, "uniqueItems": true})
         }
@@ -752,7 +762,7 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         }
         ("CreateSubscriptionRequest", "url") => webhook_url(),
         ("UpdateSubscriptionRequest", "url") => {
-            json!({"pattern": format!("^$|{}", &webhook_url()["pattern"].as_str()?[1..])})
+            json!({"pattern": or_empty(webhook_url()["pattern"].as_str()?)})
         }
         // Standard Webhooks' form: `whsec_` and 24 to 64 bytes in base64
         // (the pattern states the unpadded lengths); empty: the server
@@ -762,6 +772,17 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
         }
         _ => return None,
     })
+}
+
+/// `pattern` (anchored at both ends) or the empty string: a pattern
+/// matches anywhere in a value unless anchored, so the alternative is
+/// anchored as a whole (`^$|a$` would take `xa`).
+fn or_empty(pattern: &str) -> String {
+    let inner = pattern
+        .strip_prefix('^')
+        .and_then(|inner| inner.strip_suffix('$'))
+        .expect("an anchored pattern");
+    format!("^(?:{inner})?$")
 }
 
 /// A webhook's endpoint: https and a DNS name (the server also takes a
@@ -782,6 +803,8 @@ fn required_fields(message: &str) -> &'static [&'static str] {
         "DraftRequest" => &["body"],
         "RollbackRequest" | "RecordRestoreRequest" => &["reason"],
         "StartRolloutRequest" => &["targets", "steps"],
+        // A step without its percentage is one of 0, which is refused.
+        "RolloutStep" => &["percentage"],
         "RolloutTargetRequest" | "ScheduleTargetRequest" => &["name"],
         "Requirement" => &["name", "range"],
         "SetScheduleRequest" => &["entries"],
@@ -794,6 +817,32 @@ fn required_fields(message: &str) -> &'static [&'static str] {
         "GetBundleProofRequest" => &["revision"],
         _ => &[],
     }
+}
+
+/// What a request's member requires of the others when it is given: a
+/// publication's expected active version and revision (the
+/// compare-and-swap of its activation) only together with `activate`
+/// (`grpc::policy_requests::publish_command`).
+fn dependent_schemas(message: &MessageDescriptor) -> Option<Value> {
+    let (fields, requirement): (&[&str], Value) = match message.name() {
+        "PublishRequest" => (
+            &["expected_active_version", "expected_active_revision"],
+            json!({"properties": {"activate": {"const": true}}, "required": ["activate"]}),
+        ),
+        _ => return None,
+    };
+    Some(
+        fields
+            .iter()
+            .map(|field| {
+                let field = message
+                    .get_field_by_name(field)
+                    .unwrap_or_else(|| panic!("{} has no field {field}", message.name()));
+                (field.json_name().to_owned(), requirement.clone())
+            })
+            .collect::<Map<String, Value>>()
+            .into(),
+    )
 }
 
 /// The oneofs of which a request must set a member: a target's version,
@@ -1026,6 +1075,9 @@ fn reference(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>)
             if !oneofs.is_empty() {
                 schema["allOf"] = json!(oneofs);
             }
+            if let Some(dependent) = dependent_schemas(message) {
+                schema["dependentSchemas"] = dependent;
+            }
         }
         schemas.insert(name.clone(), schema);
     }
@@ -1046,8 +1098,11 @@ fn well_known(message: &MessageDescriptor) -> Option<Value> {
         "google.protobuf.Value" => json!({}),
         "google.protobuf.ListValue" => json!({"type": "array"}),
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        // Seconds within the mapping's ±315,576,000,000 (the pattern
+        // stops at 11 digits) and at most nanoseconds: prost-reflect,
+        // which reads the body, refuses more.
         "google.protobuf.Duration" => {
-            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+            json!({"type": "string", "pattern": format!("^-?{}", &NON_NEGATIVE_DURATION[1..])})
         }
         _ => return None,
     })
