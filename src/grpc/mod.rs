@@ -1,5 +1,6 @@
 //! The gRPC adapters: protobuf in, domain call, protobuf out.
 
+mod alerts;
 pub mod archive;
 pub mod auth;
 mod backup;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::alerts;
 use super::archive;
 use super::auth::{Rpc, identify};
 use super::backup;
@@ -388,6 +389,18 @@ impl PolicyService for PolicyApi {
         let started = self.hub.start_rollout(command, &context, key).await?;
         let (started, progress) = self.hub.with_progress(started).await?;
         Ok(Response::new(rollouts::rollout(&started, progress)))
+    }
+
+    async fn receive_alerts(
+        &self,
+        request: Request<proto::ReceiveAlertsRequest>,
+    ) -> Reply<proto::ReceiveAlertsResponse> {
+        let caller = identify(&request)?;
+        let alerts = alerts::received(request.into_inner(), &self.limits)?;
+        let namespaces = alerts.iter().map(|alert| &alert.namespace);
+        let context = caller.admit(Rpc::ReceiveAlerts, namespaces, &self.quotas)?;
+        let acted = self.hub.receive_alerts(&alerts, &context).await?;
+        Ok(Response::new(alerts::outcomes(&alerts, &acted)))
     }
 
     async fn get_rollout(

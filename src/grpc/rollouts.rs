@@ -197,7 +197,7 @@ pub(super) fn named(namespace: &str, id: &str) -> Result<(Namespace, String)> {
     Ok((namespace, id.to_owned()))
 }
 
-fn state(state: RolloutState) -> proto::RolloutState {
+pub(super) fn state(state: RolloutState) -> proto::RolloutState {
     proto::RolloutState::from_str_name(&format!("ROLLOUT_STATE_{}", state.as_str()))
         .expect("every rollout state is in the protobuf enum")
 }

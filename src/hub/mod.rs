@@ -3,6 +3,7 @@
 //! decide, signs, writes in one transaction, and applies what moved to the
 //! in-memory index before the reply goes out.
 
+mod alerts;
 mod analyses;
 mod archive;
 mod fleet;
@@ -15,6 +16,7 @@ mod subscriptions;
 mod witnessed;
 
 pub use crate::storage::Term;
+pub use alerts::AlertedRollouts;
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;
 

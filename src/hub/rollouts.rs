@@ -234,9 +234,14 @@ impl PolicyHub {
     ) -> Result<Rollout> {
         rollout::validate_plan(&command.steps, &command.failure_rule)?;
         rollout::validate_start(command.start_at, chrono::Utc::now())?;
+        let claim = IdempotencyClaim::new("StartRollout", key, &command);
+        // A retry gets the first outcome before Prometheus is asked again:
+        // the rollout started, whatever Prometheus says now.
+        if let Some(started) = self.repository.replayed(claim.as_ref()).await? {
+            return Ok(started);
+        }
         let id = uuid::Uuid::new_v4().to_string();
         self.check_analyses(&command, &id).await?;
-        let claim = IdempotencyClaim::new("StartRollout", key, &command);
         // The reply counts the first step's cohort.
         self.fleet.prepare(&command.namespace).await?;
         let mut change = None;

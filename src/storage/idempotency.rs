@@ -126,6 +126,20 @@ impl Repository {
         .await
     }
 
+    /// The recorded outcome of `claim`'s request, if it was seen; a
+    /// different request under the same key is refused. For a mutation
+    /// whose checks ask another service first: a retry is answered without
+    /// asking again.
+    pub async fn replayed<T: DeserializeOwned>(
+        &self,
+        claim: Option<&IdempotencyClaim>,
+    ) -> Result<Option<T>> {
+        match claim {
+            Some(claim) => claim.replay(&self.db).await,
+            None => Ok(None),
+        }
+    }
+
     /// Deletes the idempotency records created before `cutoff`; returns how
     /// many. Idempotency records are bookkeeping, not history: the events
     /// and versions they point at stay.

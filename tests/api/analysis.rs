@@ -55,6 +55,7 @@ on_both_backends_with_prometheus!(
     a_healthy_canary_is_promoted_step_by_step,
     an_error_rate_spike_rolls_the_cohort_back_within_the_bound,
     a_prometheus_that_stops_answering_pauses_the_rollout,
+    a_retried_start_is_replayed_without_asking_prometheus,
 );
 
 /// What the exporter counts and when Prometheus first saw the spike.
@@ -532,4 +533,33 @@ async fn a_prometheus_that_stops_answering_pauses_the_rollout(backend: Backend) 
     let still = get(&app.policy, &started.id).await;
     assert_eq!(still.state(), RolloutState::Paused);
     assert_eq!(still.measurements.len(), measured);
+}
+
+/// A retried StartRollout gets the first outcome from its idempotency key
+/// before any query is sent: the rollout started, so a Prometheus that
+/// stopped answering since does not make the retry UNAVAILABLE.
+async fn a_retried_start_is_replayed_without_asking_prometheus(backend: Backend) {
+    let exporter = Exporter::start().await;
+    let mut prometheus = Prometheus::start(&exporter).await;
+    let app = server(backend, &prometheus).await;
+    seed(&app).await;
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    request.analyses = vec![error_ratio(0, 0)];
+    request.idempotency_key = "start-limits-canary".into();
+    let started = app
+        .policy
+        .clone()
+        .start_rollout(request.clone())
+        .await
+        .expect("start")
+        .into_inner();
+    prometheus.stop().await;
+    let retried = app
+        .policy
+        .clone()
+        .start_rollout(request)
+        .await
+        .expect("the retry is answered from its key")
+        .into_inner();
+    assert_eq!(retried.id, started.id);
 }

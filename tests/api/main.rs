@@ -2,6 +2,7 @@
 //! PostgreSQL databases, real gRPC clients.
 
 mod agent;
+mod alerts;
 mod analysis;
 mod archive;
 mod auth;

@@ -13,11 +13,13 @@ use super::{
     VersionSelector,
 };
 
+mod alerts;
 mod analysis;
 mod cohort;
 mod plan;
 mod tick;
 
+pub use alerts::{ACTION_LABEL, Alert, AlertAction, MAX_ALERTS, ensure_alert_count};
 pub use analysis::{
     Analysis, DEFAULT_PROMETHEUS, Measurement, MeasurementPhase, MetricsSource, QUERY_VARIABLES,
     QueryAnswer, QueryFacts, Verdict, judge, measure, render_query, validate_analyses,

@@ -130,6 +130,7 @@ pub enum Rpc {
     PromoteRollout,
     AbortRollout,
     ApproveRollout,
+    ReceiveAlerts,
     SetSchedule,
     GetSchedule,
     ListSchedules,
@@ -151,7 +152,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 51] = [
+    pub const ALL: [Rpc; 52] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -186,6 +187,7 @@ impl Rpc {
         Rpc::PromoteRollout,
         Rpc::AbortRollout,
         Rpc::ApproveRollout,
+        Rpc::ReceiveAlerts,
         Rpc::SetSchedule,
         Rpc::GetSchedule,
         Rpc::ListSchedules,
@@ -222,6 +224,7 @@ impl Rpc {
                 | Rpc::PromoteRollout
                 | Rpc::AbortRollout
                 | Rpc::ApproveRollout
+                | Rpc::ReceiveAlerts
                 | Rpc::SetSchedule
                 | Rpc::PauseSchedule
                 | Rpc::ResumeSchedule
@@ -287,6 +290,7 @@ impl Rpc {
             | Rpc::ResumeRollout
             | Rpc::PromoteRollout
             | Rpc::AbortRollout
+            | Rpc::ReceiveAlerts
             | Rpc::SetSchedule
             | Rpc::PauseSchedule
             | Rpc::ResumeSchedule
