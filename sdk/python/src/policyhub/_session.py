@@ -785,7 +785,7 @@ class Driver:
                 if not done:
                     if report_at is not None and now >= report_at:
                         report_at = None
-                        await state.flush_reports(opened.reporter)
+                        await self.flush_reports(opened)
                     if stale_at is not None and now >= stale_at:
                         stale = state.freshness.expire()
                         reason = str(state.freshness)
@@ -846,13 +846,26 @@ class Driver:
                 if event is not None:
                     await self.emit(event)
                 if settings.report_spread <= 0:
-                    await state.flush_reports(opened.reporter)
+                    await self.flush_reports(opened)
                 elif report_at is None and state.pending_reports:
                     report_at = loop.time() + second_half(settings.report_spread)
         finally:
             if read is not None:
                 read.cancel()
             await opened.close()
+
+    async def flush_reports(self, opened: Opened) -> None:
+        """Sends the queued outcomes on the stream's connection, waiting for
+        the answer no longer than three heartbeats: a link that does not
+        answer a report in that time is as dead as a silent stream (a
+        half-open link does neither), and the outcomes stay queued for the
+        next connection."""
+        try:
+            await asyncio.wait_for(self.state.flush_reports(opened.reporter), opened.deadline)
+        except asyncio.TimeoutError:
+            raise Transient(
+                f"no answer to a report for {int(opened.deadline * 1000)} ms, three heartbeats"
+            ) from None
 
     def next_rebalance(self) -> float | None:
         if self.endpoints.on_preferred():
