@@ -236,15 +236,14 @@ async fn pipe(
     }
 }
 
-/// Corrupts the first JWS in `chunk` in place, keeping its length.
+/// Corrupts the first bundle's JWS in `chunk` in place, keeping its
+/// length. A checkpoint's JWS is left alone: corrupting one that comes
+/// first (a checkpoint signed after its revision was sent) would end the
+/// stream rather than refuse a bundle.
 fn corrupt(chunk: &mut [u8], how: Tamper) -> bool {
-    let Some(start) = chunk.windows(3).position(|window| window == b"eyJ") else {
+    let Some((start, dot)) = first_bundle_jws(chunk) else {
         return false;
     };
-    let Some(dot) = chunk[start..].iter().position(|byte| *byte == b'.') else {
-        return false;
-    };
-    let dot = start + dot;
     match how {
         Tamper::Payload => {
             let at = dot + 12;
@@ -270,6 +269,26 @@ fn corrupt(chunk: &mut [u8], how: Tamper) -> bool {
         }
     }
     true
+}
+
+/// Where the protected header of the first bundle's JWS in `chunk` starts
+/// and ends (at its first dot).
+fn first_bundle_jws(chunk: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(at) = chunk[from..].windows(3).position(|window| window == b"eyJ") {
+        let start = from + at;
+        let dot = start + chunk[start..].iter().position(|byte| *byte == b'.')?;
+        let is_bundle = URL_SAFE_NO_PAD
+            .decode(&chunk[start..dot])
+            .ok()
+            .and_then(|header| serde_json::from_slice::<serde_json::Value>(&header).ok())
+            .is_some_and(|header| header["typ"] == "policyhub-bundle+jwt");
+        if is_bundle {
+            return Some((start, dot));
+        }
+        from = dot;
+    }
+    None
 }
 
 /// The server's environment with its metrics port at `metrics_port`, and
