@@ -15,28 +15,7 @@ use crate::auth::{Issuer, secured_app_on, with_token};
 use crate::helpers::{Backend, TestApp, bundles_of, next_message};
 use crate::http::{Reply, curl};
 
-macro_rules! on_both_backends_with_alertmanager {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario($crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario($crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends_with_alertmanager!(
+crate::on_both_backends_given_the_backend!(
     a_firing_alert_stops_the_rollouts_it_matches_and_no_other,
     bad_notifications_are_refused_and_change_nothing,
 );

@@ -29,28 +29,7 @@ const ERROR_RATIO: &str = "sum(rate(service_errors_total{policy=~\"{{ policies }
      version=\"{{ candidate }}\"}[3s])) / sum(rate(service_requests_total{policy=~\"{{ policies }}\",\
      version=\"{{ candidate }}\"}[3s]))";
 
-macro_rules! on_both_backends_with_prometheus {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario($crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario($crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends_with_prometheus!(
+crate::on_both_backends_given_the_backend!(
     bad_analyses_are_refused_naming_the_field_and_nothing_starts,
     a_healthy_canary_is_promoted_step_by_step,
     an_error_rate_spike_rolls_the_cohort_back_within_the_bound,

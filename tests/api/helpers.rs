@@ -618,6 +618,31 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each scenario on SQLite and on PostgreSQL, handing it the backend
+/// alone: for scenarios that start the server themselves, beside a process
+/// of their own (Prometheus, Alertmanager) it must be configured with.
+#[macro_export]
+macro_rules! on_both_backends_given_the_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A PostgreSQL cluster of one test's own, which the test may stop and
 /// start (the shared cluster of `./scripts/test` must keep running).
 pub struct PrivateCluster {
