@@ -5,7 +5,7 @@ use std::{fmt, io::IsTerminal, sync::LazyLock};
 
 use anstyle::{AnsiColor, Style};
 use chrono::SecondsFormat;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
 use prost_types::Timestamp;
 use serde_json::Value;
 
@@ -46,6 +46,24 @@ pub fn message_json<M: prost::Message + prost::Name>(message: &M) -> Value {
     let mut json = serde_json::to_value(&dynamic).expect("a message always serializes");
     crate::grpc::convert::integral_numbers(&mut json);
     json
+}
+
+/// A message read from the protobuf JSON mapping, refusing a field the
+/// message does not have (a misspelt one would otherwise be dropped).
+pub fn message_from_json<M: prost::Message + prost::Name + Default>(
+    json: Value,
+) -> Result<M, serde_json::Error> {
+    let descriptor = descriptors()
+        .get_message_by_name(&M::full_name())
+        .expect("every generated message is in the descriptor set");
+    let dynamic = DynamicMessage::deserialize_with_options(
+        descriptor,
+        json,
+        &DeserializeOptions::new().deny_unknown_fields(true),
+    )?;
+    Ok(dynamic
+        .transcode_to()
+        .expect("a message transcodes to its own generated type"))
 }
 
 /// Writes command output to standard output (the `out!` and `outln!`

@@ -2,13 +2,20 @@
 //! rollout RPCs (StartRollout, GetRollout, ListRollouts, …), in the shape of
 //! `kubectl rollout`.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde_json::Value;
 
 use super::Client;
 use super::args::{Expectation, Target, parse_expectation, parse_namespace, parse_target};
 use super::connection::AuthChannel;
-use super::failure::{Reply, Usage};
-use super::output::{Output, Table, print_message, time_text};
+use super::document;
+use super::failure::{Reply, Unusable, Usage, What};
+use super::output::{Output, Table, message_from_json, print_message, time_text};
 use crate::domain::Namespace;
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 
@@ -113,6 +120,16 @@ pub struct StartArgs {
     /// Begin no earlier than this instant (RFC 3339).
     #[arg(long)]
     start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Analyses measured through the whole rollout: a file (JSON, or YAML;
+    /// `-` is standard input) of one analysis or a list, each in the
+    /// protobuf JSON mapping of RolloutAnalysis (name, query,
+    /// successCondition, interval, count, failureLimit, …). Repeat.
+    #[arg(long = "analysis", value_name = "FILE")]
+    analyses: Vec<PathBuf>,
+    /// Analyses measured while one step runs: STEP=FILE, STEP counting the
+    /// --step flags from 1, the file as for --analysis. Repeat.
+    #[arg(long = "step-analysis", value_name = "STEP=FILE", value_parser = parse_step_analysis)]
+    step_analyses: Vec<(usize, PathBuf)>,
 }
 
 /// Arguments of `policyhub rollout status`.
@@ -161,6 +178,38 @@ fn parse_step(text: &str) -> Result<proto::RolloutStep, String> {
         bake: prost_types::Duration::try_from(bake).ok(),
         analyses: Vec::new(),
     })
+}
+
+/// A step's analyses written STEP=FILE.
+fn parse_step_analysis(text: &str) -> Result<(usize, PathBuf), String> {
+    let usage = || format!("{text:?}: a step's analyses are STEP=FILE, such as 1=error-ratio.yaml");
+    let (step, file) = text.split_once('=').ok_or_else(usage)?;
+    match step.parse::<usize>() {
+        Ok(step) if step > 0 && !file.is_empty() => Ok((step, PathBuf::from(file))),
+        _ => Err(usage()),
+    }
+}
+
+/// The analyses of a file: one, or a list.
+fn read_analyses(path: &Path) -> anyhow::Result<Vec<proto::RolloutAnalysis>> {
+    let not_analyses = || {
+        Unusable::new(
+            What::Document,
+            format!(
+                "{} is not an analysis or a list of analyses: each an object with name, \
+                 query, successCondition and interval",
+                path.display()
+            ),
+        )
+    };
+    let entries = match document::read(path)? {
+        Value::Array(entries) => entries,
+        entry => vec![entry],
+    };
+    entries
+        .into_iter()
+        .map(|entry| message_from_json(entry).with_context(not_analyses))
+        .collect()
 }
 
 /// Runs a rollout command.
@@ -223,7 +272,25 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_request(args: StartArgs) -> anyhow::Result<proto::StartRolloutRequest> {
+fn start_request(mut args: StartArgs) -> anyhow::Result<proto::StartRolloutRequest> {
+    for (step, file) in &args.step_analyses {
+        let steps = args.steps.len();
+        let Some(analysed) = args.steps.get_mut(step - 1) else {
+            return Err(Usage::new(
+                format!(
+                    "--step-analysis {step}={}: there are {steps} steps",
+                    file.display()
+                ),
+                "STEP counts the --step flags from 1",
+            )
+            .into());
+        };
+        analysed.analyses.extend(read_analyses(file)?);
+    }
+    let mut analyses = Vec::new();
+    for file in &args.analyses {
+        analyses.extend(read_analyses(file)?);
+    }
     let namespace = args.targets[0].policy.namespace.clone();
     if let Some(other) = args
         .targets
@@ -274,7 +341,7 @@ fn start_request(args: StartArgs) -> anyhow::Result<proto::StartRolloutRequest> 
         reason: args.reason,
         idempotency_key: args.idempotency_key,
         start_at: args.start_at.map(crate::grpc::convert::timestamp),
-        analyses: Vec::new(),
+        analyses,
     })
 }
 
@@ -341,8 +408,44 @@ fn print_rollout(output: Output, rollout: &proto::Rollout) {
         progress.rejected,
         progress.pending
     );
+    print_analyses(rollout, step);
     if !rollout.halted_because.is_empty() {
         outln!("because: {}", rollout.halted_because);
+    }
+}
+
+/// The analyses measured at the current step: how their measurements came
+/// out, and the last one's value against its condition.
+fn print_analyses(rollout: &proto::Rollout, step: Option<&proto::RolloutStep>) {
+    let step_analyses = step.map_or(&[][..], |step| &step.analyses);
+    for analysis in rollout.analyses.iter().chain(step_analyses) {
+        let measured: Vec<_> = rollout
+            .measurements
+            .iter()
+            .filter(|measurement| {
+                measurement.analysis == analysis.name && measurement.step == rollout.step
+            })
+            .collect();
+        let count = |phase| {
+            measured
+                .iter()
+                .filter(|measurement| measurement.phase() == phase)
+                .count()
+        };
+        let last = measured.last().map_or(String::new(), |last| {
+            let value = last
+                .value
+                .map_or_else(|| "no value".to_owned(), |value| value.to_string());
+            format!("; last {value} at {}", time_text(last.taken_at))
+        });
+        outln!(
+            "analysis {} ({}): {} successful, {} failed, {} inconclusive{last}",
+            analysis.name,
+            analysis.success_condition,
+            count(proto::MeasurementPhase::Successful),
+            count(proto::MeasurementPhase::Failed),
+            count(proto::MeasurementPhase::Inconclusive),
+        );
     }
 }
 

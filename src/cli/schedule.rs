@@ -8,15 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use chrono_tz::Tz;
-use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage};
 use serde_json::Value;
 
 use super::Client;
 use super::args::parse_namespace;
 use super::document;
 use super::failure::{Reply, Unusable, What};
-use super::output::{Output, Table, descriptors, print_message, time_text};
+use super::output::{Output, Table, message_from_json, print_message, time_text};
 use crate::domain::{Namespace, ScheduleName};
 use crate::grpc::convert::from_timestamp;
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
@@ -150,18 +148,7 @@ fn set_request(args: SetArgs) -> anyhow::Result<proto::SetScheduleRequest> {
     if args.paused {
         fields.insert("paused".into(), true.into());
     }
-    let descriptor = descriptors()
-        .get_message_by_name("policyhub.v1.SetScheduleRequest")
-        .expect("SetScheduleRequest is in the descriptor set");
-    let dynamic = DynamicMessage::deserialize_with_options(
-        descriptor,
-        document,
-        &DeserializeOptions::new().deny_unknown_fields(true),
-    )
-    .with_context(not_entries)?;
-    Ok(proto::SetScheduleRequest::decode(
-        dynamic.encode_to_vec().as_slice(),
-    )?)
+    message_from_json(document).with_context(not_entries)
 }
 
 fn control_request(args: ControlArgs) -> proto::ScheduleControlRequest {

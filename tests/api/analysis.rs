@@ -25,7 +25,7 @@ const TICK: Duration = Duration::from_millis(100);
 const INTERVAL: Duration = Duration::from_secs(1);
 
 /// The candidate's error ratio over the last three seconds of scrapes.
-const ERROR_RATIO: &str = "sum(rate(service_errors_total{policy=~\"{{ policies }}\",\
+pub(crate) const ERROR_RATIO: &str = "sum(rate(service_errors_total{policy=~\"{{ policies }}\",\
      version=\"{{ candidate }}\"}[3s])) / sum(rate(service_requests_total{policy=~\"{{ policies }}\",\
      version=\"{{ candidate }}\"}[3s]))";
 
@@ -48,14 +48,14 @@ struct Counters {
 
 /// An exporter of the candidate's request and error counters: every
 /// 100 ms ten more requests, and as many errors while spiking.
-struct Exporter {
+pub(crate) struct Exporter {
     address: std::net::SocketAddr,
     counters: Arc<Mutex<Counters>>,
     spiking: Arc<AtomicBool>,
 }
 
 impl Exporter {
-    async fn start() -> Exporter {
+    pub(crate) async fn start() -> Exporter {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let counters = Arc::new(Mutex::new(Counters::default()));
@@ -129,14 +129,14 @@ impl Exporter {
 }
 
 /// A Prometheus server scraping the exporter every second.
-struct Prometheus {
+pub(crate) struct Prometheus {
     url: String,
     process: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    async fn start(exporter: &Exporter) -> Prometheus {
+    pub(crate) async fn start(exporter: &Exporter) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -203,7 +203,7 @@ impl Prometheus {
 
 /// A server whose analyses ask `prometheus`, measuring at most once a
 /// second.
-async fn server(backend: Backend, prometheus: &Prometheus) -> TestApp {
+pub(crate) async fn server(backend: Backend, prometheus: &Prometheus) -> TestApp {
     let url = prometheus.url.clone();
     crate::helpers::spawn_on(TestDatabase::new(backend).await, move |settings| {
         settings.rollouts.tick_interval = TICK;
@@ -215,7 +215,7 @@ async fn server(backend: Backend, prometheus: &Prometheus) -> TestApp {
 }
 
 /// team/limits: version 1 active, version 2 published.
-async fn seed(app: &TestApp) {
+pub(crate) async fn seed(app: &TestApp) {
     app.release("team", "limits", serde_json::json!({"max": 1}), true)
         .await;
     app.release("team", "limits", serde_json::json!({"max": 2}), false)

@@ -4,6 +4,7 @@
 mod agent;
 mod alerts;
 mod analysis;
+mod analysis_cli;
 mod archive;
 mod auth;
 mod backup;
