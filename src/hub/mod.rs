@@ -311,6 +311,7 @@ impl PolicyHub {
                 if !tx.key_stored(key_id).await? {
                     return Err(Error::NotFound(format!("no signing key {key_id}")));
                 }
+                tx.lock_namespaces_signed_by(key_id).await?;
                 if tx.revoked_key_ids().await?.iter().any(|id| id == key_id) {
                     return Ok(None);
                 }

@@ -78,6 +78,31 @@ impl Transaction {
         revoked_key_ids(&self.txn).await
     }
 
+    /// Locks the namespace of every policy with a version `key_id` signed:
+    /// where its revocation sends versions again, and where a rollout of
+    /// such a version would start. Taken before the revocation reads the
+    /// live rollouts and the revoked keys, so what it reads stays true
+    /// until it commits.
+    pub async fn lock_namespaces_signed_by(&mut self, key_id: &str) -> Result<()> {
+        let policy_ids: Vec<i64> = versions::Entity::find()
+            .select_only()
+            .column(versions::Column::PolicyId)
+            .distinct()
+            .filter(versions::Column::KeyId.eq(key_id))
+            .into_tuple()
+            .all(&self.txn)
+            .await?;
+        let owners = policies::Entity::find()
+            .filter(policies::Column::Id.is_in(policy_ids))
+            .all(&self.txn)
+            .await?;
+        let namespaces = owners
+            .iter()
+            .map(|owner| Ok(policy_ref(owner)?.namespace))
+            .collect::<Result<Vec<_>>>()?;
+        self.lock_namespaces(namespaces.iter()).await
+    }
+
     /// Revokes `revoked`: records KEY_REVOKED, then signs every version it
     /// signed again with `sign` (the claims of the old JWS to a new JWS and
     /// its key id), recording RE_SIGNED for each. The active ones are sent

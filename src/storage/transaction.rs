@@ -13,7 +13,9 @@
 //!    Every writer of that state takes it too: moving a pointer and storing
 //!    a draft with requirements. It also guards the namespace's set of
 //!    policies, rollouts and schedules: creating one takes it, and an import
-//!    judges the namespace empty under it. Storage refuses to read a namespace's
+//!    judges the namespace empty under it. A key's revocation takes the
+//!    namespaces of every policy the key signed a version of, so no
+//!    rollout of such a version starts between its check and its commit. Storage refuses to read a namespace's
 //!    active set or graph in a transaction that does not hold its lock, so
 //!    a decision cannot forget it.
 //! 2. **Rollout and schedule rows**, `FOR UPDATE`: a control or a

@@ -510,6 +510,7 @@ races!(
     a_schema_set_racing_an_activation_never_leaves_an_unreported_violation,
     one_idempotency_key_on_two_replicas_activates_once,
     an_import_racing_a_new_policy_of_its_namespace_is_judged_in_turn,
+    a_revocation_racing_a_rollout_of_what_the_key_signed_is_judged_in_turn,
 );
 
 /// X 2.0.0 alone is fine, Y 2.0.0 (requiring X ^1) alone is fine; both
@@ -952,4 +953,72 @@ async fn an_import_racing_a_new_policy_of_its_namespace_is_judged_in_turn(race: 
         }
     }
     println!("{imported} imports went first, {refused} were refused");
+}
+
+/// The revocation of the key that signed a version, racing a rollout of
+/// that version on the other replica. Serially, either the revocation
+/// comes first (the rollout starts with the version signed again) or the
+/// rollout does (the revocation is refused, naming it); never the rollout
+/// first and the revocation after it.
+async fn a_revocation_racing_a_rollout_of_what_the_key_signed_is_judged_in_turn(race: Race) {
+    for round in 0..ROUNDS {
+        let namespace = format!("revoke-{round}");
+        for label in ["1.0.0", "2.0.0"] {
+            race.release(&namespace, "p", label, &[], label == "1.0.0")
+                .await;
+        }
+        let signed_by = race.replicas[0]
+            .bundle
+            .clone()
+            .get_signing_keys(authorized(proto::GetSigningKeysRequest {}, &race.admin))
+            .await
+            .expect("keys")
+            .into_inner()
+            .signing_key_id;
+        let rotate = proto::RotateSigningKeyRequest {
+            reason: "race".into(),
+        };
+        race.policy(0)
+            .rotate_signing_key(authorized(rotate, &race.admin))
+            .await
+            .expect("rotate");
+        let revoke = proto::RevokeSigningKeyRequest {
+            key_id: signed_by,
+            reason: "race".into(),
+        };
+        let revoke = call!(race, 0, revoke_signing_key, revoke, &race.admin);
+        let start = call!(
+            race,
+            1,
+            start_rollout,
+            start_request(&namespace, "p", 2),
+            &race.admin
+        );
+        let (revoked, started) = at_once(revoke, start).await;
+        let rollout = started.expect("the rollout starts, before or after the revocation");
+        match revoked {
+            Ok(revoked) => assert!(
+                rollout.step_revisions[0] > revoked.revision,
+                "round {round}: the revocation ({}) came after the rollout ({}) started",
+                revoked.revision,
+                rollout.step_revisions[0]
+            ),
+            Err(refused) => {
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                assert!(
+                    refused.message().contains(&rollout.id),
+                    "round {round}: {refused:?}"
+                );
+            }
+        }
+        call!(
+            race,
+            0,
+            abort_rollout,
+            control_request(&namespace, &rollout.id),
+            &race.admin
+        )
+        .await
+        .expect("abort");
+    }
 }
