@@ -172,6 +172,11 @@ export class Failure extends Error {
   }
 }
 
+/** The text of whatever was thrown, as a failure's or an event's reason. */
+export function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** A unary call as a promise, within `timeoutMs`; rejects with the status. */
 export function unary<T>(
   call: (metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<T>) => unknown,

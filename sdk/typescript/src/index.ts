@@ -26,8 +26,9 @@
  * }
  * ```
  *
- * Layout: `subscription` (the public face), `session` (connect, resume,
- * verify, decide, report), `state` (whole states and events), `bundle`
+ * Layout: `subscription` (the public face), `session/` (connect, resume,
+ * verify, decide, report; its `drive` holds the loop and says where the
+ * rest is), `state` (whole states and events), `bundle`
  * (the signed bundle format), `checkpoint` (signed checkpoints), `tree`
  * and `note` (the log's Merkle tree, signed notes, witness cosignatures),
  * `cache`, `endpoints`, `backoff`, `token`, `connection` (the generated
@@ -53,7 +54,7 @@ export {
 export { CHECKPOINT_TYPE, type CheckpointClaims, verifyCheckpoint } from "./checkpoint.js";
 export type { TlsOptions } from "./connection.js";
 export { cosignedBy } from "./note.js";
-export { reportDelay } from "./session.js";
+export { reportDelay } from "./session/reporter.js";
 export type { Event, Source, State, VerifiedBundle } from "./state.js";
 export {
   DEFAULT_HEARTBEAT_INTERVAL_MS,

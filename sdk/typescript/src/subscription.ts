@@ -7,7 +7,7 @@
  */
 
 import type { TlsOptions } from "./connection.js";
-import { drive } from "./session.js";
+import { drive } from "./session/drive.js";
 import type { Event, State } from "./state.js";
 import type { TokenSource } from "./token.js";
 

@@ -9,7 +9,7 @@ import { CompactSign, exportJWK } from "jose";
 
 import { Cache } from "../dist/cache.js";
 import { canonicalJson, digestOfCanonical, thumbprint } from "../dist/index.js";
-import { SubscriptionState } from "../dist/session.js";
+import { SubscriptionState } from "../dist/session/subscription-state.js";
 import { Telemetry } from "../dist/telemetry.js";
 
 /** A signing key, its public half as a JWK, and what it signs. */
