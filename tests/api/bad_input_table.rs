@@ -384,6 +384,58 @@ fn rows(app: &TestApp) -> Vec<Row> {
             reason: "r".repeat(100_000),
         })
     );
+    let alert = |status: &str, labels: &[(&str, &str)]| proto::Alert {
+        status: status.into(),
+        labels: labels
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let notification = |alerts: Vec<proto::Alert>| proto::ReceiveAlertsRequest {
+        version: "4".into(),
+        status: "firing".into(),
+        alerts,
+        ..Default::default()
+    };
+    row!(
+        "ReceiveAlerts: no alerts",
+        Code::InvalidArgument,
+        policy.receive_alerts(notification(Vec::new()))
+    );
+    row!(
+        "ReceiveAlerts: an alert without a namespace",
+        Code::InvalidArgument,
+        policy.receive_alerts(notification(vec![alert(
+            "firing",
+            &[("alertname", "ErrorRate")]
+        )]))
+    );
+    row!(
+        "ReceiveAlerts: an alert neither firing nor resolved",
+        Code::InvalidArgument,
+        policy.receive_alerts(notification(vec![alert(
+            "pending",
+            &[("namespace", "team")]
+        )]))
+    );
+    row!(
+        "ReceiveAlerts: an unknown action",
+        Code::InvalidArgument,
+        policy.receive_alerts(notification(vec![alert(
+            "firing",
+            &[("namespace", "team"), ("policyhub_action", "rollback")]
+        )]))
+    );
+    row!(
+        "ReceiveAlerts: too many alerts",
+        Code::InvalidArgument,
+        policy.receive_alerts(notification(
+            (0..101)
+                .map(|_| alert("firing", &[("namespace", "team")]))
+                .collect()
+        ))
+    );
     row!(
         "ListRuntimes: bad selector",
         Code::InvalidArgument,
