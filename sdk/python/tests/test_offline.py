@@ -24,7 +24,9 @@ from policyhub._backoff import Backoff
 from policyhub._cache import Cache, CacheError
 from policyhub._client import Client
 from policyhub._endpoints import Endpoints
-from policyhub._session import Revision, Settings, SubscriptionState
+from policyhub._session.revision import Revision
+from policyhub._session.settings import Settings
+from policyhub._session.subscription_state import SubscriptionState
 from policyhub._telemetry import Telemetry
 from policyhub.bundle import (
     BUNDLE_TYPE,

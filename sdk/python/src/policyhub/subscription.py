@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from pathlib import Path
 
 from ._client import HEARTBEAT_INTERVAL_HEADER, Tls
-from ._session import Driver, Settings, Validate
+from ._session import Driver
+from ._session.settings import Settings, Validate
 from .state import Applied, Event, FromCache, State
 from .token import TokenSource
 
