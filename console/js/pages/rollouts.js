@@ -1,6 +1,7 @@
 // Rollouts: the list of a namespace, and one rollout with its targets, its
-// steps, the current cohort's progress (polled while it moves) and the
-// controls its state allows the caller.
+// steps and the measurements of its analyses in each, the current cohort's
+// progress (polled while it moves) and the controls its state allows the
+// caller.
 
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
@@ -10,6 +11,9 @@ import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
 const FINAL = ['ROLLOUT_STATE_COMPLETED', 'ROLLOUT_STATE_ABORTED', 'ROLLOUT_STATE_ROLLED_BACK'];
+// Measurements shown per analysis and step, newest first; the rest are
+// counted. The server keeps a rollout's newest thousand.
+const LATEST = 5;
 
 export const state = (rollout) => stateName(rollout.state, 'ROLLOUT_STATE_');
 
@@ -108,6 +112,7 @@ function details(namespace, rollout, cohort) {
       ['Approvals', `${(rollout.approvals ?? []).length} of ${rollout.requiredApprovals ?? 0}${(rollout.approvals ?? []).length ? `: ${rollout.approvals.map((approval) => approval.by).join(', ')}` : ''}`],
       rollout.haltedBecause ? ['Halted because', h('span', { class: 'error' }, rollout.haltedBecause)] : null,
     ]),
+    ...(analysesOf(rollout).length ? [h('h2', {}, 'Analyses'), analysisTable(rollout)] : []),
     h('h2', {}, 'Steps'),
     timeline(rollout),
     h('h2', {}, 'Current cohort'),
@@ -156,8 +161,72 @@ function timeline(rollout) {
       h('span', {}, `Step ${index + 1}: ${entry.percentage ?? 0}% of runtimes${entry.labelSelector ? ` matching ${entry.labelSelector}` : ''}, bake ${span(millis(entry.bake))}`),
       revision && revision !== '0' ? h('span', { class: 'muted' }, ` · revision ${revision}`) : null,
       index === current && begun && rollout.stepStartedAt ? h('span', { class: 'muted' }, ' · started ', time(rollout.stepStartedAt)) : null,
-      clock);
+      clock,
+      stepMeasurements(rollout, index));
   }));
+}
+
+// The rollout's analyses with where each is measured: the rollout's own in
+// every step, a step's own in that step only.
+function analysesOf(rollout) {
+  return [
+    ...(rollout.analyses ?? []).map((analysis) => ({ analysis, where: 'every step' })),
+    ...(rollout.steps ?? []).flatMap((entry, index) => (entry.analyses ?? []).map((analysis) => ({ analysis, where: `step ${index + 1}` }))),
+  ];
+}
+
+function analysisTable(rollout) {
+  const headings = ['Analysis', 'Measured in', 'Query', 'Success condition', 'Every', 'Passes after', 'Tolerates'];
+  return h('div', { id: 'rollout-analyses' }, table(headings, analysesOf(rollout).map(({ analysis, where }) => h('tr', { 'data-analysis': analysis.name }, cells(headings, [
+    analysis.name,
+    where,
+    [h('code', { class: 'query' }, analysis.query), analysis.prometheus ? h('span', { class: 'muted' }, ` on ${analysis.prometheus}`) : null],
+    h('code', {}, analysis.successCondition),
+    span(millis(analysis.interval)),
+    analysis.count ? `${analysis.count} measurements` : 'measures while its step runs',
+    `${analysis.failureLimit ?? 0} failed, ${analysis.inconclusiveLimit ?? 0} inconclusive`,
+  ]))), 'Analyses of the rollout', { stack: true }));
+}
+
+// `MEASUREMENT_PHASE_SUCCESSFUL` → `passed`, as the condition is judged.
+const PHASES = { MEASUREMENT_PHASE_SUCCESSFUL: 'passed', MEASUREMENT_PHASE_FAILED: 'failed', MEASUREMENT_PHASE_INCONCLUSIVE: 'inconclusive' };
+
+// The measurements taken in step `index`, one table per analysis: its
+// counts by phase, then its newest LATEST, each value against the condition
+// it was judged by.
+function stepMeasurements(rollout, index) {
+  const byAnalysis = new Map();
+  for (const measurement of rollout.measurements ?? []) {
+    if ((measurement.step ?? 0) !== index) continue;
+    if (!byAnalysis.has(measurement.analysis)) byAnalysis.set(measurement.analysis, []);
+    byAnalysis.get(measurement.analysis).push(measurement);
+  }
+  if (!byAnalysis.size) return null;
+  const headings = ['Taken', 'Value', 'Condition', 'Outcome'];
+  return [...byAnalysis].map(([name, taken]) => {
+    const phases = taken.map((measurement) => PHASES[measurement.phase] ?? 'unknown');
+    const tally = ['passed', 'failed', 'inconclusive']
+      .map((phase) => [phase, phases.filter((each) => each === phase).length])
+      .filter(([, count]) => count)
+      .map(([phase, count]) => `${count} ${phase}`)
+      .join(', ');
+    const newest = taken.slice(-LATEST).reverse();
+    const counted = `${taken.length} measurement${taken.length === 1 ? '' : 's'} (${tally})${taken.length > newest.length ? `, the latest ${newest.length} shown` : ''}`;
+    return h('div', { class: 'measurements', 'data-analysis': name, 'data-step': index + 1 },
+      h('p', { class: 'measurements-summary' }, h('strong', {}, name), ` in step ${index + 1}: ${counted}`),
+      table(headings, newest.map((measurement) => {
+        const phase = PHASES[measurement.phase] ?? 'unknown';
+        const value = measurement.value === undefined
+          ? [h('span', { class: 'muted' }, 'no value'), measurement.message ? `: ${measurement.message}` : null]
+          : h('code', {}, String(measurement.value));
+        return h('tr', { 'data-phase': phase }, cells(headings, [
+          time(measurement.takenAt),
+          value,
+          h('code', {}, measurement.successCondition),
+          h('span', { class: `state ${phase}` }, phase),
+        ]));
+      }), `Measurements of ${name} in step ${index + 1}, newest first`, { stack: true }));
+  });
 }
 
 // The runtimes that report a candidate version, with their outcome: the
