@@ -11,7 +11,7 @@ use policyhub_runtime::checkpoint::verify_checkpoint;
 
 use super::chain::{self, Checkpoint};
 use super::log;
-use super::rollout::Rollout;
+use super::rollout::{Measurement, Rollout};
 use super::{Error, EventRecord, Namespace, PolicyRef, PolicySchema, Result, VersionRecord};
 
 /// The format an archive's header names.
@@ -48,6 +48,10 @@ pub struct ArchivedRollout {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// Every measurement of its analyses, oldest first: what its events'
+    /// verdicts were judged on. Empty in archives written before they were
+    /// carried.
+    pub measurements: Vec<Measurement>,
 }
 
 /// The contents of an archive.

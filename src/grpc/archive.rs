@@ -22,6 +22,7 @@ use super::proto::{
     ArchivedPolicy as WirePolicy, ArchivedRollout as WireRollout, ExportChunk, ImportChunk,
     archive_record::Record,
 };
+use super::rollouts::{measurement_record, measurements};
 use crate::domain::archive::{Archive, ArchivedKey, ArchivedPolicy, ArchivedRollout, FORMAT};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{
@@ -165,6 +166,7 @@ pub fn encode(archive: &Archive) -> Vec<u8> {
                 spec: Some(json_to_struct(&spec)),
                 created_at: Some(timestamp(archived.created_at)),
                 updated_at: Some(timestamp(archived.updated_at)),
+                measurements: measurements(&archived.measurements),
             }),
         );
     }
@@ -304,6 +306,11 @@ fn add(archive: &mut Archive, record: Record) -> Result<()> {
                     .map_err(|error| Error::invalid("spec", error.to_string()))?,
                 created_at: from_timestamp("created_at", rollout.created_at.unwrap_or_default())?,
                 updated_at: from_timestamp("updated_at", rollout.updated_at.unwrap_or_default())?,
+                measurements: rollout
+                    .measurements
+                    .into_iter()
+                    .map(measurement_record)
+                    .collect::<Result<_>>()?,
             });
         }
         Record::Event(wire) => archive.events.push(event_record(&wire)?),

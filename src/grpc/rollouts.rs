@@ -8,8 +8,8 @@ use super::policy_requests::{idempotency_key, version_selector};
 use super::proto;
 use crate::config::Limits;
 use crate::domain::rollout::{
-    Analysis, DEFAULT_PROMETHEUS, FailureRule, Measurement, Progress, Rollout, RolloutState,
-    RolloutStep, StartRolloutCommand,
+    Analysis, DEFAULT_PROMETHEUS, FailureRule, Measurement, MeasurementPhase, Progress, Rollout,
+    RolloutState, RolloutStep, StartRolloutCommand,
 };
 use crate::domain::{
     Error, ExpectedActive, IdempotencyKey, Namespace, PolicyName, Result, refuse_nul,
@@ -95,6 +95,31 @@ pub(super) fn measurements(taken: &[Measurement]) -> Vec<proto::AnalysisMeasurem
             taken_at: Some(timestamp(measurement.taken_at)),
         })
         .collect()
+}
+
+/// A measurement as protobuf holds it (an archive's), back in the domain's
+/// terms; an unknown or unspecified phase is refused.
+pub(super) fn measurement_record(wire: proto::AnalysisMeasurement) -> Result<Measurement> {
+    let phase = match proto::MeasurementPhase::try_from(wire.phase) {
+        Ok(proto::MeasurementPhase::Successful) => MeasurementPhase::Successful,
+        Ok(proto::MeasurementPhase::Failed) => MeasurementPhase::Failed,
+        Ok(proto::MeasurementPhase::Inconclusive) => MeasurementPhase::Inconclusive,
+        Ok(proto::MeasurementPhase::Unspecified) | Err(_) => {
+            return Err(Error::invalid(
+                "phase",
+                format!("measurement phase {} is none of the known ones", wire.phase),
+            ));
+        }
+    };
+    Ok(Measurement {
+        analysis: wire.analysis,
+        step: wire.step as usize,
+        phase,
+        value: wire.value,
+        success_condition: wire.success_condition,
+        message: wire.message,
+        taken_at: from_timestamp("taken_at", wire.taken_at.unwrap_or_default())?,
+    })
 }
 
 /// A `StartRollout` request, validated.

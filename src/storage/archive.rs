@@ -115,10 +115,12 @@ impl Repository {
             .await?
         {
             let (created_at, updated_at) = (row.created_at, row.updated_at);
+            let measurements = super::rollouts::all_measurements(&txn, &row.id).await?;
             archive.rollouts.push(ArchivedRollout {
                 rollout: super::rollouts::from_row(row)?,
                 created_at,
                 updated_at,
+                measurements,
             });
         }
         let mut query = events::Entity::find();
@@ -278,8 +280,13 @@ impl Repository {
                     .iter()
                     .map(|revision| mapped(Some(*revision)).map(Option::unwrap_or_default))
                     .collect::<Result<_>>()?;
-                tx.insert_archived_rollout(&rollout, archived.created_at, archived.updated_at)
-                    .await?;
+                tx.insert_archived_rollout(
+                    &rollout,
+                    archived.created_at,
+                    archived.updated_at,
+                    &archived.measurements,
+                )
+                .await?;
             }
             Ok(Imported {
                 policies: archive.policies.len(),

@@ -42,6 +42,38 @@ fn measurement(row: rollout_measurements::Model) -> Result<Measurement> {
     })
 }
 
+/// The row of a measurement of `rollout`.
+fn measurement_row(rollout: &str, taken: &Measurement) -> rollout_measurements::ActiveModel {
+    rollout_measurements::ActiveModel {
+        rollout_id: Set(rollout.to_owned()),
+        analysis: Set(taken.analysis.clone()),
+        step: Set(i32::try_from(taken.step).unwrap_or(i32::MAX)),
+        phase: Set(taken.phase.as_str().to_owned()),
+        // SQL has no NaN nor infinity to store; such a value judged
+        // nothing (`QueryAnswer::NoData`).
+        value: Set(taken.value.filter(|value| value.is_finite())),
+        success_condition: Set(taken.success_condition.clone()),
+        message: Set(taken.message.clone()),
+        taken_at: Set(taken.taken_at),
+        ..Default::default()
+    }
+}
+
+/// Every measurement of `rollout`, oldest first.
+pub(super) async fn all_measurements<C: ConnectionTrait>(
+    db: &C,
+    rollout: &str,
+) -> Result<Vec<Measurement>> {
+    rollout_measurements::Entity::find()
+        .filter(rollout_measurements::Column::RolloutId.eq(rollout))
+        .order_by(rollout_measurements::Column::Id, Order::Asc)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(measurement)
+        .collect()
+}
+
 fn not_found(namespace: &Namespace, id: &str) -> Error {
     Error::NotFound(format!(
         "rollout {} does not exist in namespace {namespace}",
@@ -132,12 +164,14 @@ impl Transaction {
         Ok(())
     }
 
-    /// Stores a rollout as an archive holds it, with its own times.
+    /// Stores a rollout as an archive holds it, with its own times and
+    /// its measurements (oldest first).
     pub(super) async fn insert_archived_rollout(
         &self,
         rollout: &Rollout,
         created_at: chrono::DateTime<chrono::Utc>,
         updated_at: chrono::DateTime<chrono::Utc>,
+        measurements: &[Measurement],
     ) -> Result<()> {
         rollouts::Entity::insert(rollouts::ActiveModel {
             id: Set(rollout.id.clone()),
@@ -149,6 +183,17 @@ impl Transaction {
         })
         .exec_without_returning(&self.txn)
         .await?;
+        // In statements of a bounded number of bound values: a long
+        // rollout's measurements would pass SQLite's limit in one.
+        for chunk in measurements.chunks(500) {
+            rollout_measurements::Entity::insert_many(
+                chunk
+                    .iter()
+                    .map(|taken| measurement_row(&rollout.id, taken)),
+            )
+            .exec_without_returning(&self.txn)
+            .await?;
+        }
         Ok(())
     }
 
@@ -264,20 +309,10 @@ impl Repository {
         if taken.is_empty() {
             return Ok(());
         }
-        let rows = taken.iter().map(|taken| rollout_measurements::ActiveModel {
-            rollout_id: Set(rollout.to_owned()),
-            analysis: Set(taken.analysis.clone()),
-            step: Set(i32::try_from(taken.step).unwrap_or(i32::MAX)),
-            phase: Set(taken.phase.as_str().to_owned()),
-            // SQL has no NaN nor infinity to store; such a value judged
-            // nothing (`QueryAnswer::NoData`).
-            value: Set(taken.value.filter(|value| value.is_finite())),
-            success_condition: Set(taken.success_condition.clone()),
-            message: Set(taken.message.clone()),
-            taken_at: Set(taken.taken_at),
-            ..Default::default()
-        });
-        let rows: Vec<_> = rows.collect();
+        let rows: Vec<_> = taken
+            .iter()
+            .map(|taken| measurement_row(rollout, taken))
+            .collect();
         self.write("record_measurements", async |tx| {
             rollout_measurements::Entity::insert_many(rows)
                 .exec_without_returning(&tx.txn)

@@ -119,7 +119,7 @@ impl Exporter {
     }
 
     /// Starts the spike.
-    fn spike(&self) {
+    pub(crate) fn spike(&self) {
         self.spiking.store(true, Ordering::SeqCst);
     }
 
@@ -223,7 +223,7 @@ pub(crate) async fn seed(app: &TestApp) {
 }
 
 /// The error-ratio analysis: below 5 % passes.
-fn error_ratio(count: u32, failure_limit: u32) -> proto::RolloutAnalysis {
+pub(crate) fn error_ratio(count: u32, failure_limit: u32) -> proto::RolloutAnalysis {
     proto::RolloutAnalysis {
         name: "error-ratio".into(),
         prometheus: String::new(),

@@ -354,7 +354,7 @@ async fn an_archive_cut_short_or_altered_is_refused_and_nothing_is_written() {
 
 /// `archive` with its lines changed by `edit`, its trailer sealing them
 /// anew: an archive whose change only its own checks can find.
-fn resealed(archive: &str, edit: impl Fn(&mut Vec<serde_json::Value>)) -> String {
+pub(crate) fn resealed(archive: &str, edit: impl Fn(&mut Vec<serde_json::Value>)) -> String {
     let mut lines: Vec<serde_json::Value> = archive
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())

@@ -6,6 +6,7 @@ mod alerts;
 mod analysis;
 mod analysis_cli;
 mod archive;
+mod archive_measurements;
 mod auth;
 mod backup;
 mod bad_input;
