@@ -108,14 +108,16 @@ impl Repository {
                 active_version: active,
             });
         }
-        for row in rollouts::Entity::find()
+        let rows = rollouts::Entity::find()
             .filter(in_scope(rollouts::Column::Namespace, scope))
             .order_by(rollouts::Column::CreatedAt, Order::Asc)
             .all(&txn)
-            .await?
-        {
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
+        let mut measurements = super::rollouts::measurements_of(&txn, &ids).await?;
+        for row in rows {
             let (created_at, updated_at) = (row.created_at, row.updated_at);
-            let measurements = super::rollouts::all_measurements(&txn, &row.id).await?;
+            let measurements = measurements.remove(&row.id).unwrap_or_default();
             archive.rollouts.push(ArchivedRollout {
                 rollout: super::rollouts::from_row(row)?,
                 created_at,

@@ -2,6 +2,8 @@
 //! document, the policies a live rollout holds, and the views the index
 //! needs of the live ones.
 
+use std::collections::HashMap;
+
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder,
     QuerySelect, sea_query::Expr,
@@ -59,19 +61,28 @@ fn measurement_row(rollout: &str, taken: &Measurement) -> rollout_measurements::
     }
 }
 
-/// Every measurement of `rollout`, oldest first.
-pub(super) async fn all_measurements<C: ConnectionTrait>(
+/// Every measurement of each of `rollouts`, oldest first, by rollout.
+pub(super) async fn measurements_of<C: ConnectionTrait>(
     db: &C,
-    rollout: &str,
-) -> Result<Vec<Measurement>> {
-    rollout_measurements::Entity::find()
-        .filter(rollout_measurements::Column::RolloutId.eq(rollout))
-        .order_by(rollout_measurements::Column::Id, Order::Asc)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(measurement)
-        .collect()
+    rollouts: &[String],
+) -> Result<HashMap<String, Vec<Measurement>>> {
+    let mut by_rollout: HashMap<String, Vec<Measurement>> = HashMap::new();
+    // A bounded number of bound values per query, as for the inserts.
+    for chunk in rollouts.chunks(500) {
+        for row in rollout_measurements::Entity::find()
+            .filter(rollout_measurements::Column::RolloutId.is_in(chunk.iter().cloned()))
+            .order_by(rollout_measurements::Column::Id, Order::Asc)
+            .all(db)
+            .await?
+        {
+            let rollout = row.rollout_id.clone();
+            by_rollout
+                .entry(rollout)
+                .or_default()
+                .push(measurement(row)?);
+        }
+    }
+    Ok(by_rollout)
 }
 
 fn not_found(namespace: &Namespace, id: &str) -> Error {

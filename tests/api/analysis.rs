@@ -236,6 +236,22 @@ pub(crate) fn error_ratio(count: u32, failure_limit: u32) -> proto::RolloutAnaly
     }
 }
 
+/// Starts a rollout of team/limits version 2 to every runtime, baking an
+/// hour, measured by `analysis`.
+pub(crate) async fn start_measured(
+    app: &TestApp,
+    analysis: proto::RolloutAnalysis,
+) -> proto::Rollout {
+    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
+    request.analyses = vec![analysis];
+    app.policy
+        .clone()
+        .start_rollout(request)
+        .await
+        .expect("start")
+        .into_inner()
+}
+
 async fn bad_analyses_are_refused_naming_the_field_and_nothing_starts(backend: Backend) {
     let exporter = Exporter::start().await;
     let prometheus = Prometheus::start(&exporter).await;
@@ -377,15 +393,7 @@ async fn an_error_rate_spike_rolls_the_cohort_back_within_the_bound(backend: Bac
     seed(&app).await;
     let mut fleet = open_runtimes(&app.bundle, 1).await;
     let failure_limit = 1;
-    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
-    request.analyses = vec![error_ratio(0, failure_limit)];
-    let started = app
-        .policy
-        .clone()
-        .start_rollout(request)
-        .await
-        .expect("start")
-        .into_inner();
+    let started = start_measured(&app, error_ratio(0, failure_limit)).await;
     let runtime = &mut fleet[0];
     let candidate = next_message(&mut runtime.stream).await;
     assert_eq!(
@@ -468,15 +476,7 @@ async fn a_prometheus_that_stops_answering_pauses_the_rollout(backend: Backend) 
     let mut prometheus = Prometheus::start(&exporter).await;
     let app = server(backend, &prometheus).await;
     seed(&app).await;
-    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
-    request.analyses = vec![error_ratio(0, 0)];
-    let started = app
-        .policy
-        .clone()
-        .start_rollout(request)
-        .await
-        .expect("start")
-        .into_inner();
+    let started = start_measured(&app, error_ratio(0, 0)).await;
     until(&app.policy, &started.id, |rollout| {
         !rollout.measurements.is_empty()
     })

@@ -4,15 +4,13 @@
 //! deployment that imported it; an archive written before measurements
 //! were carried still verifies and imports, its rollouts without them.
 
-use std::time::Duration;
-
 use policyhub::grpc::proto::{self, RolloutState};
 
-use crate::analysis::{Exporter, Prometheus, error_ratio, seed, server};
+use crate::analysis::{Exporter, Prometheus, error_ratio, seed, server, start_measured};
 use crate::archive::resealed;
 use crate::cli::policyhub;
 use crate::helpers::{Backend, TestApp, spawn_app};
-use crate::rollouts::{get, start_request, step, until};
+use crate::rollouts::{get, until};
 
 crate::on_both_backends_given_the_backend!(an_ended_rollouts_measurements_move_with_it);
 
@@ -29,15 +27,7 @@ async fn an_ended_rollouts_measurements_move_with_it(backend: Backend) {
     let prometheus = Prometheus::start(&exporter).await;
     let source = server(backend, &prometheus).await;
     seed(&source).await;
-    let mut request = start_request(vec![step(100, Duration::from_secs(3600))]);
-    request.analyses = vec![error_ratio(0, 1)];
-    let started = source
-        .policy
-        .clone()
-        .start_rollout(request)
-        .await
-        .expect("start")
-        .into_inner();
+    let started = start_measured(&source, error_ratio(0, 1)).await;
     until(&source.policy, &started.id, |rollout| {
         rollout.measurements.len() >= 2
     })
