@@ -21,6 +21,9 @@
 //!   (min–max) of the per-repeat ratios, and its target is judged on the
 //!   median ratio;
 //! - `PERF_SECTIONS=a,b`: only these sections (names below);
+//! - `PERF_SERVER_WORKERS=N`: the servers started run N tokio workers
+//!   (`TOKIO_WORKER_THREADS`), as on a machine of N cores; the bench's own
+//!   clients keep theirs;
 //! - `ETCD_BIN`: the etcd binary (otherwise `etcd` on the PATH, or Debian's
 //!   `etcd-server` installed with apt-get when running as root).
 //!
@@ -50,7 +53,9 @@
 //! - `webhooks` ([`webhooks`]): Activate with ten webhook subscriptions
 //!   delivering against none, and the time from commit to receipt;
 //! - `ofrep` ([`ofrep`]): the agent's OFREP bulk evaluation of 100 flags
-//!   against its plain GET of one policy, and a 304 against a 200.
+//!   against its plain GET of one policy, and a 304 against a 200;
+//! - `handoffs` ([`handoffs`]): thread wake-ups, futex calls and migrations
+//!   per GetActive, Health/Check and Activate, with 2 and 16 tokio workers.
 //!
 //! The machine is usually noisy and the bench's own clients share its
 //! cores with the servers: the header gives the load average, and the
@@ -59,6 +64,7 @@
 mod etcd;
 mod fanout;
 mod floor;
+mod handoffs;
 mod history;
 mod identity;
 mod memory;
@@ -102,10 +108,11 @@ pub enum Section {
     Identity,
     Webhooks,
     Ofrep,
+    Handoffs,
 }
 
 impl Section {
-    const ALL: [Section; 14] = [
+    const ALL: [Section; 15] = [
         Section::Unary,
         Section::Fanout,
         Section::Tls,
@@ -120,6 +127,7 @@ impl Section {
         Section::Identity,
         Section::Webhooks,
         Section::Ofrep,
+        Section::Handoffs,
     ];
 
     fn name(self) -> &'static str {
@@ -138,6 +146,7 @@ impl Section {
             Section::Identity => "identity",
             Section::Webhooks => "webhooks",
             Section::Ofrep => "ofrep",
+            Section::Handoffs => "handoffs",
         }
     }
 }
@@ -209,6 +218,8 @@ pub enum Unit {
     PerSecond,
     KiB,
     MiB,
+    /// Events per call.
+    Count,
 }
 
 impl Unit {
@@ -221,6 +232,7 @@ impl Unit {
             Unit::PerSecond => format!("{value:.0}/s"),
             Unit::KiB => format!("{value:.1} KiB"),
             Unit::MiB => format!("{value:.0} MiB"),
+            Unit::Count => format!("{value:.2}"),
         }
     }
 }
@@ -236,6 +248,9 @@ pub enum Target {
     AtMost(f64),
     /// policyhub's own figure is below this, in the row's unit.
     Below(f64),
+    /// policyhub's own figure exceeds the baseline's by at most this, in
+    /// the row's unit (medians compared).
+    AtMostBaselinePlus(f64),
 }
 
 /// A target's factor with at most two decimals: 0.5, 2, 0.91 for 1/1.1.
@@ -249,7 +264,14 @@ fn factor(bound: f64) -> String {
 const NOISE_BOUND: f64 = 0.2;
 
 impl Target {
-    fn judge(self, ours: f64, ratio: Option<f64>, unit: Unit, noisy: bool) -> String {
+    fn judge(
+        self,
+        ours: f64,
+        theirs: Option<f64>,
+        ratio: Option<f64>,
+        unit: Unit,
+        noisy: bool,
+    ) -> String {
         let (text, met) = match self {
             Target::RatioAtLeast(bound) => {
                 (format!("≥ {}×", factor(bound)), ratio.map(|r| r >= bound))
@@ -259,6 +281,10 @@ impl Target {
             }
             Target::AtMost(bound) => (format!("≤ {}", unit.format(bound)), Some(ours <= bound)),
             Target::Below(bound) => (format!("< {}", unit.format(bound)), Some(ours < bound)),
+            Target::AtMostBaselinePlus(bound) => (
+                format!("≤ baseline + {}", unit.format(bound)),
+                theirs.map(|theirs| ours <= theirs + bound),
+            ),
         };
         let verdict = match met {
             _ if noisy => "noisy",
@@ -322,7 +348,9 @@ impl Row {
     fn judged(&self, target: Target) -> Vec<f64> {
         match target {
             Target::RatioAtLeast(_) | Target::RatioAtMost(_) => self.ratios(),
-            Target::AtMost(_) | Target::Below(_) => self.ours.clone(),
+            Target::AtMost(_) | Target::Below(_) | Target::AtMostBaselinePlus(_) => {
+                self.ours.clone()
+            }
         }
     }
 
@@ -373,7 +401,8 @@ impl Row {
                 .iter()
                 .map(|&target| {
                     let noisy = beyond_noise_bound(spread(&self.judged(target)));
-                    target.judge(ours, ratio, self.unit, noisy)
+                    let theirs = (!self.theirs.is_empty()).then(|| median(&self.theirs));
+                    target.judge(ours, theirs, ratio, self.unit, noisy)
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
@@ -498,6 +527,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(etcd) = &etcd {
         writeln!(header, "baseline server: {}", etcd.version)?;
     }
+    if let Ok(workers) = env::var("PERF_SERVER_WORKERS") {
+        writeln!(header, "server tokio workers: {workers}")?;
+    }
     print!("{header}");
 
     let mut rows: Vec<(Section, Row)> = Vec::new();
@@ -608,6 +640,7 @@ async fn run_section(
         Section::Identity => identity::run(settings).await,
         Section::Webhooks => webhooks::run(settings).await,
         Section::Ofrep => ofrep::run(settings).await,
+        Section::Handoffs => handoffs::run(settings).await,
     }
 }
 

@@ -244,6 +244,16 @@ impl Tls {
     }
 }
 
+/// `PERF_SERVER_WORKERS`, when set: the tokio worker threads of every
+/// server the bench starts (`TOKIO_WORKER_THREADS` there), the bench's own
+/// clients keeping theirs.
+fn server_workers() -> Option<(&'static str, String)> {
+    std::env::var("PERF_SERVER_WORKERS")
+        .ok()
+        .filter(|workers| !workers.is_empty())
+        .map(|workers| ("TOKIO_WORKER_THREADS", workers))
+}
+
 /// How [`Policyhub::start`] runs the server.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -323,6 +333,7 @@ impl Policyhub {
                 "POLICYHUB_CONNECTIONS__MAX_PER_PORT",
                 (options.streams + 100).max(10_000).to_string(),
             )
+            .envs(server_workers())
             .envs(options.env.iter().map(|(key, value)| (key, value)));
         if !options.authenticated {
             command.arg("--insecure");
