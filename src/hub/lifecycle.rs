@@ -13,7 +13,9 @@ use crate::domain::{
     ensure_met_after, ensure_satisfiable, lifecycle,
 };
 use crate::signing::{self, SigningKey};
-use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, StoredVersion, Transaction};
+use crate::storage::{
+    IdempotencyClaim, KeyUse, LockedPolicy, NewEvent, StoredVersion, Transaction,
+};
 
 use super::PolicyHub;
 
@@ -93,6 +95,8 @@ impl PolicyHub {
         let outcome = self
             .repository
             .write_once("publish", claim.as_ref(), context, async |tx| {
+                tx.lock_signing_keys(&[(keys.signer.key_id(), KeyUse::Signs)])
+                    .await?;
                 if command.activate {
                     tx.lock_namespaces([&command.policy.namespace]).await?;
                 }
@@ -209,6 +213,10 @@ impl PolicyHub {
         let outcome = self
             .repository
             .write("rollback", async |tx| {
+                if command.restore {
+                    tx.lock_signing_keys(&[(keys.signer.key_id(), KeyUse::Signs)])
+                        .await?;
+                }
                 tx.lock_namespaces([&command.policy.namespace]).await?;
                 let policy = tx.lock_policy(&command.policy).await?;
                 policy.state.ensure_free("roll back")?;
@@ -377,6 +385,7 @@ impl PolicyHub {
         let namespace = &policy.state.policy.namespace;
         let published = tx.published_labels(namespace, requirements).await?;
         ensure_satisfiable(requirements, &published)?;
+        tx.ensure_signs(signer.key_id()).await?;
         let claims = signing::claims_for(
             &self.bundle_issuer,
             &policy.state.policy.to_string(),

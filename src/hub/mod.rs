@@ -37,7 +37,7 @@ use crate::domain::{
 };
 use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
-use crate::storage::{NewEvent, Repository};
+use crate::storage::{KeyUse, NewEvent, Repository};
 use crate::watch::{ActiveIndex, Encode, IndexedBundle, Instruments};
 
 /// How long an activation that committed after revisions the index lacks
@@ -296,21 +296,18 @@ impl PolicyHub {
                 "signing key {key_id} signs new versions: rotate the signing key first"
             )));
         }
-        let verifying = crate::signing::Jwks {
-            keys: keys.jwks.clone(),
-        };
-        let sign_again = |old_jws: &str| {
-            let claims = crate::signing::verify(old_jws, &verifying).map_err(|error| {
-                Error::DataLoss(format!("a stored bundle does not verify: {error}"))
-            })?;
-            Ok((signer.sign(&claims)?, signer.key_id().to_owned()))
-        };
         let revocation = self
             .repository
             .write("revoke_signing_key", async |tx| {
+                tx.lock_signing_keys(&[
+                    (key_id, KeyUse::Revokes),
+                    (signer.key_id(), KeyUse::Signs),
+                ])
+                .await?;
                 if !tx.key_stored(key_id).await? {
                     return Err(Error::NotFound(format!("no signing key {key_id}")));
                 }
+                tx.ensure_signs(signer.key_id()).await?;
                 tx.lock_namespaces_signed_by(key_id).await?;
                 if tx.revoked_key_ids().await?.iter().any(|id| id == key_id) {
                     return Ok(None);
@@ -330,6 +327,17 @@ impl PolicyHub {
                         view.rollout.id, view.rollout.namespace
                     )));
                 }
+                // Read here, not from memory: a key another replica
+                // registered since this one last read them verifies too.
+                let verifying = crate::signing::Jwks {
+                    keys: tx.signing_keys().await?,
+                };
+                let sign_again = |old_jws: &str| {
+                    let claims = crate::signing::verify(old_jws, &verifying).map_err(|error| {
+                        Error::DataLoss(format!("a stored bundle does not verify: {error}"))
+                    })?;
+                    Ok((signer.sign(&claims)?, signer.key_id().to_owned()))
+                };
                 tx.revoke_key(context, key_id, reason, sign_again)
                     .await
                     .map(Some)

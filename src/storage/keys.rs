@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, Order,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, sea_query::Expr,
 };
 
 use super::entities::{events, policies, signing_keys, versions};
@@ -14,7 +14,7 @@ use super::events::NewEvent;
 use super::rows::{active_bundle, db_revision, policy_ref, version, version_record};
 use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
-use crate::domain::{ActiveBundle, EventKind, PolicyRef, RequestContext, Result};
+use crate::domain::{ActiveBundle, Error, EventKind, PolicyRef, RequestContext, Result};
 use crate::signing::Jwk;
 
 /// The ids of the revoked keys, in the order they were revoked.
@@ -28,6 +28,34 @@ async fn revoked_key_ids<C: ConnectionTrait>(db: &C) -> Result<Vec<String>> {
         .all(db)
         .await?;
     Ok(ids.into_iter().flatten().collect())
+}
+
+/// The advisory lock class of signing keys (see the lock order in
+/// `transaction`), apart from the namespaces' class.
+const SIGNING_KEY_LOCK_CLASS: i32 = 0x7068_6b79;
+
+/// Every public key that ever signed and is not revoked, oldest first.
+async fn signing_keys<C: ConnectionTrait>(db: &C) -> Result<Vec<Jwk>> {
+    let revoked: HashSet<String> = revoked_key_ids(db).await?.into_iter().collect();
+    let rows = signing_keys::Entity::find()
+        .order_by(signing_keys::Column::CreatedAt, Order::Asc)
+        .order_by(signing_keys::Column::KeyId, Order::Asc)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| !revoked.contains(&row.key_id))
+        .map(|row| Jwk::from_x(row.public_key))
+        .collect())
+}
+
+/// What a transaction does with a signing key it locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Signs with it: many may at once.
+    Signs,
+    /// Revokes it: alone, once every transaction signing with it ended.
+    Revokes,
 }
 
 /// What revoking a key changed.
@@ -76,6 +104,62 @@ impl Transaction {
     /// The ids of the revoked keys.
     pub async fn revoked_key_ids(&self) -> Result<Vec<String>> {
         revoked_key_ids(&self.txn).await
+    }
+
+    /// Every public key that ever signed and is not revoked, as this
+    /// transaction reads them: those other replicas registered included.
+    pub async fn signing_keys(&self) -> Result<Vec<Jwk>> {
+        signing_keys(&self.txn).await
+    }
+
+    /// Locks signing keys for the rest of the transaction, before any
+    /// namespace or row lock, in order of id: shared to sign with one,
+    /// exclusive to revoke one. On SQLite the writer lock serializes
+    /// instead, and the lock only records that it was asked for.
+    pub async fn lock_signing_keys(&mut self, keys: &[(&str, KeyUse)]) -> Result<()> {
+        if self.holds_later_locks() {
+            return Err(Error::Internal(
+                "a signing key lock was asked for after a namespace or row lock".into(),
+            ));
+        }
+        let mut keys = keys.to_vec();
+        keys.sort_unstable_by_key(|(key_id, _)| *key_id);
+        for (key_id, key_use) in keys {
+            if self.backend() == DatabaseBackend::Postgres {
+                let function = match key_use {
+                    KeyUse::Signs => "pg_advisory_xact_lock_shared",
+                    KeyUse::Revokes => "pg_advisory_xact_lock",
+                };
+                self.txn
+                    .execute_raw(Statement::from_sql_and_values(
+                        DatabaseBackend::Postgres,
+                        format!("SELECT {function}($1, hashtext($2))"),
+                        [SIGNING_KEY_LOCK_CLASS.into(), key_id.into()],
+                    ))
+                    .await?;
+            }
+            self.signing_keys.insert(key_id.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Refuses to sign with `key_id` once it is revoked, by this replica or
+    /// another: read under the key's lock, so a revocation either committed
+    /// before and is seen, or waits for this transaction and then signs
+    /// again what it signed.
+    pub async fn ensure_signs(&self, key_id: &str) -> Result<()> {
+        if !self.signing_keys.contains(key_id) {
+            return Err(Error::Internal(format!(
+                "signing with key {key_id} without its lock"
+            )));
+        }
+        if self.revoked_key_ids().await?.iter().any(|id| id == key_id) {
+            return Err(Error::precondition(format!(
+                "this replica's signing key {key_id} was revoked: configure another to sign \
+                 and restart the replica"
+            )));
+        }
+        Ok(())
     }
 
     /// Locks the namespace of every policy with a version `key_id` signed:
@@ -216,17 +300,7 @@ impl Repository {
     /// Every public key that ever signed and is not revoked, oldest first.
     #[tracing::instrument(name = "storage.signing_keys", skip_all)]
     pub async fn signing_keys(&self) -> Result<Vec<Jwk>> {
-        let revoked: HashSet<String> = revoked_key_ids(&self.db).await?.into_iter().collect();
-        let rows = signing_keys::Entity::find()
-            .order_by(signing_keys::Column::CreatedAt, Order::Asc)
-            .order_by(signing_keys::Column::KeyId, Order::Asc)
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|row| !revoked.contains(&row.key_id))
-            .map(|row| Jwk::from_x(row.public_key))
-            .collect())
+        signing_keys(&self.db).await
     }
 
     /// The ids of the revoked keys, in the order they were revoked.

@@ -45,7 +45,7 @@ pub use archive::Imported;
 pub use cosignatures::{Cosignature, ToWitness};
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
-pub use keys::Revocation;
+pub use keys::{KeyUse, Revocation};
 pub use leadership::{LEADERSHIP_APPLICATION_NAME, Term};
 pub use listener::{Heard, LISTENER_APPLICATION_NAME, RevisionListener};
 pub use outbox::Backlog;

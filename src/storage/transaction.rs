@@ -5,6 +5,11 @@
 //! deadlocks and no decision is judged on state another transaction is
 //! about to change (docs/src/contributing/design.md#storage):
 //!
+//! 0. **Signing keys** (sorted by id), by
+//!    [`Transaction::lock_signing_keys`]: shared by a transaction that signs
+//!    with the key, exclusive by the key's revocation, so that a version is
+//!    signed either before the revocation reads what the key signed, and
+//!    is signed again by it, or after it commits, and is refused.
 //! 1. **Namespaces** (sorted), by [`Transaction::lock_namespaces`]. This
 //!    lock guards the decisions that read *across* the policies of a
 //!    namespace: its active set (requirements judged at Activate, Rollback,
@@ -143,6 +148,8 @@ pub struct Transaction {
     pub(super) txn: Txn,
     at: DateTime<Utc>,
     turn: Option<WriterTurn>,
+    /// The signing keys this transaction holds the lock of.
+    pub(super) signing_keys: BTreeSet<String>,
     /// The namespaces this transaction holds the lock of.
     namespaces: BTreeSet<Namespace>,
     /// Whether a row lock was taken, after which no namespace lock may be
@@ -161,6 +168,7 @@ impl Transaction {
             txn,
             at: now(),
             turn,
+            signing_keys: BTreeSet::new(),
             namespaces: BTreeSet::new(),
             rows_locked: AtomicBool::new(false),
             revision_taken: AtomicU64::new(0),
@@ -175,6 +183,12 @@ impl Transaction {
 
     pub(super) fn backend(&self) -> DatabaseBackend {
         self.txn.backend()
+    }
+
+    /// Whether a namespace or row lock was taken, after which no signing
+    /// key's may be (the fixed order of the module doc).
+    pub(super) fn holds_later_locks(&self) -> bool {
+        !self.namespaces.is_empty() || self.rows_locked.load(Ordering::Relaxed)
     }
 
     /// Locks `namespaces` for the rest of the transaction: taken before any

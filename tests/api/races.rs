@@ -513,6 +513,14 @@ races!(
     a_revocation_racing_a_rollout_of_what_the_key_signed_is_judged_in_turn,
 );
 
+/// On PostgreSQL alone: on SQLite both callers are one replica, whose own
+/// signing key it refuses to revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_racing_the_revocation_of_its_signing_key_is_judged_in_turn() {
+    publish_racing_the_revocation_of_its_key(Race::start(crate::helpers::Backend::Postgres).await)
+        .await;
+}
+
 /// X 2.0.0 alone is fine, Y 2.0.0 (requiring X ^1) alone is fine; both
 /// together break Y's requirement.
 async fn activations_that_break_a_requirement_together_are_judged_in_turn(race: Race) {
@@ -1020,5 +1028,58 @@ async fn a_revocation_racing_a_rollout_of_what_the_key_signed_is_judged_in_turn(
         )
         .await
         .expect("abort");
+    }
+}
+
+/// Replica 1 publishes while replica 0 revokes replica 1's signing key. In
+/// turn: the publish first, and the revocation signs its version again; or
+/// the revocation first, and the publish is refused. Never a version left
+/// signed by the revoked key.
+async fn publish_racing_the_revocation_of_its_key(race: Race) {
+    for round in 0..ROUNDS {
+        let namespace = format!("signs-{round}");
+        race.release(&namespace, "p", "1.0.0", &[], true).await;
+        // Replica 1 signs with a key of its own, new each round.
+        let rotate = proto::RotateSigningKeyRequest {
+            reason: "race".into(),
+        };
+        let key_id = race
+            .policy(1)
+            .rotate_signing_key(authorized(rotate, &race.admin))
+            .await
+            .expect("rotate")
+            .into_inner()
+            .signing_key_id;
+        race.draft(1, &namespace, "p", &[]).await.expect("draft");
+        let revoke = proto::RevokeSigningKeyRequest {
+            key_id: key_id.clone(),
+            reason: "race".into(),
+        };
+        let revoke = call!(race, 0, revoke_signing_key, revoke, &race.admin);
+        let publish = call!(
+            race,
+            1,
+            publish,
+            publish_request(&namespace, "p", "2.0.0", false),
+            &race.admin
+        );
+        let (revoked, published) = at_once(revoke, publish).await;
+        revoked.expect("the revocation passes, before or after the publish");
+        if let Err(refused) = published {
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert!(
+                refused.message().contains(&key_id),
+                "round {round}: {refused:?}"
+            );
+        }
+        let left = race
+            .stored(&format!(
+                "SELECT CAST(id AS TEXT) AS line FROM versions WHERE key_id = '{key_id}'"
+            ))
+            .await;
+        assert!(
+            left.is_empty(),
+            "round {round}: versions {left:?} left signed by the revoked key"
+        );
     }
 }

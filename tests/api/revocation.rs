@@ -12,7 +12,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
-use crate::helpers::{TestApp, next_message, spawn_on};
+use crate::helpers::{Backend, TestApp, TestDatabase, next_message, spawn_on};
 use crate::log_tree::signed_tree;
 use crate::rollouts::{start_request, step};
 
@@ -403,4 +403,66 @@ print(claims["digest"])
         "PyJWT refused the re-signed bundle: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Two replicas on one database sign with keys of their own. When one
+/// revokes the other's key, the other signs nothing more with it: a
+/// publish and a restoring rollback there are refused, naming the key, and
+/// change nothing, where before it went on signing until restarted. The
+/// revoking replica verifies what it signs again with the keys its
+/// transaction reads, the other's just registered among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_key_another_revoked_signs_nothing_more() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let replica = database.replica();
+    let first = spawn_on(database, |_| {}).await;
+    let second = spawn_on(replica, |_| {}).await;
+    first.release("team", "limits", json!({"n": 1}), true).await;
+    second
+        .release("team", "limits", json!({"n": 2}), false)
+        .await;
+    let second_key = signing_keys(&second).await.signing_key_id;
+    assert_ne!(second_key, signing_keys(&first).await.signing_key_id);
+    let revoked = revoke(&first, &second_key).await.unwrap();
+    assert_eq!(revoked.re_signed_versions, 1, "{revoked:?}");
+    second.draft("team", "limits", json!({"n": 3})).await;
+    let before = second.db_state().await;
+
+    let publish = second
+        .try_publish(proto::PublishRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            reason: "after the revocation".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let restore = second
+        .policy
+        .clone()
+        .rollback(proto::RollbackRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            to_version: Some(2),
+            restore: true,
+            reason: "after the revocation".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    for refused in [publish, restore] {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains(&second_key) && refused.message().contains("revoked"),
+            "{}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        second.db_state().await,
+        before,
+        "a refused signature changed nothing"
+    );
+    first.stop().await;
+    second.stop().await;
 }
