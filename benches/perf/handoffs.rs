@@ -48,8 +48,6 @@ const GET_ACTIVE_EXTRA: f64 = 1.0;
 struct Counts {
     /// Voluntary and involuntary switches by thread name.
     by_thread: BTreeMap<String, (u64, u64)>,
-    wake_ups: u64,
-    preemptions: u64,
     /// From `perf`, when it runs.
     futex: Option<u64>,
     migrations: Option<u64>,
@@ -83,8 +81,8 @@ impl Counts {
     fn per_call(&self, calls: usize) -> PerCall {
         let per = |count: u64| count as f64 / calls as f64;
         PerCall {
-            wake_ups: per(self.wake_ups),
-            preemptions: per(self.preemptions),
+            wake_ups: per(self.by_thread.values().map(|counts| counts.0).sum()),
+            preemptions: per(self.by_thread.values().map(|counts| counts.1).sum()),
             futex: self.futex.map(per),
             migrations: self.migrations.map(per),
         }
@@ -206,8 +204,6 @@ async fn count<F: Future<Output = anyhow::Result<()>>>(
         })
         .collect::<BTreeMap<_, _>>();
     Ok(Counts {
-        wake_ups: by_thread.values().map(|counts| counts.0).sum(),
-        preemptions: by_thread.values().map(|counts| counts.1).sum(),
         by_thread,
         futex: perf.map(|(futex, _)| futex),
         migrations: perf.map(|(_, migrations)| migrations),

@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, Order,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, sea_query::Expr,
 };
 
 use super::entities::{events, policies, signing_keys, versions};
 use super::events::NewEvent;
 use super::rows::{active_bundle, db_revision, policy_ref, version, version_record};
 use super::statement_runner::StatementRunner;
-use super::transaction::{Repository, Transaction};
+use super::transaction::{LockMode, Repository, Transaction};
 use crate::domain::{ActiveBundle, Error, EventKind, PolicyRef, RequestContext, Result};
 use crate::signing::Jwk;
 
@@ -125,19 +125,12 @@ impl Transaction {
         let mut keys = keys.to_vec();
         keys.sort_unstable_by_key(|(key_id, _)| *key_id);
         for (key_id, key_use) in keys {
-            if self.backend() == DatabaseBackend::Postgres {
-                let function = match key_use {
-                    KeyUse::Signs => "pg_advisory_xact_lock_shared",
-                    KeyUse::Revokes => "pg_advisory_xact_lock",
-                };
-                self.txn
-                    .execute_raw(Statement::from_sql_and_values(
-                        DatabaseBackend::Postgres,
-                        format!("SELECT {function}($1, hashtext($2))"),
-                        [SIGNING_KEY_LOCK_CLASS.into(), key_id.into()],
-                    ))
-                    .await?;
-            }
+            let mode = match key_use {
+                KeyUse::Signs => LockMode::Shared,
+                KeyUse::Revokes => LockMode::Exclusive,
+            };
+            self.advisory_lock(SIGNING_KEY_LOCK_CLASS, key_id, mode)
+                .await?;
             self.signing_keys.insert(key_id.to_owned());
         }
         Ok(())

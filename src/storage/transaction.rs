@@ -65,6 +65,15 @@ use crate::signing::CheckpointClaims;
 /// rollout controller.
 const NAMESPACE_LOCK_CLASS: i32 = 0x7068_6e73;
 
+/// How an advisory lock is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LockMode {
+    /// Beside other shared holders.
+    Shared,
+    /// Alone.
+    Exclusive,
+}
+
 /// Signs a checkpoint: its claims into a JWS, and the checkpoint body of
 /// the log's Merkle tree into a signed note under the log's origin (the
 /// second argument); the JWS, the id of the key that signed, the note.
@@ -185,6 +194,27 @@ impl Transaction {
         self.txn.backend()
     }
 
+    /// On PostgreSQL, takes the transaction-scoped advisory lock of `key`
+    /// in `class`, shared or exclusive; nothing on SQLite, where the
+    /// writer lock serializes instead.
+    pub(super) async fn advisory_lock(&self, class: i32, key: &str, mode: LockMode) -> Result<()> {
+        if self.backend() != DatabaseBackend::Postgres {
+            return Ok(());
+        }
+        let function = match mode {
+            LockMode::Shared => "pg_advisory_xact_lock_shared",
+            LockMode::Exclusive => "pg_advisory_xact_lock",
+        };
+        self.txn
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                format!("SELECT {function}($1, hashtext($2))"),
+                [class.into(), key.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Whether a namespace or row lock was taken, after which no signing
     /// key's may be (the fixed order of the module doc).
     pub(super) fn holds_later_locks(&self) -> bool {
@@ -208,15 +238,12 @@ impl Transaction {
             if self.namespaces.contains(namespace) {
                 continue;
             }
-            if self.backend() == DatabaseBackend::Postgres {
-                self.txn
-                    .execute_raw(sea_orm::Statement::from_sql_and_values(
-                        DatabaseBackend::Postgres,
-                        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                        [NAMESPACE_LOCK_CLASS.into(), namespace.as_str().into()],
-                    ))
-                    .await?;
-            }
+            self.advisory_lock(
+                NAMESPACE_LOCK_CLASS,
+                namespace.as_str(),
+                LockMode::Exclusive,
+            )
+            .await?;
             self.namespaces.insert(namespace.clone());
         }
         Ok(())
