@@ -23,7 +23,7 @@ use crate::{
 
 /// The floors on Activate against raw commits: one sequential caller, and
 /// concurrent callers sharing commits.
-const RATE_FLOOR: f64 = 0.4;
+const RATE_FLOOR: f64 = 0.25;
 const CONCURRENT_RATE_FLOOR: f64 = 0.6;
 
 const CONCURRENT_CALLERS: usize = 16;

@@ -108,9 +108,12 @@ struct Inner {
     instruments: Instruments,
 }
 
-/// How often a read computes every state anew at most: states move with
-/// time alone (a silent runtime turns stale), and a view shows a connected
-/// runtime seen until the moment it was made.
+/// How old a view may be: states move with time alone (a silent runtime
+/// turns stale), and a view shows a connected runtime seen until the
+/// moment it was made. The flusher computes every roster's states anew at
+/// each flush; a read does so itself only for a roster left unswept twice
+/// as long (flushes further apart, or late), so reads seldom pay a pass
+/// over the fleet.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A roster no read used for this long is dropped.
@@ -497,6 +500,16 @@ impl Fleet {
             if let Err(error) = self.flush().await {
                 tracing::warn!(%error, "cannot persist the fleet view; retrying");
             }
+            self.sweep();
+        }
+    }
+
+    /// Moves every roster's runtimes to their states as of now: done here,
+    /// once an interval, so that no read pays a pass over a large fleet.
+    fn sweep(&self) {
+        let now = Utc::now();
+        for roster in self.rosters().values_mut() {
+            roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
         }
     }
 

@@ -102,7 +102,7 @@ impl Fleet {
         }
         if roster
             .swept
-            .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY)
+            .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY * 2)
         {
             let now = Utc::now();
             roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
