@@ -239,6 +239,23 @@ const LINKS: &[Link] = links![
     ], body || json!({"revision": "$response.body#/revision"});
     "PolicyService_Rollback" -> "active": "BundleService_GetActive" REQUESTED;
     "PolicyService_Rollback" -> "policy": "PolicyService_GetPolicy" REQUESTED;
+    // The ETag read is the compare-and-swap's If-Match: the version in
+    // force activated again, and a rollback from it, each taken only
+    // while it is still the one in force.
+    "BundleService_GetActive" -> "activate": "PolicyService_Activate" &[
+        ("header.If-Match", "$response.header.ETag"),
+    ], body || json!({
+        "targets": [{
+            "namespace": "$response.body#/namespace",
+            "name": "$response.body#/name",
+            "version": "$response.body#/version",
+        }],
+    });
+    "BundleService_GetActive" -> "rollback": "PolicyService_Rollback" &[
+        ("namespace", "$response.body#/namespace"),
+        ("name", "$response.body#/name"),
+        ("header.If-Match", "$response.header.ETag"),
+    ], body || json!({"reason": "the version in force misbehaves"});
     "BundleService_GetActive" -> "report": "BundleService_ReportStatus" &[
         ("namespace", "$response.body#/namespace"),
     ], body || json!({"revision": "$response.body#/revision"});

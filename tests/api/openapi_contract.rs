@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::helpers::Backend;
-use crate::http::{app, curl, release_over_http_in};
+use crate::http::{Reply, app, curl, release_over_http_in};
 
 fn document() -> Value {
     serde_json::from_str(policyhub::http::OPENAPI).unwrap()
@@ -120,7 +120,6 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
             let Some(links) = response.get("links") else {
                 continue;
             };
-            let answer = &response["content"]["application/json"]["schema"];
             for (name, link) in links.as_object().unwrap() {
                 let what = format!("{source_id} {status} -> {name}");
                 let target_id = link["operationId"].as_str().unwrap();
@@ -134,16 +133,23 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
                     .cloned()
                     .unwrap_or_default();
                 for (parameter, expression) in &parameters {
+                    // A name may lead with its place: `header.If-Match`.
+                    let (place, name) = match parameter.split_once('.') {
+                        Some((place, name)) => (Some(place), name),
+                        None => (None, parameter.as_str()),
+                    };
                     assert!(
-                        target_parameters.iter().any(|(_, name)| name == parameter),
+                        target_parameters.iter().any(|(at, named)| {
+                            named == name && place.is_none_or(|place| place == at)
+                        }),
                         "{what}: {target_id} takes no parameter {parameter}"
                     );
-                    check_expression(&document, &what, expression, source_parameters, answer);
+                    check_expression(&document, &what, expression, source_parameters, response);
                 }
                 if let Some(body) = link.get("requestBody") {
                     let schema = &target["requestBody"]["content"]["application/json"]["schema"];
                     assert!(!schema.is_null(), "{what}: {target_id} takes no body");
-                    check_body(&document, &what, body, schema, source_parameters, answer);
+                    check_body(&document, &what, body, schema, source_parameters, response);
                     // A generated body merged under it would bring the
                     // members the server refuses beside the ones given.
                     assert_eq!(
@@ -180,10 +186,16 @@ fn check_expression(
     what: &str,
     expression: &Value,
     source_parameters: &[(String, String)],
-    answer: &Value,
+    response: &Value,
 ) {
+    let answer = &response["content"]["application/json"]["schema"];
     let expression = expression.as_str().unwrap();
-    if let Some(pointer) = expression.strip_prefix("$response.body#") {
+    if let Some(header) = expression.strip_prefix("$response.header.") {
+        assert!(
+            response["headers"].get(header).is_some(),
+            "{what}: the answer declares no header {header}"
+        );
+    } else if let Some(pointer) = expression.strip_prefix("$response.body#") {
         assert!(
             schema_at(document, answer, pointer).is_some(),
             "{what}: the answer has no {pointer}"
@@ -206,24 +218,24 @@ fn check_body(
     body: &Value,
     schema: &Value,
     source_parameters: &[(String, String)],
-    answer: &Value,
+    response: &Value,
 ) {
     match body {
         Value::Object(members) => {
             for (member, value) in members {
                 let inner = schema_at(document, schema, member)
                     .unwrap_or_else(|| panic!("{what}: the body has no member {member}"));
-                check_body(document, what, value, inner, source_parameters, answer);
+                check_body(document, what, value, inner, source_parameters, response);
             }
         }
         Value::Array(items) => {
             for item in items {
                 let inner = schema_at(document, schema, "0").unwrap();
-                check_body(document, what, item, inner, source_parameters, answer);
+                check_body(document, what, item, inner, source_parameters, response);
             }
         }
         Value::String(text) if text.starts_with('$') => {
-            check_expression(document, what, body, source_parameters, answer)
+            check_expression(document, what, body, source_parameters, response)
         }
         // A constant: one the document's own schema takes.
         constant => {
@@ -660,17 +672,24 @@ fn operation_by_id(document: &Value, id: &str) -> (String, String, Value) {
         .unwrap_or_else(|| panic!("no operation {id}"))
 }
 
-/// `value` with each `$response.body#` expression in it replaced by what
-/// it names in `answer`.
-fn evaluate(value: &Value, answer: &Value) -> Value {
+/// `value` with each `$response.body#` and `$response.header.` expression
+/// in it replaced by what it names in `answer`.
+fn evaluate(value: &Value, answer: &Reply) -> Value {
     match value {
         Value::String(text) if text.starts_with('$') => {
+            if let Some(header) = text.strip_prefix("$response.header.") {
+                let value = answer
+                    .header(header)
+                    .unwrap_or_else(|| panic!("the answer has no header {header}: {answer:?}"));
+                return Value::String(value.to_owned());
+            }
             let pointer = text
                 .strip_prefix("$response.body#")
                 .unwrap_or_else(|| panic!("an expression this test does not follow: {text}"));
             answer
+                .json
                 .pointer(pointer)
-                .unwrap_or_else(|| panic!("the answer has no {pointer}: {answer}"))
+                .unwrap_or_else(|| panic!("the answer has no {pointer}: {answer:?}"))
                 .clone()
         }
         Value::Object(members) => members
@@ -683,17 +702,18 @@ fn evaluate(value: &Value, answer: &Value) -> Value {
 }
 
 /// Follows the link `name` of `source`'s answer `answer` as a client of the
-/// document does: the target's path and query from the link's parameters
-/// (a path parameter the link leaves out from `others`), and the link's
-/// body, or `{}` where the target takes one and the link gives none.
+/// document does: the target's path, query and headers from the link's
+/// parameters (a path parameter the link leaves out from `others`), and
+/// the link's body, or `{}` where the target takes one and the link gives
+/// none.
 fn follow(
     app: &crate::helpers::TestApp,
     document: &Value,
     source: &str,
     name: &str,
-    answer: &Value,
+    answer: &Reply,
     others: &[(&str, &str)],
-) -> crate::http::Reply {
+) -> Reply {
     let (_, _, operation) = operation_by_id(document, source);
     let link = operation["responses"]
         .as_object()
@@ -703,10 +723,17 @@ fn follow(
         .unwrap_or_else(|| panic!("{source} has no link {name}"));
     let target = link["operationId"].as_str().unwrap();
     let (verb, mut path, definition) = operation_by_id(document, target);
-    let mut query = Vec::new();
+    let (mut query, mut headers) = (
+        Vec::new(),
+        vec!["Content-Type: application/json".to_owned()],
+    );
     for parameter in definition["parameters"].as_array().unwrap() {
         let parameter_name = parameter["name"].as_str().unwrap();
-        let value = match link["parameters"].get(parameter_name) {
+        let place = parameter["in"].as_str().unwrap();
+        let expression = link["parameters"]
+            .get(parameter_name)
+            .or_else(|| link["parameters"].get(format!("{place}.{parameter_name}")));
+        let value = match expression {
             Some(expression) => match evaluate(expression, answer) {
                 Value::String(text) => text,
                 other => other.to_string(),
@@ -716,9 +743,10 @@ fn follow(
                 None => continue,
             },
         };
-        match parameter["in"].as_str().unwrap() {
+        match place {
             "path" => path = path.replace(&format!("{{{parameter_name}}}"), &value),
             "query" => query.push(format!("{parameter_name}={value}")),
+            "header" => headers.push(format!("{parameter_name}: {value}")),
             _ => {}
         }
     }
@@ -729,13 +757,8 @@ fn follow(
         Some(body) => Some(evaluate(body, answer).to_string()),
         None => definition.get("requestBody").map(|_| "{}".to_owned()),
     };
-    let reply = curl(
-        app,
-        &verb,
-        &path,
-        body.as_deref(),
-        &["Content-Type: application/json"],
-    );
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let reply = curl(app, &verb, &path, body.as_deref(), &headers);
     assert!(
         (200..300).contains(&reply.status),
         "{source} -> {name}: {verb} {path} {body:?}: {reply:?}"
@@ -752,19 +775,19 @@ fn follow(
 async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
     let app = app(Backend::Sqlite, true).await;
     let document = document();
-    let draft = |max: u64| {
+    let draft = |name: &str, max: u64| {
         let reply = curl(
             &app,
             "POST",
-            "/v1/namespaces/shop/policies/limits/drafts",
+            &format!("/v1/namespaces/shop/policies/{name}/drafts"),
             Some(&json!({"body": {"max": max}}).to_string()),
             &["Content-Type: application/json"],
         );
         assert_eq!(reply.status, 201, "{reply:?}");
-        reply.json
+        reply
     };
     // The stable version: published and active at once.
-    let stable = draft(1);
+    let stable = draft("limits", 1);
     follow(
         &app,
         &document,
@@ -774,7 +797,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         &[],
     );
     // The next one, published beside it; a rollout replaces the stable one.
-    let next = draft(2);
+    let next = draft("limits", 2);
     let published = follow(
         &app,
         &document,
@@ -782,8 +805,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         "publish",
         &next,
         &[],
-    )
-    .json;
+    );
     follow(
         &app,
         &document,
@@ -799,8 +821,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         "rollout",
         &published,
         &[],
-    )
-    .json;
+    );
     for control in ["rollout", "rollouts", "pause", "resume", "promote"] {
         follow(
             &app,
@@ -818,8 +839,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         "schedule",
         &published,
         &[("name", "nightly")],
-    )
-    .json;
+    );
     for control in ["schedule", "schedules", "pause", "resume", "delete"] {
         follow(
             &app,
@@ -830,7 +850,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
             &[],
         );
     }
-    let policies = curl(&app, "GET", "/v1/policies", None, &[]).json;
+    let policies = curl(&app, "GET", "/v1/policies", None, &[]);
     follow(
         &app,
         &document,
@@ -839,7 +859,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         &policies,
         &[],
     );
-    let checkpoints = curl(&app, "GET", "/v1/checkpoints", None, &[]).json;
+    let checkpoints = curl(&app, "GET", "/v1/checkpoints", None, &[]);
     follow(
         &app,
         &document,
@@ -848,8 +868,46 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         &checkpoints,
         &[],
     );
+    // The version in force read, then activated again and rolled back
+    // from, each under the If-Match its ETag gives.
+    for max in [1, 2] {
+        let drafted = draft("quota", max);
+        follow(
+            &app,
+            &document,
+            "PolicyService_Draft",
+            "release",
+            &drafted,
+            &[],
+        );
+    }
+    for (control, version) in [("activate", 2), ("rollback", 1)] {
+        let active = curl(
+            &app,
+            "GET",
+            "/v1/namespaces/shop/policies/quota/active",
+            None,
+            &[],
+        );
+        assert_eq!(active.json["version"], 2, "{active:?}");
+        follow(
+            &app,
+            &document,
+            "BundleService_GetActive",
+            control,
+            &active,
+            &[],
+        );
+        let now = curl(
+            &app,
+            "GET",
+            "/v1/namespaces/shop/policies/quota/active",
+            None,
+            &[],
+        );
+        assert_eq!(now.json["version"], version, "after {control}: {now:?}");
+    }
 }
-
 /// Each request body the document gives as an example is one its schema
 /// takes and the server answers with a success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
