@@ -507,10 +507,15 @@ impl Fleet {
     /// Moves every roster's runtimes to their states as of now: done here,
     /// once an interval, so that no read pays a pass over a large fleet.
     fn sweep(&self) {
-        let now = Utc::now();
         for roster in self.rosters().values_mut() {
-            roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+            self.sweep_roster(roster);
         }
+    }
+
+    /// Moves `roster`'s runtimes to their states as of now.
+    fn sweep_roster(&self, roster: &mut Roster) {
+        let now = Utc::now();
+        roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
     }
 
     /// When `record`'s runtime was last seen as of `now`, and its state.

@@ -104,8 +104,7 @@ impl Fleet {
             .swept
             .is_none_or(|swept| swept.elapsed() >= SWEEP_EVERY * 2)
         {
-            let now = Utc::now();
-            roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+            self.sweep_roster(roster);
         }
         Some(roster)
     }
