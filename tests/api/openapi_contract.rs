@@ -702,11 +702,29 @@ fn evaluate(value: &Value, answer: &Reply) -> Value {
 }
 
 /// Follows the link `name` of `source`'s answer `answer` as a client of the
-/// document does: the target's path, query and headers from the link's
-/// parameters (a path parameter the link leaves out from `others`), and
-/// the link's body, or `{}` where the target takes one and the link gives
-/// none.
+/// document does, and expects a success (see [`request_by_link`]).
 fn follow(
+    app: &crate::helpers::TestApp,
+    document: &Value,
+    source: &str,
+    name: &str,
+    answer: &Reply,
+    others: &[(&str, &str)],
+) -> Reply {
+    let reply = request_by_link(app, document, source, name, answer, others);
+    assert!(
+        (200..300).contains(&reply.status),
+        "{source} -> {name}: {reply:?}"
+    );
+    reply
+}
+
+/// The request the link `name` of `source`'s answer `answer` makes, as a
+/// client of the document makes it: the target's path, query and headers
+/// from the link's parameters (a path parameter the link leaves out from
+/// `others`), and the link's body, or `{}` where the target takes one and
+/// the link gives none.
+fn request_by_link(
     app: &crate::helpers::TestApp,
     document: &Value,
     source: &str,
@@ -758,12 +776,7 @@ fn follow(
         None => definition.get("requestBody").map(|_| "{}".to_owned()),
     };
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let reply = curl(app, &verb, &path, body.as_deref(), &headers);
-    assert!(
-        (200..300).contains(&reply.status),
-        "{source} -> {name}: {verb} {path} {body:?}: {reply:?}"
-    );
-    reply
+    curl(app, &verb, &path, body.as_deref(), &headers)
 }
 
 /// A client that follows the document's links, making up nothing but a
@@ -881,33 +894,45 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
             &[],
         );
     }
-    for (control, version) in [("activate", 2), ("rollback", 1)] {
-        let active = curl(
+    let read_active = || {
+        curl(
             &app,
             "GET",
             "/v1/namespaces/shop/policies/quota/active",
             None,
             &[],
-        );
-        assert_eq!(active.json["version"], 2, "{active:?}");
+        )
+    };
+    // Activating the version in force again moves nothing, so the one
+    // read still names the bundle in force when the rollback follows it.
+    let read = read_active();
+    assert_eq!(read.json["version"], 2, "{read:?}");
+    for (control, version) in [("activate", 2), ("rollback", 1)] {
         follow(
             &app,
             &document,
             "BundleService_GetActive",
             control,
-            &active,
+            &read,
             &[],
         );
-        let now = curl(
-            &app,
-            "GET",
-            "/v1/namespaces/shop/policies/quota/active",
-            None,
-            &[],
-        );
+        let now = read_active();
         assert_eq!(now.json["version"], version, "after {control}: {now:?}");
     }
+    // The read the rollback followed is stale now: the If-Match its link
+    // gives is refused, and nothing moves.
+    let refused = request_by_link(
+        &app,
+        &document,
+        "BundleService_GetActive",
+        "activate",
+        &read,
+        &[],
+    );
+    assert_eq!(refused.status, 412, "{refused:?}");
+    assert_eq!(read_active().json["version"], 1);
 }
+
 /// Each request body the document gives as an example is one its schema
 /// takes and the server answers with a success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
