@@ -7,7 +7,9 @@
 //!
 //! Sequential: one caller, each call moving the benchmark policy between
 //! two published versions (so every call commits a change). Concurrent:
-//! 16 callers, each moving its own policy, all on one connection.
+//! 16 callers, each moving its own policy, all on one connection; with the
+//! CPU time the server and the bench's callers spend per activation, which
+//! bounds the rate the machine's cores can reach whatever the disk.
 
 use std::{
     path::Path,
@@ -17,8 +19,8 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    Outcome, Row, Settings, Target, Unit,
-    support::{NAMESPACE, Options, POLICY, Policyhub, activation_rate},
+    Outcome, Row, Settings, Target, Unit, median,
+    support::{NAMESPACE, Options, POLICY, Policyhub, activation_rate, cpu_time},
 };
 
 /// The floors on Activate against raw commits: one sequential caller, and
@@ -79,21 +81,36 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     activation_rate(&policyhub, &sequential_target, Duration::from_millis(300)).await?;
 
     let (mut sequential, mut parallel, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut server_cpu, mut bench_cpu) = (Vec::new(), Vec::new());
+    let pid = policyhub.server.pid();
     for repeat in 1..=settings.repeats {
         let ours = activation_rate(&policyhub, &sequential_target, duration).await?;
         let dir_for_raw = dir.clone();
         let theirs = tokio::task::spawn_blocking(move || raw_commits(&dir_for_raw, duration))
             .await?
             .context("raw SQLite commits")?;
+        let (server_before, bench_before) = (cpu_time(&pid)?, cpu_time("self")?);
+        let started = Instant::now();
         let together = activation_rate(&policyhub, &concurrent, duration).await?;
+        let calls = together * started.elapsed().as_secs_f64();
+        let per_call = |spent: Duration| spent.as_secs_f64() * 1e6 / calls;
+        let server = per_call(cpu_time(&pid)?.saturating_sub(server_before));
+        let bench = per_call(cpu_time("self")?.saturating_sub(bench_before));
         println!(
             "  repeat {repeat}: Activate {ours:.0}/s sequential, {together:.0}/s with \
-             {CONCURRENT_CALLERS} callers; raw SQLite {theirs:.0} commits/s"
+             {CONCURRENT_CALLERS} callers (CPU per call: server {server:.0} µs, callers \
+             {bench:.0} µs); raw SQLite {theirs:.0} commits/s"
         );
         sequential.push(ours);
         parallel.push(together);
         raw.push(theirs);
+        server_cpu.push(server);
+        bench_cpu.push(bench);
     }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (server, bench) = (median(&server_cpu), median(&bench_cpu));
+    let cpu_bound = cores as f64 * 1e6 / (server + bench);
+    let cpu_bound_ratio = cpu_bound / median(&raw);
     let baseline = "raw SQLite commits/s (WAL, synchronous=FULL, 1 INSERT each), same directory";
     let outcome = Outcome {
         rows: vec![
@@ -114,11 +131,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             )
             .target(Target::RatioAtLeast(CONCURRENT_RATE_FLOOR)),
         ],
-        notes: vec![format!(
-            "{} s per run; the sequential caller moves one policy between two versions, \
-             each concurrent caller its own policy",
-            duration.as_secs()
-        )],
+        notes: vec![
+            format!(
+                "{} s per run; the sequential caller moves one policy between two versions, \
+                 each concurrent caller its own policy",
+                duration.as_secs()
+            ),
+            format!(
+                "{CONCURRENT_CALLERS} callers: CPU time per activation, medians, server {server:.0} \
+                 µs and the bench's callers {bench:.0} µs; on {cores} cores that bounds the rate \
+                 at {cpu_bound:.0}/s, {cpu_bound_ratio:.2}× raw commits"
+            ),
+        ],
     };
     Ok(outcome)
 }

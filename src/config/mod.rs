@@ -302,9 +302,10 @@ impl WatchSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditSettings {
-    /// Besides the one of every revision, a checkpoint is signed and stored
-    /// when the newest is older than half of this, so the checkpoint watch
-    /// streams carry is never older than this while the database answers.
+    /// Besides the one of every commit that makes a revision durable, a
+    /// checkpoint is signed and stored when the newest is older than half
+    /// of this, so the checkpoint watch streams carry is never older than
+    /// this while the database answers.
     /// Runtimes compare its age with their `max_checkpoint_age`. Each such
     /// checkpoint gets this long to be signed, and at least 30 s.
     #[serde(with = "humantime_serde")]

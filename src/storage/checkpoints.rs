@@ -1,6 +1,8 @@
-//! Signed checkpoints of the chain. Every transaction that takes a
-//! revision writes one before it commits, signed by the hook the hub
-//! installs; `refresh_checkpoint` writes one when the newest is old. A
+//! Signed checkpoints of the chain. Every commit that makes a revision
+//! durable writes one, of its newest revision, just before it commits,
+//! signed by the hook the hub installs (on SQLite the writer signs one per
+//! group commit, see `writer`); `refresh_checkpoint` writes one when the
+//! newest is old. A
 //! replica serves only checkpoints it committed or read back, so one that
 //! cannot reach its database serves an ever older one.
 
@@ -20,8 +22,8 @@ use super::events::record as event_record;
 use super::log::{over_tree, tree_root, tree_size};
 use super::paging::Paging;
 use super::rows::{db_revision, now, revision};
-use super::statement_runner::StatementRunner;
-use super::transaction::{CheckpointSigner, Repository, Transaction};
+use super::statement_runner::{StatementRunner, Txn};
+use super::transaction::{CheckpointSigner, Checkpoints, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
 use crate::domain::log::{self, Hash};
 use crate::domain::{AsOf, Error, Page, Result, chain};
@@ -125,56 +127,95 @@ pub(super) async fn extends_last_checkpoint<R: StatementRunner>(runner: &R) -> R
     Ok((grown.size, grown.root))
 }
 
-impl Transaction {
-    /// Signs and writes a checkpoint of the chain and of the log's tree
-    /// (`tree`: its size and root) as this transaction leaves them, at
-    /// `revision`, the note under `origin`.
-    pub(super) async fn write_checkpoint(
+/// Signs and writes in `txn` a checkpoint of the chain, whose tip is
+/// `(last_event_id, chain_head)`, and of the log's tree (`tree`: its size
+/// and root) as `txn` leaves them, at `revision_in_force`, the note under
+/// `origin`.
+async fn write_checkpoint(
+    txn: &Txn,
+    (last_event_id, chain_head): (u64, String),
+    revision_in_force: u64,
+    origin: &str,
+    (tree_size, root): (u64, Hash),
+    signer: &CheckpointSigner,
+) -> Result<Checkpoint> {
+    let at = now();
+    let claims = CheckpointClaims::new(revision_in_force, last_event_id, chain_head, at);
+    let body = log::checkpoint_body(origin, tree_size, root)?;
+    let (jws, key_id, note) = signer(&claims, origin, &body)?;
+    let row = checkpoints::ActiveModel {
+        id: NotSet,
+        revision: Set(db_revision(revision_in_force)),
+        last_event_id: Set(db_revision(last_event_id)),
+        chain_head: Set(claims.chain_head.clone()),
+        at: Set(at),
+        key_id: Set(key_id.clone()),
+        jws: Set(jws.clone()),
+        tree_size: Set(Some(db_revision(tree_size))),
+        root_hash: Set(Some(log::encode_hash(&root))),
+        note: Set(Some(note.clone())),
+    };
+    let insert = checkpoints::Entity::insert(row).into_query();
+    let id = txn.insert_id(insert, checkpoints::Column::Id).await?;
+    Ok(Checkpoint {
+        id: revision(id),
+        revision: revision_in_force,
+        last_event_id,
+        chain_head: claims.chain_head,
+        at,
+        key_id,
+        jws,
+        note: Some(note),
+    })
+}
+
+impl Checkpoints {
+    /// Signs and writes in `txn` a checkpoint of the chain, whose tip `txn`
+    /// holds the lock of (`tip`), at `revision_in_force`, once the log is
+    /// seen to extend the newest checkpoint; refuses (DATA_LOSS, logged and
+    /// counted) to sign over a history rewritten since.
+    pub(super) async fn sign(
         &self,
+        txn: &Txn,
+        tip: (u64, String),
         revision_in_force: u64,
-        origin: &str,
-        (tree_size, root): (u64, Hash),
         signer: &CheckpointSigner,
     ) -> Result<Checkpoint> {
-        // The chain's lock is held until commit: no event lands between
-        // the tip and the checkpoint.
-        let (last_event_id, chain_head) = self.chain_tip().await?;
-        let at = now();
-        let claims = CheckpointClaims::new(revision_in_force, last_event_id, chain_head, at);
-        let body = log::checkpoint_body(origin, tree_size, root)?;
-        let (jws, key_id, note) = signer(&claims, origin, &body)?;
-        let row = checkpoints::ActiveModel {
-            id: NotSet,
-            revision: Set(db_revision(revision_in_force)),
-            last_event_id: Set(db_revision(last_event_id)),
-            chain_head: Set(claims.chain_head.clone()),
-            at: Set(at),
-            key_id: Set(key_id.clone()),
-            jws: Set(jws.clone()),
-            tree_size: Set(Some(db_revision(tree_size))),
-            root_hash: Set(Some(log::encode_hash(&root))),
-            note: Set(Some(note.clone())),
+        let tree = match extends_last_checkpoint(txn).await {
+            Ok(tree) => tree,
+            Err(error) => {
+                self.refuse(&error);
+                return Err(error);
+            }
         };
-        let insert = checkpoints::Entity::insert(row).into_query();
-        let id = self.txn.insert_id(insert, checkpoints::Column::Id).await?;
-        Ok(Checkpoint {
-            id: revision(id),
-            revision: revision_in_force,
-            last_event_id,
-            chain_head: claims.chain_head,
-            at,
-            key_id,
-            jws,
-            note: Some(note),
-        })
+        write_checkpoint(txn, tip, revision_in_force, self.origin()?, tree, signer).await
+    }
+
+    /// Signs in `txn`, which holds SQLite's one writer (so no event lands
+    /// between the tip it reads and the signature), a checkpoint of
+    /// `revision_in_force`, the newest revision it holds, if one is to be
+    /// signed (a signer is installed and the revision is one), and
+    /// commits; returns once the commit is durable, holding the checkpoint
+    /// as the newest.
+    pub(super) async fn commit_signed(&self, txn: Txn, revision_in_force: u64) -> Result<()> {
+        let checkpoint = match self.signer() {
+            Some(signer) if revision_in_force > 0 => {
+                let tip = tip(&txn, None).await?;
+                Some(self.sign(&txn, tip, revision_in_force, signer).await?)
+            }
+            _ => None,
+        };
+        txn.commit().await?;
+        if let Some(checkpoint) = checkpoint {
+            self.publish(checkpoint);
+        }
+        Ok(())
     }
 }
 
 impl Repository {
     /// Signs and writes a checkpoint of the chain as `tx` leaves it, at
-    /// `revision_in_force`, once the log is seen to extend the newest
-    /// checkpoint; refuses (DATA_LOSS, logged and counted) to sign over a
-    /// history rewritten since.
+    /// `revision_in_force` (see [`Checkpoints::sign`]).
     pub(super) async fn sign_checkpoint(
         &self,
         tx: &Transaction,
@@ -183,15 +224,9 @@ impl Repository {
     ) -> Result<Checkpoint> {
         // The chain's lock first: no event lands between the check and the
         // signature.
-        tx.chain_tip().await?;
-        let tree = match extends_last_checkpoint(&tx.txn).await {
-            Ok(tree) => tree,
-            Err(error) => {
-                self.checkpoints.refuse(&error);
-                return Err(error);
-            }
-        };
-        tx.write_checkpoint(revision_in_force, self.log_origin()?, tree, signer)
+        let tip = tx.chain_tip().await?;
+        self.checkpoints
+            .sign(&tx.txn, tip, revision_in_force, signer)
             .await
     }
 

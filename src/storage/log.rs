@@ -139,11 +139,7 @@ impl Repository {
 
     /// The origin line of this deployment's log.
     pub fn log_origin(&self) -> Result<&str> {
-        self.checkpoints
-            .origin
-            .get()
-            .map(String::as_str)
-            .ok_or_else(|| Error::Internal("the log's origin is read before it is settled".into()))
+        self.checkpoints.origin()
     }
 
     /// The leaf index of event `event_id` in the log's tree.

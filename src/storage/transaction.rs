@@ -132,6 +132,14 @@ impl Checkpoints {
     pub(super) fn signer(&self) -> Option<&CheckpointSigner> {
         self.signer.get()
     }
+
+    /// The origin line of this deployment's log.
+    pub(super) fn origin(&self) -> Result<&str> {
+        self.origin
+            .get()
+            .map(String::as_str)
+            .ok_or_else(|| Error::Internal("the log's origin is read before it is settled".into()))
+    }
 }
 
 /// The policy store.
@@ -281,8 +289,11 @@ impl Repository {
     /// A repository over a migrated database; on SQLite it opens the
     /// connection writes run on.
     pub async fn open(db: DatabaseConnection) -> Result<Self> {
+        let checkpoints = Arc::<Checkpoints>::default();
         let sqlite_writer = match db.get_database_backend() {
-            DatabaseBackend::Sqlite => Some(Arc::new(SqliteWriter::open(&db).await?)),
+            DatabaseBackend::Sqlite => Some(Arc::new(
+                SqliteWriter::open(&db, checkpoints.clone()).await?,
+            )),
             _ => None,
         };
         let leadership = match db.get_database_backend() {
@@ -295,7 +306,7 @@ impl Repository {
             db,
             sqlite_writer,
             direct: false,
-            checkpoints: Arc::default(),
+            checkpoints,
             leadership,
         })
     }
@@ -343,8 +354,9 @@ impl Repository {
         })
     }
 
-    /// A write transaction that [`commit`](Self::commit) ends: on SQLite,
-    /// one that may share its commit with others (see `writer`).
+    /// A write transaction that [`commit_signed`](Self::commit_signed)
+    /// ends: on SQLite, one that may share its commit with others (see
+    /// `writer`).
     async fn begin_shared(&self) -> Result<Transaction> {
         Ok(match &self.sqlite_writer {
             Some(writer) => {
@@ -355,19 +367,10 @@ impl Repository {
         })
     }
 
-    /// Commits what [`begin_shared`](Self::begin_shared) or
-    /// [`begin`](Self::begin) began; returns once it is durable.
-    async fn commit(&self, transaction: Transaction) -> Result<()> {
-        match (&self.sqlite_writer, transaction.turn) {
-            (Some(writer), Some(turn)) => writer.clone().finish(turn, transaction.txn).await,
-            _ => Ok(transaction.txn.commit().await?),
-        }
-    }
-
     /// Runs `work` in one write transaction and commits when it succeeds;
     /// an error rolls everything back. A transaction that took a revision
-    /// commits with a signed checkpoint of it (once the hub installed the
-    /// signer). Its span is `storage.<operation>`.
+    /// commits with a signed checkpoint covering it (once the hub installed
+    /// the signer). Its span is `storage.<operation>`.
     pub async fn write<T>(
         &self,
         operation: &str,
@@ -383,18 +386,24 @@ impl Repository {
         .await
     }
 
-    /// Commits `transaction` as [`commit`](Self::commit) does, with a
-    /// signed checkpoint when it took a revision (once the hub installed
-    /// the signer).
-    pub(super) async fn commit_signed(&self, transaction: Transaction) -> Result<()> {
+    /// Commits what [`begin_shared`](Self::begin_shared) or
+    /// [`begin`](Self::begin) began, with a signed checkpoint covering the
+    /// revision it took, if any (once the hub installed the signer);
+    /// returns once it is durable. On SQLite the writer signs one
+    /// checkpoint per commit, which transactions sharing the commit share
+    /// (see `writer`); on PostgreSQL each transaction signs its own.
+    pub(super) async fn commit_signed(&self, mut transaction: Transaction) -> Result<()> {
         let taken = transaction.revision_taken.load(Ordering::Relaxed);
+        if let (Some(writer), Some(turn)) = (&self.sqlite_writer, transaction.turn.take()) {
+            return writer.clone().finish(turn, transaction.txn, taken).await;
+        }
         let checkpoint = match self.checkpoints.signer() {
             Some(signer) if taken > 0 => {
                 Some(self.sign_checkpoint(&transaction, taken, signer).await?)
             }
             _ => None,
         };
-        self.commit(transaction).await?;
+        transaction.txn.commit().await?;
         if let Some(checkpoint) = checkpoint {
             self.checkpoints.publish(checkpoint);
         }

@@ -10,7 +10,9 @@
 //! it: when a member finishes and nobody is waiting, or when an earlier
 //! member's turn comes round again. Every member learns the outcome of that
 //! commit before it answers, so nothing is acknowledged before it is
-//! durable, and each keeps its own revision and checkpoint.
+//! durable. Each keeps its own revision; the commit signs one checkpoint,
+//! of the newest revision it makes durable, which covers every member's
+//! (docs/src/guides/history.md#signed-checkpoints).
 //!
 //! What follows a member's work runs in a task of its own: a caller that
 //! goes away after its work neither strands the batch open nor loses the
@@ -27,6 +29,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::sqlite_direct::{DirectSqlite, Open};
 use super::statement_runner::Txn;
+use super::transaction::Checkpoints;
 use crate::domain::{Error, Result};
 
 /// The connections write transactions run on, SeaORM's and the direct
@@ -40,6 +43,8 @@ pub(super) struct SqliteWriter {
     waiting: AtomicUsize,
     db: DatabaseConnection,
     direct: Arc<DirectSqlite>,
+    /// The signer of the checkpoint each commit makes, and the newest.
+    checkpoints: Arc<Checkpoints>,
 }
 
 /// A turn on the writer, with the batch open on its connection, if any.
@@ -49,12 +54,16 @@ pub(super) type WriterTurn = OwnedMutexGuard<Option<Batch>>;
 pub(super) struct Batch {
     txn: Txn,
     committed: watch::Sender<Option<Result<()>>>,
+    /// The newest revision a member took, 0 for none: the commit signs a
+    /// checkpoint of it.
+    revision: u64,
 }
 
 impl Batch {
-    /// Commits every member at once and tells them the outcome.
-    async fn commit(self) {
-        let outcome = self.txn.commit().await.map_err(Error::from);
+    /// Commits every member at once, with a checkpoint covering their
+    /// revisions, and tells them the outcome.
+    async fn commit(self, checkpoints: &Checkpoints) {
+        let outcome = checkpoints.commit_signed(self.txn, self.revision).await;
         self.committed.send_replace(Some(outcome));
     }
 }
@@ -76,8 +85,12 @@ impl Drop for Waiting<'_> {
 }
 
 impl SqliteWriter {
-    /// A pool of one connection, opened as `db`'s are.
-    pub(super) async fn open(db: &DatabaseConnection) -> Result<Self> {
+    /// A pool of one connection, opened as `db`'s are; its commits sign
+    /// checkpoints with `checkpoints`' signer.
+    pub(super) async fn open(
+        db: &DatabaseConnection,
+        checkpoints: Arc<Checkpoints>,
+    ) -> Result<Self> {
         let readers = db.get_sqlite_connection_pool();
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -91,6 +104,7 @@ impl SqliteWriter {
             waiting: AtomicUsize::new(0),
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
             direct: DirectSqlite::open(readers.connect_options().get_filename())?,
+            checkpoints,
         })
     }
 
@@ -114,7 +128,7 @@ impl SqliteWriter {
             .as_ref()
             .is_some_and(|batch| batch.txn.is_direct() != direct)
         {
-            turn = detached(commit_open(turn)).await?;
+            turn = detached(commit_open(turn, self.checkpoints.clone())).await?;
         }
         let txn = match turn.as_ref() {
             Some(batch) => batch.txn.nested().await?,
@@ -128,35 +142,48 @@ impl SqliteWriter {
     pub(super) async fn begin_ungrouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let mut turn = self.turn.clone().lock_owned().await;
         if turn.is_some() {
-            turn = detached(commit_open(turn)).await?;
+            turn = detached(commit_open(turn, self.checkpoints.clone())).await?;
         }
         let txn = self.begin(direct).await?;
         Ok((turn, txn))
     }
 
-    /// Commits `txn`, which [`begin_grouped`](Self::begin_grouped) began
-    /// and whose work succeeded, and returns once that commit is durable:
-    /// alone, or with the batch it leaves open for the writers waiting now.
-    pub(super) async fn finish(self: Arc<Self>, turn: WriterTurn, txn: Txn) -> Result<()> {
-        detached(async move { self.close(turn, txn).await }).await?
+    /// Commits `txn`, which [`begin_grouped`](Self::begin_grouped) began,
+    /// whose work succeeded and took `revision` (0 for none), and returns
+    /// once that commit is durable with a checkpoint covering it: alone, or
+    /// with the batch it leaves open for the writers waiting now.
+    pub(super) async fn finish(
+        self: Arc<Self>,
+        turn: WriterTurn,
+        txn: Txn,
+        revision: u64,
+    ) -> Result<()> {
+        detached(async move { self.close(turn, txn, revision).await }).await?
     }
 
-    async fn close(&self, mut turn: WriterTurn, txn: Txn) -> Result<()> {
-        let mut committed = match turn.as_ref() {
+    async fn close(&self, mut turn: WriterTurn, txn: Txn, revision: u64) -> Result<()> {
+        let mut committed = match turn.as_mut() {
             // Releases the savepoint; the batch's commit makes it durable.
             Some(batch) => {
                 txn.commit().await?;
+                batch.revision = batch.revision.max(revision);
                 batch.committed.subscribe()
             }
-            None if self.waiting.load(Ordering::SeqCst) == 0 => return Ok(txn.commit().await?),
+            None if self.waiting.load(Ordering::SeqCst) == 0 => {
+                return self.checkpoints.commit_signed(txn, revision).await;
+            }
             None => {
                 let (committed, outcome) = watch::channel(None);
-                *turn = Some(Batch { txn, committed });
+                *turn = Some(Batch {
+                    txn,
+                    committed,
+                    revision,
+                });
                 outcome
             }
         };
         if self.waiting.load(Ordering::SeqCst) == 0 {
-            drop(commit_open(turn).await);
+            drop(commit_open(turn, self.checkpoints.clone()).await);
         } else {
             // The waiting writers join the batch; it commits at the first
             // turn nobody does, this member's own turn at the latest.
@@ -164,7 +191,9 @@ impl SqliteWriter {
             tokio::select! {
                 biased;
                 _ = async { committed.wait_for(Option::is_some).await.is_ok() } => {}
-                turn = self.turn.clone().lock_owned() => drop(commit_open(turn).await),
+                turn = self.turn.clone().lock_owned() => {
+                    drop(commit_open(turn, self.checkpoints.clone()).await);
+                }
             }
         }
         let outcome = committed.borrow().clone();
@@ -183,9 +212,9 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Commits the batch open in `turn`, if any; the turn stays held.
-async fn commit_open(mut turn: WriterTurn) -> WriterTurn {
+async fn commit_open(mut turn: WriterTurn, checkpoints: Arc<Checkpoints>) -> WriterTurn {
     if let Some(batch) = turn.take() {
-        batch.commit().await;
+        batch.commit(&checkpoints).await;
     }
     turn
 }

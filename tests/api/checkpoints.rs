@@ -1,5 +1,6 @@
-//! Signed checkpoints: every revision commits with one (a request with an
-//! idempotency key included), reads carry the one that proves them
+//! Signed checkpoints: every revision commits with one covering it (a
+//! request with an idempotency key included; on SQLite, revisions sharing
+//! a commit share its checkpoint), reads carry the one that proves them
 //! (GetActive, as of a revision included; every watch message), a quiet
 //! server signs one every interval (and finishes one that takes longer),
 //! and a runtime whose replica is cut off from PostgreSQL by a black hole
@@ -115,6 +116,92 @@ async fn every_revision_is_signed_and_reads_carry_their_proof(app: TestApp) {
         (4, 4),
         "an activation with an idempotency key carries its own revision's checkpoint"
     );
+}
+
+/// On SQLite, activations that share a commit share its checkpoint: 8
+/// callers moving policies of their own at once leave fewer checkpoints
+/// than revisions, yet every revision is proved (GetActive as of it) by
+/// the first checkpoint signed at or after it, which verifies, and
+/// `verify-log` holds the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_sharing_a_commit_share_its_checkpoint() {
+    const CALLERS: usize = 8;
+    const ROUNDS: u32 = 30;
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.quotas.mutations_per_second = 100_000.0;
+        settings.quotas.mutation_burst = 100_000.0;
+    })
+    .await;
+    // Read as of each revision below: in force throughout.
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let names: Vec<String> = (0..CALLERS)
+        .map(|caller| format!("load-{caller}"))
+        .collect();
+    for name in &names {
+        app.release("team", name, json!({"v": 1}), true).await;
+        app.release("team", name, json!({"v": 2}), false).await;
+    }
+    let callers = names.iter().map(|name| {
+        let (mut policy, name) = (app.policy.clone(), name.clone());
+        tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for round in 0..ROUNDS {
+                let reply = policy
+                    .activate(proto::ActivateRequest {
+                        targets: vec![target("team", &name, 2 - round % 2)],
+                        reason: "load".into(),
+                        idempotency_key: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                revisions.push(reply.into_inner().revision);
+            }
+            revisions
+        })
+    });
+    let mut revisions = Vec::new();
+    for caller in callers.collect::<Vec<_>>() {
+        revisions.extend(caller.await.unwrap());
+    }
+    revisions.sort_unstable();
+    let first = revisions[0];
+
+    let listed = app
+        .policy
+        .clone()
+        .list_checkpoints(proto::ListCheckpointsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoints;
+    let mut signed: Vec<u64> = listed
+        .iter()
+        .map(|checkpoint| checkpoint.revision)
+        .filter(|revision| *revision >= first)
+        .collect();
+    signed.sort_unstable();
+    assert!(
+        signed.len() < revisions.len(),
+        "{} checkpoints for {} revisions committed by concurrent callers",
+        signed.len(),
+        revisions.len()
+    );
+
+    use proto::get_active_request::AsOf;
+    for revision in revisions {
+        let then = get_active(&app, Some(AsOf::AsOfRevision(revision))).await;
+        let proof = verified(&app, then.checkpoint.as_ref().expect("a proof")).await;
+        let first_at_or_after = signed.iter().find(|signed| **signed >= revision);
+        assert_eq!(
+            Some(&proof.revision),
+            first_at_or_after,
+            "revision {revision} is proved by the first checkpoint at or after it"
+        );
+    }
+    crate::cli::policyhub(&app, &["verify-log"]).success();
 }
 
 /// A quiet server signs a checkpoint every interval, and PROGRESS messages
