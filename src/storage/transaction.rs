@@ -55,7 +55,7 @@ use tracing::Instrument;
 use super::leadership::{Leadership, Term};
 use super::rows::now;
 use super::statement_runner::{StatementRunner, Txn};
-use super::writer::{SqliteWriter, WriterTurn};
+use super::writer::{CommitSigned, SqliteWriter, WriterTurn};
 use crate::domain::chain::Checkpoint;
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::CheckpointClaims;
@@ -291,9 +291,14 @@ impl Repository {
     pub async fn open(db: DatabaseConnection) -> Result<Self> {
         let checkpoints = Arc::<Checkpoints>::default();
         let sqlite_writer = match db.get_database_backend() {
-            DatabaseBackend::Sqlite => Some(Arc::new(
-                SqliteWriter::open(&db, checkpoints.clone()).await?,
-            )),
+            DatabaseBackend::Sqlite => {
+                let signs = checkpoints.clone();
+                let commit: CommitSigned = Arc::new(move |txn, revision| {
+                    let signs = signs.clone();
+                    Box::pin(async move { signs.commit_signed(txn, revision).await })
+                });
+                Some(Arc::new(SqliteWriter::open(&db, commit).await?))
+            }
             _ => None,
         };
         let leadership = match db.get_database_backend() {

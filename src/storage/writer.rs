@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures::future::BoxFuture;
 use sea_orm::{
     DatabaseConnection, DbErr, RuntimeErr, SqlxSqliteConnector, TransactionTrait,
     sqlx::sqlite::SqlitePoolOptions,
@@ -29,7 +30,6 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::sqlite_direct::{DirectSqlite, Open};
 use super::statement_runner::Txn;
-use super::transaction::Checkpoints;
 use crate::domain::{Error, Result};
 
 /// The connections write transactions run on, SeaORM's and the direct
@@ -43,9 +43,16 @@ pub(super) struct SqliteWriter {
     waiting: AtomicUsize,
     db: DatabaseConnection,
     direct: Arc<DirectSqlite>,
-    /// The signer of the checkpoint each commit makes, and the newest.
-    checkpoints: Arc<Checkpoints>,
+    /// How a commit is made: with a signed checkpoint of its newest
+    /// revision.
+    commit: CommitSigned,
 }
+
+/// Commits a transaction whose newest revision is the second argument (0
+/// for none) with a signed checkpoint of it, if one is to be signed;
+/// resolves once the commit is durable.
+pub(super) type CommitSigned =
+    Arc<dyn Fn(Txn, u64) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// A turn on the writer, with the batch open on its connection, if any.
 pub(super) type WriterTurn = OwnedMutexGuard<Option<Batch>>;
@@ -62,8 +69,8 @@ pub(super) struct Batch {
 impl Batch {
     /// Commits every member at once, with a checkpoint covering their
     /// revisions, and tells them the outcome.
-    async fn commit(self, checkpoints: &Checkpoints) {
-        let outcome = checkpoints.commit_signed(self.txn, self.revision).await;
+    async fn commit(self, commit: CommitSigned) {
+        let outcome = commit(self.txn, self.revision).await;
         self.committed.send_replace(Some(outcome));
     }
 }
@@ -85,12 +92,9 @@ impl Drop for Waiting<'_> {
 }
 
 impl SqliteWriter {
-    /// A pool of one connection, opened as `db`'s are; its commits sign
-    /// checkpoints with `checkpoints`' signer.
-    pub(super) async fn open(
-        db: &DatabaseConnection,
-        checkpoints: Arc<Checkpoints>,
-    ) -> Result<Self> {
+    /// A pool of one connection, opened as `db`'s are, whose commits
+    /// `commit` makes.
+    pub(super) async fn open(db: &DatabaseConnection, commit: CommitSigned) -> Result<Self> {
         let readers = db.get_sqlite_connection_pool();
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -104,7 +108,7 @@ impl SqliteWriter {
             waiting: AtomicUsize::new(0),
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
             direct: DirectSqlite::open(readers.connect_options().get_filename())?,
-            checkpoints,
+            commit,
         })
     }
 
@@ -128,7 +132,7 @@ impl SqliteWriter {
             .as_ref()
             .is_some_and(|batch| batch.txn.is_direct() != direct)
         {
-            turn = detached(commit_open(turn, self.checkpoints.clone())).await?;
+            turn = detached(commit_open(turn, self.commit.clone())).await?;
         }
         let txn = match turn.as_ref() {
             Some(batch) => batch.txn.nested().await?,
@@ -142,7 +146,7 @@ impl SqliteWriter {
     pub(super) async fn begin_ungrouped(&self, direct: bool) -> Result<(WriterTurn, Txn)> {
         let mut turn = self.turn.clone().lock_owned().await;
         if turn.is_some() {
-            turn = detached(commit_open(turn, self.checkpoints.clone())).await?;
+            turn = detached(commit_open(turn, self.commit.clone())).await?;
         }
         let txn = self.begin(direct).await?;
         Ok((turn, txn))
@@ -170,7 +174,7 @@ impl SqliteWriter {
                 batch.committed.subscribe()
             }
             None if self.waiting.load(Ordering::SeqCst) == 0 => {
-                return self.checkpoints.commit_signed(txn, revision).await;
+                return (self.commit)(txn, revision).await;
             }
             None => {
                 let (committed, outcome) = watch::channel(None);
@@ -183,7 +187,7 @@ impl SqliteWriter {
             }
         };
         if self.waiting.load(Ordering::SeqCst) == 0 {
-            drop(commit_open(turn, self.checkpoints.clone()).await);
+            drop(commit_open(turn, self.commit.clone()).await);
         } else {
             // The waiting writers join the batch; it commits at the first
             // turn nobody does, this member's own turn at the latest.
@@ -192,7 +196,7 @@ impl SqliteWriter {
                 biased;
                 _ = async { committed.wait_for(Option::is_some).await.is_ok() } => {}
                 turn = self.turn.clone().lock_owned() => {
-                    drop(commit_open(turn, self.checkpoints.clone()).await);
+                    drop(commit_open(turn, self.commit.clone()).await);
                 }
             }
         }
@@ -212,9 +216,9 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Commits the batch open in `turn`, if any; the turn stays held.
-async fn commit_open(mut turn: WriterTurn, checkpoints: Arc<Checkpoints>) -> WriterTurn {
+async fn commit_open(mut turn: WriterTurn, commit: CommitSigned) -> WriterTurn {
     if let Some(batch) = turn.take() {
-        batch.commit(&checkpoints).await;
+        batch.commit(commit).await;
     }
     turn
 }
