@@ -12,7 +12,7 @@
 //! commit before it answers, so nothing is acknowledged before it is
 //! durable. Each keeps its own revision; the commit signs one checkpoint,
 //! of the newest revision it makes durable, which covers every member's
-//! (docs/src/guides/history.md#signed-checkpoints).
+//! (docs/src/guides/history.md, "Signed checkpoints").
 //!
 //! What follows a member's work runs in a task of its own: a caller that
 //! goes away after its work neither strands the batch open nor loses the
