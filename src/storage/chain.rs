@@ -13,7 +13,7 @@ use sea_orm::{
 use super::entities::events;
 use super::events::record;
 use super::rows::revision;
-use super::statement_runner::StatementRunner;
+use super::statement_runner::{StatementRunner, Txn};
 use super::transaction::{Repository, Transaction};
 use crate::domain::{Result, chain};
 
@@ -44,6 +44,22 @@ pub(super) async fn head<R: StatementRunner>(runner: &R, below: Option<i64>) -> 
     Ok(tip(runner, below).await?.1)
 }
 
+/// The last event and the head of the chain as `txn` leaves them, read
+/// after taking the chain's lock on PostgreSQL (held until `txn` ends; on
+/// SQLite the writer's turn excludes every other writer): no event lands
+/// after it but `txn`'s own.
+pub(super) async fn locked_tip(txn: &Txn) -> Result<(u64, String)> {
+    if txn.backend() == DatabaseBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [CHAIN_LOCK.into()],
+        ))
+        .await?;
+    }
+    tip(txn, None).await
+}
+
 impl Transaction {
     /// The last event and the head of the chain as this transaction leaves
     /// them, held until it ends: read once, after taking the chain's lock
@@ -52,16 +68,7 @@ impl Transaction {
         if let Some(tip) = self.chain.lock().expect("chain tip").clone() {
             return Ok(tip);
         }
-        if self.backend() == DatabaseBackend::Postgres {
-            self.txn
-                .execute_raw(Statement::from_sql_and_values(
-                    DatabaseBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock($1)",
-                    [CHAIN_LOCK.into()],
-                ))
-                .await?;
-        }
-        let read = tip(&self.txn, None).await?;
+        let read = locked_tip(&self.txn).await?;
         *self.chain.lock().expect("chain tip") = Some(read.clone());
         Ok(read)
     }

@@ -14,7 +14,7 @@ use sea_orm::{
     QueryTrait,
 };
 
-use super::chain::tip;
+use super::chain::{locked_tip, tip};
 use super::cosignatures::with_cosignatures;
 use super::entities::events;
 use super::entities::{checkpoint_cosignatures, checkpoints};
@@ -191,16 +191,14 @@ impl Checkpoints {
         write_checkpoint(txn, tip, revision_in_force, self.origin()?, tree, signer).await
     }
 
-    /// Signs in `txn`, which holds SQLite's one writer (so no event lands
-    /// between the tip it reads and the signature), a checkpoint of
-    /// `revision_in_force`, the newest revision it holds, if one is to be
-    /// signed (a signer is installed and the revision is one), and
-    /// commits; returns once the commit is durable, holding the checkpoint
-    /// as the newest.
+    /// Signs in `txn` a checkpoint of `revision_in_force`, the newest
+    /// revision it holds, if one is to be signed (a signer is installed
+    /// and the revision is one), and commits; returns once the commit is
+    /// durable, holding the checkpoint as the newest.
     pub(super) async fn commit_signed(&self, txn: Txn, revision_in_force: u64) -> Result<()> {
         let checkpoint = match self.signer() {
             Some(signer) if revision_in_force > 0 => {
-                let tip = tip(&txn, None).await?;
+                let tip = locked_tip(&txn).await?;
                 Some(self.sign(&txn, tip, revision_in_force, signer).await?)
             }
             _ => None,

@@ -402,17 +402,7 @@ impl Repository {
         if let (Some(writer), Some(turn)) = (&self.sqlite_writer, transaction.turn.take()) {
             return writer.clone().finish(turn, transaction.txn, taken).await;
         }
-        let checkpoint = match self.checkpoints.signer() {
-            Some(signer) if taken > 0 => {
-                Some(self.sign_checkpoint(&transaction, taken, signer).await?)
-            }
-            _ => None,
-        };
-        transaction.txn.commit().await?;
-        if let Some(checkpoint) = checkpoint {
-            self.checkpoints.publish(checkpoint);
-        }
-        Ok(())
+        self.checkpoints.commit_signed(transaction.txn, taken).await
     }
 }
 
