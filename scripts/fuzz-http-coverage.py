@@ -31,7 +31,8 @@ def load_document(source):
 
 def operation_matchers(document):
     """(method, compiled path pattern, operationId) for each operation, the
-    paths with fewer parameters first: a literal segment (`active:watch`)
+    paths with fewer parameters first and, among those, the longer literal
+    text first: a literal segment (`active:watch`) or verb (`{name}:diff`)
     wins over a parameter that would also take it."""
     matchers = []
     for path, operations in document["paths"].items():
@@ -41,8 +42,9 @@ def operation_matchers(document):
         )
         for method, operation in operations.items():
             if isinstance(operation, dict) and "operationId" in operation:
+                literal = len(re.sub(r"\{[^}]+\}", "", path))
                 matchers.append(
-                    (path.count("{"), method.upper(), re.compile(pattern + "$"), operation["operationId"])
+                    ((path.count("{"), -literal), method.upper(), re.compile(pattern + "$"), operation["operationId"])
                 )
     matchers.sort(key=lambda matcher: matcher[0])
     return [matcher[1:] for matcher in matchers]
