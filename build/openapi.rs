@@ -136,6 +136,28 @@ const LISTED_POLICY: &[(&str, &str)] = &[
     ("name", "$response.body#/policies/0/name"),
 ];
 const SUBSCRIPTION_NAME: &[(&str, &str)] = &[("name", "$response.body#/subscription/name")];
+/// The Alertmanager notification (version 4) of a firing alert that pauses
+/// the rollout of the answer.
+fn alert() -> Value {
+    json!({
+        "version": "4",
+        "status": "firing",
+        "receiver": "policyhub",
+        "alerts": [{
+            "status": "firing",
+            "labels": {
+                "alertname": "PolicyErrors",
+                "namespace": "$response.body#/namespace",
+                "rollout": "$response.body#/id",
+                "policyhub_action": "pause",
+            },
+        }],
+    })
+}
+
+/// The runtime the links watch and report as: a runtime names itself (its
+/// pod or host name), so no answer gives one.
+const RUNTIME: &str = "runtime-1";
 
 macro_rules! links {
     ($($from:literal -> $name:literal: $to:literal $parameters:expr $(, body $body:expr)?;)*) => {
@@ -172,7 +194,10 @@ const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "policies": "PolicyService_ListPolicies_2" DRAFTED_NAMESPACE;
     "PolicyService_Draft" -> "events": "PolicyService_ListEvents_2" DRAFTED_NAMESPACE;
     "PolicyService_Draft" -> "runtimes": "PolicyService_ListRuntimes" DRAFTED_NAMESPACE;
-    "PolicyService_Draft" -> "watch": "BundleService_WatchActive" DRAFTED_NAMESPACE;
+    "PolicyService_Draft" -> "watch": "BundleService_WatchActive" &[
+        ("namespace", "$response.body#/version/namespace"),
+        ("runtime.id", RUNTIME),
+    ];
     "PolicyService_Draft" -> "rollouts": "PolicyService_ListRollouts" DRAFTED_NAMESPACE;
     "PolicyService_Publish" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
     "PolicyService_Publish" -> "label": "PolicyService_GetVersion_2" &[
@@ -197,7 +222,10 @@ const LINKS: &[Link] = links![
         "steps": [{"percentage": 50, "bake": "3600s"}, {"percentage": 100}],
     });
     "PolicyService_Publish" -> "rollouts": "PolicyService_ListRollouts" DRAFTED_NAMESPACE;
-    "PolicyService_Publish" -> "report": "BundleService_ReportStatus" DRAFTED_NAMESPACE, body || json!({
+    "PolicyService_Publish" -> "report": "BundleService_ReportStatus" &[
+        ("namespace", "$response.body#/version/namespace"),
+        ("runtime_id", RUNTIME),
+    ], body || json!({
         "revision": "$response.body#/revision",
     });
     "PolicyService_Publish" -> "active": "BundleService_GetActive" DRAFTED;
@@ -236,6 +264,7 @@ const LINKS: &[Link] = links![
     ];
     "PolicyService_Activate" -> "report": "BundleService_ReportStatus" &[
         ("namespace", "$response.body#/activations/0/namespace"),
+        ("runtime_id", RUNTIME),
     ], body || json!({"revision": "$response.body#/revision"});
     "PolicyService_Rollback" -> "active": "BundleService_GetActive" REQUESTED;
     "PolicyService_Rollback" -> "policy": "PolicyService_GetPolicy" REQUESTED;
@@ -258,6 +287,7 @@ const LINKS: &[Link] = links![
     ], body || json!({"reason": "the version in force misbehaves"});
     "BundleService_GetActive" -> "report": "BundleService_ReportStatus" &[
         ("namespace", "$response.body#/namespace"),
+        ("runtime_id", RUNTIME),
     ], body || json!({"revision": "$response.body#/revision"});
     "BundleService_GetActive" -> "proof": "BundleService_GetBundleProof" &[
         ("namespace", "$response.body#/namespace"),
@@ -265,6 +295,12 @@ const LINKS: &[Link] = links![
         ("version", "$response.body#/version"),
         ("revision", "$response.body#/revision"),
     ];
+    // A runtime's watch, then its report on the revision of the first
+    // event (an event's id is its revision).
+    "BundleService_WatchActive" -> "report": "BundleService_ReportStatus" &[
+        ("namespace", "$request.path.namespace"),
+        ("runtime_id", RUNTIME),
+    ], body || json!({"revision": "$response.body#/0/id"});
     "PolicyService_GetVersion" -> "diff": "PolicyService_DiffVersions" &[
         ("namespace", "$response.body#/namespace"),
         ("name", "$response.body#/name"),
@@ -284,22 +320,37 @@ const LINKS: &[Link] = links![
         ("name", "$response.body#/name"),
         ("version", "$response.body#/latestVersion"),
     ];
+    // A rollout's controls, each from the state it leaves the rollout in:
+    // one that waits for approval is approved, a running one is paused or
+    // promoted (which completes it), a paused one resumed or aborted. The
+    // ends (promoting, aborting) come after a pause, so that a client
+    // walking the links at random meets the others first.
     "PolicyService_StartRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
-    "PolicyService_StartRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
-    "PolicyService_StartRollout" -> "resume": "PolicyService_ResumeRollout" ROLLOUT;
-    "PolicyService_StartRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
-    "PolicyService_StartRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "approve": "PolicyService_ApproveRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "rollouts": "PolicyService_ListRollouts" &[
         ("namespace", "$response.body#/namespace"),
     ];
+    // What Alertmanager posts when a rule on the rollout's metrics fires.
+    "PolicyService_StartRollout" -> "alert": "PolicyService_ReceiveAlerts" &[], body alert;
+    "PolicyService_ApproveRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
+    "PolicyService_ApproveRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
+    "PolicyService_ApproveRollout" -> "alert": "PolicyService_ReceiveAlerts" &[], body alert;
+    "PolicyService_PauseRollout" -> "resume": "PolicyService_ResumeRollout" ROLLOUT;
+    "PolicyService_PauseRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
+    "PolicyService_ResumeRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
+    "PolicyService_ResumeRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
+    "PolicyService_ResumeRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
+    "PolicyService_PromoteRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
     "PolicyService_SetSchedule" -> "schedule": "PolicyService_GetSchedule" SCHEDULE;
     "PolicyService_SetSchedule" -> "pause": "PolicyService_PauseSchedule" SCHEDULE;
-    "PolicyService_SetSchedule" -> "resume": "PolicyService_ResumeSchedule" SCHEDULE;
-    "PolicyService_SetSchedule" -> "delete": "PolicyService_DeleteSchedule" SCHEDULE;
     "PolicyService_SetSchedule" -> "schedules": "PolicyService_ListSchedules" &[
         ("namespace", "$response.body#/namespace"),
     ];
+    // A schedule's end, deleting, comes after a pause, as a rollout's do.
+    "PolicyService_PauseSchedule" -> "resume": "PolicyService_ResumeSchedule" SCHEDULE;
+    "PolicyService_PauseSchedule" -> "delete": "PolicyService_DeleteSchedule" SCHEDULE;
+
     "SubscriptionService_CreateSubscription" -> "subscription": "SubscriptionService_GetSubscription" SUBSCRIPTION;
     "SubscriptionService_CreateSubscription" -> "update": "SubscriptionService_UpdateSubscription" SUBSCRIPTION;
     "SubscriptionService_CreateSubscription" -> "test": "SubscriptionService_TestSubscription" SUBSCRIPTION;

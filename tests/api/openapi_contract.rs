@@ -97,7 +97,13 @@ fn schema_at<'a>(document: &'a Value, schema: &'a Value, pointer: &str) -> Optio
         current = if step.parse::<usize>().is_ok() {
             resolve(current.get("items")?)?
         } else {
-            resolve(current["properties"].get(step)?)?
+            // A member of a map is any name its values' schema takes.
+            let member = current["properties"].get(step).or_else(|| {
+                current
+                    .get("additionalProperties")
+                    .filter(|values| values.is_object())
+            });
+            resolve(member?)?
         };
     }
     Some(current)
@@ -133,10 +139,15 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
                     .cloned()
                     .unwrap_or_default();
                 for (parameter, expression) in &parameters {
-                    // A name may lead with its place: `header.If-Match`.
+                    // A name may lead with its place: `header.If-Match`
+                    // (`runtime.id` is a query parameter's whole name).
                     let (place, name) = match parameter.split_once('.') {
-                        Some((place, name)) => (Some(place), name),
-                        None => (None, parameter.as_str()),
+                        Some((place, name))
+                            if ["path", "query", "header", "cookie"].contains(&place) =>
+                        {
+                            (Some(place), name)
+                        }
+                        _ => (None, parameter.as_str()),
                     };
                     assert!(
                         target_parameters.iter().any(|(at, named)| {
@@ -144,7 +155,31 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
                         }),
                         "{what}: {target_id} takes no parameter {parameter}"
                     );
-                    check_expression(&document, &what, expression, source_parameters, response);
+                    match expression.as_str() {
+                        // A constant: one the parameter's schema takes.
+                        Some(constant) if !constant.starts_with('$') => {
+                            let schema = target["parameters"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .find(|declared| declared["name"] == name)
+                                .map(|declared| &declared["schema"])
+                                .unwrap();
+                            assert!(
+                                jsonschema::validator_for(schema)
+                                    .unwrap()
+                                    .is_valid(expression),
+                                "{what}: {parameter} refuses the constant {constant}"
+                            );
+                        }
+                        _ => check_expression(
+                            &document,
+                            &what,
+                            expression,
+                            source_parameters,
+                            response,
+                        ),
+                    }
                 }
                 if let Some(body) = link.get("requestBody") {
                     let schema = &target["requestBody"]["content"]["application/json"]["schema"];
@@ -194,6 +229,19 @@ fn check_expression(
         assert!(
             response["headers"].get(header).is_some(),
             "{what}: the answer declares no header {header}"
+        );
+    } else if let Some(pointer) = expression.strip_prefix("$response.body#")
+        && response["content"].get("text/event-stream").is_some()
+    {
+        // An event stream reads as its events in order, each with the
+        // fields of Server-Sent Events.
+        let mut steps = pointer.split('/').skip(1);
+        let (index, field) = (steps.next(), steps.next());
+        assert!(
+            index.is_some_and(|index| index.parse::<usize>().is_ok())
+                && matches!(field, Some("id" | "event" | "data"))
+                && steps.next().is_none(),
+            "{what}: {pointer} is no event's field"
         );
     } else if let Some(pointer) = expression.strip_prefix("$response.body#") {
         assert!(
@@ -835,7 +883,7 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         &published,
         &[],
     );
-    for control in ["rollout", "rollouts", "pause", "resume", "promote"] {
+    for control in ["rollout", "rollouts"] {
         follow(
             &app,
             &document,
@@ -845,6 +893,48 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
             &[],
         );
     }
+    // Each control from the answer of the one before: paused, resumed,
+    // paused by an alert, resumed, promoted (which completes it).
+    let paused = follow(
+        &app,
+        &document,
+        "PolicyService_StartRollout",
+        "pause",
+        &rollout,
+        &[],
+    );
+    let running = follow(
+        &app,
+        &document,
+        "PolicyService_PauseRollout",
+        "resume",
+        &paused,
+        &[],
+    );
+    let alerted = follow(
+        &app,
+        &document,
+        "PolicyService_StartRollout",
+        "alert",
+        &running,
+        &[],
+    );
+    assert_eq!(
+        alerted.json["alerts"][0]["rollouts"][0]["state"], "ROLLOUT_STATE_PAUSED",
+        "{alerted:?}"
+    );
+    let mut answer = running;
+    for (source, control) in [
+        ("PolicyService_PauseRollout", "resume"),
+        ("PolicyService_ResumeRollout", "promote"),
+        ("PolicyService_PromoteRollout", "rollout"),
+    ] {
+        answer = follow(&app, &document, source, control, &answer, &[]);
+    }
+    assert_eq!(
+        answer.json["state"], "ROLLOUT_STATE_COMPLETED",
+        "{answer:?}"
+    );
     let schedule = follow(
         &app,
         &document,
@@ -853,13 +943,31 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         &published,
         &[("name", "nightly")],
     );
-    for control in ["schedule", "schedules", "pause", "resume", "delete"] {
+    for control in ["schedule", "schedules"] {
         follow(
             &app,
             &document,
             "PolicyService_SetSchedule",
             control,
             &schedule,
+            &[],
+        );
+    }
+    let paused = follow(
+        &app,
+        &document,
+        "PolicyService_SetSchedule",
+        "pause",
+        &schedule,
+        &[],
+    );
+    for control in ["resume", "delete"] {
+        follow(
+            &app,
+            &document,
+            "PolicyService_PauseSchedule",
+            control,
+            &paused,
             &[],
         );
     }
