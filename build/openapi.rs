@@ -322,9 +322,10 @@ const LINKS: &[Link] = links![
     ];
     // A rollout's controls, each from the state it leaves the rollout in:
     // one that waits for approval is approved, a running one is paused or
-    // promoted (which completes it), a paused one resumed or aborted. The
-    // ends (promoting, aborting) come after a pause, so that a client
-    // walking the links at random meets the others first.
+    // promoted (which completes it), a paused one resumed, a resumed one
+    // promoted or aborted. The ends (promoting, aborting) come after a
+    // pause, so that a client walking the links at random meets the other
+    // controls first.
     "PolicyService_StartRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "approve": "PolicyService_ApproveRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
@@ -337,7 +338,6 @@ const LINKS: &[Link] = links![
     "PolicyService_ApproveRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
     "PolicyService_ApproveRollout" -> "alert": "PolicyService_ReceiveAlerts" &[], body alert;
     "PolicyService_PauseRollout" -> "resume": "PolicyService_ResumeRollout" ROLLOUT;
-    "PolicyService_PauseRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
     "PolicyService_ResumeRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
     "PolicyService_ResumeRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
     "PolicyService_ResumeRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
