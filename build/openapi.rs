@@ -136,6 +136,7 @@ const LISTED_POLICY: &[(&str, &str)] = &[
     ("name", "$response.body#/policies/0/name"),
 ];
 const SUBSCRIPTION_NAME: &[(&str, &str)] = &[("name", "$response.body#/subscription/name")];
+
 /// The Alertmanager notification (version 4) of a firing alert that pauses
 /// the rollout of the answer.
 fn alert() -> Value {
@@ -350,7 +351,6 @@ const LINKS: &[Link] = links![
     // A schedule's end, deleting, comes after a pause, as a rollout's do.
     "PolicyService_PauseSchedule" -> "resume": "PolicyService_ResumeSchedule" SCHEDULE;
     "PolicyService_PauseSchedule" -> "delete": "PolicyService_DeleteSchedule" SCHEDULE;
-
     "SubscriptionService_CreateSubscription" -> "subscription": "SubscriptionService_GetSubscription" SUBSCRIPTION;
     "SubscriptionService_CreateSubscription" -> "update": "SubscriptionService_UpdateSubscription" SUBSCRIPTION;
     "SubscriptionService_CreateSubscription" -> "test": "SubscriptionService_TestSubscription" SUBSCRIPTION;
