@@ -194,11 +194,21 @@ impl Checkpoints {
     /// Signs in `txn` a checkpoint of `revision_in_force`, the newest
     /// revision it holds, if one is to be signed (a signer is installed
     /// and the revision is one), and commits; returns once the commit is
-    /// durable, holding the checkpoint as the newest.
-    pub(super) async fn commit_signed(&self, txn: Txn, revision_in_force: u64) -> Result<()> {
+    /// durable, holding the checkpoint as the newest. `known_tip` is the
+    /// chain's tip as `txn` leaves it when the caller already read it
+    /// under the chain's lock; without it, it is read so.
+    pub(super) async fn commit_signed(
+        &self,
+        txn: Txn,
+        revision_in_force: u64,
+        known_tip: Option<(u64, String)>,
+    ) -> Result<()> {
         let checkpoint = match self.signer() {
             Some(signer) if revision_in_force > 0 => {
-                let tip = locked_tip(&txn).await?;
+                let tip = match known_tip {
+                    Some(tip) => tip,
+                    None => locked_tip(&txn).await?,
+                };
                 Some(self.sign(&txn, tip, revision_in_force, signer).await?)
             }
             _ => None,

@@ -295,7 +295,7 @@ impl Repository {
                 let signs = checkpoints.clone();
                 let commit: CommitSigned = Arc::new(move |txn, revision| {
                     let signs = signs.clone();
-                    Box::pin(async move { signs.commit_signed(txn, revision).await })
+                    Box::pin(async move { signs.commit_signed(txn, revision, None).await })
                 });
                 Some(Arc::new(SqliteWriter::open(&db, commit).await?))
             }
@@ -402,7 +402,12 @@ impl Repository {
         if let (Some(writer), Some(turn)) = (&self.sqlite_writer, transaction.turn.take()) {
             return writer.clone().finish(turn, transaction.txn, taken).await;
         }
-        self.checkpoints.commit_signed(transaction.txn, taken).await
+        // The tip the transaction read under the chain's lock, and moved
+        // with each event it appended, is the one its commit signs.
+        let tip = transaction.chain.lock().expect("chain tip").take();
+        self.checkpoints
+            .commit_signed(transaction.txn, taken, tip)
+            .await
     }
 }
 
