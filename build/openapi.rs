@@ -182,7 +182,11 @@ macro_rules! links {
 /// parameters that exist.
 const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
-    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED, body || json!({"label": "1.0.0"});
+    // Labelled by the draft's version number, so that each publication of
+    // the policy takes a label none before it took.
+    "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED, body || json!({
+        "label": "1.0.{$response.body#/version/version}",
+    });
     // Published and made active at once: the stable version a later
     // publication's rollout replaces.
     "PolicyService_Draft" -> "release": "PolicyService_Publish" DRAFTED, body || json!({"activate": true});
@@ -321,15 +325,15 @@ const LINKS: &[Link] = links![
         ("name", "$response.body#/name"),
         ("version", "$response.body#/latestVersion"),
     ];
-    // A rollout's controls, each from the state it leaves the rollout in:
-    // one that waits for approval is approved, a running one is paused or
-    // promoted (which completes it), a paused one resumed, a resumed one
-    // promoted or aborted. The ends (promoting, aborting) come after a
-    // pause, so that a client walking the links at random meets the other
-    // controls first.
+    // A rollout's controls, each from the states the one before leaves
+    // it in (RolloutState): one that waits for approval is approved or
+    // aborted; a running one is paused, promoted (which completes it) or
+    // aborted; a paused one resumed, promoted or aborted.
     "PolicyService_StartRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "approve": "PolicyService_ApproveRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
+    "PolicyService_StartRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
     "PolicyService_StartRollout" -> "rollouts": "PolicyService_ListRollouts" &[
         ("namespace", "$response.body#/namespace"),
     ];
@@ -337,18 +341,24 @@ const LINKS: &[Link] = links![
     "PolicyService_StartRollout" -> "alert": "PolicyService_ReceiveAlerts" &[], body alert;
     "PolicyService_ApproveRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
     "PolicyService_ApproveRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
+    "PolicyService_ApproveRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
+    "PolicyService_ApproveRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
     "PolicyService_ApproveRollout" -> "alert": "PolicyService_ReceiveAlerts" &[], body alert;
     "PolicyService_PauseRollout" -> "resume": "PolicyService_ResumeRollout" ROLLOUT;
+    "PolicyService_PauseRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
+    "PolicyService_PauseRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
     "PolicyService_ResumeRollout" -> "pause": "PolicyService_PauseRollout" ROLLOUT;
     "PolicyService_ResumeRollout" -> "promote": "PolicyService_PromoteRollout" ROLLOUT;
     "PolicyService_ResumeRollout" -> "abort": "PolicyService_AbortRollout" ROLLOUT;
     "PolicyService_PromoteRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
+    "PolicyService_AbortRollout" -> "rollout": "PolicyService_GetRollout" ROLLOUT;
     "PolicyService_SetSchedule" -> "schedule": "PolicyService_GetSchedule" SCHEDULE;
     "PolicyService_SetSchedule" -> "pause": "PolicyService_PauseSchedule" SCHEDULE;
     "PolicyService_SetSchedule" -> "schedules": "PolicyService_ListSchedules" &[
         ("namespace", "$response.body#/namespace"),
     ];
-    // A schedule's end, deleting, comes after a pause, as a rollout's do.
+    // Deleting follows a pause, so that a client walking the links at
+    // random (the schedules' fuzz pass) meets the pause and resume first.
     "PolicyService_PauseSchedule" -> "resume": "PolicyService_ResumeSchedule" SCHEDULE;
     "PolicyService_PauseSchedule" -> "delete": "PolicyService_DeleteSchedule" SCHEDULE;
     "SubscriptionService_CreateSubscription" -> "subscription": "SubscriptionService_GetSubscription" SUBSCRIPTION;

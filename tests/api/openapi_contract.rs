@@ -285,6 +285,27 @@ fn check_body(
         Value::String(text) if text.starts_with('$') => {
             check_expression(document, what, body, source_parameters, response)
         }
+        // A template: each expression in braces names what the answer has,
+        // and the text with a number in their place is one the schema takes.
+        Value::String(text) if text.contains("{$") => {
+            for expression in embedded(text) {
+                check_expression(
+                    document,
+                    what,
+                    &json!(expression),
+                    source_parameters,
+                    response,
+                );
+            }
+            let sample = embedded(text).fold(text.clone(), |sample, expression| {
+                sample.replace(&format!("{{{expression}}}"), "1")
+            });
+            let validator = jsonschema::validator_for(schema).unwrap();
+            assert!(
+                validator.is_valid(&json!(sample)),
+                "{what}: the document refuses {text} as {sample}"
+            );
+        }
         // A constant: one the document's own schema takes.
         constant => {
             let validator = jsonschema::validator_for(schema).unwrap();
@@ -294,6 +315,16 @@ fn check_body(
             );
         }
     }
+}
+
+/// The runtime expressions a template embeds in braces, as in
+/// `1.0.{$response.body#/version/version}`.
+fn embedded(text: &str) -> impl Iterator<Item = &str> {
+    text.split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}'))
+        .map(|(expression, _)| expression)
+        .filter(|expression| expression.starts_with('$'))
 }
 
 /// The members `schema` (a `$ref`) requires.
@@ -721,9 +752,19 @@ fn operation_by_id(document: &Value, id: &str) -> (String, String, Value) {
 }
 
 /// `value` with each `$response.body#` and `$response.header.` expression
-/// in it replaced by what it names in `answer`.
+/// in it, whole or embedded in braces, replaced by what it names in
+/// `answer`.
 fn evaluate(value: &Value, answer: &Reply) -> Value {
     match value {
+        Value::String(text) if text.contains("{$") => {
+            Value::String(embedded(text).fold(text.clone(), |filled, expression| {
+                let value = match evaluate(&json!(expression), answer) {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                filled.replace(&format!("{{{expression}}}"), &value)
+            }))
+        }
         Value::String(text) if text.starts_with('$') => {
             if let Some(header) = text.strip_prefix("$response.header.") {
                 let value = answer
@@ -875,14 +916,17 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         &published,
         &[],
     );
-    let rollout = follow(
-        &app,
-        &document,
-        "PolicyService_Publish",
-        "rollout",
-        &published,
-        &[],
-    );
+    let roll_out = |published: &Reply| {
+        follow(
+            &app,
+            &document,
+            "PolicyService_Publish",
+            "rollout",
+            published,
+            &[],
+        )
+    };
+    let rollout = roll_out(&published);
     for control in ["rollout", "rollouts"] {
         follow(
             &app,
@@ -935,6 +979,62 @@ async fn following_the_links_from_a_draft_reaches_a_rollout_and_a_schedule() {
         answer.json["state"], "ROLLOUT_STATE_COMPLETED",
         "{answer:?}"
     );
+    // A rollout ends from each state a control leaves it in, each of the
+    // next publications (labelled by its version) rolled out in turn.
+    for (max, chain, ended) in [
+        (3, &[("PolicyService_StartRollout", "abort")][..], "ABORTED"),
+        (4, &[("PolicyService_StartRollout", "promote")], "COMPLETED"),
+        (
+            5,
+            &[
+                ("PolicyService_StartRollout", "pause"),
+                ("PolicyService_PauseRollout", "abort"),
+            ],
+            "ABORTED",
+        ),
+        (
+            6,
+            &[
+                ("PolicyService_StartRollout", "pause"),
+                ("PolicyService_PauseRollout", "promote"),
+            ],
+            "COMPLETED",
+        ),
+        (
+            7,
+            &[
+                ("PolicyService_StartRollout", "pause"),
+                ("PolicyService_PauseRollout", "resume"),
+                ("PolicyService_ResumeRollout", "abort"),
+                ("PolicyService_AbortRollout", "rollout"),
+            ],
+            "ABORTED",
+        ),
+    ] {
+        let drafted = draft("limits", max);
+        let published = follow(
+            &app,
+            &document,
+            "PolicyService_Draft",
+            "publish",
+            &drafted,
+            &[],
+        );
+        assert_eq!(
+            published.json["version"]["label"],
+            format!("1.0.{}", published.json["version"]["version"]),
+            "{published:?}"
+        );
+        let mut answer = roll_out(&published);
+        for &(source, control) in chain {
+            answer = follow(&app, &document, source, control, &answer, &[]);
+        }
+        assert_eq!(
+            answer.json["state"],
+            format!("ROLLOUT_STATE_{ended}"),
+            "{chain:?}: {answer:?}"
+        );
+    }
     let schedule = follow(
         &app,
         &document,
