@@ -40,14 +40,17 @@ async fn lines(admin: &DatabaseConnection, sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// The sessions on `database` other than the asking one's, by
-/// `application_name` (empty when none was given).
+/// The client sessions on `database` other than the asking one's, by
+/// `application_name` (empty when none was given). An autovacuum worker
+/// on it is listed there too, nameless, and is no connection of the
+/// server's.
 async fn sessions(admin: &DatabaseConnection, database: &str) -> Vec<String> {
     lines(
         admin,
         &format!(
             "SELECT COALESCE(application_name, '') AS line FROM pg_stat_activity \
-             WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+             WHERE datname = '{database}' AND backend_type = 'client backend' \
+             AND pid <> pg_backend_pid()"
         ),
     )
     .await
