@@ -297,9 +297,7 @@ fn check_body(
                     response,
                 );
             }
-            let sample = embedded(text).fold(text.clone(), |sample, expression| {
-                sample.replace(&format!("{{{expression}}}"), "1")
-            });
+            let sample = fill(text, |_| "1".to_owned());
             let validator = jsonschema::validator_for(schema).unwrap();
             assert!(
                 validator.is_valid(&json!(sample)),
@@ -325,6 +323,13 @@ fn embedded(text: &str) -> impl Iterator<Item = &str> {
         .filter_map(|rest| rest.split_once('}'))
         .map(|(expression, _)| expression)
         .filter(|expression| expression.starts_with('$'))
+}
+
+/// `text` with each expression it embeds in braces replaced by `value` of it.
+fn fill(text: &str, value: impl Fn(&str) -> String) -> String {
+    embedded(text).fold(text.to_owned(), |filled, expression| {
+        filled.replace(&format!("{{{expression}}}"), &value(expression))
+    })
 }
 
 /// The members `schema` (a `$ref`) requires.
@@ -756,15 +761,12 @@ fn operation_by_id(document: &Value, id: &str) -> (String, String, Value) {
 /// `answer`.
 fn evaluate(value: &Value, answer: &Reply) -> Value {
     match value {
-        Value::String(text) if text.contains("{$") => {
-            Value::String(embedded(text).fold(text.clone(), |filled, expression| {
-                let value = match evaluate(&json!(expression), answer) {
-                    Value::String(text) => text,
-                    other => other.to_string(),
-                };
-                filled.replace(&format!("{{{expression}}}"), &value)
-            }))
-        }
+        Value::String(text) if text.contains("{$") => Value::String(fill(text, |expression| {
+            match evaluate(&json!(expression), answer) {
+                Value::String(text) => text,
+                other => other.to_string(),
+            }
+        })),
         Value::String(text) if text.starts_with('$') => {
             if let Some(header) = text.strip_prefix("$response.header.") {
                 let value = answer
