@@ -562,9 +562,11 @@ pub async fn wait_until_serving(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Whether it ended (a port taken, a bad setting) or is still starting.
+    let ended = server.try_wait().ok().flatten();
     server.kill().ok();
     server.wait().ok();
-    panic!("policyhub serve did not answer on port {port}");
+    panic!("policyhub serve did not answer on port {port}; exited: {ended:?}");
 }
 
 /// Sends `signal` (such as `-TERM`) to a child process.

@@ -59,8 +59,6 @@ impl Deployment {
     /// configured with both.
     async fn start(backend: Backend) -> Self {
         let database = TestDatabase::new(backend).await;
-        let port = free_port();
-        let metrics_port = free_port();
         let mut env = server_env();
         env.extend([
             ("POLICYHUB_DATABASE_URL", database.url.clone()),
@@ -69,7 +67,8 @@ impl Deployment {
                 "witnessing.test/log".to_owned(),
             ),
         ]);
-        let (server, channel) = spawn_binary_server_on(port, database.data_dir.path(), &env).await;
+        let (server, channel) =
+            spawn_binary_server_on(free_port(), database.data_dir.path(), &env).await;
         release(&channel, "seed", json!({"v": 0})).await;
         let log = log_key(&channel).await;
         kill_9(server);
@@ -85,6 +84,9 @@ impl Deployment {
             ));
             witnesses.push((Some(witness), vkey, dir));
         }
+        // Ports taken just before the server binds them: a free port
+        // picked while the first server ran could be another test's by now.
+        let (port, metrics_port) = (free_port(), free_port());
         env.extend([
             (
                 "POLICYHUB_AUDIT__WITNESSES",
