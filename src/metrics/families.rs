@@ -1,11 +1,21 @@
 //! The families a registry holds, as registered: what the metrics reference
-//! lists. A scrape cannot tell them all, since prometheus-client writes no
+//! lists, and what every scrape declares. prometheus-client writes no
 //! `# HELP` or `# TYPE` for a family without a series yet (one with labels
-//! until its first observation, such as a webhook subscription's deliveries),
-//! so every family of the server and of the agent is registered through a
-//! [`Registrar`] that remembers it.
+//! until its first observation, such as a webhook subscription's
+//! deliveries), so an alert or a dashboard on it would see no series at
+//! all on a fresh process. Every family of the server and of the agent is
+//! registered through a [`Registrar`], which remembers it and registers it
+//! [`Declared`]: its `# HELP` and `# TYPE` lines are in every scrape, as the
+//! Prometheus client libraries of other languages write a labelled family
+//! with no child yet. The series whose labels are known from the start (a
+//! configured witness's outcomes, the ports) are made at zero where they are
+//! known.
 
-use prometheus_client::registry::{Metric, Registry};
+use prometheus_client::{
+    encoding::{EncodeMetric, MetricEncoder},
+    metrics::MetricType,
+    registry::{Metric, Registry},
+};
 
 /// One registered family.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +54,28 @@ impl<'r> Registrar<'r> {
             kind: metric.metric_type().as_str().to_owned(),
             help: format!("{help}."),
         });
-        self.registry.register(name, help, metric);
+        self.registry.register(name, help, Declared(metric));
     }
 
     /// The families registered, in order.
     pub fn families(self) -> Vec<FamilyDescription> {
         self.families
+    }
+}
+
+/// A family declared in every scrape, with a series or not yet: its
+/// samples are the family's own, but it never counts as empty, which is
+/// what makes prometheus-client leave out the descriptor.
+#[derive(Debug)]
+struct Declared<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
     }
 }
 
@@ -60,7 +86,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_family_without_a_series_is_remembered_though_a_scrape_omits_it() {
+    fn a_family_without_a_series_is_remembered_and_declared_in_a_scrape() {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("policyhub");
         let mut registrar = Registrar::new(registry, "policyhub");
@@ -76,6 +102,11 @@ mod tests {
             }]
         );
         let scraped = super::super::encode_registry(&root);
-        assert!(!scraped.contains("webhook_deliveries"), "{scraped}");
+        assert_eq!(
+            scraped,
+            "# HELP policyhub_webhook_deliveries Deliveries.\n\
+             # TYPE policyhub_webhook_deliveries counter\n\
+             # EOF\n"
+        );
     }
 }

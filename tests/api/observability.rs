@@ -526,3 +526,97 @@ async fn the_grpc_port_refuses_connections_until_the_store_is_open() {
     server.wait().ok();
     assert!(waiting, "the server was still waiting on the database");
 }
+
+/// The families the metrics reference lists under `section` (`## The
+/// server`, `## The agent`), in the classic format's names.
+fn documented_families(section: &str) -> Vec<String> {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/reference/metrics.md"),
+    )
+    .unwrap();
+    let (_, rest) = page
+        .split_once(section)
+        .unwrap_or_else(|| panic!("the metrics reference has {section}"));
+    let table = rest.split("\n## ").next().unwrap();
+    let families: Vec<String> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `")?.split_once('`'))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert!(families.len() > 10, "{section}: {families:?}");
+    families
+}
+
+/// The documented families a classic-format scrape does not declare.
+fn undeclared(exposition: &str, documented: &[String]) -> Vec<String> {
+    documented
+        .iter()
+        .filter(|name| !exposition.contains(&format!("\n# TYPE {name} ")))
+        .cloned()
+        .collect()
+}
+
+/// A fresh server, and a fresh agent before it holds any state, declare
+/// every family the metrics reference names, at zero or with no series
+/// yet, so an alert or a dashboard never meets an absent family (the
+/// webhook and witness families had no `# HELP` or `# TYPE` until their
+/// first observation); promtool accepts both scrapes. Each is a process of
+/// its own, whose registry no other test has fed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_and_agent_declare_every_family_the_reference_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::helpers::free_port()));
+    let mut command = std::process::Command::new(policyhub_binary());
+    command
+        .args(crate::helpers::serve_args(port, dir.path()))
+        .args(["--metrics-listen", &metrics.to_string()]);
+    let (server, _) = crate::helpers::start_serving(command, port).await;
+    let _server = crate::agent::Reaped(server);
+    let exposition = scrape(metrics).await;
+    let missing = undeclared(&exposition, &documented_families("## The server"));
+    assert!(missing.is_empty(), "{missing:?} in:\n{exposition}");
+    // Without labels, or with labels known from the start: a series at 0.
+    for series in [
+        "policyhub_webhook_subscriptions_disabled_total",
+        "policyhub_checkpoints_refused_total",
+        r#"policyhub_schedule_firings_total{outcome="refused"}"#,
+        r#"policyhub_accept_errors_total{port="grpc"}"#,
+        r#"policyhub_background_task_failures_total{task="controller"}"#,
+    ] {
+        assert_eq!(value_of(&exposition, series), 0.0, "{series}");
+    }
+    crate::helpers::promtool_accepts(&exposition);
+
+    // An agent whose server does not answer: no state, and every family.
+    let agent_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::helpers::free_port()));
+    let unanswered = format!("http://127.0.0.1:{}", crate::helpers::free_port());
+    let agent = std::process::Command::new(policyhub_binary())
+        .args(["agent", "--server", &unanswered, "--namespace", "payments"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", crate::helpers::free_port()),
+        ])
+        .args(["--metrics-listen", &agent_metrics.to_string()])
+        .arg("--cache-dir")
+        .arg(dir.path().join("agent-cache"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start policyhub agent");
+    let _agent = crate::agent::Reaped(agent);
+    let mut exposition = String::new();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(agent_metrics).await.is_ok() {
+            exposition = scrape(agent_metrics).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !exposition.contains("policyhub_agent_revision{"),
+        "the agent holds no state yet: {exposition}"
+    );
+    let missing = undeclared(&exposition, &documented_families("## The agent"));
+    assert!(missing.is_empty(), "{missing:?} in:\n{exposition}");
+    crate::helpers::promtool_accepts(&exposition);
+}
