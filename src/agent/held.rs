@@ -177,6 +177,16 @@ impl Followed {
         lock(&self.last_history_restore).clone()
     }
 
+    /// Whether the agent follows the server live for this namespace: a
+    /// stream open, and the server's newest checkpoint current. A lost
+    /// stream is seen within three heartbeats, and an activation reaches
+    /// a live agent within its delivery time; otherwise, what the agent
+    /// serves is the last state it verified, possibly out of date (see
+    /// `ofrep::flags::Freshness`).
+    pub fn live(&self) -> bool {
+        self.connected() && !self.stale()
+    }
+
     pub fn set_stale(&self, stale: bool) {
         self.stale.store(stale, Ordering::Relaxed);
     }

@@ -129,6 +129,8 @@ fn read(kind: &str, key: &str, default: Value) -> Value {
     json!({"type": kind, "key": key, "default": default})
 }
 
+/// An agent following payments of the server at `endpoint`, its cache in
+/// `dir`, behind `TOKEN`; it tries a lost server again within a second.
 fn spawn_agent(endpoint: &str, dir: &std::path::Path) -> Agent {
     let token_file = dir.join("api.token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -136,8 +138,27 @@ fn spawn_agent(endpoint: &str, dir: &std::path::Path) -> Agent {
         endpoint,
         "payments",
         dir,
-        &["--api-token-file", token_file.to_str().unwrap()],
+        &[
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+            "--backoff-initial",
+            "100ms",
+            "--backoff-max",
+            "1s",
+        ],
     )
+}
+
+/// Waits until the agent's stream to the server is open, or is not.
+async fn until_connected(agent: &Agent, connected: bool) {
+    for _ in 0..300 {
+        let health = agent.healthy().await;
+        if health["namespaces"]["payments"]["connected"] == json!(connected) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the agent's stream never became connected: {connected}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,21 +280,57 @@ async fn both_official_providers_read_typed_values_each_error_the_next_activatio
     assert_eq!(bulk[0]["status"], 200, "{bulk:?}");
     assert_ne!(bulk[0]["etag"], json!(etag));
 
-    // The server down, the agent started again: its cache answers, and
-    // says so.
+    // The server down: what the agent holds is no longer the server's
+    // word, and the reason says so (STALE), while the metadata keeps where
+    // it came from. Then the agent started again: its cache answers, STALE
+    // too. Then the server back: the agent follows it live again, so the
+    // same state, read from the cache but confirmed by the stream resumed
+    // from its revision, is STATIC.
+    let maximum = json!([read("integer", "payments/card-limits/maxAmount", json!(0))]);
+    let read_by_both = |agent: &Agent| {
+        BOTH.map(|sdk| {
+            let details = sdk.evaluate(agent, TOKEN, &maximum).remove(0);
+            assert_eq!(details["value"], 900, "{sdk:?}: {details}");
+            (
+                details["reason"].clone(),
+                details["metadata"]["source"].clone(),
+            )
+        })
+    };
     kill_9(server);
+    until_connected(&agent, false).await;
+    assert_eq!(
+        read_by_both(&agent),
+        [
+            (json!("STALE"), json!("server")),
+            (json!("STALE"), json!("server"))
+        ],
+        "the server gone"
+    );
     agent.kill_9();
     let agent = spawn_agent(&endpoint, dir.path());
     agent.healthy().await;
-    for sdk in BOTH {
-        let details = sdk.evaluate(
-            &agent,
-            TOKEN,
-            &json!([read("integer", "payments/card-limits/maxAmount", json!(0))]),
-        );
-        assert_eq!(details[0]["value"], 900, "{sdk:?}");
-        assert_eq!(details[0]["metadata"]["source"], "cache", "{sdk:?}");
-    }
+    assert_eq!(
+        read_by_both(&agent),
+        [
+            (json!("STALE"), json!("cache")),
+            (json!("STALE"), json!("cache"))
+        ],
+        "from the cache, the server gone"
+    );
+    let env = [("POLICYHUB_WATCH__HEARTBEAT_INTERVAL", "300ms".to_owned())];
+    let (restarted, _) =
+        crate::helpers::spawn_binary_server_on(server_port, &dir.path().join("server"), &env).await;
+    let _restarted = Reaped(restarted);
+    until_connected(&agent, true).await;
+    assert_eq!(
+        read_by_both(&agent),
+        [
+            (json!("STATIC"), json!("cache")),
+            (json!("STATIC"), json!("cache"))
+        ],
+        "from the cache, the server followed live again"
+    );
 
     // An agent that holds no verified state yet: GENERAL, not a value.
     let empty = tempfile::tempdir().unwrap();

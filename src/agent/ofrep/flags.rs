@@ -13,17 +13,45 @@
 //!
 //! The evaluation context changes no value: a version reaches the agent as
 //! a whole (a rollout's cohort is decided per runtime, and the agent is the
-//! runtime), so every caller of one agent reads the same value, and the
-//! reason is always `STATIC`. The context is still checked: an object, whose
-//! `targetingKey`, if any, is a string.
+//! runtime), so every caller of one agent reads the same value. The reason
+//! says whether that value is the server's word now: `STATIC` while the
+//! agent follows the server live, `STALE` while it serves what it holds
+//! without following (see [`Freshness`]). The context is still checked: an
+//! object, whose `targetingKey`, if any, is a string.
 
 use policyhub_runtime::{Source, State, VerifiedBundle};
 use serde_json::{Value, json};
 
-/// The reason of every evaluation: no context changes the value. Where the
-/// value came from (the server or the cache) is in the metadata, as
-/// `source`, since OFREP's reasons have no word for it.
-pub const REASON: &str = "STATIC";
+/// Whether the agent's value of a namespace is authoritative: what an
+/// evaluation's reason says. Where the value came from (the server or the
+/// cache) is another matter, told by the metadata's `source`: a state read
+/// back from the cache is live once a stream resumed from its revision
+/// (whatever is newer comes first on that stream), and a state the server
+/// sent is stale once the stream is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// A watch stream to the server is open and the server's newest signed
+    /// checkpoint is current: every activation reaches the agent as it is
+    /// made, so the value is the server's, no context changing it
+    /// (`STATIC`).
+    Live,
+    /// No stream is open (not yet, lost, or the server refuses the agent's
+    /// token or shows a history the agent refuses), or the server's newest
+    /// checkpoint is stale (a replica cut off from its database or frozen):
+    /// the value is the last verified one, possibly out of date (`STALE`,
+    /// OpenFeature's word for it).
+    Stale,
+}
+
+impl Freshness {
+    /// The OpenFeature reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Freshness::Live => "STATIC",
+            Freshness::Stale => "STALE",
+        }
+    }
+}
 
 /// OFREP's error codes the agent answers. `TYPE_MISMATCH` is the
 /// provider's own: OFREP's request does not say the type the caller reads.
@@ -146,8 +174,14 @@ fn check_pointer(pointer: &str) -> Result<(), Failure> {
 }
 
 /// The evaluation of `flag` (spelt `key` by the caller) in `state`, the
-/// state its namespace holds (`None` before the first).
-pub fn evaluate(key: &str, flag: &FlagKey<'_>, state: Option<&State>) -> Result<Value, Failure> {
+/// state its namespace holds (`None` before the first), as `freshness`
+/// says the agent holds it.
+pub fn evaluate(
+    key: &str,
+    flag: &FlagKey<'_>,
+    state: Option<&State>,
+    freshness: Freshness,
+) -> Result<Value, Failure> {
     let state = state.ok_or_else(|| {
         Failure::new(
             ErrorCode::General,
@@ -185,22 +219,23 @@ pub fn evaluate(key: &str, flag: &FlagKey<'_>, state: Option<&State>) -> Result<
             ),
         ));
     }
-    Ok(success(key, value, bundle, state.source))
+    Ok(success(key, value, bundle, state.source, freshness))
 }
 
 /// The bulk answer over `states`, the state in force of every namespace
-/// followed: every policy as an object flag `namespace/policy`.
-pub fn bulk(states: &[&State]) -> Vec<u8> {
+/// followed and how fresh it is: every policy as an object flag
+/// `namespace/policy`.
+pub fn bulk(states: &[(&State, Freshness)]) -> Vec<u8> {
     let mut answer = b"{\"flags\":[".to_vec();
     let mut first = true;
-    for state in states {
+    for &(state, freshness) in states {
         for bundle in state.bundles.values() {
             if !first {
                 answer.push(b',');
             }
             first = false;
             let key = format!("{}/{}", state.namespace, bundle.name);
-            let flag = success(&key, &bundle.body, bundle, state.source);
+            let flag = success(&key, &bundle.body, bundle, state.source, freshness);
             serde_json::to_writer(&mut answer, &flag).expect("a JSON value writes to memory");
         }
     }
@@ -208,12 +243,13 @@ pub fn bulk(states: &[&State]) -> Vec<u8> {
     answer
 }
 
-/// The bulk answer's entity tag over `states`: each namespace's revision
-/// and source, what every value and its metadata depend on (the context
-/// changes none).
-pub fn bulk_etag(states: &[&State]) -> String {
+/// The bulk answer's entity tag over `states`: each namespace's revision,
+/// source and freshness, what every value, reason and metadata depend on
+/// (the context changes none), so a provider polling with it learns when a
+/// value turns stale or live again.
+pub fn bulk_etag(states: &[(&State, Freshness)]) -> String {
     let mut tag = String::from("\"");
-    for (index, state) in states.iter().enumerate() {
+    for (index, (state, freshness)) in states.iter().enumerate() {
         if index > 0 {
             tag.push('.');
         }
@@ -222,6 +258,9 @@ pub fn bulk_etag(states: &[&State]) -> String {
             Source::Server => 's',
             Source::Cache => 'c',
         });
+        if *freshness == Freshness::Stale {
+            tag.push_str("-stale");
+        }
     }
     tag.push('"');
     tag
@@ -230,7 +269,13 @@ pub fn bulk_etag(states: &[&State]) -> String {
 /// An evaluation: the value, its reason, its variant (the version's label,
 /// else `v<version>`: a provider requires one) and flat metadata (no null,
 /// nothing nested: the providers keep only strings, numbers and booleans).
-fn success(key: &str, value: &Value, bundle: &VerifiedBundle, source: Source) -> Value {
+fn success(
+    key: &str,
+    value: &Value,
+    bundle: &VerifiedBundle,
+    source: Source,
+    freshness: Freshness,
+) -> Value {
     let variant = bundle
         .label
         .clone()
@@ -238,7 +283,7 @@ fn success(key: &str, value: &Value, bundle: &VerifiedBundle, source: Source) ->
     json!({
         "key": key,
         "value": value,
-        "reason": REASON,
+        "reason": freshness.reason(),
         "variant": variant,
         "metadata": {
             "version": bundle.version,
@@ -318,7 +363,7 @@ mod tests {
 
     fn read(key: &str, state: &State) -> Result<Value, Failure> {
         let flag = FlagKey::parse(key)?;
-        evaluate(key, &flag, Some(state))
+        evaluate(key, &flag, Some(state), Freshness::Live)
     }
 
     #[test]
@@ -424,6 +469,24 @@ mod tests {
     }
 
     #[test]
+    fn a_value_held_without_following_the_server_is_stale_whatever_its_source() {
+        let key = "payments/card-limits/on";
+        let flag = FlagKey::parse(key).unwrap();
+        for source in [Source::Server, Source::Cache] {
+            let mut state = state(json!({"on": true}), None);
+            state.source = source;
+            let stale = evaluate(key, &flag, Some(&state), Freshness::Stale).unwrap();
+            let live = evaluate(key, &flag, Some(&state), Freshness::Live).unwrap();
+            assert_eq!(
+                (&stale["reason"], &live["reason"]),
+                (&json!("STALE"), &json!("STATIC"))
+            );
+            assert_eq!(stale["metadata"], live["metadata"], "{source:?}");
+            assert_eq!(stale["value"], true);
+        }
+    }
+
+    #[test]
     fn null_a_missing_member_and_an_inactive_policy_are_not_found() {
         let state = state(json!({"off": null, "list": [1]}), None);
         for key in [
@@ -453,7 +516,7 @@ mod tests {
     #[test]
     fn no_state_yet_is_general() {
         let flag = FlagKey::parse("payments/card-limits").unwrap();
-        let failure = evaluate("payments/card-limits", &flag, None).unwrap_err();
+        let failure = evaluate("payments/card-limits", &flag, None, Freshness::Stale).unwrap_err();
         assert_eq!(failure.code, ErrorCode::General);
         assert_eq!(
             failure.to_json(Some("payments/card-limits"))["errorCode"],
@@ -492,19 +555,30 @@ mod tests {
     }
 
     #[test]
-    fn bulk_lists_every_policy_as_an_object_flag_under_a_tag_of_each_revision_and_source() {
+    fn bulk_lists_every_policy_under_a_tag_of_each_revision_source_and_freshness() {
         let state = state(json!({"a": 1}), Some("1.0.0"));
-        let answer: Value = serde_json::from_slice(&bulk(&[&state])).unwrap();
+        let answer: Value = serde_json::from_slice(&bulk(&[(&state, Freshness::Live)])).unwrap();
         assert_eq!(
             answer,
             json!({"flags": [{"key": "payments/card-limits", "value": {"a": 1}, "reason": "STATIC",
                     "variant": "1.0.0", "metadata": {"version": 3, "revision": "41",
                     "digest": "sha256:ab", "source": "cache"}}]})
         );
+        let stale: Value = serde_json::from_slice(&bulk(&[(&state, Freshness::Stale)])).unwrap();
+        assert_eq!(stale["flags"][0]["reason"], "STALE");
         let mut other = self::state(json!({}), None);
         other.namespace = "fraud".into();
         other.source = Source::Server;
-        assert_eq!(bulk_etag(&[&other, &state]), "\"42s.42c\"");
+        assert_eq!(
+            bulk_etag(&[(&other, Freshness::Live), (&state, Freshness::Live)]),
+            "\"42s.42c\""
+        );
+        // A value turning stale changes the tag, so a polling provider
+        // does not keep reading it as live behind a 304.
+        assert_eq!(
+            bulk_etag(&[(&other, Freshness::Stale), (&state, Freshness::Live)]),
+            "\"42s-stale.42c\""
+        );
         assert_eq!(
             serde_json::from_slice::<Value>(&bulk(&[])).unwrap(),
             json!({"flags": []})

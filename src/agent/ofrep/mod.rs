@@ -7,9 +7,10 @@
 //!   percent-decoded, and may hold `/`.
 //! - `POST /ofrep/v1/evaluate/flags`: every policy of every namespace
 //!   followed, as object flags, with an `ETag` naming the revisions (and
-//!   sources) in force, so a matching `If-None-Match` is a 304 that costs
-//!   neither the body nor its encoding; the body is encoded once per change
-//!   of the states in force and shared by every answer until the next.
+//!   sources, and whether each is stale) in force, so a matching
+//!   `If-None-Match` is a 304 that costs neither the body nor its encoding;
+//!   the body is encoded once per change of the states in force and shared
+//!   by every answer until the next.
 //!
 //! Failures are OFREP's: 400 (`PARSE_ERROR`, `INVALID_CONTEXT`), 404
 //! (`FLAG_NOT_FOUND`) and 500 (`GENERAL`: no verified state yet), each with
@@ -25,8 +26,8 @@ use hyper::body::{Bytes, Incoming};
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-use self::flags::{ErrorCode, Failure, FlagKey};
-use super::held::FollowedNamespaces;
+use self::flags::{ErrorCode, Failure, FlagKey, Freshness};
+use super::held::{Followed, FollowedNamespaces};
 use crate::http::semantics;
 
 /// The path of bulk evaluation; a single evaluation's key follows it.
@@ -78,6 +79,7 @@ pub async fn single(
             &key,
             &flag,
             in_force.as_ref().map(|in_force| &in_force.state),
+            freshness(followed),
         )
     };
     match evaluation.await {
@@ -110,7 +112,7 @@ pub async fn bulk(
     let mut in_force = Vec::new();
     for followed in namespaces.all() {
         match followed.current() {
-            Some(state) => in_force.push(state),
+            Some(state) => in_force.push((state, freshness(followed))),
             None => {
                 let failure = Failure {
                     code: ErrorCode::General,
@@ -124,7 +126,10 @@ pub async fn bulk(
             }
         }
     }
-    let states: Vec<_> = in_force.iter().map(|held| &held.state).collect();
+    let states: Vec<_> = in_force
+        .iter()
+        .map(|(held, freshness)| (&held.state, *freshness))
+        .collect();
     let etag = HeaderValue::from_str(&flags::bulk_etag(&states))
         .expect("digits, letters and dots are a header");
     if semantics::not_modified(headers, &etag) {
@@ -150,6 +155,16 @@ pub async fn bulk(
     let mut response = json(StatusCode::OK, answer);
     response.headers_mut().insert(header::ETAG, etag);
     response
+}
+
+/// How fresh `followed`'s state in force is, as an evaluation's reason says
+/// it.
+fn freshness(followed: &Followed) -> Freshness {
+    if followed.live() {
+        Freshness::Live
+    } else {
+        Freshness::Stale
+    }
 }
 
 /// The request's body, at most `MAX_REQUEST_BYTES`.
