@@ -25,8 +25,9 @@
 //!   revision and why) and the last history refused or restore taken;
 //!   503 before.
 //!
-//! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes;
-//! a path asked with a method it does not take is 405 with `Allow`.
+//! Errors are a JSON `google.rpc.Status`, as the server's HTTP port writes,
+//! but on the OFREP routes, whose every error is OFREP's; a path asked
+//! with a method it does not take is 405 with `Allow`.
 
 use std::{convert::Infallible, path::Path, sync::Arc, time::Duration};
 
@@ -148,19 +149,10 @@ impl Api {
                 _ => method_not_allowed(&parts.method, &path, Method::GET),
             });
         }
-        self.authenticate(&parts.headers)?;
         if let Some(route) = ofrep::route(&path) {
-            if parts.method != Method::POST {
-                return Ok(method_not_allowed(&parts.method, &path, Method::POST));
-            }
-            let response = match route {
-                ofrep::Route::Bulk => {
-                    ofrep::bulk(&self.namespaces, &self.bulk_answers, &parts.headers, body).await
-                }
-                ofrep::Route::Single(key) => ofrep::single(&self.namespaces, key, body).await,
-            };
-            return Ok(response.map(BodyExt::boxed_unsync));
+            return Ok(self.ofrep(route, &parts, body).await);
         }
+        self.authenticate(&parts.headers)?;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let (namespace, rest) = match segments.as_slice() {
             ["v1", "namespaces", namespace, rest @ ..] => (*namespace, rest),
@@ -186,6 +178,46 @@ impl Api {
             (method, ["state:reject"]) => Ok(method_not_allowed(method, &path, Method::POST)),
             _ => Err(not_found(&parts.method, &path)),
         }
+    }
+
+    /// An OFREP route: every answer in OFREP's shape, the refusals of a
+    /// token or a method included, so that a provider reads each.
+    async fn ofrep(
+        &self,
+        route: ofrep::Route<'_>,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Response<Body> {
+        let response = if let Err(status) = self.authenticate(&parts.headers) {
+            let mut refused = ofrep::refused(
+                &route,
+                StatusCode::UNAUTHORIZED,
+                status.message().to_owned(),
+            );
+            refused
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            refused
+        } else if parts.method != Method::POST {
+            let details = format!(
+                "{} does not take {}, only POST",
+                parts.uri.path(),
+                parts.method
+            );
+            let mut refused = ofrep::refused(&route, StatusCode::METHOD_NOT_ALLOWED, details);
+            refused
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            refused
+        } else {
+            match route {
+                ofrep::Route::Bulk => {
+                    ofrep::bulk(&self.namespaces, &self.bulk_answers, &parts.headers, body).await
+                }
+                ofrep::Route::Single(key) => ofrep::single(&self.namespaces, key, body).await,
+            }
+        };
+        response.map(BodyExt::boxed_unsync)
     }
 
     /// Checks the bearer token, when one is configured.

@@ -400,7 +400,8 @@ async fn what_the_providers_never_send_is_answered_as_ofrep_says() {
     let reply = post("/ofrep/v1/evaluate/flags/payments/card-limits%23", "").await;
     assert_eq!(reply.json()["value"], json!({"limits": {"daily": 10}}));
 
-    // Errors carry key, errorCode and errorDetails, with OFREP's statuses.
+    // Errors carry key (the one asked for), errorCode and errorDetails,
+    // with OFREP's statuses.
     for (path, body, status, code) in [
         (
             "/ofrep/v1/evaluate/flags/payments/card-limits",
@@ -432,15 +433,40 @@ async fn what_the_providers_never_send_is_answered_as_ofrep_says() {
             404,
             "FLAG_NOT_FOUND",
         ),
+        (
+            "/ofrep/v1/evaluate/flags/nonamespace",
+            "{}",
+            404,
+            "FLAG_NOT_FOUND",
+        ),
+        (
+            "/ofrep/v1/evaluate/flags/elsewhere/card-limits",
+            "{}",
+            404,
+            "FLAG_NOT_FOUND",
+        ),
+        ("/ofrep/v1/evaluate/flags/", "", 404, "FLAG_NOT_FOUND"),
+        (
+            "/ofrep/v1/evaluate/flags/payments/card-limits/a~2",
+            "",
+            400,
+            "PARSE_ERROR",
+        ),
+        (
+            "/ofrep/v1/evaluate/flags/payments/%ff",
+            "",
+            400,
+            "PARSE_ERROR",
+        ),
     ] {
         let reply = post(path, body).await;
         assert_eq!(reply.status, status, "{path} {body}: {}", reply.body);
         let error = reply.json();
         assert_eq!(error["errorCode"], code, "{path} {body}");
-        assert!(
-            error["key"].is_string() && error["errorDetails"].is_string(),
-            "{error}"
-        );
+        // A key that is no UTF-8 once decoded is answered as it was sent.
+        let asked = path.strip_prefix("/ofrep/v1/evaluate/flags/").unwrap();
+        assert_eq!(error["key"], asked, "{path}: {error}");
+        assert!(error["errorDetails"].is_string(), "{error}");
     }
     let reply = post("/ofrep/v1/evaluate/flags", r#"{"context": 1}"#).await;
     assert_eq!(
@@ -448,21 +474,54 @@ async fn what_the_providers_never_send_is_answered_as_ofrep_says() {
         (400, json!("INVALID_CONTEXT"))
     );
 
-    // The same token as every route; POST only.
-    let reply = request(agent.port, "POST", "/ofrep/v1/evaluate/flags", &[], "")
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 401);
-    let reply = request(
-        agent.port,
-        "GET",
-        "/ofrep/v1/evaluate/flags/payments/card-limits",
-        &auth,
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!((reply.status, reply.header("allow")), (405, Some("POST")));
+    // The same token as every route; POST only. These refusals are OFREP's
+    // too: GENERAL, as the providers report them, with the key of a single
+    // evaluation.
+    let wrong = [("authorization", "Bearer not-the-token")];
+    for (path, headers, key) in [
+        ("/ofrep/v1/evaluate/flags", &[][..], None),
+        (
+            "/ofrep/v1/evaluate/flags/nonamespace",
+            &[][..],
+            Some("nonamespace"),
+        ),
+        (
+            "/ofrep/v1/evaluate/flags/payments/card-limits%23/limits",
+            &wrong[..],
+            Some("payments/card-limits#/limits"),
+        ),
+    ] {
+        let reply = request(agent.port, "POST", path, headers, "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 401, "{path}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        let error = reply.json();
+        assert_eq!(error["errorCode"], "GENERAL", "{path}: {error}");
+        assert_eq!(
+            error.get("key").and_then(Value::as_str),
+            key,
+            "{path}: {error}"
+        );
+        assert!(error["errorDetails"].is_string(), "{error}");
+    }
+    for (path, key) in [
+        (
+            "/ofrep/v1/evaluate/flags/payments/card-limits",
+            Some("payments/card-limits"),
+        ),
+        ("/ofrep/v1/evaluate/flags", None),
+    ] {
+        let reply = request(agent.port, "GET", path, &auth, "").await.unwrap();
+        assert_eq!((reply.status, reply.header("allow")), (405, Some("POST")));
+        let error = reply.json();
+        assert_eq!(error["errorCode"], "GENERAL", "{path}: {error}");
+        assert_eq!(
+            error.get("key").and_then(Value::as_str),
+            key,
+            "{path}: {error}"
+        );
+    }
 
     // Bulk without a body; its ETag; 304 for it, and for `*`.
     let reply = post("/ofrep/v1/evaluate/flags", "").await;

@@ -14,7 +14,11 @@
 //!
 //! Failures are OFREP's: 400 (`PARSE_ERROR`, `INVALID_CONTEXT`), 404
 //! (`FLAG_NOT_FOUND`) and 500 (`GENERAL`: no verified state yet), each with
-//! `key` (but in bulk), `errorCode` and `errorDetails`.
+//! `key` (but in bulk), `errorCode` and `errorDetails`. So are the API's
+//! refusals of these routes (`refused`): 401 for a missing or wrong token
+//! and 405 for a method other than POST, both `GENERAL`, as the providers
+//! report them, with the key of a single evaluation like any other failure
+//! of its route.
 
 mod flags;
 
@@ -50,6 +54,24 @@ pub fn route(path: &str) -> Option<Route<'_>> {
         return Some(Route::Bulk);
     }
     rest.strip_prefix('/').map(Route::Single)
+}
+
+/// The API's refusal of `route` with `status` (a token missing or wrong,
+/// a method other than POST), before anything is evaluated: OFREP's error
+/// shape, `GENERAL`, with the key of a single evaluation.
+pub fn refused(route: &Route<'_>, status: StatusCode, details: String) -> Response<Full<Bytes>> {
+    let failure = Failure {
+        code: ErrorCode::General,
+        details,
+    };
+    let body = match route {
+        Route::Bulk => failure.to_json(None),
+        Route::Single(encoded) => {
+            let key = percent_decode_str(encoded).decode_utf8_lossy();
+            failure.to_json(Some(&key))
+        }
+    };
+    json(status, Bytes::from(body.to_string()))
 }
 
 /// One evaluation of the key `encoded`.
@@ -214,6 +236,28 @@ mod tests {
         assert_eq!(route("/ofrep/v1/evaluate/flags/"), Some(Route::Single("")));
         assert_eq!(route("/ofrep/v1/evaluate/flagsx"), None);
         assert_eq!(route("/ofrep/v1/configuration"), None);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_a_route_carries_the_key_it_was_asked_for() {
+        let single = refused(
+            &Route::Single("payments/card-limits%23/a"),
+            StatusCode::UNAUTHORIZED,
+            "no token".into(),
+        );
+        assert_eq!(single.status(), StatusCode::UNAUTHORIZED);
+        let body = single.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            serde_json::json!({"key": "payments/card-limits#/a", "errorCode": "GENERAL",
+                               "errorDetails": "no token"})
+        );
+        let bulk = refused(&Route::Bulk, StatusCode::METHOD_NOT_ALLOWED, "POST".into());
+        let body = bulk.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            serde_json::json!({"errorCode": "GENERAL", "errorDetails": "POST"})
+        );
     }
 
     #[test]
