@@ -62,6 +62,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup { client, args } => client.run(args).await,
         Command::Export { client, args } => client.run(args).await,
         Command::Import { client, args } => client.run(args).await,
+        Command::ReceiveAlerts { client, args } => client.run(args).await,
         Command::VerifyLog { client, args } => args.run(&client).await,
         // The groups connect once for whichever of their commands runs.
         Command::Rollout { command } => rollout::run(command).await.map(succeeded),

@@ -23,6 +23,7 @@ macro_rules! outln {
 }
 
 mod agent;
+mod alerts;
 mod archive;
 mod args;
 mod backup;
@@ -312,6 +313,21 @@ enum Command {
     Rollout {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
+    },
+    /// Hand the server an Alertmanager notification, as its webhook does
+    /// (ReceiveAlerts).
+    ///
+    /// Each firing alert aborts or pauses the running rollouts its labels
+    /// match (namespace, and policy and rollout when given), as its
+    /// policyhub_action label says; resolved alerts change nothing. The
+    /// notification is a file (-f), as Alertmanager posts it, or one firing
+    /// alert of the labels given. Needs the operator role in each namespace
+    /// the alerts name.
+    ReceiveAlerts {
+        #[command(flatten)]
+        args: alerts::ReceiveAlertsArgs,
+        #[command(flatten)]
+        client: Client,
     },
     #[command(flatten)]
     Schedule(schedule::ScheduleCommand),

@@ -384,3 +384,155 @@ async fn bad_notifications_are_refused_and_change_nothing(backend: Backend) {
                 "state": "ROLLOUT_STATE_ABORTED"}])
     );
 }
+
+/// `policyhub receive-alerts` hands the server a notification as
+/// Alertmanager's webhook does: from a file or standard input, in
+/// Alertmanager's own JSON, or one firing alert of the labels given; `-o
+/// json` prints the reply in the protobuf JSON mapping, the table which
+/// rollout each alert stopped and how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_hands_over_a_notification_from_a_file_standard_input_or_labels() {
+    use std::io::Write as _;
+
+    use crate::cli::{client_command, policyhub_with};
+
+    let issuer = Issuer::new();
+    let app = server(Backend::Sqlite, &issuer).await;
+    let admin = issuer.token("admin", &["*:admin"]);
+    seed(&app, &admin, "limits");
+    seed(&app, &admin, "fees");
+    let limits = start(&app, &admin, "limits");
+    let fees = start(&app, &admin, "fees");
+    let server = format!("http://{}", app.address);
+    let operator = issuer.token("alertmanager", &["team:operator"]);
+    let env = [
+        ("POLICYHUB_SERVER", server.as_str()),
+        ("POLICYHUB_TOKEN", operator.as_str()),
+    ];
+    let notification = |status: &str, policy: &str| {
+        json!({
+            "version": "4", "groupKey": "{}:{alertname=\"LimitsErrorRate\"}", "truncatedAlerts": 0,
+            "status": status, "receiver": "policyhub", "groupLabels": {"alertname": "LimitsErrorRate"},
+            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager.test",
+            "alerts": [{"status": status, "annotations": {},
+                        "labels": {"alertname": "LimitsErrorRate", "namespace": "team", "policy": policy},
+                        "startsAt": "2026-11-28T04:00:00.123+01:00", "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "http://prometheus.test/graph", "fingerprint": "c0ffee"}],
+        })
+        .to_string()
+    };
+
+    // A resolved alert from standard input: accepted, nothing stopped.
+    let mut child = client_command(&env, &["receive-alerts", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(notification("resolved", "limits").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        table
+            .lines()
+            .map(str::split_whitespace)
+            .map(Iterator::collect::<Vec<_>>)
+            .collect::<Vec<_>>(),
+        [
+            vec!["ALERT", "STATUS", "ROLLOUT", "ACTION", "STATE"],
+            vec!["LimitsErrorRate", "resolved", "-", "-", "-"],
+        ]
+    );
+    assert_eq!(
+        rollout(&app, &admin, &limits)["state"],
+        "ROLLOUT_STATE_RUNNING"
+    );
+
+    // Alertmanager's notification from a file, firing: the limits rollout
+    // is aborted, as the reply says in the protobuf JSON mapping.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notification.json");
+    std::fs::write(&file, notification("firing", "limits")).unwrap();
+    let file = file.display().to_string();
+    let reply = policyhub_with(&env, &["receive-alerts", "-f", &file, "-o", "json"]).json();
+    assert_eq!(
+        reply,
+        json!({"alerts": [{"alertname": "LimitsErrorRate", "status": "firing",
+                           "rollouts": [{"namespace": "team", "id": limits, "action": "abort",
+                                         "state": "ROLLOUT_STATE_ABORTED"}]}]})
+    );
+    assert_eq!(
+        rollout(&app, &admin, &limits)["state"],
+        "ROLLOUT_STATE_ABORTED"
+    );
+
+    // One firing alert of labels, as `amtool alert add` takes them: the
+    // fees rollout pauses, naming the alert and where its rule is.
+    let labels = [
+        "receive-alerts",
+        "alertname=FeesLatency",
+        "namespace=team",
+        "policy=fees",
+        "policyhub_action=pause",
+        "--generator-url",
+        "http://prometheus.test/graph?g0.expr=fees_latency",
+    ];
+    let table = policyhub_with(&env, &labels);
+    let rows: Vec<Vec<&str>> = table
+        .success()
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let stopped = format!("team/{fees}");
+    assert_eq!(
+        rows[1],
+        ["FeesLatency", "firing", stopped.as_str(), "pause", "paused"],
+        "{}",
+        table.stdout
+    );
+    let paused = rollout(&app, &admin, &fees);
+    assert_eq!(paused["state"], "ROLLOUT_STATE_PAUSED");
+    let said = paused["haltedBecause"].as_str().unwrap();
+    assert!(
+        said.contains(
+            "alert FeesLatency fired (http://prometheus.test/graph?g0.expr=fees_latency)"
+        ),
+        "{said}"
+    );
+
+    // The server's refusals, as every command reports them: a reader may
+    // not stop rollouts; a label without a value is a usage error; and the
+    // command takes labels or a file, not both.
+    let reader = issuer.token("rita", &["team:reader"]);
+    let refused = policyhub_with(
+        &[
+            ("POLICYHUB_SERVER", server.as_str()),
+            ("POLICYHUB_TOKEN", reader.as_str()),
+        ],
+        &["receive-alerts", "alertname=X", "namespace=team"],
+    );
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: handing over the alerts: "),
+        "{}",
+        refused.stderr
+    );
+    let usage = policyhub_with(&env, &["receive-alerts", "namespace"]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let both = policyhub_with(&env, &["receive-alerts", "namespace=team", "-f", &file]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let neither = policyhub_with(&env, &["receive-alerts"]);
+    assert_eq!(neither.code, 2, "{}", neither.stderr);
+}

@@ -1418,12 +1418,10 @@ fn every_command() -> Vec<(String, clap::Command)> {
 /// without one fails here. The exceptions are the RPCs only runtimes make:
 /// a runtime reports what it applied of the bundles it follows (`policyhub
 /// agent` does, as the runtime it is), and a command for people would
-/// forge that report. ReceiveAlerts is Alertmanager's: its webhook posts
-/// to it, and a person stops a rollout with `rollout abort` or `rollout
-/// pause`.
+/// forge that report.
 #[test]
 fn every_rpc_has_a_client_command() {
-    const RUNTIMES_ONLY: [&str; 3] = ["ReportStatus", "ReportStatusStream", "ReceiveAlerts"];
+    const RUNTIMES_ONLY: [&str; 2] = ["ReportStatus", "ReportStatusStream"];
     let pool =
         prost_reflect::DescriptorPool::decode(policyhub::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
     let commands = every_command();
