@@ -24,7 +24,7 @@ from pathlib import Path
 
 from axe_selenium_python import Axe
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -191,6 +191,12 @@ class BrowserCase(unittest.TestCase):
         return WebDriverWait(self.browser, 10).until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
         )
+
+    def click(self, selector):
+        """Clicks `selector` on a page that redraws itself (a rollout's,
+        each second), found again when a redraw replaced it."""
+        WebDriverWait(self.browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda browser: browser.find_element(By.CSS_SELECTOR, selector).click() or True)
 
     def wait_text(self, selector, text, timeout=10):
         try:

@@ -63,36 +63,69 @@ export async function rollout(view, [namespace, id], _query, { crumbs }) {
   const may = await allowed(namespace);
   const body = h('div', { id: 'rollout' });
   view.append(h('h1', {}, `Rollout ${id}`), body);
+  // At most one poll is ever waiting: each read clears the one before it
+  // sets its own, so a control's refresh does not start a second chain;
+  // leaving the page clears the one waiting.
   let timer = null;
   let stopped = false;
+  let last = null;
+  let reads = 0;
   // The runtimes are asked again when the cohort's counts move.
   let cohort = [];
   let counted = null;
-  const refresh = async () => {
+  const draw = async () => {
+    const read = ++reads;
     const current = await get(path);
     const counts = JSON.stringify([current.progress ?? {}, current.state, current.step]);
     if (counts !== counted) {
       cohort = await cohortOf(namespace, current);
       counted = counts;
     }
-    if (stopped) return;
+    // Left, or a newer read (a control's) is on its way.
+    if (stopped || read !== reads) return;
     const focused = document.activeElement?.id;
     body.replaceChildren(...details(namespace, current, cohort), controls(namespace, current, may, refresh));
     if (focused) document.getElementById(focused)?.focus();
-    if (!FINAL.includes(current.state)) timer = setTimeout(poll, POLL_MS);
+    last = current;
+  };
+  const schedule = () => {
+    clearTimeout(timer);
+    timer = null;
+    if (!stopped && (!last || followed(last))) timer = setTimeout(poll, POLL_MS);
+  };
+  // Reads and draws the rollout now, then polls again while it is followed.
+  const refresh = async () => {
+    clearTimeout(timer);
+    try {
+      await draw();
+    } finally {
+      schedule();
+    }
   };
   // A failed poll is shown above the last state, and polling goes on.
   const poll = () => refresh().catch((error) => {
     if (stopped) return;
     body.querySelector('.notice')?.remove();
     body.prepend(notice(error));
-    timer = setTimeout(poll, POLL_MS);
   });
-  await refresh();
+  // A failure of the first read is the page's, and nothing is scheduled.
+  await draw();
+  schedule();
   return () => {
     stopped = true;
     clearTimeout(timer);
+    timer = null;
   };
+}
+
+// Whether the page goes on asking: while the rollout moves, and once it
+// completed until no runtime of its cohort is pending, since the runtimes
+// report the candidates after the rollout made them active. An aborted or
+// rolled-back rollout sent its cohort the stable versions: its counts of
+// the candidates no longer move towards anything.
+function followed(rollout) {
+  if (!FINAL.includes(rollout.state)) return true;
+  return rollout.state === 'ROLLOUT_STATE_COMPLETED' && (rollout.progress?.pending ?? 0) > 0;
 }
 
 function details(namespace, rollout, cohort) {
