@@ -1,19 +1,20 @@
-// Rollouts: the list of a namespace, and one rollout with its targets, its
-// steps and the measurements of its analyses in each, the current cohort's
-// progress (polled while it moves) and the controls its state allows the
-// caller.
+// Rollouts: the list of a namespace, and one rollout with its targets, each
+// analysis's measurements charted against the bound of its condition over
+// the steps, its steps with what each analysis measured in each, the
+// current cohort's progress (polled while it moves, and once it completed
+// until none is pending) and the controls its state allows the caller.
 
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, cells, facts, h, link, notice, route, stateName, table, time } from '../dom.js';
+import { legend, measurementChart, phaseOf, tally } from '../chart.js';
 import { follow } from '../live.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
 const FINAL = ['ROLLOUT_STATE_COMPLETED', 'ROLLOUT_STATE_ABORTED', 'ROLLOUT_STATE_ROLLED_BACK'];
-// Measurements shown per analysis and step, newest first; the rest are
-// counted. The server keeps a rollout's newest thousand.
-const LATEST = 5;
+// The server returns a rollout's newest thousand measurements.
+const MEASUREMENTS_KEPT = 1000;
 
 export const state = (rollout) => stateName(rollout.state, 'ROLLOUT_STATE_');
 
@@ -73,6 +74,11 @@ export async function rollout(view, [namespace, id], _query, { crumbs }) {
   // The runtimes are asked again when the cohort's counts move.
   let cohort = [];
   let counted = null;
+  // The analyses' charts and tables are drawn again only when what they
+  // show changed; a table the reader opened stays open.
+  const opened = new Set();
+  let measured = null;
+  let analyses = null;
   const draw = async () => {
     const read = ++reads;
     const current = await get(path);
@@ -83,8 +89,13 @@ export async function rollout(view, [namespace, id], _query, { crumbs }) {
     }
     // Left, or a newer read (a control's) is on its way.
     if (stopped || read !== reads) return;
+    const shown = JSON.stringify([analysesOf(current), current.steps?.map((entry) => entry.percentage), current.measurements ?? []]);
+    if (shown !== measured) {
+      analyses = analysesOf(current).length ? analysisSections(current, opened) : null;
+      measured = shown;
+    }
     const focused = document.activeElement?.id;
-    body.replaceChildren(...details(namespace, current, cohort), controls(namespace, current, may, refresh));
+    body.replaceChildren(...details(namespace, current, cohort, analyses), controls(namespace, current, may, refresh));
     if (focused) document.getElementById(focused)?.focus();
     last = current;
   };
@@ -128,7 +139,7 @@ function followed(rollout) {
   return rollout.state === 'ROLLOUT_STATE_COMPLETED' && (rollout.progress?.pending ?? 0) > 0;
 }
 
-function details(namespace, rollout, cohort) {
+function details(namespace, rollout, cohort, analyses) {
   const progress = rollout.progress ?? {};
   const count = (field) => progress[field] ?? 0;
   const size = count('cohort');
@@ -145,7 +156,7 @@ function details(namespace, rollout, cohort) {
       ['Approvals', `${(rollout.approvals ?? []).length} of ${rollout.requiredApprovals ?? 0}${(rollout.approvals ?? []).length ? `: ${rollout.approvals.map((approval) => approval.by).join(', ')}` : ''}`],
       rollout.haltedBecause ? ['Halted because', h('span', { class: 'error' }, rollout.haltedBecause)] : null,
     ]),
-    ...(analysesOf(rollout).length ? [h('h2', {}, 'Analyses'), analysisTable(rollout)] : []),
+    ...(analysesOf(rollout).length ? [h('h2', {}, 'Analyses'), analysisTable(rollout), analyses] : []),
     h('h2', {}, 'Steps'),
     timeline(rollout),
     h('h2', {}, 'Current cohort'),
@@ -221,45 +232,83 @@ function analysisTable(rollout) {
   ]))), 'Analyses of the rollout', { stack: true }));
 }
 
-// `MEASUREMENT_PHASE_SUCCESSFUL` → `passed`, as the condition is judged.
-const PHASES = { MEASUREMENT_PHASE_SUCCESSFUL: 'passed', MEASUREMENT_PHASE_FAILED: 'failed', MEASUREMENT_PHASE_INCONCLUSIVE: 'inconclusive' };
+// The measurements of `name` in the rollout, oldest first, as the server
+// sends them.
+function measurementsOf(rollout, name) {
+  return (rollout.measurements ?? []).filter((measurement) => measurement.analysis === name);
+}
 
-// The measurements taken in step `index`, one table per analysis: its
-// counts by phase, then its newest LATEST, each value against the condition
-// it was judged by.
+// A measurement's value as text, or "no value" and why.
+function valueCell(measurement) {
+  return measurement.value === undefined
+    ? [h('span', { class: 'muted' }, 'no value'), measurement.message ? `: ${measurement.message}` : null]
+    : h('code', {}, String(measurement.value));
+}
+
+// The outcome in words beside its colour.
+function outcome(measurement) {
+  const { name, kind } = phaseOf(measurement);
+  return h('span', { class: `state ${kind}` }, name);
+}
+
+// When it was taken, as the tables write it.
+const taken = (measurement) => time(measurement.takenAt).textContent;
+
+// What each analysis measured in step `index`, a line each: the count by
+// outcome and the last measurement; the chart and every value are under
+// Analyses.
 function stepMeasurements(rollout, index) {
-  const byAnalysis = new Map();
-  for (const measurement of rollout.measurements ?? []) {
-    if ((measurement.step ?? 0) !== index) continue;
-    if (!byAnalysis.has(measurement.analysis)) byAnalysis.set(measurement.analysis, []);
-    byAnalysis.get(measurement.analysis).push(measurement);
-  }
-  if (!byAnalysis.size) return null;
-  const headings = ['Taken', 'Value', 'Condition', 'Outcome'];
-  return [...byAnalysis].map(([name, taken]) => {
-    const phases = taken.map((measurement) => PHASES[measurement.phase] ?? 'unknown');
-    const tally = ['passed', 'failed', 'inconclusive']
-      .map((phase) => [phase, phases.filter((each) => each === phase).length])
-      .filter(([, count]) => count)
-      .map(([phase, count]) => `${count} ${phase}`)
-      .join(', ');
-    const newest = taken.slice(-LATEST).reverse();
-    const counted = `${taken.length} measurement${taken.length === 1 ? '' : 's'} (${tally})${taken.length > newest.length ? `, the latest ${newest.length} shown` : ''}`;
-    return h('div', { class: 'measurements', 'data-analysis': name, 'data-step': index + 1 },
-      h('p', { class: 'measurements-summary' }, h('strong', {}, name), ` in step ${index + 1}: ${counted}`),
-      table(headings, newest.map((measurement) => {
-        const phase = PHASES[measurement.phase] ?? 'unknown';
-        const value = measurement.value === undefined
-          ? [h('span', { class: 'muted' }, 'no value'), measurement.message ? `: ${measurement.message}` : null]
-          : h('code', {}, String(measurement.value));
-        return h('tr', { 'data-phase': phase }, cells(headings, [
-          time(measurement.takenAt),
-          value,
-          h('code', {}, measurement.successCondition),
-          h('span', { class: `state ${phase}` }, phase),
-        ]));
-      }), `Measurements of ${name} in step ${index + 1}, newest first`, { stack: true }));
-  });
+  const lines = analysesOf(rollout).map(({ analysis }) => {
+    const measured = measurementsOf(rollout, analysis.name).filter((measurement) => (measurement.step ?? 0) === index);
+    if (!measured.length) return null;
+    const last = measured.at(-1);
+    return h('p', { class: 'step-measurements', 'data-analysis': analysis.name, 'data-step': index + 1 },
+      h('strong', {}, analysis.name),
+      ` in step ${index + 1}: ${measured.length} measurement${measured.length === 1 ? '' : 's'} (${tally(measured)}); the last, `,
+      time(last.takenAt), ': ', valueCell(last), ' ', outcome(last));
+  }).filter(Boolean);
+  return lines.length ? h('div', { class: 'measurements' }, lines) : null;
+}
+
+// Each analysis's measurements over the steps it was measured in: a chart
+// of its values against the bound of its condition, each outcome marked,
+// and beneath it every measurement the server returned as a table, newest
+// first (in a disclosure whose state `opened` keeps across redraws).
+function analysisSections(rollout, opened) {
+  const full = (rollout.measurements ?? []).length >= MEASUREMENTS_KEPT;
+  const stepLabel = (index) => {
+    const entry = rollout.steps?.[index];
+    return `step ${index + 1}${entry ? ` · ${entry.percentage ?? 0}%` : ''}`;
+  };
+  const headings = ['Step', 'Taken', 'Value', 'Condition', 'Outcome'];
+  return h('div', { id: 'rollout-measurements' }, analysesOf(rollout).map(({ analysis }) => {
+    const name = analysis.name;
+    const measured = measurementsOf(rollout, name);
+    const heading = h('h3', { id: `measured-${name}` }, `Measurements of ${name}`);
+    if (!measured.length) {
+      return h('section', { class: 'analysis', 'data-analysis': name, 'aria-labelledby': `measured-${name}` },
+        heading, h('p', { class: 'muted' }, 'None yet.'));
+    }
+    const condition = measured.at(-1).successCondition ?? analysis.successCondition;
+    const counted = `${measured.length} measurement${measured.length === 1 ? '' : 's'} (${tally(measured)})`;
+    const rows = table(headings, measured.slice().reverse().map((measurement) => h('tr', { 'data-phase': phaseOf(measurement).name }, cells(headings, [
+      String((measurement.step ?? 0) + 1),
+      time(measurement.takenAt),
+      valueCell(measurement),
+      h('code', {}, measurement.successCondition),
+      outcome(measurement),
+    ]))), `Measurements of ${name}, newest first`, { stack: true });
+    const disclosure = h('details', { class: 'measurement-table', 'data-analysis': name, open: opened.has(name) },
+      h('summary', {}, `Every measurement of ${name} as a table, newest first (${measured.length})`), rows);
+    disclosure.addEventListener('toggle', () => (disclosure.open ? opened.add(name) : opened.delete(name)));
+    return h('section', { class: 'analysis', 'data-analysis': name, 'aria-labelledby': `measured-${name}` },
+      heading,
+      h('p', { class: 'measurements-summary' }, counted,
+        full ? `, of the newest ${MEASUREMENTS_KEPT} measurements of the rollout the server returns; older ones are not counted` : ''),
+      measurementChart({ name, measurements: measured, condition, stepLabel, label: taken }),
+      legend(measured, condition),
+      disclosure);
+  }));
 }
 
 // The runtimes that report a candidate version, with their outcome: the
