@@ -173,7 +173,10 @@ impl Checkpoints {
     /// Signs and writes in `txn` a checkpoint of the chain, whose tip `txn`
     /// holds the lock of (`tip`), at `revision_in_force`, once the log is
     /// seen to extend the newest checkpoint; refuses (DATA_LOSS, logged and
-    /// counted) to sign over a history rewritten since.
+    /// counted) to sign over a history rewritten since. Only the check's
+    /// own verdict refuses: a database that fails the reads (a connection
+    /// lost mid-transaction) fails this transaction as any other error
+    /// does, and says nothing of the history.
     pub(super) async fn sign(
         &self,
         txn: &Txn,
@@ -183,10 +186,11 @@ impl Checkpoints {
     ) -> Result<Checkpoint> {
         let tree = match extends_last_checkpoint(txn).await {
             Ok(tree) => tree,
-            Err(error) => {
+            Err(error @ Error::DataLoss(_)) => {
                 self.refuse(&error);
                 return Err(error);
             }
+            Err(error) => return Err(error),
         };
         write_checkpoint(txn, tip, revision_in_force, self.origin()?, tree, signer).await
     }

@@ -632,3 +632,125 @@ async fn no_checkpoint_is_signed_over_a_log_tree_rewritten_behind_the_servers_ba
     assert_not_serving(&app).await;
     db.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_signing_fails_that_write_and_leaves_the_replica_serving() {
+    a_lost_connection_is_no_rewrite(Backend::Postgres).await;
+}
+
+/// How many times a connection is killed while the server signs.
+const KILLS_WHILE_SIGNING: usize = 50;
+
+/// The server's connection killed (`pg_terminate_backend`) while it reads
+/// the last checkpoint to sign the next one, again and again: each such
+/// write fails as a database error does, none is taken for a rewritten
+/// history (the refusal counter stays at 0) and the replica reports
+/// SERVING, while a real rewrite afterwards still takes it out of rotation.
+async fn a_lost_connection_is_no_rewrite(backend: Backend) {
+    use crate::observability::{scrape, value_of};
+    use sea_orm::TransactionTrait;
+
+    let app = spawn_for_a_long_log(backend).await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    app.release("team", "limits", json!({"max": 2}), true).await;
+    let metrics = app.metrics_address.expect("a metrics port");
+    let refused_total = async || {
+        value_of(
+            &scrape(metrics).await,
+            "policyhub_checkpoints_refused_total",
+        )
+    };
+    let db = app.sql().await;
+    for kill in 0..KILLS_WHILE_SIGNING {
+        // The checkpoints held by a transaction of the test's: the server's
+        // write, which has written its events (it holds a transaction id),
+        // waits at the read of the last checkpoint until it is killed.
+        let lock = db.begin().await.unwrap();
+        lock.execute_unprepared("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let mut policy = app.policy.clone();
+        let write = tokio::spawn(async move {
+            policy
+                .activate(proto::ActivateRequest {
+                    // Each write fails, so version 2 stays active and each
+                    // activation of version 1 is a revision to sign.
+                    targets: vec![target("team", "limits", 1)],
+                    reason: "a write whose connection is killed".into(),
+                    idempotency_key: String::new(),
+                })
+                .await
+        });
+        let mut killed = false;
+        for _ in 0..500 {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                     AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL \
+                     AND query ILIKE '%checkpoints%'",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            if row.try_get::<i64>("", "n").unwrap() > 0 {
+                killed = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        lock.rollback().await.unwrap();
+        assert!(killed, "kill {kill}: the write never waited to sign");
+        let failed = write
+            .await
+            .unwrap()
+            .expect_err("a write whose connection was killed");
+        assert_ne!(failed.code(), Code::DataLoss, "kill {kill}: {failed:?}");
+    }
+    assert_eq!(
+        refused_total().await,
+        0.0,
+        "a lost connection is no rewrite"
+    );
+    assert_serving(&app).await;
+    let written = app.try_activate(vec![target("team", "limits", 1)]).await;
+    assert!(written.is_ok(), "{written:?}");
+
+    events_unguarded(&db, backend).await;
+    sql(&db, &[REWRITE_NEWEST_EVENT]).await;
+    let refused = app.try_activate(vec![target("team", "limits", 2)]).await;
+    expect_code(refused, Code::DataLoss);
+    assert_eq!(refused_total().await, 1.0);
+    assert_not_serving(&app).await;
+    db.close().await.ok();
+}
+
+/// Health reports the replica serving, within a few seconds.
+async fn assert_serving(app: &TestApp) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut status = None;
+    for _ in 0..50 {
+        status = health
+            .check(HealthCheckRequest {
+                service: "policyhub.v1.PolicyService".into(),
+            })
+            .await
+            .ok()
+            .map(|response| response.into_inner().status);
+        if status == Some(ServingStatus::Serving as i32) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(ServingStatus::Serving as i32));
+}
