@@ -16,10 +16,11 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use crate::domain::Result;
-use crate::domain::rollout::{self, RolloutState, Tick};
+use crate::domain::rollout::{self, Rollout, RolloutState, Tick};
 use crate::domain::schedule::FiringOutcome;
 use crate::hub::PolicyHub;
 
@@ -60,7 +61,7 @@ pub async fn run(hub: PolicyHub, interval: Duration, instruments: Instruments) {
         ticker.tick().await;
         let ticked = hub
             .exclusively(CONTROLLER_LOCK, async |_term| {
-                let rollouts = drive_rollouts(&hub).await;
+                let rollouts = drive_rollouts(&hub, interval).await;
                 fire_schedules(&hub, &instruments).await?;
                 rollouts
             })
@@ -80,25 +81,42 @@ pub async fn run(hub: PolicyHub, interval: Duration, instruments: Instruments) {
     }
 }
 
-/// One decision for every running rollout.
-async fn drive_rollouts(hub: &PolicyHub) -> Result<()> {
-    for running in hub.live_rollouts().await? {
-        if !matches!(
+/// Rollouts driven at once, at most.
+const CONCURRENT_ROLLOUTS: usize = 8;
+
+/// One decision for every running rollout, each on its own: one that cannot
+/// be driven now (its database write failed) does not hold up the others,
+/// nor does a slow Prometheus (see `PolicyHub::take_measurements`, which
+/// waits for measurements at most a `tick`).
+async fn drive_rollouts(hub: &PolicyHub, tick: Duration) -> Result<()> {
+    let live = hub.live_rollouts().await?;
+    futures::stream::iter(live.iter().filter(|running| {
+        matches!(
             running.state,
             RolloutState::Running | RolloutState::Scheduled
-        ) {
-            continue;
+        )
+    }))
+    .for_each_concurrent(CONCURRENT_ROLLOUTS, async |running| {
+        if let Err(error) = drive_rollout(hub, running, tick).await {
+            tracing::warn!(rollout = %running.id, %error,
+                "the controller could not drive the rollout; trying again");
         }
-        let measurements = match running.state {
-            RolloutState::Running => hub.take_measurements(&running).await?,
-            _ => Vec::new(),
-        };
-        let fleet = hub.fleet_view(&running.namespace).await?;
-        let decision = rollout::tick(&running, fleet.not_stale(), &measurements, Utc::now());
-        if decision != Tick::Wait {
-            tracing::info!(rollout = %running.id, ?decision, "rollout controller decision");
-            hub.drive_rollout(&running, decision).await?;
-        }
+    })
+    .await;
+    Ok(())
+}
+
+/// One decision for `running`.
+async fn drive_rollout(hub: &PolicyHub, running: &Rollout, tick: Duration) -> Result<()> {
+    let measurements = match running.state {
+        RolloutState::Running => hub.take_measurements(running, tick).await?,
+        _ => Vec::new(),
+    };
+    let fleet = hub.fleet_view(&running.namespace).await?;
+    let decision = rollout::tick(running, fleet.not_stale(), &measurements, Utc::now());
+    if decision != Tick::Wait {
+        tracing::info!(rollout = %running.id, ?decision, "rollout controller decision");
+        hub.drive_rollout(running, decision).await?;
     }
     Ok(())
 }

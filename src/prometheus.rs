@@ -2,7 +2,8 @@
 //! `MetricsSource`: one instant query (`/api/v1/query`) per measurement,
 //! its answer sorted into a number, no data, no answer, or a query that
 //! Prometheus refuses (`bad_data`). Only configured servers are asked:
-//! a request names a server, never an address.
+//! a request names a server, never an address, and an answer is read up to
+//! `MAX_ANSWER_BYTES` only.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +14,11 @@ use serde::Deserialize;
 use crate::config::RolloutSettings;
 use crate::domain::rollout::{MetricsSource, QueryAnswer};
 
+/// The longest answer read from Prometheus. An analysis's query answers
+/// one number, a few hundred bytes; a query that matches thousands of
+/// series is refused long before its answer takes memory.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
 /// The configured servers and one HTTP client for all.
 #[derive(Debug)]
 pub struct PrometheusServers {
@@ -20,6 +26,8 @@ pub struct PrometheusServers {
     servers: BTreeMap<String, url::Url>,
     client: reqwest::Client,
     min_interval: Duration,
+    /// The client's timeout, named when a query runs past it.
+    timeout: Duration,
 }
 
 /// Prometheus's answer to a query (its HTTP API's envelope).
@@ -81,6 +89,7 @@ impl PrometheusServers {
             servers,
             client,
             min_interval: settings.min_analysis_interval,
+            timeout: settings.analysis_timeout,
         }))
     }
 }
@@ -139,7 +148,16 @@ impl MetricsSource for PrometheusServers {
         let Some(endpoint) = self.servers.get(server) else {
             return QueryAnswer::Unanswered(format!("no Prometheus server named {server}"));
         };
-        let response = match self
+        let unanswered = |error: reqwest::Error| {
+            QueryAnswer::Unanswered(match error.is_timeout() {
+                true => format!(
+                    "prometheus {server} timed out after {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                false => format!("prometheus {server} did not answer: {error}"),
+            })
+        };
+        let mut response = match self
             .client
             .post(endpoint.clone())
             .form(&[("query", query)])
@@ -147,14 +165,24 @@ impl MetricsSource for PrometheusServers {
             .await
         {
             Ok(response) => response,
-            Err(error) => {
-                return QueryAnswer::Unanswered(format!(
-                    "prometheus {server} did not answer: {error}"
-                ));
-            }
+            Err(error) => return unanswered(error),
         };
         let status = response.status();
-        match response.json::<Envelope>().await {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                    return QueryAnswer::Unanswered(format!(
+                        "prometheus {server} answered more than {MAX_ANSWER_BYTES} bytes: a \
+                         query must answer one number"
+                    ));
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(error) => return unanswered(error),
+            }
+        }
+        match serde_json::from_slice::<Envelope>(&body) {
             Ok(envelope) => sort(status, envelope),
             Err(error) => QueryAnswer::Unanswered(format!(
                 "prometheus {server} answered {status} without its JSON: {error}"

@@ -433,18 +433,20 @@ fn print_analyses(rollout: &proto::Rollout, step: Option<&proto::RolloutStep>) {
                 .count()
         };
         let last = measured.last().map_or(String::new(), |last| {
-            let value = last
-                .value
-                .map_or_else(|| "no value".to_owned(), |value| value.to_string());
+            let value = last.value.map_or_else(
+                || format!("no value ({})", last.message),
+                |value| value.to_string(),
+            );
             format!("; last {value} at {}", time_text(last.taken_at))
         });
         outln!(
-            "analysis {} ({}): {} successful, {} failed, {} inconclusive{last}",
+            "analysis {} ({}): {} successful, {} failed, {} inconclusive, {} errors{last}",
             analysis.name,
             analysis.success_condition,
             count(proto::MeasurementPhase::Successful),
             count(proto::MeasurementPhase::Failed),
             count(proto::MeasurementPhase::Inconclusive),
+            count(proto::MeasurementPhase::Error),
         );
     }
 }

@@ -118,7 +118,7 @@ pub struct RolloutSettings {
     #[serde(with = "humantime_serde")]
     pub min_analysis_interval: Duration,
     /// The longest one query to Prometheus may take; past it the
-    /// measurement is inconclusive.
+    /// measurement is an error ("timed out after …").
     #[serde(with = "humantime_serde")]
     pub analysis_timeout: Duration,
 }

@@ -8,8 +8,8 @@ use super::policy_requests::{idempotency_key, version_selector};
 use super::proto;
 use crate::config::Limits;
 use crate::domain::rollout::{
-    Analysis, DEFAULT_PROMETHEUS, FailureRule, Measurement, MeasurementPhase, Progress, Rollout,
-    RolloutState, RolloutStep, StartRolloutCommand,
+    Analysis, DEFAULT_CONSECUTIVE_ERROR_LIMIT, DEFAULT_PROMETHEUS, FailureRule, Measurement,
+    MeasurementPhase, Progress, Rollout, RolloutState, RolloutStep, StartRolloutCommand,
 };
 use crate::domain::{
     Error, ExpectedActive, IdempotencyKey, Namespace, PolicyName, Result, refuse_nul,
@@ -56,6 +56,9 @@ fn analyses(prefix: &str, requested: Vec<proto::RolloutAnalysis>) -> Result<Vec<
                 count: analysis.count,
                 failure_limit: analysis.failure_limit,
                 inconclusive_limit: analysis.inconclusive_limit,
+                consecutive_error_limit: analysis
+                    .consecutive_error_limit
+                    .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT),
             })
         })
         .collect()
@@ -73,6 +76,7 @@ fn wire_analyses(analyses: &[Analysis]) -> Vec<proto::RolloutAnalysis> {
             count: analysis.count,
             failure_limit: analysis.failure_limit,
             inconclusive_limit: analysis.inconclusive_limit,
+            consecutive_error_limit: Some(analysis.consecutive_error_limit),
         })
         .collect()
 }
@@ -104,6 +108,7 @@ pub(super) fn measurement_record(wire: proto::AnalysisMeasurement) -> Result<Mea
         Ok(proto::MeasurementPhase::Successful) => MeasurementPhase::Successful,
         Ok(proto::MeasurementPhase::Failed) => MeasurementPhase::Failed,
         Ok(proto::MeasurementPhase::Inconclusive) => MeasurementPhase::Inconclusive,
+        Ok(proto::MeasurementPhase::Error) => MeasurementPhase::Error,
         Ok(proto::MeasurementPhase::Unspecified) | Err(_) => {
             return Err(Error::invalid(
                 "phase",

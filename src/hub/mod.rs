@@ -87,6 +87,8 @@ pub struct PolicyHub {
     /// The Prometheus servers rollouts' analyses query, when the
     /// deployment configures any.
     metrics_source: Option<Arc<dyn MetricsSource>>,
+    /// The analyses' measurements being taken.
+    measuring: Arc<analyses::Measuring>,
 }
 
 /// The signing key, the JWKS and the revoked keys, which change together.
@@ -212,6 +214,7 @@ impl PolicyHub {
             encode_checkpoint,
             witnesses: None,
             metrics_source: None,
+            measuring: Arc::default(),
         };
         hub.repository.read_newest_checkpoint().await?;
         hub.show_checkpoint();

@@ -10,7 +10,8 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use policyhub::config::PrometheusServer;
+use policyhub::config::{Limits, PrometheusServer};
+use policyhub::domain::rollout::{MAX_ALERTS, MAX_ANALYSES};
 use policyhub::grpc::proto::{self, MeasurementPhase, RolloutState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -233,6 +234,7 @@ pub(crate) fn error_ratio(count: u32, failure_limit: u32) -> proto::RolloutAnaly
         count,
         failure_limit,
         inconclusive_limit: 0,
+        consecutive_error_limit: None,
     }
 }
 
@@ -301,6 +303,20 @@ async fn bad_analyses_are_refused_naming_the_field_and_nothing_starts(backend: B
             },
             "steps[0].analyses[0].success_condition",
             "error_rate",
+        ),
+        (
+            {
+                let mut request = start_request(vec![step(100, Duration::from_secs(60))]);
+                request.analyses = (0..=MAX_ANALYSES)
+                    .map(|index| proto::RolloutAnalysis {
+                        name: format!("a{index}"),
+                        ..error_ratio(0, 0)
+                    })
+                    .collect();
+                request
+            },
+            "analyses",
+            "21 analyses, at most 20 are allowed in one rollout",
         ),
     ];
     for (request, field, said) in cases {
@@ -471,6 +487,9 @@ async fn an_error_rate_spike_rolls_the_cohort_back_within_the_bound(backend: Bac
     );
 }
 
+/// A Prometheus that stops answering makes each measurement an error, not
+/// an inconclusive one, and the fifth in a row (the default limit is 4)
+/// pauses the rollout.
 async fn a_prometheus_that_stops_answering_pauses_the_rollout(backend: Backend) {
     let exporter = Exporter::start().await;
     let mut prometheus = Prometheus::start(&exporter).await;
@@ -487,22 +506,29 @@ async fn a_prometheus_that_stops_answering_pauses_the_rollout(backend: Backend) 
     })
     .await;
     assert!(
-        paused
-            .halted_because
-            .contains("analysis error-ratio was inconclusive")
-            && paused.halted_because.contains("did not answer"),
+        paused.halted_because.contains(
+            "analysis error-ratio could not measure: 5 errors in a row (at most 4 allowed)"
+        ) && paused.halted_because.contains("did not answer"),
         "{}",
         paused.halted_because
     );
-    let last = paused.measurements.last().unwrap();
-    assert_eq!(last.phase(), MeasurementPhase::Inconclusive);
-    assert_eq!(last.value, None, "no answer is never a value");
+    let errors: Vec<_> = paused
+        .measurements
+        .iter()
+        .rev()
+        .take_while(|measurement| measurement.phase() == MeasurementPhase::Error)
+        .collect();
+    assert_eq!(errors.len(), 5, "{:?}", paused.measurements);
+    assert!(
+        errors.iter().all(|error| error.value.is_none()),
+        "no answer is never a value"
+    );
     let events = app.events("team", "limits").await;
     assert!(
         events
             .iter()
             .any(|event| event.kind() == proto::EventKind::RolloutPaused
-                && event.reason.contains("inconclusive")),
+                && event.reason.contains("errors in a row")),
         "{events:?}"
     );
     // Paused, not rolled back: the cohort keeps the candidate, and no
@@ -541,4 +567,37 @@ async fn a_retried_start_is_replayed_without_asking_prometheus(backend: Backend)
         .expect("the retry is answered from its key")
         .into_inner();
     assert_eq!(retried.id, started.id);
+}
+
+/// The guide states the bounds the server enforces: the analyses of one
+/// rollout, the alerts of one notification, and a notification's body,
+/// which is every request's on the HTTP port.
+#[test]
+fn the_guide_states_the_bounds_the_server_enforces() {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/src/guides/rollout-analysis.md"
+    ))
+    .unwrap();
+    let guide = guide.split_whitespace().collect::<Vec<_>>().join(" ");
+    let limits = Limits::default();
+    let mib = |bytes: usize| bytes / (1024 * 1024);
+    assert_eq!(
+        limits.max_message_bytes(),
+        2 * limits.max_body_bytes + 64 * 1024
+    );
+    for stated in [
+        format!("more than {MAX_ANALYSES} analyses in one rollout"),
+        format!("no alerts or more than {MAX_ALERTS}"),
+        format!(
+            "at most twice `limits.max_body_bytes` plus 64 KiB ({} MiB + 64 KiB by default",
+            mib(2 * limits.max_body_bytes)
+        ),
+        format!(
+            "answered a server error or more than {} KiB",
+            policyhub::prometheus::MAX_ANSWER_BYTES / 1024
+        ),
+    ] {
+        assert!(guide.contains(&stated), "the guide does not say {stated:?}");
+    }
 }

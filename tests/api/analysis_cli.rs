@@ -127,13 +127,13 @@ async fn the_cli_starts_a_rollout_with_analyses_written_in_files() {
     let text = status.success();
     assert!(
         text.contains(
-            "analysis error-ratio (result < 0.05): 2 successful, 0 failed, 0 inconclusive; last 0 at"
+            "analysis error-ratio (result < 0.05): 2 successful, 0 failed, 0 inconclusive, 0 errors; last 0 at"
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            "analysis errors-at-full (result < 0.01): 1 successful, 0 failed, 0 inconclusive; last 0 at"
+            "analysis errors-at-full (result < 0.01): 1 successful, 0 failed, 0 inconclusive, 0 errors; last 0 at"
         ),
         "{text}"
     );

@@ -5,6 +5,7 @@ mod agent;
 mod alerts;
 mod analysis;
 mod analysis_cli;
+mod analysis_faults;
 mod archive;
 mod archive_measurements;
 mod auth;

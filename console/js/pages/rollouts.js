@@ -228,7 +228,8 @@ function analysisTable(rollout) {
     h('code', {}, analysis.successCondition),
     span(millis(analysis.interval)),
     analysis.count ? `${analysis.count} measurements` : 'measures while its step runs',
-    `${analysis.failureLimit ?? 0} failed, ${analysis.inconclusiveLimit ?? 0} inconclusive`,
+    `${analysis.failureLimit ?? 0} failed, ${analysis.inconclusiveLimit ?? 0} inconclusive, ` +
+      `${analysis.consecutiveErrorLimit ?? 4} errors in a row`,
   ]))), 'Analyses of the rollout', { stack: true }));
 }
 

@@ -21,8 +21,9 @@ mod tick;
 
 pub use alerts::{ACTION_LABEL, Alert, AlertAction, MAX_ALERTS, ensure_alert_count};
 pub use analysis::{
-    Analysis, DEFAULT_PROMETHEUS, Measurement, MeasurementPhase, MetricsSource, QUERY_VARIABLES,
-    QueryAnswer, QueryFacts, Verdict, judge, measure, render_query, validate_analyses,
+    Analysis, DEFAULT_CONSECUTIVE_ERROR_LIMIT, DEFAULT_PROMETHEUS, MAX_ANALYSES, Measurement,
+    MeasurementPhase, MetricsSource, QUERY_VARIABLES, QueryAnswer, QueryFacts, Verdict, judge,
+    measure, render_query, validate_analyses,
 };
 pub use cohort::{Progress, ProgressTally, bucket, progress};
 pub use plan::{plan_targets, validate_plan, validate_start};

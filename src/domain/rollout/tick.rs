@@ -28,9 +28,9 @@ pub enum Tick {
 
 /// One controller decision: fail when too many cohort runtimes rejected a
 /// candidate or missed the apply deadline, or an analysis failed; pause
-/// when an analysis was inconclusive; else advance once the step has baked
-/// and its analyses with a count passed. `measurements` are the rollout's,
-/// of any step.
+/// when an analysis was inconclusive or could not measure; else advance
+/// once the step has baked and its analyses with a count passed.
+/// `measurements` are the rollout's, of any step.
 pub fn tick<'a>(
     rollout: &Rollout,
     fleet: impl IntoIterator<Item = &'a RuntimeRecord>,
@@ -100,7 +100,7 @@ pub fn tick<'a>(
     for analysis in rollout.analyses_in_force() {
         match judge(analysis, &rollout.judged(analysis, measurements)) {
             Verdict::Failed(why) => return Tick::Fail(why),
-            Verdict::Inconclusive(why) => return Tick::Pause(why),
+            Verdict::Inconclusive(why) | Verdict::Errored(why) => return Tick::Pause(why),
             Verdict::Running => holding |= analysis.count > 0,
             Verdict::Successful => {}
         }

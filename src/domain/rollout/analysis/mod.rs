@@ -5,8 +5,10 @@
 //! success condition over the query's `result`, as Argo Rollouts'
 //! AnalysisTemplate declares them: more failed measurements than the
 //! failure limit fail the rollout, more inconclusive ones than the
-//! inconclusive limit pause it for a person, `count` measurements within
-//! both limits complete it.
+//! inconclusive limit or more errors in a row than the consecutive-error
+//! limit pause it for a person, and `count` successful measurements within
+//! those limits complete it. Only a successful measurement passes: neither
+//! an inconclusive one nor an error ever counts toward `count`.
 //!
 //! The query is a template over the rollout's facts (`{{ namespace }}`,
 //! `{{ candidate }}`, …) and the condition an expression over `result`,
@@ -37,6 +39,9 @@ pub const MAX_ANALYSIS_TEXT_BYTES: usize = 4096;
 pub const MAX_ANALYSIS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The Prometheus server an analysis that names none asks.
 pub const DEFAULT_PROMETHEUS: &str = "default";
+/// Errors in a row an analysis that sets no limit tolerates, as Argo
+/// Rollouts' `consecutiveErrorLimit` defaults.
+pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
 
 /// The facts a query may name, each rendered as PromQL label-value text.
 pub const QUERY_VARIABLES: [&str; 7] = [
@@ -69,14 +74,22 @@ pub struct Analysis {
     /// step starts or the rollout resumes.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Measurements within both limits after which the analysis passed and
-    /// stops; 0: it measures as long as its step runs. A step's analysis
-    /// with a count holds the step until it passed.
+    /// Successful measurements, within the limits, after which the
+    /// analysis passed and stops; 0: it measures as long as its step runs.
+    /// A step's analysis with a count holds the step until it passed.
     pub count: u32,
     /// Failed measurements tolerated: one more fails the rollout.
     pub failure_limit: u32,
     /// Inconclusive measurements tolerated: one more pauses the rollout.
     pub inconclusive_limit: u32,
+    /// Errors in a row tolerated: one more pauses the rollout. Rollouts
+    /// stored before the limit existed take the default.
+    #[serde(default = "default_consecutive_error_limit")]
+    pub consecutive_error_limit: u32,
+}
+
+fn default_consecutive_error_limit() -> u32 {
+    DEFAULT_CONSECUTIVE_ERROR_LIMIT
 }
 
 /// How one measurement came out.
@@ -87,17 +100,21 @@ pub enum MeasurementPhase {
     Successful,
     /// The condition did not hold.
     Failed,
-    /// No value to judge: Prometheus did not answer, or answered no data
-    /// or not one number. Never a pass.
+    /// No value to judge: Prometheus answered no data or not one number,
+    /// or the condition could not judge it. Never a pass.
     Inconclusive,
+    /// No answer: Prometheus was unreachable, timed out, answered an error
+    /// or refused the query. Never a pass.
+    Error,
 }
 
 impl MeasurementPhase {
     /// Every phase.
-    pub const ALL: [MeasurementPhase; 3] = [
+    pub const ALL: [MeasurementPhase; 4] = [
         MeasurementPhase::Successful,
         MeasurementPhase::Failed,
         MeasurementPhase::Inconclusive,
+        MeasurementPhase::Error,
     ];
 
     /// The name used in storage and in the API.
@@ -106,6 +123,7 @@ impl MeasurementPhase {
             MeasurementPhase::Successful => "SUCCESSFUL",
             MeasurementPhase::Failed => "FAILED",
             MeasurementPhase::Inconclusive => "INCONCLUSIVE",
+            MeasurementPhase::Error => "ERROR",
         }
     }
 }
@@ -134,7 +152,8 @@ pub struct Measurement {
     pub value: Option<f64>,
     /// The condition it was judged by.
     pub success_condition: String,
-    /// Why it was inconclusive, or the query as sent when it was not.
+    /// Why it was inconclusive or an error, or the query as sent when it
+    /// was neither.
     pub message: String,
     /// When it was taken.
     pub taken_at: DateTime<Utc>,
@@ -290,8 +309,9 @@ pub fn measure(
                 format!("the condition {why}"),
             ),
         },
-        QueryAnswer::NoData(why) | QueryAnswer::Unanswered(why) | QueryAnswer::Refused(why) => {
-            (MeasurementPhase::Inconclusive, None, why)
+        QueryAnswer::NoData(why) => (MeasurementPhase::Inconclusive, None, why),
+        QueryAnswer::Unanswered(why) | QueryAnswer::Refused(why) => {
+            (MeasurementPhase::Error, None, why)
         }
     };
     Measurement {
@@ -310,12 +330,15 @@ pub fn measure(
 pub enum Verdict {
     /// Measuring.
     Running,
-    /// `count` measurements within both limits: it passed and stops.
+    /// `count` successful measurements within the limits: it passed and
+    /// stops.
     Successful,
     /// More failed measurements than the failure limit: why.
     Failed(String),
     /// More inconclusive measurements than the inconclusive limit: why.
     Inconclusive(String),
+    /// More errors in a row than the consecutive-error limit: why.
+    Errored(String),
 }
 
 fn value_text(measurement: &Measurement) -> String {
@@ -349,6 +372,19 @@ pub fn judge(analysis: &Analysis, measurements: &[&Measurement]) -> Verdict {
             last.success_condition
         ));
     }
+    let errors_in_a_row = measurements
+        .iter()
+        .rev()
+        .take_while(|measurement| measurement.phase == MeasurementPhase::Error)
+        .count();
+    if errors_in_a_row > analysis.consecutive_error_limit as usize {
+        let last = measurements.last().expect("an error was counted");
+        return Verdict::Errored(format!(
+            "analysis {} could not measure: {errors_in_a_row} errors in a row (at most {} \
+             allowed), the last: {}",
+            analysis.name, analysis.consecutive_error_limit, last.message
+        ));
+    }
     let inconclusive = count(MeasurementPhase::Inconclusive);
     if inconclusive > analysis.inconclusive_limit as usize {
         let last = measurements
@@ -365,7 +401,7 @@ pub fn judge(analysis: &Analysis, measurements: &[&Measurement]) -> Verdict {
             last.message
         ));
     }
-    if analysis.count > 0 && measurements.len() >= analysis.count as usize {
+    if analysis.count > 0 && count(MeasurementPhase::Successful) >= analysis.count as usize {
         return Verdict::Successful;
     }
     Verdict::Running
@@ -400,32 +436,46 @@ impl Rollout {
     }
 
     /// The analyses due for a measurement at `now`: running ones whose
-    /// next point of their grid (the step's start, then every interval)
-    /// came, so a late tick does not push every later measurement back;
-    /// after a pause of the controller the grid is caught up at most two
-    /// measurements an interval, not in a burst.
+    /// next point came (see [`next_due`]).
     pub fn due_analyses<'a>(
         &'a self,
         measurements: &[Measurement],
         now: DateTime<Utc>,
+        slack: Duration,
     ) -> Vec<&'a Analysis> {
         self.analyses_in_force()
             .filter(|analysis| {
                 let judged = self.judged(analysis, measurements);
-                if judge(analysis, &judged) != Verdict::Running {
-                    return false;
-                }
-                let interval = chrono::TimeDelta::from_std(analysis.interval)
-                    .unwrap_or(chrono::TimeDelta::MAX);
-                let taken = i32::try_from(judged.len()).unwrap_or(i32::MAX);
-                let on_grid = self.step_started_at + interval * (taken + 1);
-                let spaced = judged
-                    .last()
-                    .is_none_or(|last| now >= last.taken_at + interval / 2);
-                now >= on_grid && spaced
+                judge(analysis, &judged) == Verdict::Running
+                    && now >= next_due(self.step_started_at, analysis.interval, slack, &judged)
             })
             .collect()
     }
+}
+
+/// When the next measurement after `judged` (oldest first, since `start`)
+/// is due. Points fall on a grid, one `interval` after `start` and then
+/// every interval, so a controller tick up to `slack` late does not push
+/// the later measurements back. A measurement taken later than that past
+/// its point (the server was down, the controller stalled) was taken at
+/// once, and the grid starts again from it: an outage never makes an
+/// analysis measure faster than its interval, nor catch up on the points
+/// it missed.
+fn next_due(
+    start: DateTime<Utc>,
+    interval: Duration,
+    slack: Duration,
+    judged: &[&Measurement],
+) -> DateTime<Utc> {
+    let interval = chrono::TimeDelta::from_std(interval).unwrap_or(chrono::TimeDelta::MAX);
+    let slack = chrono::TimeDelta::from_std(slack).unwrap_or(chrono::TimeDelta::MAX);
+    judged.iter().fold(start + interval, |due, measurement| {
+        let point = match measurement.taken_at > due + slack {
+            true => measurement.taken_at,
+            false => due,
+        };
+        point + interval
+    })
 }
 
 #[cfg(test)]
@@ -460,6 +510,7 @@ mod tests {
             count: 0,
             failure_limit: 1,
             inconclusive_limit: 0,
+            consecutive_error_limit: DEFAULT_CONSECUTIVE_ERROR_LIMIT,
         }
     }
 
@@ -571,8 +622,15 @@ mod tests {
         };
         let ok = taken(Some(0.0));
         let bad = taken(Some(0.5));
-        let none = taken(None);
+        let none = measure(
+            &declared,
+            0,
+            "q",
+            QueryAnswer::NoData("no series".into()),
+            now,
+        );
         assert_eq!(none.phase, MeasurementPhase::Inconclusive);
+        assert_eq!(taken(None).phase, MeasurementPhase::Error);
         assert_eq!(judge(&declared, &[&ok, &bad]), Verdict::Running);
         match judge(&declared, &[&bad, &ok, &bad]) {
             Verdict::Failed(why) => {
@@ -584,7 +642,95 @@ mod tests {
             judge(&declared, &[&ok, &none]),
             Verdict::Inconclusive(_)
         ));
-        assert_eq!(judge(&declared, &[&ok, &bad, &ok]), Verdict::Successful);
+        assert_eq!(judge(&declared, &[&ok, &bad, &ok]), Verdict::Running);
+        assert_eq!(
+            judge(&declared, &[&ok, &bad, &ok, &ok]),
+            Verdict::Successful
+        );
+    }
+
+    #[test]
+    fn only_successful_measurements_pass_an_analysis() {
+        let now = Utc::now();
+        let declared = Analysis {
+            count: 3,
+            inconclusive_limit: 3,
+            ..analysis("errors")
+        };
+        let none = measure(
+            &declared,
+            0,
+            "q",
+            QueryAnswer::NoData("the query answered no series".into()),
+            now,
+        );
+        let ok = measure(&declared, 0, "q", QueryAnswer::Value(0.0), now);
+        assert_eq!(judge(&declared, &[&none, &none, &none]), Verdict::Running);
+        assert!(matches!(
+            judge(&declared, &[&none, &none, &none, &none]),
+            Verdict::Inconclusive(_)
+        ));
+        assert_eq!(
+            judge(&declared, &[&none, &ok, &none, &ok, &none, &ok]),
+            Verdict::Successful
+        );
+    }
+
+    #[test]
+    fn errors_in_a_row_beyond_their_limit_stop_an_analysis_and_a_success_resets_them() {
+        let now = Utc::now();
+        let declared = Analysis {
+            count: 3,
+            ..analysis("errors")
+        };
+        let error = measure(
+            &declared,
+            0,
+            "q",
+            QueryAnswer::Unanswered("prometheus default timed out after 5s".into()),
+            now,
+        );
+        let ok = measure(&declared, 0, "q", QueryAnswer::Value(0.0), now);
+        let four = [&error, &error, &error, &error];
+        assert_eq!(judge(&declared, &four), Verdict::Running);
+        let five = [&error, &error, &error, &error, &error];
+        match judge(&declared, &five) {
+            Verdict::Errored(why) => {
+                assert!(why.contains("5 errors in a row (at most 4"), "{why}");
+                assert!(why.contains("timed out after 5s"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let broken = [&error, &error, &error, &ok, &error, &error, &error, &error];
+        assert_eq!(judge(&declared, &broken), Verdict::Running);
+        let none = Analysis {
+            consecutive_error_limit: 0,
+            ..declared.clone()
+        };
+        assert!(matches!(judge(&none, &[&error]), Verdict::Errored(_)));
+    }
+
+    #[test]
+    fn an_outage_measures_once_then_keeps_the_interval_and_a_late_tick_keeps_the_grid() {
+        let start = Utc::now();
+        let second = chrono::TimeDelta::seconds(1);
+        let millis = chrono::TimeDelta::milliseconds;
+        let interval = Duration::from_secs(1);
+        let slack = Duration::from_millis(100);
+        let declared = analysis("errors");
+        let at = |when| measure(&declared, 0, "q", QueryAnswer::Value(0.0), when);
+        let due = |taken: &[Measurement]| {
+            next_due(start, interval, slack, &taken.iter().collect::<Vec<_>>())
+        };
+        assert_eq!(due(&[]), start + second);
+        // A tick 80 ms late keeps the grid.
+        assert_eq!(due(&[at(start + millis(1080))]), start + second * 2);
+        // Down from 1.05 s to 5.3 s: once at 5.3 s, then every second from
+        // there, never the missed points in a burst.
+        let mut taken = vec![at(start + millis(1050)), at(start + millis(5300))];
+        assert_eq!(due(&taken), start + millis(6300));
+        taken.push(at(start + millis(6320)));
+        assert_eq!(due(&taken), start + millis(7300));
     }
 
     #[test]
@@ -624,8 +770,9 @@ mod tests {
         plan.steps[1].analyses = vec![analysis("latency")];
         let start = plan.step_started_at;
         let second = chrono::TimeDelta::seconds(1);
-        assert!(plan.due_analyses(&[], start).is_empty());
-        let due: Vec<_> = plan.due_analyses(&[], start + second);
+        let slack = Duration::from_millis(100);
+        assert!(plan.due_analyses(&[], start, slack).is_empty());
+        let due: Vec<_> = plan.due_analyses(&[], start + second, slack);
         assert_eq!(due.len(), 1);
         let taken = measure(
             &plan.analyses[0],
@@ -635,12 +782,12 @@ mod tests {
             start + second,
         );
         assert!(
-            plan.due_analyses(std::slice::from_ref(&taken), start + second)
+            plan.due_analyses(std::slice::from_ref(&taken), start + second, slack)
                 .is_empty()
         );
         plan.step = 1;
         let names: Vec<_> = plan
-            .due_analyses(&[taken], start + second * 2)
+            .due_analyses(&[taken], start + second * 2, slack)
             .into_iter()
             .map(|analysis| analysis.name.as_str())
             .collect();
