@@ -2,8 +2,11 @@
 refusing one whose `card-limits` has no whole `maxAmount`: the quick start
 of the book's Python page.
 
-    python quickstart.py --server http://127.0.0.1:50051 --namespace payments
+    policyhub token --subject payments-runtime --role payments:reader > runtime.token
+    python quickstart.py --server http://127.0.0.1:50051 --token-file runtime.token
 
+`--token-file` names the file holding the runtime's token, read again on
+every call (none: no token, for a server started with `--insecure`).
 `--states N` stops after N states put in force (for the scripts that run it).
 """
 
@@ -30,11 +33,16 @@ async def main() -> None:
     parser.add_argument("--server", default="http://127.0.0.1:50051")
     parser.add_argument("--namespace", default="payments")
     parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--token-file", help="the file holding the runtime's bearer token")
     parser.add_argument("--states", type=int, default=0, help="stop after this many (0: never)")
     args = parser.parse_args()
 
     subscription = policyhub.Subscription(
-        args.server, args.namespace, runtime_id="quickstart", cache_dir=args.cache_dir
+        args.server,
+        args.namespace,
+        runtime_id="quickstart",
+        cache_dir=args.cache_dir,
+        token=policyhub.token_file(args.token_file) if args.token_file else None,
     )
     states = 0
     async for event in subscription.events(validate):

@@ -13,7 +13,11 @@ cosignatures, and reports what the application applied or rejected.
 
     async def main() -> None:
         subscription = policyhub.Subscription(
-            "http://127.0.0.1:50051", "payments", runtime_id="enforcer-1", cache_dir="cache"
+            "http://127.0.0.1:50051",
+            "payments",
+            runtime_id="enforcer-1",
+            token=policyhub.token_file("runtime.token"),
+            cache_dir="cache",
         )
 
         def validate(state: policyhub.State) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -56,8 +57,12 @@ class Client:
         keepalive_ms: int,
         call_timeout: float,
     ) -> None:
-        secure = address.startswith("https://")
-        target = address.split("://", 1)[1] if "://" in address else address
+        parts = urllib.parse.urlsplit(address)
+        secure = parts.scheme == "https"
+        # host:port alone (the subscription refused any other shape of
+        # address; a trailing "/" is no part of gRPC's target), with the
+        # scheme's port when the address names none.
+        target = parts.netloc if parts.port else f"{parts.netloc}:{443 if secure else 80}"
         options: list[tuple[str, Any]] = [
             # A channel of its own per subscription, so that each runtime has
             # its own connection, as it would in its own process.

@@ -67,7 +67,9 @@ class FromCache:
 
 @dataclass(frozen=True)
 class Connected:
-    """A stream to the server is open; what changed after `revision` follows."""
+    """A stream to the server is open (the server answered it with its
+    response headers); what changed after `revision` follows. A call that
+    fails before the server answers is a `Disconnected`, never this."""
 
     revision: int
     endpoint: str

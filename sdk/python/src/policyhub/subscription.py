@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 from ._client import HEARTBEAT_INTERVAL_HEADER, Tls
 from ._session import Driver
 from ._session.settings import Settings, Validate
+from .bundle import VerifyError
 from .state import Applied, Event, FromCache, State
 from .token import TokenSource
+from .tree import CosignatureVerifier
 
 __all__ = [
     "DEFAULT_REBALANCE_INTERVAL",
@@ -32,8 +36,91 @@ DEFAULT_REPORT_SPREAD = 1.0
 """Seconds over which a runtime spreads its reports unless it says otherwise."""
 
 
+_MIN_INTERVAL = 0.001
+"""The shortest interval a subscription takes, in seconds: the server
+counts its own in milliseconds, and a shorter one has the subscription
+reconnect or retry in a loop (a heartbeat interval of zero or less finds
+every stream dead as it opens; a negative backoff reconnects as fast as
+the host allows)."""
+
+
 def _accept(_: State) -> None:
     return None
+
+
+def _iterable(name: str, value: object) -> list[str]:
+    """`value` as an iterable of strings; a lone string is refused rather
+    than taken as its characters."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be an iterable of str, not {type(value).__name__}")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must hold str, not {type(item).__name__}")
+    return items
+
+
+def _interval(name: str, value: object, *, zero: bool = False) -> float:
+    """A duration in seconds: finite and at least `_MIN_INTERVAL` (or zero,
+    where zero means "at once")."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if zero and seconds == 0:
+        return 0.0
+    if not math.isfinite(seconds) or seconds < _MIN_INTERVAL:
+        least = "zero or at least" if zero else "at least"
+        raise ValueError(f"{name} must be {least} {_MIN_INTERVAL} seconds, got {value!r}")
+    return seconds
+
+
+def _backoff(value: object) -> tuple[float, float]:
+    """The backoff's bounds: the first at least `_MIN_INTERVAL`, the cap no
+    smaller than it."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise TypeError(f"backoff must be a pair (initial, maximum) of seconds, got {value!r}")
+    initial = _interval("backoff initial delay", value[0])
+    maximum = _interval("backoff maximum delay", value[1])
+    if initial > maximum:
+        raise ValueError(
+            f"backoff must be (initial, maximum) with initial <= maximum, got {tuple(value)!r}"
+        )
+    return initial, maximum
+
+
+def _endpoint(address: str) -> str:
+    """An address a subscription connects to: `http://host[:port]` or
+    `https://host[:port]`, nothing else (a path would be silently dropped,
+    another scheme silently taken for plaintext)."""
+    parts = urllib.parse.urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == -1
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(
+            f"endpoint {address!r} is not an http:// or https:// address"
+            " (http://host:port or https://host:port)"
+        )
+    return address
+
+
+def _witness(key: str) -> str:
+    """A witness's verifier key, parsed once here so that a malformed one
+    is refused now rather than found on every checkpoint."""
+    try:
+        CosignatureVerifier.parse(key)
+    except VerifyError as error:
+        raise ValueError(f"witnesses: {error}") from error
+    return key
 
 
 class Subscription:
@@ -45,7 +132,12 @@ class Subscription:
     next, and away from its first choice it tries that one again within the
     rebalance interval, moving back once it answers.
 
-    Durations are in seconds.
+    Durations are in seconds. A setting the subscription cannot follow is
+    refused here, before anything connects: `TypeError` for one of the
+    wrong type, `ValueError` for a value out of range (an interval under a
+    millisecond, zero or less among them; a backoff whose first bound is
+    above its cap; an address that is not `http://` or `https://`), naming
+    the setting and the value.
     """
 
     def __init__(
@@ -95,24 +187,55 @@ class Subscription:
           `cosignatures` of these witnesses (verifier keys
           `<name>+<key id>+<base64 key>`) cosigned it (C2SP cosignature/v1).
         """
+        addresses = [endpoints] if isinstance(endpoints, str) else _iterable("endpoints", endpoints)
+        if not addresses:
+            raise ValueError("endpoints must name at least one address, got none")
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not namespace:
+            raise ValueError("namespace must not be empty, got ''")
+        if token is not None and not callable(token):
+            raise TypeError(
+                "token must be a callable that returns the token (such as"
+                f" policyhub.token_file(path)), not {type(token).__name__}"
+            )
+        if tls is not None and not isinstance(tls, Tls):
+            raise TypeError(f"tls must be a policyhub.Tls, not {type(tls).__name__}")
+        backoff_initial, backoff_max = _backoff(backoff)
+        witness_keys = [_witness(key) for key in _iterable("witnesses", witnesses)]
+        if isinstance(cosignatures, bool) or not isinstance(cosignatures, int):
+            raise TypeError(f"cosignatures must be an int, not {type(cosignatures).__name__}")
+        if not 0 <= cosignatures <= len(witness_keys):
+            raise ValueError(
+                f"cosignatures must be between 0 and the {len(witness_keys)} witnesses given,"
+                f" got {cosignatures}"
+            )
         self.settings = Settings(
-            endpoints=[endpoints] if isinstance(endpoints, str) else list(endpoints),
+            endpoints=[_endpoint(address) for address in addresses],
             namespace=namespace,
-            names=sorted(set(names)),
+            names=sorted(set(_iterable("names", names))),
             runtime_id=runtime_id,
             labels=dict(labels or {}),
             cache_dir=str(cache_dir) if cache_dir is not None else None,
             token=token,
             tls=tls,
-            heartbeat_interval=heartbeat_interval,
-            backoff_initial=backoff[0],
-            backoff_max=backoff[1],
-            rebalance_interval=rebalance_interval,
-            report_spread=report_spread,
-            max_checkpoint_age=max_checkpoint_age,
+            heartbeat_interval=(
+                None
+                if heartbeat_interval is None
+                else _interval("heartbeat_interval", heartbeat_interval)
+            ),
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            rebalance_interval=_interval("rebalance_interval", rebalance_interval),
+            report_spread=_interval("report_spread", report_spread, zero=True),
+            max_checkpoint_age=(
+                None
+                if max_checkpoint_age is None
+                else _interval("max_checkpoint_age", max_checkpoint_age)
+            ),
             retry_when_refused=retry_when_refused,
             log_origin=log_origin,
-            witnesses=list(witnesses),
+            witnesses=witness_keys,
             cosignatures=cosignatures,
         )
 

@@ -12,7 +12,7 @@ import grpc.aio
 
 from .._client import Client, Reporter, announced_heartbeat
 from ..v1 import bundle_service_pb2 as pb
-from .failure import rpc
+from .failure import ended, rpc
 from .settings import DEFAULT_HEARTBEAT_INTERVAL, Settings
 
 if TYPE_CHECKING:
@@ -72,6 +72,11 @@ async def open_stream(state: SubscriptionState, address: str) -> Opened:
             )
         )
         metadata = await rpc(asyncio.wait_for(call.initial_metadata(), client.call_timeout))
+        if call.done():
+            # gRPC hands a call that failed before any response headers came
+            # (the server down, a refusal) an empty set of them: the stream
+            # never opened, and its status says why.
+            raise await ended(call)
         interval = (
             settings.heartbeat_interval
             or announced_heartbeat(metadata)

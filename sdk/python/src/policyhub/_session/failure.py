@@ -34,10 +34,22 @@ class Permanent(Exception):
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> Exception:
-    code = error.code()
+    return from_status(error.code(), error.details())
+
+
+def from_status(code: grpc.StatusCode, details: str | None) -> Exception:
+    """The failure a call's status says."""
     if code in PERMANENT_CODES:
-        return Permanent(code, error.details() or "")
-    return Transient(f"{code.name}: {error.details()}")
+        return Permanent(code, details or "")
+    return Transient(f"{code.name}: {details}")
+
+
+async def ended(call: grpc.aio.Call) -> Exception:
+    """The failure of a call that is over."""
+    code = await call.code()
+    if code == grpc.StatusCode.OK:
+        return Transient("the stream ended")
+    return from_status(code, await call.details())
 
 
 async def rpc(call: Awaitable[T]) -> T:
