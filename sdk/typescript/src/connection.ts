@@ -215,6 +215,9 @@ export async function fetchKeys(
   }
 }
 
+/** The longest delay a Node timer takes. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 /** Something the loop waits on: woken by news, a deadline or a stop. */
 export class Waker {
   private wake: (() => void) | undefined;
@@ -235,13 +238,18 @@ export class Waker {
     wake?.();
   }
 
-  /** Waits until notified, `until` (ms since the epoch) or a stop. */
+  /**
+   * Waits until notified, `until` (ms since the epoch) or a stop. A wait
+   * longer than a timer takes (2147483647 ms; Node fires a longer one after
+   * 1 ms) ends at that bound, early: every caller checks the time again.
+   */
   async wait(until: number | undefined): Promise<void> {
     if (this.signal.aborted) {
       return;
     }
     await new Promise<void>((resolve) => {
-      const timer = until === undefined ? undefined : setTimeout(resolve, Math.max(0, until - Date.now()));
+      const delay = until === undefined ? undefined : Math.min(Math.max(0, until - Date.now()), MAX_TIMER_MS);
+      const timer = delay === undefined ? undefined : setTimeout(resolve, delay);
       this.wake = () => {
         if (timer !== undefined) clearTimeout(timer);
         resolve();

@@ -9,12 +9,13 @@
  * checkpoints, its log's consistency and witness cosignatures.
  *
  * ```ts
- * import { Subscription } from "@policyhub/runtime";
+ * import { Subscription, tokenFile } from "@policyhub/runtime";
  *
  * const subscription = new Subscription({
  *   endpoints: ["http://127.0.0.1:50051"],
  *   namespace: "payments",
  *   runtime: { id: "enforcer-1" },
+ *   token: tokenFile("runtime.token"),
  *   cacheDir: "cache",
  *   validate: (state) =>
  *     typeof state.bundles["card-limits"]?.body.maxAmount === "number" ? undefined : "maxAmount must be a number",

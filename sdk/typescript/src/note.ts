@@ -127,8 +127,8 @@ export function verifyLogSignature(note: Note, origin: string, jwks: Jwks): void
   }
 }
 
-/** A witness's verifier key, parsed. */
-function cosignatureVerifier(vkey: string): NoteVerifier {
+/** A witness's verifier key, parsed; throws when it is not a cosignature/v1 one. */
+export function cosignatureVerifier(vkey: string): NoteVerifier {
   const malformed = new Error(`${JSON.stringify(vkey)} is not a cosignature/v1 verifier key`);
   // The key's base64 may hold "+" itself: only the first two split.
   const match = /^([^+]+)\+([^+]+)\+(.+)$/su.exec(vkey);

@@ -51,7 +51,11 @@ export interface State {
 export type Event =
   /** At start, the last-known-good state read back from the cache and verified again: in force until the server answers. */
   | { type: "fromCache"; state: State }
-  /** A stream to the server is open; what changed after `revision` follows. */
+  /**
+   * A stream to the server is open (the server answered the watch with its
+   * response headers); what changed after `revision` follows. A watch that
+   * fails before the server answers is only a `disconnected`.
+   */
   | { type: "connected"; revision: number; endpoint: string }
   /** A new whole state, every bundle verified and the application's validation passed: in force, cached, reported APPLIED. */
   | { type: "applied"; state: State }

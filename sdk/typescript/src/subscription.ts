@@ -8,6 +8,7 @@
 
 import type { TlsOptions } from "./connection.js";
 import { drive } from "./session/drive.js";
+import { checkOptions } from "./session/settings.js";
 import type { Event, State } from "./state.js";
 import type { TokenSource } from "./token.js";
 
@@ -89,7 +90,19 @@ export class WatchError extends Error {
 
 /** A subscription to a namespace of a policyhub server. */
 export class Subscription {
-  constructor(readonly options: SubscriptionOptions) {}
+  /**
+   * Takes what to follow and how. Options it cannot follow are refused here,
+   * before anything connects, with the option and its value in the message:
+   * a `TypeError` for one of the wrong type or an address that is not
+   * `http://` or `https://` (`code` `ERR_INVALID_ARG_TYPE` or
+   * `ERR_INVALID_ARG_VALUE`), a `RangeError` for a number out of range
+   * (`ERR_OUT_OF_RANGE`): a duration below a millisecond (`reportSpreadMs`
+   * may be 0) or above Node's timers' 2147483647, a backoff whose
+   * `initialMs` is above its `maxMs`, more witnesses required than given.
+   */
+  constructor(readonly options: SubscriptionOptions) {
+    checkOptions(options);
+  }
 
   /**
    * Follows the namespace until `signal` aborts, calling `onEvent` with
