@@ -1,24 +1,28 @@
 //! A complete runtime: follows the `payments` namespace, keeps the active
 //! card limits in memory, refuses a state whose limits make no sense, and
-//! survives restarts and outages with its cache.
+//! survives restarts and outages with its cache. Its token is the file
+//! `POLICYHUB_TOKEN_FILE` names (`runtime.token` unless set), read again on
+//! every call, so a rotated token is picked up.
 //!
 //! ```sh
-//! POLICYHUB_TOKEN=$(cat runtime.token) cargo run -p policyhub-runtime --example enforcer
+//! policyhub token --subject enforcer-1 --role payments:reader > runtime.token
+//! cargo run -p policyhub-runtime --example enforcer
 //! ```
 
-use std::{pin::pin, sync::Arc};
+use std::pin::pin;
 
 use futures_util::StreamExt;
-use policyhub_runtime::{Event, Source, Subscription};
+use policyhub_runtime::{Event, Source, Subscription, token_file};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = std::env::var("POLICYHUB_SERVER").unwrap_or("http://127.0.0.1:50051".into());
+    let token = std::env::var("POLICYHUB_TOKEN_FILE").unwrap_or("runtime.token".into());
     let hostname = std::env::var("HOSTNAME").unwrap_or("enforcer-1".into());
     let subscription = Subscription::new(server, "payments")
         .names(["card-limits"])
         .runtime(hostname, [("region".to_string(), "eu".to_string())])
-        .token(Arc::new(|| std::env::var("POLICYHUB_TOKEN").ok()))
+        .token(token_file(token))
         .cache_dir("cache");
 
     // The application's own validation: refusing reports REJECTED and keeps

@@ -260,7 +260,7 @@ fn read_if_any(path: &Path) -> std::io::Result<Option<String>> {
 }
 
 #[cfg(all(test, unix))]
-mod tests {
+pub(crate) mod tests {
     use std::{ffi::CString, os::unix::ffi::OsStrExt, sync::mpsc, time::Duration};
 
     use super::*;
@@ -370,9 +370,9 @@ mod tests {
         assert_eq!(cache.load_restore().await.unwrap(), Some(12));
     }
 
-    /// A state of one bundle, signed by a key made from `seed`, and that
-    /// key's JWKS.
-    fn signed_state(seed: u8) -> (State, Jwks) {
+    /// A state of one bundle at revision 7 of `payments`, signed by a key
+    /// made from `seed`, and that key's JWKS.
+    pub(crate) fn signed_state(seed: u8) -> (State, Jwks) {
         use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
         use ed25519_dalek::Signer;
 

@@ -67,8 +67,10 @@ pub enum Event {
     /// At start, the last-known-good state read back from the cache and
     /// verified again: in force until the server answers.
     FromCache(State),
-    /// A stream to the server is open; what changed after `revision`
-    /// follows.
+    /// A stream to the server is open (the server answered the watch with
+    /// its response headers); what changed after `revision` follows. A
+    /// watch that fails before the server answers is only a
+    /// [`Disconnected`](Event::Disconnected).
     Connected {
         /// The revision the stream resumes from (0: a snapshot comes).
         revision: u64,

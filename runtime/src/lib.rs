@@ -19,6 +19,7 @@
 //!     let subscription = Subscription::new("http://127.0.0.1:50051", "payments")
 //!         .names(["card-limits"])
 //!         .runtime("enforcer-1", [("region".to_string(), "eu".to_string())])
+//!         .token(policyhub_runtime::token_file("runtime.token"))
 //!         .cache_dir("cache");
 //!     // The application's own check: a refused state is reported REJECTED
 //!     // and the previous one stays in force.
@@ -96,6 +97,6 @@ pub use tls::Tls;
 pub use token::token_file;
 pub use watcher::{
     DEFAULT_REBALANCE_INTERVAL, DEFAULT_REPORT_SPREAD, Ended, Event, HEARTBEAT_INTERVAL_HEADER,
-    Reader, Refusal, RevokeError, Revoker, Subscription, TokenSource, Validate, WatchError,
-    report_delay,
+    MIN_INTERVAL, Reader, Refusal, RevokeError, Revoker, Subscription, TokenSource, Validate,
+    WatchError, report_delay,
 };

@@ -47,7 +47,19 @@ pub const DEFAULT_REBALANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// How old a checkpoint may grow unless the subscription says otherwise.
 pub(crate) const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(600);
 
+/// The shortest interval a subscription takes (a heartbeat interval, the
+/// backoff's first bound, the rebalance interval, the maximum checkpoint
+/// age): the server counts its own in milliseconds, and a shorter one has
+/// the subscription reconnect or retry in a loop (a zero heartbeat
+/// interval declares every stream dead as it opens).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
 /// What one subscription follows and how.
+///
+/// The builder takes any value; a subscription that cannot be followed as
+/// configured (see [`check`](Self::check)) is refused before it reads its
+/// cache or connects: the first and only item of its stream is
+/// [`WatchError::Config`], naming the setting and the value.
 #[derive(Clone)]
 pub struct Subscription {
     /// The server's addresses, replicas of one deployment.
@@ -258,6 +270,68 @@ impl Subscription {
         self
     }
 
+    /// Refuses what the subscription cannot follow, naming the setting and
+    /// the value ([`WatchError::Config`]): no endpoint, an address that is
+    /// not `http://host[:port]` or `https://host[:port]` (another scheme
+    /// would be taken for plaintext, a path not used); a heartbeat interval,
+    /// rebalance interval or maximum checkpoint age below
+    /// [`MIN_INTERVAL`] (zero among them: a loop of connections dropped at
+    /// once, of moves back, of stale checkpoints; `None` turns the last
+    /// off); a backoff whose first bound is below [`MIN_INTERVAL`] or above
+    /// its cap (zero: reconnections as fast as the host allows); more
+    /// cosignatures required than witnesses, or a witness key that does
+    /// not parse. A report spread of zero is valid: reports go out at
+    /// once.
+    ///
+    /// [`events`](Self::events) and the other ways to follow check first;
+    /// call it to refuse a configuration at start-up, before following.
+    pub fn check(&self) -> Result<(), WatchError> {
+        let refuse = |message: String| Err(WatchError::Config(message));
+        if self.endpoints.is_empty() {
+            return refuse("the subscription names no endpoint".to_owned());
+        }
+        if let Some(address) = self
+            .endpoints
+            .iter()
+            .find(|address| !is_http_address(address))
+        {
+            return refuse(format!(
+                "endpoint {address:?} is not an http:// or https:// address (http://host:port)"
+            ));
+        }
+        let intervals = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("backoff initial delay", Some(self.backoff_initial)),
+            ("rebalance_interval", Some(self.rebalance_interval)),
+            ("max_checkpoint_age", self.max_checkpoint_age),
+        ];
+        for (setting, interval) in intervals {
+            if let Some(interval) = interval.filter(|interval| *interval < MIN_INTERVAL) {
+                return refuse(format!(
+                    "{setting} must be at least {MIN_INTERVAL:?}, got {interval:?}"
+                ));
+            }
+        }
+        if self.backoff_initial > self.backoff_max {
+            return refuse(format!(
+                "backoff must have its initial delay at most its maximum, got {:?} and {:?}",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        if self.cosignatures > self.witnesses.len() {
+            return refuse(format!(
+                "witnesses: {} cosignatures required of {} witnesses given",
+                self.cosignatures,
+                self.witnesses.len()
+            ));
+        }
+        for witness in &self.witnesses {
+            crate::cosignature::CosignatureVerifier::new(witness)
+                .map_err(|error| WatchError::Config(format!("witnesses: {error}")))?;
+        }
+        Ok(())
+    }
+
     /// The connection settings of `address`, one of the endpoints.
     pub(crate) fn endpoint(&self, address: &str) -> Result<Endpoint, WatchError> {
         // Before the server has said its interval, the override or the
@@ -283,9 +357,133 @@ impl Subscription {
     }
 }
 
+/// Whether `address` is `http://host[:port]` or `https://host[:port]`
+/// (with at most a `/` after it).
+fn is_http_address(address: &str) -> bool {
+    let Ok(uri) = address.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && !authority.host().is_empty()
+        && !authority.as_str().contains('@')
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The refusal of `subscription`, or a panic if it is accepted.
+    fn refusal(subscription: Subscription) -> String {
+        match subscription.check() {
+            Err(WatchError::Config(message)) => message,
+            Err(other) => panic!("refused as {other:?}"),
+            Ok(()) => panic!("accepted"),
+        }
+    }
+
+    fn following() -> Subscription {
+        Subscription::new("http://127.0.0.1:50051", "payments")
+    }
+
+    #[test]
+    fn an_address_that_is_not_http_or_https_is_refused_by_name() {
+        for address in [
+            "ftp://127.0.0.1:50051",
+            "127.0.0.1:50051",
+            "localhost:50051",
+            "http://127.0.0.1:50051/policyhub",
+            "http://127.0.0.1:50051/?x=1",
+            "http://user@127.0.0.1:50051",
+            "http://",
+            "not a url",
+        ] {
+            let message = refusal(Subscription::with_endpoints(
+                ["https://replica-1:50051", address],
+                "payments",
+            ));
+            assert_eq!(
+                message,
+                format!(
+                    "endpoint {address:?} is not an http:// or https:// address (http://host:port)"
+                )
+            );
+        }
+        let none: [&str; 0] = [];
+        assert_eq!(
+            refusal(Subscription::with_endpoints(none, "payments")),
+            "the subscription names no endpoint"
+        );
+        for address in [
+            "http://127.0.0.1:50051",
+            "http://127.0.0.1:50051/",
+            "https://policyhub.example.com",
+            "http://[::1]:50051",
+        ] {
+            assert!(
+                Subscription::new(address, "payments").check().is_ok(),
+                "{address}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_interval_under_a_millisecond_is_refused_by_name() {
+        let zero = Duration::ZERO;
+        let cases = [
+            (
+                following().heartbeat_interval(zero),
+                "heartbeat_interval must be at least 1ms, got 0ns",
+            ),
+            (
+                following().heartbeat_interval(Duration::from_micros(10)),
+                "heartbeat_interval must be at least 1ms, got 10µs",
+            ),
+            (
+                following().backoff(zero, Duration::from_secs(30)),
+                "backoff initial delay must be at least 1ms, got 0ns",
+            ),
+            (
+                following().rebalance_interval(zero),
+                "rebalance_interval must be at least 1ms, got 0ns",
+            ),
+            (
+                following().max_checkpoint_age(Some(zero)),
+                "max_checkpoint_age must be at least 1ms, got 0ns",
+            ),
+            (
+                following().backoff(Duration::from_secs(5), Duration::from_secs(1)),
+                "backoff must have its initial delay at most its maximum, got 5s and 1s",
+            ),
+            (
+                following().witnesses(Vec::new(), 1),
+                "witnesses: 1 cosignatures required of 0 witnesses given",
+            ),
+            (
+                following().witnesses(vec!["not-a-key".to_owned()], 1),
+                "witnesses: \"not-a-key\" is not a cosignature/v1 verifier key",
+            ),
+        ];
+        for (subscription, expected) in cases {
+            assert_eq!(refusal(subscription), expected);
+        }
+    }
+
+    #[test]
+    fn settings_in_range_are_accepted() {
+        let tight = following()
+            .heartbeat_interval(MIN_INTERVAL)
+            .backoff(MIN_INTERVAL, MIN_INTERVAL)
+            .rebalance_interval(MIN_INTERVAL)
+            .max_checkpoint_age(None)
+            .report_spread(Duration::ZERO);
+        assert!(tight.check().is_ok());
+        assert!(following().check().is_ok(), "the defaults");
+    }
 
     #[test]
     fn reports_go_out_in_the_second_half_of_the_spread() {

@@ -23,8 +23,8 @@ pub use crate::revoke::{RevokeError, Revoker};
 use crate::session::{EventSink, drive};
 use crate::state::State;
 pub use crate::subscription::{
-    DEFAULT_REBALANCE_INTERVAL, DEFAULT_REPORT_SPREAD, HEARTBEAT_INTERVAL_HEADER, Subscription,
-    TokenSource, report_delay,
+    DEFAULT_REBALANCE_INTERVAL, DEFAULT_REPORT_SPREAD, HEARTBEAT_INTERVAL_HEADER, MIN_INTERVAL,
+    Subscription, TokenSource, report_delay,
 };
 
 impl Subscription {

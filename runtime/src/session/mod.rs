@@ -47,6 +47,8 @@
 mod connection;
 mod reporter;
 mod subscription_state;
+#[cfg(all(test, unix))]
+mod tests;
 
 use std::{convert::Infallible, time::Instant};
 
@@ -74,9 +76,12 @@ pub(crate) async fn drive<F>(subscription: Subscription, mut sink: EventSink<F>)
 where
     F: Validate,
 {
-    if subscription.endpoints.is_empty() {
-        let no_endpoint = WatchError::Config("the subscription names no endpoint".to_owned());
-        let _ = sink.events.send(Err(no_endpoint)).await;
+    // Refused before the cache is read or anything connects: a setting
+    // that cannot be followed would otherwise loop (a zero heartbeat
+    // interval drops every stream as it opens, a zero backoff reconnects
+    // as fast as the host allows).
+    if let Err(refused) = subscription.check() {
+        let _ = sink.events.send(Err(refused)).await;
         return;
     }
     let mut endpoints = Endpoints::rank(
@@ -248,7 +253,10 @@ struct Opened {
 }
 
 /// Connects to `address`, fetches the keys if none are held, sends the
-/// reports pending and opens the watch from the decided revision.
+/// reports pending and opens the watch from the decided revision: it is
+/// open once the server's response headers came (tonic answers the call
+/// then; a call refused before them, trailers only, is its status), which
+/// is what [`Event::Connected`] says.
 async fn open(
     subscription: &Subscription,
     address: &str,
@@ -279,7 +287,7 @@ async fn open(
         client,
         reporter,
         stream: response.into_inner(),
-        deadline: interval * 3,
+        deadline: interval.saturating_mul(3),
     })
 }
 
