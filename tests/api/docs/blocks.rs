@@ -14,6 +14,11 @@
 //! `127.0.0.1:7070` into a free port; `POLICYHUB_SERVER` names the gRPC
 //! address, as the CLI's default names the quick start's. What a block
 //! starts in the background is ended with it (its process group).
+//!
+//! A block also marked `standalone` (a guide's first program, which a
+//! reader pastes straight after the README) runs with no token in the
+//! environment: it mints what it needs from `./data`, as the README does,
+//! so one that forgets fails here with the server's `UNAUTHENTICATED`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,17 +32,20 @@ const SHELLS: [&str; 5] = ["sh", "bash", "shell", "console", "zsh"];
 const RUNNABLE: &str = "runnable";
 /// The mark of a shell block that cannot run against a local server.
 const NORUN: &str = "norun";
+/// The mark of a runnable block that runs with no token given: it mints
+/// its own.
+const STANDALONE: &str = "standalone";
 /// The longest a block may take.
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A fenced code block of a page.
-struct Block {
+pub(super) struct Block {
     page: PathBuf,
     /// The line of its opening fence, from 1.
     line: usize,
-    language: String,
+    pub(super) language: String,
     marks: Vec<String>,
-    body: String,
+    pub(super) body: String,
 }
 
 impl Block {
@@ -45,8 +53,12 @@ impl Block {
         SHELLS.contains(&self.language.as_str())
     }
 
-    fn is_runnable(&self) -> bool {
+    pub(super) fn is_runnable(&self) -> bool {
         self.marks.iter().any(|mark| mark == RUNNABLE)
+    }
+
+    pub(super) fn is_standalone(&self) -> bool {
+        self.marks.iter().any(|mark| mark == STANDALONE)
     }
 
     fn place(&self) -> String {
@@ -60,7 +72,7 @@ impl Block {
 }
 
 /// The fenced code blocks of `text`, found in `page`.
-fn blocks(page: &Path, text: &str) -> Vec<Block> {
+pub(super) fn blocks(page: &Path, text: &str) -> Vec<Block> {
     let mut found = Vec::new();
     let mut open: Option<(String, Block)> = None;
     for (index, line) in text.lines().enumerate() {
@@ -128,6 +140,11 @@ fn every_shell_block_is_marked_runnable_or_not() {
         } else if marks == [RUNNABLE] && block.language == "console" {
             unmarked.push(format!(
                 "{}: a console transcript cannot run; write it as `sh {RUNNABLE}`",
+                block.place()
+            ));
+        } else if block.is_standalone() && marks != [RUNNABLE] {
+            unmarked.push(format!(
+                "{}: `{STANDALONE}` says how a block runs; this one does not",
                 block.place()
             ));
         }
@@ -210,9 +227,12 @@ async fn run(block: &Block) -> Result<(), String> {
     // holds them open, and the block's end is its shell's exit, not theirs.
     let logs = tempfile::tempdir().unwrap();
     let log = |name: &str| std::fs::File::create(logs.path().join(name)).unwrap();
-    let mut child = command("sh")
+    let mut shell = command("sh");
+    if !block.is_standalone() {
+        shell.env("POLICYHUB_TOKEN", token);
+    }
+    let mut child = shell
         .args(["-e", "-x", "-c", &script])
-        .env("POLICYHUB_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(log("stdout"))
         .stderr(log("stderr"))

@@ -7,11 +7,13 @@
 //! `UPDATE_REFERENCE=1 cargo test --test api docs::` writes them anew.
 //!
 //! Beside them: the links of the book resolve, every runnable shell block
-//! of every page runs (`blocks`), and the README's map leads to the answers
-//! readers come for (`map`).
+//! of every page runs (`blocks`), the guides' first programs run as pasted
+//! against a server with authentication on (`quick_starts`), and the
+//! README's map leads to the answers readers come for (`map`).
 
 mod blocks;
 mod map;
+mod quick_starts;
 mod status_codes;
 
 use std::collections::BTreeMap;
