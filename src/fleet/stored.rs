@@ -98,7 +98,11 @@ impl Fleet {
         roster.read = Some(Instant::now());
         if shared && age >= self.inner.refresh_after && !roster.refreshing {
             roster.refreshing = true;
-            tokio::spawn(self.clone().refresh(namespace.clone()));
+            let refresh = Refresh {
+                fleet: self.clone(),
+                namespace: namespace.clone(),
+            };
+            tokio::spawn(refresh.run());
         }
         if roster
             .swept
@@ -107,23 +111,6 @@ impl Fleet {
             self.sweep_roster(roster);
         }
         Some(roster)
-    }
-
-    /// Reads the stored rows of `namespace` again and moves its roster to
-    /// them.
-    async fn refresh(self, namespace: Namespace) {
-        let _turn = self.inner.stored_turn.lock().await;
-        let loaded = self.load(&namespace).await;
-        let local = self.local();
-        let mut rosters = self.rosters();
-        let Some(roster) = rosters.get_mut(&namespace) else {
-            return;
-        };
-        roster.refreshing = false;
-        match loaded {
-            Ok(stored) => self.restore(roster, &namespace, stored, &local),
-            Err(error) => tracing::warn!(%error, %namespace, "cannot read the fleet view"),
-        }
     }
 
     /// The stored rows of `namespace` and every replica's heartbeat.
@@ -179,5 +166,54 @@ impl Fleet {
             self.reflect_in(roster, local, &(namespace.clone(), id), now);
         }
         roster.sweep(|record, heartbeats| self.seen(record, heartbeats, now).1);
+    }
+}
+
+/// A background read of one roster's stored rows. It clears the roster's
+/// `refreshing` when it is dropped, however it ends: done, panicked, or
+/// cancelled with its task (a runtime shutting down drops it unpolled).
+/// Left set, no read would start another refresh of that roster, and its
+/// rows would age until a read found them older than `answer_within` and
+/// paid for reading them itself.
+struct Refresh {
+    fleet: Fleet,
+    namespace: Namespace,
+}
+
+impl Refresh {
+    /// Reads the stored rows of the namespace again and moves its roster
+    /// to them.
+    async fn run(self) {
+        let fleet = &self.fleet;
+        let _turn = fleet.inner.stored_turn.lock().await;
+        let loaded = fleet.load(&self.namespace).await;
+        let local = fleet.local();
+        let mut rosters = fleet.rosters();
+        let Some(roster) = rosters.get_mut(&self.namespace) else {
+            return;
+        };
+        match loaded {
+            Ok(stored) => fleet.restore(roster, &self.namespace, stored, &local),
+            Err(error) => {
+                tracing::warn!(%error, namespace = %self.namespace, "cannot read the fleet view")
+            }
+        }
+        // `self` outlives the locks: its drop takes the rosters' again.
+    }
+}
+
+impl Drop for Refresh {
+    fn drop(&mut self) {
+        // Not `rosters()`: a refresh that panicked holding the lock
+        // poisoned it, and a panic in a drop while unwinding aborts.
+        let mut rosters = self
+            .fleet
+            .inner
+            .rosters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(roster) = rosters.get_mut(&self.namespace) {
+            roster.refreshing = false;
+        }
     }
 }

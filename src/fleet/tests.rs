@@ -343,6 +343,60 @@ async fn a_read_after_a_pause_reads_the_stored_rows_first() {
     assert_eq!(read().await.runtimes, 1, "the first read after the pause");
 }
 
+/// A background refresh cancelled before it ran (its runtime shut down)
+/// does not leave its roster marked as refreshing: the next read past a
+/// quarter interval starts another, which brings a runtime another
+/// replica flushed meanwhile long before the rows are old enough for a
+/// read to read them itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_refresh_does_not_stop_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let flush_interval = Duration::from_secs(1);
+    let replica = replicas(dir.path(), flush_interval).await;
+    let (a, b) = (replica(), replica());
+    let read = async |fleet: &Fleet| {
+        fleet
+            .policy_status(&namespace(), &policy(), 1)
+            .await
+            .unwrap()
+            .runtimes
+    };
+    assert_eq!(read(&a).await, 0);
+    let rows_read = std::time::Instant::now();
+    tokio::time::sleep(flush_interval / 3).await;
+    // The read starts a refresh on a runtime of its own, which goes before
+    // the refresh gets its turn at the stored rows.
+    let turn = a.inner.stored_turn.lock().await;
+    let cancelled = a.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            cancelled
+                .policy_status(&namespace(), &policy(), 1)
+                .await
+                .unwrap()
+        });
+    })
+    .join()
+    .unwrap();
+    drop(turn);
+
+    let _stream = b.connect(arrival("rt-b")).await.unwrap();
+    b.flush().await.unwrap();
+    while read(&a).await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer_within = flush_interval * ANSWER_WITHIN_FLUSHES;
+    assert!(
+        rows_read.elapsed() < answer_within / 2,
+        "a background refresh read the rows, after {:?}",
+        rows_read.elapsed()
+    );
+}
+
 /// A replica alone on its store reads the stored rows once: its flushes
 /// keep them as the database holds them, so no later read reads every
 /// row again, however long the pause. (A row no flush of its wrote is
