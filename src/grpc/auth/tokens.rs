@@ -3,8 +3,9 @@
 //! names, becomes a [`Caller`] whose grants its claims and the role
 //! bindings give.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use hashlink::LruCache;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde_json::{Map, Value};
@@ -112,7 +113,9 @@ pub struct SignIn {
 #[derive(Clone)]
 pub struct Authenticator {
     issuers: Arc<[Issuer]>,
-    bindings: Arc<RwLock<Arc<Bindings>>>,
+    /// Read by every call without a lock, replaced whole by a reload, as
+    /// the hub's signing keys are.
+    bindings: Arc<ArcSwap<Bindings>>,
     verified: Arc<Verified>,
 }
 
@@ -178,15 +181,14 @@ impl Authenticator {
 
     /// Puts `bindings` in force; tokens verified before are verified again.
     pub fn set_bindings(&self, bindings: Bindings) {
-        *self.bindings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bindings);
+        self.bindings.store(Arc::new(bindings));
         self.verified().clear();
     }
 
-    fn current_bindings(&self) -> Arc<Bindings> {
-        self.bindings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The bindings in force, without touching their reference count:
+    /// every verified token reads them.
+    fn current_bindings(&self) -> arc_swap::Guard<Arc<Bindings>> {
+        self.bindings.load()
     }
 
     /// The issuers whose keys are fetched, to keep fresh.
