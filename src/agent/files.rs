@@ -108,22 +108,24 @@ impl Files {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         let written = {
-            let (dir, state) = (dir.clone(), state.clone());
-            tokio::task::spawn_blocking(move || write_revision(&dir, &state)).await
+            let (link, dir, state) = (self.link(), dir.clone(), state.clone());
+            on_blocking_pool(move || {
+                write_revision(&dir, &state)?;
+                swap(&link, &dir)
+            })
+            .await
         };
-        if let Err(error) = written
-            .map_err(anyhow::Error::from)
-            .and_then(|written| written)
-            .and_then(|()| swap(&self.link(), &dir))
-        {
-            let _ = std::fs::remove_dir_all(&dir);
+        if let Err(error) = written {
+            remove_in_background(vec![dir]);
             return Err(format!("cannot write the files: {error:#}"));
         }
         if let Err(reason) = self.run_command(&dir, state.revision).await {
-            let restored = match &self.current {
-                Some(before) => swap(&self.link(), before),
-                None => std::fs::remove_file(self.link()).map_err(Into::into),
-            };
+            let (link, before) = (self.link(), self.current.clone());
+            let restored = on_blocking_pool(move || match before {
+                Some(before) => swap(&link, &before),
+                None => std::fs::remove_file(&link).map_err(Into::into),
+            })
+            .await;
             if let Err(error) = restored {
                 tracing::error!(%error, namespace = self.namespace, "cannot swap the previous files back");
             }
@@ -143,22 +145,24 @@ impl Files {
         self.superseded.push_back((dir, Instant::now()));
     }
 
-    /// Removes the directories superseded longer than the grace period
-    /// ago; when the next one is due, if any.
+    /// Hands the directories superseded longer than the grace period ago
+    /// to the blocking pool to remove; when the next one is due, if any.
+    /// It returns at once: whoever holds the files' lock (a swap, the
+    /// sweep) does not hold it while a large directory is removed.
     pub fn remove_expired(&mut self) -> Option<Instant> {
+        let mut due = Vec::new();
+        let mut next = None;
         while let Some((dir, since)) = self.superseded.front() {
-            let due = *since + self.grace;
-            if due > Instant::now() {
-                return Some(due);
+            let expires = *since + self.grace;
+            if expires > Instant::now() {
+                next = Some(expires);
+                break;
             }
-            if let Err(error) = std::fs::remove_dir_all(dir)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(%error, dir = %dir.display(), "cannot remove a superseded revision's files");
-            }
+            due.push(dir.clone());
             self.superseded.pop_front();
         }
-        None
+        remove_in_background(due);
+        next
     }
 
     /// Runs the command, if any, on the files now in force.
@@ -288,6 +292,33 @@ fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
+}
+
+/// Runs `work` on the blocking pool: writes, renames, syncs and removals
+/// wait on the disk, and a runtime worker blocked on them would stall every
+/// task it runs (the API's answers among them).
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// Removes `dirs` on the blocking pool, without waiting: a directory due
+/// for removal is past its grace period or was never in force, so nothing
+/// waits on it going, and a failure is only logged.
+fn remove_in_background(dirs: Vec<PathBuf>) {
+    if dirs.is_empty() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        for dir in dirs {
+            if let Err(error) = std::fs::remove_dir_all(&dir)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, dir = %dir.display(), "cannot remove a superseded revision's files");
+            }
+        }
+    });
 }
 
 /// Points `link` at `dir` in one `rename`.
