@@ -42,7 +42,7 @@ use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
-use super::held::{Followed, FollowedNamespaces, InForce, source, state_json};
+use super::followed::{Followed, FollowedNamespaces, InForce, source, state_json};
 use super::ofrep;
 use crate::connections::{Listener, Tracker, serve_http1};
 use crate::http::{http_status, semantics, status_json};

@@ -1,5 +1,5 @@
 //! Follows one namespace through the runtime library and keeps what it
-//! decides in [`FollowedNamespaces`](super::held::FollowedNamespaces):
+//! decides in [`FollowedNamespaces`](super::followed::FollowedNamespaces):
 //! the files (when rendered) are the check each new state must pass, so
 //! a failed reload is reported REJECTED and leaves the previous state in
 //! force everywhere.
@@ -11,7 +11,7 @@ use policyhub_runtime::{Event, State, Subscription, Validate};
 use tokio::sync::Mutex;
 
 use super::files::Files;
-use super::held::Followed;
+use super::followed::Followed;
 
 /// The agent's check of a new state: its files, written and reloaded.
 struct Check(Option<Arc<Mutex<Files>>>);

@@ -33,7 +33,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::held::FollowedNamespaces;
+use super::followed::FollowedNamespaces;
 use crate::metrics::{FamilyDescription, PortLabel, Registrar};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

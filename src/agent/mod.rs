@@ -11,14 +11,14 @@
 //!                             │ each whole, verified state:
 //!                             │   files: render, swap, run the command ── Ok / Err ──> APPLIED / REJECTED
 //!                             v
-//!                           held (the state in force per namespace) ──> api, metrics
+//!                           followed (the state in force per namespace) ──> api, metrics
 //!   application ── POST state:reject ──> Revoker ──> REJECTED, the state before is back
 //! ```
 
 mod api;
 mod files;
 mod follow;
-mod held;
+mod followed;
 mod metrics;
 mod ofrep;
 
@@ -29,7 +29,7 @@ use policyhub_runtime::Subscription;
 use tokio::net::TcpListener;
 
 pub use self::files::Command;
-use self::held::FollowedNamespaces;
+use self::followed::FollowedNamespaces;
 use crate::connections::Listener;
 
 /// Every metric family the agent registers, with a series or not yet: what

@@ -31,7 +31,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use self::flags::{ErrorCode, Failure, FlagKey, Freshness};
-use super::held::{Followed, FollowedNamespaces};
+use super::followed::{Followed, FollowedNamespaces};
 use crate::http::semantics;
 
 /// The path of bulk evaluation; a single evaluation's key follows it.
