@@ -11,6 +11,7 @@
 //! against a server with authentication on (`quick_starts`), and the
 //! README's map leads to the answers readers come for (`map`).
 
+mod benchmarks;
 mod blocks;
 mod map;
 mod quick_starts;
