@@ -181,7 +181,7 @@ fn combined(stored: Option<&RuntimeRecord>, local: Option<&Local>) -> Option<Run
     match (stored, local) {
         (Some(stored), Some(local)) => Some(match local.flush {
             Flush::ReportOnly => stored.clone().absorbing(&local.record),
-            Flush::Held | Flush::Own => local.record.clone().absorbing(stored),
+            Flush::StreamHere | Flush::Own => local.record.clone().absorbing(stored),
         }),
         (None, Some(local)) => Some(local.record.clone()),
         (Some(stored), None) => Some(stored.clone()),
@@ -264,7 +264,7 @@ impl Fleet {
             record: self.new_record(&arrival, now),
             streams: 0,
             dirty: true,
-            flush: Flush::Held,
+            flush: Flush::StreamHere,
             rejected: Vec::new(),
         });
         let stale = now - entry.record.last_seen > self.inner.stale_after;
@@ -283,7 +283,7 @@ impl Fleet {
         // does; any other is merged with its row at the next flush (a
         // claim may have written the row).
         if !(held_here && entry.flush == Flush::Own) {
-            entry.flush = Flush::Held;
+            entry.flush = Flush::StreamHere;
         }
         self.reflect(&local, &key);
         drop(local);
@@ -438,7 +438,7 @@ impl Fleet {
                 }
                 for entry in local.values_mut() {
                     if entry.flush == Flush::Own {
-                        entry.flush = Flush::Held;
+                        entry.flush = Flush::StreamHere;
                     }
                 }
                 // Part of the flush may have committed: the heartbeat's
@@ -467,7 +467,7 @@ impl Fleet {
                 entry.record.absorb(&record);
                 // Where no other replica writes the row, it now holds what
                 // the record does: the next flush need not read it back.
-                if alone && entry.flush == Flush::Held {
+                if alone && entry.flush == Flush::StreamHere {
                     entry.flush = Flush::Own;
                 }
             }

@@ -434,7 +434,11 @@ async fn a_replica_alone_reads_the_stored_rows_once() {
     };
     let forget_after = chrono::TimeDelta::hours(1);
     repository
-        .save_runtimes("another-replica", vec![(probe, Flush::Held)], forget_after)
+        .save_runtimes(
+            "another-replica",
+            vec![(probe, Flush::StreamHere)],
+            forget_after,
+        )
         .await
         .unwrap();
     tokio::time::sleep(flush_interval * (ANSWER_WITHIN_FLUSHES + 1)).await;
@@ -477,7 +481,7 @@ async fn a_replica_alone_writes_what_it_flushed_without_reading_it_back() {
             },
         );
         let forget_after = chrono::TimeDelta::hours(1);
-        let probe = vec![(probe, Flush::Held)];
+        let probe = vec![(probe, Flush::StreamHere)];
         repository
             .save_runtimes("another-replica", probe, forget_after)
             .await

@@ -120,7 +120,7 @@ fn to_row(record: &RuntimeRecord) -> Result<runtimes::ActiveModel> {
 pub enum Flush {
     /// This replica holds the runtime's stream: its view of the connection
     /// wins, outcomes merge.
-    Held,
+    StreamHere,
     /// Only a report reached this replica: the stored connection stays,
     /// outcomes merge.
     ReportOnly,
@@ -271,10 +271,10 @@ impl Repository {
                 (_, Flush::Own) => record,
                 // Another subject claimed the id since (this replica's
                 // runtime went stale): the claim stands.
-                (Some(row), Flush::Held) if row.subject != record.subject => continue,
-                (Some(row), Flush::Held) => record.absorbing(&row),
+                (Some(row), Flush::StreamHere) if row.subject != record.subject => continue,
+                (Some(row), Flush::StreamHere) => record.absorbing(&row),
                 (Some(row), Flush::ReportOnly) => row.absorbing(&record),
-                (None, Flush::Held) => record,
+                (None, Flush::StreamHere) => record,
                 // The row is gone (never flushed by its holder): the
                 // report cannot name a connection, so it waits for one.
                 (None, Flush::ReportOnly) => continue,
@@ -427,7 +427,11 @@ mod tests {
         let mut connected = record("alice", "replica-a");
         connected.last_seen = Utc::now() - chrono::TimeDelta::hours(2);
         repository
-            .save_runtimes("replica-b", vec![(connected.clone(), Flush::Held)], forget)
+            .save_runtimes(
+                "replica-b",
+                vec![(connected.clone(), Flush::StreamHere)],
+                forget,
+            )
             .await
             .unwrap();
         let held = || repository.load_runtime(&connected.namespace, &connected.id);
@@ -457,7 +461,7 @@ mod tests {
         let forget = chrono::TimeDelta::hours(1);
         let old = record("alice", "replica-a");
         repository
-            .save_runtimes("replica-a", vec![(old.clone(), Flush::Held)], forget)
+            .save_runtimes("replica-a", vec![(old.clone(), Flush::StreamHere)], forget)
             .await
             .unwrap();
         let taken = repository
@@ -466,7 +470,7 @@ mod tests {
             .unwrap();
         assert_eq!(taken, None, "a stale holder gives the id up");
         repository
-            .save_runtimes("replica-a", vec![(old, Flush::Held)], forget)
+            .save_runtimes("replica-a", vec![(old, Flush::StreamHere)], forget)
             .await
             .unwrap();
         let team = Namespace::parse("namespace", "team").unwrap();
