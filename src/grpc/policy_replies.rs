@@ -15,6 +15,7 @@ use crate::domain::{
     ActivationOutcome, DraftOutcome, Error, EventRecord, Namespace, Page, PolicySummary,
     PublishOutcome, Result, SchemaViolation, VersionRecord,
 };
+use crate::hub::RevokedKey;
 
 pub(super) fn who_am_i(caller: &Caller, namespace: Option<&Namespace>) -> proto::WhoAmIResponse {
     proto::WhoAmIResponse {
@@ -245,6 +246,18 @@ pub(super) fn inclusion_proof(proof: &InclusionProof) -> proto::GetInclusionProo
         tree_size: proof.tree_size,
         hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
         checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
+    }
+}
+
+/// A signing key's revocation as its reply: revision 0 when no active
+/// version had to be sent again (or the key was revoked before).
+pub(super) fn revoked_key(revoked: RevokedKey) -> proto::RevokeSigningKeyResponse {
+    proto::RevokeSigningKeyResponse {
+        key_id: revoked.key_id,
+        signing_key_id: revoked.signing_key_id,
+        re_signed_versions: revoked.re_signed_versions,
+        revision: revoked.revision.unwrap_or(0),
+        already_revoked: revoked.already_revoked,
     }
 }
 

@@ -328,13 +328,7 @@ impl PolicyService for PolicyApi {
             .hub
             .revoke_signing_key(&context, &key_id, &reason)
             .await?;
-        Ok(Response::new(proto::RevokeSigningKeyResponse {
-            key_id: revoked.key_id,
-            signing_key_id: revoked.signing_key_id,
-            re_signed_versions: revoked.re_signed_versions,
-            revision: revoked.revision.unwrap_or(0),
-            already_revoked: revoked.already_revoked,
-        }))
+        Ok(Response::new(reply::revoked_key(revoked)))
     }
 
     async fn record_restore(
