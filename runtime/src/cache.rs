@@ -3,6 +3,11 @@
 //! fsync, rename) so a crash leaves the old file or the new one, never half.
 //! Read back, every bundle is verified again before it is used.
 //!
+//! Several subscriptions may share a cache directory and follow one
+//! namespace, in one process or in several: each writes through a
+//! temporary file of its own (a random name, created only if no file has
+//! it), so that one writer never truncates or renames away another's.
+//!
 //! The file system is blocking I/O (and an fsync may take milliseconds),
 //! while the library runs on its embedder's executor, perhaps a
 //! current-thread one: every read and write runs on tokio's blocking pool,
@@ -10,6 +15,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fs::{File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -235,19 +241,56 @@ where
     }
 }
 
-/// Replaces `path` with `contents`: a temporary file, fsync, rename.
+/// Replaces `path` with `contents`: a temporary file of its own, fsync,
+/// rename. The temporary file is removed when any step fails.
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut writer = std::fs::File::create(&temporary)?;
-    writer.write_all(contents)?;
-    writer.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+    let (mut writer, temporary) = create_temporary(path)?;
+    let written = writer
+        .write_all(contents)
+        .and_then(|()| writer.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
     // The rename itself is durable once the directory is.
-    std::fs::File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()
+}
+
+/// How many random names a temporary file tries before it gives up: a
+/// name is taken only by a leftover of a writer that crashed, or by a
+/// writer at work.
+const TEMPORARY_NAME_ATTEMPTS: usize = 16;
+
+/// A new file beside `path`, `<name>.<16 random hex digits>.tmp`, created
+/// only if no file has that name (`O_EXCL`), and its path.
+fn create_temporary(path: &Path) -> std::io::Result<(File, PathBuf)> {
+    #[cfg(all(test, unix))]
+    if let Some(fixed) = tests::fixed_temporary(path) {
+        return Ok((OpenOptions::new().write(true).open(&fixed)?, fixed));
+    }
+    let mut attempt = 0;
+    loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{:016x}.tmp", fastrand::u64(..)));
+        let temporary = PathBuf::from(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+        {
+            Ok(file) => return Ok((file, temporary)),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AlreadyExists
+                    && attempt + 1 < TEMPORARY_NAME_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// The text of `path`, or `None` when there is no such file.
@@ -261,9 +304,23 @@ fn read_if_any(path: &Path) -> std::io::Result<Option<String>> {
 
 #[cfg(all(test, unix))]
 pub(crate) mod tests {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt, sync::mpsc, time::Duration};
+    use std::{
+        ffi::CString,
+        os::unix::ffi::OsStrExt,
+        sync::{Mutex, mpsc},
+        time::Duration,
+    };
 
     use super::*;
+
+    /// The files a test asked to be written through a temporary file of
+    /// its choosing (a FIFO), by path; every other file gets a random one.
+    static FIXED_TEMPORARIES: Mutex<BTreeMap<PathBuf, PathBuf>> = Mutex::new(BTreeMap::new());
+
+    /// The temporary file a test chose for `path`, if any.
+    pub(super) fn fixed_temporary(path: &Path) -> Option<PathBuf> {
+        FIXED_TEMPORARIES.lock().unwrap().get(path).cloned()
+    }
 
     /// A FIFO at `path`: opening it blocks until its other end is opened,
     /// a file system operation as slow as the test wants.
@@ -310,9 +367,14 @@ pub(crate) mod tests {
     async fn a_save_leaves_a_current_thread_executor_free_while_the_file_system_is_slow() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path(), "payments", &[]);
-        make_fifo(&dir.path().join("payments.state.json.tmp"));
+        let fifo = dir.path().join("payments.state.json.fifo");
+        make_fifo(&fifo);
+        FIXED_TEMPORARIES
+            .lock()
+            .unwrap()
+            .insert(cache.path().to_owned(), fifo.clone());
         let (in_time, written) = executor_runs_while_stuck(
-            &dir.path().join("payments.state.json.tmp"),
+            &fifo,
             |fifo| std::fs::read(fifo).unwrap(),
             // A FIFO cannot be fsynced, so the save itself fails at the end;
             // what counts is the executor meanwhile.
@@ -423,5 +485,59 @@ pub(crate) mod tests {
         cache.save(&state, &jwks, &revoked).await.unwrap();
         let refused = cache.load().await.unwrap_err();
         assert!(refused.contains("revoked key"), "{refused}");
+    }
+
+    /// Two subscriptions to one namespace, one cache directory: each keeps
+    /// its own `Cache`, and both write it at once, over and over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_subscriptions_of_one_namespace_write_one_cache_directory_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, jwks) = signed_state(7);
+        let first = Cache::new(dir.path(), "payments", &[]);
+        first.save(&state, &jwks, &BTreeSet::new()).await.unwrap();
+        first.save_tree("a note").await.unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let cache = Cache::new(dir.path(), "payments", &[]);
+                let (state, jwks) = (state.clone(), jwks.clone());
+                tokio::spawn(async move {
+                    for leaf in 0..100 {
+                        cache.save(&state, &jwks, &BTreeSet::new()).await?;
+                        cache.save_tree("a note").await?;
+                        cache.save_restore(leaf).await?;
+                    }
+                    std::io::Result::Ok(())
+                })
+            })
+            .collect();
+        let mut reads = 0;
+        while writers.iter().any(|writer| !writer.is_finished()) {
+            let (loaded, ..) = first
+                .load()
+                .await
+                .expect("the cache reads whole while it is written")
+                .expect("the cache is there");
+            assert_eq!(loaded.bundles.len(), 1);
+            assert_eq!(first.load_tree().await.unwrap().as_deref(), Some("a note"));
+            reads += 1;
+        }
+        for writer in writers {
+            writer.await.unwrap().expect("no write fails");
+        }
+        assert!(reads > 0);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "payments.state.json",
+                "payments.state.restore",
+                "payments.state.tree"
+            ],
+            "no temporary file is left behind"
+        );
     }
 }
