@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import struct
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -281,6 +282,51 @@ def test_a_cached_state_signed_by_a_revoked_key_is_refused(tmp_path: Path) -> No
     assert json.loads(cache.path.read_text())["revoked_key_ids"] == [signer.jwk.kid]
     with pytest.raises(CacheError, match="revoked key"):
         cache.load()
+
+
+def test_two_subscriptions_of_one_namespace_write_one_cache_directory_at_once(
+    tmp_path: Path,
+) -> None:
+    signer = Signer()
+    jwks = Jwks((signer.jwk,))
+    body = {"max": 10}
+    jws = signer.bundle("ns/limits", 2, body)
+    bundle = VerifiedBundle("limits", 2, None, digest_of(body), 4, signer.jwk.kid, body, jws)
+    state = State("ns", 4, {"limits": bundle}, Source.SERVER, 1_700_000_000.0)
+    reader = Cache(tmp_path, "ns", [])
+    reader.save(state, jwks)
+    reader.save_tree("a note")
+    # Each subscription keeps its own cache of the namespace, in one directory.
+    writers = [Cache(tmp_path, "ns", []) for _ in range(2)]
+    failures: list[BaseException] = []
+
+    def write(cache: Cache) -> None:
+        try:
+            for leaf in range(100):
+                cache.save(state, jwks)
+                cache.save_tree("a note")
+                cache.save_restore(leaf)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(cache,)) for cache in writers]
+    for thread in threads:
+        thread.start()
+    reads = 0
+    while any(thread.is_alive() for thread in threads):
+        loaded = reader.load()
+        assert loaded is not None and loaded[0].body("limits") == body
+        assert reader.load_tree() == "a note"
+        reads += 1
+    for thread in threads:
+        thread.join()
+    assert failures == [], "no write fails"
+    assert reads > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "ns.state.json",
+        "ns.state.restore",
+        "ns.state.tree",
+    ], "no temporary file is left"
 
 
 def test_the_ranking_is_a_function_of_the_runtime_id_and_spreads_a_fleet() -> None:

@@ -3,12 +3,19 @@ the JWKS that verified them and the keys known revoked, written atomically (temp
 rename) so a crash leaves the old file or the new one, never half. Read
 back, every bundle is verified again before it is used. The format is the
 Rust library's, so either can start from the other's cache.
+
+Several subscriptions may share a cache directory and follow one
+namespace, in one process or in several: each writes through a temporary
+file of its own (`tempfile.mkstemp`, a random name created only if no file
+has it), so that one writer never truncates or renames away another's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,13 +136,20 @@ class Cache:
 
 
 def _write_atomically(path: Path, contents: bytes) -> None:
+    """Replaces `path` with `contents`: a temporary file of its own beside
+    it, fsync, rename; the temporary file is removed when a step fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as writer:
-        writer.write(contents)
-        writer.flush()
-        os.fsync(writer.fileno())
-    os.replace(temporary, path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with open(descriptor, "wb") as writer:
+            writer.write(contents)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
