@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 
 pub use tlog_tiles::Hash;
 use tlog_tiles::HashReader;
@@ -95,16 +96,84 @@ pub fn size_after_leaf_at(position: u64) -> u64 {
     tlog_tiles::split_stored_hash_index(position).1 + 1
 }
 
-/// The RFC 9162 inclusion proof (audit path) of leaf `index` in the tree of
-/// `size` leaves.
-pub fn prove_inclusion(size: u64, index: u64, reads: &Reads) -> Result<Vec<Hash>> {
-    tlog_tiles::prove_record(size, index, reads).map_err(tree_error)
+/// The size of a tree of the log to prove in or against: at least one
+/// leaf, as RFC 9162 proves no leaf in the empty tree and no tree
+/// consistent with it. A request's size is made one where it arrives (its
+/// 0 names the newest checkpoint's tree, or is refused), so no layer below
+/// asks again; whether the log has grown this large is the store's to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TreeSize(NonZeroU64);
+
+impl TreeSize {
+    /// The tree of the first `leaves` leaves; none for the empty tree.
+    pub fn new(leaves: u64) -> Option<TreeSize> {
+        NonZeroU64::new(leaves).map(TreeSize)
+    }
+
+    /// How many leaves it has.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
 }
 
-/// The RFC 9162 consistency proof from the tree of `old_size` leaves to the
-/// one of `new_size`.
-pub fn prove_consistency(new_size: u64, old_size: u64, reads: &Reads) -> Result<Vec<Hash>> {
-    tlog_tiles::prove_tree(new_size, old_size, reads).map_err(tree_error)
+impl std::fmt::Display for TreeSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An event's leaf in the log's tree: its place in id order, from 0. The
+/// store finds it from the event; a proof checks it against the tree it is
+/// proven in ([`LeafIndex::ensure_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeafIndex(u64);
+
+impl LeafIndex {
+    /// The leaf stored at hash index `position` (see [`leaf_position`]).
+    pub fn at_position(position: u64) -> LeafIndex {
+        LeafIndex(size_after_leaf_at(position) - 1)
+    }
+
+    /// Its index.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Whether the tree of `size` leaves holds it.
+    pub fn is_in(self, size: TreeSize) -> bool {
+        self.0 < size.get()
+    }
+
+    /// INVALID_ARGUMENT on `tree_size` unless the tree of `size` leaves
+    /// holds it: a tree signed before the event was written cannot prove
+    /// it.
+    pub fn ensure_in(self, size: TreeSize) -> Result<()> {
+        if self.is_in(size) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "tree_size",
+            format!("leaf {self} is not in a tree of {size}"),
+        ))
+    }
+}
+
+impl std::fmt::Display for LeafIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The RFC 9162 inclusion proof (audit path) of `leaf` in the tree of
+/// `size` leaves, which holds it ([`LeafIndex::ensure_in`]).
+pub fn prove_inclusion(size: TreeSize, leaf: LeafIndex, reads: &Reads) -> Result<Vec<Hash>> {
+    tlog_tiles::prove_record(size.get(), leaf.get(), reads).map_err(tree_error)
+}
+
+/// The RFC 9162 consistency proof from the tree of `old` leaves to the one
+/// of `new`, no smaller.
+pub fn prove_consistency(old: TreeSize, new: TreeSize, reads: &Reads) -> Result<Vec<Hash>> {
+    tlog_tiles::prove_tree(new.get(), old.get(), reads).map_err(tree_error)
 }
 
 /// The body of a checkpoint of the tree (C2SP tlog-checkpoint): the
@@ -163,8 +232,8 @@ pub fn grown_from(
     let size = signed_size + leaves.len() as u64;
     let root = root(size, reads)?;
     let mut unproven = None;
-    if signed_size > 0 {
-        let proof = prove_consistency(size, signed_size, reads)?;
+    if let Some((signed, grown)) = TreeSize::new(signed_size).zip(TreeSize::new(size)) {
+        let proof = prove_consistency(signed, grown, reads)?;
         if tlog_tiles::check_tree(&proof, size, root, signed_size, signed_root).is_err() {
             unproven = Some(format!(
                 "its stored hashes do not prove that the tree of {size} extends the signed tree \
@@ -298,9 +367,9 @@ pub struct InclusionProof {
     /// Its canonical form: the leaf's bytes.
     pub canonical: String,
     /// Its leaf's index.
-    pub leaf_index: u64,
+    pub leaf_index: LeafIndex,
     /// The size of the tree it is proven in.
-    pub tree_size: u64,
+    pub tree_size: TreeSize,
     /// The audit path, leaf to root.
     pub hashes: Vec<Hash>,
     /// The checkpoint of that tree, when the newest was asked for.
@@ -322,9 +391,9 @@ pub struct BundleProof {
 #[derive(Debug, Clone)]
 pub struct ConsistencyProof {
     /// The older tree's size.
-    pub old_size: u64,
+    pub old_size: TreeSize,
     /// The newer tree's size.
-    pub new_size: u64,
+    pub new_size: TreeSize,
     /// The proof.
     pub hashes: Vec<Hash>,
     /// The checkpoint of the newer tree, when the newest was asked for.
@@ -364,8 +433,9 @@ mod tests {
         let root_of = |size| Reads::with(known(), |reads| root(size, reads)).unwrap();
         for size in [1, 2, 5, 16, 37] {
             for index in [0, size / 2, size - 1] {
+                let (tree, leaf) = (TreeSize::new(size).unwrap(), LeafIndex(index));
                 let proof =
-                    Reads::with(known(), |reads| prove_inclusion(size, index, reads)).unwrap();
+                    Reads::with(known(), |reads| prove_inclusion(tree, leaf, reads)).unwrap();
                 let leaf = leaf_hash(format!("event {index}").as_bytes());
                 tlog_tiles::check_record(&proof, size, root_of(size), index, leaf).unwrap();
             }
@@ -381,9 +451,32 @@ mod tests {
                 "in memory, at {size}"
             );
         }
-        let proof = Reads::with(known(), |reads| prove_consistency(37, 10, reads)).unwrap();
+        let (old, new) = (TreeSize::new(10).unwrap(), TreeSize::new(37).unwrap());
+        let proof = Reads::with(known(), |reads| prove_consistency(old, new, reads)).unwrap();
         tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(10)).unwrap();
         assert!(tlog_tiles::check_tree(&proof, 37, root_of(37), 10, root_of(11)).is_err());
+    }
+
+    /// A leaf's index comes from where storage keeps its hash, and a tree
+    /// that does not reach it is refused on the request's `tree_size`; no
+    /// tree is empty.
+    #[test]
+    fn a_leaf_is_in_the_trees_that_reach_it() {
+        assert_eq!(TreeSize::new(0), None);
+        for index in [0, 1, 2, 5, 36] {
+            let leaf = LeafIndex::at_position(leaf_position(index));
+            assert_eq!(leaf.get(), index);
+            let reaching = TreeSize::new(index + 1).unwrap();
+            assert!(leaf.is_in(reaching));
+            leaf.ensure_in(reaching).unwrap();
+            if let Some(short) = TreeSize::new(index) {
+                let refused = leaf.ensure_in(short).unwrap_err().to_string();
+                assert!(
+                    refused.contains(&format!("leaf {index} is not in a tree of {index}")),
+                    "{refused}"
+                );
+            }
+        }
     }
 
     /// Proof sizes at 10^3, 10^5 and 10^6 events, from a real tree: an

@@ -12,9 +12,11 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 use super::auth::{Identified, Rpc, identify};
 use super::convert;
 use super::policy_replies::inclusion_proof;
+use super::policy_requests::tree_wanted;
 use super::proto::{self, bundle_service_server::BundleService};
 use super::quotas::{Quotas, StreamKind};
 use super::runtimes::{arrival as arrival_of, status_report, watcher};
+use crate::domain::log::TreeSize;
 use crate::domain::{AsOf, Revision};
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
 use crate::fleet::Arrival;
@@ -110,7 +112,7 @@ fn active_wanted(
 /// revision at which it became active.
 fn bundle_wanted(
     request: &proto::GetBundleProofRequest,
-) -> DomainResult<(PolicyRef, u32, Revision)> {
+) -> DomainResult<(PolicyRef, u32, Revision, Option<TreeSize>)> {
     let policy = PolicyRef::parse(&request.namespace, &request.name)?;
     if request.version == 0 {
         return Err(Error::invalid(
@@ -125,7 +127,22 @@ fn bundle_wanted(
         ));
     }
     let revision = Revision::parse("revision", request.revision)?;
-    Ok((policy, request.version, revision))
+    let tree = tree_wanted(request.tree_size);
+    Ok((policy, request.version, revision, tree))
+}
+
+/// The two trees a GetConsistencyProof names: the older one has a leaf at
+/// least, the newer none for the newest checkpoint's.
+fn consistency_wanted(
+    request: &proto::GetConsistencyProofRequest,
+) -> DomainResult<(TreeSize, Option<TreeSize>)> {
+    let Some(old_size) = TreeSize::new(request.old_size) else {
+        return Err(Error::invalid(
+            "old_size",
+            "must be at least 1: RFC 9162 proves no tree consistent with the empty one",
+        ));
+    };
+    Ok((old_size, tree_wanted(request.new_size)))
 }
 
 /// `policyhub.v1.Bundle`'s field number of its checkpoint.
@@ -329,14 +346,11 @@ impl BundleService for BundleApi {
         identify(&request)?
             .caller()
             .authorize_anywhere(Rpc::GetConsistencyProof)?;
-        let request = request.into_inner();
-        let proof = self
-            .hub
-            .consistency_proof(request.old_size, request.new_size)
-            .await?;
+        let (old_size, new_size) = consistency_wanted(request.get_ref())?;
+        let proof = self.hub.consistency_proof(old_size, new_size).await?;
         Ok(Response::new(proto::GetConsistencyProofResponse {
-            old_size: proof.old_size,
-            new_size: proof.new_size,
+            old_size: proof.old_size.get(),
+            new_size: proof.new_size.get(),
             hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
             checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
         }))
@@ -349,10 +363,8 @@ impl BundleService for BundleApi {
         identify(&request)?
             .caller()
             .authorize_anywhere(Rpc::GetRestoreProof)?;
-        let proof = self
-            .hub
-            .restore_proof(request.into_inner().tree_size)
-            .await?;
+        let tree = tree_wanted(request.get_ref().tree_size);
+        let proof = self.hub.restore_proof(tree).await?;
         Ok(Response::new(proto::GetRestoreProofResponse {
             proof: Some(inclusion_proof(&proof)),
         }))
@@ -363,12 +375,11 @@ impl BundleService for BundleApi {
         request: Request<proto::GetBundleProofRequest>,
     ) -> Result<Response<proto::GetBundleProofResponse>, Status> {
         let caller = identify(&request)?;
-        let (policy, version, revision) = bundle_wanted(request.get_ref())?;
+        let (policy, version, revision, tree) = bundle_wanted(request.get_ref())?;
         caller.admit(Rpc::GetBundleProof, [&policy.namespace], &self.quotas)?;
-        let tree_size = request.get_ref().tree_size;
         let proof = self
             .hub
-            .bundle_proof(&policy, version, revision, tree_size)
+            .bundle_proof(&policy, version, revision, tree)
             .await?;
         Ok(Response::new(proto::GetBundleProofResponse {
             published: Some(inclusion_proof(&proof.published)),

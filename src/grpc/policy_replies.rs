@@ -242,8 +242,8 @@ pub(super) fn inclusion_proof(proof: &InclusionProof) -> proto::GetInclusionProo
     proto::GetInclusionProofResponse {
         event: Some(convert::event(&proof.event)),
         canonical_event: proof.canonical.clone(),
-        leaf_index: proof.leaf_index,
-        tree_size: proof.tree_size,
+        leaf_index: proof.leaf_index.get(),
+        tree_size: proof.tree_size.get(),
         hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
         checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
     }

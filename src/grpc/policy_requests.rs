@@ -9,7 +9,7 @@ use crate::domain::{
     ActivateCommand, ActivationTarget, DiscardCommand, DraftCommand, Error, EventFilter,
     ExpectedActive, IdempotencyKey, Label, MAX_ACTOR_BYTES, Namespace, NamespaceScope, PolicyBody,
     PolicyName, PolicyRef, PolicySchema, PublishCommand, Requirement, Result, RollbackCommand,
-    SetSchemaCommand, VersionSelector,
+    SetSchemaCommand, VersionSelector, log::TreeSize,
 };
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
@@ -242,6 +242,12 @@ pub(super) fn version_wanted(
     };
     let policy = PolicyRef::parse(&request.namespace, &request.name)?;
     Ok((policy, version_selector("version", number, label)?))
+}
+
+/// The tree a proof request names by its size: none, for 0, asks for the
+/// newest checkpoint's (proto3 sends no field as 0).
+pub(super) fn tree_wanted(size: u64) -> Option<TreeSize> {
+    TreeSize::new(size)
 }
 
 /// The policy and the two versions a DiffVersions compares.

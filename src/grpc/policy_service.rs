@@ -15,7 +15,7 @@ use super::policy_replies as reply;
 use super::policy_requests::{
     access_question, activate_command, diff_wanted, discard_command, draft_command, event_filter,
     export_scope, optional_namespace, publish_command, rollback_command, schema_command,
-    version_wanted,
+    tree_wanted, version_wanted,
 };
 use super::proto::{self, policy_service_server::PolicyService};
 use super::quotas::Quotas;
@@ -267,7 +267,7 @@ impl PolicyService for PolicyApi {
         let readable = |event: &EventRecord| access.may_read(event);
         let proof = self
             .hub
-            .inclusion_proof(request.event_id, request.tree_size, readable)
+            .inclusion_proof(request.event_id, tree_wanted(request.tree_size), readable)
             .await;
         let proof = access.answer(request.event_id, proof)?;
         Ok(Response::new(reply::inclusion_proof(&proof)))

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::domain::log::{BundleProof, ConsistencyProof, InclusionProof, signed_size};
+use crate::domain::log::{
+    BundleProof, ConsistencyProof, InclusionProof, LeafIndex, TreeSize, signed_size,
+};
 use crate::domain::{Error, EventKind, EventRecord, PolicyRef, RequestContext, Result, Revision};
 use crate::storage::NewEvent;
 
@@ -13,9 +15,9 @@ use super::PolicyHub;
 use crate::domain::chain::Checkpoint;
 
 impl PolicyHub {
-    /// The tree `size` names: itself, or for 0 the newest checkpoint's.
-    async fn proven_tree(&self, size: u64) -> Result<(u64, Option<Checkpoint>)> {
-        if size > 0 {
+    /// The tree `size` names: itself, or (none) the newest checkpoint's.
+    async fn proven_tree(&self, size: Option<TreeSize>) -> Result<(TreeSize, Option<Checkpoint>)> {
+        if let Some(size) = size {
             return Ok((size, None));
         }
         let newest = self.repository.read_newest_checkpoint().await?;
@@ -27,17 +29,22 @@ impl PolicyHub {
                 "no checkpoint of the log's tree is signed yet",
             ));
         };
-        Ok((signed_size(note)?, newest))
+        let Some(size) = TreeSize::new(signed_size(note)?) else {
+            return Err(Error::precondition(
+                "the newest checkpoint signs the empty log: no event is in it to prove",
+            ));
+        };
+        Ok((size, newest))
     }
 
     /// Event `event_id` and the proof of its leaf in the tree of `tree_size`
-    /// leaves (0: the newest checkpoint's). An event `readable` refuses is
+    /// leaves (none: the newest checkpoint's). An event `readable` refuses is
     /// not found, before the tree is read: no answer about it differs from
     /// one about an event that does not exist.
     pub async fn inclusion_proof(
         &self,
         event_id: u64,
-        tree_size: u64,
+        tree_size: Option<TreeSize>,
         readable: impl Fn(&EventRecord) -> bool,
     ) -> Result<InclusionProof> {
         let leaf = self.repository.event_leaf(event_id).await?;
@@ -50,13 +57,13 @@ impl PolicyHub {
 
     /// The PUBLISHED event of version `version` of `policy` and the event
     /// that made it active at `revision`, proven in the tree of
-    /// `tree_size` leaves (0: the newest checkpoint's).
+    /// `tree_size` leaves (none: the newest checkpoint's).
     pub async fn bundle_proof(
         &self,
         policy: &PolicyRef,
         version: u32,
         revision: Revision,
-        tree_size: u64,
+        tree_size: Option<TreeSize>,
     ) -> Result<BundleProof> {
         let current = self.repository.current_revision().await?;
         if revision.get() > current {
@@ -84,8 +91,8 @@ impl PolicyHub {
     /// in the tree of `tree_size` leaves, whose checkpoint is `checkpoint`.
     async fn prove_leaf(
         &self,
-        (event, canonical, leaf_index): (EventRecord, String, u64),
-        tree_size: u64,
+        (event, canonical, leaf_index): (EventRecord, String, LeafIndex),
+        tree_size: TreeSize,
         checkpoint: Option<Checkpoint>,
     ) -> Result<InclusionProof> {
         let hashes = self
@@ -102,12 +109,12 @@ impl PolicyHub {
         })
     }
 
-    /// The proof that the tree of `new_size` leaves (0: the newest
+    /// The proof that the tree of `new_size` leaves (none: the newest
     /// checkpoint's) extends the one of `old_size`.
     pub async fn consistency_proof(
         &self,
-        old_size: u64,
-        new_size: u64,
+        old_size: TreeSize,
+        new_size: Option<TreeSize>,
     ) -> Result<ConsistencyProof> {
         let (new_size, checkpoint) = self.proven_tree(new_size).await?;
         let hashes = self
@@ -149,9 +156,9 @@ impl PolicyHub {
         Ok((event, checkpoint))
     }
 
-    /// The newest restore recorded in the tree of `tree_size` leaves (0:
-    /// the newest checkpoint's), with its inclusion proof.
-    pub async fn restore_proof(&self, tree_size: u64) -> Result<InclusionProof> {
+    /// The newest restore recorded in the tree of `tree_size` leaves
+    /// (none: the newest checkpoint's), with its inclusion proof.
+    pub async fn restore_proof(&self, tree_size: Option<TreeSize>) -> Result<InclusionProof> {
         let (size, _) = self.proven_tree(tree_size).await?;
         let Some(event_id) = self.repository.newest_restore_within(size).await? else {
             return Err(Error::NotFound(format!(

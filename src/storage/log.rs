@@ -19,7 +19,7 @@ use super::rows::{db_revision, db_version, revision};
 use super::statement_runner::StatementRunner;
 use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
-use crate::domain::log::{self, Hash, Reads};
+use crate::domain::log::{self, Hash, LeafIndex, Reads, TreeSize};
 use crate::domain::{
     Error, EventKind, EventRecord, PolicyRef, Result, Revision, VersionSelector, VersionState,
     chain,
@@ -143,7 +143,7 @@ impl Repository {
     }
 
     /// The leaf index of event `event_id` in the log's tree.
-    pub async fn leaf_of(&self, event_id: u64) -> Result<u64> {
+    pub async fn leaf_of(&self, event_id: u64) -> Result<LeafIndex> {
         let position: Option<i64> = log_hashes::Entity::find()
             .select_only()
             .column(log_hashes::Column::Id)
@@ -152,12 +152,12 @@ impl Repository {
             .one(&self.db)
             .await?;
         position
-            .map(|position| log::size_after_leaf_at(revision(position)) - 1)
+            .map(|position| LeafIndex::at_position(revision(position)))
             .ok_or_else(|| Error::NotFound(format!("event {event_id} is not in the log")))
     }
 
     /// The newest RESTORED event among the tree's first `size` leaves.
-    pub async fn newest_restore_within(&self, size: u64) -> Result<Option<u64>> {
+    pub async fn newest_restore_within(&self, size: TreeSize) -> Result<Option<u64>> {
         self.within_tree(size).await?;
         let restores: Vec<i64> = events::Entity::find()
             .select_only()
@@ -168,7 +168,7 @@ impl Repository {
             .all(&self.db)
             .await?;
         for id in restores.into_iter().map(revision) {
-            if self.leaf_of(id).await? < size {
+            if self.leaf_of(id).await?.is_in(size) {
                 return Ok(Some(id));
             }
         }
@@ -176,7 +176,7 @@ impl Repository {
     }
 
     /// Event `event_id`, its canonical form and its leaf's index.
-    pub async fn event_leaf(&self, event_id: u64) -> Result<(EventRecord, String, u64)> {
+    pub async fn event_leaf(&self, event_id: u64) -> Result<(EventRecord, String, LeafIndex)> {
         // Ids are stored in 63 bits: a larger one names no event.
         let unknown = || Error::NotFound(format!("event {event_id}"));
         let id = i64::try_from(event_id).map_err(|_| unknown())?;
@@ -245,29 +245,22 @@ impl Repository {
         tree_size(&self.db).await
     }
 
-    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    /// The inclusion proof of `leaf` in the tree of `size` leaves.
     #[tracing::instrument(name = "storage.prove_inclusion", skip_all)]
-    pub async fn prove_inclusion(&self, size: u64, index: u64) -> Result<Vec<Hash>> {
+    pub async fn prove_inclusion(&self, size: TreeSize, leaf: LeafIndex) -> Result<Vec<Hash>> {
         self.within_tree(size).await?;
-        if index >= size {
-            return Err(Error::invalid(
-                "tree_size",
-                format!("leaf {index} is not in a tree of {size}"),
-            ));
-        }
-        over_tree(&self.db, |reads| log::prove_inclusion(size, index, reads)).await
+        leaf.ensure_in(size)?;
+        over_tree(&self.db, |reads| log::prove_inclusion(size, leaf, reads)).await
     }
 
     /// The consistency proof from the tree of `old_size` leaves to the
     /// one of `new_size`.
     #[tracing::instrument(name = "storage.prove_consistency", skip_all)]
-    pub async fn prove_consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
-        if old_size == 0 {
-            return Err(Error::invalid(
-                "old_size",
-                "must be at least 1: RFC 9162 proves no tree consistent with the empty one",
-            ));
-        }
+    pub async fn prove_consistency(
+        &self,
+        old_size: TreeSize,
+        new_size: TreeSize,
+    ) -> Result<Vec<Hash>> {
         self.within_tree(new_size).await?;
         if old_size > new_size {
             return Err(Error::invalid(
@@ -276,14 +269,15 @@ impl Repository {
             ));
         }
         over_tree(&self.db, |reads| {
-            log::prove_consistency(new_size, old_size, reads)
+            log::prove_consistency(old_size, new_size, reads)
         })
         .await
     }
 
-    async fn within_tree(&self, size: u64) -> Result<()> {
+    /// INVALID_ARGUMENT unless the log's tree has grown to `size` leaves.
+    async fn within_tree(&self, size: TreeSize) -> Result<()> {
         let now = tree_size(&self.db).await?;
-        if size > now {
+        if size.get() > now {
             return Err(Error::invalid(
                 "tree_size",
                 format!("the log's tree has {now} leaves, not {size}"),

@@ -11,6 +11,7 @@ use policyhub_runtime::cosignature::cosigned_by;
 use reqwest::StatusCode;
 
 use crate::config::WitnessSettings;
+use crate::domain::log::TreeSize;
 use crate::hub::PolicyHub;
 use crate::storage::{Cosignature, ToWitness};
 
@@ -103,13 +104,15 @@ impl Witness {
                     checkpoint.size
                 )));
             }
-            let proof = if old == 0 || old == checkpoint.size {
-                Vec::new()
-            } else {
-                hub.consistency_proof(old, checkpoint.size)
-                    .await
-                    .map_err(|error| Failure::Refused(format!("no proof from {old}: {error}")))?
-                    .hashes
+            // From no tree, or to the same one, there is nothing to prove.
+            let proof = match (TreeSize::new(old), TreeSize::new(checkpoint.size)) {
+                (Some(older), Some(newer)) if older < newer => {
+                    hub.consistency_proof(older, Some(newer))
+                        .await
+                        .map_err(|error| Failure::Refused(format!("no proof from {old}: {error}")))?
+                        .hashes
+                }
+                _ => Vec::new(),
             };
             let reply = client
                 .post(self.settings.add_checkpoint_url())
