@@ -4,6 +4,10 @@
  * Every bundle is verified again when read back, against the JWKS saved
  * with it, and refused when signed by a key known revoked when it was
  * saved; files are replaced atomically (written beside, synced, renamed).
+ * Several subscriptions may share a cache directory and follow one
+ * namespace, in one process or in several: each writes through a temporary
+ * file of its own (a random name, opened only if no file has it), so that
+ * one writer never truncates or renames away another's.
  *
  * `<dir>/<namespace>.state.json` holds the state, `<namespace>.state.tree`
  * the server's tree verified last, `<namespace>.state.restore` the leaf of
@@ -12,7 +16,8 @@
  * @module
  */
 
-import { mkdir, open, readFile, rename, stat } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 
 import { type Jwks, keyId, verify } from "./bundle.js";
@@ -47,18 +52,40 @@ async function readIfAny(path: string): Promise<string | undefined> {
   }
 }
 
+/** How many random names a temporary file tries: a name is taken only by a leftover of a writer that crashed, or one at work. */
+const TEMPORARY_NAME_ATTEMPTS = 16;
+
+/** A new file beside `path`, `<name>.<16 random hex digits>.tmp`, opened only if no file has that name. */
+async function createTemporary(path: string): Promise<{ file: FileHandle; temporary: string }> {
+  for (let attempt = 1; ; attempt++) {
+    const temporary = `${path}.${randomBytes(8).toString("hex")}.tmp`;
+    try {
+      return { file: await open(temporary, "wx"), temporary };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= TEMPORARY_NAME_ATTEMPTS) {
+        throw error;
+      }
+    }
+  }
+}
+
+/** Replaces `path` with `contents`: a temporary file of its own, synced, renamed; removed when a step fails. */
 async function writeAtomically(path: string, contents: string): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true });
-  const temporary = `${path}.tmp`;
-  const file = await open(temporary, "w");
+  const { file, temporary } = await createTemporary(path);
   try {
-    await file.writeFile(contents);
-    await file.sync();
-  } finally {
-    await file.close();
+    try {
+      await file.writeFile(contents);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(temporary, path);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw error;
   }
-  await rename(temporary, path);
   const directory = await open(dir, "r");
   try {
     await directory.sync();

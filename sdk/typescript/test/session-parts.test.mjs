@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -118,6 +118,46 @@ test("a cache that is not one, or of another namespace, is refused; an empty one
     await assert.rejects(new Cache(dir, "payments", ["limits"]).load(), /it holds namespace payments \[\]/);
     writeFileSync(cache.path, "not a cache");
     await assert.rejects(cache.load(), /it is not a cache/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("two subscriptions of one namespace write one cache directory at once, and it always reads whole", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "cache-"));
+  try {
+    const state = { namespace: "payments", revision: 7, bundles: {}, source: "server", verifiedAt: new Date(5) };
+    // Keys enough that a file read half written would not parse.
+    const jwks = {
+      keys: Array.from({ length: 100 }, (_, i) => ({ kty: "OKP", crv: "Ed25519", x: "A".repeat(43), kid: `key-${i}` })),
+    };
+    const reader = new Cache(dir, "payments", []);
+    await reader.save(state, jwks);
+    await reader.saveTree("a note");
+    // Each subscription keeps its own cache of the namespace, in one directory.
+    const write = async (cache) => {
+      for (let leaf = 0; leaf < 100; leaf++) {
+        await cache.save(state, jwks);
+        await cache.saveTree("a note");
+        await cache.saveRestore(leaf);
+      }
+    };
+    let writing = true;
+    const writers = Promise.all([write(new Cache(dir, "payments", [])), write(new Cache(dir, "payments", []))]).finally(
+      () => {
+        writing = false;
+      },
+    );
+    let reads = 0;
+    while (writing) {
+      const { jwks: loaded } = await reader.load();
+      assert.equal(loaded.keys.length, 100);
+      assert.equal(await reader.loadTree(), "a note");
+      reads += 1;
+    }
+    await writers;
+    assert.ok(reads > 0);
+    assert.deepEqual(readdirSync(dir).sort(), ["payments.state.json", "payments.state.restore", "payments.state.tree"]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
