@@ -1,8 +1,8 @@
 //! A complete runtime: follows the `payments` namespace, keeps the active
 //! card limits in memory, refuses a state whose limits make no sense, and
 //! survives restarts and outages with its cache. Its token is the file
-//! `POLICYHUB_TOKEN_FILE` names (`runtime.token` unless set), read again on
-//! every call, so a rotated token is picked up.
+//! `POLICYHUB_TOKEN_FILE` names (`runtime.token` unless set), read again
+//! whenever it changes, so a rotated token is picked up.
 //!
 //! ```sh
 //! policyhub token --subject enforcer-1 --role payments:reader > runtime.token
