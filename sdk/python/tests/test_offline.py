@@ -8,8 +8,10 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -367,6 +369,57 @@ def test_a_token_file_is_read_again_and_the_last_good_token_kept(tmp_path: Path)
     assert source() == "first"
     file.write_text("second")
     assert source() == "second"
+
+
+def written_a_minute_ago(path: Path) -> None:
+    """Sets the modification time of the file `path` leads to a minute back,
+    as a token written a while ago has it."""
+    past = time.time() - 60
+    os.utime(path, (past, past))
+
+
+def project(directory: Path, generation: int, token: str) -> None:
+    """Writes `token` as the kubelet does: a new directory, then the `..data`
+    symlink swapped onto it by a rename."""
+    data = directory / f"..{generation}"
+    data.mkdir()
+    (data / "token").write_text(token)
+    (directory / "..data_tmp").symlink_to(data)
+    (directory / "..data_tmp").rename(directory / "..data")
+
+
+def test_an_unchanged_token_file_is_read_once_and_a_rotation_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counted(self: Path, *args: Any, **kwargs: Any) -> str:
+        reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    project(tmp_path, 1, "first\n")
+    (tmp_path / "token").symlink_to("..data/token")
+    written_a_minute_ago(tmp_path / "token")
+    source = token_file(tmp_path / "token")
+    assert [source() for _ in range(100)] == ["first"] * 100
+    assert len(reads) == 1, "an unchanged file is read once"
+    project(tmp_path, 2, "second\n")
+    assert source() == "second"
+    written_a_minute_ago(tmp_path / "token")
+    assert [source() for _ in range(100)] == ["second"] * 100
+    assert len(reads) == 3, "the rotated file is read once it changed, and once settled"
+
+
+def test_a_token_file_rewritten_in_place_at_once_is_read_again(tmp_path: Path) -> None:
+    # Same inode, same size, and most likely the same modification time,
+    # to the file system's clock.
+    file = tmp_path / "token"
+    source = token_file(file)
+    for token in ("aaaa", "bbbb", "cccc"):
+        file.write_text(token)
+        assert source() == token
 
 
 class KeyServer:

@@ -166,8 +166,8 @@ class Subscription:
         - `runtime_id`, `labels`: the runtime's identity in the fleet view;
           with an id it reports what it applied and rejected.
         - `cache_dir`: where the last good state is kept, and started from.
-        - `token`: the bearer token of every call, read again on each (see
-          `policyhub.token_file`).
+        - `token`: the bearer token of every call, asked of it on each (see
+          `policyhub.token_file`, which reads its file when it changed).
         - `tls`: the CA, and the client certificate for mutual TLS.
         - `heartbeat_interval`: overrides the interval the server announces
           (10 s when it announces none): three without a message mean a
