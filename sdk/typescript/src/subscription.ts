@@ -49,7 +49,7 @@ export interface SubscriptionOptions {
   runtime?: { id: string; labels?: Record<string, string> };
   /** Where the last-known-good state is kept; absent: no cache. */
   cacheDir?: string;
-  /** The bearer token of every call, read on every call (see {@link tokenFile}). */
+  /** The bearer token of every call, asked of it on every call (see {@link tokenFile}, which reads its file when it changed). */
   token?: TokenSource;
   /** TLS (and mTLS) to the server. */
   tls?: TlsOptions;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import fs, { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -79,5 +80,58 @@ test("without retryWhenRefused, a refused token ends the subscription with a Wat
     await assert.rejects(subscription.watch(() => {}), (error) => error instanceof WatchError && error.kind === "refused");
   } finally {
     stop();
+  }
+});
+
+/** Sets the modification time of the file `path` leads to a minute back, as a token written a while ago has it. */
+const writtenAMinuteAgo = (path) => {
+  const past = new Date(Date.now() - 60_000);
+  utimesSync(path, past, past);
+};
+
+/** Writes `token` as the kubelet does: a new directory, then the `..data` symlink swapped onto it by a rename. */
+const project = (dir, generation, token) => {
+  mkdirSync(join(dir, `..${generation}`));
+  writeFileSync(join(dir, `..${generation}`, "token"), token);
+  symlinkSync(join(dir, `..${generation}`), join(dir, "..data_tmp"));
+  renameSync(join(dir, "..data_tmp"), join(dir, "..data"));
+};
+
+test("an unchanged token file is read once, and a rotation at the next call", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "token-"));
+  const reads = t.mock.method(fs, "readFileSync");
+  syncBuiltinESMExports();
+  try {
+    project(dir, 1, "first\n");
+    symlinkSync("..data/token", join(dir, "token"));
+    writtenAMinuteAgo(join(dir, "token"));
+    const source = tokenFile(join(dir, "token"));
+    const counted = () => reads.mock.calls.filter((call) => call.arguments[0] === join(dir, "token")).length;
+    for (let i = 0; i < 100; i++) assert.equal(source(), "first");
+    assert.equal(counted(), 1, "an unchanged file is read once");
+    project(dir, 2, "second\n");
+    assert.equal(source(), "second");
+    writtenAMinuteAgo(join(dir, "token"));
+    for (let i = 0; i < 100; i++) assert.equal(source(), "second");
+    assert.equal(counted(), 3, "the rotated file is read once it changed, and once settled");
+  } finally {
+    t.mock.restoreAll();
+    syncBuiltinESMExports();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a token file rewritten in place at once is read again", () => {
+  // Same inode, same size, and most likely the same modification time, to
+  // the file system's clock.
+  const dir = mkdtempSync(join(tmpdir(), "token-"));
+  try {
+    const source = tokenFile(join(dir, "token"));
+    for (const token of ["aaaa", "bbbb", "cccc"]) {
+      writeFileSync(join(dir, "token"), token);
+      assert.equal(source(), token);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
