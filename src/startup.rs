@@ -200,6 +200,7 @@ impl Application {
             Some(servers) => hub.with_metrics_source(std::sync::Arc::new(servers)),
             None => hub,
         };
+        let hub = hub.with_opa_namespaces(settings.opa.bundle_roots()?);
         let listener = socket
             .listen(settings.listen_backlog)
             .with_context(|| format!("listening on {address}"))?;

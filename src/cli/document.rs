@@ -112,6 +112,85 @@ pub fn read(path: &Path) -> anyhow::Result<Value> {
     parse(path, &read_text(path)?)
 }
 
+/// A Rego policy's body (`{"modules": …, "data": …}`) from a directory, as
+/// `opa build` reads one: every `.rego` file a module under its path in the
+/// directory, every `data.json` or `data.yaml` merged into the data
+/// document at its directory's path (`limits/cards/data.json` at
+/// `limits.cards`). Hidden files and directories are skipped, as are other
+/// files.
+pub fn read_rego_dir(dir: &Path) -> anyhow::Result<Value> {
+    let mut modules = Map::new();
+    let mut data = Value::Object(Map::new());
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current)
+            .with_context(|| format!("reading the directory {}", current.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("reading the directory {}", current.display()))?
+                .path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(dir).expect("a path under the directory");
+            let relative: Vec<String> = relative
+                .components()
+                .map(|part| part.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if name.ends_with(".rego") {
+                modules.insert(relative.join("/"), Value::String(read_text(&path)?));
+            } else if matches!(name.as_ref(), "data.json" | "data.yaml") {
+                let at = &relative[..relative.len() - 1];
+                merge_at(&mut data, at, read(&path)?)
+                    .with_context(|| not_a_document(&path, "data that merges with the others"))?;
+            }
+        }
+    }
+    let mut body = Map::new();
+    body.insert("modules".into(), Value::Object(modules));
+    body.insert("data".into(), data);
+    Ok(Value::Object(body))
+}
+
+/// Merges `value` into `document` at the path `at`, as OPA merges data
+/// files: objects merge member by member; anything else met twice is a
+/// conflict.
+fn merge_at(document: &mut Value, at: &[String], value: Value) -> anyhow::Result<()> {
+    let mut place = document;
+    for key in at {
+        let Value::Object(members) = place else {
+            anyhow::bail!("{} is not an object", at.join("."));
+        };
+        place = members
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    merge(place, value, &at.join("."))
+}
+
+fn merge(place: &mut Value, value: Value, path: &str) -> anyhow::Result<()> {
+    match (place, value) {
+        (Value::Object(members), Value::Object(incoming)) => {
+            for (key, value) in incoming {
+                let path = format!("{path}.{key}");
+                match members.get_mut(&key) {
+                    Some(existing) => merge(existing, value, &path)?,
+                    None => {
+                        members.insert(key, value);
+                    }
+                }
+            }
+            Ok(())
+        }
+        (_, _) => anyhow::bail!("two data files set {}", path.trim_start_matches('.')),
+    }
+}
+
 /// The text of a file; `-` is standard input, as in kubectl's `-f -`.
 pub fn read_text(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {

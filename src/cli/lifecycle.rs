@@ -29,7 +29,10 @@ pub struct DraftArgs {
     #[arg(value_parser = parse_policy)]
     policy: PolicyRef,
     /// The body: a file holding one JSON object (.json) or YAML mapping
-    /// (any other name); `-` reads standard input.
+    /// (any other name); `-` reads standard input. Or, for a namespace
+    /// served to OPA, a directory of `.rego` modules and `data.json` (or
+    /// `data.yaml`) files, read as `opa build` reads one: the modules by
+    /// their path in it, each data file at its directory's path.
     file: PathBuf,
     /// What changed and why; kept with the version.
     #[arg(long, default_value = "")]
@@ -146,9 +149,13 @@ pub fn no_version() -> Unusable {
     Unusable::new(What::Reply, "the server sent no version")
 }
 
-/// Reads a policy body from `path` (see `document::read`).
+/// Reads a policy body from `path` (see `document::read`), or a Rego
+/// policy's from a directory (see `document::read_rego_dir`).
 pub fn read_body(path: &Path) -> anyhow::Result<PolicyBody> {
-    body_of(path, document::read(path)?)
+    match path.is_dir() {
+        true => body_of(path, document::read_rego_dir(path)?),
+        false => body_of(path, document::read(path)?),
+    }
 }
 
 /// Parses a body read from `path`, naming the file in every error.

@@ -5,6 +5,7 @@
 mod auth;
 mod limits;
 mod notifications;
+mod opa;
 mod pool;
 mod witnesses;
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER};
 pub use limits::Limits;
 pub use notifications::NotificationSettings;
+pub use opa::{OpaNamespace, OpaSettings};
 pub use pool::PoolSize;
 pub use witnesses::WitnessSettings;
 
@@ -91,6 +93,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Webhook subscriptions.
     pub notifications: NotificationSettings,
+    /// Namespaces served to Open Policy Agent.
+    pub opa: OpaSettings,
     /// How long an idempotency key is remembered; unset: forever. A retry
     /// after that time executes again.
     #[serde(with = "humantime_serde")]
@@ -401,6 +405,7 @@ impl Default for Settings {
             schedules: ScheduleSettings::default(),
             audit: AuditSettings::default(),
             notifications: NotificationSettings::default(),
+            opa: OpaSettings::default(),
             idempotency_retention: None,
         }
     }
@@ -571,6 +576,7 @@ impl Settings {
             .map_err(|errors| anyhow::anyhow!(describe(errors, &environment)))
             .and_then(|settings| {
                 witnesses::check(&settings.audit.witnesses)?;
+                settings.opa.bundle_roots()?;
                 Ok(settings)
             })
             .context("reading the configuration")

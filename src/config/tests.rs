@@ -135,6 +135,15 @@ fn every_key_changed() -> Settings {
         schedules: ScheduleSettings {
             min_interval: Duration::from_secs(300),
         },
+        opa: OpaSettings {
+            namespaces: [(
+                "payments".to_owned(),
+                OpaNamespace {
+                    roots: vec!["payments".into(), "cards/limits".into()],
+                },
+            )]
+            .into(),
+        },
         idempotency_retention: Some(Duration::from_secs(3600)),
     }
 }

@@ -12,6 +12,7 @@ mod labels;
 pub mod lifecycle;
 pub mod log;
 mod names;
+pub mod rego;
 mod requirements;
 pub mod rollout;
 pub mod runtime;

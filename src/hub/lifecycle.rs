@@ -28,6 +28,7 @@ impl PolicyHub {
         context: &RequestContext,
         key: Option<IdempotencyKey>,
     ) -> Result<DraftOutcome> {
+        self.check_rego(&command.policy.namespace, &command.body)?;
         let claim = IdempotencyClaim::new("Draft", key, &command);
         self.repository
             .write_once("draft", claim.as_ref(), context, async |tx| {
@@ -383,6 +384,9 @@ impl PolicyHub {
     ) -> Result<VersionRecord> {
         let requirements = &draft.record.requirements;
         let namespace = &policy.state.policy.namespace;
+        // A draft written before its namespace was served to OPA was never
+        // checked as Rego.
+        self.check_rego(namespace, &draft.record.body)?;
         let published = tx.published_labels(namespace, requirements).await?;
         ensure_satisfiable(requirements, &published)?;
         tx.ensure_signs(signer.key_id()).await?;

@@ -10,6 +10,7 @@ mod fleet;
 mod lifecycle;
 mod log;
 mod reads;
+mod rego;
 mod rollouts;
 mod schedules;
 mod subscriptions;
@@ -20,6 +21,7 @@ pub use alerts::AlertedRollouts;
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,9 +33,11 @@ use tempfile::NamedTempFile;
 
 use crate::config::{RolloutSettings, ScheduleSettings};
 use crate::domain::chain::Checkpoint;
+use crate::domain::rego::BundleRoots;
 use crate::domain::rollout::{MetricsSource, RevisionChange};
 use crate::domain::{
-    ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
+    ActivationOutcome, ActiveBundle, Error, EventKind, Namespace, RequestContext, Result,
+    VersionRecord,
 };
 use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
@@ -89,6 +93,9 @@ pub struct PolicyHub {
     metrics_source: Option<Arc<dyn MetricsSource>>,
     /// The analyses' measurements being taken.
     measuring: Arc<analyses::Measuring>,
+    /// The namespaces served to OPA, whose policies are Rego policies,
+    /// with the bundle roots each one's bundle owns.
+    opa_namespaces: Arc<BTreeMap<Namespace, BundleRoots>>,
 }
 
 /// The signing key, the JWKS and the revoked keys, which change together.
@@ -215,6 +222,7 @@ impl PolicyHub {
             witnesses: None,
             metrics_source: None,
             measuring: Arc::default(),
+            opa_namespaces: Arc::default(),
         };
         hub.repository.read_newest_checkpoint().await?;
         hub.show_checkpoint();

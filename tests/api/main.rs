@@ -36,6 +36,7 @@ mod openapi_contract;
 mod openfeature;
 mod operations;
 mod races;
+mod rego;
 mod replicas;
 mod report_spread;
 mod requirements;
