@@ -27,7 +27,8 @@
  * }
  * ```
  *
- * Layout: `subscription` (the public face), `session/` (connect, resume,
+ * Layout: `subscription` (the public face), `options` (what it takes),
+ * `errors` (how it stops for good), `session/` (connect, resume,
  * verify, decide, report; its `drive` holds the loop and says where the
  * rest is), `state` (whole states and events), `bundle`
  * (the signed bundle format), `checkpoint` (signed checkpoints), `tree`
@@ -57,16 +58,16 @@ export type { TlsOptions } from "./connection.js";
 export { cosignedBy } from "./note.js";
 export { reportDelay } from "./session/reporter.js";
 export type { Event, Source, State, VerifiedBundle } from "./state.js";
+export { WatchError } from "./errors.js";
 export {
   DEFAULT_HEARTBEAT_INTERVAL_MS,
   DEFAULT_MAX_CHECKPOINT_AGE_MS,
   DEFAULT_REBALANCE_INTERVAL_MS,
   DEFAULT_REPORT_SPREAD_MS,
   HEARTBEAT_INTERVAL_HEADER,
-  Subscription,
   type SubscriptionOptions,
   type Validate,
-  WatchError,
-} from "./subscription.js";
+} from "./options.js";
+export { Subscription } from "./subscription.js";
 export { type TokenSource, tokenFile } from "./token.js";
 export { type TreeHead, verifyConsistency, verifyInclusion, verifyNote } from "./tree.js";

@@ -10,6 +10,12 @@ import type { Bundle } from "./generated/policyhub/v1/Bundle.js";
 import type { WatchActiveResponse } from "./generated/policyhub/v1/WatchActiveResponse.js";
 import type { WatchEventKind } from "./generated/policyhub/v1/WatchEventKind.js";
 
+/**
+ * How the session says events to the application; once the subscription
+ * is stopped, it throws (the session's `gone` failure) rather than say.
+ */
+export type Say = (event: Event) => Promise<void>;
+
 /** A bundle whose signature, digest and subject were checked. */
 export interface VerifiedBundle {
   /** Policy name. */

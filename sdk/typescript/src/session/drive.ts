@@ -37,8 +37,9 @@
 import { Backoff } from "../backoff.js";
 import { Failure, Waker, message, refusesCredentials } from "../connection.js";
 import { Endpoints } from "../endpoints.js";
-import type { Event } from "../state.js";
-import { type SubscriptionOptions, WatchError } from "../subscription.js";
+import { WatchError } from "../errors.js";
+import type { SubscriptionOptions } from "../options.js";
+import type { Event, Say } from "../state.js";
 import { Telemetry } from "../telemetry.js";
 import { settle } from "./settings.js";
 import { SubscriptionState } from "./subscription-state.js";
@@ -51,9 +52,6 @@ const TOKEN_POLL_MS = 500;
 function stopped(signal: AbortSignal): boolean {
   return signal.aborted;
 }
-
-/** Says events; a stop makes it throw the `gone` failure. */
-export type Say = (event: Event) => Promise<void>;
 
 /**
  * Follows the subscription until `signal` aborts (resolves) or it fails for

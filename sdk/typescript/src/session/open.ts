@@ -19,7 +19,7 @@ import {
   ready,
 } from "../connection.js";
 import type { WatchActiveResponse } from "../generated/policyhub/v1/WatchActiveResponse.js";
-import { DEFAULT_HEARTBEAT_INTERVAL_MS, HEARTBEAT_INTERVAL_HEADER } from "../subscription.js";
+import { DEFAULT_HEARTBEAT_INTERVAL_MS, HEARTBEAT_INTERVAL_HEADER } from "../options.js";
 import { Reporter } from "./reporter.js";
 import { type Settings, callTimeoutMs } from "./settings.js";
 import type { SubscriptionState } from "./subscription-state.js";

@@ -17,7 +17,7 @@ import {
   DEFAULT_REPORT_SPREAD_MS,
   type SubscriptionOptions,
   type Validate,
-} from "../subscription.js";
+} from "../options.js";
 
 /** The subscription's options with the defaults filled in. */
 export interface Settings {

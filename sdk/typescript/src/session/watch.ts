@@ -10,8 +10,7 @@
 
 import { Failure, type Waker, message } from "../connection.js";
 import { type Endpoints, rebalanceDelay } from "../endpoints.js";
-import { Assembler, type Revision } from "../state.js";
-import type { Say } from "./drive.js";
+import { Assembler, type Revision, type Say } from "../state.js";
 import { open } from "./open.js";
 import { reportDelay } from "./reporter.js";
 import type { Settings } from "./settings.js";
