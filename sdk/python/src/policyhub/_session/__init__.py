@@ -23,8 +23,11 @@ Layout: this module holds the loop (`Driver`: sessions, backoff, moves
 between addresses, stale checkpoints); `connection` opens a stream on one
 address; `subscription_state` holds the state in force and decides each
 whole `revision`; `history` verifies checkpoints and follows the server's
-log's tree; `reports` queues the outcomes and sends them; `failure` says
-how a session ends; `settings` is what the subscription follows and how.
+log's tree, `freshness` tells a stale checkpoint; `reports` queues the
+outcomes and sends them; `failure` says how a session ends; `settings` is
+what the subscription follows and how. Imports point one way (a test of
+the package holds it): `history` and `connection` read the
+`SubscriptionState`, which imports neither.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from ..tree import Remembered
 from ..v1 import bundle_service_pb2 as pb
 from ..v1 import types_pb2
 from .failure import Permanent, Transient, rpc
-from .history import Freshness
+from .freshness import Freshness
 from .reports import Reports
 from .revision import Revision
 from .settings import Emit, Settings, Validate
