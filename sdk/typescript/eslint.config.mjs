@@ -29,7 +29,7 @@ export default tseslint.config(
   {
     files: ["**/*.mjs"],
     languageOptions: {
-      globals: { console: "readonly", process: "readonly", Buffer: "readonly", URL: "readonly", AbortController: "readonly", AbortSignal: "readonly", setTimeout: "readonly", TextEncoder: "readonly" },
+      globals: { console: "readonly", process: "readonly", Buffer: "readonly", URL: "readonly", AbortController: "readonly", AbortSignal: "readonly", setTimeout: "readonly", TextEncoder: "readonly", performance: "readonly" },
     },
   },
 );

@@ -9,6 +9,7 @@
  */
 
 import { type Jwks, VerifyError, verifySignature } from "./bundle.js";
+import { monotonicMs } from "./clock.js";
 
 /** The JWS `typ` header of every checkpoint. */
 export const CHECKPOINT_TYPE = "policyhub-checkpoint+jwt";
@@ -81,14 +82,18 @@ export class Freshness {
   }
 
   /**
-   * When (ms since the epoch) the newest checkpoint grows too old;
-   * undefined when the check is off, none came yet, or it is stale already.
+   * When the newest checkpoint grows too old, on the clock of the
+   * subscription's deadlines ({@link monotonicMs}); undefined when the
+   * check is off, none came yet, or it is stale already. Its age is the
+   * wall clock's (the server signed it at a time of day), taken anew at
+   * every call.
    */
   deadline(): number | undefined {
     if (this.maxAgeMs === undefined || this.newest === undefined || this.stale) {
       return undefined;
     }
-    return this.newest.signedAt.getTime() + this.maxAgeMs;
+    const ageMs = Math.max(0, Date.now() - this.newest.signedAt.getTime());
+    return monotonicMs() + Math.max(0, this.maxAgeMs - ageMs);
   }
 
   /** Marks the newest checkpoint stale: what the event says. */

@@ -13,6 +13,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
 import type { Jwks } from "./bundle.js";
+import { monotonicMs } from "./clock.js";
 import type { ProtoGrpcType } from "./generated/bundle_service.js";
 import type { GetSigningKeysResponse } from "./generated/policyhub/v1/GetSigningKeysResponse.js";
 import type { BundleServiceClient } from "./generated/policyhub/v1/BundleService.js";
@@ -99,6 +100,7 @@ export function connect(address: string, settings: ChannelSettings): BundleServi
 /** Waits until the channel is connected, within `timeoutMs`. */
 export function ready(client: grpc.Client, address: string, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
+    // gRPC takes a deadline on the wall clock, and turns it into a timer at once.
     client.waitForReady(Date.now() + timeoutMs, (error) => {
       if (!(error instanceof Error)) {
         resolve();
@@ -184,6 +186,7 @@ export function unary<T>(
   timeoutMs: number,
 ): Promise<T> {
   return new Promise((resolve, reject) => {
+    // gRPC takes a deadline on the wall clock, and turns it into a timer at once.
     call(metadata(token), { deadline: Date.now() + timeoutMs }, (error, value) => {
       if (error !== null || value === undefined) {
         reject(error ?? new Error("no answer"));
@@ -239,7 +242,7 @@ export class Waker {
   }
 
   /**
-   * Waits until notified, `until` (ms since the epoch) or a stop. A wait
+   * Waits until notified, `until` (on the {@link monotonicMs} clock) or a stop. A wait
    * longer than a timer takes (2147483647 ms; Node fires a longer one after
    * 1 ms) ends at that bound, early: every caller checks the time again.
    */
@@ -248,7 +251,7 @@ export class Waker {
       return;
     }
     await new Promise<void>((resolve) => {
-      const delay = until === undefined ? undefined : Math.min(Math.max(0, until - Date.now()), MAX_TIMER_MS);
+      const delay = until === undefined ? undefined : Math.min(Math.max(0, until - monotonicMs()), MAX_TIMER_MS);
       const timer = delay === undefined ? undefined : setTimeout(resolve, delay);
       this.wake = () => {
         if (timer !== undefined) clearTimeout(timer);

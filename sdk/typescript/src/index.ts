@@ -33,8 +33,9 @@
  * rest is), `state` (whole states and events), `bundle`
  * (the signed bundle format), `checkpoint` (signed checkpoints), `tree`
  * and `note` (the log's Merkle tree, signed notes, witness cosignatures),
- * `cache`, `endpoints`, `backoff`, `token`, `connection` (the generated
- * gRPC client), `telemetry` (OpenTelemetry, when installed).
+ * `cache`, `endpoints`, `backoff`, `clock` (the monotonic clock of
+ * deadlines), `token`, `connection` (the generated gRPC client),
+ * `telemetry` (OpenTelemetry, when installed).
  *
  * @module
  */

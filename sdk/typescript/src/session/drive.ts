@@ -35,6 +35,7 @@
  */
 
 import { Backoff } from "../backoff.js";
+import { monotonicMs } from "../clock.js";
 import { Failure, Waker, message, refusesCredentials } from "../connection.js";
 import { Endpoints } from "../endpoints.js";
 import { WatchError } from "../errors.js";
@@ -85,7 +86,7 @@ export async function drive(
   try {
     await state.start(say);
     for (;;) {
-      const started = Date.now();
+      const started = monotonicMs();
       let failure: Failure;
       try {
         await session(settings, endpoints, state, say, waker, signal);
@@ -109,7 +110,7 @@ export async function drive(
       }
       // A stream that stayed up a while starts the backoff over; every
       // reconnection is still jittered.
-      if (Date.now() - started > settings.backoffMaxMs) {
+      if (monotonicMs() - started > settings.backoffMaxMs) {
         backoff = freshBackoff();
         endpoints.settled();
       }
@@ -126,10 +127,10 @@ export async function drive(
       } else {
         await say({ type: "disconnected", reason: failure.message, retryInMs, revision: state.decided });
       }
-      const until = Date.now() + retryInMs;
-      while (!stopped(signal) && Date.now() < until) {
+      const until = monotonicMs() + retryInMs;
+      while (!stopped(signal) && monotonicMs() < until) {
         const stale = state.history.freshness.deadline();
-        if (stale !== undefined && Date.now() >= stale) {
+        if (stale !== undefined && monotonicMs() >= stale) {
           await say({ type: "checkpointStale", ...state.history.freshness.expire() });
           continue;
         }
@@ -137,7 +138,7 @@ export async function drive(
         if (refused && settings.channel.token !== undefined && settings.channel.token() !== refusedToken) {
           break;
         }
-        const poll = refused ? Date.now() + TOKEN_POLL_MS : until;
+        const poll = refused ? monotonicMs() + TOKEN_POLL_MS : until;
         await waker.wait(Math.min(until, poll, stale ?? until));
       }
       if (stopped(signal)) {

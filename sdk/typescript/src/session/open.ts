@@ -8,6 +8,7 @@
 
 import type * as grpc from "@grpc/grpc-js";
 
+import { monotonicMs } from "../clock.js";
 import {
   type BundleServiceClient,
   Failure,
@@ -71,8 +72,8 @@ export async function open(
       metadata(settings.channel.token),
     );
     const reader = new StreamReader<WatchActiveResponse>(stream, waker);
-    const until = Date.now() + callTimeoutMs(settings);
-    while (reader.headers === undefined && reader.failedEarly === undefined && Date.now() < until) {
+    const until = monotonicMs() + callTimeoutMs(settings);
+    while (reader.headers === undefined && reader.failedEarly === undefined && monotonicMs() < until) {
       if (signal.aborted) {
         reader.cancel();
         throw new Failure("gone", "nobody listens");

@@ -9,7 +9,15 @@
 import type * as grpc from "@grpc/grpc-js";
 import { status as grpcStatus } from "@grpc/grpc-js";
 
-import { type BundleServiceClient, type ChannelSettings, StreamReader, type Waker, metadata, unary } from "../connection.js";
+import { monotonicMs } from "../clock.js";
+import {
+  type BundleServiceClient,
+  type ChannelSettings,
+  StreamReader,
+  type Waker,
+  metadata,
+  unary,
+} from "../connection.js";
 import type { PolicyApplyStatus } from "../generated/policyhub/v1/PolicyApplyStatus.js";
 import type { ReportStatusRequest } from "../generated/policyhub/v1/ReportStatusRequest.js";
 import type { ReportStatusResponse } from "../generated/policyhub/v1/ReportStatusResponse.js";
@@ -118,8 +126,8 @@ export class Reporter {
         : this.route;
     this.route = reader;
     (reader.stream as grpc.ClientDuplexStream<ReportStatusRequest, ReportStatusResponse>).write(request);
-    const until = Date.now() + this.timeoutMs;
-    while (!reader.pending && Date.now() < until) {
+    const until = monotonicMs() + this.timeoutMs;
+    while (!reader.pending && monotonicMs() < until) {
       await this.waker.wait(until);
     }
     const answer = reader.take();

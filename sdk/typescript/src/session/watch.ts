@@ -8,6 +8,7 @@
  * @module
  */
 
+import { monotonicMs } from "../clock.js";
 import { Failure, type Waker, message } from "../connection.js";
 import { type Endpoints, rebalanceDelay } from "../endpoints.js";
 import { Assembler, type Revision, type Say } from "../state.js";
@@ -27,10 +28,10 @@ export async function session(
 ): Promise<void> {
   let opened = await open(settings, endpoints.current(), state, waker, signal);
   const nextRebalance = (): number | undefined =>
-    endpoints.onPreferred() ? undefined : Date.now() + rebalanceDelay(settings.rebalanceIntervalMs);
+    endpoints.onPreferred() ? undefined : monotonicMs() + rebalanceDelay(settings.rebalanceIntervalMs);
   try {
     await say({ type: "connected", revision: state.decided, endpoint: endpoints.current() });
-    let lastMessageAt = Date.now();
+    let lastMessageAt = monotonicMs();
     let rebalanceAt = nextRebalance();
     let assembler = new Assembler();
     // When the outcomes decided since the last report go out.
@@ -41,7 +42,7 @@ export async function session(
       }
       const item = opened.reader.take();
       if (item !== undefined) {
-        lastMessageAt = Date.now();
+        lastMessageAt = monotonicMs();
         if (item.kind === "error") {
           throw Failure.fromStatus(item.error);
         }
@@ -65,7 +66,7 @@ export async function session(
               opened.reporter.close();
               opened.client.close();
               opened = reopened;
-              lastMessageAt = Date.now();
+              lastMessageAt = monotonicMs();
               assembler = new Assembler();
               continue;
             }
@@ -87,11 +88,11 @@ export async function session(
         if (settings.reportSpreadMs === 0) {
           await state.reports.flush(opened.reporter);
         } else if (reportAt === undefined && state.reports.pending()) {
-          reportAt = Date.now() + reportDelay(settings.reportSpreadMs);
+          reportAt = monotonicMs() + reportDelay(settings.reportSpreadMs);
         }
         continue;
       }
-      const now = Date.now();
+      const now = monotonicMs();
       const silentUntil = lastMessageAt + opened.deadlineMs;
       if (now >= silentUntil) {
         throw new Failure("transient", `no message for ${opened.deadlineMs} ms, three heartbeats`);
@@ -117,7 +118,7 @@ export async function session(
           opened.client.close();
           opened = moved;
           endpoints.movedToPreferred();
-          lastMessageAt = Date.now();
+          lastMessageAt = monotonicMs();
           // Parts of a revision not yet whole come again, whole, on the
           // new stream, which resumes from the decided one.
           assembler = new Assembler();
