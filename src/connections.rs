@@ -18,6 +18,11 @@
 //!   logs it at most every few seconds, and counts it, so the connections
 //!   already open keep being served.
 //!
+//! At shutdown a port stops accepting, and each connection finishes the
+//! requests under way and closes ([`Listener::serve`]); its tasks are
+//! tracked, so whoever stops the port waits for them, within a grace
+//! period, and cuts what is left by dropping the future.
+//!
 //! The deadline lives in the connection's I/O ([`Connection`]): a read or
 //! write past it fails with `TimedOut`, which ends the connection whatever
 //! protocol runs over it. Requests mark the connection busy through a
@@ -45,6 +50,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// The first pause after a failed accept; each failure in a row doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -194,22 +200,37 @@ impl Listener {
         })
     }
 
-    /// Accepts until aborted, each connection handed to `handle` in a task
-    /// of its own.
-    pub async fn serve<F, Fut>(mut self, handle: F)
+    /// Accepts until `stop` is cancelled, each connection handed to
+    /// `handle` in a task of its own, with `stop` to finish the requests
+    /// under way and close when it is cancelled; then closes the port and
+    /// waits for every connection to end. The tasks are tracked rather than
+    /// detached: dropping this future (a grace period over) cuts every
+    /// connection still open, so none outlives its port.
+    pub async fn serve<F, Fut>(mut self, stop: CancellationToken, handle: F)
     where
-        F: Fn(Connection) -> Fut,
+        F: Fn(Connection, CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let connections = TaskTracker::new();
+        let cut = CancellationToken::new();
+        let _cut_when_dropped = cut.clone().drop_guard();
         loop {
-            let connection = self.accept().await;
-            tokio::spawn(handle(connection));
+            let connection = tokio::select! {
+                connection = self.accept() => connection,
+                () = stop.cancelled() => break,
+            };
+            let served = handle(connection, stop.clone());
+            connections.spawn(cut.clone().run_until_cancelled_owned(served));
         }
+        // Refused from now on, rather than queued where no one accepts.
+        drop(self);
+        connections.close();
+        connections.wait().await;
     }
 
-    /// Serves HTTP/1.1 on every connection until aborted, each request
-    /// answered by `handle`.
-    pub async fn serve_http<F, Fut, B>(self, handle: F)
+    /// Serves HTTP/1.1 on every connection until `stop` is cancelled, each
+    /// request answered by `handle`; then as [`Listener::serve`] does.
+    pub async fn serve_http<F, Fut, B>(self, stop: CancellationToken, handle: F)
     where
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
@@ -218,11 +239,11 @@ impl Listener {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let port = self.port;
-        self.serve(|connection| {
+        self.serve(stop, |connection, stop| {
             let handle = handle.clone();
             async move {
                 let tracker = connection.tracker();
-                if let Err(error) = serve_http1(connection, tracker, handle).await {
+                if let Err(error) = serve_http1(connection, tracker, stop, handle).await {
                     tracing::debug!(port, %error, "connection ended");
                 }
             }
@@ -520,8 +541,15 @@ where
 }
 
 /// Serves HTTP/1.1 on `io`, each request marked in flight on `tracker`
-/// until its response's body ends.
-pub async fn serve_http1<IO, F, Fut, B>(io: IO, tracker: Tracker, handle: F) -> hyper::Result<()>
+/// until its response's body ends. Once `stop` is cancelled the request
+/// under way, if any, is answered and the connection closes (at once when
+/// it has none): hyper's graceful shutdown.
+pub async fn serve_http1<IO, F, Fut, B>(
+    io: IO,
+    tracker: Tracker,
+    stop: CancellationToken,
+    handle: F,
+) -> hyper::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -541,9 +569,15 @@ where
             )
         }
     });
-    hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        () = stop.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
 
 #[cfg(test)]

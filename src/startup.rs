@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr};
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
 use tonic::{
     service::Routes,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
@@ -304,8 +305,9 @@ impl Application {
             }
             let mut listener = Some(listener(tcp, "metrics", &self.settings.connections));
             let index = self.hub.index().clone();
-            tasks.spawn("metrics", OnEnd::NotServing, Stop::Abort, move |_| {
-                crate::metrics::serve(listener.take().expect("started once"), index.clone())
+            tasks.spawn("metrics", OnEnd::NotServing, Stop::Drain, move |stop| {
+                let listener = listener.take().expect("started once");
+                crate::metrics::serve(listener, index.clone(), stop)
             });
         }
         // Not started again: a replica that stopped following the others
@@ -371,13 +373,6 @@ impl Application {
         };
         // Answered without a token, as a login page is.
         let sign_in_service = SignInServiceServer::new(SignInApi::new(&providers));
-        // Watch streams never end by themselves: end them first, with
-        // UNAVAILABLE, so the graceful drain does not wait on them forever.
-        let index = self.hub.index().clone();
-        let shutdown = async move {
-            shutdown.await;
-            index.close();
-        };
         tracing::info!(address = %self.address, "serving grpc");
         let grpc_listener = listener(self.listener, "grpc", &self.settings.connections);
         let authentication = self.authentication.clone();
@@ -415,9 +410,9 @@ impl Application {
             }
             // Not started again, as the metrics port is not.
             let mut http_listener = Some(listener(tcp, "http", &connections));
-            tasks.spawn("http", OnEnd::NotServing, Stop::Abort, move |_| {
+            tasks.spawn("http", OnEnd::NotServing, Stop::Drain, move |stop| {
                 let listener = http_listener.take().expect("started once");
-                gateway.clone().serve(listener)
+                gateway.clone().serve(listener, stop)
             });
         }
         // Health (for probes) and reflection (for grpcurl) answer without a
@@ -434,16 +429,53 @@ impl Application {
                 .add_service(guard(reflection_v1, &authentication))
                 .add_service(guard(reflection_v1alpha, &authentication))
         };
-        let served = router
+        let stopping = CancellationToken::new();
+        let grpc = router
             .add_service(guard(policy_service, &authentication))
             .add_service(guard(bundle_service, &authentication))
             .add_service(guard(subscription_service, &authentication))
-            .serve_with_incoming_shutdown(grpc_listener.into_incoming(), shutdown)
-            .await;
-        // The streams are closed: webhook deliveries under way finish, then
-        // the fleet view records their runtimes as disconnected.
-        let grace = self.settings.notifications.timeout + SHUTDOWN_RECORD_GRACE;
-        tasks.shutdown(grace).await;
+            .serve_with_incoming_shutdown(
+                grpc_listener.into_incoming(),
+                stopping.clone().cancelled_owned(),
+            );
+        // tonic waits for every call under way, however long: the grace
+        // bounds it as it bounds the other ports.
+        let grace = self.settings.notifications.timeout + SHUTDOWN_GRACE;
+        let grpc = async {
+            let cut = async {
+                stopping.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                served = grpc => served,
+                () = cut => {
+                    tracing::warn!(?grace, "grpc calls still under way after the grace period: cutting them");
+                    Ok(())
+                }
+            }
+        };
+        let mut grpc = std::pin::pin!(grpc);
+        let ended_first = tokio::select! {
+            served = &mut grpc => Some(served),
+            () = shutdown => None,
+        };
+        // Watch streams never end by themselves: end them first, with
+        // UNAVAILABLE, so the drain does not wait on them; the HTTP port's
+        // long polls and event streams end with them. Then every port
+        // stops accepting and drains the calls under way while the
+        // background tasks stop (webhook deliveries under way finish), all
+        // within the one grace period.
+        self.hub.index().close();
+        stopping.cancel();
+        let served = match ended_first {
+            Some(served) => {
+                tasks.shutdown(grace).await;
+                served
+            }
+            None => tokio::join!(grpc, tasks.shutdown(grace)).0,
+        };
+        // The fleet view records the runtimes of the closed streams as
+        // disconnected.
         if let Err(error) = fleet.flush().await {
             tracing::warn!(%error, "cannot persist the fleet view at shutdown");
         }
@@ -605,6 +637,8 @@ async fn refresh_checkpoints(hub: PolicyHub, interval: std::time::Duration) {
     }
 }
 
-/// The least time deliveries under way at shutdown are given beyond
-/// `notifications.timeout` (an attempt's longest) to be recorded.
-const SHUTDOWN_RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long, beyond `notifications.timeout` (a webhook attempt's
+/// longest), a stopping server gives every port to answer the calls under
+/// way and the background tasks to finish theirs (a delivery recorded), at
+/// once; what is left then is cut.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

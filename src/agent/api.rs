@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::followed::{Followed, FollowedNamespaces, InForce, source, state_json};
@@ -62,6 +63,10 @@ pub struct Api {
     bulk_answers: Arc<ofrep::BulkAnswers>,
     /// SHA-256 of the token callers must present.
     token: Option<[u8; 32]>,
+    /// Cancelled when the agent stops: long polls answer with what is
+    /// held, event streams end, and the port closes once the requests
+    /// under way are answered.
+    stop: CancellationToken,
 }
 
 /// The TLS acceptor of a certificate chain and key (PEM files).
@@ -88,28 +93,37 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 }
 
 impl Api {
-    pub fn new(namespaces: Arc<FollowedNamespaces>, token: Option<String>) -> Self {
+    /// The API over `namespaces`, asking callers for `token` if any, until
+    /// `stop` is cancelled.
+    pub fn new(
+        namespaces: Arc<FollowedNamespaces>,
+        token: Option<String>,
+        stop: CancellationToken,
+    ) -> Self {
         Api {
             namespaces,
             bulk_answers: Arc::default(),
             token: token.map(|token| Sha256::digest(token.trim().as_bytes()).into()),
+            stop,
         }
     }
 
-    /// Serves HTTP/1.1 (over TLS when given) until aborted.
+    /// Serves HTTP/1.1 (over TLS when given) until the agent stops and the
+    /// requests under way are answered.
     pub async fn serve(self, listener: Listener, tls: Option<TlsAcceptor>) {
+        let stop = self.stop.clone();
         listener
-            .serve(|connection| {
+            .serve(stop, |connection, stop| {
                 let api = self.clone();
                 let tls = tls.clone();
                 async move {
                     let tracker = connection.tracker();
                     match tls {
-                        None => api.connection(connection, tracker).await,
+                        None => api.connection(connection, tracker, stop).await,
                         // The handshake reads through the connection, so its
                         // header-read deadline bounds it too.
                         Some(tls) => match tls.accept(connection).await {
-                            Ok(stream) => api.connection(stream, tracker).await,
+                            Ok(stream) => api.connection(stream, tracker, stop).await,
                             Err(error) => tracing::debug!(%error, "tls handshake failed"),
                         },
                     }
@@ -122,8 +136,9 @@ impl Api {
         self,
         stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
         tracker: Tracker,
+        stop: CancellationToken,
     ) {
-        let served = serve_http1(stream, tracker, move |request| {
+        let served = serve_http1(stream, tracker, stop, move |request| {
             let api = self.clone();
             async move { api.handle(request).await }
         })
@@ -162,12 +177,14 @@ impl Api {
             Status::not_found(format!("this agent does not follow namespace {namespace}"))
         })?;
         match (&parts.method, rest) {
-            (&Method::GET, ["state"]) => Ok(long_poll(followed, &parts.headers, state_reply).await),
-            (&Method::GET, ["state:watch"]) => Ok(events(followed, &parts.headers)),
+            (&Method::GET, ["state"]) => {
+                Ok(long_poll(followed, &parts.headers, &self.stop, state_reply).await)
+            }
+            (&Method::GET, ["state:watch"]) => Ok(events(followed, &parts.headers, &self.stop)),
             (&Method::POST, ["state:reject"]) => reject(followed, body).await,
             (&Method::GET, ["policies", name]) => {
                 let name = (*name).to_owned();
-                Ok(long_poll(followed, &parts.headers, |in_force| {
+                Ok(long_poll(followed, &parts.headers, &self.stop, |in_force| {
                     policy_reply(in_force, &name)
                 })
                 .await)
@@ -289,10 +306,12 @@ type Reply = Result<(HeaderValue, Response<Body>), Status>;
 
 /// Answers with `reply` of the state in force: 304 when `If-None-Match`
 /// names its ETag, after holding the read until it changes (or exists)
-/// when `Prefer: wait=N` asks.
+/// when `Prefer: wait=N` asks, or the agent stops (`stop`: a held read
+/// answers at once then, rather than holding the agent's exit).
 async fn long_poll(
     followed: &Followed,
     headers: &HeaderMap,
+    stop: &CancellationToken,
     reply: impl Fn(Option<&InForce>) -> Reply,
 ) -> Response<Body> {
     let deadline = semantics::wait(headers).map(|wait| Instant::now() + wait);
@@ -306,8 +325,9 @@ async fn long_poll(
         };
         let waited_out = match deadline {
             Some(deadline) if unchanged => !matches!(
-                tokio::time::timeout_at(deadline, receiver.changed()).await,
-                Ok(Ok(()))
+                stop.run_until_cancelled(tokio::time::timeout_at(deadline, receiver.changed()))
+                    .await,
+                Some(Ok(Ok(())))
             ),
             _ => true,
         };
@@ -382,14 +402,18 @@ fn policy_reply(in_force: Option<&InForce>, name: &str) -> Reply {
     Ok((etag, response))
 }
 
-/// The state in force as Server-Sent Events, from `Last-Event-ID` on.
-fn events(followed: &Followed, headers: &HeaderMap) -> Response<Body> {
+/// The state in force as Server-Sent Events, from `Last-Event-ID` on,
+/// until the agent stops (`stop`): the stream ends then, whole, and a
+/// client reconnects with its `Last-Event-ID`.
+fn events(followed: &Followed, headers: &HeaderMap, stop: &CancellationToken) -> Response<Body> {
     let last: Option<u64> = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse().ok());
     let receiver = followed.subscribe();
-    let stream = futures::stream::unfold((receiver, last), |(mut receiver, mut last)| async move {
+    let stop = stop.clone();
+    let state = (receiver, last, stop);
+    let stream = futures::stream::unfold(state, |(mut receiver, mut last, stop)| async move {
         loop {
             let in_force = receiver.borrow_and_update().clone();
             if let Some(in_force) = in_force
@@ -401,14 +425,15 @@ fn events(followed: &Followed, headers: &HeaderMap) -> Response<Body> {
                     "id: {revision}\nevent: state\ndata: {}\n\n",
                     String::from_utf8_lossy(&in_force.json)
                 );
-                return Some((Ok(Frame::data(Bytes::from(text))), (receiver, last)));
+                return Some((Ok(Frame::data(Bytes::from(text))), (receiver, last, stop)));
             }
-            match tokio::time::timeout(KEEPALIVE, receiver.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => return None,
-                Err(_) => {
+            let changed = tokio::time::timeout(KEEPALIVE, receiver.changed());
+            match stop.run_until_cancelled(changed).await {
+                Some(Ok(Ok(()))) => continue,
+                None | Some(Ok(Err(_))) => return None,
+                Some(Err(_)) => {
                     let alive = Frame::data(Bytes::from_static(b": keepalive\n\n"));
-                    return Some((Ok(alive), (receiver, last)));
+                    return Some((Ok(alive), (receiver, last, stop)));
                 }
             }
         }

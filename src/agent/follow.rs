@@ -9,6 +9,7 @@ use std::{pin::pin, sync::Arc, sync::atomic::Ordering};
 use futures::StreamExt;
 use policyhub_runtime::{Event, State, Subscription, Validate};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::files::Files;
 use super::followed::Followed;
@@ -25,8 +26,14 @@ impl Validate for Check {
     }
 }
 
-/// Follows `subscription` until it is refused for good.
-pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: Option<Files>) {
+/// Follows `subscription` until it is refused for good, or `stop` is
+/// cancelled and no new state is being put in force.
+pub async fn follow(
+    subscription: Subscription,
+    followed: Arc<Followed>,
+    files: Option<Files>,
+    stop: CancellationToken,
+) {
     let files = files.map(|files| Arc::new(Mutex::new(files)));
     if let Some(files) = &files {
         tokio::spawn(super::files::sweep(Arc::downgrade(files)));
@@ -34,7 +41,18 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
     let mut events = pin!(subscription.events_with(Check(files.clone())));
     // A stream opened after one was lost is a reconnection; the first is not.
     let mut connected_before = false;
-    while let Some(event) = events.next().await {
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            // Only between states: a check under way (files written, the
+            // link swapped, the command running) holds the files, and is
+            // driven to its end by the branch above while this one waits
+            // for them. Cut, it would leave a reload half done.
+            () = stopped(&stop, files.as_deref()) => return,
+        };
+        let Some(event) = event else {
+            return;
+        };
         match event {
             Ok(Event::Applied(state)) => {
                 tracing::info!(
@@ -117,5 +135,14 @@ pub async fn follow(subscription: Subscription, followed: Arc<Followed>, files: 
                 return;
             }
         }
+    }
+}
+
+/// Completes once `stop` is cancelled and `files`, if any, are not being
+/// put in force.
+async fn stopped(stop: &CancellationToken, files: Option<&Mutex<Files>>) {
+    stop.cancelled().await;
+    if let Some(files) = files {
+        drop(files.lock().await);
     }
 }

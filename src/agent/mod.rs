@@ -26,7 +26,8 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use policyhub_runtime::Subscription;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 
 pub use self::files::Command;
 use self::followed::FollowedNamespaces;
@@ -79,11 +80,23 @@ pub struct Render {
     pub grace_period: Duration,
 }
 
+/// How long a stopping agent gives the requests under way and a state
+/// being put in force to finish, beyond the command's timeout when a
+/// command runs after each swap; what is left then is cut. Long polls and
+/// event streams end at once.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running agent: its bound addresses, and the tasks that serve them.
 pub struct Agent {
     api_address: SocketAddr,
     metrics_address: Option<SocketAddr>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The followers and the ports; none ends before `stop` but a
+    /// follower whose subscription is refused for good.
+    tasks: JoinSet<()>,
+    /// Cancelled to stop: each task finishes what it has under way.
+    stop: CancellationToken,
+    /// How long the tasks are given once `stop` is cancelled.
+    grace: Duration,
 }
 
 impl Agent {
@@ -108,6 +121,7 @@ impl Agent {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        let stop = CancellationToken::new();
         let mut namespaces = FollowedNamespaces::default();
         let mut followers = Vec::new();
         for (namespace, subscription) in settings.namespaces.iter().zip(settings.subscriptions) {
@@ -125,23 +139,32 @@ impl Agent {
                     )
                 })
                 .transpose()?;
-            followers.push(follow::follow(subscription, followed, files));
+            followers.push(follow::follow(subscription, followed, files, stop.clone()));
         }
         let namespaces = Arc::new(namespaces);
-        let mut tasks: Vec<_> = followers.into_iter().map(tokio::spawn).collect();
+        let mut tasks = JoinSet::new();
+        for follower in followers {
+            tasks.spawn(follower);
+        }
         let ports = metrics::PortCounts::default();
         let limits = &settings.api.connections;
-        let api = api::Api::new(namespaces.clone(), settings.api.token.clone());
+        let api = api::Api::new(namespaces.clone(), settings.api.token.clone(), stop.clone());
         let listener = Listener::new(listener, "api", limits.clone(), ports.of("api"));
-        tasks.push(tokio::spawn(api.serve(listener, tls)));
+        tasks.spawn(api.serve(listener, tls));
         if let Some(tcp) = metrics_listener {
             let render = Arc::new(metrics::Exposition::new(namespaces.clone(), &ports));
             let listener = Listener::new(tcp, "metrics", limits.clone(), ports.of("metrics"));
-            tasks.push(tokio::spawn(crate::metrics::serve_with(
+            tasks.spawn(crate::metrics::serve_with(
                 listener,
                 Arc::new(move || render.render()),
-            )));
+                stop.clone(),
+            ));
         }
+        let command_timeout = settings
+            .render
+            .as_ref()
+            .and_then(|render| render.command.as_ref())
+            .map_or(Duration::ZERO, |command| command.timeout);
         tracing::info!(
             api = %api_address,
             metrics = %metrics_address.map_or_else(|| "off".to_string(), |address| address.to_string()),
@@ -152,6 +175,8 @@ impl Agent {
             api_address,
             metrics_address,
             tasks,
+            stop,
+            grace: command_timeout + SHUTDOWN_GRACE,
         })
     }
 
@@ -166,18 +191,28 @@ impl Agent {
     }
 
     /// Serves until `shutdown` completes or a subscription is refused for
-    /// good (an error then).
+    /// good (an error then). Then stops: the ports stop accepting and
+    /// answer the requests under way, and each follower finishes putting a
+    /// state in force if it is, within the grace period; what is left then
+    /// is cut.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let result = tokio::select! {
             () = shutdown => Ok(()),
-            (ended, _, _) = futures::future::select_all(self.tasks.iter_mut()) => match ended {
+            Some(ended) = self.tasks.join_next() => match ended {
                 Ok(()) => Err(anyhow::anyhow!("a subscription ended for good; the log says why")),
                 Err(error) => Err(error.into()),
             },
         };
-        for task in &self.tasks {
-            task.abort();
+        self.stop.cancel();
+        let drained = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, drained).await.is_err() {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                grace = ?self.grace,
+                "requests or a reload still under way after the grace period: cutting them"
+            );
         }
+        self.tasks.shutdown().await;
         result
     }
 }

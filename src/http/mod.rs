@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, Limited};
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tower_service::Service;
 
@@ -89,10 +90,12 @@ impl Gateway {
         }
     }
 
-    /// Serves HTTP/1.1 on `listener` until the task is aborted.
-    pub async fn serve(self, listener: Listener) {
+    /// Serves HTTP/1.1 on `listener` until `stop` is cancelled and the
+    /// requests under way are answered: a long poll or an event stream
+    /// ends first, as the index closes its watches.
+    pub async fn serve(self, listener: Listener, stop: CancellationToken) {
         listener
-            .serve_http(move |request| {
+            .serve_http(stop, move |request| {
                 let gateway = self.clone();
                 async move { gateway.handle(request).await }
             })

@@ -63,6 +63,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use families::{FamilyDescription, Registrar};
 pub use notifications::{NotificationInstruments, SubscriptionLabels};
@@ -439,16 +440,17 @@ fn answer(request: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>>
         .expect("a content type is a valid header")
 }
 
-/// Serves the server's `/metrics` on `listener` until aborted.
-pub async fn serve(listener: Listener, index: ActiveIndex) {
-    serve_with(listener, Arc::new(move || global().render(&index))).await
+/// Serves the server's `/metrics` on `listener` until `stop` is
+/// cancelled and the scrapes under way are answered.
+pub async fn serve(listener: Listener, index: ActiveIndex, stop: CancellationToken) {
+    serve_with(listener, Arc::new(move || global().render(&index)), stop).await
 }
 
-/// Serves `/metrics` on `listener` until aborted, each scrape written by
-/// `render`.
-pub async fn serve_with(listener: Listener, render: Render) {
+/// Serves `/metrics` on `listener` until `stop` is cancelled and the
+/// scrapes under way are answered, each scrape written by `render`.
+pub async fn serve_with(listener: Listener, render: Render, stop: CancellationToken) {
     listener
-        .serve_http(move |request| {
+        .serve_http(stop, move |request| {
             let response = answer(&request, &render);
             async move { response }
         })

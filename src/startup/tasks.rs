@@ -6,9 +6,10 @@
 //! replica reports NOT_SERVING until it is restarted.
 //!
 //! At shutdown every task is told to stop (a [`CancellationToken`]): the
-//! ones that finish work under way (webhook deliveries) are given a grace
-//! period to do it, the others end at once, and what is left at the end of
-//! the grace is aborted.
+//! ones that finish work under way (webhook deliveries, the calls the HTTP
+//! and metrics ports are answering) are given a grace period to do it, the
+//! others end at once, and what is left at the end of the grace is
+//! aborted.
 //!
 //! The tasks run in a `JoinSet` rather than tokio-util's `TaskTracker`:
 //! the supervisor must learn which task ended and how, which a join set

@@ -71,8 +71,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let vkey = verifier_key(&witness.name, &witness.key.verifying_key());
     println!("{vkey}");
     tracing::info!(listen = %tcp.local_addr()?, verifier_key = %vkey, "witness ready");
+    // Never cancelled: the witness stops with its process.
+    let stop = tokio_util::sync::CancellationToken::new();
     Listener::new(tcp, "witness", Limits::default(), Instruments::default())
-        .serve_http(move |request| {
+        .serve_http(stop, move |request| {
             let witness = witness.clone();
             async move { witness.handle(request).await }
         })

@@ -1,8 +1,8 @@
 //! `policyhub agent` against the real server binary: the localhost API read
 //! by curl, Python and shell consumers, long polling, SSE resumed across an
 //! agent restart, the cache when the server is gone, tampered bundles, the
-//! rendered files under 200 activations, and a failing reload that rolls a
-//! rollout back.
+//! rendered files under 200 activations, a failing reload that rolls a
+//! rollout back, and a SIGTERM that lets a reload and held reads finish.
 
 use std::{
     net::SocketAddr,
@@ -1215,6 +1215,100 @@ async fn a_failed_reload_is_reported_with_its_status_and_stderr_but_not_its_comm
     );
     assert!(!status.contains("hunter2"), "{status}");
     kill_9(server);
+}
+
+/// SIGTERM while a reload runs, a long poll is held and an event stream is
+/// open: the long poll is answered at once with what the agent holds, the
+/// event stream ends whole (its last chunk written), the reload finishes,
+/// and only then does the agent exit, cleanly. Cut with the process, the
+/// reload would be killed half done and the clients left without an end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_sigterm_a_reload_under_way_finishes_and_held_reads_end_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, channel, server_port) = server(dir.path()).await;
+    let _server = Reaped(server);
+    release(&channel, "team", "limits", json!({"v": 1})).await;
+    let (render, marks) = (dir.path().join("render"), dir.path().join("marks"));
+    std::fs::create_dir(&marks).unwrap();
+    let marks_dir = marks.display();
+    let reload = format!(
+        "touch {marks_dir}/started-$POLICYHUB_REVISION; sleep 2; touch {marks_dir}/done-$POLICYHUB_REVISION"
+    );
+    let mut agent = Agent::spawn(
+        &format!("http://127.0.0.1:{server_port}"),
+        "team",
+        dir.path(),
+        &["--render-dir", render.to_str().unwrap(), "--exec", &reload],
+    );
+    agent.healthy().await;
+    let held = get(agent.port, "/v1/namespaces/team/state", &[])
+        .await
+        .unwrap();
+    let etag = held.header("etag").expect("an ETag").to_owned();
+    let mut events = open_events(agent.port, None).await;
+    next_event(&mut events, Duration::from_secs(5))
+        .await
+        .expect("the state in force");
+    let revision = release(&channel, "team", "limits", json!({"v": 2})).await;
+    let started = marks.join(format!("started-{revision}"));
+    for _ in 0..200 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.exists(),
+        "the reload of revision {revision} started"
+    );
+    let port = agent.port;
+    let poll = tokio::spawn(async move {
+        let headers = [("if-none-match", etag.as_str()), ("prefer", "wait=60")];
+        get(port, "/v1/namespaces/team/state", &headers).await
+    });
+    let events = tokio::spawn(async move {
+        let mut last = None;
+        while let Ok(Some(line)) = events.next_line().await {
+            if !line.is_empty() {
+                last = Some(line);
+            }
+        }
+        last
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopping = Instant::now();
+    crate::helpers::send_signal(&agent.child, "-TERM");
+    let answered = tokio::time::timeout(Duration::from_secs(1), poll)
+        .await
+        .expect("the long poll is answered at once")
+        .unwrap()
+        .expect("a reply, not a cut connection");
+    assert_eq!(
+        answered.status, 304,
+        "what the agent holds: {}",
+        answered.body
+    );
+    let last = tokio::time::timeout(Duration::from_secs(1), events)
+        .await
+        .expect("the event stream ends at once")
+        .unwrap();
+    assert_eq!(last.as_deref(), Some("0"), "the stream's last chunk");
+    let exited = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "the agent did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
+    assert!(
+        marks.join(format!("done-{revision}")).exists(),
+        "the reload under way finished before the agent exited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! Connections that ask for nothing, against the real server and agent
 //! binaries: each port closes one that sends no complete request in time,
 //! holds at most its maximum, and at the open-files limit backs off, says
-//! so and serves again once descriptors are free.
+//! so and serves again once descriptors are free. And a call under way at
+//! SIGTERM, on each port of the server, is answered before it exits.
 
 use std::{
     net::SocketAddr,
@@ -16,8 +17,8 @@ use tokio::{
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    free_port, policyhub_binary, serve_args, spawn_binary_server, spawn_binary_server_on,
-    start_serving,
+    free_port, policyhub_binary, send_signal, serve_args, spawn_binary_server,
+    spawn_binary_server_on, start_serving,
 };
 
 /// The HTTP/2 client preface: what a gRPC client sends first.
@@ -250,6 +251,119 @@ async fn slow_and_idle_connections_are_closed_on_every_port_while_normal_calls_a
             "{what} connection to {address} closed after {closed:?}, the timeout is 2 s"
         );
     }
+}
+
+/// A gRPC health check whose message is half sent on a fresh HTTP/2
+/// connection: a call under way until `finish` sends the rest.
+struct HalfSentGrpcCall {
+    response: h2::client::ResponseFuture,
+    body: h2::SendStream<prost::bytes::Bytes>,
+    _client: h2::client::SendRequest<prost::bytes::Bytes>,
+}
+
+impl HalfSentGrpcCall {
+    async fn start(port: u16) -> Self {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!(
+            "http://127.0.0.1:{port}/grpc.health.v1.Health/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        // An empty HealthCheckRequest is its 5-byte prefix alone: 2 of them.
+        body.send_data(prost::bytes::Bytes::from_static(&[0, 0]), false)
+            .unwrap();
+        HalfSentGrpcCall {
+            response,
+            body,
+            _client: client,
+        }
+    }
+
+    /// Sends the rest; the call's `grpc-status`.
+    async fn finish(mut self) -> Result<String, h2::Error> {
+        self.body
+            .send_data(prost::bytes::Bytes::from_static(&[0, 0, 0]), true)?;
+        let mut reply = self.response.await?.into_body();
+        while let Some(data) = reply.data().await {
+            let data = data?;
+            reply.flow_control().release_capacity(data.len())?;
+        }
+        let trailers = reply.trailers().await?.unwrap_or_default();
+        Ok(trailers
+            .get("grpc-status")
+            .and_then(|status| status.to_str().ok())
+            .unwrap_or("none")
+            .to_owned())
+    }
+}
+
+/// SIGTERM while a call on the gRPC port and one on the HTTP/JSON port
+/// each wait for the rest of their request's body: neither port takes a
+/// new connection, the server waits, each call is answered once its body
+/// arrives (the HTTP one after the gRPC one, when nothing else holds the
+/// server), and the server then exits cleanly. The metrics port answers
+/// every scrape at once, so no call of its can be held this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_under_way_at_sigterm_is_answered_on_the_grpc_and_http_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let env = [("POLICYHUB_HTTP_LISTEN", http.to_string())];
+    let grpc_port = free_port();
+    let (server, _channel) =
+        spawn_binary_server_on(grpc_port, &dir.path().join("server"), &env).await;
+    let mut server = Reaped(server);
+    wait_for_port(http).await;
+    let grpc_call = HalfSentGrpcCall::start(grpc_port).await;
+    let draft = r#"{"body":{"max":1}}"#;
+    let mut http_call = TcpStream::connect(http).await.unwrap();
+    http_call
+        .write_all(
+            format!(
+                "POST /v1/namespaces/team/policies/limits/drafts HTTP/1.1\r\nhost: policyhub\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+                draft.len(),
+                &draft[..5]
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    send_signal(&server.0, "-TERM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(server.0.try_wait().unwrap().is_none(), "the server waits");
+    for address in [format!("127.0.0.1:{grpc_port}"), http.to_string()] {
+        assert!(
+            TcpStream::connect(&address).await.is_err(),
+            "{address} takes no new connection"
+        );
+    }
+    assert_eq!(grpc_call.finish().await.unwrap(), "0", "the grpc call");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    http_call.write_all(&draft.as_bytes()[5..]).await.unwrap();
+    let mut reply = Vec::new();
+    http_call.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 201 "), "the http call: {reply}");
+    let started = Instant::now();
+    let exited = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
