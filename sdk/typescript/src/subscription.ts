@@ -35,15 +35,13 @@ export class Subscription {
    * or with what `onEvent` threw, which stops it too.
    */
   async watch(onEvent: (event: Event) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
-    const controller = new AbortController();
-    const abort = (): void => {
-      controller.abort();
-    };
-    signal?.addEventListener("abort", abort, { once: true });
+    const { controller, unlink } = linked(signal);
     try {
-      await drive(this.options, onEvent, controller.signal);
+      if (!controller.signal.aborted) {
+        await drive(this.options, onEvent, controller.signal);
+      }
     } finally {
-      signal?.removeEventListener("abort", abort);
+      unlink();
       controller.abort();
     }
   }
@@ -52,48 +50,85 @@ export class Subscription {
    * The events as an async iterator; leaving the loop (or `signal`
    * aborting) stops the subscription. A {@link WatchError} is thrown when
    * it stops for good.
+   *
+   * Nothing connects before the loop asks for its first event, and one
+   * event at most waits for the loop (as the Python SDK's queue of one):
+   * the subscription goes on once the loop took it, so a loop slower than
+   * the server holds the subscription back rather than piling events up.
    */
   events(signal?: AbortSignal): AsyncIterableIterator<Event> {
-    const controller = new AbortController();
-    signal?.addEventListener(
-      "abort",
-      () => {
-        controller.abort();
-      },
-      { once: true },
-    );
-    const queue: Event[] = [];
-    let waiting: (() => void) | undefined;
+    // Once the loop asked for a first event: what stops the subscription.
+    let following: ReturnType<typeof linked> | undefined;
+    let closed = false;
+    // The event that waits for the loop, and who waits for what.
+    let queued: Event | undefined;
+    let loopWaits: (() => void) | undefined;
+    let sessionWaits: (() => void) | undefined;
     let ended = false;
     let failure: Error | undefined;
-    const wake = (): void => {
-      const resume = waiting;
-      waiting = undefined;
+    const wakeLoop = (): void => {
+      const resume = loopWaits;
+      loopWaits = undefined;
       resume?.();
     };
-    drive(
-      this.options,
-      (event) => {
-        queue.push(event);
-        wake();
-      },
-      controller.signal,
-    ).then(
-      () => {
-        ended = true;
-        wake();
-      },
-      (error: unknown) => {
-        ended = true;
-        failure = error instanceof Error ? error : new Error(String(error));
-        wake();
-      },
-    );
+    const wakeSession = (): void => {
+      const resume = sessionWaits;
+      sessionWaits = undefined;
+      resume?.();
+    };
+    const follow = (): ReturnType<typeof linked> => {
+      const link = linked(signal);
+      const stopped = link.controller.signal;
+      stopped.addEventListener(
+        "abort",
+        () => {
+          wakeLoop();
+          wakeSession();
+        },
+        { once: true },
+      );
+      const emit = async (event: Event): Promise<void> => {
+        while (queued !== undefined && !stopped.aborted) {
+          await new Promise<void>((resolve) => {
+            sessionWaits = resolve;
+          });
+        }
+        if (!stopped.aborted) {
+          queued = event;
+          wakeLoop();
+        }
+      };
+      drive(this.options, emit, stopped)
+        .then(
+          () => {
+            ended = true;
+          },
+          (error: unknown) => {
+            ended = true;
+            failure = error instanceof Error ? error : new Error(String(error));
+          },
+        )
+        .finally(() => {
+          link.unlink();
+          wakeLoop();
+        });
+      return link;
+    };
     const iterator: AsyncIterableIterator<Event> = {
       async next(): Promise<IteratorResult<Event>> {
+        if (following === undefined) {
+          if (closed || signal?.aborted === true) {
+            closed = true;
+            return { value: undefined, done: true };
+          }
+          following = follow();
+        }
+        const stopped = following.controller.signal;
         for (;;) {
-          const event = queue.shift();
+          const event = queued;
           if (event !== undefined) {
+            queued = undefined;
+            wakeSession();
             return { value: event, done: false };
           }
           if (ended) {
@@ -104,23 +139,48 @@ export class Subscription {
             }
             return { value: undefined, done: true };
           }
-          if (controller.signal.aborted) {
+          if (stopped.aborted) {
             return { value: undefined, done: true };
           }
           await new Promise<void>((resolve) => {
-            waiting = resolve;
+            loopWaits = resolve;
           });
         }
       },
       return(): Promise<IteratorResult<Event>> {
-        controller.abort();
+        closed = true;
+        following?.unlink();
+        following?.controller.abort();
         return Promise.resolve({ value: undefined, done: true });
       },
       [Symbol.asyncIterator]() {
         return iterator;
       },
     };
-    controller.signal.addEventListener("abort", wake, { once: true });
     return iterator;
   }
+}
+
+/**
+ * A controller of the subscription's own that aborts when `signal` does (at
+ * once when it has), and `unlink`, which stops listening to `signal`: an
+ * application's signal outlives many subscriptions, and a listener left on
+ * it would keep each one's machinery alive.
+ */
+function linked(signal: AbortSignal | undefined): { controller: AbortController; unlink: () => void } {
+  const controller = new AbortController();
+  const abort = (): void => {
+    controller.abort();
+  };
+  if (signal?.aborted === true) {
+    controller.abort();
+  } else {
+    signal?.addEventListener("abort", abort, { once: true });
+  }
+  return {
+    controller,
+    unlink: () => {
+      signal?.removeEventListener("abort", abort);
+    },
+  };
 }
