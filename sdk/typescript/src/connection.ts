@@ -153,11 +153,13 @@ export class Failure extends Error {
     reason: string,
     /** The gRPC status code of a refusal. */
     readonly code?: number,
+    /** `cause`: what failed, such as gRPC's `ServiceError` (its code, details and metadata). */
+    options?: ErrorOptions,
   ) {
-    super(reason);
+    super(reason, options);
   }
 
-  /** The failure a status says. */
+  /** The failure a status says; gRPC's error is its `cause`. */
   static fromStatus(error: Partial<grpc.StatusObject> & { message?: string }): Failure {
     const code = error.code ?? grpc.status.UNKNOWN;
     const reason = `${codeName(code)}: ${error.details ?? error.message ?? ""}`;
@@ -167,9 +169,9 @@ export class Failure extends Error {
       case grpc.status.INVALID_ARGUMENT:
       case grpc.status.FAILED_PRECONDITION:
       case grpc.status.UNIMPLEMENTED:
-        return new Failure("permanent", reason, code);
+        return new Failure("permanent", reason, code, { cause: error });
       default:
-        return new Failure("transient", reason, code);
+        return new Failure("transient", reason, code, { cause: error });
     }
   }
 }

@@ -4,7 +4,11 @@
  * @module
  */
 
-/** Why a subscription stopped for good. */
+/**
+ * Why a subscription stopped for good. A refusal's `cause` is gRPC's own
+ * error (a `ServiceError`: its `code`, `details` and `metadata`, which may
+ * carry the server's error details).
+ */
 export class WatchError extends Error {
   override name = "WatchError";
 
@@ -14,7 +18,9 @@ export class WatchError extends Error {
     message: string,
     /** The gRPC status code of a refusal. */
     readonly code?: number,
+    /** `cause`: what failed, gRPC's error for a refusal. */
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
 }

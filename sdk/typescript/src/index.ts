@@ -66,6 +66,7 @@ export {
   DEFAULT_REBALANCE_INTERVAL_MS,
   DEFAULT_REPORT_SPREAD_MS,
   HEARTBEAT_INTERVAL_HEADER,
+  type Logger,
   type SubscriptionOptions,
   type Validate,
 } from "./options.js";

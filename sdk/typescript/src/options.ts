@@ -20,6 +20,25 @@ import type { TokenSource } from "./token.js";
  */
 export type Validate = (state: State) => string | undefined | Promise<string | undefined>;
 
+/**
+ * What the subscription logs to, as LaunchDarkly's `LDLogger`: each level
+ * takes one message, a lowercase sentence with what it concerns in it.
+ */
+export interface Logger {
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** A logger that says nothing: the default. */
+export const silent: Logger = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+};
+
 /** The response header in which the server announces its heartbeat interval, in milliseconds. */
 export const HEARTBEAT_INTERVAL_HEADER = "policyhub-heartbeat-interval-ms";
 /** The heartbeat interval assumed of a server that does not say it. */
@@ -70,4 +89,11 @@ export interface SubscriptionOptions {
   witnesses?: { keys: string[]; required: number };
   /** The application's check of each new state. */
   validate?: Validate;
+  /**
+   * Where the subscription says what it does (a stream lost, a state
+   * rejected, a cache it cannot write): any object with `debug`, `info`,
+   * `warn` and `error`, such as `console` or a pino or winston logger.
+   * Absent: it says nothing.
+   */
+  logger?: Logger;
 }

@@ -95,7 +95,7 @@ export async function drive(
         if (error instanceof ListenerError) {
           throw error.thrown;
         }
-        failure = error instanceof Failure ? error : new Failure("transient", message(error));
+        failure = error instanceof Failure ? error : new Failure("transient", message(error), undefined, { cause: error });
       }
       if (failure.kind === "gone" || signal.aborted) {
         return;
@@ -103,10 +103,10 @@ export async function drive(
       const refused =
         failure.kind === "permanent" && settings.retryWhenRefused && refusesCredentials(failure.code);
       if (failure.kind === "permanent" && !refused) {
-        throw new WatchError("refused", `the server refused the watch: ${failure.message}`, failure.code);
+        throw new WatchError("refused", `the server refused the watch: ${failure.message}`, failure.code, causeOf(failure));
       }
       if (failure.kind === "config") {
-        throw new WatchError("config", failure.message);
+        throw new WatchError("config", failure.message, undefined, causeOf(failure));
       }
       // A stream that stayed up a while starts the backoff over; every
       // reconnection is still jittered.
@@ -116,15 +116,24 @@ export async function drive(
       }
       // The next address after a jittered wait within the backoff's first
       // bound; once every one failed in a row, after the doubling backoff.
+      const failedOn = endpoints.current();
       const retryInMs = endpoints.failed() ? backoff.nextDelay() : settings.backoffInitialMs * Math.random();
       const refusedToken = refused ? settings.channel.token?.() : undefined;
       telemetry.disconnected();
+      const { logger } = settings;
+      const inMs = Math.round(retryInMs);
       if (failure.kind === "history") {
+        logger.error(`refusing the server's history; the state in force stays, retrying in ${inMs} ms: ${failure.message}`);
         const verifiedSize = state.history.verifiedSize();
         await say({ type: "historyRefused", reason: failure.message, verifiedSize, retryInMs });
       } else if (refused) {
+        logger.warn(`the server refused the credentials; retrying in ${inMs} ms: ${failure.message}`);
         await say({ type: "refused", reason: failure.message, retryInMs });
       } else {
+        logger.warn(
+          `watch on ${failedOn} interrupted (${failure.message}); resuming from revision ${state.decided} ` +
+            `on ${endpoints.current()} in ${inMs} ms`,
+        );
         await say({ type: "disconnected", reason: failure.message, retryInMs, revision: state.decided });
       }
       const until = monotonicMs() + retryInMs;
@@ -151,6 +160,11 @@ export async function drive(
     }
     throw error instanceof ListenerError ? error.thrown : error;
   }
+}
+
+/** The cause a failure carries on to the error that ends the subscription (gRPC's error), if any. */
+function causeOf(failure: Failure): ErrorOptions | undefined {
+  return failure.cause === undefined ? undefined : { cause: failure.cause };
 }
 
 /** What the application's event handler threw: it ends the subscription, thrown as it was. */

@@ -111,8 +111,9 @@ export class History {
         const head = verifyNote(cachedTree, this.tree.origin, this.keys.jwks);
         this.tree.origin = head.origin;
         this.tree.head = head;
-      } catch {
+      } catch (error) {
         // A cached tree that does not verify is forgotten.
+        this.settings.logger.error(`refusing the cached tree: ${message(error)}`);
       }
     }
     if (checkpoint.note === "" || this.tree.head?.note === checkpoint.note) {
@@ -202,6 +203,9 @@ export class History {
       throw new Failure("history", `${diverges}; ${message(error)}`);
     }
     await this.rememberTree();
+    this.settings.logger.warn(
+      `took the server's restored history (${fromSize} to ${offered.size} events), as its operator declared: ${reason}`,
+    );
     return { type: "historyRestored", reason, fromSize, toSize: offered.size };
   }
 
@@ -216,8 +220,9 @@ export class History {
       if (this.tree.restoredThrough !== undefined) {
         await this.cache.saveRestore(this.tree.restoredThrough);
       }
-    } catch {
+    } catch (error) {
       // The cache is a help, not a condition: the tree stays remembered in memory.
+      this.settings.logger.warn(`cannot cache the server's tree: ${message(error)}`);
     }
   }
 }

@@ -93,6 +93,6 @@ export async function open(
   } catch (error) {
     reporter?.close();
     client.close();
-    throw error instanceof Failure ? error : new Failure("transient", message(error));
+    throw error instanceof Failure ? error : new Failure("transient", message(error), undefined, { cause: error });
   }
 }

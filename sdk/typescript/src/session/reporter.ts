@@ -15,6 +15,7 @@ import {
   type ChannelSettings,
   StreamReader,
   type Waker,
+  message,
   metadata,
   unary,
 } from "../connection.js";
@@ -79,8 +80,9 @@ export class Reports {
     try {
       await reporter.send(request);
       this.pendingReports.clear();
-    } catch {
+    } catch (error) {
       // Kept for the next try, on this connection or the next.
+      this.settings.logger.warn(`cannot report the applied state; retrying later: ${message(error)}`);
     }
   }
 }

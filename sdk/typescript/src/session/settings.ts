@@ -15,8 +15,10 @@ import {
   DEFAULT_MAX_CHECKPOINT_AGE_MS,
   DEFAULT_REBALANCE_INTERVAL_MS,
   DEFAULT_REPORT_SPREAD_MS,
+  type Logger,
   type SubscriptionOptions,
   type Validate,
+  silent,
 } from "../options.js";
 
 /** The subscription's options with the defaults filled in. */
@@ -39,6 +41,7 @@ export interface Settings {
   witnesses: string[];
   cosignatures: number;
   validate: Validate | undefined;
+  logger: Logger;
 }
 
 export function settle(options: SubscriptionOptions): Settings {
@@ -66,6 +69,7 @@ export function settle(options: SubscriptionOptions): Settings {
     witnesses: options.witnesses?.keys ?? [],
     cosignatures: options.witnesses?.required ?? 0,
     validate: options.validate,
+    logger: options.logger ?? silent,
   };
 }
 
@@ -265,5 +269,16 @@ export function checkOptions(options: SubscriptionOptions): void {
   }
   if (!optional(options.validate, "function")) {
     throw wrongType("validate", "a function", options.validate);
+  }
+  if (options.logger !== undefined) {
+    const logger: unknown = options.logger;
+    const levels = ["debug", "info", "warn", "error"] as const;
+    if (
+      typeof logger !== "object" ||
+      logger === null ||
+      !levels.every((level) => typeof (logger as Record<string, unknown>)[level] === "function")
+    ) {
+      throw wrongType("logger", "an object with debug, info, warn and error functions (such as console)", logger);
+    }
   }
 }

@@ -78,6 +78,7 @@ export class SubscriptionState {
     try {
       loaded = await cache.load();
     } catch (error) {
+      this.settings.logger.error(`refusing the cached state ${cache.path} (${message(error)}); starting without one`);
       await say({ type: "rejected", revision: 0, reason: `the cached state does not verify: ${message(error)}` });
       return;
     }
@@ -87,9 +88,11 @@ export class SubscriptionState {
     const { state, jwks, revoked } = loaded;
     const refusal = await check(this.settings.validate, state);
     if (refusal !== undefined) {
+      this.settings.logger.warn(`the cached state at revision ${state.revision} was refused: ${refusal}`);
       await say({ type: "rejected", revision: state.revision, reason: `the cached state was refused: ${refusal}` });
       return;
     }
+    this.settings.logger.info(`started from the cached state at revision ${state.revision} until the server answers`);
     this.decided = state.revision;
     this.applied = state;
     this.jwks = jwks;
@@ -107,6 +110,9 @@ export class SubscriptionState {
     const { jwks, revoked } = await fetchKeys(client, this.settings.channel.token, callTimeoutMs(this.settings));
     this.jwks = jwks;
     const learned = [...revoked].filter((kid) => !this.revoked.has(kid));
+    if (learned.length > 0) {
+      this.settings.logger.warn(`the server revoked signing keys ${JSON.stringify(learned.sort())}`);
+    }
     const concernsState = Object.values(this.applied.bundles).some((held) => learned.includes(held.keyId));
     this.revoked = revoked;
     if (concernsState) {
@@ -156,7 +162,9 @@ export class SubscriptionState {
   private async verify(bundle: Bundle, client: BundleServiceClient): Promise<VerifiedBundle> {
     const kid = keyId(bundle.jws);
     if (!knows(this.jwks, kid) && !this.revoked.has(kid)) {
-      await this.refreshKeys(client).catch(() => undefined);
+      await this.refreshKeys(client).catch((error: unknown) => {
+        this.settings.logger.warn(`cannot fetch the signing keys again: ${message(error)}`);
+      });
     }
     if (this.revoked.has(kid)) {
       throw new Error(revokedKey(kid));
@@ -194,7 +202,14 @@ export class SubscriptionState {
       // Harmless as an old message, but someone sends what a revoked key
       // signed: said, though nothing changes.
       const reason = this.signedByRevoked(revision.bundles);
-      return reason === undefined ? undefined : { type: "rejected", revision: revision.revision, reason };
+      if (reason === undefined) {
+        this.settings.logger.warn(
+          `ignoring revision ${revision.revision}, older than the one applied (${this.applied.revision})`,
+        );
+        return undefined;
+      }
+      this.settings.logger.warn(`refused an old revision ${revision.revision}: ${reason}`);
+      return { type: "rejected", revision: revision.revision, reason };
     }
     if (!isSnapshot && revision.bundles.length === 0) {
       this.decided = Math.max(this.decided, revision.revision);
@@ -203,7 +218,9 @@ export class SubscriptionState {
     if (this.reSignsHeld(revision)) {
       // Without the keys fetched again, the revision is verified against
       // the keys held.
-      await this.refreshKeys(client).catch(() => undefined);
+      await this.refreshKeys(client).catch((error: unknown) => {
+        this.settings.logger.warn(`cannot fetch the signing keys again: ${message(error)}`);
+      });
     }
     return this.telemetry.decide(revision.revision, async () => {
       const event = await this.decideWhole(revision, isSnapshot, client);
@@ -253,6 +270,7 @@ export class SubscriptionState {
       return { type: "applied", state: this.applied };
     }
     const reason = rejectedBecause;
+    this.settings.logger.warn(`rejected revision ${revision.revision}; the previous one stays in force: ${reason}`);
     const failed = new Map(failures.map(({ bundle, reason: own }) => [bundle.name, own]));
     this.reports.queue(revision, "APPLY_STATE_REJECTED", (name) => {
       const own = failed.get(name);
@@ -265,8 +283,9 @@ export class SubscriptionState {
   private async save(state: State): Promise<void> {
     try {
       await this.cache?.save(state, this.jwks, this.revoked);
-    } catch {
+    } catch (error) {
       // The state is in force all the same; the next one is saved again.
+      this.settings.logger.warn(`cannot write the cache ${this.cache?.path ?? ""}: ${message(error)}`);
     }
   }
 }

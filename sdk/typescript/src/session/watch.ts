@@ -118,6 +118,7 @@ export async function session(
           opened.client.close();
           opened = moved;
           endpoints.movedToPreferred();
+          settings.logger.info(`moved back to the preferred server ${preferred}`);
           lastMessageAt = monotonicMs();
           // Parts of a revision not yet whole come again, whole, on the
           // new stream, which resumes from the decided one.
@@ -128,6 +129,7 @@ export async function session(
           if (error instanceof Failure && error.kind === "gone") {
             throw error;
           }
+          settings.logger.debug(`the preferred server ${preferred} does not answer yet: ${message(error)}`);
           rebalanceAt = nextRebalance();
         }
         continue;
