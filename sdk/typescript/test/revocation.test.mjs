@@ -9,6 +9,7 @@ import { CompactSign, exportJWK } from "jose";
 
 import { Cache } from "../dist/cache.js";
 import { canonicalJson, digestOfCanonical, thumbprint } from "../dist/index.js";
+import { settle } from "../dist/session/settings.js";
 import { SubscriptionState } from "../dist/session/subscription-state.js";
 import { Telemetry } from "../dist/telemetry.js";
 
@@ -49,25 +50,16 @@ class KeyServer {
 }
 
 function subscriptionState(cacheDir) {
-  const settings = {
+  // The defaults filled in as a subscription fills them.
+  const settings = settle({
     endpoints: ["http://127.0.0.1:1"],
     namespace: "ns",
-    names: [],
-    runtime: undefined,
     cacheDir,
-    channel: { tls: undefined, token: undefined, heartbeatIntervalMs: 1_000 },
-    heartbeatIntervalMs: undefined,
-    backoffInitialMs: 100,
-    backoffMaxMs: 1_000,
-    rebalanceIntervalMs: 60_000,
+    heartbeatIntervalMs: 1_000,
+    backoff: { initialMs: 100, maxMs: 1_000 },
     reportSpreadMs: 0,
-    maxCheckpointAgeMs: undefined,
-    retryWhenRefused: false,
-    logOrigin: undefined,
-    witnesses: [],
-    cosignatures: 0,
-    validate: undefined,
-  };
+    maxCheckpointAgeMs: null,
+  });
   return new SubscriptionState(settings, new Telemetry("ns"));
 }
 
