@@ -50,10 +50,12 @@
 //!   error-to-status mapping (`status`), authentication and authorization
 //!   (`auth`), quotas and the message-size limit.
 //! - [`connections`]: the accept loop every port shares, with its bounds on
-//!   connections that ask for nothing and its backoff when accepts fail.
+//!   connections that ask for nothing, its backoff when accepts fail, and
+//!   its drain at shutdown.
 //! - [`config`] (settings and request limits), [`telemetry`], [`metrics`],
-//!   [`startup`] (which wires the layers together and supervises the
-//!   background tasks), [`shutdown`]: running the server.
+//!   [`startup`] (which wires the layers together, supervises the
+//!   background tasks and stops the ports and tasks within a grace period),
+//!   [`shutdown`]: running the server.
 //! - [`agent`]: `policyhub agent`, which follows namespaces through the
 //!   runtime library and hands verified policy to local processes over a
 //!   localhost HTTP API and as files.
