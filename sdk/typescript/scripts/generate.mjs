@@ -20,7 +20,7 @@ execFileSync(
     "--grpcLib=@grpc/grpc-js",
     "--outDir", out,
     "--includeDirs", protos,
-    "--longs=Number",
+    "--longs=String",
     "--enums=String",
     "--defaults",
     "--oneofs",

@@ -21,6 +21,7 @@ import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from "node:f
 import { dirname, join } from "node:path";
 
 import { type Jwks, keyId, verify } from "./bundle.js";
+import { exactInteger } from "./integers.js";
 import type { State, VerifiedBundle } from "./state.js";
 
 const FORMAT = 1;
@@ -169,6 +170,12 @@ export class Cache {
     }
     if (typeof file.revision !== "number") {
       throw new Error("it is not a cache: its revision is not a number");
+    }
+    try {
+      exactInteger("its revision", file.revision);
+      for (const cached of file.bundles) exactInteger("a bundle's revision", cached.revision);
+    } catch (error) {
+      throw new Error(`it is not a cache: ${(error as Error).message}`);
     }
     if (file.format !== FORMAT) {
       throw new Error(`its format ${String(file.format)} is not ${FORMAT}`);

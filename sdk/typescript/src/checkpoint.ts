@@ -10,6 +10,7 @@
 
 import { type Jwks, VerifyError, verifySignature } from "./bundle.js";
 import { monotonicMs } from "./clock.js";
+import { exactInteger } from "./integers.js";
 
 /** The JWS `typ` header of every checkpoint. */
 export const CHECKPOINT_TYPE = "policyhub-checkpoint+jwt";
@@ -40,6 +41,12 @@ export async function verifyCheckpoint(
     typeof time !== "string"
   ) {
     throw new VerifyError("not a checkpoint: its claims are not of the checkpoint's types");
+  }
+  try {
+    exactInteger("its revision", revision);
+    exactInteger("its last event id", lastEventId);
+  } catch (error) {
+    throw new VerifyError(`not a checkpoint: ${(error as Error).message}`);
   }
   const signedAt = new Date(time);
   if (Number.isNaN(signedAt.getTime())) {

@@ -28,7 +28,7 @@ function bundleService(): ProtoGrpcType["policyhub"]["v1"]["BundleService"] {
   if (service === undefined) {
     const definition = protoLoader.loadSync("policyhub/v1/bundle_service.proto", {
       includeDirs: [fileURLToPath(new URL("./proto/", import.meta.url))],
-      longs: Number,
+      longs: String,
       enums: String,
       defaults: true,
       oneofs: true,

@@ -34,8 +34,9 @@
  * (the signed bundle format), `checkpoint` (signed checkpoints), `tree`
  * and `note` (the log's Merkle tree, signed notes, witness cosignatures),
  * `cache`, `endpoints`, `backoff`, `clock` (the monotonic clock of
- * deadlines), `token`, `connection` (the generated gRPC client),
- * `telemetry` (OpenTelemetry, when installed).
+ * deadlines), `integers` (the server's 64-bit integers, exactly), `token`,
+ * `connection` (the generated gRPC client), `telemetry` (OpenTelemetry,
+ * when installed).
  *
  * @module
  */

@@ -6,6 +6,7 @@
  */
 
 import type { JsonObject } from "./bundle.js";
+import { exactInteger } from "./integers.js";
 import type { Bundle } from "./generated/policyhub/v1/Bundle.js";
 import type { WatchActiveResponse } from "./generated/policyhub/v1/WatchActiveResponse.js";
 import type { WatchEventKind } from "./generated/policyhub/v1/WatchEventKind.js";
@@ -80,6 +81,31 @@ export type Event =
   /** The stream was lost; the subscription reconnects after `retryInMs` and resumes from `revision`. */
   | { type: "disconnected"; reason: string; retryInMs: number; revision: number };
 
+/** A bundle of the stream, its revision read exactly. */
+export type StreamBundle = Omit<Bundle, "revision"> & { revision: number };
+
+/** A message of the stream, its 64-bit integers read exactly. */
+export type WatchMessage = Omit<WatchActiveResponse, "revision" | "bundles"> & {
+  revision: number;
+  bundles: StreamBundle[];
+};
+
+/**
+ * Reads a message of the stream: its revision and its bundles' as numbers,
+ * refused (a `RangeError` naming the field) beyond 2^53 − 1 rather than
+ * rounded.
+ */
+export function readMessage(message: WatchActiveResponse): WatchMessage {
+  return {
+    ...message,
+    revision: exactInteger("the message's revision", message.revision),
+    bundles: message.bundles.map((bundle) => ({
+      ...bundle,
+      revision: exactInteger(`the revision of ${bundle.name} version ${bundle.version}`, bundle.revision),
+    })),
+  };
+}
+
 /** A whole revision, assembled from its parts. */
 export interface Revision {
   kind: WatchEventKind;
@@ -87,7 +113,7 @@ export interface Revision {
   /** The server is behind the client (a restored database). */
   reset: boolean;
   /** Every bundle of every part. */
-  bundles: Bundle[];
+  bundles: StreamBundle[];
 }
 
 /**
@@ -101,7 +127,7 @@ export class Assembler {
    * Adds a message; the whole revision once its last part arrived. A part
    * that does not continue the pending revision throws.
    */
-  push(message: WatchActiveResponse): Revision | undefined {
+  push(message: WatchMessage): Revision | undefined {
     const pending = this.pending;
     this.pending = undefined;
     let part: Revision;

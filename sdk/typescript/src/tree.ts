@@ -15,6 +15,7 @@
 import { createHash } from "node:crypto";
 
 import type { Jwks } from "./bundle.js";
+import { exactInteger } from "./integers.js";
 import { cosignedBy, parseNote, verifyLogSignature } from "./note.js";
 
 /** A verified checkpoint of the server's tree. */
@@ -61,7 +62,7 @@ export function verifyNote(note: string, origin: string | undefined, jwks: Jwks)
     throw new Error(`the checkpoint is of the log ${JSON.stringify(name)}, not of ${JSON.stringify(origin)}`);
   }
   verifyLogSignature(parsed, name, jwks);
-  return { origin: name, size: Number(size), root: Buffer.from(root, "base64"), note };
+  return { origin: name, size: exactInteger("the tree's size", size), root: Buffer.from(root, "base64"), note };
 }
 
 /** Whether `n` has its lowest bit set. */

@@ -13,6 +13,7 @@ import { type Jwks, keyId, knows } from "../bundle.js";
 import type { Cache } from "../cache.js";
 import { Freshness, verifyCheckpoint } from "../checkpoint.js";
 import { type BundleServiceClient, Failure, message, unary } from "../connection.js";
+import { exactInteger } from "../integers.js";
 import type { Checkpoint } from "../generated/policyhub/v1/Checkpoint.js";
 import type { GetConsistencyProofResponse } from "../generated/policyhub/v1/GetConsistencyProofResponse.js";
 import type { GetRestoreProofResponse } from "../generated/policyhub/v1/GetRestoreProofResponse.js";
@@ -195,8 +196,8 @@ export class History {
     try {
       reason = this.tree.restore(offered, {
         canonical: proof?.canonicalEvent ?? "",
-        leafIndex: proof?.leafIndex ?? 0,
-        treeSize: proof?.treeSize ?? 0,
+        leafIndex: exactInteger("the restore's leaf index", proof?.leafIndex ?? "0"),
+        treeSize: exactInteger("the restore proof's tree size", proof?.treeSize ?? "0"),
         hashes: hashes(proof?.hashes ?? []),
       });
     } catch (error) {

@@ -19,8 +19,8 @@ import {
   metadata,
   unary,
 } from "../connection.js";
-import type { PolicyApplyStatus } from "../generated/policyhub/v1/PolicyApplyStatus.js";
-import type { ReportStatusRequest } from "../generated/policyhub/v1/ReportStatusRequest.js";
+import type { PolicyApplyStatus__Input as PolicyApplyStatus } from "../generated/policyhub/v1/PolicyApplyStatus.js";
+import type { ReportStatusRequest__Input as ReportStatusRequest } from "../generated/policyhub/v1/ReportStatusRequest.js";
 import type { ReportStatusResponse } from "../generated/policyhub/v1/ReportStatusResponse.js";
 import type { Revision } from "../state.js";
 import type { Settings } from "./settings.js";

@@ -11,9 +11,8 @@
 import { type Jwks, keyId, knows, verifyEnvelope } from "../bundle.js";
 import { Cache } from "../cache.js";
 import { type BundleServiceClient, fetchKeys, message } from "../connection.js";
-import type { Bundle } from "../generated/policyhub/v1/Bundle.js";
 import type { Validate } from "../options.js";
-import type { Event, Revision, Say, State, VerifiedBundle } from "../state.js";
+import type { Event, Revision, Say, State, StreamBundle, VerifiedBundle } from "../state.js";
 import type { Telemetry } from "../telemetry.js";
 import { History } from "./history.js";
 import { Reports } from "./reporter.js";
@@ -126,7 +125,7 @@ export class SubscriptionState {
    * carries one: an old message replayed carries an old checkpoint, which
    * the revoked key may have signed too.
    */
-  signedByRevoked(bundles: readonly Bundle[]): string | undefined {
+  signedByRevoked(bundles: readonly StreamBundle[]): string | undefined {
     for (const bundle of bundles) {
       const kid = keyIdOf(bundle.jws);
       if (kid !== undefined && this.revoked.has(kid)) {
@@ -159,7 +158,7 @@ export class SubscriptionState {
    * Verifies one bundle of the stream; a key unknown to the JWKS makes it
    * fetch the JWKS once more, a revoked one refuses it.
    */
-  private async verify(bundle: Bundle, client: BundleServiceClient): Promise<VerifiedBundle> {
+  private async verify(bundle: StreamBundle, client: BundleServiceClient): Promise<VerifiedBundle> {
     const kid = keyId(bundle.jws);
     if (!knows(this.jwks, kid) && !this.revoked.has(kid)) {
       await this.refreshKeys(client).catch((error: unknown) => {
@@ -231,7 +230,7 @@ export class SubscriptionState {
   private async decideWhole(revision: Revision, isSnapshot: boolean, client: BundleServiceClient): Promise<Event> {
     const { namespace } = this.settings;
     const verified: VerifiedBundle[] = [];
-    const failures: { bundle: Bundle; reason: string }[] = [];
+    const failures: { bundle: StreamBundle; reason: string }[] = [];
     for (const bundle of revision.bundles) {
       try {
         verified.push(await this.verify(bundle, client));

@@ -11,7 +11,7 @@
 import { monotonicMs } from "../clock.js";
 import { Failure, type Waker, message } from "../connection.js";
 import { type Endpoints, rebalanceDelay } from "../endpoints.js";
-import { Assembler, type Revision, type Say } from "../state.js";
+import { Assembler, type Revision, type Say, type WatchMessage, readMessage } from "../state.js";
 import { open } from "./open.js";
 import { reportDelay } from "./reporter.js";
 import type { Settings } from "./settings.js";
@@ -49,7 +49,13 @@ export async function session(
         if (item.kind === "end") {
           throw new Failure("transient", "the stream ended");
         }
-        const received = item.message;
+        let received: WatchMessage;
+        try {
+          received = readMessage(item.message);
+        } catch (error) {
+          // A message that cannot be read, as one too large or malformed.
+          throw new Failure("transient", message(error));
+        }
         const revokedSigner = state.signedByRevoked(received.bundles) !== undefined;
         if (received.checkpoint !== null && !revokedSigner) {
           const restored = await state.history.followTree(received.checkpoint, opened.client);
