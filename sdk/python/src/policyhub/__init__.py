@@ -38,14 +38,16 @@ background thread.
 Layout: `subscription` (settings, the asyncio API), `sync` (the threaded
 one), `state` (states and events), `bundle` (JWS, JWKS, canonical JSON,
 checkpoints), `tree` (signed notes, Merkle proofs, cosignatures), `token`
-(token files); private: `_session` (connect, resume, verify, decide,
-report), `_client` (the channel and calls), `_cache`, `_endpoints`,
-`_backoff`, `_telemetry`; `v1` is generated from the protos at build time.
+(token files), `errors` (every error it raises, under `PolicyhubError`);
+private: `_session` (connect, resume, verify, decide, report), `_client`
+(the channel and calls), `_cache`, `_endpoints`, `_backoff`, `_telemetry`;
+`v1` is generated from the protos at build time.
 """
 
 import logging
 
-from .bundle import Jwk, Jwks, VerifyError
+from .bundle import Jwk, Jwks
+from .errors import HistoryError, PolicyhubError, VerifyError, WatchError
 from .state import (
     Applied,
     CheckpointFresh,
@@ -61,7 +63,6 @@ from .state import (
     Source,
     State,
     VerifiedBundle,
-    WatchError,
 )
 from .subscription import (
     DEFAULT_REBALANCE_INTERVAL,
@@ -88,10 +89,12 @@ __all__ = [
     "Disconnected",
     "Event",
     "FromCache",
+    "HistoryError",
     "HistoryRefused",
     "HistoryRestored",
     "Jwk",
     "Jwks",
+    "PolicyhubError",
     "Refused",
     "Rejected",
     "Source",

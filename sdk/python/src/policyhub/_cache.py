@@ -19,14 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bundle import Jwks, VerifyError, key_id, verify_bundle
+from .bundle import Jwks, key_id, verify_bundle
+from .errors import PolicyhubError, VerifyError
 from .state import Source, State, VerifiedBundle
 
 FORMAT = 1
 
 
-class CacheError(Exception):
+class CacheError(PolicyhubError):
     """The cache cannot be trusted (why)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="cache")
 
 
 class Cache:

@@ -24,15 +24,13 @@ import jwt
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .errors import VerifyError as VerifyError
+
 BUNDLE_TYPE = "policyhub-bundle+jwt"
 """The JWS `typ` header of every bundle."""
 
 CHECKPOINT_TYPE = "policyhub-checkpoint+jwt"
 """The JWS `typ` header of every checkpoint."""
-
-
-class VerifyError(Exception):
-    """Why a bundle or a checkpoint did not verify."""
 
 
 @dataclass(frozen=True)

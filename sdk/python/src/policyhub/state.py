@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .errors import WatchError as WatchError
+
 
 @dataclass(frozen=True)
 class VerifiedBundle:
@@ -172,8 +174,3 @@ Event = (
     | Disconnected
 )
 """What happened to a subscription."""
-
-
-class WatchError(Exception):
-    """Why a subscription stopped for good: the server refused it
-    (credentials, role, a malformed request) or it is misconfigured."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from ._client import HEARTBEAT_INTERVAL_HEADER, Tls
 from ._session import Driver
 from ._session.settings import Settings, Validate
-from .bundle import VerifyError
+from .errors import VerifyError
 from .state import Applied, Event, FromCache, State
 from .token import TokenSource
 from .tree import CosignatureVerifier

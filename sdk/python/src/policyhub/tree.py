@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .bundle import Jwks, VerifyError
+from .bundle import Jwks
+from .errors import HistoryError as HistoryError
+from .errors import VerifyError
 
 _ED25519 = 0x01
 _COSIGNATURE_V1 = 0x04
@@ -277,10 +279,6 @@ class Diverges:
     """A tree that cannot extend the one held, and why."""
 
     reason: str
-
-
-class HistoryError(Exception):
-    """The server's tree does not extend the one verified last."""
 
 
 @dataclass

@@ -43,7 +43,8 @@ import grpc.aio
 from .._backoff import Backoff, second_half
 from .._endpoints import Endpoints
 from .._telemetry import Telemetry
-from ..state import Connected, Disconnected, Event, HistoryRefused, Refused, WatchError
+from ..errors import WatchError
+from ..state import Connected, Disconnected, Event, HistoryRefused, Refused
 from ..v1 import bundle_service_pb2 as pb
 from .connection import Opened, open_stream
 from .failure import History, Permanent, Transient, from_rpc_error
@@ -69,7 +70,7 @@ class Driver:
         """Follows until a permanent failure (raised as `WatchError`)."""
         settings = self.settings
         if not settings.endpoints:
-            raise WatchError("the subscription names no endpoint")
+            raise WatchError("the subscription names no endpoint", kind="config")
         await self.state.start(self.emit)
         backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         while True:
@@ -83,7 +84,11 @@ class Driver:
                     and failure.code
                     in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
                 ):
-                    raise WatchError(f"the server refused the watch: {failure}") from failure
+                    raise WatchError(
+                        f"the server refused the watch: {failure}",
+                        kind="refused",
+                        code=failure.code,
+                    ) from failure
                 reason, refused = str(failure), True
             except History as failure:
                 reason, history = str(failure), True

@@ -15,9 +15,9 @@ import grpc.aio
 
 from .. import bundle as jose
 from .._client import Client
-from ..bundle import VerifyError
+from ..errors import HistoryError, VerifyError
 from ..state import Event, HistoryRestored
-from ..tree import Diverges, HistoryError, ProveFrom, RestoreProof, Same, TreeHead, verify_note
+from ..tree import Diverges, ProveFrom, RestoreProof, Same, TreeHead, verify_note
 from ..v1 import types_pb2
 from .failure import History, Permanent, Transient, from_rpc_error, rpc
 

@@ -18,7 +18,8 @@ from .. import bundle as jose
 from .._cache import Cache, CacheError
 from .._client import Client
 from .._telemetry import Telemetry
-from ..bundle import Jwks, VerifyError
+from ..bundle import Jwks
+from ..errors import VerifyError
 from ..state import Applied, Event, FromCache, Rejected, Source, State, VerifiedBundle
 from ..tree import Remembered
 from ..v1 import bundle_service_pb2 as pb
