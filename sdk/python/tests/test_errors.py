@@ -38,6 +38,7 @@ def test_every_public_error_is_a_policyhub_error_of_its_kind() -> None:
         policyhub.WatchError,
         policyhub.VerifyError,
         policyhub.HistoryError,
+        policyhub.Lagged,
     ):
         assert issubclass(error, policyhub.PolicyhubError), error
     with pytest.raises(policyhub.PolicyhubError) as verify:

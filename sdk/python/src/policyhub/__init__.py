@@ -47,7 +47,7 @@ private: `_session` (connect, resume, verify, decide, report), `_client`
 import logging
 
 from .bundle import Jwk, Jwks
-from .errors import HistoryError, PolicyhubError, VerifyError, WatchError
+from .errors import HistoryError, Lagged, PolicyhubError, VerifyError, WatchError
 from .state import (
     Applied,
     CheckpointFresh,
@@ -94,6 +94,7 @@ __all__ = [
     "HistoryRestored",
     "Jwk",
     "Jwks",
+    "Lagged",
     "PolicyhubError",
     "Refused",
     "Rejected",

@@ -10,6 +10,8 @@ variants do.
   verify.
 - `HistoryError` (`"history"`): the server's log does not extend the one
   verified last.
+- `Lagged` (`"lagged"`): a `Watcher.events()` loop fell too far behind and
+  was let go.
 
 A setting a subscription cannot follow is refused when it is made, with
 Python's own `ValueError` or `TypeError`, as the standard library refuses
@@ -22,9 +24,9 @@ from typing import Literal
 
 import grpc
 
-__all__ = ["HistoryError", "PolicyhubError", "VerifyError", "WatchError"]
+__all__ = ["HistoryError", "Lagged", "PolicyhubError", "VerifyError", "WatchError"]
 
-Kind = Literal["refused", "config", "verify", "history", "cache"]
+Kind = Literal["refused", "config", "verify", "history", "lagged", "cache"]
 """What went wrong, one word for each error class (`WatchError` has two;
 `"cache"` is a cache the SDK refuses, which it logs and never raises)."""
 
@@ -67,3 +69,13 @@ class HistoryError(PolicyhubError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, kind="history")
+
+
+class Lagged(PolicyhubError):
+    """A `Watcher.events()` loop fell more events behind than its queue
+    holds: it was let go, after the events it had, rather than hold the
+    watcher back or grow without bound. Call `events()` again to follow on;
+    `current()` always holds the state in force."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="lagged")
