@@ -60,6 +60,12 @@ export class Freshness {
   private newest: { claims: CheckpointClaims; signedAt: Date } | undefined;
   /** The JWS of the newest, which every message repeats until the next. */
   private newestJws = "";
+  /**
+   * When the newest grows too old, on the clock of the subscription's
+   * deadlines ({@link monotonicMs}): its age on the wall clock (the server
+   * signed it at a time of day) when it came, counted on from there.
+   */
+  private staleAt: number | undefined;
   private stale = false;
 
   /** `maxAgeMs` undefined: the check is off. */
@@ -80,7 +86,9 @@ export class Freshness {
     }
     this.newest = { claims, signedAt };
     this.newestJws = jws;
-    const fresh = this.maxAgeMs === undefined || Date.now() - signedAt.getTime() < this.maxAgeMs;
+    const ageMs = Math.max(0, Date.now() - signedAt.getTime());
+    this.staleAt = this.maxAgeMs === undefined ? undefined : monotonicMs() + Math.max(0, this.maxAgeMs - ageMs);
+    const fresh = this.maxAgeMs === undefined || ageMs < this.maxAgeMs;
     if (this.stale && fresh) {
       this.stale = false;
       return { revision: claims.revision, signedAt };
@@ -91,16 +99,13 @@ export class Freshness {
   /**
    * When the newest checkpoint grows too old, on the clock of the
    * subscription's deadlines ({@link monotonicMs}); undefined when the
-   * check is off, none came yet, or it is stale already. Its age is the
-   * wall clock's (the server signed it at a time of day), taken anew at
-   * every call.
+   * check is off, none came yet, or it is stale already.
    */
   deadline(): number | undefined {
-    if (this.maxAgeMs === undefined || this.newest === undefined || this.stale) {
+    if (this.newest === undefined || this.stale) {
       return undefined;
     }
-    const ageMs = Math.max(0, Date.now() - this.newest.signedAt.getTime());
-    return monotonicMs() + Math.max(0, this.maxAgeMs - ageMs);
+    return this.staleAt;
   }
 
   /** Marks the newest checkpoint stale: what the event says. */

@@ -6,6 +6,7 @@ import { test } from "node:test";
 
 import { Backoff } from "../dist/backoff.js";
 import { Cache } from "../dist/cache.js";
+import { Freshness } from "../dist/checkpoint.js";
 import { Endpoints, rebalanceDelay } from "../dist/endpoints.js";
 import { Assembler } from "../dist/state.js";
 import { reportDelay, tokenFile } from "../dist/index.js";
@@ -161,4 +162,22 @@ test("two subscriptions of one namespace write one cache directory at once, and 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("a checkpoint's staleness is a fixed deadline on the monotonic clock, passed at once for one too old", () => {
+  const claims = (revision) => ({ revision, lastEventId: revision, chainHead: "", time: "" });
+  const freshness = new Freshness(1_000);
+  assert.equal(freshness.deadline(), undefined, "no checkpoint yet");
+  freshness.observe(claims(1), new Date(Date.now() - 400), "a");
+  const deadline = freshness.deadline();
+  assert.ok(deadline > performance.now() + 500 && deadline <= performance.now() + 600, `${deadline}`);
+  freshness.observe(claims(2), new Date(Date.now() - 5_000), "b");
+  assert.equal(freshness.deadline(), deadline, "an older checkpoint changes nothing");
+  const old = new Freshness(1_000);
+  old.observe(claims(1), new Date(Date.now() - 5_000), "c");
+  const passed = old.deadline();
+  assert.ok(passed <= performance.now(), "passed already");
+  assert.equal(old.deadline(), passed, "and it stays where it is, call after call");
+  old.expire();
+  assert.equal(old.deadline(), undefined, "stale: none until a fresh one");
 });
