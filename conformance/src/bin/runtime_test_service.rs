@@ -380,10 +380,13 @@ impl Break {
     fn settings(self, settings: &mut RuntimeSettings) {
         match self {
             Break::IgnoreHeartbeats => settings.heartbeat_interval_ms = Some(3_600_000),
+            // The smallest window the library takes (1 ms; 0 is refused as a
+            // setting it cannot follow): a fleet cut at once comes back at
+            // once, unspread.
             Break::NoJitter => {
                 settings.backoff = Some(Backoff {
-                    initial_ms: 0,
-                    max_ms: 0,
+                    initial_ms: 1,
+                    max_ms: 1,
                 })
             }
             Break::ForgetCache => settings.cache_dir = None,
