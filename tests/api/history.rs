@@ -486,9 +486,28 @@ async fn no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back(a
 
 /// Health reports the replica not serving, within a few seconds.
 async fn assert_not_serving(app: &TestApp) {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    assert_health(
+        app,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing,
+    )
+    .await;
+}
+
+/// Health reports the replica serving, within a few seconds.
+async fn assert_serving(app: &TestApp) {
+    assert_health(
+        app,
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+    )
+    .await;
+}
+
+/// Health reports `expected` for the policy service within a few seconds.
+async fn assert_health(
+    app: &TestApp,
+    expected: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
         .unwrap()
@@ -505,12 +524,12 @@ async fn assert_not_serving(app: &TestApp) {
             .await
             .ok()
             .map(|response| response.into_inner().status);
-        if status == Some(ServingStatus::NotServing as i32) {
+        if status == Some(expected as i32) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(status, Some(ServingStatus::NotServing as i32));
+    assert_eq!(status, Some(expected as i32));
 }
 
 /// A server on `backend` with its metrics port, whose mutation quota lets
@@ -724,33 +743,4 @@ async fn a_lost_connection_is_no_rewrite(backend: Backend) {
     assert_eq!(refused_total().await, 1.0);
     assert_not_serving(&app).await;
     db.close().await.ok();
-}
-
-/// Health reports the replica serving, within a few seconds.
-async fn assert_serving(app: &TestApp) {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
-    let mut status = None;
-    for _ in 0..50 {
-        status = health
-            .check(HealthCheckRequest {
-                service: "policyhub.v1.PolicyService".into(),
-            })
-            .await
-            .ok()
-            .map(|response| response.into_inner().status);
-        if status == Some(ServingStatus::Serving as i32) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, Some(ServingStatus::Serving as i32));
 }
