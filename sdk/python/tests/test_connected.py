@@ -28,8 +28,8 @@ def signing_key() -> pb.Jwk:
 
 class Server(pb_grpc.BundleServiceServicer):
     """Serves its keys, and answers each watch as `answer` says: refuse it
-    at once (`UNAVAILABLE` before any headers), or open it and say nothing
-    more."""
+    at once (`UNAVAILABLE` before any headers), open it and say nothing
+    more, or open it with no headers of its own and send a message."""
 
     def __init__(self, answer: str) -> None:
         self.answer = answer
@@ -47,6 +47,10 @@ class Server(pb_grpc.BundleServiceServicer):
         self.watches += 1
         if self.answer == "refuse":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is away")
+        if self.answer == "message":
+            yield pb.WatchActiveResponse(revision=1)
+            await asyncio.sleep(3600)
+            return
         await context.send_initial_metadata(((policyhub.HEARTBEAT_INTERVAL_HEADER, "60000"),))
         await asyncio.sleep(3600)
         yield pb.WatchActiveResponse()
@@ -108,6 +112,19 @@ def test_a_server_that_went_away_is_no_connection() -> None:
 def test_a_watch_the_server_answers_is_connected() -> None:
     async def run() -> None:
         servicer = Server("open")
+        server, address = await serve(servicer)
+        try:
+            [event] = await first_events(address, 1)
+        finally:
+            await server.stop(None)
+        assert event == policyhub.Connected(0, address)
+
+    asyncio.run(run())
+
+
+def test_a_watch_answered_with_a_message_and_no_headers_is_connected() -> None:
+    async def run() -> None:
+        servicer = Server("message")
         server, address = await serve(servicer)
         try:
             [event] = await first_events(address, 1)

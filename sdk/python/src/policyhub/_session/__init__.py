@@ -153,14 +153,14 @@ class Driver:
         state, endpoints, settings = self.state, self.endpoints, self.settings
         loop = asyncio.get_running_loop()
         opened = await open_stream(self.state, endpoints.current)
-        read: asyncio.Task[object] | None = None
+        read: asyncio.Future[object] | None = None
         try:
             await self.emit(Connected(state.decided, endpoints.current))
             rebalance_at = self.next_rebalance()
             assembler = Assembler()
             report_at: float | None = None
             last_message = loop.time()
-            read = asyncio.ensure_future(opened.call.read())
+            read = opened.read()
             while True:
                 now = loop.time()
                 message_deadline = last_message + opened.deadline
@@ -189,7 +189,7 @@ class Driver:
                             read.cancel()
                             opened, rebalance_at, assembler = moved, None, Assembler()
                             last_message = loop.time()
-                            read = asyncio.ensure_future(opened.call.read())
+                            read = opened.read()
                             await self.emit(Connected(state.decided, endpoints.current))
                         continue
                     if now >= message_deadline:
@@ -206,7 +206,7 @@ class Driver:
                 if not isinstance(message, pb.WatchActiveResponse):
                     raise Transient("the stream carried something other than a watch message")
                 last_message = loop.time()
-                read = asyncio.ensure_future(opened.call.read())
+                read = opened.read()
                 revoked_signer = state.signed_by_revoked(message.bundles) is not None
                 if message.HasField("checkpoint") and not revoked_signer:
                     restored = await follow_tree(state, message.checkpoint, opened.client)
@@ -224,7 +224,7 @@ class Driver:
                             await opened.close()
                             opened, assembler = reopened, Assembler()
                             last_message = loop.time()
-                            read = asyncio.ensure_future(opened.call.read())
+                            read = opened.read()
                             continue
                     fresh = await take_checkpoint(state, message.checkpoint, opened.client)
                     if fresh is not None:

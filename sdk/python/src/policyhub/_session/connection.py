@@ -28,6 +28,18 @@ class Opened:
     call: grpc.aio.UnaryStreamCall[pb.WatchActiveRequest, pb.WatchActiveResponse]
     deadline: float
     """Three heartbeat intervals: a stream silent for longer is dead."""
+    first: pb.WatchActiveResponse | None = None
+    """The message read to learn that the stream is open, when the server
+    answered with no headers; `read()` hands it out first."""
+
+    def read(self) -> asyncio.Future[object]:
+        """The stream's next message."""
+        if self.first is not None:
+            message, self.first = self.first, None
+            done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            done.set_result(message)
+            return done
+        return asyncio.ensure_future(self.call.read())
 
     async def close(self) -> None:
         self.reporter.close()
@@ -72,17 +84,22 @@ async def open_stream(state: SubscriptionState, address: str) -> Opened:
             )
         )
         metadata = await rpc(asyncio.wait_for(call.initial_metadata(), client.call_timeout))
-        if call.done():
+        first = None
+        if not metadata:
             # gRPC hands a call that failed before any response headers came
-            # (the server down, a refusal) an empty set of them: the stream
-            # never opened, and its status says why.
-            raise await ended(call)
+            # (the server down, a refusal) an empty set of them, sometimes
+            # before its status: empty headers say nothing yet. The stream is
+            # open once a message comes; a call that ends first never was.
+            message = await rpc(asyncio.wait_for(call.read(), client.call_timeout))
+            if not isinstance(message, pb.WatchActiveResponse):
+                raise await ended(call)
+            first = message
         interval = (
             settings.heartbeat_interval
             or announced_heartbeat(metadata)
             or DEFAULT_HEARTBEAT_INTERVAL
         )
-        return Opened(client, reporter, call, 3 * interval)
+        return Opened(client, reporter, call, 3 * interval, first)
     except BaseException:
         await client.close()
         raise
