@@ -56,6 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // to print it in the protobuf JSON mapping.
             let mut config = tonic_prost_build::Config::new();
             config.enable_type_names();
+            // An OPA bundle is built once and shared by every request.
+            config.bytes([".policyhub.v1.OpaBundle.tarball"]);
             config
         })?;
 

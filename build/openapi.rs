@@ -497,6 +497,14 @@ fn operation(
             // mapping, or a last google.rpc.Status.
             "content": {"text/event-stream": {"schema": {"type": "object"}}},
         })
+    } else if method.name() == "GetOpaBundle" {
+        json!({
+            "description": "The bundle as OPA downloads it: a gzipped tarball, in the content \
+                            type OPA's bundle plugin reads as long polling.",
+            "content": {"application/vnd.openpolicyagent.bundles": {
+                "schema": {"type": "string", "format": "binary"},
+            }},
+        })
     } else {
         json!({
             "description": "The reply.",
@@ -615,7 +623,7 @@ fn refusals(method: &MethodDescriptor, body: bool) -> Vec<(&'static str, &'stati
     if compare_and_swap(&method.input()) {
         refusals.push(("412", "If-Match names a bundle that is no longer active."));
     }
-    if matches!(method.name(), "GetActive" | "GetVersion") {
+    if matches!(method.name(), "GetActive" | "GetVersion" | "GetOpaBundle") {
         refusals.push(("304", "If-None-Match names the current representation."));
     }
     refusals
@@ -639,7 +647,7 @@ fn etag_header() -> Value {
     json!({
         "description": "The validator of what was read: `\"<version>-<revision>-<digest>\"` \
                         for an active bundle, `\"<version>-<digest>\"` (and `-active`) for \
-                        a published version.",
+                        a published version, a digest of its files for an OPA bundle.",
         "schema": {"type": "string"},
     })
 }
@@ -647,7 +655,7 @@ fn etag_header() -> Value {
 /// The headers a success carries.
 fn success_headers(method: &MethodDescriptor) -> Option<Value> {
     Some(match method.name() {
-        "GetActive" | "GetVersion" => json!({"ETag": etag_header()}),
+        "GetActive" | "GetVersion" | "GetOpaBundle" => json!({"ETag": etag_header()}),
         "Draft" => json!({"Location": {
             "description": "The new draft's path.",
             "schema": {"type": "string"},
@@ -664,17 +672,18 @@ fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Ve
                "description": description, "schema": {"type": "string"}})
     };
     let mut headers = Vec::new();
-    if matches!(method.name(), "GetActive" | "GetVersion") {
+    if matches!(method.name(), "GetActive" | "GetVersion" | "GetOpaBundle") {
         headers.push(header(
             "If-None-Match",
             "An ETag read before: 304 while it is still current.",
         ));
     }
-    if method.name() == "GetActive" {
+    if matches!(method.name(), "GetActive" | "GetOpaBundle") {
         headers.push(json!({"name": "Prefer", "in": "header", "required": false,
-            "description": "wait=N (at most 60): with If-None-Match, hold the read until \
-                            the bundle changes (long polling).",
-            "schema": {"type": "string", "pattern": "^wait=[0-9]+$"}}));
+            "description": "wait=N (whole seconds, at most 60; also among OPA's \
+                            `modes=snapshot,delta;wait=N`): with If-None-Match, hold the read \
+                            until the bundle changes (long polling).",
+            "schema": {"type": "string", "pattern": "^(modes=[a-z,]+;)?wait=[0-9]+$"}}));
     }
     if compare_and_swap(input) {
         // `src/http/semantics.rs` parses it; a weak tag is taken and never

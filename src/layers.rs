@@ -22,11 +22,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["domain", "connections"]),
     ("signing", &["domain"]),
     ("watch", &["domain"]),
+    ("opa", &["domain", "signing"]),
     ("storage", &["domain", "signing"]),
     ("fleet", &["domain", "config", "storage"]),
     (
         "hub",
-        &["domain", "config", "signing", "storage", "watch", "fleet"],
+        &[
+            "domain", "config", "signing", "storage", "watch", "fleet", "opa",
+        ],
     ),
     ("controller", &["domain", "hub"]),
     ("prometheus", &["domain", "config"]),

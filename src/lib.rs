@@ -30,6 +30,8 @@
 //!   verification are the `policyhub-runtime` crate's).
 //! - [`hub`]: the application: `lifecycle` runs each mutation as load,
 //!   decide, sign, write, apply to the index; `reads` answers queries.
+//! - [`opa`]: OPA's bundle format: the signed tarball a namespace served
+//!   to OPA is sent as.
 //! - [`watch`]: the in-memory index of active bundles (`mod`) and the
 //!   subscribers that fan it out (`subscriber`).
 //! - [`fleet`]: the fleet view of identified runtimes, kept in memory by the
@@ -75,6 +77,7 @@ pub mod hub;
 mod layers;
 pub mod metrics;
 pub mod notifications;
+pub mod opa;
 pub mod prometheus;
 pub mod replication;
 pub mod shutdown;

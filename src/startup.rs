@@ -188,7 +188,14 @@ impl Application {
             Some(servers) => hub.with_metrics_source(std::sync::Arc::new(servers)),
             None => hub,
         };
-        let hub = hub.with_opa_namespaces(settings.opa.bundle_roots()?);
+        let opa_namespaces = settings.opa.bundle_roots()?;
+        // A key is made only for a deployment that serves OPA.
+        let opa_keys = if opa_namespaces.is_empty() {
+            Vec::new()
+        } else {
+            signing::load_opa_keys(&settings.signing.opa_key_files, &settings.data_dir)?
+        };
+        let hub = hub.with_opa(opa_namespaces, opa_keys);
         let listener = socket
             .listen(settings.listen_backlog)
             .with_context(|| format!("listening on {address}"))?;

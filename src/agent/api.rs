@@ -314,7 +314,10 @@ async fn long_poll(
     stop: &CancellationToken,
     reply: impl Fn(Option<&InForce>) -> Reply,
 ) -> Response<Body> {
-    let deadline = semantics::wait(headers).map(|wait| Instant::now() + wait);
+    let deadline = match semantics::wait(headers) {
+        Ok(wait) => wait.map(|wait| Instant::now() + wait),
+        Err(refused) => return error(&refused),
+    };
     let mut receiver = followed.subscribe();
     loop {
         let in_force = receiver.borrow_and_update().clone();

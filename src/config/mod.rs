@@ -366,6 +366,10 @@ pub struct SigningSettings {
     /// others are published in the JWKS so that their bundles still verify.
     /// Empty: a key is generated into the data directory on first start.
     pub key_files: Vec<PathBuf>,
+    /// PKCS#8 PEM P-256 private keys that sign OPA bundles (OPA verifies
+    /// no Ed25519): the first signs, every one is published to OPAs.
+    /// Empty: one is generated into the data directory on first start.
+    pub opa_key_files: Vec<PathBuf>,
 }
 
 /// How log lines are written.

@@ -41,6 +41,7 @@ fn every_key_changed() -> Settings {
         bundle_issuer: "issuer".into(),
         signing: SigningSettings {
             key_files: vec!["a.pem".into(), "b.pem".into()],
+            opa_key_files: vec!["opa.pem".into()],
         },
         limits: Limits {
             max_body_bytes: 2048,

@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::{Error, FieldViolation, Result, quoted};
+use super::{Error, FieldViolation, PolicyName, Result, quoted};
 
 /// The members a Rego policy's body may have.
 const MEMBERS: [&str; 2] = ["modules", "data"];
@@ -86,6 +86,30 @@ impl BundleRoots {
             root.len() <= segments.len() && root.iter().zip(segments).all(|(a, b)| a == b)
         })
     }
+
+    /// Whether the data path `segments` lies above a root: the path to it.
+    fn lead_to(&self, segments: &[&str]) -> bool {
+        self.0.iter().any(|root| {
+            root.len() > segments.len() && root.iter().zip(segments).all(|(a, b)| a == b)
+        })
+    }
+
+    /// The paths of `data` outside the roots, as `a.b`: OPA refuses a
+    /// bundle whose data lies outside its manifest's roots.
+    fn outside<'a>(&self, data: &'a Map<String, Value>, above: &mut Vec<&'a str>) -> Vec<String> {
+        let mut outside = Vec::new();
+        for (key, value) in data {
+            above.push(key);
+            if self.contain(above) {
+            } else if let (true, Value::Object(members)) = (self.lead_to(above), value) {
+                outside.extend(self.outside(members, above));
+            } else {
+                outside.push(above.join("."));
+            }
+            above.pop();
+        }
+        outside
+    }
 }
 
 /// Whether one path is a prefix of the other.
@@ -120,13 +144,23 @@ pub fn check_policy(body: &Value, roots: &BundleRoots) -> Result<()> {
                 .into(),
         });
     }
-    if let Some(data) = members.get("data")
-        && !data.is_object()
-    {
-        violations.push(FieldViolation {
+    match members.get("data") {
+        None => {}
+        Some(Value::Object(data)) => {
+            for path in roots.outside(data, &mut Vec::new()) {
+                violations.push(FieldViolation {
+                    field: format!("body.data.{path}"),
+                    description: format!(
+                        "is not under the namespace's bundle roots ({})",
+                        roots.paths().join(", ")
+                    ),
+                });
+            }
+        }
+        Some(_) => violations.push(FieldViolation {
             field: "body.data".into(),
             description: "must be a JSON object: the policy's data document".into(),
-        });
+        }),
     }
     let modules = match members.get("modules") {
         None => BTreeMap::new(),
@@ -184,6 +218,87 @@ pub fn check_policy(body: &Value, roots: &BundleRoots) -> Result<()> {
         true => Ok(()),
         false => Err(Error::InvalidArgument(violations)),
     }
+}
+
+/// What a namespace's OPA bundle holds: the modules of its active policies,
+/// each under its policy's name (`authz/allow.rego` of policy `limits` is
+/// `limits/authz/allow.rego`), and their data documents merged into one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BundleContent {
+    /// Rego source by bundle path.
+    pub modules: BTreeMap<String, String>,
+    /// The data document.
+    pub data: Map<String, Value>,
+}
+
+/// The bundle content of `policies` (name and body, in name order). Two
+/// policies that give one path of the data document different values
+/// cannot be served together: OPA would hold one of them.
+pub fn compose<'a>(
+    policies: impl IntoIterator<Item = (&'a PolicyName, &'a Value)>,
+) -> Result<BundleContent> {
+    let mut content = BundleContent::default();
+    let mut owners: BTreeMap<String, &PolicyName> = BTreeMap::new();
+    for (name, body) in policies {
+        if let Some(Value::Object(modules)) = body.get("modules") {
+            for (path, source) in modules {
+                if let Value::String(source) = source {
+                    content
+                        .modules
+                        .insert(format!("{name}/{path}"), source.clone());
+                }
+            }
+        }
+        if let Some(Value::Object(data)) = body.get("data") {
+            let mut path = Vec::new();
+            merge(&mut content.data, data, &mut path, name, &mut owners)?;
+        }
+    }
+    Ok(content)
+}
+
+/// Merges `from`, the data of `policy`, into `into`: objects merge member by
+/// member; any other value must be the only one at its path.
+fn merge<'a>(
+    into: &mut Map<String, Value>,
+    from: &Map<String, Value>,
+    path: &mut Vec<String>,
+    policy: &'a PolicyName,
+    owners: &mut BTreeMap<String, &'a PolicyName>,
+) -> Result<()> {
+    for (key, value) in from {
+        path.push(key.clone());
+        match (into.get_mut(key), value) {
+            (Some(Value::Object(mine)), Value::Object(theirs)) => {
+                merge(mine, theirs, path, policy, owners)?;
+            }
+            (None, value) => {
+                into.insert(key.clone(), value.clone());
+                owners.insert(path.join("."), policy);
+            }
+            (Some(_), _) => {
+                let at = path.join(".");
+                // The value there was set with an object above it, whole,
+                // or member by member below it.
+                let related = |owned: &str| {
+                    owned == at
+                        || at.starts_with(&format!("{owned}."))
+                        || owned.starts_with(&format!("{at}."))
+                };
+                let other = owners
+                    .iter()
+                    .find(|(owned, _)| related(owned))
+                    .map(|(_, owner)| owner.to_string())
+                    .unwrap_or_default();
+                return Err(Error::precondition(format!(
+                    "policies {other} and {policy} both give data.{at}: a namespace's bundle holds \
+                     one data document, so each path belongs to one policy"
+                )));
+            }
+        }
+        path.pop();
+    }
+    Ok(())
 }
 
 /// Refuses a module path OPA would not take: absolute, with an empty, `.`
@@ -310,6 +425,59 @@ mod tests {
             found[5].1.contains("billing.authz is not under"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn data_outside_the_roots_is_refused_by_path() {
+        let roots = BundleRoots::parse("roots", &["payments/cards".into()]).unwrap();
+        let body = json!({"data": {
+            "payments": {"cards": {"max": 1}, "wires": {"max": 2}, "fee": 3},
+            "billing": {},
+        }});
+        let found: Vec<_> = match check_policy(&body, &roots) {
+            Err(Error::InvalidArgument(found)) => found.into_iter().map(|v| v.field).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            found,
+            [
+                "body.data.billing",
+                "body.data.payments.fee",
+                "body.data.payments.wires"
+            ]
+        );
+    }
+
+    #[test]
+    fn policies_compose_into_one_bundle_and_conflicting_data_is_refused() {
+        let (limits, fees) = (
+            PolicyName::parse("name", "limits").unwrap(),
+            PolicyName::parse("name", "fees").unwrap(),
+        );
+        let limits_body = json!({
+            "modules": {"allow.rego": "package payments\n"},
+            "data": {"payments": {"limits": {"max": 500}}},
+        });
+        let fees_body = json!({"data": {"payments": {"fees": [1, 2]}}});
+        let content = compose([(&fees, &fees_body), (&limits, &limits_body)]).unwrap();
+        assert_eq!(
+            content.modules.keys().collect::<Vec<_>>(),
+            ["limits/allow.rego"]
+        );
+        assert_eq!(
+            Value::Object(content.data),
+            json!({"payments": {"fees": [1, 2], "limits": {"max": 500}}})
+        );
+        let clashing = json!({"data": {"payments": {"limits": 7}}});
+        match compose([(&limits, &limits_body), (&fees, &clashing)]) {
+            Err(Error::FailedPrecondition { message, .. }) => {
+                assert!(
+                    message.contains("limits and fees both give data.payments.limits"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

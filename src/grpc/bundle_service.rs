@@ -21,6 +21,7 @@ use crate::domain::{AsOf, Revision};
 use crate::domain::{Error, Namespace, PolicyName, PolicyRef, Result as DomainResult};
 use crate::fleet::Arrival;
 use crate::hub::{ActiveView, PolicyHub};
+use crate::signing::OPA_ALGORITHM;
 use crate::watch::{Closed, Ending, Selector, WatchMessage, Watcher};
 
 /// Serves `BundleService` on top of the hub.
@@ -336,6 +337,41 @@ impl BundleService for BundleApi {
             keys: keys.iter().map(convert::jwk).collect(),
             signing_key_id,
             revoked_key_ids: self.hub.revoked_key_ids(),
+        }))
+    }
+
+    async fn get_opa_bundle(
+        &self,
+        request: Request<proto::GetOpaBundleRequest>,
+    ) -> Result<Response<proto::OpaBundle>, Status> {
+        let caller = identify(&request)?;
+        let namespace = Namespace::parse("namespace", &request.get_ref().namespace)?;
+        caller.admit(Rpc::GetOpaBundle, [&namespace], &self.quotas)?;
+        let bundle = self.hub.opa_bundle(&namespace).await?;
+        Ok(Response::new(proto::OpaBundle {
+            revision: bundle.revision,
+            etag: bundle.etag.clone(),
+            tarball: bundle.tarball.clone(),
+        }))
+    }
+
+    async fn get_opa_signing_keys(
+        &self,
+        request: Request<proto::GetOpaSigningKeysRequest>,
+    ) -> Result<Response<proto::GetOpaSigningKeysResponse>, Status> {
+        identify(&request)?
+            .caller()
+            .authorize_anywhere(Rpc::GetOpaSigningKeys)?;
+        let keys = self.hub.opa_signing_keys();
+        Ok(Response::new(proto::GetOpaSigningKeysResponse {
+            keys: keys
+                .iter()
+                .map(|key| proto::OpaSigningKey {
+                    key_id: key.key_id().to_owned(),
+                    algorithm: OPA_ALGORITHM.to_owned(),
+                    public_key_pem: key.public_pem().to_owned(),
+                })
+                .collect(),
         }))
     }
 

@@ -13,6 +13,7 @@
 
 mod console;
 mod events;
+mod opa;
 mod routes;
 pub mod semantics;
 mod status;
@@ -202,6 +203,9 @@ impl Gateway {
         if route.method.name() == "GetActive" {
             return self.get_active(route, &parts.headers, message).await;
         }
+        if route.method.name() == "GetOpaBundle" {
+            return self.opa_bundle(route, &parts.headers, message).await;
+        }
         let reply = match self.call(route, &parts.headers, message).await {
             // The compare-and-swap of If-Match failed: 412, as HTTP says.
             Err(status) if if_match.is_some() && status.code() == tonic::Code::Aborted => {
@@ -242,6 +246,7 @@ impl Gateway {
         headers: &HeaderMap,
         message: DynamicMessage,
     ) -> Result<Response<HttpBody>, Failure> {
+        let wait = semantics::wait(headers)?;
         let mut bundle = self.call(route, headers, message.clone()).await?;
         let mut etag = semantics::etag(&bundle);
         let unchanged = |etag: &Option<HeaderValue>| {
@@ -249,14 +254,21 @@ impl Gateway {
                 .is_some_and(|etag| semantics::not_modified(headers, etag))
         };
         if unchanged(&etag)
-            && let Some(wait) = semantics::wait(headers)
+            && let Some(wait) = wait
         {
             let revision = bundle
                 .get_field_by_name("revision")
                 .and_then(|value| value.as_u64())
                 .unwrap_or_default();
+            let text = |field: &str| {
+                message
+                    .get_field_by_name(field)
+                    .and_then(|value| value.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            let name = text("name");
             if self
-                .changed_within(&message, headers, revision, wait)
+                .changed_within(&text("namespace"), Some(&name), headers, revision, wait)
                 .await?
             {
                 bundle = self.call(route, headers, message).await?;
@@ -325,11 +337,13 @@ impl Gateway {
         }
     }
 
-    /// Whether the policy a GetActive names moves after `revision` within
-    /// `wait`: an in-process WatchActive of that one policy.
+    /// Whether policy `name` of `namespace` (any of its policies, for no
+    /// name) moves after `revision` within `wait`: an in-process
+    /// WatchActive.
     async fn changed_within(
         &self,
-        get_active: &DynamicMessage,
+        namespace: &str,
+        name: Option<&str>,
         headers: &HeaderMap,
         revision: u64,
         wait: std::time::Duration,
@@ -343,12 +357,9 @@ impl Gateway {
             return Ok(false);
         };
         let mut request = DynamicMessage::new(watch.input());
-        for (field, value) in [("namespace", "namespace"), ("names", "name")] {
-            let value = get_active
-                .get_field_by_name(value)
-                .and_then(|value| value.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            set_from_text(&mut request, field, &value).map_err(Status::internal)?;
+        set_from_text(&mut request, "namespace", namespace).map_err(Status::internal)?;
+        if let Some(name) = name {
+            set_from_text(&mut request, "names", name).map_err(Status::internal)?;
         }
         set_from_text(&mut request, "since_revision", &revision.to_string())
             .map_err(Status::internal)?;

@@ -63,16 +63,27 @@ pub fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag.to_str().unwrap_or_default())
 }
 
-/// How long `Prefer: wait=N` asks to hold a read, at most [`MAX_WAIT`].
-pub fn wait(headers: &HeaderMap) -> Option<Duration> {
-    headers
+/// How long `Prefer: wait=N` asks to hold a read: whole seconds from 0 to
+/// [`MAX_WAIT`], anything else refused. Preferences are split at `,` (RFC
+/// 7240) and at `;`, as OPA's bundle plugin sends them
+/// (`Prefer: modes=snapshot,delta;wait=10`).
+pub fn wait(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
+    let Some(seconds) = headers
         .get_all("prefer")
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
+        .flat_map(|value| value.split([',', ';']))
         .find_map(|preference| preference.trim().strip_prefix("wait="))
-        .and_then(|seconds| seconds.trim().parse::<u64>().ok())
-        .map(|seconds| Duration::from_secs(seconds).min(MAX_WAIT))
+    else {
+        return Ok(None);
+    };
+    match seconds.trim().parse::<u64>() {
+        Ok(seconds) if seconds <= MAX_WAIT.as_secs() => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(Status::invalid_argument(format!(
+            "Prefer: wait={seconds} is not a wait this server holds: whole seconds from 0 to {}",
+            MAX_WAIT.as_secs()
+        ))),
+    }
 }
 
 /// An `If-Match` entity tag, parsed: `"<version>-<revision>-<digest hex>"`.

@@ -21,7 +21,6 @@ pub use alerts::AlertedRollouts;
 pub use rollouts::Control;
 pub use schedules::ScheduleControl;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,11 +32,9 @@ use tempfile::NamedTempFile;
 
 use crate::config::{RolloutSettings, ScheduleSettings};
 use crate::domain::chain::Checkpoint;
-use crate::domain::rego::BundleRoots;
 use crate::domain::rollout::{MetricsSource, RevisionChange};
 use crate::domain::{
-    ActivationOutcome, ActiveBundle, Error, EventKind, Namespace, RequestContext, Result,
-    VersionRecord,
+    ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
 };
 use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
@@ -94,8 +91,8 @@ pub struct PolicyHub {
     /// The analyses' measurements being taken.
     measuring: Arc<analyses::Measuring>,
     /// The namespaces served to OPA, whose policies are Rego policies,
-    /// with the bundle roots each one's bundle owns.
-    opa_namespaces: Arc<BTreeMap<Namespace, BundleRoots>>,
+    /// and their bundles.
+    opa: Arc<rego::Opa>,
 }
 
 /// The signing key, the JWKS and the revoked keys, which change together.
@@ -222,7 +219,7 @@ impl PolicyHub {
             witnesses: None,
             metrics_source: None,
             measuring: Arc::default(),
-            opa_namespaces: Arc::default(),
+            opa: Arc::default(),
         };
         hub.repository.read_newest_checkpoint().await?;
         hub.show_checkpoint();

@@ -1,28 +1,146 @@
-//! Rego policies (docs/src/guides/opa.md): the namespaces served to OPA,
-//! and the check every body of theirs passes before it is stored or
-//! signed.
+//! Rego policies and OPA (docs/src/guides/opa.md): the namespaces served
+//! to OPA, the check every body of theirs passes before it is stored or
+//! signed, and their bundles, built once per revision from the index and
+//! served from memory.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
 
 use crate::domain::rego::{self, BundleRoots};
-use crate::domain::{Namespace, PolicyBody, Result};
+use crate::domain::{Error, Namespace, PolicyBody, Result};
+use crate::opa::{self, OpaBundle};
+use crate::signing::{BundleClaims, OpaSigningKey};
+use crate::watch::NamespaceIndex;
 
 use super::PolicyHub;
 
+/// The namespaces served to OPA, the keys their bundles are signed with,
+/// and the bundle last built for each.
+#[derive(Default)]
+pub(super) struct Opa {
+    namespaces: BTreeMap<Namespace, BundleRoots>,
+    /// The first signs; every one is published.
+    keys: Vec<OpaSigningKey>,
+    built: Mutex<HashMap<Namespace, Arc<Built>>>,
+}
+
+/// A namespace's bundle at one revision, built by the first request that
+/// wants it while the others wait for it.
+struct Built {
+    revision: u64,
+    bundle: OnceCell<Arc<OpaBundle>>,
+}
+
 impl PolicyHub {
     /// Serves `namespaces` to OPA: their policies are Rego policies, whose
-    /// packages lie under each namespace's bundle roots.
-    pub fn with_opa_namespaces(mut self, namespaces: BTreeMap<Namespace, BundleRoots>) -> Self {
-        self.opa_namespaces = Arc::new(namespaces);
+    /// packages lie under each namespace's bundle roots, and their bundles
+    /// are signed with the first of `keys`.
+    pub fn with_opa(
+        mut self,
+        namespaces: BTreeMap<Namespace, BundleRoots>,
+        keys: Vec<OpaSigningKey>,
+    ) -> Self {
+        self.opa = Arc::new(Opa {
+            namespaces,
+            keys,
+            built: Mutex::default(),
+        });
         self
     }
 
     /// Checks `body` as a Rego policy when `namespace` is served to OPA.
     pub(super) fn check_rego(&self, namespace: &Namespace, body: &PolicyBody) -> Result<()> {
-        match self.opa_namespaces.get(namespace) {
+        match self.opa.namespaces.get(namespace) {
             Some(roots) => rego::check_policy(body.value(), roots),
             None => Ok(()),
         }
     }
+
+    /// The keys OPA bundles are signed with, the signer first.
+    pub fn opa_signing_keys(&self) -> &[OpaSigningKey] {
+        &self.opa.keys
+    }
+
+    /// The bundle of `namespace` as it stands in the index: its active
+    /// policies' modules and data, at the revision that last changed them.
+    /// Built once per revision; every request for it meanwhile waits for
+    /// that one build.
+    pub async fn opa_bundle(&self, namespace: &Namespace) -> Result<Arc<OpaBundle>> {
+        let (Some(roots), Some(key)) = (self.opa.namespaces.get(namespace), self.opa.keys.first())
+        else {
+            return Err(Error::NotFound(format!(
+                "namespace {namespace} is not served to OPA (opa.namespaces in the server's \
+                 settings)"
+            )));
+        };
+        let snapshot = self.index.snapshot();
+        let index = snapshot
+            .namespaces
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default();
+        let built = {
+            let mut built = self.opa.built.lock().expect("no panic holds this lock");
+            match built.get(namespace) {
+                Some(found) if found.revision == index.revision => found.clone(),
+                _ => {
+                    let fresh = Arc::new(Built {
+                        revision: index.revision,
+                        bundle: OnceCell::new(),
+                    });
+                    built.insert(namespace.clone(), fresh.clone());
+                    fresh
+                }
+            }
+        };
+        built
+            .bundle
+            .get_or_try_init(|| async { build(namespace, roots, &index, key).map(Arc::new) })
+            .await
+            .cloned()
+    }
+}
+
+/// The bundle of the stable policies of `index`.
+fn build(
+    namespace: &Namespace,
+    roots: &BundleRoots,
+    index: &NamespaceIndex,
+    key: &OpaSigningKey,
+) -> Result<OpaBundle> {
+    let mut bodies = Vec::with_capacity(index.policies.len());
+    let mut versions = Map::new();
+    for (name, indexed) in &index.policies {
+        let claims = claims(&indexed.bundle.jws)?;
+        versions.insert(name.to_string(), Value::from(claims.ver));
+        bodies.push((name, claims.body));
+    }
+    let content = rego::compose(bodies.iter().map(|(name, body)| (*name, body)))?;
+    opa::build(
+        namespace,
+        index.revision,
+        roots,
+        &content,
+        versions,
+        key,
+        chrono::Utc::now().timestamp(),
+    )
+}
+
+/// The claims of a bundle this server signed.
+fn claims(jws: &str) -> Result<BundleClaims> {
+    let unreadable =
+        |why: String| Error::Internal(format!("an active bundle is unreadable: {why}"));
+    let payload = jws
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| unreadable("not a JWS".into()))?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|error| unreadable(error.to_string()))?;
+    serde_json::from_slice(&payload).map_err(|error| unreadable(error.to_string()))
 }

@@ -26,7 +26,9 @@ use crate::domain::subscription::WebhookSecret;
 use crate::domain::{PolicyBody, Requirement};
 
 mod note;
+mod opa;
 pub use note::verifier_key;
+pub use opa::{OPA_ALGORITHM, OpaSigningKey, load_opa_keys};
 
 /// File name of the key generated on first start when none is configured.
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";

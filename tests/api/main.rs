@@ -32,6 +32,7 @@ mod login;
 mod malformed;
 mod observability;
 mod oidc;
+mod opa;
 mod openapi_contract;
 mod openfeature;
 mod operations;

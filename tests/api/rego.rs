@@ -119,6 +119,11 @@ async fn a_module_that_does_not_compile_is_refused_naming_its_file_line_and_colu
             "body.policy",
             "holds only `modules`",
         ),
+        (
+            json!({"data": {"billing": {"max": 1}}}),
+            "body.data.billing",
+            "is not under the namespace's bundle roots (payments)",
+        ),
     ];
     for (body, field, said) in cases {
         let refused = app.try_draft("payments", "authz", body).await;

@@ -113,6 +113,8 @@ pub enum Rpc {
     GetActive,
     WatchActive,
     GetSigningKeys,
+    GetOpaBundle,
+    GetOpaSigningKeys,
     GetConsistencyProof,
     GetRestoreProof,
     GetBundleProof,
@@ -152,7 +154,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 52] = [
+    pub const ALL: [Rpc; 54] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -170,6 +172,8 @@ impl Rpc {
         Rpc::GetActive,
         Rpc::WatchActive,
         Rpc::GetSigningKeys,
+        Rpc::GetOpaBundle,
+        Rpc::GetOpaSigningKeys,
         Rpc::GetConsistencyProof,
         Rpc::GetRestoreProof,
         Rpc::GetBundleProof,
@@ -244,6 +248,7 @@ impl Rpc {
         !matches!(
             self,
             Rpc::GetSigningKeys
+                | Rpc::GetOpaSigningKeys
                 | Rpc::GetConsistencyProof
                 | Rpc::GetRestoreProof
                 | Rpc::RotateSigningKey
@@ -269,6 +274,8 @@ impl Rpc {
             | Rpc::GetActive
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
+            | Rpc::GetOpaBundle
+            | Rpc::GetOpaSigningKeys
             | Rpc::GetConsistencyProof
             | Rpc::GetRestoreProof
             | Rpc::GetBundleProof

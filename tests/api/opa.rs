@@ -1,0 +1,514 @@
+//! policyhub as the bundle server of real OPAs (docs/src/guides/opa.md):
+//! OPA v1.22.3, built by `scripts/install-opa`, downloads a namespace's
+//! bundle with its own bundle plugin, verifies its signature with the key
+//! policyhub publishes, and decides with it; an activation reaches every
+//! waiting OPA through long polling, far inside the poll interval; a bundle
+//! altered on its way is refused by OPA's own verification while the OPA
+//! keeps deciding with the bundle it had. Bad requests get clear 4xx
+//! answers, the same on both backends, and change nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use policyhub::config::OpaNamespace;
+use policyhub::grpc::proto;
+use serde_json::{Value, json};
+
+use crate::auth::{Issuer, secured_app_on, with_token};
+use crate::helpers::{Backend, TestApp, free_port};
+use policyhub::grpc::convert::json_to_struct;
+
+crate::on_both_backends_given_the_backend!(
+    bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing,
+);
+
+/// The OPA `scripts/install-opa` built.
+fn opa_binary() -> PathBuf {
+    let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/opa/v1.22.3/opa");
+    assert!(binary.exists(), "OPA is missing: run ./scripts/install-opa");
+    binary
+}
+
+/// A server with authentication on and its HTTP port, serving `payments`
+/// to OPA.
+async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
+    secured_app_on(backend, issuer, |settings| {
+        settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.opa.namespaces = [(
+            "payments".to_owned(),
+            OpaNamespace {
+                roots: vec!["payments".into()],
+            },
+        )]
+        .into();
+    })
+    .await
+}
+
+const ALLOW: &str = "package payments.authz\n\n\
+    default allow := false\n\n\
+    allow if input.amount <= data.payments.limits.max\n";
+
+/// Drafts, publishes and activates `payments/authz` with a limit of `max`.
+async fn activate_limit(app: &TestApp, token: &str, max: u64) {
+    let mut policy = app.policy.clone();
+    let body = json!({
+        "modules": {"authz/allow.rego": ALLOW},
+        "data": {"payments": {"limits": {"max": max, "note": "<&>\u{2028}\u{8}"}}},
+    });
+    policy
+        .draft(with_token(
+            proto::DraftRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                body: Some(json_to_struct(&body)),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+    policy
+        .publish(with_token(
+            proto::PublishRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                activate: true,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+/// A running OPA, killed when dropped.
+struct Opa {
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Opa {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Opa {
+    /// An OPA whose one service is `service` (a policyhub HTTP port's
+    /// `/v1/opa`), following bundle `payments` with `token`, verifying it
+    /// with `keys` (GetOpaSigningKeys), polling at most every minute and
+    /// long-polling for 30 s.
+    async fn start(service: &str, token: &str, keys: &[proto::OpaSigningKey]) -> Opa {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|key| {
+                (
+                    key.key_id.clone(),
+                    json!({"algorithm": key.algorithm, "key": key.public_key_pem}),
+                )
+            })
+            .collect();
+        let config = json!({
+            "services": {"policyhub": {
+                "url": service,
+                "credentials": {"bearer": {"token": token}},
+            }},
+            "bundles": {"payments": {
+                "service": "policyhub",
+                "resource": "bundles/payments",
+                "polling": {
+                    "min_delay_seconds": 60,
+                    "max_delay_seconds": 120,
+                    "long_polling_timeout_seconds": 30,
+                },
+                "signing": {},
+            }},
+            "keys": keys,
+        });
+        // OPA reads YAML, of which JSON is a part.
+        let config_file = dir.path().join("config.yaml");
+        std::fs::write(&config_file, config.to_string()).unwrap();
+        let port = free_port();
+        let child = Command::new(opa_binary())
+            .args(["run", "--server", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--config-file")
+            .arg(&config_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Opa {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+
+    /// What `data.payments.authz.allow` decides for `amount`, if OPA has
+    /// a bundle.
+    async fn allows(&self, amount: u64) -> Option<bool> {
+        let answer = reqwest::Client::new()
+            .post(format!(
+                "http://{}/v1/data/payments/authz/allow",
+                self.address
+            ))
+            .json(&json!({"input": {"amount": amount}}))
+            .send()
+            .await
+            .ok()?
+            .json::<Value>()
+            .await
+            .ok()?;
+        answer["result"].as_bool()
+    }
+
+    /// Waits until `amount` is decided `allowed`, for at most `within`.
+    async fn decides(&self, amount: u64, allowed: bool, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.allows(amount).await == Some(allowed) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "OPA did not decide {allowed} for {amount} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn opa_keys(app: &TestApp, token: &str) -> Vec<proto::OpaSigningKey> {
+    app.bundle
+        .clone()
+        .get_opa_signing_keys(with_token(proto::GetOpaSigningKeysRequest {}, token))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_opa_decides_with_an_activation_through_long_polling() {
+    let issuer = Issuer::new();
+    let app = server(Backend::Sqlite, &issuer).await;
+    let admin = issuer.token("ci", &["payments:admin"]);
+    let reader = issuer.token("opa", &["payments:reader"]);
+    activate_limit(&app, &admin, 500).await;
+    let keys = opa_keys(&app, &reader).await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].algorithm, "ES256");
+
+    let service = format!("http://{}/v1/opa", app.http_address.unwrap());
+    let mut opas = Vec::new();
+    for _ in 0..3 {
+        opas.push(Opa::start(&service, &reader, &keys).await);
+    }
+    for opa in &opas {
+        opa.decides(400, true, Duration::from_secs(30)).await;
+        assert_eq!(opa.allows(600).await, Some(false));
+    }
+    // Each OPA now holds a long poll open; the activation answers it. The
+    // poll interval is a minute: only long polling decides within seconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    activate_limit(&app, &admin, 1000).await;
+    for opa in &opas {
+        let took = opa.decides(600, true, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+}
+
+/// An HTTP proxy in front of `upstream` that, while `tamper` is set,
+/// raises the limit inside every bundle it passes on, leaving the
+/// signature as it was.
+struct TamperingProxy {
+    address: SocketAddr,
+    tamper: Arc<AtomicBool>,
+    tampered: Arc<AtomicUsize>,
+}
+
+impl TamperingProxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let tamper = Arc::new(AtomicBool::new(false));
+        let tampered = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (tamper.clone(), tampered.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (client, flag, count) = (client.clone(), flag.clone(), count.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (client, flag, count) = (client.clone(), flag.clone(), count.clone());
+                        async move { forward(&client, upstream, request, &flag, &count).await }
+                    });
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                        .ok();
+                });
+            }
+        });
+        TamperingProxy {
+            address,
+            tamper,
+            tampered,
+        }
+    }
+}
+
+async fn forward(
+    client: &reqwest::Client,
+    upstream: SocketAddr,
+    request: hyper::Request<hyper::body::Incoming>,
+    tamper: &AtomicBool,
+    tampered: &AtomicUsize,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let mut forwarded = client.get(format!("http://{upstream}{}", request.uri()));
+    for (name, value) in request.headers() {
+        if name != "host" {
+            forwarded = forwarded.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let answer = forwarded.send().await.unwrap();
+    let mut response = hyper::Response::builder().status(answer.status().as_u16());
+    for (name, value) in answer.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            response = response.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let ok = answer.status() == reqwest::StatusCode::OK;
+    let mut body = answer.bytes().await.unwrap();
+    if ok && tamper.load(Ordering::SeqCst) {
+        body = raise_the_limit(&body);
+        tampered.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(response.body(Full::new(body)).unwrap())
+}
+
+/// The bundle with `data.json` rewritten to allow anything, every other
+/// file (the signature too) as it was.
+fn raise_the_limit(tarball: &[u8]) -> Bytes {
+    use std::io::Read as _;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if path.ends_with("data.json") {
+            bytes = json!({"payments": {"limits": {"max": u64::MAX}}})
+                .to_string()
+                .into_bytes();
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, &path, bytes.as_slice())
+            .unwrap();
+    }
+    Bytes::from(builder.into_inner().unwrap().finish().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_altered_on_its_way_is_refused_by_opa_which_keeps_its_own() {
+    let issuer = Issuer::new();
+    let app = server(Backend::Sqlite, &issuer).await;
+    let admin = issuer.token("ci", &["payments:admin"]);
+    let reader = issuer.token("opa", &["payments:reader"]);
+    activate_limit(&app, &admin, 500).await;
+    let keys = opa_keys(&app, &reader).await;
+    let proxy = TamperingProxy::start(app.http_address.unwrap()).await;
+    let opa = Opa::start(&format!("http://{}/v1/opa", proxy.address), &reader, &keys).await;
+    opa.decides(400, true, Duration::from_secs(30)).await;
+
+    proxy.tamper.store(true, Ordering::SeqCst);
+    activate_limit(&app, &admin, 1000).await;
+    let started = Instant::now();
+    while proxy.tampered.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "OPA asked for no bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // OPA refused the altered bundle (its data digest does not match the
+    // signature) and decides with the one it verified before.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(opa.allows(400).await, Some(true));
+    assert_eq!(opa.allows(600).await, Some(false));
+    assert_eq!(opa.allows(u64::MAX).await, Some(false));
+}
+
+/// `curl` of `path` on the HTTP port with `headers`: the status and body.
+fn curl(app: &TestApp, path: &str, headers: &[String]) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let output = command
+        .arg(format!("http://{}{path}", app.http_address.unwrap()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+async fn bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing(backend: Backend) {
+    let issuer = Issuer::new();
+    let app = server(backend, &issuer).await;
+    let admin = issuer.token("ci", &["payments:admin"]);
+    let reader = issuer.token("opa", &["payments:reader"]);
+    let stranger = issuer.token("other", &["billing:reader"]);
+    activate_limit(&app, &admin, 500).await;
+    let before = app.db_state().await;
+    let bearer = |token: &str| format!("Authorization: Bearer {token}");
+
+    let (code, _) = curl(&app, "/v1/opa/bundles/payments", &[bearer(&reader)]);
+    assert_eq!(code, 200);
+    let cases: [(&str, Vec<String>, u16, &str); 6] = [
+        ("/v1/opa/bundles/payments", vec![], 401, "no credentials"),
+        (
+            "/v1/opa/bundles/payments",
+            vec![bearer("not-a-token")],
+            401,
+            "invalid token",
+        ),
+        (
+            "/v1/opa/bundles/payments",
+            vec![bearer(&stranger)],
+            403,
+            "needs the reader role there",
+        ),
+        (
+            "/v1/opa/bundles/nowhere",
+            vec![bearer(&issuer.token("opa", &["*:reader"]))],
+            404,
+            "is not served to OPA",
+        ),
+        (
+            "/v1/opa/bundles/payments",
+            vec![bearer(&reader), "Prefer: wait=61".into()],
+            400,
+            "whole seconds from 0 to 60",
+        ),
+        (
+            "/v1/opa/bundles/payments",
+            vec![
+                bearer(&reader),
+                "Prefer: modes=snapshot,delta;wait=soon".into(),
+            ],
+            400,
+            "Prefer: wait=soon",
+        ),
+    ];
+    for (path, headers, expected, said) in cases {
+        let (code, body) = curl(&app, path, &headers);
+        assert_eq!(code, expected, "{path} {headers:?}: {body}");
+        assert!(body.contains(said), "{path} {headers:?}: {body}");
+    }
+    // A reader of a namespace not served to OPA is told so.
+    let (code, body) = curl(
+        &app,
+        "/v1/opa/bundles/billing",
+        &[bearer(&issuer.token("opa", &["billing:reader"]))],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("billing is not served to OPA"), "{body}");
+    assert_eq!(app.db_state().await, before, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_bundle_is_304_and_a_long_poll_answers_the_activation() {
+    let issuer = Issuer::new();
+    let app = server(Backend::Sqlite, &issuer).await;
+    let admin = issuer.token("ci", &["payments:admin"]);
+    let reader = issuer.token("opa", &["payments:reader"]);
+    activate_limit(&app, &admin, 500).await;
+    let url = format!(
+        "http://{}/v1/opa/bundles/payments",
+        app.http_address.unwrap()
+    );
+    let client = reqwest::Client::new();
+    let first = client.get(&url).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers()["content-type"],
+        "application/vnd.openpolicyagent.bundles"
+    );
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let again = client
+        .get(&url)
+        .bearer_auth(&reader)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+
+    let poll = client
+        .get(&url)
+        .bearer_auth(&reader)
+        .header("if-none-match", &etag)
+        .header("prefer", "modes=snapshot,delta;wait=30")
+        .send();
+    let activation = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        activate_limit(&app, &admin, 1000).await;
+    };
+    let started = Instant::now();
+    let (answer, ()) = tokio::join!(poll, activation);
+    let answer = answer.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_ne!(answer.headers()["etag"], etag.as_str());
+    // The new bundle: version 2 of the policy, as its manifest says.
+    let body = answer.bytes().await.unwrap();
+    let manifest = files(&body)
+        .into_iter()
+        .find(|(name, _)| name == ".manifest")
+        .map(|(_, bytes)| serde_json::from_slice::<Value>(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(
+        manifest["metadata"]["policyhub"]["policies"],
+        json!({"authz": 2})
+    );
+}
+
+/// A bundle's files by name.
+fn files(tarball: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read as _;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));
+    archive
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
