@@ -124,6 +124,31 @@ def test_alg_none_is_refused() -> None:
         verify_bundle(unsigned, Jwks((signer.jwk,)))
 
 
+def test_a_compact_jws_is_read_strictly() -> None:
+    """Critical extensions, which policyhub never writes, are refused, as
+    are segments that are not base64url, and a JWS of other than three
+    segments; a good bundle still verifies after a key was seen before."""
+    signer = Signer()
+    jwks = Jwks((signer.jwk,))
+    good = signer.bundle("ns/a", 1, {"a": 1})
+    assert verify_bundle(good, jwks).body == {"a": 1}
+    assert verify_bundle(good, jwks).body == {"a": 1}
+    with pytest.raises(VerifyError, match="critical extensions"):
+        verify_bundle(signer.bundle("ns/a", 1, {"a": 1}, crit=["exp"], exp=1), jwks)
+    header, payload, signature = good.split(".")
+    for bad in (
+        f"{header}.{payload}.{signature[:-2]}!!",
+        f"{header}.{payload}+.{signature}",
+        f"{header}.{payload}.{signature}=",
+    ):
+        with pytest.raises(VerifyError, match="signature check failed"):
+            verify_bundle(bad, jwks)
+    with pytest.raises(VerifyError, match="not a signed document"):
+        verify_bundle(f"{header}.{payload}", jwks)
+    with pytest.raises(VerifyError, match="not a signed document"):
+        verify_bundle(f"{header}*.{payload}.{signature}", jwks)
+
+
 def test_a_digest_that_does_not_match_the_body_is_refused() -> None:
     signer = Signer()
     claims = {"sub": "ns/a", "ver": 1, "digest": digest_of({"a": 1}), "body": {"a": 2}}

@@ -11,10 +11,10 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { type KeyObject, createHash, createPublicKey, verify as verifyEd25519 } from "node:crypto";
 
 import canonicalizeModule from "canonicalize";
-import { compactVerify, decodeProtectedHeader, importJWK } from "jose";
+import { decodeProtectedHeader } from "jose";
 
 /** The JWS `typ` header of every bundle. */
 export const BUNDLE_TYPE = "policyhub-bundle+jwt";
@@ -99,8 +99,21 @@ export function knows(jwks: Jwks, kid: string): boolean {
   return jwks.keys.some((key) => key.kid === kid);
 }
 
+/**
+ * The key ids of the JWSs read last: a message's bundles and checkpoint are
+ * asked for theirs several times over (revoked? known? which key verifies
+ * it?), and a header is decoded once. Bounded: the strings it holds are
+ * the few of the messages just read.
+ */
+const keyIds = new Map<string, string>();
+const KEY_IDS_HELD = 16;
+
 /** The key id a JWS's header names, without verifying anything. */
 export function keyId(jws: string): string {
+  const known = keyIds.get(jws);
+  if (known !== undefined) {
+    return known;
+  }
   let header;
   try {
     header = decodeProtectedHeader(jws);
@@ -110,6 +123,10 @@ export function keyId(jws: string): string {
   if (typeof header.kid !== "string" || header.kid === "") {
     throw new VerifyError('signed by unknown key ""');
   }
+  if (keyIds.size >= KEY_IDS_HELD) {
+    keyIds.clear();
+  }
+  keyIds.set(jws, header.kid);
   return header.kid;
 }
 
@@ -121,12 +138,37 @@ function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** A segment of a compact JWS: base64url, without padding. */
+const BASE64URL = /^[A-Za-z0-9_-]*$/u;
+
+/**
+ * The Ed25519 public keys of the JWKS seen, by their `x`: a key is imported
+ * once, not at every signature it checks. Bounded: a server that rotates
+ * keys forever does not grow it forever.
+ */
+const importedKeys = new Map<string, KeyObject>();
+const IMPORTED_KEYS_HELD = 64;
+
+/** The public key a JWK of Ed25519 names, imported once. */
+export function ed25519PublicKey(x: string): KeyObject {
+  let key = importedKeys.get(x);
+  if (key === undefined) {
+    key = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x }, format: "jwk" });
+    if (importedKeys.size >= IMPORTED_KEYS_HELD) {
+      importedKeys.clear();
+    }
+    importedKeys.set(x, key);
+  }
+  return key;
+}
+
 /**
  * Checks a JWS of policyhub's formats offline: its `typ` header is `typ`,
  * its algorithm EdDSA, its key one of `jwks`, its signature good; returns
- * its payload, parsed.
+ * its payload, parsed. A header that names critical extensions (RFC 7515
+ * §4.1.11), which policyhub never writes, is refused.
  */
-export async function verifySignature(jws: string, typ: string, jwks: Jwks): Promise<JsonObject> {
+export function verifySignature(jws: string, typ: string, jwks: Jwks): JsonObject {
   let header;
   try {
     header = decodeProtectedHeader(jws);
@@ -144,16 +186,36 @@ export async function verifySignature(jws: string, typ: string, jwks: Jwks): Pro
   if (jwk === undefined) {
     throw new VerifyError(`signed by unknown key ${JSON.stringify(kid)}`);
   }
-  let payload: Uint8Array;
+  if (header.crit !== undefined) {
+    throw new VerifyError(`signature check failed: critical extensions ${JSON.stringify(header.crit)} are not understood`);
+  }
+  const parts = jws.split(".");
+  const [protectedHeader, encodedPayload, encodedSignature] = parts;
+  if (
+    parts.length !== 3 ||
+    protectedHeader === undefined ||
+    encodedPayload === undefined ||
+    encodedSignature === undefined ||
+    !BASE64URL.test(protectedHeader) ||
+    !BASE64URL.test(encodedPayload) ||
+    !BASE64URL.test(encodedSignature)
+  ) {
+    throw new VerifyError("signature check failed: not a compact JWS of base64url segments");
+  }
+  let good: boolean;
   try {
-    const key = await importJWK({ kty: jwk.kty, crv: jwk.crv, x: jwk.x }, "EdDSA");
-    ({ payload } = await compactVerify(jws, key, { algorithms: ["EdDSA"] }));
+    const key = ed25519PublicKey(jwk.x);
+    const signingInput = Buffer.from(`${protectedHeader}.${encodedPayload}`, "latin1");
+    good = verifyEd25519(null, signingInput, key, Buffer.from(encodedSignature, "base64url"));
   } catch (error) {
     throw new VerifyError(`signature check failed: ${message(error)}`);
   }
+  if (!good) {
+    throw new VerifyError("signature check failed: signature verification failed");
+  }
   let claims: unknown;
   try {
-    claims = JSON.parse(new TextDecoder().decode(payload));
+    claims = JSON.parse(Buffer.from(encodedPayload, "base64url").toString("utf8"));
   } catch (error) {
     throw new VerifyError(`not a signed bundle: its payload is not JSON: ${message(error)}`);
   }
@@ -193,8 +255,15 @@ function bundleClaims(payload: JsonObject): BundleClaims {
  * Verifies a bundle offline against a JWKS: header type, algorithm, key,
  * signature, and that the digest claim matches the body.
  */
-export async function verify(jws: string, jwks: Jwks): Promise<BundleClaims> {
-  const claims = bundleClaims(await verifySignature(jws, BUNDLE_TYPE, jwks));
+export function verify(jws: string, jwks: Jwks): Promise<BundleClaims> {
+  return new Promise((resolve) => {
+    resolve(verifyBundle(jws, jwks));
+  });
+}
+
+/** {@link verify}, at once. */
+function verifyBundle(jws: string, jwks: Jwks): BundleClaims {
+  const claims = bundleClaims(verifySignature(jws, BUNDLE_TYPE, jwks));
   const actual = digestOfCanonical(canonicalJson(claims.body));
   if (actual !== claims.digest) {
     throw new VerifyError(
@@ -221,8 +290,15 @@ export interface Envelope {
  * body its envelope names: a valid bundle of another policy, or an old
  * version replayed under a new envelope, is refused.
  */
-export async function verifyEnvelope(jws: string, envelope: Envelope, jwks: Jwks): Promise<BundleClaims> {
-  const claims = await verify(jws, jwks);
+export function verifyEnvelope(jws: string, envelope: Envelope, jwks: Jwks): Promise<BundleClaims> {
+  return new Promise((resolve) => {
+    resolve(verifyEnvelopeNow(jws, envelope, jwks));
+  });
+}
+
+/** {@link verifyEnvelope}, at once. */
+function verifyEnvelopeNow(jws: string, envelope: Envelope, jwks: Jwks): BundleClaims {
+  const claims = verifyBundle(jws, jwks);
   const expected = `${envelope.namespace}/${envelope.name}`;
   if (claims.sub !== expected) {
     throw new VerifyError(`the bundle for ${expected} is signed for ${claims.sub}`);

@@ -13,9 +13,9 @@
  * @module
  */
 
-import { createHash, createPublicKey, verify as ed25519Verify, type KeyObject } from "node:crypto";
+import { createHash, verify as ed25519Verify, type KeyObject } from "node:crypto";
 
-import type { Jwks } from "./bundle.js";
+import { type Jwks, ed25519PublicKey } from "./bundle.js";
 
 /** The signature type of an Ed25519 note signature. */
 const ED25519 = 0x01;
@@ -69,10 +69,27 @@ export function noteKeyId(name: string, type: number, publicKey: Uint8Array): nu
 }
 
 function ed25519Key(raw: Uint8Array): KeyObject {
-  return createPublicKey({
-    key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(raw).toString("base64url") },
-    format: "jwk",
-  });
+  return ed25519PublicKey(Buffer.from(raw).toString("base64url"));
+}
+
+/**
+ * The key ids of the log's keys under each origin, by origin and key: a
+ * hash computed once, not at every checkpoint. Bounded as the keys are.
+ */
+const logKeyIds = new Map<string, number>();
+const LOG_KEY_IDS_HELD = 64;
+
+function logKeyId(origin: string, raw: Buffer): number {
+  const cacheKey = `${origin}\n${raw.toString("hex")}`;
+  let id = logKeyIds.get(cacheKey);
+  if (id === undefined) {
+    id = noteKeyId(origin, ED25519, raw);
+    if (logKeyIds.size >= LOG_KEY_IDS_HELD) {
+      logKeyIds.clear();
+    }
+    logKeyIds.set(cacheKey, id);
+  }
+  return id;
 }
 
 /** Something that checks the signatures of one name and key id. */
@@ -112,7 +129,7 @@ export function verifyLogSignature(note: Note, origin: string, jwks: Jwks): void
     const key = ed25519Key(raw);
     verifiers.push({
       name: origin,
-      id: noteKeyId(origin, ED25519, raw),
+      id: logKeyId(origin, raw),
       verify: (text, signature) => ed25519Verify(null, Buffer.from(text), key, signature),
     });
   }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, sign as signBytes } from "node:crypto";
 import { test } from "node:test";
 
 import { CompactSign, exportJWK } from "jose";
@@ -67,4 +67,25 @@ test("alg none, an unknown key, another type, a bad signature and a wrong digest
   await assert.rejects(verify(await sign(privateKey, header, claims({ a: 1 }, { digest: "sha256:00" })), jwks), /does not match the body/);
   await assert.rejects(verify(await sign(privateKey, header, claims({ a: 1 }, { ver: "3" })), jwks), /ver is not a version number/);
   await assert.rejects(verify("not a jws", jwks), /not a signed bundle/);
+});
+
+test("a compact JWS is read strictly: critical extensions, segments not base64url and other than three segments are refused", async () => {
+  const { privateKey, kid, jwks } = await keyPair();
+  const header = { alg: "EdDSA", kid, typ: "policyhub-bundle+jwt" };
+  const good = await sign(privateKey, header, claims({ a: 1 }));
+  // A key seen before verifies again.
+  assert.deepEqual((await verify(good, jwks)).body, { a: 1 });
+  assert.deepEqual((await verify(good, jwks)).body, { a: 1 });
+  // Signed by hand: jose signs no extension it does not know either.
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const input = `${encode({ ...header, crit: ["exp"], exp: 1 })}.${encode(claims({ a: 1 }))}`;
+  const critical = `${input}.${signBytes(null, Buffer.from(input), privateKey).toString("base64url")}`;
+  await assert.rejects(verify(critical, jwks), /critical extensions \["exp"\]/);
+  const [h, p, s] = good.split(".");
+  for (const bad of [`${h}.${p}.${s.slice(0, -2)}!!`, `${h}.${p}+.${s}`, `${h}.${p}.${s}=`]) {
+    await assert.rejects(verify(bad, jwks), /signature check failed/);
+  }
+  for (const bad of [`${h}.${p}`, `${h}.${p}.${s}.${s}`, `${h}*.${p}.${s}`]) {
+    await assert.rejects(verify(bad, jwks), /not a signed bundle/);
+  }
 });

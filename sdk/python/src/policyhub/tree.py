@@ -16,6 +16,7 @@ runtime may require K of N of them before it takes a checkpoint.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import struct
@@ -138,6 +139,7 @@ class Note:
         return Note(text, tuple(signatures))
 
 
+@functools.lru_cache(maxsize=64)
 def note_key_id(name: str, key: bytes) -> int:
     """A signed-note key id: the first four bytes of SHA-256(name \\n key)."""
     (key_id,) = struct.unpack(">I", hashlib.sha256(name.encode() + b"\n" + key).digest()[:4])
