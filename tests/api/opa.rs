@@ -4,7 +4,9 @@
 //! policyhub publishes, and decides with it; an activation reaches every
 //! waiting OPA through long polling, far inside the poll interval; a bundle
 //! altered on its way is refused by OPA's own verification while the OPA
-//! keeps deciding with the bundle it had. Bad requests get clear 4xx
+//! keeps deciding with the bundle it had; OPAs keep deciding while
+//! policyhub is killed with SIGKILL, and take the next activation once it
+//! is back. Bad requests get clear 4xx
 //! answers, the same on both backends, and change nothing.
 
 use std::net::SocketAddr;
@@ -21,8 +23,10 @@ use policyhub::grpc::proto;
 use serde_json::{Value, json};
 
 use crate::auth::{Issuer, secured_app_on, with_token};
-use crate::helpers::{Backend, TestApp, free_port};
+use crate::helpers::{Backend, TestApp, free_port, send_signal, spawn_binary_server_on};
 use policyhub::grpc::convert::json_to_struct;
+
+type PolicyClient = proto::policy_service_client::PolicyServiceClient<tonic::transport::Channel>;
 
 crate::on_both_backends_given_the_backend!(
     bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing,
@@ -55,9 +59,11 @@ const ALLOW: &str = "package payments.authz\n\n\
     default allow := false\n\n\
     allow if input.amount <= data.payments.limits.max\n";
 
-/// Drafts, publishes and activates `payments/authz` with a limit of `max`.
-async fn activate_limit(app: &TestApp, token: &str, max: u64) {
-    let mut policy = app.policy.clone();
+/// Drafts, publishes and activates `payments/authz` with a limit of `max`,
+/// as `token`'s holder (none for `""`). The data's note holds what Go's
+/// JSON escapes differently from others (`<&>`, U+2028, a backspace), so
+/// OPA's digest of it is checked on every bundle.
+async fn activate(policy: &mut PolicyClient, token: &str, max: u64) {
     let body = json!({
         "modules": {"authz/allow.rego": ALLOW},
         "data": {"payments": {"limits": {"max": max, "note": "<&>\u{2028}\u{8}"}}},
@@ -88,6 +94,10 @@ async fn activate_limit(app: &TestApp, token: &str, max: u64) {
         .unwrap();
 }
 
+async fn activate_limit(app: &TestApp, token: &str, max: u64) {
+    activate(&mut app.policy.clone(), token, max).await;
+}
+
 /// A running OPA, killed when dropped.
 struct Opa {
     child: Child,
@@ -104,7 +114,8 @@ impl Drop for Opa {
 
 impl Opa {
     /// An OPA whose one service is `service` (a policyhub HTTP port's
-    /// `/v1/opa`), following bundle `payments` with `token`, verifying it
+    /// `/v1/opa`), following bundle `payments` with `token` (none for
+    /// `""`), verifying it
     /// with `keys` (GetOpaSigningKeys), polling at most every minute and
     /// long-polling for 30 s.
     async fn start(service: &str, token: &str, keys: &[proto::OpaSigningKey]) -> Opa {
@@ -118,11 +129,12 @@ impl Opa {
                 )
             })
             .collect();
+        let mut policyhub = json!({"url": service});
+        if !token.is_empty() {
+            policyhub["credentials"] = json!({"bearer": {"token": token}});
+        }
         let config = json!({
-            "services": {"policyhub": {
-                "url": service,
-                "credentials": {"bearer": {"token": token}},
-            }},
+            "services": {"policyhub": policyhub},
             "bundles": {"payments": {
                 "service": "policyhub",
                 "resource": "bundles/payments",
@@ -511,4 +523,62 @@ fn files(tarball: &[u8]) -> Vec<(String, Vec<u8>)> {
             (name, bytes)
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opas_keep_deciding_while_policyhub_is_killed_and_resume_when_it_is_back() {
+    let data = tempfile::tempdir().unwrap();
+    let (port, http_port) = (free_port(), free_port());
+    let env = [
+        ("POLICYHUB_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
+        (
+            "POLICYHUB_OPA__NAMESPACES__PAYMENTS__ROOTS",
+            r#"["payments"]"#.to_owned(),
+        ),
+    ];
+    let (server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let app = |channel: tonic::transport::Channel| {
+        (
+            proto::policy_service_client::PolicyServiceClient::new(channel.clone()),
+            proto::bundle_service_client::BundleServiceClient::new(channel),
+        )
+    };
+    let (mut policy, mut bundle) = app(channel);
+    activate(&mut policy, "", 500).await;
+    let keys = bundle
+        .get_opa_signing_keys(proto::GetOpaSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let service = format!("http://127.0.0.1:{http_port}/v1/opa");
+    let opas = [
+        Opa::start(&service, "", &keys).await,
+        Opa::start(&service, "", &keys).await,
+    ];
+    for opa in &opas {
+        opa.decides(400, true, Duration::from_secs(30)).await;
+    }
+
+    send_signal(&server, "-KILL");
+    let mut server = server;
+    server.wait().unwrap();
+    for _ in 0..5 {
+        for opa in &opas {
+            assert_eq!(opa.allows(400).await, Some(true));
+            assert_eq!(opa.allows(600).await, Some(false));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Back on its ports and data (the OPA signing key with it), the server
+    // answers the OPAs' next attempt with the new activation.
+    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let (mut policy, _) = app(channel);
+    activate(&mut policy, "", 1000).await;
+    for opa in &opas {
+        opa.decides(600, true, Duration::from_secs(20)).await;
+    }
+    server.kill().ok();
+    server.wait().ok();
 }
