@@ -55,6 +55,29 @@ async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
     .await
 }
 
+/// A [`server`] with a limit of 500 active, and the tokens of its admin and
+/// of its OPAs (readers of `payments`).
+struct Served {
+    issuer: Issuer,
+    app: TestApp,
+    admin: String,
+    reader: String,
+}
+
+async fn served(backend: Backend) -> Served {
+    let issuer = Issuer::new();
+    let app = server(backend, &issuer).await;
+    let admin = issuer.token("ci", &["payments:admin"]);
+    let reader = issuer.token("opa", &["payments:reader"]);
+    activate_limit(&app, &admin, 500).await;
+    Served {
+        issuer,
+        app,
+        admin,
+        reader,
+    }
+}
+
 const ALLOW: &str = "package payments.authz\n\n\
     default allow := false\n\n\
     allow if input.amount <= data.payments.limits.max\n";
@@ -213,11 +236,12 @@ async fn opa_keys(app: &TestApp, token: &str) -> Vec<proto::OpaSigningKey> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_opa_decides_with_an_activation_through_long_polling() {
-    let issuer = Issuer::new();
-    let app = server(Backend::Sqlite, &issuer).await;
-    let admin = issuer.token("ci", &["payments:admin"]);
-    let reader = issuer.token("opa", &["payments:reader"]);
-    activate_limit(&app, &admin, 500).await;
+    let Served {
+        issuer: _issuer,
+        app,
+        admin,
+        reader,
+    } = served(Backend::Sqlite).await;
     let keys = opa_keys(&app, &reader).await;
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].algorithm, "ES256");
@@ -342,11 +366,12 @@ fn raise_the_limit(tarball: &[u8]) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_altered_on_its_way_is_refused_by_opa_which_keeps_its_own() {
-    let issuer = Issuer::new();
-    let app = server(Backend::Sqlite, &issuer).await;
-    let admin = issuer.token("ci", &["payments:admin"]);
-    let reader = issuer.token("opa", &["payments:reader"]);
-    activate_limit(&app, &admin, 500).await;
+    let Served {
+        issuer: _issuer,
+        app,
+        admin,
+        reader,
+    } = served(Backend::Sqlite).await;
     let keys = opa_keys(&app, &reader).await;
     let proxy = TamperingProxy::start(app.http_address.unwrap()).await;
     let opa = Opa::start(&format!("http://{}/v1/opa", proxy.address), &reader, &keys).await;
@@ -387,12 +412,13 @@ fn curl(app: &TestApp, path: &str, headers: &[String]) -> (u16, String) {
 }
 
 async fn bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing(backend: Backend) {
-    let issuer = Issuer::new();
-    let app = server(backend, &issuer).await;
-    let admin = issuer.token("ci", &["payments:admin"]);
-    let reader = issuer.token("opa", &["payments:reader"]);
+    let Served {
+        issuer,
+        app,
+        admin: _,
+        reader,
+    } = served(backend).await;
     let stranger = issuer.token("other", &["billing:reader"]);
-    activate_limit(&app, &admin, 500).await;
     let before = app.db_state().await;
     let bearer = |token: &str| format!("Authorization: Bearer {token}");
 
@@ -452,11 +478,12 @@ async fn bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing(bac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_bundle_is_304_and_a_long_poll_answers_the_activation() {
-    let issuer = Issuer::new();
-    let app = server(Backend::Sqlite, &issuer).await;
-    let admin = issuer.token("ci", &["payments:admin"]);
-    let reader = issuer.token("opa", &["payments:reader"]);
-    activate_limit(&app, &admin, 500).await;
+    let Served {
+        issuer: _issuer,
+        app,
+        admin,
+        reader,
+    } = served(Backend::Sqlite).await;
     let url = format!(
         "http://{}/v1/opa/bundles/payments",
         app.http_address.unwrap()
