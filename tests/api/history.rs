@@ -5,14 +5,22 @@
 //! independent verifier in Python built from the README's definition.
 //! Events written before the chain are sealed when the server starts.
 
-use policyhub::grpc::proto::{self, get_version_request::Selector};
+use std::net::SocketAddr;
+
+use policyhub::grpc::convert::json_to_struct;
+use policyhub::grpc::proto::{
+    self, get_version_request::Selector, policy_service_client::PolicyServiceClient,
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
 use tonic::Code;
+use tonic::transport::Channel;
 
+use crate::agent::Reaped;
 use crate::cli::{Run, policyhub};
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, expect_code, spawn_on, target, test_settings,
+    Backend, TestApp, TestDatabase, expect_code, free_port, spawn_binary_server_on, spawn_on,
+    target, test_settings,
 };
 
 crate::on_both_backends!(
@@ -216,19 +224,23 @@ async fn untouched_history_verifies_and_each_rewrite_names_the_first_broken_even
     verifies(&app);
 
     // A checkpoint forged into the table: its signature does not hold.
-    sql(
-        &db,
-        &[
+    // Removed by its id: the server's refresh may sign one after it.
+    let forged = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
             "INSERT INTO checkpoints (revision, last_event_id, chain_head, at, key_id, jws) \
-           SELECT revision + 1, last_event_id, chain_head, at, key_id, jws || 'A' \
-           FROM checkpoints WHERE id = (SELECT MAX(id) FROM checkpoints)",
-        ],
-    )
-    .await;
+             SELECT revision + 1, last_event_id, chain_head, at, key_id, jws || 'A' \
+             FROM checkpoints WHERE id = (SELECT MAX(id) FROM checkpoints) RETURNING id",
+        ))
+        .await
+        .unwrap()
+        .expect("the forged checkpoint's id")
+        .try_get::<i64>("", "id")
+        .unwrap();
     refused_saying(&app, "does not hold: signature check failed");
     sql(
         &db,
-        &["DELETE FROM checkpoints WHERE id = (SELECT MAX(id) FROM checkpoints)"],
+        &[&format!("DELETE FROM checkpoints WHERE id = {forged}")],
     )
     .await;
     verifies(&app);
@@ -480,36 +492,38 @@ async fn no_checkpoint_is_signed_over_events_rewritten_behind_the_servers_back(a
         "nothing signed over the rewrite"
     );
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
-    assert_not_serving(&app).await;
+    assert_not_serving(app.address).await;
     db.close().await.ok();
 }
 
-/// Health reports the replica not serving, within a few seconds.
-async fn assert_not_serving(app: &TestApp) {
+/// Health reports the replica at `address` not serving, within a few
+/// seconds.
+async fn assert_not_serving(address: SocketAddr) {
     assert_health(
-        app,
+        address,
         tonic_health::pb::health_check_response::ServingStatus::NotServing,
     )
     .await;
 }
 
-/// Health reports the replica serving, within a few seconds.
-async fn assert_serving(app: &TestApp) {
+/// Health reports the replica at `address` serving, within a few seconds.
+async fn assert_serving(address: SocketAddr) {
     assert_health(
-        app,
+        address,
         tonic_health::pb::health_check_response::ServingStatus::Serving,
     )
     .await;
 }
 
-/// Health reports `expected` for the policy service within a few seconds.
+/// Health reports `expected` for the policy service of the replica at
+/// `address` within a few seconds.
 async fn assert_health(
-    app: &TestApp,
+    address: SocketAddr,
     expected: tonic_health::pb::health_check_response::ServingStatus,
 ) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
         .await
@@ -648,7 +662,7 @@ async fn no_checkpoint_is_signed_over_a_log_tree_rewritten_behind_the_servers_ba
     );
     assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
     assert!(refused_total().await > refused_before);
-    assert_not_serving(&app).await;
+    assert_not_serving(app.address).await;
     db.close().await.ok();
 }
 
@@ -660,26 +674,87 @@ async fn a_connection_lost_while_signing_fails_that_write_and_leaves_the_replica
 /// How many times a connection is killed while the server signs.
 const KILLS_WHILE_SIGNING: usize = 50;
 
+/// Activates version `version` of team/limits, for `reason`.
+async fn activate(
+    policy: &mut PolicyServiceClient<Channel>,
+    version: u32,
+    reason: &str,
+) -> Result<proto::ActivateResponse, tonic::Status> {
+    let request = proto::ActivateRequest {
+        targets: vec![target("team", "limits", version)],
+        reason: reason.into(),
+        idempotency_key: String::new(),
+    };
+    Ok(policy.activate(request).await?.into_inner())
+}
+
+/// Drafts `body` as team/limits and publishes it active.
+async fn release_active(policy: &mut PolicyServiceClient<Channel>, body: serde_json::Value) {
+    policy
+        .draft(proto::DraftRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            body: Some(json_to_struct(&body)),
+            ..Default::default()
+        })
+        .await
+        .expect("draft");
+    policy
+        .publish(proto::PublishRequest {
+            namespace: "team".into(),
+            name: "limits".into(),
+            activate: true,
+            reason: "test publish".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+}
+
 /// The server's connection killed (`pg_terminate_backend`) while it reads
 /// the last checkpoint to sign the next one, again and again: each such
 /// write fails as a database error does, none is taken for a rewritten
 /// history (the refusal counter stays at 0) and the replica reports
 /// SERVING, while a real rewrite afterwards still takes it out of rotation.
+///
+/// The server runs as a process of its own (`policyhub serve`): the
+/// metrics registry is the process's, so a server inside the test process
+/// would count, on its metrics page, the refusals of every other test's
+/// server running beside it, such as the rewrites of this file's other
+/// scenarios.
 async fn a_lost_connection_is_no_rewrite(backend: Backend) {
     use crate::observability::{scrape, value_of};
     use sea_orm::TransactionTrait;
 
-    let app = spawn_for_a_long_log(backend).await;
-    app.release("team", "limits", json!({"max": 1}), true).await;
-    app.release("team", "limits", json!({"max": 2}), true).await;
-    let metrics = app.metrics_address.expect("a metrics port");
+    let database = TestDatabase::new(backend).await;
+    let (port, metrics_port) = (free_port(), free_port());
+    let env = [
+        ("POLICYHUB_DATABASE_URL", database.url.clone()),
+        (
+            "POLICYHUB_METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        ),
+        ("POLICYHUB_HEALTH_CHECK_INTERVAL", "1s".to_owned()),
+        // Writes as fast as the kills go, not the default 20 per second.
+        (
+            "POLICYHUB_QUOTAS__MUTATIONS_PER_SECOND",
+            "100000".to_owned(),
+        ),
+    ];
+    let (server, channel) = spawn_binary_server_on(port, database.data_dir.path(), &env).await;
+    let _server = Reaped(server);
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let mut policy = PolicyServiceClient::new(channel);
+    release_active(&mut policy, json!({"max": 1})).await;
+    release_active(&mut policy, json!({"max": 2})).await;
     let refused_total = async || {
         value_of(
             &scrape(metrics).await,
             "policyhub_checkpoints_refused_total",
         )
     };
-    let db = app.sql().await;
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
     for kill in 0..KILLS_WHILE_SIGNING {
         // The checkpoints held by a transaction of the test's: the server's
         // write, which has written its events (it holds a transaction id),
@@ -688,17 +763,11 @@ async fn a_lost_connection_is_no_rewrite(backend: Backend) {
         lock.execute_unprepared("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
             .await
             .unwrap();
-        let mut policy = app.policy.clone();
+        let mut writer = policy.clone();
+        // Each write fails, so version 2 stays active and each activation
+        // of version 1 is a revision to sign.
         let write = tokio::spawn(async move {
-            policy
-                .activate(proto::ActivateRequest {
-                    // Each write fails, so version 2 stays active and each
-                    // activation of version 1 is a revision to sign.
-                    targets: vec![target("team", "limits", 1)],
-                    reason: "a write whose connection is killed".into(),
-                    idempotency_key: String::new(),
-                })
-                .await
+            activate(&mut writer, 1, "a write whose connection is killed").await
         });
         let mut killed = false;
         for _ in 0..500 {
@@ -732,15 +801,15 @@ async fn a_lost_connection_is_no_rewrite(backend: Backend) {
         0.0,
         "a lost connection is no rewrite"
     );
-    assert_serving(&app).await;
-    let written = app.try_activate(vec![target("team", "limits", 1)]).await;
+    assert_serving(address).await;
+    let written = activate(&mut policy, 1, "test activation").await;
     assert!(written.is_ok(), "{written:?}");
 
     events_unguarded(&db, backend).await;
     sql(&db, &[REWRITE_NEWEST_EVENT]).await;
-    let refused = app.try_activate(vec![target("team", "limits", 2)]).await;
+    let refused = activate(&mut policy, 2, "test activation").await;
     expect_code(refused, Code::DataLoss);
     assert_eq!(refused_total().await, 1.0);
-    assert_not_serving(&app).await;
+    assert_not_serving(address).await;
     db.close().await.ok();
 }
