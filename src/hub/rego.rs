@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::domain::rego::{self, BundleRoots};
-use crate::domain::{Error, Namespace, PolicyBody, Result};
+use crate::domain::{Error, Namespace, PolicyBody, PolicyName, Result, VersionRecord};
 use crate::opa::{self, OpaBundle};
 use crate::signing::{BundleClaims, OpaSigningKey};
-use crate::watch::NamespaceIndex;
+use crate::watch::{ActiveIndex, NamespaceIndex};
 
 use super::PolicyHub;
 
@@ -60,6 +60,15 @@ impl PolicyHub {
         }
     }
 
+    /// What keeps pointer moves from leaving a namespace served to OPA
+    /// without a bundle.
+    pub(super) fn bundle_guard(&self) -> BundleGuard<'_> {
+        BundleGuard {
+            opa: &self.opa,
+            index: &self.index,
+        }
+    }
+
     /// The keys OPA bundles are signed with, the signer first.
     pub fn opa_signing_keys(&self) -> &[OpaSigningKey] {
         &self.opa.keys
@@ -102,6 +111,47 @@ impl PolicyHub {
             .get_or_try_init(|| async { build(namespace, roots, &index, key).map(Arc::new) })
             .await
             .cloned()
+    }
+}
+
+/// Refuses moving pointers of a namespace served to OPA to versions its
+/// bundle could not hold together with the policies active beside them
+/// (two giving one data path), before anything is written: every runtime
+/// would take the activation while every OPA was refused its bundle.
+#[derive(Clone, Copy)]
+pub(super) struct BundleGuard<'a> {
+    opa: &'a Opa,
+    index: &'a ActiveIndex,
+}
+
+impl BundleGuard<'_> {
+    /// Checks the bundles `versions` would make active.
+    pub(super) fn check(&self, versions: &[VersionRecord]) -> Result<()> {
+        let served = versions
+            .iter()
+            .map(|version| &version.policy.namespace)
+            .filter(|namespace| self.opa.namespaces.contains_key(*namespace))
+            .collect::<std::collections::BTreeSet<_>>();
+        if served.is_empty() {
+            return Ok(());
+        }
+        let snapshot = self.index.snapshot();
+        for namespace in served {
+            let mut bodies: BTreeMap<&PolicyName, Value> = BTreeMap::new();
+            if let Some(index) = snapshot.namespaces.get(namespace) {
+                for (name, indexed) in &index.policies {
+                    bodies.insert(name, claims(&indexed.bundle.jws)?.body);
+                }
+            }
+            for version in versions
+                .iter()
+                .filter(|version| &version.policy.namespace == namespace)
+            {
+                bodies.insert(&version.policy.name, version.body.value().clone());
+            }
+            rego::compose(bodies.iter().map(|(name, body)| (*name, body)))?;
+        }
+        Ok(())
     }
 }
 

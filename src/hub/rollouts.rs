@@ -14,6 +14,7 @@ use crate::storage::{IdempotencyClaim, LockedPolicy, NewEvent, Term, Transaction
 
 use super::PolicyHub;
 use super::lifecycle::ensure_requirements;
+use super::rego::BundleGuard;
 
 /// What an operator asks of a live rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,7 @@ async fn pause(
 /// a new revision, after which the rollout has ended.
 async fn complete(
     tx: &Transaction,
+    guard: BundleGuard<'_>,
     context: &RequestContext,
     rollout: &mut Rollout,
     reason: &str,
@@ -118,6 +120,7 @@ async fn complete(
         })
         .collect();
     let plan = lifecycle::plan_activation(EventKind::Activated, &changes)?;
+    guard.check(&versions)?;
     // The policies it requires may have moved since the start. Nothing is
     // written before both checks, so a refusal leaves the rollout as it was.
     let moves: Vec<_> = policies.iter().zip(&versions).collect();
@@ -375,7 +378,10 @@ impl PolicyHub {
                         record(tx, context, &controlled, &policies, kind, None, reason).await?;
                     }
                     Control::Promote => {
-                        change = Some(complete(tx, context, &mut controlled, reason).await?);
+                        change = Some(
+                            complete(tx, self.bundle_guard(), context, &mut controlled, reason)
+                                .await?,
+                        );
                     }
                     Control::Abort if !controlled.state.has_begun() => {
                         // Nothing was sent yet: the stable versions stand.
@@ -497,7 +503,15 @@ impl PolicyHub {
                         })
                     }
                     Tick::Complete => {
-                        match complete(tx, &context, &mut current, "every step baked").await {
+                        match complete(
+                            tx,
+                            self.bundle_guard(),
+                            &context,
+                            &mut current,
+                            "every step baked",
+                        )
+                        .await
+                        {
                             // A requirement moved out of range meanwhile:
                             // the rollout waits for an operator.
                             Err(Error::FailedPrecondition { message, .. }) => {

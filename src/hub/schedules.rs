@@ -13,6 +13,7 @@ use crate::storage::{NewEvent, Transaction};
 
 use super::PolicyHub;
 use super::lifecycle::move_to;
+use super::rego::BundleGuard;
 
 /// What an operator asks of a schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,7 @@ fn not_resumed(schedule: &Schedule, entry: &Entry, error: Error) -> Error {
 /// checks; a version whose digest moved is refused.
 async fn activate(
     tx: &mut Transaction,
+    guard: BundleGuard<'_>,
     context: &RequestContext,
     entry: &Entry,
     reason: &str,
@@ -179,6 +181,7 @@ async fn activate(
         versions.push(record);
     }
     let expected = std::iter::repeat(ExpectedActive::Any);
+    guard.check(&versions)?;
     move_to(
         tx,
         context,
@@ -306,9 +309,10 @@ impl PolicyHub {
                                 firing_reason(&current, &entry, &firing),
                                 context.actor
                             );
-                            let outcome = activate(tx, context, &entry, &reason)
-                                .await
-                                .map_err(|error| not_resumed(&current, &entry, error))?;
+                            let outcome =
+                                activate(tx, self.bundle_guard(), context, &entry, &reason)
+                                    .await
+                                    .map_err(|error| not_resumed(&current, &entry, error))?;
                             current.fired(firing, outcome.revision, now);
                             moved = Some(outcome);
                         }
@@ -389,7 +393,8 @@ impl PolicyHub {
                     .expect("a due firing names an entry of its schedule")
                     .clone();
                 let reason = firing_reason(&current, &entry, &firing);
-                let fired = match activate(tx, &context, &entry, &reason).await {
+                let fired = match activate(tx, self.bundle_guard(), &context, &entry, &reason).await
+                {
                     Ok(outcome) => {
                         let said = record_unmoved(tx, &context, &outcome, &reason).await?;
                         current.fired(firing, outcome.revision, now);

@@ -10,11 +10,15 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::cli::policyhub;
-use crate::helpers::{Backend, TestApp, TestDatabase, expect_code, spawn_on, test_settings};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, expect_code, publish_request, spawn_on, target, test_settings,
+};
+use policyhub::grpc::proto;
 
 crate::on_both_backends_given_the_backend!(
     a_rego_policy_drafted_from_a_directory_is_checked_published_and_signed,
     a_module_that_does_not_compile_is_refused_naming_its_file_line_and_column,
+    an_activation_whose_data_clashes_with_another_policy_is_refused_and_changes_nothing,
 );
 
 /// A server serving `payments` to OPA, its bundle owning `payments`.
@@ -138,6 +142,61 @@ async fn a_module_that_does_not_compile_is_refused_naming_its_file_line_and_colu
         assert!(violation.description.contains(said), "{message}");
     }
     assert_eq!(app.db_state().await, before, "nothing stored");
+}
+
+/// Two policies of a namespace served to OPA share its one data document:
+/// an activation that would give one path two values is refused before
+/// anything is written, by Activate and by Publish's activation alike, and
+/// the namespace's bundle stays the one served.
+async fn an_activation_whose_data_clashes_with_another_policy_is_refused_and_changes_nothing(
+    backend: Backend,
+) {
+    let app = server(backend).await;
+    let limits = json!({
+        "modules": {"authz/allow.rego": ALLOW},
+        "data": {"payments": {"limits": {"max": 500}}},
+    });
+    app.release("payments", "limits", limits, true).await;
+    // Sharing an object is fine: each policy gives its own paths.
+    let fees = json!({"data": {"payments": {"fees": {"card": 1}}}});
+    app.release("payments", "fees", fees, true).await;
+    let clash = json!({"data": {"payments": {"limits": {"max": 9000}}}});
+    let version = app.release("payments", "fees", clash, false).await;
+    let another = json!({"data": {"payments": {"limits": 1}}});
+    app.draft("payments", "fees", another).await;
+    let before = app.db_state().await;
+    let bundle = async || {
+        let request = proto::GetOpaBundleRequest {
+            namespace: "payments".into(),
+        };
+        app.bundle
+            .clone()
+            .get_opa_bundle(request)
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let served = bundle().await;
+
+    let refused = app
+        .try_activate(vec![target("payments", "fees", version.version)])
+        .await;
+    let message = expect_code(refused, Code::FailedPrecondition);
+    assert!(
+        message.contains("policies fees and limits both give data.payments.limits.max"),
+        "{message}"
+    );
+    let refused = app
+        .try_publish(publish_request("payments", "fees", "", true))
+        .await;
+    let message = expect_code(refused, Code::FailedPrecondition);
+    assert!(
+        message.contains("both give data.payments.limits"),
+        "{message}"
+    );
+
+    assert_eq!(app.db_state().await, before, "nothing written");
+    assert_eq!(bundle().await.etag, served.etag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
