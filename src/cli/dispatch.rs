@@ -47,6 +47,8 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GetInclusionProof { client, args } => client.run(args).await,
         Command::GetConsistencyProof { client, args } => client.run(args).await,
         Command::GetBundleProof { client, args } => client.run(args).await,
+        Command::GetOpaBundle { client, args } => client.run(args).await,
+        Command::GetOpaSigningKeys { client, args } => client.run(args).await,
         Command::GetRestoreProof { client, args } => client.run(args).await,
         Command::ListRuntimes { client, args } => client.run(args).await,
         Command::GetPolicyStatus { client, args } => client.run(args).await,

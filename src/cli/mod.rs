@@ -42,6 +42,7 @@ mod keys;
 mod lifecycle;
 mod login;
 mod oidc;
+mod opa;
 mod output;
 mod proofs;
 mod rollout;
@@ -474,6 +475,22 @@ enum Command {
         client: Client,
         #[command(flatten)]
         args: proofs::GetBundleProofArgs,
+    },
+    /// Write a namespace served to OPA as the signed bundle OPA downloads
+    /// (GetOpaBundle), a gzipped tarball (reader).
+    GetOpaBundle {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: opa::GetOpaBundleArgs,
+    },
+    /// Print the public keys OPA bundles are signed with, the signer first;
+    /// `-o json` gives each in PEM, as OPA's keys setting takes it.
+    GetOpaSigningKeys {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: opa::GetOpaSigningKeysArgs,
     },
     /// Save a consistent copy of the server's SQLite database, taken while
     /// it serves (admin in every namespace); restore by starting a server on

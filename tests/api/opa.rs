@@ -609,3 +609,61 @@ async fn opas_keep_deciding_while_policyhub_is_killed_and_resume_when_it_is_back
     server.kill().ok();
     server.wait().ok();
 }
+
+/// `policyhub get-opa-bundle` writes the bundle OPA's own tooling reads (`opa
+/// inspect` names its revision and roots), and `get-opa-signing-keys -o
+/// json` gives the PEM OPA's keys setting takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_the_bundle_opa_inspects_and_lists_its_keys() {
+    let Served {
+        issuer,
+        app,
+        admin,
+        reader: _,
+    } = served(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bundle.tar.gz");
+    let server = format!("http://{}", app.address);
+    let env = [
+        ("POLICYHUB_SERVER", server.as_str()),
+        ("POLICYHUB_TOKEN", admin.as_str()),
+    ];
+    let path = file.to_str().unwrap();
+    let wrote = crate::cli::policyhub_with(&env, &["get-opa-bundle", "payments", "-f", path]);
+    assert_eq!(wrote.code, 0, "{}", wrote.stderr);
+    assert!(wrote.stdout.contains("revision"), "{}", wrote.stdout);
+    let inspected = Command::new(opa_binary())
+        .args(["inspect", "--format", "json", path])
+        .output()
+        .unwrap();
+    assert!(inspected.status.success(), "{inspected:?}");
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["manifest"]["roots"], json!(["payments"]));
+    assert!(
+        inspected["manifest"]["revision"].as_str().is_some(),
+        "{inspected}"
+    );
+
+    let keys = crate::cli::policyhub_with(&env, &["get-opa-signing-keys", "-o", "json"]);
+    assert_eq!(keys.code, 0, "{}", keys.stderr);
+    let keys: Value = serde_json::from_str(&keys.stdout).unwrap();
+    assert_eq!(keys["keys"][0]["algorithm"], "ES256");
+    assert!(
+        keys["keys"][0]["publicKeyPem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    let everywhere = issuer.token("ops", &["*:reader"]);
+    let env = [
+        ("POLICYHUB_SERVER", server.as_str()),
+        ("POLICYHUB_TOKEN", everywhere.as_str()),
+    ];
+    let unknown = crate::cli::policyhub_with(&env, &["get-opa-bundle", "billing", "-f", path]);
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown.stderr.contains("not served to OPA"),
+        "{}",
+        unknown.stderr
+    );
+}
