@@ -139,8 +139,8 @@ impl BundleGuard<'_> {
         for namespace in served {
             let mut bodies: BTreeMap<&PolicyName, Value> = BTreeMap::new();
             if let Some(index) = snapshot.namespaces.get(namespace) {
-                for (name, indexed) in &index.policies {
-                    bodies.insert(name, claims(&indexed.bundle.jws)?.body);
+                for (name, claims) in active_claims(index)? {
+                    bodies.insert(name, claims.body);
                 }
             }
             for version in versions
@@ -164,8 +164,7 @@ fn build(
 ) -> Result<OpaBundle> {
     let mut bodies = Vec::with_capacity(index.policies.len());
     let mut versions = Map::new();
-    for (name, indexed) in &index.policies {
-        let claims = claims(&indexed.bundle.jws)?;
+    for (name, claims) in active_claims(index)? {
         versions.insert(name.to_string(), Value::from(claims.ver));
         bodies.push((name, claims.body));
     }
@@ -179,6 +178,15 @@ fn build(
         key,
         chrono::Utc::now().timestamp(),
     )
+}
+
+/// The claims of each stable bundle of `index`, in name order.
+fn active_claims(index: &NamespaceIndex) -> Result<Vec<(&PolicyName, BundleClaims)>> {
+    index
+        .policies
+        .iter()
+        .map(|(name, indexed)| Ok((name, claims(&indexed.bundle.jws)?)))
+        .collect()
 }
 
 /// The claims of a bundle this server signed.

@@ -16,10 +16,6 @@ use crate::domain::rego::{BundleContent, BundleRoots};
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::OpaSigningKey;
 
-/// The content type OPA's bundle plugin reads as "this server long-polls"
-/// (it sends `Prefer: wait=N` from then on).
-pub const CONTENT_TYPE: &str = "application/vnd.openpolicyagent.bundles";
-
 /// A namespace's bundle at one revision, built once and served as is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpaBundle {
