@@ -1,10 +1,11 @@
 // A line diff (longest common subsequence) laid out side by side: rows of
 // [left, right], each a { text, kind } with kind 'same', 'removed', 'added'
-// or 'blank'.
+// or 'blank'. A side that is null has no line at all (a file added or
+// removed), where '' is one empty line.
 
 export function sideBySide(before, after) {
-  const a = before.split('\n');
-  const b = after.split('\n');
+  const a = before === null ? [] : before.split('\n');
+  const b = after === null ? [] : after.split('\n');
   // lengths[i][j]: the LCS of a[i..] and b[j..].
   const lengths = Array.from({ length: a.length + 1 }, () => new Uint32Array(b.length + 1));
   for (let i = a.length - 1; i >= 0; i -= 1) {

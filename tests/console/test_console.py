@@ -709,5 +709,167 @@ class Console(BrowserCase):
         self.assert_clean_console()
 
 
+
+# The Rego policy of a namespace served to OPA, in two versions: the second
+# tightens a line of allow.rego (whose comment is markup, to be shown as
+# text), adds deny.rego, keeps large.rego and raises the data's limit.
+REGO_ALLOW = (
+    "package payments.authz\n\n"
+    "default allow := false\n\n"
+    "allow if input.amount <= data.payments.limits.max\n"
+)
+REGO_ALLOW_2 = (
+    "package payments.authz\n\n"
+    "# <b>not markup</b>\n"
+    "default allow := false\n\n"
+    "allow if input.amount < data.payments.limits.max\n"
+)
+# The same in both versions.
+REGO_LARGE = "package payments.authz\n\nlarge if input.amount > 100\n"
+REGO_DENY = (
+    "package payments.authz\n\n"
+    "deny contains \"blocked\" if {\n"
+    "\tinput.blocked\n"
+    "}\n"
+)
+
+
+class Rego(BrowserCase):
+    """A namespace served to OPA: a Rego body shows each module as its
+    source, with its file name and numbered lines; a diff compares the
+    modules line by line and the data as JSON; an OPA that fetched the
+    namespace's bundle (a runtime labelled engine=opa) is marked in the
+    fleet."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start("rego", [("alice", "*:admin")], config='[opa.namespaces.payments]\nroots = ["payments"]\n')
+        base = "namespaces/payments/policies/authz"
+        for label, modules, limit in (
+            ("1.0.0", {"authz/allow.rego": REGO_ALLOW, "authz/large.rego": REGO_LARGE}, 500),
+            ("1.1.0", {"authz/allow.rego": REGO_ALLOW_2, "authz/deny.rego": REGO_DENY,
+                       "authz/large.rego": REGO_LARGE}, 900),
+        ):
+            cls.api(cls, "POST", f"{base}/drafts", {
+                "body": {"modules": modules, "data": {"payments": {"limits": {"max": limit}}}},
+            })
+            cls.api(cls, "POST", f"{base}:publish", {"label": label, "activate": label == "1.0.0"})
+
+    def modules(self, scope):
+        """The modules shown in `scope`: {file: [(line number, text)]}."""
+        return {
+            file: [(int(number), text) for number, text in lines]
+            for file, lines in self.browser.execute_script("""
+                return [...document.querySelectorAll(arguments[0] + ' .module')].map((module) => [
+                  module.dataset.module,
+                  [...module.querySelectorAll('.line')].map((line) => [line.dataset.line, line.textContent])]);
+            """, scope)
+        }
+
+    def lines(self, selector):
+        """The text of each line of `selector`, without its mark for screen
+        readers ("removed: ")."""
+        return self.browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map((line) => line.lastChild.textContent)", selector)
+
+    @staticmethod
+    def numbered(source):
+        return list(enumerate(source.rstrip("\n").split("\n"), start=1))
+
+    def test_01_a_rego_body_shows_its_modules_as_text(self):
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/policies/authz?version=2")
+        self.assertEqual(self.modules("#body"), {
+            "authz/allow.rego": self.numbered(REGO_ALLOW_2),
+            "authz/deny.rego": self.numbered(REGO_DENY),
+            "authz/large.rego": self.numbered(REGO_LARGE),
+        })
+        allow = self.find("#body .module[data-module='authz/allow.rego']")
+        self.assertIn("authz/allow.rego", allow.find_element(By.TAG_NAME, "h4").text)
+        # The source as text, its newlines and tabs as such, not a JSON string.
+        self.assertEqual(
+            self.browser.execute_script("return arguments[0].querySelector('pre').textContent", allow),
+            REGO_ALLOW_2.rstrip("\n"))
+        self.assertNotIn("\\n", self.find("#body").text)
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "main b"), [])
+        self.assertIn('"max": 900', self.find("#body .data pre").text)
+        self.browser.execute_script("document.getElementById('body').previousElementSibling.scrollIntoView()")
+        self.screenshot("rego-policy")
+        self.assert_accessible("a Rego policy")
+        self.browser.set_window_size(390, 844)
+        try:
+            self.open("#/namespaces/payments/policies/authz?version=2")
+            self.find("#body .module")
+            width = self.browser.execute_script("return document.documentElement.scrollWidth")
+            self.assertLessEqual(width, 390, "the Rego policy scrolls sideways at a phone's width")
+            self.assert_accessible("a Rego policy at a phone's width")
+        finally:
+            self.browser.set_window_size(1280, 800)
+        self.assert_clean_console()
+
+    def test_02_the_diff_of_two_rego_versions_by_line(self):
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/policies/authz/diff?from=1&to=2")
+        changes = self.browser.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('.module-diff')]"
+            ".map((module) => [module.dataset.module, module.dataset.change]))")
+        self.assertEqual(changes, {"authz/allow.rego": "changed", "authz/deny.rego": "added",
+                                   "authz/large.rego": "unchanged"})
+        # An unchanged module is folded away, its lines at hand.
+        large = self.find(".module-diff[data-module='authz/large.rego'] details")
+        self.assertIsNone(large.get_attribute("open"))
+        self.assertEqual(large.find_element(By.TAG_NAME, "summary").text, "Show its 3 lines")
+        allow = ".module-diff[data-module='authz/allow.rego']"
+        self.assertEqual(self.lines(f"{allow} .side-0 .removed"),
+                         ["allow if input.amount <= data.payments.limits.max"])
+        self.assertEqual(self.lines(f"{allow} .side-1 .added"),
+                         ["# <b>not markup</b>", "allow if input.amount < data.payments.limits.max"])
+        self.assertIn("package payments.authz", self.lines(f"{allow} .side-1 .same"))
+        # An added module whole, on its side only.
+        deny = ".module-diff[data-module='authz/deny.rego']"
+        self.assertEqual(self.lines(f"{deny} .side-1 .added"), REGO_DENY.rstrip("\n").split("\n"))
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, f"{deny} .side-0 .line:not(.blank)"), [])
+        # The data as JSON.
+        self.assertIn('"max": 500', self.lines(".data-diff .side-0 .removed")[0])
+        self.assertIn('"max": 900', self.lines(".data-diff .side-1 .added")[0])
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "main b"), [])
+        operations = " | ".join(row.text for row in self.browser.find_elements(By.CSS_SELECTOR, "main tbody tr"))
+        self.assertIn("/modules/authz~1deny.rego", operations)
+        self.screenshot("rego-diff")
+        self.assert_accessible("the diff of two Rego versions")
+
+        # A draft's review compares its modules with the active version's.
+        self.open("#/namespaces/payments/policies/authz/draft?from=2")
+        self.click("#draft-review-button")
+        self.wait_text("#draft-review", "Version 1 (active)")
+        self.assertEqual(self.find("#draft-review .module-diff[data-module='authz/deny.rego']").get_attribute("data-change"), "added")
+        self.assertEqual(self.lines("#draft-review .module-diff[data-module='authz/allow.rego'] .side-0 .removed"),
+                         ["allow if input.amount <= data.payments.limits.max"])
+        self.assert_accessible("the review of a Rego draft")
+        self.assert_clean_console()
+
+    def test_03_an_opa_is_marked_in_the_fleet(self):
+        for runtime, labels in (("opa-eu-1", {"engine": "opa", "zone": "eu"}), ("edge-1", {"zone": "eu"})):
+            query = "".join(f"&runtime.labels%5B{key}%5D={value}" for key, value in labels.items())
+            request = urllib.request.Request(
+                f"{self.base}/v1/namespaces/payments/active:watch?names=authz&runtime.id={runtime}{query}",
+                headers={"Authorization": f"Bearer {self.tokens['alice']}"})
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                reply.readline()
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/policies/authz/fleet")
+        self.wait_for(lambda: len(self.browser.find_elements(By.CSS_SELECTOR, "#runtimes tr[data-runtime]")) == 2,
+                      "the two runtimes")
+        opa = self.find("tr[data-runtime='opa-eu-1']")
+        self.assertEqual(opa.find_element(By.CSS_SELECTOR, "th .engine").text, "OPA")
+        self.assertEqual(opa.find_element(By.CSS_SELECTOR, "th .engine").get_attribute("title"), "Open Policy Agent")
+        self.assertIn("engine=opa", opa.find_element(By.CSS_SELECTOR, "td").text)
+        self.assertEqual(self.find("tr[data-runtime='edge-1'] th").text, "edge-1")
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "tr[data-runtime='edge-1'] .engine"), [])
+        self.screenshot("fleet-opa")
+        self.assert_accessible("a fleet with an OPA")
+        self.assert_clean_console()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

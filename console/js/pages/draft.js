@@ -6,10 +6,10 @@
 
 import { ApiError, all, allowed, paths, policyRecord, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
-import { announce, h, link, notice, prettyJson, route } from '../dom.js';
+import { announce, h, link, notice, route } from '../dom.js';
 import { jsonEditor } from '../jsoneditor.js';
 import { schemaForm, supports } from '../schemaform.js';
-import { diffView } from './compare.js';
+import { bodyDiff } from './compare.js';
 import { policyCrumbs, policyTabs } from './policy.js';
 
 export async function draft(view, [namespace, name], query, { crumbs }) {
@@ -134,7 +134,7 @@ function authoring({ namespace, name, base, schema, start, active, may }) {
     review.hidden = false;
     review.replaceChildren(
       h('h2', { id: 'review-title', tabindex: '-1' }, active ? `Changes against the active version ${active.version}` : 'The new body (nothing is active)'),
-      diffView(prettyJson(active?.body ?? {}), prettyJson(next.body), [active ? `Version ${active.version} (active)` : 'Nothing active', 'This draft'], 'h3'),
+      bodyDiff(active?.body, next.body, [active ? `Version ${active.version} (active)` : 'Nothing active', 'This draft'], 'h3'),
       requirementsLine(active?.requirements, next.requirements),
       h('div', { class: 'actions' },
         h('button', { type: 'button', class: 'primary', id: 'draft-save', onclick: () => save(next) }, 'Save draft'),

@@ -1,8 +1,10 @@
 // Did it land? The fleet's outcome for a policy: applied, rejected (grouped
-// by error) and pending, per version, and each runtime with its labels.
+// by error) and pending, per version, and each runtime with its labels (an
+// OPA marked as such).
 
 import { get, paths } from '../api.js';
 import { facts, h, route, stateName, table, time } from '../dom.js';
+import { runtimeName } from '../engine.js';
 import { follow } from '../live.js';
 import { fleetSummary } from './home.js';
 import { policyCrumbs, policyTabs } from './policy.js';
@@ -112,7 +114,7 @@ function runtimeRow(runtime, name, active) {
   return h(
     'tr',
     { 'data-runtime': runtime.id },
-    h('th', { scope: 'row' }, runtime.id),
+    h('th', { scope: 'row' }, runtimeName(runtime)),
     h('td', {}, labels || '—'),
     h('td', {}, stateName(runtime.state, 'RUNTIME_STATE_')),
     h('td', {}, outcome),

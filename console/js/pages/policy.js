@@ -1,10 +1,12 @@
 // A policy: the versions rail (active, published, draft), the selected
-// version with its body, signature, requirements and notes, the actions its
-// state allows the caller, and a form to compare two versions.
+// version with its body (a Rego policy's modules as text), signature,
+// requirements and notes, the actions its state allows the caller, and a
+// form to compare two versions.
 
 import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
-import { announce, facts, h, link, prettyJson, route, table, tabs, time, versionState } from '../dom.js';
+import { bodyView } from '../body.js';
+import { announce, facts, h, link, route, table, tabs, time, versionState } from '../dom.js';
 import { follow } from '../live.js';
 import { signatureStatus } from '../signature.js';
 import { namespaceCrumbs } from './home.js';
@@ -78,7 +80,7 @@ export async function policy(view, [namespace, name], query, { crumbs, rerender 
     ['Created', h('span', {}, time(selected.createdAt), ' by ', selected.createdBy ?? '—')],
     selected.publishedAt ? ['Published', h('span', {}, time(selected.publishedAt), ' by ', selected.publishedBy ?? '—')] : null,
   ]));
-  detail.append(h('h3', {}, 'Body'), h('pre', { id: 'body', tabindex: '0', 'aria-label': `Body of version ${selected.version}` }, prettyJson(selected.body ?? {})));
+  detail.append(h('h3', {}, 'Body'), bodyView(selected.body, { id: 'body', label: `version ${selected.version}` }));
   if (versions.length > 1) detail.append(compareForm(namespace, name, versions, selected, active));
   detail.append(rolloutHistory(namespace, rollouts));
   view.append(h('div', { class: 'policy' }, rail, detail));

@@ -8,6 +8,7 @@ import { all, allowed, get, paths, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, cells, facts, h, link, notice, route, stateName, table, time } from '../dom.js';
 import { legend, measurementChart, phaseOf, tally } from '../chart.js';
+import { runtimeName } from '../engine.js';
 import { follow } from '../live.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
@@ -318,7 +319,7 @@ function cohortTable(namespace, rollout, cohort) {
   if (!cohort.length) return h('p', { class: 'muted', id: 'cohort' }, 'No runtime reports a candidate yet.');
   const headings = ['Runtime', 'Labels', 'Outcome'];
   return h('div', { id: 'cohort' }, table(headings, cohort.map(({ runtime, reports }) => h('tr', { 'data-runtime': runtime.id }, cells(headings, [
-    runtime.id,
+    runtimeName(runtime),
     Object.entries(runtime.labels ?? {}).map(([key, value]) => `${key}=${value}`).join(', ') || '—',
     h('ul', { class: 'plain' }, reports.map((report) => h('li', { class: report.state === 'APPLY_STATE_APPLIED' ? '' : 'error' },
       `${report.name} v${report.version}: ${report.state === 'APPLY_STATE_APPLIED' ? 'applied' : 'rejected'}`,
