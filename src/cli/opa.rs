@@ -31,6 +31,7 @@ impl ClientCommand for GetOpaBundleArgs {
         let bundle = BundleServiceClient::new(channel)
             .get_opa_bundle(proto::GetOpaBundleRequest {
                 namespace: self.namespace.to_string(),
+                ..Default::default()
             })
             .await
             .reply("fetching the OPA bundle")?;

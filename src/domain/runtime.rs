@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use super::labels::{LabelSelector, RuntimeLabels};
+
+pub mod opa;
 use super::{Error, Namespace, PolicyName, Result};
 
 /// A runtime's id: lowercase letters, digits, `-` and `.`, starting and

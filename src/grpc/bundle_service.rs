@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
 use super::convert;
+use super::opa::{opa_bundle_wanted, opa_status_report};
 use super::policy_replies::inclusion_proof;
 use super::policy_requests::tree_wanted;
 use super::proto::{self, bundle_service_server::BundleService};
@@ -345,14 +346,49 @@ impl BundleService for BundleApi {
         request: Request<proto::GetOpaBundleRequest>,
     ) -> Result<Response<proto::OpaBundle>, Status> {
         let caller = identify(&request)?;
-        let namespace = Namespace::parse("namespace", &request.get_ref().namespace)?;
-        caller.admit(Rpc::GetOpaBundle, [&namespace], &self.quotas)?;
-        let bundle = self.hub.opa_bundle(&namespace).await?;
-        Ok(Response::new(proto::OpaBundle {
-            revision: bundle.revision,
-            etag: bundle.etag.clone(),
-            tarball: bundle.tarball.clone(),
+        let request = request.get_ref();
+        let (namespace, watcher, wait) = opa_bundle_wanted(request)?;
+        let context = caller.admit(Rpc::GetOpaBundle, [&namespace], &self.quotas)?;
+        // An OPA that names itself is in the fleet while it asks.
+        let _connection = match &watcher {
+            Some(watcher) => {
+                let arrival = self.hub.opa_arrival(&namespace, watcher, &context.actor)?;
+                Some(self.hub.connect_runtime(arrival).await?)
+            }
+            None => None,
+        };
+        let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
+        let bundle = self
+            .hub
+            .opa_bundle(&namespace, watcher.as_ref(), held, wait)
+            .await?;
+        Ok(Response::new(match bundle {
+            Some(bundle) => proto::OpaBundle {
+                revision: bundle.revision,
+                etag: bundle.etag.clone(),
+                tarball: bundle.tarball.clone(),
+                not_modified: false,
+            },
+            None => proto::OpaBundle {
+                etag: request.if_none_match.clone(),
+                not_modified: true,
+                ..Default::default()
+            },
         }))
+    }
+
+    async fn report_opa_status(
+        &self,
+        request: Request<proto::ReportOpaStatusRequest>,
+    ) -> Result<Response<proto::ReportStatusResponse>, Status> {
+        let caller = identify(&request)?;
+        let (namespace, runtime, report) = opa_status_report(request.get_ref())?;
+        let context = caller.admit(Rpc::ReportOpaStatus, [&namespace], &self.quotas)?;
+        let ignored = self
+            .hub
+            .report_opa_status(&context.actor, &namespace, &runtime, &report)
+            .await?;
+        Ok(Response::new(proto::ReportStatusResponse { ignored }))
     }
 
     async fn get_opa_signing_keys(

@@ -27,7 +27,8 @@ pub fn struct_to_json(field: &str, value: Struct) -> Result<Value> {
     Ok(Value::Object(object))
 }
 
-fn value_to_json(field: &str, value: ProtoValue) -> Result<Value> {
+/// A `google.protobuf.Value` as JSON (see [`struct_to_json`]).
+pub fn value_to_json(field: &str, value: ProtoValue) -> Result<Value> {
     Ok(match value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(boolean)) => Value::Bool(boolean),

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod convert;
 pub mod message_limit;
 pub mod methods;
+mod opa;
 mod policy_replies;
 mod policy_requests;
 mod policy_service;

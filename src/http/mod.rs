@@ -268,7 +268,7 @@ impl Gateway {
             };
             let name = text("name");
             if self
-                .changed_within(&text("namespace"), Some(&name), headers, revision, wait)
+                .changed_within(&text("namespace"), &name, headers, revision, wait)
                 .await?
             {
                 bundle = self.call(route, headers, message).await?;
@@ -337,13 +337,12 @@ impl Gateway {
         }
     }
 
-    /// Whether policy `name` of `namespace` (any of its policies, for no
-    /// name) moves after `revision` within `wait`: an in-process
-    /// WatchActive.
+    /// Whether policy `name` of `namespace` moves after `revision` within
+    /// `wait`: an in-process WatchActive.
     async fn changed_within(
         &self,
         namespace: &str,
-        name: Option<&str>,
+        name: &str,
         headers: &HeaderMap,
         revision: u64,
         wait: std::time::Duration,
@@ -358,9 +357,7 @@ impl Gateway {
         };
         let mut request = DynamicMessage::new(watch.input());
         set_from_text(&mut request, "namespace", namespace).map_err(Status::internal)?;
-        if let Some(name) = name {
-            set_from_text(&mut request, "names", name).map_err(Status::internal)?;
-        }
+        set_from_text(&mut request, "names", name).map_err(Status::internal)?;
         set_from_text(&mut request, "since_revision", &revision.to_string())
             .map_err(Status::internal)?;
         let body = self.dispatch(watch, headers, request).await?;
@@ -501,7 +498,10 @@ fn input(
             ));
         }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let options = DeserializeOptions::new().deny_unknown_fields(true);
+        // OPA's status report is OPA's to extend: its fields beyond those
+        // the request declares are ignored, as OPA adds them.
+        let strict = route.method.name() != "ReportOpaStatus";
+        let options = DeserializeOptions::new().deny_unknown_fields(strict);
         DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &options)
             .and_then(|message| deserializer.end().map(|()| message))
             .map_err(|error| {

@@ -1,11 +1,13 @@
 //! An OPA bundle over HTTP as OPA's bundle plugin downloads it
 //! (docs/src/guides/opa.md#the-bundle-service): the tarball itself, its
-//! `ETag`, 304 for an `If-None-Match` that names it, and long polling.
+//! `ETag`, 304 for an `If-None-Match` that names it, and long polling,
+//! held by the bundle service itself (`Prefer: wait=N` is its
+//! `wait_seconds`).
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use prost::bytes::Bytes;
-use prost_reflect::DynamicMessage;
+use prost_reflect::{DynamicMessage, Value};
 use tonic::Status;
 
 use super::routes::Route;
@@ -18,36 +20,27 @@ const LONG_POLLING: &str = "application/vnd.openpolicyagent.bundles";
 
 impl Gateway {
     /// A namespace's OPA bundle: 304 when `If-None-Match` names it, after
-    /// holding the read until the namespace changes when `Prefer: wait=N`
+    /// holding the request until the bundle changes when `Prefer: wait=N`
     /// asks.
     pub(super) async fn opa_bundle(
         &self,
         route: &Route,
         headers: &HeaderMap,
-        message: DynamicMessage,
+        mut message: DynamicMessage,
     ) -> Result<Response<HttpBody>, Failure> {
         let wait = semantics::wait(headers)?;
-        let mut bundle = self.call(route, headers, message.clone()).await?;
-        if let Some(wait) = wait
-            && semantics::not_modified(headers, &etag(&bundle)?)
-        {
-            let namespace = message
-                .get_field_by_name("namespace")
-                .and_then(|value| value.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let revision = bundle
-                .get_field_by_name("revision")
-                .and_then(|value| value.as_u64())
-                .unwrap_or_default();
-            if self
-                .changed_within(&namespace, None, headers, revision, wait)
-                .await?
-            {
-                bundle = self.call(route, headers, message).await?;
-            }
+        if let Some(held) = held_tag(headers) {
+            message.set_field_by_name("if_none_match", Value::String(held));
+            let seconds = wait.map_or(0, |wait| wait.as_secs());
+            message.set_field_by_name("wait_seconds", Value::U32(seconds as u32));
         }
+        let bundle = self.call(route, headers, message).await?;
         let etag = etag(&bundle)?;
-        let mut response = if semantics::not_modified(headers, &etag) {
+        let not_modified = bundle
+            .get_field_by_name("not_modified")
+            .and_then(|value| value.as_bool())
+            .unwrap_or_default();
+        let mut response = if not_modified || semantics::not_modified(headers, &etag) {
             let mut response = Response::new(boxed(Full::new(Bytes::new())));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
@@ -65,6 +58,16 @@ impl Gateway {
         response.headers_mut().insert(header::ETAG, etag);
         Ok(response)
     }
+}
+
+/// The entity tag `If-None-Match` names first, unquoted: the one OPA
+/// holds (it sends back the `ETag` it was given).
+fn held_tag(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    let first = value.split(',').next()?.trim();
+    let tag = first.strip_prefix("W/").unwrap_or(first);
+    let tag = tag.strip_prefix('"')?.strip_suffix('"')?;
+    (!tag.is_empty()).then(|| tag.to_owned())
 }
 
 /// The bundle's entity tag, quoted.

@@ -1,39 +1,47 @@
 //! Rego policies and OPA (docs/src/guides/opa.md): the namespaces served
 //! to OPA, the check every body of theirs passes before it is stored or
-//! signed, and their bundles, built once per revision from the index and
-//! served from memory.
+//! signed, their bundles, built once per revision and cohort from the index
+//! and served from memory, and what OPAs report of them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::domain::rego::{self, BundleRoots};
+use crate::domain::runtime::opa::{OpaBundleReport, OpaDue};
+use crate::domain::runtime::{RuntimeId, RuntimeLabels, StatusReport};
 use crate::domain::{Error, Namespace, PolicyBody, PolicyName, Result, VersionRecord};
+use crate::fleet::Arrival;
 use crate::opa::{self, OpaBundle};
 use crate::signing::{BundleClaims, OpaSigningKey};
-use crate::watch::{ActiveIndex, NamespaceIndex};
+use crate::watch::{ActiveIndex, IndexedBundle, NamespaceIndex, Watcher};
 
 use super::PolicyHub;
 
 /// The namespaces served to OPA, the keys their bundles are signed with,
-/// and the bundle last built for each.
+/// and the bundles built at each namespace's current revision.
 #[derive(Default)]
 pub(super) struct Opa {
     namespaces: BTreeMap<Namespace, BundleRoots>,
     /// The first signs; every one is published.
     keys: Vec<OpaSigningKey>,
-    built: Mutex<HashMap<Namespace, Arc<Built>>>,
+    built: Mutex<HashMap<Namespace, Built>>,
 }
 
-/// A namespace's bundle at one revision, built by the first request that
-/// wants it while the others wait for it.
+/// A namespace's bundles at one revision: one per set of versions given
+/// (the stable bundle, and each cohort's), each built by the first request
+/// that wants it while the others wait for it.
 struct Built {
     revision: u64,
-    bundle: OnceCell<Arc<OpaBundle>>,
+    bundles: HashMap<Vec<u32>, Arc<OnceCell<Arc<OpaBundle>>>>,
 }
+
+/// The labels every OPA has in the fleet, beside those it names.
+const OPA_LABEL: (&str, &str) = ("engine", "opa");
 
 impl PolicyHub {
     /// Serves `namespaces` to OPA: their policies are Rego policies, whose
@@ -74,43 +82,156 @@ impl PolicyHub {
         &self.opa.keys
     }
 
-    /// The bundle of `namespace` as it stands in the index: its active
-    /// policies' modules and data, at the revision that last changed them.
-    /// Built once per revision; every request for it meanwhile waits for
-    /// that one build.
-    pub async fn opa_bundle(&self, namespace: &Namespace) -> Result<Arc<OpaBundle>> {
-        let (Some(roots), Some(key)) = (self.opa.namespaces.get(namespace), self.opa.keys.first())
-        else {
-            return Err(Error::NotFound(format!(
-                "namespace {namespace} is not served to OPA (opa.namespaces in the server's \
-                 settings)"
-            )));
-        };
+    /// An OPA's arrival in the fleet: the runtime `watcher` of `namespace`,
+    /// labelled as an OPA, asking as `subject`.
+    pub fn opa_arrival(
+        &self,
+        namespace: &Namespace,
+        watcher: &Watcher,
+        subject: &str,
+    ) -> Result<Arrival> {
+        self.served_to_opa(namespace)?;
+        let labels = watcher
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .chain([(OPA_LABEL.0.to_owned(), OPA_LABEL.1.to_owned())]);
+        Ok(Arrival {
+            namespace: namespace.clone(),
+            id: watcher.id.clone(),
+            labels: RuntimeLabels::parse("runtime.labels", labels)?,
+            names: Vec::new(),
+            subject: subject.to_owned(),
+        })
+    }
+
+    /// The bundle of `namespace` as `watcher` (anonymous: `None`) is given
+    /// it: its active policies' modules and data, a rollout's candidate
+    /// where the watcher is in its cohort, at the revision that last
+    /// changed the namespace. `None` when that is still the bundle tagged
+    /// `held`, after waiting up to `wait` for it to change (a long poll).
+    /// Each bundle is built once per revision; every request for it
+    /// meanwhile waits for that one build.
+    pub async fn opa_bundle(
+        &self,
+        namespace: &Namespace,
+        watcher: Option<&Watcher>,
+        held: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<Arc<OpaBundle>>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (bundle, due) = self.opa_bundle_now(namespace, watcher).await?;
+            if held != Some(bundle.etag.as_str()) {
+                return Ok(Some(bundle));
+            }
+            let changed = tokio::select! {
+                () = self.index.namespace_changed(namespace, due.revision) => true,
+                () = self.index.closed() => false,
+                () = tokio::time::sleep_until(deadline) => false,
+            };
+            if !changed {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The bundle `watcher` is given now, and what it holds.
+    async fn opa_bundle_now(
+        &self,
+        namespace: &Namespace,
+        watcher: Option<&Watcher>,
+    ) -> Result<(Arc<OpaBundle>, OpaDue)> {
+        let (roots, key) = self.served_to_opa(namespace)?;
         let snapshot = self.index.snapshot();
         let index = snapshot
             .namespaces
             .get(namespace)
             .cloned()
             .unwrap_or_default();
-        let built = {
-            let mut built = self.opa.built.lock().expect("no panic holds this lock");
-            match built.get(namespace) {
-                Some(found) if found.revision == index.revision => found.clone(),
-                _ => {
-                    let fresh = Arc::new(Built {
-                        revision: index.revision,
-                        bundle: OnceCell::new(),
-                    });
-                    built.insert(namespace.clone(), fresh.clone());
-                    fresh
-                }
-            }
+        let view = index.bundles_for(watcher);
+        let due = OpaDue {
+            revision: index.revision,
+            versions: view
+                .iter()
+                .map(|(name, indexed)| ((*name).clone(), indexed.bundle.version))
+                .collect(),
         };
-        built
-            .bundle
-            .get_or_try_init(|| async { build(namespace, roots, &index, key).map(Arc::new) })
-            .await
-            .cloned()
+        let cell = {
+            let mut built = self.opa.built.lock().expect("no panic holds this lock");
+            let built = built.entry(namespace.clone()).or_insert_with(|| Built {
+                revision: index.revision,
+                bundles: HashMap::new(),
+            });
+            if built.revision != index.revision {
+                built.revision = index.revision;
+                built.bundles.clear();
+            }
+            built
+                .bundles
+                .entry(due.versions.values().copied().collect())
+                .or_default()
+                .clone()
+        };
+        let bundle = cell
+            .get_or_try_init(|| async {
+                build(namespace, roots, index.revision, &view, key).map(Arc::new)
+            })
+            .await?
+            .clone();
+        Ok((bundle, due))
+    }
+
+    /// Records an OPA's status report from `subject` (see
+    /// [`OpaBundleReport::outcomes`]); returns how many outcomes were older
+    /// than what it reported before.
+    pub async fn report_opa_status(
+        &self,
+        subject: &str,
+        namespace: &Namespace,
+        runtime: &RuntimeId,
+        report: &OpaBundleReport,
+    ) -> Result<u32> {
+        self.served_to_opa(namespace)?;
+        let fleet = self.fleet_view(namespace).await?;
+        let Some(held) = fleet
+            .runtimes()
+            .iter()
+            .map(|(record, _)| record)
+            .find(|record| &record.id == runtime)
+        else {
+            return Err(Error::precondition(format!(
+                "runtime {runtime} has not asked for the bundle of namespace {namespace}: name it \
+                 in the bundle resource (bundles/{namespace}?runtime.id={runtime}) first"
+            )));
+        };
+        let watcher = Watcher {
+            id: runtime.clone(),
+            labels: held.labels.clone(),
+        };
+        let (_, due) = self.opa_bundle_now(namespace, Some(&watcher)).await?;
+        let Some((revision, outcomes)) = report.outcomes(&due, Some(held)) else {
+            return Ok(0);
+        };
+        let report = StatusReport {
+            namespace: namespace.clone(),
+            runtime: runtime.clone(),
+            revision,
+            outcomes,
+        };
+        self.report_status(subject, report).await
+    }
+
+    /// The roots of `namespace` and the key its bundles are signed with,
+    /// when it is served to OPA.
+    fn served_to_opa(&self, namespace: &Namespace) -> Result<(&BundleRoots, &OpaSigningKey)> {
+        match (self.opa.namespaces.get(namespace), self.opa.keys.first()) {
+            (Some(roots), Some(key)) => Ok((roots, key)),
+            _ => Err(Error::NotFound(format!(
+                "namespace {namespace} is not served to OPA (opa.namespaces in the server's \
+                 settings)"
+            ))),
+        }
     }
 }
 
@@ -155,23 +276,25 @@ impl BundleGuard<'_> {
     }
 }
 
-/// The bundle of the stable policies of `index`.
+/// The bundle of `view`, the bundles given of `namespace` at `revision`.
 fn build(
     namespace: &Namespace,
     roots: &BundleRoots,
-    index: &NamespaceIndex,
+    revision: u64,
+    view: &[(&PolicyName, &Arc<IndexedBundle>)],
     key: &OpaSigningKey,
 ) -> Result<OpaBundle> {
-    let mut bodies = Vec::with_capacity(index.policies.len());
+    let mut bodies = Vec::with_capacity(view.len());
     let mut versions = Map::new();
-    for (name, claims) in active_claims(index)? {
+    for (name, indexed) in view {
+        let claims = claims(&indexed.bundle.jws)?;
         versions.insert(name.to_string(), Value::from(claims.ver));
-        bodies.push((name, claims.body));
+        bodies.push((*name, claims.body));
     }
     let content = rego::compose(bodies.iter().map(|(name, body)| (*name, body)))?;
     opa::build(
         namespace,
-        index.revision,
+        revision,
         roots,
         &content,
         versions,

@@ -27,8 +27,8 @@ use tokio::{
     time::Instant,
 };
 
-use crate::domain::ActiveBundle;
 use crate::domain::rollout::RevisionChange;
+use crate::domain::{ActiveBundle, Namespace};
 
 mod fan_out;
 mod snapshot;
@@ -131,6 +131,18 @@ impl ActiveIndex {
     /// Returns once the index is at `revision` or later.
     pub async fn reached(&self, revision: u64) {
         notified_until(&self.applied, || self.revision() >= revision).await;
+    }
+
+    /// Returns once `namespace` changed after `revision`: a revision
+    /// above it gave a bundle or a candidate there.
+    pub async fn namespace_changed(&self, namespace: &Namespace, revision: u64) {
+        notified_until(&self.applied, || {
+            self.snapshot()
+                .namespaces
+                .get(namespace)
+                .is_some_and(|index| index.revision > revision)
+        })
+        .await;
     }
 
     /// Applies what one revision changed, which must be the next one (the

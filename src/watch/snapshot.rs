@@ -163,6 +163,20 @@ impl NamespaceIndex {
         self.policies.get(name)
     }
 
+    /// What `watcher` is sent of every policy, in name order: the
+    /// candidate where a rollout's current cohort holds it, else the
+    /// stable bundle (anonymous watchers get the stable bundles).
+    pub fn bundles_for(
+        &self,
+        watcher: Option<&Watcher>,
+    ) -> Vec<(&PolicyName, &Arc<IndexedBundle>)> {
+        let mut cohorts = Cohorts::default();
+        self.names()
+            .into_iter()
+            .filter_map(|name| Some((name, self.view(name, watcher, &mut cohorts)?)))
+            .collect()
+    }
+
     /// Every name holding a bundle or a candidate, in name order.
     fn names(&self) -> Vec<&PolicyName> {
         self.policies

@@ -33,6 +33,7 @@ mod malformed;
 mod observability;
 mod oidc;
 mod opa;
+mod opa_fleet;
 mod openapi_contract;
 mod openfeature;
 mod operations;

@@ -33,7 +33,7 @@ crate::on_both_backends_given_the_backend!(
 );
 
 /// The OPA `scripts/install-opa` built.
-fn opa_binary() -> PathBuf {
+pub(crate) fn opa_binary() -> PathBuf {
     let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/opa/v1.22.3/opa");
     assert!(binary.exists(), "OPA is missing: run ./scripts/install-opa");
     binary
@@ -41,7 +41,7 @@ fn opa_binary() -> PathBuf {
 
 /// A server with authentication on and its HTTP port, serving `payments`
 /// to OPA.
-async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
+pub(crate) async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
     secured_app_on(backend, issuer, |settings| {
         settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
         settings.opa.namespaces = [(
@@ -57,14 +57,14 @@ async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
 
 /// A [`server`] with a limit of 500 active, and the tokens of its admin and
 /// of its OPAs (readers of `payments`).
-struct Served {
-    issuer: Issuer,
-    app: TestApp,
-    admin: String,
-    reader: String,
+pub(crate) struct Served {
+    pub(crate) issuer: Issuer,
+    pub(crate) app: TestApp,
+    pub(crate) admin: String,
+    pub(crate) reader: String,
 }
 
-async fn served(backend: Backend) -> Served {
+pub(crate) async fn served(backend: Backend) -> Served {
     let issuer = Issuer::new();
     let app = server(backend, &issuer).await;
     let admin = issuer.token("ci", &["payments:admin"]);
@@ -78,7 +78,7 @@ async fn served(backend: Backend) -> Served {
     }
 }
 
-const ALLOW: &str = "package payments.authz\n\n\
+pub(crate) const ALLOW: &str = "package payments.authz\n\n\
     default allow := false\n\n\
     allow if input.amount <= data.payments.limits.max\n";
 
@@ -86,7 +86,7 @@ const ALLOW: &str = "package payments.authz\n\n\
 /// as `token`'s holder (none for `""`). The data's note holds what Go's
 /// JSON escapes differently from others (`<&>`, U+2028, a backspace), so
 /// OPA's digest of it is checked on every bundle.
-async fn activate(policy: &mut PolicyClient, token: &str, max: u64) {
+pub(crate) async fn activate(policy: &mut PolicyClient, token: &str, max: u64) {
     let body = json!({
         "modules": {"authz/allow.rego": ALLOW},
         "data": {"payments": {"limits": {"max": max, "note": "<&>\u{2028}\u{8}"}}},
@@ -117,12 +117,12 @@ async fn activate(policy: &mut PolicyClient, token: &str, max: u64) {
         .unwrap();
 }
 
-async fn activate_limit(app: &TestApp, token: &str, max: u64) {
+pub(crate) async fn activate_limit(app: &TestApp, token: &str, max: u64) {
     activate(&mut app.policy.clone(), token, max).await;
 }
 
 /// A running OPA, killed when dropped.
-struct Opa {
+pub(crate) struct Opa {
     child: Child,
     address: SocketAddr,
     _dir: tempfile::TempDir,
@@ -138,10 +138,16 @@ impl Drop for Opa {
 impl Opa {
     /// An OPA whose one service is `service` (a policyhub HTTP port's
     /// `/v1/opa`), following bundle `payments` with `token` (none for
-    /// `""`), verifying it
-    /// with `keys` (GetOpaSigningKeys), polling at most every minute and
-    /// long-polling for 30 s.
-    async fn start(service: &str, token: &str, keys: &[proto::OpaSigningKey]) -> Opa {
+    /// `""`), verifying it with `keys` (GetOpaSigningKeys), polling at most
+    /// every minute and long-polling for 30 s. Named `runtime` (an id and
+    /// labels), it names itself in its bundle resource and reports its
+    /// status.
+    pub(crate) async fn start(
+        service: &str,
+        token: &str,
+        keys: &[proto::OpaSigningKey],
+        runtime: Option<(&str, &[(&str, &str)])>,
+    ) -> Opa {
         let dir = tempfile::tempdir().unwrap();
         let keys: serde_json::Map<String, Value> = keys
             .iter()
@@ -156,11 +162,18 @@ impl Opa {
         if !token.is_empty() {
             policyhub["credentials"] = json!({"bearer": {"token": token}});
         }
-        let config = json!({
+        let resource = match runtime {
+            Some((id, labels)) => labels.iter().fold(
+                format!("bundles/payments?runtime.id={id}"),
+                |resource, (key, value)| format!("{resource}&runtime.labels%5B{key}%5D={value}"),
+            ),
+            None => "bundles/payments".to_owned(),
+        };
+        let mut config = json!({
             "services": {"policyhub": policyhub},
             "bundles": {"payments": {
                 "service": "policyhub",
-                "resource": "bundles/payments",
+                "resource": resource,
                 "polling": {
                     "min_delay_seconds": 60,
                     "max_delay_seconds": 120,
@@ -170,6 +183,10 @@ impl Opa {
             }},
             "keys": keys,
         });
+        if let Some((id, _)) = runtime {
+            config["status"] =
+                json!({"service": "policyhub", "partition_name": format!("payments/{id}")});
+        }
         // OPA reads YAML, of which JSON is a part.
         let config_file = dir.path().join("config.yaml");
         std::fs::write(&config_file, config.to_string()).unwrap();
@@ -192,7 +209,7 @@ impl Opa {
 
     /// What `data.payments.authz.allow` decides for `amount`, if OPA has
     /// a bundle.
-    async fn allows(&self, amount: u64) -> Option<bool> {
+    pub(crate) async fn allows(&self, amount: u64) -> Option<bool> {
         let answer = reqwest::Client::new()
             .post(format!(
                 "http://{}/v1/data/payments/authz/allow",
@@ -209,7 +226,7 @@ impl Opa {
     }
 
     /// Waits until `amount` is decided `allowed`, for at most `within`.
-    async fn decides(&self, amount: u64, allowed: bool, within: Duration) -> Duration {
+    pub(crate) async fn decides(&self, amount: u64, allowed: bool, within: Duration) -> Duration {
         let started = Instant::now();
         loop {
             if self.allows(amount).await == Some(allowed) {
@@ -224,7 +241,7 @@ impl Opa {
     }
 }
 
-async fn opa_keys(app: &TestApp, token: &str) -> Vec<proto::OpaSigningKey> {
+pub(crate) async fn opa_keys(app: &TestApp, token: &str) -> Vec<proto::OpaSigningKey> {
     app.bundle
         .clone()
         .get_opa_signing_keys(with_token(proto::GetOpaSigningKeysRequest {}, token))
@@ -249,7 +266,7 @@ async fn every_opa_decides_with_an_activation_through_long_polling() {
     let service = format!("http://{}/v1/opa", app.http_address.unwrap());
     let mut opas = Vec::new();
     for _ in 0..3 {
-        opas.push(Opa::start(&service, &reader, &keys).await);
+        opas.push(Opa::start(&service, &reader, &keys, None).await);
     }
     for opa in &opas {
         opa.decides(400, true, Duration::from_secs(30)).await;
@@ -374,7 +391,13 @@ async fn a_bundle_altered_on_its_way_is_refused_by_opa_which_keeps_its_own() {
     } = served(Backend::Sqlite).await;
     let keys = opa_keys(&app, &reader).await;
     let proxy = TamperingProxy::start(app.http_address.unwrap()).await;
-    let opa = Opa::start(&format!("http://{}/v1/opa", proxy.address), &reader, &keys).await;
+    let opa = Opa::start(
+        &format!("http://{}/v1/opa", proxy.address),
+        &reader,
+        &keys,
+        None,
+    )
+    .await;
     opa.decides(400, true, Duration::from_secs(30)).await;
 
     proxy.tamper.store(true, Ordering::SeqCst);
@@ -396,7 +419,7 @@ async fn a_bundle_altered_on_its_way_is_refused_by_opa_which_keeps_its_own() {
 }
 
 /// `curl` of `path` on the HTTP port with `headers`: the status and body.
-fn curl(app: &TestApp, path: &str, headers: &[String]) -> (u16, String) {
+pub(crate) fn curl(app: &TestApp, path: &str, headers: &[String]) -> (u16, String) {
     let mut command = Command::new("curl");
     command.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"]);
     for header in headers {
@@ -580,8 +603,8 @@ async fn opas_keep_deciding_while_policyhub_is_killed_and_resume_when_it_is_back
         .keys;
     let service = format!("http://127.0.0.1:{http_port}/v1/opa");
     let opas = [
-        Opa::start(&service, "", &keys).await,
-        Opa::start(&service, "", &keys).await,
+        Opa::start(&service, "", &keys, None).await,
+        Opa::start(&service, "", &keys, None).await,
     ];
     for opa in &opas {
         opa.decides(400, true, Duration::from_secs(30)).await;

@@ -168,6 +168,7 @@ async fn an_activation_whose_data_clashes_with_another_policy_is_refused_and_cha
     let bundle = async || {
         let request = proto::GetOpaBundleRequest {
             namespace: "payments".into(),
+            ..Default::default()
         };
         app.bundle
             .clone()

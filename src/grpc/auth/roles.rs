@@ -122,6 +122,7 @@ pub enum Rpc {
     RevokeSigningKey,
     ReportStatus,
     ReportStatusStream,
+    ReportOpaStatus,
     ListRuntimes,
     GetPolicyStatus,
     StartRollout,
@@ -154,7 +155,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 54] = [
+    pub const ALL: [Rpc; 55] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -181,6 +182,7 @@ impl Rpc {
         Rpc::RevokeSigningKey,
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
+        Rpc::ReportOpaStatus,
         Rpc::ListRuntimes,
         Rpc::GetPolicyStatus,
         Rpc::StartRollout,
@@ -281,6 +283,7 @@ impl Rpc {
             | Rpc::GetBundleProof
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
+            | Rpc::ReportOpaStatus
             | Rpc::ListRuntimes
             | Rpc::GetPolicyStatus
             | Rpc::GetRollout
