@@ -497,7 +497,7 @@ fn operation(
             // mapping, or a last google.rpc.Status.
             "content": {"text/event-stream": {"schema": {"type": "object"}}},
         })
-    } else if method.name() == "GetOpaBundle" {
+    } else if matches!(method.name(), "GetOpaBundle" | "GetOpaDiscovery") {
         json!({
             "description": "The bundle as OPA downloads it: a gzipped tarball, in the content \
                             type OPA's bundle plugin reads as long polling.",
@@ -623,7 +623,10 @@ fn refusals(method: &MethodDescriptor, body: bool) -> Vec<(&'static str, &'stati
     if compare_and_swap(&method.input()) {
         refusals.push(("412", "If-Match names a bundle that is no longer active."));
     }
-    if matches!(method.name(), "GetActive" | "GetVersion" | "GetOpaBundle") {
+    if matches!(
+        method.name(),
+        "GetActive" | "GetVersion" | "GetOpaBundle" | "GetOpaDiscovery"
+    ) {
         refusals.push(("304", "If-None-Match names the current representation."));
     }
     refusals
@@ -655,7 +658,9 @@ fn etag_header() -> Value {
 /// The headers a success carries.
 fn success_headers(method: &MethodDescriptor) -> Option<Value> {
     Some(match method.name() {
-        "GetActive" | "GetVersion" | "GetOpaBundle" => json!({"ETag": etag_header()}),
+        "GetActive" | "GetVersion" | "GetOpaBundle" | "GetOpaDiscovery" => {
+            json!({"ETag": etag_header()})
+        }
         "Draft" => json!({"Location": {
             "description": "The new draft's path.",
             "schema": {"type": "string"},
@@ -672,13 +677,19 @@ fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Ve
                "description": description, "schema": {"type": "string"}})
     };
     let mut headers = Vec::new();
-    if matches!(method.name(), "GetActive" | "GetVersion" | "GetOpaBundle") {
+    if matches!(
+        method.name(),
+        "GetActive" | "GetVersion" | "GetOpaBundle" | "GetOpaDiscovery"
+    ) {
         headers.push(header(
             "If-None-Match",
             "An ETag read before: 304 while it is still current.",
         ));
     }
-    if matches!(method.name(), "GetActive" | "GetOpaBundle") {
+    if matches!(
+        method.name(),
+        "GetActive" | "GetOpaBundle" | "GetOpaDiscovery"
+    ) {
         headers.push(json!({"name": "Prefer", "in": "header", "required": false,
             "description": "wait=N (whole seconds, at most 60; also among OPA's \
                             `modes=snapshot,delta;wait=N`): with If-None-Match, hold the read \

@@ -48,6 +48,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GetConsistencyProof { client, args } => client.run(args).await,
         Command::GetBundleProof { client, args } => client.run(args).await,
         Command::GetOpaBundle { client, args } => client.run(args).await,
+        Command::GetOpaDiscovery { client, args } => client.run(args).await,
         Command::GetOpaSigningKeys { client, args } => client.run(args).await,
         Command::GetRestoreProof { client, args } => client.run(args).await,
         Command::ListRuntimes { client, args } => client.run(args).await,

@@ -484,6 +484,15 @@ enum Command {
         #[command(flatten)]
         args: opa::GetOpaBundleArgs,
     },
+    /// Write the discovery bundle an OPA of a namespace served to OPA takes
+    /// its configuration from (GetOpaDiscovery), a gzipped tarball whose
+    /// data.json is the configuration (reader).
+    GetOpaDiscovery {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: opa::GetOpaDiscoveryArgs,
+    },
     /// Print the public keys OPA bundles are signed with, the signer first;
     /// `-o json` gives each in PEM, as OPA's keys setting takes it.
     GetOpaSigningKeys {

@@ -1,8 +1,9 @@
-//! `policyhub get-opa-bundle` and `policyhub get-opa-signing-keys`: a
-//! namespace's OPA bundle as OPA downloads it, and the keys OPA verifies it
-//! with (docs/src/guides/opa.md).
+//! `policyhub get-opa-bundle`, `get-opa-discovery` and
+//! `get-opa-signing-keys`: a namespace's OPA bundle and discovery bundle as
+//! OPA downloads them, and the keys OPA verifies bundles with
+//! (docs/src/guides/opa.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -35,21 +36,57 @@ impl ClientCommand for GetOpaBundleArgs {
             })
             .await
             .reply("fetching the OPA bundle")?;
-        std::fs::write(&self.file, &bundle.tarball)
-            .with_context(|| format!("writing {}", self.file.display()))?;
-        if output == Output::Json {
-            print_message(&bundle);
-        } else {
-            out!(
-                "wrote {}: revision {}, etag \"{}\", {} bytes",
-                self.file.display(),
-                bundle.revision,
-                bundle.etag,
-                bundle.tarball.len()
-            );
-        }
-        Ok(ExitCode::SUCCESS)
+        write(&self.file, &bundle, output)
     }
+}
+
+/// Arguments of `policyhub get-opa-discovery`.
+#[derive(Debug, clap::Args)]
+pub struct GetOpaDiscoveryArgs {
+    /// A namespace served to OPA.
+    #[arg(value_parser = parse_namespace)]
+    namespace: Namespace,
+    /// The OPA whose configuration to write, as its discovery resource
+    /// names it (runtime.id); unset: an anonymous OPA's.
+    #[arg(long)]
+    runtime_id: Option<String>,
+    /// Where to write the gzipped tarball.
+    #[arg(long, short = 'f', default_value = "discovery.tar.gz")]
+    file: PathBuf,
+}
+
+impl ClientCommand for GetOpaDiscoveryArgs {
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let discovery = BundleServiceClient::new(channel)
+            .get_opa_discovery(proto::GetOpaDiscoveryRequest {
+                namespace: self.namespace.to_string(),
+                runtime: self.runtime_id.map(|id| proto::RuntimeIdentity {
+                    id,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .reply("fetching the OPA discovery bundle")?;
+        write(&self.file, &discovery, output)
+    }
+}
+
+/// Writes `bundle`'s tarball to `file`, and says what it wrote.
+fn write(file: &Path, bundle: &proto::OpaBundle, output: Output) -> anyhow::Result<ExitCode> {
+    std::fs::write(file, &bundle.tarball).with_context(|| format!("writing {}", file.display()))?;
+    if output == Output::Json {
+        print_message(bundle);
+    } else {
+        out!(
+            "wrote {}: revision {}, etag \"{}\", {} bytes",
+            file.display(),
+            bundle.revision,
+            bundle.etag,
+            bundle.tarball.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Arguments of `policyhub get-opa-signing-keys`: none.

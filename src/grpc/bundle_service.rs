@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
 use super::convert;
-use super::opa::{opa_bundle_wanted, opa_status_report};
+use super::opa::{opa_bundle_wanted, opa_discovery_wanted, opa_reply, opa_status_report};
 use super::policy_replies::inclusion_proof;
 use super::policy_requests::tree_wanted;
 use super::proto::{self, bundle_service_server::BundleService};
@@ -362,19 +362,23 @@ impl BundleService for BundleApi {
             .hub
             .opa_bundle(&namespace, watcher.as_ref(), held, wait)
             .await?;
-        Ok(Response::new(match bundle {
-            Some(bundle) => proto::OpaBundle {
-                revision: bundle.revision,
-                etag: bundle.etag.clone(),
-                tarball: bundle.tarball.clone(),
-                not_modified: false,
-            },
-            None => proto::OpaBundle {
-                etag: request.if_none_match.clone(),
-                not_modified: true,
-                ..Default::default()
-            },
-        }))
+        Ok(Response::new(opa_reply(bundle, &request.if_none_match)))
+    }
+
+    async fn get_opa_discovery(
+        &self,
+        request: Request<proto::GetOpaDiscoveryRequest>,
+    ) -> Result<Response<proto::OpaBundle>, Status> {
+        let caller = identify(&request)?;
+        let request = request.get_ref();
+        let (namespace, watcher, wait) = opa_discovery_wanted(request)?;
+        caller.admit(Rpc::GetOpaDiscovery, [&namespace], &self.quotas)?;
+        let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
+        let discovery = self
+            .hub
+            .opa_discovery(&namespace, watcher.as_ref(), held, wait)
+            .await?;
+        Ok(Response::new(opa_reply(discovery, &request.if_none_match)))
     }
 
     async fn report_opa_status(

@@ -1,6 +1,7 @@
 //! Protobuf ⇄ domain for OPA (docs/src/guides/opa.md): bundle requests
 //! and status reports, as OPA's bundle and status plugins send them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::proto;
@@ -8,6 +9,7 @@ use super::runtimes::watcher;
 use crate::domain::runtime::RuntimeId;
 use crate::domain::runtime::opa::{OpaBundleReport, rejection_text};
 use crate::domain::{Error, Namespace, Result};
+use crate::hub::OpaBundle;
 use crate::watch::Watcher;
 
 /// The longest a bundle request is held for a change (OPA's long polling).
@@ -24,25 +26,63 @@ const MAX_READ_ERRORS: usize = 16;
 pub fn opa_bundle_wanted(
     request: &proto::GetOpaBundleRequest,
 ) -> Result<(Namespace, Option<Watcher>, Duration)> {
-    let namespace = Namespace::parse("namespace", &request.namespace)?;
-    let watcher = request
-        .runtime
-        .as_ref()
+    wanted(
+        &request.namespace,
+        request.runtime.as_ref(),
+        request.wait_seconds,
+    )
+}
+
+/// A discovery request, as [`opa_bundle_wanted`].
+pub fn opa_discovery_wanted(
+    request: &proto::GetOpaDiscoveryRequest,
+) -> Result<(Namespace, Option<Watcher>, Duration)> {
+    wanted(
+        &request.namespace,
+        request.runtime.as_ref(),
+        request.wait_seconds,
+    )
+}
+
+fn wanted(
+    namespace: &str,
+    runtime: Option<&proto::RuntimeIdentity>,
+    wait_seconds: u32,
+) -> Result<(Namespace, Option<Watcher>, Duration)> {
+    let namespace = Namespace::parse("namespace", namespace)?;
+    let watcher = runtime
         .filter(|runtime| !runtime.id.is_empty() || !runtime.labels.is_empty())
         .map(watcher)
         .transpose()?;
-    let wait = Duration::from_secs(request.wait_seconds.into());
+    let wait = Duration::from_secs(wait_seconds.into());
     if wait > MAX_OPA_WAIT {
         return Err(Error::invalid(
             "wait_seconds",
             format!(
-                "{} seconds is not a wait this server holds: at most {}",
-                request.wait_seconds,
+                "{wait_seconds} seconds is not a wait this server holds: at most {}",
                 MAX_OPA_WAIT.as_secs()
             ),
         ));
     }
     Ok((namespace, watcher, wait))
+}
+
+/// The reply of a bundle or discovery request: the bundle, or that the
+/// one tagged `held` is still current.
+pub fn opa_reply(bundle: Option<Arc<OpaBundle>>, held: &str) -> proto::OpaBundle {
+    match bundle {
+        Some(bundle) => proto::OpaBundle {
+            revision: bundle.revision,
+            etag: bundle.etag.clone(),
+            tarball: bundle.tarball.clone(),
+            not_modified: false,
+        },
+        None => proto::OpaBundle {
+            etag: held.to_owned(),
+            not_modified: true,
+            ..Default::default()
+        },
+    }
 }
 
 /// An OPA's status report: what it says of the bundle named after the

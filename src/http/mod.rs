@@ -203,7 +203,7 @@ impl Gateway {
         if route.method.name() == "GetActive" {
             return self.get_active(route, &parts.headers, message).await;
         }
-        if route.method.name() == "GetOpaBundle" {
+        if matches!(route.method.name(), "GetOpaBundle" | "GetOpaDiscovery") {
             return self.opa_bundle(route, &parts.headers, message).await;
         }
         let reply = match self.call(route, &parts.headers, message).await {

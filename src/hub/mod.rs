@@ -16,6 +16,7 @@ mod schedules;
 mod subscriptions;
 mod witnessed;
 
+pub use crate::opa::OpaBundle;
 pub use crate::storage::Term;
 pub use alerts::AlertedRollouts;
 pub use rollouts::Control;

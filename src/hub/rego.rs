@@ -40,9 +40,6 @@ struct Built {
     bundles: HashMap<Vec<u32>, Arc<OnceCell<Arc<OpaBundle>>>>,
 }
 
-/// The labels every OPA has in the fleet, beside those it names.
-const OPA_LABEL: (&str, &str) = ("engine", "opa");
-
 impl PolicyHub {
     /// Serves `namespaces` to OPA: their policies are Rego policies, whose
     /// packages lie under each namespace's bundle roots, and their bundles
@@ -95,7 +92,10 @@ impl PolicyHub {
             .labels
             .iter()
             .map(|(key, value)| (key.clone(), value.clone()))
-            .chain([(OPA_LABEL.0.to_owned(), OPA_LABEL.1.to_owned())]);
+            .chain([(
+                opa::ENGINE_LABEL.0.to_owned(),
+                opa::ENGINE_LABEL.1.to_owned(),
+            )]);
         Ok(Arrival {
             namespace: namespace.clone(),
             id: watcher.id.clone(),
@@ -134,6 +134,30 @@ impl PolicyHub {
                 return Ok(None);
             }
         }
+    }
+
+    /// The discovery bundle of `namespace` for `watcher` (anonymous:
+    /// `None`), or `None` when it is still the one tagged `held` after
+    /// `wait`: it changes only with the server's settings (its keys), so
+    /// nothing changes it while the request waits.
+    pub async fn opa_discovery(
+        &self,
+        namespace: &Namespace,
+        watcher: Option<&Watcher>,
+        held: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<Arc<OpaBundle>>> {
+        self.served_to_opa(namespace)?;
+        let runtime = watcher.map(|watcher| (&watcher.id, &watcher.labels));
+        let discovery = opa::discovery(namespace, runtime, &self.opa.keys)?;
+        if held != Some(discovery.etag.as_str()) {
+            return Ok(Some(Arc::new(discovery)));
+        }
+        tokio::select! {
+            () = self.index.closed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        Ok(None)
     }
 
     /// The bundle `watcher` is given now, and what it holds.

@@ -4,6 +4,9 @@
 //! OPA's own bundle verification accepts it.
 
 mod digest;
+mod discovery;
+
+pub use discovery::{ENGINE_LABEL, discovery};
 
 use std::io::Write as _;
 

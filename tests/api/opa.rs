@@ -148,7 +148,6 @@ impl Opa {
         keys: &[proto::OpaSigningKey],
         runtime: Option<(&str, &[(&str, &str)])>,
     ) -> Opa {
-        let dir = tempfile::tempdir().unwrap();
         let keys: serde_json::Map<String, Value> = keys
             .iter()
             .map(|key| {
@@ -187,6 +186,29 @@ impl Opa {
             config["status"] =
                 json!({"service": "policyhub", "partition_name": format!("payments/{id}")});
         }
+        Opa::run(&config)
+    }
+
+    /// An OPA whose configuration is only `service` and discovery of
+    /// namespace `payments` as `runtime`: bundles, keys and status come
+    /// from policyhub.
+    pub(crate) async fn discovering(service: &str, runtime: &str) -> Opa {
+        Opa::run(&json!({
+            "services": {"policyhub": {"url": service}},
+            "discovery": {
+                "resource": format!("discovery/payments?runtime.id={runtime}"),
+                "polling": {
+                    "min_delay_seconds": 60,
+                    "max_delay_seconds": 120,
+                    "long_polling_timeout_seconds": 30,
+                },
+            },
+        }))
+    }
+
+    /// An OPA run with `config`.
+    fn run(config: &Value) -> Opa {
+        let dir = tempfile::tempdir().unwrap();
         // OPA reads YAML, of which JSON is a part.
         let config_file = dir.path().join("config.yaml");
         std::fs::write(&config_file, config.to_string()).unwrap();
@@ -447,7 +469,7 @@ async fn bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing(bac
 
     let (code, _) = curl(&app, "/v1/opa/bundles/payments", &[bearer(&reader)]);
     assert_eq!(code, 200);
-    let cases: [(&str, Vec<String>, u16, &str); 6] = [
+    let cases: [(&str, Vec<String>, u16, &str); 8] = [
         ("/v1/opa/bundles/payments", vec![], 401, "no credentials"),
         (
             "/v1/opa/bundles/payments",
@@ -481,6 +503,18 @@ async fn bad_bundle_requests_are_refused_with_a_clear_4xx_and_change_nothing(bac
             ],
             400,
             "Prefer: wait=soon",
+        ),
+        (
+            "/v1/opa/discovery/nowhere",
+            vec![bearer(&issuer.token("opa", &["*:reader"]))],
+            404,
+            "is not served to OPA",
+        ),
+        (
+            "/v1/opa/discovery/payments?runtime.id=OPA_1",
+            vec![bearer(&reader)],
+            400,
+            "runtime id",
         ),
     ];
     for (path, headers, expected, said) in cases {
@@ -633,6 +667,79 @@ async fn opas_keep_deciding_while_policyhub_is_killed_and_resume_when_it_is_back
     server.wait().ok();
 }
 
+/// OPAs configured by discovery alone name themselves as policyhub's
+/// discovery bundle says, and take a new signing key without a restart:
+/// policyhub, restarted to sign with a new key, publishes it in the
+/// discovery bundle, which the OPAs take before the bundle it signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_signing_key_reaches_opas_through_discovery_without_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let (port, http_port) = (free_port(), free_port());
+    let mut env = vec![
+        ("POLICYHUB_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
+        (
+            "POLICYHUB_OPA__NAMESPACES__PAYMENTS__ROOTS",
+            r#"["payments"]"#.to_owned(),
+        ),
+    ];
+    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel);
+    activate(&mut policy, "", 500).await;
+    let service = format!("http://127.0.0.1:{http_port}/v1/opa");
+    let opas = [
+        Opa::discovering(&service, "opa-0").await,
+        Opa::discovering(&service, "opa-1").await,
+    ];
+    for opa in &opas {
+        opa.decides(400, true, Duration::from_secs(30)).await;
+    }
+    let mut fleet = proto::policy_service_client::PolicyServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let runtimes = fleet
+        .list_runtimes(proto::ListRuntimesRequest {
+            namespace: "payments".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtimes;
+    let ids: Vec<&str> = runtimes.iter().map(|runtime| runtime.id.as_str()).collect();
+    assert_eq!(ids, ["opa-0", "opa-1"], "named as discovery says");
+
+    // A new key signs, the old one is still published.
+    let (new_key, pem) = policyhub::signing::OpaSigningKey::generate().unwrap();
+    let new_key_file = data.path().join("opa-2027.pem");
+    std::fs::write(&new_key_file, pem).unwrap();
+    let old_key_file = data.path().join("opa-signing-key.pem");
+    env.push((
+        "POLICYHUB_SIGNING__OPA_KEY_FILES",
+        json!([new_key_file, old_key_file]).to_string(),
+    ));
+    server.kill().ok();
+    server.wait().ok();
+    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel.clone());
+    let keys = proto::bundle_service_client::BundleServiceClient::new(channel)
+        .get_opa_signing_keys(proto::GetOpaSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys[0].key_id, new_key.key_id(), "the new key signs");
+    activate(&mut policy, "", 1000).await;
+    for opa in &opas {
+        opa.decides(600, true, Duration::from_secs(30)).await;
+    }
+    server.kill().ok();
+    server.wait().ok();
+}
+
 /// `policyhub get-opa-bundle` writes the bundle OPA's own tooling reads (`opa
 /// inspect` names its revision and roots), and `get-opa-signing-keys -o
 /// json` gives the PEM OPA's keys setting takes.
@@ -677,6 +784,33 @@ async fn the_cli_writes_the_bundle_opa_inspects_and_lists_its_keys() {
             .unwrap()
             .starts_with("-----BEGIN PUBLIC KEY-----")
     );
+    // The configuration an OPA named opa-1 discovers: its bundle names it,
+    // and every published key verifies it.
+    let discovery = dir.path().join("discovery.tar.gz");
+    let wrote = crate::cli::policyhub_with(
+        &env,
+        &[
+            "get-opa-discovery",
+            "payments",
+            "--runtime-id",
+            "opa-1",
+            "-f",
+            discovery.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(wrote.code, 0, "{}", wrote.stderr);
+    let files = files(&std::fs::read(&discovery).unwrap());
+    let (_, data) = files.iter().find(|(name, _)| name == "data.json").unwrap();
+    let config: Value = serde_json::from_slice(data).unwrap();
+    assert_eq!(
+        config["bundles"]["payments"]["resource"],
+        "bundles/payments?runtime.id=opa-1"
+    );
+    assert_eq!(config["status"]["partition_name"], "payments/opa-1");
+    let key_id = keys["keys"][0]["keyId"].as_str().unwrap();
+    assert_eq!(config["bundles"]["payments"]["signing"]["keyid"], key_id);
+    assert_eq!(config["keys"][key_id]["algorithm"], "ES256");
+
     let everywhere = issuer.token("ops", &["*:reader"]);
     let env = [
         ("POLICYHUB_SERVER", server.as_str()),

@@ -114,6 +114,7 @@ pub enum Rpc {
     WatchActive,
     GetSigningKeys,
     GetOpaBundle,
+    GetOpaDiscovery,
     GetOpaSigningKeys,
     GetConsistencyProof,
     GetRestoreProof,
@@ -155,7 +156,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 55] = [
+    pub const ALL: [Rpc; 56] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -174,6 +175,7 @@ impl Rpc {
         Rpc::WatchActive,
         Rpc::GetSigningKeys,
         Rpc::GetOpaBundle,
+        Rpc::GetOpaDiscovery,
         Rpc::GetOpaSigningKeys,
         Rpc::GetConsistencyProof,
         Rpc::GetRestoreProof,
@@ -277,6 +279,7 @@ impl Rpc {
             | Rpc::WatchActive
             | Rpc::GetSigningKeys
             | Rpc::GetOpaBundle
+            | Rpc::GetOpaDiscovery
             | Rpc::GetOpaSigningKeys
             | Rpc::GetConsistencyProof
             | Rpc::GetRestoreProof
