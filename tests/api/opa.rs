@@ -208,16 +208,24 @@ impl Opa {
 
     /// An OPA run with `config`.
     fn run(config: &Value) -> Opa {
-        let dir = tempfile::tempdir().unwrap();
         // OPA reads YAML, of which JSON is a part.
+        Opa::run_yaml(&config.to_string(), &[])
+    }
+
+    /// An OPA run with the YAML `config` and `env`, in a directory of its
+    /// own (where it persists bundles).
+    pub(crate) fn run_yaml(config: &str, env: &[(&str, &str)]) -> Opa {
+        let dir = tempfile::tempdir().unwrap();
         let config_file = dir.path().join("config.yaml");
-        std::fs::write(&config_file, config.to_string()).unwrap();
+        std::fs::write(&config_file, config).unwrap();
         let port = free_port();
         let child = Command::new(opa_binary())
             .args(["run", "--server", "--addr"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--config-file")
             .arg(&config_file)
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

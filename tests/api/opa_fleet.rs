@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::auth::with_token;
 use crate::helpers::{Backend, TestApp};
-use crate::opa::{ALLOW, Opa, Served, opa_keys, served};
+use crate::opa::{ALLOW, Opa, Served, activate_limit, opa_keys, served};
 
 crate::on_both_backends_given_the_backend!(
     bad_status_reports_are_refused_with_a_clear_4xx_and_change_nothing,
@@ -474,4 +474,75 @@ async fn bad_status_reports_are_refused_with_a_clear_4xx_and_change_nothing(back
     assert!(nowhere.text().await.unwrap().contains("not served to OPA"));
     assert_eq!(app.db_state().await, before, "nothing changed");
     assert_eq!(fleet().await, held, "no runtime changed");
+}
+
+/// The guide's OPA configurations, as pasted: the service's address and the
+/// token's path are this server's, the key the one it publishes, and each
+/// OPA's host name its runtime id. Each OPA decides with the bundle, joins
+/// the fleet under its host name, and takes the next activation through
+/// long polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_opa_configurations_run_as_pasted() {
+    let Served {
+        issuer: _issuer,
+        app,
+        admin,
+        reader,
+    } = served(Backend::Sqlite).await;
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/src/guides/opa.md"
+    ))
+    .unwrap();
+    let blocks: Vec<&str> = guide
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("```").map(|(block, _)| block))
+        .filter(|block| block.contains("services:"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "the bundle service's and discovery's");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &reader).unwrap();
+    let key = &opa_keys(&app, &reader).await[0];
+    let service = format!("http://{}/v1/opa", app.http_address.unwrap());
+    let pem = key
+        .public_key_pem
+        .lines()
+        .map(|line| format!("      {line}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut opas = Vec::new();
+    for (index, block) in blocks.iter().enumerate() {
+        let config = block
+            .replace("http://policyhub.example.com:8080/v1/opa", &service)
+            .replace("https://policyhub.example.com:8443/v1/opa", &service)
+            .replace(
+                "/var/run/secrets/policyhub/token",
+                token_file.to_str().unwrap(),
+            )
+            .replace("JTdzg-8ZkU7Lz3y2Ux1XG2a9oQqK2Zcm4v0Wlq9z7xA", &key.key_id)
+            .replace(
+                "      -----BEGIN PUBLIC KEY-----\n      ...\n      -----END PUBLIC KEY-----",
+                &pem,
+            );
+        assert!(!config.contains("example.com"), "{config}");
+        let host = format!("opa-guide-{index}");
+        opas.push((host.clone(), Opa::run_yaml(&config, &[("HOSTNAME", &host)])));
+    }
+    for (_, opa) in &opas {
+        opa.decides(400, true, Duration::from_secs(30)).await;
+    }
+    applied_everywhere(&app, &admin, opas.len(), 1).await;
+    let ids: Vec<String> = runtimes(&app, &admin)
+        .await
+        .into_iter()
+        .map(|runtime| runtime.id)
+        .collect();
+    assert_eq!(ids, ["opa-guide-0", "opa-guide-1"]);
+    activate_limit(&app, &admin, 1000).await;
+    for (_, opa) in &opas {
+        let took = opa.decides(600, true, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(5), "long polling: {took:?}");
+    }
 }
