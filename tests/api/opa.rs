@@ -91,12 +91,23 @@ pub(crate) async fn activate(policy: &mut PolicyClient, token: &str, max: u64) {
         "modules": {"authz/allow.rego": ALLOW},
         "data": {"payments": {"limits": {"max": max, "note": "<&>\u{2028}\u{8}"}}},
     });
+    release(policy, token, &body, true).await;
+}
+
+/// Drafts and publishes `body` as `payments/authz` as `token`'s holder,
+/// activated when `activate`; returns its version.
+pub(crate) async fn release(
+    policy: &mut PolicyClient,
+    token: &str,
+    body: &Value,
+    activate: bool,
+) -> u32 {
     policy
         .draft(with_token(
             proto::DraftRequest {
                 namespace: "payments".into(),
                 name: "authz".into(),
-                body: Some(json_to_struct(&body)),
+                body: Some(json_to_struct(body)),
                 ..Default::default()
             },
             token,
@@ -108,13 +119,17 @@ pub(crate) async fn activate(policy: &mut PolicyClient, token: &str, max: u64) {
             proto::PublishRequest {
                 namespace: "payments".into(),
                 name: "authz".into(),
-                activate: true,
+                activate,
                 ..Default::default()
             },
             token,
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version
 }
 
 pub(crate) async fn activate_limit(app: &TestApp, token: &str, max: u64) {

@@ -9,13 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use policyhub::grpc::convert::json_to_struct;
 use policyhub::grpc::proto::{self, RolloutState};
 use serde_json::{Value, json};
 
 use crate::auth::with_token;
 use crate::helpers::{Backend, TestApp};
-use crate::opa::{ALLOW, Opa, Served, activate_limit, opa_keys, served};
+use crate::opa::{ALLOW, Opa, Served, activate_limit, opa_keys, release, served};
 
 crate::on_both_backends_given_the_backend!(
     bad_status_reports_are_refused_with_a_clear_4xx_and_change_nothing,
@@ -39,40 +38,27 @@ async fn named_opas(app: &TestApp, reader: &str, count: usize, canaries: usize) 
     opas
 }
 
-/// Publishes `modules` as a new version of `payments/authz`, not active.
+/// A server and `count` OPAs following `payments`, the first `canaries`
+/// labelled `canary=true`, each deciding with version 1 and in the fleet
+/// as APPLIED.
+async fn fleet_of(count: usize, canaries: usize) -> (Served, Vec<Opa>) {
+    let served = served(Backend::Sqlite).await;
+    let opas = named_opas(&served.app, &served.reader, count, canaries).await;
+    for opa in &opas {
+        opa.decides(400, true, Duration::from_secs(30)).await;
+    }
+    applied_everywhere(&served.app, &served.admin, opas.len(), 1).await;
+    (served, opas)
+}
+
+/// Publishes `allow` with a limit of `max` as a new version of
+/// `payments/authz`, not active.
 async fn publish(app: &TestApp, token: &str, allow: &str, max: u64) -> u32 {
-    let mut policy = app.policy.clone();
     let body = json!({
         "modules": {"authz/allow.rego": allow},
         "data": {"payments": {"limits": {"max": max}}},
     });
-    policy
-        .draft(with_token(
-            proto::DraftRequest {
-                namespace: "payments".into(),
-                name: "authz".into(),
-                body: Some(json_to_struct(&body)),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap();
-    policy
-        .publish(with_token(
-            proto::PublishRequest {
-                namespace: "payments".into(),
-                name: "authz".into(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap()
-        .version
+    release(&mut app.policy.clone(), token, &body, false).await
 }
 
 /// Starts a rollout of `payments/authz` version `version` to the runtimes
@@ -196,17 +182,15 @@ async fn applied_everywhere(app: &TestApp, token: &str, count: usize, version: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_to_part_of_the_opas_reaches_exactly_its_cohort_and_an_abort_brings_all_back() {
-    let Served {
-        issuer: _issuer,
-        app,
-        admin,
-        reader,
-    } = served(Backend::Sqlite).await;
-    let opas = named_opas(&app, &reader, 5, 2).await;
-    for opa in &opas {
-        opa.decides(400, true, Duration::from_secs(30)).await;
-    }
-    applied_everywhere(&app, &admin, opas.len(), 1).await;
+    let (
+        Served {
+            issuer: _issuer,
+            app,
+            admin,
+            ..
+        },
+        opas,
+    ) = fleet_of(5, 2).await;
 
     let candidate = publish(&app, &admin, ALLOW, 1000).await;
     let started = start_rollout(&app, &admin, candidate).await;
@@ -253,17 +237,15 @@ async fn a_rollout_to_part_of_the_opas_reaches_exactly_its_cohort_and_an_abort_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_opa_fails_to_activate_is_rejected_with_its_error_and_rolls_the_cohort_back() {
-    let Served {
-        issuer: _issuer,
-        app,
-        admin,
-        reader,
-    } = served(Backend::Sqlite).await;
-    let opas = named_opas(&app, &reader, 3, 1).await;
-    for opa in &opas {
-        opa.decides(400, true, Duration::from_secs(30)).await;
-    }
-    applied_everywhere(&app, &admin, opas.len(), 1).await;
+    let (
+        Served {
+            issuer: _issuer,
+            app,
+            admin,
+            ..
+        },
+        opas,
+    ) = fleet_of(3, 1).await;
 
     // The embedded engine compiles it; OPA's type checker refuses it.
     let ill_typed = "package payments.authz\n\n\
