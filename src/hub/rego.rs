@@ -37,7 +37,7 @@ pub(super) struct Opa {
 /// that wants it while the others wait for it.
 struct Built {
     revision: u64,
-    bundles: HashMap<Vec<u32>, Arc<OnceCell<Arc<OpaBundle>>>>,
+    bundles: HashMap<BTreeMap<PolicyName, u32>, Arc<OnceCell<Arc<OpaBundle>>>>,
 }
 
 impl PolicyHub {
@@ -193,7 +193,7 @@ impl PolicyHub {
             }
             built
                 .bundles
-                .entry(due.versions.values().copied().collect())
+                .entry(due.versions.clone())
                 .or_default()
                 .clone()
         };
