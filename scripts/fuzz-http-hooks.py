@@ -1,4 +1,4 @@
-# schemathesis hooks for the stateful passes of scripts/fuzz-http.
+# schemathesis hooks for the workflow and OPA passes of scripts/fuzz-http.
 #
 # Publish, Activate and Rollback take an optional If-Match: the ETag of the
 # active bundle, 412 unless it is still the active one. A made-up ETag never
@@ -8,10 +8,15 @@
 # fuzzer made up, so the requests the links make are the ones a client
 # following them would send.
 #
-# GetOpaBundle answers only for a namespace served to OPA, which the server
-# of scripts/fuzz-http declares (fuzz-opa) and no generated name ever is:
-# the hook asks for that one, so the pass reaches the bundle itself rather
-# than its 404.
+# OPA's operations answer only for a namespace served to OPA, which the
+# server of scripts/fuzz-http declares (fuzz-opa) and no generated name
+# ever is: the hooks ask for that one, so the pass reaches the bundle, the
+# discovery bundle and the status report rather than their 404. They call
+# as one OPA would, named fuzz-opa-1 in its discovery and bundle resources
+# (runtime.id) and in its status reports' path: a status report is taken
+# only from a runtime that has asked for its bundle under its name (else
+# 400), which a generated name never has. scripts/fuzz-http asks for the
+# bundle in a pass before the reports'.
 import schemathesis
 
 COMPARE_AND_SWAP = {
@@ -19,17 +24,33 @@ COMPARE_AND_SWAP = {
     "PolicyService_Activate",
     "PolicyService_Rollback",
 }
+OPA_NAMESPACE = "fuzz-opa"
+OPA_RUNTIME = "fuzz-opa-1"
+
+
+def operation_id(context):
+    return context.operation.definition.raw.get("operationId")
 
 
 @schemathesis.hook("map_headers")
 def without_made_up_if_match(context, headers):
-    if headers and context.operation.definition.raw.get("operationId") in COMPARE_AND_SWAP:
+    if headers and operation_id(context) in COMPARE_AND_SWAP:
         headers.pop("If-Match", None)
     return headers
 
 
 @schemathesis.hook("map_path_parameters")
 def the_namespace_served_to_opa(context, path_parameters):
-    if context.operation.definition.raw.get("operationId") == "BundleService_GetOpaBundle":
-        path_parameters = dict(path_parameters or {}, namespace="fuzz-opa")
+    operation = operation_id(context)
+    if operation in {"BundleService_GetOpaBundle", "BundleService_GetOpaDiscovery"}:
+        path_parameters = dict(path_parameters or {}, namespace=OPA_NAMESPACE)
+    elif operation == "BundleService_ReportOpaStatus":
+        path_parameters = dict(path_parameters or {}, namespace=OPA_NAMESPACE, runtime_id=OPA_RUNTIME)
     return path_parameters
+
+
+@schemathesis.hook("map_query")
+def the_opa_asking(context, query):
+    if operation_id(context) in {"BundleService_GetOpaBundle", "BundleService_GetOpaDiscovery"}:
+        query = dict(query or {}, **{"runtime.id": OPA_RUNTIME})
+    return query
