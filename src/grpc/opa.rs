@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::proto;
 use super::runtimes::watcher;
 use crate::domain::runtime::RuntimeId;
-use crate::domain::runtime::opa::{OpaBundleReport, rejection_text};
+use crate::domain::runtime::opa::{OpaBundleReport, OpaDue, rejection_text};
 use crate::domain::{Error, Namespace, Result};
 use crate::hub::OpaBundle;
 use crate::watch::Watcher;
@@ -105,7 +105,7 @@ pub fn opa_status_report(
     }
     let report = match request.bundles.get(namespace.as_str()) {
         None => OpaBundleReport {
-            active_revision: None,
+            active: None,
             activation_error: None,
         },
         Some(status) => {
@@ -121,7 +121,7 @@ pub fn opa_status_report(
                 rejection_text(&status.message, &errors)
             });
             OpaBundleReport {
-                active_revision: status.active_revision.parse().ok(),
+                active: OpaDue::from_manifest_revision(&status.active_revision),
                 activation_error,
             }
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::domain::rego::{self, BundleRoots};
@@ -198,9 +198,7 @@ impl PolicyHub {
                 .clone()
         };
         let bundle = cell
-            .get_or_try_init(|| async {
-                build(namespace, roots, index.revision, &view, key).map(Arc::new)
-            })
+            .get_or_try_init(|| async { build(namespace, roots, &due, &view, key).map(Arc::new) })
             .await?
             .clone();
         Ok((bundle, due))
@@ -234,7 +232,7 @@ impl PolicyHub {
             labels: held.labels.clone(),
         };
         let (_, due) = self.opa_bundle_now(namespace, Some(&watcher)).await?;
-        let Some((revision, outcomes)) = report.outcomes(&due, Some(held)) else {
+        let Some((revision, outcomes)) = report.outcomes(&due) else {
             return Ok(0);
         };
         let report = StatusReport {
@@ -300,28 +298,24 @@ impl BundleGuard<'_> {
     }
 }
 
-/// The bundle of `view`, the bundles given of `namespace` at `revision`.
+/// The bundle of `view`, the bundles `given` of `namespace`.
 fn build(
     namespace: &Namespace,
     roots: &BundleRoots,
-    revision: u64,
+    given: &OpaDue,
     view: &[(&PolicyName, &Arc<IndexedBundle>)],
     key: &OpaSigningKey,
 ) -> Result<OpaBundle> {
-    let mut bodies = Vec::with_capacity(view.len());
-    let mut versions = Map::new();
-    for (name, indexed) in view {
-        let claims = claims(&indexed.bundle.jws)?;
-        versions.insert(name.to_string(), Value::from(claims.ver));
-        bodies.push((*name, claims.body));
-    }
+    let bodies = view
+        .iter()
+        .map(|(name, indexed)| Ok((*name, claims(&indexed.bundle.jws)?.body)))
+        .collect::<Result<Vec<_>>>()?;
     let content = rego::compose(bodies.iter().map(|(name, body)| (*name, body)))?;
     opa::build(
         namespace,
-        revision,
+        given,
         roots,
         &content,
-        versions,
         key,
         chrono::Utc::now().timestamp(),
     )

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::domain::rego::{BundleContent, BundleRoots};
+use crate::domain::runtime::opa::OpaDue;
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::OpaSigningKey;
 
@@ -55,20 +56,26 @@ struct FileClaim<'a> {
     algorithm: &'static str,
 }
 
-/// The bundle of `namespace` at `revision`, owning `roots`, holding
-/// `content`; `versions` names each policy's version in the manifest's
-/// metadata. Signed with `key`.
+/// The bundle `given` of `namespace`, owning `roots`, holding `content`:
+/// its manifest revision names its revision and versions (what OPA reports
+/// as the bundle it runs), as does the manifest's metadata. Signed with
+/// `key`.
 pub fn build(
     namespace: &Namespace,
-    revision: u64,
+    given: &OpaDue,
     roots: &BundleRoots,
     content: &BundleContent,
-    versions: Map<String, Value>,
     key: &OpaSigningKey,
     issued_at: i64,
 ) -> Result<OpaBundle> {
+    let versions: Map<String, Value> = given
+        .versions
+        .iter()
+        .map(|(name, version)| (name.to_string(), Value::from(*version)))
+        .collect();
+    let revision = given.revision;
     let manifest = json!({
-        "revision": revision.to_string(),
+        "revision": given.manifest_revision(),
         "roots": roots.paths(),
         "rego_version": 1,
         "metadata": {"policyhub": {

@@ -33,9 +33,12 @@ fn a_bundle_holds_its_files_each_claimed_by_its_signature() {
     });
     let content = compose([(&name, &body)]).unwrap();
     let namespace = Namespace::parse("namespace", "payments").unwrap();
-    let versions = json!({"limits": 3}).as_object().unwrap().clone();
-    let bundle = build(&namespace, 7, &roots, &content, versions.clone(), &key, 0).unwrap();
-    let again = build(&namespace, 7, &roots, &content, versions, &key, 0).unwrap();
+    let given = OpaDue {
+        revision: 7,
+        versions: [(name.clone(), 3)].into(),
+    };
+    let bundle = build(&namespace, &given, &roots, &content, &key, 0).unwrap();
+    let again = build(&namespace, &given, &roots, &content, &key, 0).unwrap();
     assert_eq!(bundle.etag, again.etag, "one content, one tag");
 
     let files = files(&bundle.tarball);
@@ -50,7 +53,7 @@ fn a_bundle_holds_its_files_each_claimed_by_its_signature() {
         ]
     );
     let manifest: Value = serde_json::from_slice(&files[0].1).unwrap();
-    assert_eq!(manifest["revision"], "7");
+    assert_eq!(manifest["revision"], "7;limits@3", "the revision and each version");
     assert_eq!(manifest["roots"], json!(["payments"]));
     assert_eq!(
         manifest["metadata"]["policyhub"]["policies"],

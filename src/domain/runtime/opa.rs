@@ -1,82 +1,105 @@
 //! What an OPA's status report says of the bundle it was given
-//! (docs/src/guides/opa.md#status): OPA reports the revision of the bundle
-//! it runs and the error of its last download or activation, not the
-//! versions it holds, so its outcomes are read against the bundle this
-//! server gives it now.
+//! (docs/src/guides/opa.md#status): OPA reports the manifest revision of
+//! the bundle it runs, which names the version of each policy it holds,
+//! and the error of its last download or activation, which names nothing:
+//! a failed activation is read against the bundle this server gives it now.
 
 use std::collections::BTreeMap;
 
-use super::{ApplyState, MAX_REJECTION_ERROR_BYTES, PolicyOutcome, RuntimeRecord};
+use super::{ApplyState, MAX_REJECTION_ERROR_BYTES, PolicyOutcome};
 use crate::domain::PolicyName;
 
 /// What an OPA reported of its namespace's bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpaBundleReport {
-    /// The manifest revision of the bundle it runs; `None` when it runs
-    /// none of this server's (a revision that is not a number).
-    pub active_revision: Option<u64>,
+    /// The bundle it runs, read from its manifest revision; `None` when it
+    /// runs none of this server's.
+    pub active: Option<OpaDue>,
     /// OPA's text when it downloaded a bundle and failed to activate it:
     /// a failed download (policyhub unreachable, a refused signature) is
     /// not the versions' fault and is not a rejection.
     pub activation_error: Option<String>,
 }
 
-/// The bundle an OPA is given: its manifest revision and the version of
-/// each policy it holds.
+/// A bundle an OPA is given: its revision and the version of each policy
+/// it holds, which its manifest revision spells (`12;authz@3;limits@2`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpaDue {
-    /// The manifest revision.
+    /// The revision that last changed the namespace.
     pub revision: u64,
     /// Per policy, the version.
     pub versions: BTreeMap<PolicyName, u32>,
 }
 
+impl OpaDue {
+    /// The manifest revision that names this bundle.
+    pub fn manifest_revision(&self) -> String {
+        let mut text = self.revision.to_string();
+        for (name, version) in &self.versions {
+            text.push_str(&format!(";{name}@{version}"));
+        }
+        text
+    }
+
+    /// The bundle a manifest revision names, if it is one of this server's.
+    pub fn from_manifest_revision(text: &str) -> Option<OpaDue> {
+        let mut parts = text.split(';');
+        let revision = parts.next()?.parse().ok()?;
+        let versions = parts
+            .map(|part| {
+                let (name, version) = part.split_once('@')?;
+                Some((PolicyName::parse("name", name).ok()?, version.parse().ok()?))
+            })
+            .collect::<Option<_>>()?;
+        Some(OpaDue { revision, versions })
+    }
+}
+
 impl OpaBundleReport {
-    /// The revision and outcomes the report amounts to, for a runtime
-    /// `held` as it stands, given the bundle `due` to it: a failed
-    /// activation rejects the versions of `due` the runtime had not
-    /// applied, at `due`'s revision; running `due`'s revision applies every
-    /// version of it; running an older one says only that. `None` when the
-    /// report says nothing of this server's bundles.
-    pub fn outcomes(
-        &self,
-        due: &OpaDue,
-        held: Option<&RuntimeRecord>,
-    ) -> Option<(u64, Vec<(PolicyName, PolicyOutcome)>)> {
-        let outcome = |version: u32, state: ApplyState, error: &str| PolicyOutcome {
+    /// The revision and outcomes the report amounts to, given the bundle
+    /// `due` to the runtime now. A failed activation rejects the versions
+    /// of `due` that the bundle it runs does not hold, at `due`'s revision:
+    /// one reported again after the namespace moved back to what it runs
+    /// rejects nothing. Otherwise every version of the bundle it runs is
+    /// applied, at that bundle's revision. `None` when the report says
+    /// nothing of this server's bundles.
+    pub fn outcomes(&self, due: &OpaDue) -> Option<(u64, Vec<(PolicyName, PolicyOutcome)>)> {
+        let outcome = |version: u32, state: ApplyState, error: &str, revision: u64| PolicyOutcome {
             version,
             state,
             error: error.to_owned(),
-            revision: due.revision,
+            revision,
             reported_at: None,
         };
         if let Some(error) = &self.activation_error {
-            let applied = |name: &PolicyName, version: u32| {
-                held.and_then(|record| record.policies.get(name))
-                    .is_some_and(|outcome| {
-                        outcome.state == ApplyState::Applied && outcome.version == version
-                    })
+            let runs = |name: &PolicyName, version: u32| {
+                self.active
+                    .as_ref()
+                    .is_some_and(|active| active.versions.get(name) == Some(&version))
             };
-            let rejected = due
+            let rejected: Vec<_> = due
                 .versions
                 .iter()
-                .filter(|(name, version)| !applied(name, **version))
+                .filter(|(name, version)| !runs(name, **version))
                 .map(|(name, version)| {
-                    (name.clone(), outcome(*version, ApplyState::Rejected, error))
+                    let rejected = outcome(*version, ApplyState::Rejected, error, due.revision);
+                    (name.clone(), rejected)
                 })
                 .collect();
-            return Some((due.revision, rejected));
+            if !rejected.is_empty() {
+                return Some((due.revision, rejected));
+            }
         }
-        let active = self.active_revision.filter(|revision| *revision > 0)?;
-        if active != due.revision {
-            return Some((active.min(due.revision), Vec::new()));
-        }
-        let applied = due
+        let active = self.active.as_ref()?;
+        let applied = active
             .versions
             .iter()
-            .map(|(name, version)| (name.clone(), outcome(*version, ApplyState::Applied, "")))
+            .map(|(name, version)| {
+                let applied = outcome(*version, ApplyState::Applied, "", active.revision);
+                (name.clone(), applied)
+            })
             .collect();
-        Some((due.revision, applied))
+        Some((active.revision, applied))
     }
 }
 
@@ -111,93 +134,94 @@ mod tests {
         PolicyName::parse("name", text).unwrap()
     }
 
-    fn due() -> OpaDue {
+    fn bundle(revision: u64, versions: &[(&str, u32)]) -> OpaDue {
         OpaDue {
-            revision: 7,
-            versions: [(name("authz"), 3), (name("limits"), 2)].into(),
-        }
-    }
-
-    fn record(applied: &[(&str, u32)]) -> RuntimeRecord {
-        RuntimeRecord {
-            namespace: crate::domain::Namespace::parse("namespace", "payments").unwrap(),
-            id: super::super::RuntimeId::parse("id", "opa-1").unwrap(),
-            subject: "opa".into(),
-            labels: Default::default(),
-            names: Vec::new(),
-            connected: true,
-            replica: "r".into(),
-            last_seen: chrono::Utc::now(),
-            applied_revision: 5,
-            policies: applied
+            revision,
+            versions: versions
                 .iter()
-                .map(|(policy, version)| {
-                    (
-                        name(policy),
-                        PolicyOutcome {
-                            version: *version,
-                            state: ApplyState::Applied,
-                            error: String::new(),
-                            revision: 5,
-                            reported_at: None,
-                        },
-                    )
-                })
+                .map(|(policy, version)| (name(policy), *version))
                 .collect(),
         }
     }
 
+    fn states(outcomes: &[(PolicyName, PolicyOutcome)]) -> Vec<(&str, u32, ApplyState, u64)> {
+        outcomes
+            .iter()
+            .map(|(name, outcome)| {
+                (
+                    name.as_str(),
+                    outcome.version,
+                    outcome.state,
+                    outcome.revision,
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn running_the_due_revision_applies_every_version_of_it() {
+    fn the_manifest_revision_names_the_versions_and_reads_back() {
+        let due = bundle(12, &[("authz", 3), ("limits", 2)]);
+        assert_eq!(due.manifest_revision(), "12;authz@3;limits@2");
+        assert_eq!(
+            OpaDue::from_manifest_revision("12;authz@3;limits@2"),
+            Some(due)
+        );
+        assert_eq!(OpaDue::from_manifest_revision("4"), Some(bundle(4, &[])));
+        for foreign in ["", "v1", "12;authz", "12;authz@x", "12;Authz@1"] {
+            assert_eq!(OpaDue::from_manifest_revision(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn the_bundle_it_runs_is_applied_at_its_revision() {
         let report = OpaBundleReport {
-            active_revision: Some(7),
+            active: Some(bundle(5, &[("authz", 2), ("limits", 2)])),
             activation_error: None,
         };
-        let (revision, outcomes) = report.outcomes(&due(), None).unwrap();
-        assert_eq!(revision, 7);
-        let states: Vec<_> = outcomes
-            .iter()
-            .map(|(name, outcome)| (name.as_str(), outcome.version, outcome.state))
-            .collect();
+        let due = bundle(7, &[("authz", 3), ("limits", 2)]);
+        let (revision, outcomes) = report.outcomes(&due).unwrap();
+        assert_eq!(revision, 5);
         assert_eq!(
-            states,
+            states(&outcomes),
             [
-                ("authz", 3, ApplyState::Applied),
-                ("limits", 2, ApplyState::Applied)
+                ("authz", 2, ApplyState::Applied, 5),
+                ("limits", 2, ApplyState::Applied, 5)
             ]
         );
     }
 
     #[test]
-    fn a_failed_activation_rejects_only_the_versions_not_applied_before() {
+    fn a_failed_activation_rejects_what_the_bundle_it_runs_lacks() {
         let report = OpaBundleReport {
-            active_revision: Some(5),
+            active: Some(bundle(5, &[("authz", 2), ("limits", 2)])),
             activation_error: Some("rego_type_error".into()),
         };
-        let held = record(&[("authz", 2), ("limits", 2)]);
-        let (revision, outcomes) = report.outcomes(&due(), Some(&held)).unwrap();
+        let due = bundle(7, &[("authz", 3), ("limits", 2)]);
+        let (revision, outcomes) = report.outcomes(&due).unwrap();
         assert_eq!(revision, 7);
-        assert_eq!(outcomes.len(), 1);
-        let (policy, outcome) = &outcomes[0];
-        assert_eq!(policy.as_str(), "authz");
-        assert_eq!(
-            (outcome.version, outcome.state, outcome.error.as_str()),
-            (3, ApplyState::Rejected, "rego_type_error")
+        assert_eq!(states(&outcomes), [("authz", 3, ApplyState::Rejected, 7)]);
+        assert_eq!(outcomes[0].1.error, "rego_type_error");
+        // The same report once the namespace is back to what it runs.
+        let back = bundle(8, &[("authz", 2), ("limits", 2)]);
+        let (revision, outcomes) = report.outcomes(&back).unwrap();
+        assert_eq!(revision, 5);
+        assert!(
+            outcomes
+                .iter()
+                .all(|(_, outcome)| outcome.state == ApplyState::Applied)
         );
-    }
-
-    #[test]
-    fn an_older_revision_says_only_that_and_none_says_nothing() {
-        let behind = OpaBundleReport {
-            active_revision: Some(5),
-            activation_error: None,
+        // An OPA that never ran a bundle of this server's.
+        let first = OpaBundleReport {
+            active: None,
+            activation_error: Some("rego_type_error".into()),
         };
-        assert_eq!(behind.outcomes(&due(), None), Some((5, Vec::new())));
+        let (_, outcomes) = first.outcomes(&due).unwrap();
+        assert_eq!(outcomes.len(), 2);
         let foreign = OpaBundleReport {
-            active_revision: None,
+            active: None,
             activation_error: None,
         };
-        assert_eq!(foreign.outcomes(&due(), None), None);
+        assert_eq!(foreign.outcomes(&due), None);
     }
 
     #[test]
