@@ -216,7 +216,7 @@ impl PolicyHub {
     ) -> Result<u32> {
         self.served_to_opa(namespace)?;
         let fleet = self.fleet_view(namespace).await?;
-        let Some(held) = fleet
+        let Some(record) = fleet
             .runtimes()
             .iter()
             .map(|(record, _)| record)
@@ -229,7 +229,7 @@ impl PolicyHub {
         };
         let watcher = Watcher {
             id: runtime.clone(),
-            labels: held.labels.clone(),
+            labels: record.labels.clone(),
         };
         let (_, due) = self.opa_bundle_now(namespace, Some(&watcher)).await?;
         let Some((revision, outcomes)) = report.outcomes(&due) else {
