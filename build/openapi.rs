@@ -306,6 +306,11 @@ const LINKS: &[Link] = links![
         ("namespace", "$request.path.namespace"),
         ("runtime_id", RUNTIME),
     ], body || json!({"revision": "$response.body#/0/id"});
+    // An OPA that named itself in its bundle request reports its status.
+    "BundleService_GetOpaBundle" -> "report": "BundleService_ReportOpaStatus" &[
+        ("namespace", "$request.path.namespace"),
+        ("runtime_id", "$request.query.runtime.id"),
+    ];
     "PolicyService_GetVersion" -> "diff": "PolicyService_DiffVersions" &[
         ("namespace", "$response.body#/namespace"),
         ("name", "$response.body#/name"),
@@ -694,7 +699,8 @@ fn header_parameters(method: &MethodDescriptor, input: &MessageDescriptor) -> Ve
             "description": "wait=N (whole seconds, at most 60; also among OPA's \
                             `modes=snapshot,delta;wait=N`): with If-None-Match, hold the read \
                             until the bundle changes (long polling).",
-            "schema": {"type": "string", "pattern": "^(modes=[a-z,]+;)?wait=[0-9]+$"}}));
+            "schema": {"type": "string",
+                "pattern": "^(modes=[a-z,]+;)?wait=([0-9]|[1-5][0-9]|60)$"}}));
     }
     if compare_and_swap(input) {
         // `src/http/semantics.rs` parses it; a weak tag is taken and never
@@ -841,6 +847,10 @@ fn request_constraint(message: &str, field: &str) -> Option<Value> {
             .collect::<Vec<_>>()}),
         ("StartRolloutRequest", "steps") => json!({"minItems": 1, "maxItems": 20}),
         ("RolloutStep", "percentage") => json!({"minimum": 1, "maximum": 100}),
+        // `grpc::opa`'s longest hold of an OPA bundle or discovery request.
+        ("GetOpaBundleRequest" | "GetOpaDiscoveryRequest", "wait_seconds") => {
+            json!({"maximum": 60})
+        }
         // `domain::rollout::plan`: a bake of 0 to 7 days (604,800 s),
         // as the JSON mapping writes a Duration (the schema is a reply's
         // too, so it states the whole range).

@@ -53,7 +53,10 @@ fn a_bundle_holds_its_files_each_claimed_by_its_signature() {
         ]
     );
     let manifest: Value = serde_json::from_slice(&files[0].1).unwrap();
-    assert_eq!(manifest["revision"], "7;limits@3", "the revision and each version");
+    assert_eq!(
+        manifest["revision"], "7;limits@3",
+        "the revision and each version"
+    );
     assert_eq!(manifest["roots"], json!(["payments"]));
     assert_eq!(
         manifest["metadata"]["policyhub"]["policies"],

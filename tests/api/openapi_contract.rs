@@ -248,12 +248,15 @@ fn check_expression(
             schema_at(document, answer, pointer).is_some(),
             "{what}: the answer has no {pointer}"
         );
-    } else if let Some(parameter) = expression.strip_prefix("$request.path.") {
+    } else if let Some((place, parameter)) = ["path", "query"].into_iter().find_map(|place| {
+        let parameter = expression.strip_prefix(&format!("$request.{place}."))?;
+        Some((place, parameter))
+    }) {
         assert!(
             source_parameters
                 .iter()
-                .any(|(place, name)| place == "path" && name == parameter),
-            "{what}: the source has no path parameter {parameter}"
+                .any(|(source, name)| source == place && name == parameter),
+            "{what}: the source has no {place} parameter {parameter}"
         );
     } else {
         panic!("{what}: an expression this test does not read: {expression}");
