@@ -306,11 +306,6 @@ const LINKS: &[Link] = links![
         ("namespace", "$request.path.namespace"),
         ("runtime_id", RUNTIME),
     ], body || json!({"revision": "$response.body#/0/id"});
-    // An OPA that named itself in its bundle request reports its status.
-    "BundleService_GetOpaBundle" -> "report": "BundleService_ReportOpaStatus" &[
-        ("namespace", "$request.path.namespace"),
-        ("runtime_id", "$request.query.runtime.id"),
-    ];
     "PolicyService_GetVersion" -> "diff": "PolicyService_DiffVersions" &[
         ("namespace", "$response.body#/namespace"),
         ("name", "$response.body#/name"),
