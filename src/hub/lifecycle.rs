@@ -134,7 +134,7 @@ impl PolicyHub {
                     let (policies, versions) = ([policy], [version.clone()]);
                     let reason = &command.reason;
                     let kind = EventKind::Activated;
-                    self.bundle_guard().check(&versions)?;
+                    self.bundle_guard().check(tx, &versions).await?;
                     Some(move_to(tx, context, kind, reason, &policies, &versions, expected).await?)
                 } else {
                     None
@@ -183,7 +183,7 @@ impl PolicyHub {
                     .targets
                     .iter()
                     .map(|target| target.expected_active_version);
-                self.bundle_guard().check(&versions)?;
+                self.bundle_guard().check(tx, &versions).await?;
                 move_to(
                     tx,
                     context,
@@ -247,7 +247,7 @@ impl PolicyHub {
                 let expected = [command.expected_active_version].into_iter();
                 let kind = EventKind::RolledBack;
                 let (policies, versions) = ([policy], [version]);
-                self.bundle_guard().check(&versions)?;
+                self.bundle_guard().check(tx, &versions).await?;
                 let activation =
                     move_to(tx, context, kind, &reason, &policies, &versions, expected).await?;
                 Ok((activation, command.restore.then_some(target)))

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::domain::rego::{self, BundleRoots};
@@ -18,7 +17,8 @@ use crate::domain::{Error, Namespace, PolicyBody, PolicyName, Result, VersionRec
 use crate::fleet::Arrival;
 use crate::opa::{self, OpaBundle};
 use crate::signing::{BundleClaims, OpaSigningKey};
-use crate::watch::{ActiveIndex, IndexedBundle, NamespaceIndex, Watcher};
+use crate::storage::Transaction;
+use crate::watch::{IndexedBundle, Watcher};
 
 use super::PolicyHub;
 
@@ -68,10 +68,7 @@ impl PolicyHub {
     /// What keeps pointer moves from leaving a namespace served to OPA
     /// without a bundle.
     pub(super) fn bundle_guard(&self) -> BundleGuard<'_> {
-        BundleGuard {
-            opa: &self.opa,
-            index: &self.index,
-        }
+        BundleGuard { opa: &self.opa }
     }
 
     /// The keys OPA bundles are signed with, the signer first.
@@ -264,35 +261,26 @@ impl PolicyHub {
 #[derive(Clone, Copy)]
 pub(super) struct BundleGuard<'a> {
     opa: &'a Opa,
-    index: &'a ActiveIndex,
 }
 
 impl BundleGuard<'_> {
-    /// Checks the bundles `versions` would make active.
-    pub(super) fn check(&self, versions: &[VersionRecord]) -> Result<()> {
+    /// Checks the bundles `versions` would make active, beside the active
+    /// versions `tx` reads under the namespaces' locks.
+    pub(super) async fn check(&self, tx: &Transaction, versions: &[VersionRecord]) -> Result<()> {
         let served = versions
             .iter()
             .map(|version| &version.policy.namespace)
             .filter(|namespace| self.opa.namespaces.contains_key(*namespace))
             .collect::<std::collections::BTreeSet<_>>();
-        if served.is_empty() {
-            return Ok(());
-        }
-        let snapshot = self.index.snapshot();
         for namespace in served {
-            let mut bodies: BTreeMap<&PolicyName, Value> = BTreeMap::new();
-            if let Some(index) = snapshot.namespaces.get(namespace) {
-                for (name, claims) in active_claims(index)? {
-                    bodies.insert(name, claims.body);
-                }
-            }
+            let mut bodies = tx.active_bodies(namespace).await?;
             for version in versions
                 .iter()
                 .filter(|version| &version.policy.namespace == namespace)
             {
-                bodies.insert(&version.policy.name, version.body.value().clone());
+                bodies.insert(version.policy.name.clone(), version.body.clone());
             }
-            rego::compose(bodies.iter().map(|(name, body)| (*name, body)))?;
+            rego::compose(bodies.iter().map(|(name, body)| (name, body.value())))?;
         }
         Ok(())
     }
@@ -319,15 +307,6 @@ fn build(
         key,
         chrono::Utc::now().timestamp(),
     )
-}
-
-/// The claims of each stable bundle of `index`, in name order.
-fn active_claims(index: &NamespaceIndex) -> Result<Vec<(&PolicyName, BundleClaims)>> {
-    index
-        .policies
-        .iter()
-        .map(|(name, indexed)| Ok((name, claims(&indexed.bundle.jws)?)))
-        .collect()
 }
 
 /// The claims of a bundle this server signed.

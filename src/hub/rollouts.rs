@@ -120,7 +120,7 @@ async fn complete(
         })
         .collect();
     let plan = lifecycle::plan_activation(EventKind::Activated, &changes)?;
-    guard.check(&versions)?;
+    guard.check(tx, &versions).await?;
     // The policies it requires may have moved since the start. Nothing is
     // written before both checks, so a refusal leaves the rollout as it was.
     let moves: Vec<_> = policies.iter().zip(&versions).collect();

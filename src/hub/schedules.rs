@@ -181,7 +181,7 @@ async fn activate(
         versions.push(record);
     }
     let expected = std::iter::repeat(ExpectedActive::Any);
-    guard.check(&versions)?;
+    guard.check(tx, &versions).await?;
     move_to(
         tx,
         context,

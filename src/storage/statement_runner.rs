@@ -97,6 +97,16 @@ macro_rules! row_values {
 
 row_values!(i64);
 
+impl<A, B> RowValues for (A, B)
+where
+    A: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
+    B: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,
+{
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok((row.get(0)?, row.get(1)?))
+    }
+}
+
 impl<A, B, C, D> RowValues for (A, B, C, D)
 where
     A: sea_orm::TryGetable + rusqlite::types::FromSql + Send + 'static,

@@ -29,8 +29,11 @@ use crate::rollouts::step;
 /// Rounds of each race; every round runs in a namespace of its own.
 const ROUNDS: usize = 20;
 
-/// Namespaces whose rollouts need two approvals (`gated-0`…).
+/// Namespaces whose rollouts need two approvals (`gated0`…).
 const GATED: &str = "gated";
+
+/// Namespaces served to OPA (`opa0`…), each its own bundle root.
+const OPA: &str = "opa";
 
 /// One replica's clients.
 #[derive(Clone)]
@@ -84,11 +87,15 @@ impl Race {
     /// SQLite, which has one replica, two connections to one binary.
     async fn start(backend: Backend) -> Self {
         let database = TestDatabase::new(backend).await;
-        let approvals: Vec<(String, String)> = (0..ROUNDS)
+        let settings: Vec<(String, String)> = (0..ROUNDS)
             .map(|round| {
                 let key = format!("POLICYHUB_ROLLOUTS__REQUIRED_APPROVALS__{GATED}{round}");
                 (key, "2".to_owned())
             })
+            .chain((0..ROUNDS).map(|round| {
+                let key = format!("POLICYHUB_OPA__NAMESPACES__{OPA}{round}__ROOTS");
+                (key, format!(r#"["{OPA}{round}"]"#))
+            }))
             .collect();
         let replicas = match backend {
             Backend::Sqlite => 1,
@@ -107,7 +114,7 @@ impl Race {
                 .env("POLICYHUB_ROLLOUTS__TICK_INTERVAL", "100ms")
                 // Rounds set up faster than an operator's quota allows.
                 .env("POLICYHUB_QUOTAS__MUTATIONS_PER_SECOND", "100000")
-                .envs(approvals.iter().cloned());
+                .envs(settings.iter().cloned());
             let (server, channel) = start_serving(command, port).await;
             servers.push(server);
             channels.push(channel);
@@ -511,6 +518,7 @@ races!(
     one_idempotency_key_on_two_replicas_activates_once,
     an_import_racing_a_new_policy_of_its_namespace_is_judged_in_turn,
     a_revocation_racing_a_rollout_of_what_the_key_signed_is_judged_in_turn,
+    activations_giving_one_data_path_are_judged_in_turn,
 );
 
 /// On PostgreSQL alone: on SQLite both callers are one replica, whose own
@@ -1081,5 +1089,42 @@ async fn publish_racing_the_revocation_of_its_key(race: Race) {
             left.is_empty(),
             "round {round}: versions {left:?} left signed by the revoked key"
         );
+    }
+}
+
+/// Two policies of a namespace served to OPA that give one data path,
+/// each activated on a replica of its own: one wins, the other is refused
+/// (each replica judges on the active set as committed, not as its index
+/// has heard of it yet), and the namespace's bundle is still built.
+async fn activations_giving_one_data_path_are_judged_in_turn(race: Race) {
+    for round in 0..ROUNDS {
+        let namespace = format!("{OPA}{round}");
+        for (name, limit) in [("x", 1), ("y", 2)] {
+            let mut data = serde_json::Map::new();
+            data.insert(namespace.clone(), json!({ "limit": limit }));
+            let body = json!({ "data": data });
+            let request = draft_request(&namespace, name, body, &[]);
+            race.policy(0)
+                .draft(authorized(request, &race.admin))
+                .await
+                .expect("draft");
+            race.publish(&namespace, name, "", false).await;
+        }
+        let x = activate_on(&race, 0, &namespace, "x", 1);
+        let y = activate_on(&race, 1, &namespace, "y", 1);
+        let (x, y) = at_once(x, y).await;
+        one_wins(round, &x, &y, "STATE");
+        for replica in &race.replicas {
+            let request = proto::GetOpaBundleRequest {
+                namespace: namespace.clone(),
+                ..Default::default()
+            };
+            replica
+                .bundle
+                .clone()
+                .get_opa_bundle(authorized(request, &race.readers[0]))
+                .await
+                .unwrap_or_else(|status| panic!("round {round}: the bundle: {status:?}"));
+        }
     }
 }
