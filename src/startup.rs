@@ -190,12 +190,13 @@ impl Application {
         };
         let opa_namespaces = settings.opa.bundle_roots()?;
         // A key is made only for a deployment that serves OPA.
-        let opa_keys = if opa_namespaces.is_empty() {
-            Vec::new()
+        let hub = if opa_namespaces.is_empty() {
+            hub
         } else {
-            signing::load_opa_keys(&settings.signing.opa_key_files, &settings.data_dir)?
+            let keys =
+                signing::OpaKeySource::new(&settings.signing.opa_key_files, &settings.data_dir);
+            hub.with_opa(opa_namespaces, keys)?
         };
-        let hub = hub.with_opa(opa_namespaces, opa_keys);
         let listener = socket
             .listen(settings.listen_backlog)
             .with_context(|| format!("listening on {address}"))?;

@@ -368,7 +368,8 @@ pub struct SigningSettings {
     pub key_files: Vec<PathBuf>,
     /// PKCS#8 PEM P-256 private keys that sign OPA bundles (OPA verifies
     /// no Ed25519): the first signs, every one is published to OPAs.
-    /// Empty: one is generated into the data directory on first start.
+    /// Read again on SIGHUP, as `key_files` are. Empty: one is generated
+    /// into the data directory on first start.
     pub opa_key_files: Vec<PathBuf>,
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, watch};
 
 use crate::domain::rego::{self, BundleRoots};
 use crate::domain::runtime::opa::{OpaBundleReport, OpaDue};
@@ -16,7 +16,7 @@ use crate::domain::runtime::{RuntimeId, RuntimeLabels, StatusReport};
 use crate::domain::{Error, Namespace, PolicyBody, PolicyName, Result, VersionRecord};
 use crate::fleet::Arrival;
 use crate::opa::{self, OpaBundle};
-use crate::signing::{BundleClaims, OpaSigningKey};
+use crate::signing::{BundleClaims, OpaKeySource, OpaSigningKey};
 use crate::storage::Transaction;
 use crate::watch::{IndexedBundle, Watcher};
 
@@ -27,8 +27,11 @@ use super::PolicyHub;
 #[derive(Default)]
 pub(super) struct Opa {
     namespaces: BTreeMap<Namespace, BundleRoots>,
-    /// The first signs; every one is published.
-    keys: Vec<OpaSigningKey>,
+    /// Where the keys are read again on a reload.
+    source: Option<OpaKeySource>,
+    /// The first signs; every one is published. Replaced whole on a
+    /// reload, which wakes the discovery requests held.
+    keys: watch::Sender<Arc<Vec<OpaSigningKey>>>,
     built: Mutex<HashMap<Namespace, Built>>,
 }
 
@@ -43,18 +46,41 @@ struct Built {
 impl PolicyHub {
     /// Serves `namespaces` to OPA: their policies are Rego policies, whose
     /// packages lie under each namespace's bundle roots, and their bundles
-    /// are signed with the first of `keys`.
+    /// are signed with the first of the keys `source` holds.
     pub fn with_opa(
         mut self,
         namespaces: BTreeMap<Namespace, BundleRoots>,
-        keys: Vec<OpaSigningKey>,
-    ) -> Self {
+        source: OpaKeySource,
+    ) -> anyhow::Result<Self> {
+        let keys = source.load()?;
         self.opa = Arc::new(Opa {
             namespaces,
-            keys,
+            source: Some(source),
+            keys: watch::Sender::new(Arc::new(keys)),
             built: Mutex::default(),
         });
-        self
+        Ok(self)
+    }
+
+    /// Reads the OPA signing keys again (on SIGHUP): the new signer signs
+    /// every bundle from now on, those built before included, and every
+    /// key read is published; a discovery request held wakes to them.
+    /// The new signer's key id; `None` when nothing is served to OPA.
+    pub fn reload_opa_keys(&self) -> Result<Option<String>> {
+        let Some(source) = &self.opa.source else {
+            return Ok(None);
+        };
+        let keys = source.load().map_err(|error| {
+            Error::precondition(format!("cannot reload the OPA signing keys: {error:#}"))
+        })?;
+        let signer = keys.first().map(|key| key.key_id().to_owned());
+        self.opa
+            .built
+            .lock()
+            .expect("no panic holds this lock")
+            .clear();
+        self.opa.keys.send_replace(Arc::new(keys));
+        Ok(signer)
     }
 
     /// Checks `body` as a Rego policy when `namespace` is served to OPA.
@@ -72,8 +98,8 @@ impl PolicyHub {
     }
 
     /// The keys OPA bundles are signed with, the signer first.
-    pub fn opa_signing_keys(&self) -> &[OpaSigningKey] {
-        &self.opa.keys
+    pub fn opa_signing_keys(&self) -> Arc<Vec<OpaSigningKey>> {
+        self.opa.keys.borrow().clone()
     }
 
     /// An OPA's arrival in the fleet: the runtime `watcher` of `namespace`,
@@ -135,8 +161,8 @@ impl PolicyHub {
 
     /// The discovery bundle of `namespace` for `watcher` (anonymous:
     /// `None`), or `None` when it is still the one tagged `held` after
-    /// `wait`: it changes only with the server's settings (its keys), so
-    /// nothing changes it while the request waits.
+    /// waiting up to `wait` for it to change: it changes only with the
+    /// keys, when they are reloaded.
     pub async fn opa_discovery(
         &self,
         namespace: &Namespace,
@@ -146,15 +172,23 @@ impl PolicyHub {
     ) -> Result<Option<Arc<OpaBundle>>> {
         self.served_to_opa(namespace)?;
         let runtime = watcher.map(|watcher| (&watcher.id, &watcher.labels));
-        let discovery = opa::discovery(namespace, runtime, &self.opa.keys)?;
-        if held != Some(discovery.etag.as_str()) {
-            return Ok(Some(Arc::new(discovery)));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut keys = self.opa.keys.subscribe();
+        loop {
+            let current = keys.borrow_and_update().clone();
+            let discovery = opa::discovery(namespace, runtime, &current)?;
+            if held != Some(discovery.etag.as_str()) {
+                return Ok(Some(Arc::new(discovery)));
+            }
+            let changed = tokio::select! {
+                changed = keys.changed() => changed.is_ok(),
+                () = self.index.closed() => false,
+                () = tokio::time::sleep_until(deadline) => false,
+            };
+            if !changed {
+                return Ok(None);
+            }
         }
-        tokio::select! {
-            () = self.index.closed() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
-        Ok(None)
     }
 
     /// The bundle `watcher` is given now, and what it holds.
@@ -163,7 +197,7 @@ impl PolicyHub {
         namespace: &Namespace,
         watcher: Option<&Watcher>,
     ) -> Result<(Arc<OpaBundle>, OpaDue)> {
-        let (roots, key) = self.served_to_opa(namespace)?;
+        let (roots, keys) = self.served_to_opa(namespace)?;
         let snapshot = self.index.snapshot();
         let index = snapshot
             .namespaces
@@ -195,7 +229,9 @@ impl PolicyHub {
                 .clone()
         };
         let bundle = cell
-            .get_or_try_init(|| async { build(namespace, roots, &due, &view, key).map(Arc::new) })
+            .get_or_try_init(|| async {
+                build(namespace, roots, &due, &view, &keys[0]).map(Arc::new)
+            })
             .await?
             .clone();
         Ok((bundle, due))
@@ -241,11 +277,15 @@ impl PolicyHub {
         self.report_status(subject, report).await
     }
 
-    /// The roots of `namespace` and the key its bundles are signed with,
-    /// when it is served to OPA.
-    fn served_to_opa(&self, namespace: &Namespace) -> Result<(&BundleRoots, &OpaSigningKey)> {
-        match (self.opa.namespaces.get(namespace), self.opa.keys.first()) {
-            (Some(roots), Some(key)) => Ok((roots, key)),
+    /// The roots of `namespace` and the keys its bundles are signed with
+    /// (the first signs), when it is served to OPA.
+    fn served_to_opa(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<(&BundleRoots, Arc<Vec<OpaSigningKey>>)> {
+        let keys = self.opa.keys.borrow().clone();
+        match self.opa.namespaces.get(namespace) {
+            Some(roots) if !keys.is_empty() => Ok((roots, keys)),
             _ => Err(Error::NotFound(format!(
                 "namespace {namespace} is not served to OPA (opa.namespaces in the server's \
                  settings)"

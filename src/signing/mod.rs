@@ -28,7 +28,7 @@ use crate::domain::{PolicyBody, Requirement};
 mod note;
 mod opa;
 pub use note::verifier_key;
-pub use opa::{OPA_ALGORITHM, OpaSigningKey, load_opa_keys};
+pub use opa::{OPA_ALGORITHM, OpaKeySource, OpaSigningKey};
 
 /// File name of the key generated on first start when none is configured.
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";

@@ -124,31 +124,49 @@ fn thumbprint(point: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.as_bytes()))
 }
 
-/// The OPA signing keys: the configured PKCS#8 PEM files (the first signs,
-/// every one is published), or one generated into `data_dir` on first
-/// start.
-pub fn load_opa_keys(key_files: &[PathBuf], data_dir: &Path) -> anyhow::Result<Vec<OpaSigningKey>> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|text| OpaSigningKey::from_pem(&text))
-            .with_context(|| format!("reading {}", path.display()))
-    };
-    if !key_files.is_empty() {
-        return key_files.iter().map(|path| read(path)).collect();
+/// Where the OPA signing keys come from: the configured PKCS#8 PEM files
+/// (the first signs, every one is published), or one generated into the
+/// data directory on first start. Read at start and again on every reload
+/// (SIGHUP), as the bundle signing keys are.
+#[derive(Debug, Clone)]
+pub struct OpaKeySource {
+    key_files: Vec<PathBuf>,
+    data_dir: PathBuf,
+}
+
+impl OpaKeySource {
+    /// The files `key_files`, or the key generated in `data_dir` when none.
+    pub fn new(key_files: &[PathBuf], data_dir: &Path) -> Self {
+        OpaKeySource {
+            key_files: key_files.to_vec(),
+            data_dir: data_dir.to_owned(),
+        }
     }
-    let path = data_dir.join(GENERATED_OPA_KEY_FILE);
-    if path.exists() {
-        return Ok(vec![read(&path)?]);
+
+    /// The keys, signer first; the generated key is made on first use.
+    pub fn load(&self) -> anyhow::Result<Vec<OpaSigningKey>> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| OpaSigningKey::from_pem(&text))
+                .with_context(|| format!("reading {}", path.display()))
+        };
+        if !self.key_files.is_empty() {
+            return self.key_files.iter().map(|path| read(path)).collect();
+        }
+        let path = self.data_dir.join(GENERATED_OPA_KEY_FILE);
+        if path.exists() {
+            return Ok(vec![read(&path)?]);
+        }
+        let (key, pem_text) = OpaSigningKey::generate()?;
+        super::write_private_file(&path, pem_text.as_bytes())?;
+        tracing::warn!(
+            path = %path.display(),
+            key_id = %key.key_id(),
+            "no OPA signing key configured: generated one; back it up, or configure signing.opa_key_files"
+        );
+        Ok(vec![key])
     }
-    let (key, pem_text) = OpaSigningKey::generate()?;
-    super::write_private_file(&path, pem_text.as_bytes())?;
-    tracing::warn!(
-        path = %path.display(),
-        key_id = %key.key_id(),
-        "no OPA signing key configured: generated one; back it up, or configure signing.opa_key_files"
-    );
-    Ok(vec![key])
 }
 
 #[cfg(test)]

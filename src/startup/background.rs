@@ -132,9 +132,9 @@ async fn forget_idempotency_records(
     }
 }
 
-/// Re-reads the signing keys on every SIGHUP: with `signing.key_files`, put
-/// the new key first in the files, then `kill -HUP`; the old key keeps
-/// verifying.
+/// Re-reads the signing keys on every SIGHUP, the OPA signing keys with
+/// them: with `signing.key_files` (`signing.opa_key_files`), put the new key
+/// first in the files, then `kill -HUP`; the old key keeps verifying.
 async fn reload_keys_on_sighup(hub: PolicyHub) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -153,6 +153,13 @@ async fn reload_keys_on_sighup(hub: PolicyHub) {
             Ok((previous, current)) => tracing::info!(%previous, %current, "signing keys reloaded"),
             Err(error) => {
                 tracing::error!(%error, "signing keys not reloaded; the previous ones stay in use")
+            }
+        }
+        match hub.reload_opa_keys() {
+            Ok(Some(signer)) => tracing::info!(%signer, "OPA signing keys reloaded"),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "OPA signing keys not reloaded; the previous ones stay in use")
             }
         }
     }

@@ -691,22 +691,46 @@ async fn opas_keep_deciding_while_policyhub_is_killed_and_resume_when_it_is_back
 }
 
 /// OPAs configured by discovery alone name themselves as policyhub's
-/// discovery bundle says, and take a new signing key without a restart:
-/// policyhub, restarted to sign with a new key, publishes it in the
-/// discovery bundle, which the OPAs take before the bundle it signs.
+/// discovery bundle says, and take a new signing key without a restart of
+/// theirs or of policyhub's: the key files rewritten with a new key first
+/// and SIGHUP, policyhub signs with the new key and publishes both in the
+/// discovery bundle, which wakes the OPAs' held discovery requests. A key
+/// file that does not read leaves the keys as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_signing_key_reaches_opas_through_discovery_without_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let (port, http_port) = (free_port(), free_port());
-    let mut env = vec![
+    let [signer_file, previous_file] =
+        ["opa-signer.pem", "opa-previous.pem"].map(|name| data.path().join(name));
+    let generate = || policyhub::signing::OpaSigningKey::generate().unwrap();
+    let [(_, older_pem), (signer, signer_pem)] = [generate(), generate()];
+    std::fs::write(&previous_file, &older_pem).unwrap();
+    std::fs::write(&signer_file, &signer_pem).unwrap();
+    let env = [
         ("POLICYHUB_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
         (
             "POLICYHUB_OPA__NAMESPACES__PAYMENTS__ROOTS",
             r#"["payments"]"#.to_owned(),
         ),
+        (
+            "POLICYHUB_SIGNING__OPA_KEY_FILES",
+            json!([signer_file, previous_file]).to_string(),
+        ),
     ];
-    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
-    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel);
+    let (server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
+    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel.clone());
+    let bundles = proto::bundle_service_client::BundleServiceClient::new(channel);
+    let key_ids = async || {
+        let keys = bundles
+            .clone()
+            .get_opa_signing_keys(proto::GetOpaSigningKeysRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        keys.into_iter().map(|key| key.key_id).collect::<Vec<_>>()
+    };
+    assert_eq!(key_ids().await[0], signer.key_id());
     activate(&mut policy, "", 500).await;
     let service = format!("http://127.0.0.1:{http_port}/v1/opa");
     let opas = [
@@ -716,14 +740,7 @@ async fn a_new_signing_key_reaches_opas_through_discovery_without_a_restart() {
     for opa in &opas {
         opa.decides(400, true, Duration::from_secs(30)).await;
     }
-    let mut fleet = proto::policy_service_client::PolicyServiceClient::new(
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let runtimes = fleet
+    let runtimes = policy
         .list_runtimes(proto::ListRuntimesRequest {
             namespace: "payments".into(),
             ..Default::default()
@@ -735,30 +752,32 @@ async fn a_new_signing_key_reaches_opas_through_discovery_without_a_restart() {
     let ids: Vec<&str> = runtimes.iter().map(|runtime| runtime.id.as_str()).collect();
     assert_eq!(ids, ["opa-0", "opa-1"], "named as discovery says");
 
-    // A new key signs, the old one is still published.
-    let (new_key, pem) = policyhub::signing::OpaSigningKey::generate().unwrap();
-    let new_key_file = data.path().join("opa-2027.pem");
-    std::fs::write(&new_key_file, pem).unwrap();
-    let old_key_file = data.path().join("opa-signing-key.pem");
-    env.push((
-        "POLICYHUB_SIGNING__OPA_KEY_FILES",
-        json!([new_key_file, old_key_file]).to_string(),
-    ));
-    server.kill().ok();
-    server.wait().ok();
-    let (mut server, channel) = spawn_binary_server_on(port, data.path(), &env).await;
-    let mut policy = proto::policy_service_client::PolicyServiceClient::new(channel.clone());
-    let keys = proto::bundle_service_client::BundleServiceClient::new(channel)
-        .get_opa_signing_keys(proto::GetOpaSigningKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .keys;
-    assert_eq!(keys[0].key_id, new_key.key_id(), "the new key signs");
+    // A new key signs, the one before is still published.
+    let (next, next_pem) = generate();
+    std::fs::write(&previous_file, &signer_pem).unwrap();
+    std::fs::write(&signer_file, &next_pem).unwrap();
+    send_signal(&server, "-HUP");
+    let rotated = vec![next.key_id().to_owned(), signer.key_id().to_owned()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while key_ids().await != rotated {
+        assert!(Instant::now() < deadline, "the keys were not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     activate(&mut policy, "", 1000).await;
     for opa in &opas {
         opa.decides(600, true, Duration::from_secs(30)).await;
     }
+
+    // A key file that does not read changes nothing.
+    std::fs::write(&signer_file, "not a key").unwrap();
+    send_signal(&server, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(key_ids().await, rotated);
+    activate(&mut policy, "", 2000).await;
+    for opa in &opas {
+        opa.decides(1500, true, Duration::from_secs(30)).await;
+    }
+    let mut server = server;
     server.kill().ok();
     server.wait().ok();
 }
