@@ -41,6 +41,14 @@ impl FleetView {
         &self.runtimes
     }
 
+    /// Runtime `id`, if the namespace has it.
+    pub fn runtime(&self, id: &RuntimeId) -> Option<&(RuntimeRecord, RuntimeState)> {
+        self.runtimes
+            .binary_search_by(|(record, _)| record.id.cmp(id))
+            .ok()
+            .map(|at| &self.runtimes[at])
+    }
+
     /// The runtimes that count for rollout cohorts: every one not stale.
     pub fn not_stale(&self) -> impl Iterator<Item = &RuntimeRecord> + Clone {
         self.runtimes

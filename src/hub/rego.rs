@@ -18,7 +18,7 @@ use crate::fleet::Arrival;
 use crate::opa::{self, OpaBundle};
 use crate::signing::{BundleClaims, OpaKeySource, OpaSigningKey};
 use crate::storage::Transaction;
-use crate::watch::{IndexedBundle, Watcher};
+use crate::watch::{IndexedBundle, NamespaceIndex, Watcher};
 
 use super::PolicyHub;
 
@@ -198,20 +198,8 @@ impl PolicyHub {
         watcher: Option<&Watcher>,
     ) -> Result<(Arc<OpaBundle>, OpaDue)> {
         let (roots, keys) = self.served_to_opa(namespace)?;
-        let snapshot = self.index.snapshot();
-        let index = snapshot
-            .namespaces
-            .get(namespace)
-            .cloned()
-            .unwrap_or_default();
-        let view = index.bundles_for(watcher);
-        let due = OpaDue {
-            revision: index.revision,
-            versions: view
-                .iter()
-                .map(|(name, indexed)| ((*name).clone(), indexed.bundle.version))
-                .collect(),
-        };
+        let index = self.namespace_index(namespace);
+        let (view, due) = given(&index, watcher);
         let cell = {
             let mut built = self.opa.built.lock().expect("no panic holds this lock");
             let built = built.entry(namespace.clone()).or_insert_with(|| Built {
@@ -237,6 +225,16 @@ impl PolicyHub {
         Ok((bundle, due))
     }
 
+    /// `namespace` as the index holds it now.
+    fn namespace_index(&self, namespace: &Namespace) -> Arc<NamespaceIndex> {
+        self.index
+            .snapshot()
+            .namespaces
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Records an OPA's status report from `subject` (see
     /// [`OpaBundleReport::outcomes`]); returns how many outcomes were older
     /// than what it reported before.
@@ -249,12 +247,7 @@ impl PolicyHub {
     ) -> Result<u32> {
         self.served_to_opa(namespace)?;
         let fleet = self.fleet_view(namespace).await?;
-        let Some(record) = fleet
-            .runtimes()
-            .iter()
-            .map(|(record, _)| record)
-            .find(|record| &record.id == runtime)
-        else {
+        let Some((record, _)) = fleet.runtime(runtime) else {
             return Err(Error::precondition(format!(
                 "runtime {runtime} has not asked for the bundle of namespace {namespace}: name it \
                  in the bundle resource (bundles/{namespace}?runtime.id={runtime}) first"
@@ -264,7 +257,7 @@ impl PolicyHub {
             id: runtime.clone(),
             labels: record.labels.clone(),
         };
-        let (_, due) = self.opa_bundle_now(namespace, Some(&watcher)).await?;
+        let (_, due) = given(&self.namespace_index(namespace), Some(&watcher));
         let Some((revision, outcomes)) = report.outcomes(&due) else {
             return Ok(0);
         };
@@ -324,6 +317,23 @@ impl BundleGuard<'_> {
         }
         Ok(())
     }
+}
+
+/// The bundles of `index` that `watcher` is given (a rollout's candidates
+/// where it is in the cohort), and what they are.
+fn given<'a>(
+    index: &'a NamespaceIndex,
+    watcher: Option<&Watcher>,
+) -> (Vec<(&'a PolicyName, &'a Arc<IndexedBundle>)>, OpaDue) {
+    let view = index.bundles_for(watcher);
+    let due = OpaDue {
+        revision: index.revision,
+        versions: view
+            .iter()
+            .map(|(name, indexed)| ((*name).clone(), indexed.bundle.version))
+            .collect(),
+    };
+    (view, due)
 }
 
 /// The bundle of `view`, the bundles `given` of `namespace`.

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, Order,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
-    sea_query::{Expr, ExprTrait, Query},
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, sea_query::Expr,
 };
 
-use super::entities::{events, policies, versions};
+use super::entities::{events, policies};
 use super::events::{NewEvent, bundle_sends};
 use super::policies::{LockedPolicy, find_policy};
 use super::rollouts::{find_rollout, live_rollouts, view};
@@ -22,8 +21,8 @@ use super::transaction::{Repository, Transaction};
 use super::versions::{find_version, no_such_version};
 use crate::domain::rollout::{RevisionChange, RolloutState};
 use crate::domain::{
-    ActivationOutcome, ActivationPlan, ActiveBundle, Error, EventKind, Namespace, PolicyBody,
-    PolicyName, PolicyRef, RequestContext, Result, VersionRecord, VersionSelector,
+    ActivationOutcome, ActivationPlan, ActiveBundle, Error, EventKind, Namespace, PolicyRef,
+    RequestContext, Result, VersionRecord, VersionSelector,
 };
 
 /// The PostgreSQL notification channel that carries each committed
@@ -142,43 +141,6 @@ impl Transaction {
             }
         }
         Ok(bundles)
-    }
-
-    /// The body of every active version of `namespace`, by policy name,
-    /// as committed: what a decision on the namespace's active set reads
-    /// (the in-memory index may lag another replica's commit). Needs the
-    /// namespace's lock.
-    pub async fn active_bodies(
-        &self,
-        namespace: &Namespace,
-    ) -> Result<BTreeMap<PolicyName, PolicyBody>> {
-        self.ensure_namespace_locked(namespace)?;
-        let query = Query::select()
-            .column((policies::Entity, policies::Column::Name))
-            .column((versions::Entity, versions::Column::Body))
-            .from(versions::Entity)
-            .inner_join(
-                policies::Entity,
-                Expr::col((policies::Entity, policies::Column::Id))
-                    .equals((versions::Entity, versions::Column::PolicyId)),
-            )
-            .and_where(
-                Expr::col((policies::Entity, policies::Column::Namespace)).eq(namespace.as_str()),
-            )
-            .and_where(
-                Expr::col((versions::Entity, versions::Column::Version))
-                    .equals((policies::Entity, policies::Column::ActiveVersion)),
-            )
-            .to_owned();
-        let rows: Vec<(String, String)> = self.txn.values(self.txn.build(&query)).await?;
-        rows.into_iter()
-            .map(|(name, body)| {
-                Ok((
-                    PolicyName::parse("name", &name)?,
-                    PolicyBody::from_canonical(body)?,
-                ))
-            })
-            .collect()
     }
 
     /// Takes the next deployment-wide revision. The row lock this takes is

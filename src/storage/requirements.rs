@@ -1,12 +1,13 @@
-//! What the requirement rules need to read: each policy's latest
-//! requirements, the releases of the required policies, and the active
-//! versions of a namespace.
+//! What the rules on a namespace's active set need to read: each policy's
+//! latest requirements, the releases of the required policies, and the
+//! active versions of a namespace, with their bodies for the OPA bundle
+//! they make together.
 
 use std::collections::BTreeMap;
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
-    sea_query::{Expr, ExprTrait, Func, Query},
+    sea_query::{Expr, ExprTrait, Func, Query, SelectStatement},
 };
 
 use super::entities::{policies, versions};
@@ -14,7 +15,7 @@ use super::rows::{label, requirements, version};
 use super::statement_runner::StatementRunner;
 use super::transaction::Transaction;
 use crate::domain::{
-    ActiveRelease, Label, Namespace, PolicyName, Requirement, Result, VersionState,
+    ActiveRelease, Label, Namespace, PolicyBody, PolicyName, Requirement, Result, VersionState,
 };
 
 struct ReleaseRow {
@@ -121,13 +122,7 @@ impl Transaction {
         namespace: &Namespace,
     ) -> Result<BTreeMap<PolicyName, ActiveRelease>> {
         self.ensure_namespace_locked(namespace)?;
-        let rows = self
-            .releases(
-                namespace,
-                Expr::col((versions::Entity, versions::Column::Version))
-                    .equals((policies::Entity, policies::Column::ActiveVersion)),
-            )
-            .await?;
+        let rows = self.releases(namespace, is_active()).await?;
         rows.into_iter()
             .map(|row| {
                 let release = ActiveRelease {
@@ -140,25 +135,34 @@ impl Transaction {
             .collect()
     }
 
+    /// The body of every active version of `namespace`, by policy name,
+    /// as committed: what a decision on the namespace's active set reads
+    /// (the in-memory index may lag another replica's commit). Needs the
+    /// namespace's lock.
+    pub async fn active_bodies(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<BTreeMap<PolicyName, PolicyBody>> {
+        self.ensure_namespace_locked(namespace)?;
+        let query = namespace_versions(namespace)
+            .column((versions::Entity, versions::Column::Body))
+            .and_where(is_active())
+            .to_owned();
+        let rows: Vec<(String, String)> = self.txn.values(self.txn.build(&query)).await?;
+        rows.into_iter()
+            .map(|(name, body)| Ok((policy_name(&name)?, PolicyBody::from_canonical(body)?)))
+            .collect()
+    }
+
     /// Versions of `namespace`'s policies that meet `condition`, with their
     /// policy's name.
     async fn releases(&self, namespace: &Namespace, condition: Expr) -> Result<Vec<ReleaseRow>> {
-        let query = Query::select()
-            .column((policies::Entity, policies::Column::Name))
+        let query = namespace_versions(namespace)
             .columns([
                 (versions::Entity, versions::Column::Version),
                 (versions::Entity, versions::Column::Label),
                 (versions::Entity, versions::Column::Requirements),
             ])
-            .from(versions::Entity)
-            .inner_join(
-                policies::Entity,
-                Expr::col((policies::Entity, policies::Column::Id))
-                    .equals((versions::Entity, versions::Column::PolicyId)),
-            )
-            .and_where(
-                Expr::col((policies::Entity, policies::Column::Namespace)).eq(namespace.as_str()),
-            )
             .and_where(condition)
             .to_owned();
         let rows: Vec<(String, i32, Option<String>, String)> =
@@ -173,4 +177,27 @@ impl Transaction {
             })
             .collect())
     }
+}
+
+/// The versions of `namespace`'s policies, each with its policy's name
+/// (the first column).
+fn namespace_versions(namespace: &Namespace) -> SelectStatement {
+    Query::select()
+        .column((policies::Entity, policies::Column::Name))
+        .from(versions::Entity)
+        .inner_join(
+            policies::Entity,
+            Expr::col((policies::Entity, policies::Column::Id))
+                .equals((versions::Entity, versions::Column::PolicyId)),
+        )
+        .and_where(
+            Expr::col((policies::Entity, policies::Column::Namespace)).eq(namespace.as_str()),
+        )
+        .to_owned()
+}
+
+/// A version that is its policy's active one.
+fn is_active() -> Expr {
+    Expr::col((versions::Entity, versions::Column::Version))
+        .equals((policies::Entity, policies::Column::ActiveVersion))
 }
