@@ -280,6 +280,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn canonical_json_and_digests_are_the_shared_vectors() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../conformance/vectors/canonical-json.json"
+        );
+        let vectors: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for case in vectors["cases"].as_array().unwrap() {
+            let value: Value = serde_json::from_str(case["input"].as_str().unwrap()).unwrap();
+            let canonical = canonical_json(&value);
+            assert_eq!(canonical, case["canonical"], "{}", case["name"]);
+            assert_eq!(
+                digest_of_canonical(canonical.as_bytes()),
+                case["digest"],
+                "{}",
+                case["name"]
+            );
+        }
+    }
+
+    #[test]
     fn thumbprint_matches_rfc_8037_example() {
         // RFC 8037 appendix A.3.
         assert_eq!(

@@ -147,22 +147,14 @@ impl Remembered {
 
     /// Takes `offered` when `proof` shows it extends the remembered tree.
     pub(crate) fn extend(&mut self, offered: TreeHead, proof: &[[u8; 32]]) -> Result<(), String> {
-        if let Some(held) = &self.head {
-            let proof: Vec<Hash> = proof.iter().map(|hash| Hash(*hash)).collect();
-            tlog_tiles::check_tree(
-                &proof,
-                offered.size,
-                Hash(offered.root),
-                held.size,
-                Hash(held.root),
-            )
-            .map_err(|_| {
-                format!(
-                    "the server's log of {} events does not extend the one of {} events this \
-                     runtime verified: a forked history",
-                    offered.size, held.size
-                )
-            })?;
+        if let Some(held) = &self.head
+            && !proves_consistency(proof, (held.size, held.root), (offered.size, offered.root))
+        {
+            return Err(format!(
+                "the server's log of {} events does not extend the one of {} events this \
+                 runtime verified: a forked history",
+                offered.size, held.size
+            ));
         }
         self.origin = Some(offered.origin.clone());
         self.head = Some(offered);
@@ -197,15 +189,14 @@ impl Remembered {
         if event["kind"] != "RESTORED" {
             return Err("the event proven is not a restore".into());
         }
-        let proof: Vec<Hash> = restore.hashes.iter().map(|hash| Hash(*hash)).collect();
-        tlog_tiles::check_record(
-            &proof,
-            offered.size,
-            Hash(offered.root),
+        if !proves_inclusion(
+            &restore.hashes,
+            (offered.size, offered.root),
             restore.leaf_index,
-            tlog_tiles::record_hash(restore.canonical.as_bytes()),
-        )
-        .map_err(|_| "the restore's inclusion proof does not verify".to_owned())?;
+            restore.canonical.as_bytes(),
+        ) {
+            return Err("the restore's inclusion proof does not verify".to_owned());
+        }
         self.restored_through = Some(restore.leaf_index);
         self.origin = Some(offered.origin.clone());
         self.head = Some(offered);
@@ -213,10 +204,98 @@ impl Remembered {
     }
 }
 
+/// Whether `proof` shows (RFC 9162) that the tree `new` (its size and
+/// root) extends the tree `old`.
+fn proves_consistency(proof: &[[u8; 32]], old: (u64, [u8; 32]), new: (u64, [u8; 32])) -> bool {
+    let proof: Vec<Hash> = proof.iter().map(|hash| Hash(*hash)).collect();
+    tlog_tiles::check_tree(&proof, new.0, Hash(new.1), old.0, Hash(old.1)).is_ok()
+}
+
+/// Whether `proof` shows (RFC 9162) the leaf of `data` at `index` in the
+/// tree `tree` (its size and root).
+fn proves_inclusion(proof: &[[u8; 32]], tree: (u64, [u8; 32]), index: u64, data: &[u8]) -> bool {
+    let proof: Vec<Hash> = proof.iter().map(|hash| Hash(*hash)).collect();
+    let leaf = tlog_tiles::record_hash(data);
+    tlog_tiles::check_record(&proof, tree.0, Hash(tree.1), index, leaf).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cosignature::{Cosigner, verifier_key};
+
+    /// A vector of `conformance/vectors/`, which the server writes.
+    fn vectors(name: &str) -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conformance/vectors/");
+        serde_json::from_str(&std::fs::read_to_string(format!("{path}{name}")).unwrap()).unwrap()
+    }
+
+    fn hash(hex: &serde_json::Value) -> [u8; 32] {
+        let hex = hex.as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    }
+
+    fn proof(case: &serde_json::Value) -> Vec<[u8; 32]> {
+        case["proof"].as_array().unwrap().iter().map(hash).collect()
+    }
+
+    /// `proof` with one bit of its first hash flipped, or (an empty
+    /// proof) `root` with one flipped.
+    fn tampered(mut proof: Vec<[u8; 32]>, mut root: [u8; 32]) -> (Vec<[u8; 32]>, [u8; 32]) {
+        match proof.first_mut() {
+            Some(first) => first[0] ^= 1,
+            None => root[0] ^= 1,
+        }
+        (proof, root)
+    }
+
+    #[test]
+    fn every_proof_of_the_shared_vectors_verifies_and_none_altered() {
+        let merkle = vectors("merkle.json");
+        let leaves = merkle["leaves"].as_array().unwrap();
+        for (leaf, expected) in leaves.iter().zip(merkle["leaf_hashes"].as_array().unwrap()) {
+            let data = leaf.as_str().unwrap().as_bytes();
+            assert_eq!(tlog_tiles::record_hash(data).0, hash(expected));
+        }
+        let root = |size: &serde_json::Value| {
+            let at = merkle["roots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|root| &root["tree_size"] == size)
+                .unwrap();
+            (size.as_u64().unwrap(), hash(&at["root"]))
+        };
+        for case in merkle["inclusion"].as_array().unwrap() {
+            let (size, tree_root) = root(&case["tree_size"]);
+            let index = case["leaf_index"].as_u64().unwrap();
+            let data = leaves[index as usize].as_str().unwrap().as_bytes();
+            let proof = proof(case);
+            assert!(
+                proves_inclusion(&proof, (size, tree_root), index, data),
+                "{case}"
+            );
+            let (proof, tree_root) = tampered(proof, tree_root);
+            assert!(
+                !proves_inclusion(&proof, (size, tree_root), index, data),
+                "{case}"
+            );
+        }
+        for case in merkle["consistency"].as_array().unwrap() {
+            let (old, new) = (root(&case["old_size"]), root(&case["new_size"]));
+            let proof = proof(case);
+            assert!(proves_consistency(&proof, old, new), "{case}");
+            let (proof, new_root) = tampered(proof, new.1);
+            assert!(
+                !proves_consistency(&proof, old, (new.0, new_root)),
+                "{case}"
+            );
+        }
+    }
 
     #[test]
     fn a_checkpoint_without_the_cosignatures_required_is_refused_and_with_them_taken() {

@@ -166,13 +166,21 @@ impl std::fmt::Display for LeafIndex {
 
 /// The RFC 9162 inclusion proof (audit path) of `leaf` in the tree of
 /// `size` leaves, which holds it ([`LeafIndex::ensure_in`]).
-pub fn prove_inclusion(size: TreeSize, leaf: LeafIndex, reads: &Reads) -> Result<Vec<Hash>> {
+pub fn prove_inclusion(
+    size: TreeSize,
+    leaf: LeafIndex,
+    reads: &impl HashReader,
+) -> Result<Vec<Hash>> {
     tlog_tiles::prove_record(size.get(), leaf.get(), reads).map_err(tree_error)
 }
 
 /// The RFC 9162 consistency proof from the tree of `old` leaves to the one
 /// of `new`, no smaller.
-pub fn prove_consistency(old: TreeSize, new: TreeSize, reads: &Reads) -> Result<Vec<Hash>> {
+pub fn prove_consistency(
+    old: TreeSize,
+    new: TreeSize,
+    reads: &impl HashReader,
+) -> Result<Vec<Hash>> {
     tlog_tiles::prove_tree(new.get(), old.get(), reads).map_err(tree_error)
 }
 

@@ -52,6 +52,7 @@ mod schedules;
 mod signing;
 mod subscriptions;
 mod sync;
+mod vectors;
 mod watch;
 mod webhooks;
 mod witness;

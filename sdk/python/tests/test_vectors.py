@@ -1,0 +1,63 @@
+"""The shared conformance vectors (conformance/vectors/), which the server
+writes from its own code: this SDK must reproduce its canonical JSON and
+digests byte for byte, verify every Merkle proof of them, and refuse each
+proof altered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policyhub.bundle import canonical_json, digest_of
+from policyhub.tree import leaf_hash, verify_consistency, verify_inclusion
+
+VECTORS = Path(__file__).resolve().parents[3] / "conformance" / "vectors"
+
+
+def vectors(name: str) -> Any:
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
+
+
+CANONICAL = vectors("canonical-json.json")["cases"]
+MERKLE = vectors("merkle.json")
+
+
+@pytest.mark.parametrize("case", CANONICAL, ids=[case["name"] for case in CANONICAL])
+def test_canonical_json_and_digests_are_the_servers(case: dict[str, str]) -> None:
+    value = json.loads(case["input"])
+    assert canonical_json(value).decode("utf-8") == case["canonical"]
+    assert digest_of(value) == case["digest"]
+
+
+def tampered(proof: list[bytes], root: bytes) -> tuple[list[bytes], bytes]:
+    """`proof` with one bit of its first hash flipped, or (an empty proof)
+    `root` with one flipped."""
+
+    def flip(hash_: bytes) -> bytes:
+        return bytes([hash_[0] ^ 1]) + hash_[1:]
+
+    if proof:
+        return [flip(proof[0]), *proof[1:]], root
+    return proof, flip(root)
+
+
+def test_every_merkle_proof_verifies_and_none_altered() -> None:
+    leaves = [leaf.encode("utf-8") for leaf in MERKLE["leaves"]]
+    assert [leaf_hash(leaf).hex() for leaf in leaves] == MERKLE["leaf_hashes"]
+    roots = {root["tree_size"]: bytes.fromhex(root["root"]) for root in MERKLE["roots"]}
+    for case in MERKLE["inclusion"]:
+        size, index = case["tree_size"], case["leaf_index"]
+        proof = [bytes.fromhex(hash_) for hash_ in case["proof"]]
+        leaf = leaf_hash(leaves[index])
+        assert verify_inclusion(index, size, leaf, roots[size], proof), case
+        proof, root = tampered(proof, roots[size])
+        assert not verify_inclusion(index, size, leaf, root, proof), case
+    for case in MERKLE["consistency"]:
+        old, new = case["old_size"], case["new_size"]
+        proof = [bytes.fromhex(hash_) for hash_ in case["proof"]]
+        assert verify_consistency(old, new, roots[old], roots[new], proof), case
+        proof, root = tampered(proof, roots[new])
+        assert not verify_consistency(old, new, roots[old], root, proof), case

@@ -1,0 +1,59 @@
+// The shared conformance vectors (conformance/vectors/), which the server
+// writes from its own code: this SDK must reproduce its canonical JSON and
+// digests byte for byte, verify every Merkle proof of them, and refuse each
+// proof altered.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+
+import { canonicalJson, digestOfCanonical, verifyConsistency, verifyInclusion } from "../dist/index.js";
+
+const vectors = (name) =>
+  JSON.parse(readFileSync(new URL(`../../../conformance/vectors/${name}`, import.meta.url), "utf8"));
+
+const canonical = vectors("canonical-json.json").cases;
+const merkle = vectors("merkle.json");
+
+for (const { name, input, canonical: expected, digest } of canonical) {
+  test(`canonical JSON and its digest: ${name}`, () => {
+    const text = canonicalJson(JSON.parse(input));
+    assert.equal(text, expected);
+    assert.equal(digestOfCanonical(text), digest);
+  });
+}
+
+/** `proof` with one bit of its first hash flipped, or (an empty proof) `root` with one flipped. */
+function tampered(proof, root) {
+  const flip = (hash) => {
+    const copy = Buffer.from(hash);
+    copy[0] ^= 1;
+    return copy;
+  };
+  return proof.length > 0 ? [[flip(proof[0]), ...proof.slice(1)], root] : [proof, flip(root)];
+}
+
+/** RFC 9162's leaf hash: SHA-256(0x00 || data). */
+const recordHash = (data) => createHash("sha256").update(Buffer.from([0])).update(data).digest();
+
+const hashes = (hex) => hex.map((hash) => Buffer.from(hash, "hex"));
+
+test("every Merkle proof of the vectors verifies, and none altered", () => {
+  const leaves = merkle.leaves.map((leaf) => Buffer.from(leaf, "utf8"));
+  assert.deepEqual(
+    leaves.map((leaf) => recordHash(leaf).toString("hex")),
+    merkle.leaf_hashes,
+  );
+  const roots = new Map(merkle.roots.map(({ tree_size, root }) => [tree_size, Buffer.from(root, "hex")]));
+  for (const { tree_size: size, leaf_index: index, proof } of merkle.inclusion) {
+    const leaf = recordHash(leaves[index]);
+    assert.ok(verifyInclusion(index, size, leaf, roots.get(size), hashes(proof)), `${size} ${index}`);
+    const [bad, root] = tampered(hashes(proof), roots.get(size));
+    assert.ok(!verifyInclusion(index, size, leaf, root, bad), `${size} ${index}`);
+  }
+  for (const { old_size: old, new_size: size, proof } of merkle.consistency) {
+    assert.ok(verifyConsistency(old, roots.get(old), size, roots.get(size), hashes(proof)), `${old} ${size}`);
+    const [bad, root] = tampered(hashes(proof), roots.get(size));
+    assert.ok(!verifyConsistency(old, roots.get(old), size, root, bad), `${old} ${size}`);
+  }
+});

@@ -1,0 +1,152 @@
+//! The conformance vectors (`conformance/vectors/`): what the server's own
+//! code makes of fixed inputs, which every runtime library's unit tests
+//! read and must reproduce byte for byte: canonical JSON (RFC 8785) with
+//! its edge cases and the digests over it, and the log's Merkle tree
+//! (RFC 9162) of 1 to 17 leaves with an inclusion proof of every leaf and a
+//! consistency proof between every two sizes. A stale file fails here;
+//! `UPDATE_VECTORS=1 cargo test --test api vectors::` writes them anew.
+
+use std::path::{Path, PathBuf};
+
+use policyhub::domain::log::{
+    LeafIndex, MemoryTree, TreeSize, leaf_hash, leaf_position, prove_consistency, prove_inclusion,
+};
+use policyhub::domain::{Digest, canonical_json};
+use serde_json::{Value, json};
+
+/// The largest tree the Merkle vectors hold.
+const LEAVES: u64 = 17;
+
+/// Canonical JSON's cases: a name and the JSON text each library parses.
+const CANONICAL: [(&str, &str); 16] = [
+    (
+        "members sorted by UTF-16 code units",
+        r#"{"b":1,"a":2,"aa":3,"A":4,"":5}"#,
+    ),
+    (
+        "a key outside the BMP sorts by its surrogates, before U+FB01",
+        r#"{"\ufb01":1,"\ud83d\ude00":2,"\u00e9":3}"#,
+    ),
+    ("1e21 in exponent form", r#"{"n":1e21}"#),
+    ("the largest number written whole", r#"{"n":1e20}"#),
+    ("the smallest subnormal", r#"{"n":5e-324}"#),
+    ("minus zero", r#"{"n":-0.0}"#),
+    ("2^53 - 1", r#"{"n":9007199254740991}"#),
+    ("-(2^53 - 1)", r#"{"n":-9007199254740991}"#),
+    (
+        "fractions in shortest form",
+        r#"{"a":0.1,"b":1.5e-7,"c":0.000001,"d":123.456e2}"#,
+    ),
+    (
+        "integral floats written whole",
+        r#"{"a":1.0,"b":-25e0,"c":4.50}"#,
+    ),
+    (
+        "escapes only where RFC 8785 asks",
+        r#"{"s":"\u0000\u001f\"\\/\b\f\n\r\t\u007f\u2028<&>"}"#,
+    ),
+    (
+        "text outside ASCII written as is",
+        r#"{"s":"caf\u00e9 \ud83d\ude00 \u4e2d"}"#,
+    ),
+    ("literals", r#"{"t":true,"f":false,"z":null}"#),
+    (
+        "nesting and whitespace",
+        " { \"o\" : { \"b\" : [ 3 , { \"y\":1,\"x\":2 } ] , \"a\" : [ ] } , \"e\" : { } } ",
+    ),
+    ("an empty object", "{}"),
+    ("an array at the top", r#"[1,"two",{"b":3,"a":4}]"#),
+];
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/vectors")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn canonical_vectors() -> Value {
+    let cases: Vec<Value> = CANONICAL
+        .iter()
+        .map(|(name, input)| {
+            let value: Value = serde_json::from_str(input).unwrap();
+            let canonical = canonical_json(&value);
+            json!({
+                "name": name,
+                "input": input,
+                "canonical": canonical,
+                "digest": Digest::of_canonical(canonical.as_bytes()).as_str(),
+            })
+        })
+        .collect();
+    json!({
+        "description": "RFC 8785 canonical JSON as the server writes it, and the digest over it \
+            (sha256: and the lowercase hex SHA-256 of the canonical bytes, as a bundle's digest): \
+            parse each input with the language's own JSON parser, canonicalize, and compare.",
+        "cases": cases,
+    })
+}
+
+fn merkle_vectors() -> Value {
+    let leaves: Vec<String> = (0..LEAVES).map(|index| format!("leaf {index}")).collect();
+    let mut tree = MemoryTree::default();
+    for leaf in &leaves {
+        tree.push(leaf.as_bytes()).unwrap();
+    }
+    let size = |leaves: u64| TreeSize::new(leaves).unwrap();
+    let hashes = |proof: Vec<policyhub::domain::log::Hash>| -> Vec<String> {
+        proof.iter().map(|hash| hex(&hash.0)).collect()
+    };
+    let roots: Vec<Value> = (1..=LEAVES)
+        .map(|leaves| json!({"tree_size": leaves, "root": hex(&tree.root(leaves).unwrap().0)}))
+        .collect();
+    let mut inclusion = Vec::new();
+    let mut consistency = Vec::new();
+    for new in 1..=LEAVES {
+        for index in 0..new {
+            let leaf = LeafIndex::at_position(leaf_position(index));
+            let proof = prove_inclusion(size(new), leaf, &tree).unwrap();
+            inclusion.push(json!({"tree_size": new, "leaf_index": index, "proof": hashes(proof)}));
+        }
+        for old in 1..=new {
+            let proof = prove_consistency(size(old), size(new), &tree).unwrap();
+            consistency.push(json!({"old_size": old, "new_size": new, "proof": hashes(proof)}));
+        }
+    }
+    json!({
+        "description": "The log's Merkle tree as the server builds it (RFC 9162: a leaf hash is \
+            SHA-256(0x00 || data), a node's SHA-256(0x01 || left || right)), over leaves whose \
+            data is the UTF-8 of each string of `leaves`; hashes in lowercase hex. Every proof \
+            verifies against the roots; each with one hash changed, or taken for another size or \
+            leaf, must not.",
+        "leaves": leaves,
+        "leaf_hashes": leaves.iter().map(|leaf| hex(&leaf_hash(leaf.as_bytes()).0)).collect::<Vec<_>>(),
+        "roots": roots,
+        "inclusion": inclusion,
+        "consistency": consistency,
+    })
+}
+
+#[test]
+fn the_conformance_vectors_are_fresh() {
+    let files = [
+        ("canonical-json.json", canonical_vectors()),
+        ("merkle.json", merkle_vectors()),
+    ];
+    let mut stale = Vec::new();
+    for (name, vectors) in files {
+        let path = vectors_dir().join(name);
+        let generated = serde_json::to_string_pretty(&vectors).unwrap() + "\n";
+        if std::env::var_os("UPDATE_VECTORS").is_some() {
+            std::fs::create_dir_all(vectors_dir()).unwrap();
+            std::fs::write(&path, &generated).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(generated.as_str()) {
+            stale.push(format!("conformance/vectors/{name}"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale: {stale:?}; UPDATE_VECTORS=1 cargo test --test api vectors:: writes them anew"
+    );
+}
