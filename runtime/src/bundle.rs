@@ -276,16 +276,40 @@ pub fn verify_envelope(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A vector of `conformance/vectors/`, which the server writes.
+    pub(crate) fn vectors(name: &str) -> Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conformance/vectors/");
+        serde_json::from_str(&std::fs::read_to_string(format!("{path}{name}")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_bundle_of_the_shared_vectors_is_taken_or_refused_as_they_say() {
+        let vectors = vectors("bundles.json");
+        let jwks: Jwks = serde_json::from_value(vectors["jwks"].clone()).unwrap();
+        for case in vectors["cases"].as_array().unwrap() {
+            let envelope = &case["envelope"];
+            let envelope = Envelope {
+                namespace: envelope["namespace"].as_str().unwrap(),
+                name: envelope["name"].as_str().unwrap(),
+                version: envelope["version"].as_u64().unwrap() as u32,
+                digest: envelope["digest"].as_str().unwrap(),
+            };
+            let verdict = verify_envelope(case["jws"].as_str().unwrap(), &envelope, &jwks);
+            assert_eq!(
+                verdict.is_ok(),
+                case["valid"],
+                "{}: {verdict:?}",
+                case["name"]
+            );
+        }
+    }
 
     #[test]
     fn canonical_json_and_digests_are_the_shared_vectors() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../conformance/vectors/canonical-json.json"
-        );
-        let vectors: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let vectors = vectors("canonical-json.json");
         for case in vectors["cases"].as_array().unwrap() {
             let value: Value = serde_json::from_str(case["input"].as_str().unwrap()).unwrap();
             let canonical = canonical_json(&value);

@@ -222,13 +222,8 @@ fn proves_inclusion(proof: &[[u8; 32]], tree: (u64, [u8; 32]), index: u64, data:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::tests::vectors;
     use crate::cosignature::{Cosigner, verifier_key};
-
-    /// A vector of `conformance/vectors/`, which the server writes.
-    fn vectors(name: &str) -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conformance/vectors/");
-        serde_json::from_str(&std::fs::read_to_string(format!("{path}{name}")).unwrap()).unwrap()
-    }
 
     fn hash(hex: &serde_json::Value) -> [u8; 32] {
         let hex = hex.as_str().unwrap();

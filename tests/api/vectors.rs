@@ -1,17 +1,24 @@
 //! The conformance vectors (`conformance/vectors/`): what the server's own
 //! code makes of fixed inputs, which every runtime library's unit tests
 //! read and must reproduce byte for byte: canonical JSON (RFC 8785) with
-//! its edge cases and the digests over it, and the log's Merkle tree
-//! (RFC 9162) of 1 to 17 leaves with an inclusion proof of every leaf and a
-//! consistency proof between every two sizes. A stale file fails here;
+//! its edge cases and the digests over it, the log's Merkle tree (RFC 9162)
+//! of 1 to 17 leaves with an inclusion proof of every leaf and a
+//! consistency proof between every two sizes, and signed bundles, with the
+//! envelope each arrives in, that a runtime must take or refuse. Ed25519
+//! signatures are deterministic, so a fixed key makes fixed bundles. A
+//! stale file fails here;
 //! `UPDATE_VECTORS=1 cargo test --test api vectors::` writes them anew.
 
 use std::path::{Path, PathBuf};
 
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use policyhub::domain::log::{
     LeafIndex, MemoryTree, TreeSize, leaf_hash, leaf_position, prove_consistency, prove_inclusion,
 };
-use policyhub::domain::{Digest, canonical_json};
+use policyhub::domain::{Digest, PolicyBody, canonical_json};
+use policyhub::signing::{
+    BUNDLE_TYPE, BundleClaims, CHECKPOINT_TYPE, Jwks, SigningKey, claims_for,
+};
 use serde_json::{Value, json};
 
 /// The largest tree the Merkle vectors hold.
@@ -128,11 +135,163 @@ fn merkle_vectors() -> Value {
     })
 }
 
+/// RFC 8410's PKCS#8 of the Ed25519 key of `seed`.
+fn pkcs8(seed: u8) -> Vec<u8> {
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend([seed; 32]);
+    der
+}
+
+/// The Ed25519 key of `seed`, as the server reads a key file.
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_pem(&pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8(seed)))).unwrap()
+}
+
+/// A compact JWS of `header` and `claims` with `key`'s signature, for the
+/// bundles the server would never sign.
+fn signed_as(key: u8, header: &Value, claims: &BundleClaims) -> String {
+    let encode = |value: &[u8]| URL_SAFE_NO_PAD.encode(value);
+    let message = format!(
+        "{}.{}",
+        encode(header.to_string().as_bytes()),
+        encode(&serde_json::to_vec(claims).unwrap())
+    );
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8(key)).unwrap();
+    format!(
+        "{message}.{}",
+        encode(pair.sign(message.as_bytes()).as_ref())
+    )
+}
+
+fn bundle_vectors() -> Value {
+    let signer = key(7);
+    let body = |limit: u64| {
+        PolicyBody::parse(
+            "body",
+            json!({"limits": {"max": limit}, "note": "caf\u{e9}"}),
+            1 << 20,
+        )
+        .unwrap()
+    };
+    let published = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+    let claims = |subject: &str, body: &PolicyBody| {
+        claims_for(
+            "policyhub",
+            subject,
+            3,
+            Some("1.2.0".into()),
+            body,
+            &[],
+            published,
+        )
+    };
+    let authz = claims("payments/authz", &body(500));
+    let valid = signer.sign(&authz).unwrap();
+    let digest = authz.digest.clone();
+    let header = |alg: &str, typ: &str| json!({"alg": alg, "kid": signer.key_id(), "typ": typ});
+    let tampered_signature = {
+        let (message, signature) = valid.rsplit_once('.').unwrap();
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        signature[0] ^= 1;
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+    };
+    let digest_mismatch = BundleClaims {
+        digest: body(501).digest().to_string(),
+        ..authz.clone()
+    };
+    let alg_none = {
+        let encode = |value: &[u8]| URL_SAFE_NO_PAD.encode(value);
+        let header = header("none", BUNDLE_TYPE).to_string();
+        format!(
+            "{}.{}.",
+            encode(header.as_bytes()),
+            encode(&serde_json::to_vec(&authz).unwrap())
+        )
+    };
+    let envelope = |name: &str, version: u32, digest: &str| json!({"namespace": "payments", "name": name, "version": version, "digest": digest});
+    let cases = [
+        (
+            "a bundle as the server signs it",
+            &valid,
+            envelope("authz", 3, &digest),
+            true,
+        ),
+        (
+            "signed by a key the JWKS does not hold",
+            &key(8).sign(&authz).unwrap(),
+            envelope("authz", 3, &digest),
+            false,
+        ),
+        (
+            "a signature altered",
+            &tampered_signature,
+            envelope("authz", 3, &digest),
+            false,
+        ),
+        (
+            "alg none, no signature",
+            &alg_none,
+            envelope("authz", 3, &digest),
+            false,
+        ),
+        (
+            "a digest claim its body does not make",
+            &signer.sign(&digest_mismatch).unwrap(),
+            envelope("authz", 3, &digest_mismatch.digest),
+            false,
+        ),
+        (
+            "typ of a checkpoint",
+            &signed_as(7, &header("EdDSA", CHECKPOINT_TYPE), &authz),
+            envelope("authz", 3, &digest),
+            false,
+        ),
+        (
+            "another policy's valid bundle in its place",
+            &signer.sign(&claims("payments/limits", &body(500))).unwrap(),
+            envelope("authz", 3, &digest),
+            false,
+        ),
+        (
+            "an older version under a newer envelope",
+            &valid,
+            envelope("authz", 4, &digest),
+            false,
+        ),
+        (
+            "an envelope naming another digest",
+            &valid,
+            envelope("authz", 3, body(501).digest().as_str()),
+            false,
+        ),
+    ];
+    let jwks = Jwks {
+        keys: vec![signer.jwk().clone()],
+    };
+    json!({
+        "description": "Signed bundles as the server signs them (EdDSA over Ed25519, typ \
+            policyhub-bundle+jwt), each with the envelope a watch message carries it in, and \
+            whether a runtime holding `jwks` must take it (`valid`) or refuse it: verify each \
+            with the library's own check of a bundle in its envelope.",
+        "jwks": jwks,
+        "cases": cases.map(|(name, jws, envelope, valid)| json!({
+            "name": name,
+            "jws": jws,
+            "envelope": envelope,
+            "valid": valid,
+        })),
+    })
+}
+
 #[test]
 fn the_conformance_vectors_are_fresh() {
     let files = [
         ("canonical-json.json", canonical_vectors()),
         ("merkle.json", merkle_vectors()),
+        ("bundles.json", bundle_vectors()),
     ];
     let mut stale = Vec::new();
     for (name, vectors) in files {

@@ -1,7 +1,7 @@
 """The shared conformance vectors (conformance/vectors/), which the server
 writes from its own code: this SDK must reproduce its canonical JSON and
-digests byte for byte, verify every Merkle proof of them, and refuse each
-proof altered."""
+digests byte for byte, verify every Merkle proof of them and refuse each
+proof altered, and take or refuse each signed bundle as they say."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from policyhub.bundle import canonical_json, digest_of
+from policyhub.bundle import Jwks, VerifyError, canonical_json, digest_of, verify_envelope
 from policyhub.tree import leaf_hash, verify_consistency, verify_inclusion
 
 VECTORS = Path(__file__).resolve().parents[3] / "conformance" / "vectors"
@@ -23,6 +23,7 @@ def vectors(name: str) -> Any:
 
 CANONICAL = vectors("canonical-json.json")["cases"]
 MERKLE = vectors("merkle.json")
+BUNDLES = vectors("bundles.json")
 
 
 @pytest.mark.parametrize("case", CANONICAL, ids=[case["name"] for case in CANONICAL])
@@ -61,3 +62,23 @@ def test_every_merkle_proof_verifies_and_none_altered() -> None:
         assert verify_consistency(old, new, roots[old], roots[new], proof), case
         proof, root = tampered(proof, roots[new])
         assert not verify_consistency(old, new, roots[old], root, proof), case
+
+
+@pytest.mark.parametrize("case", BUNDLES["cases"], ids=[case["name"] for case in BUNDLES["cases"]])
+def test_each_bundle_is_taken_or_refused_as_the_vectors_say(case: dict[str, Any]) -> None:
+    jwks = Jwks.from_json(BUNDLES["jwks"])
+    envelope = case["envelope"]
+    try:
+        verify_envelope(
+            case["jws"],
+            namespace=envelope["namespace"],
+            name=envelope["name"],
+            version=envelope["version"],
+            digest=envelope["digest"],
+            jwks=jwks,
+        )
+    except VerifyError:
+        taken = False
+    else:
+        taken = True
+    assert taken == case["valid"]

@@ -1,19 +1,27 @@
 // The shared conformance vectors (conformance/vectors/), which the server
 // writes from its own code: this SDK must reproduce its canonical JSON and
-// digests byte for byte, verify every Merkle proof of them, and refuse each
-// proof altered.
+// digests byte for byte, verify every Merkle proof of them and refuse each
+// proof altered, and take or refuse each signed bundle as they say.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { canonicalJson, digestOfCanonical, verifyConsistency, verifyInclusion } from "../dist/index.js";
+import {
+  VerifyError,
+  canonicalJson,
+  digestOfCanonical,
+  verifyConsistency,
+  verifyEnvelope,
+  verifyInclusion,
+} from "../dist/index.js";
 
 const vectors = (name) =>
   JSON.parse(readFileSync(new URL(`../../../conformance/vectors/${name}`, import.meta.url), "utf8"));
 
 const canonical = vectors("canonical-json.json").cases;
 const merkle = vectors("merkle.json");
+const bundles = vectors("bundles.json");
 
 for (const { name, input, canonical: expected, digest } of canonical) {
   test(`canonical JSON and its digest: ${name}`, () => {
@@ -57,3 +65,16 @@ test("every Merkle proof of the vectors verifies, and none altered", () => {
     assert.ok(!verifyConsistency(old, roots.get(old), size, root, bad), `${old} ${size}`);
   }
 });
+
+for (const { name, jws, envelope, valid } of bundles.cases) {
+  test(`a bundle taken or refused as the vectors say: ${name}`, async () => {
+    const taken = await verifyEnvelope(jws, envelope, bundles.jwks).then(
+      () => true,
+      (error) => {
+        assert.ok(error instanceof VerifyError, String(error));
+        return false;
+      },
+    );
+    assert.equal(taken, valid);
+  });
+}
