@@ -43,6 +43,13 @@ fn weight(id: &str, endpoint: &str) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
 }
 
+/// The addresses `endpoints` in the order the runtime `id` prefers them,
+/// duplicates once: the ranking every implementation of the contract
+/// computes alike (the shared vectors hold it).
+pub fn ranking(endpoints: &[String], id: &str) -> Vec<String> {
+    Endpoints::rank(endpoints, Some(id)).ranked
+}
+
 impl Endpoints {
     /// Ranks `endpoints` for the runtime `id` (at random without one); the
     /// first is in use. Duplicates count once.
@@ -118,6 +125,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn every_ranking_of_the_shared_vectors_is_the_same_here() {
+        let vectors = crate::bundle::tests::vectors("ranking.json");
+        for case in vectors["cases"].as_array().unwrap() {
+            let endpoints: Vec<String> = serde_json::from_value(case["endpoints"].clone()).unwrap();
+            let expected: Vec<String> = serde_json::from_value(case["ranking"].clone()).unwrap();
+            let id = case["runtime_id"].as_str().unwrap();
+            assert_eq!(ranking(&endpoints, id), expected, "{case}");
+        }
+    }
 
     fn addresses(n: usize) -> Vec<String> {
         (0..n)

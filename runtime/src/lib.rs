@@ -92,6 +92,7 @@ mod proto {
     tonic::include_proto!("policyhub.v1");
 }
 
+pub use endpoints::ranking;
 pub use state::{Source, State, VerifiedBundle};
 pub use tls::Tls;
 pub use token::token_file;

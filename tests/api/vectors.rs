@@ -3,8 +3,9 @@
 //! read and must reproduce byte for byte: canonical JSON (RFC 8785) with
 //! its edge cases and the digests over it, the log's Merkle tree (RFC 9162)
 //! of 1 to 17 leaves with an inclusion proof of every leaf and a
-//! consistency proof between every two sizes, and signed bundles, with the
-//! envelope each arrives in, that a runtime must take or refuse. Ed25519
+//! consistency proof between every two sizes, signed bundles, with the
+//! envelope each arrives in, that a runtime must take or refuse, and the
+//! order in which runtimes rank the replicas they are given. Ed25519
 //! signatures are deterministic, so a fixed key makes fixed bundles. A
 //! stale file fails here;
 //! `UPDATE_VECTORS=1 cargo test --test api vectors::` writes them anew.
@@ -286,12 +287,63 @@ fn bundle_vectors() -> Value {
     })
 }
 
+/// Replica sets a runtime may be given, some with an address twice.
+const ENDPOINT_SETS: [&[&str]; 4] = [
+    &[
+        "http://replica-a:50051",
+        "http://replica-b:50051",
+        "http://replica-c:50051",
+    ],
+    &[
+        "https://policyhub-0.policyhub.svc:50051",
+        "https://policyhub-1.policyhub.svc:50051",
+        "https://policyhub-2.policyhub.svc:50051",
+        "https://policyhub-3.policyhub.svc:50051",
+        "https://policyhub-4.policyhub.svc:50051",
+    ],
+    &[
+        "http://10.0.0.1:50051",
+        "http://10.0.0.2:50051",
+        "http://10.0.0.1:50051",
+    ],
+    &["http://[::1]:50051", "http://127.0.0.1:50051"],
+];
+
+/// Runtime ids, some outside ASCII.
+const RUNTIME_IDS: [&str; 6] = [
+    "payments-7d9f8-abcde",
+    "payments-7d9f8-fghij",
+    "opa-0",
+    "opa-1",
+    "edge/eu-west-1/42",
+    "r\u{e9}plica-\u{1f600}",
+];
+
+fn ranking_vectors() -> Value {
+    let mut cases = Vec::new();
+    for endpoints in ENDPOINT_SETS {
+        let endpoints: Vec<String> = endpoints.iter().map(|&endpoint| endpoint.into()).collect();
+        for id in RUNTIME_IDS {
+            let ranking = policyhub_runtime::ranking(&endpoints, id);
+            cases.push(json!({"runtime_id": id, "endpoints": endpoints, "ranking": ranking}));
+        }
+    }
+    json!({
+        "description": "The order in which a runtime with an id prefers the addresses it is \
+            given (rendezvous hashing: an address's weight is the first eight bytes, big-endian, \
+            of SHA-256(runtime id || 0x00 || address), the heaviest first; an address given twice \
+            counts once).",
+        "cases": cases,
+    })
+}
+
 #[test]
 fn the_conformance_vectors_are_fresh() {
     let files = [
         ("canonical-json.json", canonical_vectors()),
         ("merkle.json", merkle_vectors()),
         ("bundles.json", bundle_vectors()),
+        ("ranking.json", ranking_vectors()),
     ];
     let mut stale = Vec::new();
     for (name, vectors) in files {

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from policyhub._endpoints import Endpoints
 from policyhub.bundle import Jwks, VerifyError, canonical_json, digest_of, verify_envelope
 from policyhub.tree import leaf_hash, verify_consistency, verify_inclusion
 
@@ -24,6 +25,7 @@ def vectors(name: str) -> Any:
 CANONICAL = vectors("canonical-json.json")["cases"]
 MERKLE = vectors("merkle.json")
 BUNDLES = vectors("bundles.json")
+RANKING = vectors("ranking.json")
 
 
 @pytest.mark.parametrize("case", CANONICAL, ids=[case["name"] for case in CANONICAL])
@@ -82,3 +84,8 @@ def test_each_bundle_is_taken_or_refused_as_the_vectors_say(case: dict[str, Any]
     else:
         taken = True
     assert taken == case["valid"]
+
+
+def test_each_ranking_is_the_vectors() -> None:
+    for case in RANKING["cases"]:
+        assert Endpoints(case["endpoints"], case["runtime_id"]).ranked == case["ranking"], case

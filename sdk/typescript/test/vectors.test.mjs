@@ -15,6 +15,7 @@ import {
   verifyEnvelope,
   verifyInclusion,
 } from "../dist/index.js";
+import { Endpoints } from "../dist/endpoints.js";
 
 const vectors = (name) =>
   JSON.parse(readFileSync(new URL(`../../../conformance/vectors/${name}`, import.meta.url), "utf8"));
@@ -22,6 +23,7 @@ const vectors = (name) =>
 const canonical = vectors("canonical-json.json").cases;
 const merkle = vectors("merkle.json");
 const bundles = vectors("bundles.json");
+const ranking = vectors("ranking.json");
 
 for (const { name, input, canonical: expected, digest } of canonical) {
   test(`canonical JSON and its digest: ${name}`, () => {
@@ -78,3 +80,9 @@ for (const { name, jws, envelope, valid } of bundles.cases) {
     assert.equal(taken, valid);
   });
 }
+
+test("each ranking of replicas is the vectors'", () => {
+  for (const { runtime_id: id, endpoints, ranking: expected } of ranking.cases) {
+    assert.deepEqual(new Endpoints(endpoints, id).ranking, expected, `${id} ${endpoints}`);
+  }
+});
