@@ -249,6 +249,36 @@ mod tests {
     }
 
     #[test]
+    fn every_note_of_the_shared_vectors_is_verified_as_they_say() {
+        let vectors = vectors("notes.json");
+        let jwks: Jwks = serde_json::from_value(vectors["jwks"].clone()).unwrap();
+        let witnesses: Vec<String> = serde_json::from_value(vectors["witnesses"].clone()).unwrap();
+        for case in vectors["cases"].as_array().unwrap() {
+            let note = case["note"].as_str().unwrap();
+            let head = verify_note(note, case["origin"].as_str(), &jwks);
+            match &case["tree"] {
+                serde_json::Value::Null => assert!(head.is_err(), "{}", case["name"]),
+                tree => {
+                    let head = head.unwrap_or_else(|why| panic!("{}: {why}", case["name"]));
+                    assert_eq!(head.size, tree["size"], "{}", case["name"]);
+                    assert_eq!(head.root, hash(&tree["root"]), "{}", case["name"]);
+                }
+            }
+            let cosigned = crate::cosignature::cosigned_by(note, &witnesses);
+            match case.get("cosigned_by") {
+                None => {}
+                Some(serde_json::Value::Null) => assert!(cosigned.is_err(), "{}", case["name"]),
+                Some(names) => assert_eq!(
+                    serde_json::json!(cosigned.unwrap()),
+                    *names,
+                    "{}",
+                    case["name"]
+                ),
+            }
+        }
+    }
+
+    #[test]
     fn every_proof_of_the_shared_vectors_verifies_and_none_altered() {
         let merkle = vectors("merkle.json");
         let leaves = merkle["leaves"].as_array().unwrap();

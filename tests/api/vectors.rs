@@ -4,8 +4,9 @@
 //! its edge cases and the digests over it, the log's Merkle tree (RFC 9162)
 //! of 1 to 17 leaves with an inclusion proof of every leaf and a
 //! consistency proof between every two sizes, signed bundles, with the
-//! envelope each arrives in, that a runtime must take or refuse, and the
-//! order in which runtimes rank the replicas they are given. Ed25519
+//! envelope each arrives in, that a runtime must take or refuse, the order
+//! in which runtimes rank the replicas they are given, and checkpoints as
+//! signed notes with witnesses' cosignatures. Ed25519
 //! signatures are deterministic, so a fixed key makes fixed bundles. A
 //! stale file fails here;
 //! `UPDATE_VECTORS=1 cargo test --test api vectors::` writes them anew.
@@ -14,13 +15,16 @@ use std::path::{Path, PathBuf};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use policyhub::domain::log::{
-    LeafIndex, MemoryTree, TreeSize, leaf_hash, leaf_position, prove_consistency, prove_inclusion,
+    LeafIndex, MemoryTree, TreeSize, checkpoint_body, leaf_hash, leaf_position, prove_consistency,
+    prove_inclusion,
 };
 use policyhub::domain::{Digest, PolicyBody, canonical_json};
 use policyhub::signing::{
     BUNDLE_TYPE, BundleClaims, CHECKPOINT_TYPE, Jwks, SigningKey, claims_for,
 };
+use policyhub_runtime::cosignature::{Cosigner, verifier_key};
 use serde_json::{Value, json};
+use signed_note::Signature;
 
 /// The largest tree the Merkle vectors hold.
 const LEAVES: u64 = 17;
@@ -287,6 +291,89 @@ fn bundle_vectors() -> Value {
     })
 }
 
+/// The log's origin line in the note vectors.
+const ORIGIN: &str = "policyhub.example/log";
+
+/// A witness of seed `seed` under `name`: its cosignature line on `text`
+/// at a fixed time, and its verifier key.
+fn witness(seed: u8, name: &str, text: &[u8]) -> (String, String) {
+    use signed_note::Signer as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    let cosigner = Cosigner {
+        name,
+        key: &key,
+        time: 1_790_000_000,
+    };
+    let line =
+        Signature::new(name.into(), cosigner.key_id(), cosigner.sign(text).unwrap()).unwrap();
+    (
+        String::from_utf8(line.to_bytes()).unwrap(),
+        verifier_key(name, &key.verifying_key()),
+    )
+}
+
+fn note_vectors() -> Value {
+    let mut tree = MemoryTree::default();
+    for index in 0..5 {
+        tree.push(format!("leaf {index}").as_bytes()).unwrap();
+    }
+    let root = tree.root(5).unwrap();
+    let body = checkpoint_body(ORIGIN, 5, root).unwrap();
+    let signer = key(7);
+    let note = signer.sign_note(ORIGIN, &body).unwrap();
+    let (first, first_key) = witness(9, "witness.example/w1", body.as_bytes());
+    let (second, second_key) = witness(10, "witness.example/w2", body.as_bytes());
+    let other_body = checkpoint_body(ORIGIN, 6, tree.root(5).unwrap()).unwrap();
+    let (forged, _) = witness(9, "witness.example/w1", other_body.as_bytes());
+    let grown = note.replacen(&format!("{ORIGIN}\n5\n"), &format!("{ORIGIN}\n6\n"), 1);
+    let head = json!({"size": 5, "root": hex(&root.0)});
+    let valid = |name: &str, note: String, cosigned_by: &[&str]| json!({"name": name, "note": note, "origin": ORIGIN, "tree": head, "cosigned_by": cosigned_by});
+    let refused = |name: &str, note: String, origin: &str| json!({"name": name, "note": note, "origin": origin, "tree": null});
+    let cases = [
+        valid("a checkpoint as the server signs it", note.clone(), &[]),
+        valid(
+            "cosigned by one witness",
+            format!("{note}{first}"),
+            &["witness.example/w1"],
+        ),
+        valid(
+            "cosigned by both witnesses",
+            format!("{note}{first}{second}"),
+            &["witness.example/w1", "witness.example/w2"],
+        ),
+        json!({
+            "name": "a witness's cosignature of another checkpoint",
+            "note": format!("{note}{forged}"),
+            "origin": ORIGIN,
+            "tree": head,
+            "cosigned_by": null,
+        }),
+        refused(
+            "another log than the one followed",
+            note.clone(),
+            "other.example/log",
+        ),
+        refused(
+            "signed by a key the JWKS does not hold",
+            key(8).sign_note(ORIGIN, &body).unwrap(),
+            ORIGIN,
+        ),
+        refused("a size changed after signing", grown, ORIGIN),
+    ];
+    json!({
+        "description": "Checkpoints of the log's tree as C2SP signed notes, signed by the key of \
+            `jwks` under the log's origin, some with witnesses' cosignatures (C2SP \
+            tlog-cosignature, cosignature/v1). Verify each note under `origin` with `jwks`: \
+            `tree` is the size and root (hex) it must give, null when it must be refused. \
+            `cosigned_by` names the witnesses of `witnesses` whose cosignature verifies, in \
+            their order there; null where a cosignature under a witness's key does not verify, \
+            which must be refused.",
+        "jwks": Jwks { keys: vec![signer.jwk().clone()] },
+        "witnesses": [first_key, second_key],
+        "cases": cases,
+    })
+}
+
 /// Replica sets a runtime may be given, some with an address twice.
 const ENDPOINT_SETS: [&[&str]; 4] = [
     &[
@@ -344,6 +431,7 @@ fn the_conformance_vectors_are_fresh() {
         ("merkle.json", merkle_vectors()),
         ("bundles.json", bundle_vectors()),
         ("ranking.json", ranking_vectors()),
+        ("notes.json", note_vectors()),
     ];
     let mut stale = Vec::new();
     for (name, vectors) in files {

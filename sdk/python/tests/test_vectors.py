@@ -13,7 +13,7 @@ import pytest
 
 from policyhub._endpoints import Endpoints
 from policyhub.bundle import Jwks, VerifyError, canonical_json, digest_of, verify_envelope
-from policyhub.tree import leaf_hash, verify_consistency, verify_inclusion
+from policyhub.tree import cosigned_by, leaf_hash, verify_consistency, verify_inclusion, verify_note
 
 VECTORS = Path(__file__).resolve().parents[3] / "conformance" / "vectors"
 
@@ -26,6 +26,7 @@ CANONICAL = vectors("canonical-json.json")["cases"]
 MERKLE = vectors("merkle.json")
 BUNDLES = vectors("bundles.json")
 RANKING = vectors("ranking.json")
+NOTES = vectors("notes.json")
 
 
 @pytest.mark.parametrize("case", CANONICAL, ids=[case["name"] for case in CANONICAL])
@@ -89,3 +90,21 @@ def test_each_bundle_is_taken_or_refused_as_the_vectors_say(case: dict[str, Any]
 def test_each_ranking_is_the_vectors() -> None:
     for case in RANKING["cases"]:
         assert Endpoints(case["endpoints"], case["runtime_id"]).ranked == case["ranking"], case
+
+
+@pytest.mark.parametrize("case", NOTES["cases"], ids=[case["name"] for case in NOTES["cases"]])
+def test_each_note_is_verified_as_the_vectors_say(case: dict[str, Any]) -> None:
+    jwks = Jwks.from_json(NOTES["jwks"])
+    if case["tree"] is None:
+        with pytest.raises(VerifyError):
+            verify_note(case["note"], case["origin"], jwks)
+    else:
+        head = verify_note(case["note"], case["origin"], jwks)
+        assert (head.size, head.root.hex()) == (case["tree"]["size"], case["tree"]["root"])
+    if "cosigned_by" not in case:
+        return
+    if case["cosigned_by"] is None:
+        with pytest.raises(VerifyError):
+            cosigned_by(case["note"], NOTES["witnesses"])
+    else:
+        assert cosigned_by(case["note"], NOTES["witnesses"]) == case["cosigned_by"]

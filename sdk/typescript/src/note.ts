@@ -15,7 +15,7 @@
 
 import { createHash, verify as ed25519Verify, type KeyObject } from "node:crypto";
 
-import { type Jwks, ed25519PublicKey } from "./bundle.js";
+import { type Jwks, VerifyError, ed25519PublicKey } from "./bundle.js";
 
 /** The signature type of an Ed25519 note signature. */
 const ED25519 = 0x01;
@@ -40,18 +40,18 @@ export interface Note {
 export function parseNote(note: string): Note {
   const split = note.lastIndexOf("\n\n");
   if (split < 0 || !note.endsWith("\n")) {
-    throw new Error("not a signed note: no signature block");
+    throw new VerifyError("not a signed note: no signature block");
   }
   const text = note.slice(0, split + 1);
   const lines = note.slice(split + 2, -1).split("\n");
   const signatures = lines.map((line) => {
     const match = /^\u2014 (\S+) (\S+)$/u.exec(line);
     if (match === null) {
-      throw new Error("not a signed note: a malformed signature line");
+      throw new VerifyError("not a signed note: a malformed signature line");
     }
     const signature = Buffer.from(match[2] ?? "", "base64");
     if (signature.length < 5) {
-      throw new Error("not a signed note: a signature too short");
+      throw new VerifyError("not a signed note: a signature too short");
     }
     return { name: match[1] ?? "", id: signature.readUInt32BE(0), signature: signature.subarray(4) };
   });
@@ -111,7 +111,7 @@ function verifiedBy(note: Note, verifiers: NoteVerifier[]): string[] {
       continue;
     }
     if (!verifier.verify(note.text, signature.signature)) {
-      throw new Error(`the signature of ${signature.name} does not verify`);
+      throw new VerifyError(`the signature of ${signature.name} does not verify`);
     }
     names.push(signature.name);
   }
@@ -137,10 +137,10 @@ export function verifyLogSignature(note: Note, origin: string, jwks: Jwks): void
   try {
     verified = verifiedBy(note, verifiers);
   } catch (error) {
-    throw new Error(`the checkpoint note does not verify: ${(error as Error).message}`);
+    throw new VerifyError(`the checkpoint note does not verify: ${(error as Error).message}`);
   }
   if (verified.length === 0) {
-    throw new Error("the checkpoint note does not verify: no signature by a known key");
+    throw new VerifyError("the checkpoint note does not verify: no signature by a known key");
   }
 }
 
@@ -181,7 +181,7 @@ export function cosignatureVerifier(vkey: string): NoteVerifier {
  * The names of the witnesses among `witnesses` (verifier keys,
  * `<name>+<key id>+base64(0x04 ‖ key)`) whose cosignature on `note`
  * verifies. A cosignature that names a witness's key but does not verify
- * is an error.
+ * is a {@link VerifyError}.
  */
 export function cosignedBy(note: string, witnesses: readonly string[]): string[] {
   const parsed = parseNote(note);
@@ -189,6 +189,6 @@ export function cosignedBy(note: string, witnesses: readonly string[]): string[]
   try {
     return verifiedBy(parsed, verifiers);
   } catch (error) {
-    throw new Error(`a witness's cosignature does not verify: ${(error as Error).message}`);
+    throw new VerifyError(`a witness's cosignature does not verify: ${(error as Error).message}`);
   }
 }

@@ -14,7 +14,7 @@
 
 import { createHash } from "node:crypto";
 
-import type { Jwks } from "./bundle.js";
+import { type Jwks, VerifyError } from "./bundle.js";
 import { exactInteger } from "./integers.js";
 import { cosignedBy, parseNote, verifyLogSignature } from "./note.js";
 
@@ -42,7 +42,8 @@ export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
 
 /**
  * Verifies a checkpoint note: signed under its origin (which must be
- * `origin` when one is pinned) by a key of `jwks`.
+ * `origin` when one is pinned) by a key of `jwks`; a {@link VerifyError}
+ * says why not.
  */
 export function verifyNote(note: string, origin: string | undefined, jwks: Jwks): TreeHead {
   const parsed = parseNote(note);
@@ -56,10 +57,10 @@ export function verifyNote(note: string, origin: string | undefined, jwks: Jwks)
     root === undefined ||
     Buffer.from(root, "base64").length !== 32
   ) {
-    throw new Error("not a checkpoint of a tree: malformed text");
+    throw new VerifyError("not a checkpoint of a tree: malformed text");
   }
   if (origin !== undefined && name !== origin) {
-    throw new Error(`the checkpoint is of the log ${JSON.stringify(name)}, not of ${JSON.stringify(origin)}`);
+    throw new VerifyError(`the checkpoint is of the log ${JSON.stringify(name)}, not of ${JSON.stringify(origin)}`);
   }
   verifyLogSignature(parsed, name, jwks);
   return { origin: name, size: exactInteger("the tree's size", size), root: Buffer.from(root, "base64"), note };

@@ -1,7 +1,8 @@
 // The shared conformance vectors (conformance/vectors/), which the server
 // writes from its own code: this SDK must reproduce its canonical JSON and
 // digests byte for byte, verify every Merkle proof of them and refuse each
-// proof altered, and take or refuse each signed bundle as they say.
+// proof altered, take or refuse each signed bundle and checkpoint note as
+// they say, and rank replicas as they do.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -10,10 +11,12 @@ import { test } from "node:test";
 import {
   VerifyError,
   canonicalJson,
+  cosignedBy,
   digestOfCanonical,
   verifyConsistency,
   verifyEnvelope,
   verifyInclusion,
+  verifyNote,
 } from "../dist/index.js";
 import { Endpoints } from "../dist/endpoints.js";
 
@@ -24,6 +27,7 @@ const canonical = vectors("canonical-json.json").cases;
 const merkle = vectors("merkle.json");
 const bundles = vectors("bundles.json");
 const ranking = vectors("ranking.json");
+const notes = vectors("notes.json");
 
 for (const { name, input, canonical: expected, digest } of canonical) {
   test(`canonical JSON and its digest: ${name}`, () => {
@@ -86,3 +90,19 @@ test("each ranking of replicas is the vectors'", () => {
     assert.deepEqual(new Endpoints(endpoints, id).ranking, expected, `${id} ${endpoints}`);
   }
 });
+
+for (const { name, note, origin, tree, cosigned_by: cosigned } of notes.cases) {
+  test(`a checkpoint note verified as the vectors say: ${name}`, () => {
+    if (tree === null) {
+      assert.throws(() => verifyNote(note, origin, notes.jwks), VerifyError);
+    } else {
+      const head = verifyNote(note, origin, notes.jwks);
+      assert.deepEqual([head.size, head.root.toString("hex")], [tree.size, tree.root]);
+    }
+    if (cosigned === null) {
+      assert.throws(() => cosignedBy(note, notes.witnesses), VerifyError);
+    } else if (cosigned !== undefined) {
+      assert.deepEqual(cosignedBy(note, notes.witnesses), cosigned);
+    }
+  });
+}
