@@ -432,6 +432,77 @@ pub(crate) mod tests {
         assert_eq!(cache.load_restore().await.unwrap(), Some(12));
     }
 
+    /// The state of the shared cache vectors (`conformance/vectors/cache.json`),
+    /// as this library puts it in force, and the JWKS that verifies it.
+    fn shared_state() -> (State, Jwks) {
+        let input = crate::bundle::tests::vectors("cache.json");
+        let jwks: Jwks = serde_json::from_value(input["jwks"].clone()).unwrap();
+        let namespace = input["namespace"].as_str().unwrap();
+        let bundles = input["bundles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|cached| {
+                let jws = cached["jws"].as_str().unwrap();
+                let claims = verify(jws, &jwks).unwrap();
+                let name = claims.sub.strip_prefix(&format!("{namespace}/")).unwrap();
+                let bundle = VerifiedBundle {
+                    name: name.to_owned(),
+                    version: claims.ver,
+                    label: claims.label,
+                    digest: claims.digest,
+                    revision: cached["revision"].as_u64().unwrap(),
+                    key_id: crate::bundle::key_id(jws).unwrap(),
+                    body: claims.body,
+                    jws: jws.to_owned(),
+                };
+                (name.to_owned(), bundle)
+            })
+            .collect();
+        let verified_at = Duration::from_millis(input["verified_at_unix_ms"].as_u64().unwrap());
+        let state = State {
+            namespace: namespace.to_owned(),
+            revision: input["revision"].as_u64().unwrap(),
+            bundles,
+            source: Source::Server,
+            verified_at: UNIX_EPOCH + verified_at,
+        };
+        (state, jwks)
+    }
+
+    /// Every library writes the shared state into its cache
+    /// (`conformance/vectors/cache/<library>.state.json`, this library's
+    /// held to what it writes now; `UPDATE_VECTORS=1` writes it anew), and
+    /// reads back every library's, verified again, as the state it was.
+    #[tokio::test]
+    async fn the_shared_cache_vectors_are_written_here_and_read_from_every_library() {
+        let (state, jwks) = shared_state();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), &state.namespace, &[]);
+        cache.save(&state, &jwks, &BTreeSet::new()).await.unwrap();
+        let written = std::fs::read_to_string(cache.path()).unwrap();
+        let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/vectors/cache");
+        let ours = vectors.join("rust.state.json");
+        if std::env::var_os("UPDATE_VECTORS").is_some() {
+            std::fs::create_dir_all(&vectors).unwrap();
+            std::fs::write(&ours, &written).unwrap();
+            return;
+        }
+        assert_eq!(std::fs::read_to_string(&ours).unwrap(), written);
+        for library in ["rust", "python", "typescript"] {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = Cache::new(dir.path(), &state.namespace, &[]);
+            std::fs::copy(vectors.join(format!("{library}.state.json")), cache.path()).unwrap();
+            let (loaded, loaded_jwks, revoked) = cache.load().await.unwrap().unwrap();
+            let expected = State {
+                source: Source::Cache,
+                ..state.clone()
+            };
+            assert_eq!(loaded, expected, "{library}");
+            assert_eq!((loaded_jwks, revoked), (jwks.clone(), BTreeSet::new()));
+        }
+    }
+
     /// A state of one bundle at revision 7 of `payments`, signed by a key
     /// made from `seed`, and that key's JWKS.
     pub(crate) fn signed_state(seed: u8) -> (State, Jwks) {

@@ -6,7 +6,8 @@
 //! consistency proof between every two sizes, signed bundles, with the
 //! envelope each arrives in, that a runtime must take or refuse, the order
 //! in which runtimes rank the replicas they are given, and checkpoints as
-//! signed notes with witnesses' cosignatures. Ed25519
+//! signed notes with witnesses' cosignatures; and a state every library
+//! writes into its cache and reads back from every library's. Ed25519
 //! signatures are deterministic, so a fixed key makes fixed bundles. A
 //! stale file fails here;
 //! `UPDATE_VECTORS=1 cargo test --test api vectors::` writes them anew.
@@ -171,28 +172,22 @@ fn signed_as(key: u8, header: &Value, claims: &BundleClaims) -> String {
     )
 }
 
+/// The body of the bundle vectors' policies, with a limit of `limit`.
+fn body(limit: u64) -> PolicyBody {
+    let value = json!({"limits": {"max": limit}, "note": "caf\u{e9}"});
+    PolicyBody::parse("body", value, 1 << 20).unwrap()
+}
+
+/// The claims of version 3 of `subject`, of `body`, published at a fixed
+/// time.
+fn claims(subject: &str, body: &PolicyBody) -> BundleClaims {
+    let published = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+    let label = Some("1.2.0".into());
+    claims_for("policyhub", subject, 3, label, body, &[], published)
+}
+
 fn bundle_vectors() -> Value {
     let signer = key(7);
-    let body = |limit: u64| {
-        PolicyBody::parse(
-            "body",
-            json!({"limits": {"max": limit}, "note": "caf\u{e9}"}),
-            1 << 20,
-        )
-        .unwrap()
-    };
-    let published = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
-    let claims = |subject: &str, body: &PolicyBody| {
-        claims_for(
-            "policyhub",
-            subject,
-            3,
-            Some("1.2.0".into()),
-            body,
-            &[],
-            published,
-        )
-    };
     let authz = claims("payments/authz", &body(500));
     let valid = signer.sign(&authz).unwrap();
     let digest = authz.digest.clone();
@@ -288,6 +283,27 @@ fn bundle_vectors() -> Value {
             "envelope": envelope,
             "valid": valid,
         })),
+    })
+}
+
+fn cache_vectors() -> Value {
+    let signer = key(7);
+    let authz = signer.sign(&claims("payments/authz", &body(500))).unwrap();
+    let limits = signer.sign(&claims("payments/limits", &body(500))).unwrap();
+    json!({
+        "description": "A state every runtime library writes into its cache and reads back from \
+            every library's cache file (cache/<library>.state.json, which each library's own \
+            tests write): namespace `namespace`, every policy (names none), at `revision`, each \
+            bundle at its revision, verified at `verified_at_unix_ms` with `jwks`, no key known \
+            revoked.",
+        "namespace": "payments",
+        "revision": 12,
+        "verified_at_unix_ms": 1_790_000_000_000_u64,
+        "jwks": Jwks { keys: vec![signer.jwk().clone()] },
+        "bundles": [
+            {"jws": authz, "revision": 12},
+            {"jws": limits, "revision": 9},
+        ],
     })
 }
 
@@ -432,6 +448,7 @@ fn the_conformance_vectors_are_fresh() {
         ("bundles.json", bundle_vectors()),
         ("ranking.json", ranking_vectors()),
         ("notes.json", note_vectors()),
+        ("cache.json", cache_vectors()),
     ];
     let mut stale = Vec::new();
     for (name, vectors) in files {

@@ -6,13 +6,25 @@ proof altered, and take or refuse each signed bundle as they say."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from policyhub import Source, State, VerifiedBundle
+from policyhub._cache import Cache
 from policyhub._endpoints import Endpoints
-from policyhub.bundle import Jwks, VerifyError, canonical_json, digest_of, verify_envelope
+from policyhub.bundle import (
+    Jwks,
+    VerifyError,
+    canonical_json,
+    digest_of,
+    key_id,
+    verify_bundle,
+    verify_envelope,
+)
 from policyhub.tree import cosigned_by, leaf_hash, verify_consistency, verify_inclusion, verify_note
 
 VECTORS = Path(__file__).resolve().parents[3] / "conformance" / "vectors"
@@ -27,6 +39,7 @@ MERKLE = vectors("merkle.json")
 BUNDLES = vectors("bundles.json")
 RANKING = vectors("ranking.json")
 NOTES = vectors("notes.json")
+CACHE = vectors("cache.json")
 
 
 @pytest.mark.parametrize("case", CANONICAL, ids=[case["name"] for case in CANONICAL])
@@ -108,3 +121,60 @@ def test_each_note_is_verified_as_the_vectors_say(case: dict[str, Any]) -> None:
             cosigned_by(case["note"], NOTES["witnesses"])
     else:
         assert cosigned_by(case["note"], NOTES["witnesses"]) == case["cosigned_by"]
+
+
+def shared_state() -> tuple[State, Jwks]:
+    """The state of the shared cache vectors, as this SDK puts it in force."""
+    jwks = Jwks.from_json(CACHE["jwks"])
+    namespace = CACHE["namespace"]
+    bundles = {}
+    for cached in CACHE["bundles"]:
+        claims = verify_bundle(cached["jws"], jwks)
+        name = claims.sub.removeprefix(f"{namespace}/")
+        bundles[name] = VerifiedBundle(
+            name=name,
+            version=claims.ver,
+            label=claims.label,
+            digest=claims.digest,
+            revision=cached["revision"],
+            key_id=key_id(cached["jws"]),
+            body=claims.body,
+            jws=cached["jws"],
+        )
+    state = State(
+        namespace=namespace,
+        revision=CACHE["revision"],
+        bundles=bundles,
+        verified_at=CACHE["verified_at_unix_ms"] / 1000,
+    )
+    return state, jwks
+
+
+def test_the_cache_is_written_as_before_and_every_librarys_read_back(tmp_path: Path) -> None:
+    """This SDK writes the shared state into its cache as
+    conformance/vectors/cache/python.state.json holds it (UPDATE_VECTORS=1
+    writes it anew), and reads back every library's cache of it, verified
+    again, as the state it was."""
+    state, jwks = shared_state()
+    cache = Cache(tmp_path / "ours", state.namespace, [])
+    cache.save(state, jwks)
+    written = cache.path.read_bytes()
+    ours = VECTORS / "cache" / "python.state.json"
+    if os.environ.get("UPDATE_VECTORS"):
+        ours.parent.mkdir(exist_ok=True)
+        ours.write_bytes(written)
+        return
+    assert ours.read_bytes() == written
+    for library in ("rust", "python", "typescript"):
+        cache = Cache(tmp_path / library, state.namespace, [])
+        cache.path.parent.mkdir()
+        shutil.copy(VECTORS / "cache" / f"{library}.state.json", cache.path)
+        loaded = cache.load()
+        assert loaded is not None, library
+        loaded_state, loaded_jwks, revoked = loaded
+        assert loaded_state.source == Source.CACHE, library
+        assert (loaded_state.revision, loaded_state.bundles) == (state.revision, state.bundles), (
+            library
+        )
+        assert loaded_state.verified_at == state.verified_at, library
+        assert (loaded_jwks.to_json(), revoked) == (jwks.to_json(), frozenset()), library

@@ -2,10 +2,13 @@
 // writes from its own code: this SDK must reproduce its canonical JSON and
 // digests byte for byte, verify every Merkle proof of them and refuse each
 // proof altered, take or refuse each signed bundle and checkpoint note as
-// they say, and rank replicas as they do.
+// they say, rank replicas as they do, and read every library's cache of
+// one state.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 
 import {
@@ -16,18 +19,22 @@ import {
   verifyConsistency,
   verifyEnvelope,
   verifyInclusion,
+  verify,
   verifyNote,
 } from "../dist/index.js";
+import { keyId } from "../dist/bundle.js";
+import { Cache } from "../dist/cache.js";
 import { Endpoints } from "../dist/endpoints.js";
 
-const vectors = (name) =>
-  JSON.parse(readFileSync(new URL(`../../../conformance/vectors/${name}`, import.meta.url), "utf8"));
+const vectorsDir = new URL("../../../conformance/vectors/", import.meta.url);
+const vectors = (name) => JSON.parse(readFileSync(new URL(name, vectorsDir), "utf8"));
 
 const canonical = vectors("canonical-json.json").cases;
 const merkle = vectors("merkle.json");
 const bundles = vectors("bundles.json");
 const ranking = vectors("ranking.json");
 const notes = vectors("notes.json");
+const cache = vectors("cache.json");
 
 for (const { name, input, canonical: expected, digest } of canonical) {
   test(`canonical JSON and its digest: ${name}`, () => {
@@ -106,3 +113,56 @@ for (const { name, note, origin, tree, cosigned_by: cosigned } of notes.cases) {
     }
   });
 }
+
+/** The state of the shared cache vectors, as this SDK puts it in force. */
+async function sharedState() {
+  const bundles = {};
+  for (const { jws, revision } of cache.bundles) {
+    const claims = await verify(jws, cache.jwks);
+    const name = claims.sub.slice(`${cache.namespace}/`.length);
+    bundles[name] = {
+      name,
+      version: claims.ver,
+      ...(claims.label === undefined ? {} : { label: claims.label }),
+      digest: claims.digest,
+      revision,
+      keyId: keyId(jws),
+      body: claims.body,
+      jws,
+    };
+  }
+  return {
+    namespace: cache.namespace,
+    revision: cache.revision,
+    bundles,
+    source: "server",
+    verifiedAt: new Date(cache.verified_at_unix_ms),
+  };
+}
+
+// This SDK writes the shared state into its cache as
+// conformance/vectors/cache/typescript.state.json holds it (UPDATE_VECTORS=1
+// writes it anew), and reads back every library's cache of it, verified
+// again, as the state it was.
+test("the cache is written as before, and every library's read back", async () => {
+  const state = await sharedState();
+  const scratch = mkdtempSync(join(tmpdir(), "vectors-"));
+  const ours = new Cache(join(scratch, "ours"), state.namespace, []);
+  await ours.save(state, cache.jwks);
+  const written = readFileSync(ours.path, "utf8");
+  const kept = new URL("cache/typescript.state.json", vectorsDir);
+  if (process.env.UPDATE_VECTORS) {
+    mkdirSync(new URL("cache/", vectorsDir), { recursive: true });
+    writeFileSync(kept, written);
+    return;
+  }
+  assert.equal(readFileSync(kept, "utf8"), written);
+  for (const library of ["rust", "python", "typescript"]) {
+    const theirs = new Cache(join(scratch, library), state.namespace, []);
+    mkdirSync(join(scratch, library));
+    copyFileSync(new URL(`cache/${library}.state.json`, vectorsDir), theirs.path);
+    const loaded = await theirs.load();
+    assert.deepEqual(loaded.state, { ...state, source: "cache" }, library);
+    assert.deepEqual([loaded.jwks, [...loaded.revoked]], [cache.jwks, []], library);
+  }
+});
