@@ -59,11 +59,15 @@ const FRAME_HEADER: usize = 9;
 /// The frame type of DATA.
 const DATA: u8 = 0;
 
-/// The proxy, shared by the kit and its links.
+/// The proxy, shared by the kit and its links. Dropped (its last clone),
+/// it stops listening and closes every open link.
 #[derive(Clone)]
 pub struct FaultProxy {
     address: SocketAddr,
     shared: Arc<Shared>,
+    /// Held by the kit's clones alone: the listener and the links end
+    /// when it is gone (their receivers see it dropped).
+    _alive: Arc<watch::Sender<()>>,
 }
 
 struct Shared {
@@ -85,7 +89,9 @@ impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let (links, _) = watch::channel(Links::Forward);
+        let (alive, dropped) = watch::channel(());
         let proxy = FaultProxy {
+            _alive: Arc::new(alive),
             address: listener.local_addr()?,
             shared: Arc::new(Shared {
                 upstream: Mutex::new(upstream),
@@ -101,12 +107,20 @@ impl FaultProxy {
         };
         let shared = proxy.shared.clone();
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            let mut gone = dropped.clone();
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = gone.changed() => return,
+                };
+                let Ok((client, _)) = accepted else {
+                    return;
+                };
                 if *shared.links.borrow() == Links::Cut {
                     continue;
                 }
                 shared.accepts.lock().unwrap().push(Instant::now());
-                tokio::spawn(link(client, shared.clone()));
+                tokio::spawn(link(client, shared.clone(), dropped.clone()));
             }
         });
         Ok(proxy)
@@ -187,7 +201,9 @@ impl FaultProxy {
     }
 }
 
-async fn link(client: TcpStream, shared: Arc<Shared>) {
+/// One link, until it ends, is cut, or the proxy is dropped (`gone`
+/// changes).
+async fn link(client: TcpStream, shared: Arc<Shared>, mut gone: watch::Receiver<()>) {
     let upstream = *shared.upstream.lock().unwrap();
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
@@ -203,6 +219,7 @@ async fn link(client: TcpStream, shared: Arc<Shared>) {
         () = upstream_pipe(client_read, server_write, &shared, &black_holed) => {}
         () = downstream_pipe(server_read, client_write, &shared, &black_holed) => {}
         _ = cut(links) => {}
+        _ = gone.changed() => {}
     }
 }
 
@@ -501,6 +518,30 @@ mod tests {
         }
         let mut only_a_checkpoint = format!("\x1a\x7f{checkpoint}").into_bytes();
         assert!(!alter(&mut only_a_checkpoint, Tamper::Signature));
+    }
+
+    /// Dropped, the proxy refuses new links and closes the open ones.
+    #[tokio::test]
+    async fn a_dropped_proxy_stops_listening_and_closes_its_links() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = FaultProxy::start(upstream.local_addr().unwrap())
+            .await
+            .unwrap();
+        let address = proxy.address;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        // The link is open once the upstream took its connection.
+        let (_server, _) = upstream.accept().await.unwrap();
+        drop(proxy);
+        let mut byte = [0; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut byte))
+            .await
+            .expect("the open link is closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(address).await.is_ok() {
+            assert!(Instant::now() < deadline, "the proxy still listens");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]
