@@ -16,7 +16,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -120,11 +120,9 @@ async fn start(
 ) -> Response {
     let started = async {
         let work = tempfile::tempdir()?;
-        let api = free_port()?;
-        let metrics = free_port()?;
-        let arguments = agent_arguments(&settings, work.path(), api, metrics)?;
+        let arguments = agent_arguments(&settings, work.path())?;
         let agent = spawn(&runtimes.agent_binary, &arguments, work.path())?;
-        let agent = until_listening(&runtimes.http, agent, api, work.path()).await?;
+        let (agent, api, metrics) = until_listening(&runtimes.http, agent, work.path()).await?;
         anyhow::Ok((work, api, metrics, agent))
     };
     let (work, api, metrics, agent) = match started.await {
@@ -135,8 +133,8 @@ async fn start(
     let view = Arc::new(Mutex::new(RuntimeView::default()));
     let surfaces = Surfaces {
         http: runtimes.http.clone(),
-        api: format!("http://127.0.0.1:{api}"),
-        metrics: format!("http://127.0.0.1:{metrics}/metrics"),
+        api: format!("http://{api}"),
+        metrics: format!("http://{metrics}/metrics"),
         namespace: settings.namespace.clone(),
         applied_log: work.path().join("applied.log"),
     };
@@ -158,20 +156,8 @@ async fn start(
         .into_response()
 }
 
-/// A port free now, for the agent to listen on.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
 /// The agent's flags for the kit's settings.
-fn agent_arguments(
-    settings: &RuntimeSettings,
-    work: &Path,
-    api: u16,
-    metrics: u16,
-) -> anyhow::Result<Vec<String>> {
+fn agent_arguments(settings: &RuntimeSettings, work: &Path) -> anyhow::Result<Vec<String>> {
     if settings.endpoints.is_empty() {
         bail!("no endpoint");
     }
@@ -185,10 +171,11 @@ fn agent_arguments(
         settings.endpoints.join(","),
         "--runtime-id".into(),
         runtime_id.clone(),
+        // Ports the agent binds itself, read back from its log.
         "--listen".into(),
-        format!("127.0.0.1:{api}"),
+        "127.0.0.1:0".into(),
         "--metrics-listen".into(),
-        format!("127.0.0.1:{metrics}"),
+        "127.0.0.1:0".into(),
         "--render-dir".into(),
         work.join("render").to_string_lossy().into_owned(),
         // The files it swapped in, as the command run after each swap
@@ -260,26 +247,44 @@ fn spawn(binary: &Path, arguments: &[String], work: &Path) -> anyhow::Result<Chi
         .with_context(|| format!("starting {}", binary.display()))
 }
 
-/// Waits until the agent's API answers `/healthz`; fails with its output
-/// if it ends first.
+/// Waits until the agent says where it listens (its `agent started` log
+/// line names the API and metrics addresses it bound) and its API answers
+/// `/healthz`; fails with its output if it ends first.
 async fn until_listening(
     http: &reqwest::Client,
     mut agent: Child,
-    api: u16,
     work: &Path,
-) -> anyhow::Result<Child> {
-    let url = format!("http://127.0.0.1:{api}/healthz");
+) -> anyhow::Result<(Child, SocketAddr, SocketAddr)> {
+    let mut bound = None;
     for _ in 0..500 {
+        let output = std::fs::read_to_string(work.join("agent.log")).unwrap_or_default();
         if let Some(status) = agent.try_wait()? {
-            let output = std::fs::read_to_string(work.join("agent.log")).unwrap_or_default();
             bail!("the agent ended with {status}: {output}");
         }
-        if http.get(&url).send().await.is_ok() {
-            return Ok(agent);
+        bound = bound.or_else(|| started_on(&output));
+        if let Some((api, _)) = bound
+            && http
+                .get(format!("http://{api}/healthz"))
+                .send()
+                .await
+                .is_ok()
+        {
+            let (api, metrics) = bound.expect("read above");
+            return Ok((agent, api, metrics));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    bail!("the agent's API did not answer on port {api} within 10 s")
+    bail!("the agent's API did not answer within 10 s")
+}
+
+/// The API and metrics addresses of the agent's `agent started` line.
+fn started_on(output: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let line = output.lines().find(|line| line.contains("agent started"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name)?.parse().ok())
+    };
+    Some((field("api=")?, field("metrics=")?))
 }
 
 /// Where one agent says what it did.
