@@ -1,6 +1,7 @@
-//! A real `policyhub serve` the kit drives: started on free loopback
-//! ports over a data directory of its own (SQLite), killed with SIGKILL and
-//! started again on the same ports, wound back to a copy of its database,
+//! A real `policyhub serve` the kit drives: started on loopback ports it
+//! binds itself (port 0, the addresses read back from its log) over a data
+//! directory of its own (SQLite), killed with SIGKILL and started again on
+//! the same ports, wound back to a copy of its database,
 //! forked (a second server from the same copy); and the calls the kit makes
 //! to it over its HTTP/JSON port, as any client would.
 
@@ -24,11 +25,23 @@ pub const HEARTBEAT: Duration = Duration::from_millis(200);
 pub struct Server {
     binary: PathBuf,
     data_dir: PathBuf,
+    /// 0 until the first start has bound one.
     grpc_port: u16,
+    /// 0 until the first start has bound one.
     http_port: u16,
     extra_env: Vec<(String, String)>,
     child: Option<Child>,
     http: reqwest::Client,
+}
+
+/// The port of the address the log line saying `what` names
+/// (`serving grpc address=127.0.0.1:PORT`).
+fn serving_on(output: &str, what: &str) -> Option<u16> {
+    let line = output.lines().find(|line| line.contains(what))?;
+    let address = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("address="))?;
+    Some(address.parse::<std::net::SocketAddr>().ok()?.port())
 }
 
 /// A free loopback port.
@@ -49,8 +62,8 @@ impl Server {
         let mut server = Server {
             binary: binary.to_owned(),
             data_dir: data_dir.to_owned(),
-            grpc_port: free_port()?,
-            http_port: free_port()?,
+            grpc_port: 0,
+            http_port: 0,
             extra_env: extra_env
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
@@ -74,12 +87,19 @@ impl Server {
         &self.data_dir
     }
 
+    /// Where its log goes: beside its data directory.
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
     /// Starts the process again (after [`Server::kill`]) on the same ports
+    /// (the first start: ports it binds itself, read back from its log)
     /// over the same data directory, and waits until it serves.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
             bail!("the server is still running");
         }
+        let log = std::fs::File::create(self.log_path())?;
         let child = Command::new(&self.binary)
             .args(["serve", "--insecure", "--listen"])
             .arg(format!("127.0.0.1:{}", self.grpc_port))
@@ -92,20 +112,35 @@ impl Server {
                 format!("{}ms", HEARTBEAT.as_millis()),
             )
             .env("POLICYHUB_RUNTIMES__FLUSH_INTERVAL", "100ms")
+            // The lines that name the ports it bound, whatever else is logged.
+            .env("POLICYHUB_LOG_FORMAT", "text")
+            .env(
+                "RUST_LOG",
+                match std::env::var("RUST_LOG") {
+                    Ok(filter) => format!("{filter},policyhub::startup=info"),
+                    Err(_) => "info".into(),
+                },
+            )
             .envs(self.extra_env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
         for _ in 0..200 {
-            if self.get("/v1/signingKeys").await.is_ok() {
+            let output = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if self.grpc_port == 0 || self.http_port == 0 {
+                self.grpc_port = serving_on(&output, "serving grpc").unwrap_or(0);
+                self.http_port = serving_on(&output, "serving http").unwrap_or(0);
+            }
+            let bound = self.grpc_port != 0 && self.http_port != 0;
+            if bound && self.get("/v1/signingKeys").await.is_ok() {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok()?) {
                 self.child = None;
-                bail!("policyhub serve exited at start: {status}");
+                bail!("policyhub serve exited at start: {status}: {output}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
