@@ -281,6 +281,7 @@ impl PolicyHub {
                 // versions, and completion makes them active for all.
                 let moves: Vec<_> = policies.iter().zip(&versions).collect();
                 ensure_requirements(tx, &moves).await?;
+                self.bundle_guard().check(tx, &versions).await?;
                 let required = self
                     .rollout_settings
                     .required_approvals(command.namespace.as_str());

@@ -195,6 +195,30 @@ async fn an_activation_whose_data_clashes_with_another_policy_is_refused_and_cha
         message.contains("both give data.payments.limits"),
         "{message}"
     );
+    // A cohort's bundle holds the candidate beside the stable versions:
+    // a rollout of it is refused at its start, not at its completion.
+    let rollout = proto::StartRolloutRequest {
+        namespace: "payments".into(),
+        targets: vec![proto::RolloutTargetRequest {
+            name: "fees".into(),
+            selector: Some(proto::rollout_target_request::Selector::Version(
+                version.version,
+            )),
+            expected_active_version: None,
+        }],
+        steps: vec![crate::rollouts::step(
+            10,
+            std::time::Duration::from_secs(60),
+        )],
+        reason: "canary the clash".into(),
+        ..Default::default()
+    };
+    let refused = app.policy.clone().start_rollout(rollout).await;
+    let message = expect_code(refused, Code::FailedPrecondition);
+    assert!(
+        message.contains("policies fees and limits both give data.payments.limits.max"),
+        "{message}"
+    );
 
     assert_eq!(app.db_state().await, before, "nothing written");
     assert_eq!(bundle().await.etag, served.etag);
