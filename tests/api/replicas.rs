@@ -295,10 +295,17 @@ async fn losing_the_leaders_connection_hands_the_deliveries_over() {
     let admin = admin().await;
     let name = database_name(&first);
     let leader = delivery_leader(&admin, &name).await;
-    admin
-        .execute_unprepared(&format!("SELECT pg_terminate_backend({leader})"))
+    // Waits until the backend has ended: until then its locks still show
+    // as granted, and the old leader would read as the next one.
+    let ended = admin
+        .query_one_raw(Statement::from_string(
+            admin.get_database_backend(),
+            format!("SELECT pg_terminate_backend({leader}, 5000) AS ended"),
+        ))
         .await
+        .unwrap()
         .unwrap();
+    assert!(ended.try_get::<bool>("", "ended").unwrap());
     let cut = Instant::now();
     let next = delivery_leader(&admin, &name).await;
     assert_ne!(next, leader);
