@@ -189,6 +189,7 @@ impl Application {
             None => hub,
         };
         let opa_namespaces = settings.opa.bundle_roots()?;
+        settings.check_opa_signing()?;
         // A key is made only for a deployment that serves OPA.
         let hub = if opa_namespaces.is_empty() {
             hub

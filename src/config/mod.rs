@@ -369,7 +369,8 @@ pub struct SigningSettings {
     /// PKCS#8 PEM P-256 private keys that sign OPA bundles (OPA verifies
     /// no Ed25519): the first signs, every one is published to OPAs.
     /// Read again on SIGHUP, as `key_files` are. Empty: one is generated
-    /// into the data directory on first start.
+    /// into the data directory on first start (SQLite only: on PostgreSQL
+    /// every replica must sign with the same keys, so they are required).
     pub opa_key_files: Vec<PathBuf>,
 }
 
@@ -601,6 +602,22 @@ impl Settings {
     /// Whether the database is SQLite.
     pub fn is_sqlite(&self) -> bool {
         self.database_url().expose_secret().starts_with("sqlite:")
+    }
+
+    /// Refuses OPA namespaces on PostgreSQL without `signing.opa_key_files`:
+    /// each replica would generate a key of its own, and an OPA behind a
+    /// load balancer would be handed bundles signed by keys its replica's
+    /// discovery bundle does not list.
+    pub fn check_opa_signing(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.opa.namespaces.is_empty()
+                || self.is_sqlite()
+                || !self.signing.opa_key_files.is_empty(),
+            "opa.namespaces on PostgreSQL needs signing.opa_key_files: every replica must sign OPA \
+             bundles with the same P-256 key (create one with `openssl genpkey -algorithm EC \
+             -pkeyopt ec_paramgen_curve:P-256 -out opa-signing-key.pem`)"
+        );
+        Ok(())
     }
 
     /// The health-check interval.

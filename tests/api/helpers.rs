@@ -120,6 +120,18 @@ pub fn test_settings(database: &TestDatabase) -> Settings {
     }
 }
 
+/// The OPA signing key file in `data_dir`, written on first use: on
+/// PostgreSQL a server serving OPA takes its key from a file, as replicas
+/// sharing the directory share the key.
+pub fn opa_key_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let path = data_dir.join("opa-key.pem");
+    if !path.exists() {
+        let (_, pem) = policyhub::signing::OpaSigningKey::generate().unwrap();
+        std::fs::write(&path, pem).unwrap();
+    }
+    path
+}
+
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_on(TestDatabase::new(backend).await, |_| {}).await
 }

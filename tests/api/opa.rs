@@ -23,7 +23,9 @@ use policyhub::grpc::proto;
 use serde_json::{Value, json};
 
 use crate::auth::{Issuer, secured_app_on, with_token};
-use crate::helpers::{Backend, TestApp, free_port, send_signal, spawn_binary_server_on};
+use crate::helpers::{
+    Backend, TestApp, free_port, opa_key_file, send_signal, spawn_binary_server_on,
+};
 use policyhub::grpc::convert::json_to_struct;
 
 type PolicyClient = proto::policy_service_client::PolicyServiceClient<tonic::transport::Channel>;
@@ -51,6 +53,7 @@ pub(crate) async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
             },
         )]
         .into();
+        settings.signing.opa_key_files = vec![opa_key_file(&settings.data_dir)];
     })
     .await
 }

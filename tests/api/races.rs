@@ -22,7 +22,8 @@ use tonic_types::StatusExt;
 
 use crate::cli::mint_token;
 use crate::helpers::{
-    Backend, TestDatabase, expect_code, free_port, policyhub_binary, start_serving, target,
+    Backend, TestDatabase, expect_code, free_port, opa_key_file, policyhub_binary, start_serving,
+    target,
 };
 use crate::rollouts::step;
 
@@ -111,6 +112,10 @@ impl Race {
                 .arg("--data-dir")
                 .arg(database.data_dir.path())
                 .env("POLICYHUB_DATABASE_URL", &database.url)
+                .env(
+                    "POLICYHUB_SIGNING__OPA_KEY_FILES",
+                    serde_json::json!([opa_key_file(database.data_dir.path())]).to_string(),
+                )
                 .env("POLICYHUB_ROLLOUTS__TICK_INTERVAL", "100ms")
                 // Rounds set up faster than an operator's quota allows.
                 .env("POLICYHUB_QUOTAS__MUTATIONS_PER_SECOND", "100000")

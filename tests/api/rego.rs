@@ -11,7 +11,8 @@ use tonic::Code;
 
 use crate::cli::policyhub;
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, expect_code, publish_request, spawn_on, target, test_settings,
+    Backend, TestApp, TestDatabase, expect_code, opa_key_file, publish_request, spawn_on, target,
+    test_settings,
 };
 use policyhub::grpc::proto;
 
@@ -31,6 +32,7 @@ async fn server(backend: Backend) -> TestApp {
             },
         )]
         .into();
+        settings.signing.opa_key_files = vec![opa_key_file(&settings.data_dir)];
     })
     .await
 }
@@ -251,4 +253,49 @@ async fn overlapping_bundle_roots_keep_the_server_from_starting() {
         why.contains("opa.namespaces.payments.roots: payments overlaps payments/cards of opa.namespaces.cards"),
         "{why}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opa_namespaces_on_postgres_need_shared_opa_keys_to_start() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let mut settings = test_settings(&database);
+    settings.opa.namespaces = [(
+        "payments".to_owned(),
+        OpaNamespace {
+            roots: vec!["payments".into()],
+        },
+    )]
+    .into();
+    let refused = policyhub::startup::Application::build(settings.clone())
+        .await
+        .err()
+        .expect("a server on PostgreSQL generating its own OPA key");
+    let why = format!("{refused:#}");
+    assert!(
+        why.contains("opa.namespaces on PostgreSQL needs signing.opa_key_files"),
+        "{why}"
+    );
+    assert!(
+        !settings.data_dir.join("opa-signing-key.pem").exists(),
+        "no key generated"
+    );
+    // The key the message says how to make is one the server takes.
+    let key = settings.data_dir.join("opa.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .expect("run openssl");
+    assert!(made.success());
+    settings.signing.opa_key_files = vec![key];
+    policyhub::startup::Application::build(settings)
+        .await
+        .expect("a server with its OPA key from a file");
 }
