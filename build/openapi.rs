@@ -46,7 +46,7 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Value {
                 if index > 0 {
                     id.push_str(&format!("_{}", index + 1));
                 }
-                let operation = operation(&method, &id, &path, body, &mut schemas);
+                let operation = operation(&method, &id, &path, body.as_deref(), &mut schemas);
                 paths
                     .entry(path)
                     .or_default()
@@ -441,8 +441,8 @@ fn add_links(paths: &mut BTreeMap<String, Map<String, Value>>) {
     }
 }
 
-/// The verb, path and whether the body is the request, of one rule.
-fn binding(rule: &DynamicMessage) -> Option<(&'static str, String, bool)> {
+/// The verb, path and body (`*`, a field, or none) of one rule.
+fn binding(rule: &DynamicMessage) -> Option<(&'static str, String, Option<String>)> {
     let text = |name: &str| {
         rule.get_field_by_name(name)
             .and_then(|value| value.as_str().map(str::to_owned))
@@ -451,7 +451,7 @@ fn binding(rule: &DynamicMessage) -> Option<(&'static str, String, bool)> {
     let (verb, path) = ["get", "put", "post", "delete", "patch"]
         .into_iter()
         .find_map(|verb| text(verb).map(|path| (verb, path)))?;
-    Some((verb, path, text("body").as_deref() == Some("*")))
+    Some((verb, path, text("body")))
 }
 
 /// The fields a path template binds, in order.
@@ -466,7 +466,7 @@ fn operation(
     method: &MethodDescriptor,
     id: &str,
     path: &str,
-    body: bool,
+    body: Option<&str>,
     schemas: &mut BTreeMap<String, Value>,
 ) -> Value {
     let input = method.input();
@@ -485,7 +485,7 @@ fn operation(
             json!({"name": name, "in": "path", "required": true, "schema": schema})
         })
         .collect();
-    if !body {
+    if body.is_none() {
         query_parameters(&input, "", &bound, &mut parameters);
     }
     parameters.extend(header_parameters(method, &input));
@@ -522,7 +522,7 @@ fn operation(
     }
     let mut responses = Map::new();
     responses.insert(success.into(), reply);
-    for (code, description) in refusals(method, body) {
+    for (code, description) in refusals(method, body.is_some()) {
         let mut response = refusal(description);
         if code == "429" || code == "503" {
             response["headers"] = json!({"Retry-After": {
@@ -552,8 +552,19 @@ fn operation(
         "parameters": parameters,
         "responses": responses,
     });
-    if body {
-        let mut content = json!({"schema": reference(&input, schemas)});
+    if let Some(body) = body {
+        let schema = match input.get_field_by_name(body) {
+            // A repeated message field: the body is a JSON array of them,
+            // which may come gzipped (Content-Encoding: gzip).
+            Some(field) => {
+                let Kind::Message(item) = field.kind() else {
+                    panic!("the body field {body} of {} is a message", input.name())
+                };
+                json!({"type": "array", "items": reference(&item, schemas)})
+            }
+            None => reference(&input, schemas),
+        };
+        let mut content = json!({"schema": schema});
         if let Some(example) = request_example(method) {
             content["example"] = example;
         }

@@ -196,7 +196,7 @@ impl Application {
         } else {
             let keys =
                 signing::OpaKeySource::new(&settings.signing.opa_key_files, &settings.data_dir);
-            hub.with_opa(opa_namespaces, keys)?
+            hub.with_opa(opa_namespaces, keys, settings.decisions.clone())?
         };
         let listener = socket
             .listen(settings.listen_backlog)

@@ -29,6 +29,7 @@ mod args;
 mod backup;
 mod connection;
 mod context;
+mod decisions;
 mod diff;
 mod dispatch;
 mod document;
@@ -240,6 +241,14 @@ enum Command {
     ListRuntimes {
         #[command(flatten)]
         args: fleet::ListRuntimesArgs,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List the decisions OPAs of a namespace uploaded, newest first.
+    #[command(visible_alias = "decisions")]
+    ListDecisions {
+        #[command(flatten)]
+        args: decisions::ListDecisionsArgs,
         #[command(flatten)]
         client: Client,
     },

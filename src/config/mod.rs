@@ -3,6 +3,7 @@
 //! `POLICYHUB_LIMITS__MAX_BODY_BYTES`), then command-line flags.
 
 mod auth;
+mod decisions;
 mod limits;
 mod notifications;
 mod opa;
@@ -24,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER};
+pub use decisions::DecisionSettings;
 pub use limits::Limits;
 pub use notifications::NotificationSettings;
 pub use opa::{OpaNamespace, OpaSettings};
@@ -95,6 +97,8 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     /// Namespaces served to Open Policy Agent.
     pub opa: OpaSettings,
+    /// The decisions OPAs upload.
+    pub decisions: DecisionSettings,
     /// How long an idempotency key is remembered; unset: forever. A retry
     /// after that time executes again.
     #[serde(with = "humantime_serde")]
@@ -412,6 +416,7 @@ impl Default for Settings {
             audit: AuditSettings::default(),
             notifications: NotificationSettings::default(),
             opa: OpaSettings::default(),
+            decisions: DecisionSettings::default(),
             idempotency_retention: None,
         }
     }

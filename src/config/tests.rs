@@ -145,6 +145,10 @@ fn every_key_changed() -> Settings {
             )]
             .into(),
         },
+        decisions: DecisionSettings {
+            max_per_namespace: 1000,
+            max_age: Duration::from_secs(86400),
+        },
         idempotency_retention: Some(Duration::from_secs(3600)),
     }
 }

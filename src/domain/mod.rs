@@ -6,6 +6,7 @@ pub mod archive;
 pub(crate) mod body;
 pub mod chain;
 mod commands;
+pub mod decision;
 mod error;
 mod event;
 mod labels;

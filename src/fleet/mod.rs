@@ -169,7 +169,7 @@ pub struct Arrival {
     pub subject: String,
 }
 
-fn held_by_other(runtime: &RuntimeId, holder: &str) -> Error {
+pub(crate) fn held_by_other(runtime: &RuntimeId, holder: &str) -> Error {
     Error::PermissionDenied(format!(
         "runtime {runtime} is held by subject {holder:?}; a runtime id is bound to the subject \
          that first opened its stream until the runtime is stale"

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
 use super::convert;
+use super::decisions::opa_decision_upload;
 use super::opa::{opa_bundle_wanted, opa_discovery_wanted, opa_reply, opa_status_report};
 use super::policy_replies::inclusion_proof;
 use super::policy_requests::tree_wanted;
@@ -393,6 +394,22 @@ impl BundleService for BundleApi {
             .report_opa_status(&context.actor, &namespace, &runtime, &report)
             .await?;
         Ok(Response::new(proto::ReportStatusResponse { ignored }))
+    }
+
+    async fn upload_opa_decisions(
+        &self,
+        request: Request<proto::UploadOpaDecisionsRequest>,
+    ) -> Result<Response<proto::UploadOpaDecisionsResponse>, Status> {
+        let caller = identify(&request)?;
+        let (namespace, runtime, decisions) = opa_decision_upload(request.into_inner())?;
+        let context = caller.admit(Rpc::UploadOpaDecisions, [&namespace], &self.quotas)?;
+        let kept = self
+            .hub
+            .upload_opa_decisions(&context.actor, &namespace, &runtime, &decisions)
+            .await?;
+        Ok(Response::new(proto::UploadOpaDecisionsResponse {
+            kept: u32::try_from(kept).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn get_opa_signing_keys(

@@ -8,6 +8,7 @@ mod bundle_route;
 mod bundle_service;
 pub mod codec;
 pub mod convert;
+mod decisions;
 pub mod message_limit;
 pub mod methods;
 mod opa;

@@ -315,26 +315,7 @@ pub(super) fn event_filter(
         .map(|(index, kind)| convert::event_kind_from(&format!("kinds[{index}]"), *kind))
         .collect::<Result<_>>()?;
     let actor = event_actor(&request.actor)?;
-    let since = request
-        .since
-        .map(|at| convert::from_timestamp("since", at))
-        .transpose()?;
-    let until = request
-        .until
-        .map(|at| convert::from_timestamp("until", at))
-        .transpose()?;
-    if let (Some(since), Some(until)) = (since, until)
-        && until < since
-    {
-        return Err(Error::invalid(
-            "until",
-            format!(
-                "{} is before since ({})",
-                until.to_rfc3339(),
-                since.to_rfc3339()
-            ),
-        ));
-    }
+    let (since, until) = time_window(request.since, request.until)?;
     let filter = EventFilter {
         scope: NamespaceScope::All,
         name,
@@ -391,6 +372,36 @@ pub(super) fn export_scope(request: &proto::ExportRequest) -> Result<NamespaceSc
     } else {
         NamespaceScope::Among(namespaces)
     })
+}
+
+/// An instant of a listing's window.
+type Instant = chrono::DateTime<chrono::Utc>;
+
+/// The instants of a listing's `since` and `until`, the second not before
+/// the first.
+pub(super) fn time_window(
+    since: Option<prost_types::Timestamp>,
+    until: Option<prost_types::Timestamp>,
+) -> Result<(Option<Instant>, Option<Instant>)> {
+    let since = since
+        .map(|at| convert::from_timestamp("since", at))
+        .transpose()?;
+    let until = until
+        .map(|at| convert::from_timestamp("until", at))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since, until)
+        && until < since
+    {
+        return Err(Error::invalid(
+            "until",
+            format!(
+                "{} is before since ({})",
+                until.to_rfc3339(),
+                since.to_rfc3339()
+            ),
+        ));
+    }
+    Ok((since, until))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::alerts;
 use super::archive;
 use super::auth::{Rpc, identify};
 use super::backup;
+use super::decisions::{decision_filter, decisions};
 use super::policy_replies as reply;
 use super::policy_requests::{
     access_question, activate_command, diff_wanted, discard_command, draft_command, event_filter,
@@ -358,6 +359,22 @@ impl PolicyService for PolicyApi {
             .list_runtimes(&namespace, &filter, size, token)
             .await?;
         Ok(Response::new(reply::runtimes(&page)))
+    }
+
+    async fn list_decisions(
+        &self,
+        request: Request<proto::ListDecisionsRequest>,
+    ) -> Reply<proto::ListDecisionsResponse> {
+        let caller = identify(&request)?;
+        let request = request.into_inner();
+        let (namespace, filter) = decision_filter(&request)?;
+        caller.admit(Rpc::ListDecisions, [&namespace], &self.quotas)?;
+        let size = self.limits.page_size(request.page_size);
+        let page = self
+            .hub
+            .list_decisions(&namespace, &filter, size, &request.page_token)
+            .await?;
+        Ok(Response::new(decisions(page)))
     }
 
     async fn get_policy_status(

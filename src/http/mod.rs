@@ -11,6 +11,7 @@
 //! or the status as a JSON `google.rpc.Status` under the standard gRPC →
 //! HTTP code table, goes back as JSON.
 
+mod body;
 mod console;
 mod events;
 mod opa;
@@ -23,11 +24,12 @@ use std::{convert::Infallible, sync::Arc};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tower_service::Service;
 
+use self::body::Body;
 use self::routes::{Route, routes, set_from_text};
 use self::status::{Failure, error_response, json_response};
 pub use self::status::{http_status, refusal_status, status_json};
@@ -167,6 +169,7 @@ impl Gateway {
             .await
             .map_err(|_| body_too_large(limit).body_unread())?
             .to_bytes();
+        let body = body::decoded(&parts.headers, body, limit)?;
         let mut message = input(route, &bindings, parts.uri.query(), &parts.headers, &body)?;
         let if_match = semantics::apply_headers(&mut message, &parts.headers)?;
         if let Some(if_match) = &if_match {
@@ -481,8 +484,15 @@ fn input(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<DynamicMessage, Failure> {
-    let descriptor = route.input();
-    let mut message = if route.body && !body.is_empty() {
+    let mut message = DynamicMessage::new(route.input());
+    if matches!(route.body, Body::None) {
+        // `runtime.labels%5Bregion%5D` is `runtime.labels[region]`.
+        let pairs =
+            routes::decode_query(query.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        for (field, value) in &pairs {
+            set_from_text(&mut message, field, value).map_err(Status::invalid_argument)?;
+        }
+    } else if !body.is_empty() {
         let json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
@@ -497,29 +507,14 @@ fn input(
                 ),
             ));
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        // OPA's status report is OPA's to extend: its fields beyond those
-        // the request declares are ignored, as OPA adds them.
-        let strict = route.method.name() != "ReportOpaStatus";
-        let options = DeserializeOptions::new().deny_unknown_fields(strict);
-        DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &options)
-            .and_then(|message| deserializer.end().map(|()| message))
-            .map_err(|error| {
-                Status::invalid_argument(format!(
-                    "the body is not a valid {}: {error}",
-                    descriptor.name()
-                ))
-            })?
-    } else {
-        DynamicMessage::new(descriptor)
-    };
-    if !route.body {
-        // `runtime.labels%5Bregion%5D` is `runtime.labels[region]`.
-        let pairs =
-            routes::decode_query(query.unwrap_or_default()).map_err(Status::invalid_argument)?;
-        for (field, value) in &pairs {
-            set_from_text(&mut message, field, value).map_err(Status::invalid_argument)?;
-        }
+        // What OPA sends is OPA's to extend: fields of its status reports
+        // and decision logs beyond those the request declares are ignored,
+        // as OPA adds them.
+        let strict = !matches!(
+            route.method.name(),
+            "ReportOpaStatus" | "UploadOpaDecisions"
+        );
+        route.body.fill(&mut message, body, strict)?;
     }
     for (field, segment) in bindings {
         let value = routes::decode_path_segment(segment).map_err(Status::invalid_argument)?;

@@ -3,6 +3,7 @@
 //! message: path variables, then the JSON body (`body: "*"`) or the query
 //! string.
 
+use super::body::Body;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
     MethodDescriptor, ReflectMessage, Value,
@@ -24,8 +25,8 @@ pub struct Route {
     segments: Vec<Segment>,
     /// The custom method after `:` in the last segment, such as `publish`.
     custom: Option<String>,
-    /// Whether the JSON body is the request message.
-    pub body: bool,
+    /// What the JSON body fills.
+    pub body: Body,
     /// The RPC.
     pub method: MethodDescriptor,
     /// `/package.Service/Method`.
@@ -111,7 +112,7 @@ fn route(rule: &DynamicMessage, method: &MethodDescriptor, grpc_path: &str) -> O
         verb,
         segments,
         custom,
-        body: text("body").as_deref() == Some("*"),
+        body: Body::of(text("body").as_deref(), &method.input())?,
         method: method.clone(),
         grpc_path: grpc_path.to_owned(),
     })

@@ -5,6 +5,7 @@
 
 mod alerts;
 mod analyses;
+mod decisions;
 mod archive;
 mod fleet;
 mod lifecycle;

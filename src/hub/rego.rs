@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tokio::sync::{OnceCell, watch};
 
+use crate::config::DecisionSettings;
 use crate::domain::rego::{self, BundleRoots};
 use crate::domain::runtime::opa::{OpaBundleReport, OpaDue};
 use crate::domain::runtime::{RuntimeId, RuntimeLabels, StatusReport};
@@ -33,6 +34,8 @@ pub(super) struct Opa {
     /// reload, which wakes the discovery requests held.
     keys: watch::Sender<Arc<Vec<OpaSigningKey>>>,
     built: Mutex<HashMap<Namespace, Built>>,
+    /// How long the decisions OPAs upload are kept.
+    pub(super) decisions: DecisionSettings,
 }
 
 /// A namespace's bundles at one revision: one per set of versions given
@@ -46,11 +49,13 @@ struct Built {
 impl PolicyHub {
     /// Serves `namespaces` to OPA: their policies are Rego policies, whose
     /// packages lie under each namespace's bundle roots, and their bundles
-    /// are signed with the first of the keys `source` holds.
+    /// are signed with the first of the keys `source` holds; the decisions
+    /// their OPAs upload are kept as `decisions` says.
     pub fn with_opa(
         mut self,
         namespaces: BTreeMap<Namespace, BundleRoots>,
         source: OpaKeySource,
+        decisions: DecisionSettings,
     ) -> anyhow::Result<Self> {
         let keys = source.load()?;
         self.opa = Arc::new(Opa {
@@ -58,6 +63,7 @@ impl PolicyHub {
             source: Some(source),
             keys: watch::Sender::new(Arc::new(keys)),
             built: Mutex::default(),
+            decisions,
         });
         Ok(self)
     }
@@ -272,7 +278,7 @@ impl PolicyHub {
 
     /// The roots of `namespace` and the keys its bundles are signed with
     /// (the first signs), when it is served to OPA.
-    fn served_to_opa(
+    pub(super) fn served_to_opa(
         &self,
         namespace: &Namespace,
     ) -> Result<(&BundleRoots, Arc<Vec<OpaSigningKey>>)> {

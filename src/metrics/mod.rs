@@ -15,6 +15,9 @@
 //!   (at most one per `runtimes.flush_interval_ms`);
 //! - `policyhub_schedule_firings_total{outcome}`: schedule firings this
 //!   replica made, `applied`, `already_active` or `refused`;
+//! - `policyhub_decisions_kept_total` and
+//!   `policyhub_decisions_dropped_total{reason}`: decisions OPAs uploaded
+//!   that were kept, and those the retention dropped, `count` or `age`;
 //! - `policyhub_schedules_paused_by_refusal`: schedules a refused firing
 //!   paused and no operator resumed yet;
 //! - `policyhub_rollouts_awaiting_approval`: rollouts that wait for a
@@ -109,6 +112,8 @@ pub struct Metrics {
     fleet: fleet::Instruments,
     schedule_firings: Family<OutcomeLabel, Counter>,
     schedules_paused_by_refusal: Gauge,
+    decisions_kept: Counter,
+    decisions_dropped: Family<ReasonLabel, Counter>,
     /// Checkpoints refused over a log that does not extend the last one.
     checkpoints_refused: Counter,
     accept_errors: Family<PortLabel, Counter>,
@@ -154,6 +159,13 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 struct OutcomeLabel {
     /// `applied`, `already_active` or `refused`.
     outcome: String,
+}
+
+/// Labels of a count of decisions dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    /// `count` or `age`.
+    reason: String,
 }
 
 /// Labels of a background task's failure count.
@@ -245,6 +257,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Schedules a refused firing paused and no operator resumed yet",
         schedules_paused_by_refusal.clone(),
     );
+    let decisions_kept = Counter::default();
+    registry.register(
+        "decisions_kept",
+        "Decisions OPAs uploaded that were kept (not kept before)",
+        decisions_kept.clone(),
+    );
+    let decisions_dropped = Family::<ReasonLabel, Counter>::default();
+    for reason in ["count", "age"] {
+        let _ = decisions_dropped.get_or_create(&ReasonLabel {
+            reason: reason.to_owned(),
+        });
+    }
+    registry.register(
+        "decisions_dropped",
+        "Decisions dropped by the retention, oldest first, by reason: count or age",
+        decisions_dropped.clone(),
+    );
     let checkpoints_refused = Counter::default();
     registry.register(
         "checkpoints_refused",
@@ -307,6 +336,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         },
         schedule_firings,
         schedules_paused_by_refusal,
+        decisions_kept,
+        decisions_dropped,
         checkpoints_refused,
         accept_errors,
         connections_refused,
@@ -367,6 +398,18 @@ impl Metrics {
     /// The instruments of the issuers' key fetches.
     pub fn auth_instruments(&self) -> crate::grpc::auth::Instruments {
         self.auth.clone()
+    }
+
+    /// Counts what keeping an upload of decisions did.
+    pub fn count_decisions(&self, kept: &crate::storage::Kept) {
+        self.decisions_kept.inc_by(kept.kept);
+        for (reason, dropped) in [("count", kept.dropped_by_count), ("age", kept.dropped_by_age)] {
+            self.decisions_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_owned(),
+                })
+                .inc_by(dropped);
+        }
     }
 
     /// The count of checkpoints refused over a rewritten log.

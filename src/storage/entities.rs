@@ -207,6 +207,34 @@ pub mod rollouts {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod decisions {
+    use sea_orm::entity::prelude::*;
+
+    /// A decision an OPA uploaded.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "decisions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub namespace: String,
+        pub decision_id: String,
+        pub runtime_id: String,
+        pub path: String,
+        /// Canonical JSON.
+        pub input: Option<String>,
+        /// Canonical JSON; `None` for an undefined decision.
+        pub result: Option<String>,
+        pub revision: Option<i64>,
+        pub decided_at: DateTimeUtc,
+        pub received_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod rollout_measurements {
     use sea_orm::entity::prelude::*;
 

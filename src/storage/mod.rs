@@ -5,6 +5,7 @@ mod backup;
 mod chain;
 mod checkpoints;
 mod cosignatures;
+mod decisions;
 mod entities;
 mod errors;
 mod events;
@@ -43,6 +44,7 @@ use sea_orm::{
 
 pub use archive::Imported;
 pub use cosignatures::{Cosignature, ToWitness};
+pub use decisions::{Kept, Retention, StoredDecision};
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
 pub use keys::{KeyUse, Revocation};

@@ -124,7 +124,9 @@ pub enum Rpc {
     ReportStatus,
     ReportStatusStream,
     ReportOpaStatus,
+    UploadOpaDecisions,
     ListRuntimes,
+    ListDecisions,
     GetPolicyStatus,
     StartRollout,
     GetRollout,
@@ -156,7 +158,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 56] = [
+    pub const ALL: [Rpc; 58] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -185,7 +187,9 @@ impl Rpc {
         Rpc::ReportStatus,
         Rpc::ReportStatusStream,
         Rpc::ReportOpaStatus,
+        Rpc::UploadOpaDecisions,
         Rpc::ListRuntimes,
+        Rpc::ListDecisions,
         Rpc::GetPolicyStatus,
         Rpc::StartRollout,
         Rpc::GetRollout,
@@ -287,6 +291,7 @@ impl Rpc {
             | Rpc::ReportStatus
             | Rpc::ReportStatusStream
             | Rpc::ReportOpaStatus
+            | Rpc::UploadOpaDecisions
             | Rpc::ListRuntimes
             | Rpc::GetPolicyStatus
             | Rpc::GetRollout
@@ -294,7 +299,7 @@ impl Rpc {
             | Rpc::GetSchedule
             | Rpc::ListSchedules
             | Rpc::Export => Role::Reader,
-            Rpc::Draft | Rpc::DiscardDraft => Role::Author,
+            Rpc::Draft | Rpc::DiscardDraft | Rpc::ListDecisions => Role::Author,
             Rpc::Publish => Role::Publisher,
             Rpc::Activate
             | Rpc::Rollback

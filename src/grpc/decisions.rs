@@ -1,0 +1,102 @@
+//! Protobuf ⇄ domain for decisions (docs/src/guides/decisions.md): OPA's
+//! decision log uploads, and their listing.
+
+use super::convert::{from_timestamp, json_to_value, timestamp, value_to_json};
+use super::policy_requests::time_window;
+use super::proto;
+use crate::domain::decision::{Decision, DecisionFilter, ResultMatch};
+use crate::domain::runtime::opa::OpaDue;
+use crate::domain::runtime::RuntimeId;
+use crate::domain::{Error, Namespace, Page, Result};
+use crate::storage::StoredDecision;
+
+/// An upload: the namespace, the OPA, and its decisions, each checked. A
+/// decision names the revision of the bundle named after the namespace
+/// when that bundle's manifest revision is one of this server's.
+pub fn opa_decision_upload(
+    request: proto::UploadOpaDecisionsRequest,
+) -> Result<(Namespace, RuntimeId, Vec<Decision>)> {
+    let namespace = Namespace::parse("namespace", &request.namespace)?;
+    let runtime = RuntimeId::parse("runtime_id", &request.runtime_id)?;
+    let decisions = request
+        .decisions
+        .into_iter()
+        .enumerate()
+        .map(|(index, uploaded)| {
+            let field = format!("decisions[{index}]");
+            let json = |name: &str, value: Option<prost_types::Value>| {
+                value
+                    .map(|value| value_to_json(&format!("{field}.{name}"), value))
+                    .transpose()
+            };
+            let decided_at = match uploaded.timestamp {
+                Some(at) => from_timestamp(&format!("{field}.timestamp"), at)?,
+                None => return Err(Error::invalid(format!("{field}.timestamp"), "is required")),
+            };
+            let revision = uploaded
+                .bundles
+                .get(namespace.as_str())
+                .and_then(|bundle| OpaDue::from_manifest_revision(&bundle.revision))
+                .map(|due| due.revision);
+            Decision {
+                id: uploaded.decision_id,
+                runtime: runtime.clone(),
+                path: uploaded.path,
+                input: json("input", uploaded.input)?.map(|input| crate::domain::canonical_json(&input)),
+                result: json("result", uploaded.result)?
+                    .map(|result| crate::domain::canonical_json(&result)),
+                revision,
+                decided_at,
+            }
+            .checked(&field)
+        })
+        .collect::<Result<_>>()?;
+    Ok((namespace, runtime, decisions))
+}
+
+/// A listing request: the namespace and the filter.
+pub fn decision_filter(request: &proto::ListDecisionsRequest) -> Result<(Namespace, DecisionFilter)> {
+    let namespace = Namespace::parse("namespace", &request.namespace)?;
+    let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    let (since, until) = time_window(request.since, request.until)?;
+    let filter = DecisionFilter {
+        path: text(request.path.trim_matches('/')),
+        result: text(&request.result)
+            .map(|result| ResultMatch::parse("result", &result))
+            .transpose()?,
+        runtime: text(&request.runtime_id)
+            .map(|runtime| RuntimeId::parse("runtime_id", &runtime))
+            .transpose()?,
+        revision: (request.revision != 0).then_some(request.revision),
+        since,
+        until,
+    };
+    Ok((namespace, filter))
+}
+
+/// A page of decisions as protobuf.
+pub fn decisions(page: Page<StoredDecision>) -> proto::ListDecisionsResponse {
+    proto::ListDecisionsResponse {
+        decisions: page.items.into_iter().map(decision).collect(),
+        next_page_token: page.next_page_token.unwrap_or_default(),
+    }
+}
+
+fn decision(stored: StoredDecision) -> proto::Decision {
+    let decision = stored.decision;
+    // Stored as canonical JSON this server wrote: it parses.
+    let value = |text: Option<String>| {
+        text.and_then(|text| serde_json::from_str(&text).ok())
+            .map(|json| json_to_value(&json))
+    };
+    proto::Decision {
+        decision_id: decision.id,
+        runtime_id: decision.runtime.as_str().to_owned(),
+        path: decision.path,
+        input: value(decision.input),
+        result: value(decision.result),
+        revision: decision.revision.unwrap_or_default(),
+        decide_time: Some(timestamp(decision.decided_at)),
+        receive_time: Some(timestamp(stored.received_at)),
+    }
+}

@@ -1,0 +1,77 @@
+//! The decisions OPAs upload (docs/src/guides/decisions.md): taken from
+//! the OPA that holds the runtime, kept with the namespace's retention,
+//! listed for authors.
+
+use chrono::Utc;
+
+use crate::domain::decision::{Decision, DecisionFilter};
+use crate::domain::runtime::RuntimeId;
+use crate::domain::{Error, Namespace, Page, Result};
+use crate::fleet::held_by_other;
+use crate::storage::{Retention, StoredDecision};
+
+use super::PolicyHub;
+
+impl PolicyHub {
+    /// Keeps the decisions `runtime`, an OPA of `namespace` held by
+    /// `subject`, uploaded; returns how many were not kept before.
+    pub async fn upload_opa_decisions(
+        &self,
+        subject: &str,
+        namespace: &Namespace,
+        runtime: &RuntimeId,
+        decisions: &[Decision],
+    ) -> Result<u64> {
+        self.served_to_opa(namespace)?;
+        let fleet = self.fleet_view(namespace).await?;
+        let Some((record, _)) = fleet.runtime(runtime) else {
+            return Err(Error::precondition(format!(
+                "runtime {runtime} has not asked for the bundle of namespace {namespace}: name it \
+                 in the bundle resource (bundles/{namespace}?runtime.id={runtime}) first"
+            )));
+        };
+        if record.subject != subject {
+            return Err(held_by_other(runtime, &record.subject));
+        }
+        let kept = self
+            .repository
+            .keep_decisions(namespace, decisions, self.decision_retention())
+            .await?;
+        crate::metrics::global().count_decisions(&kept);
+        Ok(kept.kept)
+    }
+
+    /// A page of the decisions of `namespace` that `filter` takes, newest
+    /// first.
+    pub async fn list_decisions(
+        &self,
+        namespace: &Namespace,
+        filter: &DecisionFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<StoredDecision>> {
+        self.served_to_opa(namespace)?;
+        let retention = self.decision_retention();
+        self.repository
+            .list_decisions(
+                namespace,
+                filter,
+                retention.received_after,
+                page_size,
+                page_token,
+            )
+            .await
+    }
+
+    /// What a namespace keeps, as of now.
+    fn decision_retention(&self) -> Retention {
+        let settings = &self.opa.decisions;
+        let max_age = chrono::TimeDelta::from_std(settings.max_age).unwrap_or(chrono::TimeDelta::MAX);
+        Retention {
+            max_count: settings.max_per_namespace,
+            received_after: Utc::now()
+                .checked_sub_signed(max_age)
+                .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC),
+        }
+    }
+}
