@@ -11,12 +11,13 @@
 # OPA's operations answer only for a namespace served to OPA, which the
 # server of scripts/fuzz-http declares (fuzz-opa) and no generated name
 # ever is: the hooks ask for that one, so the pass reaches the bundle, the
-# discovery bundle and the status report rather than their 404. They call
-# as one OPA would, named fuzz-opa-1 in its discovery and bundle resources
-# (runtime.id) and in its status reports' path: a status report is taken
-# only from a runtime that has asked for its bundle under its name (else
-# 400), which a generated name never has. scripts/fuzz-http asks for the
-# bundle in a pass before the reports'.
+# discovery bundle, the status report, the decision logs and their listing
+# rather than their 404. They call as one OPA would, named fuzz-opa-1 in
+# its discovery and bundle resources (runtime.id) and in its reports' and
+# uploads' paths: a status report or a decision log is taken only from a
+# runtime that has asked for its bundle under its name (else 400), which a
+# generated name never has. scripts/fuzz-http asks for the bundle in a
+# pass before the reports'.
 import schemathesis
 
 COMPARE_AND_SWAP = {
@@ -42,9 +43,9 @@ def without_made_up_if_match(context, headers):
 @schemathesis.hook("map_path_parameters")
 def the_namespace_served_to_opa(context, path_parameters):
     operation = operation_id(context)
-    if operation in {"BundleService_GetOpaBundle", "BundleService_GetOpaDiscovery"}:
+    if operation in {"BundleService_GetOpaBundle", "BundleService_GetOpaDiscovery", "PolicyService_ListDecisions"}:
         path_parameters = dict(path_parameters or {}, namespace=OPA_NAMESPACE)
-    elif operation == "BundleService_ReportOpaStatus":
+    elif operation in {"BundleService_ReportOpaStatus", "BundleService_UploadOpaDecisions"}:
         path_parameters = dict(path_parameters or {}, namespace=OPA_NAMESPACE, runtime_id=OPA_RUNTIME)
     return path_parameters
 

@@ -37,9 +37,21 @@ impl MigrationTrait for Migration {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Decisions::Namespace).string_len(63).not_null())
-                    .col(ColumnDef::new(Decisions::DecisionId).string_len(128).not_null())
-                    .col(ColumnDef::new(Decisions::RuntimeId).string_len(128).not_null())
+                    .col(
+                        ColumnDef::new(Decisions::Namespace)
+                            .string_len(63)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Decisions::DecisionId)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Decisions::RuntimeId)
+                            .string_len(128)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Decisions::Path).string_len(512).not_null())
                     .col(ColumnDef::new(Decisions::Input).text().null())
                     .col(ColumnDef::new(Decisions::Result).text().null())

@@ -38,9 +38,17 @@ impl Decision {
     /// The decision `field` (`decisions[i]`) names, its id and path
     /// checked, the path without leading or trailing `/`.
     pub fn checked(mut self, field: &str) -> Result<Self> {
-        bounded(&format!("{field}.decision_id"), &self.id, MAX_DECISION_ID_BYTES)?;
+        bounded(
+            &format!("{field}.decision_id"),
+            &self.id,
+            MAX_DECISION_ID_BYTES,
+        )?;
         self.path = self.path.trim_matches('/').to_owned();
-        bounded(&format!("{field}.path"), &self.path, MAX_DECISION_PATH_BYTES)?;
+        bounded(
+            &format!("{field}.path"),
+            &self.path,
+            MAX_DECISION_PATH_BYTES,
+        )?;
         Ok(self)
     }
 }
@@ -94,10 +102,7 @@ impl ResultMatch {
         serde_json::from_str::<Value>(text)
             .map(|value| ResultMatch::Equals(canonical_json(&value)))
             .map_err(|error| {
-                Error::invalid(
-                    field,
-                    format!("is neither JSON nor \"undefined\": {error}"),
-                )
+                Error::invalid(field, format!("is neither JSON nor \"undefined\": {error}"))
             })
     }
 }

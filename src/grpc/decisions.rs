@@ -5,8 +5,8 @@ use super::convert::{from_timestamp, json_to_value, timestamp, value_to_json};
 use super::policy_requests::time_window;
 use super::proto;
 use crate::domain::decision::{Decision, DecisionFilter, ResultMatch};
-use crate::domain::runtime::opa::OpaDue;
 use crate::domain::runtime::RuntimeId;
+use crate::domain::runtime::opa::OpaDue;
 use crate::domain::{Error, Namespace, Page, Result};
 use crate::storage::StoredDecision;
 
@@ -42,7 +42,8 @@ pub fn opa_decision_upload(
                 id: uploaded.decision_id,
                 runtime: runtime.clone(),
                 path: uploaded.path,
-                input: json("input", uploaded.input)?.map(|input| crate::domain::canonical_json(&input)),
+                input: json("input", uploaded.input)?
+                    .map(|input| crate::domain::canonical_json(&input)),
                 result: json("result", uploaded.result)?
                     .map(|result| crate::domain::canonical_json(&result)),
                 revision,
@@ -55,7 +56,9 @@ pub fn opa_decision_upload(
 }
 
 /// A listing request: the namespace and the filter.
-pub fn decision_filter(request: &proto::ListDecisionsRequest) -> Result<(Namespace, DecisionFilter)> {
+pub fn decision_filter(
+    request: &proto::ListDecisionsRequest,
+) -> Result<(Namespace, DecisionFilter)> {
     let namespace = Namespace::parse("namespace", &request.namespace)?;
     let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
     let (since, until) = time_window(request.since, request.until)?;

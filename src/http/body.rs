@@ -134,7 +134,11 @@ impl<'de> DeserializeSeed<'de> for OneMessage<'_> {
     type Value = DynamicMessage;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        DynamicMessage::deserialize_with_options(self.descriptor.clone(), deserializer, self.options)
+        DynamicMessage::deserialize_with_options(
+            self.descriptor.clone(),
+            deserializer,
+            self.options,
+        )
     }
 }
 
@@ -160,7 +164,9 @@ pub fn decoded(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, 
     flate2::read::GzDecoder::new(&body[..])
         .take(limit as u64 + 1)
         .read_to_end(&mut decoded)
-        .map_err(|error| Status::invalid_argument(format!("the body is not valid gzip: {error}")))?;
+        .map_err(|error| {
+            Status::invalid_argument(format!("the body is not valid gzip: {error}"))
+        })?;
     if decoded.len() > limit {
         return Err(crate::grpc::status::too_large(format!(
             "the request body exceeds {limit} bytes once decompressed"

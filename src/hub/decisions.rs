@@ -66,7 +66,8 @@ impl PolicyHub {
     /// What a namespace keeps, as of now.
     fn decision_retention(&self) -> Retention {
         let settings = &self.opa.decisions;
-        let max_age = chrono::TimeDelta::from_std(settings.max_age).unwrap_or(chrono::TimeDelta::MAX);
+        let max_age =
+            chrono::TimeDelta::from_std(settings.max_age).unwrap_or(chrono::TimeDelta::MAX);
         Retention {
             max_count: settings.max_per_namespace,
             received_after: Utc::now()

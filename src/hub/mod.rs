@@ -5,8 +5,8 @@
 
 mod alerts;
 mod analyses;
-mod decisions;
 mod archive;
+mod decisions;
 mod fleet;
 mod lifecycle;
 mod log;

@@ -403,7 +403,10 @@ impl Metrics {
     /// Counts what keeping an upload of decisions did.
     pub fn count_decisions(&self, kept: &crate::storage::Kept) {
         self.decisions_kept.inc_by(kept.kept);
-        for (reason, dropped) in [("count", kept.dropped_by_count), ("age", kept.dropped_by_age)] {
+        for (reason, dropped) in [
+            ("count", kept.dropped_by_count),
+            ("age", kept.dropped_by_age),
+        ] {
             self.decisions_dropped
                 .get_or_create(&ReasonLabel {
                     reason: reason.to_owned(),

@@ -1421,7 +1421,12 @@ fn every_command() -> Vec<(String, clap::Command)> {
 /// forge that report.
 #[test]
 fn every_rpc_has_a_client_command() {
-    const RUNTIMES_ONLY: [&str; 3] = ["ReportStatus", "ReportStatusStream", "ReportOpaStatus"];
+    const RUNTIMES_ONLY: [&str; 4] = [
+        "ReportStatus",
+        "ReportStatusStream",
+        "ReportOpaStatus",
+        "UploadOpaDecisions",
+    ];
     let pool =
         prost_reflect::DescriptorPool::decode(policyhub::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
     let commands = every_command();

@@ -19,6 +19,7 @@ mod client_settings;
 mod concurrency;
 mod connections;
 mod console;
+mod decisions;
 mod docs;
 mod helpers;
 mod history;

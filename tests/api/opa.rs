@@ -166,6 +166,16 @@ impl Opa {
         keys: &[proto::OpaSigningKey],
         runtime: Option<(&str, &[(&str, &str)])>,
     ) -> Opa {
+        Opa::run(&Opa::config(service, token, keys, runtime))
+    }
+
+    /// The configuration [`start`](Self::start) runs an OPA with.
+    pub(crate) fn config(
+        service: &str,
+        token: &str,
+        keys: &[proto::OpaSigningKey],
+        runtime: Option<(&str, &[(&str, &str)])>,
+    ) -> Value {
         let keys: serde_json::Map<String, Value> = keys
             .iter()
             .map(|key| {
@@ -204,7 +214,7 @@ impl Opa {
             config["status"] =
                 json!({"service": "policyhub", "partition_name": format!("payments/{id}")});
         }
-        Opa::run(&config)
+        config
     }
 
     /// An OPA whose configuration is only `service` and discovery of
@@ -225,7 +235,7 @@ impl Opa {
     }
 
     /// An OPA run with `config`.
-    fn run(config: &Value) -> Opa {
+    pub(crate) fn run(config: &Value) -> Opa {
         // OPA reads YAML, of which JSON is a part.
         Opa::run_yaml(&config.to_string(), &[])
     }
@@ -258,19 +268,23 @@ impl Opa {
     /// What `data.payments.authz.allow` decides for `amount`, if OPA has
     /// a bundle.
     pub(crate) async fn allows(&self, amount: u64) -> Option<bool> {
-        let answer = reqwest::Client::new()
-            .post(format!(
-                "http://{}/v1/data/payments/authz/allow",
-                self.address
-            ))
-            .json(&json!({"input": {"amount": amount}}))
+        self.query("payments/authz/allow", &json!({"amount": amount}))
+            .await?["result"]
+            .as_bool()
+    }
+
+    /// OPA's answer to a query of `path` (`/v1/data/{path}`) with `input`:
+    /// its result, and its decision id when it logs decisions.
+    pub(crate) async fn query(&self, path: &str, input: &Value) -> Option<Value> {
+        reqwest::Client::new()
+            .post(format!("http://{}/v1/data/{path}", self.address))
+            .json(&json!({ "input": input }))
             .send()
             .await
             .ok()?
             .json::<Value>()
             .await
-            .ok()?;
-        answer["result"].as_bool()
+            .ok()
     }
 
     /// Waits until `amount` is decided `allowed`, for at most `within`.

@@ -205,12 +205,15 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
     }
     assert!(checked > 0, "the document declares links");
     // A namespace is any valid one; a name, id, version or label beneath
-    // it is one an earlier answer gave. But an OPA's status report: the
-    // runtime it names is the one its bundle request named in a query
-    // parameter, which no link expression reads (the fuzzing's hooks give
-    // both the same runtime instead).
+    // it is one an earlier answer gave. But an OPA's status report and
+    // decision log upload: the runtime they name is the one its bundle
+    // request named in a query parameter, which no link expression reads
+    // (the fuzzing's hooks give them all the same runtime instead).
     for (id, (path, parameters, _)) in &operations {
-        if id != "BundleService_ReportOpaStatus"
+        if !matches!(
+            id.as_str(),
+            "BundleService_ReportOpaStatus" | "BundleService_UploadOpaDecisions"
+        )
             && parameters
                 .iter()
                 .any(|(place, name)| place == "path" && name != "namespace")
