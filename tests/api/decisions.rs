@@ -289,6 +289,17 @@ async fn post(address: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>
     (answer.status().as_u16(), answer.text().await.unwrap())
 }
 
+/// A bad upload: what it is, its path, headers and body, the status it
+/// gets and what the answer says.
+type BadUpload<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 /// OPA's headers on an upload, with `token`.
 fn opa_headers(token: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -325,7 +336,7 @@ async fn bad_decision_uploads_are_refused_with_a_clear_4xx_and_keep_nothing(back
     };
     let big_field = "x".repeat(600);
     let bomb = vec![b' '; 4 * 1024 * 1024];
-    let cases: Vec<(&str, &str, Vec<(&'static str, String)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadUpload<'_>> = vec![
         (
             "no token",
             logs,

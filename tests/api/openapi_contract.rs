@@ -213,10 +213,9 @@ fn every_link_leads_to_an_operation_and_parameters_on_both_ends() {
         if !matches!(
             id.as_str(),
             "BundleService_ReportOpaStatus" | "BundleService_UploadOpaDecisions"
-        )
-            && parameters
-                .iter()
-                .any(|(place, name)| place == "path" && name != "namespace")
+        ) && parameters
+            .iter()
+            .any(|(place, name)| place == "path" && name != "namespace")
         {
             assert!(linked.contains(id), "no link leads to {id} ({path})");
         }
