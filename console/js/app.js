@@ -10,6 +10,7 @@ import { draft } from './pages/draft.js';
 import { schema } from './pages/schema.js';
 import { compare } from './pages/compare.js';
 import { events } from './pages/events.js';
+import { decisions } from './pages/decisions.js';
 import { fleet } from './pages/fleet.js';
 import { rollout, rollouts } from './pages/rollouts.js';
 import { schedules } from './pages/schedules.js';
@@ -24,6 +25,7 @@ const ROUTES = [
   [/^namespaces\/([^/]+)\/policies\/([^/]+)\/schema$/, schema],
   [/^namespaces\/([^/]+)\/policies\/([^/]+)\/fleet$/, fleet],
   [/^namespaces\/([^/]+)\/events$/, events],
+  [/^namespaces\/([^/]+)\/decisions$/, decisions],
   [/^namespaces\/([^/]+)\/rollouts$/, rollouts],
   [/^namespaces\/([^/]+)\/rollouts\/([^/]+)$/, rollout],
   [/^namespaces\/([^/]+)\/schedules$/, schedules],

@@ -11,6 +11,7 @@ test. Screenshots of the main pages go to $POLICYHUB_SCREENSHOTS
 Run by scripts/test-console, which installs what it needs.
 """
 
+import gzip
 import json
 import os
 import shutil
@@ -868,6 +869,54 @@ class Rego(BrowserCase):
         self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "tr[data-runtime='edge-1'] .engine"), [])
         self.screenshot("fleet-opa")
         self.assert_accessible("a fleet with an OPA")
+        self.assert_clean_console()
+
+    def test_04_the_decisions_opas_uploaded(self):
+        # An OPA asks for its bundle under its name, then uploads its
+        # decision log as OPA's plugin does: a gzipped JSON array.
+        runtime = "opa-logs-1"
+        headers = {"Authorization": f"Bearer {self.tokens['alice']}"}
+        bundle = urllib.request.Request(f"{self.base}/v1/opa/bundles/payments?runtime.id={runtime}", headers=headers)
+        with urllib.request.urlopen(bundle, timeout=10) as reply:
+            reply.read()
+        decided = [
+            ("d-allowed", {"amount": 10}, True),
+            ("d-refused", {"amount": 900, "user": "<b>bob</b>"}, False),
+            ("d-undefined", {"amount": 1}, None),
+        ]
+        events = []
+        for second, (decision_id, given, result) in enumerate(decided):
+            event = {"decision_id": decision_id, "path": "payments/authz/allow", "input": given,
+                     "timestamp": f"2026-11-29T10:00:0{second}Z", "bundles": {"payments": {"revision": "1"}}}
+            if result is not None:
+                event["result"] = result
+            events.append(event)
+        upload = urllib.request.Request(
+            f"{self.base}/v1/opa/logs/payments/{runtime}", method="POST",
+            data=gzip.compress(json.dumps(events).encode()),
+            headers={**headers, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+        with urllib.request.urlopen(upload, timeout=10) as reply:
+            self.assertEqual(json.load(reply)["kept"], 3)
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/decisions")
+        rows = lambda: self.browser.find_elements(By.CSS_SELECTOR, "main tr[data-decision]")
+        self.wait_for(lambda: len(rows()) == 3, "the three decisions")
+        self.assertEqual([row.get_attribute("data-decision") for row in rows()],
+                         ["d-undefined", "d-refused", "d-allowed"])
+        refused = self.find("tr[data-decision='d-refused']").text
+        self.assertIn(runtime, refused)
+        self.assertIn("false", refused)
+        self.assertIn('"user":"<b>bob</b>"', refused)
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, "main b"), [])
+        self.assertIn("undefined", self.find("tr[data-decision='d-undefined']").text)
+        self.screenshot("decisions")
+        self.assert_accessible("the decisions of a namespace")
+        # Filtered by the server, as the form asks.
+        self.find("#filter-result").send_keys("false")
+        self.click("main form[aria-label='Filter decisions'] button[type=submit]")
+        self.wait_for(lambda: len(rows()) == 1, "the refused decision alone")
+        self.assertEqual(rows()[0].get_attribute("data-decision"), "d-refused")
+        self.assertIn("result=false", self.browser.current_url)
         self.assert_clean_console()
 
 

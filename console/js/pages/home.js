@@ -137,6 +137,7 @@ export function namespaceTabs(namespace, current) {
     ['Rollouts', route('namespaces', namespace, 'rollouts')],
     ['Schedules', route('namespaces', namespace, 'schedules')],
     ['Subscriptions', route('namespaces', namespace, 'subscriptions')],
+    ['Decisions', route('namespaces', namespace, 'decisions')],
   ]);
 }
 
