@@ -1,17 +1,18 @@
 //! `list-decisions` (ListDecisions): the decisions OPAs of a namespace
-//! uploaded, newest first.
+//! uploaded, newest first; `analyze-impact` (AnalyzeImpact): what a
+//! version would decide differently.
 
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 
 use super::ClientCommand;
-use super::args::parse_namespace;
+use super::args::{parse_namespace, parse_policy};
 use super::connection::AuthChannel;
 use super::failure::Reply;
 use super::inspect::{Limit, collect};
 use super::output::{Output, Table, print_message, time_text};
-use crate::domain::Namespace;
+use crate::domain::{Namespace, PolicyRef};
 use crate::grpc::convert::{timestamp, value_to_json};
 use crate::grpc::proto::{self, policy_service_client::PolicyServiceClient};
 
@@ -100,6 +101,96 @@ impl ClientCommand for ListDecisionsArgs {
             ]);
         }
         out!("{table}");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Arguments of `policyhub analyze-impact`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeImpactArgs {
+    /// The policy, namespace/name.
+    #[arg(value_parser = parse_policy)]
+    policy: PolicyRef,
+    /// The version to judge: the open draft's number, or a published one.
+    #[arg(long)]
+    version: u32,
+    /// Only decisions of this rule path.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only decisions made at or after this instant (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Only decisions made at or before this instant (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+    /// Replay at most this many decisions, the newest (default 1000, at
+    /// most 10000).
+    #[arg(long)]
+    limit: Option<u32>,
+}
+
+impl ClientCommand for AnalyzeImpactArgs {
+    /// `policyhub analyze-impact`.
+    async fn run(self, channel: AuthChannel, output: Output) -> anyhow::Result<ExitCode> {
+        let mut client = PolicyServiceClient::new(channel);
+        let report = client
+            .analyze_impact(proto::AnalyzeImpactRequest {
+                namespace: self.policy.namespace.to_string(),
+                name: self.policy.name.to_string(),
+                version: self.version,
+                path: self.path.unwrap_or_default(),
+                since: self.since.map(timestamp),
+                until: self.until.map(timestamp),
+                limit: self.limit.unwrap_or_default(),
+            })
+            .await
+            .reply(format!(
+                "analyzing version {} of {}",
+                self.version, self.policy
+            ))?;
+        if output == Output::Json {
+            print_message(&report);
+            return Ok(ExitCode::SUCCESS);
+        }
+        outln!(
+            "{} decisions replayed against revision {}: {} change, {} unknown",
+            report.replayed,
+            report.active_revision,
+            report.changed,
+            report.unknown
+        );
+        let examples = |examples: &[proto::ImpactExample]| {
+            examples
+                .iter()
+                .map(|example| example.decision_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !report.changes.is_empty() {
+            let mut table = Table::new(&["PATH", "BEFORE", "AFTER", "DECISIONS", "EXAMPLES"]);
+            for change in &report.changes {
+                table.row(vec![
+                    change.path.clone(),
+                    change.before.clone(),
+                    change.after.clone(),
+                    change.count.to_string(),
+                    examples(&change.examples),
+                ]);
+            }
+            out!("{table}");
+        }
+        if !report.unknowns.is_empty() {
+            let mut table = Table::new(&["PATH", "NOT EVALUATED", "DECISIONS", "EXAMPLES"]);
+            for unknown in &report.unknowns {
+                table.row(vec![
+                    unknown.path.clone(),
+                    unknown.reason.clone(),
+                    unknown.count.to_string(),
+                    examples(&unknown.examples),
+                ]);
+            }
+            out!("{table}");
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

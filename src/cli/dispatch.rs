@@ -53,6 +53,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GetRestoreProof { client, args } => client.run(args).await,
         Command::ListRuntimes { client, args } => client.run(args).await,
         Command::ListDecisions { client, args } => client.run(args).await,
+        Command::AnalyzeImpact { client, args } => client.run(args).await,
         Command::GetPolicyStatus { client, args } => client.run(args).await,
         Command::DiffVersions { client, args } => client.run(args).await,
         Command::Whoami { client, args } => client.run(args).await,

@@ -252,6 +252,15 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Show what a version of a policy served to OPA would decide
+    /// differently: its OPAs' recorded decisions replayed against the
+    /// active bundle and against the version.
+    AnalyzeImpact {
+        #[command(flatten)]
+        args: decisions::AnalyzeImpactArgs,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Show whether a policy's active version landed: how many runtimes
     /// applied it, rejected it (with the errors) or are still pending.
     #[command(visible_alias = "status")]

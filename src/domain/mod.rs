@@ -9,6 +9,7 @@ mod commands;
 pub mod decision;
 mod error;
 mod event;
+pub mod impact;
 mod labels;
 pub mod lifecycle;
 pub mod log;

@@ -5,9 +5,10 @@ use super::convert::{from_timestamp, json_to_value, timestamp, value_to_json};
 use super::policy_requests::time_window;
 use super::proto;
 use crate::domain::decision::{Decision, DecisionFilter, ResultMatch};
+use crate::domain::impact::{DEFAULT_REPLAYED, Example, ImpactReport, MAX_REPLAYED};
 use crate::domain::runtime::RuntimeId;
 use crate::domain::runtime::opa::OpaDue;
-use crate::domain::{Error, Namespace, Page, Result};
+use crate::domain::{Error, Namespace, Page, PolicyRef, Result};
 use crate::storage::StoredDecision;
 
 /// An upload: the namespace, the OPA, and its decisions, each checked. A
@@ -87,19 +88,94 @@ pub fn decisions(page: Page<StoredDecision>) -> proto::ListDecisionsResponse {
 
 fn decision(stored: StoredDecision) -> proto::Decision {
     let decision = stored.decision;
-    // Stored as canonical JSON this server wrote: it parses.
-    let value = |text: Option<String>| {
-        text.and_then(|text| serde_json::from_str(&text).ok())
-            .map(|json| json_to_value(&json))
-    };
     proto::Decision {
         decision_id: decision.id,
         runtime_id: decision.runtime.as_str().to_owned(),
         path: decision.path,
-        input: value(decision.input),
-        result: value(decision.result),
+        input: json_value(decision.input),
+        result: json_value(decision.result),
         revision: decision.revision.unwrap_or_default(),
         decide_time: Some(timestamp(decision.decided_at)),
         receive_time: Some(timestamp(stored.received_at)),
     }
+}
+
+/// An impact analysis request: the policy, its version, the decisions'
+/// filter and how many to replay.
+pub fn impact_wanted(
+    request: &proto::AnalyzeImpactRequest,
+) -> Result<(PolicyRef, u32, DecisionFilter, u32)> {
+    let policy = PolicyRef::parse(&request.namespace, &request.name)?;
+    if request.version == 0 {
+        return Err(Error::invalid(
+            "version",
+            "is required: the number of the draft or published version to judge",
+        ));
+    }
+    let limit = match request.limit {
+        0 => DEFAULT_REPLAYED,
+        limit if limit > MAX_REPLAYED => {
+            return Err(Error::invalid(
+                "limit",
+                format!("{limit} decisions, at most {MAX_REPLAYED} are replayed at once"),
+            ));
+        }
+        limit => limit,
+    };
+    let (since, until) = time_window(request.since, request.until)?;
+    let path = request.path.trim_matches('/');
+    let filter = DecisionFilter {
+        path: (!path.is_empty()).then(|| path.to_owned()),
+        since,
+        until,
+        ..DecisionFilter::default()
+    };
+    Ok((policy, request.version, filter, limit))
+}
+
+/// An impact report as protobuf.
+pub fn impact(active_revision: u64, report: ImpactReport) -> proto::AnalyzeImpactResponse {
+    let result = |value: Option<String>| value.unwrap_or_else(|| "undefined".to_owned());
+    let examples = |examples: Vec<Example>| {
+        examples
+            .into_iter()
+            .map(|example| proto::ImpactExample {
+                decision_id: example.decision_id,
+                input: json_value(example.input),
+            })
+            .collect()
+    };
+    proto::AnalyzeImpactResponse {
+        replayed: report.replayed,
+        changed: report.changed,
+        unknown: report.unknown,
+        changes: report
+            .changes
+            .into_iter()
+            .map(|change| proto::ImpactChange {
+                path: change.path,
+                before: result(change.before),
+                after: result(change.after),
+                count: change.count,
+                examples: examples(change.examples),
+            })
+            .collect(),
+        unknowns: report
+            .unknowns
+            .into_iter()
+            .map(|unknown| proto::ImpactUnknown {
+                path: unknown.path,
+                reason: unknown.reason,
+                count: unknown.count,
+                examples: examples(unknown.examples),
+            })
+            .collect(),
+        active_revision,
+    }
+}
+
+/// Canonical JSON this server stored, as a protobuf value.
+fn json_value(text: Option<String>) -> Option<prost_types::Value> {
+    text.and_then(|text| serde_json::from_str(&text).ok())
+        .map(|json| json_to_value(&json))
 }

@@ -11,7 +11,7 @@ use super::alerts;
 use super::archive;
 use super::auth::{Rpc, identify};
 use super::backup;
-use super::decisions::{decision_filter, decisions};
+use super::decisions::{decision_filter, decisions, impact, impact_wanted};
 use super::policy_replies as reply;
 use super::policy_requests::{
     access_question, activate_command, diff_wanted, discard_command, draft_command, event_filter,
@@ -375,6 +375,20 @@ impl PolicyService for PolicyApi {
             .list_decisions(&namespace, &filter, size, &request.page_token)
             .await?;
         Ok(Response::new(decisions(page)))
+    }
+
+    async fn analyze_impact(
+        &self,
+        request: Request<proto::AnalyzeImpactRequest>,
+    ) -> Reply<proto::AnalyzeImpactResponse> {
+        let caller = identify(&request)?;
+        let (policy, version, filter, limit) = impact_wanted(request.get_ref())?;
+        caller.admit(Rpc::AnalyzeImpact, [&policy.namespace], &self.quotas)?;
+        let (revision, report) = self
+            .hub
+            .analyze_impact(&policy, version, &filter, limit)
+            .await?;
+        Ok(Response::new(impact(revision, report)))
     }
 
     async fn get_policy_status(

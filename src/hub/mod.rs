@@ -8,6 +8,7 @@ mod analyses;
 mod archive;
 mod decisions;
 mod fleet;
+mod impact;
 mod lifecycle;
 mod log;
 mod reads;

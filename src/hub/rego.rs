@@ -232,7 +232,7 @@ impl PolicyHub {
     }
 
     /// `namespace` as the index holds it now.
-    fn namespace_index(&self, namespace: &Namespace) -> Arc<NamespaceIndex> {
+    pub(super) fn namespace_index(&self, namespace: &Namespace) -> Arc<NamespaceIndex> {
         self.index
             .snapshot()
             .namespaces
@@ -327,7 +327,7 @@ impl BundleGuard<'_> {
 
 /// The bundles of `index` that `watcher` is given (a rollout's candidates
 /// where it is in the cohort), and what they are.
-fn given<'a>(
+pub(super) fn given<'a>(
     index: &'a NamespaceIndex,
     watcher: Option<&Watcher>,
 ) -> (Vec<(&'a PolicyName, &'a Arc<IndexedBundle>)>, OpaDue) {
@@ -366,7 +366,7 @@ fn build(
 }
 
 /// The claims of a bundle this server signed.
-fn claims(jws: &str) -> Result<BundleClaims> {
+pub(super) fn claims(jws: &str) -> Result<BundleClaims> {
     let unreadable =
         |why: String| Error::Internal(format!("an active bundle is unreadable: {why}"));
     let payload = jws

@@ -22,6 +22,7 @@ use crate::opa::{Opa, Served, activate_limit, opa_keys, served};
 crate::on_both_backends_given_the_backend!(
     an_opas_decisions_are_kept_once_and_listed_by_what_decided_them,
     bad_decision_uploads_are_refused_with_a_clear_4xx_and_keep_nothing,
+    a_change_is_judged_on_the_decisions_opas_made,
 );
 
 /// ListDecisions of `payments` as `token`'s holder, every page of
@@ -624,4 +625,200 @@ async fn the_oldest_decisions_are_dropped_beyond_the_count_and_the_age_and_count
     assert_eq!(dropped("age").await, 10);
     server.kill().ok();
     server.wait().ok();
+}
+
+/// The amount of a decision's input.
+fn amount(decision: &proto::Decision) -> u64 {
+    let input = policyhub::grpc::convert::value_to_json("input", decision.input.clone().unwrap());
+    input.unwrap()["amount"].as_u64().unwrap()
+}
+
+/// AnalyzeImpact of `version` of payments/authz as `token`'s holder.
+async fn impact(
+    served: &Served,
+    token: &str,
+    version: u32,
+) -> Result<proto::AnalyzeImpactResponse, tonic::Status> {
+    served
+        .app
+        .policy
+        .clone()
+        .analyze_impact(with_token(
+            proto::AnalyzeImpactRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                version,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn a_change_is_judged_on_the_decisions_opas_made(backend: Backend) {
+    let served = served(backend).await;
+    let service = format!("http://{}/v1/opa", served.app.http_address.unwrap());
+    let keys = opa_keys(&served.app, &served.reader).await;
+    let mut config = Opa::config(&service, &served.reader, &keys, Some(("opa-1", &[])));
+    config["decision_logs"] = json!({
+        "service": "policyhub",
+        "resource": "logs/payments/opa-1",
+        "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 1},
+    });
+    let opa = Opa::run(&config);
+    opa.decides(0, true, Duration::from_secs(30)).await;
+    for amount in (0..40).map(|n| n * 25) {
+        opa.query("payments/authz/allow", &json!({ "amount": amount }))
+            .await
+            .unwrap();
+    }
+    // Every decision OPA made once its bundle was in: those before it
+    // decided with none.
+    let started = Instant::now();
+    let listed = loop {
+        let listed = list(&served, &served.admin, Default::default()).await;
+        if listed.iter().filter(|d| d.revision > 0).count() >= 40 {
+            break listed;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // A draft lowering the limit to 100 flips exactly the decisions of
+    // amounts above 100 and at most 500, from true to false.
+    let body = json!({
+        "modules": {"authz/allow.rego": crate::opa::ALLOW},
+        "data": {"payments": {"limits": {"max": 100}}},
+    });
+    let draft = served
+        .app
+        .policy
+        .clone()
+        .draft(with_token(
+            proto::DraftRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                body: Some(policyhub::grpc::convert::json_to_struct(&body)),
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version;
+    let report = impact(&served, &served.admin, draft).await.unwrap();
+    let flipped = listed
+        .iter()
+        .filter(|d| (101..=500).contains(&amount(d)))
+        .count() as u64;
+    assert_eq!(report.replayed, listed.len() as u64);
+    assert_eq!((report.changed, report.unknown), (flipped, 0), "{report:?}");
+    assert_eq!(report.changes.len(), 1, "{report:?}");
+    let change = &report.changes[0];
+    assert_eq!(
+        (
+            change.path.as_str(),
+            change.before.as_str(),
+            change.after.as_str()
+        ),
+        ("payments/authz/allow", "true", "false")
+    );
+    assert_eq!(change.count, flipped);
+    assert!(!change.examples.is_empty() && change.examples.len() <= 5);
+    for example in &change.examples {
+        let decision = listed
+            .iter()
+            .find(|d| d.decision_id == example.decision_id)
+            .unwrap();
+        assert!((101..=500).contains(&amount(decision)));
+        assert_eq!(example.input, decision.input);
+    }
+    // The active version itself changes nothing.
+    let unchanged = impact(&served, &served.admin, 1).await.unwrap();
+    assert_eq!(
+        (unchanged.changed, unchanged.unknown),
+        (0, 0),
+        "{unchanged:?}"
+    );
+    assert_eq!(unchanged.replayed, listed.len() as u64);
+
+    // A builtin the engine lacks: those decisions are unknown, named by it,
+    // never unchanged.
+    let regex = json!({
+        "modules": {"authz/allow.rego": "package payments.authz\n\ndefault allow := false\n\n\
+            allow if regex.match(`^[0-9]+$`, sprintf(\"%v\", [input.amount]))\n"},
+        "data": {"payments": {"limits": {"max": 500}}},
+    });
+    let regex_draft = served
+        .app
+        .policy
+        .clone()
+        .draft(with_token(
+            proto::DraftRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                body: Some(policyhub::grpc::convert::json_to_struct(&regex)),
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version;
+    let report = impact(&served, &served.admin, regex_draft).await.unwrap();
+    assert_eq!(
+        (report.changed, report.unknown),
+        (0, listed.len() as u64),
+        "{report:?}"
+    );
+    assert_eq!(report.unknowns[0].reason, "builtin regex.match");
+
+    // The CLI prints the same report; a reader may not ask, a version that
+    // does not exist is not found, a limit beyond the bound is refused.
+    let server = format!("http://{}", served.app.address);
+    let printed = policyhub_with(
+        &[
+            ("POLICYHUB_SERVER", server.as_str()),
+            ("POLICYHUB_TOKEN", served.admin.as_str()),
+        ],
+        &[
+            "analyze-impact",
+            "payments/authz",
+            "--version",
+            &draft.to_string(),
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(printed["changed"], json!(flipped.to_string()));
+    let refused = impact(&served, &served.reader, draft).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let refused = impact(&served, &served.admin, 99).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let refused = served
+        .app
+        .policy
+        .clone()
+        .analyze_impact(with_token(
+            proto::AnalyzeImpactRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                version: draft,
+                limit: 10_001,
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("limit"), "{refused:?}");
 }

@@ -127,6 +127,7 @@ pub enum Rpc {
     UploadOpaDecisions,
     ListRuntimes,
     ListDecisions,
+    AnalyzeImpact,
     GetPolicyStatus,
     StartRollout,
     GetRollout,
@@ -158,7 +159,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 58] = [
+    pub const ALL: [Rpc; 59] = [
         Rpc::Draft,
         Rpc::DiscardDraft,
         Rpc::Publish,
@@ -190,6 +191,7 @@ impl Rpc {
         Rpc::UploadOpaDecisions,
         Rpc::ListRuntimes,
         Rpc::ListDecisions,
+        Rpc::AnalyzeImpact,
         Rpc::GetPolicyStatus,
         Rpc::StartRollout,
         Rpc::GetRollout,
@@ -299,7 +301,9 @@ impl Rpc {
             | Rpc::GetSchedule
             | Rpc::ListSchedules
             | Rpc::Export => Role::Reader,
-            Rpc::Draft | Rpc::DiscardDraft | Rpc::ListDecisions => Role::Author,
+            Rpc::Draft | Rpc::DiscardDraft | Rpc::ListDecisions | Rpc::AnalyzeImpact => {
+                Role::Author
+            }
             Rpc::Publish => Role::Publisher,
             Rpc::Activate
             | Rpc::Rollback
