@@ -49,12 +49,11 @@ impl Decider {
                     Error::precondition(format!("{path} does not compile: {error}"))
                 })?;
         }
-        let data = regorus::Value::from_json_str(&Value::Object(content.data.clone()).to_string())
+        regorus::Value::from_json_str(&Value::Object(content.data.clone()).to_string())
             .and_then(|data| engine.add_data(data))
             .map_err(|error| {
                 Error::Internal(format!("the bundle's data does not load: {error}"))
             })?;
-        let () = data;
         Ok(Decider { engine })
     }
 
