@@ -40,6 +40,7 @@ mod openfeature;
 mod operations;
 mod races;
 mod rego;
+mod replay;
 mod replicas;
 mod report_spread;
 mod requirements;

@@ -234,6 +234,39 @@ impl Opa {
         }))
     }
 
+    /// An OPA serving `files` (policies and data) with no service, once
+    /// it answers.
+    pub(crate) async fn serving(files: &[PathBuf]) -> Opa {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(opa_binary())
+            .args(["run", "--server", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(files)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let opa = Opa {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while reqwest::get(format!("http://{}/health", opa.address))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "OPA did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        opa
+    }
+
     /// An OPA run with `config`.
     pub(crate) fn run(config: &Value) -> Opa {
         // OPA reads YAML, of which JSON is a part.
