@@ -182,6 +182,7 @@ macro_rules! links {
 /// parameters that exist.
 const LINKS: &[Link] = links![
     "PolicyService_Draft" -> "version": "PolicyService_GetVersion" DRAFTED_VERSION;
+    "PolicyService_Draft" -> "impact": "PolicyService_AnalyzeImpact" DRAFTED_VERSION;
     // Labelled by the draft's version number, so that each publication of
     // the policy takes a label none before it took.
     "PolicyService_Draft" -> "publish": "PolicyService_Publish" DRAFTED, body || json!({

@@ -153,7 +153,7 @@ impl ClientCommand for AnalyzeImpactArgs {
             return Ok(ExitCode::SUCCESS);
         }
         outln!(
-            "{} decisions replayed against revision {}: {} change, {} unknown",
+            "{} decisions replayed against revision {}: {} changed, {} unknown",
             report.replayed,
             report.active_revision,
             report.changed,
