@@ -51,7 +51,7 @@ use std::{
     convert::Infallible,
     env,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -77,7 +77,7 @@ use tokio::{
 mod support;
 
 use support::{
-    Options, Policyhub, Server, activate_in, cpu_time, free_port, load_average, ms,
+    Options, Policyhub, Server, activate_in, cpu_time, free_port, load_average, ms, opa_binary,
     raise_open_files_limit,
 };
 
@@ -922,16 +922,6 @@ fn report_clients(rounds: &[Round], clients: usize) {
 
 // ---------------------------------------------------------------------
 // Real OPAs.
-
-/// The OPA `scripts/install-opa` builds.
-fn opa_binary() -> anyhow::Result<PathBuf> {
-    let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/opa/v1.22.3/opa");
-    ensure!(
-        binary.exists(),
-        "OPA v1.22.3 is missing: run scripts/install-opa (or OPA_BUNDLES_OPAS=0)"
-    );
-    Ok(binary)
-}
 
 /// A running OPA, killed when dropped.
 struct Opa {

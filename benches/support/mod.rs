@@ -57,6 +57,18 @@ pub fn percentile(samples: &[Duration], quantile: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The OPA `scripts/install-opa` builds, the reference the OPA benches
+/// measure against.
+pub fn opa_binary() -> anyhow::Result<std::path::PathBuf> {
+    let binary =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/opa/v1.22.3/opa");
+    anyhow::ensure!(
+        binary.exists(),
+        "OPA v1.22.3 is missing: run scripts/install-opa"
+    );
+    Ok(binary)
+}
+
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }

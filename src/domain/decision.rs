@@ -67,6 +67,24 @@ fn bounded(field: &str, text: &str, max: usize) -> Result<()> {
     refuse_nul(field, text)
 }
 
+/// What keeping an upload did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// Decisions kept: those whose id the namespace did not hold.
+    pub kept: u64,
+    /// Decisions dropped because the namespace held more than its count.
+    pub dropped_by_count: u64,
+    /// Decisions dropped because they were received too long ago.
+    pub dropped_by_age: u64,
+}
+
+/// A decision as stored: the upload's, and when it was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDecision {
+    pub decision: Decision,
+    pub received_at: DateTime<Utc>,
+}
+
 /// Which decisions a listing (or a replay) takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecisionFilter {

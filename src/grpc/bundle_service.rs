@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue};
 
 use super::auth::{Identified, Rpc, identify};
 use super::convert;
-use super::decisions::opa_decision_upload;
+use super::decisions::{DecisionInstruments, opa_decision_upload};
 use super::opa::{opa_bundle_wanted, opa_discovery_wanted, opa_reply, opa_status_report};
 use super::policy_replies::inclusion_proof;
 use super::policy_requests::tree_wanted;
@@ -33,15 +33,23 @@ pub struct BundleApi {
     /// A PROGRESS message goes out after this long without an update.
     heartbeat: Duration,
     quotas: Arc<Quotas>,
+    /// What decision uploads count.
+    decisions: DecisionInstruments,
 }
 
 impl BundleApi {
     /// The service over `hub`.
-    pub fn new(hub: PolicyHub, heartbeat: Duration, quotas: Arc<Quotas>) -> Self {
+    pub fn new(
+        hub: PolicyHub,
+        heartbeat: Duration,
+        quotas: Arc<Quotas>,
+        decisions: DecisionInstruments,
+    ) -> Self {
         BundleApi {
             hub,
             heartbeat,
             quotas,
+            decisions,
         }
     }
 }
@@ -407,8 +415,9 @@ impl BundleService for BundleApi {
             .hub
             .upload_opa_decisions(&context.actor, &namespace, &runtime, &decisions)
             .await?;
+        self.decisions.count(&kept);
         Ok(Response::new(proto::UploadOpaDecisionsResponse {
-            kept: u32::try_from(kept).unwrap_or(u32::MAX),
+            kept: u32::try_from(kept.kept).unwrap_or(u32::MAX),
         }))
     }
 

@@ -1,15 +1,35 @@
 //! Protobuf ⇄ domain for decisions (docs/src/guides/decisions.md): OPA's
 //! decision log uploads, and their listing.
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::convert::{from_timestamp, json_to_value, timestamp, value_to_json};
 use super::policy_requests::time_window;
 use super::proto;
-use crate::domain::decision::{Decision, DecisionFilter, ResultMatch};
+use crate::domain::decision::{Decision, DecisionFilter, Kept, ResultMatch, StoredDecision};
 use crate::domain::impact::{DEFAULT_REPLAYED, Example, ImpactReport, MAX_REPLAYED};
 use crate::domain::runtime::RuntimeId;
 use crate::domain::runtime::opa::OpaDue;
 use crate::domain::{Error, Namespace, Page, PolicyRef, Result};
-use crate::storage::StoredDecision;
+
+/// What uploads of decisions count: the metrics'
+/// `policyhub_decisions_kept_total` and
+/// `policyhub_decisions_dropped_total{reason}`.
+#[derive(Clone, Default)]
+pub struct DecisionInstruments {
+    pub kept: Counter,
+    pub dropped_by_count: Counter,
+    pub dropped_by_age: Counter,
+}
+
+impl DecisionInstruments {
+    /// Counts what keeping an upload did.
+    pub fn count(&self, kept: &Kept) {
+        self.kept.inc_by(kept.kept);
+        self.dropped_by_count.inc_by(kept.dropped_by_count);
+        self.dropped_by_age.inc_by(kept.dropped_by_age);
+    }
+}
 
 /// An upload: the namespace, the OPA, and its decisions, each checked. A
 /// decision names the revision of the bundle named after the namespace

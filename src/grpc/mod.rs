@@ -9,6 +9,7 @@ mod bundle_service;
 pub mod codec;
 pub mod convert;
 mod decisions;
+pub use decisions::DecisionInstruments;
 pub mod message_limit;
 pub mod methods;
 mod opa;

@@ -4,24 +4,24 @@
 
 use chrono::Utc;
 
-use crate::domain::decision::{Decision, DecisionFilter};
+use crate::domain::decision::{Decision, DecisionFilter, Kept, StoredDecision};
 use crate::domain::runtime::RuntimeId;
 use crate::domain::{Error, Namespace, Page, Result};
 use crate::fleet::held_by_other;
-use crate::storage::{Retention, StoredDecision};
+use crate::storage::Retention;
 
 use super::PolicyHub;
 
 impl PolicyHub {
     /// Keeps the decisions `runtime`, an OPA of `namespace` held by
-    /// `subject`, uploaded; returns how many were not kept before.
+    /// `subject`, uploaded; returns what keeping them did.
     pub async fn upload_opa_decisions(
         &self,
         subject: &str,
         namespace: &Namespace,
         runtime: &RuntimeId,
         decisions: &[Decision],
-    ) -> Result<u64> {
+    ) -> Result<Kept> {
         self.served_to_opa(namespace)?;
         let fleet = self.fleet_view(namespace).await?;
         let Some((record, _)) = fleet.runtime(runtime) else {
@@ -33,12 +33,9 @@ impl PolicyHub {
         if record.subject != subject {
             return Err(held_by_other(runtime, &record.subject));
         }
-        let kept = self
-            .repository
+        self.repository
             .keep_decisions(namespace, decisions, self.decision_retention())
-            .await?;
-        crate::metrics::global().count_decisions(&kept);
-        Ok(kept.kept)
+            .await
     }
 
     /// A page of the decisions of `namespace` that `filter` takes, newest

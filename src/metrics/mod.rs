@@ -400,18 +400,19 @@ impl Metrics {
         self.auth.clone()
     }
 
-    /// Counts what keeping an upload of decisions did.
-    pub fn count_decisions(&self, kept: &crate::storage::Kept) {
-        self.decisions_kept.inc_by(kept.kept);
-        for (reason, dropped) in [
-            ("count", kept.dropped_by_count),
-            ("age", kept.dropped_by_age),
-        ] {
+    /// The instruments decision uploads feed.
+    pub fn decision_instruments(&self) -> crate::grpc::DecisionInstruments {
+        let dropped = |reason: &str| {
             self.decisions_dropped
                 .get_or_create(&ReasonLabel {
                     reason: reason.to_owned(),
                 })
-                .inc_by(dropped);
+                .clone()
+        };
+        crate::grpc::DecisionInstruments {
+            kept: self.decisions_kept.clone(),
+            dropped_by_count: dropped("count"),
+            dropped_by_age: dropped("age"),
         }
     }
 

@@ -66,6 +66,7 @@ impl Application {
             self.hub.clone(),
             self.settings.watch.heartbeat_interval(),
             quotas,
+            crate::metrics::global().decision_instruments(),
         );
         let bundle = BundleRoute::new(
             BundleServiceServer::new(bundle_api.clone()).max_decoding_message_size(max_message + 1),

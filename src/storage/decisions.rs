@@ -11,7 +11,7 @@ use sea_orm::{
 use super::entities::decisions;
 use super::paging::Paging;
 use super::transaction::Repository;
-use crate::domain::decision::{Decision, DecisionFilter, ResultMatch};
+use crate::domain::decision::{Decision, DecisionFilter, Kept, ResultMatch, StoredDecision};
 use crate::domain::runtime::RuntimeId;
 use crate::domain::{Error, Namespace, Page, Result};
 
@@ -26,24 +26,6 @@ pub struct Retention {
     pub max_count: u64,
     /// None received before this.
     pub received_after: DateTime<Utc>,
-}
-
-/// What keeping an upload did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Kept {
-    /// Decisions kept: those whose id the namespace did not hold.
-    pub kept: u64,
-    /// Decisions dropped because the namespace held more than its count.
-    pub dropped_by_count: u64,
-    /// Decisions dropped because they were received too long ago.
-    pub dropped_by_age: u64,
-}
-
-/// A decision as stored: the upload's, and when it was received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredDecision {
-    pub decision: Decision,
-    pub received_at: DateTime<Utc>,
 }
 
 fn stored(error: impl std::fmt::Display) -> Error {

@@ -44,7 +44,7 @@ use sea_orm::{
 
 pub use archive::Imported;
 pub use cosignatures::{Cosignature, ToWitness};
-pub use decisions::{Kept, Retention, StoredDecision};
+pub use decisions::Retention;
 pub use events::NewEvent;
 pub use idempotency::IdempotencyClaim;
 pub use keys::{KeyUse, Revocation};
