@@ -220,6 +220,83 @@ pub fn check_policy(body: &Value, roots: &BundleRoots) -> Result<()> {
     }
 }
 
+/// What `opa test` calls a test: a rule whose name starts with this.
+const TEST_PREFIX: &str = "test_";
+
+/// Runs the policy's tests as `opa test` runs those of its files: each
+/// rule named `test_…` of its modules, evaluated with its modules and
+/// data, passes when it is defined and not false. Every test that fails
+/// or cannot be evaluated is named with its module and OPA's verdict
+/// (`data.payments.authz.test_small: FAIL (undefined)`).
+pub fn run_tests(body: &Value) -> Result<()> {
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(false);
+    let Some(Value::Object(modules)) = body.get("modules") else {
+        return Ok(());
+    };
+    let mut tests = Vec::new();
+    for (path, source) in modules {
+        let Value::String(source) = source else {
+            continue;
+        };
+        let package = engine
+            .add_policy(path.clone(), source.clone())
+            .map_err(|error| {
+                Error::Internal(format!("a checked module does not parse: {error}"))
+            })?;
+        // Words of the source that look like a test's name; the engine
+        // says which of them its module declares as rules.
+        let mut named: Vec<&str> = source
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with(TEST_PREFIX))
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        for name in named {
+            if engine
+                .has_declared_rule_rooted_at(path, name)
+                .unwrap_or(false)
+            {
+                tests.push((path.clone(), format!("{package}.{name}")));
+            }
+        }
+    }
+    if tests.is_empty() {
+        return Ok(());
+    }
+    if let Some(Value::Object(data)) = body.get("data") {
+        regorus::Value::from_json_str(&Value::Object(data.clone()).to_string())
+            .and_then(|data| engine.add_data(data))
+            .map_err(|error| Error::Internal(format!("checked data does not load: {error}")))?;
+    }
+    let mut violations = Vec::new();
+    for (path, test) in tests {
+        let verdict = match engine.eval_query(test.clone(), false) {
+            Err(error) => Some(format!("ERROR ({})", located(&error.to_string()))),
+            Ok(results) => match results
+                .result
+                .first()
+                .and_then(|result| result.expressions.first())
+                .map(|expression| &expression.value)
+            {
+                None | Some(regorus::Value::Undefined) => Some("FAIL (undefined)".to_owned()),
+                Some(regorus::Value::Bool(false)) => Some("FAIL (false)".to_owned()),
+                Some(_) => None,
+            },
+        };
+        if let Some(verdict) = verdict {
+            violations.push(FieldViolation {
+                field: format!("body.modules[{}]", quoted(&path)),
+                description: format!("{test}: {verdict}"),
+            });
+        }
+    }
+    match violations.is_empty() {
+        true => Ok(()),
+        false => Err(Error::InvalidArgument(violations)),
+    }
+}
+
 /// What a namespace's OPA bundle holds: the modules of its active policies,
 /// each under its policy's name (`authz/allow.rego` of policy `limits` is
 /// `limits/authz/allow.rego`), and their data documents merged into one.

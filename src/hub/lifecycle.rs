@@ -390,6 +390,7 @@ impl PolicyHub {
         // A draft written before its namespace was served to OPA was never
         // checked as Rego.
         self.check_rego(namespace, &draft.record.body)?;
+        self.test_rego(namespace, &draft.record.body)?;
         let published = tx.published_labels(namespace, requirements).await?;
         ensure_satisfiable(requirements, &published)?;
         tx.ensure_signs(signer.key_id()).await?;

@@ -97,6 +97,15 @@ impl PolicyHub {
         }
     }
 
+    /// Runs the tests of `body` as Rego when `namespace` is served to OPA
+    /// (a publication's last check).
+    pub(super) fn test_rego(&self, namespace: &Namespace, body: &PolicyBody) -> Result<()> {
+        match self.opa.namespaces.contains_key(namespace) {
+            true => rego::run_tests(body.value()),
+            false => Ok(()),
+        }
+    }
+
     /// What keeps pointer moves from leaving a namespace served to OPA
     /// without a bundle.
     pub(super) fn bundle_guard(&self) -> BundleGuard<'_> {

@@ -20,6 +20,7 @@ crate::on_both_backends_given_the_backend!(
     a_rego_policy_drafted_from_a_directory_is_checked_published_and_signed,
     a_module_that_does_not_compile_is_refused_naming_its_file_line_and_column,
     an_activation_whose_data_clashes_with_another_policy_is_refused_and_changes_nothing,
+    a_failing_test_of_the_policy_refuses_its_publication_as_opa_test_fails_it,
 );
 
 /// A server serving `payments` to OPA, its bundle owning `payments`.
@@ -298,4 +299,88 @@ async fn opa_namespaces_on_postgres_need_shared_opa_keys_to_start() {
     policyhub::startup::Application::build(settings)
         .await
         .expect("a server with its OPA key from a file");
+}
+
+/// The tests of a policy (rules named `test_…`) run at publish: a failing
+/// one refuses the publication naming it and OPA's verdict, which real
+/// `opa test` gives the same files; passing tests publish.
+async fn a_failing_test_of_the_policy_refuses_its_publication_as_opa_test_fails_it(
+    backend: Backend,
+) {
+    let app = server(backend).await;
+    let tests = "package payments.authz_test\n\n\
+        import data.payments.authz\n\n\
+        test_a_small_amount_is_allowed if authz.allow with input as {\"amount\": 10}\n\n\
+        test_a_large_amount_is_allowed if authz.allow with input as {\"amount\": 10000}\n\n\
+        # test_in_a_comment is not a rule\n\
+        test_a_large_amount_is_refused if not authz.allow with input as {\"amount\": 10000}\n";
+    let body = json!({
+        "modules": {"authz/allow.rego": ALLOW, "authz/allow_test.rego": tests},
+        "data": {"payments": {"limits": {"max": 500}}},
+    });
+    app.draft("payments", "authz", body.clone()).await;
+    let before = app.db_state().await;
+    let refused = app
+        .try_publish(publish_request("payments", "authz", "", false))
+        .await;
+    let status = refused.as_ref().err().cloned();
+    let message = expect_code(refused, Code::InvalidArgument);
+    let details = tonic_types::StatusExt::get_error_details(&status.unwrap());
+    let violations = &details
+        .bad_request()
+        .expect("a BadRequest")
+        .field_violations;
+    assert_eq!(violations.len(), 1, "{message}");
+    assert_eq!(
+        violations[0].field,
+        "body.modules[\"authz/allow_test.rego\"]"
+    );
+    assert_eq!(
+        violations[0].description,
+        "data.payments.authz_test.test_a_large_amount_is_allowed: FAIL (undefined)"
+    );
+    assert_eq!(app.db_state().await, before, "nothing published");
+
+    // Real OPA fails the same test, and only it.
+    let dir = tempfile::tempdir().unwrap();
+    for (path, source) in body["modules"].as_object().unwrap() {
+        let file = dir.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, source.as_str().unwrap()).unwrap();
+    }
+    std::fs::write(dir.path().join("data.json"), body["data"].to_string()).unwrap();
+    let opa = std::process::Command::new(crate::opa::opa_binary())
+        .args(["test", "--format", "json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let results: serde_json::Value = serde_json::from_slice(&opa.stdout).unwrap();
+    let failed: Vec<String> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|result| result["fail"] == true)
+        .map(|result| {
+            format!(
+                "{}.{}",
+                result["package"].as_str().unwrap(),
+                result["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        ["data.payments.authz_test.test_a_large_amount_is_allowed"]
+    );
+
+    // Without the failing test, the tests pass and the version publishes.
+    let mut passing = body.clone();
+    passing["modules"]["authz/allow_test.rego"] = json!(tests.replace(
+        "test_a_large_amount_is_allowed if authz.allow with input as {\"amount\": 10000}\n\n",
+        ""
+    ));
+    app.draft("payments", "authz", passing).await;
+    app.try_publish(publish_request("payments", "authz", "", false))
+        .await
+        .expect("a policy whose tests pass publishes");
 }
