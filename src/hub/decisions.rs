@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use crate::domain::decision::{Decision, DecisionFilter, Kept, StoredDecision};
 use crate::domain::runtime::RuntimeId;
-use crate::domain::{Error, Namespace, Page, Result};
+use crate::domain::{Namespace, Page, Result};
 use crate::fleet::held_by_other;
 use crate::storage::Retention;
 
@@ -22,14 +22,7 @@ impl PolicyHub {
         runtime: &RuntimeId,
         decisions: &[Decision],
     ) -> Result<Kept> {
-        self.served_to_opa(namespace)?;
-        let fleet = self.fleet_view(namespace).await?;
-        let Some((record, _)) = fleet.runtime(runtime) else {
-            return Err(Error::precondition(format!(
-                "runtime {runtime} has not asked for the bundle of namespace {namespace}: name it \
-                 in the bundle resource (bundles/{namespace}?runtime.id={runtime}) first"
-            )));
-        };
+        let record = self.opa_runtime(namespace, runtime).await?;
         if record.subject != subject {
             return Err(held_by_other(runtime, &record.subject));
         }

@@ -13,7 +13,7 @@ use tokio::sync::{OnceCell, watch};
 use crate::config::DecisionSettings;
 use crate::domain::rego::{self, BundleRoots};
 use crate::domain::runtime::opa::{OpaBundleReport, OpaDue};
-use crate::domain::runtime::{RuntimeId, RuntimeLabels, StatusReport};
+use crate::domain::runtime::{RuntimeId, RuntimeLabels, RuntimeRecord, StatusReport};
 use crate::domain::{Error, Namespace, PolicyBody, PolicyName, Result, VersionRecord};
 use crate::fleet::Arrival;
 use crate::opa::{self, OpaBundle};
@@ -260,14 +260,7 @@ impl PolicyHub {
         runtime: &RuntimeId,
         report: &OpaBundleReport,
     ) -> Result<u32> {
-        self.served_to_opa(namespace)?;
-        let fleet = self.fleet_view(namespace).await?;
-        let Some((record, _)) = fleet.runtime(runtime) else {
-            return Err(Error::precondition(format!(
-                "runtime {runtime} has not asked for the bundle of namespace {namespace}: name it \
-                 in the bundle resource (bundles/{namespace}?runtime.id={runtime}) first"
-            )));
-        };
+        let record = self.opa_runtime(namespace, runtime).await?;
         let watcher = Watcher {
             id: runtime.clone(),
             labels: record.labels.clone(),
@@ -283,6 +276,25 @@ impl PolicyHub {
             outcomes,
         };
         self.report_status(subject, report).await
+    }
+
+    /// The record of `runtime`, an OPA of `namespace` served to OPA that
+    /// has asked for its bundle: what it reports and uploads is taken only
+    /// then.
+    pub(super) async fn opa_runtime(
+        &self,
+        namespace: &Namespace,
+        runtime: &RuntimeId,
+    ) -> Result<RuntimeRecord> {
+        self.served_to_opa(namespace)?;
+        let fleet = self.fleet_view(namespace).await?;
+        match fleet.runtime(runtime) {
+            Some((record, _)) => Ok(record.clone()),
+            None => Err(Error::precondition(format!(
+                "runtime {runtime} has not asked for the bundle of namespace {namespace}: name it \
+                 in the bundle resource (bundles/{namespace}?runtime.id={runtime}) first"
+            ))),
+        }
     }
 
     /// The roots of `namespace` and the keys its bundles are signed with

@@ -399,7 +399,16 @@ async fn a_healthy_canary_is_promoted_step_by_step(backend: Backend) {
         })
         .collect();
     assert!(taken[1] - taken[0] >= 0.5, "{taken:?}");
-    assert_eq!(app.get_active("team", "limits").await.unwrap().version, 2);
+    // The completion is committed; the index serving GetActive applies it
+    // a moment after.
+    let started = Instant::now();
+    while app.get_active("team", "limits").await.unwrap().version != 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the completed rollout's version is not active"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn an_error_rate_spike_rolls_the_cohort_back_within_the_bound(backend: Backend) {

@@ -633,6 +633,29 @@ fn amount(decision: &proto::Decision) -> u64 {
     input.unwrap()["amount"].as_u64().unwrap()
 }
 
+/// Drafts `body` as payments/authz as the admin; its version.
+async fn drafted(served: &Served, body: &Value) -> u32 {
+    served
+        .app
+        .policy
+        .clone()
+        .draft(with_token(
+            proto::DraftRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                body: Some(policyhub::grpc::convert::json_to_struct(body)),
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version
+}
+
 /// AnalyzeImpact of `version` of payments/authz as `token`'s holder.
 async fn impact(
     served: &Served,
@@ -691,25 +714,7 @@ async fn a_change_is_judged_on_the_decisions_opas_made(backend: Backend) {
         "modules": {"authz/allow.rego": crate::opa::ALLOW},
         "data": {"payments": {"limits": {"max": 100}}},
     });
-    let draft = served
-        .app
-        .policy
-        .clone()
-        .draft(with_token(
-            proto::DraftRequest {
-                namespace: "payments".into(),
-                name: "authz".into(),
-                body: Some(policyhub::grpc::convert::json_to_struct(&body)),
-                ..Default::default()
-            },
-            &served.admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap()
-        .version;
+    let draft = drafted(&served, &body).await;
     let report = impact(&served, &served.admin, draft).await.unwrap();
     let flipped = listed
         .iter()
@@ -753,25 +758,7 @@ async fn a_change_is_judged_on_the_decisions_opas_made(backend: Backend) {
             allow if regex.match(`^[0-9]+$`, sprintf(\"%v\", [input.amount]))\n"},
         "data": {"payments": {"limits": {"max": 500}}},
     });
-    let regex_draft = served
-        .app
-        .policy
-        .clone()
-        .draft(with_token(
-            proto::DraftRequest {
-                namespace: "payments".into(),
-                name: "authz".into(),
-                body: Some(policyhub::grpc::convert::json_to_struct(&regex)),
-                ..Default::default()
-            },
-            &served.admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap()
-        .version;
+    let regex_draft = drafted(&served, &regex).await;
     let report = impact(&served, &served.admin, regex_draft).await.unwrap();
     assert_eq!(
         (report.changed, report.unknown),
