@@ -1,7 +1,7 @@
 //! Decisions OPAs upload: one row per decision, kept once per namespace by
 //! OPA's decision id, its input and result as canonical JSON. Rows are
 //! dropped oldest first by the namespace's retention, so they are listed
-//! and trimmed by namespace and id.
+//! and trimmed by namespace and id, and by namespace and time received.
 
 use sea_orm_migration::prelude::*;
 
@@ -87,6 +87,17 @@ impl MigrationTrait for Migration {
                     .table(Decisions::Table)
                     .col(Decisions::Namespace)
                     .col(Decisions::Id)
+                    .to_owned(),
+            )
+            .await?;
+        // The retention drops by age at every upload.
+        manager
+            .create_index(
+                Index::create()
+                    .name("decisions_namespace_received_at")
+                    .table(Decisions::Table)
+                    .col(Decisions::Namespace)
+                    .col(Decisions::ReceivedAt)
                     .to_owned(),
             )
             .await?;

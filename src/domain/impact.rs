@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::decision::Decision;
-use super::rego::BundleContent;
+use super::rego::{self, BundleContent};
 use super::{Error, Result, canonical_json};
 
 /// Decisions kept as examples of each group of a report.
@@ -40,8 +40,7 @@ pub enum Replayed {
 impl Decider {
     /// The engine holding `content`.
     pub fn new(content: &BundleContent) -> Result<Self> {
-        let mut engine = regorus::Engine::new();
-        engine.set_rego_v0(false);
+        let mut engine = rego::engine();
         for (path, source) in &content.modules {
             engine
                 .add_policy(path.clone(), source.clone())
@@ -49,11 +48,7 @@ impl Decider {
                     Error::precondition(format!("{path} does not compile: {error}"))
                 })?;
         }
-        regorus::Value::from_json_str(&Value::Object(content.data.clone()).to_string())
-            .and_then(|data| engine.add_data(data))
-            .map_err(|error| {
-                Error::Internal(format!("the bundle's data does not load: {error}"))
-            })?;
+        rego::load_data(&mut engine, &content.data)?;
         Ok(Decider { engine })
     }
 
@@ -77,21 +72,11 @@ impl Decider {
             .fold("data".to_owned(), |query, segment| {
                 format!("{query}[{}]", Value::String(segment.to_owned()))
             });
-        let results = match self.engine.eval_query(query, false) {
-            Ok(results) => results,
+        let value = match rego::query_value(&mut self.engine, query) {
+            Ok(Some(value)) => value,
+            Ok(None) => return Replayed::Decided(None),
             Err(error) => return Replayed::Unknown(unknown(&error.to_string())),
         };
-        let Some(value) = results
-            .result
-            .first()
-            .and_then(|result| result.expressions.first())
-            .map(|expression| &expression.value)
-        else {
-            return Replayed::Decided(None);
-        };
-        if *value == regorus::Value::Undefined {
-            return Replayed::Decided(None);
-        }
         match value
             .to_json_str()
             .ok()

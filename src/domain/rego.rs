@@ -173,8 +173,7 @@ pub fn check_policy(body: &Value, roots: &BundleRoots) -> Result<()> {
             BTreeMap::new()
         }
     };
-    let mut engine = regorus::Engine::new();
-    engine.set_rego_v0(false);
+    let mut engine = engine();
     for (path, source) in &modules {
         let field = format!("body.modules[{}]", quoted(path));
         let refuse = |description: String| FieldViolation {
@@ -220,6 +219,35 @@ pub fn check_policy(body: &Value, roots: &BundleRoots) -> Result<()> {
     }
 }
 
+/// An engine reading OPA's v1 syntax, as OPA 1.x does.
+pub(super) fn engine() -> regorus::Engine {
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(false);
+    engine
+}
+
+/// Loads `data` as `engine`'s data document.
+pub(super) fn load_data(engine: &mut regorus::Engine, data: &Map<String, Value>) -> Result<()> {
+    regorus::Value::from_json_str(&Value::Object(data.clone()).to_string())
+        .and_then(|data| engine.add_data(data))
+        .map_err(|error| Error::Internal(format!("a data document does not load: {error}")))
+}
+
+/// What `query` evaluates to in `engine`; `None` when undefined.
+pub(super) fn query_value(
+    engine: &mut regorus::Engine,
+    query: String,
+) -> anyhow::Result<Option<regorus::Value>> {
+    let results = engine.eval_query(query, false)?;
+    Ok(results
+        .result
+        .into_iter()
+        .next()
+        .and_then(|result| result.expressions.into_iter().next())
+        .map(|expression| expression.value)
+        .filter(|value| *value != regorus::Value::Undefined))
+}
+
 /// What `opa test` calls a test: a rule whose name starts with this.
 const TEST_PREFIX: &str = "test_";
 
@@ -229,8 +257,7 @@ const TEST_PREFIX: &str = "test_";
 /// or cannot be evaluated is named with its module and OPA's verdict
 /// (`data.payments.authz.test_small: FAIL (undefined)`).
 pub fn run_tests(body: &Value) -> Result<()> {
-    let mut engine = regorus::Engine::new();
-    engine.set_rego_v0(false);
+    let mut engine = engine();
     let Some(Value::Object(modules)) = body.get("modules") else {
         return Ok(());
     };
@@ -265,24 +292,15 @@ pub fn run_tests(body: &Value) -> Result<()> {
         return Ok(());
     }
     if let Some(Value::Object(data)) = body.get("data") {
-        regorus::Value::from_json_str(&Value::Object(data.clone()).to_string())
-            .and_then(|data| engine.add_data(data))
-            .map_err(|error| Error::Internal(format!("checked data does not load: {error}")))?;
+        load_data(&mut engine, data)?;
     }
     let mut violations = Vec::new();
     for (path, test) in tests {
-        let verdict = match engine.eval_query(test.clone(), false) {
+        let verdict = match query_value(&mut engine, test.clone()) {
             Err(error) => Some(format!("ERROR ({})", located(&error.to_string()))),
-            Ok(results) => match results
-                .result
-                .first()
-                .and_then(|result| result.expressions.first())
-                .map(|expression| &expression.value)
-            {
-                None | Some(regorus::Value::Undefined) => Some("FAIL (undefined)".to_owned()),
-                Some(regorus::Value::Bool(false)) => Some("FAIL (false)".to_owned()),
-                Some(_) => None,
-            },
+            Ok(None) => Some("FAIL (undefined)".to_owned()),
+            Ok(Some(regorus::Value::Bool(false))) => Some("FAIL (false)".to_owned()),
+            Ok(Some(_)) => None,
         };
         if let Some(verdict) = verdict {
             violations.push(FieldViolation {

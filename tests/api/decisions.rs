@@ -60,32 +60,45 @@ async fn list(
 
 /// Waits until `count` decisions of `payments` are listed.
 async fn until_listed(served: &Served, count: usize) -> Vec<proto::Decision> {
+    until_listed_such(served, |listed| listed.len() >= count).await
+}
+
+/// Waits until the decisions of `payments` listed are `done`.
+async fn until_listed_such(
+    served: &Served,
+    done: impl Fn(&[proto::Decision]) -> bool,
+) -> Vec<proto::Decision> {
     let started = Instant::now();
     loop {
         let listed = list(served, &served.admin, Default::default()).await;
-        if listed.len() >= count {
+        if done(&listed) {
             return listed;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "{} of {count} decisions listed",
+            "{} decisions listed: {listed:?}",
             listed.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn an_opas_decisions_are_kept_once_and_listed_by_what_decided_them(backend: Backend) {
-    let served = served(backend).await;
+/// An OPA of `served`'s `payments`, named opa-1, uploading its decision
+/// logs every second.
+fn logging_opa(served: &Served, keys: &[proto::OpaSigningKey]) -> Opa {
     let service = format!("http://{}/v1/opa", served.app.http_address.unwrap());
-    let keys = opa_keys(&served.app, &served.reader).await;
-    let mut config = Opa::config(&service, &served.reader, &keys, Some(("opa-1", &[])));
+    let mut config = Opa::config(&service, &served.reader, keys, Some(("opa-1", &[])));
     config["decision_logs"] = json!({
         "service": "policyhub",
         "resource": "logs/payments/opa-1",
         "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 1},
     });
-    let opa = Opa::run(&config);
+    Opa::run(&config)
+}
+
+async fn an_opas_decisions_are_kept_once_and_listed_by_what_decided_them(backend: Backend) {
+    let served = served(backend).await;
+    let opa = logging_opa(&served, &opa_keys(&served.app, &served.reader).await);
     opa.decides(100, true, Duration::from_secs(30)).await;
     // The decisions above were made while waiting; those below are known.
     let first_revision = until_listed(&served, 1).await[0].revision;
@@ -681,15 +694,7 @@ async fn impact(
 
 async fn a_change_is_judged_on_the_decisions_opas_made(backend: Backend) {
     let served = served(backend).await;
-    let service = format!("http://{}/v1/opa", served.app.http_address.unwrap());
-    let keys = opa_keys(&served.app, &served.reader).await;
-    let mut config = Opa::config(&service, &served.reader, &keys, Some(("opa-1", &[])));
-    config["decision_logs"] = json!({
-        "service": "policyhub",
-        "resource": "logs/payments/opa-1",
-        "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 1},
-    });
-    let opa = Opa::run(&config);
+    let opa = logging_opa(&served, &opa_keys(&served.app, &served.reader).await);
     opa.decides(0, true, Duration::from_secs(30)).await;
     for amount in (0..40).map(|n| n * 25) {
         opa.query("payments/authz/allow", &json!({ "amount": amount }))
@@ -698,15 +703,10 @@ async fn a_change_is_judged_on_the_decisions_opas_made(backend: Backend) {
     }
     // Every decision OPA made once its bundle was in: those before it
     // decided with none.
-    let started = Instant::now();
-    let listed = loop {
-        let listed = list(&served, &served.admin, Default::default()).await;
-        if listed.iter().filter(|d| d.revision > 0).count() >= 40 {
-            break listed;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{listed:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let listed = until_listed_such(&served, |listed| {
+        listed.iter().filter(|d| d.revision > 0).count() >= 40
+    })
+    .await;
 
     // A draft lowering the limit to 100 flips exactly the decisions of
     // amounts above 100 and at most 500, from true to false.
