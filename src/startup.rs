@@ -189,6 +189,7 @@ impl Application {
             None => hub,
         };
         let opa_namespaces = settings.opa.bundle_roots()?;
+        let impact_gates = settings.opa.impact_gates()?;
         settings.check_opa_signing()?;
         // A key is made only for a deployment that serves OPA.
         let hub = if opa_namespaces.is_empty() {
@@ -196,7 +197,12 @@ impl Application {
         } else {
             let keys =
                 signing::OpaKeySource::new(&settings.signing.opa_key_files, &settings.data_dir);
-            hub.with_opa(opa_namespaces, keys, settings.decisions.clone())?
+            hub.with_opa(
+                opa_namespaces,
+                impact_gates,
+                keys,
+                settings.decisions.clone(),
+            )?
         };
         let listener = socket
             .listen(settings.listen_backlog)

@@ -28,7 +28,7 @@ pub use auth::{AuthSettings, GENERATED_SECRET_FILE, IssuerSettings, LOCAL_ISSUER
 pub use decisions::DecisionSettings;
 pub use limits::Limits;
 pub use notifications::NotificationSettings;
-pub use opa::{OpaNamespace, OpaSettings};
+pub use opa::{ImpactGateSettings, OpaNamespace, OpaSettings};
 pub use pool::PoolSize;
 pub use witnesses::WitnessSettings;
 
@@ -588,6 +588,7 @@ impl Settings {
             .and_then(|settings| {
                 witnesses::check(&settings.audit.witnesses)?;
                 settings.opa.bundle_roots()?;
+                settings.opa.impact_gates()?;
                 Ok(settings)
             })
             .context("reading the configuration")

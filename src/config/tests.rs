@@ -141,6 +141,10 @@ fn every_key_changed() -> Settings {
                 "payments".to_owned(),
                 OpaNamespace {
                     roots: vec!["payments".into(), "cards/limits".into()],
+                    impact_gate: Some(ImpactGateSettings {
+                        max_changed_percent: 2.5,
+                        decisions: 500,
+                    }),
                 },
             )]
             .into(),
@@ -451,4 +455,40 @@ fn a_pool_of_no_connections_or_an_absurd_number_is_refused_by_name() {
     };
     let loaded = load(&variables, None, &overrides).unwrap();
     assert_eq!(loaded.database_pool_size.get(), 3, "the flag overrides");
+}
+
+#[test]
+fn an_impact_gate_beyond_a_percentage_or_a_replays_window_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policyhub.toml");
+    let gate = |gate: &str| {
+        format!("[opa.namespaces.payments]\nroots = [\"payments\"]\nimpact_gate = {{ {gate} }}\n")
+    };
+    for (bad, says) in [
+        (
+            "max_changed_percent = 150.0",
+            "max_changed_percent: 150 is not a percentage",
+        ),
+        (
+            "max_changed_percent = -1.0",
+            "max_changed_percent: -1 is not a percentage",
+        ),
+        (
+            "max_changed_percent = 1.0, decisions = 0",
+            "decisions: 0: an analysis replays 1 to 10000",
+        ),
+        (
+            "max_changed_percent = 1.0, decisions = 10001",
+            "decisions: 10001",
+        ),
+        ("decisions = 10", "missing field `max_changed_percent`"),
+    ] {
+        std::fs::write(&file, gate(bad)).unwrap();
+        let error = format!("{:#}", load_file(&file).unwrap_err());
+        assert!(error.contains(says), "{bad}: {error}");
+    }
+    std::fs::write(&file, gate("max_changed_percent = 1.0")).unwrap();
+    let gates = load_file(&file).unwrap().opa.impact_gates().unwrap();
+    let gate = gates.values().next().unwrap();
+    assert_eq!((gate.max_changed_percent, gate.decisions), (1.0, 1000));
 }

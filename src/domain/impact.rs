@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::decision::Decision;
@@ -104,7 +105,7 @@ fn unknown(error: &str) -> String {
 }
 
 /// One decision of a group: its id and input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
     pub decision_id: String,
     /// Canonical JSON.
@@ -113,7 +114,7 @@ pub struct Example {
 
 /// Decisions of one path whose result changes from `before` to `after`
 /// (canonical JSON; `None`: undefined).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub path: String,
     pub before: Option<String>,
@@ -123,7 +124,7 @@ pub struct Change {
 }
 
 /// Decisions of one path the engine could not evaluate, for one reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unknown {
     pub path: String,
     pub reason: String,
@@ -131,18 +132,93 @@ pub struct Unknown {
     pub examples: Vec<Example>,
 }
 
-/// What replaying decisions against the active bundle and a candidate's
-/// gave: every decision replayed counts once, as changed, unknown, or
-/// neither.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImpactReport {
+/// The decisions of one path replayed, and how many of them changed or
+/// could not be evaluated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTally {
+    pub path: String,
     pub replayed: u64,
     pub changed: u64,
     pub unknown: u64,
+}
+
+/// What replaying decisions against the active bundle and a candidate's
+/// gave: every decision replayed counts once, as changed, unknown, or
+/// neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImpactReport {
+    /// The namespace revision whose active bundle was the baseline.
+    pub active_revision: u64,
+    pub replayed: u64,
+    pub changed: u64,
+    pub unknown: u64,
+    /// By path.
+    pub paths: Vec<PathTally>,
     /// By path, then result before and after.
     pub changes: Vec<Change>,
     /// By path, then reason.
     pub unknowns: Vec<Unknown>,
+}
+
+/// A namespace's bound on what a change may decide differently: on no path
+/// may more than `max_changed_percent` of the newest `decisions` replayed
+/// change or be unknown (docs/src/guides/impact.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ImpactGate {
+    pub max_changed_percent: f64,
+    pub decisions: u32,
+}
+
+impl ImpactGate {
+    /// The gate, its bound a percentage and its window one analysis can
+    /// replay.
+    pub fn new(field: &str, max_changed_percent: f64, decisions: u32) -> Result<Self> {
+        if !(0.0..=100.0).contains(&max_changed_percent) {
+            return Err(Error::invalid(
+                format!("{field}.max_changed_percent"),
+                format!("{max_changed_percent} is not a percentage from 0 to 100"),
+            ));
+        }
+        if !(1..=MAX_REPLAYED).contains(&decisions) {
+            return Err(Error::invalid(
+                format!("{field}.decisions"),
+                format!("{decisions}: an analysis replays 1 to {MAX_REPLAYED} decisions"),
+            ));
+        }
+        Ok(ImpactGate {
+            max_changed_percent,
+            decisions,
+        })
+    }
+
+    /// The paths of `report` over the bound: a decision the engine could
+    /// not evaluate counts as changed, since nothing says it is not.
+    pub fn exceeded<'a>(&self, report: &'a ImpactReport) -> Vec<&'a PathTally> {
+        report
+            .paths
+            .iter()
+            .filter(|path| {
+                (path.changed + path.unknown) as f64 * 100.0
+                    > self.max_changed_percent * path.replayed as f64
+            })
+            .collect()
+    }
+}
+
+impl PathTally {
+    /// "payments/authz/allow: 3 of 20 decisions (15.0%)".
+    pub fn describe(&self) -> String {
+        let moved = self.changed + self.unknown;
+        let percent = moved as f64 * 100.0 / self.replayed.max(1) as f64;
+        let unknown = match self.unknown {
+            0 => String::new(),
+            n => format!(", {n} of them unknown"),
+        };
+        format!(
+            "{}: {moved} of {} decisions ({percent:.1}%){unknown}",
+            self.path, self.replayed
+        )
+    }
 }
 
 /// Replays `decisions` through `active` and `candidate`. A decision either
@@ -155,19 +231,27 @@ pub fn analyze(
     type Key = (String, Option<String>, Option<String>);
     let mut changes: BTreeMap<Key, (u64, Vec<Example>)> = BTreeMap::new();
     let mut unknowns: BTreeMap<(String, String), (u64, Vec<Example>)> = BTreeMap::new();
+    let mut paths: BTreeMap<&str, PathTally> = BTreeMap::new();
     let mut report = ImpactReport::default();
     for decision in decisions {
         report.replayed += 1;
+        let tally = paths.entry(&decision.path).or_insert_with(|| PathTally {
+            path: decision.path.clone(),
+            ..PathTally::default()
+        });
+        tally.replayed += 1;
         let input = decision.input.as_deref();
         let before = active.decide(&decision.path, input);
         let after = candidate.decide(&decision.path, input);
         let group = match (before, after) {
             (Replayed::Unknown(reason), _) | (_, Replayed::Unknown(reason)) => {
                 report.unknown += 1;
+                tally.unknown += 1;
                 unknowns.entry((decision.path.clone(), reason)).or_default()
             }
             (Replayed::Decided(before), Replayed::Decided(after)) if before != after => {
                 report.changed += 1;
+                tally.changed += 1;
                 changes
                     .entry((decision.path.clone(), before, after))
                     .or_default()
@@ -182,6 +266,7 @@ pub fn analyze(
             });
         }
     }
+    report.paths = paths.into_values().collect();
     report.changes = changes
         .into_iter()
         .map(|((path, before, after), (count, examples))| Change {
@@ -245,6 +330,15 @@ mod tests {
             (report.replayed, report.changed, report.unknown),
             (10, 4, 0)
         );
+        assert_eq!(
+            report.paths,
+            [PathTally {
+                path: "payments/authz/allow".into(),
+                replayed: 10,
+                changed: 4,
+                unknown: 0
+            }]
+        );
         assert_eq!(report.changes.len(), 1);
         let change = &report.changes[0];
         assert_eq!(
@@ -252,6 +346,33 @@ mod tests {
             (Some("true"), Some("false"))
         );
         assert_eq!(change.examples[0].decision_id, "d-2");
+    }
+
+    #[test]
+    fn the_gate_admits_its_bound_and_refuses_past_it() {
+        let gate = ImpactGate::new("gate", 10.0, 1000).unwrap();
+        let report = |changed, unknown| ImpactReport {
+            paths: vec![PathTally {
+                path: "payments/authz/allow".into(),
+                replayed: 20,
+                changed,
+                unknown,
+            }],
+            ..ImpactReport::default()
+        };
+        assert!(gate.exceeded(&report(2, 0)).is_empty());
+        assert!(gate.exceeded(&report(1, 1)).is_empty());
+        let over = report(2, 1);
+        let exceeded = gate.exceeded(&over);
+        assert_eq!(exceeded.len(), 1);
+        assert_eq!(
+            exceeded[0].describe(),
+            "payments/authz/allow: 3 of 20 decisions (15.0%), 1 of them unknown"
+        );
+        assert!(ImpactGate::new("gate", 100.5, 1000).is_err());
+        assert!(ImpactGate::new("gate", f64::NAN, 1000).is_err());
+        assert!(ImpactGate::new("gate", 1.0, 0).is_err());
+        assert!(ImpactGate::new("gate", 1.0, MAX_REPLAYED + 1).is_err());
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn impact_wanted(
 }
 
 /// An impact report as protobuf.
-pub fn impact(active_revision: u64, report: ImpactReport) -> proto::AnalyzeImpactResponse {
+pub fn impact(report: ImpactReport) -> proto::AnalyzeImpactResponse {
     let result = |value: Option<String>| value.unwrap_or_else(|| "undefined".to_owned());
     let examples = |examples: Vec<Example>| {
         examples
@@ -169,6 +169,16 @@ pub fn impact(active_revision: u64, report: ImpactReport) -> proto::AnalyzeImpac
         replayed: report.replayed,
         changed: report.changed,
         unknown: report.unknown,
+        paths: report
+            .paths
+            .into_iter()
+            .map(|path| proto::ImpactPath {
+                path: path.path,
+                replayed: path.replayed,
+                changed: path.changed,
+                unknown: path.unknown,
+            })
+            .collect(),
         changes: report
             .changes
             .into_iter()
@@ -190,7 +200,7 @@ pub fn impact(active_revision: u64, report: ImpactReport) -> proto::AnalyzeImpac
                 examples: examples(unknown.examples),
             })
             .collect(),
-        active_revision,
+        active_revision: report.active_revision,
     }
 }
 

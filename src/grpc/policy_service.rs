@@ -384,11 +384,11 @@ impl PolicyService for PolicyApi {
         let caller = identify(&request)?;
         let (policy, version, filter, limit) = impact_wanted(request.get_ref())?;
         caller.admit(Rpc::AnalyzeImpact, [&policy.namespace], &self.quotas)?;
-        let (revision, report) = self
+        let report = self
             .hub
             .analyze_impact(&policy, version, &filter, limit)
             .await?;
-        Ok(Response::new(impact(revision, report)))
+        Ok(Response::new(impact(report)))
     }
 
     async fn get_policy_status(

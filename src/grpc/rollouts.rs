@@ -291,5 +291,6 @@ pub(super) fn rollout(rollout: &Rollout, progress: Progress) -> proto::Rollout {
             .collect(),
         analyses: wire_analyses(&rollout.analyses),
         measurements: Vec::new(),
+        impact: rollout.impact.clone().map(super::decisions::impact),
     }
 }

@@ -2,7 +2,7 @@
 //! one transaction: load what the request touches, let the domain decide,
 //! sign, write, and apply what moved to the index before the reply goes out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::{
     ActivateCommand, ActivationOutcome, DiscardCommand, DraftCommand, DraftOutcome, Error,
@@ -92,6 +92,7 @@ impl PolicyHub {
         key: Option<IdempotencyKey>,
     ) -> Result<PublishOutcome> {
         let claim = IdempotencyClaim::new("Publish", key, &command);
+        self.judge_publication(&command).await?;
         let keys = self.keys();
         let outcome = self
             .repository
@@ -162,6 +163,17 @@ impl PolicyHub {
         key: Option<IdempotencyKey>,
     ) -> Result<ActivationOutcome> {
         let claim = IdempotencyClaim::new("Activate", key, &command);
+        let mut by_namespace: BTreeMap<&Namespace, Vec<_>> = BTreeMap::new();
+        for target in &command.targets {
+            by_namespace
+                .entry(&target.policy.namespace)
+                .or_default()
+                .push((&target.policy.name, &target.version));
+        }
+        for (namespace, targets) in by_namespace {
+            self.judge_targets(namespace, &targets, "activating")
+                .await?;
+        }
         // Every statement of an activation is on the direct SQLite connection.
         let outcome = self
             .repository

@@ -11,6 +11,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tokio::sync::{OnceCell, watch};
 
 use crate::config::DecisionSettings;
+use crate::domain::impact::ImpactGate;
 use crate::domain::rego::{self, BundleRoots};
 use crate::domain::runtime::opa::{OpaBundleReport, OpaDue};
 use crate::domain::runtime::{RuntimeId, RuntimeLabels, RuntimeRecord, StatusReport};
@@ -28,6 +29,8 @@ use super::PolicyHub;
 #[derive(Default)]
 pub(super) struct Opa {
     namespaces: BTreeMap<Namespace, BundleRoots>,
+    /// The namespaces whose changes are judged by their impact first.
+    pub(super) impact_gates: BTreeMap<Namespace, ImpactGate>,
     /// Where the keys are read again on a reload.
     source: Option<OpaKeySource>,
     /// The first signs; every one is published. Replaced whole on a
@@ -50,16 +53,19 @@ impl PolicyHub {
     /// Serves `namespaces` to OPA: their policies are Rego policies, whose
     /// packages lie under each namespace's bundle roots, and their bundles
     /// are signed with the first of the keys `source` holds; the decisions
-    /// their OPAs upload are kept as `decisions` says.
+    /// their OPAs upload are kept as `decisions` says, and changes to the
+    /// namespaces of `impact_gates` are judged by their impact first.
     pub fn with_opa(
         mut self,
         namespaces: BTreeMap<Namespace, BundleRoots>,
+        impact_gates: BTreeMap<Namespace, ImpactGate>,
         source: OpaKeySource,
         decisions: DecisionSettings,
     ) -> anyhow::Result<Self> {
         let keys = source.load()?;
         self.opa = Arc::new(Opa {
             namespaces,
+            impact_gates,
             source: Some(source),
             keys: watch::Sender::new(Arc::new(keys)),
             built: Mutex::default(),

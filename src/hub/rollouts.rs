@@ -245,6 +245,14 @@ impl PolicyHub {
         }
         let id = uuid::Uuid::new_v4().to_string();
         self.check_analyses(&command, &id).await?;
+        let targets: Vec<_> = command
+            .targets
+            .iter()
+            .map(|(name, selector, _)| (name, selector))
+            .collect();
+        let impact = self
+            .judge_targets(&command.namespace, &targets, "rolling out")
+            .await?;
         // The reply counts the first step's cohort.
         self.fleet.prepare(&command.namespace).await?;
         let mut change = None;
@@ -306,6 +314,7 @@ impl PolicyHub {
                     start_at: command.start_at,
                     required_approvals: required,
                     approvals: Vec::new(),
+                    impact: impact.clone(),
                 };
                 // Counted once the rollout may start: a refused one leaves
                 // no tally behind.

@@ -23,6 +23,7 @@ crate::on_both_backends_given_the_backend!(
     an_opas_decisions_are_kept_once_and_listed_by_what_decided_them,
     bad_decision_uploads_are_refused_with_a_clear_4xx_and_keep_nothing,
     a_change_is_judged_on_the_decisions_opas_made,
+    the_impact_gate_admits_a_change_at_its_bound_and_refuses_one_past_it,
 );
 
 /// ListDecisions of `payments` as `token`'s holder, every page of
@@ -808,4 +809,240 @@ async fn a_change_is_judged_on_the_decisions_opas_made(backend: Backend) {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("limit"), "{refused:?}");
+}
+
+/// Uploads `decisions` as OPA opa-1 of `served`, which asks for its bundle
+/// first.
+async fn upload_as_opa(served: &Served, decisions: &[Value]) {
+    let (code, _) = crate::opa::curl(
+        &served.app,
+        "/v1/opa/bundles/payments?runtime.id=opa-1",
+        &[format!("authorization: Bearer {}", served.reader)],
+    );
+    assert_eq!(code, 200);
+    let headers = opa_headers(&served.reader);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let body = gzip(&serde_json::to_vec(decisions).unwrap());
+    let address = served.app.http_address.unwrap().to_string();
+    let (code, answer) = post(&address, "/v1/opa/logs/payments/opa-1", &headers, body).await;
+    assert_eq!(code, 200, "{answer}");
+}
+
+/// payments/authz with a limit of `max`.
+fn limit(max: u64) -> Value {
+    json!({
+        "modules": {"authz/allow.rego": crate::opa::ALLOW},
+        "data": {"payments": {"limits": {"max": max}}},
+    })
+}
+
+/// Publishes the open draft of payments/authz as the admin.
+async fn publish(served: &Served) -> Result<u32, tonic::Status> {
+    served
+        .app
+        .policy
+        .clone()
+        .publish(with_token(
+            proto::PublishRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .map(|reply| reply.into_inner().version.unwrap().version)
+}
+
+/// Activates `version` of payments/authz as the admin.
+async fn activate(served: &Served, version: u32) -> Result<(), tonic::Status> {
+    served
+        .app
+        .policy
+        .clone()
+        .activate(with_token(
+            proto::ActivateRequest {
+                targets: vec![proto::ActivationTarget {
+                    namespace: "payments".into(),
+                    name: "authz".into(),
+                    selector: Some(proto::activation_target::Selector::Version(version)),
+                    ..Default::default()
+                }],
+                reason: "the new limit".into(),
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .map(|_| ())
+}
+
+/// Starts a one-step rollout of `version` of payments/authz as the admin.
+async fn roll_out(served: &Served, version: u32) -> Result<proto::Rollout, tonic::Status> {
+    served
+        .app
+        .policy
+        .clone()
+        .start_rollout(with_token(
+            proto::StartRolloutRequest {
+                namespace: "payments".into(),
+                targets: vec![proto::RolloutTargetRequest {
+                    name: "authz".into(),
+                    selector: Some(proto::rollout_target_request::Selector::Version(version)),
+                    expected_active_version: None,
+                }],
+                steps: vec![proto::RolloutStep {
+                    percentage: 100,
+                    ..Default::default()
+                }],
+                reason: "the new limit, step by step".into(),
+                ..Default::default()
+            },
+            &served.admin,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The version of payments/authz active, and its open draft's.
+async fn pointers(served: &Served) -> (u32, u32) {
+    let policy = served
+        .app
+        .policy
+        .clone()
+        .get_policy(with_token(
+            proto::GetPolicyRequest {
+                namespace: "payments".into(),
+                name: "authz".into(),
+            },
+            &served.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (policy.active_version, policy.draft_version)
+}
+
+async fn the_impact_gate_admits_a_change_at_its_bound_and_refuses_one_past_it(backend: Backend) {
+    let served = crate::opa::served_with(backend, |settings| {
+        let payments = settings.opa.namespaces.get_mut("payments").unwrap();
+        payments.impact_gate = Some(policyhub::config::ImpactGateSettings {
+            max_changed_percent: 10.0,
+            decisions: 1000,
+        });
+        settings.rollouts.required_approvals = [("payments".to_owned(), 1)].into();
+    })
+    .await;
+    // With no decisions recorded, the limit of 500 was published and
+    // activated: the report it was judged on replayed nothing.
+    // Twenty decisions, amounts 0 to 950 by 50, allowed up to 500.
+    let decisions: Vec<Value> = (0..20)
+        .map(|n| decision(&format!("d-{n}"), n * 50))
+        .collect();
+    upload_as_opa(&served, &decisions).await;
+
+    // 450 flips 500 alone (1 of 20, 5 %); 400 flips 450 and 500 (10 %, the
+    // bound): both are published.
+    drafted(&served, &limit(450)).await;
+    let at_450 = publish(&served).await.unwrap();
+    drafted(&served, &limit(400)).await;
+    let at_400 = publish(&served).await.unwrap();
+
+    // 350 flips three (15 %): refused, naming the path, the count and the
+    // report; the draft stays a draft.
+    let draft = drafted(&served, &limit(350)).await;
+    let refused = publish(&served).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for says in [
+        "the impact gate of namespace payments refuses publishing payments/authz version",
+        "more than 10% of a path's decisions",
+        "payments/authz/allow: 3 of 20 decisions (15.0%)",
+        "the 20 newest decisions replayed against the active bundle of revision",
+    ] {
+        assert!(refused.message().contains(says), "{says}: {refused:?}");
+    }
+    assert_eq!(pointers(&served).await, (1, draft));
+
+    // One decision more, of 425, which 400 flips too: 3 of 21 (14.3 %).
+    upload_as_opa(&served, &[decision("d-20", 425)]).await;
+    let refused = activate(&served, at_400).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("refuses activating payments/authz version 3: it decides more than 10%"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("payments/authz/allow: 3 of 21 decisions (14.3%)"),
+        "{refused:?}"
+    );
+    let refused = roll_out(&served, at_400).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("refuses rolling out payments/authz version 3"),
+        "{refused:?}"
+    );
+    assert_eq!(pointers(&served).await, (1, draft));
+
+    // 450 flips 500 alone still: activated. From there, 400 flips 425 and
+    // 450 (2 of 21): the rollout is admitted and waits for its approver,
+    // with the report it was admitted on.
+    activate(&served, at_450).await.unwrap();
+    assert_eq!(pointers(&served).await.0, at_450);
+    let rollout = roll_out(&served, at_400).await.unwrap();
+    assert_eq!(rollout.state(), proto::RolloutState::PendingApproval);
+    let fetched = served
+        .app
+        .policy
+        .clone()
+        .get_rollout(with_token(
+            proto::GetRolloutRequest {
+                namespace: "payments".into(),
+                id: rollout.id.clone(),
+            },
+            &served.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let impact = fetched
+        .impact
+        .expect("the report the rollout was admitted on");
+    assert_eq!(
+        (impact.replayed, impact.changed, impact.unknown),
+        (21, 2, 0)
+    );
+    assert_eq!(
+        impact.paths,
+        [proto::ImpactPath {
+            path: "payments/authz/allow".into(),
+            replayed: 21,
+            changed: 2,
+            unknown: 0,
+        }]
+    );
+    assert_eq!(
+        (
+            impact.changes[0].before.as_str(),
+            impact.changes[0].after.as_str()
+        ),
+        ("true", "false")
+    );
 }

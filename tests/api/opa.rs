@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use policyhub::config::OpaNamespace;
+use policyhub::config::{OpaNamespace, Settings};
 use policyhub::grpc::proto;
 use serde_json::{Value, json};
 
@@ -42,18 +42,24 @@ pub(crate) fn opa_binary() -> PathBuf {
 }
 
 /// A server with authentication on and its HTTP port, serving `payments`
-/// to OPA.
-pub(crate) async fn server(backend: Backend, issuer: &Issuer) -> TestApp {
+/// to OPA; `tune` changes its settings further.
+pub(crate) async fn server(
+    backend: Backend,
+    issuer: &Issuer,
+    tune: impl FnOnce(&mut Settings),
+) -> TestApp {
     secured_app_on(backend, issuer, |settings| {
         settings.http_listen = Some("127.0.0.1:0".parse().unwrap());
         settings.opa.namespaces = [(
             "payments".to_owned(),
             OpaNamespace {
                 roots: vec!["payments".into()],
+                ..OpaNamespace::default()
             },
         )]
         .into();
         settings.signing.opa_key_files = vec![opa_key_file(&settings.data_dir)];
+        tune(settings);
     })
     .await
 }
@@ -68,8 +74,13 @@ pub(crate) struct Served {
 }
 
 pub(crate) async fn served(backend: Backend) -> Served {
+    served_with(backend, |_| {}).await
+}
+
+/// [`served`], its settings changed by `tune`.
+pub(crate) async fn served_with(backend: Backend, tune: impl FnOnce(&mut Settings)) -> Served {
     let issuer = Issuer::new();
-    let app = server(backend, &issuer).await;
+    let app = server(backend, &issuer, tune).await;
     let admin = issuer.token("ci", &["payments:admin"]);
     let reader = issuer.token("opa", &["payments:reader"]);
     activate_limit(&app, &admin, 500).await;

@@ -30,6 +30,7 @@ async fn server(backend: Backend) -> TestApp {
             "payments".to_owned(),
             OpaNamespace {
                 roots: vec!["payments".into()],
+                ..OpaNamespace::default()
             },
         )]
         .into();
@@ -241,6 +242,7 @@ async fn overlapping_bundle_roots_keep_the_server_from_starting() {
             name.to_owned(),
             OpaNamespace {
                 roots: roots.into_iter().map(str::to_owned).collect(),
+                ..OpaNamespace::default()
             },
         )
     })
@@ -264,6 +266,7 @@ async fn opa_namespaces_on_postgres_need_shared_opa_keys_to_start() {
         "payments".to_owned(),
         OpaNamespace {
             roots: vec!["payments".into()],
+            ..OpaNamespace::default()
         },
     )]
     .into();

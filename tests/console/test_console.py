@@ -744,7 +744,10 @@ class Rego(BrowserCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.start("rego", [("alice", "*:admin")], config='[opa.namespaces.payments]\nroots = ["payments"]\n')
+        # The gate admits any change: rollouts carry the report it judged.
+        cls.start("rego", [("alice", "*:admin")], config=(
+            '[opa.namespaces.payments]\nroots = ["payments"]\n'
+            'impact_gate = { max_changed_percent = 100.0 }\n'))
         base = "namespaces/payments/policies/authz"
         for label, modules, limit in (
             ("1.0.0", {"authz/allow.rego": REGO_ALLOW, "authz/large.rego": REGO_LARGE}, 500),
@@ -917,6 +920,44 @@ class Rego(BrowserCase):
         self.wait_for(lambda: len(rows()) == 1, "the refused decision alone")
         self.assertEqual(rows()[0].get_attribute("data-decision"), "d-refused")
         self.assertIn("result=false", self.browser.current_url)
+        self.assert_clean_console()
+
+    def test_05_a_change_shows_its_impact_before_it_ships(self):
+        # One decision more that version 2 (at most 900, not 500) decides
+        # differently: 700, refused by the active version.
+        runtime = "opa-logs-1"
+        headers = {"Authorization": f"Bearer {self.tokens['alice']}"}
+        event = {"decision_id": "d-700", "path": "payments/authz/allow", "input": {"amount": 700},
+                 "result": False, "timestamp": "2026-11-29T10:00:05Z"}
+        upload = urllib.request.Request(
+            f"{self.base}/v1/opa/logs/payments/{runtime}", method="POST",
+            data=gzip.compress(json.dumps([event]).encode()),
+            headers={**headers, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+        with urllib.request.urlopen(upload, timeout=10) as reply:
+            self.assertEqual(json.load(reply)["kept"], 1)
+        # A draft of version 2's body, saved: its impact is shown before
+        # anything is published.
+        self.sign_in("alice")
+        self.open("#/namespaces/payments/policies/authz/draft?from=2")
+        self.click("#draft-review-button")
+        self.click("#draft-save")
+        self.wait_text("#draft-impact-report", "4 recorded decisions replayed")
+        report = self.find("#draft-impact-report")
+        self.assertIn("1 changed, 0 unknown", report.text)
+        changed = report.find_elements(By.CSS_SELECTOR, "table.stack tbody tr")
+        self.assertEqual(len(changed), 1)
+        self.assertEqual([cell.text for cell in changed[0].find_elements(By.TAG_NAME, "td")],
+                         ["payments/authz/allow", "false", "true", "1", "d-700"])
+        self.browser.execute_script("document.getElementById('draft-impact').scrollIntoView()")
+        self.screenshot("draft-impact")
+        self.assert_accessible("the impact of a draft")
+        # A rollout of version 2 carries the report the gate admitted it on.
+        rollout = self.api("POST", "namespaces/payments/rollouts", {
+            "targets": [{"name": "authz", "version": 2}],
+            "steps": [{"percentage": 50}], "reason": "the higher limit"})
+        self.open(f"#/namespaces/payments/rollouts/{rollout['id']}")
+        self.wait_text("#rollout-impact", "1 changed, 0 unknown")
+        self.assert_accessible("a rollout with its impact")
         self.assert_clean_console()
 
 

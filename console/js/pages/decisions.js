@@ -87,3 +87,32 @@ function decisionRow(decision) {
     json(decision.input, 'none'),
   ]));
 }
+
+// An impact report (AnalyzeImpact's reply, or the one a rollout was
+// admitted on): the totals, each path's tally, then the changes and the
+// decisions the engine could not evaluate, with example decision ids;
+// each table under a heading of `level` (`h3`).
+export function impactReport(report, id, level) {
+  const count = (value) => Number(value ?? 0);
+  const changes = report.changes ?? [];
+  const unknowns = report.unknowns ?? [];
+  const examples = (group) => (group.examples ?? []).map((example) => example.decisionId).join(', ');
+  return h('div', { id },
+    h('p', { class: 'impact-summary' }, count(report.replayed)
+      ? `${count(report.replayed)} recorded decisions replayed against the active bundle of revision ${count(report.activeRevision)}: ${count(report.changed)} changed, ${count(report.unknown)} unknown.`
+      : 'No recorded decision to replay: the namespace\'s OPAs uploaded none yet.'),
+    (report.paths ?? []).length ? h(level, {}, 'By path') : null,
+    (report.paths ?? []).length ? table(['Path', 'Replayed', 'Changed', 'Unknown'], report.paths.map((path) => h('tr', {},
+      cells(['Path', 'Replayed', 'Changed', 'Unknown'], [path.path, count(path.replayed), count(path.changed), count(path.unknown)]))), 'Decisions by path') : null,
+    changes.length ? h(level, {}, 'Changed decisions') : null,
+    changes.length ? table(IMPACT_CHANGES, changes.map((change) => h('tr', {}, cells(IMPACT_CHANGES, [
+      change.path, h('code', {}, change.before), h('code', {}, change.after), count(change.count), examples(change),
+    ]))), 'Changed decisions', { stack: true }) : null,
+    unknowns.length ? h(level, {}, 'Not evaluated') : null,
+    unknowns.length ? table(IMPACT_UNKNOWNS, unknowns.map((unknown) => h('tr', {}, cells(IMPACT_UNKNOWNS, [
+      unknown.path, unknown.reason, count(unknown.count), examples(unknown),
+    ]))), 'Decisions the engine could not evaluate', { stack: true }) : null);
+}
+
+const IMPACT_CHANGES = ['Path', 'Before', 'After', 'Decisions', 'Examples'];
+const IMPACT_UNKNOWNS = ['Path', 'Unknown because', 'Decisions', 'Examples'];

@@ -4,12 +4,13 @@
 // Activate from the same page. The server's refusals are shown at the field
 // they name.
 
-import { ApiError, all, allowed, paths, policyRecord, post } from '../api.js';
+import { ApiError, all, allowed, get, paths, policyRecord, post } from '../api.js';
 import { confirmAction } from '../confirm.js';
 import { announce, h, link, notice, route } from '../dom.js';
 import { jsonEditor } from '../jsoneditor.js';
 import { schemaForm, supports } from '../schemaform.js';
 import { bodyDiff } from './compare.js';
+import { impactReport } from './decisions.js';
 import { policyCrumbs, policyTabs } from './policy.js';
 
 export async function draft(view, [namespace, name], query, { crumbs }) {
@@ -202,6 +203,26 @@ function authoring({ namespace, name, base, schema, start, active, may }) {
       buttons.append(h('p', { class: 'muted' }, `You may not publish in ${namespace}: a publisher will.`));
     }
     outcome.querySelector('#outcome-title').focus();
+    if (may.has('AnalyzeImpact')) showImpact(saved);
+  };
+
+  // What the draft would decide differently from the active bundle on the
+  // decisions OPAs recorded, before it is published; nothing for a
+  // namespace not served to OPA.
+  const showImpact = async (saved) => {
+    const section = h('section', { id: 'draft-impact', 'aria-labelledby': 'impact-title', 'aria-busy': 'true' },
+      h('h3', { id: 'impact-title' }, 'Impact on recorded decisions'),
+      h('p', { class: 'muted' }, 'Replaying the decisions OPAs recorded…'));
+    outcome.querySelector('#draft-actions').before(section);
+    try {
+      const report = await get(`${base}/versions/${saved.version}/impact`);
+      section.replaceChildren(section.firstChild, impactReport(report, 'draft-impact-report', 'h4'));
+    } catch (refusal) {
+      if (refusal instanceof ApiError && refusal.status === 404) section.remove();
+      else section.replaceChildren(section.firstChild, notice(refusal));
+    } finally {
+      section.removeAttribute('aria-busy');
+    }
   };
 
   const showPublished = (saved, label) => {

@@ -10,6 +10,7 @@ import { announce, cells, facts, h, link, notice, route, stateName, table, time 
 import { legend, measurementChart, phaseOf, tally } from '../chart.js';
 import { runtimeName } from '../engine.js';
 import { follow } from '../live.js';
+import { impactReport } from './decisions.js';
 import { namespaceCrumbs, namespaceTabs } from './home.js';
 
 const POLL_MS = 1000;
@@ -157,6 +158,7 @@ function details(namespace, rollout, cohort, analyses) {
       ['Approvals', `${(rollout.approvals ?? []).length} of ${rollout.requiredApprovals ?? 0}${(rollout.approvals ?? []).length ? `: ${rollout.approvals.map((approval) => approval.by).join(', ')}` : ''}`],
       rollout.haltedBecause ? ['Halted because', h('span', { class: 'error' }, rollout.haltedBecause)] : null,
     ]),
+    ...(rollout.impact ? [h('h2', {}, 'Impact on recorded decisions'), impactReport(rollout.impact, 'rollout-impact', 'h3')] : []),
     ...(analysesOf(rollout).length ? [h('h2', {}, 'Analyses'), analysisTable(rollout), analyses] : []),
     h('h2', {}, 'Steps'),
     timeline(rollout),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::impact::ImpactReport;
 use super::{
     ActiveBundle, Digest, Error, ExpectedActive, Namespace, PolicyName, PolicyRef, Result,
     VersionSelector,
@@ -240,6 +241,9 @@ pub struct Rollout {
     /// The approvals so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
+    /// In a namespace with an impact gate, the report it was admitted on.
+    #[serde(default)]
+    pub impact: Option<ImpactReport>,
 }
 
 /// What one revision changed in what runtimes are sent: pointer moves (and
@@ -402,6 +406,7 @@ pub(crate) mod tests {
             start_at: None,
             required_approvals: 0,
             approvals: Vec::new(),
+            impact: None,
         }
     }
 
