@@ -2,7 +2,8 @@
 //! policy exercising rules, sets, comprehensions, defaults, negation and
 //! string builtins, loaded into a real OPA (v1.22.3) and into the replay's
 //! engine, answers a generated corpus of 10,000 inputs at four paths, the
-//! same through OPA's `/v1/data` and through the replay.
+//! same through OPA's `/v1/data` and through the replay; and so does every
+//! example policy of the README and the book, at each of its packages.
 
 use std::collections::BTreeMap;
 
@@ -109,12 +110,32 @@ async fn the_embedded_engine_decides_as_opa_does_on_ten_thousand_inputs() {
     let mut decider = Decider::new(&content).unwrap();
 
     let inputs = corpus(10_000);
+    let answers = agreed(&opa, &mut decider, &inputs, &PATHS).await;
+    assert_eq!(answers.len(), 40_000);
+    // The corpus reaches every branch: allowed and refused, each reason.
+    let allowed = answers
+        .iter()
+        .filter(|((_, path), result)| *path == PATHS[0] && result.as_deref() == Some("true"))
+        .count();
+    assert!(
+        (1000..9000).contains(&allowed),
+        "{allowed} of 10000 allowed"
+    );
+}
+
+/// What `opa` answers each of `inputs` at each of `paths`, asserting that
+/// the replay's `decider` answers every one the same.
+async fn agreed<'a>(
+    opa: &Opa,
+    decider: &mut Decider,
+    inputs: &[Value],
+    paths: &[&'a str],
+) -> BTreeMap<(usize, &'a str), Option<String>> {
     let asked: Vec<(usize, &str)> = (0..inputs.len())
-        .flat_map(|index| PATHS.map(|path| (index, path)))
+        .flat_map(|index| paths.iter().map(move |path| (index, *path)))
         .collect();
     let answers: BTreeMap<(usize, &str), Option<String>> = stream::iter(asked)
         .map(|(index, path)| {
-            let opa = &opa;
             let input = &inputs[index];
             async move {
                 let answer = opa.query(path, input).await.expect("OPA answers");
@@ -138,20 +159,82 @@ async fn the_embedded_engine_decides_as_opa_does_on_ten_thousand_inputs() {
             ));
         }
     }
-    assert_eq!(answers.len(), 40_000);
     assert!(
         differ.is_empty(),
-        "{} of 40000 answers differ, the first: {:#?}",
+        "{} of {} answers differ, the first: {:#?}",
         differ.len(),
+        answers.len(),
         &differ[..differ.len().min(5)]
     );
-    // The corpus reaches every branch: allowed and refused, each reason.
-    let allowed = answers
-        .iter()
-        .filter(|((_, path), result)| *path == PATHS[0] && result.as_deref() == Some("true"))
-        .count();
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_policy_in_the_guides_decides_as_opa_does() {
+    // A Rego policy's body: a JSON block with modules.
+    let examples: Vec<(String, BundleContent)> = crate::helpers::documentation_pages()
+        .into_iter()
+        .flat_map(|page| {
+            let text = std::fs::read_to_string(&page).unwrap();
+            crate::docs::blocks::blocks(&page, &text)
+        })
+        .filter(|block| block.language == "json")
+        .filter_map(|block| {
+            let body: Value = serde_json::from_str(&block.body).ok()?;
+            let modules = body.get("modules")?.as_object()?;
+            let mut content = BundleContent::default();
+            for (path, source) in modules {
+                content
+                    .modules
+                    .insert(path.clone(), source.as_str()?.to_owned());
+            }
+            content.data = body.get("data")?.as_object()?.clone();
+            Some((block.place(), content))
+        })
+        .collect();
     assert!(
-        (1000..9000).contains(&allowed),
-        "{allowed} of 10000 allowed"
+        examples.len() >= 2,
+        "the guides' Rego policies: {:?}",
+        examples.iter().map(|(place, _)| place).collect::<Vec<_>>()
     );
+    let inputs = corpus(1000);
+    for (place, content) in &examples {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (path, source) in &content.modules {
+            let file = dir.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, source).unwrap();
+            files.push(file);
+        }
+        let data = dir.path().join("data.json");
+        std::fs::write(&data, Value::Object(content.data.clone()).to_string()).unwrap();
+        files.push(data);
+        let opa = Opa::serving(&files).await;
+        let mut decider = Decider::new(content).unwrap_or_else(|error| panic!("{place}: {error}"));
+        // Each package's whole document: every rule of it.
+        let packages: Vec<String> = content
+            .modules
+            .values()
+            .filter_map(|source| {
+                let package = source
+                    .lines()
+                    .find_map(|line| line.strip_prefix("package "))?;
+                Some(package.trim().replace('.', "/"))
+            })
+            .collect();
+        let paths: Vec<&str> = packages.iter().map(String::as_str).collect();
+        let answers = agreed(&opa, &mut decider, &inputs, &paths).await;
+        assert_eq!(answers.len(), inputs.len() * paths.len(), "{place}");
+        // Each package decides something: a policy whose every answer is
+        // undefined would agree by accident.
+        for path in &paths {
+            assert!(
+                answers
+                    .iter()
+                    .any(|((_, at), result)| at == path && result.is_some()),
+                "{place}: {path} is undefined for every input"
+            );
+        }
+    }
 }

@@ -39,13 +39,13 @@ const STANDALONE: &str = "standalone";
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A fenced code block of a page.
-pub(super) struct Block {
+pub(crate) struct Block {
     page: PathBuf,
     /// The line of its opening fence, from 1.
     line: usize,
-    pub(super) language: String,
+    pub(crate) language: String,
     marks: Vec<String>,
-    pub(super) body: String,
+    pub(crate) body: String,
 }
 
 impl Block {
@@ -61,7 +61,7 @@ impl Block {
         self.marks.iter().any(|mark| mark == STANDALONE)
     }
 
-    fn place(&self) -> String {
+    pub(crate) fn place(&self) -> String {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         format!(
             "{}:{}",
@@ -72,7 +72,7 @@ impl Block {
 }
 
 /// The fenced code blocks of `text`, found in `page`.
-pub(super) fn blocks(page: &Path, text: &str) -> Vec<Block> {
+pub(crate) fn blocks(page: &Path, text: &str) -> Vec<Block> {
     let mut found = Vec::new();
     let mut open: Option<(String, Block)> = None;
     for (index, line) in text.lines().enumerate() {

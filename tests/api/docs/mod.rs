@@ -12,7 +12,7 @@
 //! README's map leads to the answers readers come for (`map`).
 
 mod benchmarks;
-mod blocks;
+pub(crate) mod blocks;
 mod map;
 mod quick_starts;
 mod status_codes;
