@@ -77,8 +77,8 @@ use tokio::{
 mod support;
 
 use support::{
-    Options, Policyhub, Server, activate_in, cpu_time, free_port, load_average, ms, opa_binary,
-    raise_open_files_limit,
+    Options, Policyhub, Server, activate_in, cpu_time, free_port, load_average, median_and_spread,
+    ms, opa_binary, raise_open_files_limit,
 };
 
 /// The server's allocator, so the floor (this binary, started again) and
@@ -841,16 +841,6 @@ struct Round {
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
-}
-
-/// The median and the spread of `values`.
-fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }
 
 fn report_clients(rounds: &[Round], clients: usize) {

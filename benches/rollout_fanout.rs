@@ -35,7 +35,8 @@ mod support;
 
 use support::{
     NAMESPACE, POLICY, Policyhub, ROUND_PAUSE, SETTLE, SPARE_FDS, Streams, Watcher, collect_round,
-    cpu_time, load_average, ms, open_files_limit, percentile, rss_kib, wait_for_fds_to_close,
+    cpu_time, load_average, median_and_spread, ms, open_files_limit, percentile, rss_kib,
+    wait_for_fds_to_close,
 };
 
 /// The ratio to the plain activation's p99 each step must stay within.
@@ -265,13 +266,6 @@ fn start_request(target: u32, percentage: u32) -> proto::StartRolloutRequest {
     }
 }
 
-/// The median and the spread of `values`.
-fn median_and_spread(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let median = values[values.len() / 2];
-    (median, values[0], values[values.len() - 1])
-}
-
 fn report(samples: &[Vec<Sample>], server_cpu: Duration) {
     let of = |change: Change| -> Vec<&Sample> {
         samples
@@ -289,16 +283,16 @@ fn report(samples: &[Vec<Sample>], server_cpu: Duration) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for change in Change::ALL {
         let measured = of(change);
-        let mut p99s: Vec<f64> = measured.iter().map(|sample| ms(sample.p99)).collect();
-        let mut replies: Vec<f64> = measured.iter().map(|sample| ms(sample.reply)).collect();
-        let mut ratios: Vec<f64> = measured
+        let p99s: Vec<f64> = measured.iter().map(|sample| ms(sample.p99)).collect();
+        let replies: Vec<f64> = measured.iter().map(|sample| ms(sample.reply)).collect();
+        let ratios: Vec<f64> = measured
             .iter()
             .zip(&plain)
             .map(|(sample, plain)| sample.p99.as_secs_f64() / plain.p99.as_secs_f64())
             .collect();
-        let (p99, p99_min, p99_max) = median_and_spread(&mut p99s);
-        let (reply, _, _) = median_and_spread(&mut replies);
-        let (ratio, ratio_min, ratio_max) = median_and_spread(&mut ratios);
+        let (p99, p99_min, p99_max) = median_and_spread(p99s);
+        let (reply, _, _) = median_and_spread(replies);
+        let (ratio, ratio_min, ratio_max) = median_and_spread(ratios);
         let verdict = if change == Change::Plain {
             "—"
         } else if ratio <= TARGET_RATIO {

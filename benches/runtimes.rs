@@ -48,7 +48,10 @@ use tokio::{
 
 mod support;
 
-use support::{NAMESPACE, Policyhub, SETTLE, collect_round, cpu_time, ms, percentile, rss_kib};
+use support::{
+    NAMESPACE, Policyhub, SETTLE, collect_round, cpu_time, median_and_spread, ms, percentile,
+    rss_kib,
+};
 
 /// The ratio to the Rust library's latency each SDK must stay within.
 const TARGET_RATIO: f64 = 2.0;
@@ -257,16 +260,6 @@ fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
         .map(|value| value.parse().with_context(|| format!("{name}={value}")))
         .transpose()
         .map(|value| value.unwrap_or(default))
-}
-
-/// The median of `values` and their spread.
-fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }
 
 /// Median and spread of `values`, formatted.

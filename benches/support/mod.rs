@@ -69,6 +69,17 @@ pub fn opa_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(binary)
 }
 
+/// The median of `values` (the upper one of an even count), their lowest
+/// and their highest.
+pub fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
