@@ -15,9 +15,10 @@ pub const ENGINE_LABEL: (&str, &str) = ("engine", "opa");
 /// The configuration an OPA following `namespace` is given: the
 /// namespace's bundle (named after it, from the first service, which is
 /// the one that served the discovery bundle), long polling, and every key
-/// in `keys`; for an OPA named `runtime`, a resource that names it and its
-/// status reports. Unsigned: it comes over the connection OPA trusts for
-/// its token.
+/// in `keys`; for an OPA named `runtime`, a resource that names it, its
+/// status reports and its decision logs, sent every 5 to 10 seconds for
+/// impact analysis to judge changes on. Unsigned: it comes over the
+/// connection OPA trusts for its token.
 pub fn discovery(
     namespace: &Namespace,
     runtime: Option<(&RuntimeId, &RuntimeLabels)>,
@@ -57,6 +58,10 @@ pub fn discovery(
     });
     if let Some((id, _)) = runtime {
         config["status"] = json!({"partition_name": format!("{namespace}/{id}")});
+        config["decision_logs"] = json!({
+            "resource": format!("logs/{namespace}/{id}"),
+            "reporting": {"min_delay_seconds": 5, "max_delay_seconds": 10},
+        });
     }
     let files = [File {
         name: "data.json".into(),

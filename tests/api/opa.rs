@@ -812,6 +812,31 @@ async fn a_new_signing_key_reaches_opas_through_discovery_without_a_restart() {
         .runtimes;
     let ids: Vec<&str> = runtimes.iter().map(|runtime| runtime.id.as_str()).collect();
     assert_eq!(ids, ["opa-0", "opa-1"], "named as discovery says");
+    // Each sends its decisions, as discovery configured its decision logs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let decisions = policy
+            .list_decisions(proto::ListDecisionsRequest {
+                namespace: "payments".into(),
+                path: "payments/authz/allow".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decisions;
+        let mut senders: Vec<&str> = decisions.iter().map(|d| d.runtime_id.as_str()).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        if senders == ["opa-0", "opa-1"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the OPAs sent no decision logs: {senders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A new key signs, the one before is still published.
     let (next, next_pem) = generate();
@@ -910,6 +935,7 @@ async fn the_cli_writes_the_bundle_opa_inspects_and_lists_its_keys() {
         "bundles/payments?runtime.id=opa-1"
     );
     assert_eq!(config["status"]["partition_name"], "payments/opa-1");
+    assert_eq!(config["decision_logs"]["resource"], "logs/payments/opa-1");
     let key_id = keys["keys"][0]["keyId"].as_str().unwrap();
     assert_eq!(config["bundles"]["payments"]["signing"]["keyid"], key_id);
     assert_eq!(config["keys"][key_id]["algorithm"], "ES256");
