@@ -30,6 +30,7 @@ mod m20261126_000003_checkpoint_cosignatures;
 mod m20261128_000001_rollout_measurements;
 mod m20261128_000002_re_signing;
 mod m20261129_000001_decisions;
+mod m20261130_000001_decision_counts;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -56,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_rollout_measurements::Migration),
             Box::new(m20261128_000002_re_signing::Migration),
             Box::new(m20261129_000001_decisions::Migration),
+            Box::new(m20261130_000001_decision_counts::Migration),
         ]
     }
 }

@@ -235,6 +235,24 @@ pub mod decisions {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod decision_counts {
+    use sea_orm::entity::prelude::*;
+
+    /// How many decisions a namespace keeps.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "decision_counts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub namespace: String,
+        pub kept: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod rollout_measurements {
     use sea_orm::entity::prelude::*;
 
