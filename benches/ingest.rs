@@ -43,7 +43,7 @@ use futures::{StreamExt, stream};
 use policyhub::domain::Namespace;
 use policyhub::domain::decision::Decision;
 use policyhub::domain::runtime::RuntimeId;
-use policyhub::grpc::{convert::json_to_struct, proto};
+use policyhub::grpc::proto;
 use policyhub::storage::{self, Repository, Retention};
 use serde_json::{Value, json};
 
@@ -103,35 +103,6 @@ fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(encoder.finish()?)
 }
 
-/// A Rego policy active in `payments`, so that OPAs may ask for its bundle.
-async fn activate_policy(policyhub: &mut Policyhub) -> anyhow::Result<()> {
-    let body = json!({
-        "modules": {"authz/allow.rego": "package payments.authz\n\ndefault allow := false\n\n\
-            allow if input.amount <= data.payments.limits.max\n"},
-        "data": {"payments": {"limits": {"max": 500}}},
-    });
-    policyhub
-        .policies
-        .draft(proto::DraftRequest {
-            namespace: NAMESPACE.into(),
-            name: "authz".into(),
-            body: Some(json_to_struct(&body)),
-            ..Default::default()
-        })
-        .await?;
-    policyhub
-        .policies
-        .publish(proto::PublishRequest {
-            namespace: NAMESPACE.into(),
-            name: "authz".into(),
-            activate: true,
-            reason: "benchmark".into(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
-}
-
 /// How many decisions the server keeps for `payments`.
 async fn kept_by_server(policyhub: &mut Policyhub, at_most: usize) -> anyhow::Result<usize> {
     let mut count = 0;
@@ -180,7 +151,15 @@ async fn main() -> anyhow::Result<()> {
         ..Options::default()
     })
     .await?;
-    activate_policy(&mut policyhub).await?;
+    // A Rego policy active, so that OPAs may ask for its bundle.
+    let body = json!({
+        "modules": {"authz/allow.rego": "package payments.authz\n\ndefault allow := false\n\n\
+            allow if input.amount <= data.payments.limits.max\n"},
+        "data": {"payments": {"limits": {"max": 500}}},
+    });
+    policyhub
+        .publish_body(NAMESPACE, "authz", &body, true)
+        .await?;
     let client = reqwest::Client::new();
     let names: Vec<String> = (0..opas).map(|n| format!("opa-{n}")).collect();
     for name in &names {

@@ -63,10 +63,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, header};
-use policyhub::grpc::{
-    convert::json_to_struct,
-    proto::{self, bundle_service_client::BundleServiceClient},
-};
+use policyhub::grpc::proto::{self, bundle_service_client::BundleServiceClient};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -354,24 +351,7 @@ fn policy_body(version: u32) -> Value {
 async fn publish(policyhub: &mut Policyhub, versions: u32) -> anyhow::Result<()> {
     for version in 1..=versions {
         policyhub
-            .policies
-            .draft(proto::DraftRequest {
-                namespace: NAMESPACE.into(),
-                name: POLICY.into(),
-                body: Some(json_to_struct(&policy_body(version))),
-                change_notes: format!("benchmark version {version}"),
-                ..Default::default()
-            })
-            .await?;
-        policyhub
-            .policies
-            .publish(proto::PublishRequest {
-                namespace: NAMESPACE.into(),
-                name: POLICY.into(),
-                activate: version == 1,
-                reason: "benchmark".into(),
-                ..Default::default()
-            })
+            .publish_body(NAMESPACE, POLICY, &policy_body(version), version == 1)
             .await?;
     }
     Ok(())

@@ -432,27 +432,38 @@ impl Policyhub {
         body_bytes: usize,
     ) -> anyhow::Result<()> {
         for version in 1..=versions {
-            let draft = self.request(proto::DraftRequest {
-                namespace: NAMESPACE.into(),
-                name: name.into(),
-                body: Some(json_to_struct(&padded_policy_body(version, body_bytes))),
-                change_notes: format!("benchmark version {version}"),
-                ..Default::default()
-            });
-            self.policies.draft(draft).await?;
-            let publish = self.request(proto::PublishRequest {
-                namespace: NAMESPACE.into(),
-                name: name.into(),
-                version: None,
-                label: String::new(),
-                activate: version == 1,
-                expected_active_version: None,
-                expected_active_revision: None,
-                reason: "benchmark".into(),
-                idempotency_key: String::new(),
-            });
-            self.policies.publish(publish).await?;
+            let body = padded_policy_body(version, body_bytes);
+            self.publish_body(NAMESPACE, name, &body, version == 1)
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Drafts `body` as policy `name` of `namespace` and publishes it,
+    /// activated when `activate`.
+    pub async fn publish_body(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        body: &serde_json::Value,
+        activate: bool,
+    ) -> anyhow::Result<()> {
+        let draft = self.request(proto::DraftRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            body: Some(json_to_struct(body)),
+            change_notes: "benchmark".into(),
+            ..Default::default()
+        });
+        self.policies.draft(draft).await?;
+        let publish = self.request(proto::PublishRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            activate,
+            reason: "benchmark".into(),
+            ..Default::default()
+        });
+        self.policies.publish(publish).await?;
         Ok(())
     }
 

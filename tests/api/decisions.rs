@@ -904,6 +904,19 @@ async fn roll_out(served: &Served, version: u32) -> Result<proto::Rollout, tonic
         .map(tonic::Response::into_inner)
 }
 
+/// Asserts that the impact gate refused with `refused`, saying each of
+/// `says`.
+fn assert_gate_refused(refused: &tonic::Status, says: &[&str]) {
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for said in says {
+        assert!(refused.message().contains(said), "{said}: {refused:?}");
+    }
+}
+
 /// The version of payments/authz active, and its open draft's.
 async fn pointers(served: &Served) -> (u32, u32) {
     let policy = served
@@ -952,53 +965,29 @@ async fn the_impact_gate_admits_a_change_at_its_bound_and_refuses_one_past_it(ba
     // report; the draft stays a draft.
     let draft = drafted(&served, &limit(350)).await;
     let refused = publish(&served).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
+    assert_gate_refused(
+        &refused,
+        &[
+            "the impact gate of namespace payments refuses publishing payments/authz version",
+            "more than 10% of a path's decisions",
+            "payments/authz/allow: 3 of 20 decisions (15.0%)",
+            "the 20 newest decisions replayed against the active bundle of revision",
+        ],
     );
-    for says in [
-        "the impact gate of namespace payments refuses publishing payments/authz version",
-        "more than 10% of a path's decisions",
-        "payments/authz/allow: 3 of 20 decisions (15.0%)",
-        "the 20 newest decisions replayed against the active bundle of revision",
-    ] {
-        assert!(refused.message().contains(says), "{says}: {refused:?}");
-    }
     assert_eq!(pointers(&served).await, (1, draft));
 
     // One decision more, of 425, which 400 flips too: 3 of 21 (14.3 %).
     upload_as_opa(&served, &[decision("d-20", 425)]).await;
     let refused = activate(&served, at_400).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
-    assert!(
-        refused
-            .message()
-            .contains("refuses activating payments/authz version 3: it decides more than 10%"),
-        "{refused:?}"
-    );
-    assert!(
-        refused
-            .message()
-            .contains("payments/authz/allow: 3 of 21 decisions (14.3%)"),
-        "{refused:?}"
+    assert_gate_refused(
+        &refused,
+        &[
+            "refuses activating payments/authz version 3: it decides more than 10%",
+            "payments/authz/allow: 3 of 21 decisions (14.3%)",
+        ],
     );
     let refused = roll_out(&served, at_400).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
-    assert!(
-        refused
-            .message()
-            .contains("refuses rolling out payments/authz version 3"),
-        "{refused:?}"
-    );
+    assert_gate_refused(&refused, &["refuses rolling out payments/authz version 3"]);
     assert_eq!(pointers(&served).await, (1, draft));
 
     // 450 flips 500 alone still: activated. From there, 400 flips 425 and
