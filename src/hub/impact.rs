@@ -5,6 +5,7 @@
 
 use std::fmt::Display;
 
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::domain::decision::{Decision, DecisionFilter};
@@ -13,6 +14,8 @@ use crate::domain::rego;
 use crate::domain::{
     Error, Namespace, PolicyName, PolicyRef, PublishCommand, Result, VersionSelector,
 };
+
+use crate::storage::IdempotencyClaim;
 
 use super::PolicyHub;
 use super::rego::{claims, given};
@@ -40,12 +43,18 @@ impl PolicyHub {
             .await
     }
 
-    /// When the policy's namespace has an impact gate: refuses publishing
-    /// the draft `command` names when it would decide too much
-    /// differently. Without a draft, the publication itself fails.
-    pub(super) async fn judge_publication(&self, command: &PublishCommand) -> Result<()> {
+    /// When the policy's namespace has an impact gate and the call `claim`
+    /// names was not carried out already: refuses publishing the draft
+    /// `command` names when it would decide too much differently. Without
+    /// a draft, the publication itself fails.
+    pub(super) async fn judge_publication(
+        &self,
+        command: &PublishCommand,
+        claim: Option<&IdempotencyClaim>,
+    ) -> Result<()> {
         let policy = &command.policy;
-        if !self.opa.impact_gates.contains_key(&policy.namespace) {
+        if !self.opa.impact_gates.contains_key(&policy.namespace) || self.carried_out(claim).await?
+        {
             return Ok(());
         }
         let number = match command.version {
@@ -60,21 +69,31 @@ impl PolicyHub {
             &policy.namespace,
             &[(&policy.name, &selector)],
             "publishing",
+            None,
         )
         .await?;
         Ok(())
     }
 
-    /// When `namespace` has an impact gate: refuses moving its `targets`
-    /// to the versions named (`change` says how, "activating") when they
-    /// would decide too much differently; else the report.
+    /// Whether the call `claim` names was carried out already: its retry
+    /// gets the first outcome, whatever the decisions say now.
+    async fn carried_out(&self, claim: Option<&IdempotencyClaim>) -> Result<bool> {
+        let replayed = self.repository.replayed::<IgnoredAny>(claim).await?;
+        Ok(replayed.is_some())
+    }
+
+    /// When `namespace` has an impact gate and the call `claim` names was
+    /// not carried out already: refuses moving its `targets` to the
+    /// versions named (`change` says how, "activating") when they would
+    /// decide too much differently; else the report.
     pub(super) async fn judge_targets(
         &self,
         namespace: &Namespace,
         targets: &[(&PolicyName, &VersionSelector)],
         change: &str,
+        claim: Option<&IdempotencyClaim>,
     ) -> Result<Option<ImpactReport>> {
-        if !self.opa.impact_gates.contains_key(namespace) {
+        if !self.opa.impact_gates.contains_key(namespace) || self.carried_out(claim).await? {
             return Ok(None);
         }
         let mut replaced = Vec::with_capacity(targets.len());

@@ -92,7 +92,7 @@ impl PolicyHub {
         key: Option<IdempotencyKey>,
     ) -> Result<PublishOutcome> {
         let claim = IdempotencyClaim::new("Publish", key, &command);
-        self.judge_publication(&command).await?;
+        self.judge_publication(&command, claim.as_ref()).await?;
         let keys = self.keys();
         let outcome = self
             .repository
@@ -171,7 +171,7 @@ impl PolicyHub {
                 .push((&target.policy.name, &target.version));
         }
         for (namespace, targets) in by_namespace {
-            self.judge_targets(namespace, &targets, "activating")
+            self.judge_targets(namespace, &targets, "activating", claim.as_ref())
                 .await?;
         }
         // Every statement of an activation is on the direct SQLite connection.

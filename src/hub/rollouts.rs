@@ -250,8 +250,9 @@ impl PolicyHub {
             .iter()
             .map(|(name, selector, _)| (name, selector))
             .collect();
+        // A retry was answered above.
         let impact = self
-            .judge_targets(&command.namespace, &targets, "rolling out")
+            .judge_targets(&command.namespace, &targets, "rolling out", None)
             .await?;
         // The reply counts the first step's cohort.
         self.fleet.prepare(&command.namespace).await?;

@@ -836,8 +836,9 @@ fn limit(max: u64) -> Value {
     })
 }
 
-/// Publishes the open draft of payments/authz as the admin.
-async fn publish(served: &Served) -> Result<u32, tonic::Status> {
+/// Publishes the open draft of payments/authz as the admin, with
+/// `idempotency_key` (none for `""`).
+async fn publish(served: &Served, idempotency_key: &str) -> Result<u32, tonic::Status> {
     served
         .app
         .policy
@@ -846,6 +847,7 @@ async fn publish(served: &Served) -> Result<u32, tonic::Status> {
             proto::PublishRequest {
                 namespace: "payments".into(),
                 name: "authz".into(),
+                idempotency_key: idempotency_key.into(),
                 ..Default::default()
             },
             &served.admin,
@@ -957,14 +959,14 @@ async fn the_impact_gate_admits_a_change_at_its_bound_and_refuses_one_past_it(ba
     // 450 flips 500 alone (1 of 20, 5 %); 400 flips 450 and 500 (10 %, the
     // bound): both are published.
     drafted(&served, &limit(450)).await;
-    let at_450 = publish(&served).await.unwrap();
+    let at_450 = publish(&served, "").await.unwrap();
     drafted(&served, &limit(400)).await;
-    let at_400 = publish(&served).await.unwrap();
+    let at_400 = publish(&served, "publish-400").await.unwrap();
 
     // 350 flips three (15 %): refused, naming the path, the count and the
     // report; the draft stays a draft.
     let draft = drafted(&served, &limit(350)).await;
-    let refused = publish(&served).await.unwrap_err();
+    let refused = publish(&served, "").await.unwrap_err();
     assert_gate_refused(
         &refused,
         &[
@@ -988,6 +990,9 @@ async fn the_impact_gate_admits_a_change_at_its_bound_and_refuses_one_past_it(ba
     );
     let refused = roll_out(&served, at_400).await.unwrap_err();
     assert_gate_refused(&refused, &["refuses rolling out payments/authz version 3"]);
+    // A retry of the publication admitted before gets its first outcome,
+    // whatever the decisions say now.
+    assert_eq!(publish(&served, "publish-400").await.unwrap(), at_400);
     assert_eq!(pointers(&served).await, (1, draft));
 
     // 450 flips 500 alone still: activated. From there, 400 flips 425 and
