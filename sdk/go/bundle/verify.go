@@ -1,0 +1,161 @@
+package bundle
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+// Type is the JOSE "typ" of a signed bundle.
+const Type = "policyhub-bundle+jwt"
+
+// The reasons a bundle is refused; a *VerifyError wraps one of them, for
+// errors.Is.
+var (
+	// ErrMalformed: not a compact JWS of a bundle.
+	ErrMalformed = errors.New("not a signed bundle")
+	// ErrUnknownKey: signed by a key the JWK Set does not hold.
+	ErrUnknownKey = errors.New("signed by an unknown key")
+	// ErrSignature: the signature, its algorithm or its type is not one
+	// policyhub makes.
+	ErrSignature = errors.New("signature check failed")
+	// ErrDigest: the digest claim is not the body's.
+	ErrDigest = errors.New("digest does not match the body")
+	// ErrEnvelope: the signed payload is not the policy, version or body
+	// its envelope names.
+	ErrEnvelope = errors.New("the signed payload is not what its envelope names")
+)
+
+// VerifyError says why a bundle was refused; errors.Is matches its
+// reason (ErrUnknownKey, ErrSignature, …).
+type VerifyError struct {
+	Reason error
+	Detail string
+}
+
+func (e *VerifyError) Error() string { return e.Reason.Error() + ": " + e.Detail }
+
+func (e *VerifyError) Unwrap() error { return e.Reason }
+
+func refuse(reason error, format string, args ...any) error {
+	return &VerifyError{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+}
+
+// JWKS is the server's JWK Set (RFC 7517): the keys that sign bundles.
+type JWKS struct {
+	keys jose.JSONWebKeySet
+}
+
+// ParseJWKS reads a JWK Set as GetSigningKeys or /.well-known/jwks.json
+// serve it.
+func ParseJWKS(document []byte) (*JWKS, error) {
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(document, &set); err != nil {
+		return nil, fmt.Errorf("not a JWK Set: %w", err)
+	}
+	return &JWKS{keys: set}, nil
+}
+
+// Claims is what a verified bundle's signature covers.
+type Claims struct {
+	// Subject is "namespace/name".
+	Subject string
+	Version uint32
+	// Label is the release label; empty when none.
+	Label  string
+	Digest string
+	// Body is the policy document, as signed.
+	Body json.RawMessage
+	// IssuedAt is the signing time, in seconds since the Unix epoch.
+	IssuedAt int64
+}
+
+type payload struct {
+	Subject  *string         `json:"sub"`
+	Version  *uint32         `json:"ver"`
+	Label    string          `json:"label"`
+	Digest   *string         `json:"digest"`
+	Body     json.RawMessage `json:"body"`
+	IssuedAt int64           `json:"iat"`
+}
+
+// Verify checks a bundle offline: its type, its algorithm (EdDSA), its key
+// (one of jwks), its signature, and that its digest claim is the digest
+// of its body.
+func Verify(jws string, jwks *JWKS) (*Claims, error) {
+	signed, err := jose.ParseSignedCompact(jws, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		return nil, refuse(ErrSignature, "%v", err)
+	}
+	if len(signed.Signatures) != 1 {
+		return nil, refuse(ErrMalformed, "%d signatures", len(signed.Signatures))
+	}
+	header := signed.Signatures[0].Protected
+	if typ, _ := header.ExtraHeaders[jose.HeaderType].(string); typ != Type {
+		return nil, refuse(ErrSignature, "type %q is not %s", typ, Type)
+	}
+	keys := jwks.keys.Key(header.KeyID)
+	if header.KeyID == "" || len(keys) == 0 {
+		return nil, refuse(ErrUnknownKey, "key %q", header.KeyID)
+	}
+	signedPayload, err := signed.Verify(keys[0].Key)
+	if err != nil {
+		return nil, refuse(ErrSignature, "%v", err)
+	}
+	var claims payload
+	decoder := json.NewDecoder(bytes.NewReader(signedPayload))
+	if err := decoder.Decode(&claims); err != nil {
+		return nil, refuse(ErrMalformed, "its payload: %v", err)
+	}
+	if claims.Subject == nil || claims.Version == nil || claims.Digest == nil {
+		return nil, refuse(ErrMalformed, "sub, ver or digest missing")
+	}
+	if len(claims.Body) == 0 || claims.Body[0] != '{' {
+		return nil, refuse(ErrMalformed, "the body is not a JSON object")
+	}
+	actual, err := Digest(claims.Body)
+	if err != nil {
+		return nil, refuse(ErrDigest, "%v", err)
+	}
+	if actual != *claims.Digest {
+		return nil, refuse(ErrDigest, "digest %s, the body's %s", *claims.Digest, actual)
+	}
+	return &Claims{
+		Subject:  *claims.Subject,
+		Version:  *claims.Version,
+		Label:    claims.Label,
+		Digest:   *claims.Digest,
+		Body:     claims.Body,
+		IssuedAt: claims.IssuedAt,
+	}, nil
+}
+
+// Envelope is what a watch message says a bundle is.
+type Envelope struct {
+	Namespace string
+	Name      string
+	Version   uint32
+	Digest    string
+}
+
+// VerifyEnvelope verifies a bundle (Verify) and that its signed payload is
+// the policy, version and body its envelope names: a valid bundle of
+// another policy, or an old version under a new envelope, is refused.
+func VerifyEnvelope(jws string, envelope Envelope, jwks *JWKS) (*Claims, error) {
+	claims, err := Verify(jws, jwks)
+	if err != nil {
+		return nil, err
+	}
+	expected := envelope.Namespace + "/" + envelope.Name
+	if claims.Subject != expected {
+		return nil, refuse(ErrEnvelope, "the bundle for %s is signed for %s", expected, claims.Subject)
+	}
+	if claims.Version != envelope.Version || claims.Digest != envelope.Digest {
+		return nil, refuse(ErrEnvelope, "the envelope says version %d %s, the signed payload version %d %s",
+			envelope.Version, envelope.Digest, claims.Version, claims.Digest)
+	}
+	return claims, nil
+}
