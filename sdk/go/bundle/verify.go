@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -158,4 +159,16 @@ func VerifyEnvelope(jws string, envelope Envelope, jwks *JWKS) (*Claims, error) 
 			envelope.Version, envelope.Digest, claims.Version, claims.Digest)
 	}
 	return claims, nil
+}
+
+// Ed25519 returns the set's Ed25519 public keys, which also sign the log's
+// checkpoints.
+func (j *JWKS) Ed25519() []ed25519.PublicKey {
+	var keys []ed25519.PublicKey
+	for _, key := range j.keys.Keys {
+		if public, ok := key.Key.(ed25519.PublicKey); ok {
+			keys = append(keys, public)
+		}
+	}
+	return keys
 }
