@@ -92,6 +92,10 @@ pub enum Precondition {
     Requirements,
     /// A live rollout holds the policy; the message names it.
     Rollout,
+    /// The namespace's impact gate: the change would decide more of a
+    /// path's recorded decisions differently than the gate allows; the
+    /// message names the paths and the report.
+    Impact,
 }
 
 impl Precondition {
@@ -102,6 +106,7 @@ impl Precondition {
             Precondition::Schema => "SCHEMA",
             Precondition::Requirements => "REQUIREMENTS",
             Precondition::Rollout => "ROLLOUT",
+            Precondition::Impact => "IMPACT",
         }
     }
 }

@@ -296,6 +296,10 @@ mod tests {
                 Error::refused_by(Precondition::Rollout, "rollout r moves it"),
                 "ROLLOUT",
             ),
+            (
+                Error::refused_by(Precondition::Impact, "it changes 3 of 20"),
+                "IMPACT",
+            ),
         ] {
             let status = to_status(error);
             let failure = status.get_details_precondition_failure().expect("details");

@@ -12,7 +12,7 @@ use crate::domain::decision::{Decision, DecisionFilter};
 use crate::domain::impact::{Decider, ImpactReport, analyze};
 use crate::domain::rego;
 use crate::domain::{
-    Error, Namespace, PolicyName, PolicyRef, PublishCommand, Result, VersionSelector,
+    Error, Namespace, PolicyName, PolicyRef, Precondition, PublishCommand, Result, VersionSelector,
 };
 
 use crate::storage::IdempotencyClaim;
@@ -137,16 +137,19 @@ impl PolicyHub {
             return Ok(Some(report));
         }
         let paths: Vec<String> = exceeded.iter().map(|path| path.describe()).collect();
-        Err(Error::precondition(format!(
-            "the impact gate of namespace {namespace} refuses {change}: it decides more than \
+        Err(Error::refused_by(
+            Precondition::Impact,
+            format!(
+                "the impact gate of namespace {namespace} refuses {change}: it decides more than \
              {}% of a path's decisions differently ({}), in the impact report of the {} newest \
              decisions replayed against the active bundle of revision {} (AnalyzeImpact shows \
              a version's)",
-            gate.max_changed_percent,
-            paths.join("; "),
-            report.replayed,
-            report.active_revision,
-        )))
+                gate.max_changed_percent,
+                paths.join("; "),
+                report.replayed,
+                report.active_revision,
+            ),
+        ))
     }
 
     /// What the namespace's bundle with `replaced` policies' bodies in

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use policyhub::grpc::proto;
 use serde_json::{Value, json};
+use tonic_types::StatusExt;
 
 use crate::auth::with_token;
 use crate::cli::policyhub_with;
@@ -906,8 +907,8 @@ async fn roll_out(served: &Served, version: u32) -> Result<proto::Rollout, tonic
         .map(tonic::Response::into_inner)
 }
 
-/// Asserts that the impact gate refused with `refused`, saying each of
-/// `says`.
+/// Asserts that the impact gate refused with `refused`, under its rule
+/// `IMPACT`, saying each of `says`.
 fn assert_gate_refused(refused: &tonic::Status, says: &[&str]) {
     assert_eq!(
         refused.code(),
@@ -917,6 +918,10 @@ fn assert_gate_refused(refused: &tonic::Status, says: &[&str]) {
     for said in says {
         assert!(refused.message().contains(said), "{said}: {refused:?}");
     }
+    let failure = refused
+        .get_details_precondition_failure()
+        .expect("violations");
+    assert_eq!(failure.violations[0].r#type, "IMPACT");
 }
 
 /// The version of payments/authz active, and its open draft's.

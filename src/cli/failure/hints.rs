@@ -43,6 +43,10 @@ fn precondition_hint(rule: Option<&str>, publish_only: bool) -> &'static str {
         Some("ROLLOUT") => {
             "see the rollout with `policyhub rollout list NAMESPACE`; promote or abort it first"
         }
+        Some("IMPACT") => {
+            "see what the version would change with `policyhub analyze-impact NAMESPACE/NAME \
+             --version N`; change it, or the namespace's impact gate"
+        }
         // STATE, and the rules of a newer server.
         _ => {
             "the request does not fit the current state: see it with `policyhub versions \
@@ -302,6 +306,7 @@ mod tests {
             ("SCHEMA", "breaks the policy's schema"),
             ("REQUIREMENTS", "move the policies together"),
             ("ROLLOUT", "promote or abort it first"),
+            ("IMPACT", "policyhub analyze-impact"),
         ] {
             let hint = hint_line(&refused_with(precondition(rule, "refused")));
             assert!(hint.contains(expected), "{rule}: {hint}");
@@ -317,7 +322,7 @@ mod tests {
             "{hint}"
         );
         hints.insert(hint);
-        assert_eq!(hints.len(), 5);
+        assert_eq!(hints.len(), 6);
         // A rule this client does not know yet gets the general advice.
         let newer = hint_line(&refused_with(precondition("QUORUM", "refused")));
         assert!(newer.contains("current state"), "{newer}");

@@ -79,6 +79,7 @@ fn rules() -> Vec<(&'static str, Error)> {
             "Rollout",
             Error::refused_by(Precondition::Rollout, "rollout"),
         ),
+        ("Impact", Error::refused_by(Precondition::Impact, "impact")),
     ]
 }
 
