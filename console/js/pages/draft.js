@@ -5,6 +5,7 @@
 // they name.
 
 import { ApiError, all, allowed, get, paths, policyRecord, post } from '../api.js';
+import { regoBody } from '../body.js';
 import { confirmAction } from '../confirm.js';
 import { announce, h, link, notice, route } from '../dom.js';
 import { jsonEditor } from '../jsoneditor.js';
@@ -155,7 +156,7 @@ function authoring({ namespace, name, base, schema, start, active, may }) {
       const saved = reply.version;
       review.hidden = true;
       announce(`Saved draft version ${saved.version}`);
-      showSaved(saved, reply.supersededVersion);
+      showSaved(saved, reply.supersededVersion, next.body);
     } catch (refusal) {
       button.disabled = false;
       review.hidden = true;
@@ -164,7 +165,7 @@ function authoring({ namespace, name, base, schema, start, active, may }) {
   };
 
   // The saved draft, with Publish and then Activate.
-  const showSaved = (saved, superseded) => {
+  const showSaved = (saved, superseded, body) => {
     const versionLink = link(`${route('namespaces', namespace, 'policies', name)}?version=${saved.version}`, `version ${saved.version}`);
     const buttons = h('div', { class: 'actions', id: 'draft-actions' });
     outcome.replaceChildren(
@@ -203,7 +204,9 @@ function authoring({ namespace, name, base, schema, start, active, may }) {
       buttons.append(h('p', { class: 'muted' }, `You may not publish in ${namespace}: a publisher will.`));
     }
     outcome.querySelector('#outcome-title').focus();
-    if (may.has('AnalyzeImpact')) showImpact(saved);
+    // Every body of a namespace served to OPA is a Rego body, and only
+    // those namespaces have decisions to replay.
+    if (may.has('AnalyzeImpact') && regoBody(body)) showImpact(saved);
   };
 
   // What the draft would decide differently from the active bundle on the
