@@ -115,7 +115,7 @@ impl PolicyHub {
     /// caller does, "publishing payments/authz version 2") when the bodies
     /// it puts in place of `replaced` policies' would decide more of a
     /// path's decisions differently than the gate allows; else the report.
-    pub(super) async fn judge_impact(
+    async fn judge_impact(
         &self,
         namespace: &Namespace,
         replaced: &[(PolicyName, Value)],
