@@ -489,7 +489,7 @@ pub(crate) mod tests {
             return;
         }
         assert_eq!(std::fs::read_to_string(&ours).unwrap(), written);
-        for library in ["rust", "python", "typescript"] {
+        for library in ["rust", "python", "typescript", "go"] {
             let dir = tempfile::tempdir().unwrap();
             let cache = Cache::new(dir.path(), &state.namespace, &[]);
             std::fs::copy(vectors.join(format!("{library}.state.json")), cache.path()).unwrap();

@@ -50,6 +50,16 @@ type JWKS struct {
 	keys jose.JSONWebKeySet
 }
 
+// Knows reports whether the set holds a key with this id.
+func (j *JWKS) Knows(kid string) bool {
+	return kid != "" && len(j.keys.Key(kid)) > 0
+}
+
+// MarshalJSON writes the set as RFC 7517 JSON, as ParseJWKS reads it.
+func (j *JWKS) MarshalJSON() ([]byte, error) {
+	return json.Marshal(j.keys)
+}
+
 // ParseJWKS reads a JWK Set as GetSigningKeys or /.well-known/jwks.json
 // serve it.
 func ParseJWKS(document []byte) (*JWKS, error) {
@@ -87,24 +97,9 @@ type payload struct {
 // (one of jwks), its signature, and that its digest claim is the digest
 // of its body.
 func Verify(jws string, jwks *JWKS) (*Claims, error) {
-	signed, err := jose.ParseSignedCompact(jws, []jose.SignatureAlgorithm{jose.EdDSA})
+	signedPayload, err := verifySignature(jws, Type, jwks)
 	if err != nil {
-		return nil, refuse(ErrSignature, "%v", err)
-	}
-	if len(signed.Signatures) != 1 {
-		return nil, refuse(ErrMalformed, "%d signatures", len(signed.Signatures))
-	}
-	header := signed.Signatures[0].Protected
-	if typ, _ := header.ExtraHeaders[jose.HeaderType].(string); typ != Type {
-		return nil, refuse(ErrSignature, "type %q is not %s", typ, Type)
-	}
-	keys := jwks.keys.Key(header.KeyID)
-	if header.KeyID == "" || len(keys) == 0 {
-		return nil, refuse(ErrUnknownKey, "key %q", header.KeyID)
-	}
-	signedPayload, err := signed.Verify(keys[0].Key)
-	if err != nil {
-		return nil, refuse(ErrSignature, "%v", err)
+		return nil, err
 	}
 	var claims payload
 	decoder := json.NewDecoder(bytes.NewReader(signedPayload))
@@ -132,6 +127,46 @@ func Verify(jws string, jwks *JWKS) (*Claims, error) {
 		Body:     claims.Body,
 		IssuedAt: claims.IssuedAt,
 	}, nil
+}
+
+// verifySignature checks a compact JWS of this format: its type is typ,
+// its algorithm EdDSA, its key one of jwks, its signature good; its
+// payload.
+func verifySignature(jws, typ string, jwks *JWKS) ([]byte, error) {
+	signed, err := jose.ParseSignedCompact(jws, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		return nil, refuse(ErrSignature, "%v", err)
+	}
+	if len(signed.Signatures) != 1 {
+		return nil, refuse(ErrMalformed, "%d signatures", len(signed.Signatures))
+	}
+	header := signed.Signatures[0].Protected
+	if got, _ := header.ExtraHeaders[jose.HeaderType].(string); got != typ {
+		return nil, refuse(ErrSignature, "type %q is not %s", got, typ)
+	}
+	keys := jwks.keys.Key(header.KeyID)
+	if header.KeyID == "" || len(keys) == 0 {
+		return nil, refuse(ErrUnknownKey, "key %q", header.KeyID)
+	}
+	verified, err := signed.Verify(keys[0].Key)
+	if err != nil {
+		return nil, refuse(ErrSignature, "%v", err)
+	}
+	return verified, nil
+}
+
+// KeyID returns the id of the key a JWS's header names, verifying
+// nothing.
+func KeyID(jws string) (string, error) {
+	signed, err := jose.ParseSignedCompact(jws, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil || len(signed.Signatures) != 1 {
+		return "", refuse(ErrMalformed, "not a compact JWS")
+	}
+	kid := signed.Signatures[0].Protected.KeyID
+	if kid == "" {
+		return "", refuse(ErrMalformed, "signed by an unnamed key")
+	}
+	return kid, nil
 }
 
 // Envelope is what a watch message says a bundle is.
@@ -172,3 +207,6 @@ func (j *JWKS) Ed25519() []ed25519.PublicKey {
 	}
 	return keys
 }
+
+// Len returns how many keys the set holds.
+func (j *JWKS) Len() int { return len(j.keys.Keys) }

@@ -87,3 +87,13 @@ func CosignedBy(text []byte, witnesses []string) ([]string, error) {
 	}
 	return names, nil
 }
+
+// CheckWitnessKey reports whether vkey is a witness's cosignature/v1
+// verifier key ("name+id+key"), so that a bad one is refused when a
+// runtime is configured rather than on every checkpoint.
+func CheckWitnessKey(vkey string) error {
+	if _, err := cosigned.NewVerifierForCosignatureV1(vkey); err != nil {
+		return fmt.Errorf("witness key %q: %w", vkey, err)
+	}
+	return nil
+}

@@ -165,7 +165,7 @@ def test_the_cache_is_written_as_before_and_every_librarys_read_back(tmp_path: P
         ours.write_bytes(written)
         return
     assert ours.read_bytes() == written
-    for library in ("rust", "python", "typescript"):
+    for library in ("rust", "python", "typescript", "go"):
         cache = Cache(tmp_path / library, state.namespace, [])
         cache.path.parent.mkdir()
         shutil.copy(VECTORS / "cache" / f"{library}.state.json", cache.path)

@@ -157,7 +157,7 @@ test("the cache is written as before, and every library's read back", async () =
     return;
   }
   assert.equal(readFileSync(kept, "utf8"), written);
-  for (const library of ["rust", "python", "typescript"]) {
+  for (const library of ["rust", "python", "typescript", "go"]) {
     const theirs = new Cache(join(scratch, library), state.namespace, []);
     mkdirSync(join(scratch, library));
     copyFileSync(new URL(`cache/${library}.state.json`, vectorsDir), theirs.path);
