@@ -183,7 +183,10 @@ impl FaultProxy {
         self.shared.reset.load(Ordering::SeqCst)
     }
 
-    /// Sends each open link's oldest bundle frame to its runtime again.
+    /// Sends each open link's oldest bundle frame to its runtime again,
+    /// without the signed checkpoint it carried: an old checkpoint would be
+    /// refused as a history wound back before the runtime looked at the
+    /// revision, which is what the replay tests.
     pub fn replay(&self) {
         self.shared.replay.notify_waiters();
     }
@@ -307,7 +310,7 @@ async fn downstream_pipe(
             };
             if let Some(at) = bundle_at {
                 if first_bundle.is_none() && is_framed {
-                    first_bundle = Some(unit.clone());
+                    first_bundle = Some(without_checkpoint(&unit).unwrap_or_else(|| unit.clone()));
                 }
                 let how = *shared.tamper.lock().unwrap();
                 if let Some(how) = how
@@ -329,6 +332,61 @@ async fn downstream_pipe(
             }
         }
     }
+}
+
+/// `frame`, an HTTP/2 DATA frame holding one whole gRPC message, with the
+/// message's field 6 (`WatchActiveResponse.checkpoint`) left out and the
+/// lengths of the message and the frame made to match; `None` for a frame
+/// of another shape (padded, a message in parts).
+fn without_checkpoint(frame: &[u8]) -> Option<Vec<u8>> {
+    const PADDED: u8 = 0x8;
+    const CHECKPOINT: u64 = 6;
+    let payload = frame.get(FRAME_HEADER..)?;
+    let declared = u32::from_be_bytes(payload.get(1..5)?.try_into().ok()?) as usize;
+    if frame[4] & PADDED != 0 || payload[0] != 0 || payload.len() != 5 + declared {
+        return None;
+    }
+    let mut message = &payload[5..];
+    let mut kept = Vec::with_capacity(message.len());
+    while !message.is_empty() {
+        let field = message;
+        let tag = varint(&mut message)?;
+        match tag & 7 {
+            0 => {
+                varint(&mut message)?;
+            }
+            1 => message = message.get(8..)?,
+            2 => {
+                let length = usize::try_from(varint(&mut message)?).ok()?;
+                message = message.get(length..)?;
+            }
+            5 => message = message.get(4..)?,
+            _ => return None,
+        }
+        if tag >> 3 != CHECKPOINT {
+            kept.extend_from_slice(&field[..field.len() - message.len()]);
+        }
+    }
+    let mut out = Vec::with_capacity(FRAME_HEADER + 5 + kept.len());
+    out.extend_from_slice(&u32::try_from(5 + kept.len()).ok()?.to_be_bytes()[1..]);
+    out.extend_from_slice(&frame[3..FRAME_HEADER]);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(kept.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&kept);
+    Some(out)
+}
+
+/// Reads a protobuf varint off the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (n, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * n);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[n + 1..];
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// The length of the first whole unit in `pending`: an HTTP/2 frame, or
@@ -542,6 +600,35 @@ mod tests {
             assert!(Instant::now() < deadline, "the proxy still listens");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// One gRPC message in one DATA frame, of `fields`.
+    fn data_frame(fields: &[&[u8]]) -> Vec<u8> {
+        let message = fields.concat();
+        let mut frame = u32::try_from(5 + message.len()).unwrap().to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[DATA, 0, 0, 0, 0, 3, 0]);
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&message);
+        frame
+    }
+
+    #[test]
+    fn a_replayed_message_loses_its_checkpoint_and_nothing_else() {
+        let kind: &[u8] = &[0x08, 0x02];
+        let revision: &[u8] = &[0x10, 0xac, 0x02];
+        let bundle: &[u8] = &[0x22, 0x03, b'j', b'w', b's'];
+        let checkpoint: &[u8] = &[0x32, 0x02, 0x0a, 0x00];
+        let complete: &[u8] = &[0x28, 0x01];
+        let frame = data_frame(&[kind, revision, bundle, checkpoint, complete]);
+        assert_eq!(
+            without_checkpoint(&frame),
+            Some(data_frame(&[kind, revision, bundle, complete]))
+        );
+        // A message in parts, or a frame cut short, is left as it is.
+        let mut in_parts = frame.clone();
+        in_parts[FRAME_HEADER + 4] += 1;
+        assert_eq!(without_checkpoint(&in_parts), None);
+        assert_eq!(without_checkpoint(&frame[..frame.len() - 1]), None);
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The kit catches broken runtimes: the Rust library's test service, made
-//! to break one obligation of the contract at a time (`--break`), fails
-//! the kit's tests of that obligation.
+//! The kit catches broken runtimes, one obligation of the contract broken
+//! at a time, and fails the kit's tests of that obligation:
+//!
+//! - the Rust library's test service, made to break one (`--break`);
+//! - the Go library with one line of its own code changed (a check left
+//!   out, a bound ignored), built into its test service.
 //!
 //! Every variant's service is started once; each test that must catch it
 //! runs in a kit process of its own, several at a time, since a broken
@@ -62,6 +65,7 @@ const VARIANTS: &[Variant] = &[
         obligation: "D3",
         caught_by: &[
             "resume.after-a-cut",
+            "resume.after-a-quiet-cut",
             "resume.after-a-black-hole",
             "resume.after-kill-9",
             "resume.after-a-reset-mid-message",
@@ -79,12 +83,6 @@ const VARIANTS: &[Variant] = &[
         obligation: "D5",
         caught_by: &["reconnect.a-fleet-cut-at-once-comes-back-spread"],
         because: &["a burst"],
-    },
-    Variant {
-        name: "go-back",
-        obligation: "D6",
-        caught_by: &["resume.a-replayed-message-is-not-applied"],
-        because: &["moved from revision"],
     },
     Variant {
         name: "large-in-parts",
@@ -172,6 +170,252 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
+/// A broken Go library: one line of `sdk/go` changed, and the tests that
+/// must catch it.
+struct Mutation {
+    variant: Variant,
+    /// The file, under `sdk/go`.
+    file: &'static str,
+    /// The line changed, which the file holds once.
+    line: &'static str,
+    /// What it becomes.
+    becomes: &'static str,
+}
+
+const GO_MUTATIONS: &[Mutation] = &[
+    Mutation {
+        variant: Variant {
+            name: "apply-part-of-a-revision",
+            obligation: "D1",
+            caught_by: &["delivery.first-snapshot"],
+            because: &["expected {\"limits\": 1, \"routes\": 2}"],
+        },
+        file: "policyhub/follower.go",
+        line: "\t\tfor _, good := range verified {",
+        becomes: "\t\tfor _, good := range verified[:min(1, len(verified))] {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "apply-twice",
+            obligation: "D2",
+            caught_by: &["delivery.every-change-once-in-order"],
+            because: &["was applied after revision"],
+        },
+        file: "policyhub/session.go",
+        line: "\t\tif event := f.decide(d.ctx, whole, o.client); event != nil {",
+        becomes: "\t\tif event := f.decide(d.ctx, whole, o.client); event != nil && d.emit(event) {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "resume-from-zero",
+            obligation: "D3",
+            caught_by: &["resume.after-a-quiet-cut"],
+            because: &["was applied after revision"],
+        },
+        file: "policyhub/session.go",
+        line: "\trequest := &pb.WatchActiveRequest{Namespace: s.namespace, Names: s.names, SinceRevision: f.decided}",
+        becomes: "\trequest := &pb.WatchActiveRequest{Namespace: s.namespace, Names: s.names, SinceRevision: 0}",
+    },
+    Mutation {
+        variant: Variant {
+            name: "ignore-heartbeats",
+            obligation: "D4",
+            caught_by: &["resume.after-a-black-hole"],
+            because: &["the change made while black-holed, on a new link: not within"],
+        },
+        file: "policyhub/session.go",
+        line: "\to := &opened{client: c, reporter: report, deadline: 3 * every, messages: messages, cancel: cancel}",
+        becomes: "\to := &opened{client: c, reporter: report, deadline: 3 * time.Hour, messages: messages, cancel: cancel}",
+    },
+    Mutation {
+        variant: Variant {
+            name: "no-jitter",
+            obligation: "D5",
+            caught_by: &["reconnect.a-fleet-cut-at-once-comes-back-spread"],
+            because: &["a burst"],
+        },
+        file: "policyhub/replicas.go",
+        line: "\treturn time.Duration(rand.Int64N(int64(bound) + 1))",
+        becomes: "\treturn bound",
+    },
+    Mutation {
+        variant: Variant {
+            name: "go-back",
+            obligation: "D6",
+            caught_by: &["resume.a-replayed-message-is-not-applied"],
+            because: &["moved from revision"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tif r.revision < f.applied.Revision && !r.reset {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "parts-as-wholes",
+            obligation: "D7",
+            caught_by: &["delivery.large-namespace"],
+            because: &["of the 20 policies"],
+        },
+        file: "policyhub/revision.go",
+        line: "\tif message.Complete {",
+        becomes: "\tif true {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "skip-verification",
+            obligation: "V1",
+            caught_by: TAMPERED,
+            because: &["refused with a reason: not within"],
+        },
+        file: "policyhub/follower.go",
+        line: "\t\tgood, err := f.verify(ctx, b, c)",
+        becomes: "\t\tgood, err := f.verify(ctx, b, c); good, err = Bundle{Name: b.Name, Version: b.Version, Digest: b.Digest, Revision: b.Revision, JWS: b.Jws}, nil",
+    },
+    Mutation {
+        variant: Variant {
+            name: "keys-fetched-once",
+            obligation: "V2",
+            caught_by: &["verification.rotated-key"],
+            because: &["revision 2 in force: not within"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tf.jwks, f.revoked = jwks, revoked",
+        becomes: "\tif f.jwks.Len() == 0 { f.jwks = jwks }; f.revoked = revoked",
+    },
+    Mutation {
+        variant: Variant {
+            name: "apply-the-rest",
+            obligation: "V3",
+            caught_by: TAMPERED,
+            because: &["was put in force", "refused with a reason: not within"],
+        },
+        file: "policyhub/follower.go",
+        line: "\t\t\t\treason = fmt.Sprintf(\"%s/%s version %d does not verify: %v\", f.settings.namespace, b.Name, b.Version, err)",
+        becomes: "\t\t\t\t_ = fmt.Sprintf(\"%s/%s version %d does not verify: %v\", f.settings.namespace, b.Name, b.Version, err)",
+    },
+    Mutation {
+        variant: Variant {
+            name: "forget-revocations",
+            obligation: "V4",
+            caught_by: &["verification.revoked-key"],
+            because: &["naming the revocation: not within", "moved from revision"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tf.jwks, f.revoked = jwks, revoked",
+        becomes: "\tf.jwks = jwks",
+    },
+    Mutation {
+        variant: Variant {
+            name: "forget-cache",
+            obligation: "C1",
+            caught_by: &["cache.restart-with-the-server-down"],
+            because: &["the cached state in force with the server down: not within"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tif s.cacheDir != \"\" {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "no-reports",
+            obligation: "P1",
+            caught_by: &["reports.applied-and-rejected-reach-the-fleet-view"],
+            because: &["the fleet view has no outcome of runtime"],
+        },
+        file: "policyhub/reports.go",
+        line: "\tif q.settings.runtimeID == \"\" {",
+        becomes: "\tif true {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "accept-wound-back",
+            obligation: "H1",
+            caught_by: &["history.wound-back"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "tree/remembered.go",
+        line: "\t\treturn Diverges, fmt.Sprintf(\"the server's log of %d events is smaller than the %d this runtime verified: its history was wound back\",",
+        becomes: "\t\treturn Same, fmt.Sprintf(\"the server's log of %d events is smaller than the %d this runtime verified: its history was wound back\",",
+    },
+    Mutation {
+        variant: Variant {
+            name: "accept-fork",
+            obligation: "H2",
+            caught_by: &["history.forked"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "policyhub/history.go",
+        line: "\t\treturn f.takeRestore(ctx, offered, err.Error(), c)",
+        becomes: "\t\treturn nil, nil",
+    },
+    Mutation {
+        variant: Variant {
+            name: "restore-twice",
+            obligation: "H3",
+            caught_by: &["history.declared-restore-taken-once"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "tree/remembered.go",
+        line: "\tif r.RestoredThrough != nil && proof.LeafIndex <= *r.RestoredThrough {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "restore-from-the-cursor",
+            obligation: "H3",
+            caught_by: &["history.declared-restore-past-the-cursor"],
+            because: &["expected {\"p\": 1, \"r\": 3}"],
+        },
+        file: "policyhub/session.go",
+        line: "\t\t\t\t\tf.decided = 0",
+        becomes: "\t\t\t\t\tf.decided += 0",
+    },
+    Mutation {
+        variant: Variant {
+            name: "ignore-stale-checkpoints",
+            obligation: "H4",
+            caught_by: &["history.stale-checkpoint"],
+            because: &["said stale: not within"],
+        },
+        file: "policyhub/history.go",
+        line: "\tif f.maxAge == 0 || f.newest == nil || f.stale {",
+        becomes: "\tif true {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "ignore-witnesses",
+            obligation: "W1",
+            caught_by: &["witnesses.k-of-n-cosignatures"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "tree/remembered.go",
+        line: "\tif r.Cosignatures > 0 {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "one-endpoint",
+            obligation: "E1",
+            caught_by: &["endpoints.moves-when-its-replica-dies"],
+            because: &["not within"],
+        },
+        file: "policyhub/replicas.go",
+        line: "\tr.at = (r.at + 1) % len(r.ranked)",
+        becomes: "\tr.at = (r.at + 0) % len(r.ranked)",
+    },
+    Mutation {
+        variant: Variant {
+            name: "never-move-back",
+            obligation: "E2",
+            caught_by: &["endpoints.drifts-back-when-its-replica-returns"],
+            because: &["not within"],
+        },
+        file: "policyhub/session.go",
+        line: "\tif d.replicas.onPreferred() {",
+        becomes: "\tif true {",
+    },
+];
+
 /// Kit processes at once, besides the reconnect storm: most of a broken
 /// runtime's tests wait for what never comes.
 const AT_ONCE: usize = 6;
@@ -200,16 +444,17 @@ fn database_url() -> String {
     )
 }
 
-/// A test service started with `--break`, stopped when dropped.
+/// A broken runtime's test service, stopped when dropped.
 struct BrokenService {
     child: Child,
     address: String,
 }
 
 impl BrokenService {
-    fn start(variant: &str) -> Self {
-        let mut child = Command::new(SERVICE)
-            .args(["--listen", "127.0.0.1:0", "--break", variant])
+    fn start(program: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("the test service starts");
@@ -300,18 +545,94 @@ fn listed() -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
     let server = server_binary();
+    check_table(VARIANTS.iter());
+    let services: Vec<BrokenService> = VARIANTS
+        .iter()
+        .map(|variant| BrokenService::start(SERVICE.as_ref(), &["--break", variant.name]))
+        .collect();
+    catch(&VARIANTS.iter().collect::<Vec<_>>(), &services, &server);
+}
+
+#[test]
+fn every_broken_go_library_fails_the_tests_of_the_obligation_it_breaks() {
+    let server = server_binary();
+    check_table(GO_MUTATIONS.iter().map(|mutation| &mutation.variant));
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/go");
+    let builds = tempfile::tempdir().expect("a scratch directory");
+    let services: Vec<BrokenService> = GO_MUTATIONS
+        .iter()
+        .map(|mutation| {
+            let copy = builds.path().join(mutation.variant.name);
+            let service = mutated(&module, &copy, mutation);
+            BrokenService::start(&service, &[])
+        })
+        .collect();
+    let variants: Vec<&Variant> = GO_MUTATIONS
+        .iter()
+        .map(|mutation| &mutation.variant)
+        .collect();
+    catch(&variants, &services, &server);
+}
+
+/// The Go library's test service, built from a copy of `module` at `copy`
+/// with the mutation's line changed.
+fn mutated(module: &Path, copy: &Path, mutation: &Mutation) -> PathBuf {
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(module)
+        .arg(copy)
+        .status()
+        .expect("cp runs");
+    assert!(copied.success(), "copying {}", module.display());
+    let file = copy.join(mutation.file);
+    let source = std::fs::read_to_string(&file).expect("the mutated file");
+    let mut lines: Vec<&str> = source.split('\n').collect();
+    let at: Vec<usize> = (0..lines.len())
+        .filter(|&n| lines[n] == mutation.line)
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "{}: sdk/go/{} holds the line {:?} once",
+        mutation.variant.name,
+        mutation.file,
+        mutation.line
+    );
+    lines[at[0]] = mutation.becomes;
+    std::fs::write(&file, lines.join("\n")).expect("the mutated file written");
+    let service = copy.join("conformance-service");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&service)
+        .arg("./internal/conformance-service")
+        .current_dir(copy)
+        .status()
+        .expect("go runs: the Go toolchain is on PATH");
+    assert!(built.success(), "{}: go build", mutation.variant.name);
+    service
+}
+
+/// Every obligation the kit checks is broken by a real runtime, the Go
+/// library with one line changed; the Rust library's test service breaks
+/// most of them too, at its boundary.
+#[test]
+fn every_obligation_the_kit_checks_has_a_broken_runtime() {
     let tests = listed();
-    let checked: BTreeSet<&String> = tests.values().flatten().collect();
-    for obligation in checked {
+    for obligation in tests.values().flatten() {
         assert!(
-            VARIANTS
+            GO_MUTATIONS
                 .iter()
-                .any(|variant| variant.obligation == obligation.as_str()),
-            "no broken variant breaks {obligation}: add one to the test service's `Break` \
-             and to VARIANTS here"
+                .any(|mutation| mutation.variant.obligation == obligation.as_str()),
+            "no broken Go library breaks {obligation}: add a line of sdk/go to change to \
+             GO_MUTATIONS here"
         );
     }
-    for variant in VARIANTS {
+}
+
+/// Each variant is caught by tests that check its obligation.
+fn check_table<'a>(variants: impl Iterator<Item = &'a Variant>) {
+    let tests = listed();
+    for variant in variants {
         assert!(!variant.caught_by.is_empty(), "{} is caught", variant.name);
         for id in variant.caught_by {
             let obligations = tests
@@ -325,14 +646,15 @@ fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
             );
         }
     }
+}
 
+/// Runs each test that must catch each variant against the variant's
+/// service (`services[n]` is `variants[n]`'s), and fails unless every one
+/// caught it.
+fn catch(variants: &[&Variant], services: &[BrokenService], server: &Path) {
     let started = Instant::now();
-    let services: Vec<BrokenService> = VARIANTS
-        .iter()
-        .map(|variant| BrokenService::start(variant.name))
-        .collect();
     let scratch = tempfile::tempdir().expect("a scratch directory");
-    let (storms, jobs): (Vec<Job>, Vec<Job>) = VARIANTS
+    let (storms, jobs): (Vec<Job>, Vec<Job>) = variants
         .iter()
         .enumerate()
         .flat_map(|(n, variant)| variant.caught_by.iter().map(move |id| (n, *id)))
@@ -345,7 +667,7 @@ fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
         scope.spawn(|| {
             for (job, (n, id)) in storms.into_iter().enumerate() {
                 let report = scratch.path().join(format!("storm-{job}.json"));
-                let verdict = run_kit(&services[n].address, id, &server, &report);
+                let verdict = run_kit(&services[n].address, id, server, &report);
                 verdicts.lock().unwrap().push((n, id, verdict));
             }
         });
@@ -356,19 +678,18 @@ fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
                         return;
                     };
                     let report = scratch.path().join(format!("{job}.json"));
-                    let verdict = run_kit(&services[n].address, id, &server, &report);
+                    let verdict = run_kit(&services[n].address, id, server, &report);
                     verdicts.lock().unwrap().push((n, id, verdict));
                 }
             });
         }
     });
-    drop(services);
 
     let mut verdicts = verdicts.into_inner().unwrap();
     verdicts.sort_by_key(|(n, id, _)| (*n, *id));
     let mut escaped = Vec::new();
     for (n, id, verdict) in &verdicts {
-        let variant = &VARIANTS[*n];
+        let variant = variants[*n];
         println!(
             "{:<24} {}  {:<50} {:<6} {:>5.1} s  {}",
             variant.name,
@@ -392,7 +713,7 @@ fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
     }
     println!(
         "{} variants, {} runs, {:.1} s",
-        VARIANTS.len(),
+        variants.len(),
         verdicts.len(),
         started.elapsed().as_secs_f64()
     );

@@ -333,10 +333,6 @@ enum Break {
     IgnoreHeartbeats,
     /// D5: reconnects at once, without delay or jitter.
     NoJitter,
-    /// D6: after a reconnection the first state it applied is put back in
-    /// force, as by a runtime that takes an old message repeated on a link
-    /// it then loses.
-    GoBack,
     /// D7: a state larger than one message is applied in two parts.
     LargeInParts,
     /// V1: a state whose bundles fail verification is put in force,
@@ -473,7 +469,6 @@ impl Break {
         }
         let again = match self {
             Break::ReapplyAfterReconnect => record.view.in_force.clone(),
-            Break::GoBack => record.first.clone(),
             _ => None,
         };
         if let Some(state) = again {
