@@ -3,9 +3,9 @@
 //! (authentication on, `./data` in the directory the commands are typed
 //! in), with no token in the environment but the ones they mint.
 //!
-//! The Rust library's runs here; the Python and TypeScript quick starts
-//! need their SDK installed and run in `scripts/test-python-sdk` and
-//! `scripts/test-typescript-sdk`; the shell blocks that start the agent's
+//! The Rust library's runs here; the Python, TypeScript and Go quick
+//! starts need their SDK installed and run in `scripts/test-python-sdk`,
+//! `scripts/test-typescript-sdk` and `scripts/test-go-sdk`; the shell blocks that start the agent's
 //! and OpenFeature's guides are marked `standalone`, which `blocks` runs
 //! with no token given. The last test holds each guide to that.
 
@@ -165,7 +165,7 @@ fn every_guides_first_program_mints_its_own_token() {
             first.body
         );
     }
-    for page in ["python.md", "typescript.md"] {
+    for page in ["python.md", "typescript.md", "go.md"] {
         let mint = marked_block(page, "quick-start");
         assert!(
             mint.contains("policyhub token --subject") && mint.contains("> runtime.token"),
