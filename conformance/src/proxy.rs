@@ -45,6 +45,10 @@ pub enum Tamper {
     AlgNone,
     /// One hexadecimal digit of the bundle's stated digest.
     Digest,
+    /// The whole JWS replaced by the last other bundle's of the link, when
+    /// of the same length: another policy's bundle, validly signed, in
+    /// this one's place.
+    Subject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +278,8 @@ async fn downstream_pipe(
     let mut framed: Option<bool> = None;
     // The first bundle frame seen, for a replay.
     let mut first_bundle: Option<Vec<u8>> = None;
+    // The last bundle's JWS seen, for another bundle's place.
+    let mut last_jws: Option<Vec<u8>> = None;
     loop {
         let read = tokio::select! {
             read = from.read(&mut buffer) => read,
@@ -312,12 +318,20 @@ async fn downstream_pipe(
                 if first_bundle.is_none() && is_framed {
                     first_bundle = Some(without_checkpoint(&unit).unwrap_or_else(|| unit.clone()));
                 }
+                let seen = bundle_jws(&unit[at..])
+                    .map(|(start, length)| unit[at + start..at + start + length].to_vec());
                 let how = *shared.tamper.lock().unwrap();
-                if let Some(how) = how
-                    && alter(&mut unit[at..], how)
-                {
+                let altered = match how {
+                    Some(Tamper::Subject) => last_jws
+                        .as_deref()
+                        .is_some_and(|other| replace_jws(&mut unit[at..], other)),
+                    Some(how) => alter(&mut unit[at..], how),
+                    None => false,
+                };
+                if altered {
                     shared.tamper.lock().unwrap().take();
                 }
+                last_jws = seen.or(last_jws);
                 if shared.reset.swap(false, Ordering::SeqCst) {
                     let half = unit.len() / 2;
                     to.write_all(&unit[..half]).await.ok();
@@ -493,8 +507,22 @@ pub fn alter(bytes: &mut [u8], how: Tamper) -> bool {
             jws[..header_end].copy_from_slice(encoded.as_bytes());
             true
         }
-        Tamper::Digest => false,
+        Tamper::Digest | Tamper::Subject => false,
     }
+}
+
+/// Puts `other` in place of the first bundle's JWS in `bytes`, when it is
+/// another JWS of the same length; whether it did.
+fn replace_jws(bytes: &mut [u8], other: &[u8]) -> bool {
+    let Some((start, length)) = bundle_jws(bytes) else {
+        return false;
+    };
+    let jws = &mut bytes[start..start + length];
+    if jws.len() != other.len() || jws == other {
+        return false;
+    }
+    jws.copy_from_slice(other);
+    true
 }
 
 /// A header saying `"alg": "none"` with the key id kept, padded to

@@ -273,6 +273,17 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "any-subject",
+            obligation: "V1",
+            caught_by: &["verification.another-policys-bundle"],
+            because: &["refused with a reason: not within"],
+        },
+        file: "bundle/verify.go",
+        line: "\tif claims.Subject != expected {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
             name: "keys-fetched-once",
             obligation: "V2",
             caught_by: &["verification.rotated-key"],
@@ -314,6 +325,17 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "policyhub/follower.go",
         line: "\tif s.cacheDir != \"\" {",
         becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "keep-what-verifies",
+            obligation: "C1",
+            caught_by: &["cache.altered-on-disk-is-refused"],
+            because: &["the cache altered on disk was put in force"],
+        },
+        file: "policyhub/cache.go",
+        line: "\t\t\treturn nil, nil, nil, fmt.Errorf(\"%w: a bundle does not verify: %v\", errCache, err)",
+        becomes: "\t\t\tcontinue",
     },
     Mutation {
         variant: Variant {

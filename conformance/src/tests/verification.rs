@@ -1,6 +1,7 @@
 //! Verification: a bundle altered on the way (its body, its signature,
-//! its key id, `alg: none`, its stated digest) is refused, the last good
-//! state stays, and the runtime goes on with the next good one; bundles
+//! its key id, `alg: none`, its stated digest) or another policy's in its
+//! place is refused, the last good state stays, and the runtime goes on
+//! with the next good one; bundles
 //! signed with a rotated key are taken once the keys are fetched again;
 //! what a revoked key signed is refused, replayed old messages included.
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 use anyhow::ensure;
 
 use super::{applied_once_in_order, holds, release, stays_at, test};
-use crate::{harness::Context, harness::Test, protocol::RuntimeEvent, proxy::Tamper};
+use crate::{
+    harness::Context, harness::NAMESPACE, harness::Test, protocol::RuntimeEvent, proxy::Tamper,
+};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -27,6 +30,12 @@ pub fn tests() -> Vec<Test> {
             ["V1", "V3"],
             [],
             digest_mismatch
+        ),
+        test!(
+            "verification.another-policys-bundle",
+            ["V1", "V3"],
+            [],
+            another_policys_bundle
         ),
         test!("verification.rotated-key", ["V2"], [], rotated_key),
         test!(
@@ -101,6 +110,45 @@ async fn refused(context: Context, how: Tamper) -> anyhow::Result<()> {
         "the altered revision {altered} was applied"
     );
     Ok(())
+}
+
+/// Policy `q`'s bundle, validly signed, arrives in `p`'s place: the same
+/// body, so the same digest, and the same version, so only its subject
+/// tells. It is refused, and `q` alone stays in force.
+async fn another_policys_bundle(context: Context) -> anyhow::Result<()> {
+    let body = serde_json::json!({"shared": true});
+    let good = context.server.release(NAMESPACE, "q", body.clone()).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(good).await?;
+    context.proxy.tamper(Tamper::Subject);
+    let swapped = context.server.release(NAMESPACE, "p", body).await?;
+    let view = runtime
+        .until(
+            &format!("revision {swapped} (q's bundle as p's) refused with a reason"),
+            Duration::from_secs(10),
+            |view| {
+                view.saw(|event| {
+                    matches!(event, RuntimeEvent::Rejected { revision, reason }
+                        if *revision == swapped && !reason.is_empty())
+                })
+            },
+        )
+        .await;
+    ensure!(
+        !context.proxy.tamper_pending(),
+        "the proxy found no other bundle of the same length to put in p's place"
+    );
+    let view = view?;
+    ensure!(
+        view.revision() == good,
+        "q's bundle in p's place was put in force at revision {}",
+        view.revision()
+    );
+    holds(&view, &[("q", 1)])?;
+    let next = release(&context, "p", 2).await?;
+    let view = runtime.until_revision(next).await?;
+    holds(&view, &[("p", 2), ("q", 1)])?;
+    applied_once_in_order(&view)
 }
 
 /// The server signs with a new key: the runtime, which verified version 1

@@ -137,7 +137,7 @@ func (c *cache) load() (*State, *bundle.JWKS, map[string]bool, error) {
 	for _, cached := range file.Bundles {
 		kid, err := bundle.KeyID(cached.JWS)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%w: a bundle does not verify: %v", errCache, err)
+			return nil, nil, nil, fmt.Errorf("%w: a bundle names no key: %v", errCache, err)
 		}
 		if revoked[kid] {
 			return nil, nil, nil, fmt.Errorf("%w: a bundle is signed by revoked key %q", errCache, kid)
