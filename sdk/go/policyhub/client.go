@@ -30,6 +30,10 @@ type client struct {
 	callTimeout time.Duration
 }
 
+// flowControlWindow is the HTTP/2 window of every stream and connection:
+// 4 MiB, a whole message of the largest the server sends in one part.
+const flowControlWindow = 4 << 20
+
 // bearer puts the token of the next call, asked of its source, on every
 // call.
 type bearer struct {
@@ -63,6 +67,11 @@ func dial(s *settings, address string) (*client, error) {
 	options := []grpc.DialOption{
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: every, Timeout: every, PermitWithoutStream: true}),
 		grpc.WithDisableRetry(),
+		// Fixed flow-control windows: gRPC's estimate of the link's
+		// bandwidth-delay product otherwise pings the server beside every
+		// message, a round trip each update pays for.
+		grpc.WithInitialWindowSize(flowControlWindow),
+		grpc.WithInitialConnWindowSize(flowControlWindow),
 	}
 	if secure {
 		config := s.tls
