@@ -34,14 +34,7 @@ pub fn tests() -> Vec<Test> {
 async fn restart_with_the_server_down(mut context: Context) -> anyhow::Result<()> {
     release(&context, "p", 1).await?;
     let cached = release(&context, "q", 1).await?;
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
-    let runtime = context.service.start(&settings).await?;
-    runtime.until_revision(cached).await?;
-    runtime.stop().await?;
-    context.server.kill().await?;
+    let settings = cached_then_server_down(&mut context, cached).await?;
 
     let runtime = context.service.start(&settings).await?;
     let view = runtime
@@ -73,6 +66,24 @@ async fn restart_with_the_server_down(mut context: Context) -> anyhow::Result<()
     applied_once_in_order(&view)
 }
 
+/// A runtime with a cache follows the server up to `revision` and is
+/// stopped, then the server is killed; the runtime's settings, to start it
+/// again from its cache.
+async fn cached_then_server_down(
+    context: &mut Context,
+    revision: u64,
+) -> anyhow::Result<RuntimeSettings> {
+    let settings = RuntimeSettings {
+        cache_dir: Some(context.cache_dir(1)),
+        ..context.settings(1)
+    };
+    let runtime = context.service.start(&settings).await?;
+    runtime.until_revision(revision).await?;
+    runtime.stop().await?;
+    context.server.kill().await?;
+    Ok(settings)
+}
+
 /// The runtime's cache, written while it followed the server, altered on
 /// disk while it is stopped (one character of each signed bundle's
 /// payload, wherever in the cache's files the runtime keeps it), then the
@@ -80,14 +91,7 @@ async fn restart_with_the_server_down(mut context: Context) -> anyhow::Result<()
 /// put in force; once the server answers, its state is.
 async fn altered_on_disk_is_refused(mut context: Context) -> anyhow::Result<()> {
     let cached = release(&context, "p", 1).await?;
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
-    let runtime = context.service.start(&settings).await?;
-    runtime.until_revision(cached).await?;
-    runtime.stop().await?;
-    context.server.kill().await?;
+    let settings = cached_then_server_down(&mut context, cached).await?;
     let altered = alter_every_bundle(std::path::Path::new(&context.cache_dir(1)))?;
     ensure!(
         altered > 0,
