@@ -2,7 +2,9 @@ package tree
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -89,11 +91,22 @@ func CosignedBy(text []byte, witnesses []string) ([]string, error) {
 }
 
 // CheckWitnessKey reports whether vkey is a witness's cosignature/v1
-// verifier key ("name+id+key"), so that a bad one is refused when a
-// runtime is configured rather than on every checkpoint.
+// verifier key ("name+id+key", the id the first four bytes of
+// SHA-256(name, "\n", 0x04, key)), so that a bad one is refused when a
+// runtime is configured rather than found missing on every checkpoint.
 func CheckWitnessKey(vkey string) error {
 	if _, err := cosigned.NewVerifierForCosignatureV1(vkey); err != nil {
 		return fmt.Errorf("witness key %q: %w", vkey, err)
+	}
+	parts := strings.SplitN(vkey, "+", 3)
+	id, idErr := strconv.ParseUint(parts[1], 16, 32)
+	key, keyErr := base64.StdEncoding.DecodeString(parts[2])
+	if idErr != nil || keyErr != nil {
+		return fmt.Errorf("witness key %q: not name+id+key", vkey)
+	}
+	digest := sha256.Sum256(append([]byte(parts[0]+"\n"), key...))
+	if uint32(id) != binary.BigEndian.Uint32(digest[:4]) {
+		return fmt.Errorf("witness key %q: its id %s is not its key's, %x", vkey, parts[1], digest[:4])
 	}
 	return nil
 }
