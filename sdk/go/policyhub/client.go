@@ -208,11 +208,9 @@ func (r *reporter) send(request *pb.ReportStatusRequest, within time.Duration) e
 	answered := make(chan error, 1)
 	stream := r.stream
 	go func() {
-		if err := stream.Send(request); err != nil {
-			_, err = stream.Recv()
-			answered <- err
-			return
-		}
+		// A send that fails shows its cause as the stream's status, which
+		// Recv returns.
+		_ = stream.Send(request)
 		_, err := stream.Recv()
 		answered <- err
 	}()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -189,7 +190,7 @@ func (f *follower) verify(ctx context.Context, b *pb.Bundle, c *client) (Bundle,
 		return Bundle{}, errors.New(revokedKey(kid))
 	}
 	names := f.settings.names
-	if len(names) > 0 && !contains(names, b.Name) {
+	if len(names) > 0 && !slices.Contains(names, b.Name) {
 		return Bundle{}, fmt.Errorf("%s/%s was not asked for", f.settings.namespace, b.Name)
 	}
 	claims, err := bundle.VerifyEnvelope(b.Jws, bundle.Envelope{
@@ -208,15 +209,6 @@ func (f *follower) verify(ctx context.Context, b *pb.Bundle, c *client) (Bundle,
 		Body:     claims.Body,
 		JWS:      b.Jws,
 	}, nil
-}
-
-func contains(names []string, name string) bool {
-	for _, n := range names {
-		if n == name {
-			return true
-		}
-	}
-	return false
 }
 
 // decide applies or rejects one whole revision; what the application is

@@ -11,13 +11,13 @@ import (
 // read or is empty keeps the last good token.
 func TestTokenFileFollowsItsFile(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, token string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(token), 0o600); err != nil {
+	link := filepath.Join(dir, "token")
+	// rotate writes token into a file of its own and swaps the link to it.
+	rotate := func(name, token string) {
+		target := filepath.Join(dir, name)
+		if err := os.WriteFile(target, []byte(token), 0o600); err != nil {
 			t.Fatal(err)
 		}
-	}
-	link := filepath.Join(dir, "token")
-	swap := func(target string) {
 		temporary := link + ".new"
 		if err := os.Symlink(target, temporary); err != nil {
 			t.Fatal(err)
@@ -27,23 +27,18 @@ func TestTokenFileFollowsItsFile(t *testing.T) {
 		}
 	}
 	token := TokenFile(link)
-	if got := token(); got != "" {
-		t.Fatalf("before the file exists: %q", got)
-	}
-	write("first", "first-token\n")
-	swap(filepath.Join(dir, "first"))
-	if got := token(); got != "first-token" {
-		t.Fatalf("first: %q", got)
-	}
-	write("second", "  second-token  ")
-	swap(filepath.Join(dir, "second"))
-	if got := token(); got != "second-token" {
-		t.Fatalf("after the swap: %q", got)
-	}
-	write("empty", "")
-	swap(filepath.Join(dir, "empty"))
-	if got := token(); got != "second-token" {
-		t.Fatalf("an empty file replaced the last good token: %q", got)
+	for _, step := range []struct{ name, written, want, what string }{
+		{"", "", "", "before the file exists"},
+		{"first", "first-token\n", "first-token", "first"},
+		{"second", "  second-token  ", "second-token", "after the swap"},
+		{"empty", "", "second-token", "an empty file kept the last good token"},
+	} {
+		if step.name != "" {
+			rotate(step.name, step.written)
+		}
+		if got := token(); got != step.want {
+			t.Fatalf("%s: %q, not %q", step.what, got, step.want)
+		}
 	}
 	if err := os.Remove(link); err != nil {
 		t.Fatal(err)
