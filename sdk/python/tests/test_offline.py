@@ -25,7 +25,7 @@ from policyhub.v1 import types_pb2
 from policyhub import Applied, Event, FromCache, Rejected, Source, State, VerifiedBundle, token_file
 from policyhub._backoff import Backoff
 from policyhub._cache import Cache, CacheError
-from policyhub._client import Client
+from policyhub._client import Client, Reporter, ReportFailed
 from policyhub._endpoints import Endpoints
 from policyhub._session.revision import Revision
 from policyhub._session.settings import Settings
@@ -555,3 +555,28 @@ def test_a_revocation_that_concerns_the_state_in_force_is_cached_at_once(tmp_pat
             Cache(tmp_path, "ns", []).load()
 
     asyncio.run(follow())
+
+
+def test_a_report_on_a_stream_that_already_finished_fails_and_the_next_opens_another() -> None:
+    """grpc.aio says a write on a call whose link was lost meanwhile with
+    InvalidStateError, not with the call's status: the report fails as any
+    report does (kept for the next try), never ending the subscription."""
+
+    class Finished:
+        async def write(self, request: pb.ReportStatusRequest) -> None:
+            raise asyncio.InvalidStateError("RPC already finished.")
+
+    class StubClient:
+        call_timeout = 1.0
+        opened = 0
+
+        def report_stream(self) -> Finished:
+            self.opened += 1
+            return Finished()
+
+    client = StubClient()
+    reporter = Reporter(cast(Any, client))
+    for _ in range(2):
+        with pytest.raises(ReportFailed, match="had ended"):
+            asyncio.run(reporter.send(pb.ReportStatusRequest()))
+    assert client.opened == 2

@@ -202,6 +202,11 @@ class Reporter:
             stream.cancel()
             self._stream = None
             raise ReportFailed("the report stream did not answer") from error
+        except asyncio.InvalidStateError as error:
+            # The call finished (its link lost) before this write: grpc.aio
+            # says so with InvalidStateError, not with the call's status.
+            self._stream = None
+            raise ReportFailed("the report stream had ended") from error
         if reply is grpc.aio.EOF:
             self._stream = None
             raise ReportFailed("the report stream ended")
