@@ -35,6 +35,9 @@ pub struct Test {
     /// PostgreSQL database (the kit's `--database-url`); without one the
     /// test is skipped.
     pub replicas: bool,
+    /// Whether it draws what it does from a seed: it runs once per seed
+    /// the kit is given, each run for the kit's fault duration.
+    pub seeded: bool,
     /// The test.
     pub run: TestFn,
 }
@@ -42,8 +45,17 @@ pub struct Test {
 /// The namespace every test follows.
 pub const NAMESPACE: &str = "conformance";
 
-/// How long a single test may take.
+/// How long a single test may take (a seeded one: besides its faults).
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What a seeded test draws its faults from, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Seeded {
+    /// The seed: the same seed draws the same faults, in the same order.
+    pub seed: u64,
+    /// How long faults are drawn.
+    pub duration: Duration,
+}
 
 /// What a test works with.
 pub struct Context {
@@ -63,6 +75,8 @@ pub struct Context {
     pub binary: PathBuf,
     /// The test's own PostgreSQL database, for a test with replicas.
     pub database_url: Option<String>,
+    /// The seed and duration of this run of a seeded test.
+    pub seeded: Seeded,
 }
 
 impl Context {
@@ -133,6 +147,9 @@ pub enum Outcome {
 pub struct Result {
     /// The test.
     pub id: &'static str,
+    /// The seed of this run, for a seeded test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// What it checks.
     pub obligations: &'static [&'static str],
     /// Passed, failed, skipped.
@@ -175,6 +192,10 @@ pub struct Run<'a> {
     /// databases) in which each test with replicas gets a database of its
     /// own; `None`: those tests are skipped.
     pub database_url: Option<&'a str>,
+    /// The seeds a seeded test runs with, once each.
+    pub seeds: &'a [u64],
+    /// How long a seeded test draws faults, per seed.
+    pub fault_duration: Duration,
 }
 
 impl Run<'_> {
@@ -187,21 +208,31 @@ impl Run<'_> {
             {
                 continue;
             }
-            let result = self.one(test).await;
-            let seconds = format!("{:.1} s", result.seconds);
-            match (&result.outcome, &result.message) {
-                (Outcome::Passed, _) => println!("PASS  {} ({seconds})", test.id),
-                (Outcome::Skipped, message) => {
-                    println!("SKIP  {} ({})", test.id, message.as_deref().unwrap_or(""))
+            let seeds: Vec<Option<u64>> = if test.seeded {
+                self.seeds.iter().copied().map(Some).collect()
+            } else {
+                vec![None]
+            };
+            for seed in seeds {
+                let result = self.one(test, seed).await;
+                let seconds = match seed {
+                    Some(seed) => format!("seed {seed}, {:.1} s", result.seconds),
+                    None => format!("{:.1} s", result.seconds),
+                };
+                match (&result.outcome, &result.message) {
+                    (Outcome::Passed, _) => println!("PASS  {} ({seconds})", test.id),
+                    (Outcome::Skipped, message) => {
+                        println!("SKIP  {} ({})", test.id, message.as_deref().unwrap_or(""))
+                    }
+                    (Outcome::Failed, message) => println!(
+                        "FAIL  {} ({seconds}): {}",
+                        test.id,
+                        message.as_deref().unwrap_or("")
+                    ),
                 }
-                (Outcome::Failed, message) => println!(
-                    "FAIL  {} ({seconds}): {}",
-                    test.id,
-                    message.as_deref().unwrap_or("")
-                ),
+                std::io::stdout().flush().ok();
+                results.push(result);
             }
-            std::io::stdout().flush().ok();
-            results.push(result);
         }
         let count = |outcome| {
             results
@@ -219,7 +250,7 @@ impl Run<'_> {
         }
     }
 
-    async fn one(&self, test: &Test) -> Result {
+    async fn one(&self, test: &Test, seed: Option<u64>) -> Result {
         let missing: Vec<String> = test
             .needs
             .iter()
@@ -234,6 +265,7 @@ impl Run<'_> {
             .collect();
         let skipped = |message: String| Result {
             id: test.id,
+            seed,
             obligations: test.obligations,
             outcome: Outcome::Skipped,
             seconds: 0.0,
@@ -248,10 +280,15 @@ impl Run<'_> {
             );
         }
         let started = Instant::now();
-        let outcome = self.attempt(test).await;
+        let seeded = Seeded {
+            seed: seed.unwrap_or_default(),
+            duration: self.fault_duration,
+        };
+        let outcome = self.attempt(test, seeded).await;
         self.service.stop_all().await;
         Result {
             id: test.id,
+            seed,
             obligations: test.obligations,
             outcome: if outcome.is_ok() {
                 Outcome::Passed
@@ -263,20 +300,25 @@ impl Run<'_> {
         }
     }
 
-    async fn attempt(&self, test: &Test) -> anyhow::Result<()> {
+    async fn attempt(&self, test: &Test, seeded: Seeded) -> anyhow::Result<()> {
         let database = match (test.replicas, self.database_url) {
             (true, Some(url)) => Some(Database::create(url).await?),
             _ => None,
         };
         let database_url = database.as_ref().map(|database| database.url.clone());
-        let outcome = self.attempt_with(test, database_url).await;
+        let outcome = self.attempt_with(test, database_url, seeded).await;
         if let Some(database) = database {
             database.drop_it().await?;
         }
         outcome
     }
 
-    async fn attempt_with(&self, test: &Test, database_url: Option<String>) -> anyhow::Result<()> {
+    async fn attempt_with(
+        &self,
+        test: &Test,
+        database_url: Option<String>,
+        seeded: Seeded,
+    ) -> anyhow::Result<()> {
         let scratch = tempfile::tempdir()?;
         let env: Vec<(&str, &str)> = database_url
             .iter()
@@ -293,10 +335,16 @@ impl Run<'_> {
             test: test.id,
             binary: self.binary.to_owned(),
             database_url,
+            seeded,
         };
-        match tokio::time::timeout(TEST_TIMEOUT, (test.run)(context)).await {
+        let timeout = if test.seeded {
+            TEST_TIMEOUT + seeded.duration
+        } else {
+            TEST_TIMEOUT
+        };
+        match tokio::time::timeout(timeout, (test.run)(context)).await {
             Ok(outcome) => outcome,
-            Err(_) => anyhow::bail!("did not finish within {TEST_TIMEOUT:?}"),
+            Err(_) => anyhow::bail!("did not finish within {timeout:?}"),
         }
     }
 }

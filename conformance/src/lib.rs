@@ -13,6 +13,7 @@
 //!   wind back, fork; the calls the kit makes to it.
 //! - [`proxy`]: the faults on the link.
 //! - [`service`]: the kit's client of a test service.
+//! - [`tls`]: certificate authorities, and the TLS front before the proxy.
 //! - [`witness`]: witnesses of the server's log: start, stop, restart.
 //! - `tests`: the tests, by area.
 
@@ -22,6 +23,7 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 mod tests;
+pub mod tls;
 pub mod witness;
 
 pub use tests::all as all_tests;

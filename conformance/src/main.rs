@@ -1,7 +1,7 @@
 //! `policyhub-conformance`: runs the conformance tests against a runtime's
 //! test service.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -28,6 +28,17 @@ struct Args {
     /// Without it those tests are skipped.
     #[arg(long, env = "POLICYHUB_CONFORMANCE_DATABASE_URL")]
     database_url: Option<String>,
+    /// A seed for the tests that draw faults at random; repeat for
+    /// several. A seed draws the same faults in the same order, so a
+    /// failing one replays [default: 1, 2 and 3, unless --fresh-seeds]
+    #[arg(long = "seed")]
+    seeds: Vec<u64>,
+    /// Draw this many new seeds at random (printed) besides those given.
+    #[arg(long, default_value_t = 0)]
+    fresh_seeds: usize,
+    /// How long each seed draws faults, such as 5s or 10m.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    fault_duration: Duration,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -64,12 +75,19 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         info.name,
         serde_json::to_string(&info.capabilities)?
     );
+    let mut seeds = args.seeds;
+    seeds.extend(std::iter::repeat_with(|| fastrand::u64(..)).take(args.fresh_seeds));
+    if seeds.is_empty() {
+        seeds = vec![1, 2, 3];
+    }
     let run = Run {
         binary: &binary,
         service,
         info,
         filters: &args.filters,
         database_url: args.database_url.as_deref(),
+        seeds: &seeds,
+        fault_duration: args.fault_duration,
     };
     let report = run.run(&tests).await;
     println!(

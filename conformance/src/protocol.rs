@@ -80,6 +80,13 @@ pub struct RuntimeSettings {
     pub max_checkpoint_age_ms: Option<u64>,
     /// Witness verifier keys and how many must cosign.
     pub witnesses: Option<Witnesses>,
+    /// A file holding the PEM certificate of the CA that signed the
+    /// server's: what an `https://` endpoint's certificate is verified
+    /// against. An `http://` endpoint stays plaintext, given one or not.
+    pub ca_file: Option<String>,
+    /// A file holding the bearer token of every call, read again when it
+    /// changes (a rotated token is taken without a restart).
+    pub token_file: Option<String>,
 }
 
 /// Reconnection delays.

@@ -85,6 +85,9 @@ struct Shared {
     replay: Notify,
     /// Bundle frames sent again.
     replayed: AtomicUsize,
+    /// Frames (or, off HTTP/2, reads) that carried a bundle to a runtime,
+    /// replays aside.
+    bundles: AtomicUsize,
     accepts: Mutex<Vec<Instant>>,
 }
 
@@ -106,6 +109,7 @@ impl FaultProxy {
                 reset: AtomicBool::new(false),
                 replay: Notify::new(),
                 replayed: AtomicUsize::new(0),
+                bundles: AtomicUsize::new(0),
                 accepts: Mutex::default(),
             }),
         };
@@ -130,6 +134,11 @@ impl FaultProxy {
         Ok(proxy)
     }
 
+    /// The loopback address it listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
     /// The address runtimes are given: `http://127.0.0.1:port`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
@@ -145,9 +154,12 @@ impl FaultProxy {
         self.shared.links.send_replace(Links::Cut);
     }
 
-    /// Forwards again, without delay.
+    /// Forwards again, without delay, and forgets an alteration or reset
+    /// still waiting for a bundle.
     pub fn heal(&self) {
         *self.shared.delay.lock().unwrap() = Duration::ZERO;
+        *self.shared.tamper.lock().unwrap() = None;
+        self.shared.reset.store(false, Ordering::SeqCst);
         self.shared.links.send_if_modified(|links| {
             let was_cut = *links == Links::Cut;
             *links = Links::Forward;
@@ -198,6 +210,13 @@ impl FaultProxy {
     /// How many bundle frames were sent again.
     pub fn replayed(&self) -> usize {
         self.shared.replayed.load(Ordering::SeqCst)
+    }
+
+    /// How many frames carrying a bundle passed to runtimes (replays
+    /// aside): a runtime that resumes from the revision it holds, while
+    /// nothing changed, is sent none.
+    pub fn bundles_forwarded(&self) -> usize {
+        self.shared.bundles.load(Ordering::SeqCst)
     }
 
     /// New links go to `upstream`; open ones to another upstream close.
@@ -315,6 +334,7 @@ async fn downstream_pipe(
                 bundle_jws(&unit).map(|_| 0)
             };
             if let Some(at) = bundle_at {
+                shared.bundles.fetch_add(1, Ordering::SeqCst);
                 if first_bundle.is_none() && is_framed {
                     first_bundle = Some(without_checkpoint(&unit).unwrap_or_else(|| unit.clone()));
                 }

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow, bail, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -30,6 +30,11 @@ pub struct Server {
     /// 0 until the first start has bound one.
     http_port: u16,
     extra_env: Vec<(String, String)>,
+    /// The HS256 secret tokens are verified with; `None`: `--insecure`,
+    /// no tokens at all.
+    secret_file: Option<PathBuf>,
+    /// The kit's own token, once tokens are required.
+    token: Option<String>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -68,6 +73,8 @@ impl Server {
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
+            secret_file: None,
+            token: None,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -100,8 +107,14 @@ impl Server {
             bail!("the server is still running");
         }
         let log = std::fs::File::create(self.log_path())?;
-        let child = Command::new(&self.binary)
-            .args(["serve", "--insecure", "--listen"])
+        let mut command = Command::new(&self.binary);
+        command.arg("serve");
+        match &self.secret_file {
+            Some(file) => command.env("POLICYHUB_AUTH__HS256_SECRET_FILE", file),
+            None => command.arg("--insecure"),
+        };
+        let child = command
+            .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.grpc_port))
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{}", self.http_port))
@@ -155,6 +168,66 @@ impl Server {
         Ok(())
     }
 
+    /// Starts it again requiring a bearer token on every call, verified
+    /// with the HS256 secret in `secret_file` (made when missing); the kit
+    /// calls it with a token of its own. Given another secret later, the
+    /// tokens of the one before are refused.
+    pub async fn require_tokens(&mut self, secret_file: &Path) -> anyhow::Result<()> {
+        if !secret_file.exists() {
+            let secret: String = std::iter::repeat_with(fastrand::alphanumeric)
+                .take(48)
+                .collect();
+            std::fs::write(secret_file, secret)?;
+        }
+        self.kill().await?;
+        self.secret_file = Some(secret_file.to_owned());
+        self.token = Some(
+            self.mint(secret_file, "conformance-kit", &["*:admin"])
+                .await?,
+        );
+        self.restart().await
+    }
+
+    /// A token for `subject` with these grants (`namespace:role`), signed
+    /// with the HS256 secret in `secret_file`, as `policyhub token` mints
+    /// one.
+    pub async fn mint(
+        &self,
+        secret_file: &Path,
+        subject: &str,
+        grants: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["token", "--subject", subject, "--secret-file"])
+            .arg(secret_file);
+        for grant in grants {
+            command.args(["--role", grant]);
+        }
+        let minted = command.output().await.context("policyhub token")?;
+        ensure!(
+            minted.status.success(),
+            "policyhub token: {}",
+            String::from_utf8_lossy(&minted.stderr).trim()
+        );
+        Ok(String::from_utf8(minted.stdout)?.trim().to_owned())
+    }
+
+    /// Whether it takes `token`: a call made with it is answered, not
+    /// refused as unauthenticated.
+    pub async fn accepts(&self, token: &str) -> anyhow::Result<bool> {
+        let response = self
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/v1/namespaces/conformance/policies",
+                self.http_port
+            ))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Ok(response.status() != reqwest::StatusCode::UNAUTHORIZED)
+    }
+
     /// Copies its database (with the server stopped, as a cold backup is
     /// taken) into `to`, with the signing key beside it.
     pub async fn copy_data(&mut self, to: &Path) -> anyhow::Result<()> {
@@ -190,8 +263,10 @@ impl Server {
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let response = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .authorized(
+                self.http
+                    .get(format!("http://127.0.0.1:{}{path}", self.http_port)),
+            )
             .send()
             .await?;
         answer(response).await
@@ -199,12 +274,22 @@ impl Server {
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let response = self
-            .http
-            .post(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .authorized(
+                self.http
+                    .post(format!("http://127.0.0.1:{}{path}", self.http_port)),
+            )
             .json(&body)
             .send()
             .await?;
         answer(response).await
+    }
+
+    /// With the kit's token, once the server requires one.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// Drafts `body` as the next version of `namespace`/`name` and

@@ -210,7 +210,7 @@ const GO_MUTATIONS: &[Mutation] = &[
             name: "resume-from-zero",
             obligation: "D3",
             caught_by: &["resume.after-a-quiet-cut"],
-            because: &["was applied after revision"],
+            because: &["did not resume from the revision it holds"],
         },
         file: "policyhub/session.go",
         line: "\trequest := &pb.WatchActiveRequest{Namespace: s.namespace, Names: s.names, SinceRevision: f.decided}",
@@ -243,11 +243,22 @@ const GO_MUTATIONS: &[Mutation] = &[
             name: "go-back",
             obligation: "D6",
             caught_by: &["resume.a-replayed-message-is-not-applied"],
-            because: &["moved from revision"],
+            because: &["moved from revision", "was applied after revision"],
         },
         file: "policyhub/follower.go",
-        line: "\tif r.revision < f.applied.Revision && !r.reset {",
+        line: "\tif f.isStale(r) {",
         becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "apply-the-same-again",
+            obligation: "D6",
+            caught_by: &["resume.a-replayed-message-is-not-applied"],
+            because: &["was applied after revision"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tagain := r.revision == f.applied.Revision && f.applied.Revision > 0 && f.applied.Source == SourceServer",
+        becomes: "\tagain := false",
     },
     Mutation {
         variant: Variant {
@@ -424,6 +435,39 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "policyhub/replicas.go",
         line: "\tr.at = (r.at + 1) % len(r.ranked)",
         becomes: "\tr.at = (r.at + 0) % len(r.ranked)",
+    },
+    Mutation {
+        variant: Variant {
+            name: "tls-whenever-a-ca-is-given",
+            obligation: "T1",
+            caught_by: &["transport.http-stays-plaintext"],
+            because: &["revision 1 in force: not within"],
+        },
+        file: "policyhub/client.go",
+        line: "\tsecure := parsed.Scheme == \"https\"",
+        becomes: "\tsecure := parsed.Scheme == \"https\" || s.tls != nil",
+    },
+    Mutation {
+        variant: Variant {
+            name: "trust-any-certificate",
+            obligation: "T1",
+            caught_by: &["transport.https-verified-against-the-given-ca"],
+            because: &["the state in force moved from revision 0"],
+        },
+        file: "policyhub/client.go",
+        line: "\t\tconfig := s.tls",
+        becomes: "\t\tconfig := &tls.Config{InsecureSkipVerify: true}",
+    },
+    Mutation {
+        variant: Variant {
+            name: "token-read-once",
+            obligation: "T2",
+            caught_by: &["transport.token-file-rotated-under-a-running-subscription"],
+            because: &["in force: not within"],
+        },
+        file: "policyhub/token.go",
+        line: "\t\tif readAs != nil && *readAs == current {",
+        becomes: "\t\tif last != \"\" || readAs != nil && *readAs == current {",
     },
     Mutation {
         variant: Variant {
@@ -679,7 +723,9 @@ static CATCHING: Mutex<()> = Mutex::new(());
 /// service (`services[n]` is `variants[n]`'s), and fails unless every one
 /// caught it.
 fn catch(variants: &[&Variant], services: &[BrokenService], server: &Path) {
-    let _alone = CATCHING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _alone = CATCHING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let started = Instant::now();
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let (storms, jobs): (Vec<Job>, Vec<Job>) = variants

@@ -222,6 +222,12 @@ fn agent_arguments(settings: &RuntimeSettings, work: &Path) -> anyhow::Result<Ve
             witnesses.required.to_string(),
         ]);
     }
+    if let Some(file) = &settings.ca_file {
+        arguments.extend(["--ca-file".into(), file.clone()]);
+    }
+    if let Some(file) = &settings.token_file {
+        arguments.extend(["--token-file".into(), file.clone()]);
+    }
     Ok(arguments)
 }
 

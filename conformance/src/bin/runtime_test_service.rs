@@ -32,7 +32,7 @@ use policyhub_conformance::protocol::{
     Backoff, Capability, Created, PolicyView, RuntimeEvent, RuntimeSettings, RuntimeView,
     ServiceInfo, Source, StateView,
 };
-use policyhub_runtime::{Event, Subscription};
+use policyhub_runtime::{Event, Subscription, Tls, token_file};
 
 /// Serves the test-service protocol for the Rust runtime library.
 #[derive(Debug, Parser)]
@@ -198,6 +198,13 @@ fn subscription(settings: &RuntimeSettings) -> Result<Subscription, String> {
     }
     if let Some(witnesses) = &settings.witnesses {
         subscription = subscription.witnesses(witnesses.keys.clone(), witnesses.required);
+    }
+    if let Some(file) = &settings.ca_file {
+        let pem = std::fs::read(file).map_err(|error| format!("caFile {file}: {error}"))?;
+        subscription = subscription.tls(Tls::new().ca_certificate(pem));
+    }
+    if let Some(file) = &settings.token_file {
+        subscription = subscription.token(token_file(file));
     }
     Ok(subscription)
 }

@@ -4,10 +4,12 @@
 mod cache;
 mod delivery;
 mod endpoints;
+mod faults;
 mod history;
 mod reconnect;
 mod reports;
 mod resume;
+mod transport;
 mod verification;
 mod witnesses;
 
@@ -30,6 +32,18 @@ macro_rules! test {
             obligations: &[$($obligation),*],
             needs: &[$(crate::protocol::Capability::$need),*],
             replicas: false,
+            seeded: false,
+            run: |context| Box::pin($run(context)),
+        }
+    };
+    // A test that draws what it does from the kit's seeds, once per seed.
+    ($id:literal, [$($obligation:literal),*], [$($need:ident),*], seeded, $run:path) => {
+        crate::harness::Test {
+            id: $id,
+            obligations: &[$($obligation),*],
+            needs: &[$(crate::protocol::Capability::$need),*],
+            replicas: false,
+            seeded: true,
             run: |context| Box::pin($run(context)),
         }
     };
@@ -40,6 +54,7 @@ macro_rules! test {
             obligations: &[$($obligation),*],
             needs: &[$(crate::protocol::Capability::$need),*],
             replicas: true,
+            seeded: false,
             run: |context| Box::pin($run(context)),
         }
     };
@@ -58,6 +73,8 @@ pub fn all() -> Vec<Test> {
         history::tests(),
         witnesses::tests(),
         endpoints::tests(),
+        transport::tests(),
+        faults::tests(),
     ]
     .into_iter()
     .flatten()

@@ -211,6 +211,15 @@ func (f *follower) verify(ctx context.Context, b *pb.Bundle, c *client) (Bundle,
 	}, nil
 }
 
+// isStale says whether r brings nothing newer than the state in force: an
+// older revision, or the server's own revision in force again (a message
+// replayed). A reset (a server behind the cursor) is new, and so is the
+// server's state at the revision of one read from the cache.
+func (f *follower) isStale(r *revision) bool {
+	again := r.revision == f.applied.Revision && f.applied.Revision > 0 && f.applied.Source == SourceServer
+	return (r.revision < f.applied.Revision || again) && !r.reset
+}
+
 // decide applies or rejects one whole revision; what the application is
 // told, nil when nothing (heartbeats and stale states tell it nothing).
 func (f *follower) decide(ctx context.Context, r *revision, c *client) Event {
@@ -223,14 +232,14 @@ func (f *follower) decide(ctx context.Context, r *revision, c *client) Event {
 		f.decided = max(f.decided, r.revision)
 		return nil
 	}
-	if r.revision < f.applied.Revision && !r.reset {
+	if f.isStale(r) {
 		if signer := f.signedByRevoked(r.bundles); signer != "" {
 			// Harmless as an old message, but someone sends what a revoked
 			// key signed: said, though nothing changes.
 			f.log.Warn("refused an old revision", "revision", r.revision, "reason", signer)
 			return Rejected{Revision: r.revision, Reason: signer}
 		}
-		f.log.Warn("ignoring a revision older than the one applied", "revision", r.revision, "applied", f.applied.Revision)
+		f.log.Warn("ignoring a revision not newer than the one applied", "revision", r.revision, "applied", f.applied.Revision)
 		return nil
 	}
 	if !snapshot && len(r.bundles) == 0 {

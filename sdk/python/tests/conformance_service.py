@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
+import pathlib
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,6 +101,9 @@ def subscription(settings: dict[str, Any]) -> policyhub.Subscription:
     heartbeat = settings.get("heartbeatIntervalMs")
     rebalance = settings.get("rebalanceIntervalMs")
     max_age = settings.get("maxCheckpointAgeMs")
+    ca_file = settings.get("caFile")
+    token_file = settings.get("tokenFile")
+    ca = pathlib.Path(ca_file).read_bytes() if ca_file else None
     return policyhub.Subscription(
         endpoints,
         settings.get("namespace", ""),
@@ -114,6 +118,8 @@ def subscription(settings: dict[str, Any]) -> policyhub.Subscription:
         max_checkpoint_age=max_age / 1000 if max_age is not None else 600.0,
         witnesses=witnesses["keys"] if witnesses else [],
         cosignatures=witnesses["required"] if witnesses else 0,
+        tls=policyhub.Tls(ca_certificate=ca) if ca is not None else None,
+        token=policyhub.token_file(token_file) if token_file else None,
     )
 
 

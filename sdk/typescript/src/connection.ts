@@ -38,7 +38,7 @@ function bundleService(): ProtoGrpcType["policyhub"]["v1"]["BundleService"] {
   return service;
 }
 
-/** TLS to the server: its CA, and the runtime's own certificate for mTLS. */
+/** TLS to an `https://` server: its CA, and the runtime's own certificate for mTLS. An `http://` address is plaintext, TLS options or not. */
 export interface TlsOptions {
   /** PEM of the CA that signed the server's certificate; the system's CAs when absent. */
   ca?: Buffer | string;
@@ -72,7 +72,9 @@ export function connect(address: string, settings: ChannelSettings): BundleServi
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new Failure("config", `${JSON.stringify(address)} is not an http or https URL`);
   }
-  const secure = url.protocol === "https:" || settings.tls !== undefined;
+  // The scheme alone says whether TLS applies: TLS settings configure
+  // https:// addresses and never turn an http:// one into TLS.
+  const secure = url.protocol === "https:";
   const port = url.port === "" ? (url.protocol === "https:" ? "443" : "80") : url.port;
   const target = `${url.hostname}:${port}`;
   const tls = settings.tls ?? {};

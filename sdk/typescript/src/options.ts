@@ -69,7 +69,7 @@ export interface SubscriptionOptions {
   cacheDir?: string;
   /** The bearer token of every call, asked of it on every call (see {@link tokenFile}, which reads its file when it changed). */
   token?: TokenSource;
-  /** TLS (and mTLS) to the server. */
+  /** TLS (and mTLS) to `https://` servers; an `http://` address stays plaintext. */
   tls?: TlsOptions;
   /** The heartbeat interval to expect, overriding the one the server announces. */
   heartbeatIntervalMs?: number;

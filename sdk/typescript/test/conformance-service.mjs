@@ -10,10 +10,11 @@
 // Usage: node test/conformance-service.mjs [--listen 127.0.0.1:0]; it
 // prints its address (http://host:port) once it listens.
 
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
 
-import { Subscription } from "../dist/index.js";
+import { Subscription, tokenFile } from "../dist/index.js";
 
 const { values } = parseArgs({ options: { listen: { type: "string", default: "127.0.0.1:8112" } } });
 const listen = values.listen ?? "127.0.0.1:8112";
@@ -43,6 +44,8 @@ function options(settings) {
   if (settings.rebalanceIntervalMs != null) options.rebalanceIntervalMs = settings.rebalanceIntervalMs;
   if (settings.maxCheckpointAgeMs != null) options.maxCheckpointAgeMs = settings.maxCheckpointAgeMs;
   if (settings.witnesses != null) options.witnesses = settings.witnesses;
+  if (settings.caFile != null) options.tls = { ca: readFileSync(settings.caFile) };
+  if (settings.tokenFile != null) options.token = tokenFile(settings.tokenFile);
   return options;
 }
 

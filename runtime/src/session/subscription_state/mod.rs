@@ -253,7 +253,7 @@ impl SubscriptionState {
                 return None;
             }
         };
-        if revision.revision < self.applied.revision && !revision.reset {
+        if self.is_stale(&revision) {
             if let Some(reason) = self.signed_by_revoked(&revision.bundles) {
                 // Harmless as an old message, but someone sends what a
                 // revoked key signed: said, though nothing changes.
@@ -266,7 +266,7 @@ impl SubscriptionState {
             tracing::warn!(
                 revision = revision.revision,
                 applied = self.applied.revision,
-                "ignoring a state older than the one applied"
+                "ignoring a state not newer than the one applied"
             );
             return None;
         }
@@ -352,6 +352,17 @@ impl SubscriptionState {
             revision: revision.revision,
             reason,
         })
+    }
+
+    /// Whether `revision` brings nothing newer than the state in force: an
+    /// older revision, or the server's own revision in force again (a
+    /// message replayed). A reset (a server behind the cursor) is new, and
+    /// so is the server's state at the revision of one read from the cache.
+    fn is_stale(&self, revision: &Revision) -> bool {
+        let again = revision.revision == self.applied.revision
+            && self.applied.revision > 0
+            && self.applied.source == Source::Server;
+        (revision.revision < self.applied.revision || again) && !revision.reset
     }
 
     /// Keeps `state` as the last-known-good one.

@@ -13,6 +13,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -49,12 +52,14 @@ type settings struct {
 		Keys     []string `json:"keys"`
 		Required int      `json:"required"`
 	} `json:"witnesses"`
+	CAFile    *string `json:"caFile"`
+	TokenFile *string `json:"tokenFile"`
 }
 
 func millis(ms int64) time.Duration { return time.Duration(ms) * time.Millisecond }
 
 // options are the library's options for the kit's settings.
-func (s settings) options() []policyhub.Option {
+func (s settings) options() ([]policyhub.Option, error) {
 	options := []policyhub.Option{policyhub.WithNames(s.Names...)}
 	if s.RuntimeID != nil {
 		options = append(options, policyhub.WithRuntime(*s.RuntimeID, nil))
@@ -77,7 +82,21 @@ func (s settings) options() []policyhub.Option {
 	if s.Witnesses != nil {
 		options = append(options, policyhub.WithWitnesses(s.Witnesses.Keys, s.Witnesses.Required))
 	}
-	return options
+	if s.CAFile != nil {
+		pem, err := os.ReadFile(*s.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("caFile: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("caFile %s holds no PEM certificate", *s.CAFile)
+		}
+		options = append(options, policyhub.WithTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}))
+	}
+	if s.TokenFile != nil {
+		options = append(options, policyhub.WithToken(policyhub.TokenFile(*s.TokenFile)))
+	}
+	return options, nil
 }
 
 type policyView struct {
@@ -190,7 +209,12 @@ func (s *service) start(w http.ResponseWriter, r *http.Request) {
 		answer(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
 		return
 	}
-	subscription, err := policyhub.Subscribe(context.Background(), given.Endpoints, given.Namespace, given.options()...)
+	options, err := given.options()
+	if err != nil {
+		answer(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
+		return
+	}
+	subscription, err := policyhub.Subscribe(context.Background(), given.Endpoints, given.Namespace, options...)
 	if err != nil {
 		answer(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
 		return

@@ -189,6 +189,19 @@ export class SubscriptionState {
     };
   }
 
+  /**
+   * Whether `revision` brings nothing newer than the state in force: an older revision, or the
+   * server's own revision in force again (a message replayed). A reset (a server behind the
+   * cursor) is new, and so is the server's state at the revision of one read from the cache.
+   */
+  private isStale(revision: Revision): boolean {
+    const again =
+      revision.revision === this.applied.revision &&
+      this.applied.revision > 0 &&
+      this.applied.source === "server";
+    return (revision.revision < this.applied.revision || again) && !revision.reset;
+  }
+
   /** Applies or rejects one whole revision; what the application is told, if anything. */
   async decide(revision: Revision, client: BundleServiceClient): Promise<Event | undefined> {
     const isSnapshot = revision.kind === "WATCH_EVENT_KIND_SNAPSHOT";
@@ -197,13 +210,13 @@ export class SubscriptionState {
       this.decided = Math.max(this.decided, revision.revision);
       return undefined;
     }
-    if (revision.revision < this.applied.revision && !revision.reset) {
+    if (this.isStale(revision)) {
       // Harmless as an old message, but someone sends what a revoked key
       // signed: said, though nothing changes.
       const reason = this.signedByRevoked(revision.bundles);
       if (reason === undefined) {
         this.settings.logger.warn(
-          `ignoring revision ${revision.revision}, older than the one applied (${this.applied.revision})`,
+          `ignoring revision ${revision.revision}, not newer than the one applied (${this.applied.revision})`,
         );
         return undefined;
       }

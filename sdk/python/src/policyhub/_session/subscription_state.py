@@ -174,6 +174,19 @@ class SubscriptionState:
             jws=bundle.jws,
         )
 
+    def is_stale(self, revision: Revision) -> bool:
+        """Whether `revision` brings nothing newer than the state in force:
+        an older revision, or the server's own revision in force again (a
+        message replayed). A reset (a server behind the cursor) is new, and
+        so is the server's state at the revision of one read from the
+        cache."""
+        again = (
+            revision.revision == self.applied.revision
+            and self.applied.revision > 0
+            and self.applied.source == Source.SERVER
+        )
+        return (revision.revision < self.applied.revision or again) and not revision.reset
+
     async def decide(self, revision: Revision, client: Client) -> Event | None:
         """Applies or rejects one whole revision; what the application is
         told, if anything (heartbeats and stale states tell it nothing)."""
@@ -184,7 +197,7 @@ class SubscriptionState:
         else:
             self.decided = max(self.decided, revision.revision)
             return None
-        if revision.revision < self.applied.revision and not revision.reset:
+        if self.is_stale(revision):
             revoked_signer = self.signed_by_revoked(revision.bundles)
             if revoked_signer is not None:
                 # Harmless as an old message, but someone sends what a
@@ -192,7 +205,7 @@ class SubscriptionState:
                 _log.warning("refused an old revision %d: %s", revision.revision, revoked_signer)
                 return Rejected(revision.revision, revoked_signer)
             _log.warning(
-                "ignoring revision %d, older than the one applied (%d)",
+                "ignoring revision %d, not newer than the one applied (%d)",
                 revision.revision,
                 self.applied.revision,
             )
