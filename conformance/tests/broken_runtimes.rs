@@ -207,6 +207,20 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "apply-part-of-an-activation",
+            obligation: "D2",
+            caught_by: &["delivery.every-change-once-in-order"],
+            because: &[
+                "holds half of the activation",
+                "expected {\"a\": 10, \"b\": 2}",
+            ],
+        },
+        file: "policyhub/follower.go",
+        line: "\t\tverified = append(verified, good)",
+        becomes: "\t\tverified = append(verified[:0], good)",
+    },
+    Mutation {
+        variant: Variant {
             name: "resume-from-zero",
             obligation: "D3",
             caught_by: &["resume.after-a-quiet-cut"],
@@ -317,6 +331,17 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "refuse-silently",
+            obligation: "V3",
+            caught_by: &["verification.altered-body", "verification.bad-signature"],
+            because: &["refused with a reason: not within"],
+        },
+        file: "policyhub/follower.go",
+        line: "\treturn Rejected{Revision: r.revision, Reason: reason}",
+        becomes: "\treturn Rejected{Revision: r.revision}",
+    },
+    Mutation {
+        variant: Variant {
             name: "forget-revocations",
             obligation: "V4",
             caught_by: &["verification.revoked-key"],
@@ -347,6 +372,17 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "policyhub/cache.go",
         line: "\t\t\treturn nil, nil, nil, fmt.Errorf(\"%w: a bundle does not verify: %v\", errCache, err)",
         becomes: "\t\t\tcontinue",
+    },
+    Mutation {
+        variant: Variant {
+            name: "cached-state-said-from-the-server",
+            obligation: "C1",
+            caught_by: &["cache.restart-with-the-server-down"],
+            because: &["expected revision", "from the cache"],
+        },
+        file: "policyhub/cache.go",
+        line: "\t\tSource:     SourceCache,",
+        becomes: "\t\tSource:     SourceServer,",
     },
     Mutation {
         variant: Variant {
@@ -416,6 +452,28 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "stale-too-early",
+            obligation: "H4",
+            caught_by: &["history.stale-checkpoint"],
+            because: &["before it was"],
+        },
+        file: "policyhub/history.go",
+        line: "\treturn f.newest.SignedAt.Add(f.maxAge)",
+        becomes: "\treturn f.newest.SignedAt.Add(f.maxAge / 2)",
+    },
+    Mutation {
+        variant: Variant {
+            name: "never-fresh-again",
+            obligation: "H4",
+            caught_by: &["history.stale-checkpoint"],
+            because: &["a current checkpoint said fresh: not within"],
+        },
+        file: "policyhub/history.go",
+        line: "\tif f.stale && fresh {",
+        becomes: "\tif false && fresh {",
+    },
+    Mutation {
+        variant: Variant {
             name: "ignore-witnesses",
             obligation: "W1",
             caught_by: &["witnesses.k-of-n-cosignatures"],
@@ -435,6 +493,17 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "policyhub/replicas.go",
         line: "\tr.at = (r.at + 1) % len(r.ranked)",
         becomes: "\tr.at = (r.at + 0) % len(r.ranked)",
+    },
+    Mutation {
+        variant: Variant {
+            name: "never-move-back",
+            obligation: "E2",
+            caught_by: &["endpoints.drifts-back-when-its-replica-returns"],
+            because: &["not within"],
+        },
+        file: "policyhub/session.go",
+        line: "\tif d.replicas.onPreferred() {",
+        becomes: "\tif true {",
     },
     Mutation {
         variant: Variant {
@@ -468,17 +537,6 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "policyhub/token.go",
         line: "\t\tif readAs != nil && *readAs == current {",
         becomes: "\t\tif last != \"\" || readAs != nil && *readAs == current {",
-    },
-    Mutation {
-        variant: Variant {
-            name: "never-move-back",
-            obligation: "E2",
-            caught_by: &["endpoints.drifts-back-when-its-replica-returns"],
-            because: &["not within"],
-        },
-        file: "policyhub/session.go",
-        line: "\tif d.replicas.onPreferred() {",
-        becomes: "\tif true {",
     },
 ];
 
