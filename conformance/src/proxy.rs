@@ -1,7 +1,8 @@
 //! The fault proxy between the server and the runtime under test: a
 //! loopback TCP proxy that forwards, and on the kit's word cuts every link
 //! (and refuses new ones), black-holes the open links (the sockets stay
-//! open, nothing moves: a half-open connection), slows every write, resets
+//! open, nothing moves: a half-open connection) or the new ones (a
+//! connection that opens and never answers), slows every write, resets
 //! a link in the middle of a bundle's message, alters bytes of the next
 //! bundle, replays an old message, or forwards to another upstream.
 //!
@@ -79,6 +80,8 @@ struct Shared {
     links: watch::Sender<Links>,
     /// The open links' black-hole switches.
     open: Mutex<Vec<Arc<AtomicBool>>>,
+    /// New links are black holes from their first byte.
+    swallow: AtomicBool,
     delay: Mutex<Duration>,
     tamper: Mutex<Option<Tamper>>,
     reset: AtomicBool,
@@ -104,6 +107,7 @@ impl FaultProxy {
                 upstream: Mutex::new(upstream),
                 links,
                 open: Mutex::default(),
+                swallow: AtomicBool::new(false),
                 delay: Mutex::default(),
                 tamper: Mutex::default(),
                 reset: AtomicBool::new(false),
@@ -155,9 +159,11 @@ impl FaultProxy {
     }
 
     /// Forwards again, without delay, and forgets an alteration or reset
-    /// still waiting for a bundle.
+    /// still waiting for a bundle; new links forward (a link black-holed
+    /// stays so).
     pub fn heal(&self) {
         *self.shared.delay.lock().unwrap() = Duration::ZERO;
+        self.shared.swallow.store(false, Ordering::SeqCst);
         *self.shared.tamper.lock().unwrap() = None;
         self.shared.reset.store(false, Ordering::SeqCst);
         self.shared.links.send_if_modified(|links| {
@@ -172,6 +178,12 @@ impl FaultProxy {
         for open in self.shared.open.lock().unwrap().drain(..) {
             open.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// New links are accepted and forward nothing, either way, until
+    /// [`Self::heal`]: a connection that opens and never answers.
+    pub fn black_hole_new_links(&self) {
+        self.shared.swallow.store(true, Ordering::SeqCst);
     }
 
     /// Holds every write back by `delay`.
@@ -236,7 +248,7 @@ async fn link(client: TcpStream, shared: Arc<Shared>, mut gone: watch::Receiver<
     };
     client.set_nodelay(true).ok();
     server.set_nodelay(true).ok();
-    let black_holed = Arc::new(AtomicBool::new(false));
+    let black_holed = Arc::new(AtomicBool::new(shared.swallow.load(Ordering::SeqCst)));
     shared.open.lock().unwrap().push(black_holed.clone());
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();

@@ -113,6 +113,12 @@ impl Record {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // What the library logs, on standard error, as RUST_LOG asks (nothing
+    // unless set).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtimes = Arc::new(Runtimes {
         broken: args.broken,
         ..Runtimes::default()

@@ -21,6 +21,12 @@ pub fn tests() -> Vec<Test> {
             [],
             after_a_black_hole
         ),
+        test!(
+            "resume.after-a-connection-that-never-answers",
+            ["D3", "D4"],
+            [],
+            after_a_connection_that_never_answers
+        ),
         test!("resume.after-kill-9", ["D3"], [], after_kill_9),
         test!(
             "resume.after-a-reset-mid-message",
@@ -119,6 +125,41 @@ async fn after_a_black_hole(context: Context) -> anyhow::Result<()> {
         view.saw(|event| matches!(event, RuntimeEvent::Disconnected { .. })),
         "the runtime never said it gave the half-open link up"
     );
+    applied_once_in_order(&view)
+}
+
+/// The link black-holed, and the next links too: each connection opens
+/// and never answers (its HTTP/2 handshake, its calls). Once links answer
+/// again the runtime, which gave the silent connection up within its
+/// bound, resumes on a new one.
+async fn after_a_connection_that_never_answers(context: Context) -> anyhow::Result<()> {
+    release(&context, "p", 1).await?;
+    let runtime = context.runtime(1).await?;
+    runtime.until_revision(1).await?;
+    context.proxy.black_hole_new_links();
+    context.proxy.black_hole();
+    let last = release(&context, "p", 2).await?;
+    runtime
+        .until(
+            "the black-holed link given up, and a new one tried",
+            HEARTBEAT * 3 + Duration::from_secs(3),
+            |_| context.proxy.accepts().len() >= 2,
+        )
+        .await?;
+    // Long enough for the new connection to be silent for a while.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    context.proxy.heal();
+    // Each runtime gives a silent connection up within a bound of its own
+    // (the Rust library: three heartbeats, at least 5 s; gRPC's own
+    // connection timeouts are longer), then backs off.
+    let view = runtime
+        .until(
+            &format!("revision {last} in force, on a connection that answers"),
+            Duration::from_secs(45),
+            |view| view.revision() >= last,
+        )
+        .await?;
+    holds(&view, &[("p", 2)])?;
     applied_once_in_order(&view)
 }
 

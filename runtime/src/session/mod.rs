@@ -11,7 +11,8 @@
 //!     │                              │   verify every bundle, validate ──> Applied / Rejected
 //!     │                              │   report APPLIED / REJECTED
 //!     └── next address; full-jitter <┘ any failure: UNAVAILABLE, reset,
-//!         backoff after a whole round  h2 error, 3 missed heartbeats
+//!         backoff after a whole round  h2 error, 3 missed heartbeats,
+//!                                      no answer to a connection or report
 //!         Disconnected
 //! ```
 //!
@@ -256,8 +257,33 @@ struct Opened {
 /// reports pending and opens the watch from the decided revision: it is
 /// open once the server's response headers came (tonic answers the call
 /// then; a call refused before them, trailers only, is its status), which
-/// is what [`Event::Connected`] says.
+/// is what [`Event::Connected`] says. All of it within three heartbeat
+/// intervals (at least 5 s): a connection that opens and never answers is
+/// given up as a silent stream is.
 async fn open(
+    subscription: &Subscription,
+    address: &str,
+    subscription_state: &mut SubscriptionState,
+) -> Result<Opened, Failure> {
+    let within = subscription
+        .heartbeat_interval
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
+        .saturating_mul(3)
+        .max(std::time::Duration::from_secs(5));
+    tokio::time::timeout(
+        within,
+        open_unbounded(subscription, address, subscription_state),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Failure::Transient(format!(
+            "{address} did not answer within {} ms",
+            within.as_millis()
+        )))
+    })
+}
+
+async fn open_unbounded(
     subscription: &Subscription,
     address: &str,
     subscription_state: &mut SubscriptionState,
@@ -288,6 +314,29 @@ async fn open(
         reporter,
         stream: response.into_inner(),
         deadline: interval.saturating_mul(3),
+    })
+}
+
+/// Sends the reports pending on the stream's connection, waiting for the
+/// answer no longer than `deadline` (three heartbeats): a link that does
+/// not answer a report in that time is as dead as a silent stream, and the
+/// reports stay pending for the next connection.
+async fn flush(
+    subscription_state: &mut SubscriptionState,
+    reporter: &mut Reporter,
+    subscription: &Subscription,
+    deadline: std::time::Duration,
+) -> Result<(), Failure> {
+    tokio::time::timeout(
+        deadline,
+        subscription_state.flush_reports(reporter, subscription),
+    )
+    .await
+    .map_err(|_| {
+        Failure::Transient(format!(
+            "no answer to a report for {} ms, three heartbeats",
+            deadline.as_millis()
+        ))
     })
 }
 
@@ -334,12 +383,12 @@ where
                 if report_at.is_some() =>
             {
                 report_at = None;
-                subscription_state.flush_reports(&mut reporter, subscription).await;
+                flush(subscription_state, &mut reporter, subscription, deadline).await?;
                 continue;
             }
             request = revocations.next() => {
                 subscription_state.revoke(request, sink).await?;
-                subscription_state.flush_reports(&mut reporter, subscription).await;
+                flush(subscription_state, &mut reporter, subscription, deadline).await?;
                 continue;
             }
             () = subscription_state.freshness.expiry() => {
@@ -445,9 +494,7 @@ where
             sink.emit(event).await?;
         }
         if subscription.report_spread.is_zero() {
-            subscription_state
-                .flush_reports(&mut reporter, subscription)
-                .await;
+            flush(subscription_state, &mut reporter, subscription, deadline).await?;
         } else if report_at.is_none() && subscription_state.reports_pending() {
             report_at =
                 Some(tokio::time::Instant::now() + report_delay(subscription.report_spread));
