@@ -174,10 +174,7 @@ impl Server {
     /// tokens of the one before are refused.
     pub async fn require_tokens(&mut self, secret_file: &Path) -> anyhow::Result<()> {
         if !secret_file.exists() {
-            let secret: String = std::iter::repeat_with(fastrand::alphanumeric)
-                .take(48)
-                .collect();
-            std::fs::write(secret_file, secret)?;
+            write_secret(secret_file)?;
         }
         self.kill().await?;
         self.secret_file = Some(secret_file.to_owned());
@@ -218,10 +215,7 @@ impl Server {
     pub async fn accepts(&self, token: &str) -> anyhow::Result<bool> {
         let response = self
             .http
-            .get(format!(
-                "http://127.0.0.1:{}/v1/namespaces/conformance/policies",
-                self.http_port
-            ))
+            .get(self.url("/v1/namespaces/conformance/policies"))
             .bearer_auth(token)
             .send()
             .await?;
@@ -263,10 +257,7 @@ impl Server {
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let response = self
-            .authorized(
-                self.http
-                    .get(format!("http://127.0.0.1:{}{path}", self.http_port)),
-            )
+            .authorized(self.http.get(self.url(path)))
             .send()
             .await?;
         answer(response).await
@@ -274,14 +265,16 @@ impl Server {
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let response = self
-            .authorized(
-                self.http
-                    .post(format!("http://127.0.0.1:{}{path}", self.http_port)),
-            )
+            .authorized(self.http.post(self.url(path)))
             .json(&body)
             .send()
             .await?;
         answer(response).await
+    }
+
+    /// The URL of `path` on its HTTP/JSON port.
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
     /// With the kit's token, once the server requires one.
@@ -412,6 +405,15 @@ impl Server {
             .await?;
         Ok(listed["runtimes"].as_array().cloned().unwrap_or_default())
     }
+}
+
+/// Writes a new random HS256 secret (48 characters) into `file`.
+pub fn write_secret(file: &Path) -> anyhow::Result<()> {
+    let secret: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(48)
+        .collect();
+    std::fs::write(file, secret)?;
+    Ok(())
 }
 
 /// An answer's JSON, or its error as the server wrote it.

@@ -243,6 +243,11 @@ fn spawn(binary: &Path, arguments: &[String], work: &Path) -> anyhow::Result<Chi
         .stdout(output.try_clone()?)
         .stderr(output)
         .kill_on_drop(true);
+    // Its `agent started` line, which names its ports, whatever else
+    // RUST_LOG asks for.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        command.env("RUST_LOG", format!("{filter},policyhub::agent=info"));
+    }
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("POLICYHUB_") && name != "POLICYHUB_CLIENT_CONFIG" {
             command.env_remove(name);

@@ -27,34 +27,23 @@ use crate::{
 /// Wraps an `async fn(Context) -> anyhow::Result<()>` as a [`Test`].
 macro_rules! test {
     ($id:literal, [$($obligation:literal),*], [$($need:ident),*], $run:path) => {
-        crate::harness::Test {
-            id: $id,
-            obligations: &[$($obligation),*],
-            needs: &[$(crate::protocol::Capability::$need),*],
-            replicas: false,
-            seeded: false,
-            run: |context| Box::pin($run(context)),
-        }
+        crate::tests::test!(@ $id, [$($obligation),*], [$($need),*], false, false, $run)
     };
     // A test that draws what it does from the kit's seeds, once per seed.
     ($id:literal, [$($obligation:literal),*], [$($need:ident),*], seeded, $run:path) => {
-        crate::harness::Test {
-            id: $id,
-            obligations: &[$($obligation),*],
-            needs: &[$(crate::protocol::Capability::$need),*],
-            replicas: false,
-            seeded: true,
-            run: |context| Box::pin($run(context)),
-        }
+        crate::tests::test!(@ $id, [$($obligation),*], [$($need),*], false, true, $run)
     };
     // A test that runs two replicas of one server (PostgreSQL).
     ($id:literal, [$($obligation:literal),*], [$($need:ident),*], replicas, $run:path) => {
+        crate::tests::test!(@ $id, [$($obligation),*], [$($need),*], true, false, $run)
+    };
+    (@ $id:literal, [$($obligation:literal),*], [$($need:ident),*], $replicas:literal, $seeded:literal, $run:path) => {
         crate::harness::Test {
             id: $id,
             obligations: &[$($obligation),*],
             needs: &[$(crate::protocol::Capability::$need),*],
-            replicas: true,
-            seeded: false,
+            replicas: $replicas,
+            seeded: $seeded,
             run: |context| Box::pin($run(context)),
         }
     };

@@ -11,6 +11,7 @@ use super::{applied_once_in_order, holds, release, stays_at, test};
 use crate::{
     harness::{Context, Test},
     protocol::RuntimeSettings,
+    server::write_secret,
     tls::{Authority, TlsFront},
 };
 
@@ -96,7 +97,7 @@ async fn token_file_rotated(mut context: Context) -> anyhow::Result<()> {
     };
     let runtime = context.service.start(&settings).await?;
     runtime.until_revision(first).await?;
-    std::fs::write(&new_secret, "another secret, of at least 32 bytes")?;
+    write_secret(&new_secret)?;
     let new_token = context.server.mint(&new_secret, "runtime", &grants).await?;
     replace(&token_file, &new_token)?;
     context.server.require_tokens(&new_secret).await?;

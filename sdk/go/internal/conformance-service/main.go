@@ -209,12 +209,11 @@ func (s *service) start(w http.ResponseWriter, r *http.Request) {
 		answer(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
 		return
 	}
+	var subscription *policyhub.Subscription
 	options, err := given.options()
-	if err != nil {
-		answer(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
-		return
+	if err == nil {
+		subscription, err = policyhub.Subscribe(context.Background(), given.Endpoints, given.Namespace, options...)
 	}
-	subscription, err := policyhub.Subscribe(context.Background(), given.Endpoints, given.Namespace, options...)
 	if err != nil {
 		answer(w, http.StatusBadRequest, map[string]string{"message": err.Error()})
 		return
