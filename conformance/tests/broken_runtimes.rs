@@ -353,6 +353,28 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "no-key-refetch-for-a-re-signed-version",
+            obligation: "V4",
+            caught_by: &["verification.revoked-key"],
+            because: &["naming the revocation: not within"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tif f.reSignsHeld(r) {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "revocation-not-cached",
+            obligation: "V4",
+            caught_by: &["cache.signed-by-a-revoked-key-is-refused"],
+            because: &["the cached state signed by a revoked key was put in force"],
+        },
+        file: "policyhub/follower.go",
+        line: "\tif concerns {",
+        becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
             name: "forget-cache",
             obligation: "C1",
             caught_by: &["cache.restart-with-the-server-down"],
@@ -361,6 +383,17 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "policyhub/follower.go",
         line: "\tif s.cacheDir != \"\" {",
         becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "cache-written-in-place",
+            obligation: "C1",
+            caught_by: &["cache.written-whole"],
+            because: &["the cache was read cut short"],
+        },
+        file: "policyhub/cache.go",
+        line: "\treturn writeAtomically(c.path, contents)",
+        becomes: "\treturn os.WriteFile(c.path, contents, 0o644)",
     },
     Mutation {
         variant: Variant {
@@ -408,6 +441,28 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "forget-the-tree-once-refused",
+            obligation: "H1",
+            caught_by: &["history.wound-back"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "policyhub/history.go",
+        line: "\t\t\treturn nil, history(\"%s\", diverges)",
+        becomes: "\t\t\tf.tree.Head = nil; return nil, history(\"%s\", diverges)",
+    },
+    Mutation {
+        variant: Variant {
+            name: "tree-not-read-from-the-cache",
+            obligation: "H1",
+            caught_by: &["history.wound-back-while-stopped"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "policyhub/follower.go",
+        line: "\t\tf.cachedTree = note",
+        becomes: "\t\tf.cachedTree = note[:0]",
+    },
+    Mutation {
+        variant: Variant {
             name: "accept-fork",
             obligation: "H2",
             caught_by: &["history.forked"],
@@ -427,6 +482,20 @@ const GO_MUTATIONS: &[Mutation] = &[
         file: "tree/remembered.go",
         line: "\tif r.RestoredThrough != nil && proof.LeafIndex <= *r.RestoredThrough {",
         becomes: "\tif false {",
+    },
+    Mutation {
+        variant: Variant {
+            name: "restore-not-read-from-the-cache",
+            obligation: "H3",
+            caught_by: &["history.declared-restore-taken-once"],
+            because: &[
+                "the state in force moved from revision",
+                "the restore taken already was taken again",
+            ],
+        },
+        file: "policyhub/follower.go",
+        line: "\t\tf.tree.RestoredThrough, err = f.cache.loadRestore()",
+        becomes: "\t\t_, err = f.cache.loadRestore()",
     },
     Mutation {
         variant: Variant {

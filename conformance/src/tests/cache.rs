@@ -1,17 +1,29 @@
-//! The last good state: kept through a restart of the runtime while the
-//! server is down, served and marked as from the cache, and left for the
-//! server's once it answers; verified again when read back, so a cache
-//! altered on disk is never put in force.
+//! The last good state: written whole, kept through a restart of the
+//! runtime while the server is down, served and marked as from the cache,
+//! and left for the server's once it answers; verified again when read
+//! back, so a cache
+//! altered on disk, or signed by a key the runtime learned was revoked, is
+//! never put in force.
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::ensure;
+use serde_json::json;
 
-use super::{applied_once_in_order, holds, release, test};
+use super::{applied_once_in_order, holds, release, stays_at, test};
 use crate::{
+    harness::NAMESPACE,
     harness::{Context, Test},
-    protocol::{RuntimeSettings, Source},
+    protocol::{RuntimeEvent, RuntimeSettings, Source},
     proxy::{Tamper, alter},
+    service::Runtime,
 };
 
 pub fn tests() -> Vec<Test> {
@@ -27,6 +39,13 @@ pub fn tests() -> Vec<Test> {
             ["C1"],
             [Cache],
             altered_on_disk_is_refused
+        ),
+        test!("cache.written-whole", ["C1"], [Cache], written_whole),
+        test!(
+            "cache.signed-by-a-revoked-key-is-refused",
+            ["V4"],
+            [Cache, Revocation],
+            signed_by_a_revoked_key_is_refused
         ),
     ]
 }
@@ -66,6 +85,111 @@ async fn restart_with_the_server_down(mut context: Context) -> anyhow::Result<()
     applied_once_in_order(&view)
 }
 
+/// How many activations rewrite the cache while it is watched.
+const REWRITES: u32 = 10;
+
+/// A runtime with a cache holds 2 MB of policies, and each of 10
+/// activations of a small policy rewrites its cache; meanwhile the cache's
+/// state files (the libraries' shared format, `<namespace>.state.json`)
+/// are read again and again. Every read finds a whole JSON document: the
+/// old state or the new one, never a file cut short, as a write in place
+/// would leave it for a moment (and for good, were the runtime killed in
+/// the middle).
+async fn written_whole(context: Context) -> anyhow::Result<()> {
+    let filler = "x".repeat(250_000);
+    for n in 0..8 {
+        let name = format!("large-{n:02}");
+        context
+            .server
+            .release(NAMESPACE, &name, json!({ "n": n, "filler": filler }))
+            .await?;
+    }
+    let first = release(&context, "p", 1).await?;
+    let settings = RuntimeSettings {
+        cache_dir: Some(context.cache_dir(1)),
+        ..context.settings(1)
+    };
+    let runtime = context.service.start(&settings).await?;
+    runtime.until_revision(first).await?;
+
+    let dir = Path::new(&context.cache_dir(1)).to_owned();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || watch_whole(&dir, &done))
+    };
+    let mut last = first;
+    for n in 2..=REWRITES + 1 {
+        last = release(&context, "p", n).await?;
+    }
+    let view = runtime.until_revision(last).await;
+    done.store(true, Ordering::SeqCst);
+    let (reads, cut_short) = reader.join().expect("the reader ends")?;
+    view?;
+    ensure!(
+        cut_short.is_none(),
+        "the cache was read cut short: {}",
+        cut_short.unwrap_or_default()
+    );
+    ensure!(
+        reads >= 20,
+        "the cache's state files were read {reads} times while rewritten, too few to tell"
+    );
+    Ok(())
+}
+
+/// Reads every `*.state.json` under `dir` again and again until `done`:
+/// how many reads, and the first that was not a whole JSON object (its
+/// file, its length and its end). A whole one begins with `{` and ends
+/// with `}`; the last read of each file is parsed too.
+fn watch_whole(dir: &Path, done: &AtomicBool) -> anyhow::Result<(usize, Option<String>)> {
+    let mut reads = 0;
+    let mut last = Vec::new();
+    while !done.load(Ordering::SeqCst) {
+        for path in state_files(dir)? {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            reads += 1;
+            let trimmed = bytes.trim_ascii();
+            if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
+                let end = &trimmed[trimmed.len().saturating_sub(40)..];
+                return Ok((
+                    reads,
+                    Some(format!(
+                        "{} held {} bytes ending {:?}",
+                        path.display(),
+                        bytes.len(),
+                        String::from_utf8_lossy(end)
+                    )),
+                ));
+            }
+            last = bytes;
+        }
+    }
+    if !last.is_empty() && serde_json::from_slice::<serde_json::Value>(&last).is_err() {
+        return Ok((reads, Some("the last read is not JSON".to_owned())));
+    }
+    Ok((reads, None))
+}
+
+/// The files named `*.state.json` under `dir`, at any depth.
+fn state_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(files);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(state_files(&path)?);
+        } else if path.to_string_lossy().ends_with(".state.json") {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 /// A runtime with a cache follows the server up to `revision` and is
 /// stopped, then the server is killed; the runtime's settings, to start it
 /// again from its cache.
@@ -100,20 +224,72 @@ async fn altered_on_disk_is_refused(mut context: Context) -> anyhow::Result<()> 
     );
 
     let runtime = context.service.start(&settings).await?;
+    never_in_force(&runtime, "the cache altered on disk").await?;
+    context.server.restart().await?;
+    let next = release(&context, "p", 2).await?;
+    let view = runtime.until_revision(next).await?;
+    holds(&view, &[("p", 2)])
+}
+
+/// The runtime holds `p`'s version 1, signed by the first key, and `q`'s,
+/// signed by the next. The first key is revoked and `p`'s version 1 signed
+/// again, altered on the way: the runtime refuses it, but has learned of
+/// the revocation, which concerns the state it holds. Started again from
+/// its cache with the server down, it does not put that state in force;
+/// once the server answers, the state signed anew is.
+async fn signed_by_a_revoked_key_is_refused(mut context: Context) -> anyhow::Result<()> {
+    let settings = RuntimeSettings {
+        cache_dir: Some(context.cache_dir(1)),
+        ..context.settings(1)
+    };
+    release(&context, "p", 1).await?;
+    let runtime = context.service.start(&settings).await?;
+    runtime.until_revision(1).await?;
+    let revoked = context.server.signing_key_id().await?;
+    context.server.rotate_signing_key().await?;
+    let held = release(&context, "q", 1).await?;
+    runtime.until_revision(held).await?;
+
+    context.proxy.tamper(Tamper::Body);
+    let signed_again = context.server.revoke_signing_key(&revoked).await?;
+    runtime
+        .until(
+            &format!("revision {signed_again}, altered on the way, refused"),
+            Duration::from_secs(10),
+            |view| {
+                view.saw(|event| {
+                    matches!(event, RuntimeEvent::Rejected { revision, .. }
+                        if *revision == signed_again)
+                })
+            },
+        )
+        .await?;
+    let view = stays_at(&runtime, held, Duration::from_millis(300)).await?;
+    holds(&view, &[("p", 1), ("q", 1)])?;
+    runtime.stop().await?;
+    context.proxy.heal();
+    context.server.kill().await?;
+
+    let runtime = context.service.start(&settings).await?;
+    never_in_force(&runtime, "the cached state signed by a revoked key").await?;
+    context.server.restart().await?;
+    let view = runtime.until_revision(signed_again).await?;
+    holds(&view, &[("p", 1), ("q", 1)])
+}
+
+/// Fails if, within 2 s, `runtime` puts any state in force (`what`).
+async fn never_in_force(runtime: &Runtime, what: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < deadline {
         let view = runtime.view().await?;
         ensure!(
             view.in_force.is_none(),
-            "the cache altered on disk was put in force: {:?}",
+            "{what} was put in force: {:?}",
             view.in_force
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    context.server.restart().await?;
-    let next = release(&context, "p", 2).await?;
-    let view = runtime.until_revision(next).await?;
-    holds(&view, &[("p", 2)])
+    Ok(())
 }
 
 /// Alters one character of the payload of the first signed bundle in each

@@ -1,8 +1,9 @@
 //! History: a server wound back to a backup, or forked (two servers from
-//! one backup, diverging), is refused and the state in force stays; a
-//! restore its operator declared is taken once, also by a runtime started
-//! again from its cache; a checkpoint grown older than allowed is said
-//! stale, and a current one fresh.
+//! one backup, diverging), is refused and the state in force stays, also
+//! by a runtime started again from its cache; a restore its operator
+//! declared is taken once, also by a runtime started again from its cache;
+//! a checkpoint grown older than allowed is said stale, and a current one
+//! fresh.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use serde_json::json;
 use super::{applied_once_in_order, holds, release, stays_at, test};
 use crate::{
     harness::{Context, NAMESPACE, Test},
-    protocol::{RuntimeEvent, RuntimeSettings, RuntimeView},
+    protocol::{RuntimeEvent, RuntimeSettings, RuntimeView, Source},
     server::Server,
     service::Runtime,
 };
@@ -20,6 +21,12 @@ use crate::{
 pub fn tests() -> Vec<Test> {
     vec![
         test!("history.wound-back", ["H1"], [History], wound_back),
+        test!(
+            "history.wound-back-while-stopped",
+            ["H1"],
+            [History, Cache],
+            wound_back_while_stopped
+        ),
         test!("history.forked", ["H2"], [History], forked),
         test!(
             "history.declared-restore-taken-once",
@@ -80,6 +87,50 @@ async fn wound_back(mut context: Context) -> anyhow::Result<()> {
         "the wound-back server reached revision {past}, not past {verified}"
     );
     let view = keeps_refusing(&runtime, verified, before).await?;
+    holds(&view, &[("p", 2)])
+}
+
+/// The runtime verified revision 2 of the server and was stopped; the
+/// server is put back to its backup of revision 1 meanwhile. Started again
+/// from its cache, the runtime holds the cached revision 2 and refuses the
+/// server's history, as it would have had it never stopped: the tree it
+/// verified is remembered in the cache.
+async fn wound_back_while_stopped(mut context: Context) -> anyhow::Result<()> {
+    let settings = RuntimeSettings {
+        cache_dir: Some(context.cache_dir(1)),
+        ..context.settings(1)
+    };
+    release(&context, "p", 1).await?;
+    let backup = context.scratch.join("backup");
+    context.server.copy_data(&backup).await?;
+    let runtime = context.service.start(&settings).await?;
+    runtime.until_revision(1).await?;
+    let verified = release(&context, "p", 2).await?;
+    runtime.until_revision(verified).await?;
+    runtime.stop().await?;
+
+    context.server.wind_back(&backup).await?;
+    let runtime = context.service.start(&settings).await?;
+    let view = runtime
+        .until(
+            "the cached state in force",
+            Duration::from_secs(10),
+            |view| view.saw(|event| matches!(event, RuntimeEvent::Applied { .. })),
+        )
+        .await?;
+    let from_cache = view
+        .events
+        .iter()
+        .position(|event| matches!(event, RuntimeEvent::Applied { .. }))
+        .expect("seen");
+    ensure!(
+        matches!(&view.events[from_cache],
+            RuntimeEvent::Applied { revision, source: Source::Cache, .. } if *revision == verified),
+        "started again from its cache, the runtime first put in force {}, not revision \
+         {verified} from the cache",
+        serde_json::to_string(&view.events[from_cache])?
+    );
+    let view = keeps_refusing(&runtime, verified, from_cache + 1).await?;
     holds(&view, &[("p", 2)])
 }
 

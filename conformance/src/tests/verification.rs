@@ -164,24 +164,28 @@ async fn rotated_key(context: Context) -> anyhow::Result<()> {
     applied_once_in_order(&view)
 }
 
-/// The server signs with a new key and revokes the one that signed
-/// version 1, which it signs again: the runtime takes version 1 signed
-/// anew, then refuses the first message of its link, signed by the
-/// revoked key and replayed, with a reason that names the revocation, and
-/// keeps the state signed anew.
+/// The server signs with a new key, which the runtime learns from `q`'s
+/// version 1, then revokes the one that signed `p`'s version 1, which it
+/// signs again. The new key known, only the version it holds arriving
+/// signed by another key tells the runtime to fetch the keys again: it
+/// takes version 1 signed anew, then refuses the first message of its
+/// link, signed by the revoked key and replayed, with a reason that names
+/// the revocation, and keeps the state signed anew.
 async fn revoked_key(context: Context) -> anyhow::Result<()> {
     release(&context, "p", 1).await?;
     let runtime = context.runtime(1).await?;
     runtime.until_revision(1).await?;
     let revoked = context.server.signing_key_id().await?;
     context.server.rotate_signing_key().await?;
+    let rotated = release(&context, "q", 1).await?;
+    runtime.until_revision(rotated).await?;
     let signed_again = context.server.revoke_signing_key(&revoked).await?;
     ensure!(
-        signed_again > 1,
+        signed_again > rotated,
         "the revocation sent version 1 again at no new revision"
     );
     let view = runtime.until_revision(signed_again).await?;
-    holds(&view, &[("p", 1)])?;
+    holds(&view, &[("p", 1), ("q", 1)])?;
     context.proxy.replay();
     let view = runtime
         .until(
@@ -201,6 +205,6 @@ async fn revoked_key(context: Context) -> anyhow::Result<()> {
     );
     view?;
     let view = stays_at(&runtime, signed_again, Duration::from_millis(500)).await?;
-    holds(&view, &[("p", 1)])?;
+    holds(&view, &[("p", 1), ("q", 1)])?;
     applied_once_in_order(&view)
 }
