@@ -101,6 +101,14 @@ impl Context {
         self.service.start(&self.settings(n)).await
     }
 
+    /// Runtime `n`'s settings with its cache directory.
+    pub fn settings_with_cache(&self, n: usize) -> RuntimeSettings {
+        RuntimeSettings {
+            cache_dir: Some(self.cache_dir(n)),
+            ..self.settings(n)
+        }
+    }
+
     /// A runtime's cache directory in the scratch directory.
     pub fn cache_dir(&self, n: usize) -> String {
         self.scratch

@@ -105,10 +105,7 @@ async fn written_whole(context: Context) -> anyhow::Result<()> {
             .await?;
     }
     let first = release(&context, "p", 1).await?;
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
+    let settings = context.settings_with_cache(1);
     let runtime = context.service.start(&settings).await?;
     runtime.until_revision(first).await?;
 
@@ -197,10 +194,7 @@ async fn cached_then_server_down(
     context: &mut Context,
     revision: u64,
 ) -> anyhow::Result<RuntimeSettings> {
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
+    let settings = context.settings_with_cache(1);
     let runtime = context.service.start(&settings).await?;
     runtime.until_revision(revision).await?;
     runtime.stop().await?;
@@ -238,10 +232,7 @@ async fn altered_on_disk_is_refused(mut context: Context) -> anyhow::Result<()> 
 /// its cache with the server down, it does not put that state in force;
 /// once the server answers, the state signed anew is.
 async fn signed_by_a_revoked_key_is_refused(mut context: Context) -> anyhow::Result<()> {
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
+    let settings = context.settings_with_cache(1);
     release(&context, "p", 1).await?;
     let runtime = context.service.start(&settings).await?;
     runtime.until_revision(1).await?;

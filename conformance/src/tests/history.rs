@@ -5,7 +5,10 @@
 //! a checkpoint grown older than allowed is said stale, and a current one
 //! fresh.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::ensure;
 use serde_json::json;
@@ -96,17 +99,8 @@ async fn wound_back(mut context: Context) -> anyhow::Result<()> {
 /// server's history, as it would have had it never stopped: the tree it
 /// verified is remembered in the cache.
 async fn wound_back_while_stopped(mut context: Context) -> anyhow::Result<()> {
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
-    release(&context, "p", 1).await?;
-    let backup = context.scratch.join("backup");
-    context.server.copy_data(&backup).await?;
-    let runtime = context.service.start(&settings).await?;
-    runtime.until_revision(1).await?;
-    let verified = release(&context, "p", 2).await?;
-    runtime.until_revision(verified).await?;
+    let settings = context.settings_with_cache(1);
+    let (runtime, backup, verified) = verified_after_a_backup(&mut context, &settings).await?;
     runtime.stop().await?;
 
     context.server.wind_back(&backup).await?;
@@ -171,17 +165,8 @@ async fn forked(mut context: Context) -> anyhow::Result<()> {
 /// cache, it neither refuses the history nor takes the restore again, and
 /// a server wound back to that same restore is refused.
 async fn declared_restore_taken_once(mut context: Context) -> anyhow::Result<()> {
-    let settings = RuntimeSettings {
-        cache_dir: Some(context.cache_dir(1)),
-        ..context.settings(1)
-    };
-    release(&context, "p", 1).await?;
-    let backup = context.scratch.join("backup");
-    context.server.copy_data(&backup).await?;
-    let runtime = context.service.start(&settings).await?;
-    runtime.until_revision(1).await?;
-    let verified = release(&context, "p", 2).await?;
-    runtime.until_revision(verified).await?;
+    let settings = context.settings_with_cache(1);
+    let (runtime, backup, _) = verified_after_a_backup(&mut context, &settings).await?;
 
     context.server.wind_back(&backup).await?;
     runtime
@@ -341,6 +326,23 @@ async fn stale_checkpoint(mut context: Context) -> anyhow::Result<()> {
     };
     holds(&view, &[("p", 2)])?;
     applied_once_in_order(&view)
+}
+
+/// The server's data is backed up at revision 1, and a runtime started
+/// with `settings` verifies revision 2 after it: the runtime, the backup,
+/// and revision 2.
+async fn verified_after_a_backup(
+    context: &mut Context,
+    settings: &RuntimeSettings,
+) -> anyhow::Result<(Runtime, PathBuf, u64)> {
+    release(context, "p", 1).await?;
+    let backup = context.scratch.join("backup");
+    context.server.copy_data(&backup).await?;
+    let runtime = context.service.start(settings).await?;
+    runtime.until_revision(1).await?;
+    let verified = release(context, "p", 2).await?;
+    runtime.until_revision(verified).await?;
+    Ok((runtime, backup, verified))
 }
 
 /// Waits until the runtime refused the server's history twice since event
