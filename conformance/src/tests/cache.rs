@@ -1,9 +1,8 @@
 //! The last good state: written whole, kept through a restart of the
 //! runtime while the server is down, served and marked as from the cache,
 //! and left for the server's once it answers; verified again when read
-//! back, so a cache
-//! altered on disk, or signed by a key the runtime learned was revoked, is
-//! never put in force.
+//! back, so a cache altered on disk, or signed by a key the runtime learned
+//! was revoked, is never put in force.
 
 use std::{
     path::Path,
@@ -15,11 +14,9 @@ use std::{
 };
 
 use anyhow::ensure;
-use serde_json::json;
 
-use super::{applied_once_in_order, holds, release, stays_at, test};
+use super::{applied_once_in_order, holds, release, release_large, stays_at, test};
 use crate::{
-    harness::NAMESPACE,
     harness::{Context, Test},
     protocol::{RuntimeEvent, RuntimeSettings, Source},
     proxy::{Tamper, alter},
@@ -96,14 +93,7 @@ const REWRITES: u32 = 10;
 /// would leave it for a moment (and for good, were the runtime killed in
 /// the middle).
 async fn written_whole(context: Context) -> anyhow::Result<()> {
-    let filler = "x".repeat(250_000);
-    for n in 0..8 {
-        let name = format!("large-{n:02}");
-        context
-            .server
-            .release(NAMESPACE, &name, json!({ "n": n, "filler": filler }))
-            .await?;
-    }
+    release_large(&context, 8).await?;
     let first = release(&context, "p", 1).await?;
     let settings = context.settings_with_cache(1);
     let runtime = context.service.start(&settings).await?;
@@ -138,7 +128,7 @@ async fn written_whole(context: Context) -> anyhow::Result<()> {
 /// Reads every `*.state.json` under `dir` again and again until `done`:
 /// how many reads, and the first that was not a whole JSON object (its
 /// file, its length and its end). A whole one begins with `{` and ends
-/// with `}`; the last read of each file is parsed too.
+/// with `}`; the last read is parsed too.
 fn watch_whole(dir: &Path, done: &AtomicBool) -> anyhow::Result<(usize, Option<String>)> {
     let mut reads = 0;
     let mut last = Vec::new();

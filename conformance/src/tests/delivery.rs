@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use serde_json::json;
 
-use super::{applied_once_in_order, holds, release, revisions, test};
+use super::{applied_once_in_order, holds, release, release_large, revisions, test};
 use crate::{
     harness::{Context, NAMESPACE, Test},
     protocol::Source,
@@ -105,18 +105,7 @@ async fn every_change_once_in_order(context: Context) -> anyhow::Result<()> {
 /// Twenty policies of 250 KB each (5 MB, above gRPC's 4 MiB message
 /// limit) arrive as one whole state.
 async fn large_namespace(context: Context) -> anyhow::Result<()> {
-    let filler = "x".repeat(250_000);
-    let mut last = 0;
-    for n in 0..20 {
-        last = context
-            .server
-            .release(
-                NAMESPACE,
-                &format!("large-{n:02}"),
-                json!({ "n": n, "filler": filler }),
-            )
-            .await?;
-    }
+    let last = release_large(&context, 20).await?;
     let runtime = context.runtime(1).await?;
     let view = runtime
         .until(

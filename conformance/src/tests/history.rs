@@ -105,18 +105,19 @@ async fn wound_back_while_stopped(mut context: Context) -> anyhow::Result<()> {
 
     context.server.wind_back(&backup).await?;
     let runtime = context.service.start(&settings).await?;
+    let first_applied = |view: &RuntimeView| {
+        view.events
+            .iter()
+            .position(|event| matches!(event, RuntimeEvent::Applied { .. }))
+    };
     let view = runtime
         .until(
             "the cached state in force",
             Duration::from_secs(10),
-            |view| view.saw(|event| matches!(event, RuntimeEvent::Applied { .. })),
+            |view| first_applied(view).is_some(),
         )
         .await?;
-    let from_cache = view
-        .events
-        .iter()
-        .position(|event| matches!(event, RuntimeEvent::Applied { .. }))
-        .expect("seen");
+    let from_cache = first_applied(&view).expect("seen");
     ensure!(
         matches!(&view.events[from_cache],
             RuntimeEvent::Applied { revision, source: Source::Cache, .. } if *revision == verified),

@@ -123,6 +123,24 @@ pub async fn release(context: &Context, name: &str, n: u32) -> anyhow::Result<u6
         .await
 }
 
+/// Publishes `count` policies `large-00`, `large-01`, … of 250 KB each,
+/// active; the revision of the last.
+pub async fn release_large(context: &Context, count: u32) -> anyhow::Result<u64> {
+    let filler = "x".repeat(250_000);
+    let mut last = 0;
+    for n in 0..count {
+        last = context
+            .server
+            .release(
+                NAMESPACE,
+                &format!("large-{n:02}"),
+                json!({ "n": n, "filler": filler }),
+            )
+            .await?;
+    }
+    Ok(last)
+}
+
 /// Holds a runtime to what it did not do for `quiet`: the revision in
 /// force stays `revision`.
 pub async fn stays_at(
