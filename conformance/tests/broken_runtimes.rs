@@ -14,7 +14,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
     time::Instant,
 };
 
@@ -737,6 +737,7 @@ fn listed() -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
+    let _alone = alone();
     let server = server_binary();
     check_table(VARIANTS.iter());
     let services: Vec<BrokenService> = VARIANTS
@@ -748,6 +749,7 @@ fn every_broken_variant_fails_the_tests_of_the_obligation_it_breaks() {
 
 #[test]
 fn every_broken_go_library_fails_the_tests_of_the_obligation_it_breaks() {
+    let _alone = alone();
     let server = server_binary();
     check_table(GO_MUTATIONS.iter().map(|mutation| &mutation.variant));
     let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/go");
@@ -841,18 +843,21 @@ fn check_table<'a>(variants: impl Iterator<Item = &'a Variant>) {
     }
 }
 
-/// Held by the one `catch` running: the kit processes of two tables at
-/// once would starve each other, and a test that waits for a large
-/// namespace could then fail by its deadline instead of by its check.
-static CATCHING: Mutex<()> = Mutex::new(());
+/// Held by the one table at work, from building its runtimes to the last
+/// verdict: the Go builds or kit processes of one table beside the kit
+/// processes of the other would starve them, and a test that waits for a
+/// large namespace could then fail by its deadline instead of by its check.
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Runs each test that must catch each variant against the variant's
 /// service (`services[n]` is `variants[n]`'s), and fails unless every one
 /// caught it.
 fn catch(variants: &[&Variant], services: &[BrokenService], server: &Path) {
-    let _alone = CATCHING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let started = Instant::now();
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let (storms, jobs): (Vec<Job>, Vec<Job>) = variants
