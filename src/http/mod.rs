@@ -10,6 +10,11 @@
 //! quotas, limits and errors of HTTP are gRPC's by construction. The reply,
 //! or the status as a JSON `google.rpc.Status` under the standard gRPC →
 //! HTTP code table, goes back as JSON.
+//!
+//! OPA's bundle and discovery polls, which every OPA of a fleet sends again
+//! after each change, skip the gRPC framing: they call the same handler of
+//! the bundle service with the same authentication, span and metrics, and
+//! take its reply as the type it is (`opa.rs`).
 
 mod body;
 mod console;
@@ -35,6 +40,7 @@ use self::status::{Failure, error_response, json_response};
 pub use self::status::{http_status, refusal_status, status_json};
 use crate::connections::Listener;
 use crate::grpc::watch_message::{GRPC_PREFIX_LEN, put_grpc_prefix};
+use crate::grpc::{BundleApi, auth::Authentication};
 
 /// A response body: a whole JSON document, or a stream of events.
 type HttpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -67,6 +73,11 @@ pub struct Gateway {
 struct Inner {
     routes: Vec<Route>,
     grpc: GrpcService,
+    /// The handler OPA's polls call directly.
+    bundles: BundleApi,
+    /// Who a directly handled request comes from, as the gRPC port's layer
+    /// finds it.
+    authentication: Authentication,
     /// Largest request body accepted.
     max_body_bytes: usize,
     /// The console's Content-Security-Policy.
@@ -74,10 +85,13 @@ struct Inner {
 }
 
 impl Gateway {
-    /// The routes the descriptors declare, served by `grpc`; the console
-    /// may reach the issuers of `sign_in_issuers`.
+    /// The routes the descriptors declare, served by `grpc`, OPA's polls by
+    /// `bundles` after `authentication`; the console may reach the issuers
+    /// of `sign_in_issuers`.
     pub fn new<'a>(
         grpc: GrpcService,
+        bundles: BundleApi,
+        authentication: Authentication,
         max_body_bytes: usize,
         sign_in_issuers: impl IntoIterator<Item = &'a str>,
     ) -> Self {
@@ -87,6 +101,8 @@ impl Gateway {
             inner: Arc::new(Inner {
                 routes: routes(&pool),
                 grpc,
+                bundles,
+                authentication,
                 max_body_bytes,
                 console_policy: console::content_security_policy(sign_in_issuers),
             }),
@@ -431,12 +447,7 @@ impl Gateway {
                 grpc_request.headers_mut().insert(name, value.clone());
             }
         }
-        let span = crate::telemetry::rpc_span(
-            &Request::builder()
-                .uri(route.grpc_path.as_str())
-                .body(())
-                .unwrap_or_default(),
-        );
+        let span = rpc_span(route);
         let mut grpc = self.inner.grpc.clone();
         let response = tracing::Instrument::instrument(grpc.call(grpc_request), span)
             .await
@@ -450,6 +461,16 @@ impl Gateway {
         }
         Ok(body)
     }
+}
+
+/// The span of the RPC a request is handed to.
+fn rpc_span(route: &Route) -> tracing::Span {
+    crate::telemetry::rpc_span(
+        &Request::builder()
+            .uri(route.grpc_path.as_str())
+            .body(())
+            .unwrap_or_default(),
+    )
 }
 
 /// `…/policies/{name}/versions/{version}` of the draft a reply holds.

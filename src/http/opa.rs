@@ -3,16 +3,26 @@
 //! `ETag`, 304 for an `If-None-Match` that names it, and long polling,
 //! held by the bundle service itself (`Prefer: wait=N` is its
 //! `wait_seconds`).
+//!
+//! Every OPA of a fleet asks again after each change, so these polls call
+//! the bundle service's handler directly rather than through gRPC framing
+//! (docs/src/contributing/design.md#transports): the caller found as the
+//! gRPC port's authentication layer finds it, the same span and the same
+//! RPC metrics, and the reply taken as the type it is.
+
+use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use prost::bytes::Bytes;
 use prost_reflect::{DynamicMessage, Value};
-use tonic::Status;
+use tonic::{Status, metadata::MetadataMap};
+use tracing::Instrument;
 
 use super::routes::Route;
 use super::status::Failure;
-use super::{Gateway, HttpBody, boxed, semantics};
+use super::{FORWARDED, Gateway, HttpBody, boxed, rpc_span, semantics};
+use crate::grpc::proto::{self, bundle_service_server::BundleService};
 
 /// The content type OPA's bundle plugin reads as "this server long-polls":
 /// it sends `Prefer: wait=N` from then on.
@@ -34,22 +44,25 @@ impl Gateway {
             let seconds = wait.map_or(0, |wait| wait.as_secs());
             message.set_field_by_name("wait_seconds", Value::U32(seconds as u32));
         }
-        let bundle = self.call(route, headers, message).await?;
-        let etag = etag(&bundle)?;
-        let not_modified = bundle
-            .get_field_by_name("not_modified")
-            .and_then(|value| value.as_bool())
-            .unwrap_or_default();
-        let mut response = if not_modified || semantics::not_modified(headers, &etag) {
+        let span = rpc_span(route);
+        let started = Instant::now();
+        let bundle = self
+            .poll(route, headers, &message)
+            .instrument(span.clone())
+            .await;
+        let code = bundle
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        crate::metrics::record_call(&route.grpc_path, started, span, code);
+        let bundle = bundle?;
+        let etag = HeaderValue::from_str(&format!("\"{}\"", bundle.etag))
+            .map_err(|_| Status::internal("an OPA bundle's entity tag is header text"))?;
+        let mut response = if bundle.not_modified || semantics::not_modified(headers, &etag) {
             let mut response = Response::new(boxed(Full::new(Bytes::new())));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
         } else {
-            let tarball = bundle
-                .get_field_by_name("tarball")
-                .and_then(|value| value.as_bytes().cloned())
-                .unwrap_or_default();
-            let mut response = Response::new(boxed(Full::new(tarball)));
+            let mut response = Response::new(boxed(Full::new(bundle.tarball)));
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(LONG_POLLING));
@@ -58,6 +71,49 @@ impl Gateway {
         response.headers_mut().insert(header::ETAG, etag);
         Ok(response)
     }
+
+    /// `GetOpaBundle` or `GetOpaDiscovery` answered by the bundle service's
+    /// handler, after the authentication the gRPC port's layer does.
+    async fn poll(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        message: &DynamicMessage,
+    ) -> Result<proto::OpaBundle, Status> {
+        let caller = self
+            .inner
+            .authentication
+            .caller(headers, None)
+            .await
+            .map_err(Status::from)?;
+        let mut forwarded = HeaderMap::new();
+        for name in FORWARDED {
+            if let Some(value) = headers.get(name) {
+                forwarded.insert(name, value.clone());
+            }
+        }
+        let metadata = MetadataMap::from_headers(forwarded);
+        let mut extensions = tonic::Extensions::new();
+        extensions.insert(caller);
+        let api = &self.inner.bundles;
+        let reply = if route.method.name() == "GetOpaDiscovery" {
+            let request = transcoded(message)?;
+            api.get_opa_discovery(tonic::Request::from_parts(metadata, extensions, request))
+                .await?
+        } else {
+            let request = transcoded(message)?;
+            api.get_opa_bundle(tonic::Request::from_parts(metadata, extensions, request))
+                .await?
+        };
+        Ok(reply.into_inner())
+    }
+}
+
+/// The request as the handler's type.
+fn transcoded<T: prost::Message + Default>(message: &DynamicMessage) -> Result<T, Status> {
+    message
+        .transcode_to()
+        .map_err(|error| Status::internal(format!("the request does not transcode: {error}")))
 }
 
 /// The entity tag `If-None-Match` names first, unquoted: the one OPA
@@ -68,12 +124,4 @@ fn held_tag(headers: &HeaderMap) -> Option<String> {
     let tag = first.strip_prefix("W/").unwrap_or(first);
     let tag = tag.strip_prefix('"')?.strip_suffix('"')?;
     (!tag.is_empty()).then(|| tag.to_owned())
-}
-
-/// The bundle's entity tag, quoted.
-fn etag(bundle: &DynamicMessage) -> Result<HeaderValue, Status> {
-    bundle
-        .get_field_by_name("etag")
-        .and_then(|value| HeaderValue::from_str(&format!("\"{}\"", value.as_str()?)).ok())
-        .ok_or_else(|| Status::internal("an OPA bundle carries its entity tag"))
 }

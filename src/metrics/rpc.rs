@@ -92,6 +92,18 @@ where
     }
 }
 
+/// Records a call that `method` (its gRPC path) answered with `code`
+/// without passing this layer: the HTTP port's OPA polls, which call the
+/// bundle service's handler directly.
+pub fn record_call(method: &str, started: Instant, span: tracing::Span, code: tonic::Code) {
+    Call {
+        method: method.to_owned(),
+        started,
+        span,
+    }
+    .end(&(code as i32).to_string());
+}
+
 /// What to record once the call ends.
 struct Call {
     method: String,

@@ -38,6 +38,8 @@ use super::tasks::Supervisor;
 pub(super) struct Services {
     policy: PolicyServiceServer<PolicyApi>,
     bundle: BundleRoute<BundleServiceServer<BundleApi>>,
+    /// The bundle service's handler, which the HTTP port's OPA polls call.
+    bundle_api: BundleApi,
     subscriptions: SubscriptionServiceServer<SubscriptionApi>,
     /// Answered without a token, as a login page is.
     sign_in: SignInServiceServer<SignInApi>,
@@ -70,7 +72,7 @@ impl Application {
         );
         let bundle = BundleRoute::new(
             BundleServiceServer::new(bundle_api.clone()).max_decoding_message_size(max_message + 1),
-            bundle_api,
+            bundle_api.clone(),
             max_message + 1,
         );
         let providers = match &self.authentication {
@@ -80,6 +82,7 @@ impl Application {
         Ok(Services {
             policy,
             bundle,
+            bundle_api,
             subscriptions,
             sign_in: SignInServiceServer::new(SignInApi::new(&providers)),
             providers,
@@ -91,7 +94,8 @@ impl Application {
 impl Services {
     /// The HTTP/JSON port's gateway: every request handed to the same
     /// services, behind the same authentication, metrics and message
-    /// limit as the gRPC port's.
+    /// limit as the gRPC port's (OPA's polls to the bundle service's
+    /// handler directly, after the same authentication).
     pub(super) fn gateway(&self, authentication: &Authentication) -> Gateway {
         let routes = Routes::new(guard(self.policy.clone(), authentication))
             .add_service(guard(self.bundle.clone(), authentication))
@@ -105,6 +109,8 @@ impl Services {
             .service(routes);
         Gateway::new(
             BoxCloneSyncService::new(grpc),
+            self.bundle_api.clone(),
+            authentication.clone(),
             self.max_message,
             self.providers
                 .iter()

@@ -706,7 +706,8 @@ print("ok")
 }
 
 /// A call over HTTP is the RPC: it counts in the RPC metrics under the
-/// method's name and its code.
+/// method's name and its code, OPA's bundle polls (which call the handler
+/// without gRPC framing) as every other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_calls_count_in_the_rpc_metrics() {
     let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
@@ -716,27 +717,31 @@ async fn http_calls_count_in_the_rpc_metrics() {
     })
     .await;
     // The registry is the process's, shared with the tests running beside
-    // this one: count what this call adds.
-    let series =
-        r#"policyhub_rpc_requests_total{method="/policyhub.v1.BundleService/GetActive",code="5"}"#;
+    // this one: count what each call adds.
     let metrics_address = app.metrics_address.unwrap();
-    let count = async || {
+    let count = async |series: &str| {
         let metrics = crate::observability::scrape(metrics_address).await;
         metrics
             .lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let before = count().await;
-    let missing = curl(
-        &app,
-        "GET",
-        "/v1/namespaces/team/policies/none/active",
-        None,
-        &[],
-    );
-    assert_eq!(missing.status, 404);
-    assert!(count().await >= before + 1.0, "the HTTP call counted");
+    for (path, method) in [
+        ("/v1/namespaces/team/policies/none/active", "GetActive"),
+        ("/v1/opa/bundles/team", "GetOpaBundle"),
+        ("/v1/opa/discovery/team", "GetOpaDiscovery"),
+    ] {
+        let series = format!(
+            r#"policyhub_rpc_requests_total{{method="/policyhub.v1.BundleService/{method}",code="5"}}"#
+        );
+        let before = count(&series).await;
+        let missing = curl(&app, "GET", path, None, &[]);
+        assert_eq!(missing.status, 404, "{path}: {missing:?}");
+        assert!(
+            count(&series).await >= before + 1.0,
+            "{path}: the HTTP call counted"
+        );
+    }
 }
 
 /// Schedules over HTTP: PUT saves one, GET reads it and the list, POST
