@@ -131,20 +131,32 @@ impl Route {
         if custom != self.custom.as_deref() {
             return None;
         }
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        if parts.len() != self.segments.len() {
+        // Every request is matched against the routes in turn: nothing is
+        // allocated until one matches.
+        let parts = || path.trim_start_matches('/').split('/');
+        let mut unmatched = parts();
+        let matched = self
+            .segments
+            .iter()
+            .all(|segment| match (segment, unmatched.next()) {
+                (Segment::Literal(literal), Some(part)) => literal == part,
+                (Segment::Field(_), Some(_)) => true,
+                (_, None) => false,
+            });
+        if !matched || unmatched.next().is_some() {
             return None;
         }
-        let mut bindings = Vec::new();
-        for (segment, part) in self.segments.iter().zip(parts) {
-            match segment {
-                Segment::Literal(literal) if literal == part => {}
-                Segment::Literal(_) => return None,
-                // Decoded with the request's input, where a broken escape is
-                // the caller's error, not an unknown path.
-                Segment::Field(field) => bindings.push((field.clone(), part.to_owned())),
-            }
-        }
+        // Decoded with the request's input, where a broken escape is the
+        // caller's error, not an unknown path.
+        let bindings = self
+            .segments
+            .iter()
+            .zip(parts())
+            .filter_map(|(segment, part)| match segment {
+                Segment::Field(field) => Some((field.clone(), part.to_owned())),
+                Segment::Literal(_) => None,
+            })
+            .collect();
         Some(bindings)
     }
 
