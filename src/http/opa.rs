@@ -10,8 +10,6 @@
 //! gRPC port's authentication layer finds it, the same span and the same
 //! RPC metrics, and the reply taken as the type it is.
 
-use std::time::Instant;
-
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use prost::bytes::Bytes;
@@ -23,6 +21,7 @@ use super::routes::Route;
 use super::status::Failure;
 use super::{FORWARDED, Gateway, HttpBody, boxed, rpc_span, semantics};
 use crate::grpc::proto::{self, bundle_service_server::BundleService};
+use crate::metrics::DirectCall;
 
 /// The content type OPA's bundle plugin reads as "this server long-polls":
 /// it sends `Prefer: wait=N` from then on.
@@ -45,15 +44,13 @@ impl Gateway {
             message.set_field_by_name("wait_seconds", Value::U32(seconds as u32));
         }
         let span = rpc_span(route);
-        let started = Instant::now();
-        let bundle = self
-            .poll(route, headers, &message)
-            .instrument(span.clone())
-            .await;
-        let code = bundle
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        crate::metrics::record_call(&route.grpc_path, started, span, code);
+        let call = DirectCall::start(&route.grpc_path, span.clone());
+        let bundle = self.poll(route, headers, &message).instrument(span).await;
+        call.end(
+            bundle
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok),
+        );
         let bundle = bundle?;
         let etag = HeaderValue::from_str(&format!("\"{}\"", bundle.etag))
             .map_err(|_| Status::internal("an OPA bundle's entity tag is header text"))?;

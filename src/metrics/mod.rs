@@ -70,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use families::{FamilyDescription, Registrar};
 pub use notifications::{NotificationInstruments, SubscriptionLabels};
-pub use rpc::{RpcMetricsLayer, record_call};
+pub use rpc::{DirectCall, RpcMetricsLayer};
 pub use witnesses::WitnessInstruments;
 
 use notifications::register_notifications;

@@ -92,16 +92,41 @@ where
     }
 }
 
-/// Records a call that `method` (its gRPC path) answered with `code`
-/// without passing this layer: the HTTP port's OPA polls, which call the
-/// bundle service's handler directly.
-pub fn record_call(method: &str, started: Instant, span: tracing::Span, code: tonic::Code) {
-    Call {
-        method: method.to_owned(),
-        started,
-        span,
+/// A call answered without passing this layer (the HTTP port's OPA
+/// polls, which call the bundle service's handler directly), recorded as
+/// this layer records one: with the code it ends with, or CANCELLED when
+/// it is dropped first (the client went away from a held poll).
+pub struct DirectCall {
+    /// Taken when recorded.
+    call: Option<Call>,
+}
+
+impl DirectCall {
+    /// A call of `method` (its gRPC path) starting now, within `span`.
+    pub fn start(method: &str, span: tracing::Span) -> Self {
+        DirectCall {
+            call: Some(Call {
+                method: method.to_owned(),
+                started: Instant::now(),
+                span,
+            }),
+        }
     }
-    .end(&(code as i32).to_string());
+
+    /// The call ended with `code`.
+    pub fn end(mut self, code: tonic::Code) {
+        if let Some(call) = self.call.take() {
+            call.end(&(code as i32).to_string());
+        }
+    }
+}
+
+impl Drop for DirectCall {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.end(CANCELLED);
+        }
+    }
 }
 
 /// What to record once the call ends.

@@ -720,11 +720,7 @@ async fn http_calls_count_in_the_rpc_metrics() {
     // this one: count what each call adds.
     let metrics_address = app.metrics_address.unwrap();
     let count = async |series: &str| {
-        let metrics = crate::observability::scrape(metrics_address).await;
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        crate::observability::count_of(&crate::observability::scrape(metrics_address).await, series)
     };
     for (path, method) in [
         ("/v1/namespaces/team/policies/none/active", "GetActive"),

@@ -226,11 +226,21 @@ pub(crate) async fn scrape(address: std::net::SocketAddr) -> String {
     body
 }
 
-pub(crate) fn value_of(metrics: &str, series: &str) -> f64 {
+/// The value of `series`, if it has one.
+fn series_value(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+/// The value of `series`, 0 while it has none (a counter not yet
+/// incremented has no series).
+pub(crate) fn count_of(metrics: &str, series: &str) -> f64 {
+    series_value(metrics, series).unwrap_or(0.0)
+}
+
+pub(crate) fn value_of(metrics: &str, series: &str) -> f64 {
+    series_value(metrics, series).unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -676,6 +676,66 @@ async fn an_unchanged_bundle_is_304_and_a_long_poll_answers_the_activation() {
     );
 }
 
+/// A held long poll is an RPC like any other: answered, it counts under
+/// `GetOpaBundle` with OK; given up by its client while held, with
+/// CANCELLED, as a watch stream a runtime drops does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_bundle_polls_count_in_the_rpc_metrics_answered_or_given_up() {
+    let Served {
+        issuer: _issuer,
+        app,
+        admin: _,
+        reader,
+    } = served_with(Backend::Sqlite, |settings| {
+        settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = app.metrics_address.unwrap();
+    // The registry is the process's, shared with the tests running beside
+    // this one: count what these polls add.
+    let count = async |code: &str| {
+        let series = format!(
+            r#"policyhub_rpc_requests_total{{method="/policyhub.v1.BundleService/GetOpaBundle",code="{code}"}}"#
+        );
+        crate::observability::count_of(&crate::observability::scrape(metrics).await, &series)
+    };
+    let url = format!(
+        "http://{}/v1/opa/bundles/payments",
+        app.http_address.unwrap()
+    );
+    let client = reqwest::Client::new();
+    let (answered, cancelled) = (count("0").await, count("1").await);
+    let first = client.get(&url).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        count("0").await >= answered + 1.0,
+        "the answered poll counted"
+    );
+
+    let held = client
+        .get(&url)
+        .bearer_auth(&reader)
+        .header("if-none-match", &etag)
+        .header("prefer", "wait=30")
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(held.unwrap_err().is_timeout(), "the poll was held");
+    let mut given_up = 0.0;
+    for _ in 0..50 {
+        given_up = count("1").await;
+        if given_up > cancelled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        given_up >= cancelled + 1.0,
+        "the given-up poll counted as CANCELLED"
+    );
+}
+
 /// A bundle's files by name.
 fn files(tarball: &[u8]) -> Vec<(String, Vec<u8>)> {
     use std::io::Read as _;
