@@ -43,7 +43,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "grpc",
         &["domain", "config", "signing", "watch", "fleet", "hub"],
     ),
-    ("http", &["grpc", "telemetry", "watch", "connections"]),
+    (
+        "http",
+        &["grpc", "telemetry", "metrics", "watch", "connections"],
+    ),
     ("metrics", &["grpc", "fleet", "watch", "connections"]),
     ("telemetry", &["config", "grpc"]),
     ("agent", &["domain", "http", "metrics", "connections"]),
