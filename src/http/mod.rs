@@ -442,11 +442,7 @@ impl Gateway {
             .header(header::TE, "trailers")
             .body(tonic::body::Body::new(Full::new(frame.freeze())))
             .map_err(|error| Status::internal(format!("cannot form the call: {error}")))?;
-        for name in FORWARDED {
-            if let Some(value) = headers.get(name) {
-                grpc_request.headers_mut().insert(name, value.clone());
-            }
-        }
+        forward(headers, grpc_request.headers_mut());
         let span = rpc_span(route);
         let mut grpc = self.inner.grpc.clone();
         let response = tracing::Instrument::instrument(grpc.call(grpc_request), span)
@@ -460,6 +456,16 @@ impl Gateway {
             return Err(status);
         }
         Ok(body)
+    }
+}
+
+/// Copies the headers of `request` that an RPC takes as metadata into
+/// `call`.
+fn forward(request: &HeaderMap, call: &mut HeaderMap) {
+    for name in FORWARDED {
+        if let Some(value) = request.get(name) {
+            call.insert(name, value.clone());
+        }
     }
 }
 

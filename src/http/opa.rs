@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::routes::Route;
 use super::status::Failure;
-use super::{FORWARDED, Gateway, HttpBody, boxed, rpc_span, semantics};
+use super::{Gateway, HttpBody, boxed, forward, rpc_span, semantics};
 use crate::grpc::proto::{self, bundle_service_server::BundleService};
 use crate::metrics::DirectCall;
 
@@ -84,11 +84,7 @@ impl Gateway {
             .await
             .map_err(Status::from)?;
         let mut forwarded = HeaderMap::new();
-        for name in FORWARDED {
-            if let Some(value) = headers.get(name) {
-                forwarded.insert(name, value.clone());
-            }
-        }
+        forward(headers, &mut forwarded);
         let metadata = MetadataMap::from_headers(forwarded);
         let mut extensions = tonic::Extensions::new();
         extensions.insert(caller);
