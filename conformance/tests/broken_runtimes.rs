@@ -474,6 +474,17 @@ const GO_MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         variant: Variant {
+            name: "trust-the-carried-proof",
+            obligation: "H2",
+            caught_by: &["history.forked"],
+            because: &["the state in force moved from revision"],
+        },
+        file: "policyhub/history.go",
+        line: "\t\tif !carried {",
+        becomes: "\t\tif carried { f.tree.Head = offered; return nil, nil }; if !carried {",
+    },
+    Mutation {
+        variant: Variant {
             name: "restore-twice",
             obligation: "H3",
             caught_by: &["history.declared-restore-taken-once"],

@@ -453,7 +453,7 @@ impl BundleService for BundleApi {
         Ok(Response::new(proto::GetConsistencyProofResponse {
             old_size: proof.old_size.get(),
             new_size: proof.new_size.get(),
-            hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
+            hashes: convert::proof_hashes(&proof.hashes),
             checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
         }))
     }
@@ -561,6 +561,7 @@ mod tests {
             time: Some(prost_types::Timestamp::default()),
             key_id: "kid".into(),
             note: String::new(),
+            consistency_proof: None,
         };
         let view = ActiveView::Current(
             indexed.clone(),

@@ -8,6 +8,7 @@ use prost::{Message, bytes::Bytes};
 
 use super::proto;
 use crate::domain::chain::Checkpoint;
+use crate::domain::log::{ConsistencyProof, Hash};
 use crate::domain::{
     ActiveBundle, Error, EventKind, EventRecord, PolicySummary, Requirement, Result, VersionRecord,
     VersionState,
@@ -215,12 +216,27 @@ pub fn checkpoint(checkpoint: &Checkpoint) -> proto::Checkpoint {
         time: Some(timestamp(checkpoint.at)),
         key_id: checkpoint.key_id.clone(),
         note: checkpoint.note.clone().unwrap_or_default(),
+        consistency_proof: None,
     }
 }
 
-/// A checkpoint as encoded protobuf, as every watch message carries it.
-pub fn encoded_checkpoint(value: &Checkpoint) -> Bytes {
-    Bytes::from(checkpoint(value).encode_to_vec())
+/// A Merkle proof's hashes as protobuf.
+pub fn proof_hashes(hashes: &[Hash]) -> Vec<Vec<u8>> {
+    hashes.iter().map(|hash| hash.0.to_vec()).collect()
+}
+
+/// A checkpoint as encoded protobuf, as every watch message carries it:
+/// with the proof that its tree extends the one carried before it.
+pub fn encoded_checkpoint(value: &Checkpoint, extends: Option<&ConsistencyProof>) -> Bytes {
+    let carried = proto::Checkpoint {
+        consistency_proof: extends.map(|proof| proto::ConsistencyProof {
+            old_size: proof.old_size.get(),
+            new_size: proof.new_size.get(),
+            hashes: proof_hashes(&proof.hashes),
+        }),
+        ..checkpoint(value)
+    };
+    Bytes::from(carried.encode_to_vec())
 }
 
 /// An active bundle as protobuf.

@@ -244,7 +244,7 @@ pub(super) fn inclusion_proof(proof: &InclusionProof) -> proto::GetInclusionProo
         canonical_event: proof.canonical.clone(),
         leaf_index: proof.leaf_index.get(),
         tree_size: proof.tree_size.get(),
-        hashes: proof.hashes.iter().map(|hash| hash.0.to_vec()).collect(),
+        hashes: convert::proof_hashes(&proof.hashes),
         checkpoint: proof.checkpoint.as_ref().map(convert::checkpoint),
     }
 }

@@ -6,6 +6,7 @@
 mod alerts;
 mod analyses;
 mod archive;
+mod carried;
 mod decisions;
 mod fleet;
 mod impact;
@@ -35,6 +36,7 @@ use tempfile::NamedTempFile;
 
 use crate::config::{RolloutSettings, ScheduleSettings};
 use crate::domain::chain::Checkpoint;
+use crate::domain::log::ConsistencyProof;
 use crate::domain::rollout::{MetricsSource, RevisionChange};
 use crate::domain::{
     ActivationOutcome, ActiveBundle, Error, EventKind, RequestContext, Result, VersionRecord,
@@ -43,6 +45,10 @@ use crate::fleet::Fleet;
 use crate::signing::{Jwk, KeySource, SigningKey};
 use crate::storage::{KeyUse, NewEvent, Repository};
 use crate::watch::{ActiveIndex, Encode, IndexedBundle, Instruments};
+
+/// How a checkpoint goes on the wire, with the proof that its tree extends
+/// the one carried before it: handed in by the transport.
+pub type EncodeCheckpoint = fn(&Checkpoint, Option<&ConsistencyProof>) -> Bytes;
 
 /// How long an activation that committed after revisions the index lacks
 /// waits for them to be applied before it reads them back (see `applied`).
@@ -84,7 +90,9 @@ pub struct PolicyHub {
     /// Which runtimes watch, and what each applied.
     fleet: Fleet,
     /// How a checkpoint goes on the wire, handed in by the transport.
-    encode_checkpoint: fn(&Checkpoint) -> prost::bytes::Bytes,
+    encode_checkpoint: EncodeCheckpoint,
+    /// The checkpoint watch messages carry (see `carried`).
+    carried: Arc<tokio::sync::Mutex<carried::CarriedTree>>,
     /// With witnesses, what holds revisions until their checkpoint is
     /// witnessed (see `witnessed`).
     witnesses: Option<Arc<witnessed::WitnessGate>>,
@@ -179,7 +187,7 @@ impl PolicyHub {
         rollout_settings: RolloutSettings,
         schedule_settings: ScheduleSettings,
         key_source: KeySource,
-        (encode, encode_checkpoint): (Encode, fn(&Checkpoint) -> prost::bytes::Bytes),
+        (encode, encode_checkpoint): (Encode, EncodeCheckpoint),
         instruments: Instruments,
     ) -> anyhow::Result<Self> {
         let system = RequestContext {
@@ -219,25 +227,25 @@ impl PolicyHub {
             schedule_settings: Arc::new(schedule_settings),
             fleet,
             encode_checkpoint,
+            carried: Arc::default(),
             witnesses: None,
             metrics_source: None,
             measuring: Arc::default(),
             opa: Arc::default(),
         };
         hub.repository.read_newest_checkpoint().await?;
-        hub.show_checkpoint();
+        hub.show_checkpoint().await;
         Ok(hub)
     }
 
     /// Makes watch messages carry the newest checkpoint this replica holds;
     /// with witnesses, the newest witnessed one only (see `witnessed`).
-    fn show_checkpoint(&self) {
+    async fn show_checkpoint(&self) {
         if self.witnesses.is_some() {
             return;
         }
         if let Some(checkpoint) = self.repository.newest_checkpoint() {
-            self.index
-                .set_checkpoint((self.encode_checkpoint)(&checkpoint));
+            self.carry(&checkpoint).await;
         }
     }
 
@@ -440,7 +448,7 @@ impl PolicyHub {
         let _applying = self.applier.lock().await;
         if self.index.revision() + 1 == revision {
             // The commit's checkpoint goes out with the revision.
-            self.show_checkpoint();
+            self.show_checkpoint().await;
             self.index.apply(change);
             return;
         }

@@ -13,7 +13,6 @@
 //! out with its revision.
 
 use std::pin::pin;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -36,9 +35,6 @@ pub(super) struct WitnessGate {
     /// Wakes the revisions waiting here when this replica stored
     /// cosignatures.
     cosigned: Notify,
-    /// The checkpoint shown, by id and note length: what is shown only
-    /// grows (a newer checkpoint, or the same with more cosignatures).
-    shown: Mutex<(u64, usize)>,
 }
 
 impl PolicyHub {
@@ -49,7 +45,6 @@ impl PolicyHub {
         self.witnesses = Some(std::sync::Arc::new(WitnessGate {
             timeout,
             cosigned: Notify::new(),
-            shown: Mutex::new((0, 0)),
         }));
         self.show_witnessed().await?;
         Ok(self)
@@ -65,31 +60,18 @@ impl PolicyHub {
         self.repository.witnessed_checkpoint(cutoff).await
     }
 
-    fn show(&self, gate: &WitnessGate, checkpoint: &Checkpoint) {
-        let key = (
-            checkpoint.id,
-            checkpoint.note.as_ref().map_or(0, String::len),
-        );
-        let mut shown = gate.shown.lock().expect("shown checkpoint lock");
-        if key > *shown {
-            *shown = key;
-            self.index
-                .set_checkpoint((self.encode_checkpoint)(checkpoint));
-        }
-    }
-
     /// Shows the newest witnessed checkpoint; returns the revision it
     /// covers, up to which revisions may be published (all, without
     /// witnesses).
     pub(super) async fn show_witnessed(&self) -> Result<u64> {
         let Some(gate) = &self.witnesses else {
-            self.show_checkpoint();
+            self.show_checkpoint().await;
             return Ok(u64::MAX);
         };
         let Some(checkpoint) = self.witnessed_checkpoint(gate).await? else {
             return Ok(0);
         };
-        self.show(gate, &checkpoint);
+        self.carry(&checkpoint).await;
         Ok(checkpoint.revision)
     }
 
@@ -107,7 +89,7 @@ impl PolicyHub {
             cosigned.as_mut().enable();
             match self.witnessed_checkpoint(gate).await {
                 Ok(Some(checkpoint)) if checkpoint.revision >= revision => {
-                    self.show(gate, &checkpoint);
+                    self.carry(&checkpoint).await;
                     return;
                 }
                 Ok(_) => {}

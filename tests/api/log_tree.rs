@@ -6,17 +6,20 @@
 
 use base64::Engine as _;
 use policyhub::grpc::proto;
+use policyhub::grpc::watch_message::WatchActiveResponse;
+use prost::Message as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::Hash;
 
 use crate::cli::policyhub;
-use crate::helpers::{Backend, TestApp, TestDatabase, spawn_on};
+use crate::helpers::{Backend, TestApp, TestDatabase, bundles_of, next_message, spawn_on};
 use crate::http::curl;
 
 crate::on_both_backends!(
     every_event_is_proven_in_the_signed_tree_and_every_tree_extends_the_last,
+    each_watch_message_proves_its_tree_extends_the_one_carried_before,
     verify_log_recomputes_the_tree_and_refuses_notes_the_events_do_not_make,
 );
 
@@ -167,6 +170,92 @@ async fn every_event_is_proven_in_the_signed_tree_and_every_tree_extends_the_las
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}
+
+/// The size and root of a checkpoint's note, its signature verified.
+async fn carried_tree(app: &TestApp, checkpoint: &proto::Checkpoint) -> (u64, Hash) {
+    let note = Note::from_bytes(checkpoint.note.as_bytes()).expect("a signed note");
+    let body = tlog_tiles::Checkpoint::from_bytes(note.text()).expect("a tlog checkpoint");
+    note.verify(&verifiers(app, body.origin()).await)
+        .expect("signed by the server's key under the origin");
+    (body.size(), *body.hash())
+}
+
+/// Each update a stream receives carries, with its checkpoint, the proof
+/// that its tree extends the tree of the checkpoint the update before
+/// carried: it checks with an independent verifier against both signed
+/// notes, and against no other tree.
+async fn each_watch_message_proves_its_tree_extends_the_one_carried_before(app: TestApp) {
+    app.release("team", "limits", json!({"max": 0}), true).await;
+    let carried = |message: WatchActiveResponse| {
+        proto::Checkpoint::decode(message.checkpoint.expect("carried")).unwrap()
+    };
+    let mut stream = app.watch("team", &[], 0).await;
+    let snapshot = carried(next_message(&mut stream).await);
+    let mut before = carried_tree(&app, &snapshot).await;
+    for max in 1..=3 {
+        app.release("team", "limits", json!({"max": max}), true)
+            .await;
+        // Heartbeats aside, the update with the new version.
+        let update = loop {
+            let message = next_message(&mut stream).await;
+            if !bundles_of(&message).is_empty() {
+                break message;
+            }
+        };
+        let checkpoint = carried(update);
+        let (size, root) = carried_tree(&app, &checkpoint).await;
+        let proof = checkpoint
+            .consistency_proof
+            .expect("the proof from the tree carried before");
+        assert_eq!((proof.old_size, proof.new_size), (before.0, size));
+        let hashes = hashes(&proof.hashes);
+        tlog_tiles::check_tree(&hashes, size, root, before.0, before.1)
+            .expect("the carried tree extends the one before");
+        assert!(
+            tlog_tiles::check_tree(&hashes, size, before.1, before.0, before.1).is_err(),
+            "and proves no other"
+        );
+        before = (size, root);
+    }
+}
+
+/// A checkpoint signed as the interval passes, of the same tree as the one
+/// carried before it, carries the same proof: a stream that missed the one
+/// before still receives the proof from the tree before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_the_same_tree_keeps_the_proof_carried() {
+    let app = spawn_on(TestDatabase::new(Backend::Sqlite).await, |settings| {
+        settings.audit.checkpoint_interval = std::time::Duration::from_millis(400);
+        settings.watch.heartbeat_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let carried = |message: WatchActiveResponse| {
+        proto::Checkpoint::decode(message.checkpoint.expect("carried")).unwrap()
+    };
+    app.release("team", "limits", json!({"max": 0}), true).await;
+    let mut stream = app.watch("team", &[], 0).await;
+    next_message(&mut stream).await;
+    app.release("team", "limits", json!({"max": 1}), true).await;
+    let first = loop {
+        let message = next_message(&mut stream).await;
+        if !bundles_of(&message).is_empty() {
+            break carried(message);
+        }
+    };
+    assert!(first.consistency_proof.is_some(), "{first:?}");
+    let refreshed = loop {
+        let checkpoint = carried(next_message(&mut stream).await);
+        if checkpoint.jws != first.jws {
+            break checkpoint;
+        }
+    };
+    assert_eq!(
+        carried_tree(&app, &refreshed).await,
+        carried_tree(&app, &first).await,
+        "a checkpoint of the same tree"
+    );
+    assert_eq!(refreshed.consistency_proof, first.consistency_proof);
 }
 
 /// Over HTTP, at the path of the RPC's option, the proof is the same.

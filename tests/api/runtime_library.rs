@@ -368,6 +368,38 @@ async fn the_library_resumes_after_kill_9_missing_nothing_and_repeating_nothing(
     kill_9(server);
 }
 
+/// The library follows the log's tree with the consistency proofs the
+/// watch messages carry: releases reach it, each with a tree that extends
+/// the last, and it asked the server for no proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_follows_the_log_with_the_proofs_the_stream_carries() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let metrics_port = free_port();
+    let env = server_env_with_metrics(metrics_port, &[]);
+    let (server, channel) = spawn_binary_server_on(port, dir.path(), &env).await;
+    release(&channel, "limits", json!({"v": 1})).await;
+    let (task, mut states) = follow(quick(&format!("http://127.0.0.1:{port}")).runtime("rt-1", []));
+    let mut seen = Vec::new();
+    until_version(&mut states, "limits", 1, &mut seen).await;
+    for version in 2..=5 {
+        release(&channel, "limits", json!({"v": version})).await;
+        until_version(&mut states, "limits", version, &mut seen).await;
+    }
+    let metrics = crate::observability::scrape(([127, 0, 0, 1], metrics_port).into()).await;
+    // The library's calls are counted (its one JWKS fetch), but no proof.
+    assert!(
+        metrics.contains(r#"method="/policyhub.v1.BundleService/GetSigningKeys""#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"method="/policyhub.v1.BundleService/GetConsistencyProof""#),
+        "{metrics}"
+    );
+    task.abort();
+    kill_9(server);
+}
+
 /// Where the server will hold no more report streams for its subject, the
 /// library reports with one ReportStatus call each, and the report lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,6 +132,10 @@ async fn wound_back_while_stopped(mut context: Context) -> anyhow::Result<()> {
 /// The runtime verified revision 2 of the server; a second server, started
 /// from the backup of revision 1, takes other changes. Led to it, the
 /// runtime refuses its history and keeps revision 2; led back, it goes on.
+/// The second server's changes make a tree of the size the runtime verified
+/// and then a larger one, so its messages carry a consistency proof from
+/// that size, of its own tree: a runtime must check it as it would one it
+/// asked for.
 async fn forked(mut context: Context) -> anyhow::Result<()> {
     release(&context, "p", 1).await?;
     let backup = context.scratch.join("fork");

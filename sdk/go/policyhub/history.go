@@ -138,7 +138,10 @@ func (f *follower) followTree(ctx context.Context, checkpoint *pb.Checkpoint, c 
 	}
 	var proof []tree.Hash
 	if f.tree.Head != nil {
-		hashes, err := c.consistencyProof(ctx, f.tree.Head.Size, offered.Size)
+		hashes, carried := carriedProof(checkpoint, f.tree.Head.Size, offered.Size)
+		if !carried {
+			hashes, err = c.consistencyProof(ctx, f.tree.Head.Size, offered.Size)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -151,6 +154,17 @@ func (f *follower) followTree(ctx context.Context, checkpoint *pb.Checkpoint, c 
 	}
 	f.rememberTree()
 	return nil, nil
+}
+
+// carriedProof is the proof a watch message's checkpoint carries, when it
+// is the one from the tree of oldSize to the tree of newSize: checked as one
+// asked of the server would be, it spares the call.
+func carriedProof(checkpoint *pb.Checkpoint, oldSize, newSize uint64) ([][]byte, bool) {
+	carried := checkpoint.GetConsistencyProof()
+	if carried == nil || carried.GetOldSize() != oldSize || carried.GetNewSize() != newSize {
+		return nil, false
+	}
+	return carried.GetHashes(), true
 }
 
 func asHashes(hashes [][]byte) ([]tree.Hash, error) {

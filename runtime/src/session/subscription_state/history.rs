@@ -33,7 +33,8 @@ impl SubscriptionState {
 
     /// Follows the server's log's tree from a checkpoint's note: the first
     /// one verified is remembered; a newer tree only with a consistency
-    /// proof from the remembered one, fetched from the server; a tree that
+    /// proof from the remembered one, the one the checkpoint carries or else
+    /// fetched from the server; a tree that
     /// does not extend it only when the server proves that it records a
     /// restore (said by the event returned); anything else is a history
     /// refused. The tree remembered is cached.
@@ -81,6 +82,8 @@ impl SubscriptionState {
         };
         let proof = if self.tree.head.is_none() {
             Vec::new()
+        } else if let Some(carried) = carried_proof(checkpoint, old_size, offered.size) {
+            carried
         } else {
             client
                 .get_consistency_proof(proto::GetConsistencyProofRequest {
@@ -168,6 +171,21 @@ impl SubscriptionState {
             tracing::warn!(%error, namespace = %subscription.namespace, "cannot cache the server's tree");
         }
     }
+}
+
+/// The proof a watch message's checkpoint carries, when it is the one from
+/// the tree of `old_size` to the tree of `new_size`: checked as one asked of
+/// the server would be, it spares the call.
+fn carried_proof(
+    checkpoint: &proto::Checkpoint,
+    old_size: u64,
+    new_size: u64,
+) -> Option<Vec<Vec<u8>>> {
+    checkpoint
+        .consistency_proof
+        .as_ref()
+        .filter(|carried| (carried.old_size, carried.new_size) == (old_size, new_size))
+        .map(|carried| carried.hashes.clone())
 }
 
 /// The 32-byte hashes of a proof the server sent.

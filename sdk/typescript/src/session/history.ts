@@ -35,6 +35,19 @@ function hashes(proof: Buffer[]): Buffer[] {
   return proof;
 }
 
+/**
+ * The proof a watch message's checkpoint carries, when it is the one from
+ * the tree of `oldSize` to the tree of `newSize`: checked as one asked of
+ * the server would be, it spares the call.
+ */
+function carriedProof(checkpoint: Checkpoint, oldSize: number, newSize: number): Buffer[] | undefined {
+  const carried = checkpoint.consistencyProof;
+  if (carried === null) {
+    return undefined;
+  }
+  return carried.oldSize === String(oldSize) && carried.newSize === String(newSize) ? carried.hashes : undefined;
+}
+
 /** What the subscription knows of the server's history, between sessions. */
 export class History {
   readonly freshness: Freshness;
@@ -146,17 +159,9 @@ export class History {
     }
     let proof: Buffer[] = [];
     if (this.tree.head !== undefined) {
-      try {
-        const answer = await unary<GetConsistencyProofResponse>(
-          (metadata, options, callback) =>
-            client.getConsistencyProof({ oldSize: judgement.size, newSize: offered.size }, metadata, options, callback),
-          this.settings.channel.token,
-          callTimeoutMs(this.settings),
-        );
-        proof = answer.hashes;
-      } catch (error) {
-        throw Failure.fromStatus(error as grpc.ServiceError);
-      }
+      proof =
+        carriedProof(checkpoint, judgement.size, offered.size) ??
+        (await this.fetchProof(judgement.size, offered.size, client));
     }
     try {
       this.tree.extend(offered, hashes(proof));
@@ -166,6 +171,20 @@ export class History {
     }
     await this.rememberTree();
     return undefined;
+  }
+
+  /** The proof that the tree of `newSize` extends the one of `oldSize`, asked of the server. */
+  private async fetchProof(oldSize: number, newSize: number, client: BundleServiceClient): Promise<Buffer[]> {
+    try {
+      const answer = await unary<GetConsistencyProofResponse>(
+        (metadata, options, callback) => client.getConsistencyProof({ oldSize, newSize }, metadata, options, callback),
+        this.settings.channel.token,
+        callTimeoutMs(this.settings),
+      );
+      return answer.hashes;
+    } catch (error) {
+      throw Failure.fromStatus(error as grpc.ServiceError);
+    }
   }
 
   /**

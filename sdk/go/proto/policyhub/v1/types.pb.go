@@ -987,9 +987,19 @@ type Checkpoint struct {
 	// the base64 root hash, then an Ed25519 signature line under the origin
 	// as key name, by the same key. Empty on checkpoints from before the
 	// tree.
-	Note          string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Note string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
+	// On the checkpoint watch messages carry (and GetActive's of the bundle
+	// in force): the proof that this checkpoint's tree extends the tree of
+	// the checkpoint the replica's watch messages carried before it, made
+	// once for every stream. A runtime whose verified tree is of
+	// old_size checks it as it would GetConsistencyProof's answer, and so
+	// follows the log without a call; one that verified another tree calls
+	// GetConsistencyProof. Absent when there is nothing to prove (the first
+	// checkpoint a replica carries, the same tree, one that does not extend
+	// it).
+	ConsistencyProof *ConsistencyProof `protobuf:"bytes,8,opt,name=consistency_proof,json=consistencyProof,proto3" json:"consistency_proof,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Checkpoint) Reset() {
@@ -1071,6 +1081,78 @@ func (x *Checkpoint) GetNote() string {
 	return ""
 }
 
+func (x *Checkpoint) GetConsistencyProof() *ConsistencyProof {
+	if x != nil {
+		return x.ConsistencyProof
+	}
+	return nil
+}
+
+// An RFC 9162 consistency proof: the tree of new_size leaves extends the
+// tree of old_size leaves.
+type ConsistencyProof struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The older tree's size, at least 1.
+	OldSize uint64 `protobuf:"varint,1,opt,name=old_size,json=oldSize,proto3" json:"old_size,omitempty"`
+	// The newer tree's size, larger than old_size.
+	NewSize uint64 `protobuf:"varint,2,opt,name=new_size,json=newSize,proto3" json:"new_size,omitempty"`
+	// The proof's hashes, in RFC 9162's order, 32 bytes each.
+	Hashes        [][]byte `protobuf:"bytes,3,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsistencyProof) Reset() {
+	*x = ConsistencyProof{}
+	mi := &file_policyhub_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsistencyProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsistencyProof) ProtoMessage() {}
+
+func (x *ConsistencyProof) ProtoReflect() protoreflect.Message {
+	mi := &file_policyhub_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsistencyProof.ProtoReflect.Descriptor instead.
+func (*ConsistencyProof) Descriptor() ([]byte, []int) {
+	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ConsistencyProof) GetOldSize() uint64 {
+	if x != nil {
+		return x.OldSize
+	}
+	return 0
+}
+
+func (x *ConsistencyProof) GetNewSize() uint64 {
+	if x != nil {
+		return x.NewSize
+	}
+	return 0
+}
+
+func (x *ConsistencyProof) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
 // One entry of the append-only audit log.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1116,7 +1198,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_policyhub_v1_types_proto_msgTypes[6]
+	mi := &file_policyhub_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1210,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_policyhub_v1_types_proto_msgTypes[6]
+	mi := &file_policyhub_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1223,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Event) GetId() uint64 {
@@ -1261,7 +1343,7 @@ type PolicyApplyStatus struct {
 
 func (x *PolicyApplyStatus) Reset() {
 	*x = PolicyApplyStatus{}
-	mi := &file_policyhub_v1_types_proto_msgTypes[7]
+	mi := &file_policyhub_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1355,7 @@ func (x *PolicyApplyStatus) String() string {
 func (*PolicyApplyStatus) ProtoMessage() {}
 
 func (x *PolicyApplyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_policyhub_v1_types_proto_msgTypes[7]
+	mi := &file_policyhub_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1368,7 @@ func (x *PolicyApplyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyApplyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyApplyStatus) Descriptor() ([]byte, []int) {
-	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PolicyApplyStatus) GetName() string {
@@ -1351,7 +1433,7 @@ type Runtime struct {
 
 func (x *Runtime) Reset() {
 	*x = Runtime{}
-	mi := &file_policyhub_v1_types_proto_msgTypes[8]
+	mi := &file_policyhub_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1445,7 @@ func (x *Runtime) String() string {
 func (*Runtime) ProtoMessage() {}
 
 func (x *Runtime) ProtoReflect() protoreflect.Message {
-	mi := &file_policyhub_v1_types_proto_msgTypes[8]
+	mi := &file_policyhub_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1458,7 @@ func (x *Runtime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Runtime.ProtoReflect.Descriptor instead.
 func (*Runtime) Descriptor() ([]byte, []int) {
-	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Runtime) GetNamespace() string {
@@ -1465,7 +1547,7 @@ type GetInclusionProofResponse struct {
 
 func (x *GetInclusionProofResponse) Reset() {
 	*x = GetInclusionProofResponse{}
-	mi := &file_policyhub_v1_types_proto_msgTypes[9]
+	mi := &file_policyhub_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1559,7 @@ func (x *GetInclusionProofResponse) String() string {
 func (*GetInclusionProofResponse) ProtoMessage() {}
 
 func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_policyhub_v1_types_proto_msgTypes[9]
+	mi := &file_policyhub_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1572,7 @@ func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
-	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_policyhub_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetInclusionProofResponse) GetEvent() *Event {
@@ -1593,7 +1675,7 @@ const file_policyhub_v1_types_proto_rawDesc = "" +
 	" \x01(\v2\x17.google.protobuf.StructR\x04body\x128\n" +
 	"\n" +
 	"checkpoint\x18\v \x01(\v2\x18.policyhub.v1.CheckpointR\n" +
-	"checkpoint\"\xd8\x01\n" +
+	"checkpoint\"\xa5\x02\n" +
 	"\n" +
 	"Checkpoint\x12\x10\n" +
 	"\x03jws\x18\x01 \x01(\tR\x03jws\x12\x1a\n" +
@@ -1603,7 +1685,12 @@ const file_policyhub_v1_types_proto_rawDesc = "" +
 	"chain_head\x18\x04 \x01(\tR\tchainHead\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x15\n" +
 	"\x06key_id\x18\x06 \x01(\tR\x05keyId\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\xa1\x03\n" +
+	"\x04note\x18\a \x01(\tR\x04note\x12K\n" +
+	"\x11consistency_proof\x18\b \x01(\v2\x1e.policyhub.v1.ConsistencyProofR\x10consistencyProof\"`\n" +
+	"\x10ConsistencyProof\x12\x19\n" +
+	"\bold_size\x18\x01 \x01(\x04R\aoldSize\x12\x19\n" +
+	"\bnew_size\x18\x02 \x01(\x04R\anewSize\x12\x16\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes\"\xa1\x03\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.policyhub.v1.EventKindR\x04kind\x12\x1c\n" +
@@ -1715,7 +1802,7 @@ func file_policyhub_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_policyhub_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_policyhub_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_policyhub_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_policyhub_v1_types_proto_goTypes = []any{
 	(VersionState)(0),                 // 0: policyhub.v1.VersionState
 	(EventKind)(0),                    // 1: policyhub.v1.EventKind
@@ -1727,39 +1814,41 @@ var file_policyhub_v1_types_proto_goTypes = []any{
 	(*FleetSummary)(nil),              // 7: policyhub.v1.FleetSummary
 	(*Bundle)(nil),                    // 8: policyhub.v1.Bundle
 	(*Checkpoint)(nil),                // 9: policyhub.v1.Checkpoint
-	(*Event)(nil),                     // 10: policyhub.v1.Event
-	(*PolicyApplyStatus)(nil),         // 11: policyhub.v1.PolicyApplyStatus
-	(*Runtime)(nil),                   // 12: policyhub.v1.Runtime
-	(*GetInclusionProofResponse)(nil), // 13: policyhub.v1.GetInclusionProofResponse
-	nil,                               // 14: policyhub.v1.Runtime.LabelsEntry
-	(*structpb.Struct)(nil),           // 15: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),     // 16: google.protobuf.Timestamp
+	(*ConsistencyProof)(nil),          // 10: policyhub.v1.ConsistencyProof
+	(*Event)(nil),                     // 11: policyhub.v1.Event
+	(*PolicyApplyStatus)(nil),         // 12: policyhub.v1.PolicyApplyStatus
+	(*Runtime)(nil),                   // 13: policyhub.v1.Runtime
+	(*GetInclusionProofResponse)(nil), // 14: policyhub.v1.GetInclusionProofResponse
+	nil,                               // 15: policyhub.v1.Runtime.LabelsEntry
+	(*structpb.Struct)(nil),           // 16: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
 }
 var file_policyhub_v1_types_proto_depIdxs = []int32{
 	0,  // 0: policyhub.v1.Version.state:type_name -> policyhub.v1.VersionState
-	15, // 1: policyhub.v1.Version.body:type_name -> google.protobuf.Struct
-	16, // 2: policyhub.v1.Version.created_at:type_name -> google.protobuf.Timestamp
-	16, // 3: policyhub.v1.Version.published_at:type_name -> google.protobuf.Timestamp
+	16, // 1: policyhub.v1.Version.body:type_name -> google.protobuf.Struct
+	17, // 2: policyhub.v1.Version.created_at:type_name -> google.protobuf.Timestamp
+	17, // 3: policyhub.v1.Version.published_at:type_name -> google.protobuf.Timestamp
 	5,  // 4: policyhub.v1.Version.requirements:type_name -> policyhub.v1.Requirement
-	15, // 5: policyhub.v1.Policy.schema:type_name -> google.protobuf.Struct
+	16, // 5: policyhub.v1.Policy.schema:type_name -> google.protobuf.Struct
 	7,  // 6: policyhub.v1.Policy.fleet:type_name -> policyhub.v1.FleetSummary
-	15, // 7: policyhub.v1.Bundle.body:type_name -> google.protobuf.Struct
+	16, // 7: policyhub.v1.Bundle.body:type_name -> google.protobuf.Struct
 	9,  // 8: policyhub.v1.Bundle.checkpoint:type_name -> policyhub.v1.Checkpoint
-	16, // 9: policyhub.v1.Checkpoint.time:type_name -> google.protobuf.Timestamp
-	1,  // 10: policyhub.v1.Event.kind:type_name -> policyhub.v1.EventKind
-	16, // 11: policyhub.v1.Event.at:type_name -> google.protobuf.Timestamp
-	2,  // 12: policyhub.v1.PolicyApplyStatus.state:type_name -> policyhub.v1.ApplyState
-	14, // 13: policyhub.v1.Runtime.labels:type_name -> policyhub.v1.Runtime.LabelsEntry
-	3,  // 14: policyhub.v1.Runtime.state:type_name -> policyhub.v1.RuntimeState
-	16, // 15: policyhub.v1.Runtime.last_seen:type_name -> google.protobuf.Timestamp
-	11, // 16: policyhub.v1.Runtime.policies:type_name -> policyhub.v1.PolicyApplyStatus
-	10, // 17: policyhub.v1.GetInclusionProofResponse.event:type_name -> policyhub.v1.Event
-	9,  // 18: policyhub.v1.GetInclusionProofResponse.checkpoint:type_name -> policyhub.v1.Checkpoint
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 9: policyhub.v1.Checkpoint.time:type_name -> google.protobuf.Timestamp
+	10, // 10: policyhub.v1.Checkpoint.consistency_proof:type_name -> policyhub.v1.ConsistencyProof
+	1,  // 11: policyhub.v1.Event.kind:type_name -> policyhub.v1.EventKind
+	17, // 12: policyhub.v1.Event.at:type_name -> google.protobuf.Timestamp
+	2,  // 13: policyhub.v1.PolicyApplyStatus.state:type_name -> policyhub.v1.ApplyState
+	15, // 14: policyhub.v1.Runtime.labels:type_name -> policyhub.v1.Runtime.LabelsEntry
+	3,  // 15: policyhub.v1.Runtime.state:type_name -> policyhub.v1.RuntimeState
+	17, // 16: policyhub.v1.Runtime.last_seen:type_name -> google.protobuf.Timestamp
+	12, // 17: policyhub.v1.Runtime.policies:type_name -> policyhub.v1.PolicyApplyStatus
+	11, // 18: policyhub.v1.GetInclusionProofResponse.event:type_name -> policyhub.v1.Event
+	9,  // 19: policyhub.v1.GetInclusionProofResponse.checkpoint:type_name -> policyhub.v1.Checkpoint
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_policyhub_v1_types_proto_init() }
@@ -1773,7 +1862,7 @@ func file_policyhub_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_policyhub_v1_types_proto_rawDesc), len(file_policyhub_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
