@@ -172,6 +172,11 @@ async fn every_event_is_proven_in_the_signed_tree_and_every_tree_extends_the_las
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
 
+/// The checkpoint a watch message carries.
+fn carried(message: WatchActiveResponse) -> proto::Checkpoint {
+    proto::Checkpoint::decode(message.checkpoint.expect("carried")).unwrap()
+}
+
 /// The size and root of a checkpoint's note, its signature verified.
 async fn carried_tree(app: &TestApp, checkpoint: &proto::Checkpoint) -> (u64, Hash) {
     let note = Note::from_bytes(checkpoint.note.as_bytes()).expect("a signed note");
@@ -187,9 +192,6 @@ async fn carried_tree(app: &TestApp, checkpoint: &proto::Checkpoint) -> (u64, Ha
 /// notes, and against no other tree.
 async fn each_watch_message_proves_its_tree_extends_the_one_carried_before(app: TestApp) {
     app.release("team", "limits", json!({"max": 0}), true).await;
-    let carried = |message: WatchActiveResponse| {
-        proto::Checkpoint::decode(message.checkpoint.expect("carried")).unwrap()
-    };
     let mut stream = app.watch("team", &[], 0).await;
     let snapshot = carried(next_message(&mut stream).await);
     let mut before = carried_tree(&app, &snapshot).await;
@@ -230,9 +232,6 @@ async fn a_checkpoint_of_the_same_tree_keeps_the_proof_carried() {
         settings.watch.heartbeat_interval = std::time::Duration::from_millis(100);
     })
     .await;
-    let carried = |message: WatchActiveResponse| {
-        proto::Checkpoint::decode(message.checkpoint.expect("carried")).unwrap()
-    };
     app.release("team", "limits", json!({"max": 0}), true).await;
     let mut stream = app.watch("team", &[], 0).await;
     next_message(&mut stream).await;
