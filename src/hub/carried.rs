@@ -52,17 +52,11 @@ impl PolicyHub {
         if old >= new {
             return None;
         }
-        match self.repository.prove_consistency(old_size, new_size).await {
-            Ok(hashes) => Some(ConsistencyProof {
-                old_size,
-                new_size,
-                hashes,
-                checkpoint: None,
-            }),
-            Err(error) => {
+        self.consistency_proof(old_size, Some(new_size))
+            .await
+            .inspect_err(|error| {
                 tracing::warn!(%error, old, new, "cannot prove the carried checkpoint's tree");
-                None
-            }
-        }
+            })
+            .ok()
     }
 }

@@ -60,7 +60,13 @@ pub(crate) async fn signed_tree(app: &TestApp) -> (String, u64, Hash) {
         .unwrap()
         .into_inner()
         .checkpoints;
-    let note = Note::from_bytes(checkpoints[0].note.as_bytes()).expect("a signed note");
+    verified_tree(app, &checkpoints[0]).await
+}
+
+/// The origin, size and root of a checkpoint's note, its signature
+/// verified.
+async fn verified_tree(app: &TestApp, checkpoint: &proto::Checkpoint) -> (String, u64, Hash) {
+    let note = Note::from_bytes(checkpoint.note.as_bytes()).expect("a signed note");
     let body = tlog_tiles::Checkpoint::from_bytes(note.text()).expect("a tlog checkpoint");
     let origin = body.origin().to_owned();
     note.verify(&verifiers(app, &origin).await)
@@ -179,11 +185,8 @@ fn carried(message: WatchActiveResponse) -> proto::Checkpoint {
 
 /// The size and root of a checkpoint's note, its signature verified.
 async fn carried_tree(app: &TestApp, checkpoint: &proto::Checkpoint) -> (u64, Hash) {
-    let note = Note::from_bytes(checkpoint.note.as_bytes()).expect("a signed note");
-    let body = tlog_tiles::Checkpoint::from_bytes(note.text()).expect("a tlog checkpoint");
-    note.verify(&verifiers(app, body.origin()).await)
-        .expect("signed by the server's key under the origin");
-    (body.size(), *body.hash())
+    let (_, size, root) = verified_tree(app, checkpoint).await;
+    (size, root)
 }
 
 /// Each update a stream receives carries, with its checkpoint, the proof

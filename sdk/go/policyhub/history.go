@@ -140,10 +140,9 @@ func (f *follower) followTree(ctx context.Context, checkpoint *pb.Checkpoint, c 
 	if f.tree.Head != nil {
 		hashes, carried := carriedProof(checkpoint, f.tree.Head.Size, offered.Size)
 		if !carried {
-			hashes, err = c.consistencyProof(ctx, f.tree.Head.Size, offered.Size)
-		}
-		if err != nil {
-			return nil, err
+			if hashes, err = c.consistencyProof(ctx, f.tree.Head.Size, offered.Size); err != nil {
+				return nil, err
+			}
 		}
 		if proof, err = asHashes(hashes); err != nil {
 			return nil, transient("a consistency proof: %v", err)
