@@ -410,6 +410,8 @@ struct Delivery {
     to_last: Duration,
     /// From the change's issue to the last full body.
     from_issue: Duration,
+    /// From the change's issue to the first full body.
+    first: Duration,
     /// From the change's issue to its reply.
     reply: Duration,
     /// The server's CPU time from the change's issue to the last body.
@@ -485,6 +487,7 @@ impl Fleet {
         let replied = Instant::now();
         let mut last = replied;
         let mut last_body = issued;
+        let mut first_body: Option<Instant> = None;
         let mut missing = early;
         let mut received = early;
         while received < self.count {
@@ -495,6 +498,8 @@ impl Fleet {
                     if receipt.status == 200 && receipt.bytes > 0 {
                         last = last.max(receipt.at);
                         last_body = last_body.max(receipt.at);
+                        first_body =
+                            Some(first_body.map_or(receipt.at, |first| first.min(receipt.at)));
                     } else {
                         missing += 1;
                     }
@@ -514,6 +519,7 @@ impl Fleet {
         Ok(Delivery {
             to_last: last.duration_since(replied),
             from_issue: last.max(last_body).duration_since(issued),
+            first: first_body.unwrap_or(issued).duration_since(issued),
             reply: replied.duration_since(issued),
             cpu: cpu_after.saturating_sub(cpu_before),
             park_cpu: cpu_before.saturating_sub(park_start),
@@ -770,6 +776,8 @@ struct Summary {
     to_last: Duration,
     /// The median of its deliveries' time from the issue to the last body.
     from_issue: Duration,
+    /// The median of its deliveries' time from the issue to the first body.
+    first: Duration,
     /// Its CPU time per delivered bundle.
     cpu_per_bundle: Duration,
     /// Its CPU time per parked long poll.
@@ -786,10 +794,13 @@ impl Summary {
         from_issue.sort();
         let mut replies: Vec<Duration> = deliveries.iter().map(|d| d.reply).collect();
         replies.sort();
+        let mut first: Vec<Duration> = deliveries.iter().map(|d| d.first).collect();
+        first.sort();
         let bundles = (deliveries.len() * clients) as u32;
         Summary {
             to_last: to_last[to_last.len() / 2],
             from_issue: from_issue[from_issue.len() / 2],
+            first: first[first.len() / 2],
             cpu_per_bundle: deliveries.iter().map(|d| d.cpu).sum::<Duration>() / bundles,
             park_cpu_per_poll: deliveries.iter().map(|d| d.park_cpu).sum::<Duration>() / bundles,
             reply: replies[replies.len() / 2],
@@ -802,8 +813,9 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "issue to the last body {:.1} ms, reply {:.1} ms, reply to the last body {:.1} ms, CPU {:.1} µs per bundle, {:.1} µs per \
+            "issue to the first body {:.1} ms, to the last body {:.1} ms, reply {:.1} ms, reply to the last body {:.1} ms, CPU {:.1} µs per bundle, {:.1} µs per \
              parked poll, {} missing",
+            ms(self.first),
             ms(self.from_issue),
             ms(self.reply),
             ms(self.to_last),

@@ -186,6 +186,49 @@ fn encoded_active(view: ActiveView) -> Vec<Bytes> {
     }
 }
 
+impl BundleApi {
+    /// Answers a GetOpaBundle from `caller`: what the HTTP port's OPA polls
+    /// call directly.
+    pub async fn opa_bundle(
+        &self,
+        caller: &Identified,
+        request: &proto::GetOpaBundleRequest,
+    ) -> Result<proto::OpaBundle, Status> {
+        let (namespace, watcher, wait) = opa_bundle_wanted(request)?;
+        let context = caller.admit(Rpc::GetOpaBundle, [&namespace], &self.quotas)?;
+        // An OPA that names itself is in the fleet while it asks.
+        let _connection = match &watcher {
+            Some(watcher) => {
+                let arrival = self.hub.opa_arrival(&namespace, watcher, &context.actor)?;
+                Some(self.hub.connect_runtime(arrival).await?)
+            }
+            None => None,
+        };
+        let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
+        let bundle = self
+            .hub
+            .opa_bundle(&namespace, watcher.as_ref(), held, wait)
+            .await?;
+        Ok(opa_reply(bundle, &request.if_none_match))
+    }
+
+    /// Answers a GetOpaDiscovery from `caller`, as [`Self::opa_bundle`].
+    pub async fn opa_discovery(
+        &self,
+        caller: &Identified,
+        request: &proto::GetOpaDiscoveryRequest,
+    ) -> Result<proto::OpaBundle, Status> {
+        let (namespace, watcher, wait) = opa_discovery_wanted(request)?;
+        caller.admit(Rpc::GetOpaDiscovery, [&namespace], &self.quotas)?;
+        let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
+        let discovery = self
+            .hub
+            .opa_discovery(&namespace, watcher.as_ref(), held, wait)
+            .await?;
+        Ok(opa_reply(discovery, &request.if_none_match))
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Send>>;
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<proto::ReportStatusResponse, Status>> + Send>>;
@@ -355,23 +398,9 @@ impl BundleService for BundleApi {
         request: Request<proto::GetOpaBundleRequest>,
     ) -> Result<Response<proto::OpaBundle>, Status> {
         let caller = identify(&request)?;
-        let request = request.get_ref();
-        let (namespace, watcher, wait) = opa_bundle_wanted(request)?;
-        let context = caller.admit(Rpc::GetOpaBundle, [&namespace], &self.quotas)?;
-        // An OPA that names itself is in the fleet while it asks.
-        let _connection = match &watcher {
-            Some(watcher) => {
-                let arrival = self.hub.opa_arrival(&namespace, watcher, &context.actor)?;
-                Some(self.hub.connect_runtime(arrival).await?)
-            }
-            None => None,
-        };
-        let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
-        let bundle = self
-            .hub
-            .opa_bundle(&namespace, watcher.as_ref(), held, wait)
-            .await?;
-        Ok(Response::new(opa_reply(bundle, &request.if_none_match)))
+        self.opa_bundle(&caller, request.get_ref())
+            .await
+            .map(Response::new)
     }
 
     async fn get_opa_discovery(
@@ -379,15 +408,9 @@ impl BundleService for BundleApi {
         request: Request<proto::GetOpaDiscoveryRequest>,
     ) -> Result<Response<proto::OpaBundle>, Status> {
         let caller = identify(&request)?;
-        let request = request.get_ref();
-        let (namespace, watcher, wait) = opa_discovery_wanted(request)?;
-        caller.admit(Rpc::GetOpaDiscovery, [&namespace], &self.quotas)?;
-        let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
-        let discovery = self
-            .hub
-            .opa_discovery(&namespace, watcher.as_ref(), held, wait)
-            .await?;
-        Ok(Response::new(opa_reply(discovery, &request.if_none_match)))
+        self.opa_discovery(&caller, request.get_ref())
+            .await
+            .map(Response::new)
     }
 
     async fn report_opa_status(

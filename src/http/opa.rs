@@ -14,13 +14,14 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use prost::bytes::Bytes;
 use prost_reflect::{DynamicMessage, Value};
-use tonic::{Status, metadata::MetadataMap};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::routes::Route;
 use super::status::Failure;
-use super::{Gateway, HttpBody, boxed, forward, rpc_span, semantics};
-use crate::grpc::proto::{self, bundle_service_server::BundleService};
+use super::{Gateway, HttpBody, boxed, rpc_span, semantics};
+use crate::grpc::auth::Identified;
+use crate::grpc::proto;
 use crate::metrics::DirectCall;
 
 /// The content type OPA's bundle plugin reads as "this server long-polls":
@@ -83,22 +84,13 @@ impl Gateway {
             .caller(headers, None)
             .await
             .map_err(Status::from)?;
-        let mut forwarded = HeaderMap::new();
-        forward(headers, &mut forwarded);
-        let metadata = MetadataMap::from_headers(forwarded);
-        let mut extensions = tonic::Extensions::new();
-        extensions.insert(caller);
+        let caller = Identified::direct(caller, headers);
         let api = &self.inner.bundles;
-        let reply = if route.method.name() == "GetOpaDiscovery" {
-            let request = transcoded(message)?;
-            api.get_opa_discovery(tonic::Request::from_parts(metadata, extensions, request))
-                .await?
+        if route.method.name() == "GetOpaDiscovery" {
+            api.opa_discovery(&caller, &transcoded(message)?).await
         } else {
-            let request = transcoded(message)?;
-            api.get_opa_bundle(tonic::Request::from_parts(metadata, extensions, request))
-                .await?
-        };
-        Ok(reply.into_inner())
+            api.opa_bundle(&caller, &transcoded(message)?).await
+        }
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Route {
     segments: Vec<Segment>,
     /// The custom method after `:` in the last segment, such as `publish`.
     custom: Option<String>,
+    /// The literal segments before the first variable, joined as a path
+    /// has them after its leading `/`: a path without it cannot match.
+    prefix: String,
     /// What the JSON body fills.
     pub body: Body,
     /// The RPC.
@@ -108,10 +111,28 @@ fn route(rule: &DynamicMessage, method: &MethodDescriptor, grpc_path: &str) -> O
     .into_iter()
     .find_map(|(verb, name)| text(name).map(|path| (verb, path)))?;
     let (segments, custom) = template(&path);
+    let mut prefix = String::new();
+    for segment in &segments {
+        match segment {
+            Segment::Literal(literal) => {
+                prefix.push_str(literal);
+                prefix.push('/');
+            }
+            Segment::Field(_) => break,
+        }
+    }
+    // A template of literals alone ends without the `/`.
+    if !segments
+        .iter()
+        .any(|segment| matches!(segment, Segment::Field(_)))
+    {
+        prefix.pop();
+    }
     Some(Route {
         verb,
         segments,
         custom,
+        prefix,
         body: Body::of(text("body").as_deref(), &method.input())?,
         method: method.clone(),
         grpc_path: grpc_path.to_owned(),
@@ -121,7 +142,7 @@ fn route(rule: &DynamicMessage, method: &MethodDescriptor, grpc_path: &str) -> O
 impl Route {
     /// The variables of `path` when this route matches `verb` and `path`.
     pub fn matches(&self, verb: &http::Method, path: &str) -> Option<Bindings> {
-        if verb != self.verb {
+        if verb != self.verb || !path.trim_start_matches('/').starts_with(&self.prefix) {
             return None;
         }
         let (path, custom) = match path.rsplit_once(':') {
@@ -423,6 +444,32 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_path_matches_only_the_routes_its_literal_segments_begin() {
+        let routes = routes(&pool());
+        let named = |name: &str| {
+            routes
+                .iter()
+                .find(|route| route.method.name() == name)
+                .unwrap()
+        };
+        let bundle = named("GetOpaBundle");
+        for (path, matched) in [
+            ("/v1/opa/bundles/payments", true),
+            ("//v1/opa/bundles/payments", true),
+            ("/v1/opa/bundle/payments", false),
+            ("/v1/opa/bundles", false),
+            ("/v1/opa/bundlesX/payments", false),
+        ] {
+            let found = bundle.matches(&http::Method::GET, path);
+            assert_eq!(found.is_some(), matched, "{path}");
+        }
+        let list = named("ListPolicies");
+        assert!(list.matches(&http::Method::GET, "/v1/policies").is_some());
+        assert!(list.matches(&http::Method::GET, "/v1/policiesX").is_none());
+        assert!(list.matches(&http::Method::GET, "/v1/polic").is_none());
     }
 
     #[test]

@@ -44,9 +44,13 @@ pub(super) struct Opa {
 /// A namespace's bundles at one revision: one per set of versions given
 /// (the stable bundle, and each cohort's), each built by the first request
 /// that wants it while the others wait for it.
+#[derive(Default)]
 struct Built {
     revision: u64,
     bundles: HashMap<BTreeMap<PolicyName, u32>, Arc<OnceCell<Arc<OpaBundle>>>>,
+    /// The stable bundle's cell, once a request found it: every OPA
+    /// outside a rollout's cohort asks for it, after every change.
+    stable: Option<Arc<OnceCell<Arc<OpaBundle>>>>,
 }
 
 impl PolicyHub {
@@ -165,12 +169,12 @@ impl PolicyHub {
     ) -> Result<Option<Arc<OpaBundle>>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let (bundle, due) = self.opa_bundle_now(namespace, watcher).await?;
+            let (bundle, revision) = self.opa_bundle_now(namespace, watcher).await?;
             if held != Some(bundle.etag.as_str()) {
                 return Ok(Some(bundle));
             }
             let changed = tokio::select! {
-                () = self.index.namespace_changed(namespace, due.revision) => true,
+                () = self.index.namespace_changed(namespace, revision) => true,
                 () = self.index.closed() => false,
                 () = tokio::time::sleep_until(deadline) => false,
             };
@@ -212,38 +216,46 @@ impl PolicyHub {
         }
     }
 
-    /// The bundle `watcher` is given now, and what it holds.
+    /// The bundle `watcher` is given now, and the revision it is of.
     async fn opa_bundle_now(
         &self,
         namespace: &Namespace,
         watcher: Option<&Watcher>,
-    ) -> Result<(Arc<OpaBundle>, OpaDue)> {
+    ) -> Result<(Arc<OpaBundle>, u64)> {
         let (roots, keys) = self.served_to_opa(namespace)?;
         let index = self.namespace_index(namespace);
-        let (view, due) = given(&index, watcher);
+        // Without a rollout every OPA is given the stable bundle, found
+        // without working out what it holds.
+        let cohort = watcher.filter(|_| !index.candidates.is_empty());
         let cell = {
             let mut built = self.opa.built.lock().expect("no panic holds this lock");
-            let built = built.entry(namespace.clone()).or_insert_with(|| Built {
-                revision: index.revision,
-                bundles: HashMap::new(),
-            });
+            let built = built.entry(namespace.clone()).or_default();
             if built.revision != index.revision {
-                built.revision = index.revision;
-                built.bundles.clear();
+                *built = Built {
+                    revision: index.revision,
+                    ..Built::default()
+                };
             }
-            built
-                .bundles
-                .entry(due.versions.clone())
-                .or_default()
-                .clone()
+            match (cohort, &built.stable) {
+                (None, Some(stable)) => stable.clone(),
+                _ => {
+                    let (_, due) = given(&index, cohort);
+                    let cell = built.bundles.entry(due.versions).or_default().clone();
+                    if cohort.is_none() {
+                        built.stable = Some(cell.clone());
+                    }
+                    cell
+                }
+            }
         };
         let bundle = cell
             .get_or_try_init(|| async {
+                let (view, due) = given(&index, cohort);
                 build(namespace, roots, &due, &view, &keys[0]).map(Arc::new)
             })
             .await?
             .clone();
-        Ok((bundle, due))
+        Ok((bundle, index.revision))
     }
 
     /// `namespace` as the index holds it now.

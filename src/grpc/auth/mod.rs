@@ -203,9 +203,16 @@ impl Caller {
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 fn request_id(metadata: &MetadataMap) -> String {
-    metadata
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
+    request_id_of(
+        metadata
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok()),
+    )
+}
+
+/// The request id a caller gave, or a new one.
+fn request_id_of(given: Option<&str>) -> String {
+    given
         .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
@@ -232,6 +239,19 @@ pub fn identify<T>(request: &Request<T>) -> Result<Identified> {
 }
 
 impl Identified {
+    /// `caller`, of a request with `headers`, found as the gRPC port's
+    /// layer finds one: for a request handled without that layer.
+    pub fn direct(caller: Caller, headers: &http::HeaderMap) -> Self {
+        Identified {
+            caller,
+            request_id: request_id_of(
+                headers
+                    .get("x-request-id")
+                    .and_then(|value| value.to_str().ok()),
+            ),
+        }
+    }
+
     /// Checks a deployment-wide `rpc`; the context records the caller.
     pub fn authorize_everywhere(&self, rpc: Rpc) -> Result<RequestContext> {
         self.caller.authorize_everywhere(rpc)?;
