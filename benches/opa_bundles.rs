@@ -15,11 +15,11 @@
 //! from the activation's issue to the last client having read the whole
 //! 200 body (judged from the issue, since policyhub answers the polls
 //! before its `Activate` reply reaches the bench; the time from the reply
-//! is printed too), and the server's CPU time (utime + stime from `/proc`)
+//! is printed too), and the server's CPU time (its CPU-time clock)
 //! from the activation's issue to that last body, over the clients. The
 //! baseline, measured in turn in the same run: **the floor**, a minimal
 //! hyper HTTP/1.1 server (the bench binary started again as a child
-//! process, so its CPU is read from `/proc` like the server's) that holds
+//! process, so its CPU is read as the server's is) that holds
 //! the same long polls on the same clients and, when told over a control
 //! connection, answers each with one prebuilt buffer of the bundle's bytes
 //! (policyhub's own tarball) and a new `ETag`: no routing, authentication,

@@ -11,10 +11,10 @@
 //! etcd: N watchers of one key, then one `Put` per round of a value as long
 //! as policyhub's encoded bundle, timed from its issue. The floor: N
 //! streams, then one write per round. Each server's first round is a
-//! warm-up whose figures are dropped ([`warm_up`]). The CPU time is read from `/proc`
-//! just before each write and after its last receipt, so the clients' own
-//! work on the same cores does not count; `/proc` counts in 10 ms ticks,
-//! hence at least 20,000 deliveries per repeat. The `tls` section runs the
+//! warm-up whose figures are dropped ([`warm_up`]). The server's CPU time is
+//! read just before each write and after its last receipt, so the clients'
+//! own work on the same cores does not count, over at least 20,000
+//! deliveries per repeat. The `tls` section runs the
 //! same with TLS on policyhub's and etcd's ports ([`crate::tls`]), without
 //! the floor.
 
@@ -216,7 +216,7 @@ fn cases(settings: &Settings) -> Vec<(usize, usize)> {
 }
 
 /// Writes per repeat with `count` streams: enough deliveries for the CPU
-/// time to span many of `/proc`'s 10 ms ticks.
+/// time to be theirs, not a round's noise.
 fn rounds(settings: &Settings, count: usize) -> usize {
     settings.size(2, 3).max(20_000 / count).min(20)
 }

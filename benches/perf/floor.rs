@@ -8,8 +8,8 @@
 //! least any gRPC watch server can do per delivered update.
 //!
 //! It runs as a child process, the bench binary started again with
-//! [`ROLE`] set, so its CPU time is read from `/proc` like the servers it
-//! is the floor of.
+//! [`ROLE`] set, so its CPU time is read like the
+//! servers' it is the floor of.
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 

@@ -164,7 +164,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     );
     outcome.notes.push(format!(
         "{FLAGS} policies of about {BODY_BYTES} bytes in one namespace; {} s per run \
-         after 0.3 s of warm-up; the agent's CPU is read from /proc in 10 ms ticks",
+         after 0.3 s of warm-up; the agent's CPU time is read from its CPU-time clock",
         duration.as_secs()
     ));
     Ok(outcome)

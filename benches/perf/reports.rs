@@ -54,7 +54,7 @@ use crate::{
 const CONNECTIONS: usize = 16;
 const IN_FLIGHT: usize = 64;
 
-/// Calls of each burst: `/proc` counts CPU time in 10 ms ticks.
+/// Calls of each burst: enough for its CPU time to be the calls' own.
 const BURST_CALLS: usize = 10_000;
 
 /// Past the server's flush interval (a second by default): a burst's

@@ -92,25 +92,37 @@ pub fn rss_kib(pid: impl std::fmt::Display) -> anyhow::Result<u64> {
     Ok(rss.trim().trim_end_matches("kB").trim().parse()?)
 }
 
-/// User plus system CPU time of a process (`self` for this one).
+/// The CPU time a process (`self` for this one) has run, to the
+/// nanosecond: its CPU-time clock (`clock_getcpuclockid`), where
+/// `/proc/<pid>/stat` counts 10 ms ticks.
 pub fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesized command name: state is field 3, utime
-    // and stime are fields 14 and 15.
-    let (_, rest) = stat.rsplit_once(')').context("malformed stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
-}
-
-pub fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
+    let pid = pid.to_string();
+    let clock = if pid == "self" {
+        libc::CLOCK_PROCESS_CPUTIME_ID
+    } else {
+        let mut clock = 0;
+        // SAFETY: `clock` is a valid place for the clock id.
+        let error = unsafe { libc::clock_getcpuclockid(pid.parse()?, &mut clock) };
+        if error != 0 {
+            bail!(
+                "no CPU-time clock for process {pid}: {}",
+                io::Error::from_raw_os_error(error)
+            );
+        }
+        clock
+    };
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid place for the time read.
+    if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
+        bail!(
+            "cannot read the CPU time of process {pid}: {}",
+            io::Error::last_os_error()
+        );
+    }
+    Ok(Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
 }
 
 /// The 1, 5 and 15 minute load averages.
