@@ -202,10 +202,13 @@ impl Caller {
 /// Longest `x-request-id` taken from a caller; a longer one is replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The header (and metadata key) a caller names its request with.
+const REQUEST_ID: &str = "x-request-id";
+
 fn request_id(metadata: &MetadataMap) -> String {
     request_id_of(
         metadata
-            .get("x-request-id")
+            .get(REQUEST_ID)
             .and_then(|value| value.to_str().ok()),
     )
 }
@@ -246,7 +249,7 @@ impl Identified {
             caller,
             request_id: request_id_of(
                 headers
-                    .get("x-request-id")
+                    .get(REQUEST_ID)
                     .and_then(|value| value.to_str().ok()),
             ),
         }
