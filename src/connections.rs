@@ -48,9 +48,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
     time::{Instant, Sleep},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 /// The first pause after a failed accept; each failure in a row doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -203,29 +204,29 @@ impl Listener {
     /// Accepts until `stop` is cancelled, each connection handed to
     /// `handle` in a task of its own, with `stop` to finish the requests
     /// under way and close when it is cancelled; then closes the port and
-    /// waits for every connection to end. The tasks are tracked rather than
-    /// detached: dropping this future (a grace period over) cuts every
-    /// connection still open, so none outlives its port.
+    /// waits for every connection to end. The tasks are held rather than
+    /// detached: dropping this future (a grace period over) aborts every
+    /// connection still open, so none outlives its port. Aborting is the
+    /// runtime's, so a connection checks nothing each time it is polled.
     pub async fn serve<F, Fut>(mut self, stop: CancellationToken, handle: F)
     where
         F: Fn(Connection, CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let connections = TaskTracker::new();
-        let cut = CancellationToken::new();
-        let _cut_when_dropped = cut.clone().drop_guard();
+        let mut connections = JoinSet::new();
         loop {
-            let connection = tokio::select! {
-                connection = self.accept() => connection,
+            tokio::select! {
+                connection = self.accept() => {
+                    connections.spawn(handle(connection, stop.clone()));
+                }
+                // The ended are let go as they end.
+                Some(_) = connections.join_next() => {}
                 () = stop.cancelled() => break,
-            };
-            let served = handle(connection, stop.clone());
-            connections.spawn(cut.clone().run_until_cancelled_owned(served));
+            }
         }
         // Refused from now on, rather than queued where no one accepts.
         drop(self);
-        connections.close();
-        connections.wait().await;
+        while connections.join_next().await.is_some() {}
     }
 
     /// Serves HTTP/1.1 on every connection until `stop` is cancelled, each
@@ -338,9 +339,10 @@ impl Drop for InFlight {
 pub struct Connection {
     stream: TcpStream,
     activity: Arc<Activity>,
-    /// Fires at the deadline; reset when the deadline moves.
+    /// Fires at the deadline or before it (see `poll_deadline`).
     timer: Pin<Box<Sleep>>,
-    armed_for: Option<Instant>,
+    /// When `timer` fires.
+    armed_for: Instant,
     /// Released when the connection is dropped.
     _permit: OwnedSemaphorePermit,
 }
@@ -359,7 +361,7 @@ impl Connection {
                 idle_timeout: limits.idle_timeout,
             }),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
-            armed_for: Some(deadline),
+            armed_for: deadline,
             _permit: permit,
         }
     }
@@ -387,17 +389,27 @@ impl Connection {
         let Some(deadline) = deadline else {
             return Ok(());
         };
-        if self.armed_for != Some(deadline) {
-            self.timer.as_mut().reset(deadline);
-            self.armed_for = Some(deadline);
+        // The timer fires at the deadline or before it: it is moved
+        // earlier at once, but later only once it fires, since every
+        // request moves the deadline of a busy connection.
+        if deadline < self.armed_for {
+            self.arm(deadline);
         }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the connection sent no complete request in time",
-            )),
-            Poll::Pending => Ok(()),
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection sent no complete request in time",
+                ));
+            }
+            self.arm(deadline);
         }
+        Ok(())
+    }
+
+    fn arm(&mut self, deadline: Instant) {
+        self.timer.as_mut().reset(deadline);
+        self.armed_for = deadline;
     }
 }
 

@@ -223,7 +223,7 @@ impl Gateway {
             return self.get_active(route, &parts.headers, message).await;
         }
         if matches!(route.method.name(), "GetOpaBundle" | "GetOpaDiscovery") {
-            return self.opa_bundle(route, &parts.headers, message).await;
+            return self.opa_bundle(route, parts.headers, message).await;
         }
         let reply = match self.call(route, &parts.headers, message).await {
             // The compare-and-swap of If-Match failed: 412, as HTTP says.

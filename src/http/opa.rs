@@ -18,8 +18,9 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::routes::Route;
+use super::semantics::{self, NoneMatch};
 use super::status::Failure;
-use super::{Gateway, HttpBody, boxed, rpc_span, semantics};
+use super::{Gateway, HttpBody, boxed, rpc_span};
 use crate::grpc::auth::Identified;
 use crate::grpc::proto;
 use crate::metrics::DirectCall;
@@ -35,27 +36,28 @@ impl Gateway {
     pub(super) async fn opa_bundle(
         &self,
         route: &Route,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         mut message: DynamicMessage,
     ) -> Result<Response<HttpBody>, Failure> {
-        let wait = semantics::wait(headers)?;
-        if let Some(held) = held_tag(headers) {
-            message.set_field_by_name("if_none_match", Value::String(held));
+        let wait = semantics::wait(&headers)?;
+        let none_match = NoneMatch::of(&headers);
+        if let Some(held) = held_tag(&none_match) {
+            message.set_field_by_name("if_none_match", Value::String(held.to_owned()));
             let seconds = wait.map_or(0, |wait| wait.as_secs());
             message.set_field_by_name("wait_seconds", Value::U32(seconds as u32));
         }
         let span = rpc_span(route);
         let call = DirectCall::start(&route.grpc_path, span.clone());
-        let bundle = self.poll(route, headers, &message).instrument(span).await;
+        let bundle = self.poll(route, headers, message).instrument(span).await;
         call.end(
             bundle
                 .as_ref()
                 .map_or_else(Status::code, |_| tonic::Code::Ok),
         );
         let bundle = bundle?;
-        let etag = HeaderValue::from_str(&format!("\"{}\"", bundle.etag))
+        let etag = HeaderValue::try_from(["\"", &bundle.etag, "\""].concat())
             .map_err(|_| Status::internal("an OPA bundle's entity tag is header text"))?;
-        let mut response = if bundle.not_modified || semantics::not_modified(headers, &etag) {
+        let mut response = if bundle.not_modified || none_match.names(&etag) {
             let mut response = Response::new(boxed(Full::new(Bytes::new())));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
@@ -71,31 +73,37 @@ impl Gateway {
     }
 
     /// `GetOpaBundle` or `GetOpaDiscovery` answered by the bundle service's
-    /// handler, after the authentication the gRPC port's layer does.
+    /// handler, after the authentication the gRPC port's layer does. The
+    /// request's headers and message are let go before the handler holds
+    /// the poll: when it is answered, they would be read from memory long
+    /// out of the caches only to be freed.
     async fn poll(
         &self,
         route: &Route,
-        headers: &HeaderMap,
-        message: &DynamicMessage,
+        headers: HeaderMap,
+        message: DynamicMessage,
     ) -> Result<proto::OpaBundle, Status> {
         let caller = self
             .inner
             .authentication
-            .caller(headers, None)
+            .caller(&headers, None)
             .await
             .map_err(Status::from)?;
-        let caller = Identified::direct(caller, headers);
+        let caller = Identified::direct(caller, &headers);
+        drop(headers);
         let api = &self.inner.bundles;
         if route.method.name() == "GetOpaDiscovery" {
-            api.opa_discovery(&caller, &transcoded(message)?).await
+            let request = transcoded(message)?;
+            api.opa_discovery(&caller, &request).await
         } else {
-            api.opa_bundle(&caller, &transcoded(message)?).await
+            let request = transcoded(message)?;
+            api.opa_bundle(&caller, &request).await
         }
     }
 }
 
 /// The request as the handler's type.
-fn transcoded<T: prost::Message + Default>(message: &DynamicMessage) -> Result<T, Status> {
+fn transcoded<T: prost::Message + Default>(message: DynamicMessage) -> Result<T, Status> {
     message
         .transcode_to()
         .map_err(|error| Status::internal(format!("the request does not transcode: {error}")))
@@ -103,10 +111,7 @@ fn transcoded<T: prost::Message + Default>(message: &DynamicMessage) -> Result<T
 
 /// The entity tag `If-None-Match` names first, unquoted: the one OPA
 /// holds (it sends back the `ETag` it was given).
-fn held_tag(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
-    let first = value.split(',').next()?.trim();
-    let tag = first.strip_prefix("W/").unwrap_or(first);
-    let tag = tag.strip_prefix('"')?.strip_suffix('"')?;
-    (!tag.is_empty()).then(|| tag.to_owned())
+fn held_tag(none_match: &NoneMatch) -> Option<&str> {
+    let tag = none_match.first()?.strip_prefix('"')?.strip_suffix('"')?;
+    (!tag.is_empty()).then_some(tag)
 }

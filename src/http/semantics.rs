@@ -54,13 +54,43 @@ pub fn version_etag(version: &DynamicMessage) -> Option<HeaderValue> {
 
 /// Whether `If-None-Match` names `etag` (or `*`).
 pub fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    names(listed(headers), etag)
+}
+
+/// The entity tags `If-None-Match` lists, read once: for a long poll,
+/// whose request is long gone from the caches when it is answered.
+pub struct NoneMatch(Vec<String>);
+
+impl NoneMatch {
+    pub fn of(headers: &HeaderMap) -> Self {
+        NoneMatch(listed(headers).map(str::to_owned).collect())
+    }
+
+    /// The first tag listed, quoted as sent.
+    pub fn first(&self) -> Option<&str> {
+        self.0.first().map(String::as_str)
+    }
+
+    /// Whether it names `etag` (or `*`).
+    pub fn names(&self, etag: &HeaderValue) -> bool {
+        names(self.0.iter().map(String::as_str), etag)
+    }
+}
+
+/// The tags of `If-None-Match`, compared weakly (RFC 9110 §13.1.2): `W/`
+/// left off.
+fn listed(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag.to_str().unwrap_or_default())
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+}
+
+fn names<'a>(mut tags: impl Iterator<Item = &'a str>, etag: &HeaderValue) -> bool {
+    let etag = etag.to_str().unwrap_or_default();
+    tags.any(|tag| tag == "*" || tag == etag)
 }
 
 /// How long `Prefer: wait=N` asks to hold a read: whole seconds from 0 to

@@ -173,12 +173,11 @@ impl PolicyHub {
             if held != Some(bundle.etag.as_str()) {
                 return Ok(Some(bundle));
             }
-            let changed = tokio::select! {
-                () = self.index.namespace_changed(namespace, revision) => true,
-                () = self.index.closed() => false,
-                () = tokio::time::sleep_until(deadline) => false,
-            };
-            if !changed {
+            let changed = self.index.namespace_changed(namespace, revision);
+            if !tokio::time::timeout_at(deadline, changed)
+                .await
+                .unwrap_or(false)
+            {
                 return Ok(None);
             }
         }

@@ -16,6 +16,7 @@ use std::{
 };
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prost::bytes::Bytes;
 use tonic::body::Body;
 use tower_layer::Layer;
@@ -96,27 +97,54 @@ where
 /// polls, which call the bundle service's handler directly), recorded as
 /// this layer records one: with the code it ends with, or CANCELLED when
 /// it is dropped first (the client went away from a held poll).
+///
+/// Its series are found when it starts: a held poll ends when the bundle
+/// changes, together with every other OPA's of the fleet, and then finds
+/// no label set and takes no lock of the families.
 pub struct DirectCall {
     /// Taken when recorded.
     call: Option<Call>,
+    duration: Histogram,
+    /// The count of calls that end OK.
+    ok: Counter,
 }
 
 impl DirectCall {
     /// A call of `method` (its gRPC path) starting now, within `span`.
     pub fn start(method: &str, span: tracing::Span) -> Self {
+        let metrics = global();
+        let duration = metrics
+            .rpc_duration
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .clone();
+        let ok = metrics
+            .rpc_requests
+            .get_or_create(&RpcLabels {
+                method: method.to_owned(),
+                code: OK.to_owned(),
+            })
+            .clone();
         DirectCall {
             call: Some(Call {
                 method: method.to_owned(),
                 started: Instant::now(),
                 span,
             }),
+            duration,
+            ok,
         }
     }
 
     /// The call ended with `code`.
     pub fn end(mut self, code: tonic::Code) {
         if let Some(call) = self.call.take() {
-            call.end(&(code as i32).to_string());
+            if code == tonic::Code::Ok {
+                call.record(&self.duration, &self.ok, OK);
+            } else {
+                call.end(&(code as i32).to_string());
+            }
         }
     }
 }
@@ -139,19 +167,21 @@ struct Call {
 impl Call {
     fn end(self, code: &str) {
         let metrics = global();
-        metrics
-            .rpc_duration
-            .get_or_create(&MethodLabel {
-                method: self.method.clone(),
-            })
-            .observe(self.started.elapsed().as_secs_f64());
-        metrics
-            .rpc_requests
-            .get_or_create(&RpcLabels {
-                method: self.method,
-                code: code.to_owned(),
-            })
-            .inc();
+        let duration = metrics.rpc_duration.get_or_create(&MethodLabel {
+            method: self.method.clone(),
+        });
+        let requests = metrics.rpc_requests.get_or_create(&RpcLabels {
+            method: self.method.clone(),
+            code: code.to_owned(),
+        });
+        self.record(&duration, &requests, code);
+    }
+
+    /// Records the call in its series, `duration` and `requests` (those of
+    /// its method and `code`).
+    fn record(self, duration: &Histogram, requests: &Counter, code: &str) {
+        duration.observe(self.started.elapsed().as_secs_f64());
+        requests.inc();
         if let Ok(code) = code.parse::<i64>() {
             self.span.record("rpc.grpc.status_code", code);
         }
@@ -167,6 +197,8 @@ struct ObservedBody {
     status: Option<String>,
 }
 
+/// OK: the call succeeded.
+const OK: &str = "0";
 /// CANCELLED: the client went away before the call ended.
 const CANCELLED: &str = "1";
 /// UNKNOWN: the body ended without a status.

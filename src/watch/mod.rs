@@ -133,16 +133,23 @@ impl ActiveIndex {
         notified_until(&self.applied, || self.revision() >= revision).await;
     }
 
-    /// Returns once `namespace` changed after `revision`: a revision
-    /// above it gave a bundle or a candidate there.
-    pub async fn namespace_changed(&self, namespace: &Namespace, revision: u64) {
-        notified_until(&self.applied, || {
-            self.snapshot()
+    /// Whether `namespace` changed after `revision` (a revision above it
+    /// gave a bundle or a candidate there), once it has; `false` once the
+    /// server shuts down first. One wake serves both, which a long poll of
+    /// every OPA of a fleet waits for.
+    pub async fn namespace_changed(&self, namespace: &Namespace, revision: u64) -> bool {
+        let changed = || {
+            self.snapshots
+                .borrow()
                 .namespaces
                 .get(namespace)
                 .is_some_and(|index| index.revision > revision)
+        };
+        notified_until(&self.applied, || {
+            changed() || self.ending() == Ending::Shutdown
         })
         .await;
+        changed()
     }
 
     /// Applies what one revision changed, which must be the next one (the
@@ -225,6 +232,7 @@ impl ActiveIndex {
     /// Ends every stream (server shutdown), for good.
     pub fn close(&self) {
         self.ending.send_replace(Ending::Shutdown);
+        self.applied.notify_waiters();
     }
 
     /// Resolves once the server shuts down ([`close`](Self::close)).
@@ -267,7 +275,9 @@ impl ActiveIndex {
 
 /// Returns once `holds()`, checked at once and again each time `notify`
 /// wakes its waiters; registered before each check, so no wake in between
-/// is missed.
+/// is missed. A wake is checked before registering again: most wakes end
+/// the wait, and a thousand waiters registering only to leave would
+/// contend for the list for nothing.
 async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
     loop {
         let mut notified = pin!(notify.notified());
@@ -276,6 +286,9 @@ async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
             return;
         }
         notified.await;
+        if holds() {
+            return;
+        }
     }
 }
 
