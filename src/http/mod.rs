@@ -223,7 +223,10 @@ impl Gateway {
             return self.get_active(route, &parts.headers, message).await;
         }
         if matches!(route.method.name(), "GetOpaBundle" | "GetOpaDiscovery") {
-            return self.opa_bundle(route, parts.headers, message).await;
+            // A poll may be held for a minute: it keeps nothing of its
+            // request but what it reads (see `opa.rs`).
+            drop((bindings, body));
+            return self.opa_bundle(route, parts, message).await;
         }
         let reply = match self.call(route, &parts.headers, message).await {
             // The compare-and-swap of If-Match failed: 412, as HTTP says.

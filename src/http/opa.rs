@@ -10,7 +10,7 @@
 //! gRPC port's authentication layer finds it, the same span and the same
 //! RPC metrics, and the reply taken as the type it is.
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header, request::Parts};
 use http_body_util::Full;
 use prost::bytes::Bytes;
 use prost_reflect::{DynamicMessage, Value};
@@ -36,11 +36,11 @@ impl Gateway {
     pub(super) async fn opa_bundle(
         &self,
         route: &Route,
-        headers: HeaderMap,
+        request: Parts,
         mut message: DynamicMessage,
     ) -> Result<Response<HttpBody>, Failure> {
-        let wait = semantics::wait(&headers)?;
-        let none_match = NoneMatch::of(&headers);
+        let wait = semantics::wait(&request.headers)?;
+        let none_match = NoneMatch::of(&request.headers);
         if let Some(held) = held_tag(&none_match) {
             message.set_field_by_name("if_none_match", Value::String(held.to_owned()));
             let seconds = wait.map_or(0, |wait| wait.as_secs());
@@ -48,7 +48,7 @@ impl Gateway {
         }
         let span = rpc_span(route);
         let call = DirectCall::start(&route.grpc_path, span.clone());
-        let bundle = self.poll(route, headers, message).instrument(span).await;
+        let bundle = self.poll(route, request, message).instrument(span).await;
         call.end(
             bundle
                 .as_ref()
@@ -74,23 +74,23 @@ impl Gateway {
 
     /// `GetOpaBundle` or `GetOpaDiscovery` answered by the bundle service's
     /// handler, after the authentication the gRPC port's layer does. The
-    /// request's headers and message are let go before the handler holds
-    /// the poll: when it is answered, they would be read from memory long
-    /// out of the caches only to be freed.
+    /// request and its message are let go before the handler holds the
+    /// poll: when it is answered, they would be read from memory long out
+    /// of the caches only to be freed.
     async fn poll(
         &self,
         route: &Route,
-        headers: HeaderMap,
+        request: Parts,
         message: DynamicMessage,
     ) -> Result<proto::OpaBundle, Status> {
         let caller = self
             .inner
             .authentication
-            .caller(&headers, None)
+            .caller(&request.headers, None)
             .await
             .map_err(Status::from)?;
-        let caller = Identified::direct(caller, &headers);
-        drop(headers);
+        let caller = Identified::direct(caller, &request.headers);
+        drop(request);
         let api = &self.inner.bundles;
         if route.method.name() == "GetOpaDiscovery" {
             let request = transcoded(message)?;
