@@ -30,7 +30,11 @@
 //! latency is the median of its deliveries', its CPU their sum over every
 //! delivered bundle. The report gives the medians over the rounds with
 //! their spread and each round's ratio policyhub / floor (target: at most
-//! 1.3× for both).
+//! 1.3× for both). After the rounds, as many activations with the clients
+//! connected and no poll held give the activation's own CPU, which the
+//! floor has no counterpart of; not judged, the report gives what the CPU
+//! ratio would be were each answer as cheap as the floor's, and the ratio
+//! of policyhub's answers beyond the activation.
 //!
 //! **Real OPAs.** `OPA_BUNDLES_OPAS` (default 5) OPAs (v1.22.3, built by
 //! `scripts/install-opa`) follow the server's bundle verifying its
@@ -151,7 +155,7 @@ impl Settings {
     /// The versions published: one active at the start, one per timed or
     /// untimed activation after it.
     fn versions(&self) -> u32 {
-        let client_deliveries = 1 + self.rounds * self.deliveries;
+        let client_deliveries = 1 + self.rounds * self.deliveries + self.rounds;
         let opa = if self.opas > 0 {
             1 + self.opa_rounds + self.static_runs
         } else {
@@ -279,10 +283,17 @@ async fn main() -> anyhow::Result<()> {
         );
         rounds.push(round);
     }
+    // The same clients' connections open, no poll held: what the
+    // activation itself costs.
+    let mut alone = Vec::with_capacity(settings.rounds);
+    for _ in 0..settings.rounds {
+        version += 1;
+        alone.push(activation_alone(&mut policyhub, version).await?);
+    }
     drop(policyhub_clients);
     drop(floor_clients);
     drop(floor);
-    report_clients(&rounds, settings.clients);
+    report_clients(&rounds, &alone, settings.clients);
 
     if settings.opas > 0 {
         let keys = BundleServiceClient::new(policyhub.endpoint.connect().await?)
@@ -368,6 +379,21 @@ async fn activate_version(policyhub: &mut Policyhub, version: u32) -> anyhow::Re
     )
     .await?;
     Ok(())
+}
+
+/// How long an activation's follow-up work (the streams' fan-out, the
+/// notifications) is given to end before its CPU is read.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// The server's CPU time for activating `version` while no poll is held:
+/// from the issue to [`SETTLE`] after the reply.
+async fn activation_alone(policyhub: &mut Policyhub, version: u32) -> anyhow::Result<Duration> {
+    tokio::time::sleep(PARK).await;
+    let pid = policyhub.server.pid();
+    let before = cpu_time(&pid)?;
+    activate_version(policyhub, version).await?;
+    tokio::time::sleep(SETTLE).await;
+    Ok(cpu_time(&pid)?.saturating_sub(before))
 }
 
 /// The current bundle, by one plain GET.
@@ -835,7 +861,7 @@ fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
-fn report_clients(rounds: &[Round], clients: usize) {
+fn report_clients(rounds: &[Round], alone: &[Duration], clients: usize) {
     println!();
     println!(
         "| measure, {clients} long-polling clients | policyhub, median (min–max) | floor, median \
@@ -899,6 +925,41 @@ fn report_clients(rounds: &[Round], clients: usize) {
     println!(
         "Activate's reply: {:.1} ms ({:.1}–{:.1}); clients missing a bundle: {missing}",
         replies.0, replies.1, replies.2
+    );
+    // The judged CPU holds the activation, which the floor has no
+    // counterpart of: what each round's would be with answers that cost
+    // the floor's and nothing more.
+    let activation = median_and_spread(alone.iter().map(|cpu| micros(*cpu)).collect());
+    let per_bundle = activation.0 / clients as f64;
+    let least = median_and_spread(
+        rounds
+            .iter()
+            .map(|r| (micros(r.floor.cpu_per_bundle) + per_bundle) / micros(r.floor.cpu_per_bundle))
+            .collect(),
+    );
+    let answers = median_and_spread(
+        rounds
+            .iter()
+            .map(|r| {
+                (micros(r.policyhub.cpu_per_bundle) - per_bundle) / micros(r.floor.cpu_per_bundle)
+            })
+            .collect(),
+    );
+    println!(
+        "Activation with no poll held ({} times): {:.0} µs of server CPU ({:.0}–{:.0}), {per_bundle:.1} µs \
+         per delivered bundle at {clients} clients; with answers as cheap as the floor's, the CPU \
+         per delivered bundle would be {:.2}× the floor's ({:.2}–{:.2}); policyhub's answers \
+         beyond the activation are {:.2}× the floor's ({:.2}–{:.2}) (not judged)",
+        alone.len(),
+        activation.0,
+        activation.1,
+        activation.2,
+        least.0,
+        least.1,
+        least.2,
+        answers.0,
+        answers.1,
+        answers.2
     );
 }
 
