@@ -40,9 +40,11 @@ impl Gateway {
         mut message: DynamicMessage,
     ) -> Result<Response<HttpBody>, Failure> {
         let wait = semantics::wait(&request.headers)?;
-        let none_match = NoneMatch::of(&request.headers);
-        if let Some(held) = held_tag(&none_match) {
-            message.set_field_by_name("if_none_match", Value::String(held.to_owned()));
+        // The handler compares the tag held; the others, if any, are
+        // compared with the answer's.
+        let mut none_match = NoneMatch::of(&request.headers);
+        if let Some(held) = none_match.take_held() {
+            message.set_field_by_name("if_none_match", Value::String(held));
             let seconds = wait.map_or(0, |wait| wait.as_secs());
             message.set_field_by_name("wait_seconds", Value::U32(seconds as u32));
         }
@@ -107,11 +109,4 @@ fn transcoded<T: prost::Message + Default>(message: DynamicMessage) -> Result<T,
     message
         .transcode_to()
         .map_err(|error| Status::internal(format!("the request does not transcode: {error}")))
-}
-
-/// The entity tag `If-None-Match` names first, unquoted: the one OPA
-/// holds (it sends back the `ETag` it was given).
-fn held_tag(none_match: &NoneMatch) -> Option<&str> {
-    let tag = none_match.first()?.strip_prefix('"')?.strip_suffix('"')?;
-    (!tag.is_empty()).then_some(tag)
 }

@@ -66,9 +66,17 @@ impl NoneMatch {
         NoneMatch(listed(headers).map(str::to_owned).collect())
     }
 
-    /// The first tag listed, quoted as sent.
-    pub fn first(&self) -> Option<&str> {
-        self.0.first().map(String::as_str)
+    /// Takes out the first tag listed, unquoted, when it is a tag and not
+    /// `*`: the one a client holds (OPA sends back the `ETag` it was
+    /// given), for the handler to compare.
+    pub fn take_held(&mut self) -> Option<String> {
+        let tag = self.0.first()?.strip_prefix('"')?.strip_suffix('"')?;
+        if tag.is_empty() {
+            return None;
+        }
+        let tag = tag.to_owned();
+        self.0.remove(0);
+        Some(tag)
     }
 
     /// Whether it names `etag` (or `*`).

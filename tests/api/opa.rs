@@ -646,6 +646,23 @@ async fn an_unchanged_bundle_is_304_and_a_long_poll_answers_the_activation() {
         .unwrap();
     assert_eq!(again.status(), 304);
     assert_eq!(again.headers()["etag"], etag.as_str());
+    // A list naming it after another tag, `*` and a weak tag meet it too
+    // (RFC 9110 §13.1.2); a tag held but stale does not.
+    for (listed, status) in [
+        (format!("\"stale\", {etag}"), 304),
+        ("*".to_owned(), 304),
+        (format!("W/{etag}"), 304),
+        ("\"stale\"".to_owned(), 200),
+    ] {
+        let answer = client
+            .get(&url)
+            .bearer_auth(&reader)
+            .header("if-none-match", &listed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "If-None-Match: {listed}");
+    }
 
     let poll = client
         .get(&url)
