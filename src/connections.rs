@@ -289,8 +289,11 @@ struct ActivityState {
     /// When the connection is closed unless a request comes; none while
     /// one is in flight.
     deadline: Option<Instant>,
+    /// When the connection's timer fires: at the deadline or before it
+    /// (see `Connection::poll_deadline`).
+    armed_for: Instant,
     /// The connection's task, woken to arm the deadline when its last
-    /// request ends.
+    /// request ends and its timer would not wake it in time.
     waker: Option<Waker>,
 }
 
@@ -326,8 +329,14 @@ impl Drop for InFlight {
         let mut state = self.0.lock();
         state.in_flight -= 1;
         if state.in_flight == 0 {
-            state.deadline = Some(Instant::now() + self.0.idle_timeout);
-            if let Some(waker) = state.waker.take() {
+            let now = Instant::now();
+            let deadline = now + self.0.idle_timeout;
+            state.deadline = Some(deadline);
+            // A timer still to fire before the deadline wakes the task,
+            // which arms it again then; one that fired while requests
+            // were in flight (unseen) or fires too late does not.
+            let timer_wakes = now < state.armed_for && state.armed_for <= deadline;
+            if !timer_wakes && let Some(waker) = state.waker.take() {
                 waker.wake();
             }
         }
@@ -341,8 +350,6 @@ pub struct Connection {
     activity: Arc<Activity>,
     /// Fires at the deadline or before it (see `poll_deadline`).
     timer: Pin<Box<Sleep>>,
-    /// When `timer` fires.
-    armed_for: Instant,
     /// Released when the connection is dropped.
     _permit: OwnedSemaphorePermit,
 }
@@ -356,12 +363,12 @@ impl Connection {
                 state: Mutex::new(ActivityState {
                     in_flight: 0,
                     deadline: Some(deadline),
+                    armed_for: deadline,
                     waker: None,
                 }),
                 idle_timeout: limits.idle_timeout,
             }),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
-            armed_for: deadline,
             _permit: permit,
         }
     }
@@ -375,25 +382,27 @@ impl Connection {
     /// otherwise wakes the task at the deadline (or when a request ends and
     /// arms it).
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let deadline = {
-            let mut state = self.activity.lock();
-            if !state
-                .waker
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-            {
-                state.waker = Some(cx.waker().clone());
-            }
-            state.deadline
-        };
-        let Some(deadline) = deadline else {
+        let mut state = self.activity.lock();
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        let Some(deadline) = state.deadline else {
+            // Polled all the same, so that it wakes the task when it
+            // fires: a request that ends before then leaves the arming of
+            // the deadline to it.
+            let _ = self.timer.as_mut().poll(cx);
             return Ok(());
         };
         // The timer fires at the deadline or before it: it is moved
         // earlier at once, but later only once it fires, since every
         // request moves the deadline of a busy connection.
-        if deadline < self.armed_for {
-            self.arm(deadline);
+        if deadline < state.armed_for {
+            self.timer.as_mut().reset(deadline);
+            state.armed_for = deadline;
         }
         while self.timer.as_mut().poll(cx).is_ready() {
             if Instant::now() >= deadline {
@@ -402,14 +411,10 @@ impl Connection {
                     "the connection sent no complete request in time",
                 ));
             }
-            self.arm(deadline);
+            self.timer.as_mut().reset(deadline);
+            state.armed_for = deadline;
         }
         Ok(())
-    }
-
-    fn arm(&mut self, deadline: Instant) {
-        self.timer.as_mut().reset(deadline);
-        self.armed_for = deadline;
     }
 }
 
@@ -635,5 +640,42 @@ mod tests {
         let error = accepted.read(&mut byte).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    /// A request that ends while its connection waits for the next one
+    /// arms the idle deadline: through the timer when it is still to fire
+    /// before it, at once when it fired while the request was in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_ending_while_the_connection_waits_arms_its_deadline() {
+        // (busy for, closed after): the timer, at 2 s, fires after the
+        // request ends at 1 s, or while it is in flight until 10 s.
+        for (busy_for, closed_after) in [(1, 6), (10, 15)] {
+            let limits = Limits {
+                header_read_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(5),
+                max_per_port: 4,
+            };
+            let (mut listener, address) = listener(limits).await;
+            let _client = TcpStream::connect(address).await.unwrap();
+            let mut accepted = listener.accept().await;
+            let busy = accepted.tracker().begin();
+            let started = Instant::now();
+            let waiting = tokio::spawn(async move {
+                let mut byte = [0; 1];
+                accepted.read(&mut byte).await
+            });
+            tokio::time::sleep(Duration::from_secs(busy_for)).await;
+            drop(busy);
+            let read = tokio::time::timeout(Duration::from_secs(60), waiting)
+                .await
+                .unwrap_or_else(|_| panic!("busy for {busy_for} s: never closed"))
+                .unwrap();
+            assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                started.elapsed(),
+                Duration::from_secs(closed_after),
+                "busy for {busy_for} s"
+            );
+        }
     }
 }
