@@ -188,14 +188,16 @@ fn encoded_active(view: ActiveView) -> Vec<Bytes> {
 
 impl BundleApi {
     /// Answers a GetOpaBundle from `caller`: what the HTTP port's OPA polls
-    /// call directly.
+    /// call directly. The caller is let go once admitted, before the poll
+    /// is held.
     pub async fn opa_bundle(
         &self,
-        caller: &Identified,
+        caller: Identified,
         request: &proto::GetOpaBundleRequest,
     ) -> Result<proto::OpaBundle, Status> {
         let (namespace, watcher, wait) = opa_bundle_wanted(request)?;
         let context = caller.admit(Rpc::GetOpaBundle, [&namespace], &self.quotas)?;
+        drop(caller);
         // An OPA that names itself is in the fleet while it asks.
         let _connection = match &watcher {
             Some(watcher) => {
@@ -215,11 +217,12 @@ impl BundleApi {
     /// Answers a GetOpaDiscovery from `caller`, as [`Self::opa_bundle`].
     pub async fn opa_discovery(
         &self,
-        caller: &Identified,
+        caller: Identified,
         request: &proto::GetOpaDiscoveryRequest,
     ) -> Result<proto::OpaBundle, Status> {
         let (namespace, watcher, wait) = opa_discovery_wanted(request)?;
         caller.admit(Rpc::GetOpaDiscovery, [&namespace], &self.quotas)?;
+        drop(caller);
         let held = Some(request.if_none_match.as_str()).filter(|etag| !etag.is_empty());
         let discovery = self
             .hub
@@ -398,7 +401,7 @@ impl BundleService for BundleApi {
         request: Request<proto::GetOpaBundleRequest>,
     ) -> Result<Response<proto::OpaBundle>, Status> {
         let caller = identify(&request)?;
-        self.opa_bundle(&caller, request.get_ref())
+        self.opa_bundle(caller, request.get_ref())
             .await
             .map(Response::new)
     }
@@ -408,7 +411,7 @@ impl BundleService for BundleApi {
         request: Request<proto::GetOpaDiscoveryRequest>,
     ) -> Result<Response<proto::OpaBundle>, Status> {
         let caller = identify(&request)?;
-        self.opa_discovery(&caller, request.get_ref())
+        self.opa_discovery(caller, request.get_ref())
             .await
             .map(Response::new)
     }

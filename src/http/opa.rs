@@ -96,10 +96,10 @@ impl Gateway {
         let api = &self.inner.bundles;
         if route.method.name() == "GetOpaDiscovery" {
             let request = transcoded(message)?;
-            api.opa_discovery(&caller, &request).await
+            api.opa_discovery(caller, &request).await
         } else {
             let request = transcoded(message)?;
-            api.opa_bundle(&caller, &request).await
+            api.opa_bundle(caller, &request).await
         }
     }
 }
