@@ -20,8 +20,8 @@
 //!
 //! At shutdown a port stops accepting, and each connection finishes the
 //! requests under way and closes ([`Listener::serve`]); its tasks are
-//! tracked, so whoever stops the port waits for them, within a grace
-//! period, and cuts what is left by dropping the future.
+//! held, so whoever stops the port waits for them, within a grace
+//! period, and aborts what is left by dropping the future.
 //!
 //! The deadline lives in the connection's I/O ([`Connection`]): a read or
 //! write past it fails with `TimedOut`, which ends the connection whatever
@@ -30,28 +30,20 @@
 //! tracker in each request's extensions (tonic puts the connection's
 //! `connect_info` there) and [`TrackLayer`] does it.
 
-use std::{
-    future::Future,
-    io,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+mod connection;
+mod tracked;
+
+use std::{future::Future, io, sync::Arc, time::Duration};
 
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Incoming};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-    task::JoinSet,
-    time::{Instant, Sleep},
-};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
+
+pub use connection::{Connection, InFlight, Tracker};
+pub use tracked::{TrackLayer, TrackService, Tracked, serve_http1};
 
 /// The first pause after a failed accept; each failure in a row doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -275,333 +267,12 @@ impl Throttle {
     }
 }
 
-/// Whether a connection has requests in flight, and until when it may wait
-/// for one when it has none.
-#[derive(Debug)]
-struct Activity {
-    state: Mutex<ActivityState>,
-    idle_timeout: Duration,
-}
-
-#[derive(Debug)]
-struct ActivityState {
-    in_flight: usize,
-    /// When the connection is closed unless a request comes; none while
-    /// one is in flight.
-    deadline: Option<Instant>,
-    /// When the connection's timer fires: at the deadline or before it
-    /// (see `Connection::poll_deadline`).
-    armed_for: Instant,
-    /// The connection's task, woken to arm the deadline when its last
-    /// request ends and its timer would not wake it in time.
-    waker: Option<Waker>,
-}
-
-impl Activity {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Marks requests in flight on one connection.
-#[derive(Clone, Debug)]
-pub struct Tracker(Arc<Activity>);
-
-impl Tracker {
-    /// A request arrived: the connection is busy until the returned value is
-    /// dropped (with the response's body).
-    pub fn begin(&self) -> InFlight {
-        let mut state = self.0.lock();
-        state.in_flight += 1;
-        state.deadline = None;
-        InFlight(self.0.clone())
-    }
-}
-
-/// One request in flight.
-#[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.in_flight -= 1;
-        if state.in_flight == 0 {
-            let now = Instant::now();
-            let deadline = now + self.0.idle_timeout;
-            state.deadline = Some(deadline);
-            // A timer still to fire before the deadline wakes the task,
-            // which arms it again then; one that fired while requests
-            // were in flight (unseen) or fires too late does not.
-            let timer_wakes = now < state.armed_for && state.armed_for <= deadline;
-            if !timer_wakes && let Some(waker) = state.waker.take() {
-                waker.wake();
-            }
-        }
-    }
-}
-
-/// An accepted connection: its stream, its place among the port's
-/// connections, and the deadline past which its reads and writes fail.
-pub struct Connection {
-    stream: TcpStream,
-    activity: Arc<Activity>,
-    /// Fires at the deadline or before it (see `poll_deadline`).
-    timer: Pin<Box<Sleep>>,
-    /// Released when the connection is dropped.
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connection {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, limits: &Limits) -> Self {
-        let deadline = Instant::now() + limits.header_read_timeout;
-        Connection {
-            stream,
-            activity: Arc::new(Activity {
-                state: Mutex::new(ActivityState {
-                    in_flight: 0,
-                    deadline: Some(deadline),
-                    armed_for: deadline,
-                    waker: None,
-                }),
-                idle_timeout: limits.idle_timeout,
-            }),
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-            _permit: permit,
-        }
-    }
-
-    /// Marks this connection's requests in flight.
-    pub fn tracker(&self) -> Tracker {
-        Tracker(self.activity.clone())
-    }
-
-    /// Fails once the connection waited past its deadline for a request;
-    /// otherwise wakes the task at the deadline (or when a request ends and
-    /// arms it).
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let mut state = self.activity.lock();
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
-        let Some(deadline) = state.deadline else {
-            // Polled all the same, so that it wakes the task when it
-            // fires: a request that ends before then leaves the arming of
-            // the deadline to it.
-            let _ = self.timer.as_mut().poll(cx);
-            return Ok(());
-        };
-        // The timer fires at the deadline or before it: it is moved
-        // earlier at once, but later only once it fires, since every
-        // request moves the deadline of a busy connection.
-        if deadline < state.armed_for {
-            self.timer.as_mut().reset(deadline);
-            state.armed_for = deadline;
-        }
-        while self.timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the connection sent no complete request in time",
-                ));
-            }
-            self.timer.as_mut().reset(deadline);
-            state.armed_for = deadline;
-        }
-        Ok(())
-    }
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        // Checked before reading: a client trickling a byte at a time has
-        // something to read at every poll.
-        this.poll_deadline(cx)?;
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.poll_deadline(cx)?;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.poll_deadline(cx)?;
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// tonic puts the tracker in each request's extensions, where
-/// [`TrackLayer`] finds it.
-impl tonic::transport::server::Connected for Connection {
-    type ConnectInfo = Tracker;
-
-    fn connect_info(&self) -> Tracker {
-        self.tracker()
-    }
-}
-
-/// A response body that keeps its request in flight until it ends or is
-/// dropped.
-pub struct Tracked<B> {
-    body: B,
-    _in_flight: Option<InFlight>,
-}
-
-impl<B> Tracked<B> {
-    /// `body`, keeping `in_flight` (none: nothing to keep) until it is
-    /// dropped.
-    pub fn new(body: B, in_flight: Option<InFlight>) -> Self {
-        Tracked {
-            body,
-            _in_flight: in_flight,
-        }
-    }
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Marks each gRPC request in flight on its connection.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TrackLayer;
-
-impl<S> tower_layer::Layer<S> for TrackLayer {
-    type Service = TrackService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        TrackService { inner }
-    }
-}
-
-/// See [`TrackLayer`].
-#[derive(Clone, Debug)]
-pub struct TrackService<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for TrackService<S>
-where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Body<Data = hyper::body::Bytes> + Send + Unpin + 'static,
-    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let in_flight = request.extensions().get::<Tracker>().map(Tracker::begin);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| tonic::body::Body::new(Tracked::new(body, in_flight))))
-        })
-    }
-}
-
-/// Serves HTTP/1.1 on `io`, each request marked in flight on `tracker`
-/// until its response's body ends. Once `stop` is cancelled the request
-/// under way, if any, is answered and the connection closes (at once when
-/// it has none): hyper's graceful shutdown.
-pub async fn serve_http1<IO, F, Fut, B>(
-    io: IO,
-    tracker: Tracker,
-    stop: CancellationToken,
-    handle: F,
-) -> hyper::Result<()>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let handle = Arc::new(handle);
-    let service = hyper::service::service_fn(move |request| {
-        let in_flight = tracker.begin();
-        let handle = handle.clone();
-        async move {
-            let response = handle(request).await;
-            Ok::<_, std::convert::Infallible>(
-                response.map(|body| Tracked::new(body, Some(in_flight))),
-            )
-        }
-    });
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        served = connection.as_mut() => return served,
-        () = stop.cancelled() => {}
-    }
-    connection.as_mut().graceful_shutdown();
-    connection.await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn listener(limits: Limits) -> (Listener, SocketAddr) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
