@@ -110,11 +110,13 @@ async fn wound_back_while_stopped(mut context: Context) -> anyhow::Result<()> {
             .iter()
             .position(|event| matches!(event, RuntimeEvent::Applied { .. }))
     };
+    // A runtime may report what it applies before it is in force (the
+    // agent's `--exec` runs first): both are waited for.
     let view = runtime
         .until(
             "the cached state in force",
             Duration::from_secs(10),
-            |view| first_applied(view).is_some(),
+            |view| first_applied(view).is_some() && view.in_force.is_some(),
         )
         .await?;
     let from_cache = first_applied(&view).expect("seen");
