@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    TestDatabase, free_port, policyhub_binary, spawn_binary_server_on, stdout_lines,
+    Reaped, TestDatabase, free_port, policyhub_binary, spawn_binary_server_on, stdout_lines,
 };
 use crate::rollout_binary::{seed, serve};
 use crate::rollouts::{start_request, step, until};
@@ -80,16 +80,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A child process killed when the test ends, passed or not.
-pub(crate) struct Reaped(pub(crate) Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -177,7 +167,7 @@ pub(crate) async fn release(channel: &Channel, namespace: &str, name: &str, body
         .revision
 }
 
-pub(crate) async fn server(dir: &Path) -> (Child, Channel, u16) {
+pub(crate) async fn server(dir: &Path) -> (Reaped, Channel, u16) {
     let port = free_port();
     // 200 activations a test: above the default quota of mutations.
     let env = [
@@ -1050,7 +1040,7 @@ async fn a_refused_token_keeps_the_cached_state_served_and_a_replaced_token_file
             .into_iter()
             .filter(|arg| arg.to_str() != Some("--insecure")),
     );
-    let _server = Reaped(crate::helpers::start_serving(secured, server_port).await.0);
+    let _server = crate::helpers::start_serving(secured, server_port).await.0;
     let minted = Command::new(policyhub_binary())
         .args(["token", "--subject", "agent-1", "--role", "team:reader"])
         .arg("--data-dir")
@@ -1225,8 +1215,7 @@ async fn a_failed_reload_is_reported_with_its_status_and_stderr_but_not_its_comm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_sigterm_a_reload_under_way_finishes_and_held_reads_end_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, channel, server_port) = server(dir.path()).await;
-    let _server = Reaped(server);
+    let (_server, channel, server_port) = server(dir.path()).await;
     release(&channel, "team", "limits", json!({"v": 1})).await;
     let (render, marks) = (dir.path().join("render"), dir.path().join("marks"));
     std::fs::create_dir(&marks).unwrap();

@@ -6,7 +6,7 @@
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,7 @@ use tokio::{
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    free_port, policyhub_binary, send_signal, serve_args, spawn_binary_server,
+    Reaped, free_port, policyhub_binary, send_signal, serve_args, spawn_binary_server,
     spawn_binary_server_on, start_serving,
 };
 
@@ -26,16 +26,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Request headers that take longer to trickle than any test waits.
 const SLOW_HEADERS: &[u8] =
     b"GET /healthz HTTP/1.1\r\nhost: policyhub\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-
-/// A child process killed when the test ends, passed or not.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Connects to `address` and sends `trickle` one byte a second (nothing
 /// when empty); how long until the server closed the connection, if it did
@@ -182,9 +172,8 @@ async fn slow_and_idle_connections_are_closed_on_every_port_while_normal_calls_a
         ("POLICYHUB_CONNECTIONS__IDLE_TIMEOUT", "2s".to_owned()),
     ];
     let grpc_port = free_port();
-    let (server, _channel) =
+    let (_server, _channel) =
         spawn_binary_server_on(grpc_port, &dir.path().join("server"), &env).await;
-    let _server = Reaped(server);
     let grpc: SocketAddr = format!("127.0.0.1:{grpc_port}").parse().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _agent = agent(grpc_port, api.port(), dir.path());
@@ -315,9 +304,8 @@ async fn a_call_under_way_at_sigterm_is_answered_on_the_grpc_and_http_ports() {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let env = [("POLICYHUB_HTTP_LISTEN", http.to_string())];
     let grpc_port = free_port();
-    let (server, _channel) =
+    let (mut server, _channel) =
         spawn_binary_server_on(grpc_port, &dir.path().join("server"), &env).await;
-    let mut server = Reaped(server);
     wait_for_port(http).await;
     let grpc_call = HalfSentGrpcCall::start(grpc_port).await;
     let draft = r#"{"body":{"max":1}}"#;
@@ -376,8 +364,7 @@ async fn a_port_at_its_maximum_closes_new_connections_and_serves_those_it_holds(
         ("POLICYHUB_METRICS_LISTEN", metrics.to_string()),
         ("POLICYHUB_CONNECTIONS__MAX_PER_PORT", "3".to_owned()),
     ];
-    let (server, _channel) = spawn_binary_server(&dir.path().join("server"), &env).await;
-    let _server = Reaped(server);
+    let (_server, _channel) = spawn_binary_server(&dir.path().join("server"), &env).await;
     // No connection of the start-up checks may still count against the
     // maximum: this one the server closes itself, and is done with at once.
     assert!(http_get(http, "/openapi.json").await.contains(" 200"));
@@ -436,7 +423,6 @@ async fn at_the_open_files_limit_the_server_backs_off_logs_counts_and_serves_aga
         .env("POLICYHUB_METRICS_LISTEN", metrics.to_string());
     let (server, _channel) = start_serving(command, port).await;
     let pid = server.id();
-    let _server = Reaped(server);
     let grpc: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     // More connections than the server has descriptors left: the rest wait

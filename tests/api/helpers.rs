@@ -494,7 +494,7 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
 pub async fn spawn_binary_server(
     data_dir: &std::path::Path,
     env: &[(&str, String)],
-) -> (std::process::Child, Channel) {
+) -> (Reaped, Channel) {
     spawn_binary_server_on(free_port(), data_dir, env).await
 }
 
@@ -513,7 +513,7 @@ pub async fn spawn_binary_server_on(
     port: u16,
     data_dir: &std::path::Path,
     env: &[(&str, String)],
-) -> (std::process::Child, Channel) {
+) -> (Reaped, Channel) {
     let mut command = std::process::Command::new(policyhub_binary());
     command
         .args(serve_args(port, data_dir))
@@ -538,10 +538,7 @@ pub fn serve_args(port: u16, data_dir: &std::path::Path) -> Vec<std::ffi::OsStri
 
 /// Starts `command`, a server that will listen on `port`, and waits until
 /// it serves.
-pub async fn start_serving(
-    mut command: std::process::Command,
-    port: u16,
-) -> (std::process::Child, Channel) {
+pub async fn start_serving(mut command: std::process::Command, port: u16) -> (Reaped, Channel) {
     let server = command
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -550,10 +547,8 @@ pub async fn start_serving(
 }
 
 /// Waits until `server`, started to listen on `port`, serves.
-pub async fn wait_until_serving(
-    mut server: std::process::Child,
-    port: u16,
-) -> (std::process::Child, Channel) {
+pub async fn wait_until_serving(server: std::process::Child, port: u16) -> (Reaped, Channel) {
+    let mut server = Reaped(server);
     // The port listens once the store is open, a moment before the server
     // serves: wait until it answers a health check, which it does once it
     // serves (and handles signals).
@@ -576,9 +571,32 @@ pub async fn wait_until_serving(
     }
     // Whether it ended (a port taken, a bad setting) or is still starting.
     let ended = server.try_wait().ok().flatten();
-    server.kill().ok();
-    server.wait().ok();
     panic!("policyhub serve did not answer on port {port}; exited: {ended:?}");
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so that a
+/// test that fails, or ends without stopping it, leaves nothing running.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Sends `signal` (such as `-TERM`) to a child process.
@@ -591,7 +609,7 @@ pub fn send_signal(child: &std::process::Child, signal: &str) {
 }
 
 /// Stops a child server with SIGTERM and asserts that it exits cleanly.
-pub async fn terminate(mut child: std::process::Child) {
+pub async fn terminate(mut child: Reaped) {
     send_signal(&child, "-TERM");
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await

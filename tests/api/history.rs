@@ -16,7 +16,6 @@ use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::agent::Reaped;
 use crate::cli::{Run, policyhub};
 use crate::helpers::{
     Backend, TestApp, TestDatabase, expect_code, free_port, spawn_binary_server_on, spawn_on,
@@ -741,8 +740,7 @@ async fn a_lost_connection_is_no_rewrite(backend: Backend) {
             "100000".to_owned(),
         ),
     ];
-    let (server, channel) = spawn_binary_server_on(port, database.data_dir.path(), &env).await;
-    let _server = Reaped(server);
+    let (_server, channel) = spawn_binary_server_on(port, database.data_dir.path(), &env).await;
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
     let mut policy = PolicyServiceClient::new(channel);

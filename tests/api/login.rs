@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::cli::{Run, client_command, policyhub_with};
-use crate::helpers::{Backend, free_port, policyhub_binary, spawn_app, start_serving};
+use crate::helpers::{Backend, Reaped, free_port, policyhub_binary, spawn_app, start_serving};
 use crate::oidc::{Browser, OidcProvider};
 
 /// The scopes the tests sign in with: the groups claim the bindings match.
@@ -163,7 +163,7 @@ impl Login {
 /// `payments-operators` group to `payments:operator`; stopped when
 /// dropped.
 struct TrustingServer {
-    child: Child,
+    _child: Reaped,
     url: String,
     /// Its metrics port.
     metrics: std::net::SocketAddr,
@@ -225,18 +225,11 @@ min_refresh_interval = "1s"
             .env("POLICYHUB_METRICS_LISTEN", format!("127.0.0.1:{metrics}"));
         let (child, _) = start_serving(command, port).await;
         TrustingServer {
-            child,
+            _child: child,
             url: format!("http://127.0.0.1:{port}"),
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
             _dir: dir,
         }
-    }
-}
-
-impl Drop for TrustingServer {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 

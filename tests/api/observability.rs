@@ -581,8 +581,7 @@ async fn a_fresh_server_and_agent_declare_every_family_the_reference_names() {
     command
         .args(crate::helpers::serve_args(port, dir.path()))
         .args(["--metrics-listen", &metrics.to_string()]);
-    let (server, _) = crate::helpers::start_serving(command, port).await;
-    let _server = crate::agent::Reaped(server);
+    let (_server, _) = crate::helpers::start_serving(command, port).await;
     let exposition = scrape(metrics).await;
     let missing = undeclared(&exposition, &documented_families("## The server"));
     assert!(missing.is_empty(), "{missing:?} in:\n{exposition}");
@@ -613,7 +612,7 @@ async fn a_fresh_server_and_agent_declare_every_family_the_reference_names() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start policyhub agent");
-    let _agent = crate::agent::Reaped(agent);
+    let _agent = crate::helpers::Reaped(agent);
     let mut exposition = String::new();
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(agent_metrics).await.is_ok() {

@@ -12,7 +12,7 @@ use std::{path::PathBuf, process::Command};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::agent::{Agent, Reaped, release, request, server, until_revision};
+use crate::agent::{Agent, release, request, server, until_revision};
 use crate::helpers::{free_port, publish_request};
 use crate::runtime_library::kill_9;
 use policyhub::grpc::{
@@ -319,9 +319,8 @@ async fn both_official_providers_read_typed_values_each_error_the_next_activatio
         "from the cache, the server gone"
     );
     let env = [("POLICYHUB_WATCH__HEARTBEAT_INTERVAL", "300ms".to_owned())];
-    let (restarted, _) =
+    let (_restarted, _) =
         crate::helpers::spawn_binary_server_on(server_port, &dir.path().join("server"), &env).await;
-    let _restarted = Reaped(restarted);
     until_connected(&agent, true).await;
     assert_eq!(
         read_by_both(&agent),
@@ -361,8 +360,7 @@ async fn both_official_providers_read_typed_values_each_error_the_next_activatio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_providers_never_send_is_answered_as_ofrep_says() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, channel, server_port) = server(dir.path()).await;
-    let _server = Reaped(server);
+    let (_server, channel, server_port) = server(dir.path()).await;
     publish(
         &channel,
         "card-limits",
@@ -566,8 +564,7 @@ async fn the_guide_examples_are_the_files_run_here_and_read_the_agent() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let (server, channel, server_port) = server(dir.path()).await;
-    let _server = Reaped(server);
+    let (_server, channel, server_port) = server(dir.path()).await;
     publish(&channel, "card-limits", json!({"maxAmount": 500}), "1.0.0").await;
     let agent = Agent::spawn(
         &format!("http://127.0.0.1:{server_port}"),

@@ -22,8 +22,8 @@ use tonic_types::StatusExt;
 
 use crate::cli::mint_token;
 use crate::helpers::{
-    Backend, TestDatabase, expect_code, free_port, opa_key_file, policyhub_binary, start_serving,
-    target,
+    Backend, Reaped, TestDatabase, expect_code, free_port, opa_key_file, policyhub_binary,
+    start_serving, target,
 };
 use crate::rollouts::step;
 
@@ -46,23 +46,15 @@ struct Replica {
 /// Two replicas of one database, and tokens for the callers.
 struct Race {
     replicas: [Replica; 2],
+    /// Killed before the database is dropped (fields drop in order).
+    _servers: Vec<Reaped>,
     database: TestDatabase,
-    servers: Vec<std::process::Child>,
     /// Starts rollouts and does everything else: `alice`, admin.
     admin: String,
     /// Approvers other than the starter.
     approvers: [String; 2],
     /// Readers of two different subjects.
     readers: [String; 2],
-}
-
-impl Drop for Race {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            server.kill().ok();
-            server.wait().ok();
-        }
-    }
 }
 
 /// `message` with `token` as its bearer credential.
@@ -148,7 +140,7 @@ impl Race {
             ],
             replicas: [first, second],
             database,
-            servers,
+            _servers: servers,
         }
     }
 

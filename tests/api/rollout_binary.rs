@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    process::Child,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -24,7 +23,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    Backend, TestDatabase, bundles_of, free_port, next_message, spawn_binary_server_on, terminate,
+    Backend, Reaped, TestDatabase, bundles_of, free_port, next_message, spawn_binary_server_on,
+    terminate,
 };
 use crate::rollouts::{in_step, open_runtimes, start_request, step, until};
 
@@ -33,7 +33,7 @@ use crate::rollouts::{in_step, open_runtimes, start_request, step, until};
 pub(crate) async fn serve(
     port: u16,
     database: &TestDatabase,
-) -> (Child, PolicyServiceClient<Channel>) {
+) -> (Reaped, PolicyServiceClient<Channel>) {
     let env = [
         ("POLICYHUB_DATABASE_URL", database.url.clone()),
         ("POLICYHUB_ROLLOUTS__TICK_INTERVAL", "100ms".to_owned()),

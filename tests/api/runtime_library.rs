@@ -129,7 +129,7 @@ async fn until_version(
     }
 }
 
-pub(crate) fn kill_9(mut server: Child) {
+pub(crate) fn kill_9(mut server: crate::helpers::Reaped) {
     server.kill().expect("SIGKILL");
     server.wait().expect("reaped");
 }

@@ -10,7 +10,7 @@ use policyhub::grpc::proto::{self, EventKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, bundles_of, spawn_on, stdout_lines};
+use crate::helpers::{Backend, Reaped, TestApp, TestDatabase, bundles_of, spawn_on, stdout_lines};
 use crate::subscriptions::{create_request, subscriptions};
 
 /// The secret every test subscription signs with.
@@ -599,7 +599,7 @@ async fn delivering_binary_server(
     data: &std::path::Path,
     url: &str,
     timeout: &str,
-) -> (std::process::Child, u16, [(&'static str, String); 4]) {
+) -> (Reaped, u16, [(&'static str, String); 4]) {
     let env = [
         ("POLICYHUB_NOTIFICATIONS__ALLOW_HTTP", "true".to_owned()),
         (

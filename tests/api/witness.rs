@@ -7,7 +7,7 @@
 use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use policyhub::grpc::proto::{self, bundle_service_client::BundleServiceClient};
@@ -15,7 +15,7 @@ use policyhub_runtime::cosignature::cosigned_by;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::helpers::{free_port, policyhub_binary, spawn_binary_server_on};
+use crate::helpers::{Reaped, free_port, policyhub_binary, spawn_binary_server_on};
 use crate::runtime_library::{
     copy_database, follow_events, history_refused, kill_9, quick, release, server_env,
 };
@@ -98,12 +98,17 @@ async fn submit(port: u16, body: String) -> (u16, String, String) {
 
 /// Starts a witness of `log` on `port` over the files in `dir`; its
 /// verifier key, as it prints it.
-fn spawn_witness(dir: &Path, port: u16, log: &str) -> (Child, String) {
+fn spawn_witness(dir: &Path, port: u16, log: &str) -> (Reaped, String) {
     spawn_named_witness("witness.example/w1", dir, port, log)
 }
 
 /// [`spawn_witness`] under the key name `name`.
-pub(crate) fn spawn_named_witness(name: &str, dir: &Path, port: u16, log: &str) -> (Child, String) {
+pub(crate) fn spawn_named_witness(
+    name: &str,
+    dir: &Path,
+    port: u16,
+    log: &str,
+) -> (Reaped, String) {
     let mut witness = Command::new(policyhub_binary())
         .args(["witness", "--name", name, "--key-file"])
         .arg(dir.join("witness.key"))
@@ -118,7 +123,7 @@ pub(crate) fn spawn_named_witness(name: &str, dir: &Path, port: u16, log: &str) 
     std::io::BufReader::new(witness.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    (witness, line.trim().to_owned())
+    (Reaped(witness), line.trim().to_owned())
 }
 
 /// Asserts a cosignature of `note` by the witness of `vkey`.

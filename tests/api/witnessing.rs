@@ -8,7 +8,7 @@
 //! count the failures. A witness entry with a bad key or URL stops the
 //! server at start, naming it.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use policyhub::grpc::proto::{
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    Backend, TestDatabase, free_port, policyhub_binary, serve_args, spawn_binary_server_on,
+    Backend, Reaped, TestDatabase, free_port, policyhub_binary, serve_args, spawn_binary_server_on,
 };
 use crate::runtime_library::{follow_events, history_refused, kill_9, quick, release, server_env};
 use crate::witness::{log_key, spawn_named_witness};
@@ -30,27 +30,16 @@ use crate::witness::{log_key, spawn_named_witness};
 /// How long a revision waits for cosignatures.
 const WITNESS_TIMEOUT: &str = "2s";
 
-/// A server on `database` with two witnesses of its log.
+/// A server on `database` with two witnesses of its log; every process
+/// stops with the test, failed or not.
 struct Deployment {
-    server: Option<Child>,
+    _server: Reaped,
     channel: Channel,
     port: u16,
     metrics_port: u16,
     /// Each witness's process, verifier key and directory.
-    witnesses: Vec<(Option<Child>, String, TempDir)>,
+    witnesses: Vec<(Option<Reaped>, String, TempDir)>,
     _database: TestDatabase,
-}
-
-/// Every process stops with the test, failed or not.
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        let witnesses = self.witnesses.iter_mut().map(|(witness, _, _)| witness);
-        for process in std::iter::once(&mut self.server).chain(witnesses) {
-            if let Some(process) = process.take() {
-                kill_9(process);
-            }
-        }
-    }
 }
 
 impl Deployment {
@@ -103,7 +92,7 @@ impl Deployment {
         ]);
         let (server, channel) = spawn_binary_server_on(port, database.data_dir.path(), &env).await;
         Deployment {
-            server: Some(server),
+            _server: server,
             channel,
             port,
             metrics_port,

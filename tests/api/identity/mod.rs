@@ -18,24 +18,17 @@ use policyhub::grpc::proto::{
 use serde_json::json;
 use tonic::{Code, Request, transport::Channel};
 
-use crate::helpers::{free_port, policyhub_binary, wait_until_serving};
+use crate::helpers::{Reaped, free_port, policyhub_binary, wait_until_serving};
 use issuer::{Issuer, Key};
 
 /// A `policyhub serve` process with its configuration, bindings and log.
 struct Server {
-    child: std::process::Child,
+    _child: Reaped,
     channel: Channel,
     port: u16,
     metrics: std::net::SocketAddr,
     http: std::net::SocketAddr,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
 }
 
 impl Server {
@@ -65,7 +58,7 @@ impl Server {
             .unwrap();
         let (child, channel) = wait_until_serving(child, port).await;
         Server {
-            child,
+            _child: child,
             channel,
             port,
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
