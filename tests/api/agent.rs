@@ -7,7 +7,7 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -28,7 +28,7 @@ use policyhub::grpc::{
 
 /// A running agent and its API port.
 pub(crate) struct Agent {
-    child: Child,
+    child: Reaped,
     pub(crate) port: u16,
 }
 
@@ -50,7 +50,10 @@ impl Agent {
             .stderr(Stdio::null())
             .spawn()
             .expect("start policyhub agent");
-        Agent { child, port }
+        Agent {
+            child: Reaped(child),
+            port,
+        }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -73,13 +76,6 @@ impl Agent {
     pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,11 +9,13 @@ use std::{
     collections::HashMap,
     io::BufRead,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Mutex,
 };
 
 use reqwest::{StatusCode, Url, header};
+
+use crate::helpers::Reaped;
 
 /// The oidc-provider version `./scripts/test` installs.
 const OIDC_PROVIDER_VERSION: &str = "9.13.3";
@@ -22,7 +24,7 @@ const OIDC_PROVIDER_VERSION: &str = "9.13.3";
 pub struct OidcProvider {
     /// Its issuer URL, `http://127.0.0.1:PORT`.
     pub issuer: String,
-    child: Child,
+    _child: Reaped,
     /// Its standard output, kept open while it runs.
     _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
@@ -76,7 +78,7 @@ impl OidcProvider {
             }
             return OidcProvider {
                 issuer,
-                child,
+                _child: Reaped(child),
                 _stdout: stdout,
             };
         }
@@ -111,13 +113,6 @@ impl OidcProvider {
             .await
             .expect("ask the token endpoint");
         (response.status(), response.json().await.expect("json"))
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Issuer, secured_app_on, with_token};
 use crate::helpers::{
-    Backend, TestApp, free_port, opa_key_file, send_signal, spawn_binary_server_on,
+    Backend, Reaped, TestApp, free_port, opa_key_file, send_signal, spawn_binary_server_on,
 };
 use policyhub::grpc::convert::json_to_struct;
 
@@ -152,16 +152,9 @@ pub(crate) async fn activate_limit(app: &TestApp, token: &str, max: u64) {
 
 /// A running OPA, killed when dropped.
 pub(crate) struct Opa {
-    child: Child,
+    _child: Reaped,
     address: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Opa {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
 }
 
 impl Opa {
@@ -260,7 +253,7 @@ impl Opa {
             .spawn()
             .unwrap();
         let opa = Opa {
-            child,
+            _child: Reaped(child),
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             _dir: dir,
         };
@@ -303,7 +296,7 @@ impl Opa {
             .spawn()
             .unwrap();
         Opa {
-            child,
+            _child: Reaped(child),
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             _dir: dir,
         }

@@ -18,7 +18,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A running `receiver.py`.
 pub struct Receiver {
-    child: std::process::Child,
+    _child: Reaped,
     lines: UnboundedReceiver<String>,
     /// Where it listens.
     pub url: String,
@@ -57,7 +57,7 @@ impl Receiver {
             .as_u64()
             .unwrap();
         Receiver {
-            child,
+            _child: Reaped(child),
             lines,
             url: format!("http://127.0.0.1:{port}/hook"),
         }
@@ -103,13 +103,6 @@ impl Receiver {
             seen.push(delivery);
         }
         seen
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

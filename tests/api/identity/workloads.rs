@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Server, binding, eventually, issuer::Issuer, issuer_entry, seed, with_token};
 use crate::agent::get;
-use crate::helpers::{free_port, policyhub_binary};
+use crate::helpers::{Reaped, free_port, policyhub_binary};
 use crate::runtime_library::Proxy;
 
 /// The kubelet's projected volume: `token` links to `..data/token`, and
@@ -54,17 +54,10 @@ impl Projected {
 /// `policyhub agent` following payments as `runtime_id` with the token of
 /// `token_file`, its log and metrics kept.
 struct Agent {
-    child: Child,
+    child: Reaped,
     port: u16,
     metrics: std::net::SocketAddr,
     log: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
 }
 
 impl Agent {
@@ -82,7 +75,7 @@ impl Agent {
             .spawn()
             .expect("start policyhub agent");
         Agent {
-            child,
+            child: Reaped(child),
             port,
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
             log,
