@@ -566,6 +566,31 @@ fn undeclared(exposition: &str, documented: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The address a process logged for `port` on its start-up line
+/// (`agent started api=… metrics=…`); the rest of `stderr` is drained
+/// meanwhile, so the process never blocks on a full pipe.
+fn started_on(stderr: std::process::ChildStderr, port: &str) -> std::net::SocketAddr {
+    use std::io::BufRead as _;
+    let (found, address) = std::sync::mpsc::channel();
+    let key = format!("{port}=");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(value) = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(&key))
+            {
+                found.send(value.parse().expect("an address")).ok();
+            }
+        }
+    });
+    address
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no {port}= on a start-up line within 30s"))
+}
+
 /// A fresh server, and a fresh agent before it holds any state, declare
 /// every family the metrics reference names, at zero or with no series
 /// yet, so an alert or a dashboard never meets an absent family (the
@@ -598,29 +623,25 @@ async fn a_fresh_server_and_agent_declare_every_family_the_reference_names() {
     crate::helpers::promtool_accepts(&exposition);
 
     // An agent whose server does not answer: no state, and every family.
-    let agent_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::helpers::free_port()));
-    let unanswered = format!("http://127.0.0.1:{}", crate::helpers::free_port());
+    // The server is a port this test holds and never accepts on, and the
+    // agent's own ports are the kernel's choice, read from its start-up
+    // line: no port here is one another test can take meanwhile.
+    let unanswered = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let agent = std::process::Command::new(policyhub_binary())
-        .args(["agent", "--server", &unanswered, "--namespace", "payments"])
+        .args(["agent", "--namespace", "payments"])
         .args([
-            "--listen",
-            &format!("127.0.0.1:{}", crate::helpers::free_port()),
+            "--server",
+            &format!("http://{}", unanswered.local_addr().unwrap()),
         ])
-        .args(["--metrics-listen", &agent_metrics.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .arg("--cache-dir")
         .arg(dir.path().join("agent-cache"))
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start policyhub agent");
-    let _agent = crate::helpers::Reaped(agent);
-    let mut exposition = String::new();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(agent_metrics).await.is_ok() {
-            exposition = scrape(agent_metrics).await;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut agent = crate::helpers::Reaped(agent);
+    let agent_metrics = started_on(agent.stderr.take().unwrap(), "metrics");
+    let exposition = scrape(agent_metrics).await;
     assert!(
         !exposition.contains("policyhub_agent_revision{"),
         "the agent holds no state yet: {exposition}"
