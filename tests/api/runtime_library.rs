@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -504,22 +504,20 @@ async fn a_black_holed_connection_is_noticed_within_three_of_the_servers_heartbe
     );
 
     // The same through `policyhub watch`, also given no interval.
-    let (mut watch, lines) = watch_json(&proxy.endpoint(), dir.path(), &[]);
+    let (_watch, lines) = watch_json(&proxy.endpoint(), dir.path());
     let first = next_line(&lines).await;
     assert_eq!(first["bundles"][0]["version"], 2);
     proxy.black_hole_open_connections();
     release(&channel, "limits", json!({"v": 3})).await;
     let next = next_line(&lines).await;
     assert_eq!(next["bundles"][0]["version"], 3);
-    watch.kill().unwrap();
-    watch.wait().unwrap();
     kill_9(server);
 }
 
 type Lines = Arc<Mutex<mpsc::UnboundedReceiver<String>>>;
 
 /// `policyhub watch -o json` of namespace team at `endpoint`, and its lines.
-fn watch_json(endpoint: &str, dir: &Path, extra: &[&str]) -> (Child, Lines) {
+fn watch_json(endpoint: &str, dir: &Path) -> (crate::helpers::Reaped, Lines) {
     let mut child = Command::new(policyhub_binary())
         .args([
             "watch",
@@ -530,18 +528,13 @@ fn watch_json(endpoint: &str, dir: &Path, extra: &[&str]) -> (Child, Lines) {
             "-o",
             "json",
         ])
-        .args(extra)
         .env("POLICYHUB_CLIENT_CONFIG", dir.join("no-config.toml"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = watch_lines(&mut child);
-    (child, lines)
-}
-
-fn watch_lines(child: &mut Child) -> Lines {
-    Arc::new(Mutex::new(crate::helpers::stdout_lines(child)))
+    let lines = Arc::new(Mutex::new(crate::helpers::stdout_lines(&mut child)));
+    (crate::helpers::Reaped(child), lines)
 }
 
 async fn next_line(lines: &Lines) -> serde_json::Value {
@@ -805,11 +798,9 @@ async fn a_namespace_of_twenty_large_policies_arrives_whole() {
     assert_eq!(numbers["p07"], 7);
     task.abort();
 
-    let (mut watch, lines) = watch_json(&endpoint, dir.path(), &[]);
+    let (_watch, lines) = watch_json(&endpoint, dir.path());
     let printed = next_line(&lines).await;
     assert_eq!(printed["bundles"].as_array().unwrap().len(), 20);
-    watch.kill().unwrap();
-    watch.wait().unwrap();
     kill_9(server);
 }
 
