@@ -196,6 +196,9 @@ pub struct Run<'a> {
     pub info: ServiceInfo,
     /// Tests whose id contains one of these run; empty: all.
     pub filters: &'a [String],
+    /// Tests whose id contains one of these do not run, whatever
+    /// `filters` says.
+    pub skips: &'a [String],
     /// A PostgreSQL server (`postgres://`, a role that may create
     /// databases) in which each test with replicas gets a database of its
     /// own; `None`: those tests are skipped.
@@ -211,9 +214,9 @@ impl Run<'_> {
     pub async fn run(&self, tests: &[Test]) -> Report {
         let mut results = Vec::new();
         for test in tests {
-            if !self.filters.is_empty()
-                && !self.filters.iter().any(|filter| test.id.contains(filter))
-            {
+            let named =
+                |patterns: &[String]| patterns.iter().any(|pattern| test.id.contains(pattern));
+            if (!self.filters.is_empty() && !named(self.filters)) || named(self.skips) {
                 continue;
             }
             let seeds: Vec<Option<u64>> = if test.seeded {

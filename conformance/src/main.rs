@@ -22,6 +22,10 @@ struct Args {
     /// Run only the tests whose id contains this; repeat for several.
     #[arg(long = "run")]
     filters: Vec<String>,
+    /// Skip the tests whose id contains this, even those --run names;
+    /// repeat for several.
+    #[arg(long = "skip")]
+    skips: Vec<String>,
     /// A PostgreSQL server (postgres://USER@HOST:PORT/DATABASE, a role that
     /// may create databases): each test that runs two replicas of one
     /// server gets a database of its own there, made and dropped with psql.
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         service,
         info,
         filters: &args.filters,
+        skips: &args.skips,
         database_url: args.database_url.as_deref(),
         seeds: &seeds,
         fault_duration: args.fault_duration,
