@@ -29,7 +29,7 @@ use tokio::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{Notify, watch},
+    sync::watch,
 };
 
 /// How the next bundle is altered, its length kept.
@@ -85,7 +85,9 @@ struct Shared {
     delay: Mutex<Duration>,
     tamper: Mutex<Option<Tamper>>,
     reset: AtomicBool,
-    replay: Notify,
+    /// Replays asked for, counted: a link busy with a frame when one is
+    /// asked sees it once it looks again, rather than missing it.
+    replay: watch::Sender<u64>,
     /// Bundle frames sent again.
     replayed: AtomicUsize,
     /// Frames (or, off HTTP/2, reads) that carried a bundle to a runtime,
@@ -111,7 +113,7 @@ impl FaultProxy {
                 delay: Mutex::default(),
                 tamper: Mutex::default(),
                 reset: AtomicBool::new(false),
-                replay: Notify::new(),
+                replay: watch::Sender::new(0),
                 replayed: AtomicUsize::new(0),
                 bundles: AtomicUsize::new(0),
                 accepts: Mutex::default(),
@@ -216,7 +218,7 @@ impl FaultProxy {
     /// refused as a history wound back before the runtime looked at the
     /// revision, which is what the replay tests.
     pub fn replay(&self) {
-        self.shared.replay.notify_waiters();
+        self.shared.replay.send_modify(|asked| *asked += 1);
     }
 
     /// How many bundle frames were sent again.
@@ -311,10 +313,12 @@ async fn downstream_pipe(
     let mut first_bundle: Option<Vec<u8>> = None;
     // The last bundle's JWS seen, for another bundle's place.
     let mut last_jws: Option<Vec<u8>> = None;
+    // Replays asked for from now on.
+    let mut replays = shared.replay.subscribe();
     loop {
         let read = tokio::select! {
             read = from.read(&mut buffer) => read,
-            () = shared.replay.notified() => {
+            Ok(()) = replays.changed() => {
                 if let Some(frame) = &first_bundle
                     && !black_holed.load(Ordering::SeqCst)
                 {

@@ -897,14 +897,18 @@ impl CuttableProxy {
 pub fn stdout_lines(
     child: &mut std::process::Child,
 ) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let stdout = child.stdout.take().expect("a piped standard output");
+    lines_of(child.stdout.take().expect("a piped standard output"))
+}
+
+/// The lines of `pipe` (a child's piped output), as they come, read until
+/// the receiver is dropped.
+pub fn lines_of(
+    pipe: impl std::io::Read + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
             if sender.send(line).is_err() {
                 return;
             }

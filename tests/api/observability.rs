@@ -567,28 +567,27 @@ fn undeclared(exposition: &str, documented: &[String]) -> Vec<String> {
 }
 
 /// The address a process logged for `port` on its start-up line
-/// (`agent started api=… metrics=…`); the rest of `stderr` is drained
-/// meanwhile, so the process never blocks on a full pipe.
-fn started_on(stderr: std::process::ChildStderr, port: &str) -> std::net::SocketAddr {
-    use std::io::BufRead as _;
-    let (found, address) = std::sync::mpsc::channel();
+/// (`agent started api=… metrics=…`), read from `log`, the lines of its
+/// standard error: kept, and so drained, while the process runs.
+async fn started_on(
+    log: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    port: &str,
+) -> std::net::SocketAddr {
     let key = format!("{port}=");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
+    let found = async {
+        while let Some(line) = log.recv().await {
             if let Some(value) = line
                 .split_whitespace()
                 .find_map(|word| word.strip_prefix(&key))
             {
-                found.send(value.parse().expect("an address")).ok();
+                return value.parse().expect("an address");
             }
         }
-    });
-    address
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("no {port}= on a start-up line within 30s"))
+        panic!("the process ended before it logged {key}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), found)
+        .await
+        .unwrap_or_else(|_| panic!("no {key} on a start-up line within 30s"))
 }
 
 /// A fresh server, and a fresh agent before it holds any state, declare
@@ -640,7 +639,8 @@ async fn a_fresh_server_and_agent_declare_every_family_the_reference_names() {
         .spawn()
         .expect("start policyhub agent");
     let mut agent = crate::helpers::Reaped(agent);
-    let agent_metrics = started_on(agent.stderr.take().unwrap(), "metrics");
+    let mut log = crate::helpers::lines_of(agent.stderr.take().unwrap());
+    let agent_metrics = started_on(&mut log, "metrics").await;
     let exposition = scrape(agent_metrics).await;
     assert!(
         !exposition.contains("policyhub_agent_revision{"),
