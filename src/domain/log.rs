@@ -208,6 +208,19 @@ pub fn signed_tree(note: &str) -> Result<(u64, Hash)> {
         .map_err(|error| Error::DataLoss(format!("a stored checkpoint note: {error}")))
 }
 
+/// A tree (its size and root) and the RFC 9162 consistency proof that it
+/// extends an older one, checked against both roots: made as a checkpoint
+/// of `to` was signed over the checkpoint of `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeExtension {
+    /// The older tree.
+    pub from: (u64, Hash),
+    /// The newer tree.
+    pub to: (u64, Hash),
+    /// The proof.
+    pub proof: Vec<Hash>,
+}
+
 /// The stored tree grown from a signed one, as `grown_from` judged it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grown {
@@ -215,6 +228,9 @@ pub struct Grown {
     pub size: u64,
     /// Its root, from the stored hashes.
     pub root: Hash,
+    /// The RFC 9162 consistency proof from the signed tree, checked against
+    /// both roots (none from the empty tree, or when `unproven`).
+    pub proof: Option<Vec<Hash>>,
     /// Why it does not extend the signed tree, if it does not.
     pub unproven: Option<String>,
 }
@@ -240,13 +256,17 @@ pub fn grown_from(
     let size = signed_size + leaves.len() as u64;
     let root = root(size, reads)?;
     let mut unproven = None;
+    let mut proven = None;
     if let Some((signed, grown)) = TreeSize::new(signed_size).zip(TreeSize::new(size)) {
         let proof = prove_consistency(signed, grown, reads)?;
-        if tlog_tiles::check_tree(&proof, size, root, signed_size, signed_root).is_err() {
-            unproven = Some(format!(
-                "its stored hashes do not prove that the tree of {size} extends the signed tree \
-                 of {signed_size}"
-            ));
+        match tlog_tiles::check_tree(&proof, size, root, signed_size, signed_root) {
+            Ok(()) => proven = Some(proof),
+            Err(_) => {
+                unproven = Some(format!(
+                    "its stored hashes do not prove that the tree of {size} extends the signed \
+                     tree of {signed_size}"
+                ))
+            }
         }
     }
     for (index, leaf) in (signed_size..).zip(leaves) {
@@ -269,6 +289,7 @@ pub fn grown_from(
     Ok(Grown {
         size,
         root,
+        proof: proven.filter(|_| unproven.is_none()),
         unproven,
     })
 }
@@ -546,6 +567,11 @@ mod tests {
             let grown = grown(&stored, signed, to);
             assert_eq!(grown.unproven, None, "from {signed} to {to}");
             assert_eq!(grown.size, to);
+            let (signed_size, size) = (TreeSize::new(signed).unwrap(), TreeSize::new(to).unwrap());
+            let proof = Reads::with(stored.clone(), |reads| {
+                prove_consistency(signed_size, size, reads)
+            });
+            assert_eq!(grown.proof, Some(proof.unwrap()), "from {signed} to {to}");
             assert_eq!(
                 grown.root,
                 Reads::with(stored.clone(), |reads| root(to, reads)).unwrap()
@@ -561,6 +587,7 @@ mod tests {
         let mut stored = tree(37);
         stored.insert(tlog_tiles::stored_hash_index(3, 0), Hash([7; 32]));
         let grown = grown(&stored, 10, 37);
+        assert_eq!(grown.proof, None);
         let why = grown.unproven.expect("unproven");
         assert!(why.contains("do not prove that the tree of 37"), "{why}");
     }
@@ -579,6 +606,7 @@ mod tests {
             tlog_tiles::node_hash(left, forged),
         );
         let grown = grown(&stored, 8, 16);
+        assert_eq!(grown.proof, None);
         let why = grown.unproven.expect("unproven");
         assert!(
             why.contains("is not the one the events since the signed tree make (leaf 15)"),

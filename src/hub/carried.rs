@@ -1,9 +1,11 @@
 //! The checkpoint watch messages carry. Each carries the proof that its
 //! log's tree extends the tree of the checkpoint carried before it, made
-//! once here for every stream: a runtime that verified that one follows
-//! the log without calling GetConsistencyProof on every update, and one
-//! that verified another tree (it missed a checkpoint, or resumed) calls
-//! it as before. A proof that cannot be made (the database out of reach, a
+//! once here for every stream (for a checkpoint this replica signed over
+//! the one carried, the proof its signing checked, so that a commit's
+//! revision goes out without a read of the stored hashes): a runtime that
+//! verified that one follows the log without calling GetConsistencyProof
+//! on every update, and one that verified another tree (it missed a
+//! checkpoint, or resumed) calls it as before. A proof that cannot be made (the database out of reach, a
 //! tree that does not extend the last one) is left out, never guessed.
 
 use super::PolicyHub;
@@ -37,7 +39,7 @@ impl PolicyHub {
         let tree = note.and_then(|note| signed_tree(note).ok());
         let proof = match (carried.tree, tree) {
             (Some(before), Some(now)) if before == now => carried.proof.take(),
-            (Some((old, _)), Some((new, _))) => self.extension(old, new).await,
+            (Some(before), Some(now)) => self.extension(before, now).await,
             _ => None,
         };
         self.index
@@ -45,13 +47,25 @@ impl PolicyHub {
         *carried = CarriedTree { shown, tree, proof };
     }
 
-    /// The proof that the tree of `new` leaves extends the one of `old`,
-    /// when `new` is larger.
-    async fn extension(&self, old: u64, new: u64) -> Option<ConsistencyProof> {
-        let (old_size, new_size) = (TreeSize::new(old)?, TreeSize::new(new)?);
-        if old >= new {
+    /// The proof that the tree `new` (its size and root) extends the tree
+    /// `old`, when it is larger: the one this replica made as it signed the
+    /// checkpoint of `new` over the checkpoint of `old`, which a commit's
+    /// revision then goes out with without a read of the stored hashes;
+    /// otherwise made from them.
+    async fn extension(&self, old: (u64, Hash), new: (u64, Hash)) -> Option<ConsistencyProof> {
+        let (old_size, new_size) = (TreeSize::new(old.0)?, TreeSize::new(new.0)?);
+        if old_size >= new_size {
             return None;
         }
+        if let Some(hashes) = self.repository.signed_extension(old, new) {
+            return Some(ConsistencyProof {
+                old_size,
+                new_size,
+                hashes,
+                checkpoint: None,
+            });
+        }
+        let (old, new) = (old.0, new.0);
         self.consistency_proof(old_size, Some(new_size))
             .await
             .inspect_err(|error| {

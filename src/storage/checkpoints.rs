@@ -25,7 +25,7 @@ use super::rows::{db_revision, now, revision};
 use super::statement_runner::{StatementRunner, Txn};
 use super::transaction::{CheckpointSigner, Checkpoints, Repository, Transaction};
 use crate::domain::chain::Checkpoint;
-use crate::domain::log::{self, Hash};
+use crate::domain::log::{self, Hash, TreeExtension};
 use crate::domain::{AsOf, Error, Page, Result, chain};
 use crate::signing::CheckpointClaims;
 
@@ -64,11 +64,14 @@ pub(super) async fn all_checkpoints<C: ConnectionTrait>(db: &C) -> Result<Vec<Ch
 /// since links to it, and the tree its stored hashes make extends the tree
 /// its note signed, grown by exactly those events' leaves. DATA_LOSS
 /// naming the break otherwise. Returns the tree's size and root now, which
-/// the next checkpoint signs.
-pub(super) async fn extends_last_checkpoint<R: StatementRunner>(runner: &R) -> Result<(u64, Hash)> {
+/// the next checkpoint signs, and the proof that it extends the tree the
+/// newest checkpoint signed (none when that tree is empty or none).
+pub(super) async fn extends_last_checkpoint<R: StatementRunner>(
+    runner: &R,
+) -> Result<((u64, Hash), Option<TreeExtension>)> {
     let Some(checkpoint) = newest(runner).await? else {
         let size = tree_size(runner).await?;
-        return Ok((size, tree_root(runner, size).await?));
+        return Ok(((size, tree_root(runner, size).await?), None));
     };
     let last = db_revision(checkpoint.last_event_id);
     let before = tip(runner, Some(last)).await?;
@@ -91,7 +94,7 @@ pub(super) async fn extends_last_checkpoint<R: StatementRunner>(runner: &R) -> R
     let size = tree_size(runner).await?;
     // A checkpoint signed before the tree existed signed no tree to extend.
     let Some(note) = &checkpoint.note else {
-        return Ok((size, tree_root(runner, size).await?));
+        return Ok(((size, tree_root(runner, size).await?), None));
     };
     let (signed_size, signed_root) = log::signed_tree(note)?;
     let unextended = |why: String| {
@@ -124,7 +127,12 @@ pub(super) async fn extends_last_checkpoint<R: StatementRunner>(runner: &R) -> R
     if let Some(why) = grown.unproven {
         return Err(unextended(why));
     }
-    Ok((grown.size, grown.root))
+    let extension = grown.proof.map(|proof| TreeExtension {
+        from: (signed_size, signed_root),
+        to: (grown.size, grown.root),
+        proof,
+    });
+    Ok(((grown.size, grown.root), extension))
 }
 
 /// Signs and writes in `txn` a checkpoint of the chain, whose tip is
@@ -184,15 +192,20 @@ impl Checkpoints {
         revision_in_force: u64,
         signer: &CheckpointSigner,
     ) -> Result<Checkpoint> {
-        let tree = match extends_last_checkpoint(txn).await {
-            Ok(tree) => tree,
+        let (tree, extension) = match extends_last_checkpoint(txn).await {
+            Ok(extended) => extended,
             Err(error @ Error::DataLoss(_)) => {
                 self.refuse(&error);
                 return Err(error);
             }
             Err(error) => return Err(error),
         };
-        write_checkpoint(txn, tip, revision_in_force, self.origin()?, tree, signer).await
+        let checkpoint =
+            write_checkpoint(txn, tip, revision_in_force, self.origin()?, tree, signer).await?;
+        if extension.is_some() {
+            *self.extension.lock().expect("extension lock") = extension;
+        }
+        Ok(checkpoint)
     }
 
     /// Signs in `txn` a checkpoint of `revision_in_force`, the newest
@@ -263,6 +276,19 @@ impl Repository {
     /// set once, for every clone.
     pub fn sign_checkpoints_with(&self, signer: CheckpointSigner) {
         let _ = self.checkpoints.signer.set(signer);
+    }
+
+    /// The consistency proof from the tree `from` to the tree `to` (each
+    /// its size and root), when this replica proved it as it last signed a
+    /// checkpoint: no read of the stored hashes. A transaction that rolled
+    /// back after signing leaves a proof of a tree no checkpoint signs,
+    /// which no caller names.
+    pub fn signed_extension(&self, from: (u64, Hash), to: (u64, Hash)) -> Option<Vec<Hash>> {
+        let extension = self.checkpoints.extension.lock().expect("extension lock");
+        extension
+            .as_ref()
+            .filter(|extension| extension.from == from && extension.to == to)
+            .map(|extension| extension.proof.clone())
     }
 
     /// The newest checkpoint this replica committed or read.
@@ -409,5 +435,65 @@ impl Repository {
             return Ok(None);
         };
         Ok(with_cosignatures(&self.db, vec![record(row)]).await?.pop())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::domain::log::{TreeSize, signed_tree};
+    use crate::domain::{EventKind, RequestContext};
+    use crate::storage::NewEvent;
+
+    /// A checkpoint signed over the one before keeps the proof that its
+    /// tree extends that one's, the very proof the stored hashes make: a
+    /// commit's revision goes out with it without reading them. No proof
+    /// is kept between trees other than those two.
+    #[tokio::test]
+    async fn a_signed_checkpoint_keeps_the_proof_that_its_tree_extends_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = super::super::sqlite_repository(&dir.path().join("hub.db")).await;
+        repository
+            .settle_log_origin(Some("example.com/log"))
+            .await
+            .unwrap();
+        repository.sign_checkpoints_with(Arc::new(|_, _, body| {
+            Ok(("jws".into(), "key".into(), format!("{body}\n— test\n")))
+        }));
+        let context = RequestContext {
+            actor: "test".into(),
+            request_id: "test".into(),
+        };
+        let mut trees = Vec::new();
+        for events in 1..=3 {
+            repository
+                .write("test", async |tx| {
+                    tx.take_revision().await?;
+                    for _ in 0..events {
+                        let event = NewEvent::new(EventKind::SchemaSet, "test");
+                        tx.record_event(&context, None, event).await?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let checkpoint = repository.newest_checkpoint().expect("signed");
+            trees.push(signed_tree(checkpoint.note.as_deref().unwrap()).unwrap());
+        }
+        let (first, before, now) = (trees[0], trees[1], trees[2]);
+        assert_eq!((before.0, now.0), (3, 6));
+        let kept = repository
+            .signed_extension(before, now)
+            .expect("the proof kept");
+        let made = repository
+            .prove_consistency(TreeSize::new(3).unwrap(), TreeSize::new(6).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(kept, made);
+        assert_eq!(repository.signed_extension(first, now), None);
+        assert_eq!(repository.signed_extension(before, first), None);
+        let other_root = (before.0, first.1);
+        assert_eq!(repository.signed_extension(other_root, now), None);
     }
 }

@@ -44,7 +44,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -57,6 +57,7 @@ use super::rows::now;
 use super::statement_runner::{StatementRunner, Txn};
 use super::writer::{CommitSigned, SqliteWriter, WriterTurn};
 use crate::domain::chain::Checkpoint;
+use crate::domain::log::TreeExtension;
 use crate::domain::{Error, Namespace, Result};
 use crate::signing::CheckpointClaims;
 
@@ -88,6 +89,9 @@ pub(super) struct Checkpoints {
     pub(super) origin: OnceLock<String>,
     /// The newest checkpoint this replica committed or read.
     pub(super) newest: RwLock<Option<Checkpoint>>,
+    /// The proof made as this replica last signed a checkpoint, that its
+    /// tree extends the one signed before (see `signed_extension`).
+    pub(super) extension: Mutex<Option<TreeExtension>>,
     /// Whether the newest is read with its cosignatures (witnesses are
     /// configured); set once, never cleared.
     pub(super) reads_cosignatures: AtomicBool,
