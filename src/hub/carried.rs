@@ -5,8 +5,9 @@
 //! revision goes out without a read of the stored hashes): a runtime that
 //! verified that one follows the log without calling GetConsistencyProof
 //! on every update, and one that verified another tree (it missed a
-//! checkpoint, or resumed) calls it as before. A proof that cannot be made (the database out of reach, a
-//! tree that does not extend the last one) is left out, never guessed.
+//! checkpoint, or resumed) calls it as before. A proof that cannot be made
+//! (the database out of reach, a tree that does not extend the last one)
+//! is left out, never guessed.
 
 use super::PolicyHub;
 use crate::domain::chain::Checkpoint;

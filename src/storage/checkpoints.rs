@@ -280,9 +280,9 @@ impl Repository {
 
     /// The consistency proof from the tree `from` to the tree `to` (each
     /// its size and root), when this replica proved it as it last signed a
-    /// checkpoint: no read of the stored hashes. A transaction that rolled
-    /// back after signing leaves a proof of a tree no checkpoint signs,
-    /// which no caller names.
+    /// checkpoint: no read of the stored hashes. A proof binds the two
+    /// roots it was checked against, so one made in a transaction that then
+    /// rolled back still proves what it says of them.
     pub fn signed_extension(&self, from: (u64, Hash), to: (u64, Hash)) -> Option<Vec<Hash>> {
         let extension = self.checkpoints.extension.lock().expect("extension lock");
         extension
