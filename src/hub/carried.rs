@@ -66,11 +66,10 @@ impl PolicyHub {
                 checkpoint: None,
             });
         }
-        let (old, new) = (old.0, new.0);
         self.consistency_proof(old_size, Some(new_size))
             .await
             .inspect_err(|error| {
-                tracing::warn!(%error, old, new, "cannot prove the carried checkpoint's tree");
+                tracing::warn!(%error, old = old.0, new = new.0, "cannot prove the carried checkpoint's tree");
             })
             .ok()
     }

@@ -202,9 +202,7 @@ impl Checkpoints {
         };
         let checkpoint =
             write_checkpoint(txn, tip, revision_in_force, self.origin()?, tree, signer).await?;
-        if extension.is_some() {
-            *self.extension.lock().expect("extension lock") = extension;
-        }
+        *self.extension.lock().expect("extension lock") = extension;
         Ok(checkpoint)
     }
 
