@@ -136,7 +136,10 @@ impl PolicyHub {
                     let reason = &command.reason;
                     let kind = EventKind::Activated;
                     self.bundle_guard().check(tx, &versions).await?;
-                    Some(move_to(tx, context, kind, reason, &policies, &versions, expected).await?)
+                    let activation =
+                        move_to(tx, context, kind, reason, &policies, &versions, expected).await?;
+                    self.prepare_opa_bundles(activation.revision, &activation.changed);
+                    Some(activation)
                 } else {
                     None
                 };
@@ -196,7 +199,7 @@ impl PolicyHub {
                     .iter()
                     .map(|target| target.expected_active_version);
                 self.bundle_guard().check(tx, &versions).await?;
-                move_to(
+                let activation = move_to(
                     tx,
                     context,
                     EventKind::Activated,
@@ -205,7 +208,9 @@ impl PolicyHub {
                     &versions,
                     expected,
                 )
-                .await
+                .await?;
+                self.prepare_opa_bundles(activation.revision, &activation.changed);
+                Ok(activation)
             })
             .await?;
         self.activated(&outcome).await;
@@ -262,6 +267,7 @@ impl PolicyHub {
                 self.bundle_guard().check(tx, &versions).await?;
                 let activation =
                     move_to(tx, context, kind, &reason, &policies, &versions, expected).await?;
+                self.prepare_opa_bundles(activation.revision, &activation.changed);
                 Ok((activation, command.restore.then_some(target)))
             })
             .await?;

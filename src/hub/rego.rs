@@ -3,7 +3,7 @@
 //! signed, their bundles, built once per revision and cohort from the index
 //! and served from memory, and what OPAs report of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use crate::domain::impact::ImpactGate;
 use crate::domain::rego::{self, BundleRoots};
 use crate::domain::runtime::opa::{OpaBundleReport, OpaDue};
 use crate::domain::runtime::{RuntimeId, RuntimeLabels, RuntimeRecord, StatusReport};
-use crate::domain::{Error, Namespace, PolicyBody, PolicyName, Result, VersionRecord};
+use crate::domain::{
+    ActiveBundle, Error, Namespace, PolicyBody, PolicyName, Result, VersionRecord,
+};
 use crate::fleet::Arrival;
 use crate::opa::{self, OpaBundle};
 use crate::signing::{BundleClaims, OpaKeySource, OpaSigningKey};
@@ -47,10 +49,34 @@ pub(super) struct Opa {
 #[derive(Default)]
 struct Built {
     revision: u64,
-    bundles: HashMap<BTreeMap<PolicyName, u32>, Arc<OnceCell<Arc<OpaBundle>>>>,
+    bundles: HashMap<BTreeMap<PolicyName, u32>, BundleCell>,
     /// The stable bundle's cell, once a request found it: every OPA
     /// outside a rollout's cohort asks for it, after every change.
-    stable: Option<Arc<OnceCell<Arc<OpaBundle>>>>,
+    stable: Option<BundleCell>,
+    /// The stable bundle of a later revision, built while that revision
+    /// commits (see [`PolicyHub::prepare_opa_bundles`]): the bundles of
+    /// that revision begin with it.
+    next: Option<(u64, BTreeMap<PolicyName, u32>, BundleCell)>,
+}
+
+type BundleCell = Arc<OnceCell<Arc<OpaBundle>>>;
+
+impl Built {
+    /// Moves on to `revision`, keeping the bundle built ahead for it.
+    fn advance(&mut self, revision: u64) {
+        let next = self.next.take();
+        *self = Built {
+            revision,
+            ..Built::default()
+        };
+        match next {
+            Some((at, versions, cell)) if at == revision => {
+                self.bundles.insert(versions, cell);
+            }
+            Some(later) if later.0 > revision => self.next = Some(later),
+            _ => {}
+        }
+    }
 }
 
 impl PolicyHub {
@@ -90,12 +116,14 @@ impl PolicyHub {
             Error::precondition(format!("cannot reload the OPA signing keys: {error:#}"))
         })?;
         let signer = keys.first().map(|key| key.key_id().to_owned());
+        // The keys first: a bundle built ahead (see
+        // `prepare_opa_bundles`) after the clear is signed by the new signer.
+        self.opa.keys.send_replace(Arc::new(keys));
         self.opa
             .built
             .lock()
             .expect("no panic holds this lock")
             .clear();
-        self.opa.keys.send_replace(Arc::new(keys));
         Ok(signer)
     }
 
@@ -230,10 +258,7 @@ impl PolicyHub {
             let mut built = self.opa.built.lock().expect("no panic holds this lock");
             let built = built.entry(namespace.clone()).or_default();
             if built.revision != index.revision {
-                *built = Built {
-                    revision: index.revision,
-                    ..Built::default()
-                };
+                built.advance(index.revision);
             }
             match (cohort, &built.stable) {
                 (None, Some(stable)) => stable.clone(),
@@ -255,6 +280,51 @@ impl PolicyHub {
             .await?
             .clone();
         Ok((bundle, index.revision))
+    }
+
+    /// Builds, while `revision` commits, the stable bundle of each
+    /// namespace served to OPA whose policies `changed` there, on a task of
+    /// its own: the OPAs it wakes find their bundle built, where the first
+    /// of them would otherwise build it once the commit is durable. Keyed
+    /// by revision and versions, a bundle built for a transaction that then
+    /// fails is never given: one that took the same revision and versions
+    /// would build the same bundle. Nothing is built when the index is not
+    /// at the revision before.
+    pub(super) fn prepare_opa_bundles(&self, revision: u64, changed: &[ActiveBundle]) {
+        let namespaces: BTreeSet<&Namespace> = changed
+            .iter()
+            .map(|bundle| &bundle.policy.namespace)
+            .filter(|namespace| self.opa.namespaces.contains_key(*namespace))
+            .collect();
+        for namespace in namespaces {
+            let Ok((roots, keys)) = self.served_to_opa(namespace) else {
+                continue;
+            };
+            let Some(index) = self.index.preview(namespace, revision, changed) else {
+                continue;
+            };
+            let cell = BundleCell::default();
+            {
+                let mut built = self.opa.built.lock().expect("no panic holds this lock");
+                let built = built.entry(namespace.clone()).or_default();
+                if built.revision >= revision {
+                    continue;
+                }
+                let (_, due) = given(&index, None);
+                built.next = Some((revision, due.versions, cell.clone()));
+            }
+            let (namespace, roots) = (namespace.clone(), roots.clone());
+            tokio::spawn(async move {
+                // A build that fails fails again for the request that
+                // wants it, which says why.
+                let _ = cell
+                    .get_or_try_init(|| async {
+                        let (view, due) = given(&index, None);
+                        build(&namespace, &roots, &due, &view, &keys[0]).map(Arc::new)
+                    })
+                    .await;
+            });
+        }
     }
 
     /// `namespace` as the index holds it now.
@@ -415,4 +485,36 @@ pub(super) fn claims(jws: &str) -> Result<BundleClaims> {
         .decode(payload)
         .map_err(|error| unreadable(error.to_string()))?;
     serde_json::from_slice(&payload).map_err(|error| unreadable(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(version: u32) -> BTreeMap<PolicyName, u32> {
+        BTreeMap::from([(PolicyName::parse("name", "authz").unwrap(), version)])
+    }
+
+    /// A bundle built ahead is given from the revision it was built for,
+    /// kept while the namespace is still before it, and dropped once the
+    /// namespace is past it.
+    #[test]
+    fn a_bundle_built_ahead_serves_its_own_revision_alone() {
+        let ahead = BundleCell::default();
+        let mut built = Built {
+            revision: 4,
+            next: Some((6, versions(2), ahead.clone())),
+            ..Built::default()
+        };
+        built.advance(5);
+        assert!(built.bundles.is_empty());
+        built.advance(6);
+        assert!(Arc::ptr_eq(&built.bundles[&versions(2)], &ahead));
+        assert!(built.next.is_none());
+
+        built.next = Some((7, versions(3), BundleCell::default()));
+        built.advance(8);
+        assert!(built.bundles.is_empty());
+        assert!(built.next.is_none());
+    }
 }

@@ -152,6 +152,45 @@ impl ActiveIndex {
         changed()
     }
 
+    /// The index of `namespace` as it will be once `bundles`, the next
+    /// revision's, are applied: `None` unless the index is at the revision
+    /// before `revision`. Publishes nothing.
+    pub fn preview(
+        &self,
+        namespace: &Namespace,
+        revision: u64,
+        bundles: &[ActiveBundle],
+    ) -> Option<Arc<NamespaceIndex>> {
+        let current = self.snapshot();
+        if current.revision + 1 != revision {
+            return None;
+        }
+        let mut next = Snapshot {
+            revision,
+            applied_at: None,
+            namespaces: current
+                .namespaces
+                .get_key_value(namespace)
+                .map(|(name, index)| (name.clone(), index.clone()))
+                .into_iter()
+                .collect(),
+        };
+        let bundles = bundles
+            .iter()
+            .filter(|bundle| &bundle.policy.namespace == namespace)
+            .cloned()
+            .collect();
+        next.change(
+            RevisionChange {
+                revision,
+                bundles,
+                rollouts: Vec::new(),
+            },
+            self.encode,
+        );
+        next.namespaces.remove(namespace)
+    }
+
     /// Applies what one revision changed, which must be the next one (the
     /// caller applies revisions in order, see `hub`). A revision already
     /// applied is ignored.

@@ -246,6 +246,41 @@ fn apply_ignores_revisions_already_applied() {
     );
 }
 
+/// A preview of the next revision holds what applying it will, in the
+/// namespace asked for alone, and publishes nothing; there is none of a
+/// revision that is not the next one.
+#[test]
+fn a_preview_of_the_next_revision_is_what_applying_it_holds() {
+    let index = index();
+    index.apply(moved(1, vec![bundle("a", 1, 1), bundle("b", 1, 1)]));
+    let mut other = bundle("c", 1, 2);
+    other.policy = PolicyRef::parse("elsewhere", "c").unwrap();
+    let change = vec![bundle("a", 2, 2), other];
+    let team = PolicyRef::parse("team", "a").unwrap().namespace;
+    let preview = index.preview(&team, 2, &change).expect("the next revision");
+    assert!(index.preview(&team, 3, &change).is_none());
+    assert!(index.preview(&team, 1, &change).is_none());
+    assert_eq!(index.revision(), 1, "a preview publishes nothing");
+    index.apply(moved(2, change));
+    let applied = index.snapshot().namespaces[&team].clone();
+    assert_eq!(preview.revision, applied.revision);
+    let versions = |index: &NamespaceIndex| {
+        index
+            .bundles_for(None)
+            .into_iter()
+            .map(|(name, indexed)| {
+                (
+                    name.to_string(),
+                    indexed.bundle.version,
+                    indexed.encoded.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(versions(&preview), versions(&applied));
+    assert_eq!(versions(&preview).len(), 2);
+}
+
 #[test]
 fn changed_since_filters_by_revision_and_name() {
     let index = index();
