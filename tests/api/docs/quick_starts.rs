@@ -47,6 +47,19 @@ fn guide(page: &str) -> PathBuf {
         .join(page)
 }
 
+/// What cargo sets for the test it runs (of this package, its manifest, its
+/// build script's output): left to the build below, build scripts that
+/// read them (ring's does) would see them change, run again, and leave the
+/// next `cargo test --workspace` to rebuild every crate above them.
+const SET_FOR_THIS_TEST: [&str; 6] = [
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "OUT_DIR",
+];
+
 /// The workspace's example `name`, built as `cargo test --workspace`
 /// builds it (so this is quick after one), in this test's profile.
 fn example_binary(name: &str) -> PathBuf {
@@ -61,12 +74,22 @@ fn example_binary(name: &str) -> PathBuf {
         Some(other) => other.to_owned(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let built = std::process::Command::new(cargo)
+    let mut build = std::process::Command::new(cargo);
+    build
         .args(["build", "--quiet", "--workspace", "--example", name])
         .args(["--profile", &profile])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (variable, _) in std::env::vars_os() {
+        let set_for_this_test = variable.to_str().is_some_and(|variable| {
+            SET_FOR_THIS_TEST
+                .iter()
+                .any(|set| variable.starts_with(set))
+        });
+        if set_for_this_test {
+            build.env_remove(variable);
+        }
+    }
+    let built = build.status().unwrap();
     assert!(built.success(), "cargo build --example {name}: {built}");
     profile_dir.join("examples").join(name)
 }
