@@ -1,7 +1,8 @@
 //! A real `policyhub serve` the kit drives: started on loopback ports it
 //! binds itself (port 0, the addresses read back from its log) over a data
 //! directory of its own (SQLite), killed with SIGKILL and started again on
-//! the same ports, wound back to a copy of its database,
+//! the same ports (held by the kit meanwhile), wound back to a copy of its
+//! database,
 //! forked (a second server from the same copy); and the calls the kit makes
 //! to it over its HTTP/JSON port, as any client would.
 
@@ -15,7 +16,10 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tokio::process::{Child, Command};
+use tokio::{
+    net::TcpSocket,
+    process::{Child, Command},
+};
 
 /// The server's heartbeat on every watch stream: short, so that a dead
 /// link is found in a fraction of a second.
@@ -36,7 +40,24 @@ pub struct Server {
     /// The kit's own token, once tokens are required.
     token: Option<String>,
     child: Option<Child>,
+    /// Its ports while it is down: see [`hold`].
+    held: Vec<TcpSocket>,
     http: reqwest::Client,
+}
+
+/// `port`, held while the server is down: bound and not listening, with
+/// `SO_REUSEADDR` as the server binds it. A port taken by `bind` is not
+/// given to anyone's port 0 (other kits', side by side, start servers all
+/// the time), so a runtime dialling the server while it is down is refused
+/// rather than answered by another server; and the server binds it again
+/// beside this socket, which it may since neither listens but the server.
+fn hold(port: u16) -> anyhow::Result<TcpSocket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(([127, 0, 0, 1], port).into())
+        .with_context(|| format!("holding port {port} while the server is down"))?;
+    Ok(socket)
 }
 
 /// The port of the address the log line saying `what` names
@@ -76,6 +97,7 @@ impl Server {
             secret_file: None,
             token: None,
             child: None,
+            held: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -149,6 +171,7 @@ impl Server {
             }
             let bound = self.grpc_port != 0 && self.http_port != 0;
             if bound && self.get("/v1/signingKeys").await.is_ok() {
+                self.held.clear();
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok()?) {
@@ -160,10 +183,12 @@ impl Server {
         bail!("policyhub serve did not answer within 10 s")
     }
 
-    /// SIGKILL: no chance to close a stream or flush anything.
+    /// SIGKILL: no chance to close a stream or flush anything. Its ports
+    /// are held until it starts again.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill().await.context("SIGKILL")?;
+            self.held = vec![hold(self.grpc_port)?, hold(self.http_port)?];
         }
         Ok(())
     }
