@@ -47,18 +47,12 @@ fn guide(page: &str) -> PathBuf {
         .join(page)
 }
 
-/// What cargo sets for the test it runs (of this package, its manifest, its
-/// build script's output): left to the build below, build scripts that
-/// read them (ring's does) would see them change, run again, and leave the
-/// next `cargo test --workspace` to rebuild every crate above them.
-const SET_FOR_THIS_TEST: [&str; 6] = [
-    "CARGO_PKG_",
-    "CARGO_MANIFEST_",
-    "CARGO_CRATE_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_TARGET_TMPDIR",
-    "OUT_DIR",
-];
+/// What cargo sets for the test it runs (this package, its manifest, its
+/// binaries, its build script's output): left to the build below, build
+/// scripts that read them (ring's does) would see them change, run again,
+/// and leave the next `cargo test --workspace` to rebuild every crate
+/// above them.
+const SET_FOR_THIS_TEST: [&str; 4] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_", "OUT_DIR"];
 
 /// The workspace's example `name`, built as `cargo test --workspace`
 /// builds it (so this is quick after one), in this test's profile.
